@@ -1,0 +1,222 @@
+//! The response future of [`ErrorEnvelope`](super::ErrorEnvelope).
+
+use std::any::Any;
+use std::convert::Infallible;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::ErrorFormat;
+use super::render::X_REQUEST_ID;
+use crate::BoxError;
+use crate::body::ResponseBody;
+use crate::error::ApiError;
+
+pin_project! {
+    /// Resolves to the inner response, or to its failure rendered as an envelope.
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        state: State<F, B>,
+        format: ErrorFormat,
+        request_id: HeaderValue,
+        max_error_body: usize,
+        catch_panic: bool,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Calling { #[pin] future: F },
+        Reading {
+            parts: Option<http::response::Parts>,
+            #[pin]
+            body: B,
+            buf: BytesMut,
+        },
+        Failed { error: Option<ApiError> },
+    }
+}
+
+pub(crate) fn panic_error(panic: Box<dyn Any + Send>) -> ApiError {
+    let detail = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
+    tracing::error!(panic = %detail, "inner service panicked");
+    ApiError::internal()
+}
+
+/// An inner service's error as an `ApiError`: known tower errors map to
+/// their kind; anything else is logged and becomes a generic 500.
+pub(crate) fn error_from_inner(error: BoxError) -> ApiError {
+    if let Some(api) = error.downcast_ref::<ApiError>() {
+        return api.clone();
+    }
+    if error.is::<tower::timeout::error::Elapsed>() {
+        return ApiError::timeout();
+    }
+    if error.is::<tower::load_shed::error::Overloaded>() {
+        return ApiError::unavailable();
+    }
+    tracing::error!(error = %error, "inner service failed");
+    ApiError::internal()
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(
+        future: Result<F, ApiError>,
+        format: ErrorFormat,
+        request_id: HeaderValue,
+        max_error_body: usize,
+        catch_panic: bool,
+    ) -> Self {
+        let state = match future {
+            Ok(future) => State::Calling { future },
+            Err(error) => State::Failed { error: Some(error) },
+        };
+        ResponseFuture {
+            state,
+            format,
+            request_id,
+            max_error_body,
+            catch_panic,
+        }
+    }
+}
+
+fn render<B>(
+    format: ErrorFormat,
+    error: ApiError,
+    request_id: &HeaderValue,
+    parts: Option<http::response::Parts>,
+) -> Response<ResponseBody<B>> {
+    let error = match (error.request_id(), request_id.to_str()) {
+        (None, Ok(id)) => error.with_request_id(id.to_owned()),
+        _ => error,
+    };
+    let mut response = Response::new(ResponseBody::full(format.render_body(&error)));
+    if let Some(parts) = parts {
+        // Keep the inner response's own headers (rate-limit headers, …),
+        // but not what described its old body.
+        *response.headers_mut() = parts.headers;
+        response.headers_mut().remove(CONTENT_LENGTH);
+        response.headers_mut().remove(CONTENT_TYPE);
+        *response.extensions_mut() = parts.extensions;
+    }
+    *response.status_mut() = format.http_status(&error);
+    format.write_headers(&error, response.headers_mut());
+    response
+        .headers_mut()
+        .insert(X_REQUEST_ID, request_id.clone());
+    response.extensions_mut().insert(error);
+    response
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+    B: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<B>>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => {
+                    let polled = if *this.catch_panic {
+                        match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
+                            Ok(polled) => polled.map(Ok),
+                            Err(panic) => Poll::Ready(Err(panic_error(panic))),
+                        }
+                    } else {
+                        future.poll(cx).map(Ok)
+                    };
+                    let result = match ready!(polled) {
+                        Ok(result) => result,
+                        Err(error) => {
+                            return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                        }
+                    };
+                    match result {
+                        Err(error) => {
+                            let error = error_from_inner(error.into());
+                            return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                        }
+                        Ok(mut response) if response.status().as_u16() < 400 => {
+                            if !response.headers().contains_key(X_REQUEST_ID) {
+                                response
+                                    .headers_mut()
+                                    .insert(X_REQUEST_ID, this.request_id.clone());
+                            }
+                            return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                        }
+                        Ok(mut response) => {
+                            if let Some(error) = response.extensions_mut().remove::<ApiError>() {
+                                let (parts, _body) = response.into_parts();
+                                return Poll::Ready(Ok(render(
+                                    *this.format,
+                                    error,
+                                    this.request_id,
+                                    Some(parts),
+                                )));
+                            }
+                            let (parts, body) = response.into_parts();
+                            this.state.set(State::Reading {
+                                parts: Some(parts),
+                                body,
+                                buf: BytesMut::new(),
+                            });
+                        }
+                    }
+                }
+                StateProj::Reading { parts, body, buf } => {
+                    let done = match ready!(body.poll_frame(cx)) {
+                        Some(Ok(frame)) => {
+                            if let Ok(data) = frame.into_data() {
+                                let room = this.max_error_body.saturating_sub(buf.len());
+                                buf.extend_from_slice(&data[..data.len().min(room)]);
+                                buf.len() >= *this.max_error_body
+                            } else {
+                                false
+                            }
+                        }
+                        // A failing error body still tells us the status.
+                        Some(Err(_)) | None => true,
+                    };
+                    if done {
+                        let Some(parts) = parts.take() else {
+                            return Poll::Ready(Ok(render(
+                                *this.format,
+                                ApiError::internal(),
+                                this.request_id,
+                                None,
+                            )));
+                        };
+                        let error = super::parse(parts.status, &parts.headers, buf);
+                        return Poll::Ready(Ok(render(
+                            *this.format,
+                            error,
+                            this.request_id,
+                            Some(parts),
+                        )));
+                    }
+                }
+                StateProj::Failed { error } => {
+                    let error = error.take().unwrap_or_else(ApiError::internal);
+                    return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                }
+            }
+        }
+    }
+}

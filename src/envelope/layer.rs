@@ -1,0 +1,134 @@
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, Uri};
+use tower_layer::Layer;
+
+use super::ErrorFormat;
+use super::service::ErrorEnvelope;
+
+/// Picks the error format for one request.
+#[derive(Clone)]
+pub(crate) enum FormatChoice {
+    Fixed(ErrorFormat),
+    Auto,
+    Custom(Arc<dyn Fn(&Uri, &HeaderMap) -> ErrorFormat + Send + Sync>),
+}
+
+impl FormatChoice {
+    pub(crate) fn pick(&self, uri: &Uri, headers: &HeaderMap) -> ErrorFormat {
+        let is_grpc = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"));
+        if is_grpc {
+            return ErrorFormat::Grpc;
+        }
+        match self {
+            FormatChoice::Fixed(format) => *format,
+            FormatChoice::Auto => {
+                if headers.contains_key("anthropic-version") || uri.path().ends_with("/messages") {
+                    ErrorFormat::Anthropic
+                } else {
+                    ErrorFormat::OpenAi
+                }
+            }
+            FormatChoice::Custom(f) => f(uri, headers),
+        }
+    }
+}
+
+impl fmt::Debug for FormatChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FormatChoice::Fixed(format) => f.debug_tuple("Fixed").field(format).finish(),
+            FormatChoice::Auto => f.write_str("Auto"),
+            FormatChoice::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub(crate) format: FormatChoice,
+    pub(crate) max_error_body: usize,
+    pub(crate) catch_panic: bool,
+}
+
+/// Turns every failure of the inner service into an error envelope.
+///
+/// See the [module docs](crate::envelope) for what it does and an example.
+#[derive(Debug, Clone)]
+pub struct ErrorEnvelopeLayer {
+    config: Arc<Config>,
+}
+
+impl Default for ErrorEnvelopeLayer {
+    fn default() -> Self {
+        ErrorEnvelopeLayer::new()
+    }
+}
+
+impl ErrorEnvelopeLayer {
+    /// Default error body read limit when parsing a foreign error: 64 KiB.
+    pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+
+    /// OpenAI format, 64 KiB parse limit, panics not caught.
+    pub fn new() -> Self {
+        ErrorEnvelopeLayer {
+            config: Arc::new(Config {
+                format: FormatChoice::Fixed(ErrorFormat::OpenAi),
+                max_error_body: Self::DEFAULT_MAX_ERROR_BODY,
+                catch_panic: false,
+            }),
+        }
+    }
+
+    fn config_mut(&mut self) -> &mut Config {
+        Arc::make_mut(&mut self.config)
+    }
+
+    /// Renders every error in `format` (gRPC requests still get gRPC status).
+    pub fn format(mut self, format: ErrorFormat) -> Self {
+        self.config_mut().format = FormatChoice::Fixed(format);
+        self
+    }
+
+    /// Chooses the format per request: Anthropic for `…/messages` paths or
+    /// requests with an `anthropic-version` header, OpenAI otherwise.
+    pub fn auto_format(mut self) -> Self {
+        self.config_mut().format = FormatChoice::Auto;
+        self
+    }
+
+    /// Chooses the format per request with `select` (gRPC requests still get
+    /// gRPC status).
+    pub fn format_fn<F>(mut self, select: F) -> Self
+    where
+        F: Fn(&Uri, &HeaderMap) -> ErrorFormat + Send + Sync + 'static,
+    {
+        self.config_mut().format = FormatChoice::Custom(Arc::new(select));
+        self
+    }
+
+    /// How much of a foreign error body is read to parse it (default 64 KiB).
+    /// The rest is discarded; the error is parsed from what was read.
+    pub fn max_error_body(mut self, bytes: usize) -> Self {
+        self.config_mut().max_error_body = bytes;
+        self
+    }
+
+    /// Catches panics in the inner service and answers 500 (default off).
+    pub fn catch_panic(mut self, enabled: bool) -> Self {
+        self.config_mut().catch_panic = enabled;
+        self
+    }
+}
+
+impl<S> Layer<S> for ErrorEnvelopeLayer {
+    type Service = ErrorEnvelope<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorEnvelope::from_parts(inner, self.config.clone())
+    }
+}

@@ -1,0 +1,342 @@
+//! Any error body (every [`ErrorFormat`](super::ErrorFormat), plain text, HTML,
+//! unknown JSON, nothing at all) → [`ApiError`].
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::render::{GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, X_REQUEST_ID, X_SHOULD_RETRY};
+use crate::error::{ApiError, ErrorKind, Origin};
+
+/// Messages taken from foreign bodies are cut to this many characters.
+const MAX_MESSAGE_CHARS: usize = 2048;
+
+/// Parses an error response into an [`ApiError`], keeping its status, message,
+/// `type`, `param` and `code` where the body has them.
+///
+/// Accepts every [`ErrorFormat`](super::ErrorFormat) tollgate renders, gRPC
+/// status headers, plain text, HTML pages, unknown JSON (kept as the message)
+/// and empty bodies (the kind's default message). The kind comes from the
+/// `code` when it is a known one, else from the status and `type`. Headers
+/// give `retry-after-ms`/`retry-after` (seconds), `x-should-retry` and
+/// `x-request-id`. It never panics, whatever the bytes.
+pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
+    let mut error = if is_grpc(headers) {
+        parse_grpc(headers)
+    } else {
+        parse_body(status, body)
+    };
+    if let Some(delay) = retry_after_header(headers) {
+        error = error.with_retry_after(delay);
+    }
+    if let Some(v) = headers.get(X_SHOULD_RETRY).and_then(|v| v.to_str().ok()) {
+        match v.trim() {
+            "true" => error = error.with_should_retry(true),
+            "false" => error = error.with_should_retry(false),
+            _ => {}
+        }
+    }
+    if error.request_id().is_none() {
+        if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            error = error.with_request_id(id.to_owned());
+        }
+    }
+    error
+}
+
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers.contains_key(GRPC_STATUS)
+        || headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// `retry-after-ms`, else `retry-after` in (possibly fractional) seconds.
+fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers
+        .get(RETRY_AFTER_MS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms < 1e12)
+    {
+        return Some(Duration::from_secs_f64(ms / 1000.0));
+    }
+    headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64)
+}
+
+fn parse_grpc(headers: &HeaderMap) -> ApiError {
+    let code = headers
+        .get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse::<u8>().ok())
+        .unwrap_or(2);
+    let (status, kind) = match code {
+        3 | 9 | 11 => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest),
+        16 => (StatusCode::UNAUTHORIZED, ErrorKind::Authentication),
+        7 => (StatusCode::FORBIDDEN, ErrorKind::PermissionDenied),
+        8 => (StatusCode::TOO_MANY_REQUESTS, ErrorKind::RateLimited),
+        5 => (StatusCode::NOT_FOUND, ErrorKind::NotFound),
+        6 | 10 => (StatusCode::CONFLICT, ErrorKind::Conflict),
+        14 => (StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Unavailable),
+        4 => (StatusCode::GATEWAY_TIMEOUT, ErrorKind::Timeout),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
+    };
+    let mut error = ApiError::from_kind(kind).with_status(status);
+    if let Some(message) = headers.get(GRPC_MESSAGE).map(|v| percent_decode(v.as_bytes())) {
+        if !message.is_empty() {
+            error = error.with_message(message);
+        }
+    }
+    error
+}
+
+fn percent_decode(input: &[u8]) -> String {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' && i + 2 < input.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {
+    let text = String::from_utf8_lossy(body);
+    let trimmed = text.trim();
+    let fallback = || ApiError::from_kind(ErrorKind::from_status(status)).with_status(status);
+    if trimmed.is_empty() {
+        return fallback();
+    }
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
+            return parse_json(status, &value).unwrap_or_else(|| {
+                fallback().with_message(cut(&compact(&value)))
+            });
+        }
+    }
+    if trimmed.starts_with('<') {
+        return match html_title(trimmed) {
+            Some(title) => fallback().with_message(cut(&title)),
+            None => fallback(),
+        };
+    }
+    fallback().with_message(cut(trimmed))
+}
+
+fn compact(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+fn cut(s: &str) -> String {
+    match s.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((idx, _)) => format!("{}…", &s[..idx]),
+        None => s.to_owned(),
+    }
+}
+
+fn html_title(html: &str) -> Option<String> {
+    let lower = html.to_ascii_lowercase();
+    let start = lower.find("<title>")? + "<title>".len();
+    let end = start + lower[start..].find("</title>")?;
+    let title = html.get(start..end)?.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!title.is_empty()).then_some(title)
+}
+
+fn as_text(value: &Value) -> Option<Cow<'_, str>> {
+    match value {
+        Value::String(s) => Some(Cow::Borrowed(s.as_str())),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        _ => None,
+    }
+}
+
+/// Builds the error from recognised JSON shapes; `None` for unknown JSON.
+fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
+    let obj = value.as_object()?;
+    // FastAPI and Humanloop wrap the payload in `detail`.
+    if let Some(Value::Object(inner)) = obj.get("detail") {
+        if inner.contains_key("message") {
+            return parse_json(status, &Value::Object(inner.clone()));
+        }
+    }
+    match obj.get("error") {
+        Some(Value::Object(err)) => {
+            let message = err.get("message").and_then(as_text);
+            let etype = err.get("type").and_then(as_text);
+            if obj.get("type").and_then(Value::as_str) == Some("error") {
+                // Anthropic: {"type":"error","error":{"type","message"},"request_id"}
+                let kind = kind_from_anthropic(status, etype.as_deref());
+                let mut e = ApiError::from_kind(kind).with_status(status);
+                if let Some(m) = message {
+                    e = e.with_message(cut(&m));
+                }
+                if let Some(id) = obj.get("request_id").and_then(Value::as_str) {
+                    e = e.with_request_id(id.to_owned());
+                }
+                return Some(e);
+            }
+            let code = err.get("code").and_then(as_text);
+            let kind = kind_from(status, code.as_deref(), etype.as_deref());
+            let mut e = ApiError::from_kind(kind).with_status(status);
+            e = match message {
+                Some(m) => e.with_message(cut(&m)),
+                None => e,
+            };
+            e = match etype {
+                Some(t) => e.with_type(t.into_owned()),
+                None => e,
+            };
+            e = match err.get("param").and_then(as_text) {
+                Some(p) => e.with_param(p.into_owned()),
+                None => e.without_param(),
+            };
+            e = match code {
+                Some(c) => e.with_code(c.into_owned()),
+                None => e.without_code(),
+            };
+            Some(e)
+        }
+        Some(Value::String(message)) => {
+            let kind = ErrorKind::from_status(status);
+            Some(ApiError::from_kind(kind).with_status(status).with_message(cut(message)))
+        }
+        _ => {
+            if obj.contains_key("error_code") || obj.contains_key("detail") {
+                let code = obj.get("error_code").and_then(as_text);
+                let kind = kind_from(status, code.as_deref(), None);
+                let mut e = ApiError::from_kind(kind).with_status(status);
+                if let Some(detail) = obj.get("detail") {
+                    e = e.with_message(cut(&as_text(detail).map_or_else(
+                        || compact(detail),
+                        |d| d.into_owned(),
+                    )));
+                }
+                return Some(match code {
+                    Some(c) => e.with_code(c.into_owned()),
+                    None if obj.contains_key("error_code") => e.without_code(),
+                    None => e,
+                });
+            }
+            let message = obj.get("message").and_then(as_text)?;
+            let etype = obj.get("type").and_then(as_text);
+            // Humanloop: {"type","message","code":<status>,"origin"}
+            let kind = kind_from(status, None, etype.as_deref());
+            let mut e = ApiError::from_kind(kind)
+                .with_status(status)
+                .with_message(cut(&message));
+            if let Some(t) = etype {
+                e = e.with_type(t.into_owned());
+            }
+            if let Some(Value::String(code)) = obj.get("code") {
+                e = e.with_code(code.clone());
+            }
+            match obj.get("origin").and_then(Value::as_str) {
+                Some("Gateway") | None => {}
+                Some("Upstream") => e = e.with_origin(Origin::Upstream),
+                Some(provider) => e = e.with_provider(provider.to_owned()),
+            }
+            Some(e)
+        }
+    }
+}
+
+/// Kind from a known code, else from the status with the `type` breaking ties.
+fn kind_from(status: StatusCode, code: Option<&str>, etype: Option<&str>) -> ErrorKind {
+    if let Some(kind) = code.and_then(ErrorKind::from_code) {
+        // A code only wins when it agrees with the status class, so a 500
+        // saying `invalid_request` still counts as a server error.
+        if kind.status().is_server_error() == status.is_server_error() {
+            return kind;
+        }
+    }
+    let by_status = ErrorKind::from_status(status);
+    match (by_status, etype) {
+        (ErrorKind::RateLimited, Some("insufficient_quota" | "billing_error")) => {
+            ErrorKind::QuotaExhausted
+        }
+        (ErrorKind::PermissionDenied, Some("insufficient_quota" | "billing_error")) => {
+            ErrorKind::InsufficientBalance
+        }
+        (ErrorKind::BadGateway, Some("api_connection_error")) => ErrorKind::Connection,
+        (ErrorKind::Internal, Some("overloaded_error")) => ErrorKind::Overloaded,
+        (kind, _) => kind,
+    }
+}
+
+fn kind_from_anthropic(status: StatusCode, etype: Option<&str>) -> ErrorKind {
+    let by_status = ErrorKind::from_status(status);
+    match etype {
+        Some("billing_error") => match status.as_u16() {
+            402 => ErrorKind::BudgetExceeded,
+            429 => ErrorKind::QuotaExhausted,
+            _ => ErrorKind::InsufficientBalance,
+        },
+        Some("overloaded_error") => ErrorKind::Overloaded,
+        Some("api_error") if by_status == ErrorKind::BadGateway => ErrorKind::BadGateway,
+        _ => by_status,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(status: u16, body: &str) -> ApiError {
+        parse(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn openai_401() {
+        let e = p(
+            401,
+            r#"{"error":{"message":"Incorrect API key provided: sk-abc***def.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#,
+        );
+        assert_eq!(e.kind(), ErrorKind::Authentication);
+        assert_eq!(e.code(), Some("invalid_api_key"));
+        assert_eq!(e.param(), None);
+    }
+
+    #[test]
+    fn quota_429_is_quota_exhausted() {
+        let e = p(
+            429,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#,
+        );
+        assert_eq!(e.kind(), ErrorKind::QuotaExhausted);
+        assert!(!e.should_retry());
+    }
+
+    #[test]
+    fn html_and_text_and_empty() {
+        let e = p(502, "<html><head><title>502 Bad Gateway</title></head></html>");
+        assert_eq!((e.kind(), e.message()), (ErrorKind::BadGateway, "502 Bad Gateway"));
+        let e = p(413, "length limit exceeded");
+        assert_eq!((e.kind(), e.message()), (ErrorKind::PayloadTooLarge, "length limit exceeded"));
+        let e = p(401, "");
+        assert_eq!(e.kind(), ErrorKind::Authentication);
+    }
+
+    #[test]
+    fn percent_decoding_tolerates_garbage() {
+        assert_eq!(percent_decode(b"a%20b%"), "a b%");
+        assert_eq!(percent_decode(b"%zz%4"), "%zz%4");
+        assert_eq!(percent_decode(b"%C3%A7"), "ç");
+    }
+}

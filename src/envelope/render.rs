@@ -1,0 +1,305 @@
+//! `ApiError` → wire bytes and headers, in every [`ErrorFormat`].
+
+use std::fmt::Write as _;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Response, StatusCode};
+use http_body_util::Full;
+use serde::Serialize;
+
+use crate::error::{ApiError, ErrorKind, Origin};
+
+/// `x-should-retry`: the server's advice to clients (and to tollgate's
+/// `RetryLayer`) on whether repeating the request can succeed.
+pub const X_SHOULD_RETRY: HeaderName = HeaderName::from_static("x-should-retry");
+/// `retry-after-ms`: the exact delay before a retry may succeed.
+pub const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
+/// `x-request-id`: the request's id, propagated or generated.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `grpc-status` (trailers-only gRPC responses carry it as a header).
+pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// `grpc-message`, percent-encoded.
+pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// The wire shape of an error body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ErrorFormat {
+    /// `{"error":{"message","type","param","code"}}`, `param` and `code` present
+    /// as `null` when absent. What the official OpenAI SDKs read.
+    #[default]
+    OpenAi,
+    /// `{"type":"error","error":{"type","message"},"request_id"}`, as Anthropic's
+    /// Messages API answers.
+    Anthropic,
+    /// `{"error_code","detail"}`.
+    ErrorCodeDetail,
+    /// `{"type","message","code","origin"}`, Humanloop-style, with provenance.
+    Humanloop,
+    /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`,
+    /// `grpc-status` and a percent-encoded `grpc-message`, empty body.
+    Grpc,
+}
+
+/// A format name that [`ErrorFormat::from_str`] does not know.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("unknown error format {0:?}: expected openai, anthropic, error_code_detail, humanloop or grpc")]
+pub struct UnknownFormat(String);
+
+impl FromStr for ErrorFormat {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "openai" | "open_ai" => ErrorFormat::OpenAi,
+            "anthropic" => ErrorFormat::Anthropic,
+            "error_code_detail" | "errorcodedetail" => ErrorFormat::ErrorCodeDetail,
+            "humanloop" => ErrorFormat::Humanloop,
+            "grpc" => ErrorFormat::Grpc,
+            _ => return Err(UnknownFormat(s.to_owned())),
+        })
+    }
+}
+
+#[derive(Serialize)]
+struct OpenAiBody<'a> {
+    error: OpenAiInner<'a>,
+}
+
+#[derive(Serialize)]
+struct OpenAiInner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AnthropicBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    error: AnthropicInner<'a>,
+    request_id: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct AnthropicInner<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct ErrorCodeDetailBody<'a> {
+    error_code: Option<&'a str>,
+    detail: &'a str,
+}
+
+#[derive(Serialize)]
+struct HumanloopBody<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+    code: u16,
+    origin: &'a str,
+}
+
+/// Anthropic's `error.type` for a kind.
+pub(crate) fn anthropic_type(kind: ErrorKind) -> &'static str {
+    use ErrorKind::*;
+    match kind {
+        Authentication => "authentication_error",
+        BudgetExceeded | InsufficientBalance | QuotaExhausted => "billing_error",
+        PermissionDenied => "permission_error",
+        NotFound => "not_found_error",
+        PayloadTooLarge => "request_too_large",
+        RateLimited => "rate_limit_error",
+        Internal | BadGateway | Unavailable | Connection => "api_error",
+        Timeout => "timeout_error",
+        Overloaded => "overloaded_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// The gRPC status code for an error (by HTTP status, as the gRPC
+/// HTTP-mapping table does).
+pub fn grpc_status(error: &ApiError) -> u8 {
+    match error.status().as_u16() {
+        400 | 413 | 422 => 3, // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        402 | 429 => 8,       // RESOURCE_EXHAUSTED
+        404 => 5,             // NOT_FOUND
+        409 => 10,            // ABORTED
+        502 | 503 | 529 => 14, // UNAVAILABLE
+        504 | 408 => 4,       // DEADLINE_EXCEEDED
+        _ => 13,              // INTERNAL
+    }
+}
+
+/// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks: every byte
+/// outside printable ASCII, and `%` itself.
+pub fn grpc_percent_encode(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for &b in message.as_bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    out
+}
+
+fn origin_name(error: &ApiError) -> &str {
+    match (error.origin(), error.provider()) {
+        (_, Some(name)) => name,
+        (Origin::Upstream, None) => "Upstream",
+        (Origin::Gateway, None) => "Gateway",
+    }
+}
+
+impl ErrorFormat {
+    /// The body bytes of `error` in this format (empty for [`ErrorFormat::Grpc`]).
+    pub fn render_body(self, error: &ApiError) -> Bytes {
+        let result = match self {
+            ErrorFormat::OpenAi => serde_json::to_vec(&OpenAiBody {
+                error: OpenAiInner {
+                    message: error.message(),
+                    kind: error.error_type(),
+                    param: error.param(),
+                    code: error.code(),
+                },
+            }),
+            ErrorFormat::Anthropic => serde_json::to_vec(&AnthropicBody {
+                kind: "error",
+                error: AnthropicInner {
+                    kind: anthropic_type(error.kind()),
+                    message: error.message(),
+                },
+                request_id: error.request_id(),
+            }),
+            ErrorFormat::ErrorCodeDetail => serde_json::to_vec(&ErrorCodeDetailBody {
+                error_code: error.code(),
+                detail: error.message(),
+            }),
+            ErrorFormat::Humanloop => serde_json::to_vec(&HumanloopBody {
+                kind: error.error_type(),
+                message: error.message(),
+                code: error.status().as_u16(),
+                origin: origin_name(error),
+            }),
+            ErrorFormat::Grpc => return Bytes::new(),
+        };
+        // Serializing borrowed strings and integers into a Vec cannot fail.
+        Bytes::from(result.unwrap_or_default())
+    }
+
+    /// Sets the status-independent headers of `error` in this format:
+    /// `content-type`, `x-should-retry`, `retry-after`/`retry-after-ms`,
+    /// `x-request-id`, and for gRPC `grpc-status`/`grpc-message`.
+    pub fn write_headers(self, error: &ApiError, headers: &mut HeaderMap) {
+        if self == ErrorFormat::Grpc {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(grpc_status(error))));
+            if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
+                headers.insert(GRPC_MESSAGE, v);
+            }
+        } else {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        headers.insert(
+            X_SHOULD_RETRY,
+            HeaderValue::from_static(if error.should_retry() { "true" } else { "false" }),
+        );
+        if let Some(delay) = error.retry_after() {
+            let millis = delay.as_millis().min(u64::MAX as u128) as u64;
+            // Whole seconds rounded up, never 0: `Retry-After: 0` invites a storm.
+            let secs = millis.div_ceil(1000).max(1);
+            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+            headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis));
+        }
+        if let Some(id) = error.request_id() {
+            if let Ok(v) = HeaderValue::from_str(id) {
+                headers.insert(X_REQUEST_ID, v);
+            }
+        }
+    }
+
+    /// The HTTP status to send `error` with in this format (200 for gRPC).
+    pub fn http_status(self, error: &ApiError) -> StatusCode {
+        match self {
+            ErrorFormat::Grpc => StatusCode::OK,
+            _ => error.status(),
+        }
+    }
+
+    /// A complete response for `error`: status, headers, body, and the
+    /// `ApiError` itself in the response extensions so an outer
+    /// `ErrorEnvelopeLayer` can re-render it without parsing bytes.
+    pub fn render(self, error: &ApiError) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.render_body(error)));
+        *response.status_mut() = self.http_status(error);
+        self.write_headers(error, response.headers_mut());
+        response.extensions_mut().insert(error.clone());
+        response
+    }
+}
+
+impl ApiError {
+    /// Renders the error as an OpenAI-format response (see [`ErrorFormat::render`]).
+    pub fn to_response(&self) -> Response<Full<Bytes>> {
+        ErrorFormat::OpenAi.render(self)
+    }
+
+    /// Renders the error as an OpenAI-format response, consuming it.
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(ErrorFormat::OpenAi.render_body(&self)));
+        *response.status_mut() = self.status();
+        ErrorFormat::OpenAi.write_headers(&self, response.headers_mut());
+        response.extensions_mut().insert(self);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn openai_has_null_param_and_code() {
+        let e = ApiError::internal().without_code();
+        let body = ErrorFormat::OpenAi.render_body(&e);
+        assert_eq!(
+            &body[..],
+            br#"{"error":{"message":"The server had an error while processing your request.","type":"server_error","param":null,"code":null}}"#
+        );
+    }
+
+    #[test]
+    fn retry_after_is_never_zero() {
+        let e = ApiError::rate_limited().with_retry_after(Duration::from_millis(12));
+        let r = ErrorFormat::OpenAi.render(&e);
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert_eq!(r.headers()["retry-after-ms"], "12");
+        assert_eq!(r.headers()["x-should-retry"], "true");
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(grpc_percent_encode("a b%ç"), "a b%25%C3%A7");
+        let r = ErrorFormat::Grpc.render(&ApiError::authentication());
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()["grpc-status"], "16");
+    }
+
+    #[test]
+    fn format_names_parse() {
+        assert_eq!("OpenAI".parse::<ErrorFormat>().ok(), Some(ErrorFormat::OpenAi));
+        assert!("xml".parse::<ErrorFormat>().is_err());
+    }
+}

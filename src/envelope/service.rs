@@ -1,0 +1,137 @@
+use std::convert::Infallible;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::ErrorFormat;
+use super::future::ResponseFuture;
+use super::layer::Config;
+use super::render::X_REQUEST_ID;
+use crate::BoxError;
+use crate::body::ResponseBody;
+
+/// The service built by [`ErrorEnvelopeLayer`](super::ErrorEnvelopeLayer).
+#[derive(Debug, Clone)]
+pub struct ErrorEnvelope<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S> ErrorEnvelope<S> {
+    pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
+        ErrorEnvelope { inner, config }
+    }
+
+    /// Wraps `inner` with the default configuration.
+    pub fn new(inner: S) -> Self {
+        use tower_layer::Layer;
+        super::ErrorEnvelopeLayer::new().layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ErrorEnvelope<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = Infallible;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // A service that fails readiness still gets called: its call then
+        // answers with the error, rendered, instead of the connection dying.
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(_) => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let format: ErrorFormat = self.config.format.pick(req.uri(), req.headers());
+        let request_id = match req.headers().get(X_REQUEST_ID) {
+            Some(id) if !id.is_empty() && id.len() <= 256 => id.clone(),
+            _ => {
+                let id = generate_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let config = &self.config;
+        let future = if config.catch_panic {
+            match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
+                Ok(future) => Ok(future),
+                Err(panic) => Err(super::future::panic_error(panic)),
+            }
+        } else {
+            Ok(self.inner.call(req))
+        };
+        ResponseFuture::new(future, format, request_id, config.max_error_body, config.catch_panic)
+    }
+}
+
+/// `req_` and 24 hex digits: a per-process random seed mixed with a counter,
+/// so ids are unique without a system call per request.
+fn generate_request_id() -> HeaderValue {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut buf = [0u8; 8];
+        // Falling back to the clock only weakens uniqueness across processes.
+        if getrandom::fill(&mut buf).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0);
+            buf = nanos.to_le_bytes();
+        }
+        u64::from_le_bytes(buf)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let hi = splitmix64(seed ^ n);
+    let lo = (n & 0xffff_ffff) as u32;
+    let text = format!("req_{hi:016x}{lo:08x}");
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn request_ids_are_unique() {
+        let a = super::generate_request_id();
+        let b = super::generate_request_id();
+        assert_ne!(a, b);
+        assert!(a.to_str().unwrap().starts_with("req_"));
+        assert_eq!(a.len(), 28);
+    }
+}

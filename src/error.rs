@@ -1,0 +1,630 @@
+//! The one description of a failure: [`ApiError`] and its class, [`ErrorKind`].
+//!
+//! Every tollgate layer that rejects a request builds an [`ApiError`]; the
+//! [`envelope`](crate::envelope) module is the only place that turns one into
+//! bytes (and bytes from an upstream back into one).
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::{ApiError, ErrorKind, RetryClass};
+//!
+//! let err = ApiError::rate_limited()
+//!     .with_message("Rate limit exceeded: 60 requests per minute")
+//!     .with_retry_after(Duration::from_millis(1500));
+//!
+//! assert_eq!(err.kind(), ErrorKind::RateLimited);
+//! assert_eq!(err.status(), http::StatusCode::TOO_MANY_REQUESTS);
+//! assert_eq!(err.error_type(), "rate_limit_error");
+//! assert_eq!(err.code(), Some("rate_limit_exceeded"));
+//! assert_eq!(err.retry_class(), RetryClass::AfterDelay);
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+use std::time::Duration;
+
+use http::StatusCode;
+
+/// The class of a failure. It fixes the default HTTP status, the OpenAI `type`,
+/// the default `code`, and whether a retry can help ([`RetryClass`]).
+///
+/// | kind | status | type | default code |
+/// |---|---|---|---|
+/// | `InvalidRequest` | 400 | `invalid_request_error` | `invalid_request` |
+/// | `InvalidModel` | 400 | `invalid_request_error` | `invalid_model` (param `model`) |
+/// | `ContextLengthExceeded` | 400 | `invalid_request_error` | `context_length_exceeded` |
+/// | `ContentFilter` | 400 | `invalid_request_error` | `content_filter` |
+/// | `Authentication` | 401 | `invalid_request_error` | `invalid_api_key` |
+/// | `BudgetExceeded` | 402 | `budget_exceeded_error` | `budget_exceeded` |
+/// | `PermissionDenied` | 403 | `permission_error` | `permission_denied` |
+/// | `InsufficientBalance` | 403 | `insufficient_quota` | `insufficient_balance` |
+/// | `NotFound` | 404 | `not_found_error` | `not_found` |
+/// | `Conflict` | 409 | `conflict_error` | `conflict` |
+/// | `PayloadTooLarge` | 413 | `invalid_request_error` | `payload_too_large` |
+/// | `Unprocessable` | 422 | `invalid_request_error` | `unprocessable_entity` |
+/// | `RateLimited` | 429 | `rate_limit_error` | `rate_limit_exceeded` |
+/// | `QuotaExhausted` | 429 | `insufficient_quota` | `insufficient_quota` |
+/// | `Internal` | 500 | `server_error` | `internal_error` |
+/// | `BadGateway` | 502 | `server_error` | `bad_gateway` |
+/// | `Unavailable` | 503 | `server_error` | `service_unavailable` |
+/// | `Timeout` | 504 | `timeout_error` | `timeout` |
+/// | `Overloaded` | 529 | `overloaded_error` | `overloaded` |
+/// | `Connection` | 502 | `api_connection_error` | `api_connection_error` |
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request is malformed or has an invalid value.
+    InvalidRequest,
+    /// The requested model does not exist or is not served here.
+    InvalidModel,
+    /// Prompt plus requested output exceed the model's context window.
+    ContextLengthExceeded,
+    /// The content was refused by a content filter.
+    ContentFilter,
+    /// No key, or a key that is unknown, expired or revoked.
+    Authentication,
+    /// A spend limit for the period has been reached (402).
+    BudgetExceeded,
+    /// The caller is known but may not do this.
+    PermissionDenied,
+    /// A prepaid balance is used up (403).
+    InsufficientBalance,
+    /// The resource does not exist.
+    NotFound,
+    /// The request conflicts with the current state.
+    Conflict,
+    /// The request body is larger than allowed.
+    PayloadTooLarge,
+    /// The request is well-formed but cannot be processed.
+    Unprocessable,
+    /// Too many requests or tokens in a window; retry after a delay.
+    RateLimited,
+    /// The account's quota is exhausted; retrying cannot help.
+    QuotaExhausted,
+    /// An unexpected failure inside the gateway.
+    Internal,
+    /// The upstream answered with something unusable.
+    BadGateway,
+    /// The service (or a store it depends on) is unavailable for now.
+    Unavailable,
+    /// The request took too long.
+    Timeout,
+    /// The upstream is overloaded (Anthropic's 529).
+    Overloaded,
+    /// The upstream could not be reached.
+    Connection,
+}
+
+/// Whether, and when, repeating a request that failed this way can succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RetryClass {
+    /// Retrying cannot help (bad request, bad key, no money).
+    Never,
+    /// Retrying helps once the server's delay has passed (rate limits).
+    AfterDelay,
+    /// The failure is likely transient; retry with backoff.
+    Transient,
+}
+
+/// Where a failure was decided: by this gateway, or by the upstream provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Origin {
+    /// The gateway itself refused or failed the request.
+    #[default]
+    Gateway,
+    /// The upstream provider returned the error.
+    Upstream,
+}
+
+impl ErrorKind {
+    /// Every kind, in table order. Handy for exhaustive tests.
+    pub const ALL: [ErrorKind; 20] = [
+        ErrorKind::InvalidRequest,
+        ErrorKind::InvalidModel,
+        ErrorKind::ContextLengthExceeded,
+        ErrorKind::ContentFilter,
+        ErrorKind::Authentication,
+        ErrorKind::BudgetExceeded,
+        ErrorKind::PermissionDenied,
+        ErrorKind::InsufficientBalance,
+        ErrorKind::NotFound,
+        ErrorKind::Conflict,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::Unprocessable,
+        ErrorKind::RateLimited,
+        ErrorKind::QuotaExhausted,
+        ErrorKind::Internal,
+        ErrorKind::BadGateway,
+        ErrorKind::Unavailable,
+        ErrorKind::Timeout,
+        ErrorKind::Overloaded,
+        ErrorKind::Connection,
+    ];
+
+    /// The default HTTP status of this kind.
+    pub fn status(self) -> StatusCode {
+        use ErrorKind::*;
+        match self {
+            InvalidRequest | InvalidModel | ContextLengthExceeded | ContentFilter => {
+                StatusCode::BAD_REQUEST
+            }
+            Authentication => StatusCode::UNAUTHORIZED,
+            BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
+            PermissionDenied | InsufficientBalance => StatusCode::FORBIDDEN,
+            NotFound => StatusCode::NOT_FOUND,
+            Conflict => StatusCode::CONFLICT,
+            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+            RateLimited | QuotaExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            BadGateway | Connection => StatusCode::BAD_GATEWAY,
+            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout => StatusCode::GATEWAY_TIMEOUT,
+            // 529 is a valid status number, so this cannot fail.
+            Overloaded => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        }
+    }
+
+    /// The OpenAI `error.type` of this kind.
+    pub fn error_type(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidRequest | InvalidModel | ContextLengthExceeded | ContentFilter
+            | Authentication | PayloadTooLarge | Unprocessable => "invalid_request_error",
+            BudgetExceeded => "budget_exceeded_error",
+            PermissionDenied => "permission_error",
+            InsufficientBalance | QuotaExhausted => "insufficient_quota",
+            NotFound => "not_found_error",
+            Conflict => "conflict_error",
+            RateLimited => "rate_limit_error",
+            Internal | BadGateway | Unavailable => "server_error",
+            Timeout => "timeout_error",
+            Overloaded => "overloaded_error",
+            Connection => "api_connection_error",
+        }
+    }
+
+    /// The default machine-readable `error.code` of this kind.
+    pub fn default_code(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidRequest => "invalid_request",
+            InvalidModel => "invalid_model",
+            ContextLengthExceeded => "context_length_exceeded",
+            ContentFilter => "content_filter",
+            Authentication => "invalid_api_key",
+            BudgetExceeded => "budget_exceeded",
+            PermissionDenied => "permission_denied",
+            InsufficientBalance => "insufficient_balance",
+            NotFound => "not_found",
+            Conflict => "conflict",
+            PayloadTooLarge => "payload_too_large",
+            Unprocessable => "unprocessable_entity",
+            RateLimited => "rate_limit_exceeded",
+            QuotaExhausted => "insufficient_quota",
+            Internal => "internal_error",
+            BadGateway => "bad_gateway",
+            Unavailable => "service_unavailable",
+            Timeout => "timeout",
+            Overloaded => "overloaded",
+            Connection => "api_connection_error",
+        }
+    }
+
+    /// The request field at fault by default (`"model"` for [`ErrorKind::InvalidModel`]).
+    pub fn default_param(self) -> Option<&'static str> {
+        match self {
+            ErrorKind::InvalidModel => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// A message for errors built without one. Never mentions request data.
+    pub fn default_message(self) -> &'static str {
+        use ErrorKind::*;
+        match self {
+            InvalidRequest => "The request is invalid.",
+            InvalidModel => "The requested model is not available.",
+            ContextLengthExceeded => "The request exceeds the model's context length.",
+            ContentFilter => "The request was rejected by the content filter.",
+            Authentication => "Invalid authentication credentials.",
+            BudgetExceeded => "Budget exceeded.",
+            PermissionDenied => "You do not have permission to perform this request.",
+            InsufficientBalance => {
+                "Insufficient account balance. Please add funds to continue."
+            }
+            NotFound => "The requested resource was not found.",
+            Conflict => "The request conflicts with the current state of the resource.",
+            PayloadTooLarge => "The request body is too large.",
+            Unprocessable => "The request could not be processed.",
+            RateLimited => "Rate limit exceeded. Please retry after a short wait.",
+            QuotaExhausted => "You exceeded your current quota.",
+            Internal => "The server had an error while processing your request.",
+            BadGateway => "The upstream service returned an invalid response.",
+            Unavailable => "The service is temporarily unavailable. Please retry.",
+            Timeout => "The request timed out.",
+            Overloaded => "The service is overloaded. Please retry.",
+            Connection => "Could not connect to the upstream service.",
+        }
+    }
+
+    /// Whether a retry can help, and when.
+    pub fn retry_class(self) -> RetryClass {
+        use ErrorKind::*;
+        match self {
+            RateLimited => RetryClass::AfterDelay,
+            Internal | BadGateway | Unavailable | Timeout | Overloaded | Connection
+            | Conflict => RetryClass::Transient,
+            _ => RetryClass::Never,
+        }
+    }
+
+    /// The kind a bare HTTP status stands for (used when parsing foreign errors).
+    /// Any other 4xx is [`ErrorKind::InvalidRequest`], any other 5xx [`ErrorKind::Internal`].
+    pub fn from_status(status: StatusCode) -> ErrorKind {
+        use ErrorKind::*;
+        match status.as_u16() {
+            401 => Authentication,
+            402 => BudgetExceeded,
+            403 => PermissionDenied,
+            404 => NotFound,
+            408 => Timeout,
+            409 => Conflict,
+            413 => PayloadTooLarge,
+            422 => Unprocessable,
+            429 => RateLimited,
+            500 => Internal,
+            502 => BadGateway,
+            503 => Unavailable,
+            504 => Timeout,
+            529 => Overloaded,
+            s if s >= 500 => Internal,
+            _ => InvalidRequest,
+        }
+    }
+
+    /// The kind whose default code is `code`, if any. Also knows a few
+    /// provider codes with a clear meaning (`enforced_spend_limit_reached`,
+    /// `content_filter_error`, …).
+    pub fn from_code(code: &str) -> Option<ErrorKind> {
+        use ErrorKind::*;
+        if let Some(kind) = ErrorKind::ALL.iter().find(|k| k.default_code() == code) {
+            return Some(*kind);
+        }
+        Some(match code {
+            "model_not_found" => InvalidModel,
+            "content_filter_error" | "content_policy_violation" => ContentFilter,
+            "enforced_spend_limit_reached" | "billing_hard_limit_reached" => QuotaExhausted,
+            "context_length_error" => ContextLengthExceeded,
+            "request_too_large" => PayloadTooLarge,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.default_code())
+    }
+}
+
+/// A failure, described once for every wire format.
+///
+/// Build one from a kind (defaults fill status, type, code and message), then
+/// refine it with the `with_*` setters. Render it with
+/// [`ErrorFormat`](crate::envelope::ErrorFormat) or
+/// [`ApiError::into_response`].
+///
+/// The message is shown to API clients: never put a secret, a stack trace or
+/// an internal `Debug` dump in it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiError {
+    kind: ErrorKind,
+    status: StatusCode,
+    message: Cow<'static, str>,
+    error_type: Cow<'static, str>,
+    param: Option<Cow<'static, str>>,
+    code: Option<Cow<'static, str>>,
+    origin: Origin,
+    provider: Option<Cow<'static, str>>,
+    retry_after: Option<Duration>,
+    should_retry: Option<bool>,
+    request_id: Option<Cow<'static, str>>,
+}
+
+macro_rules! constructors {
+    ($($(#[$doc:meta])* $name:ident => $kind:ident;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name() -> ApiError {
+                ApiError::from_kind(ErrorKind::$kind)
+            }
+        )*
+    };
+}
+
+impl ApiError {
+    /// An error of `kind` with the kind's defaults and `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> ApiError {
+        ApiError::from_kind(kind).with_message(message)
+    }
+
+    /// An error of `kind` with the kind's defaults, default message included.
+    pub fn from_kind(kind: ErrorKind) -> ApiError {
+        ApiError {
+            kind,
+            status: kind.status(),
+            message: Cow::Borrowed(kind.default_message()),
+            error_type: Cow::Borrowed(kind.error_type()),
+            param: kind.default_param().map(Cow::Borrowed),
+            code: Some(Cow::Borrowed(kind.default_code())),
+            origin: Origin::Gateway,
+            provider: None,
+            retry_after: None,
+            should_retry: None,
+            request_id: None,
+        }
+    }
+
+    constructors! {
+        /// 400 `invalid_request_error` / `invalid_request`.
+        invalid_request => InvalidRequest;
+        /// 400 `invalid_request_error` / `invalid_model`, param `model`.
+        invalid_model => InvalidModel;
+        /// 400 `invalid_request_error` / `context_length_exceeded`.
+        context_length_exceeded => ContextLengthExceeded;
+        /// 400 `invalid_request_error` / `content_filter`.
+        content_filter => ContentFilter;
+        /// 401 `invalid_request_error` / `invalid_api_key`.
+        authentication => Authentication;
+        /// 402 `budget_exceeded_error` / `budget_exceeded`.
+        budget_exceeded => BudgetExceeded;
+        /// 403 `permission_error` / `permission_denied`.
+        permission_denied => PermissionDenied;
+        /// 403 `insufficient_quota` / `insufficient_balance`.
+        insufficient_balance => InsufficientBalance;
+        /// 404 `not_found_error` / `not_found`.
+        not_found => NotFound;
+        /// 409 `conflict_error` / `conflict`.
+        conflict => Conflict;
+        /// 413 `invalid_request_error` / `payload_too_large`.
+        payload_too_large => PayloadTooLarge;
+        /// 422 `invalid_request_error` / `unprocessable_entity`.
+        unprocessable => Unprocessable;
+        /// 429 `rate_limit_error` / `rate_limit_exceeded`.
+        rate_limited => RateLimited;
+        /// 429 `insufficient_quota` / `insufficient_quota` (never retryable).
+        quota_exhausted => QuotaExhausted;
+        /// 500 `server_error` / `internal_error`.
+        internal => Internal;
+        /// 502 `server_error` / `bad_gateway`.
+        bad_gateway => BadGateway;
+        /// 503 `server_error` / `service_unavailable`.
+        unavailable => Unavailable;
+        /// 504 `timeout_error` / `timeout`.
+        timeout => Timeout;
+        /// 529 `overloaded_error` / `overloaded`.
+        overloaded => Overloaded;
+        /// 502 `api_connection_error` / `api_connection_error`.
+        connection => Connection;
+    }
+
+    /// Replaces the human-readable message.
+    pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
+        self.message = message.into();
+        self
+    }
+
+    /// Overrides the HTTP status (the kind's default otherwise).
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// Overrides the OpenAI `type` (the kind's default otherwise).
+    pub fn with_type(mut self, error_type: impl Into<Cow<'static, str>>) -> Self {
+        self.error_type = error_type.into();
+        self
+    }
+
+    /// Names the request field at fault (`"model"`, `"max_tokens"`).
+    pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    /// Removes the `param` (rendered as `null`).
+    pub fn without_param(mut self) -> Self {
+        self.param = None;
+        self
+    }
+
+    /// Sets the machine-readable code (`invalid_api_key`, `budget_exceeded`, …).
+    pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// Removes the `code` (rendered as `null`).
+    pub fn without_code(mut self) -> Self {
+        self.code = None;
+        self
+    }
+
+    /// Sets where the error was decided.
+    pub fn with_origin(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    /// Marks the error as the upstream provider's, naming it (`"OpenAI"`).
+    pub fn with_provider(mut self, provider: impl Into<Cow<'static, str>>) -> Self {
+        self.origin = Origin::Upstream;
+        self.provider = Some(provider.into());
+        self
+    }
+
+    /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`).
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        self.retry_after = Some(delay);
+        self
+    }
+
+    /// Overrides the retry decision derived from the kind (`x-should-retry`).
+    pub fn with_should_retry(mut self, should_retry: bool) -> Self {
+        self.should_retry = Some(should_retry);
+        self
+    }
+
+    /// Attaches the request id the error belongs to.
+    pub fn with_request_id(mut self, id: impl Into<Cow<'static, str>>) -> Self {
+        self.request_id = Some(id.into());
+        self
+    }
+
+    /// The class of the error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The OpenAI `error.type`.
+    pub fn error_type(&self) -> &str {
+        &self.error_type
+    }
+
+    /// The request field at fault.
+    pub fn param(&self) -> Option<&str> {
+        self.param.as_deref()
+    }
+
+    /// The machine-readable code.
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    /// Where the error was decided.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The upstream provider's name, when known.
+    pub fn provider(&self) -> Option<&str> {
+        self.provider.as_deref()
+    }
+
+    /// When a retry may succeed.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The request id, when attached.
+    pub fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
+    /// Whether a retry can help: the kind's class, or [`RetryClass::Never`] for
+    /// codes that mean an exhausted account whatever the status says.
+    pub fn retry_class(&self) -> RetryClass {
+        match self.code.as_deref() {
+            Some("insufficient_quota" | "enforced_spend_limit_reached") => RetryClass::Never,
+            _ => self.kind.retry_class(),
+        }
+    }
+
+    /// The value of `x-should-retry`: an explicit override, or whether the
+    /// retry class is anything but [`RetryClass::Never`].
+    pub fn should_retry(&self) -> bool {
+        self.should_retry
+            .unwrap_or(self.retry_class() != RetryClass::Never)
+    }
+
+    /// The explicit `x-should-retry` override, if any.
+    pub fn should_retry_override(&self) -> Option<bool> {
+        self.should_retry
+    }
+}
+
+impl fmt::Debug for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("ApiError");
+        d.field("kind", &self.kind)
+            .field("status", &self.status.as_u16())
+            .field("type", &self.error_type)
+            .field("code", &self.code)
+            .field("message", &self.message);
+        if let Some(param) = &self.param {
+            d.field("param", param);
+        }
+        if self.origin != Origin::Gateway {
+            d.field("origin", &self.origin);
+        }
+        if let Some(delay) = self.retry_after {
+            d.field("retry_after", &delay);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status.as_u16(), self.error_type)?;
+        if let Some(code) = &self.code {
+            write!(f, " ({code})")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<ErrorKind> for ApiError {
+    fn from(kind: ErrorKind) -> Self {
+        ApiError::from_kind(kind)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_table() {
+        for kind in ErrorKind::ALL {
+            let e = ApiError::from_kind(kind);
+            assert_eq!(e.status(), kind.status());
+            assert_eq!(e.error_type(), kind.error_type());
+            assert_eq!(e.code(), Some(kind.default_code()));
+            assert_eq!(ErrorKind::from_code(kind.default_code()), Some(kind));
+        }
+        assert_eq!(ApiError::invalid_model().param(), Some("model"));
+        assert_eq!(ApiError::overloaded().status().as_u16(), 529);
+    }
+
+    #[test]
+    fn quota_codes_are_never_retried() {
+        let e = ApiError::rate_limited().with_code("insufficient_quota");
+        assert_eq!(e.retry_class(), RetryClass::Never);
+        assert!(!e.should_retry());
+        assert!(ApiError::rate_limited().should_retry());
+        assert!(!ApiError::unavailable().with_should_retry(false).should_retry());
+    }
+
+    #[test]
+    fn display_is_one_line() {
+        let e = ApiError::budget_exceeded().with_message("Budget exceeded: $50.00 limit reached");
+        assert_eq!(
+            e.to_string(),
+            "402 budget_exceeded_error (budget_exceeded): Budget exceeded: $50.00 limit reached"
+        );
+    }
+}

@@ -1,0 +1,59 @@
+//! # tollgate
+//!
+//! Composable [Tower](https://docs.rs/tower) layers for OpenAI-compatible LLM
+//! APIs: the part of a gateway (or of a client) that decides who may call,
+//! how often, for how much money, what to retry, and what a failure looks like
+//! on the wire.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response, StatusCode};
+//! use http_body_util::Full;
+//! use tollgate::ApiError;
+//! use tollgate::envelope::ErrorEnvelopeLayer;
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let service = ServiceBuilder::new()
+//!     .layer(ErrorEnvelopeLayer::new())
+//!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Err::<Response<Full<Bytes>>, _>(ApiError::rate_limited())
+//!     }));
+//! let response = service.oneshot(Request::new(Full::default())).await?;
+//! assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | module | layer | what it decides |
+//! |---|---|---|
+//! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//!
+//! ## Feature flags
+//!
+//! | feature | enables |
+//! |---|---|
+//! | `axum` | `impl axum::response::IntoResponse for ApiError` |
+//! | `tonic` | `impl From<ApiError> for tonic::Status` |
+//! | `redis` | Redis-backed stores shared by several gateway instances |
+//! | `reqwest` | an adapter making `reqwest::Client` a tower `Service` |
+//!
+//! No integration is on by default, and no layer depends on axum.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod body;
+pub mod envelope;
+mod error;
+mod integrations;
+pub mod request;
+
+pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
+pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
+pub use self::request::RequestMeta;
+
+/// The boxed error type tower middleware uses.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
