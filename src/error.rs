@@ -169,8 +169,13 @@ impl ErrorKind {
     pub fn error_type(self) -> &'static str {
         use ErrorKind::*;
         match self {
-            InvalidRequest | InvalidModel | ContextLengthExceeded | ContentFilter
-            | Authentication | PayloadTooLarge | Unprocessable => "invalid_request_error",
+            InvalidRequest
+            | InvalidModel
+            | ContextLengthExceeded
+            | ContentFilter
+            | Authentication
+            | PayloadTooLarge
+            | Unprocessable => "invalid_request_error",
             BudgetExceeded => "budget_exceeded_error",
             PermissionDenied => "permission_error",
             InsufficientBalance | QuotaExhausted => "insufficient_quota",
@@ -230,9 +235,7 @@ impl ErrorKind {
             Authentication => "Invalid authentication credentials.",
             BudgetExceeded => "Budget exceeded.",
             PermissionDenied => "You do not have permission to perform this request.",
-            InsufficientBalance => {
-                "Insufficient account balance. Please add funds to continue."
-            }
+            InsufficientBalance => "Insufficient account balance. Please add funds to continue.",
             NotFound => "The requested resource was not found.",
             Conflict => "The request conflicts with the current state of the resource.",
             PayloadTooLarge => "The request body is too large.",
@@ -253,8 +256,9 @@ impl ErrorKind {
         use ErrorKind::*;
         match self {
             RateLimited => RetryClass::AfterDelay,
-            Internal | BadGateway | Unavailable | Timeout | Overloaded | Connection
-            | Conflict => RetryClass::Transient,
+            Internal | BadGateway | Unavailable | Timeout | Overloaded | Connection | Conflict => {
+                RetryClass::Transient
+            }
             _ => RetryClass::Never,
         }
     }
@@ -319,6 +323,12 @@ impl fmt::Display for ErrorKind {
 /// an internal `Debug` dump in it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ApiError {
+    // Boxed so `Result<T, ApiError>` stays small on the success path.
+    inner: Box<Inner>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Inner {
     kind: ErrorKind,
     status: StatusCode,
     message: Cow<'static, str>,
@@ -352,17 +362,19 @@ impl ApiError {
     /// An error of `kind` with the kind's defaults, default message included.
     pub fn from_kind(kind: ErrorKind) -> ApiError {
         ApiError {
-            kind,
-            status: kind.status(),
-            message: Cow::Borrowed(kind.default_message()),
-            error_type: Cow::Borrowed(kind.error_type()),
-            param: kind.default_param().map(Cow::Borrowed),
-            code: Some(Cow::Borrowed(kind.default_code())),
-            origin: Origin::Gateway,
-            provider: None,
-            retry_after: None,
-            should_retry: None,
-            request_id: None,
+            inner: Box::new(Inner {
+                kind,
+                status: kind.status(),
+                message: Cow::Borrowed(kind.default_message()),
+                error_type: Cow::Borrowed(kind.error_type()),
+                param: kind.default_param().map(Cow::Borrowed),
+                code: Some(Cow::Borrowed(kind.default_code())),
+                origin: Origin::Gateway,
+                provider: None,
+                retry_after: None,
+                should_retry: None,
+                request_id: None,
+            }),
         }
     }
 
@@ -411,164 +423,165 @@ impl ApiError {
 
     /// Replaces the human-readable message.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.message = message.into();
+        self.inner.message = message.into();
         self
     }
 
     /// Overrides the HTTP status (the kind's default otherwise).
     pub fn with_status(mut self, status: StatusCode) -> Self {
-        self.status = status;
+        self.inner.status = status;
         self
     }
 
     /// Overrides the OpenAI `type` (the kind's default otherwise).
     pub fn with_type(mut self, error_type: impl Into<Cow<'static, str>>) -> Self {
-        self.error_type = error_type.into();
+        self.inner.error_type = error_type.into();
         self
     }
 
     /// Names the request field at fault (`"model"`, `"max_tokens"`).
     pub fn with_param(mut self, param: impl Into<Cow<'static, str>>) -> Self {
-        self.param = Some(param.into());
+        self.inner.param = Some(param.into());
         self
     }
 
     /// Removes the `param` (rendered as `null`).
     pub fn without_param(mut self) -> Self {
-        self.param = None;
+        self.inner.param = None;
         self
     }
 
     /// Sets the machine-readable code (`invalid_api_key`, `budget_exceeded`, …).
     pub fn with_code(mut self, code: impl Into<Cow<'static, str>>) -> Self {
-        self.code = Some(code.into());
+        self.inner.code = Some(code.into());
         self
     }
 
     /// Removes the `code` (rendered as `null`).
     pub fn without_code(mut self) -> Self {
-        self.code = None;
+        self.inner.code = None;
         self
     }
 
     /// Sets where the error was decided.
     pub fn with_origin(mut self, origin: Origin) -> Self {
-        self.origin = origin;
+        self.inner.origin = origin;
         self
     }
 
     /// Marks the error as the upstream provider's, naming it (`"OpenAI"`).
     pub fn with_provider(mut self, provider: impl Into<Cow<'static, str>>) -> Self {
-        self.origin = Origin::Upstream;
-        self.provider = Some(provider.into());
+        self.inner.origin = Origin::Upstream;
+        self.inner.provider = Some(provider.into());
         self
     }
 
     /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`).
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
-        self.retry_after = Some(delay);
+        self.inner.retry_after = Some(delay);
         self
     }
 
     /// Overrides the retry decision derived from the kind (`x-should-retry`).
     pub fn with_should_retry(mut self, should_retry: bool) -> Self {
-        self.should_retry = Some(should_retry);
+        self.inner.should_retry = Some(should_retry);
         self
     }
 
     /// Attaches the request id the error belongs to.
     pub fn with_request_id(mut self, id: impl Into<Cow<'static, str>>) -> Self {
-        self.request_id = Some(id.into());
+        self.inner.request_id = Some(id.into());
         self
     }
 
     /// The class of the error.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.inner.kind
     }
 
     /// The HTTP status.
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.inner.status
     }
 
     /// The human-readable message.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.inner.message
     }
 
     /// The OpenAI `error.type`.
     pub fn error_type(&self) -> &str {
-        &self.error_type
+        &self.inner.error_type
     }
 
     /// The request field at fault.
     pub fn param(&self) -> Option<&str> {
-        self.param.as_deref()
+        self.inner.param.as_deref()
     }
 
     /// The machine-readable code.
     pub fn code(&self) -> Option<&str> {
-        self.code.as_deref()
+        self.inner.code.as_deref()
     }
 
     /// Where the error was decided.
     pub fn origin(&self) -> Origin {
-        self.origin
+        self.inner.origin
     }
 
     /// The upstream provider's name, when known.
     pub fn provider(&self) -> Option<&str> {
-        self.provider.as_deref()
+        self.inner.provider.as_deref()
     }
 
     /// When a retry may succeed.
     pub fn retry_after(&self) -> Option<Duration> {
-        self.retry_after
+        self.inner.retry_after
     }
 
     /// The request id, when attached.
     pub fn request_id(&self) -> Option<&str> {
-        self.request_id.as_deref()
+        self.inner.request_id.as_deref()
     }
 
     /// Whether a retry can help: the kind's class, or [`RetryClass::Never`] for
     /// codes that mean an exhausted account whatever the status says.
     pub fn retry_class(&self) -> RetryClass {
-        match self.code.as_deref() {
+        match self.inner.code.as_deref() {
             Some("insufficient_quota" | "enforced_spend_limit_reached") => RetryClass::Never,
-            _ => self.kind.retry_class(),
+            _ => self.inner.kind.retry_class(),
         }
     }
 
     /// The value of `x-should-retry`: an explicit override, or whether the
     /// retry class is anything but [`RetryClass::Never`].
     pub fn should_retry(&self) -> bool {
-        self.should_retry
+        self.inner
+            .should_retry
             .unwrap_or(self.retry_class() != RetryClass::Never)
     }
 
     /// The explicit `x-should-retry` override, if any.
     pub fn should_retry_override(&self) -> Option<bool> {
-        self.should_retry
+        self.inner.should_retry
     }
 }
 
 impl fmt::Debug for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("ApiError");
-        d.field("kind", &self.kind)
-            .field("status", &self.status.as_u16())
-            .field("type", &self.error_type)
-            .field("code", &self.code)
-            .field("message", &self.message);
-        if let Some(param) = &self.param {
+        d.field("kind", &self.inner.kind)
+            .field("status", &self.inner.status.as_u16())
+            .field("type", &self.inner.error_type)
+            .field("code", &self.inner.code)
+            .field("message", &self.inner.message);
+        if let Some(param) = &self.inner.param {
             d.field("param", param);
         }
-        if self.origin != Origin::Gateway {
-            d.field("origin", &self.origin);
+        if self.inner.origin != Origin::Gateway {
+            d.field("origin", &self.inner.origin);
         }
-        if let Some(delay) = self.retry_after {
+        if let Some(delay) = self.inner.retry_after {
             d.field("retry_after", &delay);
         }
         d.finish()
@@ -577,11 +590,16 @@ impl fmt::Debug for ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.error_type)?;
-        if let Some(code) = &self.code {
+        write!(
+            f,
+            "{} {}",
+            self.inner.status.as_u16(),
+            self.inner.error_type
+        )?;
+        if let Some(code) = &self.inner.code {
             write!(f, " ({code})")?;
         }
-        write!(f, ": {}", self.message)
+        write!(f, ": {}", self.inner.message)
     }
 }
 
@@ -616,7 +634,11 @@ mod tests {
         assert_eq!(e.retry_class(), RetryClass::Never);
         assert!(!e.should_retry());
         assert!(ApiError::rate_limited().should_retry());
-        assert!(!ApiError::unavailable().with_should_retry(false).should_retry());
+        assert!(
+            !ApiError::unavailable()
+                .with_should_retry(false)
+                .should_retry()
+        );
     }
 
     #[test]

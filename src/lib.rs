@@ -45,12 +45,19 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod auth;
 pub mod body;
+pub mod budget;
+pub mod clock;
 pub mod envelope;
 mod error;
 mod integrations;
+pub mod rate_limit;
 pub mod request;
+pub mod store;
+pub mod time;
 
+pub use self::auth::Principal;
 pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
 pub use self::request::RequestMeta;

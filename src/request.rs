@@ -93,7 +93,9 @@ impl<E> FromBytes for http_body_util::combinators::BoxBody<Bytes, E> {
 
 impl<E> FromBytes for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
     fn from_bytes(bytes: Bytes) -> Self {
-        Full::new(bytes).map_err(|never| match never {}).boxed_unsync()
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync()
     }
 }
 
@@ -123,8 +125,9 @@ impl RequestMeta {
             .deserialize_map(MetaVisitor)
             .and_then(|meta| de.end().map(|()| meta))
             .map_err(|e| {
-                ApiError::invalid_request()
-                    .with_message(format!("We could not parse the JSON body of your request: {e}"))
+                ApiError::invalid_request().with_message(format!(
+                    "We could not parse the JSON body of your request: {e}"
+                ))
             })?;
         meta.body_len = body.len();
         Ok(meta)
@@ -308,7 +311,9 @@ impl<'de> Visitor<'de> for CountText<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq
-            .next_element_seed(CountText { chars: &mut *self.chars })?
+            .next_element_seed(CountText {
+                chars: &mut *self.chars,
+            })?
             .is_some()
         {}
         Ok(())
@@ -321,7 +326,9 @@ impl<'de> Visitor<'de> for CountText<'_> {
                 | "file" | "file_data" | "data" | "detail" => {
                     map.next_value::<IgnoredAny>()?;
                 }
-                _ => map.next_value_seed(CountText { chars: &mut *self.chars })?,
+                _ => map.next_value_seed(CountText {
+                    chars: &mut *self.chars,
+                })?,
             }
         }
         Ok(())
@@ -360,7 +367,11 @@ mod tests {
 
     #[test]
     fn deep_nesting_does_not_overflow() {
-        let body = format!("{{\"messages\":{}{}}}", "[".repeat(100_000), "]".repeat(100_000));
+        let body = format!(
+            "{{\"messages\":{}{}}}",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
         assert!(RequestMeta::from_json(body.as_bytes()).is_err());
     }
 }

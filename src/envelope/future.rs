@@ -145,13 +145,23 @@ where
                     let result = match ready!(polled) {
                         Ok(result) => result,
                         Err(error) => {
-                            return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                            return Poll::Ready(Ok(render(
+                                *this.format,
+                                error,
+                                this.request_id,
+                                None,
+                            )));
                         }
                     };
                     match result {
                         Err(error) => {
                             let error = error_from_inner(error.into());
-                            return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                            return Poll::Ready(Ok(render(
+                                *this.format,
+                                error,
+                                this.request_id,
+                                None,
+                            )));
                         }
                         Ok(mut response) if response.status().as_u16() < 400 => {
                             if !response.headers().contains_key(X_REQUEST_ID) {

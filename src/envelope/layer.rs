@@ -7,12 +7,14 @@ use tower_layer::Layer;
 use super::ErrorFormat;
 use super::service::ErrorEnvelope;
 
+type SelectFormat = dyn Fn(&Uri, &HeaderMap) -> ErrorFormat + Send + Sync;
+
 /// Picks the error format for one request.
 #[derive(Clone)]
 pub(crate) enum FormatChoice {
     Fixed(ErrorFormat),
     Auto,
-    Custom(Arc<dyn Fn(&Uri, &HeaderMap) -> ErrorFormat + Send + Sync>),
+    Custom(Arc<SelectFormat>),
 }
 
 impl FormatChoice {

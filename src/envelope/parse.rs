@@ -91,7 +91,10 @@ fn parse_grpc(headers: &HeaderMap) -> ApiError {
         _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
     };
     let mut error = ApiError::from_kind(kind).with_status(status);
-    if let Some(message) = headers.get(GRPC_MESSAGE).map(|v| percent_decode(v.as_bytes())) {
+    if let Some(message) = headers
+        .get(GRPC_MESSAGE)
+        .map(|v| percent_decode(v.as_bytes()))
+    {
         if !message.is_empty() {
             error = error.with_message(message);
         }
@@ -126,9 +129,8 @@ fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {
     }
     if trimmed.starts_with('{') || trimmed.starts_with('[') {
         if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
-            return parse_json(status, &value).unwrap_or_else(|| {
-                fallback().with_message(cut(&compact(&value)))
-            });
+            return parse_json(status, &value)
+                .unwrap_or_else(|| fallback().with_message(cut(&compact(&value))));
         }
     }
     if trimmed.starts_with('<') {
@@ -155,7 +157,11 @@ fn html_title(html: &str) -> Option<String> {
     let lower = html.to_ascii_lowercase();
     let start = lower.find("<title>")? + "<title>".len();
     let end = start + lower[start..].find("</title>")?;
-    let title = html.get(start..end)?.split_whitespace().collect::<Vec<_>>().join(" ");
+    let title = html
+        .get(start..end)?
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     (!title.is_empty()).then_some(title)
 }
 
@@ -215,7 +221,11 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
         }
         Some(Value::String(message)) => {
             let kind = ErrorKind::from_status(status);
-            Some(ApiError::from_kind(kind).with_status(status).with_message(cut(message)))
+            Some(
+                ApiError::from_kind(kind)
+                    .with_status(status)
+                    .with_message(cut(message)),
+            )
         }
         _ => {
             if obj.contains_key("error_code") || obj.contains_key("detail") {
@@ -223,10 +233,9 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
                 let kind = kind_from(status, code.as_deref(), None);
                 let mut e = ApiError::from_kind(kind).with_status(status);
                 if let Some(detail) = obj.get("detail") {
-                    e = e.with_message(cut(&as_text(detail).map_or_else(
-                        || compact(detail),
-                        |d| d.into_owned(),
-                    )));
+                    e = e.with_message(cut(
+                        &as_text(detail).map_or_else(|| compact(detail), |d| d.into_owned())
+                    ));
                 }
                 return Some(match code {
                     Some(c) => e.with_code(c.into_owned()),
@@ -299,7 +308,11 @@ mod tests {
     use super::*;
 
     fn p(status: u16, body: &str) -> ApiError {
-        parse(StatusCode::from_u16(status).unwrap(), &HeaderMap::new(), body.as_bytes())
+        parse(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body.as_bytes(),
+        )
     }
 
     #[test]
@@ -325,10 +338,19 @@ mod tests {
 
     #[test]
     fn html_and_text_and_empty() {
-        let e = p(502, "<html><head><title>502 Bad Gateway</title></head></html>");
-        assert_eq!((e.kind(), e.message()), (ErrorKind::BadGateway, "502 Bad Gateway"));
+        let e = p(
+            502,
+            "<html><head><title>502 Bad Gateway</title></head></html>",
+        );
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::BadGateway, "502 Bad Gateway")
+        );
         let e = p(413, "length limit exceeded");
-        assert_eq!((e.kind(), e.message()), (ErrorKind::PayloadTooLarge, "length limit exceeded"));
+        assert_eq!(
+            (e.kind(), e.message()),
+            (ErrorKind::PayloadTooLarge, "length limit exceeded")
+        );
         let e = p(401, "");
         assert_eq!(e.kind(), ErrorKind::Authentication);
     }

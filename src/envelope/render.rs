@@ -45,7 +45,9 @@ pub enum ErrorFormat {
 
 /// A format name that [`ErrorFormat::from_str`] does not know.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("unknown error format {0:?}: expected openai, anthropic, error_code_detail, humanloop or grpc")]
+#[error(
+    "unknown error format {0:?}: expected openai, anthropic, error_code_detail, humanloop or grpc"
+)]
 pub struct UnknownFormat(String);
 
 impl FromStr for ErrorFormat {
@@ -128,15 +130,15 @@ pub(crate) fn anthropic_type(kind: ErrorKind) -> &'static str {
 /// HTTP-mapping table does).
 pub fn grpc_status(error: &ApiError) -> u8 {
     match error.status().as_u16() {
-        400 | 413 | 422 => 3, // INVALID_ARGUMENT
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        402 | 429 => 8,       // RESOURCE_EXHAUSTED
-        404 => 5,             // NOT_FOUND
-        409 => 10,            // ABORTED
+        400 | 413 | 422 => 3,  // INVALID_ARGUMENT
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        402 | 429 => 8,        // RESOURCE_EXHAUSTED
+        404 => 5,              // NOT_FOUND
+        409 => 10,             // ABORTED
         502 | 503 | 529 => 14, // UNAVAILABLE
-        504 | 408 => 4,       // DEADLINE_EXCEEDED
-        _ => 13,              // INTERNAL
+        504 | 408 => 4,        // DEADLINE_EXCEEDED
+        _ => 13,               // INTERNAL
     }
 }
 
@@ -204,7 +206,10 @@ impl ErrorFormat {
     pub fn write_headers(self, error: &ApiError, headers: &mut HeaderMap) {
         if self == ErrorFormat::Grpc {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert(GRPC_STATUS, HeaderValue::from(u16::from(grpc_status(error))));
+            headers.insert(
+                GRPC_STATUS,
+                HeaderValue::from(u16::from(grpc_status(error))),
+            );
             if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
                 headers.insert(GRPC_MESSAGE, v);
             }
@@ -213,7 +218,11 @@ impl ErrorFormat {
         }
         headers.insert(
             X_SHOULD_RETRY,
-            HeaderValue::from_static(if error.should_retry() { "true" } else { "false" }),
+            HeaderValue::from_static(if error.should_retry() {
+                "true"
+            } else {
+                "false"
+            }),
         );
         if let Some(delay) = error.retry_after() {
             let millis = delay.as_millis().min(u64::MAX as u128) as u64;
@@ -299,7 +308,10 @@ mod tests {
 
     #[test]
     fn format_names_parse() {
-        assert_eq!("OpenAI".parse::<ErrorFormat>().ok(), Some(ErrorFormat::OpenAi));
+        assert_eq!(
+            "OpenAI".parse::<ErrorFormat>().ok(),
+            Some(ErrorFormat::OpenAi)
+        );
         assert!("xml".parse::<ErrorFormat>().is_err());
     }
 }

@@ -89,7 +89,13 @@ where
         } else {
             Ok(self.inner.call(req))
         };
-        ResponseFuture::new(future, format, request_id, config.max_error_body, config.catch_panic)
+        ResponseFuture::new(
+            future,
+            format,
+            request_id,
+            config.max_error_body,
+            config.catch_panic,
+        )
     }
 }
 

@@ -1,0 +1,165 @@
+//! Key records and the identity they give a request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::budget::BudgetSpec;
+use crate::rate_limit::Limit;
+
+/// The SHA-256 of an API key's secret. The secret itself is never stored.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyHash(pub [u8; 32]);
+
+impl fmt::Debug for KeyHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A prefix is enough to tell records apart in logs.
+        write!(
+            f,
+            "KeyHash({:02x}{:02x}{:02x}{:02x}…)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
+    }
+}
+
+/// One API key (or virtual key) as the store holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyRecord {
+    /// Stable id, shown in logs and used to key limits and budgets.
+    pub id: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// SHA-256 of the secret.
+    pub secret_hash: KeyHash,
+    /// When the key was minted.
+    pub created_at: SystemTime,
+    /// When the key stops working, if ever.
+    pub expires_at: Option<SystemTime>,
+    /// Revoked keys are refused with 401 `revoked_api_key`.
+    pub revoked: bool,
+    /// Disabled (blocked account) keys are refused with 403 `account_disabled`.
+    pub disabled: bool,
+    /// Models the key may use: exact names and `*` globs; empty means all.
+    pub allowed_models: Vec<String>,
+    /// Rate limits for this key (the rate-limit layer's defaults apply when empty).
+    pub rate_limits: Vec<Limit>,
+    /// In-flight requests allowed for this key.
+    pub max_concurrent: Option<u32>,
+    /// Budgets this key's requests are charged to (its own, its team's, …).
+    pub budgets: Vec<BudgetSpec>,
+    /// Team the key belongs to.
+    pub team: Option<String>,
+    /// Organisation the key belongs to.
+    pub org: Option<String>,
+    /// Free-form metadata.
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl KeyRecord {
+    /// A record for `id` whose secret hashes to `secret_hash`, created now,
+    /// with no expiry, limits, budgets or model restrictions.
+    pub fn new(id: impl Into<String>, secret_hash: KeyHash) -> Self {
+        KeyRecord {
+            id: id.into(),
+            name: None,
+            secret_hash,
+            created_at: SystemTime::now(),
+            expires_at: None,
+            revoked: false,
+            disabled: false,
+            allowed_models: Vec::new(),
+            rate_limits: Vec::new(),
+            max_concurrent: None,
+            budgets: Vec::new(),
+            team: None,
+            org: None,
+            metadata: BTreeMap::new(),
+        }
+    }
+}
+
+/// The caller of a request, as `AuthLayer` found it. Inserted into the
+/// request's extensions; rate limits and budgets key on it. Cheap to clone.
+///
+/// It holds no secret, so its `Debug` output is safe to log.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Principal {
+    record: Arc<KeyRecord>,
+}
+
+impl Principal {
+    /// The principal of `record`.
+    pub fn new(record: impl Into<Arc<KeyRecord>>) -> Self {
+        Principal {
+            record: record.into(),
+        }
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> &str {
+        &self.record.id
+    }
+
+    /// The key's display name.
+    pub fn name(&self) -> Option<&str> {
+        self.record.name.as_deref()
+    }
+
+    /// The key's team.
+    pub fn team(&self) -> Option<&str> {
+        self.record.team.as_deref()
+    }
+
+    /// The key's organisation.
+    pub fn org(&self) -> Option<&str> {
+        self.record.org.as_deref()
+    }
+
+    /// The key's rate limits.
+    pub fn rate_limits(&self) -> &[Limit] {
+        &self.record.rate_limits
+    }
+
+    /// The key's concurrency limit.
+    pub fn max_concurrent(&self) -> Option<u32> {
+        self.record.max_concurrent
+    }
+
+    /// The budgets the key's requests are charged to.
+    pub fn budgets(&self) -> &[BudgetSpec] {
+        &self.record.budgets
+    }
+
+    /// The models the key may use (empty: all).
+    pub fn allowed_models(&self) -> &[String] {
+        &self.record.allowed_models
+    }
+
+    /// When the key expires.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.record.expires_at
+    }
+
+    /// Free-form metadata.
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.record.metadata
+    }
+
+    /// The whole record.
+    pub fn record(&self) -> &KeyRecord {
+        &self.record
+    }
+}
+
+impl fmt::Debug for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Principal")
+            .field("key_id", &self.record.id)
+            .field("name", &self.record.name)
+            .field("team", &self.record.team)
+            .field("org", &self.record.org)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,123 @@
+//! Money as an integer: nano-USD.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// An amount of US dollars, exact to 1e-9 USD (one nano-dollar), as an
+/// integer. Stores and ledgers never hold money as `f64`.
+///
+/// ```
+/// use tollgate::budget::Money;
+///
+/// let limit: Money = "50".parse().unwrap();
+/// assert_eq!(limit, Money::from_nanos(50_000_000_000));
+/// assert_eq!(limit.to_string(), "$50.00");
+/// assert_eq!(Money::from_nanos(1_234).to_string(), "$0.000001234");
+/// assert_eq!("0.000000001".parse::<Money>().unwrap(), Money::from_nanos(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Money(i64);
+
+/// Nano-dollars per dollar.
+const NANOS_PER_USD: i64 = 1_000_000_000;
+
+impl Money {
+    /// Zero dollars.
+    pub const ZERO: Money = Money(0);
+
+    /// From nano-dollars.
+    pub const fn from_nanos(nanos: i64) -> Money {
+        Money(nanos)
+    }
+
+    /// Whole dollars.
+    pub const fn from_usd(usd: i64) -> Money {
+        Money(usd.saturating_mul(NANOS_PER_USD))
+    }
+
+    /// From a dollar amount given as a float (configuration files), rounded to
+    /// the nearest nano-dollar. Non-finite values become zero.
+    pub fn from_usd_f64(usd: f64) -> Money {
+        if !usd.is_finite() {
+            return Money::ZERO;
+        }
+        let nanos = (usd * NANOS_PER_USD as f64).round();
+        Money(nanos.clamp(i64::MIN as f64, i64::MAX as f64) as i64)
+    }
+
+    /// The amount in nano-dollars.
+    pub const fn nanos(self) -> i64 {
+        self.0
+    }
+
+    /// The amount in dollars, for display and logs only.
+    pub fn as_usd_f64(self) -> f64 {
+        self.0 as f64 / NANOS_PER_USD as f64
+    }
+
+    /// `self + other`, saturating.
+    pub const fn saturating_add(self, other: Money) -> Money {
+        Money(self.0.saturating_add(other.0))
+    }
+
+    /// `self - other`, saturating.
+    pub const fn saturating_sub(self, other: Money) -> Money {
+        Money(self.0.saturating_sub(other.0))
+    }
+}
+
+impl fmt::Display for Money {
+    /// `$50.00`; more decimals only when the amount has them (`$0.000001234`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let abs = self.0.unsigned_abs();
+        let whole = abs / NANOS_PER_USD as u64;
+        let frac = abs % NANOS_PER_USD as u64;
+        let mut digits = format!("{frac:09}");
+        while digits.len() > 2 && digits.ends_with('0') {
+            digits.pop();
+        }
+        write!(f, "{sign}${whole}.{digits}")
+    }
+}
+
+/// A dollar amount that [`Money::from_str`] cannot read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "invalid dollar amount {0:?}: expected a decimal number like 50 or 0.25, at most 9 decimals"
+)]
+pub struct InvalidMoney(String);
+
+impl FromStr for Money {
+    type Err = InvalidMoney;
+
+    /// Parses `50`, `50.25`, `$0.000000001`, `-3.5` exactly (no float).
+    fn from_str(s: &str) -> Result<Money, InvalidMoney> {
+        let err = || InvalidMoney(s.to_owned());
+        let t = s.trim();
+        let (neg, t) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let t = t.strip_prefix('$').unwrap_or(t);
+        let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+        if whole.is_empty() && frac.is_empty()
+            || frac.len() > 9
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(err());
+        }
+        let whole: i64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| err())?
+        };
+        let frac_nanos: i64 = format!("{frac:0<9}").parse().map_err(|_| err())?;
+        let nanos = whole
+            .checked_mul(NANOS_PER_USD)
+            .and_then(|n| n.checked_add(frac_nanos))
+            .ok_or_else(err)?;
+        Ok(Money(if neg { -nanos } else { nanos }))
+    }
+}

@@ -1,0 +1,1 @@
+//! In-process stores: sharded, bounded, driven by an injectable clock.
