@@ -2,9 +2,46 @@
 //!
 //! Each stateful layer depends on a store trait of its own, with operations
 //! shaped for one round trip. [`memory`] holds the in-process defaults.
+//! When a store fails, the layer answers with the [`StoreError`] rendered as
+//! 503 `store_unavailable` (or admits, where its failure policy says so).
 //!
 //! ```
-//! // The memory stores are the defaults: a layer built without a store uses one.
+//! use tollgate::ApiError;
+//! use tollgate::store::StoreError;
+//!
+//! let err: ApiError = StoreError::Timeout.into();
+//! assert_eq!(err.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+//! assert_eq!(err.code(), Some("store_unavailable"));
+//! assert!(err.should_retry());
 //! ```
 
+use crate::ApiError;
+
 pub mod memory;
+
+/// A store could not answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store is unreachable or refused the operation.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store did not answer in time.
+    #[error("store timed out")]
+    Timeout,
+    /// The store answered with something this version cannot read.
+    #[error("store returned an unexpected reply: {0}")]
+    Corrupt(String),
+}
+
+impl From<StoreError> for ApiError {
+    /// 503 `service_unavailable` with code `store_unavailable` and
+    /// `x-should-retry: true`. The store's own message is logged, not sent.
+    fn from(error: StoreError) -> ApiError {
+        tracing::warn!(%error, "state store failed");
+        ApiError::unavailable()
+            .with_code("store_unavailable")
+            .with_message("The gateway's state store is unavailable. Please retry.")
+            .with_should_retry(true)
+    }
+}
