@@ -207,11 +207,12 @@ impl Config {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
-        config.check(origin)?;
+        config.validate(origin)?;
         Ok(config)
     }
 
-    fn check(&self, origin: &str) -> Result<(), ConfigError> {
+    /// Checks values that parse but make no sense; `origin` names the source.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
         let invalid = |message: String| ConfigError::Invalid {
             origin: origin.to_owned(),
             message,
