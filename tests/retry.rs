@@ -31,7 +31,9 @@ type Handle<B> = mock::Handle<Request<B>, Response<ResBody>>;
 const NOW: Duration = Duration::from_secs(1_800_000_000); // 2027-01-15T08:00:00Z
 
 fn full(bytes: impl Into<Bytes>) -> ResBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 fn response(status: u16, headers: &[(&str, &str)], body: &str) -> Response<ResBody> {
@@ -73,9 +75,12 @@ fn layer() -> RetryLayer {
     RetryLayer::new()
         .without_budget()
         .clock(Arc::new(TokioClock::starting_at(UNIX_EPOCH + NOW)))
-        .policy(RetryPolicy::new().backoff(
-            ExponentialBackoff::new(Duration::from_millis(500), Duration::from_millis(500)).unwrap(),
-        ))
+        .policy(
+            RetryPolicy::new().backoff(
+                ExponentialBackoff::new(Duration::from_millis(500), Duration::from_millis(500))
+                    .unwrap(),
+            ),
+        )
 }
 
 /// Calls a layered mock in a task; returns the task and the mock's handle.
@@ -129,7 +134,6 @@ async fn serve<B>(
     seen
 }
 
-
 #[tokio::test(start_paused = true)]
 async fn first_try_success_is_returned_with_retry_info() {
     let (task, mut handle) = start(layer(), request("{}"));
@@ -174,20 +178,42 @@ async fn transient_statuses_are_retried_with_the_same_request() {
 #[tokio::test(start_paused = true)]
 async fn final_failures_are_returned_at_once_and_intact() {
     let cases: &[(u16, &str)] = &[
-        (400, r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#),
-        (401, r#"{"error":{"message":"Incorrect API key","type":"invalid_request_error","code":"invalid_api_key"}}"#),
+        (
+            400,
+            r#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#,
+        ),
+        (
+            401,
+            r#"{"error":{"message":"Incorrect API key","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+        ),
         (402, "payment required"),
         (403, "forbidden"),
         (404, "<html><title>404 Not Found</title></html>"),
         (422, "unprocessable"),
-        (400, r#"{"error":{"message":"filtered","type":"invalid_request_error","code":"content_filter"}}"#),
-        (400, r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#),
-        (429, r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#),
-        (429, r#"{"error":{"message":"spend limit","type":"invalid_request_error","code":"enforced_spend_limit_reached"}}"#),
+        (
+            400,
+            r#"{"error":{"message":"filtered","type":"invalid_request_error","code":"content_filter"}}"#,
+        ),
+        (
+            400,
+            r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+        ),
+        (
+            429,
+            r#"{"error":{"message":"spend limit","type":"invalid_request_error","code":"enforced_spend_limit_reached"}}"#,
+        ),
     ];
     for (status, body) in cases {
         let (task, mut handle) = start(layer(), request("{}"));
-        serve(&mut handle, vec![response(*status, &[("retry-after", "1")], body)]).await;
+        serve(
+            &mut handle,
+            vec![response(*status, &[("retry-after", "1")], body)],
+        )
+        .await;
         let res = task.await.unwrap().unwrap();
         assert_eq!(res.status().as_u16(), *status);
         assert_eq!(info(&res), (1, Duration::ZERO), "{status} {body}");
@@ -198,7 +224,9 @@ async fn final_failures_are_returned_at_once_and_intact() {
 #[tokio::test(start_paused = true)]
 async fn a_large_error_body_comes_back_whole() {
     let big = "x".repeat(200 * 1024);
-    let layer = layer().policy(RetryPolicy::new().max_attempts(1)).max_error_body(1024);
+    let layer = layer()
+        .policy(RetryPolicy::new().max_attempts(1))
+        .max_error_body(1024);
     let (task, mut handle) = start(layer.clone(), request("{}"));
     serve(&mut handle, vec![response(500, &[], &big)]).await;
     let res = task.await.unwrap().unwrap();
@@ -217,15 +245,24 @@ async fn rate_limits_wait_for_every_header_format() {
     let http_date = httpdate::fmt_http_date(UNIX_EPOCH + NOW + Duration::from_secs(7));
     let cases: Vec<(Vec<(&str, &str)>, Duration)> = vec![
         (vec![("retry-after-ms", "1234")], ms(1234)),
-        (vec![("retry-after-ms", "12.5")], Duration::from_micros(12_500)),
+        (
+            vec![("retry-after-ms", "12.5")],
+            Duration::from_micros(12_500),
+        ),
         (vec![("retry-after", "3")], ms(3000)),
         (vec![("retry-after", "0.75")], ms(750)),
         (vec![("retry-after", &http_date)], ms(7000)),
         (vec![("x-ratelimit-reset-requests", "1s")], ms(1000)),
         (vec![("x-ratelimit-reset-requests", "6m0s")], ms(360_000)),
         (vec![("x-ratelimit-reset-tokens", "12ms")], ms(12)),
-        (vec![("x-ratelimit-reset-tokens", "1h2m3.5s")], Duration::from_secs(120)),
-        (vec![("x-ratelimit-reset-requests", "2027-01-15T08:00:05Z")], ms(5000)),
+        (
+            vec![("x-ratelimit-reset-tokens", "1h2m3.5s")],
+            Duration::from_secs(120),
+        ),
+        (
+            vec![("x-ratelimit-reset-requests", "2027-01-15T08:00:05Z")],
+            ms(5000),
+        ),
         (
             vec![
                 ("x-ratelimit-remaining-requests", "0"),
@@ -235,7 +272,10 @@ async fn rate_limits_wait_for_every_header_format() {
             ],
             ms(2000),
         ),
-        (vec![("anthropic-ratelimit-requests-reset", "2027-01-15T08:00:09Z")], ms(9000)),
+        (
+            vec![("anthropic-ratelimit-requests-reset", "2027-01-15T08:00:09Z")],
+            ms(9000),
+        ),
         (
             vec![
                 ("anthropic-ratelimit-tokens-remaining", "0"),
@@ -260,7 +300,10 @@ async fn rate_limits_wait_for_every_header_format() {
         let (task, mut handle) = start(layer().policy(policy), request("{}"));
         let seen = serve(
             &mut handle,
-            vec![response(429, &headers, "slow down"), response(200, &[], "ok")],
+            vec![
+                response(429, &headers, "slow down"),
+                response(200, &[], "ok"),
+            ],
         )
         .await;
         let res = task.await.unwrap().unwrap();
@@ -268,7 +311,10 @@ async fn rate_limits_wait_for_every_header_format() {
         assert_eq!(info(&res), (2, expected), "{headers:?}");
         // tokio's timer rounds up to the millisecond.
         let waited = seen[1].1 - seen[0].1;
-        assert!(waited >= expected && waited <= expected + ms(1), "{headers:?}: {waited:?}");
+        assert!(
+            waited >= expected && waited <= expected + ms(1),
+            "{headers:?}: {waited:?}"
+        );
     }
 }
 
@@ -300,7 +346,11 @@ async fn the_deadline_is_never_passed() {
     let hint = [("retry-after", "2")];
     serve(
         &mut handle,
-        vec![response(503, &hint, "1"), response(503, &hint, "2"), response(503, &hint, "3")],
+        vec![
+            response(503, &hint, "1"),
+            response(503, &hint, "2"),
+            response(503, &hint, "3"),
+        ],
     )
     .await;
     let res = task.await.unwrap().unwrap();
@@ -317,7 +367,11 @@ async fn attempts_are_limited_globally_and_per_kind() {
         .attempts_for(ErrorKind::Overloaded, 2)
         .backoff(ExponentialBackoff::new(ms(500), ms(500)).unwrap());
     let (task, mut handle) = start(layer().policy(policy.clone()), request("{}"));
-    serve(&mut handle, vec![response(529, &[], ""), response(529, &[], "last")]).await;
+    serve(
+        &mut handle,
+        vec![response(529, &[], ""), response(529, &[], "last")],
+    )
+    .await;
     let res = task.await.unwrap().unwrap();
     assert_eq!(info(&res).0, 2);
     assert_eq!(body_string(res.into_body()).await, "last");
@@ -357,7 +411,11 @@ async fn attempts_are_limited_globally_and_per_kind() {
     let (task, mut handle) = start(layer(), request("{}"));
     let seen = serve(
         &mut handle,
-        vec![response(500, &[], ""), response(502, &[], ""), response(503, &[], "third")],
+        vec![
+            response(500, &[], ""),
+            response(502, &[], ""),
+            response(503, &[], "third"),
+        ],
     )
     .await;
     let res = task.await.unwrap().unwrap();
@@ -373,14 +431,21 @@ async fn x_should_retry_overrides_both_ways() {
     let (task, mut handle) = start(layer(), request("{}"));
     serve(
         &mut handle,
-        vec![response(400, &[("x-should-retry", "true")], "retry me"), response(200, &[], "ok")],
+        vec![
+            response(400, &[("x-should-retry", "true")], "retry me"),
+            response(200, &[], "ok"),
+        ],
     )
     .await;
     let res = task.await.unwrap().unwrap();
     assert_eq!((res.status().as_u16(), info(&res).0), (200, 2));
 
     let (task, mut handle) = start(layer(), request("{}"));
-    serve(&mut handle, vec![response(503, &[("x-should-retry", "false")], "stop")]).await;
+    serve(
+        &mut handle,
+        vec![response(503, &[("x-should-retry", "false")], "stop")],
+    )
+    .await;
     let res = task.await.unwrap().unwrap();
     assert_eq!((res.status().as_u16(), info(&res).0), (503, 1));
     assert_eq!(body_string(res.into_body()).await, "stop");
@@ -397,7 +462,9 @@ async fn connection_errors_are_retried_then_returned_as_is() {
         ));
     }
     let error = task.await.unwrap().unwrap_err();
-    let io = error.downcast_ref::<std::io::Error>().expect("the inner error, as is");
+    let io = error
+        .downcast_ref::<std::io::Error>()
+        .expect("the inner error, as is");
     assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
 
     // One refused connection, then a success.
@@ -464,7 +531,10 @@ impl Chunked {
     fn new(chunks: &[&'static str]) -> Self {
         Chunked {
             len: chunks.iter().map(|c| c.len() as u64).sum(),
-            chunks: chunks.iter().map(|c| Ok(Bytes::from_static(c.as_bytes()))).collect(),
+            chunks: chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect(),
         }
     }
 }
@@ -477,7 +547,11 @@ impl Body for Chunked {
         mut self: Pin<&mut Self>,
         _cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.chunks.pop_front().map(|c| c.map(Frame::data).map_err(Into::into)))
+        Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| c.map(Frame::data).map_err(Into::into)),
+        )
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -504,7 +578,11 @@ fn chunked_request(body: Chunked) -> Request<Chunked> {
 async fn a_streamed_body_is_buffered_and_replayed() {
     let body = Chunked::new(&[r#"{"model":"#, r#""m","#, r#""stream":false}"#]);
     let (task, mut handle) = start(layer(), chunked_request(body));
-    let seen = serve(&mut handle, vec![response(502, &[], ""), response(200, &[], "ok")]).await;
+    let seen = serve(
+        &mut handle,
+        vec![response(502, &[], ""), response(200, &[], "ok")],
+    )
+    .await;
     assert_eq!(task.await.unwrap().unwrap().status(), 200);
     for (req, _) in seen {
         assert_eq!(
@@ -530,7 +608,8 @@ async fn a_body_over_the_cap_is_sent_once() {
         rx.recv().await.map(|item| (item, rx))
     });
     let body: BoxBody<Bytes, BoxError> = StreamBody::new(stream).boxed();
-    tx.send(Ok(Frame::data(Bytes::from_static(b"streamed")))).unwrap();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"streamed"))))
+        .unwrap();
     drop(tx);
     let req = Request::post("http://upstream.test/").body(body).unwrap();
     let (task, mut handle) = start(RetryLayer::new(), req);
@@ -546,7 +625,11 @@ async fn a_failing_request_body_is_a_400_and_no_call() {
     let mut body = Chunked::new(&["{\"a\":"]);
     body.chunks.push_back(Err("client went away"));
     let (service, mut handle) = mock::pair::<Request<Chunked>, Response<ResBody>>();
-    let res = layer().layer(service).oneshot(chunked_request(body)).await.unwrap();
+    let res = layer()
+        .layer(service)
+        .oneshot(chunked_request(body))
+        .await
+        .unwrap();
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     let error = res.extensions().get::<ApiError>().unwrap();
     assert_eq!(error.message(), "The request body could not be read.");
@@ -604,9 +687,15 @@ async fn an_error_after_the_first_event_is_not_retried() {
     let later_error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
     tx.send(Ok(Bytes::from(later_error))).unwrap();
     drop(tx);
-    assert_eq!(body_string(res.into_body()).await, format!("{first}{later_error}"));
+    assert_eq!(
+        body_string(res.into_body()).await,
+        format!("{first}{later_error}")
+    );
     // No second attempt was made.
-    assert!(matches!(handle.poll_request(), Poll::Pending | Poll::Ready(None)));
+    assert!(matches!(
+        handle.poll_request(),
+        Poll::Pending | Poll::Ready(None)
+    ));
 }
 
 #[tokio::test(start_paused = true)]
@@ -622,13 +711,17 @@ async fn a_silent_stream_is_handed_over_after_the_peek_timeout() {
             .unwrap(),
     );
     let started = Instant::now();
-    tx.send(Ok(Bytes::from_static(b": still thinking\n\n"))).unwrap();
+    tx.send(Ok(Bytes::from_static(b": still thinking\n\n")))
+        .unwrap();
     let res = task.await.unwrap().unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(2));
     assert_eq!(info(&res).0, 1);
     tx.send(Ok(Bytes::from_static(b"data: 1\n\n"))).unwrap();
     drop(tx);
-    assert_eq!(body_string(res.into_body()).await, ": still thinking\n\ndata: 1\n\n");
+    assert_eq!(
+        body_string(res.into_body()).await,
+        ": still thinking\n\ndata: 1\n\n"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -718,7 +811,10 @@ async fn every_retry_is_a_tracing_event() {
     let call = layer().layer(service).oneshot(request("{}"));
     let serve = serve(
         &mut handle,
-        vec![response(503, &[("retry-after", "2.345")], ""), response(200, &[], "")],
+        vec![
+            response(503, &[("retry-after", "2.345")], ""),
+            response(200, &[], ""),
+        ],
     );
     let (res, _) = tokio::join!(call, serve);
     assert_eq!(res.unwrap().status(), 200);
@@ -735,9 +831,11 @@ fn layer_and_service_are_clone_and_debug() {
     let layer = RetryLayer::new();
     let debug = format!("{layer:?}");
     assert!(debug.contains("max_attempts: 3"), "{debug}");
-    let service = layer.clone().layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-    }));
+    let service = layer
+        .clone()
+        .layer(tower::service_fn(|_: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
     let mut service = service.clone();
     let _ = service.get_ref();
     let _ = service.get_mut();
@@ -792,7 +890,9 @@ proptest! {
 fn assert_send<T: Send>(_: &T) {}
 
 #[allow(dead_code)]
-fn the_future_is_send(service: tollgate::retry::Retry<mock::Mock<Request<Full<Bytes>>, Response<ResBody>>>) {
+fn the_future_is_send(
+    service: tollgate::retry::Retry<mock::Mock<Request<Full<Bytes>>, Response<ResBody>>>,
+) {
     let mut service = service;
     let future = service.call(request("{}"));
     assert_send(&future);

@@ -204,7 +204,10 @@ async fn reqwest_is_retried_over_the_network() {
             .unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["x-echo-retry-count"], "2");
-        assert_eq!(response.extensions().get::<RetryInfo>().unwrap().attempts, 3);
+        assert_eq!(
+            response.extensions().get::<RetryInfo>().unwrap().attempts,
+            3
+        );
         let body = response.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(&body[..], BODY.as_bytes());
         assert_eq!(calls.count(), 3);

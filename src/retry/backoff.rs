@@ -120,7 +120,10 @@ impl Jitter {
     }
 
     pub(crate) fn next(&self) -> u64 {
-        let z = self.state.fetch_add(GAMMA, Ordering::Relaxed).wrapping_add(GAMMA);
+        let z = self
+            .state
+            .fetch_add(GAMMA, Ordering::Relaxed)
+            .wrapping_add(GAMMA);
         mix(z)
     }
 }

@@ -184,6 +184,7 @@ impl BodyBuf {
         };
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         match self {
             BodyBuf::Empty => 0,
@@ -309,7 +310,8 @@ mod tests {
     fn finds_the_first_event() {
         let e = first_event(&[b"data: {\"a\":1}\n\ndata: 2\n\n"]).unwrap();
         assert_eq!(e, ("message".into(), b"{\"a\":1}".to_vec()));
-        let e = first_event(&[b": keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n"]).unwrap();
+        let e =
+            first_event(&[b": keep-alive\n\nevent: error\r\ndata: x\r\ndata: y\r\n\r\n"]).unwrap();
         assert_eq!(e, ("error".into(), b"x\ny".to_vec()));
         // Split anywhere, including between \r and \n.
         let e = first_event(&[b"event: e\r", b"\ndata:z\r", b"\n", b"\r\n"]).unwrap();

@@ -123,8 +123,12 @@ impl RetryBudget {
 
     /// Records a request.
     pub fn deposit(&self) {
+        self.deposit_at(Instant::now());
+    }
+
+    pub(crate) fn deposit_at(&self, now: Instant) {
         let mut window = self.window();
-        window.rotate(Instant::now(), self.inner.slot_len);
+        window.rotate(now, self.inner.slot_len);
         let current = window.current;
         window.slots[current].deposits += 1;
         window.deposits += 1;

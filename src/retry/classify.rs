@@ -14,12 +14,14 @@
 //! is `insufficient_quota` is final, and a server's `x-should-retry` header
 //! outranks every rule.
 
+use std::fmt;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::hints;
+use crate::clock::Clock;
 use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
@@ -62,13 +64,26 @@ where
 /// An `Err` from the inner service (connection refused, reset, DNS, TLS, a
 /// timeout layer's `Elapsed`) is not classified: it is always
 /// [`ErrorKind::Connection`], [`RetryClass::Transient`].
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Outcome<'a> {
     status: StatusCode,
     headers: &'a HeaderMap,
     body: &'a [u8],
     event: Option<&'a str>,
-    now_unix: Duration,
+    // Read only when a classifier asks (absolute dates in headers).
+    now_unix: Option<Duration>,
+    clock: Option<&'a dyn Clock>,
+}
+
+impl fmt::Debug for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outcome")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body", &self.body.len())
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'a> Outcome<'a> {
@@ -79,9 +94,8 @@ impl<'a> Outcome<'a> {
             headers,
             body: &[],
             event: None,
-            now_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default(),
+            now_unix: None,
+            clock: None,
         }
     }
 
@@ -99,9 +113,15 @@ impl<'a> Outcome<'a> {
         self
     }
 
-    /// With the wall-clock time, for absolute dates in headers.
+    /// With the wall-clock time, for absolute dates in headers (the
+    /// system's clock otherwise).
     pub fn with_now_unix(mut self, now_unix: Duration) -> Self {
-        self.now_unix = now_unix;
+        self.now_unix = Some(now_unix);
+        self
+    }
+
+    pub(crate) fn with_clock(mut self, clock: &'a dyn Clock) -> Self {
+        self.clock = Some(clock);
         self
     }
 
@@ -127,9 +147,16 @@ impl<'a> Outcome<'a> {
         self.event
     }
 
-    /// Wall-clock time since the Unix epoch when the response arrived.
+    /// Wall-clock time since the Unix epoch, from the layer's
+    /// [`clock`](super::RetryLayer::clock).
     pub fn now_unix(&self) -> Duration {
-        self.now_unix
+        match (self.now_unix, self.clock) {
+            (Some(now), _) => now,
+            (None, Some(clock)) => clock.now_unix(),
+            (None, None) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
     }
 }
 
@@ -224,18 +251,23 @@ impl DefaultClassifier {
 impl Classify for DefaultClassifier {
     fn classify(&self, outcome: &Outcome<'_>) -> Classification {
         if let Some(event) = outcome.event {
-            return classify_event(event, outcome.body, outcome.now_unix);
+            return classify_event(event, outcome.body, outcome.now_unix());
         }
         let status = outcome.status;
         if status.as_u16() < 400 {
             return Classification::Success;
         }
         let error = crate::envelope::parse(status, outcome.headers, outcome.body);
-        failure(&error, status, outcome.headers, outcome.now_unix)
+        failure(&error, status, outcome.headers, outcome.now_unix())
     }
 }
 
-fn failure(error: &ApiError, status: StatusCode, headers: &HeaderMap, now: Duration) -> Classification {
+fn failure(
+    error: &ApiError,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: Duration,
+) -> Classification {
     let kind = error.kind();
     let class = match (error.should_retry_override(), error.retry_class()) {
         (Some(false), _) => RetryClass::Never,
@@ -428,11 +460,17 @@ mod tests {
     #[test]
     fn x_should_retry_overrides_both_ways() {
         let c = classify(400, &[("x-should-retry", "true")], "");
-        assert_eq!(class(c), Some((ErrorKind::InvalidRequest, RetryClass::Transient)));
+        assert_eq!(
+            class(c),
+            Some((ErrorKind::InvalidRequest, RetryClass::Transient))
+        );
         let c = classify(503, &[("x-should-retry", "false")], "");
         assert_eq!(class(c), Some((ErrorKind::Unavailable, RetryClass::Never)));
         let c = classify(429, &[("x-should-retry", "true")], "");
-        assert_eq!(class(c), Some((ErrorKind::RateLimited, RetryClass::AfterDelay)));
+        assert_eq!(
+            class(c),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
         let c = classify(200, &[("x-should-retry", "true")], "");
         assert_eq!(c, Classification::Success);
     }
@@ -440,31 +478,73 @@ mod tests {
     #[test]
     fn hints_are_attached() {
         let c = classify(503, &[("retry-after", "2")], "");
-        assert!(matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2)));
+        assert!(
+            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
+        );
         let c = classify(500, &[("x-ratelimit-reset-requests", "2s")], "");
-        assert!(matches!(c, Classification::Failure { retry_after: None, .. }));
+        assert!(matches!(
+            c,
+            Classification::Failure {
+                retry_after: None,
+                ..
+            }
+        ));
         let c = classify(429, &[("x-ratelimit-reset-requests", "2s")], "");
-        assert!(matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2)));
+        assert!(
+            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
+        );
     }
 
     #[test]
     fn first_events() {
-        assert_eq!(event("message", r#"{"id":"x","choices":[]}"#), Classification::Success);
+        assert_eq!(
+            event("message", r#"{"id":"x","choices":[]}"#),
+            Classification::Success
+        );
         assert_eq!(event("message", "[DONE]"), Classification::Success);
-        assert_eq!(event("message_start", r#"{"type":"message_start"}"#), Classification::Success);
-        assert_eq!(event("message", r#"{"error":null,"choices":[]}"#), Classification::Success);
+        assert_eq!(
+            event("message_start", r#"{"type":"message_start"}"#),
+            Classification::Success
+        );
+        assert_eq!(
+            event("message", r#"{"error":null,"choices":[]}"#),
+            Classification::Success
+        );
         let openai = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
-        assert_eq!(class(event("message", openai)), Some((ErrorKind::Internal, RetryClass::Transient)));
-        let anthropic = r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        assert_eq!(class(event("error", anthropic)), Some((ErrorKind::Overloaded, RetryClass::Transient)));
+        assert_eq!(
+            class(event("message", openai)),
+            Some((ErrorKind::Internal, RetryClass::Transient))
+        );
+        let anthropic =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            class(event("error", anthropic)),
+            Some((ErrorKind::Overloaded, RetryClass::Transient))
+        );
         let limited = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#;
-        assert_eq!(class(event("error", limited)), Some((ErrorKind::RateLimited, RetryClass::AfterDelay)));
+        assert_eq!(
+            class(event("error", limited)),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
         let bad = r#"{"error":{"message":"bad","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
-        assert_eq!(class(event("message", bad)), Some((ErrorKind::ContextLengthExceeded, RetryClass::Never)));
+        assert_eq!(
+            class(event("message", bad)),
+            Some((ErrorKind::ContextLengthExceeded, RetryClass::Never))
+        );
         let numeric = r#"{"error":{"message":"Provider returned error","code":502}}"#;
-        assert_eq!(class(event("message", numeric)), Some((ErrorKind::BadGateway, RetryClass::Transient)));
-        let responses_api = r#"{"type":"error","code":"rate_limit_exceeded","message":"slow","param":null}"#;
-        assert_eq!(class(event("error", responses_api)), Some((ErrorKind::RateLimited, RetryClass::AfterDelay)));
-        assert_eq!(class(event("error", "upstream went away")), Some((ErrorKind::Internal, RetryClass::Transient)));
+        assert_eq!(
+            class(event("message", numeric)),
+            Some((ErrorKind::BadGateway, RetryClass::Transient))
+        );
+        let responses_api =
+            r#"{"type":"error","code":"rate_limit_exceeded","message":"slow","param":null}"#;
+        assert_eq!(
+            class(event("error", responses_api)),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
+        assert_eq!(
+            class(event("error", "upstream went away")),
+            Some((ErrorKind::Internal, RetryClass::Transient))
+        );
     }
 }

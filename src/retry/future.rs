@@ -45,17 +45,16 @@ pin_project! {
     enum State<F, B, R, E> {
         // Reading the request body into memory.
         Buffering { #[pin] body: B, buf: BodyBuf },
-        // Waiting for the inner service to be ready, then calling it.
-        Ready { request: Option<Request<B>> },
+        // Waiting for the inner service to be ready, then calling it with
+        // the template.
+        Ready,
         Calling { #[pin] future: F },
         // Reading an error body, or an event stream up to its first event.
-        Peeking {
-            peek: Option<Peek<R, E>>,
-            #[pin]
-            timer: Sleep,
-        },
+        // Boxed, like the sleep below: the retry paths pay for the space,
+        // not every call's future.
+        Peeking { peek: Option<Box<Peek<R, E>>> },
         // Between attempts.
-        Waiting { #[pin] sleep: Sleep },
+        Waiting { sleep: Pin<Box<Sleep>> },
         Done,
     }
 }
@@ -68,6 +67,7 @@ struct Peek<R, E> {
     tail: Tail<E>,
     // `Some` for an event stream.
     scanner: Option<SseScanner>,
+    timer: Pin<Box<Sleep>>,
 }
 
 /// The parts of the request kept to build each attempt.
@@ -107,13 +107,14 @@ where
     R: Body<Data = Bytes>,
 {
     pub(crate) fn new(mut inner: S, shared: Arc<Shared>, req: Request<B>) -> Self {
+        let started = Instant::now();
         if let Some(budget) = &shared.budget {
-            budget.deposit();
+            budget.deposit_at(started);
         }
         let mut progress = Progress {
             attempts: 0,
             failures: FailureCounts::default(),
-            started: Instant::now(),
+            started,
             total_wait: Duration::ZERO,
         };
         let (parts, body) = req.into_parts();
@@ -201,33 +202,27 @@ where
                             None => break,
                         }
                     }
-                    let len = buf.len();
                     let bytes = buf.take();
-                    let request = match this.template.take() {
-                        Some(mut template) => {
-                            template.body = bytes;
-                            let request = template.request(0);
-                            // A body that outgrew its own size hint is sent
-                            // (it is all in memory) but not kept for replay.
-                            if len <= this.shared.max_request_body {
-                                *this.template = Some(template);
-                            }
-                            request
-                        }
+                    match this.template.as_mut() {
+                        Some(template) => template.body = bytes,
                         None => unreachable!("a buffered request always has its template"),
-                    };
-                    this.state.set(State::Ready {
-                        request: Some(request),
-                    });
+                    }
+                    this.state.set(State::Ready);
                 }
-                StateProj::Ready { request } => {
+                StateProj::Ready => {
                     if let Err(error) = ready!(this.inner.poll_ready(cx)) {
                         this.state.set(State::Done);
                         return Poll::Ready(Err(error));
                     }
-                    let Some(request) = request.take() else {
-                        unreachable!("the request is taken once, when it is sent")
+                    let Some(template) = this.template.as_ref() else {
+                        unreachable!("only a replayable request is (re)sent from the template")
                     };
+                    let request = template.request(this.progress.attempts);
+                    // A body that outgrew its own size hint is sent (it is
+                    // all in memory) but not kept for replay.
+                    if template.body.len() > this.shared.max_request_body {
+                        *this.template = None;
+                    }
                     this.progress.attempts += 1;
                     let future = this.inner.call(request);
                     this.state.set(State::Calling { future });
@@ -241,11 +236,10 @@ where
                                 class: RetryClass::Transient,
                                 retry_after: None,
                             };
-                            match plan(this.shared, this.progress, this.template, failure, None)
-                            {
+                            match plan(this.shared, this.progress, this.template, failure, None) {
                                 Some(delay) => {
                                     this.state.set(State::Waiting {
-                                        sleep: tokio::time::sleep(delay),
+                                        sleep: Box::pin(tokio::time::sleep(delay)),
                                     });
                                     continue;
                                 }
@@ -265,30 +259,35 @@ where
                         && this.shared.peek_streams
                         && is_event_stream(response.headers());
                     if status.as_u16() >= 400 || stream {
-                        let (parts, body) = response.into_parts();
+                        let now = Instant::now();
                         let deadline =
                             this.progress.started + this.shared.policy.deadline_duration();
-                        let until = (Instant::now() + this.shared.peek_timeout).min(deadline);
+                        if now >= deadline {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(finish(response, this.progress)));
+                        }
+                        let (parts, body) = response.into_parts();
+                        let until = (now + this.shared.peek_timeout).min(deadline);
                         this.state.set(State::Peeking {
-                            peek: Some(Peek {
+                            peek: Some(Box::new(Peek {
                                 parts,
                                 body: Box::pin(body),
                                 buf: BytesMut::new(),
                                 tail: Tail::Body,
                                 scanner: stream.then(SseScanner::default),
-                            }),
-                            timer: tokio::time::sleep_until(until),
+                                timer: Box::pin(tokio::time::sleep_until(until)),
+                            })),
                         });
                         continue;
                     }
-                    let outcome = Outcome::new(status, response.headers())
-                        .with_now_unix(this.shared.clock.now_unix());
+                    let outcome =
+                        Outcome::new(status, response.headers()).with_clock(&*this.shared.clock);
                     let verdict = this.shared.classifier.classify(&outcome);
                     match retry_after(this.shared, this.progress, this.template, verdict, status) {
                         Some(delay) => {
                             drop(response);
                             this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(delay),
+                                sleep: Box::pin(tokio::time::sleep(delay)),
                             });
                         }
                         None => {
@@ -297,11 +296,11 @@ where
                         }
                     }
                 }
-                StateProj::Peeking { peek, timer } => {
+                StateProj::Peeking { peek } => {
                     let Some(p) = peek.as_mut() else {
                         unreachable!("the peeked response is taken once, when classified")
                     };
-                    ready!(read_head(p, timer, this.shared.max_error_body, cx));
+                    ready!(read_head(p, this.shared.max_error_body, cx));
                     let Some(p) = peek.take() else {
                         unreachable!("checked just above")
                     };
@@ -311,22 +310,27 @@ where
                         Some(delay) => {
                             drop(p);
                             this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(delay),
+                                sleep: Box::pin(tokio::time::sleep(delay)),
                             });
                         }
                         None => {
                             this.state.set(State::Done);
-                            let body = ResponseBody::peeked(p.buf.freeze(), p.tail, p.body);
-                            let response = Response::from_parts(p.parts, body);
+                            let Peek {
+                                parts,
+                                body,
+                                buf,
+                                tail,
+                                ..
+                            } = *p;
+                            let body = ResponseBody::peeked(buf.freeze(), tail, body);
+                            let response = Response::from_parts(parts, body);
                             return Poll::Ready(Ok(with_info(response, this.progress)));
                         }
                     }
                 }
                 StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
-                    let retry = this.progress.attempts;
-                    let request = this.template.as_ref().map(|t| t.request(retry));
-                    this.state.set(State::Ready { request });
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Ready);
                 }
                 StateProj::Done => {
                     panic!("tollgate::retry::ResponseFuture polled after completion")
@@ -340,7 +344,6 @@ where
 /// `limit` bytes, or the timer. Pending only while all of those are.
 fn read_head<R: Body<Data = Bytes>>(
     p: &mut Peek<R, R::Error>,
-    mut timer: Pin<&mut Sleep>,
     limit: usize,
     cx: &mut Context<'_>,
 ) -> Poll<()> {
@@ -376,7 +379,7 @@ fn read_head<R: Body<Data = Bytes>>(
                 return Poll::Ready(());
             }
             Poll::Pending => {
-                ready!(timer.as_mut().poll(cx));
+                ready!(p.timer.as_mut().poll(cx));
                 return Poll::Ready(());
             }
         }
@@ -384,8 +387,7 @@ fn read_head<R: Body<Data = Bytes>>(
 }
 
 fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
-    let now = shared.clock.now_unix();
-    let outcome = Outcome::new(p.parts.status, &p.parts.headers).with_now_unix(now);
+    let outcome = Outcome::new(p.parts.status, &p.parts.headers).with_clock(&*shared.clock);
     match &p.scanner {
         Some(scanner) => match scanner.event() {
             Some((event, data)) => shared
@@ -393,7 +395,9 @@ fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
                 .classify(&outcome.with_first_event(event, data)),
             // The stream broke before its first event: nothing reached the
             // caller, so it is as safe to retry as a refused connection.
-            None if matches!(p.tail, Tail::Error(_)) => Classification::failure(ErrorKind::Connection),
+            None if matches!(p.tail, Tail::Error(_)) => {
+                Classification::failure(ErrorKind::Connection)
+            }
             // Ended, too slow or too large: the caller gets it as it is.
             None => Classification::Success,
         },
@@ -429,10 +433,9 @@ fn retry_after(
 }
 
 /// Whether another attempt is possible at all, before reading anything.
+/// (The deadline is checked before peeking, and by the policy.)
 fn may_retry(shared: &Shared, progress: &Progress, template: &Option<Template>) -> bool {
-    template.is_some()
-        && progress.attempts < shared.policy.max_attempts_total()
-        && progress.started.elapsed() < shared.policy.deadline_duration()
+    template.is_some() && progress.attempts < shared.policy.max_attempts_total()
 }
 
 /// The delay before the next attempt, or `None` to stop. Logs the decision.

@@ -48,7 +48,10 @@ const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// `(remaining, reset)` header pairs of OpenAI-style rate limits.
 const OPENAI_LIMITS: [(&str, &str); 2] = [
-    ("x-ratelimit-remaining-requests", "x-ratelimit-reset-requests"),
+    (
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+    ),
     ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
 ];
 
@@ -82,12 +85,16 @@ const ANTHROPIC_LIMITS: [(&str, &str); 4] = [
 /// Among several reset headers, the reset of a limit reported exhausted
 /// (`…remaining…: 0`) wins, the latest if several are; when none is reported
 /// exhausted, the earliest reset.
-pub fn server_delay(headers: &HeaderMap, now_unix: Duration, rate_limited: bool) -> Option<Duration> {
+pub fn server_delay(
+    headers: &HeaderMap,
+    now_unix: Duration,
+    rate_limited: bool,
+) -> Option<Duration> {
     if let Some(delay) = header(headers, RETRY_AFTER_MS).and_then(parse_millis) {
         return Some(delay);
     }
-    if let Some(delay) = header(headers, RETRY_AFTER.as_str())
-        .and_then(|v| parse_retry_after(v, now_unix))
+    if let Some(delay) =
+        header(headers, RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(v, now_unix))
     {
         return Some(delay);
     }
@@ -162,7 +169,9 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
 fn scaled(int: &[u8], frac: &[u8], unit: u128) -> u128 {
     let mut whole: u128 = 0;
     for d in int {
-        whole = whole.saturating_mul(10).saturating_add(u128::from(d - b'0'));
+        whole = whole
+            .saturating_mul(10)
+            .saturating_add(u128::from(d - b'0'));
     }
     let mut nanos = whole.saturating_mul(unit);
     // Digits past the 20th cannot change a nanosecond count.
@@ -214,7 +223,11 @@ fn parse_reset(value: &str, now_unix: Duration) -> Option<Duration> {
     parse_duration(value).or_else(|| parse_seconds(value))
 }
 
-fn reset_delay(headers: &HeaderMap, limits: &[(&str, &str)], now_unix: Duration) -> Option<Duration> {
+fn reset_delay(
+    headers: &HeaderMap,
+    limits: &[(&str, &str)],
+    now_unix: Duration,
+) -> Option<Duration> {
     let mut exhausted: Option<Duration> = None;
     let mut earliest: Option<Duration> = None;
     for (remaining, reset) in limits {
@@ -268,16 +281,24 @@ mod tests {
         assert_eq!(parse_duration("250µs"), Some(Duration::from_micros(250)));
         assert_eq!(parse_duration("7ns"), Some(Duration::from_nanos(7)));
         assert_eq!(parse_duration("1.000000000000000000000001s"), ms(1000));
-        for bad in ["", "s", "1", "1x", "-1s", "1s2", "1..5s", "1.5.5s", ". s", "1 s"] {
+        for bad in [
+            "", "s", "1", "1x", "-1s", "1s2", "1..5s", "1.5.5s", ". s", "1 s",
+        ] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
-        assert_eq!(parse_duration("99999999999999999999999999999h"), Some(Duration::MAX));
+        assert_eq!(
+            parse_duration("99999999999999999999999999999h"),
+            Some(Duration::MAX)
+        );
     }
 
     #[test]
     fn retry_after_ms_wins() {
         let h = headers(&[("retry-after-ms", "1500.5"), ("retry-after", "9")]);
-        assert_eq!(server_delay(&h, NOW, false), Some(Duration::from_micros(1_500_500)));
+        assert_eq!(
+            server_delay(&h, NOW, false),
+            Some(Duration::from_micros(1_500_500))
+        );
     }
 
     #[test]
@@ -332,8 +353,14 @@ mod tests {
             ("anthropic-ratelimit-requests-remaining", "0"),
             ("anthropic-ratelimit-requests-reset", "2027-01-15T08:00:10Z"),
             ("anthropic-ratelimit-output-tokens-remaining", "0"),
-            ("anthropic-ratelimit-output-tokens-reset", "2027-01-15T08:00:20+00:00"),
-            ("anthropic-ratelimit-input-tokens-reset", "2027-01-15T08:00:01Z"),
+            (
+                "anthropic-ratelimit-output-tokens-reset",
+                "2027-01-15T08:00:20+00:00",
+            ),
+            (
+                "anthropic-ratelimit-input-tokens-reset",
+                "2027-01-15T08:00:01Z",
+            ),
         ]);
         assert_eq!(server_delay(&h, NOW, true), ms(20_000));
         // retry-after, when present, is more specific.

@@ -261,7 +261,10 @@ mod tests {
     fn never_is_never_retried() {
         let p = RetryPolicy::new();
         let f = failure(ErrorKind::InvalidRequest, None);
-        assert_eq!(p.decide(f, 1, 1, Duration::ZERO, 0), Err(Stop::NotRetryable));
+        assert_eq!(
+            p.decide(f, 1, 1, Duration::ZERO, 0),
+            Err(Stop::NotRetryable)
+        );
     }
 
     #[test]
