@@ -27,6 +27,8 @@ use tower_test::mock;
 
 type ResBody = BoxBody<Bytes, BoxError>;
 type Handle<B> = mock::Handle<Request<B>, Response<ResBody>>;
+type Call =
+    tokio::task::JoinHandle<Result<Response<tollgate::retry::ResponseBody<ResBody>>, BoxError>>;
 
 const NOW: Duration = Duration::from_secs(1_800_000_000); // 2027-01-15T08:00:00Z
 
@@ -84,13 +86,7 @@ fn layer() -> RetryLayer {
 }
 
 /// Calls a layered mock in a task; returns the task and the mock's handle.
-fn start<B>(
-    layer: RetryLayer,
-    req: Request<B>,
-) -> (
-    tokio::task::JoinHandle<Result<Response<tollgate::retry::ResponseBody<ResBody>>, BoxError>>,
-    Handle<B>,
-)
+fn start<B>(layer: RetryLayer, req: Request<B>) -> (Call, Handle<B>)
 where
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
@@ -316,6 +312,24 @@ async fn rate_limits_wait_for_every_header_format() {
             "{headers:?}: {waited:?}"
         );
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_without_a_hint_backs_off() {
+    let (task, mut handle) = start(layer(), request("{}"));
+    let seen = serve(
+        &mut handle,
+        vec![
+            response(429, &[("x-ratelimit-remaining-requests", "0")], "slow down"),
+            response(200, &[], "ok"),
+        ],
+    )
+    .await;
+    let res = task.await.unwrap().unwrap();
+    let (attempts, waited) = info(&res);
+    assert_eq!(attempts, 2);
+    assert!(waited < ms(500), "{waited:?}");
+    assert!(seen[1].1 - seen[0].1 <= ms(500));
 }
 
 #[tokio::test(start_paused = true)]

@@ -1,11 +1,4 @@
 //! Exponential backoff with full jitter, and the small PRNG that draws it.
-//!
-//! The `n`-th retry waits a uniformly random time in `[0, min(max, initial ×
-//! 2ⁿ⁻¹))`: "full jitter" in the words of the AWS architecture blog. Without
-//! jitter, every client that failed at the same moment comes back at the same
-//! moment, and a provider recovering from an outage is knocked over again by
-//! the synchronized wave. Spreading the retries over the whole interval keeps
-//! the total load flat at the cost of a slightly longer average wait.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -13,6 +6,18 @@ use std::time::Duration;
 use super::ConfigError;
 
 /// Exponential backoff with full jitter.
+///
+/// The `n`-th retry waits a uniformly random time in `[0, min(max, initial ×
+/// 2ⁿ⁻¹))`.
+///
+/// # Why full jitter?
+///
+/// Without jitter, every client that failed at the same moment comes back at
+/// the same moment, and a provider recovering from an outage is knocked over
+/// again by the synchronized wave. Spreading each retry over its whole
+/// interval ("full jitter", in the words of the AWS architecture blog) keeps
+/// the load flat, at the cost of a slightly less predictable wait. Delays the
+/// server asks for (`Retry-After`, …) are honoured as given, without jitter.
 ///
 /// ```
 /// use std::time::Duration;

@@ -1,18 +1,4 @@
-//! A retry budget shared by every clone of the service.
-//!
-//! # Why budgets and not only max attempts?
-//!
-//! "Three attempts" bounds one request, not the fleet. When a provider goes
-//! down, every request fails and every request retries, so a per-request limit
-//! of three turns 1,000 requests per second into 3,000 against a service that
-//! is already failing, and the retries keep it down. A budget bounds the
-//! *extra* load instead: retries may add at most a percentage of recent
-//! traffic (20 % by default), plus a small floor so a quiet client can still
-//! retry a lone failure. In a blip the budget has room and every failure is
-//! retried; in an outage it runs dry within seconds and requests fail fast
-//! with the upstream's own error. This is tower's `TpsBudget`, shared through
-//! an `Arc` so that every clone of the service, on every task, draws from one
-//! budget.
+//! A retry budget shared by every clone of the service: [`RetryBudget`].
 
 use std::fmt;
 use std::sync::{Arc, Mutex};

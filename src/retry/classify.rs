@@ -1,18 +1,4 @@
 //! What failed, and whether another try can help: [`Classify`].
-//!
-//! # Why classes?
-//!
-//! A retry loop that retries "on error" retries the wrong things. A 400, a
-//! bad key, a prompt over the context window or an exhausted quota fail
-//! exactly the same way the second and the third time, and each attempt may
-//! cost money or count against a limit. A 429 will succeed, but only after
-//! the window resets; a 503 probably succeeds after a short, jittered wait.
-//! So every failure is classified into an [`ErrorKind`] and a [`RetryClass`]
-//! (never, after the server's delay, transient), and the policy acts on the
-//! class. The default classifier ([`DefaultClassifier`]) knows the providers'
-//! conventions, including the ones retry loops usually miss: a 429 whose code
-//! is `insufficient_quota` is final, and a server's `x-should-retry` header
-//! outranks every rule.
 
 use std::fmt;
 use std::time::Duration;
@@ -26,6 +12,22 @@ use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
 /// was and whether to retry.
+///
+/// # Why classes?
+///
+/// A retry loop that retries "on error" retries the wrong things. A 400, a
+/// bad key, a prompt over the context window or an exhausted quota fail
+/// exactly the same way the second and the third time, and each attempt may
+/// cost money or count against a limit. A 429 will succeed, but only after
+/// the window resets; a 503 probably succeeds after a short, jittered wait.
+/// So every failure is classified into an [`ErrorKind`] and a [`RetryClass`]
+/// (never, after the server's delay, transient), and the policy acts on the
+/// class. The default classifier ([`DefaultClassifier`]) knows the providers'
+/// conventions, including the ones retry loops usually miss: a 429 whose code
+/// is `insufficient_quota` is final, and a server's `x-should-retry` header
+/// outranks every rule.
+///
+/// # Custom rules
 ///
 /// Implemented for closures, so a custom rule is one line that falls back to
 /// [`DefaultClassifier`]:

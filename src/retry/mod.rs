@@ -84,7 +84,7 @@
 //!   the caller loses nothing. An error later in the stream is the caller's:
 //!   part of the answer has been delivered and a retry would repeat it.
 //! - **Waits** the server's delay ([`hints`]) or an exponential backoff with
-//!   full jitter, within the [`RetryPolicy`]'s attempts, deadline and cap on
+//!   [full jitter](ExponentialBackoff#why-full-jitter), within the [`RetryPolicy`]'s attempts, deadline and cap on
 //!   server delays, and only while the shared [`RetryBudget`] allows.
 //! - **Marks** each retried attempt with `x-retry-count: N` (1 for the first
 //!   retry), so the upstream (or a gateway's logs) can tell, and the final
@@ -97,7 +97,7 @@
 //!
 //! # Why classes?
 //!
-//! See [`classify`](Classify#why-classes) for the long form. In short:
+//! See [`Classify`](Classify#why-classes) for the long form. In short:
 //! retrying a failure that will fail again costs money, quota and latency and
 //! helps nobody, so each failure gets an [`ErrorKind`](crate::ErrorKind) and a
 //! [`RetryClass`](crate::RetryClass) (never, after the server's delay,
@@ -110,13 +110,14 @@
 //! provider that is trying to recover. The [`RetryBudget`], shared by every
 //! clone of the service, lets retries add at most 20 % to recent traffic
 //! (plus a floor of 10 per second), so a blip is retried in full and an
-//! outage fails fast.
+//! outage fails fast. More in [`RetryBudget`](RetryBudget#why-budgets-and-not-only-max-attempts).
 //!
 //! # Why a deadline?
 //!
 //! Attempts times timeouts plus server delays can add up to minutes. The
 //! deadline ([`RetryPolicy::deadline`], 10 minutes by default) caps the whole
 //! loop: the layer never sleeps past it and returns the last failure instead.
+//! More in [`RetryPolicy`](RetryPolicy#why-a-deadline).
 //!
 //! # Retries in a gateway
 //!
@@ -151,7 +152,8 @@ pub use self::service::Retry;
 /// `x-retry-count`: set on every retried attempt, `1` for the first retry.
 pub const X_RETRY_COUNT: HeaderName = HeaderName::from_static("x-retry-count");
 
-/// What the retry loop did, in the final response's extensions.
+/// What the retry loop did, in the final response's extensions (also when
+/// nothing was retried; an inner error returned as is carries none).
 ///
 /// ```
 /// # use tollgate::retry::RetryInfo;
