@@ -30,6 +30,7 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
 //!
 //! ## Feature flags
 //!
@@ -48,12 +49,14 @@
 pub mod auth;
 pub mod body;
 pub mod budget;
+pub mod client;
 pub mod clock;
 pub mod envelope;
 mod error;
 mod integrations;
 pub mod rate_limit;
 pub mod request;
+pub mod retry;
 pub mod store;
 pub mod time;
 
@@ -61,6 +64,7 @@ pub use self::auth::Principal;
 pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
 pub use self::request::RequestMeta;
+pub use self::retry::RetryLayer;
 
 /// The boxed error type tower middleware uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
