@@ -30,6 +30,7 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
 //!
 //! ## Feature flags
 //!
@@ -56,11 +57,13 @@ pub mod rate_limit;
 pub mod request;
 pub mod store;
 pub mod time;
+pub mod usage;
 
 pub use self::auth::Principal;
 pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
 pub use self::request::RequestMeta;
+pub use self::usage::Usage;
 
 /// The boxed error type tower middleware uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
