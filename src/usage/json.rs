@@ -125,6 +125,8 @@ pub(crate) fn count_text(b: &[u8], counted: bool) -> (u64, usize) {
 }
 
 /// Parses `"usage" : <value>` at the start of `buf`.
+// Short-lived on the stack; boxing the large variant would allocate.
+#[allow(clippy::large_enum_variant)]
 enum Parsed {
     Usage(Option<RawUsage>),
     /// Not a `usage` member (`"usage"` was a value, or not followed by JSON).
