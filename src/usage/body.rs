@@ -63,7 +63,8 @@ pub(crate) struct Observer {
     scanner: UsageScanner,
     strip: Option<Strip>,
     /// A frame to send after the one just sent (trailers after a flush).
-    queued: Option<Frame<Bytes>>,
+    /// Boxed: it is rare, and the observer lives in every body.
+    queued: Option<Box<Frame<Bytes>>>,
     shared: Arc<Shared>,
     status: StatusCode,
     prompt_tokens_estimate: u64,
@@ -163,7 +164,7 @@ where
             return this.inner.poll_frame(cx);
         };
         if let Some(frame) = obs.queued.take() {
-            return Poll::Ready(Some(Ok(frame)));
+            return Poll::Ready(Some(Ok(*frame)));
         }
         if obs.ended {
             return Poll::Ready(None);
@@ -200,7 +201,7 @@ where
             }
             match (data, other) {
                 (Some(data), Some(frame)) => {
-                    obs.queued = Some(frame);
+                    obs.queued = Some(Box::new(frame));
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
                 (Some(data), None) => return Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -228,7 +229,7 @@ where
         match &self.observer {
             None => self.inner.size_hint(),
             Some(obs) if obs.ended => {
-                let queued = obs.queued.as_ref().and_then(Frame::data_ref);
+                let queued = obs.queued.as_deref().and_then(Frame::data_ref);
                 SizeHint::with_exact(queued.map_or(0, |d| d.len() as u64))
             }
             Some(obs) if obs.strip.is_some() => {
@@ -318,5 +319,17 @@ impl Strip {
             return Some(out.freeze());
         }
         Some(out).filter(|b| !b.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_observer_stays_small() {
+        // It lives in every observed body; keep an eye on it.
+        let size = std::mem::size_of::<Observer>();
+        assert!(size <= 320, "Observer is {size} bytes");
     }
 }

@@ -7,14 +7,37 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use memchr::memmem::Finder;
+use memchr::arch::all::packedpair::HeuristicFrequencyRank;
+use memchr::memmem::{Finder, FinderBuilder};
 use serde::Deserialize;
 
 use super::report::{RawUsage, Tally};
 use super::scan::Found;
 
 pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
-pub(crate) static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
+pub(crate) static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| json_finder(USAGE_KEY));
+
+/// A `memmem` finder tuned for JSON: its prefilter looks for the needle's
+/// rarest bytes, and memchr's default ranking (made for prose and code)
+/// thinks `"` is rare, so every string in a chunk would be a candidate.
+pub(crate) fn json_finder(needle: &'static [u8]) -> Finder<'static> {
+    FinderBuilder::new().build_forward_with_ranker(JsonRank, needle)
+}
+
+struct JsonRank;
+
+impl HeuristicFrequencyRank for JsonRank {
+    fn rank(&self, byte: u8) -> u8 {
+        match byte {
+            b'"' | b':' | b',' | b'{' | b'}' | b'[' | b']' | b' ' | b'_' => 255,
+            b'0'..=b'9' => 250,
+            b'e' | b't' | b'a' | b'o' | b'i' | b'n' | b's' | b'r' | b'h' | b'l' => 245,
+            b'd' | b'c' | b'u' | b'm' | b'f' | b'p' | b'g' | b'w' | b'y' | b'b' => 225,
+            b'A'..=b'Z' | b'a'..=b'z' => 190,
+            _ => 128,
+        }
+    }
+}
 
 /// Longest `usage` value kept while it arrives over several frames.
 const CAPTURE_LIMIT: usize = 64 * 1024;
@@ -46,7 +69,16 @@ pub(crate) fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// `start` is just past an opening quote. Returns the index of the closing
 /// quote, or `b.len()` when the string is not closed.
 pub(crate) fn string_end(b: &[u8], start: usize) -> usize {
+    // Keys and most deltas are short: byte by byte beats a SIMD call there.
     let mut i = start;
+    let short = b.len().min(start.saturating_add(32));
+    while i < short {
+        match b[i] {
+            b'"' => return i,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
     loop {
         let rest = b.get(i..).unwrap_or_default();
         match memchr::memchr2(b'"', b'\\', rest) {
@@ -80,6 +112,29 @@ fn is_counted(key: &[u8]) -> bool {
     COUNTED_KEYS.contains(&key)
 }
 
+/// A string that starts after the quote at `start`: the index of its closing
+/// quote (or `b.len()`) and its characters as [`count_chars`] counts them,
+/// found in one pass for short strings.
+pub(crate) fn string_chars(b: &[u8], start: usize) -> (usize, u64) {
+    let (mut i, mut n) = (start, 0u64);
+    let short = b.len().min(start.saturating_add(64));
+    while i < short {
+        match b[i] {
+            b'"' => return (i, n),
+            b'\\' => {
+                i += if b.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                n += 1;
+            }
+            c => {
+                n += u64::from((c & 0xC0) != 0x80);
+                i += 1;
+            }
+        }
+    }
+    let end = string_end(b, i);
+    (end, n + count_chars(b.get(i..end).unwrap_or_default()))
+}
+
 /// Walks the JSON value at the start of `b` and counts the characters of
 /// the string values under [`COUNTED_KEYS`] (or of the value itself, when it
 /// is a string and `counted`). Returns the count and the index just past the
@@ -91,14 +146,19 @@ pub(crate) fn count_text(b: &[u8], counted: bool) -> (u64, usize) {
         match c {
             b'"' => {
                 let end = string_end(b, i + 1);
-                let s = b.get(i + 1..end).unwrap_or_default();
                 let next = skip_ws(b, end + 1);
                 if depth > 0 && b.get(next) == Some(&b':') {
-                    counted_key = is_counted(s);
-                    i = next + 1;
+                    counted_key = is_counted(b.get(i + 1..end).unwrap_or_default());
+                    i = skip_ws(b, next + 1);
+                    if counted_key && b.get(i) == Some(&b'"') {
+                        // The usual case: a counted key and its string.
+                        let (end, n) = string_chars(b, i + 1);
+                        chars += n;
+                        i = end + 1;
+                    }
                 } else {
                     if counted_key {
-                        chars += count_chars(s);
+                        chars += count_chars(b.get(i + 1..end).unwrap_or_default());
                     }
                     i = end + 1;
                     if depth == 0 {
@@ -312,6 +372,15 @@ mod tests {
 
     #[test]
     fn chars() {
+        for s in [
+            &b"Hello"[..],
+            "héllo ✓".as_bytes(),
+            br#"a\nb\"c\u00e9"#,
+            "a long string with é and \\\" escapes, longer than sixty-four bytes in all".as_bytes(),
+        ] {
+            let quoted = [s, b"\" tail"].concat();
+            assert_eq!(string_chars(&quoted, 0), (s.len(), count_chars(s)));
+        }
         assert_eq!(count_chars(b"Hello"), 5);
         assert_eq!(count_chars("héllo ✓".as_bytes()), 7);
         assert_eq!(count_chars(br#"a\nb\"c\u00e9"#), 6);

@@ -110,17 +110,13 @@ impl UsageOptions {
 /// reports override earlier ones field by field: Anthropic's `message_delta`
 /// completes its `message_start`, and servers that repeat a cumulative usage
 /// in every chunk end with the last one.
+///
+/// Kept compact (values plus a presence mask rather than nine `Option`s):
+/// it lives in every observed body.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
-    prompt: Option<u64>,
-    input: Option<u64>,
-    completion: Option<u64>,
-    output: Option<u64>,
-    total: Option<u64>,
-    cached: Option<u64>,
-    cache_read: Option<u64>,
-    cache_creation: Option<u64>,
-    reasoning: Option<u64>,
+    values: [u64; FIELDS],
+    present: u16,
     /// A usage that ends the response was seen (OpenAI's usage chunk,
     /// Anthropic's `message_delta`, `response.completed`, a JSON body's).
     pub(crate) complete: bool,
@@ -129,31 +125,48 @@ pub(crate) struct Tally {
     pub(crate) partial: bool,
 }
 
+const PROMPT: usize = 0;
+const INPUT: usize = 1;
+const COMPLETION: usize = 2;
+const OUTPUT: usize = 3;
+const TOTAL: usize = 4;
+const CACHED: usize = 5;
+const CACHE_READ: usize = 6;
+const CACHE_CREATION: usize = 7;
+const REASONING: usize = 8;
+const FIELDS: usize = 9;
+
 impl Tally {
-    pub(crate) fn merge(&mut self, raw: &RawUsage, complete: bool) {
-        fn set(field: &mut Option<u64>, value: Option<Count>) {
-            if let Some(Count(Some(v))) = value {
-                *field = Some(v);
-            }
+    fn get(&self, field: usize) -> Option<u64> {
+        (self.present & (1 << field) != 0).then(|| self.values[field])
+    }
+
+    fn set(&mut self, field: usize, value: Option<Count>) {
+        if let Some(Count(Some(v))) = value {
+            self.values[field] = v;
+            self.present |= 1 << field;
         }
-        set(&mut self.prompt, raw.prompt_tokens);
-        set(&mut self.input, raw.input_tokens);
-        set(&mut self.completion, raw.completion_tokens);
-        set(&mut self.output, raw.output_tokens);
-        set(&mut self.total, raw.total_tokens);
-        set(&mut self.cache_read, raw.cache_read_input_tokens);
-        set(&mut self.cache_creation, raw.cache_creation_input_tokens);
+    }
+
+    pub(crate) fn merge(&mut self, raw: &RawUsage, complete: bool) {
+        self.set(PROMPT, raw.prompt_tokens);
+        self.set(INPUT, raw.input_tokens);
+        self.set(COMPLETION, raw.completion_tokens);
+        self.set(OUTPUT, raw.output_tokens);
+        self.set(TOTAL, raw.total_tokens);
+        self.set(CACHE_READ, raw.cache_read_input_tokens);
+        self.set(CACHE_CREATION, raw.cache_creation_input_tokens);
         for details in [raw.prompt_tokens_details, raw.input_tokens_details]
             .into_iter()
             .flatten()
         {
-            set(&mut self.cached, details.cached_tokens);
+            self.set(CACHED, details.cached_tokens);
         }
         for details in [raw.completion_tokens_details, raw.output_tokens_details]
             .into_iter()
             .flatten()
         {
-            set(&mut self.reasoning, details.reasoning_tokens);
+            self.set(REASONING, details.reasoning_tokens);
         }
         if complete {
             self.complete = true;
@@ -163,24 +176,24 @@ impl Tally {
     }
 
     pub(crate) fn usage(&self) -> Usage {
-        let prompt = match (self.prompt, self.input) {
+        let prompt = match (self.get(PROMPT), self.get(INPUT)) {
             (Some(prompt), _) => prompt,
             // Anthropic's input_tokens leave out the cache; OpenAI's Responses
             // input_tokens (which has no cache_* fields) include it.
             (None, input) => input
                 .unwrap_or(0)
-                .saturating_add(self.cache_read.unwrap_or(0))
-                .saturating_add(self.cache_creation.unwrap_or(0)),
+                .saturating_add(self.get(CACHE_READ).unwrap_or(0))
+                .saturating_add(self.get(CACHE_CREATION).unwrap_or(0)),
         };
-        let completion = self.completion.or(self.output).unwrap_or(0);
+        let completion = self.get(COMPLETION).or(self.get(OUTPUT)).unwrap_or(0);
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: self
-                .total
+                .get(TOTAL)
                 .unwrap_or_else(|| prompt.saturating_add(completion)),
-            cached_tokens: self.cached.or(self.cache_read),
-            reasoning_tokens: self.reasoning,
+            cached_tokens: self.get(CACHED).or(self.get(CACHE_READ)),
+            reasoning_tokens: self.get(REASONING),
         }
     }
 

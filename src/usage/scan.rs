@@ -19,7 +19,7 @@ use super::report::{BodyEnd, RawUsage, Tally, Usage, UsageReport};
 pub(crate) const LINE_LIMIT: usize = 1024 * 1024;
 
 const DELTA_KEY: &[u8] = b"\"delta\"";
-static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(DELTA_KEY));
+static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| json::json_finder(DELTA_KEY));
 
 /// Finds token usage in a response body, frame by frame, without keeping the
 /// body.
@@ -207,11 +207,16 @@ struct Sse {
     carry: Vec<u8>,
     /// Inside a line longer than [`LINE_LIMIT`]: drop bytes to its end.
     skipping: bool,
+    /// How lines end, decided at the first line break: `\n` or `\r\n`
+    /// (every provider) lets the fast `memchr` find them; a bare `\r`
+    /// (allowed by the SSE spec) needs `memchr2`.
+    breaks: Breaks,
     /// The previous frame ended with `\r`: a `\n` opening this one belongs
-    /// to the same line break.
+    /// to the same line break (`memchr2` mode only).
     after_cr: bool,
-    /// The event in progress is named `error`.
-    error_event: bool,
+    /// The event in progress cannot hold usage: it is named `error`, or it
+    /// is one of the content events of Anthropic and OpenAI Responses.
+    no_usage_event: bool,
     strip: bool,
     /// The event in progress is a usage-only chunk to strip.
     strip_event: bool,
@@ -219,6 +224,14 @@ struct Sse {
     event_start: u64,
     ranges: Vec<Range<u64>>,
     finished: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Breaks {
+    #[default]
+    Unknown,
+    Lf,
+    Cr,
 }
 
 impl Sse {
@@ -237,7 +250,7 @@ impl Sse {
         }
         if !self.carry.is_empty() || self.skipping {
             let rest = &chunk[i..];
-            let Some(j) = memchr::memchr2(b'\n', b'\r', rest) else {
+            let Some(j) = self.find_break(rest) else {
                 self.extend_carry(rest);
                 return;
             };
@@ -252,7 +265,7 @@ impl Sse {
             i = end;
         }
         while let Some(rest) = chunk.get(i..).filter(|r| !r.is_empty()) {
-            match memchr::memchr2(b'\n', b'\r', rest) {
+            match self.find_break(rest) {
                 Some(j) => {
                     let end = self.line_end(chunk, i + j);
                     self.line(&rest[..j], base + end as u64, found);
@@ -266,15 +279,34 @@ impl Sse {
         }
     }
 
-    /// `at` is a `\r` or `\n` in `chunk`; returns the index past the line
-    /// break (`\r\n` is one).
+    fn find_break(&self, bytes: &[u8]) -> Option<usize> {
+        if self.breaks == Breaks::Lf {
+            memchr::memchr(b'\n', bytes)
+        } else {
+            memchr::memchr2(b'\n', b'\r', bytes)
+        }
+    }
+
+    /// `at` is a line break in `chunk`; returns the index past it (`\r\n`
+    /// is one).
     fn line_end(&mut self, chunk: &[u8], at: usize) -> usize {
         if chunk.get(at) != Some(&b'\r') {
+            if self.breaks == Breaks::Unknown {
+                self.breaks = Breaks::Lf;
+            }
             return at + 1;
         }
         match chunk.get(at + 1) {
-            Some(b'\n') => at + 2,
-            Some(_) => at + 1,
+            Some(b'\n') => {
+                if self.breaks == Breaks::Unknown {
+                    self.breaks = Breaks::Lf;
+                }
+                at + 2
+            }
+            Some(_) => {
+                self.breaks = Breaks::Cr;
+                at + 1
+            }
             None => {
                 self.after_cr = true;
                 at + 1
@@ -296,13 +328,15 @@ impl Sse {
 
     /// One complete line; `end` is the stream offset past its line break.
     fn line(&mut self, line: &[u8], end: u64, found: &mut Found) {
+        // In `\n` mode a `\r\n` leaves its `\r` on the line.
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         match line.first() {
             None => {
                 // A blank line dispatches the event.
                 if std::mem::take(&mut self.strip_event) {
                     self.ranges.push(self.event_start..end);
                 }
-                self.error_event = false;
+                self.no_usage_event = false;
                 self.event_start = end;
             }
             Some(b'd') => {
@@ -313,7 +347,7 @@ impl Sse {
             }
             Some(b'e') => {
                 if let Some(name) = line.strip_prefix(b"event:") {
-                    self.error_event = name.trim_ascii() == b"error";
+                    self.no_usage_event = cannot_hold_usage(name.trim_ascii());
                 }
             }
             _ => {}
@@ -325,7 +359,9 @@ impl Sse {
             return;
         }
         found.content_chars += count_deltas(data);
-        if self.error_event || !has_usage_object(data) {
+        // Every chunk of an OpenAI stream with usage on ends with a null
+        // usage: that one needs no search.
+        if self.no_usage_event || data.ends_with(b"\"usage\":null}") || !has_usage_object(data) {
             return;
         }
         // The few events that can hold usage are parsed; nothing else is.
@@ -383,12 +419,12 @@ fn count_deltas(data: &[u8]) -> u64 {
             i = json::skip_ws(data, i + 1);
             match data.get(i) {
                 Some(b'"') => {
-                    let end = json::string_end(data, i + 1);
-                    chars += json::count_chars(data.get(i + 1..end).unwrap_or_default());
+                    let (end, n) = json::string_chars(data, i + 1);
+                    chars += n;
                     i = end + 1;
                 }
                 Some(b'{') => {
-                    let (n, len) = json::count_text(&data[i..], false);
+                    let (n, len) = count_delta_object(&data[i..]);
                     chars += n;
                     i += len;
                 }
@@ -398,6 +434,41 @@ fn count_deltas(data: &[u8]) -> u64 {
         from = i;
     }
     chars
+}
+
+/// The text of a delta object (`b` starts at its `{`) and the index past
+/// it. The two shapes that make up nearly every stream, OpenAI's
+/// `{"content":"…"}` and Anthropic's `{"type": "text_delta", "text": "…"}`,
+/// are read directly; any other goes through the generic walk.
+fn count_delta_object(b: &[u8]) -> (u64, usize) {
+    const SHAPES: [&[u8]; 3] = [
+        br#"{"content":""#,
+        br#"{"type": "text_delta", "text": ""#,
+        br#"{"type":"text_delta","text":""#,
+    ];
+    for shape in SHAPES {
+        if b.starts_with(shape) {
+            let (end, n) = json::string_chars(b, shape.len());
+            if b.get(end + 1) == Some(&b'}') {
+                return (n, end + 2);
+            }
+            break;
+        }
+    }
+    json::count_text(b, false)
+}
+
+/// Events named so carry no usage: errors, Anthropic's content events, and
+/// the OpenAI Responses `*.delta` events.
+fn cannot_hold_usage(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"error"
+            | b"ping"
+            | b"content_block_delta"
+            | b"content_block_start"
+            | b"content_block_stop"
+    ) || name.ends_with(b".delta")
 }
 
 /// Whether `data` has a `"usage"` key whose value is an object (not the
