@@ -136,8 +136,12 @@ fn drain<B: Body<Data = Bytes> + Unpin>(mut body: B) -> usize {
 }
 
 fn sse_response(frames: &[Bytes]) -> Response<Frames> {
+    typed_response("text/event-stream", frames)
+}
+
+fn typed_response(content_type: &str, frames: &[Bytes]) -> Response<Frames> {
     Response::builder()
-        .header("content-type", "text/event-stream")
+        .header("content-type", content_type)
         .body(Frames(frames.iter().cloned().collect()))
         .unwrap()
 }
@@ -160,6 +164,21 @@ fn per_frame(c: &mut Criterion) {
     group.bench_function("observed", |b| {
         b.iter_batched(
             || sse_response(&frames),
+            |res| {
+                drain(
+                    usage::observe(res, UsageOptions::default(), |r| {
+                        black_box(r);
+                    })
+                    .into_body(),
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    // The wrapper alone: a content type that is not scanned.
+    group.bench_function("observed_unscanned", |b| {
+        b.iter_batched(
+            || typed_response("application/octet-stream", &frames),
             |res| {
                 drain(
                     usage::observe(res, UsageOptions::default(), |r| {

@@ -884,3 +884,85 @@ async fn a_client_disconnecting_from_a_server_reports_dropped() {
     drop(tx);
     server.abort();
 }
+
+#[test]
+fn a_large_json_body_is_not_kept() {
+    // An embeddings answer of several MiB: usage at the end, after the
+    // vectors, found without keeping the body.
+    let vector = format!("[{}]", vec!["0.0123456789"; 1536].join(","));
+    let data: Vec<String> = (0..300)
+        .map(|i| format!(r#"{{"object":"embedding","index":{i},"embedding":{vector}}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"object":"list","data":[{}],"model":"text-embedding-3-small","usage":{{"prompt_tokens":8,"total_tokens":8}}}}"#,
+        data.join(",")
+    );
+    assert!(body.len() > 4 * 1024 * 1024);
+    let cuts: Vec<usize> = (1..body.len() / 16384).map(|i| i * 16384).collect();
+    let (_, report) = run(
+        "application/json",
+        split(body.as_bytes(), &cuts),
+        UsageOptions::default(),
+    );
+    assert_eq!(report.source, UsageSource::Reported);
+    assert_eq!(
+        (report.usage.prompt_tokens, report.usage.total_tokens),
+        (8, 8)
+    );
+
+    // The same without usage: too large to keep, estimated from the prompt.
+    let body = body.replace(r#","usage":{"prompt_tokens":8,"total_tokens":8}"#, "");
+    let options = UsageOptions::default().prompt_tokens_estimate(8);
+    let (_, report) = run("application/json", split(body.as_bytes(), &cuts), options);
+    assert_eq!(report.source, UsageSource::Estimated);
+    assert_eq!(
+        (report.usage.prompt_tokens, report.usage.completion_tokens),
+        (8, 0)
+    );
+}
+
+#[test]
+fn bodies_and_taps_are_send_sync_unpin() {
+    fn check<T: Send + Sync + Unpin + 'static>() {}
+    check::<usage::UsageBody<Full<Bytes>>>();
+    check::<UsageTap>();
+    check::<UsageScanner>();
+    check::<UsageReport>();
+}
+
+#[test]
+fn strip_usage_chunk_at_the_very_end_without_a_blank_line() {
+    let content = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let stream = format!(
+        "{content}data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}}}"
+    );
+    let options = UsageOptions::default().strip_usage_chunk(true);
+    for cut in 0..=stream.len() {
+        let (body, report) = run(
+            "text/event-stream",
+            split(stream.as_bytes(), &[cut]),
+            options.clone(),
+        );
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            content,
+            "split at {cut}"
+        );
+        assert_eq!(report.usage.total_tokens, 4);
+    }
+}
+
+#[test]
+fn into_inner_ends_the_observation() {
+    let reports = Reports::default();
+    let res = response(
+        StatusCode::OK,
+        "text/event-stream",
+        Full::new(Bytes::from(OPENAI_STREAM)),
+    );
+    let inner = usage::observe(res, UsageOptions::default(), reports.callback())
+        .into_body()
+        .into_inner();
+    assert_eq!(reports.one().end, BodyEnd::Dropped);
+    assert_eq!(inner.size_hint().exact(), Some(OPENAI_STREAM.len() as u64));
+}

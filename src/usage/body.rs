@@ -47,6 +47,12 @@ impl<B> UsageBody<B> {
     pub fn get_mut(&mut self) -> &mut B {
         &mut self.inner
     }
+
+    /// The inner body. The observation ends here: if the report was not
+    /// made yet, it is made now, as [`BodyEnd::Dropped`].
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
 }
 
 impl<B> fmt::Debug for UsageBody<B> {

@@ -41,9 +41,8 @@ impl HeuristicFrequencyRank for JsonRank {
 
 /// Longest `usage` value kept while it arrives over several frames.
 const CAPTURE_LIMIT: usize = 64 * 1024;
-/// Largest JSON body whose frames are kept (by reference, not copied) to
-/// estimate its content when it reports no usage.
-const HOLD_LIMIT: usize = 4 * 1024 * 1024;
+/// Largest JSON body kept to estimate its content when it reports no usage.
+const HOLD_LIMIT: usize = 1024 * 1024;
 
 /// Keys whose string values are generated text: chat `content`, Anthropic
 /// `text`/`thinking`/`partial_json`, tool-call `arguments`, the reasoning
@@ -222,8 +221,11 @@ fn parse_member(buf: &[u8]) -> Parsed {
 /// after the content). Only a `usage` object split across frames is copied,
 /// up to [`CAPTURE_LIMIT`].
 ///
-/// Estimate: the frames are kept by reference (`Bytes` clones, no copy) up
-/// to [`HOLD_LIMIT`], and only walked at the end when no usage was found.
+/// Estimate: until a usage is found, the body is kept, up to
+/// [`HOLD_LIMIT`], and walked at the end only if none was. The first frame
+/// (most answers have one) is kept by reference; later ones are copied, so
+/// that the kept frames never pin more of the server's read buffers than
+/// the bytes they hold.
 #[derive(Default)]
 pub(crate) struct JsonScan {
     /// The last bytes of the previous frame, for a key split across frames.
@@ -232,8 +234,7 @@ pub(crate) struct JsonScan {
     capture: Vec<u8>,
     capturing: bool,
     held_first: Option<Bytes>,
-    held_rest: Vec<Bytes>,
-    held_len: usize,
+    held_rest: Vec<u8>,
     overflow: bool,
     finished: bool,
 }
@@ -291,7 +292,7 @@ impl JsonScan {
             }
         }
         self.keep_seam(b);
-        self.hold(chunk);
+        self.hold(chunk, found);
     }
 
     fn stop_capture(&mut self) {
@@ -315,21 +316,20 @@ impl JsonScan {
         }
     }
 
-    fn hold(&mut self, chunk: &Bytes) {
+    fn hold(&mut self, chunk: &Bytes, found: &Found) {
         if self.overflow {
             return;
         }
-        if self.held_len + chunk.len() > HOLD_LIMIT {
+        let held = self.held_first.as_ref().map_or(0, Bytes::len) + self.held_rest.len();
+        if found.tally.complete || held + chunk.len() > HOLD_LIMIT {
+            // No estimate will be needed, or none can be made: let go.
             self.overflow = true;
             self.held_first = None;
             self.held_rest = Vec::new();
-            return;
-        }
-        self.held_len += chunk.len();
-        if self.held_first.is_none() {
+        } else if self.held_first.is_none() {
             self.held_first = Some(chunk.clone());
         } else {
-            self.held_rest.push(chunk.clone());
+            self.held_rest.extend_from_slice(chunk);
         }
     }
 
@@ -339,22 +339,18 @@ impl JsonScan {
         }
         self.stop_capture();
         let first = self.held_first.take();
-        let rest = std::mem::take(&mut self.held_rest);
+        let mut rest = std::mem::take(&mut self.held_rest);
         if found.tally.complete || self.overflow {
             return;
         }
         let Some(first) = first else { return };
-        let body: std::borrow::Cow<'_, [u8]> = if rest.is_empty() {
-            (&first[..]).into()
+        let body = if rest.is_empty() {
+            &first[..]
         } else {
-            let mut all = Vec::with_capacity(self.held_len);
-            all.extend_from_slice(&first);
-            for chunk in &rest {
-                all.extend_from_slice(chunk);
-            }
-            all.into()
+            rest.splice(0..0, first.iter().copied());
+            &rest[..]
         };
-        let start = skip_ws(&body, 0);
+        let start = skip_ws(body, 0);
         found.content_chars += count_text(body.get(start..).unwrap_or_default(), false).0;
     }
 }

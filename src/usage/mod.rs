@@ -84,7 +84,21 @@
 //! not buffered; the one copy is of a line split across two frames, kept
 //! until its end, and a line longer than 1 MiB is skipped rather than kept.
 //! Events split across frames at any byte (inside `\r\n`, inside the
-//! `"usage"` key, inside a number) give the same report.
+//! `"usage"` key, inside a number) give the same report. Events named as
+//! content (`content_block_delta`, `*.delta`, `ping`) and the `"usage":null`
+//! that ends every chunk of an OpenAI stream skip the `"usage"` search.
+//!
+//! What is counted as generated text: the string values of `content`,
+//! `text`, `thinking`, `partial_json`, `arguments`, `refusal`,
+//! `reasoning_content` and `reasoning` under a `"delta"` (chat chunks,
+//! Anthropic deltas), and a `"delta"` that is itself a string (OpenAI
+//! Responses); in a JSON body, the same keys anywhere. A JSON escape counts
+//! as one character.
+//!
+//! Known limits: a `data` field split over several `data:` lines of one
+//! event (legal SSE, sent by no provider we know) is read line by line, so a
+//! usage object spread over such lines is missed; a stream whose first line
+//! break is `\n` or `\r\n` is then split on `\n` only.
 //!
 //! # Why JSON bodies are not buffered either
 //!
@@ -96,10 +110,10 @@
 //! frames is copied (at most 64 KiB). The last such object wins: OpenAI,
 //! Anthropic and the OpenAI-compatible servers put the top-level `usage`
 //! after the content, so a `usage` key nested in the content comes before it.
-//! For the estimate, when no usage comes, the frames are kept by reference
-//! (`Bytes` clones, no copy) up to 4 MiB and their text counted at the end;
-//! a larger body without usage (an embeddings batch, say) is estimated from
-//! the prompt alone.
+//! For the estimate, until a usage object has passed, the body is kept up
+//! to 1 MiB (the first frame by reference, later ones copied) and its text
+//! counted at the end if no usage came; a larger body without usage (an
+//! embeddings batch, say) is estimated from the prompt alone.
 //!
 //! # Why estimate, and why never over a reported zero
 //!
