@@ -12,7 +12,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::report::BodyEnd;
-use super::scan::{LINE_LIMIT, UsageScanner};
+use super::scan::UsageScanner;
+use super::sse::LINE_LIMIT;
 use super::tap::Shared;
 
 pin_project! {

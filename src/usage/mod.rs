@@ -158,6 +158,7 @@ mod json;
 mod report;
 mod request;
 mod scan;
+mod sse;
 mod tap;
 
 use std::sync::Arc;
