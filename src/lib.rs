@@ -31,6 +31,7 @@
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
 //! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
+//! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
 //!
 //! ## Feature flags
 //!
@@ -59,12 +60,14 @@ pub mod request;
 pub mod retry;
 pub mod store;
 pub mod time;
+pub mod usage;
 
 pub use self::auth::Principal;
 pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
 pub use self::request::RequestMeta;
 pub use self::retry::RetryLayer;
+pub use self::usage::Usage;
 
 /// The boxed error type tower middleware uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
