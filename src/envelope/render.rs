@@ -156,6 +156,10 @@ pub fn grpc_percent_encode(message: &str) -> String {
     out
 }
 
+fn is_visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 fn origin_name(error: &ApiError) -> &str {
     match (error.origin(), error.provider()) {
         (_, Some(name)) => name,
@@ -231,7 +235,9 @@ impl ErrorFormat {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
             headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis));
         }
-        if let Some(id) = error.request_id() {
+        // Only a visible-ASCII id goes in the header: `HeaderValue` would
+        // take raw UTF-8 too, but no client can read it back as text.
+        if let Some(id) = error.request_id().filter(|id| is_visible_ascii(id)) {
             if let Ok(v) = HeaderValue::from_str(id) {
                 headers.insert(X_REQUEST_ID, v);
             }
