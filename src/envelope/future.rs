@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -99,17 +99,21 @@ fn render<B>(
     request_id: &HeaderValue,
     parts: Option<http::response::Parts>,
 ) -> Response<ResponseBody<B>> {
-    let error = match (error.request_id(), request_id.to_str()) {
-        (None, Ok(id)) => error.with_request_id(id.to_owned()),
-        _ => error,
+    // The envelope is this gateway's answer: its body and headers name the
+    // request's id, not an id an upstream put in its own error.
+    let error = match request_id.to_str() {
+        Ok(id) => error.with_request_id(id.to_owned()),
+        Err(_) => error,
     };
     let mut response = Response::new(ResponseBody::full(format.render_body(&error)));
     if let Some(parts) = parts {
         // Keep the inner response's own headers (rate-limit headers, …),
-        // but not what described its old body.
+        // but not what described its old body: a re-rendered body is
+        // neither compressed nor chunked, nor as long as the old one.
         *response.headers_mut() = parts.headers;
-        response.headers_mut().remove(CONTENT_LENGTH);
-        response.headers_mut().remove(CONTENT_TYPE);
+        for name in [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING, TRANSFER_ENCODING] {
+            response.headers_mut().remove(name);
+        }
         *response.extensions_mut() = parts.extensions;
     }
     *response.status_mut() = format.http_status(&error);

@@ -16,17 +16,32 @@ use super::layer::Config;
 use super::render::X_REQUEST_ID;
 use crate::BoxError;
 use crate::body::ResponseBody;
+use crate::error::ApiError;
 
 /// The service built by [`ErrorEnvelopeLayer`](super::ErrorEnvelopeLayer).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ErrorEnvelope<S> {
     inner: S,
     config: Arc<Config>,
+    /// The inner service's readiness error, answered by the next `call`
+    /// without calling the inner service (its contract forbids it).
+    not_ready: Option<ApiError>,
+}
+
+impl<S: Clone> Clone for ErrorEnvelope<S> {
+    fn clone(&self) -> Self {
+        // A clone has not been polled ready: it does not inherit the error.
+        ErrorEnvelope::from_parts(self.inner.clone(), self.config.clone())
+    }
 }
 
 impl<S> ErrorEnvelope<S> {
     pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
-        ErrorEnvelope { inner, config }
+        ErrorEnvelope {
+            inner,
+            config,
+            not_ready: None,
+        }
     }
 
     /// Wraps `inner` with the default configuration.
@@ -62,18 +77,27 @@ where
     type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A service that fails readiness still gets called: its call then
-        // answers with the error, rendered, instead of the connection dying.
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // A readiness failure becomes this request's answer, rendered,
+        // instead of the connection dying. The inner service is then not
+        // called: calling a service whose `poll_ready` failed breaks its
+        // contract (tower's `Buffer` panics).
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(error)) => {
+                self.not_ready = Some(super::future::error_from_inner(error.into()));
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let format: ErrorFormat = self.config.format.pick(req.uri(), req.headers());
         let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= 256 => id.clone(),
+            Some(id) if is_usable_request_id(id) => id.clone(),
             _ => {
                 let id = generate_request_id();
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -81,6 +105,15 @@ where
             }
         };
         let config = &self.config;
+        if let Some(error) = self.not_ready.take() {
+            return ResponseFuture::new(
+                Err(error),
+                format,
+                request_id,
+                config.max_error_body,
+                config.catch_panic,
+            );
+        }
         let future = if config.catch_panic {
             match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
                 Ok(future) => Ok(future),
@@ -97,6 +130,13 @@ where
             config.catch_panic,
         )
     }
+}
+
+/// A client's id is propagated when it is 1 to 256 visible ASCII characters,
+/// so it can go into logs and error bodies as it is; otherwise (and when
+/// absent) the request gets a fresh one.
+fn is_usable_request_id(id: &HeaderValue) -> bool {
+    (1..=256).contains(&id.len()) && id.as_bytes().iter().all(|b| (0x21..0x7f).contains(b))
 }
 
 /// `req_` and 24 hex digits: a per-process random seed mixed with a counter,
