@@ -57,29 +57,189 @@ const fn row(
 const TABLE: [Row; 20] = {
     use ErrorKind::*;
     [
-        row(InvalidRequest, 400, "invalid_request_error", "invalid_request", "invalid_request_error", 3, false),
+        row(
+            InvalidRequest,
+            400,
+            "invalid_request_error",
+            "invalid_request",
+            "invalid_request_error",
+            3,
+            false,
+        ),
         Row {
             param: Some("model"),
-            ..row(InvalidModel, 400, "invalid_request_error", "invalid_model", "invalid_request_error", 3, false)
+            ..row(
+                InvalidModel,
+                400,
+                "invalid_request_error",
+                "invalid_model",
+                "invalid_request_error",
+                3,
+                false,
+            )
         },
-        row(ContextLengthExceeded, 400, "invalid_request_error", "context_length_exceeded", "invalid_request_error", 3, false),
-        row(ContentFilter, 400, "invalid_request_error", "content_filter", "invalid_request_error", 3, false),
-        row(Authentication, 401, "invalid_request_error", "invalid_api_key", "authentication_error", 16, false),
-        row(BudgetExceeded, 402, "budget_exceeded_error", "budget_exceeded", "billing_error", 8, false),
-        row(PermissionDenied, 403, "permission_error", "permission_denied", "permission_error", 7, false),
-        row(InsufficientBalance, 403, "insufficient_quota", "insufficient_balance", "billing_error", 7, false),
-        row(NotFound, 404, "not_found_error", "not_found", "not_found_error", 5, false),
-        row(Conflict, 409, "conflict_error", "conflict", "invalid_request_error", 10, true),
-        row(PayloadTooLarge, 413, "invalid_request_error", "payload_too_large", "request_too_large", 3, false),
-        row(Unprocessable, 422, "invalid_request_error", "unprocessable_entity", "invalid_request_error", 3, false),
-        row(RateLimited, 429, "rate_limit_error", "rate_limit_exceeded", "rate_limit_error", 8, true),
-        row(QuotaExhausted, 429, "insufficient_quota", "insufficient_quota", "billing_error", 8, false),
-        row(Internal, 500, "server_error", "internal_error", "api_error", 13, true),
-        row(BadGateway, 502, "server_error", "bad_gateway", "api_error", 14, true),
-        row(Unavailable, 503, "server_error", "service_unavailable", "api_error", 14, true),
-        row(Timeout, 504, "timeout_error", "timeout", "timeout_error", 4, true),
-        row(Overloaded, 529, "overloaded_error", "overloaded", "overloaded_error", 14, true),
-        row(Connection, 502, "api_connection_error", "api_connection_error", "api_error", 14, true),
+        row(
+            ContextLengthExceeded,
+            400,
+            "invalid_request_error",
+            "context_length_exceeded",
+            "invalid_request_error",
+            3,
+            false,
+        ),
+        row(
+            ContentFilter,
+            400,
+            "invalid_request_error",
+            "content_filter",
+            "invalid_request_error",
+            3,
+            false,
+        ),
+        row(
+            Authentication,
+            401,
+            "invalid_request_error",
+            "invalid_api_key",
+            "authentication_error",
+            16,
+            false,
+        ),
+        row(
+            BudgetExceeded,
+            402,
+            "budget_exceeded_error",
+            "budget_exceeded",
+            "billing_error",
+            8,
+            false,
+        ),
+        row(
+            PermissionDenied,
+            403,
+            "permission_error",
+            "permission_denied",
+            "permission_error",
+            7,
+            false,
+        ),
+        row(
+            InsufficientBalance,
+            403,
+            "insufficient_quota",
+            "insufficient_balance",
+            "billing_error",
+            7,
+            false,
+        ),
+        row(
+            NotFound,
+            404,
+            "not_found_error",
+            "not_found",
+            "not_found_error",
+            5,
+            false,
+        ),
+        row(
+            Conflict,
+            409,
+            "conflict_error",
+            "conflict",
+            "invalid_request_error",
+            10,
+            true,
+        ),
+        row(
+            PayloadTooLarge,
+            413,
+            "invalid_request_error",
+            "payload_too_large",
+            "request_too_large",
+            3,
+            false,
+        ),
+        row(
+            Unprocessable,
+            422,
+            "invalid_request_error",
+            "unprocessable_entity",
+            "invalid_request_error",
+            3,
+            false,
+        ),
+        row(
+            RateLimited,
+            429,
+            "rate_limit_error",
+            "rate_limit_exceeded",
+            "rate_limit_error",
+            8,
+            true,
+        ),
+        row(
+            QuotaExhausted,
+            429,
+            "insufficient_quota",
+            "insufficient_quota",
+            "billing_error",
+            8,
+            false,
+        ),
+        row(
+            Internal,
+            500,
+            "server_error",
+            "internal_error",
+            "api_error",
+            13,
+            true,
+        ),
+        row(
+            BadGateway,
+            502,
+            "server_error",
+            "bad_gateway",
+            "api_error",
+            14,
+            true,
+        ),
+        row(
+            Unavailable,
+            503,
+            "server_error",
+            "service_unavailable",
+            "api_error",
+            14,
+            true,
+        ),
+        row(
+            Timeout,
+            504,
+            "timeout_error",
+            "timeout",
+            "timeout_error",
+            4,
+            true,
+        ),
+        row(
+            Overloaded,
+            529,
+            "overloaded_error",
+            "overloaded",
+            "overloaded_error",
+            14,
+            true,
+        ),
+        row(
+            Connection,
+            502,
+            "api_connection_error",
+            "api_connection_error",
+            "api_error",
+            14,
+            true,
+        ),
     ]
 };
 
@@ -229,8 +389,14 @@ fn into_response_is_the_openai_rendering() {
     let (a, a_body) = body_of(error.to_response());
     let (b, b_body) = body_of(error.clone().into_response());
     let (c, c_body) = body_of(ErrorFormat::OpenAi.render(&error));
-    assert_eq!((a.status, &a.headers, &a_body), (c.status, &c.headers, &c_body));
-    assert_eq!((b.status, &b.headers, &b_body), (c.status, &c.headers, &c_body));
+    assert_eq!(
+        (a.status, &a.headers, &a_body),
+        (c.status, &c.headers, &c_body)
+    );
+    assert_eq!(
+        (b.status, &b.headers, &b_body),
+        (c.status, &c.headers, &c_body)
+    );
     assert_eq!(b.extensions.get::<ApiError>(), Some(&error));
 }
 
@@ -293,7 +459,8 @@ fn grpc_message_escapes_everything_but_printable_ascii() {
 
 #[test]
 fn messages_are_json_escaped() {
-    let error = ApiError::invalid_request().with_message("a \"quoted\" \\ line\nbreak \u{0} \u{2028} \u{1F600}");
+    let error = ApiError::invalid_request()
+        .with_message("a \"quoted\" \\ line\nbreak \u{0} \u{2028} \u{1F600}");
     for format in FORMATS {
         if format == ErrorFormat::Grpc {
             continue;
@@ -347,7 +514,11 @@ fn parses_openai_invalid_api_key() {
 fn parses_openai_rate_limit_with_its_headers() {
     let e = parse(
         429,
-        &[("retry-after-ms", "20"), ("retry-after", "1"), ("x-should-retry", "true")],
+        &[
+            ("retry-after-ms", "20"),
+            ("retry-after", "1"),
+            ("x-should-retry", "true"),
+        ],
         r#"{"error":{"message":"Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, Used 29958, Requested 520. Please try again in 956ms.","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
     );
     assert_eq!(e.kind(), ErrorKind::RateLimited);
@@ -426,9 +597,16 @@ fn parses_error_code_detail() {
     let e = parse(404, &[], r#"{"detail":"Not Found"}"#);
     assert_eq!((e.kind(), e.message()), (ErrorKind::NotFound, "Not Found"));
     // FastAPI's validation list is kept as compact JSON.
-    let e = parse(422, &[], r#"{"detail":[{"loc":["body","model"],"msg":"field required"}]}"#);
+    let e = parse(
+        422,
+        &[],
+        r#"{"detail":[{"loc":["body","model"],"msg":"field required"}]}"#,
+    );
     assert_eq!(e.kind(), ErrorKind::Unprocessable);
-    assert_eq!(e.message(), r#"[{"loc":["body","model"],"msg":"field required"}]"#);
+    assert_eq!(
+        e.message(),
+        r#"[{"loc":["body","model"],"msg":"field required"}]"#
+    );
 }
 
 #[test]
@@ -440,7 +618,10 @@ fn parses_humanloop_plain_and_wrapped() {
         assert_eq!(e.kind(), ErrorKind::Unprocessable);
         assert_eq!(e.status(), StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(e.error_type(), "unprocessable_entity_error");
-        assert!(e.message().starts_with("This model's maximum context length is 4097 tokens."));
+        assert!(
+            e.message()
+                .starts_with("This model's maximum context length is 4097 tokens.")
+        );
         assert_eq!(e.origin(), Origin::Upstream);
         assert_eq!(e.provider(), Some("OpenAI"));
         let (_, rendered) = body_of(ErrorFormat::Humanloop.render(&e));
@@ -488,7 +669,11 @@ fn parses_html_text_and_empty_bodies() {
     assert_eq!(e.kind(), ErrorKind::Unavailable);
     assert_eq!(e.message(), ErrorKind::Unavailable.default_message());
 
-    let e = parse(413, &[("content-type", "text/plain")], "length limit exceeded");
+    let e = parse(
+        413,
+        &[("content-type", "text/plain")],
+        "length limit exceeded",
+    );
     assert_eq!(e.kind(), ErrorKind::PayloadTooLarge);
     assert_eq!(e.message(), "length limit exceeded");
 
@@ -501,11 +686,17 @@ fn parses_html_text_and_empty_bodies() {
         assert_eq!(e.code(), Some(kind.default_code()));
     }
     let e = parse(418, &[], "  \n ");
-    assert_eq!((e.kind(), e.status().as_u16()), (ErrorKind::InvalidRequest, 418));
+    assert_eq!(
+        (e.kind(), e.status().as_u16()),
+        (ErrorKind::InvalidRequest, 418)
+    );
 
     // Unknown JSON is kept as the message.
     let e = parse(500, &[], r#"{"oops":true}"#);
-    assert_eq!((e.kind(), e.message()), (ErrorKind::Internal, r#"{"oops":true}"#));
+    assert_eq!(
+        (e.kind(), e.message()),
+        (ErrorKind::Internal, r#"{"oops":true}"#)
+    );
     let e = parse(500, &[], r#"{"error":"upstream exploded"}"#);
     assert_eq!(e.message(), "upstream exploded");
 }
@@ -562,7 +753,10 @@ fn parses_http_date_retry_after() {
     let later = std::time::SystemTime::now() + Duration::from_secs(120);
     let e = parse(503, &[("retry-after", &httpdate::fmt_http_date(later))], "");
     let delay = e.retry_after().expect("a date is a delay");
-    assert!(delay > Duration::from_secs(100) && delay <= Duration::from_secs(120), "{delay:?}");
+    assert!(
+        delay > Duration::from_secs(100) && delay <= Duration::from_secs(120),
+        "{delay:?}"
+    );
     let e = parse(503, &[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")], "");
     assert_eq!(e.retry_after(), Some(Duration::ZERO));
     let e = parse(503, &[("retry-after", "soon")], "");
@@ -764,7 +958,14 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         any::<f64>().prop_map(Value::from),
         arb_text().prop_map(Value::String),
         proptest::sample::select(vec![
-            "error", "message", "type", "code", "detail", "error_code", "origin", "request_id",
+            "error",
+            "message",
+            "type",
+            "code",
+            "detail",
+            "error_code",
+            "origin",
+            "request_id",
         ])
         .prop_map(|s| Value::String(s.to_owned())),
     ];
@@ -775,8 +976,15 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
                 (
                     prop_oneof![
                         proptest::sample::select(vec![
-                            "error", "message", "type", "code", "param", "detail", "error_code",
-                            "origin", "request_id",
+                            "error",
+                            "message",
+                            "type",
+                            "code",
+                            "param",
+                            "detail",
+                            "error_code",
+                            "origin",
+                            "request_id",
                         ])
                         .prop_map(str::to_owned),
                         "[a-z]{1,6}",
@@ -789,7 +997,6 @@ fn arb_json() -> impl Strategy<Value = serde_json::Value> {
         ]
     })
 }
-
 
 // ---------------------------------------------------------------------------
 // ErrorEnvelopeLayer.
@@ -805,9 +1012,9 @@ mod layer {
     use super::*;
     use http::Request;
     use http_body::Frame;
+    use tollgate::BoxError;
     use tollgate::body::ResponseBody;
     use tollgate::envelope::ErrorEnvelopeLayer;
-    use tollgate::BoxError;
     use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
     type Req = Request<Full<Bytes>>;
@@ -824,7 +1031,9 @@ mod layer {
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        builder.body(Full::new(Bytes::from_static(body.as_bytes()))).unwrap()
+        builder
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
     }
 
     async fn collect<B>(response: Response<B>) -> (http::response::Parts, serde_json::Value)
@@ -849,21 +1058,33 @@ mod layer {
         inner: Result<Response<Full<Bytes>>, BoxError>,
     ) -> (http::response::Parts, serde_json::Value) {
         let inner = Mutex::new(Some(inner));
-        let service = ServiceBuilder::new().layer(layer).service(service_fn(move |_req: Req| {
-            let answer = inner.lock().unwrap().take().unwrap();
-            async move { answer }
-        }));
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(service_fn(move |_req: Req| {
+                let answer = inner.lock().unwrap().take().unwrap();
+                async move { answer }
+            }));
         collect(service.oneshot(req).await.unwrap()).await
     }
 
-    fn openai(message: &str, error_type: &str, param: Option<&str>, code: Option<&str>) -> serde_json::Value {
+    fn openai(
+        message: &str,
+        error_type: &str,
+        param: Option<&str>,
+        code: Option<&str>,
+    ) -> serde_json::Value {
         serde_json::json!({"error": {"message": message, "type": error_type, "param": param, "code": code}})
     }
 
     fn assert_error_headers(parts: &http::response::Parts, should_retry: &str) {
         assert_eq!(parts.headers["content-type"], "application/json");
         assert_eq!(parts.headers["x-should-retry"], should_retry);
-        assert!(parts.headers["x-request-id"].to_str().unwrap().starts_with("req_"));
+        assert!(
+            parts.headers["x-request-id"]
+                .to_str()
+                .unwrap()
+                .starts_with("req_")
+        );
         assert!(parts.extensions.get::<ApiError>().is_some());
     }
 
@@ -930,7 +1151,12 @@ mod layer {
         assert_error_headers(&parts, "true");
         assert_eq!(
             body,
-            openai(ErrorKind::Internal.default_message(), "server_error", None, Some("internal_error"))
+            openai(
+                ErrorKind::Internal.default_message(),
+                "server_error",
+                None,
+                Some("internal_error")
+            )
         );
         assert!(!body.to_string().contains("hunter2"));
         assert!(!format!("{:?}", parts.headers).contains("hunter2"));
@@ -955,7 +1181,12 @@ mod layer {
         assert_error_headers(&parts, "true");
         assert_eq!(
             body,
-            openai(ErrorKind::Timeout.default_message(), "timeout_error", None, Some("timeout"))
+            openai(
+                ErrorKind::Timeout.default_message(),
+                "timeout_error",
+                None,
+                Some("timeout")
+            )
         );
     }
 
@@ -967,7 +1198,13 @@ mod layer {
             .layer(ErrorEnvelopeLayer::new())
             .load_shed()
             .service(mock);
-        let response = service.ready().await.unwrap().call(request()).await.unwrap();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request())
+            .await
+            .unwrap();
         let (parts, body) = collect(response).await;
         assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_error_headers(&parts, "true");
@@ -984,7 +1221,9 @@ mod layer {
         type Future = std::future::Ready<Result<Self::Response, BoxError>>;
 
         fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-            Poll::Ready(Err(ApiError::unavailable().with_message("store is down").into()))
+            Poll::Ready(Err(ApiError::unavailable()
+                .with_message("store is down")
+                .into()))
         }
 
         fn call(&mut self, _: Req) -> Self::Future {
@@ -995,7 +1234,13 @@ mod layer {
     #[tokio::test]
     async fn readiness_failure_is_answered_without_calling_inner() {
         let mut service = ErrorEnvelopeLayer::new().layer_service(Broken);
-        let response = service.ready().await.unwrap().call(request()).await.unwrap();
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(request())
+            .await
+            .unwrap();
         let (parts, body) = collect(response).await;
         assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body["error"]["message"], "store is down");
@@ -1015,9 +1260,14 @@ mod layer {
     async fn plain_text_413_from_tower_http_limit_inside_axum() {
         use axum::routing::post;
         let router = axum::Router::new()
-            .route("/v1/chat/completions", post(|body: Bytes| async move { body }))
+            .route(
+                "/v1/chat/completions",
+                post(|body: Bytes| async move { body }),
+            )
             .layer(tower_http::limit::RequestBodyLimitLayer::new(8));
-        let service = ServiceBuilder::new().layer(ErrorEnvelopeLayer::new()).service(router);
+        let service = ServiceBuilder::new()
+            .layer(ErrorEnvelopeLayer::new())
+            .service(router);
 
         // Refused on content-length, and while streaming an unsized body.
         let sized = Request::post("/v1/chat/completions")
@@ -1029,7 +1279,12 @@ mod layer {
         assert_error_headers(&parts, "false");
         assert_eq!(
             body,
-            openai("length limit exceeded", "invalid_request_error", None, Some("payload_too_large"))
+            openai(
+                "length limit exceeded",
+                "invalid_request_error",
+                None,
+                Some("payload_too_large")
+            )
         );
 
         let streamed = Request::post("/v1/chat/completions")
@@ -1039,7 +1294,10 @@ mod layer {
             .layer(ErrorEnvelopeLayer::new())
             .service(
                 axum::Router::new()
-                    .route("/v1/chat/completions", post(|body: Bytes| async move { body }))
+                    .route(
+                        "/v1/chat/completions",
+                        post(|body: Bytes| async move { body }),
+                    )
                     .layer(tower_http::limit::RequestBodyLimitLayer::new(8)),
             )
             .oneshot(streamed)
@@ -1061,8 +1319,12 @@ mod layer {
 
     #[tokio::test]
     async fn empty_401() {
-        let (parts, body) =
-            through(ErrorEnvelopeLayer::new(), request(), Ok(respond(401, &[], ""))).await;
+        let (parts, body) = through(
+            ErrorEnvelopeLayer::new(),
+            request(),
+            Ok(respond(401, &[], "")),
+        )
+        .await;
         assert_eq!(parts.status, StatusCode::UNAUTHORIZED);
         assert_error_headers(&parts, "false");
         assert_eq!(
@@ -1081,7 +1343,11 @@ mod layer {
         let html = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body><center><h1>502 Bad Gateway</h1></center><hr><center>cloudflare</center></body>\r\n</html>\r\n";
         let upstream = respond(
             502,
-            &[("content-type", "text/html"), ("content-length", "150"), ("cf-ray", "8a1b")],
+            &[
+                ("content-type", "text/html"),
+                ("content-length", "150"),
+                ("cf-ray", "8a1b"),
+            ],
             html,
         );
         let (parts, body) = through(ErrorEnvelopeLayer::new(), request(), Ok(upstream)).await;
@@ -1089,14 +1355,20 @@ mod layer {
         assert_error_headers(&parts, "true");
         assert_eq!(parts.headers["cf-ray"], "8a1b");
         assert!(!parts.headers.contains_key("content-length"));
-        assert_eq!(body, openai("502 Bad Gateway", "server_error", None, Some("bad_gateway")));
+        assert_eq!(
+            body,
+            openai("502 Bad Gateway", "server_error", None, Some("bad_gateway"))
+        );
     }
 
     #[tokio::test]
     async fn another_vendors_json_is_rerendered() {
         let anthropic = respond(
             529,
-            &[("content-type", "application/json"), ("x-request-id", "req_upstream")],
+            &[
+                ("content-type", "application/json"),
+                ("x-request-id", "req_upstream"),
+            ],
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_018EeWyXxfu5pfWkrYcMdjWG"}"#,
         );
         let req = Request::post("/v1/chat/completions")
@@ -1108,11 +1380,18 @@ mod layer {
         assert_eq!(parts.headers["x-should-retry"], "true");
         // The envelope is the gateway's answer: it carries the client's id.
         assert_eq!(parts.headers["x-request-id"], "req_client");
-        assert_eq!(body, openai("Overloaded", "overloaded_error", None, Some("overloaded")));
+        assert_eq!(
+            body,
+            openai("Overloaded", "overloaded_error", None, Some("overloaded"))
+        );
 
         let openai_429 = respond(
             429,
-            &[("retry-after-ms", "956"), ("x-should-retry", "true"), ("x-request-id", "req_upstream")],
+            &[
+                ("retry-after-ms", "956"),
+                ("x-should-retry", "true"),
+                ("x-request-id", "req_upstream"),
+            ],
             r#"{"error":{"message":"Rate limit reached for gpt-4o","type":"tokens","param":null,"code":"rate_limit_exceeded"}}"#,
         );
         let (parts, body) = through(
@@ -1138,13 +1417,18 @@ mod layer {
             .status(503)
             .header("content-encoding", "gzip")
             .header("content-type", "application/json")
-            .body(Full::new(Bytes::from_static(&[0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02])))
+            .body(Full::new(Bytes::from_static(&[
+                0x1f, 0x8b, 0x08, 0x00, 0x01, 0x02,
+            ])))
             .unwrap();
         let (parts, body) = through(ErrorEnvelopeLayer::new(), request(), Ok(gzip)).await;
         assert_eq!(parts.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(!parts.headers.contains_key("content-encoding"));
         assert_eq!(parts.headers["content-type"], "application/json");
-        assert_eq!(body["error"]["message"], ErrorKind::Unavailable.default_message());
+        assert_eq!(
+            body["error"]["message"],
+            ErrorKind::Unavailable.default_message()
+        );
     }
 
     /// A body that yields its chunks one poll at a time and counts the polls.
@@ -1188,7 +1472,10 @@ mod layer {
 
     #[tokio::test]
     async fn success_passes_through_unbuffered() {
-        let body = LazyBody::new(vec![Bytes::from_static(b"data: 1\n\n"), Bytes::from_static(b"data: 2\n\n")]);
+        let body = LazyBody::new(vec![
+            Bytes::from_static(b"data: 1\n\n"),
+            Bytes::from_static(b"data: 2\n\n"),
+        ]);
         let polls = body.polls.clone();
         let body = Mutex::new(Some(body));
         let service = ServiceBuilder::new()
@@ -1205,7 +1492,11 @@ mod layer {
                 }
             }));
         let response = service.oneshot(request()).await.unwrap();
-        assert_eq!(polls.load(Ordering::SeqCst), 0, "the layer read the success body");
+        assert_eq!(
+            polls.load(Ordering::SeqCst),
+            0,
+            "the layer read the success body"
+        );
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
         assert!(!response.headers().contains_key("x-should-retry"));
@@ -1221,25 +1512,35 @@ mod layer {
         let body = LazyBody::new(vec![chunk; 1000]);
         let polls = body.polls.clone();
         let body = Mutex::new(Some(body));
-        let service = ServiceBuilder::new()
-            .layer(ErrorEnvelopeLayer::new().max_error_body(4096))
-            .service(service_fn(move |_req: Req| {
-                let body = body.lock().unwrap().take().unwrap();
-                async move { Ok::<_, Infallible>(Response::builder().status(500).body(body).unwrap()) }
-            }));
+        let service =
+            ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new().max_error_body(4096))
+                .service(service_fn(move |_req: Req| {
+                    let body = body.lock().unwrap().take().unwrap();
+                    async move {
+                        Ok::<_, Infallible>(Response::builder().status(500).body(body).unwrap())
+                    }
+                }));
         let (parts, body) = collect(service.oneshot(request()).await.unwrap()).await;
         assert_eq!(parts.status, StatusCode::INTERNAL_SERVER_ERROR);
         // Four chunks of 1 KiB, each after one pending poll: nothing more.
         assert_eq!(polls.load(Ordering::SeqCst), 8);
         let message = body["error"]["message"].as_str().unwrap();
-        assert!(message.len() < 4096 && message.starts_with("xxxx"), "{}", message.len());
+        assert!(
+            message.len() < 4096 && message.starts_with("xxxx"),
+            "{}",
+            message.len()
+        );
 
         // The default bound is 64 KiB, and a JSON body cut there still
         // yields a valid envelope.
         let mut big = br#"{"error":{"message":""#.to_vec();
         big.extend(std::iter::repeat_n(b'y', 100 * 1024));
         big.extend(br#"","type":"server_error"}}"#);
-        let upstream = Response::builder().status(502).body(Full::new(Bytes::from(big))).unwrap();
+        let upstream = Response::builder()
+            .status(502)
+            .body(Full::new(Bytes::from(big)))
+            .unwrap();
         let (parts, body) = through(ErrorEnvelopeLayer::new(), request(), Ok(upstream)).await;
         assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
         assert_eq!(body["error"]["code"], "bad_gateway");
@@ -1251,22 +1552,30 @@ mod layer {
         let mut body = LazyBody::new(vec![Bytes::from_static(b"upstream fell")]);
         body.fail_at_end = true;
         let body = Mutex::new(Some(body));
-        let service = ServiceBuilder::new()
-            .layer(ErrorEnvelopeLayer::new())
-            .service(service_fn(move |_req: Req| {
-                let body = body.lock().unwrap().take().unwrap();
-                async move { Ok::<_, Infallible>(Response::builder().status(502).body(body).unwrap()) }
-            }));
+        let service =
+            ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .service(service_fn(move |_req: Req| {
+                    let body = body.lock().unwrap().take().unwrap();
+                    async move {
+                        Ok::<_, Infallible>(Response::builder().status(502).body(body).unwrap())
+                    }
+                }));
         let (parts, body) = collect(service.oneshot(request()).await.unwrap()).await;
         assert_eq!(parts.status, StatusCode::BAD_GATEWAY);
         assert_eq!(body["error"]["message"], "upstream fell");
     }
 
     /// A service that answers 200 or an error and reports the request id it saw.
-    fn echo_id(fail: bool) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send> + Clone {
+    fn echo_id(
+        fail: bool,
+    ) -> impl Service<Req, Response = Response<Full<Bytes>>, Error = BoxError, Future: Send> + Clone
+    {
         service_fn(move |req: Req| async move {
             let seen = req.headers().get("x-request-id").cloned();
-            let seen = seen.map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+            let seen = seen
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default();
             if fail {
                 Err(ApiError::not_found().with_message(seen).into())
             } else {
@@ -1278,9 +1587,14 @@ mod layer {
     #[tokio::test]
     async fn request_id_is_propagated_or_generated() {
         for fail in [false, true] {
-            let service = ServiceBuilder::new().layer(ErrorEnvelopeLayer::new()).service(echo_id(fail));
+            let service = ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .service(echo_id(fail));
             // Propagated.
-            let req = Request::get("/").header("x-request-id", "abc-123").body(Full::default()).unwrap();
+            let req = Request::get("/")
+                .header("x-request-id", "abc-123")
+                .body(Full::default())
+                .unwrap();
             let response = service.clone().oneshot(req).await.unwrap();
             assert_eq!(response.headers()["x-request-id"], "abc-123");
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
@@ -1290,29 +1604,43 @@ mod layer {
             for bad in [None, Some(""), Some("has space"), Some("\u{e9}t\u{e9}")] {
                 let mut req = Request::get("/").body(Full::default()).unwrap();
                 if let Some(bad) = bad {
-                    req.headers_mut().insert("x-request-id", HeaderValue::from_bytes(bad.as_bytes()).unwrap());
+                    req.headers_mut().insert(
+                        "x-request-id",
+                        HeaderValue::from_bytes(bad.as_bytes()).unwrap(),
+                    );
                 }
                 let response = service.clone().oneshot(req).await.unwrap();
-                let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+                let id = response.headers()["x-request-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned();
                 assert!(id.starts_with("req_") && id.len() == 28, "{id}");
                 let bytes = response.into_body().collect().await.unwrap().to_bytes();
                 assert!(std::str::from_utf8(&bytes).unwrap().contains(&id));
             }
         }
         // An id the inner service set on a success response is kept.
-        let service = ServiceBuilder::new().layer(ErrorEnvelopeLayer::new()).service(service_fn(|_req: Req| async {
-            Ok::<_, Infallible>(respond(200, &[("x-request-id", "inner")], "ok"))
-        }));
+        let service = ServiceBuilder::new()
+            .layer(ErrorEnvelopeLayer::new())
+            .service(service_fn(|_req: Req| async {
+                Ok::<_, Infallible>(respond(200, &[("x-request-id", "inner")], "ok"))
+            }));
         let response = service.oneshot(request()).await.unwrap();
         assert_eq!(response.headers()["x-request-id"], "inner");
     }
 
     #[tokio::test]
     async fn generated_ids_differ() {
-        let service = ServiceBuilder::new().layer(ErrorEnvelopeLayer::new()).service(echo_id(false));
+        let service = ServiceBuilder::new()
+            .layer(ErrorEnvelopeLayer::new())
+            .service(echo_id(false));
         let mut seen = std::collections::HashSet::new();
         for _ in 0..100 {
-            let response = service.clone().oneshot(Request::new(Full::default())).await.unwrap();
+            let response = service
+                .clone()
+                .oneshot(Request::new(Full::default()))
+                .await
+                .unwrap();
             assert!(seen.insert(response.headers()["x-request-id"].clone()));
         }
     }
@@ -1329,7 +1657,8 @@ mod layer {
         for (path, version, expected) in cases {
             let mut req = Request::post(path).body(Full::default()).unwrap();
             if let Some(v) = version {
-                req.headers_mut().insert("anthropic-version", HeaderValue::from_static(v));
+                req.headers_mut()
+                    .insert("anthropic-version", HeaderValue::from_static(v));
             }
             let (parts, body) = through(
                 ErrorEnvelopeLayer::new().auto_format(),
@@ -1338,7 +1667,11 @@ mod layer {
             )
             .await;
             assert_eq!(parts.status.as_u16(), 529);
-            let got = if body.get("type") == Some(&"error".into()) { "anthropic" } else { "openai" };
+            let got = if body.get("type") == Some(&"error".into()) {
+                "anthropic"
+            } else {
+                "openai"
+            };
             assert_eq!(got, expected, "{path}");
         }
     }
@@ -1355,10 +1688,18 @@ mod layer {
             }
         });
         let error = || Err(ApiError::content_filter().with_message("filtered").into());
-        let req = Request::post("/x").header("x-legacy", "1").body(Full::default()).unwrap();
+        let req = Request::post("/x")
+            .header("x-legacy", "1")
+            .body(Full::default())
+            .unwrap();
         let (_, body) = through(layer.clone(), req, error()).await;
-        assert_eq!(body, serde_json::json!({"error_code": "content_filter", "detail": "filtered"}));
-        let req = Request::post("/humanloop/call").body(Full::default()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error_code": "content_filter", "detail": "filtered"})
+        );
+        let req = Request::post("/humanloop/call")
+            .body(Full::default())
+            .unwrap();
         let (_, body) = through(layer.clone(), req, error()).await;
         assert_eq!(
             body,
@@ -1389,13 +1730,21 @@ mod layer {
         assert_eq!(parts.status, StatusCode::OK);
         assert_eq!(parts.headers["content-type"], "application/grpc");
         assert_eq!(parts.headers["grpc-status"], "16");
-        assert_eq!(parts.headers["grpc-message"], "Invalid API key: sk-%E2%80%A6");
+        assert_eq!(
+            parts.headers["grpc-message"],
+            "Invalid API key: sk-%E2%80%A6"
+        );
         assert_eq!(parts.headers["x-should-retry"], "false");
         assert!(parts.headers.contains_key("x-request-id"));
         assert_eq!(body, serde_json::Value::Null);
 
         // A plain HTTP error from inside becomes a gRPC status too.
-        let (parts, _) = through(layer, grpc(), Ok(respond(429, &[("retry-after", "3")], "slow down"))).await;
+        let (parts, _) = through(
+            layer,
+            grpc(),
+            Ok(respond(429, &[("retry-after", "3")], "slow down")),
+        )
+        .await;
         assert_eq!(parts.status, StatusCode::OK);
         assert_eq!(parts.headers["grpc-status"], "8");
         assert_eq!(parts.headers["grpc-message"], "slow down");
@@ -1433,11 +1782,16 @@ mod layer {
                 panic!("bug in call")
             }
         }
-        let service = ErrorEnvelopeLayer::new().catch_panic(true).layer_service(PanicsInCall);
+        let service = ErrorEnvelopeLayer::new()
+            .catch_panic(true)
+            .layer_service(PanicsInCall);
         let (parts, _) = collect(service.oneshot(request()).await.unwrap()).await;
         assert_eq!(parts.status, StatusCode::INTERNAL_SERVER_ERROR);
         let logs = logs.text();
-        assert!(logs.contains("handler bug") && logs.contains("bug in call"), "{logs}");
+        assert!(
+            logs.contains("handler bug") && logs.contains("bug in call"),
+            "{logs}"
+        );
     }
 
     #[tokio::test]
@@ -1465,12 +1819,16 @@ mod layer {
                         .with_message("Rate limit exceeded: 10 requests per minute")
                         .with_retry_after(Duration::from_secs(6)),
                 );
-                response
-                    .headers_mut()
-                    .insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+                response.headers_mut().insert(
+                    "x-ratelimit-remaining-requests",
+                    HeaderValue::from_static("0"),
+                );
                 Ok::<_, Infallible>(response)
             }));
-        let req = Request::post("/v1/messages").header("x-request-id", "req_42").body(Full::default()).unwrap();
+        let req = Request::post("/v1/messages")
+            .header("x-request-id", "req_42")
+            .body(Full::default())
+            .unwrap();
         let (parts, body) = collect(service.oneshot(req).await.unwrap()).await;
         assert_eq!(parts.status, StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(parts.headers["x-ratelimit-remaining-requests"], "0");
@@ -1487,7 +1845,10 @@ mod layer {
                 "request_id": "req_42",
             })
         );
-        assert_eq!(parts.extensions.get::<ApiError>().unwrap().request_id(), Some("req_42"));
+        assert_eq!(
+            parts.extensions.get::<ApiError>().unwrap().request_id(),
+            Some("req_42")
+        );
     }
 
     #[tokio::test]
@@ -1502,7 +1863,10 @@ mod layer {
             }));
         let (parts, body) = collect(service.oneshot(request()).await.unwrap()).await;
         assert_eq!(parts.status, StatusCode::CONFLICT);
-        assert_eq!(body, serde_json::json!({"error_code": "conflict", "detail": "busy"}));
+        assert_eq!(
+            body,
+            serde_json::json!({"error_code": "conflict", "detail": "busy"})
+        );
     }
 
     #[test]
@@ -1550,7 +1914,12 @@ mod layer {
         for row in &TABLE {
             let error = ApiError::new(row.kind, "why \u{e9}");
             let status = tonic::Status::from(error);
-            assert_eq!(status.code() as i32, i32::from(row.grpc_status), "{:?}", row.kind);
+            assert_eq!(
+                status.code() as i32,
+                i32::from(row.grpc_status),
+                "{:?}",
+                row.kind
+            );
             assert_eq!(status.message(), "why \u{e9}");
         }
     }

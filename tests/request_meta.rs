@@ -26,7 +26,10 @@ impl CountingBody {
     fn new(chunks: &[&str]) -> (Self, Arc<AtomicUsize>) {
         let polls = Arc::new(AtomicUsize::new(0));
         let body = CountingBody {
-            chunks: chunks.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+                .collect(),
             polls: polls.clone(),
             pending_next: true,
         };
@@ -100,7 +103,9 @@ async fn reads_the_fields_and_puts_the_body_back() {
     let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},
         "max_tokens":100,"messages":[{"role":"system","content":"Be brief."},
         {"role":"user","content":"Hello there!"}]}"#;
-    let req = RequestMeta::read(full(body), RequestMeta::DEFAULT_LIMIT).await.unwrap();
+    let req = RequestMeta::read(full(body), RequestMeta::DEFAULT_LIMIT)
+        .await
+        .unwrap();
     let m = meta(&req);
     assert_eq!(m.model.as_deref(), Some("gpt-4o-mini"));
     assert!(m.stream);
@@ -132,7 +137,9 @@ async fn streamed_body_over_the_limit_is_413_and_stops_reading() {
     let chunk = "x".repeat(400);
     let chunks: Vec<&str> = std::iter::repeat_n(chunk.as_str(), 100).collect();
     let (body, polls) = CountingBody::new(&chunks);
-    let err = RequestMeta::read(json_request(body), 1024).await.unwrap_err();
+    let err = RequestMeta::read(json_request(body), 1024)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
     // Three chunks of 400 bytes cross 1024; each chunk costs two polls.
     assert_eq!(polls.load(Ordering::SeqCst), 6);
@@ -151,8 +158,11 @@ async fn a_body_of_exactly_the_limit_is_read() {
 #[tokio::test]
 async fn an_outer_length_limit_is_413_too() {
     type Boxed = http_body_util::combinators::BoxBody<Bytes, BoxError>;
-    let limited: Boxed = http_body_util::Limited::new(Full::new(Bytes::from(vec![b' '; 64])), 8).boxed();
-    let err = RequestMeta::read(json_request(limited), 1024).await.unwrap_err();
+    let limited: Boxed =
+        http_body_util::Limited::new(Full::new(Bytes::from(vec![b' '; 64])), 8).boxed();
+    let err = RequestMeta::read(json_request(limited), 1024)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
 }
 
@@ -164,7 +174,9 @@ async fn a_failing_body_is_400() {
         Err::<Frame<Bytes>, BoxError>("connection reset by peer".into()),
     ]))
     .boxed();
-    let err = RequestMeta::read(json_request(failing), 1024).await.unwrap_err();
+    let err = RequestMeta::read(json_request(failing), 1024)
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
     assert_eq!(err.message(), "The request body could not be read.");
 }
@@ -175,19 +187,34 @@ async fn malformed_json_is_400_naming_the_problem() {
     assert_eq!(err.kind(), ErrorKind::InvalidRequest);
     assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     assert_eq!(err.code(), Some("invalid_request"));
-    assert!(err.message().starts_with("We could not parse the JSON body of your request"));
+    assert!(
+        err.message()
+            .starts_with("We could not parse the JSON body of your request")
+    );
     assert!(err.message().contains("line 1 column"), "{}", err.message());
 
     let err = read_err(full(r#"{"model": "gpt-4o""#)).await;
-    assert!(err.message().contains("EOF while parsing"), "{}", err.message());
+    assert!(
+        err.message().contains("EOF while parsing"),
+        "{}",
+        err.message()
+    );
     // A syntax error after a good field is not blamed on that field.
     assert_eq!(err.param(), None);
 
     let err = read_err(full(r#"[{"model": "gpt-4o"}]"#)).await;
-    assert!(err.message().contains("expected a JSON object"), "{}", err.message());
+    assert!(
+        err.message().contains("expected a JSON object"),
+        "{}",
+        err.message()
+    );
 
     let err = read_err(full(r#"{"model": "gpt-4o"} {"model": "again"}"#)).await;
-    assert!(err.message().contains("trailing characters"), "{}", err.message());
+    assert!(
+        err.message().contains("trailing characters"),
+        "{}",
+        err.message()
+    );
 
     let err = read_err(full(r#"{"model": "gpt-4o", "max_tokens": -5}"#)).await;
     assert_eq!(err.param(), Some("max_tokens"));
@@ -228,7 +255,10 @@ async fn non_json_requests_are_skipped_unread() {
     }
     // Methods without a body are not read either.
     let (body, polls) = CountingBody::new(&["{"]);
-    let req = Request::get("/v1/models").header("content-type", "application/json").body(body).unwrap();
+    let req = Request::get("/v1/models")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
     let req = RequestMeta::read(req, 1024).await.unwrap();
     assert_eq!(meta(&req), &RequestMeta::default());
     assert_eq!(polls.load(Ordering::SeqCst), 0);
@@ -243,13 +273,20 @@ async fn json_content_types_and_none_are_read() {
         Some("application/vnd.api+json"),
     ] {
         let mut req = Request::post("/v1/embeddings")
-            .body(Full::new(Bytes::from_static(br#"{"model":"text-embedding-3-small","input":"abcd"}"#)))
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"text-embedding-3-small","input":"abcd"}"#,
+            )))
             .unwrap();
         if let Some(ct) = content_type {
-            req.headers_mut().insert("content-type", ct.parse().unwrap());
+            req.headers_mut()
+                .insert("content-type", ct.parse().unwrap());
         }
         let req = RequestMeta::read(req, 1024).await.unwrap();
-        assert_eq!(meta(&req).model.as_deref(), Some("text-embedding-3-small"), "{content_type:?}");
+        assert_eq!(
+            meta(&req).model.as_deref(),
+            Some("text-embedding-3-small"),
+            "{content_type:?}"
+        );
         assert_eq!(meta(&req).prompt_tokens_estimate, 1);
     }
     for method in [http::Method::PUT, http::Method::PATCH] {
@@ -282,7 +319,11 @@ async fn reading_twice_reads_the_body_once() {
     assert_eq!(first.max_tokens, Some(7));
 
     let req = RequestMeta::read(req, 1024).await.unwrap();
-    assert_eq!(polls.load(Ordering::SeqCst), 6, "the original body was polled again");
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        6,
+        "the original body was polled again"
+    );
     assert_eq!(meta(&req), &first);
     // The second read left the rebuilt body unread too.
     assert_eq!(req.body().polls.load(Ordering::SeqCst), 0);
@@ -303,8 +344,14 @@ async fn max_completion_tokens_takes_precedence() {
         (r#"{"max_tokens":10,"max_completion_tokens":20}"#, Some(20)),
         (r#"{"max_completion_tokens":20,"max_tokens":10}"#, Some(20)),
         (r#"{"max_output_tokens":30,"max_tokens":10}"#, Some(10)),
-        (r#"{"max_output_tokens":30,"max_completion_tokens":20,"max_tokens":10}"#, Some(20)),
-        (r#"{"max_completion_tokens":null,"max_tokens":10}"#, Some(10)),
+        (
+            r#"{"max_output_tokens":30,"max_completion_tokens":20,"max_tokens":10}"#,
+            Some(20),
+        ),
+        (
+            r#"{"max_completion_tokens":null,"max_tokens":10}"#,
+            Some(10),
+        ),
         (r#"{"max_tokens":null}"#, None),
         (r#"{}"#, None),
     ];
@@ -314,7 +361,8 @@ async fn max_completion_tokens_takes_precedence() {
     }
     let m = RequestMeta::from_json(br#"{"max_completion_tokens":20}"#).unwrap();
     assert_eq!(m.reserve_tokens(4096), 20);
-    let m = RequestMeta::from_json(br#"{"messages":[{"role":"user","content":"12345678"}]}"#).unwrap();
+    let m =
+        RequestMeta::from_json(br#"{"messages":[{"role":"user","content":"12345678"}]}"#).unwrap();
     assert_eq!(m.reserve_tokens(4096), 4098);
     let m = RequestMeta::from_json(format!(r#"{{"max_tokens":{}}}"#, u64::MAX).as_bytes()).unwrap();
     assert_eq!(m.reserve_tokens(0), u64::MAX);
@@ -324,17 +372,22 @@ async fn max_completion_tokens_takes_precedence() {
 fn stream_and_usage_flags() {
     let m = RequestMeta::from_json(br#"{"stream":null,"stream_options":null}"#).unwrap();
     assert!(!m.stream && !m.include_usage);
-    let m = RequestMeta::from_json(br#"{"stream":false,"stream_options":{"include_usage":false}}"#).unwrap();
+    let m = RequestMeta::from_json(br#"{"stream":false,"stream_options":{"include_usage":false}}"#)
+        .unwrap();
     assert!(!m.stream && !m.include_usage);
-    let m = RequestMeta::from_json(br#"{"stream_options":{"include_usage":true,"other":1}}"#).unwrap();
+    let m =
+        RequestMeta::from_json(br#"{"stream_options":{"include_usage":true,"other":1}}"#).unwrap();
     assert!(m.include_usage);
-    let m = RequestMeta::from_json(br#"{"model":null,"unknown":{"deep":[1,2,{"x":"y"}]}}"#).unwrap();
+    let m =
+        RequestMeta::from_json(br#"{"model":null,"unknown":{"deep":[1,2,{"x":"y"}]}}"#).unwrap();
     assert_eq!(m.model, None);
     assert_eq!(m.prompt_tokens_estimate, 0);
 }
 
 fn estimate(body: &str) -> u64 {
-    RequestMeta::from_json(body.as_bytes()).unwrap().prompt_tokens_estimate
+    RequestMeta::from_json(body.as_bytes())
+        .unwrap()
+        .prompt_tokens_estimate
 }
 
 #[test]
@@ -373,7 +426,10 @@ fn prompt_estimate_rules() {
     assert_eq!(estimate(r#"{"input":[[1820,374,264],[3,4]]}"#), 5);
     assert_eq!(estimate(r#"{"prompt":[9906,1917]}"#), 2);
     // Other fields are not part of the prompt.
-    assert_eq!(estimate(r#"{"model":"a-very-long-model-name","user":"someone","metadata":{"k":"v"}}"#), 0);
+    assert_eq!(
+        estimate(r#"{"model":"a-very-long-model-name","user":"someone","metadata":{"k":"v"}}"#),
+        0
+    );
     // Booleans, floats and nulls are not text.
     assert_eq!(estimate(r#"{"messages":[{"content":[true,null,1.5]}]}"#), 0);
 }
@@ -382,11 +438,15 @@ fn prompt_estimate_rules() {
 async fn boxed_bodies_are_supported() {
     type Boxed = http_body_util::combinators::BoxBody<Bytes, BoxError>;
     type Unsync = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-    let boxed: Boxed = Full::new(Bytes::from_static(br#"{"model":"a"}"#)).map_err(Into::into).boxed();
+    let boxed: Boxed = Full::new(Bytes::from_static(br#"{"model":"a"}"#))
+        .map_err(Into::into)
+        .boxed();
     let req = RequestMeta::read(json_request(boxed), 64).await.unwrap();
     assert_eq!(meta(&req).model.as_deref(), Some("a"));
     assert_eq!(body_text(req).await, r#"{"model":"a"}"#);
-    let unsync: Unsync = Full::new(Bytes::from_static(br#"{"model":"b"}"#)).map_err(Into::into).boxed_unsync();
+    let unsync: Unsync = Full::new(Bytes::from_static(br#"{"model":"b"}"#))
+        .map_err(Into::into)
+        .boxed_unsync();
     let req = RequestMeta::read(json_request(unsync), 64).await.unwrap();
     assert_eq!(meta(&req).model.as_deref(), Some("b"));
 }

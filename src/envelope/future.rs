@@ -111,7 +111,12 @@ fn render<B>(
         // but not what described its old body: a re-rendered body is
         // neither compressed nor chunked, nor as long as the old one.
         *response.headers_mut() = parts.headers;
-        for name in [CONTENT_LENGTH, CONTENT_TYPE, CONTENT_ENCODING, TRANSFER_ENCODING] {
+        for name in [
+            CONTENT_LENGTH,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ] {
             response.headers_mut().remove(name);
         }
         *response.extensions_mut() = parts.extensions;
@@ -168,11 +173,11 @@ where
                             )));
                         }
                         Ok(mut response) if response.status().as_u16() < 400 => {
-                            if !response.headers().contains_key(X_REQUEST_ID) {
-                                response
-                                    .headers_mut()
-                                    .insert(X_REQUEST_ID, this.request_id.clone());
-                            }
+                            // One lookup; an id the inner service set wins.
+                            response
+                                .headers_mut()
+                                .entry(X_REQUEST_ID)
+                                .or_insert_with(|| this.request_id.clone());
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                         }
                         Ok(mut response) => {

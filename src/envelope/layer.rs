@@ -21,8 +21,7 @@ impl FormatChoice {
     pub(crate) fn pick(&self, uri: &Uri, headers: &HeaderMap) -> ErrorFormat {
         let is_grpc = headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
         if is_grpc {
             return ErrorFormat::Grpc;
         }
