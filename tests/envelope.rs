@@ -1165,6 +1165,54 @@ mod layer {
         assert!(logs.contains(secret), "{logs}");
     }
 
+    /// An application error wrapping another, as `thiserror`'s `#[source]` does.
+    #[derive(Debug)]
+    struct Wrapped(BoxError);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("proxy failed")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn known_errors_are_found_along_the_source_chain() {
+        let cases: [(BoxError, u16); 3] = [
+            (
+                Box::new(Wrapped(Box::new(tower::timeout::error::Elapsed::new()))),
+                504,
+            ),
+            (
+                Box::new(Wrapped(
+                    Box::new(tower::load_shed::error::Overloaded::new()),
+                )),
+                503,
+            ),
+            (Box::new(Wrapped(Box::new(ApiError::not_found()))), 404),
+        ];
+        for (error, status) in cases {
+            let (parts, _) = through(ErrorEnvelopeLayer::new(), request(), Err(error)).await;
+            assert_eq!(parts.status.as_u16(), status);
+        }
+        // An unknown chain is logged whole, and answered with a generic 500.
+        let (logs, _guard) = capture_logs();
+        let error: BoxError = Box::new(Wrapped(io::Error::other("dns lookup failed").into()));
+        let (parts, body) = through(ErrorEnvelopeLayer::new(), request(), Err(error)).await;
+        assert_eq!(parts.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!body.to_string().contains("dns"));
+        assert!(
+            logs.text().contains("proxy failed: dns lookup failed"),
+            "{}",
+            logs.text()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn timeout_is_504() {
         let service = ServiceBuilder::new()

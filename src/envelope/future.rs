@@ -57,18 +57,45 @@ pub(crate) fn panic_error(panic: Box<dyn Any + Send>) -> ApiError {
 
 /// An inner service's error as an `ApiError`: known tower errors map to
 /// their kind; anything else is logged and becomes a generic 500.
+///
+/// The known errors are looked for along the `source()` chain too, so one
+/// wrapped by another layer (a buffer's `ServiceError`, an application's own
+/// error type) is still recognised.
 pub(crate) fn error_from_inner(error: BoxError) -> ApiError {
-    if let Some(api) = error.downcast_ref::<ApiError>() {
-        return api.clone();
+    let error = match error.downcast::<ApiError>() {
+        Ok(api) => return *api,
+        Err(error) => error,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if let Some(api) = e.downcast_ref::<ApiError>() {
+            return api.clone();
+        }
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return ApiError::timeout();
+        }
+        if e.is::<tower::load_shed::error::Overloaded>() {
+            return ApiError::unavailable();
+        }
+        cause = e.source();
     }
-    if error.is::<tower::timeout::error::Elapsed>() {
-        return ApiError::timeout();
-    }
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        return ApiError::unavailable();
-    }
-    tracing::error!(error = %error, "inner service failed");
+    tracing::error!(error = %Chain(&*error), "inner service failed");
     ApiError::internal()
+}
+
+/// Displays an error and its sources, `outer: inner: root`, for the log.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl<F, B> ResponseFuture<F, B> {

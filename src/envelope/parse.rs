@@ -205,11 +205,14 @@ fn as_text(value: &Value) -> Option<Cow<'_, str>> {
 
 /// Builds the error from recognised JSON shapes; `None` for unknown JSON.
 fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
-    let obj = value.as_object()?;
+    parse_object(status, value.as_object()?)
+}
+
+fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Option<ApiError> {
     // FastAPI and Humanloop wrap the payload in `detail`.
     if let Some(Value::Object(inner)) = obj.get("detail") {
         if inner.contains_key("message") {
-            return parse_json(status, &Value::Object(inner.clone()));
+            return parse_object(status, inner);
         }
     }
     match obj.get("error") {
