@@ -137,8 +137,7 @@ where
 /// absent) the request gets a fresh one.
 fn is_usable_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
-    // A fold without early exit: the compiler vectorizes it, and this runs
-    // on every request.
+    // Branch-free (a fold, not `all`): this runs on every request.
     (1..=256).contains(&bytes.len())
         && bytes
             .iter()
