@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -5,7 +6,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -169,8 +170,26 @@ fn generate_request_id() -> HeaderValue {
     text[..4].copy_from_slice(b"req_");
     write_hex(hi, &mut text[4..20]);
     write_hex(lo, &mut text[20..]);
-    HeaderValue::from_maybe_shared(Bytes::copy_from_slice(&text))
+    HeaderValue::from_maybe_shared(shared_bytes(&text))
         .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
+/// Ids are cut from a per-thread chunk that many of them share: no
+/// allocation per request, and cloning one (request header and response
+/// header) is a reference-count increment. A chunk is freed once every id
+/// cut from it is dropped.
+fn shared_bytes(text: &[u8]) -> Bytes {
+    const CHUNK: usize = 4096;
+    thread_local! {
+        static CHUNK_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    CHUNK_BUF.with_borrow_mut(|buf| {
+        if buf.capacity() - buf.len() < text.len() {
+            *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
+        }
+        buf.extend_from_slice(text);
+        buf.split().freeze()
+    })
 }
 
 /// The low `out.len()` hex digits of `value`, most significant first.
@@ -200,6 +219,17 @@ mod tests {
         assert!(a.to_str().unwrap().starts_with("req_"));
         assert_eq!(a.len(), 28);
         assert!(a.as_bytes()[4..].iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn ids_cut_from_one_chunk_stay_intact() {
+        let ids: Vec<_> = (0..1000).map(|_| super::generate_request_id()).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            let text = id.to_str().unwrap();
+            assert!(text.starts_with("req_") && text.len() == 28, "{text}");
+        }
     }
 
     #[test]
