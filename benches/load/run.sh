@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Load benchmark over loopback: the same handler served (a) bare and (b) behind
+# the tollgate server stack, the server pinned to CPU 0 and wrk to CPU 1, runs
+# interleaved a b a b ..., medians and the b/a ratio with its spread.
+#
+#   benches/load/run.sh                 # bare vs full (memory stores)
+#   benches/load/run.sh full full-redis # memory vs Redis stores (needs redis-server)
+#   RUNS=7 DURATION=10 CONNS=32 STREAM=1 benches/load/run.sh
+#
+# Needs wrk (Debian: apt-get install wrk) and taskset (util-linux).
+set -euo pipefail
+
+A=${1:-bare}
+B=${2:-full}
+RUNS=${RUNS:-5}
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-32}
+WARMUP=${WARMUP:-2}
+STREAM=${STREAM:-0}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PORT_A=${PORT_A:-18787}
+PORT_B=${PORT_B:-18788}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+lua="$root/benches/load/chat.lua"
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
+
+features=()
+if [[ $A == full-redis || $B == full-redis ]]; then features=(--features redis); fi
+(cd "$root" && cargo build --quiet --release --example load_server "${features[@]}")
+server="$root/target/release/examples/load_server"
+
+extra=()
+if [[ $STREAM == 1 ]]; then extra+=(--stream); fi
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+start() { # mode port
+  taskset -c "$SERVER_CPU" "$server" --mode "$1" --listen "127.0.0.1:$2" --redis "$REDIS_URL" "${extra[@]}" &
+  pids+=($!)
+  for _ in $(seq 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "server $1 did not start on port $2" >&2; exit 1
+}
+start "$A" "$PORT_A"
+start "$B" "$PORT_B"
+
+one() { # port seconds -> "rps p50 p99"
+  local out
+  out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${2}s" -s "$lua" "http://127.0.0.1:$1/v1/chat/completions")
+  local line; line=$(grep '^RESULT' <<<"$out")
+  local errors; errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
+  if [[ $errors != 0 ]]; then echo "errors on port $1: $line" >&2; exit 1; fi
+  sed -E 's/RESULT rps=([0-9.]+) p50_us=([0-9]+) p99_us=([0-9]+).*/\1 \2 \3/' <<<"$line"
+}
+
+echo "# $A (a) vs $B (b): $RUNS x ${DURATION}s each, $CONNS connections, stream=$STREAM, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+one "$PORT_A" "$WARMUP" >/dev/null
+one "$PORT_B" "$WARMUP" >/dev/null
+ra=(); rb=(); ratios=(); la50=(); lb50=(); la99=(); lb99=()
+for i in $(seq "$RUNS"); do
+  read -r rps p50 p99 < <(one "$PORT_A" "$DURATION"); ra+=("$rps"); la50+=("$p50"); la99+=("$p99")
+  printf 'run %d a: %10.1f req/s  p50 %5d us  p99 %6d us\n' "$i" "$rps" "$p50" "$p99"
+  read -r rps p50 p99 < <(one "$PORT_B" "$DURATION"); rb+=("$rps"); lb50+=("$p50"); lb99+=("$p99")
+  printf 'run %d b: %10.1f req/s  p50 %5d us  p99 %6d us\n' "$i" "$rps" "$p50" "$p99"
+  ratios+=("$(awk -v a="${ra[-1]}" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
+done
+
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+minmax() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo " .. " hi }'; }
+
+echo "a $A: median $(median "${ra[@]}") req/s (range $(minmax "${ra[@]}")), p50 $(median "${la50[@]}") us, p99 $(median "${la99[@]}") us"
+echo "b $B: median $(median "${rb[@]}") req/s (range $(minmax "${rb[@]}")), p50 $(median "${lb50[@]}") us, p99 $(median "${lb99[@]}") us"
+echo "ratio b/a: median $(median "${ratios[@]}") (pairwise range $(minmax "${ratios[@]}")); load after: $(cut -d' ' -f1-3 /proc/loadavg)"
