@@ -32,7 +32,10 @@ use super::{KeyHash, KeyRecord};
 /// assert_eq!(file.records()[1].id, "ci");
 ///
 /// let err = KeyFile::from_toml("[[keys]]\nid = \"x\"\nsecret = \"s\"\nrevoked = \"no\"\n").unwrap_err();
-/// assert_eq!(err.to_string(), "TOML key file, line 4: field `revoked`: invalid type: string \"no\", expected a boolean");
+/// assert_eq!(
+///     err.to_string(),
+///     "TOML key file, line 4: field `revoked`: invalid type: string \"no\", expected a boolean",
+/// );
 /// # Ok::<_, tollgate::auth::KeyFileError>(())
 /// ```
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -157,16 +160,38 @@ impl KeyFile {
     /// Parses a TOML key file of `[[keys]]` tables.
     pub fn from_toml(text: &str) -> Result<KeyFile, KeyFileError> {
         let line_of = |offset: usize| text.get(..offset).map(|t| t.matches('\n').count() + 1);
-        let file: Keys<toml::Spanned<KeyEntry>> =
-            toml::from_str(text).map_err(|e| KeyFileError::Syntax {
+        let file: Keys<toml::Spanned<KeyEntry>> = toml::from_str(text).map_err(|e| {
+            // toml appends the key path ("in `revoked`"); the message names
+            // the field already.
+            let message = e.message().trim_end();
+            let message = message.split("\nin `").next().unwrap_or(message);
+            let line = e.span().map(|span| field_line(text, span.start, message));
+            KeyFileError::Syntax {
                 format: "TOML",
-                line: e.span().and_then(|span| line_of(span.start)),
-                message: e.message().trim_end().to_owned(),
-            })?;
-        KeyFile::validate(file.keys.into_iter().map(|spanned| {
+                line,
+                message: message.to_owned(),
+            }
+        })?;
+        let starts: Vec<usize> = file.keys.iter().map(|k| k.span().start).collect();
+        let entries = file.keys.into_iter().map(|spanned| {
             let line = line_of(spanned.span().start);
             (spanned.into_inner(), line)
-        }))
+        });
+        KeyFile::validate(entries).map_err(|mut e| {
+            // Point at the field's own line rather than the entry's.
+            if let KeyFileError::Entry {
+                index,
+                line,
+                source,
+            } = &mut e
+            {
+                if let Some(&start) = starts.get(*index - 1) {
+                    let named = format!("field `{}`", source.field());
+                    *line = Some(field_line(text, start, &named));
+                }
+            }
+            e
+        })
     }
 
     /// Validates entries embedded in other configuration (a gateway's
@@ -231,6 +256,36 @@ impl IntoIterator for KeyFile {
     fn into_iter(self) -> Self::IntoIter {
         self.records.into_iter()
     }
+}
+
+/// The line of the field an error names, looked for from `start` (where
+/// toml points: the entry's table) to the next table header; the line of
+/// `start` when the field is not found there.
+fn field_line(text: &str, start: usize, message: &str) -> usize {
+    let first = text.get(..start).map_or(1, |t| t.matches('\n').count() + 1);
+    let field = ["field `", "unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let Some(field) = field else {
+        return first;
+    };
+    for (i, line) in text.lines().enumerate().skip(first - 1) {
+        let line = line.trim_start();
+        if i >= first && line.starts_with('[') {
+            break;
+        }
+        // `field = …`, possibly inside an inline table on this line.
+        let found = line.match_indices(field).any(|(at, _)| {
+            let before = line[..at].trim_end();
+            let after = line[at + field.len()..].trim_start();
+            (before.is_empty() || before.ends_with(['{', ','])) && after.starts_with('=')
+        });
+        if found {
+            return i + 1;
+        }
+    }
+    first
 }
 
 /// serde_json's message without its " at line L column C" suffix (the line
