@@ -30,6 +30,7 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |
 //!
 //! ## Feature flags
 //!

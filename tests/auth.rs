@@ -37,7 +37,8 @@ mod web;
 const SECRET: &str = "sk-test-0123456789abcdef";
 
 /// Echoes the caller's key id, or "anonymous".
-type Echo = tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
+type Echo =
+    tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<Full<Bytes>>, Infallible>;
 
 fn echo() -> Echo {
     tower::util::BoxCloneSyncService::new(service_fn(|req: Request<Full<Bytes>>| async move {
@@ -142,7 +143,13 @@ async fn missing_key_is_401_missing_api_key_naming_the_headers() {
     assert_eq!(a.code(), "missing_api_key");
     assert_eq!(a.error()["type"], "invalid_request_error");
     let message = a.error()["message"].as_str().unwrap().to_owned();
-    for header in ["Authorization", "Bearer", "x-api-key", "`api-key`", "x-bf-vk"] {
+    for header in [
+        "Authorization",
+        "Bearer",
+        "x-api-key",
+        "`api-key`",
+        "x-bf-vk",
+    ] {
         assert!(message.contains(header), "{message}");
     }
     // An empty value is no key either.
@@ -171,7 +178,8 @@ async fn unknown_or_malformed_key_is_401_invalid_api_key() {
     assert_eq!(send(&mut svc, req).await.code(), "invalid_api_key");
     // Two key headers of one name are ambiguous.
     let mut req = chat(("x-api-key", SECRET), "m");
-    req.headers_mut().append("x-api-key", "sk-other".parse().unwrap());
+    req.headers_mut()
+        .append("x-api-key", "sk-other".parse().unwrap());
     assert_eq!(send(&mut svc, req).await.code(), "invalid_api_key");
 }
 
@@ -200,7 +208,8 @@ async fn expired_key_is_401_expired_api_key() {
 async fn max_key_lifetime_expires_old_keys() {
     let t0 = 1_800_000_000;
     let day = 86_400;
-    let young = KeyRecord::new("young", KeyHash::of("sk-young")).with_created_at(unix(t0 - 85 * day));
+    let young =
+        KeyRecord::new("young", KeyHash::of("sk-young")).with_created_at(unix(t0 - 85 * day));
     let old = KeyRecord::new("old", KeyHash::of("sk-old")).with_created_at(unix(t0 - 91 * day));
     let mut svc = AuthLayer::new(store_with([young, old]))
         .clock(TokioClock::starting_at(unix(t0)))
@@ -210,14 +219,22 @@ async fn max_key_lifetime_expires_old_keys() {
     let a = send(&mut svc, bearer("sk-young")).await;
     assert_eq!(a.status, StatusCode::OK);
     // Five days left, inside the default seven-day warning window.
-    assert_eq!(a.headers[X_API_KEY_EXPIRES_IN], (5 * day).to_string().as_str());
-    assert_eq!(send(&mut svc, bearer("sk-old")).await.code(), "expired_api_key");
+    assert_eq!(
+        a.headers[X_API_KEY_EXPIRES_IN],
+        (5 * day).to_string().as_str()
+    );
+    assert_eq!(
+        send(&mut svc, bearer("sk-old")).await.code(),
+        "expired_api_key"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn expiry_warning_can_be_turned_off() {
     let t0 = 1_800_000_000;
-    let record = alice().with_created_at(unix(t0)).with_expires_at(unix(t0 + 60));
+    let record = alice()
+        .with_created_at(unix(t0))
+        .with_expires_at(unix(t0 + 60));
     let mut svc = AuthLayer::new(store_with([record]))
         .clock(TokioClock::starting_at(unix(t0)))
         .expiry_warning(Duration::ZERO)
@@ -261,7 +278,10 @@ async fn model_outside_the_allow_list_is_403_model_not_allowed() {
     assert!(a.error()["message"].as_str().unwrap().contains("`gpt-4o`"));
 
     for model in ["gpt-4o-mini", "claude-sonnet-4-5"] {
-        assert_eq!(send(&mut svc, chat(header, model)).await.status, StatusCode::OK);
+        assert_eq!(
+            send(&mut svc, chat(header, model)).await.status,
+            StatusCode::OK
+        );
     }
     // No model: `GET /v1/models`, or a body without one.
     let req = Request::get("/v1/models")
@@ -295,8 +315,9 @@ async fn the_body_is_read_only_for_keys_with_an_allow_list() {
     let a = send(&mut svc, junk("sk-bob")).await;
     assert_eq!(a.status, StatusCode::BAD_REQUEST);
     // Over the body limit: 413.
-    let mut svc = AuthLayer::new(store_with([KeyRecord::new("bob", KeyHash::of("sk-bob"))
-        .with_allowed_models(["gpt-4o"])]))
+    let mut svc = AuthLayer::new(store_with([
+        KeyRecord::new("bob", KeyHash::of("sk-bob")).with_allowed_models(["gpt-4o"])
+    ]))
     .body_limit(16)
     .layer(echo());
     let a = send(&mut svc, bearer("sk-bob")).await;
@@ -362,15 +383,22 @@ async fn a_remote_store_is_awaited() {
     };
     let mut svc = AuthLayer::new(store).layer(echo());
     assert_eq!(send(&mut svc, bearer(SECRET)).await.body, "alice");
-    assert_eq!(send(&mut svc, bearer("sk-unknown")).await.code(), "invalid_api_key");
-    assert_eq!(send(&mut svc, bearer("sk-bob")).await.code(), "model_not_allowed");
+    assert_eq!(
+        send(&mut svc, bearer("sk-unknown")).await.code(),
+        "invalid_api_key"
+    );
+    assert_eq!(
+        send(&mut svc, bearer("sk-bob")).await.code(),
+        "model_not_allowed"
+    );
     let req = chat(("x-api-key", "sk-bob"), "gpt-4o-mini");
     assert_eq!(send(&mut svc, req).await.body, "bob");
 }
 
 #[tokio::test]
 async fn refusals_are_decided_in_call_and_never_reach_the_inner_service() {
-    let (mock, mut handle) = tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
+    let (mock, mut handle) =
+        tower_test::mock::pair::<Request<Full<Bytes>>, Response<Full<Bytes>>>();
     let mut svc = AuthLayer::new(store_with([alice()])).layer(mock);
     handle.allow(1);
     let a = send(&mut svc, bearer("sk-nope")).await;
@@ -379,7 +407,10 @@ async fn refusals_are_decided_in_call_and_never_reach_the_inner_service() {
 
     let call = tokio::spawn(async move { send(&mut svc, bearer(SECRET)).await });
     let (req, respond) = handle.next_request().await.unwrap();
-    assert_eq!(req.extensions().get::<Principal>().unwrap().key_id(), "alice");
+    assert_eq!(
+        req.extensions().get::<Principal>().unwrap().key_id(),
+        "alice"
+    );
     respond.send_response(Response::new(Full::new(Bytes::from_static(b"ok"))));
     assert_eq!(call.await.unwrap().body, "ok");
 }
@@ -425,7 +456,11 @@ async fn every_default_extractor_finds_the_key() {
         ("x-bf-vk", SECRET.to_owned()),
     ] {
         let a = send(&mut svc, chat((name, &value), "m")).await;
-        assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "alice"), "{name}: {value:?}");
+        assert_eq!(
+            (a.status, a.body.as_str()),
+            (StatusCode::OK, "alice"),
+            "{name}: {value:?}"
+        );
     }
 }
 
@@ -474,7 +509,10 @@ async fn extractors_can_be_chosen_and_written() {
         .body(Full::default())
         .unwrap();
     assert_eq!(send(&mut svc, req).await.body, "alice");
-    assert_eq!(send(&mut svc, chat(("x-api-key", SECRET), "m")).await.body, "alice");
+    assert_eq!(
+        send(&mut svc, chat(("x-api-key", SECRET), "m")).await.body,
+        "alice"
+    );
 
     // Bearer is no longer accepted, and the message says what is.
     let a = send(&mut svc, bearer(SECRET)).await;
@@ -502,9 +540,16 @@ async fn prefix_and_length_are_checked_before_lookup() {
         .require_prefix("sk-")
         .key_length(20..=64)
         .layer(echo());
-    for key in ["pk-test-0123456789abcdef", "sk-short", &format!("sk-{}", "a".repeat(70))] {
+    for key in [
+        "pk-test-0123456789abcdef",
+        "sk-short",
+        &format!("sk-{}", "a".repeat(70)),
+    ] {
         let a = send(&mut svc, bearer(key)).await;
-        assert_eq!((a.status, a.code().as_str()), (StatusCode::UNAUTHORIZED, "invalid_api_key"));
+        assert_eq!(
+            (a.status, a.code().as_str()),
+            (StatusCode::UNAUTHORIZED, "invalid_api_key")
+        );
     }
     assert_eq!(store.0.load(Ordering::SeqCst), 0);
     assert_eq!(send(&mut svc, bearer(SECRET)).await.body, "alice");
@@ -522,7 +567,12 @@ async fn a_key_revoked_mid_request_finishes_that_request_and_no_other() {
     let svc = AuthLayer::new(store.clone()).layer(service_fn(move |req: Request<Full<Bytes>>| {
         let (entered_tx, gate) = (entered_tx.clone(), gate.clone());
         async move {
-            let id = req.extensions().get::<Principal>().unwrap().key_id().to_owned();
+            let id = req
+                .extensions()
+                .get::<Principal>()
+                .unwrap()
+                .key_id()
+                .to_owned();
             let _ = entered_tx.send(()).await;
             gate.notified().await;
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(id))))
@@ -538,7 +588,10 @@ async fn a_key_revoked_mid_request_finishes_that_request_and_no_other() {
     assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "alice"));
 
     let a = send(&mut svc.clone(), bearer(SECRET)).await;
-    assert_eq!((a.status, a.code().as_str()), (StatusCode::UNAUTHORIZED, "revoked_api_key"));
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (StatusCode::UNAUTHORIZED, "revoked_api_key")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -549,7 +602,8 @@ async fn revocation_is_seen_by_the_next_request_on_every_thread() {
     let refused_after = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..8 {
-        let (mut svc, revoked, refused_after) = (svc.clone(), revoked.clone(), refused_after.clone());
+        let (mut svc, revoked, refused_after) =
+            (svc.clone(), revoked.clone(), refused_after.clone());
         tasks.push(tokio::spawn(async move {
             let mut after = 0;
             while after < 50 {

@@ -158,7 +158,10 @@ impl KeyEntry {
             return Err(bad("id", "must be 1 to 256 bytes long"));
         }
         if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(bad("id", "must not contain whitespace or control characters"));
+            return Err(bad(
+                "id",
+                "must not contain whitespace or control characters",
+            ));
         }
         let hash = match (self.secret.as_deref(), self.secret_sha256.as_deref()) {
             (Some(_), Some(_)) => {
@@ -184,7 +187,12 @@ impl KeyEntry {
         let time = |field, value: &str| {
             parse_rfc3339(value)
                 .map(|since| UNIX_EPOCH + since)
-                .ok_or_else(|| bad(field, "is not an RFC 3339 date-time like 2026-01-31T00:00:00Z"))
+                .ok_or_else(|| {
+                    bad(
+                        field,
+                        "is not an RFC 3339 date-time like 2026-01-31T00:00:00Z",
+                    )
+                })
         };
         if let Some(at) = &self.created_at {
             record.created_at = time("created_at", at)?;
@@ -205,7 +213,10 @@ impl KeyEntry {
         record.allowed_models = self.models;
         let positive = |field, n: u64| {
             if n == 0 {
-                Err(bad(field, "must be at least 1 (set `disabled = true` to block a key)"))
+                Err(bad(
+                    field,
+                    "must be at least 1 (set `disabled = true` to block a key)",
+                ))
             } else {
                 Ok(n)
             }
@@ -507,7 +518,13 @@ mod tests {
         .unwrap();
         assert_eq!(r.secret_hash, KeyHash::of("abc"));
         assert!(r.disabled && !r.revoked);
-        assert_eq!(r.rate_limits, [Limit::requests_per_minute(60), Limit::tokens_per_minute(1000)]);
+        assert_eq!(
+            r.rate_limits,
+            [
+                Limit::requests_per_minute(60),
+                Limit::tokens_per_minute(1000)
+            ]
+        );
         assert_eq!(r.budgets[0].limit, Money::from_nanos(12_500_000_000));
         assert_eq!(r.budgets[0].period, Period::Daily);
         assert_eq!(r.budgets[1].mode, BudgetMode::Balance);
@@ -523,15 +540,39 @@ mod tests {
     fn errors_name_the_field_and_not_the_secret() {
         for (json, field) in [
             (r#"{"id":"a"}"#, "`secret`"),
-            (r#"{"id":"a","secret":"sk-hunter2","secret_sha256":"00"}"#, "`secret`"),
-            (r#"{"id":"a","secret_sha256":"sk-hunter2"}"#, "`secret_sha256`"),
+            (
+                r#"{"id":"a","secret":"sk-hunter2","secret_sha256":"00"}"#,
+                "`secret`",
+            ),
+            (
+                r#"{"id":"a","secret_sha256":"sk-hunter2"}"#,
+                "`secret_sha256`",
+            ),
             (r#"{"id":"a","secret":"sha256:sk-hunter2"}"#, "`secret`"),
-            (r#"{"id":"a","secret":"s","expires_at":"tomorrow"}"#, "`expires_at`"),
-            (r#"{"id":"a","secret":"s","budget_period":"daily"}"#, "`budget_period`"),
-            (r#"{"id":"a","secret":"s","budget_usd":5,"budget_period":"hourly"}"#, "`budget_period`"),
-            (r#"{"id":"a","secret":"s","requests_per_minute":0}"#, "`requests_per_minute`"),
-            (r#"{"id":"a","secret":"s","requests_per_minute":-1}"#, "`requests_per_minute`"),
-            (r#"{"id":"a","secret":"s","budget_usd":"lots"}"#, "`budget_usd`"),
+            (
+                r#"{"id":"a","secret":"s","expires_at":"tomorrow"}"#,
+                "`expires_at`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_period":"daily"}"#,
+                "`budget_period`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_usd":5,"budget_period":"hourly"}"#,
+                "`budget_period`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","requests_per_minute":0}"#,
+                "`requests_per_minute`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","requests_per_minute":-1}"#,
+                "`requests_per_minute`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_usd":"lots"}"#,
+                "`budget_usd`",
+            ),
             (r#"{"id":"a b","secret":"s"}"#, "`id`"),
             (r#"{"id":"a","secret":"s","bogus":1}"#, "`bogus`"),
             (r#"{"id":"a","secret":"s","revoked":1}"#, "`revoked`"),
@@ -539,7 +580,10 @@ mod tests {
             let err = entry(json).unwrap_err();
             assert!(err.contains(field), "{json}: {err}");
             assert!(!err.contains("hunter2"), "{json}: {err}");
-            assert_eq!(err.matches(" at line ").count().min(1), err.matches(" at line ").count());
+            assert_eq!(
+                err.matches(" at line ").count().min(1),
+                err.matches(" at line ").count()
+            );
         }
     }
 

@@ -74,7 +74,9 @@ impl Extractor {
     pub fn bearer() -> Extractor {
         Extractor {
             source: Source::Bearer,
-            description: Cow::Borrowed("the `Authorization` header (`Authorization: Bearer <key>`)"),
+            description: Cow::Borrowed(
+                "the `Authorization` header (`Authorization: Bearer <key>`)",
+            ),
         }
     }
 
@@ -163,10 +165,7 @@ impl fmt::Debug for Extractor {
         match &self.source {
             Source::Bearer => f.write_str("Bearer"),
             Source::Header(name) => f.debug_tuple("Header").field(name).finish(),
-            Source::Custom(_) => f
-                .debug_tuple("Custom")
-                .field(&self.description)
-                .finish(),
+            Source::Custom(_) => f.debug_tuple("Custom").field(&self.description).finish(),
         }
     }
 }
@@ -265,7 +264,12 @@ mod tests {
     #[test]
     fn bearer_forms() {
         let all = Extractor::defaults();
-        for value in ["Bearer sk-1", "bearer sk-1", "BEARER   sk-1  ", "  Bearer\tsk-1"] {
+        for value in [
+            "Bearer sk-1",
+            "bearer sk-1",
+            "BEARER   sk-1  ",
+            "  Bearer\tsk-1",
+        ] {
             assert_eq!(
                 key(find(&all, &parts(&[("authorization", value)]))),
                 Some("sk-1".into()),
@@ -311,7 +315,10 @@ mod tests {
             "You didn't provide an API key. Send it in the `x-api-key` header."
         );
         let all = missing_message(&Extractor::defaults());
-        assert!(all.contains("Bearer") && all.contains("`x-bf-vk` header."), "{all}");
+        assert!(
+            all.contains("Bearer") && all.contains("`x-bf-vk` header."),
+            "{all}"
+        );
         assert_eq!(missing_message(&[]), "You didn't provide an API key.");
     }
 }

@@ -219,13 +219,11 @@ impl KeyFile {
                 });
             }
             ids.insert(entry.id.clone(), index);
-            let record = entry
-                .into_record()
-                .map_err(|source| KeyFileError::Entry {
-                    index,
-                    line,
-                    source,
-                })?;
+            let record = entry.into_record().map_err(|source| KeyFileError::Entry {
+                index,
+                line,
+                source,
+            })?;
             if let Some(&other) = hashes.get(&record.secret_hash) {
                 return Err(KeyFileError::DuplicateSecret {
                     id: record.id,

@@ -93,8 +93,7 @@ impl KeyRecord {
 /// Unpadded base64url (RFC 4648 §5): letters, digits, `-` and `_`, so the
 /// key survives headers, URLs and shell quoting unchanged.
 fn base64url(bytes: &[u8], out: &mut String) {
-    const ALPHABET: &[u8; 64] =
-        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     for chunk in bytes.chunks(3) {
         let b = [
             chunk[0],

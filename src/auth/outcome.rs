@@ -59,7 +59,11 @@ pub(crate) struct Admitted {
 }
 
 /// Checks what the store found for `hash` against the policy, now.
-pub(crate) fn admit(policy: &Policy, found: LookupResult, hash: &KeyHash) -> Result<Admitted, ApiError> {
+pub(crate) fn admit(
+    policy: &Policy,
+    found: LookupResult,
+    hash: &KeyHash,
+) -> Result<Admitted, ApiError> {
     let record = match found {
         Ok(Some(record)) if record.secret_hash.verify(hash) => record,
         Ok(_) => {
@@ -95,7 +99,10 @@ pub(crate) fn admit(policy: &Policy, found: LookupResult, hash: &KeyHash) -> Res
 }
 
 /// The model check, with the request's facts already read.
-pub(crate) fn check_model(principal: &Principal, meta: Option<&RequestMeta>) -> Result<(), ApiError> {
+pub(crate) fn check_model(
+    principal: &Principal,
+    meta: Option<&RequestMeta>,
+) -> Result<(), ApiError> {
     let Some(model) = meta.and_then(|meta| meta.model.as_deref()) else {
         // No model (`GET /v1/models`, a file upload): nothing to restrict.
         return Ok(());

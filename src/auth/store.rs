@@ -127,7 +127,9 @@ impl Future for Lookup {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
         match &mut self.state {
             State::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
-                Err(StoreError::Unavailable("key lookup polled after completion".into()))
+                Err(StoreError::Unavailable(
+                    "key lookup polled after completion".into(),
+                ))
             })),
             State::Pending(future) => future.as_mut().poll(cx),
         }

@@ -15,7 +15,8 @@ struct TempFile(PathBuf);
 
 impl TempFile {
     fn new(name: &str, text: &str) -> TempFile {
-        let path = std::env::temp_dir().join(format!("tollgate-auth-{}-{name}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("tollgate-auth-{}-{name}", std::process::id()));
         std::fs::write(&path, text).unwrap();
         TempFile(path)
     }
@@ -73,13 +74,19 @@ disabled = true
     assert_eq!(dev.name.as_deref(), Some("Developer laptop"));
     assert_eq!(
         dev.rate_limits,
-        [Limit::requests_per_minute(60), Limit::tokens_per_minute(100_000)]
+        [
+            Limit::requests_per_minute(60),
+            Limit::tokens_per_minute(100_000)
+        ]
     );
     assert_eq!(dev.max_concurrent, Some(4));
     assert_eq!(dev.budgets[0].id(), "key:dev");
     assert_eq!(dev.budgets[0].limit, Money::from_nanos(25_500_000_000));
     assert_eq!(dev.budgets[0].period, Period::Weekly);
-    assert_eq!((dev.team.as_deref(), dev.org.as_deref()), (Some("research"), Some("acme")));
+    assert_eq!(
+        (dev.team.as_deref(), dev.org.as_deref()),
+        (Some("research"), Some("acme"))
+    );
     assert_eq!(dev.metadata["owner"], "ada@example.com");
     let ci = store.get("ci").unwrap();
     assert!(ci.expires_at.is_some());
@@ -89,9 +96,15 @@ disabled = true
     let mut svc = AuthLayer::new(store).layer(echo());
     assert_eq!(send(&mut svc, bearer("sk-dev-plaintext")).await.body, "dev");
     assert_eq!(send(&mut svc, bearer("sk-ci-secret")).await.body, "ci");
-    assert_eq!(send(&mut svc, bearer("sk-prefixed")).await.code(), "account_disabled");
+    assert_eq!(
+        send(&mut svc, bearer("sk-prefixed")).await.code(),
+        "account_disabled"
+    );
     // The file's hash is not a key.
-    assert_eq!(send(&mut svc, bearer(&sha256("sk-ci-secret"))).await.code(), "invalid_api_key");
+    assert_eq!(
+        send(&mut svc, bearer(&sha256("sk-ci-secret"))).await.code(),
+        "invalid_api_key"
+    );
 }
 
 #[tokio::test]
@@ -151,16 +164,34 @@ fn errors_name_the_field_and_line_and_never_the_secret() {
     ];
     for (text, expected) in toml_cases {
         let err = KeyFile::from_toml(text).unwrap_err().to_string();
-        assert!(err.starts_with(expected) || err.contains(expected), "{err}\nwanted: {expected}");
+        assert!(
+            err.starts_with(expected) || err.contains(expected),
+            "{err}\nwanted: {expected}"
+        );
         assert!(!err.contains("hunter2"), "{err}");
     }
 
     let json_cases = [
-        (r#"[{"id": "a", "secret": "sk-hunter2", "models": "gpt-4o"}]"#, "JSON key file, line 1: field `models`: invalid type: string"),
-        (r#"[{"id": "a", "secret": "sk-hunter2", "max_concurrent": 0}]"#, "entry 1: key `a`: `max_concurrent` must be at least 1"),
-        (r#"[{"id": "a", "secret": "sk-hunter2", "budget_usd": -1}]"#, "`budget_usd` must not be negative"),
-        (r#"[{"id": "a", "secret": " sk-hunter2"}]"#, "`secret` has leading or trailing whitespace"),
-        ("[{\"id\": \"a\",\n \"secret\": \"sk-hunter2\",\n \"secret\": \"x\"}]", "JSON key file, line 3: duplicate field `secret`"),
+        (
+            r#"[{"id": "a", "secret": "sk-hunter2", "models": "gpt-4o"}]"#,
+            "JSON key file, line 1: field `models`: invalid type: string",
+        ),
+        (
+            r#"[{"id": "a", "secret": "sk-hunter2", "max_concurrent": 0}]"#,
+            "entry 1: key `a`: `max_concurrent` must be at least 1",
+        ),
+        (
+            r#"[{"id": "a", "secret": "sk-hunter2", "budget_usd": -1}]"#,
+            "`budget_usd` must not be negative",
+        ),
+        (
+            r#"[{"id": "a", "secret": " sk-hunter2"}]"#,
+            "`secret` has leading or trailing whitespace",
+        ),
+        (
+            "[{\"id\": \"a\",\n \"secret\": \"sk-hunter2\",\n \"secret\": \"x\"}]",
+            "JSON key file, line 3: duplicate field `secret`",
+        ),
     ];
     for (text, expected) in json_cases {
         let err = KeyFile::from_json(text).unwrap_err().to_string();
@@ -179,7 +210,10 @@ fn file_level_errors() {
     let missing = std::env::temp_dir().join("tollgate-auth-does-not-exist.toml");
     let err = MemoryKeyStore::load(&missing).unwrap_err();
     assert!(matches!(err, KeyFileError::Read { .. }));
-    assert!(err.to_string().contains("tollgate-auth-does-not-exist.toml"));
+    assert!(
+        err.to_string()
+            .contains("tollgate-auth-does-not-exist.toml")
+    );
     // An empty file is an empty key list.
     assert!(KeyFile::from_toml("").unwrap().records().is_empty());
 }

@@ -89,7 +89,10 @@ impl tower::Service<http::Request<tonic::body::Body>> for Whoami {
                     .extensions()
                     .get::<Principal>()
                     .map_or("anonymous".to_owned(), |p| p.key_id().to_owned());
-                Ok::<_, Status>(tonic::Response::new(format!("{caller}: {}", req.into_inner())))
+                Ok::<_, Status>(tonic::Response::new(format!(
+                    "{caller}: {}",
+                    req.into_inner()
+                )))
             });
             Ok(tonic::server::Grpc::new(Utf8).unary(method, req).await)
         })
@@ -143,20 +146,32 @@ async fn tonic_server_gets_grpc_status_codes() {
 
         let missing = call(addr, None).await.unwrap_err();
         assert_eq!(missing.code(), Code::Unauthenticated);
-        assert!(missing.message().contains("API key"), "{}", missing.message());
+        assert!(
+            missing.message().contains("API key"),
+            "{}",
+            missing.message()
+        );
 
         let wrong = call(addr, Some(("authorization", "Bearer sk-wrong".into()))).await;
         assert_eq!(wrong.unwrap_err().code(), Code::Unauthenticated);
 
-        let revoked = call(addr, Some(("x-api-key", "sk-gone".into()))).await.unwrap_err();
+        let revoked = call(addr, Some(("x-api-key", "sk-gone".into())))
+            .await
+            .unwrap_err();
         assert_eq!(revoked.code(), Code::Unauthenticated);
-        assert!(revoked.message().contains("revoked"), "{}", revoked.message());
+        assert!(
+            revoked.message().contains("revoked"),
+            "{}",
+            revoked.message()
+        );
 
         let blocked = call(addr, Some(("x-api-key", "sk-blocked".into()))).await;
         let blocked = blocked.unwrap_err();
         assert_eq!(blocked.code(), Code::PermissionDenied);
         assert!(!blocked.message().contains("sk-blocked"));
     };
-    tokio::time::timeout(Duration::from_secs(30), run).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), run)
+        .await
+        .unwrap();
     server.abort();
 }

@@ -36,7 +36,9 @@ struct Failing;
 
 impl KeyStore for Failing {
     fn lookup(&self, _hash: &KeyHash) -> Lookup {
-        Lookup::ready(Err(StoreError::Unavailable("redis: connection reset".into())))
+        Lookup::ready(Err(StoreError::Unavailable(
+            "redis: connection reset".into(),
+        )))
     }
 }
 
@@ -89,9 +91,14 @@ async fn secrets_never_reach_bodies_headers_or_logs() {
         all.push(chat(("x-unrelated", MALFORMED), "m"));
         all.push(chat(("authorization", "Bearer "), "m"));
         all.push(chat(("authorization", &format!("Token {MALFORMED}")), "m"));
-        all.push(chat(("authorization", &format!("Bearer {MALFORMED} extra")), "m"));
+        all.push(chat(
+            ("authorization", &format!("Bearer {MALFORMED} extra")),
+            "m",
+        ));
         let mut twice = chat(("x-api-key", MALFORMED), "m");
-        twice.headers_mut().append("x-api-key", MALFORMED.parse().unwrap());
+        twice
+            .headers_mut()
+            .append("x-api-key", MALFORMED.parse().unwrap());
         all.push(twice);
         all.push(
             Request::get("/v1/models")
@@ -130,7 +137,9 @@ async fn secrets_never_reach_bodies_headers_or_logs() {
     }
     tokio::time::advance(Duration::from_secs(1)).await;
 
-    let secrets = [VALID, REVOKED, EXPIRED, DISABLED, RESTRICTED, UNKNOWN, MALFORMED];
+    let secrets = [
+        VALID, REVOKED, EXPIRED, DISABLED, RESTRICTED, UNKNOWN, MALFORMED,
+    ];
     // Every outcome was exercised.
     let codes: std::collections::BTreeSet<String> = seen.iter().map(|a| a.code()).collect();
     for code in [
@@ -154,20 +163,29 @@ async fn secrets_never_reach_bodies_headers_or_logs() {
                 let value = String::from_utf8_lossy(value.as_bytes());
                 assert!(!value.contains(secret), "header {name}: {value}");
                 // Nor percent-encoded, as in `grpc-message`.
-                assert!(!value.contains(&secret.replace('-', "%2D")), "header {name}: {value}");
+                assert!(
+                    !value.contains(&secret.replace('-', "%2D")),
+                    "header {name}: {value}"
+                );
             }
         }
     }
 
     let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
-    assert!(logs.contains("API key refused"), "nothing was logged:\n{logs}");
+    assert!(
+        logs.contains("API key refused"),
+        "nothing was logged:\n{logs}"
+    );
     assert!(logs.contains("key_id=revoked"), "{logs}");
     for secret in secrets {
         assert!(!logs.contains(secret), "log:\n{logs}");
     }
     // Nor any hash of them, which would let a reader confirm a guess.
     for secret in secrets {
-        assert!(!logs.contains(&KeyHash::of(secret).to_hex()), "log:\n{logs}");
+        assert!(
+            !logs.contains(&KeyHash::of(secret).to_hex()),
+            "log:\n{logs}"
+        );
     }
 }
 

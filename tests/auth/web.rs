@@ -37,7 +37,12 @@ fn store() -> MemoryKeyStore {
     .unwrap()
 }
 
-fn request(method: &str, path: &str, key: Option<&str>, body: &str) -> http::Request<axum::body::Body> {
+fn request(
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> http::Request<axum::body::Body> {
     let mut builder = http::Request::builder()
         .method(method)
         .uri(path)
@@ -45,7 +50,9 @@ fn request(method: &str, path: &str, key: Option<&str>, body: &str) -> http::Req
     if let Some(key) = key {
         builder = builder.header("authorization", format!("Bearer {key}"));
     }
-    builder.body(axum::body::Body::from(body.to_owned())).unwrap()
+    builder
+        .body(axum::body::Body::from(body.to_owned()))
+        .unwrap()
 }
 
 async fn call(app: &Router, req: http::Request<axum::body::Body>) -> (StatusCode, String) {
@@ -60,17 +67,33 @@ async fn axum_router_handlers_read_the_principal() {
     let app = app(store());
     let chat_body = r#"{"model":"gpt-4o-mini","messages":[]}"#;
 
-    let (status, body) = call(&app, request("POST", "/v1/chat/completions", Some(SECRET), chat_body)).await;
+    let (status, body) = call(
+        &app,
+        request("POST", "/v1/chat/completions", Some(SECRET), chat_body),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, r#"{"caller":"alice","model":"gpt-4o-mini"}"#);
 
     // A restricted key: the layer reads the model from axum's body and puts
     // the body back for the `Json` extractor.
-    let (status, body) = call(&app, request("POST", "/v1/chat/completions", Some("sk-bob"), chat_body)).await;
-    assert_eq!((status, body.as_str()), (StatusCode::OK, r#"{"caller":"bob","model":"gpt-4o-mini"}"#));
     let (status, body) = call(
         &app,
-        request("POST", "/v1/chat/completions", Some("sk-bob"), r#"{"model":"gpt-4o"}"#),
+        request("POST", "/v1/chat/completions", Some("sk-bob"), chat_body),
+    )
+    .await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, r#"{"caller":"bob","model":"gpt-4o-mini"}"#)
+    );
+    let (status, body) = call(
+        &app,
+        request(
+            "POST",
+            "/v1/chat/completions",
+            Some("sk-bob"),
+            r#"{"model":"gpt-4o"}"#,
+        ),
     )
     .await;
     assert_eq!(status, StatusCode::FORBIDDEN);

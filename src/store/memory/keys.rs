@@ -110,7 +110,10 @@ impl MemoryKeyStore {
     fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyHash>> {
         // A panic elsewhere cannot leave the maps half-written (each write is
         // one `HashMap` call), so a poisoned lock is still usable.
-        self.inner.ids.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds `record`, or replaces the record with the same id (returned).
@@ -294,7 +297,10 @@ mod tests {
         let store = MemoryKeyStore::new();
         for i in 0..2000 {
             store
-                .insert(KeyRecord::new(format!("k{i}"), KeyHash::of(format!("s{i}"))))
+                .insert(KeyRecord::new(
+                    format!("k{i}"),
+                    KeyHash::of(format!("s{i}")),
+                ))
                 .unwrap();
         }
         let sizes: Vec<usize> = store.inner.shards.iter().map(|s| read(s).len()).collect();
