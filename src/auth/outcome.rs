@@ -176,3 +176,36 @@ fn account_disabled() -> ApiError {
     )
     .with_code("account_disabled")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_earlier_end_wins() {
+        let at = |s| UNIX_EPOCH + Duration::from_secs(s);
+        let record = KeyRecord::new("k", KeyHash::of("s")).with_created_at(at(1000));
+        assert_eq!(effective_expiry(&record, None), None);
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(effective_expiry(&record, day), Some(at(87_400)));
+        let record = record.with_expires_at(at(5000));
+        assert_eq!(effective_expiry(&record, None), Some(at(5000)));
+        assert_eq!(effective_expiry(&record, day), Some(at(5000)));
+        assert_eq!(
+            effective_expiry(&record, Some(Duration::from_secs(10))),
+            Some(at(1010))
+        );
+        // A lifetime too long to represent is no limit, not a panic.
+        assert_eq!(
+            effective_expiry(&record, Some(Duration::MAX)),
+            Some(at(5000))
+        );
+    }
+
+    #[test]
+    fn long_model_names_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(300);
+        assert_eq!(quoted(&long).chars().count(), MAX_QUOTED_MODEL);
+        assert_eq!(quoted("gpt-4o"), "gpt-4o");
+    }
+}
