@@ -6,7 +6,9 @@
 //! - `auth/hash+lookup`: one SHA-256 and one map read, the floor.
 //! - `auth/layer`: the whole `Auth` service around a no-op inner service:
 //!   extract the Bearer key, hash, look up, check, insert the `Principal`,
-//!   call, and map the response.
+//!   call, and map the response (dropping the request and response included).
+//! - `auth/baseline`: the same requests sent to the no-op service alone;
+//!   `layer - baseline` is what authentication adds to a request.
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -62,19 +64,40 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let mut svc = AuthLayer::new(store.clone()).layer(service_fn(|req: Request<Full<Bytes>>| {
+    let inner = service_fn(|req: Request<Full<Bytes>>| {
         black_box(&req);
         std::future::ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
-    }));
+    });
+    let request = |n: usize| {
+        Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {}", sample[n]))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .expect("valid request")
+    };
+
+    let mut base = inner;
+    let mut n = 0;
+    group.bench_function("baseline", |b| {
+        b.iter_batched(
+            || {
+                n = (n + 1) % sample.len();
+                request(n)
+            },
+            |req| {
+                let svc = base.ready().now_or_never().expect("ready").expect("ok");
+                svc.call(req).now_or_never().expect("ready").expect("ok")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let mut svc = AuthLayer::new(store.clone()).layer(inner);
     let mut n = 0;
     group.bench_function("layer", |b| {
         b.iter_batched(
             || {
                 n = (n + 1) % sample.len();
-                Request::post("/v1/chat/completions")
-                    .header("authorization", format!("Bearer {}", sample[n]))
-                    .body(Full::new(Bytes::from_static(b"{}")))
-                    .expect("valid request")
+                request(n)
             },
             |req| {
                 let svc = svc.ready().now_or_never().expect("ready").expect("ok");
