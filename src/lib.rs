@@ -32,6 +32,7 @@
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
 //! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
 //! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
+//! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |
 //!
 //! ## Feature flags
 //!

@@ -1,1 +1,4 @@
 //! In-process stores: sharded, bounded, driven by an injectable clock.
+
+mod keys;
+pub use self::keys::{DuplicateSecret, MemoryKeyStore};
