@@ -1,1 +1,5 @@
 //! In-process stores: sharded, bounded, driven by an injectable clock.
+
+mod ledger;
+
+pub use self::ledger::MemoryLedger;
