@@ -98,6 +98,13 @@ impl BudgetStatus {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ReservationId(pub u64);
 
+impl ReservationId {
+    /// An id no ledger ever issues: a [`Reservation`] with it holds nothing,
+    /// so settling it only charges. `BudgetLayer` uses it to charge requests
+    /// it admitted while the ledger was unreachable (fail-open).
+    pub const UNHELD: ReservationId = ReservationId(0);
+}
+
 impl fmt::Display for ReservationId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rsv_{:016x}", self.0)

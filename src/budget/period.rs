@@ -180,15 +180,55 @@ mod tests {
     #[test]
     fn calendar_boundaries_are_utc() {
         let cases = [
-            (Period::Daily, "2026-03-20T12:30:00Z", "2026-03-20T00:00:00Z", "2026-03-21T00:00:00Z"),
+            (
+                Period::Daily,
+                "2026-03-20T12:30:00Z",
+                "2026-03-20T00:00:00Z",
+                "2026-03-21T00:00:00Z",
+            ),
             // 2026-03-20 is a Friday.
-            (Period::Weekly, "2026-03-20T12:30:00Z", "2026-03-16T00:00:00Z", "2026-03-23T00:00:00Z"),
-            (Period::Weekly, "2026-03-16T00:00:00Z", "2026-03-16T00:00:00Z", "2026-03-23T00:00:00Z"),
-            (Period::Weekly, "2026-03-15T23:59:59Z", "2026-03-09T00:00:00Z", "2026-03-16T00:00:00Z"),
-            (Period::Monthly, "2026-12-31T23:59:59Z", "2026-12-01T00:00:00Z", "2027-01-01T00:00:00Z"),
-            (Period::Monthly, "2028-02-29T10:00:00Z", "2028-02-01T00:00:00Z", "2028-03-01T00:00:00Z"),
-            (Period::Monthly, "2026-02-01T00:00:00Z", "2026-02-01T00:00:00Z", "2026-03-01T00:00:00Z"),
-            (Period::Rolling(Duration::from_secs(3600)), "2026-03-20T12:30:00Z", "2026-03-20T12:00:00Z", "2026-03-20T13:00:00Z"),
+            (
+                Period::Weekly,
+                "2026-03-20T12:30:00Z",
+                "2026-03-16T00:00:00Z",
+                "2026-03-23T00:00:00Z",
+            ),
+            (
+                Period::Weekly,
+                "2026-03-16T00:00:00Z",
+                "2026-03-16T00:00:00Z",
+                "2026-03-23T00:00:00Z",
+            ),
+            (
+                Period::Weekly,
+                "2026-03-15T23:59:59Z",
+                "2026-03-09T00:00:00Z",
+                "2026-03-16T00:00:00Z",
+            ),
+            (
+                Period::Monthly,
+                "2026-12-31T23:59:59Z",
+                "2026-12-01T00:00:00Z",
+                "2027-01-01T00:00:00Z",
+            ),
+            (
+                Period::Monthly,
+                "2028-02-29T10:00:00Z",
+                "2028-02-01T00:00:00Z",
+                "2028-03-01T00:00:00Z",
+            ),
+            (
+                Period::Monthly,
+                "2026-02-01T00:00:00Z",
+                "2026-02-01T00:00:00Z",
+                "2026-03-01T00:00:00Z",
+            ),
+            (
+                Period::Rolling(Duration::from_secs(3600)),
+                "2026-03-20T12:30:00Z",
+                "2026-03-20T12:00:00Z",
+                "2026-03-20T13:00:00Z",
+            ),
         ];
         for (period, now, start, end) in cases {
             assert_eq!(
@@ -198,7 +238,12 @@ mod tests {
             );
         }
         assert_eq!(Period::Never.window(at("2026-03-20T12:30:00Z")).end, None);
-        assert_eq!(Period::Rolling(Duration::ZERO).window(at("2026-03-20T12:30:00Z")).end, None);
+        assert_eq!(
+            Period::Rolling(Duration::ZERO)
+                .window(at("2026-03-20T12:30:00Z"))
+                .end,
+            None
+        );
     }
 
     #[test]
@@ -212,7 +257,14 @@ mod tests {
         ] {
             assert_eq!(p.to_string().parse::<Period>().unwrap(), p);
         }
-        for bad in ["", "rolling:", "rolling:0d", "rolling:5y", "rolling:-1d", "rolling:99999999999999999999d"] {
+        for bad in [
+            "",
+            "rolling:",
+            "rolling:0d",
+            "rolling:5y",
+            "rolling:-1d",
+            "rolling:99999999999999999999d",
+        ] {
             assert!(bad.parse::<Period>().is_err(), "{bad}");
         }
     }

@@ -346,7 +346,9 @@ impl Pricing {
 
     /// The entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ModelPrice)> {
-        self.models.iter().map(|(name, price)| (name.as_str(), price))
+        self.models
+            .iter()
+            .map(|(name, price)| (name.as_str(), price))
     }
 }
 
@@ -373,7 +375,15 @@ mod tests {
         assert_eq!("2.5".parse::<TokenPrice>().unwrap().pico_usd(), 2_500_000);
         assert_eq!("$0.000001".parse::<TokenPrice>().unwrap().pico_usd(), 1);
         assert_eq!(".5".parse::<TokenPrice>().unwrap().pico_usd(), 500_000);
-        for bad in ["", ".", "-1", "1.0000001", "1e3", "abc", "99999999999999999999"] {
+        for bad in [
+            "",
+            ".",
+            "-1",
+            "1.0000001",
+            "1e3",
+            "abc",
+            "99999999999999999999",
+        ] {
             assert!(bad.parse::<TokenPrice>().is_err(), "{bad}");
         }
         assert!(TokenPrice::from_usd_per_million(-0.1).is_err());
@@ -382,10 +392,16 @@ mod tests {
 
     #[test]
     fn displays() {
-        assert_eq!(TokenPrice::from_pico_usd(10_000_000).to_string(), "$10.00/1M");
+        assert_eq!(
+            TokenPrice::from_pico_usd(10_000_000).to_string(),
+            "$10.00/1M"
+        );
         assert_eq!(TokenPrice::from_pico_usd(75_000).to_string(), "$0.075/1M");
         assert_eq!(TokenPrice::from_pico_usd(1).to_string(), "$0.000001/1M");
-        assert_eq!(TokenPrice::from_pico_usd(1_234_567).to_string(), "$1.234567/1M");
+        assert_eq!(
+            TokenPrice::from_pico_usd(1_234_567).to_string(),
+            "$1.234567/1M"
+        );
     }
 
     #[test]
@@ -405,12 +421,17 @@ mod tests {
         assert_eq!(p.cost_of(10, 50, 0), p.cost_of(10, 0, 0));
         // Saturates instead of wrapping.
         let huge = ModelPrice::per_million("1000000", "1000000").unwrap();
-        assert_eq!(huge.cost_of(u64::MAX, 0, u64::MAX), Money::from_nanos(i64::MAX));
+        assert_eq!(
+            huge.cost_of(u64::MAX, 0, u64::MAX),
+            Money::from_nanos(i64::MAX)
+        );
     }
 
     #[test]
     fn worst_case_uses_the_default_max_output() {
-        let p = ModelPrice::per_million("1", "2").unwrap().max_output_tokens(1_000);
+        let p = ModelPrice::per_million("1", "2")
+            .unwrap()
+            .max_output_tokens(1_000);
         assert_eq!(p.worst_case(500, None), p.cost_of(500, 0, 1_000));
         assert_eq!(p.worst_case(500, Some(10)), p.cost_of(500, 0, 10));
     }
@@ -431,7 +452,10 @@ mod tests {
             r#"{"m":{"input":"1.1234567","output":1}}"#,
         ] {
             let err = Pricing::from_json(bad).unwrap_err();
-            assert!(err.to_string().starts_with("invalid pricing configuration"), "{err}");
+            assert!(
+                err.to_string().starts_with("invalid pricing configuration"),
+                "{err}"
+            );
         }
         // Serialises back to exact strings.
         let json = serde_json::to_string(&pricing.get("m").unwrap()).unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::budget::{
     BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, Money, Period, PeriodWindow,
-    ReservationId, Reservation, ReserveOutcome, ReservePolicy, Settlement,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
 };
 use crate::clock::{SharedClock, TokioClock};
 use crate::store::StoreError;
@@ -275,7 +275,11 @@ impl MemoryLedger {
 
     /// How many budgets the ledger keeps books for.
     pub fn budget_count(&self) -> usize {
-        self.inner.budgets.iter().map(|s| lock(s).accounts.len()).sum()
+        self.inner
+            .budgets
+            .iter()
+            .map(|s| lock(s).accounts.len())
+            .sum()
     }
 
     /// How many holds are in flight.
@@ -300,7 +304,10 @@ impl MemoryLedger {
     /// Locks the shards of `budgets` in ascending order (no deadlock between
     /// requests naming the same budgets in different orders).
     fn lock_budgets(&self, budgets: &[BudgetSpec]) -> Locked<'_> {
-        let mut shards: Vec<usize> = budgets.iter().map(|b| self.budget_shard(&b.scope)).collect();
+        let mut shards: Vec<usize> = budgets
+            .iter()
+            .map(|b| self.budget_shard(&b.scope))
+            .collect();
         let of_budget = shards.clone();
         shards.sort_unstable();
         shards.dedup();
@@ -376,8 +383,8 @@ impl MemoryLedger {
                 None => BudgetStatus::fresh(spec, window_of(spec, now)),
             };
             let remaining = status.remaining();
-            let refused = !remaining.is_positive()
-                || (policy == ReservePolicy::Strict && amount > remaining);
+            let refused =
+                !remaining.is_positive() || (policy == ReservePolicy::Strict && amount > remaining);
             if refused {
                 return Ok(ReserveOutcome::Denied { index: i, status });
             }
@@ -575,16 +582,26 @@ impl Ledger for MemoryLedger {
         ready(Ok(self.settle_now(reservation, actual)))
     }
 
-    fn release(&self, reservation: &Reservation) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn release(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.release_now(reservation);
         ready(Ok(()))
     }
 
-    fn top_up(&self, budget: &BudgetSpec, amount: Money) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+    fn top_up(
+        &self,
+        budget: &BudgetSpec,
+        amount: Money,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
         ready(self.top_up_now(budget, amount))
     }
 
-    fn read(&self, budget: &BudgetSpec) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+    fn read(
+        &self,
+        budget: &BudgetSpec,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
         ready(Ok(self.read_now(budget)))
     }
 }
