@@ -200,9 +200,11 @@ pub struct Settlement {
 ///   released by the ledger; settling it afterwards still charges the cost.
 pub trait Ledger: Send + Sync + 'static {
     /// Holds `amount` against every one of `budgets`, or against none.
+    ///
+    /// `budgets` is shared so the [`Reservation`] can keep it without a copy.
     fn reserve(
         &self,
-        budgets: &[BudgetSpec],
+        budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
     ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send;
@@ -238,7 +240,7 @@ pub trait Ledger: Send + Sync + 'static {
 impl<L: Ledger> Ledger for Arc<L> {
     fn reserve(
         &self,
-        budgets: &[BudgetSpec],
+        budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
     ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {

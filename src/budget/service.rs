@@ -159,9 +159,10 @@ where
     let mut settler = Settler::new(shared.clone(), price, model, principal.clone());
     let mut headers = None;
     if !budgets.is_empty() {
+        let budgets: Arc<[BudgetSpec]> = budgets.into();
         match shared
             .ledger
-            .reserve(budgets, worst_case, shared.policy)
+            .reserve(&budgets, worst_case, shared.policy)
             .await
         {
             Ok(ReserveOutcome::Reserved {
@@ -189,7 +190,7 @@ where
                     settler.hold(Reservation::new(
                         ReservationId::UNHELD,
                         super::Money::ZERO,
-                        budgets.into(),
+                        budgets,
                     ));
                 }
             },
