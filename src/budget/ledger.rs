@@ -46,10 +46,12 @@ use crate::store::StoreError;
 ///   the limit; the price is refusals near the end of a period. Use it for
 ///   prepaid balances and hard contractual caps.
 /// - [`Bounded`](ReservePolicy::Bounded) (the default) admits a request while
-///   anything remains and reserves `min(worst case, remaining)`. Once a
-///   request has taken the rest, every other request waits for it to settle,
-///   so spend exceeds the limit by at most **one request's** cost beyond its
-///   reservation, and the last cents of a budget stay usable.
+///   anything remains and reserves `min(worst case, remaining)`. Only a
+///   *partial* reservation (one clamped below its worst case) can end up
+///   costing more than it holds, and a budget admits one partial reservation
+///   at a time: while one is in flight, only requests whose whole worst case
+///   fits get in. So spend exceeds the limit by at most **one request's**
+///   cost beyond its reservation, and the last cents of a budget stay usable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ReservePolicy {
     /// Refuse when the worst case exceeds what remains: never overshoot.
@@ -191,7 +193,9 @@ pub struct Settlement {
 /// - **policy**: a budget with `remaining() <= 0` refuses every request;
 ///   under [`ReservePolicy::Strict`] a budget also refuses an amount larger
 ///   than its `remaining()`; under [`ReservePolicy::Bounded`] the amount held
-///   is `min(amount, remaining())` of the tightest budget, held against all;
+///   is `min(amount, remaining())` of the tightest budget, held against all,
+///   and a hold below `amount` (a partial hold) is refused while any of the
+///   budgets has another partial hold in flight;
 /// - **periods**: a budget's spend counts in the period
 ///   [`Period::window`](super::Period::window) gives for the ledger's current
 ///   time, and starts from zero in a new period; a settlement counts in the

@@ -112,11 +112,12 @@
 //!   refuses large `max_tokens` requests it may well have afforded.
 //! - **`Bounded`** (the default) admits a request while anything remains and
 //!   reserves `min(worst case, remaining)`. *Why:* the last dollars of a
-//!   budget stay usable, and the overshoot is still bounded: once a request
-//!   has reserved the remainder, nothing remains for anyone else until it
-//!   settles, so spend can exceed the limit by at most one request's cost
-//!   beyond its reservation. Choose it for internal team budgets, where a
-//!   small bounded overshoot beats refusing work.
+//!   budget stay usable, and the overshoot is still bounded: only a request
+//!   whose reservation was cut to the remainder can cost more than it holds,
+//!   and a budget lets one such request through at a time, so spend can
+//!   exceed the limit by at most one request's cost beyond its reservation.
+//!   Choose it for internal team budgets, where a small bounded overshoot
+//!   beats refusing work.
 //!
 //! # Budgets and balances
 //!

@@ -236,6 +236,8 @@ struct HoldShard {
 
 struct Hold {
     amount: Money,
+    /// Clamped below the request's worst case (Bounded).
+    partial: bool,
     expires: Duration,
     budgets: Arc<[BudgetSpec]>,
 }
@@ -250,6 +252,9 @@ struct Account {
     limit: Money,
     spent: Money,
     reserved: Money,
+    /// Partial (clamped) holds in flight: at most one is admitted at a time,
+    /// which is what bounds a `Bounded` overshoot to one request's excess.
+    partial: u32,
 }
 
 impl Account {
@@ -261,6 +266,7 @@ impl Account {
             limit: spec.limit,
             spent: Money::ZERO,
             reserved: Money::ZERO,
+            partial: 0,
         }
     }
 
@@ -271,6 +277,7 @@ impl Account {
             // but holds in flight still count.
             *self = Account {
                 reserved: self.reserved,
+                partial: self.partial,
                 ..Account::new(spec, now)
             };
             return;
@@ -288,6 +295,13 @@ impl Account {
         }
     }
 
+    fn unhold(&mut self, amount: Money, partial: bool) {
+        self.reserved = (self.reserved - amount).max(Money::ZERO);
+        if partial {
+            self.partial = self.partial.saturating_sub(1);
+        }
+    }
+
     fn status(&self) -> BudgetStatus {
         BudgetStatus {
             mode: self.mode,
@@ -301,6 +315,7 @@ impl Account {
     /// Whether evicting this account loses nothing.
     fn is_idle(&self, now: Duration) -> bool {
         self.reserved == Money::ZERO
+            && self.partial == 0
             && self.mode == BudgetMode::Budget
             && (self.spent == Money::ZERO || self.window.has_ended(now))
     }
@@ -486,16 +501,16 @@ impl MemoryLedger {
                 shard.holds.retain(|_, hold| {
                     let keep = hold.expires > now;
                     if !keep {
-                        expired.push((hold.amount, hold.budgets.clone()));
+                        expired.push((hold.amount, hold.partial, hold.budgets.clone()));
                     }
                     keep
                 });
             }
             (expired, shard.holds.len() >= self.inner.max_reservations)
         };
-        for (amount, budgets) in expired {
+        for (amount, partial, budgets) in expired {
             tracing::warn!(%amount, "budget reservation lease expired; released");
-            self.unhold(&budgets, amount, now);
+            self.unhold(&budgets, amount, partial, now);
         }
         if full {
             return Err(StoreError::Unavailable(
@@ -505,7 +520,7 @@ impl MemoryLedger {
         Ok(())
     }
 
-    fn unhold(&self, budgets: &[BudgetSpec], amount: Money, now: Duration) {
+    fn unhold(&self, budgets: &[BudgetSpec], amount: Money, partial: bool, now: Duration) {
         let hashes = self.hashes(budgets);
         let mut locked = self.lock_budgets(&hashes);
         for (i, spec) in budgets.iter().enumerate() {
@@ -514,7 +529,7 @@ impl MemoryLedger {
             }
             let shard = locked.shard(self.shard_of(hashes[i]));
             if let Some(account) = shard.get_mut(hashes[i], &spec.scope) {
-                account.reserved = (account.reserved - amount).max(Money::ZERO);
+                account.unhold(amount, partial);
                 account.refresh(spec, now);
             }
         }
@@ -538,6 +553,7 @@ impl MemoryLedger {
         // Check every budget before holding anything on any. (Accounts
         // opened here for a refused request hold nothing and are evictable.)
         let mut tightest: Option<(usize, BudgetStatus)> = None;
+        let mut blocking: Option<(usize, BudgetStatus)> = None;
         for (i, spec) in budgets.iter().enumerate() {
             if is_repeat(budgets, &hashes, i) {
                 continue;
@@ -556,9 +572,17 @@ impl MemoryLedger {
                     ReservePolicy::Bounded => amount.min(remaining),
                     ReservePolicy::Strict => amount,
                 };
+                let partial = held < amount;
+                if partial && account.partial > 0 {
+                    return Ok(ReserveOutcome::Denied { index: i, status });
+                }
                 account.reserved = account.reserved + held;
+                account.partial += u32::from(partial);
                 drop(locked);
-                return Ok(self.hold(id, hold_shard, held, budgets, (i, status), now));
+                return Ok(self.hold(id, hold_shard, held, partial, budgets, (i, status), now));
+            }
+            if account.partial > 0 && blocking.is_none() {
+                blocking = Some((i, status));
             }
             if tightest.is_none_or(|(_, t)| remaining < t.remaining()) {
                 tightest = Some((i, status));
@@ -568,12 +592,16 @@ impl MemoryLedger {
             // No budgets at all: nothing limits the request.
             drop(locked);
             let fresh = BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER);
-            return Ok(self.hold(id, hold_shard, amount, budgets, (0, fresh), now));
+            return Ok(self.hold(id, hold_shard, amount, false, budgets, (0, fresh), now));
         };
         let held = match policy {
             ReservePolicy::Bounded => amount.min(tightest.1.remaining()),
             ReservePolicy::Strict => amount,
         };
+        let partial = held < amount;
+        if let (true, Some((index, status))) = (partial, blocking) {
+            return Ok(ReserveOutcome::Denied { index, status });
+        }
         for (i, spec) in budgets.iter().enumerate() {
             if is_repeat(budgets, &hashes, i) {
                 continue;
@@ -581,18 +609,21 @@ impl MemoryLedger {
             let shard = locked.shard(self.shard_of(hashes[i]));
             if let Some(account) = shard.get_mut(hashes[i], &spec.scope) {
                 account.reserved = account.reserved + held;
+                account.partial += u32::from(partial);
             }
         }
         drop(locked);
-        Ok(self.hold(id, hold_shard, held, budgets, tightest, now))
+        Ok(self.hold(id, hold_shard, held, partial, budgets, tightest, now))
     }
 
     /// Records hold `id` (already counted in its accounts).
+    #[allow(clippy::too_many_arguments)]
     fn hold(
         &self,
         id: u64,
         shard: usize,
         held: Money,
+        partial: bool,
         budgets: &Arc<[BudgetSpec]>,
         (index, status): (usize, BudgetStatus),
         now: Duration,
@@ -601,6 +632,7 @@ impl MemoryLedger {
             id,
             Hold {
                 amount: held,
+                partial,
                 expires: now + self.inner.lease,
                 budgets: budgets.clone(),
             },
@@ -623,7 +655,7 @@ impl MemoryLedger {
         actual: Money,
     ) -> Result<Settlement, StoreError> {
         let now = self.now();
-        let held = self.take_hold(reservation.id()).map(|h| h.amount);
+        let held = self.take_hold(reservation.id());
         let actual = actual.max(Money::ZERO);
         let budgets = reservation.budgets();
         let hashes = self.hashes(budgets);
@@ -641,8 +673,8 @@ impl MemoryLedger {
             // charge is never lost.
             let account = shard.account(hashes[i], spec, now, self.inner.max_budgets)?;
             account.refresh(spec, now);
-            if let Some(held) = held {
-                account.reserved = (account.reserved - held).max(Money::ZERO);
+            if let Some(held) = &held {
+                account.unhold(held.amount, held.partial);
             }
             account.spent = account.spent + actual;
             statuses.push(account.status());
@@ -655,7 +687,7 @@ impl MemoryLedger {
 
     fn release_now(&self, reservation: &Reservation) {
         if let Some(hold) = self.take_hold(reservation.id()) {
-            self.unhold(&hold.budgets, hold.amount, self.now());
+            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now());
         }
     }
 
@@ -881,6 +913,45 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn bounded_allows_one_partial_hold_per_budget() {
+        // Two partial holds in flight could both run over: the second must wait.
+        let ledger = MemoryLedger::new();
+        let b = [key("a", 10, Period::Never)];
+        let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
+        let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
+        assert_eq!(partial.amount(), usd("6"));
+        ledger.settle_now(&full, Money::ZERO).unwrap();
+        // 4 remain, but a partial hold is in flight: only a full hold fits.
+        let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
+        assert!(
+            matches!(denied, ReserveOutcome::Denied { .. }),
+            "{denied:?}"
+        );
+        let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
+        assert_eq!(fits.amount(), usd("3"));
+        ledger.settle_now(&partial, usd("9")).unwrap();
+        ledger.settle_now(&fits, usd("3")).unwrap();
+        // Over by the one partial hold's excess: 9 - 6.
+        assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-2"));
+        // Released or expired, a partial hold frees the way for the next.
+        let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
+        let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
+        ledger.release_now(&p);
+        let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
+        assert_eq!(p.amount(), usd("10"));
+        tokio::time::advance(Duration::from_secs(61)).await;
+        for _ in 0..ledger.inner.holds.len() {
+            if let ReserveOutcome::Reserved { reservation, .. } =
+                reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap()
+            {
+                assert_eq!(reservation.amount(), usd("10"));
+                return;
+            }
+        }
+        panic!("the expired partial hold still blocks");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn all_or_nothing_across_budgets() {
         let ledger = MemoryLedger::new();
         let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
@@ -1071,5 +1142,79 @@ mod tests {
             Money::from_nanos(10_000_000 * admitted as i64)
         );
         assert_eq!(status.reserved, Money::ZERO);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Reserve { worst: i64, strict: bool },
+        Settle { which: usize, percent: i64 },
+        Release { which: usize },
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (1i64..400, any::<bool>()).prop_map(|(worst, strict)| Op::Reserve { worst, strict }),
+            (any::<usize>(), 0i64..=100).prop_map(|(which, percent)| Op::Settle { which, percent }),
+            any::<usize>().prop_map(|which| Op::Release { which }),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1_000))]
+
+        /// Whatever the interleaving: holds add up, a request never pays
+        /// more than its worst case, and spend exceeds the limit by at most
+        /// one request's excess over its hold (never, if all were Strict).
+        #[test]
+        fn the_books_balance(ops in proptest::collection::vec(op(), 1..200)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+            let _guard = rt.enter();
+            let ledger = MemoryLedger::new().shards(2);
+            let limit = Money::from_nanos(1_000);
+            let budgets: Arc<[BudgetSpec]> = Arc::new([
+                BudgetSpec::budget(BudgetScope::Key("k".into()), limit, Period::Never),
+                BudgetSpec::budget(BudgetScope::Team("t".into()), limit, Period::Never),
+            ]);
+            let mut open: Vec<(Reservation, i64)> = Vec::new();
+            let mut any_bounded = false;
+            let mut max_excess = 0i64;
+            for op in ops {
+                match op {
+                    Op::Reserve { worst, strict } => {
+                        let policy = if strict { ReservePolicy::Strict } else { ReservePolicy::Bounded };
+                        any_bounded |= !strict;
+                        if let ReserveOutcome::Reserved { reservation, .. } =
+                            ledger.reserve_now(&budgets, Money::from_nanos(worst), policy).unwrap()
+                        {
+                            proptest::prop_assert!(reservation.amount().nanos() <= worst);
+                            open.push((reservation, worst));
+                        }
+                    }
+                    Op::Settle { which, percent } if !open.is_empty() => {
+                        let (r, worst) = open.swap_remove(which % open.len());
+                        let actual = worst * percent / 100;
+                        max_excess = max_excess.max(actual - r.amount().nanos());
+                        ledger.settle_now(&r, Money::from_nanos(actual)).unwrap();
+                    }
+                    Op::Release { which } if !open.is_empty() => {
+                        let (r, _) = open.swap_remove(which % open.len());
+                        ledger.release_now(&r);
+                    }
+                    _ => {}
+                }
+                let held: i64 = open.iter().map(|(r, _)| r.amount().nanos()).sum();
+                for spec in budgets.iter() {
+                    let status = ledger.read_now(spec);
+                    proptest::prop_assert_eq!(status.reserved.nanos(), held);
+                    let over = status.spent.nanos() - limit.nanos();
+                    if any_bounded {
+                        proptest::prop_assert!(over <= max_excess.max(0), "over by {} > {}", over, max_excess);
+                    } else {
+                        proptest::prop_assert!(over <= 0, "strict overshoot by {}", over);
+                    }
+                }
+            }
+        }
     }
 }
