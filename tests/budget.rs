@@ -260,9 +260,12 @@ async fn cached_prompt_tokens_are_charged_at_the_cached_price() {
     let budget = key_budget("alice", Money::from_usd(1), Period::Monthly);
     let alice = principal("alice", vec![budget.clone()]);
     let svc = BudgetLayer::with_ledger(pricing(), ledger.clone()).layer(upstream(|| {
-        Response::new(boxed(
-            r#"{"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":0,"total_tokens":100,"prompt_tokens_details":{"cached_tokens":60}}}"#,
-        ))
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(boxed(
+                r#"{"choices":[],"usage":{"prompt_tokens":100,"completion_tokens":0,"total_tokens":100,"prompt_tokens_details":{"cached_tokens":60}}}"#,
+            ))
+            .unwrap()
     }));
     body_text(
         svc.oneshot(request(Some(&alice), "m", Some(10)))
@@ -840,7 +843,7 @@ async fn spend_events_reach_the_sink() {
         (10, 20)
     );
     assert_eq!(event.cost, nanos(50_000));
-    assert_eq!(format!("{:?}", event.source), "Reported");
+    assert_eq!(event.source, tollgate::usage::UsageSource::Reported);
     assert_eq!(event.status, StatusCode::OK);
     assert!(rx.try_recv().is_err());
 }
@@ -953,4 +956,40 @@ async fn bounded_overshoots_by_at_most_one_request_under_concurrency() {
         "spent {spent} beyond one request's excess"
     );
     assert!(admitted >= 50, "only {admitted} admitted");
+}
+
+// ---- composition -------------------------------------------------------------
+
+#[tokio::test(start_paused = true)]
+async fn sits_in_an_axum_router_without_handle_error() {
+    use axum::routing::post;
+    let ledger = ledger_at("2026-01-15T10:00:00Z");
+    let budget = key_budget("alice", Money::from_usd(1), Period::Monthly);
+    let alice = principal("alice", vec![budget.clone()]);
+    let app = axum::Router::new()
+        .route(
+            "/v1/chat/completions",
+            post(|| async {
+                (
+                    [("content-type", "application/json")],
+                    r#"{"choices":[],"usage":{"prompt_tokens":10,"completion_tokens":20,"total_tokens":30}}"#,
+                )
+            }),
+        )
+        .layer(BudgetLayer::with_ledger(pricing(), ledger.clone()))
+        .layer(tower::util::MapRequestLayer::new(
+            move |mut req: Request<axum::body::Body>| {
+                req.extensions_mut().insert(alice.clone());
+                req
+            },
+        ));
+    let req = request(None, "m", Some(100)).map(|b| axum::body::Body::new(b));
+    let response = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        header(&response, "x-budget-remaining-usd").as_deref(),
+        Some("1.00")
+    );
+    body_text(response).await;
+    assert_eq!(status_of(&ledger, &budget).await.spent, nanos(50_000));
 }

@@ -30,7 +30,8 @@
 //!     .layer(BudgetLayer::with_ledger(pricing, ledger.clone()).policy(ReservePolicy::Strict))
 //!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
 //!         let body = r#"{"choices":[],"usage":{"prompt_tokens":1000,"completion_tokens":500,"total_tokens":1500}}"#;
-//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
+//!         let response = Response::builder().header("content-type", "application/json");
+//!         Ok::<_, Infallible>(response.body(Full::new(Bytes::from(body))).unwrap())
 //!     }));
 //!
 //! // `AuthLayer` puts the caller in the request's extensions; here, by hand.
@@ -161,9 +162,8 @@ mod pricing;
 mod service;
 mod settle;
 mod spec;
-mod usage_shim;
 
-use self::usage_shim as usage;
+use crate::usage;
 
 pub use self::alerts::{OnSoftLimit, SoftLimitAlert};
 pub use self::events::{SpendEvent, SpendSink};

@@ -177,12 +177,21 @@ impl Serialize for TokenPrice {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelPrice {
-    /// USD per million prompt (input) tokens.
+    /// USD per million prompt (input) tokens (also read as
+    /// `input_usd_per_million`).
+    #[serde(alias = "input_usd_per_million")]
     pub input: TokenPrice,
-    /// USD per million completion (output) tokens, reasoning tokens included.
+    /// USD per million completion (output) tokens, reasoning tokens included
+    /// (also read as `output_usd_per_million`).
+    #[serde(alias = "output_usd_per_million")]
     pub output: TokenPrice,
-    /// USD per million cached prompt tokens; `None` charges them as `input`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// USD per million cached prompt tokens; `None` charges them as `input`
+    /// (also read as `cached_input_usd_per_million`).
+    #[serde(
+        default,
+        alias = "cached_input_usd_per_million",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub cached_input: Option<TokenPrice>,
     /// Output tokens to reserve for when a request sets no `max_tokens`
     /// (default [`ModelPrice::DEFAULT_MAX_OUTPUT_TOKENS`]). Set it to the
@@ -457,6 +466,19 @@ mod tests {
                 "{err}"
             );
         }
+        // The long names read the same.
+        let long = Pricing::from_json(
+            r#"{"m":{"input_usd_per_million":3,"output_usd_per_million":"15","cached_input_usd_per_million":0.3}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            long,
+            pricing
+                .iter()
+                .filter(|(n, _)| *n == "m")
+                .map(|(n, p)| (n, *p))
+                .collect()
+        );
         // Serialises back to exact strings.
         let json = serde_json::to_string(&pricing.get("m").unwrap()).unwrap();
         assert!(json.contains(r#""cached_input":"0.30""#), "{json}");
