@@ -983,7 +983,7 @@ async fn sits_in_an_axum_router_without_handle_error() {
                 req
             },
         ));
-    let req = request(None, "m", Some(100)).map(|b| axum::body::Body::new(b));
+    let req = request(None, "m", Some(100)).map(axum::body::Body::new);
     let response = app.clone().oneshot(req).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(
