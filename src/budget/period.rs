@@ -73,8 +73,12 @@ impl Period {
                 )
             }
             Period::Rolling(length) if !length.is_zero() => {
-                let n = now.as_nanos() / length.as_nanos();
-                let start = length.saturating_mul(n.min(u32::MAX as u128) as u32);
+                let len = length.as_nanos();
+                let start = now.as_nanos() / len * len;
+                let start = Duration::new(
+                    u64::try_from(start / 1_000_000_000).unwrap_or(u64::MAX),
+                    (start % 1_000_000_000) as u32,
+                );
                 return PeriodWindow {
                     start,
                     end: start.checked_add(length),
@@ -271,10 +275,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn now_is_inside_its_window(secs in 0u64..8_000_000_000, which in 0usize..4) {
+        fn now_is_inside_its_window(secs in 0u64..8_000_000_000, nanos in 0u32..1_000_000_000, which in 0usize..5) {
             let period = [Period::Daily, Period::Weekly, Period::Monthly,
-                Period::Rolling(Duration::from_secs(7_777))][which];
-            let now = Duration::from_secs(secs);
+                Period::Rolling(Duration::from_secs(7_777)),
+                Period::Rolling(Duration::from_millis(3))][which];
+            let now = Duration::new(secs, nanos);
             let w = period.window(now);
             let end = w.end.unwrap();
             prop_assert!(w.start <= now && now < end);
