@@ -70,6 +70,8 @@ struct Inner {
     max_reservations: usize,
     budgets: Box<[Mutex<BudgetShard>]>,
     holds: Box<[Mutex<HoldShard>]>,
+    /// Per hold shard: when (nanoseconds since the epoch) to sweep next.
+    next_sweep: Box<[AtomicU64]>,
     next_id: AtomicU64,
     hasher: ScopeHashing,
 }
@@ -229,9 +231,9 @@ impl BudgetShard {
     }
 }
 
+#[derive(Default)]
 struct HoldShard {
     holds: IdMap<Hold>,
-    next_sweep: Duration,
 }
 
 struct Hold {
@@ -240,6 +242,17 @@ struct Hold {
     partial: bool,
     expires: Duration,
     budgets: Arc<[BudgetSpec]>,
+}
+
+impl Hold {
+    fn new(amount: Money, partial: bool, budgets: &Arc<[BudgetSpec]>, expires: Duration) -> Hold {
+        Hold {
+            amount,
+            partial,
+            expires,
+            budgets: budgets.clone(),
+        }
+    }
 }
 
 /// One budget's books.
@@ -388,14 +401,8 @@ impl MemoryLedger {
                 max_budgets: config.max_budgets.div_ceil(shards),
                 max_reservations: config.max_reservations.div_ceil(shards),
                 budgets: (0..shards).map(|_| Mutex::default()).collect(),
-                holds: (0..shards)
-                    .map(|_| {
-                        Mutex::new(HoldShard {
-                            holds: IdMap::default(),
-                            next_sweep: now,
-                        })
-                    })
-                    .collect(),
+                holds: (0..shards).map(|_| Mutex::default()).collect(),
+                next_sweep: (0..shards).map(|_| AtomicU64::new(nanos(now))).collect(),
                 next_id: AtomicU64::new(1),
                 hasher: ScopeHashing::new(),
             }),
@@ -490,34 +497,44 @@ impl MemoryLedger {
         )
     }
 
-    /// Makes sure hold shard `shard` has room for one more hold, releasing
-    /// holds whose lease ran out (swept at most every quarter lease).
-    fn room_for_hold(&self, shard: usize, now: Duration) -> Result<(), StoreError> {
-        let (expired, full) = {
-            let mut shard = lock(&self.inner.holds[shard]);
-            let mut expired = Vec::new();
-            if now >= shard.next_sweep {
-                shard.next_sweep = now + self.inner.lease / 4;
-                shard.holds.retain(|_, hold| {
-                    let keep = hold.expires > now;
-                    if !keep {
-                        expired.push((hold.amount, hold.partial, hold.budgets.clone()));
-                    }
-                    keep
-                });
+    /// Releases the holds of shard `shard` whose lease ran out; at most
+    /// every quarter lease, and checked without a lock in between.
+    fn sweep(&self, shard: usize, now: Duration) {
+        let due = &self.inner.next_sweep[shard];
+        let next = due.load(Ordering::Relaxed);
+        if nanos(now) < next {
+            return;
+        }
+        let after = nanos(now + self.inner.lease / 4);
+        if due
+            .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread sweeps
+        }
+        let mut expired = Vec::new();
+        lock(&self.inner.holds[shard]).holds.retain(|_, hold| {
+            let keep = hold.expires > now;
+            if !keep {
+                expired.push((hold.amount, hold.partial, hold.budgets.clone()));
             }
-            (expired, shard.holds.len() >= self.inner.max_reservations)
-        };
+            keep
+        });
         for (amount, partial, budgets) in expired {
             tracing::warn!(%amount, "budget reservation lease expired; released");
             self.unhold(&budgets, amount, partial, now);
         }
-        if full {
+    }
+
+    /// The hold shard `shard`, locked, if it has room for one more hold.
+    fn hold_room(&self, shard: usize) -> Result<MutexGuard<'_, HoldShard>, StoreError> {
+        let holds = lock(&self.inner.holds[shard]);
+        if holds.holds.len() >= self.inner.max_reservations {
             return Err(StoreError::Unavailable(
                 "budget ledger holds too many reservations in flight".into(),
             ));
         }
-        Ok(())
+        Ok(holds)
     }
 
     fn unhold(&self, budgets: &[BudgetSpec], amount: Money, partial: bool, now: Duration) {
@@ -544,7 +561,7 @@ impl MemoryLedger {
         let now = self.now();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let hold_shard = id as usize & (self.inner.holds.len() - 1);
-        self.room_for_hold(hold_shard, now)?;
+        self.sweep(hold_shard, now);
         let amount = amount.max(Money::ZERO);
         let hashes = self.hashes(budgets);
         let mut locked = self.lock_budgets(&hashes);
@@ -576,10 +593,13 @@ impl MemoryLedger {
                 if partial && account.partial > 0 {
                     return Ok(ReserveOutcome::Denied { index: i, status });
                 }
+                // Lock order: budget shards, then the hold shard.
+                let mut holds = self.hold_room(hold_shard)?;
                 account.reserved = account.reserved + held;
                 account.partial += u32::from(partial);
-                drop(locked);
-                return Ok(self.hold(id, hold_shard, held, partial, budgets, (i, status), now));
+                let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+                holds.holds.insert(id, hold);
+                return Ok(reserved(id, held, budgets, (i, status)));
             }
             if account.partial > 0 && blocking.is_none() {
                 blocking = Some((i, status));
@@ -590,9 +610,10 @@ impl MemoryLedger {
         }
         let Some(tightest) = tightest else {
             // No budgets at all: nothing limits the request.
-            drop(locked);
+            let hold = Hold::new(amount, false, budgets, now + self.inner.lease);
+            self.hold_room(hold_shard)?.holds.insert(id, hold);
             let fresh = BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER);
-            return Ok(self.hold(id, hold_shard, amount, false, budgets, (0, fresh), now));
+            return Ok(reserved(id, amount, budgets, (0, fresh)));
         };
         let held = match policy {
             ReservePolicy::Bounded => amount.min(tightest.1.remaining()),
@@ -602,6 +623,7 @@ impl MemoryLedger {
         if let (true, Some((index, status))) = (partial, blocking) {
             return Ok(ReserveOutcome::Denied { index, status });
         }
+        let mut holds = self.hold_room(hold_shard)?;
         for (i, spec) in budgets.iter().enumerate() {
             if is_repeat(budgets, &hashes, i) {
                 continue;
@@ -612,36 +634,9 @@ impl MemoryLedger {
                 account.partial += u32::from(partial);
             }
         }
-        drop(locked);
-        Ok(self.hold(id, hold_shard, held, partial, budgets, tightest, now))
-    }
-
-    /// Records hold `id` (already counted in its accounts).
-    #[allow(clippy::too_many_arguments)]
-    fn hold(
-        &self,
-        id: u64,
-        shard: usize,
-        held: Money,
-        partial: bool,
-        budgets: &Arc<[BudgetSpec]>,
-        (index, status): (usize, BudgetStatus),
-        now: Duration,
-    ) -> ReserveOutcome {
-        lock(&self.inner.holds[shard]).holds.insert(
-            id,
-            Hold {
-                amount: held,
-                partial,
-                expires: now + self.inner.lease,
-                budgets: budgets.clone(),
-            },
-        );
-        ReserveOutcome::Reserved {
-            reservation: Reservation::new(ReservationId(id), held, budgets.clone()),
-            index,
-            status,
-        }
+        let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+        holds.holds.insert(id, hold);
+        Ok(reserved(id, held, budgets, tightest))
     }
 
     fn take_hold(&self, id: ReservationId) -> Option<Hold> {
@@ -713,6 +708,23 @@ impl MemoryLedger {
             None => BudgetStatus::fresh(spec, window_of(spec, now)),
         }
     }
+}
+
+fn reserved(
+    id: u64,
+    held: Money,
+    budgets: &Arc<[BudgetSpec]>,
+    (index, status): (usize, BudgetStatus),
+) -> ReserveOutcome {
+    ReserveOutcome::Reserved {
+        reservation: Reservation::new(ReservationId(id), held, budgets.clone()),
+        index,
+        status,
+    }
+}
+
+fn nanos(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
 const NO_BUDGET: BudgetSpec = BudgetSpec {
