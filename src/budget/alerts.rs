@@ -105,7 +105,10 @@ pub(crate) fn fire(
     statuses: &[BudgetStatus],
     charged: Money,
 ) {
-    for (budget, status) in budgets.iter().zip(statuses) {
+    for (i, (budget, status)) in budgets.iter().zip(statuses).enumerate() {
+        if budgets[..i].iter().any(|b| b.scope == budget.scope) {
+            continue; // the same budget named twice is alerted once
+        }
         for threshold_percent in thresholds.crossed(status, charged) {
             let alert = SoftLimitAlert {
                 budget: budget.clone(),

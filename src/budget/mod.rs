@@ -85,7 +85,7 @@
 //!    of the budget with the least left; a refusal gets those of the budget
 //!    that refused.
 //! 4. **Settle.** The response body is observed as it streams
-//!    ([`usage::observe`](crate::usage::observe)); when it ends, fails or is
+//!    ([`usage::observe`]); when it ends, fails or is
 //!    dropped, the actual cost is charged and the rest of the reservation
 //!    released. An upstream error (status ≥ 400) with no tokens releases
 //!    everything; a client that disconnects mid-stream pays for what was
