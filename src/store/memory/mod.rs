@@ -2,3 +2,6 @@
 
 mod keys;
 pub use self::keys::{DuplicateSecret, MemoryKeyStore};
+mod ledger;
+
+pub use self::ledger::MemoryLedger;
