@@ -38,6 +38,39 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 /// `2026-03-20T12:30:00Z` (fractions of a second are dropped).
 pub fn format_rfc3339(since_epoch: Duration) -> String {
+    match rfc3339_bytes(since_epoch) {
+        Some(bytes) => bytes.iter().map(|&b| char::from(b)).collect(),
+        None => format_rfc3339_slow(since_epoch),
+    }
+}
+
+/// `2026-03-20T12:30:00Z` as 20 ASCII bytes on the stack, for years up to
+/// 9999 (`None` after, where [`format_rfc3339`] prints more year digits).
+pub(crate) fn rfc3339_bytes(since_epoch: Duration) -> Option<[u8; 20]> {
+    let secs = i64::try_from(since_epoch.as_secs()).ok()?;
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let rem = secs.rem_euclid(86_400);
+    let mut out = *b"0000-00-00T00:00:00Z";
+    let mut put = |at: usize, value: i64, width: usize| {
+        let mut v = value;
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, y, 4);
+    put(5, i64::from(mo), 2);
+    put(8, i64::from(d), 2);
+    put(11, rem / 3600, 2);
+    put(14, rem % 3600 / 60, 2);
+    put(17, rem % 60, 2);
+    Some(out)
+}
+
+fn format_rfc3339_slow(since_epoch: Duration) -> String {
     let secs = since_epoch.as_secs() as i64;
     let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
     let rem = secs.rem_euclid(86_400);
@@ -112,6 +145,20 @@ pub fn parse_rfc3339(s: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_rfc3339_matches_the_formatter() {
+        let mut secs: u64 = 0;
+        while secs < 400_000_000_000 {
+            let t = Duration::from_secs(secs);
+            assert_eq!(format_rfc3339(t), format_rfc3339_slow(t), "{secs}");
+            secs = secs * 3 / 2 + 86_399;
+        }
+        for secs in [253_402_300_799, 253_402_300_800, u64::MAX / 4] {
+            let t = Duration::from_secs(secs);
+            assert_eq!(format_rfc3339(t), format_rfc3339_slow(t), "{secs}");
+        }
+    }
 
     #[test]
     fn civil_round_trips() {

@@ -97,11 +97,78 @@ impl Money {
     /// assert_eq!(Money::from_nanos(-250_000_000).to_decimal(), "-0.25");
     /// ```
     pub fn to_decimal(self) -> String {
-        let mut s = self.to_string();
-        if let Some(at) = s.find('$') {
-            s.remove(at);
+        self.decimal().as_str().to_owned()
+    }
+
+    /// The digits of [`to_decimal`](Money::to_decimal) in a stack buffer:
+    /// what the budget headers are made of, without formatting machinery.
+    pub(crate) fn decimal(self) -> Decimal {
+        let mut out = Decimal {
+            buf: [0; Decimal::CAPACITY],
+            len: 0,
+        };
+        if self.0 < 0 {
+            out.push(b'-');
         }
-        s
+        let abs = self.0.unsigned_abs();
+        let whole = abs / NANOS_PER_USD as u64;
+        let mut frac = abs % NANOS_PER_USD as u64;
+        // Whole dollars: at most 10 digits (i64::MAX nanos is $9,223,372,036).
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        let mut w = whole;
+        loop {
+            digits[n] = b'0' + (w % 10) as u8;
+            n += 1;
+            w /= 10;
+            if w == 0 {
+                break;
+            }
+        }
+        for &d in digits[..n].iter().rev() {
+            out.push(d);
+        }
+        out.push(b'.');
+        // Nine decimals, trailing zeros dropped down to two.
+        let mut places = 9;
+        while places > 2 && frac % 10 == 0 {
+            frac /= 10;
+            places -= 1;
+        }
+        let at = out.len as usize;
+        for i in (0..places).rev() {
+            out.buf[at + i] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        out.len += places as u8;
+        out
+    }
+}
+
+/// A dollar amount's decimal digits (`-12.50`), on the stack.
+pub(crate) struct Decimal {
+    buf: [u8; Decimal::CAPACITY],
+    len: u8,
+}
+
+impl Decimal {
+    /// Sign, 10 whole digits at most, the point, 9 decimals.
+    const CAPACITY: usize = 24;
+
+    fn push(&mut self, byte: u8) {
+        self.buf[self.len as usize] = byte;
+        self.len += 1;
+    }
+
+    /// The digits as bytes (ASCII).
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+
+    /// The digits as text.
+    pub(crate) fn as_str(&self) -> &str {
+        // Only ASCII digits, `-` and `.` are ever pushed.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -126,15 +193,12 @@ impl std::ops::Sub for Money {
 impl fmt::Display for Money {
     /// `$50.00`; more decimals only when the amount has them (`$0.000001234`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let abs = self.0.unsigned_abs();
-        let whole = abs / NANOS_PER_USD as u64;
-        let frac = abs % NANOS_PER_USD as u64;
-        let mut digits = format!("{frac:09}");
-        while digits.len() > 2 && digits.ends_with('0') {
-            digits.pop();
+        let decimal = self.decimal();
+        let digits = decimal.as_str();
+        match digits.strip_prefix('-') {
+            Some(abs) => write!(f, "-${abs}"),
+            None => write!(f, "${digits}"),
         }
-        write!(f, "{sign}${whole}.{digits}")
     }
 }
 
@@ -176,5 +240,42 @@ impl FromStr for Money {
             .and_then(|n| n.checked_add(frac_nanos))
             .ok_or_else(err)?;
         Ok(Money(if neg { -nanos } else { nanos }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The formatting `decimal` replaced, kept as the reference.
+    fn reference(m: Money) -> String {
+        let sign = if m.0 < 0 { "-" } else { "" };
+        let abs = m.0.unsigned_abs();
+        let whole = abs / NANOS_PER_USD as u64;
+        let frac = abs % NANOS_PER_USD as u64;
+        let mut digits = format!("{frac:09}");
+        while digits.len() > 2 && digits.ends_with('0') {
+            digits.pop();
+        }
+        format!("{sign}{whole}.{digits}")
+    }
+
+    #[test]
+    fn decimal_matches_the_reference() {
+        let mut cases = vec![0, 1, -1, 10, 100, 1_000_000_000, -250_000_000, i64::MAX, i64::MIN];
+        cases.extend((0..63).map(|b| 1i64 << b));
+        cases.extend((0..63).map(|b| -(1i64 << b) + 7));
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            cases.push(x as i64 >> (x % 60));
+        }
+        for nanos in cases {
+            let m = Money::from_nanos(nanos);
+            assert_eq!(m.to_decimal(), reference(m), "{nanos}");
+            assert_eq!(m.to_string().replacen('$', "", 1), reference(m), "{nanos}");
+        }
     }
 }

@@ -1,10 +1,12 @@
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
@@ -27,6 +29,11 @@ pub const X_BUDGET_LIMIT_USD: &str = "x-budget-limit-usd";
 pub const X_BUDGET_REMAINING_USD: &str = "x-budget-remaining-usd";
 /// `x-budget-reset`: when the binding budget's period ends (RFC 3339, UTC).
 pub const X_BUDGET_RESET: &str = "x-budget-reset";
+
+// Parsed at compile time, not per request.
+const LIMIT_NAME: HeaderName = HeaderName::from_static(X_BUDGET_LIMIT_USD);
+const REMAINING_NAME: HeaderName = HeaderName::from_static(X_BUDGET_REMAINING_USD);
+const RESET_NAME: HeaderName = HeaderName::from_static(X_BUDGET_RESET);
 
 /// The service built by [`BudgetLayer`](super::BudgetLayer).
 pub struct Budget<S, L = MemoryLedger> {
@@ -241,26 +248,56 @@ pub(crate) struct BudgetHeaders {
 
 impl BudgetHeaders {
     fn of(status: &BudgetStatus) -> BudgetHeaders {
-        let value = |s: String| HeaderValue::from_str(&s).ok();
         BudgetHeaders {
-            limit: value(status.limit.to_decimal()),
-            remaining: value(status.remaining().to_decimal()),
-            reset: status
-                .period
-                .end
-                .and_then(|end| value(crate::time::format_rfc3339(end))),
+            limit: cached(&LAST_LIMIT, status.limit, |limit| {
+                HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
+            }),
+            remaining: HeaderValue::from_bytes(status.remaining().decimal().as_bytes()).ok(),
+            reset: status.period.end.and_then(|end| {
+                cached(&LAST_RESET, end, |end| match crate::time::rfc3339_bytes(end) {
+                    Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
+                    None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
+                })
+            }),
         }
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
         for (name, value) in [
-            (X_BUDGET_LIMIT_USD, self.limit),
-            (X_BUDGET_REMAINING_USD, self.remaining),
-            (X_BUDGET_RESET, self.reset),
+            (LIMIT_NAME, self.limit),
+            (REMAINING_NAME, self.remaining),
+            (RESET_NAME, self.reset),
         ] {
             if let Some(value) = value {
                 headers.insert(name, value);
             }
         }
     }
+}
+
+thread_local! {
+    /// The last limit rendered on this thread: a budget's limit rarely changes.
+    static LAST_LIMIT: Cell<Option<(super::Money, HeaderValue)>> = const { Cell::new(None) };
+    /// The last period end rendered on this thread: it changes once a period.
+    static LAST_RESET: Cell<Option<(Duration, HeaderValue)>> = const { Cell::new(None) };
+}
+
+/// `render(key)`, or the value rendered last on this thread for the same key
+/// (a reference count instead of formatting and an allocation).
+fn cached<K: Copy + PartialEq>(
+    slot: &'static std::thread::LocalKey<Cell<Option<(K, HeaderValue)>>>,
+    key: K,
+    render: impl FnOnce(K) -> Option<HeaderValue>,
+) -> Option<HeaderValue> {
+    slot.with(|slot| {
+        if let Some((last, value)) = slot.take() {
+            if last == key {
+                slot.set(Some((last, value.clone())));
+                return Some(value);
+            }
+        }
+        let value = render(key)?;
+        slot.set(Some((key, value.clone())));
+        Some(value)
+    })
 }
