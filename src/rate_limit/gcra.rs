@@ -101,13 +101,24 @@ impl Gcra {
         // `charged - amount > now` here, so the wait below is at least 1µs.
         let retry_after_us = (cost <= self.amount)
             .then(|| self.time_of(charged - self.amount).saturating_sub(now_us));
+        let (remaining, reset_us) = self.peek(tat, now_us);
         Decision {
             tat,
             admitted: false,
-            remaining: self.amount.saturating_sub(base - now),
-            reset_us: self.time_of(base).saturating_sub(now_us),
+            remaining,
+            reset_us,
             retry_after_us,
         }
+    }
+
+    /// The state at `now_us` without a charge: `(remaining, reset_us)`.
+    pub(crate) fn peek(&self, tat: u64, now_us: u64) -> (u64, u64) {
+        let now = self.units_at(now_us);
+        let base = tat.max(now);
+        (
+            self.amount.saturating_sub(base - now),
+            self.time_of(base).saturating_sub(now_us),
+        )
     }
 
     /// Charges (`delta > 0`) or refunds (`delta < 0`) without a check. A

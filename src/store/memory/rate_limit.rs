@@ -462,7 +462,19 @@ impl Inner {
             (true, false) => Verdict::Concurrency,
             (true, true) => Verdict::Admitted,
         };
-        if verdict == Verdict::Admitted {
+        if verdict != Verdict::Admitted {
+            // Nothing is charged: limits that would have admitted report
+            // their state as it is, not as the charge would have left it.
+            for (i, (limit, state)) in request.limits.iter().zip(&mut states).enumerate() {
+                if state.admits() {
+                    let gcra = Gcra::new(limit);
+                    let tat = gcra.clamp(entry.tat(i), now_us, latest_full_us);
+                    let (remaining, reset_us) = gcra.peek(tat, now_us);
+                    state.remaining = remaining;
+                    state.reset = micros(reset_us);
+                }
+            }
+        } else {
             for i in 0..n {
                 let tat = if i < tats.len() {
                     tats[i]
