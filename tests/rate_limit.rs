@@ -14,8 +14,8 @@ use tollgate::auth::{KeyHash, KeyRecord, Principal};
 use tollgate::clock::TokioClock;
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::rate_limit::{
-    Acquire, Admission, FailurePolicy, HeaderKey, HeaderStyle, Limit, RateLimitKey,
-    RateLimitLayer, RateLimitStore, ResponseBody, Settle, Unkeyed,
+    Acquire, Admission, FailurePolicy, HeaderKey, HeaderStyle, Limit, RateLimitKey, RateLimitLayer,
+    RateLimitStore, ResponseBody, Settle, Unkeyed,
 };
 use tollgate::store::StoreError;
 use tollgate::store::memory::MemoryRateLimitStore;
@@ -151,7 +151,11 @@ async fn rejection_is_a_429_naming_the_limit() {
 #[tokio::test(start_paused = true)]
 async fn retry_after_is_never_zero() {
     // 1000 per second: a refused request may retry after 1 ms.
-    let dave = principal("dave", &[Limit::requests(1000, Duration::from_secs(1))], None);
+    let dave = principal(
+        "dave",
+        &[Limit::requests(1000, Duration::from_secs(1))],
+        None,
+    );
     let mut svc = ok_service(RateLimitLayer::new());
     assert_eq!(burst(&mut svc, &dave, 1000).await, 1000);
     let r = send(&mut svc, request(Some(&dave), "")).await;
@@ -161,7 +165,11 @@ async fn retry_after_is_never_zero() {
     assert_eq!(header(&r, "x-ratelimit-reset-requests"), "1s");
 
     // A sub-millisecond wait still says 1 ms, never 0.
-    let odd = principal("odd", &[Limit::requests(3, Duration::from_micros(1001))], None);
+    let odd = principal(
+        "odd",
+        &[Limit::requests(3, Duration::from_micros(1001))],
+        None,
+    );
     assert_eq!(burst(&mut svc, &odd, 3).await, 3);
     let r = send(&mut svc, request(Some(&odd), "")).await;
     assert_eq!(header(&r, "retry-after-ms"), "1");
@@ -172,7 +180,10 @@ async fn retry_after_is_never_zero() {
 async fn openai_headers_on_every_response() {
     let erin = principal(
         "erin",
-        &[Limit::requests_per_minute(3), Limit::tokens(1000, Duration::from_secs(360))],
+        &[
+            Limit::requests_per_minute(3),
+            Limit::tokens(1000, Duration::from_secs(360)),
+        ],
         None,
     );
     let mut svc = ok_service(RateLimitLayer::new().default_max_tokens(100));
@@ -210,14 +221,20 @@ async fn timestamp_headers() {
     let r = send(&mut svc, request(Some(&frank), "")).await;
     assert_eq!(header(&r, "x-ratelimit-limit-requests"), "2");
     assert_eq!(header(&r, "x-ratelimit-remaining-requests"), "1");
-    assert_eq!(header(&r, "x-ratelimit-reset-requests"), "2026-03-20T12:30:30Z");
+    assert_eq!(
+        header(&r, "x-ratelimit-reset-requests"),
+        "2026-03-20T12:30:30Z"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn ietf_headers() {
     let gus = principal(
         "gus",
-        &[Limit::requests_per_minute(60), Limit::tokens_per_day(100_000)],
+        &[
+            Limit::requests_per_minute(60),
+            Limit::tokens_per_day(100_000),
+        ],
         None,
     );
     let mut svc = ok_service(RateLimitLayer::new().headers(HeaderStyle::Ietf));
@@ -249,7 +266,10 @@ async fn no_headers_style() {
 async fn request_too_large_is_never_retried() {
     let ivy = principal(
         "ivy",
-        &[Limit::requests_per_minute(10), Limit::tokens_per_minute(1000)],
+        &[
+            Limit::requests_per_minute(10),
+            Limit::tokens_per_minute(1000),
+        ],
         None,
     );
     let mut svc = ok_service(RateLimitLayer::new());
@@ -273,7 +293,10 @@ async fn request_too_large_is_never_retried() {
 async fn a_refused_request_consumes_nothing() {
     let jo = principal(
         "jo",
-        &[Limit::requests_per_minute(10), Limit::tokens_per_minute(100)],
+        &[
+            Limit::requests_per_minute(10),
+            Limit::tokens_per_minute(100),
+        ],
         None,
     );
     let mut svc = ok_service(RateLimitLayer::new());
@@ -300,11 +323,11 @@ async fn an_inner_error_refunds_the_reservation() {
     let kim = principal("kim", &[Limit::tokens_per_minute(100)], None);
     let layer = RateLimitLayer::new();
     let store = layer.store_ref().clone();
-    let mut svc = ServiceBuilder::new()
-        .layer(layer)
-        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+    let mut svc = ServiceBuilder::new().layer(layer).service(service_fn(
+        |_req: Request<Full<Bytes>>| async {
             Err::<Response<Full<Bytes>>, _>(std::io::Error::other("upstream down"))
-        }));
+        },
+    ));
     let err = svc
         .ready()
         .await
@@ -382,7 +405,10 @@ async fn header_keys() {
         StatusCode::TOO_MANY_REQUESTS
     );
     // No header: unkeyed, passes.
-    assert_eq!(send(&mut svc, request(None, "")).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&mut svc, request(None, "")).await.status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -482,7 +508,10 @@ async fn shadow_mode_counts_and_logs_but_never_refuses() {
     assert_eq!(remaining, ["1", "0", "0", "0"]);
     let text = logs.text();
     assert_eq!(text.matches("would refuse").count(), 2, "{text}");
-    assert!(text.contains("Rate limit exceeded: 2 requests per minute"), "{text}");
+    assert!(
+        text.contains("Rate limit exceeded: 2 requests per minute"),
+        "{text}"
+    );
     assert!(text.contains("nia"), "{text}");
 }
 
@@ -519,7 +548,12 @@ async fn concurrency_slot_is_held_until_the_body_ends_or_is_dropped() {
         S::Error: std::fmt::Debug,
     {
         let olga = principal("olga", &[], Some(2));
-        svc.ready().await.unwrap().call(request(Some(&olga), "")).await.unwrap()
+        svc.ready()
+            .await
+            .unwrap()
+            .call(request(Some(&olga), ""))
+            .await
+            .unwrap()
     }
     let _ = olga;
 
@@ -537,7 +571,8 @@ async fn concurrency_slot_is_held_until_the_body_ends_or_is_dropped() {
 
     // Drop the first stream mid-way: its slot frees.
     let mut first = first.into_body();
-    senders.lock().unwrap()[0].send(Bytes::from("chunk")).await.unwrap();
+    let tx = senders.lock().unwrap()[0].clone();
+    tx.send(Bytes::from("chunk")).await.unwrap();
     let frame = first.frame().await.unwrap().unwrap();
     assert_eq!(frame.into_data().unwrap(), "chunk");
     drop(first);
@@ -547,8 +582,9 @@ async fn concurrency_slot_is_held_until_the_body_ends_or_is_dropped() {
 
     // End the second stream: its slot frees too.
     let mut second = second.into_body();
-    senders.lock().unwrap()[1].send(Bytes::from("last")).await.unwrap();
-    senders.lock().unwrap().remove(1);
+    let tx = senders.lock().unwrap().remove(1);
+    tx.send(Bytes::from("last")).await.unwrap();
+    drop(tx);
     while second.frame().await.is_some() {}
     assert_eq!(call(&mut svc).await.status(), StatusCode::OK);
     drop(second);
@@ -631,7 +667,12 @@ async fn an_outer_envelope_keeps_the_headers() {
         .service(service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
         }));
-    svc.ready().await.unwrap().call(request(Some(&sam), "")).await.unwrap();
+    svc.ready()
+        .await
+        .unwrap()
+        .call(request(Some(&sam), ""))
+        .await
+        .unwrap();
     let r = svc
         .ready()
         .await

@@ -168,10 +168,8 @@ where
                     let admitted = admitted.take();
                     return Poll::Ready(match result {
                         Ok(response) => Ok(match admitted {
-                            Some(Admitted { headers, permit }) => {
-                                with_headers(response, &headers)
-                                    .map(|body| ResponseBody::inner(body, permit))
-                            }
+                            Some(Admitted { headers, permit }) => with_headers(response, &headers)
+                                .map(|body| ResponseBody::inner(body, permit)),
                             None => response.map(|body| ResponseBody::inner(body, None)),
                         }),
                         Err(error) => {

@@ -85,8 +85,21 @@ impl Gcra {
     }
 
     /// Checks `cost` against the state `tat` at `now_us`; see the module docs.
+    #[cfg(test)]
     pub(crate) fn check(&self, tat: u64, now_us: u64, cost: u64) -> Decision {
+        self.check_clamped(tat, now_us, cost, u64::MAX)
+    }
+
+    /// [`check`](Gcra::check) of the state first [clamped](Gcra::clamp).
+    pub(crate) fn check_clamped(
+        &self,
+        tat: u64,
+        now_us: u64,
+        cost: u64,
+        latest_full_us: u64,
+    ) -> Decision {
         let now = self.units_at(now_us);
+        let tat = self.clamp_at(tat, now, latest_full_us);
         let base = tat.max(now);
         let charged = base.saturating_add(cost);
         if cost <= self.amount && charged - now <= self.amount {
@@ -136,7 +149,10 @@ impl Gcra {
     /// The largest state that can be legitimate at `now_us`: a state further
     /// ahead comes from a limit that was changed under it, and is clamped.
     pub(crate) fn clamp(&self, tat: u64, now_us: u64, latest_full_us: u64) -> u64 {
-        let now = self.units_at(now_us);
+        self.clamp_at(tat, self.units_at(now_us), latest_full_us)
+    }
+
+    fn clamp_at(&self, tat: u64, now: u64, latest_full_us: u64) -> u64 {
         if tat.saturating_sub(now) <= self.amount {
             tat
         } else {
@@ -150,19 +166,31 @@ pub(crate) fn micros(us: u64) -> Duration {
     Duration::from_micros(us)
 }
 
+/// `⌊a·b/d⌋`, exactly. `a` (a time or a state) grows without bound while
+/// `b·d` (a limit's amount and window) is fixed: splitting `a` by `d` keeps
+/// the product in 64 bits for every limit whose `amount × window_µs` fits,
+/// however long the process runs.
 fn mul_div_floor(a: u64, b: u64, d: u64) -> u64 {
-    match a.checked_mul(b) {
-        Some(p) => p / d,
-        None => u64::try_from(u128::from(a) * u128::from(b) / u128::from(d)).unwrap_or(u64::MAX),
+    if let Some(p) = a.checked_mul(b) {
+        return p / d;
     }
+    if b.checked_mul(d).is_some() {
+        return (a / d).saturating_mul(b).saturating_add((a % d) * b / d);
+    }
+    u64::try_from(u128::from(a) * u128::from(b) / u128::from(d)).unwrap_or(u64::MAX)
 }
 
+/// `⌈a·b/d⌉`, exactly; see [`mul_div_floor`].
 fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
-    match a.checked_mul(b) {
-        Some(p) => p.div_ceil(d),
-        None => u64::try_from((u128::from(a) * u128::from(b)).div_ceil(u128::from(d)))
-            .unwrap_or(u64::MAX),
+    if let Some(p) = a.checked_mul(b) {
+        return p.div_ceil(d);
     }
+    if b.checked_mul(d).is_some() {
+        return (a / d)
+            .saturating_mul(b)
+            .saturating_add(((a % d) * b).div_ceil(d));
+    }
+    u64::try_from((u128::from(a) * u128::from(b)).div_ceil(u128::from(d))).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
@@ -291,6 +319,16 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The 64-bit paths agree with 128-bit arithmetic.
+        #[test]
+        fn mul_div_is_exact(a in any::<u64>(), b in 0u64..1 << 40, d in 1u64..1 << 40) {
+            let exact = u128::from(a) * u128::from(b);
+            let floor = u64::try_from(exact / u128::from(d)).unwrap_or(u64::MAX);
+            let ceil = u64::try_from(exact.div_ceil(u128::from(d))).unwrap_or(u64::MAX);
+            prop_assert_eq!(mul_div_floor(a, b, d), floor);
+            prop_assert_eq!(mul_div_ceil(a, b, d), ceil);
+        }
 
         /// Over any span `L`, admitted cost ≤ amount + ⌈amount·L/window⌉.
         #[test]

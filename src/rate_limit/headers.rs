@@ -65,7 +65,10 @@ impl HeaderStyle {
                         Measure::Requests,
                         [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
                     ),
-                    (Measure::Tokens, [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS]),
+                    (
+                        Measure::Tokens,
+                        [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
+                    ),
                 ] {
                     let tightest = limits
                         .iter()
@@ -132,7 +135,9 @@ fn ceil_secs(d: Duration) -> Duration {
 /// millisecond precision, rounded up): `0s`, `12ms`, `1s`, `1.5s`, `6m0s`,
 /// `1h2m3.004s`.
 pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis().saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
+    let ms = d
+        .as_millis()
+        .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
     let ms = u64::try_from(ms).unwrap_or(u64::MAX);
     if ms == 0 {
         return "0s".into();
@@ -140,12 +145,7 @@ pub fn format_duration(d: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    let (h, m, s, frac) = (
-        ms / 3_600_000,
-        ms / 60_000 % 60,
-        ms / 1000 % 60,
-        ms % 1000,
-    );
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     let mut out = String::new();
     if h > 0 {
         let _ = write!(out, "{h}h");

@@ -131,7 +131,8 @@ mod tests {
         assert!(header.extract(&req).is_none());
         req.headers_mut().insert("x-tenant", " ".parse().unwrap());
         assert!(header.extract(&req).is_none());
-        req.headers_mut().insert("x-tenant", "acme".parse().unwrap());
+        req.headers_mut()
+            .insert("x-tenant", "acme".parse().unwrap());
         assert_eq!(header.extract(&req).as_deref(), Some("acme"));
 
         let closure = |req: &Request<()>| Some(req.uri().path().to_owned());

@@ -24,6 +24,6 @@ pub use self::layer::{FailurePolicy, RateLimitLayer};
 pub use self::limit::{Limit, Measure};
 pub use self::service::RateLimit;
 pub use self::store::{
-    Acquire, Admission, BoxRateLimitStore, BoxStoreFuture, LimitState, RateLimitKey,
+    Acquire, Admission, BoxRateLimitStore, BoxStoreFuture, LimitState, LimitStates, RateLimitKey,
     RateLimitStore, Settle, Verdict,
 };

@@ -49,7 +49,10 @@ where
     F: Future<Output = Result<(), StoreError>> + Send + 'static,
 {
     let mut future = Box::pin(future);
-    match future.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
         Poll::Ready(Ok(())) => {}
         Poll::Ready(Err(error)) => {
             tracing::warn!(%error, key = %key, "rate limit settlement failed");

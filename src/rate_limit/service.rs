@@ -366,7 +366,10 @@ mod tests {
 
     #[test]
     fn the_last_limit_to_admit_is_named() {
-        let limits = [Limit::requests_per_minute(60), Limit::tokens_per_minute(1000)];
+        let limits = [
+            Limit::requests_per_minute(60),
+            Limit::tokens_per_minute(1000),
+        ];
         let state = |ms| LimitState {
             remaining: 0,
             reset: Duration::ZERO,
@@ -385,6 +388,9 @@ mod tests {
             "Request too large: 5000 tokens requested, limit 1000 per minute"
         );
         assert!(!e.should_retry());
-        assert_eq!(ceil_millis(Duration::from_micros(1)), Duration::from_millis(1));
+        assert_eq!(
+            ceil_millis(Duration::from_micros(1)),
+            Duration::from_millis(1)
+        );
     }
 }

@@ -126,7 +126,90 @@ pub struct Admission {
     /// The decision.
     pub verdict: Verdict,
     /// The state of each limit, in the order of [`Acquire::limits`].
-    pub states: Vec<LimitState>,
+    pub states: LimitStates,
+}
+
+/// The [`LimitState`]s of an admission, in the order of its limits: a
+/// vector that holds two without allocating (an admission is on every
+/// request's path; most keys have a requests and a tokens limit).
+///
+/// ```
+/// use tollgate::rate_limit::{LimitState, LimitStates};
+///
+/// let mut states = LimitStates::new();
+/// states.push(LimitState { remaining: 59, ..LimitState::default() });
+/// assert_eq!(states.len(), 1);
+/// assert_eq!(states[0].remaining, 59);
+/// ```
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct LimitStates {
+    len: usize,
+    inline: [LimitState; 2],
+    spilled: Vec<LimitState>,
+}
+
+impl LimitStates {
+    /// No states.
+    pub fn new() -> Self {
+        LimitStates::default()
+    }
+
+    /// Appends a state.
+    pub fn push(&mut self, state: LimitState) {
+        if self.len < self.inline.len() {
+            self.inline[self.len] = state;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(state);
+        }
+        self.len += 1;
+    }
+}
+
+impl std::ops::Deref for LimitStates {
+    type Target = [LimitState];
+
+    fn deref(&self) -> &[LimitState] {
+        if self.len <= self.inline.len() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+}
+
+impl std::ops::DerefMut for LimitStates {
+    fn deref_mut(&mut self) -> &mut [LimitState] {
+        if self.len <= self.inline.len() {
+            &mut self.inline[..self.len]
+        } else {
+            &mut self.spilled
+        }
+    }
+}
+
+impl FromIterator<LimitState> for LimitStates {
+    fn from_iter<I: IntoIterator<Item = LimitState>>(iter: I) -> Self {
+        let mut states = LimitStates::new();
+        for state in iter {
+            states.push(state);
+        }
+        states
+    }
+}
+
+impl From<Vec<LimitState>> for LimitStates {
+    fn from(states: Vec<LimitState>) -> Self {
+        states.into_iter().collect()
+    }
+}
+
+impl fmt::Debug for LimitStates {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 /// State for [`RateLimitLayer`](super::RateLimitLayer): checks and charges
@@ -232,5 +315,29 @@ impl RateLimitStore for BoxRateLimitStore {
 
     fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
         self.inner.settle(key, request)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limit_states_spill_past_two() {
+        let state = |remaining| LimitState {
+            remaining,
+            ..LimitState::default()
+        };
+        let states: LimitStates = (0..7).map(state).collect();
+        assert_eq!(states[6].remaining, 6);
+        assert_eq!(states.len(), 7);
+        assert_eq!(
+            states.iter().map(|s| s.remaining).collect::<Vec<_>>(),
+            (0..7).collect::<Vec<_>>()
+        );
+        let mut three: LimitStates = vec![state(1), state(2), state(3)].into();
+        three[1].remaining = 9;
+        assert_eq!(three.iter().map(|s| s.remaining).sum::<u64>(), 13);
+        assert_eq!(format!("{:?}", LimitStates::new()), "[]");
     }
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use crate::clock::{SharedClock, TokioClock};
 use crate::rate_limit::gcra::{Gcra, micros};
 use crate::rate_limit::{
-    Acquire, Admission, Limit, LimitState, RateLimitKey, RateLimitStore, Settle, Verdict,
+    Acquire, Admission, Limit, LimitState, LimitStates, RateLimitKey, RateLimitStore, Settle,
+    Verdict,
 };
 use crate::store::StoreError;
 
@@ -44,10 +45,10 @@ use crate::store::StoreError;
 ///
 /// Keys are spread over shards (64 by default), each a `Mutex<HashMap>`, so
 /// concurrent admissions of different keys rarely wait on each other and
-/// there is no global lock. A key is held as a 128-bit fingerprint (two
-/// SipHash-1-3 digests under keys drawn at random when the store is built):
-/// the store never keeps the key's text, and two keys sharing a fingerprint is
-/// a 2⁻¹²⁸ event. Each key's state is 32 bytes: one GCRA state (`u64`) for
+/// there is no global lock. A key is held as a 128-bit fingerprint (a
+/// SipHash-1-3 digest under a key drawn at random when the store is built,
+/// and a second, seeded digest): the store never keeps the key's text, and
+/// two live keys sharing a fingerprint is far rarer than a hardware fault. Each key's state is 32 bytes: one GCRA state (`u64`) for
 /// each of its first two limits (more limits take 8 bytes each on the heap),
 /// the time its state is back to full, its in-flight count and a digest of its
 /// limits. With the map's own overhead that is 50 to 120 bytes per key
@@ -83,7 +84,8 @@ pub struct MemoryRateLimitStore {
 struct Inner {
     shards: Box<[Shard]>,
     shard_mask: u64,
-    hash_keys: (RandomState, RandomState),
+    hash_key: RandomState,
+    mix_seed: u64,
     clock: SharedClock,
     epoch: tokio::time::Instant,
     max_keys_per_shard: usize,
@@ -192,6 +194,43 @@ impl Entry {
     }
 }
 
+/// A fast seeded hash for the fingerprint's second half. The first half is
+/// SipHash-1-3 under a random key, already a 64-bit keyed digest; this half
+/// only makes two keys sharing a fingerprint rarer still, and costs a few
+/// multiplications per 8 bytes instead of a second SipHash.
+struct Mix(u64);
+
+impl Hasher for Mix {
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.word(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        // The length tells "ab" from "ab\0".
+        self.word(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+    }
+}
+
+impl Mix {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0 ^ w)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+    }
+}
+
 /// Builds a [`MemoryRateLimitStore`].
 #[derive(Clone)]
 pub struct MemoryRateLimitStoreBuilder {
@@ -258,7 +297,8 @@ impl MemoryRateLimitStoreBuilder {
                     })
                     .collect(),
                 shard_mask: shards as u64 - 1,
-                hash_keys: (RandomState::new(), RandomState::new()),
+                hash_key: RandomState::new(),
+                mix_seed: RandomState::new().hash_one(0x9e37_79b9_7f4a_7c15_u64) | 1,
                 clock,
                 epoch,
                 max_keys_per_shard: self.max_keys.div_ceil(shards).max(1),
@@ -387,8 +427,7 @@ impl Inner {
     }
 
     fn fingerprint(&self, key: RateLimitKey<'_>) -> Fingerprint {
-        let digest = |state: &RandomState| {
-            let mut h = state.build_hasher();
+        fn feed<H: Hasher>(mut h: H, key: RateLimitKey<'_>) -> u64 {
             h.write(key.id.as_bytes());
             if let Some(model) = key.model {
                 // 0xFF never occurs in UTF-8: `("a", "b")` ≠ `("a\u{ff}b", None)`.
@@ -396,8 +435,11 @@ impl Inner {
                 h.write(model.as_bytes());
             }
             h.finish()
-        };
-        Fingerprint(digest(&self.hash_keys.0), digest(&self.hash_keys.1))
+        }
+        Fingerprint(
+            feed(self.hash_key.build_hasher(), key),
+            feed(Mix(self.mix_seed), key),
+        )
     }
 
     fn shard(&self, fp: Fingerprint) -> &Mutex<ShardMap> {
@@ -431,15 +473,14 @@ impl Inner {
         let latest_full_us = u64::from(entry.full_at_s).saturating_mul(1_000_000);
 
         let n = request.limits.len().min(request.costs.len());
-        let mut states = Vec::with_capacity(n);
+        let mut states = LimitStates::new();
         let mut tats = [0u64; 4];
         let mut spilled = Vec::new();
         let mut admitted = true;
         let mut full_at_us = 0u64;
         for (i, (limit, &cost)) in request.limits.iter().zip(request.costs).enumerate() {
             let gcra = Gcra::new(limit);
-            let tat = gcra.clamp(entry.tat(i), now_us, latest_full_us);
-            let d = gcra.check(tat, now_us, cost);
+            let d = gcra.check_clamped(entry.tat(i), now_us, cost, latest_full_us);
             admitted &= d.admitted;
             full_at_us = full_at_us.max(now_us.saturating_add(d.reset_us));
             if i < tats.len() {
@@ -465,7 +506,7 @@ impl Inner {
         if verdict != Verdict::Admitted {
             // Nothing is charged: limits that would have admitted report
             // their state as it is, not as the charge would have left it.
-            for (i, (limit, state)) in request.limits.iter().zip(&mut states).enumerate() {
+            for (i, (limit, state)) in request.limits.iter().zip(states.iter_mut()).enumerate() {
                 if state.admits() {
                     let gcra = Gcra::new(limit);
                     let tat = gcra.clamp(entry.tat(i), now_us, latest_full_us);
