@@ -197,8 +197,10 @@ async fn openai_headers_on_every_response() {
     assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "900");
     assert_eq!(header(&r, "x-ratelimit-reset-tokens"), "36s");
 
+    // Responses still streaming hold their reservations.
+    let mut open = vec![r];
     for _ in 0..2 {
-        send(&mut svc, request(Some(&erin), &chat("m", 98))).await;
+        open.push(send(&mut svc, request(Some(&erin), &chat("m", 98))).await);
     }
     let r = send(&mut svc, request(Some(&erin), &chat("m", 98))).await;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -206,6 +208,7 @@ async fn openai_headers_on_every_response() {
     assert_eq!(header(&r, "x-ratelimit-reset-requests"), "1m0s");
     assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "700");
     assert_eq!(header(&r, "x-ratelimit-reset-tokens"), "1m48s");
+    drop(open);
 }
 
 #[tokio::test(start_paused = true)]
@@ -699,4 +702,130 @@ async fn a_custom_store_clock_drives_windows() {
     tokio::time::advance(Duration::from_secs(1)).await;
     assert_eq!(burst(&mut svc, &tom, 3).await, 1);
     assert_eq!(store.len(), 1);
+}
+
+/// An upstream answering JSON with the given usage, or an SSE stream whose
+/// events are fed by the test.
+fn usage_service(layer: RateLimitLayer, total: u64) -> Svc {
+    BoxCloneService::new(ServiceBuilder::new().layer(layer).service(service_fn(
+        move |_req: Request<Full<Bytes>>| async move {
+            let body = format!(
+                r#"{{"id":"x","object":"chat.completion","choices":[],"usage":{{"prompt_tokens":2,"completion_tokens":{},"total_tokens":{total}}}}}"#,
+                total - 2
+            );
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Full::new(Bytes::from(body)))
+                    .unwrap(),
+            )
+        },
+    )))
+}
+
+/// What is left of `key`'s tokens limit, without charging anything.
+async fn tokens_left(store: &MemoryRateLimitStore, key: &str, limits: &[Limit]) -> Vec<u64> {
+    let costs = vec![0; limits.len()];
+    store
+        .acquire(
+            RateLimitKey::new(key),
+            &Acquire {
+                limits,
+                costs: &costs,
+                max_concurrent: None,
+            },
+        )
+        .await
+        .unwrap()
+        .states
+        .iter()
+        .map(|s| s.remaining)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_are_reserved_then_refunded_to_the_reported_usage() {
+    let limits = [
+        Limit::requests_per_minute(100),
+        Limit::tokens_per_minute(1000),
+    ];
+    let uma = principal("uma", &limits, None);
+    let layer = RateLimitLayer::new();
+    let store = layer.store_ref().clone();
+    let mut svc = usage_service(layer, 12);
+    let r = send(&mut svc, request(Some(&uma), &chat("m", 298))).await;
+    // 300 reserved at admission, and the headers say so.
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "700");
+    assert_eq!(tokens_left(&store, "uma", &limits).await, [99, 700]);
+    // The response reports 12: 288 come back when the body ends.
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(b"{\"id\""));
+    assert_eq!(tokens_left(&store, "uma", &limits).await, [99, 988]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn tokens_used_beyond_the_reservation_are_charged() {
+    let limits = [Limit::tokens_per_minute(1000)];
+    let vic = principal("vic", &limits, None);
+    let layer = RateLimitLayer::new();
+    let store = layer.store_ref().clone();
+    let mut svc = usage_service(layer, 900);
+    // 100 reserved, 900 used: 800 more are charged.
+    let r = send(&mut svc, request(Some(&vic), &chat("m", 98))).await;
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "900");
+    drop(r.into_body().collect().await.unwrap());
+    assert_eq!(tokens_left(&store, "vic", &limits).await, [100]);
+    // 100 fit; 101 do not, until 60 ms have refilled one more.
+    let r = send(&mut svc, request(Some(&vic), &chat("m", 99))).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&r, "retry-after-ms"), "60");
+    tokio::time::advance(Duration::from_millis(60)).await;
+    let r = send(&mut svc, request(Some(&vic), &chat("m", 99))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_dropped_midway_settles_to_its_estimate_and_frees_its_slot() {
+    let limits = [Limit::tokens_per_minute(10_000)];
+    let wes = principal("wes", &limits, Some(1));
+    let senders = Arc::new(Mutex::new(Vec::new()));
+    let inner_senders = senders.clone();
+    let layer = RateLimitLayer::new();
+    let store = layer.store_ref().clone();
+    let mut svc = ServiceBuilder::new().layer(layer).service(service_fn(
+        move |_req: Request<Full<Bytes>>| {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            inner_senders.lock().unwrap().push(tx);
+            async move {
+                Ok::<_, Infallible>(
+                    Response::builder()
+                        .header("content-type", "text/event-stream")
+                        .body(ChannelBody(rx))
+                        .unwrap(),
+                )
+            }
+        },
+    ));
+    let req = || request(Some(&wes), &chat("m", 998));
+    let r = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "9000");
+    assert_eq!(tokens_left(&store, "wes", &limits).await, [9000]);
+    // One in flight: the next waits for the stream.
+    let busy = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // 40 characters of content streamed, then the client hangs up.
+    let tx = senders.lock().unwrap()[0].clone();
+    let chunk = format!(
+        "data: {{\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{}\"}}}}]}}\n\n",
+        "x".repeat(40)
+    );
+    tx.send(Bytes::from(chunk)).await.unwrap();
+    let mut body = r.into_body();
+    body.frame().await.unwrap().unwrap();
+    drop(body);
+    // Settled to the estimate: 2 prompt tokens + 40 / 4 completion tokens.
+    assert_eq!(tokens_left(&store, "wes", &limits).await, [9988]);
+    let next = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(next.status(), StatusCode::OK);
 }

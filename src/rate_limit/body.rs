@@ -2,19 +2,23 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use super::permit::Permit;
+use crate::usage::UsageBody;
 
 pin_project! {
-    /// The inner service's body, which frees the request's concurrency slot
-    /// and settles its token reservation when it ends or is dropped; or a
-    /// rejection rendered by the layer.
+    /// The inner service's body, or a rejection rendered by the layer.
+    ///
+    /// When the request holds a token reservation or a concurrency slot,
+    /// the inner body is observed ([`UsageBody`]): when it ends, fails or is
+    /// dropped, the reservation is settled to the tokens the response used
+    /// and the slot is freed. Streams included: a slot is held until the
+    /// last event, or until the client hangs up.
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -27,7 +31,10 @@ pin_project! {
         Inner {
             #[pin]
             body: B,
-            permit: Option<Permit>,
+        },
+        Observed {
+            #[pin]
+            body: UsageBody<B>,
         },
         Full {
             #[pin]
@@ -37,9 +44,15 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn inner(body: B, permit: Option<Permit>) -> Self {
+    pub(crate) fn inner(body: B) -> Self {
         ResponseBody {
-            kind: Kind::Inner { body, permit },
+            kind: Kind::Inner { body },
+        }
+    }
+
+    pub(crate) fn observed(body: UsageBody<B>) -> Self {
+        ResponseBody {
+            kind: Kind::Observed { body },
         }
     }
 
@@ -62,19 +75,8 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project().kind.project() {
-            KindProj::Inner { mut body, permit } => {
-                let result = ready!(body.as_mut().poll_frame(cx));
-                let ended = match &result {
-                    None | Some(Err(_)) => true,
-                    Some(Ok(_)) => body.is_end_stream(),
-                };
-                if ended {
-                    if let Some(permit) = permit.take() {
-                        permit.settle(None);
-                    }
-                }
-                Poll::Ready(result)
-            }
+            KindProj::Inner { body } => body.poll_frame(cx),
+            KindProj::Observed { body } => body.poll_frame(cx),
             KindProj::Full { body } => match body.poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
                 Poll::Ready(Some(Err(never))) => match never {},
@@ -86,14 +88,16 @@ where
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
-            Kind::Inner { body, .. } => body.is_end_stream(),
+            Kind::Inner { body } => body.is_end_stream(),
+            Kind::Observed { body } => body.is_end_stream(),
             Kind::Full { body } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
-            Kind::Inner { body, .. } => body.size_hint(),
+            Kind::Inner { body } => body.size_hint(),
+            Kind::Observed { body } => body.size_hint(),
             Kind::Full { body } => body.size_hint(),
         }
     }
@@ -103,6 +107,7 @@ impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            Kind::Observed { .. } => f.write_str("ResponseBody::Observed"),
             Kind::Full { .. } => f.write_str("ResponseBody::Full"),
         }
     }

@@ -17,6 +17,7 @@ use super::permit::Permit;
 use super::service::{Plan, Shared, begin, decide, rejection, with_headers};
 use super::{KeyExtractor, RateLimitStore};
 use crate::request::FromBytes;
+use crate::usage::{self, UsageOptions};
 use crate::{ApiError, BoxError};
 
 type MetaFuture<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> + Send>>;
@@ -25,6 +26,7 @@ type MetaFuture<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> +
 pub(crate) struct Admitted {
     pub(crate) headers: HeaderMap,
     pub(crate) permit: Option<Permit>,
+    pub(crate) usage: UsageOptions,
 }
 
 pin_project! {
@@ -133,6 +135,7 @@ where
     K: KeyExtractor<B>,
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -168,9 +171,21 @@ where
                     let admitted = admitted.take();
                     return Poll::Ready(match result {
                         Ok(response) => Ok(match admitted {
-                            Some(Admitted { headers, permit }) => with_headers(response, &headers)
-                                .map(|body| ResponseBody::inner(body, permit)),
-                            None => response.map(|body| ResponseBody::inner(body, None)),
+                            Some(Admitted {
+                                headers,
+                                permit: Some(permit),
+                                usage,
+                            }) => {
+                                let response = with_headers(response, &headers);
+                                usage::observe(response, usage, move |report| {
+                                    permit.settle(Some(report.usage.total_tokens));
+                                })
+                                .map(ResponseBody::observed)
+                            }
+                            Some(Admitted { headers, .. }) => {
+                                with_headers(response, &headers).map(ResponseBody::inner)
+                            }
+                            None => response.map(ResponseBody::inner),
                         }),
                         Err(error) => {
                             // No response, no tokens used: refund the reservation.

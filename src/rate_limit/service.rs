@@ -20,6 +20,7 @@ use super::{
 use crate::request::FromBytes;
 use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
+use crate::usage::UsageOptions;
 use crate::{ApiError, BoxError, Principal, RequestMeta};
 
 /// What every clone of a [`RateLimit`] service shares.
@@ -112,6 +113,7 @@ pub(crate) struct Plan {
     costs: Vec<u64>,
     reserved_tokens: u64,
     max_concurrent: Option<u32>,
+    usage: UsageOptions,
 }
 
 impl<St, K> Shared<St, K> {
@@ -206,6 +208,7 @@ where
             max_concurrent,
         },
     );
+    let usage = meta.map(UsageOptions::from_meta).unwrap_or_default();
     let plan = Plan {
         key: key.into_owned(),
         model,
@@ -213,6 +216,7 @@ where
         costs,
         reserved_tokens,
         max_concurrent,
+        usage,
     };
     State::acquire(future, req, service, plan)
 }
@@ -270,7 +274,11 @@ where
             let future = service.call(req);
             return State::Call {
                 future,
-                admitted: Some(Admitted { headers, permit }),
+                admitted: Some(Admitted {
+                    headers,
+                    permit,
+                    usage: plan.usage,
+                }),
             };
         }
         Verdict::Limited => limited_error(limits, &plan.costs, &admission.states),
@@ -293,6 +301,7 @@ where
             admitted: Some(Admitted {
                 headers,
                 permit: None,
+                usage: plan.usage,
             }),
         };
     }
