@@ -706,7 +706,7 @@ async fn a_custom_store_clock_drives_windows() {
 
 /// An upstream answering JSON with the given usage, or an SSE stream whose
 /// events are fed by the test.
-fn usage_service(layer: RateLimitLayer, total: u64) -> Svc {
+fn usage_service<St: RateLimitStore + Clone>(layer: RateLimitLayer<St>, total: u64) -> Svc {
     BoxCloneService::new(ServiceBuilder::new().layer(layer).service(service_fn(
         move |_req: Request<Full<Bytes>>| async move {
             let body = format!(
@@ -828,4 +828,68 @@ async fn a_stream_dropped_midway_settles_to_its_estimate_and_frees_its_slot() {
     assert_eq!(tokens_left(&store, "wes", &limits).await, [9988]);
     let next = svc.ready().await.unwrap().call(req()).await.unwrap();
     assert_eq!(next.status(), StatusCode::OK);
+}
+
+/// A memory store behind a network-like hop: every answer comes after a
+/// yield, so the layer waits on `acquire` and settles on a spawned task.
+#[derive(Clone, Debug)]
+struct RemoteStore(MemoryRateLimitStore);
+
+impl RateLimitStore for RemoteStore {
+    type AcquireFuture = tollgate::rate_limit::BoxStoreFuture<Admission>;
+    type SettleFuture = tollgate::rate_limit::BoxStoreFuture<()>;
+
+    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
+        let answer = self.0.acquire(key, request);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            answer.await
+        })
+    }
+
+    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
+        let (store, id, model, limits, deltas, release) = (
+            self.0.clone(),
+            key.id.to_owned(),
+            key.model.map(str::to_owned),
+            request.limits.to_vec(),
+            request.deltas.to_vec(),
+            request.release,
+        );
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            let request = Settle {
+                limits: &limits,
+                deltas: &deltas,
+                release,
+            };
+            let key = RateLimitKey::new(&id).with_model(model.as_deref());
+            store.settle(key, &request).await
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn asynchronous_and_boxed_stores() {
+    let memory = MemoryRateLimitStore::new();
+    let limits = [
+        Limit::requests_per_minute(2),
+        Limit::tokens_per_minute(1000),
+    ];
+    let yan = principal("yan", &limits, Some(1));
+    let store = tollgate::rate_limit::BoxRateLimitStore::new(RemoteStore(memory.clone()));
+    let mut svc = usage_service(RateLimitLayer::new().store(store), 12);
+
+    let r = send(&mut svc, request(Some(&yan), &chat("m", 98))).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // In flight: the concurrency slot is taken.
+    let busy = send(&mut svc, request(Some(&yan), &chat("m", 98))).await;
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+    // The body ends; the settlement runs on a task of its own.
+    drop(r.into_body().collect().await.unwrap());
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    assert_eq!(tokens_left(&memory, "yan", &limits).await, [1, 988]);
+    let r = send(&mut svc, request(Some(&yan), &chat("m", 98))).await;
+    assert_eq!(r.status(), StatusCode::OK);
 }

@@ -31,6 +31,10 @@ use crate::Principal;
 ///
 /// Returning `None` marks the request *unkeyed*; the layer's
 /// [`Unkeyed`] policy decides what happens to it.
+///
+/// The key is logged when a request is refused (and in shadow mode): never
+/// return a secret as is. [`HeaderKey`] digests credential headers for that
+/// reason; a closure should do the same.
 pub trait KeyExtractor<B>: Send + Sync + 'static {
     /// The key of `req`, or `None` if it has none.
     fn extract<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>>;
@@ -59,26 +63,49 @@ impl<B> KeyExtractor<B> for PrincipalKey {
 
 /// Keys on the value of a request header (`x-tenant-id`, `x-forwarded-for`
 /// set by a trusted proxy, …). A missing, empty or non-text value is unkeyed.
+///
+/// The value of a credential header (`authorization`,
+/// `proxy-authorization`, `x-api-key`, `api-key`, `cookie`) is never used as
+/// is: the key is `sha256:` and the first 32 hex digits of its SHA-256, so
+/// the secret is neither held by the store nor written to logs. (Behind an
+/// `AuthLayer`, prefer the default [`PrincipalKey`].)
 #[derive(Debug, Clone)]
 pub struct HeaderKey {
     name: HeaderName,
+    digest: bool,
 }
 
 impl HeaderKey {
     /// Keys on the header `name`.
     pub fn new(name: HeaderName) -> Self {
-        HeaderKey { name }
+        let digest = matches!(
+            name.as_str(),
+            "authorization" | "proxy-authorization" | "x-api-key" | "api-key" | "cookie"
+        );
+        HeaderKey { name, digest }
     }
 }
 
 impl<B> KeyExtractor<B> for HeaderKey {
     fn extract<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
-        req.headers()
+        let value = req
+            .headers()
             .get(&self.name)
             .and_then(|v| v.to_str().ok())
             .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(Cow::Borrowed)
+            .filter(|v| !v.is_empty())?;
+        if !self.digest {
+            return Some(Cow::Borrowed(value));
+        }
+        use sha2::Digest;
+        use std::fmt::Write;
+        let hash = sha2::Sha256::digest(value.as_bytes());
+        let mut key = String::with_capacity(39);
+        key.push_str("sha256:");
+        for byte in &hash[..16] {
+            let _ = write!(key, "{byte:02x}");
+        }
+        Some(Cow::Owned(key))
     }
 }
 
@@ -134,6 +161,13 @@ mod tests {
         req.headers_mut()
             .insert("x-tenant", "acme".parse().unwrap());
         assert_eq!(header.extract(&req).as_deref(), Some("acme"));
+
+        let bearer = HeaderKey::new(http::header::AUTHORIZATION);
+        req.headers_mut()
+            .insert("authorization", "Bearer sk-secret".parse().unwrap());
+        let key = bearer.extract(&req).unwrap();
+        assert!(key.starts_with("sha256:") && key.len() == 39, "{key}");
+        assert!(!key.contains("sk-secret"));
 
         let closure = |req: &Request<()>| Some(req.uri().path().to_owned());
         assert_eq!(closure.extract(&req).as_deref(), Some("/"));

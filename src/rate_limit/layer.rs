@@ -127,6 +127,10 @@ impl<St, K> RateLimitLayer<St, K> {
     /// 60 per minute for each model it calls (default off). The model comes
     /// from the request body's `model`; requests without one share the key's
     /// unscoped state. The concurrency limit is scoped alike.
+    ///
+    /// The model is the client's word: put a model allow-list in front
+    /// (`AuthLayer`'s allowed models, or a router refusing unknown models),
+    /// or a client can multiply its quota by inventing model names.
     pub fn per_model(mut self, enabled: bool) -> Self {
         self.config.per_model = enabled;
         self
@@ -141,6 +145,9 @@ impl<St, K> RateLimitLayer<St, K> {
     /// Shadow mode (default off): count and send headers as usual, log each
     /// request that would have been refused (`tracing` at `warn`), and
     /// refuse none. For rolling limits out: watch the logs, then enforce.
+    /// A request that would have been refused is not counted, just as it
+    /// would not have been when enforcing, so the counts (and headers) are
+    /// those clients will see once the limits are enforced.
     pub fn shadow(mut self, enabled: bool) -> Self {
         self.config.shadow = enabled;
         self
@@ -221,7 +228,7 @@ impl<S, St: RateLimitStore + Clone, K: Clone> Layer<S> for RateLimitLayer<St, K>
     }
 }
 
-impl<St: fmt::Debug, K: fmt::Debug> fmt::Debug for RateLimitLayer<St, K> {
+impl<St: fmt::Debug, K> fmt::Debug for RateLimitLayer<St, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitLayer")
             .field("limits", &self.config.limits)
@@ -233,7 +240,7 @@ impl<St: fmt::Debug, K: fmt::Debug> fmt::Debug for RateLimitLayer<St, K> {
             .field("on_store_error", &self.config.failure_policy)
             .field("unkeyed", &self.config.unkeyed)
             .field("store", &self.store)
-            .field("extractor", &self.extractor)
+            .field("extractor", &std::any::type_name::<K>())
             .finish_non_exhaustive()
     }
 }

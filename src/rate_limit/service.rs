@@ -68,13 +68,13 @@ impl<S: Clone, St, K> Clone for RateLimit<S, St, K> {
     }
 }
 
-impl<S: fmt::Debug, St: fmt::Debug, K: fmt::Debug> fmt::Debug for RateLimit<S, St, K> {
+impl<S: fmt::Debug, St: fmt::Debug, K> fmt::Debug for RateLimit<S, St, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimit")
             .field("inner", &self.inner)
             .field("limits", &self.shared.config.limits)
             .field("store", &self.shared.store)
-            .field("extractor", &self.shared.extractor)
+            .field("extractor", &std::any::type_name::<K>())
             .finish_non_exhaustive()
     }
 }

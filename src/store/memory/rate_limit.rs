@@ -63,7 +63,8 @@ use crate::store::StoreError;
 ///   (default 60 s), and gives memory back when it has shrunk to a quarter;
 ///   [`sweep`](MemoryRateLimitStore::sweep) sweeps every shard now.
 /// - **A hard cap on keys** ([`max_keys`](MemoryRateLimitStoreBuilder::max_keys),
-///   default 1,000,000, split evenly over the shards). When a new key arrives
+///   default 1,000,000, about 100 MB; split evenly over the shards, so a shard
+///   may reach its share a little before the store reaches the cap). When a new key arrives
 ///   at a full shard, the shard first evicts its idle keys (at most once a
 ///   second); if none are idle, it evicts, among 32 of its keys, the one with
 ///   nothing in flight that will be back to full soonest. That key's next
