@@ -50,12 +50,15 @@ impl<'a> RateLimitKey<'a> {
     }
 }
 
+/// `alice`, or `alice (model gpt-4o)`, with control characters escaped: a
+/// key or a model may come from the client, and this is what logs show.
 impl fmt::Display for RateLimitKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.model {
-            Some(model) => write!(f, "{} ({model})", self.id),
-            None => f.write_str(self.id),
+        write!(f, "{}", self.id.escape_debug())?;
+        if let Some(model) = self.model {
+            write!(f, " (model {})", model.escape_debug())?;
         }
+        Ok(())
     }
 }
 
@@ -321,6 +324,12 @@ impl RateLimitStore for BoxRateLimitStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_display_escaped() {
+        let key = RateLimitKey::new("a\nb").with_model(Some("m\u{1b}[31m"));
+        assert_eq!(key.to_string(), "a\\nb (model m\\u{1b}[31m)");
+    }
 
     #[test]
     fn limit_states_spill_past_two() {
