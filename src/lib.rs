@@ -33,6 +33,8 @@
 //! | [`rate_limit`] | `RateLimitLayer` | how many requests and tokens each key may use, and when |
 //! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
 //! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
+//! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |
+//! | [`budget`] | `BudgetLayer` | what each request costs, and when a key, team or org has spent enough (402) or run out of prepaid funds (403) |
 //!
 //! ## Feature flags
 //!
