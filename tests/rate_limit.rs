@@ -893,3 +893,40 @@ async fn asynchronous_and_boxed_stores() {
     let r = send(&mut svc, request(Some(&yan), &chat("m", 98))).await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test(start_paused = true)]
+async fn behind_auth_and_an_envelope() {
+    use tollgate::auth::AuthLayer;
+    use tollgate::store::memory::MemoryKeyStore;
+
+    let (secret, mut record) = KeyRecord::generate().unwrap();
+    record.rate_limits = vec![
+        Limit::requests_per_minute(1),
+        Limit::tokens_per_minute(1000),
+    ];
+    let keys = MemoryKeyStore::new();
+    keys.insert(record).unwrap();
+    let mut svc = ServiceBuilder::new()
+        .layer(ErrorEnvelopeLayer::new())
+        .layer(AuthLayer::new(keys))
+        .layer(RateLimitLayer::new())
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }));
+    let req = || {
+        Request::post("/v1/chat/completions")
+            .header("authorization", format!("Bearer {}", secret.expose()))
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(chat("gpt-4o", 98))))
+            .unwrap()
+    };
+    let r = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(header(&r, "x-ratelimit-remaining-tokens"), "900");
+    let r = svc.ready().await.unwrap().call(req()).await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&r, "retry-after"), "60");
+    assert!(r.headers().contains_key("x-request-id"));
+    let text = String::from_utf8(error_json(r).await.to_string().into_bytes()).unwrap();
+    assert!(!text.contains(secret.expose()));
+}
