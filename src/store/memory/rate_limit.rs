@@ -52,7 +52,8 @@ use crate::store::StoreError;
 /// each of its first two limits (more limits take 8 bytes each on the heap),
 /// the time its state is back to full, its in-flight count and a digest of its
 /// limits. With the map's own overhead that is 50 to 120 bytes per key
-/// (`benches/rate_limit.rs` measures it).
+/// (`benches/rate_limit.rs` measures it). The in-flight count is 16 bits: a
+/// concurrency limit above 65,535 per key acts as 65,535.
 ///
 /// # Bounded
 ///
