@@ -176,14 +176,14 @@ where
                                 permit: Some(permit),
                                 usage,
                             }) => {
-                                let response = with_headers(response, &headers);
+                                let response = with_headers(response, headers);
                                 usage::observe(response, usage, move |report| {
                                     permit.settle(Some(report.usage.total_tokens));
                                 })
                                 .map(ResponseBody::observed)
                             }
                             Some(Admitted { headers, .. }) => {
-                                with_headers(response, &headers).map(ResponseBody::inner)
+                                with_headers(response, headers).map(ResponseBody::inner)
                             }
                             None => response.map(ResponseBody::inner),
                         }),
@@ -198,7 +198,7 @@ where
                 }
                 StateProj::Reject { error, headers } => {
                     let error = error.take().unwrap_or_else(ApiError::internal);
-                    return Poll::Ready(Ok(rejection(error, headers)));
+                    return Poll::Ready(Ok(rejection(error, std::mem::take(headers))));
                 }
             };
             this.state.set(next);

@@ -139,32 +139,102 @@ pub fn format_duration(d: Duration) -> String {
         .as_millis()
         .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
     let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-    if ms == 0 {
-        return "0s".into();
-    }
+    let mut out = String::with_capacity(16);
     if ms < 1000 {
-        return format!("{ms}ms");
+        push_u64(&mut out, ms);
+        out.push_str(if ms == 0 { "s" } else { "ms" });
+        return out;
     }
     let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
-    let mut out = String::new();
     if h > 0 {
-        let _ = write!(out, "{h}h");
+        push_u64(&mut out, h);
+        out.push('h');
     }
     if h > 0 || m > 0 {
-        let _ = write!(out, "{m}m");
+        push_u64(&mut out, m);
+        out.push('m');
     }
-    let _ = write!(out, "{s}");
+    push_u64(&mut out, s);
     if frac > 0 {
-        let digits = format!("{frac:03}");
-        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+        out.push('.');
+        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let used = if frac % 100 == 0 {
+            1
+        } else if frac % 10 == 0 {
+            2
+        } else {
+            3
+        };
+        for d in &digits[..used] {
+            out.push(char::from(b'0' + *d as u8));
+        }
     }
     out.push('s');
     out
 }
 
+/// Decimal digits of `n`, without the formatting machinery.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `fmt`-based formatting `format_duration` replaced.
+    fn reference(d: Duration) -> String {
+        let ms = d
+            .as_millis()
+            .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
+        let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        if ms == 0 {
+            return "0s".into();
+        }
+        if ms < 1000 {
+            return format!("{ms}ms");
+        }
+        let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+        let mut out = String::new();
+        if h > 0 {
+            let _ = write!(out, "{h}h");
+        }
+        if h > 0 || m > 0 {
+            let _ = write!(out, "{m}m");
+        }
+        let _ = write!(out, "{s}");
+        if frac > 0 {
+            let digits = format!("{frac:03}");
+            let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+        }
+        out.push('s');
+        out
+    }
+
+    #[test]
+    fn durations_match_the_reference() {
+        let mut ms: u64 = 0;
+        while ms < 10_000_000_000 {
+            let d = Duration::from_millis(ms);
+            assert_eq!(format_duration(d), reference(d), "{ms}");
+            let d = Duration::from_micros(ms * 7 + 3);
+            assert_eq!(format_duration(d), reference(d), "{ms}");
+            ms = ms * 5 / 4 + 1;
+        }
+        for d in [Duration::MAX, Duration::from_millis(u64::MAX)] {
+            assert_eq!(format_duration(d), reference(d));
+        }
+    }
 
     #[test]
     fn durations_like_openai() {

@@ -357,15 +357,29 @@ fn ceil_millis(d: Duration) -> Duration {
 }
 
 /// A response carrying the admission's headers.
-pub(crate) fn with_headers<B>(mut response: Response<B>, headers: &HeaderMap) -> Response<B> {
+pub(crate) fn with_headers<B>(mut response: Response<B>, headers: HeaderMap) -> Response<B> {
+    let target = response.headers_mut();
+    // Moved, not cloned. Each name replaces the response's values; a name
+    // with several values (`None` after the first) keeps them all.
+    let mut last = None;
     for (name, value) in headers {
-        response.headers_mut().insert(name.clone(), value.clone());
+        match name {
+            Some(name) => {
+                target.insert(name.clone(), value);
+                last = Some(name);
+            }
+            None => {
+                if let Some(name) = &last {
+                    target.append(name.clone(), value);
+                }
+            }
+        }
     }
     response
 }
 
 /// The rejection response: the error rendered, with the limit headers.
-pub(crate) fn rejection<B>(error: ApiError, headers: &HeaderMap) -> Response<ResponseBody<B>> {
+pub(crate) fn rejection<B>(error: ApiError, headers: HeaderMap) -> Response<ResponseBody<B>> {
     with_headers(error.into_response(), headers).map(ResponseBody::full)
 }
 
