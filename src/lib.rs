@@ -30,6 +30,7 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`rate_limit`] | `RateLimitLayer` | how many requests and tokens each key may use, and when |
 //! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
 //! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
 //! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |

@@ -5,3 +5,6 @@ pub use self::keys::{DuplicateSecret, MemoryKeyStore};
 mod ledger;
 
 pub use self::ledger::MemoryLedger;
+
+mod rate_limit;
+pub use self::rate_limit::{MemoryRateLimitStore, MemoryRateLimitStoreBuilder};
