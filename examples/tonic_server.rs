@@ -23,11 +23,12 @@
 //! The demo prints:
 //!
 //! ```text
-//! no key                 → UNAUTHENTICATED: Missing API key. ...
-//! alice, call 1          → OK: alice said: hello 1
+//! no key                 → UNAUTHENTICATED: You didn't provide an API key. Send it in the `Authorization` header ...
+//! alice, call 1          → OK: alice said: hello 1 (remaining: 4)
 //! ...
+//! alice, call 5          → OK: alice said: hello 5 (remaining: 0)
 //! alice, call 6          → RESOURCE_EXHAUSTED: Rate limit exceeded: 5 requests per minute (retry-after: 12 s)
-//! bob, call 1            → OK: bob said: hello 1
+//! bob, call 1            → OK: bob said: hello 1 (remaining: 4)
 //! ```
 //!
 //! The service and its client are written by hand (`support/echo_grpc.rs`,
@@ -37,6 +38,7 @@
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -44,6 +46,7 @@ use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::rate_limit::{Limit, RateLimitLayer};
 use tollgate::store::memory::MemoryKeyStore;
+use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Status};
@@ -180,18 +183,26 @@ async fn connect_url(url: String) -> Result<Channel, Error> {
     Ok(channel)
 }
 
-/// `OK: <reply>` or `CODE: <message>`, with `retry-after` when the server
-/// sent one.
-fn describe(result: &Result<String, Status>) -> String {
+/// `OK: <reply>` or `CODE: <message>`, with what the server said about the
+/// caller's limit: requests left on success, `retry-after` on refusal.
+fn describe(result: &Result<tonic::Response<String>, Status>) -> String {
+    let header = |metadata: &MetadataMap, name: &str| {
+        metadata
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     match result {
-        Ok(reply) => format!("OK: {reply}"),
+        Ok(response) => {
+            let mut line = format!("OK: {}", response.get_ref());
+            if let Some(left) = header(response.metadata(), "x-ratelimit-remaining-requests") {
+                line.push_str(&format!(" (remaining: {left})"));
+            }
+            line
+        }
         Err(status) => {
             let mut line = format!("{}: {}", code_name(status.code()), status.message());
-            if let Some(after) = status
-                .metadata()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-            {
+            if let Some(after) = header(status.metadata(), "retry-after") {
                 line.push_str(&format!(" (retry-after: {after} s)"));
             }
             line
@@ -232,9 +243,10 @@ enum Mode {
         key: Option<String>,
         text: String,
     },
+    Help,
 }
 
-fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, Error> {
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, String> {
     let mut listen = SocketAddr::from((Ipv4Addr::LOCALHOST, 50051));
     let mut exit_after_demo = false;
     let mut call = None;
@@ -250,8 +262,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, Error> {
             "--demo" => exit_after_demo = true,
             "--call" => call = Some(value("--call")?),
             "--key" => key = Some(value("--key")?),
-            "-h" | "--help" => return Err(USAGE.into()),
-            _ if arg.starts_with("--") => return Err(format!("unknown flag {arg}\n{USAGE}").into()),
+            "-h" | "--help" => return Ok(Mode::Help),
+            _ if arg.starts_with('-') => return Err(format!("unknown flag {arg}")),
             _ => words.push(arg),
         }
     }
@@ -265,9 +277,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, Error> {
                 words.join(" ")
             },
         }),
-        None if key.is_some() || !words.is_empty() => {
-            Err(format!("--key and TEXT go with --call\n{USAGE}").into())
-        }
+        None if key.is_some() || !words.is_empty() => Err("--key and TEXT go with --call".into()),
         None => Ok(Mode::Serve {
             listen,
             exit_after_demo,
@@ -276,47 +286,80 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Mode, Error> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Error> {
-    match parse_args(std::env::args().skip(1))? {
+async fn main() -> ExitCode {
+    let mode = match parse_args(std::env::args().skip(1)) {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("{e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(mode).await {
+        Ok(code) => code,
+        Err(e) => {
+            // The whole chain: tonic's "transport error" alone says little.
+            let mut line = format!("error: {e}");
+            let mut source = e.source();
+            while let Some(cause) = source {
+                line.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            eprintln!("{line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(mode: Mode) -> Result<ExitCode, Error> {
+    let (listen, exit_after_demo) = match mode {
+        Mode::Help => {
+            println!("{USAGE}");
+            return Ok(ExitCode::SUCCESS);
+        }
         Mode::Call { url, key, text } => {
             let channel = connect_url(url).await?;
             let result = call_say(channel, key.as_deref(), &text).await;
             println!("{}", describe(&result));
-            result.map(drop).map_err(Into::into)
+            return Ok(if result.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            });
         }
         Mode::Serve {
             listen,
             exit_after_demo,
-        } => {
-            let listener = TcpListener::bind(listen)
-                .await
-                .map_err(|e| format!("listening on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
-            let addr = listener.local_addr()?;
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let shutdown = async move {
-                tokio::select! {
-                    _ = stopped => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            };
-            let server = tokio::spawn(serve(listener, demo_keys(), shutdown));
-            println!(
-                "serving {} on {addr}: API key required, {REQUESTS_PER_MINUTE} requests per minute per key\n",
-                echo_grpc::SERVICE
-            );
+        } => (listen, exit_after_demo),
+    };
 
-            let outcome = demo(addr).await;
-            if exit_after_demo || outcome.is_err() {
-                let _ = stop.send(());
-                server.await??;
-                return outcome;
-            }
-            println!(
-                "\nstill serving; Ctrl-C to stop. Try:\n  \
-                 cargo run --example tonic_server -- --call http://{addr} --key {BOB_KEY} hello"
-            );
-            server.await??;
-            Ok(())
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("listening on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
+    let addr = listener.local_addr()?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let shutdown = async move {
+        tokio::select! {
+            _ = stopped => {}
+            _ = tokio::signal::ctrl_c() => {}
         }
+    };
+    let server = tokio::spawn(serve(listener, demo_keys(), shutdown));
+    println!(
+        "serving {} on {addr}: API key required, {REQUESTS_PER_MINUTE} requests per minute per key\n",
+        echo_grpc::SERVICE
+    );
+
+    let outcome = demo(addr).await;
+    if exit_after_demo || outcome.is_err() {
+        let _ = stop.send(());
+        server.await??;
+        outcome.map_err(|e| format!("unexpected demo outcome: {e}"))?;
+        return Ok(ExitCode::SUCCESS);
     }
+    println!(
+        "\nstill serving; Ctrl-C to stop. Try:\n  \
+         cargo run --example tonic_server -- --call http://{addr} --key {BOB_KEY} hello"
+    );
+    server.await??;
+    Ok(ExitCode::SUCCESS)
 }

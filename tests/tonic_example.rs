@@ -50,8 +50,14 @@ async fn no_key_then_ok_then_resource_exhausted() {
         assert!(!wrong.message().contains("sk-tollgate-demo-eve"));
 
         for n in 1..=REQUESTS_PER_MINUTE {
-            let reply = call_say(channel.clone(), Some(ALICE_KEY), &format!("hi {n}")).await;
-            assert_eq!(reply.unwrap(), format!("alice said: hi {n}"));
+            let reply = call_say(channel.clone(), Some(ALICE_KEY), &format!("hi {n}"))
+                .await
+                .unwrap();
+            // The rate-limit headers reach the client as response metadata.
+            let left = reply.metadata().get("x-ratelimit-remaining-requests");
+            let left = left.unwrap().to_str().unwrap().parse::<u64>().unwrap();
+            assert_eq!(left, REQUESTS_PER_MINUTE - n);
+            assert_eq!(reply.into_inner(), format!("alice said: hi {n}"));
         }
 
         let over = call_say(channel.clone(), Some(ALICE_KEY), "one more")
@@ -72,7 +78,7 @@ async fn no_key_then_ok_then_resource_exhausted() {
 
         // Limits are per key: Bob still has all of his.
         let bob = call_say(channel.clone(), Some(BOB_KEY), "hi").await;
-        assert_eq!(bob.unwrap(), "bob said: hi");
+        assert_eq!(bob.unwrap().into_inner(), "bob said: hi");
     };
     tokio::time::timeout(BOUND, run).await.unwrap();
     stop.send(()).unwrap();

@@ -125,8 +125,13 @@ where
 }
 
 /// The client side: calls `Say` over `channel`, with `key` (if any) sent
-/// the way the OpenAI SDKs send it, as `authorization: Bearer <key>`.
-pub async fn call_say(channel: Channel, key: Option<&str>, text: &str) -> Result<String, Status> {
+/// the way the OpenAI SDKs send it, as `authorization: Bearer <key>`. The
+/// response's metadata holds the server's headers (`x-ratelimit-*`).
+pub async fn call_say(
+    channel: Channel,
+    key: Option<&str>,
+    text: &str,
+) -> Result<Response<String>, Status> {
     let mut client = tonic::client::Grpc::new(channel);
     client
         .ready()
@@ -140,6 +145,5 @@ pub async fn call_say(channel: Channel, key: Option<&str>, text: &str) -> Result
         request.metadata_mut().insert("authorization", value);
     }
     let path = http::uri::PathAndQuery::from_static(SAY);
-    let response = client.unary(request, path, Utf8).await?;
-    Ok(response.into_inner())
+    client.unary(request, path, Utf8).await
 }
