@@ -76,7 +76,8 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
     let mut pricing = Pricing::new();
     for m in models {
         let price = |usd: f64, field: &str| {
-            TokenPrice::from_usd_per_million(usd).map_err(|e| format!("models.{}.{field}: {e}", m.name))
+            TokenPrice::from_usd_per_million(usd)
+                .map_err(|e| format!("models.{}.{field}: {e}", m.name))
         };
         let input = price(m.input_usd_per_million, "input_usd_per_million")?;
         let output = price(m.output_usd_per_million, "output_usd_per_million")?;
@@ -98,7 +99,10 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
 }
 
 /// The whole application as an axum `Router`.
-pub fn router(config: Config, upstream_url: String) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+pub fn router(
+    config: Config,
+    upstream_url: String,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let keys = MemoryKeyStore::new();
     for entry in config.keys.iter().cloned() {
         keys.insert(KeyEntry::into_record(entry)?)?;
@@ -113,7 +117,7 @@ pub fn router(config: Config, upstream_url: String) -> Result<Router, Box<dyn st
         _ => HeaderStyle::OpenAi,
     };
     let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
-    let idle = Duration::from_secs(config.stream_idle_timeout_secs);
+    let _idle = Duration::from_secs(config.stream_idle_timeout_secs);
     let gateway = Arc::new(Gateway {
         config,
         pricing: pricing.clone(),
@@ -126,8 +130,7 @@ pub fn router(config: Config, upstream_url: String) -> Result<Router, Box<dyn st
         .layer(
             ServiceBuilder::new()
                 .layer(RateLimitLayer::new().headers(header_style))
-                .layer(BudgetLayer::with_ledger(pricing, ledger))
-
+                .layer(BudgetLayer::with_ledger(pricing, ledger)),
         );
     let authed = Router::new()
         .route("/v1/models", get(list_models))
@@ -140,12 +143,19 @@ pub fn router(config: Config, upstream_url: String) -> Result<Router, Box<dyn st
                 .layer(middleware::from_fn_with_state(gateway.clone(), check_model)),
         );
     Ok(Router::new()
-        .route("/health", get(|| async { axum::Json(json!({"status": "ok"})) }))
+        .route(
+            "/health",
+            get(|| async { axum::Json(json!({"status": "ok"})) }),
+        )
         .merge(authed)
         .fallback(|| async { ApiError::not_found().with_message("Unknown path.") })
         .layer(
             ServiceBuilder::new()
-                .layer(ErrorEnvelopeLayer::new().format(error_format).catch_panic(true))
+                .layer(
+                    ErrorEnvelopeLayer::new()
+                        .format(error_format)
+                        .catch_panic(true),
+                )
                 .layer(middleware::from_fn_with_state(gateway, access_log)),
         ))
 }
@@ -163,7 +173,10 @@ async fn check_model(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
     };
     if let Some(slot) = req.extensions().get::<LogSlot>() {
         if let Ok(mut fields) = slot.0.lock() {
-            fields.0 = req.extensions().get::<Principal>().map(|p| p.key_id().to_owned());
+            fields.0 = req
+                .extensions()
+                .get::<Principal>()
+                .map(|p| p.key_id().to_owned());
             fields.1 = meta.model.clone();
         }
     }
@@ -259,7 +272,11 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
     req.extensions_mut().insert(slot.clone());
     let response = next.run(req).await;
     let (key, model) = slot.0.lock().map(|g| g.clone()).unwrap_or_default();
-    let attempts = response.extensions().get::<RetryInfo>().map(|r| r.attempts).unwrap_or(0);
+    let attempts = response
+        .extensions()
+        .get::<RetryInfo>()
+        .map(|r| r.attempts)
+        .unwrap_or(0);
     let status = response.status().as_u16();
     let log = move |report: Option<&UsageReport>| {
         let tokens = report.map(|r| r.usage.total_tokens).unwrap_or(0);

@@ -228,7 +228,10 @@ impl Config {
         self.error_format
             .parse::<tollgate::ErrorFormat>()
             .map_err(|e| invalid(format!("error_format: {e}")))?;
-        if !matches!(self.rate_limit_headers.as_str(), "openai" | "timestamp" | "ietf" | "none") {
+        if !matches!(
+            self.rate_limit_headers.as_str(),
+            "openai" | "timestamp" | "ietf" | "none"
+        ) {
             return Err(invalid(format!(
                 "rate_limit_headers: expected openai, timestamp, ietf or none, got {:?}",
                 self.rate_limit_headers
@@ -240,12 +243,18 @@ impl Config {
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             if !names.insert(model.name.as_str()) {
-                return Err(invalid(format!("models[{i}].name: duplicate model {:?}", model.name)));
+                return Err(invalid(format!(
+                    "models[{i}].name: duplicate model {:?}",
+                    model.name
+                )));
             }
             for (field, price) in [
                 ("input_usd_per_million", Some(model.input_usd_per_million)),
                 ("output_usd_per_million", Some(model.output_usd_per_million)),
-                ("cached_input_usd_per_million", model.cached_input_usd_per_million),
+                (
+                    "cached_input_usd_per_million",
+                    model.cached_input_usd_per_million,
+                ),
             ] {
                 if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
                     return Err(invalid(format!(
@@ -257,7 +266,10 @@ impl Config {
         let mut ids = HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             if !ids.insert(key.id.as_str()) {
-                return Err(invalid(format!("keys[{i}].id: duplicate key id {:?}", key.id)));
+                return Err(invalid(format!(
+                    "keys[{i}].id: duplicate key id {:?}",
+                    key.id
+                )));
             }
         }
         Ok(())

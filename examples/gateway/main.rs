@@ -95,7 +95,11 @@ async fn main() -> ExitCode {
         eprintln!("error: {error}");
         return ExitCode::from(2);
     }
-    let first_model = config.models.first().map(|m| m.name.clone()).unwrap_or_else(|| "MODEL".into());
+    let first_model = config
+        .models
+        .first()
+        .map(|m| m.name.clone())
+        .unwrap_or_else(|| "MODEL".into());
     let running = match app::start(config).await {
         Ok(running) => running,
         Err(error) => {

@@ -23,7 +23,8 @@ use tower::{ServiceBuilder, ServiceExt};
 use crate::config::Config;
 
 /// The client stack towards the upstream.
-pub type UpstreamClient = BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
+pub type UpstreamClient =
+    BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
 
 /// Where and how to reach the upstream.
 #[derive(Clone)]
@@ -77,12 +78,20 @@ impl Upstream {
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(State(upstream): State<Arc<Upstream>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let meta = parts.extensions.get::<RequestMeta>().cloned().unwrap_or_default();
+    let meta = parts
+        .extensions
+        .get::<RequestMeta>()
+        .cloned()
+        .unwrap_or_default();
     // The body was read once already by an inner layer; collecting it again
     // only takes the buffered bytes back out.
     let bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(_) => return reject(ApiError::invalid_request().with_message("The request body could not be read.")),
+        Err(_) => {
+            return reject(
+                ApiError::invalid_request().with_message("The request body could not be read."),
+            );
+        }
     };
     // Ask the upstream for usage even when the client did not, so streams are
     // always billed from reported usage; strip it again on the way back.
