@@ -262,7 +262,17 @@ mod tests {
 
     #[test]
     fn decimal_matches_the_reference() {
-        let mut cases = vec![0, 1, -1, 10, 100, 1_000_000_000, -250_000_000, i64::MAX, i64::MIN];
+        let mut cases = vec![
+            0,
+            1,
+            -1,
+            10,
+            100,
+            1_000_000_000,
+            -250_000_000,
+            i64::MAX,
+            i64::MIN,
+        ];
         cases.extend((0..63).map(|b| 1i64 << b));
         cases.extend((0..63).map(|b| -(1i64 << b) + 7));
         let mut x: u64 = 0x9e37_79b9_7f4a_7c15;

@@ -254,9 +254,11 @@ impl BudgetHeaders {
             }),
             remaining: HeaderValue::from_bytes(status.remaining().decimal().as_bytes()).ok(),
             reset: status.period.end.and_then(|end| {
-                cached(&LAST_RESET, end, |end| match crate::time::rfc3339_bytes(end) {
-                    Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
-                    None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
+                cached(&LAST_RESET, end, |end| {
+                    match crate::time::rfc3339_bytes(end) {
+                        Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
+                        None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
+                    }
                 })
             }),
         }
