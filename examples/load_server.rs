@@ -1,0 +1,175 @@
+//! The server of the load benchmark (`benches/load/run.sh`): one fixed chat
+//! completion handler, served bare or behind the whole tollgate server stack.
+//!
+//! ```text
+//! cargo run --release --example load_server -- --mode full --listen 127.0.0.1:8787
+//! cargo run --release --example load_server --features redis -- --mode full-redis --redis redis://127.0.0.1:6379/0
+//! ```
+//!
+//! `POST /v1/chat/completions` answers a fixed ~300-byte completion with
+//! usage (or, with `--stream`, a stream of 200 `chat.completion.chunk`
+//! events, the last with usage, then `data: [DONE]`). The handler reads the
+//! request body, as a proxy would.
+//!
+//! Modes:
+//! - `bare`: the handler in axum, nothing else.
+//! - `full`: `ErrorEnvelope → Auth → RateLimit (requests + tokens) → Budget →
+//!   StreamErrorTrailer → handler`, memory stores. Limits and the budget are
+//!   large enough never to refuse; every request is checked and charged.
+//! - `full-redis` (feature `redis`): the same, with the rate limit store and
+//!   the ledger in Redis.
+//!
+//! The key is [`KEY`]; `--keys N` adds `N - 1` more keys to the key store
+//! (to see lookups in a large store).
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use axum::routing::post;
+use tollgate::ErrorEnvelopeLayer;
+use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
+use tollgate::budget::{BudgetLayer, BudgetScope, BudgetSpec, ModelPrice, Money, Period, Pricing};
+use tollgate::rate_limit::{Limit, RateLimitLayer};
+use tollgate::store::memory::{MemoryKeyStore, MemoryLedger};
+use tower::ServiceBuilder;
+
+/// The API key the load script sends.
+pub const KEY: &str = "sk-load-0123456789abcdef0123456789abcdef";
+
+/// The non-streamed answer: 300 bytes with usage.
+const COMPLETION: &str = concat!(
+    r#"{"id":"chatcmpl-load0000000000000000000","object":"chat.completion","created":1700000000,"#,
+    r#""model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help?"},"#,
+    r#""finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":7,"total_tokens":19}}"#,
+);
+
+/// One streamed event.
+const CHUNK: &str = "data: {\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" word\"},\"finish_reason\":null}]}\n\n";
+
+/// The last streamed events: usage, then the end marker.
+const TAIL: &str = "data: {\"id\":\"chatcmpl-load\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":199,\"total_tokens\":211}}\n\ndata: [DONE]\n\n";
+
+struct Args {
+    mode: String,
+    listen: SocketAddr,
+    stream: bool,
+    keys: usize,
+    redis: String,
+}
+
+fn args() -> Result<Args, String> {
+    let mut args = Args {
+        mode: "bare".into(),
+        listen: SocketAddr::from(([127, 0, 0, 1], 8787)),
+        stream: false,
+        keys: 1,
+        redis: "redis://127.0.0.1:6379/0".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--mode" => args.mode = value()?,
+            "--listen" => args.listen = value()?.parse().map_err(|e| format!("--listen: {e}"))?,
+            "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
+            "--redis" => args.redis = value()?,
+            "--stream" => args.stream = true,
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(args)
+}
+
+async fn completion(body: Bytes) -> Response {
+    std::hint::black_box(body);
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(COMPLETION))
+        .unwrap_or_default()
+}
+
+async fn stream(body: Bytes) -> Response {
+    std::hint::black_box(body);
+    let mut events = Vec::with_capacity(201);
+    events.extend(std::iter::repeat_n(
+        Bytes::from_static(CHUNK.as_bytes()),
+        199,
+    ));
+    events.push(Bytes::from_static(TAIL.as_bytes()));
+    let frames =
+        futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(frames))
+        .unwrap_or_default()
+}
+
+fn handler(args: &Args) -> Router {
+    if args.stream {
+        Router::new().route("/v1/chat/completions", post(stream))
+    } else {
+        Router::new().route("/v1/chat/completions", post(completion))
+    }
+}
+
+/// The key the load script sends, and `extra` more: limits and budget far
+/// above what a benchmark can spend.
+fn keys(extra: usize) -> Result<MemoryKeyStore, Box<dyn std::error::Error>> {
+    let store = MemoryKeyStore::new();
+    let mut record = KeyRecord::new("load", KeyHash::of(KEY));
+    record.rate_limits = vec![
+        Limit::requests_per_minute(1 << 30),
+        Limit::tokens_per_minute(1 << 36),
+    ];
+    record.budgets.push(BudgetSpec::budget(
+        BudgetScope::Key("load".into()),
+        Money::from_usd(1_000_000_000),
+        Period::Monthly,
+    ));
+    store.insert(record)?;
+    for i in 1..extra {
+        let id = format!("key-{i}");
+        store.insert(KeyRecord::new(id.clone(), KeyHash::of(format!("sk-{id}"))))?;
+    }
+    Ok(store)
+}
+
+fn pricing() -> Result<Pricing, Box<dyn std::error::Error>> {
+    Ok(Pricing::new().with("gpt-4o-mini", ModelPrice::per_million("0.15", "0.60")?))
+}
+
+fn app(args: &Args) -> Result<Router, Box<dyn std::error::Error>> {
+    let app = handler(args);
+    Ok(match args.mode.as_str() {
+        "bare" => app,
+        "full" => app.layer(
+            ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .layer(AuthLayer::new(keys(args.keys)?))
+                .layer(RateLimitLayer::new())
+                .layer(BudgetLayer::with_ledger(pricing()?, MemoryLedger::new())),
+        ),
+        other => return Err(format!("unknown mode {other} (bare|full|full-redis)").into()),
+    })
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let args = args()?;
+    let app = match args.mode.as_str() {
+        // The Redis stores are not on main yet: see PERFORMANCE.md.
+        "full-redis" => return Err("full-redis: the Redis stores have not landed yet".into()),
+        _ => app(&args).map_err(|e| e.to_string())?,
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    eprintln!(
+        "load_server: mode {} ({}) on {}",
+        args.mode,
+        if args.stream { "stream" } else { "json" },
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
