@@ -25,7 +25,11 @@
 //! `profile_loop` and exits; run the bench binary under
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_loop*'`
 //! (see `benches/load/callgrind.sh`). Cases: `chat_bare`, `chat_stack`,
-//! `chat_stack_1m`, `stream_bare`, `stream_stack`.
+//! `chat_stack_1m`, `stream_bare`, `stream_stack`, and `chat_depth_1` to
+//! `chat_depth_4` (the stack built up one layer at a time: envelope, + auth,
+//! + rate limit, + budget). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
+//! and `STACK_LIMITS` vary the request body, the answer and the rate limits
+//! per key (see `Knobs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -95,11 +99,50 @@ const USAGE: &[u8] = b"data: {\"id\":\"chatcmpl-load\",\"object\":\"chat.complet
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
 fn request(body: &'static str) -> Request<Full<Bytes>> {
+    let body = if body == REQUEST {
+        knobs().request.clone()
+    } else {
+        Bytes::from_static(body.as_bytes())
+    };
     Request::post("/v1/chat/completions")
         .header("content-type", "application/json")
         .header("authorization", bearer())
-        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .body(Full::new(body))
         .unwrap()
+}
+
+/// Sizes the profile cases can vary (environment variables; the criterion
+/// benches leave them unset): `STACK_PROMPT_BYTES` pads the request's
+/// message, `STACK_COMPLETION_BYTES` the answer's content, `STACK_LIMITS`
+/// sets the rate limits per key (2 by default: requests and tokens).
+struct Knobs {
+    request: Bytes,
+    completion: Bytes,
+    limits: usize,
+}
+
+fn knobs() -> &'static Knobs {
+    static KNOBS: std::sync::OnceLock<Knobs> = std::sync::OnceLock::new();
+    KNOBS.get_or_init(|| {
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+        };
+        let request = match var("STACK_PROMPT_BYTES") {
+            Some(n) => Bytes::from(REQUEST.replace("Say hello.", &"a".repeat(n))),
+            None => Bytes::from_static(REQUEST.as_bytes()),
+        };
+        let completion = match var("STACK_COMPLETION_BYTES") {
+            Some(n) => Bytes::from(COMPLETION.replace("Hello! How can I help?", &"b".repeat(n))),
+            None => Bytes::from_static(COMPLETION.as_bytes()),
+        };
+        Knobs {
+            request,
+            completion,
+            limits: var("STACK_LIMITS").unwrap_or(2),
+        }
+    })
 }
 
 fn bearer() -> http::HeaderValue {
@@ -137,7 +180,7 @@ fn events() -> Arc<[Bytes]> {
 async fn completion(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(Response::builder()
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(COMPLETION.as_bytes())))
+        .body(Full::new(knobs().completion.clone()))
         .unwrap())
 }
 
@@ -160,10 +203,17 @@ fn streamer(
 
 fn record(id: String, secret: &str) -> KeyRecord {
     let mut record = KeyRecord::new(id.clone(), KeyHash::of(secret));
-    record.rate_limits = vec![
-        Limit::requests_per_minute(1 << 30),
-        Limit::tokens_per_minute(1 << 36),
-    ];
+    record.rate_limits = (0..knobs().limits.max(1))
+        .map(|i| {
+            // Alternating measures, each limit with its own window.
+            let window = Duration::from_secs(60 * (i as u64 / 2 + 1));
+            if i % 2 == 0 {
+                Limit::requests(1 << 30, window)
+            } else {
+                Limit::tokens(1 << 36, window)
+            }
+        })
+        .collect();
     record.budgets.push(BudgetSpec::budget(
         BudgetScope::Key(id),
         Money::from_usd(1_000_000_000),
@@ -480,6 +530,53 @@ fn profile(case: &str) {
                 fill(&rt, &stores, 1_000_000);
             }
             let mut s = stack!(&stores, service_fn(completion));
+            profile_loop(&rt, iters, async || {
+                black_box(serve(&mut s, request(REQUEST)).await);
+            });
+        }
+        // The stack built up one layer at a time, outermost first: the
+        // difference between consecutive depths is that layer's cost.
+        "chat_depth_1" => {
+            let mut s = ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .service(service_fn(completion));
+            profile_loop(&rt, iters, async || {
+                black_box(serve(&mut s, request(REQUEST)).await);
+            });
+        }
+        "chat_depth_2" => {
+            let stores = Stores::new(1);
+            let mut s = ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .layer(AuthLayer::new(stores.keys.clone()))
+                .service(service_fn(completion));
+            profile_loop(&rt, iters, async || {
+                black_box(serve(&mut s, request(REQUEST)).await);
+            });
+        }
+        "chat_depth_3" => {
+            let stores = Stores::new(1);
+            let mut s = ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .layer(AuthLayer::new(stores.keys.clone()))
+                .layer(RateLimitLayer::new().store(stores.limits.clone()))
+                .service(service_fn(completion));
+            profile_loop(&rt, iters, async || {
+                black_box(serve(&mut s, request(REQUEST)).await);
+            });
+        }
+        "chat_depth_4" => {
+            let stores = Stores::new(1);
+            let pricing = Pricing::new().with(
+                "gpt-4o-mini",
+                ModelPrice::per_million("0.15", "0.60").unwrap(),
+            );
+            let mut s = ServiceBuilder::new()
+                .layer(ErrorEnvelopeLayer::new())
+                .layer(AuthLayer::new(stores.keys.clone()))
+                .layer(RateLimitLayer::new().store(stores.limits.clone()))
+                .layer(BudgetLayer::with_ledger(pricing, stores.ledger.clone()))
+                .service(service_fn(completion));
             profile_loop(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });

@@ -36,12 +36,15 @@ extra=()
 if [[ $STREAM == 1 ]]; then extra+=(--stream); fi
 
 pids=()
+declare -A pid_of
+tck=$(getconf CLK_TCK)
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
 start() { # mode port
   taskset -c "$SERVER_CPU" "$server" --mode "$1" --listen "127.0.0.1:$2" --redis "$REDIS_URL" "${extra[@]}" &
   pids+=($!)
+  pid_of[$2]=$!
   for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; then return 0; fi
     sleep 0.1
@@ -51,30 +54,42 @@ start() { # mode port
 start "$A" "$PORT_A"
 start "$B" "$PORT_B"
 
-one() { # port seconds -> "rps p50 p99"
-  local out
+cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # user + system ticks of a process
+
+# One wrk run against a port: "rps p50_us p99_us cpu_us_per_request". The
+# server's CPU time per request (from /proc, user + system) does not count
+# the time the server waited for a CPU, so it holds up on a busy machine
+# where requests/s do not.
+one() { # port seconds
+  local out before after
+  before=$(cpu "${pid_of[$1]}")
   out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${2}s" -s "$lua" "http://127.0.0.1:$1/v1/chat/completions")
+  after=$(cpu "${pid_of[$1]}")
   local line; line=$(grep '^RESULT' <<<"$out")
   local errors; errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
   if [[ $errors != 0 ]]; then echo "errors on port $1: $line" >&2; exit 1; fi
-  sed -E 's/RESULT rps=([0-9.]+) p50_us=([0-9]+) p99_us=([0-9]+).*/\1 \2 \3/' <<<"$line"
+  local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
+  local cpu_us; cpu_us=$(awk -v t=$((after - before)) -v hz="$tck" -v n="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+  echo "$(sed -E 's/RESULT rps=([0-9.]+) p50_us=([0-9]+) p99_us=([0-9]+).*/\1 \2 \3/' <<<"$line") $cpu_us"
 }
 
 echo "# $A (a) vs $B (b): $RUNS x ${DURATION}s each, $CONNS connections, stream=$STREAM, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 one "$PORT_A" "$WARMUP" >/dev/null
 one "$PORT_B" "$WARMUP" >/dev/null
-ra=(); rb=(); ratios=(); la50=(); lb50=(); la99=(); lb99=()
+ra=(); rb=(); ratios=(); la50=(); lb50=(); la99=(); lb99=(); ca=(); cb=(); cratios=()
 for i in $(seq "$RUNS"); do
-  read -r rps p50 p99 < <(one "$PORT_A" "$DURATION"); ra+=("$rps"); la50+=("$p50"); la99+=("$p99")
-  printf 'run %d a: %10.1f req/s  p50 %5d us  p99 %6d us\n' "$i" "$rps" "$p50" "$p99"
-  read -r rps p50 p99 < <(one "$PORT_B" "$DURATION"); rb+=("$rps"); lb50+=("$p50"); lb99+=("$p99")
-  printf 'run %d b: %10.1f req/s  p50 %5d us  p99 %6d us\n' "$i" "$rps" "$p50" "$p99"
+  read -r rps p50 p99 cpu_us < <(one "$PORT_A" "$DURATION"); ra+=("$rps"); la50+=("$p50"); la99+=("$p99"); ca+=("$cpu_us")
+  printf 'run %d a: %10.1f req/s  p50 %5d us  p99 %6d us  server CPU %6.2f us/request\n' "$i" "$rps" "$p50" "$p99" "$cpu_us"
+  read -r rps p50 p99 cpu_us < <(one "$PORT_B" "$DURATION"); rb+=("$rps"); lb50+=("$p50"); lb99+=("$p99"); cb+=("$cpu_us")
+  printf 'run %d b: %10.1f req/s  p50 %5d us  p99 %6d us  server CPU %6.2f us/request\n' "$i" "$rps" "$p50" "$p99" "$cpu_us"
   ratios+=("$(awk -v a="${ra[-1]}" -v b="$rps" 'BEGIN { printf "%.4f", b / a }')")
+  cratios+=("$(awk -v a="${ca[-1]}" -v b="$cpu_us" 'BEGIN { printf "%.4f", a / b }')")
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 minmax() { printf '%s\n' "$@" | sort -g | awk 'NR == 1 { lo = $1 } { hi = $1 } END { print lo " .. " hi }'; }
 
-echo "a $A: median $(median "${ra[@]}") req/s (range $(minmax "${ra[@]}")), p50 $(median "${la50[@]}") us, p99 $(median "${la99[@]}") us"
-echo "b $B: median $(median "${rb[@]}") req/s (range $(minmax "${rb[@]}")), p50 $(median "${lb50[@]}") us, p99 $(median "${lb99[@]}") us"
+echo "a $A: median $(median "${ra[@]}") req/s (range $(minmax "${ra[@]}")), p50 $(median "${la50[@]}") us, p99 $(median "${la99[@]}") us, server CPU $(median "${ca[@]}") us/request (range $(minmax "${ca[@]}"))"
+echo "b $B: median $(median "${rb[@]}") req/s (range $(minmax "${rb[@]}")), p50 $(median "${lb50[@]}") us, p99 $(median "${lb99[@]}") us, server CPU $(median "${cb[@]}") us/request (range $(minmax "${cb[@]}"))"
+echo "CPU-bound ratio (server CPU per request a/b): median $(median "${cratios[@]}") (pairwise range $(minmax "${cratios[@]}"))"
 echo "ratio b/a: median $(median "${ratios[@]}") (pairwise range $(minmax "${ratios[@]}")); load after: $(cut -d' ' -f1-3 /proc/loadavg)"
