@@ -14,7 +14,7 @@ use tower_service::Service;
 
 use super::body::ResponseBody;
 use super::permit::Permit;
-use super::service::{Plan, Shared, begin, decide, rejection, with_headers};
+use super::service::{PendingHeaders, Plan, Shared, begin, decide, rejection};
 use super::{KeyExtractor, RateLimitStore};
 use crate::request::FromBytes;
 use crate::usage::{self, UsageOptions};
@@ -24,7 +24,7 @@ type MetaFuture<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> +
 
 /// What an admitted request carries to its response.
 pub(crate) struct Admitted {
-    pub(crate) headers: HeaderMap,
+    pub(crate) headers: PendingHeaders,
     pub(crate) permit: Option<Permit>,
     pub(crate) usage: UsageOptions,
 }
@@ -176,14 +176,14 @@ where
                                 permit: Some(permit),
                                 usage,
                             }) => {
-                                let response = with_headers(response, headers);
+                                let response = headers.apply(response);
                                 usage::observe(response, usage, move |report| {
                                     permit.settle(Some(report.usage.total_tokens));
                                 })
                                 .map(ResponseBody::observed)
                             }
                             Some(Admitted { headers, .. }) => {
-                                with_headers(response, headers).map(ResponseBody::inner)
+                                headers.apply(response).map(ResponseBody::inner)
                             }
                             None => response.map(ResponseBody::inner),
                         }),

@@ -247,17 +247,19 @@ where
         }
     };
     let limits = plan.limits.as_slice();
-    let mut headers = HeaderMap::new();
-    if config.header_style != HeaderStyle::None {
-        let now_unix = if config.header_style == HeaderStyle::Timestamp {
-            config.clock.now_unix()
-        } else {
-            Duration::ZERO
-        };
-        config
-            .header_style
-            .write(limits, &admission.states, now_unix, &mut headers);
-    }
+    let now_unix = if config.header_style == HeaderStyle::Timestamp {
+        config.clock.now_unix()
+    } else {
+        Duration::ZERO
+    };
+    // Written straight into the response when it comes: no map of their
+    // own to build, copy from and drop.
+    let headers = PendingHeaders {
+        style: config.header_style,
+        limits: plan.limits.clone(),
+        states: admission.states,
+        now_unix,
+    };
     let error = match admission.verdict {
         Verdict::Admitted => {
             let release = plan.max_concurrent.is_some();
@@ -281,7 +283,7 @@ where
                 }),
             };
         }
-        Verdict::Limited => limited_error(limits, &plan.costs, &admission.states),
+        Verdict::Limited => limited_error(limits, &plan.costs, &headers.states),
         Verdict::Concurrency => ApiError::rate_limited()
             .with_message(format!(
                 "Concurrency limit exceeded: {} requests in flight",
@@ -306,7 +308,36 @@ where
         };
     }
     tracing::debug!(key = %key, reason = error.message(), "rate limited");
-    State::reject(error, headers)
+    State::reject(error, headers.into_map())
+}
+
+/// The rate-limit headers of an admission, written when the response exists.
+pub(crate) struct PendingHeaders {
+    style: HeaderStyle,
+    limits: LimitSet,
+    states: super::LimitStates,
+    now_unix: Duration,
+}
+
+impl PendingHeaders {
+    /// Writes the headers into `response`, replacing any of the same names.
+    pub(crate) fn apply<B>(self, mut response: Response<B>) -> Response<B> {
+        self.write(response.headers_mut());
+        response
+    }
+
+    fn into_map(self) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        self.write(&mut headers);
+        headers
+    }
+
+    fn write(&self, headers: &mut HeaderMap) {
+        if self.style != HeaderStyle::None {
+            self.style
+                .write(self.limits.as_slice(), &self.states, self.now_unix, headers);
+        }
+    }
 }
 
 /// The error for a request some limit refused: the one that can never admit
