@@ -30,6 +30,7 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`stream`] | `StreamErrorTrailerLayer` | how a failing stream ends: with an error event the client's SDK raises |
 //!
 //! ## Feature flags
 //!
@@ -55,6 +56,7 @@ mod integrations;
 pub mod rate_limit;
 pub mod request;
 pub mod store;
+pub mod stream;
 pub mod time;
 
 pub use self::auth::Principal;
