@@ -629,7 +629,8 @@ where
                     self.fail(Failure::Idle(idle));
                 }
                 Poll::Ready(Tick::KeepAlive) => {
-                    self.out.push_back(Bytes::from_static(KEEP_ALIVE));
+                    // Not counted as `sent`: the interval runs from this tick.
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(KEEP_ALIVE)))));
                 }
                 Poll::Ready(Tick::Nothing | Tick::Commit) => {}
                 Poll::Pending => return Poll::Pending,
