@@ -50,6 +50,7 @@ use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::budget::{BudgetLayer, BudgetScope, BudgetSpec, ModelPrice, Money, Period, Pricing};
 use tollgate::rate_limit::{Limit, RateLimitLayer};
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
+use tollgate::stream::StreamErrorTrailerLayer;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 // ---------------------------------------------------------------- allocator
@@ -255,6 +256,7 @@ macro_rules! stack {
             .layer(AuthLayer::new(stores.keys.clone()))
             .layer(RateLimitLayer::new().store(stores.limits.clone()))
             .layer(BudgetLayer::with_ledger(pricing, stores.ledger.clone()))
+            .layer(StreamErrorTrailerLayer::new())
             .service($inner)
     }};
 }

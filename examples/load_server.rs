@@ -33,6 +33,7 @@ use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::budget::{BudgetLayer, BudgetScope, BudgetSpec, ModelPrice, Money, Period, Pricing};
 use tollgate::rate_limit::{Limit, RateLimitLayer};
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger};
+use tollgate::stream::StreamErrorTrailerLayer;
 use tower::ServiceBuilder;
 
 /// The API key the load script sends.
@@ -149,7 +150,8 @@ fn app(args: &Args) -> Result<Router, Box<dyn std::error::Error>> {
                 .layer(ErrorEnvelopeLayer::new())
                 .layer(AuthLayer::new(keys(args.keys)?))
                 .layer(RateLimitLayer::new())
-                .layer(BudgetLayer::with_ledger(pricing()?, MemoryLedger::new())),
+                .layer(BudgetLayer::with_ledger(pricing()?, MemoryLedger::new()))
+                .layer(StreamErrorTrailerLayer::new()),
         ),
         other => return Err(format!("unknown mode {other} (bare|full|full-redis)").into()),
     })
