@@ -665,6 +665,15 @@ fn tick_for(settings: &Settings, holding: bool) -> Option<Duration> {
 /// truthy `error` key (the test the OpenAI SDKs apply).
 fn first_event_error(region: &[u8], flags: u8, headers: &HeaderMap) -> Option<ApiError> {
     let event = sse::last_event(region)?;
+    // A healthy first event has no `error` key: without the bytes `"error"`,
+    // or a `\u` escape that could spell them, its data need not be parsed.
+    if flags & ERROR == 0
+        && event.name.as_deref() != Some("error")
+        && memchr::memmem::find(&event.data, b"\"error\"").is_none()
+        && memchr::memmem::find(&event.data, b"\\u").is_none()
+    {
+        return None;
+    }
     let value: Option<Value> = serde_json::from_slice(&event.data).ok();
     let is_error = flags & ERROR != 0
         || event.name.as_deref() == Some("error")
