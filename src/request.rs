@@ -277,6 +277,38 @@ const FIELDS: [&str; 13] = [
     "functions",
 ];
 
+/// An object key, borrowed from the body unless it has escapes (a
+/// `Cow<str>` key would always be copied into a `String`).
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+        struct KeyVisitor;
+
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object key")
+            }
+
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Borrowed(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v.to_owned())))
+            }
+
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(std::borrow::Cow::Owned(v)))
+            }
+        }
+
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 impl<'de> Visitor<'de> for MetaVisitor<'_> {
     type Value = RequestMeta;
 
@@ -288,7 +320,7 @@ impl<'de> Visitor<'de> for MetaVisitor<'_> {
         let mut meta = RequestMeta::default();
         let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
         let mut chars = 0u64;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             *self.failed_field = FIELDS.iter().find(|f| **f == key).copied();
             match &*key {
                 "model" => meta.model = map.next_value::<Option<String>>()?,
@@ -387,7 +419,7 @@ impl<'de> Visitor<'de> for CountText<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
                 "type" | "role" | "id" | "tool_call_id" | "image_url" | "url" | "input_audio"
                 | "file" | "file_data" | "data" | "detail" => {
@@ -405,6 +437,17 @@ impl<'de> Visitor<'de> for CountText<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_keys_are_read_like_plain_ones() {
+        let meta = RequestMeta::from_json(
+            br#"{"mod\u0065l":"m","max_tok\u0065ns":5,"messages":[{"r\u006fle":"user","cont\u0065nt":"abcd"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(meta.model.as_deref(), Some("m"));
+        assert_eq!(meta.max_tokens, Some(5));
+        assert_eq!(meta.prompt_tokens_estimate, 1);
+    }
 
     #[test]
     fn reads_the_fields() {
