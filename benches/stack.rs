@@ -26,8 +26,8 @@
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_loop*'`
 //! (see `benches/load/callgrind.sh`). Cases: `chat_bare`, `chat_stack`,
 //! `chat_stack_1m`, `stream_bare`, `stream_stack`, and `chat_depth_1` to
-//! `chat_depth_4` (the stack built up one layer at a time: envelope, + auth,
-//! + rate limit, + budget). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
+//! `chat_depth_4` (the stack built up one layer at a time: envelope, then
+//! auth, rate limit and budget added). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
 //! and `STACK_LIMITS` vary the request body, the answer and the rate limits
 //! per key (see `Knobs`).
 
