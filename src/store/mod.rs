@@ -18,6 +18,8 @@
 use crate::ApiError;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// A store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
