@@ -3,19 +3,22 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisError, RedisResult, Script};
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, Script};
 
 use super::RedisConfig;
+use super::scripts::SOURCES;
 use crate::store::StoreError;
 
-/// Consecutive timeouts after which the connection is presumed dead (a
-/// silently dropped TCP path never errors) and replaced.
-const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
+/// A connection on which a call times out when nothing at all has been
+/// answered for this long is presumed dead (a network path that silently
+/// drops packets never reports an error) and replaced. A Redis that is only
+/// slow still answers some calls, and keeps its connection.
+const STALLED: Duration = Duration::from_secs(1);
 
 /// A handle on Redis shared by the stores of one gateway instance: cheap to
 /// clone, every clone uses the same connection.
@@ -41,8 +44,9 @@ const TIMEOUTS_BEFORE_RECONNECT: u32 = 3;
 ///   [`reconnect_max_delay`](RedisConfig::reconnect_max_delay). Until then,
 ///   calls fail at once with [`StoreError::Unavailable`]: an outage costs the
 ///   layers' failure policies no latency.
-/// - Three timeouts in a row also replace the connection: a network path
-///   that silently drops packets never reports an error.
+/// - A connection on which calls time out and nothing has been answered
+///   for a second is replaced too: a network path that silently drops
+///   packets never reports an error.
 #[derive(Clone)]
 pub struct RedisConnection {
     shared: Arc<Shared>,
@@ -52,7 +56,9 @@ struct Shared {
     client: redis::Client,
     config: RedisConfig,
     link: Mutex<Link>,
-    timeouts: AtomicU32,
+    /// When anything was last answered, in ms since `started`.
+    last_answer_ms: AtomicU64,
+    started: Instant,
 }
 
 struct Link {
@@ -83,7 +89,7 @@ impl RedisConnection {
     /// policies until Redis is reachable.
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
         let client = redis::Client::open(config.info.clone())
-            .map_err(|e| StoreError::Unavailable(format!("redis: {}", e.kind())))?;
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
         Ok(RedisConnection {
             shared: Arc::new(Shared {
                 client,
@@ -94,7 +100,8 @@ impl RedisConnection {
                     reconnecting: false,
                     down_since: Some(Instant::now()),
                 }),
-                timeouts: AtomicU32::new(0),
+                last_answer_ms: AtomicU64::new(0),
+                started: Instant::now(),
             }),
         })
     }
@@ -171,9 +178,7 @@ impl RedisConnection {
             let (conn, generation) = shared.current()?;
             match tokio::time::timeout(shared.config.call_timeout, op(conn)).await {
                 Ok(Ok(value)) => {
-                    if shared.timeouts.load(Ordering::Relaxed) != 0 {
-                        shared.timeouts.store(0, Ordering::Relaxed);
-                    }
+                    shared.answered();
                     Ok(value)
                 }
                 Ok(Err(error)) if error.is_timeout() => {
@@ -209,11 +214,25 @@ impl Shared {
         let attempt = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
-        match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(conn)) => Ok(conn),
-            Ok(Err(error)) => Err(StoreError::Unavailable(describe(&error))),
-            Err(_) => Err(StoreError::Timeout),
+        let mut conn = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(StoreError::Unavailable(describe(&error))),
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        // Load every script now, in one round trip, so that a restarted
+        // Redis is not hit by a burst of `NOSCRIPT` retries. If this fails,
+        // `EVALSHA` still loads each script on first use.
+        let mut pipe = redis::pipe();
+        for source in SOURCES {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(*source).ignore();
         }
+        let load = pipe.query_async::<()>(&mut conn);
+        match tokio::time::timeout(self.config.connect_timeout, load).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
+            Err(_) => return Err(StoreError::Timeout),
+        }
+        Ok(conn)
     }
 
     fn current(self: &Arc<Self>) -> Result<(MultiplexedConnection, u64), StoreError> {
@@ -221,27 +240,50 @@ impl Shared {
         if let Some(conn) = &link.conn {
             return Ok((conn.clone(), link.generation));
         }
-        self.start_reconnecting(&mut link);
+        let reconnect = self.start_reconnecting(&mut link);
+        drop(link);
+        reconnect.spawn();
         Err(StoreError::Unavailable("not connected to Redis".into()))
     }
 
     fn failed(self: &Arc<Self>, generation: u64, error: &RedisError) -> StoreError {
-        let broken = error.is_io_error()
-            || error.is_connection_dropped()
-            || error.is_connection_refusal()
-            || error.is_unrecoverable_error()
-            // A primary demoted by a failover: a new connection finds the new one.
-            || error.code() == Some("READONLY");
+        // Only an error reply proves the connection works; anything else
+        // (I/O, a dead driver task, an unreadable stream) replaces it.
+        let answered = matches!(
+            error.kind(),
+            ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType
+        );
+        if answered {
+            self.answered();
+        }
+        // A primary demoted by a failover: a new connection finds the new one.
+        let broken = !answered || error.code() == Some("READONLY");
         if broken {
             self.drop_connection(generation, "connection lost");
+        }
+        if error.kind() == ErrorKind::UnexpectedReturnType {
+            return StoreError::Corrupt(describe(error));
         }
         StoreError::Unavailable(describe(error))
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn answered(&self) {
+        let now = self.now_ms();
+        if self.last_answer_ms.load(Ordering::Relaxed) != now {
+            self.last_answer_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
     fn timed_out(self: &Arc<Self>, generation: u64) {
-        let timeouts = self.timeouts.fetch_add(1, Ordering::Relaxed) + 1;
-        if timeouts >= TIMEOUTS_BEFORE_RECONNECT {
-            self.drop_connection(generation, "calls keep timing out");
+        let silent = self
+            .now_ms()
+            .saturating_sub(self.last_answer_ms.load(Ordering::Relaxed));
+        if silent >= STALLED.as_millis() as u64 {
+            self.drop_connection(generation, "calls time out and nothing answers");
         }
     }
 
@@ -252,20 +294,35 @@ impl Shared {
         }
         link.conn = None;
         link.down_since = Some(Instant::now());
+        let reconnect = self.start_reconnecting(&mut link);
+        drop(link);
         tracing::warn!(addr = %self.config.info.addr(), reason = why, "redis connection down; reconnecting");
-        self.start_reconnecting(&mut link);
+        reconnect.spawn();
     }
 
-    fn start_reconnecting(self: &Arc<Self>, link: &mut Link) {
+    /// Claims the reconnection if nobody runs one; spawn the result once
+    /// `link` is unlocked (a runtime shutting down drops the task at once,
+    /// and its guard locks `link`).
+    fn start_reconnecting(self: &Arc<Self>, link: &mut Link) -> Reconnect {
         if link.reconnecting {
-            return;
+            return Reconnect(None);
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            return Reconnect(None);
         };
         link.reconnecting = true;
-        let guard = Reconnecting(Arc::downgrade(self));
-        runtime.spawn(reconnect(guard));
+        Reconnect(Some((runtime, Reconnecting(Arc::downgrade(self)))))
+    }
+}
+
+/// A reconnection to start, if any.
+struct Reconnect(Option<(tokio::runtime::Handle, Reconnecting)>);
+
+impl Reconnect {
+    fn spawn(self) {
+        if let Some((runtime, guard)) = self.0 {
+            runtime.spawn(reconnect(guard));
+        }
     }
 }
 
@@ -299,7 +356,7 @@ async fn reconnect(guard: Reconnecting) {
                 let mut link = shared.lock();
                 link.conn = Some(conn);
                 link.generation += 1;
-                shared.timeouts.store(0, Ordering::Relaxed);
+                shared.answered();
                 let down = link.down_since.take().map(|t| t.elapsed());
                 drop(link);
                 tracing::info!(addr = %config.info.addr(), down_for = ?down, "redis connection up");

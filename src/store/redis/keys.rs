@@ -438,8 +438,15 @@ impl Inner {
     }
 
     fn set_listening(&self, up: bool) {
-        // Changes may have been missed while down: start from an empty cache.
-        self.invalidate(None);
+        if up {
+            // Changes may have been missed while down: start from an empty
+            // cache.
+            self.invalidate(None);
+        } else {
+            // Lookups in flight must not cache; the entries stay, unused
+            // unless the policy is to fail open.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
         self.listening.store(up, Ordering::Release);
     }
 }

@@ -1,5 +1,7 @@
-//! The Lua scripts, compiled into the binary and loaded into Redis on first
-//! use (`EVALSHA`, falling back to `SCRIPT LOAD` once after a restart).
+//! The Lua scripts, compiled into the binary, loaded into Redis whenever a
+//! connection is made (so a restarted Redis does not answer a burst of
+//! requests with `NOSCRIPT`), and run with `EVALSHA` (which falls back to
+//! loading the script once if Redis has lost it anyway).
 //!
 //! Redis scripts cannot share functions, so the helpers (`common.lua`, and
 //! `gcra.lua` / `money.lua` + `ledger.lua`) are prepended to each script.
@@ -8,20 +10,29 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-macro_rules! script {
-    ($name:ident, $($file:literal),+) => {
-        pub(crate) static $name: LazyLock<Script> =
-            LazyLock::new(|| Script::new(concat!($(include_str!(concat!("scripts/", $file))),+)));
+macro_rules! scripts {
+    ($($name:ident = $($file:literal)+;)+) => {
+        $(
+            pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+                Script::new(concat!($(include_str!(concat!("scripts/", $file))),+))
+            });
+        )+
+        /// The source of every script, for `SCRIPT LOAD`.
+        pub(crate) const SOURCES: &[&str] = &[
+            $(concat!($(include_str!(concat!("scripts/", $file))),+)),+
+        ];
     };
 }
 
-script!(RATE_LIMIT_ACQUIRE, "common.lua", "gcra.lua", "rate_limit_acquire.lua");
-script!(RATE_LIMIT_SETTLE, "common.lua", "gcra.lua", "rate_limit_settle.lua");
-script!(LEDGER_RESERVE, "common.lua", "money.lua", "ledger.lua", "ledger_reserve.lua");
-script!(LEDGER_SETTLE, "common.lua", "money.lua", "ledger.lua", "ledger_settle.lua");
-script!(LEDGER_RELEASE, "common.lua", "money.lua", "ledger.lua", "ledger_release.lua");
-script!(LEDGER_TOP_UP, "common.lua", "money.lua", "ledger.lua", "ledger_top_up.lua");
-script!(LEDGER_READ, "common.lua", "money.lua", "ledger.lua", "ledger_read.lua");
-script!(KEY_PUT, "key_put.lua");
-script!(KEY_FLAG, "key_flag.lua");
-script!(KEY_REMOVE, "key_remove.lua");
+scripts! {
+    RATE_LIMIT_ACQUIRE = "common.lua" "gcra.lua" "rate_limit_acquire.lua";
+    RATE_LIMIT_SETTLE = "common.lua" "gcra.lua" "rate_limit_settle.lua";
+    LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua";
+    LEDGER_SETTLE = "common.lua" "money.lua" "ledger.lua" "ledger_settle.lua";
+    LEDGER_RELEASE = "common.lua" "money.lua" "ledger.lua" "ledger_release.lua";
+    LEDGER_TOP_UP = "common.lua" "money.lua" "ledger.lua" "ledger_top_up.lua";
+    LEDGER_READ = "common.lua" "money.lua" "ledger.lua" "ledger_read.lua";
+    KEY_PUT = "key_put.lua";
+    KEY_FLAG = "key_flag.lua";
+    KEY_REMOVE = "key_remove.lua";
+}

@@ -6,6 +6,11 @@
 -- by exactly `k * amount`: the arithmetic is the same as the memory store's,
 -- and the numbers stay small.
 
+-- A state is dropped this long after it is back to full (the moment it
+-- carries nothing): slack for clocks (the server's `TIME` after a failover,
+-- or a caller's clock) that run ahead of Redis's expiry clock.
+local EXPIRY_MARGIN_MS = 1000
+
 local function units_at(t, amount, window)
   return (mul_div(t, amount, window))
 end
@@ -42,6 +47,13 @@ local function rebase(o, tat, now, amount, window)
   return o, tat
 end
 
+-- The state at `t` without a charge: remaining units, µs to full.
+local function gcra_peek(tat, t, amount, window)
+  local now = units_at(t, amount, window)
+  local base = math.max(tat, now)
+  return math.max(0, amount - (base - now)), math.max(0, time_of(base, amount, window) - t)
+end
+
 -- Checks `cost` at `t` µs since the origin. Returns the new tat, whether
 -- admitted, remaining units, µs to full, µs until it fits (-1: never).
 local function gcra_check(tat, t, cost, amount, window)
@@ -55,7 +67,8 @@ local function gcra_check(tat, t, cost, amount, window)
   if cost <= amount then
     retry = math.max(0, time_of(charged - amount, amount, window) - t)
   end
-  return tat, false, math.max(0, amount - (base - now)), math.max(0, time_of(base, amount, window) - t), retry
+  local remaining, reset = gcra_peek(tat, t, amount, window)
+  return tat, false, remaining, reset, retry
 end
 
 -- Charges (delta > 0) or refunds (delta < 0) without a check.

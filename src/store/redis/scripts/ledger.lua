@@ -115,11 +115,12 @@ end
 -- Writes the books back. A budget's books expire once its window has ended
 -- and every hold made in it has outlived its lease (a new window starts from
 -- zero anyway); balances and lifetime budgets are kept.
-local function save(key, acc, lease_ms)
+local function save(key, acc, now, lease_ms)
   redis.call('HSET', key, 'mode', acc.mode, 'per', acc.per, 'ws', istr(acc.ws), 'we', istr(acc.we),
     'lim', m_str(acc.lim), 'sp', m_str(acc.sp), 'rs', m_str(acc.rs))
   if acc.mode == 'b' and acc.we >= 0 then
-    redis.call('PEXPIREAT', key, istr(math.floor(acc.we / 1000) + lease_ms + 60000))
+    -- Relative to `now`, not PEXPIREAT: `now` may come from the caller's clock.
+    redis.call('PEXPIRE', key, istr(math.max(0, math.ceil((acc.we - now) / 1000)) + lease_ms + 60000))
   else
     redis.call('PERSIST', key)
   end

@@ -52,7 +52,7 @@ local fields = { 'a', m_str(held), 'n', n }
 for i = 1, n do
   local acc = accounts[i]
   acc.rs = m_add(acc.rs, held)
-  save(KEYS[i], acc, lease_ms)
+  save(KEYS[i], acc, now, lease_ms)
   fields[#fields + 1] = 'k' .. i
   fields[#fields + 1] = KEYS[i]
 end

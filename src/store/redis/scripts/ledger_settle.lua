@@ -31,7 +31,7 @@ for i = 1, n do
     acc.rs = m_max0(m_sub(acc.rs, held))
   end
   acc.sp = m_add(acc.sp, actual)
-  save(KEYS[i], acc, lease_ms)
+  save(KEYS[i], acc, now, lease_ms)
   for _, v in ipairs(status(acc)) do
     reply[#reply + 1] = v
   end

@@ -24,7 +24,7 @@ if fresh then
 end
 
 local reply = { 0, 0 }
-local origins, tats = {}, {}
+local origins, tats, uncharged = {}, {}, {}
 local admitted = true
 local full_at = now
 for i = 1, n do
@@ -37,6 +37,9 @@ for i = 1, n do
   local new_tat, ok, remaining, reset, retry = gcra_check(tat, t, cost, amount, window)
   admitted = admitted and ok
   origins[i], tats[i] = o, new_tat
+  if ok then
+    uncharged[i] = { tat, t, amount, window }
+  end
   full_at = math.max(full_at, now + reset)
   reply[#reply + 1] = remaining
   reply[#reply + 1] = reset
@@ -52,10 +55,15 @@ if max_concurrent >= 0 then
   slot_free = in_flight < max_concurrent
 end
 
-if not admitted then
-  reply[1] = 1
-elseif not slot_free then
-  reply[1] = 2
+if not admitted or not slot_free then
+  reply[1] = admitted and 2 or 1
+  -- Nothing is charged: the limits that would have admitted the request
+  -- report their state as it is, not as the charge would have left it.
+  for i, u in pairs(uncharged) do
+    local remaining, reset = gcra_peek(u[1], u[2], u[3], u[4])
+    reply[3 * i] = remaining
+    reply[3 * i + 1] = reset
+  end
 else
   if fresh then
     redis.call('DEL', KEYS[1])
@@ -69,7 +77,7 @@ else
   end
   redis.call('HSET', KEYS[1], unpack(fields))
   -- Back to full: the state is then the same as no state, so let it go.
-  redis.call('PEXPIRE', KEYS[1], istr(math.max(1, math.ceil((full_at - now) / 1000) + 1)))
+  redis.call('PEXPIRE', KEYS[1], istr(math.max(0, math.ceil((full_at - now) / 1000)) + EXPIRY_MARGIN_MS))
   if max_concurrent >= 0 then
     local lease = tonumber(ARGV[6])
     redis.call('ZADD', KEYS[2], istr(now_ms + lease), ARGV[5])

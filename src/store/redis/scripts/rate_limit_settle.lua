@@ -60,5 +60,5 @@ for i = 1, n do
   fields[#fields + 1] = istr(tat)
 end
 redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIRE', KEYS[1], istr(math.max(1, math.ceil((full_at - now) / 1000) + 1)))
+redis.call('PEXPIRE', KEYS[1], istr(math.max(0, math.ceil((full_at - now) / 1000)) + EXPIRY_MARGIN_MS))
 return 1
