@@ -21,8 +21,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--listen" => {
-                let value = args.next().ok_or("--listen needs an address, e.g. 127.0.0.1:9000")?;
-                listen = value.parse().map_err(|e| format!("--listen {value:?}: {e}"))?;
+                let value = args
+                    .next()
+                    .ok_or("--listen needs an address, e.g. 127.0.0.1:9000")?;
+                listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value:?}: {e}"))?;
             }
             "-h" | "--help" => {
                 println!("usage: mock_upstream [--listen ADDR]");

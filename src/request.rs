@@ -60,9 +60,10 @@ pub struct RequestMeta {
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
     /// Estimated prompt tokens: characters of the text in `messages`,
-    /// `prompt`, `input`, `system`, `instructions` and `tools`, divided by 4
-    /// and rounded up (OpenAI's rule of thumb). Image and audio payloads are
-    /// not counted.
+    /// `prompt`, `input`, `system`, `instructions`, `tools` and `functions`,
+    /// divided by 4 and rounded up (OpenAI's rule of thumb), plus one token
+    /// per integer (token arrays). Roles, part types, ids, image, audio and
+    /// file payloads are not counted.
     pub prompt_tokens_estimate: u64,
     /// Size of the body in bytes.
     pub body_len: usize,
@@ -118,16 +119,27 @@ impl RequestMeta {
     pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
 
     /// Reads the facts from a JSON body. Not an object, malformed JSON, or a
-    /// field of the wrong type → 400 `invalid_request` naming the problem.
+    /// field of the wrong type → 400 `invalid_request` naming the problem
+    /// and where it is; a field of the wrong type is also named in `param`.
     pub fn from_json(body: &[u8]) -> Result<RequestMeta, ApiError> {
         let mut de = serde_json::Deserializer::from_slice(body);
+        let mut failed_field = None;
         let mut meta = de
-            .deserialize_map(MetaVisitor)
+            .deserialize_map(MetaVisitor {
+                failed_field: &mut failed_field,
+            })
             .and_then(|meta| de.end().map(|()| meta))
             .map_err(|e| {
-                ApiError::invalid_request().with_message(format!(
-                    "We could not parse the JSON body of your request: {e}"
-                ))
+                let error = ApiError::invalid_request();
+                match failed_field {
+                    Some(field) => error.with_param(field).with_message(format!(
+                        "We could not parse the JSON body of your request: \
+                         invalid `{field}`: {e}"
+                    )),
+                    None => error.with_message(format!(
+                        "We could not parse the JSON body of your request: {e}"
+                    )),
+                }
             })?;
         meta.body_len = body.len();
         Ok(meta)
@@ -167,6 +179,11 @@ impl RequestMeta {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 let e: BoxError = e.into();
+                // A limit set further out (`tower_http::limit`, `Limited`)
+                // is still a body that is too large, not a broken one.
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::payload_too_large();
+                }
                 tracing::debug!(error = %e, "request body failed");
                 ApiError::invalid_request().with_message("The request body could not be read.")
             })?;
@@ -215,9 +232,30 @@ fn may_be_json<B>(req: &Request<B>) -> bool {
     }
 }
 
-struct MetaVisitor;
+/// Reads the known fields; on a field's error, leaves its name in
+/// `failed_field` so the rejection can say which field is wrong.
+struct MetaVisitor<'a> {
+    failed_field: &'a mut Option<&'static str>,
+}
 
-impl<'de> Visitor<'de> for MetaVisitor {
+/// The fields `MetaVisitor` reads, by name.
+const FIELDS: [&str; 13] = [
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "stream_options",
+    "messages",
+    "prompt",
+    "input",
+    "system",
+    "instructions",
+    "tools",
+    "functions",
+];
+
+impl<'de> Visitor<'de> for MetaVisitor<'_> {
     type Value = RequestMeta;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,6 +267,7 @@ impl<'de> Visitor<'de> for MetaVisitor {
         let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
         let mut chars = 0u64;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            *self.failed_field = FIELDS.iter().find(|f| **f == key).copied();
             match &*key {
                 "model" => meta.model = map.next_value::<Option<String>>()?,
                 "stream" => meta.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
@@ -247,6 +286,8 @@ impl<'de> Visitor<'de> for MetaVisitor {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+            // The value was fine: a later syntax error is not this field's.
+            *self.failed_field = None;
         }
         meta.max_tokens = max_completion.or(max_tokens).or(max_output);
         meta.prompt_tokens_estimate = chars.div_ceil(4);
@@ -289,11 +330,15 @@ impl<'de> Visitor<'de> for CountText<'_> {
         Ok(())
     }
 
+    // An integer is a token id (`prompt`/`input` given as token arrays, as
+    // some embedding clients send them): one token, so four "characters".
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        *self.chars += 4;
         Ok(())
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        *self.chars += 4;
         Ok(())
     }
 

@@ -138,14 +138,27 @@ async fn chat(State(mock): State<Mock>, body: Bytes) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return error_response(
             &Faults::default(),
-            ApiError::invalid_request().with_message("We could not parse the JSON body of your request."),
+            ApiError::invalid_request()
+                .with_message("We could not parse the JSON body of your request."),
         );
     };
-    let model = req.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
-    let messages = req.get("messages").and_then(Value::as_array).cloned().unwrap_or_default();
+    let model = req
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
+    let messages = req
+        .get("messages")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let prompt_tokens: usize = messages
         .iter()
-        .map(|m| content_text(m.get("content").unwrap_or(&Value::Null)).split_whitespace().count())
+        .map(|m| {
+            content_text(m.get("content").unwrap_or(&Value::Null))
+                .split_whitespace()
+                .count()
+        })
         .sum();
     let last_user = messages
         .iter()
@@ -191,14 +204,22 @@ async fn chat(State(mock): State<Mock>, body: Bytes) -> Response {
         .map(|n| n as usize)
         .unwrap_or(usize::MAX);
     let reply = format!("mock reply: {last_user}");
-    let words: Vec<String> = reply.split_whitespace().take(max_words).map(str::to_owned).collect();
+    let words: Vec<String> = reply
+        .split_whitespace()
+        .take(max_words)
+        .map(str::to_owned)
+        .collect();
     let completion_tokens = words.len();
     let usage = json!({
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     });
-    let finish_reason = if words.len() < reply.split_whitespace().count() { "length" } else { "stop" };
+    let finish_reason = if words.len() < reply.split_whitespace().count() {
+        "length"
+    } else {
+        "stop"
+    };
     let stream = req.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
         let mut out = json!({
@@ -222,7 +243,13 @@ async fn chat(State(mock): State<Mock>, body: Bytes) -> Response {
         .and_then(Value::as_bool)
         .unwrap_or(false)
         && !faults.no_usage;
-    stream_response(model, words, finish_reason, include_usage.then_some(usage), faults)
+    stream_response(
+        model,
+        words,
+        finish_reason,
+        include_usage.then_some(usage),
+        faults,
+    )
 }
 
 fn chunk(model: &str, delta: Value, finish: Option<&str>) -> Bytes {
@@ -249,7 +276,13 @@ fn stream_response(
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }
         };
-        if !send(chunk(&model, json!({"role": "assistant", "content": ""}), None)).await {
+        if !send(chunk(
+            &model,
+            json!({"role": "assistant", "content": ""}),
+            None,
+        ))
+        .await
+        {
             return;
         }
         for (i, word) in words.iter().enumerate() {
@@ -275,7 +308,11 @@ fn stream_response(
             if faults.stall_after == Some(i) {
                 tokio::time::sleep(Duration::from_millis(faults.stall_ms)).await;
             }
-            let text = if i == 0 { word.clone() } else { format!(" {word}") };
+            let text = if i == 0 {
+                word.clone()
+            } else {
+                format!(" {word}")
+            };
             if !send(chunk(&model, json!({"content": text}), None)).await {
                 return;
             }
@@ -308,9 +345,10 @@ fn stream_response(
         rx.recv().await.map(|item| (item, rx))
     });
     let mut response = Response::new(Body::from_stream(stream));
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -329,8 +367,14 @@ fn error_response(faults: &Faults, error: ApiError) -> Response {
             )),
         ),
         Some("text") => ("text/plain", Bytes::from(error.message().to_owned())),
-        Some("anthropic") => ("application/json", ErrorFormat::Anthropic.render_body(&error)),
-        Some("error_code_detail") => ("application/json", ErrorFormat::ErrorCodeDetail.render_body(&error)),
+        Some("anthropic") => (
+            "application/json",
+            ErrorFormat::Anthropic.render_body(&error),
+        ),
+        Some("error_code_detail") => (
+            "application/json",
+            ErrorFormat::ErrorCodeDetail.render_body(&error),
+        ),
         _ => ("application/json", ErrorFormat::OpenAi.render_body(&error)),
     };
     let mut response = Response::new(Body::from(body));
@@ -338,8 +382,14 @@ fn error_response(faults: &Faults, error: ApiError) -> Response {
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    if let Some(retry_after) = faults.retry_after.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
-        response.headers_mut().insert(header::RETRY_AFTER, retry_after);
+    if let Some(retry_after) = faults
+        .retry_after
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, retry_after);
     }
     response
 }
