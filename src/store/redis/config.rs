@@ -148,7 +148,10 @@ mod tests {
     fn parses_urls_and_hides_passwords() {
         let config = RedisConfig::from_url("redis://:hunter2@10.0.0.5:6380/3").unwrap();
         let debug = format!("{config:?}");
-        assert!(debug.contains("10.0.0.5") && debug.contains("6380"), "{debug}");
+        assert!(
+            debug.contains("10.0.0.5") && debug.contains("6380"),
+            "{debug}"
+        );
         assert!(!debug.contains("hunter2"), "{debug}");
         assert_eq!(config.get_key_prefix(), "tollgate:");
         assert_eq!(config.get_call_timeout(), Duration::from_millis(250));

@@ -243,13 +243,13 @@ impl RedisKeyStore {
     /// The record of key `id`, read from Redis.
     pub async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let key = self.inner.redis.key(&format!("keyid:{id}"));
-        let hex: Option<String> = self
-            .inner
-            .redis
-            .call(move |mut conn| async move {
-                redis::cmd("GET").arg(key).query_async(&mut conn).await
-            })
-            .await?;
+        let hex: Option<String> =
+            self.inner
+                .redis
+                .call(move |mut conn| async move {
+                    redis::cmd("GET").arg(key).query_async(&mut conn).await
+                })
+                .await?;
         match hex.as_deref().map(KeyHash::from_hex) {
             Some(Ok(hash)) => fetch(&self.inner.redis, hash).await,
             _ => Ok(None),
@@ -393,7 +393,10 @@ impl KeyStore for RedisKeyStore {
 }
 
 /// One `HMGET` of the record whose secret hashes to `hash`.
-async fn fetch(redis: &RedisConnection, hash: KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+async fn fetch(
+    redis: &RedisConnection,
+    hash: KeyHash,
+) -> Result<Option<Arc<KeyRecord>>, StoreError> {
     let key = redis.key(&format!("key:{}", hash.to_hex()));
     let fields: Vec<Option<String>> = redis
         .call(move |mut conn| async move {
@@ -529,7 +532,9 @@ async fn listen(store: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
             Some(inner) => inner.set_listening(false),
             None => return,
         }
-        tracing::warn!("redis key invalidation subscription lost; bypassing the key cache until it is back");
+        tracing::warn!(
+            "redis key invalidation subscription lost; bypassing the key cache until it is back"
+        );
     }
 }
 
@@ -571,7 +576,10 @@ impl Cache {
     /// `stale` also returns expired entries.
     #[allow(clippy::option_option)]
     fn get(&self, hash: &KeyHash, stale: bool) -> Option<Option<Arc<KeyRecord>>> {
-        let shard = self.shard(hash).read().unwrap_or_else(PoisonError::into_inner);
+        let shard = self
+            .shard(hash)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(hash)?;
         (stale || entry.expires > Instant::now()).then(|| entry.record.clone())
     }
@@ -586,7 +594,10 @@ impl Cache {
             self.negative_ttl
         };
         let now = Instant::now();
-        let mut shard = self.shard(&hash).write().unwrap_or_else(PoisonError::into_inner);
+        let mut shard = self
+            .shard(&hash)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= self.max_per_shard && !shard.contains_key(&hash) {
             shard.retain(|_, e| e.expires > now);
             if shard.len() >= self.max_per_shard {
@@ -614,7 +625,10 @@ impl Cache {
 
     fn clear(&self) {
         for shard in &self.shards {
-            shard.write().unwrap_or_else(PoisonError::into_inner).clear();
+            shard
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
         }
     }
 
@@ -806,8 +820,16 @@ mod tests {
         ];
         record.max_concurrent = Some(4);
         record.budgets = vec![
-            BudgetSpec::budget(BudgetScope::Team("t".into()), Money::from_nanos(i64::MAX), Period::Monthly),
-            BudgetSpec::budget(BudgetScope::Key("k".into()), Money::from_usd(1), Period::Rolling(Duration::from_secs(3600))),
+            BudgetSpec::budget(
+                BudgetScope::Team("t".into()),
+                Money::from_nanos(i64::MAX),
+                Period::Monthly,
+            ),
+            BudgetSpec::budget(
+                BudgetScope::Key("k".into()),
+                Money::from_usd(1),
+                Period::Rolling(Duration::from_secs(3600)),
+            ),
             BudgetSpec::balance(BudgetScope::Org("o".into()), Money::from_nanos(-5)),
         ];
         record.team = Some("t".into());

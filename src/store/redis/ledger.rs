@@ -260,7 +260,9 @@ fn money(value: &Value) -> Result<Money, StoreError> {
 }
 
 fn micros(value: &Value) -> Result<Duration, StoreError> {
-    Ok(Duration::from_micros(u64::try_from(int(value)?).unwrap_or(0)))
+    Ok(Duration::from_micros(
+        u64::try_from(int(value)?).unwrap_or(0),
+    ))
 }
 
 /// A status: mode, limit, spent, reserved, window start, window end (-1: none).
@@ -331,14 +333,18 @@ fn reserve_outcome(
 impl Ledger for RedisLedger {
     fn reserve(
         &self,
-        budgets: &[BudgetSpec],
+        budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
     ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
         let inner = &self.inner;
         let distinct = Distinct::new(budgets);
         let n = distinct.budgets.len();
-        let mut keys: Vec<String> = distinct.budgets.iter().map(|b| inner.budget_key(b)).collect();
+        let mut keys: Vec<String> = distinct
+            .budgets
+            .iter()
+            .map(|b| inner.budget_key(b))
+            .collect();
         keys.push(inner.holds_key());
         keys.push(inner.redis.key("ledger:seq"));
         let mut args = vec![
@@ -358,7 +364,7 @@ impl Ledger for RedisLedger {
         }
         let of = distinct.of;
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESERVE, keys, args);
-        let budgets: Arc<[BudgetSpec]> = budgets.into();
+        let budgets = budgets.clone();
         async move { reserve_outcome(&call.await?, &of, budgets) }
     }
 
@@ -371,7 +377,11 @@ impl Ledger for RedisLedger {
         let distinct = Distinct::new(reservation.budgets());
         let n = distinct.budgets.len();
         let id = reservation.id().0.to_string();
-        let mut keys: Vec<String> = distinct.budgets.iter().map(|b| inner.budget_key(b)).collect();
+        let mut keys: Vec<String> = distinct
+            .budgets
+            .iter()
+            .map(|b| inner.budget_key(b))
+            .collect();
         keys.push(inner.holds_key());
         keys.push(inner.redis.key(&format!("hold:{id}")));
         let actual = actual.max(Money::ZERO);
@@ -452,7 +462,8 @@ mod tests {
 
     #[test]
     fn repeated_scopes_count_once() {
-        let key = |id: &str| BudgetSpec::budget(BudgetScope::Key(id.into()), Money::ZERO, Period::Never);
+        let key =
+            |id: &str| BudgetSpec::budget(BudgetScope::Key(id.into()), Money::ZERO, Period::Never);
         let budgets = [key("a"), key("b"), key("a")];
         let d = Distinct::new(&budgets);
         assert_eq!(d.budgets.len(), 2);
@@ -462,7 +473,10 @@ mod tests {
     #[test]
     fn period_codes() {
         assert_eq!(period_code(Period::Monthly), "m");
-        assert_eq!(period_code(Period::Rolling(Duration::from_secs(90))), "r90000000");
+        assert_eq!(
+            period_code(Period::Rolling(Duration::from_secs(90))),
+            "r90000000"
+        );
         assert_eq!(period_code(Period::Rolling(Duration::ZERO)), "n");
         assert_eq!(period_code(Period::Rolling(Duration::from_nanos(1))), "r1");
     }
@@ -470,9 +484,18 @@ mod tests {
     #[test]
     fn amounts_parse_exactly_and_saturate() {
         let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
-        assert_eq!(money(&s("-1500000000")).unwrap(), Money::from_nanos(-1_500_000_000));
-        assert_eq!(money(&s("9223372036854775807")).unwrap(), Money::from_nanos(i64::MAX));
-        assert_eq!(money(&s("99999999999999999999")).unwrap(), Money::from_nanos(i64::MAX));
+        assert_eq!(
+            money(&s("-1500000000")).unwrap(),
+            Money::from_nanos(-1_500_000_000)
+        );
+        assert_eq!(
+            money(&s("9223372036854775807")).unwrap(),
+            Money::from_nanos(i64::MAX)
+        );
+        assert_eq!(
+            money(&s("99999999999999999999")).unwrap(),
+            Money::from_nanos(i64::MAX)
+        );
         assert!(money(&s("1.5")).is_err());
     }
 }

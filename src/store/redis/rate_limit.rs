@@ -213,7 +213,10 @@ impl fmt::Debug for RedisRateLimitStore {
             .field("redis", &self.inner.redis)
             .field("slot_lease", &self.inner.slot_lease)
             .field("server_time", &self.inner.clock.is_none())
-            .field("fallback_share", &self.inner.fallback.as_ref().map(|f| f.share))
+            .field(
+                "fallback_share",
+                &self.inner.fallback.as_ref().map(|f| f.share),
+            )
             .finish()
     }
 }
@@ -240,7 +243,11 @@ fn config_string(limits: &[Limit]) -> String {
             Measure::Requests => 'R',
             Measure::Tokens => 'T',
         };
-        s.push_str(&format!("{measure}{}/{};", limit.amount, limit.window.as_nanos()));
+        s.push_str(&format!(
+            "{measure}{}/{};",
+            limit.amount,
+            limit.window.as_nanos()
+        ));
     }
     s
 }
@@ -256,7 +263,11 @@ fn amount_and_window(limit: &Limit) -> [String; 2] {
 impl Inner {
     fn now_arg(&self) -> String {
         match &self.clock {
-            Some(clock) => clock.now_unix().as_micros().min(u128::from(LUA_MAX) * 4).to_string(),
+            Some(clock) => clock
+                .now_unix()
+                .as_micros()
+                .min(u128::from(LUA_MAX) * 4)
+                .to_string(),
             None => String::new(),
         }
     }
@@ -309,16 +320,21 @@ impl RateLimitStore for RedisRateLimitStore {
         args.push(inner.now_arg());
         args.push(config_string(limits));
         args.push(n.to_string());
-        args.push(request.max_concurrent.map_or("-1".into(), |m| m.to_string()));
+        args.push(
+            request
+                .max_concurrent
+                .map_or("-1".into(), |m| m.to_string()),
+        );
         args.push(inner.slot_token());
         args.push(inner.slot_lease.as_millis().to_string());
         for (limit, &cost) in limits.iter().zip(request.costs) {
             args.extend(amount_and_window(limit));
             args.push(cost.min(LUA_MAX * 2).to_string());
         }
-        let call = inner
-            .redis
-            .eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, redis_keys(&inner.redis, key), args);
+        let call =
+            inner
+                .redis
+                .eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, redis_keys(&inner.redis, key), args);
         let Some(fallback) = inner.fallback.clone() else {
             return Box::pin(async move { admission(&call.await?, n) });
         };
@@ -366,8 +382,11 @@ struct Fallback {
     share: f64,
     /// Admissions by the fallback that the layer will settle, per key: their
     /// settlements go to the fallback too, not to Redis, which never saw them.
-    outstanding: Mutex<HashMap<(String, Option<String>), (u32, Instant)>>,
+    outstanding: Mutex<Outstanding>,
 }
+
+/// Per `(key, model)`: admissions to settle, and when the last was made.
+type Outstanding = HashMap<(String, Option<String>), (u32, Instant)>;
 
 /// Bound on `Fallback::outstanding` (keys).
 const MAX_OUTSTANDING_KEYS: usize = 100_000;
@@ -448,7 +467,7 @@ impl Fallback {
             // The memory store does not fail; if it ever does, admit.
             Err(_) => Admission {
                 verdict: Verdict::Admitted,
-                states: vec![LimitState::default(); limits.len()],
+                states: vec![LimitState::default(); limits.len()].into(),
             },
         };
         if admission.verdict == Verdict::Admitted && request.will_settle() {
@@ -502,7 +521,7 @@ impl Fallback {
         self.store.settle(key, &scaled)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Option<String>), (u32, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Outstanding> {
         self.outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -527,7 +546,10 @@ mod tests {
     #[test]
     fn inputs_are_clamped_for_lua() {
         let huge = Limit::tokens(u64::MAX, Duration::MAX);
-        assert_eq!(amount_and_window(&huge), [LUA_MAX.to_string(), LUA_MAX.to_string()]);
+        assert_eq!(
+            amount_and_window(&huge),
+            [LUA_MAX.to_string(), LUA_MAX.to_string()]
+        );
         let tiny = Limit::requests(1, Duration::from_nanos(1));
         assert_eq!(amount_and_window(&tiny), ["1".to_owned(), "1".to_owned()]);
     }

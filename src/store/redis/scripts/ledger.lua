@@ -3,8 +3,10 @@
 --
 -- Budget hash: mode ('b' budget | 'p' prepaid balance), per (period code),
 -- ws / we (current window start / end in µs, we = -1: never ends),
--- lim / sp / rs (limit, spent, reserved: nano-dollar strings).
--- Hold hash:   a (amount held), n, k1..kn (the budget hashes it holds).
+-- lim / sp / rs (limit, spent, reserved: nano-dollar strings),
+-- pt (partial holds in flight: holds clamped below their request's worst
+-- case, at most one admitted at a time, which bounds a Bounded overshoot).
+-- Hold hash:   a (amount held), p (1: partial), n, k1..kn (its budgets).
 
 local DAY_US = 86400 * 1000000
 
@@ -79,7 +81,7 @@ local function new_account(mode, lim, per, now)
   else
     per = 'n'
   end
-  return { mode = mode, per = per, ws = ws, we = we, lim = m_parse(lim), sp = M_ZERO, rs = M_ZERO }
+  return { mode = mode, per = per, ws = ws, we = we, lim = m_parse(lim), sp = M_ZERO, rs = M_ZERO, pt = 0 }
 end
 
 -- The books of `key` brought to `now` and to the caller's spec: a budget
@@ -87,18 +89,18 @@ end
 -- keeps its funding (opening balance + top-ups) and never resets; a scope
 -- that changed from one mode to the other opens new books, keeping its holds.
 local function load(key, mode, lim, per, now)
-  local f = redis.call('HMGET', key, 'mode', 'per', 'ws', 'we', 'lim', 'sp', 'rs')
+  local f = redis.call('HMGET', key, 'mode', 'per', 'ws', 'we', 'lim', 'sp', 'rs', 'pt')
   if f[1] == false then
     return new_account(mode, lim, per, now)
   end
   local acc = {
     mode = f[1], per = f[2], ws = tonumber(f[3]), we = tonumber(f[4]),
-    lim = m_parse(f[5]), sp = m_parse(f[6]), rs = m_parse(f[7]),
+    lim = m_parse(f[5]), sp = m_parse(f[6]), rs = m_parse(f[7]), pt = tonumber(f[8]) or 0,
   }
   if acc.mode ~= mode then
-    local rs = acc.rs
+    local rs, pt = acc.rs, acc.pt
     acc = new_account(mode, lim, per, now)
-    acc.rs = rs
+    acc.rs, acc.pt = rs, pt
   elseif mode == 'b' then
     acc.lim = m_parse(lim)
     if acc.per ~= per or (acc.we >= 0 and now >= acc.we) then
@@ -117,7 +119,7 @@ end
 -- zero anyway); balances and lifetime budgets are kept.
 local function save(key, acc, now, lease_ms)
   redis.call('HSET', key, 'mode', acc.mode, 'per', acc.per, 'ws', istr(acc.ws), 'we', istr(acc.we),
-    'lim', m_str(acc.lim), 'sp', m_str(acc.sp), 'rs', m_str(acc.rs))
+    'lim', m_str(acc.lim), 'sp', m_str(acc.sp), 'rs', m_str(acc.rs), 'pt', istr(acc.pt))
   if acc.mode == 'b' and acc.we >= 0 then
     -- Relative to `now`, not PEXPIREAT: `now` may come from the caller's clock.
     redis.call('PEXPIRE', key, istr(math.max(0, math.ceil((acc.we - now) / 1000)) + lease_ms + 60000))
@@ -143,9 +145,12 @@ local function unhold(hold_key)
   local amount = m_parse(f.a)
   for i = 1, tonumber(f.n) or 0 do
     local key = f['k' .. i]
-    local rs = redis.call('HGET', key, 'rs')
-    if rs then
-      redis.call('HSET', key, 'rs', m_str(m_max0(m_sub(m_parse(rs), amount))))
+    local b = redis.call('HMGET', key, 'rs', 'pt')
+    if b[1] then
+      redis.call('HSET', key, 'rs', m_str(m_max0(m_sub(m_parse(b[1]), amount))))
+      if f.p == '1' then
+        redis.call('HSET', key, 'pt', istr(math.max(0, (tonumber(b[2]) or 0) - 1)))
+      end
     end
   end
   redis.call('DEL', hold_key)

@@ -19,6 +19,8 @@ sweep(holds_key, hold_prefix, now, 32)
 
 local accounts = {}
 local tightest, tightest_rem = 0, nil
+-- The first budget with a partial hold in flight.
+local blocking = 0
 for i = 1, n do
   local base = 4 + 3 * i
   local acc = load(KEYS[i], ARGV[base], ARGV[base + 1], ARGV[base + 2], now)
@@ -31,6 +33,9 @@ for i = 1, n do
     end
     return reply
   end
+  if acc.pt > 0 and blocking == 0 then
+    blocking = i
+  end
   if tightest_rem == nil or m_cmp(rem, tightest_rem) < 0 then
     tightest, tightest_rem = i, rem
   end
@@ -40,6 +45,16 @@ local held = amount
 if not strict and tightest_rem ~= nil then
   held = m_min(amount, tightest_rem)
 end
+-- A hold clamped below the worst case may cost more than it holds: one at
+-- a time per budget.
+local partial = m_cmp(held, amount) < 0
+if partial and blocking > 0 then
+  local reply = { 0, blocking }
+  for _, v in ipairs(status(accounts[blocking])) do
+    reply[#reply + 1] = v
+  end
+  return reply
+end
 
 -- Ids stay unique across a Redis restart that lost the sequence: a new
 -- sequence starts at the current time in µs.
@@ -48,10 +63,13 @@ local id = redis.call('INCR', seq_key)
 local id_str = istr(id)
 
 local hold_key = hold_prefix .. id_str
-local fields = { 'a', m_str(held), 'n', n }
+local fields = { 'a', m_str(held), 'p', partial and '1' or '0', 'n', n }
 for i = 1, n do
   local acc = accounts[i]
   acc.rs = m_add(acc.rs, held)
+  if partial then
+    acc.pt = acc.pt + 1
+  end
   save(KEYS[i], acc, now, lease_ms)
   fields[#fields + 1] = 'k' .. i
   fields[#fields + 1] = KEYS[i]

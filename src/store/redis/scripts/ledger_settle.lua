@@ -13,12 +13,12 @@ local lease_ms = tonumber(ARGV[5])
 local n = tonumber(ARGV[7])
 local holds_key, hold_key = KEYS[n + 1], KEYS[n + 2]
 
-local held = nil
-local a = redis.call('HGET', hold_key, 'a')
+local held, partial = nil, false
+local h = redis.call('HMGET', hold_key, 'a', 'p')
 -- The amount must match too: an id from before a Redis restart that lost
 -- the ledger must not release another request's hold.
-if a and a == ARGV[3] then
-  held = m_parse(a)
+if h[1] and h[1] == ARGV[3] then
+  held, partial = m_parse(h[1]), h[2] == '1'
   redis.call('DEL', hold_key)
   redis.call('ZREM', holds_key, ARGV[4])
 end
@@ -29,6 +29,9 @@ for i = 1, n do
   local acc = load(KEYS[i], ARGV[base], ARGV[base + 1], ARGV[base + 2], now)
   if held then
     acc.rs = m_max0(m_sub(acc.rs, held))
+    if partial then
+      acc.pt = math.max(0, acc.pt - 1)
+    end
   end
   acc.sp = m_add(acc.sp, actual)
   save(KEYS[i], acc, now, lease_ms)
