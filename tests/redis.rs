@@ -1440,3 +1440,107 @@ async fn the_fallback_limits_at_the_share_and_settles_its_own_admissions() {
         Verdict::Limited
     );
 }
+
+// ---------------------------------------------------------------------------
+// The scripts' arithmetic: exact where Lua has only doubles
+// ---------------------------------------------------------------------------
+
+const COMMON_LUA: &str = include_str!("../src/store/redis/scripts/common.lua");
+const MONEY_LUA: &str = include_str!("../src/store/redis/scripts/money.lua");
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn lua_mul_div_is_exact_over_its_whole_domain() {
+    let server = redis_server!();
+    let mut conn = raw(&server).await;
+    let script = redis::Script::new(&format!(
+        "{COMMON_LUA}\nlocal out = {{}}\n\
+         for i = 1, #ARGV, 3 do\n\
+           local q, exact = mul_div(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))\n\
+           out[#out + 1] = istr(q) .. (exact and '=' or '~')\n\
+         end\nreturn out"
+    ));
+    let max: u128 = 1 << 53;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // Values of every magnitude below 2^bits.
+    let mut pick = |bits: u64| {
+        let width = 1 + rng.below(bits);
+        rng.below(1u64 << width)
+    };
+    for _ in 0..8 {
+        let triples: Vec<(u64, u64, u64)> = (0..500)
+            .map(|_| (pick(53), pick(53), pick(51).max(1)))
+            .collect();
+        let mut invocation = script.prepare_invoke();
+        for (a, b, d) in &triples {
+            invocation
+                .arg(a.to_string())
+                .arg(b.to_string())
+                .arg(d.to_string());
+        }
+        let got: Vec<String> = invocation.invoke_async(&mut conn).await.unwrap();
+        for ((a, b, d), got) in triples.iter().zip(got) {
+            let p = u128::from(*a) * u128::from(*b);
+            let q = p / u128::from(*d);
+            let expected = if q >= max {
+                format!("{max}~")
+            } else {
+                format!("{q}{}", if p % u128::from(*d) == 0 { '=' } else { '~' })
+            };
+            assert_eq!(got, expected, "mul_div({a}, {b}, {d})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn lua_money_is_exact_over_the_i64_range() {
+    let server = redis_server!();
+    let mut conn = raw(&server).await;
+    let script = redis::Script::new(&format!(
+        "{COMMON_LUA}\n{MONEY_LUA}\nlocal out = {{}}\n\
+         for i = 1, #ARGV, 2 do\n\
+           local a, b = m_parse(ARGV[i]), m_parse(ARGV[i + 1])\n\
+           out[#out + 1] = m_str(a) .. ' ' .. m_str(m_add(a, b)) .. ' ' .. m_str(m_sub(a, b)) .. ' ' .. m_cmp(a, b)\n\
+         end\nreturn out"
+    ));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut pick = || {
+        let v = match rng.below(4) {
+            0 => rng.below(2_000_000_000),
+            1 => rng.below(1 << 40),
+            _ => rng.below(u64::MAX),
+        } as i64;
+        if rng.below(2) == 0 {
+            v
+        } else {
+            v.wrapping_neg()
+        }
+    };
+    let mut pairs: Vec<(i64, i64)> = (0..2_000).map(|_| (pick(), pick())).collect();
+    pairs.extend([
+        (0, 0),
+        (i64::MAX, i64::MAX),
+        (i64::MIN + 1, i64::MAX),
+        (-1, 1),
+        (-999_999_999, -1),
+    ]);
+    for chunk in pairs.chunks(500) {
+        let mut invocation = script.prepare_invoke();
+        for (a, b) in chunk {
+            invocation.arg(a.to_string()).arg(b.to_string());
+        }
+        let got: Vec<String> = invocation.invoke_async(&mut conn).await.unwrap();
+        for ((a, b), got) in chunk.iter().zip(got) {
+            let (a, b) = (i128::from(*a), i128::from(*b));
+            let expected = format!("{a} {} {} {}", a + b, a - b, (a > b) as i8 - (a < b) as i8);
+            assert_eq!(got, expected);
+        }
+    }
+}

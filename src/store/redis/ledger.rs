@@ -20,6 +20,7 @@ use crate::store::StoreError;
 /// charges, the same books.
 ///
 /// ```no_run
+/// use std::sync::Arc;
 /// use tollgate::budget::{BudgetScope, BudgetSpec, Ledger, Money, Period, ReserveOutcome, ReservePolicy};
 /// use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger};
 ///
@@ -29,7 +30,8 @@ use crate::store::StoreError;
 /// let ledger = RedisLedger::new(redis);
 /// let team = BudgetSpec::budget(BudgetScope::Team("research".into()), Money::from_usd(50), Period::Monthly);
 ///
-/// let outcome = ledger.reserve(&[team.clone()], "0.40".parse()?, ReservePolicy::Strict).await?;
+/// let budgets: Arc<[BudgetSpec]> = Arc::new([team.clone()]);
+/// let outcome = ledger.reserve(&budgets, "0.40".parse()?, ReservePolicy::Strict).await?;
 /// if let ReserveOutcome::Reserved { reservation, .. } = outcome {
 ///     // ... the upstream call; its usage prices at $0.12:
 ///     ledger.settle(&reservation, "0.12".parse()?).await?;

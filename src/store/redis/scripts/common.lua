@@ -59,28 +59,26 @@ local function mul_div(a, b, d)
   if q >= MAX then
     return MAX, false
   end
-  -- ra*rb/d by doubling (r < 2d < 2^53 throughout, so every step is exact).
-  local bits, x = {}, ra
-  while x > 0 do
-    local bit = x % 2
-    bits[#bits + 1] = bit
-    x = (x - bit) / 2
+  -- ra*rb/d by long division in base B = 2^k, with B*d <= 2^52 so that
+  -- every intermediate stays exact: a step or two for realistic windows,
+  -- at most 52 for the largest.
+  -- (log2 may be off by one either way: one bit of margin.)
+  local k = math.max(1, 50 - math.floor(math.log(d) / math.log(2)))
+  local B = 2 ^ k
+  local P = 1
+  while P * B <= ra do
+    P = P * B
   end
-  local q2, r = 0, 0
-  for i = #bits, 1, -1 do
-    q2 = q2 * 2
-    r = r * 2
-    if r >= d then
-      r = r - d
-      q2 = q2 + 1
-    end
-    if bits[i] == 1 then
-      r = r + rb
-      if r >= d then
-        r = r - d
-        q2 = q2 + 1
-      end
-    end
+  local q2, r, x = 0, 0, ra
+  while P >= 1 do
+    -- Division by a power of two is exact.
+    local digit = math.floor(x / P)
+    x = x - digit * P
+    local t = r * B + digit * rb
+    local step = idiv(t, d)
+    q2 = q2 * B + step
+    r = t - step * d
+    P = P / B
   end
   q = q + q2
   if q >= MAX then
