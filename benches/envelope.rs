@@ -40,7 +40,7 @@ fn render(c: &mut Criterion) {
     group.bench_function("into_response", |b| {
         b.iter_batched(
             || error.clone(),
-            |e| e.into_response(),
+            |e| e.into_http_response(),
             criterion::BatchSize::SmallInput,
         )
     });

@@ -35,6 +35,7 @@
 //! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
 //! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |
 //! | [`budget`] | `BudgetLayer` | what each request costs, and when a key, team or org has spent enough (402) or run out of prepaid funds (403) |
+//! | [`stream`] | `StreamErrorTrailerLayer` | how a failing stream ends: with an error event the client's SDK raises |
 //!
 //! ## Feature flags
 //!
@@ -62,6 +63,7 @@ pub mod rate_limit;
 pub mod request;
 pub mod retry;
 pub mod store;
+pub mod stream;
 pub mod time;
 pub mod usage;
 

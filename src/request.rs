@@ -149,8 +149,9 @@ impl RequestMeta {
     /// body (at most `limit` bytes) when it does not, and putting the bytes back.
     ///
     /// Only bodies that may be JSON are read: methods with a body and a JSON
-    /// or missing `content-type`. Others (multipart uploads, gRPC, …) get an
-    /// empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
+    /// or missing `content-type`, and `application/x-www-form-urlencoded`
+    /// bodies that start with `{` (what `curl -d '{…}'` sends). Others
+    /// (multipart uploads, gRPC, …) get an empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
     /// JSON → 400 `invalid_request`; a body that fails to arrive → 400.
     pub async fn read<B>(req: Request<B>, limit: usize) -> Result<Request<B>, ApiError>
     where
@@ -160,11 +161,15 @@ impl RequestMeta {
         if req.extensions().get::<RequestMeta>().is_some() {
             return Ok(req);
         }
-        if !may_be_json(&req) {
-            let mut req = req;
-            req.extensions_mut().insert(RequestMeta::default());
-            return Ok(req);
-        }
+        let sniff = match body_kind(&req) {
+            BodyKind::Json => false,
+            BodyKind::Sniff => true,
+            BodyKind::Other => {
+                let mut req = req;
+                req.extensions_mut().insert(RequestMeta::default());
+                return Ok(req);
+            }
+        };
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -195,7 +200,8 @@ impl RequestMeta {
             }
         }
         let bytes = buf.freeze();
-        let meta = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
             RequestMeta::default()
         } else {
             RequestMeta::from_json(&bytes)?
@@ -218,17 +224,33 @@ fn too_large(limit: usize) -> ApiError {
     ))
 }
 
-fn may_be_json<B>(req: &Request<B>) -> bool {
+enum BodyKind {
+    /// Declared JSON (or undeclared): parse it, reject what does not parse.
+    Json,
+    /// `curl -d` sends JSON as `application/x-www-form-urlencoded`: parse
+    /// it when it looks like a JSON object, leave it alone otherwise.
+    Sniff,
+    /// Not ours to read (multipart uploads, gRPC, bodiless methods).
+    Other,
+}
+
+fn body_kind<B>(req: &Request<B>) -> BodyKind {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-        return false;
+        return BodyKind::Other;
     }
     match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
-        None => true,
+        None => BodyKind::Json,
         Some(Ok(ct)) => {
             let ct = ct.trim().to_ascii_lowercase();
-            ct.starts_with("application/json") || ct.contains("+json")
+            if ct.starts_with("application/json") || ct.contains("+json") {
+                BodyKind::Json
+            } else if ct.starts_with("application/x-www-form-urlencoded") {
+                BodyKind::Sniff
+            } else {
+                BodyKind::Other
+            }
         }
-        Some(Err(_)) => false,
+        Some(Err(_)) => BodyKind::Other,
     }
 }
 

@@ -240,7 +240,6 @@ async fn non_json_requests_are_skipped_unread() {
         "multipart/form-data; boundary=x",
         "application/grpc",
         "text/plain",
-        "application/x-www-form-urlencoded",
         "audio/wav",
     ] {
         let (body, polls) = CountingBody::new(&["not json at all"]);
@@ -262,6 +261,28 @@ async fn non_json_requests_are_skipped_unread() {
     let req = RequestMeta::read(req, 1024).await.unwrap();
     assert_eq!(meta(&req), &RequestMeta::default());
     assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn curl_style_form_bodies_are_read_when_they_look_like_json() {
+    let form = |body: &'static str| {
+        Request::post("/v1/chat/completions")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let req = RequestMeta::read(form(r#" {"model":"m","stream":true}"#), 1024)
+        .await
+        .unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    assert!(meta(&req).stream);
+    let req = RequestMeta::read(form("a=1&b=2"), 1024).await.unwrap();
+    assert_eq!(meta(&req), &RequestMeta::default());
+    assert_eq!(body_text(req).await, "a=1&b=2");
+    let err = RequestMeta::read(form(r#"{"model":"#), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
 }
 
 #[tokio::test]
@@ -463,7 +484,7 @@ async fn axum_bodies_are_supported() {
 #[test]
 fn rejections_render_as_openai_errors() {
     let err = RequestMeta::from_json(br#"{"max_tokens":"many"}"#).unwrap_err();
-    let response = err.to_response();
+    let response = err.to_http_response();
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.headers()["x-should-retry"], "false");
 }

@@ -304,12 +304,16 @@ impl ErrorFormat {
 
 impl ApiError {
     /// Renders the error as an OpenAI-format response (see [`ErrorFormat::render`]).
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    ///
+    /// Named apart from axum's `IntoResponse::into_response` (which the
+    /// `axum` feature implements with the same rendering) so the two never
+    /// shadow each other in a handler.
+    pub fn to_http_response(&self) -> Response<Full<Bytes>> {
         ErrorFormat::OpenAi.render(self)
     }
 
     /// Renders the error as an OpenAI-format response, consuming it.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_http_response(self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(ErrorFormat::OpenAi.render_body(&self)));
         *response.status_mut() = self.status();
         ErrorFormat::OpenAi.write_headers(&self, response.headers_mut());

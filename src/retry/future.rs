@@ -528,7 +528,7 @@ fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
 }
 
 fn finish_rejected<R: Body>(error: ApiError) -> Response<ResponseBody<R>> {
-    let mut response = error.into_response().map(ResponseBody::rejected);
+    let mut response = error.into_http_response().map(ResponseBody::rejected);
     response.extensions_mut().insert(RetryInfo {
         attempts: 0,
         total_wait: Duration::ZERO,

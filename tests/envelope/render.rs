@@ -112,8 +112,8 @@ fn into_response_is_the_openai_rendering() {
     let error = ApiError::budget_exceeded()
         .with_message("Budget exceeded: $50.00 limit reached")
         .with_request_id("req_1");
-    let (a, a_body) = body_of(error.to_response());
-    let (b, b_body) = body_of(error.clone().into_response());
+    let (a, a_body) = body_of(error.to_http_response());
+    let (b, b_body) = body_of(error.clone().into_http_response());
     let (c, c_body) = body_of(ErrorFormat::OpenAi.render(&error));
     assert_eq!(
         (a.status, &a.headers, &a_body),

@@ -1,0 +1,149 @@
+//! The response future of [`StreamErrorTrailer`](super::StreamErrorTrailer).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderMap, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+
+use super::StreamFormat;
+use super::body::{ResponseBody, SseBody};
+use super::grpc::GrpcBody;
+use super::layer::Settings;
+use crate::envelope::{ErrorFormat, GRPC_STATUS};
+use crate::{ApiError, BoxError};
+
+pin_project! {
+    /// Resolves to the inner response with its body watched; for an SSE
+    /// response, once its first event has arrived (or an error response if
+    /// that event is an error).
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        future: F,
+        state: State<B>,
+    }
+}
+
+enum State<B> {
+    Calling(Settings),
+    Holding {
+        parts: http::response::Parts,
+        body: SseBody<B>,
+        format: StreamFormat,
+    },
+    Done,
+}
+
+impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn new(future: F, settings: Settings) -> Self {
+        ResponseFuture {
+            future,
+            state: State::Calling(settings),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Sse,
+    Grpc,
+    Other,
+}
+
+fn wire(response_headers: &HeaderMap, success: bool) -> Wire {
+    let Some(content_type) = response_headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Wire::Other;
+    };
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if success && essence.eq_ignore_ascii_case("text/event-stream") {
+        Wire::Sse
+    } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case("application/grpc") {
+        Wire::Grpc
+    } else {
+        Wire::Other
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state {
+                State::Calling(settings) => {
+                    let settings = *settings;
+                    let response = ready!(this.future.as_mut().poll(cx))?;
+                    let (mut parts, body) = response.into_parts();
+                    match wire(&parts.headers, parts.status.is_success()) {
+                        Wire::Other => {
+                            *this.state = State::Done;
+                            let body = ResponseBody::passthrough(body);
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        }
+                        Wire::Grpc => {
+                            *this.state = State::Done;
+                            let has_status = parts.headers.contains_key(GRPC_STATUS);
+                            let body = ResponseBody::grpc(GrpcBody::new(body, has_status));
+                            return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                        }
+                        Wire::Sse => {
+                            // Events may be dropped or added: the length changes.
+                            parts.headers.remove(CONTENT_LENGTH);
+                            let hold = settings.config.hold_first_event;
+                            let body = SseBody::new(body, settings, hold);
+                            if !hold {
+                                *this.state = State::Done;
+                                let body = ResponseBody::sse(body);
+                                return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                            }
+                            *this.state = State::Holding {
+                                parts,
+                                body,
+                                format: settings.format,
+                            };
+                        }
+                    }
+                }
+                State::Holding { parts, body, .. } => {
+                    let first = ready!(body.poll_first_event(cx, &parts.headers));
+                    if let State::Holding {
+                        parts,
+                        body,
+                        format,
+                    } = std::mem::replace(this.state, State::Done)
+                    {
+                        return Poll::Ready(Ok(match first {
+                            Ok(()) => Response::from_parts(parts, ResponseBody::sse(body)),
+                            Err(error) => reject(format, &error),
+                        }));
+                    }
+                }
+                State::Done => panic!("ResponseFuture polled after completion"),
+            }
+        }
+    }
+}
+
+/// An error answered instead of a stream: Anthropic's shape for Anthropic
+/// clients, OpenAI's otherwise; the `ApiError` rides in the extensions so an
+/// outer `ErrorEnvelopeLayer` can re-render it.
+fn reject<B>(format: StreamFormat, error: &ApiError) -> Response<ResponseBody<B>> {
+    let format = match format {
+        StreamFormat::AnthropicMessages => ErrorFormat::Anthropic,
+        _ => ErrorFormat::OpenAi,
+    };
+    format.render(error).map(ResponseBody::rejected)
+}
