@@ -872,6 +872,49 @@ async fn a_crashed_reservation_is_released_by_its_lease() {
     assert_eq!(hold_count(&server).await, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
+    let mut server = redis_server!();
+    let ledger = RedisLedger::new(instance(&server).await);
+    let limits = RedisRateLimitStore::new(ledger.connection().clone());
+    let budget = specs([BudgetSpec::balance(BudgetScope::Org("o".into()), usd("5"))]);
+    let reservation = reserved(
+        ledger
+            .reserve(&budget, usd("1"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    server.kill();
+    // The first call finds the connection broken; later ones are not sent.
+    assert!(ledger.read(&budget[0]).await.is_err());
+    assert!(!ledger.connection().is_connected());
+    let settlement = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.settle(&reservation, usd("0.25")).await }
+    });
+    let rl = [Limit::tokens_per_minute(1_000)];
+    let refund = tokio::spawn(async move {
+        let settle = Settle {
+            limits: &rl,
+            deltas: &[-5],
+            release: true,
+        };
+        limits.settle(RateLimitKey::new("k"), &settle).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    // Both wait for Redis rather than fail, then apply.
+    let settled = settlement.await.unwrap().unwrap();
+    assert!(refund.await.unwrap().is_ok());
+    // (The restarted Redis had lost the hold and the balance: only the
+    // charge is left, on a fresh opening balance.)
+    assert_eq!(settled.statuses[0].spent, usd("0.25"));
+    assert_eq!(
+        ledger.read(&budget[0]).await.unwrap().remaining(),
+        usd("4.75")
+    );
+}
+
 /// Holds left in Redis (the index and the hashes).
 async fn hold_count(server: &RedisServer) -> usize {
     let client = redis::Client::open(server.url()).unwrap();

@@ -32,6 +32,8 @@ use redis::IntoConnectionInfo;
 ///   `reconnect_max_delay` (1 s): a restarted Redis is back in use at most
 ///   about a second after it accepts connections. While disconnected, calls
 ///   fail at once instead of waiting for their timeout.
+/// - **`settlement_retry` 30 s**: settlements that could not be sent while
+///   Redis was unreachable are retried for that long once it is back.
 /// - **`key_prefix` `"tollgate:"`**: every key the stores write starts with
 ///   it, so several gateways (or environments) can share one Redis without
 ///   sharing limits. It is also the pub/sub channel's namespace.
@@ -43,6 +45,7 @@ pub struct RedisConfig {
     pub(crate) call_timeout: Duration,
     pub(crate) reconnect_min_delay: Duration,
     pub(crate) reconnect_max_delay: Duration,
+    pub(crate) settlement_retry: Duration,
 }
 
 /// A Redis configuration that cannot be used.
@@ -64,6 +67,8 @@ impl RedisConfig {
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
     /// Default [`reconnect_max_delay`](Self::reconnect_max_delay): 1 s.
     pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+    /// Default [`settlement_retry`](Self::settlement_retry): 30 s.
+    pub const DEFAULT_SETTLEMENT_RETRY: Duration = Duration::from_secs(30);
     /// Default [`key_prefix`](Self::key_prefix): `tollgate:`.
     pub const DEFAULT_KEY_PREFIX: &'static str = "tollgate:";
 
@@ -81,6 +86,7 @@ impl RedisConfig {
             call_timeout: Self::DEFAULT_CALL_TIMEOUT,
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
+            settlement_retry: Self::DEFAULT_SETTLEMENT_RETRY,
         })
     }
 
@@ -110,6 +116,18 @@ impl RedisConfig {
         self
     }
 
+    /// How long a settlement (a rate limit's token correction and slot
+    /// release, a budget's charge or release) that could not be sent because
+    /// Redis was unreachable keeps being retried in the background (default
+    /// 30 s; zero: never). Without it, a blip of a second would lose the
+    /// spend of the requests in flight and keep their holds and slots until
+    /// their leases run out. A settlement that may have reached Redis is
+    /// never retried, so nothing is charged twice.
+    pub fn settlement_retry(mut self, patience: Duration) -> Self {
+        self.settlement_retry = patience;
+        self
+    }
+
     /// The key prefix.
     pub fn get_key_prefix(&self) -> &str {
         &self.key_prefix
@@ -136,6 +154,7 @@ impl fmt::Debug for RedisConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("call_timeout", &self.call_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("settlement_retry", &self.settlement_retry)
             .finish_non_exhaustive()
     }
 }

@@ -20,6 +20,9 @@ use crate::store::StoreError;
 /// slow still answers some calls, and keeps its connection.
 const STALLED: Duration = Duration::from_secs(1);
 
+/// The error of a call made while disconnected: it never left this process.
+const NOT_CONNECTED: &str = "not connected to Redis";
+
 /// A handle on Redis shared by the stores of one gateway instance: cheap to
 /// clone, every clone uses the same connection.
 ///
@@ -150,16 +153,65 @@ impl RedisConnection {
     where
         T: redis::FromRedisValue + Send + 'static,
     {
+        self.eval_shared(script, Arc::new((keys, args)))
+    }
+
+    fn eval_shared<T>(
+        &self,
+        script: &'static Script,
+        call: Arc<(Vec<String>, Vec<String>)>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
         self.call(move |mut conn| async move {
+            let (keys, args) = &*call;
             let mut invocation = script.prepare_invoke();
-            for key in &keys {
+            for key in keys {
                 invocation.key(key);
             }
-            for arg in &args {
+            for arg in args {
                 invocation.arg(arg);
             }
             invocation.invoke_async(&mut conn).await
         })
+    }
+
+    /// [`eval`](Self::eval) for settlements: a call that could not be sent
+    /// because Redis was unreachable is retried (with the reconnection's
+    /// backoff) for up to the configured
+    /// [`settlement_retry`](RedisConfig::settlement_retry), so a short outage
+    /// neither loses spend nor leaves holds and slots behind. A call that may
+    /// have reached Redis (an error mid-flight, a timeout) is not retried:
+    /// nothing is applied twice.
+    pub(crate) fn eval_settlement<T>(
+        &self,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let this = self.clone();
+        let call = Arc::new((keys, args));
+        async move {
+            let config = &this.shared.config;
+            let deadline = tokio::time::Instant::now() + config.settlement_retry;
+            let mut delay = config.reconnect_min_delay;
+            loop {
+                match this.eval_shared(script, call.clone()).await {
+                    Err(StoreError::Unavailable(why))
+                        if why == NOT_CONNECTED
+                            && tokio::time::Instant::now() + delay < deadline =>
+                    {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(config.reconnect_max_delay);
+                    }
+                    answer => return answer,
+                }
+            }
+        }
     }
 
     /// Runs `op` on the connection, bounded by the call timeout. Fails at
@@ -243,7 +295,7 @@ impl Shared {
         let reconnect = self.start_reconnecting(&mut link);
         drop(link);
         reconnect.spawn();
-        Err(StoreError::Unavailable("not connected to Redis".into()))
+        Err(StoreError::Unavailable(NOT_CONNECTED.into()))
     }
 
     fn failed(self: &Arc<Self>, generation: u64, error: &RedisError) -> StoreError {

@@ -218,10 +218,14 @@ impl RedisKeyStore {
             inner.channel.clone(),
             inner.redis.key("key:"),
         ];
-        let found: i64 = inner.redis.eval(&KEY_FLAG, keys, args).await?;
-        // Whose hash it was is not known here: drop every local entry.
-        inner.invalidate(None);
-        Ok(found == 1)
+        let hex: String = inner.redis.eval(&KEY_FLAG, keys, args).await?;
+        match KeyHash::from_hex(&hex) {
+            Ok(hash) => {
+                inner.invalidate(Some(&hash));
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// Removes key `id` (401 `invalid_api_key` on every instance). Returns

@@ -87,7 +87,10 @@ use crate::store::StoreError;
 /// Every call is bounded by the connection's call timeout and fails with a
 /// [`StoreError`]; [`BudgetLayer`](crate::budget::BudgetLayer)'s failure
 /// policy decides: by default it refuses with 503 `store_unavailable` (no
-/// spend the ledger cannot see).
+/// spend the ledger cannot see). Settlements and releases that could not be
+/// sent while Redis was unreachable are retried in the background for
+/// [`settlement_retry`](super::RedisConfig::settlement_retry) (30 s), so a
+/// short outage loses no spend of the requests in flight.
 #[derive(Clone)]
 pub struct RedisLedger {
     inner: Arc<Inner>,
@@ -400,7 +403,9 @@ impl Ledger for RedisLedger {
             push_spec(&mut args, spec);
         }
         let of = distinct.of;
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_SETTLE, keys, args);
+        let call = inner
+            .redis
+            .eval_settlement::<Vec<Value>>(&LEDGER_SETTLE, keys, args);
         async move {
             let distinct = statuses(&call.await?, n)?;
             Ok(Settlement {
@@ -423,7 +428,9 @@ impl Ledger for RedisLedger {
             id,
             inner.hold_prefix(),
         ];
-        let call = inner.redis.eval::<i64>(&LEDGER_RELEASE, keys, args);
+        let call = inner
+            .redis
+            .eval_settlement::<i64>(&LEDGER_RELEASE, keys, args);
         async move { call.await.map(drop) }
     }
 

@@ -125,7 +125,9 @@
 //!
 //! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
 //! (default `tollgate:`), so several gateways or environments can share a
-//! Redis. The stores target a single Redis primary (optionally with replicas
+//! Redis. Run it with `maxmemory-policy noeviction`: an evicting policy may
+//! drop budget books or key records to make room (the stores' own keys expire
+//! by themselves, so their memory is bounded by what is in use). The stores target a single Redis primary (optionally with replicas
 //! and Sentinel-driven failover behind a stable address); Redis Cluster is
 //! not supported, because a budget reservation touches keys of several
 //! scopes in one script.

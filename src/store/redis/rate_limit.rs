@@ -369,9 +369,11 @@ impl RateLimitStore for RedisRateLimitStore {
             args.extend(amount_and_window(limit));
             args.push(delta.clamp(-bound, bound).to_string());
         }
-        let call = inner
-            .redis
-            .eval::<i64>(&RATE_LIMIT_SETTLE, redis_keys(&inner.redis, key), args);
+        let call = inner.redis.eval_settlement::<i64>(
+            &RATE_LIMIT_SETTLE,
+            redis_keys(&inner.redis, key),
+            args,
+        );
         Box::pin(async move { call.await.map(drop) })
     }
 }

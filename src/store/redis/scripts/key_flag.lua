@@ -3,16 +3,16 @@
 --
 -- KEYS[1]  the id index
 -- ARGV     field, value (0/1), invalidation channel, record key prefix
--- Returns  1 if the key exists, 0 otherwise
+-- Returns  the record's secret hash, or '' if there is no such key
 
 local hash = redis.call('GET', KEYS[1])
 if not hash then
-  return 0
+  return ''
 end
 local record = ARGV[4] .. hash
 if redis.call('EXISTS', record) == 0 then
-  return 0
+  return ''
 end
 redis.call('HSET', record, ARGV[1], ARGV[2])
 redis.call('PUBLISH', ARGV[3], hash)
-return 1
+return hash
