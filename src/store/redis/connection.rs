@@ -50,6 +50,10 @@ const NOT_CONNECTED: &str = "not connected to Redis";
 /// - A connection on which calls time out and nothing has been answered
 ///   for a second is replaced too: a network path that silently drops
 ///   packets never reports an error.
+///
+/// Timeouts and backoff run on tokio's clock: a runtime with paused time
+/// (`tokio::time::pause`) would fire them while Redis is still answering,
+/// so test against a real Redis on a running clock.
 #[derive(Clone)]
 pub struct RedisConnection {
     shared: Arc<Shared>,
@@ -84,6 +88,7 @@ impl RedisConnection {
         link.generation += 1;
         link.down_since = None;
         drop(link);
+        this.shared.answered();
         Ok(this)
     }
 

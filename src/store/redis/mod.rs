@@ -95,9 +95,11 @@
 //!
 //! # When Redis fails
 //!
-//! Redis unreachable, slow, or restarting: every call returns within the
-//! call timeout (250 ms by default) with a [`StoreError`](crate::store::StoreError),
-//! nothing panics, and each layer applies its policy:
+//! Redis unreachable, slow, or restarting: every call a request waits on
+//! returns within the call timeout (250 ms by default; at once while the
+//! connection is known to be down) with a
+//! [`StoreError`](crate::store::StoreError), nothing panics, and each layer
+//! applies its policy:
 //!
 //! | layer | default | alternative |
 //! |---|---|---|
@@ -114,23 +116,29 @@
 //!
 //! Recovery is automatic: when Redis answers again (same address), the
 //! connection is re-established within about a second
-//! ([`reconnect_max_delay`](RedisConfig::reconnect_max_delay)), scripts are
-//! reloaded on first use, the key store resubscribes and starts from an
-//! empty cache, and the layers resume on shared state. A Redis restarted
-//! without persistence starts with full limits and empty budgets (spend in
-//! flight is lost); use Redis persistence or replication if budget spend
-//! must survive a Redis crash.
+//! ([`reconnect_max_delay`](RedisConfig::reconnect_max_delay)) with every
+//! script loaded, the key store resubscribes and starts from an empty cache,
+//! and the layers resume on shared state. Settlements of the requests in
+//! flight during the outage that could not be sent are applied then
+//! ([`settlement_retry`](RedisConfig::settlement_retry), 30 s). A Redis
+//! restarted without persistence starts with full limits and empty budgets:
+//! use Redis persistence or replication if budget spend must survive a Redis
+//! crash.
 //!
 //! # Namespacing and deployment
 //!
 //! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
 //! (default `tollgate:`), so several gateways or environments can share a
 //! Redis. Run it with `maxmemory-policy noeviction`: an evicting policy may
-//! drop budget books or key records to make room (the stores' own keys expire
-//! by themselves, so their memory is bounded by what is in use). The stores target a single Redis primary (optionally with replicas
-//! and Sentinel-driven failover behind a stable address); Redis Cluster is
-//! not supported, because a budget reservation touches keys of several
-//! scopes in one script.
+//! drop budget books or key records to make room (the stores' own keys
+//! expire by themselves, so their memory is bounded by what is in use).
+//!
+//! The stores target a single Redis primary (optionally with replicas and
+//! Sentinel-driven failover behind a stable address). Redis Cluster is not
+//! supported: a budget reservation touches the keys of several scopes in one
+//! script. Tested with Redis 7.0; the scripts use nothing newer than Redis
+//! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
+//! the default (before 7.0), as they read `TIME` before writing.
 
 mod config;
 mod connection;
