@@ -20,6 +20,7 @@ use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::retry::RetryInfo;
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger};
+use tollgate::stream::StreamErrorTrailerLayer;
 use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
 use tower::ServiceBuilder;
@@ -117,7 +118,7 @@ pub fn router(
         _ => HeaderStyle::OpenAi,
     };
     let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
-    let _idle = Duration::from_secs(config.stream_idle_timeout_secs);
+    let idle = Duration::from_secs(config.stream_idle_timeout_secs);
     let gateway = Arc::new(Gateway {
         config,
         pricing: pricing.clone(),
@@ -130,7 +131,8 @@ pub fn router(
         .layer(
             ServiceBuilder::new()
                 .layer(RateLimitLayer::new().headers(header_style))
-                .layer(BudgetLayer::with_ledger(pricing, ledger)),
+                .layer(BudgetLayer::with_ledger(pricing, ledger))
+                .layer(StreamErrorTrailerLayer::new().idle_timeout(idle)),
         );
     let authed = Router::new()
         .route("/v1/models", get(list_models))

@@ -103,7 +103,7 @@ def test_unknown_model_is_bad_request():
     with raises(openai.BadRequestError) as e:
         chat(model="no-such-model")
     assert e.value.code == "invalid_model"
-    assert e.value.message == "Invalid model 'no-such-model' specified"
+    assert e.value.body["message"] == "Invalid model 'no-such-model' specified"
 
 
 def test_rate_limit_has_retry_after():
