@@ -566,6 +566,14 @@ fn in_process(
         }))
 }
 
+/// Bounds an in-process step. Under paused time a hang fails at once (the
+/// clock jumps to the bound) instead of blocking the suite.
+async fn bounded<F: std::future::Future>(step: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), step)
+        .await
+        .expect("the step finished within its bound")
+}
+
 fn chat_request() -> Request<Full<Bytes>> {
     Request::post("/v1/chat/completions")
         .body(Full::default())
@@ -579,11 +587,7 @@ async fn stall_before_the_first_event_is_a_504() {
         .first_event_timeout(Duration::from_secs(60));
     let mut service = in_process(layer, vec![": processing\n\n"], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -603,11 +607,7 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
         .first_event_timeout(Duration::from_secs(2));
     let mut service = in_process(layer, vec![": processing\n\n"], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -616,7 +616,10 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert!(body.starts_with(b": processing\n\ndata: {\"error\""));
     let idle = started.elapsed();
     assert!(
@@ -629,15 +632,14 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
 async fn first_event_limit_starts_the_stream() {
     let layer = StreamErrorTrailerLayer::new().first_event_limit(8);
     let mut service = in_process(layer, vec![": a long comment\n\n", CHUNK, DONE], Then::End);
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(body, format!(": a long comment\n\n{CHUNK}{DONE}"));
 }
 
@@ -649,15 +651,14 @@ async fn without_holding_the_head_comes_at_once() {
         vec!["data: {\"error\":{\"message\":\"no\",\"type\":\"invalid_request_error\"}}\n\n"],
         Then::End,
     );
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     // The upstream's own error ends the stream: nothing is appended.
     assert_eq!(
         body,
@@ -673,14 +674,13 @@ async fn oversized_events_are_forwarded_and_closed_before_the_error() {
         vec![CHUNK, "data: {\"a\":\"0123456789", "0123456789"],
         Then::Fail,
     );
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let text = std::str::from_utf8(&body).unwrap();
     assert!(
         text.starts_with(&format!(
@@ -697,14 +697,13 @@ async fn keep_alives_do_not_reset_the_idle_timeout() {
         .keep_alive(Duration::from_secs(15));
     let mut service = in_process(layer, vec![CHUNK], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let text = std::str::from_utf8(&body).unwrap();
     // Every 15 s give or take a tick, until the idle timeout at 60 s.
     let keep_alives = text.matches(": keep-alive\n\n").count();
@@ -736,17 +735,22 @@ async fn through_layer(pieces: Vec<Bytes>, fail: bool) -> (StatusCode, Bytes) {
             )
         }
     });
-    let response = ServiceBuilder::new()
-        .layer(StreamErrorTrailerLayer::new())
-        .service(inner)
-        .oneshot(chat_request())
+    let exchange = async {
+        let response = ServiceBuilder::new()
+            .layer(StreamErrorTrailerLayer::new())
+            .service(inner)
+            .oneshot(chat_request())
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    };
+    tokio::time::timeout(BOUND, exchange)
         .await
-        .unwrap();
-    let status = response.status();
-    (
-        status,
-        response.into_body().collect().await.unwrap().to_bytes(),
-    )
+        .expect("bounded exchange")
 }
 
 fn event_strategy() -> impl Strategy<Value = String> {

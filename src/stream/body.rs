@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -238,11 +238,50 @@ enum Input<E> {
     End,
 }
 
-/// The watched SSE stream. `Unpin` (the inner body and timer are boxed) so
-/// the response future can poll it for the first event, then hand it over.
-pub(crate) struct SseBody<B> {
+/// The watched SSE stream. `Unpin` and small (its state is boxed) so the
+/// response future can poll it for the first event, then hand it over.
+pub(crate) struct SseBody<B>(Box<SseState<B>>);
+
+impl<B> SseBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    /// Watches `body`; with `hold` the caller must drive
+    /// [`poll_first_event`](Self::poll_first_event) before polling frames.
+    pub(crate) fn new(body: B, settings: Settings, hold: bool) -> Self {
+        SseBody(Box::new(SseState::new(body, settings, hold)))
+    }
+
+    /// Holding phase: reads until the first event with data. `Ok` when the
+    /// stream may start (the head is sent), `Err` with the error to answer
+    /// instead of a stream.
+    pub(crate) fn poll_first_event(
+        &mut self,
+        cx: &mut Context<'_>,
+        headers: &HeaderMap,
+    ) -> Poll<Result<(), ApiError>> {
+        self.0.poll_first_event(cx, headers)
+    }
+
+    #[inline]
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        self.0.poll_frame(cx)
+    }
+
+    pub(crate) fn is_end_stream(&self) -> bool {
+        self.0.is_end_stream()
+    }
+}
+
+struct SseState<B> {
     body: Option<Pin<Box<B>>>,
     timer: Option<Pin<Box<Sleep>>>,
+    /// The waker the pending `timer` will wake.
+    timer_waker: Option<Waker>,
     tick: Duration,
     last_tick: Instant,
     framer: Framer,
@@ -265,14 +304,12 @@ pub(crate) struct SseBody<B> {
     unaligned: bool,
 }
 
-impl<B> SseBody<B>
+impl<B> SseState<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    /// Watches `body`; with `hold` the caller must drive
-    /// [`poll_first_event`](Self::poll_first_event) before polling frames.
-    pub(crate) fn new(body: B, settings: Settings, hold: bool) -> Self {
+    fn new(body: B, settings: Settings, hold: bool) -> Self {
         let phase = if hold {
             Phase::Holding
         } else {
@@ -280,9 +317,10 @@ where
         };
         let tick = tick_for(&settings, hold);
         let now = Instant::now();
-        SseBody {
+        SseState {
             body: Some(Box::pin(body)),
             timer: tick.map(|t| Box::pin(tokio::time::sleep_until(now + t))),
+            timer_waker: None,
             tick: tick.unwrap_or_default(),
             last_tick: now,
             framer: Framer::default(),
@@ -301,10 +339,7 @@ where
         }
     }
 
-    /// Holding phase: reads until the first event with data. `Ok` when the
-    /// stream may start (the head is sent), `Err` with the error to answer
-    /// instead of a stream.
-    pub(crate) fn poll_first_event(
+    fn poll_first_event(
         &mut self,
         cx: &mut Context<'_>,
         headers: &HeaderMap,
@@ -318,13 +353,16 @@ where
                     let base = self.held.len();
                     let scan = self.framer.scan(&bytes);
                     self.note(&scan);
-                    if let Some(end) = scan.last_boundary {
-                        self.held_complete = base + end;
+                    if scan.last_boundary > 0 {
+                        self.held_complete = base + scan.last_boundary;
                     }
                     self.held.push(bytes);
-                    if let Some((end, flags)) = scan.first_data {
+                    if scan.first_data_end > 0 {
                         let all = self.held.take();
-                        if let Some(error) = first_event_error(&all[..base + end], flags, headers) {
+                        let first = &all[..base + scan.first_data_end];
+                        if let Some(error) =
+                            first_event_error(first, scan.first_data_flags, headers)
+                        {
                             self.close();
                             return Poll::Ready(Err(error));
                         }
@@ -446,13 +484,29 @@ where
         })
     }
 
+    /// Whether the timer is pending and will wake this task: then polling it
+    /// again (on every event of a busy stream) is waste. A fired timer is
+    /// `is_elapsed` until it is polled and reset.
+    #[inline]
+    fn timer_armed(&self, cx: &Context<'_>) -> bool {
+        match (&self.timer_waker, &self.timer) {
+            (Some(waker), Some(timer)) => waker.will_wake(cx.waker()) && !timer.is_elapsed(),
+            _ => false,
+        }
+    }
+
     fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Tick> {
+        if self.timer_armed(cx) {
+            return Poll::Pending;
+        }
         let Some(timer) = self.timer.as_mut() else {
             return Poll::Pending;
         };
         if timer.as_mut().poll(cx).is_pending() {
+            self.timer_waker = Some(cx.waker().clone());
             return Poll::Pending;
         }
+        self.timer_waker = None;
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.last_tick);
         self.last_tick = now;
@@ -486,38 +540,35 @@ where
 
     /// A data frame while streaming: returns what to send now; anything more
     /// goes to `out`.
+    #[inline]
     fn on_data(&mut self, bytes: Bytes) -> Option<Bytes> {
         let scan = self.framer.scan(&bytes);
-        if scan.events > 0 {
-            self.progress = true;
-        }
-        let now = match scan.last_boundary {
-            Some(end) => {
-                self.unaligned = false;
-                if self.held.is_empty() {
-                    if end == bytes.len() {
-                        // The common case: the frame is whole events.
-                        Some(bytes)
-                    } else {
-                        self.held.push(bytes.slice(end..));
-                        Some(bytes.slice(..end))
-                    }
-                } else {
-                    let first = self.held.take();
-                    self.out.push_back(bytes.slice(..end));
-                    self.held.push(bytes.slice(end..));
-                    Some(first)
-                }
-            }
-            None if self.unaligned => Some(bytes),
-            None => {
-                self.held.push(bytes);
-                if self.held.len() > self.settings.config.max_event_bytes {
-                    self.unaligned = true;
-                    Some(self.held.take())
-                } else {
-                    None
-                }
+        self.progress |= scan.events > 0;
+        let end = scan.last_boundary;
+        let now = if end == bytes.len() && self.held.is_empty() {
+            // The common case: the frame is whole events.
+            self.unaligned = false;
+            Some(bytes)
+        } else if end > 0 {
+            self.unaligned = false;
+            let head = bytes.slice(..end);
+            let first = if self.held.is_empty() {
+                head
+            } else {
+                self.out.push_back(head);
+                self.held.take()
+            };
+            self.held.push(bytes.slice(end..));
+            Some(first)
+        } else if self.unaligned {
+            Some(bytes)
+        } else {
+            self.held.push(bytes);
+            if self.held.len() > self.settings.config.max_event_bytes {
+                self.unaligned = true;
+                Some(self.held.take())
+            } else {
+                None
             }
         };
         if self.framer.terminated() {
@@ -562,11 +613,48 @@ where
         self.out.push_back(event);
     }
 
-    pub(crate) fn is_end_stream(&self) -> bool {
+    fn is_end_stream(&self) -> bool {
         self.phase == Phase::Done && self.out.is_empty() && self.trailers.is_none()
     }
 
-    pub(crate) fn poll_frame(
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        // The hot path of a healthy stream: a frame of whole events, or
+        // `Pending` with the timer already armed for this task.
+        if let (Phase::Streaming, true, Some(body)) =
+            (self.phase, self.out.is_empty(), self.body.as_mut())
+        {
+            match body.as_mut().poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(bytes) if !bytes.is_empty() => {
+                        if let Some(now) = self.on_data(bytes) {
+                            self.sent = true;
+                            return Poll::Ready(Some(Ok(Frame::data(now))));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            self.trailers = Some(trailers);
+                            self.on_end();
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(error))) => {
+                    log_failure(error);
+                    self.fail(Failure::BodyError);
+                }
+                Poll::Ready(None) => self.on_end(),
+                Poll::Pending => {
+                    if self.timer.is_none() || self.timer_armed(cx) {
+                        return Poll::Pending;
+                    }
+                }
+            }
+        }
+        self.poll_frame_slow(cx)
+    }
+
+    fn poll_frame_slow(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
