@@ -116,5 +116,5 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
 /// Every layer rejects through this, so each is useful alone and an outer
 /// `ErrorEnvelopeLayer` finds the `ApiError` in the response extensions.
 pub fn reject<B>(error: crate::ApiError) -> http::Response<ResponseBody<B>> {
-    error.into_response().map(ResponseBody::from_full)
+    error.into_http_response().map(ResponseBody::from_full)
 }

@@ -317,7 +317,7 @@ impl fmt::Display for ErrorKind {
 /// Build one from a kind (defaults fill status, type, code and message), then
 /// refine it with the `with_*` setters. Render it with
 /// [`ErrorFormat`](crate::envelope::ErrorFormat) or
-/// [`ApiError::into_response`].
+/// [`ApiError::into_http_response`].
 ///
 /// The message is shown to API clients: never put a secret, a stack trace or
 /// an internal `Debug` dump in it.

@@ -5,7 +5,7 @@ impl axum_core::response::IntoResponse for crate::ApiError {
     /// Renders the error in the OpenAI format, with the `ApiError` in the
     /// response extensions for an outer `ErrorEnvelopeLayer`.
     fn into_response(self) -> axum_core::response::Response {
-        crate::ApiError::into_response(self).map(axum_core::body::Body::new)
+        crate::ApiError::into_http_response(self).map(axum_core::body::Body::new)
     }
 }
 

@@ -30,6 +30,11 @@
 //! | module | layer | what it decides |
 //! |---|---|---|
 //! | [`envelope`] | `ErrorEnvelopeLayer` | what every failure looks like on the wire |
+//! | [`rate_limit`] | `RateLimitLayer` | how many requests and tokens each key may use, and when |
+//! | [`retry`] | `RetryLayer` | which upstream failures are retried, when, and how often |
+//! | [`usage`] | (`observe`, used by the layers) | how many tokens each response really used |
+//! | [`auth`] | `AuthLayer` | who is calling: API keys, stored hashed, revocable at run time |
+//! | [`budget`] | `BudgetLayer` | what each request costs, and when a key, team or org has spent enough (402) or run out of prepaid funds (403) |
 //! | [`stream`] | `StreamErrorTrailerLayer` | how a failing stream ends: with an error event the client's SDK raises |
 //!
 //! ## Feature flags
@@ -49,20 +54,30 @@
 pub mod auth;
 pub mod body;
 pub mod budget;
+pub mod client;
 pub mod clock;
 pub mod envelope;
 mod error;
 mod integrations;
 pub mod rate_limit;
 pub mod request;
+pub mod retry;
 pub mod store;
 pub mod stream;
 pub mod time;
+pub mod usage;
 
 pub use self::auth::Principal;
 pub use self::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 pub use self::error::{ApiError, ErrorKind, Origin, RetryClass};
 pub use self::request::RequestMeta;
+pub use self::retry::RetryLayer;
+pub use self::usage::Usage;
 
 /// The boxed error type tower middleware uses.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The README's Rust examples, compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -60,9 +60,10 @@ pub struct RequestMeta {
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
     /// Estimated prompt tokens: characters of the text in `messages`,
-    /// `prompt`, `input`, `system`, `instructions` and `tools`, divided by 4
-    /// and rounded up (OpenAI's rule of thumb). Image and audio payloads are
-    /// not counted.
+    /// `prompt`, `input`, `system`, `instructions`, `tools` and `functions`,
+    /// divided by 4 and rounded up (OpenAI's rule of thumb), plus one token
+    /// per integer (token arrays). Roles, part types, ids, image, audio and
+    /// file payloads are not counted.
     pub prompt_tokens_estimate: u64,
     /// Size of the body in bytes.
     pub body_len: usize,
@@ -118,16 +119,27 @@ impl RequestMeta {
     pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
 
     /// Reads the facts from a JSON body. Not an object, malformed JSON, or a
-    /// field of the wrong type → 400 `invalid_request` naming the problem.
+    /// field of the wrong type → 400 `invalid_request` naming the problem
+    /// and where it is; a field of the wrong type is also named in `param`.
     pub fn from_json(body: &[u8]) -> Result<RequestMeta, ApiError> {
         let mut de = serde_json::Deserializer::from_slice(body);
+        let mut failed_field = None;
         let mut meta = de
-            .deserialize_map(MetaVisitor)
+            .deserialize_map(MetaVisitor {
+                failed_field: &mut failed_field,
+            })
             .and_then(|meta| de.end().map(|()| meta))
             .map_err(|e| {
-                ApiError::invalid_request().with_message(format!(
-                    "We could not parse the JSON body of your request: {e}"
-                ))
+                let error = ApiError::invalid_request();
+                match failed_field {
+                    Some(field) => error.with_param(field).with_message(format!(
+                        "We could not parse the JSON body of your request: \
+                         invalid `{field}`: {e}"
+                    )),
+                    None => error.with_message(format!(
+                        "We could not parse the JSON body of your request: {e}"
+                    )),
+                }
             })?;
         meta.body_len = body.len();
         Ok(meta)
@@ -137,8 +149,9 @@ impl RequestMeta {
     /// body (at most `limit` bytes) when it does not, and putting the bytes back.
     ///
     /// Only bodies that may be JSON are read: methods with a body and a JSON
-    /// or missing `content-type`. Others (multipart uploads, gRPC, …) get an
-    /// empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
+    /// or missing `content-type`, and `application/x-www-form-urlencoded`
+    /// bodies that start with `{` (what `curl -d '{…}'` sends). Others
+    /// (multipart uploads, gRPC, …) get an empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
     /// JSON → 400 `invalid_request`; a body that fails to arrive → 400.
     pub async fn read<B>(req: Request<B>, limit: usize) -> Result<Request<B>, ApiError>
     where
@@ -148,11 +161,15 @@ impl RequestMeta {
         if req.extensions().get::<RequestMeta>().is_some() {
             return Ok(req);
         }
-        if !may_be_json(&req) {
-            let mut req = req;
-            req.extensions_mut().insert(RequestMeta::default());
-            return Ok(req);
-        }
+        let sniff = match body_kind(&req) {
+            BodyKind::Json => false,
+            BodyKind::Sniff => true,
+            BodyKind::Other => {
+                let mut req = req;
+                req.extensions_mut().insert(RequestMeta::default());
+                return Ok(req);
+            }
+        };
         let declared = req
             .headers()
             .get(CONTENT_LENGTH)
@@ -167,6 +184,11 @@ impl RequestMeta {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
                 let e: BoxError = e.into();
+                // A limit set further out (`tower_http::limit`, `Limited`)
+                // is still a body that is too large, not a broken one.
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::payload_too_large();
+                }
                 tracing::debug!(error = %e, "request body failed");
                 ApiError::invalid_request().with_message("The request body could not be read.")
             })?;
@@ -178,7 +200,8 @@ impl RequestMeta {
             }
         }
         let bytes = buf.freeze();
-        let meta = if bytes.iter().all(u8::is_ascii_whitespace) {
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
             RequestMeta::default()
         } else {
             RequestMeta::from_json(&bytes)?
@@ -201,23 +224,60 @@ fn too_large(limit: usize) -> ApiError {
     ))
 }
 
-fn may_be_json<B>(req: &Request<B>) -> bool {
+enum BodyKind {
+    /// Declared JSON (or undeclared): parse it, reject what does not parse.
+    Json,
+    /// `curl -d` sends JSON as `application/x-www-form-urlencoded`: parse
+    /// it when it looks like a JSON object, leave it alone otherwise.
+    Sniff,
+    /// Not ours to read (multipart uploads, gRPC, bodiless methods).
+    Other,
+}
+
+fn body_kind<B>(req: &Request<B>) -> BodyKind {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-        return false;
+        return BodyKind::Other;
     }
     match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
-        None => true,
+        None => BodyKind::Json,
         Some(Ok(ct)) => {
             let ct = ct.trim().to_ascii_lowercase();
-            ct.starts_with("application/json") || ct.contains("+json")
+            if ct.starts_with("application/json") || ct.contains("+json") {
+                BodyKind::Json
+            } else if ct.starts_with("application/x-www-form-urlencoded") {
+                BodyKind::Sniff
+            } else {
+                BodyKind::Other
+            }
         }
-        Some(Err(_)) => false,
+        Some(Err(_)) => BodyKind::Other,
     }
 }
 
-struct MetaVisitor;
+/// Reads the known fields; on a field's error, leaves its name in
+/// `failed_field` so the rejection can say which field is wrong.
+struct MetaVisitor<'a> {
+    failed_field: &'a mut Option<&'static str>,
+}
 
-impl<'de> Visitor<'de> for MetaVisitor {
+/// The fields `MetaVisitor` reads, by name.
+const FIELDS: [&str; 13] = [
+    "model",
+    "stream",
+    "max_tokens",
+    "max_completion_tokens",
+    "max_output_tokens",
+    "stream_options",
+    "messages",
+    "prompt",
+    "input",
+    "system",
+    "instructions",
+    "tools",
+    "functions",
+];
+
+impl<'de> Visitor<'de> for MetaVisitor<'_> {
     type Value = RequestMeta;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -229,6 +289,7 @@ impl<'de> Visitor<'de> for MetaVisitor {
         let (mut max_tokens, mut max_completion, mut max_output) = (None, None, None);
         let mut chars = 0u64;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            *self.failed_field = FIELDS.iter().find(|f| **f == key).copied();
             match &*key {
                 "model" => meta.model = map.next_value::<Option<String>>()?,
                 "stream" => meta.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
@@ -247,6 +308,8 @@ impl<'de> Visitor<'de> for MetaVisitor {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
+            // The value was fine: a later syntax error is not this field's.
+            *self.failed_field = None;
         }
         meta.max_tokens = max_completion.or(max_tokens).or(max_output);
         meta.prompt_tokens_estimate = chars.div_ceil(4);
@@ -289,11 +352,15 @@ impl<'de> Visitor<'de> for CountText<'_> {
         Ok(())
     }
 
+    // An integer is a token id (`prompt`/`input` given as token arrays, as
+    // some embedding clients send them): one token, so four "characters".
     fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        *self.chars += 4;
         Ok(())
     }
 
     fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        *self.chars += 4;
         Ok(())
     }
 

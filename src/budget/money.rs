@@ -64,6 +64,63 @@ impl Money {
     pub const fn saturating_sub(self, other: Money) -> Money {
         Money(self.0.saturating_sub(other.0))
     }
+
+    /// `self + other`, or `None` on overflow.
+    pub const fn checked_add(self, other: Money) -> Option<Money> {
+        match self.0.checked_add(other.0) {
+            Some(n) => Some(Money(n)),
+            None => None,
+        }
+    }
+
+    /// The smaller of two amounts.
+    pub const fn min(self, other: Money) -> Money {
+        if self.0 <= other.0 { self } else { other }
+    }
+
+    /// The larger of two amounts.
+    pub const fn max(self, other: Money) -> Money {
+        if self.0 >= other.0 { self } else { other }
+    }
+
+    /// Whether the amount is above zero.
+    pub const fn is_positive(self) -> bool {
+        self.0 > 0
+    }
+
+    /// The amount as a plain decimal, without the `$`: `50.00`, `-0.25`,
+    /// `0.000001234`. This is how the `x-budget-*-usd` headers carry it.
+    ///
+    /// ```
+    /// use tollgate::budget::Money;
+    /// assert_eq!(Money::from_usd(50).to_decimal(), "50.00");
+    /// assert_eq!(Money::from_nanos(-250_000_000).to_decimal(), "-0.25");
+    /// ```
+    pub fn to_decimal(self) -> String {
+        let mut s = self.to_string();
+        if let Some(at) = s.find('$') {
+            s.remove(at);
+        }
+        s
+    }
+}
+
+impl std::ops::Add for Money {
+    type Output = Money;
+
+    /// Saturating addition: money never wraps around.
+    fn add(self, other: Money) -> Money {
+        self.saturating_add(other)
+    }
+}
+
+impl std::ops::Sub for Money {
+    type Output = Money;
+
+    /// Saturating subtraction: money never wraps around.
+    fn sub(self, other: Money) -> Money {
+        self.saturating_sub(other)
+    }
 }
 
 impl fmt::Display for Money {

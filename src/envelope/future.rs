@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
 use http::{HeaderValue, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -57,18 +57,45 @@ pub(crate) fn panic_error(panic: Box<dyn Any + Send>) -> ApiError {
 
 /// An inner service's error as an `ApiError`: known tower errors map to
 /// their kind; anything else is logged and becomes a generic 500.
+///
+/// The known errors are looked for along the `source()` chain too, so one
+/// wrapped by another layer (a buffer's `ServiceError`, an application's own
+/// error type) is still recognised.
 pub(crate) fn error_from_inner(error: BoxError) -> ApiError {
-    if let Some(api) = error.downcast_ref::<ApiError>() {
-        return api.clone();
+    let error = match error.downcast::<ApiError>() {
+        Ok(api) => return *api,
+        Err(error) => error,
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if let Some(api) = e.downcast_ref::<ApiError>() {
+            return api.clone();
+        }
+        if e.is::<tower::timeout::error::Elapsed>() {
+            return ApiError::timeout();
+        }
+        if e.is::<tower::load_shed::error::Overloaded>() {
+            return ApiError::unavailable();
+        }
+        cause = e.source();
     }
-    if error.is::<tower::timeout::error::Elapsed>() {
-        return ApiError::timeout();
-    }
-    if error.is::<tower::load_shed::error::Overloaded>() {
-        return ApiError::unavailable();
-    }
-    tracing::error!(error = %error, "inner service failed");
+    tracing::error!(error = %Chain(&*error), "inner service failed");
     ApiError::internal()
+}
+
+/// Displays an error and its sources, `outer: inner: root`, for the log.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl<F, B> ResponseFuture<F, B> {
@@ -99,17 +126,26 @@ fn render<B>(
     request_id: &HeaderValue,
     parts: Option<http::response::Parts>,
 ) -> Response<ResponseBody<B>> {
-    let error = match (error.request_id(), request_id.to_str()) {
-        (None, Ok(id)) => error.with_request_id(id.to_owned()),
-        _ => error,
+    // The envelope is this gateway's answer: its body and headers name the
+    // request's id, not an id an upstream put in its own error.
+    let error = match request_id.to_str() {
+        Ok(id) => error.with_request_id(id.to_owned()),
+        Err(_) => error,
     };
     let mut response = Response::new(ResponseBody::full(format.render_body(&error)));
     if let Some(parts) = parts {
         // Keep the inner response's own headers (rate-limit headers, …),
-        // but not what described its old body.
+        // but not what described its old body: a re-rendered body is
+        // neither compressed nor chunked, nor as long as the old one.
         *response.headers_mut() = parts.headers;
-        response.headers_mut().remove(CONTENT_LENGTH);
-        response.headers_mut().remove(CONTENT_TYPE);
+        for name in [
+            CONTENT_LENGTH,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            TRANSFER_ENCODING,
+        ] {
+            response.headers_mut().remove(name);
+        }
         *response.extensions_mut() = parts.extensions;
     }
     *response.status_mut() = format.http_status(&error);
@@ -164,11 +200,11 @@ where
                             )));
                         }
                         Ok(mut response) if response.status().as_u16() < 400 => {
-                            if !response.headers().contains_key(X_REQUEST_ID) {
-                                response
-                                    .headers_mut()
-                                    .insert(X_REQUEST_ID, this.request_id.clone());
-                            }
+                            // One lookup; an id the inner service set wins.
+                            response
+                                .headers_mut()
+                                .entry(X_REQUEST_ID)
+                                .or_insert_with(|| this.request_id.clone());
                             return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                         }
                         Ok(mut response) => {

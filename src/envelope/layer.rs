@@ -21,15 +21,14 @@ impl FormatChoice {
     pub(crate) fn pick(&self, uri: &Uri, headers: &HeaderMap) -> ErrorFormat {
         let is_grpc = headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"));
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
         if is_grpc {
             return ErrorFormat::Grpc;
         }
         match self {
             FormatChoice::Fixed(format) => *format,
             FormatChoice::Auto => {
-                if headers.contains_key("anthropic-version") || uri.path().ends_with("/messages") {
+                if headers.contains_key("anthropic-version") || is_anthropic_path(uri.path()) {
                     ErrorFormat::Anthropic
                 } else {
                     ErrorFormat::OpenAi
@@ -38,6 +37,13 @@ impl FormatChoice {
             FormatChoice::Custom(f) => f(uri, headers),
         }
     }
+}
+
+/// Anthropic's Messages API: `/v1/messages` and what lies under it
+/// (`/v1/messages/count_tokens`, `/v1/messages/batches`), behind any prefix.
+/// OpenAI's `/v1/threads/{id}/messages` is not one of them.
+fn is_anthropic_path(path: &str) -> bool {
+    path.ends_with("/v1/messages") || path.contains("/v1/messages/")
 }
 
 impl fmt::Debug for FormatChoice {
@@ -96,8 +102,10 @@ impl ErrorEnvelopeLayer {
         self
     }
 
-    /// Chooses the format per request: Anthropic for `…/messages` paths or
-    /// requests with an `anthropic-version` header, OpenAI otherwise.
+    /// Chooses the format per request: Anthropic for requests with an
+    /// `anthropic-version` header or to `/v1/messages` (and the paths under
+    /// it, behind any prefix), OpenAI otherwise. gRPC requests still get
+    /// gRPC status.
     pub fn auto_format(mut self) -> Self {
         self.config_mut().format = FormatChoice::Auto;
         self

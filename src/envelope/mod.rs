@@ -50,15 +50,23 @@
 //! - An inner `Err(e)` becomes a response: an [`ApiError`](crate::ApiError)
 //!   renders as itself, `tower::timeout`'s `Elapsed` as 504, `tower::load_shed`'s
 //!   `Overloaded` as 503, anything else as a generic 500 (the error is logged
-//!   with `tracing`, never sent).
+//!   with `tracing`, never sent). A readiness error (`poll_ready` failing) is
+//!   answered the same way by the next call, without calling the inner
+//!   service, whose contract forbids it.
 //! - An inner response with status ≥ 400 that carries an `ApiError` in its
 //!   extensions (every tollgate rejection does) is re-rendered in the chosen
 //!   format without reading its body. One without is parsed (its body read up
 //!   to 64 KiB by default) and re-rendered, keeping status, message, type and
-//!   code. Its other headers are kept.
+//!   code. Its other headers are kept, except those that described the old
+//!   body (`content-length`, `content-type`, `content-encoding`,
+//!   `transfer-encoding`); a compressed error body is not parsed.
 //! - Success responses pass through untouched and unbuffered.
-//! - `x-request-id` is propagated from the request or generated (`req_…`),
-//!   and set on the request for the inner service and on every response;
+//! - `x-request-id` is propagated from the request (when it is 1 to 256
+//!   visible ASCII characters) or generated (`req_…`), and set on the request
+//!   for the inner service and on every response (a success response keeps
+//!   an id the inner service set). An error envelope names the request's id
+//!   in its headers and, for Anthropic, its body, even when an upstream's
+//!   error named its own;
 //!   error responses also get `content-type` and `x-should-retry`, and
 //!   `retry-after`/`retry-after-ms` when the error has a delay.
 //! - The format is fixed ([`ErrorEnvelopeLayer::format`]) or chosen per

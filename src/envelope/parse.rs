@@ -4,14 +4,19 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::header::{CONTENT_ENCODING, RETRY_AFTER};
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::render::{GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, X_REQUEST_ID, X_SHOULD_RETRY};
 use crate::error::{ApiError, ErrorKind, Origin};
 
-/// Messages taken from foreign bodies are cut to this many characters.
+/// Messages taken from unstructured bodies (plain text, HTML, unknown JSON)
+/// are cut to this many characters, so a whole error page never becomes a
+/// message. Messages from a recognised error shape are kept whole: the body
+/// they come from is already bounded by the reader (`ErrorEnvelopeLayer`
+/// reads 64 KiB by default), and relaying them unchanged is what makes
+/// `render(parse(render(e))) == render(e)` hold.
 const MAX_MESSAGE_CHARS: usize = 2048;
 
 /// Parses an error response into an [`ApiError`], keeping its status, message,
@@ -20,14 +25,16 @@ const MAX_MESSAGE_CHARS: usize = 2048;
 /// Accepts every [`ErrorFormat`](super::ErrorFormat) tollgate renders, gRPC
 /// status headers, plain text, HTML pages, unknown JSON (kept as the message)
 /// and empty bodies (the kind's default message). The kind comes from the
-/// `code` when it is a known one, else from the status and `type`. Headers
-/// give `retry-after-ms`/`retry-after` (seconds), `x-should-retry` and
+/// `code` when it is a known one, else from the status and `type`. A body
+/// with a `content-encoding` other than `identity` is not read (its bytes
+/// would make no message), only its status. Headers give `retry-after-ms`,
+/// `retry-after` (seconds or an HTTP date), `x-should-retry` and
 /// `x-request-id`. It never panics, whatever the bytes.
 pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
-    let mut error = if is_grpc(headers) {
-        parse_grpc(headers)
-    } else {
-        parse_body(status, body)
+    let body = if is_encoded(headers) { &[][..] } else { body };
+    let mut error = match grpc_code(headers) {
+        Some(code) => parse_grpc(code, headers),
+        None => parse_body(status, body),
     };
     if let Some(delay) = retry_after_header(headers) {
         error = error.with_retry_after(delay);
@@ -47,38 +54,65 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
     error
 }
 
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers.contains_key(GRPC_STATUS)
-        || headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/grpc"))
+fn is_encoded(headers: &HeaderMap) -> bool {
+    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
+        v.to_str()
+            .map_or(true, |v| !v.trim().eq_ignore_ascii_case("identity"))
+    })
 }
 
-/// `retry-after-ms`, else `retry-after` in (possibly fractional) seconds.
+/// The gRPC status of a gRPC error response: its `grpc-status` header (2,
+/// UNKNOWN, when unreadable). `None` for a response that is not gRPC, or a
+/// gRPC one without `grpc-status`: a proxy's 503 in front of a gRPC server
+/// says more through its HTTP status than UNKNOWN would.
+fn grpc_code(headers: &HeaderMap) -> Option<u8> {
+    let value = headers.get(GRPC_STATUS)?;
+    Some(
+        value
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u8>().ok())
+            .unwrap_or(2),
+    )
+}
+
+/// `retry-after-ms`, else `retry-after` in seconds or as an HTTP date.
+/// Whole numbers are read exactly (no float rounding), so a delay survives a
+/// render/parse round trip to the millisecond.
 fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get(RETRY_AFTER_MS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|ms| ms.is_finite() && *ms >= 0.0 && *ms < 1e12)
-    {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(ms) = text(RETRY_AFTER_MS).and_then(|s| match s.parse::<u64>() {
+        Ok(ms) => Some(Duration::from_millis(ms)),
+        Err(_) => fraction(s, 1e-3),
+    }) {
+        return Some(ms);
     }
-    headers
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
+    let value = text(RETRY_AFTER)?;
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Some(delay) = fraction(value, 1.0) {
+        return Some(delay);
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    // A date in the past means "now".
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
-fn parse_grpc(headers: &HeaderMap) -> ApiError {
-    let code = headers
-        .get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse::<u8>().ok())
-        .unwrap_or(2);
+/// A non-negative fractional number times `scale`, as a delay.
+fn fraction(s: &str, scale: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(s.parse::<f64>().ok()? * scale).ok()
+}
+
+fn parse_grpc(code: u8, headers: &HeaderMap) -> ApiError {
     let (status, kind) = match code {
         3 | 9 | 11 => (StatusCode::BAD_REQUEST, ErrorKind::InvalidRequest),
         16 => (StatusCode::UNAUTHORIZED, ErrorKind::Authentication),
@@ -91,13 +125,9 @@ fn parse_grpc(headers: &HeaderMap) -> ApiError {
         _ => (StatusCode::INTERNAL_SERVER_ERROR, ErrorKind::Internal),
     };
     let mut error = ApiError::from_kind(kind).with_status(status);
-    if let Some(message) = headers
-        .get(GRPC_MESSAGE)
-        .map(|v| percent_decode(v.as_bytes()))
-    {
-        if !message.is_empty() {
-            error = error.with_message(message);
-        }
+    // Present but empty stays empty: the sender chose no message.
+    if let Some(message) = headers.get(GRPC_MESSAGE) {
+        error = error.with_message(percent_decode(message.as_bytes()));
     }
     error
 }
@@ -175,11 +205,14 @@ fn as_text(value: &Value) -> Option<Cow<'_, str>> {
 
 /// Builds the error from recognised JSON shapes; `None` for unknown JSON.
 fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
-    let obj = value.as_object()?;
+    parse_object(status, value.as_object()?)
+}
+
+fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Option<ApiError> {
     // FastAPI and Humanloop wrap the payload in `detail`.
     if let Some(Value::Object(inner)) = obj.get("detail") {
         if inner.contains_key("message") {
-            return parse_json(status, &Value::Object(inner.clone()));
+            return parse_object(status, inner);
         }
     }
     match obj.get("error") {
@@ -191,7 +224,7 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
                 let kind = kind_from_anthropic(status, etype.as_deref());
                 let mut e = ApiError::from_kind(kind).with_status(status);
                 if let Some(m) = message {
-                    e = e.with_message(cut(&m));
+                    e = e.with_message(m.into_owned());
                 }
                 if let Some(id) = obj.get("request_id").and_then(Value::as_str) {
                     e = e.with_request_id(id.to_owned());
@@ -202,7 +235,7 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
             let kind = kind_from(status, code.as_deref(), etype.as_deref());
             let mut e = ApiError::from_kind(kind).with_status(status);
             e = match message {
-                Some(m) => e.with_message(cut(&m)),
+                Some(m) => e.with_message(m.into_owned()),
                 None => e,
             };
             e = match etype {
@@ -224,7 +257,7 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
             Some(
                 ApiError::from_kind(kind)
                     .with_status(status)
-                    .with_message(cut(message)),
+                    .with_message(message.clone()),
             )
         }
         _ => {
@@ -233,9 +266,10 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
                 let kind = kind_from(status, code.as_deref(), None);
                 let mut e = ApiError::from_kind(kind).with_status(status);
                 if let Some(detail) = obj.get("detail") {
-                    e = e.with_message(cut(
-                        &as_text(detail).map_or_else(|| compact(detail), |d| d.into_owned())
-                    ));
+                    e = e.with_message(match as_text(detail) {
+                        Some(text) => text.into_owned(),
+                        None => cut(&compact(detail)),
+                    });
                 }
                 return Some(match code {
                     Some(c) => e.with_code(c.into_owned()),
@@ -249,7 +283,7 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
             let kind = kind_from(status, None, etype.as_deref());
             let mut e = ApiError::from_kind(kind)
                 .with_status(status)
-                .with_message(cut(&message));
+                .with_message(message.into_owned());
             if let Some(t) = etype {
                 e = e.with_type(t.into_owned());
             }

@@ -142,6 +142,17 @@ pub fn grpc_status(error: &ApiError) -> u8 {
     }
 }
 
+/// A gRPC status code as a header value, without allocating.
+fn grpc_status_value(code: u8) -> HeaderValue {
+    const CODES: [&str; 17] = [
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ];
+    match CODES.get(usize::from(code)) {
+        Some(text) => HeaderValue::from_static(text),
+        None => HeaderValue::from(u16::from(code)),
+    }
+}
+
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks: every byte
 /// outside printable ASCII, and `%` itself.
 pub fn grpc_percent_encode(message: &str) -> String {
@@ -156,6 +167,10 @@ pub fn grpc_percent_encode(message: &str) -> String {
     out
 }
 
+fn is_visible_ascii(s: &str) -> bool {
+    s.bytes().all(|b| (0x20..0x7f).contains(&b))
+}
+
 fn origin_name(error: &ApiError) -> &str {
     match (error.origin(), error.provider()) {
         (_, Some(name)) => name,
@@ -167,37 +182,67 @@ fn origin_name(error: &ApiError) -> &str {
 impl ErrorFormat {
     /// The body bytes of `error` in this format (empty for [`ErrorFormat::Grpc`]).
     pub fn render_body(self, error: &ApiError) -> Bytes {
+        if self == ErrorFormat::Grpc {
+            return Bytes::new();
+        }
+        // One allocation in the common case: room for the fields and the
+        // JSON around them (escapes may still grow it).
+        let len = |s: Option<&str>| s.map_or(0, str::len);
+        let mut buf = Vec::with_capacity(
+            96 + error.message().len()
+                + error.error_type().len()
+                + len(error.param())
+                + len(error.code())
+                + len(error.request_id())
+                + len(error.provider()),
+        );
         let result = match self {
-            ErrorFormat::OpenAi => serde_json::to_vec(&OpenAiBody {
-                error: OpenAiInner {
-                    message: error.message(),
+            ErrorFormat::OpenAi => serde_json::to_writer(
+                &mut buf,
+                &OpenAiBody {
+                    error: OpenAiInner {
+                        message: error.message(),
+                        kind: error.error_type(),
+                        param: error.param(),
+                        code: error.code(),
+                    },
+                },
+            ),
+            ErrorFormat::Anthropic => serde_json::to_writer(
+                &mut buf,
+                &AnthropicBody {
+                    kind: "error",
+                    error: AnthropicInner {
+                        kind: anthropic_type(error.kind()),
+                        message: error.message(),
+                    },
+                    request_id: error.request_id(),
+                },
+            ),
+            ErrorFormat::ErrorCodeDetail => serde_json::to_writer(
+                &mut buf,
+                &ErrorCodeDetailBody {
+                    error_code: error.code(),
+                    detail: error.message(),
+                },
+            ),
+            ErrorFormat::Grpc => Ok(()),
+            ErrorFormat::Humanloop => serde_json::to_writer(
+                &mut buf,
+                &HumanloopBody {
                     kind: error.error_type(),
-                    param: error.param(),
-                    code: error.code(),
-                },
-            }),
-            ErrorFormat::Anthropic => serde_json::to_vec(&AnthropicBody {
-                kind: "error",
-                error: AnthropicInner {
-                    kind: anthropic_type(error.kind()),
                     message: error.message(),
+                    code: error.status().as_u16(),
+                    origin: origin_name(error),
                 },
-                request_id: error.request_id(),
-            }),
-            ErrorFormat::ErrorCodeDetail => serde_json::to_vec(&ErrorCodeDetailBody {
-                error_code: error.code(),
-                detail: error.message(),
-            }),
-            ErrorFormat::Humanloop => serde_json::to_vec(&HumanloopBody {
-                kind: error.error_type(),
-                message: error.message(),
-                code: error.status().as_u16(),
-                origin: origin_name(error),
-            }),
-            ErrorFormat::Grpc => return Bytes::new(),
+            ),
         };
-        // Serializing borrowed strings and integers into a Vec cannot fail.
-        Bytes::from(result.unwrap_or_default())
+        // Serializing strings and integers into a Vec cannot fail; were it
+        // to, an empty body is still a valid error response.
+        match result {
+            Ok(()) => Bytes::from(buf),
+            Err(_) => Bytes::new(),
+        }
     }
 
     /// Sets the status-independent headers of `error` in this format:
@@ -206,10 +251,7 @@ impl ErrorFormat {
     pub fn write_headers(self, error: &ApiError, headers: &mut HeaderMap) {
         if self == ErrorFormat::Grpc {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert(
-                GRPC_STATUS,
-                HeaderValue::from(u16::from(grpc_status(error))),
-            );
+            headers.insert(GRPC_STATUS, grpc_status_value(grpc_status(error)));
             if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
                 headers.insert(GRPC_MESSAGE, v);
             }
@@ -231,7 +273,9 @@ impl ErrorFormat {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
             headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis));
         }
-        if let Some(id) = error.request_id() {
+        // Only a visible-ASCII id goes in the header: `HeaderValue` would
+        // take raw UTF-8 too, but no client can read it back as text.
+        if let Some(id) = error.request_id().filter(|id| is_visible_ascii(id)) {
             if let Ok(v) = HeaderValue::from_str(id) {
                 headers.insert(X_REQUEST_ID, v);
             }
@@ -260,12 +304,16 @@ impl ErrorFormat {
 
 impl ApiError {
     /// Renders the error as an OpenAI-format response (see [`ErrorFormat::render`]).
-    pub fn to_response(&self) -> Response<Full<Bytes>> {
+    ///
+    /// Named apart from axum's `IntoResponse::into_response` (which the
+    /// `axum` feature implements with the same rendering) so the two never
+    /// shadow each other in a handler.
+    pub fn to_http_response(&self) -> Response<Full<Bytes>> {
         ErrorFormat::OpenAi.render(self)
     }
 
     /// Renders the error as an OpenAI-format response, consuming it.
-    pub fn into_response(self) -> Response<Full<Bytes>> {
+    pub fn into_http_response(self) -> Response<Full<Bytes>> {
         let mut response = Response::new(Full::new(ErrorFormat::OpenAi.render_body(&self)));
         *response.status_mut() = self.status();
         ErrorFormat::OpenAi.write_headers(&self, response.headers_mut());

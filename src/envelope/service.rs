@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -5,7 +6,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -16,17 +17,32 @@ use super::layer::Config;
 use super::render::X_REQUEST_ID;
 use crate::BoxError;
 use crate::body::ResponseBody;
+use crate::error::ApiError;
 
 /// The service built by [`ErrorEnvelopeLayer`](super::ErrorEnvelopeLayer).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ErrorEnvelope<S> {
     inner: S,
     config: Arc<Config>,
+    /// The inner service's readiness error, answered by the next `call`
+    /// without calling the inner service (its contract forbids it).
+    not_ready: Option<ApiError>,
+}
+
+impl<S: Clone> Clone for ErrorEnvelope<S> {
+    fn clone(&self) -> Self {
+        // A clone has not been polled ready: it does not inherit the error.
+        ErrorEnvelope::from_parts(self.inner.clone(), self.config.clone())
+    }
 }
 
 impl<S> ErrorEnvelope<S> {
     pub(crate) fn from_parts(inner: S, config: Arc<Config>) -> Self {
-        ErrorEnvelope { inner, config }
+        ErrorEnvelope {
+            inner,
+            config,
+            not_ready: None,
+        }
     }
 
     /// Wraps `inner` with the default configuration.
@@ -62,18 +78,27 @@ where
     type Future = ResponseFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // A service that fails readiness still gets called: its call then
-        // answers with the error, rendered, instead of the connection dying.
+        if self.not_ready.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        // A readiness failure becomes this request's answer, rendered,
+        // instead of the connection dying. The inner service is then not
+        // called: calling a service whose `poll_ready` failed breaks its
+        // contract (tower's `Buffer` panics).
         match self.inner.poll_ready(cx) {
             Poll::Pending => Poll::Pending,
-            Poll::Ready(_) => Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(error)) => {
+                self.not_ready = Some(super::future::error_from_inner(error.into()));
+                Poll::Ready(Ok(()))
+            }
         }
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let format: ErrorFormat = self.config.format.pick(req.uri(), req.headers());
         let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) if !id.is_empty() && id.len() <= 256 => id.clone(),
+            Some(id) if is_usable_request_id(id) => id.clone(),
             _ => {
                 let id = generate_request_id();
                 req.headers_mut().insert(X_REQUEST_ID, id.clone());
@@ -81,6 +106,15 @@ where
             }
         };
         let config = &self.config;
+        if let Some(error) = self.not_ready.take() {
+            return ResponseFuture::new(
+                Err(error),
+                format,
+                request_id,
+                config.max_error_body,
+                config.catch_panic,
+            );
+        }
         let future = if config.catch_panic {
             match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
                 Ok(future) => Ok(future),
@@ -97,6 +131,18 @@ where
             config.catch_panic,
         )
     }
+}
+
+/// A client's id is propagated when it is 1 to 256 visible ASCII characters,
+/// so it can go into logs and error bodies as it is; otherwise (and when
+/// absent) the request gets a fresh one.
+fn is_usable_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    // Branch-free (a fold, not `all`): this runs on every request.
+    (1..=256).contains(&bytes.len())
+        && bytes
+            .iter()
+            .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
 }
 
 /// `req_` and 24 hex digits: a per-process random seed mixed with a counter,
@@ -118,9 +164,42 @@ fn generate_request_id() -> HeaderValue {
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let hi = splitmix64(seed ^ n);
-    let lo = (n & 0xffff_ffff) as u32;
-    let text = format!("req_{hi:016x}{lo:08x}");
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    let lo = n & 0xffff_ffff;
+    // Hex by hand into one buffer: this runs on every request without an id.
+    let mut text = [0u8; 28];
+    text[..4].copy_from_slice(b"req_");
+    write_hex(hi, &mut text[4..20]);
+    write_hex(lo, &mut text[20..]);
+    HeaderValue::from_maybe_shared(shared_bytes(&text))
+        .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+}
+
+/// Ids are cut from a per-thread chunk that many of them share: no
+/// allocation per request, and cloning one (request header and response
+/// header) is a reference-count increment. A chunk is freed once every id
+/// cut from it is dropped.
+fn shared_bytes(text: &[u8]) -> Bytes {
+    const CHUNK: usize = 4096;
+    thread_local! {
+        static CHUNK_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
+    }
+    CHUNK_BUF.with_borrow_mut(|buf| {
+        if buf.capacity() - buf.len() < text.len() {
+            *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
+        }
+        buf.extend_from_slice(text);
+        buf.split().freeze()
+    })
+}
+
+/// The low `out.len()` hex digits of `value`, most significant first.
+fn write_hex(value: u64, out: &mut [u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = out.len();
+    for (i, byte) in out.iter_mut().enumerate() {
+        let shift = 4 * (digits - 1 - i);
+        *byte = HEX[((value >> shift) & 0xf) as usize];
+    }
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -139,5 +218,32 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.to_str().unwrap().starts_with("req_"));
         assert_eq!(a.len(), 28);
+        assert!(a.as_bytes()[4..].iter().all(u8::is_ascii_hexdigit));
+    }
+
+    #[test]
+    fn ids_cut_from_one_chunk_stay_intact() {
+        let ids: Vec<_> = (0..1000).map(|_| super::generate_request_id()).collect();
+        let unique: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in &ids {
+            let text = id.to_str().unwrap();
+            assert!(text.starts_with("req_") && text.len() == 28, "{text}");
+        }
+    }
+
+    #[test]
+    fn hex_matches_format() {
+        for value in [0, 7, 0xdead_beef, u64::MAX, super::splitmix64(7)] {
+            let mut buf = [0u8; 16];
+            super::write_hex(value, &mut buf);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), format!("{value:016x}"));
+            let mut low = [0u8; 8];
+            super::write_hex(value, &mut low);
+            assert_eq!(
+                std::str::from_utf8(&low).unwrap(),
+                format!("{:08x}", value & 0xffff_ffff)
+            );
+        }
     }
 }

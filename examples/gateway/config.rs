@@ -1,0 +1,282 @@
+//! The gateway's configuration file (TOML), and its embedded demo defaults.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The demo configuration `cargo run --example gateway` starts with.
+pub const DEMO_CONFIG: &str = r#"
+listen = "127.0.0.1:8080"
+upstream = "mock"
+error_format = "openai"
+rate_limit_headers = "openai"
+request_timeout_secs = 60
+stream_idle_timeout_secs = 60
+
+[retry]
+max_attempts = 3
+initial_backoff_ms = 500
+max_backoff_ms = 8000
+max_retry_after_secs = 120
+
+[[models]]
+name = "llama3:8b-instruct-q8_0"
+input_usd_per_million = 0.01
+output_usd_per_million = 0.02
+max_output_tokens = 4096
+context_window = 8192
+
+[[models]]
+name = "gpt-4o-mini"
+input_usd_per_million = 0.15
+output_usd_per_million = 0.60
+max_output_tokens = 16384
+context_window = 128000
+
+[[keys]]
+id = "demo"
+name = "Demo key"
+secret = "sk-tollgate-demo-0123456789"
+models = ["*"]
+requests_per_minute = 60
+tokens_per_minute = 150000
+max_concurrent = 10
+budget_usd = 5.0
+budget_period = "monthly"
+
+[[keys]]
+id = "prepaid"
+name = "Prepaid demo key"
+secret = "sk-tollgate-prepaid-0123456789"
+models = ["llama3:*"]
+requests_per_minute = 20
+balance_usd = 0.01
+"#;
+
+/// One entry of `[[models]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model name clients send.
+    pub name: String,
+    /// USD per million prompt tokens.
+    pub input_usd_per_million: f64,
+    /// USD per million completion tokens.
+    pub output_usd_per_million: f64,
+    /// USD per million cached prompt tokens (defaults to the input price).
+    #[serde(default)]
+    pub cached_input_usd_per_million: Option<f64>,
+    /// Completion tokens reserved when a request sets no `max_tokens`.
+    #[serde(default = "default_max_output")]
+    pub max_output_tokens: u64,
+    /// Prompt + completion tokens the model accepts.
+    #[serde(default)]
+    pub context_window: Option<u64>,
+}
+
+fn default_max_output() -> u64 {
+    4096
+}
+
+/// `[retry]`: the gateway's retries towards the upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First backoff.
+    pub initial_backoff_ms: u64,
+    /// Backoff cap.
+    pub max_backoff_ms: u64,
+    /// A longer `Retry-After` from the upstream is not waited for.
+    pub max_retry_after_secs: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            initial_backoff_ms: 500,
+            max_backoff_ms: 8000,
+            max_retry_after_secs: 120,
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `"mock"` or a base URL such as `http://127.0.0.1:9000/v1`.
+    #[serde(default = "default_upstream")]
+    pub upstream: String,
+    /// Sent upstream as a Bearer token.
+    #[serde(default)]
+    pub upstream_api_key: Option<String>,
+    /// openai | anthropic | error_code_detail | humanloop
+    #[serde(default = "default_error_format")]
+    pub error_format: String,
+    /// openai | timestamp | ietf | none
+    #[serde(default = "default_rate_limit_headers")]
+    pub rate_limit_headers: String,
+    /// Whole-request timeout towards the upstream (response head).
+    #[serde(default = "default_timeout")]
+    pub request_timeout_secs: u64,
+    /// A stream silent for longer ends with a timeout error event.
+    #[serde(default = "default_timeout")]
+    pub stream_idle_timeout_secs: u64,
+    /// Retries towards the upstream.
+    #[serde(default)]
+    pub retry: RetryConfig,
+    /// The models served.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// The keys accepted.
+    #[serde(default)]
+    pub keys: Vec<tollgate::auth::KeyEntry>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_upstream() -> String {
+    "mock".into()
+}
+
+fn default_error_format() -> String {
+    "openai".into()
+}
+
+fn default_rate_limit_headers() -> String {
+    "openai".into()
+}
+
+fn default_timeout() -> u64 {
+    60
+}
+
+/// A configuration that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown field or a bad value (the message names the
+    /// field, line and column).
+    #[error("{origin}: {message}")]
+    Parse {
+        /// The file (or "embedded demo config").
+        origin: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value that parses but makes no sense.
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The file.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and checks a TOML file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate(origin)?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; `origin` names the source.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            message,
+        };
+        if self.upstream != "mock"
+            && !(self.upstream.starts_with("http://") || self.upstream.starts_with("https://"))
+        {
+            return Err(invalid(format!(
+                "upstream: expected \"mock\" or an http(s) base URL, got {:?}",
+                self.upstream
+            )));
+        }
+        self.error_format
+            .parse::<tollgate::ErrorFormat>()
+            .map_err(|e| invalid(format!("error_format: {e}")))?;
+        if !matches!(
+            self.rate_limit_headers.as_str(),
+            "openai" | "timestamp" | "ietf" | "none"
+        ) {
+            return Err(invalid(format!(
+                "rate_limit_headers: expected openai, timestamp, ietf or none, got {:?}",
+                self.rate_limit_headers
+            )));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts: must be at least 1".into()));
+        }
+        let mut names = HashSet::new();
+        for (i, model) in self.models.iter().enumerate() {
+            if !names.insert(model.name.as_str()) {
+                return Err(invalid(format!(
+                    "models[{i}].name: duplicate model {:?}",
+                    model.name
+                )));
+            }
+            for (field, price) in [
+                ("input_usd_per_million", Some(model.input_usd_per_million)),
+                ("output_usd_per_million", Some(model.output_usd_per_million)),
+                (
+                    "cached_input_usd_per_million",
+                    model.cached_input_usd_per_million,
+                ),
+            ] {
+                if price.is_some_and(|p| !p.is_finite() || p < 0.0) {
+                    return Err(invalid(format!(
+                        "models[{i}].{field}: must be a non-negative number"
+                    )));
+                }
+            }
+        }
+        let mut ids = HashSet::new();
+        for (i, key) in self.keys.iter().enumerate() {
+            if !ids.insert(key.id.as_str()) {
+                return Err(invalid(format!(
+                    "keys[{i}].id: duplicate key id {:?}",
+                    key.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The upstream base URL without a trailing slash, or `None` for the mock.
+    pub fn upstream_url(&self) -> Option<&str> {
+        (self.upstream != "mock").then(|| self.upstream.trim_end_matches('/'))
+    }
+}

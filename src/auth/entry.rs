@@ -1,0 +1,595 @@
+//! One key as configuration gives it: [`KeyEntry`], shared by key files and
+//! the gateway's `[[keys]]` table.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
+use serde::{Serialize, Serializer};
+
+use super::{KeyHash, KeyRecord};
+use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
+use crate::rate_limit::{Limit, Measure};
+use crate::time::{format_rfc3339, parse_rfc3339};
+
+/// One key in a key file or a gateway's configuration, before validation.
+///
+/// Deserialize it from any serde format (unknown fields are refused, and a
+/// bad value's error names its field), then turn it into a [`KeyRecord`]
+/// with [`KeyEntry::into_record`]. Embed `Vec<KeyEntry>` in your own
+/// configuration to share the key file format; [`KeyFile`](super::KeyFile)
+/// checks a list of entries for duplicates.
+///
+/// | field | type | meaning |
+/// |---|---|---|
+/// | `id` | string, required | stable id, in logs and limit/budget keys |
+/// | `name` | string | display name |
+/// | `secret` | string | the key in plaintext (development only; hashed at load), or `"sha256:<hex>"` |
+/// | `secret_sha256` | string | the key's SHA-256, 64 hex digits (exactly one of `secret`, `secret_sha256`) |
+/// | `created_at` | RFC 3339 | when the key was minted (default: load time) |
+/// | `expires_at` | RFC 3339 | when the key stops working |
+/// | `revoked` | bool | refuse with 401 `revoked_api_key` |
+/// | `disabled` | bool | refuse with 403 `account_disabled` |
+/// | `models` | list of strings | allowed models, exact or `*` globs (empty: all) |
+/// | `requests_per_minute` | integer | request rate limit |
+/// | `tokens_per_minute` | integer | token rate limit |
+/// | `max_concurrent` | integer | requests in flight |
+/// | `budget_usd` | number or string | spend limit per `budget_period` |
+/// | `budget_period` | `daily`, `weekly`, `monthly` (default), `never` | when the spend resets |
+/// | `balance_usd` | number or string | prepaid opening balance |
+/// | `team`, `org` | string | who the key belongs to |
+/// | `metadata` | table of strings | free-form |
+///
+/// ```
+/// use tollgate::auth::{KeyEntry, KeyHash};
+///
+/// let entry: KeyEntry = serde_json::from_str(
+///     r#"{"id": "alice", "secret": "sk-dev-alice", "models": ["gpt-4o*"], "budget_usd": 50}"#,
+/// )?;
+/// let record = entry.into_record()?;
+/// assert_eq!(record.secret_hash, KeyHash::of("sk-dev-alice"));
+/// assert!(record.allows_model("gpt-4o-mini"));
+/// assert_eq!(record.budgets[0].id(), "key:alice");
+///
+/// let err = serde_json::from_str::<KeyEntry>(r#"{"id": "bob", "revoked": "yes"}"#).unwrap_err();
+/// assert!(err.to_string().contains("`revoked`"), "{err}");
+/// # Ok::<_, Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct KeyEntry {
+    /// Stable id.
+    pub id: String,
+    /// Display name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The secret in plaintext, or `sha256:<hex>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// The secret's SHA-256 in hex.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_sha256: Option<String>,
+    /// RFC 3339 creation time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// RFC 3339 expiry time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// Revoked.
+    #[serde(skip_serializing_if = "is_false")]
+    pub revoked: bool,
+    /// Disabled (blocked account).
+    #[serde(skip_serializing_if = "is_false")]
+    pub disabled: bool,
+    /// Allowed models.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
+    /// Requests per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+    /// Spend limit per period.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_money")]
+    pub budget_usd: Option<Money>,
+    /// `daily`, `weekly`, `monthly` or `never`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget_period: Option<String>,
+    /// Prepaid opening balance.
+    #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_money")]
+    pub balance_usd: Option<Money>,
+    /// Team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    /// Organisation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub org: Option<String>,
+    /// Free-form metadata.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A [`KeyEntry`] whose values do not make a valid key. The message names
+/// the key and the field, and never repeats a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key `{id}`: `{field}` {reason}")]
+pub struct InvalidKeyEntry {
+    id: String,
+    field: &'static str,
+    reason: Cow<'static, str>,
+}
+
+impl InvalidKeyEntry {
+    pub(crate) fn new(id: &str, field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
+        InvalidKeyEntry {
+            id: id.to_owned(),
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// The entry's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The field at fault.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+}
+
+impl KeyEntry {
+    /// The longest accepted id, in bytes.
+    pub const MAX_ID_LEN: usize = 256;
+
+    /// Validates the entry and builds its record: secrets hashed, dates
+    /// parsed, limits and budgets (scoped to this key) built.
+    pub fn into_record(self) -> Result<KeyRecord, InvalidKeyEntry> {
+        let id = self.id;
+        let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
+        if id.is_empty() || id.len() > Self::MAX_ID_LEN {
+            return Err(bad("id", "must be 1 to 256 bytes long"));
+        }
+        if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(bad(
+                "id",
+                "must not contain whitespace or control characters",
+            ));
+        }
+        let hash = match (self.secret.as_deref(), self.secret_sha256.as_deref()) {
+            (Some(_), Some(_)) => {
+                return Err(bad("secret", "and `secret_sha256` are both set: keep one"));
+            }
+            (None, None) => {
+                return Err(bad("secret", "is missing: set `secret` or `secret_sha256`"));
+            }
+            (Some(secret), None) => match secret.strip_prefix("sha256:") {
+                Some(hex) => KeyHash::from_hex(hex)
+                    .map_err(|_| bad("secret", "must be 64 hex digits after `sha256:`"))?,
+                None if secret.trim().is_empty() => return Err(bad("secret", "is empty")),
+                None if secret.trim() != secret => {
+                    return Err(bad("secret", "has leading or trailing whitespace"));
+                }
+                None => KeyHash::of(secret),
+            },
+            (None, Some(hex)) => KeyHash::from_hex(hex)
+                .map_err(|_| bad("secret_sha256", "must be 64 hex digits (a SHA-256)"))?,
+        };
+        let mut record = KeyRecord::new(id.clone(), hash);
+        let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
+        let time = |field, value: &str| {
+            parse_rfc3339(value)
+                .map(|since| UNIX_EPOCH + since)
+                .ok_or_else(|| {
+                    bad(
+                        field,
+                        "is not an RFC 3339 date-time like 2026-01-31T00:00:00Z",
+                    )
+                })
+        };
+        if let Some(at) = &self.created_at {
+            record.created_at = time("created_at", at)?;
+        }
+        if let Some(at) = &self.expires_at {
+            let at = time("expires_at", at)?;
+            if at <= record.created_at {
+                return Err(bad("expires_at", "is not after `created_at`"));
+            }
+            record.expires_at = Some(at);
+        }
+        record.name = self.name;
+        record.revoked = self.revoked;
+        record.disabled = self.disabled;
+        if self.models.iter().any(|m| m.trim().is_empty()) {
+            return Err(bad("models", "contains an empty model name"));
+        }
+        record.allowed_models = self.models;
+        let positive = |field, n: u64| {
+            if n == 0 {
+                Err(bad(
+                    field,
+                    "must be at least 1 (set `disabled = true` to block a key)",
+                ))
+            } else {
+                Ok(n)
+            }
+        };
+        if let Some(n) = self.requests_per_minute {
+            let n = positive("requests_per_minute", n)?;
+            record.rate_limits.push(Limit::requests_per_minute(n));
+        }
+        if let Some(n) = self.tokens_per_minute {
+            let n = positive("tokens_per_minute", n)?;
+            record.rate_limits.push(Limit::tokens_per_minute(n));
+        }
+        if let Some(n) = self.max_concurrent {
+            positive("max_concurrent", u64::from(n))?;
+            record.max_concurrent = Some(n);
+        }
+        let scope = || BudgetScope::Key(id.clone());
+        match (self.budget_usd, self.budget_period.as_deref()) {
+            (Some(limit), period) => {
+                if limit < Money::ZERO {
+                    return Err(bad("budget_usd", "must not be negative"));
+                }
+                let period = match period.map(str::trim) {
+                    None | Some("monthly") => Period::Monthly,
+                    Some("daily") => Period::Daily,
+                    Some("weekly") => Period::Weekly,
+                    Some("never") => Period::Never,
+                    Some(_) => {
+                        return Err(bad(
+                            "budget_period",
+                            "must be one of daily, weekly, monthly, never",
+                        ));
+                    }
+                };
+                record
+                    .budgets
+                    .push(BudgetSpec::budget(scope(), limit, period));
+            }
+            (None, Some(_)) => return Err(bad("budget_period", "is set without `budget_usd`")),
+            (None, None) => {}
+        }
+        if let Some(opening) = self.balance_usd {
+            if opening < Money::ZERO {
+                return Err(bad("balance_usd", "must not be negative"));
+            }
+            record.budgets.push(BudgetSpec::balance(scope(), opening));
+        }
+        record.team = self.team;
+        record.org = self.org;
+        record.metadata = self.metadata;
+        Ok(record)
+    }
+
+    /// The entry describing `record`, its secret given as `secret_sha256`:
+    /// what a key file holds for a minted key. Rate limits other than per
+    /// minute and budgets of other scopes have no entry field and are left out.
+    pub fn from_record(record: &KeyRecord) -> KeyEntry {
+        let since_epoch = |at: SystemTime| at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let per_minute = |measure| {
+            record
+                .rate_limits
+                .iter()
+                .find(|l| l.measure == measure && l.window.as_secs() == 60)
+                .map(|l| l.amount)
+        };
+        let mut entry = KeyEntry {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            secret_sha256: Some(record.secret_hash.to_hex()),
+            created_at: Some(format_rfc3339(since_epoch(record.created_at))),
+            expires_at: record.expires_at.map(|at| format_rfc3339(since_epoch(at))),
+            revoked: record.revoked,
+            disabled: record.disabled,
+            models: record.allowed_models.clone(),
+            requests_per_minute: per_minute(Measure::Requests),
+            tokens_per_minute: per_minute(Measure::Tokens),
+            max_concurrent: record.max_concurrent,
+            team: record.team.clone(),
+            org: record.org.clone(),
+            metadata: record.metadata.clone(),
+            ..KeyEntry::default()
+        };
+        for budget in &record.budgets {
+            if budget.scope != BudgetScope::Key(record.id.clone()) {
+                continue;
+            }
+            match budget.mode {
+                BudgetMode::Budget => {
+                    entry.budget_usd = Some(budget.limit);
+                    entry.budget_period = match budget.period {
+                        Period::Daily => Some("daily".into()),
+                        Period::Weekly => Some("weekly".into()),
+                        Period::Monthly => None,
+                        Period::Never => Some("never".into()),
+                        Period::Rolling(_) => continue,
+                    };
+                }
+                BudgetMode::Balance => entry.balance_usd = Some(budget.limit),
+            }
+        }
+        entry
+    }
+}
+
+impl fmt::Debug for KeyEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyEntry")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_sha256", &self.secret_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn ser_money<S: Serializer>(money: &Option<Money>, s: S) -> Result<S::Ok, S::Error> {
+    match money {
+        // "$50.00" → "50.00": exact, where a float would not be.
+        Some(m) => s.serialize_str(&m.to_string().replacen('$', "", 1)),
+        None => s.serialize_none(),
+    }
+}
+
+const FIELDS: &[&str] = &[
+    "id",
+    "name",
+    "secret",
+    "secret_sha256",
+    "created_at",
+    "expires_at",
+    "revoked",
+    "disabled",
+    "models",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrent",
+    "budget_usd",
+    "budget_period",
+    "balance_usd",
+    "team",
+    "org",
+    "metadata",
+];
+
+impl<'de> Deserialize<'de> for KeyEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_struct("KeyEntry", FIELDS, EntryVisitor)
+    }
+}
+
+struct EntryVisitor;
+
+impl<'de> Visitor<'de> for EntryVisitor {
+    type Value = KeyEntry;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a key entry with an `id` and a `secret` or `secret_sha256`")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyEntry, A::Error> {
+        let mut entry = KeyEntry::default();
+        let mut seen = 0u32;
+        while let Some(key) = map.next_key::<String>()? {
+            let Some(index) = FIELDS.iter().position(|f| *f == key) else {
+                return Err(de::Error::unknown_field(&key, FIELDS));
+            };
+            let field = FIELDS[index];
+            if seen & (1 << index) != 0 {
+                return Err(de::Error::duplicate_field(field));
+            }
+            seen |= 1 << index;
+            match field {
+                "id" => entry.id = value(&mut map, field)?,
+                "name" => entry.name = value(&mut map, field)?,
+                "secret" => entry.secret = value(&mut map, field)?,
+                "secret_sha256" => entry.secret_sha256 = value(&mut map, field)?,
+                "created_at" => entry.created_at = value(&mut map, field)?,
+                "expires_at" => entry.expires_at = value(&mut map, field)?,
+                "revoked" => entry.revoked = value(&mut map, field)?,
+                "disabled" => entry.disabled = value(&mut map, field)?,
+                "models" => entry.models = value(&mut map, field)?,
+                "requests_per_minute" => entry.requests_per_minute = value(&mut map, field)?,
+                "tokens_per_minute" => entry.tokens_per_minute = value(&mut map, field)?,
+                "max_concurrent" => entry.max_concurrent = value(&mut map, field)?,
+                "budget_usd" => {
+                    entry.budget_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
+                }
+                "budget_period" => entry.budget_period = value(&mut map, field)?,
+                "balance_usd" => {
+                    entry.balance_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
+                }
+                "team" => entry.team = value(&mut map, field)?,
+                "org" => entry.org = value(&mut map, field)?,
+                _ => entry.metadata = value(&mut map, field)?,
+            }
+        }
+        if seen & 1 == 0 {
+            return Err(de::Error::missing_field("id"));
+        }
+        Ok(entry)
+    }
+}
+
+/// The next value, its error naming `field`.
+fn value<'de, A, T>(map: &mut A, field: &'static str) -> Result<T, A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    map.next_value()
+        .map_err(|e| de::Error::custom(format_args!("field `{field}`: {}", strip_position(&e))))
+}
+
+/// serde_json appends " at line L column C" to errors, and would append it
+/// again to ours: keep one.
+fn strip_position(error: &impl fmt::Display) -> String {
+    let text = error.to_string();
+    match text.rfind(" at line ") {
+        Some(at)
+            if text[at + 9..]
+                .split(" column ")
+                .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())) =>
+        {
+            text[..at].to_owned()
+        }
+        _ => text,
+    }
+}
+
+/// A dollar amount given as a number (`50`, `0.25`) or a string (`"50.00"`,
+/// exact to the nano-dollar).
+struct Dollars(Money);
+
+impl<'de> Deserialize<'de> for Dollars {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct DollarsVisitor;
+
+        impl Visitor<'_> for DollarsVisitor {
+            type Value = Dollars;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a dollar amount like 50, 0.25 or \"12.50\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dollars, E> {
+                i64::try_from(v)
+                    .ok()
+                    .and_then(|usd| usd.checked_mul(1_000_000_000))
+                    .map(|nanos| Dollars(Money::from_nanos(nanos)))
+                    .ok_or_else(|| E::custom("the amount is too large"))
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dollars, E> {
+                v.checked_mul(1_000_000_000)
+                    .map(|nanos| Dollars(Money::from_nanos(nanos)))
+                    .ok_or_else(|| E::custom("the amount is too large"))
+            }
+
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dollars, E> {
+                if !v.is_finite() || v.abs() > 9.0e9 {
+                    return Err(E::custom("the amount is not a finite number below 9e9"));
+                }
+                Ok(Dollars(Money::from_usd_f64(v)))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Dollars, E> {
+                v.parse()
+                    .map(Dollars)
+                    .map_err(|_| E::custom("expected a dollar amount like \"12.50\""))
+            }
+        }
+
+        deserializer.deserialize_any(DollarsVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(json: &str) -> Result<KeyRecord, String> {
+        let entry: KeyEntry = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        entry.into_record().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn full_entry() {
+        let r = entry(
+            r#"{"id":"a","name":"A","secret":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+                "created_at":"2026-01-01T00:00:00Z","expires_at":"2026-04-01T00:00:00Z",
+                "disabled":true,"models":["gpt-*"],"requests_per_minute":60,"tokens_per_minute":1000,
+                "max_concurrent":4,"budget_usd":"12.5","budget_period":"daily","balance_usd":3,
+                "team":"t","org":"o","metadata":{"owner":"x"}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.secret_hash, KeyHash::of("abc"));
+        assert!(r.disabled && !r.revoked);
+        assert_eq!(
+            r.rate_limits,
+            [
+                Limit::requests_per_minute(60),
+                Limit::tokens_per_minute(1000)
+            ]
+        );
+        assert_eq!(r.budgets[0].limit, Money::from_nanos(12_500_000_000));
+        assert_eq!(r.budgets[0].period, Period::Daily);
+        assert_eq!(r.budgets[1].mode, BudgetMode::Balance);
+        assert_eq!(r.metadata["owner"], "x");
+        // And back.
+        let back = KeyEntry::from_record(&r);
+        assert_eq!(back.budget_usd, Some(Money::from_nanos(12_500_000_000)));
+        let again = back.into_record().unwrap();
+        assert_eq!(again, r);
+    }
+
+    #[test]
+    fn errors_name_the_field_and_not_the_secret() {
+        for (json, field) in [
+            (r#"{"id":"a"}"#, "`secret`"),
+            (
+                r#"{"id":"a","secret":"sk-hunter2","secret_sha256":"00"}"#,
+                "`secret`",
+            ),
+            (
+                r#"{"id":"a","secret_sha256":"sk-hunter2"}"#,
+                "`secret_sha256`",
+            ),
+            (r#"{"id":"a","secret":"sha256:sk-hunter2"}"#, "`secret`"),
+            (
+                r#"{"id":"a","secret":"s","expires_at":"tomorrow"}"#,
+                "`expires_at`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_period":"daily"}"#,
+                "`budget_period`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_usd":5,"budget_period":"hourly"}"#,
+                "`budget_period`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","requests_per_minute":0}"#,
+                "`requests_per_minute`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","requests_per_minute":-1}"#,
+                "`requests_per_minute`",
+            ),
+            (
+                r#"{"id":"a","secret":"s","budget_usd":"lots"}"#,
+                "`budget_usd`",
+            ),
+            (r#"{"id":"a b","secret":"s"}"#, "`id`"),
+            (r#"{"id":"a","secret":"s","bogus":1}"#, "`bogus`"),
+            (r#"{"id":"a","secret":"s","revoked":1}"#, "`revoked`"),
+        ] {
+            let err = entry(json).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+            assert!(!err.contains("hunter2"), "{json}: {err}");
+            assert_eq!(
+                err.matches(" at line ").count().min(1),
+                err.matches(" at line ").count()
+            );
+        }
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let e: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-hunter2"}"#).unwrap();
+        assert!(!format!("{e:?}").contains("hunter2"));
+    }
+}

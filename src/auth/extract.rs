@@ -1,0 +1,324 @@
+//! Where a request carries its key: [`Extractor`] and the [`ExtractKey`] trait.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+
+use http::header::{AUTHORIZATION, HeaderName};
+use http::request::Parts;
+
+/// Finds the key in a request's head. Implemented for closures
+/// `Fn(&Parts) -> Option<Cow<'_, str>>`; pass a closure through
+/// [`Extractor::from_fn`] so its signature is inferred.
+///
+/// Return `None` when the request carries no key in this place. A value that
+/// is present but unusable may be returned as is: it fails the lookup and
+/// the request gets 401 `invalid_api_key`.
+pub trait ExtractKey: Send + Sync + 'static {
+    /// The key in `parts`, if any.
+    fn extract<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, str>>;
+}
+
+impl<F> ExtractKey for F
+where
+    F: Fn(&Parts) -> Option<Cow<'_, str>> + Send + Sync + 'static,
+{
+    fn extract<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, str>> {
+        self(parts)
+    }
+}
+
+/// One place a key may be presented. [`AuthLayer`](super::AuthLayer) tries
+/// its extractors in order and uses the first key found.
+///
+/// ```
+/// use std::borrow::Cow;
+/// use tollgate::auth::Extractor;
+///
+/// // Anthropic-style clients only, plus a `?key=` query parameter.
+/// let extractors = [
+///     Extractor::x_api_key(),
+///     Extractor::from_fn(|parts| {
+///         let query = parts.uri.query()?;
+///         query.split('&').find_map(|pair| pair.strip_prefix("key=")).map(Cow::Borrowed)
+///     })
+///     .described_as("the `key` query parameter"),
+/// ];
+/// assert_eq!(extractors[1].description(), "the `key` query parameter");
+/// ```
+#[derive(Clone)]
+pub struct Extractor {
+    source: Source,
+    description: Cow<'static, str>,
+}
+
+#[derive(Clone)]
+enum Source {
+    Bearer,
+    Header(HeaderName),
+    Custom(Arc<dyn ExtractKey>),
+}
+
+/// What the extractors found in a request.
+pub(crate) enum Found<'a> {
+    Key(Cow<'a, str>),
+    /// A key header was present but unusable (a reason fit for the client).
+    Malformed(&'static str),
+    Missing,
+}
+
+impl Extractor {
+    /// `Authorization: Bearer <key>` (OpenAI style). The scheme is
+    /// case-insensitive and whitespace around the scheme and the key is
+    /// ignored; another scheme (`Basic …`) is not a key.
+    pub fn bearer() -> Extractor {
+        Extractor {
+            source: Source::Bearer,
+            description: Cow::Borrowed(
+                "the `Authorization` header (`Authorization: Bearer <key>`)",
+            ),
+        }
+    }
+
+    /// The whole value of header `name`, surrounding whitespace ignored.
+    pub fn header(name: HeaderName) -> Extractor {
+        let description = Cow::Owned(format!("the `{name}` header"));
+        Extractor {
+            source: Source::Header(name),
+            description,
+        }
+    }
+
+    /// `x-api-key: <key>` (Anthropic style).
+    pub fn x_api_key() -> Extractor {
+        Extractor::header(HeaderName::from_static("x-api-key"))
+    }
+
+    /// `api-key: <key>` (Azure OpenAI style).
+    pub fn api_key() -> Extractor {
+        Extractor::header(HeaderName::from_static("api-key"))
+    }
+
+    /// `x-bf-vk: <key>` (virtual keys, Bifrost style).
+    pub fn virtual_key() -> Extractor {
+        Extractor::header(HeaderName::from_static("x-bf-vk"))
+    }
+
+    /// The default order: [`bearer`](Extractor::bearer),
+    /// [`x_api_key`](Extractor::x_api_key), [`api_key`](Extractor::api_key),
+    /// [`virtual_key`](Extractor::virtual_key).
+    pub fn defaults() -> Vec<Extractor> {
+        vec![
+            Extractor::bearer(),
+            Extractor::x_api_key(),
+            Extractor::api_key(),
+            Extractor::virtual_key(),
+        ]
+    }
+
+    /// Your own extractor.
+    pub fn custom(extractor: impl ExtractKey) -> Extractor {
+        Extractor {
+            source: Source::Custom(Arc::new(extractor)),
+            description: Cow::Borrowed("a custom location"),
+        }
+    }
+
+    /// Your own extractor, as a closure.
+    pub fn from_fn<F>(extract: F) -> Extractor
+    where
+        F: Fn(&Parts) -> Option<Cow<'_, str>> + Send + Sync + 'static,
+    {
+        Extractor::custom(extract)
+    }
+
+    /// Sets how the 401 `missing_api_key` message names this place
+    /// (`"the \`key\` query parameter"`).
+    pub fn described_as(mut self, description: impl Into<Cow<'static, str>>) -> Extractor {
+        self.description = description.into();
+        self
+    }
+
+    /// How the 401 `missing_api_key` message names this place.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    fn find<'a>(&self, parts: &'a Parts) -> Found<'a> {
+        match &self.source {
+            Source::Bearer => bearer(parts),
+            Source::Header(name) => match single(parts, name) {
+                Ok(Some(value)) => Found::Key(Cow::Borrowed(value)),
+                Ok(None) => Found::Missing,
+                Err(reason) => Found::Malformed(reason),
+            },
+            Source::Custom(extract) => match extract.extract(parts) {
+                Some(key) => Found::Key(key),
+                None => Found::Missing,
+            },
+        }
+    }
+}
+
+impl fmt::Debug for Extractor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.source {
+            Source::Bearer => f.write_str("Bearer"),
+            Source::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Source::Custom(_) => f.debug_tuple("Custom").field(&self.description).finish(),
+        }
+    }
+}
+
+/// The first key any extractor finds. A malformed value is reported only
+/// when no other place holds a key, so a stray header of another scheme does
+/// not hide a good key.
+pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> {
+    let mut malformed = None;
+    for extractor in extractors {
+        match extractor.find(parts) {
+            Found::Key(key) => return Found::Key(key),
+            Found::Malformed(reason) => {
+                malformed.get_or_insert(reason);
+            }
+            Found::Missing => {}
+        }
+    }
+    malformed.map_or(Found::Missing, Found::Malformed)
+}
+
+/// The trimmed value of `name`: `None` when absent or blank, an error when
+/// repeated (two keys are ambiguous) or not visible ASCII.
+fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Result<Option<&'a str>, &'static str> {
+    let mut values = parts.headers.get_all(name).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("The request carries more than one key header of the same name.");
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| "The API key header contains characters that are not printable ASCII.")?
+        .trim();
+    Ok((!value.is_empty()).then_some(value))
+}
+
+fn bearer(parts: &Parts) -> Found<'_> {
+    let value = match single(parts, &AUTHORIZATION) {
+        Ok(Some(value)) => value,
+        Ok(None) => return Found::Missing,
+        Err(reason) => return Found::Malformed(reason),
+    };
+    let (scheme, rest) = value
+        .split_once(|c: char| c.is_ascii_whitespace())
+        .unwrap_or((value, ""));
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Found::Malformed("The Authorization header must use the Bearer scheme.");
+    }
+    let key = rest.trim();
+    if key.is_empty() {
+        Found::Missing
+    } else if key.contains(|c: char| c.is_ascii_whitespace()) {
+        Found::Malformed("The Authorization header must hold a single key after `Bearer`.")
+    } else {
+        Found::Key(Cow::Borrowed(key))
+    }
+}
+
+/// "You didn't provide an API key. Send it in A, B or C."
+pub(crate) fn missing_message(extractors: &[Extractor]) -> String {
+    let mut message = String::from("You didn't provide an API key.");
+    let places: Vec<&str> = extractors.iter().map(Extractor::description).collect();
+    if let Some((last, first)) = places.split_last() {
+        message.push_str(" Send it in ");
+        if !first.is_empty() {
+            message.push_str(&first.join(", "));
+            message.push_str(" or ");
+        }
+        message.push_str(last);
+        message.push('.');
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut builder = http::Request::builder();
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        builder.body(()).unwrap().into_parts().0
+    }
+
+    fn key(found: Found<'_>) -> Option<String> {
+        match found {
+            Found::Key(k) => Some(k.into_owned()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn bearer_forms() {
+        let all = Extractor::defaults();
+        for value in [
+            "Bearer sk-1",
+            "bearer sk-1",
+            "BEARER   sk-1  ",
+            "  Bearer\tsk-1",
+        ] {
+            assert_eq!(
+                key(find(&all, &parts(&[("authorization", value)]))),
+                Some("sk-1".into()),
+                "{value:?}"
+            );
+        }
+        assert!(matches!(
+            find(&all, &parts(&[("authorization", "Basic abc")])),
+            Found::Malformed(_)
+        ));
+        assert!(matches!(
+            find(&all, &parts(&[("authorization", "Bearer a b")])),
+            Found::Malformed(_)
+        ));
+        assert!(matches!(
+            find(&all, &parts(&[("authorization", "Bearer ")])),
+            Found::Missing
+        ));
+        assert!(matches!(
+            find(&all, &parts(&[("authorization", "Bearersk-1")])),
+            Found::Malformed(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_does_not_hide_a_key_elsewhere() {
+        let all = Extractor::defaults();
+        let head = parts(&[("authorization", "Basic abc"), ("x-api-key", "sk-2")]);
+        assert_eq!(key(find(&all, &head)), Some("sk-2".into()));
+    }
+
+    #[test]
+    fn repeated_headers_are_ambiguous() {
+        let all = Extractor::defaults();
+        let head = parts(&[("x-api-key", "sk-1"), ("x-api-key", "sk-2")]);
+        assert!(matches!(find(&all, &head), Found::Malformed(_)));
+    }
+
+    #[test]
+    fn missing_message_names_every_place() {
+        assert_eq!(
+            missing_message(&[Extractor::x_api_key()]),
+            "You didn't provide an API key. Send it in the `x-api-key` header."
+        );
+        let all = missing_message(&Extractor::defaults());
+        assert!(
+            all.contains("Bearer") && all.contains("`x-bf-vk` header."),
+            "{all}"
+        );
+        assert_eq!(missing_message(&[]), "You didn't provide an API key.");
+    }
+}

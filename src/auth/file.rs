@@ -1,0 +1,298 @@
+//! Key files: JSON or TOML lists of [`KeyEntry`], validated as a whole.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::entry::{InvalidKeyEntry, KeyEntry};
+use super::{KeyHash, KeyRecord};
+
+/// A validated list of keys, from a file or from entries embedded in other
+/// configuration.
+///
+/// JSON files hold an array of entries or `{"keys": [...]}`; TOML files hold
+/// `[[keys]]` tables. Fields are those of [`KeyEntry`].
+///
+/// ```
+/// use tollgate::auth::{KeyFile, KeyHash};
+///
+/// let file = KeyFile::from_toml(r#"
+/// [[keys]]
+/// id = "alice"
+/// secret = "sk-dev-alice"          # plaintext: local development only
+/// models = ["gpt-4o*"]
+///
+/// [[keys]]
+/// id = "ci"
+/// secret_sha256 = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+/// requests_per_minute = 60
+/// "#)?;
+/// assert_eq!(file.records()[0].secret_hash, KeyHash::of("sk-dev-alice"));
+/// assert_eq!(file.records()[1].id, "ci");
+///
+/// let err = KeyFile::from_toml("[[keys]]\nid = \"x\"\nsecret = \"s\"\nrevoked = \"no\"\n").unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "TOML key file, line 4: field `revoked`: invalid type: string \"no\", expected a boolean",
+/// );
+/// # Ok::<_, tollgate::auth::KeyFileError>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyFile {
+    records: Vec<KeyRecord>,
+}
+
+/// A key file that cannot be used. Messages name the file, line (TOML) or
+/// entry, key and field, and never repeat a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyFileError {
+    /// The file could not be read.
+    #[error("could not read key file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file's extension is neither `.json` nor `.toml`.
+    #[error("cannot tell the format of key file {}: name it *.json or *.toml", path.display())]
+    UnknownFormat {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not valid JSON or TOML, has an unknown field, or a value
+    /// of the wrong type.
+    #[error("{format} key file{}: {message}", at_line(*line))]
+    Syntax {
+        /// `JSON` or `TOML`.
+        format: &'static str,
+        /// The line, where known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+    /// An entry's values do not make a valid key.
+    #[error("entry {index}{}: {source}", at_line(*line))]
+    Entry {
+        /// Position of the entry in the list, from 1.
+        index: usize,
+        /// The entry's line (TOML).
+        line: Option<usize>,
+        /// What is wrong.
+        source: InvalidKeyEntry,
+    },
+    /// Two entries have the same id.
+    #[error("entry {index}{}: duplicate key id `{id}` (first used by entry {first})", at_line(*line))]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// Position of the second entry, from 1.
+        index: usize,
+        /// Position of the first entry, from 1.
+        first: usize,
+        /// The second entry's line (TOML).
+        line: Option<usize>,
+    },
+    /// Two entries have the same secret.
+    #[error("keys `{id}` and `{other}` have the same secret")]
+    DuplicateSecret {
+        /// The later key.
+        id: String,
+        /// The earlier key.
+        other: String,
+    },
+}
+
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(", line {l}")).unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys<T> {
+    #[serde(default = "Vec::new")]
+    keys: Vec<T>,
+}
+
+impl KeyFile {
+    /// Reads and validates a key file, its format told by its extension.
+    pub fn load(path: impl AsRef<Path>) -> Result<KeyFile, KeyFileError> {
+        let path = path.as_ref();
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let parse = match extension.as_deref() {
+            Some("json") => KeyFile::from_json,
+            Some("toml") => KeyFile::from_toml,
+            _ => {
+                return Err(KeyFileError::UnknownFormat {
+                    path: path.to_owned(),
+                });
+            }
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        parse(&text)
+    }
+
+    /// Parses a JSON key file: an array of entries, or `{"keys": [...]}`.
+    pub fn from_json(text: &str) -> Result<KeyFile, KeyFileError> {
+        let syntax = |e: serde_json::Error| KeyFileError::Syntax {
+            format: "JSON",
+            line: (e.line() > 0).then_some(e.line()),
+            message: without_position(&e),
+        };
+        let entries = if text.trim_start().starts_with('[') {
+            serde_json::from_str::<Vec<KeyEntry>>(text).map_err(syntax)?
+        } else {
+            serde_json::from_str::<Keys<KeyEntry>>(text)
+                .map_err(syntax)?
+                .keys
+        };
+        KeyFile::validate(entries.into_iter().map(|entry| (entry, None)))
+    }
+
+    /// Parses a TOML key file of `[[keys]]` tables.
+    pub fn from_toml(text: &str) -> Result<KeyFile, KeyFileError> {
+        let line_of = |offset: usize| text.get(..offset).map(|t| t.matches('\n').count() + 1);
+        let file: Keys<toml::Spanned<KeyEntry>> = toml::from_str(text).map_err(|e| {
+            // toml appends the key path ("in `revoked`"); the message names
+            // the field already.
+            let message = e.message().trim_end();
+            let message = message.split("\nin `").next().unwrap_or(message);
+            let line = e.span().map(|span| field_line(text, span.start, message));
+            KeyFileError::Syntax {
+                format: "TOML",
+                line,
+                message: message.to_owned(),
+            }
+        })?;
+        let starts: Vec<usize> = file.keys.iter().map(|k| k.span().start).collect();
+        let entries = file.keys.into_iter().map(|spanned| {
+            let line = line_of(spanned.span().start);
+            (spanned.into_inner(), line)
+        });
+        KeyFile::validate(entries).map_err(|mut e| {
+            // Point at the field's own line rather than the entry's.
+            if let KeyFileError::Entry {
+                index,
+                line,
+                source,
+            } = &mut e
+            {
+                if let Some(&start) = starts.get(*index - 1) {
+                    let named = format!("field `{}`", source.field());
+                    *line = Some(field_line(text, start, &named));
+                }
+            }
+            e
+        })
+    }
+
+    /// Validates entries embedded in other configuration (a gateway's
+    /// `[[keys]]` table), as a key file's would be.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = KeyEntry>,
+    ) -> Result<KeyFile, KeyFileError> {
+        KeyFile::validate(entries.into_iter().map(|entry| (entry, None)))
+    }
+
+    fn validate(
+        entries: impl Iterator<Item = (KeyEntry, Option<usize>)>,
+    ) -> Result<KeyFile, KeyFileError> {
+        let mut records: Vec<KeyRecord> = Vec::new();
+        let mut ids: HashMap<String, usize> = HashMap::new();
+        let mut hashes: HashMap<KeyHash, usize> = HashMap::new();
+        for (i, (entry, line)) in entries.enumerate() {
+            let index = i + 1;
+            if let Some(&first) = ids.get(&entry.id) {
+                return Err(KeyFileError::DuplicateId {
+                    id: entry.id,
+                    index,
+                    first,
+                    line,
+                });
+            }
+            ids.insert(entry.id.clone(), index);
+            let record = entry.into_record().map_err(|source| KeyFileError::Entry {
+                index,
+                line,
+                source,
+            })?;
+            if let Some(&other) = hashes.get(&record.secret_hash) {
+                return Err(KeyFileError::DuplicateSecret {
+                    id: record.id,
+                    other: records[other].id.clone(),
+                });
+            }
+            hashes.insert(record.secret_hash, records.len());
+            records.push(record);
+        }
+        Ok(KeyFile { records })
+    }
+
+    /// The records, in file order.
+    pub fn records(&self) -> &[KeyRecord] {
+        &self.records
+    }
+
+    /// The records, in file order.
+    pub fn into_records(self) -> Vec<KeyRecord> {
+        self.records
+    }
+}
+
+impl IntoIterator for KeyFile {
+    type Item = KeyRecord;
+    type IntoIter = std::vec::IntoIter<KeyRecord>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.records.into_iter()
+    }
+}
+
+/// The line of the field an error names, looked for from `start` (where
+/// toml points: the entry's table) to the next table header; the line of
+/// `start` when the field is not found there.
+fn field_line(text: &str, start: usize, message: &str) -> usize {
+    let first = text.get(..start).map_or(1, |t| t.matches('\n').count() + 1);
+    let field = ["field `", "unknown field `", "duplicate field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let Some(field) = field else {
+        return first;
+    };
+    for (i, line) in text.lines().enumerate().skip(first - 1) {
+        let line = line.trim_start();
+        if i >= first && line.starts_with('[') {
+            break;
+        }
+        // `field = …`, possibly inside an inline table on this line.
+        let found = line.match_indices(field).any(|(at, _)| {
+            let before = line[..at].trim_end();
+            let after = line[at + field.len()..].trim_start();
+            (before.is_empty() || before.ends_with(['{', ','])) && after.starts_with('=')
+        });
+        if found {
+            return i + 1;
+        }
+    }
+    first
+}
+
+/// serde_json's message without its " at line L column C" suffix (the line
+/// is reported on its own).
+fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    match text.strip_suffix(&suffix) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
+}

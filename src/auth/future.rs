@@ -1,0 +1,215 @@
+//! The response future of [`Auth`](super::Auth).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::layer::Policy;
+use super::outcome::{self, Admitted};
+use super::{KeyHash, Lookup, Principal};
+use crate::body::{ResponseBody, reject};
+use crate::request::FromBytes;
+use crate::{ApiError, BoxError, RequestMeta};
+
+/// `x-api-key-expires-in`: seconds until the key expires, sent when it is
+/// within the layer's warning window.
+pub const X_API_KEY_EXPIRES_IN: HeaderName = HeaderName::from_static("x-api-key-expires-in");
+
+type ReadMeta<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> + Send>>;
+
+pin_project! {
+    /// Resolves to the inner service's response, or to the rejection.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+        expires_in: Option<HeaderValue>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        // A remote store is answering.
+        Lookup {
+            lookup: Lookup,
+            waiting: Option<Waiting<S, B>>,
+        },
+        // The key has a model allow-list: the body is read for its `model`.
+        ReadMeta {
+            read: ReadMeta<B>,
+            waiting: Option<(S, Principal)>,
+        },
+        Call {
+            #[pin]
+            future: S::Future,
+        },
+        Reject {
+            error: Option<ApiError>,
+        },
+    }
+}
+
+struct Waiting<S, B> {
+    inner: S,
+    req: Request<B>,
+    hash: KeyHash,
+    policy: Arc<Policy>,
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn reject(error: ApiError) -> Self {
+        Self::with_state(State::Reject { error: Some(error) }, None)
+    }
+
+    pub(crate) fn call(future: S::Future, expires_in: Option<HeaderValue>) -> Self {
+        Self::with_state(State::Call { future }, expires_in)
+    }
+
+    pub(crate) fn lookup(
+        lookup: Lookup,
+        inner: S,
+        req: Request<B>,
+        hash: KeyHash,
+        policy: Arc<Policy>,
+    ) -> Self {
+        let waiting = Waiting {
+            inner,
+            req,
+            hash,
+            policy,
+        };
+        Self::with_state(
+            State::Lookup {
+                lookup,
+                waiting: Some(waiting),
+            },
+            None,
+        )
+    }
+
+    pub(crate) fn read(
+        read: ReadMeta<B>,
+        inner: S,
+        principal: Principal,
+        expires_in: Option<HeaderValue>,
+    ) -> Self {
+        Self::with_state(
+            State::ReadMeta {
+                read,
+                waiting: Some((inner, principal)),
+            },
+            expires_in,
+        )
+    }
+
+    fn with_state(state: State<S, B>, expires_in: Option<HeaderValue>) -> Self {
+        ResponseFuture { state, expires_in }
+    }
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    B: Body<Data = Bytes> + FromBytes + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Lookup { lookup, waiting } => {
+                    let found = ready!(Pin::new(lookup).poll(cx));
+                    let Some(Waiting {
+                        inner,
+                        mut req,
+                        hash,
+                        policy,
+                    }) = waiting.take()
+                    else {
+                        return Poll::Ready(Ok(reject(ApiError::internal())));
+                    };
+                    match outcome::admit(&policy, found, &hash) {
+                        Err(error) => State::Reject { error: Some(error) },
+                        Ok(Admitted {
+                            principal,
+                            expires_in,
+                        }) => {
+                            *this.expires_in = expires_in;
+                            let meta = req.extensions().get::<RequestMeta>();
+                            if outcome::needs_meta(&principal, meta.is_some()) {
+                                State::ReadMeta {
+                                    read: Box::pin(RequestMeta::read(req, policy.body_limit)),
+                                    waiting: Some((inner, principal)),
+                                }
+                            } else {
+                                match outcome::check_model(&principal, meta) {
+                                    Err(error) => State::Reject { error: Some(error) },
+                                    Ok(()) => {
+                                        req.extensions_mut().insert(principal);
+                                        call(inner, req)
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                StateProj::ReadMeta { read, waiting } => {
+                    let read = ready!(read.as_mut().poll(cx));
+                    let Some((inner, principal)) = waiting.take() else {
+                        return Poll::Ready(Ok(reject(ApiError::internal())));
+                    };
+                    let checked = read.and_then(|req| {
+                        outcome::check_model(&principal, req.extensions().get::<RequestMeta>())
+                            .map(|()| req)
+                    });
+                    match checked {
+                        Err(error) => State::Reject { error: Some(error) },
+                        Ok(mut req) => {
+                            req.extensions_mut().insert(principal);
+                            call(inner, req)
+                        }
+                    }
+                }
+                StateProj::Call { future } => {
+                    let mut response = ready!(future.poll(cx))?;
+                    if let Some(seconds) = this.expires_in.take() {
+                        response.headers_mut().insert(X_API_KEY_EXPIRES_IN, seconds);
+                    }
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Reject { error } => {
+                    let error = error.take().unwrap_or_else(ApiError::internal);
+                    return Poll::Ready(Ok(reject(error)));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+fn call<S, B>(mut inner: S, req: Request<B>) -> State<S, B>
+where
+    S: Service<Request<B>>,
+{
+    State::Call {
+        future: inner.call(req),
+    }
+}

@@ -1,0 +1,154 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::Policy;
+use super::outcome::{self, Admitted};
+use super::{AuthLayer, KeyStore};
+use crate::request::FromBytes;
+use crate::{BoxError, RequestMeta};
+
+/// The service built by [`AuthLayer`].
+pub struct Auth<S, K> {
+    inner: S,
+    store: Arc<K>,
+    policy: Arc<Policy>,
+}
+
+impl<S, K> Auth<S, K> {
+    pub(crate) fn from_parts(inner: S, store: Arc<K>, policy: Arc<Policy>) -> Self {
+        Auth {
+            inner,
+            store,
+            policy,
+        }
+    }
+
+    /// Wraps `inner`, authenticating against `store` with the defaults of
+    /// [`AuthLayer::new`].
+    pub fn new(inner: S, store: K) -> Self {
+        use tower_layer::Layer;
+        AuthLayer::new(store).layer(inner)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &K {
+        &self.store
+    }
+}
+
+impl<S: Clone, K> Clone for Auth<S, K> {
+    fn clone(&self) -> Self {
+        Auth {
+            inner: self.inner.clone(),
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, K> fmt::Debug for Auth<S, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("inner", &self.inner)
+            .field("store", &std::any::type_name::<K>())
+            .field("policy", &self.policy)
+            .finish()
+    }
+}
+
+impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S, K>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    K: KeyStore,
+    ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+{
+    type Response = Response<crate::body::ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let (parts, body) = req.into_parts();
+        let hash = match outcome::presented_hash(&self.policy, &parts) {
+            Ok(hash) => hash,
+            Err(error) => return ResponseFuture::reject(error),
+        };
+        let req = Request::from_parts(parts, body);
+        let mut lookup = self.store.lookup(&hash);
+        match lookup.take_ready() {
+            // The common case (memory store, cache hit): decide now.
+            Some(found) => match outcome::admit(&self.policy, found, &hash) {
+                Ok(admitted) => self.forward(req, admitted),
+                Err(error) => ResponseFuture::reject(error),
+            },
+            None => ResponseFuture::lookup(
+                lookup,
+                take_ready(&mut self.inner),
+                req,
+                hash,
+                self.policy.clone(),
+            ),
+        }
+    }
+}
+
+impl<S, K> Auth<S, K> {
+    fn forward<ReqBody, ResBody>(
+        &mut self,
+        mut req: Request<ReqBody>,
+        admitted: Admitted,
+    ) -> ResponseFuture<S, ReqBody>
+    where
+        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+        ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
+        ReqBody::Error: Into<BoxError>,
+    {
+        let Admitted {
+            principal,
+            expires_in,
+        } = admitted;
+        let meta = req.extensions().get::<RequestMeta>();
+        if outcome::needs_meta(&principal, meta.is_some()) {
+            let read = Box::pin(RequestMeta::read(req, self.policy.body_limit));
+            return ResponseFuture::read(read, take_ready(&mut self.inner), principal, expires_in);
+        }
+        if let Err(error) = outcome::check_model(&principal, meta) {
+            return ResponseFuture::reject(error);
+        }
+        req.extensions_mut().insert(principal);
+        ResponseFuture::call(self.inner.call(req), expires_in)
+    }
+}
+
+/// The ready inner service, leaving a fresh clone in its place: the future
+/// that outlives `call` must own the instance `poll_ready` readied.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}

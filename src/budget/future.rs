@@ -1,0 +1,124 @@
+//! The response future of [`Budget`](super::Budget).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::Ledger;
+use super::service::{AdmissionFuture, Admitted};
+use super::usage::{self, UsageBody};
+use crate::body::ResponseBody;
+
+pin_project! {
+    /// Asks the ledger, then calls the inner service and meters its
+    /// response, or resolves to the budget's refusal.
+    pub struct ResponseFuture<S, ReqBody, L>
+    where
+        S: Service<Request<ReqBody>>,
+        L: Ledger,
+    {
+        #[pin]
+        state: State<S, ReqBody, L>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, ReqBody, L>
+    where
+        S: Service<Request<ReqBody>>,
+        L: Ledger,
+    {
+        Admitting {
+            admission: AdmissionFuture<ReqBody, L>,
+            inner: Option<S>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+            admitted: Option<Admitted<L>>,
+        },
+    }
+}
+
+impl<S, ReqBody, L> ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>>,
+    L: Ledger,
+{
+    pub(crate) fn new(admission: AdmissionFuture<ReqBody, L>, inner: S) -> Self {
+        ResponseFuture {
+            state: State::Admitting {
+                admission,
+                inner: Some(inner),
+            },
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody, L> Future for ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body<Data = Bytes>,
+    L: Ledger,
+{
+    type Output = Result<Response<ResponseBody<UsageBody<ResBody>>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Admitting { admission, inner } => {
+                    let (req, admitted) = match ready!(admission.as_mut().poll(cx)) {
+                        Ok(admitted) => admitted,
+                        Err(rejected) => {
+                            let mut response = crate::body::reject(rejected.error);
+                            if let Some(headers) = rejected.headers {
+                                headers.apply(response.headers_mut());
+                            }
+                            return Poll::Ready(Ok(response));
+                        }
+                    };
+                    let Some(mut service) = inner.take() else {
+                        // Polled after completion: a caller bug, answered
+                        // without panicking.
+                        return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
+                    };
+                    let future = service.call(req);
+                    this.state.set(State::Calling {
+                        future,
+                        admitted: Some(admitted),
+                    });
+                }
+                StateProj::Calling { future, admitted } => {
+                    let result = ready!(future.poll(cx));
+                    // Taken before `?`: an inner error drops the settler,
+                    // which releases the hold at once.
+                    let admitted = admitted.take();
+                    let mut response = result?;
+                    let Some(admitted) = admitted else {
+                        return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
+                    };
+                    if let Some(headers) = admitted.headers {
+                        headers.apply(response.headers_mut());
+                    }
+                    let response = match admitted.settler {
+                        Some(settler) => {
+                            usage::observe(response, admitted.options, move |report| {
+                                settler.finish(report)
+                            })
+                        }
+                        None => usage::observe(response, admitted.options, |_| {}),
+                    };
+                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+            }
+        }
+    }
+}

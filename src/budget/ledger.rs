@@ -1,0 +1,283 @@
+//! Where spend is kept: the [`Ledger`] trait.
+//!
+//! A ledger answers five questions, each in one round trip so a shared store
+//! (Redis with a Lua script per operation) can answer them atomically for
+//! every gateway instance at once:
+//!
+//! | operation | what it does atomically |
+//! |---|---|
+//! | [`reserve`](Ledger::reserve) | check every budget of a request and hold an amount against all of them, or against none |
+//! | [`settle`](Ledger::settle) | turn a hold into the actual cost: charge it, release the rest |
+//! | [`release`](Ledger::release) | drop a hold without charging (the call failed before any token) |
+//! | [`top_up`](Ledger::top_up) | add funds to a prepaid balance |
+//! | [`read`](Ledger::read) | one budget's limit, spend and holds in its current period |
+//!
+//! Budgets are described by their [`BudgetSpec`] on every call (the spec comes
+//! from the caller's key record, not from the ledger), so a changed limit takes
+//! effect on the next request. Periods are computed by the ledger from its
+//! clock ([`Period::window`](super::Period::window)), so every instance that
+//! shares a ledger agrees on when a month ends.
+//!
+//! Holds ([`Reservation`]s) carry an id and live under a lease: a gateway that
+//! crashes between reserve and settle cannot lock money away forever, the
+//! ledger releases the hold when the lease runs out.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use super::{BudgetMode, BudgetSpec, Money, PeriodWindow};
+use crate::store::StoreError;
+
+/// How much of a budget a request may reserve.
+///
+/// # Why two policies
+///
+/// A budget check races with the requests already in flight: their cost is
+/// only known when their responses end. Checking "is anything left?" and
+/// recording spend afterwards (what most gateways do) lets a burst of
+/// concurrent requests all pass the check and overshoot without bound.
+/// Reserving each request's worst case before the call closes the race, but
+/// the worst case (prompt + `max_tokens`) is often far above the actual cost,
+/// so a budget near its end refuses requests it could easily afford.
+///
+/// - [`Strict`](ReservePolicy::Strict) reserves the worst case and refuses a
+///   request whose worst case exceeds what remains. Spend can **never** exceed
+///   the limit; the price is refusals near the end of a period. Use it for
+///   prepaid balances and hard contractual caps.
+/// - [`Bounded`](ReservePolicy::Bounded) (the default) admits a request while
+///   anything remains and reserves `min(worst case, remaining)`. Only a
+///   *partial* reservation (one clamped below its worst case) can end up
+///   costing more than it holds, and a budget admits one partial reservation
+///   at a time: while one is in flight, only requests whose whole worst case
+///   fits get in. So spend exceeds the limit by at most **one request's**
+///   cost beyond its reservation, and the last cents of a budget stay usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ReservePolicy {
+    /// Refuse when the worst case exceeds what remains: never overshoot.
+    Strict,
+    /// Admit while anything remains, reserving at most what remains.
+    #[default]
+    Bounded,
+}
+
+/// One budget's state in its current period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BudgetStatus {
+    /// Budget (resets each period) or prepaid balance.
+    pub mode: BudgetMode,
+    /// For a budget, the period's limit; for a balance, everything funded
+    /// (opening balance plus top-ups).
+    pub limit: Money,
+    /// Settled spend in the current period (for a balance: ever).
+    pub spent: Money,
+    /// Held by requests in flight.
+    pub reserved: Money,
+    /// The current period (for a balance: from the epoch, never ending).
+    pub period: PeriodWindow,
+}
+
+impl BudgetStatus {
+    /// The status of a budget nothing has been charged to yet.
+    pub fn fresh(spec: &BudgetSpec, period: PeriodWindow) -> BudgetStatus {
+        BudgetStatus {
+            mode: spec.mode,
+            limit: spec.limit,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            period,
+        }
+    }
+
+    /// What a new request may still use: `limit - spent - reserved`
+    /// (negative after a `Bounded` overshoot).
+    pub fn remaining(&self) -> Money {
+        self.limit - self.spent - self.reserved
+    }
+}
+
+/// The id of a reservation, unique within its ledger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(pub u64);
+
+impl ReservationId {
+    /// An id no ledger ever issues: a [`Reservation`] with it holds nothing,
+    /// so settling it only charges. `BudgetLayer` uses it to charge requests
+    /// it admitted while the ledger was unreachable (fail-open).
+    pub const UNHELD: ReservationId = ReservationId(0);
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rsv_{:016x}", self.0)
+    }
+}
+
+/// A hold on budgets, returned by [`Ledger::reserve`]; give it back to
+/// [`Ledger::settle`] or [`Ledger::release`] exactly once.
+///
+/// It carries the budgets it holds, so a ledger can still charge them when
+/// the hold itself has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    id: ReservationId,
+    amount: Money,
+    budgets: Arc<[BudgetSpec]>,
+}
+
+impl Reservation {
+    /// A reservation of `amount` against each of `budgets` (for ledger
+    /// implementations).
+    pub fn new(id: ReservationId, amount: Money, budgets: Arc<[BudgetSpec]>) -> Reservation {
+        Reservation {
+            id,
+            amount,
+            budgets,
+        }
+    }
+
+    /// The id.
+    pub fn id(&self) -> ReservationId {
+        self.id
+    }
+
+    /// The amount held against each budget.
+    pub fn amount(&self) -> Money {
+        self.amount
+    }
+
+    /// The budgets held.
+    pub fn budgets(&self) -> &[BudgetSpec] {
+        &self.budgets
+    }
+}
+
+/// What [`Ledger::reserve`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReserveOutcome {
+    /// Held against every budget.
+    Reserved {
+        /// The hold, to settle or release.
+        reservation: Reservation,
+        /// Index (in the budgets passed) of the budget with the least remaining.
+        index: usize,
+        /// That budget's status *before* this reservation.
+        status: BudgetStatus,
+    },
+    /// Held against none: a budget cannot afford the request.
+    Denied {
+        /// Index (in the budgets passed) of the first budget that refused.
+        index: usize,
+        /// That budget's status.
+        status: BudgetStatus,
+    },
+}
+
+/// What [`Ledger::settle`] charged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settlement {
+    /// The amount charged to each budget.
+    pub charged: Money,
+    /// Each budget's status after the charge, in the reservation's order.
+    pub statuses: Vec<BudgetStatus>,
+}
+
+/// A store of budget spend, shared by every clone of a `BudgetLayer` (and,
+/// for a shared backend, every gateway instance).
+///
+/// Every operation is one round trip and atomic across all budgets it names.
+/// Implementations must uphold:
+///
+/// - **all or nothing**: `reserve` holds the amount against every budget or
+///   against none;
+/// - **policy**: a budget with `remaining() <= 0` refuses every request;
+///   under [`ReservePolicy::Strict`] a budget also refuses an amount larger
+///   than its `remaining()`; under [`ReservePolicy::Bounded`] the amount held
+///   is `min(amount, remaining())` of the tightest budget, held against all,
+///   and a hold below `amount` (a partial hold) is refused while any of the
+///   budgets has another partial hold in flight;
+/// - **periods**: a budget's spend counts in the period
+///   [`Period::window`](super::Period::window) gives for the ledger's current
+///   time, and starts from zero in a new period; a settlement counts in the
+///   period it happens in; balances never reset;
+/// - **leases**: a hold not settled or released within the ledger's lease is
+///   released by the ledger; settling it afterwards still charges the cost.
+pub trait Ledger: Send + Sync + 'static {
+    /// Holds `amount` against every one of `budgets`, or against none.
+    ///
+    /// `budgets` is shared so the [`Reservation`] can keep it without a copy.
+    fn reserve(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send;
+
+    /// Charges `actual` to every budget of `reservation` and releases its hold.
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send;
+
+    /// Releases `reservation`'s hold without charging anything.
+    fn release(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Adds `amount` to the prepaid balance `budget` (negative amounts debit
+    /// it) and returns its new status.
+    fn top_up(
+        &self,
+        budget: &BudgetSpec,
+        amount: Money,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send;
+
+    /// `budget`'s status in its current period.
+    fn read(
+        &self,
+        budget: &BudgetSpec,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send;
+}
+
+impl<L: Ledger> Ledger for Arc<L> {
+    fn reserve(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
+        (**self).reserve(budgets, amount, policy)
+    }
+
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
+        (**self).settle(reservation, actual)
+    }
+
+    fn release(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).release(reservation)
+    }
+
+    fn top_up(
+        &self,
+        budget: &BudgetSpec,
+        amount: Money,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+        (**self).top_up(budget, amount)
+    }
+
+    fn read(
+        &self,
+        budget: &BudgetSpec,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+        (**self).read(budget)
+    }
+}

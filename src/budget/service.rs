@@ -1,0 +1,266 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::{FailurePolicy, Shared, UnpricedModel};
+use super::settle::Settler;
+use super::usage::{UsageBody, UsageOptions};
+use super::{
+    BudgetMode, BudgetSpec, BudgetStatus, Ledger, ModelPrice, Reservation, ReservationId,
+    ReserveOutcome,
+};
+use crate::body::ResponseBody;
+use crate::request::FromBytes;
+use crate::store::memory::MemoryLedger;
+use crate::{ApiError, BoxError, Principal, RequestMeta};
+
+/// `x-budget-limit-usd`: the binding budget's limit (for a balance: all funds added).
+pub const X_BUDGET_LIMIT_USD: &str = "x-budget-limit-usd";
+/// `x-budget-remaining-usd`: what the binding budget had left before this request.
+pub const X_BUDGET_REMAINING_USD: &str = "x-budget-remaining-usd";
+/// `x-budget-reset`: when the binding budget's period ends (RFC 3339, UTC).
+pub const X_BUDGET_RESET: &str = "x-budget-reset";
+
+/// The service built by [`BudgetLayer`](super::BudgetLayer).
+pub struct Budget<S, L = MemoryLedger> {
+    inner: S,
+    shared: Arc<Shared<L>>,
+}
+
+impl<S: Clone, L> Clone for Budget<S, L> {
+    fn clone(&self) -> Self {
+        Budget {
+            inner: self.inner.clone(),
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, L> std::fmt::Debug for Budget<S, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Budget")
+            .field("inner", &self.inner)
+            .field("policy", &self.shared.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, L> Budget<S, L> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared<L>>) -> Self {
+        Budget { inner, shared }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, L, ReqBody, ResBody> Service<Request<ReqBody>> for Budget<S, L>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    L: Ledger,
+    ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Response = Response<ResponseBody<UsageBody<ResBody>>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S, ReqBody, L>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The ledger is asked before the inner service is called: take the
+        // service that was polled ready and leave a clone in its place.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        ResponseFuture::new(Box::pin(admit(self.shared.clone(), req)), inner)
+    }
+}
+
+/// The decision on one request, made before the inner service is called.
+pub(crate) type Admission<B, L> = Result<(Request<B>, Admitted<L>), Rejected>;
+
+pub(crate) type AdmissionFuture<B, L> = Pin<Box<dyn Future<Output = Admission<B, L>> + Send>>;
+
+/// An admitted request: how to settle it, and the headers to add.
+pub(crate) struct Admitted<L: Ledger> {
+    pub(crate) settler: Option<Settler<L>>,
+    pub(crate) options: UsageOptions,
+    pub(crate) headers: Option<BudgetHeaders>,
+}
+
+/// A refused request.
+pub(crate) struct Rejected {
+    pub(crate) error: ApiError,
+    pub(crate) headers: Option<BudgetHeaders>,
+}
+
+impl From<ApiError> for Rejected {
+    fn from(error: ApiError) -> Rejected {
+        Rejected {
+            error,
+            headers: None,
+        }
+    }
+}
+
+async fn admit<L: Ledger, B>(shared: Arc<Shared<L>>, req: Request<B>) -> Admission<B, L>
+where
+    B: Body<Data = Bytes> + FromBytes,
+    B::Error: Into<BoxError>,
+{
+    let req = RequestMeta::read(req, shared.body_limit).await?;
+    let Some(meta) = req.extensions().get::<RequestMeta>() else {
+        return Err(ApiError::internal().into());
+    };
+    let options = UsageOptions::from_meta(meta);
+    let Some(model) = meta.model.clone() else {
+        // Nothing to price (model lists, files, …): not metered.
+        let admitted = Admitted {
+            settler: None,
+            options,
+            headers: None,
+        };
+        return Ok((req, admitted));
+    };
+    let price = match (shared.pricing.get(&model), shared.unpriced) {
+        (Some(price), _) => *price,
+        (None, UnpricedModel::Reject) => return Err(no_price(&model).into()),
+        (None, UnpricedModel::ChargeZero) => {
+            tracing::warn!(model = %truncated(&model), "no price configured for model; charging zero");
+            ModelPrice::FREE
+        }
+    };
+    let worst_case = price.worst_case(meta.prompt_tokens_estimate, meta.max_tokens);
+    let principal = req.extensions().get::<Principal>().cloned();
+    let budgets = principal.as_ref().map_or(&[][..], Principal::budgets);
+
+    let mut settler = Settler::new(shared.clone(), price, model, principal.clone());
+    let mut headers = None;
+    if !budgets.is_empty() {
+        let budgets: Arc<[BudgetSpec]> = budgets.into();
+        match shared
+            .ledger
+            .reserve(&budgets, worst_case, shared.policy)
+            .await
+        {
+            Ok(ReserveOutcome::Reserved {
+                reservation,
+                status,
+                ..
+            }) => {
+                settler.hold(reservation);
+                headers = Some(BudgetHeaders::of(&status));
+            }
+            Ok(ReserveOutcome::Denied { index, status }) => {
+                let error = match budgets.get(index) {
+                    Some(spec) => refusal(spec, &status),
+                    None => ApiError::internal(),
+                };
+                return Err(Rejected {
+                    error,
+                    headers: Some(BudgetHeaders::of(&status)),
+                });
+            }
+            Err(error) => match shared.on_store_error {
+                FailurePolicy::Closed => return Err(ApiError::from(error).into()),
+                FailurePolicy::Open => {
+                    tracing::warn!(%error, "budget ledger failed; admitting without a reservation");
+                    settler.hold(Reservation::new(
+                        ReservationId::UNHELD,
+                        super::Money::ZERO,
+                        budgets,
+                    ));
+                }
+            },
+        }
+    }
+    let admitted = Admitted {
+        settler: Some(settler),
+        options,
+        headers,
+    };
+    Ok((req, admitted))
+}
+
+/// The error for a budget that refused a request.
+fn refusal(spec: &BudgetSpec, status: &BudgetStatus) -> ApiError {
+    match spec.mode {
+        BudgetMode::Budget => ApiError::budget_exceeded()
+            .with_message(format!("Budget exceeded: {} limit reached", status.limit)),
+        BudgetMode::Balance => ApiError::insufficient_balance()
+            .with_message("Insufficient account balance. Please add funds to continue."),
+    }
+}
+
+fn no_price(model: &str) -> ApiError {
+    ApiError::invalid_model()
+        .with_message(format!(
+            "no price configured for model {}",
+            truncated(model)
+        ))
+        .with_param("model")
+}
+
+/// A client-sent model name, cut to a sane length for messages and logs.
+fn truncated(model: &str) -> &str {
+    match model.char_indices().nth(128) {
+        Some((at, _)) => &model[..at],
+        None => model,
+    }
+}
+
+/// The `x-budget-*` headers of the binding budget.
+#[derive(Debug, Clone)]
+pub(crate) struct BudgetHeaders {
+    limit: Option<HeaderValue>,
+    remaining: Option<HeaderValue>,
+    reset: Option<HeaderValue>,
+}
+
+impl BudgetHeaders {
+    fn of(status: &BudgetStatus) -> BudgetHeaders {
+        let value = |s: String| HeaderValue::from_str(&s).ok();
+        BudgetHeaders {
+            limit: value(status.limit.to_decimal()),
+            remaining: value(status.remaining().to_decimal()),
+            reset: status
+                .period
+                .end
+                .and_then(|end| value(crate::time::format_rfc3339(end))),
+        }
+    }
+
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            (X_BUDGET_LIMIT_USD, self.limit),
+            (X_BUDGET_REMAINING_USD, self.remaining),
+            (X_BUDGET_RESET, self.reset),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Turning a usage report into a charge.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context, Waker};
+
+use super::alerts;
+use super::events::SpendEvent;
+use super::layer::Shared;
+use super::usage::UsageReport;
+use super::{Ledger, ModelPrice, Reservation};
+use crate::Principal;
+
+/// Settles one admitted request exactly once: from its usage report, or,
+/// if it is dropped first (the inner service failed, the client went away
+/// before the response), by releasing its hold.
+pub(crate) struct Settler<L: Ledger> {
+    shared: Arc<Shared<L>>,
+    reservation: Option<Reservation>,
+    price: ModelPrice,
+    model: String,
+    principal: Option<Principal>,
+}
+
+impl<L: Ledger> Settler<L> {
+    pub(crate) fn new(
+        shared: Arc<Shared<L>>,
+        price: ModelPrice,
+        model: String,
+        principal: Option<Principal>,
+    ) -> Self {
+        Settler {
+            shared,
+            reservation: None,
+            price,
+            model,
+            principal,
+        }
+    }
+
+    pub(crate) fn hold(&mut self, reservation: Reservation) {
+        self.reservation = Some(reservation);
+    }
+
+    /// Charges what `report` says was used and releases the rest of the hold.
+    pub(crate) fn finish(mut self, report: &UsageReport) {
+        let usage = report.usage;
+        let reservation = self.reservation.take();
+        let produced = usage.prompt_tokens > 0 || usage.completion_tokens > 0;
+        if report.status.as_u16() >= 400 && !produced {
+            // The upstream refused before any token: nothing to pay for.
+            if let Some(reservation) = reservation {
+                release(self.shared.clone(), reservation);
+            }
+            return;
+        }
+        let cost = self.price.cost_of(
+            usage.prompt_tokens,
+            usage.cached_tokens.unwrap_or(0),
+            usage.completion_tokens,
+        );
+        if let Some(sink) = &self.shared.sink {
+            sink.record(SpendEvent {
+                principal: self.principal.take(),
+                model: std::mem::take(&mut self.model),
+                usage,
+                cost,
+                source: report.source,
+                status: report.status,
+            });
+        }
+        if let Some(reservation) = reservation {
+            let shared = self.shared.clone();
+            drive(async move {
+                match shared.ledger.settle(&reservation, cost).await {
+                    Ok(settlement) => {
+                        if !shared.thresholds.is_empty() {
+                            alerts::fire(
+                                &shared.thresholds,
+                                shared.on_soft_limit.as_deref(),
+                                reservation.budgets(),
+                                &settlement.statuses,
+                                settlement.charged,
+                            );
+                        }
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, %cost, "budget settlement failed; spend not recorded")
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl<L: Ledger> Drop for Settler<L> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            release(self.shared.clone(), reservation);
+        }
+    }
+}
+
+fn release<L: Ledger>(shared: Arc<Shared<L>>, reservation: Reservation) {
+    drive(async move {
+        if let Err(error) = shared.ledger.release(&reservation).await {
+            tracing::warn!(%error, "budget release failed; the hold expires with its lease");
+        }
+    });
+}
+
+/// Runs a ledger call from synchronous code (a body's end, a drop): inline
+/// when it completes at once (the memory ledger always does), else on the
+/// current tokio runtime.
+fn drive<F: Future<Output = ()> + Send + 'static>(future: F) {
+    let mut future = Box::pin(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    if future.as_mut().poll(&mut cx).is_ready() {
+        return;
+    }
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(future);
+        }
+        Err(_) => tracing::warn!(
+            "no tokio runtime to finish a budget settlement; its hold expires with its lease"
+        ),
+    }
+}

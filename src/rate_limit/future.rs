@@ -1,0 +1,217 @@
+//! The response future of [`RateLimit`](super::RateLimit).
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tower_service::Service;
+
+use super::body::ResponseBody;
+use super::permit::Permit;
+use super::service::{Plan, Shared, begin, decide, rejection, with_headers};
+use super::{KeyExtractor, RateLimitStore};
+use crate::request::FromBytes;
+use crate::usage::{self, UsageOptions};
+use crate::{ApiError, BoxError};
+
+type MetaFuture<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> + Send>>;
+
+/// What an admitted request carries to its response.
+pub(crate) struct Admitted {
+    pub(crate) headers: HeaderMap,
+    pub(crate) permit: Option<Permit>,
+    pub(crate) usage: UsageOptions,
+}
+
+pin_project! {
+    /// Resolves to the inner service's response with rate-limit headers, or
+    /// to a 429 rejection.
+    pub struct ResponseFuture<S, B, St, K>
+    where
+        S: Service<Request<B>>,
+        St: RateLimitStore,
+    {
+        #[pin]
+        state: State<S, B, St>,
+        shared: Arc<Shared<St, K>>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    pub(crate) enum State<S, B, St>
+    where
+        S: Service<Request<B>>,
+        St: RateLimitStore,
+    {
+        // Reading the body for `RequestMeta` (model, max_tokens).
+        Meta {
+            future: MetaFuture<B>,
+            service: Option<S>,
+        },
+        // Waiting for the store's admission.
+        Acquire {
+            #[pin]
+            future: St::AcquireFuture,
+            request: Option<Request<B>>,
+            service: Option<S>,
+            plan: Option<Plan>,
+        },
+        // Admitted (or not limited): calling the inner service.
+        Call {
+            #[pin]
+            future: S::Future,
+            admitted: Option<Admitted>,
+        },
+        // Refused.
+        Reject {
+            error: Option<ApiError>,
+            headers: HeaderMap,
+        },
+    }
+}
+
+impl<S, B, St> State<S, B, St>
+where
+    S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    pub(crate) fn call(mut service: S, req: Request<B>, admitted: Option<Admitted>) -> Self {
+        State::Call {
+            future: service.call(req),
+            admitted,
+        }
+    }
+
+    pub(crate) fn meta(future: MetaFuture<B>, service: S) -> Self {
+        State::Meta {
+            future,
+            service: Some(service),
+        }
+    }
+
+    pub(crate) fn acquire(
+        future: St::AcquireFuture,
+        request: Request<B>,
+        service: S,
+        plan: Plan,
+    ) -> Self {
+        State::Acquire {
+            future,
+            request: Some(request),
+            service: Some(service),
+            plan: Some(plan),
+        }
+    }
+
+    pub(crate) fn reject(error: ApiError, headers: HeaderMap) -> Self {
+        State::Reject {
+            error: Some(error),
+            headers,
+        }
+    }
+}
+
+impl<S, B, St, K> ResponseFuture<S, B, St, K>
+where
+    S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    pub(crate) fn new(shared: Arc<Shared<St, K>>, state: State<S, B, St>) -> Self {
+        ResponseFuture { state, shared }
+    }
+}
+
+impl<S, B, St, K, ResBody> Future for ResponseFuture<S, B, St, K>
+where
+    S: Service<Request<B>, Response = Response<ResBody>>,
+    St: RateLimitStore,
+    K: KeyExtractor<B>,
+    B: Body<Data = Bytes> + FromBytes + Send + 'static,
+    B::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            let next = match this.state.as_mut().project() {
+                StateProj::Meta { future, service } => {
+                    let result = ready!(future.as_mut().poll(cx));
+                    match (result, service.take()) {
+                        (Ok(req), Some(service)) => begin(this.shared, req, service, true),
+                        (Err(error), _) => State::reject(error, HeaderMap::new()),
+                        (Ok(_), None) => State::reject(ApiError::internal(), HeaderMap::new()),
+                    }
+                }
+                StateProj::Acquire {
+                    future,
+                    request,
+                    service,
+                    plan,
+                } => {
+                    let result = ready!(future.poll(cx));
+                    match (request.take(), service.take(), plan.take()) {
+                        (Some(req), Some(service), Some(plan)) => {
+                            decide(this.shared, result, req, service, plan)
+                        }
+                        // Only reachable if polled again after a panic.
+                        _ => State::reject(ApiError::internal(), HeaderMap::new()),
+                    }
+                }
+                StateProj::Call { future, admitted } => {
+                    let result = ready!(future.poll(cx));
+                    let admitted = admitted.take();
+                    return Poll::Ready(match result {
+                        Ok(response) => Ok(match admitted {
+                            Some(Admitted {
+                                headers,
+                                permit: Some(permit),
+                                usage,
+                            }) => {
+                                let response = with_headers(response, &headers);
+                                usage::observe(response, usage, move |report| {
+                                    permit.settle(Some(report.usage.total_tokens));
+                                })
+                                .map(ResponseBody::observed)
+                            }
+                            Some(Admitted { headers, .. }) => {
+                                with_headers(response, &headers).map(ResponseBody::inner)
+                            }
+                            None => response.map(ResponseBody::inner),
+                        }),
+                        Err(error) => {
+                            // No response, no tokens used: refund the reservation.
+                            if let Some(permit) = admitted.and_then(|a| a.permit) {
+                                permit.settle(Some(0));
+                            }
+                            Err(error)
+                        }
+                    });
+                }
+                StateProj::Reject { error, headers } => {
+                    let error = error.take().unwrap_or_else(ApiError::internal);
+                    return Poll::Ready(Ok(rejection(error, headers)));
+                }
+            };
+            this.state.set(next);
+        }
+    }
+}
+
+impl<S, B, St, K> fmt::Debug for ResponseFuture<S, B, St, K>
+where
+    S: Service<Request<B>>,
+    St: RateLimitStore,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}

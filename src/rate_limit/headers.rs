@@ -1,0 +1,244 @@
+//! Telling clients where they stand: rate-limit response headers.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::{Limit, LimitState, Measure};
+
+/// Which rate-limit headers the layer sends, on every response it limits
+/// (admitted or rejected).
+///
+/// | style | headers |
+/// |---|---|
+/// | [`OpenAi`](HeaderStyle::OpenAi) (default) | `x-ratelimit-limit-requests: 60`, `x-ratelimit-remaining-requests: 59`, `x-ratelimit-reset-requests: 1s`, and the `-tokens` variants; resets as durations (`1s`, `6m0s`, `12ms`) |
+/// | [`Timestamp`](HeaderStyle::Timestamp) | the same names, resets as RFC 3339 UTC times (`2026-03-20T12:30:00Z`, rounded up to the second) |
+/// | [`Ietf`](HeaderStyle::Ietf) | `RateLimit-Policy: "requests-per-minute";q=60;w=60` and `RateLimit: "requests-per-minute";r=59;t=1` ([draft-ietf-httpapi-ratelimit-headers]), one list member per limit; token limits carry `qu="tokens"` |
+/// | [`None`](HeaderStyle::None) | none |
+///
+/// The OpenAI style has one set of headers per measure: when a key has
+/// several limits on requests (per minute and per day), the headers describe
+/// the one with the least remaining, since that is the one a client will hit
+/// first. "Reset" is the time until the limit is back to full.
+///
+/// [draft-ietf-httpapi-ratelimit-headers]: https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum HeaderStyle {
+    /// OpenAI's `x-ratelimit-*` headers with duration resets.
+    #[default]
+    OpenAi,
+    /// OpenAI's `x-ratelimit-*` names with RFC 3339 reset times.
+    Timestamp,
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit` structured fields.
+    Ietf,
+    /// No headers.
+    None,
+}
+
+const LIMIT_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-limit-requests");
+const REMAINING_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-requests");
+const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-requests");
+const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
+const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+impl HeaderStyle {
+    /// Writes the headers for `limits` in `states` (same order) into
+    /// `headers`, replacing any of the same names (an upstream's own
+    /// rate-limit headers describe the gateway's account, not the caller's).
+    /// `now_unix` is the wall-clock time, for the timestamp style.
+    pub fn write(
+        self,
+        limits: &[Limit],
+        states: &[LimitState],
+        now_unix: Duration,
+        headers: &mut HeaderMap,
+    ) {
+        match self {
+            HeaderStyle::OpenAi | HeaderStyle::Timestamp => {
+                for (measure, names) in [
+                    (
+                        Measure::Requests,
+                        [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
+                    ),
+                    (
+                        Measure::Tokens,
+                        [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
+                    ),
+                ] {
+                    let tightest = limits
+                        .iter()
+                        .zip(states)
+                        .filter(|(l, _)| l.measure == measure)
+                        .min_by_key(|(_, s)| (s.remaining, std::cmp::Reverse(s.reset)));
+                    let Some((limit, state)) = tightest else {
+                        continue;
+                    };
+                    let reset = if self == HeaderStyle::OpenAi {
+                        format_duration(state.reset)
+                    } else {
+                        crate::time::format_rfc3339(ceil_secs(now_unix + state.reset))
+                    };
+                    let [limit_name, remaining_name, reset_name] = names;
+                    headers.insert(limit_name, HeaderValue::from(limit.amount));
+                    headers.insert(remaining_name, HeaderValue::from(state.remaining));
+                    if let Ok(v) = HeaderValue::try_from(reset) {
+                        headers.insert(reset_name, v);
+                    }
+                }
+            }
+            HeaderStyle::Ietf => {
+                let (mut policy, mut current) = (String::new(), String::new());
+                for (limit, state) in limits.iter().zip(states) {
+                    let sep = if policy.is_empty() { "" } else { ", " };
+                    let name = policy_name(limit);
+                    let window = ceil_secs(limit.window).as_secs().max(1);
+                    let _ = write!(policy, "{sep}\"{name}\";q={};w={window}", limit.amount);
+                    if limit.measure == Measure::Tokens {
+                        policy.push_str(";qu=\"tokens\"");
+                    }
+                    let reset = ceil_secs(state.reset).as_secs();
+                    let _ = write!(current, "{sep}\"{name}\";r={};t={reset}", state.remaining);
+                }
+                for (name, value) in [(RATELIMIT_POLICY, policy), (RATELIMIT, current)] {
+                    if value.is_empty() {
+                        continue;
+                    }
+                    if let Ok(v) = HeaderValue::try_from(value) {
+                        headers.insert(name, v);
+                    }
+                }
+            }
+            HeaderStyle::None => {}
+        }
+    }
+}
+
+/// `requests-per-minute`, `tokens-per-day`, `requests-per-90s`.
+fn policy_name(limit: &Limit) -> String {
+    let what = match limit.measure {
+        Measure::Requests => "requests",
+        Measure::Tokens => "tokens",
+    };
+    format!("{what}-per-{}", limit.window_name())
+}
+
+fn ceil_secs(d: Duration) -> Duration {
+    Duration::from_secs(d.as_secs().saturating_add(u64::from(d.subsec_nanos() > 0)))
+}
+
+/// A duration as OpenAI writes resets (Go's `time.Duration` format at
+/// millisecond precision, rounded up): `0s`, `12ms`, `1s`, `1.5s`, `6m0s`,
+/// `1h2m3.004s`.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d
+        .as_millis()
+        .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
+    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+    let mut out = String::new();
+    if h > 0 {
+        let _ = write!(out, "{h}h");
+    }
+    if h > 0 || m > 0 {
+        let _ = write!(out, "{m}m");
+    }
+    let _ = write!(out, "{s}");
+    if frac > 0 {
+        let digits = format!("{frac:03}");
+        let _ = write!(out, ".{}", digits.trim_end_matches('0'));
+    }
+    out.push('s');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_like_openai() {
+        for (ms, text) in [
+            (0, "0s"),
+            (12, "12ms"),
+            (999, "999ms"),
+            (1000, "1s"),
+            (1500, "1.5s"),
+            (17_280, "17.28s"),
+            (60_000, "1m0s"),
+            (360_000, "6m0s"),
+            (3_723_004, "1h2m3.004s"),
+            (86_400_000, "24h0m0s"),
+        ] {
+            assert_eq!(format_duration(Duration::from_millis(ms)), text);
+        }
+        assert_eq!(format_duration(Duration::from_micros(11_001)), "12ms");
+        assert_eq!(format_duration(Duration::from_nanos(1)), "1ms");
+        assert_eq!(format_duration(Duration::MAX).chars().last(), Some('s'));
+    }
+
+    fn state(remaining: u64, reset_ms: u64) -> LimitState {
+        LimitState {
+            remaining,
+            reset: Duration::from_millis(reset_ms),
+            retry_after: Some(Duration::ZERO),
+        }
+    }
+
+    #[test]
+    fn openai_picks_the_tightest_limit_per_measure() {
+        let limits = [
+            Limit::requests_per_minute(60),
+            Limit::requests_per_day(1000),
+            Limit::tokens_per_minute(150_000),
+        ];
+        let states = [state(59, 1000), state(5, 86_000_000), state(149_000, 400)];
+        let mut h = HeaderMap::new();
+        HeaderStyle::OpenAi.write(&limits, &states, Duration::ZERO, &mut h);
+        assert_eq!(h["x-ratelimit-limit-requests"], "1000");
+        assert_eq!(h["x-ratelimit-remaining-requests"], "5");
+        assert_eq!(h["x-ratelimit-reset-requests"], "23h53m20s");
+        assert_eq!(h["x-ratelimit-limit-tokens"], "150000");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "149000");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "400ms");
+    }
+
+    #[test]
+    fn timestamp_and_ietf() {
+        let limits = [
+            Limit::requests_per_minute(60),
+            Limit::tokens(1000, Duration::from_millis(1500)),
+        ];
+        let states = [state(59, 1000), state(900, 150)];
+        let now = Duration::from_secs(1_774_009_799) + Duration::from_millis(500);
+        let mut h = HeaderMap::new();
+        HeaderStyle::Timestamp.write(&limits, &states, now, &mut h);
+        assert_eq!(h["x-ratelimit-reset-requests"], "2026-03-20T12:30:01Z");
+        assert_eq!(h["x-ratelimit-reset-tokens"], "2026-03-20T12:30:00Z");
+
+        let mut h = HeaderMap::new();
+        HeaderStyle::Ietf.write(&limits, &states, now, &mut h);
+        assert_eq!(
+            h["ratelimit-policy"],
+            r#""requests-per-minute";q=60;w=60, "tokens-per-1500ms";q=1000;w=2;qu="tokens""#
+        );
+        assert_eq!(
+            h["ratelimit"],
+            r#""requests-per-minute";r=59;t=1, "tokens-per-1500ms";r=900;t=1"#
+        );
+
+        let mut h = HeaderMap::new();
+        HeaderStyle::None.write(&limits, &states, now, &mut h);
+        assert!(h.is_empty());
+    }
+}

@@ -1,0 +1,246 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::service::{RateLimit, Shared};
+use super::{HeaderStyle, Limit, PrincipalKey, RateLimitStore, Unkeyed};
+use crate::RequestMeta;
+use crate::clock::{SharedClock, TokioClock};
+use crate::store::memory::MemoryRateLimitStore;
+
+/// What the layer does when its store fails (unreachable, timed out).
+///
+/// The default is [`FailurePolicy::FailOpen`]: a rate limit protects
+/// capacity and fairness, and refusing every request because the counter is
+/// down turns a store outage into a full gateway outage. Budgets, which
+/// protect money, fail closed by default instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Admit the request without limits or headers, and log the failure.
+    #[default]
+    FailOpen,
+    /// Refuse with 503 `store_unavailable` (`x-should-retry: true`).
+    FailClosed,
+}
+
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) limits: Arc<[Limit]>,
+    pub(crate) max_concurrent: Option<u32>,
+    pub(crate) default_max_tokens: u64,
+    pub(crate) per_model: bool,
+    pub(crate) header_style: HeaderStyle,
+    pub(crate) shadow: bool,
+    pub(crate) failure_policy: FailurePolicy,
+    pub(crate) unkeyed: Unkeyed,
+    pub(crate) max_body: usize,
+    pub(crate) concurrency_retry_after: Duration,
+    pub(crate) clock: SharedClock,
+}
+
+/// Limits requests and tokens per window, per key, and requests in flight.
+///
+/// See the [module docs](crate::rate_limit) for what it does, why, and an
+/// example. Every service the layer builds (and every clone of those) shares
+/// the layer's store, so limits hold however many clones axum or hyper make.
+///
+/// `St` is the [`RateLimitStore`] ([`MemoryRateLimitStore`] by default), `K`
+/// the [`KeyExtractor`](super::KeyExtractor) ([`PrincipalKey`] by default).
+#[derive(Clone)]
+pub struct RateLimitLayer<St = MemoryRateLimitStore, K = PrincipalKey> {
+    config: Config,
+    store: St,
+    extractor: K,
+}
+
+impl Default for RateLimitLayer {
+    fn default() -> Self {
+        RateLimitLayer::new()
+    }
+}
+
+impl RateLimitLayer {
+    /// The default for [`default_max_tokens`](RateLimitLayer::default_max_tokens).
+    pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+    /// A layer with a new [`MemoryRateLimitStore`], keyed by `Principal`,
+    /// with no default limits: only keys whose record sets limits are
+    /// limited until [`limit`](RateLimitLayer::limit) adds defaults.
+    pub fn new() -> Self {
+        RateLimitLayer {
+            config: Config {
+                limits: Arc::from([]),
+                max_concurrent: None,
+                default_max_tokens: Self::DEFAULT_MAX_TOKENS,
+                per_model: false,
+                header_style: HeaderStyle::default(),
+                shadow: false,
+                failure_policy: FailurePolicy::default(),
+                unkeyed: Unkeyed::default(),
+                max_body: RequestMeta::DEFAULT_LIMIT,
+                concurrency_retry_after: Duration::from_secs(1),
+                clock: Arc::new(TokioClock::new()),
+            },
+            store: MemoryRateLimitStore::new(),
+            extractor: PrincipalKey,
+        }
+    }
+}
+
+impl<St, K> RateLimitLayer<St, K> {
+    /// Adds a default limit: it applies to keys whose record sets no rate
+    /// limits of its own, and to unkeyed requests under a shared key.
+    pub fn limit(mut self, limit: Limit) -> Self {
+        let mut limits = self.config.limits.to_vec();
+        limits.push(limit);
+        self.config.limits = limits.into();
+        self
+    }
+
+    /// Replaces the default limits.
+    pub fn limits(mut self, limits: impl IntoIterator<Item = Limit>) -> Self {
+        self.config.limits = limits.into_iter().collect();
+        self
+    }
+
+    /// Default in-flight requests per key, for keys whose record sets none
+    /// (default: unlimited). A slot is held from admission until the response
+    /// body ends or is dropped, so a long stream holds it to the end.
+    pub fn max_concurrent(mut self, max: u32) -> Self {
+        self.config.max_concurrent = Some(max);
+        self
+    }
+
+    /// The completion tokens to reserve for a request that sets no
+    /// `max_tokens` (default 4096). A request reserves its prompt estimate
+    /// plus this at admission; the difference is refunded (or charged) when
+    /// the response reports its usage.
+    pub fn default_max_tokens(mut self, tokens: u64) -> Self {
+        self.config.default_max_tokens = tokens;
+        self
+    }
+
+    /// Scopes limits per (key, model): a key's 60 requests per minute become
+    /// 60 per minute for each model it calls (default off). The model comes
+    /// from the request body's `model`; requests without one share the key's
+    /// unscoped state. The concurrency limit is scoped alike.
+    ///
+    /// The model is the client's word: put a model allow-list in front
+    /// (`AuthLayer`'s allowed models, or a router refusing unknown models),
+    /// or a client can multiply its quota by inventing model names.
+    pub fn per_model(mut self, enabled: bool) -> Self {
+        self.config.per_model = enabled;
+        self
+    }
+
+    /// Which rate-limit headers to send (default [`HeaderStyle::OpenAi`]).
+    pub fn headers(mut self, style: HeaderStyle) -> Self {
+        self.config.header_style = style;
+        self
+    }
+
+    /// Shadow mode (default off): count and send headers as usual, log each
+    /// request that would have been refused (`tracing` at `warn`), and
+    /// refuse none. For rolling limits out: watch the logs, then enforce.
+    /// A request that would have been refused is not counted, just as it
+    /// would not have been when enforcing, so the counts (and headers) are
+    /// those clients will see once the limits are enforced.
+    pub fn shadow(mut self, enabled: bool) -> Self {
+        self.config.shadow = enabled;
+        self
+    }
+
+    /// What to do when the store fails (default [`FailurePolicy::FailOpen`]).
+    pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
+        self.config.failure_policy = policy;
+        self
+    }
+
+    /// What to do with requests that have no key (default: share the key
+    /// `"anonymous"`); see [`Unkeyed`].
+    pub fn unkeyed(mut self, policy: Unkeyed) -> Self {
+        self.config.unkeyed = policy;
+        self
+    }
+
+    /// The most request body read to find `model` and `max_tokens` when a
+    /// token limit or per-model scoping needs them and no outer layer has
+    /// (default 16 MiB; larger bodies are refused with 413).
+    pub fn max_body(mut self, bytes: usize) -> Self {
+        self.config.max_body = bytes;
+        self
+    }
+
+    /// The `Retry-After` of a request refused for too many in flight
+    /// (default 1 s): when a slot frees cannot be known in advance.
+    pub fn concurrency_retry_after(mut self, delay: Duration) -> Self {
+        self.config.concurrency_retry_after = delay;
+        self
+    }
+
+    /// The wall clock for timestamp headers (default [`TokioClock`]). The
+    /// store keeps its own clock for windows.
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.config.clock = clock;
+        self
+    }
+
+    /// Uses `store` for state, e.g. a [`MemoryRateLimitStore`] with another
+    /// clock or cap, or a store shared by several gateway instances.
+    pub fn store<St2: RateLimitStore>(self, store: St2) -> RateLimitLayer<St2, K> {
+        RateLimitLayer {
+            config: self.config,
+            store,
+            extractor: self.extractor,
+        }
+    }
+
+    /// Keys requests with `extractor` instead of the `Principal`.
+    pub fn key_extractor<K2>(self, extractor: K2) -> RateLimitLayer<St, K2> {
+        RateLimitLayer {
+            config: self.config,
+            store: self.store,
+            extractor,
+        }
+    }
+
+    /// The store, e.g. to inspect a [`MemoryRateLimitStore`].
+    pub fn store_ref(&self) -> &St {
+        &self.store
+    }
+}
+
+impl<S, St: RateLimitStore + Clone, K: Clone> Layer<S> for RateLimitLayer<St, K> {
+    type Service = RateLimit<S, St, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::from_parts(
+            inner,
+            Arc::new(Shared::new(
+                self.config.clone(),
+                self.store.clone(),
+                self.extractor.clone(),
+            )),
+        )
+    }
+}
+
+impl<St: fmt::Debug, K> fmt::Debug for RateLimitLayer<St, K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("limits", &self.config.limits)
+            .field("max_concurrent", &self.config.max_concurrent)
+            .field("default_max_tokens", &self.config.default_max_tokens)
+            .field("per_model", &self.config.per_model)
+            .field("headers", &self.config.header_style)
+            .field("shadow", &self.config.shadow)
+            .field("on_store_error", &self.config.failure_policy)
+            .field("unkeyed", &self.config.unkeyed)
+            .field("store", &self.store)
+            .field("extractor", &std::any::type_name::<K>())
+            .finish_non_exhaustive()
+    }
+}

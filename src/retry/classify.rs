@@ -1,0 +1,552 @@
+//! What failed, and whether another try can help: [`Classify`].
+
+use std::fmt;
+use std::time::Duration;
+
+use http::{HeaderMap, StatusCode};
+use serde_json::Value;
+
+use super::hints;
+use crate::clock::Clock;
+use crate::{ApiError, ErrorKind, RetryClass};
+
+/// Decides whether an attempt succeeded and, if not, what kind of failure it
+/// was and whether to retry.
+///
+/// # Why classes?
+///
+/// A retry loop that retries "on error" retries the wrong things. A 400, a
+/// bad key, a prompt over the context window or an exhausted quota fail
+/// exactly the same way the second and the third time, and each attempt may
+/// cost money or count against a limit. A 429 will succeed, but only after
+/// the window resets; a 503 probably succeeds after a short, jittered wait.
+/// So every failure is classified into an [`ErrorKind`] and a [`RetryClass`]
+/// (never, after the server's delay, transient), and the policy acts on the
+/// class. The default classifier ([`DefaultClassifier`]) knows the providers'
+/// conventions, including the ones retry loops usually miss: a 429 whose code
+/// is `insufficient_quota` is final, and a server's `x-should-retry` header
+/// outranks every rule.
+///
+/// # Custom rules
+///
+/// Implemented for closures, so a custom rule is one line that falls back to
+/// [`DefaultClassifier`]:
+///
+/// ```
+/// use tollgate::ErrorKind;
+/// use tollgate::retry::{Classification, Classify, DefaultClassifier, Outcome, RetryLayer};
+///
+/// // Also retry 404s, which this (hypothetical) upstream sends while a model loads.
+/// let layer = RetryLayer::new().classify(|outcome: &Outcome<'_>| {
+///     if outcome.status() == http::StatusCode::NOT_FOUND {
+///         return Classification::failure(ErrorKind::NotFound)
+///             .with_class(tollgate::RetryClass::Transient);
+///     }
+///     DefaultClassifier::new().classify(outcome)
+/// });
+/// ```
+pub trait Classify: Send + Sync + 'static {
+    /// Classifies one attempt's response.
+    fn classify(&self, outcome: &Outcome<'_>) -> Classification;
+}
+
+impl<F> Classify for F
+where
+    F: Fn(&Outcome<'_>) -> Classification + Send + Sync + 'static,
+{
+    fn classify(&self, outcome: &Outcome<'_>) -> Classification {
+        self(outcome)
+    }
+}
+
+/// What a classifier sees of one attempt: the response head and, for an
+/// error status, the start of the body, or, for an event stream, its first
+/// event.
+///
+/// An `Err` from the inner service (connection refused, reset, DNS, TLS, a
+/// timeout layer's `Elapsed`) is not classified: it is always
+/// [`ErrorKind::Connection`], [`RetryClass::Transient`].
+#[derive(Clone, Copy)]
+pub struct Outcome<'a> {
+    status: StatusCode,
+    headers: &'a HeaderMap,
+    body: &'a [u8],
+    event: Option<&'a str>,
+    // Read only when a classifier asks (absolute dates in headers).
+    now_unix: Option<Duration>,
+    clock: Option<&'a dyn Clock>,
+}
+
+impl fmt::Debug for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outcome")
+            .field("status", &self.status)
+            .field("headers", &self.headers.len())
+            .field("body", &self.body.len())
+            .field("event", &self.event)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Outcome<'a> {
+    /// A response with no body read.
+    pub fn new(status: StatusCode, headers: &'a HeaderMap) -> Self {
+        Outcome {
+            status,
+            headers,
+            body: &[],
+            event: None,
+            now_unix: None,
+            clock: None,
+        }
+    }
+
+    /// With the start of the (error) body.
+    pub fn with_body(mut self, body: &'a [u8]) -> Self {
+        self.body = body;
+        self
+    }
+
+    /// With the first event of an event stream: its type (`"message"` when
+    /// the stream names none) and its data.
+    pub fn with_first_event(mut self, event: &'a str, data: &'a [u8]) -> Self {
+        self.event = Some(event);
+        self.body = data;
+        self
+    }
+
+    /// With the wall-clock time, for absolute dates in headers (the
+    /// system's clock otherwise).
+    pub fn with_now_unix(mut self, now_unix: Duration) -> Self {
+        self.now_unix = Some(now_unix);
+        self
+    }
+
+    pub(crate) fn with_clock(mut self, clock: &'a dyn Clock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// The response status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The response headers.
+    pub fn headers(&self) -> &'a HeaderMap {
+        self.headers
+    }
+
+    /// For a status of 400 or more, the start of the body (bounded by
+    /// [`RetryLayer::max_error_body`](super::RetryLayer::max_error_body));
+    /// for an event stream, the first event's data; otherwise empty.
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The first event's type when this is an event stream's first event.
+    pub fn first_event(&self) -> Option<&'a str> {
+        self.event
+    }
+
+    /// Wall-clock time since the Unix epoch, from the layer's
+    /// [`clock`](super::RetryLayer::clock).
+    pub fn now_unix(&self) -> Duration {
+        match (self.now_unix, self.clock) {
+            (Some(now), _) => now,
+            (None, Some(clock)) => clock.now_unix(),
+            (None, None) => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// A classifier's verdict on one attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Classification {
+    /// Hand the response to the caller.
+    Success,
+    /// The attempt failed.
+    Failure {
+        /// What failed.
+        kind: ErrorKind,
+        /// Whether, and when, to retry.
+        class: RetryClass,
+        /// The delay the server asked for, if any.
+        retry_after: Option<Duration>,
+    },
+}
+
+impl Classification {
+    /// A failure of `kind`, with the kind's retry class and no delay.
+    pub fn failure(kind: ErrorKind) -> Self {
+        Classification::Failure {
+            kind,
+            class: kind.retry_class(),
+            retry_after: None,
+        }
+    }
+
+    /// Replaces the retry class of a failure.
+    pub fn with_class(self, class: RetryClass) -> Self {
+        match self {
+            Classification::Failure {
+                kind, retry_after, ..
+            } => Classification::Failure {
+                kind,
+                class,
+                retry_after,
+            },
+            success => success,
+        }
+    }
+
+    /// Sets the server-requested delay of a failure.
+    pub fn with_retry_after(self, delay: Duration) -> Self {
+        match self {
+            Classification::Failure { kind, class, .. } => Classification::Failure {
+                kind,
+                class,
+                retry_after: Some(delay),
+            },
+            success => success,
+        }
+    }
+
+    /// Whether this is [`Classification::Success`].
+    pub fn is_success(&self) -> bool {
+        matches!(self, Classification::Success)
+    }
+}
+
+/// The classifier used unless another is set.
+///
+/// - A status below 400 is a success, unless it is an event stream whose
+///   first event is an error (OpenAI `data: {"error":…}`, Anthropic
+///   `event: error`), which is classified like an error response of the
+///   status its `type` stands for.
+/// - A status of 400 or more is parsed with [`crate::envelope::parse`] (every
+///   error format tollgate knows, plain text, HTML), giving the
+///   [`ErrorKind`]; the class is [`ApiError::retry_class`]:
+///   - never: 400 (invalid request, context length, content filter), 401,
+///     402, 403, 404, 413, 422, and any 429 whose code is `insufficient_quota`
+///     or `enforced_spend_limit_reached` (or whose type is `insufficient_quota`);
+///   - after the server's delay: other 429s;
+///   - transient: 408, 409, 500, 502, 503, 504, 529 and any other 5xx.
+/// - `x-should-retry: true` or `false` on an error response overrides the
+///   class (`true` on a never-class failure makes it transient).
+/// - The delay comes from the headers ([`hints::server_delay`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DefaultClassifier {
+    _private: (),
+}
+
+impl DefaultClassifier {
+    /// The default classifier.
+    pub fn new() -> Self {
+        DefaultClassifier { _private: () }
+    }
+}
+
+impl Classify for DefaultClassifier {
+    fn classify(&self, outcome: &Outcome<'_>) -> Classification {
+        if let Some(event) = outcome.event {
+            return classify_event(event, outcome.body, outcome.now_unix());
+        }
+        let status = outcome.status;
+        if status.as_u16() < 400 {
+            return Classification::Success;
+        }
+        let error = crate::envelope::parse(status, outcome.headers, outcome.body);
+        failure(&error, status, outcome.headers, outcome.now_unix())
+    }
+}
+
+fn failure(
+    error: &ApiError,
+    status: StatusCode,
+    headers: &HeaderMap,
+    now: Duration,
+) -> Classification {
+    let kind = error.kind();
+    let class = match (error.should_retry_override(), error.retry_class()) {
+        (Some(false), _) => RetryClass::Never,
+        (Some(true), RetryClass::Never) => RetryClass::Transient,
+        (_, class) => class,
+    };
+    let rate_limited = status == StatusCode::TOO_MANY_REQUESTS || kind == ErrorKind::RateLimited;
+    Classification::Failure {
+        kind,
+        class,
+        retry_after: hints::server_delay(headers, now, rate_limited),
+    }
+}
+
+/// The first event of a stream: an error event is classified as the error
+/// response its `type` (or numeric `code`/`status`) stands for.
+fn classify_event(event: &str, data: &[u8], now: Duration) -> Classification {
+    let trimmed = data.trim_ascii();
+    let json = if trimmed.starts_with(b"{") {
+        serde_json::from_slice::<Value>(trimmed).ok()
+    } else {
+        None
+    };
+    let has_error_field = json
+        .as_ref()
+        .and_then(|v| v.get("error"))
+        .is_some_and(|e| !e.is_null());
+    if event != "error" && !has_error_field {
+        return Classification::Success;
+    }
+    let status = in_band_status(json.as_ref());
+    // In-band errors carry no headers of their own; the 200's headers
+    // (rate-limit counters, …) describe the stream, not the error.
+    let headers = HeaderMap::new();
+    let error = crate::envelope::parse(status, &headers, trimmed);
+    failure(&error, status, &headers, now)
+}
+
+/// The HTTP status an in-band error stands for; 500 when it says nothing.
+fn in_band_status(json: Option<&Value>) -> StatusCode {
+    let Some(top) = json.and_then(Value::as_object) else {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    };
+    let nested = top.get("error").and_then(Value::as_object);
+    let objects = nested.into_iter().chain(Some(top));
+    for obj in objects.clone() {
+        for field in ["status", "code"] {
+            let number = obj.get(field).and_then(|v| match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse::<u64>().ok(),
+                _ => None,
+            });
+            if let Some(status) = number
+                .filter(|n| (400..600).contains(n))
+                .and_then(|n| StatusCode::from_u16(n as u16).ok())
+            {
+                return status;
+            }
+        }
+    }
+    let text = |obj: &serde_json::Map<String, Value>, field: &str| {
+        obj.get(field)
+            .and_then(Value::as_str)
+            .filter(|t| *t != "error")
+            .map(str::to_owned)
+    };
+    for obj in objects.clone() {
+        if let Some(status) = text(obj, "type").and_then(|t| status_of_type(&t)) {
+            return status;
+        }
+    }
+    for obj in objects {
+        if let Some(kind) = text(obj, "code").and_then(|c| ErrorKind::from_code(&c)) {
+            return kind.status();
+        }
+    }
+    StatusCode::INTERNAL_SERVER_ERROR
+}
+
+/// The status of an error `type`: tollgate's own table, plus the Anthropic
+/// types it does not render.
+fn status_of_type(error_type: &str) -> Option<StatusCode> {
+    if let Some(kind) = ErrorKind::ALL.iter().find(|k| k.error_type() == error_type) {
+        return Some(kind.status());
+    }
+    Some(match error_type {
+        "authentication_error" => StatusCode::UNAUTHORIZED,
+        "billing_error" => StatusCode::PAYMENT_REQUIRED,
+        "request_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "api_error" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify(status: u16, headers: &[(&str, &str)], body: &str) -> Classification {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        let status = StatusCode::from_u16(status).unwrap();
+        DefaultClassifier::new().classify(&Outcome::new(status, &h).with_body(body.as_bytes()))
+    }
+
+    fn event(name: &str, data: &str) -> Classification {
+        let h = HeaderMap::new();
+        DefaultClassifier::new()
+            .classify(&Outcome::new(StatusCode::OK, &h).with_first_event(name, data.as_bytes()))
+    }
+
+    fn class(c: Classification) -> Option<(ErrorKind, RetryClass)> {
+        match c {
+            Classification::Failure { kind, class, .. } => Some((kind, class)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn success_statuses() {
+        for s in [200, 201, 204, 301, 304] {
+            assert_eq!(classify(s, &[], ""), Classification::Success);
+        }
+    }
+
+    #[test]
+    fn the_issue_table() {
+        use ErrorKind::*;
+        use RetryClass::*;
+        let cases = [
+            (400, "", InvalidRequest, Never),
+            (401, "", Authentication, Never),
+            (402, "", BudgetExceeded, Never),
+            (403, "", PermissionDenied, Never),
+            (404, "", NotFound, Never),
+            (422, "", Unprocessable, Never),
+            (408, "", Timeout, Transient),
+            (409, "", Conflict, Transient),
+            (429, "", RateLimited, AfterDelay),
+            (500, "", Internal, Transient),
+            (502, "", BadGateway, Transient),
+            (503, "", Unavailable, Transient),
+            (504, "", Timeout, Transient),
+            (529, "", Overloaded, Transient),
+            (
+                400,
+                r#"{"error":{"message":"too long","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+                ContextLengthExceeded,
+                Never,
+            ),
+            (
+                400,
+                r#"{"error":{"message":"no","type":"invalid_request_error","code":"content_filter"}}"#,
+                ContentFilter,
+                Never,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                QuotaExhausted,
+                Never,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"spend","type":"invalid_request_error","code":"enforced_spend_limit_reached"}}"#,
+                QuotaExhausted,
+                Never,
+            ),
+            (
+                429,
+                r#"{"error":{"message":"slow down","type":"requests","code":"rate_limit_exceeded"}}"#,
+                RateLimited,
+                AfterDelay,
+            ),
+        ];
+        for (status, body, kind, retry) in cases {
+            assert_eq!(
+                class(classify(status, &[], body)),
+                Some((kind, retry)),
+                "{status} {body}"
+            );
+        }
+    }
+
+    #[test]
+    fn x_should_retry_overrides_both_ways() {
+        let c = classify(400, &[("x-should-retry", "true")], "");
+        assert_eq!(
+            class(c),
+            Some((ErrorKind::InvalidRequest, RetryClass::Transient))
+        );
+        let c = classify(503, &[("x-should-retry", "false")], "");
+        assert_eq!(class(c), Some((ErrorKind::Unavailable, RetryClass::Never)));
+        let c = classify(429, &[("x-should-retry", "true")], "");
+        assert_eq!(
+            class(c),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
+        let c = classify(200, &[("x-should-retry", "true")], "");
+        assert_eq!(c, Classification::Success);
+    }
+
+    #[test]
+    fn hints_are_attached() {
+        let c = classify(503, &[("retry-after", "2")], "");
+        assert!(
+            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
+        );
+        let c = classify(500, &[("x-ratelimit-reset-requests", "2s")], "");
+        assert!(matches!(
+            c,
+            Classification::Failure {
+                retry_after: None,
+                ..
+            }
+        ));
+        let c = classify(429, &[("x-ratelimit-reset-requests", "2s")], "");
+        assert!(
+            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
+        );
+    }
+
+    #[test]
+    fn first_events() {
+        assert_eq!(
+            event("message", r#"{"id":"x","choices":[]}"#),
+            Classification::Success
+        );
+        assert_eq!(event("message", "[DONE]"), Classification::Success);
+        assert_eq!(
+            event("message_start", r#"{"type":"message_start"}"#),
+            Classification::Success
+        );
+        assert_eq!(
+            event("message", r#"{"error":null,"choices":[]}"#),
+            Classification::Success
+        );
+        let openai = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
+        assert_eq!(
+            class(event("message", openai)),
+            Some((ErrorKind::Internal, RetryClass::Transient))
+        );
+        let anthropic =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        assert_eq!(
+            class(event("error", anthropic)),
+            Some((ErrorKind::Overloaded, RetryClass::Transient))
+        );
+        let limited = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#;
+        assert_eq!(
+            class(event("error", limited)),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
+        let bad = r#"{"error":{"message":"bad","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
+        assert_eq!(
+            class(event("message", bad)),
+            Some((ErrorKind::ContextLengthExceeded, RetryClass::Never))
+        );
+        let numeric = r#"{"error":{"message":"Provider returned error","code":502}}"#;
+        assert_eq!(
+            class(event("message", numeric)),
+            Some((ErrorKind::BadGateway, RetryClass::Transient))
+        );
+        let responses_api =
+            r#"{"type":"error","code":"rate_limit_exceeded","message":"slow","param":null}"#;
+        assert_eq!(
+            class(event("error", responses_api)),
+            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
+        );
+        assert_eq!(
+            class(event("error", "upstream went away")),
+            Some((ErrorKind::Internal, RetryClass::Transient))
+        );
+    }
+}

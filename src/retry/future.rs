@@ -1,0 +1,537 @@
+//! The response future of [`Retry`](super::Retry): the retry loop itself.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::body::{BodyBuf, ResponseBody, SseScanner, Tail};
+use super::classify::{Classification, Outcome};
+use super::layer::Shared;
+use super::policy::{Failure, FailureCounts};
+use super::{RetryInfo, X_RETRY_COUNT};
+use crate::request::FromBytes;
+use crate::{ApiError, BoxError, ErrorKind, RetryClass};
+
+pin_project! {
+    /// Resolves to the first response worth returning: a success, a failure
+    /// that is not retried, or the last attempt's response or error.
+    pub struct ResponseFuture<S, B, R>
+    where
+        S: Service<Request<B>, Response = Response<R>>,
+        R: Body,
+    {
+        #[pin]
+        state: State<S::Future, B, R, R::Error>,
+        inner: S,
+        shared: Arc<Shared>,
+        // The request to replay; `None` once it cannot be (over the cap).
+        template: Option<Template>,
+        progress: Progress,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, R, E> {
+        // Reading the request body into memory.
+        Buffering { #[pin] body: B, buf: BodyBuf },
+        // Waiting for the inner service to be ready, then calling it with
+        // the template.
+        Ready,
+        Calling { #[pin] future: F },
+        // Reading an error body, or an event stream up to its first event.
+        // Boxed, like the sleep below: the retry paths pay for the space,
+        // not every call's future.
+        Peeking { peek: Option<Box<Peek<R, E>>> },
+        // Between attempts.
+        Waiting { sleep: Pin<Box<Sleep>> },
+        Done,
+    }
+}
+
+/// A response being read before it is classified.
+struct Peek<R, E> {
+    parts: http::response::Parts,
+    body: Pin<Box<R>>,
+    buf: BytesMut,
+    tail: Tail<E>,
+    // `Some` for an event stream.
+    scanner: Option<SseScanner>,
+    timer: Pin<Box<Sleep>>,
+}
+
+/// The parts of the request kept to build each attempt.
+struct Template {
+    parts: http::request::Parts,
+    body: Bytes,
+}
+
+impl Template {
+    fn request<B: FromBytes>(&self, retry: u32) -> Request<B> {
+        let mut req = Request::new(B::from_bytes(self.body.clone()));
+        *req.method_mut() = self.parts.method.clone();
+        *req.uri_mut() = self.parts.uri.clone();
+        *req.version_mut() = self.parts.version;
+        *req.headers_mut() = self.parts.headers.clone();
+        *req.extensions_mut() = self.parts.extensions.clone();
+        if retry > 0 {
+            req.headers_mut()
+                .insert(X_RETRY_COUNT, HeaderValue::from(retry));
+        }
+        req
+    }
+}
+
+/// The bookkeeping of one call.
+struct Progress {
+    attempts: u32,
+    failures: FailureCounts,
+    started: Instant,
+    total_wait: Duration,
+}
+
+impl<S, B, R> ResponseFuture<S, B, R>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    B: Body<Data = Bytes> + FromBytes,
+    R: Body<Data = Bytes>,
+{
+    pub(crate) fn new(mut inner: S, shared: Arc<Shared>, req: Request<B>) -> Self {
+        let started = Instant::now();
+        if let Some(budget) = &shared.budget {
+            budget.deposit_at(started);
+        }
+        let mut progress = Progress {
+            attempts: 0,
+            failures: FailureCounts::default(),
+            started,
+            total_wait: Duration::ZERO,
+        };
+        let (parts, body) = req.into_parts();
+        let fits = body.is_end_stream()
+            || body
+                .size_hint()
+                .upper()
+                .is_some_and(|upper| upper <= shared.max_request_body as u64);
+        let (state, template) = if !fits {
+            tracing::debug!(
+                target: "tollgate::retry",
+                limit = shared.max_request_body,
+                "request body may exceed the replay limit: sent once, never retried"
+            );
+            progress.attempts = 1;
+            let future = inner.call(Request::from_parts(parts, body));
+            (State::Calling { future }, None)
+        } else if body.is_end_stream() {
+            let template = Template {
+                parts,
+                body: Bytes::new(),
+            };
+            progress.attempts = 1;
+            let future = inner.call(template.request(0));
+            (State::Calling { future }, Some(template))
+        } else {
+            let template = Template {
+                parts,
+                body: Bytes::new(),
+            };
+            let state = State::Buffering {
+                body,
+                buf: BodyBuf::default(),
+            };
+            (state, Some(template))
+        };
+        ResponseFuture {
+            state,
+            inner,
+            shared,
+            template,
+            progress,
+        }
+    }
+}
+
+impl<S, B, R> Future for ResponseFuture<S, B, R>
+where
+    S: Service<Request<B>, Response = Response<R>>,
+    B: Body<Data = Bytes> + FromBytes,
+    B::Error: Into<BoxError>,
+    R: Body<Data = Bytes>,
+{
+    type Output = Result<Response<ResponseBody<R>>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Buffering { mut body, buf } => {
+                    loop {
+                        match ready!(body.as_mut().poll_frame(cx)) {
+                            Some(Ok(frame)) => {
+                                if let Ok(data) = frame.into_data() {
+                                    buf.push(data);
+                                }
+                                // Request trailers cannot be replayed through
+                                // `FromBytes`; no client API sends them.
+                                if body.is_end_stream() {
+                                    break;
+                                }
+                            }
+                            Some(Err(error)) => {
+                                let error: BoxError = error.into();
+                                tracing::debug!(
+                                    target: "tollgate::retry",
+                                    error = %error,
+                                    "request body failed while buffered for replay"
+                                );
+                                this.state.set(State::Done);
+                                let rejection = ApiError::invalid_request()
+                                    .with_message("The request body could not be read.");
+                                return Poll::Ready(Ok(finish_rejected(rejection)));
+                            }
+                            None => break,
+                        }
+                    }
+                    let bytes = buf.take();
+                    match this.template.as_mut() {
+                        Some(template) => template.body = bytes,
+                        None => unreachable!("a buffered request always has its template"),
+                    }
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    if let Err(error) = ready!(this.inner.poll_ready(cx)) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Err(error));
+                    }
+                    let Some(template) = this.template.as_ref() else {
+                        unreachable!("only a replayable request is (re)sent from the template")
+                    };
+                    let request = template.request(this.progress.attempts);
+                    // A body that outgrew its own size hint is sent (it is
+                    // all in memory) but not kept for replay.
+                    if template.body.len() > this.shared.max_request_body {
+                        *this.template = None;
+                    }
+                    this.progress.attempts += 1;
+                    let future = this.inner.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let response = match ready!(future.poll(cx)) {
+                        Ok(response) => response,
+                        Err(error) => {
+                            let failure = Failure {
+                                kind: ErrorKind::Connection,
+                                class: RetryClass::Transient,
+                                retry_after: None,
+                            };
+                            match plan(this.shared, this.progress, this.template, failure, None) {
+                                Some(delay) => {
+                                    this.state.set(State::Waiting {
+                                        sleep: Box::pin(tokio::time::sleep(delay)),
+                                    });
+                                    continue;
+                                }
+                                None => {
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Err(error));
+                                }
+                            }
+                        }
+                    };
+                    if !may_retry(this.shared, this.progress, this.template) {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(finish(response, this.progress)));
+                    }
+                    let status = response.status();
+                    let stream = status == StatusCode::OK
+                        && this.shared.peek_streams
+                        && is_event_stream(response.headers());
+                    if status.as_u16() >= 400 || stream {
+                        let now = Instant::now();
+                        let deadline =
+                            this.progress.started + this.shared.policy.deadline_duration();
+                        if now >= deadline {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(finish(response, this.progress)));
+                        }
+                        let (parts, body) = response.into_parts();
+                        let until = (now + this.shared.peek_timeout).min(deadline);
+                        this.state.set(State::Peeking {
+                            peek: Some(Box::new(Peek {
+                                parts,
+                                body: Box::pin(body),
+                                buf: BytesMut::new(),
+                                tail: Tail::Body,
+                                scanner: stream.then(SseScanner::default),
+                                timer: Box::pin(tokio::time::sleep_until(until)),
+                            })),
+                        });
+                        continue;
+                    }
+                    let outcome =
+                        Outcome::new(status, response.headers()).with_clock(&*this.shared.clock);
+                    let verdict = this.shared.classifier.classify(&outcome);
+                    match retry_after(this.shared, this.progress, this.template, verdict, status) {
+                        Some(delay) => {
+                            drop(response);
+                            this.state.set(State::Waiting {
+                                sleep: Box::pin(tokio::time::sleep(delay)),
+                            });
+                        }
+                        None => {
+                            this.state.set(State::Done);
+                            return Poll::Ready(Ok(finish(response, this.progress)));
+                        }
+                    }
+                }
+                StateProj::Peeking { peek } => {
+                    let Some(p) = peek.as_mut() else {
+                        unreachable!("the peeked response is taken once, when classified")
+                    };
+                    ready!(read_head(p, this.shared.max_error_body, cx));
+                    let Some(p) = peek.take() else {
+                        unreachable!("checked just above")
+                    };
+                    let verdict = classify_peeked(this.shared, &p);
+                    let status = p.parts.status;
+                    match retry_after(this.shared, this.progress, this.template, verdict, status) {
+                        Some(delay) => {
+                            drop(p);
+                            this.state.set(State::Waiting {
+                                sleep: Box::pin(tokio::time::sleep(delay)),
+                            });
+                        }
+                        None => {
+                            this.state.set(State::Done);
+                            let Peek {
+                                parts,
+                                body,
+                                buf,
+                                tail,
+                                ..
+                            } = *p;
+                            let body = ResponseBody::peeked(buf.freeze(), tail, body);
+                            let response = Response::from_parts(parts, body);
+                            return Poll::Ready(Ok(with_info(response, this.progress)));
+                        }
+                    }
+                }
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    this.state.set(State::Ready);
+                }
+                StateProj::Done => {
+                    panic!("tollgate::retry::ResponseFuture polled after completion")
+                }
+            }
+        }
+    }
+}
+
+/// Reads the head of a response until its first event (streams), the end,
+/// `limit` bytes, or the timer. Pending only while all of those are.
+fn read_head<R: Body<Data = Bytes>>(
+    p: &mut Peek<R, R::Error>,
+    limit: usize,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        if p.buf.len() >= limit {
+            return Poll::Ready(());
+        }
+        match p.body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => {
+                    p.buf.extend_from_slice(&data);
+                    if p.scanner.as_mut().is_some_and(|s| s.feed(&p.buf)) {
+                        return Poll::Ready(());
+                    }
+                    if p.body.is_end_stream() {
+                        p.tail = Tail::End;
+                        return Poll::Ready(());
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        p.tail = Tail::Trailers(trailers);
+                        return Poll::Ready(());
+                    }
+                }
+            },
+            Poll::Ready(Some(Err(error))) => {
+                p.tail = Tail::Error(error);
+                return Poll::Ready(());
+            }
+            Poll::Ready(None) => {
+                p.tail = Tail::End;
+                return Poll::Ready(());
+            }
+            Poll::Pending => {
+                ready!(p.timer.as_mut().poll(cx));
+                return Poll::Ready(());
+            }
+        }
+    }
+}
+
+fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
+    let outcome = Outcome::new(p.parts.status, &p.parts.headers).with_clock(&*shared.clock);
+    match &p.scanner {
+        Some(scanner) => match scanner.event() {
+            Some((event, data)) => shared
+                .classifier
+                .classify(&outcome.with_first_event(event, data)),
+            // The stream broke before its first event: nothing reached the
+            // caller, so it is as safe to retry as a refused connection.
+            None if matches!(p.tail, Tail::Error(_)) => {
+                Classification::failure(ErrorKind::Connection)
+            }
+            // Ended, too slow or too large: the caller gets it as it is.
+            None => Classification::Success,
+        },
+        None => {
+            let body = &p.buf[..p.buf.len().min(shared.max_error_body)];
+            shared.classifier.classify(&outcome.with_body(body))
+        }
+    }
+}
+
+fn retry_after(
+    shared: &Shared,
+    progress: &mut Progress,
+    template: &Option<Template>,
+    verdict: Classification,
+    status: StatusCode,
+) -> Option<Duration> {
+    match verdict {
+        Classification::Success => None,
+        Classification::Failure {
+            kind,
+            class,
+            retry_after,
+        } => {
+            let failure = Failure {
+                kind,
+                class,
+                retry_after,
+            };
+            plan(shared, progress, template, failure, Some(status))
+        }
+    }
+}
+
+/// Whether another attempt is possible at all, before reading anything.
+/// (The deadline is checked before peeking, and by the policy.)
+fn may_retry(shared: &Shared, progress: &Progress, template: &Option<Template>) -> bool {
+    template.is_some() && progress.attempts < shared.policy.max_attempts_total()
+}
+
+/// The delay before the next attempt, or `None` to stop. Logs the decision.
+fn plan(
+    shared: &Shared,
+    progress: &mut Progress,
+    template: &Option<Template>,
+    failure: Failure,
+    status: Option<StatusCode>,
+) -> Option<Duration> {
+    let kind_failures = progress.failures.record(failure.kind);
+    let status = status.map(|s| s.as_u16());
+    if template.is_none() {
+        tracing::debug!(
+            target: "tollgate::retry",
+            kind = %failure.kind,
+            status,
+            "not retried: the request body was not kept for replay"
+        );
+        return None;
+    }
+    let elapsed = progress.started.elapsed();
+    let delay = match shared.policy.decide(
+        failure,
+        progress.attempts,
+        kind_failures,
+        elapsed,
+        shared.jitter.next(),
+    ) {
+        Ok(delay) => delay,
+        Err(stop) => {
+            tracing::debug!(
+                target: "tollgate::retry",
+                kind = %failure.kind,
+                class = ?failure.class,
+                status,
+                attempts = progress.attempts,
+                reason = %stop,
+                "not retried"
+            );
+            return None;
+        }
+    };
+    if let Some(budget) = &shared.budget {
+        if !budget.withdraw() {
+            tracing::warn!(
+                target: "tollgate::retry",
+                kind = %failure.kind,
+                status,
+                attempts = progress.attempts,
+                "not retried: the retry budget is spent"
+            );
+            return None;
+        }
+    }
+    tracing::info!(
+        target: "tollgate::retry",
+        kind = %failure.kind,
+        class = ?failure.class,
+        status,
+        attempt = progress.attempts,
+        delay_ms = delay.as_millis() as u64,
+        "retrying request"
+    );
+    progress.total_wait += delay;
+    Some(delay)
+}
+
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..17)
+                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+fn finish<R: Body>(response: Response<R>, progress: &Progress) -> Response<ResponseBody<R>> {
+    with_info(response.map(ResponseBody::inner), progress)
+}
+
+fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
+    response.extensions_mut().insert(RetryInfo {
+        attempts: progress.attempts,
+        total_wait: progress.total_wait,
+    });
+    response
+}
+
+fn finish_rejected<R: Body>(error: ApiError) -> Response<ResponseBody<R>> {
+    let mut response = error.into_http_response().map(ResponseBody::rejected);
+    response.extensions_mut().insert(RetryInfo {
+        attempts: 0,
+        total_wait: Duration::ZERO,
+    });
+    response
+}

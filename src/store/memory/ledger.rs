@@ -1,0 +1,723 @@
+//! The in-process budget ledger: [`MemoryLedger`].
+
+use std::fmt;
+use std::future::{Future, ready};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::budget::{
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, Money, Period, PeriodWindow,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
+};
+use crate::clock::{Clock, SharedClock, TokioClock};
+use crate::store::StoreError;
+
+use self::hash::{IdMap, ScopeHashing, Small};
+
+mod hash;
+#[cfg(test)]
+mod tests;
+
+/// A [`Ledger`] in this process's memory: the default for a single gateway
+/// instance (several instances need a shared ledger, such as Redis).
+///
+/// - **Sharded**: budgets and holds are spread over mutex-guarded shards, so
+///   requests of different keys rarely contend. No lock is held across an
+///   `.await`; every operation completes before its future is first polled.
+/// - **Bounded**: at most [`max_budgets`](Self::max_budgets) budgets (default
+///   1,000,000) and [`max_reservations`](Self::max_reservations) holds in
+///   flight (default 1,000,000). When full, budgets that carry no
+///   information (a past period's spend, nothing held) are evicted; prepaid
+///   balances and current spend never are. If nothing can be evicted the
+///   operation fails with [`StoreError::Unavailable`], which the layer turns
+///   into a 503 by default: a ledger never forgets money to make room.
+/// - **Clocked**: periods come from a [`Clock`](crate::clock::Clock),
+///   [`TokioClock`] by default, so a paused tokio runtime drives month ends
+///   in tests.
+/// - **Leased**: a hold not settled within [`lease`](Self::lease) (default
+///   one hour) is released, so a leaked hold cannot lock a budget forever.
+///
+/// Cloning is cheap and shares the state: keep a clone to top up balances or
+/// read budgets while a `BudgetLayer` uses another.
+///
+/// ```
+/// use std::sync::Arc;
+/// use tollgate::budget::{BudgetScope, BudgetSpec, Ledger, Money, ReserveOutcome, ReservePolicy};
+/// use tollgate::store::memory::MemoryLedger;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::store::StoreError> {
+/// let ledger = MemoryLedger::new();
+/// let wallet = BudgetSpec::balance(BudgetScope::Org("acme".into()), Money::from_usd(5));
+/// ledger.top_up(&wallet, Money::from_usd(10)).await?;
+///
+/// let budgets: Arc<[BudgetSpec]> = Arc::new([wallet.clone()]);
+/// let outcome = ledger.reserve(&budgets, Money::from_usd(1), ReservePolicy::Strict).await?;
+/// let ReserveOutcome::Reserved { reservation, .. } = outcome else { unreachable!() };
+/// ledger.settle(&reservation, "0.25".parse().unwrap()).await?;
+///
+/// let status = ledger.read(&wallet).await?;
+/// assert_eq!(status.remaining().to_string(), "$14.75");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct MemoryLedger {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    clock: SharedClock,
+    lease: Duration,
+    max_budgets: usize,
+    max_reservations: usize,
+    budgets: Box<[Mutex<BudgetShard>]>,
+    holds: Box<[Mutex<HoldShard>]>,
+    /// Per hold shard: when (nanoseconds since the epoch) to sweep next.
+    next_sweep: Box<[AtomicU64]>,
+    next_id: AtomicU64,
+    hasher: ScopeHashing,
+}
+
+/// Accounts by the hash of their scope; a bucket holds every scope of one
+/// hash, so a collision costs a comparison, never a merged account.
+#[derive(Default)]
+struct BudgetShard {
+    buckets: IdMap<Vec<(BudgetScope, Account)>>,
+    len: usize,
+}
+
+impl BudgetShard {
+    fn get_mut(&mut self, hash: u64, scope: &BudgetScope) -> Option<&mut Account> {
+        self.buckets
+            .get_mut(&hash)?
+            .iter_mut()
+            .find(|(s, _)| s == scope)
+            .map(|(_, a)| a)
+    }
+
+    fn contains(&self, hash: u64, scope: &BudgetScope) -> bool {
+        self.buckets
+            .get(&hash)
+            .is_some_and(|b| b.iter().any(|(s, _)| s == scope))
+    }
+
+    /// The account of `spec`, opened if new (making room for it first).
+    fn account(
+        &mut self,
+        hash: u64,
+        spec: &BudgetSpec,
+        now: Duration,
+        max: usize,
+    ) -> Result<&mut Account, StoreError> {
+        if self.len >= max && !self.contains(hash, &spec.scope) {
+            self.make_room(max, now)?;
+        }
+        let bucket = self.buckets.entry(hash).or_default();
+        let at = match bucket.iter().position(|(s, _)| *s == spec.scope) {
+            Some(at) => at,
+            None => {
+                bucket.push((spec.scope.clone(), Account::new(spec, now)));
+                self.len += 1;
+                bucket.len() - 1
+            }
+        };
+        Ok(&mut bucket[at].1)
+    }
+
+    /// Makes room for one more account by evicting the idle ones; fails if
+    /// none is idle.
+    fn make_room(&mut self, max: usize, now: Duration) -> Result<(), StoreError> {
+        self.buckets.retain(|_, bucket| {
+            bucket.retain(|(_, a)| !a.is_idle(now));
+            !bucket.is_empty()
+        });
+        self.len = self.buckets.values().map(Vec::len).sum();
+        if self.len < max {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                "budget ledger is full: no idle budget to evict".into(),
+            ))
+        }
+    }
+}
+
+#[derive(Default)]
+struct HoldShard {
+    holds: IdMap<Hold>,
+}
+
+struct Hold {
+    amount: Money,
+    /// Clamped below the request's worst case (Bounded).
+    partial: bool,
+    expires: Duration,
+    budgets: Arc<[BudgetSpec]>,
+}
+
+impl Hold {
+    fn new(amount: Money, partial: bool, budgets: &Arc<[BudgetSpec]>, expires: Duration) -> Hold {
+        Hold {
+            amount,
+            partial,
+            expires,
+            budgets: budgets.clone(),
+        }
+    }
+}
+
+/// One budget's books.
+#[derive(Debug, Clone, Copy)]
+struct Account {
+    mode: BudgetMode,
+    period: Period,
+    window: PeriodWindow,
+    /// Budget: the spec's limit. Balance: opening + top-ups.
+    limit: Money,
+    spent: Money,
+    reserved: Money,
+    /// Partial (clamped) holds in flight: at most one is admitted at a time,
+    /// which is what bounds a `Bounded` overshoot to one request's excess.
+    partial: u32,
+}
+
+impl Account {
+    fn new(spec: &BudgetSpec, now: Duration) -> Account {
+        Account {
+            mode: spec.mode,
+            period: spec.period,
+            window: window_of(spec, now),
+            limit: spec.limit,
+            spent: Money::ZERO,
+            reserved: Money::ZERO,
+            partial: 0,
+        }
+    }
+
+    /// Brings the books to `now` and to the current spec.
+    fn refresh(&mut self, spec: &BudgetSpec, now: Duration) {
+        if self.mode != spec.mode {
+            // The scope changed from budget to balance or back: new books,
+            // but holds in flight still count.
+            *self = Account {
+                reserved: self.reserved,
+                partial: self.partial,
+                ..Account::new(spec, now)
+            };
+            return;
+        }
+        if spec.mode == BudgetMode::Budget {
+            self.limit = spec.limit;
+            if self.period != spec.period || self.window.has_ended(now) {
+                let window = window_of(spec, now);
+                if window.start != self.window.start {
+                    self.spent = Money::ZERO;
+                }
+                self.window = window;
+                self.period = spec.period;
+            }
+        }
+    }
+
+    fn unhold(&mut self, amount: Money, partial: bool) {
+        self.reserved = (self.reserved - amount).max(Money::ZERO);
+        if partial {
+            self.partial = self.partial.saturating_sub(1);
+        }
+    }
+
+    fn status(&self) -> BudgetStatus {
+        BudgetStatus {
+            mode: self.mode,
+            limit: self.limit,
+            spent: self.spent,
+            reserved: self.reserved,
+            period: self.window,
+        }
+    }
+
+    /// Whether evicting this account loses nothing.
+    fn is_idle(&self, now: Duration) -> bool {
+        self.reserved == Money::ZERO
+            && self.partial == 0
+            && self.mode == BudgetMode::Budget
+            && (self.spent == Money::ZERO || self.window.has_ended(now))
+    }
+}
+
+fn window_of(spec: &BudgetSpec, now: Duration) -> PeriodWindow {
+    match spec.mode {
+        BudgetMode::Budget => spec.period.window(now),
+        BudgetMode::Balance => PeriodWindow::NEVER,
+    }
+}
+
+impl Default for MemoryLedger {
+    fn default() -> Self {
+        MemoryLedger::new()
+    }
+}
+
+impl fmt::Debug for MemoryLedger {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryLedger")
+            .field("shards", &self.inner.budgets.len())
+            .field("lease", &self.inner.lease)
+            .field("max_budgets", &self.inner.max_budgets)
+            .field("max_reservations", &self.inner.max_reservations)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+struct Config {
+    clock: SharedClock,
+    lease: Duration,
+    max_budgets: usize,
+    max_reservations: usize,
+    shards: usize,
+}
+
+impl MemoryLedger {
+    /// Default hold lease: one hour (longer than any sane streamed response).
+    pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
+    /// Default bound on budgets kept: 1,000,000.
+    pub const DEFAULT_MAX_BUDGETS: usize = 1_000_000;
+    /// Default bound on holds in flight: 1,000,000.
+    pub const DEFAULT_MAX_RESERVATIONS: usize = 1_000_000;
+
+    /// An empty ledger on [`TokioClock`], with the defaults above and 4
+    /// shards per available CPU (at least 16).
+    pub fn new() -> Self {
+        let shards = std::thread::available_parallelism()
+            .map(|n| (n.get() * 4).next_power_of_two())
+            .unwrap_or(16)
+            .max(16);
+        MemoryLedger::build(Config {
+            clock: Arc::new(TokioClock::new()),
+            lease: Self::DEFAULT_LEASE,
+            max_budgets: Self::DEFAULT_MAX_BUDGETS,
+            max_reservations: Self::DEFAULT_MAX_RESERVATIONS,
+            shards,
+        })
+    }
+
+    fn build(config: Config) -> Self {
+        let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let now = config.clock.now_unix();
+        MemoryLedger {
+            inner: Arc::new(Inner {
+                clock: config.clock,
+                lease: config.lease,
+                max_budgets: config.max_budgets.div_ceil(shards),
+                max_reservations: config.max_reservations.div_ceil(shards),
+                budgets: (0..shards).map(|_| Mutex::default()).collect(),
+                holds: (0..shards).map(|_| Mutex::default()).collect(),
+                next_sweep: (0..shards).map(|_| AtomicU64::new(nanos(now))).collect(),
+                next_id: AtomicU64::new(1),
+                hasher: ScopeHashing::new(),
+            }),
+        }
+    }
+
+    fn reconfigure(self, f: impl FnOnce(&mut Config)) -> Self {
+        let i = &self.inner;
+        let shards = i.budgets.len();
+        let mut config = Config {
+            clock: i.clock.clone(),
+            lease: i.lease,
+            max_budgets: i.max_budgets * shards,
+            max_reservations: i.max_reservations * shards,
+            shards,
+        };
+        f(&mut config);
+        MemoryLedger::build(config)
+    }
+
+    /// Uses `clock` for periods and leases. Configure before use: each
+    /// setter returns an empty ledger.
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        let clock: SharedClock = Arc::new(clock);
+        self.reconfigure(|c| c.clock = clock)
+    }
+
+    /// How long a hold lives without being settled (default one hour).
+    pub fn lease(self, lease: Duration) -> Self {
+        self.reconfigure(|c| c.lease = lease)
+    }
+
+    /// At most about `max` budgets are kept (default 1,000,000; the bound
+    /// is applied per shard).
+    pub fn max_budgets(self, max: usize) -> Self {
+        self.reconfigure(|c| c.max_budgets = max)
+    }
+
+    /// At most about `max` holds are in flight (default 1,000,000; the bound
+    /// is applied per shard).
+    pub fn max_reservations(self, max: usize) -> Self {
+        self.reconfigure(|c| c.max_reservations = max)
+    }
+
+    /// Spreads the state over `shards` locks, rounded up to a power of two
+    /// (default: 4 per CPU, at least 16).
+    pub fn shards(self, shards: usize) -> Self {
+        self.reconfigure(|c| c.shards = shards)
+    }
+
+    /// How many budgets the ledger keeps books for.
+    pub fn budget_count(&self) -> usize {
+        self.inner.budgets.iter().map(|s| lock(s).len).sum()
+    }
+
+    /// How many holds are in flight.
+    pub fn reservation_count(&self) -> usize {
+        self.inner.holds.iter().map(|s| lock(s).holds.len()).sum()
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.clock.now_unix()
+    }
+
+    fn hashes(&self, budgets: &[BudgetSpec]) -> Small {
+        let mut hashes = Small::new(budgets.len());
+        for (slot, spec) in hashes.iter_mut().zip(budgets) {
+            *slot = self.inner.hasher.hash_one(&spec.scope);
+        }
+        hashes
+    }
+
+    fn shard_of(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & (self.inner.budgets.len() - 1)
+    }
+
+    /// Locks the shards of `hashes` in ascending order, so requests naming
+    /// the same budgets in different orders cannot deadlock.
+    fn lock_budgets(&self, hashes: &[u64]) -> Locked<'_> {
+        let first = hashes.first().map_or(0, |h| self.shard_of(*h));
+        if hashes.iter().all(|h| self.shard_of(*h) == first) {
+            return Locked::One(lock(&self.inner.budgets[first]));
+        }
+        let mut shards: Vec<usize> = hashes.iter().map(|h| self.shard_of(*h)).collect();
+        shards.sort_unstable();
+        shards.dedup();
+        Locked::Many(
+            shards
+                .into_iter()
+                .map(|i| (i, lock(&self.inner.budgets[i])))
+                .collect(),
+        )
+    }
+
+    /// Releases the holds of shard `shard` whose lease ran out; at most
+    /// every quarter lease, and checked without a lock in between.
+    fn sweep(&self, shard: usize, now: Duration) {
+        let due = &self.inner.next_sweep[shard];
+        let next = due.load(Ordering::Relaxed);
+        if nanos(now) < next {
+            return;
+        }
+        let after = nanos(now + self.inner.lease / 4);
+        if due
+            .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another thread sweeps
+        }
+        let mut expired = Vec::new();
+        lock(&self.inner.holds[shard]).holds.retain(|_, hold| {
+            let keep = hold.expires > now;
+            if !keep {
+                expired.push((hold.amount, hold.partial, hold.budgets.clone()));
+            }
+            keep
+        });
+        for (amount, partial, budgets) in expired {
+            tracing::warn!(%amount, "budget reservation lease expired; released");
+            self.unhold(&budgets, amount, partial, now);
+        }
+    }
+
+    /// The hold shard `shard`, locked, if it has room for one more hold.
+    fn hold_room(&self, shard: usize) -> Result<MutexGuard<'_, HoldShard>, StoreError> {
+        let holds = lock(&self.inner.holds[shard]);
+        if holds.holds.len() >= self.inner.max_reservations {
+            return Err(StoreError::Unavailable(
+                "budget ledger holds too many reservations in flight".into(),
+            ));
+        }
+        Ok(holds)
+    }
+
+    fn unhold(&self, budgets: &[BudgetSpec], amount: Money, partial: bool, now: Duration) {
+        let hashes = self.hashes(budgets);
+        let mut locked = self.lock_budgets(&hashes);
+        for (i, spec) in budgets.iter().enumerate() {
+            if is_repeat(budgets, &hashes, i) {
+                continue;
+            }
+            let shard = locked.shard(self.shard_of(hashes[i]));
+            if let Some(account) = shard.get_mut(hashes[i], &spec.scope) {
+                account.unhold(amount, partial);
+                account.refresh(spec, now);
+            }
+        }
+    }
+
+    fn reserve_now(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> Result<ReserveOutcome, StoreError> {
+        let now = self.now();
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let hold_shard = id as usize & (self.inner.holds.len() - 1);
+        self.sweep(hold_shard, now);
+        let amount = amount.max(Money::ZERO);
+        let hashes = self.hashes(budgets);
+        let mut locked = self.lock_budgets(&hashes);
+        let max = self.inner.max_budgets;
+
+        // Check every budget before holding anything on any. (Accounts
+        // opened here for a refused request hold nothing and are evictable.)
+        let mut tightest: Option<(usize, BudgetStatus)> = None;
+        let mut blocking: Option<(usize, BudgetStatus)> = None;
+        for (i, spec) in budgets.iter().enumerate() {
+            if is_repeat(budgets, &hashes, i) {
+                continue;
+            }
+            let shard = locked.shard(self.shard_of(hashes[i]));
+            let account = shard.account(hashes[i], spec, now, max)?;
+            account.refresh(spec, now);
+            let status = account.status();
+            let remaining = status.remaining();
+            if !remaining.is_positive() || (policy == ReservePolicy::Strict && amount > remaining) {
+                return Ok(ReserveOutcome::Denied { index: i, status });
+            }
+            if budgets.len() == 1 {
+                // Nothing else to check: hold at once.
+                let held = match policy {
+                    ReservePolicy::Bounded => amount.min(remaining),
+                    ReservePolicy::Strict => amount,
+                };
+                let partial = held < amount;
+                if partial && account.partial > 0 {
+                    return Ok(ReserveOutcome::Denied { index: i, status });
+                }
+                // Lock order: budget shards, then the hold shard.
+                let mut holds = self.hold_room(hold_shard)?;
+                account.reserved = account.reserved + held;
+                account.partial += u32::from(partial);
+                let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+                holds.holds.insert(id, hold);
+                return Ok(reserved(id, held, budgets, (i, status)));
+            }
+            if account.partial > 0 && blocking.is_none() {
+                blocking = Some((i, status));
+            }
+            if tightest.is_none_or(|(_, t)| remaining < t.remaining()) {
+                tightest = Some((i, status));
+            }
+        }
+        let Some(tightest) = tightest else {
+            // No budgets at all: nothing limits the request.
+            let hold = Hold::new(amount, false, budgets, now + self.inner.lease);
+            self.hold_room(hold_shard)?.holds.insert(id, hold);
+            let fresh = BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER);
+            return Ok(reserved(id, amount, budgets, (0, fresh)));
+        };
+        let held = match policy {
+            ReservePolicy::Bounded => amount.min(tightest.1.remaining()),
+            ReservePolicy::Strict => amount,
+        };
+        let partial = held < amount;
+        if let (true, Some((index, status))) = (partial, blocking) {
+            return Ok(ReserveOutcome::Denied { index, status });
+        }
+        let mut holds = self.hold_room(hold_shard)?;
+        for (i, spec) in budgets.iter().enumerate() {
+            if is_repeat(budgets, &hashes, i) {
+                continue;
+            }
+            let shard = locked.shard(self.shard_of(hashes[i]));
+            if let Some(account) = shard.get_mut(hashes[i], &spec.scope) {
+                account.reserved = account.reserved + held;
+                account.partial += u32::from(partial);
+            }
+        }
+        let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+        holds.holds.insert(id, hold);
+        Ok(reserved(id, held, budgets, tightest))
+    }
+
+    fn take_hold(&self, id: ReservationId) -> Option<Hold> {
+        let shard = id.0 as usize & (self.inner.holds.len() - 1);
+        lock(&self.inner.holds[shard]).holds.remove(&id.0)
+    }
+
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> Result<Settlement, StoreError> {
+        let now = self.now();
+        let held = self.take_hold(reservation.id());
+        let actual = actual.max(Money::ZERO);
+        let budgets = reservation.budgets();
+        let hashes = self.hashes(budgets);
+        let mut locked = self.lock_budgets(&hashes);
+        let mut statuses = Vec::with_capacity(budgets.len());
+        for (i, spec) in budgets.iter().enumerate() {
+            let shard = locked.shard(self.shard_of(hashes[i]));
+            if is_repeat(budgets, &hashes, i) {
+                if let Some(account) = shard.get_mut(hashes[i], &spec.scope) {
+                    statuses.push(account.status());
+                }
+                continue;
+            }
+            // An account evicted since (its hold expired) is reopened: the
+            // charge is never lost.
+            let account = shard.account(hashes[i], spec, now, self.inner.max_budgets)?;
+            account.refresh(spec, now);
+            if let Some(held) = &held {
+                account.unhold(held.amount, held.partial);
+            }
+            account.spent = account.spent + actual;
+            statuses.push(account.status());
+        }
+        Ok(Settlement {
+            charged: actual,
+            statuses,
+        })
+    }
+
+    fn release_now(&self, reservation: &Reservation) {
+        if let Some(hold) = self.take_hold(reservation.id()) {
+            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now());
+        }
+    }
+
+    fn top_up_now(&self, spec: &BudgetSpec, amount: Money) -> Result<BudgetStatus, StoreError> {
+        let now = self.now();
+        let hash = self.inner.hasher.hash_one(&spec.scope);
+        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
+        let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
+        account.refresh(spec, now);
+        account.limit = account.limit + amount;
+        Ok(account.status())
+    }
+
+    fn read_now(&self, spec: &BudgetSpec) -> BudgetStatus {
+        let now = self.now();
+        let hash = self.inner.hasher.hash_one(&spec.scope);
+        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
+        match shard.get_mut(hash, &spec.scope) {
+            Some(account) => {
+                account.refresh(spec, now);
+                account.status()
+            }
+            None => BudgetStatus::fresh(spec, window_of(spec, now)),
+        }
+    }
+}
+
+fn reserved(
+    id: u64,
+    held: Money,
+    budgets: &Arc<[BudgetSpec]>,
+    (index, status): (usize, BudgetStatus),
+) -> ReserveOutcome {
+    ReserveOutcome::Reserved {
+        reservation: Reservation::new(ReservationId(id), held, budgets.clone()),
+        index,
+        status,
+    }
+}
+
+fn nanos(t: Duration) -> u64 {
+    u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
+}
+
+const NO_BUDGET: BudgetSpec = BudgetSpec {
+    scope: BudgetScope::Key(String::new()),
+    limit: Money::ZERO,
+    period: Period::Never,
+    mode: BudgetMode::Budget,
+};
+
+/// Whether `budgets[i]` names a scope already named before it.
+fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {
+    (0..i).any(|j| hashes[j] == hashes[i] && budgets[j].scope == budgets[i].scope)
+}
+
+enum Locked<'a> {
+    One(MutexGuard<'a, BudgetShard>),
+    Many(Vec<(usize, MutexGuard<'a, BudgetShard>)>),
+}
+
+impl Locked<'_> {
+    /// The locked shard `index` (one of those passed to `lock_budgets`).
+    fn shard(&mut self, index: usize) -> &mut BudgetShard {
+        match self {
+            Locked::One(guard) => guard,
+            Locked::Many(guards) => {
+                let at = guards
+                    .binary_search_by_key(&index, |(i, _)| *i)
+                    .unwrap_or_else(|at| at.min(guards.len() - 1));
+                &mut guards[at].1
+            }
+        }
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: no critical section here can
+/// leave the books half-written (they only do saturating arithmetic and
+/// map operations).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Ledger for MemoryLedger {
+    fn reserve(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
+        ready(self.reserve_now(budgets, amount, policy))
+    }
+
+    fn settle(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
+        ready(self.settle_now(reservation, actual))
+    }
+
+    fn release(
+        &self,
+        reservation: &Reservation,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.release_now(reservation);
+        ready(Ok(()))
+    }
+
+    fn top_up(
+        &self,
+        budget: &BudgetSpec,
+        amount: Money,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+        ready(self.top_up_now(budget, amount))
+    }
+
+    fn read(
+        &self,
+        budget: &BudgetSpec,
+    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+        ready(Ok(self.read_now(budget)))
+    }
+}

@@ -1,0 +1,385 @@
+//! Tests of the memory ledger: books, periods, leases, bounds, properties.
+
+use super::*;
+use crate::time::parse_rfc3339;
+use std::time::UNIX_EPOCH;
+
+fn key(id: &str, usd: i64, period: Period) -> BudgetSpec {
+    BudgetSpec::budget(BudgetScope::Key(id.into()), Money::from_usd(usd), period)
+}
+
+fn reserve(
+    ledger: &MemoryLedger,
+    budgets: &[BudgetSpec],
+    amount: Money,
+    policy: ReservePolicy,
+) -> Result<ReserveOutcome, StoreError> {
+    ledger.reserve_now(&Arc::from(budgets), amount, policy)
+}
+
+fn usd(s: &str) -> Money {
+    s.parse().unwrap()
+}
+
+fn reserved(outcome: ReserveOutcome) -> Reservation {
+    match outcome {
+        ReserveOutcome::Reserved { reservation, .. } => reservation,
+        denied => panic!("expected a reservation, got {denied:?}"),
+    }
+}
+
+fn ledger_at(rfc3339: &str) -> MemoryLedger {
+    let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
+    MemoryLedger::new().with_clock(TokioClock::starting_at(at))
+}
+
+#[tokio::test(start_paused = true)]
+async fn reserve_settle_release() {
+    let ledger = MemoryLedger::new();
+    let b = [key("a", 10, Period::Never)];
+    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    assert_eq!(r.amount(), usd("4"));
+    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("6"));
+    let s = ledger.settle_now(&r, usd("1.5")).unwrap();
+    assert_eq!(s.statuses[0].spent, usd("1.5"));
+    assert_eq!(s.statuses[0].reserved, Money::ZERO);
+    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    ledger.release_now(&r);
+    ledger.release_now(&r); // twice is harmless
+    let status = ledger.read_now(&b[0]);
+    assert_eq!((status.spent, status.reserved), (usd("1.5"), Money::ZERO));
+    assert_eq!(ledger.reservation_count(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn strict_refuses_what_bounded_clamps() {
+    let ledger = MemoryLedger::new();
+    let b = [key("a", 10, Period::Never)];
+    let r = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Strict).unwrap());
+    ledger.settle_now(&r, usd("9")).unwrap();
+    match reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap() {
+        ReserveOutcome::Denied { index, status } => {
+            assert_eq!(index, 0);
+            assert_eq!(status.remaining(), usd("1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Bounded).unwrap());
+    assert_eq!(r.amount(), usd("1"));
+    // Nothing remains while it is in flight, under either policy.
+    for policy in [ReservePolicy::Strict, ReservePolicy::Bounded] {
+        let denied = reserve(&ledger, &b, Money::ZERO, policy).unwrap();
+        assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+    }
+    // It overshoots by its excess, then everything is refused.
+    ledger.settle_now(&r, usd("2")).unwrap();
+    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-1"));
+    let denied = reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap();
+    assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_allows_one_partial_hold_per_budget() {
+    // Two partial holds in flight could both run over: the second must wait.
+    let ledger = MemoryLedger::new();
+    let b = [key("a", 10, Period::Never)];
+    let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
+    let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
+    assert_eq!(partial.amount(), usd("6"));
+    ledger.settle_now(&full, Money::ZERO).unwrap();
+    // 4 remain, but a partial hold is in flight: only a full hold fits.
+    let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
+    assert!(
+        matches!(denied, ReserveOutcome::Denied { .. }),
+        "{denied:?}"
+    );
+    let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
+    assert_eq!(fits.amount(), usd("3"));
+    ledger.settle_now(&partial, usd("9")).unwrap();
+    ledger.settle_now(&fits, usd("3")).unwrap();
+    // Over by the one partial hold's excess: 9 - 6.
+    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-2"));
+    // Released or expired, a partial hold frees the way for the next.
+    let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
+    let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
+    ledger.release_now(&p);
+    let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
+    assert_eq!(p.amount(), usd("10"));
+    tokio::time::advance(Duration::from_secs(61)).await;
+    for _ in 0..ledger.inner.holds.len() {
+        if let ReserveOutcome::Reserved { reservation, .. } =
+            reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap()
+        {
+            assert_eq!(reservation.amount(), usd("10"));
+            return;
+        }
+    }
+    panic!("the expired partial hold still blocks");
+}
+
+#[tokio::test(start_paused = true)]
+async fn all_or_nothing_across_budgets() {
+    let ledger = MemoryLedger::new();
+    let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
+    let a = [key("a", 10, Period::Monthly), team.clone()];
+    let r = reserved(reserve(&ledger, &a, usd("0.8"), ReservePolicy::Strict).unwrap());
+    ledger.settle_now(&r, usd("0.8")).unwrap();
+    let b = [key("b", 10, Period::Monthly), team.clone()];
+    match reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap() {
+        ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
+        other => panic!("{other:?}"),
+    }
+    // Key b was not touched by the refused reservation.
+    assert_eq!(ledger.read_now(&b[0]).reserved, Money::ZERO);
+    // The tightest budget is reported.
+    match reserve(&ledger, &b, usd("0.1"), ReservePolicy::Strict).unwrap() {
+        ReserveOutcome::Reserved { index, status, .. } => {
+            assert_eq!(index, 1);
+            assert_eq!(status.remaining(), usd("0.2"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_same_scope_twice_counts_once() {
+    let ledger = MemoryLedger::new();
+    let b = [key("a", 10, Period::Never), key("a", 10, Period::Never)];
+    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    assert_eq!(ledger.read_now(&b[0]).reserved, usd("1"));
+    ledger.settle_now(&r, usd("1")).unwrap();
+    assert_eq!(ledger.read_now(&b[0]).spent, usd("1"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn monthly_spend_resets_at_utc_month_end() {
+    let ledger = ledger_at("2026-01-31T23:59:00Z");
+    let b = [key("a", 1, Period::Monthly)];
+    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    ledger.settle_now(&r, usd("1")).unwrap();
+    let status = ledger.read_now(&b[0]);
+    assert_eq!(status.remaining(), Money::ZERO);
+    assert_eq!(
+        status
+            .period
+            .end
+            .map(crate::time::format_rfc3339)
+            .as_deref(),
+        Some("2026-02-01T00:00:00Z")
+    );
+    tokio::time::advance(Duration::from_secs(59)).await;
+    assert_eq!(ledger.read_now(&b[0]).spent, usd("1"));
+    tokio::time::advance(Duration::from_secs(1)).await;
+    let status = ledger.read_now(&b[0]);
+    assert_eq!(status.spent, Money::ZERO);
+    assert_eq!(
+        status
+            .period
+            .end
+            .map(crate::time::format_rfc3339)
+            .as_deref(),
+        Some("2026-03-01T00:00:00Z")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_settlement_after_rollover_counts_in_the_new_period() {
+    let ledger = ledger_at("2026-03-31T23:59:59Z");
+    let b = [key("a", 5, Period::Monthly)];
+    let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    // Spend reset, the hold still counts.
+    assert_eq!(ledger.read_now(&b[0]).reserved, usd("2"));
+    ledger.settle_now(&r, usd("1")).unwrap();
+    let status = ledger.read_now(&b[0]);
+    assert_eq!((status.spent, status.reserved), (usd("1"), Money::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn balances_open_once_take_top_ups_and_never_reset() {
+    let ledger = MemoryLedger::new();
+    let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("1"));
+    let r = reserved(
+        reserve(
+            &ledger,
+            std::slice::from_ref(&wallet),
+            usd("1"),
+            ReservePolicy::Strict,
+        )
+        .unwrap(),
+    );
+    ledger.settle_now(&r, usd("1")).unwrap();
+    let denied = reserve(
+        &ledger,
+        std::slice::from_ref(&wallet),
+        Money::ZERO,
+        ReservePolicy::Bounded,
+    )
+    .unwrap();
+    assert!(
+        matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
+    );
+    let status = ledger.top_up_now(&wallet, usd("3")).unwrap();
+    assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
+    tokio::time::advance(Duration::from_secs(400 * 86_400)).await;
+    assert_eq!(ledger.read_now(&wallet).remaining(), usd("3"));
+    // A top-up before first use keeps the opening balance.
+    let fresh = BudgetSpec::balance(BudgetScope::Org("p".into()), usd("2"));
+    assert_eq!(
+        ledger.top_up_now(&fresh, usd("1")).unwrap().remaining(),
+        usd("3")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_leases_are_released_and_still_charged() {
+    let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
+    let b = [key("a", 10, Period::Never)];
+    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    tokio::time::advance(Duration::from_secs(61)).await;
+    // The next reservation sweeps the expired hold (every shard is swept on its own schedule).
+    for _ in 0..ledger.inner.holds.len() {
+        let r2 = reserved(reserve(&ledger, &b, Money::ZERO, ReservePolicy::Strict).unwrap());
+        ledger.release_now(&r2);
+    }
+    assert_eq!(ledger.read_now(&b[0]).reserved, Money::ZERO);
+    ledger.settle_now(&r, usd("3")).unwrap();
+    let status = ledger.read_now(&b[0]);
+    assert_eq!((status.spent, status.reserved), (usd("3"), Money::ZERO));
+}
+
+#[tokio::test(start_paused = true)]
+async fn bounded_in_budgets_and_holds() {
+    let ledger = MemoryLedger::new()
+        .shards(1)
+        .max_budgets(2)
+        .max_reservations(2);
+    let daily = |id: &str| [key(id, 1, Period::Daily)];
+    let a = reserved(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    let b = reserved(reserve(&ledger, &daily("b"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    // Full of holds.
+    assert!(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).is_err());
+    ledger.settle_now(&a, usd("0.1")).unwrap();
+    ledger.release_now(&b);
+    // "b" carries nothing and is evicted for "c"; "a" has spend and stays.
+    let c = reserved(reserve(&ledger, &daily("c"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    assert_eq!(ledger.budget_count(), 2);
+    assert_eq!(ledger.read_now(&daily("a")[0]).spent, usd("0.1"));
+    // With "a" spent today and "c" in flight nothing can go.
+    let err = reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap_err();
+    assert!(err.to_string().contains("full"), "{err}");
+    ledger.release_now(&c);
+    // Tomorrow, "a"'s spend is history and may be evicted.
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    reserved(reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    assert_eq!(ledger.budget_count(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn concurrent_strict_reservations_never_overshoot() {
+    let ledger = MemoryLedger::new();
+    let b: Arc<[BudgetSpec]> = [key("a", 1, Period::Never)].into();
+    let mut tasks = Vec::new();
+    for _ in 0..1_000 {
+        let (ledger, b) = (ledger.clone(), b.clone());
+        tasks.push(tokio::spawn(async move {
+            match ledger
+                .reserve(&b, usd("0.03"), ReservePolicy::Strict)
+                .await
+                .unwrap()
+            {
+                ReserveOutcome::Reserved { reservation, .. } => {
+                    tokio::task::yield_now().await;
+                    ledger.settle(&reservation, usd("0.01")).await.unwrap();
+                    true
+                }
+                ReserveOutcome::Denied { .. } => false,
+            }
+        }));
+    }
+    let mut admitted = 0;
+    for t in tasks {
+        admitted += usize::from(t.await.unwrap());
+    }
+    let status = ledger.read_now(&b[0]);
+    assert!(status.spent <= usd("1"), "{status:?}");
+    assert_eq!(
+        status.spent,
+        Money::from_nanos(10_000_000 * admitted as i64)
+    );
+    assert_eq!(status.reserved, Money::ZERO);
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Reserve { worst: i64, strict: bool },
+    Settle { which: usize, percent: i64 },
+    Release { which: usize },
+}
+
+fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (1i64..400, any::<bool>()).prop_map(|(worst, strict)| Op::Reserve { worst, strict }),
+        (any::<usize>(), 0i64..=100).prop_map(|(which, percent)| Op::Settle { which, percent }),
+        any::<usize>().prop_map(|which| Op::Release { which }),
+    ]
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::test_runner::Config::with_cases(1_000))]
+
+    /// Whatever the interleaving: holds add up, a request never pays
+    /// more than its worst case, and spend exceeds the limit by at most
+    /// one request's excess over its hold (never, if all were Strict).
+    #[test]
+    fn the_books_balance(ops in proptest::collection::vec(op(), 1..200)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_time().start_paused(true).build().unwrap();
+        let _guard = rt.enter();
+        let ledger = MemoryLedger::new().shards(2);
+        let limit = Money::from_nanos(1_000);
+        let budgets: Arc<[BudgetSpec]> = Arc::new([
+            BudgetSpec::budget(BudgetScope::Key("k".into()), limit, Period::Never),
+            BudgetSpec::budget(BudgetScope::Team("t".into()), limit, Period::Never),
+        ]);
+        let mut open: Vec<(Reservation, i64)> = Vec::new();
+        let mut any_bounded = false;
+        let mut max_excess = 0i64;
+        for op in ops {
+            match op {
+                Op::Reserve { worst, strict } => {
+                    let policy = if strict { ReservePolicy::Strict } else { ReservePolicy::Bounded };
+                    any_bounded |= !strict;
+                    if let ReserveOutcome::Reserved { reservation, .. } =
+                        ledger.reserve_now(&budgets, Money::from_nanos(worst), policy).unwrap()
+                    {
+                        proptest::prop_assert!(reservation.amount().nanos() <= worst);
+                        open.push((reservation, worst));
+                    }
+                }
+                Op::Settle { which, percent } if !open.is_empty() => {
+                    let (r, worst) = open.swap_remove(which % open.len());
+                    let actual = worst * percent / 100;
+                    max_excess = max_excess.max(actual - r.amount().nanos());
+                    ledger.settle_now(&r, Money::from_nanos(actual)).unwrap();
+                }
+                Op::Release { which } if !open.is_empty() => {
+                    let (r, _) = open.swap_remove(which % open.len());
+                    ledger.release_now(&r);
+                }
+                _ => {}
+            }
+            let held: i64 = open.iter().map(|(r, _)| r.amount().nanos()).sum();
+            for spec in budgets.iter() {
+                let status = ledger.read_now(spec);
+                proptest::prop_assert_eq!(status.reserved.nanos(), held);
+                let over = status.spent.nanos() - limit.nanos();
+                if any_bounded {
+                    proptest::prop_assert!(over <= max_excess.max(0), "over by {} > {}", over, max_excess);
+                } else {
+                    proptest::prop_assert!(over <= 0, "strict overshoot by {}", over);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! [`UsageBody`]: the response body that reports its usage.
+
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Bytes, BytesMut};
+use http::StatusCode;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+use super::report::BodyEnd;
+use super::scan::UsageScanner;
+use super::sse::LINE_LIMIT;
+use super::tap::Shared;
+
+pin_project! {
+    /// A response body that scans its frames for token usage as they pass
+    /// and reports once, when it ends, fails or is dropped.
+    ///
+    /// Made by [`observe`](super::observe). Frames are passed on as they
+    /// come (the same `Bytes`, not copied), except with
+    /// [`strip_usage_chunk`](super::UsageOptions::strip_usage_chunk), where
+    /// an event split across frames is held back until it is complete and
+    /// the usage-only chunk is cut out. `size_hint` and `is_end_stream` are
+    /// the inner body's.
+    pub struct UsageBody<B> {
+        #[pin]
+        inner: B,
+        observer: Option<Observer>,
+    }
+}
+
+impl<B> UsageBody<B> {
+    pub(crate) fn new(inner: B, observer: Option<Observer>) -> Self {
+        UsageBody { inner, observer }
+    }
+
+    /// The inner body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+
+    /// The inner body, mutably. Frames taken from it directly are not seen
+    /// by the scanner.
+    pub fn get_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
+    /// The inner body. The observation ends here: if the report was not
+    /// made yet, it is made now, as [`BodyEnd::Dropped`].
+    pub fn into_inner(self) -> B {
+        self.inner
+    }
+}
+
+impl<B> fmt::Debug for UsageBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageBody")
+            .field("observing", &self.observer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The observing half of a [`UsageBody`]: the scanner, the stripping state,
+/// and the Drop guard that reports a body dropped before its end.
+pub(crate) struct Observer {
+    scanner: UsageScanner,
+    strip: Option<Strip>,
+    /// A frame to send after the one just sent (trailers after a flush).
+    /// Boxed: it is rare, and the observer lives in every body.
+    queued: Option<Box<Frame<Bytes>>>,
+    shared: Arc<Shared>,
+    status: StatusCode,
+    prompt_tokens_estimate: u64,
+    fired: bool,
+    /// The body is over for the client: return `None` (after `queued`).
+    ended: bool,
+}
+
+impl Observer {
+    pub(crate) fn new(
+        scanner: UsageScanner,
+        strip: bool,
+        shared: Arc<Shared>,
+        status: StatusCode,
+        prompt_tokens_estimate: u64,
+    ) -> Self {
+        let mut scanner = scanner;
+        let strip = (strip && scanner.is_sse()).then(|| {
+            scanner.strip_usage_chunks();
+            Strip::default()
+        });
+        Observer {
+            scanner,
+            strip,
+            queued: None,
+            shared,
+            status,
+            prompt_tokens_estimate,
+            fired: false,
+            ended: false,
+        }
+    }
+
+    /// Scans a data frame; returns what the client gets of it.
+    fn data(&mut self, data: Bytes) -> Option<Bytes> {
+        self.scanner.feed(&data);
+        match (&mut self.strip, self.scanner.sse_cut()) {
+            (Some(strip), Some((pos, cut, ranges))) => strip.pass(data, pos, cut, ranges),
+            _ => Some(data).filter(|d| !d.is_empty()),
+        }
+    }
+
+    /// No more data will come: scans what is left, and returns what the
+    /// client still gets (bytes held back for stripping).
+    fn end_of_data(&mut self) -> Option<Bytes> {
+        self.scanner.finish();
+        match (&mut self.strip, self.scanner.sse_cut()) {
+            (Some(strip), Some((pos, cut, ranges))) => strip.pass(Bytes::new(), pos, cut, ranges),
+            _ => None,
+        }
+    }
+
+    /// Makes the report and sends it to the subscribers, once.
+    pub(crate) fn fire(&mut self, end: BodyEnd) {
+        if std::mem::replace(&mut self.fired, true) {
+            return;
+        }
+        self.scanner.finish();
+        let report = self
+            .scanner
+            .report(self.status, self.prompt_tokens_estimate, end);
+        self.shared.fire(report);
+    }
+
+    /// For a body that is over before its first poll.
+    pub(crate) fn complete_now(&mut self) {
+        self.fire(BodyEnd::Completed);
+        self.ended = true;
+    }
+
+    fn held(&self) -> usize {
+        self.strip.as_ref().map_or(0, |s| s.held.len())
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // The client went away before the end: report all the same, so that
+        // reservations are settled.
+        self.fire(BodyEnd::Dropped);
+    }
+}
+
+impl<B> Body for UsageBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let mut this = self.project();
+        let Some(obs) = this.observer.as_mut() else {
+            return this.inner.poll_frame(cx);
+        };
+        if let Some(frame) = obs.queued.take() {
+            return Poll::Ready(Some(Ok(*frame)));
+        }
+        if obs.ended {
+            return Poll::Ready(None);
+        }
+        if obs.fired {
+            // After a failure: whatever the inner body does next is its own.
+            return this.inner.poll_frame(cx);
+        }
+        loop {
+            let frame = match ready!(this.inner.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => frame,
+                Some(Err(e)) => {
+                    obs.fire(BodyEnd::Failed);
+                    return Poll::Ready(Some(Err(e)));
+                }
+                None => {
+                    let rest = obs.end_of_data();
+                    obs.fire(BodyEnd::Completed);
+                    obs.ended = true;
+                    return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
+                }
+            };
+            let at_end = this.inner.is_end_stream();
+            let (mut data, other) = match frame.into_data() {
+                Ok(data) => (obs.data(data), None),
+                Err(frame) => (None, Some(frame)),
+            };
+            if other.is_some() || at_end {
+                data = concat(data, obs.end_of_data());
+            }
+            if at_end {
+                obs.fire(BodyEnd::Completed);
+                obs.ended = true;
+            }
+            match (data, other) {
+                (Some(data), Some(frame)) => {
+                    obs.queued = Some(Box::new(frame));
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                (Some(data), None) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                (None, Some(frame)) => return Poll::Ready(Some(Ok(frame))),
+                (None, None) if at_end => return Poll::Ready(None),
+                // Everything was held back or stripped: poll on.
+                (None, None) => {}
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.observer {
+            None => self.inner.is_end_stream(),
+            // Until the report is made, say "not yet", so that the server
+            // polls once more and the body ends as Completed, not Dropped.
+            Some(obs) => {
+                obs.queued.is_none()
+                    && (obs.ended || (obs.fired && obs.held() == 0 && self.inner.is_end_stream()))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.observer {
+            None => self.inner.size_hint(),
+            Some(obs) if obs.ended => {
+                let queued = obs.queued.as_deref().and_then(Frame::data_ref);
+                SizeHint::with_exact(queued.map_or(0, |d| d.len() as u64))
+            }
+            Some(obs) if obs.strip.is_some() => {
+                let mut hint = SizeHint::new();
+                if let Some(upper) = self.inner.size_hint().upper() {
+                    hint.set_upper(upper.saturating_add(obs.held() as u64));
+                }
+                hint
+            }
+            Some(_) => self.inner.size_hint(),
+        }
+    }
+}
+
+fn concat(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            let mut all = BytesMut::with_capacity(a.len() + b.len());
+            all.extend_from_slice(&a);
+            all.extend_from_slice(&b);
+            Some(all.freeze())
+        }
+        (a, b) => a.or(b),
+    }
+}
+
+/// Holds back the bytes of the SSE event in progress, so that a usage-only
+/// chunk can be cut out whole, however the upstream framed it.
+#[derive(Default)]
+struct Strip {
+    held: BytesMut,
+    /// Stream offset of `held[0]`; `held_start + held.len()` is the offset
+    /// of the next frame.
+    held_start: u64,
+}
+
+impl Strip {
+    /// `data` was just scanned; the stream has now `pos` bytes, the complete
+    /// events end at `cut`, and `ranges` are events to cut out. Returns the
+    /// bytes to send now.
+    fn pass(
+        &mut self,
+        data: Bytes,
+        pos: u64,
+        cut: u64,
+        ranges: &mut Vec<Range<u64>>,
+    ) -> Option<Bytes> {
+        let start = self.held_start;
+        let cut = cut.clamp(start, pos);
+        let out = if self.held.is_empty() && ranges.is_empty() {
+            // The usual case: no copy unless the frame ends inside an event.
+            let k = usize::try_from(cut - start)
+                .unwrap_or(usize::MAX)
+                .min(data.len());
+            self.held.extend_from_slice(&data[k..]);
+            data.slice(..k)
+        } else {
+            let mut all = std::mem::take(&mut self.held);
+            all.extend_from_slice(&data);
+            let index = |offset: u64| {
+                usize::try_from(offset - start)
+                    .unwrap_or(usize::MAX)
+                    .min(all.len())
+            };
+            let mut out = BytesMut::with_capacity(index(cut));
+            let mut at = start;
+            for range in ranges.drain(..) {
+                let (from, to) = (range.start.clamp(at, cut), range.end.clamp(at, cut));
+                if from < to {
+                    out.extend_from_slice(&all[index(at)..index(from)]);
+                    at = to;
+                }
+            }
+            out.extend_from_slice(&all[index(at)..index(cut)]);
+            self.held = all.split_off(index(cut));
+            out.freeze()
+        };
+        self.held_start = cut;
+        if self.held.len() > LINE_LIMIT {
+            // Too long to be a usage chunk: send it rather than grow.
+            let held = std::mem::take(&mut self.held);
+            let mut all = BytesMut::with_capacity(out.len() + held.len());
+            all.extend_from_slice(&out);
+            all.extend_from_slice(&held);
+            let out = all;
+            self.held_start = pos;
+            return Some(out.freeze());
+        }
+        Some(out).filter(|b| !b.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_observer_stays_small() {
+        // It lives in every observed body; keep an eye on it.
+        let size = std::mem::size_of::<Observer>();
+        assert!(size <= 320, "Observer is {size} bytes");
+    }
+}

@@ -1,0 +1,309 @@
+//! [`UsageScanner`]: the incremental scanner behind [`UsageBody`](super::UsageBody).
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderMap};
+
+use super::json::JsonScan;
+use super::report::{BodyEnd, Tally, Usage, UsageReport};
+use super::sse::Sse;
+
+/// Finds token usage in a response body, frame by frame, without keeping the
+/// body.
+///
+/// [`UsageBody`](super::UsageBody) drives one of these; it is public for
+/// layers that see frames some other way (and for the benchmarks). Feed it
+/// every data frame in order, call [`finish`](Self::finish) at the end, and
+/// read [`reported`](Self::reported) or [`report`](Self::report).
+///
+/// ```
+/// use bytes::Bytes;
+/// use tollgate::usage::UsageScanner;
+///
+/// let mut scanner = UsageScanner::sse();
+/// scanner.feed(&Bytes::from_static(
+///     b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\ndata: {\"choices\":[],\"usa",
+/// ));
+/// scanner.feed(&Bytes::from_static(
+///     b"ge\":{\"prompt_tokens\":9,\"completion_tokens\":1,\"total_tokens\":10}}\n\ndata: [DONE]\n\n",
+/// ));
+/// scanner.finish();
+/// assert_eq!(scanner.reported().map(|u| u.total_tokens), Some(10));
+/// assert_eq!(scanner.content_chars(), 2);
+/// ```
+pub struct UsageScanner {
+    format: Format,
+    found: Found,
+}
+
+#[derive(Default)]
+pub(crate) struct Found {
+    pub(crate) tally: Tally,
+    pub(crate) content_chars: u64,
+}
+
+enum Format {
+    Sse(Sse),
+    Json(JsonScan),
+    Off,
+}
+
+impl UsageScanner {
+    /// A scanner for a `text/event-stream` body.
+    pub fn sse() -> Self {
+        UsageScanner {
+            format: Format::Sse(Sse::default()),
+            found: Found::default(),
+        }
+    }
+
+    /// A scanner for a non-streamed JSON body.
+    pub fn json() -> Self {
+        UsageScanner {
+            format: Format::Json(JsonScan::default()),
+            found: Found::default(),
+        }
+    }
+
+    /// A scanner that looks at nothing (bodies that are neither SSE nor
+    /// JSON): its report is always an estimate.
+    pub fn off() -> Self {
+        UsageScanner {
+            format: Format::Off,
+            found: Found::default(),
+        }
+    }
+
+    /// The scanner for a response with these headers: `text/event-stream`
+    /// → [`sse`](Self::sse); `application/json` or `*/*+json` →
+    /// [`json`](Self::json); anything else, or no `content-type` →
+    /// [`off`](Self::off).
+    pub fn for_headers(headers: &HeaderMap) -> Self {
+        let essence = headers.get(CONTENT_TYPE).map(|v| v.as_bytes()).map(|v| {
+            v.split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+        });
+        match essence {
+            Some(e) if e.eq_ignore_ascii_case(b"text/event-stream") => Self::sse(),
+            Some(e)
+                if e.eq_ignore_ascii_case(b"application/json")
+                    || (e.len() > 5 && e[e.len() - 5..].eq_ignore_ascii_case(b"+json")) =>
+            {
+                Self::json()
+            }
+            _ => Self::off(),
+        }
+    }
+
+    /// Whether this scanner reads SSE.
+    pub fn is_sse(&self) -> bool {
+        matches!(self.format, Format::Sse(_))
+    }
+
+    /// Scans the next data frame.
+    pub fn feed(&mut self, chunk: &Bytes) {
+        match &mut self.format {
+            Format::Sse(sse) => sse.feed(chunk, &mut self.found),
+            Format::Json(scan) => scan.feed(chunk, &mut self.found),
+            Format::Off => {}
+        }
+    }
+
+    /// Ends the scan: a last SSE line without a line break is still read, and
+    /// a JSON body without usage has its content counted. Idempotent.
+    pub fn finish(&mut self) {
+        match &mut self.format {
+            Format::Sse(sse) => sse.finish(&mut self.found),
+            Format::Json(scan) => scan.finish(&mut self.found),
+            Format::Off => {}
+        }
+    }
+
+    /// The usage the upstream reported in full, if it did.
+    ///
+    /// Only the opening half of a report (Anthropic's `message_start` without
+    /// its `message_delta`) is not a full report.
+    pub fn reported(&self) -> Option<Usage> {
+        self.found.tally.complete.then(|| self.found.tally.usage())
+    }
+
+    /// Characters of generated text seen so far (for the estimate). For a
+    /// JSON body they are only counted by [`finish`](Self::finish), and only
+    /// when it reported no usage.
+    pub fn content_chars(&self) -> u64 {
+        self.found.content_chars
+    }
+
+    /// The report for a response with `status` that ended as `end`: the
+    /// reported usage, else an estimate of `prompt_tokens_estimate` plus one
+    /// token per 4 content characters (rounded up), all zero for a status
+    /// ≥ 400.
+    pub fn report(
+        &self,
+        status: http::StatusCode,
+        prompt_tokens_estimate: u64,
+        end: BodyEnd,
+    ) -> UsageReport {
+        self.found.tally.report(
+            self.found.content_chars,
+            prompt_tokens_estimate,
+            status,
+            end,
+        )
+    }
+
+    /// Marks usage-only chunks (`choices: []` + `usage`) for removal.
+    pub(crate) fn strip_usage_chunks(&mut self) {
+        if let Format::Sse(sse) = &mut self.format {
+            sse.strip = true;
+        }
+    }
+
+    /// For stripping: bytes fed so far, the stream offset where the event in
+    /// progress begins (everything before it is complete events), and the
+    /// ranges of the complete usage-only events not yet taken.
+    pub(crate) fn sse_cut(&mut self) -> Option<(u64, u64, &mut Vec<Range<u64>>)> {
+        match &mut self.format {
+            Format::Sse(sse) => Some((sse.pos, sse.event_start, &mut sse.ranges)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for UsageScanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let format = match self.format {
+            Format::Sse(_) => "sse",
+            Format::Json(_) => "json",
+            Format::Off => "off",
+        };
+        f.debug_struct("UsageScanner")
+            .field("format", &format)
+            .field("reported", &self.reported())
+            .field("content_chars", &self.found.content_chars)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::sse::LINE_LIMIT;
+
+    fn scan(chunks: &[&[u8]]) -> UsageScanner {
+        let mut s = UsageScanner::sse();
+        for c in chunks {
+            s.feed(&Bytes::copy_from_slice(c));
+        }
+        s.finish();
+        s
+    }
+
+    #[test]
+    fn content_type_picks_the_scanner() {
+        let headers = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, ct.parse().unwrap());
+            h
+        };
+        assert!(UsageScanner::for_headers(&headers("text/event-stream; charset=utf-8")).is_sse());
+        assert!(matches!(
+            UsageScanner::for_headers(&headers("Application/JSON")).format,
+            Format::Json(_)
+        ));
+        assert!(matches!(
+            UsageScanner::for_headers(&headers("application/problem+json")).format,
+            Format::Json(_)
+        ));
+        assert!(matches!(
+            UsageScanner::for_headers(&headers("text/plain")).format,
+            Format::Off
+        ));
+        assert!(matches!(
+            UsageScanner::for_headers(&HeaderMap::new()).format,
+            Format::Off
+        ));
+    }
+
+    #[test]
+    fn null_usage_and_done_are_not_usage() {
+        let s = scan(&[
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"abcd\"}}],\"usage\":null}\n\n",
+            b"data: [DONE]\n\n",
+        ]);
+        assert_eq!(s.reported(), None);
+        assert_eq!(s.content_chars(), 4);
+    }
+
+    #[test]
+    fn error_events_are_not_usage() {
+        let s = scan(&[
+            b"event: error\ndata: {\"usage\":{\"prompt_tokens\":1}}\n\n",
+            b"data: {\"error\":{\"message\":\"x\"},\"usage\":{\"prompt_tokens\":1}}\n\n",
+        ]);
+        assert_eq!(s.reported(), None);
+    }
+
+    #[test]
+    fn crlf_and_cr_line_breaks() {
+        for sep in [&b"\r\n"[..], b"\r", b"\n"] {
+            let line = |s: &str| [s.as_bytes(), sep].concat();
+            let stream = [
+                line("event: message_delta"),
+                line("data: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":7}}"),
+                line(""),
+            ]
+            .concat();
+            for split in 0..=stream.len() {
+                let s = scan(&[&stream[..split], &stream[split..]]);
+                assert_eq!(
+                    s.reported().map(|u| u.completion_tokens),
+                    Some(7),
+                    "{split}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn overlong_lines_are_skipped_not_kept() {
+        let mut s = UsageScanner::sse();
+        s.feed(&Bytes::from_static(b"data: {\"delta\":\""));
+        let big = Bytes::from(vec![b'a'; LINE_LIMIT]);
+        s.feed(&big);
+        s.feed(&big);
+        if let Format::Sse(sse) = &s.format {
+            assert!(sse.skipping && sse.carry.capacity() == 0);
+        }
+        s.feed(&Bytes::from_static(
+            b"\"}\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n",
+        ));
+        s.finish();
+        assert_eq!(s.reported().map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn a_last_line_without_a_break_is_read() {
+        let s = scan(&[b"data: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}"]);
+        assert_eq!(s.reported().map(|u| u.total_tokens), Some(3));
+    }
+
+    #[test]
+    fn strip_ranges_cover_the_usage_event() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
+        let mut s = UsageScanner::sse();
+        s.strip_usage_chunks();
+        s.feed(&Bytes::from_static(stream));
+        let (pos, cut, ranges) = s.sse_cut().unwrap();
+        assert_eq!((pos, cut), (stream.len() as u64, stream.len() as u64));
+        let r = ranges[0].clone();
+        assert_eq!(
+            &stream[r.start as usize..r.end as usize],
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"
+        );
+    }
+}

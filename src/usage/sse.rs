@@ -1,0 +1,381 @@
+//! The SSE line machine behind [`UsageScanner::sse`](super::UsageScanner::sse).
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, de};
+
+use super::json::{self, USAGE, USAGE_KEY};
+use super::report::RawUsage;
+use super::scan::Found;
+
+/// Longest SSE line kept while it arrives over several frames. A longer line
+/// (a base64 image, say) is skipped, not buffered: the scanner resumes at the
+/// next line.
+pub(crate) const LINE_LIMIT: usize = 1024 * 1024;
+
+const DELTA_KEY: &[u8] = b"\"delta\"";
+static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| json::json_finder(DELTA_KEY));
+
+/// The SSE line machine. Lines are handled as soon as they are complete;
+/// only a line split across frames is copied (into `carry`).
+#[derive(Default)]
+pub(crate) struct Sse {
+    pub(super) carry: Vec<u8>,
+    /// Inside a line longer than [`LINE_LIMIT`]: drop bytes to its end.
+    pub(super) skipping: bool,
+    /// How lines end, decided at the first line break: `\n` or `\r\n`
+    /// (every provider) lets the fast `memchr` find them; a bare `\r`
+    /// (allowed by the SSE spec) needs `memchr2`.
+    breaks: Breaks,
+    /// The previous frame ended with `\r`: a `\n` opening this one belongs
+    /// to the same line break (`memchr2` mode only).
+    after_cr: bool,
+    /// The event in progress cannot hold usage: it is named `error`, or it
+    /// is one of the content events of Anthropic and OpenAI Responses.
+    no_usage_event: bool,
+    pub(super) strip: bool,
+    /// The event in progress is a usage-only chunk to strip.
+    strip_event: bool,
+    pub(super) pos: u64,
+    pub(super) event_start: u64,
+    pub(super) ranges: Vec<Range<u64>>,
+    finished: bool,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Breaks {
+    #[default]
+    Unknown,
+    Lf,
+    Cr,
+}
+
+impl Sse {
+    pub(super) fn feed(&mut self, chunk: &[u8], found: &mut Found) {
+        if self.finished {
+            return;
+        }
+        let base = self.pos;
+        self.pos += chunk.len() as u64;
+        let mut i = 0;
+        if std::mem::take(&mut self.after_cr) && chunk.first() == Some(&b'\n') {
+            i = 1;
+            if self.event_start == base {
+                self.event_start = base + 1;
+            }
+        }
+        if !self.carry.is_empty() || self.skipping {
+            let rest = &chunk[i..];
+            let Some(j) = self.find_break(rest) else {
+                self.extend_carry(rest);
+                return;
+            };
+            self.extend_carry(&rest[..j]);
+            let end = self.line_end(chunk, i + j);
+            if !std::mem::take(&mut self.skipping) {
+                let carry = std::mem::take(&mut self.carry);
+                self.line(&carry, base + end as u64, found);
+                self.carry = carry;
+                self.carry.clear();
+            }
+            i = end;
+        }
+        while let Some(rest) = chunk.get(i..).filter(|r| !r.is_empty()) {
+            match self.find_break(rest) {
+                Some(j) => {
+                    let end = self.line_end(chunk, i + j);
+                    self.line(&rest[..j], base + end as u64, found);
+                    i = end;
+                }
+                None => {
+                    self.extend_carry(rest);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn find_break(&self, bytes: &[u8]) -> Option<usize> {
+        if self.breaks == Breaks::Lf {
+            memchr::memchr(b'\n', bytes)
+        } else {
+            memchr::memchr2(b'\n', b'\r', bytes)
+        }
+    }
+
+    /// `at` is a line break in `chunk`; returns the index past it (`\r\n`
+    /// is one).
+    fn line_end(&mut self, chunk: &[u8], at: usize) -> usize {
+        if chunk.get(at) != Some(&b'\r') {
+            if self.breaks == Breaks::Unknown {
+                self.breaks = Breaks::Lf;
+            }
+            return at + 1;
+        }
+        match chunk.get(at + 1) {
+            Some(b'\n') => {
+                if self.breaks == Breaks::Unknown {
+                    self.breaks = Breaks::Lf;
+                }
+                at + 2
+            }
+            Some(_) => {
+                self.breaks = Breaks::Cr;
+                at + 1
+            }
+            None => {
+                self.after_cr = true;
+                at + 1
+            }
+        }
+    }
+
+    fn extend_carry(&mut self, bytes: &[u8]) {
+        if self.skipping {
+            return;
+        }
+        if self.carry.len() + bytes.len() > LINE_LIMIT {
+            self.skipping = true;
+            self.carry = Vec::new();
+        } else {
+            self.carry.extend_from_slice(bytes);
+        }
+    }
+
+    /// One complete line; `end` is the stream offset past its line break.
+    fn line(&mut self, line: &[u8], end: u64, found: &mut Found) {
+        // In `\n` mode a `\r\n` leaves its `\r` on the line.
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        match line.first() {
+            None => {
+                // A blank line dispatches the event.
+                if std::mem::take(&mut self.strip_event) {
+                    self.ranges.push(self.event_start..end);
+                }
+                self.no_usage_event = false;
+                self.event_start = end;
+            }
+            Some(b'd') => {
+                if let Some(value) = line.strip_prefix(b"data:") {
+                    let value = value.strip_prefix(b" ").unwrap_or(value);
+                    self.data(value, found);
+                }
+            }
+            Some(b'e') => {
+                if let Some(name) = line.strip_prefix(b"event:") {
+                    self.no_usage_event = cannot_hold_usage(name.trim_ascii());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn data(&mut self, data: &[u8], found: &mut Found) {
+        if data == b"[DONE]" {
+            return;
+        }
+        found.content_chars += count_deltas(data);
+        // Every chunk of an OpenAI stream with usage on ends with a null
+        // usage: that one needs no search.
+        if self.no_usage_event || data.ends_with(b"\"usage\":null}") || !has_usage_object(data) {
+            return;
+        }
+        // The few events that can hold usage are parsed; nothing else is.
+        let Ok(event) = serde_json::from_slice::<Event>(data) else {
+            return;
+        };
+        if event.error.is_some() {
+            return;
+        }
+        if let Some(usage) = event.usage.filter(RawUsage::has_counts) {
+            // OpenAI's usage chunk, Anthropic's message_delta.
+            found.tally.merge(&usage, true);
+            if self.strip && event.choices.is_some_and(|c| c.is_empty()) {
+                self.strip_event = true;
+            }
+        }
+        if let Some(usage) = event.message.and_then(|m| m.0).filter(RawUsage::has_counts) {
+            // Anthropic's message_start: the prompt side only.
+            found.tally.merge(&usage, false);
+        }
+        if let Some(usage) = event
+            .response
+            .and_then(|r| r.0)
+            .filter(RawUsage::has_counts)
+        {
+            // OpenAI Responses: response.completed (or .incomplete, .failed).
+            found.tally.merge(&usage, true);
+        }
+    }
+
+    pub(super) fn finish(&mut self, found: &mut Found) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let carry = std::mem::take(&mut self.carry);
+        if !carry.is_empty() && !self.skipping {
+            // A last line without a line break: read it all the same.
+            self.line(&carry, self.pos, found);
+        }
+        if std::mem::take(&mut self.strip_event) {
+            self.ranges.push(self.event_start..self.pos);
+        }
+        self.event_start = self.pos;
+    }
+}
+
+/// Counts the generated text in an event: every `"delta"` value, a string
+/// (OpenAI Responses) or an object (chat chunks, Anthropic deltas).
+fn count_deltas(data: &[u8]) -> u64 {
+    let mut chars = 0;
+    let mut from = 0;
+    while let Some(k) = data.get(from..).and_then(|rest| DELTA.find(rest)) {
+        let mut i = json::skip_ws(data, from + k + DELTA_KEY.len());
+        if data.get(i) == Some(&b':') {
+            i = json::skip_ws(data, i + 1);
+            match data.get(i) {
+                Some(b'"') => {
+                    let (end, n) = json::string_chars(data, i + 1);
+                    chars += n;
+                    i = end + 1;
+                }
+                Some(b'{') => {
+                    let (n, len) = count_delta_object(&data[i..]);
+                    chars += n;
+                    i += len;
+                }
+                _ => {}
+            }
+        }
+        from = i;
+    }
+    chars
+}
+
+/// The text of a delta object (`b` starts at its `{`) and the index past
+/// it. The two shapes that make up nearly every stream, OpenAI's
+/// `{"content":"…"}` and Anthropic's `{"type": "text_delta", "text": "…"}`,
+/// are read directly; any other goes through the generic walk.
+fn count_delta_object(b: &[u8]) -> (u64, usize) {
+    const SHAPES: [&[u8]; 3] = [
+        br#"{"content":""#,
+        br#"{"type": "text_delta", "text": ""#,
+        br#"{"type":"text_delta","text":""#,
+    ];
+    for shape in SHAPES {
+        if b.starts_with(shape) {
+            let (end, n) = json::string_chars(b, shape.len());
+            if b.get(end + 1) == Some(&b'}') {
+                return (n, end + 2);
+            }
+            break;
+        }
+    }
+    json::count_text(b, false)
+}
+
+/// Events named so carry no usage: errors, Anthropic's content events, and
+/// the OpenAI Responses `*.delta` events.
+fn cannot_hold_usage(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"error"
+            | b"ping"
+            | b"content_block_delta"
+            | b"content_block_start"
+            | b"content_block_stop"
+    ) || name.ends_with(b".delta")
+}
+
+/// Whether `data` has a `"usage"` key whose value is an object (not the
+/// `"usage":null` of every chunk of an OpenAI stream with usage on).
+fn has_usage_object(data: &[u8]) -> bool {
+    USAGE.find_iter(data).any(|k| {
+        let i = json::skip_ws(data, k + USAGE_KEY.len());
+        data.get(i) == Some(&b':') && data.get(json::skip_ws(data, i + 1)) == Some(&b'{')
+    })
+}
+
+/// The parts of an event that can hold usage.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct Event {
+    usage: Option<RawUsage>,
+    message: Option<Holder>,
+    response: Option<Holder>,
+    choices: Option<Vec<IgnoredAny>>,
+    error: Option<IgnoredAny>,
+}
+
+/// An object's `usage` member; any other value holds none.
+struct Holder(Option<RawUsage>);
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum HolderKey {
+    Usage,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Holder {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Holder, D::Error> {
+        d.deserialize_any(HolderVisitor)
+    }
+}
+
+struct HolderVisitor;
+
+impl<'de> Visitor<'de> for HolderVisitor {
+    type Value = Holder;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Holder, A::Error> {
+        let mut usage = None;
+        while let Some(key) = map.next_key::<HolderKey>()? {
+            match key {
+                HolderKey::Usage => usage = map.next_value::<Option<RawUsage>>()?,
+                HolderKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Holder(usage))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Holder, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Holder(None))
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Holder, E> {
+        Ok(Holder(None))
+    }
+}

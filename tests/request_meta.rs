@@ -1,0 +1,490 @@
+//! `RequestMeta::read`: bounded, read-once body parsing cached in extensions.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
+use tollgate::request::FromBytes;
+use tollgate::{ApiError, BoxError, ErrorKind, RequestMeta};
+
+/// A request body that yields its chunks one by one, pending in between as a
+/// network body would, and counts every poll.
+#[derive(Debug)]
+struct CountingBody {
+    chunks: VecDeque<Bytes>,
+    polls: Arc<AtomicUsize>,
+    pending_next: bool,
+}
+
+impl CountingBody {
+    fn new(chunks: &[&str]) -> (Self, Arc<AtomicUsize>) {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let body = CountingBody {
+            chunks: chunks
+                .iter()
+                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+                .collect(),
+            polls: polls.clone(),
+            pending_next: true,
+        };
+        (body, polls)
+    }
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        if self.pending_next {
+            self.pending_next = false;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        self.pending_next = true;
+        Poll::Ready(self.chunks.pop_front().map(|c| Ok(Frame::data(c))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+impl FromBytes for CountingBody {
+    fn from_bytes(bytes: Bytes) -> Self {
+        CountingBody {
+            chunks: VecDeque::from([bytes]),
+            polls: Arc::default(),
+            pending_next: false,
+        }
+    }
+}
+
+fn json_request<B>(body: B) -> Request<B> {
+    Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap()
+}
+
+fn full(body: &str) -> Request<Full<Bytes>> {
+    json_request(Full::new(Bytes::copy_from_slice(body.as_bytes())))
+}
+
+fn meta<B>(req: &Request<B>) -> &RequestMeta {
+    req.extensions().get::<RequestMeta>().expect("meta cached")
+}
+
+async fn body_text<B>(req: Request<B>) -> String
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Debug,
+{
+    let bytes = req.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+async fn read_err(req: Request<Full<Bytes>>) -> ApiError {
+    RequestMeta::read(req, 1024).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn reads_the_fields_and_puts_the_body_back() {
+    let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},
+        "max_tokens":100,"messages":[{"role":"system","content":"Be brief."},
+        {"role":"user","content":"Hello there!"}]}"#;
+    let req = RequestMeta::read(full(body), RequestMeta::DEFAULT_LIMIT)
+        .await
+        .unwrap();
+    let m = meta(&req);
+    assert_eq!(m.model.as_deref(), Some("gpt-4o-mini"));
+    assert!(m.stream);
+    assert!(m.include_usage);
+    assert_eq!(m.max_tokens, Some(100));
+    // "Be brief." (9) + "Hello there!" (12) = 21 characters → 6 tokens.
+    assert_eq!(m.prompt_tokens_estimate, 6);
+    assert_eq!(m.body_len, body.len());
+    assert_eq!(body_text(req).await, body);
+}
+
+#[tokio::test]
+async fn content_length_over_the_limit_is_413_without_reading() {
+    let (body, polls) = CountingBody::new(&["{}"]);
+    let req = Request::post("/v1/chat/completions")
+        .header("content-length", "2048")
+        .body(body)
+        .unwrap();
+    let err = RequestMeta::read(req, 1024).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(err.code(), Some("payload_too_large"));
+    assert!(err.message().contains("1024"), "{}", err.message());
+    assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn streamed_body_over_the_limit_is_413_and_stops_reading() {
+    let chunk = "x".repeat(400);
+    let chunks: Vec<&str> = std::iter::repeat_n(chunk.as_str(), 100).collect();
+    let (body, polls) = CountingBody::new(&chunks);
+    let err = RequestMeta::read(json_request(body), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+    // Three chunks of 400 bytes cross 1024; each chunk costs two polls.
+    assert_eq!(polls.load(Ordering::SeqCst), 6);
+}
+
+#[tokio::test]
+async fn a_body_of_exactly_the_limit_is_read() {
+    let body = format!(r#"{{"model":"{}"}}"#, "m".repeat(1012));
+    assert_eq!(body.len(), 1024);
+    let req = RequestMeta::read(full(&body), 1024).await.unwrap();
+    assert_eq!(meta(&req).body_len, 1024);
+    let err = read_err(full(&format!(r#"{{"model":"{}"}}"#, "m".repeat(1013)))).await;
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+}
+
+#[tokio::test]
+async fn an_outer_length_limit_is_413_too() {
+    type Boxed = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+    let limited: Boxed =
+        http_body_util::Limited::new(Full::new(Bytes::from(vec![b' '; 64])), 8).boxed();
+    let err = RequestMeta::read(json_request(limited), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PayloadTooLarge);
+}
+
+#[tokio::test]
+async fn a_failing_body_is_400() {
+    type Boxed = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+    let failing: Boxed = http_body_util::StreamBody::new(futures_util::stream::iter([
+        Ok(Frame::data(Bytes::from_static(b"{\"mo"))),
+        Err::<Frame<Bytes>, BoxError>("connection reset by peer".into()),
+    ]))
+    .boxed();
+    let err = RequestMeta::read(json_request(failing), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    assert_eq!(err.message(), "The request body could not be read.");
+}
+
+#[tokio::test]
+async fn malformed_json_is_400_naming_the_problem() {
+    let err = read_err(full(r#"{"model": "gpt-4o", "messages": [}"#)).await;
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(err.code(), Some("invalid_request"));
+    assert!(
+        err.message()
+            .starts_with("We could not parse the JSON body of your request")
+    );
+    assert!(err.message().contains("line 1 column"), "{}", err.message());
+
+    let err = read_err(full(r#"{"model": "gpt-4o""#)).await;
+    assert!(
+        err.message().contains("EOF while parsing"),
+        "{}",
+        err.message()
+    );
+    // A syntax error after a good field is not blamed on that field.
+    assert_eq!(err.param(), None);
+
+    let err = read_err(full(r#"[{"model": "gpt-4o"}]"#)).await;
+    assert!(
+        err.message().contains("expected a JSON object"),
+        "{}",
+        err.message()
+    );
+
+    let err = read_err(full(r#"{"model": "gpt-4o"} {"model": "again"}"#)).await;
+    assert!(
+        err.message().contains("trailing characters"),
+        "{}",
+        err.message()
+    );
+
+    let err = read_err(full(r#"{"model": "gpt-4o", "max_tokens": -5}"#)).await;
+    assert_eq!(err.param(), Some("max_tokens"));
+    assert!(err.message().contains("`max_tokens`"), "{}", err.message());
+    assert!(err.message().contains("-5"), "{}", err.message());
+
+    let err = read_err(full(r#"{"model": 4}"#)).await;
+    assert_eq!(err.param(), Some("model"));
+    let err = read_err(full(r#"{"stream": "yes"}"#)).await;
+    assert_eq!(err.param(), Some("stream"));
+    let err = read_err(full(r#"{"stream_options": {"include_usage": 1}}"#)).await;
+    assert_eq!(err.param(), Some("stream_options"));
+
+    // Invalid UTF-8 inside a string.
+    let req = json_request(Full::new(Bytes::from_static(b"{\"model\":\"\xff\"}")));
+    let err = RequestMeta::read(req, 1024).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+}
+
+#[tokio::test]
+async fn non_json_requests_are_skipped_unread() {
+    for content_type in [
+        "multipart/form-data; boundary=x",
+        "application/grpc",
+        "text/plain",
+        "audio/wav",
+    ] {
+        let (body, polls) = CountingBody::new(&["not json at all"]);
+        let req = Request::post("/v1/audio/transcriptions")
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        let req = RequestMeta::read(req, 4).await.unwrap();
+        assert_eq!(meta(&req), &RequestMeta::default(), "{content_type}");
+        assert_eq!(polls.load(Ordering::SeqCst), 0, "{content_type}");
+        assert_eq!(body_text(req).await, "not json at all");
+    }
+    // Methods without a body are not read either.
+    let (body, polls) = CountingBody::new(&["{"]);
+    let req = Request::get("/v1/models")
+        .header("content-type", "application/json")
+        .body(body)
+        .unwrap();
+    let req = RequestMeta::read(req, 1024).await.unwrap();
+    assert_eq!(meta(&req), &RequestMeta::default());
+    assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn curl_style_form_bodies_are_read_when_they_look_like_json() {
+    let form = |body: &'static str| {
+        Request::post("/v1/chat/completions")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    let req = RequestMeta::read(form(r#" {"model":"m","stream":true}"#), 1024)
+        .await
+        .unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    assert!(meta(&req).stream);
+    let req = RequestMeta::read(form("a=1&b=2"), 1024).await.unwrap();
+    assert_eq!(meta(&req), &RequestMeta::default());
+    assert_eq!(body_text(req).await, "a=1&b=2");
+    let err = RequestMeta::read(form(r#"{"model":"#), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+}
+
+#[tokio::test]
+async fn json_content_types_and_none_are_read() {
+    for content_type in [
+        None,
+        Some("application/json"),
+        Some("Application/JSON; charset=utf-8"),
+        Some("application/vnd.api+json"),
+    ] {
+        let mut req = Request::post("/v1/embeddings")
+            .body(Full::new(Bytes::from_static(
+                br#"{"model":"text-embedding-3-small","input":"abcd"}"#,
+            )))
+            .unwrap();
+        if let Some(ct) = content_type {
+            req.headers_mut()
+                .insert("content-type", ct.parse().unwrap());
+        }
+        let req = RequestMeta::read(req, 1024).await.unwrap();
+        assert_eq!(
+            meta(&req).model.as_deref(),
+            Some("text-embedding-3-small"),
+            "{content_type:?}"
+        );
+        assert_eq!(meta(&req).prompt_tokens_estimate, 1);
+    }
+    for method in [http::Method::PUT, http::Method::PATCH] {
+        let req = Request::builder()
+            .method(method)
+            .uri("/")
+            .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+            .unwrap();
+        let req = RequestMeta::read(req, 1024).await.unwrap();
+        assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    }
+}
+
+#[tokio::test]
+async fn empty_bodies_have_empty_meta() {
+    for body in ["", "  \n\t "] {
+        let req = RequestMeta::read(full(body), 1024).await.unwrap();
+        assert_eq!(meta(&req).model, None);
+        assert_eq!(meta(&req).prompt_tokens_estimate, 0);
+    }
+}
+
+#[tokio::test]
+async fn reading_twice_reads_the_body_once() {
+    let (body, polls) = CountingBody::new(&[r#"{"model":"gpt-4o","#, r#""max_tokens":7}"#]);
+    let req = RequestMeta::read(json_request(body), 1024).await.unwrap();
+    // Two chunks and the end, each after a pending poll.
+    assert_eq!(polls.load(Ordering::SeqCst), 6);
+    let first = meta(&req).clone();
+    assert_eq!(first.max_tokens, Some(7));
+
+    let req = RequestMeta::read(req, 1024).await.unwrap();
+    assert_eq!(
+        polls.load(Ordering::SeqCst),
+        6,
+        "the original body was polled again"
+    );
+    assert_eq!(meta(&req), &first);
+    // The second read left the rebuilt body unread too.
+    assert_eq!(req.body().polls.load(Ordering::SeqCst), 0);
+    assert_eq!(body_text(req).await, r#"{"model":"gpt-4o","max_tokens":7}"#);
+
+    // A cached meta is trusted even over a body that would not parse.
+    let mut req = full("{");
+    req.extensions_mut().insert(RequestMeta::default());
+    assert!(RequestMeta::read(req, 1024).await.is_ok());
+}
+
+#[tokio::test]
+async fn max_completion_tokens_takes_precedence() {
+    let cases = [
+        (r#"{"max_tokens":10}"#, Some(10)),
+        (r#"{"max_completion_tokens":20}"#, Some(20)),
+        (r#"{"max_output_tokens":30}"#, Some(30)),
+        (r#"{"max_tokens":10,"max_completion_tokens":20}"#, Some(20)),
+        (r#"{"max_completion_tokens":20,"max_tokens":10}"#, Some(20)),
+        (r#"{"max_output_tokens":30,"max_tokens":10}"#, Some(10)),
+        (
+            r#"{"max_output_tokens":30,"max_completion_tokens":20,"max_tokens":10}"#,
+            Some(20),
+        ),
+        (
+            r#"{"max_completion_tokens":null,"max_tokens":10}"#,
+            Some(10),
+        ),
+        (r#"{"max_tokens":null}"#, None),
+        (r#"{}"#, None),
+    ];
+    for (body, expected) in cases {
+        let m = RequestMeta::from_json(body.as_bytes()).unwrap();
+        assert_eq!(m.max_tokens, expected, "{body}");
+    }
+    let m = RequestMeta::from_json(br#"{"max_completion_tokens":20}"#).unwrap();
+    assert_eq!(m.reserve_tokens(4096), 20);
+    let m =
+        RequestMeta::from_json(br#"{"messages":[{"role":"user","content":"12345678"}]}"#).unwrap();
+    assert_eq!(m.reserve_tokens(4096), 4098);
+    let m = RequestMeta::from_json(format!(r#"{{"max_tokens":{}}}"#, u64::MAX).as_bytes()).unwrap();
+    assert_eq!(m.reserve_tokens(0), u64::MAX);
+}
+
+#[test]
+fn stream_and_usage_flags() {
+    let m = RequestMeta::from_json(br#"{"stream":null,"stream_options":null}"#).unwrap();
+    assert!(!m.stream && !m.include_usage);
+    let m = RequestMeta::from_json(br#"{"stream":false,"stream_options":{"include_usage":false}}"#)
+        .unwrap();
+    assert!(!m.stream && !m.include_usage);
+    let m =
+        RequestMeta::from_json(br#"{"stream_options":{"include_usage":true,"other":1}}"#).unwrap();
+    assert!(m.include_usage);
+    let m =
+        RequestMeta::from_json(br#"{"model":null,"unknown":{"deep":[1,2,{"x":"y"}]}}"#).unwrap();
+    assert_eq!(m.model, None);
+    assert_eq!(m.prompt_tokens_estimate, 0);
+}
+
+fn estimate(body: &str) -> u64 {
+    RequestMeta::from_json(body.as_bytes())
+        .unwrap()
+        .prompt_tokens_estimate
+}
+
+#[test]
+fn prompt_estimate_rules() {
+    // Characters, not bytes: 8 characters of 3 bytes each → 2 tokens.
+    assert_eq!(estimate(r#"{"prompt":"日本語のテキスト"}"#), 2);
+    // Rounded up.
+    assert_eq!(estimate(r#"{"prompt":"a"}"#), 1);
+    assert_eq!(estimate(r#"{"prompt":"abcde"}"#), 2);
+    // Every text field counts, summed before rounding.
+    assert_eq!(
+        estimate(
+            r#"{"system":"ab","instructions":"cd","input":"ef","prompt":"gh",
+                "messages":[{"role":"user","content":"ij"}],
+                "tools":[{"type":"function","function":{"name":"kl","description":"mn"}}],
+                "functions":[{"name":"op"}]}"#
+        ),
+        4
+    );
+    // Roles, part types, ids and image/audio/file payloads are not text.
+    assert_eq!(
+        estimate(
+            r#"{"messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"call_abcdefgh","type":"function","function":{"name":"f","arguments":"{}"}}]},
+                {"role":"tool","tool_call_id":"call_abcdefgh","content":"ok"},
+                {"role":"user","content":[{"type":"text","text":"abcd"},
+                  {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAAAAAAAAAAAAAA","detail":"high"}},
+                  {"type":"input_audio","input_audio":{"data":"UklGRgAAAAA=","format":"wav"}},
+                  {"type":"file","file":{"file_data":"JVBERi0=","filename":"a.pdf"}}]}]}"#
+        ),
+        // "f" + "{}" + "ok" + "abcd" = 9 characters → 3 tokens.
+        3
+    );
+    // Escapes count as the character they stand for.
+    assert_eq!(estimate(r#"{"prompt":"\u00e9\n\t\""}"#), 1);
+    // Token arrays (embedding and completion clients send these): one token each.
+    assert_eq!(estimate(r#"{"input":[[1820,374,264],[3,4]]}"#), 5);
+    assert_eq!(estimate(r#"{"prompt":[9906,1917]}"#), 2);
+    // Other fields are not part of the prompt.
+    assert_eq!(
+        estimate(r#"{"model":"a-very-long-model-name","user":"someone","metadata":{"k":"v"}}"#),
+        0
+    );
+    // Booleans, floats and nulls are not text.
+    assert_eq!(estimate(r#"{"messages":[{"content":[true,null,1.5]}]}"#), 0);
+}
+
+#[tokio::test]
+async fn boxed_bodies_are_supported() {
+    type Boxed = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+    type Unsync = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+    let boxed: Boxed = Full::new(Bytes::from_static(br#"{"model":"a"}"#))
+        .map_err(Into::into)
+        .boxed();
+    let req = RequestMeta::read(json_request(boxed), 64).await.unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("a"));
+    assert_eq!(body_text(req).await, r#"{"model":"a"}"#);
+    let unsync: Unsync = Full::new(Bytes::from_static(br#"{"model":"b"}"#))
+        .map_err(Into::into)
+        .boxed_unsync();
+    let req = RequestMeta::read(json_request(unsync), 64).await.unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("b"));
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_bodies_are_supported() {
+    let req = json_request(axum::body::Body::from(r#"{"model":"c","stream":true}"#));
+    let req = RequestMeta::read(req, 64).await.unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("c"));
+    assert_eq!(body_text(req).await, r#"{"model":"c","stream":true}"#);
+}
+
+#[test]
+fn rejections_render_as_openai_errors() {
+    let err = RequestMeta::from_json(br#"{"max_tokens":"many"}"#).unwrap_err();
+    let response = err.to_http_response();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()["x-should-retry"], "false");
+}
