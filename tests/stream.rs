@@ -851,3 +851,62 @@ proptest! {
         prop_assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected);
     }
 }
+
+// ---- with the usage observer outside ----
+
+/// The usage observer sees the partial stream and our error event, which it
+/// ignores: the content streamed before the failure is estimated.
+#[tokio::test]
+async fn usage_observer_outside_counts_the_partial_stream() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage::{self, UsageOptions, UsageReport, UsageSource};
+
+    let reports = Arc::new(Mutex::new(Vec::<UsageReport>::new()));
+    let sink = reports.clone();
+    let mut service = ServiceBuilder::new()
+        .map_response(move |response| {
+            let sink = sink.clone();
+            let options = UsageOptions {
+                prompt_tokens_estimate: 5,
+                ..UsageOptions::default()
+            };
+            usage::observe(response, options, move |report| {
+                sink.lock().unwrap().push(*report)
+            })
+        })
+        .layer(StreamErrorTrailerLayer::new())
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(sse(
+                &[
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n",
+                ],
+                Then::Fail,
+            ))
+        }));
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
+        .await
+        .unwrap();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body.ends_with(
+            error_event(
+                "bad_gateway",
+                "The upstream stream failed before it completed.",
+                "server_error"
+            )
+            .as_bytes()
+        )
+    );
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    let report = reports[0];
+    assert_eq!(report.source, UsageSource::Estimated);
+    assert_eq!(report.status, StatusCode::OK);
+    assert_eq!(report.usage.prompt_tokens, 5);
+    // "Hello world": 11 characters, a quarter of them rounded up.
+    assert_eq!(report.usage.completion_tokens, 3);
+}
