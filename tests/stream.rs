@@ -910,3 +910,40 @@ async fn usage_observer_outside_counts_the_partial_stream() {
     // "Hello world": 11 characters, a quarter of them rounded up.
     assert_eq!(report.usage.completion_tokens, 3);
 }
+
+/// Compressed streams and `HEAD` answers are not events: they pass through.
+#[tokio::test(start_paused = true)]
+async fn encoded_and_head_responses_pass_through() {
+    let inner = service_fn(|req: Request<Full<Bytes>>| async move {
+        let mut response = sse(&["\x1f\x08 not events"], Then::End);
+        if req.method() != http::Method::HEAD {
+            response
+                .headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let mut service = ServiceBuilder::new()
+        .layer(StreamErrorTrailerLayer::new())
+        .service(inner);
+    for method in [http::Method::POST, http::Method::HEAD] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri("/v1/chat/completions")
+            .body(Full::default())
+            .unwrap();
+        let response = bounded(service.ready().await.unwrap().call(request))
+            .await
+            .unwrap();
+        assert_eq!(
+            format!("{:?}", response.body()),
+            "ResponseBody::Passthrough",
+            "{method}"
+        );
+        let body = bounded(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"\x1f\x08 not events", "{method}");
+    }
+}
