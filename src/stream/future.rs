@@ -11,9 +11,10 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::StreamFormat;
-use super::body::{ResponseBody, SseBody};
+use super::body::ResponseBody;
 use super::grpc::GrpcBody;
 use super::layer::Settings;
+use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
 use crate::{ApiError, BoxError};
 

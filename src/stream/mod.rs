@@ -149,12 +149,14 @@
 //! the usage the upstream reported, or an estimate from the content it saw.
 
 pub mod body;
+mod first_event;
 pub mod future;
 mod grpc;
 mod layer;
 mod service;
 mod sse;
 mod terminal;
+mod watch;
 
 pub use self::layer::StreamErrorTrailerLayer;
 pub use self::service::StreamErrorTrailer;
