@@ -103,9 +103,9 @@
 //!
 //! | layer | default | alternative |
 //! |---|---|---|
-//! | `RateLimitLayer` | **fail open**: admit ([`FailurePolicy::FailOpen`](crate::rate_limit::FailurePolicy::FailOpen)) | fail closed; or, in the store, [`fail_open_fallback`](RedisRateLimitStoreBuilder::fail_open_fallback): admit under a local limiter at this instance's share |
+//! | `RateLimitLayer` | **fail open**: admit ([`FailurePolicy::FailOpen`]) | fail closed; or, in the store, [`fail_open_fallback`](RedisRateLimitStoreBuilder::fail_open_fallback): admit under a local limiter at this instance's share |
 //! | `BudgetLayer` | **fail closed**: 503 `store_unavailable`, `x-should-retry: true` | fail open: serve, charge later |
-//! | `AuthLayer` | **fail closed** (this module's [`FailurePolicy::FailClosed`]): 503 `store_unavailable` | [`FailurePolicy::FailOpen`]: keys already cached keep working |
+//! | `AuthLayer` | **fail closed** ([`FailurePolicy::FailClosed`]): 503 `store_unavailable` | [`FailurePolicy::FailOpen`]: keys already cached keep working |
 //!
 //! Why these defaults: a rate limit protects capacity, and letting traffic
 //! through for the seconds Redis is away costs little (less still with the
@@ -153,17 +153,4 @@ pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
 pub use self::ledger::RedisLedger;
 pub use self::rate_limit::{RedisRateLimitStore, RedisRateLimitStoreBuilder};
 
-/// What a Redis-backed store does when Redis cannot answer in time, where
-/// the layer using it leaves the choice to the store
-/// ([`RedisKeyStore::builder`]'s `on_unavailable`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Fail the operation: the layer answers 503 `store_unavailable` with
-    /// `x-should-retry: true`.
-    #[default]
-    FailClosed,
-    /// Answer from what this instance still knows (a key store: its cache,
-    /// even expired), failing only when it knows nothing.
-    FailOpen,
-}
+pub use crate::store::FailurePolicy;
