@@ -891,7 +891,7 @@ async fn a_failing_ledger_fails_closed_by_default() {
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(body_text(response).await.contains("store_unavailable"));
 
-    let open = layer.on_store_error(FailurePolicy::Open);
+    let open = layer.on_store_error(FailurePolicy::FailOpen);
     let response = open
         .layer(upstream(|| json_usage(1, 1)))
         .oneshot(request(Some(&alice), "m", Some(10)))

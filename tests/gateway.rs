@@ -8,7 +8,6 @@ mod app;
 #[allow(dead_code)]
 #[path = "../examples/gateway/config.rs"]
 mod config;
-#[allow(dead_code)]
 #[path = "../examples/support/mock.rs"]
 mod mock;
 mod support;

@@ -566,6 +566,14 @@ fn in_process(
         }))
 }
 
+/// Bounds an in-process step. Under paused time a hang fails at once (the
+/// clock jumps to the bound) instead of blocking the suite.
+async fn bounded<F: std::future::Future>(step: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(3600), step)
+        .await
+        .expect("the step finished within its bound")
+}
+
 fn chat_request() -> Request<Full<Bytes>> {
     Request::post("/v1/chat/completions")
         .body(Full::default())
@@ -579,11 +587,7 @@ async fn stall_before_the_first_event_is_a_504() {
         .first_event_timeout(Duration::from_secs(60));
     let mut service = in_process(layer, vec![": processing\n\n"], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -603,11 +607,7 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
         .first_event_timeout(Duration::from_secs(2));
     let mut service = in_process(layer, vec![": processing\n\n"], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     let waited = started.elapsed();
@@ -616,7 +616,10 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
         waited >= Duration::from_secs(2) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert!(body.starts_with(b": processing\n\ndata: {\"error\""));
     let idle = started.elapsed();
     assert!(
@@ -629,15 +632,14 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
 async fn first_event_limit_starts_the_stream() {
     let layer = StreamErrorTrailerLayer::new().first_event_limit(8);
     let mut service = in_process(layer, vec![": a long comment\n\n", CHUNK, DONE], Then::End);
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     assert_eq!(body, format!(": a long comment\n\n{CHUNK}{DONE}"));
 }
 
@@ -649,15 +651,14 @@ async fn without_holding_the_head_comes_at_once() {
         vec!["data: {\"error\":{\"message\":\"no\",\"type\":\"invalid_request_error\"}}\n\n"],
         Then::End,
     );
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     // The upstream's own error ends the stream: nothing is appended.
     assert_eq!(
         body,
@@ -673,14 +674,13 @@ async fn oversized_events_are_forwarded_and_closed_before_the_error() {
         vec![CHUNK, "data: {\"a\":\"0123456789", "0123456789"],
         Then::Fail,
     );
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let text = std::str::from_utf8(&body).unwrap();
     assert!(
         text.starts_with(&format!(
@@ -697,14 +697,13 @@ async fn keep_alives_do_not_reset_the_idle_timeout() {
         .keep_alive(Duration::from_secs(15));
     let mut service = in_process(layer, vec![CHUNK], Then::Stall);
     let started = tokio::time::Instant::now();
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(chat_request())
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await
         .unwrap();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
     let text = std::str::from_utf8(&body).unwrap();
     // Every 15 s give or take a tick, until the idle timeout at 60 s.
     let keep_alives = text.matches(": keep-alive\n\n").count();
@@ -736,17 +735,22 @@ async fn through_layer(pieces: Vec<Bytes>, fail: bool) -> (StatusCode, Bytes) {
             )
         }
     });
-    let response = ServiceBuilder::new()
-        .layer(StreamErrorTrailerLayer::new())
-        .service(inner)
-        .oneshot(chat_request())
+    let exchange = async {
+        let response = ServiceBuilder::new()
+            .layer(StreamErrorTrailerLayer::new())
+            .service(inner)
+            .oneshot(chat_request())
+            .await
+            .unwrap();
+        let status = response.status();
+        (
+            status,
+            response.into_body().collect().await.unwrap().to_bytes(),
+        )
+    };
+    tokio::time::timeout(BOUND, exchange)
         .await
-        .unwrap();
-    let status = response.status();
-    (
-        status,
-        response.into_body().collect().await.unwrap().to_bytes(),
-    )
+        .expect("bounded exchange")
 }
 
 fn event_strategy() -> impl Strategy<Value = String> {
@@ -845,5 +849,101 @@ proptest! {
             error_event("bad_gateway", "The upstream stream failed before it completed.", "server_error")
         );
         prop_assert_eq!(String::from_utf8(body.to_vec()).unwrap(), expected);
+    }
+}
+
+// ---- with the usage observer outside ----
+
+/// The usage observer sees the partial stream and our error event, which it
+/// ignores: the content streamed before the failure is estimated.
+#[tokio::test]
+async fn usage_observer_outside_counts_the_partial_stream() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage::{self, UsageOptions, UsageReport, UsageSource};
+
+    let reports = Arc::new(Mutex::new(Vec::<UsageReport>::new()));
+    let sink = reports.clone();
+    let mut service = ServiceBuilder::new()
+        .map_response(move |response| {
+            let sink = sink.clone();
+            let options = UsageOptions {
+                prompt_tokens_estimate: 5,
+                ..UsageOptions::default()
+            };
+            usage::observe(response, options, move |report| {
+                sink.lock().unwrap().push(*report)
+            })
+        })
+        .layer(StreamErrorTrailerLayer::new())
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(sse(
+                &[
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n",
+                ],
+                Then::Fail,
+            ))
+        }));
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
+        .await
+        .unwrap();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body.ends_with(
+            error_event(
+                "bad_gateway",
+                "The upstream stream failed before it completed.",
+                "server_error"
+            )
+            .as_bytes()
+        )
+    );
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    let report = reports[0];
+    assert_eq!(report.source, UsageSource::Estimated);
+    assert_eq!(report.status, StatusCode::OK);
+    assert_eq!(report.usage.prompt_tokens, 5);
+    // "Hello world": 11 characters, a quarter of them rounded up.
+    assert_eq!(report.usage.completion_tokens, 3);
+}
+
+/// Compressed streams and `HEAD` answers are not events: they pass through.
+#[tokio::test(start_paused = true)]
+async fn encoded_and_head_responses_pass_through() {
+    let inner = service_fn(|req: Request<Full<Bytes>>| async move {
+        let mut response = sse(&["\x1f\x08 not events"], Then::End);
+        if req.method() != http::Method::HEAD {
+            response
+                .headers_mut()
+                .insert("content-encoding", "gzip".parse().unwrap());
+        }
+        Ok::<_, Infallible>(response)
+    });
+    let mut service = ServiceBuilder::new()
+        .layer(StreamErrorTrailerLayer::new())
+        .service(inner);
+    for method in [http::Method::POST, http::Method::HEAD] {
+        let request = Request::builder()
+            .method(method.clone())
+            .uri("/v1/chat/completions")
+            .body(Full::default())
+            .unwrap();
+        let response = bounded(service.ready().await.unwrap().call(request))
+            .await
+            .unwrap();
+        assert_eq!(
+            format!("{:?}", response.body()),
+            "ResponseBody::Passthrough",
+            "{method}"
+        );
+        let body = bounded(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(&body[..], b"\x1f\x08 not events", "{method}");
     }
 }

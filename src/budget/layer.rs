@@ -22,18 +22,7 @@ pub enum UnpricedModel {
     ChargeZero,
 }
 
-/// What to do when the ledger cannot be reached.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum FailurePolicy {
-    /// Refuse the request: 503 `store_unavailable` with `x-should-retry:
-    /// true` (the default: no spend the ledger cannot see).
-    #[default]
-    Closed,
-    /// Serve the request without a reservation and try to charge its cost
-    /// when it ends. Keeps traffic flowing through a ledger outage at the
-    /// price of unchecked spend.
-    Open,
-}
+pub use crate::store::FailurePolicy;
 
 /// Everything the services of one layer share.
 pub(crate) struct Shared<L> {
@@ -70,7 +59,7 @@ impl<L> Clone for Shared<L> {
 /// See the [module docs](crate::budget) for the whole story and an example.
 ///
 /// Defaults: [`ReservePolicy::Bounded`], [`UnpricedModel::Reject`],
-/// [`FailurePolicy::Closed`], no soft limits, no spend sink, request bodies
+/// [`FailurePolicy::FailClosed`], no soft limits, no spend sink, request bodies
 /// read up to [`RequestMeta::DEFAULT_LIMIT`] (16 MiB).
 pub struct BudgetLayer<L = MemoryLedger> {
     shared: Arc<Shared<L>>,
@@ -120,7 +109,7 @@ impl<L: Ledger> BudgetLayer<L> {
                 pricing: Arc::new(pricing),
                 policy: ReservePolicy::default(),
                 unpriced: UnpricedModel::default(),
-                on_store_error: FailurePolicy::default(),
+                on_store_error: FailurePolicy::FailClosed,
                 thresholds: Thresholds::default(),
                 on_soft_limit: None,
                 sink: None,
@@ -157,7 +146,7 @@ impl<L> BudgetLayer<L> {
         self
     }
 
-    /// What to do when the ledger fails (default [`FailurePolicy::Closed`]).
+    /// What to do when the ledger fails (default [`FailurePolicy::FailClosed`]).
     pub fn on_store_error(mut self, policy: FailurePolicy) -> Self {
         self.shared_mut().on_store_error = policy;
         self

@@ -141,7 +141,7 @@
 //! extensions for an outer `ErrorEnvelopeLayer`. If the ledger fails, the
 //! request is refused with 503 `store_unavailable` (fail closed, the
 //! default) or admitted unreserved and charged afterwards
-//! ([`FailurePolicy::Open`]). *Why closed by default:* a budget that stops
+//! ([`FailurePolicy::FailOpen`]). *Why closed by default:* a budget that stops
 //! working during an outage is a budget nobody can rely on.
 //!
 //! # Where it goes

@@ -191,8 +191,8 @@ where
                 });
             }
             Err(error) => match shared.on_store_error {
-                FailurePolicy::Closed => return Err(ApiError::from(error).into()),
-                FailurePolicy::Open => {
+                FailurePolicy::FailClosed => return Err(ApiError::from(error).into()),
+                FailurePolicy::FailOpen => {
                     tracing::warn!(%error, "budget ledger failed; admitting without a reservation");
                     settler.hold(Reservation::new(
                         ReservationId::UNHELD,

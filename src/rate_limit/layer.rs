@@ -10,21 +10,7 @@ use crate::RequestMeta;
 use crate::clock::{SharedClock, TokioClock};
 use crate::store::memory::MemoryRateLimitStore;
 
-/// What the layer does when its store fails (unreachable, timed out).
-///
-/// The default is [`FailurePolicy::FailOpen`]: a rate limit protects
-/// capacity and fairness, and refusing every request because the counter is
-/// down turns a store outage into a full gateway outage. Budgets, which
-/// protect money, fail closed by default instead.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Admit the request without limits or headers, and log the failure.
-    #[default]
-    FailOpen,
-    /// Refuse with 503 `store_unavailable` (`x-should-retry: true`).
-    FailClosed,
-}
+pub use crate::store::FailurePolicy;
 
 #[derive(Clone)]
 pub(crate) struct Config {
@@ -78,7 +64,7 @@ impl RateLimitLayer {
                 per_model: false,
                 header_style: HeaderStyle::default(),
                 shadow: false,
-                failure_policy: FailurePolicy::default(),
+                failure_policy: FailurePolicy::FailOpen,
                 unkeyed: Unkeyed::default(),
                 max_body: RequestMeta::DEFAULT_LIMIT,
                 concurrency_retry_after: Duration::from_secs(1),

@@ -18,6 +18,23 @@
 use crate::ApiError;
 
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
+
+/// What a layer does when its store cannot answer (down, or too slow).
+///
+/// Every stateful layer takes one, with a default that fits what it guards:
+/// `RateLimitLayer` fails open (a limiter outage should not become a full
+/// outage), `BudgetLayer` and the key stores fail closed (no spend the ledger
+/// cannot see, no caller the store cannot vouch for). Each layer's docs say
+/// what "open" means for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailurePolicy {
+    /// Refuse: 503 `store_unavailable` with `x-should-retry: true`.
+    FailClosed,
+    /// Serve from what this instance still knows, or without the check.
+    FailOpen,
+}
 
 /// A store could not answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,15 +5,16 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderMap, Response};
+use http::Response;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::StreamFormat;
-use super::body::{ResponseBody, SseBody};
+use super::body::ResponseBody;
 use super::grpc::GrpcBody;
 use super::layer::Settings;
+use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
 use crate::{ApiError, BoxError};
 
@@ -54,17 +55,30 @@ enum Wire {
     Other,
 }
 
-fn wire(response_headers: &HeaderMap, success: bool) -> Wire {
-    let Some(content_type) = response_headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+/// Which body this response gets. SSE is watched only for a 2xx answer to
+/// a request with a body (not `HEAD`) whose bytes are the events themselves
+/// (no `content-encoding`): a compressed stream cannot be framed or
+/// appended to, so it passes through.
+fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
+    let Some(content_type) = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()) else {
         return Wire::Other;
     };
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    if success && essence.eq_ignore_ascii_case("text/event-stream") {
-        Wire::Sse
-    } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case("application/grpc") {
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    if essence.eq_ignore_ascii_case(b"text/event-stream") {
+        let encoded = parts
+            .headers
+            .get(CONTENT_ENCODING)
+            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        if watch_sse && parts.status.is_success() && !encoded {
+            Wire::Sse
+        } else {
+            Wire::Other
+        }
+    } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case(b"application/grpc") {
         Wire::Grpc
     } else {
         Wire::Other
@@ -87,7 +101,7 @@ where
                     let settings = *settings;
                     let response = ready!(this.future.as_mut().poll(cx))?;
                     let (mut parts, body) = response.into_parts();
-                    match wire(&parts.headers, parts.status.is_success()) {
+                    match wire(&parts, settings.watch_sse) {
                         Wire::Other => {
                             *this.state = State::Done;
                             let body = ResponseBody::passthrough(body);

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, Method, Uri};
 use tower_layer::Layer;
 
 use super::StreamFormat;
@@ -28,8 +28,9 @@ pub(crate) struct Config {
 }
 
 impl Config {
-    pub(crate) fn settings(&self, uri: &Uri, headers: &HeaderMap) -> Settings {
+    pub(crate) fn settings(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Settings {
         Settings {
+            watch_sse: method != Method::HEAD,
             format: match self.format {
                 FormatChoice::Fixed(format) => format,
                 FormatChoice::ByRequest => StreamFormat::from_request(uri, headers),
@@ -42,6 +43,8 @@ impl Config {
 /// The configuration applied to one response.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Settings {
+    /// Not a `HEAD` request (whose response has no body to watch).
+    pub(crate) watch_sse: bool,
     pub(crate) format: StreamFormat,
     pub(crate) config: Config,
 }

@@ -80,8 +80,10 @@
 //! - gRPC responses (`application/grpc`): a failed inner body becomes
 //!   `grpc-status`/`grpc-message` trailers (UNAVAILABLE), as does a body that
 //!   ends without a status.
-//! - Every other response (and SSE with a non-2xx status) passes through
-//!   untouched and unwrapped.
+//! - Every other response passes through untouched and unwrapped, and so
+//!   does SSE with a non-2xx status, SSE with a `content-encoding` (its bytes
+//!   are not events until decoded: put the layer inside any decompression),
+//!   and the answer to a `HEAD` request.
 //!
 //! The layer needs a Tokio runtime with time enabled (its timers are
 //! `tokio::time`, so `tokio::time::pause()` drives them in tests). Its error
@@ -147,12 +149,14 @@
 //! the usage the upstream reported, or an estimate from the content it saw.
 
 pub mod body;
+mod first_event;
 pub mod future;
 mod grpc;
 mod layer;
 mod service;
 mod sse;
 mod terminal;
+mod watch;
 
 pub use self::layer::StreamErrorTrailerLayer;
 pub use self::service::StreamErrorTrailer;

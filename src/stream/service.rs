@@ -59,7 +59,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let settings = self.config.settings(req.uri(), req.headers());
+        let settings = self.config.settings(req.method(), req.uri(), req.headers());
         ResponseFuture::new(self.inner.call(req), settings)
     }
 }

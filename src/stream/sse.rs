@@ -39,15 +39,18 @@ enum At {
     InLine,
 }
 
-/// What one frame held.
+/// What one frame held. Offsets are never 0 (a boundary follows a line
+/// ending), so 0 stands for "none".
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Scan {
     /// Offset just past the last event boundary (blank line) in the frame.
-    pub(crate) last_boundary: Option<usize>,
+    pub(crate) last_boundary: usize,
     /// Events completed in the frame (comment-only events included).
     pub(crate) events: u32,
-    /// End offset and flags of the first completed event with data.
-    pub(crate) first_data: Option<(usize, u8)>,
+    /// Offset just past the first completed event with data.
+    pub(crate) first_data_end: usize,
+    /// That event's flags.
+    pub(crate) first_data_flags: u8,
 }
 
 /// The incremental SSE event-boundary scanner.
@@ -82,7 +85,26 @@ impl Framer {
     }
 
     /// Scans the next frame of the stream.
+    #[inline]
     pub(crate) fn scan(&mut self, chunk: &[u8]) -> Scan {
+        let len = chunk.len();
+        if self.at == At::LineStart && self.flags == 0 && len > 2 {
+            // The hot path: a frame holding exactly one one-line event, as
+            // chat-completion upstreams flush them (`data: {…}\n\n`).
+            if let Some(i) = memchr2(b'\n', b'\r', chunk) {
+                if i + 2 == len && chunk[i] == b'\n' && chunk[i + 1] == b'\n' && i > 0 {
+                    let flags = classify(&chunk[..i], true);
+                    let mut scan = Scan::default();
+                    self.flags = flags;
+                    self.dispatch(&mut scan, len);
+                    return scan;
+                }
+            }
+        }
+        self.scan_lines(chunk)
+    }
+
+    fn scan_lines(&mut self, chunk: &[u8]) -> Scan {
         let mut scan = Scan::default();
         let len = chunk.len();
         let mut pos = 0;
@@ -117,7 +139,7 @@ impl Framer {
                     // The `\n` of a `\r\n` blank line split from its `\r`.
                     self.at = At::LineStart;
                     pos += 1;
-                    scan.last_boundary = Some(pos);
+                    scan.last_boundary = pos;
                     continue;
                 }
                 // An empty line: the event ends here (with its `\n` when the
@@ -177,13 +199,15 @@ impl Framer {
         }
     }
 
+    #[inline]
     fn dispatch(&mut self, scan: &mut Scan, end: usize) {
         let flags = std::mem::take(&mut self.flags);
-        scan.last_boundary = Some(end);
+        scan.last_boundary = end;
         if flags & HAS_LINE != 0 {
             scan.events += 1;
-            if flags & HAS_DATA != 0 && scan.first_data.is_none() {
-                scan.first_data = Some((end, flags));
+            if flags & HAS_DATA != 0 && scan.first_data_end == 0 {
+                scan.first_data_end = end;
+                scan.first_data_flags = flags;
             }
             if flags & TERMINAL != 0 {
                 self.terminated = true;
@@ -194,6 +218,7 @@ impl Framer {
 
 /// Flags of one line, from its first bytes. `complete` says whether `line`
 /// is the whole line (event names must match exactly).
+#[inline(always)]
 fn classify(line: &[u8], complete: bool) -> u8 {
     match line.first() {
         Some(b'd') => match field_value(line, b"data") {
@@ -209,6 +234,7 @@ fn classify(line: &[u8], complete: bool) -> u8 {
 }
 
 /// The value of field `name` on `line`, without the one optional space.
+#[inline]
 fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(name)?;
     if rest.is_empty() {
@@ -218,12 +244,21 @@ fn field_value<'a>(line: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
     Some(value.strip_prefix(b" ").unwrap_or(value))
 }
 
+#[inline]
 fn classify_data(value: &[u8]) -> u8 {
-    if value.starts_with(b"[DONE]") {
-        return TERMINAL;
-    }
-    let Some(object) = value.strip_prefix(b"{") else {
-        return 0;
+    let object = match value {
+        [b'[', ..] => {
+            return if value.starts_with(b"[DONE]") {
+                TERMINAL
+            } else {
+                0
+            };
+        }
+        // The hot path: a chunk whose first key starts with neither `e`
+        // (`error`) nor `t` (`type`), like every `{"id":…` chat chunk.
+        [b'{', b'"', first, ..] if *first != b'e' && *first != b't' => return 0,
+        [b'{', object @ ..] => object,
+        _ => return 0,
     };
     match first_member(object) {
         Some((b"error", value)) if !value.starts_with(b"null") => ERROR | TERMINAL,
@@ -262,12 +297,19 @@ fn first_member(object: &[u8]) -> Option<(&[u8], &[u8])> {
     Some((key, skip_ws(rest)))
 }
 
-/// The content of a JSON string without escapes at the start of `s`.
+/// The content of a short JSON string without escapes at the start of `s`.
+/// Every key and name the markers use is short, so longer strings are `None`
+/// (and a plain loop beats a SIMD search at these lengths).
 fn json_string(s: &[u8]) -> Option<&[u8]> {
     let body = s.strip_prefix(b"\"")?;
-    let end = memchr::memchr(b'"', body)?;
-    let content = &body[..end];
-    (!content.contains(&b'\\')).then_some(content)
+    for (i, &b) in body.iter().take(32).enumerate() {
+        match b {
+            b'"' => return Some(&body[..i]),
+            b'\\' => return None,
+            _ => {}
+        }
+    }
+    None
 }
 
 /// One dispatched event, as a client sees it.
@@ -368,8 +410,8 @@ mod tests {
         let mut events = 0;
         for piece in pieces {
             let scan = framer.scan(piece);
-            if let Some(b) = scan.last_boundary {
-                bounds.push(base + b);
+            if scan.last_boundary > 0 {
+                bounds.push(base + scan.last_boundary);
             }
             events += scan.events;
             base += piece.len();
@@ -543,8 +585,8 @@ mod tests {
             let s1 = framer.scan(a);
             let s2 = framer.scan(b);
             framer.finish();
-            prop_assert!(s1.last_boundary.is_none_or(|x| x <= a.len()));
-            prop_assert!(s2.last_boundary.is_none_or(|x| x <= b.len()));
+            prop_assert!(s1.last_boundary <= a.len());
+            prop_assert!(s2.last_boundary <= b.len());
             let _ = last_event(&bytes);
         }
     }

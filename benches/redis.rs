@@ -1,0 +1,209 @@
+//! One admission round trip to Redis, for a rate limit (`EVALSHA` of the
+//! GCRA script) and for a budget (`EVALSHA` of the reserve script), next to
+//! the memory stores and a bare `INCR` on a plain multiplexed connection:
+//! sequential latency (`redis/sequential/…`) and throughput with 64 calls
+//! in flight on one connection (`redis/64-in-flight/…`, reported per call
+//! and as calls per second).
+//!
+//! `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
+//!
+//! It starts its own `redis-server` on a free loopback port (no
+//! persistence) and is skipped, with a message, when there is none.
+
+#[path = "../tests/support/redis.rs"]
+mod redis_support;
+
+use std::future::Future;
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use futures_util::StreamExt;
+use tollgate::budget::{
+    BudgetScope, BudgetSpec, Ledger, Money, Period, Reservation, ReserveOutcome, ReservePolicy,
+};
+use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+use tollgate::store::memory::{MemoryLedger, MemoryRateLimitStore};
+use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger, RedisRateLimitStore};
+
+const IN_FLIGHT: usize = 64;
+/// Reservations are released between batches, outside the timed part, so
+/// holds do not pile up (the memory ledger bounds them).
+const BATCH: u64 = 10_000;
+
+/// The memory stores' futures are ready at once: poll without a runtime.
+fn now<F: Future>(future: F) -> F::Output {
+    match pin!(future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("memory stores never wait"),
+    }
+}
+
+fn limits() -> [Limit; 2] {
+    // A large tier that the bench never exhausts: every call is admitted.
+    [
+        Limit::requests_per_minute(1_000_000),
+        Limit::tokens_per_minute(1_000_000_000),
+    ]
+}
+
+fn acquire<S: RateLimitStore>(store: &S, limits: &[Limit]) -> S::AcquireFuture {
+    let request = Acquire {
+        limits,
+        costs: &[1, 1_000],
+        max_concurrent: None,
+    };
+    store.acquire(RateLimitKey::new("bench"), &request)
+}
+
+fn budgets() -> Arc<[BudgetSpec]> {
+    Arc::new([
+        BudgetSpec::budget(
+            BudgetScope::Key("bench".into()),
+            Money::from_usd(1 << 30),
+            Period::Monthly,
+        ),
+        BudgetSpec::budget(
+            BudgetScope::Team("bench".into()),
+            Money::from_usd(1 << 30),
+            Period::Monthly,
+        ),
+    ])
+}
+
+fn held(outcome: ReserveOutcome) -> Reservation {
+    match outcome {
+        ReserveOutcome::Reserved { reservation, .. } => reservation,
+        ReserveOutcome::Denied { .. } => unreachable!("the budget is large enough"),
+    }
+}
+
+/// Times `iters` reservations (in batches, `in_flight` at a time), releasing
+/// them untimed between batches.
+async fn time_reservations<L: Ledger + Clone>(
+    ledger: &L,
+    budgets: &Arc<[BudgetSpec]>,
+    iters: u64,
+    in_flight: usize,
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(BATCH);
+        left -= n;
+        let started = Instant::now();
+        let holds: Vec<Reservation> = futures_util::stream::iter(0..n)
+            .map(|_| ledger.reserve(budgets, Money::from_nanos(1_000), ReservePolicy::Strict))
+            .buffer_unordered(in_flight)
+            .map(|outcome| held(outcome.expect("redis answers")))
+            .collect()
+            .await;
+        elapsed += started.elapsed();
+        futures_util::stream::iter(&holds)
+            .for_each_concurrent(in_flight, |hold| async {
+                ledger.release(hold).await.expect("redis answers");
+            })
+            .await;
+    }
+    elapsed
+}
+
+/// Times `iters` calls of `op`, `in_flight` at a time.
+async fn time_calls<F, Fut>(iters: u64, in_flight: usize, op: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: Future,
+{
+    let started = Instant::now();
+    futures_util::stream::iter(0..iters)
+        .map(|_| op())
+        .buffer_unordered(in_flight)
+        .for_each(|out| {
+            black_box(out);
+            async {}
+        })
+        .await;
+    started.elapsed()
+}
+
+fn main() {
+    let Some(server) = redis_support::RedisServer::start() else {
+        eprintln!("benches/redis.rs: skipped (no redis-server)");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let config = RedisConfig::from_url(&server.url())
+        .expect("a valid URL")
+        .call_timeout(Duration::from_secs(5));
+    let redis = rt
+        .block_on(RedisConnection::connect(config))
+        .expect("the bench's redis-server answers");
+    let bare = rt.block_on(async {
+        redis::Client::open(server.url())
+            .expect("a valid URL")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("the bench's redis-server answers")
+    });
+    let redis_limits = RedisRateLimitStore::new(redis.clone());
+    let redis_ledger = RedisLedger::new(redis);
+    let memory_limits = MemoryRateLimitStore::new();
+    let memory_ledger = MemoryLedger::new();
+    let (limits, budgets) = (limits(), budgets());
+    let verdict = rt.block_on(acquire(&redis_limits, &limits));
+    assert_eq!(verdict.map(|a| a.verdict), Ok(Verdict::Admitted));
+
+    let mut c = Criterion::default().configure_from_args();
+    for (group, in_flight) in [("sequential", 1), ("64-in-flight", IN_FLIGHT)] {
+        let mut g = c.benchmark_group(format!("redis/{group}"));
+        g.throughput(Throughput::Elements(1));
+        // The memory stores do no I/O, so nothing overlaps: measured once.
+        if in_flight == 1 {
+            g.bench_function("rate_limit/memory", |b| {
+                b.iter(|| black_box(now(acquire(&memory_limits, &limits))))
+            });
+            g.bench_function("budget/memory", |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(time_reservations(&memory_ledger, &budgets, iters, 1))
+                })
+            });
+        }
+        g.bench_function("rate_limit/redis", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_calls(iters, in_flight, || async {
+                    acquire(&redis_limits, &limits)
+                        .await
+                        .expect("redis answers")
+                }))
+            })
+        });
+        g.bench_function("budget/redis", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_reservations(&redis_ledger, &budgets, iters, in_flight))
+            })
+        });
+        g.bench_function("INCR", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_calls(iters, in_flight, || {
+                    let mut conn = bare.clone();
+                    async move {
+                        redis::cmd("INCR")
+                            .arg("bench:counter")
+                            .query_async::<i64>(&mut conn)
+                            .await
+                            .expect("redis answers")
+                    }
+                }))
+            })
+        });
+        g.finish();
+    }
+    c.final_summary();
+    drop(server);
+}

@@ -1,0 +1,182 @@
+//! [`RedisConfig`]: where Redis is, how long to wait for it, and the
+//! namespace of the gateway's keys.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::IntoConnectionInfo;
+
+/// How to reach Redis: a URL, a key prefix and the timeouts.
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::store::redis::RedisConfig;
+///
+/// let config = RedisConfig::from_url("redis://127.0.0.1:6379/0")?
+///     .key_prefix("gw-eu:")
+///     .connect_timeout(Duration::from_secs(1))
+///     .call_timeout(Duration::from_millis(250));
+/// assert_eq!(config.get_key_prefix(), "gw-eu:");
+/// # Ok::<_, tollgate::store::redis::RedisConfigError>(())
+/// ```
+///
+/// # Defaults, and why
+///
+/// - **`call_timeout` 250 ms.** Every call to Redis is bounded by it: a
+///   healthy Redis answers a script in well under a millisecond, so 250 ms is
+///   far above its worst case and still small next to an LLM call. When it
+///   runs out the call fails with [`StoreError::Timeout`](crate::store::StoreError::Timeout)
+///   and the layer applies its failure policy; nothing waits longer.
+/// - **`connect_timeout` 1 s** for each connection attempt.
+/// - **Reconnection** every 50 ms at first, doubling up to
+///   `reconnect_max_delay` (1 s): a restarted Redis is back in use at most
+///   about a second after it accepts connections. While disconnected, calls
+///   fail at once instead of waiting for their timeout.
+/// - **`settlement_retry` 30 s**: settlements that could not be sent while
+///   Redis was unreachable are retried for that long once it is back.
+/// - **`key_prefix` `"tollgate:"`**: every key the stores write starts with
+///   it, so several gateways (or environments) can share one Redis without
+///   sharing limits. It is also the pub/sub channel's namespace.
+#[derive(Clone)]
+pub struct RedisConfig {
+    pub(crate) info: redis::ConnectionInfo,
+    pub(crate) key_prefix: String,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) call_timeout: Duration,
+    pub(crate) reconnect_min_delay: Duration,
+    pub(crate) reconnect_max_delay: Duration,
+    pub(crate) settlement_retry: Duration,
+}
+
+/// A Redis configuration that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisConfigError {
+    /// The URL does not parse. The message never repeats the URL: it may
+    /// hold a password.
+    #[error(
+        "invalid Redis URL: expected redis://[user:password@]host[:port][/db] (or rediss://, redis+unix://)"
+    )]
+    InvalidUrl,
+}
+
+impl RedisConfig {
+    /// Default [`call_timeout`](Self::call_timeout): 250 ms.
+    pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(250);
+    /// Default [`connect_timeout`](Self::connect_timeout): 1 s.
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    /// Default [`reconnect_max_delay`](Self::reconnect_max_delay): 1 s.
+    pub const DEFAULT_RECONNECT_MAX_DELAY: Duration = Duration::from_secs(1);
+    /// Default [`settlement_retry`](Self::settlement_retry): 30 s.
+    pub const DEFAULT_SETTLEMENT_RETRY: Duration = Duration::from_secs(30);
+    /// Default [`key_prefix`](Self::key_prefix): `tollgate:`.
+    pub const DEFAULT_KEY_PREFIX: &'static str = "tollgate:";
+
+    /// A configuration for the Redis at `url`, such as
+    /// `redis://127.0.0.1:6379/0` or `redis://:password@redis.internal:6379`,
+    /// with the defaults above.
+    pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
+        let info = url
+            .into_connection_info()
+            .map_err(|_| RedisConfigError::InvalidUrl)?;
+        Ok(RedisConfig {
+            info,
+            key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
+            connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
+            call_timeout: Self::DEFAULT_CALL_TIMEOUT,
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
+            settlement_retry: Self::DEFAULT_SETTLEMENT_RETRY,
+        })
+    }
+
+    /// The prefix of every key and channel the stores use (default
+    /// `tollgate:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// How long one connection attempt may take (default 1 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// How long one call may take, from the moment it is made to its answer
+    /// (default 250 ms).
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.call_timeout = timeout;
+        self
+    }
+
+    /// The longest wait between two reconnection attempts (default 1 s).
+    pub fn reconnect_max_delay(mut self, delay: Duration) -> Self {
+        self.reconnect_max_delay = delay.max(self.reconnect_min_delay);
+        self
+    }
+
+    /// How long a settlement (a rate limit's token correction and slot
+    /// release, a budget's charge or release) that could not be sent because
+    /// Redis was unreachable keeps being retried in the background (default
+    /// 30 s; zero: never). Without it, a blip of a second would lose the
+    /// spend of the requests in flight and keep their holds and slots until
+    /// their leases run out. A settlement that may have reached Redis is
+    /// never retried, so nothing is charged twice.
+    pub fn settlement_retry(mut self, patience: Duration) -> Self {
+        self.settlement_retry = patience;
+        self
+    }
+
+    /// The key prefix.
+    pub fn get_key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// The call timeout.
+    pub fn get_call_timeout(&self) -> Duration {
+        self.call_timeout
+    }
+
+    /// The connection timeout.
+    pub fn get_connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    /// Shows where Redis is, never the credentials.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("addr", &self.info.addr().to_string())
+            .field("db", &self.info.redis_settings().db())
+            .field("key_prefix", &self.key_prefix)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("call_timeout", &self.call_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("settlement_retry", &self.settlement_retry)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls_and_hides_passwords() {
+        let config = RedisConfig::from_url("redis://:hunter2@10.0.0.5:6380/3").unwrap();
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains("10.0.0.5") && debug.contains("6380"),
+            "{debug}"
+        );
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert_eq!(config.get_key_prefix(), "tollgate:");
+        assert_eq!(config.get_call_timeout(), Duration::from_millis(250));
+
+        let err = RedisConfig::from_url("http://:hunter2@x").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"));
+        assert!(RedisConfig::from_url("not a url").is_err());
+    }
+}

@@ -1,0 +1,449 @@
+//! [`RedisConnection`]: one multiplexed connection per gateway instance,
+//! every call bounded in time, reconnected in the background.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, Script};
+
+use super::RedisConfig;
+use super::scripts::SOURCES;
+use crate::store::StoreError;
+
+/// A connection on which a call times out when nothing at all has been
+/// answered for this long is presumed dead (a network path that silently
+/// drops packets never reports an error) and replaced. A Redis that is only
+/// slow still answers some calls, and keeps its connection.
+const STALLED: Duration = Duration::from_secs(1);
+
+/// The error of a call made while disconnected: it never left this process.
+const NOT_CONNECTED: &str = "not connected to Redis";
+
+/// A handle on Redis shared by the stores of one gateway instance: cheap to
+/// clone, every clone uses the same connection.
+///
+/// ```no_run
+/// use tollgate::store::redis::{RedisConfig, RedisConnection};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+/// let redis = RedisConnection::connect(RedisConfig::from_url("redis://127.0.0.1:6379/0")?).await?;
+/// println!("Redis answers in {:?}", redis.ping().await?);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Behaviour
+///
+/// - Every call is bounded by the configured
+///   [`call_timeout`](RedisConfig::call_timeout), whatever Redis does; then
+///   it fails with [`StoreError::Timeout`].
+/// - When the connection breaks (Redis restarted, killed, failed over) it is
+///   replaced in the background, retrying with a backoff capped at
+///   [`reconnect_max_delay`](RedisConfig::reconnect_max_delay). Until then,
+///   calls fail at once with [`StoreError::Unavailable`]: an outage costs the
+///   layers' failure policies no latency.
+/// - A connection on which calls time out and nothing has been answered
+///   for a second is replaced too: a network path that silently drops
+///   packets never reports an error.
+///
+/// Timeouts and backoff run on tokio's clock: a runtime with paused time
+/// (`tokio::time::pause`) would fire them while Redis is still answering,
+/// so test against a real Redis on a running clock.
+#[derive(Clone)]
+pub struct RedisConnection {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    client: redis::Client,
+    config: RedisConfig,
+    link: Mutex<Link>,
+    /// When anything was last answered, in ms since `started`.
+    last_answer_ms: AtomicU64,
+    started: Instant,
+}
+
+struct Link {
+    conn: Option<MultiplexedConnection>,
+    /// Bumped with every new connection, so a failure seen on an old one
+    /// does not drop a newer one.
+    generation: u64,
+    reconnecting: bool,
+    down_since: Option<Instant>,
+}
+
+impl RedisConnection {
+    /// Connects to Redis, failing if the first connection cannot be made
+    /// within the connection timeout (a misconfigured URL shows at start-up).
+    pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
+        let this = RedisConnection::connect_lazy(config)?;
+        let conn = this.shared.open().await?;
+        let mut link = this.shared.lock();
+        link.conn = Some(conn);
+        link.generation += 1;
+        link.down_since = None;
+        drop(link);
+        this.shared.answered();
+        Ok(this)
+    }
+
+    /// A handle that connects on first use, in the background: a gateway
+    /// can start while Redis is down, its layers applying their failure
+    /// policies until Redis is reachable.
+    pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
+        let client = redis::Client::open(config.info.clone())
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        Ok(RedisConnection {
+            shared: Arc::new(Shared {
+                client,
+                config,
+                link: Mutex::new(Link {
+                    conn: None,
+                    generation: 0,
+                    reconnecting: false,
+                    down_since: Some(Instant::now()),
+                }),
+                last_answer_ms: AtomicU64::new(0),
+                started: Instant::now(),
+            }),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.shared.config
+    }
+
+    /// Whether a connection is established now (it may still break before
+    /// the next call).
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock().conn.is_some()
+    }
+
+    /// Round-trip time of a `PING`, for health checks.
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let started = Instant::now();
+        self.call(|mut conn| async move {
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .map(drop)
+        })
+        .await?;
+        Ok(started.elapsed())
+    }
+
+    /// `prefix + name`: the key or channel `name` in this gateway's namespace.
+    pub(crate) fn key(&self, name: &str) -> String {
+        let prefix = &self.shared.config.key_prefix;
+        let mut key = String::with_capacity(prefix.len() + name.len());
+        key.push_str(prefix);
+        key.push_str(name);
+        key
+    }
+
+    /// Runs `script` (`EVALSHA`, loading it once after a Redis restart) with
+    /// the call timeout and failure handling of [`call`](Self::call).
+    pub(crate) fn eval<T>(
+        &self,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.eval_shared(script, Arc::new((keys, args)))
+    }
+
+    fn eval_shared<T>(
+        &self,
+        script: &'static Script,
+        call: Arc<(Vec<String>, Vec<String>)>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        self.call(move |mut conn| async move {
+            let (keys, args) = &*call;
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(key);
+            }
+            for arg in args {
+                invocation.arg(arg);
+            }
+            invocation.invoke_async(&mut conn).await
+        })
+    }
+
+    /// [`eval`](Self::eval) for settlements: a call that could not be sent
+    /// because Redis was unreachable is retried (with the reconnection's
+    /// backoff) for up to the configured
+    /// [`settlement_retry`](RedisConfig::settlement_retry), so a short outage
+    /// neither loses spend nor leaves holds and slots behind. A call that may
+    /// have reached Redis (an error mid-flight, a timeout) is not retried:
+    /// nothing is applied twice.
+    pub(crate) fn eval_settlement<T>(
+        &self,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: redis::FromRedisValue + Send + 'static,
+    {
+        let this = self.clone();
+        let call = Arc::new((keys, args));
+        async move {
+            let config = &this.shared.config;
+            let deadline = tokio::time::Instant::now() + config.settlement_retry;
+            let mut delay = config.reconnect_min_delay;
+            loop {
+                match this.eval_shared(script, call.clone()).await {
+                    Err(StoreError::Unavailable(why))
+                        if why == NOT_CONNECTED
+                            && tokio::time::Instant::now() + delay < deadline =>
+                    {
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(config.reconnect_max_delay);
+                    }
+                    answer => return answer,
+                }
+            }
+        }
+    }
+
+    /// Runs `op` on the connection, bounded by the call timeout. Fails at
+    /// once while disconnected (and starts reconnecting if nothing is).
+    pub(crate) fn call<T, F, Fut>(
+        &self,
+        op: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send + 'static,
+    {
+        let shared = self.shared.clone();
+        async move {
+            let (conn, generation) = shared.current()?;
+            match tokio::time::timeout(shared.config.call_timeout, op(conn)).await {
+                Ok(Ok(value)) => {
+                    shared.answered();
+                    Ok(value)
+                }
+                Ok(Err(error)) if error.is_timeout() => {
+                    shared.timed_out(generation);
+                    Err(StoreError::Timeout)
+                }
+                Ok(Err(error)) => Err(shared.failed(generation, &error)),
+                Err(_) => {
+                    shared.timed_out(generation);
+                    Err(StoreError::Timeout)
+                }
+            }
+        }
+    }
+
+    /// The client, for connections of another kind (pub/sub).
+    pub(crate) fn client(&self) -> &redis::Client {
+        &self.shared.client
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Link> {
+        // Every critical section leaves `Link` consistent.
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            // `call` bounds every call, NOSCRIPT retry included.
+            .set_response_timeout(None);
+        let attempt = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config);
+        let mut conn = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(StoreError::Unavailable(describe(&error))),
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        // Load every script now, in one round trip, so that a restarted
+        // Redis is not hit by a burst of `NOSCRIPT` retries. If this fails,
+        // `EVALSHA` still loads each script on first use.
+        let mut pipe = redis::pipe();
+        for source in SOURCES {
+            pipe.cmd("SCRIPT").arg("LOAD").arg(*source).ignore();
+        }
+        let load = pipe.query_async::<()>(&mut conn);
+        match tokio::time::timeout(self.config.connect_timeout, load).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
+            Err(_) => return Err(StoreError::Timeout),
+        }
+        Ok(conn)
+    }
+
+    fn current(self: &Arc<Self>) -> Result<(MultiplexedConnection, u64), StoreError> {
+        let mut link = self.lock();
+        if let Some(conn) = &link.conn {
+            return Ok((conn.clone(), link.generation));
+        }
+        let reconnect = self.start_reconnecting(&mut link);
+        drop(link);
+        reconnect.spawn();
+        Err(StoreError::Unavailable(NOT_CONNECTED.into()))
+    }
+
+    fn failed(self: &Arc<Self>, generation: u64, error: &RedisError) -> StoreError {
+        // Only an error reply proves the connection works; anything else
+        // (I/O, a dead driver task, an unreadable stream) replaces it.
+        let answered = matches!(
+            error.kind(),
+            ErrorKind::Server(_) | ErrorKind::Extension | ErrorKind::UnexpectedReturnType
+        );
+        if answered {
+            self.answered();
+        }
+        // A primary demoted by a failover: a new connection finds the new one.
+        let broken = !answered || error.code() == Some("READONLY");
+        if broken {
+            self.drop_connection(generation, "connection lost");
+        }
+        if error.kind() == ErrorKind::UnexpectedReturnType {
+            return StoreError::Corrupt(describe(error));
+        }
+        StoreError::Unavailable(describe(error))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn answered(&self) {
+        let now = self.now_ms();
+        if self.last_answer_ms.load(Ordering::Relaxed) != now {
+            self.last_answer_ms.store(now, Ordering::Relaxed);
+        }
+    }
+
+    fn timed_out(self: &Arc<Self>, generation: u64) {
+        let silent = self
+            .now_ms()
+            .saturating_sub(self.last_answer_ms.load(Ordering::Relaxed));
+        if silent >= STALLED.as_millis() as u64 {
+            self.drop_connection(generation, "calls time out and nothing answers");
+        }
+    }
+
+    fn drop_connection(self: &Arc<Self>, generation: u64, why: &str) {
+        let mut link = self.lock();
+        if link.generation != generation || link.conn.is_none() {
+            return;
+        }
+        link.conn = None;
+        link.down_since = Some(Instant::now());
+        let reconnect = self.start_reconnecting(&mut link);
+        drop(link);
+        tracing::warn!(addr = %self.config.info.addr(), reason = why, "redis connection down; reconnecting");
+        reconnect.spawn();
+    }
+
+    /// Claims the reconnection if nobody runs one; spawn the result once
+    /// `link` is unlocked (a runtime shutting down drops the task at once,
+    /// and its guard locks `link`).
+    fn start_reconnecting(self: &Arc<Self>, link: &mut Link) -> Reconnect {
+        if link.reconnecting {
+            return Reconnect(None);
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Reconnect(None);
+        };
+        link.reconnecting = true;
+        Reconnect(Some((runtime, Reconnecting(Arc::downgrade(self)))))
+    }
+}
+
+/// A reconnection to start, if any.
+struct Reconnect(Option<(tokio::runtime::Handle, Reconnecting)>);
+
+impl Reconnect {
+    fn spawn(self) {
+        if let Some((runtime, guard)) = self.0 {
+            runtime.spawn(reconnect(guard));
+        }
+    }
+}
+
+/// Marks the reconnection over however its task ends (connected, the
+/// store dropped, or the runtime shut down), so a later call can start one.
+struct Reconnecting(Weak<Shared>);
+
+impl Drop for Reconnecting {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.lock().reconnecting = false;
+        }
+    }
+}
+
+async fn reconnect(guard: Reconnecting) {
+    let mut delay = Duration::ZERO;
+    loop {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let Some(shared) = guard.0.upgrade() else {
+            return;
+        };
+        let config = &shared.config;
+        delay = (delay * 2)
+            .max(config.reconnect_min_delay)
+            .min(config.reconnect_max_delay);
+        match shared.open().await {
+            Ok(conn) => {
+                let mut link = shared.lock();
+                link.conn = Some(conn);
+                link.generation += 1;
+                shared.answered();
+                let down = link.down_since.take().map(|t| t.elapsed());
+                drop(link);
+                tracing::info!(addr = %config.info.addr(), down_for = ?down, "redis connection up");
+                return;
+            }
+            Err(error) => {
+                tracing::debug!(%error, addr = %config.info.addr(), "redis reconnection failed");
+            }
+        }
+    }
+}
+
+/// A Redis error as a short message: never the URL or credentials.
+fn describe(error: &RedisError) -> String {
+    let mut message = format!("redis: {error}");
+    if message.len() > 200 {
+        let mut end = 200;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+    }
+    message
+}
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConnection")
+            .field("config", &self.shared.config)
+            .field("connected", &self.is_connected())
+            .finish()
+    }
+}

@@ -1,0 +1,215 @@
+//! Key records as JSON in Redis.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{KeyHash, KeyRecord};
+use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
+use crate::rate_limit::{Limit, Measure};
+use crate::store::StoreError;
+
+/// A key record as stored in Redis (JSON). The secret hash is the Redis key;
+/// `revoked` and `disabled` are fields of their own.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    v: u32,
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    created_at_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expires_at_ns: Option<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    allowed_models: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<StoredLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    budgets: Vec<StoredBudget>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    team: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    org: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredLimit {
+    tokens: bool,
+    amount: u64,
+    window_ns: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredBudget {
+    /// `key`, `team` or `org`.
+    scope: String,
+    scope_id: String,
+    limit_nanos: i64,
+    balance: bool,
+    /// `d`, `w`, `m`, `n` or `r<nanoseconds>`.
+    period: String,
+}
+
+fn nanos_since_epoch(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+pub(super) fn encode(record: &KeyRecord) -> String {
+    let stored = Stored {
+        v: 1,
+        id: record.id.clone(),
+        name: record.name.clone(),
+        created_at_ns: nanos_since_epoch(record.created_at),
+        expires_at_ns: record.expires_at.map(nanos_since_epoch),
+        allowed_models: record.allowed_models.clone(),
+        rate_limits: record
+            .rate_limits
+            .iter()
+            .map(|l| StoredLimit {
+                tokens: l.measure == Measure::Tokens,
+                amount: l.amount,
+                window_ns: u64::try_from(l.window.as_nanos()).unwrap_or(u64::MAX),
+            })
+            .collect(),
+        max_concurrent: record.max_concurrent,
+        budgets: record
+            .budgets
+            .iter()
+            .map(|b| {
+                let (scope, scope_id) = match &b.scope {
+                    BudgetScope::Key(id) => ("key", id),
+                    BudgetScope::Team(id) => ("team", id),
+                    BudgetScope::Org(id) => ("org", id),
+                };
+                StoredBudget {
+                    scope: scope.into(),
+                    scope_id: scope_id.clone(),
+                    limit_nanos: b.limit.nanos(),
+                    balance: b.mode == BudgetMode::Balance,
+                    period: match b.period {
+                        Period::Daily => "d".into(),
+                        Period::Weekly => "w".into(),
+                        Period::Monthly => "m".into(),
+                        Period::Never => "n".into(),
+                        Period::Rolling(d) => {
+                            format!("r{}", u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                        }
+                    },
+                }
+            })
+            .collect(),
+        team: record.team.clone(),
+        org: record.org.clone(),
+        metadata: record.metadata.clone(),
+    };
+    // Plain data with string keys: serialization cannot fail.
+    serde_json::to_string(&stored).unwrap_or_default()
+}
+
+pub(super) fn decode(json: &str, hash: KeyHash) -> Result<KeyRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("key record: {what}"));
+    let stored: Stored = serde_json::from_str(json).map_err(|_| corrupt("malformed JSON"))?;
+    if stored.v != 1 {
+        return Err(corrupt("unknown version"));
+    }
+    let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let mut record = KeyRecord::new(stored.id, hash);
+    record.name = stored.name;
+    record.created_at = at(stored.created_at_ns);
+    record.expires_at = stored.expires_at_ns.map(at);
+    record.allowed_models = stored.allowed_models;
+    record.rate_limits = stored
+        .rate_limits
+        .into_iter()
+        .map(|l| {
+            let measure = if l.tokens {
+                Measure::Tokens
+            } else {
+                Measure::Requests
+            };
+            Limit::new(measure, l.amount, Duration::from_nanos(l.window_ns))
+        })
+        .collect();
+    record.max_concurrent = stored.max_concurrent;
+    record.budgets = stored
+        .budgets
+        .into_iter()
+        .map(|b| {
+            let scope = match b.scope.as_str() {
+                "key" => BudgetScope::Key(b.scope_id),
+                "team" => BudgetScope::Team(b.scope_id),
+                "org" => BudgetScope::Org(b.scope_id),
+                _ => return Err(corrupt("unknown budget scope")),
+            };
+            let period = match b.period.as_str() {
+                "d" => Period::Daily,
+                "w" => Period::Weekly,
+                "m" => Period::Monthly,
+                "n" => Period::Never,
+                r => Period::Rolling(Duration::from_nanos(
+                    r.strip_prefix('r')
+                        .and_then(|n| n.parse().ok())
+                        .ok_or_else(|| corrupt("unknown budget period"))?,
+                )),
+            };
+            let limit = Money::from_nanos(b.limit_nanos);
+            Ok(if b.balance {
+                BudgetSpec::balance(scope, limit)
+            } else {
+                BudgetSpec::budget(scope, limit, period)
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    record.team = stored.team;
+    record.org = stored.org;
+    record.metadata = stored.metadata;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_through_json() {
+        let hash = KeyHash::of("sk-test");
+        let mut record = KeyRecord::new("alice", hash);
+        record.name = Some("Alice".into());
+        record.created_at = UNIX_EPOCH + Duration::new(1_800_000_000, 123);
+        record.expires_at = Some(UNIX_EPOCH + Duration::from_secs(1_900_000_000));
+        record.allowed_models = vec!["gpt-4o*".into()];
+        record.rate_limits = vec![
+            Limit::requests_per_minute(60),
+            Limit::tokens(150_000, Duration::from_millis(90_500)),
+        ];
+        record.max_concurrent = Some(4);
+        record.budgets = vec![
+            BudgetSpec::budget(
+                BudgetScope::Team("t".into()),
+                Money::from_nanos(i64::MAX),
+                Period::Monthly,
+            ),
+            BudgetSpec::budget(
+                BudgetScope::Key("k".into()),
+                Money::from_usd(1),
+                Period::Rolling(Duration::from_secs(3600)),
+            ),
+            BudgetSpec::balance(BudgetScope::Org("o".into()), Money::from_nanos(-5)),
+        ];
+        record.team = Some("t".into());
+        record.org = Some("o".into());
+        record.metadata.insert("owner".into(), "ops".into());
+
+        let json = encode(&record);
+        assert!(!json.contains("sk-test"));
+        assert_eq!(decode(&json, hash).unwrap(), record);
+        assert!(decode("{", hash).is_err());
+        assert!(decode(r#"{"v":2,"id":"a","created_at_ns":0}"#, hash).is_err());
+    }
+}

@@ -1,0 +1,156 @@
+//! Redis-backed stores: exact rate limits, budgets and key revocation
+//! shared by every gateway instance (feature `redis`).
+//!
+//! One gateway process is rarely enough, and per-process state multiplies
+//! by the number of replicas: three instances each allowing 100 requests a
+//! minute allow 300, a $50 team budget becomes $150, and a key revoked on
+//! one pod keeps working on the others. With these stores, N instances share
+//! exactly one set of limits, budgets and key states in the Redis that
+//! operators already run.
+//!
+//! ```no_run
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http::{Request, Response};
+//! use http_body_util::Full;
+//! use tollgate::auth::AuthLayer;
+//! use tollgate::budget::{BudgetLayer, ModelPrice, Pricing};
+//! use tollgate::rate_limit::{Limit, RateLimitLayer};
+//! use tollgate::store::memory::MemoryRateLimitStore;
+//! use tollgate::store::redis::{
+//!     RedisConfig, RedisConnection, RedisKeyStore, RedisLedger, RedisRateLimitStore,
+//! };
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # #[tokio::main]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! // One connection per instance, shared by the three stores.
+//! let redis = RedisConnection::connect(
+//!     RedisConfig::from_url("redis://127.0.0.1:6379/0")?.key_prefix("gateway-eu:"),
+//! )
+//! .await?;
+//! let keys = RedisKeyStore::new(redis.clone());
+//! let limits = RedisRateLimitStore::builder(redis.clone())
+//!     // Four instances: during a Redis outage, each admits a quarter.
+//!     .fail_open_fallback(MemoryRateLimitStore::new(), 0.25)
+//!     .build();
+//! let ledger = RedisLedger::new(redis);
+//! let pricing = Pricing::new().with("gpt-4o-mini", ModelPrice::per_million("0.15", "0.60")?);
+//!
+//! let mut gateway = ServiceBuilder::new()
+//!     .layer(AuthLayer::new(keys))
+//!     .layer(RateLimitLayer::new().limit(Limit::requests_per_minute(600)).store(limits))
+//!     .layer(BudgetLayer::with_ledger(pricing, ledger))
+//!     .service(service_fn(|_req: Request<Full<Bytes>>| async {
+//!         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+//!     }));
+//!
+//! let request = Request::post("/v1/chat/completions")
+//!     .header("authorization", "Bearer sk-alice")
+//!     .body(Full::new(Bytes::from_static(br#"{"model":"gpt-4o-mini","messages":[]}"#)))?;
+//! let response = gateway.ready().await?.call(request).await?;
+//! println!("{}", response.status());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! | store | trait | what it shares |
+//! |---|---|---|
+//! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | GCRA state per key and limit, concurrency slots |
+//! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
+//! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore) | key records and their revocation |
+//!
+//! # Atomic, one round trip, on one clock
+//!
+//! Every operation that decides something is one `EVALSHA` of a Lua script
+//! (the scripts are in `src/store/redis/scripts/`), which Redis runs
+//! atomically: a rate-limit admission checks and charges all of a request's
+//! limits, a budget reservation holds the amount against all of its budgets,
+//! or neither does anything. Concurrent requests on any number of instances
+//! therefore see each other exactly: 300 concurrent requests against a
+//! limit of 100 admit 100, a `Strict` budget is never overshot. The scripts
+//! read time from Redis (`TIME`), so instances whose clocks drift still agree
+//! on windows and on when a month ends. State expires on its own
+//! (`PEXPIRE`) once it carries nothing, so Redis memory stays bounded by the
+//! active keys and budgets.
+//!
+//! # Connection: redis 1.x, one multiplexed connection
+//!
+//! The stores use the [`redis`](https://docs.rs/redis) crate's **1.x**
+//! release line: its first stable major version, which follows semver (the
+//! 0.x line broke its API several times a year) and supports the tokio
+//! runtime, scripts (`EVALSHA` with automatic `SCRIPT LOAD`) and pub/sub
+//! that these stores need.
+//!
+//! [`RedisConnection`] holds one [`MultiplexedConnection`](redis::aio::MultiplexedConnection)
+//! per instance: every concurrent call is pipelined on one TCP connection,
+//! which for short scripts outperforms a pool (no checkout, no per-connection
+//! head-of-line waits) and needs no extra dependency. Around it, tollgate
+//! adds what a gateway needs rather than the crate's `ConnectionManager`:
+//! every call is bounded by [`call_timeout`](RedisConfig::call_timeout);
+//! a broken connection is replaced in the background with capped backoff;
+//! and while it is down, calls **fail at once** instead of each waiting on
+//! the reconnection, so an outage costs the failure policies no latency.
+//! [`RedisKeyStore`] adds one pub/sub connection for invalidations.
+//!
+//! # When Redis fails
+//!
+//! Redis unreachable, slow, or restarting: every call a request waits on
+//! returns within the call timeout (250 ms by default; at once while the
+//! connection is known to be down) with a
+//! [`StoreError`](crate::store::StoreError), nothing panics, and each layer
+//! applies its policy:
+//!
+//! | layer | default | alternative |
+//! |---|---|---|
+//! | `RateLimitLayer` | **fail open**: admit ([`FailurePolicy::FailOpen`]) | fail closed; or, in the store, [`fail_open_fallback`](RedisRateLimitStoreBuilder::fail_open_fallback): admit under a local limiter at this instance's share |
+//! | `BudgetLayer` | **fail closed**: 503 `store_unavailable`, `x-should-retry: true` | fail open: serve, charge later |
+//! | `AuthLayer` | **fail closed** ([`FailurePolicy::FailClosed`]): 503 `store_unavailable` | [`FailurePolicy::FailOpen`]: keys already cached keep working |
+//!
+//! Why these defaults: a rate limit protects capacity, and letting traffic
+//! through for the seconds Redis is away costs little (less still with the
+//! fallback, which keeps the limits at per-instance shares). A budget and a
+//! key protect money and access: spending money nobody can account for, or
+//! admitting a key nobody can check, is worse than asking the client to
+//! retry.
+//!
+//! Recovery is automatic: when Redis answers again (same address), the
+//! connection is re-established within about a second
+//! ([`reconnect_max_delay`](RedisConfig::reconnect_max_delay)) with every
+//! script loaded, the key store resubscribes and starts from an empty cache,
+//! and the layers resume on shared state. Settlements of the requests in
+//! flight during the outage that could not be sent are applied then
+//! ([`settlement_retry`](RedisConfig::settlement_retry), 30 s). A Redis
+//! restarted without persistence starts with full limits and empty budgets:
+//! use Redis persistence or replication if budget spend must survive a Redis
+//! crash.
+//!
+//! # Namespacing and deployment
+//!
+//! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
+//! (default `tollgate:`), so several gateways or environments can share a
+//! Redis. Run it with `maxmemory-policy noeviction`: an evicting policy may
+//! drop budget books or key records to make room (the stores' own keys
+//! expire by themselves, so their memory is bounded by what is in use).
+//!
+//! The stores target a single Redis primary (optionally with replicas and
+//! Sentinel-driven failover behind a stable address). Redis Cluster is not
+//! supported: a budget reservation touches the keys of several scopes in one
+//! script. Tested with Redis 7.0; the scripts use nothing newer than Redis
+//! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
+//! the default (before 7.0), as they read `TIME` before writing.
+
+mod config;
+mod connection;
+mod keys;
+mod ledger;
+mod rate_limit;
+mod scripts;
+
+pub use self::config::{RedisConfig, RedisConfigError};
+pub use self::connection::RedisConnection;
+pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
+pub use self::ledger::RedisLedger;
+pub use self::rate_limit::{RedisRateLimitStore, RedisRateLimitStoreBuilder};
+
+pub use crate::store::FailurePolicy;

@@ -1,0 +1,38 @@
+//! The Lua scripts, compiled into the binary, loaded into Redis whenever a
+//! connection is made (so a restarted Redis does not answer a burst of
+//! requests with `NOSCRIPT`), and run with `EVALSHA` (which falls back to
+//! loading the script once if Redis has lost it anyway).
+//!
+//! Redis scripts cannot share functions, so the helpers (`common.lua`, and
+//! `gcra.lua` / `money.lua` + `ledger.lua`) are prepended to each script.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+macro_rules! scripts {
+    ($($name:ident = $($file:literal)+;)+) => {
+        $(
+            pub(crate) static $name: LazyLock<Script> = LazyLock::new(|| {
+                Script::new(concat!($(include_str!(concat!("scripts/", $file))),+))
+            });
+        )+
+        /// The source of every script, for `SCRIPT LOAD`.
+        pub(crate) const SOURCES: &[&str] = &[
+            $(concat!($(include_str!(concat!("scripts/", $file))),+)),+
+        ];
+    };
+}
+
+scripts! {
+    RATE_LIMIT_ACQUIRE = "common.lua" "gcra.lua" "rate_limit_acquire.lua";
+    RATE_LIMIT_SETTLE = "common.lua" "gcra.lua" "rate_limit_settle.lua";
+    LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua";
+    LEDGER_SETTLE = "common.lua" "money.lua" "ledger.lua" "ledger_settle.lua";
+    LEDGER_RELEASE = "common.lua" "money.lua" "ledger.lua" "ledger_release.lua";
+    LEDGER_TOP_UP = "common.lua" "money.lua" "ledger.lua" "ledger_top_up.lua";
+    LEDGER_READ = "common.lua" "money.lua" "ledger.lua" "ledger_read.lua";
+    KEY_PUT = "key_put.lua";
+    KEY_FLAG = "key_flag.lua";
+    KEY_REMOVE = "key_remove.lua";
+}

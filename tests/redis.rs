@@ -1,0 +1,1589 @@
+//! The Redis stores against a real `redis-server` (one per test, on
+//! 127.0.0.1, started and killed by the test): several gateway instances
+//! (separate connections, stores and layer stacks) sharing one Redis, Redis
+//! killed, frozen and restarted under traffic, and the stores' semantics
+//! against the memory stores'.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::convert::Infallible;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+use tollgate::auth::{AuthLayer, KeyHash, KeyRecord, KeyStore, Principal};
+use tollgate::budget::{
+    BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Ledger, ModelPrice, Money, Period, Pricing,
+    Reservation, ReserveOutcome, ReservePolicy,
+};
+use tollgate::clock::{Clock, SharedClock};
+use tollgate::envelope::ErrorEnvelopeLayer;
+use tollgate::rate_limit::{
+    Acquire, FailurePolicy as RateLimitFailure, Limit, RateLimitKey, RateLimitLayer,
+    RateLimitStore, Settle, Verdict,
+};
+use tollgate::store::StoreError;
+use tollgate::store::memory::MemoryRateLimitStore;
+use tollgate::store::redis::{
+    FailurePolicy, KeyWriteError, RedisConfig, RedisConnection, RedisKeyStore, RedisLedger,
+    RedisRateLimitStore,
+};
+use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+
+use redis_support::RedisServer;
+
+const CALL_TIMEOUT: Duration = Duration::from_millis(250);
+/// A request may take the call timeout plus this before it counts as hung
+/// (scheduling on a loaded CI machine).
+const SLACK: Duration = Duration::from_secs(1);
+
+fn config(server: &RedisServer) -> RedisConfig {
+    RedisConfig::from_url(&server.url())
+        .unwrap()
+        .call_timeout(CALL_TIMEOUT)
+        .connect_timeout(Duration::from_millis(500))
+        .reconnect_max_delay(Duration::from_millis(200))
+}
+
+/// A new connection: a gateway instance of its own.
+async fn instance(server: &RedisServer) -> RedisConnection {
+    RedisConnection::connect(config(server)).await.unwrap()
+}
+
+/// An instance for the exactness tests, which are not about timeouts: a
+/// loaded machine may take longer than 250 ms to run hundreds of scripts.
+async fn patient_instance(server: &RedisServer) -> RedisConnection {
+    RedisConnection::connect(config(server).call_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap()
+}
+
+/// A clock the test moves by hand, shared by the stores compared.
+struct ManualClock {
+    base: tokio::time::Instant,
+    base_unix: Duration,
+    offset_us: AtomicU64,
+}
+
+impl ManualClock {
+    fn at(unix: Duration) -> Arc<ManualClock> {
+        Arc::new(ManualClock {
+            base: tokio::time::Instant::now(),
+            base_unix: unix,
+            offset_us: AtomicU64::new(0),
+        })
+    }
+
+    fn advance(&self, by: Duration) {
+        self.offset_us
+            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    fn offset(&self) -> Duration {
+        Duration::from_micros(self.offset_us.load(Ordering::SeqCst))
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> tokio::time::Instant {
+        self.base + self.offset()
+    }
+
+    fn now_unix(&self) -> Duration {
+        self.base_unix + self.offset()
+    }
+}
+
+fn rfc3339(s: &str) -> Duration {
+    tollgate::time::parse_rfc3339(s).unwrap()
+}
+
+fn usd(s: &str) -> Money {
+    s.parse().unwrap()
+}
+
+/// Sends `req` through a clone of `svc` and reads the whole response (so
+/// layers settle at body end).
+fn send<S, B>(
+    svc: &S,
+    req: Request<Full<Bytes>>,
+) -> impl Future<Output = (StatusCode, HeaderMap, Bytes)> + use<S, B>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let svc = svc.clone();
+    async move {
+        let response = svc.oneshot(req).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        (parts.status, parts.headers, bytes)
+    }
+}
+
+/// `send`, failing the test if the response takes longer than the call
+/// timeout (plus slack) per store round trip.
+fn send_bounded<S, B>(
+    svc: &S,
+    req: Request<Full<Bytes>>,
+) -> impl Future<Output = (StatusCode, HeaderMap, Bytes)> + use<S, B>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone,
+    S::Error: Debug,
+    B: Body<Data = Bytes>,
+    B::Error: Debug,
+{
+    let answer = send(svc, req);
+    async move {
+        let bound = 2 * CALL_TIMEOUT + SLACK;
+        let started = Instant::now();
+        match tokio::time::timeout(bound, answer).await {
+            Ok(answer) => answer,
+            Err(_) => panic!("a request hung for {:?}", started.elapsed()),
+        }
+    }
+}
+
+fn error_code(body: &Bytes) -> String {
+    let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+    json["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn chat(principal: Option<&Principal>, max_tokens: u64) -> Request<Full<Bytes>> {
+    let body = format!(
+        r#"{{"model":"m","max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
+    );
+    let mut req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap();
+    if let Some(p) = principal {
+        req.extensions_mut().insert(p.clone());
+    }
+    req
+}
+
+fn with_key(secret: &str) -> Request<Full<Bytes>> {
+    let mut req = chat(None, 10);
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {secret}").parse().unwrap());
+    req
+}
+
+/// An upstream that answers every request after a short pause (so requests
+/// overlap) with 1,000 completion tokens of usage.
+async fn upstream(_req: Request<Full<Bytes>>) -> Result<Response<Full<Bytes>>, Infallible> {
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let body = r#"{"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":1000,"total_tokens":1000}}"#;
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    response.headers_mut().insert(
+        "content-type",
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+fn principal(id: &str, limits: &[Limit], budgets: &[BudgetSpec]) -> Principal {
+    let mut record = KeyRecord::new(id, KeyHash::of(id));
+    record.rate_limits = limits.to_vec();
+    record.budgets = budgets.to_vec();
+    Principal::new(record)
+}
+
+/// Output at $10 per million tokens: a request with `max_tokens: 3000`
+/// reserves $0.03, and the upstream's 1,000 tokens cost $0.01.
+fn pricing() -> Pricing {
+    Pricing::new().with("m", ModelPrice::per_million("0", "10").unwrap())
+}
+
+/// Runs `n` requests at once, spread over `stacks` round robin; returns the
+/// statuses.
+async fn concurrently<S, B, F>(stacks: &[S], n: usize, request: F) -> Vec<StatusCode>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send,
+    S::Error: Debug,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Debug,
+    F: Fn(usize) -> Request<Full<Bytes>>,
+{
+    let start = Arc::new(tokio::sync::Barrier::new(n));
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let svc = stacks[i % stacks.len()].clone();
+            let req = request(i);
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                send(&svc, req).await.0
+            })
+        })
+        .collect();
+    let mut statuses = Vec::with_capacity(n);
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    statuses
+}
+
+// ---------------------------------------------------------------------------
+// Several instances, one Redis
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_instances_admit_exactly_100_of_300_concurrent_requests() {
+    let server = redis_server!();
+    let mut stacks = Vec::new();
+    for _ in 0..3 {
+        let store = RedisRateLimitStore::new(patient_instance(&server).await);
+        stacks.push(
+            ServiceBuilder::new()
+                .layer(RateLimitLayer::new().store(store))
+                .service(service_fn(upstream)),
+        );
+    }
+    let pat = principal("pat", &[Limit::requests_per_hour(100)], &[]);
+    let statuses = concurrently(&stacks, 300, |_| chat(Some(&pat), 10)).await;
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert_eq!((admitted, limited), (100, 200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrency_slots_are_shared_and_a_crashed_instances_slots_expire() {
+    let server = redis_server!();
+    let limits = [Limit::requests_per_hour(1_000)];
+    let store = |redis| {
+        RedisRateLimitStore::builder(redis)
+            .slot_lease(Duration::from_millis(300))
+            .build()
+    };
+    let a = store(instance(&server).await);
+    let b = store(instance(&server).await);
+    let key = RateLimitKey::new("quinn");
+    let request = Acquire {
+        limits: &limits,
+        costs: &[1],
+        max_concurrent: Some(2),
+    };
+    assert_eq!(
+        a.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        a.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        b.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Concurrency
+    );
+    // A settlement on any instance frees a slot.
+    let settle = Settle {
+        limits: &limits,
+        deltas: &[0],
+        release: true,
+    };
+    b.settle(key, &settle).await.unwrap();
+    assert_eq!(
+        b.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    // Instance `a` crashes holding its slot; the lease frees it.
+    drop(a);
+    assert_eq!(
+        b.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Concurrency
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        b.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+}
+
+/// 300 concurrent requests of two keys sharing a $0.50 team budget, spread
+/// over three instances: each reserves its worst case ($0.03) and costs
+/// $0.01. Returns the team's status, the keys' spend, and the requests served.
+async fn three_instances_share_budgets(
+    policy: ReservePolicy,
+) -> (tollgate::budget::BudgetStatus, Money, i64) {
+    let server = RedisServer::start().expect("checked by the caller");
+    let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("0.50"), Period::Monthly);
+    let key = |id: &str| BudgetSpec::budget(BudgetScope::Key(id.into()), usd("1"), Period::Monthly);
+    let bob = principal("bob", &[], &[key("bob"), team.clone()]);
+    let eve = principal("eve", &[], &[key("eve"), team.clone()]);
+    let mut stacks = Vec::new();
+    for _ in 0..3 {
+        let ledger = RedisLedger::new(patient_instance(&server).await);
+        stacks.push(
+            ServiceBuilder::new()
+                .layer(BudgetLayer::with_ledger(pricing(), ledger).policy(policy))
+                .service(service_fn(upstream)),
+        );
+    }
+    let statuses = concurrently(&stacks, 300, |i| {
+        chat(Some(if i % 2 == 0 { &bob } else { &eve }), 3_000)
+    })
+    .await;
+    let served = statuses.iter().filter(|s| **s == StatusCode::OK).count() as i64;
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::PAYMENT_REQUIRED)
+    );
+
+    let ledger = RedisLedger::new(instance(&server).await);
+    // Settlement runs when each body ends; give the last ones a moment.
+    let mut team_status = ledger.read(&team).await.unwrap();
+    for _ in 0..100 {
+        if team_status.reserved == Money::ZERO {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        team_status = ledger.read(&team).await.unwrap();
+    }
+    let bob_spent = ledger.read(&key("bob")).await.unwrap().spent;
+    let eve_spent = ledger.read(&key("eve")).await.unwrap().spent;
+    assert_eq!(team_status.reserved, Money::ZERO);
+    assert_eq!(team_status.spent, Money::from_nanos(served * 10_000_000));
+    assert!(served >= 16, "only {served} requests served");
+    (team_status, bob_spent + eve_spent, served)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn strict_budgets_are_never_overshot_by_three_instances() {
+    if !redis_support::available() {
+        return;
+    }
+    let (team, keys_spent, _) = three_instances_share_budgets(ReservePolicy::Strict).await;
+    assert!(team.spent <= usd("0.50"), "overshot: {team:?}");
+    // All or nothing: every charge went to the key and to the team.
+    assert_eq!(keys_spent, team.spent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bounded_budgets_overshoot_by_at_most_one_request_across_three_instances() {
+    if !redis_support::available() {
+        return;
+    }
+    let (team, keys_spent, _) = three_instances_share_budgets(ReservePolicy::Bounded).await;
+    assert!(
+        team.spent <= usd("0.51"),
+        "beyond one request's excess: {team:?}"
+    );
+    assert_eq!(keys_spent, team.spent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_ledgers_under_concurrency_never_overshoot_a_strict_budget() {
+    let server = redis_server!();
+    let mut ledgers = Vec::new();
+    for _ in 0..3 {
+        ledgers.push(RedisLedger::new(patient_instance(&server).await));
+    }
+    let budgets: Arc<[BudgetSpec]> = [
+        BudgetSpec::budget(BudgetScope::Key("k".into()), usd("1"), Period::Monthly),
+        BudgetSpec::balance(BudgetScope::Org("o".into()), usd("5")),
+    ]
+    .into();
+    let start = Arc::new(tokio::sync::Barrier::new(600));
+    let tasks: Vec<_> = (0..600)
+        .map(|i| {
+            let (ledger, budgets, start) = (ledgers[i % 3].clone(), budgets.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                match ledger
+                    .reserve(&budgets, usd("0.03"), ReservePolicy::Strict)
+                    .await
+                    .unwrap()
+                {
+                    ReserveOutcome::Reserved { reservation, .. } => {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        ledger.settle(&reservation, usd("0.01")).await.unwrap();
+                        1
+                    }
+                    ReserveOutcome::Denied { .. } => 0,
+                }
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        admitted += task.await.unwrap();
+    }
+    let key = ledgers[0].read(&budgets[0]).await.unwrap();
+    let org = ledgers[1].read(&budgets[1]).await.unwrap();
+    assert!(key.spent <= usd("1"), "{key:?}");
+    assert_eq!(key.spent, Money::from_nanos(10_000_000 * admitted));
+    assert_eq!(org.spent, key.spent);
+    assert_eq!((key.reserved, org.reserved), (Money::ZERO, Money::ZERO));
+    assert!(admitted >= 33, "{admitted}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_on_one_instance_is_refused_by_the_others_within_a_second() {
+    let server = redis_server!();
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        stores.push(RedisKeyStore::new(instance(&server).await));
+    }
+    wait_until(|| stores.iter().all(RedisKeyStore::is_listening)).await;
+    stores[0]
+        .insert(KeyRecord::new("alice", KeyHash::of("sk-alice")))
+        .await
+        .unwrap();
+    let stacks: Vec<_> = stores
+        .iter()
+        .map(|s| {
+            ServiceBuilder::new()
+                .layer(AuthLayer::new(s.clone()))
+                .service(service_fn(upstream))
+        })
+        .collect();
+    for stack in &stacks {
+        // Twice: the second answer comes from the instance's cache.
+        assert_eq!(send(stack, with_key("sk-alice")).await.0, StatusCode::OK);
+        assert_eq!(send(stack, with_key("sk-alice")).await.0, StatusCode::OK);
+    }
+    assert!(stores.iter().all(|s| s.cached() == 1));
+
+    let revoked_at = Instant::now();
+    assert!(stores[0].revoke("alice").await.unwrap());
+    let mut took = Vec::new();
+    for stack in &stacks[1..] {
+        loop {
+            let (status, _, body) = send(stack, with_key("sk-alice")).await;
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(error_code(&body), "revoked_api_key");
+                took.push(revoked_at.elapsed());
+                break;
+            }
+            assert!(
+                revoked_at.elapsed() < Duration::from_secs(1),
+                "still admitted after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    eprintln!("revocation seen by the other instances after {took:?}");
+    assert!(took.iter().all(|t| *t < Duration::from_secs(1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_store_admin_operations() {
+    let server = redis_server!();
+    let a = RedisKeyStore::new(instance(&server).await);
+    let b = RedisKeyStore::new(instance(&server).await);
+    wait_until(|| a.is_listening() && b.is_listening()).await;
+
+    // An unknown key is remembered as unknown on b; minting it on a makes it
+    // work on b at once all the same.
+    assert!(b.lookup(&KeyHash::of("sk-1")).await.unwrap().is_none());
+    let mut record = KeyRecord::new("k", KeyHash::of("sk-1"));
+    record.team = Some("t".into());
+    record.rate_limits = vec![Limit::requests_per_minute(7)];
+    a.insert(record.clone()).await.unwrap();
+    wait_for_lookup(&b, "sk-1", |r| r.is_some()).await;
+    assert_eq!(*b.get("k").await.unwrap().unwrap(), record);
+
+    // Another key with the same secret is refused.
+    let clash = a.insert(KeyRecord::new("other", KeyHash::of("sk-1"))).await;
+    assert!(matches!(clash, Err(KeyWriteError::DuplicateSecret(ref e)) if e.existing == "k"));
+
+    // Rotation: the old secret stops working everywhere.
+    a.insert(KeyRecord::new("k", KeyHash::of("sk-2")))
+        .await
+        .unwrap();
+    wait_for_lookup(&b, "sk-1", |r| r.is_none()).await;
+    assert!(b.lookup(&KeyHash::of("sk-2")).await.unwrap().is_some());
+
+    assert!(a.set_disabled("k", true).await.unwrap());
+    wait_for_lookup(&b, "sk-2", |r| r.is_some_and(|r| r.disabled)).await;
+    assert!(!a.set_disabled("nobody", true).await.unwrap());
+
+    assert!(b.remove("k").await.unwrap());
+    wait_for_lookup(&a, "sk-2", |r| r.is_none()).await;
+    assert!(!b.remove("k").await.unwrap());
+    assert!(a.get("k").await.unwrap().is_none());
+}
+
+async fn wait_until(mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ready() {
+        assert!(Instant::now() < deadline, "not ready within 5 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+async fn wait_for_lookup(
+    store: &RedisKeyStore,
+    secret: &str,
+    expected: impl Fn(Option<&KeyRecord>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let found = store.lookup(&KeyHash::of(secret)).await.unwrap();
+        if expected(found.as_deref()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "lookup of {secret} still {found:?} after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Faults: Redis killed, restarted, frozen
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_redis_mid_traffic_each_layer_follows_its_policy_and_resumes_on_restart() {
+    let mut server = redis_server!();
+    let redis = instance(&server).await;
+    let keys = RedisKeyStore::new(redis.clone());
+    let open_keys = RedisKeyStore::builder(redis.clone())
+        .on_unavailable(FailurePolicy::FailOpen)
+        .build();
+    wait_until(|| keys.is_listening() && open_keys.is_listening()).await;
+    let alice = KeyRecord::new("alice", KeyHash::of("sk-alice"));
+    keys.insert(alice.clone()).await.unwrap();
+
+    let budget = BudgetSpec::budget(BudgetScope::Key("carol".into()), usd("100"), Period::Daily);
+    // Carol makes the background traffic; the checks are dave's.
+    let carol = principal(
+        "carol",
+        &[Limit::requests_per_minute(10)],
+        std::slice::from_ref(&budget),
+    );
+    let dave = principal(
+        "dave",
+        &[Limit::requests_per_minute(10)],
+        std::slice::from_ref(&budget),
+    );
+
+    let envelope = || ErrorEnvelopeLayer::new();
+    let auth = ServiceBuilder::new()
+        .layer(envelope())
+        .layer(AuthLayer::new(keys.clone()))
+        .service(service_fn(upstream));
+    let auth_open = ServiceBuilder::new()
+        .layer(envelope())
+        .layer(AuthLayer::new(open_keys.clone()))
+        .service(service_fn(upstream));
+    let budgets = ServiceBuilder::new()
+        .layer(envelope())
+        .layer(BudgetLayer::with_ledger(
+            pricing(),
+            RedisLedger::new(redis.clone()),
+        ))
+        .service(service_fn(upstream));
+    let limits_open = ServiceBuilder::new()
+        .layer(RateLimitLayer::new().store(RedisRateLimitStore::new(redis.clone())))
+        .service(service_fn(upstream));
+    let limits_closed = ServiceBuilder::new()
+        .layer(envelope())
+        .layer(
+            RateLimitLayer::new()
+                .store(RedisRateLimitStore::new(redis.clone()))
+                .on_store_error(RateLimitFailure::FailClosed),
+        )
+        .service(service_fn(upstream));
+    let limits_fallback = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::new().store(
+                RedisRateLimitStore::builder(redis.clone())
+                    .fail_open_fallback(MemoryRateLimitStore::new(), 0.5)
+                    .build(),
+            ),
+        )
+        .service(service_fn(upstream));
+
+    // Healthy: everything is served (and alice is cached by both key stores).
+    for _ in 0..2 {
+        assert_eq!(send(&auth, with_key("sk-alice")).await.0, StatusCode::OK);
+        assert_eq!(
+            send(&auth_open, with_key("sk-alice")).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        send(&budgets, chat(Some(&carol), 100)).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send(&limits_closed, chat(Some(&carol), 10)).await.0,
+        StatusCode::OK
+    );
+
+    // Traffic runs through every stack while Redis is killed.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic: Vec<_> = (0..4)
+        .map(|i| {
+            let (auth, budgets, limits_open) = (auth.clone(), budgets.clone(), limits_open.clone());
+            let (carol, stop) = (carol.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut served = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let status = match i % 3 {
+                        0 => send_bounded(&auth, with_key("sk-alice")).await.0,
+                        1 => send_bounded(&budgets, chat(Some(&carol), 100)).await.0,
+                        _ => send_bounded(&limits_open, chat(Some(&carol), 10)).await.0,
+                    };
+                    served += usize::from(status == StatusCode::OK);
+                    // While Redis is down the stores answer at once: without
+                    // a pause this loop would never give its thread back.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                served
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Down. Budgets and keys fail closed: 503 store_unavailable, retry advised.
+    let (status, headers, body) = send_bounded(&budgets, chat(Some(&dave), 100)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["x-should-retry"], "true");
+    assert_eq!(error_code(&body), "store_unavailable");
+    let (status, headers, body) = send_bounded(&auth, with_key("sk-alice")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["x-should-retry"], "true");
+    assert_eq!(error_code(&body), "store_unavailable");
+    // A fail-open key store serves the keys it knows, and only those.
+    assert_eq!(
+        send_bounded(&auth_open, with_key("sk-alice")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        send_bounded(&auth_open, with_key("sk-mallory")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // Rate limits: admitted without limits by default, 503 when closed, and
+    // limited at this instance's share (5 of 10) with the fallback.
+    for _ in 0..20 {
+        assert_eq!(
+            send_bounded(&limits_open, chat(Some(&dave), 10)).await.0,
+            StatusCode::OK
+        );
+    }
+    let (status, _, body) = send_bounded(&limits_closed, chat(Some(&dave), 10)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(&body), "store_unavailable");
+    let mut fallback_admitted = 0;
+    for _ in 0..20 {
+        let status = send_bounded(&limits_fallback, chat(Some(&dave), 10))
+            .await
+            .0;
+        fallback_admitted += usize::from(status == StatusCode::OK);
+    }
+    assert_eq!(fallback_admitted, 5);
+
+    // Restarted (empty: no persistence): service resumes on its own.
+    server.restart();
+    let restarted = Instant::now();
+    let deadline = restarted + Duration::from_secs(5);
+    while send_bounded(&budgets, chat(Some(&dave), 100)).await.0 != StatusCode::OK {
+        assert!(
+            Instant::now() < deadline,
+            "budgets did not resume within 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "budgets resumed {:?} after the restart",
+        restarted.elapsed()
+    );
+    assert_eq!(
+        send_bounded(&limits_closed, chat(Some(&dave), 10)).await.0,
+        StatusCode::OK
+    );
+    // The restarted Redis lost the keys: re-provisioned, they work again.
+    keys.insert(alice).await.unwrap();
+    wait_until(|| keys.is_listening()).await;
+    assert_eq!(
+        send_bounded(&auth, with_key("sk-alice")).await.0,
+        StatusCode::OK
+    );
+    // The fallback is left as soon as Redis answers: Redis has fresh state.
+    assert_eq!(
+        send_bounded(&limits_fallback, chat(Some(&dave), 10))
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    stop.store(true, Ordering::Relaxed);
+    for task in traffic {
+        // No panic, no request past its bound (asserted in `send_bounded`).
+        assert!(task.await.unwrap() > 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_out_every_call_then_recovers() {
+    let server = redis_server!();
+    let ledger = RedisLedger::new(instance(&server).await);
+    let limits = RedisRateLimitStore::new(ledger.connection().clone());
+    let budget = BudgetSpec::budget(BudgetScope::Org("o".into()), usd("1"), Period::Never);
+    ledger.read(&budget).await.unwrap();
+
+    server.freeze();
+    let rl = [Limit::requests_per_minute(5)];
+    let acquire = Acquire {
+        limits: &rl,
+        costs: &[1],
+        max_concurrent: None,
+    };
+    for _ in 0..6 {
+        let started = Instant::now();
+        let read = ledger.read(&budget).await;
+        assert!(
+            matches!(read, Err(StoreError::Timeout | StoreError::Unavailable(_))),
+            "{read:?}"
+        );
+        assert!(
+            started.elapsed() < CALL_TIMEOUT + SLACK,
+            "{:?}",
+            started.elapsed()
+        );
+        let started = Instant::now();
+        assert!(
+            limits
+                .acquire(RateLimitKey::new("a"), &acquire)
+                .await
+                .is_err()
+        );
+        assert!(
+            started.elapsed() < CALL_TIMEOUT + SLACK,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    server.thaw();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ledger.read(&budget).await.is_err() {
+        assert!(Instant::now() < deadline, "no recovery within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        limits
+            .acquire(RateLimitKey::new("a"), &acquire)
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_starting_while_redis_is_down_connects_when_it_is_up() {
+    let mut server = redis_server!();
+    server.kill();
+    let redis = RedisConnection::connect_lazy(config(&server)).unwrap();
+    assert!(RedisConnection::connect(config(&server)).await.is_err());
+    let ledger = RedisLedger::new(redis.clone());
+    let budget = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("3"));
+    let started = Instant::now();
+    assert!(matches!(
+        ledger.read(&budget).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(
+        started.elapsed() < CALL_TIMEOUT,
+        "a call while down fails at once"
+    );
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ledger.read(&budget).await.is_err() {
+        assert!(Instant::now() < deadline, "not connected within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(redis.is_connected());
+    assert!(redis.ping().await.unwrap() < CALL_TIMEOUT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_reservation_is_released_by_its_lease() {
+    let server = redis_server!();
+    let lease = Duration::from_millis(300);
+    let crashed = RedisLedger::new(instance(&server).await).lease(lease);
+    let other = RedisLedger::new(instance(&server).await).lease(lease);
+    let budget = specs([BudgetSpec::budget(
+        BudgetScope::Key("k".into()),
+        usd("1"),
+        Period::Monthly,
+    )]);
+
+    let ReserveOutcome::Reserved { reservation, .. } = crashed
+        .reserve(&budget, usd("1"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    else {
+        panic!("reserved")
+    };
+    drop(crashed); // never settled
+    let denied = other
+        .reserve(&budget, usd("0.5"), ReservePolicy::Strict)
+        .await
+        .unwrap();
+    assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    // Any operation of any instance sweeps the expired hold.
+    assert_eq!(other.read(&budget[0]).await.unwrap().reserved, Money::ZERO);
+    let ReserveOutcome::Reserved {
+        reservation: live, ..
+    } = other
+        .reserve(&budget, usd("0.5"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    else {
+        panic!("reserved after the lease")
+    };
+    // The crashed request's late settlement still charges, and leaves the
+    // live hold alone.
+    let late = RedisLedger::new(instance(&server).await);
+    let settled = late.settle(&reservation, usd("0.2")).await.unwrap();
+    assert_eq!(settled.statuses[0].spent, usd("0.2"));
+    assert_eq!(settled.statuses[0].reserved, usd("0.5"));
+    other.release(&live).await.unwrap();
+    let status = other.read(&budget[0]).await.unwrap();
+    assert_eq!((status.spent, status.reserved), (usd("0.2"), Money::ZERO));
+    assert_eq!(hold_count(&server).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
+    let mut server = redis_server!();
+    let ledger = RedisLedger::new(instance(&server).await);
+    let limits = RedisRateLimitStore::new(ledger.connection().clone());
+    let budget = specs([BudgetSpec::balance(BudgetScope::Org("o".into()), usd("5"))]);
+    let reservation = reserved(
+        ledger
+            .reserve(&budget, usd("1"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    server.kill();
+    // The first call finds the connection broken; later ones are not sent.
+    assert!(ledger.read(&budget[0]).await.is_err());
+    assert!(!ledger.connection().is_connected());
+    let settlement = tokio::spawn({
+        let ledger = ledger.clone();
+        async move { ledger.settle(&reservation, usd("0.25")).await }
+    });
+    let rl = [Limit::tokens_per_minute(1_000)];
+    let refund = tokio::spawn(async move {
+        let settle = Settle {
+            limits: &rl,
+            deltas: &[-5],
+            release: true,
+        };
+        limits.settle(RateLimitKey::new("k"), &settle).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart();
+    // Both wait for Redis rather than fail, then apply.
+    let settled = settlement.await.unwrap().unwrap();
+    assert!(refund.await.unwrap().is_ok());
+    // (The restarted Redis had lost the hold and the balance: only the
+    // charge is left, on a fresh opening balance.)
+    assert_eq!(settled.statuses[0].spent, usd("0.25"));
+    assert_eq!(
+        ledger.read(&budget[0]).await.unwrap().remaining(),
+        usd("4.75")
+    );
+}
+
+/// Holds left in Redis (the index and the hashes).
+async fn hold_count(server: &RedisServer) -> usize {
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let index: usize = redis::cmd("ZCARD")
+        .arg("tollgate:holds")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let hashes: Vec<String> = redis::cmd("KEYS")
+        .arg("tollgate:hold:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    index + hashes.len()
+}
+
+// ---------------------------------------------------------------------------
+// Semantics: the same answers as the memory stores
+// ---------------------------------------------------------------------------
+
+/// A small deterministic generator (no extra dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_decisions_and_headers_match_the_memory_store() {
+    let server = redis_server!();
+    let clock = ManualClock::at(rfc3339("2026-03-20T12:00:00Z"));
+    let shared: SharedClock = clock.clone();
+    let memory = MemoryRateLimitStore::builder()
+        .clock(shared.clone())
+        .build();
+    let redis = RedisRateLimitStore::builder(instance(&server).await)
+        .clock(shared)
+        // The memory store holds slots until settled: so does this one here.
+        .slot_lease(Duration::from_secs(100 * 365 * 86_400))
+        .build();
+    let key_limits: [(&str, Vec<Limit>); 3] = [
+        ("a", vec![Limit::requests_per_minute(7)]),
+        (
+            "b",
+            vec![
+                Limit::requests_per_second(3),
+                Limit::tokens_per_minute(999_999),
+            ],
+        ),
+        // Big enough that products overflow 2^53: the script's exact path.
+        (
+            "c",
+            vec![
+                Limit::tokens_per_day(50_000_000_000),
+                Limit::requests_per_hour(11),
+            ],
+        ),
+    ];
+    let key_of =
+        |k: usize| RateLimitKey::new(key_limits[k].0).with_model((k == 1).then_some("gpt"));
+    // Every key starts at the same instant in both stores (GCRA's unit
+    // boundaries are counted from a key's first use in Redis, from the
+    // store's creation in memory).
+    for (k, (_, limits)) in key_limits.iter().enumerate() {
+        let zero = vec![0; limits.len()];
+        let request = Acquire {
+            limits,
+            costs: &zero,
+            max_concurrent: Some(2),
+        };
+        let key = key_of(k);
+        assert_eq!(
+            memory.acquire(key, &request).await.unwrap(),
+            redis.acquire(key, &request).await.unwrap()
+        );
+        let no_deltas = vec![0; limits.len()];
+        let release = Settle {
+            limits,
+            deltas: &no_deltas,
+            release: true,
+        };
+        memory.settle(key, &release).await.unwrap();
+        redis.settle(key, &release).await.unwrap();
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut in_flight = [0u32; 3];
+    for step in 0..1_500 {
+        clock.advance(Duration::from_micros(match rng.below(4) {
+            0 => 0,
+            1 => rng.below(2_000_000),
+            2 => rng.below(60_000_000),
+            _ => rng.below(400_000),
+        }));
+        let k = rng.below(3) as usize;
+        let (id, limits) = &key_limits[k];
+        let key = key_of(k);
+        if in_flight[k] > 0 && rng.below(3) == 0 {
+            let deltas: Vec<i64> = limits
+                .iter()
+                .map(|l| rng.below(l.amount.min(5_000)) as i64 - (l.amount.min(5_000) / 2) as i64)
+                .collect();
+            let settle = Settle {
+                limits,
+                deltas: &deltas,
+                release: true,
+            };
+            memory.settle(key, &settle).await.unwrap();
+            redis.settle(key, &settle).await.unwrap();
+            in_flight[k] -= 1;
+            continue;
+        }
+        let costs: Vec<u64> = limits.iter().map(|l| rng.below(l.amount / 2 + 2)).collect();
+        let request = Acquire {
+            limits,
+            costs: &costs,
+            max_concurrent: Some(2),
+        };
+        let expected = memory.acquire(key, &request).await.unwrap();
+        let got = redis.acquire(key, &request).await.unwrap();
+        assert_eq!(got, expected, "step {step}, key {id}, costs {costs:?}");
+        if got.verdict == Verdict::Admitted {
+            in_flight[k] += 1;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_state_expires_once_full() {
+    let server = redis_server!();
+    let store = RedisRateLimitStore::new(instance(&server).await);
+    let limits = [Limit::requests_per_second(10)];
+    let request = Acquire {
+        limits: &limits,
+        costs: &[1],
+        max_concurrent: None,
+    };
+    store
+        .acquire(RateLimitKey::new("ttl"), &request)
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("tollgate:rl:3:ttl")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Full again after 100 ms; kept 1 s longer as slack.
+    assert!((1_000..=1_100).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_prefixes_keep_gateways_apart() {
+    let server = redis_server!();
+    let eu = RedisRateLimitStore::new(
+        RedisConnection::connect(config(&server).key_prefix("eu:"))
+            .await
+            .unwrap(),
+    );
+    let us = RedisRateLimitStore::new(
+        RedisConnection::connect(config(&server).key_prefix("us:"))
+            .await
+            .unwrap(),
+    );
+    let limits = [Limit::requests_per_minute(1)];
+    let one = Acquire {
+        limits: &limits,
+        costs: &[1],
+        max_concurrent: None,
+    };
+    let key = RateLimitKey::new("same");
+    assert_eq!(
+        eu.acquire(key, &one).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        us.acquire(key, &one).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    assert_eq!(
+        eu.acquire(key, &one).await.unwrap().verdict,
+        Verdict::Limited
+    );
+}
+
+/// Budgets as the ledger takes them.
+fn specs<const N: usize>(budgets: [BudgetSpec; N]) -> Arc<[BudgetSpec]> {
+    Arc::new(budgets)
+}
+
+fn reserved(outcome: ReserveOutcome) -> Reservation {
+    match outcome {
+        ReserveOutcome::Reserved { reservation, .. } => reservation,
+        denied => panic!("expected a reservation, got {denied:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_semantics_match_the_memory_ledger() {
+    let server = redis_server!();
+    let clock = ManualClock::at(rfc3339("2026-01-31T23:59:00Z"));
+    let ledger = RedisLedger::new(instance(&server).await).clock(clock.clone());
+    let key = |id: &str, dollars: &str, period| {
+        BudgetSpec::budget(BudgetScope::Key(id.into()), usd(dollars), period)
+    };
+
+    // Strict refuses what Bounded clamps; nothing remains while in flight.
+    let b = specs([key("a", "10", Period::Never)]);
+    let r = reserved(
+        ledger
+            .reserve(&b, usd("9"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    ledger.settle(&r, usd("9")).await.unwrap();
+    match ledger
+        .reserve(&b, usd("2"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Denied { index, status } => {
+            assert_eq!(index, 0);
+            assert_eq!(status.remaining(), usd("1"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let r = reserved(
+        ledger
+            .reserve(&b, usd("2"), ReservePolicy::Bounded)
+            .await
+            .unwrap(),
+    );
+    assert_eq!(r.amount(), usd("1"));
+    for policy in [ReservePolicy::Strict, ReservePolicy::Bounded] {
+        let denied = ledger.reserve(&b, Money::ZERO, policy).await.unwrap();
+        assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+    }
+    ledger.settle(&r, usd("2")).await.unwrap();
+    assert_eq!(ledger.read(&b[0]).await.unwrap().remaining(), usd("-1"));
+
+    // All or nothing, the tightest budget reported, a repeated scope once.
+    let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
+    let x = specs([
+        key("x", "10", Period::Monthly),
+        team.clone(),
+        key("x", "10", Period::Monthly),
+    ]);
+    let r = reserved(
+        ledger
+            .reserve(&x, usd("0.8"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    let settled = ledger.settle(&r, usd("0.8")).await.unwrap();
+    assert_eq!(settled.statuses.len(), 3);
+    assert_eq!(settled.statuses[0], settled.statuses[2]);
+    assert_eq!(settled.statuses[0].spent, usd("0.8"));
+    let y = specs([key("y", "10", Period::Monthly), team.clone()]);
+    match ledger
+        .reserve(&y, usd("0.5"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.read(&y[0]).await.unwrap().reserved, Money::ZERO);
+    match ledger
+        .reserve(&y, usd("0.1"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    {
+        ReserveOutcome::Reserved {
+            index,
+            status,
+            reservation,
+        } => {
+            assert_eq!(index, 1);
+            assert_eq!(status.remaining(), usd("0.2"));
+            ledger.release(&reservation).await.unwrap();
+            ledger.release(&reservation).await.unwrap(); // twice is harmless
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ledger.read(&team).await.unwrap().reserved, Money::ZERO);
+
+    // Calendar periods on the ledger's clock: the month ends at 00:00 UTC.
+    let monthly = specs([key("m", "1", Period::Monthly)]);
+    let r = reserved(
+        ledger
+            .reserve(&monthly, usd("1"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    ledger.settle(&r, usd("1")).await.unwrap();
+    let status = ledger.read(&monthly[0]).await.unwrap();
+    assert_eq!(status.remaining(), Money::ZERO);
+    assert_eq!(status.period.start, rfc3339("2026-01-01T00:00:00Z"));
+    assert_eq!(status.period.end, Some(rfc3339("2026-02-01T00:00:00Z")));
+    let held = reserved(
+        ledger
+            .reserve(&specs([team.clone()]), usd("0.1"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    clock.advance(Duration::from_secs(59));
+    assert_eq!(ledger.read(&monthly[0]).await.unwrap().spent, usd("1"));
+    clock.advance(Duration::from_secs(1));
+    let status = ledger.read(&monthly[0]).await.unwrap();
+    assert_eq!(status.spent, Money::ZERO);
+    assert_eq!(status.period.end, Some(rfc3339("2026-03-01T00:00:00Z")));
+    // A hold from January settles into February; the hold still counted.
+    assert_eq!(ledger.read(&team).await.unwrap().reserved, usd("0.1"));
+    let settled = ledger.settle(&held, usd("0.05")).await.unwrap();
+    assert_eq!(
+        (settled.statuses[0].spent, settled.statuses[0].reserved),
+        (usd("0.05"), Money::ZERO)
+    );
+    for (period, start, end) in [
+        (
+            Period::Daily,
+            "2026-02-01T00:00:00Z",
+            "2026-02-02T00:00:00Z",
+        ),
+        (
+            Period::Weekly,
+            "2026-01-26T00:00:00Z",
+            "2026-02-02T00:00:00Z",
+        ),
+        (
+            Period::Rolling(Duration::from_secs(7_200)),
+            "2026-02-01T00:00:00Z",
+            "2026-02-01T02:00:00Z",
+        ),
+        (Period::Never, "1970-01-01T00:00:00Z", ""),
+    ] {
+        let status = ledger.read(&key("p", "1", period)).await.unwrap();
+        assert_eq!(status.period.start, rfc3339(start), "{period}");
+        assert_eq!(
+            status.period.end,
+            (!end.is_empty()).then(|| rfc3339(end)),
+            "{period}"
+        );
+    }
+
+    // Balances open once, take top-ups, never reset.
+    let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("1"));
+    let r = reserved(
+        ledger
+            .reserve(&specs([wallet.clone()]), usd("1"), ReservePolicy::Strict)
+            .await
+            .unwrap(),
+    );
+    ledger.settle(&r, usd("1")).await.unwrap();
+    let denied = ledger
+        .reserve(
+            &specs([wallet.clone()]),
+            Money::ZERO,
+            ReservePolicy::Bounded,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
+    );
+    let status = ledger.top_up(&wallet, usd("3")).await.unwrap();
+    assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
+    clock.advance(Duration::from_secs(400 * 86_400));
+    assert_eq!(ledger.read(&wallet).await.unwrap().remaining(), usd("3"));
+    let fresh = BudgetSpec::balance(BudgetScope::Org("p".into()), usd("2"));
+    assert_eq!(
+        ledger.top_up(&fresh, usd("1")).await.unwrap().remaining(),
+        usd("3")
+    );
+
+    // Money is exact to the nano-dollar over the whole i64 range.
+    let huge = BudgetSpec::balance(
+        BudgetScope::Org("big".into()),
+        Money::from_nanos(i64::MAX - 1),
+    );
+    let r = reserved(
+        ledger
+            .reserve(
+                &specs([huge.clone()]),
+                Money::from_nanos(i64::MAX - 2),
+                ReservePolicy::Strict,
+            )
+            .await
+            .unwrap(),
+    );
+    assert_eq!(
+        ledger.read(&huge).await.unwrap().remaining(),
+        Money::from_nanos(1)
+    );
+    ledger.settle(&r, Money::from_nanos(3)).await.unwrap();
+    let status = ledger.read(&huge).await.unwrap();
+    assert_eq!(
+        (status.spent, status.remaining()),
+        (Money::from_nanos(3), Money::from_nanos(i64::MAX - 4))
+    );
+}
+
+/// An outcome without its reservation id (ids differ between ledgers).
+fn shape(outcome: &ReserveOutcome) -> (bool, usize, Option<Money>, tollgate::budget::BudgetStatus) {
+    match outcome {
+        ReserveOutcome::Reserved {
+            reservation,
+            index,
+            status,
+        } => (true, *index, Some(reservation.amount()), *status),
+        ReserveOutcome::Denied { index, status } => (false, *index, None, *status),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounded_admits_one_partial_hold_at_a_time_like_the_memory_ledger() {
+    let server = redis_server!();
+    let clock = ManualClock::at(rfc3339("2026-05-05T10:00:00Z"));
+    let redis = RedisLedger::new(instance(&server).await).clock(clock.clone());
+    let memory =
+        tollgate::store::memory::MemoryLedger::new().with_clock(ManualClockRef(clock.clone()));
+    let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
+    let both = specs([
+        BudgetSpec::budget(BudgetScope::Key("k".into()), usd("10"), Period::Monthly),
+        team,
+    ]);
+    let bounded = ReservePolicy::Bounded;
+
+    let mut held = Vec::new();
+    // Whole, partial (clamped to the team's $0.20), refused (a second
+    // partial), whole again, and partial once the first partial settled.
+    for (step, amount) in ["0.8", "0.5", "-release 0", "1", "0.5", "-settle 1", "1"]
+        .into_iter()
+        .enumerate()
+    {
+        if let Some(which) = amount.strip_prefix("-release ") {
+            let (m, r): &(Reservation, Reservation) = &held[which.parse::<usize>().unwrap()];
+            memory.release(m).await.unwrap();
+            redis.release(r).await.unwrap();
+            continue;
+        }
+        if let Some(which) = amount.strip_prefix("-settle ") {
+            let (m, r): &(Reservation, Reservation) = &held[which.parse::<usize>().unwrap()];
+            let expected = memory.settle(m, usd("0.3")).await.unwrap();
+            assert_eq!(redis.settle(r, usd("0.3")).await.unwrap(), expected);
+            continue;
+        }
+        let expected = memory.reserve(&both, usd(amount), bounded).await.unwrap();
+        let got = redis.reserve(&both, usd(amount), bounded).await.unwrap();
+        assert_eq!(
+            shape(&got),
+            shape(&expected),
+            "step {step}: reserve {amount}"
+        );
+        if let (
+            ReserveOutcome::Reserved { reservation: m, .. },
+            ReserveOutcome::Reserved { reservation: r, .. },
+        ) = (expected, got)
+        {
+            held.push((m, r));
+        }
+    }
+    assert_eq!(held.len(), 4);
+    assert_eq!(held[1].1.amount(), usd("0.2"));
+}
+
+/// `ManualClock` for APIs that take a clock by value.
+struct ManualClockRef(Arc<ManualClock>);
+
+impl Clock for ManualClockRef {
+    fn now(&self) -> tokio::time::Instant {
+        self.0.now()
+    }
+
+    fn now_unix(&self) -> Duration {
+        self.0.now_unix()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_keys_expire_or_persist_by_what_they_hold() {
+    let server = redis_server!();
+    let ledger = RedisLedger::new(instance(&server).await);
+    let daily = BudgetSpec::budget(BudgetScope::Key("d".into()), usd("1"), Period::Daily);
+    let wallet = BudgetSpec::balance(BudgetScope::Org("w".into()), usd("1"));
+    for spec in [&daily, &wallet] {
+        let r = reserved(
+            ledger
+                .reserve(&specs([spec.clone()]), usd("0.1"), ReservePolicy::Strict)
+                .await
+                .unwrap(),
+        );
+        ledger.settle(&r, usd("0.1")).await.unwrap();
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let pttl = |key: &'static str| {
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("PTTL")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    let day_ms = 86_400_000;
+    let lease_ms = 3_600_000;
+    let daily_ttl = pttl("tollgate:budget:key:d").await;
+    assert!(
+        daily_ttl > lease_ms && daily_ttl <= day_ms + lease_ms + 60_000,
+        "{daily_ttl}"
+    );
+    assert_eq!(pttl("tollgate:budget:org:w").await, -1, "a balance is kept");
+    assert_eq!(hold_count(&server).await, 0);
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fallback_limits_at_the_share_and_settles_its_own_admissions() {
+    let mut server = redis_server!();
+    let fallback = MemoryRateLimitStore::new();
+    let store = RedisRateLimitStore::builder(instance(&server).await)
+        .fail_open_fallback(fallback.clone(), 0.25)
+        .build();
+    server.kill();
+    let limits = [Limit::requests_per_hour(8)];
+    let request = Acquire {
+        limits: &limits,
+        costs: &[1],
+        max_concurrent: Some(4),
+    };
+    let key = RateLimitKey::new("k");
+    let mut verdicts = Vec::new();
+    for _ in 0..3 {
+        verdicts.push(store.acquire(key, &request).await.unwrap().verdict);
+    }
+    // 8 × 0.25 = 2 requests; 4 × 0.25 = 1 in flight.
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Admitted,
+            Verdict::Concurrency,
+            Verdict::Concurrency
+        ]
+    );
+    let release = Settle {
+        limits: &limits,
+        deltas: &[0],
+        release: true,
+    };
+    store.settle(key, &release).await.unwrap();
+    assert_eq!(
+        store.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Admitted
+    );
+    store.settle(key, &release).await.unwrap();
+    assert_eq!(
+        store.acquire(key, &request).await.unwrap().verdict,
+        Verdict::Limited
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The scripts' arithmetic: exact where Lua has only doubles
+// ---------------------------------------------------------------------------
+
+const COMMON_LUA: &str = include_str!("../src/store/redis/scripts/common.lua");
+const MONEY_LUA: &str = include_str!("../src/store/redis/scripts/money.lua");
+
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn lua_mul_div_is_exact_over_its_whole_domain() {
+    let server = redis_server!();
+    let mut conn = raw(&server).await;
+    let script = redis::Script::new(&format!(
+        "{COMMON_LUA}\nlocal out = {{}}\n\
+         for i = 1, #ARGV, 3 do\n\
+           local q, exact = mul_div(tonumber(ARGV[i]), tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]))\n\
+           out[#out + 1] = istr(q) .. (exact and '=' or '~')\n\
+         end\nreturn out"
+    ));
+    let max: u128 = 1 << 53;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    // Values of every magnitude below 2^bits.
+    let mut pick = |bits: u64| {
+        let width = 1 + rng.below(bits);
+        rng.below(1u64 << width)
+    };
+    for _ in 0..8 {
+        let triples: Vec<(u64, u64, u64)> = (0..500)
+            .map(|_| (pick(53), pick(53), pick(51).max(1)))
+            .collect();
+        let mut invocation = script.prepare_invoke();
+        for (a, b, d) in &triples {
+            invocation
+                .arg(a.to_string())
+                .arg(b.to_string())
+                .arg(d.to_string());
+        }
+        let got: Vec<String> = invocation.invoke_async(&mut conn).await.unwrap();
+        for ((a, b, d), got) in triples.iter().zip(got) {
+            let p = u128::from(*a) * u128::from(*b);
+            let q = p / u128::from(*d);
+            let expected = if q >= max {
+                format!("{max}~")
+            } else {
+                format!("{q}{}", if p % u128::from(*d) == 0 { '=' } else { '~' })
+            };
+            assert_eq!(got, expected, "mul_div({a}, {b}, {d})");
+        }
+    }
+}
+
+#[tokio::test]
+async fn lua_money_is_exact_over_the_i64_range() {
+    let server = redis_server!();
+    let mut conn = raw(&server).await;
+    let script = redis::Script::new(&format!(
+        "{COMMON_LUA}\n{MONEY_LUA}\nlocal out = {{}}\n\
+         for i = 1, #ARGV, 2 do\n\
+           local a, b = m_parse(ARGV[i]), m_parse(ARGV[i + 1])\n\
+           out[#out + 1] = m_str(a) .. ' ' .. m_str(m_add(a, b)) .. ' ' .. m_str(m_sub(a, b)) .. ' ' .. m_cmp(a, b)\n\
+         end\nreturn out"
+    ));
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut pick = || {
+        let v = match rng.below(4) {
+            0 => rng.below(2_000_000_000),
+            1 => rng.below(1 << 40),
+            _ => rng.below(u64::MAX),
+        } as i64;
+        if rng.below(2) == 0 {
+            v
+        } else {
+            v.wrapping_neg()
+        }
+    };
+    let mut pairs: Vec<(i64, i64)> = (0..2_000).map(|_| (pick(), pick())).collect();
+    pairs.extend([
+        (0, 0),
+        (i64::MAX, i64::MAX),
+        (i64::MIN + 1, i64::MAX),
+        (-1, 1),
+        (-999_999_999, -1),
+    ]);
+    for chunk in pairs.chunks(500) {
+        let mut invocation = script.prepare_invoke();
+        for (a, b) in chunk {
+            invocation.arg(a.to_string()).arg(b.to_string());
+        }
+        let got: Vec<String> = invocation.invoke_async(&mut conn).await.unwrap();
+        for ((a, b), got) in chunk.iter().zip(got) {
+            let (a, b) = (i128::from(*a), i128::from(*b));
+            let expected = format!("{a} {} {} {}", a + b, a - b, (a > b) as i8 - (a < b) as i8);
+            assert_eq!(got, expected);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! A throwaway `redis-server` per test: started on a free loopback port,
+//! without persistence, killed on drop. No test needs a Redis that was
+//! running before, and none touches one that is.
+//!
+//! A machine without `redis-server` (override the binary with the
+//! `REDIS_SERVER` environment variable) skips the tests loudly: `.ci/run`
+//! installs it, so in CI they run.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `redis-server` child process.
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+fn binary() -> String {
+    std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into())
+}
+
+/// Whether `redis-server` can be run here; prints a SKIP banner if not.
+pub fn available() -> bool {
+    let found = Command::new(binary())
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        eprintln!(
+            "\n==== SKIP: `{}` not found: Redis tests did not run. \
+             Install it (apt-get install redis-server) or set REDIS_SERVER. ====\n",
+            binary()
+        );
+    }
+    found
+}
+
+impl RedisServer {
+    /// Starts a server on a free port, or returns `None` (after printing a
+    /// SKIP banner) when `redis-server` is not installed.
+    pub fn start() -> Option<RedisServer> {
+        if !available() {
+            return None;
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let mut server = RedisServer { child: None, port };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the server (SIGKILL, as a crash) and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port (empty: no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not restart on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Freezes the server (SIGSTOP): connections stay open, nothing answers.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaws a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(pid) = self.pid() {
+            let status = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .expect("kill(1) runs");
+            assert!(status.success(), "kill {signal} {pid} failed");
+        }
+    }
+
+    /// Runs the server and waits until it answers PING; false if it exited
+    /// (port taken) or did not answer within 5 s.
+    fn spawn(&mut self) -> bool {
+        let child = Command::new(binary())
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &std::env::temp_dir().to_string_lossy(),
+                "--loglevel",
+                "warning",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else {
+            return false;
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if ping(self.port) {
+                self.child = Some(child);
+                return true;
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        // SIGKILL ends a frozen (SIGSTOP) server too.
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+/// Starts a server for the calling test, or returns from it after the SKIP
+/// banner when `redis-server` is absent.
+#[macro_export]
+macro_rules! redis_server {
+    () => {
+        match $crate::redis_support::RedisServer::start() {
+            Some(server) => server,
+            None => return,
+        }
+    };
+}
