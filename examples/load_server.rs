@@ -157,12 +157,35 @@ fn app(args: &Args) -> Result<Router, Box<dyn std::error::Error>> {
     })
 }
 
+/// The full stack with the rate limit store and the ledger in Redis (keys
+/// stay in memory).
+#[cfg(feature = "redis")]
+async fn app_redis(args: &Args) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger, RedisRateLimitStore};
+    let config = RedisConfig::from_url(&args.redis)?.key_prefix("tollgate-load:");
+    let redis = RedisConnection::connect(config).await?;
+    let limits = RedisRateLimitStore::builder(redis.clone()).build();
+    let ledger = RedisLedger::new(redis);
+    let keys = keys(args.keys).map_err(|e| e.to_string())?;
+    let pricing = pricing().map_err(|e| e.to_string())?;
+    Ok(handler(args).layer(
+        ServiceBuilder::new()
+            .layer(ErrorEnvelopeLayer::new())
+            .layer(AuthLayer::new(keys))
+            .layer(RateLimitLayer::new().store(limits))
+            .layer(BudgetLayer::with_ledger(pricing, ledger))
+            .layer(StreamErrorTrailerLayer::new()),
+    ))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = args()?;
     let app = match args.mode.as_str() {
-        // The Redis stores are not on main yet: see PERFORMANCE.md.
-        "full-redis" => return Err("full-redis: the Redis stores have not landed yet".into()),
+        #[cfg(feature = "redis")]
+        "full-redis" => app_redis(&args).await?,
+        #[cfg(not(feature = "redis"))]
+        "full-redis" => return Err("full-redis needs --features redis".into()),
         _ => app(&args).map_err(|e| e.to_string())?,
     };
     let listener = tokio::net::TcpListener::bind(args.listen).await?;

@@ -4,7 +4,8 @@
 # interleaved a b a b ..., medians and the b/a ratio with its spread.
 #
 #   benches/load/run.sh                 # bare vs full (memory stores)
-#   benches/load/run.sh full full-redis # memory vs Redis stores (needs redis-server)
+#   benches/load/run.sh full full-redis # memory vs Redis stores (redis-server: started on
+#                                       # REDIS_PORT pinned to REDIS_CPU if none answers)
 #   RUNS=7 DURATION=10 CONNS=32 STREAM=1 benches/load/run.sh
 #
 # Needs wrk (Debian: apt-get install wrk) and taskset (util-linux).
@@ -21,7 +22,9 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PORT_A=${PORT_A:-18787}
 PORT_B=${PORT_B:-18788}
-REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/0}
+REDIS_PORT=${REDIS_PORT:-6379}
+REDIS_CPU=${REDIS_CPU:-0}
+REDIS_URL=${REDIS_URL:-redis://127.0.0.1:$REDIS_PORT/0}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 lua="$root/benches/load/chat.lua"
@@ -51,6 +54,24 @@ start() { # mode port
   done
   echo "server $1 did not start on port $2" >&2; exit 1
 }
+redis=0
+if [[ $A == full-redis || $B == full-redis ]]; then
+  redis=1
+  if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    taskset -c "$REDIS_CPU" redis-server --port "$REDIS_PORT" --save '' --appendonly no >/dev/null &
+    pids+=($!)
+    for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  fi
+fi
+# Script calls Redis has served so far (EVAL/EVALSHA: each is one round trip;
+# the commands a script runs inside are not) and all commands, for "round
+# trips per request".
+redis_commands() {
+  redis-cli -p "$REDIS_PORT" info commandstats | tr -d '\r' | awk -F'[:=,]' '
+    /^cmdstat_/ { all += $3; if ($1 ~ /^cmdstat_eval/) scripts += $3 }
+    END { print scripts + 0, all + 0 }'
+}
+
 start "$A" "$PORT_A"
 start "$B" "$PORT_B"
 
@@ -61,15 +82,23 @@ cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # user + system ticks of a 
 # the time the server waited for a CPU, so it holds up on a busy machine
 # where requests/s do not.
 one() { # port seconds
-  local out before after
+  local out before after rbefore="0 0" rafter="0 0"
   before=$(cpu "${pid_of[$1]}")
+  if [[ $redis == 1 ]]; then rbefore=$(redis_commands); fi
   out=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${2}s" -s "$lua" "http://127.0.0.1:$1/v1/chat/completions")
   after=$(cpu "${pid_of[$1]}")
+  if [[ $redis == 1 ]]; then rafter=$(redis_commands); fi
   local line; line=$(grep '^RESULT' <<<"$out")
   local errors; errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
   if [[ $errors != 0 ]]; then echo "errors on port $1: $line" >&2; exit 1; fi
   local requests; requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$line")
   local cpu_us; cpu_us=$(awk -v t=$((after - before)) -v hz="$tck" -v n="$requests" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
+  if [[ $redis == 1 ]]; then
+    awk -v b="$rbefore" -v a="$rafter" -v n="$requests" -v port="$1" 'BEGIN {
+      split(b, x, " "); split(a, y, " ")
+      printf "redis on port %s: %.2f script calls (round trips) and %.2f commands (inner ones included) per request\n",
+        port, (y[1] - x[1]) / n, (y[2] - x[2]) / n }' >&2
+  fi
   echo "$(sed -E 's/RESULT rps=([0-9.]+) p50_us=([0-9]+) p99_us=([0-9]+).*/\1 \2 \3/' <<<"$line") $cpu_us"
 }
 
