@@ -84,7 +84,7 @@ impl HeaderStyle {
                         crate::time::format_rfc3339(ceil_secs(now_unix + state.reset))
                     };
                     let [limit_name, remaining_name, reset_name] = names;
-                    headers.insert(limit_name, HeaderValue::from(limit.amount));
+                    headers.insert(limit_name, amount_value(limit.amount));
                     headers.insert(remaining_name, HeaderValue::from(state.remaining));
                     if let Ok(v) = HeaderValue::try_from(reset) {
                         headers.insert(reset_name, v);
@@ -116,6 +116,32 @@ impl HeaderStyle {
             HeaderStyle::None => {}
         }
     }
+}
+
+/// The header value of a limit's amount. Amounts are configuration, the
+/// same on every response, so the last few are kept per thread: a reference
+/// count instead of formatting and an allocation.
+fn amount_value(amount: u64) -> HeaderValue {
+    const SLOTS: usize = 4;
+    thread_local! {
+        static CACHE: std::cell::RefCell<(usize, [Option<(u64, HeaderValue)>; SLOTS])> =
+            const { std::cell::RefCell::new((0, [const { None }; SLOTS])) };
+    }
+    CACHE
+        .try_with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                return HeaderValue::from(amount);
+            };
+            let (next, slots) = &mut *cache;
+            if let Some((_, value)) = slots.iter().flatten().find(|(a, _)| *a == amount) {
+                return value.clone();
+            }
+            let value = HeaderValue::from(amount);
+            slots[*next] = Some((amount, value.clone()));
+            *next = (*next + 1) % SLOTS;
+            value
+        })
+        .unwrap_or_else(|_| HeaderValue::from(amount))
 }
 
 /// `requests-per-minute`, `tokens-per-day`, `requests-per-90s`.
@@ -219,6 +245,19 @@ mod tests {
         }
         out.push('s');
         out
+    }
+
+    #[test]
+    fn cached_amounts_are_the_amounts() {
+        for round in 0..3 {
+            for amount in [0, 1, 60, 1 << 30, 1 << 36, u64::MAX, 7, 8, 9] {
+                assert_eq!(
+                    amount_value(amount),
+                    HeaderValue::from(amount),
+                    "{round} {amount}"
+                );
+            }
+        }
     }
 
     #[test]
