@@ -62,6 +62,7 @@ mod integrations;
 pub mod rate_limit;
 pub mod request;
 pub mod retry;
+mod rng;
 pub mod store;
 pub mod stream;
 pub mod time;

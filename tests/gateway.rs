@@ -305,6 +305,15 @@ fn config_errors_name_the_field_and_line() {
         err.contains("duplicate key id") && err.contains("\"ok\""),
         "{err}"
     );
+    // The duplicate is the last `[[keys]]` entry: the error names its line.
+    let last_header = dup
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "[[keys]]")
+        .last()
+        .map(|(n, _)| n + 1)
+        .unwrap_or(0);
+    assert!(err.contains(&format!("line {last_header}:")), "{err}");
     let err = config::Config::from_toml("upstream = \"ftp://x\"\n", "t.toml")
         .expect_err("bad upstream")
         .to_string();

@@ -191,6 +191,29 @@ pub enum ConfigError {
     },
 }
 
+/// Adds the line of the `[[keys]]`/`[[models]]` entry an error names
+/// (`keys[3]…` → the fourth `[[keys]]` header) to its message.
+fn with_line(error: ConfigError, text: &str) -> ConfigError {
+    let ConfigError::Invalid { origin, message } = error else {
+        return error;
+    };
+    let entry = ["keys", "models"].iter().find_map(|table| {
+        let rest = message.strip_prefix(table)?.strip_prefix('[')?;
+        let index: usize = rest.split(']').next()?.parse().ok()?;
+        let header = format!("[[{table}]]");
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| line.trim() == header)
+            .nth(index)
+            .map(|(n, _)| n + 1)
+    });
+    let message = match entry {
+        Some(line) => format!("line {line}: {message}"),
+        None => message,
+    };
+    ConfigError::Invalid { origin, message }
+}
+
 impl Config {
     /// Reads and checks a TOML file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
@@ -207,7 +230,9 @@ impl Config {
             origin: origin.to_owned(),
             message: e.to_string(),
         })?;
-        config.validate(origin)?;
+        config
+            .validate(origin)
+            .map_err(|error| with_line(error, text))?;
         Ok(config)
     }
 

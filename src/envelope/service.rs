@@ -150,20 +150,9 @@ fn is_usable_request_id(id: &HeaderValue) -> bool {
 fn generate_request_id() -> HeaderValue {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(|| {
-        let mut buf = [0u8; 8];
-        // Falling back to the clock only weakens uniqueness across processes.
-        if getrandom::fill(&mut buf).is_err() {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            buf = nanos.to_le_bytes();
-        }
-        u64::from_le_bytes(buf)
-    });
+    let seed = *SEED.get_or_init(crate::rng::os_seed);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let hi = splitmix64(seed ^ n);
+    let hi = crate::rng::splitmix64(seed ^ n);
     let lo = n & 0xffff_ffff;
     // Hex by hand into one buffer: this runs on every request without an id.
     let mut text = [0u8; 28];
@@ -202,13 +191,6 @@ fn write_hex(value: u64, out: &mut [u8]) {
     }
 }
 
-fn splitmix64(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
@@ -234,7 +216,7 @@ mod tests {
 
     #[test]
     fn hex_matches_format() {
-        for value in [0, 7, 0xdead_beef, u64::MAX, super::splitmix64(7)] {
+        for value in [0, 7, 0xdead_beef, u64::MAX, crate::rng::splitmix64(7)] {
             let mut buf = [0u8; 16];
             super::write_hex(value, &mut buf);
             assert_eq!(std::str::from_utf8(&buf).unwrap(), format!("{value:016x}"));

@@ -101,21 +101,11 @@ pub(crate) struct Jitter {
     state: AtomicU64,
 }
 
-const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
+use crate::rng::{GAMMA, mix};
 
 impl Jitter {
     pub(crate) fn new() -> Self {
-        let mut seed = [0u8; 8];
-        // Without OS randomness the jitter is merely less random; the clock
-        // still spreads clients started at different times.
-        if getrandom::fill(&mut seed).is_err() {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(0);
-            seed = nanos.to_le_bytes();
-        }
-        Jitter::with_seed(u64::from_le_bytes(seed))
+        Jitter::with_seed(crate::rng::os_seed())
     }
 
     pub(crate) fn with_seed(seed: u64) -> Self {
@@ -139,12 +129,6 @@ impl Clone for Jitter {
         // configuration must not retry in lockstep.
         Jitter::with_seed(mix(self.next()))
     }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
 }
 
 #[cfg(test)]

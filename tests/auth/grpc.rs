@@ -8,57 +8,20 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, BufMut};
 use tollgate::Principal;
 use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::store::memory::MemoryKeyStore;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::MetadataValue;
 use tonic::{Code, Status};
 
 use super::SECRET;
 
-/// Messages are UTF-8 strings, sent as they are.
-#[derive(Debug, Clone, Copy, Default)]
-struct Utf8;
-
-impl Codec for Utf8 {
-    type Encode = String;
-    type Decode = String;
-    type Encoder = Utf8;
-    type Decoder = Utf8;
-
-    fn encoder(&mut self) -> Utf8 {
-        Utf8
-    }
-
-    fn decoder(&mut self) -> Utf8 {
-        Utf8
-    }
-}
-
-impl Encoder for Utf8 {
-    type Item = String;
-    type Error = Status;
-
-    fn encode(&mut self, item: String, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(item.as_bytes());
-        Ok(())
-    }
-}
-
-impl Decoder for Utf8 {
-    type Item = String;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<String>, Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        String::from_utf8(bytes.to_vec())
-            .map(Some)
-            .map_err(|_| Status::invalid_argument("not UTF-8"))
-    }
-}
+// The same hand-written codec the tonic example uses.
+#[allow(dead_code)]
+#[path = "../../examples/support/echo_grpc.rs"]
+mod echo_grpc;
+use echo_grpc::Utf8;
 
 /// `test.Whoami/Call`: answers "<caller>: <message>".
 #[derive(Debug, Clone)]
