@@ -123,8 +123,10 @@ impl HeaderStyle {
 /// count instead of formatting and an allocation.
 fn amount_value(amount: u64) -> HeaderValue {
     const SLOTS: usize = 4;
+    /// The slot to fill next, and the amounts with their values.
+    type Slots = (usize, [Option<(u64, HeaderValue)>; SLOTS]);
     thread_local! {
-        static CACHE: std::cell::RefCell<(usize, [Option<(u64, HeaderValue)>; SLOTS])> =
+        static CACHE: std::cell::RefCell<Slots> =
             const { std::cell::RefCell::new((0, [const { None }; SLOTS])) };
     }
     CACHE
