@@ -87,7 +87,7 @@ mod service;
 
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorEnvelopeLayer;
-pub use self::parse::parse;
+pub use self::parse::{parse, parse_event};
 pub use self::render::{
     ErrorFormat, GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, UnknownFormat, X_REQUEST_ID,
     X_SHOULD_RETRY, grpc_percent_encode, grpc_status,

@@ -396,3 +396,184 @@ mod tests {
         assert_eq!(percent_decode(b"%C3%A7"), "ç");
     }
 }
+
+/// Parses an in-band SSE error event (OpenAI `data: {"error":…}`, Anthropic
+/// `event: error`, the Responses API's `{"type":"error","code",…}`) into an
+/// [`ApiError`]; `None` when the event is not an error.
+///
+/// An event is an error when it is named `error` or its JSON has a truthy
+/// `error` key (the test the official OpenAI SDKs apply). Such an event has
+/// no HTTP status of its own: it gets a numeric `status`/`code` in 400–599
+/// when it carries one, else the status of the kind its `code` or `type`
+/// names, else `fallback`. `headers` are the stream's (for `x-request-id`).
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tollgate::ErrorKind;
+/// use tollgate::envelope::parse_event;
+///
+/// let data = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+/// let err = parse_event(Some("error"), data, &HeaderMap::new(), StatusCode::BAD_GATEWAY).unwrap();
+/// assert_eq!((err.kind(), err.status().as_u16()), (ErrorKind::Overloaded, 529));
+/// assert!(parse_event(None, br#"{"choices":[]}"#, &HeaderMap::new(), StatusCode::BAD_GATEWAY).is_none());
+/// ```
+pub fn parse_event(
+    name: Option<&str>,
+    data: &[u8],
+    headers: &HeaderMap,
+    fallback: StatusCode,
+) -> Option<ApiError> {
+    let data = data.trim_ascii();
+    let json: Option<Value> = if data.starts_with(b"{") {
+        serde_json::from_slice(data).ok()
+    } else {
+        None
+    };
+    let is_error = name == Some("error")
+        || json
+            .as_ref()
+            .and_then(|v| v.get("error"))
+            .is_some_and(truthy);
+    if !is_error {
+        return None;
+    }
+    let status = event_status(json.as_ref()).unwrap_or(fallback);
+    Some(parse(status, headers, data))
+}
+
+/// Python's truthiness, as the SDKs test `error` keys.
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        Value::Object(o) => !o.is_empty(),
+    }
+}
+
+/// The status an error event stands for, if it says.
+fn event_status(json: Option<&Value>) -> Option<StatusCode> {
+    let top = json?.as_object()?;
+    let nested = top.get("error").and_then(Value::as_object);
+    let objects = || nested.into_iter().chain(Some(top));
+    for obj in objects() {
+        for field in ["status", "code"] {
+            let number = obj.get(field).and_then(|v| match v {
+                Value::Number(n) => n.as_u64(),
+                Value::String(s) => s.parse::<u64>().ok(),
+                _ => None,
+            });
+            if let Some(status) = number
+                .filter(|n| (400..600).contains(n))
+                .and_then(|n| StatusCode::from_u16(n as u16).ok())
+            {
+                return Some(status);
+            }
+        }
+    }
+    let text = |obj: &serde_json::Map<String, Value>, field: &str| {
+        obj.get(field)
+            .and_then(Value::as_str)
+            .filter(|t| *t != "error")
+            .map(str::to_owned)
+    };
+    for obj in objects() {
+        if let Some(kind) = text(obj, "code").and_then(|c| ErrorKind::from_code(&c)) {
+            return Some(kind.status());
+        }
+    }
+    objects().find_map(|obj| text(obj, "type").and_then(|t| status_of_type(&t)))
+}
+
+/// The status of an error `type`: tollgate's own table, plus the Anthropic
+/// types it does not render.
+fn status_of_type(error_type: &str) -> Option<StatusCode> {
+    if let Some(kind) = ErrorKind::ALL.iter().find(|k| k.error_type() == error_type) {
+        return Some(kind.status());
+    }
+    Some(match error_type {
+        "authentication_error" => StatusCode::UNAUTHORIZED,
+        "billing_error" => StatusCode::PAYMENT_REQUIRED,
+        "request_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        "api_error" => StatusCode::INTERNAL_SERVER_ERROR,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::*;
+
+    fn s(json: &str) -> u16 {
+        parse_event(
+            None,
+            json.as_bytes(),
+            &HeaderMap::new(),
+            StatusCode::BAD_GATEWAY,
+        )
+        .map(|e| e.status().as_u16())
+        .unwrap_or(0)
+    }
+
+    #[test]
+    fn statuses_of_error_events() {
+        assert_eq!(
+            s(r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#),
+            429
+        );
+        assert_eq!(
+            s(r#"{"error":{"code":"context_length_exceeded","type":"invalid_request_error"}}"#),
+            400
+        );
+        assert_eq!(
+            s(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            529
+        );
+        assert_eq!(s(r#"{"error":{"code":503,"message":"down"}}"#), 503);
+        assert_eq!(s(r#"{"error":{"code":"429","message":"x"}}"#), 429);
+        assert_eq!(s(r#"{"error":"something"}"#), 502);
+        assert_eq!(
+            s(r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#),
+            429
+        );
+        let responses = parse_event(
+            Some("error"),
+            br#"{"type":"error","code":"rate_limit_exceeded","message":"x"}"#,
+            &HeaderMap::new(),
+            StatusCode::BAD_GATEWAY,
+        );
+        assert_eq!(responses.map(|e| e.status().as_u16()), Some(429));
+        let text = parse_event(
+            Some("error"),
+            b"upstream went away",
+            &HeaderMap::new(),
+            StatusCode::INTERNAL_SERVER_ERROR,
+        );
+        assert_eq!(text.map(|e| e.status().as_u16()), Some(500));
+    }
+
+    #[test]
+    fn only_truthy_error_keys_are_errors() {
+        for data in [
+            r#"{"error":null}"#,
+            r#"{"error":false}"#,
+            r#"{"error":""}"#,
+            r#"{"error":{}}"#,
+            "[DONE]",
+            "{}",
+        ] {
+            assert!(
+                parse_event(
+                    Some("message"),
+                    data.as_bytes(),
+                    &HeaderMap::new(),
+                    StatusCode::BAD_GATEWAY
+                )
+                .is_none(),
+                "{data}"
+            );
+        }
+    }
+}

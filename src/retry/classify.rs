@@ -4,7 +4,6 @@ use std::fmt;
 use std::time::Duration;
 
 use http::{HeaderMap, StatusCode};
-use serde_json::Value;
 
 use super::hints;
 use crate::clock::Clock;
@@ -287,81 +286,18 @@ fn failure(
 /// The first event of a stream: an error event is classified as the error
 /// response its `type` (or numeric `code`/`status`) stands for.
 fn classify_event(event: &str, data: &[u8], now: Duration) -> Classification {
-    let trimmed = data.trim_ascii();
-    let json = if trimmed.starts_with(b"{") {
-        serde_json::from_slice::<Value>(trimmed).ok()
-    } else {
-        None
-    };
-    let has_error_field = json
-        .as_ref()
-        .and_then(|v| v.get("error"))
-        .is_some_and(|e| !e.is_null());
-    if event != "error" && !has_error_field {
-        return Classification::Success;
-    }
-    let status = in_band_status(json.as_ref());
     // In-band errors carry no headers of their own; the 200's headers
     // (rate-limit counters, …) describe the stream, not the error.
     let headers = HeaderMap::new();
-    let error = crate::envelope::parse(status, &headers, trimmed);
-    failure(&error, status, &headers, now)
-}
-
-/// The HTTP status an in-band error stands for; 500 when it says nothing.
-fn in_band_status(json: Option<&Value>) -> StatusCode {
-    let Some(top) = json.and_then(Value::as_object) else {
-        return StatusCode::INTERNAL_SERVER_ERROR;
-    };
-    let nested = top.get("error").and_then(Value::as_object);
-    let objects = nested.into_iter().chain(Some(top));
-    for obj in objects.clone() {
-        for field in ["status", "code"] {
-            let number = obj.get(field).and_then(|v| match v {
-                Value::Number(n) => n.as_u64(),
-                Value::String(s) => s.parse::<u64>().ok(),
-                _ => None,
-            });
-            if let Some(status) = number
-                .filter(|n| (400..600).contains(n))
-                .and_then(|n| StatusCode::from_u16(n as u16).ok())
-            {
-                return status;
-            }
-        }
+    match crate::envelope::parse_event(
+        Some(event),
+        data,
+        &headers,
+        StatusCode::INTERNAL_SERVER_ERROR,
+    ) {
+        Some(error) => failure(&error, error.status(), &headers, now),
+        None => Classification::Success,
     }
-    let text = |obj: &serde_json::Map<String, Value>, field: &str| {
-        obj.get(field)
-            .and_then(Value::as_str)
-            .filter(|t| *t != "error")
-            .map(str::to_owned)
-    };
-    for obj in objects.clone() {
-        if let Some(status) = text(obj, "type").and_then(|t| status_of_type(&t)) {
-            return status;
-        }
-    }
-    for obj in objects {
-        if let Some(kind) = text(obj, "code").and_then(|c| ErrorKind::from_code(&c)) {
-            return kind.status();
-        }
-    }
-    StatusCode::INTERNAL_SERVER_ERROR
-}
-
-/// The status of an error `type`: tollgate's own table, plus the Anthropic
-/// types it does not render.
-fn status_of_type(error_type: &str) -> Option<StatusCode> {
-    if let Some(kind) = ErrorKind::ALL.iter().find(|k| k.error_type() == error_type) {
-        return Some(kind.status());
-    }
-    Some(match error_type {
-        "authentication_error" => StatusCode::UNAUTHORIZED,
-        "billing_error" => StatusCode::PAYMENT_REQUIRED,
-        "request_too_large" => StatusCode::PAYLOAD_TOO_LARGE,
-        "api_error" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => return None,
-    })
 }
 
 #[cfg(test)]
