@@ -180,12 +180,12 @@ where
                                 usage::observe(response, usage, move |report| {
                                     permit.settle(Some(report.usage.total_tokens));
                                 })
-                                .map(ResponseBody::observed)
+                                .map(super::body::observed)
                             }
                             Some(Admitted { headers, .. }) => {
-                                headers.apply(response).map(ResponseBody::inner)
+                                headers.apply(response).map(super::body::passthrough)
                             }
-                            None => response.map(ResponseBody::inner),
+                            None => response.map(super::body::passthrough),
                         }),
                         Err(error) => {
                             // No response, no tokens used: refund the reservation.

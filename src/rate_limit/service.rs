@@ -411,7 +411,7 @@ pub(crate) fn with_headers<B>(mut response: Response<B>, headers: HeaderMap) -> 
 
 /// The rejection response: the error rendered, with the limit headers.
 pub(crate) fn rejection<B>(error: ApiError, headers: HeaderMap) -> Response<ResponseBody<B>> {
-    with_headers(error.into_http_response(), headers).map(ResponseBody::full)
+    with_headers(error.into_http_response(), headers).map(super::body::full)
 }
 
 #[cfg(test)]
