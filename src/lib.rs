@@ -58,6 +58,7 @@ pub mod client;
 pub mod clock;
 pub mod envelope;
 mod error;
+mod header_values;
 mod integrations;
 pub mod rate_limit;
 pub mod request;

@@ -993,3 +993,81 @@ async fn sits_in_an_axum_router_without_handle_error() {
     body_text(response).await;
     assert_eq!(status_of(&ledger, &budget).await.spent, nanos(50_000));
 }
+
+// ---- the two admission paths ------------------------------------------------
+
+/// A request whose body a layer further out already read (`RequestMeta` in
+/// its extensions) is decided in `call`, without a future of its own; one
+/// that was not is decided in the response future. Both must charge, refuse
+/// and answer alike.
+#[tokio::test(start_paused = true)]
+async fn requests_read_further_out_are_decided_alike() {
+    async fn run(pre_read: bool) -> Vec<(StatusCode, Option<String>, Money)> {
+        let ledger = ledger_at("2026-01-15T10:00:00Z");
+        // Room for two worst cases (1 + 10 output tokens: 21,000 nano-USD),
+        // not for three.
+        let budget = key_budget("alice", nanos(50_000), Period::Monthly);
+        let alice = principal("alice", vec![budget.clone()]);
+        let svc = BudgetLayer::with_ledger(pricing(), ledger.clone())
+            .policy(ReservePolicy::Strict)
+            .layer(upstream(|| json_usage(1, 10)));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let mut req = request(Some(&alice), "m", Some(10));
+            if pre_read {
+                req = tollgate::RequestMeta::read(req, 1 << 20).await.unwrap();
+            }
+            let response = svc.clone().oneshot(req).await.unwrap();
+            let status = response.status();
+            let remaining = header(&response, "x-budget-remaining-usd");
+            body_text(response).await;
+            seen.push((status, remaining, status_of(&ledger, &budget).await.spent));
+        }
+        seen
+    }
+    let slow = run(false).await;
+    assert_eq!(slow, run(true).await);
+    let statuses: Vec<_> = slow.iter().map(|s| s.0).collect();
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::PAYMENT_REQUIRED,
+            StatusCode::PAYMENT_REQUIRED
+        ]
+    );
+    assert_eq!(slow[1].2, nanos(42_000));
+}
+
+/// A principal's budgets are shared between requests, and a record whose
+/// budgets changed is charged to the new ones.
+#[tokio::test(start_paused = true)]
+async fn a_changed_record_is_charged_to_its_new_budgets() {
+    let ledger = ledger_at("2026-01-15T10:00:00Z");
+    let old = key_budget("old", Money::from_usd(1), Period::Monthly);
+    let new = key_budget("new", Money::from_usd(1), Period::Monthly);
+    let svc =
+        BudgetLayer::with_ledger(pricing(), ledger.clone()).layer(upstream(|| json_usage(1, 1)));
+    let mut record = Arc::new({
+        let mut r = KeyRecord::new("alice", KeyHash([0; 32]));
+        r.budgets = vec![old.clone()];
+        r
+    });
+    let response = svc
+        .clone()
+        .oneshot(request(Some(&Principal::new(record.clone())), "m", Some(1)))
+        .await
+        .unwrap();
+    body_text(response).await;
+    assert_eq!(status_of(&ledger, &old).await.spent, nanos(3_000));
+    // The only handle left: changed in place, after its budgets were shared.
+    Arc::get_mut(&mut record).unwrap().budgets = vec![new.clone()];
+    let response = svc
+        .oneshot(request(Some(&Principal::new(record)), "m", Some(1)))
+        .await
+        .unwrap();
+    body_text(response).await;
+    assert_eq!(status_of(&ledger, &old).await.spent, nanos(3_000));
+    assert_eq!(status_of(&ledger, &new).await.spent, nanos(3_000));
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::budget::BudgetSpec;
@@ -24,7 +24,7 @@ impl fmt::Debug for KeyHash {
 }
 
 /// One API key (or virtual key) as the store holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyRecord {
     /// Stable id, shown in logs and used to key limits and budgets.
@@ -55,7 +55,51 @@ pub struct KeyRecord {
     pub org: Option<String>,
     /// Free-form metadata.
     pub metadata: BTreeMap<String, String>,
+    /// `budgets` as the shared slice a reservation keeps, made once per
+    /// record instead of once per request.
+    shared_budgets: SharedBudgets,
 }
+
+impl fmt::Debug for KeyRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("secret_hash", &self.secret_hash)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("revoked", &self.revoked)
+            .field("disabled", &self.disabled)
+            .field("allowed_models", &self.allowed_models)
+            .field("rate_limits", &self.rate_limits)
+            .field("max_concurrent", &self.max_concurrent)
+            .field("budgets", &self.budgets)
+            .field("team", &self.team)
+            .field("org", &self.org)
+            .field("metadata", &self.metadata)
+            .finish()
+    }
+}
+
+/// A cache of a record's budgets as an `Arc<[BudgetSpec]>`. Not part of the
+/// record's value: equal to any other, and empty in a clone (whose budgets
+/// may then be changed).
+#[derive(Default)]
+struct SharedBudgets(OnceLock<Arc<[BudgetSpec]>>);
+
+impl Clone for SharedBudgets {
+    fn clone(&self) -> Self {
+        SharedBudgets::default()
+    }
+}
+
+impl PartialEq for SharedBudgets {
+    fn eq(&self, _: &SharedBudgets) -> bool {
+        true
+    }
+}
+
+impl Eq for SharedBudgets {}
 
 impl KeyRecord {
     /// A record for `id` whose secret hashes to `secret_hash`, created now,
@@ -76,6 +120,7 @@ impl KeyRecord {
             team: None,
             org: None,
             metadata: BTreeMap::new(),
+            shared_budgets: SharedBudgets::default(),
         }
     }
 }
@@ -130,6 +175,23 @@ impl Principal {
     /// The budgets the key's requests are charged to.
     pub fn budgets(&self) -> &[BudgetSpec] {
         &self.record.budgets
+    }
+
+    /// [`budgets`](Principal::budgets) as a shared slice, built once per key
+    /// record rather than copied for every request's reservation. Checked
+    /// against the record's budgets on each use, so a record changed after
+    /// the cache was made is never charged to its old budgets.
+    pub(crate) fn shared_budgets(&self) -> Arc<[BudgetSpec]> {
+        let record = &*self.record;
+        let cached = record
+            .shared_budgets
+            .0
+            .get_or_init(|| Arc::from(record.budgets.as_slice()));
+        if **cached == *record.budgets {
+            cached.clone()
+        } else {
+            Arc::from(record.budgets.as_slice())
+        }
     }
 
     /// The models the key may use (empty: all).

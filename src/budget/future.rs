@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Ledger;
-use super::service::{AdmissionFuture, Admitted};
+use super::service::{AdmissionFuture, Admitted, Rejected};
 use super::usage::{self, UsageBody};
 use crate::body::ResponseBody;
 
@@ -44,6 +44,9 @@ pin_project! {
             future: S::Future,
             admitted: Option<Admitted<L>>,
         },
+        Rejected {
+            rejected: Option<Rejected>,
+        },
     }
 }
 
@@ -62,6 +65,38 @@ where
     }
 }
 
+impl<S, ReqBody, L> ResponseFuture<S, ReqBody, L>
+where
+    S: Service<Request<ReqBody>>,
+    L: Ledger,
+{
+    pub(crate) fn calling(future: S::Future, admitted: Admitted<L>) -> Self {
+        ResponseFuture {
+            state: State::Calling {
+                future,
+                admitted: Some(admitted),
+            },
+        }
+    }
+
+    pub(crate) fn rejected(rejected: Rejected) -> Self {
+        ResponseFuture {
+            state: State::Rejected {
+                rejected: Some(rejected),
+            },
+        }
+    }
+}
+
+/// The response for a refused request: the error, with the budget's headers.
+fn rejection<B>(rejected: Rejected) -> Response<ResponseBody<B>> {
+    let mut response = crate::body::reject(rejected.error);
+    if let Some(headers) = rejected.headers {
+        headers.apply(response.headers_mut());
+    }
+    response
+}
+
 impl<S, ReqBody, ResBody, L> Future for ResponseFuture<S, ReqBody, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
@@ -77,13 +112,7 @@ where
                 StateProj::Admitting { admission, inner } => {
                     let (req, admitted) = match ready!(admission.as_mut().poll(cx)) {
                         Ok(admitted) => admitted,
-                        Err(rejected) => {
-                            let mut response = crate::body::reject(rejected.error);
-                            if let Some(headers) = rejected.headers {
-                                headers.apply(response.headers_mut());
-                            }
-                            return Poll::Ready(Ok(response));
-                        }
+                        Err(rejected) => return Poll::Ready(Ok(rejection(rejected))),
                     };
                     let Some(mut service) = inner.take() else {
                         // Polled after completion: a caller bug, answered
@@ -117,6 +146,12 @@ where
                         None => usage::observe(response, admitted.options, |_| {}),
                     };
                     return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                }
+                StateProj::Rejected { rejected } => {
+                    return Poll::Ready(Ok(match rejected.take() {
+                        Some(rejected) => rejection(rejected),
+                        None => crate::body::reject(crate::ApiError::internal()),
+                    }));
                 }
             }
         }

@@ -239,6 +239,43 @@ pub trait Ledger: Send + Sync + 'static {
         &self,
         budget: &BudgetSpec,
     ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send;
+
+    /// [`reserve`](Ledger::reserve) without a future, for a ledger that can
+    /// answer without waiting (one in memory); `None` (the default) when it
+    /// cannot, and the layer then calls `reserve`.
+    ///
+    /// Why: the layer reserves on every request, and a future it must keep
+    /// across an await point costs an allocation. A ledger that returns
+    /// `Some` must have done exactly what `reserve` would have done; one
+    /// that returns `None` must have done nothing.
+    fn reserve_now(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> Option<Result<ReserveOutcome, StoreError>> {
+        let _ = (budgets, amount, policy);
+        None
+    }
+
+    /// [`settle`](Ledger::settle) without a future, as
+    /// [`reserve_now`](Ledger::reserve_now): `Some` when done, `None` (the
+    /// default, having done nothing) to be settled through `settle`.
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> Option<Result<Settlement, StoreError>> {
+        let _ = (reservation, actual);
+        None
+    }
+
+    /// [`release`](Ledger::release) without a future, as
+    /// [`reserve_now`](Ledger::reserve_now).
+    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
+        let _ = reservation;
+        None
+    }
 }
 
 impl<L: Ledger> Ledger for Arc<L> {
@@ -279,5 +316,26 @@ impl<L: Ledger> Ledger for Arc<L> {
         budget: &BudgetSpec,
     ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
         (**self).read(budget)
+    }
+
+    fn reserve_now(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> Option<Result<ReserveOutcome, StoreError>> {
+        (**self).reserve_now(budgets, amount, policy)
+    }
+
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> Option<Result<Settlement, StoreError>> {
+        (**self).settle_now(reservation, actual)
+    }
+
+    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
+        (**self).release_now(reservation)
     }
 }

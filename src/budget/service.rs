@@ -100,8 +100,14 @@ where
         // The ledger is asked before the inner service is called: take the
         // service that was polled ready and leave a clone in its place.
         let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
-        ResponseFuture::new(Box::pin(admit(self.shared.clone(), req)), inner)
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Most requests are decided here, without a future of their own: the
+        // body was read further out, and the memory ledger answers at once.
+        match admit_now(&self.shared, req) {
+            Now::Decided(Ok((req, admitted))) => ResponseFuture::calling(inner.call(req), admitted),
+            Now::Decided(Err(rejected)) => ResponseFuture::rejected(rejected),
+            Now::Wait(req) => ResponseFuture::new(Box::pin(admit(self.shared.clone(), req)), inner),
+        }
     }
 }
 
@@ -120,7 +126,8 @@ pub(crate) struct Admitted<L: Ledger> {
 /// A refused request.
 pub(crate) struct Rejected {
     pub(crate) error: ApiError,
-    pub(crate) headers: Option<BudgetHeaders>,
+    /// Boxed: refusals are rare, and this keeps `Result<_, Rejected>` small.
+    pub(crate) headers: Option<Box<BudgetHeaders>>,
 }
 
 impl From<ApiError> for Rejected {
@@ -132,7 +139,40 @@ impl From<ApiError> for Rejected {
     }
 }
 
-async fn admit<L: Ledger, B>(shared: Arc<Shared<L>>, req: Request<B>) -> Admission<B, L>
+/// The decision on a request, or the request back when deciding means
+/// waiting.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once and matched at once; boxing would add the allocation it saves"
+)]
+pub(crate) enum Now<B, L: Ledger> {
+    Decided(Admission<B, L>),
+    Wait(Request<B>),
+}
+
+/// Decides on `req` at once when that needs no waiting: its
+/// [`RequestMeta`] was read by a layer further out, and the ledger answers
+/// without a future ([`Ledger::reserve_now`]).
+pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) -> Now<B, L> {
+    let Some(meta) = req.extensions().get::<RequestMeta>() else {
+        return Now::Wait(req);
+    };
+    let pending = match prepare(shared, meta, req.extensions().get::<Principal>()) {
+        Ok(Step::Admit(admitted)) => return Now::Decided(Ok((req, admitted))),
+        Ok(Step::Reserve(pending)) => pending,
+        Err(rejected) => return Now::Decided(Err(rejected)),
+    };
+    match shared
+        .ledger
+        .reserve_now(&pending.budgets, pending.worst_case, shared.policy)
+    {
+        Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
+        None => Now::Wait(req),
+    }
+}
+
+/// Decides on `req`, reading its body and waiting for the ledger as needed.
+pub(crate) async fn admit<L: Ledger, B>(shared: Arc<Shared<L>>, req: Request<B>) -> Admission<B, L>
 where
     B: Body<Data = Bytes> + FromBytes,
     B::Error: Into<BoxError>,
@@ -141,74 +181,122 @@ where
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
         return Err(ApiError::internal().into());
     };
+    let pending = match prepare(&shared, meta, req.extensions().get::<Principal>())? {
+        Step::Admit(admitted) => return Ok((req, admitted)),
+        Step::Reserve(pending) => pending,
+    };
+    let result = shared
+        .ledger
+        .reserve(&pending.budgets, pending.worst_case, shared.policy)
+        .await;
+    conclude(&shared, pending, result).map(|admitted| (req, admitted))
+}
+
+/// What a priced request needs next.
+enum Step<L: Ledger> {
+    /// Nothing: admitted (no model to price, no budgets to hold).
+    Admit(Admitted<L>),
+    /// A hold on its budgets.
+    Reserve(Pending<L>),
+}
+
+/// A priced request waiting for its hold.
+struct Pending<L: Ledger> {
+    budgets: Arc<[BudgetSpec]>,
+    worst_case: super::Money,
+    settler: Settler<L>,
+    options: UsageOptions,
+}
+
+/// Prices the request `meta` describes, for `principal`'s budgets.
+fn prepare<L: Ledger>(
+    shared: &Arc<Shared<L>>,
+    meta: &RequestMeta,
+    principal: Option<&Principal>,
+) -> Result<Step<L>, Rejected> {
     let options = UsageOptions::from_meta(meta);
-    let Some(model) = meta.model.clone() else {
+    let Some(model) = meta.model.as_deref() else {
         // Nothing to price (model lists, files, …): not metered.
-        let admitted = Admitted {
+        return Ok(Step::Admit(Admitted {
             settler: None,
             options,
             headers: None,
-        };
-        return Ok((req, admitted));
+        }));
     };
-    let price = match (shared.pricing.get(&model), shared.unpriced) {
+    let price = match (shared.pricing.get(model), shared.unpriced) {
         (Some(price), _) => *price,
-        (None, UnpricedModel::Reject) => return Err(no_price(&model).into()),
+        (None, UnpricedModel::Reject) => return Err(no_price(model).into()),
         (None, UnpricedModel::ChargeZero) => {
-            tracing::warn!(model = %truncated(&model), "no price configured for model; charging zero");
+            tracing::warn!(model = %truncated(model), "no price configured for model; charging zero");
             ModelPrice::FREE
         }
     };
     let worst_case = price.worst_case(meta.prompt_tokens_estimate, meta.max_tokens);
-    let principal = req.extensions().get::<Principal>().cloned();
-    let budgets = principal.as_ref().map_or(&[][..], Principal::budgets);
-
-    let mut settler = Settler::new(shared.clone(), price, model, principal.clone());
-    let mut headers = None;
-    if !budgets.is_empty() {
-        let budgets: Arc<[BudgetSpec]> = budgets.into();
-        match shared
-            .ledger
-            .reserve(&budgets, worst_case, shared.policy)
-            .await
-        {
-            Ok(ReserveOutcome::Reserved {
-                reservation,
-                status,
-                ..
-            }) => {
-                settler.hold(reservation);
-                headers = Some(BudgetHeaders::of(&status));
-            }
-            Ok(ReserveOutcome::Denied { index, status }) => {
-                let error = match budgets.get(index) {
-                    Some(spec) => refusal(spec, &status),
-                    None => ApiError::internal(),
-                };
-                return Err(Rejected {
-                    error,
-                    headers: Some(BudgetHeaders::of(&status)),
-                });
-            }
-            Err(error) => match shared.on_store_error {
-                FailurePolicy::FailClosed => return Err(ApiError::from(error).into()),
-                FailurePolicy::FailOpen => {
-                    tracing::warn!(%error, "budget ledger failed; admitting without a reservation");
-                    settler.hold(Reservation::new(
-                        ReservationId::UNHELD,
-                        super::Money::ZERO,
-                        budgets,
-                    ));
-                }
-            },
-        }
+    let settler = Settler::new(shared.clone(), price, model.to_owned(), principal.cloned());
+    match principal.map(Principal::shared_budgets) {
+        Some(budgets) if !budgets.is_empty() => Ok(Step::Reserve(Pending {
+            budgets,
+            worst_case,
+            settler,
+            options,
+        })),
+        _ => Ok(Step::Admit(Admitted {
+            settler: Some(settler),
+            options,
+            headers: None,
+        })),
     }
-    let admitted = Admitted {
+}
+
+/// Admits or refuses a request from the ledger's answer on its hold.
+fn conclude<L: Ledger>(
+    shared: &Shared<L>,
+    pending: Pending<L>,
+    result: Result<ReserveOutcome, crate::store::StoreError>,
+) -> Result<Admitted<L>, Rejected> {
+    let Pending {
+        budgets,
+        mut settler,
+        options,
+        ..
+    } = pending;
+    let mut headers = None;
+    match result {
+        Ok(ReserveOutcome::Reserved {
+            reservation,
+            status,
+            ..
+        }) => {
+            settler.hold(reservation);
+            headers = Some(BudgetHeaders::of(&status));
+        }
+        Ok(ReserveOutcome::Denied { index, status }) => {
+            let error = match budgets.get(index) {
+                Some(spec) => refusal(spec, &status),
+                None => ApiError::internal(),
+            };
+            return Err(Rejected {
+                error,
+                headers: Some(Box::new(BudgetHeaders::of(&status))),
+            });
+        }
+        Err(error) => match shared.on_store_error {
+            FailurePolicy::FailClosed => return Err(ApiError::from(error).into()),
+            FailurePolicy::FailOpen => {
+                tracing::warn!(%error, "budget ledger failed; admitting without a reservation");
+                settler.hold(Reservation::new(
+                    ReservationId::UNHELD,
+                    super::Money::ZERO,
+                    budgets,
+                ));
+            }
+        },
+    }
+    Ok(Admitted {
         settler: Some(settler),
         options,
         headers,
-    };
-    Ok((req, admitted))
+    })
 }
 
 /// The error for a budget that refused a request.

@@ -70,25 +70,42 @@ impl<L: Ledger> Settler<L> {
             });
         }
         if let Some(reservation) = reservation {
+            // A ledger that answers at once (memory) settles here, without a
+            // future to box.
+            if let Some(result) = self.shared.ledger.settle_now(&reservation, cost) {
+                settled(&self.shared, &reservation, cost, result);
+                return;
+            }
             let shared = self.shared.clone();
             drive(async move {
-                match shared.ledger.settle(&reservation, cost).await {
-                    Ok(settlement) => {
-                        if !shared.thresholds.is_empty() {
-                            alerts::fire(
-                                &shared.thresholds,
-                                shared.on_soft_limit.as_deref(),
-                                reservation.budgets(),
-                                &settlement.statuses,
-                                settlement.charged,
-                            );
-                        }
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, %cost, "budget settlement failed; spend not recorded")
-                    }
-                }
+                let result = shared.ledger.settle(&reservation, cost).await;
+                settled(&shared, &reservation, cost, result);
             });
+        }
+    }
+}
+
+/// After a settlement: soft-limit alerts, or the error logged.
+fn settled<L: Ledger>(
+    shared: &Shared<L>,
+    reservation: &Reservation,
+    cost: super::Money,
+    result: Result<super::Settlement, crate::store::StoreError>,
+) {
+    match result {
+        Ok(settlement) => {
+            if !shared.thresholds.is_empty() {
+                alerts::fire(
+                    &shared.thresholds,
+                    shared.on_soft_limit.as_deref(),
+                    reservation.budgets(),
+                    &settlement.statuses,
+                    settlement.charged,
+                );
+            }
+        }
+        Err(error) => {
+            tracing::error!(%error, %cost, "budget settlement failed; spend not recorded")
         }
     }
 }
@@ -102,11 +119,15 @@ impl<L: Ledger> Drop for Settler<L> {
 }
 
 fn release<L: Ledger>(shared: Arc<Shared<L>>, reservation: Reservation) {
-    drive(async move {
-        if let Err(error) = shared.ledger.release(&reservation).await {
+    let released = |result: Result<(), crate::store::StoreError>| {
+        if let Err(error) = result {
             tracing::warn!(%error, "budget release failed; the hold expires with its lease");
         }
-    });
+    };
+    if let Some(result) = shared.ledger.release_now(&reservation) {
+        return released(result);
+    }
+    drive(async move { released(shared.ledger.release(&reservation).await) });
 }
 
 /// Runs a ledger call from synchronous code (a body's end, a drop): inline

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Limit, LimitState, Measure};
+use crate::header_values::{Packed, write_u64};
 
 /// Which rate-limit headers the layer sends, on every response it limits
 /// (admitted or rejected).
@@ -60,16 +61,12 @@ impl HeaderStyle {
     ) {
         match self {
             HeaderStyle::OpenAi | HeaderStyle::Timestamp => {
-                for (measure, names) in [
-                    (
-                        Measure::Requests,
-                        [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
-                    ),
-                    (
-                        Measure::Tokens,
-                        [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
-                    ),
-                ] {
+                // The changing values (remaining, reset) of both measures go
+                // into one buffer: one allocation for all of them.
+                let mut packed = Packed::new();
+                let mut pending = [const { None }; 2];
+                for (slot, measure) in pending.iter_mut().zip([Measure::Requests, Measure::Tokens])
+                {
                     let tightest = limits
                         .iter()
                         .zip(states)
@@ -78,16 +75,31 @@ impl HeaderStyle {
                     let Some((limit, state)) = tightest else {
                         continue;
                     };
+                    let remaining = packed.push_u64(state.remaining);
                     let reset = if self == HeaderStyle::OpenAi {
-                        format_duration(state.reset)
+                        let (buf, len) = duration_bytes(state.reset);
+                        packed.push(&buf[..len])
                     } else {
-                        crate::time::format_rfc3339(ceil_secs(now_unix + state.reset))
+                        let at = ceil_secs(now_unix + state.reset);
+                        match crate::time::rfc3339_bytes(at) {
+                            Some(bytes) => packed.push(&bytes),
+                            None => packed.push(crate::time::format_rfc3339(at).as_bytes()),
+                        }
                     };
-                    let [limit_name, remaining_name, reset_name] = names;
-                    headers.insert(limit_name, amount_value(limit.amount));
-                    headers.insert(remaining_name, HeaderValue::from(state.remaining));
-                    if let Ok(v) = HeaderValue::try_from(reset) {
-                        headers.insert(reset_name, v);
+                    *slot = Some((measure, limit.amount, remaining, reset));
+                }
+                let bytes = packed.freeze();
+                headers.reserve(6);
+                for (measure, amount, remaining, reset) in pending.into_iter().flatten() {
+                    let [limit_name, remaining_name, reset_name] = match measure {
+                        Measure::Requests => [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
+                        Measure::Tokens => [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
+                    };
+                    headers.insert(limit_name, amount_value(amount));
+                    for (name, slot) in [(remaining_name, remaining), (reset_name, reset)] {
+                        if let Some(value) = Packed::value(&bytes, slot) {
+                            headers.insert(name, value);
+                        }
                     }
                 }
             }
@@ -163,29 +175,38 @@ fn ceil_secs(d: Duration) -> Duration {
 /// millisecond precision, rounded up): `0s`, `12ms`, `1s`, `1.5s`, `6m0s`,
 /// `1h2m3.004s`.
 pub fn format_duration(d: Duration) -> String {
+    let (buf, len) = duration_bytes(d);
+    buf[..len].iter().map(|&b| char::from(b)).collect()
+}
+
+/// [`format_duration`] into a buffer: the text and its length. The longest
+/// (`Duration::MAX`) is 27 bytes.
+fn duration_bytes(d: Duration) -> ([u8; 32], usize) {
     let ms = d
         .as_millis()
         .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
     let ms = u64::try_from(ms).unwrap_or(u64::MAX);
-    let mut out = String::with_capacity(16);
+    let mut out = Out {
+        buf: [0; 32],
+        len: 0,
+    };
     if ms < 1000 {
-        push_u64(&mut out, ms);
-        out.push_str(if ms == 0 { "s" } else { "ms" });
-        return out;
+        out.number(ms);
+        out.text(if ms == 0 { b"s" } else { b"ms" });
+        return (out.buf, out.len);
     }
     let (h, m, s, frac) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
     if h > 0 {
-        push_u64(&mut out, h);
-        out.push('h');
+        out.number(h);
+        out.text(b"h");
     }
     if h > 0 || m > 0 {
-        push_u64(&mut out, m);
-        out.push('m');
+        out.number(m);
+        out.text(b"m");
     }
-    push_u64(&mut out, s);
+    out.number(s);
     if frac > 0 {
-        out.push('.');
-        let digits = [frac / 100, frac / 10 % 10, frac % 10];
+        let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
         let used = if frac % 100 == 0 {
             1
         } else if frac % 10 == 0 {
@@ -193,27 +214,33 @@ pub fn format_duration(d: Duration) -> String {
         } else {
             3
         };
-        for d in &digits[..used] {
-            out.push(char::from(b'0' + *d as u8));
-        }
+        out.text(b".");
+        out.text(&digits[..used]);
     }
-    out.push('s');
-    out
+    out.text(b"s");
+    (out.buf, out.len)
 }
 
-/// Decimal digits of `n`, without the formatting machinery.
-fn push_u64(out: &mut String, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// A fixed buffer that cannot overflow: [`duration_bytes`] writes at most
+/// 27 of its 32 bytes.
+struct Out {
+    buf: [u8; 32],
+    len: usize,
+}
+
+impl Out {
+    fn text(&mut self, bytes: &[u8]) {
+        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
+            room.copy_from_slice(bytes);
+            self.len += bytes.len();
         }
     }
-    out.extend(digits[at..].iter().map(|&d| char::from(d)));
+
+    fn number(&mut self, n: u64) {
+        let mut digits = [0u8; 20];
+        let len = write_u64(&mut digits, n);
+        self.text(&digits[20 - len..]);
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -28,6 +29,34 @@ impl LimitSet {
     }
 }
 
+/// The key a request counts against, kept from admission to settlement
+/// without a copy when it is the caller's key id (the common case).
+#[derive(Clone)]
+pub(crate) enum KeyId {
+    /// The key id of the request's `Principal`.
+    Principal(Principal),
+    /// The layer's key for unkeyed requests.
+    Static(&'static str),
+    /// A key some other extractor made.
+    Owned(Box<str>),
+}
+
+impl KeyId {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            KeyId::Principal(p) => p.key_id(),
+            KeyId::Static(s) => s,
+            KeyId::Owned(s) => s,
+        }
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Runs a store's settlement from a synchronous context (a body's end or
 /// `Drop`), with the store's type erased so bodies do not carry it.
 pub(crate) trait Settler: Send + Sync + 'static {
@@ -44,15 +73,11 @@ impl<St: RateLimitStore> Settler for StoreSettler<St> {
 
 /// Polls `future` once; a store that answers at once (memory) is done here,
 /// without a task. Otherwise the rest runs on the current tokio runtime.
-fn drive<F>(future: F, key: RateLimitKey<'_>)
+fn drive<F>(mut future: F, key: RateLimitKey<'_>)
 where
-    F: Future<Output = Result<(), StoreError>> + Send + 'static,
+    F: Future<Output = Result<(), StoreError>> + Send + Unpin + 'static,
 {
-    let mut future = Box::pin(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
+    match Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(Ok(())) => {}
         Poll::Ready(Err(error)) => {
             tracing::warn!(%error, key = %key, "rate limit settlement failed");
@@ -76,7 +101,7 @@ where
 /// response reports its usage, when it ends, or when it is dropped.
 pub(crate) struct Permit {
     settler: Arc<dyn Settler>,
-    key: String,
+    key: KeyId,
     model: Option<String>,
     limits: LimitSet,
     reserved_tokens: u64,
@@ -87,7 +112,7 @@ pub(crate) struct Permit {
 impl Permit {
     pub(crate) fn new(
         settler: Arc<dyn Settler>,
-        key: String,
+        key: KeyId,
         model: Option<String>,
         limits: LimitSet,
         reserved_tokens: u64,
@@ -142,7 +167,7 @@ impl Permit {
             return;
         }
         let key = RateLimitKey {
-            id: &self.key,
+            id: self.key.as_str(),
             model: self.model.as_deref(),
         };
         self.settler.settle(
@@ -165,7 +190,7 @@ impl Drop for Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("key", &self.key)
+            .field("key", &self.key.as_str())
             .field("model", &self.model)
             .field("reserved_tokens", &self.reserved_tokens)
             .field("release", &self.release)

@@ -12,7 +12,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::future::{Admitted, ResponseFuture, State};
 use super::layer::{Config, FailurePolicy};
-use super::permit::{LimitSet, Permit, Settler, StoreSettler};
+use super::permit::{KeyId, LimitSet, Permit, Settler, StoreSettler};
 use super::{
     Acquire, Admission, HeaderStyle, KeyExtractor, Limit, LimitState, Measure, PrincipalKey,
     RateLimitKey, RateLimitStore, Unkeyed, Verdict,
@@ -107,10 +107,10 @@ where
 
 /// What an admission charges, kept until the store answers.
 pub(crate) struct Plan {
-    key: String,
+    key: KeyId,
     model: Option<String>,
     limits: LimitSet,
-    costs: Vec<u64>,
+    costs: Costs,
     reserved_tokens: u64,
     max_concurrent: Option<u32>,
     usage: UsageOptions,
@@ -189,14 +189,7 @@ where
     } else {
         None
     };
-    let costs: Vec<u64> = limits
-        .as_slice()
-        .iter()
-        .map(|l| match l.measure {
-            Measure::Requests => 1,
-            Measure::Tokens => reserved_tokens,
-        })
-        .collect();
+    let costs = Costs::new(limits.as_slice(), reserved_tokens);
     let future = shared.store.acquire(
         RateLimitKey {
             id: &key,
@@ -204,13 +197,27 @@ where
         },
         &Acquire {
             limits: limits.as_slice(),
-            costs: &costs,
+            costs: costs.as_slice(),
             max_concurrent,
         },
     );
     let usage = meta.map(UsageOptions::from_meta).unwrap_or_default();
+    // The caller's key id is kept as its `Principal` (a reference count),
+    // not copied.
+    let key = match key {
+        Cow::Borrowed(id) => match principal {
+            Some(p) if std::ptr::eq(id, p.key_id()) => KeyId::Principal(p.clone()),
+            _ => match &config.unkeyed {
+                Unkeyed::Shared(Cow::Borrowed(shared)) if std::ptr::eq(id, *shared) => {
+                    KeyId::Static(shared)
+                }
+                _ => KeyId::Owned(id.into()),
+            },
+        },
+        Cow::Owned(id) => KeyId::Owned(id.into_boxed_str()),
+    };
     let plan = Plan {
-        key: key.into_owned(),
+        key,
         model,
         limits,
         costs,
@@ -283,7 +290,7 @@ where
                 }),
             };
         }
-        Verdict::Limited => limited_error(limits, &plan.costs, &headers.states),
+        Verdict::Limited => limited_error(limits, plan.costs.as_slice(), &headers.states),
         Verdict::Concurrency => ApiError::rate_limited()
             .with_message(format!(
                 "Concurrency limit exceeded: {} requests in flight",
@@ -292,7 +299,7 @@ where
             .with_retry_after(config.concurrency_retry_after),
     };
     let key = RateLimitKey {
-        id: &plan.key,
+        id: plan.key.as_str(),
         model: plan.model.as_deref(),
     };
     if config.shadow {
@@ -309,6 +316,37 @@ where
     }
     tracing::debug!(key = %key, reason = error.message(), "rate limited");
     State::reject(error, headers.into_map())
+}
+
+/// What each limit charges a request: one request, or its reserved tokens.
+/// Inline for up to eight limits (no allocation), on the heap beyond.
+pub(crate) enum Costs {
+    Inline([u64; 8], usize),
+    Heap(Vec<u64>),
+}
+
+impl Costs {
+    fn new(limits: &[Limit], reserved_tokens: u64) -> Costs {
+        let cost = |l: &Limit| match l.measure {
+            Measure::Requests => 1,
+            Measure::Tokens => reserved_tokens,
+        };
+        let mut inline = [0; 8];
+        if limits.len() > inline.len() {
+            return Costs::Heap(limits.iter().map(cost).collect());
+        }
+        for (slot, limit) in inline.iter_mut().zip(limits) {
+            *slot = cost(limit);
+        }
+        Costs::Inline(inline, limits.len())
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        match self {
+            Costs::Inline(costs, len) => &costs[..*len],
+            Costs::Heap(costs) => costs,
+        }
+    }
 }
 
 /// The rate-limit headers of an admission, written when the response exists.
@@ -417,6 +455,25 @@ pub(crate) fn rejection<B>(error: ApiError, headers: HeaderMap) -> Response<Resp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn costs_are_inline_up_to_eight_limits_and_right_beyond() {
+        let limits: Vec<Limit> = (1..=9)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Limit::tokens_per_minute(i)
+                } else {
+                    Limit::requests_per_minute(i)
+                }
+            })
+            .collect();
+        for n in [0, 1, 8, 9] {
+            let costs = Costs::new(&limits[..n], 42);
+            assert_eq!(matches!(costs, Costs::Inline(..)), n <= 8);
+            let expected: Vec<u64> = (1..=n).map(|i| if i % 2 == 0 { 42 } else { 1 }).collect();
+            assert_eq!(costs.as_slice(), &expected[..]);
+        }
+    }
 
     #[test]
     fn the_last_limit_to_admit_is_named() {

@@ -232,7 +232,12 @@ pub trait RateLimitStore: Send + Sync + 'static {
     /// The future of [`acquire`](RateLimitStore::acquire).
     type AcquireFuture: Future<Output = Result<Admission, StoreError>> + Send + 'static;
     /// The future of [`settle`](RateLimitStore::settle).
-    type SettleFuture: Future<Output = Result<(), StoreError>> + Send + 'static;
+    ///
+    /// `Unpin`, so that a settlement started from a body's end or `Drop` is
+    /// polled once in place and only moved to a task if it must wait: an
+    /// in-memory store's `Ready` costs no allocation. A store whose future
+    /// is not `Unpin` returns it boxed ([`BoxStoreFuture`]).
+    type SettleFuture: Future<Output = Result<(), StoreError>> + Send + Unpin + 'static;
 
     /// Checks `request` against the state of `key` and, if every limit admits
     /// it and a concurrency slot is free, charges it; otherwise charges

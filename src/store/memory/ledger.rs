@@ -466,7 +466,7 @@ impl MemoryLedger {
         }
     }
 
-    fn reserve_now(
+    fn reserve_sync(
         &self,
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
@@ -558,7 +558,7 @@ impl MemoryLedger {
         lock(&self.inner.holds[shard]).holds.remove(&id.0)
     }
 
-    fn settle_now(
+    fn settle_sync(
         &self,
         reservation: &Reservation,
         actual: Money,
@@ -594,7 +594,7 @@ impl MemoryLedger {
         })
     }
 
-    fn release_now(&self, reservation: &Reservation) {
+    fn release_sync(&self, reservation: &Reservation) {
         if let Some(hold) = self.take_hold(reservation.id()) {
             self.unhold(&hold.budgets, hold.amount, hold.partial, self.now());
         }
@@ -687,7 +687,7 @@ impl Ledger for MemoryLedger {
         amount: Money,
         policy: ReservePolicy,
     ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
-        ready(self.reserve_now(budgets, amount, policy))
+        ready(self.reserve_sync(budgets, amount, policy))
     }
 
     fn settle(
@@ -695,14 +695,14 @@ impl Ledger for MemoryLedger {
         reservation: &Reservation,
         actual: Money,
     ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
-        ready(self.settle_now(reservation, actual))
+        ready(self.settle_sync(reservation, actual))
     }
 
     fn release(
         &self,
         reservation: &Reservation,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.release_now(reservation);
+        self.release_sync(reservation);
         ready(Ok(()))
     }
 
@@ -719,5 +719,27 @@ impl Ledger for MemoryLedger {
         budget: &BudgetSpec,
     ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
         ready(Ok(self.read_now(budget)))
+    }
+
+    fn reserve_now(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> Option<Result<ReserveOutcome, StoreError>> {
+        Some(self.reserve_sync(budgets, amount, policy))
+    }
+
+    fn settle_now(
+        &self,
+        reservation: &Reservation,
+        actual: Money,
+    ) -> Option<Result<Settlement, StoreError>> {
+        Some(self.settle_sync(reservation, actual))
+    }
+
+    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
+        self.release_sync(reservation);
+        Some(Ok(()))
     }
 }

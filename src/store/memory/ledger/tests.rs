@@ -14,7 +14,7 @@ fn reserve(
     amount: Money,
     policy: ReservePolicy,
 ) -> Result<ReserveOutcome, StoreError> {
-    ledger.reserve_now(&Arc::from(budgets), amount, policy)
+    ledger.reserve_sync(&Arc::from(budgets), amount, policy)
 }
 
 fn usd(s: &str) -> Money {
@@ -40,12 +40,12 @@ async fn reserve_settle_release() {
     let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
     assert_eq!(r.amount(), usd("4"));
     assert_eq!(ledger.read_now(&b[0]).remaining(), usd("6"));
-    let s = ledger.settle_now(&r, usd("1.5")).unwrap();
+    let s = ledger.settle_sync(&r, usd("1.5")).unwrap();
     assert_eq!(s.statuses[0].spent, usd("1.5"));
     assert_eq!(s.statuses[0].reserved, Money::ZERO);
     let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
-    ledger.release_now(&r);
-    ledger.release_now(&r); // twice is harmless
+    ledger.release_sync(&r);
+    ledger.release_sync(&r); // twice is harmless
     let status = ledger.read_now(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("1.5"), Money::ZERO));
     assert_eq!(ledger.reservation_count(), 0);
@@ -56,7 +56,7 @@ async fn strict_refuses_what_bounded_clamps() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never)];
     let r = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Strict).unwrap());
-    ledger.settle_now(&r, usd("9")).unwrap();
+    ledger.settle_sync(&r, usd("9")).unwrap();
     match reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap() {
         ReserveOutcome::Denied { index, status } => {
             assert_eq!(index, 0);
@@ -72,7 +72,7 @@ async fn strict_refuses_what_bounded_clamps() {
         assert!(matches!(denied, ReserveOutcome::Denied { .. }));
     }
     // It overshoots by its excess, then everything is refused.
-    ledger.settle_now(&r, usd("2")).unwrap();
+    ledger.settle_sync(&r, usd("2")).unwrap();
     assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-1"));
     let denied = reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap();
     assert!(matches!(denied, ReserveOutcome::Denied { .. }));
@@ -86,7 +86,7 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
     let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     assert_eq!(partial.amount(), usd("6"));
-    ledger.settle_now(&full, Money::ZERO).unwrap();
+    ledger.settle_sync(&full, Money::ZERO).unwrap();
     // 4 remain, but a partial hold is in flight: only a full hold fits.
     let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
     assert!(
@@ -95,14 +95,14 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     );
     let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
     assert_eq!(fits.amount(), usd("3"));
-    ledger.settle_now(&partial, usd("9")).unwrap();
-    ledger.settle_now(&fits, usd("3")).unwrap();
+    ledger.settle_sync(&partial, usd("9")).unwrap();
+    ledger.settle_sync(&fits, usd("3")).unwrap();
     // Over by the one partial hold's excess: 9 - 6.
     assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-2"));
     // Released or expired, a partial hold frees the way for the next.
     let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
     let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
-    ledger.release_now(&p);
+    ledger.release_sync(&p);
     let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
     assert_eq!(p.amount(), usd("10"));
     tokio::time::advance(Duration::from_secs(61)).await;
@@ -123,7 +123,7 @@ async fn all_or_nothing_across_budgets() {
     let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
     let a = [key("a", 10, Period::Monthly), team.clone()];
     let r = reserved(reserve(&ledger, &a, usd("0.8"), ReservePolicy::Strict).unwrap());
-    ledger.settle_now(&r, usd("0.8")).unwrap();
+    ledger.settle_sync(&r, usd("0.8")).unwrap();
     let b = [key("b", 10, Period::Monthly), team.clone()];
     match reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap() {
         ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
@@ -147,7 +147,7 @@ async fn the_same_scope_twice_counts_once() {
     let b = [key("a", 10, Period::Never), key("a", 10, Period::Never)];
     let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
     assert_eq!(ledger.read_now(&b[0]).reserved, usd("1"));
-    ledger.settle_now(&r, usd("1")).unwrap();
+    ledger.settle_sync(&r, usd("1")).unwrap();
     assert_eq!(ledger.read_now(&b[0]).spent, usd("1"));
 }
 
@@ -156,7 +156,7 @@ async fn monthly_spend_resets_at_utc_month_end() {
     let ledger = ledger_at("2026-01-31T23:59:00Z");
     let b = [key("a", 1, Period::Monthly)];
     let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
-    ledger.settle_now(&r, usd("1")).unwrap();
+    ledger.settle_sync(&r, usd("1")).unwrap();
     let status = ledger.read_now(&b[0]);
     assert_eq!(status.remaining(), Money::ZERO);
     assert_eq!(
@@ -190,7 +190,7 @@ async fn a_settlement_after_rollover_counts_in_the_new_period() {
     tokio::time::advance(Duration::from_secs(2)).await;
     // Spend reset, the hold still counts.
     assert_eq!(ledger.read_now(&b[0]).reserved, usd("2"));
-    ledger.settle_now(&r, usd("1")).unwrap();
+    ledger.settle_sync(&r, usd("1")).unwrap();
     let status = ledger.read_now(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("1"), Money::ZERO));
 }
@@ -208,7 +208,7 @@ async fn balances_open_once_take_top_ups_and_never_reset() {
         )
         .unwrap(),
     );
-    ledger.settle_now(&r, usd("1")).unwrap();
+    ledger.settle_sync(&r, usd("1")).unwrap();
     let denied = reserve(
         &ledger,
         std::slice::from_ref(&wallet),
@@ -240,10 +240,10 @@ async fn expired_leases_are_released_and_still_charged() {
     // The next reservation sweeps the expired hold (every shard is swept on its own schedule).
     for _ in 0..ledger.inner.holds.len() {
         let r2 = reserved(reserve(&ledger, &b, Money::ZERO, ReservePolicy::Strict).unwrap());
-        ledger.release_now(&r2);
+        ledger.release_sync(&r2);
     }
     assert_eq!(ledger.read_now(&b[0]).reserved, Money::ZERO);
-    ledger.settle_now(&r, usd("3")).unwrap();
+    ledger.settle_sync(&r, usd("3")).unwrap();
     let status = ledger.read_now(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("3"), Money::ZERO));
 }
@@ -259,8 +259,8 @@ async fn bounded_in_budgets_and_holds() {
     let b = reserved(reserve(&ledger, &daily("b"), usd("0.1"), ReservePolicy::Strict).unwrap());
     // Full of holds.
     assert!(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).is_err());
-    ledger.settle_now(&a, usd("0.1")).unwrap();
-    ledger.release_now(&b);
+    ledger.settle_sync(&a, usd("0.1")).unwrap();
+    ledger.release_sync(&b);
     // "b" carries nothing and is evicted for "c"; "a" has spend and stays.
     let c = reserved(reserve(&ledger, &daily("c"), usd("0.1"), ReservePolicy::Strict).unwrap());
     assert_eq!(ledger.budget_count(), 2);
@@ -268,7 +268,7 @@ async fn bounded_in_budgets_and_holds() {
     // With "a" spent today and "c" in flight nothing can go.
     let err = reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
-    ledger.release_now(&c);
+    ledger.release_sync(&c);
     // Tomorrow, "a"'s spend is history and may be evicted.
     tokio::time::advance(Duration::from_secs(86_400)).await;
     reserved(reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap());
@@ -351,7 +351,7 @@ proptest::proptest! {
                     let policy = if strict { ReservePolicy::Strict } else { ReservePolicy::Bounded };
                     any_bounded |= !strict;
                     if let ReserveOutcome::Reserved { reservation, .. } =
-                        ledger.reserve_now(&budgets, Money::from_nanos(worst), policy).unwrap()
+                        ledger.reserve_sync(&budgets, Money::from_nanos(worst), policy).unwrap()
                     {
                         proptest::prop_assert!(reservation.amount().nanos() <= worst);
                         open.push((reservation, worst));
@@ -361,11 +361,11 @@ proptest::proptest! {
                     let (r, worst) = open.swap_remove(which % open.len());
                     let actual = worst * percent / 100;
                     max_excess = max_excess.max(actual - r.amount().nanos());
-                    ledger.settle_now(&r, Money::from_nanos(actual)).unwrap();
+                    ledger.settle_sync(&r, Money::from_nanos(actual)).unwrap();
                 }
                 Op::Release { which } if !open.is_empty() => {
                     let (r, _) = open.swap_remove(which % open.len());
-                    ledger.release_now(&r);
+                    ledger.release_sync(&r);
                 }
                 _ => {}
             }

@@ -1,0 +1,124 @@
+//! Several response header values in one allocation.
+//!
+//! A `HeaderValue` made from a number or a `String` costs an allocation
+//! each (its `Bytes`), and the rate-limit and budget headers change on
+//! every response. [`Packed`] writes them side by side into one small
+//! buffer, moves that into a single `Bytes`, and hands out each value as a
+//! slice of it: one allocation for all of a layer's changing values, and
+//! reference counts instead of copies.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+/// Room for the values of one response: a layer writes at most a few
+/// numbers, durations and timestamps (20 bytes or so each).
+const CAPACITY: usize = 120;
+
+/// A buffer of header values written one after another.
+pub(crate) struct Packed {
+    buf: [u8; CAPACITY],
+    len: usize,
+}
+
+/// Where one value went: into the buffer, or, when it did not fit, into a
+/// value of its own.
+pub(crate) enum Slot {
+    In(Range<usize>),
+    Own(Option<HeaderValue>),
+}
+
+impl Packed {
+    pub(crate) fn new() -> Packed {
+        Packed {
+            buf: [0; CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes` as one value.
+    pub(crate) fn push(&mut self, bytes: &[u8]) -> Slot {
+        let start = self.len;
+        match self.buf.get_mut(start..start + bytes.len()) {
+            Some(room) => {
+                room.copy_from_slice(bytes);
+                self.len += bytes.len();
+                Slot::In(start..self.len)
+            }
+            None => Slot::Own(HeaderValue::from_bytes(bytes).ok()),
+        }
+    }
+
+    /// Appends the decimal digits of `n` as one value.
+    pub(crate) fn push_u64(&mut self, n: u64) -> Slot {
+        let mut digits = [0u8; 20];
+        let len = write_u64(&mut digits, n);
+        self.push(&digits[digits.len() - len..])
+    }
+
+    /// The buffer as `Bytes`, for [`Packed::value`]: the one allocation.
+    pub(crate) fn freeze(self) -> Bytes {
+        if self.len == 0 {
+            return Bytes::new();
+        }
+        Bytes::from_owner(self)
+    }
+
+    /// The value in `slot`, sharing `bytes`.
+    pub(crate) fn value(bytes: &Bytes, slot: Slot) -> Option<HeaderValue> {
+        match slot {
+            Slot::In(range) => HeaderValue::from_maybe_shared(bytes.slice(range)).ok(),
+            Slot::Own(value) => value,
+        }
+    }
+}
+
+impl AsRef<[u8]> for Packed {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Writes the digits of `n` at the end of `out`; returns how many.
+pub(crate) fn write_u64(out: &mut [u8; 20], mut n: u64) -> usize {
+    let mut at = out.len();
+    loop {
+        at -= 1;
+        out[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.len() - at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_share_one_buffer_and_overflow_gets_its_own() {
+        let mut packed = Packed::new();
+        let a = packed.push_u64(0);
+        let b = packed.push_u64(u64::MAX);
+        let c = packed.push(b"1h2m3.004s");
+        let long = [b'9'; CAPACITY];
+        let d = packed.push(&long);
+        let e = packed.push(b"12ms");
+        let bytes = packed.freeze();
+        assert_eq!(Packed::value(&bytes, a).unwrap(), "0");
+        assert_eq!(
+            Packed::value(&bytes, b).unwrap(),
+            u64::MAX.to_string().as_str()
+        );
+        assert_eq!(Packed::value(&bytes, c).unwrap(), "1h2m3.004s");
+        assert_eq!(Packed::value(&bytes, d).unwrap().len(), CAPACITY);
+        assert_eq!(Packed::value(&bytes, e).unwrap(), "12ms");
+        // A byte no header value may hold is refused, not panicked on.
+        let mut packed = Packed::new();
+        let bad = packed.push(b"a\nb");
+        assert!(Packed::value(&packed.freeze(), bad).is_none());
+    }
+}
