@@ -1,7 +1,9 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -225,7 +227,15 @@ where
         max_concurrent,
         usage,
     };
-    State::acquire(future, req, service, plan)
+    // Polled once here, with no waker to wake: a store that answers at once
+    // (memory) is decided now, and the inner service called, without the
+    // `Acquire` state. One that must wait is polled again, with the task's
+    // waker, by the response future.
+    let mut future = future;
+    match Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => decide(shared, result, req, service, plan),
+        Poll::Pending => State::acquire(future, req, service, plan),
+    }
 }
 
 /// Turns the store's answer into a call of the inner service or a rejection.

@@ -230,7 +230,12 @@ impl fmt::Debug for LimitStates {
 /// server's), not from each instance.
 pub trait RateLimitStore: Send + Sync + 'static {
     /// The future of [`acquire`](RateLimitStore::acquire).
-    type AcquireFuture: Future<Output = Result<Admission, StoreError>> + Send + 'static;
+    ///
+    /// `Unpin`, so that the layer can poll it once where it is made: an
+    /// in-memory store's `Ready` answers there, and the request goes on to
+    /// the inner service without another state. A store whose future is not
+    /// `Unpin` returns it boxed ([`BoxStoreFuture`]).
+    type AcquireFuture: Future<Output = Result<Admission, StoreError>> + Send + Unpin + 'static;
     /// The future of [`settle`](RateLimitStore::settle).
     ///
     /// `Unpin`, so that a settlement started from a body's end or `Drop` is
