@@ -232,7 +232,12 @@ fn prepare<L: Ledger>(
         }
     };
     let worst_case = price.worst_case(meta.prompt_tokens_estimate, meta.max_tokens);
-    let settler = Settler::new(shared.clone(), price, model.to_owned(), principal.cloned());
+    // The model and the caller are kept only for a spend sink's events.
+    let (model, caller) = match shared.sink {
+        Some(_) => (model.to_owned(), principal.cloned()),
+        None => (String::new(), None),
+    };
+    let settler = Settler::new(shared.clone(), price, model, caller);
     match principal.map(Principal::shared_budgets) {
         Some(budgets) if !budgets.is_empty() => Ok(Step::Reserve(Pending {
             budgets,
