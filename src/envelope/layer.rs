@@ -17,6 +17,11 @@ pub(crate) enum FormatChoice {
     Custom(Arc<SelectFormat>),
 }
 
+/// `anthropic-version`, which every Anthropic client sends. A constant: a
+/// `&str` name is parsed and validated on every lookup.
+pub(crate) const ANTHROPIC_VERSION: http::HeaderName =
+    http::HeaderName::from_static("anthropic-version");
+
 impl FormatChoice {
     pub(crate) fn pick(&self, uri: &Uri, headers: &HeaderMap) -> ErrorFormat {
         let is_grpc = headers
@@ -28,7 +33,7 @@ impl FormatChoice {
         match self {
             FormatChoice::Fixed(format) => *format,
             FormatChoice::Auto => {
-                if headers.contains_key("anthropic-version") || is_anthropic_path(uri.path()) {
+                if headers.contains_key(ANTHROPIC_VERSION) || is_anthropic_path(uri.path()) {
                     ErrorFormat::Anthropic
                 } else {
                     ErrorFormat::OpenAi

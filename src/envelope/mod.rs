@@ -81,6 +81,7 @@
 
 mod future;
 mod layer;
+pub(crate) use self::layer::ANTHROPIC_VERSION;
 mod parse;
 mod render;
 mod service;

@@ -1,8 +1,8 @@
 use std::borrow::Cow;
 use std::fmt;
-use std::sync::Arc;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 

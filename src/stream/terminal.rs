@@ -103,7 +103,7 @@ impl StreamFormat {
     /// `…/responses`, chat completions otherwise.
     pub fn from_request(uri: &Uri, headers: &HeaderMap) -> StreamFormat {
         let path = uri.path().trim_end_matches('/');
-        if headers.contains_key("anthropic-version") || path.ends_with("/messages") {
+        if headers.contains_key(crate::envelope::ANTHROPIC_VERSION) || path.ends_with("/messages") {
             StreamFormat::AnthropicMessages
         } else if path.ends_with("/responses") {
             StreamFormat::Responses
