@@ -170,20 +170,21 @@ where
                     let result = ready!(future.poll(cx));
                     let admitted = admitted.take();
                     return Poll::Ready(match result {
-                        Ok(response) => Ok(match admitted {
+                        Ok(mut response) => Ok(match admitted {
                             Some(Admitted {
                                 headers,
                                 permit: Some(permit),
                                 usage,
                             }) => {
-                                let response = headers.apply(response);
+                                headers.write(response.headers_mut());
                                 usage::observe(response, usage, move |report| {
                                     permit.settle(Some(report.usage.total_tokens));
                                 })
                                 .map(super::body::observed)
                             }
                             Some(Admitted { headers, .. }) => {
-                                headers.apply(response).map(super::body::passthrough)
+                                headers.write(response.headers_mut());
+                                response.map(super::body::passthrough)
                             }
                             None => response.map(super::body::passthrough),
                         }),

@@ -368,19 +368,15 @@ pub(crate) struct PendingHeaders {
 }
 
 impl PendingHeaders {
-    /// Writes the headers into `response`, replacing any of the same names.
-    pub(crate) fn apply<B>(self, mut response: Response<B>) -> Response<B> {
-        self.write(response.headers_mut());
-        response
-    }
-
     fn into_map(self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         self.write(&mut headers);
         headers
     }
 
-    fn write(&self, headers: &mut HeaderMap) {
+    /// Writes the headers into a response's `headers`, replacing any of the
+    /// same names.
+    pub(crate) fn write(&self, headers: &mut HeaderMap) {
         if self.style != HeaderStyle::None {
             self.style
                 .write(self.limits.as_slice(), &self.states, self.now_unix, headers);
