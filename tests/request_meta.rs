@@ -488,3 +488,120 @@ fn rejections_render_as_openai_errors() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(response.headers()["x-should-retry"], "false");
 }
+
+#[tokio::test]
+async fn a_one_frame_body_is_put_back_without_a_copy() {
+    let bytes = Bytes::from(r#"{"model":"m","messages":[]}"#.to_owned());
+    let at = bytes.as_ptr();
+    let req = RequestMeta::read(json_request(Full::new(bytes)), 1024)
+        .await
+        .unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    let frame = req.into_body().frame().await.unwrap().unwrap();
+    let data = frame.into_data().unwrap();
+    assert_eq!(data.as_ptr(), at, "the body was copied");
+    assert_eq!(&data[..], br#"{"model":"m","messages":[]}"#);
+}
+
+#[tokio::test]
+async fn frames_are_joined_empty_ones_included() {
+    let (body, _) = CountingBody::new(&["", r#"{"model":"#, "", r#""m","max_tokens":3}"#, ""]);
+    let req = RequestMeta::read(json_request(body), 1024).await.unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    assert_eq!(meta(&req).max_tokens, Some(3));
+    assert_eq!(meta(&req).body_len, 28);
+    assert_eq!(body_text(req).await, r#"{"model":"m","max_tokens":3}"#);
+}
+
+#[tokio::test]
+async fn content_types_compare_without_case() {
+    for (content_type, read) in [
+        ("APPLICATION/JSON", true),
+        ("application/Vnd.Api+JSON; charset=utf-8", true),
+        (" application/json ", true),
+        ("Application/X-WWW-Form-Urlencoded", true),
+        ("application/jsonl", true),
+        ("text/json", false),
+        ("application/x-ndjson", false),
+    ] {
+        let req = Request::post("/v1/chat/completions")
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+            .unwrap();
+        let req = RequestMeta::read(req, 1024).await.unwrap();
+        assert_eq!(
+            meta(&req).model.is_some(),
+            read,
+            "{content_type}: {:?}",
+            meta(&req)
+        );
+    }
+}
+
+/// The line and column of a rejection are serde_json's, so a client can
+/// find the problem in what it sent.
+#[test]
+fn rejections_say_where_the_problem_is() {
+    let cases: [(&[u8], Option<&str>, &str); 6] = [
+        (
+            b"{\n  \"model\": \"gpt-4o\",\n  \"max_tokens\": -5\n}",
+            Some("max_tokens"),
+            "invalid `max_tokens`: invalid value: integer `-5`, expected u64 at line 3 column 18",
+        ),
+        (
+            b"{\"model\": \"gpt",
+            Some("model"),
+            "invalid `model`: EOF while parsing a string at line 1 column 14",
+        ),
+        (
+            b"{\"model\": \"m\",\n \"messages\": [{\"role\": \"user\", \"content\": \"a\\qb\"}]}",
+            Some("messages"),
+            "invalid `messages`: invalid escape at line 2 column 46",
+        ),
+        (
+            b"{\"stream\": \"yes\"}",
+            Some("stream"),
+            "invalid `stream`: invalid type: string \"yes\", expected a boolean at line 1 column 16",
+        ),
+        (
+            b"{\"model\": \"m\" \"stream\": true}",
+            None,
+            "expected `,` or `}` at line 1 column 15",
+        ),
+        (
+            b"{\"prompt\": \"\\ud83d\"}",
+            Some("prompt"),
+            "invalid `prompt`: unexpected end of hex escape at line 1 column 19",
+        ),
+    ];
+    for (body, param, reason) in cases {
+        let err = RequestMeta::from_json(body).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+        assert_eq!(err.param(), param, "{reason}");
+        assert_eq!(
+            err.message(),
+            format!("We could not parse the JSON body of your request: {reason}")
+        );
+    }
+}
+
+#[test]
+fn deep_nesting_is_rejected_without_overflowing() {
+    for open in ["[", "{\"a\":"] {
+        let body = format!("{{\"messages\":{}", open.repeat(100_000));
+        let err = RequestMeta::from_json(body.as_bytes()).unwrap_err();
+        assert_eq!(err.param(), Some("messages"));
+        assert!(
+            err.message().contains("recursion limit exceeded"),
+            "{}",
+            err.message()
+        );
+    }
+    // serde_json has no limit for values it skips, and neither do we.
+    let body = format!(
+        "{{\"metadata\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(RequestMeta::from_json(body.as_bytes()).is_ok());
+}
