@@ -1,0 +1,304 @@
+//! What several layers need to know about a request, read from its JSON body
+//! once: [`RequestMeta`].
+//!
+//! Auth checks the `model` against a key's allow-list, rate limits reserve
+//! `max_tokens` plus a prompt estimate, budgets price the same. Reading the
+//! body in each would read (and buffer) it three times; instead the first
+//! layer that needs the facts reads the body once, bounded in size, puts the
+//! bytes back, and caches a `RequestMeta` in the request's extensions.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http::Request;
+//! use http_body_util::Full;
+//! use tollgate::RequestMeta;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tollgate::ApiError> {
+//! let body = r#"{"model":"gpt-4o","stream":true,"max_tokens":256,
+//!     "messages":[{"role":"user","content":"Say hello in twelve words"}]}"#;
+//! let req = Request::post("/v1/chat/completions")
+//!     .header("content-type", "application/json")
+//!     .body(Full::new(Bytes::from(body)))
+//!     .unwrap();
+//!
+//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await?;
+//! let meta = req.extensions().get::<RequestMeta>().unwrap();
+//! assert_eq!(meta.model.as_deref(), Some("gpt-4o"));
+//! assert!(meta.stream);
+//! assert_eq!(meta.max_tokens, Some(256));
+//! assert_eq!(meta.prompt_tokens_estimate, 7); // 25 characters / 4, rounded up
+//!
+//! // A second read finds the cached facts and leaves the body alone.
+//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await?;
+//! assert!(req.extensions().get::<RequestMeta>().is_some());
+//! # Ok(())
+//! # }
+//! ```
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{Method, Request};
+use http_body::Body;
+use http_body_util::{BodyExt, Full};
+
+use crate::{ApiError, BoxError};
+
+/// Facts about an OpenAI-style request, read once from its JSON body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RequestMeta {
+    /// The `model` field.
+    pub model: Option<String>,
+    /// The `stream` field (false when absent).
+    pub stream: bool,
+    /// `max_completion_tokens`, else `max_tokens`, else `max_output_tokens`.
+    pub max_tokens: Option<u64>,
+    /// `stream_options.include_usage` as the client sent it.
+    pub include_usage: bool,
+    /// Estimated prompt tokens: characters of the text in `messages`,
+    /// `prompt`, `input`, `system`, `instructions`, `tools` and `functions`,
+    /// divided by 4 and rounded up (OpenAI's rule of thumb), plus one token
+    /// per integer (token arrays). Roles, part types, ids, image, audio and
+    /// file payloads are not counted.
+    pub prompt_tokens_estimate: u64,
+    /// Size of the body in bytes.
+    pub body_len: usize,
+}
+
+/// Request bodies tollgate can rebuild from bytes, after reading a body once
+/// (for [`RequestMeta`]) or to replay it (for retries).
+///
+/// Implemented for `Full<Bytes>`, the `http-body-util` boxed bodies, and,
+/// with their features, `axum::body::Body` and `tonic::body::Body`. A server
+/// on raw hyper (`Incoming`) maps its body to one of these first.
+pub trait FromBytes: Sized {
+    /// A body that yields `bytes` and ends.
+    fn from_bytes(bytes: Bytes) -> Self;
+}
+
+impl FromBytes for Full<Bytes> {
+    fn from_bytes(bytes: Bytes) -> Self {
+        Full::new(bytes)
+    }
+}
+
+impl<E> FromBytes for http_body_util::combinators::BoxBody<Bytes, E> {
+    fn from_bytes(bytes: Bytes) -> Self {
+        Full::new(bytes).map_err(|never| match never {}).boxed()
+    }
+}
+
+impl<E> FromBytes for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
+    fn from_bytes(bytes: Bytes) -> Self {
+        Full::new(bytes)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+}
+
+#[cfg(feature = "axum")]
+impl FromBytes for axum_core::body::Body {
+    fn from_bytes(bytes: Bytes) -> Self {
+        axum_core::body::Body::from(bytes)
+    }
+}
+
+#[cfg(feature = "tonic")]
+impl FromBytes for tonic::body::Body {
+    fn from_bytes(bytes: Bytes) -> Self {
+        tonic::body::Body::new(Full::new(bytes))
+    }
+}
+
+impl RequestMeta {
+    /// The default body limit: 16 MiB.
+    pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
+
+    /// Reads the facts from a JSON body. Not an object, malformed JSON, or a
+    /// field of the wrong type → 400 `invalid_request` naming the problem
+    /// and where it is; a field of the wrong type is also named in `param`.
+    ///
+    /// A hand-written scanner that allocates nothing but the `model`
+    /// string. It accepts, rejects and explains exactly as reading the body
+    /// with `serde_json` would: the same facts, the same errors, at the same
+    /// line and column.
+    pub fn from_json(body: &[u8]) -> Result<RequestMeta, ApiError> {
+        json::parse(body)
+    }
+
+    /// Makes sure `req` carries a `RequestMeta` in its extensions, reading the
+    /// body (at most `limit` bytes) when it does not, and putting the bytes back.
+    ///
+    /// Only bodies that may be JSON are read: methods with a body and a JSON
+    /// or missing `content-type`, and `application/x-www-form-urlencoded`
+    /// bodies that start with `{` (what `curl -d '{…}'` sends). Others
+    /// (multipart uploads, gRPC, …) get an empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
+    /// JSON → 400 `invalid_request`; a body that fails to arrive → 400.
+    pub async fn read<B>(req: Request<B>, limit: usize) -> Result<Request<B>, ApiError>
+    where
+        B: Body<Data = Bytes> + FromBytes,
+        B::Error: Into<BoxError>,
+    {
+        if req.extensions().get::<RequestMeta>().is_some() {
+            return Ok(req);
+        }
+        let sniff = match body_kind(&req) {
+            BodyKind::Json => false,
+            BodyKind::Sniff => true,
+            BodyKind::Other => {
+                let mut req = req;
+                req.extensions_mut().insert(RequestMeta::default());
+                return Ok(req);
+            }
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            return Err(too_large(limit));
+        }
+        let (mut parts, body) = req.into_parts();
+        let mut body = std::pin::pin!(body);
+        let mut collected = Collected::Empty;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                let e: BoxError = e.into();
+                // A limit set further out (`tower_http::limit`, `Limited`)
+                // is still a body that is too large, not a broken one.
+                if e.is::<http_body_util::LengthLimitError>() {
+                    return ApiError::payload_too_large();
+                }
+                tracing::debug!(error = %e, "request body failed");
+                ApiError::invalid_request().with_message("The request body could not be read.")
+            })?;
+            if let Ok(data) = frame.into_data() {
+                if collected.len() + data.len() > limit {
+                    return Err(too_large(limit));
+                }
+                collected.push(data);
+            }
+        }
+        let bytes = collected.into_bytes();
+        let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
+            RequestMeta::default()
+        } else {
+            RequestMeta::from_json(&bytes)?
+        };
+        parts.extensions.insert(meta);
+        Ok(Request::from_parts(parts, B::from_bytes(bytes)))
+    }
+
+    /// Tokens to reserve for this request: the prompt estimate plus
+    /// `max_tokens`, or plus `default_max_tokens` when the client set none.
+    pub fn reserve_tokens(&self, default_max_tokens: u64) -> u64 {
+        self.prompt_tokens_estimate
+            .saturating_add(self.max_tokens.unwrap_or(default_max_tokens))
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::payload_too_large().with_message(format!(
+        "The request body is larger than the limit of {limit} bytes."
+    ))
+}
+
+/// A body's data frames as they arrive. Most bodies come in one frame
+/// (`Full`, small hyper bodies): that frame's `Bytes` is kept as it is, and
+/// a buffer is only started, and the bytes copied, when a second one comes.
+enum Collected {
+    Empty,
+    One(Bytes),
+    Many(BytesMut),
+}
+
+impl Collected {
+    fn len(&self) -> usize {
+        match self {
+            Collected::Empty => 0,
+            Collected::One(bytes) => bytes.len(),
+            Collected::Many(buf) => buf.len(),
+        }
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if data.is_empty() {
+            return;
+        }
+        *self = match std::mem::replace(self, Collected::Empty) {
+            Collected::Empty => Collected::One(data),
+            Collected::One(first) => {
+                let mut buf = BytesMut::with_capacity(first.len() + data.len());
+                buf.extend_from_slice(&first);
+                buf.extend_from_slice(&data);
+                Collected::Many(buf)
+            }
+            Collected::Many(mut buf) => {
+                buf.extend_from_slice(&data);
+                Collected::Many(buf)
+            }
+        };
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Collected::Empty => Bytes::new(),
+            Collected::One(bytes) => bytes,
+            Collected::Many(buf) => buf.freeze(),
+        }
+    }
+}
+
+enum BodyKind {
+    /// Declared JSON (or undeclared): parse it, reject what does not parse.
+    Json,
+    /// `curl -d` sends JSON as `application/x-www-form-urlencoded`: parse
+    /// it when it looks like a JSON object, leave it alone otherwise.
+    Sniff,
+    /// Not ours to read (multipart uploads, gRPC, bodiless methods).
+    Other,
+}
+
+fn body_kind<B>(req: &Request<B>) -> BodyKind {
+    if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
+        return BodyKind::Other;
+    }
+    match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
+        None => BodyKind::Json,
+        Some(Ok(ct)) => {
+            // Media types are case-insensitive; compared in place.
+            let ct = ct.trim().as_bytes();
+            if starts_with_ignore_case(ct, b"application/json")
+                || contains_ignore_case(ct, b"+json")
+            {
+                BodyKind::Json
+            } else if starts_with_ignore_case(ct, b"application/x-www-form-urlencoded") {
+                BodyKind::Sniff
+            } else {
+                BodyKind::Other
+            }
+        }
+        Some(Err(_)) => BodyKind::Other,
+    }
+}
+
+fn starts_with_ignore_case(s: &[u8], prefix: &[u8]) -> bool {
+    // Mostly written as in the standard, in lower case.
+    s.starts_with(prefix)
+        || s.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+}
+
+fn contains_ignore_case(s: &[u8], needle: &[u8]) -> bool {
+    s.windows(needle.len())
+        .any(|window| window.eq_ignore_ascii_case(needle))
+}
+
+mod json;
+#[cfg(test)]
+mod oracle;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,714 @@
+use super::json::{Scanner, scan_plain};
+use super::*;
+
+#[test]
+fn escaped_keys_are_read_like_plain_ones() {
+    let meta = RequestMeta::from_json(
+        br#"{"mod\u0065l":"m","max_tok\u0065ns":5,"messages":[{"r\u006fle":"user","cont\u0065nt":"abcd"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(meta.model.as_deref(), Some("m"));
+    assert_eq!(meta.max_tokens, Some(5));
+    assert_eq!(meta.prompt_tokens_estimate, 1);
+}
+
+#[test]
+fn reads_the_fields() {
+    let meta = RequestMeta::from_json(
+        br#"{"model":"m","max_tokens":5,"max_completion_tokens":7,
+            "stream":true,"stream_options":{"include_usage":true},
+            "messages":[{"role":"user","content":[{"type":"text","text":"abcd"},
+            {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}}]}]}"#,
+    )
+    .unwrap();
+    assert_eq!(meta.model.as_deref(), Some("m"));
+    assert_eq!(meta.max_tokens, Some(7));
+    assert!(meta.stream && meta.include_usage);
+    assert_eq!(meta.prompt_tokens_estimate, 1);
+    assert_eq!(meta.reserve_tokens(100), 8);
+}
+
+#[test]
+fn rejects_bad_json_with_a_reason() {
+    let e = RequestMeta::from_json(b"{\"model\": ").unwrap_err();
+    assert_eq!(e.status(), http::StatusCode::BAD_REQUEST);
+    assert!(e.message().contains("EOF"), "{}", e.message());
+    assert!(RequestMeta::from_json(b"[1,2]").is_err());
+    assert!(RequestMeta::from_json(br#"{"max_tokens":-1}"#).is_err());
+    assert!(RequestMeta::from_json(b"{} trailing").is_err());
+}
+
+#[test]
+fn deep_nesting_does_not_overflow() {
+    let body = format!(
+        "{{\"messages\":{}{}}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    assert!(RequestMeta::from_json(body.as_bytes()).is_err());
+}
+
+#[test]
+fn deep_nesting_in_a_skipped_value_is_fine() {
+    // serde_json has no depth limit for values it skips; neither do we.
+    let body = format!(
+        "{{\"metadata\":{}{}, \"messages\":[{{\"type\":{}1{}}}]}}",
+        "[".repeat(100_000),
+        "]".repeat(100_000),
+        "{\"a\":".repeat(10_000),
+        "}".repeat(10_000),
+    );
+    assert_eq!(
+        RequestMeta::from_json(body.as_bytes()),
+        oracle::from_json(body.as_bytes())
+    );
+    assert!(RequestMeta::from_json(body.as_bytes()).is_ok());
+}
+
+/// The scanner and the serde visitor agree on `body`: the same facts, or
+/// the same error (the same `param`, and the same message unless it
+/// names a float, which serde_json prints its own way).
+fn agree(body: &[u8]) -> Result<(), String> {
+    let ours = RequestMeta::from_json(body);
+    let theirs = oracle::from_json(body);
+    let same = match (&ours, &theirs) {
+        (Ok(a), Ok(b)) => a == b,
+        (Err(a), Err(b)) if b.message().contains("floating point `") => {
+            let at = |m: &str| m.rfind(" at line ").map(|i| m[i..].to_owned());
+            a.param() == b.param() && at(a.message()) == at(b.message())
+        }
+        (Err(a), Err(b)) => a.param() == b.param() && a.message() == b.message(),
+        _ => false,
+    };
+    if same {
+        Ok(())
+    } else {
+        Err(format!(
+            "for {:?}:\n  scanner: {:?}\n  serde:   {:?}",
+            String::from_utf8_lossy(body),
+            ours.as_ref().map_err(|e| (e.param(), e.message())),
+            theirs.as_ref().map_err(|e| (e.param(), e.message())),
+        ))
+    }
+}
+
+#[test]
+fn agrees_with_serde_on_edge_cases() {
+    let deep = |n: usize, open: &str, close: &str, inner: &str| {
+        format!(
+            "{{\"messages\":{}{inner}{}}}",
+            open.repeat(n),
+            close.repeat(n)
+        )
+    };
+    let mut bodies: Vec<Vec<u8>> = [
+        // Not an object, empty, trailing.
+        "", " ", "[1,2]", "\"s\"", "\"s", "12", "-", "-0", "1.5", "1e999", "null", "nul",
+        "true", "{", "{}", "{} ", "{} x", "{},", "{}}", "{\"a\":1}{",
+        // Keys and commas.
+        "{,}", "{\"a\":1,}", "{\"a\":1,,}", "{\"a\" 1}", "{\"a\":1 \"b\":2}", "{1:2}",
+        "{\"a\"", "{\"a\":", "{\"a\":1", "{\"a\":1,", "{\"mod\\u0065l\":\"m\"}",
+        "{\"model\":\"a\",\"model\":null}", "{\"model\":\"a\",\"model\":\"b\"}",
+        // Typed fields of the wrong type.
+        "{\"model\":5}", "{\"model\":-5}", "{\"model\":1.5}", "{\"model\":true}",
+        "{\"model\":[]}", "{\"model\":{}}", "{\"model\":nul}", "{\"model\":\"\\q\"}",
+        "{\"model\":\"caf\u{e9}\\u00e9\\ud83d\\ude00\"}", "{\"model\":01}",
+        "{\"stream\":\"yes\"}", "{\"stream\":1}", "{\"stream\":tru}", "{\"stream\":null}",
+        "{\"stream\":x}", "{\"stream\":}", "{\"stream\":", "{\"stream\" ",
+        "{\"max_tokens\":-1}", "{\"max_tokens\":-0}", "{\"max_tokens\":1.0}",
+        "{\"max_tokens\":1e3}", "{\"max_tokens\":18446744073709551615}",
+        "{\"max_tokens\":18446744073709551616}", "{\"max_tokens\":1e400}",
+        "{\"max_tokens\":\"7\"}", "{\"max_tokens\":[7]}", "{\"max_tokens\":-}",
+        "{\"max_tokens\":-9223372036854775809}", "{\"max_tokens\":-9223372036854775808}",
+        "{\"max_tokens\":1.}", "{\"max_tokens\":1.e}", "{\"max_tokens\":1e}",
+        "{\"max_tokens\":1e+}", "{\"max_tokens\":00}",
+        // Stream options as serde reads a struct.
+        "{\"stream_options\":{\"include_usage\":true}}",
+        "{\"stream_options\":{\"include_usage\":true,\"include_usage\":false}}",
+        "{\"stream_options\":{\"include_usage\":true , \"include_usage\"}",
+        "{\"stream_options\":{\"include_usage\":1}}",
+        "{\"stream_options\":{\"other\":[1,{\"x\":\"\\ud800\"}],\"include_usage\":true}}",
+        "{\"stream_options\":[true]}", "{\"stream_options\":[]}", "{\"stream_options\":[ ] }",
+        "{\"stream_options\":[true,1]}", "{\"stream_options\":[true,]}",
+        "{\"stream_options\":[null]}", "{\"stream_options\":[,]}", "{\"stream_options\":[",
+        "{\"stream_options\":[true", "{\"stream_options\":5}", "{\"stream_options\":\"x\"}",
+        "{\"stream_options\":null}", "{\"stream_options\":{}}", "{\"stream_options\":{\"a\"}}",
+        // Prompt text.
+        "{\"prompt\":[1,-1,1.5,-0,1e2,18446744073709551616,-9223372036854775809,true,null]}",
+        "{\"prompt\":1e309}", "{\"prompt\":-1e309}", "{\"prompt\":1e-400}",
+        "{\"prompt\":0e999999999999}", "{\"prompt\":1e999999999999}",
+        "{\"prompt\":1e-999999999999}", "{\"prompt\":123456789012345678901234567890}",
+        "{\"prompt\":1844674407370955161.9e300}", "{\"prompt\":0.1e310}",
+        "{\"prompt\":17976931348623157e292}", "{\"prompt\":17976931348623159e292}",
+        "{\"prompt\":\"\\ud800\"}", "{\"prompt\":\"\\udc00\"}", "{\"prompt\":\"\\ud800\\u0041\"}",
+        "{\"prompt\":\"\\ud800x\"}", "{\"prompt\":\"\\ud800\\n\"}", "{\"prompt\":\"\\ud800\\",
+        "{\"prompt\":\"\\ud800", "{\"prompt\":\"\\u12\"}", "{\"prompt\":\"\\u12",
+        "{\"prompt\":\"\\uZZZZ\"}", "{\"prompt\":\"\\x\"}", "{\"prompt\":\"\\",
+        "{\"prompt\":\"a\tb\"}", "{\"prompt\":\"a\nb\"}", "{\"prompt\":[1,]}",
+        "{\"prompt\":[1 2]}", "{\"prompt\":[,1]}", "{\"prompt\":{\"a\":1,}}",
+        "{\"prompt\":{\"a\" 1}}", "{\"prompt\":{\"type\":[1,]}}", "{\"prompt\":{\"type\":{\"a\":1,}}}",
+        "{\"prompt\":{\"type\":\"\\ud800\"}}", "{\"prompt\":{\"type\":1e999}}",
+        "{\"prompt\":{\"typ\\u0065\":\"abcd\"}}", "{\"prompt\":{\"type\":-}}",
+        "{\"prompt\":{\"type\":01}}", "{\"prompt\":{\"type\":1.}}", "{\"prompt\":{\"type\":1.e5}}",
+        "{\"prompt\":{\"type\":\"a\tb\"}}", "{\"prompt\":{\"type\":[1 2]}}",
+        "{\"prompt\":{\"type\":{1:2}}}", "{\"prompt\":{\"type\":{\"a\" 2}}}",
+        "{\"prompt\":{\"type\":[}}", "{\"prompt\":{\"type\":{\"a\":}}}",
+        "{\"prompt\":{\"type\":{\"a\":1", "{\"prompt\":{\"type\":[1", "{\"prompt\":{\"type\":[",
+        "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"\u{1F600}ab\\u00e9\"}]}]}",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    // Invalid UTF-8: checked in strings that are read, not in skipped ones.
+    for body in [
+        &b"{\"model\":\"\xff\"}"[..],
+        b"{\"model\":\"ab\\n\xc3\"}",
+        b"{\"model\":\"\xc3\\n\"}",
+        b"{\"model\":\"\\n\xe2\x82\xac\xe2\x82\"}",
+        b"{\"model\":\"\xff\\q\"}",
+        b"{\"model\":\"\xff",
+        b"{\"prompt\":[\"a\", \"\x80\"]}",
+        b"{\"prompt\":{\"\xff\":1}}",
+        b"{\"\xff\":1}",
+        b"{\"user\":\"\xff\"}",
+        b"{\"prompt\":{\"type\":\"\xff\"}}",
+        b"{\"stream_options\":{\"\xff\":1}}",
+        b"{\"stream_options\":{\"a\":\"\xff\"}}",
+        b"{\"model\":\"a\"}\xff",
+        b"\n\n  {\"model\":\n\"\xff\"}",
+    ] {
+        bodies.push(body.to_vec());
+    }
+    // Around the recursion limit (the top-level object is level 1).
+    for n in [125, 126, 127, 128, 200] {
+        bodies.push(deep(n, "[", "]", "1").into_bytes());
+        bodies.push(deep(n, "{\"a\":", "}", "1").into_bytes());
+        bodies.push(deep(n, "{\"type\":", "}", "1").into_bytes());
+        bodies.push(deep(n, "[", "", "").into_bytes());
+    }
+    for body in &bodies {
+        if let Err(e) = agree(body) {
+            panic!("{e}");
+        }
+    }
+}
+
+/// Generated request bodies: valid OpenAI-style requests with random
+/// fields, escapes, numbers, Unicode and nesting, sometimes mutated.
+mod generated {
+    use proptest::prelude::*;
+    use proptest::sample::{Index, select};
+
+    /// A JSON value as written, before whitespace.
+    #[derive(Debug, Clone)]
+    pub(super) enum J {
+        /// A literal or number, as written.
+        Raw(String),
+        /// A string's contents between the quotes (escapes as written).
+        Str(Vec<u8>),
+        Arr(Vec<J>),
+        Obj(Vec<(Vec<u8>, J)>),
+        /// `inner` inside `depth` arrays, or objects under `key`.
+        Deep {
+            depth: usize,
+            key: Option<Vec<u8>>,
+            inner: Box<J>,
+        },
+    }
+
+    const WHITESPACE: [&str; 9] = ["", "", "", "", "", " ", "\n", "\t", "\r\n  "];
+
+    struct Out<'a> {
+        bytes: Vec<u8>,
+        spaces: &'a [u8],
+        next: usize,
+    }
+
+    impl Out<'_> {
+        fn space(&mut self) {
+            if let Some(&choice) = self.spaces.get(self.next % self.spaces.len().max(1)) {
+                self.next += 1;
+                let ws = WHITESPACE[usize::from(choice) % WHITESPACE.len()];
+                self.bytes.extend_from_slice(ws.as_bytes());
+            }
+        }
+
+        fn string(&mut self, s: &[u8]) {
+            self.bytes.push(b'"');
+            self.bytes.extend_from_slice(s);
+            self.bytes.push(b'"');
+        }
+
+        fn value(&mut self, j: &J) {
+            match j {
+                J::Raw(raw) => self.bytes.extend_from_slice(raw.as_bytes()),
+                J::Str(s) => self.string(s),
+                J::Arr(items) => {
+                    self.bytes.push(b'[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            self.bytes.push(b',');
+                        }
+                        self.space();
+                        self.value(item);
+                        self.space();
+                    }
+                    self.bytes.push(b']');
+                }
+                J::Obj(entries) => {
+                    self.bytes.push(b'{');
+                    for (i, (key, value)) in entries.iter().enumerate() {
+                        if i > 0 {
+                            self.bytes.push(b',');
+                        }
+                        self.space();
+                        self.string(key);
+                        self.space();
+                        self.bytes.push(b':');
+                        self.space();
+                        self.value(value);
+                        self.space();
+                    }
+                    self.bytes.push(b'}');
+                }
+                J::Deep { depth, key, inner } => {
+                    for _ in 0..*depth {
+                        match key {
+                            Some(key) => {
+                                self.bytes.push(b'{');
+                                self.string(key);
+                                self.bytes.push(b':');
+                            }
+                            None => self.bytes.push(b'['),
+                        }
+                    }
+                    self.value(inner);
+                    let close = if key.is_some() { b'}' } else { b']' };
+                    self.bytes.extend(std::iter::repeat_n(close, *depth));
+                }
+            }
+        }
+    }
+
+    pub(super) fn render(j: &J, spaces: &[u8]) -> Vec<u8> {
+        let mut out = Out {
+            bytes: Vec::new(),
+            spaces,
+            next: 0,
+        };
+        out.space();
+        out.value(j);
+        out.space();
+        out.bytes
+    }
+
+    /// A piece of a string's contents; `broken` ones (invalid UTF-8,
+    /// escapes or control characters) only if `broken`.
+    fn piece(broken: u32) -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            6 => "[a-zA-Z0-9 .,!?'{}:\\[\\]]{0,12}".prop_map(String::into_bytes),
+            3 => any::<char>()
+                .prop_filter("plain", |c| !matches!(c, '"' | '\\') && !c.is_control())
+                .prop_map(|c| c.to_string().into_bytes()),
+            2 => select(&["\\n", "\\t", "\\\"", "\\\\", "\\/", "\\b", "\\f", "\\r"][..])
+                .prop_map(|s| s.as_bytes().to_vec()),
+            2 => (any::<u16>(), any::<bool>()).prop_map(|(n, upper)| {
+                if upper { format!("\\u{n:04X}") } else { format!("\\u{n:04x}") }.into_bytes()
+            }),
+            2 => (0x1_0000u32..0x11_0000).prop_map(|c| {
+                let mut units = [0u16; 2];
+                let units = char::from_u32(c).unwrap_or('x').encode_utf16(&mut units);
+                units.iter().map(|u| format!("\\u{u:04x}")).collect::<String>().into_bytes()
+            }),
+            broken => select(vec![
+                &b"\xff"[..], b"\xc3", b"\x80", b"\xe2\x82", b"\xf0\x9f\x98", b"\xed\xa0\x80",
+                b"\x01", b"\x1f", b"\x7f", b"\t", b"\\x", b"\\u12", b"\\uD800", b"\\uDC00",
+                b"\\uD800\\n", b"\\uD800x", b"\\uDBFF\\uDFFF", b"\\", b"\"",
+            ])
+            .prop_map(<[u8]>::to_vec),
+        ]
+        .boxed()
+    }
+
+    fn text() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            3 => prop::collection::vec(piece(0), 0..5),
+            1 => prop::collection::vec(piece(1), 0..5),
+        ]
+        .prop_map(|pieces| pieces.concat())
+        .boxed()
+    }
+
+    const KEYS: &[&str] = &[
+        "model",
+        "stream",
+        "max_tokens",
+        "max_completion_tokens",
+        "max_output_tokens",
+        "stream_options",
+        "include_usage",
+        "messages",
+        "prompt",
+        "input",
+        "system",
+        "instructions",
+        "tools",
+        "functions",
+        "type",
+        "role",
+        "id",
+        "tool_call_id",
+        "image_url",
+        "url",
+        "input_audio",
+        "file",
+        "file_data",
+        "data",
+        "detail",
+        "content",
+        "text",
+        "name",
+        "arguments",
+        "metadata",
+        "user",
+        "a",
+    ];
+
+    /// A key as written: mostly known, sometimes with an escaped letter.
+    fn key() -> BoxedStrategy<Vec<u8>> {
+        prop_oneof![
+            8 => select(KEYS).prop_map(|k| k.as_bytes().to_vec()),
+            2 => (select(KEYS), any::<Index>()).prop_map(|(k, i)| escape_one(k, i)),
+            1 => text(),
+        ]
+        .boxed()
+    }
+
+    pub(super) fn escape_one(key: &str, at: Index) -> Vec<u8> {
+        let at = at.index(key.len());
+        let mut out = key.as_bytes()[..at].to_vec();
+        out.extend_from_slice(format!("\\u{:04x}", key.as_bytes()[at]).as_bytes());
+        out.extend_from_slice(&key.as_bytes()[at + 1..]);
+        out
+    }
+
+    fn number() -> BoxedStrategy<String> {
+        prop_oneof![
+            2 => (0u64..5000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => any::<i64>().prop_map(|n| n.to_string()),
+            1 => any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x:?}")),
+            1 => any::<f64>()
+                .prop_filter("finite", |x| x.is_finite())
+                .prop_map(|x| format!("{x:e}")),
+            3 => "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,22})?([eE][+-]?[0-9]{1,3})?",
+            1 => "[0-9]{15,25}(\\.[0-9]{0,20})?[eE][+-]?(29[0-9]|30[0-9]|31[0-9]|32[0-9])",
+            1 => select(&[
+                "-0", "1e400", "-1e400", "1e-400", "0e999999999999", "1e2147483647",
+                "1e2147483648", "1e-2147483649", "18446744073709551615",
+                "18446744073709551616", "-9223372036854775808", "-9223372036854775809",
+                "1.7976931348623157e308", "1.7976931348623159e308", "1.8e308", "01", "1.",
+                "-", "1e", "1e+", ".5", "-a", "2.e3", "1E5", "-01", "1.5.5", "1ee5",
+                "123456789012345678901234567890.5e-3", "10e307", "0.1e310", "1e308",
+            ][..])
+            .prop_map(String::from),
+        ]
+        .boxed()
+    }
+
+    fn leaf() -> BoxedStrategy<J> {
+        prop_oneof![
+            4 => select(&["null", "true", "false"][..]).prop_map(|s| J::Raw(s.into())),
+            1 => select(&["nul", "tru", "fals", "nulll"][..]).prop_map(|s| J::Raw(s.into())),
+            8 => number().prop_map(J::Raw),
+            12 => text().prop_map(J::Str),
+        ]
+        .boxed()
+    }
+
+    fn value() -> BoxedStrategy<J> {
+        leaf()
+            .prop_recursive(4, 24, 5, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                    prop::collection::vec((key(), inner), 0..5).prop_map(J::Obj),
+                ]
+            })
+            .boxed()
+    }
+
+    fn s(text: &str) -> J {
+        J::Str(text.as_bytes().to_vec())
+    }
+
+    fn k(key: &str) -> Vec<u8> {
+        key.as_bytes().to_vec()
+    }
+
+    /// A content part, as chat clients send them.
+    fn part() -> BoxedStrategy<J> {
+        prop_oneof![
+            text().prop_map(|t| J::Obj(vec![(k("type"), s("text")), (k("text"), J::Str(t))])),
+            text().prop_map(|t| J::Obj(vec![
+                (k("type"), s("image_url")),
+                (
+                    k("image_url"),
+                    J::Obj(vec![(k("url"), J::Str(t)), (k("detail"), s("high"))])
+                ),
+            ])),
+            text().prop_map(|t| J::Obj(vec![
+                (k("type"), s("input_audio")),
+                (
+                    k("input_audio"),
+                    J::Obj(vec![(k("data"), J::Str(t)), (k("format"), s("wav"))])
+                ),
+            ])),
+            value(),
+        ]
+        .boxed()
+    }
+
+    fn message() -> BoxedStrategy<J> {
+        let content = prop_oneof![
+            3 => text().prop_map(J::Str),
+            2 => prop::collection::vec(part(), 0..3).prop_map(J::Arr),
+            1 => Just(J::Raw("null".into())),
+            1 => value(),
+        ];
+        (
+            select(&["system", "user", "assistant", "tool"][..]),
+            content,
+            text(),
+        )
+            .prop_map(|(role, content, id)| {
+                let mut fields = vec![(k("role"), s(role)), (k("content"), content)];
+                if role == "tool" {
+                    fields.push((k("tool_call_id"), J::Str(id)));
+                } else if role == "assistant" {
+                    fields.push((
+                        k("tool_calls"),
+                        J::Arr(vec![J::Obj(vec![
+                            (k("id"), J::Str(id)),
+                            (k("type"), s("function")),
+                            (
+                                k("function"),
+                                J::Obj(vec![
+                                    (k("name"), s("f")),
+                                    (k("arguments"), s("{\\\"x\\\":1}")),
+                                ]),
+                            ),
+                        ])]),
+                    ));
+                }
+                J::Obj(fields)
+            })
+            .boxed()
+    }
+
+    /// Nesting around serde_json's limit, read or skipped.
+    fn deep() -> BoxedStrategy<J> {
+        (
+            prop_oneof![120usize..132, 1000usize..1500],
+            select(&[None, Some("a"), Some("type"), Some("d\\u0061ta")][..]),
+            leaf(),
+        )
+            .prop_map(|(depth, key, inner)| J::Deep {
+                depth,
+                key: key.map(|key| key.as_bytes().to_vec()),
+                inner: Box::new(inner),
+            })
+            .boxed()
+    }
+
+    fn max_tokens() -> BoxedStrategy<J> {
+        prop_oneof![
+            4 => (0u64..100_000).prop_map(|n| J::Raw(n.to_string())),
+            1 => Just(J::Raw("null".into())),
+            2 => number().prop_map(J::Raw),
+            1 => value(),
+        ]
+        .boxed()
+    }
+
+    fn stream_options() -> BoxedStrategy<J> {
+        let flag = prop_oneof![
+            4 => select(&["true", "false", "null"][..]).prop_map(|s| J::Raw(s.into())),
+            1 => value(),
+        ];
+        prop_oneof![
+            4 => flag.clone().prop_map(|f| J::Obj(vec![(k("include_usage"), f)])),
+            1 => (flag.clone(), flag.clone())
+                .prop_map(|(a, b)| J::Obj(vec![(k("include_usage"), a), (k("include_usage"), b)])),
+            1 => (flag.clone(), key(), value())
+                .prop_map(|(f, key, v)| J::Obj(vec![(key, v), (k("include_usage"), f)])),
+            1 => prop::collection::vec(flag, 0..3).prop_map(J::Arr),
+            1 => Just(J::Raw("null".into())),
+            1 => value(),
+        ]
+        .boxed()
+    }
+
+    fn text_field() -> BoxedStrategy<J> {
+        prop_oneof![
+            3 => text().prop_map(J::Str),
+            3 => prop::collection::vec(message(), 0..4).prop_map(J::Arr),
+            1 => prop::collection::vec(0u32..100_000, 0..6)
+                .prop_map(|ids| J::Arr(ids.into_iter().map(|id| J::Raw(id.to_string())).collect())),
+            1 => prop::collection::vec(prop::collection::vec(0u32..100_000, 0..4), 0..3).prop_map(|rows| {
+                J::Arr(rows.into_iter().map(|ids| {
+                    J::Arr(ids.into_iter().map(|id| J::Raw(id.to_string())).collect())
+                }).collect())
+            }),
+            2 => value(),
+            1 => deep(),
+        ]
+        .boxed()
+    }
+
+    /// A top-level field: its key (maybe escaped) and value.
+    fn field() -> BoxedStrategy<(Vec<u8>, J)> {
+        let named = prop_oneof![
+            2 => (Just("model"), prop_oneof![4 => text().prop_map(J::Str), 1 => value()]),
+            1 => (Just("stream"), prop_oneof![
+                3 => select(&["true", "false", "null"][..]).prop_map(|s| J::Raw(s.into())),
+                1 => value(),
+            ]),
+            1 => (select(&["max_tokens", "max_completion_tokens", "max_output_tokens"][..]), max_tokens()),
+            1 => (Just("stream_options"), stream_options()),
+            4 => (select(&["messages", "prompt", "input", "system", "instructions", "tools", "functions"][..]), text_field()),
+            1 => (select(&["metadata", "user", "temperature", "n"][..]), prop_oneof![value(), deep()]),
+        ];
+        prop_oneof![
+            8 => named.clone().prop_map(|(key, value)| (k(key), value)),
+            1 => (named, any::<Index>()).prop_map(|((key, value), at)| (escape_one(key, at), value)),
+            1 => (key(), value()),
+        ]
+        .boxed()
+    }
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Mutation {
+        Truncate(Index),
+        Flip(Index, u8),
+        Insert(Index, Vec<u8>),
+        Delete(Index),
+    }
+
+    fn mutation() -> BoxedStrategy<Mutation> {
+        prop_oneof![
+            (any::<Index>()).prop_map(Mutation::Truncate),
+            (any::<Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
+            (
+                any::<Index>(),
+                prop_oneof![
+                    3 => select(&[
+                        "{", "}", "[", "]", ",", ":", "\"", "\\", " ", "0", "-", ".", "e", "n",
+                        "\\u", "\\ud800", "\u{e9}", "\x0c", "\n",
+                    ][..]).prop_map(|s| s.as_bytes().to_vec()),
+                    1 => prop::collection::vec(any::<u8>(), 1..4),
+                ]
+            )
+                .prop_map(|(i, bytes)| Mutation::Insert(i, bytes)),
+            (any::<Index>()).prop_map(Mutation::Delete),
+        ]
+        .boxed()
+    }
+
+    pub(super) fn mutate(mut body: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+        for m in mutations {
+            match m {
+                Mutation::Truncate(at) => body.truncate(at.index(body.len() + 1)),
+                Mutation::Flip(at, byte) if !body.is_empty() => {
+                    let at = at.index(body.len());
+                    body[at] = *byte;
+                }
+                Mutation::Insert(at, bytes) => {
+                    let at = at.index(body.len() + 1);
+                    body.splice(at..at, bytes.iter().copied());
+                }
+                Mutation::Delete(at) if !body.is_empty() => {
+                    body.remove(at.index(body.len()));
+                }
+                _ => {}
+            }
+        }
+        body
+    }
+
+    /// A body: mostly a request object, sometimes any value, with
+    /// random whitespace, sometimes mutated.
+    pub(super) fn body() -> BoxedStrategy<Vec<u8>> {
+        let top = prop_oneof![
+            9 => prop::collection::vec(field(), 0..8).prop_map(J::Obj),
+            1 => value(),
+        ];
+        let mutations = prop_oneof![
+            3 => Just(Vec::new()),
+            2 => prop::collection::vec(mutation(), 1..3),
+        ];
+        (top, prop::collection::vec(any::<u8>(), 0..16), mutations)
+            .prop_map(|(top, spaces, mutations)| mutate(render(&top, &spaces), &mutations))
+            .boxed()
+    }
+}
+
+/// The fast path takes the bodies clients send (else it is only slower).
+#[test]
+fn the_fast_path_reads_common_bodies() {
+    let bodies = [
+        r#"{}"#,
+        r#" { "model" : "gpt-4o-mini" , "max_tokens" : 64 , "messages" : [ { "role" : "user" , "content" : "Say hello." } ] } "#,
+        r#"{"model":"gpt-4o","stream":true,"stream_options":{"include_usage":true,"x":[1]},"max_completion_tokens":512,
+            "temperature":0.7,"top_p":1e-3,"metadata":{"k":["v",null,false,-1.5e3]},"user":"caf\u00e9 \ud83d\ude00",
+            "messages":[{"role":"system","content":"Be brief.\nUse tools."},
+              {"role":"user","content":[{"type":"text","text":"Grüße 日本語"},
+                {"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"low"}}]},
+              {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+                "function":{"name":"f","arguments":"{\"city\":\"Paris\"}"}}]},
+              {"role":"tool","tool_call_id":"call_1","content":"{\"t\":17}"}],
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object",
+              "properties":{"city":{"type":"string","enum":["a","b"]}},"required":["city"]}}}]}"#,
+        r#"{"model":"text-embedding-3-small","input":[[1820,374,264],[3,4]],"max_tokens":null,"stream":null,"stream_options":null}"#,
+        r#"{"model":null,"prompt":[-1,0,18446744073709551615,-9223372036854775808],"system":"","instructions":"x","functions":[]}"#,
+    ];
+    for body in bodies {
+        let quick = Scanner::new(body.as_bytes()).quick_request();
+        let mut exact = Scanner::new(body.as_bytes())
+            .request()
+            .unwrap_or_else(|e| panic!("{e}: {body}"));
+        exact.body_len = 0;
+        assert_eq!(quick, Some(exact), "{body}");
+    }
+}
+
+proptest::proptest! {
+    // 256 cases by default; `PROPTEST_CASES=20000` for a longer run.
+    #[test]
+    fn agrees_with_serde_on_generated_bodies(body in generated::body()) {
+        if let Err(e) = agree(&body) {
+            proptest::prop_assert!(false, "{}", e);
+        }
+    }
+
+    #[test]
+    fn scan_plain_stops_where_a_byte_loop_does(
+        bytes in proptest::collection::vec(
+            proptest::prop_oneof![
+                8 => proptest::sample::select(&b"aZ ~"[..]),
+                1 => proptest::sample::select(&b"\"\\\x00\x1f\x20\x7f\x80\xbf\xc3\xff"[..]),
+            ],
+            0..200,
+        ),
+        start in 0usize..64,
+    ) {
+        let start = start.min(bytes.len());
+        let end = bytes[start..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .map_or(bytes.len(), |n| start + n);
+        let ascii = bytes[start..end].is_ascii();
+        proptest::prop_assert_eq!(scan_plain(&bytes, start), (end, ascii));
+    }
+}
