@@ -15,14 +15,12 @@ use super::layer::Policy;
 use super::outcome::{self, Admitted};
 use super::{KeyHash, Lookup, Principal};
 use crate::body::{ResponseBody, reject};
-use crate::request::FromBytes;
+use crate::request::{FromBytes, ReadMeta};
 use crate::{ApiError, BoxError, RequestMeta};
 
 /// `x-api-key-expires-in`: seconds until the key expires, sent when it is
 /// within the layer's warning window.
 pub const X_API_KEY_EXPIRES_IN: HeaderName = HeaderName::from_static("x-api-key-expires-in");
-
-type ReadMeta<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> + Send>>;
 
 pin_project! {
     /// Resolves to the inner service's response, or to the rejection.
@@ -49,6 +47,7 @@ pin_project! {
         },
         // The key has a model allow-list: the body is read for its `model`.
         ReadMeta {
+            #[pin]
             read: ReadMeta<B>,
             waiting: Option<(S, Principal)>,
         },
@@ -156,7 +155,7 @@ where
                             let meta = req.extensions().get::<RequestMeta>();
                             if outcome::needs_meta(&principal, meta.is_some()) {
                                 State::ReadMeta {
-                                    read: Box::pin(RequestMeta::read(req, policy.body_limit)),
+                                    read: ReadMeta::new(req, policy.body_limit),
                                     waiting: Some((inner, principal)),
                                 }
                             } else {
@@ -172,7 +171,7 @@ where
                     }
                 }
                 StateProj::ReadMeta { read, waiting } => {
-                    let read = ready!(read.as_mut().poll(cx));
+                    let read = ready!(read.poll(cx));
                     let Some((inner, principal)) = waiting.take() else {
                         return Poll::Ready(Ok(reject(ApiError::internal())));
                     };

@@ -11,7 +11,7 @@ use super::future::ResponseFuture;
 use super::layer::Policy;
 use super::outcome::{self, Admitted};
 use super::{AuthLayer, KeyStore};
-use crate::request::FromBytes;
+use crate::request::{FromBytes, ReadMeta};
 use crate::{BoxError, RequestMeta};
 
 /// The service built by [`AuthLayer`].
@@ -135,7 +135,7 @@ impl<S, K> Auth<S, K> {
         } = admitted;
         let meta = req.extensions().get::<RequestMeta>();
         if outcome::needs_meta(&principal, meta.is_some()) {
-            let read = Box::pin(RequestMeta::read(req, self.policy.body_limit));
+            let read = ReadMeta::new(req, self.policy.body_limit);
             return ResponseFuture::read(read, take_ready(&mut self.inner), principal, expires_in);
         }
         if let Err(error) = outcome::check_model(&principal, meta) {

@@ -16,11 +16,9 @@ use super::body::ResponseBody;
 use super::permit::Permit;
 use super::service::{PendingHeaders, Plan, Shared, begin, decide, rejection};
 use super::{KeyExtractor, RateLimitStore};
-use crate::request::FromBytes;
+use crate::request::{FromBytes, ReadMeta};
 use crate::usage::{self, UsageOptions};
 use crate::{ApiError, BoxError};
-
-type MetaFuture<B> = Pin<Box<dyn Future<Output = Result<Request<B>, ApiError>> + Send>>;
 
 /// What an admitted request carries to its response.
 pub(crate) struct Admitted {
@@ -52,7 +50,8 @@ pin_project! {
     {
         // Reading the body for `RequestMeta` (model, max_tokens).
         Meta {
-            future: MetaFuture<B>,
+            #[pin]
+            future: ReadMeta<B>,
             service: Option<S>,
         },
         // Waiting for the store's admission.
@@ -89,7 +88,7 @@ where
         }
     }
 
-    pub(crate) fn meta(future: MetaFuture<B>, service: S) -> Self {
+    pub(crate) fn meta(future: ReadMeta<B>, service: S) -> Self {
         State::Meta {
             future,
             service: Some(service),
@@ -144,7 +143,7 @@ where
         loop {
             let next = match this.state.as_mut().project() {
                 StateProj::Meta { future, service } => {
-                    let result = ready!(future.as_mut().poll(cx));
+                    let result = ready!(future.poll(cx));
                     match (result, service.take()) {
                         (Ok(req), Some(service)) => begin(this.shared, req, service, true),
                         (Err(error), _) => State::reject(error, HeaderMap::new()),

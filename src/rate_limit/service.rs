@@ -19,7 +19,7 @@ use super::{
     Acquire, Admission, HeaderStyle, KeyExtractor, Limit, LimitState, Measure, PrincipalKey,
     RateLimitKey, RateLimitStore, Unkeyed, Verdict,
 };
-use crate::request::FromBytes;
+use crate::request::{FromBytes, ReadMeta};
 use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
 use crate::usage::UsageOptions;
@@ -178,7 +178,7 @@ where
     let meta = req.extensions().get::<RequestMeta>();
     if (has_tokens || config.per_model) && meta.is_none() && !meta_read {
         let max_body = config.max_body;
-        return State::meta(Box::pin(RequestMeta::read(req, max_body)), service);
+        return State::meta(ReadMeta::new(req, max_body), service);
     }
     let reserved_tokens = match meta {
         Some(meta) if has_tokens && meta.body_len > 0 => {

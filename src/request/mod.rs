@@ -36,11 +36,16 @@
 //! # }
 //! ```
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
 use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
+use pin_project_lite::pin_project;
 
 use crate::{ApiError, BoxError};
 
@@ -140,8 +145,44 @@ impl RequestMeta {
         B: Body<Data = Bytes> + FromBytes,
         B::Error: Into<BoxError>,
     {
+        ReadMeta::new(req, limit).await
+    }
+
+    /// Tokens to reserve for this request: the prompt estimate plus
+    /// `max_tokens`, or plus `default_max_tokens` when the client set none.
+    pub fn reserve_tokens(&self, default_max_tokens: u64) -> u64 {
+        self.prompt_tokens_estimate
+            .saturating_add(self.max_tokens.unwrap_or(default_max_tokens))
+    }
+}
+
+pin_project! {
+    /// The future of [`RequestMeta::read`], named so that a layer keeps it
+    /// in its own response future instead of boxing it.
+    pub(crate) struct ReadMeta<B> {
+        #[pin]
+        body: Option<B>,
+        parts: Option<http::request::Parts>,
+        // Decided without reading (meta cached, not JSON, declared too large).
+        decided: Option<Result<Request<B>, ApiError>>,
+        sniff: bool,
+        limit: usize,
+        collected: Collected,
+    }
+}
+
+impl<B> ReadMeta<B> {
+    pub(crate) fn new(req: Request<B>, limit: usize) -> ReadMeta<B> {
+        let decided = |decided| ReadMeta {
+            body: None,
+            parts: None,
+            decided: Some(decided),
+            sniff: false,
+            limit,
+            collected: Collected::Empty,
+        };
         if req.extensions().get::<RequestMeta>().is_some() {
-            return Ok(req);
+            return decided(Ok(req));
         }
         let sniff = match body_kind(&req) {
             BodyKind::Json => false,
@@ -149,7 +190,7 @@ impl RequestMeta {
             BodyKind::Other => {
                 let mut req = req;
                 req.extensions_mut().insert(RequestMeta::default());
-                return Ok(req);
+                return decided(Ok(req));
             }
         };
         let declared = req
@@ -158,12 +199,37 @@ impl RequestMeta {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit as u64) {
-            return Err(too_large(limit));
+            return decided(Err(too_large(limit)));
         }
-        let (mut parts, body) = req.into_parts();
-        let mut body = std::pin::pin!(body);
-        let mut collected = Collected::Empty;
-        while let Some(frame) = body.frame().await {
+        let (parts, body) = req.into_parts();
+        ReadMeta {
+            body: Some(body),
+            parts: Some(parts),
+            decided: None,
+            sniff,
+            limit,
+            collected: Collected::Empty,
+        }
+    }
+}
+
+impl<B> Future for ReadMeta<B>
+where
+    B: Body<Data = Bytes> + FromBytes,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Request<B>, ApiError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Some(decided) = this.decided.take() {
+            return Poll::Ready(decided);
+        }
+        let Some(mut body) = this.body.as_mut().as_pin_mut() else {
+            // Polled after it was done.
+            return Poll::Ready(Err(ApiError::internal()));
+        };
+        while let Some(frame) = ready!(body.as_mut().poll_frame(cx)) {
             let frame = frame.map_err(|e| {
                 let e: BoxError = e.into();
                 // A limit set further out (`tower_http::limit`, `Limited`)
@@ -173,30 +239,38 @@ impl RequestMeta {
                 }
                 tracing::debug!(error = %e, "request body failed");
                 ApiError::invalid_request().with_message("The request body could not be read.")
-            })?;
-            if let Ok(data) = frame.into_data() {
-                if collected.len() + data.len() > limit {
-                    return Err(too_large(limit));
+            });
+            let frame = match frame {
+                Ok(frame) => frame,
+                Err(error) => {
+                    this.body.set(None);
+                    return Poll::Ready(Err(error));
                 }
-                collected.push(data);
+            };
+            if let Ok(data) = frame.into_data() {
+                if this.collected.len() + data.len() > *this.limit {
+                    this.body.set(None);
+                    return Poll::Ready(Err(too_large(*this.limit)));
+                }
+                this.collected.push(data);
             }
         }
-        let bytes = collected.into_bytes();
+        this.body.set(None);
+        let Some(mut parts) = this.parts.take() else {
+            return Poll::Ready(Err(ApiError::internal()));
+        };
+        let bytes = std::mem::replace(this.collected, Collected::Empty).into_bytes();
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
+        let meta = if first.is_none() || (*this.sniff && first != Some(&b'{')) {
             RequestMeta::default()
         } else {
-            RequestMeta::from_json(&bytes)?
+            match RequestMeta::from_json(&bytes) {
+                Ok(meta) => meta,
+                Err(error) => return Poll::Ready(Err(error)),
+            }
         };
         parts.extensions.insert(meta);
-        Ok(Request::from_parts(parts, B::from_bytes(bytes)))
-    }
-
-    /// Tokens to reserve for this request: the prompt estimate plus
-    /// `max_tokens`, or plus `default_max_tokens` when the client set none.
-    pub fn reserve_tokens(&self, default_max_tokens: u64) -> u64 {
-        self.prompt_tokens_estimate
-            .saturating_add(self.max_tokens.unwrap_or(default_max_tokens))
+        Poll::Ready(Ok(Request::from_parts(parts, B::from_bytes(bytes))))
     }
 }
 
