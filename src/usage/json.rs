@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use memchr::arch::all::packedpair::HeuristicFrequencyRank;
 use memchr::memmem::{Finder, FinderBuilder};
-use serde::Deserialize;
 
+use super::parse::{self, Stop};
 use super::report::{RawUsage, Tally};
 use super::scan::Found;
 
@@ -186,7 +186,8 @@ pub(crate) fn count_text(b: &[u8], counted: bool) -> (u64, usize) {
 /// Parses `"usage" : <value>` at the start of `buf`.
 // Short-lived on the stack; boxing the large variant would allocate.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
     Usage(Option<RawUsage>),
     /// Not a `usage` member (`"usage"` was a value, or not followed by JSON).
     Invalid,
@@ -194,7 +195,7 @@ enum Parsed {
     Incomplete,
 }
 
-fn parse_member(buf: &[u8]) -> Parsed {
+pub(crate) fn parse_member(buf: &[u8]) -> Parsed {
     let i = skip_ws(buf, USAGE_KEY.len());
     match buf.get(i) {
         None => return Parsed::Incomplete,
@@ -202,14 +203,13 @@ fn parse_member(buf: &[u8]) -> Parsed {
         Some(_) => return Parsed::Invalid,
     }
     let i = skip_ws(buf, i + 1);
-    let Some(value) = buf.get(i..).filter(|v| !v.is_empty()) else {
+    if i >= buf.len() {
         return Parsed::Incomplete;
-    };
-    let mut de = serde_json::Deserializer::from_slice(value);
-    match Option::<RawUsage>::deserialize(&mut de) {
+    }
+    match parse::usage_value(buf, i) {
         Ok(usage) => Parsed::Usage(usage),
-        Err(e) if e.is_eof() => Parsed::Incomplete,
-        Err(_) => Parsed::Invalid,
+        Err(Stop::Eof) => Parsed::Incomplete,
+        Err(Stop::Invalid) => Parsed::Invalid,
     }
 }
 

@@ -155,6 +155,7 @@
 
 mod body;
 mod json;
+mod parse;
 mod report;
 mod request;
 mod scan;

@@ -1,14 +1,12 @@
 //! The SSE line machine behind [`UsageScanner::sse`](super::UsageScanner::sse).
 
-use std::fmt;
 use std::ops::Range;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, de};
 
 use super::json::{self, USAGE, USAGE_KEY};
+use super::parse;
 use super::report::RawUsage;
 use super::scan::Found;
 
@@ -185,28 +183,24 @@ impl Sse {
             return;
         }
         // The few events that can hold usage are parsed; nothing else is.
-        let Ok(event) = serde_json::from_slice::<Event>(data) else {
+        let Some(event) = parse::event(data) else {
             return;
         };
-        if event.error.is_some() {
+        if event.error {
             return;
         }
         if let Some(usage) = event.usage.filter(RawUsage::has_counts) {
             // OpenAI's usage chunk, Anthropic's message_delta.
             found.tally.merge(&usage, true);
-            if self.strip && event.choices.is_some_and(|c| c.is_empty()) {
+            if self.strip && event.choices == Some(true) {
                 self.strip_event = true;
             }
         }
-        if let Some(usage) = event.message.and_then(|m| m.0).filter(RawUsage::has_counts) {
+        if let Some(usage) = event.message.filter(RawUsage::has_counts) {
             // Anthropic's message_start: the prompt side only.
             found.tally.merge(&usage, false);
         }
-        if let Some(usage) = event
-            .response
-            .and_then(|r| r.0)
-            .filter(RawUsage::has_counts)
-        {
+        if let Some(usage) = event.response.filter(RawUsage::has_counts) {
             // OpenAI Responses: response.completed (or .incomplete, .failed).
             found.tally.merge(&usage, true);
         }
@@ -298,84 +292,4 @@ fn has_usage_object(data: &[u8]) -> bool {
         let i = json::skip_ws(data, k + USAGE_KEY.len());
         data.get(i) == Some(&b':') && data.get(json::skip_ws(data, i + 1)) == Some(&b'{')
     })
-}
-
-/// The parts of an event that can hold usage.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Event {
-    usage: Option<RawUsage>,
-    message: Option<Holder>,
-    response: Option<Holder>,
-    choices: Option<Vec<IgnoredAny>>,
-    error: Option<IgnoredAny>,
-}
-
-/// An object's `usage` member; any other value holds none.
-struct Holder(Option<RawUsage>);
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum HolderKey {
-    Usage,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Holder {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Holder, D::Error> {
-        d.deserialize_any(HolderVisitor)
-    }
-}
-
-struct HolderVisitor;
-
-impl<'de> Visitor<'de> for HolderVisitor {
-    type Value = Holder;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Holder, A::Error> {
-        let mut usage = None;
-        while let Some(key) = map.next_key::<HolderKey>()? {
-            match key {
-                HolderKey::Usage => usage = map.next_value::<Option<RawUsage>>()?,
-                HolderKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Holder(usage))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Holder, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Holder(None))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
 }
