@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use super::report::BodyEnd;
 use super::scan::UsageScanner;
 use super::sse::LINE_LIMIT;
-use super::tap::Shared;
+use super::tap::Tap;
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -72,7 +72,7 @@ pub(crate) struct Observer {
     /// A frame to send after the one just sent (trailers after a flush).
     /// Boxed: it is rare, and the observer lives in every body.
     queued: Option<Box<Frame<Bytes>>>,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Tap>,
     status: StatusCode,
     prompt_tokens_estimate: u64,
     fired: bool,
@@ -84,7 +84,7 @@ impl Observer {
     pub(crate) fn new(
         scanner: UsageScanner,
         strip: bool,
-        shared: Arc<Shared>,
+        shared: Arc<dyn Tap>,
         status: StatusCode,
         prompt_tokens_estimate: u64,
     ) -> Self {

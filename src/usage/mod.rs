@@ -175,6 +175,7 @@ pub use self::scan::UsageScanner;
 pub use self::tap::UsageTap;
 
 use self::body::Observer;
+use self::scan::Kind;
 use self::tap::Shared;
 
 /// Observes the usage of `response`'s body.
@@ -199,18 +200,22 @@ where
     F: FnOnce(&UsageReport) + Send + 'static,
 {
     let (mut parts, body) = response.into_parts();
-    let scanner = UsageScanner::for_headers(&parts.headers);
-    let strip = options.strip_usage_chunk && scanner.is_sse();
     if let Some(tap) = parts.extensions.get::<UsageTap>() {
-        if !strip || tap.shared.strips {
+        // An inner observer's scan serves this one too, unless this one must
+        // cut the usage chunk and that one does not.
+        let strip = || options.strip_usage_chunk && Kind::of(&parts.headers) == Kind::Sse;
+        if tap.shared.strips() || !strip() {
             tap.subscribe(on_usage);
             return Response::from_parts(parts, UsageBody::new(body, None));
         }
     }
+    let scanner = UsageScanner::for_headers(&parts.headers);
+    let strip = options.strip_usage_chunk && scanner.is_sse();
     if strip {
         parts.headers.remove(CONTENT_LENGTH);
     }
-    let shared = Arc::new(Shared::new(Box::new(on_usage), strip));
+    // The callback lives in the tap's own allocation, not in a box.
+    let shared = Arc::new(Shared::new(on_usage, strip));
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });
