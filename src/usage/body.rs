@@ -195,6 +195,17 @@ where
                 }
             };
             let at_end = this.inner.is_end_stream();
+            if obs.strip.is_none() && !at_end {
+                // The usual frame: scanned, and passed on as it came.
+                match frame.data_ref() {
+                    Some(data) if data.is_empty() => continue,
+                    Some(data) => {
+                        obs.scanner.feed(data);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    None => {}
+                }
+            }
             let (mut data, other) = match frame.into_data() {
                 Ok(data) => (obs.data(data), None),
                 Err(frame) => (None, Some(frame)),

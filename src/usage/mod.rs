@@ -155,6 +155,7 @@
 
 mod body;
 mod json;
+mod keys;
 mod parse;
 mod report;
 mod request;

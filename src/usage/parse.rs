@@ -43,6 +43,18 @@ use Stop::{Eof, Invalid};
 
 type Res<T> = Result<T, Stop>;
 
+const HI: u64 = 0x8080_8080_8080_8080;
+const QUOTES: u64 = 0x2222_2222_2222_2222;
+const BACKSLASHES: u64 = 0x5c5c_5c5c_5c5c_5c5c;
+/// The bits that are zero in every control character (below 0x20).
+const CONTROL: u64 = 0x1f1f_1f1f_1f1f_1f1f;
+
+/// The high bit of each zero byte of `y`, exactly (no carry crosses bytes).
+#[inline]
+fn zero_bytes(y: u64) -> u64 {
+    !(((y & !HI) + !HI) | y) & HI
+}
+
 /// Containers deeper than this inside a skipped value are left to
 /// `serde_json` (its skipping needs no depth bound, and neither may ours).
 const MAX_DEPTH: usize = 512;
@@ -145,41 +157,67 @@ impl<'a> Reader<'a> {
         Ok(())
     }
 
-    /// A string whose opening quote was eaten; returns its raw contents and
-    /// leaves the cursor past its closing quote. `strict`: checked as serde
-    /// checks a string it reads, else as it checks one it skips.
-    fn string(&mut self, strict: bool) -> Res<&'a [u8]> {
+    /// A string whose opening quote was eaten; returns its raw contents
+    /// (and whether they hold an escape) and leaves the cursor past its
+    /// closing quote. `strict`: checked as serde checks a string it reads,
+    /// else as it checks one it skips.
+    fn string(&mut self, strict: bool) -> Res<(&'a [u8], bool)> {
         let start = self.i;
+        // The bytes passed, OR-ed: a high bit means some are not ASCII.
+        let mut seen = 0u64;
+        let mut escaped = false;
         loop {
-            let rest = self.b.get(self.i..).unwrap_or_default();
-            let Some(k) = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            else {
-                self.i = self.b.len();
-                return Err(Eof);
-            };
-            self.i += k;
-            match rest[k] {
-                b'"' => {
-                    let raw = self.b.get(start..self.i).unwrap_or_default();
-                    self.i += 1;
+            let at = self.next_special(&mut seen)?;
+            match self.b.get(at) {
+                Some(b'"') => {
+                    let raw = self.b.get(start..at).unwrap_or_default();
+                    self.i = at + 1;
                     // Escapes are ASCII in the text and whole characters once
                     // decoded: the raw text is UTF-8 exactly when the decoded
                     // string is.
-                    if strict && !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
+                    if strict && seen & HI != 0 && std::str::from_utf8(raw).is_err() {
                         return Err(Invalid);
                     }
-                    return Ok(raw);
+                    return Ok((raw, escaped));
                 }
-                b'\\' => {
-                    self.i += 1;
+                Some(b'\\') => {
+                    escaped = true;
+                    self.i = at + 1;
                     self.escape(strict)?;
                 }
                 // A control character.
                 _ => return Err(Invalid),
             }
         }
+    }
+
+    /// The index of the next quote, backslash or control character (eight
+    /// bytes at a time); `Eof` if there is none.
+    #[inline]
+    fn next_special(&mut self, seen: &mut u64) -> Res<usize> {
+        while let Some(word) = self.b.get(self.i..self.i + 8) {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(word);
+            let x = u64::from_le_bytes(bytes);
+            let special =
+                zero_bytes(x ^ QUOTES) | zero_bytes(x ^ BACKSLASHES) | zero_bytes(x & !CONTROL);
+            if special != 0 {
+                let k = special.trailing_zeros() / 8;
+                *seen |= x & ((1u64 << (8 * k)) - 1);
+                return Ok(self.i + k as usize);
+            }
+            *seen |= x;
+            self.i += 8;
+        }
+        let rest = self.b.get(self.i..).unwrap_or_default();
+        for (k, &c) in rest.iter().enumerate() {
+            if c == b'"' || c == b'\\' || c < 0x20 {
+                return Ok(self.i + k);
+            }
+            *seen |= u64::from(c);
+        }
+        self.i = self.b.len();
+        Err(Eof)
     }
 
     /// An escape whose backslash was eaten.
@@ -257,11 +295,17 @@ impl<'a> Reader<'a> {
                 }
             }
             Some(b'1'..=b'9') => {
+                let from = self.i;
+                let mut m = 0u64;
                 while let Some(&c @ b'0'..=b'9') = self.b.get(self.i) {
-                    magnitude = magnitude
-                        .and_then(|m| m.checked_mul(10))
-                        .and_then(|m| m.checked_add(u64::from(c - b'0')));
+                    m = m.wrapping_mul(10).wrapping_add(u64::from(c - b'0'));
                     self.i += 1;
+                }
+                // Nineteen digits always fit; more may not.
+                if self.i - from > 19 {
+                    magnitude = self.b.get(from..self.i).and_then(checked_integer);
+                } else {
+                    magnitude = Some(m);
                 }
             }
             Some(_) => return Err(Invalid),
@@ -333,7 +377,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A key at its quote, read as serde reads one.
-    fn key(&mut self) -> Res<&'a [u8]> {
+    fn key(&mut self) -> Res<(&'a [u8], bool)> {
         self.eat();
         self.string(true)
     }
@@ -702,9 +746,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Decimal digits as a `u64`, if they fit.
+fn checked_integer(digits: &[u8]) -> Option<u64> {
+    digits.iter().try_fold(0u64, |m, &c| {
+        m.checked_mul(10)?.checked_add(u64::from(c - b'0'))
+    })
+}
+
 /// The field a key names, compared as serde compares it: after decoding.
-fn field_index(key: &[u8], names: &[&[u8]]) -> Option<usize> {
-    if !key.contains(&b'\\') {
+fn field_index((key, escaped): (&[u8], bool), names: &[&[u8]]) -> Option<usize> {
+    if !escaped {
         return names.iter().position(|&name| name == key);
     }
     // An escaped key (rare): decode it, as far as a field name can go.
@@ -957,6 +1008,11 @@ mod tests {
             b"{\"\xff\":1}",
             b"{\"x\":\"\xff\"}",
             b"{\"x\":\"a\x01\"}",
+            // The same, past the first eight bytes of a string.
+            b"{\"prompt_tokens\":\"abcdefgh\xffijklmnopq\"}",
+            b"{\"abcdefghijkl\xffmnopqrstu\":1}",
+            b"{\"abcdefghijklmnopqrstu\":\"abcdefghijkl\xffmnop\x01q\"}",
+            "{\"prompt_tokens\":\"abcdefgh\u{e9}ijklmnopq\"}".as_bytes(),
             br#"{"x":[1,{"a":[true,false,null,"s",-1.5e-3]}],"y":{}}"#,
             br#"{"x":01}"#,
             br#"{"x":1e400}"#,
@@ -1106,7 +1162,7 @@ mod tests {
             8 => prop::sample::select(&VALID[..]),
             1 => prop::sample::select(&ODD[..]),
         ];
-        prop::collection::vec(piece, 0..4).prop_map(|pieces| {
+        prop::collection::vec(piece, 0..6).prop_map(|pieces| {
             let mut s = b"\"".to_vec();
             for p in pieces {
                 s.extend_from_slice(p);
