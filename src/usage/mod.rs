@@ -77,10 +77,16 @@
 //!
 //! The observer sits on every response of the gateway, and a stream of a
 //! thousand chunks holds its usage in one of them. So each SSE line is
-//! looked at with `memchr`/`memmem` only: a `"usage"` key whose value is an
-//! object marks the few events that are parsed (with `serde_json`, into
-//! borrowed structs that skip everything else), and a `"delta"` key marks
-//! the text to count for the estimate. Frames are passed on untouched and
+//! looked at with SIMD searches only (memchr's, for the line break and for
+//! the two keys): a `"usage"` key whose value is an object marks the few
+//! events that are parsed, and a `"delta"` key marks the text to count for
+//! the estimate. The parse is tollgate's own reader of usage objects, which
+//! allocates nothing and builds no values, and reads the same bytes the
+//! way `serde_json` reads them into the same structs (its tests hold it to
+//! that), but for one fix: a JSON body's usage object cut by a frame
+//! boundary inside a number of a member it does not know (`"cost": 0.`…)
+//! is waited for, where serde called it invalid and lost the usage. Frames
+//! are passed on untouched and
 //! not buffered; the one copy is of a line split across two frames, kept
 //! until its end, and a line longer than 1 MiB is skipped rather than kept.
 //! Events split across frames at any byte (inside `\r\n`, inside the
@@ -141,8 +147,10 @@
 //! [`observe`] puts a [`UsageTap`] in the response extensions. When the
 //! response it is given already has one (an inner tollgate layer observes
 //! it), the callback is subscribed to that tap and the body passes through
-//! without a second scan; that inner observer's options then decide the
-//! estimate. The exception is [`UsageOptions::strip_usage_chunk`] over an
+//! without a second scan (and without a look at its headers); that inner
+//! observer's options then decide the estimate. The tap costs one
+//! allocation, which also holds the first callback; each further
+//! subscriber costs one more. The exception is [`UsageOptions::strip_usage_chunk`] over an
 //! observer that does not strip: the chunk must still be cut, so the body is
 //! observed again.
 //!

@@ -77,12 +77,18 @@ const DETAILS_FIELDS: [&[u8]; 2] = [b"cached_tokens", b"reasoning_tokens"];
 
 const EVENT_FIELDS: [&[u8]; 5] = [b"usage", b"message", b"response", b"choices", b"error"];
 
-const HOLDER_FIELDS: [&[u8]; 1] = [b"usage"];
-
 /// Reads the value at `at` in `b` as an `Option<RawUsage>` (`null` is
 /// `None`); what follows the value is not looked at.
 pub(crate) fn usage_value(b: &[u8], at: usize) -> Res<Option<RawUsage>> {
-    Reader { b, i: at }.option(Reader::usage)
+    let mut r = Reader { b, i: at };
+    if r.peek() == Some(b'n') {
+        r.eat();
+        r.literal(b"ull")?;
+        return Ok(None);
+    }
+    let mut usage = RawUsage::default();
+    r.usage_into(&mut usage)?;
+    Ok(Some(usage))
 }
 
 /// The parts of an SSE event's data that can hold usage.
@@ -106,7 +112,7 @@ pub(crate) struct Event {
 pub(crate) fn event(data: &[u8]) -> Option<Event> {
     let mut r = Reader { b: data, i: 0 };
     let mut event = Event::default();
-    r.structure(&EVENT_FIELDS, |r, field| {
+    r.structure(&EVENT_FIELDS, event_field, |r, field| {
         match field {
             0 => event.usage = r.option(Reader::usage)?,
             1 => event.message = r.option(Reader::holder)?.flatten(),
@@ -161,13 +167,31 @@ impl<'a> Reader<'a> {
     /// (and whether they hold an escape) and leaves the cursor past its
     /// closing quote. `strict`: checked as serde checks a string it reads,
     /// else as it checks one it skips.
+    #[inline(always)]
     fn string(&mut self, strict: bool) -> Res<(&'a [u8], bool)> {
         let start = self.i;
         // The bytes passed, OR-ed: a high bit means some are not ASCII.
         let mut seen = 0u64;
+        let at = self.next_special(&mut seen)?;
+        if seen & HI == 0 && self.b.get(at) == Some(&b'"') {
+            // The usual string: ASCII, no escape.
+            self.i = at + 1;
+            return Ok((self.b.get(start..at).unwrap_or_default(), false));
+        }
+        self.string_rest(start, at, seen, strict)
+    }
+
+    /// `string` past its first special byte, at `at`.
+    #[inline(never)]
+    fn string_rest(
+        &mut self,
+        start: usize,
+        mut at: usize,
+        mut seen: u64,
+        strict: bool,
+    ) -> Res<(&'a [u8], bool)> {
         let mut escaped = false;
         loop {
-            let at = self.next_special(&mut seen)?;
             match self.b.get(at) {
                 Some(b'"') => {
                     let raw = self.b.get(start..at).unwrap_or_default();
@@ -188,12 +212,13 @@ impl<'a> Reader<'a> {
                 // A control character.
                 _ => return Err(Invalid),
             }
+            at = self.next_special(&mut seen)?;
         }
     }
 
     /// The index of the next quote, backslash or control character (eight
     /// bytes at a time); `Eof` if there is none.
-    #[inline]
+    #[inline(always)]
     fn next_special(&mut self, seen: &mut u64) -> Res<usize> {
         while let Some(word) = self.b.get(self.i..self.i + 8) {
             let mut bytes = [0u8; 8];
@@ -377,6 +402,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A key at its quote, read as serde reads one.
+    #[inline(always)]
     fn key(&mut self) -> Res<(&'a [u8], bool)> {
         self.eat();
         self.string(true)
@@ -454,6 +480,7 @@ impl<'a> Reader<'a> {
     }
 
     /// `deserialize_option`: `null` is `None`, anything else is read by `f`.
+    #[inline]
     fn option<T>(&mut self, f: impl FnOnce(&mut Self) -> Res<T>) -> Res<Option<T>> {
         if self.peek() == Some(b'n') {
             self.eat();
@@ -465,10 +492,13 @@ impl<'a> Reader<'a> {
     }
 
     /// A struct with `#[serde(default)]` and these field names, in their
-    /// declared order: `field` reads the value of field `k`.
+    /// declared order (`named` gives a name's index): `field` reads the
+    /// value of field `k`.
+    #[inline]
     fn structure(
         &mut self,
         names: &[&[u8]],
+        named: fn(&[u8]) -> Option<usize>,
         mut field: impl FnMut(&mut Self, usize) -> Res<()>,
     ) -> Res<()> {
         match self.peek() {
@@ -479,7 +509,7 @@ impl<'a> Reader<'a> {
                 let mut seen = 0u32;
                 while self.next_key(&mut first)? {
                     let key = self.key()?;
-                    match field_index(key, names) {
+                    match field_index(key, named) {
                         Some(k) => {
                             if seen & (1 << k) != 0 {
                                 // serde's "duplicate field", found at the key.
@@ -515,7 +545,12 @@ impl<'a> Reader<'a> {
 
     fn usage(&mut self) -> Res<RawUsage> {
         let mut u = RawUsage::default();
-        self.structure(&USAGE_FIELDS, |r, field| {
+        self.usage_into(&mut u)?;
+        Ok(u)
+    }
+
+    fn usage_into(&mut self, u: &mut RawUsage) -> Res<()> {
+        self.structure(&USAGE_FIELDS, usage_field, |r, field| {
             match field {
                 0 => u.prompt_tokens = r.option(Reader::count)?,
                 1 => u.completion_tokens = r.option(Reader::count)?,
@@ -530,13 +565,12 @@ impl<'a> Reader<'a> {
                 _ => u.output_tokens_details = r.option(Reader::details)?,
             }
             Ok(())
-        })?;
-        Ok(u)
+        })
     }
 
     fn details(&mut self) -> Res<Details> {
         let mut d = Details::default();
-        self.structure(&DETAILS_FIELDS, |r, field| {
+        self.structure(&DETAILS_FIELDS, details_field, |r, field| {
             match field {
                 0 => d.cached_tokens = r.option(Reader::count)?,
                 _ => d.reasoning_tokens = r.option(Reader::count)?,
@@ -547,9 +581,24 @@ impl<'a> Reader<'a> {
     }
 
     /// A token count: any JSON value, only some of which are counts.
+    #[inline]
     fn count(&mut self) -> Res<Count> {
         match self.peek().ok_or(Eof)? {
-            b'-' | b'0'..=b'9' => self.count_number(),
+            c @ b'1'..=b'9' => {
+                // The usual count: a few digits, then no fraction or exponent.
+                let mut m = u64::from(c - b'0');
+                let mut i = self.i + 1;
+                while let Some(&d @ b'0'..=b'9') = self.b.get(i) {
+                    m = m.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+                    i += 1;
+                }
+                if i - self.i <= 19 && !matches!(self.b.get(i), Some(b'.' | b'e' | b'E')) {
+                    self.i = i;
+                    return Ok(Count(Some(m)));
+                }
+                self.count_number()
+            }
+            b'-' | b'0' => self.count_number(),
             _ => self.other_value().map(|()| Count(None)),
         }
     }
@@ -566,7 +615,7 @@ impl<'a> Reader<'a> {
         while self.next_key(&mut first)? {
             let key = self.key()?;
             self.colon()?;
-            if field_index(key, &HOLDER_FIELDS).is_some() {
+            if field_index(key, holder_field).is_some() {
                 usage = self.option(Reader::usage)?;
             } else {
                 self.skip()?;
@@ -754,11 +803,18 @@ fn checked_integer(digits: &[u8]) -> Option<u64> {
 }
 
 /// The field a key names, compared as serde compares it: after decoding.
-fn field_index((key, escaped): (&[u8], bool), names: &[&[u8]]) -> Option<usize> {
-    if !escaped {
-        return names.iter().position(|&name| name == key);
+#[inline]
+fn field_index((key, escaped): (&[u8], bool), named: fn(&[u8]) -> Option<usize>) -> Option<usize> {
+    if escaped {
+        field_index_escaped(key, named)
+    } else {
+        named(key)
     }
-    // An escaped key (rare): decode it, as far as a field name can go.
+}
+
+/// An escaped key (rare): decoded as far as a field name can go.
+#[cold]
+fn field_index_escaped(key: &[u8], named: fn(&[u8]) -> Option<usize>) -> Option<usize> {
     let mut buf = [0u8; 32];
     let mut len = 0;
     let mut i = 0;
@@ -789,8 +845,51 @@ fn field_index((key, escaped): (&[u8], bool), names: &[&[u8]]) -> Option<usize> 
         *buf.get_mut(len)? = byte;
         len += 1;
     }
-    let key = &buf[..len];
-    names.iter().position(|&name| name == key)
+    named(&buf[..len])
+}
+
+/// Matchers of field names: one `match` each (a length switch, then one
+/// comparison), in the order of the `*_FIELDS` arrays.
+fn usage_field(key: &[u8]) -> Option<usize> {
+    let k = match key {
+        b"prompt_tokens" => 0,
+        b"completion_tokens" => 1,
+        b"total_tokens" => 2,
+        b"input_tokens" => 3,
+        b"output_tokens" => 4,
+        b"cache_read_input_tokens" => 5,
+        b"cache_creation_input_tokens" => 6,
+        b"prompt_tokens_details" => 7,
+        b"completion_tokens_details" => 8,
+        b"input_tokens_details" => 9,
+        b"output_tokens_details" => 10,
+        _ => return None,
+    };
+    Some(k)
+}
+
+fn details_field(key: &[u8]) -> Option<usize> {
+    match key {
+        b"cached_tokens" => Some(0),
+        b"reasoning_tokens" => Some(1),
+        _ => None,
+    }
+}
+
+fn event_field(key: &[u8]) -> Option<usize> {
+    let k = match key {
+        b"usage" => 0,
+        b"message" => 1,
+        b"response" => 2,
+        b"choices" => 3,
+        b"error" => 4,
+        _ => return None,
+    };
+    Some(k)
+}
+
+fn holder_field(key: &[u8]) -> Option<usize> {
+    (key == b"usage").then_some(0)
 }
 
 #[cfg(test)]
@@ -1042,6 +1141,22 @@ mod tests {
         assert_eq!(serde_usage(&doc[..at], 0), Err(Invalid));
         assert_eq!(usage_value(&br#"{"x":-"#[..], 0), Err(Eof));
         assert_eq!(usage_value(&br#"{"x":[2e+"#[..], 0), Err(Eof));
+    }
+
+    #[test]
+    fn field_matchers_follow_the_field_arrays() {
+        for (names, named) in [
+            (&USAGE_FIELDS[..], usage_field as fn(&[u8]) -> Option<usize>),
+            (&DETAILS_FIELDS, details_field),
+            (&EVENT_FIELDS, event_field),
+            (&[&b"usage"[..]], holder_field),
+        ] {
+            for (k, name) in names.iter().enumerate() {
+                assert_eq!(named(name), Some(k));
+                assert_eq!(named(&name[1..]), None);
+                assert_eq!(named(&[name, &b"x"[..]].concat()), None);
+            }
+        }
     }
 
     #[test]
