@@ -37,11 +37,13 @@ impl Keys {
     }
 
     /// The first `"delta"` in `hay`.
+    #[inline]
     pub(crate) fn delta(&self, hay: &[u8]) -> Option<usize> {
         self.delta.find(hay, DELTA_KEY)
     }
 
     /// The first `"usage"` in `hay`.
+    #[inline]
     pub(crate) fn usage(&self, hay: &[u8]) -> Option<usize> {
         self.usage.find(hay, USAGE_KEY)
     }
@@ -64,7 +66,7 @@ impl Exact {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn find(&self, hay: &[u8], key: &[u8]) -> Option<usize> {
         match &self.simd {
             Some(pair) if hay.len() >= pair.min_len() => pair.find(hay, key),
@@ -102,7 +104,7 @@ mod imp {
             }
         }
 
-        #[inline]
+        #[inline(always)]
         pub(super) fn min_len(&self) -> usize {
             match self {
                 // The AVX2 finder turns to SSE2 below its own minimum.
@@ -112,7 +114,7 @@ mod imp {
         }
 
         /// `hay` is at least `min_len` long.
-        #[inline]
+        #[inline(always)]
         pub(super) fn find(&self, hay: &[u8], key: &[u8]) -> Option<usize> {
             match self {
                 Pair::Avx2(f) => f.find(hay, key),
