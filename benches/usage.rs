@@ -239,6 +239,25 @@ fn per_frame(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    // Two layers (rate limit over budget): the outer one subscribes to the
+    // inner one's tap.
+    group.bench_function("observed_twice", |b| {
+        b.iter_batched(
+            json_response,
+            |res| {
+                let inner = usage::observe(res, UsageOptions::default(), |r| {
+                    black_box(r);
+                });
+                drain(
+                    usage::observe(inner, UsageOptions::default(), |r| {
+                        black_box(r);
+                    })
+                    .into_body(),
+                )
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

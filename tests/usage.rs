@@ -346,6 +346,24 @@ fn every_split_point_gives_the_same_usage() {
 }
 
 #[test]
+fn a_usage_object_with_float_members_survives_every_split() {
+    // OpenRouter adds a cost (a float) to OpenAI's usage object. A frame
+    // that ends right after "0." or "-" inside it must wait for the rest.
+    let body = r#"{"id":"gen-1","choices":[{"message":{"content":"Hi"}}],"usage":{"prompt_tokens":194,"cost":0.000123,"cost_details":{"upstream_inference_cost":-1.5e-3},"completion_tokens":2,"total_tokens":196,"is_byok":false}}"#;
+    let (_, expected) = run("application/json", whole(body), UsageOptions::default());
+    assert_eq!(expected.source, UsageSource::Reported);
+    assert_eq!(expected.usage.total_tokens, 196);
+    for cut in 0..=body.len() {
+        let (_, report) = run(
+            "application/json",
+            split(body.as_bytes(), &[cut]),
+            UsageOptions::default(),
+        );
+        assert_eq!(report, expected, "split at {cut}: {:?}", &body[..cut]);
+    }
+}
+
+#[test]
 fn byte_by_byte_frames_give_the_same_usage() {
     for stream in [OPENAI_STREAM, ANTHROPIC_STREAM, RESPONSES_STREAM] {
         let cuts: Vec<usize> = (1..stream.len()).collect();
@@ -704,6 +722,29 @@ fn every_subscriber_is_called_once_late_ones_at_once() {
         assert_eq!(reports.one().usage, OPENAI_USAGE);
     }
     assert_eq!(tap.report().map(|r| r.usage), Some(OPENAI_USAGE));
+}
+
+#[test]
+fn an_outer_observer_subscribes_whatever_the_headers_say() {
+    // The inner observer read the content type; the outer one only
+    // subscribes, even if a layer in between changed the headers.
+    let inner = Reports::default();
+    let outer = Reports::default();
+    let res = response(
+        StatusCode::OK,
+        "application/json",
+        body_of(whole(OPENAI_JSON)),
+    );
+    let mut res = usage::observe(res, UsageOptions::default(), inner.callback());
+    res.headers_mut().remove("content-type");
+    let res = usage::observe(
+        res,
+        UsageOptions::default().strip_usage_chunk(true),
+        outer.callback(),
+    );
+    drop(res.into_body().collect().now_or_never().unwrap().unwrap());
+    assert_eq!(inner.one().usage.total_tokens, 1163);
+    assert_eq!(outer.one(), inner.one());
 }
 
 // Stripping the usage chunk the client did not ask for.

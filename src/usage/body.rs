@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use super::report::BodyEnd;
 use super::scan::UsageScanner;
 use super::sse::LINE_LIMIT;
-use super::tap::Shared;
+use super::tap::Tap;
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -72,7 +72,7 @@ pub(crate) struct Observer {
     /// A frame to send after the one just sent (trailers after a flush).
     /// Boxed: it is rare, and the observer lives in every body.
     queued: Option<Box<Frame<Bytes>>>,
-    shared: Arc<Shared>,
+    shared: Arc<dyn Tap>,
     status: StatusCode,
     prompt_tokens_estimate: u64,
     fired: bool,
@@ -84,7 +84,7 @@ impl Observer {
     pub(crate) fn new(
         scanner: UsageScanner,
         strip: bool,
-        shared: Arc<Shared>,
+        shared: Arc<dyn Tap>,
         status: StatusCode,
         prompt_tokens_estimate: u64,
     ) -> Self {
@@ -195,6 +195,17 @@ where
                 }
             };
             let at_end = this.inner.is_end_stream();
+            if obs.strip.is_none() && !at_end {
+                // The usual frame: scanned, and passed on as it came.
+                match frame.data_ref() {
+                    Some(data) if data.is_empty() => continue,
+                    Some(data) => {
+                        obs.scanner.feed(data);
+                        return Poll::Ready(Some(Ok(frame)));
+                    }
+                    None => {}
+                }
+            }
             let (mut data, other) = match frame.into_data() {
                 Ok(data) => (obs.data(data), None),
                 Err(frame) => (None, Some(frame)),

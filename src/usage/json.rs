@@ -9,8 +9,9 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use memchr::arch::all::packedpair::HeuristicFrequencyRank;
 use memchr::memmem::{Finder, FinderBuilder};
-use serde::Deserialize;
 
+use super::keys::Keys;
+use super::parse::{self, Stop};
 use super::report::{RawUsage, Tally};
 use super::scan::Found;
 
@@ -113,10 +114,40 @@ fn is_counted(key: &[u8]) -> bool {
 
 /// A string that starts after the quote at `start`: the index of its closing
 /// quote (or `b.len()`) and its characters as [`count_chars`] counts them,
-/// found in one pass for short strings.
+/// found in one pass for short strings (eight bytes at a time while they
+/// hold no quote and no backslash).
 pub(crate) fn string_chars(b: &[u8], start: usize) -> (usize, u64) {
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const QUOTES: u64 = 0x2222_2222_2222_2222;
+    const BACKSLASHES: u64 = 0x5c5c_5c5c_5c5c_5c5c;
+    // The high bit of each zero byte of `y`, exactly (no carry crosses bytes).
+    let zero_bytes = |y: u64| !(((y & !HI) + !HI) | y) & HI;
     let (mut i, mut n) = (start, 0u64);
     let short = b.len().min(start.saturating_add(64));
+    while let Some(word) = b.get(i..i + 8).filter(|_| i + 8 <= short) {
+        let mut bytes = [0u8; 8];
+        bytes.copy_from_slice(word);
+        let x = u64::from_le_bytes(bytes);
+        // UTF-8 continuation bytes, 10xxxxxx, do not start a character
+        // (and ASCII has none: no count of bits needed).
+        let continuation = |upto: u64| {
+            if x & HI == 0 {
+                0
+            } else {
+                u64::from((x & !(x << 1) & HI & upto).count_ones())
+            }
+        };
+        let special = zero_bytes(x ^ QUOTES) | zero_bytes(x ^ BACKSLASHES);
+        if special == 0 {
+            n += 8 - continuation(u64::MAX);
+            i += 8;
+            continue;
+        }
+        let k = special.trailing_zeros() / 8;
+        n += u64::from(k) - continuation((1u64 << (8 * k)) - 1);
+        i += k as usize;
+        break;
+    }
     while i < short {
         match b[i] {
             b'"' => return (i, n),
@@ -130,6 +161,13 @@ pub(crate) fn string_chars(b: &[u8], start: usize) -> (usize, u64) {
             }
         }
     }
+    long_string_chars(b, i, n)
+}
+
+/// The rest of a string longer than `string_chars`' first pass.
+#[cold]
+#[inline(never)]
+fn long_string_chars(b: &[u8], i: usize, n: u64) -> (usize, u64) {
     let end = string_end(b, i);
     (end, n + count_chars(b.get(i..end).unwrap_or_default()))
 }
@@ -186,7 +224,8 @@ pub(crate) fn count_text(b: &[u8], counted: bool) -> (u64, usize) {
 /// Parses `"usage" : <value>` at the start of `buf`.
 // Short-lived on the stack; boxing the large variant would allocate.
 #[allow(clippy::large_enum_variant)]
-enum Parsed {
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Parsed {
     Usage(Option<RawUsage>),
     /// Not a `usage` member (`"usage"` was a value, or not followed by JSON).
     Invalid,
@@ -194,7 +233,7 @@ enum Parsed {
     Incomplete,
 }
 
-fn parse_member(buf: &[u8]) -> Parsed {
+pub(crate) fn parse_member(buf: &[u8]) -> Parsed {
     let i = skip_ws(buf, USAGE_KEY.len());
     match buf.get(i) {
         None => return Parsed::Incomplete,
@@ -202,14 +241,13 @@ fn parse_member(buf: &[u8]) -> Parsed {
         Some(_) => return Parsed::Invalid,
     }
     let i = skip_ws(buf, i + 1);
-    let Some(value) = buf.get(i..).filter(|v| !v.is_empty()) else {
+    if i >= buf.len() {
         return Parsed::Incomplete;
-    };
-    let mut de = serde_json::Deserializer::from_slice(value);
-    match Option::<RawUsage>::deserialize(&mut de) {
+    }
+    match parse::usage_value(buf, i) {
         Ok(usage) => Parsed::Usage(usage),
-        Err(e) if e.is_eof() => Parsed::Incomplete,
-        Err(_) => Parsed::Invalid,
+        Err(Stop::Eof) => Parsed::Incomplete,
+        Err(Stop::Invalid) => Parsed::Invalid,
     }
 }
 
@@ -275,7 +313,11 @@ impl JsonScan {
             }
         }
         // 3. Keys inside this frame, parsed in place.
-        for k in USAGE.find_iter(b) {
+        let keys = Keys::get();
+        let mut from = 0;
+        while let Some(k) = b.get(from..).and_then(|hay| keys.usage(hay)) {
+            let k = from + k;
+            from = k + USAGE_KEY.len();
             let rest = &b[k..];
             match parse_member(rest) {
                 Parsed::Usage(usage) => record(usage, found),
@@ -364,7 +406,53 @@ fn record(usage: Option<RawUsage>, found: &mut Found) {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// `string_chars` as it was, byte by byte: the oracle.
+    fn string_chars_bytewise(b: &[u8], start: usize) -> (usize, u64) {
+        let (mut i, mut n) = (start, 0u64);
+        let short = b.len().min(start.saturating_add(64));
+        while i < short {
+            match b[i] {
+                b'"' => return (i, n),
+                b'\\' => {
+                    i += if b.get(i + 1) == Some(&b'u') { 6 } else { 2 };
+                    n += 1;
+                }
+                c => {
+                    n += u64::from((c & 0xC0) != 0x80);
+                    i += 1;
+                }
+            }
+        }
+        let end = string_end(b, i);
+        (end, n + count_chars(b.get(i..end).unwrap_or_default()))
+    }
+
+    proptest! {
+        #[test]
+        fn string_chars_counts_as_byte_by_byte(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    4 => proptest::sample::select(vec![
+                        &b"a"[..], b"word ", "é".as_bytes(), "✓".as_bytes(), "😀".as_bytes(),
+                        b"\\n", b"\\\"", b"\\u00e9", b"\\u12\"4", b"\\", b"\xff", b"\x80",
+                    ]),
+                    1 => Just(&b"\""[..]),
+                ],
+                0..40,
+            ),
+            start in 0usize..4,
+        ) {
+            let b = pieces.concat();
+            for end in [b.len(), b.len().saturating_sub(1), b.len() / 2] {
+                let b = &b[..end];
+                prop_assert_eq!(string_chars(b, start), string_chars_bytewise(b, start));
+            }
+        }
+    }
 
     #[test]
     fn chars() {

@@ -77,10 +77,16 @@
 //!
 //! The observer sits on every response of the gateway, and a stream of a
 //! thousand chunks holds its usage in one of them. So each SSE line is
-//! looked at with `memchr`/`memmem` only: a `"usage"` key whose value is an
-//! object marks the few events that are parsed (with `serde_json`, into
-//! borrowed structs that skip everything else), and a `"delta"` key marks
-//! the text to count for the estimate. Frames are passed on untouched and
+//! looked at with SIMD searches only (memchr's, for the line break and for
+//! the two keys): a `"usage"` key whose value is an object marks the few
+//! events that are parsed, and a `"delta"` key marks the text to count for
+//! the estimate. The parse is tollgate's own reader of usage objects, which
+//! allocates nothing and builds no values, and reads the same bytes the
+//! way `serde_json` reads them into the same structs (its tests hold it to
+//! that), but for one fix: a JSON body's usage object cut by a frame
+//! boundary inside a number of a member it does not know (`"cost": 0.`…)
+//! is waited for, where serde called it invalid and lost the usage. Frames
+//! are passed on untouched and
 //! not buffered; the one copy is of a line split across two frames, kept
 //! until its end, and a line longer than 1 MiB is skipped rather than kept.
 //! Events split across frames at any byte (inside `\r\n`, inside the
@@ -141,8 +147,10 @@
 //! [`observe`] puts a [`UsageTap`] in the response extensions. When the
 //! response it is given already has one (an inner tollgate layer observes
 //! it), the callback is subscribed to that tap and the body passes through
-//! without a second scan; that inner observer's options then decide the
-//! estimate. The exception is [`UsageOptions::strip_usage_chunk`] over an
+//! without a second scan (and without a look at its headers); that inner
+//! observer's options then decide the estimate. The tap costs one
+//! allocation, which also holds the first callback; each further
+//! subscriber costs one more. The exception is [`UsageOptions::strip_usage_chunk`] over an
 //! observer that does not strip: the chunk must still be cut, so the body is
 //! observed again.
 //!
@@ -155,6 +163,8 @@
 
 mod body;
 mod json;
+mod keys;
+mod parse;
 mod report;
 mod request;
 mod scan;
@@ -174,6 +184,7 @@ pub use self::scan::UsageScanner;
 pub use self::tap::UsageTap;
 
 use self::body::Observer;
+use self::scan::Kind;
 use self::tap::Shared;
 
 /// Observes the usage of `response`'s body.
@@ -198,18 +209,22 @@ where
     F: FnOnce(&UsageReport) + Send + 'static,
 {
     let (mut parts, body) = response.into_parts();
-    let scanner = UsageScanner::for_headers(&parts.headers);
-    let strip = options.strip_usage_chunk && scanner.is_sse();
     if let Some(tap) = parts.extensions.get::<UsageTap>() {
-        if !strip || tap.shared.strips {
+        // An inner observer's scan serves this one too, unless this one must
+        // cut the usage chunk and that one does not.
+        let strip = || options.strip_usage_chunk && Kind::of(&parts.headers) == Kind::Sse;
+        if tap.shared.strips() || !strip() {
             tap.subscribe(on_usage);
             return Response::from_parts(parts, UsageBody::new(body, None));
         }
     }
+    let scanner = UsageScanner::for_headers(&parts.headers);
+    let strip = options.strip_usage_chunk && scanner.is_sse();
     if strip {
         parts.headers.remove(CONTENT_LENGTH);
     }
-    let shared = Arc::new(Shared::new(Box::new(on_usage), strip));
+    // The callback lives in the tap's own allocation, not in a box.
+    let shared = Arc::new(Shared::new(on_usage, strip));
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });

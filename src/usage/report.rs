@@ -1,9 +1,12 @@
 //! The report types, and how a report is made from what the scanner found.
 
+#[cfg(test)]
 use std::fmt;
 
 use http::StatusCode;
+#[cfg(test)]
 use serde::Deserialize;
+#[cfg(test)]
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Token counts of one response.
@@ -239,21 +242,24 @@ impl Tally {
     }
 }
 
-/// A `usage` object under any provider's names.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(default)]
+/// A `usage` object under any provider's names, as read by
+/// [`parse`](super::parse) (whose tests check it against `serde_json`
+/// reading this struct: the field order is the order of a usage given as an
+/// array).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(test, derive(Deserialize), serde(default))]
 pub(crate) struct RawUsage {
-    prompt_tokens: Option<Count>,
-    completion_tokens: Option<Count>,
-    total_tokens: Option<Count>,
-    input_tokens: Option<Count>,
-    output_tokens: Option<Count>,
-    cache_read_input_tokens: Option<Count>,
-    cache_creation_input_tokens: Option<Count>,
-    prompt_tokens_details: Option<Details>,
-    completion_tokens_details: Option<Details>,
-    input_tokens_details: Option<Details>,
-    output_tokens_details: Option<Details>,
+    pub(crate) prompt_tokens: Option<Count>,
+    pub(crate) completion_tokens: Option<Count>,
+    pub(crate) total_tokens: Option<Count>,
+    pub(crate) input_tokens: Option<Count>,
+    pub(crate) output_tokens: Option<Count>,
+    pub(crate) cache_read_input_tokens: Option<Count>,
+    pub(crate) cache_creation_input_tokens: Option<Count>,
+    pub(crate) prompt_tokens_details: Option<Details>,
+    pub(crate) completion_tokens_details: Option<Details>,
+    pub(crate) input_tokens_details: Option<Details>,
+    pub(crate) output_tokens_details: Option<Details>,
 }
 
 impl RawUsage {
@@ -273,27 +279,41 @@ impl RawUsage {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(default)]
-struct Details {
-    cached_tokens: Option<Count>,
-    reasoning_tokens: Option<Count>,
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(test, derive(Deserialize), serde(default))]
+pub(crate) struct Details {
+    pub(crate) cached_tokens: Option<Count>,
+    pub(crate) reasoning_tokens: Option<Count>,
 }
 
 /// A token count, read leniently: a non-negative integer (or a float, as
 /// some servers send `12.0`); anything else counts as absent rather than
 /// failing the whole usage object.
-#[derive(Debug, Clone, Copy)]
-struct Count(Option<u64>);
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Count(pub(crate) Option<u64>);
 
+impl Count {
+    /// A count sent as a float: its integer part, when it is finite, not
+    /// below zero (`-0.0` is not) and below `u64::MAX`.
+    pub(crate) fn from_f64(v: f64) -> Count {
+        let valid = v.is_finite() && v >= 0.0 && v < u64::MAX as f64;
+        // The range is checked above, so the cast neither wraps nor saturates.
+        Count(valid.then_some(v as u64))
+    }
+}
+
+/// The oracle of the parser's tests: how `serde_json` read a count.
+#[cfg(test)]
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
         d.deserialize_any(CountVisitor)
     }
 }
 
+#[cfg(test)]
 struct CountVisitor;
 
+#[cfg(test)]
 impl<'de> Visitor<'de> for CountVisitor {
     type Value = Count;
 
@@ -310,9 +330,7 @@ impl<'de> Visitor<'de> for CountVisitor {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Count, E> {
-        let valid = v.is_finite() && v >= 0.0 && v < u64::MAX as f64;
-        // The range is checked above, so the cast neither wraps nor saturates.
-        Ok(Count(valid.then_some(v as u64)))
+        Ok(Count::from_f64(v))
     }
 
     fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
@@ -342,8 +360,14 @@ impl<'de> Visitor<'de> for CountVisitor {
 mod tests {
     use super::*;
 
+    fn raw(json: &str) -> RawUsage {
+        crate::usage::parse::usage_value(json.as_bytes(), 0)
+            .unwrap()
+            .unwrap()
+    }
+
     fn tally(json: &str, complete: bool) -> Tally {
-        let raw: RawUsage = serde_json::from_str(json).unwrap();
+        let raw = raw(json);
         let mut tally = Tally::default();
         tally.merge(&raw, complete);
         tally
@@ -377,10 +401,7 @@ mod tests {
                "cache_read_input_tokens":100,"output_tokens":1}"#,
             false,
         );
-        t.merge(
-            &serde_json::from_str(r#"{"output_tokens":15}"#).unwrap(),
-            true,
-        );
+        t.merge(&raw(r#"{"output_tokens":15}"#), true);
         let usage = t.usage();
         assert_eq!(usage.prompt_tokens, 130);
         assert_eq!(usage.completion_tokens, 15);

@@ -81,21 +81,10 @@ impl UsageScanner {
     /// [`json`](Self::json); anything else, or no `content-type` →
     /// [`off`](Self::off).
     pub fn for_headers(headers: &HeaderMap) -> Self {
-        let essence = headers.get(CONTENT_TYPE).map(|v| v.as_bytes()).map(|v| {
-            v.split(|&b| b == b';')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii()
-        });
-        match essence {
-            Some(e) if e.eq_ignore_ascii_case(b"text/event-stream") => Self::sse(),
-            Some(e)
-                if e.eq_ignore_ascii_case(b"application/json")
-                    || (e.len() > 5 && e[e.len() - 5..].eq_ignore_ascii_case(b"+json")) =>
-            {
-                Self::json()
-            }
-            _ => Self::off(),
+        match Kind::of(headers) {
+            Kind::Sse => Self::sse(),
+            Kind::Json => Self::json(),
+            Kind::Other => Self::off(),
         }
     }
 
@@ -170,6 +159,40 @@ impl UsageScanner {
         match &mut self.format {
             Format::Sse(sse) => Some((sse.pos, sse.event_start, &mut sse.ranges)),
             _ => None,
+        }
+    }
+}
+
+/// What a response's `content-type` says its body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `text/event-stream`.
+    Sse,
+    /// `application/json` or `*/*+json`.
+    Json,
+    /// Anything else, or no `content-type`.
+    Other,
+}
+
+impl Kind {
+    pub(crate) fn of(headers: &HeaderMap) -> Kind {
+        let Some(value) = headers.get(CONTENT_TYPE) else {
+            return Kind::Other;
+        };
+        let value = value.as_bytes();
+        let essence = match value.iter().position(|&b| b == b';') {
+            Some(end) => &value[..end],
+            None => value,
+        }
+        .trim_ascii();
+        if essence.eq_ignore_ascii_case(b"text/event-stream") {
+            Kind::Sse
+        } else if essence.eq_ignore_ascii_case(b"application/json")
+            || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+        {
+            Kind::Json
+        } else {
+            Kind::Other
         }
     }
 }

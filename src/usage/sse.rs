@@ -1,14 +1,10 @@
 //! The SSE line machine behind [`UsageScanner::sse`](super::UsageScanner::sse).
 
-use std::fmt;
 use std::ops::Range;
-use std::sync::LazyLock;
 
-use memchr::memmem::Finder;
-use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, de};
-
-use super::json::{self, USAGE, USAGE_KEY};
+use super::json::{self, USAGE_KEY};
+use super::keys::{DELTA_KEY, Keys};
+use super::parse;
 use super::report::RawUsage;
 use super::scan::Found;
 
@@ -16,9 +12,6 @@ use super::scan::Found;
 /// (a base64 image, say) is skipped, not buffered: the scanner resumes at the
 /// next line.
 pub(crate) const LINE_LIMIT: usize = 1024 * 1024;
-
-const DELTA_KEY: &[u8] = b"\"delta\"";
-static DELTA: LazyLock<Finder<'static>> = LazyLock::new(|| json::json_finder(DELTA_KEY));
 
 /// The SSE line machine. Lines are handled as soon as they are complete;
 /// only a line split across frames is copied (into `carry`).
@@ -83,6 +76,23 @@ impl Sse {
                 self.carry.clear();
             }
             i = end;
+        }
+        if self.breaks == Breaks::Lf {
+            // Every provider's streams: lines end at `\n` (a `\r` before it
+            // is cut by `line`), and an event ends with a blank line.
+            while let Some(j) = chunk
+                .get(i..)
+                .filter(|rest| !rest.is_empty())
+                .and_then(|rest| memchr::memchr(b'\n', rest))
+            {
+                let end = i + j + 1;
+                self.line(&chunk[i..end - 1], base + end as u64, found);
+                i = end;
+                while chunk.get(i) == Some(&b'\n') {
+                    i += 1;
+                    self.line(b"", base + i as u64, found);
+                }
+            }
         }
         while let Some(rest) = chunk.get(i..).filter(|r| !r.is_empty()) {
             match self.find_break(rest) {
@@ -178,35 +188,48 @@ impl Sse {
         if data == b"[DONE]" {
             return;
         }
-        found.content_chars += count_deltas(data);
+        let keys = Keys::get();
+        // Every `"delta"`, searched from past the value of the one before.
+        let mut from = 0;
+        while let Some(k) = data.get(from..).and_then(|rest| keys.delta(rest)) {
+            let (chars, end) = delta_text(data, from + k);
+            found.content_chars += chars;
+            from = end;
+        }
         // Every chunk of an OpenAI stream with usage on ends with a null
         // usage: that one needs no search.
-        if self.no_usage_event || data.ends_with(b"\"usage\":null}") || !has_usage_object(data) {
+        if self.no_usage_event || data.ends_with(b"\"usage\":null}") {
             return;
         }
+        let mut from = 0;
+        loop {
+            let Some(k) = data.get(from..).and_then(|rest| keys.usage(rest)) else {
+                return;
+            };
+            if holds_object(data, from + k) {
+                break;
+            }
+            from += k + USAGE_KEY.len();
+        }
         // The few events that can hold usage are parsed; nothing else is.
-        let Ok(event) = serde_json::from_slice::<Event>(data) else {
+        let Some(event) = parse::event(data) else {
             return;
         };
-        if event.error.is_some() {
+        if event.error {
             return;
         }
         if let Some(usage) = event.usage.filter(RawUsage::has_counts) {
             // OpenAI's usage chunk, Anthropic's message_delta.
             found.tally.merge(&usage, true);
-            if self.strip && event.choices.is_some_and(|c| c.is_empty()) {
+            if self.strip && event.choices == Some(true) {
                 self.strip_event = true;
             }
         }
-        if let Some(usage) = event.message.and_then(|m| m.0).filter(RawUsage::has_counts) {
+        if let Some(usage) = event.message.filter(RawUsage::has_counts) {
             // Anthropic's message_start: the prompt side only.
             found.tally.merge(&usage, false);
         }
-        if let Some(usage) = event
-            .response
-            .and_then(|r| r.0)
-            .filter(RawUsage::has_counts)
-        {
+        if let Some(usage) = event.response.filter(RawUsage::has_counts) {
             // OpenAI Responses: response.completed (or .incomplete, .failed).
             found.tally.merge(&usage, true);
         }
@@ -228,32 +251,26 @@ impl Sse {
     }
 }
 
-/// Counts the generated text in an event: every `"delta"` value, a string
-/// (OpenAI Responses) or an object (chat chunks, Anthropic deltas).
-fn count_deltas(data: &[u8]) -> u64 {
-    let mut chars = 0;
-    let mut from = 0;
-    while let Some(k) = data.get(from..).and_then(|rest| DELTA.find(rest)) {
-        let mut i = json::skip_ws(data, from + k + DELTA_KEY.len());
-        if data.get(i) == Some(&b':') {
-            i = json::skip_ws(data, i + 1);
-            match data.get(i) {
-                Some(b'"') => {
-                    let (end, n) = json::string_chars(data, i + 1);
-                    chars += n;
-                    i = end + 1;
-                }
-                Some(b'{') => {
-                    let (n, len) = count_delta_object(&data[i..]);
-                    chars += n;
-                    i += len;
-                }
-                _ => {}
-            }
-        }
-        from = i;
+/// The generated text under the `"delta"` key at `k`: a string (OpenAI
+/// Responses) or an object (chat chunks, Anthropic deltas). Returns its
+/// characters and the index past the value (past the key, if it has none).
+fn delta_text(data: &[u8], k: usize) -> (u64, usize) {
+    let mut i = json::skip_ws(data, k + DELTA_KEY.len());
+    if data.get(i) != Some(&b':') {
+        return (0, i);
     }
-    chars
+    i = json::skip_ws(data, i + 1);
+    match data.get(i) {
+        Some(b'"') => {
+            let (end, chars) = json::string_chars(data, i + 1);
+            (chars, end + 1)
+        }
+        Some(b'{') => {
+            let (chars, len) = count_delta_object(&data[i..]);
+            (chars, i + len)
+        }
+        _ => (0, i),
+    }
 }
 
 /// The text of a delta object (`b` starts at its `{`) and the index past
@@ -291,91 +308,9 @@ fn cannot_hold_usage(name: &[u8]) -> bool {
     ) || name.ends_with(b".delta")
 }
 
-/// Whether `data` has a `"usage"` key whose value is an object (not the
+/// Whether the `"usage"` key at `k` has an object for its value (not the
 /// `"usage":null` of every chunk of an OpenAI stream with usage on).
-fn has_usage_object(data: &[u8]) -> bool {
-    USAGE.find_iter(data).any(|k| {
-        let i = json::skip_ws(data, k + USAGE_KEY.len());
-        data.get(i) == Some(&b':') && data.get(json::skip_ws(data, i + 1)) == Some(&b'{')
-    })
-}
-
-/// The parts of an event that can hold usage.
-#[derive(Default, Deserialize)]
-#[serde(default)]
-struct Event {
-    usage: Option<RawUsage>,
-    message: Option<Holder>,
-    response: Option<Holder>,
-    choices: Option<Vec<IgnoredAny>>,
-    error: Option<IgnoredAny>,
-}
-
-/// An object's `usage` member; any other value holds none.
-struct Holder(Option<RawUsage>);
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum HolderKey {
-    Usage,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de> Deserialize<'de> for Holder {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Holder, D::Error> {
-        d.deserialize_any(HolderVisitor)
-    }
-}
-
-struct HolderVisitor;
-
-impl<'de> Visitor<'de> for HolderVisitor {
-    type Value = Holder;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Holder, A::Error> {
-        let mut usage = None;
-        while let Some(key) = map.next_key::<HolderKey>()? {
-            match key {
-                HolderKey::Usage => usage = map.next_value::<Option<RawUsage>>()?,
-                HolderKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Holder(usage))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Holder, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Holder(None))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
+fn holds_object(data: &[u8], k: usize) -> bool {
+    let i = json::skip_ws(data, k + USAGE_KEY.len());
+    data.get(i) == Some(&b':') && data.get(json::skip_ws(data, i + 1)) == Some(&b'{')
 }
