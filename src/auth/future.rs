@@ -46,9 +46,10 @@ pin_project! {
             waiting: Option<Waiting<S, B>>,
         },
         // The key has a model allow-list: the body is read for its `model`.
+        // Boxed: only keys with an allow-list read here, and inline it would
+        // make every request's future larger.
         ReadMeta {
-            #[pin]
-            read: ReadMeta<B>,
+            read: Pin<Box<ReadMeta<B>>>,
             waiting: Option<(S, Principal)>,
         },
         Call {
@@ -103,7 +104,7 @@ where
     }
 
     pub(crate) fn read(
-        read: ReadMeta<B>,
+        read: Pin<Box<ReadMeta<B>>>,
         inner: S,
         principal: Principal,
         expires_in: Option<HeaderValue>,
@@ -155,7 +156,7 @@ where
                             let meta = req.extensions().get::<RequestMeta>();
                             if outcome::needs_meta(&principal, meta.is_some()) {
                                 State::ReadMeta {
-                                    read: ReadMeta::new(req, policy.body_limit),
+                                    read: Box::pin(ReadMeta::new(req, policy.body_limit)),
                                     waiting: Some((inner, principal)),
                                 }
                             } else {
@@ -171,7 +172,7 @@ where
                     }
                 }
                 StateProj::ReadMeta { read, waiting } => {
-                    let read = ready!(read.poll(cx));
+                    let read = ready!(read.as_mut().poll(cx));
                     let Some((inner, principal)) = waiting.take() else {
                         return Poll::Ready(Ok(reject(ApiError::internal())));
                     };

@@ -161,25 +161,37 @@ pin_project! {
     /// in its own response future instead of boxing it.
     pub(crate) struct ReadMeta<B> {
         #[pin]
-        body: Option<B>,
-        parts: Option<http::request::Parts>,
-        // Decided without reading (meta cached, not JSON, declared too large).
-        decided: Option<Result<Request<B>, ApiError>>,
-        sniff: bool,
+        state: ReadState<B>,
         limit: usize,
-        collected: Collected,
+    }
+}
+
+pin_project! {
+    #[project = ReadProj]
+    enum ReadState<B> {
+        // Decided without reading (meta cached, not JSON, declared too large).
+        Decided {
+            result: Option<Result<Request<B>, ApiError>>,
+        },
+        // Collecting the body's frames.
+        Reading {
+            #[pin]
+            body: B,
+            parts: Option<http::request::Parts>,
+            sniff: bool,
+            collected: Collected,
+        },
+        Done,
     }
 }
 
 impl<B> ReadMeta<B> {
     pub(crate) fn new(req: Request<B>, limit: usize) -> ReadMeta<B> {
-        let decided = |decided| ReadMeta {
-            body: None,
-            parts: None,
-            decided: Some(decided),
-            sniff: false,
+        let decided = |result| ReadMeta {
+            state: ReadState::Decided {
+                result: Some(result),
+            },
             limit,
-            collected: Collected::Empty,
         };
         if req.extensions().get::<RequestMeta>().is_some() {
             return decided(Ok(req));
@@ -203,12 +215,13 @@ impl<B> ReadMeta<B> {
         }
         let (parts, body) = req.into_parts();
         ReadMeta {
-            body: Some(body),
-            parts: Some(parts),
-            decided: None,
-            sniff,
+            state: ReadState::Reading {
+                body,
+                parts: Some(parts),
+                sniff,
+                collected: Collected::Empty,
+            },
             limit,
-            collected: Collected::Empty,
         }
     }
 }
@@ -222,46 +235,50 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(decided) = this.decided.take() {
-            return Poll::Ready(decided);
-        }
-        let Some(mut body) = this.body.as_mut().as_pin_mut() else {
+        let limit = *this.limit;
+        let (parts, sniff, collected) = match this.state.as_mut().project() {
+            ReadProj::Decided { result } => {
+                return Poll::Ready(result.take().unwrap_or_else(|| Err(ApiError::internal())));
+            }
             // Polled after it was done.
-            return Poll::Ready(Err(ApiError::internal()));
-        };
-        while let Some(frame) = ready!(body.as_mut().poll_frame(cx)) {
-            let frame = frame.map_err(|e| {
-                let e: BoxError = e.into();
-                // A limit set further out (`tower_http::limit`, `Limited`)
-                // is still a body that is too large, not a broken one.
-                if e.is::<http_body_util::LengthLimitError>() {
-                    return ApiError::payload_too_large();
-                }
-                tracing::debug!(error = %e, "request body failed");
-                ApiError::invalid_request().with_message("The request body could not be read.")
-            });
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(error) => {
-                    this.body.set(None);
+            ReadProj::Done => return Poll::Ready(Err(ApiError::internal())),
+            ReadProj::Reading {
+                mut body,
+                parts,
+                sniff,
+                collected,
+            } => {
+                let failed = loop {
+                    let frame = match ready!(body.as_mut().poll_frame(cx)) {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => break Some(body_error(e.into())),
+                        None => break None,
+                    };
+                    if let Ok(data) = frame.into_data() {
+                        if collected.len() + data.len() > limit {
+                            break Some(too_large(limit));
+                        }
+                        collected.push(data);
+                    }
+                };
+                if let Some(error) = failed {
+                    this.state.set(ReadState::Done);
                     return Poll::Ready(Err(error));
                 }
-            };
-            if let Ok(data) = frame.into_data() {
-                if this.collected.len() + data.len() > *this.limit {
-                    this.body.set(None);
-                    return Poll::Ready(Err(too_large(*this.limit)));
-                }
-                this.collected.push(data);
+                (
+                    parts.take(),
+                    *sniff,
+                    std::mem::replace(collected, Collected::Empty),
+                )
             }
-        }
-        this.body.set(None);
-        let Some(mut parts) = this.parts.take() else {
+        };
+        this.state.set(ReadState::Done);
+        let Some(mut parts) = parts else {
             return Poll::Ready(Err(ApiError::internal()));
         };
-        let bytes = std::mem::replace(this.collected, Collected::Empty).into_bytes();
+        let bytes = collected.into_bytes();
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let meta = if first.is_none() || (*this.sniff && first != Some(&b'{')) {
+        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
             RequestMeta::default()
         } else {
             match RequestMeta::from_json(&bytes) {
@@ -272,6 +289,16 @@ where
         parts.extensions.insert(meta);
         Poll::Ready(Ok(Request::from_parts(parts, B::from_bytes(bytes))))
     }
+}
+
+/// A body that failed to arrive: 413 when a limit further out
+/// (`tower_http::limit`, `Limited`) cut it, else 400.
+fn body_error(e: BoxError) -> ApiError {
+    if e.is::<http_body_util::LengthLimitError>() {
+        return ApiError::payload_too_large();
+    }
+    tracing::debug!(error = %e, "request body failed");
+    ApiError::invalid_request().with_message("The request body could not be read.")
 }
 
 fn too_large(limit: usize) -> ApiError {
