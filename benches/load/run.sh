@@ -7,6 +7,8 @@
 #   benches/load/run.sh full full-redis # memory vs Redis stores (redis-server: started on
 #                                       # REDIS_PORT pinned to REDIS_CPU if none answers)
 #   RUNS=7 DURATION=10 CONNS=32 STREAM=1 benches/load/run.sh
+#   SERVER_A=/old/checkout/target/release/examples/load_server benches/load/run.sh full full
+#                                       # one mode, two builds: an A/B of two commits
 #
 # Needs wrk (Debian: apt-get install wrk) and taskset (util-linux).
 set -euo pipefail
@@ -34,6 +36,8 @@ features=()
 if [[ $A == full-redis || $B == full-redis ]]; then features=(--features redis); fi
 (cd "$root" && cargo build --quiet --release --example load_server "${features[@]}")
 server="$root/target/release/examples/load_server"
+SERVER_A=${SERVER_A:-$server}
+SERVER_B=${SERVER_B:-$server}
 
 extra=()
 if [[ $STREAM == 1 ]]; then extra+=(--stream); fi
@@ -44,8 +48,8 @@ tck=$(getconf CLK_TCK)
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
 
-start() { # mode port
-  taskset -c "$SERVER_CPU" "$server" --mode "$1" --listen "127.0.0.1:$2" --redis "$REDIS_URL" "${extra[@]}" &
+start() { # mode port binary
+  taskset -c "$SERVER_CPU" "$3" --mode "$1" --listen "127.0.0.1:$2" --redis "$REDIS_URL" "${extra[@]}" &
   pids+=($!)
   pid_of[$2]=$!
   for _ in $(seq 100); do
@@ -72,8 +76,8 @@ redis_commands() {
     END { print scripts + 0, all + 0 }'
 }
 
-start "$A" "$PORT_A"
-start "$B" "$PORT_B"
+start "$A" "$PORT_A" "$SERVER_A"
+start "$B" "$PORT_B" "$SERVER_B"
 
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # user + system ticks of a process
 

@@ -21,6 +21,11 @@
 //! Holds ([`Reservation`]s) carry an id and live under a lease: a gateway that
 //! crashes between reserve and settle cannot lock money away forever, the
 //! ledger releases the hold when the lease runs out.
+//!
+//! A ledger that answers without waiting (one in memory) also implements
+//! [`reserve_now`](Ledger::reserve_now), [`settle_now`](Ledger::settle_now)
+//! and [`release_now`](Ledger::release_now): the layer then decides in
+//! `call` and settles in place, with no future to keep or box.
 
 use std::fmt;
 use std::future::Future;
