@@ -901,6 +901,36 @@ async fn a_failing_ledger_fails_closed_by_default() {
     body_text(response).await; // the failed settlement is logged, not fatal
 }
 
+/// A ledger that cannot answer at once (no `reserve_now`) is asked through
+/// its future even when the body was read further out.
+#[tokio::test(start_paused = true)]
+async fn a_ledger_without_a_fast_path_is_awaited_for_pre_read_requests() {
+    let alice = principal(
+        "alice",
+        vec![key_budget("alice", Money::from_usd(1), Period::Monthly)],
+    );
+    let pre_read = || async {
+        tollgate::RequestMeta::read(request(Some(&alice), "m", Some(10)), 1 << 20)
+            .await
+            .unwrap()
+    };
+    let layer = BudgetLayer::with_ledger(pricing(), DownLedger);
+    let response = layer
+        .layer(upstream(|| json_usage(1, 1)))
+        .oneshot(pre_read().await)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let response = layer
+        .on_store_error(FailurePolicy::FailOpen)
+        .layer(upstream(|| json_usage(1, 1)))
+        .oneshot(pre_read().await)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body_text(response).await;
+}
+
 // ---- concurrency ---------------------------------------------------------------
 
 /// 1,000 concurrent requests against a budget that affords 100 at their
