@@ -115,17 +115,8 @@ impl Money {
         let mut frac = abs % NANOS_PER_USD as u64;
         // Whole dollars: at most 10 digits (i64::MAX nanos is $9,223,372,036).
         let mut digits = [0u8; 20];
-        let mut n = 0;
-        let mut w = whole;
-        loop {
-            digits[n] = b'0' + (w % 10) as u8;
-            n += 1;
-            w /= 10;
-            if w == 0 {
-                break;
-            }
-        }
-        for &d in digits[..n].iter().rev() {
+        let n = crate::header_values::write_u64(&mut digits, whole);
+        for &d in &digits[digits.len() - n..] {
             out.push(d);
         }
         out.push(b'.');
