@@ -106,7 +106,10 @@ where
         match admit_now(&self.shared, req) {
             Now::Decided(Ok((req, admitted))) => ResponseFuture::calling(inner.call(req), admitted),
             Now::Decided(Err(rejected)) => ResponseFuture::rejected(rejected),
-            Now::Wait(req) => ResponseFuture::new(Box::pin(admit(self.shared.clone(), req)), inner),
+            Now::Wait(req, pending) => {
+                let admission = admit(self.shared.clone(), req, pending);
+                ResponseFuture::new(Box::pin(admission), inner)
+            }
         }
     }
 }
@@ -147,7 +150,9 @@ impl From<ApiError> for Rejected {
 )]
 pub(crate) enum Now<B, L: Ledger> {
     Decided(Admission<B, L>),
-    Wait(Request<B>),
+    /// The request, and its price when it has one (only the ledger's
+    /// answer is missing).
+    Wait(Request<B>, Option<Pending<L>>),
 }
 
 /// Decides on `req` at once when that needs no waiting: its
@@ -155,7 +160,7 @@ pub(crate) enum Now<B, L: Ledger> {
 /// without a future ([`Ledger::reserve_now`]).
 pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) -> Now<B, L> {
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
-        return Now::Wait(req);
+        return Now::Wait(req, None);
     };
     let pending = match prepare(shared, meta, req.extensions().get::<Principal>()) {
         Ok(Step::Admit(admitted)) => return Now::Decided(Ok((req, admitted))),
@@ -167,23 +172,33 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
         .reserve_now(&pending.budgets, pending.worst_case, shared.policy)
     {
         Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
-        None => Now::Wait(req),
+        None => Now::Wait(req, Some(pending)),
     }
 }
 
-/// Decides on `req`, reading its body and waiting for the ledger as needed.
-pub(crate) async fn admit<L: Ledger, B>(shared: Arc<Shared<L>>, req: Request<B>) -> Admission<B, L>
+/// Decides on `req`, reading its body and waiting for the ledger as needed;
+/// `pending` is its price when [`admit_now`] already made it.
+pub(crate) async fn admit<L: Ledger, B>(
+    shared: Arc<Shared<L>>,
+    req: Request<B>,
+    pending: Option<Pending<L>>,
+) -> Admission<B, L>
 where
     B: Body<Data = Bytes> + FromBytes,
     B::Error: Into<BoxError>,
 {
-    let req = RequestMeta::read(req, shared.body_limit).await?;
-    let Some(meta) = req.extensions().get::<RequestMeta>() else {
-        return Err(ApiError::internal().into());
-    };
-    let pending = match prepare(&shared, meta, req.extensions().get::<Principal>())? {
-        Step::Admit(admitted) => return Ok((req, admitted)),
-        Step::Reserve(pending) => pending,
+    let (req, pending) = match pending {
+        Some(pending) => (req, pending),
+        None => {
+            let req = RequestMeta::read(req, shared.body_limit).await?;
+            let Some(meta) = req.extensions().get::<RequestMeta>() else {
+                return Err(ApiError::internal().into());
+            };
+            match prepare(&shared, meta, req.extensions().get::<Principal>())? {
+                Step::Admit(admitted) => return Ok((req, admitted)),
+                Step::Reserve(pending) => (req, pending),
+            }
+        }
     };
     let result = shared
         .ledger
@@ -201,7 +216,7 @@ enum Step<L: Ledger> {
 }
 
 /// A priced request waiting for its hold.
-struct Pending<L: Ledger> {
+pub(crate) struct Pending<L: Ledger> {
     budgets: Arc<[BudgetSpec]>,
     worst_case: super::Money,
     settler: Settler<L>,
