@@ -64,6 +64,7 @@ pub mod rate_limit;
 pub mod request;
 pub mod retry;
 mod rng;
+mod small;
 pub mod store;
 pub mod stream;
 pub mod time;

@@ -150,14 +150,7 @@ impl Permit {
             )
         });
         let limits = self.limits.as_slice();
-        let mut deltas = [0i64; 8];
-        let mut spilled;
-        let deltas: &mut [i64] = if limits.len() <= deltas.len() {
-            &mut deltas[..limits.len()]
-        } else {
-            spilled = vec![0; limits.len()];
-            &mut spilled
-        };
+        let mut deltas = crate::small::Small::<i64, 8>::new(limits.len());
         for (d, limit) in deltas.iter_mut().zip(limits) {
             if limit.measure == Measure::Tokens {
                 *d = delta;
@@ -174,7 +167,7 @@ impl Permit {
             key,
             &Settle {
                 limits,
-                deltas,
+                deltas: &deltas,
                 release: self.release,
             },
         );

@@ -20,6 +20,7 @@ use super::{
     RateLimitKey, RateLimitStore, Unkeyed, Verdict,
 };
 use crate::request::{FromBytes, ReadMeta};
+use crate::small::Small;
 use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
 use crate::usage::UsageOptions;
@@ -330,32 +331,22 @@ where
 
 /// What each limit charges a request: one request, or its reserved tokens.
 /// Inline for up to eight limits (no allocation), on the heap beyond.
-pub(crate) enum Costs {
-    Inline([u64; 8], usize),
-    Heap(Vec<u64>),
-}
+pub(crate) struct Costs(Small<u64, 8>);
 
 impl Costs {
     fn new(limits: &[Limit], reserved_tokens: u64) -> Costs {
-        let cost = |l: &Limit| match l.measure {
-            Measure::Requests => 1,
-            Measure::Tokens => reserved_tokens,
-        };
-        let mut inline = [0; 8];
-        if limits.len() > inline.len() {
-            return Costs::Heap(limits.iter().map(cost).collect());
+        let mut costs = Small::new(limits.len());
+        for (cost, limit) in costs.iter_mut().zip(limits) {
+            *cost = match limit.measure {
+                Measure::Requests => 1,
+                Measure::Tokens => reserved_tokens,
+            };
         }
-        for (slot, limit) in inline.iter_mut().zip(limits) {
-            *slot = cost(limit);
-        }
-        Costs::Inline(inline, limits.len())
+        Costs(costs)
     }
 
     fn as_slice(&self) -> &[u64] {
-        match self {
-            Costs::Inline(costs, len) => &costs[..*len],
-            Costs::Heap(costs) => costs,
-        }
+        &self.0
     }
 }
 
@@ -475,7 +466,7 @@ mod tests {
             .collect();
         for n in [0, 1, 8, 9] {
             let costs = Costs::new(&limits[..n], 42);
-            assert_eq!(matches!(costs, Costs::Inline(..)), n <= 8);
+            assert_eq!(matches!(costs.0, Small::Inline(..)), n <= 8);
             let expected: Vec<u64> = (1..=n).map(|i| if i % 2 == 0 { 42 } else { 1 }).collect();
             assert_eq!(costs.as_slice(), &expected[..]);
         }

@@ -95,37 +95,4 @@ impl Hasher for ScopeHasher {
 }
 
 /// The hashes of a request's budgets: inline for the usual one to four.
-pub(super) enum Small {
-    Inline([u64; 4], usize),
-    Heap(Vec<u64>),
-}
-
-impl Small {
-    pub(super) fn new(len: usize) -> Small {
-        if len <= 4 {
-            Small::Inline([0; 4], len)
-        } else {
-            Small::Heap(vec![0; len])
-        }
-    }
-}
-
-impl std::ops::Deref for Small {
-    type Target = [u64];
-
-    fn deref(&self) -> &[u64] {
-        match self {
-            Small::Inline(buf, len) => &buf[..*len],
-            Small::Heap(v) => v,
-        }
-    }
-}
-
-impl std::ops::DerefMut for Small {
-    fn deref_mut(&mut self) -> &mut [u64] {
-        match self {
-            Small::Inline(buf, len) => &mut buf[..*len],
-            Small::Heap(v) => v,
-        }
-    }
-}
+pub(super) type Small = crate::small::Small<u64, 4>;

@@ -1,0 +1,61 @@
+//! [`Small`]: a few values, inline when there are few enough.
+//!
+//! Per request the layers keep one value per limit or per budget (costs,
+//! deltas, hashes); there are nearly always one to four. An inline array
+//! covers those without an allocation, a `Vec` the rest.
+
+use std::ops::{Deref, DerefMut};
+
+/// `len` values of `T`, inline up to `N`, on the heap beyond.
+pub(crate) enum Small<T, const N: usize> {
+    Inline([T; N], usize),
+    Heap(Vec<T>),
+}
+
+impl<T: Copy + Default, const N: usize> Small<T, N> {
+    /// `len` default values.
+    pub(crate) fn new(len: usize) -> Self {
+        if len <= N {
+            Small::Inline([T::default(); N], len)
+        } else {
+            Small::Heap(vec![T::default(); len])
+        }
+    }
+}
+
+impl<T, const N: usize> Deref for Small<T, N> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Small::Inline(buf, len) => &buf[..*len],
+            Small::Heap(v) => v,
+        }
+    }
+}
+
+impl<T, const N: usize> DerefMut for Small<T, N> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Small::Inline(buf, len) => &mut buf[..*len],
+            Small::Heap(v) => v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Small;
+
+    #[test]
+    fn inline_up_to_n_then_on_the_heap() {
+        for len in [0, 1, 4, 5, 9] {
+            let mut small = Small::<u64, 4>::new(len);
+            assert_eq!(matches!(small, Small::Inline(..)), len <= 4);
+            for (i, v) in small.iter_mut().enumerate() {
+                *v = i as u64;
+            }
+            assert_eq!(&small[..], &(0..len as u64).collect::<Vec<_>>()[..]);
+        }
+    }
+}
