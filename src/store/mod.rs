@@ -17,9 +17,12 @@
 
 use crate::ApiError;
 
+mod future;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+
+pub use self::future::StoreFuture;
 
 /// What a layer does when its store cannot answer (down, or too slow).
 ///
