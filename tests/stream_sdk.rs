@@ -78,12 +78,9 @@ async fn serve(router: Router) -> SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_sdk_raises_api_error_for_failed_streams() {
-    let Some(python) = tokio::task::spawn_blocking(support::openai_python)
+    let python = tokio::task::spawn_blocking(support::sdk_python)
         .await
-        .unwrap()
-    else {
-        return;
-    };
+        .unwrap();
     let layer = StreamErrorTrailerLayer::new().idle_timeout(Duration::from_millis(200));
     let addr = serve(upstream().layer(layer)).await;
     let script = support::repo_root().join("tests/sdk/stream_openai.py");

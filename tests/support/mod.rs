@@ -10,24 +10,27 @@ pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A Python interpreter with the official `openai` SDK: `<repo>/.venv`,
-/// created (and `openai` installed from PyPI) when missing. `None`, after a
-/// loud SKIP message, when the machine has no `python3` at all.
-pub fn openai_python() -> Option<PathBuf> {
+/// The Python SDKs the real-client tests drive, at their current major
+/// versions. `.ci/run` installs the same list.
+pub const PYTHON_SDKS: &[&str] = &["openai>=3,<4", "anthropic>=2,<3"];
+
+/// A Python interpreter with the official `openai` and `anthropic` SDKs:
+/// `<repo>/.venv`, created (and the SDKs installed from PyPI) when missing.
+///
+/// Panics, saying what to install, when the machine has no `python3`: a
+/// test that skipped itself would pass in a CI that never ran it.
+pub fn sdk_python() -> PathBuf {
     let python = repo_root().join(".venv/bin/python");
-    if has_openai(&python) {
-        return Some(python);
+    if has_sdks(&python) {
+        return python;
     }
-    if !succeeds(
-        Command::new("python3").arg("--version"),
-        Duration::from_secs(10),
-    ) {
-        eprintln!(
-            "\n*** SKIP: python3 is not installed, so the openai SDK test cannot run. \
-             Install python3 (and run .ci/run) to run it. ***\n"
-        );
-        return None;
-    }
+    assert!(
+        succeeds(
+            Command::new("python3").arg("--version"),
+            Duration::from_secs(10),
+        ),
+        "python3 is not installed: the SDK tests need it (run .ci/run, which installs it)"
+    );
     if !python.exists() {
         let created = succeeds(
             Command::new("python3")
@@ -41,21 +44,28 @@ pub fn openai_python() -> Option<PathBuf> {
         );
     }
     let installed = succeeds(
-        Command::new(&python).args(["-m", "pip", "install", "-q", "openai>=1.40,<3"]),
+        Command::new(&python)
+            .args(["-m", "pip", "install", "-q"])
+            .args(PYTHON_SDKS),
         Duration::from_secs(600),
     );
-    assert!(installed, "pip install openai into .venv failed");
+    assert!(installed, "pip install {PYTHON_SDKS:?} into .venv failed");
     assert!(
-        has_openai(&python),
-        "openai still not importable from .venv"
+        has_sdks(&python),
+        "the SDKs are still not importable from .venv"
     );
-    Some(python)
+    python
 }
 
-fn has_openai(python: &Path) -> bool {
+/// Whether `python` imports both SDKs at their pinned major versions.
+fn has_sdks(python: &Path) -> bool {
     python.exists()
         && succeeds(
-            Command::new(python).args(["-c", "import openai"]),
+            Command::new(python).args([
+                "-c",
+                "import openai, anthropic, sys; \
+                 sys.exit(not (openai.__version__.startswith('3.') and anthropic.__version__.startswith('2.')))",
+            ]),
             Duration::from_secs(60),
         )
 }
