@@ -1,7 +1,8 @@
 //! Anthropic's Messages API: `POST /v1/messages`.
 //!
 //! Request and response shapes from <https://docs.anthropic.com/en/api/messages>;
-//! `x-api-key` and `anthropic-version` are required headers and `model`,
+//! a key (`x-api-key`, or `Authorization: Bearer` as the current Python SDK
+//! sends it) and `anthropic-version` are required headers and `model`,
 //! `max_tokens` and `messages` required fields, as there. A stream follows
 //! <https://docs.anthropic.com/en/docs/build-with-claude/streaming> ("Event
 //! types", "Basic streaming request"), each event named by `event:`:

@@ -197,7 +197,7 @@ impl ProviderError {
             (Some("error_code_detail"), _) => (
                 "application/json",
                 json!({
-                    "error_code": self.code.clone().unwrap_or_else(|| hai_code(status).into()),
+                    "error_code": faults.code.clone().unwrap_or_else(|| hai_code(status).into()),
                     "detail": self.message,
                 })
                 .to_string(),

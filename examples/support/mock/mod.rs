@@ -12,7 +12,7 @@
 //! | `POST /v1/completions` | OpenAI legacy completions (`prompt` string, strings, token arrays) | `data:` chunks, `[DONE]` |
 //! | `POST /v1/embeddings` | OpenAI embeddings (`encoding_format` float or base64, `dimensions`) | no |
 //! | `POST /v1/responses` | OpenAI Responses API (`max_output_tokens`) | `event:` + `data:` with `sequence_number` |
-//! | `POST /v1/messages` | Anthropic Messages (`x-api-key`, `anthropic-version`, `max_tokens` required) | Anthropic's event sequence |
+//! | `POST /v1/messages` | Anthropic Messages (a key, `anthropic-version` and `max_tokens` required) | Anthropic's event sequence |
 //! | `GET /v1/models`, `GET /v1/models/{id}` | OpenAI's list (Anthropic's when `anthropic-version` is sent) | no |
 //! | `GET /mock/calls`, `DELETE /mock/calls` | the calls received so far, as JSON (see [`Calls`]); forget them | no |
 //!
@@ -59,8 +59,9 @@
 //! # Keys and counts
 //!
 //! [`Mock::require_key`] makes it check the upstream key as the providers
-//! do (`Authorization: Bearer`, or Anthropic's `x-api-key`) and refuse
-//! others with their 401. [`Mock::requests_per_minute`] enforces a real
+//! do (`Authorization: Bearer`, or on `/v1/messages` `x-api-key` or
+//! `Authorization: Bearer`) and refuse others with their 401. Anthropic's
+//! endpoint always wants some key and `anthropic-version`. [`Mock::requests_per_minute`] enforces a real
 //! request rate limit. Every call is counted per route and per
 //! `x-tollgate-test` or `Idempotency-Key` header, so a retry test can assert
 //! how many calls the upstream saw ([`Mock::calls`], `GET /mock/calls`).
@@ -192,8 +193,8 @@ impl Mock {
     }
 
     /// Accept only this upstream key: `Authorization: Bearer <key>` on the
-    /// OpenAI endpoints, `x-api-key: <key>` on `/v1/messages`. A missing or
-    /// wrong key gets the provider's 401.
+    /// OpenAI endpoints, `x-api-key: <key>` or `Authorization: Bearer <key>`
+    /// on `/v1/messages`. A missing or wrong key gets the provider's 401.
     pub fn require_key(mut self, key: impl Into<String>) -> Self {
         Arc::make_mut(&mut self.config).upstream_key = Some(key.into());
         self
@@ -312,7 +313,9 @@ impl Mock {
             return Err(exchange.fail(error, &Faults::default()));
         }
         let limit = self.config.requests_per_minute;
-        if let Err(wait) = lock(&self.state.window).admit(limit.unwrap_or(u64::MAX)) {
+        // The guard must be gone before `fail` takes the lock again.
+        let admitted = lock(&self.state.window).admit(limit.unwrap_or(u64::MAX));
+        if let Err(wait) = admitted {
             let error = ProviderError::new(api, StatusCode::TOO_MANY_REQUESTS);
             let faults = Faults {
                 retry_after_ms: Some(wait.as_millis() as u64),
@@ -324,25 +327,22 @@ impl Mock {
     }
 
     fn authenticate(&self, api: Api, request: &HeaderMap) -> Result<(), ProviderError> {
-        let value = |name| {
-            request
-                .get(name)
-                .and_then(|v: &HeaderValue| v.to_str().ok())
-        };
+        let value = |name: &str| request.get(name).and_then(|v| v.to_str().ok());
+        let bearer = value(header::AUTHORIZATION.as_str())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|key| !key.is_empty());
         let expected = self.config.upstream_key.as_deref();
+        let mut error = ProviderError::new(api, StatusCode::UNAUTHORIZED);
         match api {
             Api::OpenAi => {
                 let Some(expected) = expected else {
                     return Ok(());
                 };
-                let given = value(header::AUTHORIZATION.as_str())
-                    .and_then(|v| v.strip_prefix("Bearer "))
-                    .map(str::trim);
-                let mut error = ProviderError::new(api, StatusCode::UNAUTHORIZED);
-                match given {
+                match bearer {
                     Some(key) if key == expected => return Ok(()),
                     // OpenAI's own answer to a request without a key: no code.
-                    None | Some("") => {
+                    None => {
                         error.code = None;
                         error.message = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys.".into();
                     }
@@ -355,24 +355,19 @@ impl Mock {
                 }
                 Err(error)
             }
-            Api::Anthropic => {
-                let mut error = ProviderError::new(api, StatusCode::UNAUTHORIZED);
-                match value("x-api-key") {
-                    None => error.message = "x-api-key header is required".into(),
-                    Some(key) if expected.is_none_or(|e| e == key) => {
-                        if value("anthropic-version").is_some_and(|v| !v.is_empty()) {
-                            return Ok(());
-                        }
-                        return Err(ProviderError::invalid(
-                            api,
-                            "anthropic-version: header is required",
-                            None,
-                        ));
-                    }
-                    Some(_) => {}
+            // Anthropic takes the key in `x-api-key` or, as its current SDKs
+            // send it, `Authorization: Bearer`.
+            Api::Anthropic => match value("x-api-key").or(bearer) {
+                None => {
+                    error.message = "x-api-key header is required".into();
+                    Err(error)
                 }
-                Err(error)
-            }
+                Some(key) if expected.is_some_and(|e| e != key) => Err(error),
+                Some(_) if value("anthropic-version").is_none_or(str::is_empty) => Err(
+                    ProviderError::invalid(api, "anthropic-version: header is required", None),
+                ),
+                Some(_) => Ok(()),
+            },
         }
     }
 }
@@ -487,7 +482,14 @@ impl Exchange {
         }
         if let Some(status) = faults.status {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let error = ProviderError::from_directives(self.api, status, &faults);
+            // `format=openai|anthropic` writes the other provider's error:
+            // its type for the status too, not only its envelope.
+            let api = match faults.format.as_deref() {
+                Some("openai") => Api::OpenAi,
+                Some("anthropic") => Api::Anthropic,
+                _ => self.api,
+            };
+            let error = ProviderError::from_directives(api, status, &faults);
             return Err(self.fail(error, &faults));
         }
         Ok(faults)
@@ -608,7 +610,13 @@ fn openai_model(id: &str) -> Value {
 }
 
 fn anthropic_model(id: &str) -> Value {
-    json!({"type": "model", "id": id, "display_name": id, "created_at": "2025-01-01T00:00:00Z"})
+    json!({
+        "type": "model",
+        "id": id,
+        "display_name": id,
+        "created_at": "2025-01-01T00:00:00Z",
+        "lifecycle": "active",
+    })
 }
 
 async fn show_calls(State(mock): State<Mock>) -> axum::Json<Value> {
