@@ -23,11 +23,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::Mock;
 use super::errors::{Api, ProviderError};
+use super::exchange::Exchange;
 use super::faults::Faults;
 use super::sse::{self, Event};
 use super::text::{self, Finish, Reply};
-use super::{Exchange, Mock};
 
 fn invalid(exchange: &Exchange, message: &str) -> Response {
     exchange.fail(

@@ -72,33 +72,30 @@
 
 mod anthropic;
 mod errors;
+mod exchange;
 mod faults;
 mod headers;
+mod models;
 mod openai;
 mod responses;
 mod sse;
 mod text;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
-use bytes::Bytes;
 use serde_json::{Value, json};
 
-pub use self::errors::Api;
-use self::errors::{ProviderError, masked_key};
-pub use self::faults::Faults;
-use self::headers::{DEFAULT_REQUESTS_PER_MINUTE, RateWindow};
+use self::headers::RateWindow;
 
 /// The largest request body read (providers take tens of MB; tests far less).
 const MAX_BODY: usize = 16 << 20;
@@ -226,13 +223,13 @@ impl Mock {
             .route("/responses", post(responses::create))
             .route("/v1/messages", post(anthropic::messages))
             .route("/messages", post(anthropic::messages))
-            .route("/v1/models", get(models))
-            .route("/models", get(models))
-            .route("/v1/models/{id}", get(model))
-            .route("/models/{id}", get(model))
+            .route("/v1/models", get(models::list))
+            .route("/models", get(models::list))
+            .route("/v1/models/{id}", get(models::retrieve))
+            .route("/models/{id}", get(models::retrieve))
             .route("/mock/calls", get(show_calls).delete(forget_calls))
-            .fallback(unknown_route)
-            .method_not_allowed_fallback(unknown_route)
+            .fallback(models::unknown_route)
+            .method_not_allowed_fallback(models::unknown_route)
             .with_state(self)
     }
 
@@ -282,94 +279,6 @@ impl Mock {
             *calls.idempotency_keys.entry(key.to_owned()).or_default() += 1;
         }
     }
-
-    /// Receives a call to `route`: counts it, reads its body, checks the key
-    /// and the rate limit. An `Err` is the answer already.
-    pub(crate) async fn receive(
-        &self,
-        api: Api,
-        route: &'static str,
-        request: Request,
-    ) -> Result<(Exchange, Bytes), Response> {
-        let (parts, body) = request.into_parts();
-        self.count(route, &parts.headers);
-        let exchange = Exchange {
-            mock: self.clone(),
-            api,
-            route,
-            request_id: format!("req_{}", self.next_id()),
-            started: Instant::now(),
-            reset: parts.extensions.get::<ResetSignal>().cloned(),
-        };
-        let body = match axum::body::to_bytes(body, MAX_BODY).await {
-            Ok(body) => body,
-            Err(_) => {
-                let mut error = ProviderError::new(api, StatusCode::PAYLOAD_TOO_LARGE);
-                error.message = "Request exceeds the maximum allowed number of bytes.".into();
-                return Err(exchange.fail(error, &Faults::default()));
-            }
-        };
-        if let Err(error) = self.authenticate(api, &parts.headers) {
-            return Err(exchange.fail(error, &Faults::default()));
-        }
-        let limit = self.config.requests_per_minute;
-        // The guard must be gone before `fail` takes the lock again.
-        let admitted = lock(&self.state.window).admit(limit.unwrap_or(u64::MAX));
-        if let Err(wait) = admitted {
-            let error = ProviderError::new(api, StatusCode::TOO_MANY_REQUESTS);
-            let faults = Faults {
-                retry_after_ms: Some(wait.as_millis() as u64),
-                ..Faults::default()
-            };
-            return Err(exchange.fail(error, &faults));
-        }
-        Ok((exchange, body))
-    }
-
-    fn authenticate(&self, api: Api, request: &HeaderMap) -> Result<(), ProviderError> {
-        let value = |name: &str| request.get(name).and_then(|v| v.to_str().ok());
-        let bearer = value(header::AUTHORIZATION.as_str())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .filter(|key| !key.is_empty());
-        let expected = self.config.upstream_key.as_deref();
-        let mut error = ProviderError::new(api, StatusCode::UNAUTHORIZED);
-        match api {
-            Api::OpenAi => {
-                let Some(expected) = expected else {
-                    return Ok(());
-                };
-                match bearer {
-                    Some(key) if key == expected => return Ok(()),
-                    // OpenAI's own answer to a request without a key: no code.
-                    None => {
-                        error.code = None;
-                        error.message = "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from https://platform.openai.com/account/api-keys.".into();
-                    }
-                    Some(key) => {
-                        error.message = format!(
-                            "Incorrect API key provided: {}. You can find your API key at https://platform.openai.com/account/api-keys.",
-                            masked_key(key)
-                        );
-                    }
-                }
-                Err(error)
-            }
-            // Anthropic takes the key in `x-api-key` or, as its current SDKs
-            // send it, `Authorization: Bearer`.
-            Api::Anthropic => match value("x-api-key").or(bearer) {
-                None => {
-                    error.message = "x-api-key header is required".into();
-                    Err(error)
-                }
-                Some(key) if expected.is_some_and(|e| e != key) => Err(error),
-                Some(_) if value("anthropic-version").is_none_or(str::is_empty) => Err(
-                    ProviderError::invalid(api, "anthropic-version: header is required", None),
-                ),
-                Some(_) => Ok(()),
-            },
-        }
-    }
 }
 
 /// The connection's reset switch, handed to each request by [`Mock::serve`].
@@ -407,218 +316,6 @@ async fn serve_connection(stream: tokio::net::TcpStream, router: Router) {
     }
 }
 
-/// One call in progress: who answers it, and the headers its answer gets.
-pub(crate) struct Exchange {
-    mock: Mock,
-    api: Api,
-    route: &'static str,
-    request_id: String,
-    started: Instant,
-    reset: Option<ResetSignal>,
-}
-
-impl Exchange {
-    /// The provider's request id for this call.
-    pub fn request_id(&self) -> &str {
-        &self.request_id
-    }
-
-    /// A fresh id (for response and item ids).
-    pub fn new_id(&self) -> String {
-        self.mock.next_id()
-    }
-
-    /// Seconds since the epoch (`created`).
-    pub fn now(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    }
-
-    /// The body as a JSON object, or the provider's 400.
-    pub fn parse(&self, body: &[u8]) -> Result<Value, Response> {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value @ Value::Object(_)) => Ok(value),
-            _ => {
-                let message = match self.api {
-                    Api::OpenAi => {
-                        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)"
-                    }
-                    Api::Anthropic => {
-                        "There was an issue with the request body: it is not valid JSON"
-                    }
-                };
-                Err(self.fail(
-                    ProviderError::invalid(self.api, message, None),
-                    &Faults::default(),
-                ))
-            }
-        }
-    }
-
-    /// Plays the directives that come before an answer (`hang_ms`, `reset`,
-    /// `status`), counting `times` against `text`. `Ok` holds the faults
-    /// left for the answer (none once `times` is used up).
-    pub async fn play(&self, faults: Faults, text: &str) -> Result<Faults, Response> {
-        if let Some(k) = faults.times {
-            let key = format!("{}\n{text}", self.route);
-            let mut failures = lock(&self.mock.state.failures);
-            let n = failures.entry(key).or_insert(0);
-            *n = n.saturating_add(1);
-            if *n > k {
-                return Ok(Faults {
-                    words: faults.words,
-                    no_usage: faults.no_usage,
-                    null_usage: faults.null_usage,
-                    ..Faults::default()
-                });
-            }
-        }
-        if let Some(hang) = faults.hang() {
-            tokio::time::sleep(hang).await;
-        }
-        if faults.reset {
-            return Err(self.reset().await);
-        }
-        if let Some(status) = faults.status {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            // `format=openai|anthropic` writes the other provider's error:
-            // its type for the status too, not only its envelope.
-            let api = match faults.format.as_deref() {
-                Some("openai") => Api::OpenAi,
-                Some("anthropic") => Api::Anthropic,
-                _ => self.api,
-            };
-            let error = ProviderError::from_directives(api, status, &faults);
-            return Err(self.fail(error, &faults));
-        }
-        Ok(faults)
-    }
-
-    async fn reset(&self) -> Response {
-        if let Some(signal) = &self.reset {
-            signal.0.notify_one();
-            // The connection task drops this call with the connection.
-            std::future::pending::<()>().await;
-        }
-        // A router served by someone else: a body that fails at once is the
-        // nearest thing to no answer.
-        let failing = futures_util::stream::once(async {
-            Err::<Bytes, _>(std::io::Error::other("mock upstream reset"))
-        });
-        Response::new(Body::from_stream(failing))
-    }
-
-    /// The provider's error response.
-    pub fn fail(&self, error: ProviderError, faults: &Faults) -> Response {
-        self.finish(error.response(self.api, faults, &self.request_id), 0)
-    }
-
-    /// A JSON answer, after `delay_ms`.
-    pub async fn answer(&self, body: Value, faults: &Faults, tokens: u64) -> Response {
-        if let Some(delay) = faults.delay() {
-            tokio::time::sleep(delay).await;
-        }
-        let mut response = Response::new(Body::from(body.to_string()));
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        self.finish(response, tokens)
-    }
-
-    /// Adds the headers every answer carries, charging `tokens` to the
-    /// rate-limit window first.
-    pub fn finish(&self, mut response: Response, tokens: u64) -> Response {
-        let rate = {
-            let mut window = lock(&self.mock.state.window);
-            window.charge(tokens);
-            window.state(
-                self.mock
-                    .config
-                    .requests_per_minute
-                    .unwrap_or(DEFAULT_REQUESTS_PER_MINUTE),
-            )
-        };
-        headers::write(
-            self.api,
-            response.headers_mut(),
-            &self.request_id,
-            self.started.elapsed(),
-            rate,
-        );
-        response
-    }
-}
-
-/// Which API a `/v1/models` call speaks: Anthropic's SDK sends its version.
-fn api_of(request: &Request) -> Api {
-    if request.headers().contains_key("anthropic-version") {
-        Api::Anthropic
-    } else {
-        Api::OpenAi
-    }
-}
-
-async fn models(State(mock): State<Mock>, request: Request) -> Response {
-    let api = api_of(&request);
-    let (exchange, _) = match mock.receive(api, "/v1/models", request).await {
-        Ok(received) => received,
-        Err(answer) => return answer,
-    };
-    let body = match api {
-        Api::OpenAi => json!({
-            "object": "list",
-            "data": mock.config.models.iter().map(|m| openai_model(m)).collect::<Vec<_>>(),
-        }),
-        Api::Anthropic => json!({
-            "data": mock.config.models.iter().map(|m| anthropic_model(m)).collect::<Vec<_>>(),
-            "has_more": false,
-            "first_id": mock.config.models.first(),
-            "last_id": mock.config.models.last(),
-        }),
-    };
-    exchange.answer(body, &Faults::default(), 0).await
-}
-
-async fn model(State(mock): State<Mock>, Path(id): Path<String>, request: Request) -> Response {
-    let api = api_of(&request);
-    let (exchange, _) = match mock.receive(api, "/v1/models/{id}", request).await {
-        Ok(received) => received,
-        Err(answer) => return answer,
-    };
-    if !mock.config.models.contains(&id) {
-        let mut error = ProviderError::new(api, StatusCode::NOT_FOUND);
-        if api == Api::OpenAi {
-            error.message = format!("The model '{id}' does not exist");
-            error.code = Some("model_not_found".into());
-            error.param = Some("model".into());
-        } else {
-            error.message = format!("model: {id}");
-        }
-        return exchange.fail(error, &Faults::default());
-    }
-    let body = match api {
-        Api::OpenAi => openai_model(&id),
-        Api::Anthropic => anthropic_model(&id),
-    };
-    exchange.answer(body, &Faults::default(), 0).await
-}
-
-fn openai_model(id: &str) -> Value {
-    json!({"id": id, "object": "model", "created": 1_700_000_000, "owned_by": "mock"})
-}
-
-fn anthropic_model(id: &str) -> Value {
-    json!({
-        "type": "model",
-        "id": id,
-        "display_name": id,
-        "created_at": "2025-01-01T00:00:00Z",
-        "lifecycle": "active",
-    })
-}
-
 async fn show_calls(State(mock): State<Mock>) -> axum::Json<Value> {
     axum::Json(mock.calls().to_json())
 }
@@ -626,26 +323,4 @@ async fn show_calls(State(mock): State<Mock>) -> axum::Json<Value> {
 async fn forget_calls(State(mock): State<Mock>) -> StatusCode {
     *lock(&mock.state.calls) = Calls::default();
     StatusCode::NO_CONTENT
-}
-
-/// OpenAI's answer to a path it does not serve (Anthropic's, for a client
-/// that sent `anthropic-version`).
-async fn unknown_route(State(mock): State<Mock>, request: Request) -> Response {
-    let api = api_of(&request);
-    let line = format!("{} {}", request.method(), request.uri().path());
-    let exchange = Exchange {
-        mock: mock.clone(),
-        api,
-        route: "unknown",
-        request_id: format!("req_{}", mock.next_id()),
-        started: Instant::now(),
-        reset: None,
-    };
-    mock.count(request.uri().path(), request.headers());
-    let mut error = ProviderError::new(api, StatusCode::NOT_FOUND);
-    error.message = match api {
-        Api::OpenAi => format!("Invalid URL ({line})"),
-        Api::Anthropic => "Not found".into(),
-    };
-    exchange.fail(error, &Faults::default())
 }

@@ -23,11 +23,12 @@ use axum::response::Response;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use super::Mock;
 use super::errors::{Api, ProviderError};
+use super::exchange::Exchange;
 use super::faults::Faults;
 use super::sse::{self, Event};
 use super::text::{self, Finish, Reply};
-use super::{Exchange, Mock};
 use axum::http::StatusCode;
 
 /// The dimensions of an embedding when the request does not choose

@@ -26,11 +26,12 @@ use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::Mock;
 use super::errors::{Api, ProviderError};
+use super::exchange::Exchange;
 use super::faults::Faults;
 use super::sse::{self, Event};
 use super::text::{self, Finish, Reply};
-use super::{Exchange, Mock};
 
 /// The smallest `max_output_tokens` OpenAI accepts.
 const MIN_OUTPUT_TOKENS: u64 = 16;
