@@ -203,12 +203,17 @@ pub async fn create(State(mock): State<Mock>, request: Request) -> Response {
     let started = draft.object("in_progress", json!([]), Value::Null);
     let mut sequence = 0u64;
     let mut events = Vec::new();
-    let mut push = |name: &str, mut data: Value| -> usize {
+    let mut push = |name: &str, mut data: Value| {
         data["type"] = json!(name);
         data["sequence_number"] = json!(sequence);
         sequence += 1;
-        events.push(Event::named(name, &data));
-        events.len() - 1
+        let event = Event::named(name, &data);
+        // The text deltas are what the stream faults count.
+        events.push(if name == "response.output_text.delta" {
+            event.content()
+        } else {
+            event
+        });
     };
     push("response.created", json!({"response": started}));
     push("response.in_progress", json!({"response": started}));
@@ -218,9 +223,8 @@ pub async fn create(State(mock): State<Mock>, request: Request) -> Response {
     );
     let part = |text: &str| json!({"item_id": item_id, "output_index": 0, "content_index": 0, "part": output_text(text)});
     push("response.content_part.added", part(""));
-    let mut deltas = Vec::new();
     for i in 0..reply.words.len() {
-        deltas.push(push(
+        push(
             "response.output_text.delta",
             json!({
                 "item_id": item_id,
@@ -229,7 +233,7 @@ pub async fn create(State(mock): State<Mock>, request: Request) -> Response {
                 "delta": reply.delta(i),
                 "logprobs": [],
             }),
-        ));
+        );
     }
     push(
         "response.output_text.done",
@@ -252,9 +256,6 @@ pub async fn create(State(mock): State<Mock>, request: Request) -> Response {
         "response.incomplete"
     };
     push(terminal, json!({"response": last}));
-    for i in deltas {
-        events[i] = events[i].clone().content();
-    }
 
     let which = faults.error_event.clone().unwrap_or_else(|| "both".into());
     let code = faults

@@ -56,11 +56,6 @@ impl Event {
         self.content = true;
         self
     }
-
-    /// Its bytes.
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
 }
 
 /// The dialect's failure: the events sent in place of event number `sent`
