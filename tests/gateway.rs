@@ -8,7 +8,7 @@ mod app;
 #[allow(dead_code)]
 #[path = "../examples/gateway/config.rs"]
 mod config;
-#[path = "../examples/support/mock.rs"]
+#[path = "../examples/support/mock/mod.rs"]
 mod mock;
 mod support;
 #[allow(dead_code)]

@@ -9,7 +9,7 @@
 
 mod app;
 mod config;
-#[path = "../support/mock.rs"]
+#[path = "../support/mock/mod.rs"]
 mod mock;
 mod upstream;
 
