@@ -136,9 +136,12 @@ pub fn write(
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 + rate.reset_in;
-            let reset = tollgate::time::format_rfc3339(Duration::from_secs(
-                reset.as_secs() + u64::from(reset.subsec_nanos() > 0),
-            ));
+            let secs = reset.as_secs() + u64::from(reset.subsec_nanos() > 0);
+            let reset = i64::try_from(secs)
+                .ok()
+                .and_then(|s| jiff::Timestamp::from_second(s).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
             set(
                 "anthropic-ratelimit-requests-limit",
                 rate.requests_limit.to_string(),
