@@ -301,8 +301,54 @@ impl ErrorKind {
             "enforced_spend_limit_reached" | "billing_hard_limit_reached" => QuotaExhausted,
             "context_length_error" => ContextLengthExceeded,
             "request_too_large" => PayloadTooLarge,
+            // HAI's `error_code`s (003-hai-errors.txt) that are not a kind's default.
+            "bad_request" | "length_finish_reason_error" => InvalidRequest,
+            "unauthorized" => Authentication,
+            "conflict_error" => Conflict,
+            "rate_limit_error" => RateLimited,
+            "api_timeout_error" => Timeout,
+            "api_error" => Internal,
+            // The gateway's own upstream failing: never the tenant's fault.
+            UPSTREAM_AUTH_FAILED => BadGateway,
+            UPSTREAM_QUOTA_EXHAUSTED => Unavailable,
             _ => return None,
         })
+    }
+}
+
+/// The code of [`ApiError::upstream_auth_failed`].
+pub(crate) const UPSTREAM_AUTH_FAILED: &str = "upstream_auth_failed";
+/// The code of [`ApiError::upstream_quota_exhausted`].
+pub(crate) const UPSTREAM_QUOTA_EXHAUSTED: &str = "upstream_quota_exhausted";
+
+/// What a `code` or `type` says about money, in any of the formats tollgate
+/// reads: a spend limit (`budget_exceeded`, `budget_exceeded_error`) or a
+/// used-up quota or balance (`insufficient_quota`, `billing_error`, …).
+/// Either is final: no wait makes it succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spend {
+    Budget,
+    Quota,
+}
+
+impl Spend {
+    pub(crate) fn of(name: &str) -> Option<Spend> {
+        match name {
+            "budget_exceeded" | "budget_exceeded_error" => Some(Spend::Budget),
+            "insufficient_quota"
+            | "insufficient_balance"
+            | "enforced_spend_limit_reached"
+            | "billing_hard_limit_reached"
+            | "billing_error"
+            | UPSTREAM_QUOTA_EXHAUSTED => Some(Spend::Quota),
+            _ => None,
+        }
+    }
+
+    /// The spend a code or type names, the code first.
+    pub(crate) fn named(code: Option<&str>, error_type: Option<&str>) -> Option<Spend> {
+        code.and_then(Spend::of)
+            .or_else(|| error_type.and_then(Spend::of))
     }
 }
 
@@ -331,7 +377,10 @@ pub struct ApiError {
 struct Inner {
     kind: ErrorKind,
     status: StatusCode,
-    message: Cow<'static, str>,
+    // `None`: the kind's default message. Kept apart from an explicit
+    // message (even one with the same text) so a format with default texts
+    // of its own (HAI's `detail`) uses them only when nobody chose one.
+    message: Option<Cow<'static, str>>,
     error_type: Cow<'static, str>,
     param: Option<Cow<'static, str>>,
     code: Option<Cow<'static, str>>,
@@ -365,7 +414,7 @@ impl ApiError {
             inner: Box::new(Inner {
                 kind,
                 status: kind.status(),
-                message: Cow::Borrowed(kind.default_message()),
+                message: None,
                 error_type: Cow::Borrowed(kind.error_type()),
                 param: kind.default_param().map(Cow::Borrowed),
                 code: Some(Cow::Borrowed(kind.default_code())),
@@ -421,9 +470,37 @@ impl ApiError {
         connection => Connection;
     }
 
+    /// 502 `server_error` / `upstream_auth_failed`, origin `Upstream`, never
+    /// retried: the gateway's own upstream credentials were refused (an
+    /// upstream 401 or 403). The tenant's key is fine, so the tenant must not
+    /// get a 401 that its SDK raises as `AuthenticationError`. The message
+    /// never repeats the upstream's (it may quote the gateway's key).
+    pub fn upstream_auth_failed() -> ApiError {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            "The gateway could not authenticate with its upstream provider.",
+        )
+        .with_code(UPSTREAM_AUTH_FAILED)
+        .with_origin(Origin::Upstream)
+    }
+
+    /// 503 `server_error` / `upstream_quota_exhausted`, origin `Upstream`,
+    /// never retried: the gateway's own account at the upstream is out of
+    /// quota or balance (an upstream 402, a 403 balance or a quota 429). Not
+    /// a 429 `insufficient_quota`, which would tell the tenant its own quota
+    /// is used up.
+    pub fn upstream_quota_exhausted() -> ApiError {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "The gateway's quota at its upstream provider is exhausted.",
+        )
+        .with_code(UPSTREAM_QUOTA_EXHAUSTED)
+        .with_origin(Origin::Upstream)
+    }
+
     /// Replaces the human-readable message.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.inner.message = message.into();
+        self.inner.message = Some(message.into());
         self
     }
 
@@ -476,9 +553,17 @@ impl ApiError {
         self
     }
 
-    /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`).
+    /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`
+    /// when [`should_retry`](Self::should_retry) holds).
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.inner.retry_after = Some(delay);
+        self
+    }
+
+    /// Removes the delay: the client is not to wait and retry (an upstream's
+    /// `retry-after` on a failure the gateway already retried to its limit).
+    pub fn without_retry_after(mut self) -> Self {
+        self.inner.retry_after = None;
         self
     }
 
@@ -504,9 +589,20 @@ impl ApiError {
         self.inner.status
     }
 
-    /// The human-readable message.
+    /// The human-readable message: the one set, or the kind's default.
     pub fn message(&self) -> &str {
-        &self.inner.message
+        self.inner
+            .message
+            .as_deref()
+            .unwrap_or_else(|| self.inner.kind.default_message())
+    }
+
+    /// The message set with [`with_message`](Self::with_message) (also by
+    /// [`parse`](crate::envelope::parse)); `None` when the kind's default
+    /// applies. A format with default texts of its own (HAI's `detail`)
+    /// uses them only then.
+    pub fn explicit_message(&self) -> Option<&str> {
+        self.inner.message.as_deref()
     }
 
     /// The OpenAI `error.type`.
@@ -544,13 +640,19 @@ impl ApiError {
         self.inner.request_id.as_deref()
     }
 
-    /// Whether a retry can help: the kind's class, or [`RetryClass::Never`] for
-    /// codes that mean an exhausted account whatever the status says.
+    /// Whether a retry can help: the kind's class, or [`RetryClass::Never`]
+    /// when the code or type names a budget or an exhausted quota or balance
+    /// (`budget_exceeded`, `budget_exceeded_error`, `insufficient_quota`,
+    /// `billing_error`, …) or the gateway's own upstream credentials
+    /// (`upstream_auth_failed`), whatever the status says.
     pub fn retry_class(&self) -> RetryClass {
-        match self.inner.code.as_deref() {
-            Some("insufficient_quota" | "enforced_spend_limit_reached") => RetryClass::Never,
-            _ => self.inner.kind.retry_class(),
+        let code = self.inner.code.as_deref();
+        if code == Some(UPSTREAM_AUTH_FAILED)
+            || Spend::named(code, Some(&self.inner.error_type)).is_some()
+        {
+            return RetryClass::Never;
         }
+        self.inner.kind.retry_class()
     }
 
     /// The value of `x-should-retry`: an explicit override, or whether the
@@ -574,7 +676,7 @@ impl fmt::Debug for ApiError {
             .field("status", &self.inner.status.as_u16())
             .field("type", &self.inner.error_type)
             .field("code", &self.inner.code)
-            .field("message", &self.inner.message);
+            .field("message", &self.message());
         if let Some(param) = &self.inner.param {
             d.field("param", param);
         }
@@ -599,7 +701,7 @@ impl fmt::Display for ApiError {
         if let Some(code) = &self.inner.code {
             write!(f, " ({code})")?;
         }
-        write!(f, ": {}", self.inner.message)
+        write!(f, ": {}", self.message())
     }
 }
 
@@ -638,6 +740,54 @@ mod tests {
             !ApiError::unavailable()
                 .with_should_retry(false)
                 .should_retry()
+        );
+    }
+
+    #[test]
+    fn budgets_and_quotas_are_never_retried_in_any_spelling() {
+        for (code, error_type) in [
+            (Some("budget_exceeded"), "rate_limit_error"),
+            (Some("insufficient_quota"), "rate_limit_error"),
+            (Some("rate_limit_exceeded"), "budget_exceeded_error"),
+            (Some("rate_limit_exceeded"), "budget_exceeded"),
+            (None, "insufficient_quota"),
+            (None, "billing_error"),
+        ] {
+            let mut e = ApiError::rate_limited().with_type(error_type);
+            e = match code {
+                Some(c) => e.with_code(c),
+                None => e.without_code(),
+            };
+            assert_eq!(e.retry_class(), RetryClass::Never, "{code:?} {error_type}");
+        }
+    }
+
+    #[test]
+    fn upstream_faults_blame_the_gateway() {
+        let auth = ApiError::upstream_auth_failed();
+        assert_eq!(auth.status().as_u16(), 502);
+        assert_eq!(auth.code(), Some("upstream_auth_failed"));
+        assert_eq!(auth.origin(), Origin::Upstream);
+        assert!(!auth.should_retry());
+        let quota = ApiError::upstream_quota_exhausted();
+        assert_eq!(quota.status().as_u16(), 503);
+        assert_eq!(quota.code(), Some("upstream_quota_exhausted"));
+        assert!(!quota.should_retry());
+        assert_eq!(
+            ErrorKind::from_code("upstream_quota_exhausted"),
+            Some(ErrorKind::Unavailable)
+        );
+    }
+
+    #[test]
+    fn a_default_message_is_not_an_explicit_one() {
+        let e = ApiError::timeout();
+        assert_eq!(e.message(), ErrorKind::Timeout.default_message());
+        assert_eq!(e.explicit_message(), None);
+        let e = e.with_message(ErrorKind::Timeout.default_message());
+        assert_eq!(
+            e.explicit_message(),
+            Some(ErrorKind::Timeout.default_message())
         );
     }
 

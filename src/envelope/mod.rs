@@ -82,6 +82,7 @@
 mod future;
 mod layer;
 pub(crate) use self::layer::ANTHROPIC_VERSION;
+mod dialect;
 mod parse;
 mod render;
 mod service;
