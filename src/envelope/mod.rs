@@ -86,6 +86,7 @@ mod dialect;
 mod parse;
 mod render;
 mod service;
+pub(crate) use self::service::{shared_bytes, write_hex};
 
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorEnvelopeLayer;

@@ -7,6 +7,8 @@ use http::{HeaderMap, StatusCode};
 
 use super::hints;
 use crate::clock::Clock;
+use crate::envelope::GRPC_STATUS;
+use crate::error::Spend;
 use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
@@ -44,9 +46,27 @@ use crate::{ApiError, ErrorKind, RetryClass};
 ///     DefaultClassifier::new().classify(outcome)
 /// });
 /// ```
+///
+/// A closure classifies responses only; an attempt that got no response is
+/// classified by [`classify_transport`](Classify::classify_transport), whose
+/// default is [`DefaultClassifier`]'s.
 pub trait Classify: Send + Sync + 'static {
     /// Classifies one attempt's response.
     fn classify(&self, outcome: &Outcome<'_>) -> Classification;
+
+    /// Classifies one attempt that got no response: the inner service's
+    /// error, or the [per-attempt timeout](super::RetryPolicy::attempt_timeout).
+    ///
+    /// The default: a connect error (nothing was sent) is
+    /// [`ErrorKind::Connection`], [`RetryClass::Transient`]; a timeout is
+    /// [`ErrorKind::Timeout`] and anything else (a reset, an unknown error)
+    /// [`ErrorKind::Connection`], both transient for a
+    /// [replay-safe](super::RetryPolicy::replay_safe) request and
+    /// [`RetryClass::Never`] otherwise, since the upstream may have done
+    /// (and billed) the work.
+    fn classify_transport(&self, failure: &TransportFailure<'_>) -> Classification {
+        classify_transport(failure)
+    }
 }
 
 impl<F> Classify for F
@@ -60,15 +80,16 @@ where
 
 /// What a classifier sees of one attempt: the response head and, for an
 /// error status, the start of the body, or, for an event stream, its first
-/// event.
+/// event, or, for a gRPC response without a `grpc-status` header, its
+/// trailers.
 ///
 /// An `Err` from the inner service (connection refused, reset, DNS, TLS, a
-/// timeout layer's `Elapsed`) is not classified: it is always
-/// [`ErrorKind::Connection`], [`RetryClass::Transient`].
+/// timeout layer's `Elapsed`) is a [`TransportFailure`] instead.
 #[derive(Clone, Copy)]
 pub struct Outcome<'a> {
     status: StatusCode,
     headers: &'a HeaderMap,
+    trailers: Option<&'a HeaderMap>,
     body: &'a [u8],
     event: Option<&'a str>,
     // Read only when a classifier asks (absolute dates in headers).
@@ -93,6 +114,7 @@ impl<'a> Outcome<'a> {
         Outcome {
             status,
             headers,
+            trailers: None,
             body: &[],
             event: None,
             now_unix: None,
@@ -111,6 +133,13 @@ impl<'a> Outcome<'a> {
     pub fn with_first_event(mut self, event: &'a str, data: &'a [u8]) -> Self {
         self.event = Some(event);
         self.body = data;
+        self
+    }
+
+    /// With the trailers that ended the body (a gRPC response's
+    /// `grpc-status` comes in them unless the response is trailers-only).
+    pub fn with_trailers(mut self, trailers: &'a HeaderMap) -> Self {
+        self.trailers = Some(trailers);
         self
     }
 
@@ -141,6 +170,11 @@ impl<'a> Outcome<'a> {
     /// for an event stream, the first event's data; otherwise empty.
     pub fn body(&self) -> &'a [u8] {
         self.body
+    }
+
+    /// The trailers, when the body was read to its end and had some.
+    pub fn trailers(&self) -> Option<&'a HeaderMap> {
+        self.trailers
     }
 
     /// The first event's type when this is an event stream's first event.
@@ -234,9 +268,17 @@ impl Classification {
 ///     or `enforced_spend_limit_reached` (or whose type is `insufficient_quota`);
 ///   - after the server's delay: other 429s;
 ///   - transient: 408, 409, 500, 502, 503, 504, 529 and any other 5xx.
+/// - A `grpc-status` other than 0 (OK), in the headers (a trailers-only
+///   response) or the trailers, is classified as the HTTP status it maps
+///   to: `UNAVAILABLE` (14) as 503, `RESOURCE_EXHAUSTED` (8) as 429,
+///   `DEADLINE_EXCEEDED` (4) as 504, `INTERNAL` (13) and `UNKNOWN` (2) as
+///   500, `INVALID_ARGUMENT` (3) as 400, `UNAUTHENTICATED` (16) as 401, …;
+///   its metadata gives the delay.
 /// - `x-should-retry: true` or `false` on an error response overrides the
 ///   class (`true` on a never-class failure makes it transient).
 /// - The delay comes from the headers ([`hints::server_delay`]).
+/// - An attempt without a response is classified as
+///   [`Classify::classify_transport`] says.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier {
     _private: (),
@@ -256,10 +298,259 @@ impl Classify for DefaultClassifier {
         }
         let status = outcome.status;
         if status.as_u16() < 400 {
-            return Classification::Success;
+            // gRPC answers 200 and puts its status in the headers of a
+            // trailers-only response, or in the trailers.
+            let grpc = [Some(outcome.headers), outcome.trailers]
+                .into_iter()
+                .flatten()
+                .find(|map| map.contains_key(GRPC_STATUS));
+            return match grpc {
+                Some(map) if grpc_status_of(map) != 0 => {
+                    let error = crate::envelope::parse(status, map, outcome.body);
+                    failure(&error, error.status(), map, outcome.now_unix())
+                }
+                _ => Classification::Success,
+            };
         }
         let error = crate::envelope::parse(status, outcome.headers, outcome.body);
         failure(&error, status, outcome.headers, outcome.now_unix())
+    }
+}
+
+/// The `grpc-status` of a header map that has one (2, UNKNOWN, when it
+/// cannot be read).
+fn grpc_status_of(map: &HeaderMap) -> u32 {
+    map.get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2)
+}
+
+/// Whether a response is gRPC with its status still to come in the
+/// trailers (not a trailers-only response).
+pub(crate) fn awaits_grpc_trailers(headers: &HeaderMap) -> bool {
+    !headers.contains_key(GRPC_STATUS)
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
+/// What a classifier sees of an attempt that got no response: the inner
+/// service's error, or the per-attempt timeout, and whether the request may
+/// be sent again once it may have reached the upstream.
+///
+/// A connect error is told from the others by its type, never its text:
+/// hyper-util's `client::legacy::Error::is_connect` (feature `hyper-util`),
+/// reqwest's `Error::is_connect` (feature `reqwest`), or an
+/// `std::io::Error` of kind `ConnectionRefused`, found anywhere along the
+/// error's `source()` chain. The first hyper-util or reqwest error on the
+/// chain decides: when it says "not a connect error", the request may have
+/// been sent, whatever lies below it.
+#[derive(Clone, Copy)]
+pub struct TransportFailure<'a> {
+    error: Option<&'a (dyn std::error::Error + 'static)>,
+    timed_out: bool,
+    replay_safe: bool,
+}
+
+impl fmt::Debug for TransportFailure<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportFailure")
+            .field("connect", &self.is_connect())
+            .field("timeout", &self.is_timeout())
+            .field("replay_safe", &self.replay_safe)
+            .finish()
+    }
+}
+
+impl<'a> TransportFailure<'a> {
+    /// The inner service failed with `error` (`None` when its error type is
+    /// not one tollgate can look into: not a `BoxError`, an `std::io::Error`,
+    /// nor, with their features, a hyper-util or reqwest error).
+    pub fn new(error: Option<&'a (dyn std::error::Error + 'static)>, replay_safe: bool) -> Self {
+        TransportFailure {
+            error,
+            timed_out: false,
+            replay_safe,
+        }
+    }
+
+    /// The attempt outlived the [per-attempt timeout](super::RetryPolicy::attempt_timeout).
+    pub fn attempt_timeout(replay_safe: bool) -> Self {
+        TransportFailure {
+            error: None,
+            timed_out: true,
+            replay_safe,
+        }
+    }
+
+    /// The inner service's error, when there is one to look into.
+    pub fn error(&self) -> Option<&'a (dyn std::error::Error + 'static)> {
+        self.error
+    }
+
+    /// Whether the per-attempt timeout fired.
+    pub fn is_attempt_timeout(&self) -> bool {
+        self.timed_out
+    }
+
+    /// Whether the request may be sent again although it may have reached
+    /// the upstream ([`RetryPolicy::replay_safe`](super::RetryPolicy::replay_safe)).
+    pub fn is_replay_safe(&self) -> bool {
+        self.replay_safe
+    }
+
+    fn chain(&self) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+        std::iter::successors(self.error, |e| e.source())
+    }
+
+    /// Whether no connection was made, so nothing was sent.
+    pub fn is_connect(&self) -> bool {
+        for e in self.chain() {
+            #[cfg(feature = "hyper-util")]
+            if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+                return e.is_connect();
+            }
+            #[cfg(feature = "reqwest")]
+            if let Some(e) = e.downcast_ref::<reqwest::Error>() {
+                return e.is_connect();
+            }
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether the attempt timed out: the per-attempt timeout, or a timeout
+    /// error along the chain (tower's and tokio's `Elapsed`, reqwest's
+    /// timeouts, an `std::io::Error` of kind `TimedOut`).
+    pub fn is_timeout(&self) -> bool {
+        self.timed_out
+            || self.chain().any(|e| {
+                #[cfg(feature = "reqwest")]
+                if e.downcast_ref::<reqwest::Error>()
+                    .is_some_and(reqwest::Error::is_timeout)
+                {
+                    return true;
+                }
+                e.is::<tower::timeout::error::Elapsed>()
+                    || e.is::<tokio::time::error::Elapsed>()
+                    || e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            })
+    }
+}
+
+/// The default classification of an attempt without a response (see
+/// [`Classify::classify_transport`]).
+pub(crate) fn classify_transport(failure: &TransportFailure<'_>) -> Classification {
+    if failure.is_connect() {
+        return Classification::failure(ErrorKind::Connection);
+    }
+    let kind = if failure.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Connection
+    };
+    let class = if failure.is_replay_safe() {
+        RetryClass::Transient
+    } else {
+        RetryClass::Never
+    };
+    Classification::failure(kind).with_class(class)
+}
+
+/// An inner service's error as something to look into, when its type is
+/// one tollgate knows: a `BoxError` (tower's stacks, `tower_test`), an
+/// `std::io::Error`, and with their features hyper-util's and reqwest's
+/// errors. Known by type at run time so the layer asks nothing more of the
+/// inner service's error type than `'static`.
+pub(crate) fn error_source<E: 'static>(error: &E) -> Option<&(dyn std::error::Error + 'static)> {
+    let any: &dyn std::any::Any = error;
+    if let Some(boxed) = any.downcast_ref::<crate::BoxError>() {
+        return Some(&**boxed);
+    }
+    if let Some(io) = any.downcast_ref::<std::io::Error>() {
+        return Some(io);
+    }
+    #[cfg(feature = "hyper-util")]
+    if let Some(e) = any.downcast_ref::<hyper_util::client::legacy::Error>() {
+        return Some(e);
+    }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = any.downcast_ref::<reqwest::Error>() {
+        return Some(e);
+    }
+    None
+}
+
+/// What an upstream's failure says about the gateway's own account there.
+///
+/// A gateway calls its upstream with its own credentials. When the upstream
+/// refuses them (401, 403) or the gateway's account there is out of money
+/// or quota (402, a 403 balance, a 429 `insufficient_quota`), relaying that
+/// answer tells the tenant that *their* key is wrong or *their* quota is
+/// spent: their SDK raises `AuthenticationError` about a key that is fine.
+/// [`UpstreamFault::of`] recognises such a failure in any format, and
+/// [`UpstreamFault::error`] is what the tenant should get instead: a 502 or
+/// 503 with a gateway code, never retried.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tollgate::envelope;
+/// use tollgate::retry::UpstreamFault;
+///
+/// let body = br#"{"error":{"message":"Incorrect API key provided: sk-gw***123.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+/// let upstream = envelope::parse(StatusCode::UNAUTHORIZED, &HeaderMap::new(), body);
+/// let fault = UpstreamFault::of(&upstream).unwrap();
+/// let answer = fault.error().with_provider("OpenAI");
+/// assert_eq!(answer.status().as_u16(), 502);
+/// assert_eq!(answer.code(), Some("upstream_auth_failed"));
+/// assert!(!answer.message().contains("sk-")); // the gateway's key stays private
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UpstreamFault {
+    /// The upstream refused the gateway's credentials (401, or a 403 that is
+    /// not about money).
+    Credentials,
+    /// The gateway's account at the upstream is out of budget, quota or
+    /// balance.
+    Quota,
+}
+
+impl UpstreamFault {
+    /// The fault an upstream's error (parsed with
+    /// [`envelope::parse`](crate::envelope::parse)) reveals, if any.
+    pub fn of(error: &ApiError) -> Option<UpstreamFault> {
+        if Spend::named(error.code(), Some(error.error_type())).is_some() {
+            return Some(UpstreamFault::Quota);
+        }
+        match error.kind() {
+            ErrorKind::BudgetExceeded
+            | ErrorKind::InsufficientBalance
+            | ErrorKind::QuotaExhausted => Some(UpstreamFault::Quota),
+            ErrorKind::Authentication | ErrorKind::PermissionDenied => {
+                Some(UpstreamFault::Credentials)
+            }
+            // A 401 or 403 refuses the gateway's key or account, whatever
+            // its body names (OpenAI answers a model the project may not
+            // use with a 403 `model_not_found`).
+            _ if matches!(error.status().as_u16(), 401 | 403) => Some(UpstreamFault::Credentials),
+            _ => None,
+        }
+    }
+
+    /// The error the tenant gets: [`ApiError::upstream_auth_failed`] (502)
+    /// or [`ApiError::upstream_quota_exhausted`] (503).
+    pub fn error(self) -> ApiError {
+        match self {
+            UpstreamFault::Credentials => ApiError::upstream_auth_failed(),
+            UpstreamFault::Quota => ApiError::upstream_quota_exhausted(),
+        }
     }
 }
 
