@@ -1,4 +1,9 @@
 //! The response future of [`Retry`](super::Retry): the retry loop itself.
+//!
+//! Over 600 lines on purpose: the loop is one state machine whose states
+//! and transitions are read together. What stands alone lives beside it:
+//! classification (`classify.rs`, `transport.rs`), the policy's decisions
+//! (`policy.rs`), the peeked body (`body.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,11 +20,10 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::body::{BodyBuf, ResponseBody, SseScanner, Tail};
-use super::classify::{
-    Classification, Outcome, TransportFailure, awaits_grpc_trailers, error_source,
-};
+use super::classify::{Classification, Outcome, awaits_grpc_trailers};
 use super::layer::Shared;
 use super::policy::{Failure, FailureCounts, Stop};
+use super::transport::{TransportFailure, add_idempotency_key, error_source};
 use super::{RetryInfo, X_RETRY_COUNT};
 use crate::request::FromBytes;
 use crate::{ApiError, BoxError, ErrorKind, RetryClass};
@@ -108,31 +112,6 @@ struct Progress {
     // A retryable failure got no further attempt: the policy's attempts,
     // deadline or the retry budget ran out (see `RetryInfo::exhausted`).
     exhausted: bool,
-}
-
-/// `Idempotency-Key`: one per logical request, the same on each attempt, so
-/// an upstream that honours it does the work once.
-const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
-
-/// Sets an `Idempotency-Key` on a request that has none and whose method
-/// is not idempotent already: `tollgate-` and 32 hex digits from the
-/// layer's generator (seeded from the OS), shared by all its attempts.
-fn add_idempotency_key(shared: &Shared, parts: &mut http::request::Parts) {
-    if !shared.idempotency_key
-        || !matches!(parts.method, http::Method::POST | http::Method::PATCH)
-        || parts.headers.contains_key(IDEMPOTENCY_KEY)
-    {
-        return;
-    }
-    // Written like the envelope's request ids: hex into a stack buffer, cut
-    // from a shared chunk, so each attempt's copy is a reference count.
-    let mut text = [0u8; 41];
-    text[..9].copy_from_slice(b"tollgate-");
-    crate::envelope::write_hex(shared.jitter.next(), &mut text[9..25]);
-    crate::envelope::write_hex(shared.jitter.next(), &mut text[25..]);
-    if let Ok(value) = HeaderValue::from_maybe_shared(crate::envelope::shared_bytes(&text)) {
-        parts.headers.insert(IDEMPOTENCY_KEY, value);
-    }
 }
 
 /// An attempt's state: its future, timed by the per-attempt timeout.
@@ -293,11 +272,12 @@ where
                             let safe = replay_safe(this.shared, this.template);
                             let failure = TransportFailure::new(error_source(&error), safe);
                             let verdict = this.shared.classifier.classify_transport(&failure);
-                            match transport_retry(
+                            match next_attempt(
                                 this.shared,
                                 this.progress,
                                 this.template,
                                 verdict,
+                                None,
                             ) {
                                 Some(delay) => {
                                     this.state.set(State::Waiting {
@@ -318,8 +298,13 @@ where
                             let safe = replay_safe(this.shared, this.template);
                             let failure = TransportFailure::attempt_timeout(safe);
                             let verdict = this.shared.classifier.classify_transport(&failure);
-                            let retry =
-                                transport_retry(this.shared, this.progress, this.template, verdict);
+                            let retry = next_attempt(
+                                this.shared,
+                                this.progress,
+                                this.template,
+                                verdict,
+                                None,
+                            );
                             if let Some(delay) = retry {
                                 this.state.set(State::Waiting {
                                     sleep: Box::pin(tokio::time::sleep(delay)),
@@ -506,37 +491,17 @@ fn retry_after(
     verdict: Classification,
     status: StatusCode,
 ) -> Option<Duration> {
-    match verdict {
-        Classification::Success => None,
-        Classification::Failure {
-            kind,
-            class,
-            retry_after,
-        } => {
-            let failure = Failure {
-                kind,
-                class,
-                retry_after,
-            };
-            plan(shared, progress, template, failure, Some(status))
-        }
-    }
+    next_attempt(shared, progress, template, verdict, Some(status))
 }
 
-/// Whether the request may be sent again once it may have reached the
-/// upstream (`false` when it cannot be replayed at all).
-fn replay_safe(shared: &Shared, template: &Option<Template>) -> bool {
-    template
-        .as_ref()
-        .is_some_and(|t| shared.policy.is_replay_safe(&t.parts, &t.body))
-}
-
-/// The delay before retrying an attempt that got no response, or `None`.
-fn transport_retry(
+/// The delay before the next attempt after `verdict` (`None`: stop), for a
+/// response of `status` or an attempt without one.
+fn next_attempt(
     shared: &Shared,
     progress: &mut Progress,
     template: &Option<Template>,
     verdict: Classification,
+    status: Option<StatusCode>,
 ) -> Option<Duration> {
     match verdict {
         Classification::Success => None,
@@ -550,9 +515,17 @@ fn transport_retry(
                 class,
                 retry_after,
             };
-            plan(shared, progress, template, failure, None)
+            plan(shared, progress, template, failure, status)
         }
     }
+}
+
+/// Whether the request may be sent again once it may have reached the
+/// upstream (`false` when it cannot be replayed at all).
+fn replay_safe(shared: &Shared, template: &Option<Template>) -> bool {
+    template
+        .as_ref()
+        .is_some_and(|t| shared.policy.is_replay_safe(&t.parts, &t.body))
 }
 
 /// The answer to an attempt that timed out and is not retried: a 504 the

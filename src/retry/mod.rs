@@ -192,6 +192,8 @@ pub mod hints;
 mod layer;
 mod policy;
 mod service;
+mod transport;
+mod upstream;
 
 use std::time::Duration;
 
@@ -202,13 +204,13 @@ use crate::ApiError;
 pub use self::backoff::{ExponentialBackoff, Jitter};
 pub use self::body::ResponseBody;
 pub use self::budget::RetryBudget;
-pub use self::classify::{
-    Classification, Classify, DefaultClassifier, Outcome, TransportFailure, UpstreamFault,
-};
+pub use self::classify::{Classification, Classify, DefaultClassifier, Outcome};
 pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::RetryPolicy;
 pub use self::service::Retry;
+pub use self::transport::TransportFailure;
+pub use self::upstream::UpstreamFault;
 
 /// `x-retry-count`: set on every retried attempt, `1` for the first retry.
 pub const X_RETRY_COUNT: HeaderName = HeaderName::from_static("x-retry-count");
