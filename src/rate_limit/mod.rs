@@ -166,6 +166,8 @@
 //! [`MemoryRateLimitStore`]: crate::store::memory::MemoryRateLimitStore
 
 mod body;
+pub(crate) mod cell;
+pub(crate) mod fixed;
 pub mod future;
 pub(crate) mod gcra;
 mod headers;
@@ -173,7 +175,9 @@ mod key;
 mod layer;
 mod limit;
 mod permit;
+mod scope;
 mod service;
+pub(crate) mod sliding;
 mod store;
 
 pub use self::body::ResponseBody;
@@ -181,9 +185,10 @@ pub use self::future::ResponseFuture;
 pub use self::headers::{HeaderStyle, format_duration};
 pub use self::key::{HeaderKey, KeyExtractor, PrincipalKey, Unkeyed};
 pub use self::layer::{FailurePolicy, RateLimitLayer};
-pub use self::limit::{Limit, Measure};
+pub use self::limit::{Algorithm, Limit, Measure};
+pub use self::scope::{ModelLimits, ScopeLimits, Upstream};
 pub use self::service::RateLimit;
 pub use self::store::{
-    Acquire, Admission, BoxRateLimitStore, BoxStoreFuture, LimitState, LimitStates, RateLimitKey,
-    RateLimitStore, Settle, Verdict,
+    Acquire, Admission, LimitState, LimitStates, RateLimitKey, RateLimitStore, ScopeCharge,
+    ScopeSettle, Settle, Verdict,
 };
