@@ -443,7 +443,7 @@ mod tests {
             Limit::tokens_per_minute(10_000),
         ];
         // 1% of the requests left, 50% of the tokens.
-        let states = [state(1, 36_000_000), state(5_000, 1_500)];
+        let states = [state(1, 36_000), state(5_000, 1_500)];
         let now = Duration::from_secs(1_774_009_800) + Duration::from_millis(500);
         let mut h = HeaderMap::new();
         HeaderStyle::Legacy.write(&limits, &states, now, &mut h);

@@ -215,9 +215,10 @@ mod tests {
         assert_eq!(o.retry_after_us, Some(61_000_000 - 6_500_000));
         assert_eq!(o.reset_us, 61_000_000 - 6_500_000);
         assert!(!step(&s, &mut b, 60_999_999, 1).admitted);
+        // Bucket 0 held the first ten (0 to 0.9 s): all ten free at once.
         let o = step(&s, &mut b, 61_000_000, 1);
         assert!(o.admitted);
-        assert_eq!(o.remaining, 0);
+        assert_eq!(o.remaining, 9);
         assert!(b.len() <= 61);
     }
 
