@@ -26,7 +26,7 @@ const LUA_MAX: u64 = 1 << 51;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict};
 /// use tollgate::store::memory::MemoryRateLimitStore;
 /// use tollgate::store::redis::{RedisConfig, RedisConnection, RedisRateLimitStore};
 ///
@@ -39,8 +39,13 @@ const LUA_MAX: u64 = 1 << 51;
 ///     .build();
 ///
 /// let limits = [Limit::requests_per_minute(100), Limit::tokens_per_minute(50_000)];
-/// let request = Acquire { limits: &limits, costs: &[1, 1_200], max_concurrent: Some(8) };
-/// let admission = store.acquire(RateLimitKey::new("alice"), &request).await?;
+/// let scopes = [ScopeCharge {
+///     key: RateLimitKey::new("alice"),
+///     limits: &limits,
+///     costs: &[1, 1_200],
+///     max_concurrent: Some(8),
+/// }];
+/// let admission = store.acquire(&Acquire { scopes: &scopes }).await?;
 /// assert_eq!(admission.verdict, Verdict::Admitted);
 /// # Ok(())
 /// # }
@@ -48,32 +53,60 @@ const LUA_MAX: u64 = 1 << 51;
 ///
 /// # One round trip, all or nothing
 ///
-/// An admission is one `EVALSHA` of a Lua script: it reads the key's state,
-/// runs GCRA for every limit, checks the concurrency slots, and writes the
-/// charges only if every limit admits the request. Redis runs a script
-/// atomically, so concurrent admissions on any number of instances see each
-/// other's charges exactly: 300 concurrent requests against a limit of 100
-/// admit 100. A settlement (refund or extra charge of tokens, freeing the
-/// slot) is one more `EVALSHA`.
+/// An admission is one `EVALSHA` of a Lua script: it reads each scope's
+/// state, runs every limit's algorithm (the same integer arithmetic as the
+/// memory store: sliding windows, GCRA, fixed windows), checks the
+/// concurrency slots, and writes the charges only if every limit of every
+/// scope admits the request. Redis runs a script atomically, so concurrent
+/// admissions on any number of instances see each other's charges exactly:
+/// 300 concurrent requests against a limit of 100 admit 100. A settlement
+/// (refund or extra charge of tokens, freeing the slots) is one more
+/// `EVALSHA`. Amounts, windows and costs are clamped to 2^51 (tokens, µs),
+/// far beyond any real limit, to keep the script's arithmetic exact.
 ///
-/// The script is the same GCRA as [`MemoryRateLimitStore`] (integer units of
-/// `window / amount`, exact for any ratio), with the same
-/// [`LimitState`]s, so the layer's headers do not depend on the store.
-/// Amounts and windows are clamped to 2^51 (tokens, µs), far beyond any real
-/// limit, to keep the script's arithmetic exact.
+/// A scope's state is one hash with a field per limit, named by the limit's
+/// measure, algorithm and window, never its amount: a limit raised or
+/// lowered keeps its count, and instances configured differently share it
+/// (a field another instance uses is kept until it is back to full).
+///
+/// # Redis Cluster: one slot per caller, one for shared scopes
+///
+/// Every key a script touches is declared in `KEYS` and carries a hash tag.
+/// A caller's own scopes (its key, its key per model) are tagged with its
+/// key id, so one caller's state lives in one slot and callers spread over
+/// the cluster. Scopes shared by every caller (a model's capacity, an
+/// upstream, a team) are all tagged `{shared}`: they are global counters
+/// anyway, and one slot lets one script check several of them at once.
+///
+/// On a single Redis (or Sentinel) every admission stays one script, all
+/// or nothing. On a cluster ([`RedisConfig::cluster`](super::RedisConfig::cluster)),
+/// an admission that touches only one of the two kinds is still one
+/// script; one that touches both runs the caller's script, then the shared
+/// one, and undoes the first if the second refuses. **The trade-off**:
+/// two round trips for those requests, and between the two scripts another
+/// request of the same caller may be refused for a charge that is then
+/// undone: a cluster can refuse a little more than a single Redis, never
+/// admit more. The alternative, one tag for everything, keeps one script
+/// but puts every key's state on one node, which is what a cluster is
+/// there to avoid.
 ///
 /// # Time: the server's
 ///
 /// The script reads Redis's `TIME`, so instances whose clocks disagree
 /// still agree on every window. [`clock`](RedisRateLimitStoreBuilder::clock)
-/// replaces it with a clock of the caller's (for tests).
+/// replaces it with a clock of the caller's, passed to the script (for
+/// tests: with one clock, the memory store and this one decide exactly
+/// alike, `tests/redis_rate_limit.rs` checks it). GCRA units and sliding
+/// buckets are counted on grids anchored at the Unix epoch, fixed windows
+/// are UTC-aligned: every instance agrees whenever it first saw a key.
 ///
 /// # Bounded memory
 ///
-/// A key's state is one hash (`<prefix>rl:<key>`) that expires (`PEXPIRE`)
-/// when every one of its limits is back to full, the moment it becomes
-/// indistinguishable from no state. Concurrency slots are a sorted set
-/// (`<prefix>rc:<key>`) of leases: a slot whose request never settled (its
+/// A scope's state is one hash (`<prefix>rl:{<tag>}:…`) that expires
+/// (`PEXPIRE`) when every one of its limits is back to full, the moment it
+/// becomes indistinguishable from no state; a field back to full is dropped
+/// by the next write. Concurrency slots are a sorted set
+/// (`<prefix>rc:{<tag>}:…`) of leases: a slot whose request never settled (its
 /// instance crashed) is freed when its lease runs out
 /// ([`slot_lease`](RedisRateLimitStoreBuilder::slot_lease), default 10
 /// minutes), and the set expires with its last lease.
