@@ -45,13 +45,7 @@ static ALLOCATOR: Counting = Counting;
 
 /// The heap is one counter for every test of this file: those that measure
 /// it take turns.
-static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn measuring() -> std::sync::MutexGuard<'static, ()> {
-    MEASURING
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const LIMITS: [Limit; 2] = [
     Limit::requests_per_minute(60).algorithm(Algorithm::Gcra),
@@ -79,7 +73,7 @@ async fn admit(store: &MemoryRateLimitStore, key: &str) -> Verdict {
 
 #[tokio::test(start_paused = true)]
 async fn a_million_keys_then_idle_time_shrinks_back() {
-    let _turn = measuring();
+    let _turn = MEASURING.lock().await;
     // The cap is split over the shards; leave room for their unevenness.
     let store = MemoryRateLimitStore::builder()
         .max_keys(2_200_000)
@@ -116,7 +110,7 @@ async fn a_million_keys_then_idle_time_shrinks_back() {
 
 #[tokio::test(start_paused = true)]
 async fn shards_sweep_themselves_when_used() {
-    let _turn = measuring();
+    let _turn = MEASURING.lock().await;
     let store = MemoryRateLimitStore::builder()
         .shards(4)
         .sweep_interval(Duration::from_secs(10))
@@ -135,7 +129,7 @@ async fn shards_sweep_themselves_when_used() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flood_of_new_keys_stops_at_the_cap() {
-    let _turn = measuring();
+    let _turn = MEASURING.lock().await;
     let store = MemoryRateLimitStore::builder()
         .shards(8)
         .max_keys(1000)
@@ -191,7 +185,7 @@ async fn in_flight_keys_are_kept() {
 
 #[tokio::test(start_paused = true)]
 async fn fixed_and_sliding_states_cost_what_the_docs_say() {
-    let _turn = measuring();
+    let _turn = MEASURING.lock().await;
     let fixed = [Limit::requests_per_minute(60).algorithm(Algorithm::Fixed)];
     let sliding = [Limit::requests_per_minute(60)];
     for (limits, bound) in [(&fixed, 128), (&sliding, 128 + 112)] {

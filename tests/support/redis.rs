@@ -25,13 +25,12 @@ fn binary() -> String {
 
 /// Whether `redis-server` can be run here.
 pub fn available() -> bool {
-    let found = Command::new(binary())
+    Command::new(binary())
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success());
-    found
+        .is_ok_and(|s| s.success())
 }
 
 impl RedisServer {
