@@ -1,4 +1,8 @@
 //! [`RedisRateLimitStore`]: rate limits shared by every gateway instance.
+//!
+//! Longer than most files (about 800 lines): the admission in one script or
+//! in two slots, and the fallback that must settle what it admitted, share
+//! the same owned request types and are read together.
 
 use std::collections::HashMap;
 use std::fmt;
