@@ -1,4 +1,7 @@
-use super::json::{Scanner, scan_plain};
+//! The fast path against serde: whatever the fast path takes, serde takes
+//! too, with the same facts; and what both readers make of bodies.
+
+use super::facts::{StreamOptionsAt, exact, locate, quick};
 use super::*;
 
 #[test]
@@ -39,6 +42,26 @@ fn rejects_bad_json_with_a_reason() {
 }
 
 #[test]
+fn a_field_given_twice_is_rejected_naming_it() {
+    for (body, field) in [
+        (&br#"{"model":"a","model":"b"}"#[..], "model"),
+        (br#"{"model":"a","stream":true,"model":null}"#, "model"),
+        (br#"{"messages":[],"messages":[]}"#, "messages"),
+        (br#"{"m\u006fdel":"a","model":"b"}"#, "model"),
+    ] {
+        let e = RequestMeta::from_json(body).unwrap_err();
+        assert_eq!(e.param(), Some(field));
+        assert!(
+            e.message().contains(&format!("duplicate field `{field}`")),
+            "{}",
+            e.message()
+        );
+    }
+    // Other fields may repeat: serde skips them.
+    assert!(RequestMeta::from_json(br#"{"user":"a","user":"b"}"#).is_ok());
+}
+
+#[test]
 fn deep_nesting_does_not_overflow() {
     let body = format!(
         "{{\"messages\":{}{}}}",
@@ -50,7 +73,7 @@ fn deep_nesting_does_not_overflow() {
 
 #[test]
 fn deep_nesting_in_a_skipped_value_is_fine() {
-    // serde_json has no depth limit for values it skips; neither do we.
+    // serde_json has no depth limit for values it skips.
     let body = format!(
         "{{\"metadata\":{}{}, \"messages\":[{{\"type\":{}1{}}}]}}",
         "[".repeat(100_000),
@@ -58,37 +81,26 @@ fn deep_nesting_in_a_skipped_value_is_fine() {
         "{\"a\":".repeat(10_000),
         "}".repeat(10_000),
     );
-    assert_eq!(
-        RequestMeta::from_json(body.as_bytes()),
-        oracle::from_json(body.as_bytes())
-    );
+    assert!(quick(body.as_bytes()).is_none());
     assert!(RequestMeta::from_json(body.as_bytes()).is_ok());
 }
 
-/// The scanner and the serde visitor agree on `body`: the same facts, or
-/// the same error (the same `param`, and the same message unless it
-/// names a float, which serde_json prints its own way).
+/// The fast path agrees with serde on `body`: if it takes the body, serde
+/// takes it too, with the same facts, and finds `stream_options` where the
+/// fast path did.
 fn agree(body: &[u8]) -> Result<(), String> {
-    let ours = RequestMeta::from_json(body);
-    let theirs = oracle::from_json(body);
-    let same = match (&ours, &theirs) {
-        (Ok(a), Ok(b)) => a == b,
-        (Err(a), Err(b)) if b.message().contains("floating point `") => {
-            let at = |m: &str| m.rfind(" at line ").map(|i| m[i..].to_owned());
-            a.param() == b.param() && at(a.message()) == at(b.message())
-        }
-        (Err(a), Err(b)) => a.param() == b.param() && a.message() == b.message(),
-        _ => false,
+    let Some((facts, at)) = quick(body) else {
+        return Ok(());
     };
-    if same {
-        Ok(())
-    } else {
-        Err(format!(
-            "for {:?}:\n  scanner: {:?}\n  serde:   {:?}",
+    let exact = exact(body);
+    match &exact {
+        Ok(exact) if *exact == facts && locate(body) == at => Ok(()),
+        _ => Err(format!(
+            "for {:?}:\n  fast path: {facts:?} {at:?}\n  serde:     {:?} {:?}",
             String::from_utf8_lossy(body),
-            ours.as_ref().map_err(|e| (e.param(), e.message())),
-            theirs.as_ref().map_err(|e| (e.param(), e.message())),
-        ))
+            exact.as_ref().map_err(|e| (e.field, e.error.to_string())),
+            locate(body),
+        )),
     }
 }
 
@@ -652,6 +664,90 @@ mod generated {
             .prop_map(|(top, spaces, mutations)| mutate(render(&top, &spaces), &mutations))
             .boxed()
     }
+
+    /// Text as clients write it: escapes and Unicode, nothing broken.
+    fn clean_text() -> BoxedStrategy<J> {
+        prop::collection::vec(piece(0), 0..5)
+            .prop_map(|pieces| J::Str(pieces.concat()))
+            .boxed()
+    }
+
+    /// Any value as clients write one: integers, short floats, clean text.
+    fn clean_value() -> BoxedStrategy<J> {
+        let leaf = prop_oneof![
+            2 => select(&["null", "true", "false", "0.5", "-2.25", "1e-3", "3E+2"][..])
+                .prop_map(|s| J::Raw(s.into())),
+            3 => any::<i64>().prop_map(|n| J::Raw(n.to_string())),
+            6 => clean_text(),
+        ];
+        leaf.prop_recursive(4, 24, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(J::Arr),
+                prop::collection::vec((select(KEYS).prop_map(k), inner), 0..5).prop_map(J::Obj),
+            ]
+        })
+        .boxed()
+    }
+
+    /// A request as clients send it: known fields of the types they should
+    /// have, in any order, other fields of any clean value, and whitespace.
+    pub(super) fn clean_body() -> BoxedStrategy<Vec<u8>> {
+        let flag = || select(&["true", "false", "null"][..]).prop_map(|s| J::Raw(s.into()));
+        let count = prop_oneof![
+            4 => (0u64..100_000).prop_map(|n| n.to_string()),
+            1 => any::<u64>().prop_map(|n| n.to_string()),
+            1 => Just("null".to_owned()),
+        ]
+        .prop_map(J::Raw);
+        let options = prop_oneof![
+            3 => flag().prop_map(|f| J::Obj(vec![(k("include_usage"), f)])),
+            1 => (flag(), clean_value()).prop_map(|(f, v)| {
+                J::Obj(vec![(k("continuous_usage_stats"), v), (k("include_usage"), f)])
+            }),
+            1 => Just(J::Obj(vec![])),
+            1 => Just(J::Raw("null".into())),
+        ];
+        let text = prop_oneof![
+            2 => clean_text(),
+            2 => prop::collection::vec(clean_value(), 0..4).prop_map(J::Arr),
+            1 => prop::collection::vec(0u32..100_000, 0..6)
+                .prop_map(|ids| J::Arr(ids.into_iter().map(|id| J::Raw(id.to_string())).collect())),
+        ];
+        let field = prop_oneof![
+            2 => prop_oneof![clean_text(), Just(J::Raw("null".into()))]
+                .prop_map(|v| (k("model"), v)),
+            1 => flag().prop_map(|v| (k("stream"), v)),
+            1 => (select(&["max_tokens", "max_completion_tokens", "max_output_tokens"][..]), count)
+                .prop_map(|(key, v)| (k(key), v)),
+            1 => options.prop_map(|v| (k("stream_options"), v)),
+            4 => (select(&["messages", "prompt", "input", "system", "instructions", "tools", "functions"][..]), text)
+                .prop_map(|(key, v)| (k(key), v)),
+            2 => (select(&["metadata", "user", "temperature", "n"][..]), clean_value())
+                .prop_map(|(key, v)| (k(key), v)),
+        ];
+        (
+            prop::collection::vec(field, 0..8),
+            prop::collection::vec(any::<u8>(), 0..16),
+        )
+            .prop_map(|(fields, spaces)| {
+                // One of each known field, as a client sends it.
+                let mut seen = Vec::new();
+                let fields = fields
+                    .into_iter()
+                    .filter(|(key, _)| {
+                        let known =
+                            !matches!(&key[..], b"metadata" | b"user" | b"temperature" | b"n");
+                        !known
+                            || !seen.contains(key) && {
+                                seen.push(key.clone());
+                                true
+                            }
+                    })
+                    .collect();
+                render(&J::Obj(fields), &spaces)
+            })
+            .boxed()
+    }
 }
 
 /// The fast path takes the bodies clients send (else it is only slower).
@@ -674,12 +770,83 @@ fn the_fast_path_reads_common_bodies() {
         r#"{"model":null,"prompt":[-1,0,18446744073709551615,-9223372036854775808],"system":"","instructions":"x","functions":[]}"#,
     ];
     for body in bodies {
-        let quick = Scanner::new(body.as_bytes()).quick_request();
-        let mut exact = Scanner::new(body.as_bytes())
-            .request()
-            .unwrap_or_else(|e| panic!("{e}: {body}"));
-        exact.body_len = 0;
-        assert_eq!(quick, Some(exact), "{body}");
+        let (facts, at) = quick(body.as_bytes()).unwrap_or_else(|| panic!("declined: {body}"));
+        let exact = exact(body.as_bytes()).unwrap_or_else(|e| panic!("{e:?}: {body}"));
+        assert_eq!(facts, exact, "{body}");
+        assert_eq!(at, locate(body.as_bytes()), "{body}");
+    }
+}
+
+/// The fast path takes most generated bodies: the comparison above is not
+/// an empty one.
+#[test]
+fn the_fast_path_takes_most_clean_generated_bodies() {
+    use proptest::strategy::{Strategy, ValueTree};
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let (mut valid, mut taken) = (0, 0);
+    for _ in 0..2000 {
+        let body = generated::clean_body()
+            .new_tree(&mut runner)
+            .unwrap()
+            .current();
+        if exact(&body).is_ok() {
+            valid += 1;
+            taken += usize::from(quick(&body).is_some());
+        }
+    }
+    assert!(valid > 1000, "{valid} valid bodies");
+    assert!(taken * 10 > valid * 8, "{taken} of {valid} taken");
+}
+
+#[test]
+fn where_stream_options_is() {
+    let cases: [(&str, StreamOptionsAt); 5] = [
+        (
+            r#" {"stream":true,"messages":[]}"#,
+            StreamOptionsAt::Absent { open: 2 },
+        ),
+        (
+            r#"{"stream_options" : null ,"stream":true,"prompt":"x"}"#,
+            StreamOptionsAt::Null { start: 20, end: 24 },
+        ),
+        (
+            r#"{"stream":true,"messages":[],"stream_options":{ }}"#,
+            StreamOptionsAt::Object {
+                open: 47,
+                empty: true,
+                include_usage: None,
+            },
+        ),
+        (
+            r#"{"stream":true,"messages":[],"stream_options":{"a":1,"include_usage":false}}"#,
+            StreamOptionsAt::Object {
+                open: 47,
+                empty: false,
+                include_usage: Some((69, 74)),
+            },
+        ),
+        // Not a request `request_usage` edits: nothing recorded.
+        (
+            r#"{"stream":false,"messages":[]}"#,
+            StreamOptionsAt::Unknown,
+        ),
+    ];
+    for (body, expected) in cases {
+        let meta = RequestMeta::from_json(body.as_bytes()).unwrap();
+        assert_eq!(meta.stream_options_at, expected, "{body}");
+        // serde finds the same places.
+        let fast = quick(body.as_bytes()).unwrap().1;
+        assert_eq!(locate(body.as_bytes()), fast, "{body}");
+    }
+    // Escaped keys: the bytes are not the names; no place is recorded.
+    for body in [
+        r#"{"stream":true,"messages":[],"stream\u005foptions":{"include_usage":false}}"#,
+        r#"{"stream":true,"messages":[],"stream_options":{"include\u005fusage":false}}"#,
+        r#"{"stream":true,"messages":[],"us\u0065r":"x"}"#,
+        r#"{"stream":true,"messages":[],"stream_options":[false]}"#,
+    ] {
+        let meta = RequestMeta::from_json(body.as_bytes()).unwrap();
+        assert_eq!(meta.stream_options_at, StreamOptionsAt::Unknown, "{body}");
     }
 }
 
@@ -693,22 +860,9 @@ proptest::proptest! {
     }
 
     #[test]
-    fn scan_plain_stops_where_a_byte_loop_does(
-        bytes in proptest::collection::vec(
-            proptest::prop_oneof![
-                8 => proptest::sample::select(&b"aZ ~"[..]),
-                1 => proptest::sample::select(&b"\"\\\x00\x1f\x20\x7f\x80\xbf\xc3\xff"[..]),
-            ],
-            0..200,
-        ),
-        start in 0usize..64,
-    ) {
-        let start = start.min(bytes.len());
-        let end = bytes[start..]
-            .iter()
-            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
-            .map_or(bytes.len(), |n| start + n);
-        let ascii = bytes[start..end].is_ascii();
-        proptest::prop_assert_eq!(scan_plain(&bytes, start), (end, ascii));
+    fn agrees_with_serde_on_clean_generated_bodies(body in generated::clean_body()) {
+        if let Err(e) = agree(&body) {
+            proptest::prop_assert!(false, "{}", e);
+        }
     }
 }
