@@ -101,9 +101,28 @@ impl<'a> Cursor<'a> {
         }
     }
 
+    /// An object read as serde reads a struct: `member` reads each member's
+    /// value and answers the bit of the field it set (see [`field`]), or 0
+    /// for a member that is not a field (skipped). A field given twice is
+    /// declined: serde rejects it.
+    pub(crate) fn fields(
+        &mut self,
+        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<u32>,
+    ) -> Option<()> {
+        let mut seen = 0u32;
+        self.object(move |c, key| {
+            let bit = member(c, key)?;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            Some(())
+        })
+    }
+
     /// A key and its colon. Escaped keys are declined unless `any`: their
     /// bytes are not their name.
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, any: bool) -> Option<&'a [u8]> {
         if self.peek()? != b'"' {
             return None;
@@ -363,9 +382,27 @@ impl<'a> Cursor<'a> {
     /// surrogate pairs and UTF-8 checked. A lone surrogate (which serde
     /// rejects when it reads the string, and lets pass when it skips it)
     /// is declined.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn string(&mut self) -> Option<Str<'a>> {
         let start = self.at;
+        let (end, ascii) = scan_plain(self.bytes, start);
+        if ascii && self.bytes.get(end) == Some(&b'"') {
+            // The usual string: ASCII, no escape.
+            self.at = end + 1;
+            let raw = self.bytes.get(start..end)?;
+            let chars = raw.len() as u64;
+            return Some(Str {
+                raw,
+                chars,
+                escaped: false,
+            });
+        }
+        self.string_rest(start)
+    }
+
+    /// `string` past a first run that was not all of it.
+    #[inline(never)]
+    fn string_rest(&mut self, start: usize) -> Option<Str<'a>> {
         let mut chars = 0u64;
         let mut escaped = false;
         loop {
@@ -427,6 +464,13 @@ impl<'a> Cursor<'a> {
             Some(n << 4 | (char::from(d).to_digit(16)? as u16))
         })
     }
+}
+
+/// Sets a field that [`Cursor::fields`] read, and answers the field's bit:
+/// `n` is its own number among the struct's fields.
+pub(crate) fn field<T>(slot: &mut T, value: T, n: u32) -> u32 {
+    *slot = value;
+    1 << n
 }
 
 /// The end of the run of plain string bytes from `start`: the index of the

@@ -49,7 +49,7 @@ use serde_json::value::RawValue;
 
 mod cursor;
 
-pub(crate) use self::cursor::Cursor;
+pub(crate) use self::cursor::{Cursor, field};
 
 /// A body serde rejected, and the field the error is in.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqA
 
 use super::RequestMeta;
 use crate::ApiError;
-use crate::json::{self, Cursor, Key};
+use crate::json::{self, Cursor, Key, field};
 
 /// The fields of a request body that tollgate reads, as serde reads them
 /// (the fast path fills the same struct). Other fields are skipped.
@@ -105,7 +105,8 @@ pub(crate) enum StreamOptionsAt {
 
 /// [`RequestMeta::from_json`].
 pub(super) fn read(body: &[u8]) -> Result<RequestMeta, ApiError> {
-    if let Some((facts, at)) = quick(body) {
+    let mut facts = RequestBody::default();
+    if let Some(at) = quick(body, &mut facts) {
         return Ok(facts.into_meta(body.len(), || at));
     }
     let facts = exact(body).map_err(rejection)?;
@@ -138,16 +139,16 @@ impl RequestBody<'_> {
         body_len: usize,
         stream_options_at: impl FnOnce() -> StreamOptionsAt,
     ) -> RequestMeta {
-        let text = [
-            self.messages,
-            self.prompt,
-            self.input,
-            self.system,
-            self.instructions,
-            self.tools,
-            self.functions,
-        ];
-        let chars = text.iter().fold(0u64, |sum, t| sum.saturating_add(t.chars));
+        let chars = [
+            self.prompt.chars,
+            self.input.chars,
+            self.system.chars,
+            self.instructions.chars,
+            self.tools.chars,
+            self.functions.chars,
+        ]
+        .into_iter()
+        .fold(self.messages.chars, u64::saturating_add);
         let include_usage = self.stream_options.and_then(|o| o.include_usage) == Some(true);
         let stream = self.stream == Some(true);
         // Chat and completions; the Responses and Anthropic APIs reject
@@ -172,42 +173,40 @@ impl RequestBody<'_> {
     }
 }
 
-/// The fast path: `RequestBody` from a plain body, and where its
-/// `stream_options` is; `None` at anything else.
-pub(super) fn quick(body: &[u8]) -> Option<(RequestBody<'_>, StreamOptionsAt)> {
-    let mut facts = RequestBody::default();
+/// The fast path: fills `facts` from a plain body and says where its
+/// `stream_options` is; `None` at anything else (`facts` then half filled).
+pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<StreamOptionsAt> {
     let mut c = Cursor::new(body);
     c.peek()?;
     let mut at = StreamOptionsAt::Absent { open: c.at() + 1 };
-    // The known keys met so far: serde rejects a field given twice.
-    let mut seen = [&b""[..]; 13];
-    let mut known = 0;
-    c.object(|c, key| {
-        match key {
-            b"model" => facts.model = c.str_or_null()?.map(Cow::Borrowed),
-            b"stream" => facts.stream = c.bool_or_null()?,
-            b"max_tokens" => facts.max_tokens = c.u64_or_null()?,
-            b"max_completion_tokens" => facts.max_completion_tokens = c.u64_or_null()?,
-            b"max_output_tokens" => facts.max_output_tokens = c.u64_or_null()?,
-            b"stream_options" => (facts.stream_options, at) = quick_stream_options(c)?,
-            b"messages" => facts.messages = quick_text(c)?,
-            b"prompt" => facts.prompt = quick_text(c)?,
-            b"input" => facts.input = quick_text(c)?,
-            b"system" => facts.system = quick_text(c)?,
-            b"instructions" => facts.instructions = quick_text(c)?,
-            b"tools" => facts.tools = quick_text(c)?,
-            b"functions" => facts.functions = quick_text(c)?,
-            _ => return c.skip(),
-        }
-        if seen[..known].contains(&key) {
-            return None;
-        }
-        *seen.get_mut(known)? = key;
-        known += 1;
-        Some(())
+    // `move` of a reference: the closure holds one pointer, not one per
+    // field it sets.
+    let stream_options_at = &mut at;
+    c.fields(move |c, key| {
+        Some(match key {
+            b"model" => field(&mut facts.model, c.str_or_null()?.map(Cow::Borrowed), 0),
+            b"stream" => field(&mut facts.stream, c.bool_or_null()?, 1),
+            b"max_tokens" => field(&mut facts.max_tokens, c.u64_or_null()?, 2),
+            b"max_completion_tokens" => {
+                field(&mut facts.max_completion_tokens, c.u64_or_null()?, 3)
+            }
+            b"max_output_tokens" => field(&mut facts.max_output_tokens, c.u64_or_null()?, 4),
+            b"stream_options" => {
+                (facts.stream_options, *stream_options_at) = quick_stream_options(c)?;
+                1 << 5
+            }
+            b"messages" => field(&mut facts.messages, quick_text(c)?, 6),
+            b"prompt" => field(&mut facts.prompt, quick_text(c)?, 7),
+            b"input" => field(&mut facts.input, quick_text(c)?, 8),
+            b"system" => field(&mut facts.system, quick_text(c)?, 9),
+            b"instructions" => field(&mut facts.instructions, quick_text(c)?, 10),
+            b"tools" => field(&mut facts.tools, quick_text(c)?, 11),
+            b"functions" => field(&mut facts.functions, quick_text(c)?, 12),
+            _ => return c.skip().map(|()| 0),
+        })
     })?;
     c.end()?;
-    Some((facts, at))
+    Some(at)
 }
 
 fn quick_text(c: &mut Cursor<'_>) -> Option<Text> {
@@ -228,19 +227,16 @@ fn quick_stream_options(c: &mut Cursor<'_>) -> Option<(Option<StreamOptions>, St
     }
     let mut options = StreamOptions::default();
     let (mut empty, mut include_usage) = (true, None);
-    c.object(|c, key| {
+    c.fields(|c, key| {
         empty = false;
         if key != b"include_usage" {
-            return c.skip();
-        }
-        if include_usage.is_some() {
-            return None;
+            return c.skip().map(|()| 0);
         }
         c.peek()?;
         let from = c.at();
         options.include_usage = c.bool_or_null()?;
         include_usage = Some((from, c.at()));
-        Some(())
+        Some(1)
     })?;
     let at = StreamOptionsAt::Object {
         open: start + 1,

@@ -1,7 +1,7 @@
 //! The fast path against serde: whatever the fast path takes, serde takes
 //! too, with the same facts; and what both readers make of bodies.
 
-use super::facts::{StreamOptionsAt, exact, locate, quick};
+use super::facts::{RequestBody, StreamOptionsAt, exact, locate, quick};
 use super::*;
 
 #[test]
@@ -81,7 +81,7 @@ fn deep_nesting_in_a_skipped_value_is_fine() {
         "{\"a\":".repeat(10_000),
         "}".repeat(10_000),
     );
-    assert!(quick(body.as_bytes()).is_none());
+    assert!(quick(body.as_bytes(), &mut RequestBody::default()).is_none());
     assert!(RequestMeta::from_json(body.as_bytes()).is_ok());
 }
 
@@ -89,7 +89,8 @@ fn deep_nesting_in_a_skipped_value_is_fine() {
 /// takes it too, with the same facts, and finds `stream_options` where the
 /// fast path did.
 fn agree(body: &[u8]) -> Result<(), String> {
-    let Some((facts, at)) = quick(body) else {
+    let mut facts = RequestBody::default();
+    let Some(at) = quick(body, &mut facts) else {
         return Ok(());
     };
     let exact = exact(body);
@@ -768,9 +769,14 @@ fn the_fast_path_reads_common_bodies() {
               "properties":{"city":{"type":"string","enum":["a","b"]}},"required":["city"]}}}]}"#,
         r#"{"model":"text-embedding-3-small","input":[[1820,374,264],[3,4]],"max_tokens":null,"stream":null,"stream_options":null}"#,
         r#"{"model":null,"prompt":[-1,0,18446744073709551615,-9223372036854775808],"system":"","instructions":"x","functions":[]}"#,
+        // Every field the fast path knows, once.
+        r#"{"model":"m","stream":true,"max_tokens":1,"max_completion_tokens":2,"max_output_tokens":3,
+            "stream_options":{},"messages":[],"prompt":"p","input":[1],"system":"s","instructions":"i",
+            "tools":[{"type":"function","function":{"name":"f","parameters":{"minimum":0.5}}}],"functions":[]}"#,
     ];
     for body in bodies {
-        let (facts, at) = quick(body.as_bytes()).unwrap_or_else(|| panic!("declined: {body}"));
+        let mut facts = RequestBody::default();
+        let at = quick(body.as_bytes(), &mut facts).unwrap_or_else(|| panic!("declined: {body}"));
         let exact = exact(body.as_bytes()).unwrap_or_else(|e| panic!("{e:?}: {body}"));
         assert_eq!(facts, exact, "{body}");
         assert_eq!(at, locate(body.as_bytes()), "{body}");
@@ -791,7 +797,7 @@ fn the_fast_path_takes_most_clean_generated_bodies() {
             .current();
         if exact(&body).is_ok() {
             valid += 1;
-            taken += usize::from(quick(&body).is_some());
+            taken += usize::from(quick(&body, &mut RequestBody::default()).is_some());
         }
     }
     assert!(valid > 1000, "{valid} valid bodies");
@@ -835,7 +841,7 @@ fn where_stream_options_is() {
         let meta = RequestMeta::from_json(body.as_bytes()).unwrap();
         assert_eq!(meta.stream_options_at, expected, "{body}");
         // serde finds the same places.
-        let fast = quick(body.as_bytes()).unwrap().1;
+        let fast = quick(body.as_bytes(), &mut RequestBody::default()).unwrap();
         assert_eq!(locate(body.as_bytes()), fast, "{body}");
     }
     // Escaped keys: the bytes are not the names; no place is recorded.
