@@ -73,23 +73,27 @@ impl<'a> Cursor<'a> {
         self.literal(b"null").map(|()| true)
     }
 
-    /// An object, its members handed to `member` with their key (its colon
-    /// read); `member` reads the value.
-    pub(crate) fn object(
+    /// An object read as serde reads a struct: `member` reads each member's
+    /// value (its key and colon read) and answers the bit of the field it
+    /// set (see [`field`]), or 0 for a member that is not a field (skipped).
+    /// A field given twice is declined: serde rejects it.
+    pub(crate) fn fields(
         &mut self,
-        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<()>,
+        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<u32>,
     ) -> Option<()> {
-        if self.peek()? != b'{' {
-            return None;
-        }
-        self.bump();
+        self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.bump();
             return Some(());
         }
+        let mut seen = 0u32;
         loop {
             let key = self.key(false)?;
-            member(self, key)?;
+            let bit = member(self, key)?;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
             match self.peek()? {
                 b',' => self.bump(),
                 b'}' => {
@@ -101,41 +105,22 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    /// An object read as serde reads a struct: `member` reads each member's
-    /// value and answers the bit of the field it set (see [`field`]), or 0
-    /// for a member that is not a field (skipped). A field given twice is
-    /// declined: serde rejects it.
-    pub(crate) fn fields(
-        &mut self,
-        mut member: impl FnMut(&mut Self, &'a [u8]) -> Option<u32>,
-    ) -> Option<()> {
-        let mut seen = 0u32;
-        self.object(move |c, key| {
-            let bit = member(c, key)?;
-            if seen & bit != 0 {
-                return None;
-            }
-            seen |= bit;
-            Some(())
-        })
+    /// Reads `byte`, after whitespace.
+    #[inline]
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        (self.peek()? == byte).then(|| self.bump())
     }
 
     /// A key and its colon. Escaped keys are declined unless `any`: their
     /// bytes are not their name.
     #[inline(always)]
     fn key(&mut self, any: bool) -> Option<&'a [u8]> {
-        if self.peek()? != b'"' {
-            return None;
-        }
-        self.bump();
+        self.eat(b'"')?;
         let key = self.string()?;
         if key.escaped && !any {
             return None;
         }
-        if self.peek()? != b':' {
-            return None;
-        }
-        self.bump();
+        self.eat(b':')?;
         Some(key.raw)
     }
 
@@ -177,10 +162,7 @@ impl<'a> Cursor<'a> {
         if self.null()? {
             return Some(None);
         }
-        if self.peek()? != b'"' {
-            return None;
-        }
-        self.bump();
+        self.eat(b'"')?;
         let s = self.string()?;
         if s.escaped {
             return None;
@@ -295,78 +277,58 @@ impl<'a> Cursor<'a> {
 
     /// A number. Read (`read`) as serde reads one for a visitor: 4
     /// characters for what serde calls an integer (a `u64`, or an `i64`
-    /// below zero), 0 for a float, `None` for a float that could be out of
-    /// range (serde's error). Skipped: its grammar only (0).
+    /// below zero), 0 for a float; declined when serde could find it out of
+    /// range (an exponent, or more than 20 digits before the point).
+    /// Skipped: its grammar only (0).
     fn number(&mut self, read: bool) -> Option<u64> {
         let negative = self.bytes.get(self.at) == Some(&b'-');
         if negative {
             self.bump();
         }
-        let start = self.at;
-        let mut magnitude = Some(0u64);
+        let int = self.at;
         match self.bytes.get(self.at)? {
             b'0' => self.bump(),
             b'1'..=b'9' => {
-                while let Some(&digit @ b'0'..=b'9') = self.bytes.get(self.at) {
-                    magnitude = magnitude
-                        .and_then(|m| m.checked_mul(10)?.checked_add(u64::from(digit - b'0')));
-                    self.bump();
-                }
+                self.digits();
             }
             _ => return None,
         }
-        let int_digits = self.at - start;
+        let int = self.bytes.get(int..self.at)?;
         // One leading zero only.
         if matches!(self.bytes.get(self.at), Some(b'0'..=b'9')) {
             return None;
         }
-        let mut float = false;
-        if self.bytes.get(self.at) == Some(&b'.') {
+        let fraction = self.bytes.get(self.at) == Some(&b'.');
+        if fraction {
             self.bump();
-            float = true;
             if self.digits() == 0 {
                 return None;
             }
         }
-        let mut exponent = 0u32;
-        if let Some(b'e' | b'E') = self.bytes.get(self.at) {
+        let exponent = matches!(self.bytes.get(self.at), Some(b'e' | b'E'));
+        if exponent {
             self.bump();
-            float = true;
-            let positive = match self.bytes.get(self.at) {
-                Some(b'-') => {
-                    self.bump();
-                    false
-                }
-                Some(b'+') => {
-                    self.bump();
-                    true
-                }
-                _ => true,
-            };
-            let from = self.at;
-            let digits = self.digits();
-            if digits == 0 {
-                return None;
+            if let Some(b'+' | b'-') = self.bytes.get(self.at) {
+                self.bump();
             }
-            if read {
-                // Three digits at most: a longer exponent is serde's to weigh.
-                let text = self.bytes.get(from..self.at).filter(|_| digits <= 3)?;
-                let value = text.iter().fold(0, |e, &d| e * 10 + u32::from(d - b'0'));
-                exponent = if positive { value } else { 0 };
+            if self.digits() == 0 {
+                return None;
             }
         }
         if !read {
             return Some(0);
         }
-        match (float, magnitude) {
-            // What serde reads as an integer: a u64, or an i64 below zero
-            // (`-0` and anything below `i64::MIN` are floats).
-            (false, Some(m)) if !negative || (1..=1 << 63).contains(&m) => Some(4),
-            // A float is finite (so serde reads it without error) when it
-            // stays well below 1e308: at most 1e20 × 10^280.
-            (false, _) => (int_digits <= 300).then_some(0),
-            (true, _) => (int_digits <= 19 && exponent <= 280).then_some(0),
+        if exponent || int.len() > 20 {
+            return None;
         }
+        let magnitude = int.iter().try_fold(0u64, |m, &d| {
+            m.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        });
+        // `-0`, and integers past `u64::MAX` or below `i64::MIN`, are floats
+        // to serde.
+        let integer =
+            !fraction && magnitude.is_some_and(|m| !negative || (1..=1 << 63).contains(&m));
+        Some(if integer { 4 } else { 0 })
     }
 
     /// Skips digits; how many.

@@ -20,7 +20,7 @@ use crate::json::{self, Cursor, Key, field};
 /// The fields of a request body that tollgate reads, as serde reads them
 /// (the fast path fills the same struct). Other fields are skipped.
 #[derive(Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(expecting = "a JSON object")]
+#[serde(default, expecting = "a JSON object")]
 pub(super) struct RequestBody<'a> {
     #[serde(borrow)]
     model: Option<Cow<'a, str>>,
@@ -30,19 +30,12 @@ pub(super) struct RequestBody<'a> {
     max_output_tokens: Option<u64>,
     stream_options: Option<StreamOptions>,
     // The fields whose strings are prompt text.
-    #[serde(default)]
     messages: Text,
-    #[serde(default)]
     prompt: Text,
-    #[serde(default)]
     input: Text,
-    #[serde(default)]
     system: Text,
-    #[serde(default)]
     instructions: Text,
-    #[serde(default)]
     tools: Text,
-    #[serde(default)]
     functions: Text,
 }
 

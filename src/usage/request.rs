@@ -69,7 +69,7 @@ pub fn request_usage(body: &[u8], meta: Option<&RequestMeta>) -> Option<Bytes> {
     }
     // Recorded for streamed chat and completions requests only.
     match meta.stream_options_at {
-        StreamOptionsAt::Unknown => return None,
+        StreamOptionsAt::Unknown => None,
         StreamOptionsAt::Absent { open } => splice(
             body,
             open..open,
@@ -150,6 +150,19 @@ mod tests {
                 r#"{"stream":true,"messages":[],"stream_options":{"include_usage":true,"include_obfuscation":false}}"#
             )
         );
+    }
+
+    #[test]
+    fn a_meta_of_another_body_is_not_trusted() {
+        let body = br#"{"stream":true,"messages":[]}"#;
+        let other = RequestMeta::from_json(br#"{"stream":true,"messages":[1,2,3]}"#).unwrap();
+        assert_eq!(request_usage(body, Some(&other)), request_usage(body, None));
+        // A meta of a body of the same length is trusted: it is what
+        // `RequestMeta::read` left for these bytes.
+        let unstreamed = RequestMeta::from_json(br#"{"stream":false,"messages":[]}"#).unwrap();
+        let body = br#"{"stream":true ,"messages":[]}"#;
+        assert_eq!(request_usage(body, Some(&unstreamed)), None);
+        assert!(request_usage(body, None).is_some());
     }
 
     #[test]
