@@ -179,14 +179,14 @@ impl<'a> Cursor<'a> {
     /// Any value, read as serde reads one for a visitor of every string and
     /// number: the characters of its strings and 4 per integer (a token
     /// id), the values under keys that are `payload` left out.
-    pub(crate) fn text(&mut self, payload: fn(&[u8]) -> bool) -> Option<u64> {
+    pub(crate) fn text(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
         self.walk(true, payload)
     }
 
     /// A value, counted as [`text`](Self::text) while `count`. Containers
     /// are followed on two stacks of bits, 64 deep: deeper ones (and
     /// serde's limit of 128) are serde's business.
-    fn walk(&mut self, count: bool, payload: fn(&[u8]) -> bool) -> Option<u64> {
+    fn walk(&mut self, count: bool, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
         let mut chars = 0u64;
         // Bit d: whether the container at depth d is an object, and whether
         // its values are counted.
@@ -268,7 +268,7 @@ impl<'a> Cursor<'a> {
 
     /// A member's key in `walk`: whether its value is counted.
     #[inline]
-    fn member(&mut self, counting: bool, payload: fn(&[u8]) -> bool) -> Option<bool> {
+    fn member(&mut self, counting: bool, payload: impl Fn(&[u8]) -> bool) -> Option<bool> {
         // A counted object's keys are compared with `payload`, so they must
         // be as written; a skipped one's may be escaped.
         let key = self.key(!counting)?;
