@@ -61,6 +61,7 @@ pub mod envelope;
 mod error;
 mod header_values;
 mod integrations;
+mod json;
 pub mod rate_limit;
 pub mod request;
 pub mod retry;

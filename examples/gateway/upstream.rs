@@ -95,7 +95,7 @@ pub async fn chat_completions(State(upstream): State<Arc<Upstream>>, req: Reques
     };
     // Ask the upstream for usage even when the client did not, so streams are
     // always billed from reported usage; strip it again on the way back.
-    let (bytes, strip_usage_chunk) = match usage::request_usage(&bytes) {
+    let (bytes, strip_usage_chunk) = match usage::request_usage(&bytes, Some(&meta)) {
         Some(rewritten) => (rewritten, true),
         None => (bytes, false),
     };
