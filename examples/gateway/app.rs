@@ -420,7 +420,13 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
         .map(|r| r.attempts)
         .unwrap_or(0);
     let status = response.status().as_u16();
-    let upstream = if attempts > 0 {
+    // Called, or failed to be reached (a transport failure carries no count).
+    let called = attempts > 0
+        || response
+            .extensions()
+            .get::<ApiError>()
+            .is_some_and(|e| e.origin() == tollgate::Origin::Upstream);
+    let upstream = if called {
         gw.upstream_label.clone()
     } else {
         "-".to_owned()

@@ -437,6 +437,19 @@ impl Gateway {
         })
     }
 
+    /// Waits (bounded) for a stdout line containing `text`.
+    pub fn wait_for_stdout(&self, limit: Duration, text: &str) -> String {
+        let found = self.output.wait(limit, |lines| {
+            lines.stdout.iter().find(|l| l.contains(text)).cloned()
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "no stdout line with {text:?} within {limit:?}; stdout:\n{}",
+                self.stdout()
+            )
+        })
+    }
+
     /// Waits (bounded) for a stderr line containing `text` (text logs).
     pub fn wait_for_text(&self, limit: Duration, text: &str) -> String {
         let found = self.output.wait(limit, |lines| {
