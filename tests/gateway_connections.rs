@@ -5,14 +5,17 @@
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[path = "support/stub_upstream.rs"]
+mod stub_upstream;
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use gateway_support::{GatewayCommand, StubUpstream, sse_response};
+use gateway_support::GatewayCommand;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
+use stub_upstream::{StubUpstream, sse_response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

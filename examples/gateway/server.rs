@@ -66,6 +66,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http::HeaderValue;
 use http::header::CONNECTION;
 use http_body::{Frame, SizeHint};
@@ -243,6 +244,10 @@ async fn accept_failed(error: io::Error) {
 #[derive(Debug, Default)]
 struct Activity {
     in_flight: AtomicUsize,
+    /// The connection's reader, woken when the last request ends so its
+    /// clock starts the idle timeout even if hyper read (and found the
+    /// connection busy) just before the response body was dropped.
+    reader: AtomicWaker,
 }
 
 /// One request in progress on its connection.
@@ -257,7 +262,9 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.reader.wake();
+        }
     }
 }
 
@@ -319,6 +326,9 @@ impl AsyncRead for ClientIo {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        // Registered before the count is read: a request that ends after
+        // the read wakes this task.
+        this.activity.reader.register(cx.waker());
         if this.activity.in_flight.load(Ordering::Acquire) > 0 {
             this.phase = Phase::Busy;
             return Pin::new(&mut this.stream).poll_read(cx, buf);
