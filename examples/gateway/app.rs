@@ -1,9 +1,11 @@
 //! The gateway: all six tollgate layers around an OpenAI-compatible proxy.
 //!
 //! Server stack, outermost first:
-//! `ErrorEnvelope → access log → Auth → model check → RateLimit → Budget →
-//! StreamErrorTrailer → proxy`, and towards the upstream `timeout → Retry →
-//! hyper-util Client`.
+//! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
+//! RateLimit → Budget → StreamErrorTrailer → shutdown cut → proxy`, and
+//! towards the upstream `timeout → Retry → hyper-util Client`. Served by
+//! `server.rs` (connections, client timeouts, shutdown drain); [`start`]
+//! puts it together and [`Running::shutdown`] stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
