@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -254,13 +253,7 @@ pub fn router(
                 .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
                 // Inside the trailer layer, so a stream cut at shutdown ends
                 // with its terminal error event.
-                .map_response(move |response: Response| {
-                    if is_event_stream(&response) {
-                        response.map(|body| Body::new(cut.watch(body)))
-                    } else {
-                        response
-                    }
-                }),
+                .map_response(move |response: Response| cut.watch_stream(response)),
         );
     let authed = Router::new()
         .route("/v1/models", get(list_models))
@@ -290,13 +283,6 @@ pub fn router(
                 .layer(middleware::from_fn(server::answer_body_timeout)),
         );
     Ok((app, gateway))
-}
-
-fn is_event_stream(response: &Response) -> bool {
-    response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// A model not in the config → 400 `invalid_model`; prompt + `max_tokens`

@@ -29,7 +29,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use axum::body::Body as AxumBody;
+use axum::response::Response;
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -83,6 +86,22 @@ impl Shutdown {
         let notified = self.cut.notify.notified();
         if !self.cut.done.load(Ordering::Acquire) {
             notified.await;
+        }
+    }
+
+    /// `response` with its body watched when it is a stream
+    /// (`text/event-stream`); other responses are short and left alone. Put
+    /// it inside `StreamErrorTrailerLayer`, which turns the cut into the
+    /// stream's terminal error event.
+    pub fn watch_stream(&self, response: Response) -> Response {
+        let stream = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if stream {
+            response.map(|body| AxumBody::new(self.watch(body)))
+        } else {
+            response
         }
     }
 
