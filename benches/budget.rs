@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use tollgate::budget::{
-    BudgetScope, BudgetSpec, Ledger, ModelPrice, Money, Period, ReserveOutcome, ReservePolicy,
+    BudgetScope, BudgetSpec, Charge, Ledger, ModelPrice, Money, Period, ReserveOutcome,
+    ReservePolicy,
 };
 use tollgate::store::memory::MemoryLedger;
 
@@ -37,7 +38,7 @@ fn now<F: Future>(future: F) -> F::Output {
 fn reserve_settle(ledger: &MemoryLedger, budgets: &Arc<[BudgetSpec]>, worst: Money, actual: Money) {
     match now(ledger.reserve(budgets, worst, ReservePolicy::Bounded)).unwrap() {
         ReserveOutcome::Reserved { reservation, .. } => {
-            black_box(now(ledger.settle(&reservation, actual)).unwrap());
+            black_box(now(ledger.settle(&reservation, &Charge::cost(actual))).unwrap());
         }
         ReserveOutcome::Denied { .. } => unreachable!("the budget is large enough"),
     }

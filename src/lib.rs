@@ -67,7 +67,7 @@ mod rng;
 mod small;
 pub mod store;
 pub mod stream;
-pub mod time;
+mod time;
 pub mod usage;
 
 pub use self::auth::Principal;

@@ -12,8 +12,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::Value;
 use tollgate::auth::{
-    Auth, AuthLayer, Extractor, KeyHash, KeyRecord, KeyStore, Lookup, Principal,
-    X_API_KEY_EXPIRES_IN,
+    Auth, AuthLayer, Extractor, KeyHash, KeyRecord, KeyStore, Principal, X_API_KEY_EXPIRES_IN,
 };
 use tollgate::clock::TokioClock;
 use tollgate::envelope::{ErrorEnvelopeLayer, ErrorFormat};
@@ -246,6 +245,35 @@ async fn expiry_warning_can_be_turned_off() {
     assert!(!a.headers.contains_key(X_API_KEY_EXPIRES_IN));
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_rotated_secret_works_until_its_grace_ends_then_is_revoked() {
+    let t0 = 1_800_000_000;
+    let store = store_with([alice().with_created_at(unix(t0 - 100))]);
+    let mut record = (*store.get("alice").unwrap()).clone();
+    record.rotate(KeyHash::of("sk-new-secret"), unix(t0 + 3600));
+    store.insert(record).unwrap();
+    let mut svc = AuthLayer::new(store)
+        .clock(TokioClock::starting_at(unix(t0)))
+        .layer(echo());
+
+    // The old secret still works, and says for how long.
+    let a = send(&mut svc, bearer(SECRET)).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "alice"));
+    assert_eq!(a.headers[X_API_KEY_EXPIRES_IN], "3600");
+    // The new one works without a warning.
+    let a = send(&mut svc, bearer("sk-new-secret")).await;
+    assert_eq!((a.status, a.body.as_str()), (StatusCode::OK, "alice"));
+    assert!(!a.headers.contains_key(X_API_KEY_EXPIRES_IN));
+
+    tokio::time::advance(Duration::from_secs(3600)).await;
+    let a = send(&mut svc, bearer(SECRET)).await;
+    assert_eq!(a.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(a.code(), "revoked_api_key");
+    assert!(!a.body.contains(SECRET));
+    let a = send(&mut svc, bearer("sk-new-secret")).await;
+    assert_eq!(a.status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn revoked_key_is_401_revoked_api_key() {
     let mut svc = service(store_with([alice().with_revoked(true)]));
@@ -348,9 +376,12 @@ struct Remote {
 }
 
 impl KeyStore for Remote {
-    fn lookup(&self, hash: &KeyHash) -> Lookup {
+    fn lookup(
+        &self,
+        hash: &KeyHash,
+    ) -> tollgate::store::StoreFuture<Option<std::sync::Arc<KeyRecord>>> {
         let (inner, hash, fail) = (self.inner.clone(), *hash, self.fail);
-        Lookup::pending(async move {
+        tollgate::store::StoreFuture::pending(async move {
             tokio::task::yield_now().await;
             if fail {
                 Err(StoreError::Unavailable("connection refused".into()))
@@ -532,7 +563,10 @@ async fn prefix_and_length_are_checked_before_lookup() {
     // Keys of the wrong shape never reach the store.
     struct Counting(AtomicUsize, MemoryKeyStore);
     impl KeyStore for Counting {
-        fn lookup(&self, hash: &KeyHash) -> Lookup {
+        fn lookup(
+            &self,
+            hash: &KeyHash,
+        ) -> tollgate::store::StoreFuture<Option<std::sync::Arc<KeyRecord>>> {
             self.0.fetch_add(1, Ordering::SeqCst);
             self.1.lookup(hash)
         }

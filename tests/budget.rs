@@ -14,14 +14,13 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tollgate::ApiError;
 use tollgate::auth::{KeyHash, KeyRecord, Principal};
 use tollgate::budget::{
-    BudgetLayer, BudgetScope, BudgetSpec, BudgetStatus, FailurePolicy, Ledger, ModelPrice, Money,
-    Period, Pricing, Reservation, ReserveOutcome, ReservePolicy, Settlement, SoftLimitAlert,
-    SpendEvent, UnpricedModel,
+    BudgetLayer, BudgetScope, BudgetSpec, BudgetStatus, Charge, FailurePolicy, Ledger, ModelPrice,
+    Money, Period, Pricing, Reservation, ReserveOutcome, ReservePolicy, Settlement, SoftLimitAlert,
+    SpendEvent, SpendQuery, SpendRow, TopUpOutcome, UnpricedModel,
 };
 use tollgate::clock::TokioClock;
-use tollgate::store::StoreError;
 use tollgate::store::memory::MemoryLedger;
-use tollgate::time::parse_rfc3339;
+use tollgate::store::{StoreError, StoreFuture};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
@@ -46,7 +45,8 @@ fn nanos(n: i64) -> Money {
 }
 
 fn ledger_at(rfc3339: &str) -> MemoryLedger {
-    let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
+    let at = UNIX_EPOCH
+        + Duration::from_secs(rfc3339.parse::<jiff::Timestamp>().unwrap().as_second() as u64);
     MemoryLedger::new().with_clock(TokioClock::starting_at(at))
 }
 
@@ -385,7 +385,7 @@ async fn budget_mode_refuses_with_402_and_balance_mode_with_403() {
         other => panic!("{other:?}"),
     };
     ledger
-        .settle(&reservation, Money::from_usd(50))
+        .settle(&reservation, &Charge::cost(Money::from_usd(50)))
         .await
         .unwrap();
     let response = layer
@@ -433,7 +433,10 @@ async fn budget_mode_refuses_with_402_and_balance_mode_with_403() {
         r#"{"error":{"message":"Insufficient account balance. Please add funds to continue.","type":"insufficient_quota","param":null,"code":"insufficient_balance"}}"#
     );
     // A top-up through the ledger lets it through.
-    ledger.top_up(&wallet, Money::from_usd(1)).await.unwrap();
+    ledger
+        .top_up(&wallet, Money::from_usd(1), None)
+        .await
+        .unwrap();
     let response = svc
         .clone()
         .oneshot(request(Some(&bob), "m", Some(10)))
@@ -853,26 +856,37 @@ async fn spend_events_reach_the_sink() {
 /// A ledger that is down.
 struct DownLedger;
 
+/// Its answers come through futures, as a remote ledger's do.
+fn down<T: Send + 'static>() -> StoreFuture<T> {
+    StoreFuture::pending(async { Err(StoreError::Timeout) })
+}
+
 impl Ledger for DownLedger {
-    async fn reserve(
+    fn reserve(
         &self,
         _: &Arc<[BudgetSpec]>,
         _: Money,
         _: ReservePolicy,
-    ) -> Result<ReserveOutcome, StoreError> {
-        Err(StoreError::Timeout)
+    ) -> StoreFuture<ReserveOutcome> {
+        down()
     }
-    async fn settle(&self, _: &Reservation, _: Money) -> Result<Settlement, StoreError> {
-        Err(StoreError::Timeout)
+    fn settle(&self, _: &Reservation, _: &Charge) -> StoreFuture<Settlement> {
+        down()
     }
-    async fn release(&self, _: &Reservation) -> Result<(), StoreError> {
-        Err(StoreError::Timeout)
+    fn release(&self, _: &Reservation) -> StoreFuture<()> {
+        down()
     }
-    async fn top_up(&self, _: &BudgetSpec, _: Money) -> Result<BudgetStatus, StoreError> {
-        Err(StoreError::Timeout)
+    fn top_up(&self, _: &BudgetSpec, _: Money, _: Option<&str>) -> StoreFuture<TopUpOutcome> {
+        down()
     }
-    async fn read(&self, _: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
-        Err(StoreError::Timeout)
+    fn read(&self, _: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        down()
+    }
+    fn reset(&self, _: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        down()
+    }
+    fn spend(&self, _: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
+        down()
     }
 }
 
@@ -901,8 +915,8 @@ async fn a_failing_ledger_fails_closed_by_default() {
     body_text(response).await; // the failed settlement is logged, not fatal
 }
 
-/// A ledger that cannot answer at once (no `reserve_now`) is asked through
-/// its future even when the body was read further out.
+/// A ledger that cannot answer at once (its answer is pending) is asked
+/// through its future even when the body was read further out.
 #[tokio::test(start_paused = true)]
 async fn a_ledger_without_a_fast_path_is_awaited_for_pre_read_requests() {
     let alice = principal(
@@ -1100,4 +1114,61 @@ async fn a_changed_record_is_charged_to_its_new_budgets() {
     body_text(response).await;
     assert_eq!(status_of(&ledger, &old).await.spent, nanos(3_000));
     assert_eq!(status_of(&ledger, &new).await.spent, nanos(3_000));
+}
+
+// ---- spend aggregates ----------------------------------------------------------
+
+/// Every priced request is counted in the ledger's aggregates, for its key
+/// and the key's team, whether or not the key has a budget.
+#[tokio::test(start_paused = true)]
+async fn every_settled_request_is_in_the_spend_aggregates() {
+    use tollgate::budget::SpendGroup;
+    let ledger = MemoryLedger::new();
+    let mut record = KeyRecord::new("bob", KeyHash([1; 32]));
+    record.team = Some("research".into());
+    let bob = Principal::new(record); // no budgets
+    let alice = principal(
+        "alice",
+        vec![key_budget("alice", Money::from_usd(1), Period::Monthly)],
+    );
+    let layer = BudgetLayer::with_ledger(pricing(), ledger.clone());
+    for caller in [&alice, &bob, &bob] {
+        let response = layer
+            .layer(upstream(|| json_usage(1_000, 500)))
+            .oneshot(request(Some(caller), "m", Some(10)))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        body_text(response).await;
+    }
+    // 1,000 × $1/1M + 500 × $2/1M = $0.002 a request.
+    let by_key = ledger
+        .spend(&SpendQuery::new(SpendGroup::Key))
+        .await
+        .unwrap();
+    let keys: Vec<_> = by_key
+        .iter()
+        .map(|r| (r.group.as_str(), r.totals.requests, r.totals.cost))
+        .collect();
+    assert_eq!(
+        keys,
+        [("alice", 1, nanos(2_000_000)), ("bob", 2, nanos(4_000_000))]
+    );
+    let by_team = ledger
+        .spend(&SpendQuery::new(SpendGroup::Team))
+        .await
+        .unwrap();
+    assert_eq!(by_team.len(), 1);
+    assert_eq!(
+        (by_team[0].group.as_str(), by_team[0].totals.prompt_tokens),
+        ("research", 2_000)
+    );
+    let by_model = ledger
+        .spend(&SpendQuery::new(SpendGroup::Model))
+        .await
+        .unwrap();
+    assert_eq!(
+        (by_model[0].group.as_str(), by_model[0].totals.requests),
+        ("m", 3)
+    );
 }

@@ -21,8 +21,8 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use tollgate::auth::{AuthLayer, KeyHash, KeyRecord, KeyStore, Principal};
 use tollgate::budget::{
-    BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Ledger, ModelPrice, Money, Period, Pricing,
-    Reservation, ReserveOutcome, ReservePolicy,
+    BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Charge, Ledger, ModelPrice, Money, Period,
+    Pricing, Reservation, ReserveOutcome, ReservePolicy,
 };
 use tollgate::clock::{Clock, SharedClock};
 use tollgate::envelope::ErrorEnvelopeLayer;
@@ -103,7 +103,9 @@ impl Clock for ManualClock {
 }
 
 fn rfc3339(s: &str) -> Duration {
-    tollgate::time::parse_rfc3339(s).unwrap()
+    std::time::Duration::from_nanos(
+        u64::try_from(s.parse::<jiff::Timestamp>().unwrap().as_nanosecond()).unwrap(),
+    )
 }
 
 fn usd(s: &str) -> Money {
@@ -410,7 +412,10 @@ async fn three_ledgers_under_concurrency_never_overshoot_a_strict_budget() {
                 {
                     ReserveOutcome::Reserved { reservation, .. } => {
                         tokio::time::sleep(Duration::from_millis(1)).await;
-                        ledger.settle(&reservation, usd("0.01")).await.unwrap();
+                        ledger
+                            .settle(&reservation, &Charge::cost(usd("0.01")))
+                            .await
+                            .unwrap();
                         1
                     }
                     ReserveOutcome::Denied { .. } => 0,
@@ -857,7 +862,10 @@ async fn a_crashed_reservation_is_released_by_its_lease() {
     // The crashed request's late settlement still charges, and leaves the
     // live hold alone.
     let late = RedisLedger::new(instance(&server).await);
-    let settled = late.settle(&reservation, usd("0.2")).await.unwrap();
+    let settled = late
+        .settle(&reservation, &Charge::cost(usd("0.2")))
+        .await
+        .unwrap();
     assert_eq!(settled.statuses[0].spent, usd("0.2"));
     assert_eq!(settled.statuses[0].reserved, usd("0.5"));
     other.release(&live).await.unwrap();
@@ -884,7 +892,11 @@ async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
     assert!(!ledger.connection().is_connected());
     let settlement = tokio::spawn({
         let ledger = ledger.clone();
-        async move { ledger.settle(&reservation, usd("0.25")).await }
+        async move {
+            ledger
+                .settle(&reservation, &Charge::cost(usd("0.25")))
+                .await
+        }
     });
     let rl = [Limit::tokens_per_minute(1_000)];
     let refund = tokio::spawn(async move {
@@ -1129,7 +1141,7 @@ async fn ledger_semantics_match_the_memory_ledger() {
             .await
             .unwrap(),
     );
-    ledger.settle(&r, usd("9")).await.unwrap();
+    ledger.settle(&r, &Charge::cost(usd("9"))).await.unwrap();
     match ledger
         .reserve(&b, usd("2"), ReservePolicy::Strict)
         .await
@@ -1152,7 +1164,7 @@ async fn ledger_semantics_match_the_memory_ledger() {
         let denied = ledger.reserve(&b, Money::ZERO, policy).await.unwrap();
         assert!(matches!(denied, ReserveOutcome::Denied { .. }));
     }
-    ledger.settle(&r, usd("2")).await.unwrap();
+    ledger.settle(&r, &Charge::cost(usd("2"))).await.unwrap();
     assert_eq!(ledger.read(&b[0]).await.unwrap().remaining(), usd("-1"));
 
     // All or nothing, the tightest budget reported, a repeated scope once.
@@ -1168,7 +1180,7 @@ async fn ledger_semantics_match_the_memory_ledger() {
             .await
             .unwrap(),
     );
-    let settled = ledger.settle(&r, usd("0.8")).await.unwrap();
+    let settled = ledger.settle(&r, &Charge::cost(usd("0.8"))).await.unwrap();
     assert_eq!(settled.statuses.len(), 3);
     assert_eq!(settled.statuses[0], settled.statuses[2]);
     assert_eq!(settled.statuses[0].spent, usd("0.8"));
@@ -1209,7 +1221,7 @@ async fn ledger_semantics_match_the_memory_ledger() {
             .await
             .unwrap(),
     );
-    ledger.settle(&r, usd("1")).await.unwrap();
+    ledger.settle(&r, &Charge::cost(usd("1"))).await.unwrap();
     let status = ledger.read(&monthly[0]).await.unwrap();
     assert_eq!(status.remaining(), Money::ZERO);
     assert_eq!(status.period.start, rfc3339("2026-01-01T00:00:00Z"));
@@ -1228,7 +1240,10 @@ async fn ledger_semantics_match_the_memory_ledger() {
     assert_eq!(status.period.end, Some(rfc3339("2026-03-01T00:00:00Z")));
     // A hold from January settles into February; the hold still counted.
     assert_eq!(ledger.read(&team).await.unwrap().reserved, usd("0.1"));
-    let settled = ledger.settle(&held, usd("0.05")).await.unwrap();
+    let settled = ledger
+        .settle(&held, &Charge::cost(usd("0.05")))
+        .await
+        .unwrap();
     assert_eq!(
         (settled.statuses[0].spent, settled.statuses[0].reserved),
         (usd("0.05"), Money::ZERO)
@@ -1268,7 +1283,7 @@ async fn ledger_semantics_match_the_memory_ledger() {
             .await
             .unwrap(),
     );
-    ledger.settle(&r, usd("1")).await.unwrap();
+    ledger.settle(&r, &Charge::cost(usd("1"))).await.unwrap();
     let denied = ledger
         .reserve(
             &specs([wallet.clone()]),
@@ -1280,13 +1295,18 @@ async fn ledger_semantics_match_the_memory_ledger() {
     assert!(
         matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
     );
-    let status = ledger.top_up(&wallet, usd("3")).await.unwrap();
+    let status = ledger.top_up(&wallet, usd("3"), None).await.unwrap().status;
     assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
     clock.advance(Duration::from_secs(400 * 86_400));
     assert_eq!(ledger.read(&wallet).await.unwrap().remaining(), usd("3"));
     let fresh = BudgetSpec::balance(BudgetScope::Org("p".into()), usd("2"));
     assert_eq!(
-        ledger.top_up(&fresh, usd("1")).await.unwrap().remaining(),
+        ledger
+            .top_up(&fresh, usd("1"), None)
+            .await
+            .unwrap()
+            .status
+            .remaining(),
         usd("3")
     );
 
@@ -1309,7 +1329,10 @@ async fn ledger_semantics_match_the_memory_ledger() {
         ledger.read(&huge).await.unwrap().remaining(),
         Money::from_nanos(1)
     );
-    ledger.settle(&r, Money::from_nanos(3)).await.unwrap();
+    ledger
+        .settle(&r, &Charge::cost(Money::from_nanos(3)))
+        .await
+        .unwrap();
     let status = ledger.read(&huge).await.unwrap();
     assert_eq!(
         (status.spent, status.remaining()),
@@ -1358,8 +1381,11 @@ async fn bounded_admits_one_partial_hold_at_a_time_like_the_memory_ledger() {
         }
         if let Some(which) = amount.strip_prefix("-settle ") {
             let (m, r): &(Reservation, Reservation) = &held[which.parse::<usize>().unwrap()];
-            let expected = memory.settle(m, usd("0.3")).await.unwrap();
-            assert_eq!(redis.settle(r, usd("0.3")).await.unwrap(), expected);
+            let expected = memory.settle(m, &Charge::cost(usd("0.3"))).await.unwrap();
+            assert_eq!(
+                redis.settle(r, &Charge::cost(usd("0.3"))).await.unwrap(),
+                expected
+            );
             continue;
         }
         let expected = memory.reserve(&both, usd(amount), bounded).await.unwrap();
@@ -1407,7 +1433,7 @@ async fn ledger_keys_expire_or_persist_by_what_they_hold() {
                 .await
                 .unwrap(),
         );
-        ledger.settle(&r, usd("0.1")).await.unwrap();
+        ledger.settle(&r, &Charge::cost(usd("0.1"))).await.unwrap();
     }
     let client = redis::Client::open(server.url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -1580,4 +1606,106 @@ async fn lua_money_is_exact_over_the_i64_range() {
             assert_eq!(got, expected);
         }
     }
+}
+
+// ---- ledger: aggregates, idempotent top-ups, resets ----------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_settlements_keep_spend_aggregates_like_memory() {
+    use tollgate::budget::{Attribution, SpendGroup, SpendQuery, SpendTokens};
+    let server = RedisServer::start();
+    let redis = RedisLedger::new(instance(&server).await);
+    let memory = tollgate::store::memory::MemoryLedger::new();
+    let alice = BudgetScope::Key("alice".into());
+    let bob = BudgetScope::Key("bob".into());
+    let team = BudgetScope::Team("research".into());
+    let budget = BudgetSpec::budget(alice.clone(), usd("10"), Period::Monthly);
+    let charges = [
+        (vec![alice.clone(), team.clone()], "gpt-4o", "0.5"),
+        (vec![bob.clone(), team.clone()], "gpt-4o", "0.25"),
+        (vec![alice.clone(), team.clone()], "o3|mini:x", "1.125"),
+    ];
+    for ledger in [&redis as &dyn Ledger, &memory] {
+        for (scopes, model, cost) in &charges {
+            let budgets: Arc<[BudgetSpec]> = if scopes[0] == alice {
+                Arc::new([budget.clone()])
+            } else {
+                Arc::new([])
+            };
+            let reservation = tollgate::budget::Reservation::unheld(budgets);
+            let charge = Charge::new(usd(cost), SpendTokens::new(100, 200, 7))
+                .attributed(Attribution::new(scopes.clone(), *model));
+            let settled = ledger.settle(&reservation, &charge).await.unwrap();
+            assert!(settled.day > 20_000);
+        }
+        assert_eq!(ledger.read(&budget).await.unwrap().spent, usd("1.625"));
+    }
+    for query in [
+        SpendQuery::new(SpendGroup::Key),
+        SpendQuery::new(SpendGroup::Team),
+        SpendQuery::new(SpendGroup::Model),
+        SpendQuery::new(SpendGroup::Day),
+        SpendQuery::new(SpendGroup::Model).scope(alice.clone()),
+        SpendQuery::new(SpendGroup::Key).model("o3|mini:x"),
+        SpendQuery::new(SpendGroup::Key).days(Some(0), Some(1)),
+    ] {
+        let (r, m) = (
+            redis.spend(&query).await.unwrap(),
+            memory.spend(&query).await.unwrap(),
+        );
+        assert_eq!(r, m, "{query:?}");
+    }
+    let by_key = redis
+        .spend(&SpendQuery::new(SpendGroup::Key))
+        .await
+        .unwrap();
+    assert_eq!(by_key[0].group, "alice");
+    assert_eq!(by_key[0].totals.cost, usd("1.625"));
+    assert_eq!(by_key[0].totals.requests, 2);
+    assert_eq!(by_key[0].totals.cached_tokens, 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_top_ups_apply_once_per_key_and_resets_keep_holds() {
+    let server = RedisServer::start();
+    let a = RedisLedger::new(instance(&server).await);
+    let b = RedisLedger::new(instance(&server).await);
+    let wallet = BudgetSpec::balance(BudgetScope::Key("w".into()), usd("10"));
+    let first = a.top_up(&wallet, usd("25"), Some("idem-1")).await.unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.status.remaining(), usd("35"));
+    // The retry reaches another instance: still applied once.
+    let again = b.top_up(&wallet, usd("25"), Some("idem-1")).await.unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.status.remaining(), usd("35"));
+    let other = b.top_up(&wallet, usd("25"), Some("idem-2")).await.unwrap();
+    assert_eq!(other.status.remaining(), usd("60"));
+
+    let budget = BudgetSpec::budget(BudgetScope::Key("k".into()), usd("10"), Period::Monthly);
+    let budgets: Arc<[BudgetSpec]> = Arc::new([budget.clone()]);
+    let ReserveOutcome::Reserved { reservation, .. } = a
+        .reserve(&budgets, usd("4"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    else {
+        panic!("not reserved")
+    };
+    a.settle(&reservation, &Charge::cost(usd("4")))
+        .await
+        .unwrap();
+    let ReserveOutcome::Reserved {
+        reservation: held, ..
+    } = a
+        .reserve(&budgets, usd("1"), ReservePolicy::Strict)
+        .await
+        .unwrap()
+    else {
+        panic!("not reserved")
+    };
+    let status = b.reset(&budget).await.unwrap();
+    assert_eq!((status.spent, status.reserved), (Money::ZERO, usd("1")));
+    a.release(&held).await.unwrap();
+    assert_eq!(a.read(&budget).await.unwrap().remaining(), usd("10"));
+    // A balance is not reset.
+    assert_eq!(b.reset(&wallet).await.unwrap().remaining(), usd("60"));
 }

@@ -365,7 +365,7 @@ async fn key_info(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
                 "mode": format!("{:?}", spec.mode).to_lowercase(),
                 "limit_usd": spec.limit.as_usd_f64(),
                 "remaining_usd": status.remaining().as_usd_f64(),
-                "resets_at": status.period.end.map(tollgate::time::format_rfc3339),
+                "resets_at": status.period.end.map(rfc3339),
             })),
             Err(error) => return ApiError::from(error).into_response(),
         }
@@ -373,7 +373,7 @@ async fn key_info(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     axum::Json(json!({
         "id": principal.key_id(),
         "name": principal.name(),
-        "expires_at": principal.expires_at().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(tollgate::time::format_rfc3339),
+        "expires_at": principal.expires_at().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(rfc3339),
         "models": principal.allowed_models(),
         "rate_limits": limits,
         "max_concurrent": principal.max_concurrent(),
@@ -451,4 +451,12 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
         None => log(None),
     }
     response
+}
+
+/// `2026-12-06T00:00:00Z` for a time since the Unix epoch.
+fn rfc3339(since_epoch: Duration) -> Option<String> {
+    let secs = i64::try_from(since_epoch.as_secs()).ok()?;
+    jiff::Timestamp::from_second(secs)
+        .ok()
+        .map(|t| t.to_string())
 }

@@ -17,7 +17,7 @@
 mod app;
 mod cli;
 mod config;
-#[path = "../support/mock.rs"]
+#[path = "../support/mock/mod.rs"]
 mod mock;
 mod server;
 mod shutdown;

@@ -57,7 +57,7 @@ use crate::time::{format_rfc3339, parse_rfc3339};
 /// assert!(err.to_string().contains("`revoked`"), "{err}");
 /// # Ok::<_, Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Clone, Default, PartialEq, Serialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct KeyEntry {
     /// Stable id.
@@ -199,7 +199,10 @@ impl KeyEntry {
         }
         if let Some(at) = &self.expires_at {
             let at = time("expires_at", at)?;
-            if at <= record.created_at {
+            // Only two dates the file gives can contradict each other: an
+            // expiry in the past with no `created_at` is a key that has
+            // expired (refused at request time), not a broken file.
+            if self.created_at.is_some() && at <= record.created_at {
                 return Err(bad("expires_at", "is not after `created_at`"));
             }
             record.expires_at = Some(at);
@@ -268,6 +271,19 @@ impl KeyEntry {
         record.org = self.org;
         record.metadata = self.metadata;
         Ok(record)
+    }
+
+    /// The same entry with a plaintext `secret` replaced by its
+    /// `secret_sha256`: what a store may keep of it.
+    pub fn hashed(&self) -> KeyEntry {
+        let mut entry = self.clone();
+        if let Some(secret) = entry.secret.take() {
+            entry.secret_sha256 = Some(match secret.strip_prefix("sha256:") {
+                Some(hex) => hex.to_ascii_lowercase(),
+                None => KeyHash::of(secret.as_bytes()).to_hex(),
+            });
+        }
+        entry
     }
 
     /// The entry describing `record`, its secret given as `secret_sha256`:

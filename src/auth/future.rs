@@ -13,9 +13,10 @@ use tower_service::Service;
 
 use super::layer::Policy;
 use super::outcome::{self, Admitted};
-use super::{KeyHash, Lookup, Principal};
+use super::{KeyHash, KeyRecord, Principal};
 use crate::body::{ResponseBody, reject};
 use crate::request::{FromBytes, ReadMeta};
+use crate::store::StoreFuture;
 use crate::{ApiError, BoxError, RequestMeta};
 
 /// `x-api-key-expires-in`: seconds until the key expires, sent when it is
@@ -42,7 +43,7 @@ pin_project! {
     {
         // A remote store is answering.
         Lookup {
-            lookup: Lookup,
+            lookup: StoreFuture<Option<Arc<KeyRecord>>>,
             waiting: Option<Waiting<S, B>>,
         },
         // The key has a model allow-list: the body is read for its `model`.
@@ -82,7 +83,7 @@ where
     }
 
     pub(crate) fn lookup(
-        lookup: Lookup,
+        lookup: StoreFuture<Option<Arc<KeyRecord>>>,
         inner: S,
         req: Request<B>,
         hash: KeyHash,

@@ -65,26 +65,43 @@ pub(crate) fn admit(
     hash: &KeyHash,
 ) -> Result<Admitted, ApiError> {
     let record = match found {
-        Ok(Some(record)) if record.secret_hash.verify(hash) => record,
-        Ok(_) => {
+        Ok(Some(record)) => record,
+        Ok(None) => {
             tracing::debug!(code = "invalid_api_key", "API key refused: unknown key");
             return Err(invalid_key());
         }
         Err(error) => return Err(error.into()),
     };
+    // Read only when a date is to be compared: most keys have none.
+    let now = || UNIX_EPOCH + policy.clock.now_unix();
+    // The end of a retired secret's grace, when the presented secret is one.
+    let mut grace_end = None;
+    if !record.secret_hash.verify(hash) {
+        match record.retired.iter().find(|r| r.hash.verify(hash)) {
+            Some(retired) if retired.until > now() => grace_end = Some(retired.until),
+            Some(_) => return Err(refuse(&record, rotated_key())),
+            None => {
+                tracing::debug!(code = "invalid_api_key", "API key refused: hash mismatch");
+                return Err(invalid_key());
+            }
+        }
+    }
     if record.revoked {
         return Err(refuse(&record, revoked_key()));
     }
-    let expiry = effective_expiry(&record, policy.max_lifetime);
+    let expiry = match (effective_expiry(&record, policy.max_lifetime), grace_end) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     let mut expires_in = None;
     if let Some(expiry) = expiry {
-        let now = UNIX_EPOCH + policy.clock.now_unix();
-        match expiry.duration_since(now) {
+        match expiry.duration_since(now()) {
             Ok(left) if !left.is_zero() => {
-                if left <= policy.expiry_warning {
+                if left <= policy.expiry_warning || grace_end.is_some() {
                     expires_in = Some(HeaderValue::from(left.as_secs()));
                 }
             }
+            _ if grace_end == Some(expiry) => return Err(refuse(&record, rotated_key())),
             _ => return Err(refuse(&record, expired_key())),
         }
     }
@@ -167,6 +184,14 @@ fn revoked_key() -> ApiError {
     ApiError::authentication()
         .with_code("revoked_api_key")
         .with_message("The API key has been revoked.")
+}
+
+fn rotated_key() -> ApiError {
+    ApiError::authentication()
+        .with_code("revoked_api_key")
+        .with_message(
+            "The API key has been rotated and its grace period has ended. Use the new key.",
+        )
 }
 
 fn account_disabled() -> ApiError {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
-use crate::budget::BudgetSpec;
+use crate::budget::{BudgetScope, BudgetSpec};
 use crate::rate_limit::Limit;
 
 /// The SHA-256 of an API key's secret. The secret itself is never stored.
@@ -49,15 +49,28 @@ pub struct KeyRecord {
     pub max_concurrent: Option<u32>,
     /// Budgets this key's requests are charged to (its own, its team's, …).
     pub budgets: Vec<BudgetSpec>,
+    /// Secrets the key had before it was rotated, each working until its
+    /// grace period ends and refused as revoked afterwards.
+    pub retired: Vec<RetiredSecret>,
+    /// User the key belongs to.
+    pub user: Option<String>,
     /// Team the key belongs to.
     pub team: Option<String>,
     /// Organisation the key belongs to.
     pub org: Option<String>,
     /// Free-form metadata.
     pub metadata: BTreeMap<String, String>,
+    /// The configuration entry this record was last granted from (its
+    /// secret as a hash), for a key that a configuration file lists: the
+    /// next synchronisation applies only what changed in the file since
+    /// (see [`KeyEntry::grant`](super::KeyEntry::grant)). `None` for keys
+    /// made through an admin API.
+    pub config_entry: Option<Arc<super::KeyEntry>>,
     /// `budgets` as the shared slice a reservation keeps, made once per
     /// record instead of once per request.
-    shared_budgets: SharedBudgets,
+    shared_budgets: Cached<Arc<[BudgetSpec]>>,
+    /// The key's spend scopes (key, user, team, org), made once per record.
+    spend_scopes: Cached<Arc<[BudgetScope]>>,
 }
 
 impl fmt::Debug for KeyRecord {
@@ -74,34 +87,79 @@ impl fmt::Debug for KeyRecord {
             .field("rate_limits", &self.rate_limits)
             .field("max_concurrent", &self.max_concurrent)
             .field("budgets", &self.budgets)
+            .field("retired", &self.retired)
+            .field("user", &self.user)
             .field("team", &self.team)
             .field("org", &self.org)
             .field("metadata", &self.metadata)
+            .field("config_entry", &self.config_entry.is_some())
             .finish()
     }
 }
 
-/// A cache of a record's budgets as an `Arc<[BudgetSpec]>`. Not part of the
-/// record's value: equal to any other, and empty in a clone (whose budgets
-/// may then be changed).
-#[derive(Default)]
-struct SharedBudgets(OnceLock<Arc<[BudgetSpec]>>);
+/// A secret a key held before a rotation: it keeps working until `until`,
+/// then gets 401 `revoked_api_key` (not `invalid_api_key`: the caller learns
+/// to fetch the new secret, and nothing is revealed that the old secret's
+/// holder did not know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RetiredSecret {
+    /// SHA-256 of the old secret.
+    pub hash: KeyHash,
+    /// When the grace period ends.
+    pub until: SystemTime,
+}
 
-impl Clone for SharedBudgets {
-    fn clone(&self) -> Self {
-        SharedBudgets::default()
+impl RetiredSecret {
+    /// Retired secrets a record keeps: older ones are forgotten (their
+    /// holders then get `invalid_api_key`).
+    pub const MAX_KEPT: usize = 4;
+}
+
+/// A value derived from a record's fields, made on first use. Not part of
+/// the record's value: equal to any other, and empty in a clone (whose
+/// fields may then be changed). Users check it against the fields, as a
+/// record held alone can be changed in place.
+struct Cached<T>(OnceLock<T>);
+
+impl<T> Default for Cached<T> {
+    fn default() -> Self {
+        Cached(OnceLock::new())
     }
 }
 
-impl PartialEq for SharedBudgets {
-    fn eq(&self, _: &SharedBudgets) -> bool {
+impl<T> Clone for Cached<T> {
+    fn clone(&self) -> Self {
+        Cached::default()
+    }
+}
+
+impl<T> PartialEq for Cached<T> {
+    fn eq(&self, _: &Cached<T>) -> bool {
         true
     }
 }
 
-impl Eq for SharedBudgets {}
+impl<T> Eq for Cached<T> {}
 
 impl KeyRecord {
+    /// Every secret hash this record answers to: the current one, then the
+    /// retired ones.
+    pub fn secret_hashes(&self) -> impl Iterator<Item = KeyHash> + '_ {
+        std::iter::once(self.secret_hash).chain(self.retired.iter().map(|r| r.hash))
+    }
+
+    /// Rotates the key to `new_secret`: the current secret keeps working
+    /// until `until` (pass the current time for no grace), then is refused
+    /// as revoked. At most [`RetiredSecret::MAX_KEPT`] retired secrets are
+    /// kept, the newest.
+    pub fn rotate(&mut self, new_secret: KeyHash, until: SystemTime) {
+        let old = std::mem::replace(&mut self.secret_hash, new_secret);
+        self.retired
+            .retain(|r| r.hash != new_secret && r.hash != old);
+        self.retired.insert(0, RetiredSecret { hash: old, until });
+        self.retired.truncate(RetiredSecret::MAX_KEPT);
+    }
+
     /// A record for `id` whose secret hashes to `secret_hash`, created now,
     /// with no expiry, limits, budgets or model restrictions.
     pub fn new(id: impl Into<String>, secret_hash: KeyHash) -> Self {
@@ -117,10 +175,14 @@ impl KeyRecord {
             rate_limits: Vec::new(),
             max_concurrent: None,
             budgets: Vec::new(),
+            retired: Vec::new(),
+            user: None,
             team: None,
             org: None,
             metadata: BTreeMap::new(),
-            shared_budgets: SharedBudgets::default(),
+            config_entry: None,
+            shared_budgets: Cached::default(),
+            spend_scopes: Cached::default(),
         }
     }
 }
@@ -150,6 +212,11 @@ impl Principal {
     /// The key's display name.
     pub fn name(&self) -> Option<&str> {
         self.record.name.as_deref()
+    }
+
+    /// The key's user.
+    pub fn user(&self) -> Option<&str> {
+        self.record.user.as_deref()
     }
 
     /// The key's team.
@@ -194,6 +261,21 @@ impl Principal {
         }
     }
 
+    /// The scopes the key's spend is counted under: the key, then its
+    /// user, team and org when it has them. Made once per key record.
+    pub fn spend_scopes(&self) -> Arc<[BudgetScope]> {
+        let record = &*self.record;
+        let cached = record
+            .spend_scopes
+            .0
+            .get_or_init(|| scopes_of(record).into());
+        if same_scopes(cached, record) {
+            cached.clone()
+        } else {
+            scopes_of(record).into()
+        }
+    }
+
     /// The models the key may use (empty: all).
     pub fn allowed_models(&self) -> &[String] {
         &self.record.allowed_models
@@ -215,11 +297,51 @@ impl Principal {
     }
 }
 
+/// The spend scopes of `record`.
+fn scopes_of(record: &KeyRecord) -> Vec<BudgetScope> {
+    let mut scopes = Vec::with_capacity(4);
+    scopes.push(BudgetScope::Key(record.id.clone()));
+    if let Some(user) = &record.user {
+        scopes.push(BudgetScope::User(user.clone()));
+    }
+    if let Some(team) = &record.team {
+        scopes.push(BudgetScope::Team(team.clone()));
+    }
+    if let Some(org) = &record.org {
+        scopes.push(BudgetScope::Org(org.clone()));
+    }
+    scopes
+}
+
+/// Whether `scopes` are the spend scopes of `record`, compared without
+/// building them.
+fn same_scopes(scopes: &[BudgetScope], record: &KeyRecord) -> bool {
+    let mut it = scopes.iter();
+    let mut next_is = |want: Option<&String>, make: fn(&String, &BudgetScope) -> bool| match want {
+        None => true,
+        Some(id) => it.next().is_some_and(|scope| make(id, scope)),
+    };
+    next_is(
+        Some(&record.id),
+        |id, s| matches!(s, BudgetScope::Key(x) if x == id),
+    ) && next_is(
+        record.user.as_ref(),
+        |id, s| matches!(s, BudgetScope::User(x) if x == id),
+    ) && next_is(
+        record.team.as_ref(),
+        |id, s| matches!(s, BudgetScope::Team(x) if x == id),
+    ) && next_is(
+        record.org.as_ref(),
+        |id, s| matches!(s, BudgetScope::Org(x) if x == id),
+    ) && it.next().is_none()
+}
+
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Principal")
             .field("key_id", &self.record.id)
             .field("name", &self.record.name)
+            .field("user", &self.record.user)
             .field("team", &self.record.team)
             .field("org", &self.record.org)
             .finish_non_exhaustive()

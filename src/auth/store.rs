@@ -1,17 +1,14 @@
-//! Where keys live: the [`KeyStore`] trait and its [`Lookup`] future.
+//! Where keys live: the [`KeyStore`] trait (the lookup every request makes)
+//! and [`KeyAdmin`] (what an admin API does with keys).
 
-use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use super::{KeyHash, KeyRecord};
-use crate::store::StoreError;
+use crate::store::StoreFuture;
 
 /// What a lookup finds: the record, no record (an unknown key), or a store
 /// that could not answer (the request is refused with 503: fail closed).
-pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;
+pub type LookupResult = Result<Option<Arc<KeyRecord>>, crate::store::StoreError>;
 
 /// Finds key records by the SHA-256 of their secret.
 ///
@@ -19,32 +16,34 @@ pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// gateway can choose its store at run time. [`MemoryKeyStore`] is the
 /// in-process implementation.
 ///
+/// A record is found by its current secret and by the secrets it retired in
+/// a rotation ([`KeyRecord::retired`]): the layer decides whether a retired
+/// secret is still within its grace period.
+///
 /// # Writing a remote store
 ///
 /// A store backed by a database or Redis keeps a local cache (a
-/// [`MemoryKeyStore`] does), answers hits with [`Lookup::ready`] (no
-/// allocation, no await), and misses with [`Lookup::pending`] over a future
-/// that owns what it needs (a connection handle, the hash). Revocations must
-/// reach every instance's cache at once, not when an entry's TTL runs out:
-/// publish them (Redis pub/sub, a database `LISTEN`) and apply them with
-/// [`MemoryKeyStore::revoke`] or [`MemoryKeyStore::remove`]. Cache unknown
-/// hashes briefly, if at all, so a key minted on one instance works on the
-/// others within that time.
+/// [`MemoryKeyStore`] does), answers hits with [`StoreFuture::ready`] (no
+/// allocation, no await), and misses with [`StoreFuture::pending`] over a
+/// future that owns what it needs (a connection handle, the hash).
+/// Revocations must reach every instance's cache at once, not when an
+/// entry's TTL runs out: publish them (Redis pub/sub, a database `LISTEN`)
+/// and apply them with [`MemoryKeyStore::revoke`] or
+/// [`MemoryKeyStore::remove`]. Cache unknown hashes briefly, if at all, so a
+/// key minted on one instance works on the others within that time.
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tollgate::auth::{KeyHash, KeyRecord, KeyStore, Lookup};
-/// use tollgate::store::StoreError;
+/// use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
+/// use tollgate::store::{StoreError, StoreFuture};
 ///
 /// /// A store that knows one key, answering as a remote store would.
 /// struct OneKey(Arc<KeyRecord>);
 ///
 /// impl KeyStore for OneKey {
-///     fn lookup(&self, hash: &KeyHash) -> Lookup {
+///     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
 ///         let (record, hash) = (self.0.clone(), *hash);
-///         Lookup::pending(async move {
-///             Ok::<_, StoreError>((record.secret_hash == hash).then_some(record))
-///         })
+///         StoreFuture::pending(async move { Ok((record.secret_hash == hash).then_some(record)) })
 ///     }
 /// }
 ///
@@ -61,86 +60,114 @@ pub type LookupResult = Result<Option<Arc<KeyRecord>>, StoreError>;
 /// [`MemoryKeyStore::revoke`]: crate::store::memory::MemoryKeyStore::revoke
 /// [`MemoryKeyStore::remove`]: crate::store::memory::MemoryKeyStore::remove
 pub trait KeyStore: Send + Sync {
-    /// The record whose secret hashes to `hash`, if any.
-    ///
-    /// The returned [`Lookup`] must not borrow `self`: clone what the lookup
-    /// needs into it.
-    fn lookup(&self, hash: &KeyHash) -> Lookup;
+    /// The record whose current or retired secret hashes to `hash`, if any.
+    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>>;
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
-    fn lookup(&self, hash: &KeyHash) -> Lookup {
+    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         (**self).lookup(hash)
     }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for Box<T> {
-    fn lookup(&self, hash: &KeyHash) -> Lookup {
+    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         (**self).lookup(hash)
     }
 }
 
-type BoxLookup = Pin<Box<dyn Future<Output = LookupResult> + Send>>;
-
-/// The answer of [`KeyStore::lookup`]: already known (an in-memory store or
-/// a cache hit, answered without allocating), or on its way.
-#[must_use = "a lookup does nothing unless awaited"]
-pub struct Lookup {
-    state: State,
+/// Whether [`KeyAdmin::put`] may replace a key that already exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PutMode {
+    /// Only create: a key with the same id is a
+    /// [`StoreError::Conflict`](crate::store::StoreError::Conflict).
+    Create,
+    /// Create, or replace the key with the same id.
+    Upsert,
 }
 
-enum State {
-    Ready(Option<LookupResult>),
-    Pending(BoxLookup),
+/// What an admin API does with keys: create, read, list, change, delete.
+///
+/// Every store of the crate implements it. A change made through one
+/// instance is seen by every instance that shares the store within one
+/// second (the Redis store publishes it; the others are one process), and
+/// requests already admitted finish under the record they were admitted
+/// with.
+///
+/// Changes are whole records: read one with [`get`](KeyAdmin::get), change
+/// it, and [`put`](KeyAdmin::put) it back. Two admins changing one key at
+/// the same instant: the last write wins.
+///
+/// ```
+/// use tollgate::auth::{KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode};
+/// use tollgate::store::memory::MemoryKeyStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::store::StoreError> {
+/// let store: Box<dyn KeyAdmin> = Box::new(MemoryKeyStore::new());
+/// store.put(KeyRecord::new("alice", KeyHash::of("sk-alice")), PutMode::Create).await?;
+/// assert!(store.put(KeyRecord::new("alice", KeyHash::of("sk-other")), PutMode::Create).await.is_err());
+///
+/// let mut record = (*store.get("alice").await?.unwrap()).clone();
+/// record.revoked = true;
+/// store.put(record, PutMode::Upsert).await?;
+/// assert!(store.lookup(&KeyHash::of("sk-alice")).await?.unwrap().revoked);
+/// assert_eq!(store.list(None, 10).await?.len(), 1);
+/// # Ok(())
+/// # }
+/// ```
+pub trait KeyAdmin: KeyStore {
+    /// The record of key `id`.
+    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>>;
+
+    /// Up to `limit` records whose ids sort after `after` (all when `None`),
+    /// in id order: a page of keys, the next starting after its last id.
+    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>>;
+
+    /// Stores `record` under its id and every secret it holds (current and
+    /// retired), and returns the record it replaced. A secret (current or
+    /// retired) that belongs to another key is a
+    /// [`StoreError::Conflict`](crate::store::StoreError::Conflict), as is an
+    /// existing id under [`PutMode::Create`]. Secrets the replaced record
+    /// held and this one does not stop working.
+    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>>;
+
+    /// Deletes key `id` and every secret it holds; whether it existed.
+    fn delete(&self, id: &str) -> StoreFuture<bool>;
 }
 
-impl Lookup {
-    /// A lookup answered at once.
-    pub fn ready(result: LookupResult) -> Lookup {
-        Lookup {
-            state: State::Ready(Some(result)),
-        }
+impl<T: KeyAdmin + ?Sized> KeyAdmin for Arc<T> {
+    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        (**self).get(id)
     }
 
-    /// A lookup answered by `future` (a remote store's round trip).
-    pub fn pending<F>(future: F) -> Lookup
-    where
-        F: Future<Output = LookupResult> + Send + 'static,
-    {
-        Lookup {
-            state: State::Pending(Box::pin(future)),
-        }
+    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
+        (**self).list(after, limit)
     }
 
-    /// The answer, if it is already known, without polling.
-    pub(crate) fn take_ready(&mut self) -> Option<LookupResult> {
-        match &mut self.state {
-            State::Ready(result) => result.take(),
-            State::Pending(_) => None,
-        }
+    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        (**self).put(record, mode)
+    }
+
+    fn delete(&self, id: &str) -> StoreFuture<bool> {
+        (**self).delete(id)
     }
 }
 
-impl Future for Lookup {
-    type Output = LookupResult;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LookupResult> {
-        match &mut self.state {
-            State::Ready(result) => Poll::Ready(result.take().unwrap_or_else(|| {
-                Err(StoreError::Unavailable(
-                    "key lookup polled after completion".into(),
-                ))
-            })),
-            State::Pending(future) => future.as_mut().poll(cx),
-        }
+impl<T: KeyAdmin + ?Sized> KeyAdmin for Box<T> {
+    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        (**self).get(id)
     }
-}
 
-impl fmt::Debug for Lookup {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.state {
-            State::Ready(_) => f.write_str("Lookup::Ready"),
-            State::Pending(_) => f.write_str("Lookup::Pending"),
-        }
+    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
+        (**self).list(after, limit)
+    }
+
+    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        (**self).put(record, mode)
+    }
+
+    fn delete(&self, id: &str) -> StoreFuture<bool> {
+        (**self).delete(id)
     }
 }

@@ -1,16 +1,26 @@
 //! Where spend is kept: the [`Ledger`] trait.
 //!
-//! A ledger answers five questions, each in one round trip so a shared store
-//! (Redis with a Lua script per operation) can answer them atomically for
-//! every gateway instance at once:
+//! A ledger answers seven questions, each in one round trip so a shared
+//! store (Redis with a Lua script per operation) can answer them atomically
+//! for every gateway instance at once:
 //!
 //! | operation | what it does atomically |
 //! |---|---|
 //! | [`reserve`](Ledger::reserve) | check every budget of a request and hold an amount against all of them, or against none |
-//! | [`settle`](Ledger::settle) | turn a hold into the actual cost: charge it, release the rest |
+//! | [`settle`](Ledger::settle) | turn a hold into the actual cost: charge it, release the rest, add it to the spend aggregates |
 //! | [`release`](Ledger::release) | drop a hold without charging (the call failed before any token) |
-//! | [`top_up`](Ledger::top_up) | add funds to a prepaid balance |
+//! | [`top_up`](Ledger::top_up) | add funds to a prepaid balance, once per idempotency key |
 //! | [`read`](Ledger::read) | one budget's limit, spend and holds in its current period |
+//! | [`reset`](Ledger::reset) | forget a budget's spend in its current period |
+//! | [`spend`](Ledger::spend) | the spend aggregates, grouped and filtered |
+//!
+//! # Grants, not state
+//!
+//! A [`BudgetSpec`] grants: a balance is opened at the spec's `limit` the
+//! first time the ledger sees it, and never refilled by a later spec (only
+//! [`top_up`](Ledger::top_up) adds funds); a budget's limit is the spec's on
+//! every call, but its spend is the ledger's, so changing a limit keeps
+//! what was spent.
 //!
 //! Budgets are described by their [`BudgetSpec`] on every call (the spec comes
 //! from the caller's key record, not from the ledger), so a changed limit takes
@@ -22,17 +32,15 @@
 //! crashes between reserve and settle cannot lock money away forever, the
 //! ledger releases the hold when the lease runs out.
 //!
-//! A ledger that answers without waiting (one in memory) also implements
-//! [`reserve_now`](Ledger::reserve_now), [`settle_now`](Ledger::settle_now)
-//! and [`release_now`](Ledger::release_now): the layer then decides in
+//! Every operation returns a [`StoreFuture`]: a ledger that answers without
+//! waiting (one in memory) returns it ready, and the layer then decides in
 //! `call` and settles in place, with no future to keep or box.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 
-use super::{BudgetMode, BudgetSpec, Money, PeriodWindow};
-use crate::store::StoreError;
+use super::{BudgetMode, BudgetSpec, Charge, Money, PeriodWindow, SpendQuery, SpendRow};
+use crate::store::StoreFuture;
 
 /// How much of a budget a request may reserve.
 ///
@@ -141,6 +149,13 @@ impl Reservation {
         }
     }
 
+    /// A reservation that holds nothing against `budgets`: settling it
+    /// charges them (and keeps the charge's aggregates). For requests
+    /// admitted without a hold (no budgets, or a ledger that was down).
+    pub fn unheld(budgets: Arc<[BudgetSpec]>) -> Reservation {
+        Reservation::new(ReservationId::UNHELD, Money::ZERO, budgets)
+    }
+
     /// The id.
     pub fn id(&self) -> ReservationId {
         self.id
@@ -185,12 +200,27 @@ pub struct Settlement {
     pub charged: Money,
     /// Each budget's status after the charge, in the reservation's order.
     pub statuses: Vec<BudgetStatus>,
+    /// The UTC day (days since 1970-01-01) the charge was counted in, in the
+    /// aggregates and the budgets' periods.
+    pub day: i64,
+}
+
+/// What [`Ledger::top_up`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopUpOutcome {
+    /// The balance after the top-up.
+    pub status: BudgetStatus,
+    /// The idempotency key had been used already: nothing was added this
+    /// time, and `status` is the balance now.
+    pub replayed: bool,
 }
 
 /// A store of budget spend, shared by every clone of a `BudgetLayer` (and,
 /// for a shared backend, every gateway instance).
 ///
 /// Every operation is one round trip and atomic across all budgets it names.
+/// The trait is dyn-compatible (`Arc<dyn Ledger>` is a ledger), and each
+/// operation returns a [`StoreFuture`] that owns what it needs.
 /// Implementations must uphold:
 ///
 /// - **all or nothing**: `reserve` holds the amount against every budget or
@@ -205,8 +235,13 @@ pub struct Settlement {
 ///   [`Period::window`](super::Period::window) gives for the ledger's current
 ///   time, and starts from zero in a new period; a settlement counts in the
 ///   period it happens in; balances never reset;
+/// - **grants**: a balance opens at its spec's `limit` the first time the
+///   ledger sees it; later specs never change its funds;
 /// - **leases**: a hold not settled or released within the ledger's lease is
-///   released by the ledger; settling it afterwards still charges the cost.
+///   released by the ledger; settling it afterwards still charges the cost;
+/// - **aggregates**: a settlement of an attributed [`Charge`] adds it to the
+///   aggregates of each of its scopes, for its model and the UTC day of the
+///   settlement, in the same atomic step as the charge.
 pub trait Ledger: Send + Sync + 'static {
     /// Holds `amount` against every one of `budgets`, or against none.
     ///
@@ -216,95 +251,53 @@ pub trait Ledger: Send + Sync + 'static {
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
-    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send;
+    ) -> StoreFuture<ReserveOutcome>;
 
-    /// Charges `actual` to every budget of `reservation` and releases its hold.
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send;
+    /// Charges `charge.cost` to every budget of `reservation`, releases its
+    /// hold, and adds the charge to its attribution's aggregates.
+    fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement>;
 
     /// Releases `reservation`'s hold without charging anything.
-    fn release(
-        &self,
-        reservation: &Reservation,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn release(&self, reservation: &Reservation) -> StoreFuture<()>;
 
     /// Adds `amount` to the prepaid balance `budget` (negative amounts debit
-    /// it) and returns its new status.
+    /// it) and returns its new status. With an `idempotency_key`, a key
+    /// already used for this balance within the last 24 hours adds nothing
+    /// and answers the balance as it is ([`TopUpOutcome::replayed`]).
     fn top_up(
         &self,
         budget: &BudgetSpec,
         amount: Money,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send;
+        idempotency_key: Option<&str>,
+    ) -> StoreFuture<TopUpOutcome>;
 
     /// `budget`'s status in its current period.
-    fn read(
-        &self,
-        budget: &BudgetSpec,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send;
+    fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus>;
 
-    /// [`reserve`](Ledger::reserve) without a future, for a ledger that can
-    /// answer without waiting (one in memory); `None` (the default) when it
-    /// cannot, and the layer then calls `reserve`.
-    ///
-    /// Why: the layer reserves on every request, and a future it must keep
-    /// across an await point costs an allocation. A ledger that returns
-    /// `Some` must have done exactly what `reserve` would have done; one
-    /// that returns `None` must have done nothing.
-    fn reserve_now(
-        &self,
-        budgets: &Arc<[BudgetSpec]>,
-        amount: Money,
-        policy: ReservePolicy,
-    ) -> Option<Result<ReserveOutcome, StoreError>> {
-        let _ = (budgets, amount, policy);
-        None
-    }
+    /// Sets `budget`'s spend in its current period to zero (holds in flight
+    /// stay) and returns its status. A balance is not a budget: resetting
+    /// one changes nothing (top it up instead).
+    fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus>;
 
-    /// [`settle`](Ledger::settle) without a future, as
-    /// [`reserve_now`](Ledger::reserve_now): `Some` when done, `None` (the
-    /// default, having done nothing) to be settled through `settle`.
-    fn settle_now(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> Option<Result<Settlement, StoreError>> {
-        let _ = (reservation, actual);
-        None
-    }
-
-    /// [`release`](Ledger::release) without a future, as
-    /// [`reserve_now`](Ledger::reserve_now).
-    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
-        let _ = reservation;
-        None
-    }
+    /// The spend aggregates `query` asks for.
+    fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>>;
 }
 
-impl<L: Ledger> Ledger for Arc<L> {
+impl<L: Ledger + ?Sized> Ledger for Arc<L> {
     fn reserve(
         &self,
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
-    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
+    ) -> StoreFuture<ReserveOutcome> {
         (**self).reserve(budgets, amount, policy)
     }
 
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
-        (**self).settle(reservation, actual)
+    fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
+        (**self).settle(reservation, charge)
     }
 
-    fn release(
-        &self,
-        reservation: &Reservation,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
         (**self).release(reservation)
     }
 
@@ -312,35 +305,20 @@ impl<L: Ledger> Ledger for Arc<L> {
         &self,
         budget: &BudgetSpec,
         amount: Money,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
-        (**self).top_up(budget, amount)
+        idempotency_key: Option<&str>,
+    ) -> StoreFuture<TopUpOutcome> {
+        (**self).top_up(budget, amount, idempotency_key)
     }
 
-    fn read(
-        &self,
-        budget: &BudgetSpec,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+    fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
         (**self).read(budget)
     }
 
-    fn reserve_now(
-        &self,
-        budgets: &Arc<[BudgetSpec]>,
-        amount: Money,
-        policy: ReservePolicy,
-    ) -> Option<Result<ReserveOutcome, StoreError>> {
-        (**self).reserve_now(budgets, amount, policy)
+    fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        (**self).reset(budget)
     }
 
-    fn settle_now(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> Option<Result<Settlement, StoreError>> {
-        (**self).settle_now(reservation, actual)
-    }
-
-    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
-        (**self).release_now(reservation)
+    fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
+        (**self).spend(query)
     }
 }

@@ -162,6 +162,7 @@ mod pricing;
 mod service;
 mod settle;
 mod spec;
+mod spend;
 
 use crate::usage;
 
@@ -170,9 +171,14 @@ pub use self::events::{SpendEvent, SpendSink};
 pub use self::layer::{BudgetLayer, FailurePolicy, UnpricedModel};
 pub use self::ledger::{
     BudgetStatus, Ledger, Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
+    TopUpOutcome,
 };
 pub use self::money::{InvalidMoney, Money};
 pub use self::period::{InvalidPeriod, PeriodWindow};
 pub use self::pricing::{InvalidPrice, ModelPrice, Pricing, PricingError, TokenPrice};
 pub use self::service::{Budget, X_BUDGET_LIMIT_USD, X_BUDGET_REMAINING_USD, X_BUDGET_RESET};
 pub use self::spec::{BudgetMode, BudgetScope, BudgetSpec, Period};
+pub use self::spend::{
+    Attribution, Charge, ScopeKind, SpendGroup, SpendQuery, SpendRow, SpendTokens, SpendTotals,
+    report as spend_report,
+};

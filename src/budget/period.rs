@@ -19,12 +19,12 @@ const DAY: u64 = 86_400;
 /// ```
 /// use std::time::Duration;
 /// use tollgate::budget::Period;
-/// use tollgate::time::{format_rfc3339, parse_rfc3339};
 ///
-/// let now = parse_rfc3339("2026-01-31T23:59:30Z").unwrap();
+/// let day = Duration::from_secs(86_400);
+/// let now = day * 20_485 - Duration::from_secs(30); // 2026-01-31T23:59:30Z
 /// let window = Period::Monthly.window(now);
-/// assert_eq!(format_rfc3339(window.start), "2026-01-01T00:00:00Z");
-/// assert_eq!(window.end.map(format_rfc3339).as_deref(), Some("2026-02-01T00:00:00Z"));
+/// assert_eq!(window.start, day * 20_454); // 2026-01-01T00:00:00Z
+/// assert_eq!(window.end, Some(day * 20_485)); // 2026-02-01T00:00:00Z
 /// assert_eq!(Period::Never.window(now).end, None);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

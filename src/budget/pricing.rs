@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -303,7 +304,7 @@ fn picos_to_money(picos: u128) -> Money {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Pricing {
-    models: HashMap<String, ModelPrice>,
+    models: HashMap<Arc<str>, ModelPrice>,
 }
 
 impl Pricing {
@@ -320,7 +321,7 @@ impl Pricing {
 
     /// Adds (or replaces) the price of `model`, returning the old one.
     pub fn insert(&mut self, model: impl Into<String>, price: ModelPrice) -> Option<ModelPrice> {
-        self.models.insert(model.into(), price)
+        self.models.insert(Arc::from(model.into()), price)
     }
 
     /// Reads prices from JSON: `{"gpt-4o": {"input": 2.5, "output": 10}}`.
@@ -330,9 +331,20 @@ impl Pricing {
 
     /// The price of `model`: its exact entry, else the longest matching prefix.
     pub fn get(&self, model: &str) -> Option<&ModelPrice> {
-        if let Some(price) = self.models.get(model) {
-            return Some(price);
+        self.get_named(model).map(|(_, price)| price)
+    }
+
+    /// [`get`](Pricing::get), with the model's name as a shared string when
+    /// its entry is exact (`None` for a prefix match): what a spend
+    /// [`Attribution`](super::Attribution) keeps without copying the name.
+    pub fn get_named(&self, model: &str) -> Option<(Option<&Arc<str>>, &ModelPrice)> {
+        if let Some((name, price)) = self.models.get_key_value(model) {
+            return Some((Some(name), price));
         }
+        self.prefix_match(model).map(|price| (None, price))
+    }
+
+    fn prefix_match(&self, model: &str) -> Option<&ModelPrice> {
         self.models
             .iter()
             .filter_map(|(name, price)| {
@@ -355,16 +367,17 @@ impl Pricing {
 
     /// The entries, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ModelPrice)> {
-        self.models
-            .iter()
-            .map(|(name, price)| (name.as_str(), price))
+        self.models.iter().map(|(name, price)| (&**name, price))
     }
 }
 
 impl<K: Into<String>> FromIterator<(K, ModelPrice)> for Pricing {
     fn from_iter<I: IntoIterator<Item = (K, ModelPrice)>>(iter: I) -> Pricing {
         Pricing {
-            models: iter.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            models: iter
+                .into_iter()
+                .map(|(k, v)| (Arc::from(k.into()), v))
+                .collect(),
         }
     }
 }

@@ -15,11 +15,12 @@ use super::layer::{FailurePolicy, Shared, UnpricedModel};
 use super::settle::Settler;
 use super::usage::{UsageBody, UsageOptions};
 use super::{
-    BudgetMode, BudgetSpec, BudgetStatus, Ledger, ModelPrice, Reservation, ReservationId,
+    Attribution, BudgetMode, BudgetSpec, BudgetStatus, Ledger, ModelPrice, Reservation,
     ReserveOutcome,
 };
 use crate::body::ResponseBody;
 use crate::request::FromBytes;
+use crate::store::StoreFuture;
 use crate::store::memory::MemoryLedger;
 use crate::{ApiError, BoxError, Principal, RequestMeta};
 
@@ -106,8 +107,8 @@ where
         match admit_now(&self.shared, req) {
             Now::Decided(Ok((req, admitted))) => ResponseFuture::calling(inner.call(req), admitted),
             Now::Decided(Err(rejected)) => ResponseFuture::rejected(rejected),
-            Now::Wait(req, pending) => {
-                let admission = admit(self.shared.clone(), req, pending);
+            Now::Wait(req, reserving) => {
+                let admission = admit(self.shared.clone(), req, reserving);
                 ResponseFuture::new(Box::pin(admission), inner)
             }
         }
@@ -150,14 +151,20 @@ impl From<ApiError> for Rejected {
 )]
 pub(crate) enum Now<B, L: Ledger> {
     Decided(Admission<B, L>),
-    /// The request, and its price when it has one (only the ledger's
-    /// answer is missing).
-    Wait(Request<B>, Option<Pending<L>>),
+    /// The request, and when it was priced, its price and the ledger's
+    /// answer on the way.
+    Wait(Request<B>, Option<Reserving<L>>),
+}
+
+/// A priced request and the ledger's answer on its hold, still on the way.
+pub(crate) struct Reserving<L: Ledger> {
+    pending: Pending<L>,
+    answer: StoreFuture<ReserveOutcome>,
 }
 
 /// Decides on `req` at once when that needs no waiting: its
-/// [`RequestMeta`] was read by a layer further out, and the ledger answers
-/// without a future ([`Ledger::reserve_now`]).
+/// [`RequestMeta`] was read by a layer further out, and the ledger's answer
+/// is ready (a ledger in memory).
 pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) -> Now<B, L> {
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
         return Now::Wait(req, None);
@@ -167,28 +174,29 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
         Ok(Step::Reserve(pending)) => pending,
         Err(rejected) => return Now::Decided(Err(rejected)),
     };
-    match shared
+    let mut answer = shared
         .ledger
-        .reserve_now(&pending.budgets, pending.worst_case, shared.policy)
-    {
+        .reserve(&pending.budgets, pending.worst_case, shared.policy);
+    match answer.take_ready() {
         Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
-        None => Now::Wait(req, Some(pending)),
+        None => Now::Wait(req, Some(Reserving { pending, answer })),
     }
 }
 
 /// Decides on `req`, reading its body and waiting for the ledger as needed;
-/// `pending` is its price when [`admit_now`] already made it.
+/// `reserving` is its price and the ledger's answer when [`admit_now`]
+/// already asked.
 pub(crate) async fn admit<L: Ledger, B>(
     shared: Arc<Shared<L>>,
     req: Request<B>,
-    pending: Option<Pending<L>>,
+    reserving: Option<Reserving<L>>,
 ) -> Admission<B, L>
 where
     B: Body<Data = Bytes> + FromBytes,
     B::Error: Into<BoxError>,
 {
-    let (req, pending) = match pending {
-        Some(pending) => (req, pending),
+    let (req, Reserving { pending, answer }) = match reserving {
+        Some(reserving) => (req, reserving),
         None => {
             let req = RequestMeta::read(req, shared.body_limit).await?;
             let Some(meta) = req.extensions().get::<RequestMeta>() else {
@@ -196,14 +204,17 @@ where
             };
             match prepare(&shared, meta, req.extensions().get::<Principal>())? {
                 Step::Admit(admitted) => return Ok((req, admitted)),
-                Step::Reserve(pending) => (req, pending),
+                Step::Reserve(pending) => {
+                    let answer =
+                        shared
+                            .ledger
+                            .reserve(&pending.budgets, pending.worst_case, shared.policy);
+                    (req, Reserving { pending, answer })
+                }
             }
         }
     };
-    let result = shared
-        .ledger
-        .reserve(&pending.budgets, pending.worst_case, shared.policy)
-        .await;
+    let result = answer.await;
     conclude(&shared, pending, result).map(|admitted| (req, admitted))
 }
 
@@ -238,21 +249,33 @@ fn prepare<L: Ledger>(
             headers: None,
         }));
     };
-    let price = match (shared.pricing.get(model), shared.unpriced) {
-        (Some(price), _) => *price,
+    let (named, price) = match (shared.pricing.get_named(model), shared.unpriced) {
+        (Some((named, price)), _) => (named, *price),
         (None, UnpricedModel::Reject) => return Err(no_price(model).into()),
         (None, UnpricedModel::ChargeZero) => {
             tracing::warn!(model = %truncated(model), "no price configured for model; charging zero");
-            ModelPrice::FREE
+            (None, ModelPrice::FREE)
         }
     };
     let worst_case = price.worst_case(meta.prompt_tokens_estimate, meta.max_tokens);
+    // Whose spend this is, for the ledger's aggregates: shared slices, so a
+    // priced model costs no copy of its name.
+    let attribution = principal.map(|p| {
+        let model: Arc<str> = match named {
+            Some(name) => name.clone(),
+            None => Arc::from(model),
+        };
+        Attribution {
+            scopes: p.spend_scopes(),
+            model,
+        }
+    });
     // The model and the caller are kept only for a spend sink's events.
-    let (model, caller) = match shared.sink {
+    let (sink_model, caller) = match shared.sink {
         Some(_) => (model.to_owned(), principal.cloned()),
         None => (String::new(), None),
     };
-    let settler = Settler::new(shared.clone(), price, model, caller);
+    let settler = Settler::new(shared.clone(), price, sink_model, caller, attribution);
     match principal.map(Principal::shared_budgets) {
         Some(budgets) if !budgets.is_empty() => Ok(Step::Reserve(Pending {
             budgets,
@@ -304,11 +327,7 @@ fn conclude<L: Ledger>(
             FailurePolicy::FailClosed => return Err(ApiError::from(error).into()),
             FailurePolicy::FailOpen => {
                 tracing::warn!(%error, "budget ledger failed; admitting without a reservation");
-                settler.hold(Reservation::new(
-                    ReservationId::UNHELD,
-                    super::Money::ZERO,
-                    budgets,
-                ));
+                settler.hold(Reservation::unheld(budgets));
             }
         },
     }

@@ -8,7 +8,7 @@ use super::alerts;
 use super::events::SpendEvent;
 use super::layer::Shared;
 use super::usage::UsageReport;
-use super::{Ledger, ModelPrice, Reservation};
+use super::{Attribution, Charge, Ledger, ModelPrice, Reservation, SpendTokens};
 use crate::Principal;
 
 /// Settles one admitted request exactly once: from its usage report, or,
@@ -20,6 +20,7 @@ pub(crate) struct Settler<L: Ledger> {
     price: ModelPrice,
     model: String,
     principal: Option<Principal>,
+    attribution: Option<Attribution>,
 }
 
 impl<L: Ledger> Settler<L> {
@@ -28,6 +29,7 @@ impl<L: Ledger> Settler<L> {
         price: ModelPrice,
         model: String,
         principal: Option<Principal>,
+        attribution: Option<Attribution>,
     ) -> Self {
         Settler {
             shared,
@@ -35,6 +37,7 @@ impl<L: Ledger> Settler<L> {
             price,
             model,
             principal,
+            attribution,
         }
     }
 
@@ -69,19 +72,32 @@ impl<L: Ledger> Settler<L> {
                 status: report.status,
             });
         }
-        if let Some(reservation) = reservation {
-            // A ledger that answers at once (memory) settles here, without a
-            // future to box.
-            if let Some(result) = self.shared.ledger.settle_now(&reservation, cost) {
-                settled(&self.shared, &reservation, cost, result);
-                return;
-            }
-            let shared = self.shared.clone();
-            drive(async move {
-                let result = shared.ledger.settle(&reservation, cost).await;
-                settled(&shared, &reservation, cost, result);
-            });
+        // A request admitted without a hold (its key has no budgets) is
+        // still settled when it is attributed: the ledger keeps its spend.
+        let reservation = match (reservation, &self.attribution) {
+            (Some(reservation), _) => reservation,
+            (None, Some(_)) => Reservation::unheld(Arc::new([])),
+            (None, None) => return,
+        };
+        let tokens = SpendTokens::new(
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cached_tokens.unwrap_or(0),
+        );
+        let mut charge = Charge::new(cost, tokens);
+        charge.attribution = self.attribution.take();
+        let mut answer = self.shared.ledger.settle(&reservation, &charge);
+        // A ledger that answers at once (memory) settles here, without a
+        // future to box.
+        if let Some(result) = answer.take_ready() {
+            settled(&self.shared, &reservation, cost, result);
+            return;
         }
+        let shared = self.shared.clone();
+        drive(async move {
+            let result = answer.await;
+            settled(&shared, &reservation, cost, result);
+        });
     }
 }
 
@@ -124,10 +140,11 @@ fn release<L: Ledger>(shared: Arc<Shared<L>>, reservation: Reservation) {
             tracing::warn!(%error, "budget release failed; the hold expires with its lease");
         }
     };
-    if let Some(result) = shared.ledger.release_now(&reservation) {
+    let mut answer = shared.ledger.release(&reservation);
+    if let Some(result) = answer.take_ready() {
         return released(result);
     }
-    drive(async move { released(shared.ledger.release(&reservation).await) });
+    drive(async move { released(answer.await) });
 }
 
 /// Runs a ledger call from synchronous code (a body's end, a drop): inline

@@ -30,15 +30,67 @@ pub enum BudgetMode {
 }
 
 /// Whose money a budget is: every budget a request belongs to (its key's,
-/// its team's, its org's) is checked and charged together.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// its user's, its team's, its org's) is checked and charged together.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum BudgetScope {
     /// One API key.
     Key(String),
+    /// A user, owning keys.
+    User(String),
     /// A team of keys.
     Team(String),
     /// An organisation.
     Org(String),
+}
+
+impl BudgetScope {
+    /// The scope's kind.
+    pub fn kind(&self) -> super::ScopeKind {
+        match self {
+            BudgetScope::Key(_) => super::ScopeKind::Key,
+            BudgetScope::User(_) => super::ScopeKind::User,
+            BudgetScope::Team(_) => super::ScopeKind::Team,
+            BudgetScope::Org(_) => super::ScopeKind::Org,
+        }
+    }
+
+    /// The scope's id within its kind (`alice` for `key:alice`).
+    pub fn name(&self) -> &str {
+        match self {
+            BudgetScope::Key(id)
+            | BudgetScope::User(id)
+            | BudgetScope::Team(id)
+            | BudgetScope::Org(id) => id,
+        }
+    }
+
+    /// `key`, `user`, `team` or `org`.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            BudgetScope::Key(_) => "key",
+            BudgetScope::User(_) => "user",
+            BudgetScope::Team(_) => "team",
+            BudgetScope::Org(_) => "org",
+        }
+    }
+
+    /// `key:<id>`, `user:<id>`, `team:<id>` or `org:<id>`: the ledger id.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.kind_name(), self.name())
+    }
+
+    /// Parses `key:<id>` (and the other kinds) back.
+    pub fn parse(id: &str) -> Option<BudgetScope> {
+        let (kind, name) = id.split_once(':')?;
+        let name = name.to_owned();
+        Some(match kind {
+            "key" => BudgetScope::Key(name),
+            "user" => BudgetScope::User(name),
+            "team" => BudgetScope::Team(name),
+            "org" => BudgetScope::Org(name),
+            _ => return None,
+        })
+    }
 }
 
 /// One budget: a scope, a limit, a period and a mode.
@@ -82,12 +134,8 @@ impl BudgetSpec {
         }
     }
 
-    /// The ledger id: `key:<id>`, `team:<id>` or `org:<id>`.
+    /// The ledger id: `key:<id>`, `user:<id>`, `team:<id>` or `org:<id>`.
     pub fn id(&self) -> String {
-        match &self.scope {
-            BudgetScope::Key(id) => format!("key:{id}"),
-            BudgetScope::Team(id) => format!("team:{id}"),
-            BudgetScope::Org(id) => format!("org:{id}"),
-        }
+        self.scope.id()
     }
 }

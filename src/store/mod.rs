@@ -17,6 +17,7 @@
 
 use crate::ApiError;
 
+pub(crate) mod codec;
 mod future;
 pub mod memory;
 #[cfg(feature = "redis")]
@@ -52,12 +53,21 @@ pub enum StoreError {
     /// The store answered with something this version cannot read.
     #[error("store returned an unexpected reply: {0}")]
     Corrupt(String),
+    /// The operation contradicts what the store holds (a key id or secret
+    /// that exists already); the message says what, and names no secret.
+    #[error("conflict: {0}")]
+    Conflict(String),
 }
 
 impl From<StoreError> for ApiError {
     /// 503 `service_unavailable` with code `store_unavailable` and
-    /// `x-should-retry: true`. The store's own message is logged, not sent.
+    /// `x-should-retry: true`; the store's own message is logged, not sent.
+    /// A [`StoreError::Conflict`] is the caller's to fix: 409 `conflict`
+    /// with its message.
     fn from(error: StoreError) -> ApiError {
+        if let StoreError::Conflict(message) = error {
+            return ApiError::conflict().with_message(message);
+        }
         tracing::warn!(%error, "state store failed");
         ApiError::unavailable()
             .with_code("store_unavailable")

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
-use tollgate::auth::{AuthLayer, KeyHash, KeyRecord, KeyStore, Lookup};
+use tollgate::auth::{AuthLayer, KeyHash, KeyRecord, KeyStore};
 use tollgate::clock::TokioClock;
 use tollgate::envelope::{ErrorEnvelopeLayer, ErrorFormat};
 use tollgate::store::StoreError;
@@ -35,8 +35,11 @@ impl Write for Capture {
 struct Failing;
 
 impl KeyStore for Failing {
-    fn lookup(&self, _hash: &KeyHash) -> Lookup {
-        Lookup::ready(Err(StoreError::Unavailable(
+    fn lookup(
+        &self,
+        _hash: &KeyHash,
+    ) -> tollgate::store::StoreFuture<Option<std::sync::Arc<KeyRecord>>> {
+        tollgate::store::StoreFuture::ready(Err(StoreError::Unavailable(
             "redis: connection reset".into(),
         )))
     }
@@ -61,6 +64,9 @@ async fn secrets_never_reach_bodies_headers_or_logs() {
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // Other tests of this binary hit the same callsites on threads without a
+    // subscriber, and may have cached "nobody listens" for them first.
+    tracing::callsite::rebuild_interest_cache();
 
     let t0 = 1_800_000_000;
     let store = MemoryKeyStore::from_records([

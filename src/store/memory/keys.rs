@@ -1,12 +1,13 @@
 //! [`MemoryKeyStore`]: API keys in process memory, changed at run time.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::auth::{KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, Lookup};
+use crate::auth::{KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode};
+use crate::store::{StoreError, StoreFuture};
 
 /// Key records in memory, by the SHA-256 of their secret.
 ///
@@ -45,13 +46,22 @@ pub struct MemoryKeyStore {
 }
 
 struct Inner {
+    /// Every secret hash (current and retired) → its key's record.
     shards: Box<[RwLock<Shard>]>,
-    /// id → hash, for the admin operations. Also serialises writers, so the
-    /// two indexes change together; lookups never touch it.
-    ids: Mutex<HashMap<String, KeyHash>>,
+    /// id → the record, in id order for paged listing. Also serialises
+    /// writers, so the two indexes change together; lookups never touch it.
+    ids: Mutex<BTreeMap<String, Arc<KeyRecord>>>,
 }
 
 type Shard = HashMap<KeyHash, Arc<KeyRecord>, PrehashedState>;
+
+impl Inner {
+    fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
+        // The hash is uniformly random: its first bytes spread keys evenly.
+        let n = u16::from_le_bytes([hash.0[0], hash.0[1]]) as usize;
+        &self.shards[n & (self.shards.len() - 1)]
+    }
+}
 
 /// A key whose secret another key already uses: two keys with one secret
 /// would make a request's caller ambiguous.
@@ -102,14 +112,13 @@ impl MemoryKeyStore {
     }
 
     fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
-        // The hash is uniformly random: its first bytes spread keys evenly.
-        let n = u16::from_le_bytes([hash.0[0], hash.0[1]]) as usize;
-        &self.inner.shards[n & (self.inner.shards.len() - 1)]
+        self.inner.shard(hash)
     }
 
-    fn ids(&self) -> std::sync::MutexGuard<'_, HashMap<String, KeyHash>> {
-        // A panic elsewhere cannot leave the maps half-written (each write is
-        // one `HashMap` call), so a poisoned lock is still usable.
+    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<KeyRecord>>> {
+        // A panic elsewhere cannot leave the maps half-written (each write
+        // completes its checks before it changes anything), so a poisoned
+        // lock is still usable.
         self.inner
             .ids
             .lock()
@@ -117,27 +126,63 @@ impl MemoryKeyStore {
     }
 
     /// Adds `record`, or replaces the record with the same id (returned).
-    /// Refused if another key already has the same secret.
+    /// Refused if another key already has one of its secrets (current or
+    /// retired). Secrets the replaced record held and `record` does not
+    /// stop working.
     pub fn insert(&self, record: KeyRecord) -> Result<Option<Arc<KeyRecord>>, DuplicateSecret> {
+        Self::write_record(&self.inner, &mut self.ids(), record)
+    }
+
+    fn store(
+        &self,
+        record: KeyRecord,
+        mode: PutMode,
+    ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let mut ids = self.ids();
-        let hash = record.secret_hash;
-        let shard = self.shard(&hash);
-        if let Some(existing) = read(shard).get(&hash) {
-            if existing.id != record.id {
-                return Err(DuplicateSecret {
-                    id: record.id,
-                    existing: existing.id.clone(),
-                });
+        if mode == PutMode::Create && ids.contains_key(&record.id) {
+            return Err(StoreError::Conflict(format!(
+                "a key with the id `{}` already exists",
+                record.id.escape_debug()
+            )));
+        }
+        Self::write_record(&self.inner, &mut ids, record).map_err(|dup| {
+            StoreError::Conflict(format!(
+                "key `{}` has the same secret as another key",
+                dup.id.escape_debug()
+            ))
+        })
+    }
+
+    /// Stores `record` under its id and secrets, `ids` locked by the caller.
+    fn write_record(
+        inner: &Inner,
+        ids: &mut BTreeMap<String, Arc<KeyRecord>>,
+        record: KeyRecord,
+    ) -> Result<Option<Arc<KeyRecord>>, DuplicateSecret> {
+        for hash in record.secret_hashes() {
+            if let Some(existing) = read(inner.shard(&hash)).get(&hash) {
+                if existing.id != record.id {
+                    return Err(DuplicateSecret {
+                        id: record.id.clone(),
+                        existing: existing.id.clone(),
+                    });
+                }
             }
         }
-        let old_hash = ids.insert(record.id.clone(), hash);
-        let mut replaced = None;
-        if let Some(old) = old_hash.filter(|old| *old != hash) {
-            // The key's secret was rotated: the old secret stops working.
-            replaced = write(self.shard(&old)).remove(&old);
+        let record = Arc::new(record);
+        let previous = ids.get(&record.id).cloned();
+        if let Some(old) = &previous {
+            for hash in old.secret_hashes() {
+                if !record.secret_hashes().any(|h| h == hash) {
+                    write(inner.shard(&hash)).remove(&hash);
+                }
+            }
         }
-        let previous = write(shard).insert(hash, Arc::new(record));
-        Ok(previous.or(replaced))
+        for hash in record.secret_hashes() {
+            write(inner.shard(&hash)).insert(hash, record.clone());
+        }
+        ids.insert(record.id.clone(), record);
+        Ok(previous)
     }
 
     /// Marks key `id` revoked: its next request gets 401 `revoked_api_key`.
@@ -155,19 +200,34 @@ impl MemoryKeyStore {
     /// Removes key `id`: its next request gets 401 `invalid_api_key`.
     pub fn remove(&self, id: &str) -> Option<Arc<KeyRecord>> {
         let mut ids = self.ids();
-        let hash = ids.remove(id)?;
-        write(self.shard(&hash)).remove(&hash)
+        let record = ids.remove(id)?;
+        for hash in record.secret_hashes() {
+            write(self.shard(&hash)).remove(&hash);
+        }
+        Some(record)
     }
 
     /// The record of key `id`.
     pub fn get(&self, id: &str) -> Option<Arc<KeyRecord>> {
-        let hash = *self.ids().get(id)?;
-        self.get_by_hash(&hash)
+        self.ids().get(id).cloned()
     }
 
-    /// The record whose secret hashes to `hash`: one read lock, one map read.
+    /// The record with the secret (current or retired) that hashes to
+    /// `hash`: one read lock, one map read.
     pub fn get_by_hash(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
         read(self.shard(hash)).get(hash).cloned()
+    }
+
+    /// Up to `limit` records whose ids sort after `after`, in id order.
+    pub fn list(&self, after: Option<&str>, limit: usize) -> Vec<Arc<KeyRecord>> {
+        let ids = self.ids();
+        let range = match after {
+            Some(after) => {
+                ids.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            }
+            None => ids.range::<str, _>(..),
+        };
+        range.take(limit).map(|(_, r)| r.clone()).collect()
     }
 
     /// The number of keys.
@@ -181,25 +241,44 @@ impl MemoryKeyStore {
     }
 
     fn modify(&self, id: &str, change: impl FnOnce(&mut KeyRecord)) -> bool {
-        let ids = self.ids();
-        let Some(hash) = ids.get(id) else {
+        let mut ids = self.ids();
+        let Some(current) = ids.get(id) else {
             return false;
         };
-        let mut shard = write(self.shard(hash));
-        match shard.get_mut(hash) {
-            Some(record) => {
-                // Copy-on-write: requests holding the old record keep it.
-                change(Arc::make_mut(record));
-                true
-            }
-            None => false,
+        // Copy-on-write: requests holding the old record keep it. The
+        // change touches no secret, so the same hashes point at the copy.
+        let mut record = (**current).clone();
+        change(&mut record);
+        let record = Arc::new(record);
+        for hash in record.secret_hashes() {
+            write(self.shard(&hash)).insert(hash, record.clone());
         }
+        ids.insert(id.to_owned(), record);
+        true
     }
 }
 
 impl KeyStore for MemoryKeyStore {
-    fn lookup(&self, hash: &KeyHash) -> Lookup {
-        Lookup::ready(Ok(self.get_by_hash(hash)))
+    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        StoreFuture::ready(Ok(self.get_by_hash(hash)))
+    }
+}
+
+impl KeyAdmin for MemoryKeyStore {
+    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        StoreFuture::ready(Ok(MemoryKeyStore::get(self, id)))
+    }
+
+    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
+        StoreFuture::ready(Ok(MemoryKeyStore::list(self, after, limit)))
+    }
+
+    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
+        StoreFuture::ready(self.store(record, mode))
+    }
+
+    fn delete(&self, id: &str) -> StoreFuture<bool> {
+        StoreFuture::ready(Ok(self.remove(id).is_some()))
     }
 }
 
@@ -312,5 +391,98 @@ mod tests {
                 format!("k{i}")
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod admin_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn put_create_refuses_an_existing_id_and_any_secret_of_another_key() {
+        let store = MemoryKeyStore::new();
+        let admin: &dyn KeyAdmin = &store;
+        admin
+            .put(KeyRecord::new("a", KeyHash::of("sa")), PutMode::Create)
+            .await
+            .unwrap();
+        let exists = admin
+            .put(KeyRecord::new("a", KeyHash::of("sx")), PutMode::Create)
+            .await;
+        assert!(matches!(exists, Err(StoreError::Conflict(_))), "{exists:?}");
+        let mut b = KeyRecord::new("b", KeyHash::of("sb"));
+        b.retired.push(crate::auth::RetiredSecret {
+            hash: KeyHash::of("sa"),
+            until: UNIX_EPOCH,
+        });
+        let taken = admin.put(b, PutMode::Upsert).await;
+        let Err(StoreError::Conflict(message)) = taken else {
+            panic!("{taken:?}")
+        };
+        assert!(!message.contains(&KeyHash::of("sa").to_hex()), "{message}");
+        assert_eq!(store.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_answers_to_its_old_secret_until_forgotten() {
+        let store = MemoryKeyStore::new();
+        store
+            .insert(KeyRecord::new("a", KeyHash::of("s1")))
+            .unwrap();
+        let mut record = (*store.get("a").unwrap()).clone();
+        let until = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        record.rotate(KeyHash::of("s2"), until);
+        KeyAdmin::put(&store, record, PutMode::Upsert)
+            .await
+            .unwrap();
+        for secret in ["s1", "s2"] {
+            let found = store.lookup(&KeyHash::of(secret)).await.unwrap().unwrap();
+            assert_eq!(found.id, "a");
+            assert_eq!(found.secret_hash, KeyHash::of("s2"));
+        }
+        // Rotating five more times forgets the oldest retired secrets.
+        for n in 3..8 {
+            let mut record = (*store.get("a").unwrap()).clone();
+            record.rotate(KeyHash::of(format!("s{n}")), until);
+            store.insert(record).unwrap();
+        }
+        let record = store.get("a").unwrap();
+        assert_eq!(record.retired.len(), crate::auth::RetiredSecret::MAX_KEPT);
+        assert!(store.get_by_hash(&KeyHash::of("s1")).is_none());
+        assert!(store.get_by_hash(&KeyHash::of("s3")).is_some());
+        // Deleting drops every secret.
+        assert!(KeyAdmin::delete(&store, "a").await.unwrap());
+        assert!(store.get_by_hash(&KeyHash::of("s7")).is_none());
+        assert!(store.get_by_hash(&KeyHash::of("s3")).is_none());
+        assert!(!KeyAdmin::delete(&store, "a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn lists_page_in_id_order() {
+        let store = MemoryKeyStore::new();
+        for id in ["c", "a", "e", "b", "d"] {
+            store.insert(KeyRecord::new(id, KeyHash::of(id))).unwrap();
+        }
+        let ids = |page: Vec<Arc<KeyRecord>>| page.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
+        assert_eq!(
+            ids(KeyAdmin::list(&store, None, 2).await.unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(
+            ids(KeyAdmin::list(&store, Some("b"), 2).await.unwrap()),
+            ["c", "d"]
+        );
+        assert_eq!(
+            ids(KeyAdmin::list(&store, Some("d"), 2).await.unwrap()),
+            ["e"]
+        );
+        assert!(
+            KeyAdmin::list(&store, Some("e"), 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

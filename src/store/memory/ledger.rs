@@ -1,24 +1,31 @@
 //! The in-process budget ledger: [`MemoryLedger`].
 
 use std::fmt;
-use std::future::{Future, ready};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, Money, Period, PeriodWindow,
-    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, PeriodWindow,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
+    SpendTotals, TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreFuture};
 
 use self::hash::{IdMap, ScopeHashing, Small};
+use self::spend::{SpendShard, row_hash};
+use self::top_ups::TopUpKeys;
 
+// This file is over 600 lines: the books (accounts, holds, sweeps) and the
+// ledger's operations on them share every private type; the aggregates and
+// the idempotency keys live in their own files.
 mod hash;
+mod spend;
 #[cfg(test)]
 mod tests;
+pub(crate) mod top_ups;
 
 /// A [`Ledger`] in this process's memory: the default for a single gateway
 /// instance (several instances need a shared ledger, such as Redis).
@@ -44,19 +51,19 @@ mod tests;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use tollgate::budget::{BudgetScope, BudgetSpec, Ledger, Money, ReserveOutcome, ReservePolicy};
+/// use tollgate::budget::{BudgetScope, BudgetSpec, Charge, Ledger, Money, ReserveOutcome, ReservePolicy};
 /// use tollgate::store::memory::MemoryLedger;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), tollgate::store::StoreError> {
 /// let ledger = MemoryLedger::new();
 /// let wallet = BudgetSpec::balance(BudgetScope::Org("acme".into()), Money::from_usd(5));
-/// ledger.top_up(&wallet, Money::from_usd(10)).await?;
+/// ledger.top_up(&wallet, Money::from_usd(10), None).await?;
 ///
 /// let budgets: Arc<[BudgetSpec]> = Arc::new([wallet.clone()]);
 /// let outcome = ledger.reserve(&budgets, Money::from_usd(1), ReservePolicy::Strict).await?;
 /// let ReserveOutcome::Reserved { reservation, .. } = outcome else { unreachable!() };
-/// ledger.settle(&reservation, "0.25".parse().unwrap()).await?;
+/// ledger.settle(&reservation, &Charge::cost("0.25".parse().unwrap())).await?;
 ///
 /// let status = ledger.read(&wallet).await?;
 /// assert_eq!(status.remaining().to_string(), "$14.75");
@@ -79,6 +86,13 @@ struct Inner {
     next_sweep: Box<[AtomicU64]>,
     next_id: AtomicU64,
     hasher: ScopeHashing,
+    /// Spend aggregates by scope, model and day, sharded as the budgets are
+    /// (by the scope's hash) and locked while its budgets are, so a
+    /// settlement and its aggregates change in one step.
+    spend: Box<[Mutex<SpendShard>]>,
+    /// Rows kept per spend shard.
+    max_spend_rows: usize,
+    top_up_keys: Mutex<TopUpKeys>,
 }
 
 /// Accounts by the hash of their scope; a bucket holds every scope of one
@@ -278,6 +292,7 @@ struct Config {
     lease: Duration,
     max_budgets: usize,
     max_reservations: usize,
+    max_spend_rows: usize,
     shards: usize,
 }
 
@@ -288,6 +303,11 @@ impl MemoryLedger {
     pub const DEFAULT_MAX_BUDGETS: usize = 1_000_000;
     /// Default bound on holds in flight: 1,000,000.
     pub const DEFAULT_MAX_RESERVATIONS: usize = 1_000_000;
+    /// Default bound on spend aggregate rows (scope × model × day):
+    /// 1,000,000. Past it, each shard forgets its oldest day.
+    pub const DEFAULT_MAX_SPEND_ROWS: usize = 1_000_000;
+    /// Top-up idempotency keys remembered (for 24 hours each): 100,000.
+    const MAX_TOP_UP_KEYS: usize = 100_000;
 
     /// An empty ledger on [`TokioClock`], with the defaults above and 4
     /// shards per available CPU (at least 16).
@@ -301,6 +321,7 @@ impl MemoryLedger {
             lease: Self::DEFAULT_LEASE,
             max_budgets: Self::DEFAULT_MAX_BUDGETS,
             max_reservations: Self::DEFAULT_MAX_RESERVATIONS,
+            max_spend_rows: Self::DEFAULT_MAX_SPEND_ROWS,
             shards,
         })
     }
@@ -319,6 +340,9 @@ impl MemoryLedger {
                 next_sweep: (0..shards).map(|_| AtomicU64::new(nanos(now))).collect(),
                 next_id: AtomicU64::new(1),
                 hasher: ScopeHashing::new(),
+                spend: (0..shards).map(|_| Mutex::default()).collect(),
+                max_spend_rows: config.max_spend_rows.div_ceil(shards),
+                top_up_keys: Mutex::default(),
             }),
         }
     }
@@ -331,6 +355,7 @@ impl MemoryLedger {
             lease: i.lease,
             max_budgets: i.max_budgets * shards,
             max_reservations: i.max_reservations * shards,
+            max_spend_rows: i.max_spend_rows * shards,
             shards,
         };
         f(&mut config);
@@ -361,6 +386,12 @@ impl MemoryLedger {
         self.reconfigure(|c| c.max_reservations = max)
     }
 
+    /// At most about `max` spend aggregate rows are kept (default
+    /// 1,000,000; applied per shard, each forgetting its oldest day first).
+    pub fn max_spend_rows(self, max: usize) -> Self {
+        self.reconfigure(|c| c.max_spend_rows = max)
+    }
+
     /// Spreads the state over `shards` locks, rounded up to a power of two
     /// (default: 4 per CPU, at least 16).
     pub fn shards(self, shards: usize) -> Self {
@@ -375,6 +406,11 @@ impl MemoryLedger {
     /// How many holds are in flight.
     pub fn reservation_count(&self) -> usize {
         self.inner.holds.iter().map(|s| lock(s).holds.len()).sum()
+    }
+
+    /// How many spend aggregate rows are kept.
+    pub fn spend_row_count(&self) -> usize {
+        self.inner.spend.iter().map(|s| lock(s).len()).sum()
     }
 
     fn now(&self) -> Duration {
@@ -561,11 +597,12 @@ impl MemoryLedger {
     fn settle_sync(
         &self,
         reservation: &Reservation,
-        actual: Money,
+        charge: &Charge,
     ) -> Result<Settlement, StoreError> {
         let now = self.now();
+        let day = day_of(now);
         let held = self.take_hold(reservation.id());
-        let actual = actual.max(Money::ZERO);
+        let actual = charge.cost.max(Money::ZERO);
         let budgets = reservation.budgets();
         let hashes = self.hashes(budgets);
         let mut locked = self.lock_budgets(&hashes);
@@ -588,9 +625,31 @@ impl MemoryLedger {
             account.spent = account.spent + actual;
             statuses.push(account.status());
         }
+        // Still under the budgets' locks: the aggregates change in the same
+        // step as the books.
+        if let Some(attribution) = &charge.attribution {
+            let charged = Charge {
+                cost: actual,
+                ..charge.clone()
+            };
+            for scope in attribution.scopes.iter() {
+                let scope_hash = self.inner.hasher.hash_one(scope);
+                let hash = row_hash(&self.inner.hasher, scope_hash, &attribution.model, day);
+                lock(&self.inner.spend[self.shard_of(scope_hash)]).add(
+                    hash,
+                    scope,
+                    &attribution.model,
+                    day,
+                    &charged,
+                    self.inner.max_spend_rows,
+                );
+            }
+        }
+        drop(locked);
         Ok(Settlement {
             charged: actual,
             statuses,
+            day,
         })
     }
 
@@ -600,17 +659,41 @@ impl MemoryLedger {
         }
     }
 
-    fn top_up_now(&self, spec: &BudgetSpec, amount: Money) -> Result<BudgetStatus, StoreError> {
+    fn top_up_sync(
+        &self,
+        spec: &BudgetSpec,
+        amount: Money,
+        idempotency_key: Option<&str>,
+    ) -> Result<TopUpOutcome, StoreError> {
         let now = self.now();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
         account.refresh(spec, now);
+        if let Some(key) = idempotency_key {
+            // Under the balance's lock: two top-ups with one key cannot both
+            // pass this check.
+            let first = lock(&self.inner.top_up_keys).first_use(
+                &spec.scope,
+                key,
+                now,
+                Self::MAX_TOP_UP_KEYS,
+            );
+            if !first {
+                return Ok(TopUpOutcome {
+                    status: account.status(),
+                    replayed: true,
+                });
+            }
+        }
         account.limit = account.limit + amount;
-        Ok(account.status())
+        Ok(TopUpOutcome {
+            status: account.status(),
+            replayed: false,
+        })
     }
 
-    fn read_now(&self, spec: &BudgetSpec) -> BudgetStatus {
+    fn read_sync(&self, spec: &BudgetSpec) -> BudgetStatus {
         let now = self.now();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
@@ -622,6 +705,87 @@ impl MemoryLedger {
             None => BudgetStatus::fresh(spec, window_of(spec, now)),
         }
     }
+
+    fn reset_sync(&self, spec: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
+        let now = self.now();
+        let hash = self.inner.hasher.hash_one(&spec.scope);
+        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
+        let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
+        account.refresh(spec, now);
+        if account.mode == BudgetMode::Budget {
+            account.spent = Money::ZERO;
+        }
+        Ok(account.status())
+    }
+
+    fn spend_sync(&self, query: &SpendQuery) -> Vec<SpendRow> {
+        let shards: Vec<_> = self.inner.spend.iter().map(lock).collect();
+        spend::report(&shards, query)
+    }
+
+    /// Sets the books of `spec`'s scope, as a durable store restoring its
+    /// state at start-up does: `spent` in the period starting at
+    /// `period_start`, and, for a balance, its funds (`limit`).
+    #[cfg(feature = "sqlite")]
+    #[allow(
+        dead_code,
+        reason = "the SQLite store restores through it: remove when it lands"
+    )]
+    pub(crate) fn restore_account(
+        &self,
+        spec: &BudgetSpec,
+        limit: Money,
+        spent: Money,
+        period_start: Duration,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let hash = self.inner.hasher.hash_one(&spec.scope);
+        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
+        let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
+        if spec.mode == BudgetMode::Balance {
+            account.limit = limit;
+            account.spent = spent;
+        } else if account.window.start == period_start {
+            account.spent = spent;
+        }
+        account.refresh(spec, now);
+        Ok(())
+    }
+
+    /// Sets one spend aggregate row, as a durable store restoring its state
+    /// does.
+    #[cfg(feature = "sqlite")]
+    #[allow(
+        dead_code,
+        reason = "the SQLite store restores through it: remove when it lands"
+    )]
+    pub(crate) fn restore_spend(
+        &self,
+        scope: BudgetScope,
+        model: Arc<str>,
+        day: i64,
+        totals: SpendTotals,
+    ) {
+        let scope_hash = self.inner.hasher.hash_one(&scope);
+        let hash = row_hash(&self.inner.hasher, scope_hash, &model, day);
+        lock(&self.inner.spend[self.shard_of(scope_hash)]).restore(hash, scope, model, day, totals);
+    }
+
+    /// Remembers a top-up idempotency key used at `at`, as a durable store
+    /// restoring its state does.
+    #[cfg(feature = "sqlite")]
+    #[allow(
+        dead_code,
+        reason = "the SQLite store restores through it: remove when it lands"
+    )]
+    pub(crate) fn restore_top_up_key(&self, scope: BudgetScope, key: String, at: Duration) {
+        lock(&self.inner.top_up_keys).restore(scope, key, at);
+    }
+}
+
+/// The UTC day of `now` (days since 1970-01-01).
+fn day_of(now: Duration) -> i64 {
+    (now.as_secs() / 86_400) as i64
 }
 
 fn reserved(
@@ -686,60 +850,37 @@ impl Ledger for MemoryLedger {
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
-    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
-        ready(self.reserve_sync(budgets, amount, policy))
+    ) -> StoreFuture<ReserveOutcome> {
+        StoreFuture::ready(self.reserve_sync(budgets, amount, policy))
     }
 
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
-        ready(self.settle_sync(reservation, actual))
+    fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
+        StoreFuture::ready(self.settle_sync(reservation, charge))
     }
 
-    fn release(
-        &self,
-        reservation: &Reservation,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
         self.release_sync(reservation);
-        ready(Ok(()))
+        StoreFuture::ready(Ok(()))
     }
 
     fn top_up(
         &self,
         budget: &BudgetSpec,
         amount: Money,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
-        ready(self.top_up_now(budget, amount))
+        idempotency_key: Option<&str>,
+    ) -> StoreFuture<TopUpOutcome> {
+        StoreFuture::ready(self.top_up_sync(budget, amount, idempotency_key))
     }
 
-    fn read(
-        &self,
-        budget: &BudgetSpec,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
-        ready(Ok(self.read_now(budget)))
+    fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        StoreFuture::ready(Ok(self.read_sync(budget)))
     }
 
-    fn reserve_now(
-        &self,
-        budgets: &Arc<[BudgetSpec]>,
-        amount: Money,
-        policy: ReservePolicy,
-    ) -> Option<Result<ReserveOutcome, StoreError>> {
-        Some(self.reserve_sync(budgets, amount, policy))
+    fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        StoreFuture::ready(self.reset_sync(budget))
     }
 
-    fn settle_now(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> Option<Result<Settlement, StoreError>> {
-        Some(self.settle_sync(reservation, actual))
-    }
-
-    fn release_now(&self, reservation: &Reservation) -> Option<Result<(), StoreError>> {
-        self.release_sync(reservation);
-        Some(Ok(()))
+    fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
+        StoreFuture::ready(Ok(self.spend_sync(query)))
     }
 }

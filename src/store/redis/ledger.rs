@@ -1,27 +1,30 @@
 //! [`RedisLedger`]: budgets and balances shared by every gateway instance.
 
 use std::fmt;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
 
 use super::RedisConnection;
-use super::scripts::{LEDGER_READ, LEDGER_RELEASE, LEDGER_RESERVE, LEDGER_SETTLE, LEDGER_TOP_UP};
+use super::scripts::{
+    LEDGER_READ, LEDGER_RELEASE, LEDGER_RESERVE, LEDGER_RESET, LEDGER_SETTLE, LEDGER_SPEND,
+    LEDGER_TOP_UP,
+};
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, Money, Period, PeriodWindow,
-    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, PeriodWindow,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
+    SpendTotals, TopUpOutcome,
 };
 use crate::clock::SharedClock;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreFuture};
 
 /// A budget ledger in Redis: every gateway instance reserves against, and
 /// charges, the same books.
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use tollgate::budget::{BudgetScope, BudgetSpec, Ledger, Money, Period, ReserveOutcome, ReservePolicy};
+/// use tollgate::budget::{BudgetScope, BudgetSpec, Charge, Ledger, Money, Period, ReserveOutcome, ReservePolicy};
 /// use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -34,7 +37,7 @@ use crate::store::StoreError;
 /// let outcome = ledger.reserve(&budgets, "0.40".parse()?, ReservePolicy::Strict).await?;
 /// if let ReserveOutcome::Reserved { reservation, .. } = outcome {
 ///     // ... the upstream call; its usage prices at $0.12:
-///     ledger.settle(&reservation, "0.12".parse()?).await?;
+///     ledger.settle(&reservation, &Charge::cost("0.12".parse()?)).await?;
 /// }
 /// println!("{} left this month", ledger.read(&team).await?.remaining());
 /// # Ok(())
@@ -43,9 +46,11 @@ use crate::store::StoreError;
 ///
 /// # One round trip each, atomic
 ///
-/// [`reserve`](Ledger::reserve), [`settle`](Ledger::settle),
-/// [`release`](Ledger::release), [`top_up`](Ledger::top_up) and
-/// [`read`](Ledger::read) are each one `EVALSHA` of a Lua script, which
+/// Every operation ([`reserve`](Ledger::reserve), [`settle`](Ledger::settle)
+/// with its spend aggregates, [`release`](Ledger::release),
+/// [`top_up`](Ledger::top_up) with its idempotency key, [`read`](Ledger::read),
+/// [`reset`](Ledger::reset), [`spend`](Ledger::spend)) is one `EVALSHA` of a
+/// Lua script, which
 /// Redis runs atomically: a reservation checks every budget of the request
 /// (key, team, org) and holds the amount against all of them or none, with
 /// the same policies ([`ReservePolicy`]) and outcomes as
@@ -225,6 +230,14 @@ impl Inner {
     fn hold_prefix(&self) -> String {
         self.redis.key("hold:")
     }
+
+    fn spend_prefix(&self) -> String {
+        self.redis.key("spend:")
+    }
+
+    fn spend_scopes_key(&self) -> String {
+        self.redis.key("spend-scopes")
+    }
 }
 
 const NO_BUDGET: BudgetSpec = BudgetSpec {
@@ -335,13 +348,56 @@ fn reserve_outcome(
     }
 }
 
+/// One row of the spend script's reply.
+fn spend_rows(reply: &[Value]) -> Result<Vec<(BudgetScope, String, i64, SpendTotals)>, StoreError> {
+    let text = |v: &Value| -> Result<String, StoreError> {
+        match v {
+            Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| corrupt("non-UTF-8")),
+            Value::SimpleString(s) => Ok(s.clone()),
+            _ => Err(corrupt("an unexpected value")),
+        }
+    };
+    let count = |v: &Value| int(v).map(|n| u64::try_from(n).unwrap_or(0));
+    reply
+        .chunks(8)
+        .map(|row| {
+            let [
+                scope,
+                model,
+                day,
+                cost,
+                prompt,
+                completion,
+                cached,
+                requests,
+            ] = row
+            else {
+                return Err(corrupt("a malformed spend row"));
+            };
+            let scope = BudgetScope::parse(&text(scope)?).ok_or_else(|| corrupt("a bad scope"))?;
+            Ok((
+                scope,
+                text(model)?,
+                int(day)?,
+                SpendTotals {
+                    cost: money(cost)?,
+                    prompt_tokens: count(prompt)?,
+                    completion_tokens: count(completion)?,
+                    cached_tokens: count(cached)?,
+                    requests: count(requests)?,
+                },
+            ))
+        })
+        .collect()
+}
+
 impl Ledger for RedisLedger {
     fn reserve(
         &self,
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
-    ) -> impl Future<Output = Result<ReserveOutcome, StoreError>> + Send {
+    ) -> StoreFuture<ReserveOutcome> {
         let inner = &self.inner;
         let distinct = Distinct::new(budgets);
         let n = distinct.budgets.len();
@@ -370,14 +426,10 @@ impl Ledger for RedisLedger {
         let of = distinct.of;
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESERVE, keys, args);
         let budgets = budgets.clone();
-        async move { reserve_outcome(&call.await?, &of, budgets) }
+        StoreFuture::pending(async move { reserve_outcome(&call.await?, &of, budgets) })
     }
 
-    fn settle(
-        &self,
-        reservation: &Reservation,
-        actual: Money,
-    ) -> impl Future<Output = Result<Settlement, StoreError>> + Send {
+    fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
         let inner = &self.inner;
         let distinct = Distinct::new(reservation.budgets());
         let n = distinct.budgets.len();
@@ -389,7 +441,8 @@ impl Ledger for RedisLedger {
             .collect();
         keys.push(inner.holds_key());
         keys.push(inner.redis.key(&format!("hold:{id}")));
-        let actual = actual.max(Money::ZERO);
+        keys.push(inner.spend_scopes_key());
+        let actual = charge.cost.max(Money::ZERO);
         let mut args = vec![
             inner.now_arg(),
             actual.nanos().to_string(),
@@ -402,23 +455,39 @@ impl Ledger for RedisLedger {
         for spec in &distinct.budgets {
             push_spec(&mut args, spec);
         }
+        args.push(inner.spend_prefix());
+        match &charge.attribution {
+            Some(attribution) => {
+                let clamp = |n: u64| n.min(i64::MAX as u64).to_string();
+                args.push(attribution.model.to_string());
+                args.push(clamp(charge.tokens.prompt));
+                args.push(clamp(charge.tokens.completion));
+                args.push(clamp(charge.tokens.cached));
+                args.push(attribution.scopes.len().to_string());
+                args.extend(attribution.scopes.iter().map(BudgetScope::id));
+            }
+            None => args.extend(["".into(), "0".into(), "0".into(), "0".into(), "0".into()]),
+        }
         let of = distinct.of;
         let call = inner
             .redis
             .eval_settlement::<Vec<Value>>(&LEDGER_SETTLE, keys, args);
-        async move {
-            let distinct = statuses(&call.await?, n)?;
+        StoreFuture::pending(async move {
+            let mut reply = call.await?;
+            let day = match reply.pop() {
+                Some(day) => int(&day)?,
+                None => return Err(corrupt("no day")),
+            };
+            let distinct = statuses(&reply, n)?;
             Ok(Settlement {
                 charged: actual,
                 statuses: of.iter().map(|&i| distinct[i]).collect(),
+                day,
             })
-        }
+        })
     }
 
-    fn release(
-        &self,
-        reservation: &Reservation,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
         let inner = &self.inner;
         let id = reservation.id().0.to_string();
         let keys = vec![inner.holds_key(), inner.redis.key(&format!("hold:{id}"))];
@@ -431,16 +500,20 @@ impl Ledger for RedisLedger {
         let call = inner
             .redis
             .eval_settlement::<i64>(&LEDGER_RELEASE, keys, args);
-        async move { call.await.map(drop) }
+        StoreFuture::pending(async move { call.await.map(drop) })
     }
 
     fn top_up(
         &self,
         budget: &BudgetSpec,
         amount: Money,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+        idempotency_key: Option<&str>,
+    ) -> StoreFuture<TopUpOutcome> {
         let inner = &self.inner;
-        let keys = vec![inner.budget_key(budget), inner.holds_key()];
+        let mut keys = vec![inner.budget_key(budget), inner.holds_key()];
+        if let Some(key) = idempotency_key {
+            keys.push(inner.redis.key(&format!("top-up:{}:{key}", budget.id())));
+        }
         let mut args = vec![
             inner.now_arg(),
             amount.nanos().to_string(),
@@ -449,19 +522,68 @@ impl Ledger for RedisLedger {
         ];
         push_spec(&mut args, budget);
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_TOP_UP, keys, args);
-        async move { status(&call.await?) }
+        StoreFuture::pending(async move {
+            let mut reply = call.await?;
+            let replayed = match reply.pop() {
+                Some(flag) => int(&flag)? == 1,
+                None => return Err(corrupt("no replay flag")),
+            };
+            Ok(TopUpOutcome {
+                status: status(&reply)?,
+                replayed,
+            })
+        })
     }
 
-    fn read(
-        &self,
-        budget: &BudgetSpec,
-    ) -> impl Future<Output = Result<BudgetStatus, StoreError>> + Send {
+    fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
         let inner = &self.inner;
         let keys = vec![inner.budget_key(budget), inner.holds_key()];
         let mut args = vec![inner.now_arg(), inner.hold_prefix()];
         push_spec(&mut args, budget);
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_READ, keys, args);
-        async move { status(&call.await?) }
+        StoreFuture::pending(async move { status(&call.await?) })
+    }
+
+    fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        let inner = &self.inner;
+        let keys = vec![inner.budget_key(budget), inner.holds_key()];
+        let mut args = vec![inner.now_arg(), inner.lease_ms(), inner.hold_prefix()];
+        push_spec(&mut args, budget);
+        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESET, keys, args);
+        StoreFuture::pending(async move { status(&call.await?) })
+    }
+
+    fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
+        let inner = &self.inner;
+        let keys = vec![inner.spend_scopes_key()];
+        let kind = match query.group_by.scope_kind() {
+            crate::budget::ScopeKind::Key => "key:",
+            crate::budget::ScopeKind::User => "user:",
+            crate::budget::ScopeKind::Team => "team:",
+            crate::budget::ScopeKind::Org => "org:",
+        };
+        let day = |d: Option<i64>, open: &str| d.map_or_else(|| open.to_owned(), |d| d.to_string());
+        let args = vec![
+            inner.spend_prefix(),
+            query
+                .scope
+                .as_ref()
+                .map(BudgetScope::id)
+                .unwrap_or_default(),
+            kind.to_owned(),
+            query.model.clone().unwrap_or_default(),
+            day(query.from_day, "-inf"),
+            day(query.to_day, "+inf"),
+        ];
+        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_SPEND, keys, args);
+        let query = query.clone();
+        StoreFuture::pending(async move {
+            let rows = spend_rows(&call.await?)?;
+            Ok(crate::budget::spend_report(
+                &query,
+                rows.iter().map(|(s, m, d, t)| (s, m.as_str(), *d, t)),
+            ))
+        })
     }
 }
 

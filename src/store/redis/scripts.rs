@@ -32,6 +32,8 @@ scripts! {
     LEDGER_RELEASE = "common.lua" "money.lua" "ledger.lua" "ledger_release.lua";
     LEDGER_TOP_UP = "common.lua" "money.lua" "ledger.lua" "ledger_top_up.lua";
     LEDGER_READ = "common.lua" "money.lua" "ledger.lua" "ledger_read.lua";
+    LEDGER_RESET = "common.lua" "money.lua" "ledger.lua" "ledger_reset.lua";
+    LEDGER_SPEND = "ledger_spend.lua";
     KEY_PUT = "key_put.lua";
     KEY_FLAG = "key_flag.lua";
     KEY_REMOVE = "key_remove.lua";

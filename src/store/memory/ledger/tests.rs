@@ -39,14 +39,14 @@ async fn reserve_settle_release() {
     let b = [key("a", 10, Period::Never)];
     let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
     assert_eq!(r.amount(), usd("4"));
-    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("6"));
-    let s = ledger.settle_sync(&r, usd("1.5")).unwrap();
+    assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("6"));
+    let s = ledger.settle_sync(&r, &Charge::cost(usd("1.5"))).unwrap();
     assert_eq!(s.statuses[0].spent, usd("1.5"));
     assert_eq!(s.statuses[0].reserved, Money::ZERO);
     let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
     ledger.release_sync(&r);
     ledger.release_sync(&r); // twice is harmless
-    let status = ledger.read_now(&b[0]);
+    let status = ledger.read_sync(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("1.5"), Money::ZERO));
     assert_eq!(ledger.reservation_count(), 0);
 }
@@ -56,7 +56,7 @@ async fn strict_refuses_what_bounded_clamps() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never)];
     let r = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, usd("9")).unwrap();
+    ledger.settle_sync(&r, &Charge::cost(usd("9"))).unwrap();
     match reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap() {
         ReserveOutcome::Denied { index, status } => {
             assert_eq!(index, 0);
@@ -72,8 +72,8 @@ async fn strict_refuses_what_bounded_clamps() {
         assert!(matches!(denied, ReserveOutcome::Denied { .. }));
     }
     // It overshoots by its excess, then everything is refused.
-    ledger.settle_sync(&r, usd("2")).unwrap();
-    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-1"));
+    ledger.settle_sync(&r, &Charge::cost(usd("2"))).unwrap();
+    assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("-1"));
     let denied = reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap();
     assert!(matches!(denied, ReserveOutcome::Denied { .. }));
 }
@@ -86,7 +86,9 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
     let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     assert_eq!(partial.amount(), usd("6"));
-    ledger.settle_sync(&full, Money::ZERO).unwrap();
+    ledger
+        .settle_sync(&full, &Charge::cost(Money::ZERO))
+        .unwrap();
     // 4 remain, but a partial hold is in flight: only a full hold fits.
     let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
     assert!(
@@ -95,10 +97,12 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     );
     let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
     assert_eq!(fits.amount(), usd("3"));
-    ledger.settle_sync(&partial, usd("9")).unwrap();
-    ledger.settle_sync(&fits, usd("3")).unwrap();
+    ledger
+        .settle_sync(&partial, &Charge::cost(usd("9")))
+        .unwrap();
+    ledger.settle_sync(&fits, &Charge::cost(usd("3"))).unwrap();
     // Over by the one partial hold's excess: 9 - 6.
-    assert_eq!(ledger.read_now(&b[0]).remaining(), usd("-2"));
+    assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("-2"));
     // Released or expired, a partial hold frees the way for the next.
     let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
     let p = reserved(reserve(&ledger, &b, usd("20"), ReservePolicy::Bounded).unwrap());
@@ -123,14 +127,14 @@ async fn all_or_nothing_across_budgets() {
     let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
     let a = [key("a", 10, Period::Monthly), team.clone()];
     let r = reserved(reserve(&ledger, &a, usd("0.8"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, usd("0.8")).unwrap();
+    ledger.settle_sync(&r, &Charge::cost(usd("0.8"))).unwrap();
     let b = [key("b", 10, Period::Monthly), team.clone()];
     match reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap() {
         ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
         other => panic!("{other:?}"),
     }
     // Key b was not touched by the refused reservation.
-    assert_eq!(ledger.read_now(&b[0]).reserved, Money::ZERO);
+    assert_eq!(ledger.read_sync(&b[0]).reserved, Money::ZERO);
     // The tightest budget is reported.
     match reserve(&ledger, &b, usd("0.1"), ReservePolicy::Strict).unwrap() {
         ReserveOutcome::Reserved { index, status, .. } => {
@@ -146,9 +150,9 @@ async fn the_same_scope_twice_counts_once() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never), key("a", 10, Period::Never)];
     let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
-    assert_eq!(ledger.read_now(&b[0]).reserved, usd("1"));
-    ledger.settle_sync(&r, usd("1")).unwrap();
-    assert_eq!(ledger.read_now(&b[0]).spent, usd("1"));
+    assert_eq!(ledger.read_sync(&b[0]).reserved, usd("1"));
+    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    assert_eq!(ledger.read_sync(&b[0]).spent, usd("1"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -156,8 +160,8 @@ async fn monthly_spend_resets_at_utc_month_end() {
     let ledger = ledger_at("2026-01-31T23:59:00Z");
     let b = [key("a", 1, Period::Monthly)];
     let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, usd("1")).unwrap();
-    let status = ledger.read_now(&b[0]);
+    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    let status = ledger.read_sync(&b[0]);
     assert_eq!(status.remaining(), Money::ZERO);
     assert_eq!(
         status
@@ -168,9 +172,9 @@ async fn monthly_spend_resets_at_utc_month_end() {
         Some("2026-02-01T00:00:00Z")
     );
     tokio::time::advance(Duration::from_secs(59)).await;
-    assert_eq!(ledger.read_now(&b[0]).spent, usd("1"));
+    assert_eq!(ledger.read_sync(&b[0]).spent, usd("1"));
     tokio::time::advance(Duration::from_secs(1)).await;
-    let status = ledger.read_now(&b[0]);
+    let status = ledger.read_sync(&b[0]);
     assert_eq!(status.spent, Money::ZERO);
     assert_eq!(
         status
@@ -189,9 +193,9 @@ async fn a_settlement_after_rollover_counts_in_the_new_period() {
     let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap());
     tokio::time::advance(Duration::from_secs(2)).await;
     // Spend reset, the hold still counts.
-    assert_eq!(ledger.read_now(&b[0]).reserved, usd("2"));
-    ledger.settle_sync(&r, usd("1")).unwrap();
-    let status = ledger.read_now(&b[0]);
+    assert_eq!(ledger.read_sync(&b[0]).reserved, usd("2"));
+    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    let status = ledger.read_sync(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("1"), Money::ZERO));
 }
 
@@ -208,7 +212,7 @@ async fn balances_open_once_take_top_ups_and_never_reset() {
         )
         .unwrap(),
     );
-    ledger.settle_sync(&r, usd("1")).unwrap();
+    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
     let denied = reserve(
         &ledger,
         std::slice::from_ref(&wallet),
@@ -219,14 +223,18 @@ async fn balances_open_once_take_top_ups_and_never_reset() {
     assert!(
         matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
     );
-    let status = ledger.top_up_now(&wallet, usd("3")).unwrap();
+    let status = ledger.top_up_sync(&wallet, usd("3"), None).unwrap().status;
     assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
     tokio::time::advance(Duration::from_secs(400 * 86_400)).await;
-    assert_eq!(ledger.read_now(&wallet).remaining(), usd("3"));
+    assert_eq!(ledger.read_sync(&wallet).remaining(), usd("3"));
     // A top-up before first use keeps the opening balance.
     let fresh = BudgetSpec::balance(BudgetScope::Org("p".into()), usd("2"));
     assert_eq!(
-        ledger.top_up_now(&fresh, usd("1")).unwrap().remaining(),
+        ledger
+            .top_up_sync(&fresh, usd("1"), None)
+            .unwrap()
+            .status
+            .remaining(),
         usd("3")
     );
 }
@@ -242,9 +250,9 @@ async fn expired_leases_are_released_and_still_charged() {
         let r2 = reserved(reserve(&ledger, &b, Money::ZERO, ReservePolicy::Strict).unwrap());
         ledger.release_sync(&r2);
     }
-    assert_eq!(ledger.read_now(&b[0]).reserved, Money::ZERO);
-    ledger.settle_sync(&r, usd("3")).unwrap();
-    let status = ledger.read_now(&b[0]);
+    assert_eq!(ledger.read_sync(&b[0]).reserved, Money::ZERO);
+    ledger.settle_sync(&r, &Charge::cost(usd("3"))).unwrap();
+    let status = ledger.read_sync(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("3"), Money::ZERO));
 }
 
@@ -259,12 +267,12 @@ async fn bounded_in_budgets_and_holds() {
     let b = reserved(reserve(&ledger, &daily("b"), usd("0.1"), ReservePolicy::Strict).unwrap());
     // Full of holds.
     assert!(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).is_err());
-    ledger.settle_sync(&a, usd("0.1")).unwrap();
+    ledger.settle_sync(&a, &Charge::cost(usd("0.1"))).unwrap();
     ledger.release_sync(&b);
     // "b" carries nothing and is evicted for "c"; "a" has spend and stays.
     let c = reserved(reserve(&ledger, &daily("c"), usd("0.1"), ReservePolicy::Strict).unwrap());
     assert_eq!(ledger.budget_count(), 2);
-    assert_eq!(ledger.read_now(&daily("a")[0]).spent, usd("0.1"));
+    assert_eq!(ledger.read_sync(&daily("a")[0]).spent, usd("0.1"));
     // With "a" spent today and "c" in flight nothing can go.
     let err = reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap_err();
     assert!(err.to_string().contains("full"), "{err}");
@@ -290,7 +298,10 @@ async fn concurrent_strict_reservations_never_overshoot() {
             {
                 ReserveOutcome::Reserved { reservation, .. } => {
                     tokio::task::yield_now().await;
-                    ledger.settle(&reservation, usd("0.01")).await.unwrap();
+                    ledger
+                        .settle(&reservation, &Charge::cost(usd("0.01")))
+                        .await
+                        .unwrap();
                     true
                 }
                 ReserveOutcome::Denied { .. } => false,
@@ -301,7 +312,7 @@ async fn concurrent_strict_reservations_never_overshoot() {
     for t in tasks {
         admitted += usize::from(t.await.unwrap());
     }
-    let status = ledger.read_now(&b[0]);
+    let status = ledger.read_sync(&b[0]);
     assert!(status.spent <= usd("1"), "{status:?}");
     assert_eq!(
         status.spent,
@@ -361,7 +372,7 @@ proptest::proptest! {
                     let (r, worst) = open.swap_remove(which % open.len());
                     let actual = worst * percent / 100;
                     max_excess = max_excess.max(actual - r.amount().nanos());
-                    ledger.settle_sync(&r, Money::from_nanos(actual)).unwrap();
+                    ledger.settle_sync(&r, &Charge::cost(Money::from_nanos(actual))).unwrap();
                 }
                 Op::Release { which } if !open.is_empty() => {
                     let (r, _) = open.swap_remove(which % open.len());
@@ -371,7 +382,7 @@ proptest::proptest! {
             }
             let held: i64 = open.iter().map(|(r, _)| r.amount().nanos()).sum();
             for spec in budgets.iter() {
-                let status = ledger.read_now(spec);
+                let status = ledger.read_sync(spec);
                 proptest::prop_assert_eq!(status.reserved.nanos(), held);
                 let over = status.spent.nanos() - limit.nanos();
                 if any_bounded {
@@ -382,4 +393,167 @@ proptest::proptest! {
             }
         }
     }
+}
+
+fn attributed(cost: &str, scopes: &[BudgetScope], model: &str) -> Charge {
+    Charge::new(usd(cost), crate::budget::SpendTokens::new(10, 20, 3))
+        .attributed(crate::budget::Attribution::new(scopes.to_vec(), model))
+}
+
+#[tokio::test(start_paused = true)]
+async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
+    use crate::budget::{SpendGroup, SpendQuery};
+    let ledger = ledger_at("2026-12-06T23:59:00Z");
+    let alice = BudgetScope::Key("alice".into());
+    let bob = BudgetScope::Key("bob".into());
+    let team = BudgetScope::Team("research".into());
+    let b = [key("alice", 10, Period::Monthly)];
+    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    let s = ledger
+        .settle_sync(&r, &attributed("0.5", &[alice.clone(), team.clone()], "m1"))
+        .unwrap();
+    assert_eq!(s.day, crate::time::parse_date("2026-12-06").unwrap());
+    // A key without budgets: an empty, unheld reservation still counts.
+    let none = Reservation::unheld(Arc::new([]));
+    ledger
+        .settle_sync(
+            &none,
+            &attributed("0.25", &[bob.clone(), team.clone()], "m2"),
+        )
+        .unwrap();
+    tokio::time::advance(Duration::from_secs(120)).await; // the next UTC day
+    ledger
+        .settle_sync(
+            &none,
+            &attributed("0.125", std::slice::from_ref(&alice), "m1"),
+        )
+        .unwrap();
+
+    let by_key = ledger.spend_sync(&SpendQuery::new(SpendGroup::Key));
+    assert_eq!(by_key.len(), 2);
+    assert_eq!(
+        (by_key[0].group.as_str(), by_key[0].totals.cost),
+        ("alice", usd("0.625"))
+    );
+    assert_eq!(by_key[0].totals.requests, 2);
+    assert_eq!(by_key[0].totals.prompt_tokens, 20);
+    assert_eq!(by_key[0].totals.completion_tokens, 40);
+    assert_eq!(by_key[0].totals.cached_tokens, 6);
+    let by_team = ledger.spend_sync(&SpendQuery::new(SpendGroup::Team));
+    assert_eq!(by_team[0].totals.cost, usd("0.75"));
+    let by_model = ledger.spend_sync(&SpendQuery::new(SpendGroup::Model));
+    assert_eq!(
+        by_model.iter().map(|r| r.totals.cost).collect::<Vec<_>>(),
+        [usd("0.625"), usd("0.25")]
+    );
+    let by_day = ledger.spend_sync(&SpendQuery::new(SpendGroup::Day).scope(alice.clone()));
+    assert_eq!(
+        by_day.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(),
+        ["2026-12-06", "2026-12-07"]
+    );
+    let first_day = crate::time::parse_date("2026-12-06");
+    let one_day = ledger.spend_sync(&SpendQuery::new(SpendGroup::Model).days(first_day, first_day));
+    assert_eq!(
+        one_day.iter().map(|r| r.totals.cost).collect::<Vec<_>>(),
+        [usd("0.5"), usd("0.25")]
+    );
+    // The budget was charged in the same step.
+    assert_eq!(ledger.read_sync(&b[0]).spent, usd("0.5"));
+    assert_eq!(ledger.spend_row_count(), 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn spend_rows_are_bounded_by_forgetting_the_oldest_day() {
+    use crate::budget::{SpendGroup, SpendQuery};
+    let ledger = MemoryLedger::new().shards(1).max_spend_rows(2);
+    let none = Reservation::unheld(Arc::new([]));
+    let alice = [BudgetScope::Key("alice".into())];
+    for model in ["a", "b"] {
+        ledger
+            .settle_sync(&none, &attributed("1", &alice, model))
+            .unwrap();
+    }
+    tokio::time::advance(Duration::from_secs(86_400)).await;
+    ledger
+        .settle_sync(&none, &attributed("1", &alice, "c"))
+        .unwrap();
+    let rows = ledger.spend_sync(&SpendQuery::new(SpendGroup::Model));
+    assert_eq!(
+        rows.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(),
+        ["c"]
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn top_ups_apply_once_per_idempotency_key() {
+    let ledger = MemoryLedger::new();
+    let wallet = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("10"));
+    let first = ledger
+        .top_up_sync(&wallet, usd("25"), Some("req-1"))
+        .unwrap();
+    assert!(!first.replayed);
+    assert_eq!(first.status.remaining(), usd("35"));
+    let again = ledger
+        .top_up_sync(&wallet, usd("25"), Some("req-1"))
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.status.remaining(), usd("35"));
+    // The same key on another balance is another top-up.
+    let other = BudgetSpec::balance(BudgetScope::Key("b".into()), usd("0"));
+    assert!(
+        !ledger
+            .top_up_sync(&other, usd("5"), Some("req-1"))
+            .unwrap()
+            .replayed
+    );
+    // After 24 hours the key may be used again.
+    tokio::time::advance(top_ups::KEEP).await;
+    let later = ledger
+        .top_up_sync(&wallet, usd("25"), Some("req-1"))
+        .unwrap();
+    assert!(!later.replayed);
+    assert_eq!(later.status.remaining(), usd("60"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_forgets_the_period_spend_but_not_holds_or_balances() {
+    let ledger = MemoryLedger::new();
+    let b = [key("a", 10, Period::Monthly)];
+    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    ledger.settle_sync(&r, &Charge::cost(usd("4"))).unwrap();
+    let held = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    let status = ledger.reset_sync(&b[0]).unwrap();
+    assert_eq!((status.spent, status.reserved), (Money::ZERO, usd("1")));
+    ledger.release_sync(&held);
+    let wallet = BudgetSpec::balance(BudgetScope::Key("w".into()), usd("3"));
+    let w = reserved(
+        reserve(
+            &ledger,
+            std::slice::from_ref(&wallet),
+            usd("1"),
+            ReservePolicy::Strict,
+        )
+        .unwrap(),
+    );
+    ledger.settle_sync(&w, &Charge::cost(usd("1"))).unwrap();
+    assert_eq!(ledger.reset_sync(&wallet).unwrap().remaining(), usd("2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_balance_is_granted_once_whatever_later_specs_say() {
+    let ledger = MemoryLedger::new();
+    let opening = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("10"));
+    let r = reserved(
+        reserve(
+            &ledger,
+            std::slice::from_ref(&opening),
+            usd("4"),
+            ReservePolicy::Strict,
+        )
+        .unwrap(),
+    );
+    ledger.settle_sync(&r, &Charge::cost(usd("4"))).unwrap();
+    // The configuration now says 50: the balance is not refilled.
+    let edited = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("50"));
+    assert_eq!(ledger.read_sync(&edited).remaining(), usd("6"));
 }

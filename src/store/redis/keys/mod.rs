@@ -2,7 +2,6 @@
 //! within a bounded time.
 
 mod cache;
-mod codec;
 
 use std::fmt;
 use std::pin::Pin;
@@ -14,12 +13,12 @@ use futures_core::Stream;
 use tokio::sync::watch;
 
 use self::cache::Cache;
-use self::codec::{decode, encode};
 use super::scripts::{KEY_FLAG, KEY_PUT, KEY_REMOVE};
 use super::{FailurePolicy, RedisConnection};
-use crate::auth::{KeyHash, KeyRecord, KeyStore, Lookup};
-use crate::store::StoreError;
+use crate::auth::{KeyHash, KeyRecord, KeyStore};
+use crate::store::codec::{decode, encode};
 use crate::store::memory::DuplicateSecret;
+use crate::store::{StoreError, StoreFuture};
 
 /// Key records in Redis, by the SHA-256 of their secret, with a local cache
 /// in every gateway instance and revocation that reaches every instance's
@@ -356,7 +355,7 @@ impl fmt::Debug for RedisKeyStore {
 }
 
 impl KeyStore for RedisKeyStore {
-    fn lookup(&self, hash: &KeyHash) -> Lookup {
+    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         let inner = &self.inner;
         if !inner.listener_started.load(Ordering::Relaxed) {
             inner.start_listener();
@@ -364,13 +363,13 @@ impl KeyStore for RedisKeyStore {
         let listening = inner.listening.load(Ordering::Acquire);
         if listening {
             if let Some(record) = inner.cache.get(hash, false) {
-                return Lookup::ready(Ok(record));
+                return StoreFuture::ready(Ok(record));
             }
         }
         let epoch = inner.epoch.load(Ordering::Acquire);
         let inner = self.inner.clone();
         let hash = *hash;
-        Lookup::pending(async move {
+        StoreFuture::pending(async move {
             match fetch(&inner.redis, hash).await {
                 Ok(record) => {
                     // Cache only what no invalidation raced with, and only
@@ -418,7 +417,7 @@ async fn fetch(
     let Some(rec) = rec else {
         return Ok(None);
     };
-    let mut record = decode(rec, hash)?;
+    let mut record = decode(rec, Some(hash))?;
     record.revoked = revoked.as_deref() == Some("1");
     record.disabled = disabled.as_deref() == Some("1");
     Ok(Some(Arc::new(record)))

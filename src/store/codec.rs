@@ -1,21 +1,36 @@
-//! Key records as JSON in Redis.
+//! Key records as JSON: the one format every durable store (Redis, SQLite)
+//! keeps them in. Versioned, and never holding a secret: only its hash.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{KeyHash, KeyRecord};
+use crate::auth::{KeyEntry, KeyHash, KeyRecord, RetiredSecret};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
 use crate::rate_limit::{Limit, Measure};
 use crate::store::StoreError;
 
-/// A key record as stored in Redis (JSON). The secret hash is the Redis key;
-/// `revoked` and `disabled` are fields of their own.
+/// A key record as stored (JSON).
 #[derive(Serialize, Deserialize)]
 struct Stored {
     v: u32,
     id: String,
+    /// The current secret's SHA-256, hex (absent in version 1, where the
+    /// storage key held it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    secret_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retired: Vec<StoredRetired>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    revoked: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    disabled: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    /// The configuration entry last granted from, its secret as a hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_entry: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     name: Option<String>,
     created_at_ns: u64,
@@ -38,6 +53,16 @@ struct Stored {
 }
 
 #[derive(Serialize, Deserialize)]
+struct StoredRetired {
+    sha256: String,
+    until_ns: u64,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[derive(Serialize, Deserialize)]
 struct StoredLimit {
     tokens: bool,
     amount: u64,
@@ -46,7 +71,7 @@ struct StoredLimit {
 
 #[derive(Serialize, Deserialize)]
 struct StoredBudget {
-    /// `key`, `team` or `org`.
+    /// `key`, `user`, `team` or `org`.
     scope: String,
     scope_id: String,
     limit_nanos: i64,
@@ -60,10 +85,27 @@ fn nanos_since_epoch(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-pub(super) fn encode(record: &KeyRecord) -> String {
+/// The record as JSON, secrets as hashes.
+pub(crate) fn encode(record: &KeyRecord) -> String {
     let stored = Stored {
-        v: 1,
+        v: 2,
         id: record.id.clone(),
+        secret_sha256: Some(record.secret_hash.to_hex()),
+        retired: record
+            .retired
+            .iter()
+            .map(|r| StoredRetired {
+                sha256: r.hash.to_hex(),
+                until_ns: nanos_since_epoch(r.until),
+            })
+            .collect(),
+        revoked: record.revoked,
+        disabled: record.disabled,
+        user: record.user.clone(),
+        config_entry: record
+            .config_entry
+            .as_deref()
+            .and_then(|entry| serde_json::to_value(entry.hashed()).ok()),
         name: record.name.clone(),
         created_at_ns: nanos_since_epoch(record.created_at),
         expires_at_ns: record.expires_at.map(nanos_since_epoch),
@@ -81,27 +123,20 @@ pub(super) fn encode(record: &KeyRecord) -> String {
         budgets: record
             .budgets
             .iter()
-            .map(|b| {
-                let (scope, scope_id) = match &b.scope {
-                    BudgetScope::Key(id) => ("key", id),
-                    BudgetScope::Team(id) => ("team", id),
-                    BudgetScope::Org(id) => ("org", id),
-                };
-                StoredBudget {
-                    scope: scope.into(),
-                    scope_id: scope_id.clone(),
-                    limit_nanos: b.limit.nanos(),
-                    balance: b.mode == BudgetMode::Balance,
-                    period: match b.period {
-                        Period::Daily => "d".into(),
-                        Period::Weekly => "w".into(),
-                        Period::Monthly => "m".into(),
-                        Period::Never => "n".into(),
-                        Period::Rolling(d) => {
-                            format!("r{}", u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-                        }
-                    },
-                }
+            .map(|b| StoredBudget {
+                scope: b.scope.kind_name().into(),
+                scope_id: b.scope.name().to_owned(),
+                limit_nanos: b.limit.nanos(),
+                balance: b.mode == BudgetMode::Balance,
+                period: match b.period {
+                    Period::Daily => "d".into(),
+                    Period::Weekly => "w".into(),
+                    Period::Monthly => "m".into(),
+                    Period::Never => "n".into(),
+                    Period::Rolling(d) => {
+                        format!("r{}", u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                    }
+                },
             })
             .collect(),
         team: record.team.clone(),
@@ -112,14 +147,41 @@ pub(super) fn encode(record: &KeyRecord) -> String {
     serde_json::to_string(&stored).unwrap_or_default()
 }
 
-pub(super) fn decode(json: &str, hash: KeyHash) -> Result<KeyRecord, StoreError> {
+/// A record back from [`encode`]'s JSON. Version 1 records (written before
+/// the secret's hash was part of the JSON) take `storage_hash`, the hash
+/// their storage key holds.
+pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRecord, StoreError> {
     let corrupt = |what: &str| StoreError::Corrupt(format!("key record: {what}"));
     let stored: Stored = serde_json::from_str(json).map_err(|_| corrupt("malformed JSON"))?;
-    if stored.v != 1 {
+    if stored.v != 1 && stored.v != 2 {
         return Err(corrupt("unknown version"));
     }
     let at = |ns: u64| UNIX_EPOCH + Duration::from_nanos(ns);
+    let hash = match (&stored.secret_sha256, storage_hash) {
+        (Some(hex), _) => KeyHash::from_hex(hex).map_err(|_| corrupt("bad secret hash"))?,
+        (None, Some(hash)) => hash,
+        (None, None) => return Err(corrupt("no secret hash")),
+    };
     let mut record = KeyRecord::new(stored.id, hash);
+    record.retired = stored
+        .retired
+        .iter()
+        .map(|r| {
+            Ok(RetiredSecret {
+                hash: KeyHash::from_hex(&r.sha256).map_err(|_| corrupt("bad retired hash"))?,
+                until: at(r.until_ns),
+            })
+        })
+        .collect::<Result<_, StoreError>>()?;
+    record.revoked = stored.revoked;
+    record.disabled = stored.disabled;
+    record.user = stored.user;
+    record.config_entry = match stored.config_entry {
+        Some(value) => Some(std::sync::Arc::new(
+            serde_json::from_value::<KeyEntry>(value).map_err(|_| corrupt("bad config entry"))?,
+        )),
+        None => None,
+    };
     record.name = stored.name;
     record.created_at = at(stored.created_at_ns);
     record.expires_at = stored.expires_at_ns.map(at);
@@ -141,12 +203,8 @@ pub(super) fn decode(json: &str, hash: KeyHash) -> Result<KeyRecord, StoreError>
         .budgets
         .into_iter()
         .map(|b| {
-            let scope = match b.scope.as_str() {
-                "key" => BudgetScope::Key(b.scope_id),
-                "team" => BudgetScope::Team(b.scope_id),
-                "org" => BudgetScope::Org(b.scope_id),
-                _ => return Err(corrupt("unknown budget scope")),
-            };
+            let scope = BudgetScope::parse(&format!("{}:{}", b.scope, b.scope_id))
+                .ok_or_else(|| corrupt("unknown budget scope"))?;
             let period = match b.period.as_str() {
                 "d" => Period::Daily,
                 "w" => Period::Weekly,
@@ -206,10 +264,36 @@ mod tests {
         record.org = Some("o".into());
         record.metadata.insert("owner".into(), "ops".into());
 
+        record.user = Some("ann".into());
+        record.revoked = true;
+        record.rotate(
+            KeyHash::of("sk-new"),
+            UNIX_EPOCH + Duration::from_secs(1_850_000_000),
+        );
+        let entry: KeyEntry =
+            serde_json::from_str(r#"{"id":"alice","secret":"sk-test","budget_usd":5}"#).unwrap();
+        record.config_entry = Some(std::sync::Arc::new(entry));
+
         let json = encode(&record);
-        assert!(!json.contains("sk-test"));
-        assert_eq!(decode(&json, hash).unwrap(), record);
-        assert!(decode("{", hash).is_err());
-        assert!(decode(r#"{"v":2,"id":"a","created_at_ns":0}"#, hash).is_err());
+        assert!(!json.contains("sk-test"), "{json}");
+        let back = decode(&json, None).unwrap();
+        assert_eq!(
+            back.config_entry.as_deref().map(|e| e.secret.is_none()),
+            Some(true)
+        );
+        assert_eq!(
+            back.config_entry
+                .as_deref()
+                .and_then(|e| e.secret_sha256.clone()),
+            Some(hash.to_hex())
+        );
+        let mut expected = record.clone();
+        expected.config_entry = back.config_entry.clone();
+        assert_eq!(back, expected);
+        assert!(decode("{", Some(hash)).is_err());
+        assert!(decode(r#"{"v":3,"id":"a","created_at_ns":0}"#, Some(hash)).is_err());
+        // Version 1: the hash came from the storage key.
+        let v1 = decode(r#"{"v":1,"id":"a","created_at_ns":0}"#, Some(hash)).unwrap();
+        assert_eq!(v1.secret_hash, hash);
     }
 }
