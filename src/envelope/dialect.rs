@@ -157,6 +157,13 @@ pub(crate) fn hai_row(error: &ApiError) -> &'static HaiRow {
         Connection => "api_connection_error",
         _ => "api_error",
     };
+    // A row keeps the error's class: a client's 408 is not HAI's 500
+    // `api_timeout_error`, it is a bad request.
+    let code = match HAI_TABLE.iter().find(|row| row.code == code) {
+        Some(row) if (row.status >= 500) == server_error => row.code,
+        _ if server_error => "api_error",
+        _ => "bad_request",
+    };
     HAI_TABLE
         .iter()
         .find(|row| row.code == code)
@@ -208,6 +215,20 @@ mod tests {
             let kind = ErrorKind::from_code(row.code).expect(row.code);
             assert_eq!(hai_row(&ApiError::from_kind(kind).with_code(row.code)), row);
         }
+    }
+
+    #[test]
+    fn a_hai_row_keeps_the_class_of_the_status() {
+        // A 408 parses as a timeout, but the client's timeout is not HAI's
+        // 500 `api_timeout_error` (found by the layer's property test).
+        let client_timeout =
+            ApiError::from_kind(ErrorKind::Timeout).with_status(StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(hai_row(&client_timeout).code, "bad_request");
+        let gateway_timeout = ApiError::from_kind(ErrorKind::Timeout);
+        assert_eq!(hai_row(&gateway_timeout).code, "api_timeout_error");
+        let odd = ApiError::from_kind(ErrorKind::RateLimited)
+            .with_status(StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(hai_row(&odd).code, "api_error");
     }
 
     #[test]
