@@ -58,7 +58,7 @@
 //! |---|---|---|
 //! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | GCRA state per key and limit, concurrency slots |
 //! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
-//! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore) | key records and their revocation |
+//! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore), [`KeyAdmin`](crate::auth::KeyAdmin) | key records, their rotations and revocations |
 //!
 //! # Atomic, one round trip, on one clock
 //!
@@ -125,6 +125,15 @@
 //! use Redis persistence or replication if budget spend must survive a Redis
 //! crash.
 //!
+//! # Persistence: money dies with a Redis that keeps nothing
+//!
+//! Budgets' spend, prepaid balances and keys made through an admin API live
+//! in Redis only. Run it with the append-only file on (`appendonly yes`;
+//! the default `appendfsync everysec` loses at most a second of writes) and
+//! have the gateway call [`Persistence::check`] at start-up: it warns when
+//! Redis has neither AOF nor RDB snapshots on, and says when a managed
+//! Redis will not tell.
+//!
 //! # Namespacing and deployment
 //!
 //! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
@@ -144,6 +153,7 @@ mod config;
 mod connection;
 mod keys;
 mod ledger;
+mod persistence;
 mod rate_limit;
 mod scripts;
 
@@ -151,6 +161,7 @@ pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;
 pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
 pub use self::ledger::RedisLedger;
+pub use self::persistence::Persistence;
 pub use self::rate_limit::{RedisRateLimitStore, RedisRateLimitStoreBuilder};
 
 pub use crate::store::FailurePolicy;

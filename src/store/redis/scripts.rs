@@ -35,6 +35,6 @@ scripts! {
     LEDGER_RESET = "common.lua" "money.lua" "ledger.lua" "ledger_reset.lua";
     LEDGER_SPEND = "ledger_spend.lua";
     KEY_PUT = "key_put.lua";
-    KEY_FLAG = "key_flag.lua";
-    KEY_REMOVE = "key_remove.lua";
+    KEY_DELETE = "key_delete.lua";
+    KEY_LIST = "key_list.lua";
 }
