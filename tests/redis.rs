@@ -1994,6 +1994,26 @@ mod key_admin {
         assert_eq!(send(&on_b, with_key("sk-newer")).await.0, StatusCode::OK);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flag_changes_on_two_instances_never_undo_each_other() {
+        let server = redis_server!();
+        let a = RedisKeyStore::new(patient_instance(&server).await);
+        let b = RedisKeyStore::new(patient_instance(&server).await);
+        for round in 0..20 {
+            let id = format!("k{round}");
+            a.insert(KeyRecord::new(&id, KeyHash::of(&id)))
+                .await
+                .unwrap();
+            // Each reads the record and writes it back with its flag: a
+            // write over a record changed since it was read would drop the
+            // other's flag.
+            let (revoked, disabled) = tokio::join!(a.revoke(&id), b.set_disabled(&id, true));
+            assert!(revoked.unwrap() && disabled.unwrap());
+            let record = b.get(&id).await.unwrap().unwrap();
+            assert!(record.revoked && record.disabled, "{record:?}");
+        }
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_of_the_previous_layout_move_to_the_current_one() {
         let server = redis_server!();
@@ -2142,4 +2162,245 @@ async fn persistence_is_reported_off_on_or_unknown() {
     // Only an unreachable Redis is an error.
     off.kill();
     assert!(Persistence::check(&redis).await.is_err());
+}
+
+// ---- the ledger's placement: every call in one hash slot (Redis Cluster) ---------
+
+mod ledger_placement {
+    use tollgate::budget::{Attribution, SpendGroup, SpendQuery, SpendTokens};
+    use tollgate::store::memory::MemoryLedger;
+    use tollgate::store::redis::LedgerPlacement;
+
+    use super::*;
+
+    /// Keys `a` and `b`, team `t` and user `u` belong to the org `o`; key
+    /// `solo` is a tenant of its own.
+    fn by_tenant() -> LedgerPlacement {
+        LedgerPlacement::by_tenant(|scope| match scope {
+            BudgetScope::Key(id) if id == "solo" => scope.clone(),
+            _ => BudgetScope::Org("o".into()),
+        })
+    }
+
+    fn scope(id: &str) -> BudgetScope {
+        BudgetScope::parse(id).unwrap()
+    }
+
+    /// Runs the same calls on `redis` and `memory` and checks they answer
+    /// alike.
+    async fn same_answers(redis: &RedisLedger, memory: &MemoryLedger, clock: &ManualClock) {
+        let key_a = BudgetSpec::budget(scope("key:a"), usd("10"), Period::Monthly);
+        let key_b = BudgetSpec::budget(scope("key:b"), usd("10"), Period::Never);
+        let team = BudgetSpec::budget(scope("team:t"), usd("1"), Period::Monthly);
+        let org = BudgetSpec::balance(scope("org:o"), usd("5"));
+        let solo = BudgetSpec::budget(scope("key:solo"), usd("2"), Period::Daily);
+        let a = specs([key_a.clone(), team.clone(), org.clone()]);
+        let b = specs([key_b.clone(), team.clone(), org.clone()]);
+        let s = specs([solo.clone()]);
+        let attributed = |scopes: &[&str], cost: &str| {
+            Charge::new(usd(cost), SpendTokens::new(10, 20, 0)).attributed(Attribution::new(
+                scopes.iter().map(|s| scope(s)).collect::<Vec<_>>(),
+                "gpt-4o",
+            ))
+        };
+        let ledgers: [&dyn Ledger; 2] = [redis, memory];
+
+        let mut outcomes = Vec::new();
+        let mut held = Vec::new();
+        for ledger in ledgers {
+            let r1 = ledger
+                .reserve(&a, usd("0.8"), ReservePolicy::Strict)
+                .await
+                .unwrap();
+            let denied = ledger
+                .reserve(&b, usd("0.3"), ReservePolicy::Strict)
+                .await
+                .unwrap();
+            outcomes.push((shape(&r1), shape(&denied)));
+            held.push(reserved(r1));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+
+        let mut answers = Vec::new();
+        for (ledger, r1) in ledgers.into_iter().zip(&held) {
+            let settled = ledger
+                .settle(
+                    r1,
+                    &attributed(&["key:a", "user:u", "team:t", "org:o"], "0.5"),
+                )
+                .await
+                .unwrap();
+            let r2 = ledger
+                .reserve(&b, usd("0.6"), ReservePolicy::Bounded)
+                .await
+                .unwrap();
+            let r2_shape = shape(&r2);
+            ledger.release(&reserved(r2)).await.unwrap();
+            let rs = reserved(
+                ledger
+                    .reserve(&s, usd("1"), ReservePolicy::Strict)
+                    .await
+                    .unwrap(),
+            );
+            let solo_settled = ledger
+                .settle(&rs, &attributed(&["key:solo"], "1.5"))
+                .await
+                .unwrap();
+            // A key without budgets is charged in its aggregates all the same.
+            ledger
+                .settle(
+                    &Reservation::unheld(Arc::new([])),
+                    &attributed(&["key:b", "team:t", "org:o"], "0.125"),
+                )
+                .await
+                .unwrap();
+            let first = ledger.top_up(&org, usd("10"), Some("idem")).await.unwrap();
+            let again = ledger.top_up(&org, usd("10"), Some("idem")).await.unwrap();
+            let reset = ledger.reset(&team).await.unwrap();
+            let mut reads = Vec::new();
+            for spec in [&key_a, &key_b, &team, &org, &solo] {
+                reads.push(ledger.read(spec).await.unwrap());
+            }
+            let mut reports = Vec::new();
+            for query in [
+                SpendQuery::new(SpendGroup::Key),
+                SpendQuery::new(SpendGroup::Team),
+                SpendQuery::new(SpendGroup::Org),
+                SpendQuery::new(SpendGroup::User),
+                SpendQuery::new(SpendGroup::Model).scope(scope("key:solo")),
+                SpendQuery::new(SpendGroup::Day).scope(scope("org:o")),
+                SpendQuery::new(SpendGroup::Key).model("gpt-4o"),
+            ] {
+                reports.push(ledger.spend(&query).await.unwrap());
+            }
+            answers.push((
+                settled.statuses,
+                r2_shape,
+                solo_settled.statuses,
+                (first.status, first.replayed, again.status, again.replayed),
+                reset,
+                reads,
+                reports,
+            ));
+        }
+        assert_eq!(answers[0], answers[1]);
+        let (.., reports) = &answers[0];
+        assert_eq!(reports[0].len(), 3, "{:?}", reports[0]);
+
+        // A hold whose lease ran out is given back by the next call in its
+        // slot, as in memory.
+        let forgotten = reserved(
+            redis
+                .reserve(&a, usd("0.1"), ReservePolicy::Strict)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(redis.read(&team).await.unwrap().reserved, usd("0.1"));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(redis.read(&team).await.unwrap().reserved, Money::ZERO);
+        redis.release(&forgotten).await.unwrap();
+    }
+
+    /// The keys under `prefix`, by hash tag.
+    async fn keys_by_tag(server: &RedisServer, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut raw(server).await)
+            .await
+            .unwrap();
+        let mut tagged: Vec<(String, String)> = keys
+            .into_iter()
+            .map(|key| {
+                let rest = key.strip_prefix(prefix).unwrap();
+                let tag = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once("}:"))
+                    .map(|(tag, _)| tag.to_owned())
+                    .unwrap_or_else(|| panic!("untagged key {key}"));
+                (tag, key)
+            })
+            .collect();
+        tagged.sort();
+        tagged
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_placed_by_tenant_decides_like_memory_with_each_tenant_in_one_slot() {
+        let server = redis_server!();
+        let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
+        let conn = RedisConnection::connect(config(&server).key_prefix("ten:"))
+            .await
+            .unwrap();
+        let redis = RedisLedger::new(conn)
+            .clock(clock.clone())
+            .lease(Duration::from_secs(1))
+            .placement(by_tenant());
+        let memory = MemoryLedger::new()
+            .with_clock(ManualClockRef(clock.clone()))
+            .lease(Duration::from_secs(1));
+        same_answers(&redis, &memory, &clock).await;
+
+        let tags: std::collections::BTreeMap<String, Vec<String>> = keys_by_tag(&server, "ten:")
+            .await
+            .into_iter()
+            .fold(Default::default(), |mut map, (tag, key)| {
+                map.entry(tag).or_default().push(key);
+                map
+            });
+        assert_eq!(
+            tags.keys().collect::<Vec<_>>(),
+            ["key:solo", "ledger", "org:o"],
+            "{tags:?}"
+        );
+        // The org's slot holds its keys', team's and user's books and spend.
+        for name in [
+            "ten:{org:o}:budget:key:a",
+            "ten:{org:o}:budget:team:t",
+            "ten:{org:o}:budget:org:o",
+            "ten:{org:o}:spend-scopes",
+            "ten:{org:o}:ledger:seq",
+        ] {
+            assert!(tags["org:o"].iter().any(|k| k == name), "{name}: {tags:?}");
+        }
+        assert!(
+            tags["org:o"]
+                .iter()
+                .any(|k| k.starts_with("ten:{org:o}:spend:user:u:"))
+        );
+        assert_eq!(tags["ledger"], ["ten:{ledger}:tenants"]);
+
+        // A request whose budgets belong to two tenants cannot be booked in
+        // one slot: refused, and nothing is held.
+        let mixed = specs([
+            BudgetSpec::budget(scope("key:a"), usd("10"), Period::Monthly),
+            BudgetSpec::budget(scope("key:solo"), usd("2"), Period::Daily),
+        ]);
+        let refused = redis
+            .reserve(&mixed, usd("0.1"), ReservePolicy::Strict)
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("`org:o` and `key:solo`")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_in_one_slot_decides_like_memory() {
+        let server = redis_server!();
+        let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
+        let conn = RedisConnection::connect(config(&server).key_prefix("one:"))
+            .await
+            .unwrap();
+        let redis = RedisLedger::new(conn)
+            .clock(clock.clone())
+            .lease(Duration::from_secs(1))
+            .placement(LedgerPlacement::OneSlot);
+        let memory = MemoryLedger::new()
+            .with_clock(ManualClockRef(clock.clone()))
+            .lease(Duration::from_secs(1));
+        same_answers(&redis, &memory, &clock).await;
+        let tags = keys_by_tag(&server, "one:").await;
+        assert!(!tags.is_empty());
+        assert!(tags.iter().all(|(tag, _)| tag == "ledger"), "{tags:?}");
+    }
 }

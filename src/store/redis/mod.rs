@@ -160,7 +160,7 @@ mod scripts;
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;
 pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
-pub use self::ledger::RedisLedger;
+pub use self::ledger::{LedgerPlacement, RedisLedger};
 pub use self::persistence::Persistence;
 pub use self::rate_limit::{RedisRateLimitStore, RedisRateLimitStoreBuilder};
 
