@@ -143,9 +143,12 @@
 //! expire by themselves, so their memory is bounded by what is in use).
 //!
 //! The stores target a single Redis primary (optionally with replicas and
-//! Sentinel-driven failover behind a stable address). Redis Cluster is not
-//! supported: a budget reservation touches the keys of several scopes in one
-//! script. Tested with Redis 7.0; the scripts use nothing newer than Redis
+//! Sentinel-driven failover behind a stable address). On a Redis Cluster
+//! every script must find all its keys in one hash slot: the key store
+//! keeps all of its keys under one hash tag (see [`RedisKeyStore`], "Redis
+//! Cluster"), and the ledger needs a [`LedgerPlacement`] other than the
+//! default (one slot, or one per tenant: see [`RedisLedger`], "Redis
+//! Cluster"). Tested with Redis 7.0; the scripts use nothing newer than Redis
 //! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
 //! the default (before 7.0), as they read `TIME` before writing.
 

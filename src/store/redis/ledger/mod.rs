@@ -56,8 +56,8 @@ use crate::store::{StoreError, StoreFuture};
 /// with its spend aggregates, [`release`](Ledger::release),
 /// [`top_up`](Ledger::top_up) with its idempotency key, [`read`](Ledger::read),
 /// [`reset`](Ledger::reset), [`spend`](Ledger::spend)) is one `EVALSHA` of a
-/// Lua script, which
-/// Redis runs atomically: a reservation checks every budget of the request
+/// Lua script (a spend report across tenants placed in several slots: one
+/// per tenant, see "Redis Cluster"), which Redis runs atomically: a reservation checks every budget of the request
 /// (key, team, org) and holds the amount against all of them or none, with
 /// the same policies ([`ReservePolicy`]) and outcomes as
 /// [`MemoryLedger`](crate::store::memory::MemoryLedger). Under `Strict`,
@@ -86,9 +86,58 @@ use crate::store::{StoreError, StoreFuture};
 /// restart that lost the data, and a hold is only released by the
 /// reservation whose amount it holds.
 ///
+/// # Redis Cluster
+///
+/// A cluster runs a script only when every key it touches is in one hash
+/// slot. Under the default [`LedgerPlacement::Untagged`] (the names a
+/// single Redis has always had) the ledger is not cluster-safe: the holds
+/// index and the id sequence are global keys, the budgets of one request
+/// hash to different slots, and releasing a hold (which every script's
+/// sweep of expired holds does) writes to the books of whichever budgets
+/// that hold names, keys no script declared. A
+/// [`placement`](RedisLedger::placement) puts every key of a call under one
+/// hash tag, `<prefix>{tag}:…`:
+///
+/// - [`LedgerPlacement::OneSlot`]: everything under `{ledger}`. Correct on
+///   any cluster; one node does all the ledger's work, as a single Redis
+///   does.
+/// - [`LedgerPlacement::ByTenant`]: a call's tag is the top-most tenant of
+///   its budgets (for a key in an org, the org; else its team, else its
+///   user, else the key), named by a function the gateway gives, as it
+///   knows who belongs to whom. Each tenant has its own books, holds, holds
+///   index, id sequence, top-up markers and spend aggregates under its tag,
+///   so a sweep only releases holds of the same tenant, whose budgets are
+///   in the same slot. Every key a script is given is declared in `KEYS`;
+///   those it reaches through names it holds (a hold's budgets, the
+///   aggregates of the charged scopes) share their slot. Tenants spread
+///   over the cluster's nodes.
+///
+/// Why a function of each scope, and not the top-most scope of each
+/// request's budget list: [`read`](Ledger::read), [`reset`](Ledger::reset)
+/// and [`top_up`](Ledger::top_up) name one budget and must find it where
+/// reservations booked it, and a team's books must not move to its org's
+/// slot on the day the org gets a budget. What it asks of the operator:
+///
+/// - the budgets of one request must belong to one tenant: a request whose
+///   budgets span two (a user budget shared by keys of two orgs) cannot be
+///   booked atomically and is refused with a [`StoreError`] (503);
+/// - a scope that changes tenant (a team moved to another org) starts new
+///   books in its new slot, its spend and balance so far left in the old
+///   ones; so does a ledger whose placement changes (the names differ).
+///   `Untagged` keeps the names of earlier versions, so a single Redis
+///   upgraded in place keeps its books;
+/// - a spend report across every scope of a kind (no scope given) reads the
+///   list of tenants (`<prefix>{ledger}:tenants`, added to once per tenant
+///   and process) and then each tenant's aggregates: 1 + N round trips, on
+///   the admin path only;
+/// - expired holds are released by the next call in their tenant's slot,
+///   not by any call: a quiet tenant's wait for its next call (a read
+///   sweeps first, so what it reports is right).
+///
 /// # Memory
 ///
-/// A budget's books (`<prefix>budget:<scope>`) expire once its period has
+/// A budget's books (`<prefix>budget:<scope>`; with a placement, after
+/// `<prefix>{tag}:`) expire once its period has
 /// ended and its holds' leases have run out; prepaid balances and lifetime
 /// (`Period::Never`) budgets are kept, as they carry money. Holds are
 /// deleted when settled, released, or swept.
