@@ -1,5 +1,6 @@
 //! [`RedisLedger`]: budgets and balances shared by every gateway instance.
 
+mod args;
 mod placement;
 mod replies;
 
@@ -10,6 +11,7 @@ use std::time::Duration;
 
 use redis::Value;
 
+use self::args::{Distinct, push_spec};
 use self::placement::Books;
 pub use self::placement::LedgerPlacement;
 use self::replies::{corrupt, int, reserve_outcome, spend_rows, status, statuses};
@@ -19,8 +21,8 @@ use super::scripts::{
     LEDGER_TENANTS, LEDGER_TOP_UP,
 };
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, Reservation,
-    ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
+    BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
+    ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::clock::SharedClock;
 use crate::store::{StoreError, StoreFuture};
@@ -222,60 +224,6 @@ impl fmt::Debug for RedisLedger {
             .field("placement", &self.inner.placement)
             .finish()
     }
-}
-
-/// The budgets of a call without repeats (a scope named twice counts once),
-/// and where each of the caller's budgets went.
-struct Distinct<'a> {
-    budgets: Vec<&'a BudgetSpec>,
-    /// For each budget passed, its index in `budgets`.
-    of: Vec<usize>,
-}
-
-impl<'a> Distinct<'a> {
-    fn new(budgets: &'a [BudgetSpec]) -> Self {
-        let mut distinct: Vec<&BudgetSpec> = Vec::with_capacity(budgets.len());
-        let of = budgets
-            .iter()
-            .map(|b| match distinct.iter().position(|d| d.scope == b.scope) {
-                Some(i) => i,
-                None => {
-                    distinct.push(b);
-                    distinct.len() - 1
-                }
-            })
-            .collect();
-        Distinct {
-            budgets: distinct,
-            of,
-        }
-    }
-}
-
-/// Periods as the scripts read them.
-fn period_code(period: Period) -> String {
-    match period {
-        Period::Daily => "d".into(),
-        Period::Weekly => "w".into(),
-        Period::Monthly => "m".into(),
-        Period::Rolling(length) if !length.is_zero() => {
-            let us = u64::try_from(length.as_micros()).unwrap_or(u64::MAX);
-            format!("r{}", us.clamp(1, 1 << 51))
-        }
-        Period::Rolling(_) | Period::Never => "n".into(),
-    }
-}
-
-fn push_spec(args: &mut Vec<String>, spec: &BudgetSpec) {
-    args.push(
-        match spec.mode {
-            BudgetMode::Budget => "b",
-            BudgetMode::Balance => "p",
-        }
-        .into(),
-    );
-    args.push(spec.limit.nanos().to_string());
-    args.push(period_code(spec.period));
 }
 
 impl Inner {
@@ -596,31 +544,5 @@ impl Inner {
             day(query.to_day, "+inf"),
         ];
         self.redis.eval::<Vec<Value>>(&LEDGER_SPEND, keys, args)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_scopes_count_once() {
-        let key =
-            |id: &str| BudgetSpec::budget(BudgetScope::Key(id.into()), Money::ZERO, Period::Never);
-        let budgets = [key("a"), key("b"), key("a")];
-        let d = Distinct::new(&budgets);
-        assert_eq!(d.budgets.len(), 2);
-        assert_eq!(d.of, [0, 1, 0]);
-    }
-
-    #[test]
-    fn period_codes() {
-        assert_eq!(period_code(Period::Monthly), "m");
-        assert_eq!(
-            period_code(Period::Rolling(Duration::from_secs(90))),
-            "r90000000"
-        );
-        assert_eq!(period_code(Period::Rolling(Duration::ZERO)), "n");
-        assert_eq!(period_code(Period::Rolling(Duration::from_nanos(1))), "r1");
     }
 }
