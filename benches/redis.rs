@@ -1,5 +1,5 @@
 //! One admission round trip to Redis, for a rate limit (`EVALSHA` of the
-//! GCRA script) and for a budget (`EVALSHA` of the reserve script), and a
+//! rate-limit script, sliding windows) and for a budget (`EVALSHA` of the reserve script), and a
 //! key lookup (from the instance's cache, and its one `HGET` on a miss),
 //! next to the memory stores and a bare `INCR` on a plain multiplexed connection:
 //! sequential latency (`redis/sequential/…`) and throughput with 64 calls
@@ -9,7 +9,7 @@
 //! `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 //!
 //! It starts its own `redis-server` on a free loopback port (no
-//! persistence) and is skipped, with a message, when there is none.
+//! persistence), and fails saying what to install when there is none.
 
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
@@ -27,7 +27,10 @@ use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
 use tollgate::budget::{
     BudgetScope, BudgetSpec, Ledger, Money, Period, Reservation, ReserveOutcome, ReservePolicy,
 };
-use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+use tollgate::rate_limit::{
+    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict,
+};
+use tollgate::store::StoreFuture;
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
 use tollgate::store::redis::{
     RedisConfig, RedisConnection, RedisKeyStore, RedisLedger, RedisRateLimitStore,
@@ -54,13 +57,15 @@ fn limits() -> [Limit; 2] {
     ]
 }
 
-fn acquire<S: RateLimitStore>(store: &S, limits: &[Limit]) -> S::AcquireFuture {
-    let request = Acquire {
-        limits,
-        costs: &[1, 1_000],
-        max_concurrent: None,
-    };
-    store.acquire(RateLimitKey::new("bench"), &request)
+fn acquire<S: RateLimitStore>(store: &S, limits: &[Limit]) -> StoreFuture<Admission> {
+    store.acquire(&Acquire {
+        scopes: &[ScopeCharge {
+            key: RateLimitKey::new("bench"),
+            limits,
+            costs: &[1, 1_000],
+            max_concurrent: None,
+        }],
+    })
 }
 
 fn budgets() -> Arc<[BudgetSpec]> {

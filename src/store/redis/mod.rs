@@ -56,7 +56,7 @@
 //!
 //! | store | trait | what it shares |
 //! |---|---|---|
-//! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | GCRA state per key and limit, concurrency slots |
+//! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | each scope's limit states (sliding, GCRA, fixed), concurrency slots |
 //! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
 //! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore), [`KeyAdmin`](crate::auth::KeyAdmin) | key records, their rotations and revocations |
 //!
@@ -83,7 +83,8 @@
 //! that these stores need.
 //!
 //! [`RedisConnection`] holds one [`MultiplexedConnection`](redis::aio::MultiplexedConnection)
-//! per instance: every concurrent call is pipelined on one TCP connection,
+//! per instance (or, for a cluster, redis-rs's cluster connection, which
+//! keeps one per node and follows the cluster's redirections): every concurrent call is pipelined on one TCP connection,
 //! which for short scripts outperforms a pool (no checkout, no per-connection
 //! head-of-line waits) and needs no extra dependency. Around it, tollgate
 //! adds what a gateway needs rather than the crate's `ConnectionManager`:
@@ -143,14 +144,16 @@
 //! expire by themselves, so their memory is bounded by what is in use).
 //!
 //! The stores target a single Redis primary (optionally with replicas and
-//! Sentinel-driven failover behind a stable address). On a Redis Cluster
-//! every script must find all its keys in one hash slot: the key store
-//! keeps all of its keys under one hash tag (see [`RedisKeyStore`], "Redis
-//! Cluster"), and the ledger needs a [`LedgerPlacement`] other than the
-//! default (one slot, or one per tenant: see [`RedisLedger`], "Redis
-//! Cluster"). Tested with Redis 7.0; the scripts use nothing newer than Redis
-//! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
-//! the default (before 7.0), as they read `TIME` before writing.
+//! Sentinel-driven failover behind a stable address), or a Redis Cluster
+//! ([`RedisConfig::cluster`]), where every script must find all its keys in
+//! one hash slot: the rate-limit store places them per caller (its docs say
+//! how), the key store keeps all of its keys under one hash tag (see
+//! [`RedisKeyStore`], "Redis Cluster"), and the ledger keeps its books in
+//! one slot, or one per tenant with a [`LedgerPlacement`] (see
+//! [`RedisLedger`], "Redis Cluster"). Tested with Redis 7.0; the scripts
+//! use nothing newer than Redis 5.0 (`ZPOPMIN`) and turn on effect
+//! replication themselves where it is not the default (before 7.0), as
+//! they read `TIME` before writing.
 
 mod config;
 mod connection;

@@ -70,7 +70,7 @@ impl Persistence {
     /// [`StoreError`].
     pub async fn check(redis: &RedisConnection) -> Result<Persistence, StoreError> {
         let (appendonly, save) = redis
-            .call(|mut conn| async move {
+            .call_any(|mut conn| async move {
                 let appendonly = config_get(&mut conn, "appendonly").await?;
                 let save = config_get(&mut conn, "save").await?;
                 Ok((appendonly, save))

@@ -93,7 +93,7 @@ fn read_json(
     id: &str,
 ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send + 'static {
     let key = inner.names.id(id);
-    inner.redis.call(move |mut conn| async move {
+    inner.redis.call_any(move |mut conn| async move {
         redis::cmd("HGET")
             .arg(key)
             .arg("rec")

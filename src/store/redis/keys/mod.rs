@@ -398,7 +398,7 @@ async fn fetch(inner: &Inner, hash: KeyHash) -> Result<Option<Arc<KeyRecord>>, S
     let key = inner.names.secret(&hash);
     let json: Option<String> = inner
         .redis
-        .call(move |mut conn| async move {
+        .call_any(move |mut conn| async move {
             redis::cmd("HGET")
                 .arg(key)
                 .arg("rec")

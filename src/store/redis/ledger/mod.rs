@@ -91,8 +91,8 @@ use crate::store::{StoreError, StoreFuture};
 /// # Redis Cluster
 ///
 /// A cluster runs a script only when every key it touches is in one hash
-/// slot. Under the default [`LedgerPlacement::Untagged`] (the names a
-/// single Redis has always had) the ledger is not cluster-safe: the holds
+/// slot. Under [`LedgerPlacement::Untagged`] (the names a single Redis has
+/// always had, and its default there) the ledger is not cluster-safe: the holds
 /// index and the id sequence are global keys, the budgets of one request
 /// hash to different slots, and releasing a hold (which every script's
 /// sweep of expired holds does) writes to the books of whichever budgets
@@ -100,9 +100,10 @@ use crate::store::{StoreError, StoreFuture};
 /// [`placement`](RedisLedger::placement) puts every key of a call under one
 /// hash tag, `<prefix>{tag}:…`:
 ///
-/// - [`LedgerPlacement::OneSlot`]: everything under `{ledger}`. Correct on
-///   any cluster; one node does all the ledger's work, as a single Redis
-///   does.
+/// - [`LedgerPlacement::OneSlot`], the default on a cluster
+///   ([`RedisConfig::cluster`](super::RedisConfig::cluster)): everything
+///   under `{ledger}`. Correct on any cluster; one node does all the
+///   ledger's work, as a single Redis does.
 /// - [`LedgerPlacement::ByTenant`]: a call's tag is the top-most tenant of
 ///   its budgets (for a key in an org, the org; else its team, else its
 ///   user, else the key), named by a function the gateway gives, as it
@@ -173,14 +174,21 @@ impl RedisLedger {
     /// Default hold lease: one hour (as [`MemoryLedger`](crate::store::memory::MemoryLedger)).
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
 
-    /// A ledger on `redis`: server time, one-hour leases.
+    /// A ledger on `redis`: server time, one-hour leases, the books
+    /// [`Untagged`](LedgerPlacement::Untagged) on a single Redis and in
+    /// [`OneSlot`](LedgerPlacement::OneSlot) on a cluster.
     pub fn new(redis: RedisConnection) -> Self {
+        let placement = if redis.is_cluster() {
+            LedgerPlacement::OneSlot
+        } else {
+            LedgerPlacement::Untagged
+        };
         RedisLedger {
             inner: Arc::new(Inner {
                 redis,
                 lease: Self::DEFAULT_LEASE,
                 clock: None,
-                placement: LedgerPlacement::Untagged,
+                placement,
                 tenants: Arc::default(),
             }),
         }
@@ -201,9 +209,9 @@ impl RedisLedger {
     }
 
     /// Which hash slot each budget's books are kept in (default
-    /// [`LedgerPlacement::Untagged`], for a single Redis); see
-    /// "Redis Cluster" above. Every instance sharing the ledger must use the
-    /// same placement.
+    /// [`LedgerPlacement::Untagged`] on a single Redis,
+    /// [`LedgerPlacement::OneSlot`] on a cluster); see "Redis Cluster"
+    /// above. Every instance sharing the ledger must use the same placement.
     pub fn placement(mut self, placement: LedgerPlacement) -> Self {
         Arc::make_mut(&mut self.inner).placement = placement;
         self

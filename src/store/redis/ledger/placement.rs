@@ -33,11 +33,13 @@ use crate::store::StoreError;
 #[non_exhaustive]
 pub enum LedgerPlacement {
     /// No hash tag: `<prefix>budget:<scope>`, the names the ledger has
-    /// always used on a single Redis (the default). Not for a cluster.
+    /// always used on a single Redis (the default there). Not for a
+    /// cluster.
     #[default]
     Untagged,
-    /// Every key under the hash tag `{ledger}`: correct on a cluster, where
-    /// one node then does all the ledger's work (as a single Redis would).
+    /// Every key under the hash tag `{ledger}` (the default on a cluster):
+    /// correct on any cluster, where one node then does all the ledger's
+    /// work (as a single Redis would).
     OneSlot,
     /// Each budget in the slot of its top-most tenant, as the function names
     /// it for the budget's scope (for a key in an org: the org; else its
