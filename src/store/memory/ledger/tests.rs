@@ -423,7 +423,10 @@ async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
         .unwrap();
     tokio::time::advance(Duration::from_secs(120)).await; // the next UTC day
     ledger
-        .settle_sync(&none, &attributed("0.125", std::slice::from_ref(&alice), "m1"))
+        .settle_sync(
+            &none,
+            &attributed("0.125", std::slice::from_ref(&alice), "m1"),
+        )
         .unwrap();
 
     let by_key = ledger.spend_sync(&SpendQuery::new(SpendGroup::Key));
