@@ -6,8 +6,8 @@ use std::sync::Arc;
 use super::health::SqliteHealth;
 use super::writer::{Job, Writer};
 use crate::budget::{
-    BudgetMode, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
-    ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
+    BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
+    Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::store::memory::MemoryLedger;
 use crate::store::{StoreError, StoreFuture};
@@ -21,10 +21,10 @@ use crate::store::{StoreError, StoreFuture};
 ///
 /// | operation | decided | persisted |
 /// |---|---|---|
-/// | [`reserve`](Ledger::reserve), [`release`](Ledger::release) | in memory | no: holds die with the process, like the requests they belong to (a prepaid balance a reservation opens is written, so its opening funds are granted once) |
+/// | [`reserve`](Ledger::reserve), [`release`](Ledger::release) | in memory | not the holds: they die with the process, like the requests they belong to; but books they open (a prepaid balance's opening funds, granted once) or start over (a spec that changed mode), in the next group commit |
 /// | [`settle`](Ledger::settle) | in memory | the books of its budgets and its aggregate rows, in the next group commit; the answer does not wait for it |
 /// | [`top_up`](Ledger::top_up), [`reset`](Ledger::reset) | in memory | the books (and the idempotency key); the answer waits for the commit |
-/// | [`read`](Ledger::read), [`spend`](Ledger::spend) | in memory | (reads) |
+/// | [`read`](Ledger::read), [`spend`](Ledger::spend) | in memory | (reads; books a read starts over, as `reserve`) |
 ///
 /// Every operation answers a ready [`StoreFuture`] except `top_up` and
 /// `reset`, which an admin API calls and which answer once their change is
@@ -102,8 +102,8 @@ impl Ledger for SqliteLedger {
         policy: ReservePolicy,
     ) -> StoreFuture<ReserveOutcome> {
         let outcome = self.memory.reserve(budgets, amount, policy);
-        if budgets.iter().any(|b| b.mode == BudgetMode::Balance) {
-            self.writer.send(Job::Reserved(budgets.clone()));
+        if !budgets.is_empty() {
+            self.writer.send(Job::Touched(budgets.clone()));
         }
         outcome
     }
@@ -126,7 +126,11 @@ impl Ledger for SqliteLedger {
     }
 
     fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
-        self.memory.release(reservation)
+        let released = self.memory.release(reservation);
+        if !reservation.budgets().is_empty() {
+            self.writer.send(Job::Released(reservation.clone()));
+        }
+        released
     }
 
     fn top_up(
@@ -143,7 +147,10 @@ impl Ledger for SqliteLedger {
     }
 
     fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
-        self.memory.read(budget)
+        let status = self.memory.read(budget);
+        // A read with a spec of the other mode starts the books over.
+        self.writer.send(Job::Touched(Arc::new([budget.clone()])));
+        status
     }
 
     fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {

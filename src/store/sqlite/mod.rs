@@ -363,7 +363,7 @@ impl SqliteStoreBuilder {
         tracing::info!(
             path = %path.display(),
             keys = loaded,
-            balances = restored.balances.len(),
+            balances = restored.balances,
             budgets = restored.budgets,
             spend_rows = restored.spend_rows,
             "sqlite store: opened"
@@ -380,7 +380,6 @@ impl SqliteStoreBuilder {
             path,
             ledger: ledger.clone(),
             keys: keys.clone(),
-            balances: restored.balances,
             policy: self.policy,
         })?);
         Ok(SqliteStore {

@@ -175,9 +175,8 @@ pub(super) fn load_keys(
 /// What [`load_ledger`] restored.
 #[derive(Debug, Default)]
 pub(super) struct Restored {
-    /// The prepaid balances on file: the writer need not write them again
-    /// when a reservation merely opens them.
-    pub(super) balances: HashSet<BudgetScope>,
+    /// Prepaid balances restored.
+    pub(super) balances: usize,
     /// Budgets restored with their current period's spend.
     pub(super) budgets: usize,
     /// Aggregate rows restored, and rows left on disk only (past the
@@ -219,7 +218,7 @@ pub(super) fn load_ledger(
             let spent = Money::from_nanos(row.get(5).map_err(failed)?);
             let start = nanos_to_duration(row.get(6).map_err(failed)?);
             let spec = if balance {
-                restored.balances.insert(scope.clone());
+                restored.balances += 1;
                 BudgetSpec::balance(scope, limit)
             } else {
                 if period.window(now).start != start {

@@ -34,10 +34,15 @@ pub(super) enum Job {
         charge: Charge,
         day: i64,
     },
-    /// A reservation named these budgets: a prepaid balance among them may
-    /// have been opened by it (at its spec's opening funds), which must
-    /// outlive a restart even if nothing is settled against it.
-    Reserved(Arc<[BudgetSpec]>),
+    /// A reservation or a read named these budgets: it may have opened
+    /// their books (a prepaid balance at its opening funds, which must
+    /// outlive a restart even if nothing is ever settled against it) or
+    /// started them over (a spec that turned a budget into a balance, or
+    /// back).
+    Touched(Arc<[BudgetSpec]>),
+    /// A hold was released: its budgets' books are brought to their specs
+    /// (which may start them over, as for [`Job::Touched`]).
+    Released(Reservation),
     /// A top-up or reset changed `scope`'s books (a top-up with its
     /// idempotency key and when it was used, on the ledger's clock).
     Books {
@@ -102,8 +107,6 @@ pub(super) struct WriterParts {
     pub(super) path: PathBuf,
     pub(super) ledger: MemoryLedger,
     pub(super) keys: MemoryKeyStore,
-    /// Balances the file holds books for.
-    pub(super) balances: HashSet<BudgetScope>,
     pub(super) policy: BatchPolicy,
 }
 
@@ -120,7 +123,6 @@ impl Writer {
             keys: parts.keys,
             health: health.clone(),
             policy: parts.policy,
-            balances: parts.balances,
         };
         let thread = std::thread::Builder::new()
             .name("tollgate-sqlite".into())
@@ -219,7 +221,6 @@ struct Thread {
     keys: MemoryKeyStore,
     health: Arc<HealthState>,
     policy: BatchPolicy,
-    balances: HashSet<BudgetScope>,
 }
 
 struct ClosedOnExit(Arc<HealthState>);
@@ -252,7 +253,7 @@ struct Batch {
 }
 
 impl Batch {
-    fn add(&mut self, job: Job, balances: &HashSet<BudgetScope>) {
+    fn add(&mut self, job: Job) {
         self.received += 1;
         match job {
             Job::Settled {
@@ -272,11 +273,14 @@ impl Batch {
                     }
                 }
             }
-            Job::Reserved(budgets) => {
+            Job::Touched(budgets) => {
                 for spec in budgets.iter() {
-                    if spec.mode == BudgetMode::Balance && !balances.contains(&spec.scope) {
-                        self.touch(&spec.scope);
-                    }
+                    self.touch(&spec.scope);
+                }
+            }
+            Job::Released(reservation) => {
+                for spec in reservation.budgets() {
+                    self.touch(&spec.scope);
                 }
             }
             Job::Books {
@@ -330,8 +334,6 @@ impl Batch {
 struct Written {
     /// Per key op, in order: done, or refused (a conflict).
     keys: Vec<Result<(), StoreError>>,
-    /// Balances whose books it wrote.
-    balances: Vec<BudgetScope>,
 }
 
 impl Thread {
@@ -343,7 +345,7 @@ impl Thread {
         loop {
             if batch.is_empty() {
                 match self.jobs.recv() {
-                    Ok(job) => batch.add(job, &self.balances),
+                    Ok(job) => batch.add(job),
                     Err(_) => batch.closing = true,
                 }
             }
@@ -357,7 +359,7 @@ impl Thread {
             while !batch.urgent() && (failures > 0 || batch.received < self.policy.max_changes) {
                 let left = deadline.saturating_duration_since(Instant::now());
                 match self.jobs.recv_timeout(left) {
-                    Ok(job) => batch.add(job, &self.balances),
+                    Ok(job) => batch.add(job),
                     Err(RecvTimeoutError::Timeout) => break,
                     Err(RecvTimeoutError::Disconnected) => batch.closing = true,
                 }
@@ -367,7 +369,7 @@ impl Thread {
             let mut more = self.policy.max_changes;
             while more > 0 {
                 let Ok(job) = self.jobs.try_recv() else { break };
-                batch.add(job, &self.balances);
+                batch.add(job);
                 more -= 1;
             }
             batch.received = 0;
@@ -431,7 +433,6 @@ impl Thread {
                 for ((op, done), result) in batch.keys.drain(..).zip(written.keys) {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
                 }
-                self.balances.extend(written.balances);
                 batch.accounts.clear();
                 batch.spend.clear();
                 batch.top_up_keys.clear();
@@ -475,7 +476,6 @@ impl Thread {
         let tx = self.conn.transaction()?;
         let mut written = Written {
             keys: Vec::with_capacity(batch.keys.len()),
-            balances: Vec::new(),
         };
         {
             let mut upsert = tx.prepare_cached(
@@ -494,19 +494,15 @@ impl Thread {
                 match self.ledger.books(scope) {
                     Some((period, status)) => {
                         let (period, rolling_ns) = encode_period(period);
-                        let balance = status.mode == BudgetMode::Balance;
                         upsert.execute(params![
                             scope.id(),
-                            balance,
+                            status.mode == BudgetMode::Balance,
                             period,
                             rolling_ns,
                             status.limit.nanos(),
                             status.spent.nanos(),
                             duration_to_nanos(status.period.start),
                         ])?;
-                        if balance {
-                            written.balances.push(scope.clone());
-                        }
                     }
                     // Evicted as idle (nothing spent this period): no
                     // books to keep, and none to restore.
