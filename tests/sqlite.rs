@@ -3,6 +3,10 @@
 //! after a reopen; `kill -9` of a process that settles without pause (the
 //! loss window measured); 1,000 concurrent settlements; a restart that
 //! must not refill a balance; files that are locked, deleted or damaged.
+//!
+//! The crash test re-runs this test binary as its child process (with
+//! `TOLLGATE_SQLITE_CRASH_CHILD` set) and prints what it measured:
+//! `cargo test --features sqlite --test sqlite kill_9 -- --nocapture`.
 #![cfg(feature = "sqlite")]
 
 use std::io::{BufRead, BufReader};
@@ -467,4 +471,180 @@ proptest! {
     ) {
         paused_runtime().block_on(same_key_stores(ops))?;
     }
+}
+
+// ---------------------------------------------------------------------------
+// kill -9
+// ---------------------------------------------------------------------------
+
+/// Set in the child process the crash test starts: the path of its file.
+const CRASH_CHILD: &str = "TOLLGATE_SQLITE_CRASH_CHILD";
+const CRASH_TEST: &str = "kill_9_loses_at_most_the_settlements_of_the_last_batch_window";
+/// What each settlement of the child costs: its count is spent / COST.
+const COST: Money = Money::from_nanos(1_000);
+
+fn crash_budgets() -> Arc<[BudgetSpec]> {
+    Arc::new([
+        BudgetSpec::balance(BudgetScope::Org("crash".into()), Money::from_usd(1_000_000)),
+        BudgetSpec::budget(
+            BudgetScope::Key("crash".into()),
+            Money::from_usd(1_000_000),
+            Period::Never,
+        ),
+    ])
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The child: settles as fast as it can, printing `settled <n> <unix µs>`
+/// after each settlement, until it is killed (or for 60 s at most, should
+/// its parent be gone).
+fn settle_until_killed(path: &str) {
+    use std::io::Write;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::open(path).unwrap();
+        let ledger = store.ledger();
+        let budgets = crash_budgets();
+        let attribution = Attribution::new([BudgetScope::Key("crash".into())], "gpt-4o-mini");
+        let charge = Charge::new(COST, SpendTokens::new(10, 5, 0)).attributed(attribution);
+        let mut n = (ledger.read(&budgets[1]).await.unwrap().spent.nanos() / COST.nanos()) as u64;
+        let mut out = std::io::stdout().lock();
+        let give_up = std::time::Instant::now() + Duration::from_secs(60);
+        while std::time::Instant::now() < give_up {
+            let outcome = ledger
+                .reserve(&budgets, COST, ReservePolicy::Strict)
+                .await
+                .unwrap();
+            let ReserveOutcome::Reserved { reservation, .. } = outcome else {
+                panic!("{outcome:?}")
+            };
+            ledger.settle(&reservation, &charge).await.unwrap();
+            n += 1;
+            writeln!(out, "settled {n} {}", unix_micros()).unwrap();
+        }
+    });
+}
+
+/// What the file holds: settlements counted by the key's books and by its
+/// aggregates.
+fn on_disk(path: &Path) -> (u64, u64) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = SqliteStore::open(path).unwrap();
+        let ledger = store.ledger();
+        let books = ledger.read(&crash_budgets()[1]).await.unwrap().spent;
+        let balance = ledger.read(&crash_budgets()[0]).await.unwrap().spent;
+        assert_eq!(
+            books, balance,
+            "one settlement's budgets are committed together"
+        );
+        let rows = ledger
+            .spend(&SpendQuery::new(SpendGroup::Key))
+            .await
+            .unwrap();
+        let requests = rows.first().map_or(0, |row| row.totals.requests);
+        if let Some(row) = rows.first() {
+            assert_eq!(row.totals.cost.nanos(), requests as i64 * COST.nanos());
+        }
+        ((books.nanos() / COST.nanos()) as u64, requests)
+    })
+}
+
+/// How long before `killed_at` settlement `n` was reported (zero if it
+/// never was: killed before it could say so).
+fn age(reports: &[(u64, u64)], n: u64, killed_at: u64) -> Duration {
+    match reports.binary_search_by_key(&n, |&(m, _)| m) {
+        Ok(i) => Duration::from_micros(killed_at.saturating_sub(reports[i].1)),
+        Err(_) => Duration::ZERO,
+    }
+}
+
+#[test]
+fn kill_9_loses_at_most_the_settlements_of_the_last_batch_window() {
+    if let Ok(path) = std::env::var(CRASH_CHILD) {
+        return settle_until_killed(&path);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crash.db");
+    let mut before = (0, 0);
+    let mut worst = Duration::ZERO;
+    for round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([CRASH_TEST, "--exact", "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD, &path)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (sender, reports) = mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let mut words = line.split(' ');
+                if words.next() != Some("settled") {
+                    continue; // the test harness's own lines
+                }
+                let n: u64 = words.next().unwrap().parse().unwrap();
+                let at: u64 = words.next().unwrap().parse().unwrap();
+                if sender.send((n, at)).is_err() {
+                    break;
+                }
+            }
+        });
+        // Let it settle for a second (bounded: a child that never starts
+        // fails the test), then kill it mid-stride.
+        let mut seen = Vec::new();
+        let first = reports
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the child process never settled anything");
+        seen.push(first);
+        while seen.last().unwrap().1 < first.1 + 1_000_000 {
+            let report = reports
+                .recv_timeout(Duration::from_secs(30))
+                .expect("the child process stopped settling");
+            seen.push(report);
+        }
+        child.kill().unwrap(); // SIGKILL
+        let killed_at = unix_micros();
+        child.wait().unwrap();
+        reader.join().unwrap();
+        seen.extend(reports.try_iter());
+        let reported = seen.last().unwrap().0;
+
+        let (books, aggregates) = on_disk(&path);
+        assert!(books > before.0, "round {round}: nothing was saved");
+        assert!(
+            books <= reported + 1,
+            "round {round}: {books} settlements on disk, {reported} made"
+        );
+        // The settlements of this round are numbered from the books the
+        // child found; the aggregates count from what they held then.
+        let start = first.0 - 1;
+        let lost_books = age(&seen, books + 1, killed_at);
+        let lost_aggregates = age(&seen, start + (aggregates - before.1) + 1, killed_at);
+        println!(
+            "round {round}: {} settled in {:.2} s; on disk {books} (books), {} (aggregates); \
+             the oldest lost settlement was made {:?} (books), {:?} (aggregates) before the kill",
+            reported - start,
+            (seen.last().unwrap().1 - first.1) as f64 / 1e6,
+            start + (aggregates - before.1),
+            lost_books,
+            lost_aggregates,
+        );
+        worst = worst.max(lost_books).max(lost_aggregates);
+        before = (books, aggregates);
+    }
+    println!("kill -9 loss window, worst of 3 rounds: {worst:?}");
+    assert!(worst < Duration::from_secs(1), "{worst:?}");
 }

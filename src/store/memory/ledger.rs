@@ -748,16 +748,28 @@ impl MemoryLedger {
         Ok(())
     }
 
-    /// The books of `scope` as they stand (not brought to the current
-    /// period: the store that persists them records their window), or
-    /// `None` if the ledger keeps none (never seen, or evicted as idle).
+    /// The books of each of `scopes` as they stand (not brought to the
+    /// current period: the store that persists them records their window),
+    /// `None` where the ledger keeps none (never seen, or evicted as idle).
+    /// Read under all their locks at once: a settlement is in all of them
+    /// or in none.
     #[cfg(feature = "sqlite")]
-    pub(crate) fn books(&self, scope: &BudgetScope) -> Option<(Period, BudgetStatus)> {
-        let hash = self.inner.hasher.hash_one(scope);
-        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
-        shard
-            .get_mut(hash, scope)
-            .map(|account| (account.period, account.status()))
+    pub(crate) fn books(&self, scopes: &[BudgetScope]) -> Vec<Option<(Period, BudgetStatus)>> {
+        let hashes: Vec<u64> = scopes
+            .iter()
+            .map(|scope| self.inner.hasher.hash_one(scope))
+            .collect();
+        let mut locked = self.lock_budgets(&hashes);
+        scopes
+            .iter()
+            .zip(&hashes)
+            .map(|(scope, &hash)| {
+                locked
+                    .shard(self.shard_of(hash))
+                    .get_mut(hash, scope)
+                    .map(|account| (account.period, account.status()))
+            })
+            .collect()
     }
 
     /// The ledger's current time (since the Unix epoch), for a durable

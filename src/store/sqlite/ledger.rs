@@ -21,7 +21,7 @@ use crate::store::{StoreError, StoreFuture};
 ///
 /// | operation | decided | persisted |
 /// |---|---|---|
-/// | [`reserve`](Ledger::reserve), [`release`](Ledger::release) | in memory | not the holds: they die with the process, like the requests they belong to; but books they open (a prepaid balance's opening funds, granted once) or start over (a spec that changed mode), in the next group commit |
+/// | [`reserve`](Ledger::reserve), [`release`](Ledger::release) | in memory | not the holds: they die with the process, like the requests they belong to; but the books they open (a prepaid balance's opening funds, granted once) or start over (a spec that changed mode), in the next group commit (a hold's at its settlement or release) |
 /// | [`settle`](Ledger::settle) | in memory | the books of its budgets and its aggregate rows, in the next group commit; the answer does not wait for it |
 /// | [`top_up`](Ledger::top_up), [`reset`](Ledger::reset) | in memory | the books (and the idempotency key); the answer waits for the commit |
 /// | [`read`](Ledger::read), [`spend`](Ledger::spend) | in memory | (reads; books a read starts over, as `reserve`) |
@@ -101,11 +101,15 @@ impl Ledger for SqliteLedger {
         amount: Money,
         policy: ReservePolicy,
     ) -> StoreFuture<ReserveOutcome> {
-        let outcome = self.memory.reserve(budgets, amount, policy);
-        if !budgets.is_empty() {
+        let outcome = ready(self.memory.reserve(budgets, amount, policy));
+        // A hold is settled or released, which persists its budgets' books
+        // then; a refusal has no sequel, and may still have opened books
+        // (a balance at its opening funds) or started them over (a spec
+        // that changed mode).
+        if let Ok(ReserveOutcome::Denied { .. }) = &outcome {
             self.writer.send(Job::Touched(budgets.clone()));
         }
-        outcome
+        StoreFuture::ready(outcome)
     }
 
     fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {

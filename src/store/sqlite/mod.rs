@@ -170,6 +170,7 @@
 //! report, `.backup` or Litestream for a copy. Several instances need a
 //! shared store: [`redis`](crate::store).
 
+mod batch;
 mod health;
 mod keys;
 mod ledger;

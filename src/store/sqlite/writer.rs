@@ -1,7 +1,6 @@
 //! The one thread that writes the file: group commit of the ledger's
 //! changes, and the key store's writes, in the order they were made.
 
-use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -12,12 +11,13 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::oneshot;
 
 use super::SqliteError;
+use super::batch::Batch;
 use super::health::{HealthState, SqliteHealth};
 use super::schema::{
     TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, secret_owner,
 };
 use crate::auth::{KeyRecord, PutMode};
-use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation, SpendTotals};
+use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
 use crate::store::StoreError;
 use crate::store::memory::{MemoryKeyStore, MemoryLedger};
 
@@ -223,110 +223,12 @@ struct Thread {
     policy: BatchPolicy,
 }
 
+/// Marks the writer closed when its thread ends.
 struct ClosedOnExit(Arc<HealthState>);
 
 impl Drop for ClosedOnExit {
     fn drop(&mut self) {
         self.0.close();
-    }
-}
-
-/// Changes received and not yet committed, merged: a budget's books are
-/// written once per commit (as they stand then), an aggregate row once
-/// (the sum of its charges).
-#[derive(Default)]
-struct Batch {
-    /// Budgets whose books changed.
-    accounts: HashSet<BudgetScope>,
-    /// Aggregate deltas by (scope, model, day).
-    spend: HashMap<(BudgetScope, Arc<str>, i64), SpendTotals>,
-    top_up_keys: Vec<(BudgetScope, String, Duration)>,
-    keys: Vec<(KeyOp, oneshot::Sender<Result<KeyOutcome, StoreError>>)>,
-    acks: Vec<Ack>,
-    /// Jobs received since the last attempt.
-    received: usize,
-    /// Stop after this commit: answered when the writer gives up or is done.
-    closing: bool,
-    closers: Vec<Ack>,
-    #[cfg(test)]
-    run: Vec<(RunOnConnection, Ack)>,
-}
-
-impl Batch {
-    fn add(&mut self, job: Job) {
-        self.received += 1;
-        match job {
-            Job::Settled {
-                reservation,
-                charge,
-                day,
-            } => {
-                for spec in reservation.budgets() {
-                    self.touch(&spec.scope);
-                }
-                if let Some(attribution) = &charge.attribution {
-                    for scope in attribution.scopes.iter() {
-                        self.spend
-                            .entry((scope.clone(), attribution.model.clone(), day))
-                            .or_default()
-                            .add_charge(&charge);
-                    }
-                }
-            }
-            Job::Touched(budgets) => {
-                for spec in budgets.iter() {
-                    self.touch(&spec.scope);
-                }
-            }
-            Job::Released(reservation) => {
-                for spec in reservation.budgets() {
-                    self.touch(&spec.scope);
-                }
-            }
-            Job::Books {
-                scope,
-                top_up_key,
-                done,
-            } => {
-                if let Some((key, at)) = top_up_key {
-                    self.top_up_keys.push((scope.clone(), key, at));
-                }
-                self.accounts.insert(scope);
-                self.acks.push(done);
-            }
-            Job::Key { op, done } => self.keys.push((op, done)),
-            Job::Flush(done) => self.acks.push(done),
-            Job::Close(done) => {
-                self.closers.push(done);
-                self.closing = true;
-            }
-            #[cfg(test)]
-            Job::Run(f, done) => self.run.push((f, done)),
-        }
-    }
-
-    fn touch(&mut self, scope: &BudgetScope) {
-        if !self.accounts.contains(scope) {
-            self.accounts.insert(scope.clone());
-        }
-    }
-
-    /// Someone waits on the commit: do not wait for the window.
-    fn urgent(&self) -> bool {
-        #[cfg(test)]
-        if !self.run.is_empty() {
-            return true;
-        }
-        self.closing || !self.keys.is_empty() || !self.acks.is_empty()
-    }
-
-    /// Changes a crash would lose now.
-    fn unsaved(&self) -> usize {
-        self.accounts.len() + self.spend.len() + self.top_up_keys.len() + self.keys.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.unsaved() == 0 && self.acks.is_empty() && !self.closing
     }
 }
 
@@ -428,14 +330,13 @@ impl Thread {
             }
             return true;
         }
+        batch.fold_recent();
         match self.write(batch) {
             Ok(written) => {
                 for ((op, done), result) in batch.keys.drain(..).zip(written.keys) {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
                 }
-                batch.accounts.clear();
-                batch.spend.clear();
-                batch.top_up_keys.clear();
+                batch.clear_saved();
                 for done in batch.acks.drain(..) {
                     let _ = done.send(Ok(()));
                 }
@@ -487,11 +388,14 @@ impl Thread {
                  window_start_ns = excluded.window_start_ns",
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM accounts WHERE scope = ?1")?;
-            for scope in &batch.accounts {
-                // The books as they stand now, not as a settlement saw
-                // them: settlements reach this thread in any order, the
-                // books only move forward.
-                match self.ledger.books(scope) {
+            // The books as they stand now, not as each settlement saw them:
+            // settlements reach this thread in any order, the books only
+            // move forward. Read in one step, so a settlement is in the
+            // books of all its budgets or of none.
+            let scopes: Vec<BudgetScope> = batch.accounts.iter().cloned().collect();
+            let books = self.ledger.books(&scopes);
+            for (scope, books) in scopes.iter().zip(books) {
+                match books {
                     Some((period, status)) => {
                         let (period, rolling_ns) = encode_period(period);
                         upsert.execute(params![
