@@ -6,9 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The writer's state, for a health endpoint or a metric.
 ///
-/// While the disk fails (full, read-only, removed, locked by another
-/// process for longer than 5 s), the gateway keeps deciding in memory and
-/// the writer retries every second at most, logging each failure with
+/// While the disk fails (full, read-only, the file deleted or replaced,
+/// locked by another process for over a second), the gateway keeps
+/// deciding in memory and the writer retries, at least every second,
+/// logging each failure with
 /// `tracing::error!`: `consecutive_failures` grows, `last_error` says why,
 /// and `unsaved` is what a crash would lose now. A gateway reports
 /// [`is_healthy`](SqliteHealth::is_healthy) as its readiness, so an

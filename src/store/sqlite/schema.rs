@@ -80,7 +80,7 @@ pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, 
     let mut conn = Connection::open_with_flags(path, flags).map_err(failed)?;
     // Another process (an operator's `sqlite3`, a backup) may hold the
     // lock for a moment: wait for it rather than fail the batch.
-    conn.busy_timeout(Duration::from_secs(5)).map_err(failed)?;
+    conn.busy_timeout(Duration::from_secs(1)).map_err(failed)?;
     // The first statement reads the header: a file that is not a database
     // fails here, with the path.
     let mode: String = conn

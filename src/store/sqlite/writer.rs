@@ -117,6 +117,7 @@ impl Writer {
         let path = parts.path.clone();
         let thread = Thread {
             conn: parts.conn,
+            file: FileIdentity::of(&parts.path),
             path: parts.path,
             jobs: receiver,
             ledger: parts.ledger,
@@ -216,11 +217,40 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
 struct Thread {
     conn: Connection,
     path: PathBuf,
+    /// The file `path` named at open (see [`FileIdentity`]).
+    file: Option<FileIdentity>,
     jobs: Receiver<Job>,
     ledger: MemoryLedger,
     keys: MemoryKeyStore,
     health: Arc<HealthState>,
     policy: BatchPolicy,
+}
+
+/// Which file a path names. A file deleted (or replaced) while SQLite has
+/// it open takes writes without an error, and loses them with the process:
+/// the writer checks the path still names the file it opened before each
+/// commit, and fails loudly if not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    #[cfg(unix)]
+    fn of(path: &Path) -> Option<FileIdentity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileIdentity {
+            device: meta.dev(),
+            inode: meta.ino(),
+        })
+    }
+
+    #[cfg(not(unix))]
+    fn of(_: &Path) -> Option<FileIdentity> {
+        None
+    }
 }
 
 /// Marks the writer closed when its thread ends.
@@ -331,7 +361,11 @@ impl Thread {
             return true;
         }
         batch.fold_recent();
-        match self.write(batch) {
+        let written = match self.file_is_gone() {
+            Some(gone) => Err(gone),
+            None => self.write(batch).map_err(|e| e.to_string()),
+        };
+        match written {
             Ok(written) => {
                 for ((op, done), result) in batch.keys.drain(..).zip(written.keys) {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
@@ -369,6 +403,18 @@ impl Thread {
                 }
                 false
             }
+        }
+    }
+
+    /// Why the file the store opened is no longer at its path, if it is not.
+    fn file_is_gone(&self) -> Option<String> {
+        let opened = self.file?;
+        match FileIdentity::of(&self.path) {
+            Some(now) if now == opened => None,
+            Some(_) => {
+                Some("the file was replaced since it was opened; restart the gateway".into())
+            }
+            None => Some("the file was deleted since it was opened; restart the gateway".into()),
         }
     }
 
