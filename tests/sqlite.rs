@@ -483,11 +483,15 @@ const CRASH_TEST: &str = "kill_9_loses_at_most_the_settlements_of_the_last_batch
 /// What each settlement of the child costs: its count is spent / COST.
 const COST: Money = Money::from_nanos(1_000);
 
-fn crash_budgets() -> Arc<[BudgetSpec]> {
+/// The keys the child settles for, in turn.
+const CRASH_KEYS: usize = 100;
+
+/// Key `k`'s budgets: its own, and the org's balance that every key shares.
+fn crash_budgets(k: usize) -> Arc<[BudgetSpec]> {
     Arc::new([
         BudgetSpec::balance(BudgetScope::Org("crash".into()), Money::from_usd(1_000_000)),
         BudgetSpec::budget(
-            BudgetScope::Key("crash".into()),
+            BudgetScope::Key(format!("crash-{k}")),
             Money::from_usd(1_000_000),
             Period::Never,
         ),
@@ -513,29 +517,39 @@ fn settle_until_killed(path: &str) {
     runtime.block_on(async {
         let store = SqliteStore::open(path).unwrap();
         let ledger = store.ledger();
-        let budgets = crash_budgets();
-        let attribution = Attribution::new([BudgetScope::Key("crash".into())], "gpt-4o-mini");
-        let charge = Charge::new(COST, SpendTokens::new(10, 5, 0)).attributed(attribution);
-        let mut n = (ledger.read(&budgets[1]).await.unwrap().spent.nanos() / COST.nanos()) as u64;
+        let keys: Vec<(Arc<[BudgetSpec]>, Charge)> = (0..CRASH_KEYS)
+            .map(|k| {
+                let budgets = crash_budgets(k);
+                let attribution = Attribution::new([budgets[1].scope.clone()], "gpt-4o-mini");
+                let charge = Charge::new(COST, SpendTokens::new(10, 5, 0)).attributed(attribution);
+                (budgets, charge)
+            })
+            .collect();
+        let org = &keys[0].0[0];
+        let mut n = (ledger.read(org).await.unwrap().spent.nanos() / COST.nanos()) as u64;
         let mut out = std::io::stdout().lock();
+        // On a line of its own: the harness has printed the test's name.
+        writeln!(out, "\nstarted {n}").unwrap();
         let give_up = std::time::Instant::now() + Duration::from_secs(60);
         while std::time::Instant::now() < give_up {
+            let (budgets, charge) = &keys[n as usize % CRASH_KEYS];
             let outcome = ledger
-                .reserve(&budgets, COST, ReservePolicy::Strict)
+                .reserve(budgets, COST, ReservePolicy::Strict)
                 .await
                 .unwrap();
             let ReserveOutcome::Reserved { reservation, .. } = outcome else {
                 panic!("{outcome:?}")
             };
-            ledger.settle(&reservation, &charge).await.unwrap();
+            ledger.settle(&reservation, charge).await.unwrap();
             n += 1;
             writeln!(out, "settled {n} {}", unix_micros()).unwrap();
         }
     });
 }
 
-/// What the file holds: settlements counted by the key's books and by its
-/// aggregates.
+/// What the file holds: settlements counted by the books (the org's
+/// balance, which must equal the sum of the keys' budgets: each settlement
+/// is in all its budgets or in none) and by the keys' aggregates.
 fn on_disk(path: &Path) -> (u64, u64) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -543,22 +557,31 @@ fn on_disk(path: &Path) -> (u64, u64) {
     runtime.block_on(async {
         let store = SqliteStore::open(path).unwrap();
         let ledger = store.ledger();
-        let books = ledger.read(&crash_budgets()[1]).await.unwrap().spent;
-        let balance = ledger.read(&crash_budgets()[0]).await.unwrap().spent;
-        assert_eq!(
-            books, balance,
-            "one settlement's budgets are committed together"
-        );
+        let org = ledger.read(&crash_budgets(0)[0]).await.unwrap().spent;
+        let mut keys = Money::ZERO;
+        for k in 0..CRASH_KEYS {
+            keys = keys + ledger.read(&crash_budgets(k)[1]).await.unwrap().spent;
+        }
+        assert_eq!(org, keys, "one settlement's budgets are committed together");
         let rows = ledger
             .spend(&SpendQuery::new(SpendGroup::Key))
             .await
             .unwrap();
-        let requests = rows.first().map_or(0, |row| row.totals.requests);
-        if let Some(row) = rows.first() {
-            assert_eq!(row.totals.cost.nanos(), requests as i64 * COST.nanos());
-        }
-        ((books.nanos() / COST.nanos()) as u64, requests)
+        let requests: u64 = rows.iter().map(|row| row.totals.requests).sum();
+        let cost = rows
+            .iter()
+            .fold(Money::ZERO, |sum, row| sum + row.totals.cost);
+        assert_eq!(cost.nanos(), requests as i64 * COST.nanos());
+        ((org.nanos() / COST.nanos()) as u64, requests)
     })
+}
+
+/// A line of the child's.
+enum Report {
+    /// It found this many settlements on disk.
+    Started(u64),
+    /// Settlement `n` was made at this time (µs since the epoch).
+    Settled(u64, u64),
 }
 
 /// How long before `killed_at` settlement `n` was reported (zero if it
@@ -592,34 +615,46 @@ fn kill_9_loses_at_most_the_settlements_of_the_last_batch_window() {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 let mut words = line.split(' ');
-                if words.next() != Some("settled") {
-                    continue; // the test harness's own lines
-                }
-                let n: u64 = words.next().unwrap().parse().unwrap();
-                let at: u64 = words.next().unwrap().parse().unwrap();
-                if sender.send((n, at)).is_err() {
+                let report = match words.next() {
+                    Some("started") => Report::Started(words.next().unwrap().parse().unwrap()),
+                    Some("settled") => Report::Settled(
+                        words.next().unwrap().parse().unwrap(),
+                        words.next().unwrap().parse().unwrap(),
+                    ),
+                    _ => continue, // the test harness's own lines
+                };
+                if sender.send(report).is_err() {
                     break;
                 }
             }
         });
         // Let it settle for a second (bounded: a child that never starts
         // fails the test), then kill it mid-stride.
+        let settled = |report| match report {
+            Report::Settled(n, at) => (n, at),
+            Report::Started(_) => panic!("the child process started twice"),
+        };
+        let Ok(Report::Started(start)) = reports.recv_timeout(Duration::from_secs(60)) else {
+            panic!("the child process did not start")
+        };
+        assert_eq!(start, before.0, "the child finds the books on disk");
         let mut seen = Vec::new();
         let first = reports
-            .recv_timeout(Duration::from_secs(60))
+            .recv_timeout(Duration::from_secs(30))
+            .map(settled)
             .expect("the child process never settled anything");
         seen.push(first);
         while seen.last().unwrap().1 < first.1 + 1_000_000 {
             let report = reports
                 .recv_timeout(Duration::from_secs(30))
                 .expect("the child process stopped settling");
-            seen.push(report);
+            seen.push(settled(report));
         }
         child.kill().unwrap(); // SIGKILL
         let killed_at = unix_micros();
         child.wait().unwrap();
         reader.join().unwrap();
-        seen.extend(reports.try_iter());
+        seen.extend(reports.try_iter().map(settled));
         let reported = seen.last().unwrap().0;
 
         let (books, aggregates) = on_disk(&path);
@@ -630,15 +665,19 @@ fn kill_9_loses_at_most_the_settlements_of_the_last_batch_window() {
         );
         // The settlements of this round are numbered from the books the
         // child found; the aggregates count from what they held then.
-        let start = first.0 - 1;
+        let aggregated = start + (aggregates - before.1);
+        assert!(
+            aggregated <= books,
+            "round {round}: settlements in the aggregates ({aggregated}) but not in the books ({books})"
+        );
         let lost_books = age(&seen, books + 1, killed_at);
-        let lost_aggregates = age(&seen, start + (aggregates - before.1) + 1, killed_at);
+        let lost_aggregates = age(&seen, aggregated + 1, killed_at);
         println!(
             "round {round}: {} settled in {:.2} s; on disk {books} (books), {} (aggregates); \
              the oldest lost settlement was made {:?} (books), {:?} (aggregates) before the kill",
             reported - start,
             (seen.last().unwrap().1 - first.1) as f64 / 1e6,
-            start + (aggregates - before.1),
+            aggregated,
             lost_books,
             lost_aggregates,
         );

@@ -224,8 +224,8 @@ impl SqliteStore {
             policy: BatchPolicy {
                 window: SqliteStoreBuilder::DEFAULT_BATCH_WINDOW,
                 max_changes: SqliteStoreBuilder::DEFAULT_MAX_BATCH,
+                sync_interval: SqliteStoreBuilder::DEFAULT_SYNC_INTERVAL,
             },
-            synchronous: Synchronous::Full,
         }
     }
 
@@ -282,36 +282,12 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
-/// How a commit waits for the disk (`PRAGMA synchronous`, in WAL mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum Synchronous {
-    /// Every commit is synced to disk: a committed batch survives a power
-    /// loss or a kernel crash. The default: the writer pays one sync per
-    /// batch, requests never wait on it.
-    #[default]
-    Full,
-    /// The log is synced at checkpoints only: a committed batch survives
-    /// the process being killed, but a power loss can undo the commits
-    /// since the last checkpoint (up to about a thousand pages).
-    Normal,
-}
-
-impl Synchronous {
-    fn pragma(self) -> &'static str {
-        match self {
-            Synchronous::Full => "FULL",
-            Synchronous::Normal => "NORMAL",
-        }
-    }
-}
-
 /// Settings of a [`SqliteStore`], from [`SqliteStore::builder`].
 #[derive(Debug)]
 pub struct SqliteStoreBuilder {
     path: PathBuf,
     ledger: Option<MemoryLedger>,
     policy: BatchPolicy,
-    synchronous: Synchronous,
 }
 
 impl SqliteStoreBuilder {
@@ -319,6 +295,8 @@ impl SqliteStoreBuilder {
     pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
     /// Default [`max_batch`](Self::max_batch): 10,000 changes.
     pub const DEFAULT_MAX_BATCH: usize = 10_000;
+    /// Default [`sync_interval`](Self::sync_interval): 1 s.
+    pub const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
     /// The memory ledger that decides, configured with its own setters
     /// (clock, lease, bounds); new and empty: the books are restored into
@@ -343,9 +321,13 @@ impl SqliteStoreBuilder {
         self
     }
 
-    /// How a commit waits for the disk (default [`Synchronous::Full`]).
-    pub fn synchronous(mut self, synchronous: Synchronous) -> Self {
-        self.synchronous = synchronous;
+    /// How often a commit waits until the disk holds everything committed
+    /// so far (an `fsync` of the log), default 1 s: what a power loss or a
+    /// kernel crash can lose (a killed process loses only the
+    /// [`batch_window`](Self::batch_window)). `Duration::ZERO` syncs every
+    /// commit (`PRAGMA synchronous = FULL`).
+    pub fn sync_interval(mut self, interval: Duration) -> Self {
+        self.policy.sync_interval = interval;
         self
     }
 
@@ -356,7 +338,7 @@ impl SqliteStoreBuilder {
     /// `tokio::task::spawn_blocking`.
     pub fn open(self) -> Result<SqliteStore, SqliteError> {
         let path = self.path;
-        let mut conn = schema::open(&path, self.synchronous)?;
+        let mut conn = schema::open(&path, self.policy.sync_interval.is_zero())?;
         let keys = MemoryKeyStore::new();
         let loaded = schema::load_keys(&conn, &path, &keys)?;
         let ledger = self.ledger.unwrap_or_default();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 
-use super::{SqliteError, Synchronous};
+use super::SqliteError;
 use crate::auth::KeyHash;
 use crate::budget::{BudgetScope, BudgetSpec, Money, Period, SpendTotals};
 use crate::store::codec;
@@ -70,9 +70,10 @@ const MIGRATIONS: &[&str] = &[
     ",
 ];
 
-/// A connection to `path` with the store's pragmas, its schema migrated to
+/// A connection to `path` with the store's pragmas (`synchronous = FULL`
+/// if `sync_every_commit`, else `NORMAL`), its schema migrated to
 /// [`SCHEMA_VERSION`].
-pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, SqliteError> {
+pub(super) fn open(path: &Path, sync_every_commit: bool) -> Result<Connection, SqliteError> {
     let failed = |e: rusqlite::Error| SqliteError::sqlite(path, e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -91,12 +92,18 @@ pub(super) fn open(path: &Path, synchronous: Synchronous) -> Result<Connection, 
         // network mount): still correct, each commit costs more.
         tracing::warn!(path = %path.display(), %mode, "sqlite store: WAL mode unavailable");
     }
-    conn.pragma_update(None, "synchronous", synchronous.pragma())
+    conn.pragma_update(None, "synchronous", synchronous(sync_every_commit))
         .map_err(failed)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(failed)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// The `synchronous` pragma: `FULL` syncs the log at every commit,
+/// `NORMAL` (in WAL mode) only at checkpoints.
+pub(super) fn synchronous(full: bool) -> &'static str {
+    if full { "FULL" } else { "NORMAL" }
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SqliteError> {

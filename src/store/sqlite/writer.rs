@@ -14,7 +14,7 @@ use super::SqliteError;
 use super::batch::Batch;
 use super::health::{HealthState, SqliteHealth};
 use super::schema::{
-    TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, secret_owner,
+    TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, secret_owner, synchronous,
 };
 use crate::auth::{KeyRecord, PutMode};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
@@ -90,6 +90,9 @@ pub(super) struct BatchPolicy {
     pub(super) window: Duration,
     /// ... or once this many changes arrived, whichever is first.
     pub(super) max_changes: usize,
+    /// A commit syncs the log when the last sync is this old (every
+    /// commit if zero).
+    pub(super) sync_interval: Duration,
 }
 
 /// The handle on the writer thread, shared by the stores of one file. The
@@ -124,6 +127,7 @@ impl Writer {
             keys: parts.keys,
             health: health.clone(),
             policy: parts.policy,
+            synced_at: Instant::now(),
         };
         let thread = std::thread::Builder::new()
             .name("tollgate-sqlite".into())
@@ -224,6 +228,8 @@ struct Thread {
     keys: MemoryKeyStore,
     health: Arc<HealthState>,
     policy: BatchPolicy,
+    /// When a commit last synced the log.
+    synced_at: Instant,
 }
 
 /// Which file a path names. A file deleted (or replaced) while SQLite has
@@ -363,7 +369,7 @@ impl Thread {
         batch.fold_recent();
         let written = match self.file_is_gone() {
             Some(gone) => Err(gone),
-            None => self.write(batch).map_err(|e| e.to_string()),
+            None => self.write_synced(batch).map_err(|e| e.to_string()),
         };
         match written {
             Ok(written) => {
@@ -416,6 +422,29 @@ impl Thread {
             }
             None => Some("the file was deleted since it was opened; restart the gateway".into()),
         }
+    }
+
+    /// [`write`](Self::write), syncing the log if the last sync is
+    /// [`sync_interval`](BatchPolicy::sync_interval) old: one `fsync` makes
+    /// every commit before it durable too, so the commits in between need
+    /// none (they survive the process dying, not the machine).
+    fn write_synced(&mut self, batch: &Batch) -> Result<Written, rusqlite::Error> {
+        let interval = self.policy.sync_interval;
+        if interval.is_zero() || self.synced_at.elapsed() < interval {
+            return self.write(batch);
+        }
+        self.conn
+            .pragma_update(None, "synchronous", synchronous(true))?;
+        let written = self.write(batch);
+        let normal = self
+            .conn
+            .pragma_update(None, "synchronous", synchronous(false));
+        if written.is_ok() {
+            self.synced_at = Instant::now();
+        }
+        let written = written?;
+        normal?;
+        Ok(written)
     }
 
     /// One transaction with every change of `batch`.
