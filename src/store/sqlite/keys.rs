@@ -22,7 +22,8 @@ use crate::store::memory::MemoryKeyStore;
 ///   committed to the file first, by the store's writer thread, then made
 ///   in memory, then answered: an admin API's 201 means the key is on disk.
 ///   A write the disk refuses is answered with
-///   [`StoreError::Unavailable`] and changes nothing.
+///   [`StoreError::Unavailable`](crate::store::StoreError::Unavailable) and
+///   changes nothing.
 ///
 /// The file holds each record in the crate's one JSON format for durable
 /// stores, with the SHA-256 of its secrets (never a secret), and a table
@@ -78,7 +79,7 @@ impl KeyAdmin for SqliteKeyStore {
     }
 
     fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        self.write(KeyOp::Put(record, mode))
+        self.write(KeyOp::Put(Box::new(record), mode))
             .map(|outcome| match outcome {
                 KeyOutcome::Put(previous) => previous,
                 KeyOutcome::Deleted(_) => None,

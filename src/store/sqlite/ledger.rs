@@ -54,11 +54,6 @@ impl SqliteLedger {
         self.writer.health()
     }
 
-    /// The memory ledger that decides: its counts and bounds.
-    pub fn memory(&self) -> &MemoryLedger {
-        &self.memory
-    }
-
     /// Persists `budget`'s books (and a top-up's key), answering `answer`
     /// once committed, or once the commit failed.
     fn persist_then<T: Send + 'static>(

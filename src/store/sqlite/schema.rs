@@ -241,7 +241,12 @@ pub(super) fn load_ledger(
             };
             memory
                 .restore_account(&spec, limit, spent, start)
-                .map_err(|e| corrupt(format!("{e} (raise the memory ledger's max_budgets)")))?;
+                .map_err(|e| {
+                    SqliteError::open(
+                        path,
+                        format!("{e}: the file holds more budgets; raise the memory ledger's max_budgets"),
+                    )
+                })?;
         }
     }
     {

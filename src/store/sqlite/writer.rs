@@ -71,7 +71,7 @@ pub(super) type RunOnConnection = Box<dyn FnOnce(&Connection) -> rusqlite::Resul
 
 /// A key store write.
 pub(super) enum KeyOp {
-    Put(KeyRecord, PutMode),
+    Put(Box<KeyRecord>, PutMode),
     Delete(String),
 }
 
@@ -538,7 +538,7 @@ impl Thread {
     /// Applies a committed key write to memory.
     fn apply(&self, op: KeyOp) -> Result<KeyOutcome, StoreError> {
         match op {
-            KeyOp::Put(record, _) => match self.keys.insert(record) {
+            KeyOp::Put(record, _) => match self.keys.insert(*record) {
                 Ok(previous) => Ok(KeyOutcome::Put(previous)),
                 // The file refused the same conflicts in the transaction,
                 // and only this thread writes either: unreachable unless
