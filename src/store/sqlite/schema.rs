@@ -1,18 +1,19 @@
-//! The file: its pragmas, its versioned schema, and what is read back from
-//! it at open.
+//! The file: its pragmas, its versioned schema, what is read back from it
+//! at open, and how a key is written to it.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::SqliteError;
-use crate::auth::KeyHash;
+use super::writer::KeyOp;
+use crate::auth::{KeyHash, PutMode};
 use crate::budget::{BudgetScope, BudgetSpec, Money, Period, SpendTotals};
-use crate::store::codec;
 use crate::store::memory::{MemoryKeyStore, MemoryLedger};
+use crate::store::{StoreError, codec};
 
 /// The schema this version writes, kept in `PRAGMA user_version`.
 pub(super) const SCHEMA_VERSION: i64 = 1;
@@ -358,11 +359,58 @@ pub(super) fn count_to_sql(n: u64) -> i64 {
 
 /// The id of the key that holds secret `hash`, in `conn`'s current
 /// transaction.
-pub(super) fn secret_owner(
-    conn: &Connection,
-    hash: &KeyHash,
-) -> Result<Option<String>, rusqlite::Error> {
+fn secret_owner(conn: &Connection, hash: &KeyHash) -> Result<Option<String>, rusqlite::Error> {
     conn.prepare_cached("SELECT key_id FROM key_secrets WHERE sha256 = ?1")?
         .query_row(params![&hash.0[..]], |row| row.get(0))
         .optional()
+}
+
+/// Writes one key op in `tx`: `Ok(Err(conflict))` when the store refuses
+/// it (nothing written), with the memory store's messages.
+pub(super) fn write_key(
+    tx: &Transaction<'_>,
+    op: &KeyOp,
+) -> Result<Result<(), StoreError>, rusqlite::Error> {
+    match op {
+        KeyOp::Put(record, mode) => {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
+                .exists([&record.id])?;
+            if *mode == PutMode::Create && exists {
+                return Ok(Err(StoreError::Conflict(format!(
+                    "a key with the id `{}` already exists",
+                    record.id.escape_debug()
+                ))));
+            }
+            for hash in record.secret_hashes() {
+                if secret_owner(tx, &hash)?.is_some_and(|owner| owner != record.id) {
+                    return Ok(Err(StoreError::Conflict(format!(
+                        "key `{}` has the same secret as another key",
+                        record.id.escape_debug()
+                    ))));
+                }
+            }
+            tx.prepare_cached(
+                "INSERT INTO keys (id, record) VALUES (?1, ?2) \
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            )?
+            .execute(params![record.id, crate::store::codec::encode(record)])?;
+            tx.prepare_cached("DELETE FROM key_secrets WHERE key_id = ?1")?
+                .execute([&record.id])?;
+            let mut index = tx.prepare_cached(
+                "INSERT INTO key_secrets (sha256, key_id) VALUES (?1, ?2) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )?;
+            for hash in record.secret_hashes() {
+                index.execute(params![&hash.0[..], record.id])?;
+            }
+            Ok(Ok(()))
+        }
+        KeyOp::Delete(id) => {
+            // The secrets go with it (ON DELETE CASCADE).
+            tx.prepare_cached("DELETE FROM keys WHERE id = ?1")?
+                .execute([id])?;
+            Ok(Ok(()))
+        }
+    }
 }

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, params};
 use tokio::sync::oneshot;
 
 use super::SqliteError;
 use super::batch::Batch;
 use super::health::{HealthState, SqliteHealth};
 use super::schema::{
-    TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, secret_owner, synchronous,
+    TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, synchronous, write_key,
 };
 use crate::auth::{KeyRecord, PutMode};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
@@ -373,6 +373,8 @@ impl Thread {
         };
         match written {
             Ok(written) => {
+                // Health first: whoever is answered next may read it.
+                let ended = self.health.committed();
                 for ((op, done), result) in batch.keys.drain(..).zip(written.keys) {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
                 }
@@ -380,7 +382,6 @@ impl Thread {
                 for done in batch.acks.drain(..) {
                     let _ = done.send(Ok(()));
                 }
-                let ended = self.health.committed();
                 if ended > 0 {
                     tracing::warn!(
                         path = %self.path.display(),
@@ -556,53 +557,6 @@ impl Thread {
                 }
             },
             KeyOp::Delete(id) => Ok(KeyOutcome::Deleted(self.keys.remove(&id).is_some())),
-        }
-    }
-}
-
-/// Writes one key op in `tx`: `Ok(Err(conflict))` when the store refuses
-/// it (nothing written), with the memory store's messages.
-fn write_key(tx: &Transaction<'_>, op: &KeyOp) -> Result<Result<(), StoreError>, rusqlite::Error> {
-    match op {
-        KeyOp::Put(record, mode) => {
-            let exists = tx
-                .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
-                .exists([&record.id])?;
-            if *mode == PutMode::Create && exists {
-                return Ok(Err(StoreError::Conflict(format!(
-                    "a key with the id `{}` already exists",
-                    record.id.escape_debug()
-                ))));
-            }
-            for hash in record.secret_hashes() {
-                if secret_owner(tx, &hash)?.is_some_and(|owner| owner != record.id) {
-                    return Ok(Err(StoreError::Conflict(format!(
-                        "key `{}` has the same secret as another key",
-                        record.id.escape_debug()
-                    ))));
-                }
-            }
-            tx.prepare_cached(
-                "INSERT INTO keys (id, record) VALUES (?1, ?2) \
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-            )?
-            .execute(params![record.id, crate::store::codec::encode(record)])?;
-            tx.prepare_cached("DELETE FROM key_secrets WHERE key_id = ?1")?
-                .execute([&record.id])?;
-            let mut index = tx.prepare_cached(
-                "INSERT INTO key_secrets (sha256, key_id) VALUES (?1, ?2) \
-                 ON CONFLICT (sha256) DO NOTHING",
-            )?;
-            for hash in record.secret_hashes() {
-                index.execute(params![&hash.0[..], record.id])?;
-            }
-            Ok(Ok(()))
-        }
-        KeyOp::Delete(id) => {
-            // The secrets go with it (ON DELETE CASCADE).
-            tx.prepare_cached("DELETE FROM keys WHERE id = ?1")?
-                .execute([id])?;
-            Ok(Ok(()))
         }
     }
 }
