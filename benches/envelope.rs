@@ -30,7 +30,10 @@ fn render(c: &mut Criterion) {
     let mut group = c.benchmark_group("render");
     for format in [
         ErrorFormat::OpenAi,
+        ErrorFormat::AltLlm,
         ErrorFormat::Anthropic,
+        ErrorFormat::ErrorCodeDetail,
+        ErrorFormat::Humanloop,
         ErrorFormat::Grpc,
     ] {
         group.bench_function(format!("{format:?}"), |b| {

@@ -1,6 +1,7 @@
 //! One admission (a requests limit and a tokens limit) against the memory
-//! store, with 1 key and with 1,000,000 keys held; and the bytes each key
-//! costs, measured with a counting allocator.
+//! store, for each algorithm (sliding, GCRA, fixed), with 1 key and with
+//! 1,000,000 keys held; and the bytes each key costs, measured with a
+//! counting allocator.
 //!
 //! ```text
 //! cargo bench --bench rate_limit -- --warm-up-time 1 --measurement-time 3
@@ -16,7 +17,9 @@ use criterion::{Criterion, criterion_group};
 use http::{Request, Response};
 use http_body_util::Full;
 use tollgate::auth::{KeyHash, KeyRecord, Principal};
-use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitLayer, RateLimitStore};
+use tollgate::rate_limit::{
+    Acquire, Algorithm, Limit, RateLimitKey, RateLimitLayer, RateLimitStore, ScopeCharge,
+};
 use tollgate::store::memory::MemoryRateLimitStore;
 use tower::{Service, ServiceBuilder, service_fn};
 
@@ -52,24 +55,25 @@ static ALLOCATOR: Counting = Counting;
 // Large enough that every benchmarked admission is admitted (a refusal
 // costs about the same), small enough to stay on the 64-bit fast path as
 // every realistic limit does.
-const LIMITS: [Limit; 2] = [
-    Limit::requests_per_minute(1 << 30),
-    Limit::tokens_per_minute(1 << 36),
-];
+fn limits(algorithm: Algorithm) -> [Limit; 2] {
+    [
+        Limit::requests_per_minute(1 << 30).algorithm(algorithm),
+        Limit::tokens_per_minute(1 << 36).algorithm(algorithm),
+    ]
+}
+const ALGORITHMS: [Algorithm; 3] = [Algorithm::Sliding, Algorithm::Gcra, Algorithm::Fixed];
 const COSTS: [u64; 2] = [1, 100];
 
-fn acquire(store: &MemoryRateLimitStore, key: &str) {
-    let admission = store
-        .acquire(
-            RateLimitKey::new(key),
-            &Acquire {
-                limits: &LIMITS,
-                costs: &COSTS,
-                max_concurrent: None,
-            },
-        )
-        .into_inner();
-    black_box(admission.ok());
+fn acquire(store: &MemoryRateLimitStore, limits: &[Limit; 2], key: &str) {
+    let mut admission = store.acquire(&Acquire {
+        scopes: &[ScopeCharge {
+            key: RateLimitKey::new(key),
+            limits,
+            costs: &COSTS,
+            max_concurrent: None,
+        }],
+    });
+    black_box(admission.take_ready().map(|a| a.ok()));
 }
 
 /// The key `key_NNNNNNNN` of `i`, written into `buf`. Keys are made on the
@@ -87,10 +91,10 @@ fn key(i: usize, buf: &mut [u8; 12]) -> &str {
 }
 
 /// Admits the first `n` keys once, so that they are held.
-fn fill(store: &MemoryRateLimitStore, n: usize) {
+fn fill(store: &MemoryRateLimitStore, limits: &[Limit; 2], n: usize) {
     let mut buf = [0; 12];
     for i in 0..n {
-        acquire(store, key(i, &mut buf));
+        acquire(store, limits, key(i, &mut buf));
     }
 }
 
@@ -101,19 +105,25 @@ fn next(i: usize, n: usize) -> usize {
 
 fn admission(c: &mut Criterion) {
     let mut group = c.benchmark_group("rate_limit/admission");
+    for algorithm in ALGORITHMS {
+        let limits = limits(algorithm);
+        let name = algorithm.as_str();
+        let store = MemoryRateLimitStore::new();
+        group.bench_function(format!("{name}/1 key"), |b| {
+            b.iter(|| acquire(&store, &limits, black_box("key_1")))
+        });
+        drop(store);
 
-    let store = MemoryRateLimitStore::new();
-    group.bench_function("1 key", |b| b.iter(|| acquire(&store, black_box("key_1"))));
-
-    let store = MemoryRateLimitStore::builder().max_keys(2_000_000).build();
-    fill(&store, 1_000_000);
-    let (mut i, mut buf) = (0, [0; 12]);
-    group.bench_function("1000000 keys", |b| {
-        b.iter(|| {
-            i = next(i, 1_000_000);
-            acquire(&store, key(i, &mut buf));
-        })
-    });
+        let store = MemoryRateLimitStore::builder().max_keys(4_000_000).build();
+        fill(&store, &limits, 1_000_000);
+        let (mut i, mut buf) = (0, [0; 12]);
+        group.bench_function(format!("{name}/1000000 keys"), |b| {
+            b.iter(|| {
+                i = next(i, 1_000_000);
+                acquire(&store, &limits, key(i, &mut buf));
+            })
+        });
+    }
     group.finish();
 
     // The whole layer around a no-op service, for scale: key extraction,
@@ -123,6 +133,7 @@ fn admission(c: &mut Criterion) {
         .unwrap();
     let mut record = KeyRecord::new("alice", KeyHash([0; 32]));
     record.rate_limits = vec![Limit::requests_per_minute(1 << 40)];
+    // The default algorithm (sliding).
     let alice = Principal::new(record);
     let mut service = ServiceBuilder::new()
         .layer(RateLimitLayer::new())
@@ -151,40 +162,50 @@ fn cpu_time_per_admission() {
         let ms: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
         Some(ms * 1e6)
     }
-    let iterations = 10_000_000;
-    let measure = |store: &MemoryRateLimitStore, keys: usize| -> Option<f64> {
+    let iterations = 5_000_000;
+    let measure = |store: &MemoryRateLimitStore, limits: &[Limit; 2], keys: usize| -> Option<f64> {
         let (mut i, mut buf) = (0, [0; 12]);
         let start = cpu_ns()?;
         for _ in 0..iterations {
             i = next(i, keys);
-            acquire(store, key(i, &mut buf));
+            acquire(store, limits, key(i, &mut buf));
         }
         Some((cpu_ns()? - start) / iterations as f64)
     };
-    let many = MemoryRateLimitStore::builder().max_keys(2_000_000).build();
-    fill(&many, 1_000_000);
-    if let (Some(a), Some(b)) = (
-        measure(&MemoryRateLimitStore::new(), 1),
-        measure(&many, 1_000_000),
-    ) {
-        println!(
-            "rate_limit/admission CPU time: {a:.0} ns with 1 key, {b:.0} ns with 1,000,000 keys"
-        );
+    for algorithm in ALGORITHMS {
+        let limits = limits(algorithm);
+        let many = MemoryRateLimitStore::builder().max_keys(4_000_000).build();
+        fill(&many, &limits, 1_000_000);
+        if let (Some(a), Some(b)) = (
+            measure(&MemoryRateLimitStore::new(), &limits, 1),
+            measure(&many, &limits, 1_000_000),
+        ) {
+            println!(
+                "rate_limit/admission CPU time ({}): {a:.0} ns with 1 key, {b:.0} ns with 1,000,000 keys",
+                algorithm.as_str()
+            );
+        }
     }
 }
 
-/// Bytes per key: heap growth over 1,000,000 keys with two limits each.
+/// Bytes per key: heap growth over 1,000,000 keys with two limits each
+/// (two states per key), once each key has made one request.
 fn bytes_per_key() {
-    let store = MemoryRateLimitStore::builder().max_keys(2_000_000).build();
-    let before = LIVE.load(Ordering::Relaxed);
-    fill(&store, 1_000_000);
-    let grown = LIVE.load(Ordering::Relaxed) - before;
-    println!(
-        "rate_limit/bytes per key: {} bytes for {} keys = {:.1} bytes per key",
-        grown,
-        store.len(),
-        grown as f64 / store.len() as f64
-    );
+    for algorithm in ALGORITHMS {
+        let limits = limits(algorithm);
+        let store = MemoryRateLimitStore::builder().max_keys(4_000_000).build();
+        let before = LIVE.load(Ordering::Relaxed);
+        fill(&store, &limits, 1);
+        let one = LIVE.load(Ordering::Relaxed) - before;
+        fill(&store, &limits, 1_000_000);
+        let grown = LIVE.load(Ordering::Relaxed) - before;
+        println!(
+            "rate_limit/bytes per key ({}): {one} bytes for 1 key; {grown} bytes for 1,000,000 keys = {:.1} bytes per key ({:.1} per key and limit)",
+            algorithm.as_str(),
+            grown as f64 / 1e6,
+            grown as f64 / 2e6,
+        );
+    }
 }
 
 criterion_group!(benches, admission);

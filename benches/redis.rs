@@ -1,5 +1,5 @@
 //! One admission round trip to Redis, for a rate limit (`EVALSHA` of the
-//! GCRA script) and for a budget (`EVALSHA` of the reserve script), next to
+//! rate-limit script, sliding windows) and for a budget (`EVALSHA` of the reserve script), next to
 //! the memory stores and a bare `INCR` on a plain multiplexed connection:
 //! sequential latency (`redis/sequential/…`) and throughput with 64 calls
 //! in flight on one connection (`redis/64-in-flight/…`, reported per call
@@ -8,7 +8,7 @@
 //! `cargo bench --features redis --bench redis -- --warm-up-time 1 --measurement-time 3`
 //!
 //! It starts its own `redis-server` on a free loopback port (no
-//! persistence) and is skipped, with a message, when there is none.
+//! persistence), and fails saying what to install when there is none.
 
 #[path = "../tests/support/redis.rs"]
 mod redis_support;
@@ -25,7 +25,10 @@ use futures_util::StreamExt;
 use tollgate::budget::{
     BudgetScope, BudgetSpec, Ledger, Money, Period, Reservation, ReserveOutcome, ReservePolicy,
 };
-use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+use tollgate::rate_limit::{
+    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict,
+};
+use tollgate::store::StoreFuture;
 use tollgate::store::memory::{MemoryLedger, MemoryRateLimitStore};
 use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger, RedisRateLimitStore};
 
@@ -50,13 +53,15 @@ fn limits() -> [Limit; 2] {
     ]
 }
 
-fn acquire<S: RateLimitStore>(store: &S, limits: &[Limit]) -> S::AcquireFuture {
-    let request = Acquire {
-        limits,
-        costs: &[1, 1_000],
-        max_concurrent: None,
-    };
-    store.acquire(RateLimitKey::new("bench"), &request)
+fn acquire<S: RateLimitStore>(store: &S, limits: &[Limit]) -> StoreFuture<Admission> {
+    store.acquire(&Acquire {
+        scopes: &[ScopeCharge {
+            key: RateLimitKey::new("bench"),
+            limits,
+            costs: &[1, 1_000],
+            max_concurrent: None,
+        }],
+    })
 }
 
 fn budgets() -> Arc<[BudgetSpec]> {

@@ -195,6 +195,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         if args.stream { "stream" } else { "json" },
         listener.local_addr()?
     );
+    // TCP_NODELAY: a stream's last small write would otherwise wait ~40 ms
+    // for the client's delayed ACK (Nagle's algorithm).
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            eprintln!("load_server: TCP_NODELAY not set: {error}");
+        }
+    });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -44,7 +44,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::envelope::ErrorEnvelopeLayer;
-use tollgate::rate_limit::{Limit, RateLimitLayer};
+use tollgate::rate_limit::{Algorithm, Limit, RateLimitLayer};
 use tollgate::store::memory::MemoryKeyStore;
 use tonic::metadata::MetadataMap;
 use tonic::transport::server::TcpIncoming;
@@ -92,7 +92,10 @@ pub async fn serve(
         .layer(AuthLayer::new(keys))
         // Keyed by the caller's Principal; a key record's own
         // `rate_limits` would replace this default for that key.
-        .layer(RateLimitLayer::new().limit(Limit::requests_per_minute(REQUESTS_PER_MINUTE)));
+        .layer(RateLimitLayer::new().limit(
+            // GCRA: after the burst, one more request every 12 s.
+            Limit::requests_per_minute(REQUESTS_PER_MINUTE).algorithm(Algorithm::Gcra),
+        ));
 
     Server::builder()
         .layer(tollgate)

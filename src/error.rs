@@ -25,75 +25,10 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-/// The class of a failure. It fixes the default HTTP status, the OpenAI `type`,
-/// the default `code`, and whether a retry can help ([`RetryClass`]).
-///
-/// | kind | status | type | default code |
-/// |---|---|---|---|
-/// | `InvalidRequest` | 400 | `invalid_request_error` | `invalid_request` |
-/// | `InvalidModel` | 400 | `invalid_request_error` | `invalid_model` (param `model`) |
-/// | `ContextLengthExceeded` | 400 | `invalid_request_error` | `context_length_exceeded` |
-/// | `ContentFilter` | 400 | `invalid_request_error` | `content_filter` |
-/// | `Authentication` | 401 | `invalid_request_error` | `invalid_api_key` |
-/// | `BudgetExceeded` | 402 | `budget_exceeded_error` | `budget_exceeded` |
-/// | `PermissionDenied` | 403 | `permission_error` | `permission_denied` |
-/// | `InsufficientBalance` | 403 | `insufficient_quota` | `insufficient_balance` |
-/// | `NotFound` | 404 | `not_found_error` | `not_found` |
-/// | `Conflict` | 409 | `conflict_error` | `conflict` |
-/// | `PayloadTooLarge` | 413 | `invalid_request_error` | `payload_too_large` |
-/// | `Unprocessable` | 422 | `invalid_request_error` | `unprocessable_entity` |
-/// | `RateLimited` | 429 | `rate_limit_error` | `rate_limit_exceeded` |
-/// | `QuotaExhausted` | 429 | `insufficient_quota` | `insufficient_quota` |
-/// | `Internal` | 500 | `server_error` | `internal_error` |
-/// | `BadGateway` | 502 | `server_error` | `bad_gateway` |
-/// | `Unavailable` | 503 | `server_error` | `service_unavailable` |
-/// | `Timeout` | 504 | `timeout_error` | `timeout` |
-/// | `Overloaded` | 529 | `overloaded_error` | `overloaded` |
-/// | `Connection` | 502 | `api_connection_error` | `api_connection_error` |
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// The request is malformed or has an invalid value.
-    InvalidRequest,
-    /// The requested model does not exist or is not served here.
-    InvalidModel,
-    /// Prompt plus requested output exceed the model's context window.
-    ContextLengthExceeded,
-    /// The content was refused by a content filter.
-    ContentFilter,
-    /// No key, or a key that is unknown, expired or revoked.
-    Authentication,
-    /// A spend limit for the period has been reached (402).
-    BudgetExceeded,
-    /// The caller is known but may not do this.
-    PermissionDenied,
-    /// A prepaid balance is used up (403).
-    InsufficientBalance,
-    /// The resource does not exist.
-    NotFound,
-    /// The request conflicts with the current state.
-    Conflict,
-    /// The request body is larger than allowed.
-    PayloadTooLarge,
-    /// The request is well-formed but cannot be processed.
-    Unprocessable,
-    /// Too many requests or tokens in a window; retry after a delay.
-    RateLimited,
-    /// The account's quota is exhausted; retrying cannot help.
-    QuotaExhausted,
-    /// An unexpected failure inside the gateway.
-    Internal,
-    /// The upstream answered with something unusable.
-    BadGateway,
-    /// The service (or a store it depends on) is unavailable for now.
-    Unavailable,
-    /// The request took too long.
-    Timeout,
-    /// The upstream is overloaded (Anthropic's 529).
-    Overloaded,
-    /// The upstream could not be reached.
-    Connection,
-}
+mod kind;
+
+pub use self::kind::ErrorKind;
+pub(crate) use self::kind::{Spend, UPSTREAM_AUTH_FAILED, UPSTREAM_QUOTA_EXHAUSTED};
 
 /// Whether, and when, repeating a request that failed this way can succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -116,202 +51,6 @@ pub enum Origin {
     Upstream,
 }
 
-impl ErrorKind {
-    /// Every kind, in table order. Handy for exhaustive tests.
-    pub const ALL: [ErrorKind; 20] = [
-        ErrorKind::InvalidRequest,
-        ErrorKind::InvalidModel,
-        ErrorKind::ContextLengthExceeded,
-        ErrorKind::ContentFilter,
-        ErrorKind::Authentication,
-        ErrorKind::BudgetExceeded,
-        ErrorKind::PermissionDenied,
-        ErrorKind::InsufficientBalance,
-        ErrorKind::NotFound,
-        ErrorKind::Conflict,
-        ErrorKind::PayloadTooLarge,
-        ErrorKind::Unprocessable,
-        ErrorKind::RateLimited,
-        ErrorKind::QuotaExhausted,
-        ErrorKind::Internal,
-        ErrorKind::BadGateway,
-        ErrorKind::Unavailable,
-        ErrorKind::Timeout,
-        ErrorKind::Overloaded,
-        ErrorKind::Connection,
-    ];
-
-    /// The default HTTP status of this kind.
-    pub fn status(self) -> StatusCode {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest | InvalidModel | ContextLengthExceeded | ContentFilter => {
-                StatusCode::BAD_REQUEST
-            }
-            Authentication => StatusCode::UNAUTHORIZED,
-            BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
-            PermissionDenied | InsufficientBalance => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
-            Conflict => StatusCode::CONFLICT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-            RateLimited | QuotaExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            BadGateway | Connection => StatusCode::BAD_GATEWAY,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Timeout => StatusCode::GATEWAY_TIMEOUT,
-            // 529 is a valid status number, so this cannot fail.
-            Overloaded => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-        }
-    }
-
-    /// The OpenAI `error.type` of this kind.
-    pub fn error_type(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest
-            | InvalidModel
-            | ContextLengthExceeded
-            | ContentFilter
-            | Authentication
-            | PayloadTooLarge
-            | Unprocessable => "invalid_request_error",
-            BudgetExceeded => "budget_exceeded_error",
-            PermissionDenied => "permission_error",
-            InsufficientBalance | QuotaExhausted => "insufficient_quota",
-            NotFound => "not_found_error",
-            Conflict => "conflict_error",
-            RateLimited => "rate_limit_error",
-            Internal | BadGateway | Unavailable => "server_error",
-            Timeout => "timeout_error",
-            Overloaded => "overloaded_error",
-            Connection => "api_connection_error",
-        }
-    }
-
-    /// The default machine-readable `error.code` of this kind.
-    pub fn default_code(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            InvalidModel => "invalid_model",
-            ContextLengthExceeded => "context_length_exceeded",
-            ContentFilter => "content_filter",
-            Authentication => "invalid_api_key",
-            BudgetExceeded => "budget_exceeded",
-            PermissionDenied => "permission_denied",
-            InsufficientBalance => "insufficient_balance",
-            NotFound => "not_found",
-            Conflict => "conflict",
-            PayloadTooLarge => "payload_too_large",
-            Unprocessable => "unprocessable_entity",
-            RateLimited => "rate_limit_exceeded",
-            QuotaExhausted => "insufficient_quota",
-            Internal => "internal_error",
-            BadGateway => "bad_gateway",
-            Unavailable => "service_unavailable",
-            Timeout => "timeout",
-            Overloaded => "overloaded",
-            Connection => "api_connection_error",
-        }
-    }
-
-    /// The request field at fault by default (`"model"` for [`ErrorKind::InvalidModel`]).
-    pub fn default_param(self) -> Option<&'static str> {
-        match self {
-            ErrorKind::InvalidModel => Some("model"),
-            _ => None,
-        }
-    }
-
-    /// A message for errors built without one. Never mentions request data.
-    pub fn default_message(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest => "The request is invalid.",
-            InvalidModel => "The requested model is not available.",
-            ContextLengthExceeded => "The request exceeds the model's context length.",
-            ContentFilter => "The request was rejected by the content filter.",
-            Authentication => "Invalid authentication credentials.",
-            BudgetExceeded => "Budget exceeded.",
-            PermissionDenied => "You do not have permission to perform this request.",
-            InsufficientBalance => "Insufficient account balance. Please add funds to continue.",
-            NotFound => "The requested resource was not found.",
-            Conflict => "The request conflicts with the current state of the resource.",
-            PayloadTooLarge => "The request body is too large.",
-            Unprocessable => "The request could not be processed.",
-            RateLimited => "Rate limit exceeded. Please retry after a short wait.",
-            QuotaExhausted => "You exceeded your current quota.",
-            Internal => "The server had an error while processing your request.",
-            BadGateway => "The upstream service returned an invalid response.",
-            Unavailable => "The service is temporarily unavailable. Please retry.",
-            Timeout => "The request timed out.",
-            Overloaded => "The service is overloaded. Please retry.",
-            Connection => "Could not connect to the upstream service.",
-        }
-    }
-
-    /// Whether a retry can help, and when.
-    pub fn retry_class(self) -> RetryClass {
-        use ErrorKind::*;
-        match self {
-            RateLimited => RetryClass::AfterDelay,
-            Internal | BadGateway | Unavailable | Timeout | Overloaded | Connection | Conflict => {
-                RetryClass::Transient
-            }
-            _ => RetryClass::Never,
-        }
-    }
-
-    /// The kind a bare HTTP status stands for (used when parsing foreign errors).
-    /// Any other 4xx is [`ErrorKind::InvalidRequest`], any other 5xx [`ErrorKind::Internal`].
-    pub fn from_status(status: StatusCode) -> ErrorKind {
-        use ErrorKind::*;
-        match status.as_u16() {
-            401 => Authentication,
-            402 => BudgetExceeded,
-            403 => PermissionDenied,
-            404 => NotFound,
-            408 => Timeout,
-            409 => Conflict,
-            413 => PayloadTooLarge,
-            422 => Unprocessable,
-            429 => RateLimited,
-            500 => Internal,
-            502 => BadGateway,
-            503 => Unavailable,
-            504 => Timeout,
-            529 => Overloaded,
-            s if s >= 500 => Internal,
-            _ => InvalidRequest,
-        }
-    }
-
-    /// The kind whose default code is `code`, if any. Also knows a few
-    /// provider codes with a clear meaning (`enforced_spend_limit_reached`,
-    /// `content_filter_error`, …).
-    pub fn from_code(code: &str) -> Option<ErrorKind> {
-        use ErrorKind::*;
-        if let Some(kind) = ErrorKind::ALL.iter().find(|k| k.default_code() == code) {
-            return Some(*kind);
-        }
-        Some(match code {
-            "model_not_found" => InvalidModel,
-            "content_filter_error" | "content_policy_violation" => ContentFilter,
-            "enforced_spend_limit_reached" | "billing_hard_limit_reached" => QuotaExhausted,
-            "context_length_error" => ContextLengthExceeded,
-            "request_too_large" => PayloadTooLarge,
-            _ => return None,
-        })
-    }
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.default_code())
-    }
-}
-
 /// A failure, described once for every wire format.
 ///
 /// Build one from a kind (defaults fill status, type, code and message), then
@@ -331,7 +70,10 @@ pub struct ApiError {
 struct Inner {
     kind: ErrorKind,
     status: StatusCode,
-    message: Cow<'static, str>,
+    // `None`: the kind's default message. Kept apart from an explicit
+    // message (even one with the same text) so a format with default texts
+    // of its own (HAI's `detail`) uses them only when nobody chose one.
+    message: Option<Cow<'static, str>>,
     error_type: Cow<'static, str>,
     param: Option<Cow<'static, str>>,
     code: Option<Cow<'static, str>>,
@@ -365,7 +107,7 @@ impl ApiError {
             inner: Box::new(Inner {
                 kind,
                 status: kind.status(),
-                message: Cow::Borrowed(kind.default_message()),
+                message: None,
                 error_type: Cow::Borrowed(kind.error_type()),
                 param: kind.default_param().map(Cow::Borrowed),
                 code: Some(Cow::Borrowed(kind.default_code())),
@@ -421,9 +163,37 @@ impl ApiError {
         connection => Connection;
     }
 
+    /// 502 `server_error` / `upstream_auth_failed`, origin `Upstream`, never
+    /// retried: the gateway's own upstream credentials were refused (an
+    /// upstream 401 or 403). The tenant's key is fine, so the tenant must not
+    /// get a 401 that its SDK raises as `AuthenticationError`. The message
+    /// never repeats the upstream's (it may quote the gateway's key).
+    pub fn upstream_auth_failed() -> ApiError {
+        ApiError::new(
+            ErrorKind::BadGateway,
+            "The gateway could not authenticate with its upstream provider.",
+        )
+        .with_code(UPSTREAM_AUTH_FAILED)
+        .with_origin(Origin::Upstream)
+    }
+
+    /// 503 `server_error` / `upstream_quota_exhausted`, origin `Upstream`,
+    /// never retried: the gateway's own account at the upstream is out of
+    /// quota or balance (an upstream 402, a 403 balance or a quota 429). Not
+    /// a 429 `insufficient_quota`, which would tell the tenant its own quota
+    /// is used up.
+    pub fn upstream_quota_exhausted() -> ApiError {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "The gateway's quota at its upstream provider is exhausted.",
+        )
+        .with_code(UPSTREAM_QUOTA_EXHAUSTED)
+        .with_origin(Origin::Upstream)
+    }
+
     /// Replaces the human-readable message.
     pub fn with_message(mut self, message: impl Into<Cow<'static, str>>) -> Self {
-        self.inner.message = message.into();
+        self.inner.message = Some(message.into());
         self
     }
 
@@ -476,9 +246,17 @@ impl ApiError {
         self
     }
 
-    /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`).
+    /// When a retry may succeed (rendered as `Retry-After` and `retry-after-ms`
+    /// when [`should_retry`](Self::should_retry) holds).
     pub fn with_retry_after(mut self, delay: Duration) -> Self {
         self.inner.retry_after = Some(delay);
+        self
+    }
+
+    /// Removes the delay: the client is not to wait and retry (an upstream's
+    /// `retry-after` on a failure the gateway already retried to its limit).
+    pub fn without_retry_after(mut self) -> Self {
+        self.inner.retry_after = None;
         self
     }
 
@@ -504,9 +282,20 @@ impl ApiError {
         self.inner.status
     }
 
-    /// The human-readable message.
+    /// The human-readable message: the one set, or the kind's default.
     pub fn message(&self) -> &str {
-        &self.inner.message
+        self.inner
+            .message
+            .as_deref()
+            .unwrap_or_else(|| self.inner.kind.default_message())
+    }
+
+    /// The message set with [`with_message`](Self::with_message) (also by
+    /// [`parse`](crate::envelope::parse)); `None` when the kind's default
+    /// applies. A format with default texts of its own (HAI's `detail`)
+    /// uses them only then.
+    pub fn explicit_message(&self) -> Option<&str> {
+        self.inner.message.as_deref()
     }
 
     /// The OpenAI `error.type`.
@@ -544,13 +333,19 @@ impl ApiError {
         self.inner.request_id.as_deref()
     }
 
-    /// Whether a retry can help: the kind's class, or [`RetryClass::Never`] for
-    /// codes that mean an exhausted account whatever the status says.
+    /// Whether a retry can help: the kind's class, or [`RetryClass::Never`]
+    /// when the code or type names a budget or an exhausted quota or balance
+    /// (`budget_exceeded`, `budget_exceeded_error`, `insufficient_quota`,
+    /// `billing_error`, …) or the gateway's own upstream credentials
+    /// (`upstream_auth_failed`), whatever the status says.
     pub fn retry_class(&self) -> RetryClass {
-        match self.inner.code.as_deref() {
-            Some("insufficient_quota" | "enforced_spend_limit_reached") => RetryClass::Never,
-            _ => self.inner.kind.retry_class(),
+        let code = self.inner.code.as_deref();
+        if code == Some(UPSTREAM_AUTH_FAILED)
+            || Spend::named(code, Some(&self.inner.error_type)).is_some()
+        {
+            return RetryClass::Never;
         }
+        self.inner.kind.retry_class()
     }
 
     /// The value of `x-should-retry`: an explicit override, or whether the
@@ -574,7 +369,7 @@ impl fmt::Debug for ApiError {
             .field("status", &self.inner.status.as_u16())
             .field("type", &self.inner.error_type)
             .field("code", &self.inner.code)
-            .field("message", &self.inner.message);
+            .field("message", &self.message());
         if let Some(param) = &self.inner.param {
             d.field("param", param);
         }
@@ -599,7 +394,7 @@ impl fmt::Display for ApiError {
         if let Some(code) = &self.inner.code {
             write!(f, " ({code})")?;
         }
-        write!(f, ": {}", self.inner.message)
+        write!(f, ": {}", self.message())
     }
 }
 
@@ -638,6 +433,54 @@ mod tests {
             !ApiError::unavailable()
                 .with_should_retry(false)
                 .should_retry()
+        );
+    }
+
+    #[test]
+    fn budgets_and_quotas_are_never_retried_in_any_spelling() {
+        for (code, error_type) in [
+            (Some("budget_exceeded"), "rate_limit_error"),
+            (Some("insufficient_quota"), "rate_limit_error"),
+            (Some("rate_limit_exceeded"), "budget_exceeded_error"),
+            (Some("rate_limit_exceeded"), "budget_exceeded"),
+            (None, "insufficient_quota"),
+            (None, "billing_error"),
+        ] {
+            let mut e = ApiError::rate_limited().with_type(error_type);
+            e = match code {
+                Some(c) => e.with_code(c),
+                None => e.without_code(),
+            };
+            assert_eq!(e.retry_class(), RetryClass::Never, "{code:?} {error_type}");
+        }
+    }
+
+    #[test]
+    fn upstream_faults_blame_the_gateway() {
+        let auth = ApiError::upstream_auth_failed();
+        assert_eq!(auth.status().as_u16(), 502);
+        assert_eq!(auth.code(), Some("upstream_auth_failed"));
+        assert_eq!(auth.origin(), Origin::Upstream);
+        assert!(!auth.should_retry());
+        let quota = ApiError::upstream_quota_exhausted();
+        assert_eq!(quota.status().as_u16(), 503);
+        assert_eq!(quota.code(), Some("upstream_quota_exhausted"));
+        assert!(!quota.should_retry());
+        assert_eq!(
+            ErrorKind::from_code("upstream_quota_exhausted"),
+            Some(ErrorKind::Unavailable)
+        );
+    }
+
+    #[test]
+    fn a_default_message_is_not_an_explicit_one() {
+        let e = ApiError::timeout();
+        assert_eq!(e.message(), ErrorKind::Timeout.default_message());
+        assert_eq!(e.explicit_message(), None);
+        let e = e.with_message(ErrorKind::Timeout.default_message());
+        assert_eq!(
+            e.explicit_message(),
+            Some(ErrorKind::Timeout.default_message())
         );
     }
 

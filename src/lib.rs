@@ -45,6 +45,7 @@
 //! | `tonic` | `impl From<ApiError> for tonic::Status` |
 //! | `redis` | Redis-backed stores shared by several gateway instances |
 //! | `reqwest` | an adapter making `reqwest::Client` a tower `Service` |
+//! | `hyper-util` | `RetryLayer` tells hyper-util's connect errors from its others |
 //!
 //! No integration is on by default, and no layer depends on axum.
 #![forbid(unsafe_code)]
@@ -60,6 +61,7 @@ pub mod envelope;
 mod error;
 mod header_values;
 mod integrations;
+mod json;
 pub mod rate_limit;
 pub mod request;
 pub mod retry;

@@ -1,24 +1,16 @@
-//! The gateway example end to end: started in-process on 127.0.0.1:0 with
-//! its built-in mock upstream, called over loopback with hyper and with the
-//! official `openai` Python SDK.
+//! The gateway example end to end, as a process: the example binary started
+//! with its built-in mock upstream (`tests/support/gateway.rs`), called over
+//! loopback with hyper and with the official `openai` Python SDK.
 
-#[allow(dead_code)]
-#[path = "../examples/gateway/app.rs"]
-mod app;
-#[allow(dead_code)]
-#[path = "../examples/gateway/config.rs"]
-mod config;
-#[path = "../examples/support/mock.rs"]
-mod mock;
+#[path = "support/gateway.rs"]
+mod gateway_support;
 mod support;
-#[allow(dead_code)]
-#[path = "../examples/gateway/upstream.rs"]
-mod upstream;
 
 use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_support::{Gateway, GatewayCommand};
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
@@ -105,12 +97,16 @@ budget_period = "monthly"
 
 type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn start() -> (String, HttpClient) {
-    let config =
-        config::Config::from_toml(TEST_CONFIG, "test config").expect("test config is valid");
-    let running = app::start(config).await.expect("gateway starts");
-    let base = format!("http://{}", running.addr);
-    (base, Client::builder(TokioExecutor::new()).build_http())
+/// A gateway on `TEST_CONFIG`, its base URL and a client. The process lives
+/// as long as the returned `Gateway`.
+fn start() -> (Gateway, String, HttpClient) {
+    let gateway = GatewayCommand::new().config(TEST_CONFIG).start();
+    let base = gateway.base_url();
+    (
+        gateway,
+        base,
+        Client::builder(TokioExecutor::new()).build_http(),
+    )
 }
 
 async fn call(
@@ -149,7 +145,7 @@ fn json_of(bytes: &Bytes) -> Value {
 
 #[tokio::test]
 async fn health_needs_no_key_and_unknown_paths_are_enveloped() {
-    let (base, client) = start().await;
+    let (_gateway, base, client) = start();
     let (status, _, body) = call(&client, get(&base, "/health", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json_of(&body)["status"], "ok");
@@ -161,7 +157,7 @@ async fn health_needs_no_key_and_unknown_paths_are_enveloped() {
 
 #[tokio::test]
 async fn models_lists_what_the_key_may_use() {
-    let (base, client) = start().await;
+    let (_gateway, base, client) = start();
     let (status, _, body) = call(
         &client,
         get(&base, "/v1/models", Some("sk-test-restricted")),
@@ -181,7 +177,7 @@ async fn models_lists_what_the_key_may_use() {
 
 #[tokio::test]
 async fn unknown_model_and_context_length_are_refused_before_the_upstream() {
-    let (base, client) = start().await;
+    let (_gateway, base, client) = start();
     let (status, _, body) = call(
         &client,
         chat(
@@ -218,7 +214,7 @@ async fn unknown_model_and_context_length_are_refused_before_the_upstream() {
 
 #[tokio::test]
 async fn a_stream_without_include_usage_is_billed_from_reported_usage_and_hides_it() {
-    let (base, client) = start().await;
+    let (gateway, base, client) = start();
     let (status, headers, body) = call(
         &client,
         chat(
@@ -241,7 +237,12 @@ async fn a_stream_without_include_usage_is_billed_from_reported_usage_and_hides_
     );
 
     // prompt 3 words × $1/M + completion 5 words × $2/M = $0.000013, exactly.
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The access-log line is written when the stream's usage is reported,
+    // where the budget settles.
+    let line = gateway.wait_for_log(Duration::from_secs(10), |l| {
+        l["message"] == "request" && l["key"] == "stream"
+    });
+    assert_eq!(line["cost"], "$0.000013", "{line}");
     let (status, _, body) = call(&client, get(&base, "/v1/key", Some("sk-test-stream"))).await;
     assert_eq!(status, StatusCode::OK);
     let key = json_of(&body);
@@ -254,7 +255,7 @@ async fn a_stream_without_include_usage_is_billed_from_reported_usage_and_hides_
 
 #[tokio::test]
 async fn upstream_failures_are_retried_or_enveloped() {
-    let (base, client) = start().await;
+    let (_gateway, base, client) = start();
     let body =
         |text: &str| json!({"model": MODEL, "messages": [{"role": "user", "content": text}]});
     let (status, _, _) = call(
@@ -288,19 +289,26 @@ async fn upstream_failures_are_retried_or_enveloped() {
     assert_eq!(headers["x-should-retry"], "false");
 }
 
+/// `--check` with a config file: exit 0, or 2 with the error.
+fn check(toml: &str) -> (Option<i32>, String) {
+    let finished = GatewayCommand::new()
+        .config(toml)
+        .arg("--check")
+        .run(Duration::from_secs(30));
+    (finished.code(), finished.stderr)
+}
+
 #[test]
 fn config_errors_name_the_field_and_line() {
-    let err = config::Config::from_toml("listen = \"127.0.0.1:1\"\nbogus = 1\n", "t.toml")
-        .expect_err("unknown field")
-        .to_string();
+    let (code, err) = check("listen = \"127.0.0.1:1\"\nbogus = 1\n");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("bogus") && err.contains("line 2"), "{err}");
     let dup = format!(
         "{}\n[[keys]]\nid = \"ok\"\nsecret = \"sk-test-other\"\n",
         TEST_CONFIG
     );
-    let err = config::Config::from_toml(&dup, "t.toml")
-        .expect_err("duplicate")
-        .to_string();
+    let (code, err) = check(&dup);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("duplicate key id") && err.contains("\"ok\""),
         "{err}"
@@ -314,11 +322,16 @@ fn config_errors_name_the_field_and_line() {
         .map(|(n, _)| n + 1)
         .unwrap_or(0);
     assert!(err.contains(&format!("line {last_header}:")), "{err}");
-    let err = config::Config::from_toml("upstream = \"ftp://x\"\n", "t.toml")
-        .expect_err("bad upstream")
-        .to_string();
+    let (code, err) = check("upstream = \"ftp://x\"\n");
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("upstream"), "{err}");
-    assert!(config::Config::from_toml(config::DEMO_CONFIG, "demo").is_ok());
+    // The embedded demo config, and the test config, are valid.
+    let demo = GatewayCommand::new()
+        .arg("--check")
+        .run(Duration::from_secs(30));
+    assert_eq!(demo.code(), Some(0), "{}", demo.stderr);
+    let (code, err) = check(TEST_CONFIG);
+    assert_eq!(code, Some(0), "{err}");
 }
 
 /// The official openai Python SDK against the gateway: every failure class
@@ -326,7 +339,7 @@ fn config_errors_name_the_field_and_line() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_python_sdk_sees_the_right_exceptions() {
     let python = support::sdk_python();
-    let (base, _client) = start().await;
+    let (_gateway, base, _client) = start();
     let script = support::repo_root().join("tests/sdk/test_gateway.py");
     let output = tokio::task::spawn_blocking(move || {
         Command::new(python)

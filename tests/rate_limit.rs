@@ -1,4 +1,6 @@
-//! RateLimitLayer end to end, on tokio's paused clock.
+//! RateLimitLayer end to end, on tokio's paused clock, with GCRA limits
+//! (what these tests were written for; `rate_limit_scopes.rs` covers the
+//! default sliding windows, scopes and the other algorithms).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -14,19 +16,24 @@ use tollgate::auth::{KeyHash, KeyRecord, Principal};
 use tollgate::clock::TokioClock;
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::rate_limit::{
-    Acquire, Admission, FailurePolicy, HeaderKey, HeaderStyle, Limit, RateLimitKey, RateLimitLayer,
-    RateLimitStore, ResponseBody, Settle, Unkeyed,
+    Acquire, Admission, Algorithm, FailurePolicy, HeaderKey, HeaderStyle, Limit, RateLimitKey,
+    RateLimitLayer, RateLimitStore, ResponseBody, ScopeCharge, ScopeSettle, Settle, Unkeyed,
 };
-use tollgate::store::StoreError;
 use tollgate::store::memory::MemoryRateLimitStore;
+use tollgate::store::{StoreError, StoreFuture};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
 
 type Svc = BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<Full<Bytes>>>, Infallible>;
 
+/// `limit` counted with GCRA.
+fn gcra(limit: Limit) -> Limit {
+    limit.algorithm(Algorithm::Gcra)
+}
+
 fn principal(id: &str, limits: &[Limit], max_concurrent: Option<u32>) -> Principal {
     let mut record = KeyRecord::new(id, KeyHash([0; 32]));
-    record.rate_limits = limits.to_vec();
+    record.rate_limits = limits.iter().copied().map(gcra).collect();
     record.max_concurrent = max_concurrent;
     Principal::new(record)
 }
@@ -338,16 +345,8 @@ async fn an_inner_error_refunds_the_reservation() {
         .call(request(Some(&kim), &chat("m", 78)))
         .await;
     assert!(err.is_err());
-    let limits = [Limit::tokens_per_minute(100)];
-    let probe = store
-        .acquire(
-            RateLimitKey::new("kim"),
-            &Acquire {
-                limits: &limits,
-                costs: &[0],
-                max_concurrent: None,
-            },
-        )
+    let limits = [gcra(Limit::tokens_per_minute(100))];
+    let probe = acquire_one(&store, RateLimitKey::new("kim"), &limits, &[0], None)
         .await
         .unwrap();
     assert_eq!(probe.states[0].remaining, 100);
@@ -357,14 +356,14 @@ async fn an_inner_error_refunds_the_reservation() {
 async fn principal_limits_override_the_defaults() {
     let limited = principal("limited", &[Limit::requests_per_minute(1)], None);
     let plain = principal("plain", &[], None);
-    let mut svc = ok_service(RateLimitLayer::new().limit(Limit::requests_per_minute(3)));
+    let mut svc = ok_service(RateLimitLayer::new().limit(gcra(Limit::requests_per_minute(3))));
     assert_eq!(burst(&mut svc, &limited, 5).await, 1);
     assert_eq!(burst(&mut svc, &plain, 5).await, 3);
 }
 
 #[tokio::test(start_paused = true)]
 async fn unkeyed_requests_share_a_key_or_pass() {
-    let mut shared = ok_service(RateLimitLayer::new().limit(Limit::requests_per_minute(2)));
+    let mut shared = ok_service(RateLimitLayer::new().limit(gcra(Limit::requests_per_minute(2))));
     let mut admitted = 0;
     for _ in 0..5 {
         if send(&mut shared, request(None, "")).await.status() == StatusCode::OK {
@@ -375,7 +374,7 @@ async fn unkeyed_requests_share_a_key_or_pass() {
 
     let mut pass = ok_service(
         RateLimitLayer::new()
-            .limit(Limit::requests_per_minute(2))
+            .limit(gcra(Limit::requests_per_minute(2)))
             .unkeyed(Unkeyed::Pass),
     );
     for _ in 0..5 {
@@ -388,7 +387,7 @@ async fn unkeyed_requests_share_a_key_or_pass() {
 #[tokio::test(start_paused = true)]
 async fn header_keys() {
     let layer = RateLimitLayer::new()
-        .limit(Limit::requests_per_minute(1))
+        .limit(gcra(Limit::requests_per_minute(1)))
         .unkeyed(Unkeyed::Pass)
         .key_extractor(HeaderKey::new(HeaderName::from_static("x-tenant")));
     let mut svc: Svc = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(
@@ -417,7 +416,7 @@ async fn header_keys() {
 #[tokio::test(start_paused = true)]
 async fn closures_are_key_extractors() {
     let layer = RateLimitLayer::new()
-        .limit(Limit::requests_per_minute(1))
+        .limit(gcra(Limit::requests_per_minute(1)))
         .key_extractor(|req: &Request<Full<Bytes>>| Some(req.uri().path().to_owned()));
     let mut svc: Svc = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(
         service_fn(|_req: Request<Full<Bytes>>| async {
@@ -633,15 +632,12 @@ async fn services_from_one_layer_share_limits() {
 struct DownStore;
 
 impl RateLimitStore for DownStore {
-    type AcquireFuture = std::future::Ready<Result<Admission, StoreError>>;
-    type SettleFuture = std::future::Ready<Result<(), StoreError>>;
-
-    fn acquire(&self, _: RateLimitKey<'_>, _: &Acquire<'_>) -> Self::AcquireFuture {
-        std::future::ready(Err(StoreError::Timeout))
+    fn acquire(&self, _: &Acquire<'_>) -> StoreFuture<Admission> {
+        StoreFuture::ready(Err(StoreError::Timeout))
     }
 
-    fn settle(&self, _: RateLimitKey<'_>, _: &Settle<'_>) -> Self::SettleFuture {
-        std::future::ready(Err(StoreError::Timeout))
+    fn settle(&self, _: &Settle<'_>) -> StoreFuture<()> {
+        StoreFuture::ready(Err(StoreError::Timeout))
     }
 }
 
@@ -723,18 +719,29 @@ fn usage_service<St: RateLimitStore + Clone>(layer: RateLimitLayer<St>, total: u
     )))
 }
 
+/// One scope's admission.
+fn acquire_one(
+    store: &impl RateLimitStore,
+    key: RateLimitKey<'_>,
+    limits: &[Limit],
+    costs: &[u64],
+    max_concurrent: Option<u32>,
+) -> StoreFuture<Admission> {
+    store.acquire(&Acquire {
+        scopes: &[ScopeCharge {
+            key,
+            limits,
+            costs,
+            max_concurrent,
+        }],
+    })
+}
+
 /// What is left of `key`'s tokens limit, without charging anything.
 async fn tokens_left(store: &MemoryRateLimitStore, key: &str, limits: &[Limit]) -> Vec<u64> {
     let costs = vec![0; limits.len()];
-    store
-        .acquire(
-            RateLimitKey::new(key),
-            &Acquire {
-                limits,
-                costs: &costs,
-                max_concurrent: None,
-            },
-        )
+    let limits: Vec<Limit> = limits.iter().copied().map(gcra).collect();
+    acquire_one(store, RateLimitKey::new(key), &limits, &costs, None)
         .await
         .unwrap()
         .states
@@ -836,35 +843,42 @@ async fn a_stream_dropped_midway_settles_to_its_estimate_and_frees_its_slot() {
 struct RemoteStore(MemoryRateLimitStore);
 
 impl RateLimitStore for RemoteStore {
-    type AcquireFuture = tollgate::rate_limit::BoxStoreFuture<Admission>;
-    type SettleFuture = tollgate::rate_limit::BoxStoreFuture<()>;
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
-        let answer = self.0.acquire(key, request);
-        Box::pin(async move {
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
+        let answer = self.0.acquire(request);
+        StoreFuture::pending(async move {
             tokio::task::yield_now().await;
             answer.await
         })
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
-        let (store, id, model, limits, deltas, release) = (
-            self.0.clone(),
-            key.id.to_owned(),
-            key.model.map(str::to_owned),
-            request.limits.to_vec(),
-            request.deltas.to_vec(),
-            request.release,
-        );
-        Box::pin(async move {
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+        let store = self.0.clone();
+        let owned: Vec<_> = request
+            .scopes
+            .iter()
+            .map(|s| {
+                (
+                    s.key.scope.to_owned(),
+                    s.key.id.to_owned(),
+                    s.key.model.map(str::to_owned),
+                    s.limits.to_vec(),
+                    s.deltas.to_vec(),
+                    s.release,
+                )
+            })
+            .collect();
+        StoreFuture::pending(async move {
             tokio::task::yield_now().await;
-            let request = Settle {
-                limits: &limits,
-                deltas: &deltas,
-                release,
-            };
-            let key = RateLimitKey::new(&id).with_model(model.as_deref());
-            store.settle(key, &request).await
+            let scopes: Vec<ScopeSettle<'_>> = owned
+                .iter()
+                .map(|(scope, id, model, limits, deltas, release)| ScopeSettle {
+                    key: RateLimitKey::scoped(scope, id).with_model(model.as_deref()),
+                    limits,
+                    deltas,
+                    release: *release,
+                })
+                .collect();
+            store.settle(&Settle { scopes: &scopes }).await
         })
     }
 }
@@ -877,7 +891,7 @@ async fn asynchronous_and_boxed_stores() {
         Limit::tokens_per_minute(1000),
     ];
     let yan = principal("yan", &limits, Some(1));
-    let store = tollgate::rate_limit::BoxRateLimitStore::new(RemoteStore(memory.clone()));
+    let store: Arc<dyn RateLimitStore> = Arc::new(RemoteStore(memory.clone()));
     let mut svc = usage_service(RateLimitLayer::new().store(store), 12);
 
     let r = send(&mut svc, request(Some(&yan), &chat("m", 98))).await;
@@ -901,8 +915,8 @@ async fn behind_auth_and_an_envelope() {
 
     let (secret, mut record) = KeyRecord::generate().unwrap();
     record.rate_limits = vec![
-        Limit::requests_per_minute(1),
-        Limit::tokens_per_minute(1000),
+        gcra(Limit::requests_per_minute(1)),
+        gcra(Limit::tokens_per_minute(1000)),
     ];
     let keys = MemoryKeyStore::new();
     keys.insert(record).unwrap();

@@ -1,11 +1,16 @@
 //! The memory store stays bounded: a million keys come and go, and a flood
-//! of new keys stops at the cap.
+//! of new keys stops at the cap. It holds one state per key and limit: at
+//! most 128 bytes each for GCRA and fixed windows, and the figure its docs
+//! state for sliding windows.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+use tollgate::rate_limit::{
+    Acquire, Algorithm, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle, Settle,
+    Verdict,
+};
 use tollgate::store::memory::MemoryRateLimitStore;
 
 /// Counts the bytes live on the heap.
@@ -38,31 +43,40 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
+/// The heap is one counter for every test of this file: those that measure
+/// it take turns.
+static MEASURING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 const LIMITS: [Limit; 2] = [
-    Limit::requests_per_minute(60),
-    Limit::tokens_per_minute(150_000),
+    Limit::requests_per_minute(60).algorithm(Algorithm::Gcra),
+    Limit::tokens_per_minute(150_000).algorithm(Algorithm::Gcra),
 ];
 
-async fn admit(store: &MemoryRateLimitStore, key: &str) -> Verdict {
+async fn admit_with(store: &MemoryRateLimitStore, key: &str, limits: &[Limit]) -> Verdict {
     store
-        .acquire(
-            RateLimitKey::new(key),
-            &Acquire {
-                limits: &LIMITS,
-                costs: &[1, 500],
+        .acquire(&Acquire {
+            scopes: &[ScopeCharge {
+                key: RateLimitKey::new(key),
+                limits,
+                costs: &[1, 500][..limits.len()],
                 max_concurrent: None,
-            },
-        )
+            }],
+        })
         .await
         .unwrap()
         .verdict
 }
 
+async fn admit(store: &MemoryRateLimitStore, key: &str) -> Verdict {
+    admit_with(store, key, &LIMITS).await
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_million_keys_then_idle_time_shrinks_back() {
+    let _turn = MEASURING.lock().await;
     // The cap is split over the shards; leave room for their unevenness.
     let store = MemoryRateLimitStore::builder()
-        .max_keys(1_100_000)
+        .max_keys(2_200_000)
         .sweep_interval(Duration::from_secs(10))
         .build();
     let baseline = LIVE.load(Ordering::Relaxed);
@@ -73,11 +87,12 @@ async fn a_million_keys_then_idle_time_shrinks_back() {
         key.push_str(&i.to_string());
         assert_eq!(admit(&store, &key).await, Verdict::Admitted);
     }
-    assert_eq!(store.len(), 1_000_000);
+    // One state per key and limit.
+    assert_eq!(store.len(), 2_000_000);
     let peak = LIVE.load(Ordering::Relaxed) - baseline;
-    let per_key = peak / 1_000_000;
-    println!("{peak} bytes for 1,000,000 keys: {per_key} bytes per key");
-    assert!(per_key <= 128, "{per_key} bytes per key");
+    let per_state = peak / 2_000_000;
+    println!("{peak} bytes for 1,000,000 keys of two limits: {per_state} bytes per key and limit");
+    assert!(per_state <= 128, "{per_state} bytes per key and limit");
 
     // Nothing is evicted while keys are not back to full (a request costs
     // one second of the requests limit).
@@ -86,7 +101,7 @@ async fn a_million_keys_then_idle_time_shrinks_back() {
 
     // Idle: every key is back to full and goes, and the memory with it.
     tokio::time::advance(Duration::from_secs(2)).await;
-    assert_eq!(store.sweep(), 1_000_000);
+    assert_eq!(store.sweep(), 2_000_000);
     assert!(store.is_empty());
     let after = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
     println!("{after} bytes after the sweep");
@@ -95,6 +110,7 @@ async fn a_million_keys_then_idle_time_shrinks_back() {
 
 #[tokio::test(start_paused = true)]
 async fn shards_sweep_themselves_when_used() {
+    let _turn = MEASURING.lock().await;
     let store = MemoryRateLimitStore::builder()
         .shards(4)
         .sweep_interval(Duration::from_secs(10))
@@ -102,17 +118,18 @@ async fn shards_sweep_themselves_when_used() {
     for i in 0..10_000 {
         admit(&store, &format!("user-{i}")).await;
     }
-    assert_eq!(store.len(), 10_000);
+    assert_eq!(store.len(), 20_000);
     tokio::time::advance(Duration::from_secs(11)).await;
     // Traffic on a few keys sweeps the shards it lands on.
     for i in 0..64 {
         admit(&store, &format!("other-{i}")).await;
     }
-    assert_eq!(store.len(), 64);
+    assert_eq!(store.len(), 128);
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_flood_of_new_keys_stops_at_the_cap() {
+    let _turn = MEASURING.lock().await;
     let store = MemoryRateLimitStore::builder()
         .shards(8)
         .max_keys(1000)
@@ -132,32 +149,70 @@ async fn a_flood_of_new_keys_stops_at_the_cap() {
 async fn in_flight_keys_are_kept() {
     let store = MemoryRateLimitStore::builder().build();
     let limits = [Limit::requests_per_second(10)];
-    let acquire = Acquire {
+    let key = RateLimitKey::new("streaming");
+    let scopes = [ScopeCharge {
+        key,
         limits: &limits,
         costs: &[1],
         max_concurrent: Some(1),
-    };
-    let key = RateLimitKey::new("streaming");
+    }];
+    let acquire = Acquire { scopes: &scopes };
     assert_eq!(
-        store.acquire(key, &acquire).await.unwrap().verdict,
+        store.acquire(&acquire).await.unwrap().verdict,
         Verdict::Admitted
     );
+    // The limit's state is back to full and goes; the request in flight stays.
     tokio::time::advance(Duration::from_secs(3600)).await;
-    assert_eq!(store.sweep(), 0);
+    assert_eq!(store.sweep(), 1);
     assert_eq!(
-        store.acquire(key, &acquire).await.unwrap().verdict,
+        store.acquire(&acquire).await.unwrap().verdict,
         Verdict::Concurrency
     );
     store
-        .settle(
-            key,
-            &tollgate::rate_limit::Settle {
+        .settle(&Settle {
+            scopes: &[ScopeSettle {
+                key,
                 limits: &limits,
                 deltas: &[0],
                 release: true,
-            },
-        )
+            }],
+        })
         .await
         .unwrap();
     assert_eq!(store.sweep(), 1);
+    assert!(store.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn fixed_and_sliding_states_cost_what_the_docs_say() {
+    let _turn = MEASURING.lock().await;
+    let fixed = [Limit::requests_per_minute(60).algorithm(Algorithm::Fixed)];
+    let sliding = [Limit::requests_per_minute(60)];
+    for (limits, bound) in [(&fixed, 128), (&sliding, 128 + 112)] {
+        let store = MemoryRateLimitStore::builder().max_keys(300_000).build();
+        let baseline = LIVE.load(Ordering::Relaxed);
+        for i in 0..200_000u32 {
+            assert_eq!(
+                admit_with(&store, &format!("k{i}"), &limits[..]).await,
+                Verdict::Admitted
+            );
+        }
+        let per_state = (LIVE.load(Ordering::Relaxed) - baseline) / 200_000;
+        println!(
+            "{:?}: {per_state} bytes per key and limit",
+            limits[0].algorithm
+        );
+        assert!(per_state <= bound, "{per_state} bytes per key and limit");
+        drop(store);
+    }
+    // A sliding state with every bucket of its window in use: 61 buckets.
+    let store = MemoryRateLimitStore::new();
+    let baseline = LIVE.load(Ordering::Relaxed);
+    for _ in 0..120 {
+        tokio::time::advance(Duration::from_millis(500)).await;
+        admit_with(&store, "busy", &sliding).await;
+    }
+    let one = LIVE.load(Ordering::Relaxed) - baseline;
+    println!("a sliding state with a full window: {one} bytes");
+    assert!(one <= 1_200, "{one} bytes");
 }

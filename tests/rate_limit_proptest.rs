@@ -1,6 +1,8 @@
 //! For random arrival sequences, what the memory store admits never exceeds
-//! the documented bound: over any span of time `L`, at most
-//! `amount + ⌈amount · L / window⌉` per limit (a full burst plus the refill).
+//! the documented bound: for GCRA, over any span of time `L`, at most
+//! `amount + ⌈amount · L / window⌉` per limit (a full burst plus the
+//! refill); for sliding windows (the default), never more than `amount` in
+//! any interval of length `window`, whatever the costs and across scopes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +10,10 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use tollgate::clock::Clock;
-use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Settle, Verdict};
+use tollgate::rate_limit::{
+    Acquire, Admission, Algorithm, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle,
+    Settle, Verdict,
+};
 use tollgate::store::memory::MemoryRateLimitStore;
 
 /// A clock moved by hand, in microseconds.
@@ -25,6 +30,30 @@ impl Clock for ManualClock {
     fn now_unix(&self) -> Duration {
         Duration::from_micros(self.offset_us.load(Ordering::Relaxed))
     }
+}
+
+fn acquire(store: &MemoryRateLimitStore, limits: &[Limit], costs: &[u64]) -> Admission {
+    let answer = store.acquire(&Acquire {
+        scopes: &[ScopeCharge {
+            key: RateLimitKey::new("k"),
+            limits,
+            costs,
+            max_concurrent: None,
+        }],
+    });
+    run(answer).unwrap()
+}
+
+fn settle(store: &MemoryRateLimitStore, limits: &[Limit], deltas: &[i64]) {
+    let answer = store.settle(&Settle {
+        scopes: &[ScopeSettle {
+            key: RateLimitKey::new("k"),
+            limits,
+            deltas,
+            release: false,
+        }],
+    });
+    run(answer).unwrap();
 }
 
 fn run<F: std::future::Future>(f: F) -> F::Output {
@@ -69,8 +98,10 @@ struct Arrival {
 fn scenario() -> impl Strategy<Value = (Limit, Limit, Vec<Arrival>)> {
     (1u64..30, 1u64..3_000_000, 1u64..2_000, 1u64..3_000_000).prop_flat_map(
         |(requests, requests_window, tokens, tokens_window)| {
-            let requests = Limit::requests(requests, Duration::from_micros(requests_window));
-            let tokens = Limit::tokens(tokens, Duration::from_micros(tokens_window));
+            let requests = Limit::requests(requests, Duration::from_micros(requests_window))
+                .algorithm(Algorithm::Gcra);
+            let tokens = Limit::tokens(tokens, Duration::from_micros(tokens_window))
+                .algorithm(Algorithm::Gcra);
             let window = requests_window.max(tokens_window);
             let arrival = (
                 prop_oneof![Just(0u64), 0..window / 8 + 1, 0..window * 2],
@@ -104,23 +135,17 @@ proptest! {
         });
         let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
         let limits = [requests, tokens];
-        let key = RateLimitKey::new("k");
         let mut now = 0u64;
         let (mut admitted_requests, mut admitted_tokens) = (Vec::new(), Vec::new());
-        run(async {
-            for a in &arrivals {
-                now += a.gap_us;
-                clock.offset_us.store(now, Ordering::Relaxed);
-                let admission = store
-                    .acquire(key, &Acquire { limits: &limits, costs: &[1, a.tokens], max_concurrent: None })
-                    .await
-                    .unwrap();
-                if admission.verdict == Verdict::Admitted {
-                    admitted_requests.push((now, 1));
-                    admitted_tokens.push((now, a.tokens));
-                }
+        for a in &arrivals {
+            now += a.gap_us;
+            clock.offset_us.store(now, Ordering::Relaxed);
+            let admission = acquire(&store, &limits, &[1, a.tokens]);
+            if admission.verdict == Verdict::Admitted {
+                admitted_requests.push((now, 1));
+                admitted_tokens.push((now, a.tokens));
             }
-        });
+        }
         check_bound(&admitted_requests, &requests, 0)?;
         check_bound(&admitted_tokens, &tokens, 0)?;
         prop_assert!(!admitted_requests.is_empty(), "the first request always fits");
@@ -137,33 +162,62 @@ proptest! {
         });
         let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
         let limits = [requests, tokens];
-        let key = RateLimitKey::new("k");
         let mut now = 0u64;
         let mut used_tokens = Vec::new();
-        run(async {
-            for a in &arrivals {
-                now += a.gap_us;
-                clock.offset_us.store(now, Ordering::Relaxed);
-                let admission = store
-                    .acquire(key, &Acquire { limits: &limits, costs: &[1, a.tokens], max_concurrent: None })
-                    .await
-                    .unwrap();
-                if admission.verdict != Verdict::Admitted {
-                    continue;
-                }
-                // Settled at once, so usage is accounted at admission time.
-                let used = a.used.unwrap_or(a.tokens);
-                let delta = used as i64 - a.tokens as i64;
-                store
-                    .settle(key, &Settle { limits: &limits, deltas: &[0, delta], release: false })
-                    .await
-                    .unwrap();
-                used_tokens.push((now, used));
+        for a in &arrivals {
+            now += a.gap_us;
+            clock.offset_us.store(now, Ordering::Relaxed);
+            let admission = acquire(&store, &limits, &[1, a.tokens]);
+            if admission.verdict != Verdict::Admitted {
+                continue;
             }
-        });
+            // Settled at once, so usage is accounted at admission time.
+            let used = a.used.unwrap_or(a.tokens);
+            let delta = used as i64 - a.tokens as i64;
+            settle(&store, &limits, &[0, delta]);
+            used_tokens.push((now, used));
+        }
         // The admission checks the reservation, so the last request of a
         // span may overcharge by up to `amount` (its usage, here at most one
         // limit): that one debt is the only slack.
         check_bound(&used_tokens, &tokens, tokens.amount)?;
+    }
+
+    /// Sliding windows: never more than `amount` in any interval of length
+    /// `window`, for requests and tokens alike, with random arrival times
+    /// and costs, two limits all or nothing, and settlements (a refund
+    /// never lets more through than the window allows).
+    #[test]
+    fn sliding_never_admits_more_than_n_in_any_window(
+        (requests, tokens, arrivals) in scenario(),
+    ) {
+        let clock = Arc::new(ManualClock {
+            start: tokio::time::Instant::now(),
+            offset_us: AtomicU64::new(0),
+        });
+        let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
+        let sliding = |l: Limit| Limit::new(l.measure, l.amount, l.window);
+        let limits = [sliding(requests), sliding(tokens)];
+        let mut now = 0u64;
+        let (mut admitted_requests, mut used_tokens) = (Vec::new(), Vec::new());
+        for a in &arrivals {
+            now += a.gap_us;
+            clock.offset_us.store(now, Ordering::Relaxed);
+            let admission = acquire(&store, &limits, &[1, a.tokens]);
+            if admission.verdict != Verdict::Admitted {
+                continue;
+            }
+            admitted_requests.push((now, 1u64));
+            let used = a.used.unwrap_or(a.tokens).min(a.tokens);
+            settle(&store, &limits, &[0, used as i64 - a.tokens as i64]);
+            used_tokens.push((now, used));
+        }
+        for (limit, admitted) in [(&limits[0], &admitted_requests), (&limits[1], &used_tokens)] {
+            let window = limit.window.as_micros() as u64;
+            for &(t, _) in admitted.iter() {
+                let sum: u64 = admitted.iter().filter(|(s, _)| *s <= t && t - s < window).map(|(_, c)| c).sum();
+                prop_assert!(sum <= limit.amount, "{} in a window of {}µs against {}", sum, window, limit);
+            }
+        }
     }
 }

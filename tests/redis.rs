@@ -2,7 +2,8 @@
 //! 127.0.0.1, started and killed by the test): several gateway instances
 //! (separate connections, stores and layer stacks) sharing one Redis, Redis
 //! killed, frozen and restarted under traffic, and the stores' semantics
-//! against the memory stores'.
+//! against the memory stores'. The rate-limit store's own tests are in
+//! `redis_rate_limit.rs`.
 #![cfg(feature = "redis")]
 
 #[path = "support/redis.rs"]
@@ -24,11 +25,11 @@ use tollgate::budget::{
     BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Charge, Ledger, ModelPrice, Money, Period,
     Pricing, Reservation, ReserveOutcome, ReservePolicy,
 };
-use tollgate::clock::{Clock, SharedClock};
+use tollgate::clock::Clock;
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::rate_limit::{
     Acquire, FailurePolicy as RateLimitFailure, Limit, RateLimitKey, RateLimitLayer,
-    RateLimitStore, Settle, Verdict,
+    RateLimitStore, ScopeCharge, ScopeSettle, Settle,
 };
 use tollgate::store::StoreError;
 use tollgate::store::memory::MemoryRateLimitStore;
@@ -244,81 +245,6 @@ where
 // ---------------------------------------------------------------------------
 // Several instances, one Redis
 // ---------------------------------------------------------------------------
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_instances_admit_exactly_100_of_300_concurrent_requests() {
-    let server = redis_server!();
-    let mut stacks = Vec::new();
-    for _ in 0..3 {
-        let store = RedisRateLimitStore::new(patient_instance(&server).await);
-        stacks.push(
-            ServiceBuilder::new()
-                .layer(RateLimitLayer::new().store(store))
-                .service(service_fn(upstream)),
-        );
-    }
-    let pat = principal("pat", &[Limit::requests_per_hour(100)], &[]);
-    let statuses = concurrently(&stacks, 300, |_| chat(Some(&pat), 10)).await;
-    let admitted = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let limited = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
-        .count();
-    assert_eq!((admitted, limited), (100, 200));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrency_slots_are_shared_and_a_crashed_instances_slots_expire() {
-    let server = redis_server!();
-    let limits = [Limit::requests_per_hour(1_000)];
-    let store = |redis| {
-        RedisRateLimitStore::builder(redis)
-            .slot_lease(Duration::from_millis(300))
-            .build()
-    };
-    let a = store(instance(&server).await);
-    let b = store(instance(&server).await);
-    let key = RateLimitKey::new("quinn");
-    let request = Acquire {
-        limits: &limits,
-        costs: &[1],
-        max_concurrent: Some(2),
-    };
-    assert_eq!(
-        a.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    assert_eq!(
-        a.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    assert_eq!(
-        b.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Concurrency
-    );
-    // A settlement on any instance frees a slot.
-    let settle = Settle {
-        limits: &limits,
-        deltas: &[0],
-        release: true,
-    };
-    b.settle(key, &settle).await.unwrap();
-    assert_eq!(
-        b.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    // Instance `a` crashes holding its slot; the lease frees it.
-    drop(a);
-    assert_eq!(
-        b.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Concurrency
-    );
-    tokio::time::sleep(Duration::from_millis(350)).await;
-    assert_eq!(
-        b.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-}
 
 /// 300 concurrent requests of two keys sharing a $0.50 team budget, spread
 /// over three instances: each reserves its worst case ($0.03) and costs
@@ -749,11 +675,13 @@ async fn a_frozen_redis_times_out_every_call_then_recovers() {
 
     server.freeze();
     let rl = [Limit::requests_per_minute(5)];
-    let acquire = Acquire {
+    let scopes = [ScopeCharge {
+        key: RateLimitKey::new("a"),
         limits: &rl,
         costs: &[1],
         max_concurrent: None,
-    };
+    }];
+    let acquire = Acquire { scopes: &scopes };
     for _ in 0..6 {
         let started = Instant::now();
         let read = ledger.read(&budget).await;
@@ -767,12 +695,7 @@ async fn a_frozen_redis_times_out_every_call_then_recovers() {
             started.elapsed()
         );
         let started = Instant::now();
-        assert!(
-            limits
-                .acquire(RateLimitKey::new("a"), &acquire)
-                .await
-                .is_err()
-        );
+        assert!(limits.acquire(&acquire).await.is_err());
         assert!(
             started.elapsed() < CALL_TIMEOUT + SLACK,
             "{:?}",
@@ -786,12 +709,7 @@ async fn a_frozen_redis_times_out_every_call_then_recovers() {
         assert!(Instant::now() < deadline, "no recovery within 5 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        limits
-            .acquire(RateLimitKey::new("a"), &acquire)
-            .await
-            .is_ok()
-    );
+    assert!(limits.acquire(&acquire).await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -900,12 +818,13 @@ async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
     });
     let rl = [Limit::tokens_per_minute(1_000)];
     let refund = tokio::spawn(async move {
-        let settle = Settle {
+        let scopes = [ScopeSettle {
+            key: RateLimitKey::new("k"),
             limits: &rl,
             deltas: &[-5],
             release: true,
-        };
-        limits.settle(RateLimitKey::new("k"), &settle).await
+        }];
+        limits.settle(&Settle { scopes: &scopes }).await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();
@@ -952,164 +871,6 @@ impl Rng {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_decisions_and_headers_match_the_memory_store() {
-    let server = redis_server!();
-    let clock = ManualClock::at(rfc3339("2026-03-20T12:00:00Z"));
-    let shared: SharedClock = clock.clone();
-    let memory = MemoryRateLimitStore::builder()
-        .clock(shared.clone())
-        .build();
-    let redis = RedisRateLimitStore::builder(instance(&server).await)
-        .clock(shared)
-        // The memory store holds slots until settled: so does this one here.
-        .slot_lease(Duration::from_secs(100 * 365 * 86_400))
-        .build();
-    let key_limits: [(&str, Vec<Limit>); 3] = [
-        ("a", vec![Limit::requests_per_minute(7)]),
-        (
-            "b",
-            vec![
-                Limit::requests_per_second(3),
-                Limit::tokens_per_minute(999_999),
-            ],
-        ),
-        // Big enough that products overflow 2^53: the script's exact path.
-        (
-            "c",
-            vec![
-                Limit::tokens_per_day(50_000_000_000),
-                Limit::requests_per_hour(11),
-            ],
-        ),
-    ];
-    let key_of =
-        |k: usize| RateLimitKey::new(key_limits[k].0).with_model((k == 1).then_some("gpt"));
-    // Every key starts at the same instant in both stores (GCRA's unit
-    // boundaries are counted from a key's first use in Redis, from the
-    // store's creation in memory).
-    for (k, (_, limits)) in key_limits.iter().enumerate() {
-        let zero = vec![0; limits.len()];
-        let request = Acquire {
-            limits,
-            costs: &zero,
-            max_concurrent: Some(2),
-        };
-        let key = key_of(k);
-        assert_eq!(
-            memory.acquire(key, &request).await.unwrap(),
-            redis.acquire(key, &request).await.unwrap()
-        );
-        let no_deltas = vec![0; limits.len()];
-        let release = Settle {
-            limits,
-            deltas: &no_deltas,
-            release: true,
-        };
-        memory.settle(key, &release).await.unwrap();
-        redis.settle(key, &release).await.unwrap();
-    }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let mut in_flight = [0u32; 3];
-    for step in 0..1_500 {
-        clock.advance(Duration::from_micros(match rng.below(4) {
-            0 => 0,
-            1 => rng.below(2_000_000),
-            2 => rng.below(60_000_000),
-            _ => rng.below(400_000),
-        }));
-        let k = rng.below(3) as usize;
-        let (id, limits) = &key_limits[k];
-        let key = key_of(k);
-        if in_flight[k] > 0 && rng.below(3) == 0 {
-            let deltas: Vec<i64> = limits
-                .iter()
-                .map(|l| rng.below(l.amount.min(5_000)) as i64 - (l.amount.min(5_000) / 2) as i64)
-                .collect();
-            let settle = Settle {
-                limits,
-                deltas: &deltas,
-                release: true,
-            };
-            memory.settle(key, &settle).await.unwrap();
-            redis.settle(key, &settle).await.unwrap();
-            in_flight[k] -= 1;
-            continue;
-        }
-        let costs: Vec<u64> = limits.iter().map(|l| rng.below(l.amount / 2 + 2)).collect();
-        let request = Acquire {
-            limits,
-            costs: &costs,
-            max_concurrent: Some(2),
-        };
-        let expected = memory.acquire(key, &request).await.unwrap();
-        let got = redis.acquire(key, &request).await.unwrap();
-        assert_eq!(got, expected, "step {step}, key {id}, costs {costs:?}");
-        if got.verdict == Verdict::Admitted {
-            in_flight[k] += 1;
-        }
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_state_expires_once_full() {
-    let server = redis_server!();
-    let store = RedisRateLimitStore::new(instance(&server).await);
-    let limits = [Limit::requests_per_second(10)];
-    let request = Acquire {
-        limits: &limits,
-        costs: &[1],
-        max_concurrent: None,
-    };
-    store
-        .acquire(RateLimitKey::new("ttl"), &request)
-        .await
-        .unwrap();
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let ttl: i64 = redis::cmd("PTTL")
-        .arg("tollgate:rl:3:ttl")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    // Full again after 100 ms; kept 1 s longer as slack.
-    assert!((1_000..=1_100).contains(&ttl), "{ttl}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn key_prefixes_keep_gateways_apart() {
-    let server = redis_server!();
-    let eu = RedisRateLimitStore::new(
-        RedisConnection::connect(config(&server).key_prefix("eu:"))
-            .await
-            .unwrap(),
-    );
-    let us = RedisRateLimitStore::new(
-        RedisConnection::connect(config(&server).key_prefix("us:"))
-            .await
-            .unwrap(),
-    );
-    let limits = [Limit::requests_per_minute(1)];
-    let one = Acquire {
-        limits: &limits,
-        costs: &[1],
-        max_concurrent: None,
-    };
-    let key = RateLimitKey::new("same");
-    assert_eq!(
-        eu.acquire(key, &one).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    assert_eq!(
-        us.acquire(key, &one).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    assert_eq!(
-        eu.acquire(key, &one).await.unwrap().verdict,
-        Verdict::Limited
-    );
 }
 
 /// Budgets as the ledger takes them.
@@ -1457,51 +1218,6 @@ async fn ledger_keys_expire_or_persist_by_what_they_hold() {
     assert_eq!(pttl("tollgate:budget:org:w").await, -1, "a balance is kept");
     assert_eq!(hold_count(&server).await, 0);
     let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fallback_limits_at_the_share_and_settles_its_own_admissions() {
-    let mut server = redis_server!();
-    let fallback = MemoryRateLimitStore::new();
-    let store = RedisRateLimitStore::builder(instance(&server).await)
-        .fail_open_fallback(fallback.clone(), 0.25)
-        .build();
-    server.kill();
-    let limits = [Limit::requests_per_hour(8)];
-    let request = Acquire {
-        limits: &limits,
-        costs: &[1],
-        max_concurrent: Some(4),
-    };
-    let key = RateLimitKey::new("k");
-    let mut verdicts = Vec::new();
-    for _ in 0..3 {
-        verdicts.push(store.acquire(key, &request).await.unwrap().verdict);
-    }
-    // 8 × 0.25 = 2 requests; 4 × 0.25 = 1 in flight.
-    assert_eq!(
-        verdicts,
-        [
-            Verdict::Admitted,
-            Verdict::Concurrency,
-            Verdict::Concurrency
-        ]
-    );
-    let release = Settle {
-        limits: &limits,
-        deltas: &[0],
-        release: true,
-    };
-    store.settle(key, &release).await.unwrap();
-    assert_eq!(
-        store.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Admitted
-    );
-    store.settle(key, &release).await.unwrap();
-    assert_eq!(
-        store.acquire(key, &request).await.unwrap().verdict,
-        Verdict::Limited
-    );
 }
 
 // ---------------------------------------------------------------------------

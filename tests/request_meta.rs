@@ -235,6 +235,24 @@ async fn malformed_json_is_400_naming_the_problem() {
 }
 
 #[tokio::test]
+async fn a_field_given_twice_is_400_naming_it() {
+    // Which model would the upstream run? Refused rather than guessed.
+    let err = read_err(full(r#"{"model":"cheap","messages":[],"model":"dear"}"#)).await;
+    assert_eq!(err.kind(), ErrorKind::InvalidRequest);
+    assert_eq!(err.param(), Some("model"));
+    assert_eq!(
+        err.message(),
+        "We could not parse the JSON body of your request: invalid `model`: \
+         duplicate field `model` at line 1 column 38"
+    );
+    // Unknown fields may repeat.
+    let req = RequestMeta::read(full(r#"{"user":"a","user":"b"}"#), 1024)
+        .await
+        .unwrap();
+    assert_eq!(meta(&req).model, None);
+}
+
+#[tokio::test]
 async fn non_json_requests_are_skipped_unread() {
     for content_type in [
         "multipart/form-data; boundary=x",

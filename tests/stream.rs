@@ -428,7 +428,7 @@ async fn finish_reason_metadata_format_by_configuration() {
     let addr = gateway(short_timeouts().format(StreamFormat::FinishReasonMetadata)).await;
     let answer = call(addr, "POST", "/cut/v1/chat/completions").await;
     assert!(answer.body.ends_with(
-        "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"stream_truncated\",\"detail\":\"The upstream stream ended before it completed.\"}}}\n\n"
+        "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"api_error\",\"detail\":\"The upstream stream ended before it completed.\"}}}\n\n"
     ));
 }
 

@@ -426,7 +426,7 @@ proptest! {
             scanner.finish();
             let _ = scanner.report(StatusCode::OK, 1, BodyEnd::Completed);
         }
-        let _ = request_usage(&bytes);
+        let _ = request_usage(&bytes, None);
     }
 }
 
@@ -842,7 +842,8 @@ fn request_usage_then_strip_gives_the_client_what_it_asked_for() {
     let request =
         br#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Hello"}]}"#;
     let meta = tollgate::RequestMeta::from_json(request).unwrap();
-    let rewritten = request_usage(request).expect("a streamed chat request without include_usage");
+    let rewritten =
+        request_usage(request, Some(&meta)).expect("a streamed chat request without include_usage");
     let upstream_meta = tollgate::RequestMeta::from_json(&rewritten).unwrap();
     assert!(upstream_meta.include_usage);
     assert_eq!(upstream_meta.model, meta.model);

@@ -11,6 +11,9 @@
 #                                       # one mode, two builds: an A/B of two commits
 #
 # Needs wrk (Debian: apt-get install wrk) and taskset (util-linux).
+#
+# wrk cannot time a stream's first and last byte: benches/load/stream.sh does,
+# through the gateway example, with examples/load_client.rs.
 set -euo pipefail
 
 A=${1:-bare}

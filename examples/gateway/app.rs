@@ -1,20 +1,23 @@
 //! The gateway: all six tollgate layers around an OpenAI-compatible proxy.
 //!
 //! Server stack, outermost first:
-//! `ErrorEnvelope → access log → Auth → model check → RateLimit → Budget →
-//! StreamErrorTrailer → proxy`, and towards the upstream `timeout → Retry →
-//! hyper-util Client`.
+//! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
+//! RateLimit → Budget → StreamErrorTrailer → shutdown cut → proxy`, and
+//! towards the upstream `timeout → Retry → hyper-util Client`. Served by
+//! `server.rs` (connections, client timeouts, shutdown drain); [`start`]
+//! puts it together and [`Running::shutdown`] stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
+use tokio::net::TcpListener;
 use tollgate::auth::{AuthLayer, KeyEntry};
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
@@ -25,8 +28,10 @@ use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
 use tower::ServiceBuilder;
 
-use crate::config::{Config, ModelConfig};
+use crate::config::{Config, ModelConfig, StoreChoice};
 use crate::mock;
+use crate::server::{self, ServeSettings};
+use crate::shutdown::Shutdown;
 use crate::upstream::{self, Upstream};
 
 /// Shared state of the handlers.
@@ -34,42 +39,146 @@ pub struct Gateway {
     config: Config,
     pricing: Pricing,
     ledger: MemoryLedger,
+    /// The upstream for logs: its base URL without credentials, or `mock`.
+    upstream_label: String,
+}
+
+impl Gateway {
+    /// Writes out what the state store still holds in memory. Called once at
+    /// the end of a shutdown, after every connection has closed and so every
+    /// reservation has been settled or released. The memory store has nothing
+    /// to write; a durable store flushes its pending settlements here and a
+    /// remote one waits for those still on their way.
+    pub async fn flush_store(&self) -> Result<(), tollgate::store::StoreError> {
+        Ok(())
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration cannot be used (exit code 2).
+    #[error("{0}")]
+    Config(String),
+    /// The listener or the mock upstream could not start (exit code 1).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
 }
 
 /// A gateway that is serving.
 pub struct Running {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// The upstream it forwards to.
+    /// The upstream it forwards to (without credentials).
     pub upstream: String,
-    /// The serving task (abort it to stop the gateway).
-    pub task: tokio::task::JoinHandle<()>,
+    shutdown: Shutdown,
+    server: tokio::task::JoinHandle<()>,
+    gateway: Arc<Gateway>,
+}
+
+impl Running {
+    /// Resolves only if the server stops by itself (it panicked).
+    pub async fn failed(&mut self) -> tokio::task::JoinError {
+        match (&mut self.server).await {
+            Ok(()) => std::future::pending().await,
+            Err(error) => error,
+        }
+    }
+
+    /// Shuts down (see [`crate::shutdown`]): stops accepting, lets in-flight
+    /// work finish within `shutdown_grace_secs` (or until `hurry` resolves,
+    /// a second signal), ends the streams still open, then flushes the store.
+    pub async fn shutdown(self, hurry: impl Future<Output = ()>) -> Result<(), String> {
+        let Running {
+            shutdown,
+            mut server,
+            gateway,
+            ..
+        } = self;
+        shutdown.begin();
+        let drained = tokio::select! {
+            result = &mut server => result,
+            () = hurry => {
+                tracing::warn!("second signal: ending open streams now");
+                shutdown.cut_streams();
+                server.await
+            }
+        };
+        drained.map_err(|e| format!("the server task failed: {e}"))?;
+        gateway
+            .flush_store()
+            .await
+            .map_err(|e| format!("flushing the store failed: {e}"))
+    }
+}
+
+/// The serving limits of `config`.
+pub fn serve_settings(config: &Config) -> ServeSettings {
+    ServeSettings {
+        header_timeout: Duration::from_secs(config.client_header_timeout_secs),
+        body_timeout: Duration::from_secs(config.client_body_timeout_secs),
+        idle_timeout: Duration::from_secs(config.client_idle_timeout_secs),
+        max_connections: config.max_connections,
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+    }
+}
+
+/// Checks that `config` can start: the store is supported and the keys,
+/// prices and formats build. Binds nothing.
+pub fn check(config: &Config) -> Result<(), StartError> {
+    supported_store(config)?;
+    let url = config.upstream_url().unwrap_or("http://127.0.0.1:9/v1");
+    router(config.clone(), url.to_owned(), &Shutdown::new())
+        .map(|_| ())
+        .map_err(|e| StartError::Config(e.to_string()))
+}
+
+/// Until the stores land, only `memory`.
+fn supported_store(config: &Config) -> Result<(), StartError> {
+    match config.store.parse::<StoreChoice>() {
+        Ok(StoreChoice::Memory) => Ok(()),
+        Ok(other) => Err(StartError::Config(format!(
+            "store {other:?}: not supported yet; this gateway keeps its state in memory (store = \"memory\")",
+            other = other.to_string()
+        ))),
+        Err(error) => Err(StartError::Config(format!("store: {error}"))),
+    }
 }
 
 /// Builds everything and starts serving on `config.listen`.
-pub async fn start(config: Config) -> Result<Running, Box<dyn std::error::Error + Send + Sync>> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    supported_store(&config)?;
     let upstream_url = match config.upstream_url() {
         Some(url) => url.to_owned(),
         None => {
             let models = config.models.iter().map(|m| m.name.clone()).collect();
-            let addr = mock::Mock::new(models)
-                .serve(SocketAddr::from(([127, 0, 0, 1], 0)))
-                .await?;
+            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+            let addr = listener.local_addr()?;
+            // Served like the gateway (TCP_NODELAY), and never shut down:
+            // streams in flight keep their upstream until the process ends.
+            let router = mock::Mock::new(models).router();
+            tokio::spawn(server::serve(
+                listener,
+                router,
+                ServeSettings::default(),
+                Shutdown::new(),
+            ));
             format!("http://{addr}/v1")
         }
     };
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
-    let app = router(config, upstream_url.clone())?;
-    let task = tokio::spawn(async move {
-        if let Err(error) = axum::serve(listener, app).await {
-            tracing::error!(%error, "gateway stopped");
-        }
-    });
+    let settings = serve_settings(&config);
+    let shutdown = Shutdown::new();
+    let (app, gateway) =
+        router(config, upstream_url, &shutdown).map_err(|e| StartError::Config(e.to_string()))?;
+    let server = tokio::spawn(server::serve(listener, app, settings, shutdown.clone()));
     Ok(Running {
         addr,
-        upstream: upstream_url,
-        task,
+        upstream: gateway.upstream_label.clone(),
+        shutdown,
+        server,
+        gateway,
     })
 }
 
@@ -99,11 +208,13 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
     Ok(pricing)
 }
 
-/// The whole application as an axum `Router`.
+/// The whole application as an axum `Router`, and its shared state. Its
+/// streams end when `shutdown` cuts them.
 pub fn router(
     config: Config,
     upstream_url: String,
-) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    shutdown: &Shutdown,
+) -> Result<(Router, Arc<Gateway>), Box<dyn std::error::Error + Send + Sync>> {
     let keys = MemoryKeyStore::new();
     for entry in config.keys.iter().cloned() {
         keys.insert(KeyEntry::into_record(entry)?)?;
@@ -117,13 +228,19 @@ pub fn router(
         "none" => HeaderStyle::None,
         _ => HeaderStyle::OpenAi,
     };
+    let upstream_label = match config.upstream_url() {
+        Some(url) => crate::config::without_credentials(url),
+        None => "mock".to_owned(),
+    };
     let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
     let idle = Duration::from_secs(config.stream_idle_timeout_secs);
     let gateway = Arc::new(Gateway {
         config,
         pricing: pricing.clone(),
         ledger: ledger.clone(),
+        upstream_label,
     });
+    let cut = shutdown.clone();
 
     let chat = Router::new()
         .route("/v1/chat/completions", post(upstream::chat_completions))
@@ -132,7 +249,10 @@ pub fn router(
             ServiceBuilder::new()
                 .layer(RateLimitLayer::new().headers(header_style))
                 .layer(BudgetLayer::with_ledger(pricing, ledger))
-                .layer(StreamErrorTrailerLayer::new().idle_timeout(idle)),
+                .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
+                // Inside the trailer layer, so a stream cut at shutdown ends
+                // with its terminal error event.
+                .map_response(move |response: Response| cut.watch_stream(response)),
         );
     let authed = Router::new()
         .route("/v1/models", get(list_models))
@@ -144,7 +264,7 @@ pub fn router(
                 .layer(AuthLayer::new(keys))
                 .layer(middleware::from_fn_with_state(gateway.clone(), check_model)),
         );
-    Ok(Router::new()
+    let app = Router::new()
         .route(
             "/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
@@ -158,8 +278,10 @@ pub fn router(
                         .format(error_format)
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(gateway, access_log)),
-        ))
+                .layer(middleware::from_fn_with_state(gateway.clone(), access_log))
+                .layer(middleware::from_fn(server::answer_body_timeout)),
+        );
+    Ok((app, gateway))
 }
 
 /// A model not in the config → 400 `invalid_model`; prompt + `max_tokens`
@@ -264,12 +386,17 @@ async fn key_info(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 #[derive(Clone, Default)]
 struct LogSlot(Arc<std::sync::Mutex<(Option<String>, Option<String>)>>);
 
-/// One `tracing` line per request: key id, model, status, tokens, cost,
-/// attempts, latency. Streams are logged when their body ends.
+/// One `tracing` line per request: key id, model, route, status, tokens,
+/// cost, attempts, upstream, latency; never a secret. Streams are logged
+/// when their body ends.
 async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // The route's pattern, not the path: a path is what a client made up.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
     let slot = LogSlot::default();
     req.extensions_mut().insert(slot.clone());
     let response = next.run(req).await;
@@ -280,8 +407,19 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
         .map(|r| r.attempts)
         .unwrap_or(0);
     let status = response.status().as_u16();
+    // Called, or failed to be reached (a transport failure carries no count).
+    let called = attempts > 0
+        || response
+            .extensions()
+            .get::<ApiError>()
+            .is_some_and(|e| e.origin() == tollgate::Origin::Upstream);
+    let upstream = if called {
+        gw.upstream_label.clone()
+    } else {
+        "-".to_owned()
+    };
     let log = move |report: Option<&UsageReport>| {
-        let tokens = report.map(|r| r.usage.total_tokens).unwrap_or(0);
+        let usage = report.map(|r| r.usage).unwrap_or_default();
         let cost = match (report, model.as_deref().and_then(|m| gw.pricing.get(m))) {
             (Some(r), Some(price)) => price
                 .cost_of(
@@ -296,11 +434,14 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
             key = key.as_deref().unwrap_or("-"),
             model = model.as_deref().unwrap_or("-"),
             %method,
-            path,
+            route,
             status,
-            tokens,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            tokens = usage.total_tokens,
             cost,
             attempts,
+            upstream,
             latency_ms = start.elapsed().as_secs_f64() * 1000.0,
             "request"
         );

@@ -139,6 +139,116 @@ pub struct Config {
     /// The keys accepted.
     #[serde(default)]
     pub keys: Vec<tollgate::auth::KeyEntry>,
+    /// Where keys, spend and balances live: `memory`, `sqlite:PATH` or
+    /// `redis://HOST:PORT/DB` (`rediss://` with TLS). See [`StoreChoice`].
+    #[serde(default = "default_store")]
+    pub store: String,
+    /// A request head must arrive whole within this many seconds of its
+    /// first byte (of the connection's opening, for its first request), or
+    /// the connection is closed.
+    #[serde(default = "default_client_header_timeout")]
+    pub client_header_timeout_secs: u64,
+    /// A request body must arrive whole within this many seconds of its
+    /// head, or the request is answered 408 and nothing reaches the upstream.
+    #[serde(default = "default_client_body_timeout")]
+    pub client_body_timeout_secs: u64,
+    /// A kept-alive connection with no request in progress is closed after
+    /// this many seconds (default 120: longer than the idle timeouts of
+    /// load balancers and client pools, so they close first; see `server.rs`).
+    #[serde(default = "default_client_idle_timeout")]
+    pub client_idle_timeout_secs: u64,
+    /// Open client connections at most; more wait in the listen backlog
+    /// until one closes. Each may also hold an upstream connection: keep it
+    /// under half the open-file limit (`ulimit -n`).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// On SIGTERM or SIGINT, in-flight requests and streams get this many
+    /// seconds to finish; streams still open then end with an error event.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Where the gateway keeps its state, parsed from `store` / `--store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// In this process only (the default): for demos and tests.
+    Memory,
+    /// An SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A Redis server, `redis://…` or `rediss://…`.
+    Redis(String),
+}
+
+impl std::str::FromStr for StoreChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "memory" {
+            Ok(StoreChoice::Memory)
+        } else if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err(
+                    "sqlite: needs a file path, e.g. sqlite:/var/lib/tollgate/state.db".into(),
+                );
+            }
+            Ok(StoreChoice::Sqlite(path.into()))
+        } else if s.starts_with("redis://") || s.starts_with("rediss://") {
+            Ok(StoreChoice::Redis(s.to_owned()))
+        } else {
+            Err(format!(
+                "expected memory, sqlite:PATH or redis://HOST:PORT/DB (rediss:// for TLS), got {s:?}"
+            ))
+        }
+    }
+}
+
+impl std::fmt::Display for StoreChoice {
+    /// The choice without any password a Redis URL carries.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreChoice::Memory => f.write_str("memory"),
+            StoreChoice::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
+            StoreChoice::Redis(url) => f.write_str(&without_credentials(url)),
+        }
+    }
+}
+
+/// `url` without the `user:password@` part, for logs and messages.
+pub fn without_credentials(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let authority_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => format!("{scheme}://{}", &rest[at + 1..]),
+                None => url.to_owned(),
+            }
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn default_store() -> String {
+    "memory".into()
+}
+
+fn default_client_header_timeout() -> u64 {
+    10
+}
+
+fn default_client_body_timeout() -> u64 {
+    30
+}
+
+fn default_client_idle_timeout() -> u64 {
+    120
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+
+fn default_shutdown_grace() -> u64 {
+    30
 }
 
 fn default_listen() -> SocketAddr {
@@ -261,6 +371,24 @@ impl Config {
                 "rate_limit_headers: expected openai, timestamp, ietf or none, got {:?}",
                 self.rate_limit_headers
             )));
+        }
+        self.store
+            .parse::<StoreChoice>()
+            .map_err(|e| invalid(format!("store: {e}")))?;
+        for (field, secs) in [
+            (
+                "client_header_timeout_secs",
+                self.client_header_timeout_secs,
+            ),
+            ("client_body_timeout_secs", self.client_body_timeout_secs),
+            ("client_idle_timeout_secs", self.client_idle_timeout_secs),
+        ] {
+            if secs == 0 {
+                return Err(invalid(format!("{field}: must be at least 1")));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("max_connections: must be at least 1".into()));
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts: must be at least 1".into()));

@@ -5,110 +5,93 @@
 //! cargo run --example gateway                                  # embedded demo config, mock upstream
 //! cargo run --example gateway -- --config gateway.toml         # your config
 //! cargo run --example gateway -- --listen 0.0.0.0:8080 --upstream http://127.0.0.1:11434/v1
+//! cargo run --example gateway -- --config gateway.toml --check # validate, exit 0 or 2
+//! cargo run --example gateway -- --help
 //! ```
+//!
+//! It prints `tollgate gateway listening on http://ADDR` on stdout once it
+//! accepts connections (the address actually bound, for `--listen
+//! 127.0.0.1:0`); logs go to stderr. SIGTERM or SIGINT shut it down
+//! gracefully (see `shutdown.rs`); it then exits 0.
 
 mod app;
+mod cli;
 mod config;
-#[path = "../support/mock.rs"]
+#[path = "../support/mock/mod.rs"]
 mod mock;
+mod server;
+mod shutdown;
 mod upstream;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use config::{Config, DEMO_CONFIG};
+use clap::Parser;
 
-const USAGE: &str = "usage: gateway [--config PATH] [--listen ADDR] [--upstream URL|mock]
+use crate::app::StartError;
+use crate::cli::Cli;
+use crate::shutdown::Signals;
 
-  --config PATH     TOML configuration (default: the embedded demo config)
-  --listen ADDR     address to listen on, e.g. 127.0.0.1:8080
-  --upstream URL    OpenAI-compatible base URL (e.g. http://127.0.0.1:9000/v1), or mock";
-
-struct Args {
-    config: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    upstream: Option<String>,
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args {
-        config: None,
-        listen: None,
-        upstream: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value\n\n{USAGE}"));
-        match arg.as_str() {
-            "--config" => args.config = Some(PathBuf::from(value("--config")?)),
-            "--listen" => {
-                let v = value("--listen")?;
-                args.listen = Some(v.parse().map_err(|e| format!("--listen {v:?}: {e}"))?);
-            }
-            "--upstream" => args.upstream = Some(value("--upstream")?),
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
-        }
-    }
-    Ok(args)
-}
+/// A usage or configuration error.
+const EXIT_USAGE: u8 = 2;
+/// A failure at run time.
+const EXIT_FAILURE: u8 = 1;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,tollgate=info".into()),
-        )
-        .init();
-    let args = match parse_args() {
-        Ok(args) => args,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
+    // Usage errors exit 2, `--help` and `--version` exit 0, as clap does.
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format);
+    let (config, demo) = match cli.load_config() {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    let (mut config, demo) = match &args.config {
-        Some(path) => match Config::from_file(path) {
-            Ok(config) => (config, false),
+    if cli.check {
+        return match app::check(&config) {
+            Ok(()) => {
+                let origin = cli.config.as_ref().map_or_else(
+                    || "embedded demo config".to_owned(),
+                    |p| p.display().to_string(),
+                );
+                println!("{origin}: ok");
+                ExitCode::SUCCESS
+            }
             Err(error) => {
                 eprintln!("error: {error}");
-                return ExitCode::from(2);
+                ExitCode::from(EXIT_USAGE)
             }
-        },
-        None => match Config::from_toml(DEMO_CONFIG, "embedded demo config") {
-            Ok(config) => (config, true),
-            Err(error) => {
-                eprintln!("error: {error}");
-                return ExitCode::from(2);
-            }
-        },
+        };
+    }
+    // Before the address is printed: a signal sent as soon as it is must
+    // find its handler.
+    let mut signals = match Signals::new() {
+        Ok(signals) => signals,
+        Err(error) => {
+            eprintln!("error: cannot handle signals: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
     };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(upstream) = args.upstream {
-        config.upstream = upstream;
-    }
-    if let Err(error) = config.validate("command line") {
-        eprintln!("error: {error}");
-        return ExitCode::from(2);
-    }
     let first_model = config
         .models
         .first()
         .map(|m| m.name.clone())
         .unwrap_or_else(|| "MODEL".into());
-    let running = match app::start(config).await {
+    let mut running = match app::start(config).await {
         Ok(running) => running,
-        Err(error) => {
+        Err(StartError::Config(error)) => {
             eprintln!("error: {error}");
-            return ExitCode::from(1);
+            return ExitCode::from(EXIT_USAGE);
+        }
+        Err(StartError::Io(error)) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
         }
     };
     println!("tollgate gateway listening on http://{}", running.addr);
     println!("upstream: {}", running.upstream);
+    tracing::info!(addr = %running.addr, upstream = %running.upstream, "listening");
     if demo {
         println!("\ntry it (demo key from the embedded config):\n");
         println!(
@@ -116,11 +99,25 @@ async fn main() -> ExitCode {
             running.addr
         );
     }
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => ExitCode::SUCCESS,
-        result = running.task => match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(_) => ExitCode::from(1),
-        },
+    let signal = tokio::select! {
+        signal = signals.next() => signal,
+        error = running.failed() => {
+            tracing::error!(%error, "the server failed");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    tracing::info!(signal, "shutting down");
+    let second_signal = async move {
+        signals.next().await;
+    };
+    match running.shutdown(second_signal).await {
+        Ok(()) => {
+            tracing::info!("shutdown complete");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "shutdown failed");
+            ExitCode::from(EXIT_FAILURE)
+        }
     }
 }

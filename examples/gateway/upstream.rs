@@ -41,9 +41,13 @@ impl Upstream {
     /// The client stack: a whole-request timeout (response head) around
     /// retries around hyper-util's pooled client.
     pub fn new(base_url: String, config: &Config) -> Result<Upstream, String> {
+        // TCP_NODELAY: a request's head and body are two writes, and the
+        // second would wait for the upstream's delayed ACK (~40 ms).
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .build(HttpConnector::new());
+            .build(connector);
         let backoff = ExponentialBackoff::new(
             Duration::from_millis(config.retry.initial_backoff_ms),
             Duration::from_millis(config.retry.max_backoff_ms),
@@ -95,7 +99,7 @@ pub async fn chat_completions(State(upstream): State<Arc<Upstream>>, req: Reques
     };
     // Ask the upstream for usage even when the client did not, so streams are
     // always billed from reported usage; strip it again on the way back.
-    let (bytes, strip_usage_chunk) = match usage::request_usage(&bytes) {
+    let (bytes, strip_usage_chunk) = match usage::request_usage(&bytes, Some(&meta)) {
         Some(rewritten) => (rewritten, true),
         None => (bytes, false),
     };

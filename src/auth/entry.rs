@@ -11,7 +11,11 @@ use serde::{Serialize, Serializer};
 
 use super::{KeyHash, KeyRecord};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
-use crate::rate_limit::{Limit, Measure};
+use crate::rate_limit::ModelLimits;
+
+mod limits;
+pub use self::limits::{LimitEntry, ModelLimitEntry};
+use self::limits::{Shorthand, entries_of, limits_of};
 use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// One key in a key file or a gateway's configuration, before validation.
@@ -33,8 +37,10 @@ use crate::time::{format_rfc3339, parse_rfc3339};
 /// | `revoked` | bool | refuse with 401 `revoked_api_key` |
 /// | `disabled` | bool | refuse with 403 `account_disabled` |
 /// | `models` | list of strings | allowed models, exact or `*` globs (empty: all) |
-/// | `requests_per_minute` | integer | request rate limit |
-/// | `tokens_per_minute` | integer | token rate limit |
+/// | `requests_per_second`, `_minute`, `_hour`, `_day` | integer | request rate limits (sliding windows) |
+/// | `tokens_per_minute`, `_hour`, `_day` | integer | token rate limits (sliding windows) |
+/// | `limits` | list of tables | rate limits in the general form: `amount`, `measure` (`requests` or `tokens`), `window` (`"90s"`, `"1h"`, `"1d"`, …), `algorithm` (`sliding`, the default, `gcra` or `fixed`), `burst` (GCRA only) |
+/// | `model_limits` | list of tables | the key's own limits per model: `model` (exact or `*` glob) and the fields above (`requests_per_minute`, …, `limits`, `max_concurrent`) |
 /// | `max_concurrent` | integer | requests in flight |
 /// | `budget_usd` | number or string | spend limit per `budget_period` |
 /// | `budget_period` | `daily`, `weekly`, `monthly` (default), `never` | when the spend resets |
@@ -86,12 +92,33 @@ pub struct KeyEntry {
     /// Allowed models.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub models: Vec<String>,
+    /// Requests per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u64>,
     /// Requests per minute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u64>,
+    /// Requests per hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_hour: Option<u64>,
+    /// Requests per day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_day: Option<u64>,
     /// Tokens per minute.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tokens_per_minute: Option<u64>,
+    /// Tokens per hour.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_hour: Option<u64>,
+    /// Tokens per day.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_day: Option<u64>,
+    /// Rate limits in the general form.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<LimitEntry>,
+    /// The key's own limits per model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_limits: Vec<ModelLimitEntry>,
     /// Requests in flight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent: Option<u32>,
@@ -224,13 +251,31 @@ impl KeyEntry {
                 Ok(n)
             }
         };
-        if let Some(n) = self.requests_per_minute {
-            let n = positive("requests_per_minute", n)?;
-            record.rate_limits.push(Limit::requests_per_minute(n));
-        }
-        if let Some(n) = self.tokens_per_minute {
-            let n = positive("tokens_per_minute", n)?;
-            record.rate_limits.push(Limit::tokens_per_minute(n));
+        let shorthand = Shorthand {
+            requests_per_second: self.requests_per_second,
+            requests_per_minute: self.requests_per_minute,
+            requests_per_hour: self.requests_per_hour,
+            requests_per_day: self.requests_per_day,
+            tokens_per_minute: self.tokens_per_minute,
+            tokens_per_hour: self.tokens_per_hour,
+            tokens_per_day: self.tokens_per_day,
+        };
+        record.rate_limits = limits_of(&id, &shorthand, &self.limits, "")?;
+        for entry in &self.model_limits {
+            let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
+            if entry.model.trim().is_empty() {
+                return Err(bad("model_limits.model", "is empty"));
+            }
+            let limits = limits_of(&id, &entry.shorthand(), &entry.limits, "model_limits.")?;
+            if let Some(n) = entry.max_concurrent {
+                positive("model_limits.max_concurrent", u64::from(n))?;
+            }
+            if limits.is_empty() && entry.max_concurrent.is_none() {
+                return Err(bad("model_limits", "sets no limit for its model"));
+            }
+            let mut model = ModelLimits::new(entry.model.clone(), limits);
+            model.max_concurrent = entry.max_concurrent;
+            record.model_limits.push(model);
         }
         if let Some(n) = self.max_concurrent {
             positive("max_concurrent", u64::from(n))?;
@@ -287,17 +332,11 @@ impl KeyEntry {
     }
 
     /// The entry describing `record`, its secret given as `secret_sha256`:
-    /// what a key file holds for a minted key. Rate limits other than per
-    /// minute and budgets of other scopes have no entry field and are left out.
+    /// what a key file holds for a minted key. Budgets of other scopes and
+    /// limits of shared scopes have no entry field and are left out.
     pub fn from_record(record: &KeyRecord) -> KeyEntry {
         let since_epoch = |at: SystemTime| at.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let per_minute = |measure| {
-            record
-                .rate_limits
-                .iter()
-                .find(|l| l.measure == measure && l.window.as_secs() == 60)
-                .map(|l| l.amount)
-        };
+        let (shorthand, limits) = entries_of(&record.rate_limits);
         let mut entry = KeyEntry {
             id: record.id.clone(),
             name: record.name.clone(),
@@ -307,8 +346,33 @@ impl KeyEntry {
             revoked: record.revoked,
             disabled: record.disabled,
             models: record.allowed_models.clone(),
-            requests_per_minute: per_minute(Measure::Requests),
-            tokens_per_minute: per_minute(Measure::Tokens),
+            requests_per_second: shorthand.requests_per_second,
+            requests_per_minute: shorthand.requests_per_minute,
+            requests_per_hour: shorthand.requests_per_hour,
+            requests_per_day: shorthand.requests_per_day,
+            tokens_per_minute: shorthand.tokens_per_minute,
+            tokens_per_hour: shorthand.tokens_per_hour,
+            tokens_per_day: shorthand.tokens_per_day,
+            limits,
+            model_limits: record
+                .model_limits
+                .iter()
+                .map(|m| {
+                    let (s, limits) = entries_of(&m.limits);
+                    ModelLimitEntry {
+                        model: m.model.clone(),
+                        requests_per_second: s.requests_per_second,
+                        requests_per_minute: s.requests_per_minute,
+                        requests_per_hour: s.requests_per_hour,
+                        requests_per_day: s.requests_per_day,
+                        tokens_per_minute: s.tokens_per_minute,
+                        tokens_per_hour: s.tokens_per_hour,
+                        tokens_per_day: s.tokens_per_day,
+                        limits,
+                        max_concurrent: m.max_concurrent,
+                    }
+                })
+                .collect(),
             max_concurrent: record.max_concurrent,
             team: record.team.clone(),
             org: record.org.clone(),
@@ -370,8 +434,15 @@ const FIELDS: &[&str] = &[
     "revoked",
     "disabled",
     "models",
+    "requests_per_second",
     "requests_per_minute",
+    "requests_per_hour",
+    "requests_per_day",
     "tokens_per_minute",
+    "tokens_per_hour",
+    "tokens_per_day",
+    "limits",
+    "model_limits",
     "max_concurrent",
     "budget_usd",
     "budget_period",
@@ -418,8 +489,15 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 "revoked" => entry.revoked = value(&mut map, field)?,
                 "disabled" => entry.disabled = value(&mut map, field)?,
                 "models" => entry.models = value(&mut map, field)?,
+                "requests_per_second" => entry.requests_per_second = value(&mut map, field)?,
                 "requests_per_minute" => entry.requests_per_minute = value(&mut map, field)?,
+                "requests_per_hour" => entry.requests_per_hour = value(&mut map, field)?,
+                "requests_per_day" => entry.requests_per_day = value(&mut map, field)?,
                 "tokens_per_minute" => entry.tokens_per_minute = value(&mut map, field)?,
+                "tokens_per_hour" => entry.tokens_per_hour = value(&mut map, field)?,
+                "tokens_per_day" => entry.tokens_per_day = value(&mut map, field)?,
+                "limits" => entry.limits = value(&mut map, field)?,
+                "model_limits" => entry.model_limits = value(&mut map, field)?,
                 "max_concurrent" => entry.max_concurrent = value(&mut map, field)?,
                 "budget_usd" => {
                     entry.budget_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
@@ -516,6 +594,7 @@ impl<'de> Deserialize<'de> for Dollars {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rate_limit::Limit;
 
     fn entry(json: &str) -> Result<KeyRecord, String> {
         let entry: KeyEntry = serde_json::from_str(json).map_err(|e| e.to_string())?;

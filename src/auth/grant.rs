@@ -92,10 +92,24 @@ impl KeyEntry {
             record.allowed_models = fresh.allowed_models.clone();
         }
         if changed(|a, b| {
-            (a.requests_per_minute, a.tokens_per_minute, a.max_concurrent)
-                == (b.requests_per_minute, b.tokens_per_minute, b.max_concurrent)
+            let per = |e: &KeyEntry| {
+                [
+                    e.requests_per_second,
+                    e.requests_per_minute,
+                    e.requests_per_hour,
+                    e.requests_per_day,
+                    e.tokens_per_minute,
+                    e.tokens_per_hour,
+                    e.tokens_per_day,
+                ]
+            };
+            per(a) == per(b)
+                && a.limits == b.limits
+                && a.model_limits == b.model_limits
+                && a.max_concurrent == b.max_concurrent
         }) {
             record.rate_limits = fresh.rate_limits.clone();
+            record.model_limits = fresh.model_limits.clone();
             record.max_concurrent = fresh.max_concurrent;
         }
         if changed(|a, b| {

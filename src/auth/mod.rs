@@ -209,12 +209,13 @@ mod grant;
 mod hash;
 mod layer;
 mod models;
+pub(crate) use self::models::glob_matches;
 mod outcome;
 mod record;
 mod service;
 mod store;
 
-pub use self::entry::{InvalidKeyEntry, KeyEntry};
+pub use self::entry::{InvalidKeyEntry, KeyEntry, LimitEntry, ModelLimitEntry};
 pub use self::extract::{ExtractKey, Extractor};
 pub use self::file::{KeyFile, KeyFileError};
 pub use self::future::X_API_KEY_EXPIRES_IN;

@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::budget::{BudgetScope, BudgetSpec};
-use crate::rate_limit::Limit;
+use crate::rate_limit::{Limit, ModelLimits, ScopeLimits};
 
 /// The SHA-256 of an API key's secret. The secret itself is never stored.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,6 +47,13 @@ pub struct KeyRecord {
     pub rate_limits: Vec<Limit>,
     /// In-flight requests allowed for this key.
     pub max_concurrent: Option<u32>,
+    /// This key's own limits per model (`model` an exact name or a `*`
+    /// glob; the first entry matching a request's model applies, and each
+    /// model it matches has a count of its own), on top of `rate_limits`.
+    pub model_limits: Vec<ModelLimits>,
+    /// Limits of scopes shared with other keys that this key's requests
+    /// also count against (its user, team, organisation).
+    pub scope_limits: Vec<ScopeLimits>,
     /// Budgets this key's requests are charged to (its own, its team's, …).
     pub budgets: Vec<BudgetSpec>,
     /// Secrets the key had before it was rotated, each working until its
@@ -86,6 +93,8 @@ impl fmt::Debug for KeyRecord {
             .field("allowed_models", &self.allowed_models)
             .field("rate_limits", &self.rate_limits)
             .field("max_concurrent", &self.max_concurrent)
+            .field("model_limits", &self.model_limits)
+            .field("scope_limits", &self.scope_limits)
             .field("budgets", &self.budgets)
             .field("retired", &self.retired)
             .field("user", &self.user)
@@ -174,6 +183,8 @@ impl KeyRecord {
             allowed_models: Vec::new(),
             rate_limits: Vec::new(),
             max_concurrent: None,
+            model_limits: Vec::new(),
+            scope_limits: Vec::new(),
             budgets: Vec::new(),
             retired: Vec::new(),
             user: None,
@@ -184,6 +195,15 @@ impl KeyRecord {
             shared_budgets: Cached::default(),
             spend_scopes: Cached::default(),
         }
+    }
+}
+
+impl KeyRecord {
+    /// Adds this key's own limits for the models matching `model` (an exact
+    /// name or a `*` glob).
+    pub fn with_model_limits(mut self, limits: ModelLimits) -> Self {
+        self.model_limits.push(limits);
+        self
     }
 }
 
@@ -237,6 +257,17 @@ impl Principal {
     /// The key's concurrency limit.
     pub fn max_concurrent(&self) -> Option<u32> {
         self.record.max_concurrent
+    }
+
+    /// The key's own limits per model.
+    pub fn model_limits(&self) -> &[ModelLimits] {
+        &self.record.model_limits
+    }
+
+    /// The limits of shared scopes (user, team, organisation) the key's
+    /// requests also count against.
+    pub fn scope_limits(&self) -> &[ScopeLimits] {
+        &self.record.scope_limits
     }
 
     /// The budgets the key's requests are charged to.

@@ -18,6 +18,7 @@ use super::render::X_REQUEST_ID;
 use crate::BoxError;
 use crate::body::ResponseBody;
 use crate::error::ApiError;
+use crate::retry::RetryInfo;
 
 pin_project! {
     /// Resolves to the inner response, or to its failure rendered as an envelope.
@@ -126,6 +127,12 @@ fn render<B>(
     request_id: &HeaderValue,
     parts: Option<http::response::Parts>,
 ) -> Response<ResponseBody<B>> {
+    // A failure the retry layer already retried to its limit must not be
+    // retried again by the client: that is how retries stack.
+    let error = match parts.as_ref().and_then(|p| p.extensions.get::<RetryInfo>()) {
+        Some(info) => info.advise(error),
+        None => error,
+    };
     // The envelope is this gateway's answer: its body and headers name the
     // request's id, not an id an upstream put in its own error.
     let error = match request_id.to_str() {

@@ -82,9 +82,11 @@
 mod future;
 mod layer;
 pub(crate) use self::layer::ANTHROPIC_VERSION;
+mod dialect;
 mod parse;
 mod render;
 mod service;
+pub(crate) use self::service::{shared_bytes, write_hex};
 
 pub use self::future::ResponseFuture;
 pub use self::layer::ErrorEnvelopeLayer;

@@ -9,7 +9,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::render::{GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, X_REQUEST_ID, X_SHOULD_RETRY};
-use crate::error::{ApiError, ErrorKind, Origin};
+use crate::error::{ApiError, ErrorKind, Origin, Spend};
 
 /// Messages taken from unstructured bodies (plain text, HTML, unknown JSON)
 /// are cut to this many characters, so a whole error page never becomes a
@@ -301,7 +301,19 @@ fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Opt
 }
 
 /// Kind from a known code, else from the status with the `type` breaking ties.
+///
+/// A 429 whose code or type names a budget or a quota (`budget_exceeded`,
+/// `budget_exceeded_error`, `insufficient_quota`, `billing_error`, …) is a
+/// spent budget or quota whatever else it says: no wait makes it succeed,
+/// so it must never be classified as a rate limit.
 fn kind_from(status: StatusCode, code: Option<&str>, etype: Option<&str>) -> ErrorKind {
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        match Spend::named(code, etype) {
+            Some(Spend::Budget) => return ErrorKind::BudgetExceeded,
+            Some(Spend::Quota) => return ErrorKind::QuotaExhausted,
+            None => {}
+        }
+    }
     if let Some(kind) = code.and_then(ErrorKind::from_code) {
         // A code only wins when it agrees with the status class, so a 500
         // saying `invalid_request` still counts as a server error.
@@ -311,14 +323,13 @@ fn kind_from(status: StatusCode, code: Option<&str>, etype: Option<&str>) -> Err
     }
     let by_status = ErrorKind::from_status(status);
     match (by_status, etype) {
-        (ErrorKind::RateLimited, Some("insufficient_quota" | "billing_error")) => {
-            ErrorKind::QuotaExhausted
-        }
-        (ErrorKind::PermissionDenied, Some("insufficient_quota" | "billing_error")) => {
+        (ErrorKind::PermissionDenied, Some(t)) if Spend::of(t).is_some() => {
             ErrorKind::InsufficientBalance
         }
         (ErrorKind::BadGateway, Some("api_connection_error")) => ErrorKind::Connection,
         (ErrorKind::Internal, Some("overloaded_error")) => ErrorKind::Overloaded,
+        // AltLLM's name for a model that is unknown or not served.
+        (kind, Some("model_error")) if kind.status().is_client_error() => ErrorKind::InvalidModel,
         (kind, _) => kind,
     }
 }

@@ -9,7 +9,8 @@ use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
-use crate::error::{ApiError, ErrorKind, Origin};
+use super::dialect::{altllm_type, anthropic_type, hai_row, humanloop_type};
+use crate::error::{ApiError, Origin};
 
 /// `x-should-retry`: the server's advice to clients (and to tollgate's
 /// `RetryLayer`) on whether repeating the request can succeed.
@@ -23,30 +24,57 @@ pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 /// `grpc-message`, percent-encoded.
 pub const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 
-/// The wire shape of an error body.
+/// The wire shape of an error body, one per API tollgate speaks.
+///
+/// | format | body | the API that uses it |
+/// |---|---|---|
+/// | [`OpenAi`](Self::OpenAi) | `{"error":{"message","type","param","code"}}` | OpenAI, and the OpenAI-compatible APIs of the HiveOps and virtual-key guides |
+/// | [`AltLlm`](Self::AltLlm) | the same, with AltLLM's `type` names | AltLLM |
+/// | [`Anthropic`](Self::Anthropic) | `{"type":"error","error":{"type","message"},"request_id"}` | Anthropic's Messages API |
+/// | [`ErrorCodeDetail`](Self::ErrorCodeDetail) | `{"error_code","detail"}` with HAI's codes and statuses | HAI |
+/// | [`Humanloop`](Self::Humanloop) | `{"detail":{"type","message","code","origin"}}` | Humanloop |
+/// | [`Grpc`](Self::Grpc) | no body: `grpc-status`, `grpc-message` | gRPC (`application/grpc`) |
+///
+/// `docs/formats.md` has each format's mapping from [`ErrorKind`](crate::ErrorKind) in full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum ErrorFormat {
     /// `{"error":{"message","type","param","code"}}`, `param` and `code` present
-    /// as `null` when absent. What the official OpenAI SDKs read.
+    /// as `null` when absent, as OpenAI's API sends them (the HiveOps and
+    /// virtual-key guides leave out a `param` that does not apply; the SDKs
+    /// read both alike). What the official OpenAI SDKs read.
     #[default]
     OpenAi,
     /// `{"type":"error","error":{"type","message"},"request_id"}`, as Anthropic's
-    /// Messages API answers.
+    /// Messages API answers, with Anthropic's `type` names
+    /// (`invalid_request_error`, `authentication_error`, `billing_error`,
+    /// `permission_error`, `not_found_error`, `request_too_large`,
+    /// `rate_limit_error`, `api_error`, `timeout_error`, `overloaded_error`).
     Anthropic,
-    /// `{"error_code","detail"}`.
+    /// `{"error_code","detail"}`: HAI's table exactly. Every error renders as
+    /// one of its eleven rows, with the row's status (all three 500s
+    /// included) and, when the error has no message of its own, the row's
+    /// `detail`.
     ErrorCodeDetail,
-    /// `{"type","message","code","origin"}`, Humanloop-style, with provenance.
+    /// `{"detail":{"type","message","code","origin"}}`, as Humanloop answers:
+    /// `code` is the HTTP status, `type` its name (`unprocessable_entity_error`
+    /// for 422), `origin` the provider's name for an upstream's error
+    /// ([`ApiError::with_provider`]) and `Gateway` for the gateway's own.
     Humanloop,
     /// A trailers-only gRPC response: HTTP 200, `content-type: application/grpc`,
     /// `grpc-status` and a percent-encoded `grpc-message`, empty body.
     Grpc,
+    /// `{"error":{"message","type","param","code"}}` with AltLLM's `type` names
+    /// (`auth_error`, `invalid_request_error`, `rate_limit_error`,
+    /// `model_error`, `budget_exceeded`, `api_error`); `param` only when one
+    /// applies, as its guide writes it.
+    AltLlm,
 }
 
 /// A format name that [`ErrorFormat::from_str`] does not know.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
-    "unknown error format {0:?}: expected openai, anthropic, error_code_detail, humanloop or grpc"
+    "unknown error format {0:?}: expected openai, altllm, anthropic, error_code_detail (hai), humanloop or grpc"
 )]
 pub struct UnknownFormat(String);
 
@@ -56,8 +84,9 @@ impl FromStr for ErrorFormat {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(match s.trim().to_ascii_lowercase().as_str() {
             "openai" | "open_ai" => ErrorFormat::OpenAi,
+            "altllm" | "alt_llm" => ErrorFormat::AltLlm,
             "anthropic" => ErrorFormat::Anthropic,
-            "error_code_detail" | "errorcodedetail" => ErrorFormat::ErrorCodeDetail,
+            "error_code_detail" | "errorcodedetail" | "hai" => ErrorFormat::ErrorCodeDetail,
             "humanloop" => ErrorFormat::Humanloop,
             "grpc" => ErrorFormat::Grpc,
             _ => return Err(UnknownFormat(s.to_owned())),
@@ -96,12 +125,17 @@ struct AnthropicInner<'a> {
 
 #[derive(Serialize)]
 struct ErrorCodeDetailBody<'a> {
-    error_code: Option<&'a str>,
+    error_code: &'a str,
     detail: &'a str,
 }
 
 #[derive(Serialize)]
 struct HumanloopBody<'a> {
+    detail: HumanloopDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct HumanloopDetail<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     message: &'a str,
@@ -109,21 +143,19 @@ struct HumanloopBody<'a> {
     origin: &'a str,
 }
 
-/// Anthropic's `error.type` for a kind.
-pub(crate) fn anthropic_type(kind: ErrorKind) -> &'static str {
-    use ErrorKind::*;
-    match kind {
-        Authentication => "authentication_error",
-        BudgetExceeded | InsufficientBalance | QuotaExhausted => "billing_error",
-        PermissionDenied => "permission_error",
-        NotFound => "not_found_error",
-        PayloadTooLarge => "request_too_large",
-        RateLimited => "rate_limit_error",
-        Internal | BadGateway | Unavailable | Connection => "api_error",
-        Timeout => "timeout_error",
-        Overloaded => "overloaded_error",
-        _ => "invalid_request_error",
-    }
+#[derive(Serialize)]
+struct AltLlmBody<'a> {
+    error: AltLlmInner<'a>,
+}
+
+#[derive(Serialize)]
+struct AltLlmInner<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<&'a str>,
+    code: Option<&'a str>,
 }
 
 /// The gRPC status code for an error (by HTTP status, as the gRPC
@@ -219,21 +251,37 @@ impl ErrorFormat {
                     request_id: error.request_id(),
                 },
             ),
-            ErrorFormat::ErrorCodeDetail => serde_json::to_writer(
-                &mut buf,
-                &ErrorCodeDetailBody {
-                    error_code: error.code(),
-                    detail: error.message(),
-                },
-            ),
+            ErrorFormat::ErrorCodeDetail => {
+                let row = hai_row(error);
+                serde_json::to_writer(
+                    &mut buf,
+                    &ErrorCodeDetailBody {
+                        error_code: row.code,
+                        detail: error.explicit_message().unwrap_or(row.detail),
+                    },
+                )
+            }
             ErrorFormat::Grpc => Ok(()),
             ErrorFormat::Humanloop => serde_json::to_writer(
                 &mut buf,
                 &HumanloopBody {
-                    kind: error.error_type(),
-                    message: error.message(),
-                    code: error.status().as_u16(),
-                    origin: origin_name(error),
+                    detail: HumanloopDetail {
+                        kind: humanloop_type(error.status()),
+                        message: error.message(),
+                        code: error.status().as_u16(),
+                        origin: origin_name(error),
+                    },
+                },
+            ),
+            ErrorFormat::AltLlm => serde_json::to_writer(
+                &mut buf,
+                &AltLlmBody {
+                    error: AltLlmInner {
+                        message: error.message(),
+                        kind: altllm_type(error),
+                        param: error.param(),
+                        code: error.code(),
+                    },
                 },
             ),
         };
@@ -258,20 +306,26 @@ impl ErrorFormat {
         } else {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
+        let should_retry = error.should_retry();
         headers.insert(
             X_SHOULD_RETRY,
-            HeaderValue::from_static(if error.should_retry() {
-                "true"
-            } else {
-                "false"
-            }),
+            HeaderValue::from_static(if should_retry { "true" } else { "false" }),
         );
-        if let Some(delay) = error.retry_after() {
-            let millis = delay.as_millis().min(u64::MAX as u128) as u64;
-            // Whole seconds rounded up, never 0: `Retry-After: 0` invites a storm.
-            let secs = millis.div_ceil(1000).max(1);
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-            headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis));
+        // A delay is advice to wait and retry: an error the client must not
+        // retry carries none, and neither does a re-rendered upstream
+        // response whose own `retry-after` would say otherwise.
+        match error.retry_after().filter(|_| should_retry) {
+            Some(delay) => {
+                let millis = delay.as_millis().min(u64::MAX as u128) as u64;
+                // Whole seconds rounded up, never 0: `Retry-After: 0` invites a storm.
+                let secs = millis.div_ceil(1000).max(1);
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+                headers.insert(RETRY_AFTER_MS, HeaderValue::from(millis));
+            }
+            None => {
+                headers.remove(RETRY_AFTER);
+                headers.remove(RETRY_AFTER_MS);
+            }
         }
         // Only a visible-ASCII id goes in the header: `HeaderValue` would
         // take raw UTF-8 too, but no client can read it back as text.
@@ -282,10 +336,15 @@ impl ErrorFormat {
         }
     }
 
-    /// The HTTP status to send `error` with in this format (200 for gRPC).
+    /// The HTTP status to send `error` with in this format: 200 for gRPC,
+    /// the status of its HAI row for [`ErrorFormat::ErrorCodeDetail`], the
+    /// error's own otherwise.
     pub fn http_status(self, error: &ApiError) -> StatusCode {
         match self {
             ErrorFormat::Grpc => StatusCode::OK,
+            ErrorFormat::ErrorCodeDetail => {
+                StatusCode::from_u16(hai_row(error).status).unwrap_or(error.status())
+            }
             _ => error.status(),
         }
     }

@@ -167,7 +167,7 @@ fn generate_request_id() -> HeaderValue {
 /// allocation per request, and cloning one (request header and response
 /// header) is a reference-count increment. A chunk is freed once every id
 /// cut from it is dropped.
-fn shared_bytes(text: &[u8]) -> Bytes {
+pub(crate) fn shared_bytes(text: &[u8]) -> Bytes {
     const CHUNK: usize = 4096;
     thread_local! {
         static CHUNK_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
@@ -182,7 +182,7 @@ fn shared_bytes(text: &[u8]) -> Bytes {
 }
 
 /// The low `out.len()` hex digits of `value`, most significant first.
-fn write_hex(value: u64, out: &mut [u8]) {
+pub(crate) fn write_hex(value: u64, out: &mut [u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = out.len();
     for (i, byte) in out.iter_mut().enumerate() {

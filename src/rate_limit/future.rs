@@ -15,8 +15,9 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::permit::Permit;
 use super::service::{PendingHeaders, Plan, Shared, begin, decide, rejection};
-use super::{KeyExtractor, RateLimitStore};
+use super::{Admission, KeyExtractor, RateLimitStore};
 use crate::request::{FromBytes, ReadMeta};
+use crate::store::StoreFuture;
 use crate::usage::{self, UsageOptions};
 use crate::{ApiError, BoxError};
 
@@ -36,17 +37,16 @@ pin_project! {
         St: RateLimitStore,
     {
         #[pin]
-        state: State<S, B, St>,
+        state: State<S, B>,
         shared: Arc<Shared<St, K>>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    pub(crate) enum State<S, B, St>
+    pub(crate) enum State<S, B>
     where
         S: Service<Request<B>>,
-        St: RateLimitStore,
     {
         // Reading the body for `RequestMeta` (model, max_tokens).
         Meta {
@@ -56,8 +56,7 @@ pin_project! {
         },
         // Waiting for the store's admission.
         Acquire {
-            #[pin]
-            future: St::AcquireFuture,
+            future: StoreFuture<Admission>,
             request: Option<Request<B>>,
             service: Option<S>,
             plan: Option<Plan>,
@@ -76,10 +75,9 @@ pin_project! {
     }
 }
 
-impl<S, B, St> State<S, B, St>
+impl<S, B> State<S, B>
 where
     S: Service<Request<B>>,
-    St: RateLimitStore,
 {
     pub(crate) fn call(mut service: S, req: Request<B>, admitted: Option<Admitted>) -> Self {
         State::Call {
@@ -96,7 +94,7 @@ where
     }
 
     pub(crate) fn acquire(
-        future: St::AcquireFuture,
+        future: StoreFuture<Admission>,
         request: Request<B>,
         service: S,
         plan: Plan,
@@ -122,7 +120,7 @@ where
     S: Service<Request<B>>,
     St: RateLimitStore,
 {
-    pub(crate) fn new(shared: Arc<Shared<St, K>>, state: State<S, B, St>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared<St, K>>, state: State<S, B>) -> Self {
         ResponseFuture { state, shared }
     }
 }
@@ -156,7 +154,7 @@ where
                     service,
                     plan,
                 } => {
-                    let result = ready!(future.poll(cx));
+                    let result = ready!(Pin::new(future).poll(cx));
                     match (request.take(), service.take(), plan.take()) {
                         (Some(req), Some(service), Some(plan)) => {
                             decide(this.shared, result, req, service, plan)

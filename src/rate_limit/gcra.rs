@@ -17,16 +17,26 @@
 //!
 //! # Guarantee
 //!
-//! A request of cost `n` is admitted at `now` iff `max(tat, now) + n − now ≤
-//! amount`; then `tat` becomes `max(tat, now) + n`. A rejected request leaves
-//! `tat` unchanged. So:
+//! With a burst `b` (`1 ≤ b ≤ amount`, the amount unless set), a request of
+//! cost `n` is admitted at `now` iff `max(tat, now) + n − now ≤ b`; then
+//! `tat` becomes `max(tat, now) + n`. A rejected request leaves `tat`
+//! unchanged. So:
 //!
-//! - up to `amount` is admitted at once (the burst), after which capacity
-//!   refills smoothly at `amount / window`;
+//! - up to `b` is admitted at once (the burst), after which capacity
+//!   refills smoothly at `amount / window`; `b = 1` spaces requests
+//!   `window / amount` apart;
 //! - over **any** span of time of length `L` (both ends included), the cost
-//!   admitted is at most `amount + ⌈amount · L / window⌉`. For `L = window`
-//!   that is twice the limit in the worst case: a full burst at the start of
-//!   the span and the whole refill spent at its end.
+//!   admitted is at most `b + ⌈amount · L / window⌉`. For `L = window` and
+//!   the default burst that is twice the limit in the worst case: a full
+//!   burst at the start of the span and the whole refill spent at its end.
+//!
+//! # State that survives a change of amount
+//!
+//! The stores keep a GCRA state as `(debt, at)`: the cost still
+//! outstanding at time `at`, which does not depend on the amount. On read,
+//! `tat = units_at(at) + debt` under the limit's current amount: the same
+//! `tat` as stored when the amount did not change, and the same cost
+//! outstanding (now refilling at the new rate) when it did.
 //!
 //! The property tests below check both, and that a rejected request is
 //! admitted exactly when its `retry_after` has passed.
@@ -35,11 +45,13 @@ use std::time::Duration;
 
 use super::Limit;
 
-/// One limit's rate, in microseconds.
+/// One limit's rate and burst, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gcra {
     amount: u64,
     window_us: u64,
+    /// The most admitted at once, in units: the burst (the amount by default).
+    capacity: u64,
 }
 
 /// The outcome of [`Gcra::check`].
@@ -54,17 +66,18 @@ pub(crate) struct Decision {
     /// Microseconds until the limit is back to full (after the charge, if admitted).
     pub(crate) reset_us: u64,
     /// Microseconds until this cost would fit: 0 when admitted, `None` when
-    /// the cost exceeds the whole limit and never can.
+    /// the cost exceeds the whole burst and never can.
     pub(crate) retry_after_us: Option<u64>,
 }
 
 impl Gcra {
-    /// The rate of `limit`. A window shorter than a microsecond counts as one.
+    /// The rate and burst of `limit`. A window shorter than a microsecond
+    /// counts as one.
     pub(crate) fn new(limit: &Limit) -> Self {
-        let window_us = u64::try_from(limit.window.as_micros()).unwrap_or(u64::MAX);
         Gcra {
             amount: limit.amount,
-            window_us: window_us.max(1),
+            window_us: window_us(limit),
+            capacity: limit.capacity(),
         }
     }
 
@@ -85,35 +98,22 @@ impl Gcra {
     }
 
     /// Checks `cost` against the state `tat` at `now_us`; see the module docs.
-    #[cfg(test)]
     pub(crate) fn check(&self, tat: u64, now_us: u64, cost: u64) -> Decision {
-        self.check_clamped(tat, now_us, cost, u64::MAX)
-    }
-
-    /// [`check`](Gcra::check) of the state first [clamped](Gcra::clamp).
-    pub(crate) fn check_clamped(
-        &self,
-        tat: u64,
-        now_us: u64,
-        cost: u64,
-        latest_full_us: u64,
-    ) -> Decision {
         let now = self.units_at(now_us);
-        let tat = self.clamp_at(tat, now, latest_full_us);
         let base = tat.max(now);
         let charged = base.saturating_add(cost);
-        if cost <= self.amount && charged - now <= self.amount {
+        if cost <= self.capacity && charged - now <= self.capacity {
             return Decision {
                 tat: charged,
                 admitted: true,
-                remaining: self.amount - (charged - now),
+                remaining: self.capacity - (charged - now),
                 reset_us: self.time_of(charged).saturating_sub(now_us),
                 retry_after_us: Some(0),
             };
         }
-        // `charged - amount > now` here, so the wait below is at least 1µs.
-        let retry_after_us = (cost <= self.amount)
-            .then(|| self.time_of(charged - self.amount).saturating_sub(now_us));
+        // `charged - capacity > now` here, so the wait below is at least 1µs.
+        let retry_after_us = (cost <= self.capacity)
+            .then(|| self.time_of(charged - self.capacity).saturating_sub(now_us));
         let (remaining, reset_us) = self.peek(tat, now_us);
         Decision {
             tat,
@@ -129,7 +129,7 @@ impl Gcra {
         let now = self.units_at(now_us);
         let base = tat.max(now);
         (
-            self.amount.saturating_sub(base - now),
+            self.capacity.saturating_sub(base - now),
             self.time_of(base).saturating_sub(now_us),
         )
     }
@@ -145,20 +145,13 @@ impl Gcra {
             tat.saturating_sub(delta.unsigned_abs()).max(now)
         }
     }
+}
 
-    /// The largest state that can be legitimate at `now_us`: a state further
-    /// ahead comes from a limit that was changed under it, and is clamped.
-    pub(crate) fn clamp(&self, tat: u64, now_us: u64, latest_full_us: u64) -> u64 {
-        self.clamp_at(tat, self.units_at(now_us), latest_full_us)
-    }
-
-    fn clamp_at(&self, tat: u64, now: u64, latest_full_us: u64) -> u64 {
-        if tat.saturating_sub(now) <= self.amount {
-            tat
-        } else {
-            tat.min(self.units_at(latest_full_us).max(now))
-        }
-    }
+/// A limit's window in microseconds, at least one.
+pub(crate) fn window_us(limit: &Limit) -> u64 {
+    u64::try_from(limit.window.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// Microseconds as a `Duration`.
@@ -170,7 +163,7 @@ pub(crate) fn micros(us: u64) -> Duration {
 /// `b·d` (a limit's amount and window) is fixed: splitting `a` by `d` keeps
 /// the product in 64 bits for every limit whose `amount × window_µs` fits,
 /// however long the process runs.
-fn mul_div_floor(a: u64, b: u64, d: u64) -> u64 {
+pub(crate) fn mul_div_floor(a: u64, b: u64, d: u64) -> u64 {
     if let Some(p) = a.checked_mul(b) {
         return p / d;
     }
@@ -181,7 +174,7 @@ fn mul_div_floor(a: u64, b: u64, d: u64) -> u64 {
 }
 
 /// `⌈a·b/d⌉`, exactly; see [`mul_div_floor`].
-fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
+pub(crate) fn mul_div_ceil(a: u64, b: u64, d: u64) -> u64 {
     if let Some(p) = a.checked_mul(b) {
         return p.div_ceil(d);
     }
@@ -271,7 +264,6 @@ mod tests {
                     let d = g.check(u64::MAX - 1, now, cost);
                     let _ = g.adjust(d.tat, now, i64::MIN);
                     let _ = g.adjust(d.tat, now, i64::MAX);
-                    let _ = g.clamp(d.tat, now, u64::MAX);
                 }
             }
         }
@@ -296,15 +288,30 @@ mod tests {
     }
 
     #[test]
-    fn clamp_bounds_a_state_from_a_changed_limit() {
-        // A state written under 1000 per second read under 1 per second.
-        let g = gcra(1, Duration::from_secs(1));
-        assert_eq!(g.clamp(5_000, 0, 2_000_000), 2);
-        assert_eq!(g.clamp(1, 0, 0), 1);
+    fn a_burst_of_one_spaces_requests_evenly() {
+        let g = Gcra::new(&Limit::requests_per_minute(60).burst(1));
+        let d = g.check(0, 0, 1);
+        assert!(d.admitted);
+        assert_eq!(d.remaining, 0);
+        let refused = g.check(d.tat, 0, 1);
+        assert!(!refused.admitted);
+        assert_eq!(refused.retry_after_us, Some(1_000_000));
+        assert!(!g.check(d.tat, 999_999, 1).admitted);
+        assert!(g.check(d.tat, 1_000_000, 1).admitted);
+        // A burst of 10 out of 60: ten at once, then one a second.
+        let g = Gcra::new(&Limit::requests_per_minute(60).burst(10));
+        let mut tat = 0;
+        for _ in 0..10 {
+            let d = g.check(tat, 0, 1);
+            assert!(d.admitted);
+            tat = d.tat;
+        }
+        assert!(!g.check(tat, 0, 1).admitted);
+        assert_eq!(g.check(tat, 0, 11).retry_after_us, None);
     }
 
     /// A random limit and a random arrival sequence (gaps in µs, costs).
-    fn scenario() -> impl Strategy<Value = (u64, u64, Vec<(u64, u64)>)> {
+    fn scenario() -> impl Strategy<Value = (u64, u64, u64, Vec<(u64, u64)>)> {
         (1u64..50, 1u64..5_000_000).prop_flat_map(|(amount, window_us)| {
             let arrivals = prop::collection::vec(
                 (
@@ -313,7 +320,7 @@ mod tests {
                 ),
                 1..200,
             );
-            (Just(amount), Just(window_us), arrivals)
+            (Just(amount), Just(window_us), 1..=amount, arrivals)
         })
     }
 
@@ -330,10 +337,10 @@ mod tests {
             prop_assert_eq!(mul_div_ceil(a, b, d), ceil);
         }
 
-        /// Over any span `L`, admitted cost ≤ amount + ⌈amount·L/window⌉.
+        /// Over any span `L`, admitted cost ≤ burst + ⌈amount·L/window⌉.
         #[test]
-        fn never_exceeds_the_stated_bound((amount, window_us, arrivals) in scenario()) {
-            let g = gcra(amount, Duration::from_micros(window_us));
+        fn never_exceeds_the_stated_bound((amount, window_us, burst, arrivals) in scenario()) {
+            let g = Gcra::new(&Limit::requests(amount, Duration::from_micros(window_us)).burst(burst));
             let (mut now, mut tat) = (0u64, 0u64);
             let mut admitted: Vec<(u64, u64)> = Vec::new();
             for (gap, cost) in arrivals {
@@ -351,7 +358,7 @@ mod tests {
                 for &(t, cost) in &admitted[i..] {
                     sum += cost;
                     let span = u128::from(t - start);
-                    let bound = u128::from(amount)
+                    let bound = u128::from(burst)
                         + (u128::from(amount) * span).div_ceil(u128::from(window_us));
                     prop_assert!(u128::from(sum) <= bound,
                         "{} admitted over {}µs, bound {}", sum, span, bound);

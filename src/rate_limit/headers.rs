@@ -15,6 +15,7 @@ use crate::header_values::{Packed, write_u64};
 /// |---|---|
 /// | [`OpenAi`](HeaderStyle::OpenAi) (default) | `x-ratelimit-limit-requests: 60`, `x-ratelimit-remaining-requests: 59`, `x-ratelimit-reset-requests: 1s`, and the `-tokens` variants; resets as durations (`1s`, `6m0s`, `12ms`) |
 /// | [`Timestamp`](HeaderStyle::Timestamp) | the same names, resets as RFC 3339 UTC times (`2026-03-20T12:30:00Z`, rounded up to the second) |
+/// | [`Legacy`](HeaderStyle::Legacy) | `X-RateLimit-Limit: 100`, `X-RateLimit-Remaining: 99`, `X-RateLimit-Reset: 1774009860` (Unix seconds, rounded up): the unsuffixed headers many gateways send and clients read (the virtual-key guide's); they describe the tightest limit of any measure |
 /// | [`Ietf`](HeaderStyle::Ietf) | `RateLimit-Policy: "requests-per-minute";q=60;w=60` and `RateLimit: "requests-per-minute";r=59;t=1` ([draft-ietf-httpapi-ratelimit-headers]), one list member per limit; token limits carry `qu="tokens"` |
 /// | [`None`](HeaderStyle::None) | none |
 ///
@@ -34,6 +35,9 @@ pub enum HeaderStyle {
     Timestamp,
     /// The IETF draft's `RateLimit-Policy` and `RateLimit` structured fields.
     Ietf,
+    /// Unsuffixed `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix
+    /// seconds) for the tightest limit.
+    Legacy,
     /// No headers.
     None,
 }
@@ -44,6 +48,9 @@ const RESET_REQUESTS: HeaderName = HeaderName::from_static("x-ratelimit-reset-re
 const LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
 const REMAINING_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-remaining-tokens");
 const RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+const LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
+const REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
+const RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
 const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
@@ -125,7 +132,56 @@ impl HeaderStyle {
                     }
                 }
             }
+            HeaderStyle::Legacy => {
+                // The tightest: the least left as a share of its amount (a
+                // client slowing down at "10 remaining" means it of the
+                // limit it is closest to), then the later reset.
+                let tightest = limits.iter().zip(states).min_by(|(la, sa), (lb, sb)| {
+                    let a = u128::from(sa.remaining) * u128::from(lb.amount.max(1));
+                    let b = u128::from(sb.remaining) * u128::from(la.amount.max(1));
+                    a.cmp(&b).then(sb.reset.cmp(&sa.reset))
+                });
+                if let Some((limit, state)) = tightest {
+                    let reset = ceil_secs(now_unix + state.reset).as_secs();
+                    headers.insert(LIMIT, amount_value(limit.amount));
+                    headers.insert(REMAINING, HeaderValue::from(state.remaining));
+                    headers.insert(RESET, HeaderValue::from(reset));
+                }
+            }
             HeaderStyle::None => {}
+        }
+    }
+
+    /// The name configuration uses: `openai`, `timestamp`, `ietf`,
+    /// `legacy` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HeaderStyle::OpenAi => "openai",
+            HeaderStyle::Timestamp => "timestamp",
+            HeaderStyle::Ietf => "ietf",
+            HeaderStyle::Legacy => "legacy",
+            HeaderStyle::None => "none",
+        }
+    }
+
+    /// Whether the style writes a wall-clock time (and needs the clock).
+    pub(crate) fn needs_clock(self) -> bool {
+        matches!(self, HeaderStyle::Timestamp | HeaderStyle::Legacy)
+    }
+}
+
+impl std::str::FromStr for HeaderStyle {
+    type Err = &'static str;
+
+    /// `openai`, `timestamp`, `ietf`, `legacy` or `none`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "openai" => Ok(HeaderStyle::OpenAi),
+            "timestamp" => Ok(HeaderStyle::Timestamp),
+            "ietf" => Ok(HeaderStyle::Ietf),
+            "legacy" => Ok(HeaderStyle::Legacy),
+            "none" => Ok(HeaderStyle::None),
+            _ => Err("must be one of openai, timestamp, ietf, legacy, none"),
         }
     }
 }
@@ -378,5 +434,29 @@ mod tests {
         let mut h = HeaderMap::new();
         HeaderStyle::None.write(&limits, &states, now, &mut h);
         assert!(h.is_empty());
+    }
+
+    #[test]
+    fn legacy_describes_the_tightest_limit_unsuffixed() {
+        let limits = [
+            Limit::requests_per_hour(100),
+            Limit::tokens_per_minute(10_000),
+        ];
+        // 1% of the requests left, 50% of the tokens.
+        let states = [state(1, 36_000), state(5_000, 1_500)];
+        let now = Duration::from_secs(1_774_009_800) + Duration::from_millis(500);
+        let mut h = HeaderMap::new();
+        HeaderStyle::Legacy.write(&limits, &states, now, &mut h);
+        assert_eq!(h["x-ratelimit-limit"], "100");
+        assert_eq!(h["x-ratelimit-remaining"], "1");
+        assert_eq!(h["x-ratelimit-reset"], "1774009837");
+        assert_eq!(h.len(), 3);
+        for style in ["openai", "timestamp", "ietf", "legacy", "none"] {
+            assert_eq!(
+                style.parse::<HeaderStyle>().map(HeaderStyle::as_str),
+                Ok(style)
+            );
+        }
+        assert!("x".parse::<HeaderStyle>().is_err());
     }
 }

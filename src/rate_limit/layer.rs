@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
+use super::scope::SharedScopes;
 use super::service::{RateLimit, Shared};
 use super::{HeaderStyle, Limit, PrincipalKey, RateLimitStore, Unkeyed};
 use crate::RequestMeta;
@@ -16,6 +17,8 @@ pub use crate::store::FailurePolicy;
 pub(crate) struct Config {
     pub(crate) limits: Arc<[Limit]>,
     pub(crate) max_concurrent: Option<u32>,
+    /// Model-wide and upstream-wide limits, shared by every key.
+    pub(crate) shared: Arc<SharedScopes>,
     pub(crate) default_max_tokens: u64,
     pub(crate) per_model: bool,
     pub(crate) header_style: HeaderStyle,
@@ -60,6 +63,7 @@ impl RateLimitLayer {
             config: Config {
                 limits: Arc::from([]),
                 max_concurrent: None,
+                shared: Arc::new(SharedScopes::default()),
                 default_max_tokens: Self::DEFAULT_MAX_TOKENS,
                 per_model: false,
                 header_style: HeaderStyle::default(),
@@ -100,6 +104,67 @@ impl<St, K> RateLimitLayer<St, K> {
         self
     }
 
+    /// Adds a limit on `model` for every key together: the upstream's own
+    /// capacity for it (its requests and tokens per minute). `model` is an
+    /// exact name or a `*` glob; each model it matches has its own count,
+    /// and the first entry that matches a request's model applies.
+    ///
+    /// ```
+    /// use tollgate::rate_limit::{Limit, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::new()
+    ///     .limit(Limit::requests_per_minute(60))
+    ///     .model_limit("gpt-4o-mini", Limit::requests_per_minute(10_000))
+    ///     .model_limit("gpt-4o-mini", Limit::tokens_per_minute(2_000_000))
+    ///     .model_max_concurrent("gpt-4o-mini", 256);
+    /// # let _ = layer;
+    /// ```
+    pub fn model_limit(mut self, model: impl Into<String>, limit: Limit) -> Self {
+        self.shared_mut()
+            .model_entry(model.into())
+            .limits
+            .push(limit);
+        self
+    }
+
+    /// Caps requests in flight to `model` for every key together.
+    pub fn model_max_concurrent(mut self, model: impl Into<String>, max: u32) -> Self {
+        self.shared_mut().model_entry(model.into()).max_concurrent = Some(max);
+        self
+    }
+
+    /// Adds a limit on the upstream `name` for every key and model together.
+    /// A request's upstream is the [`Upstream`](super::Upstream) in its
+    /// extensions (set by the router in front), or else the one
+    /// [`upstream_for`](RateLimitLayer::upstream_for) maps its model to.
+    pub fn upstream_limit(mut self, name: impl Into<String>, limit: Limit) -> Self {
+        self.shared_mut()
+            .upstream_entry(name.into())
+            .limits
+            .push(limit);
+        self
+    }
+
+    /// Caps requests in flight to the upstream `name`.
+    pub fn upstream_max_concurrent(mut self, name: impl Into<String>, max: u32) -> Self {
+        self.shared_mut().upstream_entry(name.into()).max_concurrent = Some(max);
+        self
+    }
+
+    /// Requests for `model` (an exact name or a `*` glob; the first match
+    /// applies) go to the upstream `name`, for requests that carry no
+    /// [`Upstream`](super::Upstream) extension.
+    pub fn upstream_for(mut self, model: impl Into<String>, name: impl Into<String>) -> Self {
+        self.shared_mut()
+            .routes
+            .push((model.into(), super::Upstream::new(name.into())));
+        self
+    }
+
+    fn shared_mut(&mut self) -> &mut SharedScopes {
+        Arc::make_mut(&mut self.config.shared)
+    }
+
     /// The completion tokens to reserve for a request that sets no
     /// `max_tokens` (default 4096). A request reserves its prompt estimate
     /// plus this at admission; the difference is refunded (or charged) when
@@ -109,8 +174,10 @@ impl<St, K> RateLimitLayer<St, K> {
         self
     }
 
-    /// Scopes limits per (key, model): a key's 60 requests per minute become
-    /// 60 per minute for each model it calls (default off). The model comes
+    /// Scopes the key's own limits per (key, model): a key's 60 requests per
+    /// minute become 60 per minute for each model it calls (default off).
+    /// For per-model values of their own, give keys
+    /// [`model_limits`](crate::auth::KeyRecord::model_limits) instead. The model comes
     /// from the request body's `model`; requests without one share the key's
     /// unscoped state. The concurrency limit is scoped alike.
     ///
@@ -219,6 +286,7 @@ impl<St: fmt::Debug, K> fmt::Debug for RateLimitLayer<St, K> {
         f.debug_struct("RateLimitLayer")
             .field("limits", &self.config.limits)
             .field("max_concurrent", &self.config.max_concurrent)
+            .field("shared", &self.config.shared)
             .field("default_max_tokens", &self.config.default_max_tokens)
             .field("per_model", &self.config.per_model)
             .field("headers", &self.config.header_style)

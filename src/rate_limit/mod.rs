@@ -49,54 +49,83 @@
 //!
 //! let third = service.ready().await?.call(request()).await?;
 //! assert_eq!(third.status(), StatusCode::TOO_MANY_REQUESTS);
-//! assert_eq!(third.headers()["retry-after"], "30");
+//! // The first request leaves the (sliding) minute after 61 s: its bucket
+//! // is a second wide.
+//! assert_eq!(third.headers()["retry-after"], "61");
 //! let body = third.into_body().collect().await?.to_bytes();
 //! assert!(std::str::from_utf8(&body)?.contains("Rate limit exceeded: 2 requests per minute"));
 //! # Ok(())
 //! # }
 //! ```
 //!
-//! # Limits and keys
+//! # Limits, keys and scopes
 //!
-//! A key has any number of [`Limit`]s, each `amount` of [`Measure::Requests`]
-//! or [`Measure::Tokens`] per `window` (a second, a minute, an hour, a day,
-//! or any duration), and optionally a cap on requests in flight. They come
-//! from the caller's key record ([`Principal::rate_limits`],
-//! [`Principal::max_concurrent`]); a record that sets none gets the layer's
-//! defaults ([`RateLimitLayer::limit`], [`RateLimitLayer::max_concurrent`]).
-//! A request is admitted only if every limit of its key admits it; a refused
-//! request consumes nothing.
+//! A limit is `amount` of [`Measure::Requests`] or [`Measure::Tokens`] per
+//! `window` (a second, a minute, an hour, a day, or any duration), counted
+//! with an [`Algorithm`]. A request counts against every scope it belongs
+//! to, and is admitted only if every limit of every scope admits it; a
+//! refused request consumes nothing, anywhere:
+//!
+//! | scope | limits from | shared by |
+//! |---|---|---|
+//! | the key | [`Principal::rate_limits`], [`Principal::max_concurrent`], or the layer's defaults ([`RateLimitLayer::limit`], [`RateLimitLayer::max_concurrent`]) | that key |
+//! | the key and model | [`KeyRecord::model_limits`](crate::auth::KeyRecord::model_limits) (`model = "gpt-4o*"`, first match; each model has its own count) | that key |
+//! | the model | [`RateLimitLayer::model_limit`], [`RateLimitLayer::model_max_concurrent`]: the upstream's own capacity | every key |
+//! | the upstream | [`RateLimitLayer::upstream_limit`], by the request's [`Upstream`] extension or [`RateLimitLayer::upstream_for`] | every key and model |
+//! | a named scope | [`KeyRecord::scope_limits`](crate::auth::KeyRecord::scope_limits) (`team = acme`, …) | every key naming it |
+//!
+//! A refusal names the limit that refused and its scope ("Rate limit
+//! exceeded: 60 requests per minute for model gpt-4o-mini"); the headers
+//! describe the tightest limit. Scope names are data
+//! ([`RateLimitKey::scope`]): a new kind of scope needs no new code.
 //!
 //! Requests are keyed by the `Principal`'s key id ([`PrincipalKey`]), or by
 //! any [`KeyExtractor`]: a header ([`HeaderKey`]), the client's address, any
 //! closure. Requests without a key share the key `"anonymous"` by default, or
-//! pass ([`Unkeyed`]). With [`RateLimitLayer::per_model`], each (key, model)
-//! pair has its own state: 60 requests per minute per model.
+//! pass ([`Unkeyed`]). With [`RateLimitLayer::per_model`], the key's own
+//! limits are counted per (key, model): 60 requests per minute per model.
+//!
+//! State is kept per scope and per limit's measure, window and algorithm,
+//! never by its amount: raising or lowering a limit (a reload, an admin
+//! edit) keeps what was already used, and two gateway instances configured
+//! differently for one key each enforce their own limit on one shared count.
 //!
 //! [`Principal::rate_limits`]: crate::Principal::rate_limits
 //! [`Principal::max_concurrent`]: crate::Principal::max_concurrent
 //!
-//! # The algorithm: GCRA
+//! # Choosing an algorithm
 //!
-//! Each limit is a GCRA (generic cell rate algorithm) over the store's clock:
-//! one number per key and limit, the time at which the limit would be full
-//! again. A key may spend its whole limit at once (the burst), then capacity
-//! refills smoothly, `amount / window` at a time: a 60-per-minute key gets
-//! one more request every second, not 60 more at the top of each minute.
+//! | [`Algorithm`] | in any interval of one window | state per key and limit | "reset" |
+//! |---|---|---|---|
+//! | [`Sliding`](Algorithm::Sliding) (default) | **at most `amount`**; refuses at most `window / 60` early | up to 61 buckets (16 bytes each, only those used) | when the next unit frees up |
+//! | [`Gcra`](Algorithm::Gcra) | up to `burst + amount` (twice the amount with the default burst) | two integers | when the limit is full again |
+//! | [`Fixed`](Algorithm::Fixed) | up to twice the amount, across a window's edge | two integers | the window's end (UTC minute, hour, day) |
 //!
-//! **The guarantee**: over any span of time `L`, a limit admits at most
-//! `amount + ⌈amount · L / window⌉`. Within one window that is up to twice
-//! the limit (a full burst, then the refill spent as it comes), and over long
-//! spans it tends to exactly the rate. The arithmetic is in integers with no
-//! rounding drift: 7 per minute admits exactly 7 at once and one every
-//! 8.571429 s after.
+//! **Why sliding by default?** "60 requests per minute" is read literally:
+//! at most 60 in any minute. A client that tests its limit the way the
+//! HiveOps guide does (65 requests 0.1 s apart) expects its 61st request to
+//! be refused; GCRA lets a whole burst of 60 through and then one a second,
+//! so that test never sees a 429 and about 120 requests pass in the first
+//! minute. A sliding window admits 60 and refuses the 61st.
 //!
-//! **Why GCRA and not fixed windows?** A fixed window resets on the minute:
-//! a client can send 60 requests at 12:00:59 and 60 more at 12:01:00, and
-//! every client that was told "wait" retries at the same instant. A sliding
-//! log is exact but keeps a timestamp per request. GCRA gives a smooth rate
-//! with one integer of state and an exact time at which the next request
-//! will fit, which is what `Retry-After` needs.
+//! **Why buckets and not a log?** An exact sliding log keeps a timestamp for
+//! every request of the window: memory grows with the amount (10,000
+//! requests a day is 80 KB per key) and with traffic, and a store's worst
+//! case is then set by whoever configures the biggest limit. Sixty buckets
+//! per window bound the state at 61 `(bucket, count)` pairs whatever the
+//! amount, keep the guarantee that matters (never more than `amount` in any
+//! window; the property tests check it over random arrival times and
+//! costs), and cost at most a 60th of the window in leniency: a request is
+//! counted until its bucket leaves, at most a second late for a per-minute
+//! limit. That is exact enough for requests and tokens alike, and one
+//! design for both keeps the Lua scripts and the memory store the same.
+//!
+//! **Why keep GCRA?** Smoothness: with `burst = 1` it spaces requests
+//! evenly, `window / amount` apart, which protects an upstream that cannot
+//! take bursts; with the default burst it is what tollgate did before, with
+//! the least state. **Why fixed windows?** Some providers reset on the
+//! minute and clients (or contracts) expect that; a fixed window also
+//! forgets everything at its end, and a sliding one does not.
 //!
 //! # Tokens: reserve, then settle
 //!
@@ -123,14 +152,16 @@
 //!
 //! A refused request gets 429 `rate_limit_error` / `rate_limit_exceeded`
 //! naming the limit that refused ("Rate limit exceeded: 60 requests per
-//! minute"), with `Retry-After` in whole seconds rounded up (never 0) and
+//! minute", or "… per hour" as in the virtual-key guide's "100
+//! requests/hour"), with `Retry-After` in whole seconds rounded up (never 0) and
 //! `retry-after-ms`: the exact time after which the same request fits. The
 //! [`ApiError`](crate::ApiError) rides in the response extensions, so an outer
 //! [`ErrorEnvelopeLayer`](crate::ErrorEnvelopeLayer) can re-render it.
 //!
 //! Every response of a limited key, admitted or refused, carries rate-limit
 //! headers in the chosen [`HeaderStyle`] (OpenAI's `x-ratelimit-*` by
-//! default). They are computed at admission and set on the response head, so
+//! default; `legacy` for the unsuffixed `X-RateLimit-Remaining` and
+//! `X-RateLimit-Reset` that many clients read). They are computed at admission and set on the response head, so
 //! a streamed response has them before its first event.
 //!
 //! # Concurrency
@@ -152,8 +183,8 @@
 //! # Stores and failures
 //!
 //! State lives in a [`RateLimitStore`]: one round trip per admission ("check
-//! and charge these limits, all or nothing") and one per settlement ("adjust
-//! by this delta, free the slot"). [`MemoryRateLimitStore`] (the default) is
+//! and charge these limits of these scopes, all or nothing") and one per
+//! settlement ("adjust by this delta, free the slots"). [`MemoryRateLimitStore`] (the default) is
 //! sharded and bounded; its docs say how. Every service the layer builds, and
 //! every clone of them, shares the layer's store, so limits do not multiply
 //! with the number of clones a server makes.
@@ -166,6 +197,8 @@
 //! [`MemoryRateLimitStore`]: crate::store::memory::MemoryRateLimitStore
 
 mod body;
+pub(crate) mod cell;
+pub(crate) mod fixed;
 pub mod future;
 pub(crate) mod gcra;
 mod headers;
@@ -173,7 +206,9 @@ mod key;
 mod layer;
 mod limit;
 mod permit;
+mod scope;
 mod service;
+pub(crate) mod sliding;
 mod store;
 
 pub use self::body::ResponseBody;
@@ -181,9 +216,10 @@ pub use self::future::ResponseFuture;
 pub use self::headers::{HeaderStyle, format_duration};
 pub use self::key::{HeaderKey, KeyExtractor, PrincipalKey, Unkeyed};
 pub use self::layer::{FailurePolicy, RateLimitLayer};
-pub use self::limit::{Limit, Measure};
+pub use self::limit::{Algorithm, Limit, Measure};
+pub use self::scope::{ModelLimits, ScopeLimits, Upstream};
 pub use self::service::RateLimit;
 pub use self::store::{
-    Acquire, Admission, BoxRateLimitStore, BoxStoreFuture, LimitState, LimitStates, RateLimitKey,
-    RateLimitStore, Settle, Verdict,
+    Acquire, Admission, LimitState, LimitStates, RateLimitKey, RateLimitStore, ScopeCharge,
+    ScopeSettle, Settle, Verdict,
 };

@@ -2,14 +2,13 @@
 //! reservation and its concurrency slot.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
-use super::{Limit, Measure, RateLimitKey, RateLimitStore, Settle};
+use super::service::Plan;
+use super::{Limit, Measure, RateLimitStore, ScopeSettle, Settle};
 use crate::Principal;
-use crate::store::StoreError;
+use crate::small::Small;
+use crate::store::StoreFuture;
 
 /// The limits of a key, shared rather than copied per request.
 #[derive(Clone)]
@@ -60,33 +59,32 @@ impl fmt::Display for KeyId {
 /// Runs a store's settlement from a synchronous context (a body's end or
 /// `Drop`), with the store's type erased so bodies do not carry it.
 pub(crate) trait Settler: Send + Sync + 'static {
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>);
+    fn settle(&self, request: &Settle<'_>);
 }
 
 pub(crate) struct StoreSettler<St>(pub(crate) St);
 
 impl<St: RateLimitStore> Settler for StoreSettler<St> {
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) {
-        drive(self.0.settle(key, request), key);
+    fn settle(&self, request: &Settle<'_>) {
+        let key = request.scopes.first().map(|s| s.key.to_string());
+        drive(self.0.settle(request), key);
     }
 }
 
-/// Polls `future` once; a store that answers at once (memory) is done here,
-/// without a task. Otherwise the rest runs on the current tokio runtime.
-fn drive<F>(mut future: F, key: RateLimitKey<'_>)
-where
-    F: Future<Output = Result<(), StoreError>> + Send + Unpin + 'static,
-{
-    match Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(Ok(())) => {}
-        Poll::Ready(Err(error)) => {
+/// Takes an answer known at once (memory) here, without a task. Otherwise
+/// the rest runs on the current tokio runtime.
+fn drive(mut future: StoreFuture<()>, key: Option<String>) {
+    let key = key.unwrap_or_default();
+    match future.take_ready() {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
             tracing::warn!(%error, key = %key, "rate limit settlement failed");
         }
-        Poll::Pending => match tokio::runtime::Handle::try_current() {
+        None => match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
                     if let Err(error) = future.await {
-                        tracing::warn!(%error, "rate limit settlement failed");
+                        tracing::warn!(%error, key = %key, "rate limit settlement failed");
                     }
                 });
             }
@@ -97,34 +95,19 @@ where
     }
 }
 
-/// An admitted request's hold on its key: settled exactly once, when the
+/// An admitted request's hold on its scopes: settled exactly once, when the
 /// response reports its usage, when it ends, or when it is dropped.
 pub(crate) struct Permit {
     settler: Arc<dyn Settler>,
-    key: KeyId,
-    model: Option<String>,
-    limits: LimitSet,
-    reserved_tokens: u64,
-    release: bool,
+    plan: Plan,
     settled: bool,
 }
 
 impl Permit {
-    pub(crate) fn new(
-        settler: Arc<dyn Settler>,
-        key: KeyId,
-        model: Option<String>,
-        limits: LimitSet,
-        reserved_tokens: u64,
-        release: bool,
-    ) -> Self {
+    pub(crate) fn new(settler: Arc<dyn Settler>, plan: Plan) -> Self {
         Permit {
             settler,
-            key,
-            model,
-            limits,
-            reserved_tokens,
-            release,
+            plan,
             settled: false,
         }
     }
@@ -140,37 +123,41 @@ impl Permit {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
-        let delta = used_tokens.map_or(0, |used| {
-            i64::try_from(i128::from(used) - i128::from(self.reserved_tokens)).unwrap_or(
-                if used > self.reserved_tokens {
-                    i64::MAX
-                } else {
-                    i64::MIN
-                },
-            )
-        });
-        let limits = self.limits.as_slice();
-        let mut deltas = crate::small::Small::<i64, 8>::new(limits.len());
-        for (d, limit) in deltas.iter_mut().zip(limits) {
-            if limit.measure == Measure::Tokens {
-                *d = delta;
+        let reserved = self.plan.reserved_tokens;
+        let delta =
+            used_tokens.map_or(0, |used| {
+                i64::try_from(i128::from(used) - i128::from(reserved))
+                    .unwrap_or(if used > reserved { i64::MAX } else { i64::MIN })
+            });
+        let plan = &self.plan;
+        let count: usize = plan.scopes().map(|(_, l, _)| l.len()).sum();
+        let mut deltas = Small::<i64, 16>::new(count);
+        let mut at = 0;
+        let mut release = false;
+        for (_, limits, max) in plan.scopes() {
+            release |= max.is_some();
+            for limit in limits {
+                if limit.measure == Measure::Tokens {
+                    deltas[at] = delta;
+                }
+                at += 1;
             }
         }
-        if !self.release && deltas.iter().all(|&d| d == 0) {
+        if !release && deltas.iter().all(|&d| d == 0) {
             return;
         }
-        let key = RateLimitKey {
-            id: self.key.as_str(),
-            model: self.model.as_deref(),
-        };
-        self.settler.settle(
-            key,
-            &Settle {
+        let mut scopes = Vec::with_capacity(plan.more.len() + 1);
+        let mut at = 0;
+        for (key, limits, max) in plan.scopes() {
+            scopes.push(ScopeSettle {
+                key,
                 limits,
-                deltas: &deltas,
-                release: self.release,
-            },
-        );
+                deltas: &deltas[at..at + limits.len()],
+                release: max.is_some(),
+            });
+            at += limits.len();
+        }
+        self.settler.settle(&Settle { scopes: &scopes });
     }
 }
 
@@ -183,10 +170,9 @@ impl Drop for Permit {
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("key", &self.key.as_str())
-            .field("model", &self.model)
-            .field("reserved_tokens", &self.reserved_tokens)
-            .field("release", &self.release)
+            .field("key", &self.plan.key.as_str())
+            .field("model", &self.plan.model)
+            .field("reserved_tokens", &self.plan.reserved_tokens)
             .finish_non_exhaustive()
     }
 }

@@ -1,9 +1,7 @@
 use std::borrow::Cow;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,9 +13,10 @@ use super::body::ResponseBody;
 use super::future::{Admitted, ResponseFuture, State};
 use super::layer::{Config, FailurePolicy};
 use super::permit::{KeyId, LimitSet, Permit, Settler, StoreSettler};
+use super::scope::{ScopeSource, tightest};
 use super::{
     Acquire, Admission, HeaderStyle, KeyExtractor, Limit, LimitState, Measure, PrincipalKey,
-    RateLimitKey, RateLimitStore, Unkeyed, Verdict,
+    RateLimitKey, RateLimitStore, ScopeCharge, Unkeyed, Upstream, Verdict,
 };
 use crate::request::{FromBytes, ReadMeta};
 use crate::small::Small;
@@ -108,15 +107,104 @@ where
     }
 }
 
-/// What an admission charges, kept until the store answers.
+/// What an admission charges, kept until the store answers and, by the
+/// permit, until the settlement.
 pub(crate) struct Plan {
-    key: KeyId,
-    model: Option<String>,
-    limits: LimitSet,
-    costs: Costs,
-    reserved_tokens: u64,
-    max_concurrent: Option<u32>,
+    pub(crate) key: KeyId,
+    pub(crate) model: Option<String>,
+    /// Whether the key's own limits are per model.
+    pub(crate) per_model: bool,
+    /// The key's own limits and concurrency cap, if it has any.
+    pub(crate) key_scope: Option<(LimitSet, Option<u32>)>,
+    /// The other scopes: per model, model-wide, upstream-wide, named.
+    pub(crate) more: Vec<ScopeSource>,
+    pub(crate) reserved_tokens: u64,
     usage: UsageOptions,
+}
+
+impl Plan {
+    /// Every scope: its key, limits and concurrency cap.
+    pub(crate) fn scopes(&self) -> impl Iterator<Item = (RateLimitKey<'_>, &[Limit], Option<u32>)> {
+        let id = self.key.as_str();
+        let model = self.model.as_deref();
+        let key_model = if self.per_model { model } else { None };
+        self.key_scope
+            .iter()
+            .map(move |(limits, max)| {
+                (
+                    RateLimitKey::new(id).with_model(key_model),
+                    limits.as_slice(),
+                    *max,
+                )
+            })
+            .chain(self.more.iter().map(move |s| s.resolve(id, model)))
+    }
+
+    fn limit_count(&self) -> usize {
+        self.scopes().map(|(_, l, _)| l.len()).sum()
+    }
+
+    /// Every scope's limits, in order (for the headers).
+    fn all_limits(&self) -> LimitSet {
+        match (&self.key_scope, self.more.is_empty()) {
+            (Some((limits, _)), true) => limits.clone(),
+            _ => LimitSet::Layer(
+                self.scopes()
+                    .flat_map(|(_, l, _)| l.iter().copied())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// Runs `f` on the scopes of `plan` as [`ScopeCharge`]s (on the stack for
+/// up to four scopes and sixteen limits).
+pub(crate) fn with_charges<R>(plan: &Plan, f: impl FnOnce(&Acquire<'_>) -> R) -> R {
+    let mut costs = Small::<u64, 16>::new(plan.limit_count());
+    let mut at = 0;
+    for (_, limits, _) in plan.scopes() {
+        for limit in limits {
+            costs[at] = match limit.measure {
+                Measure::Requests => 1,
+                Measure::Tokens => plan.reserved_tokens,
+            };
+            at += 1;
+        }
+    }
+    let empty = ScopeCharge {
+        key: RateLimitKey::new(""),
+        limits: &[],
+        costs: &[],
+        max_concurrent: None,
+    };
+    let mut inline = [empty; 4];
+    let mut spilled = Vec::new();
+    let mut at = 0;
+    for (n, (key, limits, max_concurrent)) in plan.scopes().enumerate() {
+        let charge = ScopeCharge {
+            key,
+            limits,
+            costs: &costs[at..at + limits.len()],
+            max_concurrent,
+        };
+        at += limits.len();
+        match inline.get_mut(n) {
+            Some(slot) if spilled.is_empty() => *slot = charge,
+            _ => {
+                if spilled.is_empty() {
+                    spilled.extend_from_slice(&inline);
+                }
+                spilled.push(charge);
+            }
+        }
+    }
+    let count = plan.scopes().count();
+    let scopes = if spilled.is_empty() {
+        &inline[..count]
+    } else {
+        &spilled[..]
+    };
+    f(&Acquire { scopes })
 }
 
 impl<St, K> Shared<St, K> {
@@ -139,7 +227,7 @@ pub(crate) fn begin<S, St, K, B>(
     req: Request<B>,
     service: S,
     meta_read: bool,
-) -> State<S, B, St>
+) -> State<S, B>
 where
     S: Service<Request<B>>,
     St: RateLimitStore,
@@ -149,7 +237,7 @@ where
 {
     let config = &shared.config;
     let principal = req.extensions().get::<Principal>();
-    let (key, limits, max_concurrent) = match shared.extractor.extract(&req) {
+    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(&req) {
         Some(key) => {
             let limits = match principal {
                 Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
@@ -158,52 +246,80 @@ where
             let max_concurrent = principal
                 .and_then(Principal::max_concurrent)
                 .or(config.max_concurrent);
-            (key, limits, max_concurrent)
+            (key, limits, max_concurrent, principal)
         }
         None => match &config.unkeyed {
             Unkeyed::Shared(key) => (
                 Cow::Borrowed(&**key),
                 LimitSet::Layer(config.limits.clone()),
                 config.max_concurrent,
+                None,
             ),
             Unkeyed::Pass => return State::call(service, req, None),
         },
     };
-    if limits.as_slice().is_empty() && max_concurrent.is_none() {
+    let per_model_limits = principal.is_some_and(|p| !p.model_limits().is_empty());
+    let named = principal.map_or(&[][..], Principal::scope_limits);
+    let needs_model = config.per_model || per_model_limits || !config.shared.is_empty();
+    let key_limited = !limits.as_slice().is_empty() || max_concurrent.is_some();
+    if !key_limited && !needs_model && named.is_empty() {
         return State::call(service, req, None);
     }
-    let has_tokens = limits
-        .as_slice()
-        .iter()
-        .any(|l| l.measure == Measure::Tokens);
+    let has_tokens = |limits: &[Limit]| limits.iter().any(|l| l.measure == Measure::Tokens);
+    let maybe_tokens =
+        has_tokens(limits.as_slice()) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
     let meta = req.extensions().get::<RequestMeta>();
-    if (has_tokens || config.per_model) && meta.is_none() && !meta_read {
+    if maybe_tokens && meta.is_none() && !meta_read {
         let max_body = config.max_body;
         return State::meta(ReadMeta::new(req, max_body), service);
     }
-    let reserved_tokens = match meta {
-        Some(meta) if has_tokens && meta.body_len > 0 => {
-            meta.reserve_tokens(config.default_max_tokens)
-        }
-        _ => 0,
-    };
-    let model = if config.per_model {
+    let model = if needs_model {
         meta.and_then(|m| m.model.clone())
     } else {
         None
     };
-    let costs = Costs::new(limits.as_slice(), reserved_tokens);
-    let future = shared.store.acquire(
-        RateLimitKey {
-            id: &key,
-            model: model.as_deref(),
-        },
-        &Acquire {
-            limits: limits.as_slice(),
-            costs: costs.as_slice(),
-            max_concurrent,
-        },
-    );
+
+    // The scopes besides the key's own.
+    let mut more = Vec::new();
+    let mut key_scope = key_limited.then(|| (limits.clone(), max_concurrent));
+    if let (Some(p), Some(m)) = (principal, model.as_deref()) {
+        let found = p
+            .model_limits()
+            .iter()
+            .position(|e| crate::auth::glob_matches(&e.model, m));
+        if let Some(i) = found {
+            if config.per_model {
+                // The key's limits are per model already: one scope, the
+                // tighter of any two limits that would share a state.
+                let entry = &p.model_limits()[i];
+                let merged = tightest(limits.as_slice().iter().chain(&entry.limits).copied());
+                let max = match (max_concurrent, entry.max_concurrent) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                key_scope = None;
+                more.push(ScopeSource::KeyModelMerged(merged.into(), max));
+            } else {
+                more.push(ScopeSource::KeyModel(p.clone(), i));
+            }
+        }
+    }
+    if let Some(m) = model.as_deref() {
+        if let Some(i) = config.shared.model(m) {
+            more.push(ScopeSource::Model(config.shared.clone(), i));
+        }
+    }
+    let extension = req.extensions().get::<Upstream>();
+    if let Some((i, upstream)) = config.shared.upstream(extension, model.as_deref()) {
+        more.push(ScopeSource::Upstream(config.shared.clone(), i, upstream));
+    }
+    if let Some(p) = principal {
+        more.extend((0..named.len()).map(|i| ScopeSource::Named(p.clone(), i)));
+    }
+    if key_scope.is_none() && more.is_empty() {
+        return State::call(service, req, None);
+    }
+
     let usage = meta.map(UsageOptions::from_meta).unwrap_or_default();
     // The caller's key id is kept as its `Principal` (a reference count),
     // not copied.
@@ -219,23 +335,27 @@ where
         },
         Cow::Owned(id) => KeyId::Owned(id.into_boxed_str()),
     };
-    let plan = Plan {
+    let mut plan = Plan {
         key,
         model,
-        limits,
-        costs,
-        reserved_tokens,
-        max_concurrent,
+        per_model: config.per_model,
+        key_scope,
+        more,
+        reserved_tokens: 0,
         usage,
     };
-    // Polled once here, with no waker to wake: a store that answers at once
-    // (memory) is decided now, and the inner service called, without the
-    // `Acquire` state. One that must wait is polled again, with the task's
-    // waker, by the response future.
-    let mut future = future;
-    match Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => decide(shared, result, req, service, plan),
-        Poll::Pending => State::acquire(future, req, service, plan),
+    let tokens = plan.scopes().any(|(_, l, _)| has_tokens(l));
+    plan.reserved_tokens = match meta {
+        Some(meta) if tokens && meta.body_len > 0 => meta.reserve_tokens(config.default_max_tokens),
+        _ => 0,
+    };
+    let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
+    // An answer known at once (memory) is decided now, and the inner
+    // service called, without the `Acquire` state. One that must wait is
+    // polled by the response future.
+    match future.take_ready() {
+        Some(result) => decide(shared, result, req, service, plan),
+        None => State::acquire(future, req, service, plan),
     }
 }
 
@@ -245,8 +365,8 @@ pub(crate) fn decide<S, St, K, B>(
     result: Result<Admission, StoreError>,
     req: Request<B>,
     mut service: S,
-    plan: Plan,
-) -> State<S, B, St>
+    mut plan: Plan,
+) -> State<S, B>
 where
     S: Service<Request<B>>,
     St: RateLimitStore,
@@ -264,8 +384,7 @@ where
             };
         }
     };
-    let limits = plan.limits.as_slice();
-    let now_unix = if config.header_style == HeaderStyle::Timestamp {
+    let now_unix = if config.header_style.needs_clock() {
         config.clock.now_unix()
     } else {
         Duration::ZERO
@@ -274,45 +393,40 @@ where
     // own to build, copy from and drop.
     let headers = PendingHeaders {
         style: config.header_style,
-        limits: plan.limits.clone(),
+        limits: plan.all_limits(),
         states: admission.states,
         now_unix,
     };
     let error = match admission.verdict {
         Verdict::Admitted => {
-            let release = plan.max_concurrent.is_some();
-            let permit = (release || plan.reserved_tokens > 0).then(|| {
-                Permit::new(
-                    shared.settler.clone(),
-                    plan.key,
-                    plan.model,
-                    plan.limits,
-                    plan.reserved_tokens,
-                    release,
-                )
-            });
+            let release = plan.scopes().any(|(_, _, max)| max.is_some());
+            let usage = std::mem::take(&mut plan.usage);
+            let permit = (release || plan.reserved_tokens > 0)
+                .then(|| Permit::new(shared.settler.clone(), plan));
             let future = service.call(req);
             return State::Call {
                 future,
                 admitted: Some(Admitted {
                     headers,
                     permit,
-                    usage: plan.usage,
+                    usage,
                 }),
             };
         }
-        Verdict::Limited => limited_error(limits, plan.costs.as_slice(), &headers.states),
-        Verdict::Concurrency => ApiError::rate_limited()
-            .with_message(format!(
-                "Concurrency limit exceeded: {} requests in flight",
-                plan.max_concurrent.unwrap_or(0)
-            ))
-            .with_retry_after(config.concurrency_retry_after),
+        Verdict::Limited => limited_error(&plan, &headers.states),
+        Verdict::Concurrency => {
+            let busy = plan.scopes().nth(admission.busy.unwrap_or(0));
+            let (max, scope) = busy.map_or((0, String::new()), |(key, _, max)| {
+                (max.unwrap_or(0), key.describe())
+            });
+            ApiError::rate_limited()
+                .with_message(format!(
+                    "Concurrency limit exceeded: {max} requests in flight{scope}"
+                ))
+                .with_retry_after(config.concurrency_retry_after)
+        }
     };
-    let key = RateLimitKey {
-        id: plan.key.as_str(),
-        model: plan.model.as_deref(),
-    };
+    let key = RateLimitKey::new(plan.key.as_str()).with_model(plan.model.as_deref());
     if config.shadow {
         tracing::warn!(key = %key, reason = error.message(), "rate limit would refuse (shadow mode)");
         let future = service.call(req);
@@ -327,27 +441,6 @@ where
     }
     tracing::debug!(key = %key, reason = error.message(), "rate limited");
     State::reject(error, headers.into_map())
-}
-
-/// What each limit charges a request: one request, or its reserved tokens.
-/// Inline for up to eight limits (no allocation), on the heap beyond.
-pub(crate) struct Costs(Small<u64, 8>);
-
-impl Costs {
-    fn new(limits: &[Limit], reserved_tokens: u64) -> Costs {
-        let mut costs = Small::new(limits.len());
-        for (cost, limit) in costs.iter_mut().zip(limits) {
-            *cost = match limit.measure {
-                Measure::Requests => 1,
-                Measure::Tokens => reserved_tokens,
-            };
-        }
-        Costs(costs)
-    }
-
-    fn as_slice(&self) -> &[u64] {
-        &self.0
-    }
 }
 
 /// The rate-limit headers of an admission, written when the response exists.
@@ -376,41 +469,50 @@ impl PendingHeaders {
 }
 
 /// The error for a request some limit refused: the one that can never admit
-/// it, or else the one that admits it last.
-fn limited_error(limits: &[Limit], costs: &[u64], states: &[LimitState]) -> ApiError {
-    let refusing = limits
-        .iter()
-        .zip(costs)
-        .zip(states)
-        .filter(|(_, s)| !s.admits());
-    let mut worst: Option<(&Limit, u64, Option<Duration>)> = None;
-    for ((limit, &cost), state) in refusing {
-        let later = match (worst, state.retry_after) {
-            (None, _) => true,
-            (Some((_, _, None)), _) => false,
-            (Some(_), None) => true,
-            (Some((_, _, Some(a))), Some(b)) => b > a,
-        };
-        if later {
-            worst = Some((limit, cost, state.retry_after));
+/// it, or else the one that admits it last. It names the limit and, beyond
+/// the caller's key, its scope.
+fn limited_error(plan: &Plan, states: &[LimitState]) -> ApiError {
+    let mut worst: Option<(RateLimitKey<'_>, &Limit, u64, Option<Duration>)> = None;
+    let mut n = 0;
+    for (key, limits, _) in plan.scopes() {
+        for limit in limits {
+            let Some(state) = states.get(n) else { break };
+            n += 1;
+            if state.admits() {
+                continue;
+            }
+            let later = match (worst, state.retry_after) {
+                (None, _) => true,
+                (Some((_, _, _, None)), _) => false,
+                (Some(_), None) => true,
+                (Some((_, _, _, Some(a))), Some(b)) => b > a,
+            };
+            if later {
+                let cost = match limit.measure {
+                    Measure::Requests => 1,
+                    Measure::Tokens => plan.reserved_tokens,
+                };
+                worst = Some((key, limit, cost, state.retry_after));
+            }
         }
     }
-    let Some((limit, cost, retry_after)) = worst else {
+    let Some((key, limit, cost, retry_after)) = worst else {
         return ApiError::rate_limited();
     };
+    let scope = key.describe();
     match retry_after {
         Some(delay) => ApiError::rate_limited()
-            .with_message(format!("Rate limit exceeded: {limit}"))
+            .with_message(format!("Rate limit exceeded: {limit}{scope}"))
             .with_retry_after(ceil_millis(delay)),
         None if limit.measure == Measure::Tokens => ApiError::rate_limited()
             .with_message(format!(
-                "Request too large: {cost} tokens requested, limit {} per {}",
+                "Request too large: {cost} tokens requested, limit {} per {}{scope}",
                 limit.amount,
                 limit.window_name()
             ))
             .with_should_retry(false),
         None => ApiError::rate_limited()
-            .with_message(format!("Rate limit exceeded: {limit}"))
+            .with_message(format!("Rate limit exceeded: {limit}{scope}"))
             .with_should_retry(false),
     }
 }
@@ -453,9 +555,21 @@ pub(crate) fn rejection<B>(error: ApiError, headers: HeaderMap) -> Response<Resp
 mod tests {
     use super::*;
 
+    fn plan(limits: &[Limit], reserved_tokens: u64) -> Plan {
+        Plan {
+            key: KeyId::Static("k"),
+            model: None,
+            per_model: false,
+            key_scope: Some((LimitSet::Layer(limits.into()), None)),
+            more: Vec::new(),
+            reserved_tokens,
+            usage: UsageOptions::default(),
+        }
+    }
+
     #[test]
-    fn costs_are_inline_up_to_eight_limits_and_right_beyond() {
-        let limits: Vec<Limit> = (1..=9)
+    fn costs_are_one_per_request_and_the_reservation_per_token_limit() {
+        let limits: Vec<Limit> = (1..=17)
             .map(|i| {
                 if i % 2 == 0 {
                     Limit::tokens_per_minute(i)
@@ -464,11 +578,12 @@ mod tests {
                 }
             })
             .collect();
-        for n in [0, 1, 8, 9] {
-            let costs = Costs::new(&limits[..n], 42);
-            assert_eq!(matches!(costs.0, Small::Inline(..)), n <= 8);
-            let expected: Vec<u64> = (1..=n).map(|i| if i % 2 == 0 { 42 } else { 1 }).collect();
-            assert_eq!(costs.as_slice(), &expected[..]);
+        for n in [0, 1, 16, 17] {
+            let p = plan(&limits[..n], 42);
+            with_charges(&p, |acquire| {
+                let expected: Vec<u64> = (1..=n).map(|i| if i % 2 == 0 { 42 } else { 1 }).collect();
+                assert_eq!(acquire.scopes[0].costs, &expected[..]);
+            });
         }
     }
 
@@ -483,14 +598,14 @@ mod tests {
             reset: Duration::ZERO,
             retry_after: Some(Duration::from_millis(ms)),
         };
-        let e = limited_error(&limits, &[1, 10], &[state(1500), state(2000)]);
+        let e = limited_error(&plan(&limits, 10), &[state(1500), state(2000)]);
         assert_eq!(e.message(), "Rate limit exceeded: 1000 tokens per minute");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
         let never = LimitState {
             retry_after: None,
             ..state(0)
         };
-        let e = limited_error(&limits, &[1, 5000], &[state(1500), never]);
+        let e = limited_error(&plan(&limits, 5000), &[state(1500), never]);
         assert_eq!(
             e.message(),
             "Request too large: 5000 tokens requested, limit 1000 per minute"

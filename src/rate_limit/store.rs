@@ -3,57 +3,120 @@
 //! The trait has two operations, each one round trip to the store:
 //!
 //! - [`acquire`](RateLimitStore::acquire): check the request's cost against
-//!   every limit of its key (and a concurrency slot), and charge them all, or
-//!   none when any of them refuses;
+//!   every limit of every scope it belongs to (its key, its key and model,
+//!   its model for all keys, its upstream, …) and a concurrency slot in each
+//!   scope that caps them, and charge them all, or none when any refuses;
 //! - [`settle`](RateLimitStore::settle): once the response is done, adjust
 //!   limits by a delta (refund or charge the difference between the tokens
-//!   reserved and the tokens used) and free the concurrency slot.
+//!   reserved and the tokens used) and free the concurrency slots.
 //!
-//! Both return futures with an associated type, so the in-process
+//! Both return a [`StoreFuture`]: the in-process
 //! [`MemoryRateLimitStore`](crate::store::memory::MemoryRateLimitStore)
-//! answers with a ready future and no allocation, and a networked store (a
-//! Redis `EVALSHA` of a Lua script running on the server's clock) can return
-//! a boxed one. [`BoxRateLimitStore`] erases the type when the store is
-//! chosen at run time.
+//! answers at once with no allocation, a networked store (a Redis `EVALSHA`
+//! of a Lua script running on the server's clock) with one box. The trait is
+//! dyn-compatible: `Arc<dyn RateLimitStore>` is a store chosen at run time.
+//!
+//! # State is kept per scope, measure, window and algorithm
+//!
+//! A store keeps one state per scope ([`RateLimitKey`]) and per limit's
+//! measure, window and [`Algorithm`](super::Algorithm), never by a limit's
+//! amount or its position in a list. Raising or lowering a limit (a config
+//! reload, an admin edit) keeps what was already used, and two gateway
+//! instances configured with different limits for the same key each enforce
+//! their own view of one shared count. Within one scope of one request, the
+//! limits must differ in measure, window or algorithm (the layer keeps the
+//! tightest of two that do not).
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::Limit;
-use crate::store::StoreError;
+use crate::store::StoreFuture;
 
-/// The key a request is limited under: an id (by default the `Principal`'s
-/// key id) and, when the layer scopes limits per model, the model.
+/// A scope a request counts against: the caller's key (optionally per
+/// model), a model for all keys, an upstream, or any other scope the
+/// configuration names (a user, a team, an organisation).
 ///
-/// A store must treat `(id, model)` pairs as distinct keys, and `model: None`
-/// as distinct from any `Some`.
+/// A store treats keys that differ in any field as distinct, and
+/// `model: None` as distinct from any `Some`. Scope names are data: a new
+/// kind of scope needs no new code in the layer or the stores.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RateLimitKey<'a> {
-    /// The caller's id.
+    /// What kind of scope: [`KEY`](RateLimitKey::KEY), [`MODEL`](RateLimitKey::MODEL),
+    /// [`UPSTREAM`](RateLimitKey::UPSTREAM), or another name.
+    pub scope: &'a str,
+    /// Which one: the caller's key id, the model, the upstream, …
     pub id: &'a str,
-    /// The model, when limits are scoped per model.
+    /// The model, when the scope's limits are per model.
     pub model: Option<&'a str>,
 }
 
 impl<'a> RateLimitKey<'a> {
-    /// A key without a model scope.
+    /// The scope of a caller's own key. Its state belongs to that caller
+    /// alone (in Redis Cluster it lives in the caller's hash slot).
+    pub const KEY: &'static str = "key";
+    /// The scope of a model for every key together (the upstream's capacity
+    /// for that model).
+    pub const MODEL: &'static str = "model";
+    /// The scope of an upstream for every key and model together.
+    pub const UPSTREAM: &'static str = "upstream";
+
+    /// The key `id`, without a model.
     pub fn new(id: &'a str) -> Self {
-        RateLimitKey { id, model: None }
+        RateLimitKey {
+            scope: Self::KEY,
+            id,
+            model: None,
+        }
     }
 
-    /// The same key scoped to `model`.
+    /// The scope `scope` named `id`, without a model: `scoped("team", "acme")`.
+    pub fn scoped(scope: &'a str, id: &'a str) -> Self {
+        RateLimitKey {
+            scope,
+            id,
+            model: None,
+        }
+    }
+
+    /// The same scope per model.
     pub fn with_model(self, model: Option<&'a str>) -> Self {
         RateLimitKey { model, ..self }
     }
+
+    /// Whether this is a caller's own key (with or without a model).
+    pub fn is_caller(&self) -> bool {
+        self.scope == Self::KEY
+    }
+
+    /// What a refusal adds to name this scope: nothing for the caller's key,
+    /// ` for model gpt-4o-mini` for its per-model limits, ` for model
+    /// gpt-4o-mini (all keys)`, ` for upstream openai`, ` for team acme`.
+    pub(crate) fn describe(&self) -> String {
+        let model = self.model.map(|m| m.escape_debug().to_string());
+        match (self.scope, model) {
+            (Self::KEY, None) => String::new(),
+            (Self::KEY, Some(m)) => format!(" for model {m}"),
+            (Self::MODEL, _) => format!(" for model {} (all keys)", self.id.escape_debug()),
+            (scope, None) => format!(" for {} {}", scope.escape_debug(), self.id.escape_debug()),
+            (scope, Some(m)) => format!(
+                " for {} {} and model {m}",
+                scope.escape_debug(),
+                self.id.escape_debug()
+            ),
+        }
+    }
 }
 
-/// `alice`, or `alice (model gpt-4o)`, with control characters escaped: a
-/// key or a model may come from the client, and this is what logs show.
+/// `alice`, `alice (model gpt-4o)`, `model gpt-4o`, `upstream openai`, with
+/// control characters escaped: a key or a model may come from the client,
+/// and this is what logs show.
 impl fmt::Display for RateLimitKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.scope != Self::KEY {
+            write!(f, "{} ", self.scope.escape_debug())?;
+        }
         write!(f, "{}", self.id.escape_debug())?;
         if let Some(model) = self.model {
             write!(f, " (model {})", model.escape_debug())?;
@@ -62,32 +125,64 @@ impl fmt::Display for RateLimitKey<'_> {
     }
 }
 
-/// What one admission asks: charge `costs[i]` against `limits[i]` for every
-/// `i`, and take a concurrency slot if `max_concurrent` is set; all or nothing.
-///
-/// A store keeps one state per key and *position* in `limits`: callers pass
-/// the same list, in the same order, for a key every time. A store that sees
-/// a key's list change may start that key afresh.
+/// One scope of an admission: charge `costs[i]` against `limits[i]` for
+/// every `i`, and take a concurrency slot if `max_concurrent` is set.
 #[derive(Debug, Clone, Copy)]
-pub struct Acquire<'a> {
-    /// The key's limits.
+pub struct ScopeCharge<'a> {
+    /// The scope.
+    pub key: RateLimitKey<'a>,
+    /// Its limits.
     pub limits: &'a [Limit],
     /// The cost against each limit (same length as `limits`).
     pub costs: &'a [u64],
-    /// In-flight requests allowed for the key, if limited.
+    /// Requests in flight allowed in the scope, if limited.
     pub max_concurrent: Option<u32>,
 }
 
-/// What one settlement asks: add `deltas[i]` to `limits[i]` (negative:
+/// What one admission asks: every scope's charges, all or nothing.
+///
+/// ```
+/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, ScopeCharge};
+///
+/// let key = [Limit::requests_per_minute(60)];
+/// let model = [Limit::tokens_per_minute(2_000_000)];
+/// let scopes = [
+///     ScopeCharge { key: RateLimitKey::new("alice"), limits: &key, costs: &[1], max_concurrent: None },
+///     ScopeCharge {
+///         key: RateLimitKey::scoped(RateLimitKey::MODEL, "gpt-4o"),
+///         limits: &model,
+///         costs: &[1_200],
+///         max_concurrent: Some(64),
+///     },
+/// ];
+/// let request = Acquire { scopes: &scopes };
+/// # let _ = request;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Acquire<'a> {
+    /// The scopes, each with its limits and costs.
+    pub scopes: &'a [ScopeCharge<'a>],
+}
+
+/// One scope of a settlement: add `deltas[i]` to `limits[i]` (negative:
 /// refund) without a check, and free a concurrency slot if `release`.
 #[derive(Debug, Clone, Copy)]
-pub struct Settle<'a> {
-    /// The key's limits, as passed to [`Acquire`].
+pub struct ScopeSettle<'a> {
+    /// The scope.
+    pub key: RateLimitKey<'a>,
+    /// Its limits, as passed to [`Acquire`].
     pub limits: &'a [Limit],
     /// The adjustment of each limit (same length as `limits`; 0 leaves it).
     pub deltas: &'a [i64],
-    /// Whether the request held a concurrency slot to free.
+    /// Whether the request held a concurrency slot in this scope.
     pub release: bool,
+}
+
+/// What one settlement asks, for every scope of an admission.
+#[derive(Debug, Clone, Copy)]
+pub struct Settle<'a> {
+    /// The scopes.
+    pub scopes: &'a [ScopeSettle<'a>],
 }
 
 /// One limit's state as seen by an admission.
@@ -95,7 +190,11 @@ pub struct Settle<'a> {
 pub struct LimitState {
     /// What is left of the limit (after this request's charge, if admitted).
     pub remaining: u64,
-    /// Until the limit is back to full (`remaining == amount`).
+    /// Until capacity frees up: for [`Sliding`](super::Algorithm::Sliding)
+    /// when the next unit leaves the window, for
+    /// [`Gcra`](super::Algorithm::Gcra) when the limit is back to full, for
+    /// [`Fixed`](super::Algorithm::Fixed) when the window ends. Zero when
+    /// nothing is used.
     pub reset: Duration,
     /// Until this limit would admit the request's cost: zero if it admits it
     /// now, `None` if the cost is more than the whole limit.
@@ -118,8 +217,9 @@ pub enum Verdict {
     /// At least one limit refused; nothing was charged. The refusing limits
     /// are those whose [`LimitState::admits`] is false.
     Limited,
-    /// The limits admitted the request but the key has `max_concurrent`
-    /// requests in flight; nothing was charged.
+    /// The limits admitted the request but a scope has `max_concurrent`
+    /// requests in flight ([`Admission::busy`] says which); nothing was
+    /// charged.
     Concurrency,
 }
 
@@ -128,13 +228,18 @@ pub enum Verdict {
 pub struct Admission {
     /// The decision.
     pub verdict: Verdict,
-    /// The state of each limit, in the order of [`Acquire::limits`].
+    /// The state of each limit: the first scope's limits in order, then the
+    /// second's, and so on.
     pub states: LimitStates,
+    /// For [`Verdict::Concurrency`], the index of the (first) scope whose
+    /// requests in flight are at their cap.
+    pub busy: Option<usize>,
 }
 
 /// The [`LimitState`]s of an admission, in the order of its limits: a
-/// vector that holds two without allocating (an admission is on every
-/// request's path; most keys have a requests and a tokens limit).
+/// vector that holds four without allocating (an admission is on every
+/// request's path; most have a requests and a tokens limit in one or two
+/// scopes).
 ///
 /// ```
 /// use tollgate::rate_limit::{LimitState, LimitStates};
@@ -144,10 +249,10 @@ pub struct Admission {
 /// assert_eq!(states.len(), 1);
 /// assert_eq!(states[0].remaining, 59);
 /// ```
-#[derive(Clone, PartialEq, Eq, Default)]
+#[derive(Clone, Default)]
 pub struct LimitStates {
     len: usize,
-    inline: [LimitState; 2],
+    inline: [LimitState; 4],
     spilled: Vec<LimitState>,
 }
 
@@ -209,6 +314,16 @@ impl From<Vec<LimitState>> for LimitStates {
     }
 }
 
+/// Equal when the states are: a vector that spilled keeps stale copies of
+/// its first states inline, which do not count.
+impl PartialEq for LimitStates {
+    fn eq(&self, other: &LimitStates) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for LimitStates {}
+
 impl fmt::Debug for LimitStates {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter()).finish()
@@ -216,118 +331,48 @@ impl fmt::Debug for LimitStates {
 }
 
 /// State for [`RateLimitLayer`](super::RateLimitLayer): checks and charges
-/// limits per key, atomically, in one round trip.
+/// limits per scope, atomically, in one round trip.
 ///
-/// Implementations must make `acquire` all or nothing (a refused request
-/// consumes nothing) and atomic with respect to concurrent calls for the same
-/// key, so that N gateway instances (or N clones of a service) sharing a store
-/// share exact limits. The returned futures own what they need (`'static`):
-/// the layer settles from a response body's `Drop`, where nothing can be
-/// borrowed.
+/// Implementations must make `acquire` all or nothing across every scope
+/// (a refused request consumes nothing) and atomic with respect to
+/// concurrent calls, so that N gateway instances (or N clones of a service)
+/// sharing a store share exact limits. The returned futures own what they
+/// need (`'static`): the layer settles from a response body's `Drop`, where
+/// nothing can be borrowed. An in-memory store answers with
+/// [`StoreFuture::ready`], a remote one with [`StoreFuture::pending`].
 ///
 /// A distributed store should expire concurrency slots it never sees released
 /// (an instance that crashed mid-request), and read time from one clock (the
 /// server's), not from each instance.
 pub trait RateLimitStore: Send + Sync + 'static {
-    /// The future of [`acquire`](RateLimitStore::acquire).
-    ///
-    /// `Unpin`, so that the layer can poll it once where it is made: an
-    /// in-memory store's `Ready` answers there, and the request goes on to
-    /// the inner service without another state. A store whose future is not
-    /// `Unpin` returns it boxed ([`BoxStoreFuture`]).
-    type AcquireFuture: Future<Output = Result<Admission, StoreError>> + Send + Unpin + 'static;
-    /// The future of [`settle`](RateLimitStore::settle).
-    ///
-    /// `Unpin`, so that a settlement started from a body's end or `Drop` is
-    /// polled once in place and only moved to a task if it must wait: an
-    /// in-memory store's `Ready` costs no allocation. A store whose future
-    /// is not `Unpin` returns it boxed ([`BoxStoreFuture`]).
-    type SettleFuture: Future<Output = Result<(), StoreError>> + Send + Unpin + 'static;
+    /// Checks `request` against the state of its scopes and, if every limit
+    /// admits it and a concurrency slot is free in every capped scope,
+    /// charges it; otherwise charges nothing.
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission>;
 
-    /// Checks `request` against the state of `key` and, if every limit admits
-    /// it and a concurrency slot is free, charges it; otherwise charges
-    /// nothing.
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture;
-
-    /// Applies `request`'s deltas to the state of `key` and frees its
-    /// concurrency slot if asked. Settling a key the store no longer holds
-    /// (evicted) applies the charges and ignores the rest.
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture;
+    /// Applies `request`'s deltas and frees its concurrency slots. Settling
+    /// a scope the store no longer holds (evicted, expired) applies the
+    /// charges and ignores the rest.
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()>;
 }
 
-impl<T: RateLimitStore> RateLimitStore for Arc<T> {
-    type AcquireFuture = T::AcquireFuture;
-    type SettleFuture = T::SettleFuture;
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
-        (**self).acquire(key, request)
+impl<T: RateLimitStore + ?Sized> RateLimitStore for Arc<T> {
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
+        (**self).acquire(request)
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
-        (**self).settle(key, request)
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+        (**self).settle(request)
     }
 }
 
-/// A boxed future, as [`BoxRateLimitStore`] returns.
-pub type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
-
-trait ErasedStore: Send + Sync {
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> BoxStoreFuture<Admission>;
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> BoxStoreFuture<()>;
-}
-
-impl<T: RateLimitStore> ErasedStore for T {
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> BoxStoreFuture<Admission> {
-        Box::pin(RateLimitStore::acquire(self, key, request))
+impl<T: RateLimitStore + ?Sized> RateLimitStore for Box<T> {
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
+        (**self).acquire(request)
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> BoxStoreFuture<()> {
-        Box::pin(RateLimitStore::settle(self, key, request))
-    }
-}
-
-/// Any [`RateLimitStore`] behind one type, for a store chosen at run time
-/// (memory in development, Redis in production). Costs one allocation per
-/// operation.
-///
-/// ```
-/// use tollgate::rate_limit::{BoxRateLimitStore, RateLimitLayer};
-/// use tollgate::store::memory::MemoryRateLimitStore;
-///
-/// let store = BoxRateLimitStore::new(MemoryRateLimitStore::new());
-/// let layer = RateLimitLayer::new().store(store);
-/// # let _ = layer;
-/// ```
-#[derive(Clone)]
-pub struct BoxRateLimitStore {
-    inner: Arc<dyn ErasedStore>,
-}
-
-impl BoxRateLimitStore {
-    /// Erases the type of `store`.
-    pub fn new<T: RateLimitStore>(store: T) -> Self {
-        BoxRateLimitStore {
-            inner: Arc::new(store),
-        }
-    }
-}
-
-impl fmt::Debug for BoxRateLimitStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("BoxRateLimitStore")
-    }
-}
-
-impl RateLimitStore for BoxRateLimitStore {
-    type AcquireFuture = BoxStoreFuture<Admission>;
-    type SettleFuture = BoxStoreFuture<()>;
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
-        self.inner.acquire(key, request)
-    }
-
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
-        self.inner.settle(key, request)
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+        (**self).settle(request)
     }
 }
 
@@ -339,6 +384,25 @@ mod tests {
     fn keys_display_escaped() {
         let key = RateLimitKey::new("a\nb").with_model(Some("m\u{1b}[31m"));
         assert_eq!(key.to_string(), "a\\nb (model m\\u{1b}[31m)");
+        assert_eq!(RateLimitKey::scoped("team", "t").to_string(), "team t");
+        assert_eq!(key.describe(), " for model m\\u{1b}[31m");
+        assert_eq!(RateLimitKey::new("a").describe(), "");
+        assert_eq!(
+            RateLimitKey::scoped(RateLimitKey::MODEL, "gpt-4o").describe(),
+            " for model gpt-4o (all keys)"
+        );
+        assert_eq!(
+            RateLimitKey::scoped(RateLimitKey::UPSTREAM, "openai").describe(),
+            " for upstream openai"
+        );
+    }
+
+    #[test]
+    fn the_trait_is_dyn_compatible() {
+        fn takes(_: &dyn RateLimitStore) {}
+        let store: Arc<dyn RateLimitStore> =
+            Arc::new(crate::store::memory::MemoryRateLimitStore::new());
+        takes(&store);
     }
 
     #[test]
@@ -356,6 +420,10 @@ mod tests {
         );
         let mut three: LimitStates = vec![state(1), state(2), state(3)].into();
         three[1].remaining = 9;
+        let mut spilled: LimitStates = (0..7).map(state).collect();
+        spilled[0].remaining = 70;
+        let expected: LimitStates = [70, 1, 2, 3, 4, 5, 6].into_iter().map(state).collect();
+        assert_eq!(spilled, expected);
         assert_eq!(three.iter().map(|s| s.remaining).sum::<u64>(), 13);
         assert_eq!(format!("{:?}", LimitStates::new()), "[]");
     }

@@ -35,6 +35,32 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! # Reading the body
+//!
+//! The facts come from the crate's one JSON reader: a fast path takes the
+//! common body (plain keys, values of the expected types) in one pass that
+//! also counts the prompt's characters; any other body is read by
+//! `serde_json` into the same derived struct of borrowed fields. A body
+//! that is not a JSON object of these fields is rejected with 400
+//! `invalid_request` in serde's own words, at serde's line and column,
+//! and the field at fault in `param` (`max_tokens` for `"max_tokens": -5`).
+//!
+//! # Why a field given twice is rejected
+//!
+//! `{"model":"cheap","model":"dear"}` is valid JSON, but which `model` does
+//! the upstream use? If tollgate priced one and the upstream ran the other,
+//! a client could buy the dear model at the cheap price. Serde's derived
+//! readers refuse a duplicate field, and so does tollgate: 400, naming the
+//! field.
+//!
+//! # Facts travel forward
+//!
+//! A later step that needs to know more about the body finds it here rather
+//! than reading the body again: the body's length, and where its
+//! `stream_options` is, so that
+//! [`request_usage`](crate::usage::request_usage) asks the upstream for
+//! usage by splicing a few bytes in.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -47,6 +73,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
+pub(crate) use self::facts::StreamOptionsAt;
 use crate::{ApiError, BoxError};
 
 /// Facts about an OpenAI-style request, read once from its JSON body.
@@ -69,6 +96,10 @@ pub struct RequestMeta {
     pub prompt_tokens_estimate: u64,
     /// Size of the body in bytes.
     pub body_len: usize,
+    /// Where `stream_options` is in the body, for
+    /// [`request_usage`](crate::usage::request_usage) to edit it without
+    /// reading the body again.
+    pub(crate) stream_options_at: StreamOptionsAt,
 }
 
 /// Request bodies tollgate can rebuild from bytes, after reading a body once
@@ -120,16 +151,16 @@ impl RequestMeta {
     /// The default body limit: 16 MiB.
     pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
 
-    /// Reads the facts from a JSON body. Not an object, malformed JSON, or a
-    /// field of the wrong type → 400 `invalid_request` naming the problem
-    /// and where it is; a field of the wrong type is also named in `param`.
+    /// Reads the facts from a JSON body. Not an object, malformed JSON, a
+    /// field of the wrong type or given twice → 400 `invalid_request` with
+    /// `serde_json`'s words for the problem, at its line and column; a
+    /// field at fault is also named in `param`.
     ///
-    /// A hand-written scanner that allocates nothing but the `model`
-    /// string. It accepts, rejects and explains exactly as reading the body
-    /// with `serde_json` would: the same facts, the same errors, at the same
-    /// line and column.
+    /// Common bodies are read by a fast path that allocates nothing but the
+    /// `model` string; any other body, and every error, by `serde_json`
+    /// (see [Reading the body](self#reading-the-body)).
     pub fn from_json(body: &[u8]) -> Result<RequestMeta, ApiError> {
-        json::parse(body)
+        facts::read(body)
     }
 
     /// Makes sure `req` carries a `RequestMeta` in its extensions, reading the
@@ -398,8 +429,6 @@ fn contains_ignore_case(s: &[u8], needle: &[u8]) -> bool {
         .any(|window| window.eq_ignore_ascii_case(needle))
 }
 
-mod json;
-#[cfg(test)]
-mod oracle;
+mod facts;
 #[cfg(test)]
 mod tests;

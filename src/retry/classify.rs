@@ -6,7 +6,9 @@ use std::time::Duration;
 use http::{HeaderMap, StatusCode};
 
 use super::hints;
+use super::transport::{TransportFailure, classify_transport};
 use crate::clock::Clock;
+use crate::envelope::GRPC_STATUS;
 use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
@@ -44,9 +46,27 @@ use crate::{ApiError, ErrorKind, RetryClass};
 ///     DefaultClassifier::new().classify(outcome)
 /// });
 /// ```
+///
+/// A closure classifies responses only; an attempt that got no response is
+/// classified by [`classify_transport`](Classify::classify_transport), whose
+/// default is [`DefaultClassifier`]'s.
 pub trait Classify: Send + Sync + 'static {
     /// Classifies one attempt's response.
     fn classify(&self, outcome: &Outcome<'_>) -> Classification;
+
+    /// Classifies one attempt that got no response: the inner service's
+    /// error, or the [per-attempt timeout](super::RetryPolicy::attempt_timeout).
+    ///
+    /// The default: a connect error (nothing was sent) is
+    /// [`ErrorKind::Connection`], [`RetryClass::Transient`]; a timeout is
+    /// [`ErrorKind::Timeout`] and anything else (a reset, an unknown error)
+    /// [`ErrorKind::Connection`], both transient for a
+    /// [replay-safe](super::RetryPolicy::replay_safe) request and
+    /// [`RetryClass::Never`] otherwise, since the upstream may have done
+    /// (and billed) the work.
+    fn classify_transport(&self, failure: &TransportFailure<'_>) -> Classification {
+        classify_transport(failure)
+    }
 }
 
 impl<F> Classify for F
@@ -60,15 +80,16 @@ where
 
 /// What a classifier sees of one attempt: the response head and, for an
 /// error status, the start of the body, or, for an event stream, its first
-/// event.
+/// event, or, for a gRPC response without a `grpc-status` header, its
+/// trailers.
 ///
 /// An `Err` from the inner service (connection refused, reset, DNS, TLS, a
-/// timeout layer's `Elapsed`) is not classified: it is always
-/// [`ErrorKind::Connection`], [`RetryClass::Transient`].
+/// timeout layer's `Elapsed`) is a [`TransportFailure`] instead.
 #[derive(Clone, Copy)]
 pub struct Outcome<'a> {
     status: StatusCode,
     headers: &'a HeaderMap,
+    trailers: Option<&'a HeaderMap>,
     body: &'a [u8],
     event: Option<&'a str>,
     // Read only when a classifier asks (absolute dates in headers).
@@ -93,6 +114,7 @@ impl<'a> Outcome<'a> {
         Outcome {
             status,
             headers,
+            trailers: None,
             body: &[],
             event: None,
             now_unix: None,
@@ -111,6 +133,13 @@ impl<'a> Outcome<'a> {
     pub fn with_first_event(mut self, event: &'a str, data: &'a [u8]) -> Self {
         self.event = Some(event);
         self.body = data;
+        self
+    }
+
+    /// With the trailers that ended the body (a gRPC response's
+    /// `grpc-status` comes in them unless the response is trailers-only).
+    pub fn with_trailers(mut self, trailers: &'a HeaderMap) -> Self {
+        self.trailers = Some(trailers);
         self
     }
 
@@ -141,6 +170,11 @@ impl<'a> Outcome<'a> {
     /// for an event stream, the first event's data; otherwise empty.
     pub fn body(&self) -> &'a [u8] {
         self.body
+    }
+
+    /// The trailers, when the body was read to its end and had some.
+    pub fn trailers(&self) -> Option<&'a HeaderMap> {
+        self.trailers
     }
 
     /// The first event's type when this is an event stream's first event.
@@ -234,9 +268,17 @@ impl Classification {
 ///     or `enforced_spend_limit_reached` (or whose type is `insufficient_quota`);
 ///   - after the server's delay: other 429s;
 ///   - transient: 408, 409, 500, 502, 503, 504, 529 and any other 5xx.
+/// - A `grpc-status` other than 0 (OK), in the headers (a trailers-only
+///   response) or the trailers, is classified as the HTTP status it maps
+///   to: `UNAVAILABLE` (14) as 503, `RESOURCE_EXHAUSTED` (8) as 429,
+///   `DEADLINE_EXCEEDED` (4) as 504, `INTERNAL` (13) and `UNKNOWN` (2) as
+///   500, `INVALID_ARGUMENT` (3) as 400, `UNAUTHENTICATED` (16) as 401, …;
+///   its metadata gives the delay.
 /// - `x-should-retry: true` or `false` on an error response overrides the
 ///   class (`true` on a never-class failure makes it transient).
 /// - The delay comes from the headers ([`hints::server_delay`]).
+/// - An attempt without a response is classified as
+///   [`Classify::classify_transport`] says.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DefaultClassifier {
     _private: (),
@@ -256,11 +298,41 @@ impl Classify for DefaultClassifier {
         }
         let status = outcome.status;
         if status.as_u16() < 400 {
-            return Classification::Success;
+            // gRPC answers 200 and puts its status in the headers of a
+            // trailers-only response, or in the trailers.
+            let grpc = [Some(outcome.headers), outcome.trailers]
+                .into_iter()
+                .flatten()
+                .find(|map| map.contains_key(GRPC_STATUS));
+            return match grpc {
+                Some(map) if grpc_status_of(map) != 0 => {
+                    let error = crate::envelope::parse(status, map, outcome.body);
+                    failure(&error, error.status(), map, outcome.now_unix())
+                }
+                _ => Classification::Success,
+            };
         }
         let error = crate::envelope::parse(status, outcome.headers, outcome.body);
         failure(&error, status, outcome.headers, outcome.now_unix())
     }
+}
+
+/// The `grpc-status` of a header map that has one (2, UNKNOWN, when it
+/// cannot be read).
+fn grpc_status_of(map: &HeaderMap) -> u32 {
+    map.get(GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(2)
+}
+
+/// Whether a response is gRPC with its status still to come in the
+/// trailers (not a trailers-only response).
+pub(crate) fn awaits_grpc_trailers(headers: &HeaderMap) -> bool {
+    !headers.contains_key(GRPC_STATUS)
+        && headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
 }
 
 fn failure(

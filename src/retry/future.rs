@@ -1,4 +1,9 @@
 //! The response future of [`Retry`](super::Retry): the retry loop itself.
+//!
+//! Over 600 lines on purpose: the loop is one state machine whose states
+//! and transitions are read together. What stands alone lives beside it:
+//! classification (`classify.rs`, `transport.rs`), the policy's decisions
+//! (`policy.rs`), the peeked body (`body.rs`).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,9 +20,10 @@ use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::body::{BodyBuf, ResponseBody, SseScanner, Tail};
-use super::classify::{Classification, Outcome};
+use super::classify::{Classification, Outcome, awaits_grpc_trailers};
 use super::layer::Shared;
-use super::policy::{Failure, FailureCounts};
+use super::policy::{Failure, FailureCounts, Stop};
+use super::transport::{TransportFailure, add_idempotency_key, error_source};
 use super::{RetryInfo, X_RETRY_COUNT};
 use crate::request::FromBytes;
 use crate::{ApiError, BoxError, ErrorKind, RetryClass};
@@ -48,7 +54,9 @@ pin_project! {
         // Waiting for the inner service to be ready, then calling it with
         // the template.
         Ready,
-        Calling { #[pin] future: F },
+        // An attempt in flight, and its per-attempt timeout (`None`: no
+        // timeout). Inline, not boxed: every call has one.
+        Calling { #[pin] future: F, #[pin] timer: Option<Sleep> },
         // Reading an error body, or an event stream up to its first event.
         // Boxed, like the sleep below: the retry paths pay for the space,
         // not every call's future.
@@ -67,6 +75,9 @@ struct Peek<R, E> {
     tail: Tail<E>,
     // `Some` for an event stream.
     scanner: Option<SseScanner>,
+    // A gRPC response awaiting its status: read until the first frame (its
+    // first message, or the trailers with `grpc-status`), no further.
+    grpc: bool,
     timer: Pin<Box<Sleep>>,
 }
 
@@ -98,6 +109,20 @@ struct Progress {
     failures: FailureCounts,
     started: Instant,
     total_wait: Duration,
+    // A retryable failure got no further attempt: the policy's attempts,
+    // deadline or the retry budget ran out (see `RetryInfo::exhausted`).
+    exhausted: bool,
+}
+
+/// An attempt's state: its future, timed by the per-attempt timeout.
+fn calling<F, B, R, E>(shared: &Shared, future: F) -> State<F, B, R, E> {
+    State::Calling {
+        future,
+        timer: shared
+            .policy
+            .attempt_timeout_duration()
+            .map(tokio::time::sleep),
+    }
 }
 
 impl<S, B, R> ResponseFuture<S, B, R>
@@ -116,8 +141,9 @@ where
             failures: FailureCounts::default(),
             started,
             total_wait: Duration::ZERO,
+            exhausted: false,
         };
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let fits = body.is_end_stream()
             || body
                 .size_hint()
@@ -131,16 +157,18 @@ where
             );
             progress.attempts = 1;
             let future = inner.call(Request::from_parts(parts, body));
-            (State::Calling { future }, None)
+            (calling(&shared, future), None)
         } else if body.is_end_stream() {
+            add_idempotency_key(&shared, &mut parts);
             let template = Template {
                 parts,
                 body: Bytes::new(),
             };
             progress.attempts = 1;
             let future = inner.call(template.request(0));
-            (State::Calling { future }, Some(template))
+            (calling(&shared, future), Some(template))
         } else {
+            add_idempotency_key(&shared, &mut parts);
             let template = Template {
                 parts,
                 body: Bytes::new(),
@@ -164,6 +192,8 @@ where
 impl<S, B, R> Future for ResponseFuture<S, B, R>
 where
     S: Service<Request<B>, Response = Response<R>>,
+    // Looked into by type to tell a connect error from the others.
+    S::Error: 'static,
     B: Body<Data = Bytes> + FromBytes,
     B::Error: Into<BoxError>,
     R: Body<Data = Bytes>,
@@ -225,18 +255,30 @@ where
                     }
                     this.progress.attempts += 1;
                     let future = this.inner.call(request);
-                    this.state.set(State::Calling { future });
+                    this.state.set(calling(this.shared, future));
                 }
-                StateProj::Calling { future } => {
-                    let response = match ready!(future.poll(cx)) {
-                        Ok(response) => response,
-                        Err(error) => {
-                            let failure = Failure {
-                                kind: ErrorKind::Connection,
-                                class: RetryClass::Transient,
-                                retry_after: None,
-                            };
-                            match plan(this.shared, this.progress, this.template, failure, None) {
+                StateProj::Calling { future, timer } => {
+                    let polled = match (future.poll(cx), timer.as_pin_mut()) {
+                        (Poll::Ready(result), _) => Some(result),
+                        (Poll::Pending, Some(timer)) => {
+                            ready!(timer.poll(cx));
+                            None
+                        }
+                        (Poll::Pending, None) => return Poll::Pending,
+                    };
+                    let response = match polled {
+                        Some(Ok(response)) => response,
+                        Some(Err(error)) => {
+                            let safe = replay_safe(this.shared, this.template);
+                            let failure = TransportFailure::new(error_source(&error), safe);
+                            let verdict = this.shared.classifier.classify_transport(&failure);
+                            match next_attempt(
+                                this.shared,
+                                this.progress,
+                                this.template,
+                                verdict,
+                                None,
+                            ) {
                                 Some(delay) => {
                                     this.state.set(State::Waiting {
                                         sleep: Box::pin(tokio::time::sleep(delay)),
@@ -249,8 +291,33 @@ where
                                 }
                             }
                         }
+                        None => {
+                            // The attempt outlived its timeout: drop it (and
+                            // its connection) and classify the timeout.
+                            this.state.set(State::Done);
+                            let safe = replay_safe(this.shared, this.template);
+                            let failure = TransportFailure::attempt_timeout(safe);
+                            let verdict = this.shared.classifier.classify_transport(&failure);
+                            let retry = next_attempt(
+                                this.shared,
+                                this.progress,
+                                this.template,
+                                verdict,
+                                None,
+                            );
+                            if let Some(delay) = retry {
+                                this.state.set(State::Waiting {
+                                    sleep: Box::pin(tokio::time::sleep(delay)),
+                                });
+                                continue;
+                            }
+                            return Poll::Ready(Ok(timed_out(this.shared, this.progress, verdict)));
+                        }
                     };
                     if !may_retry(this.shared, this.progress, this.template) {
+                        // A retryable failure here had its last attempt.
+                        this.progress.exhausted =
+                            this.template.is_some() && retryable_status(response.status());
                         this.state.set(State::Done);
                         return Poll::Ready(Ok(finish(response, this.progress)));
                     }
@@ -258,11 +325,13 @@ where
                     let stream = status == StatusCode::OK
                         && this.shared.peek_streams
                         && is_event_stream(response.headers());
-                    if status.as_u16() >= 400 || stream {
+                    let grpc = status == StatusCode::OK && awaits_grpc_trailers(response.headers());
+                    if status.as_u16() >= 400 || stream || grpc {
                         let now = Instant::now();
                         let deadline =
                             this.progress.started + this.shared.policy.deadline_duration();
                         if now >= deadline {
+                            this.progress.exhausted = retryable_status(status);
                             this.state.set(State::Done);
                             return Poll::Ready(Ok(finish(response, this.progress)));
                         }
@@ -275,6 +344,7 @@ where
                                 buf: BytesMut::new(),
                                 tail: Tail::Body,
                                 scanner: stream.then(SseScanner::default),
+                                grpc,
                                 timer: Box::pin(tokio::time::sleep_until(until)),
                             })),
                         });
@@ -355,7 +425,7 @@ fn read_head<R: Body<Data = Bytes>>(
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
                     p.buf.extend_from_slice(&data);
-                    if p.scanner.as_mut().is_some_and(|s| s.feed(&p.buf)) {
+                    if p.grpc || p.scanner.as_mut().is_some_and(|s| s.feed(&p.buf)) {
                         return Poll::Ready(());
                     }
                     if p.body.is_end_stream() {
@@ -403,7 +473,13 @@ fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
         },
         None => {
             let body = &p.buf[..p.buf.len().min(shared.max_error_body)];
-            shared.classifier.classify(&outcome.with_body(body))
+            let outcome = outcome.with_body(body);
+            match &p.tail {
+                Tail::Trailers(trailers) => {
+                    shared.classifier.classify(&outcome.with_trailers(trailers))
+                }
+                _ => shared.classifier.classify(&outcome),
+            }
         }
     }
 }
@@ -414,6 +490,18 @@ fn retry_after(
     template: &Option<Template>,
     verdict: Classification,
     status: StatusCode,
+) -> Option<Duration> {
+    next_attempt(shared, progress, template, verdict, Some(status))
+}
+
+/// The delay before the next attempt after `verdict` (`None`: stop), for a
+/// response of `status` or an attempt without one.
+fn next_attempt(
+    shared: &Shared,
+    progress: &mut Progress,
+    template: &Option<Template>,
+    verdict: Classification,
+    status: Option<StatusCode>,
 ) -> Option<Duration> {
     match verdict {
         Classification::Success => None,
@@ -427,9 +515,46 @@ fn retry_after(
                 class,
                 retry_after,
             };
-            plan(shared, progress, template, failure, Some(status))
+            plan(shared, progress, template, failure, status)
         }
     }
+}
+
+/// Whether the request may be sent again once it may have reached the
+/// upstream (`false` when it cannot be replayed at all).
+fn replay_safe(shared: &Shared, template: &Option<Template>) -> bool {
+    template
+        .as_ref()
+        .is_some_and(|t| shared.policy.is_replay_safe(&t.parts, &t.body))
+}
+
+/// The answer to an attempt that timed out and is not retried: a 504 the
+/// client must not retry either (the upstream may have done the work, or
+/// the attempts are used up).
+fn timed_out<R: Body>(
+    shared: &Shared,
+    progress: &Progress,
+    verdict: Classification,
+) -> Response<ResponseBody<R>> {
+    let timeout = shared.policy.attempt_timeout_duration().unwrap_or_default();
+    let retryable =
+        matches!(verdict, Classification::Failure { class, .. } if class != RetryClass::Never);
+    let error = ApiError::timeout()
+        .with_message(format!(
+            "The upstream did not answer within {} s.",
+            timeout.as_secs_f64()
+        ))
+        .with_should_retry(retryable && !progress.exhausted);
+    with_info(
+        error.into_http_response().map(ResponseBody::rejected),
+        progress,
+    )
+}
+
+/// Whether a response that was not read could be a failure worth another
+/// attempt, judged by its status alone (429, 408, 409, 5xx).
+fn retryable_status(status: StatusCode) -> bool {
+    status.as_u16() >= 400 && ErrorKind::from_status(status).retry_class() != RetryClass::Never
 }
 
 /// Whether another attempt is possible at all, before reading anything.
@@ -467,6 +592,7 @@ fn plan(
     ) {
         Ok(delay) => delay,
         Err(stop) => {
+            progress.exhausted = matches!(stop, Stop::Attempts | Stop::Deadline);
             tracing::debug!(
                 target: "tollgate::retry",
                 kind = %failure.kind,
@@ -481,6 +607,7 @@ fn plan(
     };
     if let Some(budget) = &shared.budget {
         if !budget.withdraw() {
+            progress.exhausted = true;
             tracing::warn!(
                 target: "tollgate::retry",
                 kind = %failure.kind,
@@ -523,6 +650,7 @@ fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
     response.extensions_mut().insert(RetryInfo {
         attempts: progress.attempts,
         total_wait: progress.total_wait,
+        exhausted: progress.exhausted,
     });
     response
 }
@@ -532,6 +660,7 @@ fn finish_rejected<R: Body>(error: ApiError) -> Response<ResponseBody<R>> {
     response.extensions_mut().insert(RetryInfo {
         attempts: 0,
         total_wait: Duration::ZERO,
+        exhausted: false,
     });
     response
 }

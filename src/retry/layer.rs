@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::backoff::Jitter;
+use super::backoff::Random;
 use super::classify::{Classify, DefaultClassifier};
 use super::service::Retry;
 use super::{RetryBudget, RetryPolicy};
@@ -18,11 +18,12 @@ pub(crate) struct Shared {
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) classifier: Arc<dyn Classify>,
     pub(crate) clock: SharedClock,
-    pub(crate) jitter: Arc<Jitter>,
+    pub(crate) jitter: Arc<Random>,
     pub(crate) max_request_body: usize,
     pub(crate) max_error_body: usize,
     pub(crate) peek_streams: bool,
     pub(crate) peek_timeout: Duration,
+    pub(crate) idempotency_key: bool,
 }
 
 impl fmt::Debug for Shared {
@@ -34,6 +35,7 @@ impl fmt::Debug for Shared {
             .field("max_error_body", &self.max_error_body)
             .field("peek_streams", &self.peek_streams)
             .field("peek_timeout", &self.peek_timeout)
+            .field("idempotency_key", &self.idempotency_key)
             .finish_non_exhaustive()
     }
 }
@@ -44,13 +46,14 @@ impl fmt::Debug for Shared {
 ///
 /// | knob | default |
 /// |---|---|
-/// | [`policy`](Self::policy) | [`RetryPolicy::new`]: 3 attempts, 0.5–8 s jittered backoff, 10 min deadline, 120 s cap on server delays |
+/// | [`policy`](Self::policy) | [`RetryPolicy::new`]: 3 attempts; backoff `2^n s + U(0, 1) s` on 429, `2^n s` otherwise, capped at 8 s; 30 s per attempt; 10 min deadline; 120 s cap on server delays |
 /// | [`budget`](Self::budget) | [`RetryBudget::default`]: 20 % of requests over 10 s, plus 10 per second |
 /// | [`classify`](Self::classify) | [`DefaultClassifier`] |
 /// | [`max_request_body`](Self::max_request_body) | 16 MiB |
 /// | [`max_error_body`](Self::max_error_body) | 64 KiB |
 /// | [`peek_streams`](Self::peek_streams) | on |
 /// | [`peek_timeout`](Self::peek_timeout) | 10 s |
+/// | [`idempotency_key`](Self::idempotency_key) | on |
 ///
 /// Every service built by one layer (and every clone of those) shares the
 /// budget.
@@ -75,11 +78,12 @@ impl RetryLayer {
                 budget: Some(RetryBudget::default()),
                 classifier: Arc::new(DefaultClassifier::new()),
                 clock: default_clock(),
-                jitter: Arc::new(Jitter::new()),
+                jitter: Arc::new(Random::new()),
                 max_request_body: Self::DEFAULT_MAX_REQUEST_BODY,
                 max_error_body: Self::DEFAULT_MAX_ERROR_BODY,
                 peek_streams: true,
                 peek_timeout: Self::DEFAULT_PEEK_TIMEOUT,
+                idempotency_key: true,
             }),
         }
     }
@@ -142,6 +146,16 @@ impl RetryLayer {
     /// returning the response with what has arrived.
     pub fn peek_timeout(mut self, timeout: Duration) -> Self {
         self.shared_mut().peek_timeout = timeout;
+        self
+    }
+
+    /// Whether a `POST` or `PATCH` that the caller sent without an
+    /// `Idempotency-Key` gets one (on by default): generated once per
+    /// logical request and sent unchanged with each of its attempts, so an
+    /// upstream that honours the header does the work, and bills it, once
+    /// however often the request is retried. A caller's own key is kept.
+    pub fn idempotency_key(mut self, enabled: bool) -> Self {
+        self.shared_mut().idempotency_key = enabled;
         self
     }
 

@@ -1,9 +1,13 @@
 //! How many times, how long, and for which failures: [`RetryPolicy`].
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
+use http::Method;
+
 use super::backoff::ExponentialBackoff;
+use crate::request::RequestMeta;
 use crate::{ErrorKind, RetryClass};
 
 const KINDS: usize = ErrorKind::ALL.len();
@@ -14,24 +18,34 @@ const KINDS: usize = ErrorKind::ALL.len();
 /// |---|---|---|
 /// | [`max_attempts`](Self::max_attempts) | 3 | attempts in total, the first included (the SDKs' 2 retries) |
 /// | [`attempts_for`](Self::attempts_for) | `max_attempts` | attempts while failing with one [`ErrorKind`] |
-/// | [`backoff`](Self::backoff) | 0.5 s doubling to 8 s, full jitter | wait when the server gives no delay |
+/// | [`backoff_for`](Self::backoff_for) | 429: `2^n s + U(0, 1) s`; anything else: `2^n s` (1 s, 2 s, 4 s); both capped at 8 s | wait when the server gives no delay ([`backoff`](Self::backoff) sets every kind's) |
+/// | [`attempt_timeout`](Self::attempt_timeout) | 30 s | the longest wait for one attempt's response head |
+/// | [`replay_safe`](Self::replay_safe) | streamed requests, embeddings, idempotent methods | which requests are sent again after a timeout or a reset |
 /// | [`deadline`](Self::deadline) | 10 min | no sleep ends, and no retry starts, later than this after the call |
 /// | [`max_server_delay`](Self::max_server_delay) | 120 s | a longer server-requested delay means "don't retry" |
 ///
+/// The backoffs and the timeout are the HiveOps guide's (000-hiveops-errors.txt):
+/// `2^attempt + random.uniform(0, 1)` seconds on a rate limit, `2 ** attempt`
+/// (1 s, 2 s, 4 s) on a 500 or 503, `timeout=30`.
+///
 /// Which failures are retried at all is the classifier's call
-/// ([`RetryClass`]); the policy only bounds how often and how late.
+/// ([`RetryClass`]); the policy only bounds how often and how late, and says
+/// which requests may be repeated once they may have reached the upstream.
 ///
 /// ```
 /// use std::time::Duration;
 /// use tollgate::ErrorKind;
-/// use tollgate::retry::RetryPolicy;
+/// use tollgate::retry::{ExponentialBackoff, RetryPolicy};
 ///
 /// let policy = RetryPolicy::new()
 ///     .max_attempts(5)
 ///     .attempts_for(ErrorKind::Overloaded, 2) // 529: back off to another model instead
-///     .deadline(Duration::from_secs(60));
+///     .backoff_for(ErrorKind::Overloaded, ExponentialBackoff::default())
+///     .attempt_timeout(Duration::from_secs(120)) // a slow reasoning model
+///     .deadline(Duration::from_secs(600));
 /// assert_eq!(policy.attempts_allowed(ErrorKind::RateLimited), 5);
 /// assert_eq!(policy.attempts_allowed(ErrorKind::Overloaded), 2);
+/// assert_eq!(policy.backoff_of(ErrorKind::Unavailable), ExponentialBackoff::SERVER_ERRORS);
 /// ```
 ///
 /// # Why a deadline?
@@ -42,23 +56,66 @@ const KINDS: usize = ErrorKind::ALL.len();
 /// gave up. The deadline is the answer to "how long may this call take in
 /// total": the layer never sleeps past it and never starts an attempt after
 /// it, and returns the last failure as it is instead. It does not cut an
-/// attempt in flight (a streaming completion may rightly take minutes); put a
-/// timeout layer inside the retry layer for that.
+/// attempt in flight; the [per-attempt timeout](Self::attempt_timeout) does.
 ///
-/// # Why per-kind attempts?
+/// # Why a per-attempt timeout, and why it is not always retried
+///
+/// An upstream that accepted a connection and then hangs holds the caller
+/// until the deadline, which is minutes; the guides ask for 30 s per attempt.
+/// The timeout bounds the wait for the response head (for a stream, its
+/// first bytes; the stream itself may then take as long as it takes). But an
+/// attempt that timed out, or whose connection was reset, after the request
+/// was sent may have been processed, and billed, by the provider: sending a
+/// non-streamed completion again can pay for it twice. So such a failure is
+/// retried only for a request the policy calls [replay-safe](Self::replay_safe);
+/// a connection that was never made is always retried, since nothing was sent.
+///
+/// # Why per-kind attempts and backoffs?
 ///
 /// Failures differ in what another try costs and how likely it is to work. A
 /// connection refused is cheap to retry; a 529 "overloaded" during a
 /// provider incident mostly adds to the pile; a 429 with a server-given delay
-/// will likely succeed. [`attempts_for`](Self::attempts_for) tunes each, like
-/// a per-exception retry policy, under the global [`max_attempts`](Self::max_attempts).
+/// will likely succeed. [`attempts_for`](Self::attempts_for) and
+/// [`backoff_for`](Self::backoff_for) tune each, like a per-exception retry
+/// policy, under the global [`max_attempts`](Self::max_attempts).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
     per_kind: [Option<u32>; KINDS],
-    backoff: ExponentialBackoff,
+    backoffs: [ExponentialBackoff; KINDS],
     deadline: Duration,
     max_server_delay: Duration,
+    attempt_timeout: Option<Duration>,
+    replay_safe: ReplayRule,
+}
+
+type ReplaySafeFn = dyn Fn(&http::request::Parts, &[u8]) -> bool + Send + Sync;
+
+/// The rule saying which requests may be sent again after they may have
+/// reached the upstream; `None` for [`RetryPolicy::replay_safe_by_default`].
+#[derive(Clone, Default)]
+struct ReplayRule(Option<Arc<ReplaySafeFn>>);
+
+impl PartialEq for ReplayRule {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ReplayRule {}
+
+impl fmt::Debug for ReplayRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "custom"
+        } else {
+            "default"
+        })
+    }
 }
 
 /// Why a failure was not retried.
@@ -92,15 +149,25 @@ impl RetryPolicy {
     pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(600);
     /// Default cap on a server-requested delay: 120 s.
     pub const DEFAULT_MAX_SERVER_DELAY: Duration = Duration::from_secs(120);
+    /// Default per-attempt timeout: 30 s, the HiveOps guide's `timeout=30`.
+    pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
     /// The defaults in the table above.
     pub fn new() -> Self {
+        let mut backoffs = [ExponentialBackoff::SERVER_ERRORS; KINDS];
+        for kind in [ErrorKind::RateLimited, ErrorKind::QuotaExhausted] {
+            if let Some(slot) = backoffs.get_mut(kind_index(kind)) {
+                *slot = ExponentialBackoff::RATE_LIMITS;
+            }
+        }
         RetryPolicy {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             per_kind: [None; KINDS],
-            backoff: ExponentialBackoff::default(),
+            backoffs,
             deadline: Self::DEFAULT_DEADLINE,
             max_server_delay: Self::DEFAULT_MAX_SERVER_DELAY,
+            attempt_timeout: Some(Self::DEFAULT_ATTEMPT_TIMEOUT),
+            replay_safe: ReplayRule::default(),
         }
     }
 
@@ -121,10 +188,29 @@ impl RetryPolicy {
         self
     }
 
-    /// The backoff used when the server gives no delay.
+    /// The backoff of every kind of failure, used when the server gives no
+    /// delay. [`backoff_for`](Self::backoff_for) after it refines one kind.
     pub fn backoff(mut self, backoff: ExponentialBackoff) -> Self {
-        self.backoff = backoff;
+        self.backoffs = [backoff; KINDS];
         self
+    }
+
+    /// The backoff after a failure of `kind`. The `n`-th retry's delay
+    /// comes from the backoff of the failure before it, with `n` counting
+    /// every attempt made so far.
+    pub fn backoff_for(mut self, kind: ErrorKind, backoff: ExponentialBackoff) -> Self {
+        if let Some(slot) = self.backoffs.get_mut(kind_index(kind)) {
+            *slot = backoff;
+        }
+        self
+    }
+
+    /// The backoff after a failure of `kind`.
+    pub fn backoff_of(&self, kind: ErrorKind) -> ExponentialBackoff {
+        self.backoffs
+            .get(kind_index(kind))
+            .copied()
+            .unwrap_or(ExponentialBackoff::SERVER_ERRORS)
     }
 
     /// The total time a call may spend in the retry loop, counted from the
@@ -139,6 +225,94 @@ impl RetryPolicy {
     pub fn max_server_delay(mut self, cap: Duration) -> Self {
         self.max_server_delay = cap;
         self
+    }
+
+    /// The longest wait for one attempt's response head (30 s by default).
+    /// An attempt that takes longer is abandoned (its request dropped) and
+    /// classified as a timeout: retried when the request is
+    /// [replay-safe](Self::replay_safe), else answered with a 504 that tells
+    /// the client not to retry either.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// No per-attempt timeout: an attempt may take until the deadline.
+    pub fn without_attempt_timeout(mut self) -> Self {
+        self.attempt_timeout = None;
+        self
+    }
+
+    /// Which requests may be sent again after an attempt that may have
+    /// reached the upstream (a timeout or a reset after the request was
+    /// sent). `rule` sees the request's head and its body;
+    /// [`replay_safe_by_default`](Self::replay_safe_by_default) is the
+    /// default, for a rule to build on.
+    ///
+    /// ```
+    /// use tollgate::retry::RetryPolicy;
+    ///
+    /// // Moderations are free: repeat them too.
+    /// let policy = RetryPolicy::new().replay_safe(|head, body| {
+    ///     head.uri.path().ends_with("/moderations")
+    ///         || RetryPolicy::replay_safe_by_default(head, body)
+    /// });
+    /// ```
+    pub fn replay_safe<F>(mut self, rule: F) -> Self
+    where
+        F: Fn(&http::request::Parts, &[u8]) -> bool + Send + Sync + 'static,
+    {
+        self.replay_safe = ReplayRule(Some(Arc::new(rule)));
+        self
+    }
+
+    /// Whether this policy lets `head` and `body` be sent again after an
+    /// attempt that may have reached the upstream.
+    pub fn is_replay_safe(&self, head: &http::request::Parts, body: &[u8]) -> bool {
+        match &self.replay_safe.0 {
+            Some(rule) => rule(head, body),
+            None => Self::replay_safe_by_default(head, body),
+        }
+    }
+
+    /// The default [`replay_safe`](Self::replay_safe) rule: a request is
+    /// safe to send again when
+    ///
+    /// - its method is idempotent (`GET`, `HEAD`, `OPTIONS`, `PUT`,
+    ///   `DELETE`, `TRACE`);
+    /// - it asks for a stream (`"stream": true`, read from the
+    ///   [`RequestMeta`] in its extensions or else from the body): a failure
+    ///   before the response head is before the first byte of the answer,
+    ///   and a provider bills a stream by what it sent;
+    /// - it is an embeddings request (path ending in `/embeddings`): cheap,
+    ///   and the same input gives the same answer.
+    ///
+    /// A non-streamed completion is not: the provider may have finished it,
+    /// and billed it, before the connection failed.
+    pub fn replay_safe_by_default(head: &http::request::Parts, body: &[u8]) -> bool {
+        if matches!(
+            head.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        ) {
+            return true;
+        }
+        if head
+            .uri
+            .path()
+            .trim_end_matches('/')
+            .ends_with("/embeddings")
+        {
+            return true;
+        }
+        match head.extensions.get::<RequestMeta>() {
+            Some(meta) => meta.stream,
+            None => RequestMeta::from_json(body).is_ok_and(|meta| meta.stream),
+        }
     }
 
     /// How many tries a request gets while failing with `kind`.
@@ -157,6 +331,10 @@ impl RetryPolicy {
 
     pub(crate) fn deadline_duration(&self) -> Duration {
         self.deadline
+    }
+
+    pub(crate) fn attempt_timeout_duration(&self) -> Option<Duration> {
+        self.attempt_timeout
     }
 
     /// The delay before the next attempt, or why there is none.
@@ -181,7 +359,7 @@ impl RetryPolicy {
         let delay = match failure.retry_after {
             Some(delay) if delay > self.max_server_delay => return Err(Stop::ServerDelay(delay)),
             Some(delay) => delay,
-            None => self.backoff.delay(attempts, random),
+            None => self.backoff_of(failure.kind).delay(attempts, random),
         };
         if elapsed.saturating_add(delay) >= self.deadline {
             return Err(Stop::Deadline);
@@ -235,10 +413,20 @@ impl fmt::Debug for RetryPolicy {
             .zip(self.per_kind.iter())
             .filter_map(|(k, n)| n.map(|n| (*k, n)))
             .collect();
+        // The backoffs that differ from the one of most kinds, by kind.
+        let common = self.backoff_of(ErrorKind::Internal);
+        let backoff_for: Vec<_> = ErrorKind::ALL
+            .iter()
+            .zip(self.backoffs.iter())
+            .filter(|(_, b)| **b != common)
+            .collect();
         f.debug_struct("RetryPolicy")
             .field("max_attempts", &self.max_attempts)
             .field("attempts_for", &per_kind)
-            .field("backoff", &self.backoff)
+            .field("backoff", &common)
+            .field("backoff_for", &backoff_for)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("replay_safe", &self.replay_safe)
             .field("deadline", &self.deadline)
             .field("max_server_delay", &self.max_server_delay)
             .finish()
@@ -312,11 +500,96 @@ mod tests {
     }
 
     #[test]
-    fn backoff_without_a_hint() {
-        let p = RetryPolicy::new();
-        let f = failure(ErrorKind::Internal, None);
+    fn backoff_without_a_hint_follows_the_hiveops_guide() {
+        let p = RetryPolicy::new().max_attempts(5);
+        // 500 and 503: `2 ** attempt`, 1 s, 2 s, 4 s, whatever the draw.
+        for kind in [ErrorKind::Internal, ErrorKind::Unavailable] {
+            let f = failure(kind, None);
+            for (attempts, secs) in [(1, 1), (2, 2), (3, 4)] {
+                for random in [0, u64::MAX] {
+                    let d = p.decide(f, attempts, 1, Duration::ZERO, random);
+                    assert_eq!(d, Ok(Duration::from_secs(secs)), "{kind:?} {attempts}");
+                }
+            }
+        }
+        // 429: `2 ** attempt + random.uniform(0, 1)`.
+        let f = failure(ErrorKind::RateLimited, None);
+        assert_eq!(
+            p.decide(f, 2, 2, Duration::ZERO, 0),
+            Ok(Duration::from_secs(2))
+        );
         let d = p.decide(f, 2, 2, Duration::ZERO, u64::MAX).unwrap();
+        assert!(d < Duration::from_secs(3) && d > Duration::from_millis(2999));
+        // One backoff for every kind, and one kind refined after it.
+        let p = RetryPolicy::new()
+            .backoff(ExponentialBackoff::default())
+            .backoff_for(ErrorKind::Timeout, ExponentialBackoff::SERVER_ERRORS);
+        let d = p
+            .decide(
+                failure(ErrorKind::Internal, None),
+                2,
+                2,
+                Duration::ZERO,
+                u64::MAX,
+            )
+            .unwrap();
         assert!(d < Duration::from_secs(1) && d > Duration::from_millis(999));
+        assert_eq!(
+            p.backoff_of(ErrorKind::RateLimited),
+            ExponentialBackoff::default()
+        );
+        assert_eq!(
+            p.backoff_of(ErrorKind::Timeout),
+            ExponentialBackoff::SERVER_ERRORS
+        );
+    }
+
+    #[test]
+    fn replay_safety_by_default_and_by_rule() {
+        let head = |method: Method, path: &str| {
+            http::Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0
+        };
+        let chat = head(Method::POST, "/v1/chat/completions");
+        let p = RetryPolicy::new();
+        assert!(!p.is_replay_safe(&chat, br#"{"model":"m","messages":[]}"#));
+        assert!(!p.is_replay_safe(&chat, br#"{"model":"m","stream":false}"#));
+        assert!(p.is_replay_safe(&chat, br#"{"model":"m","stream":true}"#));
+        assert!(!p.is_replay_safe(&chat, b"not json"));
+        assert!(p.is_replay_safe(&head(Method::POST, "/v1/embeddings"), b"{}"));
+        assert!(p.is_replay_safe(&head(Method::GET, "/v1/models"), b""));
+        // The facts another layer read are used as they are.
+        let mut streamed = head(Method::POST, "/v1/chat/completions");
+        streamed
+            .extensions
+            .insert(RequestMeta::from_json(br#"{"stream":true}"#).unwrap());
+        assert!(p.is_replay_safe(&streamed, b""));
+
+        let p = RetryPolicy::new().replay_safe(|head, _| head.uri.path().ends_with("/moderations"));
+        assert!(p.is_replay_safe(&head(Method::POST, "/v1/moderations"), b"{}"));
+        assert!(!p.is_replay_safe(&head(Method::POST, "/v1/embeddings"), b"{}"));
+        assert_eq!(p.clone(), p);
+        assert_ne!(p, RetryPolicy::new());
+        assert_eq!(RetryPolicy::new(), RetryPolicy::new());
+    }
+
+    #[test]
+    fn the_attempt_timeout_defaults_to_30_seconds() {
+        assert_eq!(
+            RetryPolicy::new().attempt_timeout_duration(),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            RetryPolicy::new()
+                .without_attempt_timeout()
+                .attempt_timeout_duration(),
+            None
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ impl<S> Retry<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Retry<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: 'static,
     ReqBody: Body<Data = Bytes> + FromBytes,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,

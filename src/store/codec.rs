@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{KeyEntry, KeyHash, KeyRecord, RetiredSecret};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
-use crate::rate_limit::{Limit, Measure};
+use crate::rate_limit::{Algorithm, Limit, Measure, ModelLimits, ScopeLimits};
 use crate::store::StoreError;
 
 /// A key record as stored (JSON).
@@ -40,6 +40,10 @@ struct Stored {
     allowed_models: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     rate_limits: Vec<StoredLimit>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    model_limits: Vec<StoredScopeLimits>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    scope_limits: Vec<StoredScopeLimits>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max_concurrent: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -67,6 +71,55 @@ struct StoredLimit {
     tokens: bool,
     amount: u64,
     window_ns: u64,
+    /// `sliding`, `gcra` or `fixed`; absent in records written before
+    /// algorithms were chosen, which counted with GCRA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    algorithm: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    burst: Option<u64>,
+}
+
+impl StoredLimit {
+    fn of(l: &Limit) -> StoredLimit {
+        StoredLimit {
+            tokens: l.measure == Measure::Tokens,
+            amount: l.amount,
+            window_ns: u64::try_from(l.window.as_nanos()).unwrap_or(u64::MAX),
+            algorithm: Some(l.algorithm.as_str().to_owned()),
+            burst: l.burst,
+        }
+    }
+
+    fn limit(&self) -> Result<Limit, StoreError> {
+        let measure = if self.tokens {
+            Measure::Tokens
+        } else {
+            Measure::Requests
+        };
+        let algorithm = match self.algorithm.as_deref() {
+            None => Algorithm::Gcra,
+            Some(name) => name
+                .parse()
+                .map_err(|_| StoreError::Corrupt("key record: unknown limit algorithm".into()))?,
+        };
+        let mut limit = Limit::new(measure, self.amount, Duration::from_nanos(self.window_ns));
+        limit.algorithm = algorithm;
+        limit.burst = self.burst;
+        Ok(limit)
+    }
+}
+
+/// A set of limits of one model or one shared scope.
+#[derive(Serialize, Deserialize)]
+struct StoredScopeLimits {
+    /// The model glob, or the scope kind (`user`, `team`, `org`).
+    name: String,
+    /// The scope's id (absent for a model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    limits: Vec<StoredLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<u32>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -110,13 +163,25 @@ pub(crate) fn encode(record: &KeyRecord) -> String {
         created_at_ns: nanos_since_epoch(record.created_at),
         expires_at_ns: record.expires_at.map(nanos_since_epoch),
         allowed_models: record.allowed_models.clone(),
-        rate_limits: record
-            .rate_limits
+        rate_limits: record.rate_limits.iter().map(StoredLimit::of).collect(),
+        model_limits: record
+            .model_limits
             .iter()
-            .map(|l| StoredLimit {
-                tokens: l.measure == Measure::Tokens,
-                amount: l.amount,
-                window_ns: u64::try_from(l.window.as_nanos()).unwrap_or(u64::MAX),
+            .map(|m| StoredScopeLimits {
+                name: m.model.clone(),
+                id: None,
+                limits: m.limits.iter().map(StoredLimit::of).collect(),
+                max_concurrent: m.max_concurrent,
+            })
+            .collect(),
+        scope_limits: record
+            .scope_limits
+            .iter()
+            .map(|s| StoredScopeLimits {
+                name: s.scope.clone(),
+                id: Some(s.id.clone()),
+                limits: s.limits.iter().map(StoredLimit::of).collect(),
+                max_concurrent: s.max_concurrent,
             })
             .collect(),
         max_concurrent: record.max_concurrent,
@@ -186,18 +251,35 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
     record.created_at = at(stored.created_at_ns);
     record.expires_at = stored.expires_at_ns.map(at);
     record.allowed_models = stored.allowed_models;
-    record.rate_limits = stored
-        .rate_limits
-        .into_iter()
-        .map(|l| {
-            let measure = if l.tokens {
-                Measure::Tokens
-            } else {
-                Measure::Requests
-            };
-            Limit::new(measure, l.amount, Duration::from_nanos(l.window_ns))
+    let limits = |stored: &[StoredLimit]| {
+        stored
+            .iter()
+            .map(StoredLimit::limit)
+            .collect::<Result<Vec<_>, _>>()
+    };
+    record.rate_limits = limits(&stored.rate_limits)?;
+    record.model_limits = stored
+        .model_limits
+        .iter()
+        .map(|m| {
+            let mut model = ModelLimits::new(m.name.clone(), limits(&m.limits)?);
+            model.max_concurrent = m.max_concurrent;
+            Ok(model)
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
+    record.scope_limits = stored
+        .scope_limits
+        .iter()
+        .map(|s| {
+            let mut scope = ScopeLimits::new(
+                s.name.clone(),
+                s.id.clone().unwrap_or_default(),
+                limits(&s.limits)?,
+            );
+            scope.max_concurrent = s.max_concurrent;
+            Ok(scope)
+        })
+        .collect::<Result<_, StoreError>>()?;
     record.max_concurrent = stored.max_concurrent;
     record.budgets = stored
         .budgets
@@ -247,6 +329,15 @@ mod tests {
             Limit::tokens(150_000, Duration::from_millis(90_500)),
         ];
         record.max_concurrent = Some(4);
+        record.rate_limits[0] = record.rate_limits[0].algorithm(Algorithm::Gcra).burst(5);
+        record.model_limits = vec![
+            ModelLimits::new("gpt-4o*", [Limit::tokens_per_minute(10_000)]).with_max_concurrent(2),
+        ];
+        record.scope_limits = vec![ScopeLimits::new(
+            "team",
+            "t",
+            [Limit::requests_per_minute(600)],
+        )];
         record.budgets = vec![
             BudgetSpec::budget(
                 BudgetScope::Team("t".into()),

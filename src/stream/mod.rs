@@ -70,6 +70,12 @@
 //!   [`idle_timeout`](StreamErrorTrailerLayer::idle_timeout) (→ 504 `timeout`), the
 //!   partial event is dropped and one terminal error event is appended in
 //!   the request's [`StreamFormat`].
+//! - **A body that fails with an [`ApiError`](crate::ApiError)** (the body's
+//!   error itself, or anywhere in its `source()` chain, as
+//!   `axum::body::Body` wraps it) ends with that error's event instead of
+//!   `bad_gateway`, or is answered with that error before the stream starts.
+//!   That is how a server ends a stream from outside: a gateway that is
+//!   shutting down makes its bodies fail with a 503 once the grace is over.
 //! - End markers are `data: [DONE]` (chat completions), `message_stop`
 //!   (Anthropic), `response.completed`, `response.failed` or
 //!   `response.incomplete` (Responses), and any error event the upstream sent

@@ -236,7 +236,7 @@ mod tests {
     fn finish_reason_metadata() {
         assert_eq!(
             text(StreamFormat::FinishReasonMetadata, false),
-            "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"stream_truncated\",\"detail\":\"The upstream stream ended early.\"}}}\n\n"
+            "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"api_error\",\"detail\":\"The upstream stream ended early.\"}}}\n\n"
         );
     }
 

@@ -274,9 +274,8 @@ where
                 }
                 Poll::Ready(Input::End) => return Poll::Ready(self.end_while_holding()),
                 Poll::Ready(Input::Failed(error)) => {
-                    log_failure(error);
                     self.close();
-                    return Poll::Ready(Err(Failure::BodyError.error()));
+                    return Poll::Ready(Err(body_failure(error)));
                 }
                 Poll::Pending => {}
             }
@@ -477,7 +476,7 @@ where
                 self.pass_rest();
                 self.out.push_back(Bytes::from_static(b"\n\n"));
             } else {
-                return self.fail(Failure::Truncated);
+                return self.fail(Failure::Truncated.error());
             }
         }
         self.close_keeping_output();
@@ -491,8 +490,8 @@ where
         self.close();
     }
 
-    /// Ends the stream with the terminal error event for `failure`.
-    fn fail(&mut self, failure: Failure) {
+    /// Ends the stream with the terminal error event for `error`.
+    fn fail(&mut self, error: ApiError) {
         self.close();
         if self.unaligned {
             self.out.push_back(Bytes::from_static(b"\n\n"));
@@ -500,7 +499,7 @@ where
         let event = self
             .settings
             .format
-            .terminal_event(&failure.error(), self.settings.config.done_after_error);
+            .terminal_event(&error, self.settings.config.done_after_error);
         self.out.push_back(event);
     }
 
@@ -530,10 +529,7 @@ where
                         }
                     }
                 },
-                Poll::Ready(Some(Err(error))) => {
-                    log_failure(error);
-                    self.fail(Failure::BodyError);
-                }
+                Poll::Ready(Some(Err(error))) => self.fail(body_failure(error)),
                 Poll::Ready(None) => self.on_end(),
                 Poll::Pending => {
                     if self.timer.is_none() || self.timer_armed(cx) {
@@ -594,8 +590,7 @@ where
                         tracing::debug!(error = %error, "upstream failed after the end of its stream");
                         self.close_keeping_output();
                     } else {
-                        log_failure(error);
-                        self.fail(Failure::BodyError);
+                        self.fail(body_failure(error));
                     }
                     continue;
                 }
@@ -605,7 +600,7 @@ where
                 Poll::Ready(Tick::Idle) => {
                     let idle = self.settings.config.idle_timeout.unwrap_or_default();
                     tracing::warn!(idle = ?idle, "upstream stream idle; ending it with an error event");
-                    self.fail(Failure::Idle(idle));
+                    self.fail(Failure::Idle(idle).error());
                 }
                 Poll::Ready(Tick::KeepAlive) => {
                     // Not counted as `sent`: the interval runs from this tick.
@@ -618,9 +613,22 @@ where
     }
 }
 
-fn log_failure<E: Into<BoxError>>(error: E) {
+/// The error that ends a stream whose inner body failed with `error`: the
+/// [`ApiError`] the body failed with (itself or anywhere in its `source()`
+/// chain), which is how a server ends a stream from outside (a gateway
+/// shutting down), else `502 bad_gateway`.
+fn body_failure<E: Into<BoxError>>(error: E) -> ApiError {
     let error: BoxError = error.into();
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        if let Some(api_error) = e.downcast_ref::<ApiError>() {
+            tracing::debug!(error = %api_error, "stream ended by its body with an error");
+            return api_error.clone();
+        }
+        cause = e.source();
+    }
     tracing::warn!(error = %error, "upstream stream failed; ending it with an error event");
+    Failure::BodyError.error()
 }
 
 /// The timer tick: fine enough for every active deadline (1/8 of the idle
@@ -654,5 +662,79 @@ mod tests {
         held.push(Bytes::from_static(b":1}"));
         assert_eq!(&held.take()[..], b"data: {\"a\":1}");
         assert!(held.is_empty());
+    }
+
+    /// A body error whose `source()` is the `ApiError`, as
+    /// `axum::body::Body` wraps the error of the body it boxes.
+    #[derive(Debug)]
+    struct Wrapped(ApiError);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// The status and body of a stream whose body fails with `error`, after
+    /// one event or (`started` false) before any.
+    async fn ended_by(error: BoxError, started: bool) -> (http::StatusCode, String) {
+        use http_body_util::{BodyExt, StreamBody};
+        use tower::{ServiceBuilder, ServiceExt, service_fn};
+
+        let mut error = Some(error);
+        let service = ServiceBuilder::new()
+            .layer(crate::stream::StreamErrorTrailerLayer::new())
+            .service(service_fn(move |_req: http::Request<()>| {
+                let mut frames: Vec<Result<Frame<Bytes>, BoxError>> =
+                    error.take().map(Err).into_iter().collect();
+                if started {
+                    frames.insert(
+                        0,
+                        Ok(Frame::data(Bytes::from_static(b"data: {\"id\":1}\n\n"))),
+                    );
+                }
+                let body = StreamBody::new(futures_util::stream::iter(frames));
+                let response = http::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            }));
+        let response = service.oneshot(http::Request::new(())).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_body_failing_with_an_api_error_ends_with_that_error() {
+        let shutting_down = || {
+            ApiError::unavailable()
+                .with_code("shutting_down")
+                .with_message("The gateway is shutting down.")
+        };
+        let event = "data: {\"error\":{\"message\":\"The gateway is shutting down.\",\"type\":\"server_error\",\"param\":null,\"code\":\"shutting_down\"}}\n\n";
+        // Mid-stream, the error itself or as the source of the body's error.
+        for error in [
+            BoxError::from(shutting_down()),
+            BoxError::from(Wrapped(shutting_down())),
+        ] {
+            let (status, body) = ended_by(error, true).await;
+            assert_eq!(status, http::StatusCode::OK);
+            assert_eq!(body, format!("data: {{\"id\":1}}\n\n{event}"));
+        }
+        // Before the first event: answered as that error's response.
+        let (status, body) = ended_by(BoxError::from(shutting_down()), false).await;
+        assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("\"code\":\"shutting_down\""), "{body}");
+        // Any other body error is the upstream's failure.
+        let (_, body) = ended_by(BoxError::from(std::io::Error::other("reset")), true).await;
+        assert!(body.ends_with("\"code\":\"bad_gateway\"}}\n\n"), "{body}");
     }
 }

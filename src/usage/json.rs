@@ -221,34 +221,21 @@ pub(crate) fn count_text(b: &[u8], counted: bool) -> (u64, usize) {
     (chars, i.min(b.len()))
 }
 
-/// Parses `"usage" : <value>` at the start of `buf`.
-// Short-lived on the stack; boxing the large variant would allocate.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Parsed {
-    Usage(Option<RawUsage>),
-    /// Not a `usage` member (`"usage"` was a value, or not followed by JSON).
-    Invalid,
-    /// The value goes on past the end of `buf`.
-    Incomplete,
-}
-
-pub(crate) fn parse_member(buf: &[u8]) -> Parsed {
+/// Parses `"usage" : <value>` at the start of `buf`: [`Stop::Eof`] when the
+/// value goes on past the end of `buf`, [`Stop::Invalid`] when this is not
+/// a `usage` member (`"usage"` was a value, or not followed by JSON).
+pub(crate) fn parse_member(buf: &[u8]) -> Result<Option<RawUsage>, Stop> {
     let i = skip_ws(buf, USAGE_KEY.len());
     match buf.get(i) {
-        None => return Parsed::Incomplete,
+        None => return Err(Stop::Eof),
         Some(b':') => {}
-        Some(_) => return Parsed::Invalid,
+        Some(_) => return Err(Stop::Invalid),
     }
     let i = skip_ws(buf, i + 1);
     if i >= buf.len() {
-        return Parsed::Incomplete;
+        return Err(Stop::Eof);
     }
-    match parse::usage_value(buf, i) {
-        Ok(usage) => Parsed::Usage(usage),
-        Err(Stop::Eof) => Parsed::Incomplete,
-        Err(Stop::Invalid) => Parsed::Invalid,
-    }
+    parse::usage_value(buf, i)
 }
 
 /// Scanner state for a non-streamed JSON body.
@@ -303,13 +290,13 @@ impl JsonScan {
             let take = b.len().min(room);
             self.capture.extend_from_slice(&b[..take]);
             match parse_member(&self.capture) {
-                Parsed::Usage(usage) => {
+                Ok(usage) => {
                     record(usage, found);
                     self.stop_capture();
                 }
-                Parsed::Invalid => self.stop_capture(),
-                Parsed::Incomplete if take < b.len() => self.stop_capture(),
-                Parsed::Incomplete => {}
+                Err(Stop::Invalid) => self.stop_capture(),
+                Err(Stop::Eof) if take < b.len() => self.stop_capture(),
+                Err(Stop::Eof) => {}
             }
         }
         // 3. Keys inside this frame, parsed in place.
@@ -320,9 +307,9 @@ impl JsonScan {
             from = k + USAGE_KEY.len();
             let rest = &b[k..];
             match parse_member(rest) {
-                Parsed::Usage(usage) => record(usage, found),
-                Parsed::Invalid => {}
-                Parsed::Incomplete => {
+                Ok(usage) => record(usage, found),
+                Err(Stop::Invalid) => {}
+                Err(Stop::Eof) => {
                     self.capture.clear();
                     if rest.len() <= CAPTURE_LIMIT {
                         self.capture.extend_from_slice(rest);

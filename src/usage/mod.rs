@@ -80,12 +80,11 @@
 //! looked at with SIMD searches only (memchr's, for the line break and for
 //! the two keys): a `"usage"` key whose value is an object marks the few
 //! events that are parsed, and a `"delta"` key marks the text to count for
-//! the estimate. The parse is tollgate's own reader of usage objects, which
-//! allocates nothing and builds no values, and reads the same bytes the
-//! way `serde_json` reads them into the same structs (its tests hold it to
-//! that), but for one fix: a JSON body's usage object cut by a frame
-//! boundary inside a number of a member it does not know (`"cost": 0.`…)
-//! is waited for, where serde called it invalid and lost the usage. Frames
+//! the estimate. The parse is `serde_json`'s, into derived structs (a usage
+//! object comes once or twice per response), but for one fix: a JSON body's
+//! usage object cut by a frame boundary inside a number of a member it does
+//! not know (`"cost": 0.`…) is waited for, where serde calls it invalid and
+//! the usage would be lost. Frames
 //! are passed on untouched and
 //! not buffered; the one copy is of a line split across two frames, kept
 //! until its end, and a line longer than 1 MiB is skipped rather than kept.

@@ -1,12 +1,9 @@
 //! The report types, and how a report is made from what the scanner found.
 
-#[cfg(test)]
 use std::fmt;
 
 use http::StatusCode;
-#[cfg(test)]
 use serde::Deserialize;
-#[cfg(test)]
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// Token counts of one response.
@@ -242,12 +239,11 @@ impl Tally {
     }
 }
 
-/// A `usage` object under any provider's names, as read by
-/// [`parse`](super::parse) (whose tests check it against `serde_json`
-/// reading this struct: the field order is the order of a usage given as an
-/// array).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(test, derive(Deserialize), serde(default))]
+/// A `usage` object under any provider's names, as `serde_json` reads it
+/// ([`parse`](super::parse)). Unknown members are skipped; a usage given as
+/// an array (which serde allows for a struct) is in this field order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub(crate) struct RawUsage {
     pub(crate) prompt_tokens: Option<Count>,
     pub(crate) completion_tokens: Option<Count>,
@@ -279,8 +275,8 @@ impl RawUsage {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[cfg_attr(test, derive(Deserialize), serde(default))]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
 pub(crate) struct Details {
     pub(crate) cached_tokens: Option<Count>,
     pub(crate) reasoning_tokens: Option<Count>,
@@ -302,18 +298,15 @@ impl Count {
     }
 }
 
-/// The oracle of the parser's tests: how `serde_json` read a count.
-#[cfg(test)]
+/// Any JSON value: a count when it is a number in range.
 impl<'de> Deserialize<'de> for Count {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Count, D::Error> {
         d.deserialize_any(CountVisitor)
     }
 }
 
-#[cfg(test)]
 struct CountVisitor;
 
-#[cfg(test)]
 impl<'de> Visitor<'de> for CountVisitor {
     type Value = Count;
 

@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 
-use super::json::{count_text, skip_ws, string_end};
 use crate::RequestMeta;
+use crate::request::StreamOptionsAt;
 
 const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
 
@@ -18,6 +18,11 @@ const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
 /// so the client does not receive the extra chunk it did not ask for, and
 /// fix the request's `content-length`.
 ///
+/// `meta` is the body's [`RequestMeta`], as [`RequestMeta::read`] leaves it
+/// in the request's extensions: it says whether and where to edit, so the
+/// body is not read again. Without one (`None`, or one of a body of another
+/// length), the body is read here.
+///
 /// The rewrite is a splice, not a re-serialization: the other fields keep
 /// their bytes and their order. Only `stream_options` is touched: added
 /// (`{"stream_options":{"include_usage":true},…`), or, when present,
@@ -25,156 +30,94 @@ const INCLUDE_USAGE: &[u8] = br#""include_usage":true"#;
 /// a JSON object with `"stream": true` and `messages` (chat) or `prompt`
 /// (completions) is left alone: the Responses and Anthropic APIs reject
 /// `stream_options` (and report usage anyway), so call this only for the
-/// chat/completions and completions routes.
+/// chat/completions and completions routes. So is a body whose keys are
+/// written with escapes (`"stream\u005foptions"`), which a splice cannot
+/// edit safely.
 ///
 /// ```
+/// use tollgate::RequestMeta;
 /// use tollgate::usage::request_usage;
 ///
 /// let body = br#"{"model":"gpt-4o","stream":true,"messages":[]}"#;
+/// let meta = RequestMeta::from_json(body)?;
 /// assert_eq!(
-///     &request_usage(body).unwrap()[..],
+///     &request_usage(body, Some(&meta)).unwrap()[..],
 ///     br#"{"stream_options":{"include_usage":true},"model":"gpt-4o","stream":true,"messages":[]}"#,
 /// );
+/// // Without the meta, the body is read here.
 /// let body = br#"{"model":"gpt-4o","stream":true,"messages":[],"stream_options":{"include_usage":false}}"#;
 /// assert_eq!(
-///     &request_usage(body).unwrap()[..],
+///     &request_usage(body, None).unwrap()[..],
 ///     br#"{"model":"gpt-4o","stream":true,"messages":[],"stream_options":{"include_usage":true}}"#,
 /// );
 /// // Already asked for, or not streamed: nothing to do.
-/// assert!(request_usage(br#"{"stream":true,"messages":[],"stream_options":{"include_usage":true}}"#).is_none());
-/// assert!(request_usage(br#"{"stream":false,"messages":[]}"#).is_none());
+/// assert!(request_usage(br#"{"stream":true,"messages":[],"stream_options":{"include_usage":true}}"#, None).is_none());
+/// assert!(request_usage(br#"{"stream":false,"messages":[]}"#, None).is_none());
+/// # Ok::<(), tollgate::ApiError>(())
 /// ```
-pub fn request_usage(body: &[u8]) -> Option<Bytes> {
-    let meta = RequestMeta::from_json(body).ok()?;
+pub fn request_usage(body: &[u8], meta: Option<&RequestMeta>) -> Option<Bytes> {
+    let read;
+    let meta = match meta {
+        Some(meta) if meta.body_len == body.len() => meta,
+        _ => {
+            read = RequestMeta::from_json(body).ok()?;
+            &read
+        }
+    };
     if !meta.stream || meta.include_usage {
         return None;
     }
-    let open = skip_ws(body, 0);
-    let mut is_chat = false;
-    let mut options = None;
-    for field in Fields::new(body, open) {
-        let (key, value) = field.ok()?;
-        match key {
-            b"messages" | b"prompt" => is_chat = true,
-            b"stream_options" => options = Some(value),
-            _ => {}
-        }
-    }
-    if !is_chat {
-        return None;
-    }
-    let Some((start, end)) = options else {
-        return Some(splice(
+    // Recorded for streamed chat and completions requests only.
+    match meta.stream_options_at {
+        StreamOptionsAt::Unknown => None,
+        StreamOptionsAt::Absent { open } => splice(
             body,
-            open + 1,
-            open + 1,
+            open..open,
             &[br#""stream_options":{"#, INCLUDE_USAGE, b"},"],
-        ));
-    };
-    match body.get(start)? {
-        b'n' => Some(splice(body, start, end, &[b"{", INCLUDE_USAGE, b"}"])),
-        b'{' => {
-            let mut include = None;
-            let mut empty = true;
-            for field in Fields::new(body, start) {
-                let (key, value) = field.ok()?;
-                empty = false;
-                if key == b"include_usage" {
-                    include = Some(value);
-                }
-            }
-            Some(match include {
-                Some((from, to)) => splice(body, from, to, &[b"true"]),
-                None if empty => splice(body, start + 1, start + 1, &[INCLUDE_USAGE]),
-                None => splice(body, start + 1, start + 1, &[INCLUDE_USAGE, b","]),
-            })
+        ),
+        StreamOptionsAt::Null { start, end } => {
+            splice(body, start..end, &[b"{", INCLUDE_USAGE, b"}"])
         }
-        _ => None,
+        StreamOptionsAt::Object {
+            open,
+            empty,
+            include_usage,
+        } => match include_usage {
+            Some((from, to)) => splice(body, from..to, &[b"true"]),
+            None if empty => splice(body, open..open, &[INCLUDE_USAGE]),
+            None => splice(body, open..open, &[INCLUDE_USAGE, b","]),
+        },
     }
 }
 
-/// `body` with `body[from..to]` replaced by `parts`.
-fn splice(body: &[u8], from: usize, to: usize, parts: &[&[u8]]) -> Bytes {
+/// `body` with `body[range]` replaced by `parts` (`None` if the range is
+/// not in `body`: a meta of another body).
+fn splice(body: &[u8], range: std::ops::Range<usize>, parts: &[&[u8]]) -> Option<Bytes> {
+    let (before, after) = (body.get(..range.start)?, body.get(range.end..)?);
     let inserted: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = Vec::with_capacity(body.len() - (to - from) + inserted);
-    out.extend_from_slice(&body[..from]);
+    let mut out = Vec::with_capacity(before.len() + inserted + after.len());
+    out.extend_from_slice(before);
     for part in parts {
         out.extend_from_slice(part);
     }
-    out.extend_from_slice(&body[to..]);
-    Bytes::from(out)
-}
-
-/// The members of the JSON object at `body[open]`: raw key bytes and the
-/// span of the value (trailing whitespace trimmed). `Some(Err(()))` when the
-/// object is not as expected (an escaped key, say): the caller gives up.
-struct Fields<'a> {
-    body: &'a [u8],
-    i: usize,
-    done: bool,
-}
-
-impl<'a> Fields<'a> {
-    fn new(body: &'a [u8], open: usize) -> Self {
-        let ok = body.get(open) == Some(&b'{');
-        Fields {
-            body,
-            i: open + 1,
-            done: !ok,
-        }
-    }
-}
-
-impl<'a> Iterator for Fields<'a> {
-    type Item = Result<(&'a [u8], (usize, usize)), ()>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let body = self.body;
-        let mut fail = || {
-            self.done = true;
-            Some(Err(()))
-        };
-        let i = skip_ws(body, self.i);
-        let i = match body.get(i) {
-            Some(b',') => skip_ws(body, i + 1),
-            _ => i,
-        };
-        match body.get(i) {
-            Some(b'"') => {}
-            Some(b'}') => {
-                self.done = true;
-                return None;
-            }
-            _ => return fail(),
-        }
-        let key_end = string_end(body, i + 1);
-        let Some(key) = body.get(i + 1..key_end).filter(|k| !k.contains(&b'\\')) else {
-            return fail();
-        };
-        let colon = skip_ws(body, key_end + 1);
-        if body.get(colon) != Some(&b':') {
-            return fail();
-        }
-        let start = skip_ws(body, colon + 1);
-        let Some(rest) = body.get(start..).filter(|r| !r.is_empty()) else {
-            return fail();
-        };
-        let (_, len) = count_text(rest, false);
-        let end = start + rest[..len].trim_ascii_end().len();
-        self.i = start + len;
-        Some(Ok((key, (start, end))))
-    }
+    out.extend_from_slice(after);
+    Some(Bytes::from(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The rewrite, with the body's meta and without: the same.
     fn rewrite(body: &str) -> Option<String> {
-        request_usage(body.as_bytes()).map(|b| String::from_utf8(b.to_vec()).unwrap())
+        let without = request_usage(body.as_bytes(), None);
+        let meta = RequestMeta::from_json(body.as_bytes()).ok();
+        assert_eq!(
+            request_usage(body.as_bytes(), meta.as_ref()),
+            without,
+            "{body}"
+        );
+        without.map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
 
     #[test]
@@ -210,6 +153,19 @@ mod tests {
     }
 
     #[test]
+    fn a_meta_of_another_body_is_not_trusted() {
+        let body = br#"{"stream":true,"messages":[]}"#;
+        let other = RequestMeta::from_json(br#"{"stream":true,"messages":[1,2,3]}"#).unwrap();
+        assert_eq!(request_usage(body, Some(&other)), request_usage(body, None));
+        // A meta of a body of the same length is trusted: it is what
+        // `RequestMeta::read` left for these bytes.
+        let unstreamed = RequestMeta::from_json(br#"{"stream":false,"messages":[]}"#).unwrap();
+        let body = br#"{"stream":true ,"messages":[]}"#;
+        assert_eq!(request_usage(body, Some(&unstreamed)), None);
+        assert!(request_usage(body, None).is_some());
+    }
+
+    #[test]
     fn leaves_alone() {
         for body in [
             r#"{"stream":true,"input":"responses api"}"#,
@@ -230,7 +186,7 @@ mod tests {
             r#"{"stream":true,"messages":[{"role":"user","content":"a \"}\" b"}],"n":2}"#,
             r#"{"stream_options":{"include_usage":false},"stream":true,"messages":[]}"#,
         ] {
-            let out = request_usage(body.as_bytes()).unwrap();
+            let out = request_usage(body.as_bytes(), None).unwrap();
             let meta = RequestMeta::from_json(&out).unwrap();
             assert!(meta.stream && meta.include_usage, "{body}");
             let before: serde_json::Value = serde_json::from_str(body).unwrap();

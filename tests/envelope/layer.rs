@@ -732,9 +732,10 @@ async fn format_fn_picks_per_request() {
         .body(Full::default())
         .unwrap();
     let (_, body) = through(layer.clone(), req, error()).await;
+    // HAI's code for a content filter (003-hai-errors.txt).
     assert_eq!(
         body,
-        serde_json::json!({"error_code": "content_filter", "detail": "filtered"})
+        serde_json::json!({"error_code": "content_filter_error", "detail": "filtered"})
     );
     let req = Request::post("/humanloop/call")
         .body(Full::default())
@@ -742,7 +743,7 @@ async fn format_fn_picks_per_request() {
     let (_, body) = through(layer.clone(), req, error()).await;
     assert_eq!(
         body,
-        serde_json::json!({"type": "invalid_request_error", "message": "filtered", "code": 400, "origin": "Gateway"})
+        serde_json::json!({"detail": {"type": "bad_request_error", "message": "filtered", "code": 400, "origin": "Gateway"}})
     );
     // gRPC requests get gRPC status whatever the function says.
     let req = Request::post("/humanloop/call")
@@ -904,7 +905,7 @@ async fn envelopes_nest() {
     assert_eq!(parts.status, StatusCode::CONFLICT);
     assert_eq!(
         body,
-        serde_json::json!({"error_code": "conflict", "detail": "busy"})
+        serde_json::json!({"error_code": "conflict_error", "detail": "busy"})
     );
 }
 
@@ -943,8 +944,12 @@ async fn api_error_is_an_axum_response() {
     let router = router.layer(ErrorEnvelopeLayer::new().format(ErrorFormat::Humanloop));
     let (parts, body) = collect(router.oneshot(request()).await.unwrap()).await;
     assert_eq!(parts.status, StatusCode::PAYMENT_REQUIRED);
-    assert_eq!(body["type"], "budget_exceeded_error");
-    assert_eq!(body["code"], 402);
+    assert_eq!(body["detail"]["type"], "payment_required_error");
+    assert_eq!(body["detail"]["code"], 402);
+    assert_eq!(
+        body["detail"]["message"],
+        "Budget exceeded: $50.00 limit reached"
+    );
 }
 
 #[cfg(feature = "tonic")]

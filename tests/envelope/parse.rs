@@ -152,9 +152,11 @@ fn parses_humanloop_plain_and_wrapped() {
     }
 }
 
+/// Humanloop answers with the object wrapped in `detail`, whichever way it
+/// came in.
 fn body_humanloop(e: &ApiError) -> String {
     format!(
-        r#"{{"type":"unprocessable_entity_error","message":{},"code":422,"origin":"OpenAI"}}"#,
+        r#"{{"detail":{{"type":"unprocessable_entity_error","message":{},"code":422,"origin":"OpenAI"}}}}"#,
         json_str(e.message())
     )
 }

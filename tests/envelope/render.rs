@@ -51,20 +51,33 @@ fn check_rendering(
             json_opt(row.param),
             row.code
         ),
+        ErrorFormat::AltLlm => {
+            let param = row
+                .param
+                .map(|p| format!(r#","param":{}"#, json_str(p)))
+                .unwrap_or_default();
+            format!(
+                r#"{{"error":{{"message":{},"type":"{}"{param},"code":"{}"}}}}"#,
+                json_str(message),
+                row.altllm_type,
+                row.code
+            )
+        }
         ErrorFormat::Anthropic => format!(
             r#"{{"type":"error","error":{{"type":"{}","message":{}}},"request_id":{}}}"#,
             row.anthropic_type,
             json_str(message),
             json_opt(request_id)
         ),
+        // No message of its own: HAI's default detail for the row.
         ErrorFormat::ErrorCodeDetail => format!(
             r#"{{"error_code":"{}","detail":{}}}"#,
-            row.code,
-            json_str(message)
+            row.hai.1,
+            json_str(hai_detail(row.hai.1))
         ),
         ErrorFormat::Humanloop => format!(
-            r#"{{"type":"{}","message":{},"code":{},"origin":"Gateway"}}"#,
-            row.error_type,
+            r#"{{"detail":{{"type":"{}","message":{},"code":{},"origin":"Gateway"}}}}"#,
+            humanloop_type(row.status),
             json_str(message),
             row.status
         ),
@@ -80,7 +93,11 @@ fn check_rendering(
         let encoded = grpc_encoded(message);
         assert_eq!(header(h, "grpc-message"), Some(&*encoded), "{ctx}");
     } else {
-        assert_eq!(parts.status.as_u16(), row.status, "{ctx}");
+        let status = match format {
+            ErrorFormat::ErrorCodeDetail => row.hai.0,
+            _ => row.status,
+        };
+        assert_eq!(parts.status.as_u16(), status, "{ctx}");
         assert_eq!(header(h, "content-type"), Some("application/json"), "{ctx}");
         assert!(!h.contains_key("grpc-status"), "{ctx}");
         assert!(!h.contains_key("grpc-message"), "{ctx}");
@@ -88,21 +105,20 @@ fn check_rendering(
     let should_retry = if row.should_retry { "true" } else { "false" };
     assert_eq!(header(h, "x-should-retry"), Some(should_retry), "{ctx}");
     assert_eq!(header(h, "x-request-id"), request_id, "{ctx}");
-    match retry_after {
-        Some(_) => {
-            assert_eq!(header(h, "retry-after"), Some("3"), "{ctx}");
-            assert_eq!(header(h, "retry-after-ms"), Some("2500"), "{ctx}");
-        }
-        None => {
-            assert!(!h.contains_key("retry-after"), "{ctx}");
-            assert!(!h.contains_key("retry-after-ms"), "{ctx}");
-        }
+    // A delay is sent only to a client that should wait and retry.
+    let delay_sent = retry_after.is_some() && row.should_retry;
+    if delay_sent {
+        assert_eq!(header(h, "retry-after"), Some("3"), "{ctx}");
+        assert_eq!(header(h, "retry-after-ms"), Some("2500"), "{ctx}");
+    } else {
+        assert!(!h.contains_key("retry-after"), "{ctx}");
+        assert!(!h.contains_key("retry-after-ms"), "{ctx}");
     }
     // The error travels with the response for an outer envelope.
     assert_eq!(parts.extensions.get::<ApiError>(), Some(error), "{ctx}");
     let expected_headers = 2 // content-type, x-should-retry
         + usize::from(request_id.is_some())
-        + 2 * usize::from(retry_after.is_some())
+        + 2 * usize::from(delay_sent)
         + 2 * usize::from(format == ErrorFormat::Grpc);
     assert_eq!(h.len(), expected_headers, "{ctx}: {h:?}");
 }
@@ -142,14 +158,23 @@ fn overrides_change_what_is_rendered() {
         &body[..],
         br#"{"error":{"message":"The service is temporarily unavailable. Please retry.","type":"custom_error","param":"model","code":"maintenance"}}"#
     );
+    // Humanloop names the status, not the type: a 599 is a server error.
     let (_, body) = body_of(ErrorFormat::Humanloop.render(&error));
     assert_eq!(
         &body[..],
-        br#"{"type":"custom_error","message":"The service is temporarily unavailable. Please retry.","code":599,"origin":"OpenAI"}"#
+        br#"{"detail":{"type":"internal_server_error","message":"The service is temporarily unavailable. Please retry.","code":599,"origin":"OpenAI"}}"#
     );
     let upstream = ApiError::internal().with_origin(Origin::Upstream);
     let (_, body) = body_of(ErrorFormat::Humanloop.render(&upstream));
-    assert!(body.ends_with(br#""origin":"Upstream"}"#));
+    assert!(body.ends_with(br#""origin":"Upstream"}}"#));
+    // HAI keeps an explicit message as its detail, even the default text.
+    let explicit = ApiError::timeout().with_message(ErrorKind::Timeout.default_message());
+    let (parts, body) = body_of(ErrorFormat::ErrorCodeDetail.render(&explicit));
+    assert_eq!(parts.status.as_u16(), 500);
+    assert_eq!(
+        &body[..],
+        br#"{"error_code":"api_timeout_error","detail":"The request timed out."}"#
+    );
     // A code that means an exhausted account is never retried, whatever the kind.
     let quota = ApiError::rate_limited().with_code("insufficient_quota");
     let (parts, _) = body_of(ErrorFormat::OpenAi.render(&quota));
@@ -195,8 +220,8 @@ fn messages_are_json_escaped() {
         let value: serde_json::Value = serde_json::from_slice(&body).unwrap();
         let message = value
             .pointer("/error/message")
+            .or_else(|| value.pointer("/detail/message"))
             .or_else(|| value.pointer("/detail"))
-            .or_else(|| value.pointer("/message"))
             .and_then(|m| m.as_str());
         assert_eq!(message, Some(error.message()), "{format:?}");
     }

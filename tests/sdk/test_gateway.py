@@ -1,6 +1,6 @@
 """The official openai Python SDK against a running tollgate gateway.
 
-Run by tests/gateway_sdk.rs (plain python, no pytest needed), which starts the gateway (mock upstream) and
+Run by tests/gateway.rs (plain python, no pytest needed), which starts the gateway example (mock upstream) and
 sets TOLLGATE_BASE_URL. Keys are the ones that test writes into its config.
 """
 

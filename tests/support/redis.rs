@@ -177,6 +177,148 @@ fn ping(port: u16) -> bool {
     stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
 }
 
+/// A local Redis Cluster of three primaries (no replicas), each a
+/// `redis-server --cluster-enabled yes` on a free loopback port with its own
+/// temporary directory, joined by `redis-cli --cluster create`. Killed, and
+/// its directories removed, on drop.
+pub struct RedisCluster {
+    nodes: Vec<Child>,
+    ports: Vec<u16>,
+    dirs: Vec<std::path::PathBuf>,
+}
+
+impl RedisCluster {
+    /// Starts the three nodes and creates the cluster; panics, saying what
+    /// to install, when `redis-server` or `redis-cli` is missing, and when
+    /// the cluster is not ready within 30 s.
+    pub fn start() -> RedisCluster {
+        assert!(
+            available(),
+            "`{}` not found: install it (`apt-get install redis-server`, as .ci/run does) \
+             or point REDIS_SERVER at one",
+            binary()
+        );
+        let cli = std::env::var("REDIS_CLI").unwrap_or_else(|_| "redis-cli".into());
+        let mut cluster = RedisCluster {
+            nodes: Vec::new(),
+            ports: Vec::new(),
+            dirs: Vec::new(),
+        };
+        for _ in 0..3 {
+            let port = free_port();
+            let dir = std::env::temp_dir()
+                .join(format!("tollgate-cluster-{}-{port}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).expect("a temporary directory");
+            let child = Command::new(binary())
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "5000",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    &dir.to_string_lossy(),
+                    "--loglevel",
+                    "warning",
+                ])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            cluster.nodes.push(child);
+            cluster.ports.push(port);
+            cluster.dirs.push(dir);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &port in &cluster.ports {
+            while !ping(port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "cluster node {port} did not start"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        let addresses: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "`{cli}` not found ({e}): install redis-tools (`apt-get install redis-server`)"
+                )
+            });
+        assert!(created.success(), "redis-cli --cluster create failed");
+        for &port in &cluster.ports {
+            while !cluster_ok(port) {
+                assert!(
+                    Instant::now() < deadline,
+                    "the cluster was not ready within 30 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// `redis://127.0.0.1:<port>` of each node.
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for child in &mut self.nodes {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for dir in &self.dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Whether the node at `port` reports `cluster_state:ok`.
+fn cluster_ok(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"CLUSTER INFO\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 512];
+    let Ok(n) = stream.read(&mut reply) else {
+        return false;
+    };
+    String::from_utf8_lossy(&reply[..n]).contains("cluster_state:ok")
+}
+
 /// Starts a server for the calling test (fails it when `redis-server` is
 /// absent).
 #[macro_export]

@@ -1,25 +1,30 @@
 //! [`MemoryRateLimitStore`]: rate-limit state in process memory.
+//!
+//! Longer than most files (about 750 lines): the store's layout, its
+//! bounded map, its multi-shard locking and its two operations are one
+//! invariant (all or nothing under the same locks) best read in one place.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::future::{Ready, ready};
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crate::clock::{SharedClock, TokioClock};
-use crate::rate_limit::gcra::{Gcra, micros};
+use crate::rate_limit::cell::{Cell, Now};
+use crate::rate_limit::gcra::micros;
 use crate::rate_limit::{
     Acquire, Admission, Limit, LimitState, LimitStates, RateLimitKey, RateLimitStore, Settle,
     Verdict,
 };
-use crate::store::StoreError;
+use crate::small::Small;
+use crate::store::StoreFuture;
 
 /// Rate-limit state in process memory: exact for one gateway instance.
 ///
 /// ```
 /// use std::time::Duration;
-/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict};
 /// use tollgate::store::memory::MemoryRateLimitStore;
 ///
 /// # #[tokio::main(flavor = "current_thread", start_paused = true)]
@@ -29,49 +34,69 @@ use crate::store::StoreError;
 ///     .sweep_interval(Duration::from_secs(30))
 ///     .build();
 /// let limits = [Limit::requests_per_minute(2)];
-/// let one = Acquire { limits: &limits, costs: &[1], max_concurrent: None };
-/// let key = RateLimitKey::new("alice");
+/// let scopes = [ScopeCharge {
+///     key: RateLimitKey::new("alice"),
+///     limits: &limits,
+///     costs: &[1],
+///     max_concurrent: None,
+/// }];
+/// let one = Acquire { scopes: &scopes };
 ///
-/// assert_eq!(store.acquire(key, &one).await?.verdict, Verdict::Admitted);
-/// assert_eq!(store.acquire(key, &one).await?.verdict, Verdict::Admitted);
-/// let third = store.acquire(key, &one).await?;
+/// assert_eq!(store.acquire(&one).await?.verdict, Verdict::Admitted);
+/// tokio::time::advance(Duration::from_secs(10)).await;
+/// assert_eq!(store.acquire(&one).await?.verdict, Verdict::Admitted);
+/// let third = store.acquire(&one).await?;
 /// assert_eq!(third.verdict, Verdict::Limited);
-/// assert_eq!(third.states[0].retry_after, Some(Duration::from_secs(30)));
+/// // The first request leaves the (sliding) window after a minute.
+/// assert_eq!(third.states[0].retry_after, Some(Duration::from_secs(51)));
 /// # Ok(())
 /// # }
 /// ```
 ///
 /// # Layout and cost
 ///
-/// Keys are spread over shards (64 by default), each a `Mutex<HashMap>`, so
+/// State is spread over shards (64 by default), each a `Mutex<HashMap>`, so
 /// concurrent admissions of different keys rarely wait on each other and
-/// there is no global lock. A key is held as a 128-bit fingerprint (a
-/// SipHash-1-3 digest under a key drawn at random when the store is built,
-/// and a second, seeded digest): the store never keeps the key's text, and
-/// two live keys sharing a fingerprint is far rarer than a hardware fault. Each key's state is 32 bytes: one GCRA state (`u64`) for
-/// each of its first two limits (more limits take 8 bytes each on the heap),
-/// the time its state is back to full, its in-flight count and a digest of its
-/// limits. With the map's own overhead that is 50 to 120 bytes per key
-/// (`benches/rate_limit.rs` measures it). The in-flight count is 16 bits: a
-/// concurrency limit above 65,535 per key acts as 65,535.
+/// there is no global lock; an admission locks the shards of its scopes
+/// (all of a scope's state is in one shard), each once, in a fixed order.
+/// A scope is held as a 128-bit fingerprint (a SipHash-1-3 digest under a
+/// key drawn at random when the store is built, and a second, seeded
+/// digest): the store never keeps a key's text, and two live keys sharing a
+/// fingerprint is far rarer than a hardware fault.
+///
+/// Each (scope, limit) state is one map entry keyed by a fingerprint derived
+/// from the scope's and the limit's measure, window and algorithm, never its
+/// amount: a limit raised or lowered keeps what was used, and two
+/// configurations of one key share one count. An entry is 48 bytes with its
+/// fingerprint: a [`Gcra`](crate::rate_limit::Algorithm::Gcra) or
+/// [`Fixed`](crate::rate_limit::Algorithm::Fixed) state is two integers in
+/// it, so with the map's own overhead that is 55 to 110 bytes per key and
+/// limit (`benches/rate_limit.rs` and `tests/rate_limit_memory.rs` measure
+/// it; at most 128). A [`Sliding`](crate::rate_limit::Algorithm::Sliding)
+/// state adds its buckets on the heap: 16 bytes for each of the window's 60
+/// buckets that has an admission (a key sending one request a second under
+/// a per-minute limit uses all 60: about 1.1 KB; a key that sent one
+/// request, about 110 bytes more than GCRA). A scope with a concurrency
+/// limit holds one more entry while it has requests in flight.
 ///
 /// # Bounded
 ///
-/// - **Idle keys are evicted.** A key whose every limit is back to full and
-///   that has nothing in flight is indistinguishable from a key never seen, so
-///   it is dropped. Each shard sweeps itself when it is used and its last
+/// - **Idle state is evicted.** A limit's state back to full, or a scope
+///   with nothing in flight, is indistinguishable from one never seen, so it
+///   is dropped. Each shard sweeps itself when it is used and its last
 ///   sweep is older than [`sweep_interval`](MemoryRateLimitStoreBuilder::sweep_interval)
 ///   (default 60 s), and gives memory back when it has shrunk to a quarter;
 ///   [`sweep`](MemoryRateLimitStore::sweep) sweeps every shard now.
-/// - **A hard cap on keys** ([`max_keys`](MemoryRateLimitStoreBuilder::max_keys),
-///   default 1,000,000, about 100 MB; split evenly over the shards, so a shard
-///   may reach its share a little before the store reaches the cap). When a new key arrives
-///   at a full shard, the shard first evicts its idle keys (at most once a
-///   second); if none are idle, it evicts, among 32 of its keys, the one with
-///   nothing in flight that will be back to full soonest. That key's next
-///   request starts from a full limit: the cap costs the least-loaded key a
-///   little leniency, never a new caller its access, and a flood of new keys
-///   cannot grow memory.
+/// - **A hard cap on states** ([`max_keys`](MemoryRateLimitStoreBuilder::max_keys),
+///   default 1,000,000 (scope, limit) states, about 100 MB; split evenly
+///   over the shards, so a shard may reach its share a little before the
+///   store reaches the cap). When a new state arrives at a full shard, the
+///   shard first evicts its idle states (at most once a second); if none are
+///   idle, it evicts, among 32 of its states, the one with nothing in flight
+///   that will be back to full soonest. That limit's next request starts
+///   from a full limit: the cap costs the least-loaded key a little
+///   leniency, never a new caller its access, and a flood of new keys cannot
+///   grow memory.
 ///
 /// # Time
 ///
@@ -90,6 +115,8 @@ struct Inner {
     mix_seed: u64,
     clock: SharedClock,
     epoch: tokio::time::Instant,
+    /// The Unix time of `epoch`, in µs (fixed windows are calendar ones).
+    epoch_unix_us: u64,
     max_keys_per_shard: usize,
     sweep_interval_s: u32,
 }
@@ -107,7 +134,7 @@ struct ShardMap {
 
 /// A key's 128-bit digest. The map hashes the first half; the shard is
 /// chosen from the second.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
 struct Fingerprint(u64, u64);
 
 impl Hash for Fingerprint {
@@ -143,56 +170,29 @@ impl Hasher for FingerprintHasher {
     }
 }
 
-/// One key's state: 32 bytes.
-#[derive(Default)]
+/// One (scope, limit) state, or one scope's requests in flight: 32 bytes.
 struct Entry {
-    /// GCRA states of the first two limits.
-    tats: [u64; 2],
-    /// Seconds since the epoch at which every limit is back to full.
+    kind: Kind,
+    /// Seconds since the epoch at which the state is back to full.
     full_at_s: u32,
-    /// Digest of the key's limit list; a change starts the key afresh.
-    config: u16,
-    in_flight: u16,
-    /// GCRA states of the limits after the second (a thin pointer: a
-    /// `Box<[u64]>` would be two words in every entry).
-    #[allow(clippy::box_collection)]
-    more: Option<Box<Vec<u64>>>,
+}
+
+enum Kind {
+    Limit(Cell),
+    /// Requests in flight in a scope.
+    Slots(u32),
 }
 
 impl Entry {
-    fn tat(&self, i: usize) -> u64 {
-        match i {
-            0 | 1 => self.tats[i],
-            _ => self
-                .more
-                .as_ref()
-                .and_then(|m| m.get(i - 2))
-                .copied()
-                .unwrap_or(0),
-        }
-    }
-
-    fn set_tat(&mut self, i: usize, tat: u64) {
-        if i < 2 {
-            self.tats[i] = tat;
-            return;
-        }
-        let more = self.more.get_or_insert_with(Default::default);
-        if more.len() < i - 1 {
-            more.resize(i - 1, 0);
-        }
-        more[i - 2] = tat;
-    }
-
-    fn reset_limits(&mut self, config: u16) {
-        self.tats = [0; 2];
-        self.more = None;
-        self.full_at_s = 0;
-        self.config = config;
-    }
-
     fn is_idle(&self, now_s: u32) -> bool {
-        self.in_flight == 0 && self.full_at_s <= now_s
+        match self.kind {
+            Kind::Slots(n) => n == 0,
+            Kind::Limit(_) => self.full_at_s <= now_s,
+        }
+    }
+
+    fn busy(&self) -> bool {
+        matches!(self.kind, Kind::Slots(n) if n > 0)
     }
 }
 
@@ -260,8 +260,8 @@ impl MemoryRateLimitStoreBuilder {
         self
     }
 
-    /// The most keys held at once (default 1,000,000); see the type's docs
-    /// for what happens at the cap.
+    /// The most (scope, limit) states held at once (default 1,000,000); see
+    /// the type's docs for what happens at the cap.
     pub fn max_keys(mut self, max_keys: usize) -> Self {
         self.max_keys = max_keys;
         self
@@ -286,6 +286,7 @@ impl MemoryRateLimitStoreBuilder {
             .clock
             .unwrap_or_else(|| Arc::new(TokioClock::new()) as SharedClock);
         let epoch = clock.now();
+        let epoch_unix_us = u64::try_from(clock.now_unix().as_micros()).unwrap_or(u64::MAX);
         let sweep_interval_s =
             u32::try_from(self.sweep_interval.as_secs().max(1)).unwrap_or(u32::MAX);
         MemoryRateLimitStore {
@@ -303,6 +304,7 @@ impl MemoryRateLimitStoreBuilder {
                 mix_seed: RandomState::new().hash_one(0x9e37_79b9_7f4a_7c15_u64) | 1,
                 clock,
                 epoch,
+                epoch_unix_us,
                 max_keys_per_shard: self.max_keys.div_ceil(shards).max(1),
                 sweep_interval_s,
             }),
@@ -328,7 +330,7 @@ impl fmt::Debug for MemoryRateLimitStore {
 impl MemoryRateLimitStore {
     /// Default shards.
     pub const DEFAULT_SHARDS: usize = 64;
-    /// Default cap on keys.
+    /// Default cap on (scope, limit) states.
     pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
     /// Default sweep interval.
     pub const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(60);
@@ -349,7 +351,8 @@ impl MemoryRateLimitStore {
         }
     }
 
-    /// Keys held now (idle keys not yet swept included).
+    /// States held now (idle ones not yet swept included): one per scope and
+    /// limit in use, and one per scope with requests in flight.
     pub fn len(&self) -> usize {
         self.inner
             .shards
@@ -363,10 +366,10 @@ impl MemoryRateLimitStore {
         self.len() == 0
     }
 
-    /// Drops every idle key now, in every shard, and gives memory back to
-    /// the allocator where a shard has shrunk. Returns the keys dropped.
+    /// Drops every idle state now, in every shard, and gives memory back to
+    /// the allocator where a shard has shrunk. Returns the states dropped.
     pub fn sweep(&self) -> usize {
-        let now_s = self.inner.now_s(self.inner.now_us());
+        let now_s = self.inner.now_s(self.inner.now().rel_us);
         self.inner
             .shards
             .iter()
@@ -393,6 +396,24 @@ impl ShardMap {
         before - len
     }
 
+    /// The entry `fp`, made with `make` (after making room under `cap`) if
+    /// there is none.
+    fn entry_or_make_room(
+        &mut self,
+        fp: Fingerprint,
+        make: impl FnOnce() -> Kind,
+        cap: usize,
+        now_s: u32,
+    ) -> &mut Entry {
+        if !self.entries.contains_key(&fp) {
+            self.make_room(cap, now_s);
+        }
+        self.entries.entry(fp).or_insert_with(|| Entry {
+            kind: make(),
+            full_at_s: 0,
+        })
+    }
+
     /// Makes room for one more key under `cap`.
     fn make_room(&mut self, cap: usize, now_s: u32) {
         if self.entries.len() < cap {
@@ -410,7 +431,7 @@ impl ShardMap {
             .entries
             .iter()
             .take(32)
-            .min_by_key(|(_, e)| (e.in_flight > 0, e.full_at_s))
+            .min_by_key(|(_, e)| (e.busy(), e.full_at_s))
             .map(|(k, _)| *k);
         if let Some(victim) = victim {
             self.entries.remove(&victim);
@@ -419,9 +440,13 @@ impl ShardMap {
 }
 
 impl Inner {
-    fn now_us(&self) -> u64 {
+    fn now(&self) -> Now {
         let elapsed = self.clock.now().saturating_duration_since(self.epoch);
-        u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+        let rel_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        Now {
+            rel_us,
+            unix_us: self.epoch_unix_us.saturating_add(rel_us),
+        }
     }
 
     fn now_s(&self, now_us: u64) -> u32 {
@@ -430,9 +455,11 @@ impl Inner {
 
     fn fingerprint(&self, key: RateLimitKey<'_>) -> Fingerprint {
         fn feed<H: Hasher>(mut h: H, key: RateLimitKey<'_>) -> u64 {
+            // 0xFF never occurs in UTF-8: the parts cannot run into each other.
+            h.write(key.scope.as_bytes());
+            h.write_u8(0xff);
             h.write(key.id.as_bytes());
             if let Some(model) = key.model {
-                // 0xFF never occurs in UTF-8: `("a", "b")` ≠ `("a\u{ff}b", None)`.
                 h.write_u8(0xff);
                 h.write(model.as_bytes());
             }
@@ -444,171 +471,268 @@ impl Inner {
         )
     }
 
-    fn shard(&self, fp: Fingerprint) -> &Mutex<ShardMap> {
+    fn shard_of(&self, fp: Fingerprint) -> usize {
         // The mask keeps the index below the shard count, a power of two.
-        let index = (fp.1 & self.shard_mask) as usize;
-        &self.shards[index].map
+        (fp.1 & self.shard_mask) as usize
     }
 
-    fn maybe_sweep(&self, map: &mut ShardMap, now_s: u32) {
-        if now_s.saturating_sub(map.last_sweep_s) >= self.sweep_interval_s {
-            map.sweep(now_s);
+    /// Locks the shards of `scopes`, each once, in index order (so two
+    /// admissions sharing shards never wait on each other in a cycle).
+    fn lock_shards(&self, scopes: &[Fingerprint], now_s: u32) -> Locked<'_> {
+        let mut order = Small::<usize, 8>::new(scopes.len());
+        for (slot, fp) in order.iter_mut().zip(scopes) {
+            *slot = self.shard_of(*fp);
         }
-    }
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Admission {
-        let now_us = self.now_us();
-        let now_s = self.now_s(now_us);
-        let config = config_digest(request.limits);
-        let fp = self.fingerprint(key);
-        let mut map = lock(self.shard(fp));
-        self.maybe_sweep(&mut map, now_s);
-
-        let mut fresh = Entry::default();
-        let (entry, known) = match map.entries.get_mut(&fp) {
-            Some(entry) => (entry, true),
-            None => (&mut fresh, false),
+        order.sort_unstable();
+        let mut locked = Locked {
+            inline: Default::default(),
+            more: Vec::new(),
         };
-        if entry.config != config {
-            entry.reset_limits(config);
-        }
-        let latest_full_us = u64::from(entry.full_at_s).saturating_mul(1_000_000);
-
-        let n = request.limits.len().min(request.costs.len());
-        let mut states = LimitStates::new();
-        let mut tats = [0u64; 4];
-        let mut spilled = Vec::new();
-        let mut admitted = true;
-        let mut full_at_us = 0u64;
-        for (i, (limit, &cost)) in request.limits.iter().zip(request.costs).enumerate() {
-            let gcra = Gcra::new(limit);
-            let d = gcra.check_clamped(entry.tat(i), now_us, cost, latest_full_us);
-            admitted &= d.admitted;
-            full_at_us = full_at_us.max(now_us.saturating_add(d.reset_us));
-            if i < tats.len() {
-                tats[i] = d.tat;
-            } else {
-                spilled.push(d.tat);
+        let mut last = None;
+        for (n, &index) in order.iter().enumerate() {
+            if last == Some(index) {
+                continue;
             }
-            states.push(LimitState {
-                remaining: d.remaining,
-                reset: micros(d.reset_us),
-                retry_after: d.retry_after_us.map(micros),
-            });
+            last = Some(index);
+            let mut guard = lock(&self.shards[index].map);
+            if now_s.saturating_sub(guard.last_sweep_s) >= self.sweep_interval_s {
+                guard.sweep(now_s);
+            }
+            match locked.inline.get_mut(n) {
+                Some(slot) => *slot = Some((index, guard)),
+                None => locked.more.push((index, guard)),
+            }
         }
-        let slot_free = match request.max_concurrent {
-            Some(max) => u32::from(entry.in_flight) < max.min(u32::from(u16::MAX)),
-            None => true,
-        };
-        let verdict = match (admitted, slot_free) {
+        locked
+    }
+
+    fn entry_full_at(&self, entry: &Entry, limit: &Limit) -> u32 {
+        match &entry.kind {
+            Kind::Limit(cell) => {
+                let full_at_us = cell.full_at(limit, self.epoch_unix_us);
+                self.now_s(full_at_us.saturating_add(999_999))
+            }
+            Kind::Slots(_) => 0,
+        }
+    }
+
+    fn acquire(&self, request: &Acquire<'_>) -> Admission {
+        let now = self.now();
+        let now_s = self.now_s(now.rel_us);
+        let scopes = request.scopes;
+        let mut fps = Small::<Fingerprint, 4>::new(scopes.len());
+        for (fp, scope) in fps.iter_mut().zip(scopes) {
+            *fp = self.fingerprint(scope.key);
+        }
+        let mut locked = self.lock_shards(&fps, now_s);
+
+        let mut states = LimitStates::new();
+        let mut admitted = true;
+        let mut busy = None;
+        for (i, scope) in scopes.iter().enumerate() {
+            let map = locked.map(self.shard_of(fps[i]));
+            for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
+                let outcome = match map.entries.get(&fps[i].of_limit(limit)) {
+                    Some(Entry {
+                        kind: Kind::Limit(cell),
+                        ..
+                    }) => cell.check(limit, now, cost),
+                    _ => Cell::empty(limit).check(limit, now, cost),
+                };
+                admitted &= outcome.admitted;
+                states.push(LimitState {
+                    remaining: outcome.remaining,
+                    reset: micros(outcome.reset_us),
+                    retry_after: outcome.retry_after_us.map(micros),
+                });
+            }
+            if let Some(max) = scope.max_concurrent {
+                let in_flight = match map.entries.get(&fps[i].of_slots()) {
+                    Some(Entry {
+                        kind: Kind::Slots(n),
+                        ..
+                    }) => *n,
+                    _ => 0,
+                };
+                if in_flight >= max && busy.is_none() {
+                    busy = Some(i);
+                }
+            }
+        }
+        let verdict = match (admitted, busy) {
             (false, _) => Verdict::Limited,
-            (true, false) => Verdict::Concurrency,
-            (true, true) => Verdict::Admitted,
+            (true, Some(_)) => Verdict::Concurrency,
+            (true, None) => Verdict::Admitted,
         };
         if verdict != Verdict::Admitted {
             // Nothing is charged: limits that would have admitted report
             // their state as it is, not as the charge would have left it.
-            for (i, (limit, state)) in request.limits.iter().zip(states.iter_mut()).enumerate() {
-                if state.admits() {
-                    let gcra = Gcra::new(limit);
-                    let tat = gcra.clamp(entry.tat(i), now_us, latest_full_us);
-                    let (remaining, reset_us) = gcra.peek(tat, now_us);
-                    state.remaining = remaining;
-                    state.reset = micros(reset_us);
+            let mut n = 0;
+            for (i, scope) in scopes.iter().enumerate() {
+                let map = locked.map(self.shard_of(fps[i]));
+                for limit in scope.limits.iter().take(scope.costs.len()) {
+                    if states[n].admits() {
+                        let outcome = match map.entries.get(&fps[i].of_limit(limit)) {
+                            Some(Entry {
+                                kind: Kind::Limit(cell),
+                                ..
+                            }) => cell.check(limit, now, 0),
+                            _ => Cell::empty(limit).check(limit, now, 0),
+                        };
+                        states[n].remaining = outcome.remaining;
+                        states[n].reset = micros(outcome.reset_us);
+                    }
+                    n += 1;
                 }
             }
-        } else {
-            for i in 0..n {
-                let tat = if i < tats.len() {
-                    tats[i]
-                } else {
-                    spilled[i - tats.len()]
-                };
-                entry.set_tat(i, tat);
+            return Admission {
+                verdict,
+                states,
+                busy: busy.filter(|_| verdict == Verdict::Concurrency),
+            };
+        }
+        for (i, scope) in scopes.iter().enumerate() {
+            let map = locked.map(self.shard_of(fps[i]));
+            for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
+                if cost == 0 {
+                    continue;
+                }
+                let entry = map.entry_or_make_room(
+                    fps[i].of_limit(limit),
+                    || Kind::Limit(Cell::empty(limit)),
+                    self.max_keys_per_shard,
+                    now_s,
+                );
+                if let Kind::Limit(cell) = &mut entry.kind {
+                    cell.charge(limit, now, cost);
+                }
+                entry.full_at_s = self.entry_full_at(entry, limit);
             }
-            entry.full_at_s = self.now_s(full_at_us.saturating_add(999_999));
-            if request.max_concurrent.is_some() {
-                entry.in_flight += 1;
-            }
-            if !known {
-                map.make_room(self.max_keys_per_shard, now_s);
-                map.entries.insert(fp, fresh);
+            if scope.max_concurrent.is_some() {
+                let entry = map.entry_or_make_room(
+                    fps[i].of_slots(),
+                    || Kind::Slots(0),
+                    self.max_keys_per_shard,
+                    now_s,
+                );
+                if let Kind::Slots(n) = &mut entry.kind {
+                    *n = n.saturating_add(1);
+                }
             }
         }
-        Admission { verdict, states }
+        Admission {
+            verdict,
+            states,
+            busy: None,
+        }
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) {
-        let now_us = self.now_us();
-        let now_s = self.now_s(now_us);
-        let config = config_digest(request.limits);
-        let fp = self.fingerprint(key);
-        let mut map = lock(self.shard(fp));
-        let charges = request.deltas.iter().any(|&d| d > 0);
-        let mut fresh = Entry {
-            config,
-            ..Entry::default()
-        };
-        let (entry, known) = match map.entries.get_mut(&fp) {
-            Some(entry) => (entry, true),
-            // Nothing to refund or release on an evicted key; charges stand.
-            None if charges => (&mut fresh, false),
-            None => return,
-        };
-        if request.release {
-            entry.in_flight = entry.in_flight.saturating_sub(1);
+    fn settle(&self, request: &Settle<'_>) {
+        let now = self.now();
+        let now_s = self.now_s(now.rel_us);
+        let scopes = request.scopes;
+        let mut fps = Small::<Fingerprint, 4>::new(scopes.len());
+        for (fp, scope) in fps.iter_mut().zip(scopes) {
+            *fp = self.fingerprint(scope.key);
         }
-        if entry.config != config {
-            // The limits changed since admission: the state was reset.
-            return;
-        }
-        let latest_full_us = u64::from(entry.full_at_s).saturating_mul(1_000_000);
-        let mut full_at_us = 0u64;
-        for (i, limit) in request.limits.iter().enumerate() {
-            let gcra = Gcra::new(limit);
-            let mut tat = gcra.clamp(entry.tat(i), now_us, latest_full_us);
-            if let Some(&delta) = request.deltas.get(i).filter(|&&d| d != 0) {
-                tat = gcra.adjust(tat, now_us, delta);
-                entry.set_tat(i, tat);
+        let mut locked = self.lock_shards(&fps, now_s);
+        for (i, scope) in scopes.iter().enumerate() {
+            let map = locked.map(self.shard_of(fps[i]));
+            if scope.release {
+                if let Some(Entry {
+                    kind: Kind::Slots(n),
+                    ..
+                }) = map.entries.get_mut(&fps[i].of_slots())
+                {
+                    *n = n.saturating_sub(1);
+                }
             }
-            full_at_us = full_at_us.max(gcra.time_of(tat));
-        }
-        entry.full_at_s = self.now_s(full_at_us.saturating_add(999_999));
-        if !known {
-            map.make_room(self.max_keys_per_shard, now_s);
-            map.entries.insert(fp, fresh);
+            for (limit, &delta) in scope.limits.iter().zip(scope.deltas) {
+                if delta == 0 {
+                    continue;
+                }
+                let fp = fps[i].of_limit(limit);
+                let entry = match map.entries.get_mut(&fp) {
+                    Some(entry) => entry,
+                    // Nothing to refund on a state that is gone (it was
+                    // full); charges stand.
+                    None if delta < 0 => continue,
+                    None => map.entry_or_make_room(
+                        fp,
+                        || Kind::Limit(Cell::empty(limit)),
+                        self.max_keys_per_shard,
+                        now_s,
+                    ),
+                };
+                if let Kind::Limit(cell) = &mut entry.kind {
+                    cell.adjust(limit, now, delta);
+                }
+                entry.full_at_s = self.entry_full_at(entry, limit);
+            }
         }
     }
 }
 
-/// A 16-bit digest of a limit list, to notice when a key's limits change.
-fn config_digest(limits: &[Limit]) -> u16 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ limits.len() as u64;
-    for limit in limits {
-        for word in [
-            limit.measure as u64,
-            limit.amount,
-            limit.window.as_secs(),
-            u64::from(limit.window.subsec_nanos()),
-        ] {
-            h = (h ^ word).wrapping_mul(0x0100_0000_01b3);
-            h ^= h >> 29;
+/// The shards an operation holds, each locked once.
+struct Locked<'a> {
+    inline: [Option<(usize, MutexGuard<'a, ShardMap>)>; 8],
+    more: Vec<(usize, MutexGuard<'a, ShardMap>)>,
+}
+
+impl Locked<'_> {
+    fn map(&mut self, index: usize) -> &mut ShardMap {
+        let found = self
+            .inline
+            .iter_mut()
+            .flatten()
+            .chain(self.more.iter_mut())
+            .find(|(i, _)| *i == index);
+        match found {
+            Some((_, guard)) => guard,
+            // Every scope's shard is locked before it is looked up.
+            None => unreachable!("shard {index} is not locked"),
         }
     }
-    (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16
+}
+
+impl Fingerprint {
+    /// The fingerprint of a limit's state in this scope: derived from the
+    /// scope's by its measure, window and algorithm (not its amount).
+    fn of_limit(self, limit: &Limit) -> Fingerprint {
+        let nanos = limit.window.as_nanos();
+        let tag = (limit.measure as u64) * 4 + limit.algorithm as u64 + 1;
+        let word = splitmix(splitmix(splitmix(nanos as u64) ^ (nanos >> 64) as u64) ^ tag);
+        self.derive(word)
+    }
+
+    /// The fingerprint of the scope's requests in flight.
+    fn of_slots(self) -> Fingerprint {
+        self.derive(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn derive(self, word: u64) -> Fingerprint {
+        Fingerprint(
+            self.0 ^ word,
+            self.1 ^ splitmix(word ^ 0x5851_f42d_4c95_7f2d),
+        )
+    }
+}
+
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl RateLimitStore for MemoryRateLimitStore {
-    type AcquireFuture = Ready<Result<Admission, StoreError>>;
-    type SettleFuture = Ready<Result<(), StoreError>>;
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
-        ready(Ok(self.inner.acquire(key, request)))
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
+        StoreFuture::ready(Ok(self.inner.acquire(request)))
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
-        self.inner.settle(key, request);
-        ready(Ok(()))
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+        self.inner.settle(request);
+        StoreFuture::ready(Ok(()))
     }
 }
 
@@ -617,26 +741,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_is_32_bytes() {
+    fn an_entry_is_32_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
         assert_eq!(std::mem::size_of::<(Fingerprint, Entry)>(), 48);
     }
 
     #[test]
-    fn more_than_two_limits_spill() {
-        let mut e = Entry::default();
-        e.set_tat(4, 7);
-        e.set_tat(2, 5);
-        assert_eq!((e.tat(2), e.tat(3), e.tat(4), e.tat(9)), (5, 0, 7, 0));
-    }
-
-    #[test]
-    fn config_digest_sees_changes() {
-        let a = [Limit::requests_per_minute(60)];
-        let b = [Limit::requests_per_minute(61)];
-        let c = [Limit::tokens_per_minute(60)];
-        assert_ne!(config_digest(&a), config_digest(&b));
-        assert_ne!(config_digest(&a), config_digest(&c));
-        assert_eq!(config_digest(&a), config_digest(&a.clone()));
+    fn limit_states_differ_by_measure_window_and_algorithm_only() {
+        let fp = Fingerprint(1, 2);
+        let a = Limit::requests_per_minute(60);
+        assert!(fp.of_limit(&a) == fp.of_limit(&Limit::requests_per_minute(7).burst(3)));
+        for other in [
+            Limit::tokens_per_minute(60),
+            Limit::requests_per_hour(60),
+            a.algorithm(crate::rate_limit::Algorithm::Gcra),
+            a.algorithm(crate::rate_limit::Algorithm::Fixed),
+        ] {
+            assert!(fp.of_limit(&a) != fp.of_limit(&other), "{other:?}");
+            assert!(fp.of_limit(&other) != fp.of_slots());
+        }
     }
 }

@@ -40,6 +40,8 @@ use redis::IntoConnectionInfo;
 #[derive(Clone)]
 pub struct RedisConfig {
     pub(crate) info: redis::ConnectionInfo,
+    /// The nodes of a Redis Cluster to start from; empty for one Redis.
+    pub(crate) cluster_nodes: Vec<redis::ConnectionInfo>,
     pub(crate) key_prefix: String,
     pub(crate) connect_timeout: Duration,
     pub(crate) call_timeout: Duration,
@@ -81,6 +83,7 @@ impl RedisConfig {
             .map_err(|_| RedisConfigError::InvalidUrl)?;
         Ok(RedisConfig {
             info,
+            cluster_nodes: Vec::new(),
             key_prefix: Self::DEFAULT_KEY_PREFIX.to_owned(),
             connect_timeout: Self::DEFAULT_CONNECT_TIMEOUT,
             call_timeout: Self::DEFAULT_CALL_TIMEOUT,
@@ -88,6 +91,41 @@ impl RedisConfig {
             reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
             settlement_retry: Self::DEFAULT_SETTLEMENT_RETRY,
         })
+    }
+
+    /// A configuration for the Redis Cluster reachable at any of `urls`
+    /// (`redis://10.0.0.5:7000`, …; one is enough, more survive one being
+    /// down), with the defaults above. The rate-limit store runs on a
+    /// cluster ([`RedisRateLimitStore`](super::RedisRateLimitStore) says how
+    /// it places its keys); the key store's pub/sub uses the first node.
+    ///
+    /// ```
+    /// use tollgate::store::redis::RedisConfig;
+    ///
+    /// let config = RedisConfig::cluster(["redis://10.0.0.5:7000", "redis://10.0.0.6:7000"])?;
+    /// assert!(config.is_cluster());
+    /// # Ok::<_, tollgate::store::redis::RedisConfigError>(())
+    /// ```
+    pub fn cluster<'a>(urls: impl IntoIterator<Item = &'a str>) -> Result<Self, RedisConfigError> {
+        let nodes = urls
+            .into_iter()
+            .map(|url| {
+                url.into_connection_info()
+                    .map_err(|_| RedisConfigError::InvalidUrl)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some(first) = nodes.first() else {
+            return Err(RedisConfigError::InvalidUrl);
+        };
+        let mut config = RedisConfig::from_url("redis://127.0.0.1")?;
+        config.info = first.clone();
+        config.cluster_nodes = nodes;
+        Ok(config)
+    }
+
+    /// Whether this configures a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        !self.cluster_nodes.is_empty()
     }
 
     /// The prefix of every key and channel the stores use (default
@@ -150,6 +188,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("addr", &self.info.addr().to_string())
             .field("db", &self.info.redis_settings().db())
+            .field("cluster_nodes", &self.cluster_nodes.len())
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
             .field("call_timeout", &self.call_timeout)

@@ -7,8 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, ErrorKind, RedisError, RedisResult, Script};
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Script,
+    Value,
+};
 
 use super::RedisConfig;
 use super::scripts::SOURCES;
@@ -68,8 +72,44 @@ struct Shared {
     started: Instant,
 }
 
+/// A connection to one Redis, or to a Redis Cluster (which routes each
+/// command by the hash slot of its keys and follows the cluster's moves).
+#[derive(Clone)]
+pub(crate) enum AnyConnection {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for AnyConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConnection::Single(c) => c.req_packed_command(cmd),
+            AnyConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConnection::Single(c) => c.req_packed_commands(cmd, offset, count),
+            AnyConnection::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConnection::Single(c) => c.get_db(),
+            AnyConnection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 struct Link {
-    conn: Option<MultiplexedConnection>,
+    conn: Option<AnyConnection>,
     /// Bumped with every new connection, so a failure seen on an old one
     /// does not drop a newer one.
     generation: u64,
@@ -125,10 +165,16 @@ impl RedisConnection {
         self.shared.lock().conn.is_some()
     }
 
+    /// Whether this is a connection to a Redis Cluster
+    /// ([`RedisConfig::cluster`]).
+    pub fn is_cluster(&self) -> bool {
+        !self.shared.config.cluster_nodes.is_empty()
+    }
+
     /// Round-trip time of a `PING`, for health checks.
     pub async fn ping(&self) -> Result<Duration, StoreError> {
         let started = Instant::now();
-        self.call(|mut conn| async move {
+        self.call_any(|mut conn| async move {
             redis::cmd("PING")
                 .query_async::<String>(&mut conn)
                 .await
@@ -169,7 +215,7 @@ impl RedisConnection {
     where
         T: redis::FromRedisValue + Send + 'static,
     {
-        self.call(move |mut conn| async move {
+        self.call_any(move |mut conn| async move {
             let (keys, args) = &*call;
             let mut invocation = script.prepare_invoke();
             for key in keys {
@@ -219,14 +265,39 @@ impl RedisConnection {
         }
     }
 
-    /// Runs `op` on the connection, bounded by the call timeout. Fails at
-    /// once while disconnected (and starts reconnecting if nothing is).
+    /// Runs `op` on the connection to a single Redis, bounded by the call
+    /// timeout. Fails at once while disconnected (and starts reconnecting if
+    /// nothing is), and on a cluster connection, where only scripts run
+    /// ([`eval`](Self::eval)).
     pub(crate) fn call<T, F, Fut>(
         &self,
         op: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
         F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
+        Fut: Future<Output = RedisResult<T>> + Send,
+        T: Send + 'static,
+    {
+        self.call_any(move |conn| async move {
+            match conn {
+                AnyConnection::Single(conn) => op(conn).await,
+                AnyConnection::Cluster(_) => Err(RedisError::from((
+                    ErrorKind::Client,
+                    "this operation does not run on Redis Cluster",
+                ))),
+            }
+        })
+    }
+
+    /// Runs `op` on the connection, single or cluster, bounded by the call
+    /// timeout. Fails at once while disconnected (and starts reconnecting if
+    /// nothing is).
+    pub(crate) fn call_any<T, F, Fut>(
+        &self,
+        op: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        F: FnOnce(AnyConnection) -> Fut + Send + 'static,
         Fut: Future<Output = RedisResult<T>> + Send,
         T: Send + 'static,
     {
@@ -263,7 +334,10 @@ impl Shared {
         self.link.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
+    async fn open(&self) -> Result<AnyConnection, StoreError> {
+        if !self.config.cluster_nodes.is_empty() {
+            return self.open_cluster().await;
+        }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.config.connect_timeout))
             // `call` bounds every call, NOSCRIPT retry included.
@@ -289,10 +363,40 @@ impl Shared {
             Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
             Err(_) => return Err(StoreError::Timeout),
         }
-        Ok(conn)
+        Ok(AnyConnection::Single(conn))
     }
 
-    fn current(self: &Arc<Self>) -> Result<(MultiplexedConnection, u64), StoreError> {
+    /// A cluster connection: it finds the slots' owners from any of the
+    /// configured nodes, keeps a connection per node and follows `MOVED`
+    /// and `ASK` redirections itself.
+    async fn open_cluster(&self) -> Result<AnyConnection, StoreError> {
+        let client = redis::cluster::ClusterClient::builder(self.config.cluster_nodes.clone())
+            .connection_timeout(self.config.connect_timeout)
+            .response_timeout(self.config.call_timeout)
+            .build()
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        let attempt = client.get_async_connection();
+        let mut conn = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => return Err(StoreError::Unavailable(describe(&error))),
+            Err(_) => return Err(StoreError::Timeout),
+        };
+        // `SCRIPT LOAD` goes to every primary; `EVALSHA` loads a script on
+        // a node that lacks it anyway.
+        for source in SOURCES {
+            let mut command = redis::cmd("SCRIPT");
+            command.arg("LOAD").arg(*source);
+            let load = command.query_async::<String>(&mut conn);
+            match tokio::time::timeout(self.config.connect_timeout, load).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
+                Err(_) => return Err(StoreError::Timeout),
+            }
+        }
+        Ok(AnyConnection::Cluster(conn))
+    }
+
+    fn current(self: &Arc<Self>) -> Result<(AnyConnection, u64), StoreError> {
         let mut link = self.lock();
         if let Some(conn) = &link.conn {
             return Ok((conn.clone(), link.generation));

@@ -56,7 +56,7 @@
 //!
 //! | store | trait | what it shares |
 //! |---|---|---|
-//! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | GCRA state per key and limit, concurrency slots |
+//! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | each scope's limit states (sliding, GCRA, fixed), concurrency slots |
 //! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
 //! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore) | key records and their revocation |
 //!
@@ -83,7 +83,8 @@
 //! that these stores need.
 //!
 //! [`RedisConnection`] holds one [`MultiplexedConnection`](redis::aio::MultiplexedConnection)
-//! per instance: every concurrent call is pipelined on one TCP connection,
+//! per instance (or, for a cluster, redis-rs's cluster connection, which
+//! keeps one per node and follows the cluster's redirections): every concurrent call is pipelined on one TCP connection,
 //! which for short scripts outperforms a pool (no checkout, no per-connection
 //! head-of-line waits) and needs no extra dependency. Around it, tollgate
 //! adds what a gateway needs rather than the crate's `ConnectionManager`:
@@ -134,9 +135,10 @@
 //! expire by themselves, so their memory is bounded by what is in use).
 //!
 //! The stores target a single Redis primary (optionally with replicas and
-//! Sentinel-driven failover behind a stable address). Redis Cluster is not
-//! supported: a budget reservation touches the keys of several scopes in one
-//! script. Tested with Redis 7.0; the scripts use nothing newer than Redis
+//! Sentinel-driven failover behind a stable address). The rate-limit store
+//! also runs on Redis Cluster ([`RedisConfig::cluster`]; its docs say how it
+//! places its keys); the ledger and the key store do not yet: a budget
+//! reservation touches the keys of several scopes in one script. Tested with Redis 7.0; the scripts use nothing newer than Redis
 //! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
 //! the default (before 7.0), as they read `TIME` before writing.
 

@@ -1,4 +1,8 @@
 //! [`RedisRateLimitStore`]: rate limits shared by every gateway instance.
+//!
+//! Longer than most files (about 800 lines): the admission in one script or
+//! in two slots, and the fallback that must settle what it admitted, share
+//! the same owned request types and are read together.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -11,11 +15,11 @@ use super::RedisConnection;
 use super::scripts::{RATE_LIMIT_ACQUIRE, RATE_LIMIT_SETTLE};
 use crate::clock::SharedClock;
 use crate::rate_limit::{
-    Acquire, Admission, BoxStoreFuture, Limit, LimitState, Measure, RateLimitKey, RateLimitStore,
-    Settle, Verdict,
+    Acquire, Admission, Algorithm, Limit, LimitState, LimitStates, Measure, RateLimitKey,
+    RateLimitStore, ScopeCharge, ScopeSettle, Settle, Verdict,
 };
-use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
+use crate::store::{StoreError, StoreFuture};
 
 /// Amounts, windows and costs are clamped below this so that the scripts'
 /// arithmetic (Lua doubles) stays exact: 2^51 tokens or µs (71 years).
@@ -26,7 +30,7 @@ const LUA_MAX: u64 = 1 << 51;
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, Verdict};
+/// use tollgate::rate_limit::{Acquire, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict};
 /// use tollgate::store::memory::MemoryRateLimitStore;
 /// use tollgate::store::redis::{RedisConfig, RedisConnection, RedisRateLimitStore};
 ///
@@ -39,8 +43,13 @@ const LUA_MAX: u64 = 1 << 51;
 ///     .build();
 ///
 /// let limits = [Limit::requests_per_minute(100), Limit::tokens_per_minute(50_000)];
-/// let request = Acquire { limits: &limits, costs: &[1, 1_200], max_concurrent: Some(8) };
-/// let admission = store.acquire(RateLimitKey::new("alice"), &request).await?;
+/// let scopes = [ScopeCharge {
+///     key: RateLimitKey::new("alice"),
+///     limits: &limits,
+///     costs: &[1, 1_200],
+///     max_concurrent: Some(8),
+/// }];
+/// let admission = store.acquire(&Acquire { scopes: &scopes }).await?;
 /// assert_eq!(admission.verdict, Verdict::Admitted);
 /// # Ok(())
 /// # }
@@ -48,32 +57,60 @@ const LUA_MAX: u64 = 1 << 51;
 ///
 /// # One round trip, all or nothing
 ///
-/// An admission is one `EVALSHA` of a Lua script: it reads the key's state,
-/// runs GCRA for every limit, checks the concurrency slots, and writes the
-/// charges only if every limit admits the request. Redis runs a script
-/// atomically, so concurrent admissions on any number of instances see each
-/// other's charges exactly: 300 concurrent requests against a limit of 100
-/// admit 100. A settlement (refund or extra charge of tokens, freeing the
-/// slot) is one more `EVALSHA`.
+/// An admission is one `EVALSHA` of a Lua script: it reads each scope's
+/// state, runs every limit's algorithm (the same integer arithmetic as the
+/// memory store: sliding windows, GCRA, fixed windows), checks the
+/// concurrency slots, and writes the charges only if every limit of every
+/// scope admits the request. Redis runs a script atomically, so concurrent
+/// admissions on any number of instances see each other's charges exactly:
+/// 300 concurrent requests against a limit of 100 admit 100. A settlement
+/// (refund or extra charge of tokens, freeing the slots) is one more
+/// `EVALSHA`. Amounts, windows and costs are clamped to 2^51 (tokens, µs),
+/// far beyond any real limit, to keep the script's arithmetic exact.
 ///
-/// The script is the same GCRA as [`MemoryRateLimitStore`] (integer units of
-/// `window / amount`, exact for any ratio), with the same
-/// [`LimitState`]s, so the layer's headers do not depend on the store.
-/// Amounts and windows are clamped to 2^51 (tokens, µs), far beyond any real
-/// limit, to keep the script's arithmetic exact.
+/// A scope's state is one hash with a field per limit, named by the limit's
+/// measure, algorithm and window, never its amount: a limit raised or
+/// lowered keeps its count, and instances configured differently share it
+/// (a field another instance uses is kept until it is back to full).
+///
+/// # Redis Cluster: one slot per caller, one for shared scopes
+///
+/// Every key a script touches is declared in `KEYS` and carries a hash tag.
+/// A caller's own scopes (its key, its key per model) are tagged with its
+/// key id, so one caller's state lives in one slot and callers spread over
+/// the cluster. Scopes shared by every caller (a model's capacity, an
+/// upstream, a team) are all tagged `{shared}`: they are global counters
+/// anyway, and one slot lets one script check several of them at once.
+///
+/// On a single Redis (or Sentinel) every admission stays one script, all
+/// or nothing. On a cluster ([`RedisConfig::cluster`](super::RedisConfig::cluster)),
+/// an admission that touches only one of the two kinds is still one
+/// script; one that touches both runs the caller's script, then the shared
+/// one, and undoes the first if the second refuses. **The trade-off**:
+/// two round trips for those requests, and between the two scripts another
+/// request of the same caller may be refused for a charge that is then
+/// undone: a cluster can refuse a little more than a single Redis, never
+/// admit more. The alternative, one tag for everything, keeps one script
+/// but puts every key's state on one node, which is what a cluster is
+/// there to avoid.
 ///
 /// # Time: the server's
 ///
 /// The script reads Redis's `TIME`, so instances whose clocks disagree
 /// still agree on every window. [`clock`](RedisRateLimitStoreBuilder::clock)
-/// replaces it with a clock of the caller's (for tests).
+/// replaces it with a clock of the caller's, passed to the script (for
+/// tests: with one clock, the memory store and this one decide exactly
+/// alike, `tests/redis_rate_limit.rs` checks it). GCRA units and sliding
+/// buckets are counted on grids anchored at the Unix epoch, fixed windows
+/// are UTC-aligned: every instance agrees whenever it first saw a key.
 ///
 /// # Bounded memory
 ///
-/// A key's state is one hash (`<prefix>rl:<key>`) that expires (`PEXPIRE`)
-/// when every one of its limits is back to full, the moment it becomes
-/// indistinguishable from no state. Concurrency slots are a sorted set
-/// (`<prefix>rc:<key>`) of leases: a slot whose request never settled (its
+/// A scope's state is one hash (`<prefix>rl:{<tag>}:…`) that expires
+/// (`PEXPIRE`) when every one of its limits is back to full, the moment it
+/// becomes indistinguishable from no state; a field back to full is dropped
+/// by the next write. Concurrency slots are a sorted set
+/// (`<prefix>rc:{<tag>}:…`) of leases: a slot whose request never settled (its
 /// instance crashed) is freed when its lease runs out
 /// ([`slot_lease`](RedisRateLimitStoreBuilder::slot_lease), default 10
 /// minutes), and the set expires with its last lease.
@@ -221,42 +258,67 @@ impl fmt::Debug for RedisRateLimitStore {
     }
 }
 
-/// The Redis keys of a rate-limit key: its GCRA state and its slots. The id
-/// is length-prefixed so that `("a", Some("b"))` and `("a:b", None)` differ.
-fn redis_keys(redis: &RedisConnection, key: RateLimitKey<'_>) -> Vec<String> {
-    let mut name = format!("{}:{}", key.id.len(), key.id);
+/// The hash tag of a scope's keys: the caller's own slot for its key
+/// scopes (`{<len>:<id>}`, never empty), one slot for every scope shared by
+/// several keys (`{shared}`).
+fn tag(key: RateLimitKey<'_>) -> String {
+    if key.is_caller() {
+        format!("{{{}:{}}}", key.id.len(), key.id)
+    } else {
+        "{shared}".to_owned()
+    }
+}
+
+/// The Redis keys of a scope: its limits' states and its slots. Parts are
+/// length-prefixed so that no two scopes share a name.
+fn redis_keys(redis: &RedisConnection, key: RateLimitKey<'_>) -> [String; 2] {
+    let mut name = format!(
+        "{}:{}:{}:{}:{}",
+        tag(key),
+        key.scope.len(),
+        key.scope,
+        key.id.len(),
+        key.id
+    );
     if let Some(model) = key.model {
         name.push(':');
         name.push_str(model);
     }
-    vec![
+    [
         redis.key(&format!("rl:{name}")),
         redis.key(&format!("rc:{name}")),
     ]
 }
 
-/// The limit list as the script compares it: a change starts the key afresh.
-fn config_string(limits: &[Limit]) -> String {
-    let mut s = String::with_capacity(limits.len() * 16);
-    for limit in limits {
-        let measure = match limit.measure {
-            Measure::Requests => 'R',
-            Measure::Tokens => 'T',
-        };
-        s.push_str(&format!(
-            "{measure}{}/{};",
-            limit.amount,
-            limit.window.as_nanos()
-        ));
-    }
-    s
+/// A limit's field in its scope's hash: measure, algorithm, window. Not
+/// the amount: a changed amount keeps the state.
+fn field(limit: &Limit) -> String {
+    let measure = match limit.measure {
+        Measure::Requests => 'R',
+        Measure::Tokens => 'T',
+    };
+    let algorithm = match limit.algorithm {
+        Algorithm::Gcra => 'g',
+        Algorithm::Fixed => 'f',
+        Algorithm::Sliding => 's',
+    };
+    format!("{measure}{algorithm}{}", limit.window.as_nanos())
 }
 
-fn amount_and_window(limit: &Limit) -> [String; 2] {
+/// Field, algorithm, amount, window and burst, as the scripts read them.
+fn limit_args(limit: &Limit) -> [String; 5] {
     let window_us = u64::try_from(limit.window.as_micros()).unwrap_or(u64::MAX);
+    let alg = match limit.algorithm {
+        Algorithm::Gcra => "g",
+        Algorithm::Fixed => "f",
+        Algorithm::Sliding => "s",
+    };
     [
+        field(limit),
+        alg.to_owned(),
         limit.amount.min(LUA_MAX).to_string(),
         window_us.clamp(1, LUA_MAX).to_string(),
+        limit.capacity().min(LUA_MAX).to_string(),
     ]
 }
 
@@ -276,9 +338,56 @@ impl Inner {
         let n = self.next_slot.fetch_add(1, Ordering::Relaxed);
         format!("{:016x}{n:x}", self.instance)
     }
+
+    /// One acquire script call for `scopes`.
+    fn acquire_call(
+        &self,
+        scopes: &[&ScopeCharge<'_>],
+    ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
+        let mut keys = Vec::with_capacity(2 * scopes.len());
+        let mut args = vec![
+            self.now_arg(),
+            self.slot_token(),
+            self.slot_lease.as_millis().to_string(),
+            scopes.len().to_string(),
+        ];
+        for scope in scopes {
+            keys.extend(redis_keys(&self.redis, scope.key));
+            let n = scope.limits.len().min(scope.costs.len());
+            args.push(scope.max_concurrent.map_or("-1".into(), |m| m.to_string()));
+            args.push(n.to_string());
+            for (limit, cost) in scope.limits.iter().zip(scope.costs) {
+                args.extend(limit_args(limit));
+                args.push(cost.min(&(LUA_MAX * 2)).to_string());
+            }
+        }
+        self.redis.eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, keys, args)
+    }
+
+    /// One settle script call for `scopes`.
+    fn settle_call(
+        &self,
+        scopes: &[ScopeSettle<'_>],
+    ) -> impl Future<Output = Result<i64, StoreError>> + Send + 'static {
+        let mut keys = Vec::with_capacity(2 * scopes.len());
+        let mut args = vec![self.now_arg(), scopes.len().to_string()];
+        let bound = LUA_MAX as i64 * 2;
+        for scope in scopes {
+            keys.extend(redis_keys(&self.redis, scope.key));
+            let n = scope.limits.len().min(scope.deltas.len());
+            args.push(if scope.release { "1" } else { "0" }.into());
+            args.push(n.to_string());
+            for (limit, delta) in scope.limits.iter().zip(scope.deltas) {
+                args.extend(limit_args(limit));
+                args.push(delta.clamp(&-bound, &bound).to_string());
+            }
+        }
+        self.redis
+            .eval_settlement::<i64>(&RATE_LIMIT_SETTLE, keys, args)
+    }
 }
 
-/// Parses the acquire script's reply.
+/// Parses the acquire script's reply for `n` limits.
 fn admission(reply: &[i64], n: usize) -> Result<Admission, StoreError> {
     if reply.len() != 2 + 3 * n {
         return Err(StoreError::Corrupt(format!(
@@ -305,76 +414,232 @@ fn admission(reply: &[i64], n: usize) -> Result<Admission, StoreError> {
             retry_after: (s[2] >= 0).then(|| micros(s[2])),
         })
         .collect();
-    Ok(Admission { verdict, states })
+    let busy = usize::try_from(reply[1]).ok();
+    Ok(Admission {
+        verdict,
+        states,
+        busy: busy.filter(|_| verdict == Verdict::Concurrency),
+    })
+}
+
+/// Scopes as owned data, for an answer that comes later (the fallback, a
+/// second script on a cluster).
+#[derive(Clone)]
+struct OwnedScope {
+    scope: String,
+    id: String,
+    model: Option<String>,
+    limits: Vec<Limit>,
+    /// Costs (acquire) or deltas (settle).
+    values: Vec<i64>,
+    max_concurrent: Option<u32>,
+}
+
+impl OwnedScope {
+    fn of_charge(charge: &ScopeCharge<'_>) -> Self {
+        OwnedScope {
+            scope: charge.key.scope.to_owned(),
+            id: charge.key.id.to_owned(),
+            model: charge.key.model.map(str::to_owned),
+            limits: charge.limits.to_vec(),
+            values: charge
+                .costs
+                .iter()
+                .map(|&c| i64::try_from(c).unwrap_or(i64::MAX))
+                .collect(),
+            max_concurrent: charge.max_concurrent,
+        }
+    }
+
+    fn key(&self) -> RateLimitKey<'_> {
+        RateLimitKey {
+            scope: &self.scope,
+            id: &self.id,
+            model: self.model.as_deref(),
+        }
+    }
+}
+
+/// Builds [`ScopeCharge`]s of owned scopes (costs in `costs`) and runs `f`.
+fn with_owned_charges<R>(
+    scopes: &[OwnedScope],
+    limits: impl Fn(&OwnedScope) -> Vec<Limit>,
+    max: impl Fn(&OwnedScope) -> Option<u32>,
+    f: impl FnOnce(&Acquire<'_>) -> R,
+) -> R {
+    let limits: Vec<Vec<Limit>> = scopes.iter().map(&limits).collect();
+    let costs: Vec<Vec<u64>> = scopes
+        .iter()
+        .map(|s| s.values.iter().map(|&v| v.max(0).unsigned_abs()).collect())
+        .collect();
+    let charges: Vec<ScopeCharge<'_>> = scopes
+        .iter()
+        .zip(&limits)
+        .zip(&costs)
+        .map(|((s, l), c)| ScopeCharge {
+            key: s.key(),
+            limits: l,
+            costs: c,
+            max_concurrent: max(s),
+        })
+        .collect();
+    f(&Acquire { scopes: &charges })
 }
 
 impl RateLimitStore for RedisRateLimitStore {
-    type AcquireFuture = BoxStoreFuture<Admission>;
-    type SettleFuture = BoxStoreFuture<()>;
-
-    fn acquire(&self, key: RateLimitKey<'_>, request: &Acquire<'_>) -> Self::AcquireFuture {
+    fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
         let inner = &self.inner;
-        let n = request.limits.len().min(request.costs.len());
-        let limits = &request.limits[..n];
-        let mut args = Vec::with_capacity(6 + 3 * n);
-        args.push(inner.now_arg());
-        args.push(config_string(limits));
-        args.push(n.to_string());
-        args.push(
-            request
-                .max_concurrent
-                .map_or("-1".into(), |m| m.to_string()),
-        );
-        args.push(inner.slot_token());
-        args.push(inner.slot_lease.as_millis().to_string());
-        for (limit, &cost) in limits.iter().zip(request.costs) {
-            args.extend(amount_and_window(limit));
-            args.push(cost.min(LUA_MAX * 2).to_string());
-        }
-        let call =
-            inner
-                .redis
-                .eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, redis_keys(&inner.redis, key), args);
-        let Some(fallback) = inner.fallback.clone() else {
-            return Box::pin(async move { admission(&call.await?, n) });
+        let scopes = request.scopes;
+        let n: usize = scopes
+            .iter()
+            .map(|s| s.limits.len().min(s.costs.len()))
+            .sum();
+        let callers: Vec<usize> = (0..scopes.len())
+            .filter(|&i| scopes[i].key.is_caller())
+            .collect();
+        let split = inner.redis.is_cluster() && !callers.is_empty() && callers.len() < scopes.len();
+        let call: StoreFuture<Admission> = if split {
+            self.acquire_in_two_slots(scopes, &callers)
+        } else {
+            let all: Vec<&ScopeCharge<'_>> = scopes.iter().collect();
+            let call = inner.acquire_call(&all);
+            StoreFuture::pending(async move { admission(&call.await?, n) })
         };
-        let owned = OwnedRequest::new(key, limits, &request.costs[..n], request.max_concurrent);
-        Box::pin(async move {
-            match call.await.and_then(|reply| admission(&reply, n)) {
+        let Some(fallback) = inner.fallback.clone() else {
+            return call;
+        };
+        let owned: Vec<OwnedScope> = scopes.iter().map(OwnedScope::of_charge).collect();
+        StoreFuture::pending(async move {
+            match call.await {
                 Ok(admission) => Ok(admission),
                 Err(error) => {
-                    tracing::debug!(%error, key = %owned.key(), "redis rate limit store failed; using the local fallback");
+                    tracing::debug!(%error, "redis rate limit store failed; using the local fallback");
                     Ok(fallback.acquire(&owned).await)
                 }
             }
         })
     }
 
-    fn settle(&self, key: RateLimitKey<'_>, request: &Settle<'_>) -> Self::SettleFuture {
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
         let inner = &self.inner;
         if let Some(fallback) = &inner.fallback {
-            if fallback.take_outstanding(key, inner.slot_lease) {
-                return Box::pin(fallback.settle(key, request));
+            if fallback.take_outstanding(request, inner.slot_lease) {
+                return fallback.settle(request);
             }
         }
-        let n = request.limits.len().min(request.deltas.len());
-        let limits = &request.limits[..n];
-        let mut args = Vec::with_capacity(4 + 3 * n);
-        args.push(inner.now_arg());
-        args.push(config_string(limits));
-        args.push(n.to_string());
-        args.push(if request.release { "1" } else { "0" }.into());
-        let bound = LUA_MAX as i64 * 2;
-        for (limit, &delta) in limits.iter().zip(request.deltas) {
-            args.extend(amount_and_window(limit));
-            args.push(delta.clamp(-bound, bound).to_string());
+        let scopes = request.scopes;
+        let callers: Vec<ScopeSettle<'_>> = scopes
+            .iter()
+            .filter(|s| s.key.is_caller())
+            .copied()
+            .collect();
+        if inner.redis.is_cluster() && !callers.is_empty() && callers.len() < scopes.len() {
+            let shared: Vec<ScopeSettle<'_>> = scopes
+                .iter()
+                .filter(|s| !s.key.is_caller())
+                .copied()
+                .collect();
+            let (a, b) = (inner.settle_call(&callers), inner.settle_call(&shared));
+            return StoreFuture::pending(async move {
+                let (a, b) = (a.await, b.await);
+                a.and(b).map(drop)
+            });
         }
-        let call = inner.redis.eval_settlement::<i64>(
-            &RATE_LIMIT_SETTLE,
-            redis_keys(&inner.redis, key),
-            args,
-        );
-        Box::pin(async move { call.await.map(drop) })
+        let call = inner.settle_call(scopes);
+        StoreFuture::pending(async move { call.await.map(drop) })
+    }
+}
+
+impl RedisRateLimitStore {
+    /// On a cluster, an admission touching the caller's scopes and shared
+    /// ones: the caller's first (in its slot), then the shared ones (in
+    /// theirs), undoing the first if the second refuses. See the type's
+    /// docs for what this costs.
+    fn acquire_in_two_slots(
+        &self,
+        scopes: &[ScopeCharge<'_>],
+        callers: &[usize],
+    ) -> StoreFuture<Admission> {
+        let inner = self.inner.clone();
+        let shared: Vec<usize> = (0..scopes.len()).filter(|i| !callers.contains(i)).collect();
+        let owned: Vec<OwnedScope> = scopes.iter().map(OwnedScope::of_charge).collect();
+        let first: Vec<&ScopeCharge<'_>> = callers.iter().map(|&i| &scopes[i]).collect();
+        let second: Vec<&ScopeCharge<'_>> = shared.iter().map(|&i| &scopes[i]).collect();
+        let count = |idx: &[usize]| -> usize {
+            idx.iter()
+                .map(|&i| scopes[i].limits.len().min(scopes[i].costs.len()))
+                .sum()
+        };
+        let (n1, n2) = (count(callers), count(&shared));
+        let first_call = inner.acquire_call(&first);
+        let second_call = inner.acquire_call(&second);
+        let callers = callers.to_vec();
+        StoreFuture::pending(async move {
+            let a = admission(&first_call.await?, n1)?;
+            // The states in the request's order: each scope's, from the
+            // call that checked it (unchecked ones as admitting).
+            let merge = |a: &Admission, b: Option<&Admission>| {
+                let mut states = LimitStates::new();
+                let (mut ia, mut ib) = (0, 0);
+                for (i, scope) in owned.iter().enumerate() {
+                    for limit in &scope.limits {
+                        let state = if callers.contains(&i) {
+                            ia += 1;
+                            a.states.get(ia - 1).copied()
+                        } else {
+                            ib += 1;
+                            b.and_then(|b| b.states.get(ib - 1).copied())
+                        };
+                        states.push(state.unwrap_or(LimitState {
+                            remaining: limit.amount,
+                            reset: Duration::ZERO,
+                            retry_after: Some(Duration::ZERO),
+                        }));
+                    }
+                }
+                states
+            };
+            if a.verdict != Verdict::Admitted {
+                return Ok(Admission {
+                    verdict: a.verdict,
+                    states: merge(&a, None),
+                    busy: a.busy.map(|i| callers[i]),
+                });
+            }
+            let b = admission(&second_call.await?, n2)?;
+            if b.verdict != Verdict::Admitted {
+                // Undo the caller's charges and slots.
+                let undo: Vec<OwnedScope> = callers.iter().map(|&i| owned[i].clone()).collect();
+                let deltas: Vec<Vec<i64>> = undo
+                    .iter()
+                    .map(|s| s.values.iter().map(|v| -v).collect())
+                    .collect();
+                let settles: Vec<ScopeSettle<'_>> = undo
+                    .iter()
+                    .zip(&deltas)
+                    .map(|(s, d)| ScopeSettle {
+                        key: s.key(),
+                        limits: &s.limits,
+                        deltas: d,
+                        release: s.max_concurrent.is_some(),
+                    })
+                    .collect();
+                let undone = inner.settle_call(&settles);
+                if let Err(error) = undone.await {
+                    tracing::warn!(%error, "rate limit: undoing a caller's charge failed");
+                }
+                return Ok(Admission {
+                    verdict: b.verdict,
+                    states: merge(&a, Some(&b)),
+                    busy: b.busy.map(|i| shared[i]),
+                });
+            }
+            Ok(Admission {
+                verdict: Verdict::Admitted,
+                states: merge(&a, Some(&b)),
+                busy: None,
+            })
+        })
     }
 }
 
@@ -382,59 +647,18 @@ impl RateLimitStore for RedisRateLimitStore {
 struct Fallback {
     store: MemoryRateLimitStore,
     share: f64,
-    /// Admissions by the fallback that the layer will settle, per key: their
-    /// settlements go to the fallback too, not to Redis, which never saw them.
+    /// Admissions by the fallback that the layer will settle, per first
+    /// scope: their settlements go to the fallback too, not to Redis, which
+    /// never saw them.
     outstanding: Mutex<Outstanding>,
 }
 
-/// Per `(key, model)`: admissions to settle, and when the last was made.
-type Outstanding = HashMap<(String, Option<String>), (u32, Instant)>;
+/// Per first scope (as displayed): admissions to settle, and when the last
+/// was made.
+type Outstanding = HashMap<String, (u32, Instant)>;
 
 /// Bound on `Fallback::outstanding` (keys).
 const MAX_OUTSTANDING_KEYS: usize = 100_000;
-
-struct OwnedRequest {
-    id: String,
-    model: Option<String>,
-    limits: Vec<Limit>,
-    costs: Vec<u64>,
-    max_concurrent: Option<u32>,
-}
-
-impl OwnedRequest {
-    fn new(
-        key: RateLimitKey<'_>,
-        limits: &[Limit],
-        costs: &[u64],
-        max_concurrent: Option<u32>,
-    ) -> Self {
-        OwnedRequest {
-            id: key.id.to_owned(),
-            model: key.model.map(str::to_owned),
-            limits: limits.to_vec(),
-            costs: costs.to_vec(),
-            max_concurrent,
-        }
-    }
-
-    fn key(&self) -> RateLimitKey<'_> {
-        RateLimitKey {
-            id: &self.id,
-            model: self.model.as_deref(),
-        }
-    }
-
-    /// Whether `RateLimitLayer` will settle this admission: it holds a
-    /// concurrency slot or reserved tokens.
-    fn will_settle(&self) -> bool {
-        self.max_concurrent.is_some()
-            || self
-                .limits
-                .iter()
-                .zip(&self.costs)
-                .any(|(l, &c)| l.measure == Measure::Tokens && c > 0)
-    }
-}
 
 impl Fallback {
     fn scale(&self, n: u64) -> u64 {
@@ -449,51 +673,65 @@ impl Fallback {
             .iter()
             .map(|l| Limit {
                 amount: self.scale(l.amount),
+                burst: l.burst.map(|b| self.scale(b)),
                 ..*l
             })
             .collect()
     }
 
-    async fn acquire(&self, request: &OwnedRequest) -> Admission {
-        let limits = self.scaled(&request.limits);
-        let max_concurrent = request
-            .max_concurrent
-            .map(|m| u32::try_from(self.scale(u64::from(m))).unwrap_or(m));
-        let scaled = Acquire {
-            limits: &limits,
-            costs: &request.costs,
-            max_concurrent,
-        };
-        let admission = match self.store.acquire(request.key(), &scaled).await {
+    async fn acquire(&self, scopes: &[OwnedScope]) -> Admission {
+        let answer = with_owned_charges(
+            scopes,
+            |s| self.scaled(&s.limits),
+            |s| {
+                s.max_concurrent
+                    .map(|m| u32::try_from(self.scale(u64::from(m))).unwrap_or(m))
+            },
+            |acquire| self.store.acquire(acquire),
+        );
+        let admission = match answer.await {
             Ok(admission) => admission,
             // The memory store does not fail; if it ever does, admit.
             Err(_) => Admission {
                 verdict: Verdict::Admitted,
-                states: vec![LimitState::default(); limits.len()].into(),
+                states: LimitStates::new(),
+                busy: None,
             },
         };
-        if admission.verdict == Verdict::Admitted && request.will_settle() {
-            let mut outstanding = self.lock();
-            if outstanding.len() >= MAX_OUTSTANDING_KEYS {
-                outstanding.clear();
+        let will_settle = scopes.iter().any(|s| {
+            s.max_concurrent.is_some()
+                || s.limits
+                    .iter()
+                    .zip(&s.values)
+                    .any(|(l, &c)| l.measure == Measure::Tokens && c > 0)
+        });
+        if admission.verdict == Verdict::Admitted && will_settle {
+            if let Some(first) = scopes.first() {
+                let mut outstanding = self.lock();
+                if outstanding.len() >= MAX_OUTSTANDING_KEYS {
+                    outstanding.clear();
+                }
+                let entry = outstanding
+                    .entry(first.key().to_string())
+                    .or_insert((0, Instant::now()));
+                entry.0 += 1;
+                entry.1 = Instant::now();
             }
-            let entry = outstanding
-                .entry((request.id.clone(), request.model.clone()))
-                .or_insert((0, Instant::now()));
-            entry.0 += 1;
-            entry.1 = Instant::now();
         }
         admission
     }
 
-    /// Whether `key` has an admission by the fallback to settle (taking it).
-    /// Entries older than a slot lease are forgotten.
-    fn take_outstanding(&self, key: RateLimitKey<'_>, lease: Duration) -> bool {
+    /// Whether the settlement's first scope has an admission by the fallback
+    /// to settle (taking it). Entries older than a slot lease are forgotten.
+    fn take_outstanding(&self, request: &Settle<'_>, lease: Duration) -> bool {
         let mut outstanding = self.lock();
         if outstanding.is_empty() {
             return false;
         }
-        let k = (key.id.to_owned(), key.model.map(str::to_owned));
+        let Some(first) = request.scopes.first() else {
+            return false;
+        };
+        let k = first.key.to_string();
         match outstanding.get_mut(&k) {
             Some((count, at)) if at.elapsed() <= lease => {
                 *count -= 1;
@@ -510,17 +748,19 @@ impl Fallback {
         }
     }
 
-    fn settle(
-        &self,
-        key: RateLimitKey<'_>,
-        request: &Settle<'_>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let limits = self.scaled(request.limits);
-        let scaled = Settle {
-            limits: &limits,
-            ..*request
-        };
-        self.store.settle(key, &scaled)
+    fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+        let limits: Vec<Vec<Limit>> = request
+            .scopes
+            .iter()
+            .map(|s| self.scaled(s.limits))
+            .collect();
+        let scaled: Vec<ScopeSettle<'_>> = request
+            .scopes
+            .iter()
+            .zip(&limits)
+            .map(|(s, l)| ScopeSettle { limits: l, ..*s })
+            .collect();
+        self.store.settle(&Settle { scopes: &scaled })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Outstanding> {
@@ -535,33 +775,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn config_strings_tell_limit_lists_apart() {
-        let a = [Limit::requests_per_minute(60)];
-        let b = [Limit::tokens_per_minute(60)];
-        let c = [Limit::requests(60, Duration::from_nanos(60_000_000_001))];
-        let strings = [config_string(&a), config_string(&b), config_string(&c)];
-        assert_eq!(strings[0], "R60/60000000000;");
-        assert_ne!(strings[0], strings[1]);
-        assert_ne!(strings[0], strings[2]);
+    fn fields_name_measure_algorithm_and_window_not_amount() {
+        let a = Limit::requests_per_minute(60);
+        assert_eq!(field(&a), "Rs60000000000");
+        assert_eq!(field(&a), field(&Limit::requests_per_minute(7)));
+        assert_ne!(field(&a), field(&Limit::tokens_per_minute(60)));
+        assert_ne!(field(&a), field(&a.algorithm(Algorithm::Gcra)));
+    }
+
+    #[test]
+    fn tags_keep_a_callers_scopes_in_its_slot() {
+        assert_eq!(tag(RateLimitKey::new("a}b")), "{3:a}b}");
+        assert_eq!(tag(RateLimitKey::new("a").with_model(Some("m"))), "{1:a}");
+        assert_eq!(
+            tag(RateLimitKey::scoped(RateLimitKey::MODEL, "m")),
+            "{shared}"
+        );
     }
 
     #[test]
     fn inputs_are_clamped_for_lua() {
         let huge = Limit::tokens(u64::MAX, Duration::MAX);
-        assert_eq!(
-            amount_and_window(&huge),
-            [LUA_MAX.to_string(), LUA_MAX.to_string()]
-        );
+        let args = limit_args(&huge);
+        assert_eq!(args[2], LUA_MAX.to_string());
+        assert_eq!(args[3], LUA_MAX.to_string());
         let tiny = Limit::requests(1, Duration::from_nanos(1));
-        assert_eq!(amount_and_window(&tiny), ["1".to_owned(), "1".to_owned()]);
+        assert_eq!(limit_args(&tiny)[2..], ["1", "1", "1"]);
     }
 
     #[test]
     fn replies_are_checked() {
-        assert!(admission(&[0, 0, 5, 10, 0], 1).is_ok());
-        let limited = admission(&[1, 0, 0, 10, -1], 1).unwrap();
+        assert!(admission(&[0, -1, 5, 10, 0], 1).is_ok());
+        let limited = admission(&[1, -1, 0, 10, -1], 1).unwrap();
         assert_eq!(limited.verdict, Verdict::Limited);
         assert_eq!(limited.states[0].retry_after, None);
+        let busy = admission(&[2, 1, 0, 10, 0], 1).unwrap();
+        assert_eq!(busy.busy, Some(1));
         assert!(admission(&[0, 0, 5], 1).is_err());
         assert!(admission(&[7, 0], 0).is_err());
     }

@@ -4,7 +4,7 @@
 //! loading the script once if Redis has lost it anyway).
 //!
 //! Redis scripts cannot share functions, so the helpers (`common.lua`, and
-//! `gcra.lua` / `money.lua` + `ledger.lua`) are prepended to each script.
+//! `rate_limit.lua` / `money.lua` + `ledger.lua`) are prepended to each script.
 
 use std::sync::LazyLock;
 
@@ -25,8 +25,8 @@ macro_rules! scripts {
 }
 
 scripts! {
-    RATE_LIMIT_ACQUIRE = "common.lua" "gcra.lua" "rate_limit_acquire.lua";
-    RATE_LIMIT_SETTLE = "common.lua" "gcra.lua" "rate_limit_settle.lua";
+    RATE_LIMIT_ACQUIRE = "common.lua" "rate_limit.lua" "rate_limit_acquire.lua";
+    RATE_LIMIT_SETTLE = "common.lua" "rate_limit.lua" "rate_limit_settle.lua";
     LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua";
     LEDGER_SETTLE = "common.lua" "money.lua" "ledger.lua" "ledger_settle.lua";
     LEDGER_RELEASE = "common.lua" "money.lua" "ledger.lua" "ledger_release.lua";

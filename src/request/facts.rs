@@ -1,0 +1,367 @@
+//! The facts of a request body: one derived struct ([`RequestBody`]), read
+//! by the fast path ([`quick`]) or by serde ([`exact`]), and turned into a
+//! [`RequestMeta`] in one place.
+//!
+//! To read one more fact: a field in `RequestBody` (serde reads it), an arm
+//! in `quick` (or none: the fast path then gives up on bodies that have the
+//! field, and serde reads them), and a line in `RequestBody::into_meta`.
+//! The tests compare the two readers on every field of `RequestBody`.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::RequestMeta;
+use crate::ApiError;
+use crate::json::{self, Cursor, Key, field};
+
+/// The fields of a request body that tollgate reads, as serde reads them
+/// (the fast path fills the same struct). Other fields are skipped.
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, expecting = "a JSON object")]
+pub(super) struct RequestBody<'a> {
+    #[serde(borrow)]
+    model: Option<Cow<'a, str>>,
+    stream: Option<bool>,
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+    max_output_tokens: Option<u64>,
+    stream_options: Option<StreamOptions>,
+    // The fields whose strings are prompt text.
+    messages: Text,
+    prompt: Text,
+    input: Text,
+    system: Text,
+    instructions: Text,
+    tools: Text,
+    functions: Text,
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Deserialize)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// Prompt text in a field's value: the characters of its strings, and 4
+/// per integer (a token id: `prompt`/`input` given as token arrays), the
+/// values under [`is_payload_key`] keys left out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Text {
+    /// The field is in the body (`null` included).
+    present: bool,
+    chars: u64,
+}
+
+/// Keys inside prompt text whose values are not text: roles, part types,
+/// ids, image, audio and file payloads.
+fn is_payload_key(key: &[u8]) -> bool {
+    matches!(
+        key,
+        b"type"
+            | b"role"
+            | b"id"
+            | b"tool_call_id"
+            | b"image_url"
+            | b"url"
+            | b"input_audio"
+            | b"file"
+            | b"file_data"
+            | b"data"
+            | b"detail"
+    )
+}
+
+/// Where a body's `stream_options` is: what
+/// [`request_usage`](crate::usage::request_usage) needs to ask for usage
+/// without reading the body again. Offsets are byte indices in the body.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum StreamOptionsAt {
+    /// Not recorded: the request is not a streamed chat or completions
+    /// request that left usage out, or its body cannot be edited in place
+    /// (a key written with escapes, `stream_options` as an array).
+    #[default]
+    Unknown,
+    /// Not in the body, whose object opens just before `open`.
+    Absent { open: usize },
+    /// `null`, at `start..end`.
+    Null { start: usize, end: usize },
+    /// An object that opens just before `open`, with its `include_usage`
+    /// value at that span, if it has one.
+    Object {
+        open: usize,
+        empty: bool,
+        include_usage: Option<(usize, usize)>,
+    },
+}
+
+/// [`RequestMeta::from_json`].
+pub(super) fn read(body: &[u8]) -> Result<RequestMeta, ApiError> {
+    let mut facts = RequestBody::default();
+    if let Some(at) = quick(body, &mut facts) {
+        return Ok(facts.into_meta(body.len(), || at));
+    }
+    let facts = exact(body).map_err(rejection)?;
+    Ok(facts.into_meta(body.len(), || locate(body)))
+}
+
+/// The exact reader: serde.
+pub(super) fn exact(body: &[u8]) -> Result<RequestBody<'_>, json::Rejected> {
+    json::read(body)
+}
+
+fn rejection(rejected: json::Rejected) -> ApiError {
+    let error = ApiError::invalid_request();
+    let reason = rejected.error;
+    match rejected.field {
+        Some(field) => error.with_param(field).with_message(format!(
+            "We could not parse the JSON body of your request: invalid `{field}`: {reason}"
+        )),
+        None => error.with_message(format!(
+            "We could not parse the JSON body of your request: {reason}"
+        )),
+    }
+}
+
+impl RequestBody<'_> {
+    /// The facts; `stream_options_at` is asked only for a request that
+    /// [`request_usage`](crate::usage::request_usage) would edit.
+    fn into_meta(
+        self,
+        body_len: usize,
+        stream_options_at: impl FnOnce() -> StreamOptionsAt,
+    ) -> RequestMeta {
+        let chars = [
+            self.prompt.chars,
+            self.input.chars,
+            self.system.chars,
+            self.instructions.chars,
+            self.tools.chars,
+            self.functions.chars,
+        ]
+        .into_iter()
+        .fold(self.messages.chars, u64::saturating_add);
+        let include_usage = self.stream_options.and_then(|o| o.include_usage) == Some(true);
+        let stream = self.stream == Some(true);
+        // Chat and completions; the Responses and Anthropic APIs reject
+        // `stream_options` (and report usage anyway).
+        let chat = self.messages.present || self.prompt.present;
+        RequestMeta {
+            model: self.model.map(Cow::into_owned),
+            stream,
+            max_tokens: self
+                .max_completion_tokens
+                .or(self.max_tokens)
+                .or(self.max_output_tokens),
+            include_usage,
+            prompt_tokens_estimate: chars.div_ceil(4),
+            body_len,
+            stream_options_at: if stream && !include_usage && chat {
+                stream_options_at()
+            } else {
+                StreamOptionsAt::Unknown
+            },
+        }
+    }
+}
+
+/// The fast path: fills `facts` from a plain body and says where its
+/// `stream_options` is; `None` at anything else (`facts` then half filled).
+pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<StreamOptionsAt> {
+    let mut c = Cursor::new(body);
+    c.peek()?;
+    let mut at = StreamOptionsAt::Absent { open: c.at() + 1 };
+    // `move` of a reference: the closure holds one pointer, not one per
+    // field it sets.
+    let stream_options_at = &mut at;
+    c.fields(move |c, key| {
+        Some(match key {
+            b"model" => field(&mut facts.model, c.str_or_null()?.map(Cow::Borrowed), 0),
+            b"stream" => field(&mut facts.stream, c.bool_or_null()?, 1),
+            b"max_tokens" => field(&mut facts.max_tokens, c.u64_or_null()?, 2),
+            b"max_completion_tokens" => {
+                field(&mut facts.max_completion_tokens, c.u64_or_null()?, 3)
+            }
+            b"max_output_tokens" => field(&mut facts.max_output_tokens, c.u64_or_null()?, 4),
+            b"stream_options" => {
+                (facts.stream_options, *stream_options_at) = quick_stream_options(c)?;
+                1 << 5
+            }
+            b"messages" => field(&mut facts.messages, quick_text(c)?, 6),
+            b"prompt" => field(&mut facts.prompt, quick_text(c)?, 7),
+            b"input" => field(&mut facts.input, quick_text(c)?, 8),
+            b"system" => field(&mut facts.system, quick_text(c)?, 9),
+            b"instructions" => field(&mut facts.instructions, quick_text(c)?, 10),
+            b"tools" => field(&mut facts.tools, quick_text(c)?, 11),
+            b"functions" => field(&mut facts.functions, quick_text(c)?, 12),
+            _ => return c.skip().map(|()| 0),
+        })
+    })?;
+    c.end()?;
+    Some(at)
+}
+
+fn quick_text(c: &mut Cursor<'_>) -> Option<Text> {
+    let chars = c.text(is_payload_key)?;
+    Some(Text {
+        present: true,
+        chars,
+    })
+}
+
+/// `null`, or an object with at most one `include_usage`.
+fn quick_stream_options(c: &mut Cursor<'_>) -> Option<(Option<StreamOptions>, StreamOptionsAt)> {
+    c.peek()?;
+    let start = c.at();
+    if c.null()? {
+        let end = c.at();
+        return Some((None, StreamOptionsAt::Null { start, end }));
+    }
+    let mut options = StreamOptions::default();
+    let (mut empty, mut include_usage) = (true, None);
+    c.fields(|c, key| {
+        empty = false;
+        if key != b"include_usage" {
+            return c.skip().map(|()| 0);
+        }
+        c.peek()?;
+        let from = c.at();
+        options.include_usage = c.bool_or_null()?;
+        include_usage = Some((from, c.at()));
+        Some(1)
+    })?;
+    let at = StreamOptionsAt::Object {
+        open: start + 1,
+        empty,
+        include_usage,
+    };
+    Some((Some(options), at))
+}
+
+/// Where `stream_options` is in a body serde accepted, found with serde
+/// (the exact reader's counterpart of what `quick` records as it reads).
+pub(super) fn locate(body: &[u8]) -> StreamOptionsAt {
+    let located = || {
+        let members = json::members(body).ok()?;
+        if members.iter().any(|(key, _)| key.is_escaped()) {
+            return None;
+        }
+        let open = body.iter().position(|&b| b == b'{')? + 1;
+        let Some((_, value)) = members.iter().find(|(key, _)| key.0 == "stream_options") else {
+            return Some(StreamOptionsAt::Absent { open });
+        };
+        let text = value.get();
+        let start = json::offset_in(body, text)?;
+        let end = start + text.len();
+        match text.as_bytes().first()? {
+            b'n' => Some(StreamOptionsAt::Null { start, end }),
+            b'{' => {
+                let options = json::members(text.as_bytes()).ok()?;
+                if options.iter().any(|(key, _)| key.is_escaped()) {
+                    return None;
+                }
+                let include_usage = match options.iter().find(|(key, _)| key.0 == "include_usage") {
+                    Some((_, value)) => {
+                        let from = json::offset_in(body, value.get())?;
+                        Some((from, from + value.get().len()))
+                    }
+                    None => None,
+                };
+                Some(StreamOptionsAt::Object {
+                    open: start + 1,
+                    empty: options.is_empty(),
+                    include_usage,
+                })
+            }
+            _ => None,
+        }
+    };
+    located().unwrap_or_default()
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
+        let mut chars = 0;
+        CountText { chars: &mut chars }.deserialize(d)?;
+        Ok(Text {
+            present: true,
+            chars,
+        })
+    }
+}
+
+/// Sums the characters of every string in a JSON value (and 4 per
+/// integer), except under payload keys.
+struct CountText<'a> {
+    chars: &'a mut u64,
+}
+
+impl CountText<'_> {
+    fn add<E>(self, n: u64) -> Result<(), E> {
+        *self.chars = self.chars.saturating_add(n);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for CountText<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CountText<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<(), E> {
+        let n = s.chars().count() as u64;
+        self.add(n)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        self.add(4)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        self.add(4)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let chars = self.chars;
+        while seq
+            .next_element_seed(CountText { chars: &mut *chars })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let chars = self.chars;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if is_payload_key(key.as_bytes()) {
+                map.next_value::<IgnoredAny>()?;
+            } else {
+                map.next_value_seed(CountText { chars: &mut *chars })?;
+            }
+        }
+        Ok(())
+    }
+}
