@@ -7,6 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use proptest::prelude::*;
 use tollgate::auth::{KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode, RetiredSecret};
 use tollgate::budget::{BudgetScope, BudgetSpec};
+use tollgate::rate_limit::Limit;
 use tollgate::store::memory::MemoryKeyStore;
 use tollgate::store::sqlite::SqliteStore;
 
@@ -56,6 +57,15 @@ fn record(id: u8, secrets: &[u8], revoked: bool) -> KeyRecord {
     record.created_at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     record.revoked = revoked;
     record.name = Some(format!("key number {id}"));
+    record.allowed_models = vec!["gpt-4o*".into()];
+    record.rate_limits = vec![
+        Limit::requests_per_minute(60 + u64::from(id)),
+        Limit::tokens_per_minute(100_000),
+    ];
+    record.team = Some("research".into());
+    record
+        .metadata
+        .insert("owner".into(), format!("owner-{id}"));
     record.budgets = vec![BudgetSpec::balance(
         BudgetScope::Key(record.id.clone()),
         usd("3.5"),
