@@ -82,9 +82,11 @@
 //!   made at most 14 ms before the kill (an unoptimised build on a loaded
 //!   two-core machine); the test fails above one second. Under a heavier
 //!   load the commit itself takes longer: `benches/sqlite.rs` measures how
-//!   long a change waits for its commit while one thread settles 200,000 a
-//!   second over 1,000 keys (25 ms at the median, 100 ms at worst, on the
-//!   same machine).
+//!   long a change waits for its commit while one thread settles 150,000
+//!   to 220,000 a second over 1,000 keys (25 to 36 ms at the median, about
+//!   100 ms at worst, on the same machine; with both cores busy settling,
+//!   the writer thread competes for CPU and the worst wait reaches 300 to
+//!   600 ms).
 //! - **A power loss or a kernel crash loses at most about a second**: the
 //!   log is synced to the disk by the first commit after each
 //!   [`sync_interval`](SqliteStoreBuilder::sync_interval) (1 s by default),
@@ -159,8 +161,9 @@
 //! wait for the disk. `benches/sqlite.rs` measures both on a loaded
 //! two-core VM: the hot path's throughput is the same (it never waits),
 //! but a sync per commit makes commits slower and the wait for the disk
-//! longer, so what a `kill -9` loses grows with the load (median 76 ms,
-//! worst 150 ms, against 25 and 100 ms with a sync a second). Set
+//! longer, so what a `kill -9` loses grows with the load (with one thread
+//! settling: a median of 57 to 76 ms and a worst of 120 to 150 ms, against
+//! 25 to 36 ms and about 100 ms with a sync a second). Set
 //! `sync_interval(Duration::ZERO)` for a sync per commit.
 //!
 //! # Why rate-limit counters are not persisted
