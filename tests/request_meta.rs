@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full};
-use tollgate::request::FromBytes;
+use tollgate::request::media::HIGH_DETAIL_MAX;
+use tollgate::request::{Content, FromBytes};
 use tollgate::{ApiError, BoxError, ErrorKind, RequestMeta};
 
 /// A request body that yields its chunks one by one, pending in between as a
@@ -266,7 +267,12 @@ async fn non_json_requests_are_skipped_unread() {
             .body(body)
             .unwrap();
         let req = RequestMeta::read(req, 4).await.unwrap();
-        assert_eq!(meta(&req), &RequestMeta::default(), "{content_type}");
+        // No facts, but that there are some it cannot read.
+        let mut unread = meta(&req).clone();
+        assert_eq!(unread.content, Content::Unsupported, "{content_type}");
+        assert!(unread.is_unreadable());
+        unread.content = Content::None;
+        assert_eq!(unread, RequestMeta::default(), "{content_type}");
         assert_eq!(polls.load(Ordering::SeqCst), 0, "{content_type}");
         assert_eq!(body_text(req).await, "not json at all");
     }
@@ -278,7 +284,15 @@ async fn non_json_requests_are_skipped_unread() {
         .unwrap();
     let req = RequestMeta::read(req, 1024).await.unwrap();
     assert_eq!(meta(&req), &RequestMeta::default());
+    assert!(!meta(&req).is_unreadable());
     assert_eq!(polls.load(Ordering::SeqCst), 0);
+    // Nor is an empty body of any type: there is nothing to meter in it.
+    let req = Request::post("/v1/files")
+        .header("content-type", "multipart/form-data; boundary=x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let req = RequestMeta::read(req, 1024).await.unwrap();
+    assert_eq!(meta(&req), &RequestMeta::default());
 }
 
 #[tokio::test]
@@ -295,7 +309,10 @@ async fn curl_style_form_bodies_are_read_when_they_look_like_json() {
     assert_eq!(meta(&req).model.as_deref(), Some("m"));
     assert!(meta(&req).stream);
     let req = RequestMeta::read(form("a=1&b=2"), 1024).await.unwrap();
-    assert_eq!(meta(&req), &RequestMeta::default());
+    let mut unread = meta(&req).clone();
+    assert_eq!((unread.content, unread.body_len), (Content::NotJson, 7));
+    (unread.content, unread.body_len) = (Content::None, 0);
+    assert_eq!(unread, RequestMeta::default());
     assert_eq!(body_text(req).await, "a=1&b=2");
     let err = RequestMeta::read(form(r#"{"model":"#), 1024)
         .await
@@ -375,17 +392,20 @@ async fn reading_twice_reads_the_body_once() {
 }
 
 #[tokio::test]
-async fn max_completion_tokens_takes_precedence() {
+async fn the_largest_output_cap_is_the_bound() {
+    // Each API reads its own name; a body that gives several is bounded by
+    // the largest, whichever the upstream reads.
     let cases = [
         (r#"{"max_tokens":10}"#, Some(10)),
         (r#"{"max_completion_tokens":20}"#, Some(20)),
         (r#"{"max_output_tokens":30}"#, Some(30)),
         (r#"{"max_tokens":10,"max_completion_tokens":20}"#, Some(20)),
         (r#"{"max_completion_tokens":20,"max_tokens":10}"#, Some(20)),
-        (r#"{"max_output_tokens":30,"max_tokens":10}"#, Some(10)),
+        (r#"{"max_completion_tokens":20,"max_tokens":40}"#, Some(40)),
+        (r#"{"max_output_tokens":30,"max_tokens":10}"#, Some(30)),
         (
             r#"{"max_output_tokens":30,"max_completion_tokens":20,"max_tokens":10}"#,
-            Some(20),
+            Some(30),
         ),
         (
             r#"{"max_completion_tokens":null,"max_tokens":10}"#,
@@ -436,7 +456,9 @@ fn prompt_estimate_rules() {
     // Rounded up.
     assert_eq!(estimate(r#"{"prompt":"a"}"#), 1);
     assert_eq!(estimate(r#"{"prompt":"abcde"}"#), 2);
-    // Every text field counts, summed before rounding.
+    // Every text field counts, summed before rounding, and tool and
+    // function definitions by the length of their JSON: 10 characters of
+    // text, 65 + 15 of definitions → 90 characters → 23 tokens.
     assert_eq!(
         estimate(
             r#"{"system":"ab","instructions":"cd","input":"ef","prompt":"gh",
@@ -444,7 +466,7 @@ fn prompt_estimate_rules() {
                 "tools":[{"type":"function","function":{"name":"kl","description":"mn"}}],
                 "functions":[{"name":"op"}]}"#
         ),
-        4
+        23
     );
     // Roles, part types, ids and image/audio/file payloads are not text.
     assert_eq!(
@@ -456,8 +478,11 @@ fn prompt_estimate_rules() {
                   {"type":"input_audio","input_audio":{"data":"UklGRgAAAAA=","format":"wav"}},
                   {"type":"file","file":{"file_data":"JVBERi0=","filename":"a.pdf"}}]}]}"#
         ),
-        // "f" + "{}" + "ok" + "abcd" = 9 characters → 3 tokens.
-        3
+        // "f" + "{}" + "ok" + "abcd" = 9 characters → 3 tokens; an image
+        // whose size its bytes do not give, at high detail: the most one
+        // costs; 9 bytes of audio that are not a WAV file: at most 9 ms at
+        // 8 kbit/s → 1 token; the file is not counted.
+        3 + HIGH_DETAIL_MAX + 1
     );
     // Escapes count as the character they stand for.
     assert_eq!(estimate(r#"{"prompt":"\u00e9\n\t\""}"#), 1);

@@ -70,7 +70,10 @@ where
     S: Service<Request<ReqBody>>,
     L: Ledger,
 {
-    pub(crate) fn calling(future: S::Future, admitted: Admitted<L>) -> Self {
+    pub(crate) fn calling(future: S::Future, mut admitted: Admitted<L>) -> Self {
+        if let Some(settler) = &mut admitted.settler {
+            settler.called();
+        }
         ResponseFuture {
             state: State::Calling {
                 future,
@@ -100,6 +103,7 @@ fn rejection<B>(rejected: Rejected) -> Response<ResponseBody<B>> {
 impl<S, ReqBody, ResBody, L> Future for ResponseFuture<S, ReqBody, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Error: 'static,
     ResBody: Body<Data = Bytes>,
     L: Ledger,
 {
@@ -110,7 +114,7 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Admitting { admission, inner } => {
-                    let (req, admitted) = match ready!(admission.as_mut().poll(cx)) {
+                    let (req, mut admitted) = match ready!(admission.as_mut().poll(cx)) {
                         Ok(admitted) => admitted,
                         Err(rejected) => return Poll::Ready(Ok(rejection(rejected))),
                     };
@@ -120,6 +124,9 @@ where
                         return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
                     };
                     let future = service.call(req);
+                    if let Some(settler) = &mut admitted.settler {
+                        settler.called();
+                    }
                     this.state.set(State::Calling {
                         future,
                         admitted: Some(admitted),
@@ -127,20 +134,29 @@ where
                 }
                 StateProj::Calling { future, admitted } => {
                     let result = ready!(future.poll(cx));
-                    // Taken before `?`: an inner error drops the settler,
-                    // which releases the hold at once.
                     let admitted = admitted.take();
-                    let mut response = result?;
+                    let mut response = match result {
+                        Ok(response) => response,
+                        Err(error) => {
+                            // No response: charged as the policy says for
+                            // an error of this kind, at once.
+                            if let Some(settler) = admitted.and_then(|a| a.settler) {
+                                settler.failed(super::is_timeout_error(&error));
+                            }
+                            return Poll::Ready(Err(error));
+                        }
+                    };
                     let Some(admitted) = admitted else {
                         return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
                     };
                     if let Some(headers) = admitted.headers {
                         headers.apply(response.headers_mut());
                     }
+                    let timed_out = super::is_timeout_response(response.extensions());
                     let response = match admitted.settler {
                         Some(settler) => {
                             usage::observe(response, admitted.options, move |report| {
-                                settler.finish(report)
+                                settler.finish(report, timed_out)
                             })
                         }
                         None => usage::observe(response, admitted.options, |_| {}),

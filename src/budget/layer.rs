@@ -6,8 +6,9 @@ use tower_layer::Layer;
 use super::alerts::{OnSoftLimit, Thresholds};
 use super::events::SpendSink;
 use super::service::Budget;
-use super::{Ledger, Pricing, ReservePolicy};
+use super::{ChargePolicy, Ledger, Pricing, ReservePolicy};
 use crate::RequestMeta;
+use crate::request::Unreadable;
 use crate::store::memory::MemoryLedger;
 
 /// What to do with a request for a model that has no price.
@@ -35,6 +36,8 @@ pub(crate) struct Shared<L> {
     pub(crate) on_soft_limit: Option<Arc<dyn OnSoftLimit>>,
     pub(crate) sink: Option<Arc<dyn SpendSink>>,
     pub(crate) body_limit: usize,
+    pub(crate) charge_policy: ChargePolicy,
+    pub(crate) unreadable: Unreadable,
 }
 
 impl<L> Clone for Shared<L> {
@@ -49,6 +52,8 @@ impl<L> Clone for Shared<L> {
             on_soft_limit: self.on_soft_limit.clone(),
             sink: self.sink.clone(),
             body_limit: self.body_limit,
+            charge_policy: self.charge_policy,
+            unreadable: self.unreadable,
         }
     }
 }
@@ -59,7 +64,8 @@ impl<L> Clone for Shared<L> {
 /// See the [module docs](crate::budget) for the whole story and an example.
 ///
 /// Defaults: [`ReservePolicy::Bounded`], [`UnpricedModel::Reject`],
-/// [`FailurePolicy::FailClosed`], no soft limits, no spend sink, request bodies
+/// [`FailurePolicy::FailClosed`], [`ChargePolicy::Produced`],
+/// [`Unreadable::Reject`], no soft limits, no spend sink, request bodies
 /// read up to [`RequestMeta::DEFAULT_LIMIT`] (16 MiB).
 pub struct BudgetLayer<L = MemoryLedger> {
     shared: Arc<Shared<L>>,
@@ -85,6 +91,8 @@ impl<L> fmt::Debug for BudgetLayer<L> {
             .field("on_soft_limit", &s.on_soft_limit.is_some())
             .field("spend_sink", &s.sink.is_some())
             .field("body_limit", &s.body_limit)
+            .field("charge_policy", &s.charge_policy)
+            .field("unreadable", &s.unreadable)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +122,8 @@ impl<L: Ledger> BudgetLayer<L> {
                 on_soft_limit: None,
                 sink: None,
                 body_limit: RequestMeta::DEFAULT_LIMIT,
+                charge_policy: ChargePolicy::default(),
+                unreadable: Unreadable::default(),
             }),
         }
     }
@@ -171,6 +181,23 @@ impl<L> BudgetLayer<L> {
     /// Receives a [`SpendEvent`](super::SpendEvent) for every metered request.
     pub fn spend_sink(mut self, sink: impl SpendSink) -> Self {
         self.shared_mut().sink = Some(Arc::new(sink));
+        self
+    }
+
+    /// What a call that failed or was cut after the upstream accepted it is
+    /// charged (default [`ChargePolicy::Produced`]: the prompt estimate
+    /// plus the output seen). See [`ChargePolicy`] for every case.
+    pub fn charge_policy(mut self, policy: ChargePolicy) -> Self {
+        self.shared_mut().charge_policy = policy;
+        self
+    }
+
+    /// What to do with a request whose facts cannot be read (a multipart
+    /// upload, a body that is not JSON): refuse it (the default: 415 or
+    /// 400), or admit it with a fixed reservation of `usd`, charged in full
+    /// to each budget. See [`Unreadable`].
+    pub fn unreadable(mut self, unreadable: Unreadable) -> Self {
+        self.shared_mut().unreadable = unreadable;
         self
     }
 

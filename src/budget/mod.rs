@@ -152,6 +152,7 @@
 //! service's, so it sits in `axum::Router::layer` as is.
 
 mod alerts;
+mod charge;
 mod events;
 pub mod future;
 mod layer;
@@ -167,6 +168,8 @@ mod spend;
 use crate::usage;
 
 pub use self::alerts::{OnSoftLimit, SoftLimitAlert};
+pub use self::charge::ChargePolicy;
+pub(crate) use self::charge::{Billed, CallEnd, is_timeout_error, is_timeout_response};
 pub use self::events::{SpendEvent, SpendSink};
 pub use self::layer::{BudgetLayer, FailurePolicy, UnpricedModel};
 pub use self::ledger::{

@@ -12,14 +12,14 @@ use tower_service::Service;
 
 use super::future::ResponseFuture;
 use super::layer::{FailurePolicy, Shared, UnpricedModel};
-use super::settle::Settler;
+use super::settle::{Settler, Worst};
 use super::usage::{UsageBody, UsageOptions};
 use super::{
     Attribution, BudgetMode, BudgetSpec, BudgetStatus, Ledger, ModelPrice, Reservation,
     ReserveOutcome,
 };
 use crate::body::ResponseBody;
-use crate::request::FromBytes;
+use crate::request::{FromBytes, Unreadable, unreadable_error};
 use crate::store::StoreFuture;
 use crate::store::memory::MemoryLedger;
 use crate::{ApiError, BoxError, Principal, RequestMeta};
@@ -84,6 +84,7 @@ impl<S, L> Budget<S, L> {
 impl<S, L, ReqBody, ResBody> Service<Request<ReqBody>> for Budget<S, L>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: 'static,
     L: Ledger,
     ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
     ReqBody::Error: Into<BoxError>,
@@ -169,7 +170,12 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
         return Now::Wait(req, None);
     };
-    let pending = match prepare(shared, meta, req.extensions().get::<Principal>()) {
+    let pending = match prepare(
+        shared,
+        meta,
+        req.extensions().get::<Principal>(),
+        req.headers(),
+    ) {
         Ok(Step::Admit(admitted)) => return Now::Decided(Ok((req, admitted))),
         Ok(Step::Reserve(pending)) => pending,
         Err(rejected) => return Now::Decided(Err(rejected)),
@@ -202,7 +208,12 @@ where
             let Some(meta) = req.extensions().get::<RequestMeta>() else {
                 return Err(ApiError::internal().into());
             };
-            match prepare(&shared, meta, req.extensions().get::<Principal>())? {
+            match prepare(
+                &shared,
+                meta,
+                req.extensions().get::<Principal>(),
+                req.headers(),
+            )? {
                 Step::Admit(admitted) => return Ok((req, admitted)),
                 Step::Reserve(pending) => {
                     let answer =
@@ -239,25 +250,49 @@ fn prepare<L: Ledger>(
     shared: &Arc<Shared<L>>,
     meta: &RequestMeta,
     principal: Option<&Principal>,
+    headers: &HeaderMap,
 ) -> Result<Step<L>, Rejected> {
     let options = UsageOptions::from_meta(meta);
-    let Some(model) = meta.model.as_deref() else {
-        // Nothing to price (model lists, files, …): not metered.
-        return Ok(Step::Admit(Admitted {
-            settler: None,
-            options,
-            headers: None,
-        }));
+    // What is charged: a model's price, or a fixed amount for a body whose
+    // facts cannot be read.
+    let (model, named, price, worst, fixed) = if meta.is_unreadable() {
+        let Unreadable::Reserve { usd, .. } = shared.unreadable else {
+            return Err(unreadable_error(meta, headers).into());
+        };
+        let worst = Worst {
+            cost: usd,
+            prompt_tokens: 0,
+            output_tokens: 0,
+        };
+        (UNREADABLE_MODEL, None, ModelPrice::FREE, worst, Some(usd))
+    } else {
+        let Some(model) = meta.model.as_deref() else {
+            // Nothing to price (model lists, files, …): not metered.
+            return Ok(Step::Admit(Admitted {
+                settler: None,
+                options,
+                headers: None,
+            }));
+        };
+        let (named, price) = match (shared.pricing.get_named(model), shared.unpriced) {
+            (Some((named, price)), _) => (named, *price),
+            (None, UnpricedModel::Reject) => return Err(no_price(model).into()),
+            (None, UnpricedModel::ChargeZero) => {
+                tracing::warn!(model = %truncated(model), "no price configured for model; charging zero");
+                (None, ModelPrice::FREE)
+            }
+        };
+        // The upper bound: the prompt (with its images, audio and tool
+        // definitions) as uncached input, and every completion the request
+        // can make at its cap (the model's output limit when it sets none).
+        let output_tokens = meta.output_tokens_bound(price.max_output_tokens);
+        let worst = Worst {
+            cost: price.worst_case(meta.prompt_tokens_estimate, Some(output_tokens)),
+            prompt_tokens: meta.prompt_tokens_estimate,
+            output_tokens,
+        };
+        (model, named, price, worst, None)
     };
-    let (named, price) = match (shared.pricing.get_named(model), shared.unpriced) {
-        (Some((named, price)), _) => (named, *price),
-        (None, UnpricedModel::Reject) => return Err(no_price(model).into()),
-        (None, UnpricedModel::ChargeZero) => {
-            tracing::warn!(model = %truncated(model), "no price configured for model; charging zero");
-            (None, ModelPrice::FREE)
-        }
-    };
-    let worst_case = price.worst_case(meta.prompt_tokens_estimate, meta.max_tokens);
     // Whose spend this is, for the ledger's aggregates: shared slices, so a
     // priced model costs no copy of its name.
     let attribution = principal.map(|p| {
@@ -275,11 +310,21 @@ fn prepare<L: Ledger>(
         Some(_) => (model.to_owned(), principal.cloned()),
         None => (String::new(), None),
     };
-    let settler = Settler::new(shared.clone(), price, sink_model, caller, attribution);
+    let mut settler = Settler::new(
+        shared.clone(),
+        price,
+        worst,
+        sink_model,
+        caller,
+        attribution,
+    );
+    if let Some(cost) = fixed {
+        settler = settler.fixed(cost);
+    }
     match principal.map(Principal::shared_budgets) {
         Some(budgets) if !budgets.is_empty() => Ok(Step::Reserve(Pending {
             budgets,
-            worst_case,
+            worst_case: worst.cost,
             settler,
             options,
         })),
@@ -290,6 +335,10 @@ fn prepare<L: Ledger>(
         })),
     }
 }
+
+/// The model a request whose facts could not be read is counted under in
+/// the spend aggregates and events.
+const UNREADABLE_MODEL: &str = "(unreadable)";
 
 /// Admits or refuses a request from the ledger's answer on its hold.
 fn conclude<L: Ledger>(

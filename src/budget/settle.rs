@@ -4,29 +4,51 @@ use std::future::Future;
 use std::sync::Arc;
 use std::task::{Context, Waker};
 
+use http::StatusCode;
+
 use super::alerts;
+use super::charge::{Billed, CallEnd};
 use super::events::SpendEvent;
 use super::layer::Shared;
-use super::usage::UsageReport;
-use super::{Attribution, Charge, Ledger, ModelPrice, Reservation, SpendTokens};
+use super::usage::{Usage, UsageReport, UsageSource};
+use super::{Attribution, Charge, Ledger, ModelPrice, Money, Reservation, SpendTokens};
 use crate::Principal;
 
-/// Settles one admitted request exactly once: from its usage report, or,
-/// if it is dropped first (the inner service failed, the client went away
-/// before the response), by releasing its hold.
+/// Settles one admitted request exactly once: from its usage report, from
+/// its inner service's error, or, if it is dropped first, by releasing its
+/// hold (before the inner service had the request) or by charging what
+/// [`ChargePolicy`](super::ChargePolicy) says a call abandoned upstream
+/// costs (after).
 pub(crate) struct Settler<L: Ledger> {
     shared: Arc<Shared<L>>,
     reservation: Option<Reservation>,
     price: ModelPrice,
+    /// What the request may cost at most, and its tokens.
+    worst: Worst,
+    /// A fixed cost charged whatever the usage (a request whose facts could
+    /// not be read, admitted with [`Unreadable::Reserve`](crate::request::Unreadable)).
+    fixed: Option<Money>,
+    /// The inner service has the request: a drop from now on is a call
+    /// abandoned upstream, not one never made.
+    called: bool,
     model: String,
     principal: Option<Principal>,
     attribution: Option<Attribution>,
+}
+
+/// A request's worst case: its cost, and the tokens it prices.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Worst {
+    pub(crate) cost: Money,
+    pub(crate) prompt_tokens: u64,
+    pub(crate) output_tokens: u64,
 }
 
 impl<L: Ledger> Settler<L> {
     pub(crate) fn new(
         shared: Arc<Shared<L>>,
         price: ModelPrice,
+        worst: Worst,
         model: String,
         principal: Option<Principal>,
         attribution: Option<Attribution>,
@@ -35,41 +57,91 @@ impl<L: Ledger> Settler<L> {
             shared,
             reservation: None,
             price,
+            worst,
+            fixed: None,
+            called: false,
             model,
             principal,
             attribution,
         }
     }
 
+    /// Charges `cost` for the call whatever its usage.
+    pub(crate) fn fixed(mut self, cost: Money) -> Self {
+        self.fixed = Some(cost);
+        self
+    }
+
     pub(crate) fn hold(&mut self, reservation: Reservation) {
         self.reservation = Some(reservation);
     }
 
-    /// Charges what `report` says was used and releases the rest of the hold.
-    pub(crate) fn finish(mut self, report: &UsageReport) {
-        let usage = report.usage;
-        let reservation = self.reservation.take();
-        let produced = usage.prompt_tokens > 0 || usage.completion_tokens > 0;
-        if report.status.as_u16() >= 400 && !produced {
-            // The upstream refused before any token: nothing to pay for.
-            if let Some(reservation) = reservation {
-                release(self.shared.clone(), reservation);
-            }
-            return;
-        }
-        let cost = self.price.cost_of(
-            usage.prompt_tokens,
-            usage.cached_tokens.unwrap_or(0),
-            usage.completion_tokens,
+    /// The inner service has been given the request.
+    pub(crate) fn called(&mut self) {
+        self.called = true;
+    }
+
+    /// Settles from the report of the response's body; `timed_out`: the
+    /// response is a gateway's timeout (see [`CallEnd::Response`]).
+    pub(crate) fn finish(self, report: &UsageReport, timed_out: bool) {
+        self.settle(
+            CallEnd::Response { report, timed_out },
+            report.source,
+            report.status,
         );
+    }
+
+    /// Settles a call whose inner service failed without a response.
+    pub(crate) fn failed(self, timed_out: bool) {
+        self.settle(
+            CallEnd::Error { timed_out },
+            UsageSource::Estimated,
+            StatusCode::GATEWAY_TIMEOUT,
+        );
+    }
+
+    fn settle(mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
+        let reservation = self.reservation.take();
+        let billed = self
+            .shared
+            .charge_policy
+            .bill(end, self.worst.prompt_tokens);
+        let usage = match billed {
+            Billed::Nothing => {
+                // The upstream refused it or never had it: nothing to pay for.
+                if let Some(reservation) = reservation {
+                    release(self.shared.clone(), reservation);
+                }
+                return;
+            }
+            Billed::Usage(usage) => usage,
+            Billed::Reservation => Usage {
+                prompt_tokens: self.worst.prompt_tokens,
+                completion_tokens: self.worst.output_tokens,
+                total_tokens: self
+                    .worst
+                    .prompt_tokens
+                    .saturating_add(self.worst.output_tokens),
+                ..Usage::default()
+            },
+        };
+        let cost = match (self.fixed, billed == Billed::Reservation) {
+            (Some(fixed), _) => fixed,
+            (None, true) => self.worst.cost,
+            (None, false) => self.price.cost_of(
+                usage.prompt_tokens,
+                usage.cached_tokens.unwrap_or(0),
+                usage.completion_tokens,
+            ),
+        };
         if let Some(sink) = &self.shared.sink {
             sink.record(SpendEvent {
                 principal: self.principal.take(),
                 model: std::mem::take(&mut self.model),
                 usage,
                 cost,
-                source: report.source,
-                status: report.status,
+                source,
+                status,
             });
         }
         // A request admitted without a hold (its key has no budgets) is
@@ -128,11 +200,40 @@ fn settled<L: Ledger>(
 
 impl<L: Ledger> Drop for Settler<L> {
     fn drop(&mut self) {
+        if self.called && (self.reservation.is_some() || self.attribution.is_some()) {
+            // Dropped while the inner service had the request (the client
+            // went away before the headers, a timeout further out): the
+            // upstream may be working on it.
+            let settler = Settler {
+                shared: self.shared.clone(),
+                reservation: self.reservation.take(),
+                price: self.price,
+                worst: self.worst,
+                fixed: self.fixed,
+                called: false,
+                model: std::mem::take(&mut self.model),
+                principal: self.principal.take(),
+                attribution: self.attribution.take(),
+            };
+            settler.settle(
+                CallEnd::Abandoned,
+                UsageSource::Estimated,
+                CLIENT_CLOSED_REQUEST,
+            );
+            return;
+        }
         if let Some(reservation) = self.reservation.take() {
             release(self.shared.clone(), reservation);
         }
     }
 }
+
+/// The status of a spend event for a call dropped before its response:
+/// 499, nginx's "client closed request".
+const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::GATEWAY_TIMEOUT,
+};
 
 fn release<L: Ledger>(shared: Arc<Shared<L>>, reservation: Reservation) {
     let released = |result: Result<(), crate::store::StoreError>| {

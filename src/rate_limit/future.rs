@@ -128,6 +128,7 @@ where
 impl<S, B, St, K, ResBody> Future for ResponseFuture<S, B, St, K>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
+    S::Error: 'static,
     St: RateLimitStore,
     K: KeyExtractor<B>,
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
@@ -174,8 +175,10 @@ where
                                 usage,
                             }) => {
                                 headers.write(response.headers_mut());
+                                let timed_out =
+                                    crate::budget::is_timeout_response(response.extensions());
                                 usage::observe(response, usage, move |report| {
-                                    permit.settle(Some(report.usage.total_tokens));
+                                    permit.finish(report, timed_out);
                                 })
                                 .map(super::body::observed)
                             }
@@ -186,9 +189,11 @@ where
                             None => response.map(super::body::passthrough),
                         }),
                         Err(error) => {
-                            // No response, no tokens used: refund the reservation.
+                            // No response: counted as the charge policy says
+                            // for an error of this kind (a connect error: a
+                            // refund of the whole reservation).
                             if let Some(permit) = admitted.and_then(|a| a.permit) {
-                                permit.settle(Some(0));
+                                permit.failed(crate::budget::is_timeout_error(&error));
                             }
                             Err(error)
                         }

@@ -8,7 +8,9 @@ use super::scope::SharedScopes;
 use super::service::{RateLimit, Shared};
 use super::{HeaderStyle, Limit, PrincipalKey, RateLimitStore, Unkeyed};
 use crate::RequestMeta;
+use crate::budget::{ChargePolicy, Pricing};
 use crate::clock::{SharedClock, TokioClock};
+use crate::request::Unreadable;
 use crate::store::memory::MemoryRateLimitStore;
 
 pub use crate::store::FailurePolicy;
@@ -20,6 +22,8 @@ pub(crate) struct Config {
     /// Model-wide and upstream-wide limits, shared by every key.
     pub(crate) shared: Arc<SharedScopes>,
     pub(crate) default_max_tokens: u64,
+    /// Each model's output limit, for requests that set no cap.
+    pub(crate) output_limits: Option<Arc<Pricing>>,
     pub(crate) per_model: bool,
     pub(crate) header_style: HeaderStyle,
     pub(crate) shadow: bool,
@@ -28,6 +32,21 @@ pub(crate) struct Config {
     pub(crate) max_body: usize,
     pub(crate) concurrency_retry_after: Duration,
     pub(crate) clock: SharedClock,
+    pub(crate) charge_policy: ChargePolicy,
+    pub(crate) unreadable: Unreadable,
+}
+
+impl Config {
+    /// The output cap of a request for `model` that sets none: the model's
+    /// `max_output_tokens` from the prices, else the default.
+    pub(crate) fn max_tokens_for(&self, model: Option<&str>) -> u64 {
+        match (&self.output_limits, model) {
+            (Some(pricing), Some(model)) => pricing
+                .get(model)
+                .map_or(self.default_max_tokens, |price| price.max_output_tokens),
+            _ => self.default_max_tokens,
+        }
+    }
 }
 
 /// Limits requests and tokens per window, per key, and requests in flight.
@@ -65,6 +84,7 @@ impl RateLimitLayer {
                 max_concurrent: None,
                 shared: Arc::new(SharedScopes::default()),
                 default_max_tokens: Self::DEFAULT_MAX_TOKENS,
+                output_limits: None,
                 per_model: false,
                 header_style: HeaderStyle::default(),
                 shadow: false,
@@ -73,6 +93,8 @@ impl RateLimitLayer {
                 max_body: RequestMeta::DEFAULT_LIMIT,
                 concurrency_retry_after: Duration::from_secs(1),
                 clock: Arc::new(TokioClock::new()),
+                charge_policy: ChargePolicy::default(),
+                unreadable: Unreadable::default(),
             },
             store: MemoryRateLimitStore::new(),
             extractor: PrincipalKey,
@@ -171,6 +193,34 @@ impl<St, K> RateLimitLayer<St, K> {
     /// the response reports its usage.
     pub fn default_max_tokens(mut self, tokens: u64) -> Self {
         self.config.default_max_tokens = tokens;
+        self
+    }
+
+    /// The output limits of the models in `pricing`
+    /// ([`ModelPrice::max_output_tokens`](crate::budget::ModelPrice::max_output_tokens)):
+    /// a request that sets no output cap reserves its model's, as
+    /// `BudgetLayer` does with the same prices; models without a price
+    /// reserve [`default_max_tokens`](Self::default_max_tokens).
+    pub fn output_limits(mut self, pricing: Pricing) -> Self {
+        self.config.output_limits = Some(Arc::new(pricing));
+        self
+    }
+
+    /// What a call that failed or was cut after the upstream accepted it
+    /// counts against token limits (default [`ChargePolicy::Produced`]:
+    /// the prompt estimate plus the output seen), as for budgets: see
+    /// [`ChargePolicy`].
+    pub fn charge_policy(mut self, policy: ChargePolicy) -> Self {
+        self.config.charge_policy = policy;
+        self
+    }
+
+    /// What to do with a request whose facts cannot be read (a multipart
+    /// upload, a body that is not JSON) when a token limit or a per-model
+    /// scope needs them: refuse it (the default: 415 or 400), or admit it
+    /// reserving a fixed number of `tokens`. See [`Unreadable`].
+    pub fn unreadable(mut self, unreadable: Unreadable) -> Self {
+        self.config.unreadable = unreadable;
         self
     }
 
@@ -288,6 +338,9 @@ impl<St: fmt::Debug, K> fmt::Debug for RateLimitLayer<St, K> {
             .field("max_concurrent", &self.config.max_concurrent)
             .field("shared", &self.config.shared)
             .field("default_max_tokens", &self.config.default_max_tokens)
+            .field("output_limits", &self.config.output_limits.is_some())
+            .field("charge_policy", &self.config.charge_policy)
+            .field("unreadable", &self.config.unreadable)
             .field("per_model", &self.config.per_model)
             .field("headers", &self.config.header_style)
             .field("shadow", &self.config.shadow)

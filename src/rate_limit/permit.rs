@@ -7,8 +7,10 @@ use std::sync::Arc;
 use super::service::Plan;
 use super::{Limit, Measure, RateLimitStore, ScopeSettle, Settle};
 use crate::Principal;
+use crate::budget::{Billed, CallEnd, ChargePolicy};
 use crate::small::Small;
 use crate::store::StoreFuture;
+use crate::usage::{UsageReport, UsageSource};
 
 /// The limits of a key, shared rather than copied per request.
 #[derive(Clone)]
@@ -100,23 +102,47 @@ fn drive(mut future: StoreFuture<()>, key: Option<String>) {
 pub(crate) struct Permit {
     settler: Arc<dyn Settler>,
     plan: Plan,
+    policy: ChargePolicy,
     settled: bool,
 }
 
 impl Permit {
-    pub(crate) fn new(settler: Arc<dyn Settler>, plan: Plan) -> Self {
+    pub(crate) fn new(settler: Arc<dyn Settler>, plan: Plan, policy: ChargePolicy) -> Self {
         Permit {
             settler,
             plan,
+            policy,
             settled: false,
         }
     }
 
-    /// Settles with the tokens the response used (refunding or charging
-    /// the difference from the reservation), or, with `None`, keeps the
-    /// reservation as the charge.
-    pub(crate) fn settle(mut self, used_tokens: Option<u64>) {
-        self.settle_now(used_tokens);
+    /// Settles from the report of the response's body; `timed_out`: the
+    /// response is a gateway's timeout.
+    pub(crate) fn finish(mut self, report: &UsageReport, timed_out: bool) {
+        let end = CallEnd::Response { report, timed_out };
+        // A fixed reservation (an unreadable body) stands unless the
+        // upstream says what was used.
+        if self.plan.fixed && report.source != UsageSource::Reported {
+            return self.settle_now(None);
+        }
+        let used = self.used(end);
+        self.settle_now(used);
+    }
+
+    /// Settles a call whose inner service failed without a response.
+    pub(crate) fn failed(mut self, timed_out: bool) {
+        let used = self.used(CallEnd::Error { timed_out });
+        self.settle_now(used);
+    }
+
+    /// The tokens a call that ended as `end` counts (`None`: the
+    /// reservation).
+    fn used(&self, end: CallEnd<'_>) -> Option<u64> {
+        match self.policy.bill(end, self.plan.prompt_tokens) {
+            Billed::Nothing => Some(0),
+            Billed::Usage(usage) => Some(usage.total_tokens),
+            Billed::Reservation => None,
+        }
     }
 
     fn settle_now(&mut self, used_tokens: Option<u64>) {
@@ -163,7 +189,14 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.settle_now(None);
+        // Dropped while the inner service had the request (the client went
+        // away before the headers, a timeout further out).
+        let used = if self.plan.fixed {
+            None
+        } else {
+            self.used(CallEnd::Abandoned)
+        };
+        self.settle_now(used);
     }
 }
 

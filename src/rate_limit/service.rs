@@ -18,7 +18,7 @@ use super::{
     Acquire, Admission, HeaderStyle, KeyExtractor, Limit, LimitState, Measure, PrincipalKey,
     RateLimitKey, RateLimitStore, ScopeCharge, Unkeyed, Upstream, Verdict,
 };
-use crate::request::{FromBytes, ReadMeta};
+use crate::request::{FromBytes, ReadMeta, Unreadable, unreadable_error};
 use crate::small::Small;
 use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
@@ -84,6 +84,7 @@ impl<S: fmt::Debug, St: fmt::Debug, K> fmt::Debug for RateLimit<S, St, K> {
 impl<S, St, K, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<S, St, K>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    S::Error: 'static,
     St: RateLimitStore,
     K: KeyExtractor<ReqBody>,
     ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
@@ -119,6 +120,12 @@ pub(crate) struct Plan {
     /// The other scopes: per model, model-wide, upstream-wide, named.
     pub(crate) more: Vec<ScopeSource>,
     pub(crate) reserved_tokens: u64,
+    /// The request's prompt estimate: what a call abandoned upstream
+    /// counts under [`ChargePolicy::Produced`](crate::budget::ChargePolicy::Produced).
+    pub(crate) prompt_tokens: u64,
+    /// The reservation is a fixed one (an unreadable body): kept unless the
+    /// upstream reports usage.
+    pub(crate) fixed: bool,
     usage: UsageOptions,
 }
 
@@ -273,6 +280,18 @@ where
         let max_body = config.max_body;
         return State::meta(ReadMeta::new(req, max_body), service);
     }
+    // Facts this request needs and cannot give: refused, or a fixed
+    // reservation.
+    let unreadable = match meta {
+        Some(meta) if maybe_tokens && meta.is_unreadable() => match config.unreadable {
+            Unreadable::Reject => {
+                let error = unreadable_error(meta, req.headers());
+                return State::reject(error, HeaderMap::new());
+            }
+            Unreadable::Reserve { tokens, .. } => Some(tokens),
+        },
+        _ => None,
+    };
     let model = if needs_model {
         meta.and_then(|m| m.model.clone())
     } else {
@@ -342,11 +361,17 @@ where
         key_scope,
         more,
         reserved_tokens: 0,
+        prompt_tokens: meta.map_or(0, |m| m.prompt_tokens_estimate),
+        fixed: unreadable.is_some(),
         usage,
     };
     let tokens = plan.scopes().any(|(_, l, _)| has_tokens(l));
-    plan.reserved_tokens = match meta {
-        Some(meta) if tokens && meta.body_len > 0 => meta.reserve_tokens(config.default_max_tokens),
+    plan.reserved_tokens = match (meta, unreadable) {
+        (_, Some(fixed)) if tokens => fixed,
+        (Some(meta), None) if tokens && meta.body_len > 0 => {
+            let model = meta.model.as_deref();
+            meta.reserve_tokens(config.max_tokens_for(model))
+        }
         _ => 0,
     };
     let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
@@ -402,7 +427,7 @@ where
             let release = plan.scopes().any(|(_, _, max)| max.is_some());
             let usage = std::mem::take(&mut plan.usage);
             let permit = (release || plan.reserved_tokens > 0)
-                .then(|| Permit::new(shared.settler.clone(), plan));
+                .then(|| Permit::new(shared.settler.clone(), plan, config.charge_policy));
             let future = service.call(req);
             return State::Call {
                 future,
@@ -563,6 +588,8 @@ mod tests {
             key_scope: Some((LimitSet::Layer(limits.into()), None)),
             more: Vec::new(),
             reserved_tokens,
+            prompt_tokens: 0,
+            fixed: false,
             usage: UsageOptions::default(),
         }
     }

@@ -6,14 +6,22 @@
 //! in `quick` (or none: the fast path then gives up on bodies that have the
 //! field, and serde reads them), and a line in `RequestBody::into_meta`.
 //! The tests compare the two readers on every field of `RequestBody`.
+//!
+//! Images and audio in prompt text are priced by [`CountText`] with
+//! [`media`](super::media): the fast path hands a field of prompt text with
+//! an `image_url`, `input_audio` or `source` key in it to serde's reader,
+//! that field alone.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
 
-use super::RequestMeta;
+use super::media::{self, Detail};
+use super::{Content, RequestMeta};
 use crate::ApiError;
 use crate::json::{self, Cursor, Key, field};
 
@@ -28,6 +36,8 @@ pub(super) struct RequestBody<'a> {
     max_tokens: Option<u64>,
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
+    n: Option<u64>,
+    best_of: Option<u64>,
     stream_options: Option<StreamOptions>,
     // The fields whose strings are prompt text.
     messages: Text,
@@ -35,8 +45,13 @@ pub(super) struct RequestBody<'a> {
     input: Text,
     system: Text,
     instructions: Text,
-    tools: Text,
-    functions: Text,
+    // Definitions the upstream renders into the prompt: counted by their
+    // JSON's length, keys and punctuation included.
+    tools: Raw,
+    functions: Raw,
+    response_format: Raw,
+    /// The Responses API's output settings (`text.format`: a JSON schema).
+    text: Raw,
 }
 
 #[derive(Debug, Default, PartialEq, Eq, Deserialize)]
@@ -46,12 +61,27 @@ struct StreamOptions {
 
 /// Prompt text in a field's value: the characters of its strings, and 4
 /// per integer (a token id: `prompt`/`input` given as token arrays), the
-/// values under [`is_payload_key`] keys left out.
+/// values under [`is_payload_key`] keys left out; and the tokens of the
+/// images and audio in it.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Text {
     /// The field is in the body (`null` included).
     present: bool,
     chars: u64,
+    /// Tokens of images and audio ([`media`]).
+    media: u64,
+}
+
+/// A value counted by the length of its JSON.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Raw {
+    bytes: u64,
+}
+
+/// Keys whose values are images or audio (or may hold one: Anthropic's
+/// `source`): the fast path leaves bodies with them to serde.
+fn is_media_key(key: &[u8]) -> bool {
+    matches!(key, b"image_url" | b"input_audio" | b"source")
 }
 
 /// Keys inside prompt text whose values are not text: roles, part types,
@@ -132,16 +162,23 @@ impl RequestBody<'_> {
         body_len: usize,
         stream_options_at: impl FnOnce() -> StreamOptionsAt,
     ) -> RequestMeta {
-        let chars = [
-            self.prompt.chars,
-            self.input.chars,
-            self.system.chars,
-            self.instructions.chars,
-            self.tools.chars,
-            self.functions.chars,
-        ]
-        .into_iter()
-        .fold(self.messages.chars, u64::saturating_add);
+        let texts = [
+            self.messages,
+            self.prompt,
+            self.input,
+            self.system,
+            self.instructions,
+        ];
+        let chars = texts
+            .iter()
+            .map(|t| t.chars)
+            .chain(
+                [self.tools, self.functions, self.response_format, self.text]
+                    .iter()
+                    .map(|r| r.bytes),
+            )
+            .fold(0, u64::saturating_add);
+        let media = texts.iter().map(|t| t.media).fold(0, u64::saturating_add);
         let include_usage = self.stream_options.and_then(|o| o.include_usage) == Some(true);
         let stream = self.stream == Some(true);
         // Chat and completions; the Responses and Anthropic APIs reject
@@ -150,13 +187,22 @@ impl RequestBody<'_> {
         RequestMeta {
             model: self.model.map(Cow::into_owned),
             stream,
-            max_tokens: self
-                .max_completion_tokens
-                .or(self.max_tokens)
-                .or(self.max_output_tokens),
+            // Each API names its cap differently; a body that gives several
+            // gets the largest, so the bound holds whichever the upstream reads.
+            max_tokens: [
+                self.max_completion_tokens,
+                self.max_tokens,
+                self.max_output_tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .max(),
+            n: self.n,
+            best_of: self.best_of,
             include_usage,
-            prompt_tokens_estimate: chars.div_ceil(4),
+            prompt_tokens_estimate: chars.div_ceil(4).saturating_add(media),
             body_len,
+            content: Content::Json,
             stream_options_at: if stream && !include_usage && chat {
                 stream_options_at()
             } else {
@@ -184,17 +230,21 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
                 field(&mut facts.max_completion_tokens, c.u64_or_null()?, 3)
             }
             b"max_output_tokens" => field(&mut facts.max_output_tokens, c.u64_or_null()?, 4),
+            b"n" => field(&mut facts.n, c.u64_or_null()?, 13),
+            b"best_of" => field(&mut facts.best_of, c.u64_or_null()?, 14),
             b"stream_options" => {
                 (facts.stream_options, *stream_options_at) = quick_stream_options(c)?;
                 1 << 5
             }
-            b"messages" => field(&mut facts.messages, quick_text(c)?, 6),
-            b"prompt" => field(&mut facts.prompt, quick_text(c)?, 7),
-            b"input" => field(&mut facts.input, quick_text(c)?, 8),
-            b"system" => field(&mut facts.system, quick_text(c)?, 9),
-            b"instructions" => field(&mut facts.instructions, quick_text(c)?, 10),
-            b"tools" => field(&mut facts.tools, quick_text(c)?, 11),
-            b"functions" => field(&mut facts.functions, quick_text(c)?, 12),
+            b"messages" => field(&mut facts.messages, quick_text(c, body)?, 6),
+            b"prompt" => field(&mut facts.prompt, quick_text(c, body)?, 7),
+            b"input" => field(&mut facts.input, quick_text(c, body)?, 8),
+            b"system" => field(&mut facts.system, quick_text(c, body)?, 9),
+            b"instructions" => field(&mut facts.instructions, quick_text(c, body)?, 10),
+            b"tools" => field(&mut facts.tools, quick_raw(c)?, 11),
+            b"functions" => field(&mut facts.functions, quick_raw(c)?, 12),
+            b"response_format" => field(&mut facts.response_format, quick_raw(c)?, 15),
+            b"text" => field(&mut facts.text, quick_raw(c)?, 16),
             _ => return c.skip().map(|()| 0),
         })
     })?;
@@ -202,11 +252,37 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
     Some(at)
 }
 
-fn quick_text(c: &mut Cursor<'_>) -> Option<Text> {
-    let chars = c.text(is_payload_key)?;
+/// A field of prompt text in `body`. A value with images or audio in it is
+/// read again, that value alone, by serde's reader, which prices them.
+fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
+    c.peek()?;
+    let from = c.at();
+    let media = Cell::new(false);
+    let chars = c.text(|key| {
+        if is_media_key(key) {
+            media.set(true);
+        }
+        is_payload_key(key)
+    })?;
+    if media.get() {
+        let value = body.get(from..c.at())?;
+        let mut de = serde_json::Deserializer::from_slice(value);
+        return Text::deserialize(&mut de).ok();
+    }
     Some(Text {
         present: true,
         chars,
+        media: 0,
+    })
+}
+
+/// A value's JSON, measured.
+fn quick_raw(c: &mut Cursor<'_>) -> Option<Raw> {
+    c.peek()?;
+    let from = c.at();
+    c.skip()?;
+    Some(Raw {
+        bytes: (c.at() - from) as u64,
     })
 }
 
@@ -282,24 +358,45 @@ pub(super) fn locate(body: &[u8]) -> StreamOptionsAt {
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Text, D::Error> {
-        let mut chars = 0;
-        CountText { chars: &mut chars }.deserialize(d)?;
+        let mut counts = Counts::default();
+        CountText {
+            counts: &mut counts,
+        }
+        .deserialize(d)?;
         Ok(Text {
             present: true,
-            chars,
+            chars: counts.chars,
+            media: counts.media,
         })
     }
 }
 
+impl<'de> Deserialize<'de> for Raw {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Raw, D::Error> {
+        let raw = <&'de RawValue>::deserialize(d)?;
+        Ok(Raw {
+            bytes: raw.get().len() as u64,
+        })
+    }
+}
+
+/// What [`CountText`] sums.
+#[derive(Debug, Default)]
+struct Counts {
+    chars: u64,
+    media: u64,
+}
+
 /// Sums the characters of every string in a JSON value (and 4 per
-/// integer), except under payload keys.
+/// integer), except under payload keys, and the tokens of its images and
+/// audio.
 struct CountText<'a> {
-    chars: &'a mut u64,
+    counts: &'a mut Counts,
 }
 
 impl CountText<'_> {
     fn add<E>(self, n: u64) -> Result<(), E> {
-        *self.chars = self.chars.saturating_add(n);
+        self.counts.chars = self.counts.chars.saturating_add(n);
         Ok(())
     }
 }
@@ -345,23 +442,121 @@ impl<'de> Visitor<'de> for CountText<'_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let chars = self.chars;
+        let counts = self.counts;
         while seq
-            .next_element_seed(CountText { chars: &mut *chars })?
+            .next_element_seed(CountText {
+                counts: &mut *counts,
+            })?
             .is_some()
         {}
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let chars = self.chars;
+        let counts = self.counts;
+        let mut part = Part::default();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
-            if is_payload_key(key.as_bytes()) {
-                map.next_value::<IgnoredAny>()?;
-            } else {
-                map.next_value_seed(CountText { chars: &mut *chars })?;
+            match key.as_bytes() {
+                b"image_url" => part.image_url = Some(map.next_value()?),
+                b"input_audio" => part.audio = Some(map.next_value()?),
+                b"source" => part.source = Some(map.next_value()?),
+                b"type" => part.kind = Some(map.next_value()?),
+                b"detail" => part.detail = Some(map.next_value()?),
+                key if is_payload_key(key) => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+                _ => map.next_value_seed(CountText {
+                    counts: &mut *counts,
+                })?,
             }
         }
+        part.count(counts).map_err(de::Error::custom)
+    }
+}
+
+/// The members of one object of prompt text that may make it an image or
+/// an audio part, kept as written until the object ends (its `type` may
+/// come after them).
+#[derive(Default)]
+struct Part<'de> {
+    kind: Option<&'de RawValue>,
+    image_url: Option<&'de RawValue>,
+    detail: Option<&'de RawValue>,
+    audio: Option<&'de RawValue>,
+    source: Option<&'de RawValue>,
+}
+
+/// `image_url` as chat sends it (`{"url", "detail"}`).
+#[derive(Deserialize)]
+struct ImageUrl<'a> {
+    #[serde(borrow)]
+    url: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    detail: Option<Cow<'a, str>>,
+}
+
+/// `input_audio`: `{"data", "format"}`.
+#[derive(Deserialize)]
+struct InputAudio<'a> {
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    format: Option<Cow<'a, str>>,
+}
+
+/// An Anthropic `source`: `{"type": "base64", "media_type", "data"}` or a
+/// URL or file.
+#[derive(Deserialize)]
+struct Source<'a> {
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+/// A string, borrowed when it has no escapes (a `Cow<str>` alone is
+/// always copied).
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> Part<'de> {
+    /// Adds what the part costs to `counts`. A value of an unexpected shape
+    /// costs the most its kind can (the upstream decides what it means).
+    fn count(self, counts: &mut Counts) -> Result<(), serde_json::Error> {
+        let string = |raw: Option<&'de RawValue>| {
+            raw.and_then(|raw| serde_json::from_str::<Str<'de>>(raw.get()).ok())
+                .map(|s| s.0)
+        };
+        let mut media = 0;
+        if let Some(image) = self.image_url {
+            // Chat: an object with `url` and `detail`; the Responses API: a
+            // string, with `detail` beside it.
+            let (url, detail) = match serde_json::from_str::<ImageUrl<'de>>(image.get()) {
+                Ok(object) => (object.url, object.detail.or_else(|| string(self.detail))),
+                Err(_) => (string(Some(image)), string(self.detail)),
+            };
+            let detail = detail.map_or(Detail::High, |d| Detail::parse(&d));
+            media += media::openai_image(url.as_deref().unwrap_or(""), detail);
+        }
+        if let Some(audio) = self.audio {
+            if let Ok(audio) = serde_json::from_str::<InputAudio<'de>>(audio.get()) {
+                media += media::audio(audio.data.as_deref().unwrap_or(""), audio.format.as_deref());
+            }
+        }
+        if let Some(source) = self.source {
+            if string(self.kind).as_deref() == Some("image") {
+                let data = serde_json::from_str::<Source<'de>>(source.get())
+                    .ok()
+                    .and_then(|s| s.data);
+                media += media::anthropic_image(data.as_deref());
+            } else {
+                // Not an image: text as any other.
+                let mut de = serde_json::Deserializer::from_str(source.get());
+                CountText {
+                    counts: &mut *counts,
+                }
+                .deserialize(&mut de)?;
+            }
+        }
+        counts.media = counts.media.saturating_add(media);
         Ok(())
     }
 }

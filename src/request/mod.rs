@@ -84,18 +84,32 @@ pub struct RequestMeta {
     pub model: Option<String>,
     /// The `stream` field (false when absent).
     pub stream: bool,
-    /// `max_completion_tokens`, else `max_tokens`, else `max_output_tokens`.
+    /// The output cap: `max_completion_tokens` and `max_tokens` (chat),
+    /// `max_tokens` (completions, Anthropic messages), `max_output_tokens`
+    /// (Responses); the largest when a body gives several. Reasoning tokens
+    /// count against it in every API.
     pub max_tokens: Option<u64>,
+    /// `n`: how many choices to return (chat, completions).
+    pub n: Option<u64>,
+    /// `best_of`: how many completions to generate server-side
+    /// (completions).
+    pub best_of: Option<u64>,
     /// `stream_options.include_usage` as the client sent it.
     pub include_usage: bool,
     /// Estimated prompt tokens: characters of the text in `messages`,
-    /// `prompt`, `input`, `system`, `instructions`, `tools` and `functions`,
-    /// divided by 4 and rounded up (OpenAI's rule of thumb), plus one token
-    /// per integer (token arrays). Roles, part types, ids, image, audio and
-    /// file payloads are not counted.
+    /// `prompt`, `input`, `system` and `instructions`, plus the length of
+    /// the JSON of `tools`, `functions`, `response_format` and `text` (the
+    /// upstream renders these definitions into the prompt), divided by 4
+    /// and rounded up (OpenAI's rule of thumb), plus one token per integer
+    /// (token arrays), plus the tokens of the images and audio in the
+    /// prompt (see [`media`]). Roles, part types, ids and file payloads are
+    /// not counted.
     pub prompt_tokens_estimate: u64,
     /// Size of the body in bytes.
     pub body_len: usize,
+    /// What the body is: none, JSON (these facts), or one whose facts
+    /// cannot be read.
+    pub content: Content,
     /// Where `stream_options` is in the body, for
     /// [`request_usage`](crate::usage::request_usage) to edit it without
     /// reading the body again.
@@ -169,8 +183,16 @@ impl RequestMeta {
     /// Only bodies that may be JSON are read: methods with a body and a JSON
     /// or missing `content-type`, and `application/x-www-form-urlencoded`
     /// bodies that start with `{` (what `curl -d '{…}'` sends). Others
-    /// (multipart uploads, gRPC, …) get an empty `RequestMeta`. Over `limit` → 413 `payload_too_large`; malformed
+    /// (multipart uploads, gRPC, …) are not read: their `RequestMeta` has
+    /// no facts but its [`content`](RequestMeta::content). Over `limit` →
+    /// 413 `payload_too_large`; malformed
     /// JSON → 400 `invalid_request`; a body that fails to arrive → 400.
+    ///
+    /// [`RequestMeta::content`] says which: [`Content::None`] for a method
+    /// without a body or an empty body, [`Content::Json`] for a body read,
+    /// [`Content::Unsupported`] for a body of another media type and
+    /// [`Content::NotJson`] for a form body that is not a JSON object (both
+    /// [unreadable](RequestMeta::is_unreadable)).
     pub async fn read<B>(req: Request<B>, limit: usize) -> Result<Request<B>, ApiError>
     where
         B: Body<Data = Bytes> + FromBytes,
@@ -180,10 +202,108 @@ impl RequestMeta {
     }
 
     /// Tokens to reserve for this request: the prompt estimate plus
-    /// `max_tokens`, or plus `default_max_tokens` when the client set none.
+    /// [`output_tokens_bound`](Self::output_tokens_bound).
     pub fn reserve_tokens(&self, default_max_tokens: u64) -> u64 {
         self.prompt_tokens_estimate
-            .saturating_add(self.max_tokens.unwrap_or(default_max_tokens))
+            .saturating_add(self.output_tokens_bound(default_max_tokens))
+    }
+
+    /// The most output tokens the request can produce: its cap
+    /// ([`max_tokens`](Self::max_tokens), or `default_max_tokens` when it
+    /// sets none) for each completion it makes: `n`, or `best_of` when
+    /// larger (the upstream generates `best_of` and returns `n`).
+    pub fn output_tokens_bound(&self, default_max_tokens: u64) -> u64 {
+        self.max_tokens
+            .unwrap_or(default_max_tokens)
+            .saturating_mul(self.completions())
+    }
+
+    /// How many completions the request makes: the larger of `n` and
+    /// `best_of`, at least 1.
+    pub fn completions(&self) -> u64 {
+        self.n.unwrap_or(1).max(self.best_of.unwrap_or(1)).max(1)
+    }
+
+    /// Whether the body's facts could not be read: a body of a media type
+    /// tollgate does not read (multipart, gRPC, …), or one sent as a form
+    /// that is not a JSON object. A request without a body is not.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self.content, Content::Unsupported | Content::NotJson)
+    }
+}
+
+/// What a request's body is, as far as its facts go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Content {
+    /// No body: a method without one (`GET`, `DELETE`, …) or an empty body.
+    #[default]
+    None,
+    /// A JSON object: the facts are its.
+    Json,
+    /// A body of a media type tollgate does not read (`multipart/form-data`,
+    /// `application/grpc`, …): it has facts, but they cannot be read.
+    Unsupported,
+    /// A body sent as `application/x-www-form-urlencoded` that is not a
+    /// JSON object (what `curl -d` sends).
+    NotJson,
+}
+
+/// What a layer that needs a request's facts (to price it, to count its
+/// tokens) does with a request whose facts cannot be read
+/// ([`RequestMeta::is_unreadable`]): `BudgetLayer::unreadable` and
+/// `RateLimitLayer::unreadable`.
+///
+/// # Why refuse by default
+///
+/// A layer that lets an unreadable request through lets it through
+/// unmetered: a client that sends its chat request as `multipart/form-data`
+/// would run up a bill no budget sees and no token limit counts. So such a
+/// request is refused, with 415 `unsupported_media_type` for a media type
+/// tollgate does not read and 400 `invalid_request` for a form body that
+/// is not JSON, each naming the problem. An operator who serves such
+/// requests on purpose (audio uploads) reserves a fixed amount for each
+/// instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Unreadable {
+    /// Refuse it (the default).
+    #[default]
+    Reject,
+    /// Admit it with a fixed reservation: `usd` against each budget (and
+    /// charged in full: there is no model to price its usage with), and
+    /// `tokens` against each token limit (settled to the usage the response
+    /// reports, if any).
+    Reserve {
+        /// The amount reserved and charged, per request.
+        usd: crate::budget::Money,
+        /// The tokens reserved, per request.
+        tokens: u64,
+    },
+}
+
+/// The refusal of a request whose facts cannot be read, naming the
+/// problem: the media type, or the body that is not JSON.
+pub(crate) fn unreadable_error(meta: &RequestMeta, headers: &http::HeaderMap) -> ApiError {
+    match meta.content {
+        Content::NotJson => ApiError::invalid_request().with_message(
+            "The request body is not a JSON object: send the request as JSON \
+             (`content-type: application/json`).",
+        ),
+        _ => {
+            let media_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(|ct| ct.split(';').next().unwrap_or(ct).trim())
+                .filter(|ct| !ct.is_empty() && ct.len() <= 100)
+                .unwrap_or("this media type");
+            ApiError::invalid_request()
+                .with_status(http::StatusCode::UNSUPPORTED_MEDIA_TYPE)
+                .with_code("unsupported_media_type")
+                .with_message(format!(
+                    "Request bodies of type {media_type} cannot be metered on this route: \
+                     send the request as JSON (`content-type: application/json`)."
+                ))
+        }
     }
 }
 
@@ -216,7 +336,7 @@ pin_project! {
     }
 }
 
-impl<B> ReadMeta<B> {
+impl<B: Body> ReadMeta<B> {
     pub(crate) fn new(req: Request<B>, limit: usize) -> ReadMeta<B> {
         let decided = |result| ReadMeta {
             state: ReadState::Decided {
@@ -230,9 +350,22 @@ impl<B> ReadMeta<B> {
         let sniff = match body_kind(&req) {
             BodyKind::Json => false,
             BodyKind::Sniff => true,
-            BodyKind::Other => {
+            BodyKind::Bodiless => {
                 let mut req = req;
                 req.extensions_mut().insert(RequestMeta::default());
+                return decided(Ok(req));
+            }
+            BodyKind::Other => {
+                let mut req = req;
+                let content = if req.body().is_end_stream() {
+                    Content::None
+                } else {
+                    Content::Unsupported
+                };
+                req.extensions_mut().insert(RequestMeta {
+                    content,
+                    ..RequestMeta::default()
+                });
                 return decided(Ok(req));
             }
         };
@@ -309,8 +442,14 @@ where
         };
         let bytes = collected.into_bytes();
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
-        let meta = if first.is_none() || (sniff && first != Some(&b'{')) {
+        let meta = if first.is_none() {
             RequestMeta::default()
+        } else if sniff && first != Some(&b'{') {
+            RequestMeta {
+                content: Content::NotJson,
+                body_len: bytes.len(),
+                ..RequestMeta::default()
+            }
         } else {
             match RequestMeta::from_json(&bytes) {
                 Ok(meta) => meta,
@@ -390,13 +529,16 @@ enum BodyKind {
     /// `curl -d` sends JSON as `application/x-www-form-urlencoded`: parse
     /// it when it looks like a JSON object, leave it alone otherwise.
     Sniff,
-    /// Not ours to read (multipart uploads, gRPC, bodiless methods).
+    /// Not ours to read (multipart uploads, gRPC, unknown types): its facts
+    /// are unreadable, unless it is empty.
     Other,
+    /// A method without a body.
+    Bodiless,
 }
 
 fn body_kind<B>(req: &Request<B>) -> BodyKind {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
-        return BodyKind::Other;
+        return BodyKind::Bodiless;
     }
     match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
         None => BodyKind::Json,
@@ -430,5 +572,6 @@ fn contains_ignore_case(s: &[u8], needle: &[u8]) -> bool {
 }
 
 mod facts;
+pub mod media;
 #[cfg(test)]
 mod tests;

@@ -27,8 +27,16 @@ fn reads_the_fields() {
     assert_eq!(meta.model.as_deref(), Some("m"));
     assert_eq!(meta.max_tokens, Some(7));
     assert!(meta.stream && meta.include_usage);
-    assert_eq!(meta.prompt_tokens_estimate, 1);
-    assert_eq!(meta.reserve_tokens(100), 8);
+    // "abcd", and an image whose size cannot be read at high detail: the
+    // most an image costs.
+    assert_eq!(
+        meta.prompt_tokens_estimate,
+        1 + super::media::HIGH_DETAIL_MAX
+    );
+    assert_eq!(
+        meta.reserve_tokens(100),
+        1 + super::media::HIGH_DETAIL_MAX + 7
+    );
 }
 
 #[test]
