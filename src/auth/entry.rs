@@ -14,8 +14,10 @@ use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
 use crate::rate_limit::ModelLimits;
 
 mod limits;
+mod tenant;
 pub use self::limits::{LimitEntry, ModelLimitEntry};
 use self::limits::{Shorthand, entries_of, limits_of};
+pub use self::tenant::TenantEntry;
 use crate::time::{format_rfc3339, parse_rfc3339};
 
 /// One key in a key file or a gateway's configuration, before validation.
@@ -45,7 +47,7 @@ use crate::time::{format_rfc3339, parse_rfc3339};
 /// | `budget_usd` | number or string | spend limit per `budget_period` |
 /// | `budget_period` | `daily`, `weekly`, `monthly` (default), `never` | when the spend resets |
 /// | `balance_usd` | number or string | prepaid opening balance |
-/// | `team`, `org` | string | who the key belongs to |
+/// | `user`, `team`, `org` | string | who the key belongs to: at most one user and one team (whose records, [`TenantEntry`], hold their shared limits and budgets); `org` only for a key without a team record (a team's org is its record's) |
 /// | `metadata` | table of strings | free-form |
 ///
 /// ```
@@ -131,6 +133,9 @@ pub struct KeyEntry {
     /// Prepaid opening balance.
     #[serde(skip_serializing_if = "Option::is_none", serialize_with = "ser_money")]
     pub balance_usd: Option<Money>,
+    /// User.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     /// Team.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
@@ -142,11 +147,14 @@ pub struct KeyEntry {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// A [`KeyEntry`] whose values do not make a valid key. The message names
-/// the key and the field, and never repeats a secret.
+/// A [`KeyEntry`] (or a [`TenantEntry`]) whose values do not make a valid
+/// record. The message names the entry, its kind and the field, and never
+/// repeats a secret: "key `alice`: `budget_period` must be one of …",
+/// "team `research`: …".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("key `{id}`: `{field}` {reason}")]
+#[error("{kind} `{id}`: `{field}` {reason}")]
 pub struct InvalidKeyEntry {
+    kind: &'static str,
     id: String,
     field: &'static str,
     reason: Cow<'static, str>,
@@ -155,10 +163,22 @@ pub struct InvalidKeyEntry {
 impl InvalidKeyEntry {
     pub(crate) fn new(id: &str, field: &'static str, reason: impl Into<Cow<'static, str>>) -> Self {
         InvalidKeyEntry {
+            kind: "key",
             id: id.to_owned(),
             field,
             reason: reason.into(),
         }
+    }
+
+    /// The same error, of an entry of `kind` (`user`, `team`, `org`).
+    pub(crate) fn of(mut self, kind: &'static str) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// The entry's kind: `key`, `user`, `team` or `org`.
+    pub fn kind(&self) -> &'static str {
+        self.kind
     }
 
     /// The entry's id.
@@ -281,37 +301,17 @@ impl KeyEntry {
             positive("max_concurrent", u64::from(n))?;
             record.max_concurrent = Some(n);
         }
-        let scope = || BudgetScope::Key(id.clone());
-        match (self.budget_usd, self.budget_period.as_deref()) {
-            (Some(limit), period) => {
-                if limit < Money::ZERO {
-                    return Err(bad("budget_usd", "must not be negative"));
-                }
-                let period = match period.map(str::trim) {
-                    None | Some("monthly") => Period::Monthly,
-                    Some("daily") => Period::Daily,
-                    Some("weekly") => Period::Weekly,
-                    Some("never") => Period::Never,
-                    Some(_) => {
-                        return Err(bad(
-                            "budget_period",
-                            "must be one of daily, weekly, monthly, never",
-                        ));
-                    }
-                };
-                record
-                    .budgets
-                    .push(BudgetSpec::budget(scope(), limit, period));
-            }
-            (None, Some(_)) => return Err(bad("budget_period", "is set without `budget_usd`")),
-            (None, None) => {}
-        }
-        if let Some(opening) = self.balance_usd {
-            if opening < Money::ZERO {
-                return Err(bad("balance_usd", "must not be negative"));
-            }
-            record.budgets.push(BudgetSpec::balance(scope(), opening));
-        }
+        record.budgets = budgets_of(
+            &id,
+            BudgetScope::Key(id.clone()),
+            self.budget_usd,
+            self.budget_period.as_deref(),
+            self.balance_usd,
+        )?;
+        check_label(&id, "user", self.user.as_deref())?;
+        check_label(&id, "team", self.team.as_deref())?;
+        check_label(&id, "org", self.org.as_deref())?;
+        record.user = self.user;
         record.team = self.team;
         record.org = self.org;
         record.metadata = self.metadata;
@@ -320,6 +320,8 @@ impl KeyEntry {
 
     /// The same entry with a plaintext `secret` replaced by its
     /// `secret_sha256`: what a store may keep of it.
+    ///
+    /// (`user`, `team` and `org` name tenants: see [`TenantEntry`].)
     pub fn hashed(&self) -> KeyEntry {
         let mut entry = self.clone();
         if let Some(secret) = entry.secret.take() {
@@ -374,29 +376,14 @@ impl KeyEntry {
                 })
                 .collect(),
             max_concurrent: record.max_concurrent,
+            user: record.user.clone(),
             team: record.team.clone(),
             org: record.org.clone(),
             metadata: record.metadata.clone(),
             ..KeyEntry::default()
         };
-        for budget in &record.budgets {
-            if budget.scope != BudgetScope::Key(record.id.clone()) {
-                continue;
-            }
-            match budget.mode {
-                BudgetMode::Budget => {
-                    entry.budget_usd = Some(budget.limit);
-                    entry.budget_period = match budget.period {
-                        Period::Daily => Some("daily".into()),
-                        Period::Weekly => Some("weekly".into()),
-                        Period::Monthly => None,
-                        Period::Never => Some("never".into()),
-                        Period::Rolling(_) => continue,
-                    };
-                }
-                BudgetMode::Balance => entry.balance_usd = Some(budget.limit),
-            }
-        }
+        (entry.budget_usd, entry.budget_period, entry.balance_usd) =
+            budget_fields(&record.budgets, &BudgetScope::Key(record.id.clone()));
         entry
     }
 }
@@ -409,6 +396,92 @@ impl fmt::Debug for KeyEntry {
             .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
             .field("secret_sha256", &self.secret_sha256)
             .finish_non_exhaustive()
+    }
+}
+
+/// The budgets an entry's `budget_usd`, `budget_period` and `balance_usd`
+/// give, of `scope`: shared by key and tenant entries.
+pub(crate) fn budgets_of(
+    id: &str,
+    scope: BudgetScope,
+    budget_usd: Option<Money>,
+    budget_period: Option<&str>,
+    balance_usd: Option<Money>,
+) -> Result<Vec<BudgetSpec>, InvalidKeyEntry> {
+    let bad = |field, reason: &'static str| InvalidKeyEntry::new(id, field, reason);
+    let mut budgets = Vec::new();
+    match (budget_usd, budget_period) {
+        (Some(limit), period) => {
+            if limit < Money::ZERO {
+                return Err(bad("budget_usd", "must not be negative"));
+            }
+            let period = match period.map(str::trim) {
+                None | Some("monthly") => Period::Monthly,
+                Some("daily") => Period::Daily,
+                Some("weekly") => Period::Weekly,
+                Some("never") => Period::Never,
+                Some(_) => {
+                    return Err(bad(
+                        "budget_period",
+                        "must be one of daily, weekly, monthly, never",
+                    ));
+                }
+            };
+            budgets.push(BudgetSpec::budget(scope.clone(), limit, period));
+        }
+        (None, Some(_)) => return Err(bad("budget_period", "is set without `budget_usd`")),
+        (None, None) => {}
+    }
+    if let Some(opening) = balance_usd {
+        if opening < Money::ZERO {
+            return Err(bad("balance_usd", "must not be negative"));
+        }
+        budgets.push(BudgetSpec::balance(scope, opening));
+    }
+    Ok(budgets)
+}
+
+/// The budget fields describing `budgets` (those of `scope`): the inverse
+/// of [`budgets_of`].
+pub(crate) fn budget_fields(
+    budgets: &[BudgetSpec],
+    scope: &BudgetScope,
+) -> (Option<Money>, Option<String>, Option<Money>) {
+    let (mut usd, mut period, mut balance) = (None, None, None);
+    for budget in budgets.iter().filter(|b| b.scope == *scope) {
+        match budget.mode {
+            BudgetMode::Budget => {
+                let name = match budget.period {
+                    Period::Daily => Some("daily".into()),
+                    Period::Weekly => Some("weekly".into()),
+                    Period::Monthly => None,
+                    Period::Never => Some("never".into()),
+                    Period::Rolling(_) => continue,
+                };
+                usd = Some(budget.limit);
+                period = name;
+            }
+            BudgetMode::Balance => balance = Some(budget.limit),
+        }
+    }
+    (usd, period, balance)
+}
+
+/// A tenant named by a key (`user`, `team`, `org`): an id as any other.
+fn check_label(id: &str, field: &'static str, label: Option<&str>) -> Result<(), InvalidKeyEntry> {
+    match label {
+        Some(label)
+            if label.is_empty()
+                || label.len() > KeyEntry::MAX_ID_LEN
+                || label.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            Err(InvalidKeyEntry::new(
+                id,
+                field,
+                "must be 1 to 256 bytes without whitespace or control characters",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -450,6 +523,7 @@ const FIELDS: &[&str] = &[
     "team",
     "org",
     "metadata",
+    "user",
 ];
 
 impl<'de> Deserialize<'de> for KeyEntry {
@@ -508,6 +582,7 @@ impl<'de> Visitor<'de> for EntryVisitor {
                 }
                 "team" => entry.team = value(&mut map, field)?,
                 "org" => entry.org = value(&mut map, field)?,
+                "user" => entry.user = value(&mut map, field)?,
                 _ => entry.metadata = value(&mut map, field)?,
             }
         }

@@ -13,7 +13,8 @@ use tower_service::Service;
 
 use super::layer::Policy;
 use super::outcome::{self, Admitted};
-use super::{KeyHash, KeyRecord, Principal};
+use super::resolve::{Resolution, Resolving, resolve};
+use super::{KeyHash, KeyRecord, KeyStore, Principal};
 use crate::body::{ResponseBody, reject};
 use crate::request::{FromBytes, ReadMeta};
 use crate::store::StoreFuture;
@@ -46,6 +47,11 @@ pin_project! {
             lookup: StoreFuture<Option<Arc<KeyRecord>>>,
             waiting: Option<Waiting<S, B>>,
         },
+        // A remote store is finding the key's tenants.
+        Tenants {
+            resolving: Resolving,
+            waiting: Option<(S, Request<B>, Arc<Policy>)>,
+        },
         // The key has a model allow-list: the body is read for its `model`.
         // Boxed: only keys with an allow-list read here, and inline it would
         // make every request's future larger.
@@ -68,6 +74,8 @@ struct Waiting<S, B> {
     req: Request<B>,
     hash: KeyHash,
     policy: Arc<Policy>,
+    /// For the key's tenants, once the key is found.
+    store: Arc<dyn KeyStore>,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -88,12 +96,14 @@ where
         req: Request<B>,
         hash: KeyHash,
         policy: Arc<Policy>,
+        store: Arc<dyn KeyStore>,
     ) -> Self {
         let waiting = Waiting {
             inner,
             req,
             hash,
             policy,
+            store,
         };
         Self::with_state(
             State::Lookup {
@@ -101,6 +111,22 @@ where
                 waiting: Some(waiting),
             },
             None,
+        )
+    }
+
+    pub(crate) fn tenants(
+        resolving: Resolving,
+        inner: S,
+        req: Request<B>,
+        policy: Arc<Policy>,
+        expires_in: Option<HeaderValue>,
+    ) -> Self {
+        Self::with_state(
+            State::Tenants {
+                resolving,
+                waiting: Some((inner, req, policy)),
+            },
+            expires_in,
         )
     }
 
@@ -140,9 +166,10 @@ where
                     let found = ready!(Pin::new(lookup).poll(cx));
                     let Some(Waiting {
                         inner,
-                        mut req,
+                        req,
                         hash,
                         policy,
+                        store,
                     }) = waiting.take()
                     else {
                         return Poll::Ready(Ok(reject(ApiError::internal())));
@@ -154,22 +181,27 @@ where
                             expires_in,
                         }) => {
                             *this.expires_in = expires_in;
-                            let meta = req.extensions().get::<RequestMeta>();
-                            if outcome::needs_meta(&principal, meta.is_some()) {
-                                State::ReadMeta {
-                                    read: Box::pin(ReadMeta::new(req, policy.body_limit)),
-                                    waiting: Some((inner, principal)),
+                            match resolve(&store, principal) {
+                                Resolution::Now(Ok(principal)) => {
+                                    proceed(inner, req, principal, &policy)
                                 }
-                            } else {
-                                match outcome::check_model(&principal, meta) {
-                                    Err(error) => State::Reject { error: Some(error) },
-                                    Ok(()) => {
-                                        req.extensions_mut().insert(principal);
-                                        call(inner, req)
-                                    }
-                                }
+                                Resolution::Now(Err(error)) => State::Reject { error: Some(error) },
+                                Resolution::Later(resolving) => State::Tenants {
+                                    resolving,
+                                    waiting: Some((inner, req, policy)),
+                                },
                             }
                         }
+                    }
+                }
+                StateProj::Tenants { resolving, waiting } => {
+                    let resolved = ready!(resolving.as_mut().poll(cx));
+                    let Some((inner, req, policy)) = waiting.take() else {
+                        return Poll::Ready(Ok(reject(ApiError::internal())));
+                    };
+                    match resolved {
+                        Ok(principal) => proceed(inner, req, principal, &policy),
+                        Err(error) => State::Reject { error: Some(error) },
                     }
                 }
                 StateProj::ReadMeta { read, waiting } => {
@@ -202,6 +234,34 @@ where
                 }
             };
             this.state.set(next);
+        }
+    }
+}
+
+/// What an admitted principal's request needs next: its body read for the
+/// model check, the check, then the call.
+fn proceed<S, B>(
+    inner: S,
+    mut req: Request<B>,
+    principal: Principal,
+    policy: &Policy,
+) -> State<S, B>
+where
+    S: Service<Request<B>>,
+    B: Body,
+{
+    let meta = req.extensions().get::<RequestMeta>();
+    if outcome::needs_meta(&principal, meta.is_some()) {
+        return State::ReadMeta {
+            read: Box::pin(ReadMeta::new(req, policy.body_limit)),
+            waiting: Some((inner, principal)),
+        };
+    }
+    match outcome::check_model(&principal, meta) {
+        Err(error) => State::Reject { error: Some(error) },
+        Ok(()) => {
+            req.extensions_mut().insert(principal);
+            call(inner, req)
         }
     }
 }

@@ -33,17 +33,18 @@ use std::sync::Arc;
 
 use super::{InvalidKeyEntry, KeyEntry, KeyRecord};
 
-/// What a configuration entry does to the store's record of its key.
+/// What a configuration entry does to the store's record of its key (or,
+/// `Grant<TenantRecord>`, of its tenant: [`TenantEntry::grant`](super::TenantEntry::grant)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[allow(
     clippy::large_enum_variant,
     reason = "made once per configured key at start-up and reload, and matched at once"
 )]
-pub enum Grant {
+pub enum Grant<R = KeyRecord> {
     /// Nothing changed in the file since the record was last granted.
     Unchanged,
     /// Store this record (new, or the stored one with the file's changes).
-    Put(KeyRecord),
+    Put(R),
 }
 
 impl KeyEntry {
@@ -55,7 +56,7 @@ impl KeyEntry {
     /// admin API made, which has none): the secret; `created_at`;
     /// `expires_at`; `revoked`; `disabled`; `name`; `models`; the rate
     /// limits and concurrency; the budget and balance fields; `user`,
-    /// `team`, `org`; `metadata`. The returned record remembers this entry,
+    /// `team` and `org` together; `metadata`. The returned record remembers this entry,
     /// its secret as a hash.
     pub fn grant(&self, existing: Option<&KeyRecord>) -> Result<Grant, InvalidKeyEntry> {
         let fresh = self.clone().into_record()?;
@@ -118,7 +119,8 @@ impl KeyEntry {
         }) {
             record.budgets = fresh.budgets.clone();
         }
-        if changed(|a, b| (&a.team, &a.org) == (&b.team, &b.org)) {
+        if changed(|a, b| (&a.user, &a.team, &a.org) == (&b.user, &b.team, &b.org)) {
+            record.user = fresh.user.clone();
             record.team = fresh.team.clone();
             record.org = fresh.org.clone();
         }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use super::Tenants;
 use crate::budget::{BudgetScope, BudgetSpec};
 use crate::rate_limit::{Limit, ModelLimits, ScopeLimits};
 
@@ -207,21 +208,111 @@ impl KeyRecord {
     }
 }
 
-/// The caller of a request, as `AuthLayer` found it. Inserted into the
+/// The caller of a request, as `AuthLayer` found it: its key's record and
+/// the records of its [`Tenants`] (user, team, org). Inserted into the
 /// request's extensions; rate limits and budgets key on it. Cheap to clone.
 ///
 /// It holds no secret, so its `Debug` output is safe to log.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
+    /// `None` for a key without tenant records: no allocation.
+    tenants: Option<Arc<Resolved>>,
 }
 
+/// A key's tenants and what they add to it, made once per request that has
+/// any.
+struct Resolved {
+    tenants: Tenants,
+    org: Option<String>,
+    budgets: Arc<[BudgetSpec]>,
+    scope_limits: Vec<ScopeLimits>,
+    spend_scopes: Arc<[BudgetScope]>,
+}
+
+impl PartialEq for Principal {
+    fn eq(&self, other: &Principal) -> bool {
+        self.record == other.record
+            && self.tenants.as_ref().map(|t| &t.tenants)
+                == other.tenants.as_ref().map(|t| &t.tenants)
+    }
+}
+
+impl Eq for Principal {}
+
 impl Principal {
-    /// The principal of `record`.
+    /// The principal of `record`, without tenants.
     pub fn new(record: impl Into<Arc<KeyRecord>>) -> Self {
         Principal {
             record: record.into(),
+            tenants: None,
         }
+    }
+
+    /// The same principal with its key's tenants: their budgets are charged
+    /// with the key's, their limits counted as named scopes, the key's
+    /// spend kept under them. A budget or a named limit the key record
+    /// holds for a scope that has a record here is the record's copy, and
+    /// is left out: the tenant's record is the one source of truth.
+    pub fn with_tenants(self, tenants: Tenants) -> Self {
+        if tenants.is_empty() {
+            return Principal {
+                tenants: None,
+                ..self
+            };
+        }
+        let record = &*self.record;
+        let has_record = |scope: &BudgetScope| tenants.iter().any(|t| t.scope() == *scope);
+        let budgets: Vec<BudgetSpec> = record
+            .budgets
+            .iter()
+            .filter(|b| !has_record(&b.scope))
+            .chain(tenants.iter().flat_map(|t| t.budgets.iter()))
+            .cloned()
+            .collect();
+        let scope_limits: Vec<ScopeLimits> = record
+            .scope_limits
+            .iter()
+            .filter(|s| {
+                !tenants
+                    .iter()
+                    .any(|t| t.kind.name() == s.scope && t.id == s.id)
+            })
+            .cloned()
+            .chain(tenants.iter().filter_map(|t| t.scope_limits()))
+            .collect();
+        let org = tenants
+            .team
+            .as_ref()
+            .and_then(|t| t.org.clone())
+            .or_else(|| tenants.org.as_ref().map(|o| o.id.clone()))
+            .or_else(|| record.org.clone());
+        let mut scopes = Vec::with_capacity(4);
+        scopes.push(BudgetScope::Key(record.id.clone()));
+        if let Some(user) = &record.user {
+            scopes.push(BudgetScope::User(user.clone()));
+        }
+        if let Some(team) = &record.team {
+            scopes.push(BudgetScope::Team(team.clone()));
+        }
+        if let Some(org) = &org {
+            scopes.push(BudgetScope::Org(org.clone()));
+        }
+        Principal {
+            tenants: Some(Arc::new(Resolved {
+                tenants,
+                org,
+                budgets: budgets.into(),
+                scope_limits,
+                spend_scopes: scopes.into(),
+            })),
+            ..self
+        }
+    }
+
+    /// The records of the key's user, team and org, when it has any.
+    pub fn tenants(&self) -> Option<&Tenants> {
+        self.tenants.as_deref().map(|t| &t.tenants)
     }
 
     /// The key's id.
@@ -244,9 +335,13 @@ impl Principal {
         self.record.team.as_deref()
     }
 
-    /// The key's organisation.
+    /// The key's organisation: its team's, when its team has a record
+    /// that names one, else the one the key names.
     pub fn org(&self) -> Option<&str> {
-        self.record.org.as_deref()
+        match &self.tenants {
+            Some(t) => t.org.as_deref(),
+            None => self.record.org.as_deref(),
+        }
     }
 
     /// The key's rate limits.
@@ -265,14 +360,22 @@ impl Principal {
     }
 
     /// The limits of shared scopes (user, team, organisation) the key's
-    /// requests also count against.
+    /// requests also count against: its tenants' records' limits, and any
+    /// the key record names for scopes without a record.
     pub fn scope_limits(&self) -> &[ScopeLimits] {
-        &self.record.scope_limits
+        match &self.tenants {
+            Some(t) => &t.scope_limits,
+            None => &self.record.scope_limits,
+        }
     }
 
-    /// The budgets the key's requests are charged to.
+    /// The budgets the key's requests are charged to: the key's own, then
+    /// its user's, team's and org's.
     pub fn budgets(&self) -> &[BudgetSpec] {
-        &self.record.budgets
+        match &self.tenants {
+            Some(t) => &t.budgets,
+            None => &self.record.budgets,
+        }
     }
 
     /// [`budgets`](Principal::budgets) as a shared slice, built once per key
@@ -280,6 +383,9 @@ impl Principal {
     /// against the record's budgets on each use, so a record changed after
     /// the cache was made is never charged to its old budgets.
     pub(crate) fn shared_budgets(&self) -> Arc<[BudgetSpec]> {
+        if let Some(t) = &self.tenants {
+            return t.budgets.clone();
+        }
         let record = &*self.record;
         let cached = record
             .shared_budgets
@@ -295,6 +401,9 @@ impl Principal {
     /// The scopes the key's spend is counted under: the key, then its
     /// user, team and org when it has them. Made once per key record.
     pub fn spend_scopes(&self) -> Arc<[BudgetScope]> {
+        if let Some(t) = &self.tenants {
+            return t.spend_scopes.clone();
+        }
         let record = &*self.record;
         let cached = record
             .spend_scopes
@@ -374,7 +483,11 @@ impl fmt::Debug for Principal {
             .field("name", &self.record.name)
             .field("user", &self.record.user)
             .field("team", &self.record.team)
-            .field("org", &self.record.org)
+            .field("org", &self.org())
+            .field(
+                "tenants",
+                &self.tenants.as_ref().map(|t| t.tenants.iter().count()),
+            )
             .finish_non_exhaustive()
     }
 }

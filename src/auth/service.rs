@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::layer::Policy;
 use super::outcome::{self, Admitted};
+use super::resolve::{Resolution, resolve};
 use super::{AuthLayer, KeyStore};
 use crate::request::{FromBytes, ReadMeta};
 use crate::{BoxError, RequestMeta};
@@ -81,7 +82,7 @@ impl<S: fmt::Debug, K> fmt::Debug for Auth<S, K> {
 impl<S, K, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S, K>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
-    K: KeyStore,
+    K: KeyStore + 'static,
     ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
     ReqBody::Error: Into<BoxError>,
 {
@@ -104,7 +105,24 @@ where
         match lookup.take_ready() {
             // The common case (memory store, cache hit): decide now.
             Some(found) => match outcome::admit(&self.policy, found, &hash) {
-                Ok(admitted) => self.forward(req, admitted),
+                // Then its tenants: at once too, from memory or a cache.
+                Ok(admitted) => match resolve(&self.store, admitted.principal) {
+                    Resolution::Now(Ok(principal)) => self.forward(
+                        req,
+                        Admitted {
+                            principal,
+                            expires_in: admitted.expires_in,
+                        },
+                    ),
+                    Resolution::Now(Err(error)) => ResponseFuture::reject(error),
+                    Resolution::Later(resolving) => ResponseFuture::tenants(
+                        resolving,
+                        take_ready(&mut self.inner),
+                        req,
+                        self.policy.clone(),
+                        admitted.expires_in,
+                    ),
+                },
                 Err(error) => ResponseFuture::reject(error),
             },
             None => ResponseFuture::lookup(
@@ -113,6 +131,7 @@ where
                 req,
                 hash,
                 self.policy.clone(),
+                self.store.clone(),
             ),
         }
     }

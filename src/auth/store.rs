@@ -1,9 +1,24 @@
-//! Where keys live: the [`KeyStore`] trait (the lookup every request makes)
-//! and [`KeyAdmin`] (what an admin API does with keys).
+//! Where keys live: the [`KeyStore`] trait (the lookups every request
+//! makes: its key, and its key's tenants), [`KeyAdmin`] (what an admin API
+//! does with keys) and [`TenantAdmin`] (with users, teams and orgs).
+//!
+//! # Why tenants are looked up through the key store
+//!
+//! A key's tenants are found right after the key, on every request, and
+//! change as rarely as keys do, through the same admin API: they need the
+//! same cache, the same invalidation and the same failure policy, which a
+//! key store already has. So [`KeyStore::tenant`] is a method of the key
+//! store with a default that finds none (a store of keys alone still works,
+//! unchanged), and [`AuthLayer`](super::AuthLayer) needs no second store.
+//! The admin side is a trait of its own, [`TenantAdmin`], a [`KeyAdmin`]
+//! with four more operations: an `Arc<dyn TenantAdmin>` is also a key admin
+//! (the gateway keeps one handle), and stores of keys alone need not
+//! pretend to hold tenants.
 
 use std::sync::Arc;
 
-use super::{KeyHash, KeyRecord};
+use super::{KeyHash, KeyRecord, TenantKind, TenantRecord};
+use crate::budget::BudgetScope;
 use crate::store::StoreFuture;
 
 /// What a lookup finds: the record, no record (an unknown key), or a store
@@ -62,17 +77,35 @@ pub type LookupResult = Result<Option<Arc<KeyRecord>>, crate::store::StoreError>
 pub trait KeyStore: Send + Sync {
     /// The record whose current or retired secret hashes to `hash`, if any.
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>>;
+
+    /// The record of the tenant `scope` (a user, team or org; a key's scope
+    /// has none), if the store holds one. Asked by
+    /// [`AuthLayer`](super::AuthLayer) after each lookup of a key that
+    /// names a user, team or org: answer from memory or a cache when you
+    /// can, as for [`lookup`](Self::lookup). The default holds no tenants.
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        let _ = scope;
+        StoreFuture::ready(Ok(None))
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         (**self).lookup(hash)
     }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        (**self).tenant(scope)
+    }
 }
 
 impl<T: KeyStore + ?Sized> KeyStore for Box<T> {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         (**self).lookup(hash)
+    }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        (**self).tenant(scope)
     }
 }
 
@@ -171,3 +204,96 @@ impl<T: KeyAdmin + ?Sized> KeyAdmin for Box<T> {
         (**self).delete(id)
     }
 }
+
+/// What an admin API does with users, teams and orgs: create, read, list,
+/// change, delete, with the same semantics as [`KeyAdmin`] has for keys.
+///
+/// Every store of the crate implements it. A write is checked with
+/// [`TenantRecord::check`] (an invalid record is a
+/// [`StoreError::Conflict`](crate::store::StoreError::Conflict)) and reaches
+/// every instance that shares the store within one second, as a key's
+/// does; requests already admitted finish under the records they were
+/// admitted with.
+///
+/// ```
+/// use tollgate::auth::{KeyStore, PutMode, TenantAdmin, TenantKind, TenantRecord};
+/// use tollgate::store::memory::MemoryKeyStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tollgate::store::StoreError> {
+/// let store = MemoryKeyStore::new();
+/// let mut team = TenantRecord::new(TenantKind::Team, "research");
+/// team.org = Some("acme".into());
+/// store.put_tenant(team, PutMode::Create).await?;
+///
+/// let found = store.tenant(&TenantKind::Team.scope("research")).await?.unwrap();
+/// assert_eq!(found.org.as_deref(), Some("acme"));
+/// assert_eq!(store.list_tenants(TenantKind::Team, None, 10).await?.len(), 1);
+/// // Only a team belongs to an org.
+/// let mut user = TenantRecord::new(TenantKind::User, "ann");
+/// user.org = Some("acme".into());
+/// assert!(store.put_tenant(user, PutMode::Create).await.is_err());
+/// # Ok(())
+/// # }
+/// ```
+pub trait TenantAdmin: KeyAdmin {
+    /// The record of the tenant `scope`, read from the store itself.
+    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>>;
+
+    /// Up to `limit` tenants of `kind` whose ids sort after `after` (all
+    /// when `None`), in id order.
+    fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreFuture<Vec<Arc<TenantRecord>>>;
+
+    /// Stores `record` under its scope and returns the record it replaced.
+    /// An existing tenant under [`PutMode::Create`], or a record that fails
+    /// [`TenantRecord::check`], is a
+    /// [`StoreError::Conflict`](crate::store::StoreError::Conflict).
+    fn put_tenant(
+        &self,
+        record: TenantRecord,
+        mode: PutMode,
+    ) -> StoreFuture<Option<Arc<TenantRecord>>>;
+
+    /// Deletes the tenant `scope`; whether it existed. Keys that name it
+    /// keep its name as a label, and are no longer charged to its budgets.
+    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool>;
+}
+
+macro_rules! forward_tenant_admin {
+    ($ty:ident) => {
+        impl<T: TenantAdmin + ?Sized> TenantAdmin for $ty<T> {
+            fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+                (**self).get_tenant(scope)
+            }
+
+            fn list_tenants(
+                &self,
+                kind: TenantKind,
+                after: Option<&str>,
+                limit: usize,
+            ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
+                (**self).list_tenants(kind, after, limit)
+            }
+
+            fn put_tenant(
+                &self,
+                record: TenantRecord,
+                mode: PutMode,
+            ) -> StoreFuture<Option<Arc<TenantRecord>>> {
+                (**self).put_tenant(record, mode)
+            }
+
+            fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
+                (**self).delete_tenant(scope)
+            }
+        }
+    };
+}
+
+forward_tenant_admin!(Arc);
+forward_tenant_admin!(Box);

@@ -15,8 +15,8 @@ use super::layer::{FailurePolicy, Shared, UnpricedModel};
 use super::settle::{Settler, Worst};
 use super::usage::{UsageBody, UsageOptions};
 use super::{
-    Attribution, BudgetMode, BudgetSpec, BudgetStatus, Ledger, ModelPrice, Reservation,
-    ReserveOutcome,
+    Attribution, BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, ModelPrice,
+    Reservation, ReserveOutcome,
 };
 use crate::body::ResponseBody;
 use crate::request::{FromBytes, Unreadable, unreadable_error};
@@ -387,11 +387,20 @@ fn conclude<L: Ledger>(
     })
 }
 
-/// The error for a budget that refused a request.
+/// The error for a budget that refused a request, naming its scope unless
+/// it is the caller's own key's: "Budget exceeded: $50.00 limit reached
+/// for team research". A balance's refusal keeps the wording of the
+/// HiveOps guide, which clients match on, whoever's balance it is.
 fn refusal(spec: &BudgetSpec, status: &BudgetStatus) -> ApiError {
+    let scope = match &spec.scope {
+        BudgetScope::Key(_) => String::new(),
+        other => format!(" for {} {}", other.kind_name(), other.name().escape_debug()),
+    };
     match spec.mode {
-        BudgetMode::Budget => ApiError::budget_exceeded()
-            .with_message(format!("Budget exceeded: {} limit reached", status.limit)),
+        BudgetMode::Budget => ApiError::budget_exceeded().with_message(format!(
+            "Budget exceeded: {} limit reached{scope}",
+            status.limit
+        )),
         BudgetMode::Balance => ApiError::insufficient_balance()
             .with_message("Insufficient account balance. Please add funds to continue."),
     }

@@ -1,12 +1,15 @@
-//! Key records as JSON: the one format every durable store (Redis, SQLite)
-//! keeps them in. Versioned, and never holding a secret: only its hash.
+//! Key and tenant records as JSON: the one format every durable store
+//! (Redis, SQLite) keeps them in. Versioned, and never holding a secret:
+//! only its hash.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{KeyEntry, KeyHash, KeyRecord, RetiredSecret};
+use crate::auth::{
+    KeyEntry, KeyHash, KeyRecord, RetiredSecret, TenantEntry, TenantKind, TenantRecord,
+};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
 use crate::rate_limit::{Algorithm, Limit, Measure, ModelLimits, ScopeLimits};
 use crate::store::StoreError;
@@ -133,6 +136,135 @@ struct StoredBudget {
     period: String,
 }
 
+impl StoredBudget {
+    fn of(b: &BudgetSpec) -> StoredBudget {
+        StoredBudget {
+            scope: b.scope.kind_name().into(),
+            scope_id: b.scope.name().to_owned(),
+            limit_nanos: b.limit.nanos(),
+            balance: b.mode == BudgetMode::Balance,
+            period: match b.period {
+                Period::Daily => "d".into(),
+                Period::Weekly => "w".into(),
+                Period::Monthly => "m".into(),
+                Period::Never => "n".into(),
+                Period::Rolling(d) => {
+                    format!("r{}", u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+                }
+            },
+        }
+    }
+
+    fn spec(&self) -> Result<BudgetSpec, StoreError> {
+        let corrupt = |what: &str| StoreError::Corrupt(format!("budget: {what}"));
+        let scope = BudgetScope::parse(&format!("{}:{}", self.scope, self.scope_id))
+            .ok_or_else(|| corrupt("unknown budget scope"))?;
+        let period = match self.period.as_str() {
+            "d" => Period::Daily,
+            "w" => Period::Weekly,
+            "m" => Period::Monthly,
+            "n" => Period::Never,
+            r => Period::Rolling(Duration::from_nanos(
+                r.strip_prefix('r')
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| corrupt("unknown budget period"))?,
+            )),
+        };
+        let limit = Money::from_nanos(self.limit_nanos);
+        Ok(if self.balance {
+            BudgetSpec::balance(scope, limit)
+        } else {
+            BudgetSpec::budget(scope, limit, period)
+        })
+    }
+}
+
+/// A tenant record as stored (JSON).
+#[derive(Serialize, Deserialize)]
+struct StoredTenant {
+    v: u32,
+    /// `user`, `team` or `org`.
+    kind: String,
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    org: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    rate_limits: Vec<StoredLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_concurrent: Option<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    budgets: Vec<StoredBudget>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    disabled: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    config_entry: Option<serde_json::Value>,
+}
+
+/// A tenant record as JSON.
+pub(crate) fn encode_tenant(record: &TenantRecord) -> String {
+    let stored = StoredTenant {
+        v: 1,
+        kind: record.kind.name().into(),
+        id: record.id.clone(),
+        name: record.name.clone(),
+        org: record.org.clone(),
+        rate_limits: record.rate_limits.iter().map(StoredLimit::of).collect(),
+        max_concurrent: record.max_concurrent,
+        budgets: record.budgets.iter().map(StoredBudget::of).collect(),
+        disabled: record.disabled,
+        metadata: record.metadata.clone(),
+        config_entry: record
+            .config_entry
+            .as_deref()
+            .and_then(|entry| serde_json::to_value(entry).ok()),
+    };
+    // Plain data with string keys: serialization cannot fail.
+    serde_json::to_string(&stored).unwrap_or_default()
+}
+
+/// A tenant record back from [`encode_tenant`]'s JSON.
+pub(crate) fn decode_tenant(json: &str) -> Result<TenantRecord, StoreError> {
+    let corrupt = |what: &str| StoreError::Corrupt(format!("tenant record: {what}"));
+    let stored: StoredTenant = serde_json::from_str(json).map_err(|_| corrupt("malformed JSON"))?;
+    if stored.v != 1 {
+        return Err(corrupt("unknown version"));
+    }
+    let kind = match stored.kind.as_str() {
+        "user" => TenantKind::User,
+        "team" => TenantKind::Team,
+        "org" => TenantKind::Org,
+        _ => return Err(corrupt("unknown kind")),
+    };
+    let mut record = TenantRecord::new(kind, stored.id);
+    record.name = stored.name;
+    record.org = stored.org;
+    record.rate_limits = stored
+        .rate_limits
+        .iter()
+        .map(StoredLimit::limit)
+        .collect::<Result<_, _>>()?;
+    record.max_concurrent = stored.max_concurrent;
+    record.budgets = stored
+        .budgets
+        .iter()
+        .map(StoredBudget::spec)
+        .collect::<Result<_, _>>()?;
+    record.disabled = stored.disabled;
+    record.metadata = stored.metadata;
+    record.config_entry = match stored.config_entry {
+        Some(value) => Some(std::sync::Arc::new(
+            serde_json::from_value::<TenantEntry>(value)
+                .map_err(|_| corrupt("bad config entry"))?,
+        )),
+        None => None,
+    };
+    Ok(record)
+}
+
 fn nanos_since_epoch(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -185,25 +317,7 @@ pub(crate) fn encode(record: &KeyRecord) -> String {
             })
             .collect(),
         max_concurrent: record.max_concurrent,
-        budgets: record
-            .budgets
-            .iter()
-            .map(|b| StoredBudget {
-                scope: b.scope.kind_name().into(),
-                scope_id: b.scope.name().to_owned(),
-                limit_nanos: b.limit.nanos(),
-                balance: b.mode == BudgetMode::Balance,
-                period: match b.period {
-                    Period::Daily => "d".into(),
-                    Period::Weekly => "w".into(),
-                    Period::Monthly => "m".into(),
-                    Period::Never => "n".into(),
-                    Period::Rolling(d) => {
-                        format!("r{}", u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-                    }
-                },
-            })
-            .collect(),
+        budgets: record.budgets.iter().map(StoredBudget::of).collect(),
         team: record.team.clone(),
         org: record.org.clone(),
         metadata: record.metadata.clone(),
@@ -283,28 +397,8 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
     record.max_concurrent = stored.max_concurrent;
     record.budgets = stored
         .budgets
-        .into_iter()
-        .map(|b| {
-            let scope = BudgetScope::parse(&format!("{}:{}", b.scope, b.scope_id))
-                .ok_or_else(|| corrupt("unknown budget scope"))?;
-            let period = match b.period.as_str() {
-                "d" => Period::Daily,
-                "w" => Period::Weekly,
-                "m" => Period::Monthly,
-                "n" => Period::Never,
-                r => Period::Rolling(Duration::from_nanos(
-                    r.strip_prefix('r')
-                        .and_then(|n| n.parse().ok())
-                        .ok_or_else(|| corrupt("unknown budget period"))?,
-                )),
-            };
-            let limit = Money::from_nanos(b.limit_nanos);
-            Ok(if b.balance {
-                BudgetSpec::balance(scope, limit)
-            } else {
-                BudgetSpec::budget(scope, limit, period)
-            })
-        })
+        .iter()
+        .map(StoredBudget::spec)
         .collect::<Result<_, _>>()?;
     record.team = stored.team;
     record.org = stored.org;
@@ -315,6 +409,27 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenants_round_trip_through_json() {
+        let mut team = TenantRecord::new(TenantKind::Team, "research");
+        team.name = Some("Research".into());
+        team.org = Some("acme".into());
+        team.rate_limits = vec![Limit::requests_per_minute(600), Limit::tokens_per_minute(1)];
+        team.max_concurrent = Some(4);
+        team.budgets = vec![
+            BudgetSpec::budget(team.scope(), Money::from_usd(50), Period::Weekly),
+            BudgetSpec::balance(team.scope(), Money::from_nanos(7)),
+        ];
+        team.disabled = true;
+        team.metadata.insert("k".into(), "v".into());
+        let entry: TenantEntry =
+            serde_json::from_str(r#"{"id":"research","budget_usd":1}"#).unwrap();
+        team.config_entry = Some(std::sync::Arc::new(entry));
+        assert_eq!(decode_tenant(&encode_tenant(&team)).unwrap(), team);
+        assert!(decode_tenant(r#"{"v":1,"kind":"key","id":"a"}"#).is_err());
+        assert!(decode_tenant(r#"{"v":9,"kind":"team","id":"a"}"#).is_err());
+    }
 
     #[test]
     fn records_round_trip_through_json() {

@@ -6,7 +6,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use crate::auth::{KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode};
+use super::tenants::TenantMap;
+use crate::auth::{
+    InvalidTenant, KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode,
+    TenantAdmin, TenantKind, TenantRecord,
+};
+use crate::budget::BudgetScope;
 use crate::store::{StoreError, StoreFuture};
 
 /// Key records in memory, by the SHA-256 of their secret.
@@ -21,6 +26,10 @@ use crate::store::{StoreError, StoreFuture};
 /// which is uniformly random), so concurrent requests do not contend; writes
 /// lock one shard briefly. The store holds every key it is given: it is the
 /// source of truth, not a cache, and evicts nothing.
+///
+/// It holds tenants too (users, teams, orgs:
+/// [`insert_tenant`](MemoryKeyStore::insert_tenant), and the
+/// [`TenantAdmin`] operations), answered to [`KeyStore::tenant`] at once.
 ///
 /// ```
 /// use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
@@ -51,6 +60,8 @@ struct Inner {
     /// id → the record, in id order for paged listing. Also serialises
     /// writers, so the two indexes change together; lookups never touch it.
     ids: Mutex<BTreeMap<String, Arc<KeyRecord>>>,
+    /// Users, teams and orgs.
+    tenants: TenantMap,
 }
 
 type Shard = HashMap<KeyHash, Arc<KeyRecord>, PrehashedState>;
@@ -86,6 +97,7 @@ impl MemoryKeyStore {
             inner: Arc::new(Inner {
                 shards: (0..shards).map(|_| RwLock::default()).collect(),
                 ids: Mutex::default(),
+                tenants: TenantMap::default(),
             }),
         }
     }
@@ -258,9 +270,80 @@ impl MemoryKeyStore {
     }
 }
 
+/// Tenants.
+impl MemoryKeyStore {
+    /// Adds the tenant `record` (a user, team or org), or replaces the one
+    /// of the same scope (returned). Refused if it breaks the rules of the
+    /// records ([`TenantRecord::check`]).
+    pub fn insert_tenant(
+        &self,
+        record: TenantRecord,
+    ) -> Result<Option<Arc<TenantRecord>>, InvalidTenant> {
+        self.inner.tenants.insert(record)
+    }
+
+    /// Removes the tenant `scope`: keys naming it are no longer charged to
+    /// its budgets nor counted against its limits.
+    pub fn remove_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
+        self.inner.tenants.remove(scope)
+    }
+
+    /// The record of the tenant `scope`.
+    pub fn get_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
+        self.inner.tenants.get(scope)
+    }
+
+    /// Up to `limit` tenants of `kind` whose ids sort after `after`, in id
+    /// order.
+    pub fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<Arc<TenantRecord>> {
+        self.inner.tenants.list(kind, after, limit)
+    }
+
+    /// The number of tenants.
+    pub fn tenant_count(&self) -> usize {
+        self.inner.tenants.len()
+    }
+}
+
 impl KeyStore for MemoryKeyStore {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         StoreFuture::ready(Ok(self.get_by_hash(hash)))
+    }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        StoreFuture::ready(Ok(self.inner.tenants.get(scope)))
+    }
+}
+
+impl TenantAdmin for MemoryKeyStore {
+    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        StoreFuture::ready(Ok(self.inner.tenants.get(scope)))
+    }
+
+    fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
+        StoreFuture::ready(Ok(self.inner.tenants.list(kind, after, limit)))
+    }
+
+    fn put_tenant(
+        &self,
+        record: TenantRecord,
+        mode: PutMode,
+    ) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        StoreFuture::ready(self.inner.tenants.put(record, mode))
+    }
+
+    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
+        StoreFuture::ready(Ok(self.inner.tenants.remove(scope).is_some()))
     }
 }
 
@@ -292,6 +375,7 @@ impl fmt::Debug for MemoryKeyStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryKeyStore")
             .field("keys", &self.len())
+            .field("tenants", &self.tenant_count())
             .field("shards", &self.inner.shards.len())
             .finish()
     }

@@ -3,6 +3,7 @@
 mod keys;
 pub use self::keys::{DuplicateSecret, MemoryKeyStore};
 mod ledger;
+mod tenants;
 
 pub use self::ledger::MemoryLedger;
 
