@@ -38,4 +38,6 @@ scripts! {
     KEY_PUT = "key_put.lua";
     KEY_DELETE = "key_delete.lua";
     KEY_LIST = "key_list.lua";
+    TENANT_PUT = "tenant_put.lua";
+    TENANT_DELETE = "tenant_delete.lua";
 }

@@ -5,7 +5,10 @@ use std::sync::Arc;
 
 use super::health::SqliteHealth;
 use super::writer::{KeyOp, KeyOutcome, Writer};
-use crate::auth::{KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode};
+use crate::auth::{
+    KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode, TenantAdmin, TenantKind, TenantRecord,
+};
+use crate::budget::BudgetScope;
 use crate::store::StoreFuture;
 use crate::store::memory::MemoryKeyStore;
 
@@ -29,6 +32,9 @@ use crate::store::memory::MemoryKeyStore;
 /// stores, with the SHA-256 of its secrets (never a secret), and a table
 /// of every secret hash (current and retired) to its key, which refuses a
 /// secret that another key holds in the same transaction as the write.
+///
+/// Tenants (users, teams, orgs: [`TenantAdmin`]) live in a table of their
+/// own, by scope, written and answered the same way.
 #[derive(Clone)]
 pub struct SqliteKeyStore {
     memory: MemoryKeyStore,
@@ -67,6 +73,44 @@ impl KeyStore for SqliteKeyStore {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         self.memory.lookup(hash)
     }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        self.memory.tenant(scope)
+    }
+}
+
+/// Tenants, as keys: answered from memory, written to the file first (the
+/// `tenants` table), through the same writer.
+impl TenantAdmin for SqliteKeyStore {
+    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        self.memory.tenant(scope)
+    }
+
+    fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
+        TenantAdmin::list_tenants(&self.memory, kind, after, limit)
+    }
+
+    fn put_tenant(
+        &self,
+        record: TenantRecord,
+        mode: PutMode,
+    ) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        self.write(KeyOp::PutTenant(Box::new(record), mode))
+            .map(|outcome| match outcome {
+                KeyOutcome::PutTenant(previous) => previous,
+                _ => None,
+            })
+    }
+
+    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
+        self.write(KeyOp::DeleteTenant(scope.clone()))
+            .map(|outcome| matches!(outcome, KeyOutcome::Deleted(true)))
+    }
 }
 
 impl KeyAdmin for SqliteKeyStore {
@@ -82,7 +126,7 @@ impl KeyAdmin for SqliteKeyStore {
         self.write(KeyOp::Put(Box::new(record), mode))
             .map(|outcome| match outcome {
                 KeyOutcome::Put(previous) => previous,
-                KeyOutcome::Deleted(_) => None,
+                KeyOutcome::Deleted(_) | KeyOutcome::PutTenant(_) => None,
             })
     }
 

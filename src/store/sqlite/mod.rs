@@ -364,11 +364,13 @@ impl SqliteStoreBuilder {
         let mut conn = schema::open(&path, self.policy.sync_interval.is_zero())?;
         let keys = MemoryKeyStore::new();
         let loaded = schema::load_keys(&conn, &path, &keys)?;
+        let tenants = schema::load_tenants(&conn, &path, &keys)?;
         let ledger = self.ledger.unwrap_or_default();
         let restored = schema::load_ledger(&mut conn, &path, &ledger)?;
         tracing::info!(
             path = %path.display(),
             keys = loaded,
+            tenants,
             balances = restored.balances,
             budgets = restored.budgets,
             spend_rows = restored.spend_rows,

@@ -16,7 +16,7 @@ use crate::store::memory::{MemoryKeyStore, MemoryLedger};
 use crate::store::{StoreError, codec};
 
 /// The schema this version writes, kept in `PRAGMA user_version`.
-pub(super) const SCHEMA_VERSION: i64 = 1;
+pub(super) const SCHEMA_VERSION: i64 = 2;
 
 /// `MIGRATIONS[n]` takes the schema from version `n` to `n + 1`. Append
 /// only: a file is migrated through every step it has not seen, in one
@@ -67,6 +67,15 @@ const MIGRATIONS: &[&str] = &[
         key TEXT NOT NULL,
         at_ns INTEGER NOT NULL,
         PRIMARY KEY (scope, key)
+    ) WITHOUT ROWID;
+    ",
+    // 1 → 2: users, teams and orgs.
+    "
+    CREATE TABLE tenants (
+        -- user:ann, team:research, org:acme
+        scope TEXT PRIMARY KEY NOT NULL,
+        -- store::codec JSON
+        record TEXT NOT NULL
     ) WITHOUT ROWID;
     ",
 ];
@@ -175,6 +184,37 @@ pub(super) fn load_keys(
                 ),
             )
         })?;
+        loaded += 1;
+    }
+    Ok(loaded)
+}
+
+/// Loads every tenant record into `memory`; how many.
+pub(super) fn load_tenants(
+    conn: &Connection,
+    path: &Path,
+    memory: &MemoryKeyStore,
+) -> Result<usize, SqliteError> {
+    let failed = |e: rusqlite::Error| SqliteError::sqlite(path, e);
+    let mut statement = conn
+        .prepare("SELECT scope, record FROM tenants ORDER BY scope")
+        .map_err(failed)?;
+    let mut rows = statement.query([]).map_err(failed)?;
+    let mut loaded = 0;
+    while let Some(row) = rows.next().map_err(failed)? {
+        let scope: String = row.get(0).map_err(failed)?;
+        let json: String = row.get(1).map_err(failed)?;
+        // As for keys: a record that cannot be read stops the open.
+        let corrupt = |what: String| {
+            SqliteError::corrupt(path, format!("tenant `{}`: {what}", scope.escape_debug()))
+        };
+        let record = codec::decode_tenant(&json).map_err(|e| corrupt(e.to_string()))?;
+        if record.scope().id() != scope {
+            return Err(corrupt("holds the record of another tenant".into()));
+        }
+        memory
+            .insert_tenant(record)
+            .map_err(|e| corrupt(e.to_string()))?;
         loaded += 1;
     }
     Ok(loaded)
@@ -410,6 +450,29 @@ pub(super) fn write_key(
             // The secrets go with it (ON DELETE CASCADE).
             tx.prepare_cached("DELETE FROM keys WHERE id = ?1")?
                 .execute([id])?;
+            Ok(Ok(()))
+        }
+        KeyOp::PutTenant(record, mode) => {
+            if let Err(invalid) = record.check() {
+                return Ok(Err(StoreError::Conflict(invalid.to_string())));
+            }
+            let scope = record.scope();
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM tenants WHERE scope = ?1")?
+                .exists([scope.id()])?;
+            if *mode == PutMode::Create && exists {
+                return Ok(Err(crate::store::memory::tenant_exists(&scope)));
+            }
+            tx.prepare_cached(
+                "INSERT INTO tenants (scope, record) VALUES (?1, ?2) \
+                 ON CONFLICT (scope) DO UPDATE SET record = excluded.record",
+            )?
+            .execute(params![scope.id(), codec::encode_tenant(record)])?;
+            Ok(Ok(()))
+        }
+        KeyOp::DeleteTenant(scope) => {
+            tx.prepare_cached("DELETE FROM tenants WHERE scope = ?1")?
+                .execute([scope.id()])?;
             Ok(Ok(()))
         }
     }

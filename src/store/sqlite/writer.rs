@@ -16,7 +16,7 @@ use super::health::{HealthState, SqliteHealth};
 use super::schema::{
     TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, synchronous, write_key,
 };
-use crate::auth::{KeyRecord, PutMode};
+use crate::auth::{KeyRecord, PutMode, TenantRecord};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
 use crate::store::StoreError;
 use crate::store::memory::{MemoryKeyStore, MemoryLedger};
@@ -73,14 +73,18 @@ pub(super) type RunOnConnection = Box<dyn FnOnce(&Connection) -> rusqlite::Resul
 pub(super) enum KeyOp {
     Put(Box<KeyRecord>, PutMode),
     Delete(String),
+    PutTenant(Box<TenantRecord>, PutMode),
+    DeleteTenant(BudgetScope),
 }
 
 /// What a [`KeyOp`] did.
 pub(super) enum KeyOutcome {
     /// The record replaced.
     Put(Option<Arc<KeyRecord>>),
-    /// Whether the key existed.
+    /// Whether the key (or tenant) existed.
     Deleted(bool),
+    /// The tenant record replaced.
+    PutTenant(Option<Arc<TenantRecord>>),
 }
 
 /// How the writer batches.
@@ -557,6 +561,15 @@ impl Thread {
                 }
             },
             KeyOp::Delete(id) => Ok(KeyOutcome::Deleted(self.keys.remove(&id).is_some())),
+            // Checked by the same rules in the transaction.
+            KeyOp::PutTenant(record, _) => self
+                .keys
+                .insert_tenant(*record)
+                .map(KeyOutcome::PutTenant)
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+            KeyOp::DeleteTenant(scope) => Ok(KeyOutcome::Deleted(
+                self.keys.remove_tenant(&scope).is_some(),
+            )),
         }
     }
 }

@@ -5,6 +5,7 @@ mod admin;
 mod cache;
 mod legacy;
 mod listen;
+mod tenants;
 
 use std::fmt;
 use std::sync::Arc;
@@ -14,8 +15,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use self::cache::Cache;
+use self::tenants::TenantCache;
 use super::{FailurePolicy, RedisConnection};
-use crate::auth::{KeyHash, KeyRecord, KeyStore};
+use crate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
+use crate::budget::BudgetScope;
 use crate::store::codec::decode;
 use crate::store::memory::DuplicateSecret;
 use crate::store::{StoreError, StoreFuture};
@@ -85,6 +88,13 @@ use crate::store::{StoreError, StoreFuture};
 /// [`set_disabled`](Self::set_disabled) read the record and write it back
 /// only if nobody changed it in between, retrying otherwise, so a
 /// concurrent rotation is never undone by a revocation (nor the reverse).
+///
+/// Users, teams and orgs ([`TenantAdmin`](crate::auth::TenantAdmin)) live
+/// under the same hash tag, `<prefix>{keys}:tenant:<kind>:<id>` (hash:
+/// `rec`) with an index per kind, `<prefix>{keys}:tenants:<kind>`; a put or
+/// a delete is one script that publishes `t:<kind>:<id>` on the same
+/// channel, and [`KeyStore::tenant`] is answered from a cache of their own
+/// as lookups are.
 ///
 /// # Redis Cluster
 ///
@@ -164,6 +174,8 @@ struct Inner {
     names: Names,
     policy: FailurePolicy,
     cache: Cache,
+    /// Tenants read, with the key cache's TTLs and bound.
+    tenants: TenantCache,
     /// Whether the subscription is live, and so the cache trustworthy.
     listening: AtomicBool,
     /// Bumped by every invalidation: a lookup caches what it read only if
@@ -263,9 +275,9 @@ impl RedisKeyStore {
         self.inner.listening.load(Ordering::Acquire)
     }
 
-    /// Entries in this instance's cache.
+    /// Entries in this instance's cache (keys and tenants).
     pub fn cached(&self) -> usize {
-        self.inner.cache.len()
+        self.inner.cache.len() + self.inner.tenants.len()
     }
 
     /// Empties this instance's cache.
@@ -318,6 +330,7 @@ impl RedisKeyStoreBuilder {
                 redis: self.redis,
                 policy: self.policy,
                 cache: Cache::new(self.max_cached, self.cache_ttl, self.negative_ttl),
+                tenants: TenantCache::new(self.max_cached, self.cache_ttl, self.negative_ttl),
                 listening: AtomicBool::new(false),
                 epoch: AtomicU64::new(0),
                 listener_started: AtomicBool::new(false),
@@ -391,6 +404,13 @@ impl KeyStore for RedisKeyStore {
             }
         })
     }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        if !self.inner.listener_started.load(Ordering::Relaxed) {
+            self.inner.start_listener();
+        }
+        tenants::lookup(&self.inner, scope)
+    }
 }
 
 /// One `HGET` of the record holding the secret that hashes to `hash`.
@@ -417,20 +437,42 @@ impl Inner {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         match hash {
             Some(hash) => self.cache.remove(hash),
-            None => self.cache.clear(),
+            None => {
+                self.cache.clear();
+                self.tenants.clear();
+            }
         }
     }
 
-    /// Applies an invalidation message: hashes in hex, space-separated.
-    /// Anything else (`*`, a message this version cannot read) drops
-    /// everything, which is always safe.
+    /// Drops the tenant `scope` from the cache, and makes lookups in flight
+    /// not cache what they read.
+    fn invalidate_tenant(&self, scope: &BudgetScope) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.tenants.remove(scope);
+    }
+
+    /// Applies an invalidation message: hashes in hex and tenants
+    /// (`t:team:research`), space-separated. Anything else (`*`, a message
+    /// this version cannot read) drops everything, which is always safe.
     fn invalidate_message(&self, message: &str) {
-        let hashes: Result<Vec<KeyHash>, _> =
-            message.split_whitespace().map(KeyHash::from_hex).collect();
-        match hashes {
-            Ok(hashes) if !hashes.is_empty() => {
-                for hash in &hashes {
-                    self.invalidate(Some(hash));
+        enum Changed {
+            Key(KeyHash),
+            Tenant(BudgetScope),
+        }
+        let changed: Option<Vec<Changed>> = message
+            .split_whitespace()
+            .map(|token| match token.strip_prefix(tenants::MESSAGE_PREFIX) {
+                Some(scope) => BudgetScope::parse(scope).map(Changed::Tenant),
+                None => KeyHash::from_hex(token).ok().map(Changed::Key),
+            })
+            .collect();
+        match changed {
+            Some(changed) if !changed.is_empty() => {
+                for change in &changed {
+                    match change {
+                        Changed::Key(hash) => self.invalidate(Some(hash)),
+                        Changed::Tenant(scope) => self.invalidate_tenant(scope),
+                    }
                 }
             }
             _ => self.invalidate(None),

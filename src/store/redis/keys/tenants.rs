@@ -1,0 +1,278 @@
+//! The tenants of a [`RedisKeyStore`]: users, teams and orgs, under the
+//! key store's hash tag, cached and invalidated like keys.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `<prefix>{keys}:tenant:<kind>:<id>` | hash | `rec` (the record as JSON) |
+//! | `<prefix>{keys}:tenants:<kind>` | sorted set | every id of that kind, for paged listing |
+//!
+//! A write publishes `t:<kind>:<id>` on the key store's invalidation
+//! channel (an instance of an earlier version, which reads only hashes
+//! there, drops its whole cache on it: safe).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use super::{Inner, RedisKeyStore};
+use crate::auth::{PutMode, TenantAdmin, TenantKind, TenantRecord};
+use crate::budget::BudgetScope;
+use crate::store::codec::{decode_tenant, encode_tenant};
+use crate::store::redis::FailurePolicy;
+use crate::store::redis::scripts::{KEY_LIST, TENANT_DELETE, TENANT_PUT};
+use crate::store::{StoreError, StoreFuture};
+
+/// The prefix of a tenant invalidation message.
+pub(super) const MESSAGE_PREFIX: &str = "t:";
+
+/// The tenants this instance has read, and tenants known not to exist,
+/// each with an expiry (the key cache's TTLs).
+pub(super) struct TenantCache {
+    entries: RwLock<HashMap<BudgetScope, (Option<Arc<TenantRecord>>, Instant)>>,
+    max: usize,
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl TenantCache {
+    pub(super) fn new(max: usize, ttl: Duration, negative_ttl: Duration) -> Self {
+        TenantCache {
+            entries: RwLock::default(),
+            max,
+            ttl,
+            negative_ttl,
+        }
+    }
+
+    /// `Some(None)`: known not to exist. `stale` also returns expired
+    /// entries.
+    #[allow(clippy::option_option)]
+    fn get(&self, scope: &BudgetScope, stale: bool) -> Option<Option<Arc<TenantRecord>>> {
+        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
+        let (record, expires) = entries.get(scope)?;
+        (stale || *expires > Instant::now()).then(|| record.clone())
+    }
+
+    fn insert(&self, scope: BudgetScope, record: Option<Arc<TenantRecord>>) {
+        if self.max == 0 {
+            return;
+        }
+        let ttl = if record.is_some() {
+            self.ttl
+        } else {
+            self.negative_ttl
+        };
+        let now = Instant::now();
+        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= self.max && !entries.contains_key(&scope) {
+            entries.retain(|_, (_, expires)| *expires > now);
+            if entries.len() >= self.max {
+                if let Some(victim) = entries.keys().next().cloned() {
+                    entries.remove(&victim);
+                }
+            }
+        }
+        entries.insert(scope, (record, now + ttl));
+    }
+
+    pub(super) fn remove(&self, scope: &BudgetScope) {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(scope);
+    }
+
+    pub(super) fn clear(&self) {
+        self.entries
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// The invalidation message of a write to the tenant `scope`.
+fn message(scope: &BudgetScope) -> String {
+    format!("{MESSAGE_PREFIX}{}", scope.id())
+}
+
+/// The Redis names of a tenant: its record, its kind's index, the prefix of
+/// its kind's records.
+fn names(inner: &Inner, kind: TenantKind, id: &str) -> (String, String, String) {
+    let prefix = inner
+        .redis
+        .key(&format!("{{keys}}:tenant:{}:", kind.name()));
+    let record = format!("{prefix}{id}");
+    let index = inner
+        .redis
+        .key(&format!("{{keys}}:tenants:{}", kind.name()));
+    (record, index, prefix)
+}
+
+/// [`KeyStore::tenant`](crate::auth::KeyStore::tenant): from the cache while
+/// the subscription is live, else one `HGET`.
+pub(super) fn lookup(
+    inner: &Arc<Inner>,
+    scope: &BudgetScope,
+) -> StoreFuture<Option<Arc<TenantRecord>>> {
+    let Some((kind, id)) = TenantKind::of(scope) else {
+        return StoreFuture::ready(Ok(None));
+    };
+    if inner.listening.load(Ordering::Acquire) {
+        if let Some(record) = inner.tenants.get(scope, false) {
+            return StoreFuture::ready(Ok(record));
+        }
+    }
+    let epoch = inner.epoch.load(Ordering::Acquire);
+    let (key, _, _) = names(inner, kind, id);
+    let inner = inner.clone();
+    let scope = scope.clone();
+    StoreFuture::pending(async move {
+        match read(&inner, key).await {
+            Ok(record) => {
+                if inner.listening.load(Ordering::Acquire)
+                    && inner.epoch.load(Ordering::Acquire) == epoch
+                {
+                    inner.tenants.insert(scope, record.clone());
+                }
+                Ok(record)
+            }
+            Err(error) => match inner.policy {
+                FailurePolicy::FailOpen => match inner.tenants.get(&scope, true) {
+                    Some(record) => Ok(record),
+                    None => Err(error),
+                },
+                FailurePolicy::FailClosed => Err(error),
+            },
+        }
+    })
+}
+
+async fn read(inner: &Inner, key: String) -> Result<Option<Arc<TenantRecord>>, StoreError> {
+    let json: Option<String> = inner
+        .redis
+        .call_any(move |mut conn| async move {
+            redis::cmd("HGET")
+                .arg(key)
+                .arg("rec")
+                .query_async(&mut conn)
+                .await
+        })
+        .await?;
+    json.map(|json| decode_tenant(&json).map(Arc::new))
+        .transpose()
+}
+
+impl TenantAdmin for RedisKeyStore {
+    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        let Some((kind, id)) = TenantKind::of(scope) else {
+            return StoreFuture::ready(Ok(None));
+        };
+        let (key, _, _) = names(&self.inner, kind, id);
+        let inner = self.inner.clone();
+        StoreFuture::pending(async move { read(&inner, key).await })
+    }
+
+    fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
+        if limit == 0 {
+            return StoreFuture::ready(Ok(Vec::new()));
+        }
+        let (_, index, prefix) = names(&self.inner, kind, "");
+        let args = vec![
+            prefix,
+            after.map_or_else(|| "-".to_owned(), |after| format!("({after}")),
+            limit.min(i64::MAX as usize).to_string(),
+        ];
+        // The key list script reads any index of ids and its records.
+        let call = self
+            .inner
+            .redis
+            .eval::<Vec<String>>(&KEY_LIST, vec![index], args);
+        StoreFuture::pending(async move {
+            call.await?
+                .iter()
+                .map(|json| decode_tenant(json).map(Arc::new))
+                .collect()
+        })
+    }
+
+    fn put_tenant(
+        &self,
+        record: TenantRecord,
+        mode: PutMode,
+    ) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        if let Err(invalid) = record.check() {
+            return StoreFuture::ready(Err(StoreError::Conflict(invalid.to_string())));
+        }
+        let scope = record.scope();
+        let (key, index, _) = names(&self.inner, record.kind, &record.id);
+        let args = vec![
+            match mode {
+                PutMode::Create => "c",
+                PutMode::Upsert => "u",
+            }
+            .to_owned(),
+            record.id.clone(),
+            encode_tenant(&record),
+            self.inner.names.channel.clone(),
+            message(&scope),
+        ];
+        let call = self
+            .inner
+            .redis
+            .eval::<Vec<String>>(&TENANT_PUT, vec![key, index], args);
+        let inner = self.inner.clone();
+        StoreFuture::pending(async move {
+            let mut reply = call.await?.into_iter();
+            match (reply.next().as_deref(), reply.next()) {
+                (Some("ok"), Some(previous)) => {
+                    // The listener hears it too; this makes the next lookup
+                    // here see the change at once.
+                    inner.invalidate_tenant(&scope);
+                    Ok((!previous.is_empty())
+                        .then(|| decode_tenant(&previous).ok().map(Arc::new))
+                        .flatten())
+                }
+                (Some("exists"), None) => Err(crate::store::memory::tenant_exists(&scope)),
+                _ => Err(StoreError::Corrupt(
+                    "the tenant put script returned an unexpected reply".into(),
+                )),
+            }
+        })
+    }
+
+    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
+        let Some((kind, id)) = TenantKind::of(scope) else {
+            return StoreFuture::ready(Ok(false));
+        };
+        let (key, index, _) = names(&self.inner, kind, id);
+        let args = vec![
+            id.to_owned(),
+            self.inner.names.channel.clone(),
+            message(scope),
+        ];
+        let call = self
+            .inner
+            .redis
+            .eval::<i64>(&TENANT_DELETE, vec![key, index], args);
+        let inner = self.inner.clone();
+        let scope = scope.clone();
+        StoreFuture::pending(async move {
+            let existed = call.await? == 1;
+            inner.invalidate_tenant(&scope);
+            Ok(existed)
+        })
+    }
+}
