@@ -60,6 +60,7 @@ pub mod envelope;
 mod error;
 mod header_values;
 mod integrations;
+mod macros;
 pub mod rate_limit;
 pub mod request;
 pub mod retry;
