@@ -66,6 +66,7 @@ pub mod request;
 pub mod retry;
 mod rng;
 mod small;
+mod sse;
 pub mod store;
 pub mod stream;
 pub mod time;

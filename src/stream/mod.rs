@@ -149,13 +149,15 @@
 //! the usage the upstream reported, or an estimate from the content it saw.
 
 pub mod body;
+mod failure;
 mod first_event;
 pub mod future;
 mod grpc;
 mod layer;
+mod marker;
 mod service;
-mod sse;
 mod terminal;
+mod tick;
 mod watch;
 
 pub use self::layer::StreamErrorTrailerLayer;

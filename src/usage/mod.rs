@@ -76,9 +76,10 @@
 //! # Why scan bytes instead of parsing events
 //!
 //! The observer sits on every response of the gateway, and a stream of a
-//! thousand chunks holds its usage in one of them. So each SSE line is
-//! looked at with SIMD searches only (memchr's, for the line break and for
-//! the two keys): a `"usage"` key whose value is an object marks the few
+//! thousand chunks holds its usage in one of them. So each SSE event, as
+//! the crate's one SSE framer ([`crate::sse`]'s, which finds the line
+//! breaks) hands it over, is looked at with SIMD searches only (memchr's,
+//! for the two keys): a `"usage"` key whose value is an object marks the few
 //! events that are parsed, and a `"delta"` key marks the text to count for
 //! the estimate. The parse is tollgate's own reader of usage objects, which
 //! allocates nothing and builds no values, and reads the same bytes the
@@ -86,11 +87,13 @@
 //! that), but for one fix: a JSON body's usage object cut by a frame
 //! boundary inside a number of a member it does not know (`"cost": 0.`…)
 //! is waited for, where serde called it invalid and lost the usage. Frames
-//! are passed on untouched and
-//! not buffered; the one copy is of a line split across two frames, kept
-//! until its end, and a line longer than 1 MiB is skipped rather than kept.
-//! Events split across frames at any byte (inside `\r\n`, inside the
-//! `"usage"` key, inside a number) give the same report. Events named as
+//! are passed on untouched and not buffered; the one copy is of an event
+//! split across two frames, kept (by the framer) until its end, and an event
+//! longer than 1 MiB is skipped rather than kept. Events split across frames
+//! at any byte (inside `\r\n`, inside the `"usage"` key, inside a number)
+//! give the same report, and the `data:` lines of one event are joined
+//! with `\n` as a client joins them (a usage object spread over several
+//! lines is read). Events named as
 //! content (`content_block_delta`, `*.delta`, `ping`) and the `"usage":null`
 //! that ends every chunk of an OpenAI stream skip the `"usage"` search.
 //!
@@ -100,11 +103,6 @@
 //! Anthropic deltas), and a `"delta"` that is itself a string (OpenAI
 //! Responses); in a JSON body, the same keys anywhere. A JSON escape counts
 //! as one character.
-//!
-//! Known limits: a `data` field split over several `data:` lines of one
-//! event (legal SSE, sent by no provider we know) is read line by line, so a
-//! usage object spread over such lines is missed; a stream whose first line
-//! break is `\n` or `\r\n` is then split on `\n` only.
 //!
 //! # Why JSON bodies are not buffered either
 //!
@@ -154,6 +152,12 @@
 //! observer that does not strip: the chunk must still be cut, so the body is
 //! observed again.
 //!
+//! The stream layer ([`StreamErrorTrailerLayer`](crate::stream::StreamErrorTrailerLayer))
+//! frames every event of a stream anyway. When [`observe`] finds a stream
+//! it watches, it hands the scanner's per-event reader to that body instead
+//! of framing the stream a second time: on a server, each event is framed
+//! once.
+//!
 //! # Asking for usage the client did not ask for
 //!
 //! [`request_usage`] rewrites a streamed chat request to set
@@ -186,6 +190,7 @@ pub use self::tap::UsageTap;
 use self::body::Observer;
 use self::scan::Kind;
 use self::tap::Shared;
+use crate::sse::SseHost;
 
 /// Observes the usage of `response`'s body.
 ///
@@ -195,7 +200,9 @@ use self::tap::Shared;
 /// is already at its end (`is_end_stream`) is reported at once. If an inner
 /// tollgate layer already observes this body (a [`UsageTap`] in the response
 /// extensions), the callback is subscribed to that tap and the body passes
-/// through without a second scan.
+/// through without a second scan. When the body frames its SSE events
+/// anyway (the stream layer's body), it reads them for this observer: the
+/// stream is framed once.
 ///
 /// With [`UsageOptions::strip_usage_chunk`] on an SSE response, the
 /// `content-length` header (if any) is removed, since the body shrinks.
@@ -228,6 +235,7 @@ where
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });
+    let is_sse = scanner.is_sse();
     let mut observer = Observer::new(
         scanner,
         strip,
@@ -237,6 +245,13 @@ where
     );
     if body.is_end_stream() {
         observer.complete_now();
+    } else if let Some(host) = parts.extensions.get::<SseHost>().filter(|_| is_sse) {
+        // The body frames its events anyway (the stream layer's): it reads
+        // them for this observer, which passes frames through.
+        match host.offer(Box::new(observer)) {
+            Ok(()) => return Response::from_parts(parts, UsageBody::new(body, None)),
+            Err(refused) => observer = *refused,
+        }
     }
     Response::from_parts(parts, UsageBody::new(body, Some(observer)))
 }
