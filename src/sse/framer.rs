@@ -68,7 +68,7 @@ impl Fields {
     }
 
     /// The line `buf[start..end]` (not empty, without its line end).
-    #[inline]
+    #[inline(always)]
     fn line(&mut self, buf: &[u8], start: usize, end: usize, scratch: &mut Vec<u8>) {
         self.lines = true;
         let line = &buf[start..end];
@@ -236,6 +236,12 @@ struct Cuts {
 }
 
 impl Fed {
+    /// Whether the frame is released whole, as it came (the usual case).
+    #[inline]
+    pub(crate) fn releases_whole(&self, len: usize) -> bool {
+        self.from == 0 && self.to == len && self.earlier.is_empty() && self.cuts.is_none()
+    }
+
     /// Where this frame's released bytes end: what follows is held, or not
     /// framed yet after a pause.
     pub(crate) fn released_to(&self) -> usize {
@@ -364,7 +370,38 @@ impl Framer {
 
     /// Frames the next frame of the stream, calling `on_event` for each
     /// event it completes.
+    #[inline]
     pub(crate) fn feed<F>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed
+    where
+        F: FnMut(&Event<'_>) -> Dispatch,
+    {
+        let len = frame.len();
+        if self.at == At::LineStart && self.held.is_empty() && self.overflow.is_none() && len > 2 {
+            // The hot path: a frame holding exactly one one-line event, as
+            // chat-completion upstreams flush them (`data: {…}\n\n`).
+            if let Some(i) = memchr2(b'\n', b'\r', frame) {
+                if i + 2 == len && i > 0 && frame[i] == b'\n' && frame[i + 1] == b'\n' {
+                    let mut fields = Fields::new(0);
+                    fields.line(frame, 0, i, &mut self.scratch);
+                    let mut fed = Fed {
+                        to: len,
+                        events: 1,
+                        ..Fed::default()
+                    };
+                    match self.dispatch(frame, &fields, len, on_event) {
+                        Dispatch::Keep => {}
+                        Dispatch::Cut => fed.cut(0..len),
+                        Dispatch::Pause => fed.paused = true,
+                    }
+                    return fed;
+                }
+            }
+        }
+        self.feed_frame(frame, on_event)
+    }
+
+    /// [`feed`](Self::feed), for any frame.
+    fn feed_frame<F>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed
     where
         F: FnMut(&Event<'_>) -> Dispatch,
     {
@@ -578,7 +615,7 @@ impl Framer {
 
     /// Calls `on_event` with the event whose fields are spans of `source`
     /// and which ends at `end`.
-    #[inline]
+    #[inline(always)]
     fn dispatch<F>(
         &mut self,
         source: &Bytes,

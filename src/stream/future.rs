@@ -102,7 +102,7 @@ where
                 State::Calling(settings) => {
                     let settings = *settings;
                     let response = ready!(this.future.as_mut().poll(cx))?;
-                    let (mut parts, body) = response.into_parts();
+                    let (parts, body) = response.into_parts();
                     match wire(&parts, settings.watch_sse) {
                         Wire::Other => {
                             *this.state = State::Done;
@@ -116,63 +116,87 @@ where
                             let body = ResponseBody::inner(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
-                        Wire::Sse => {
-                            // Events may be dropped or added: the length changes.
-                            parts.headers.remove(CONTENT_LENGTH);
-                            // A layer inside (the retry layer) read the first
-                            // event already: use its reading, do not hold.
-                            let read = parts.extensions.get::<FirstEvent>();
-                            if let Some(error) =
-                                read.and_then(|first| first_event_error(first, &parts.headers))
-                            {
+                        Wire::Sse => match watch(parts, body, settings) {
+                            Ok(response) => {
                                 *this.state = State::Done;
-                                return Poll::Ready(Ok(reject(settings.format, &error)));
+                                return Poll::Ready(Ok(response));
                             }
-                            let hold = settings.config.hold_first_event && read.is_none();
-                            // A usage observer further out reads the events
-                            // this body frames anyway, instead of framing
-                            // them again.
-                            let host = SseHost::new(settings.config.max_event_bytes);
-                            parts.extensions.insert(host.clone());
-                            let body = SseBody::new(body, settings, hold, host);
-                            if !hold {
-                                *this.state = State::Done;
-                                let body = ResponseBody::inner(Watched::sse(body));
-                                return Poll::Ready(Ok(Response::from_parts(parts, body)));
-                            }
-                            *this.state = State::Holding {
-                                parts,
-                                body,
-                                format: settings.format,
-                            };
-                        }
+                            Err(holding) => *this.state = holding,
+                        },
                     }
                 }
                 State::Holding { parts, body, .. } => {
                     let first = ready!(body.poll_first_event(cx, &parts.headers));
-                    if let State::Holding {
-                        mut parts,
-                        body,
-                        format,
-                    } = std::mem::replace(this.state, State::Done)
-                    {
-                        return Poll::Ready(Ok(match first {
-                            Ok(()) => {
-                                // For the layers further out (a retry layer
-                                // classifying the stream) not to read it again.
-                                if let Some(first) = body.first_event() {
-                                    parts.extensions.insert(first.clone());
-                                }
-                                let body = ResponseBody::inner(Watched::sse(body));
-                                Response::from_parts(parts, body)
-                            }
-                            Err(error) => reject(format, &error),
-                        }));
-                    }
+                    let held = std::mem::replace(this.state, State::Done);
+                    return Poll::Ready(Ok(release(held, first)));
                 }
                 State::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+/// Starts watching an SSE response: the response to return now, or the
+/// state that holds its head until the first event. Out of line: the other
+/// responses' path stays small.
+#[inline(never)]
+fn watch<B>(
+    mut parts: http::response::Parts,
+    body: B,
+    settings: Settings,
+) -> Result<Response<ResponseBody<B>>, State<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Events may be dropped or added: the length changes.
+    parts.headers.remove(CONTENT_LENGTH);
+    // A layer inside (the retry layer) read the first event already: use
+    // its reading, do not hold.
+    let read = parts.extensions.get::<FirstEvent>();
+    if let Some(error) = read.and_then(|first| first_event_error(first, &parts.headers)) {
+        return Ok(reject(settings.format, &error));
+    }
+    let hold = settings.config.hold_first_event && read.is_none();
+    // A usage observer further out reads the events this body frames
+    // anyway, instead of framing them again.
+    let host = SseHost::new(settings.config.max_event_bytes);
+    parts.extensions.insert(host.clone());
+    let body = SseBody::new(body, settings, hold, host);
+    if !hold {
+        let body = ResponseBody::inner(Watched::sse(body));
+        return Ok(Response::from_parts(parts, body));
+    }
+    Err(State::Holding {
+        parts,
+        body,
+        format: settings.format,
+    })
+}
+
+/// The head was held until the first event: the stream, or the error to
+/// answer instead. Out of line, as [`watch`].
+#[inline(never)]
+fn release<B>(held: State<B>, first: Result<(), ApiError>) -> Response<ResponseBody<B>> {
+    let State::Holding {
+        mut parts,
+        body,
+        format,
+    } = held
+    else {
+        // Only called with the held state.
+        return reject(StreamFormat::default(), &ApiError::internal());
+    };
+    match first {
+        Ok(()) => {
+            // For the layers further out (a retry layer classifying the
+            // stream) not to read it again.
+            if let Some(first) = body.first_event() {
+                parts.extensions.insert(first.clone());
+            }
+            Response::from_parts(parts, ResponseBody::inner(Watched::sse(body)))
+        }
+        Err(error) => reject(format, &error),
     }
 }
 

@@ -42,6 +42,13 @@ enum Input<E> {
 /// response future can poll it for the first event, then hand it over.
 pub(crate) struct SseBody<B>(Box<SseState<B>>);
 
+impl<B> SseBody<B> {
+    /// The first event with data, if holding read it.
+    pub(crate) fn first_event(&self) -> Option<&FirstEvent> {
+        self.0.first.as_ref()
+    }
+}
+
 impl<B> SseBody<B>
 where
     B: Body<Data = Bytes>,
@@ -64,11 +71,6 @@ where
         headers: &HeaderMap,
     ) -> Poll<Result<(), ApiError>> {
         self.0.poll_first_event(cx, headers)
-    }
-
-    /// The first event with data, if holding read it.
-    pub(crate) fn first_event(&self) -> Option<&FirstEvent> {
-        self.0.first.as_ref()
     }
 
     #[inline]
@@ -355,9 +357,14 @@ where
             }
         });
         self.ticker.progress |= fed.events > 0;
-        let mut pieces = fed.release(bytes).pieces();
-        let now = pieces.next();
-        self.out.extend(pieces);
+        let now = if fed.releases_whole(bytes.len()) {
+            Some(bytes)
+        } else {
+            let mut pieces = fed.release(bytes).pieces();
+            let now = pieces.next();
+            self.out.extend(pieces);
+            now
+        };
         if self.terminated {
             self.pass_rest();
         }

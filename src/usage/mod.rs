@@ -206,6 +206,7 @@ use crate::sse::SseHost;
 ///
 /// With [`UsageOptions::strip_usage_chunk`] on an SSE response, the
 /// `content-length` header (if any) is removed, since the body shrinks.
+#[inline]
 pub fn observe<B, F>(
     response: Response<B>,
     options: UsageOptions,
@@ -245,13 +246,25 @@ where
     );
     if body.is_end_stream() {
         observer.complete_now();
-    } else if let Some(host) = parts.extensions.get::<SseHost>().filter(|_| is_sse) {
-        // The body frames its events anyway (the stream layer's): it reads
-        // them for this observer, which passes frames through.
-        match host.offer(Box::new(observer)) {
-            Ok(()) => return Response::from_parts(parts, UsageBody::new(body, None)),
-            Err(refused) => observer = *refused,
-        }
+    } else if is_sse && parts.extensions.get::<SseHost>().is_some() {
+        return hand_over(parts, body, observer);
     }
     Response::from_parts(parts, UsageBody::new(body, Some(observer)))
+}
+
+/// The body frames its events anyway (the stream layer's, which put an
+/// [`SseHost`] in the extensions): it reads them for `observer`, and the
+/// observed body only passes frames through. Out of line: the path of every
+/// other response stays small.
+#[inline(never)]
+fn hand_over<B>(
+    parts: http::response::Parts,
+    body: B,
+    observer: Observer,
+) -> Response<UsageBody<B>> {
+    let offered = match parts.extensions.get::<SseHost>() {
+        Some(host) => host.offer(Box::new(observer)).map_err(|refused| *refused),
+        None => Err(observer),
+    };
+    Response::from_parts(parts, UsageBody::new(body, offered.err()))
 }
