@@ -47,6 +47,7 @@ impl Buffered {
         }
     }
 
+    #[inline]
     pub(crate) fn push(&mut self, data: Bytes) {
         if data.is_empty() {
             return;
@@ -67,6 +68,7 @@ impl Buffered {
     }
 
     /// Everything kept, leaving the buffer empty.
+    #[inline]
     pub(crate) fn take(&mut self) -> Bytes {
         match std::mem::take(self) {
             Buffered::Empty => Bytes::new(),
@@ -123,6 +125,7 @@ where
 {
     type Output = Collected<B::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {

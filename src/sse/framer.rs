@@ -333,6 +333,9 @@ pub(crate) struct Framer {
     limit: usize,
     /// The joined data of an event with several `data:` lines.
     scratch: Vec<u8>,
+    /// The event cut last ended with a `\r` blank line at the end of a
+    /// frame: the `\n` that may follow is cut with it.
+    cut_lf: bool,
 }
 
 impl Framer {
@@ -344,6 +347,7 @@ impl Framer {
             overflow: None,
             limit,
             scratch: Vec::new(),
+            cut_lf: false,
         }
     }
 
@@ -356,6 +360,12 @@ impl Framer {
     /// they come.
     pub(crate) fn overflowing(&self) -> bool {
         self.overflow.is_some()
+    }
+
+    /// The last event dispatched is cut after all (by a reader that came
+    /// later): a `\n` completing its blank line in the next frame goes too.
+    pub(crate) fn cut_last(&mut self) {
+        self.cut_lf = self.at == At::AfterBlankCr;
     }
 
     /// The held bytes, which stay held (the framing goes on).
@@ -415,7 +425,11 @@ impl Framer {
             // The `\n` of a `\r\n` blank line whose `\r` ended the last frame.
             if frame[0] == b'\n' {
                 pos = 1;
+                if self.cut_lf {
+                    fed.from = 1;
+                }
             }
+            self.cut_lf = false;
             self.at = At::LineStart;
         } else if self.overflow.is_some() || !self.held.is_empty() {
             let Some(end) = self.find_end(frame) else {
@@ -451,7 +465,10 @@ impl Framer {
                 (fed.from, fed.to) = (end, end);
                 match dispatch {
                     Dispatch::Keep => {}
-                    Dispatch::Cut => fed.cuts.get_or_insert_default().earlier = true,
+                    Dispatch::Cut => {
+                        fed.cuts.get_or_insert_default().earlier = true;
+                        self.cut_lf = self.at == At::AfterBlankCr;
+                    }
                     Dispatch::Pause => {
                         fed.paused = true;
                         return fed;
@@ -578,7 +595,10 @@ impl Framer {
                     fed.events += 1;
                     match self.dispatch(frame, &fields, end, on_event) {
                         Dispatch::Keep => {}
-                        Dispatch::Cut => fed.cut(fields.start..end),
+                        Dispatch::Cut => {
+                            fed.cut(fields.start..end);
+                            self.cut_lf = at == At::AfterBlankCr;
+                        }
                         Dispatch::Pause => {
                             self.at = at;
                             fed.paused = true;

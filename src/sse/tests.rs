@@ -227,24 +227,29 @@ fn an_event_over_the_limit_is_released_as_it_comes() {
 
 #[test]
 fn cut_events_are_left_out() {
-    let stream = b"data: keep\n\ndata: {\"choices\":[]}\n\ndata: keep too\n\n";
-    for split in 0..=stream.len() {
-        let mut framer = Framer::new(64);
-        let mut out = Vec::new();
-        for piece in [&stream[..split], &stream[split..]] {
-            let frame = Bytes::copy_from_slice(piece);
-            let fed = framer.feed(&frame, &mut |e: &Event<'_>| {
-                if e.data.starts_with(b"{") {
-                    Dispatch::Cut
-                } else {
-                    Dispatch::Keep
+    for eol in ["\n", "\r\n", "\r"] {
+        let stream =
+            "data: keep\n\ndata: {\"choices\":[]}\n\ndata: keep too\n\n".replace('\n', eol);
+        let expected = "data: keep\n\ndata: keep too\n\n".replace('\n', eol);
+        let stream = stream.as_bytes();
+        for split in 0..=stream.len() {
+            let mut framer = Framer::new(64);
+            let mut out = Vec::new();
+            for piece in [&stream[..split], &stream[split..]] {
+                let frame = Bytes::copy_from_slice(piece);
+                let fed = framer.feed(&frame, &mut |e: &Event<'_>| {
+                    if e.data.starts_with(b"{") {
+                        Dispatch::Cut
+                    } else {
+                        Dispatch::Keep
+                    }
+                });
+                for piece in fed.release(frame).pieces() {
+                    out.extend_from_slice(&piece);
                 }
-            });
-            for piece in fed.release(frame).pieces() {
-                out.extend_from_slice(&piece);
             }
+            assert_eq!(out, expected.as_bytes(), "{eol:?} split at {split}");
         }
-        assert_eq!(out, b"data: keep\n\ndata: keep too\n\n", "split at {split}");
     }
 }
 

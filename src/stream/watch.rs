@@ -299,6 +299,7 @@ where
             if cut && first.len() > 0 {
                 // It is the last event held: framing paused right after it.
                 cut_tail(&mut self.out, first.len());
+                self.framer.cut_last();
             }
         }
         self.sink = Some(sink);
