@@ -36,15 +36,18 @@
 //! framer's limit is not held: its bytes are released as they come and it
 //! is dispatched with only the first bytes of its name and data ([`PARTIAL`]).
 
+mod fields;
 mod framer;
 mod host;
+mod release;
 #[cfg(test)]
 mod tests;
 
 use bytes::Bytes;
 
-pub(crate) use self::framer::{Dispatch, Fed, Framer};
+pub(crate) use self::framer::{Dispatch, Framer};
 pub(crate) use self::host::{EventSink, SseHost};
+pub(crate) use self::release::Fed;
 
 /// The event has a `data` field, so clients dispatch it.
 pub(crate) const DATA: u8 = 1;

@@ -77,9 +77,9 @@
 //!
 //! The observer sits on every response of the gateway, and a stream of a
 //! thousand chunks holds its usage in one of them. So each SSE event, as
-//! the crate's one SSE framer ([`crate::sse`]'s, which finds the line
-//! breaks) hands it over, is looked at with SIMD searches only (memchr's,
-//! for the two keys): a `"usage"` key whose value is an object marks the few
+//! the crate's one SSE framer (which finds the line breaks) hands it over,
+//! is looked at with SIMD searches only (memchr's, for the two keys): a
+//! `"usage"` key whose value is an object marks the few
 //! events that are parsed, and a `"delta"` key marks the text to count for
 //! the estimate. The parse is tollgate's own reader of usage objects, which
 //! allocates nothing and builds no values, and reads the same bytes the

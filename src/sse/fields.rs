@@ -1,0 +1,178 @@
+//! The fields of one event (`event:`, `data:`, comments), read as spans of
+//! the bytes the event is in; and the start of an event too large to hold.
+
+use memchr::memchr2;
+
+use super::{COMMENT, DATA, DONE, Event, PARTIAL, PREFIX};
+
+/// The `data` field of the event being read.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DataField {
+    None,
+    /// One `data:` line: its value's span.
+    One(usize, usize),
+    /// Several: joined in the framer's scratch buffer.
+    Joined,
+}
+
+/// The fields of the event being read, as spans of the bytes it is in.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Fields {
+    pub(super) start: usize,
+    pub(super) lines: bool,
+    pub(super) name: Option<(usize, usize)>,
+    pub(super) data: DataField,
+    pub(super) flags: u8,
+}
+
+impl Fields {
+    pub(super) fn new(start: usize) -> Fields {
+        Fields {
+            start,
+            lines: false,
+            name: None,
+            data: DataField::None,
+            flags: 0,
+        }
+    }
+
+    /// The line `buf[start..end]` (not empty, without its line end).
+    #[inline(always)]
+    pub(super) fn line(&mut self, buf: &[u8], start: usize, end: usize, scratch: &mut Vec<u8>) {
+        self.lines = true;
+        let line = &buf[start..end];
+        match line[0] {
+            b':' => self.flags |= COMMENT,
+            b'd' => {
+                if let Some(at) = value_start(line, b"data") {
+                    self.data(buf, start + at, end, scratch);
+                }
+            }
+            b'e' => {
+                if let Some(at) = value_start(line, b"event") {
+                    self.name = Some((start + at, end));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[inline]
+    fn data(&mut self, buf: &[u8], start: usize, end: usize, scratch: &mut Vec<u8>) {
+        self.flags |= DATA;
+        match self.data {
+            DataField::None => self.data = DataField::One(start, end),
+            DataField::One(a, b) => {
+                scratch.clear();
+                scratch.extend_from_slice(&buf[a..b]);
+                scratch.push(b'\n');
+                scratch.extend_from_slice(&buf[start..end]);
+                self.data = DataField::Joined;
+            }
+            DataField::Joined => {
+                scratch.push(b'\n');
+                scratch.extend_from_slice(&buf[start..end]);
+            }
+        }
+    }
+}
+
+/// Where the value of field `name` starts on `line`: past `name:` and one
+/// optional space, or at the end of a line that is only `name`. `None` when
+/// the line is another field (`dataset: …`).
+#[inline]
+fn value_start(line: &[u8], name: &[u8]) -> Option<usize> {
+    let rest = line.strip_prefix(name)?;
+    match rest.first() {
+        None => Some(name.len()),
+        Some(b':') => Some(name.len() + 1 + usize::from(rest.get(1) == Some(&b' '))),
+        Some(_) => None,
+    }
+}
+
+/// The fields of the one event in `buf` (its lines may end with any line
+/// end; the last one may have none).
+pub(super) fn parse_lines(buf: &[u8], scratch: &mut Vec<u8>) -> Fields {
+    let mut fields = Fields::new(0);
+    let mut pos = 0;
+    while pos < buf.len() {
+        if matches!(buf[pos], b'\n' | b'\r') {
+            pos += 1;
+            continue;
+        }
+        let end = memchr2(b'\n', b'\r', &buf[pos..]).map_or(buf.len(), |i| pos + i);
+        fields.line(buf, pos, end, scratch);
+        pos = end;
+    }
+    fields
+}
+
+/// The start of an event larger than the limit: its bytes are released as
+/// they come, only the first bytes of its name and data are kept, read line
+/// by line as they pass.
+#[derive(Debug, Default)]
+pub(super) struct Overflow {
+    name: Option<Vec<u8>>,
+    data: Vec<u8>,
+    flags: u8,
+    /// The start of the line in progress.
+    line: Vec<u8>,
+}
+
+/// Bytes kept of a line of an event over the limit: a field name and
+/// [`PREFIX`] bytes of its value.
+const LINE_START: usize = PREFIX + 8;
+
+impl Overflow {
+    /// Reads the next bytes of the event (its blank line included).
+    pub(super) fn read(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            let end = memchr2(b'\n', b'\r', bytes);
+            let part = &bytes[..end.unwrap_or(bytes.len())];
+            let room = LINE_START.saturating_sub(self.line.len());
+            self.line.extend_from_slice(&part[..part.len().min(room)]);
+            let Some(end) = end else {
+                return;
+            };
+            self.end_line();
+            bytes = &bytes[end + 1..];
+        }
+    }
+
+    /// The line in progress is complete: reads its field.
+    fn end_line(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.line);
+        let mut fields = Fields::new(0);
+        fields.line(&line, 0, line.len(), &mut Vec::new());
+        let had_data = self.flags & DATA != 0;
+        self.flags |= fields.flags;
+        let cut = |s: &[u8]| s[..s.len().min(PREFIX)].to_vec();
+        if let Some((a, b)) = fields.name {
+            self.name = Some(cut(&line[a..b]));
+        }
+        if let DataField::One(a, b) = fields.data {
+            if had_data {
+                self.data.push(b'\n');
+            }
+            self.data.extend_from_slice(&line[a..b]);
+            self.data.truncate(PREFIX);
+        }
+        self.line = line;
+        self.line.clear();
+    }
+
+    pub(super) fn event(&mut self, flags: u8) -> Event<'_> {
+        self.end_line();
+        let done = if self.data == b"[DONE]" { DONE } else { 0 };
+        Event {
+            name: self.name.as_deref(),
+            data: &self.data,
+            flags: self.flags | PARTIAL | done | flags,
+            source: None,
+            len: 0,
+        }
+    }
+}
