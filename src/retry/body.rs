@@ -11,7 +11,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
-use crate::sse::{Dispatch, FirstEvent, Framer};
+use crate::sse::{Dispatch, Event, FirstEvent, Framer};
 
 /// The body of a response that went through [`Retry`](super::Retry): the
 /// inner body with the bytes the layer peeked put back ([`Peeked`]), or a
@@ -175,7 +175,7 @@ impl FirstEventReader {
     pub(crate) fn feed(&mut self, frame: &Bytes) -> bool {
         if self.first.is_none() {
             let first = &mut self.first;
-            self.framer.feed(frame, &mut |event| {
+            self.framer.feed(frame, &mut |event: &Event<'_>| {
                 if !event.has_data() {
                     return Dispatch::Keep;
                 }

@@ -1,9 +1,27 @@
 //! The fields of one event (`event:`, `data:`, comments), read as spans of
 //! the bytes the event is in; and the start of an event too large to hold.
 
-use memchr::memchr2;
-
 use super::{COMMENT, DATA, DONE, Event, PARTIAL, PREFIX};
+
+/// The next `\n` or `\r` in `hay`: where a line ends.
+///
+/// SSE lines are short and found one at a time, so the fixed cost of a
+/// search counts: `memchr2` picks its implementation and sets up its
+/// vectors on every call. On x86-64 memchr's AVX2 searcher, built once, is
+/// called directly; elsewhere (and without AVX2) `memchr2` does it.
+#[inline(always)]
+pub(super) fn line_end(hay: &[u8]) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use memchr::arch::x86_64::avx2::memchr::Two;
+        static TWO: std::sync::LazyLock<Option<Two>> =
+            std::sync::LazyLock::new(|| Two::new(b'\n', b'\r'));
+        if let Some(two) = &*TWO {
+            return two.find(hay);
+        }
+    }
+    memchr::memchr2(b'\n', b'\r', hay)
+}
 
 /// The `data` field of the event being read.
 #[derive(Debug, Clone, Copy)]
@@ -57,7 +75,7 @@ impl Fields {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn data(&mut self, buf: &[u8], start: usize, end: usize, scratch: &mut Vec<u8>) {
         self.flags |= DATA;
         match self.data {
@@ -80,14 +98,24 @@ impl Fields {
 /// Where the value of field `name` starts on `line`: past `name:` and one
 /// optional space, or at the end of a line that is only `name`. `None` when
 /// the line is another field (`dataset: …`).
-#[inline]
-fn value_start(line: &[u8], name: &[u8]) -> Option<usize> {
-    let rest = line.strip_prefix(name)?;
+/// (Fixed-size arrays: compared as integers, not with `memcmp`.)
+#[inline(always)]
+pub(super) fn value_start<const N: usize>(line: &[u8], name: &[u8; N]) -> Option<usize> {
+    let (head, rest) = line.split_first_chunk::<N>()?;
+    if head != name {
+        return None;
+    }
     match rest.first() {
-        None => Some(name.len()),
-        Some(b':') => Some(name.len() + 1 + usize::from(rest.get(1) == Some(&b' '))),
+        None => Some(N),
+        Some(b':') => Some(N + 1 + usize::from(rest.get(1) == Some(&b' '))),
         Some(_) => None,
     }
+}
+
+/// Whether `data` is `[DONE]`.
+#[inline(always)]
+pub(super) fn is_done(data: &[u8]) -> bool {
+    data.len() == 6 && data.first_chunk::<6>() == Some(b"[DONE]")
 }
 
 /// The fields of the one event in `buf` (its lines may end with any line
@@ -100,7 +128,7 @@ pub(super) fn parse_lines(buf: &[u8], scratch: &mut Vec<u8>) -> Fields {
             pos += 1;
             continue;
         }
-        let end = memchr2(b'\n', b'\r', &buf[pos..]).map_or(buf.len(), |i| pos + i);
+        let end = line_end(&buf[pos..]).map_or(buf.len(), |i| pos + i);
         fields.line(buf, pos, end, scratch);
         pos = end;
     }
@@ -127,7 +155,7 @@ impl Overflow {
     /// Reads the next bytes of the event (its blank line included).
     pub(super) fn read(&mut self, mut bytes: &[u8]) {
         while !bytes.is_empty() {
-            let end = memchr2(b'\n', b'\r', bytes);
+            let end = line_end(bytes);
             let part = &bytes[..end.unwrap_or(bytes.len())];
             let room = LINE_START.saturating_sub(self.line.len());
             self.line.extend_from_slice(&part[..part.len().min(room)]);
@@ -166,7 +194,7 @@ impl Overflow {
 
     pub(super) fn event(&mut self, flags: u8) -> Event<'_> {
         self.end_line();
-        let done = if self.data == b"[DONE]" { DONE } else { 0 };
+        let done = if is_done(&self.data) { DONE } else { 0 };
         Event {
             name: self.name.as_deref(),
             data: &self.data,

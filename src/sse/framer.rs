@@ -1,11 +1,10 @@
 //! [`Framer`]: events out of frames, with one hold-back buffer.
 
 use bytes::Bytes;
-use memchr::memchr2;
 
-use super::fields::{DataField, Fields, Overflow, parse_lines};
+use super::fields::{DataField, Fields, Overflow, is_done, line_end, parse_lines, value_start};
 use super::release::Fed;
-use super::{DONE, Event, UNFINISHED};
+use super::{DATA, DONE, Event, OnEvent, UNFINISHED};
 use crate::body::collect::Buffered;
 
 /// Where the framer is in the line structure when a frame ends.
@@ -34,6 +33,33 @@ pub(crate) enum Dispatch {
     /// Stop after this event: the rest of the frame is not framed yet. The
     /// caller feeds `frame.slice(fed.released_to()..)` again later.
     Pause,
+}
+
+/// [`Framer::feed_one`] for a frame of two lines, `event: …` (ending at
+/// `i`) and `data: …`. Out of line: the one-line path stays small.
+#[inline(never)]
+fn feed_named<F: OnEvent>(frame: &Bytes, i: usize, on_event: &mut F) -> Option<Dispatch> {
+    let buf: &[u8] = frame;
+    let len = buf.len();
+    if buf[i] != b'\n' {
+        return None;
+    }
+    let name = value_start(&buf[..i], b"event")?;
+    let j = i + 1 + line_end(&buf[i + 1..])?;
+    let at = i + 1 + value_start(&buf[i + 1..j], b"data")?;
+    if j + 2 != len || buf[j] != b'\n' || buf[j + 1] != b'\n' {
+        return None;
+    }
+    let data = &buf[at..j];
+    let done = if is_done(data) { DONE } else { 0 };
+    let event = Event {
+        name: Some(&buf[name..i]),
+        data,
+        flags: DATA | done,
+        source: Some(frame),
+        len,
+    };
+    Some(on_event.on_event(&event))
 }
 
 /// The incremental SSE framer (see the [module docs](super)).
@@ -95,40 +121,52 @@ impl Framer {
     /// Frames the next frame of the stream, calling `on_event` for each
     /// event it completes.
     #[inline]
-    pub(crate) fn feed<F>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed
-    where
-        F: FnMut(&Event<'_>) -> Dispatch,
-    {
-        let len = frame.len();
-        if self.at == At::LineStart && self.held.is_empty() && self.overflow.is_none() && len > 2 {
-            // The hot path: a frame holding exactly one one-line event, as
-            // chat-completion upstreams flush them (`data: {…}\n\n`).
-            if let Some(i) = memchr2(b'\n', b'\r', frame) {
-                if i + 2 == len && i > 0 && frame[i] == b'\n' && frame[i + 1] == b'\n' {
-                    let mut fields = Fields::new(0);
-                    fields.line(frame, 0, i, &mut self.scratch);
-                    let mut fed = Fed {
-                        to: len,
-                        events: 1,
-                        ..Fed::default()
-                    };
-                    match self.dispatch(frame, &fields, len, on_event) {
-                        Dispatch::Keep => {}
-                        Dispatch::Cut => fed.cut(0..len),
-                        Dispatch::Pause => fed.paused = true,
-                    }
-                    return fed;
-                }
-            }
+    pub(crate) fn feed<F: OnEvent>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed {
+        match self.feed_one(frame, on_event) {
+            Some(dispatch) => Fed::one(frame.len(), dispatch),
+            None => self.feed_frame(frame, on_event),
         }
-        self.feed_frame(frame, on_event)
+    }
+
+    /// The hot path of [`feed`](Self::feed): a frame holding exactly one
+    /// event, `data: …` (or `event: …` then `data: …`), its lines ending
+    /// with `\n`, nothing held before it: a chat-completion chunk (or an
+    /// Anthropic event), as upstreams flush them. Returns what `on_event`
+    /// said of it, or `None` (having done nothing) for any other frame,
+    /// which [`feed_frame`](Self::feed_frame) takes.
+    #[inline]
+    pub(crate) fn feed_one<F: OnEvent>(
+        &mut self,
+        frame: &Bytes,
+        on_event: &mut F,
+    ) -> Option<Dispatch> {
+        let len = frame.len();
+        if self.at != At::LineStart || !self.held.is_empty() || self.overflow.is_some() || len < 3 {
+            return None;
+        }
+        let buf: &[u8] = frame;
+        let i = line_end(buf)?;
+        if i + 2 != len {
+            return feed_named(frame, i, on_event);
+        }
+        let at = value_start(&buf[..i], b"data")?;
+        if buf[i] != b'\n' || buf[i + 1] != b'\n' {
+            return None;
+        }
+        let data = &buf[at..i];
+        let done = if is_done(data) { DONE } else { 0 };
+        let event = Event {
+            name: None,
+            data,
+            flags: DATA | done,
+            source: Some(frame),
+            len,
+        };
+        Some(on_event.on_event(&event))
     }
 
     /// [`feed`](Self::feed), for any frame.
-    fn feed_frame<F>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed
-    where
-        F: FnMut(&Event<'_>) -> Dispatch,
-    {
+    pub(crate) fn feed_frame<F: OnEvent>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed {
         let mut fed = Fed::default();
         let len = frame.len();
         if len == 0 {
@@ -164,7 +202,7 @@ impl Framer {
             if let Some(mut overflow) = self.overflow.take() {
                 // Its bytes went out as they came; a cut cannot take them back.
                 overflow.read(&frame[..end]);
-                let dispatch = on_event(&overflow.event(0));
+                let dispatch = on_event.on_event(&overflow.event(0));
                 fed.to = end;
                 if dispatch == Dispatch::Pause {
                     fed.paused = true;
@@ -175,7 +213,7 @@ impl Framer {
                 let joined = self.held.take();
                 let fields = parse_lines(&joined, &mut self.scratch);
                 let dispatch = self.dispatch(&joined, &fields, joined.len(), on_event);
-                fed.earlier = joined;
+                fed.earlier = Some(joined);
                 (fed.from, fed.to) = (end, end);
                 match dispatch {
                     Dispatch::Keep => {}
@@ -208,13 +246,10 @@ impl Framer {
     /// The stream has ended: dispatches the unfinished event, if any
     /// (flagged [`UNFINISHED`]), and returns its held bytes unless it was
     /// cut.
-    pub(crate) fn finish<F>(&mut self, on_event: &mut F) -> Option<Bytes>
-    where
-        F: FnMut(&Event<'_>) -> Dispatch,
-    {
+    pub(crate) fn finish<F: OnEvent>(&mut self, on_event: &mut F) -> Option<Bytes> {
         self.at = At::LineStart;
         if let Some(mut overflow) = self.overflow.take() {
-            on_event(&overflow.event(UNFINISHED));
+            on_event.on_event(&overflow.event(UNFINISHED));
             return None;
         }
         if self.held.is_empty() {
@@ -257,7 +292,7 @@ impl Framer {
                     }
                     _ => at = At::InLine,
                 },
-                At::InLine => match memchr2(b'\n', b'\r', &buf[pos..]) {
+                At::InLine => match line_end(&buf[pos..]) {
                     None => pos = len,
                     Some(i) => {
                         let end = pos + i;
@@ -278,10 +313,13 @@ impl Framer {
     /// Frames the whole events of `frame` from `pos` (a line start, no
     /// event in progress); returns the offset past the last one.
     #[inline]
-    fn scan<F>(&mut self, frame: &Bytes, mut pos: usize, on_event: &mut F, fed: &mut Fed) -> usize
-    where
-        F: FnMut(&Event<'_>) -> Dispatch,
-    {
+    fn scan<F: OnEvent>(
+        &mut self,
+        frame: &Bytes,
+        mut pos: usize,
+        on_event: &mut F,
+        fed: &mut Fed,
+    ) -> usize {
         let buf: &[u8] = frame;
         let len = buf.len();
         let mut complete = pos;
@@ -323,13 +361,42 @@ impl Framer {
                 fields = Fields::new(end);
                 continue;
             }
-            match memchr2(b'\n', b'\r', &buf[pos..]) {
+            match line_end(&buf[pos..]) {
                 None => {
                     at = At::InLine;
                     break;
                 }
                 Some(i) => {
                     let end = pos + i;
+                    let stop = end + 2;
+                    if fields.flags == 0 && buf[end] == b'\n' && buf.get(end + 1) == Some(&b'\n') {
+                        if let Some(value) = value_start(&buf[pos..end], b"data") {
+                            // The usual event: a `data:` line (after an
+                            // `event:` line, maybe), then the blank line.
+                            let data = &buf[pos + value..end];
+                            let done = if is_done(data) { DONE } else { 0 };
+                            let event = Event {
+                                name: fields.name.map(|(a, b)| &buf[a..b]),
+                                data,
+                                flags: DATA | done,
+                                source: Some(frame),
+                                len: stop - fields.start,
+                            };
+                            fed.events += 1;
+                            (pos, complete, at) = (stop, stop, At::LineStart);
+                            match on_event.on_event(&event) {
+                                Dispatch::Keep => {}
+                                Dispatch::Cut => fed.cut(fields.start..stop),
+                                Dispatch::Pause => {
+                                    self.at = at;
+                                    fed.paused = true;
+                                    return complete;
+                                }
+                            }
+                            fields = Fields::new(stop);
+                            continue;
+                        }
+                    }
                     fields.line(buf, pos, end, &mut self.scratch);
                     pos = end + 1;
                     at = At::LineStart;
@@ -350,23 +417,20 @@ impl Framer {
     /// Calls `on_event` with the event whose fields are spans of `source`
     /// and which ends at `end`.
     #[inline(always)]
-    fn dispatch<F>(
+    fn dispatch<F: OnEvent>(
         &mut self,
         source: &Bytes,
         fields: &Fields,
         end: usize,
         on_event: &mut F,
-    ) -> Dispatch
-    where
-        F: FnMut(&Event<'_>) -> Dispatch,
-    {
+    ) -> Dispatch {
         let data: &[u8] = match fields.data {
             DataField::None => &[],
             DataField::One(a, b) => &source[a..b],
             DataField::Joined => &self.scratch,
         };
         let mut flags = fields.flags;
-        if data == b"[DONE]" {
+        if is_done(data) {
             flags |= DONE;
         }
         let event = Event {
@@ -376,7 +440,7 @@ impl Framer {
             source: Some(source),
             len: end - fields.start,
         };
-        let dispatch = on_event(&event);
+        let dispatch = on_event.on_event(&event);
         if let DataField::Joined = fields.data {
             self.scratch.clear();
         }
@@ -393,7 +457,7 @@ impl Framer {
         overflow.read(&frame[at..]);
         self.overflow = Some(overflow);
         if !held.is_empty() {
-            fed.earlier = held;
+            fed.earlier = Some(held);
         }
     }
 }

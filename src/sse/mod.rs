@@ -61,6 +61,19 @@ pub(crate) const PARTIAL: u8 = 8;
 /// The stream ended before the event's blank line.
 pub(crate) const UNFINISHED: u8 = 16;
 
+/// What a [`Framer`] calls with each event: a closure, or (on a hot path,
+/// where the call must be inlined) a type of its own.
+pub(crate) trait OnEvent {
+    fn on_event(&mut self, event: &Event<'_>) -> Dispatch;
+}
+
+impl<F: FnMut(&Event<'_>) -> Dispatch> OnEvent for F {
+    #[inline(always)]
+    fn on_event(&mut self, event: &Event<'_>) -> Dispatch {
+        self(event)
+    }
+}
+
 /// Bytes kept of the name and the data of an event over the limit: enough
 /// for every marker and error check.
 pub(crate) const PREFIX: usize = 128;

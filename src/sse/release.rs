@@ -5,6 +5,8 @@ use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
 
+use super::Dispatch;
+
 /// What feeding one frame did: which of its bytes (and of the earlier ones
 /// held back) are released, how many events it completed, and whether a
 /// callback paused the framing.
@@ -13,7 +15,7 @@ pub(crate) struct Fed {
     /// Bytes of earlier frames no longer held, to go before this frame's:
     /// an event that began there, joined with its end here
     /// (`frame[..from]`), or the start of an event over the limit.
-    pub(super) earlier: Bytes,
+    pub(super) earlier: Option<Bytes>,
     /// This frame's released bytes are `frame[from..to]`; the rest is held
     /// (or, after a pause, not framed yet).
     pub(super) from: usize,
@@ -33,10 +35,20 @@ pub(super) struct Cuts {
 }
 
 impl Fed {
-    /// Whether the frame is released whole, as it came (the usual case).
+    /// A frame that was one event, which `dispatch` was said of.
     #[inline]
-    pub(crate) fn releases_whole(&self, len: usize) -> bool {
-        self.from == 0 && self.to == len && self.earlier.is_empty() && self.cuts.is_none()
+    pub(super) fn one(len: usize, dispatch: Dispatch) -> Fed {
+        let mut fed = Fed {
+            to: len,
+            events: 1,
+            ..Fed::default()
+        };
+        match dispatch {
+            Dispatch::Keep => {}
+            Dispatch::Cut => fed.cut(0..len),
+            Dispatch::Pause => fed.paused = true,
+        }
+        fed
     }
 
     /// Where this frame's released bytes end: what follows is held, or not
@@ -67,13 +79,13 @@ impl Fed {
                 frame.slice(from..to)
             };
             return Released {
-                first: earlier,
+                first: earlier.unwrap_or_default(),
                 second,
             };
         };
         let mut out = BytesMut::new();
-        if !cuts.earlier {
-            out.extend_from_slice(&earlier);
+        if let (false, Some(earlier)) = (cuts.earlier, &earlier) {
+            out.extend_from_slice(earlier);
         }
         let mut at = from;
         for span in &cuts.spans {

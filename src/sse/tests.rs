@@ -400,3 +400,19 @@ proptest! {
         let _ = framer.finish(&mut |_: &Event<'_>| Dispatch::Keep);
     }
 }
+
+#[test]
+fn line_ends_are_found_as_memchr2_finds_them() {
+    for len in 0..100 {
+        for at in 0..=len {
+            for b in [b'\n', b'\r'] {
+                let mut hay = vec![b'x'; len];
+                if at < len {
+                    hay[at] = b;
+                }
+                let expected = memchr::memchr2(b'\n', b'\r', &hay);
+                assert_eq!(super::fields::line_end(&hay), expected, "{len} {at}");
+            }
+        }
+    }
+}

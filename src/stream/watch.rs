@@ -14,7 +14,7 @@ use super::first_event::first_event_error;
 use super::layer::Settings;
 use super::marker;
 use super::tick::{Tick, Ticker};
-use crate::sse::{Dispatch, EventSink, FirstEvent, Framer, SseHost};
+use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 use crate::{ApiError, BoxError};
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -23,6 +23,9 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 enum Phase {
     /// The head is held until the first event with data.
     Holding,
+    /// As `Streaming`, before the first poll of a frame (which starts the
+    /// usage reader handed over, if any): kept off the hot path.
+    Starting,
     /// Complete events are forwarded; the stream is watched.
     Streaming,
     /// The stream has ended itself (marker or error event): pass the rest.
@@ -126,7 +129,7 @@ where
         let phase = if hold {
             Phase::Holding
         } else {
-            Phase::Streaming
+            Phase::Starting
         };
         SseState {
             body: Some(Box::pin(body)),
@@ -210,7 +213,7 @@ where
             terminated,
             ..
         } = self;
-        let fed = framer.feed(&bytes, &mut |event| {
+        let fed = framer.feed(&bytes, &mut |event: &Event<'_>| {
             *terminated |= marker::ends_stream(event);
             if event.has_data() {
                 *first = Some(FirstEvent::new(event));
@@ -236,7 +239,7 @@ where
         }
         let SseState { framer, first, .. } = self;
         let mut terminal = false;
-        let rest = framer.finish(&mut |event| {
+        let rest = framer.finish(&mut |event: &Event<'_>| {
             terminal = marker::ends_stream(event);
             if event.has_data() {
                 *first = Some(FirstEvent::new(event));
@@ -258,7 +261,11 @@ where
 
     /// Starts streaming: the complete events held so far go out first.
     fn commit(&mut self) {
-        self.phase = Phase::Streaming;
+        self.phase = if self.host.is_some() {
+            Phase::Starting
+        } else {
+            Phase::Streaming
+        };
         if self.terminated {
             self.pass_rest();
         }
@@ -291,6 +298,9 @@ where
     /// The first poll of a frame: the usage reader handed over (if any)
     /// starts, with the first event it missed while the head was held.
     fn start(&mut self, host: SseHost) {
+        if self.phase == Phase::Starting && self.unframed.is_none() {
+            self.phase = Phase::Streaming;
+        }
         let Some(mut sink) = host.close() else {
             return;
         };
@@ -307,6 +317,9 @@ where
 
     fn poll_inner(&mut self, cx: &mut Context<'_>) -> Poll<Input<B::Error>> {
         if let Some(bytes) = self.unframed.take() {
+            if self.phase == Phase::Starting {
+                self.phase = Phase::Streaming;
+            }
             return Poll::Ready(Input::Data(bytes));
         }
         let Some(body) = self.body.as_mut() else {
@@ -335,7 +348,7 @@ where
 
     fn poll_tick(&mut self, cx: &mut Context<'_>) -> Poll<Tick> {
         let holding = self.phase == Phase::Holding;
-        let streaming = self.phase == Phase::Streaming;
+        let streaming = matches!(self.phase, Phase::Starting | Phase::Streaming);
         self.ticker.poll(cx, &self.settings, holding, streaming)
     }
 
@@ -350,21 +363,21 @@ where
             terminated,
             ..
         } = self;
-        let fed = framer.feed(&bytes, &mut |event| {
-            *terminated |= marker::ends_stream(event);
-            match sink {
-                Some(sink) => sink.event(event),
-                None => Dispatch::Keep,
+        let mut streaming = Streaming { terminated, sink };
+        let now = match framer.feed_one(&bytes, &mut streaming) {
+            // The usual frame: one whole event, passed on as it came.
+            Some(dispatch) => {
+                self.ticker.progress = true;
+                (dispatch != Dispatch::Cut).then_some(bytes)
             }
-        });
-        self.ticker.progress |= fed.events > 0;
-        let now = if fed.releases_whole(bytes.len()) {
-            Some(bytes)
-        } else {
-            let mut pieces = fed.release(bytes).pieces();
-            let now = pieces.next();
-            self.out.extend(pieces);
-            now
+            None => {
+                let fed = framer.feed_frame(&bytes, &mut streaming);
+                self.ticker.progress |= fed.events > 0;
+                let mut pieces = fed.release(bytes).pieces();
+                let now = pieces.next();
+                self.out.extend(pieces);
+                now
+            }
         };
         if self.terminated {
             self.pass_rest();
@@ -376,7 +389,8 @@ where
     /// by the usage reader.
     fn on_passing(&mut self, bytes: &Bytes) {
         if let Some(sink) = self.sink.as_mut() {
-            self.framer.feed(bytes, &mut |event| sink.event(event));
+            self.framer
+                .feed(bytes, &mut |event: &Event<'_>| sink.event(event));
         }
     }
 
@@ -385,11 +399,11 @@ where
         self.body = None;
         let SseState { framer, sink, .. } = self;
         match self.phase {
-            Phase::Streaming => {
+            Phase::Starting | Phase::Streaming => {
                 // Read only if the client gets it: a terminal marker without
                 // its blank line, which is finished here.
                 let mut terminal = false;
-                let rest = framer.finish(&mut |event| {
+                let rest = framer.finish(&mut |event: &Event<'_>| {
                     terminal = marker::ends_stream(event);
                     match sink {
                         Some(sink) if terminal => sink.event(event),
@@ -407,7 +421,7 @@ where
             }
             Phase::Passing => {
                 if let Some(sink) = sink {
-                    framer.finish(&mut |event| sink.event(event));
+                    framer.finish(&mut |event: &Event<'_>| sink.event(event));
                 }
             }
             Phase::Holding | Phase::Done => {}
@@ -441,13 +455,9 @@ where
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         // The hot path of a healthy stream: a frame of whole events, or
         // `Pending` with the timer already armed for this task.
-        if let (Phase::Streaming, true, None, None, Some(body)) = (
-            self.phase,
-            self.out.is_empty(),
-            &self.host,
-            &self.unframed,
-            self.body.as_mut(),
-        ) {
+        if let (Phase::Streaming, true, Some(body)) =
+            (self.phase, self.out.is_empty(), self.body.as_mut())
+        {
             match body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(bytes) if !bytes.is_empty() => {
@@ -560,6 +570,25 @@ where
                 Poll::Ready(Tick::Nothing | Tick::Commit) => {}
                 Poll::Pending => return Poll::Pending,
             }
+        }
+    }
+}
+
+/// What the watcher does with each event while streaming: notes an end
+/// marker, and has the usage reader (if any) read it. A type of its own so
+/// that the framer's call to it is inlined on the hot path.
+struct Streaming<'a> {
+    terminated: &'a mut bool,
+    sink: &'a mut Option<Box<dyn EventSink>>,
+}
+
+impl OnEvent for Streaming<'_> {
+    #[inline(always)]
+    fn on_event(&mut self, event: &Event<'_>) -> Dispatch {
+        *self.terminated |= marker::ends_stream(event);
+        match self.sink {
+            Some(sink) => sink.event(event),
+            None => Dispatch::Keep,
         }
     }
 }

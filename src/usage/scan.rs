@@ -96,9 +96,7 @@ impl UsageScanner {
     /// Scans the next data frame.
     pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.format {
-            Format::Sse(sse) => {
-                sse.feed(chunk, &mut self.found);
-            }
+            Format::Sse(sse) => sse.scan(chunk, &mut self.found),
             Format::Json(scan) => scan.feed(chunk, &mut self.found),
             Format::Off => {}
         }

@@ -34,17 +34,29 @@ impl Default for Sse {
 }
 
 impl Sse {
+    /// Reads the events `chunk` completes.
+    pub(super) fn scan(&mut self, chunk: &Bytes, found: &mut Found) {
+        let strip = self.strip;
+        let mut read = |event: &Event<'_>| read(event, strip, found);
+        if self.framer.feed_one(chunk, &mut read).is_none() {
+            self.framer.feed_frame(chunk, &mut read);
+        }
+    }
+
+    /// As [`scan`](Self::scan), and what of `chunk` is released (whole
+    /// events, less those cut).
     pub(super) fn feed(&mut self, chunk: &Bytes, found: &mut Found) -> Fed {
         let strip = self.strip;
         self.framer
-            .feed(chunk, &mut |event| read(event, strip, found))
+            .feed(chunk, &mut |event: &Event<'_>| read(event, strip, found))
     }
 
     /// The end: an unfinished event is read all the same. Returns its bytes
     /// unless they were cut.
     pub(super) fn finish(&mut self, found: &mut Found) -> Option<Bytes> {
         let strip = self.strip;
-        self.framer.finish(&mut |event| read(event, strip, found))
+        self.framer
+            .finish(&mut |event: &Event<'_>| read(event, strip, found))
     }
 }
 
