@@ -1,5 +1,7 @@
 //! [`Framer`]: events out of frames, with one hold-back buffer.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use super::fields::{DataField, Fields, Overflow, is_done, line_end, parse_lines, value_start};
@@ -345,17 +347,9 @@ impl Framer {
                 complete = end;
                 if fields.lines {
                     fed.events += 1;
-                    match self.dispatch(frame, &fields, end, on_event) {
-                        Dispatch::Keep => {}
-                        Dispatch::Cut => {
-                            fed.cut(fields.start..end);
-                            self.cut_lf = at == At::AfterBlankCr;
-                        }
-                        Dispatch::Pause => {
-                            self.at = at;
-                            fed.paused = true;
-                            return complete;
-                        }
+                    let dispatch = self.dispatch(frame, &fields, end, on_event);
+                    if self.dispatched(fed, dispatch, fields.start..end, at) {
+                        return complete;
                     }
                 }
                 fields = Fields::new(end);
@@ -384,14 +378,9 @@ impl Framer {
                             };
                             fed.events += 1;
                             (pos, complete, at) = (stop, stop, At::LineStart);
-                            match on_event.on_event(&event) {
-                                Dispatch::Keep => {}
-                                Dispatch::Cut => fed.cut(fields.start..stop),
-                                Dispatch::Pause => {
-                                    self.at = at;
-                                    fed.paused = true;
-                                    return complete;
-                                }
+                            let dispatch = on_event.on_event(&event);
+                            if self.dispatched(fed, dispatch, fields.start..stop, at) {
+                                return complete;
                             }
                             fields = Fields::new(stop);
                             continue;
@@ -412,6 +401,31 @@ impl Framer {
         }
         self.at = at;
         complete
+    }
+
+    /// Applies what a callback said of the event at `span`, after which
+    /// the line structure is `at`; `true` when it paused the framing.
+    #[inline(always)]
+    fn dispatched(
+        &mut self,
+        fed: &mut Fed,
+        dispatch: Dispatch,
+        span: Range<usize>,
+        at: At,
+    ) -> bool {
+        match dispatch {
+            Dispatch::Keep => false,
+            Dispatch::Cut => {
+                fed.cut(span);
+                self.cut_lf = at == At::AfterBlankCr;
+                false
+            }
+            Dispatch::Pause => {
+                self.at = at;
+                fed.paused = true;
+                true
+            }
+        }
     }
 
     /// Calls `on_event` with the event whose fields are spans of `source`
