@@ -141,7 +141,7 @@ use std::time::Duration;
 use http::HeaderName;
 
 pub use self::backoff::ExponentialBackoff;
-pub use self::body::ResponseBody;
+pub use self::body::{Peeked, ResponseBody};
 pub use self::budget::RetryBudget;
 pub use self::classify::{Classification, Classify, DefaultClassifier, Outcome};
 pub use self::future::ResponseFuture;
