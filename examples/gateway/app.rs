@@ -165,7 +165,7 @@ pub async fn start(
         .store
         .parse()
         .map_err(|e| StartError::Config(format!("store: {e}")))?;
-    let stores = Stores::open(&choice)
+    let stores = Stores::open(&choice, Duration::from_millis(config.store_timeout_ms))
         .await
         .map_err(|e| StartError::Store(e.to_string()))?;
     tracing::info!(store = %choice, "state store open");

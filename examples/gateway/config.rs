@@ -187,6 +187,12 @@ pub struct Config {
     /// overshoot). See `tollgate::budget::ReservePolicy`.
     #[serde(default = "default_budget_policy")]
     pub budget_policy: String,
+    /// Each call to a remote store (Redis) must answer within this many
+    /// milliseconds, or the layer applies its failure policy (rate limits
+    /// admit, budgets and keys refuse with 503). Default 250: far above a
+    /// healthy Redis's worst case, small next to an LLM call.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout_ms: u64,
 }
 
 /// A value from the file that must not be printed: `Debug` shows
@@ -246,6 +252,10 @@ fn default_min_top_up() -> Usd {
 
 fn default_max_top_up() -> Usd {
     Usd(tollgate::budget::Money::from_usd(1000))
+}
+
+fn default_store_timeout() -> u64 {
+    250
 }
 
 fn default_budget_policy() -> String {
@@ -559,6 +569,9 @@ impl Config {
             return Err(invalid(
                 "max_top_up_usd: must not be less than min_top_up_usd".into(),
             ));
+        }
+        if self.store_timeout_ms == 0 {
+            return Err(invalid("store_timeout_ms: must be at least 1".into()));
         }
         if !matches!(self.budget_policy.as_str(), "bounded" | "strict") {
             return Err(invalid(format!(

@@ -215,6 +215,10 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     differs("listen", old.listen != new.listen);
     differs("store", old.store != new.store);
     differs(
+        "store_timeout_ms",
+        old.store_timeout_ms != new.store_timeout_ms,
+    );
+    differs(
         "client_header_timeout_secs",
         old.client_header_timeout_secs != new.client_header_timeout_secs,
     );

@@ -105,12 +105,13 @@ pub enum OpenError {
 impl Stores {
     /// Opens the store `choice` names: connects to Redis (and checks that it
     /// persists its data), or opens (creates) the SQLite file and loads it.
-    pub async fn open(choice: &StoreChoice) -> Result<Stores, OpenError> {
+    /// `timeout` bounds each call to a remote store.
+    pub async fn open(choice: &StoreChoice, timeout: Duration) -> Result<Stores, OpenError> {
         let label = choice.to_string();
         match choice {
             StoreChoice::Memory => Ok(Stores::memory()),
             StoreChoice::Sqlite(path) => open_sqlite(path, label).await,
-            StoreChoice::Redis(url) => open_redis(url, label).await,
+            StoreChoice::Redis(url) => open_redis(url, label, timeout).await,
         }
     }
 
@@ -201,7 +202,7 @@ fn sqlite_not_yet(store: String) -> OpenError {
 }
 
 #[cfg(not(feature = "redis"))]
-async fn open_redis(_: &str, label: String) -> Result<Stores, OpenError> {
+async fn open_redis(_: &str, label: String, _: Duration) -> Result<Stores, OpenError> {
     Err(OpenError::Unsupported {
         store: label,
         feature: "redis",
@@ -209,7 +210,7 @@ async fn open_redis(_: &str, label: String) -> Result<Stores, OpenError> {
 }
 
 #[cfg(feature = "redis")]
-async fn open_redis(url: &str, label: String) -> Result<Stores, OpenError> {
+async fn open_redis(url: &str, label: String, timeout: Duration) -> Result<Stores, OpenError> {
     use tollgate::store::redis::{
         Persistence, RedisConfig, RedisConnection, RedisKeyStore, RedisLedger, RedisRateLimitStore,
     };
@@ -217,7 +218,9 @@ async fn open_redis(url: &str, label: String) -> Result<Stores, OpenError> {
         store: label.clone(),
         message,
     };
-    let config = RedisConfig::from_url(url).map_err(|e| failed(e.to_string()))?;
+    let config = RedisConfig::from_url(url)
+        .map_err(|e| failed(e.to_string()))?
+        .call_timeout(timeout);
     let connection = RedisConnection::connect(config)
         .await
         .map_err(|e| failed(e.to_string()))?;
