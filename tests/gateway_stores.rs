@@ -1,8 +1,8 @@
 //! The gateway's shared and durable stores, through the example binary:
 //! three gateway processes on one `redis-server` (limits, budgets,
 //! revocations and top-ups exact across them), and keys, spend and balances
-//! across restarts.
-#![cfg(feature = "redis")]
+//! across restarts on Redis and on SQLite (SIGTERM and `kill -9`).
+#![cfg(all(feature = "redis", feature = "sqlite"))]
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -308,10 +308,26 @@ async fn spend_and_revoke(http: &Http, gateway: &Gateway) -> (Value, Value) {
     )
 }
 
+/// What a store keeps of rate-limit counters across a restart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counters {
+    /// Redis: the minute's count goes on.
+    Kept,
+    /// SQLite: counters are in memory (they describe the last minute, not
+    /// money), so every window starts full.
+    Restarted,
+}
+
 /// After a restart with a raised limit and a larger opening balance: the
 /// revocation held, the spend and the balance are where they were, the
 /// raised limit applies.
-async fn check_after_restart(http: &Http, gateway: &Gateway, budget: &Value, balance: &Value) {
+async fn check_after_restart(
+    http: &Http,
+    gateway: &Gateway,
+    budget: &Value,
+    balance: &Value,
+    counters: Counters,
+) {
     let revoked = http
         .chat(gateway, "sk-revoke-0123456789", MODEL, "hi")
         .await;
@@ -335,13 +351,18 @@ async fn check_after_restart(http: &Http, gateway: &Gateway, budget: &Value, bal
         &prepaid.json["budgets"][0]["remaining_usd"],
         &balance["remaining_usd"]
     );
-    // 1 request a minute before, 3 now: one used, two left.
-    for left in ["1", "0"] {
+    // 1 request a minute before, 3 now: one used, two left (three with
+    // counters that start over).
+    let left: &[&str] = match counters {
+        Counters::Kept => &["1", "0"],
+        Counters::Restarted => &["2", "1", "0"],
+    };
+    for left in left {
         let answer = http
             .chat(gateway, "sk-limited-0123456789", MODEL, "hi")
             .await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
-        assert_eq!(answer.headers["x-ratelimit-remaining-requests"], left);
+        assert_eq!(answer.headers["x-ratelimit-remaining-requests"], *left);
     }
     let refused = http
         .chat(gateway, "sk-limited-0123456789", MODEL, "hi")
@@ -366,5 +387,50 @@ async fn grants_spend_and_balances_survive_a_restart_on_redis() {
 
     std::fs::write(&path, config(&redis.url(), "", &restart_keys(3, "50"))).expect("written");
     let gateway = GatewayCommand::new().config_file(&path).start();
-    check_after_restart(&http, &gateway, &budget, &balance).await;
+    check_after_restart(&http, &gateway, &budget, &balance, Counters::Kept).await;
+}
+
+/// How a test stops the gateway before starting it again.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGTERM: drain, flush, exit 0.
+    Term,
+    /// SIGKILL, a crash, a second after the last settlement (the store's
+    /// documented loss is its batch window, 10 ms).
+    Kill,
+}
+
+async fn restart_on_sqlite(stop: Stop) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = format!("sqlite:{}", dir.path().join("state.db").display());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config(&store, "", &restart_keys(1, "5"))).expect("written");
+    let http = Http::new();
+    let mut gateway = GatewayCommand::new().config_file(&path).start();
+    let (budget, balance) = spend_and_revoke(&http, &gateway).await;
+    assert_ne!(budget["spent_usd"], "0.00", "{budget}");
+    assert_ne!(balance["remaining_usd"], "5.00", "{balance}");
+    match stop {
+        Stop::Term => {
+            gateway.signal("TERM");
+            assert!(gateway.wait_exit(Duration::from_secs(20)).success());
+        }
+        Stop::Kill => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            gateway.kill();
+        }
+    }
+    std::fs::write(&path, config(&store, "", &restart_keys(3, "50"))).expect("written");
+    let gateway = GatewayCommand::new().config_file(&path).start();
+    check_after_restart(&http, &gateway, &budget, &balance, Counters::Restarted).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_spend_and_balances_survive_sigterm_on_sqlite() {
+    restart_on_sqlite(Stop::Term).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_spend_and_balances_survive_kill_9_on_sqlite() {
+    restart_on_sqlite(Stop::Kill).await;
 }

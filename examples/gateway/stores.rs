@@ -62,6 +62,8 @@ pub struct Stores {
 #[derive(Clone)]
 enum Backend {
     Memory,
+    #[cfg(feature = "sqlite")]
+    Sqlite(tollgate::store::sqlite::SqliteStore),
     #[cfg(feature = "redis")]
     Redis {
         connection: tollgate::store::redis::RedisConnection,
@@ -129,6 +131,8 @@ impl Stores {
     pub fn kind(&self) -> &'static str {
         match &self.backend {
             Backend::Memory => "memory",
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(_) => "sqlite",
             #[cfg(feature = "redis")]
             Backend::Redis { .. } => "redis",
         }
@@ -139,6 +143,17 @@ impl Stores {
     pub fn health(&self) -> Result<(), String> {
         match &self.backend {
             Backend::Memory => Ok(()),
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(store) => {
+                let health = store.health();
+                if health.is_healthy() {
+                    Ok(())
+                } else {
+                    Err(health
+                        .last_error
+                        .unwrap_or_else(|| "the SQLite store stopped writing".to_owned()))
+                }
+            }
             #[cfg(feature = "redis")]
             Backend::Redis { connection, .. } => {
                 if connection.is_connected() {
@@ -151,12 +166,15 @@ impl Stores {
     }
 
     /// Writes out what is not yet stored: the SQLite file's pending
-    /// settlements are committed; settlements on their way to Redis are
+    /// settlements are committed and its writer stopped; settlements on their way to Redis are
     /// waited for (at most 10 s). Called once, after the last connection
     /// closed, so every request has been settled or released.
     pub async fn flush(&self) -> Result<(), StoreError> {
         match &self.backend {
             Backend::Memory => Ok(()),
+            // The last commit, then the writer stops: nothing comes after.
+            #[cfg(feature = "sqlite")]
+            Backend::Sqlite(store) => store.close().await,
             #[cfg(feature = "redis")]
             Backend::Redis { pending, .. } => {
                 let left = pending.wait_idle(FLUSH_LIMIT).await;
@@ -177,7 +195,7 @@ impl Stores {
 pub fn supported(choice: &StoreChoice) -> Result<(), OpenError> {
     let missing = match choice {
         StoreChoice::Memory => None,
-        StoreChoice::Sqlite(_) => return Err(sqlite_not_yet(choice.to_string())),
+        StoreChoice::Sqlite(_) => (!cfg!(feature = "sqlite")).then_some("sqlite"),
         StoreChoice::Redis(_) => (!cfg!(feature = "redis")).then_some("redis"),
     };
     match missing {
@@ -189,16 +207,35 @@ pub fn supported(choice: &StoreChoice) -> Result<(), OpenError> {
     }
 }
 
+#[cfg(not(feature = "sqlite"))]
 async fn open_sqlite(_: &std::path::Path, label: String) -> Result<Stores, OpenError> {
-    Err(sqlite_not_yet(label))
+    Err(OpenError::Unsupported {
+        store: label,
+        feature: "sqlite",
+    })
 }
 
-/// Until the library's SQLite stores land.
-fn sqlite_not_yet(store: String) -> OpenError {
-    OpenError::Failed {
-        store,
-        message: "the SQLite store is not in this gateway yet; use memory or redis://".into(),
-    }
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(path: &std::path::Path, label: String) -> Result<Stores, OpenError> {
+    use tollgate::store::sqlite::SqliteStore;
+    let path = path.to_owned();
+    // Blocking: it reads the whole file into memory.
+    let opened = tokio::task::spawn_blocking(move || SqliteStore::open(path))
+        .await
+        .map_err(|e| OpenError::Failed {
+            store: label.clone(),
+            message: e.to_string(),
+        })?;
+    let store = opened.map_err(|e| OpenError::Failed {
+        store: label,
+        message: e.to_string(),
+    })?;
+    Ok(Stores {
+        keys: Arc::new(store.keys()),
+        ledger: Arc::new(store.ledger()),
+        rate_limits: Arc::new(store.rate_limits()),
+        backend: Backend::Sqlite(store),
+    })
 }
 
 #[cfg(not(feature = "redis"))]
