@@ -301,10 +301,10 @@ async fn open_redis(url: &str, label: String, timeout: Duration) -> Result<Store
 /// Ledger calls that have not answered yet (settlements running as tasks of
 /// their own, see the module docs).
 #[derive(Clone, Default)]
-pub struct Pending(Arc<PendingCount>);
+struct Pending(Arc<PendingCount>);
 
 #[derive(Default)]
-pub struct PendingCount {
+struct PendingCount {
     count: AtomicUsize,
     idle: Notify,
 }
