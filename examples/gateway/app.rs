@@ -178,6 +178,9 @@ pub async fn start(
         .map_err(|e| match e {
             crate::gateway::ReloadError::Config(message) => StartError::Config(message),
             crate::gateway::ReloadError::Io(error) => StartError::Io(error),
+            crate::gateway::ReloadError::ShuttingDown => {
+                StartError::Config("the gateway is shutting down".into())
+            }
             crate::gateway::ReloadError::Store(error) => StartError::Store(format!(
                 "the keys of the config could not be stored: {error}"
             )),

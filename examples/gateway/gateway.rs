@@ -86,6 +86,9 @@ pub enum ReloadError {
     /// The mock upstream could not start.
     #[error("the mock upstream could not start: {0}")]
     Io(#[from] std::io::Error),
+    /// The process is shutting down and serves no more reloads.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
 }
 
 /// What a reload did.
@@ -325,10 +328,12 @@ pub struct Reloads(mpsc::Sender<ReloadAnswer>);
 impl Reloads {
     /// Reloads and answers what happened.
     pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let gone = || ReloadError::Config("the gateway is shutting down".to_owned());
         let (answer, answered) = oneshot::channel();
-        self.0.send(answer).await.map_err(|_| gone())?;
-        answered.await.map_err(|_| gone())?
+        self.0
+            .send(answer)
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        answered.await.map_err(|_| ReloadError::ShuttingDown)?
     }
 }
 

@@ -185,6 +185,10 @@ async fn reload(State(state): State<AdminState>, req: Request) -> Response {
             .with_message(format!("The config was not reloaded: {message}"))
             .into_response(),
         Err(ReloadError::Store(error)) => ApiError::from(error).into_response(),
+        Err(ReloadError::ShuttingDown) => ApiError::unavailable()
+            .with_code("shutting_down")
+            .with_message("The gateway is shutting down; the config was not reloaded.")
+            .into_response(),
         Err(ReloadError::Io(error)) => {
             tracing::error!(%error, "reload failed");
             ApiError::internal()
