@@ -1,8 +1,12 @@
 //! Response bodies shared by the layers: the inner service's body, or a
 //! rejection rendered by tollgate.
 //!
-//! A layer that can short-circuit answers with [`ResponseBody`], an enum of
-//! the inner body and a `Full<Bytes>`: no boxing, and no `B: Default` bound.
+//! Every layer that can short-circuit answers with [`ResponseBody`], an enum
+//! of its inner body and a `Full<Bytes>`: no boxing, and no `B: Default`
+//! bound. A layer that wraps the inner body (the rate limit's usage
+//! observer, the retry layer's peeked bytes, the stream layer's watcher)
+//! puts its own body in the `Inner` arm, so the rejection arm is written
+//! once, here.
 //!
 //! ```
 //! use bytes::Bytes;
@@ -26,6 +30,8 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
+
+pub(crate) mod collect;
 
 pin_project! {
     /// The inner service's body, or a rejection's `Full<Bytes>`.
@@ -79,12 +85,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.project() {
             ResponseBodyProj::Inner { body } => body.poll_frame(cx),
-            ResponseBodyProj::Full { body } => match body.poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
+            ResponseBodyProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }
     }
 
@@ -103,10 +104,13 @@ where
     }
 }
 
-impl<B> std::fmt::Debug for ResponseBody<B> {
+/// The inner body's own `Debug` (the layers' inner bodies say what they
+/// are: `ResponseBody::Passthrough`, `UsageBody`, …), or
+/// `ResponseBody::Full`: a rejection's bytes are not printed.
+impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ResponseBody::Inner { .. } => f.write_str("ResponseBody::Inner"),
+            ResponseBody::Inner { body } => body.fmt(f),
             ResponseBody::Full { .. } => f.write_str("ResponseBody::Full"),
         }
     }

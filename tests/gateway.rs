@@ -247,10 +247,9 @@ async fn a_stream_without_include_usage_is_billed_from_reported_usage_and_hides_
     assert_eq!(status, StatusCode::OK);
     let key = json_of(&body);
     assert_eq!(key["id"], "stream");
-    let remaining = key["budgets"][0]["remaining_usd"]
-        .as_f64()
-        .expect("remaining");
-    assert!((remaining - (1.0 - 0.000013)).abs() < 1e-12, "{key}");
+    // Money as exact decimal strings: $1 - $0.000013.
+    assert_eq!(key["budgets"][0]["remaining_usd"], "0.999987", "{key}");
+    assert_eq!(key["budgets"][0]["spent_usd"], "0.000013", "{key}");
 }
 
 #[tokio::test]

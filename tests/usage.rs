@@ -430,6 +430,9 @@ proptest! {
     }
 }
 
+#[path = "usage/sse.rs"]
+mod sse;
+
 // Estimates, and every way a body ends.
 
 #[test]

@@ -1,11 +1,16 @@
 //! The gateway: all six tollgate layers around an OpenAI-compatible proxy.
 //!
 //! Server stack, outermost first:
-//! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
+//! `ErrorEnvelopeLayer → access log → body timeout (408) → Auth → model check →
 //! RateLimit → Budget → StreamErrorTrailer → shutdown cut → proxy`, and
-//! towards the upstream `timeout → Retry → hyper-util Client`. Served by
-//! `server.rs` (connections, client timeouts, shutdown drain); [`start`]
-//! puts it together and [`Running::shutdown`] stops it.
+//! towards the upstream `timeout → Retry → hyper-util Client`. The admin API
+//! (`/admin/*`, see `admin/`) sits inside the envelope and the access log,
+//! beside the proxy, with its own authentication.
+//!
+//! An [`App`] is what one config builds on the long-lived stores
+//! (`gateway.rs` swaps it on reload); served by `server.rs` (connections,
+//! client timeouts, shutdown drain). [`start`] puts it together and
+//! [`Running::shutdown`] stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,40 +23,40 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tollgate::auth::{AuthLayer, KeyEntry};
+use tollgate::auth::AuthLayer;
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::retry::RetryInfo;
-use tollgate::store::memory::{MemoryKeyStore, MemoryLedger};
 use tollgate::stream::StreamErrorTrailerLayer;
 use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
 use tower::ServiceBuilder;
 
+use crate::admin::{self, AdminState};
 use crate::config::{Config, ModelConfig, StoreChoice};
-use crate::mock;
+use crate::gateway::{Gateway, LoadConfig, ReloadRequests, Reloads};
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
+use crate::stores::Stores;
 use crate::upstream::{self, Upstream};
 
-/// Shared state of the handlers.
-pub struct Gateway {
-    config: Config,
-    pricing: Pricing,
-    ledger: MemoryLedger,
-    /// The upstream for logs: its base URL without credentials, or `mock`.
-    upstream_label: String,
+/// What one config builds: the router with every layer, on the stores
+/// every app of the process shares. Immutable; a reload builds another.
+pub struct App {
+    /// The config it was built from.
+    pub config: Arc<Config>,
+    /// Every route, every layer.
+    pub router: Router,
 }
 
-impl Gateway {
-    /// Writes out what the state store still holds in memory. Called once at
-    /// the end of a shutdown, after every connection has closed and so every
-    /// reservation has been settled or released. The memory store has nothing
-    /// to write; a durable store flushes its pending settlements here and a
-    /// remote one waits for those still on their way.
-    pub async fn flush_store(&self) -> Result<(), tollgate::store::StoreError> {
-        Ok(())
-    }
+/// Shared state of the handlers of one [`App`].
+pub struct AppState {
+    config: Arc<Config>,
+    pricing: Pricing,
+    ledger: Arc<dyn Ledger>,
+    /// The upstream for logs: its base URL without credentials, or `mock`.
+    upstream_label: String,
+    stores: Stores,
 }
 
 /// Why the gateway could not start.
@@ -60,9 +65,13 @@ pub enum StartError {
     /// The configuration cannot be used (exit code 2).
     #[error("{0}")]
     Config(String),
-    /// The listener or the mock upstream could not start (exit code 1).
+    /// The listener, the store or the mock upstream could not start (exit
+    /// code 1).
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The store could not be opened or took no keys (exit code 1).
+    #[error("{0}")]
+    Store(String),
 }
 
 /// A gateway that is serving.
@@ -71,9 +80,10 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The upstream it forwards to (without credentials).
     pub upstream: String,
+    /// The gateway.
+    pub gateway: Arc<Gateway>,
     shutdown: Shutdown,
     server: tokio::task::JoinHandle<()>,
-    gateway: Arc<Gateway>,
 }
 
 impl Running {
@@ -123,63 +133,76 @@ pub fn serve_settings(config: &Config) -> ServeSettings {
     }
 }
 
-/// Checks that `config` can start: the store is supported and the keys,
-/// prices and formats build. Binds nothing.
+/// Checks that `config` can start: the store is one this binary supports
+/// and the keys, prices and formats build. Binds and opens nothing.
 pub fn check(config: &Config) -> Result<(), StartError> {
-    supported_store(config)?;
+    let choice: StoreChoice = config
+        .store
+        .parse()
+        .map_err(|e| StartError::Config(format!("store: {e}")))?;
+    crate::stores::supported(&choice).map_err(|e| StartError::Config(e.to_string()))?;
     let url = config.upstream_url().unwrap_or("http://127.0.0.1:9/v1");
-    router(config.clone(), url.to_owned(), &Shutdown::new())
-        .map(|_| ())
-        .map_err(|e| StartError::Config(e.to_string()))
+    let (reloads, _) = crate::gateway::reload_channel();
+    App::build(
+        config.clone(),
+        &Stores::memory(),
+        url.to_owned(),
+        &Shutdown::new(),
+        reloads,
+    )
+    .map(|_| ())
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
-/// Until the stores land, only `memory`.
-fn supported_store(config: &Config) -> Result<(), StartError> {
-    match config.store.parse::<StoreChoice>() {
-        Ok(StoreChoice::Memory) => Ok(()),
-        Ok(other) => Err(StartError::Config(format!(
-            "store {other:?}: not supported yet; this gateway keeps its state in memory (store = \"memory\")",
-            other = other.to_string()
-        ))),
-        Err(error) => Err(StartError::Config(format!("store: {error}"))),
-    }
-}
-
-/// Builds everything and starts serving on `config.listen`.
-pub async fn start(config: Config) -> Result<Running, StartError> {
-    supported_store(&config)?;
-    let upstream_url = match config.upstream_url() {
-        Some(url) => url.to_owned(),
-        None => {
-            let models = config.models.iter().map(|m| m.name.clone()).collect();
-            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-            let addr = listener.local_addr()?;
-            // Served like the gateway (TCP_NODELAY), and never shut down:
-            // streams in flight keep their upstream until the process ends.
-            let router = mock::Mock::new(models).router();
-            tokio::spawn(server::serve(
-                listener,
-                router,
-                ServeSettings::default(),
-                Shutdown::new(),
-            ));
-            format!("http://{addr}/v1")
-        }
-    };
+/// Opens the store, builds everything and starts serving on
+/// `config.listen`; `load` reads the config again for a reload. Also
+/// answers the reloads the admin API asks for, which `main` serves.
+pub async fn start(
+    config: Config,
+    load: LoadConfig,
+) -> Result<(Running, ReloadRequests), StartError> {
+    let choice: StoreChoice = config
+        .store
+        .parse()
+        .map_err(|e| StartError::Config(format!("store: {e}")))?;
+    let stores = Stores::open(&choice, Duration::from_millis(config.store_timeout_ms))
+        .await
+        .map_err(|e| StartError::Store(e.to_string()))?;
+    tracing::info!(store = %choice, "state store open");
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let settings = serve_settings(&config);
     let shutdown = Shutdown::new();
-    let (app, gateway) =
-        router(config, upstream_url, &shutdown).map_err(|e| StartError::Config(e.to_string()))?;
-    let server = tokio::spawn(server::serve(listener, app, settings, shutdown.clone()));
-    Ok(Running {
+    let (gateway, reloads) = Gateway::new(config, stores, load, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            crate::gateway::ReloadError::Config(message) => StartError::Config(message),
+            crate::gateway::ReloadError::Io(error) => StartError::Io(error),
+            crate::gateway::ReloadError::ShuttingDown => {
+                StartError::Config("the gateway is shutting down".into())
+            }
+            crate::gateway::ReloadError::Store(error) => StartError::Store(format!(
+                "the keys of the config could not be stored: {error}"
+            )),
+        })?;
+    let upstream = match gateway.app().config.upstream_url() {
+        Some(url) => crate::config::without_credentials(url),
+        None => "mock".to_owned(),
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        gateway.service(),
+        settings,
+        shutdown.clone(),
+    ));
+    let running = Running {
         addr,
-        upstream: gateway.upstream_label.clone(),
+        upstream,
+        gateway,
         shutdown,
         server,
-        gateway,
-    })
+    };
+    Ok((running, reloads))
 }
 
 fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
@@ -208,19 +231,33 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
     Ok(pricing)
 }
 
-/// The whole application as an axum `Router`, and its shared state. Its
-/// streams end when `shutdown` cuts them.
-pub fn router(
-    config: Config,
+impl App {
+    /// Builds the app of `config` on `stores`, forwarding to
+    /// `upstream_url`. Its streams end when `shutdown` cuts them; its admin
+    /// API asks `reloads` for a reload.
+    pub fn build(
+        config: Config,
+        stores: &Stores,
+        upstream_url: String,
+        shutdown: &Shutdown,
+        reloads: Reloads,
+    ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
+        let config = Arc::new(config);
+        let router = router(config.clone(), stores, upstream_url, shutdown, reloads)?;
+        Ok(App { config, router })
+    }
+}
+
+/// The whole application as an axum `Router`. Every stateful layer is built
+/// on the shared `stores`, so counters and spend outlive the router.
+fn router(
+    config: Arc<Config>,
+    stores: &Stores,
     upstream_url: String,
     shutdown: &Shutdown,
-) -> Result<(Router, Arc<Gateway>), Box<dyn std::error::Error + Send + Sync>> {
-    let keys = MemoryKeyStore::new();
-    for entry in config.keys.iter().cloned() {
-        keys.insert(KeyEntry::into_record(entry)?)?;
-    }
+    reloads: Reloads,
+) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let pricing = pricing(&config.models)?;
-    let ledger = MemoryLedger::new();
     let error_format: ErrorFormat = config.error_format.parse()?;
     let header_style = match config.rate_limit_headers.as_str() {
         "timestamp" => HeaderStyle::Timestamp,
@@ -234,11 +271,12 @@ pub fn router(
     };
     let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
     let idle = Duration::from_secs(config.stream_idle_timeout_secs);
-    let gateway = Arc::new(Gateway {
-        config,
+    let state = Arc::new(AppState {
+        config: config.clone(),
         pricing: pricing.clone(),
-        ledger: ledger.clone(),
+        ledger: stores.ledger.clone(),
         upstream_label,
+        stores: stores.clone(),
     });
     let cut = shutdown.clone();
 
@@ -247,8 +285,15 @@ pub fn router(
         .with_state(upstream)
         .layer(
             ServiceBuilder::new()
-                .layer(RateLimitLayer::new().headers(header_style))
-                .layer(BudgetLayer::with_ledger(pricing, ledger))
+                .layer(
+                    RateLimitLayer::new()
+                        .headers(header_style)
+                        .store(stores.rate_limits.clone()),
+                )
+                .layer(
+                    BudgetLayer::with_ledger(pricing, stores.ledger.clone())
+                        .policy(config.reserve_policy()),
+                )
                 .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
                 // Inside the trailer layer, so a stream cut at shutdown ends
                 // with its terminal error event.
@@ -257,19 +302,19 @@ pub fn router(
     let authed = Router::new()
         .route("/v1/models", get(list_models))
         .route("/v1/key", get(key_info))
-        .with_state(gateway.clone())
+        .with_state(state.clone())
         .merge(chat)
         .layer(
             ServiceBuilder::new()
-                .layer(AuthLayer::new(keys))
-                .layer(middleware::from_fn_with_state(gateway.clone(), check_model)),
+                .layer(AuthLayer::new(stores.keys.clone()))
+                .layer(middleware::from_fn_with_state(state.clone(), check_model)),
         );
+    let admin = admin::routes(AdminState::new(&config, stores, reloads));
     let app = Router::new()
-        .route(
-            "/health",
-            get(|| async { axum::Json(json!({"status": "ok"})) }),
-        )
+        .route("/health", get(health))
+        .with_state(state.clone())
         .merge(authed)
+        .merge(admin)
         .fallback(|| async { ApiError::not_found().with_message("Unknown path.") })
         .layer(
             ServiceBuilder::new()
@@ -278,16 +323,29 @@ pub fn router(
                         .format(error_format)
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(gateway.clone(), access_log))
+                .layer(middleware::from_fn_with_state(state, access_log))
                 .layer(middleware::from_fn(server::answer_body_timeout)),
         );
-    Ok((app, gateway))
+    Ok(app)
+}
+
+/// `GET /health`: 200 while the store takes writes, else 503 with why.
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    let store = app.stores.kind();
+    match app.stores.health() {
+        Ok(()) => axum::Json(json!({"status": "ok", "store": store})).into_response(),
+        Err(error) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "unavailable", "store": store, "error": error})),
+        )
+            .into_response(),
+    }
 }
 
 /// A model not in the config → 400 `invalid_model`; prompt + `max_tokens`
 /// over the model's context window → 400 `context_length_exceeded`, before
 /// any upstream call.
-async fn check_model(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let req = match RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await {
         Ok(req) => req,
         Err(error) => return error.into_response(),
@@ -334,7 +392,7 @@ async fn check_model(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
 }
 
 /// `GET /v1/models`: the models the calling key may use, OpenAI list shape.
-async fn list_models(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+async fn list_models(State(gw): State<Arc<AppState>>, req: Request) -> Response {
     let principal = req.extensions().get::<Principal>();
     let data: Vec<Value> = gw
         .config
@@ -346,37 +404,25 @@ async fn list_models(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
-/// `GET /v1/key`: the calling key's id, expiry, limits and remaining money,
-/// without spending a request.
-async fn key_info(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+/// `GET /v1/key`: the calling key's id, expiry, limits and, read from the
+/// ledger, what each of its budgets and balances has left and when it
+/// resets, without spending a request.
+async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
         return ApiError::authentication().into_response();
     };
-    let limits: Vec<Value> = principal
-        .rate_limits()
-        .iter()
-        .map(|l| json!({"limit": l.to_string(), "amount": l.amount, "window_secs": l.window.as_secs_f64()}))
-        .collect();
-    let mut budgets = Vec::new();
-    for spec in principal.budgets() {
-        match gw.ledger.read(spec).await {
-            Ok(status) => budgets.push(json!({
-                "id": spec.id(),
-                "mode": format!("{:?}", spec.mode).to_lowercase(),
-                "limit_usd": spec.limit.as_usd_f64(),
-                "remaining_usd": status.remaining().as_usd_f64(),
-                "resets_at": status.period.end.map(rfc3339),
-            })),
-            Err(error) => return ApiError::from(error).into_response(),
-        }
-    }
+    let record = principal.record();
+    let budgets = match admin::budgets_json(&*gw.ledger, record).await {
+        Ok(budgets) => budgets,
+        Err(error) => return error.into_response(),
+    };
     axum::Json(json!({
-        "id": principal.key_id(),
-        "name": principal.name(),
-        "expires_at": principal.expires_at().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).map(rfc3339),
-        "models": principal.allowed_models(),
-        "rate_limits": limits,
-        "max_concurrent": principal.max_concurrent(),
+        "id": record.id,
+        "name": record.name,
+        "expires_at": record.expires_at.and_then(admin::rfc3339),
+        "models": record.allowed_models,
+        "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
+        "max_concurrent": record.max_concurrent,
         "budgets": budgets,
     }))
     .into_response()
@@ -389,7 +435,7 @@ struct LogSlot(Arc<std::sync::Mutex<(Option<String>, Option<String>)>>);
 /// One `tracing` line per request: key id, model, route, status, tokens,
 /// cost, attempts, upstream, latency; never a secret. Streams are logged
 /// when their body ends.
-async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
+async fn access_log(State(gw): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     // The route's pattern, not the path: a path is what a client made up.
@@ -451,12 +497,4 @@ async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next
         None => log(None),
     }
     response
-}
-
-/// `2026-12-06T00:00:00Z` for a time since the Unix epoch.
-fn rfc3339(since_epoch: Duration) -> Option<String> {
-    let secs = i64::try_from(since_epoch.as_secs()).ok()?;
-    jiff::Timestamp::from_second(secs)
-        .ok()
-        .map(|t| t.to_string())
 }

@@ -6,6 +6,15 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod admin;
+mod secrets;
+
+pub use self::admin::{Usd, one_kind_of_money};
+use self::admin::{
+    default_budget_policy, default_max_top_up, default_min_top_up, default_store_timeout,
+};
+pub use self::secrets::Redacted;
+
 /// The demo configuration `cargo run --example gateway` starts with.
 pub const DEMO_CONFIG: &str = r#"
 listen = "127.0.0.1:8080"
@@ -117,7 +126,7 @@ pub struct Config {
     pub upstream: String,
     /// Sent upstream as a Bearer token.
     #[serde(default)]
-    pub upstream_api_key: Option<String>,
+    pub upstream_api_key: Option<Redacted<String>>,
     /// openai | anthropic | error_code_detail | humanloop
     #[serde(default = "default_error_format")]
     pub error_format: String,
@@ -166,6 +175,33 @@ pub struct Config {
     /// seconds to finish; streams still open then end with an error event.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+
+    // Issue 15: the admin API and how budgets reserve (see `admin/`).
+    /// Bearer keys of the admin API (`/admin/*`); with none here nor in
+    /// `admin_key_sha256s`, every `/admin/*` path answers 404.
+    #[serde(default)]
+    pub admin_keys: Vec<Redacted<String>>,
+    /// SHA-256 (64 hex digits) of admin keys: the same, without the secret
+    /// in the file.
+    #[serde(default)]
+    pub admin_key_sha256s: Vec<String>,
+    /// The smallest prepaid top-up `POST /admin/keys/{id}/balance` takes.
+    #[serde(default = "default_min_top_up")]
+    pub min_top_up_usd: Usd,
+    /// The largest prepaid top-up it takes, per call.
+    #[serde(default = "default_max_top_up")]
+    pub max_top_up_usd: Usd,
+    /// `bounded` (admit while anything remains; overshoot by at most one
+    /// request) or `strict` (reserve each request's worst case; never
+    /// overshoot). See `tollgate::budget::ReservePolicy`.
+    #[serde(default = "default_budget_policy")]
+    pub budget_policy: String,
+    /// Each call to a remote store (Redis) must answer within this many
+    /// milliseconds, or the layer applies its failure policy (rate limits
+    /// admit, budgets and keys refuse with 503). Default 250: far above a
+    /// healthy Redis's worst case, small next to an LLM call.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout_ms: u64,
 }
 
 /// Where the gateway keeps its state, parsed from `store` / `--store`.
@@ -338,7 +374,7 @@ impl Config {
     pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             origin: origin.to_owned(),
-            message: e.to_string(),
+            message: secrets::parse_error_message(text, &e),
         })?;
         config
             .validate(origin)
@@ -425,6 +461,7 @@ impl Config {
                 )));
             }
         }
+        self.validate_admin(origin)?;
         Ok(())
     }
 

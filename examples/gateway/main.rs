@@ -12,23 +12,32 @@
 //! It prints `tollgate gateway listening on http://ADDR` on stdout once it
 //! accepts connections (the address actually bound, for `--listen
 //! 127.0.0.1:0`); logs go to stderr. SIGTERM or SIGINT shut it down
-//! gracefully (see `shutdown.rs`); it then exits 0.
+//! gracefully (see `shutdown.rs`); it then exits 0. SIGHUP (or `POST
+//! /admin/reload`) reads the config file again and applies it without a
+//! restart (see `gateway.rs`); a file that does not parse or validate is
+//! refused, and the running config stays.
 
+mod admin;
 mod app;
 mod cli;
 mod config;
+mod gateway;
 #[path = "../support/mock/mod.rs"]
 mod mock;
 mod server;
 mod shutdown;
+mod stores;
 mod upstream;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+use tokio::signal::unix::{SignalKind, signal};
+
 use crate::app::StartError;
 use crate::cli::Cli;
+use crate::gateway::{Gateway, ReloadError, Reloaded};
 use crate::shutdown::Signals;
 
 /// A usage or configuration error.
@@ -78,13 +87,21 @@ async fn main() -> ExitCode {
         .first()
         .map(|m| m.name.clone())
         .unwrap_or_else(|| "MODEL".into());
-    let mut running = match app::start(config).await {
-        Ok(running) => running,
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            eprintln!("error: cannot handle SIGHUP: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let load: gateway::LoadConfig = Box::new(move || cli.load_config().map(|(config, _)| config));
+    let (mut running, mut reload_requests) = match app::start(config, load).await {
+        Ok(started) => started,
         Err(StartError::Config(error)) => {
             eprintln!("error: {error}");
             return ExitCode::from(EXIT_USAGE);
         }
-        Err(StartError::Io(error)) => {
+        Err(error @ (StartError::Io(_) | StartError::Store(_))) => {
             eprintln!("error: {error}");
             return ExitCode::from(EXIT_FAILURE);
         }
@@ -99,11 +116,22 @@ async fn main() -> ExitCode {
             running.addr
         );
     }
-    let signal = tokio::select! {
-        signal = signals.next() => signal,
-        error = running.failed() => {
-            tracing::error!(%error, "the server failed");
-            return ExitCode::from(EXIT_FAILURE);
+    // Reloads (SIGHUP, the admin API) are served here, one at a time,
+    // until a signal asks for a shutdown.
+    let gateway = running.gateway.clone();
+    let signal = loop {
+        tokio::select! {
+            signal = signals.next() => break signal,
+            _ = hangups.recv() => {
+                let _ = reload(&gateway, "SIGHUP").await;
+            }
+            Some(answer) = reload_requests.next() => {
+                let _ = answer.send(reload(&gateway, "admin").await);
+            }
+            error = running.failed() => {
+                tracing::error!(%error, "the server failed");
+                return ExitCode::from(EXIT_FAILURE);
+            }
         }
     };
     tracing::info!(signal, "shutting down");
@@ -120,4 +148,32 @@ async fn main() -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// Reloads the config, logging what happened: the fields that need a
+/// restart, or why the file was refused (field and line, never a secret).
+async fn reload(gateway: &Gateway, asked_by: &'static str) -> Result<Reloaded, ReloadError> {
+    let reloaded = gateway.reload().await;
+    match &reloaded {
+        Ok(reloaded) => {
+            tracing::info!(
+                asked_by,
+                keys_created = reloaded.keys.created,
+                keys_updated = reloaded.keys.updated,
+                keys_deleted = reloaded.keys.deleted,
+                keys_skipped = reloaded.keys.skipped,
+                "config reloaded"
+            );
+            if !reloaded.restart_required.is_empty() {
+                tracing::warn!(
+                    fields = %reloaded.restart_required.join(", "),
+                    "these changes apply at the next restart, not on reload"
+                );
+            }
+        }
+        Err(error) => {
+            tracing::error!(asked_by, %error, "config not reloaded; the running config stays")
+        }
+    }
+    reloaded
 }

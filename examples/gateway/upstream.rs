@@ -66,7 +66,7 @@ impl Upstream {
             .map_err(Into::<BoxError>::into);
         let authorization = match &config.upstream_api_key {
             Some(key) => Some(
-                HeaderValue::from_str(&format!("Bearer {key}"))
+                HeaderValue::from_str(&format!("Bearer {}", key.expose()))
                     .map_err(|_| "upstream_api_key: not a valid header value".to_string())?,
             ),
             None => None,

@@ -65,20 +65,7 @@ impl<S, L> Budget<S, L> {
         Budget { inner, shared }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::macros::define_inner_service_accessors!();
 }
 
 impl<S, L, ReqBody, ResBody> Service<Request<ReqBody>> for Budget<S, L>

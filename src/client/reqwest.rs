@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::MapErr;
 use http_body_util::{BodyExt, Full};
 use tower_service::Service;
 
@@ -78,7 +78,7 @@ impl Service<http::Request<Full<Bytes>>> for ReqwestService {
                 let req = reqwest::Request::try_from(req)?;
                 let response = client.execute(req).await?;
                 let response: http::Response<reqwest::Body> = response.into();
-                Ok(response.map(|body| ReqwestBody { inner: body }))
+                Ok(response.map(|body| body.map_err(box_error as fn(_) -> _)))
             }),
         }
     }
@@ -108,34 +108,8 @@ impl fmt::Debug for ReqwestFuture {
 }
 
 /// A reqwest response body, streamed frame by frame; its errors are boxed.
-pub struct ReqwestBody {
-    inner: reqwest::Body,
-}
+pub type ReqwestBody = MapErr<reqwest::Body, fn(reqwest::Error) -> BoxError>;
 
-impl Body for ReqwestBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner)
-            .poll_frame(cx)
-            .map_err(|e| Box::new(e) as BoxError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl fmt::Debug for ReqwestBody {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ReqwestBody")
-    }
+fn box_error(error: reqwest::Error) -> BoxError {
+    Box::new(error)
 }

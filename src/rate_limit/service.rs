@@ -45,20 +45,7 @@ impl<S, St, K> RateLimit<S, St, K> {
         RateLimit { inner, shared }
     }
 
-    /// The inner service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
+    crate::macros::define_inner_service_accessors!();
 }
 
 impl<S: Clone, St, K> Clone for RateLimit<S, St, K> {

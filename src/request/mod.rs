@@ -66,7 +66,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{Method, Request};
 use http_body::Body;
@@ -74,6 +74,7 @@ use http_body_util::{BodyExt, Full};
 use pin_project_lite::pin_project;
 
 pub(crate) use self::facts::StreamOptionsAt;
+use crate::body::collect::{Collect, Collected};
 use crate::{ApiError, BoxError};
 
 /// Facts about an OpenAI-style request, read once from its JSON body.
@@ -327,10 +328,9 @@ pin_project! {
         // Collecting the body's frames.
         Reading {
             #[pin]
-            body: B,
+            body: Collect<B>,
             parts: Option<http::request::Parts>,
             sniff: bool,
-            collected: Collected,
         },
         Done,
     }
@@ -380,10 +380,9 @@ impl<B: Body> ReadMeta<B> {
         let (parts, body) = req.into_parts();
         ReadMeta {
             state: ReadState::Reading {
-                body,
+                body: Collect::new(body, limit),
                 parts: Some(parts),
                 sniff,
-                collected: Collected::Empty,
             },
             limit,
         }
@@ -400,47 +399,29 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let limit = *this.limit;
-        let (parts, sniff, collected) = match this.state.as_mut().project() {
+        let (parts, sniff, bytes) = match this.state.as_mut().project() {
             ReadProj::Decided { result } => {
                 return Poll::Ready(result.take().unwrap_or_else(|| Err(ApiError::internal())));
             }
             // Polled after it was done.
             ReadProj::Done => return Poll::Ready(Err(ApiError::internal())),
-            ReadProj::Reading {
-                mut body,
-                parts,
-                sniff,
-                collected,
-            } => {
-                let failed = loop {
-                    let frame = match ready!(body.as_mut().poll_frame(cx)) {
-                        Some(Ok(frame)) => frame,
-                        Some(Err(e)) => break Some(body_error(e.into())),
-                        None => break None,
-                    };
-                    if let Ok(data) = frame.into_data() {
-                        if collected.len() + data.len() > limit {
-                            break Some(too_large(limit));
-                        }
-                        collected.push(data);
-                    }
+            ReadProj::Reading { body, parts, sniff } => {
+                let bytes = match ready!(body.poll(cx)) {
+                    Collected::Complete(bytes) => Ok(bytes),
+                    Collected::TooLarge => Err(too_large(limit)),
+                    Collected::Failed(e) => Err(body_error(e.into())),
                 };
-                if let Some(error) = failed {
-                    this.state.set(ReadState::Done);
-                    return Poll::Ready(Err(error));
-                }
-                (
-                    parts.take(),
-                    *sniff,
-                    std::mem::replace(collected, Collected::Empty),
-                )
+                (parts.take(), *sniff, bytes)
             }
         };
         this.state.set(ReadState::Done);
+        let bytes = match bytes {
+            Ok(bytes) => bytes,
+            Err(error) => return Poll::Ready(Err(error)),
+        };
         let Some(mut parts) = parts else {
             return Poll::Ready(Err(ApiError::internal()));
         };
-        let bytes = collected.into_bytes();
         let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
         let meta = if first.is_none() {
             RequestMeta::default()
@@ -475,52 +456,6 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::payload_too_large().with_message(format!(
         "The request body is larger than the limit of {limit} bytes."
     ))
-}
-
-/// A body's data frames as they arrive. Most bodies come in one frame
-/// (`Full`, small hyper bodies): that frame's `Bytes` is kept as it is, and
-/// a buffer is only started, and the bytes copied, when a second one comes.
-enum Collected {
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
-}
-
-impl Collected {
-    fn len(&self) -> usize {
-        match self {
-            Collected::Empty => 0,
-            Collected::One(bytes) => bytes.len(),
-            Collected::Many(buf) => buf.len(),
-        }
-    }
-
-    fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        *self = match std::mem::replace(self, Collected::Empty) {
-            Collected::Empty => Collected::One(data),
-            Collected::One(first) => {
-                let mut buf = BytesMut::with_capacity(first.len() + data.len());
-                buf.extend_from_slice(&first);
-                buf.extend_from_slice(&data);
-                Collected::Many(buf)
-            }
-            Collected::Many(mut buf) => {
-                buf.extend_from_slice(&data);
-                Collected::Many(buf)
-            }
-        };
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Collected::Empty => Bytes::new(),
-            Collected::One(bytes) => bytes,
-            Collected::Many(buf) => buf.freeze(),
-        }
-    }
 }
 
 enum BodyKind {

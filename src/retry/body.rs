@@ -1,24 +1,31 @@
-//! The response body of [`Retry`](super::Retry), and the buffers behind
-//! replayable requests and peeked responses.
+//! The response body of [`Retry`](super::Retry), and the reading of a
+//! stream's first event behind a peek.
 
 use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
 
+use crate::sse::{Dispatch, Event, FirstEvent, Framer};
+
+/// The body of a response that went through [`Retry`](super::Retry): the
+/// inner body with the bytes the layer peeked put back ([`Peeked`]), or a
+/// rejection rendered by the layer.
+pub type ResponseBody<B> = crate::body::ResponseBody<Peeked<B>>;
+
 pin_project! {
     /// The inner service's response body, with the bytes the layer read to
     /// classify it (an error body's start, an event stream's first event) put
-    /// back in front; or a rejection rendered by the layer.
+    /// back in front.
     ///
     /// Nothing the inner body yields is lost or reordered: peeked data comes
     /// first, then the rest of the inner body, its trailers, or its error.
-    pub struct ResponseBody<B>
+    pub struct Peeked<B>
     where
         B: Body,
     {
@@ -32,7 +39,6 @@ pin_project! {
     enum Kind<B, E> {
         Inner { #[pin] body: B },
         Peeked { head: Bytes, tail: Tail<E>, body: Pin<Box<B>> },
-        Rejected { body: Full<Bytes> },
     }
 }
 
@@ -48,27 +54,30 @@ pub(crate) enum Tail<E> {
     End,
 }
 
-impl<B: Body> ResponseBody<B> {
-    pub(crate) fn inner(body: B) -> Self {
-        ResponseBody {
-            kind: Kind::Inner { body },
-        }
-    }
-
-    pub(crate) fn peeked(head: Bytes, tail: Tail<B::Error>, body: Pin<Box<B>>) -> Self {
-        ResponseBody {
-            kind: Kind::Peeked { head, tail, body },
-        }
-    }
-
-    pub(crate) fn rejected(bytes: Full<Bytes>) -> Self {
-        ResponseBody {
-            kind: Kind::Rejected { body: bytes },
-        }
-    }
+/// The inner body, not peeked.
+pub(crate) fn inner<B: Body>(body: B) -> ResponseBody<B> {
+    ResponseBody::inner(Peeked {
+        kind: Kind::Inner { body },
+    })
 }
 
-impl<B> Body for ResponseBody<B>
+/// The inner body, with `head` put back in front and `tail` after it.
+pub(crate) fn peeked<B: Body>(
+    head: Bytes,
+    tail: Tail<B::Error>,
+    body: Pin<Box<B>>,
+) -> ResponseBody<B> {
+    ResponseBody::inner(Peeked {
+        kind: Kind::Peeked { head, tail, body },
+    })
+}
+
+/// A rejection.
+pub(crate) fn rejected<B: Body>(bytes: Full<Bytes>) -> ResponseBody<B> {
+    ResponseBody::from_full(bytes)
+}
+
+impl<B> Body for Peeked<B>
 where
     B: Body<Data = Bytes>,
 {
@@ -94,12 +103,6 @@ where
                     Tail::Body | Tail::End => Poll::Ready(None),
                 }
             }
-            KindProj::Rejected { body } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
         }
     }
 
@@ -114,7 +117,6 @@ where
                         Tail::Trailers(_) | Tail::Error(_) => false,
                     }
             }
-            Kind::Rejected { body } => body.is_end_stream(),
         }
     }
 
@@ -136,12 +138,11 @@ where
                     _ => SizeHint::with_exact(head),
                 }
             }
-            Kind::Rejected { body } => body.size_hint(),
         }
     }
 }
 
-impl<B: Body> fmt::Debug for ResponseBody<B> {
+impl<B: Body> fmt::Debug for Peeked<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
@@ -149,140 +150,44 @@ impl<B: Body> fmt::Debug for ResponseBody<B> {
                 .debug_struct("ResponseBody::Peeked")
                 .field("peeked_bytes", &head.len())
                 .finish_non_exhaustive(),
-            Kind::Rejected { .. } => f.write_str("ResponseBody::Rejected"),
         }
     }
 }
 
-/// A request body being read into memory: one chunk is kept as it is, more
-/// are joined.
-#[derive(Debug, Default)]
-pub(crate) enum BodyBuf {
-    #[default]
-    Empty,
-    One(Bytes),
-    Many(BytesMut),
+/// Reads a stream's frames, as the peek gets them, until its first event
+/// with data.
+#[derive(Debug)]
+pub(crate) struct FirstEventReader {
+    framer: Framer,
+    first: Option<FirstEvent>,
 }
 
-impl BodyBuf {
-    pub(crate) fn push(&mut self, data: Bytes) {
-        if data.is_empty() {
-            return;
-        }
-        *self = match std::mem::take(self) {
-            BodyBuf::Empty => BodyBuf::One(data),
-            BodyBuf::One(first) => {
-                let mut joined = BytesMut::with_capacity(first.len() + data.len());
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&data);
-                BodyBuf::Many(joined)
-            }
-            BodyBuf::Many(mut joined) => {
-                joined.extend_from_slice(&data);
-                BodyBuf::Many(joined)
-            }
-        };
-    }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        match self {
-            BodyBuf::Empty => 0,
-            BodyBuf::One(b) => b.len(),
-            BodyBuf::Many(b) => b.len(),
+impl FirstEventReader {
+    /// A reader that holds back at most `limit` bytes of an event.
+    pub(crate) fn new(limit: usize) -> Self {
+        FirstEventReader {
+            framer: Framer::new(limit),
+            first: None,
         }
     }
 
-    pub(crate) fn take(&mut self) -> Bytes {
-        match std::mem::take(self) {
-            BodyBuf::Empty => Bytes::new(),
-            BodyBuf::One(b) => b,
-            BodyBuf::Many(b) => b.freeze(),
-        }
-    }
-}
-
-/// Finds the first event of a `text/event-stream`, fed the stream's bytes
-/// as they arrive (each call sees the whole buffer so far; only new bytes
-/// are scanned). Follows the WHATWG framing: `\n`, `\r\n` or `\r` line ends,
-/// comments skipped, blocks without `data` not dispatched.
-#[derive(Debug, Default)]
-pub(crate) struct SseScanner {
-    pos: usize,
-    line_start: usize,
-    skip_lf: bool,
-    event: String,
-    data: Vec<u8>,
-    has_data: bool,
-    done: bool,
-}
-
-impl SseScanner {
-    /// Scans the new part of `buf`; `true` once the first event is complete.
-    pub(crate) fn feed(&mut self, buf: &[u8]) -> bool {
-        while !self.done && self.pos < buf.len() {
-            if std::mem::take(&mut self.skip_lf) && buf[self.pos] == b'\n' {
-                self.pos += 1;
-                self.line_start = self.pos;
-                continue;
-            }
-            let Some(offset) = memchr::memchr2(b'\n', b'\r', &buf[self.pos..]) else {
-                self.pos = buf.len();
-                break;
-            };
-            let end = self.pos + offset;
-            self.skip_lf = buf[end] == b'\r';
-            let line = &buf[self.line_start..end];
-            self.pos = end + 1;
-            self.line_start = self.pos;
-            if line.is_empty() {
-                if self.has_data {
-                    self.done = true;
-                } else {
-                    self.event.clear();
+    /// Reads the next frame; `true` once the first event with data is read.
+    pub(crate) fn feed(&mut self, frame: &Bytes) -> bool {
+        if self.first.is_none() {
+            let first = &mut self.first;
+            self.framer.feed(frame, &mut |event: &Event<'_>| {
+                if !event.has_data() {
+                    return Dispatch::Keep;
                 }
-            } else {
-                self.field(line);
-            }
+                *first = Some(FirstEvent::new(event));
+                Dispatch::Pause
+            });
         }
-        self.done
+        self.first.is_some()
     }
 
-    fn field(&mut self, line: &[u8]) {
-        if line.first() == Some(&b':') {
-            return;
-        }
-        let (name, value) = match memchr::memchr(b':', line) {
-            Some(i) => {
-                let value = &line[i + 1..];
-                (&line[..i], value.strip_prefix(b" ").unwrap_or(value))
-            }
-            None => (line, &[][..]),
-        };
-        match name {
-            b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                self.data.extend_from_slice(value);
-                self.has_data = true;
-            }
-            b"event" => self.event = String::from_utf8_lossy(value).into_owned(),
-            _ => {}
-        }
-    }
-
-    /// The first event's type and data, once [`feed`](Self::feed) returned `true`.
-    pub(crate) fn event(&self) -> Option<(&str, &[u8])> {
-        if !self.done {
-            return None;
-        }
-        let name = if self.event.is_empty() {
-            "message"
-        } else {
-            &self.event
-        };
-        Some((name, &self.data))
+    pub(crate) fn first(&self) -> Option<&FirstEvent> {
+        self.first.as_ref()
     }
 }
 
@@ -293,17 +198,15 @@ mod tests {
     use proptest::prelude::*;
 
     fn first_event(chunks: &[&[u8]]) -> Option<(String, Vec<u8>)> {
-        let mut buf = Vec::new();
-        let mut scanner = SseScanner::default();
+        let mut reader = FirstEventReader::new(1 << 16);
         for chunk in chunks {
-            buf.extend_from_slice(chunk);
-            if scanner.feed(&buf) {
+            if reader.feed(&Bytes::copy_from_slice(chunk)) {
                 break;
             }
         }
-        scanner
-            .event()
-            .map(|(name, data)| (name.to_owned(), data.to_vec()))
+        reader
+            .first()
+            .map(|first| (first.name_or_message().into_owned(), first.data().to_vec()))
     }
 
     #[test]
@@ -336,7 +239,7 @@ mod tests {
 
     #[tokio::test]
     async fn peeked_body_puts_the_bytes_back() {
-        let body: ResponseBody<Full<Bytes>> = ResponseBody::peeked(
+        let body: ResponseBody<Full<Bytes>> = peeked(
             Bytes::from_static(b"head "),
             Tail::Body,
             Box::pin(Full::new(Bytes::from_static(b"rest"))),
@@ -347,7 +250,7 @@ mod tests {
 
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", "0".parse().unwrap());
-        let body: ResponseBody<Full<Bytes>> = ResponseBody::peeked(
+        let body: ResponseBody<Full<Bytes>> = peeked(
             Bytes::from_static(b"all"),
             Tail::Trailers(trailers),
             Box::pin(Full::new(Bytes::new())),
@@ -355,19 +258,5 @@ mod tests {
         let collected = body.collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         assert_eq!(&collected.to_bytes()[..], b"all");
-    }
-
-    #[test]
-    fn body_buf_joins_only_when_needed() {
-        let mut buf = BodyBuf::default();
-        let one = Bytes::from_static(b"abc");
-        buf.push(one.clone());
-        assert_eq!(buf.len(), 3);
-        let taken = buf.take();
-        assert_eq!(taken.as_ptr(), one.as_ptr());
-        buf.push(Bytes::from_static(b"ab"));
-        buf.push(Bytes::new());
-        buf.push(Bytes::from_static(b"cd"));
-        assert_eq!(&buf.take()[..], b"abcd");
     }
 }

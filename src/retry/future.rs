@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -19,13 +19,15 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::body::{BodyBuf, ResponseBody, SseScanner, Tail};
+use super::body::{self, FirstEventReader, ResponseBody, Tail};
 use super::classify::{Classification, Outcome, awaits_grpc_trailers};
 use super::layer::Shared;
 use super::policy::{Failure, FailureCounts, Stop};
 use super::transport::{TransportFailure, add_idempotency_key, error_source};
 use super::{RetryInfo, X_RETRY_COUNT};
+use crate::body::collect::{Buffered, Collect, Collected};
 use crate::request::FromBytes;
+use crate::sse::FirstEvent;
 use crate::{ApiError, BoxError, ErrorKind, RetryClass};
 
 pin_project! {
@@ -50,7 +52,7 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, R, E> {
         // Reading the request body into memory.
-        Buffering { #[pin] body: B, buf: BodyBuf },
+        Buffering { #[pin] body: Collect<B> },
         // Waiting for the inner service to be ready, then calling it with
         // the template.
         Ready,
@@ -71,10 +73,10 @@ pin_project! {
 struct Peek<R, E> {
     parts: http::response::Parts,
     body: Pin<Box<R>>,
-    buf: BytesMut,
+    buf: Buffered,
     tail: Tail<E>,
     // `Some` for an event stream.
-    scanner: Option<SseScanner>,
+    reader: Option<FirstEventReader>,
     // A gRPC response awaiting its status: read until the first frame (its
     // first message, or the trailers with `grpc-status`), no further.
     grpc: bool,
@@ -173,9 +175,9 @@ where
                 parts,
                 body: Bytes::new(),
             };
+            // Not bounded here: the size hint said the body fits.
             let state = State::Buffering {
-                body,
-                buf: BodyBuf::default(),
+                body: Collect::new(body, usize::MAX),
             };
             (state, Some(template))
         };
@@ -204,35 +206,26 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Buffering { mut body, buf } => {
-                    loop {
-                        match ready!(body.as_mut().poll_frame(cx)) {
-                            Some(Ok(frame)) => {
-                                if let Ok(data) = frame.into_data() {
-                                    buf.push(data);
-                                }
-                                // Request trailers cannot be replayed through
-                                // `FromBytes`; no client API sends them.
-                                if body.is_end_stream() {
-                                    break;
-                                }
-                            }
-                            Some(Err(error)) => {
-                                let error: BoxError = error.into();
-                                tracing::debug!(
-                                    target: "tollgate::retry",
-                                    error = %error,
-                                    "request body failed while buffered for replay"
-                                );
-                                this.state.set(State::Done);
-                                let rejection = ApiError::invalid_request()
-                                    .with_message("The request body could not be read.");
-                                return Poll::Ready(Ok(finish_rejected(rejection)));
-                            }
-                            None => break,
+                StateProj::Buffering { body } => {
+                    // Request trailers cannot be replayed through
+                    // `FromBytes`; no client API sends them.
+                    let bytes = match ready!(body.poll(cx)) {
+                        Collected::Complete(bytes) => bytes,
+                        Collected::Failed(error) => {
+                            let error: BoxError = error.into();
+                            tracing::debug!(
+                                target: "tollgate::retry",
+                                error = %error,
+                                "request body failed while buffered for replay"
+                            );
+                            this.state.set(State::Done);
+                            let rejection = ApiError::invalid_request()
+                                .with_message("The request body could not be read.");
+                            return Poll::Ready(Ok(finish_rejected(rejection)));
                         }
-                    }
-                    let bytes = buf.take();
+                        // Not bounded: the size hint was checked instead.
+                        Collected::TooLarge => Bytes::new(),
+                    };
                     match this.template.as_mut() {
                         Some(template) => template.body = bytes,
                         None => unreachable!("a buffered request always has its template"),
@@ -326,7 +319,12 @@ where
                         && this.shared.peek_streams
                         && is_event_stream(response.headers());
                     let grpc = status == StatusCode::OK && awaits_grpc_trailers(response.headers());
-                    if status.as_u16() >= 400 || stream || grpc {
+                    // A layer inside (the stream layer, holding the head)
+                    // read the first event already: classify with it.
+                    let first = stream
+                        .then(|| response.extensions().get::<FirstEvent>().cloned())
+                        .flatten();
+                    if status.as_u16() >= 400 || (stream && first.is_none()) || grpc {
                         let now = Instant::now();
                         let deadline =
                             this.progress.started + this.shared.policy.deadline_duration();
@@ -341,9 +339,10 @@ where
                             peek: Some(Box::new(Peek {
                                 parts,
                                 body: Box::pin(body),
-                                buf: BytesMut::new(),
+                                buf: Buffered::Empty,
                                 tail: Tail::Body,
-                                scanner: stream.then(SseScanner::default),
+                                reader: stream
+                                    .then(|| FirstEventReader::new(this.shared.max_error_body)),
                                 grpc,
                                 timer: Box::pin(tokio::time::sleep_until(until)),
                             })),
@@ -352,6 +351,11 @@ where
                     }
                     let outcome =
                         Outcome::new(status, response.headers()).with_clock(&*this.shared.clock);
+                    let name = first.as_ref().map(FirstEvent::name_or_message);
+                    let outcome = match (&first, &name) {
+                        (Some(first), Some(name)) => outcome.with_first_event(name, first.data()),
+                        _ => outcome,
+                    };
                     let verdict = this.shared.classifier.classify(&outcome);
                     match retry_after(this.shared, this.progress, this.template, verdict, status) {
                         Some(delay) => {
@@ -386,13 +390,19 @@ where
                         None => {
                             this.state.set(State::Done);
                             let Peek {
-                                parts,
+                                mut parts,
                                 body,
-                                buf,
+                                mut buf,
                                 tail,
+                                reader,
                                 ..
                             } = *p;
-                            let body = ResponseBody::peeked(buf.freeze(), tail, body);
+                            // For a layer further out (the stream layer) not
+                            // to read the first event again.
+                            if let Some(first) = reader.as_ref().and_then(FirstEventReader::first) {
+                                parts.extensions.insert(first.clone());
+                            }
+                            let body = body::peeked(buf.take(), tail, body);
                             let response = Response::from_parts(parts, body);
                             return Poll::Ready(Ok(with_info(response, this.progress)));
                         }
@@ -424,8 +434,9 @@ fn read_head<R: Body<Data = Bytes>>(
         match p.body.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => {
-                    p.buf.extend_from_slice(&data);
-                    if p.grpc || p.scanner.as_mut().is_some_and(|s| s.feed(&p.buf)) {
+                    let first = p.reader.as_mut().is_some_and(|r| r.feed(&data));
+                    p.buf.push(data);
+                    if p.grpc || first {
                         return Poll::Ready(());
                     }
                     if p.body.is_end_stream() {
@@ -458,11 +469,11 @@ fn read_head<R: Body<Data = Bytes>>(
 
 fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
     let outcome = Outcome::new(p.parts.status, &p.parts.headers).with_clock(&*shared.clock);
-    match &p.scanner {
-        Some(scanner) => match scanner.event() {
-            Some((event, data)) => shared
+    match &p.reader {
+        Some(reader) => match reader.first() {
+            Some(first) => shared
                 .classifier
-                .classify(&outcome.with_first_event(event, data)),
+                .classify(&outcome.with_first_event(&first.name_or_message(), first.data())),
             // The stream broke before its first event: nothing reached the
             // caller, so it is as safe to retry as a refused connection.
             None if matches!(p.tail, Tail::Error(_)) => {
@@ -472,7 +483,8 @@ fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
             None => Classification::Success,
         },
         None => {
-            let body = &p.buf[..p.buf.len().min(shared.max_error_body)];
+            let body = p.buf.as_slice();
+            let body = &body[..body.len().min(shared.max_error_body)];
             let outcome = outcome.with_body(body);
             match &p.tail {
                 Tail::Trailers(trailers) => {
@@ -545,10 +557,7 @@ fn timed_out<R: Body>(
             timeout.as_secs_f64()
         ))
         .with_should_retry(retryable && !progress.exhausted);
-    with_info(
-        error.into_http_response().map(ResponseBody::rejected),
-        progress,
-    )
+    with_info(error.into_http_response().map(body::rejected), progress)
 }
 
 /// Whether a response that was not read could be a failure worth another
@@ -643,7 +652,7 @@ fn is_event_stream(headers: &http::HeaderMap) -> bool {
 }
 
 fn finish<R: Body>(response: Response<R>, progress: &Progress) -> Response<ResponseBody<R>> {
-    with_info(response.map(ResponseBody::inner), progress)
+    with_info(response.map(body::inner), progress)
 }
 
 fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
@@ -656,7 +665,7 @@ fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
 }
 
 fn finish_rejected<R: Body>(error: ApiError) -> Response<ResponseBody<R>> {
-    let mut response = error.into_http_response().map(ResponseBody::rejected);
+    let mut response = error.into_http_response().map(body::rejected);
     response.extensions_mut().insert(RetryInfo {
         attempts: 0,
         total_wait: Duration::ZERO,

@@ -202,7 +202,7 @@ use http::HeaderName;
 use crate::ApiError;
 
 pub use self::backoff::{ExponentialBackoff, Jitter};
-pub use self::body::ResponseBody;
+pub use self::body::{Peeked, ResponseBody};
 pub use self::budget::RetryBudget;
 pub use self::classify::{Classification, Classify, DefaultClassifier, Outcome};
 pub use self::future::ResponseFuture;

@@ -8,20 +8,25 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 use super::grpc::GrpcBody;
 use super::watch::SseBody;
 use crate::BoxError;
 
+/// The body of a response that went through
+/// [`StreamErrorTrailer`](super::StreamErrorTrailer): the inner body as the
+/// layer passes it on ([`Watched`]), or an error answered instead of a
+/// stream.
+pub type ResponseBody<B> = crate::body::ResponseBody<Watched<B>>;
+
 pin_project! {
-    /// The body of a response that went through
-    /// [`StreamErrorTrailer`](super::StreamErrorTrailer).
+    /// The inner body as [`StreamErrorTrailer`](super::StreamErrorTrailer)
+    /// passes it on: untouched, watched (SSE), or with gRPC status trailers.
     ///
     /// Never fails for an SSE stream: an upstream failure becomes a terminal
     /// error event and a clean end. Other bodies fail as the inner one does.
-    pub struct ResponseBody<B> {
+    pub struct Watched<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -33,37 +38,30 @@ pin_project! {
         Passthrough { #[pin] body: B },
         Sse { body: SseBody<B> },
         Grpc { #[pin] body: GrpcBody<B> },
-        Rejected { body: Full<Bytes> },
     }
 }
 
-impl<B> ResponseBody<B> {
+impl<B> Watched<B> {
     pub(crate) fn passthrough(body: B) -> Self {
-        ResponseBody {
+        Watched {
             kind: Kind::Passthrough { body },
         }
     }
 
     pub(crate) fn sse(body: SseBody<B>) -> Self {
-        ResponseBody {
+        Watched {
             kind: Kind::Sse { body },
         }
     }
 
     pub(crate) fn grpc(body: GrpcBody<B>) -> Self {
-        ResponseBody {
+        Watched {
             kind: Kind::Grpc { body },
-        }
-    }
-
-    pub(crate) fn rejected(body: Full<Bytes>) -> Self {
-        ResponseBody {
-            kind: Kind::Rejected { body },
         }
     }
 }
 
-impl<B> Body for ResponseBody<B>
+impl<B> Body for Watched<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -71,6 +69,7 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -79,12 +78,6 @@ where
             KindProj::Passthrough { body } => body.poll_frame(cx),
             KindProj::Sse { body } => body.poll_frame(cx),
             KindProj::Grpc { body } => body.poll_frame(cx),
-            KindProj::Rejected { body } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-                Poll::Ready(Some(Err(never))) => match never {},
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
         }
     }
 
@@ -93,7 +86,6 @@ where
             Kind::Passthrough { body } => body.is_end_stream(),
             Kind::Sse { body } => body.is_end_stream(),
             Kind::Grpc { body } => body.is_end_stream(),
-            Kind::Rejected { body } => body.is_end_stream(),
         }
     }
 
@@ -103,18 +95,16 @@ where
             // Partial events may be dropped and an error event added.
             Kind::Sse { .. } => SizeHint::default(),
             Kind::Grpc { body } => body.size_hint(),
-            Kind::Rejected { body } => body.size_hint(),
         }
     }
 }
 
-impl<B> fmt::Debug for ResponseBody<B> {
+impl<B> fmt::Debug for Watched<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match &self.kind {
             Kind::Passthrough { .. } => "ResponseBody::Passthrough",
             Kind::Sse { .. } => "ResponseBody::Sse",
             Kind::Grpc { .. } => "ResponseBody::Grpc",
-            Kind::Rejected { .. } => "ResponseBody::Rejected",
         })
     }
 }

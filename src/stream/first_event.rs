@@ -3,29 +3,32 @@
 
 use http::{HeaderMap, StatusCode};
 
-use super::sse::{self, ERROR};
+use super::marker::{self, ERROR};
+use crate::sse::FirstEvent;
 use crate::{ApiError, Origin};
 
 /// If the first event is an error, the error to answer with instead of a
 /// stream. An event is an error when its name is `error` or its JSON has a
 /// truthy `error` key (the test the OpenAI SDKs apply).
-pub(crate) fn first_event_error(region: &[u8], flags: u8, headers: &HeaderMap) -> Option<ApiError> {
-    let event = sse::last_event(region)?;
+pub(crate) fn first_event_error(first: &FirstEvent, headers: &HeaderMap) -> Option<ApiError> {
+    let event = first.event();
+    let flags = marker::classify(&event);
     // A healthy first event has no `error` key: without the bytes `"error"`,
     // or a `\u` escape that could spell them, its data need not be parsed.
     if flags & ERROR == 0
-        && event.name.as_deref() != Some("error")
-        && memchr::memmem::find(&event.data, b"\"error\"").is_none()
-        && memchr::memmem::find(&event.data, b"\\u").is_none()
+        && event.name != Some(b"error")
+        && memchr::memmem::find(event.data, b"\"error\"").is_none()
+        && memchr::memmem::find(event.data, b"\\u").is_none()
     {
         return None;
     }
+    let name = first.name();
     let name = if flags & ERROR != 0 {
         Some("error")
     } else {
-        event.name.as_deref()
+        name.as_deref()
     };
     // An upstream's broken stream is a bad gateway unless the event says more.
-    crate::envelope::parse_event(name, &event.data, headers, StatusCode::BAD_GATEWAY)
+    crate::envelope::parse_event(name, event.data, headers, StatusCode::BAD_GATEWAY)
         .map(|error| error.with_origin(Origin::Upstream))
 }

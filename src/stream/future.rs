@@ -11,11 +11,13 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use super::StreamFormat;
-use super::body::ResponseBody;
+use super::body::{ResponseBody, Watched};
+use super::first_event::first_event_error;
 use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
+use crate::sse::{FirstEvent, SseHost};
 use crate::{ApiError, BoxError};
 
 pin_project! {
@@ -100,54 +102,101 @@ where
                 State::Calling(settings) => {
                     let settings = *settings;
                     let response = ready!(this.future.as_mut().poll(cx))?;
-                    let (mut parts, body) = response.into_parts();
+                    let (parts, body) = response.into_parts();
                     match wire(&parts, settings.watch_sse) {
                         Wire::Other => {
                             *this.state = State::Done;
-                            let body = ResponseBody::passthrough(body);
+                            let body = ResponseBody::inner(Watched::passthrough(body));
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
                         Wire::Grpc => {
                             *this.state = State::Done;
                             let has_status = parts.headers.contains_key(GRPC_STATUS);
-                            let body = ResponseBody::grpc(GrpcBody::new(body, has_status));
+                            let body = Watched::grpc(GrpcBody::new(body, has_status));
+                            let body = ResponseBody::inner(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
-                        Wire::Sse => {
-                            // Events may be dropped or added: the length changes.
-                            parts.headers.remove(CONTENT_LENGTH);
-                            let hold = settings.config.hold_first_event;
-                            let body = SseBody::new(body, settings, hold);
-                            if !hold {
+                        Wire::Sse => match watch(parts, body, settings) {
+                            Ok(response) => {
                                 *this.state = State::Done;
-                                let body = ResponseBody::sse(body);
-                                return Poll::Ready(Ok(Response::from_parts(parts, body)));
+                                return Poll::Ready(Ok(response));
                             }
-                            *this.state = State::Holding {
-                                parts,
-                                body,
-                                format: settings.format,
-                            };
-                        }
+                            Err(holding) => *this.state = holding,
+                        },
                     }
                 }
                 State::Holding { parts, body, .. } => {
                     let first = ready!(body.poll_first_event(cx, &parts.headers));
-                    if let State::Holding {
-                        parts,
-                        body,
-                        format,
-                    } = std::mem::replace(this.state, State::Done)
-                    {
-                        return Poll::Ready(Ok(match first {
-                            Ok(()) => Response::from_parts(parts, ResponseBody::sse(body)),
-                            Err(error) => reject(format, &error),
-                        }));
-                    }
+                    let held = std::mem::replace(this.state, State::Done);
+                    return Poll::Ready(Ok(release(held, first)));
                 }
                 State::Done => panic!("ResponseFuture polled after completion"),
             }
         }
+    }
+}
+
+/// Starts watching an SSE response: the response to return now, or the
+/// state that holds its head until the first event. Out of line: the other
+/// responses' path stays small.
+#[inline(never)]
+fn watch<B>(
+    mut parts: http::response::Parts,
+    body: B,
+    settings: Settings,
+) -> Result<Response<ResponseBody<B>>, State<B>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    // Events may be dropped or added: the length changes.
+    parts.headers.remove(CONTENT_LENGTH);
+    // A layer inside (the retry layer) read the first event already: use
+    // its reading, do not hold.
+    let read = parts.extensions.get::<FirstEvent>();
+    if let Some(error) = read.and_then(|first| first_event_error(first, &parts.headers)) {
+        return Ok(reject(settings.format, &error));
+    }
+    let hold = settings.config.hold_first_event && read.is_none();
+    // A usage observer further out reads the events this body frames
+    // anyway, instead of framing them again.
+    let host = SseHost::new(settings.config.max_event_bytes);
+    parts.extensions.insert(host.clone());
+    let body = SseBody::new(body, settings, hold, host);
+    if !hold {
+        let body = ResponseBody::inner(Watched::sse(body));
+        return Ok(Response::from_parts(parts, body));
+    }
+    Err(State::Holding {
+        parts,
+        body,
+        format: settings.format,
+    })
+}
+
+/// The head was held until the first event: the stream, or the error to
+/// answer instead. Out of line, as [`watch`].
+#[inline(never)]
+fn release<B>(held: State<B>, first: Result<(), ApiError>) -> Response<ResponseBody<B>> {
+    let State::Holding {
+        mut parts,
+        body,
+        format,
+    } = held
+    else {
+        // Only called with the held state.
+        return reject(StreamFormat::default(), &ApiError::internal());
+    };
+    match first {
+        Ok(()) => {
+            // For the layers further out (a retry layer classifying the
+            // stream) not to read it again.
+            if let Some(first) = body.first_event() {
+                parts.extensions.insert(first.clone());
+            }
+            Response::from_parts(parts, ResponseBody::inner(Watched::sse(body)))
+        }
+        Err(error) => reject(format, &error),
     }
 }
 
@@ -159,5 +208,5 @@ fn reject<B>(format: StreamFormat, error: &ApiError) -> Response<ResponseBody<B>
         StreamFormat::AnthropicMessages => ErrorFormat::Anthropic,
         _ => ErrorFormat::OpenAi,
     };
-    format.render(error).map(ResponseBody::rejected)
+    format.render(error).map(ResponseBody::from_full)
 }

@@ -153,15 +153,30 @@
 //! The terminal events carry no usage, and the usage observer ignores error
 //! events, so a usage observer outside this layer counts the partial stream:
 //! the usage the upstream reported, or an estimate from the content it saw.
+//!
+//! # Why the layer reads events for others
+//!
+//! This layer frames every event of a stream anyway, with the crate's one
+//! SSE framer. A usage observer outside it
+//! ([`usage::observe`](crate::usage::observe), which the rate-limit and
+//! budget layers use) hands its per-event reader to this layer's body
+//! instead of framing the stream a second time, so a gateway frames each
+//! event once. And the first event, once read to hold the head, is left in
+//! the response extensions: a retry layer outside (on the client side)
+//! classifies the stream with it instead of peeking again, and this layer,
+//! when a retry layer inside it has already read the first event, uses that
+//! reading instead of holding the head again.
 
 pub mod body;
+mod failure;
 mod first_event;
 pub mod future;
 mod grpc;
 mod layer;
+mod marker;
 mod service;
-mod sse;
 mod terminal;
+mod tick;
 mod watch;
 
 pub use self::layer::StreamErrorTrailerLayer;

@@ -1,7 +1,6 @@
 //! [`UsageBody`]: the response body that reports its usage.
 
 use std::fmt;
-use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -13,8 +12,9 @@ use pin_project_lite::pin_project;
 
 use super::report::BodyEnd;
 use super::scan::UsageScanner;
-use super::sse::LINE_LIMIT;
+use super::sse::EVENT_LIMIT;
 use super::tap::Tap;
+use crate::sse::{Dispatch, Event, EventSink};
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -25,7 +25,9 @@ pin_project! {
     /// [`strip_usage_chunk`](super::UsageOptions::strip_usage_chunk), where
     /// an event split across frames is held back until it is complete and
     /// the usage-only chunk is cut out. `size_hint` and `is_end_stream` are
-    /// the inner body's.
+    /// the inner body's. When the inner body frames the stream anyway (the
+    /// stream layer's), it reads the events for this body, which then only
+    /// passes frames through.
     pub struct UsageBody<B> {
         #[pin]
         inner: B,
@@ -49,8 +51,9 @@ impl<B> UsageBody<B> {
         &mut self.inner
     }
 
-    /// The inner body. The observation ends here: if the report was not
-    /// made yet, it is made now, as [`BodyEnd::Dropped`].
+    /// The inner body. The observation ends here (unless the inner body
+    /// does the reading): if the report was not made yet, it is made now,
+    /// as [`BodyEnd::Dropped`].
     pub fn into_inner(self) -> B {
         self.inner
     }
@@ -64,11 +67,12 @@ impl<B> fmt::Debug for UsageBody<B> {
     }
 }
 
-/// The observing half of a [`UsageBody`]: the scanner, the stripping state,
-/// and the Drop guard that reports a body dropped before its end.
+/// The observing half of a [`UsageBody`]: the scanner, whether it strips,
+/// and the Drop guard that reports a body dropped before its end. Also the
+/// [`EventSink`] a framing body runs in its place.
 pub(crate) struct Observer {
     scanner: UsageScanner,
-    strip: Option<Strip>,
+    strip: bool,
     /// A frame to send after the one just sent (trailers after a flush).
     /// Boxed: it is rare, and the observer lives in every body.
     queued: Option<Box<Frame<Bytes>>>,
@@ -89,10 +93,10 @@ impl Observer {
         prompt_tokens_estimate: u64,
     ) -> Self {
         let mut scanner = scanner;
-        let strip = (strip && scanner.is_sse()).then(|| {
+        let strip = strip && scanner.is_sse();
+        if strip {
             scanner.strip_usage_chunks();
-            Strip::default()
-        });
+        }
         Observer {
             scanner,
             strip,
@@ -107,21 +111,13 @@ impl Observer {
 
     /// Scans a data frame; returns what the client gets of it.
     fn data(&mut self, data: Bytes) -> Option<Bytes> {
-        self.scanner.feed(&data);
-        match (&mut self.strip, self.scanner.sse_cut()) {
-            (Some(strip), Some((pos, cut, ranges))) => strip.pass(data, pos, cut, ranges),
-            _ => Some(data).filter(|d| !d.is_empty()),
-        }
+        self.scanner.forward(data)
     }
 
     /// No more data will come: scans what is left, and returns what the
     /// client still gets (bytes held back for stripping).
     fn end_of_data(&mut self) -> Option<Bytes> {
-        self.scanner.finish();
-        match (&mut self.strip, self.scanner.sse_cut()) {
-            (Some(strip), Some((pos, cut, ranges))) => strip.pass(Bytes::new(), pos, cut, ranges),
-            _ => None,
-        }
+        self.scanner.finish_forward()
     }
 
     /// Makes the report and sends it to the subscribers, once.
@@ -143,7 +139,23 @@ impl Observer {
     }
 
     fn held(&self) -> usize {
-        self.strip.as_ref().map_or(0, |s| s.held.len())
+        self.scanner.held_len()
+    }
+}
+
+/// Run by a body that frames the stream anyway (the stream layer's): the
+/// events come framed, the report is made when that body ends.
+impl EventSink for Observer {
+    fn event(&mut self, event: &Event<'_>) -> Dispatch {
+        self.scanner.read_event(event)
+    }
+
+    fn end(&mut self) {
+        self.fire(BodyEnd::Completed);
+    }
+
+    fn event_limit(&self) -> usize {
+        EVENT_LIMIT
     }
 }
 
@@ -195,7 +207,7 @@ where
                 }
             };
             let at_end = this.inner.is_end_stream();
-            if obs.strip.is_none() && !at_end {
+            if !obs.strip && !at_end {
                 // The usual frame: scanned, and passed on as it came.
                 match frame.data_ref() {
                     Some(data) if data.is_empty() => continue,
@@ -250,7 +262,7 @@ where
                 let queued = obs.queued.as_deref().and_then(Frame::data_ref);
                 SizeHint::with_exact(queued.map_or(0, |d| d.len() as u64))
             }
-            Some(obs) if obs.strip.is_some() => {
+            Some(obs) if obs.strip => {
                 let mut hint = SizeHint::new();
                 if let Some(upper) = self.inner.size_hint().upper() {
                     hint.set_upper(upper.saturating_add(obs.held() as u64));
@@ -271,72 +283,6 @@ fn concat(a: Option<Bytes>, b: Option<Bytes>) -> Option<Bytes> {
             Some(all.freeze())
         }
         (a, b) => a.or(b),
-    }
-}
-
-/// Holds back the bytes of the SSE event in progress, so that a usage-only
-/// chunk can be cut out whole, however the upstream framed it.
-#[derive(Default)]
-struct Strip {
-    held: BytesMut,
-    /// Stream offset of `held[0]`; `held_start + held.len()` is the offset
-    /// of the next frame.
-    held_start: u64,
-}
-
-impl Strip {
-    /// `data` was just scanned; the stream has now `pos` bytes, the complete
-    /// events end at `cut`, and `ranges` are events to cut out. Returns the
-    /// bytes to send now.
-    fn pass(
-        &mut self,
-        data: Bytes,
-        pos: u64,
-        cut: u64,
-        ranges: &mut Vec<Range<u64>>,
-    ) -> Option<Bytes> {
-        let start = self.held_start;
-        let cut = cut.clamp(start, pos);
-        let out = if self.held.is_empty() && ranges.is_empty() {
-            // The usual case: no copy unless the frame ends inside an event.
-            let k = usize::try_from(cut - start)
-                .unwrap_or(usize::MAX)
-                .min(data.len());
-            self.held.extend_from_slice(&data[k..]);
-            data.slice(..k)
-        } else {
-            let mut all = std::mem::take(&mut self.held);
-            all.extend_from_slice(&data);
-            let index = |offset: u64| {
-                usize::try_from(offset - start)
-                    .unwrap_or(usize::MAX)
-                    .min(all.len())
-            };
-            let mut out = BytesMut::with_capacity(index(cut));
-            let mut at = start;
-            for range in ranges.drain(..) {
-                let (from, to) = (range.start.clamp(at, cut), range.end.clamp(at, cut));
-                if from < to {
-                    out.extend_from_slice(&all[index(at)..index(from)]);
-                    at = to;
-                }
-            }
-            out.extend_from_slice(&all[index(at)..index(cut)]);
-            self.held = all.split_off(index(cut));
-            out.freeze()
-        };
-        self.held_start = cut;
-        if self.held.len() > LINE_LIMIT {
-            // Too long to be a usage chunk: send it rather than grow.
-            let held = std::mem::take(&mut self.held);
-            let mut all = BytesMut::with_capacity(out.len() + held.len());
-            all.extend_from_slice(&out);
-            all.extend_from_slice(&held);
-            let out = all;
-            self.held_start = pos;
-            return Some(out.freeze());
-        }
-        Some(out).filter(|b| !b.is_empty())
     }
 }
 

@@ -76,20 +76,22 @@
 //! # Why scan bytes instead of parsing events
 //!
 //! The observer sits on every response of the gateway, and a stream of a
-//! thousand chunks holds its usage in one of them. So each SSE line is
-//! looked at with SIMD searches only (memchr's, for the line break and for
-//! the two keys): a `"usage"` key whose value is an object marks the few
+//! thousand chunks holds its usage in one of them. So each SSE event, as
+//! the crate's one SSE framer (which finds the line breaks) hands it over,
+//! is looked at with SIMD searches only (memchr's, for the two keys): a
+//! `"usage"` key whose value is an object marks the few
 //! events that are parsed, and a `"delta"` key marks the text to count for
 //! the estimate. The parse is `serde_json`'s, into derived structs (a usage
 //! object comes once or twice per response), but for one fix: a JSON body's
 //! usage object cut by a frame boundary inside a number of a member it does
 //! not know (`"cost": 0.`…) is waited for, where serde calls it invalid and
-//! the usage would be lost. Frames
-//! are passed on untouched and
-//! not buffered; the one copy is of a line split across two frames, kept
-//! until its end, and a line longer than 1 MiB is skipped rather than kept.
-//! Events split across frames at any byte (inside `\r\n`, inside the
-//! `"usage"` key, inside a number) give the same report. Events named as
+//! the usage would be lost. Frames are passed on untouched and not
+//! buffered; the one copy is of an event split across two frames, kept (by
+//! the framer) until its end, and an event longer than 1 MiB is skipped
+//! rather than kept. Events split across frames at any byte (inside `\r\n`,
+//! inside the `"usage"` key, inside a number) give the same report, and the
+//! `data:` lines of one event are joined with `\n` as a client joins them
+//! (a usage object spread over several lines is read). Events named as
 //! content (`content_block_delta`, `*.delta`, `ping`) and the `"usage":null`
 //! that ends every chunk of an OpenAI stream skip the `"usage"` search.
 //!
@@ -99,11 +101,6 @@
 //! Anthropic deltas), and a `"delta"` that is itself a string (OpenAI
 //! Responses); in a JSON body, the same keys anywhere. A JSON escape counts
 //! as one character.
-//!
-//! Known limits: a `data` field split over several `data:` lines of one
-//! event (legal SSE, sent by no provider we know) is read line by line, so a
-//! usage object spread over such lines is missed; a stream whose first line
-//! break is `\n` or `\r\n` is then split on `\n` only.
 //!
 //! # Why JSON bodies are not buffered either
 //!
@@ -153,6 +150,12 @@
 //! observer that does not strip: the chunk must still be cut, so the body is
 //! observed again.
 //!
+//! The stream layer ([`StreamErrorTrailerLayer`](crate::stream::StreamErrorTrailerLayer))
+//! frames every event of a stream anyway. When [`observe`] finds a stream
+//! it watches, it hands the scanner's per-event reader to that body instead
+//! of framing the stream a second time: on a server, each event is framed
+//! once.
+//!
 //! # Asking for usage the client did not ask for
 //!
 //! [`request_usage`] rewrites a streamed chat request to set
@@ -185,6 +188,7 @@ pub use self::tap::UsageTap;
 use self::body::Observer;
 use self::scan::Kind;
 use self::tap::Shared;
+use crate::sse::SseHost;
 
 /// Observes the usage of `response`'s body.
 ///
@@ -194,10 +198,13 @@ use self::tap::Shared;
 /// is already at its end (`is_end_stream`) is reported at once. If an inner
 /// tollgate layer already observes this body (a [`UsageTap`] in the response
 /// extensions), the callback is subscribed to that tap and the body passes
-/// through without a second scan.
+/// through without a second scan. When the body frames its SSE events
+/// anyway (the stream layer's body), it reads them for this observer: the
+/// stream is framed once.
 ///
 /// With [`UsageOptions::strip_usage_chunk`] on an SSE response, the
 /// `content-length` header (if any) is removed, since the body shrinks.
+#[inline]
 pub fn observe<B, F>(
     response: Response<B>,
     options: UsageOptions,
@@ -227,6 +234,7 @@ where
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });
+    let is_sse = scanner.is_sse();
     let mut observer = Observer::new(
         scanner,
         strip,
@@ -236,6 +244,25 @@ where
     );
     if body.is_end_stream() {
         observer.complete_now();
+    } else if is_sse && parts.extensions.get::<SseHost>().is_some() {
+        return hand_over(parts, body, observer);
     }
     Response::from_parts(parts, UsageBody::new(body, Some(observer)))
+}
+
+/// The body frames its events anyway (the stream layer's, which put an
+/// [`SseHost`] in the extensions): it reads them for `observer`, and the
+/// observed body only passes frames through. Out of line: the path of every
+/// other response stays small.
+#[inline(never)]
+fn hand_over<B>(
+    parts: http::response::Parts,
+    body: B,
+    observer: Observer,
+) -> Response<UsageBody<B>> {
+    let offered = match parts.extensions.get::<SseHost>() {
+        Some(host) => host.offer(Box::new(observer)).map_err(|refused| *refused),
+        None => Err(observer),
+    };
+    Response::from_parts(parts, UsageBody::new(body, offered.err()))
 }

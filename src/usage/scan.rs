@@ -1,14 +1,14 @@
 //! [`UsageScanner`]: the incremental scanner behind [`UsageBody`](super::UsageBody).
 
 use std::fmt;
-use std::ops::Range;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderMap};
 
 use super::json::JsonScan;
 use super::report::{BodyEnd, Tally, Usage, UsageReport};
-use super::sse::Sse;
+use super::sse::{self, Sse};
+use crate::sse::{Dispatch, Event};
 
 /// Finds token usage in a response body, frame by frame, without keeping the
 /// body.
@@ -96,17 +96,20 @@ impl UsageScanner {
     /// Scans the next data frame.
     pub fn feed(&mut self, chunk: &Bytes) {
         match &mut self.format {
-            Format::Sse(sse) => sse.feed(chunk, &mut self.found),
+            Format::Sse(sse) => sse.scan(chunk, &mut self.found),
             Format::Json(scan) => scan.feed(chunk, &mut self.found),
             Format::Off => {}
         }
     }
 
-    /// Ends the scan: a last SSE line without a line break is still read, and
-    /// a JSON body without usage has its content counted. Idempotent.
+    /// Ends the scan: a last SSE event without its blank line is still
+    /// read, and a JSON body without usage has its content counted.
+    /// Idempotent.
     pub fn finish(&mut self) {
         match &mut self.format {
-            Format::Sse(sse) => sse.finish(&mut self.found),
+            Format::Sse(sse) => {
+                sse.finish(&mut self.found);
+            }
             Format::Json(scan) => scan.finish(&mut self.found),
             Format::Off => {}
         }
@@ -152,13 +155,48 @@ impl UsageScanner {
         }
     }
 
-    /// For stripping: bytes fed so far, the stream offset where the event in
-    /// progress begins (everything before it is complete events), and the
-    /// ranges of the complete usage-only events not yet taken.
-    pub(crate) fn sse_cut(&mut self) -> Option<(u64, u64, &mut Vec<Range<u64>>)> {
+    /// Scans `chunk` and returns what of it the client gets now: with
+    /// stripping, whole SSE events only, without the usage-only chunks (an
+    /// unfinished event is held back until it ends); otherwise all of it.
+    pub(crate) fn forward(&mut self, chunk: Bytes) -> Option<Bytes> {
         match &mut self.format {
-            Format::Sse(sse) => Some((sse.pos, sse.event_start, &mut sse.ranges)),
-            _ => None,
+            Format::Sse(sse) if sse.strip => {
+                sse.feed(&chunk, &mut self.found).release(chunk).into_one()
+            }
+            _ => {
+                self.feed(&chunk);
+                Some(chunk).filter(|c| !c.is_empty())
+            }
+        }
+    }
+
+    /// Ends the scan ([`finish`](Self::finish)) and returns the bytes
+    /// [`forward`](Self::forward) still held back, unless they were cut.
+    pub(crate) fn finish_forward(&mut self) -> Option<Bytes> {
+        match &mut self.format {
+            Format::Sse(sse) if sse.strip => sse.finish(&mut self.found),
+            _ => {
+                self.finish();
+                None
+            }
+        }
+    }
+
+    /// Bytes [`forward`](Self::forward) holds back.
+    pub(crate) fn held_len(&self) -> usize {
+        match &self.format {
+            Format::Sse(sse) if sse.strip => sse.framer.held_len(),
+            _ => 0,
+        }
+    }
+
+    /// Reads one SSE event framed by someone else (the stream layer's body,
+    /// which frames the stream anyway). `Cut` asks for a usage-only chunk
+    /// to be left out, when stripping.
+    pub(crate) fn read_event(&mut self, event: &Event<'_>) -> Dispatch {
+        match &self.format {
+            Format::Sse(own) => sse::read(event, own.strip, &mut self.found),
+            _ => Dispatch::Keep,
         }
     }
 }
@@ -215,7 +253,7 @@ impl fmt::Debug for UsageScanner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::usage::sse::LINE_LIMIT;
+    use crate::usage::sse::EVENT_LIMIT;
 
     fn scan(chunks: &[&[u8]]) -> UsageScanner {
         let mut s = UsageScanner::sse();
@@ -293,20 +331,21 @@ mod tests {
     }
 
     #[test]
-    fn overlong_lines_are_skipped_not_kept() {
+    fn overlong_events_are_skipped_not_kept() {
         let mut s = UsageScanner::sse();
         s.feed(&Bytes::from_static(b"data: {\"delta\":\""));
-        let big = Bytes::from(vec![b'a'; LINE_LIMIT]);
+        let big = Bytes::from(vec![b'a'; EVENT_LIMIT]);
         s.feed(&big);
         s.feed(&big);
         if let Format::Sse(sse) = &s.format {
-            assert!(sse.skipping && sse.carry.capacity() == 0);
+            assert!(sse.framer.overflowing() && sse.framer.held_len() == 0);
         }
         s.feed(&Bytes::from_static(
             b"\"}\n\ndata: {\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}\n\n",
         ));
         s.finish();
         assert_eq!(s.reported().map(|u| u.total_tokens), Some(3));
+        assert_eq!(s.content_chars(), 0);
     }
 
     #[test]
@@ -316,17 +355,39 @@ mod tests {
     }
 
     #[test]
-    fn strip_ranges_cover_the_usage_event() {
+    fn stripping_cuts_the_usage_event() {
         let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
         let mut s = UsageScanner::sse();
         s.strip_usage_chunks();
-        s.feed(&Bytes::from_static(stream));
-        let (pos, cut, ranges) = s.sse_cut().unwrap();
-        assert_eq!((pos, cut), (stream.len() as u64, stream.len() as u64));
-        let r = ranges[0].clone();
+        let out = s.forward(Bytes::from_static(stream)).unwrap();
         assert_eq!(
-            &stream[r.start as usize..r.end as usize],
-            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n"
+            &out[..],
+            &b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n"[..]
         );
+        assert_eq!(s.held_len(), 0);
+    }
+
+    #[test]
+    fn a_usage_object_over_several_data_lines_is_read() {
+        for eol in ["\n", "\r\n", "\r"] {
+            let stream = [
+                "data: {\"choices\":[],",
+                "data: \"usage\":{\"prompt_tokens\":9,",
+                "data:  \"completion_tokens\":2,\"total_tokens\":11}}",
+                "",
+                "data: [DONE]",
+                "",
+                "",
+            ]
+            .join(eol);
+            for split in 0..=stream.len() {
+                let s = scan(&[&stream.as_bytes()[..split], &stream.as_bytes()[split..]]);
+                assert_eq!(
+                    s.reported().map(|u| u.total_tokens),
+                    Some(11),
+                    "{eol:?} split at {split}"
+                );
+            }
+        }
     }
 }

@@ -1,254 +1,120 @@
-//! The SSE line machine behind [`UsageScanner::sse`](super::UsageScanner::sse).
+//! The SSE half of [`UsageScanner`](super::UsageScanner): what each event
+//! says about usage. The events come from the crate's one SSE framer
+//! ([`crate::sse`]), fed by the scanner itself or, on the server, by the
+//! stream layer's body that frames them anyway.
 
-use std::ops::Range;
+use bytes::Bytes;
 
 use super::json::{self, USAGE_KEY};
 use super::keys::{DELTA_KEY, Keys};
 use super::parse;
 use super::report::RawUsage;
 use super::scan::Found;
+use crate::sse::{Dispatch, Event, Fed, Framer};
 
-/// Longest SSE line kept while it arrives over several frames. A longer line
-/// (a base64 image, say) is skipped, not buffered: the scanner resumes at the
-/// next line.
-pub(crate) const LINE_LIMIT: usize = 1024 * 1024;
+/// Largest unfinished SSE event held back while it arrives over several
+/// frames. A larger one (a base64 image, say) is not held and not read: the
+/// scanner resumes at the next event.
+pub(crate) const EVENT_LIMIT: usize = 1024 * 1024;
 
-/// The SSE line machine. Lines are handled as soon as they are complete;
-/// only a line split across frames is copied (into `carry`).
-#[derive(Default)]
+/// A scanner's own framing of the stream, and whether usage-only chunks are
+/// cut.
 pub(crate) struct Sse {
-    pub(super) carry: Vec<u8>,
-    /// Inside a line longer than [`LINE_LIMIT`]: drop bytes to its end.
-    pub(super) skipping: bool,
-    /// How lines end, decided at the first line break: `\n` or `\r\n`
-    /// (every provider) lets the fast `memchr` find them; a bare `\r`
-    /// (allowed by the SSE spec) needs `memchr2`.
-    breaks: Breaks,
-    /// The previous frame ended with `\r`: a `\n` opening this one belongs
-    /// to the same line break (`memchr2` mode only).
-    after_cr: bool,
-    /// The event in progress cannot hold usage: it is named `error`, or it
-    /// is one of the content events of Anthropic and OpenAI Responses.
-    no_usage_event: bool,
+    pub(super) framer: Framer,
     pub(super) strip: bool,
-    /// The event in progress is a usage-only chunk to strip.
-    strip_event: bool,
-    pub(super) pos: u64,
-    pub(super) event_start: u64,
-    pub(super) ranges: Vec<Range<u64>>,
-    finished: bool,
 }
 
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
-enum Breaks {
-    #[default]
-    Unknown,
-    Lf,
-    Cr,
+impl Default for Sse {
+    fn default() -> Self {
+        Sse {
+            framer: Framer::new(EVENT_LIMIT),
+            strip: false,
+        }
+    }
 }
 
 impl Sse {
-    pub(super) fn feed(&mut self, chunk: &[u8], found: &mut Found) {
-        if self.finished {
-            return;
-        }
-        let base = self.pos;
-        self.pos += chunk.len() as u64;
-        let mut i = 0;
-        if std::mem::take(&mut self.after_cr) && chunk.first() == Some(&b'\n') {
-            i = 1;
-            if self.event_start == base {
-                self.event_start = base + 1;
-            }
-        }
-        if !self.carry.is_empty() || self.skipping {
-            let rest = &chunk[i..];
-            let Some(j) = self.find_break(rest) else {
-                self.extend_carry(rest);
-                return;
-            };
-            self.extend_carry(&rest[..j]);
-            let end = self.line_end(chunk, i + j);
-            if !std::mem::take(&mut self.skipping) {
-                let carry = std::mem::take(&mut self.carry);
-                self.line(&carry, base + end as u64, found);
-                self.carry = carry;
-                self.carry.clear();
-            }
-            i = end;
-        }
-        if self.breaks == Breaks::Lf {
-            // Every provider's streams: lines end at `\n` (a `\r` before it
-            // is cut by `line`), and an event ends with a blank line.
-            while let Some(j) = chunk
-                .get(i..)
-                .filter(|rest| !rest.is_empty())
-                .and_then(|rest| memchr::memchr(b'\n', rest))
-            {
-                let end = i + j + 1;
-                self.line(&chunk[i..end - 1], base + end as u64, found);
-                i = end;
-                while chunk.get(i) == Some(&b'\n') {
-                    i += 1;
-                    self.line(b"", base + i as u64, found);
-                }
-            }
-        }
-        while let Some(rest) = chunk.get(i..).filter(|r| !r.is_empty()) {
-            match self.find_break(rest) {
-                Some(j) => {
-                    let end = self.line_end(chunk, i + j);
-                    self.line(&rest[..j], base + end as u64, found);
-                    i = end;
-                }
-                None => {
-                    self.extend_carry(rest);
-                    break;
-                }
-            }
+    /// Reads the events `chunk` completes.
+    pub(super) fn scan(&mut self, chunk: &Bytes, found: &mut Found) {
+        let strip = self.strip;
+        let mut read = |event: &Event<'_>| read(event, strip, found);
+        if self.framer.feed_one(chunk, &mut read).is_none() {
+            self.framer.feed_frame(chunk, &mut read);
         }
     }
 
-    fn find_break(&self, bytes: &[u8]) -> Option<usize> {
-        if self.breaks == Breaks::Lf {
-            memchr::memchr(b'\n', bytes)
-        } else {
-            memchr::memchr2(b'\n', b'\r', bytes)
-        }
+    /// As [`scan`](Self::scan), and what of `chunk` is released (whole
+    /// events, less those cut).
+    pub(super) fn feed(&mut self, chunk: &Bytes, found: &mut Found) -> Fed {
+        let strip = self.strip;
+        self.framer
+            .feed(chunk, &mut |event: &Event<'_>| read(event, strip, found))
     }
 
-    /// `at` is a line break in `chunk`; returns the index past it (`\r\n`
-    /// is one).
-    fn line_end(&mut self, chunk: &[u8], at: usize) -> usize {
-        if chunk.get(at) != Some(&b'\r') {
-            if self.breaks == Breaks::Unknown {
-                self.breaks = Breaks::Lf;
-            }
-            return at + 1;
-        }
-        match chunk.get(at + 1) {
-            Some(b'\n') => {
-                if self.breaks == Breaks::Unknown {
-                    self.breaks = Breaks::Lf;
-                }
-                at + 2
-            }
-            Some(_) => {
-                self.breaks = Breaks::Cr;
-                at + 1
-            }
-            None => {
-                self.after_cr = true;
-                at + 1
-            }
-        }
+    /// The end: an unfinished event is read all the same. Returns its bytes
+    /// unless they were cut.
+    pub(super) fn finish(&mut self, found: &mut Found) -> Option<Bytes> {
+        let strip = self.strip;
+        self.framer
+            .finish(&mut |event: &Event<'_>| read(event, strip, found))
     }
+}
 
-    fn extend_carry(&mut self, bytes: &[u8]) {
-        if self.skipping {
-            return;
-        }
-        if self.carry.len() + bytes.len() > LINE_LIMIT {
-            self.skipping = true;
-            self.carry = Vec::new();
-        } else {
-            self.carry.extend_from_slice(bytes);
-        }
+/// Reads one event: its generated text and usage go to `found`. With
+/// `strip`, a usage-only chunk (`choices: []` with usage) is cut.
+pub(crate) fn read(event: &Event<'_>, strip: bool, found: &mut Found) -> Dispatch {
+    if !event.has_data() || event.is_done() || event.is_partial() {
+        return Dispatch::Keep;
     }
-
-    /// One complete line; `end` is the stream offset past its line break.
-    fn line(&mut self, line: &[u8], end: u64, found: &mut Found) {
-        // In `\n` mode a `\r\n` leaves its `\r` on the line.
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        match line.first() {
-            None => {
-                // A blank line dispatches the event.
-                if std::mem::take(&mut self.strip_event) {
-                    self.ranges.push(self.event_start..end);
-                }
-                self.no_usage_event = false;
-                self.event_start = end;
-            }
-            Some(b'd') => {
-                if let Some(value) = line.strip_prefix(b"data:") {
-                    let value = value.strip_prefix(b" ").unwrap_or(value);
-                    self.data(value, found);
-                }
-            }
-            Some(b'e') => {
-                if let Some(name) = line.strip_prefix(b"event:") {
-                    self.no_usage_event = cannot_hold_usage(name.trim_ascii());
-                }
-            }
-            _ => {}
-        }
+    let data = event.data;
+    let keys = Keys::get();
+    // Every `"delta"`, searched from past the value of the one before.
+    let mut from = 0;
+    while let Some(k) = data.get(from..).and_then(|rest| keys.delta(rest)) {
+        let (chars, end) = delta_text(data, from + k);
+        found.content_chars += chars;
+        from = end;
     }
-
-    fn data(&mut self, data: &[u8], found: &mut Found) {
-        if data == b"[DONE]" {
-            return;
-        }
-        let keys = Keys::get();
-        // Every `"delta"`, searched from past the value of the one before.
-        let mut from = 0;
-        while let Some(k) = data.get(from..).and_then(|rest| keys.delta(rest)) {
-            let (chars, end) = delta_text(data, from + k);
-            found.content_chars += chars;
-            from = end;
-        }
-        // Every chunk of an OpenAI stream with usage on ends with a null
-        // usage: that one needs no search.
-        if self.no_usage_event || data.ends_with(b"\"usage\":null}") {
-            return;
-        }
-        let mut from = 0;
-        loop {
-            let Some(k) = data.get(from..).and_then(|rest| keys.usage(rest)) else {
-                return;
-            };
-            if holds_object(data, from + k) {
-                break;
-            }
-            from += k + USAGE_KEY.len();
-        }
-        // The few events that can hold usage are parsed; nothing else is.
-        let Some(event) = parse::event(data) else {
-            return;
+    // Every chunk of an OpenAI stream with usage on ends with a null usage:
+    // that one needs no search.
+    let named_content = event
+        .name
+        .is_some_and(|name| cannot_hold_usage(name.trim_ascii()));
+    if named_content || data.ends_with(b"\"usage\":null}") {
+        return Dispatch::Keep;
+    }
+    let mut from = 0;
+    loop {
+        let Some(k) = data.get(from..).and_then(|rest| keys.usage(rest)) else {
+            return Dispatch::Keep;
         };
-        if event.error {
-            return;
+        if holds_object(data, from + k) {
+            break;
         }
-        if let Some(usage) = event.usage.filter(RawUsage::has_counts) {
-            // OpenAI's usage chunk, Anthropic's message_delta.
-            found.tally.merge(&usage, true);
-            if self.strip && event.choices == Some(true) {
-                self.strip_event = true;
-            }
-        }
-        if let Some(usage) = event.message.filter(RawUsage::has_counts) {
-            // Anthropic's message_start: the prompt side only.
-            found.tally.merge(&usage, false);
-        }
-        if let Some(usage) = event.response.filter(RawUsage::has_counts) {
-            // OpenAI Responses: response.completed (or .incomplete, .failed).
-            found.tally.merge(&usage, true);
-        }
+        from += k + USAGE_KEY.len();
     }
-
-    pub(super) fn finish(&mut self, found: &mut Found) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        let carry = std::mem::take(&mut self.carry);
-        if !carry.is_empty() && !self.skipping {
-            // A last line without a line break: read it all the same.
-            self.line(&carry, self.pos, found);
-        }
-        if std::mem::take(&mut self.strip_event) {
-            self.ranges.push(self.event_start..self.pos);
-        }
-        self.event_start = self.pos;
+    // The few events that can hold usage are parsed; nothing else is.
+    let Some(event) = parse::event(data) else {
+        return Dispatch::Keep;
+    };
+    if event.error {
+        return Dispatch::Keep;
     }
+    let mut cut = false;
+    if let Some(usage) = event.usage.filter(RawUsage::has_counts) {
+        // OpenAI's usage chunk, Anthropic's message_delta.
+        found.tally.merge(&usage, true);
+        cut = strip && event.choices == Some(true);
+    }
+    if let Some(usage) = event.message.filter(RawUsage::has_counts) {
+        // Anthropic's message_start: the prompt side only.
+        found.tally.merge(&usage, false);
+    }
+    if let Some(usage) = event.response.filter(RawUsage::has_counts) {
+        // OpenAI Responses: response.completed (or .incomplete, .failed).
+        found.tally.merge(&usage, true);
+    }
+    if cut { Dispatch::Cut } else { Dispatch::Keep }
 }
 
 /// The generated text under the `"delta"` key at `k`: a string (OpenAI

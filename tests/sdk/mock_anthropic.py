@@ -9,7 +9,7 @@ import os
 import sys
 
 import anthropic
-import httpx
+import httpx2 as httpx  # the HTTP client the SDKs ship (openai 3.x, anthropic 2.x)
 from anthropic.types import Message
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -10,7 +10,7 @@ import sys
 import traceback
 import uuid
 
-import httpx
+import httpx2 as httpx  # the HTTP client the SDKs ship (openai 3.x, anthropic 2.x)
 
 BASE_URL = os.environ["MOCK_BASE_URL"]
 KEY = os.environ["MOCK_KEY"]

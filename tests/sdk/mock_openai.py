@@ -10,7 +10,7 @@ import os
 import struct
 import sys
 
-import httpx
+import httpx2 as httpx  # the HTTP client the SDKs ship (openai 3.x, anthropic 2.x)
 import openai
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk

@@ -10,7 +10,7 @@ import contextlib
 import sys
 import traceback
 
-import httpx
+import httpx2 as httpx  # the HTTP client the SDKs ship (openai 3.x, anthropic 2.x)
 import openai
 
 BASE_URL = os.environ["TOLLGATE_BASE_URL"]

@@ -483,3 +483,115 @@ fn json_line(line: &str) -> Option<Value> {
 pub fn refuses_connections(addr: SocketAddr) -> bool {
     std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err()
 }
+
+/// A small JSON client for process tests (admin API, proxy calls): every
+/// call bounded by 20 s.
+#[derive(Clone)]
+pub struct Http {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+/// An answer: status, headers and the body as JSON (`Value::Null` when it
+/// is not JSON; the text is in `text`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The status.
+    pub status: http::StatusCode,
+    /// The headers.
+    pub headers: http::HeaderMap,
+    /// The body as JSON.
+    pub json: Value,
+    /// The body as text.
+    pub text: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http::new()
+    }
+}
+
+impl Http {
+    /// A client with a connection pool.
+    pub fn new() -> Http {
+        Http {
+            client: hyper_util::client::legacy::Client::builder(
+                hyper_util::rt::TokioExecutor::new(),
+            )
+            .build_http(),
+        }
+    }
+
+    /// Sends `method url` with `Authorization: Bearer key`, the extra
+    /// `headers`, and `body` as JSON (none for `Value::Null`).
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        key: Option<&str>,
+        headers: &[(&str, &str)],
+        body: &Value,
+    ) -> Answer {
+        let mut builder = http::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json");
+        if let Some(key) = key {
+            builder = builder.header("authorization", format!("Bearer {key}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, *value);
+        }
+        let bytes = if body.is_null() {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from(body.to_string())
+        };
+        let request = builder
+            .body(http_body_util::Full::new(bytes))
+            .expect("a request");
+        let response = tokio::time::timeout(Duration::from_secs(20), self.client.request(request))
+            .await
+            .unwrap_or_else(|_| panic!("{method} {url}: no answer within 20 s"))
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(
+            Duration::from_secs(20),
+            http_body_util::BodyExt::collect(body),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{method} {url}: body not done within 20 s"))
+        .unwrap_or_else(|e| panic!("{method} {url}: body: {e}"))
+        .to_bytes();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+            text,
+        }
+    }
+
+    /// `GET url` with `key`.
+    pub async fn get(&self, url: &str, key: Option<&str>) -> Answer {
+        self.send("GET", url, key, &[], &Value::Null).await
+    }
+
+    /// `POST url` with `key` and a JSON `body`.
+    pub async fn post(&self, url: &str, key: Option<&str>, body: &Value) -> Answer {
+        self.send("POST", url, key, &[], body).await
+    }
+
+    /// A chat completion of `model` saying `text`, with `key`.
+    pub async fn chat(&self, gateway: &Gateway, key: &str, model: &str, text: &str) -> Answer {
+        let body = serde_json::json!({
+            "model": model,
+            "messages": [{"role": "user", "content": text}],
+        });
+        self.post(&gateway.url("/v1/chat/completions"), Some(key), &body)
+            .await
+    }
+}

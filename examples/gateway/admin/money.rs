@@ -1,0 +1,203 @@
+//! Money at run time: prepaid top-ups, budget resets, spend reports.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tollgate::ApiError;
+use tollgate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, SpendGroup, SpendQuery};
+
+use super::{AdminState, admin_of, budget_json, json_response, object_of, record_of};
+
+/// The longest `Idempotency-Key` taken.
+const MAX_IDEMPOTENCY_KEY: usize = 255;
+
+/// `POST /admin/keys/{id}/balance` `{"add_usd": "25.00"}`: adds to the
+/// key's prepaid balance. The amount must be within the config's
+/// `min_top_up_usd` and `max_top_up_usd`. With an `Idempotency-Key`
+/// header, a retried top-up (same key, within 24 hours) adds nothing and
+/// answers the balance with `"replayed": true`.
+pub async fn top_up(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let admin = admin_of(&req);
+    let answer = async {
+        let idempotency_key = idempotency_key(req.headers())?;
+        let body = axum::body::to_bytes(req.into_body(), 64 << 10)
+            .await
+            .map_err(|_| ApiError::payload_too_large().with_message("The body is over 64 KiB."))?;
+        let fields = object_of(&body)?;
+        let amount = amount_of(fields.get("add_usd"))?;
+        let (min, max) = (state.0.min_top_up, state.0.max_top_up);
+        if amount < min || amount > max {
+            return Err(ApiError::invalid_request()
+                .with_param("add_usd")
+                .with_message(format!(
+                    "A top-up must be from {min} to {max}; got {amount}."
+                )));
+        }
+        let record = record_of(&state, &id).await?;
+        let Some(balance) = own_budget(&record.budgets, &id, BudgetMode::Balance) else {
+            return Err(ApiError::invalid_request()
+                .with_param("add_usd")
+                .with_message(format!(
+                    "Key '{id}' has no prepaid balance (set `balance_usd` on it first)."
+                )));
+        };
+        let outcome = state
+            .0
+            .ledger
+            .top_up(balance, amount, idempotency_key.as_deref())
+            .await?;
+        tracing::info!(
+            target: "tollgate::audit",
+            admin,
+            action = "balance.top_up",
+            key = %id,
+            add_usd = %amount.to_decimal(),
+            replayed = outcome.replayed,
+            idempotency_key = idempotency_key.as_deref().unwrap_or("-"),
+        );
+        Ok(json!({
+            "id": id,
+            "balance_usd": outcome.status.remaining().to_decimal(),
+            "replayed": outcome.replayed,
+        }))
+    };
+    match answer.await {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// `POST /admin/keys/{id}/budget/reset`: the key's budget starts its
+/// current period again from zero spend (requests in flight keep their
+/// holds).
+pub async fn reset_budget(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Response {
+    let admin = admin_of(&req);
+    let answer = async {
+        let record = record_of(&state, &id).await?;
+        let Some(budget) = own_budget(&record.budgets, &id, BudgetMode::Budget) else {
+            return Err(ApiError::invalid_request().with_message(format!(
+                "Key '{id}' has no budget to reset (a prepaid balance is topped up instead)."
+            )));
+        };
+        let status = state.0.ledger.reset(budget).await?;
+        tracing::info!(target: "tollgate::audit", admin, action = "budget.reset", key = %id);
+        Ok(budget_json(budget, &status))
+    };
+    match answer.await {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// Query of `GET /admin/spend`.
+#[derive(Debug, Deserialize)]
+pub struct SpendParams {
+    group_by: Option<String>,
+    key: Option<String>,
+    model: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `GET /admin/spend?group_by=key|model|day&key=&model=&from=&to=`: cost,
+/// tokens and requests from the ledger's aggregates (kept in the same step
+/// as each settlement). `from` and `to` are UTC dates (`2026-12-06`),
+/// inclusive; `group_by` may also be `user`, `team` or `org`.
+pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendParams>) -> Response {
+    let answer = async {
+        let group = params.group_by.as_deref().unwrap_or("key");
+        let group_by = match group {
+            "key" => SpendGroup::Key,
+            "model" => SpendGroup::Model,
+            "day" => SpendGroup::Day,
+            "user" => SpendGroup::User,
+            "team" => SpendGroup::Team,
+            "org" => SpendGroup::Org,
+            _ => {
+                return Err(ApiError::invalid_request()
+                    .with_param("group_by")
+                    .with_message("`group_by` must be key, model, day, user, team or org."));
+            }
+        };
+        let day = |value: &Option<String>, param: &'static str| match value.as_deref() {
+            None => Ok(None),
+            Some(date) => SpendQuery::day(date).map(Some).ok_or_else(|| {
+                ApiError::invalid_request()
+                    .with_param(param)
+                    .with_message(format!("`{param}` must be a UTC date like 2026-12-06."))
+            }),
+        };
+        let mut query =
+            SpendQuery::new(group_by).days(day(&params.from, "from")?, day(&params.to, "to")?);
+        if let Some(key) = params.key.clone() {
+            query = query.scope(BudgetScope::Key(key));
+        }
+        if let Some(model) = params.model.clone() {
+            query = query.model(model);
+        }
+        let rows = state.0.ledger.spend(&query).await?;
+        let data: Vec<Value> = rows
+            .iter()
+            .map(|row| {
+                json!({
+                    "group": row.group,
+                    "cost_usd": row.totals.cost.to_decimal(),
+                    "prompt_tokens": row.totals.prompt_tokens,
+                    "completion_tokens": row.totals.completion_tokens,
+                    "cached_tokens": row.totals.cached_tokens,
+                    "requests": row.totals.requests,
+                })
+            })
+            .collect();
+        Ok(json!({"object": "list", "group_by": group, "data": data}))
+    };
+    match answer.await {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// The key's own budget (or balance) among `budgets`.
+fn own_budget<'a>(budgets: &'a [BudgetSpec], id: &str, mode: BudgetMode) -> Option<&'a BudgetSpec> {
+    budgets
+        .iter()
+        .find(|b| b.mode == mode && matches!(&b.scope, BudgetScope::Key(k) if k == id))
+}
+
+/// `add_usd` as money: a decimal string (`"25.00"`) or a number.
+fn amount_of(value: Option<&Value>) -> Result<Money, ApiError> {
+    let bad = || {
+        ApiError::invalid_request()
+            .with_param("add_usd")
+            .with_message("`add_usd` must be a dollar amount like \"25.00\".")
+    };
+    match value {
+        Some(Value::String(text)) => text.parse().map_err(|_| bad()),
+        Some(Value::Number(number)) => number.to_string().parse().map_err(|_| bad()),
+        _ => Err(bad()),
+    }
+}
+
+/// The `Idempotency-Key` header: visible ASCII, at most 255 bytes.
+fn idempotency_key(headers: &http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(key) if !key.trim().is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY => {
+            Ok(Some(key.trim().to_owned()))
+        }
+        _ => Err(ApiError::invalid_request()
+            .with_message("`Idempotency-Key` must be 1 to 255 visible ASCII characters.")),
+    }
+}

@@ -1,0 +1,368 @@
+//! One gateway process: its long-lived stores and the [`App`] its config
+//! builds, swapped whole by a reload.
+//!
+//! ```text
+//! Gateway (one per process)
+//! ├── stores: Stores        opened once; counters, spend and keys live here
+//! ├── current: ArcSwap<App> swapped by a reload (SIGHUP, POST /admin/reload)
+//! └── how to read the config again, the shutdown, the mock upstream
+//! ```
+//!
+//! Each request loads the current [`App`] once and runs to its end on it: a
+//! reload never changes the config a request (or a stream) started with,
+//! and never resets a counter, because counters live in the stores, which
+//! every `App` shares.
+//!
+//! # Config entries are grants
+//!
+//! At start-up and at every reload the `[[keys]]` of the file are applied
+//! to the key store with [`KeyEntry::grant`]: a key the store does not have
+//! is created; one it has gets only what changed in the file since it was
+//! last granted, so a key revoked or rotated through the admin API stays
+//! revoked or rotated across restarts, and no balance is refilled (balances
+//! are the ledger's, opened once). A key that was granted from the file and
+//! is no longer in it is deleted, so removing an entry and reloading takes
+//! its access away; keys made through the admin API are never touched.
+//!
+//! # Why a reload swaps a whole `App`
+//!
+//! Models, prices, limits, the error format and the upstream are read by
+//! layers built once per router. Rebuilding the router from the new config
+//! and swapping it in one atomic store means a request sees either the old
+//! config or the new one, never a mix, and costs each request one atomic
+//! load. Only what a running server cannot change in place needs a restart
+//! (the listen address, the store, the connection limits); a reload says
+//! which of those the new file changes.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use axum::extract::Request;
+use axum::response::Response;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tollgate::auth::{Grant, KeyAdmin, PutMode};
+use tollgate::store::StoreError;
+use tower::{Service, ServiceExt};
+
+use crate::app::App;
+use crate::config::{Config, ConfigError};
+use crate::mock;
+use crate::server::{self, ServeSettings};
+use crate::shutdown::Shutdown;
+use crate::stores::Stores;
+
+/// Reads the configuration again (the file, then the command line's
+/// options), for a reload.
+pub type LoadConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
+
+/// A gateway process's state.
+pub struct Gateway {
+    stores: Stores,
+    current: ArcSwap<App>,
+    load: LoadConfig,
+    shutdown: Shutdown,
+    reloads: Reloads,
+    /// The base URL of the built-in mock upstream, once started.
+    mock: Mutex<Option<String>>,
+    /// Reloads run one at a time.
+    reloading: Mutex<()>,
+}
+
+/// Why a reload was refused; the running config stays.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file cannot be read, parsed or validated (field and line in the
+    /// message, never a secret).
+    #[error("{0}")]
+    Config(String),
+    /// The key store could not take the file's keys; the ones before the
+    /// failure were applied.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The mock upstream could not start.
+    #[error("the mock upstream could not start: {0}")]
+    Io(#[from] std::io::Error),
+    /// The process is shutting down and serves no more reloads.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+}
+
+/// What a reload did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Reloaded {
+    /// The keys the file's grants changed.
+    pub keys: KeySync,
+    /// Fields the new file changes that only a restart applies.
+    pub restart_required: Vec<&'static str>,
+}
+
+impl Gateway {
+    /// Builds the first [`App`] from `config` on `stores` and applies its
+    /// keys. `load` reads the config again for a reload.
+    pub async fn new(
+        config: Config,
+        stores: Stores,
+        load: LoadConfig,
+        shutdown: Shutdown,
+    ) -> Result<(Arc<Gateway>, ReloadRequests), ReloadError> {
+        let (reloads, requests) = reload_channel();
+        let mock = Mutex::new(None);
+        let upstream = upstream_url(&config, &mock).await?;
+        let app = App::build(config, &stores, upstream, &shutdown, reloads.clone())
+            .map_err(|e| ReloadError::Config(e.to_string()))?;
+        let synced = sync_keys(&app.config, &*stores.keys).await?;
+        tracing::info!(
+            created = synced.created,
+            updated = synced.updated,
+            deleted = synced.deleted,
+            skipped = synced.skipped,
+            store = stores.kind(),
+            "keys from the config applied"
+        );
+        let gateway = Arc::new(Gateway {
+            stores,
+            current: ArcSwap::from_pointee(app),
+            load,
+            shutdown,
+            reloads,
+            mock,
+            reloading: Mutex::new(()),
+        });
+        Ok((gateway, requests))
+    }
+
+    /// The app requests run on now.
+    pub fn app(&self) -> Arc<App> {
+        self.current.load_full()
+    }
+
+    /// Reads the config again and swaps in the app it builds: models,
+    /// prices, keys, limits, the upstream and the error format change,
+    /// counters and spend stay. A config that does not parse or validate is
+    /// refused and the running one stays.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        let config = (self.load)().map_err(|e| ReloadError::Config(e.to_string()))?;
+        let restart_required = restart_only_changes(&self.app().config, &config);
+        let upstream = upstream_url(&config, &self.mock).await?;
+        let app = App::build(
+            config,
+            &self.stores,
+            upstream,
+            &self.shutdown,
+            self.reloads.clone(),
+        )
+        .map_err(|e| ReloadError::Config(e.to_string()))?;
+        let keys = sync_keys(&app.config, &*self.stores.keys).await?;
+        self.current.store(Arc::new(app));
+        Ok(Reloaded {
+            keys,
+            restart_required,
+        })
+    }
+
+    /// Writes out what the state store still holds in memory. Called once at
+    /// the end of a shutdown, after every connection has closed and so every
+    /// reservation has been settled or released (see [`Stores::flush`]).
+    pub async fn flush_store(&self) -> Result<(), StoreError> {
+        self.stores.flush().await
+    }
+
+    /// The service every connection calls: each request on the app current
+    /// when it arrives.
+    pub fn service(self: &Arc<Gateway>) -> axum::Router {
+        axum::Router::new().fallback_service(Current(self.clone()))
+    }
+}
+
+/// The upstream base URL of `config`: its own, or the built-in mock's,
+/// started the first time a config asks for it and kept after (streams in
+/// flight keep their upstream until the process ends).
+async fn upstream_url(config: &Config, mock: &Mutex<Option<String>>) -> std::io::Result<String> {
+    if let Some(url) = config.upstream_url() {
+        return Ok(url.to_owned());
+    }
+    let mut mock = mock.lock().await;
+    if let Some(url) = &*mock {
+        return Ok(url.clone());
+    }
+    let models = config.models.iter().map(|m| m.name.clone()).collect();
+    let listener = TcpListener::bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let addr = listener.local_addr()?;
+    // Served like the gateway (TCP_NODELAY), and never shut down.
+    let router = mock::Mock::new(models).router();
+    tokio::spawn(server::serve(
+        listener,
+        router,
+        ServeSettings::default(),
+        Shutdown::new(),
+    ));
+    let url = format!("http://{addr}/v1");
+    *mock = Some(url.clone());
+    Ok(url)
+}
+
+/// The fields of `new` that differ from `old` and that a reload cannot
+/// apply: the listener, the store and the connection limits are set up once.
+fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
+    let mut fields = Vec::new();
+    let mut differs = |field, changed: bool| {
+        if changed {
+            fields.push(field);
+        }
+    };
+    differs("listen", old.listen != new.listen);
+    differs("store", old.store != new.store);
+    differs(
+        "store_timeout_ms",
+        old.store_timeout_ms != new.store_timeout_ms,
+    );
+    differs(
+        "client_header_timeout_secs",
+        old.client_header_timeout_secs != new.client_header_timeout_secs,
+    );
+    differs(
+        "client_body_timeout_secs",
+        old.client_body_timeout_secs != new.client_body_timeout_secs,
+    );
+    differs(
+        "client_idle_timeout_secs",
+        old.client_idle_timeout_secs != new.client_idle_timeout_secs,
+    );
+    differs(
+        "max_connections",
+        old.max_connections != new.max_connections,
+    );
+    differs(
+        "shutdown_grace_secs",
+        old.shutdown_grace_secs != new.shutdown_grace_secs,
+    );
+    fields
+}
+
+/// What applying a config's keys did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KeySync {
+    /// Keys the store did not have.
+    pub created: usize,
+    /// Keys the file changed.
+    pub updated: usize,
+    /// Keys granted from the file before and no longer in it.
+    pub deleted: usize,
+    /// Keys that could not be applied (a secret another key holds); logged.
+    pub skipped: usize,
+}
+
+/// Applies `config`'s `[[keys]]` to `keys` as grants (see the module docs),
+/// and deletes the keys an earlier config granted that this one no longer
+/// lists. One audit line per change. A store failure stops it (the keys
+/// before it were applied); one key that cannot be stored is logged and
+/// skipped: one key's state never stops a start.
+pub async fn sync_keys(config: &Config, keys: &dyn KeyAdmin) -> Result<KeySync, StoreError> {
+    let mut sync = KeySync::default();
+    for entry in &config.keys {
+        let existing = keys.get(&entry.id).await?;
+        let record = match entry.grant(existing.as_deref()) {
+            Ok(Grant::Put(record)) => record,
+            Ok(Grant::Unchanged) => continue,
+            Err(error) => {
+                // `Config::validate` builds every entry first; kept for safety.
+                tracing::error!(key = %entry.id, %error, "key not applied");
+                sync.skipped += 1;
+                continue;
+            }
+        };
+        match keys.put(record, PutMode::Upsert).await {
+            Ok(_) => {
+                let action = if existing.is_some() {
+                    sync.updated += 1;
+                    "key.update"
+                } else {
+                    sync.created += 1;
+                    "key.create"
+                };
+                tracing::info!(target: "tollgate::audit", admin = "config", action, key = %entry.id);
+            }
+            Err(StoreError::Conflict(message)) => {
+                tracing::error!(key = %entry.id, %message, "key from the config not applied");
+                sync.skipped += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let listed: HashSet<&str> = config.keys.iter().map(|k| k.id.as_str()).collect();
+    let mut after: Option<String> = None;
+    loop {
+        let page = keys.list(after.as_deref(), 1000).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.id.clone());
+        for record in &page {
+            if record.config_entry.is_some() && !listed.contains(record.id.as_str()) {
+                keys.delete(&record.id).await?;
+                sync.deleted += 1;
+                tracing::info!(target: "tollgate::audit", admin = "config", action = "key.delete", key = %record.id);
+            }
+        }
+    }
+    Ok(sync)
+}
+
+/// A way to ask for reloads, and its receiving end.
+pub fn reload_channel() -> (Reloads, ReloadRequests) {
+    let (sender, requests) = mpsc::channel(8);
+    (Reloads(sender), ReloadRequests(requests))
+}
+
+/// What a reload asked through [`Reloads`] answers.
+type ReloadAnswer = oneshot::Sender<Result<Reloaded, ReloadError>>;
+
+/// Asks the process for a reload (the admin API's `POST /admin/reload`),
+/// served by the task that also serves SIGHUP, so reloads never overlap.
+#[derive(Clone)]
+pub struct Reloads(mpsc::Sender<ReloadAnswer>);
+
+impl Reloads {
+    /// Reloads and answers what happened.
+    pub async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let (answer, answered) = oneshot::channel();
+        self.0
+            .send(answer)
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        answered.await.map_err(|_| ReloadError::ShuttingDown)?
+    }
+}
+
+/// The receiving end of [`Reloads`]: `main` serves it.
+pub struct ReloadRequests(mpsc::Receiver<ReloadAnswer>);
+
+impl ReloadRequests {
+    /// The next request; send it the reload's outcome.
+    pub async fn next(&mut self) -> Option<ReloadAnswer> {
+        self.0.recv().await
+    }
+}
+
+/// Runs each request on the app current when it arrives.
+#[derive(Clone)]
+struct Current(Arc<Gateway>);
+
+impl Service<Request> for Current {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = tower::util::Oneshot<axum::Router, Request>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // The router (and everything its layers hold) lives as long as the
+        // request and its body, whatever is swapped in meanwhile.
+        self.0.current.load().router.clone().oneshot(req)
+    }
+}

@@ -1,0 +1,282 @@
+//! With the layers a stream meets: a usage observer outside, a retry layer
+//! on either side.
+
+use http::StatusCode;
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+use super::*;
+
+/// The usage observer sees the partial stream and our error event, which it
+/// ignores: the content streamed before the failure is estimated.
+#[tokio::test]
+async fn usage_observer_outside_counts_the_partial_stream() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage::{self, UsageOptions, UsageReport, UsageSource};
+
+    let reports = Arc::new(Mutex::new(Vec::<UsageReport>::new()));
+    let sink = reports.clone();
+    let mut service = ServiceBuilder::new()
+        .map_response(move |response| {
+            let sink = sink.clone();
+            let options = UsageOptions {
+                prompt_tokens_estimate: 5,
+                ..UsageOptions::default()
+            };
+            usage::observe(response, options, move |report| {
+                sink.lock().unwrap().push(*report)
+            })
+        })
+        .layer(StreamErrorTrailerLayer::new())
+        .service(service_fn(|_req: Request<Full<Bytes>>| async {
+            Ok::<_, Infallible>(sse(
+                &[
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hello\"}}]}\n\n",
+                    "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"}}]}\n\n",
+                ],
+                Then::Fail,
+            ))
+        }));
+    let response = bounded(service.ready().await.unwrap().call(chat_request()))
+        .await
+        .unwrap();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert!(
+        body.ends_with(
+            error_event(
+                "bad_gateway",
+                "The upstream stream failed before it completed.",
+                "server_error"
+            )
+            .as_bytes()
+        )
+    );
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    let report = reports[0];
+    assert_eq!(report.source, UsageSource::Estimated);
+    assert_eq!(report.status, StatusCode::OK);
+    assert_eq!(report.usage.prompt_tokens, 5);
+    // "Hello world": 11 characters, a quarter of them rounded up.
+    assert_eq!(report.usage.completion_tokens, 3);
+}
+
+// ---- one framing pass on the server: the layer reads for the observer ----
+
+const USAGE_CHUNK: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
+
+/// The stream layer inside a usage observer (as in a gateway: rate limit and
+/// budget outside it), with `frames` from the upstream.
+async fn observed(
+    frames: Vec<&'static str>,
+    options: tollgate::usage::UsageOptions,
+) -> (String, String, tollgate::usage::UsageReport) {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage;
+
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let service = ServiceBuilder::new()
+        .map_response(move |response| {
+            let sink = sink.clone();
+            usage::observe(response, options.clone(), move |report| {
+                sink.lock().unwrap().push(*report)
+            })
+        })
+        .layer(StreamErrorTrailerLayer::new())
+        .service(service_fn(move |_req: Request<Full<Bytes>>| {
+            let response = sse(&frames, Then::End);
+            async move { Ok::<_, Infallible>(response) }
+        }));
+    let response = bounded(service.oneshot(chat_request())).await.unwrap();
+    let debug = format!("{:?}", response.body());
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1, "one report");
+    (String::from_utf8(body.to_vec()).unwrap(), debug, reports[0])
+}
+
+/// The stream layer frames every event anyway: the observer outside hands it
+/// its reader and only passes frames through, and the report is the same as
+/// if it had framed the stream itself.
+#[tokio::test]
+async fn an_observer_outside_reads_the_events_the_layer_frames() {
+    use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
+
+    let stream = format!("{CHUNK}{USAGE_CHUNK}{DONE}");
+    for split in 0..=stream.len() {
+        let (a, b) = stream.split_at(split);
+        let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+        let (body, debug, report) = observed(frames, UsageOptions::default()).await;
+        assert_eq!(body, stream, "split at {split}");
+        assert!(debug.contains("observing: false"), "{debug}");
+        assert_eq!(report.source, UsageSource::Reported, "split at {split}");
+        assert_eq!(report.end, BodyEnd::Completed);
+        assert_eq!(report.usage.total_tokens, 11);
+    }
+}
+
+/// Stripping the usage chunk works through the layer too, wherever the
+/// upstream cut its frames, also when the usage chunk is the first event
+/// (read while the layer held the head).
+#[tokio::test]
+async fn an_observer_outside_strips_through_the_layer() {
+    use tollgate::usage::{UsageOptions, UsageSource};
+
+    let options = UsageOptions::default().strip_usage_chunk(true);
+    for (stream, expected) in [
+        (
+            format!("{CHUNK}{USAGE_CHUNK}{DONE}"),
+            format!("{CHUNK}{DONE}"),
+        ),
+        (
+            format!(": ping\n\n{USAGE_CHUNK}{CHUNK}{DONE}"),
+            format!(": ping\n\n{CHUNK}{DONE}"),
+        ),
+        (
+            format!("{USAGE_CHUNK}{CHUNK}{DONE}").replace('\n', "\r\n"),
+            format!("{CHUNK}{DONE}").replace('\n', "\r\n"),
+        ),
+    ] {
+        for split in 0..=stream.len() {
+            let (a, b) = stream.split_at(split);
+            let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+            let (body, debug, report) = observed(frames, options.clone()).await;
+            assert_eq!(body, expected, "split at {split} of {stream:?}");
+            assert!(debug.contains("observing: false"), "{debug}");
+            assert_eq!(report.source, UsageSource::Reported);
+            assert_eq!(report.usage.total_tokens, 11);
+        }
+    }
+}
+
+// ---- the first event, read once on the client side ----
+
+/// A body that counts the frames polled from it.
+struct Counted<B> {
+    inner: std::pin::Pin<Box<B>>,
+    polls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.as_mut().poll_frame(cx)
+    }
+}
+
+/// Counts the frames a layer further out polls from the response body.
+fn counting<B>(
+    polls: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> impl Fn(Response<B>) -> Response<Counted<B>> + Clone {
+    let polls = polls.clone();
+    move |response| {
+        response.map(|body| Counted {
+            inner: Box::pin(body),
+            polls: polls.clone(),
+        })
+    }
+}
+
+fn upstream_stream(
+    frames: Vec<&'static str>,
+) -> impl Service<Request<Full<Bytes>>, Response = Response<Body>, Error = Infallible> + Clone {
+    service_fn(move |_req: Request<Full<Bytes>>| {
+        let response = sse(&frames, Then::End);
+        async move { Ok::<_, Infallible>(response) }
+    })
+}
+
+/// Retry layer outside, stream layer inside: the stream layer read the
+/// first event while holding the head, and the retry layer classifies with
+/// that reading instead of peeking at the stream again.
+#[tokio::test(start_paused = true)]
+async fn the_retry_layer_reuses_the_stream_layers_first_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tollgate::RetryLayer;
+
+    let stream = format!(": ping\n\n{CHUNK}{DONE}");
+    for hold in [true, false] {
+        let polls = Arc::new(AtomicUsize::new(0));
+        let service = ServiceBuilder::new()
+            .layer(RetryLayer::new())
+            .map_response(counting(&polls))
+            .layer(StreamErrorTrailerLayer::new().hold_first_event(hold))
+            .service(upstream_stream(vec![": ping\n\n", CHUNK, DONE]));
+        let response = bounded(service.oneshot(chat_request())).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let peeked = polls.load(Ordering::SeqCst);
+        if hold {
+            // Not one frame was read for the retry layer's classification.
+            assert_eq!(peeked, 0);
+        } else {
+            // The stream layer did not read it: the retry layer peeks.
+            assert!(peeked > 0);
+        }
+        let body = bounded(response.into_body().collect())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body, stream, "hold {hold}");
+    }
+}
+
+/// Stream layer outside, retry layer inside (a gateway whose upstream client
+/// retries): the retry layer peeked at the first event, and the stream layer
+/// uses its reading instead of holding the head again; an error as the first
+/// event still becomes an error status.
+#[tokio::test(start_paused = true)]
+async fn the_stream_layer_reuses_the_retry_layers_first_event() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tollgate::RetryLayer;
+
+    let error = "data: {\"error\":{\"message\":\"Bad request.\",\"type\":\"invalid_request_error\",\"code\":\"bad\"}}\n\n";
+    for (frames, status) in [
+        (vec![": ping\n\n", CHUNK, DONE], StatusCode::OK),
+        (vec![error], StatusCode::BAD_REQUEST),
+    ] {
+        for peek in [true, false] {
+            let polls = Arc::new(AtomicUsize::new(0));
+            let service = ServiceBuilder::new()
+                .layer(StreamErrorTrailerLayer::new())
+                .map_response(counting(&polls))
+                .layer(RetryLayer::new().peek_streams(peek))
+                .service(upstream_stream(frames.clone()));
+            let response = bounded(service.oneshot(chat_request())).await.unwrap();
+            assert_eq!(response.status(), status, "peek {peek}");
+            let held = polls.load(Ordering::SeqCst);
+            if peek {
+                assert_eq!(held, 0, "the stream layer read nothing to hold the head");
+            } else {
+                assert!(
+                    held > 0,
+                    "without the retry layer's reading it holds the head"
+                );
+            }
+            let body = bounded(response.into_body().collect())
+                .await
+                .unwrap()
+                .to_bytes();
+            if status == StatusCode::OK {
+                assert_eq!(body, frames.concat());
+            } else {
+                let text = String::from_utf8(body.to_vec()).unwrap();
+                assert!(text.contains("Bad request."), "{text}");
+            }
+        }
+    }
+}
