@@ -359,7 +359,7 @@ fn files_that_cannot_be_opened_are_errors_naming_the_path() {
             err,
             SqliteError::NewerSchema {
                 found: 99,
-                supported: 1,
+                supported: 2,
                 ..
             }
         ),
