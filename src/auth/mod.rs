@@ -215,6 +215,7 @@ mod record;
 mod resolve;
 mod service;
 mod store;
+mod sync;
 mod tenant;
 
 pub use self::entry::{InvalidKeyEntry, KeyEntry, LimitEntry, ModelLimitEntry, TenantEntry};
@@ -228,4 +229,5 @@ pub use self::layer::AuthLayer;
 pub use self::record::{KeyHash, KeyRecord, Principal, RetiredSecret};
 pub use self::service::Auth;
 pub use self::store::{KeyAdmin, KeyStore, LookupResult, PutMode, TenantAdmin};
+pub use self::sync::{Synced, sync_keys, sync_tenants};
 pub use self::tenant::{InvalidTenant, TenantKind, TenantRecord, Tenants};
