@@ -1,5 +1,7 @@
 //! Reserve + settle against the in-memory ledger: the money path of every
-//! request. Target: under 300 ns for one budget.
+//! request, for a key alone (1 scope), a key in a team in an org (3), and
+//! a key of a user in a team in an org (4): one step, all or nothing, for
+//! every scope. Target: under 300 ns for one budget.
 //!
 //! `cargo bench --bench budget -- --warm-up-time 1 --measurement-time 3`
 //!
@@ -93,10 +95,17 @@ fn bench(c: &mut Criterion) {
         Period::Monthly,
     );
     let org = BudgetSpec::balance(BudgetScope::Org("acme".into()), Money::from_usd(1_000_000));
+    let user = BudgetSpec::budget(
+        BudgetScope::User("ann".into()),
+        Money::from_usd(1_000_000),
+        Period::Daily,
+    );
 
     let one: Arc<[BudgetSpec]> = Arc::new([key.clone()]);
-    let three: Arc<[BudgetSpec]> = Arc::new([key, team, org]);
-    for (name, budgets) in [("1 budget", &one), ("3 budgets", &three)] {
+    let three: Arc<[BudgetSpec]> = Arc::new([key.clone(), team.clone(), org.clone()]);
+    let four: Arc<[BudgetSpec]> = Arc::new([key, user, team, org]);
+    let cases = [("1 scope", &one), ("3 scopes", &three), ("4 scopes", &four)];
+    for (name, budgets) in cases {
         c.bench_function(&format!("budget/memory reserve+settle, {name}"), |b| {
             b.iter(|| reserve_settle(&ledger, black_box(budgets), worst, actual))
         });
@@ -105,7 +114,7 @@ fn bench(c: &mut Criterion) {
         let mut cpu = c.benchmark_group("budget-cpu");
         cpu.sample_size(10)
             .measurement_time(Duration::from_secs(10));
-        for (name, budgets) in [("1 budget", &one), ("3 budgets", &three)] {
+        for (name, budgets) in cases {
             cpu.bench_function(format!("memory reserve+settle, {name}"), |b| {
                 b.iter_custom(|iters| {
                     cpu_time(iters, || {

@@ -6,7 +6,8 @@
 //! reached` once it has) and "this customer spends what they prepaid, no
 //! more" (a 403 `Insufficient account balance`). [`BudgetLayer`] gives both:
 //! it prices each request from [`Pricing`], reserves its worst-case cost
-//! against every budget of the caller (its key's, its team's, its org's: all
+//! against every budget of the caller (its key's, its user's, its team's,
+//! its org's: all
 //! or nothing) in a [`Ledger`] before the call, and settles the actual cost
 //! from the response's token usage when the body ends.
 //!
@@ -72,13 +73,21 @@
 //!    without a price is refused with 400 `no price configured for model X`
 //!    (param `model`), or served free with a warning
 //!    ([`UnpricedModel::ChargeZero`]).
-//! 2. **Reserve.** The worst case, the prompt estimate as input plus
-//!    `max_tokens` (or the model's [`max_output_tokens`](ModelPrice::max_output_tokens))
-//!    as output, is reserved in one ledger round trip against every budget
-//!    of the caller's [`Principal::budgets`](crate::Principal::budgets), all
-//!    or nothing. A budget that cannot afford it refuses the request: 402
-//!    `budget_exceeded` for a [`BudgetMode::Budget`], 403
-//!    `insufficient_balance` for a [`BudgetMode::Balance`].
+//! 2. **Reserve.** The worst case is reserved in one ledger round trip
+//!    against every budget of the caller's
+//!    [`Principal::budgets`](crate::Principal::budgets) (its key's, its
+//!    user's, its team's and its team's org's), all or nothing: the prompt
+//!    estimate (text, images, audio, tool and schema definitions: see
+//!    [`RequestMeta::prompt_tokens_estimate`](crate::RequestMeta::prompt_tokens_estimate))
+//!    as input, plus every completion the request can make (`n`, or
+//!    `best_of` when larger) at its output cap (or the model's
+//!    [`max_output_tokens`](ModelPrice::max_output_tokens) when it sets
+//!    none) as output. A budget that cannot afford it refuses the request,
+//!    naming its scope (`Budget exceeded: $50.00 limit reached for team
+//!    research`): 402 `budget_exceeded` for a [`BudgetMode::Budget`], 403
+//!    `insufficient_balance` for a [`BudgetMode::Balance`]. A body whose
+//!    facts cannot be read (multipart, not JSON) is refused, or reserved a
+//!    fixed amount ([`BudgetLayer::unreadable`]).
 //! 3. **Call.** The response gets `x-budget-limit-usd`,
 //!    `x-budget-remaining-usd` (what was left *before* this request) and
 //!    `x-budget-reset` (RFC 3339, absent for balances and lifetime budgets)
@@ -87,9 +96,10 @@
 //! 4. **Settle.** The response body is observed as it streams
 //!    ([`usage::observe`]); when it ends, fails or is
 //!    dropped, the actual cost is charged and the rest of the reservation
-//!    released. An upstream error (status ≥ 400) with no tokens releases
-//!    everything; a client that disconnects mid-stream pays for what was
-//!    produced until then; an inner service error releases everything.
+//!    released. A call that failed or was cut after the upstream accepted
+//!    it (a client gone mid-stream or before the headers, a timeout) is
+//!    charged by the [`ChargePolicy`]; one the upstream refused or never
+//!    received (a 4xx, a 5xx without usage, a connect error) is not.
 //!    Every metered request is then reported to the [`SpendSink`], and any
 //!    soft limit its charge crossed fires [`OnSoftLimit`].
 //!
@@ -119,6 +129,30 @@
 //!   exceed the limit by at most one request's cost beyond its reservation.
 //!   Choose it for internal team budgets, where a small bounded overshoot
 //!   beats refusing work.
+//!
+//! # Guarantees, and what each needs
+//!
+//! | guarantee | holds when |
+//! |---|---|
+//! | **`Strict` never overshoots**: a budget's settled spend never exceeds its limit, whatever the concurrency | the reservation is an upper bound of the actual cost (below), every instance charging the budget shares one ledger, and the ledger is reachable ([`FailurePolicy::FailOpen`] admits unreserved requests during an outage) |
+//! | **`Bounded` overshoots by at most one request**: by that request's cost beyond its (clamped) reservation | the same |
+//! | **all or nothing across scopes**: a request is held against, and settled to, every budget of its key, user, team and org, or none | always: each is one ledger operation: in [`MemoryLedger`](crate::store::memory::MemoryLedger) under the locks of every budget held at once (SQLite decides in memory the same way and persists the decisions), on Redis one Lua script with every budget in one hash slot |
+//! | **charged exactly once** for every call that reached the upstream | the response body is polled to its end or dropped (either settles), and the process lives until it settles: a crash releases its holds when their lease ends and loses their charges, and a store loses what it had not made durable (SQLite's group-commit window, Redis without AOF) |
+//! | **config never refills**: a restart or a reload never refills a balance or resets a spend | balances are opened once by the ledger and changed only by [`Ledger::top_up`]; grants ([`sync_tenants`](crate::auth::sync_tenants)) change specs, never the ledger |
+//!
+//! The reservation is an upper bound when: the model's price sets
+//! [`max_output_tokens`](ModelPrice::max_output_tokens) to at least what the
+//! model can produce (for requests that give no cap), the upstream honours
+//! the request's output cap for each of its `n`/`best_of` completions
+//! (reasoning tokens included), and the prompt costs no more than its
+//! estimate. The estimate counts images, audio and tool definitions at their
+//! most, but text at four characters a token: a prompt that tokenizes
+//! denser (code, some scripts), files (PDFs), or a model that prices image
+//! tiles above gpt-4o's, costs more than its estimate, and a budget can then
+//! be overshot by the difference. `tests/reservation_proptest.rs` checks the
+//! bound against generated requests; `tests/budget.rs`,
+//! `tests/tenants_concurrency.rs` and `tests/redis.rs` check the guarantees
+//! under concurrency.
 //!
 //! # Budgets and balances
 //!
