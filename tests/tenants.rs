@@ -11,8 +11,8 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tollgate::ApiError;
 use tollgate::auth::{
-    AuthLayer, Grant, KeyAdmin, KeyHash, KeyRecord, KeyStore, Principal, PutMode, TenantAdmin,
-    TenantEntry, TenantKind, TenantRecord,
+    AuthLayer, Grant, KeyHash, KeyRecord, KeyStore, Principal, PutMode, TenantAdmin, TenantEntry,
+    TenantKind, TenantRecord,
 };
 use tollgate::budget::{
     BudgetLayer, BudgetScope, BudgetSpec, Ledger, ModelPrice, Money, Period, Pricing,

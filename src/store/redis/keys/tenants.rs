@@ -26,10 +26,13 @@ use crate::store::{StoreError, StoreFuture};
 /// The prefix of a tenant invalidation message.
 pub(super) const MESSAGE_PREFIX: &str = "t:";
 
+/// A cached tenant (`None`: known not to exist) and when it expires.
+type Cached = (Option<Arc<TenantRecord>>, Instant);
+
 /// The tenants this instance has read, and tenants known not to exist,
 /// each with an expiry (the key cache's TTLs).
 pub(super) struct TenantCache {
-    entries: RwLock<HashMap<BudgetScope, (Option<Arc<TenantRecord>>, Instant)>>,
+    entries: RwLock<HashMap<BudgetScope, Cached>>,
     max: usize,
     ttl: Duration,
     negative_ttl: Duration,
