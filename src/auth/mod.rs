@@ -1,4 +1,5 @@
-//! Who is calling: API keys and virtual keys, safe at rest and exact at the edge.
+//! Who is calling: API keys and virtual keys, safe at rest and exact at the
+//! edge, and the users, teams and orgs they belong to.
 //!
 //! Every request to a gateway spends someone's money, so the first question
 //! is whose. [`AuthLayer`] takes the API key a client sends (the way the
@@ -66,7 +67,7 @@
 //! | malformed or unknown key | 401 | `invalid_api_key` | `UNAUTHENTICATED` |
 //! | expired (`expires_at`, or the maximum lifetime, passed) | 401 | `expired_api_key` | `UNAUTHENTICATED` |
 //! | revoked | 401 | `revoked_api_key` | `UNAUTHENTICATED` |
-//! | disabled (blocked account) | 403 | `account_disabled` | `PERMISSION_DENIED` |
+//! | disabled (blocked account: the key, or its user, team or org) | 403 | `account_disabled` | `PERMISSION_DENIED` |
 //! | model not in the key's allow-list | 403 | `model_not_allowed`, param `model` | `PERMISSION_DENIED` |
 //! | the key store cannot answer | 503 | `store_unavailable` | `UNAVAILABLE` |
 //!
@@ -137,6 +138,114 @@
 //! rotation policy, e.g. 90 days). Within [`AuthLayer::expiry_warning`] of
 //! the end (7 days by default), responses carry `x-api-key-expires-in:
 //! <seconds>`, so clients can rotate before they break.
+//!
+//! # Users, teams and orgs
+//!
+//! An operator sells a team $50 a month and 600 requests a minute, shared by
+//! all its members' keys. Written on each key, that limit is a copy per key:
+//! keys that disagree make it flip with whichever key calls, a new member
+//! gets whatever was copied last, and a change means editing every key. A
+//! tenant record is the one source of truth: the team's limits and budgets
+//! live on the team, each key names its team (and its user), and
+//! [`AuthLayer`] finds the records after the key, so
+//! every request of every member counts against the same limits and is
+//! charged to the same budgets.
+//!
+//! ```
+//! use tollgate::auth::{KeyHash, KeyRecord, Principal, TenantKind, TenantRecord, Tenants};
+//! use tollgate::budget::{BudgetScope, BudgetSpec, Money, Period};
+//! use tollgate::rate_limit::Limit;
+//!
+//! let mut team = TenantRecord::new(TenantKind::Team, "research");
+//! team.org = Some("acme".into());
+//! team.rate_limits.push(Limit::requests_per_minute(600));
+//! team.budgets.push(BudgetSpec::budget(team.scope(), Money::from_usd(50), Period::Monthly));
+//! team.check().unwrap();
+//!
+//! let mut key = KeyRecord::new("alice-laptop", KeyHash::of("sk-alice"));
+//! key.team = Some("research".into());
+//! // What `AuthLayer` does after the key lookup:
+//! let caller = Principal::new(key).with_tenants(Tenants {
+//!     team: Some(team.into()),
+//!     ..Tenants::default()
+//! });
+//! assert_eq!(caller.org(), Some("acme")); // the team's org
+//! assert_eq!(caller.budgets()[0].scope, BudgetScope::Team("research".into()));
+//! assert_eq!(caller.scope_limits()[0].scope, "team");
+//! ```
+//!
+//! ## One user, one team, one org
+//!
+//! A key belongs to at most one user and one team (its record names one
+//! of each), a team to at most one org ([`TenantRecord::org`]), and users
+//! and orgs belong to nothing: [`TenantRecord::check`] refuses an `org` on
+//! a user or an org, and budgets of another scope. *Why:* each request is
+//! then charged to a fixed set of at most four scopes (key, user, team,
+//! org), in one atomic step, and a refusal can say which refused.
+//!
+//! A key's org is its team's when its team has a record; a key's own `org`
+//! label counts only for a key without one.
+//!
+//! # Configuration entries are grants
+//!
+//! A gateway reads `[[keys]]`, `[[users]]`, `[[teams]]` and `[[orgs]]` at
+//! every start and reload, while its store keeps what an admin API changed
+//! in between and the ledger keeps what was spent. [`sync_keys`] and
+//! [`sync_tenants`] apply each entry's grant ([`KeyEntry::grant`],
+//! [`TenantEntry::grant`]: only what the file changed
+//! since the entry was last applied), create what the store lacks, and
+//! delete what an earlier configuration granted and this one no longer
+//! lists. Records made through an admin API are never deleted here, and
+//! nothing here touches the ledger: a balance is opened once, so a restart
+//! or a reload never refills a balance nor resets a spend.
+//!
+//! ```
+//! use tollgate::auth::{TenantEntry, TenantKind, sync_tenants};
+//! use tollgate::store::memory::MemoryKeyStore;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryKeyStore::new();
+//! let teams: Vec<TenantEntry> = vec![toml::from_str(r#"
+//!     id = "research"
+//!     org = "acme"
+//!     requests_per_minute = 600
+//!     budget_usd = 50
+//! "#)?];
+//! let synced = sync_tenants(&store, TenantKind::Team, &teams).await?;
+//! assert_eq!(synced.created, 1);
+//! // The same configuration again (a restart, a reload) changes nothing.
+//! assert_eq!(sync_tenants(&store, TenantKind::Team, &teams).await?.unchanged, 1);
+//! // A team dropped from the configuration is deleted.
+//! assert_eq!(sync_tenants(&store, TenantKind::Team, &[]).await?.deleted, 1);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A gateway syncs tenants before keys (orgs, teams, users, then keys), so
+//! a key's first request already finds the records it names. Nothing
+//! depends on the order for correctness: a key naming a tenant that has no
+//! record yet is charged to its own budgets only, and a team naming an org
+//! without a record keeps its org as a label.
+//!
+//! # What a gateway calls
+//!
+//! - Its store as one `Arc<dyn TenantAdmin>` (every store of the crate is
+//!   one, and so a [`KeyAdmin`] and a [`KeyStore`] for [`AuthLayer::new`]).
+//! - At start and on every reload: [`sync_tenants`] for `[[orgs]]`,
+//!   `[[teams]]` and `[[users]]` (each a `Vec<TenantEntry>` in its config;
+//!   validate with [`TenantEntry::into_record`]), then [`sync_keys`].
+//! - An admin API for tenants (`/admin/teams`, …, the verbs of keys):
+//!   [`TenantAdmin::list_tenants`], [`get_tenant`](TenantAdmin::get_tenant),
+//!   [`put_tenant`](TenantAdmin::put_tenant) ([`PutMode::Create`] for a
+//!   `POST`), [`delete_tenant`](TenantAdmin::delete_tenant); records shown
+//!   and read as [`TenantEntry::from_record`] and
+//!   [`TenantEntry::into_record`].
+//! - A caller's scopes (`GET /v1/key`): [`Principal::tenants`] and
+//!   [`Principal::budgets`], each budget's state from
+//!   [`Ledger::read`](crate::budget::Ledger::read); spend per scope from
+//!   [`Ledger::spend`](crate::budget::Ledger::spend) grouped by
+//!   [`SpendGroup::User`](crate::budget::SpendGroup::User), `Team` or `Org`.
 //!
 //! # In axum
 //!

@@ -1,46 +1,6 @@
 //! A configuration's keys and tenants applied to a store as grants:
-//! [`sync_keys`] and [`sync_tenants`].
-//!
-//! A gateway reads `[[keys]]`, `[[users]]`, `[[teams]]` and `[[orgs]]` at
-//! every start and reload, while its store keeps what an admin API changed
-//! in between and the ledger keeps what was spent. These functions apply
-//! each entry's [grant](super::KeyEntry::grant) (only what the file changed
-//! since the entry was last applied), create what the store lacks, and
-//! delete what an earlier configuration granted and this one no longer
-//! lists. Records made through an admin API are never deleted here, and
-//! nothing here touches the ledger: a balance is opened once, so a restart
-//! or a reload never refills a balance nor resets a spend.
-//!
-//! ```
-//! use tollgate::auth::{TenantEntry, TenantKind, sync_tenants};
-//! use tollgate::store::memory::MemoryKeyStore;
-//!
-//! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = MemoryKeyStore::new();
-//! let teams: Vec<TenantEntry> = vec![toml::from_str(r#"
-//!     id = "research"
-//!     org = "acme"
-//!     requests_per_minute = 600
-//!     budget_usd = 50
-//! "#)?];
-//! let synced = sync_tenants(&store, TenantKind::Team, &teams).await?;
-//! assert_eq!(synced.created, 1);
-//! // The same configuration again (a restart, a reload) changes nothing.
-//! assert_eq!(sync_tenants(&store, TenantKind::Team, &teams).await?.unchanged, 1);
-//! // A team dropped from the configuration is deleted.
-//! assert_eq!(sync_tenants(&store, TenantKind::Team, &[]).await?.deleted, 1);
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! # Order
-//!
-//! A gateway syncs tenants before keys (orgs, teams, users, then keys), so
-//! a key's first request already finds the records it names. Nothing
-//! depends on the order for correctness: a key naming a tenant that has no
-//! record yet is charged to its own budgets only, and a team naming an org
-//! without a record keeps its org as a label.
+//! [`sync_keys`] and [`sync_tenants`] (see the
+//! [`auth`](crate::auth#configuration-entries-are-grants) module docs).
 
 use std::collections::HashSet;
 use std::future::Future;

@@ -1,49 +1,5 @@
-//! Users, teams and organisations as records of their own: [`TenantRecord`].
-//!
-//! An operator sells a team $50 a month and 600 requests a minute, shared by
-//! all its members' keys. Written on each key, that limit is a copy per key:
-//! keys that disagree make it flip with whichever key calls, a new member
-//! gets whatever was copied last, and a change means editing every key. A
-//! tenant record is the one source of truth: the team's limits and budgets
-//! live on the team, each key names its team (and its user), and
-//! [`AuthLayer`](super::AuthLayer) finds the records after the key, so
-//! every request of every member counts against the same limits and is
-//! charged to the same budgets.
-//!
-//! ```
-//! use tollgate::auth::{KeyHash, KeyRecord, Principal, TenantKind, TenantRecord, Tenants};
-//! use tollgate::budget::{BudgetScope, BudgetSpec, Money, Period};
-//! use tollgate::rate_limit::Limit;
-//!
-//! let mut team = TenantRecord::new(TenantKind::Team, "research");
-//! team.org = Some("acme".into());
-//! team.rate_limits.push(Limit::requests_per_minute(600));
-//! team.budgets.push(BudgetSpec::budget(team.scope(), Money::from_usd(50), Period::Monthly));
-//! team.check().unwrap();
-//!
-//! let mut key = KeyRecord::new("alice-laptop", KeyHash::of("sk-alice"));
-//! key.team = Some("research".into());
-//! // What `AuthLayer` does after the key lookup:
-//! let caller = Principal::new(key).with_tenants(Tenants {
-//!     team: Some(team.into()),
-//!     ..Tenants::default()
-//! });
-//! assert_eq!(caller.org(), Some("acme")); // the team's org
-//! assert_eq!(caller.budgets()[0].scope, BudgetScope::Team("research".into()));
-//! assert_eq!(caller.scope_limits()[0].scope, "team");
-//! ```
-//!
-//! # One user, one team, one org
-//!
-//! A key belongs to at most one user and one team (its record names one
-//! of each), a team to at most one org ([`TenantRecord::org`]), and users
-//! and orgs belong to nothing: [`TenantRecord::check`] refuses an `org` on
-//! a user or an org, and budgets of another scope. *Why:* each request is
-//! then charged to a fixed set of at most four scopes (key, user, team,
-//! org), in one atomic step, and a refusal can say which refused.
-//!
-//! A key's org is its team's when its team has a record; a key's own `org`
-//! label counts only for a key without one.
+//! Users, teams and organisations as records of their own: [`TenantRecord`]
+//! (see the [`auth`](crate::auth#users-teams-and-orgs) module docs).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -102,7 +58,7 @@ impl fmt::Display for TenantKind {
 }
 
 /// A user, team or organisation: limits and budgets shared by every key
-/// that belongs to it (see the [module docs](self)).
+/// that belongs to it (see [Users, teams and orgs](crate::auth#users-teams-and-orgs)).
 #[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TenantRecord {
