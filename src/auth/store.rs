@@ -228,7 +228,8 @@ impl<T: KeyAdmin + ?Sized> KeyAdmin for Box<T> {
 ///
 /// let found = store.tenant(&TenantKind::Team.scope("research")).await?.unwrap();
 /// assert_eq!(found.org.as_deref(), Some("acme"));
-/// assert_eq!(store.list_tenants(TenantKind::Team, None, 10).await?.len(), 1);
+/// // (`MemoryKeyStore::list_tenants` answers at once; this is the trait's.)
+/// assert_eq!(TenantAdmin::list_tenants(&store, TenantKind::Team, None, 10).await?.len(), 1);
 /// // Only a team belongs to an org.
 /// let mut user = TenantRecord::new(TenantKind::User, "ann");
 /// user.org = Some("acme".into());
