@@ -1,18 +1,21 @@
-//! Key files: JSON or TOML lists of [`KeyEntry`], validated as a whole.
+//! Key files: JSON or TOML lists of [`KeyEntry`] (and of the users, teams
+//! and orgs they belong to, [`TenantEntry`]), validated as a whole.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::entry::{InvalidKeyEntry, KeyEntry};
-use super::{KeyHash, KeyRecord};
+use super::entry::{InvalidKeyEntry, KeyEntry, TenantEntry};
+use super::{KeyHash, KeyRecord, TenantKind, TenantRecord};
 
 /// A validated list of keys, from a file or from entries embedded in other
 /// configuration.
 ///
 /// JSON files hold an array of entries or `{"keys": [...]}`; TOML files hold
-/// `[[keys]]` tables. Fields are those of [`KeyEntry`].
+/// `[[keys]]` tables. Fields are those of [`KeyEntry`]. Either may also hold
+/// `users`, `teams` and `orgs` (`[[teams]]` tables), the tenants the keys
+/// name, with the fields of [`TenantEntry`]; see [`KeyFile::tenants`].
 ///
 /// ```
 /// use tollgate::auth::{KeyFile, KeyHash};
@@ -38,9 +41,39 @@ use super::{KeyHash, KeyRecord};
 /// );
 /// # Ok::<_, tollgate::auth::KeyFileError>(())
 /// ```
+///
+/// A team shared by two keys, loaded into a store (each request of either
+/// key then counts against the team's limit and budget):
+///
+/// ```
+/// use tollgate::auth::{KeyFile, TenantKind};
+/// use tollgate::store::memory::MemoryKeyStore;
+///
+/// let file = KeyFile::from_toml(r#"
+/// [[teams]]
+/// id = "research"
+/// requests_per_minute = 600
+/// budget_usd = 50
+///
+/// [[keys]]
+/// id = "alice"
+/// secret = "sk-dev-alice"
+/// team = "research"
+///
+/// [[keys]]
+/// id = "bob"
+/// secret = "sk-dev-bob"
+/// team = "research"
+/// "#)?;
+/// assert_eq!(file.tenants()[0].kind, TenantKind::Team);
+/// let store = MemoryKeyStore::from_file(file)?;
+/// assert!(store.get_tenant(&TenantKind::Team.scope("research")).is_some());
+/// # Ok::<_, tollgate::auth::KeyFileError>(())
+/// ```
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyFile {
     records: Vec<KeyRecord>,
+    tenants: Vec<TenantRecord>,
 }
 
 /// A key file that cannot be used. Messages name the file, line (TOML) or
@@ -103,6 +136,33 @@ pub enum KeyFileError {
         /// The earlier key.
         other: String,
     },
+    /// A user, team or org entry's values do not make a valid tenant (the
+    /// message names its kind, id and field).
+    #[error("{kind}s entry {index}{}: {source}", at_line(*line))]
+    Tenant {
+        /// User, team or org.
+        kind: TenantKind,
+        /// Position of the entry in its list, from 1.
+        index: usize,
+        /// The entry's line (TOML).
+        line: Option<usize>,
+        /// What is wrong.
+        source: InvalidKeyEntry,
+    },
+    /// Two tenants of one kind have the same id.
+    #[error("{kind}s entry {index}{}: duplicate {kind} id `{id}` (first used by entry {first})", at_line(*line))]
+    DuplicateTenant {
+        /// User, team or org.
+        kind: TenantKind,
+        /// The id.
+        id: String,
+        /// Position of the second entry, from 1.
+        index: usize,
+        /// Position of the first entry, from 1.
+        first: usize,
+        /// The second entry's line (TOML).
+        line: Option<usize>,
+    },
 }
 
 fn at_line(line: Option<usize>) -> String {
@@ -111,9 +171,35 @@ fn at_line(line: Option<usize>) -> String {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Keys<T> {
+struct Tables<K, T> {
     #[serde(default = "Vec::new")]
-    keys: Vec<T>,
+    keys: Vec<K>,
+    #[serde(default = "Vec::new")]
+    users: Vec<T>,
+    #[serde(default = "Vec::new")]
+    teams: Vec<T>,
+    #[serde(default = "Vec::new")]
+    orgs: Vec<T>,
+}
+
+/// Tenant entries of each kind, each with its line (TOML).
+type TenantEntries = [(TenantKind, Vec<(TenantEntry, Option<usize>)>); 3];
+
+impl<K, T> Tables<K, T> {
+    /// The tenant tables, each entry mapped by `f`.
+    fn tenants(
+        users: Vec<T>,
+        teams: Vec<T>,
+        orgs: Vec<T>,
+        f: impl Fn(T) -> (TenantEntry, Option<usize>),
+    ) -> TenantEntries {
+        let map = |v: Vec<T>| v.into_iter().map(&f).collect();
+        [
+            (TenantKind::User, map(users)),
+            (TenantKind::Team, map(teams)),
+            (TenantKind::Org, map(orgs)),
+        ]
+    }
 }
 
 impl KeyFile {
@@ -140,44 +226,53 @@ impl KeyFile {
         parse(&text)
     }
 
-    /// Parses a JSON key file: an array of entries, or `{"keys": [...]}`.
+    /// Parses a JSON key file: an array of entries, or `{"keys": [...]}`
+    /// (with `"users"`, `"teams"` and `"orgs"` arrays beside it, if any).
     pub fn from_json(text: &str) -> Result<KeyFile, KeyFileError> {
         let syntax = |e: serde_json::Error| KeyFileError::Syntax {
             format: "JSON",
             line: (e.line() > 0).then_some(e.line()),
             message: without_position(&e),
         };
-        let entries = if text.trim_start().starts_with('[') {
-            serde_json::from_str::<Vec<KeyEntry>>(text).map_err(syntax)?
-        } else {
-            serde_json::from_str::<Keys<KeyEntry>>(text)
-                .map_err(syntax)?
-                .keys
-        };
-        KeyFile::validate(entries.into_iter().map(|entry| (entry, None)))
+        if text.trim_start().starts_with('[') {
+            let entries = serde_json::from_str::<Vec<KeyEntry>>(text).map_err(syntax)?;
+            return KeyFile::validate(entries.into_iter().map(|entry| (entry, None)));
+        }
+        let file = serde_json::from_str::<Tables<KeyEntry, TenantEntry>>(text).map_err(syntax)?;
+        let tenants =
+            Tables::<KeyEntry, _>::tenants(file.users, file.teams, file.orgs, |e| (e, None));
+        let mut parsed = KeyFile::validate(file.keys.into_iter().map(|entry| (entry, None)))?;
+        parsed.tenants = KeyFile::validate_tenants(tenants)?;
+        Ok(parsed)
     }
 
-    /// Parses a TOML key file of `[[keys]]` tables.
+    /// Parses a TOML key file of `[[keys]]` tables (and `[[users]]`,
+    /// `[[teams]]`, `[[orgs]]`).
     pub fn from_toml(text: &str) -> Result<KeyFile, KeyFileError> {
         let line_of = |offset: usize| text.get(..offset).map(|t| t.matches('\n').count() + 1);
-        let file: Keys<toml::Spanned<KeyEntry>> = toml::from_str(text).map_err(|e| {
-            // toml appends the key path ("in `revoked`"); the message names
-            // the field already.
-            let message = e.message().trim_end();
-            let message = message.split("\nin `").next().unwrap_or(message);
-            let line = e.span().map(|span| field_line(text, span.start, message));
-            KeyFileError::Syntax {
-                format: "TOML",
-                line,
-                message: message.to_owned(),
-            }
-        })?;
+        let file: Tables<toml::Spanned<KeyEntry>, toml::Spanned<TenantEntry>> =
+            toml::from_str(text).map_err(|e| {
+                // toml appends the key path ("in `revoked`"); the message names
+                // the field already.
+                let message = e.message().trim_end();
+                let message = message.split("\nin `").next().unwrap_or(message);
+                let line = e.span().map(|span| field_line(text, span.start, message));
+                KeyFileError::Syntax {
+                    format: "TOML",
+                    line,
+                    message: message.to_owned(),
+                }
+            })?;
+        let tenants = Tables::<(), _>::tenants(file.users, file.teams, file.orgs, |spanned| {
+            let line = line_of(spanned.span().start);
+            (spanned.into_inner(), line)
+        });
         let starts: Vec<usize> = file.keys.iter().map(|k| k.span().start).collect();
         let entries = file.keys.into_iter().map(|spanned| {
             let line = line_of(spanned.span().start);
             (spanned.into_inner(), line)
         });
-        KeyFile::validate(entries).map_err(|mut e| {
+        let mut parsed = KeyFile::validate(entries).map_err(|mut e| {
             // Point at the field's own line rather than the entry's.
             if let KeyFileError::Entry {
                 index,
@@ -191,7 +286,9 @@ impl KeyFile {
                 }
             }
             e
-        })
+        })?;
+        parsed.tenants = KeyFile::validate_tenants(tenants)?;
+        Ok(parsed)
     }
 
     /// Validates entries embedded in other configuration (a gateway's
@@ -233,7 +330,46 @@ impl KeyFile {
             hashes.insert(record.secret_hash, records.len());
             records.push(record);
         }
-        Ok(KeyFile { records })
+        Ok(KeyFile {
+            records,
+            tenants: Vec::new(),
+        })
+    }
+
+    fn validate_tenants(tables: TenantEntries) -> Result<Vec<TenantRecord>, KeyFileError> {
+        let mut tenants = Vec::new();
+        for (kind, entries) in tables {
+            let mut ids: HashMap<String, usize> = HashMap::new();
+            for (i, (entry, line)) in entries.into_iter().enumerate() {
+                let index = i + 1;
+                if let Some(&first) = ids.get(&entry.id) {
+                    return Err(KeyFileError::DuplicateTenant {
+                        kind,
+                        id: entry.id,
+                        index,
+                        first,
+                        line,
+                    });
+                }
+                ids.insert(entry.id.clone(), index);
+                let record = entry
+                    .into_record(kind)
+                    .map_err(|source| KeyFileError::Tenant {
+                        kind,
+                        index,
+                        line,
+                        source,
+                    })?;
+                tenants.push(record);
+            }
+        }
+        Ok(tenants)
+    }
+
+    /// The users, teams and orgs of the file (users first, then teams, then
+    /// orgs, each in file order).
+    pub fn tenants(&self) -> &[TenantRecord] {
+        &self.tenants
     }
 
     /// The records, in file order.

@@ -246,3 +246,89 @@ fn entries_embed_in_other_configuration() {
     assert_eq!(back.secret_hash, record.secret_hash);
     assert_eq!(back.allowed_models, record.allowed_models);
 }
+
+#[tokio::test]
+async fn files_hold_the_users_teams_and_orgs_their_keys_name() {
+    use tollgate::auth::{KeyStore, TenantKind};
+    let toml = TempFile::new(
+        "tenants.toml",
+        r#"
+[[orgs]]
+id = "acme"
+balance_usd = 100
+
+[[teams]]
+id = "research"
+org = "acme"
+requests_per_minute = 600
+budget_usd = 50
+
+[[users]]
+id = "ann"
+disabled = true
+
+[[keys]]
+id = "alice"
+secret = "sk-alice"
+team = "research"
+user = "ann"
+"#,
+    );
+    let store = MemoryKeyStore::load(&toml.0).unwrap();
+    let team = store
+        .tenant(&TenantKind::Team.scope("research"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(team.org.as_deref(), Some("acme"));
+    assert_eq!(team.rate_limits, [Limit::requests_per_minute(600)]);
+    assert_eq!(team.budgets[0].limit, Money::from_usd(50));
+    assert!(
+        store
+            .get_tenant(&TenantKind::User.scope("ann"))
+            .unwrap()
+            .disabled
+    );
+    assert_eq!(
+        store
+            .get_tenant(&TenantKind::Org.scope("acme"))
+            .unwrap()
+            .budgets[0]
+            .mode,
+        BudgetMode::Balance
+    );
+    // The key's first request meets its disabled user.
+    let answer = send(&mut AuthLayer::new(store).layer(echo()), bearer("sk-alice")).await;
+    assert_eq!(answer.status, http::StatusCode::FORBIDDEN);
+    assert_eq!(answer.code(), "account_disabled");
+
+    // JSON: the tables beside "keys".
+    let file = KeyFile::from_json(
+        r#"{"keys":[{"id":"a","secret":"sk-a","team":"t"}],"teams":[{"id":"t","tokens_per_day":1000}]}"#,
+    )
+    .unwrap();
+    assert_eq!(file.records().len(), 1);
+    assert_eq!(file.tenants()[0].kind, TenantKind::Team);
+}
+
+#[test]
+fn tenant_errors_name_the_table_entry_line_and_field() {
+    let err =
+        KeyFile::from_toml("[[teams]]\nid = \"a\"\n\n[[users]]\nid = \"ann\"\norg = \"acme\"\n")
+            .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "users entry 1, line 4: user `ann`: `org` is only for a team: users and orgs belong to no org"
+    );
+    let err = KeyFile::from_toml("[[teams]]\nid = \"a\"\n\n[[teams]]\nid = \"a\"\n").unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "teams entry 2, line 4: duplicate team id `a` (first used by entry 1)"
+    );
+    // A user and a team may share an id: they are different scopes.
+    let file = KeyFile::from_toml("[[teams]]\nid = \"a\"\n\n[[users]]\nid = \"a\"\n").unwrap();
+    assert_eq!(file.tenants().len(), 2);
+    // An unknown table is still an error.
+    let err = KeyFile::from_toml("[[groups]]\nid = \"a\"\n").unwrap_err();
+    assert!(err.to_string().contains("unknown field `groups`"), "{err}");
+}

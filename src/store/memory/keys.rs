@@ -113,14 +113,32 @@ impl MemoryKeyStore {
         Ok(store)
     }
 
-    /// A store holding the keys of a JSON or TOML key file
-    /// (see [`KeyFile`]).
+    /// A store holding the keys, users, teams and orgs of a JSON or TOML
+    /// key file (see [`KeyFile`]).
     pub fn load(path: impl AsRef<Path>) -> Result<Self, KeyFileError> {
-        let file = KeyFile::load(path)?;
-        MemoryKeyStore::from_records(file).map_err(|e| KeyFileError::DuplicateSecret {
-            id: e.id,
-            other: e.existing,
-        })
+        MemoryKeyStore::from_file(KeyFile::load(path)?)
+    }
+
+    /// A store holding the keys, users, teams and orgs of `file`.
+    pub fn from_file(file: KeyFile) -> Result<Self, KeyFileError> {
+        let tenants = file.tenants().to_vec();
+        let store =
+            MemoryKeyStore::from_records(file).map_err(|e| KeyFileError::DuplicateSecret {
+                id: e.id,
+                other: e.existing,
+            })?;
+        for tenant in tenants {
+            // `KeyFile` built each record by the rules `insert_tenant`
+            // checks; a refusal here would be a bug, reported, not skipped.
+            store
+                .insert_tenant(tenant)
+                .map_err(|e| KeyFileError::Syntax {
+                    format: "the",
+                    line: None,
+                    message: e.to_string(),
+                })?;
+        }
+        Ok(store)
     }
 
     fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
