@@ -6,7 +6,8 @@
 //!
 //! The full server stack runs (`AuthLayer` finding the key and its tenants,
 //! `RateLimitLayer`, `BudgetLayer`), over real stores, with the requests
-//! released at once by a barrier.
+//! released at once by a barrier. Each key also belongs to one of five
+//! users, so every admitted request is charged to four scopes.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -54,6 +55,15 @@ fn key_budget(i: usize) -> BudgetSpec {
     )
 }
 
+/// Keys `k{i}` and `k{i + 5}` belong to user `u{i}`.
+fn user_budget(user: usize) -> BudgetSpec {
+    BudgetSpec::budget(
+        TenantKind::User.scope(format!("u{user}")),
+        Money::from_usd(100),
+        Period::Daily,
+    )
+}
+
 fn team_budget() -> BudgetSpec {
     BudgetSpec::budget(
         TenantKind::Team.scope("research"),
@@ -84,9 +94,15 @@ async fn provision(store: &dyn TenantAdmin, scenario: Scenario) {
     let mut org = TenantRecord::new(TenantKind::Org, "acme");
     org.budgets.push(org_budget());
     store.put_tenant(org, PutMode::Create).await.unwrap();
+    for u in 0..KEYS / 2 {
+        let mut user = TenantRecord::new(TenantKind::User, format!("u{u}"));
+        user.budgets.push(user_budget(u));
+        store.put_tenant(user, PutMode::Create).await.unwrap();
+    }
     for i in 0..KEYS {
         let mut key = KeyRecord::new(format!("k{i}"), KeyHash::of(format!("sk-k{i}")));
         key.team = Some("research".into());
+        key.user = Some(format!("u{}", i % (KEYS / 2)));
         key.budgets.push(key_budget(i));
         store.put(key, PutMode::Create).await.unwrap();
     }
@@ -222,13 +238,19 @@ where
         tally.message.as_deref(),
         Some("Budget exceeded: $0.0021 limit reached for team research")
     );
-    // All or nothing: each charge reached the key, the team and the org.
+    // All or nothing: each charge reached the key, its user, the team and
+    // the org.
     assert_eq!(settled(ledger, &org_budget()).await, team);
     let mut keys = Money::ZERO;
     for i in 0..KEYS {
         keys = keys + settled(ledger, &key_budget(i)).await;
     }
     assert_eq!(keys, team);
+    let mut users = Money::ZERO;
+    for u in 0..KEYS / 2 {
+        users = users + settled(ledger, &user_budget(u)).await;
+    }
+    assert_eq!(users, team);
 }
 
 /// The team's requests per minute admit exactly its amount, whichever key
