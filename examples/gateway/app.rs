@@ -1,46 +1,49 @@
-//! The gateway: all six tollgate layers around an OpenAI-compatible proxy.
+//! The gateway: all six tollgate layers around the proxied endpoints.
 //!
 //! Server stack, outermost first:
 //! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
-//! RateLimit → Budget → StreamErrorTrailer → shutdown cut → proxy`, and
-//! towards the upstream `timeout → Retry → hyper-util Client`. Served by
+//! routing → RateLimit → Budget → stream meter → StreamErrorTrailer →
+//! shutdown cut → proxy` (`proxy/`), and towards each model's upstream
+//! `timeout → Retry → attempt meter → hyper-util Client` (`routing.rs`). Served by
 //! `server.rs` (connections, client timeouts, shutdown drain); [`start`]
 //! puts it together and [`Running::shutdown`] stops it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tollgate::auth::{AuthLayer, KeyEntry};
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
-use tollgate::retry::RetryInfo;
-use tollgate::store::memory::{MemoryKeyStore, MemoryLedger};
+use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
 use tollgate::stream::StreamErrorTrailerLayer;
-use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
 use tower::ServiceBuilder;
 
+use crate::access_log::{self, AccessLog, LogSlot};
 use crate::config::{Config, ModelConfig, StoreChoice};
+use crate::metrics::{self, Counted, Metrics, MetricsAccess};
 use crate::mock;
+use crate::proxy::{self, models::ModelList};
+use crate::routing::{self, Routes};
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
-use crate::upstream::{self, Upstream};
 
 /// Shared state of the handlers.
 pub struct Gateway {
     config: Config,
-    pricing: Pricing,
     ledger: MemoryLedger,
     /// The upstream for logs: its base URL without credentials, or `mock`.
     upstream_label: String,
+    /// Every metric of the process (gw16).
+    metrics: Metrics,
 }
 
 impl Gateway {
@@ -71,6 +74,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The upstream it forwards to (without credentials).
     pub upstream: String,
+    /// Where `/metrics` is served without a key (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     shutdown: Shutdown,
     server: tokio::task::JoinHandle<()>,
     gateway: Arc<Gateway>,
@@ -127,8 +132,7 @@ pub fn serve_settings(config: &Config) -> ServeSettings {
 /// prices and formats build. Binds nothing.
 pub fn check(config: &Config) -> Result<(), StartError> {
     supported_store(config)?;
-    let url = config.upstream_url().unwrap_or("http://127.0.0.1:9/v1");
-    router(config.clone(), url.to_owned(), &Shutdown::new())
+    router(config.clone(), "http://127.0.0.1:9/v1".to_owned(), &Shutdown::new())
         .map(|_| ())
         .map_err(|e| StartError::Config(e.to_string()))
 }
@@ -148,34 +152,51 @@ fn supported_store(config: &Config) -> Result<(), StartError> {
 /// Builds everything and starts serving on `config.listen`.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     supported_store(&config)?;
-    let upstream_url = match config.upstream_url() {
-        Some(url) => url.to_owned(),
-        None => {
-            let models = config.models.iter().map(|m| m.name.clone()).collect();
-            let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-            let addr = listener.local_addr()?;
-            // Served like the gateway (TCP_NODELAY), and never shut down:
-            // streams in flight keep their upstream until the process ends.
-            let router = mock::Mock::new(models).router();
-            tokio::spawn(server::serve(
-                listener,
-                router,
-                ServeSettings::default(),
-                Shutdown::new(),
-            ));
-            format!("http://{addr}/v1")
-        }
+    // The built-in mock, for every upstream whose URL is `mock`.
+    let mock_url = if routing::needs_mock(&config) {
+        let models = config.models.iter().map(|m| m.name.clone()).collect();
+        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        // Served like the gateway (TCP_NODELAY), and never shut down:
+        // streams in flight keep their upstream until the process ends.
+        let router = mock::Mock::new(models).router();
+        tokio::spawn(server::serve(
+            listener,
+            router,
+            ServeSettings::default(),
+            Shutdown::new(),
+        ));
+        format!("http://{addr}/v1")
+    } else {
+        String::new()
     };
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let settings = serve_settings(&config);
+    let metrics_listen = config.metrics_listen;
     let shutdown = Shutdown::new();
     let (app, gateway) =
-        router(config, upstream_url, &shutdown).map_err(|e| StartError::Config(e.to_string()))?;
+        router(config, mock_url, &shutdown).map_err(|e| StartError::Config(e.to_string()))?;
+    let metrics_addr = match metrics_listen {
+        Some(at) => {
+            let listener = TcpListener::bind(at).await?;
+            let bound = listener.local_addr()?;
+            let router = metrics::open_router(gateway.metrics.clone());
+            tokio::spawn(server::serve(
+                listener,
+                router,
+                ServeSettings::default(),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
     let server = tokio::spawn(server::serve(listener, app, settings, shutdown.clone()));
     Ok(Running {
         addr,
         upstream: gateway.upstream_label.clone(),
+        metrics_addr,
         shutdown,
         server,
         gateway,
@@ -209,10 +230,11 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
 }
 
 /// The whole application as an axum `Router`, and its shared state. Its
-/// streams end when `shutdown` cuts them.
+/// streams end when `shutdown` cuts them; upstreams whose URL is `mock` are
+/// reached at `mock_url`.
 pub fn router(
     config: Config,
-    upstream_url: String,
+    mock_url: String,
     shutdown: &Shutdown,
 ) -> Result<(Router, Arc<Gateway>), Box<dyn std::error::Error + Send + Sync>> {
     let keys = MemoryKeyStore::new();
@@ -222,46 +244,59 @@ pub fn router(
     let pricing = pricing(&config.models)?;
     let ledger = MemoryLedger::new();
     let error_format: ErrorFormat = config.error_format.parse()?;
-    let header_style = match config.rate_limit_headers.as_str() {
-        "timestamp" => HeaderStyle::Timestamp,
-        "ietf" => HeaderStyle::Ietf,
-        "none" => HeaderStyle::None,
-        _ => HeaderStyle::OpenAi,
-    };
+    let header_style: HeaderStyle = config.rate_limit_headers.parse()?;
+    let metrics = Metrics::new();
+    let routes = Arc::new(Routes::build(&config, &mock_url, &metrics)?);
+    let metrics_access = Arc::new(MetricsAccess::new(&config)?);
+    let access_log_state = Arc::new(AccessLog {
+        pricing: pricing.clone(),
+        metrics: Arc::new(metrics.requests(&config)),
+    });
+    let model_list = Arc::new(ModelList::new(config.models.iter().map(|m| m.name.as_str())));
     let upstream_label = match config.upstream_url() {
         Some(url) => crate::config::without_credentials(url),
         None => "mock".to_owned(),
     };
-    let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
     let idle = Duration::from_secs(config.stream_idle_timeout_secs);
+    let rate_limit = routing::shared_limits(
+        &config,
+        RateLimitLayer::new()
+            .headers(header_style)
+            .store(Counted::rate_limits(MemoryRateLimitStore::new(), &metrics)),
+    );
+    let streams = metrics.streams();
     let gateway = Arc::new(Gateway {
         config,
-        pricing: pricing.clone(),
         ledger: ledger.clone(),
         upstream_label,
+        metrics: metrics.clone(),
     });
     let cut = shutdown.clone();
 
-    let chat = Router::new()
-        .route("/v1/chat/completions", post(upstream::chat_completions))
-        .with_state(upstream)
-        .layer(
-            ServiceBuilder::new()
-                .layer(RateLimitLayer::new().headers(header_style))
-                .layer(BudgetLayer::with_ledger(pricing, ledger))
-                .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
-                // Inside the trailer layer, so a stream cut at shutdown ends
-                // with its terminal error event.
-                .map_response(move |response: Response| cut.watch_stream(response)),
-        );
+    let proxied = proxy::routes().layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(routes, routing::select))
+            .layer(rate_limit)
+            .layer(BudgetLayer::with_ledger(
+                pricing,
+                Counted::ledger(ledger, &metrics),
+            ))
+            // Outside the trailer layer, where every stream ends either as
+            // its API ends it or with one terminal error event.
+            .map_response(move |response| streams.watch(response))
+            .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
+            // Inside the trailer layer, so a stream cut at shutdown ends
+            // with its terminal error event.
+            .map_response(move |response: Response| cut.watch_stream(response)),
+    );
     let authed = Router::new()
-        .route("/v1/models", get(list_models))
         .route("/v1/key", get(key_info))
         .with_state(gateway.clone())
-        .merge(chat)
+        .merge(proxy::model_routes(model_list))
+        .merge(proxied)
         .layer(
             ServiceBuilder::new()
-                .layer(AuthLayer::new(keys))
+                .layer(AuthLayer::new(Counted::keys(keys, &metrics)))
                 .layer(middleware::from_fn_with_state(gateway.clone(), check_model)),
         );
     let app = Router::new()
@@ -269,16 +304,20 @@ pub fn router(
             "/health",
             get(|| async { axum::Json(json!({"status": "ok"})) }),
         )
+        .merge(metrics::admin_router(metrics, metrics_access))
         .merge(authed)
         .fallback(|| async { ApiError::not_found().with_message("Unknown path.") })
         .layer(
             ServiceBuilder::new()
                 .layer(
                     ErrorEnvelopeLayer::new()
-                        .format(error_format)
+                        .format_fn(move |uri, headers| proxy::error_format(uri, headers, error_format))
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(gateway.clone(), access_log))
+                .layer(middleware::from_fn_with_state(
+                    access_log_state,
+                    access_log::access_log,
+                ))
                 .layer(middleware::from_fn(server::answer_body_timeout)),
         );
     Ok((app, gateway))
@@ -296,13 +335,11 @@ async fn check_model(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
         return next.run(req).await;
     };
     if let Some(slot) = req.extensions().get::<LogSlot>() {
-        if let Ok(mut fields) = slot.0.lock() {
-            fields.0 = req
-                .extensions()
-                .get::<Principal>()
-                .map(|p| p.key_id().to_owned());
-            fields.1 = meta.model.clone();
-        }
+        let key = req
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.key_id().to_owned());
+        slot.record(key, meta.model.clone());
     }
     if req.method() == http::Method::POST {
         let Some(name) = meta.model.as_deref() else {
@@ -331,19 +368,6 @@ async fn check_model(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -
         }
     }
     next.run(req).await
-}
-
-/// `GET /v1/models`: the models the calling key may use, OpenAI list shape.
-async fn list_models(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
-    let principal = req.extensions().get::<Principal>();
-    let data: Vec<Value> = gw
-        .config
-        .models
-        .iter()
-        .filter(|m| principal.is_none_or(|p| p.allows_model(&m.name)))
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "tollgate"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
 }
 
 /// `GET /v1/key`: the calling key's id, expiry, limits and remaining money,
@@ -380,77 +404,6 @@ async fn key_info(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         "budgets": budgets,
     }))
     .into_response()
-}
-
-/// What the inner part of the stack learns about a request, for its log line.
-#[derive(Clone, Default)]
-struct LogSlot(Arc<std::sync::Mutex<(Option<String>, Option<String>)>>);
-
-/// One `tracing` line per request: key id, model, route, status, tokens,
-/// cost, attempts, upstream, latency; never a secret. Streams are logged
-/// when their body ends.
-async fn access_log(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    // The route's pattern, not the path: a path is what a client made up.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
-    let slot = LogSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let response = next.run(req).await;
-    let (key, model) = slot.0.lock().map(|g| g.clone()).unwrap_or_default();
-    let attempts = response
-        .extensions()
-        .get::<RetryInfo>()
-        .map(|r| r.attempts)
-        .unwrap_or(0);
-    let status = response.status().as_u16();
-    // Called, or failed to be reached (a transport failure carries no count).
-    let called = attempts > 0
-        || response
-            .extensions()
-            .get::<ApiError>()
-            .is_some_and(|e| e.origin() == tollgate::Origin::Upstream);
-    let upstream = if called {
-        gw.upstream_label.clone()
-    } else {
-        "-".to_owned()
-    };
-    let log = move |report: Option<&UsageReport>| {
-        let usage = report.map(|r| r.usage).unwrap_or_default();
-        let cost = match (report, model.as_deref().and_then(|m| gw.pricing.get(m))) {
-            (Some(r), Some(price)) => price
-                .cost_of(
-                    r.usage.prompt_tokens,
-                    r.usage.cached_tokens.unwrap_or(0),
-                    r.usage.completion_tokens,
-                )
-                .to_string(),
-            _ => "$0.00".to_owned(),
-        };
-        tracing::info!(
-            key = key.as_deref().unwrap_or("-"),
-            model = model.as_deref().unwrap_or("-"),
-            %method,
-            route,
-            status,
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            tokens = usage.total_tokens,
-            cost,
-            attempts,
-            upstream,
-            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-    };
-    match response.extensions().get::<UsageTap>() {
-        Some(tap) => tap.subscribe(move |report| log(Some(report))),
-        None => log(None),
-    }
-    response
 }
 
 /// `2026-12-06T00:00:00Z` for a time since the Unix epoch.

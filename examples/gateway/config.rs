@@ -6,6 +6,10 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+mod upstreams;
+
+pub use self::upstreams::{DEFAULT_UPSTREAM, Secret, UpstreamConfig, UpstreamKind};
+
 /// The demo configuration `cargo run --example gateway` starts with.
 pub const DEMO_CONFIG: &str = r#"
 listen = "127.0.0.1:8080"
@@ -74,6 +78,27 @@ pub struct ModelConfig {
     /// Prompt + completion tokens the model accepts.
     #[serde(default)]
     pub context_window: Option<u64>,
+
+    // Routing and model-wide limits (gw16: issues 16 and 18; see `config/upstreams.rs`).
+    /// The upstream serving it: an `[[upstreams]]` name (default: the
+    /// default upstream, `upstream = ...`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The model's name at the upstream, when it differs from `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Per-attempt timeout for this model (default: its upstream's `[retry]`).
+    #[serde(default)]
+    pub attempt_timeout_secs: Option<u64>,
+    /// Requests per minute to this model, all keys together.
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute to this model, all keys together.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight to this model at most, all keys together.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 fn default_max_output() -> u64 {
@@ -92,6 +117,26 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// A longer `Retry-After` from the upstream is not waited for.
     pub max_retry_after_secs: u64,
+    /// The longest wait for one attempt's response head (default 30 s, the
+    /// HiveOps guide's `timeout=30`); a model may set its own.
+    pub attempt_timeout_secs: u64,
+}
+
+impl RetryConfig {
+    /// Checks values that parse but cannot work; the message starts with
+    /// the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts: must be at least 1".into());
+        }
+        if self.initial_backoff_ms > self.max_backoff_ms {
+            return Err("initial_backoff_ms: must not exceed max_backoff_ms".into());
+        }
+        if self.attempt_timeout_secs == 0 {
+            return Err("attempt_timeout_secs: must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for RetryConfig {
@@ -101,6 +146,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 500,
             max_backoff_ms: 8000,
             max_retry_after_secs: 120,
+            attempt_timeout_secs: 30,
         }
     }
 }
@@ -121,7 +167,7 @@ pub struct Config {
     /// openai | anthropic | error_code_detail | humanloop
     #[serde(default = "default_error_format")]
     pub error_format: String,
-    /// openai | timestamp | ietf | none
+    /// openai | timestamp | ietf | legacy | none
     #[serde(default = "default_rate_limit_headers")]
     pub rate_limit_headers: String,
     /// Whole-request timeout towards the upstream (response head).
@@ -166,6 +212,26 @@ pub struct Config {
     /// seconds to finish; streams still open then end with an error event.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace_secs: u64,
+
+    // Upstreams and metrics (gw16: issue 16 items 2-3; see `config/upstreams.rs`).
+    /// More upstreams besides the default one (`upstream`), for
+    /// `[[models]] upstream` to name.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Serve `GET /metrics` on this address, without a key; otherwise it is
+    /// served on the main listener to admin keys only.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Add a `key` label to the per-request series (one series per key:
+    /// only for a few keys).
+    #[serde(default)]
+    pub metrics_per_key: bool,
+    /// Admin keys (`Authorization: Bearer`); the admin API lands with gw15.
+    #[serde(default)]
+    pub admin_keys: Vec<Secret>,
+    /// SHA-256s (hex) of admin keys.
+    #[serde(default)]
+    pub admin_key_sha256s: Vec<String>,
 }
 
 /// Where the gateway keeps its state, parsed from `store` / `--store`.
@@ -307,7 +373,7 @@ fn with_line(error: ConfigError, text: &str) -> ConfigError {
     let ConfigError::Invalid { origin, message } = error else {
         return error;
     };
-    let entry = ["keys", "models"].iter().find_map(|table| {
+    let entry = ["keys", "models", "upstreams"].iter().find_map(|table| {
         let rest = message.strip_prefix(table)?.strip_prefix('[')?;
         let index: usize = rest.split(']').next()?.parse().ok()?;
         let header = format!("[[{table}]]");
@@ -363,15 +429,6 @@ impl Config {
         self.error_format
             .parse::<tollgate::ErrorFormat>()
             .map_err(|e| invalid(format!("error_format: {e}")))?;
-        if !matches!(
-            self.rate_limit_headers.as_str(),
-            "openai" | "timestamp" | "ietf" | "none"
-        ) {
-            return Err(invalid(format!(
-                "rate_limit_headers: expected openai, timestamp, ietf or none, got {:?}",
-                self.rate_limit_headers
-            )));
-        }
         self.store
             .parse::<StoreChoice>()
             .map_err(|e| invalid(format!("store: {e}")))?;
@@ -390,9 +447,9 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections: must be at least 1".into()));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts: must be at least 1".into()));
-        }
+        self.retry
+            .validate()
+            .map_err(|e| invalid(format!("retry.{e}")))?;
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             if !names.insert(model.name.as_str()) {
@@ -416,6 +473,7 @@ impl Config {
                 }
             }
         }
+        upstreams::validate(self).map_err(invalid)?;
         let mut ids = HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             if !ids.insert(key.id.as_str()) {

@@ -14,14 +14,17 @@
 //! 127.0.0.1:0`); logs go to stderr. SIGTERM or SIGINT shut it down
 //! gracefully (see `shutdown.rs`); it then exits 0.
 
+mod access_log;
 mod app;
 mod cli;
 mod config;
+mod metrics;
 #[path = "../support/mock/mod.rs"]
 mod mock;
+mod proxy;
+mod routing;
 mod server;
 mod shutdown;
-mod upstream;
 
 use std::process::ExitCode;
 
@@ -91,6 +94,9 @@ async fn main() -> ExitCode {
     };
     println!("tollgate gateway listening on http://{}", running.addr);
     println!("upstream: {}", running.upstream);
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics on http://{addr}/metrics");
+    }
     tracing::info!(addr = %running.addr, upstream = %running.upstream, "listening");
     if demo {
         println!("\ntry it (demo key from the embedded config):\n");
