@@ -290,10 +290,7 @@ async fn upstream_failures_are_retried_or_enveloped() {
     .await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["x-should-retry"], "false");
-    assert_eq!(
-        json_of(&bytes)["error"]["code"],
-        "upstream_quota_exhausted"
-    );
+    assert_eq!(json_of(&bytes)["error"]["code"], "upstream_quota_exhausted");
 }
 
 /// `--check` with a config file: exit 0, or 2 with the error.

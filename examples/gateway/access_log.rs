@@ -64,7 +64,11 @@ impl LogSlot {
 }
 
 /// The access-log middleware (see the module docs).
-pub async fn access_log(State(log): State<Arc<AccessLog>>, mut req: Request, next: Next) -> Response {
+pub async fn access_log(
+    State(log): State<Arc<AccessLog>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     // The route's pattern, not the path: a path is what a client made up.

@@ -132,9 +132,13 @@ pub fn serve_settings(config: &Config) -> ServeSettings {
 /// prices and formats build. Binds nothing.
 pub fn check(config: &Config) -> Result<(), StartError> {
     supported_store(config)?;
-    router(config.clone(), "http://127.0.0.1:9/v1".to_owned(), &Shutdown::new())
-        .map(|_| ())
-        .map_err(|e| StartError::Config(e.to_string()))
+    router(
+        config.clone(),
+        "http://127.0.0.1:9/v1".to_owned(),
+        &Shutdown::new(),
+    )
+    .map(|_| ())
+    .map_err(|e| StartError::Config(e.to_string()))
 }
 
 /// Until the stores land, only `memory`.
@@ -252,7 +256,9 @@ pub fn router(
         pricing: pricing.clone(),
         metrics: Arc::new(metrics.requests(&config)),
     });
-    let model_list = Arc::new(ModelList::new(config.models.iter().map(|m| m.name.as_str())));
+    let model_list = Arc::new(ModelList::new(
+        config.models.iter().map(|m| m.name.as_str()),
+    ));
     let upstream_label = match config.upstream_url() {
         Some(url) => crate::config::without_credentials(url),
         None => "mock".to_owned(),
@@ -311,7 +317,9 @@ pub fn router(
             ServiceBuilder::new()
                 .layer(
                     ErrorEnvelopeLayer::new()
-                        .format_fn(move |uri, headers| proxy::error_format(uri, headers, error_format))
+                        .format_fn(move |uri, headers| {
+                            proxy::error_format(uri, headers, error_format)
+                        })
                         .catch_panic(true),
                 )
                 .layer(middleware::from_fn_with_state(

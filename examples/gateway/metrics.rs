@@ -81,11 +81,26 @@ type Dollars = Counter<f64, AtomicU64>;
 
 /// Routes whose requests have a model, and the others; `-` is a path no
 /// route matched.
-const OTHER_ROUTES: [&str; 6] = ["/v1/models", "/v1/models/{*id}", "/v1/key", "/health", "/metrics", "-"];
+const OTHER_ROUTES: [&str; 6] = [
+    "/v1/models",
+    "/v1/models/{*id}",
+    "/v1/key",
+    "/health",
+    "/metrics",
+    "-",
+];
 /// Statuses registered up front; others are registered when they happen.
 const STATUSES: [u16; 12] = [200, 400, 401, 402, 403, 404, 408, 429, 500, 502, 503, 504];
 /// The reasons of `tollgate_rejections_total`.
-const REASONS: [&str; 7] = ["auth", "model", "rate_limit", "concurrency", "budget", "balance", "invalid"];
+const REASONS: [&str; 7] = [
+    "auth",
+    "model",
+    "rate_limit",
+    "concurrency",
+    "budget",
+    "balance",
+    "invalid",
+];
 /// The outcomes of `tollgate_upstream_attempts_total`.
 const OUTCOMES: [&str; 6] = [
     "success",
@@ -176,7 +191,11 @@ impl Metrics {
             f.upstream_faults.clone(),
         );
         registry.register("tollgate_tokens", "Tokens used", f.tokens.clone());
-        registry.register("tollgate_spend_usd", "Money charged, in USD", f.spend.clone());
+        registry.register(
+            "tollgate_spend_usd",
+            "Money charged, in USD",
+            f.spend.clone(),
+        );
         registry.register(
             "tollgate_rejections",
             "Requests the gateway refused itself",
@@ -382,10 +401,17 @@ impl RequestMetrics {
             .collect();
         let spend = models
             .iter()
-            .map(|model| f.spend.get_or_create(&vec![("model", model.clone())]).clone())
+            .map(|model| {
+                f.spend
+                    .get_or_create(&vec![("model", model.clone())])
+                    .clone()
+            })
             .collect();
-        let rejections =
-            REASONS.map(|reason| f.rejections.get_or_create(&labels([("reason", reason)])).clone());
+        let rejections = REASONS.map(|reason| {
+            f.rejections
+                .get_or_create(&labels([("reason", reason)]))
+                .clone()
+        });
         RequestMetrics {
             metrics: metrics.clone(),
             per_key: config.metrics_per_key,
@@ -416,7 +442,10 @@ impl RequestMetrics {
         if let Some(histogram) = self.durations.get(route) {
             histogram.observe(done.elapsed.as_secs_f64());
         }
-        if let Some(reason) = done.rejection.and_then(|r| REASONS.iter().position(|x| *x == r)) {
+        if let Some(reason) = done
+            .rejection
+            .and_then(|r| REASONS.iter().position(|x| *x == r))
+        {
             self.rejections[reason].inc();
         }
         let key = done.key.filter(|_| self.per_key);
@@ -473,7 +502,10 @@ impl RequestMetrics {
                     }
                 }
                 if done.cost_usd > 0.0 {
-                    let labels = vec![("model", self.models[model].clone()), ("key", Arc::from(key))];
+                    let labels = vec![
+                        ("model", self.models[model].clone()),
+                        ("key", Arc::from(key)),
+                    ];
                     f.spend.get_or_create(&labels).inc_by(done.cost_usd);
                 }
             }
@@ -524,7 +556,10 @@ impl MetricsAccess {
             .collect();
         for (i, hex) in config.admin_key_sha256s.iter().enumerate() {
             let bytes = (0..32)
-                .map(|j| hex.get(2 * j..2 * j + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .map(|j| {
+                    hex.get(2 * j..2 * j + 2)
+                        .and_then(|b| u8::from_str_radix(b, 16).ok())
+                })
                 .collect::<Option<Vec<u8>>>()
                 .filter(|_| hex.len() == 64);
             match bytes.and_then(|b| <[u8; 32]>::try_from(b).ok()) {
@@ -577,7 +612,9 @@ pub async fn admin_metrics(
     req: Request,
 ) -> Response {
     if access.hashes.is_empty() {
-        return ApiError::not_found().with_message("Unknown path.").into_response();
+        return ApiError::not_found()
+            .with_message("Unknown path.")
+            .into_response();
     }
     if !access.admits(&req) {
         return ApiError::authentication()
@@ -611,7 +648,8 @@ mod tests {
         toml::from_str(toml).unwrap()
     }
 
-    const MODELS: &str = "[[models]]\nname = \"m\"\ninput_usd_per_million = 1.0\noutput_usd_per_million = 2.0\n";
+    const MODELS: &str =
+        "[[models]]\nname = \"m\"\ninput_usd_per_million = 1.0\noutput_usd_per_million = 2.0\n";
 
     #[test]
     fn known_series_are_there_from_the_start_and_counted_by_handle() {
@@ -619,7 +657,9 @@ mod tests {
         let requests = metrics.requests(&config(MODELS));
         let text = metrics.render();
         assert!(
-            text.contains(r#"tollgate_requests_total{route="/v1/chat/completions",model="m",status="200"} 0"#),
+            text.contains(
+                r#"tollgate_requests_total{route="/v1/chat/completions",model="m",status="200"} 0"#
+            ),
             "{text}"
         );
         let usage = Usage {

@@ -314,11 +314,7 @@ impl Upstream {
             .max_server_delay(Duration::from_secs(retry.max_retry_after_secs));
         let stack = ServiceBuilder::new()
             .timeout(self.timeout)
-            .layer(
-                RetryLayer::new()
-                    .policy(policy)
-                    .budget(self.budget.clone()),
-            )
+            .layer(RetryLayer::new().policy(policy).budget(self.budget.clone()))
             .layer(AttemptLayer::new(self.target.metrics.clone()))
             .service(self.http.clone())
             .map_response(|response| response.map(Body::new))

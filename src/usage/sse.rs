@@ -33,6 +33,10 @@ pub(crate) struct Sse {
     pub(super) strip: bool,
     /// The event in progress is a usage-only chunk to strip.
     strip_event: bool,
+    /// Where the event in progress has the `,"usage":null` member OpenAI
+    /// puts on every chunk once usage is asked for: cut with the chunk
+    /// when stripping, since the client did not ask for usage.
+    null_usage: Option<u64>,
     pub(super) pos: u64,
     pub(super) event_start: u64,
     pub(super) ranges: Vec<Range<u64>>,
@@ -71,7 +75,8 @@ impl Sse {
             let end = self.line_end(chunk, i + j);
             if !std::mem::take(&mut self.skipping) {
                 let carry = std::mem::take(&mut self.carry);
-                self.line(&carry, base + end as u64, found);
+                let brk = (end - (i + j)) as u64;
+                self.line(&carry, base + end as u64, brk, found);
                 self.carry = carry;
                 self.carry.clear();
             }
@@ -86,11 +91,11 @@ impl Sse {
                 .and_then(|rest| memchr::memchr(b'\n', rest))
             {
                 let end = i + j + 1;
-                self.line(&chunk[i..end - 1], base + end as u64, found);
+                self.line(&chunk[i..end - 1], base + end as u64, 1, found);
                 i = end;
                 while chunk.get(i) == Some(&b'\n') {
                     i += 1;
-                    self.line(b"", base + i as u64, found);
+                    self.line(b"", base + i as u64, 1, found);
                 }
             }
         }
@@ -98,7 +103,8 @@ impl Sse {
             match self.find_break(rest) {
                 Some(j) => {
                     let end = self.line_end(chunk, i + j);
-                    self.line(&rest[..j], base + end as u64, found);
+                    let brk = (end - (i + j)) as u64;
+                    self.line(&rest[..j], base + end as u64, brk, found);
                     i = end;
                 }
                 None => {
@@ -156,23 +162,24 @@ impl Sse {
         }
     }
 
-    /// One complete line; `end` is the stream offset past its line break.
-    fn line(&mut self, line: &[u8], end: u64, found: &mut Found) {
+    /// One complete line; `end` is the stream offset past its line break,
+    /// `brk` the break's length.
+    fn line(&mut self, line: &[u8], end: u64, brk: u64, found: &mut Found) {
         // In `\n` mode a `\r\n` leaves its `\r` on the line.
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let cr = line.strip_suffix(b"\r");
+        let content_end = end - brk - u64::from(cr.is_some());
+        let line = cr.unwrap_or(line);
         match line.first() {
             None => {
                 // A blank line dispatches the event.
-                if std::mem::take(&mut self.strip_event) {
-                    self.ranges.push(self.event_start..end);
-                }
+                self.dispatch(end);
                 self.no_usage_event = false;
                 self.event_start = end;
             }
             Some(b'd') => {
                 if let Some(value) = line.strip_prefix(b"data:") {
                     let value = value.strip_prefix(b" ").unwrap_or(value);
-                    self.data(value, found);
+                    self.data(value, content_end, found);
                 }
             }
             Some(b'e') => {
@@ -184,7 +191,8 @@ impl Sse {
         }
     }
 
-    fn data(&mut self, data: &[u8], found: &mut Found) {
+    /// The `data` of a line ending at stream offset `end`.
+    fn data(&mut self, data: &[u8], end: u64, found: &mut Found) {
         if data == b"[DONE]" {
             return;
         }
@@ -199,6 +207,9 @@ impl Sse {
         // Every chunk of an OpenAI stream with usage on ends with a null
         // usage: that one needs no search.
         if self.no_usage_event || data.ends_with(b"\"usage\":null}") {
+            if self.strip && data.ends_with(NULL_USAGE_END) {
+                self.null_usage = Some(end - NULL_USAGE_END.len() as u64);
+            }
             return;
         }
         let mut from = 0;
@@ -242,14 +253,26 @@ impl Sse {
         let carry = std::mem::take(&mut self.carry);
         if !carry.is_empty() && !self.skipping {
             // A last line without a line break: read it all the same.
-            self.line(&carry, self.pos, found);
+            self.line(&carry, self.pos, 0, found);
         }
-        if std::mem::take(&mut self.strip_event) {
-            self.ranges.push(self.event_start..self.pos);
-        }
+        self.dispatch(self.pos);
         self.event_start = self.pos;
     }
+
+    /// The event in progress ends at `end`: marks what to cut of it.
+    fn dispatch(&mut self, end: u64) {
+        let null_usage = self.null_usage.take();
+        if std::mem::take(&mut self.strip_event) {
+            self.ranges.push(self.event_start..end);
+        } else if let Some(at) = null_usage {
+            self.ranges.push(at..at + NULL_USAGE_END.len() as u64 - 1);
+        }
+    }
 }
+
+/// How a chunk ends when OpenAI adds `"usage": null` to it: the member
+/// (cut when stripping) and the object's closing brace.
+const NULL_USAGE_END: &[u8] = b",\"usage\":null}";
 
 /// The generated text under the `"delta"` key at `k`: a string (OpenAI
 /// Responses) or an object (chat chunks, Anthropic deltas). Returns its

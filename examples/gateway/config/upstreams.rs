@@ -175,11 +175,17 @@ pub fn validate(config: &Config) -> Result<(), String> {
             return Err(format!("{}: must be at least 1", at("timeout_secs")));
         }
         if let Some(retry) = &upstream.retry {
-            retry.validate().map_err(|e| format!("{}.{e}", at("retry")))?;
+            retry
+                .validate()
+                .map_err(|e| format!("{}.{e}", at("retry")))?;
         }
         positive(&at, upstream.requests_per_minute, "requests_per_minute")?;
         positive(&at, upstream.tokens_per_minute, "tokens_per_minute")?;
-        positive(&at, upstream.max_concurrent.map(u64::from), "max_concurrent")?;
+        positive(
+            &at,
+            upstream.max_concurrent.map(u64::from),
+            "max_concurrent",
+        )?;
     }
     for (i, model) in config.models.iter().enumerate() {
         let at = |field: &str| format!("models[{i}].{field}");
@@ -196,13 +202,20 @@ pub fn validate(config: &Config) -> Result<(), String> {
             return Err(format!("{}: must not be empty", at("upstream_model")));
         }
         if model.attempt_timeout_secs == Some(0) {
-            return Err(format!("{}: must be at least 1", at("attempt_timeout_secs")));
+            return Err(format!(
+                "{}: must be at least 1",
+                at("attempt_timeout_secs")
+            ));
         }
         positive(&at, model.requests_per_minute, "requests_per_minute")?;
         positive(&at, model.tokens_per_minute, "tokens_per_minute")?;
         positive(&at, model.max_concurrent.map(u64::from), "max_concurrent")?;
     }
-    if config.rate_limit_headers.parse::<tollgate::rate_limit::HeaderStyle>().is_err() {
+    if config
+        .rate_limit_headers
+        .parse::<tollgate::rate_limit::HeaderStyle>()
+        .is_err()
+    {
         return Err(format!(
             "rate_limit_headers: expected openai, timestamp, ietf, legacy or none, got {:?}",
             config.rate_limit_headers
@@ -240,9 +253,12 @@ mod tests {
             "[[models]]\nname = \"m\"\nupstream = \"nope\"\ninput_usd_per_million = 1.0\noutput_usd_per_million = 1.0\n",
         )
         .unwrap_err();
-        assert!(err.contains("models[0].upstream") && err.contains("nope"), "{err}");
-        let err = check("[[upstreams]]\nname = \"a\"\nurl = \"mock\"\nmax_concurrent = 0\n")
-            .unwrap_err();
+        assert!(
+            err.contains("models[0].upstream") && err.contains("nope"),
+            "{err}"
+        );
+        let err =
+            check("[[upstreams]]\nname = \"a\"\nurl = \"mock\"\nmax_concurrent = 0\n").unwrap_err();
         assert!(err.contains("upstreams[0].max_concurrent"), "{err}");
         assert!(check("rate_limit_headers = \"legacy\"\n").is_ok());
     }
@@ -254,6 +270,9 @@ mod tests {
         )
         .unwrap();
         let debug = format!("{:?}", config.upstreams[0]);
-        assert!(!debug.contains("sk-upstream-secret") && !debug.contains("pw"), "{debug}");
+        assert!(
+            !debug.contains("sk-upstream-secret") && !debug.contains("pw"),
+            "{debug}"
+        );
     }
 }

@@ -31,7 +31,10 @@ impl<S> Counted<S> {
     fn with(inner: S, metrics: &Metrics, store: &str, ops: &[&str]) -> Self {
         Counted {
             inner,
-            errors: ops.iter().map(|op| metrics.store_errors(store, op)).collect(),
+            errors: ops
+                .iter()
+                .map(|op| metrics.store_errors(store, op))
+                .collect(),
         }
     }
 
@@ -73,7 +76,9 @@ impl<K: KeyStore> KeyStore for Counted<K> {
     }
 }
 
-const LEDGER_OPS: [&str; 7] = ["reserve", "settle", "release", "top_up", "read", "reset", "spend"];
+const LEDGER_OPS: [&str; 7] = [
+    "reserve", "settle", "release", "top_up", "read", "reset", "spend",
+];
 
 impl<L: Ledger> Counted<L> {
     /// The ledger `inner`, counted as `store="ledger"`.

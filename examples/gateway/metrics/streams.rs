@@ -123,7 +123,8 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
                 }
                 Some(Err(_)) => {
                     watch.ended = true;
-                    watch.last = Bytes::from_static(b"data: {\"error\":{\"code\":\"bad_gateway\"}}\n\n");
+                    watch.last =
+                        Bytes::from_static(b"data: {\"error\":{\"code\":\"bad_gateway\"}}\n\n");
                     *this.watch = None;
                 }
                 None => {

@@ -121,7 +121,8 @@ pub fn routes() -> Router {
 pub fn error_format(uri: &http::Uri, headers: &HeaderMap, configured: ErrorFormat) -> ErrorFormat {
     let path = uri.path();
     let messages = path == "/v1/messages" || path.starts_with("/v1/messages/");
-    let anthropic_models = path.starts_with("/v1/models") && headers.contains_key("anthropic-version");
+    let anthropic_models =
+        path.starts_with("/v1/models") && headers.contains_key("anthropic-version");
     if messages || anthropic_models {
         ErrorFormat::Anthropic
     } else {
@@ -295,8 +296,8 @@ fn rename_model(body: &[u8], name: &str) -> Result<Bytes, ApiError> {
         Ok(object) => object.0,
         Err(e) => return Err(invalid(e)),
     };
-    let model = RawValue::from_string(serde_json::to_string(name).map_err(invalid)?)
-        .map_err(invalid)?;
+    let model =
+        RawValue::from_string(serde_json::to_string(name).map_err(invalid)?).map_err(invalid)?;
     let mut out = Vec::with_capacity(body.len() + name.len());
     out.push(b'{');
     for (i, (key, value)) in object.iter().enumerate() {
@@ -325,7 +326,10 @@ impl<'de> serde::Deserialize<'de> for OrderedObject {
                 f.write_str("a JSON object")
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
                 let mut members = Vec::new();
                 while let Some(member) = map.next_entry()? {
                     members.push(member);

@@ -70,7 +70,9 @@ pub async fn retrieve(
         None => ApiError::not_found()
             .with_code("model_not_found")
             .with_param("model")
-            .with_message(format!("The model '{id}' does not exist or you do not have access to it."))
+            .with_message(format!(
+                "The model '{id}' does not exist or you do not have access to it."
+            ))
             .into_response(),
     }
 }
