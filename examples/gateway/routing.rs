@@ -51,6 +51,9 @@ use crate::config::{Config, DEFAULT_UPSTREAM, RetryConfig, UpstreamKind, without
 use crate::metrics::{AttemptLayer, Metrics, UpstreamMetrics};
 use crate::proxy::Api;
 
+/// The key sent to the built-in mock when the config gives none.
+const MOCK_KEY: &str = "sk-tollgate-mock";
+
 /// The client stack towards an upstream.
 pub type UpstreamClient =
     BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
@@ -268,6 +271,8 @@ impl Upstream {
                 without_credentials(url)
             ));
         }
+        // The mock, like Anthropic, wants some key on /v1/messages.
+        let key = key.or_else(|| mock.then(|| Arc::from(MOCK_KEY)));
         // TCP_NODELAY: a request's head and body are two writes, and the
         // second would wait for the upstream's delayed ACK (~40 ms).
         let mut connector = HttpConnector::new();
