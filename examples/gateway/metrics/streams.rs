@@ -112,13 +112,19 @@ impl<B: Body<Data = Bytes>> Body for MeteredBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = ready!(this.body.poll_frame(cx));
+        let mut this = self.project();
+        let frame = ready!(this.body.as_mut().poll_frame(cx));
         if let Some(watch) = this.watch.as_mut() {
             match &frame {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref().filter(|d| !d.is_empty()) {
                         watch.last = data.clone();
+                    }
+                    // The server stops polling a body that says it is at
+                    // its end: this was its last frame.
+                    if this.body.is_end_stream() {
+                        watch.ended = true;
+                        *this.watch = None;
                     }
                 }
                 Some(Err(_)) => {
