@@ -1,6 +1,7 @@
 //! One admission round trip to Redis, for a rate limit (`EVALSHA` of the
-//! rate-limit script, sliding windows) and for a budget (`EVALSHA` of the reserve script), next to
-//! the memory stores and a bare `INCR` on a plain multiplexed connection:
+//! rate-limit script, sliding windows) and for a budget (`EVALSHA` of the reserve script), and a
+//! key lookup (from the instance's cache, and its one `HGET` on a miss),
+//! next to the memory stores and a bare `INCR` on a plain multiplexed connection:
 //! sequential latency (`redis/sequential/…`) and throughput with 64 calls
 //! in flight on one connection (`redis/64-in-flight/…`, reported per call
 //! and as calls per second).
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use futures_util::StreamExt;
+use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
 use tollgate::budget::{
     BudgetScope, BudgetSpec, Ledger, Money, Period, Reservation, ReserveOutcome, ReservePolicy,
 };
@@ -29,8 +31,10 @@ use tollgate::rate_limit::{
     Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict,
 };
 use tollgate::store::StoreFuture;
-use tollgate::store::memory::{MemoryLedger, MemoryRateLimitStore};
-use tollgate::store::redis::{RedisConfig, RedisConnection, RedisLedger, RedisRateLimitStore};
+use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
+use tollgate::store::redis::{
+    RedisConfig, RedisConnection, RedisKeyStore, RedisLedger, RedisRateLimitStore,
+};
 
 const IN_FLIGHT: usize = 64;
 /// Reservations are released between batches, outside the timed part, so
@@ -154,6 +158,30 @@ fn main() {
             .expect("the bench's redis-server answers")
     });
     let redis_limits = RedisRateLimitStore::new(redis.clone());
+    // Keys: one store whose lookups hit its cache, one without a cache
+    // (every lookup is the `HGET` of a miss).
+    let (redis_keys, uncached_keys, memory_keys) = rt.block_on(async {
+        let cached = RedisKeyStore::new(redis.clone());
+        let uncached = RedisKeyStore::builder(redis.clone()).max_cached(0).build();
+        cached
+            .insert(KeyRecord::new("bench", KeyHash::of("sk-bench")))
+            .await
+            .expect("redis answers");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cached.is_listening() {
+            assert!(Instant::now() < deadline, "the key store did not subscribe");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        cached
+            .lookup(&KeyHash::of("sk-bench"))
+            .await
+            .expect("redis answers");
+        (cached, uncached, MemoryKeyStore::new())
+    });
+    memory_keys
+        .insert(KeyRecord::new("bench", KeyHash::of("sk-bench")))
+        .expect("a new key");
+    let key_hash = KeyHash::of("sk-bench");
     let redis_ledger = RedisLedger::new(redis);
     let memory_limits = MemoryRateLimitStore::new();
     let memory_ledger = MemoryLedger::new();
@@ -169,6 +197,15 @@ fn main() {
         if in_flight == 1 {
             g.bench_function("rate_limit/memory", |b| {
                 b.iter(|| black_box(now(acquire(&memory_limits, &limits))))
+            });
+            g.bench_function("key_lookup/memory", |b| {
+                b.iter(|| black_box(now(memory_keys.lookup(&key_hash))))
+            });
+            g.bench_function("key_lookup/redis_cached", |b| {
+                b.iter(|| {
+                    let mut found = redis_keys.lookup(&key_hash);
+                    black_box(found.take_ready().expect("a cache hit"))
+                })
             });
             g.bench_function("budget/memory", |b| {
                 b.iter_custom(|iters| {
@@ -188,6 +225,14 @@ fn main() {
         g.bench_function("budget/redis", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(time_reservations(&redis_ledger, &budgets, iters, in_flight))
+            })
+        });
+        g.bench_function("key_lookup/redis_uncached", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_calls(iters, in_flight, || async {
+                    let found = uncached_keys.lookup(&key_hash).await;
+                    found.expect("redis answers").expect("the key exists")
+                }))
             })
         });
         g.bench_function("INCR", |b| {

@@ -1425,3 +1425,845 @@ async fn redis_top_ups_apply_once_per_key_and_resets_keep_holds() {
     // A balance is not reset.
     assert_eq!(b.reset(&wallet).await.unwrap().remaining(), usd("60"));
 }
+
+// ---- keys: the KeyAdmin contract, two instances, the previous layout -----------
+
+mod key_admin {
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    use tollgate::auth::{KeyAdmin, PutMode, RetiredSecret};
+    use tollgate::budget::{BudgetScope, BudgetSpec, Money, Period};
+    use tollgate::store::memory::MemoryKeyStore;
+
+    use super::*;
+
+    fn ids(page: &[Arc<KeyRecord>]) -> Vec<&str> {
+        page.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    async fn found(store: &dyn KeyAdmin, secret: &str) -> Option<Arc<KeyRecord>> {
+        store.lookup(&KeyHash::of(secret)).await.unwrap()
+    }
+
+    fn conflict(answer: Result<Option<Arc<KeyRecord>>, StoreError>) -> String {
+        match answer {
+            Err(StoreError::Conflict(message)) => message,
+            other => panic!("expected a conflict, got {other:?}"),
+        }
+    }
+
+    /// What every [`KeyAdmin`] does, run against the memory store and the
+    /// Redis store alike.
+    pub(super) async fn key_admin_contract(store: &dyn KeyAdmin) {
+        let put = |record: KeyRecord, mode| store.put(record, mode);
+        let a = KeyRecord::new("a", KeyHash::of("sa"));
+        assert!(put(a, PutMode::Create).await.unwrap().is_none());
+        let again = conflict(put(KeyRecord::new("a", KeyHash::of("sx")), PutMode::Create).await);
+        assert!(again.contains("`a` already exists"), "{again}");
+        assert_eq!(found(store, "sa").await.unwrap().id, "a");
+        assert!(found(store, "sx").await.is_none());
+
+        // A secret of another key, current or retired, is a conflict whose
+        // message names no secret; nothing is written.
+        let taken = conflict(put(KeyRecord::new("b", KeyHash::of("sa")), PutMode::Upsert).await);
+        assert!(!taken.contains(&KeyHash::of("sa").to_hex()), "{taken}");
+        let mut b = KeyRecord::new("b", KeyHash::of("sb"));
+        b.retired.push(RetiredSecret {
+            hash: KeyHash::of("sa"),
+            until: UNIX_EPOCH,
+        });
+        conflict(put(b, PutMode::Upsert).await);
+        assert!(store.get("b").await.unwrap().is_none());
+        assert!(found(store, "sb").await.is_none());
+        assert!(
+            put(KeyRecord::new("b", KeyHash::of("sb")), PutMode::Upsert)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // A rotation: the record answers to both secrets, the new one
+        // current, and returns what it replaced.
+        let until = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let mut a = (*store.get("a").await.unwrap().unwrap()).clone();
+        a.rotate(KeyHash::of("sa2"), until);
+        let replaced = put(a, PutMode::Upsert).await.unwrap().unwrap();
+        assert_eq!(replaced.secret_hash, KeyHash::of("sa"));
+        for secret in ["sa", "sa2"] {
+            let record = found(store, secret).await.unwrap();
+            assert_eq!(record.id, "a");
+            assert_eq!(record.secret_hash, KeyHash::of("sa2"));
+            assert_eq!(
+                record.retired,
+                [RetiredSecret {
+                    hash: KeyHash::of("sa"),
+                    until
+                }]
+            );
+        }
+        // The retired secret is still a's: b cannot take it.
+        conflict(put(KeyRecord::new("b", KeyHash::of("sa")), PutMode::Upsert).await);
+
+        // Rotating until more than MAX_KEPT are retired forgets the oldest.
+        for n in 3..3 + RetiredSecret::MAX_KEPT {
+            let mut a = (*store.get("a").await.unwrap().unwrap()).clone();
+            a.rotate(KeyHash::of(format!("sa{n}")), until);
+            put(a, PutMode::Upsert).await.unwrap();
+        }
+        let a = store.get("a").await.unwrap().unwrap();
+        assert_eq!(a.retired.len(), RetiredSecret::MAX_KEPT);
+        assert!(found(store, "sa").await.is_none());
+        assert_eq!(found(store, "sa2").await.unwrap().id, "a");
+
+        // Replaced without its secrets: they stop working, all of them.
+        let held: Vec<KeyHash> = a.secret_hashes().collect();
+        put(KeyRecord::new("a", KeyHash::of("sz")), PutMode::Upsert)
+            .await
+            .unwrap()
+            .unwrap();
+        for hash in held {
+            assert!(store.lookup(&hash).await.unwrap().is_none());
+        }
+        assert_eq!(found(store, "sz").await.unwrap().id, "a");
+
+        // Pages in id order, odd ids included.
+        for id in ["e", "c", "(d", "ü {x}"] {
+            put(KeyRecord::new(id, KeyHash::of(id)), PutMode::Create)
+                .await
+                .unwrap();
+        }
+        assert_eq!(ids(&store.list(None, 2).await.unwrap()), ["(d", "a"]);
+        assert_eq!(ids(&store.list(Some("(d"), 2).await.unwrap()), ["a", "b"]);
+        assert_eq!(ids(&store.list(Some("b"), 2).await.unwrap()), ["c", "e"]);
+        assert_eq!(ids(&store.list(Some("e"), 2).await.unwrap()), ["ü {x}"]);
+        assert!(store.list(Some("ü {x}"), 2).await.unwrap().is_empty());
+        assert!(store.list(None, 0).await.unwrap().is_empty());
+        assert_eq!(store.list(None, usize::MAX).await.unwrap().len(), 6);
+
+        // Every field comes back as it was put; a flag is a put.
+        let mut rich = KeyRecord::new("f", KeyHash::of("sf"));
+        rich.name = Some("Rich".into());
+        rich.team = Some("t".into());
+        rich.expires_at = Some(UNIX_EPOCH + Duration::new(1_900_000_000, 7));
+        rich.budgets = vec![BudgetSpec::budget(
+            BudgetScope::Team("t".into()),
+            Money::from_usd(5),
+            Period::Monthly,
+        )];
+        rich.metadata.insert("owner".into(), "ops".into());
+        put(rich.clone(), PutMode::Create).await.unwrap();
+        assert_eq!(*store.get("f").await.unwrap().unwrap(), rich);
+        rich.revoked = true;
+        put(rich.clone(), PutMode::Upsert).await.unwrap();
+        assert!(found(store, "sf").await.unwrap().revoked);
+
+        // Deleting drops the id and every secret.
+        assert!(store.delete("a").await.unwrap());
+        assert!(found(store, "sz").await.is_none());
+        assert!(store.get("a").await.unwrap().is_none());
+        assert!(!store.delete("a").await.unwrap());
+        assert_eq!(
+            ids(&store.list(None, 10).await.unwrap()),
+            ["(d", "b", "c", "e", "f", "ü {x}"]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_memory_key_store_keeps_the_key_admin_contract() {
+        key_admin_contract(&MemoryKeyStore::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_redis_key_store_keeps_the_key_admin_contract() {
+        let server = redis_server!();
+        let store = RedisKeyStore::new(instance(&server).await);
+        key_admin_contract(&store).await;
+        // Every key it wrote is under the one hash tag (one cluster slot).
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query_async(&mut raw(&server).await)
+            .await
+            .unwrap();
+        assert!(!keys.is_empty());
+        assert!(
+            keys.iter().all(|k| k.starts_with("tollgate:{keys}:")),
+            "{keys:?}"
+        );
+    }
+
+    /// Looks `secret` up on every store until each lookup satisfies
+    /// `expected` (within 1 s), so that each store has it cached.
+    async fn cache_everywhere(
+        stores: &[&RedisKeyStore],
+        secret: &str,
+        expected: impl Fn(Option<&KeyRecord>) -> bool + Copy,
+    ) {
+        for store in stores {
+            wait_for_lookup(store, secret, expected).await;
+            let cached = store.lookup(&KeyHash::of(secret)).await.unwrap();
+            assert!(expected(cached.as_deref()));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_instances_see_each_others_puts_rotations_revocations_and_deletes() {
+        let server = redis_server!();
+        let a = RedisKeyStore::new(instance(&server).await);
+        let b = RedisKeyStore::new(instance(&server).await);
+        wait_until(|| a.is_listening() && b.is_listening()).await;
+        let both = [&a, &b];
+
+        // Unknown everywhere (and cached as unknown), then put on a.
+        cache_everywhere(&both, "sk-1", |r| r.is_none()).await;
+        KeyAdmin::put(
+            &a,
+            KeyRecord::new("k", KeyHash::of("sk-1")),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+        cache_everywhere(&both, "sk-1", |r| r.is_some()).await;
+        cache_everywhere(&both, "sk-2", |r| r.is_none()).await;
+
+        // Rotated on b, with a grace: a finds both secrets, the old one retired.
+        let mut record = (*KeyAdmin::get(&b, "k").await.unwrap().unwrap()).clone();
+        record.rotate(
+            KeyHash::of("sk-2"),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        KeyAdmin::put(&b, record, PutMode::Upsert).await.unwrap();
+        let rotated =
+            |r: Option<&KeyRecord>| r.is_some_and(|r| r.secret_hash == KeyHash::of("sk-2"));
+        cache_everywhere(&both, "sk-2", rotated).await;
+        cache_everywhere(&both, "sk-1", rotated).await;
+
+        // Revoked on a: both secrets refused on b.
+        assert!(a.revoke("k").await.unwrap());
+        let revoked = |r: Option<&KeyRecord>| r.is_some_and(|r| r.revoked);
+        cache_everywhere(&both, "sk-1", revoked).await;
+        cache_everywhere(&both, "sk-2", revoked).await;
+
+        // Deleted on b: both secrets unknown on a.
+        assert!(KeyAdmin::delete(&b, "k").await.unwrap());
+        cache_everywhere(&both, "sk-1", |r| r.is_none()).await;
+        cache_everywhere(&both, "sk-2", |r| r.is_none()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_rotated_key_works_on_every_instance_until_its_grace_ends() {
+        let server = redis_server!();
+        let a = RedisKeyStore::new(instance(&server).await);
+        let b = RedisKeyStore::new(instance(&server).await);
+        wait_until(|| a.is_listening() && b.is_listening()).await;
+        let on_b = ServiceBuilder::new()
+            .layer(AuthLayer::new(b.clone()))
+            .service(service_fn(upstream));
+        a.insert(KeyRecord::new("k", KeyHash::of("sk-old")))
+            .await
+            .unwrap();
+        assert_eq!(send(&on_b, with_key("sk-old")).await.0, StatusCode::OK);
+
+        // Rotated on a with an hour of grace: b takes the new secret, and
+        // the old one with a warning of when it stops.
+        let mut record = (*a.get("k").await.unwrap().unwrap()).clone();
+        record.rotate(
+            KeyHash::of("sk-new"),
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        KeyAdmin::put(&a, record, PutMode::Upsert).await.unwrap();
+        let rotated_at = Instant::now();
+        while send(&on_b, with_key("sk-new")).await.0 != StatusCode::OK {
+            assert!(
+                rotated_at.elapsed() < Duration::from_secs(1),
+                "new secret refused after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let (status, headers, _) = send(&on_b, with_key("sk-old")).await;
+        assert_eq!(status, StatusCode::OK);
+        let left: u64 = headers["x-api-key-expires-in"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((3500..=3600).contains(&left), "{left}");
+
+        // Rotated again with no grace: the secret just retired is refused
+        // as revoked on b, the first one still has its hour.
+        let mut record = (*a.get("k").await.unwrap().unwrap()).clone();
+        record.rotate(KeyHash::of("sk-newer"), SystemTime::now());
+        KeyAdmin::put(&a, record, PutMode::Upsert).await.unwrap();
+        let rotated_at = Instant::now();
+        loop {
+            let (status, _, body) = send(&on_b, with_key("sk-new")).await;
+            if status == StatusCode::UNAUTHORIZED {
+                assert_eq!(error_code(&body), "revoked_api_key");
+                break;
+            }
+            assert!(
+                rotated_at.elapsed() < Duration::from_secs(1),
+                "still admitted after 1 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(send(&on_b, with_key("sk-old")).await.0, StatusCode::OK);
+        assert_eq!(send(&on_b, with_key("sk-newer")).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_flag_changes_on_two_instances_never_undo_each_other() {
+        let server = redis_server!();
+        let a = RedisKeyStore::new(patient_instance(&server).await);
+        let b = RedisKeyStore::new(patient_instance(&server).await);
+        for round in 0..20 {
+            let id = format!("k{round}");
+            a.insert(KeyRecord::new(&id, KeyHash::of(&id)))
+                .await
+                .unwrap();
+            // Each reads the record and writes it back with its flag: a
+            // write over a record changed since it was read would drop the
+            // other's flag.
+            let (revoked, disabled) = tokio::join!(a.revoke(&id), b.set_disabled(&id, true));
+            assert!(revoked.unwrap() && disabled.unwrap());
+            let record = b.get(&id).await.unwrap().unwrap();
+            assert!(record.revoked && record.disabled, "{record:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_of_the_previous_layout_move_to_the_current_one() {
+        let server = redis_server!();
+        let store = RedisKeyStore::new(instance(&server).await);
+        let mut conn = raw(&server).await;
+        let legacy = |prefix: &str, id: &str, secret: &str, rec: &str| {
+            let hex = KeyHash::of(secret).to_hex();
+            let mut pipe = redis::pipe();
+            pipe.cmd("HSET")
+                .arg(format!("{prefix}key:{hex}"))
+                .arg(&["id", id, "rec", rec, "revoked", "1", "disabled", "0"])
+                .ignore();
+            pipe.cmd("SET")
+                .arg(format!("{prefix}keyid:{id}"))
+                .arg(&hex)
+                .ignore();
+            pipe
+        };
+        // Version 1 JSON, its flags in fields of their own.
+        let old = r#"{"v":1,"id":"old","created_at_ns":1800000000000000000,"team":"t"}"#;
+        let dup = r#"{"v":1,"id":"dup","created_at_ns":0}"#;
+        let other = r#"{"v":1,"id":"x","created_at_ns":0}"#;
+        for pipe in [
+            legacy("tollgate:", "old", "sk-old", old),
+            legacy("tollgate:", "dup", "sk-dup-old", dup),
+            legacy("other:", "x", "sk-x", other),
+        ] {
+            pipe.query_async::<()>(&mut conn).await.unwrap();
+        }
+        // An index without its record, and a key made since by a current
+        // instance under an id the previous layout also has.
+        let _: () = redis::cmd("SET")
+            .arg("tollgate:keyid:ghost")
+            .arg(KeyHash::of("sk-ghost").to_hex())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        store
+            .insert(KeyRecord::new("dup", KeyHash::of("sk-dup-new")))
+            .await
+            .unwrap();
+
+        assert_eq!(store.migrate_legacy_layout().await.unwrap(), 1);
+        let moved = store.lookup(&KeyHash::of("sk-old")).await.unwrap().unwrap();
+        assert_eq!(moved.id, "old");
+        assert!(moved.revoked && !moved.disabled);
+        assert_eq!(moved.team.as_deref(), Some("t"));
+        assert_eq!(
+            moved.created_at,
+            UNIX_EPOCH + Duration::from_secs(1_800_000_000)
+        );
+        assert_eq!(*store.get("old").await.unwrap().unwrap(), *moved);
+        // The current record won; the old one is gone.
+        assert!(
+            store
+                .lookup(&KeyHash::of("sk-dup-old"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store
+                .lookup(&KeyHash::of("sk-dup-new"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            ids(&KeyAdmin::list(&store, None, 10).await.unwrap()),
+            ["dup", "old"]
+        );
+        let left: Vec<String> = redis::cmd("KEYS")
+            .arg("tollgate:key*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "{left:?}");
+        // Another prefix's records are not this store's.
+        let others: Vec<String> = redis::cmd("KEYS")
+            .arg("other:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(others.len(), 2, "{others:?}");
+        // Idempotent.
+        assert_eq!(store.migrate_legacy_layout().await.unwrap(), 0);
+        assert!(
+            store
+                .lookup(&KeyHash::of("sk-old"))
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+}
+
+// ---- Redis persistence -----------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistence_is_reported_off_on_or_unknown() {
+    use tollgate::store::redis::Persistence;
+
+    // The test servers run with `--appendonly no --save ""`.
+    let mut off = redis_server!();
+    let redis = instance(&off).await;
+    let found = Persistence::check(&redis).await.unwrap();
+    assert_eq!(
+        (found.aof, found.rdb, found.is_on()),
+        (Some(false), Some(false), Some(false))
+    );
+    assert!(found.warning().unwrap().contains("money dies with Redis"));
+
+    let dir = std::env::temp_dir().join(format!("tollgate-aof-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let aof = RedisServer::start_with(&["--appendonly", "yes", "--dir", &dir.to_string_lossy()]);
+    let found = Persistence::check(&instance(&aof).await).await.unwrap();
+    assert_eq!(
+        (found.aof, found.rdb, found.is_on()),
+        (Some(true), Some(false), Some(true))
+    );
+    assert_eq!(found.warning(), None);
+    drop(aof);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // RDB snapshots alone count too.
+    let mut conn = raw(&off).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "save", "3600 1"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let found = Persistence::check(&redis).await.unwrap();
+    assert_eq!((found.aof, found.rdb), (Some(false), Some(true)));
+    assert_eq!(found.warning(), None);
+
+    // CONFIG denied, as managed services do: unknown, with its own warning.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-config"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let found = Persistence::check(&redis).await.unwrap();
+    assert_eq!((found.aof, found.rdb, found.is_on()), (None, None, None));
+    assert!(found.warning().unwrap().contains("CONFIG refused"));
+
+    // Only an unreachable Redis is an error.
+    off.kill();
+    assert!(Persistence::check(&redis).await.is_err());
+}
+
+// ---- the ledger's placement: every call in one hash slot (Redis Cluster) ---------
+
+mod ledger_placement {
+    use tollgate::budget::{Attribution, SpendGroup, SpendQuery, SpendTokens};
+    use tollgate::store::memory::MemoryLedger;
+    use tollgate::store::redis::LedgerPlacement;
+
+    use super::*;
+
+    /// Keys `a` and `b`, team `t` and user `u` belong to the org `o`; key
+    /// `solo` is a tenant of its own.
+    pub(super) fn by_tenant() -> LedgerPlacement {
+        LedgerPlacement::by_tenant(|scope| match scope {
+            BudgetScope::Key(id) if id == "solo" => scope.clone(),
+            _ => BudgetScope::Org("o".into()),
+        })
+    }
+
+    fn scope(id: &str) -> BudgetScope {
+        BudgetScope::parse(id).unwrap()
+    }
+
+    /// Runs the same calls on `redis` and `memory` and checks they answer
+    /// alike.
+    pub(super) async fn same_answers(
+        redis: &RedisLedger,
+        memory: &MemoryLedger,
+        clock: &ManualClock,
+    ) {
+        let key_a = BudgetSpec::budget(scope("key:a"), usd("10"), Period::Monthly);
+        let key_b = BudgetSpec::budget(scope("key:b"), usd("10"), Period::Never);
+        let team = BudgetSpec::budget(scope("team:t"), usd("1"), Period::Monthly);
+        let org = BudgetSpec::balance(scope("org:o"), usd("5"));
+        let solo = BudgetSpec::budget(scope("key:solo"), usd("2"), Period::Daily);
+        let a = specs([key_a.clone(), team.clone(), org.clone()]);
+        let b = specs([key_b.clone(), team.clone(), org.clone()]);
+        let s = specs([solo.clone()]);
+        let attributed = |scopes: &[&str], cost: &str| {
+            Charge::new(usd(cost), SpendTokens::new(10, 20, 0)).attributed(Attribution::new(
+                scopes.iter().map(|s| scope(s)).collect::<Vec<_>>(),
+                "gpt-4o",
+            ))
+        };
+        let ledgers: [&dyn Ledger; 2] = [redis, memory];
+
+        let mut outcomes = Vec::new();
+        let mut held = Vec::new();
+        for ledger in ledgers {
+            let r1 = ledger
+                .reserve(&a, usd("0.8"), ReservePolicy::Strict)
+                .await
+                .unwrap();
+            let denied = ledger
+                .reserve(&b, usd("0.3"), ReservePolicy::Strict)
+                .await
+                .unwrap();
+            outcomes.push((shape(&r1), shape(&denied)));
+            held.push(reserved(r1));
+        }
+        assert_eq!(outcomes[0], outcomes[1]);
+
+        let mut answers = Vec::new();
+        for (ledger, r1) in ledgers.into_iter().zip(&held) {
+            let settled = ledger
+                .settle(
+                    r1,
+                    &attributed(&["key:a", "user:u", "team:t", "org:o"], "0.5"),
+                )
+                .await
+                .unwrap();
+            let r2 = ledger
+                .reserve(&b, usd("0.6"), ReservePolicy::Bounded)
+                .await
+                .unwrap();
+            let r2_shape = shape(&r2);
+            ledger.release(&reserved(r2)).await.unwrap();
+            let rs = reserved(
+                ledger
+                    .reserve(&s, usd("1"), ReservePolicy::Strict)
+                    .await
+                    .unwrap(),
+            );
+            let solo_settled = ledger
+                .settle(&rs, &attributed(&["key:solo"], "1.5"))
+                .await
+                .unwrap();
+            // A key without budgets is charged in its aggregates all the same.
+            ledger
+                .settle(
+                    &Reservation::unheld(Arc::new([])),
+                    &attributed(&["key:b", "team:t", "org:o"], "0.125"),
+                )
+                .await
+                .unwrap();
+            let first = ledger.top_up(&org, usd("10"), Some("idem")).await.unwrap();
+            let again = ledger.top_up(&org, usd("10"), Some("idem")).await.unwrap();
+            let reset = ledger.reset(&team).await.unwrap();
+            let mut reads = Vec::new();
+            for spec in [&key_a, &key_b, &team, &org, &solo] {
+                reads.push(ledger.read(spec).await.unwrap());
+            }
+            let mut reports = Vec::new();
+            for query in [
+                SpendQuery::new(SpendGroup::Key),
+                SpendQuery::new(SpendGroup::Team),
+                SpendQuery::new(SpendGroup::Org),
+                SpendQuery::new(SpendGroup::User),
+                SpendQuery::new(SpendGroup::Model).scope(scope("key:solo")),
+                SpendQuery::new(SpendGroup::Day).scope(scope("org:o")),
+                SpendQuery::new(SpendGroup::Key).model("gpt-4o"),
+            ] {
+                reports.push(ledger.spend(&query).await.unwrap());
+            }
+            answers.push((
+                settled.statuses,
+                r2_shape,
+                solo_settled.statuses,
+                (first.status, first.replayed, again.status, again.replayed),
+                reset,
+                reads,
+                reports,
+            ));
+        }
+        assert_eq!(answers[0], answers[1]);
+        let (.., reports) = &answers[0];
+        assert_eq!(reports[0].len(), 3, "{:?}", reports[0]);
+
+        // A hold whose lease ran out is given back by the next call in its
+        // slot, as in memory.
+        let forgotten = reserved(
+            redis
+                .reserve(&a, usd("0.1"), ReservePolicy::Strict)
+                .await
+                .unwrap(),
+        );
+        assert_eq!(redis.read(&team).await.unwrap().reserved, usd("0.1"));
+        clock.advance(Duration::from_secs(2));
+        assert_eq!(redis.read(&team).await.unwrap().reserved, Money::ZERO);
+        redis.release(&forgotten).await.unwrap();
+    }
+
+    /// The keys under `prefix`, by hash tag.
+    async fn keys_by_tag(server: &RedisServer, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut raw(server).await)
+            .await
+            .unwrap();
+        let mut tagged: Vec<(String, String)> = keys
+            .into_iter()
+            .map(|key| {
+                let rest = key.strip_prefix(prefix).unwrap();
+                let tag = rest
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once("}:"))
+                    .map(|(tag, _)| tag.to_owned())
+                    .unwrap_or_else(|| panic!("untagged key {key}"));
+                (tag, key)
+            })
+            .collect();
+        tagged.sort();
+        tagged
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_placed_by_tenant_decides_like_memory_with_each_tenant_in_one_slot() {
+        let server = redis_server!();
+        let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
+        let conn = RedisConnection::connect(config(&server).key_prefix("ten:"))
+            .await
+            .unwrap();
+        let redis = RedisLedger::new(conn)
+            .clock(clock.clone())
+            .lease(Duration::from_secs(1))
+            .placement(by_tenant());
+        let memory = MemoryLedger::new()
+            .with_clock(ManualClockRef(clock.clone()))
+            .lease(Duration::from_secs(1));
+        same_answers(&redis, &memory, &clock).await;
+
+        let tags: std::collections::BTreeMap<String, Vec<String>> = keys_by_tag(&server, "ten:")
+            .await
+            .into_iter()
+            .fold(Default::default(), |mut map, (tag, key)| {
+                map.entry(tag).or_default().push(key);
+                map
+            });
+        assert_eq!(
+            tags.keys().collect::<Vec<_>>(),
+            ["key:solo", "ledger", "org:o"],
+            "{tags:?}"
+        );
+        // The org's slot holds its keys', team's and user's books and spend.
+        for name in [
+            "ten:{org:o}:budget:key:a",
+            "ten:{org:o}:budget:team:t",
+            "ten:{org:o}:budget:org:o",
+            "ten:{org:o}:spend-scopes",
+            "ten:{org:o}:ledger:seq",
+        ] {
+            assert!(tags["org:o"].iter().any(|k| k == name), "{name}: {tags:?}");
+        }
+        assert!(
+            tags["org:o"]
+                .iter()
+                .any(|k| k.starts_with("ten:{org:o}:spend:user:u:"))
+        );
+        assert_eq!(tags["ledger"], ["ten:{ledger}:tenants"]);
+
+        // A request whose budgets belong to two tenants cannot be booked in
+        // one slot: refused, and nothing is held.
+        let mixed = specs([
+            BudgetSpec::budget(scope("key:a"), usd("10"), Period::Monthly),
+            BudgetSpec::budget(scope("key:solo"), usd("2"), Period::Daily),
+        ]);
+        let refused = redis
+            .reserve(&mixed, usd("0.1"), ReservePolicy::Strict)
+            .await;
+        assert!(
+            matches!(&refused, Err(StoreError::Unavailable(m)) if m.contains("`org:o` and `key:solo`")),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ledger_in_one_slot_decides_like_memory() {
+        let server = redis_server!();
+        let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
+        let conn = RedisConnection::connect(config(&server).key_prefix("one:"))
+            .await
+            .unwrap();
+        let redis = RedisLedger::new(conn)
+            .clock(clock.clone())
+            .lease(Duration::from_secs(1))
+            .placement(LedgerPlacement::OneSlot);
+        let memory = MemoryLedger::new()
+            .with_clock(ManualClockRef(clock.clone()))
+            .lease(Duration::from_secs(1));
+        same_answers(&redis, &memory, &clock).await;
+        let tags = keys_by_tag(&server, "one:").await;
+        assert!(!tags.is_empty());
+        assert!(tags.iter().all(|(tag, _)| tag == "ledger"), "{tags:?}");
+    }
+}
+
+// ---- keys, ledger and persistence on a Redis Cluster of three primaries ----------
+
+mod on_a_cluster {
+    use tollgate::auth::{KeyAdmin, PutMode};
+    use tollgate::store::memory::MemoryLedger;
+    use tollgate::store::redis::{LedgerPlacement, Persistence};
+
+    use super::redis_support::RedisCluster;
+    use super::*;
+
+    async fn cluster_instance(cluster: &RedisCluster) -> RedisConnection {
+        let urls = cluster.urls();
+        let config = RedisConfig::cluster(urls.iter().map(String::as_str))
+            .unwrap()
+            .call_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5));
+        RedisConnection::connect(config).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn keys_ledgers_and_the_persistence_check_run_on_a_cluster() {
+        let cluster = RedisCluster::start();
+
+        // Keys: the whole contract, and a change on one instance seen by
+        // another within a second.
+        let a = RedisKeyStore::new(cluster_instance(&cluster).await);
+        let b = RedisKeyStore::new(cluster_instance(&cluster).await);
+        super::key_admin::key_admin_contract(&a).await;
+        wait_until(|| a.is_listening() && b.is_listening()).await;
+        KeyAdmin::put(
+            &a,
+            KeyRecord::new("z", KeyHash::of("sk-z")),
+            PutMode::Create,
+        )
+        .await
+        .unwrap();
+        wait_for_lookup(&b, "sk-z", |r| r.is_some()).await;
+        wait_for_lookup(&b, "sk-z", |r| r.is_some()).await;
+        assert!(a.revoke("z").await.unwrap());
+        wait_for_lookup(&b, "sk-z", |r| r.is_some_and(|r| r.revoked)).await;
+        assert_eq!(a.migrate_legacy_layout().await.unwrap(), 0);
+
+        // The ledger, in one slot (the default there) and by tenant,
+        // answers as the memory ledger does.
+        for (prefix, placement) in [
+            ("one:", None),
+            ("ten:", Some(super::ledger_placement::by_tenant())),
+        ] {
+            let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
+            let urls = cluster.urls();
+            let config = RedisConfig::cluster(urls.iter().map(String::as_str))
+                .unwrap()
+                .key_prefix(prefix)
+                .call_timeout(Duration::from_secs(10))
+                .connect_timeout(Duration::from_secs(5));
+            let mut redis = RedisLedger::new(RedisConnection::connect(config).await.unwrap())
+                .clock(clock.clone())
+                .lease(Duration::from_secs(1));
+            if let Some(placement) = placement {
+                redis = redis.placement(placement);
+            }
+            let memory = MemoryLedger::new()
+                .with_clock(ManualClockRef(clock.clone()))
+                .lease(Duration::from_secs(1));
+            super::ledger_placement::same_answers(&redis, &memory, &clock).await;
+        }
+
+        // The untagged layout cannot run there: its scripts cross slots.
+        let untagged =
+            RedisLedger::new(cluster_instance(&cluster).await).placement(LedgerPlacement::Untagged);
+        let budgets = specs([
+            BudgetSpec::budget(BudgetScope::Key("k".into()), usd("1"), Period::Monthly),
+            BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly),
+        ]);
+        assert!(
+            untagged
+                .reserve(&budgets, usd("0.1"), ReservePolicy::Strict)
+                .await
+                .is_err()
+        );
+
+        let persistence = Persistence::check(&cluster_instance(&cluster).await)
+            .await
+            .unwrap();
+        assert_eq!(persistence.is_on(), Some(false));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn three_ledgers_on_a_cluster_never_overshoot_a_tenants_strict_budget() {
+        let cluster = RedisCluster::start();
+        let mut ledgers = Vec::new();
+        for _ in 0..3 {
+            ledgers.push(
+                RedisLedger::new(cluster_instance(&cluster).await)
+                    .placement(super::ledger_placement::by_tenant()),
+            );
+        }
+        // Two keys of the org `o` share its team's strict budget.
+        let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
+        let of_key = |id: &str| -> Arc<[BudgetSpec]> {
+            Arc::new([
+                BudgetSpec::budget(BudgetScope::Key(id.into()), usd("10"), Period::Monthly),
+                team.clone(),
+            ])
+        };
+        let keys = [of_key("a"), of_key("b")];
+        let start = Arc::new(tokio::sync::Barrier::new(300));
+        let tasks: Vec<_> = (0..300)
+            .map(|i| {
+                let ledger = ledgers[i % 3].clone();
+                let budgets = keys[i % 2].clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    match ledger
+                        .reserve(&budgets, usd("0.03"), ReservePolicy::Strict)
+                        .await
+                        .unwrap()
+                    {
+                        ReserveOutcome::Reserved { reservation, .. } => {
+                            ledger
+                                .settle(&reservation, &Charge::cost(usd("0.01")))
+                                .await
+                                .unwrap();
+                            1
+                        }
+                        ReserveOutcome::Denied { .. } => 0,
+                    }
+                })
+            })
+            .collect();
+        let mut admitted = 0;
+        for task in tasks {
+            admitted += task.await.unwrap();
+        }
+        let spent = ledgers[1].read(&team).await.unwrap();
+        assert!(spent.spent <= usd("1"), "{spent:?}");
+        assert_eq!(spent.spent, Money::from_nanos(10_000_000 * admitted));
+        assert_eq!(spent.reserved, Money::ZERO);
+        assert!(admitted >= 33, "{admitted}");
+    }
+}

@@ -198,6 +198,21 @@ mod tests {
     }
 
     #[test]
+    fn an_admission_into_an_empty_window_resets_when_its_own_bucket_leaves() {
+        // Found by `retry_after_is_exact`: the reset of an admitted request
+        // counts the request itself.
+        let s = sliding(2, 40_738);
+        let mut b = Vec::new();
+        let o = step(&s, &mut b, 100_000, 1);
+        assert!(o.admitted);
+        assert_eq!(o.reset_us, s.leaves_at(s.bucket_at(100_000)) - 100_000);
+        let mut later = b.clone();
+        s.prune(&mut later, 100_000 + o.reset_us);
+        assert_eq!(s.check(&later, 100_000 + o.reset_us, 0).remaining, 2);
+        assert_eq!(s.check(&b, 100_000, 0).remaining, 1);
+    }
+
+    #[test]
     fn sixty_per_minute_is_sixty_in_any_minute() {
         let s = sliding(60, 60_000_000);
         let mut b = Vec::new();
@@ -325,11 +340,16 @@ mod tests {
                 }
                 None => prop_assert!(cost > amount),
             }
-            // Reset: the next unit frees up then, not before.
+            // Reset: the next unit frees up then, not before. An admitted
+            // request's reset counts its own charge, so compare with it.
             if o.reset_us > 0 {
-                let mut at = b.clone();
+                let mut base = b.clone();
+                if o.admitted {
+                    s.charge(&mut base, now, cost);
+                }
+                let mut at = base.clone();
                 s.prune(&mut at, now + o.reset_us);
-                prop_assert!(s.check(&at, now + o.reset_us, 0).remaining > s.check(&b, now, 0).remaining);
+                prop_assert!(s.check(&at, now + o.reset_us, 0).remaining > s.check(&base, now, 0).remaining);
             }
         }
     }

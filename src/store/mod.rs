@@ -1,7 +1,10 @@
 //! Where the stateful layers keep their state: counters, budgets, keys.
 //!
 //! Each stateful layer depends on a store trait of its own, with operations
-//! shaped for one round trip. [`memory`] holds the in-process defaults.
+//! shaped for one round trip. [`memory`] holds the in-process defaults;
+//! `sqlite` (feature `sqlite`) keeps one instance's keys and books in a
+//! file across restarts; `redis` (feature `redis`) shares them between
+//! instances.
 //! When a store fails, the layer answers with the [`StoreError`] rendered as
 //! 503 `store_unavailable` (or admits, where its failure policy says so).
 //!
@@ -22,6 +25,8 @@ mod future;
 pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 
 pub use self::future::StoreFuture;
 

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// Arguments after the defaults (which they override).
+    extra: Vec<String>,
 }
 
 fn binary() -> String {
@@ -37,6 +39,12 @@ impl RedisServer {
     /// Starts a server on a free port; panics, saying how to install it,
     /// when `redis-server` is not installed.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// [`start`](Self::start), with `extra` arguments after the defaults
+    /// (`--appendonly yes`: a later value wins); kept on restart.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         assert!(
             available(),
             "`{}` not found: install it (`apt-get install redis-server`, as .ci/run does) \
@@ -45,7 +53,11 @@ impl RedisServer {
         );
         for _ in 0..5 {
             let port = free_port();
-            let mut server = RedisServer { child: None, port };
+            let mut server = RedisServer {
+                child: None,
+                port,
+                extra: extra.iter().map(|a| a.to_string()).collect(),
+            };
             if server.spawn() {
                 return server;
             }
@@ -128,6 +140,7 @@ impl RedisServer {
                 "--loglevel",
                 "warning",
             ])
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -727,10 +727,6 @@ impl MemoryLedger {
     /// state at start-up does: `spent` in the period starting at
     /// `period_start`, and, for a balance, its funds (`limit`).
     #[cfg(feature = "sqlite")]
-    #[allow(
-        dead_code,
-        reason = "the SQLite store restores through it: remove when it lands"
-    )]
     pub(crate) fn restore_account(
         &self,
         spec: &BudgetSpec,
@@ -752,34 +748,66 @@ impl MemoryLedger {
         Ok(())
     }
 
-    /// Sets one spend aggregate row, as a durable store restoring its state
-    /// does.
+    /// The books of each of `scopes` as they stand (not brought to the
+    /// current period: the store that persists them records their window),
+    /// `None` where the ledger keeps none (never seen, or evicted as idle).
+    /// Read under all their locks at once: a settlement is in all of them
+    /// or in none.
     #[cfg(feature = "sqlite")]
-    #[allow(
-        dead_code,
-        reason = "the SQLite store restores through it: remove when it lands"
-    )]
+    pub(crate) fn books(&self, scopes: &[BudgetScope]) -> Vec<Option<(Period, BudgetStatus)>> {
+        let hashes: Vec<u64> = scopes
+            .iter()
+            .map(|scope| self.inner.hasher.hash_one(scope))
+            .collect();
+        let mut locked = self.lock_budgets(&hashes);
+        scopes
+            .iter()
+            .zip(&hashes)
+            .map(|(scope, &hash)| {
+                locked
+                    .shard(self.shard_of(hash))
+                    .get_mut(hash, scope)
+                    .map(|account| (account.period, account.status()))
+            })
+            .collect()
+    }
+
+    /// The ledger's current time (since the Unix epoch), for a durable
+    /// store that records when something happened on the ledger's clock.
+    #[cfg(feature = "sqlite")]
+    pub(crate) fn now_unix(&self) -> Duration {
+        self.now()
+    }
+
+    /// Sets one spend aggregate row, as a durable store restoring its state
+    /// does; `false` (and nothing set) when the row is new and its shard
+    /// already holds its share of [`max_spend_rows`](Self::max_spend_rows),
+    /// so a store restoring newest first keeps the newest days.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn restore_spend(
         &self,
         scope: BudgetScope,
         model: Arc<str>,
         day: i64,
         totals: SpendTotals,
-    ) {
+    ) -> bool {
         let scope_hash = self.inner.hasher.hash_one(&scope);
         let hash = row_hash(&self.inner.hasher, scope_hash, &model, day);
-        lock(&self.inner.spend[self.shard_of(scope_hash)]).restore(hash, scope, model, day, totals);
+        lock(&self.inner.spend[self.shard_of(scope_hash)]).restore(
+            hash,
+            scope,
+            model,
+            day,
+            totals,
+            self.inner.max_spend_rows,
+        )
     }
 
     /// Remembers a top-up idempotency key used at `at`, as a durable store
     /// restoring its state does.
     #[cfg(feature = "sqlite")]
-    #[allow(
-        dead_code,
-        reason = "the SQLite store restores through it: remove when it lands"
-    )]
     pub(crate) fn restore_top_up_key(&self, scope: BudgetScope, key: String, at: Duration) {
-        lock(&self.inner.top_up_keys).restore(scope, key, at);
+        lock(&self.inner.top_up_keys).restore(scope, key, at, Self::MAX_TOP_UP_KEYS);
     }
 }
 

@@ -58,7 +58,7 @@
 //! |---|---|---|
 //! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | each scope's limit states (sliding, GCRA, fixed), concurrency slots |
 //! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
-//! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore) | key records and their revocation |
+//! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore), [`KeyAdmin`](crate::auth::KeyAdmin) | key records, their rotations and revocations |
 //!
 //! # Atomic, one round trip, on one clock
 //!
@@ -126,6 +126,15 @@
 //! use Redis persistence or replication if budget spend must survive a Redis
 //! crash.
 //!
+//! # Persistence: money dies with a Redis that keeps nothing
+//!
+//! Budgets' spend, prepaid balances and keys made through an admin API live
+//! in Redis only. Run it with the append-only file on (`appendonly yes`;
+//! the default `appendfsync everysec` loses at most a second of writes) and
+//! have the gateway call [`Persistence::check`] at start-up: it warns when
+//! Redis has neither AOF nor RDB snapshots on, and says when a managed
+//! Redis will not tell.
+//!
 //! # Namespacing and deployment
 //!
 //! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
@@ -135,24 +144,30 @@
 //! expire by themselves, so their memory is bounded by what is in use).
 //!
 //! The stores target a single Redis primary (optionally with replicas and
-//! Sentinel-driven failover behind a stable address). The rate-limit store
-//! also runs on Redis Cluster ([`RedisConfig::cluster`]; its docs say how it
-//! places its keys); the ledger and the key store do not yet: a budget
-//! reservation touches the keys of several scopes in one script. Tested with Redis 7.0; the scripts use nothing newer than Redis
-//! 5.0 (`ZPOPMIN`) and turn on effect replication themselves where it is not
-//! the default (before 7.0), as they read `TIME` before writing.
+//! Sentinel-driven failover behind a stable address), or a Redis Cluster
+//! ([`RedisConfig::cluster`]), where every script must find all its keys in
+//! one hash slot: the rate-limit store places them per caller (its docs say
+//! how), the key store keeps all of its keys under one hash tag (see
+//! [`RedisKeyStore`], "Redis Cluster"), and the ledger keeps its books in
+//! one slot, or one per tenant with a [`LedgerPlacement`] (see
+//! [`RedisLedger`], "Redis Cluster"). Tested with Redis 7.0; the scripts
+//! use nothing newer than Redis 5.0 (`ZPOPMIN`) and turn on effect
+//! replication themselves where it is not the default (before 7.0), as
+//! they read `TIME` before writing.
 
 mod config;
 mod connection;
 mod keys;
 mod ledger;
+mod persistence;
 mod rate_limit;
 mod scripts;
 
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;
 pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
-pub use self::ledger::RedisLedger;
+pub use self::ledger::{LedgerPlacement, RedisLedger};
+pub use self::persistence::Persistence;
 pub use self::rate_limit::{RedisRateLimitStore, RedisRateLimitStoreBuilder};
 
 pub use crate::store::FailurePolicy;

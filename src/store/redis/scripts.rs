@@ -34,7 +34,8 @@ scripts! {
     LEDGER_READ = "common.lua" "money.lua" "ledger.lua" "ledger_read.lua";
     LEDGER_RESET = "common.lua" "money.lua" "ledger.lua" "ledger_reset.lua";
     LEDGER_SPEND = "ledger_spend.lua";
+    LEDGER_TENANTS = "ledger_tenants.lua";
     KEY_PUT = "key_put.lua";
-    KEY_FLAG = "key_flag.lua";
-    KEY_REMOVE = "key_remove.lua";
+    KEY_DELETE = "key_delete.lua";
+    KEY_LIST = "key_list.lua";
 }

@@ -64,12 +64,9 @@ impl SpendShard {
         }
     }
 
-    /// Sets a row, as a store restoring its state does.
+    /// Sets a row, as a store restoring its state does; `false` (nothing
+    /// set) for a new row when the shard already holds `max`.
     #[cfg(feature = "sqlite")]
-    #[allow(
-        dead_code,
-        reason = "the SQLite store restores through it: remove when it lands"
-    )]
     pub(super) fn restore(
         &mut self,
         hash: u64,
@@ -77,13 +74,21 @@ impl SpendShard {
         model: Arc<str>,
         day: i64,
         totals: SpendTotals,
-    ) {
+        max: usize,
+    ) -> bool {
+        let full = self.len >= max;
         let bucket = self.rows.entry(hash).or_default();
         match bucket
             .iter_mut()
             .find(|r| r.day == day && r.model == model && r.scope == scope)
         {
             Some(row) => row.totals = totals,
+            None if full => {
+                if bucket.is_empty() {
+                    self.rows.remove(&hash);
+                }
+                return false;
+            }
             None => {
                 bucket.push(Row {
                     scope,
@@ -94,6 +99,7 @@ impl SpendShard {
                 self.len += 1;
             }
         }
+        true
     }
 
     fn forget_oldest_day(&mut self) {

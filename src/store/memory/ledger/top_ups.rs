@@ -48,13 +48,12 @@ impl TopUpKeys {
         true
     }
 
-    /// Restores a key used at `at`.
+    /// Restores a key used at `at`, unless `max` keys are remembered
+    /// already (a store restores newest first).
     #[cfg(feature = "sqlite")]
-    #[allow(
-        dead_code,
-        reason = "the SQLite store restores through it: remove when it lands"
-    )]
-    pub(super) fn restore(&mut self, scope: BudgetScope, key: String, at: Duration) {
-        self.used.insert((scope, key), at);
+    pub(super) fn restore(&mut self, scope: BudgetScope, key: String, at: Duration, max: usize) {
+        if self.used.len() < max {
+            self.used.insert((scope, key), at);
+        }
     }
 }

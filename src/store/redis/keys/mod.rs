@@ -1,40 +1,51 @@
-//! [`RedisKeyStore`]: API keys in Redis, cached locally, revoked everywhere
-//! within a bounded time.
+//! [`RedisKeyStore`]: API keys in Redis, managed at run time from any
+//! instance, cached locally, changed everywhere within a second.
 
+mod admin;
 mod cache;
+mod legacy;
+mod listen;
 
 use std::fmt;
-use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use futures_core::Stream;
 use tokio::sync::watch;
 
 use self::cache::Cache;
-use super::scripts::{KEY_FLAG, KEY_PUT, KEY_REMOVE};
 use super::{FailurePolicy, RedisConnection};
 use crate::auth::{KeyHash, KeyRecord, KeyStore};
-use crate::store::codec::{decode, encode};
+use crate::store::codec::decode;
 use crate::store::memory::DuplicateSecret;
 use crate::store::{StoreError, StoreFuture};
 
-/// Key records in Redis, by the SHA-256 of their secret, with a local cache
-/// in every gateway instance and revocation that reaches every instance's
-/// cache within a bounded time.
+/// Key records in Redis, found by the SHA-256 of any secret they hold, with
+/// a local cache in every gateway instance and changes (a new key, a
+/// rotation, a revocation, a deletion) that reach every instance's cache
+/// within a second.
+///
+/// An operator running several gateway instances wants to mint, rotate and
+/// revoke keys through an admin API on any of them, and have every instance
+/// obey at once: a revoked key that keeps working on two pods out of three
+/// is not revoked. This store is the [`KeyAdmin`](crate::auth::KeyAdmin)
+/// (create, read, list, change, delete) and the [`KeyStore`] (the lookup of
+/// every request) that they share.
 ///
 /// ```no_run
-/// use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
+/// use tollgate::auth::{AuthLayer, KeyAdmin, KeyHash, KeyRecord, PutMode};
 /// use tollgate::store::redis::{RedisConfig, RedisConnection, RedisKeyStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 /// let redis = RedisConnection::connect(RedisConfig::from_url("redis://127.0.0.1:6379/0")?).await?;
 /// let keys = RedisKeyStore::new(redis);
+/// // Once at start-up: records an earlier version wrote move to the current
+/// // layout (nothing to do, one `SCAN`, when there are none).
+/// keys.migrate_legacy_layout().await?;
 ///
 /// // An admin endpoint on any instance:
-/// keys.insert(KeyRecord::new("alice", KeyHash::of("sk-alice"))).await?;
+/// keys.put(KeyRecord::new("alice", KeyHash::of("sk-alice")), PutMode::Create).await?;
 /// // ... and later, on any instance; every instance refuses the key within ~1 s:
 /// keys.revoke("alice").await?;
 ///
@@ -46,26 +57,62 @@ use crate::store::{StoreError, StoreFuture};
 ///
 /// # Where records live
 ///
-/// A record is a Redis hash `<prefix>key:<sha256 hex>` (the record as JSON,
-/// and its `revoked` and `disabled` flags as fields of their own, so a
-/// revocation is one `HSET`), with an index `<prefix>keyid:<id>` → hash for
-/// the admin operations. The secret itself is never stored or sent.
-/// [`insert`](Self::insert), [`revoke`](Self::revoke),
-/// [`set_disabled`](Self::set_disabled) and [`remove`](Self::remove) are each
-/// one Lua script that changes the record and publishes its hash on
-/// `<prefix>keys:invalidate` in the same atomic step.
+/// Every key the store writes starts with the connection's
+/// [`key_prefix`](super::RedisConfig::key_prefix) and the hash tag `{keys}`:
 ///
-/// # The cache, and how revocation reaches every instance
+/// | key | type | holds |
+/// |---|---|---|
+/// | `<prefix>{keys}:secret:<sha256 hex>` | hash | `id`, `rec` (the record as JSON) |
+/// | `<prefix>{keys}:id:<id>` | hash | `rec`, `hashes` (every secret hash it holds) |
+/// | `<prefix>{keys}:ids` | sorted set | every id, for paged listing in id order |
+///
+/// The record is written under its current secret's hash and under each
+/// retired one (at most [`RetiredSecret::MAX_KEPT`](crate::auth::RetiredSecret::MAX_KEPT)),
+/// so a lookup by any secret the key answers to is one `HGET`, and the auth
+/// layer decides whether a retired secret is still within its grace. The
+/// secret itself is never stored or sent; the JSON is the crate's versioned
+/// record format, secrets as hashes only.
+///
+/// [`put`](crate::auth::KeyAdmin::put) and
+/// [`delete`](crate::auth::KeyAdmin::delete) are each one Lua script, so
+/// each is atomic: it checks the conflicts (an id that exists under
+/// [`PutMode::Create`](crate::auth::PutMode::Create), a secret of another
+/// key), writes every index, drops the secrets the record no longer holds,
+/// and publishes every hash it touched on `<prefix>keys:invalidate`, in one
+/// step that no other instance can observe half done.
+/// [`list`](crate::auth::KeyAdmin::list) is one script too (`ZRANGEBYLEX`
+/// on the id index, then the records). [`revoke`](Self::revoke) and
+/// [`set_disabled`](Self::set_disabled) read the record and write it back
+/// only if nobody changed it in between, retrying otherwise, so a
+/// concurrent rotation is never undone by a revocation (nor the reverse).
+///
+/// # Redis Cluster
+///
+/// Every key of the store shares the hash tag `{keys}`, so all of them live
+/// in one hash slot, on one node of a cluster. A script declares the keys
+/// it knows before it runs (the record's id, the id index, each secret it
+/// writes) and reaches the others (the secrets a replaced record held, the
+/// records of a page) through names in the same slot, which Redis Cluster
+/// allows. This is fine for keys, though it would not be for counters:
+/// keys are few (thousands, not millions), written rarely (by an admin, not
+/// by requests), and read through every instance's local cache, so the one
+/// node holding them sees a read per cache miss and nothing per cached
+/// request. Keep braces out of the key prefix: `{keys}` must stay the first
+/// hash tag of the names.
+///
+/// # The cache, and how changes reach every instance
 ///
 /// A lookup is answered from the instance's cache when it can be (no
-/// allocation, no await), otherwise by one `HMGET`, whose answer is cached
+/// allocation, no await), otherwise by one `HGET`, whose answer is cached
 /// — unknown hashes too, for [`negative_ttl`](RedisKeyStoreBuilder::negative_ttl),
 /// so a flood of invalid keys does not become a flood of Redis reads.
 ///
 /// Each instance subscribes to the invalidation channel. A change published
-/// by any instance drops the record from every subscriber's cache, and the
-/// next lookup reads the new record from Redis: in practice revocation takes
-/// effect everywhere within milliseconds (the tests check < 1 s).
+/// by any instance drops every hash it touched (the new secret, the
+/// retired ones, those that stopped working) from every subscriber's cache,
+/// and the next lookup reads the new record from Redis: in practice a
+/// change takes effect everywhere within milliseconds (the tests check
+/// < 1 s).
 ///
 /// The bound holds when things fail, because the cache is only trusted while
 /// the subscription is known to be live:
@@ -82,6 +129,16 @@ use crate::store::{StoreError, StoreFuture};
 ///   also bounds how long a change made to Redis *without* publishing
 ///   (by hand, with `redis-cli`) takes to be seen.
 ///
+/// # Upgrading from the previous layout
+///
+/// Versions before this one kept a record as `<prefix>key:<sha256 hex>`
+/// (fields `id`, `rec`, `revoked`, `disabled`) with an index
+/// `<prefix>keyid:<id>`, and could not find a record by a retired secret.
+/// The store no longer reads that layout: call
+/// [`migrate_legacy_layout`](Self::migrate_legacy_layout) once at start-up
+/// (it is idempotent and cheap when there is nothing to move), after the
+/// last instance of the previous version has stopped writing.
+///
 /// # When Redis fails
 ///
 /// [`FailurePolicy::FailClosed`] (the default): a lookup that needs Redis
@@ -94,6 +151,9 @@ use crate::store::{StoreError, StoreFuture};
 /// unknown keys still get 503. The price: a key revoked just before (or
 /// during) the outage may keep working on instances that cached it, until
 /// Redis is back.
+///
+/// Admin operations always fail with the [`StoreError`] when Redis cannot
+/// answer: nothing is changed on one instance only.
 #[derive(Clone)]
 pub struct RedisKeyStore {
     inner: Arc<Inner>,
@@ -101,7 +161,7 @@ pub struct RedisKeyStore {
 
 struct Inner {
     redis: RedisConnection,
-    channel: String,
+    names: Names,
     policy: FailurePolicy,
     cache: Cache,
     /// Whether the subscription is live, and so the cache trustworthy.
@@ -112,6 +172,41 @@ struct Inner {
     listener_started: AtomicBool,
     /// Dropped with the store, which ends the listener.
     shutdown: watch::Sender<()>,
+}
+
+/// The store's Redis names, made once (see "Where records live").
+struct Names {
+    /// `<prefix>{keys}:secret:`, followed by a hash in hex.
+    secret: String,
+    /// `<prefix>{keys}:id:`, followed by an id.
+    id: String,
+    /// `<prefix>{keys}:ids`.
+    ids: String,
+    /// `<prefix>keys:invalidate`.
+    channel: String,
+}
+
+impl Names {
+    fn new(redis: &RedisConnection) -> Self {
+        Names {
+            secret: redis.key("{keys}:secret:"),
+            id: redis.key("{keys}:id:"),
+            ids: redis.key("{keys}:ids"),
+            channel: redis.key("keys:invalidate"),
+        }
+    }
+
+    fn secret(&self, hash: &KeyHash) -> String {
+        let mut name = self.secret.clone();
+        name.push_str(&hash.to_hex());
+        name
+    }
+
+    fn id(&self, id: &str) -> String {
+        let mut name = self.id.clone();
+        name.push_str(id);
+        name
+    }
 }
 
 /// Builds a [`RedisKeyStore`].
@@ -130,7 +225,7 @@ pub enum KeyWriteError {
     /// Redis could not be reached or answered in time.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Another key already has this secret.
+    /// Another key already has one of this key's secrets.
     #[error(transparent)]
     DuplicateSecret(#[from] DuplicateSecret),
 }
@@ -160,103 +255,6 @@ impl RedisKeyStore {
             cache_ttl: Self::DEFAULT_CACHE_TTL,
             negative_ttl: Self::DEFAULT_NEGATIVE_TTL,
             max_cached: Self::DEFAULT_MAX_CACHED,
-        }
-    }
-
-    /// Stores `record` (replacing the record with the same id: a new secret
-    /// makes the old one stop working) and tells every instance.
-    pub async fn insert(&self, record: KeyRecord) -> Result<(), KeyWriteError> {
-        let inner = &self.inner;
-        let hex = record.secret_hash.to_hex();
-        let keys = vec![
-            inner.redis.key(&format!("key:{hex}")),
-            inner.redis.key(&format!("keyid:{}", record.id)),
-        ];
-        let flag = |b: bool| if b { "1" } else { "0" }.to_owned();
-        let args = vec![
-            hex,
-            record.id.clone(),
-            encode(&record),
-            flag(record.revoked),
-            flag(record.disabled),
-            inner.channel.clone(),
-            inner.redis.key("key:"),
-        ];
-        let (ok, other): (i64, String) = inner.redis.eval(&KEY_PUT, keys, args).await?;
-        if ok == 0 {
-            return Err(DuplicateSecret {
-                id: record.id,
-                existing: other,
-            }
-            .into());
-        }
-        inner.invalidate(Some(&record.secret_hash));
-        if let Ok(previous) = KeyHash::from_hex(&other) {
-            inner.invalidate(Some(&previous));
-        }
-        Ok(())
-    }
-
-    /// Marks key `id` revoked (401 `revoked_api_key` on every instance).
-    /// Returns whether the key exists.
-    pub async fn revoke(&self, id: &str) -> Result<bool, StoreError> {
-        self.set_flag(id, "revoked", true).await
-    }
-
-    /// Disables (or re-enables) key `id`'s account (403 `account_disabled`).
-    /// Returns whether the key exists.
-    pub async fn set_disabled(&self, id: &str, disabled: bool) -> Result<bool, StoreError> {
-        self.set_flag(id, "disabled", disabled).await
-    }
-
-    async fn set_flag(&self, id: &str, field: &str, value: bool) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        let keys = vec![inner.redis.key(&format!("keyid:{id}"))];
-        let args = vec![
-            field.to_owned(),
-            if value { "1" } else { "0" }.to_owned(),
-            inner.channel.clone(),
-            inner.redis.key("key:"),
-        ];
-        let hex: String = inner.redis.eval(&KEY_FLAG, keys, args).await?;
-        match KeyHash::from_hex(&hex) {
-            Ok(hash) => {
-                inner.invalidate(Some(&hash));
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        }
-    }
-
-    /// Removes key `id` (401 `invalid_api_key` on every instance). Returns
-    /// whether the key existed.
-    pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        let inner = &self.inner;
-        let keys = vec![inner.redis.key(&format!("keyid:{id}"))];
-        let args = vec![inner.channel.clone(), inner.redis.key("key:")];
-        let hex: String = inner.redis.eval(&KEY_REMOVE, keys, args).await?;
-        match KeyHash::from_hex(&hex) {
-            Ok(hash) => {
-                inner.invalidate(Some(&hash));
-                Ok(true)
-            }
-            Err(_) => Ok(false),
-        }
-    }
-
-    /// The record of key `id`, read from Redis.
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        let key = self.inner.redis.key(&format!("keyid:{id}"));
-        let hex: Option<String> =
-            self.inner
-                .redis
-                .call(move |mut conn| async move {
-                    redis::cmd("GET").arg(key).query_async(&mut conn).await
-                })
-                .await?;
-        match hex.as_deref().map(KeyHash::from_hex) {
-            Some(Ok(hash)) => fetch(&self.inner.redis, hash).await,
-            _ => Ok(None),
         }
     }
 
@@ -297,7 +295,7 @@ impl RedisKeyStoreBuilder {
     }
 
     /// How long an unknown hash is remembered as unknown (default 5 s).
-    /// Keys inserted through any `RedisKeyStore` are announced, so they work
+    /// Keys stored through any `RedisKeyStore` are announced, so they work
     /// at once regardless.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
@@ -314,11 +312,10 @@ impl RedisKeyStoreBuilder {
     /// tokio runtime, or on the first lookup if there is none now).
     pub fn build(self) -> RedisKeyStore {
         let (shutdown, _) = watch::channel(());
-        let channel = self.redis.key("keys:invalidate");
         let store = RedisKeyStore {
             inner: Arc::new(Inner {
+                names: Names::new(&self.redis),
                 redis: self.redis,
-                channel,
                 policy: self.policy,
                 cache: Cache::new(self.max_cached, self.cache_ttl, self.negative_ttl),
                 listening: AtomicBool::new(false),
@@ -370,7 +367,7 @@ impl KeyStore for RedisKeyStore {
         let inner = self.inner.clone();
         let hash = *hash;
         StoreFuture::pending(async move {
-            match fetch(&inner.redis, hash).await {
+            match fetch(&inner, hash).await {
                 Ok(record) => {
                     // Cache only what no invalidation raced with, and only
                     // while invalidations are being received.
@@ -396,31 +393,21 @@ impl KeyStore for RedisKeyStore {
     }
 }
 
-/// One `HMGET` of the record whose secret hashes to `hash`.
-async fn fetch(
-    redis: &RedisConnection,
-    hash: KeyHash,
-) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-    let key = redis.key(&format!("key:{}", hash.to_hex()));
-    let fields: Vec<Option<String>> = redis
-        .call(move |mut conn| async move {
-            redis::cmd("HMGET")
+/// One `HGET` of the record holding the secret that hashes to `hash`.
+async fn fetch(inner: &Inner, hash: KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+    let key = inner.names.secret(&hash);
+    let json: Option<String> = inner
+        .redis
+        .call_any(move |mut conn| async move {
+            redis::cmd("HGET")
                 .arg(key)
-                .arg(&["rec", "revoked", "disabled"])
+                .arg("rec")
                 .query_async(&mut conn)
                 .await
         })
         .await?;
-    let [rec, revoked, disabled] = fields.as_slice() else {
-        return Err(StoreError::Corrupt("HMGET returned the wrong arity".into()));
-    };
-    let Some(rec) = rec else {
-        return Ok(None);
-    };
-    let mut record = decode(rec, Some(hash))?;
-    record.revoked = revoked.as_deref() == Some("1");
-    record.disabled = disabled.as_deref() == Some("1");
-    Ok(Some(Arc::new(record)))
+    json.map(|json| decode(&json, None).map(Arc::new))
+        .transpose()
 }
 
 impl Inner {
@@ -434,6 +421,22 @@ impl Inner {
         }
     }
 
+    /// Applies an invalidation message: hashes in hex, space-separated.
+    /// Anything else (`*`, a message this version cannot read) drops
+    /// everything, which is always safe.
+    fn invalidate_message(&self, message: &str) {
+        let hashes: Result<Vec<KeyHash>, _> =
+            message.split_whitespace().map(KeyHash::from_hex).collect();
+        match hashes {
+            Ok(hashes) if !hashes.is_empty() => {
+                for hash in &hashes {
+                    self.invalidate(Some(hash));
+                }
+            }
+            _ => self.invalidate(None),
+        }
+    }
+
     fn start_listener(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -441,7 +444,10 @@ impl Inner {
         if self.listener_started.swap(true, Ordering::AcqRel) {
             return;
         }
-        runtime.spawn(listen(Arc::downgrade(self), self.shutdown.subscribe()));
+        runtime.spawn(listen::listen(
+            Arc::downgrade(self),
+            self.shutdown.subscribe(),
+        ));
     }
 
     fn set_listening(&self, up: bool) {
@@ -458,90 +464,51 @@ impl Inner {
     }
 }
 
-/// How often the subscription is checked with a `PING`.
-const PING_INTERVAL: Duration = Duration::from_secs(1);
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Subscribes to the invalidation channel and applies what it hears, until
-/// the store is dropped; resubscribes (with backoff) when the subscription
-/// breaks.
-async fn listen(store: Weak<Inner>, mut shutdown: watch::Receiver<()>) {
-    let mut delay = Duration::ZERO;
-    loop {
-        if !delay.is_zero() {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                () = tokio::time::sleep(delay) => {}
+    #[tokio::test]
+    async fn invalidation_messages_drop_their_hashes_or_everything() {
+        let redis = RedisConnection::connect_lazy(
+            super::super::RedisConfig::from_url("redis://127.0.0.1:1/0").unwrap(),
+        )
+        .unwrap();
+        let store = RedisKeyStore::builder(redis).build();
+        let inner = &store.inner;
+        let [a, b, c] = ["a", "b", "c"].map(KeyHash::of);
+        let fill = || {
+            for hash in [a, b, c] {
+                inner.cache.insert(hash, None);
             }
-        }
-        let Some(inner) = store.upgrade() else {
-            return;
         };
-        let config = inner.redis.config().clone();
-        let client = inner.redis.client().clone();
-        let channel = inner.channel.clone();
-        drop(inner);
-        delay = (delay * 2)
-            .max(config.reconnect_min_delay)
-            .min(config.reconnect_max_delay);
-
-        let subscribe = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub.split())
-        };
-        let subscribed = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = tokio::time::timeout(config.connect_timeout, subscribe) => r,
-        };
-        let (mut sink, mut stream) = match subscribed {
-            Ok(Ok(split)) => split,
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "redis key invalidation subscription failed");
-                continue;
-            }
-            Err(_) => continue,
-        };
-        match store.upgrade() {
-            Some(inner) => inner.set_listening(true),
-            None => return,
-        }
-        tracing::debug!("redis key invalidation subscription live");
-
-        let mut ping = tokio::time::interval(PING_INTERVAL);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                message = next(&mut stream) => {
-                    let Some(message) = message else { break };
-                    let Some(inner) = store.upgrade() else { return };
-                    match KeyHash::from_hex(&String::from_utf8_lossy(message.get_payload_bytes())) {
-                        Ok(hash) => inner.invalidate(Some(&hash)),
-                        // Anything else (`*`): drop everything.
-                        Err(_) => inner.invalidate(None),
-                    }
-                }
-                _ = ping.tick() => {
-                    let alive = tokio::time::timeout(
-                        config.call_timeout,
-                        sink.ping::<redis::Value>(),
-                    ).await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        break;
-                    }
-                }
-            }
-        }
-        match store.upgrade() {
-            Some(inner) => inner.set_listening(false),
-            None => return,
-        }
-        tracing::warn!(
-            "redis key invalidation subscription lost; bypassing the key cache until it is back"
-        );
+        fill();
+        inner.invalidate_message(&format!("{} {}", a.to_hex(), b.to_hex()));
+        assert_eq!(store.cached(), 1);
+        assert!(inner.cache.get(&c, true).is_some());
+        fill();
+        inner.invalidate_message("*");
+        assert_eq!(store.cached(), 0);
+        fill();
+        inner.invalidate_message(&format!("{} nonsense", a.to_hex()));
+        assert_eq!(store.cached(), 0);
     }
-}
 
-async fn next(stream: &mut redis::aio::PubSubStream) -> Option<redis::Msg> {
-    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+    #[test]
+    fn every_name_carries_the_one_hash_tag() {
+        let redis = RedisConnection::connect_lazy(
+            super::super::RedisConfig::from_url("redis://127.0.0.1:1/0")
+                .unwrap()
+                .key_prefix("gw:"),
+        )
+        .unwrap();
+        let names = Names::new(&redis);
+        for name in [
+            names.secret(&KeyHash::of("s")),
+            names.id("a{b}"),
+            names.ids.clone(),
+        ] {
+            assert!(name.starts_with("gw:{keys}:"), "{name}");
+        }
+    }
 }

@@ -1,20 +1,28 @@
 //! [`RedisLedger`]: budgets and balances shared by every gateway instance.
 
+mod args;
+mod placement;
+mod replies;
+
+use std::collections::HashSet;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::Value;
 
+use self::args::{Distinct, push_spec};
+use self::placement::Books;
+pub use self::placement::LedgerPlacement;
+use self::replies::{corrupt, int, reserve_outcome, spend_rows, status, statuses};
 use super::RedisConnection;
 use super::scripts::{
     LEDGER_READ, LEDGER_RELEASE, LEDGER_RESERVE, LEDGER_RESET, LEDGER_SETTLE, LEDGER_SPEND,
-    LEDGER_TOP_UP,
+    LEDGER_TENANTS, LEDGER_TOP_UP,
 };
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, PeriodWindow,
-    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
-    SpendTotals, TopUpOutcome,
+    BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
+    ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::clock::SharedClock;
 use crate::store::{StoreError, StoreFuture};
@@ -50,8 +58,8 @@ use crate::store::{StoreError, StoreFuture};
 /// with its spend aggregates, [`release`](Ledger::release),
 /// [`top_up`](Ledger::top_up) with its idempotency key, [`read`](Ledger::read),
 /// [`reset`](Ledger::reset), [`spend`](Ledger::spend)) is one `EVALSHA` of a
-/// Lua script, which
-/// Redis runs atomically: a reservation checks every budget of the request
+/// Lua script (a spend report across tenants placed in several slots: one
+/// per tenant, see "Redis Cluster"), which Redis runs atomically: a reservation checks every budget of the request
 /// (key, team, org) and holds the amount against all of them or none, with
 /// the same policies ([`ReservePolicy`]) and outcomes as
 /// [`MemoryLedger`](crate::store::memory::MemoryLedger). Under `Strict`,
@@ -80,9 +88,59 @@ use crate::store::{StoreError, StoreFuture};
 /// restart that lost the data, and a hold is only released by the
 /// reservation whose amount it holds.
 ///
+/// # Redis Cluster
+///
+/// A cluster runs a script only when every key it touches is in one hash
+/// slot. Under [`LedgerPlacement::Untagged`] (the names a single Redis has
+/// always had, and its default there) the ledger is not cluster-safe: the holds
+/// index and the id sequence are global keys, the budgets of one request
+/// hash to different slots, and releasing a hold (which every script's
+/// sweep of expired holds does) writes to the books of whichever budgets
+/// that hold names, keys no script declared. A
+/// [`placement`](RedisLedger::placement) puts every key of a call under one
+/// hash tag, `<prefix>{tag}:…`:
+///
+/// - [`LedgerPlacement::OneSlot`], the default on a cluster
+///   ([`RedisConfig::cluster`](super::RedisConfig::cluster)): everything
+///   under `{ledger}`. Correct on any cluster; one node does all the
+///   ledger's work, as a single Redis does.
+/// - [`LedgerPlacement::ByTenant`]: a call's tag is the top-most tenant of
+///   its budgets (for a key in an org, the org; else its team, else its
+///   user, else the key), named by a function the gateway gives, as it
+///   knows who belongs to whom. Each tenant has its own books, holds, holds
+///   index, id sequence, top-up markers and spend aggregates under its tag,
+///   so a sweep only releases holds of the same tenant, whose budgets are
+///   in the same slot. Every key a script is given is declared in `KEYS`;
+///   those it reaches through names it holds (a hold's budgets, the
+///   aggregates of the charged scopes) share their slot. Tenants spread
+///   over the cluster's nodes.
+///
+/// Why a function of each scope, and not the top-most scope of each
+/// request's budget list: [`read`](Ledger::read), [`reset`](Ledger::reset)
+/// and [`top_up`](Ledger::top_up) name one budget and must find it where
+/// reservations booked it, and a team's books must not move to its org's
+/// slot on the day the org gets a budget. What it asks of the operator:
+///
+/// - the budgets of one request must belong to one tenant: a request whose
+///   budgets span two (a user budget shared by keys of two orgs) cannot be
+///   booked atomically and is refused with a [`StoreError`] (503);
+/// - a scope that changes tenant (a team moved to another org) starts new
+///   books in its new slot, its spend and balance so far left in the old
+///   ones; so does a ledger whose placement changes (the names differ).
+///   `Untagged` keeps the names of earlier versions, so a single Redis
+///   upgraded in place keeps its books;
+/// - a spend report across every scope of a kind (no scope given) reads the
+///   list of tenants (`<prefix>{ledger}:tenants`, added to once per tenant
+///   and process) and then each tenant's aggregates: 1 + N round trips, on
+///   the admin path only;
+/// - expired holds are released by the next call in their tenant's slot,
+///   not by any call: a quiet tenant's wait for its next call (a read
+///   sweeps first, so what it reports is right).
+///
 /// # Memory
 ///
-/// A budget's books (`<prefix>budget:<scope>`) expire once its period has
+/// A budget's books (`<prefix>budget:<scope>`; with a placement, after
+/// `<prefix>{tag}:`) expire once its period has
 /// ended and its holds' leases have run out; prepaid balances and lifetime
 /// (`Period::Never`) budgets are kept, as they carry money. Holds are
 /// deleted when settled, released, or swept.
@@ -106,19 +164,32 @@ struct Inner {
     redis: RedisConnection,
     lease: Duration,
     clock: Option<SharedClock>,
+    placement: LedgerPlacement,
+    /// Tenant tags this process has listed (for spend reports across
+    /// tenants), so each is listed once.
+    tenants: Arc<Mutex<HashSet<String>>>,
 }
 
 impl RedisLedger {
     /// Default hold lease: one hour (as [`MemoryLedger`](crate::store::memory::MemoryLedger)).
     pub const DEFAULT_LEASE: Duration = Duration::from_secs(3600);
 
-    /// A ledger on `redis`: server time, one-hour leases.
+    /// A ledger on `redis`: server time, one-hour leases, the books
+    /// [`Untagged`](LedgerPlacement::Untagged) on a single Redis and in
+    /// [`OneSlot`](LedgerPlacement::OneSlot) on a cluster.
     pub fn new(redis: RedisConnection) -> Self {
+        let placement = if redis.is_cluster() {
+            LedgerPlacement::OneSlot
+        } else {
+            LedgerPlacement::Untagged
+        };
         RedisLedger {
             inner: Arc::new(Inner {
                 redis,
                 lease: Self::DEFAULT_LEASE,
                 clock: None,
+                placement,
+                tenants: Arc::default(),
             }),
         }
     }
@@ -137,6 +208,15 @@ impl RedisLedger {
         self
     }
 
+    /// Which hash slot each budget's books are kept in (default
+    /// [`LedgerPlacement::Untagged`] on a single Redis,
+    /// [`LedgerPlacement::OneSlot`] on a cluster); see "Redis Cluster"
+    /// above. Every instance sharing the ledger must use the same placement.
+    pub fn placement(mut self, placement: LedgerPlacement) -> Self {
+        Arc::make_mut(&mut self.inner).placement = placement;
+        self
+    }
+
     /// The connection.
     pub fn connection(&self) -> &RedisConnection {
         &self.inner.redis
@@ -149,62 +229,9 @@ impl fmt::Debug for RedisLedger {
             .field("redis", &self.inner.redis)
             .field("lease", &self.inner.lease)
             .field("server_time", &self.inner.clock.is_none())
+            .field("placement", &self.inner.placement)
             .finish()
     }
-}
-
-/// The budgets of a call without repeats (a scope named twice counts once),
-/// and where each of the caller's budgets went.
-struct Distinct<'a> {
-    budgets: Vec<&'a BudgetSpec>,
-    /// For each budget passed, its index in `budgets`.
-    of: Vec<usize>,
-}
-
-impl<'a> Distinct<'a> {
-    fn new(budgets: &'a [BudgetSpec]) -> Self {
-        let mut distinct: Vec<&BudgetSpec> = Vec::with_capacity(budgets.len());
-        let of = budgets
-            .iter()
-            .map(|b| match distinct.iter().position(|d| d.scope == b.scope) {
-                Some(i) => i,
-                None => {
-                    distinct.push(b);
-                    distinct.len() - 1
-                }
-            })
-            .collect();
-        Distinct {
-            budgets: distinct,
-            of,
-        }
-    }
-}
-
-/// Periods as the scripts read them.
-fn period_code(period: Period) -> String {
-    match period {
-        Period::Daily => "d".into(),
-        Period::Weekly => "w".into(),
-        Period::Monthly => "m".into(),
-        Period::Rolling(length) if !length.is_zero() => {
-            let us = u64::try_from(length.as_micros()).unwrap_or(u64::MAX);
-            format!("r{}", us.clamp(1, 1 << 51))
-        }
-        Period::Rolling(_) | Period::Never => "n".into(),
-    }
-}
-
-fn push_spec(args: &mut Vec<String>, spec: &BudgetSpec) {
-    args.push(
-        match spec.mode {
-            BudgetMode::Budget => "b",
-            BudgetMode::Balance => "p",
-        }
-        .into(),
-    );
-    args.push(spec.limit.nanos().to_string());
-    args.push(period_code(spec.period));
 }
 
 impl Inner {
@@ -219,176 +246,49 @@ impl Inner {
         self.lease.as_millis().to_string()
     }
 
-    fn budget_key(&self, spec: &BudgetSpec) -> String {
-        self.redis.key(&format!("budget:{}", spec.id()))
+    /// The names of a call touching the books of `scopes`.
+    fn books<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a BudgetScope>,
+    ) -> Result<(Books, Option<String>), StoreError> {
+        let tag = self.placement.tag(scopes)?;
+        Ok((
+            Books::new(self.redis.config().get_key_prefix(), tag.as_deref()),
+            tag,
+        ))
     }
 
-    fn holds_key(&self) -> String {
-        self.redis.key("holds")
-    }
-
-    fn hold_prefix(&self) -> String {
-        self.redis.key("hold:")
-    }
-
-    fn spend_prefix(&self) -> String {
-        self.redis.key("spend:")
-    }
-
-    fn spend_scopes_key(&self) -> String {
-        self.redis.key("spend-scopes")
-    }
-}
-
-const NO_BUDGET: BudgetSpec = BudgetSpec {
-    scope: BudgetScope::Key(String::new()),
-    limit: Money::ZERO,
-    period: Period::Never,
-    mode: BudgetMode::Budget,
-};
-
-fn corrupt(what: &str) -> StoreError {
-    StoreError::Corrupt(format!("ledger script returned {what}"))
-}
-
-fn int(value: &Value) -> Result<i64, StoreError> {
-    match value {
-        Value::Int(n) => Ok(*n),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt("a non-integer")),
-        Value::SimpleString(s) => s.parse().map_err(|_| corrupt("a non-integer")),
-        _ => Err(corrupt("an unexpected value")),
-    }
-}
-
-fn money(value: &Value) -> Result<Money, StoreError> {
-    let text = match value {
-        Value::Int(n) => return Ok(Money::from_nanos(*n)),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| corrupt("non-UTF-8"))?,
-        Value::SimpleString(s) => s.as_str(),
-        _ => return Err(corrupt("an unexpected amount")),
-    };
-    // Sums can leave i64 in Lua (exact there); they saturate here.
-    let nanos: i128 = text.parse().map_err(|_| corrupt("a malformed amount"))?;
-    Ok(Money::from_nanos(
-        nanos.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
-    ))
-}
-
-fn micros(value: &Value) -> Result<Duration, StoreError> {
-    Ok(Duration::from_micros(
-        u64::try_from(int(value)?).unwrap_or(0),
-    ))
-}
-
-/// A status: mode, limit, spent, reserved, window start, window end (-1: none).
-fn status(values: &[Value]) -> Result<BudgetStatus, StoreError> {
-    let [mode, limit, spent, reserved, start, end] = values else {
-        return Err(corrupt("a malformed status"));
-    };
-    let mode = match mode {
-        Value::BulkString(b) if b.as_slice() == b"p" => BudgetMode::Balance,
-        Value::BulkString(b) if b.as_slice() == b"b" => BudgetMode::Budget,
-        _ => return Err(corrupt("an unknown budget mode")),
-    };
-    Ok(BudgetStatus {
-        mode,
-        limit: money(limit)?,
-        spent: money(spent)?,
-        reserved: money(reserved)?,
-        period: PeriodWindow {
-            start: micros(start)?,
-            end: (int(end)? >= 0).then(|| micros(end)).transpose()?,
-        },
-    })
-}
-
-fn statuses(values: &[Value], n: usize) -> Result<Vec<BudgetStatus>, StoreError> {
-    if values.len() != 6 * n {
-        return Err(corrupt("the wrong number of statuses"));
-    }
-    values.chunks_exact(6).map(status).collect()
-}
-
-/// Reads the reserve script's reply; `of` maps each budget passed to its
-/// distinct budget (the script numbers distinct budgets from 1).
-fn reserve_outcome(
-    reply: &[Value],
-    of: &[usize],
-    budgets: Arc<[BudgetSpec]>,
-) -> Result<ReserveOutcome, StoreError> {
-    let index = |v: &Value| -> Result<usize, StoreError> {
-        let i = usize::try_from(int(v)?).map_err(|_| corrupt("a bad index"))?;
-        // The first budget passed that maps to distinct budget `i`.
-        of.iter()
-            .position(|&d| d + 1 == i)
-            .ok_or_else(|| corrupt("a bad index"))
-    };
-    match reply {
-        [flag, i, rest @ ..] if int(flag)? == 0 => Ok(ReserveOutcome::Denied {
-            index: index(i)?,
-            status: status(rest)?,
-        }),
-        [_, id, held, tightest, rest @ ..] => {
-            let id = u64::try_from(int(id)?).map_err(|_| corrupt("a bad id"))?;
-            let (index, status) = if int(tightest)? == 0 {
-                (0, BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER))
-            } else {
-                (index(tightest)?, status(rest)?)
-            };
-            Ok(ReserveOutcome::Reserved {
-                reservation: Reservation::new(ReservationId(id), money(held)?, budgets),
-                index,
-                status,
-            })
+    /// Adds `tag` to the list of tenants with spend, once per process (a
+    /// spend report across tenants reads it).
+    async fn register_tenant(&self, tag: String) -> Result<(), StoreError> {
+        if lock(&self.tenants).contains(&tag) {
+            return Ok(());
         }
-        _ => Err(corrupt("a malformed reservation")),
+        let keys = vec![Books::tenants(self.redis.config().get_key_prefix())];
+        self.redis
+            .eval::<Value>(&LEDGER_TENANTS, keys, vec![tag.clone()])
+            .await?;
+        let mut known = lock(&self.tenants);
+        if known.len() >= MAX_KNOWN_TENANTS {
+            known.clear();
+        }
+        known.insert(tag);
+        Ok(())
     }
 }
 
-/// One row of the spend script's reply.
-fn spend_rows(reply: &[Value]) -> Result<Vec<(BudgetScope, String, i64, SpendTotals)>, StoreError> {
-    let text = |v: &Value| -> Result<String, StoreError> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| corrupt("non-UTF-8")),
-            Value::SimpleString(s) => Ok(s.clone()),
-            _ => Err(corrupt("an unexpected value")),
-        }
-    };
-    let count = |v: &Value| int(v).map(|n| u64::try_from(n).unwrap_or(0));
-    reply
-        .chunks(8)
-        .map(|row| {
-            let [
-                scope,
-                model,
-                day,
-                cost,
-                prompt,
-                completion,
-                cached,
-                requests,
-            ] = row
-            else {
-                return Err(corrupt("a malformed spend row"));
-            };
-            let scope = BudgetScope::parse(&text(scope)?).ok_or_else(|| corrupt("a bad scope"))?;
-            Ok((
-                scope,
-                text(model)?,
-                int(day)?,
-                SpendTotals {
-                    cost: money(cost)?,
-                    prompt_tokens: count(prompt)?,
-                    completion_tokens: count(completion)?,
-                    cached_tokens: count(cached)?,
-                    requests: count(requests)?,
-                },
-            ))
-        })
-        .collect()
+/// Tenants remembered as listed, per process; past this the memory is
+/// cleared (and each tenant listed again, which is harmless).
+const MAX_KNOWN_TENANTS: usize = 100_000;
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    // A set of names is never left half-changed.
+    set.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A future that has already failed (a request the placement refuses).
+fn failed<T>(error: StoreError) -> StoreFuture<T> {
+    StoreFuture::ready(Err(error))
 }
 
 impl Ledger for RedisLedger {
@@ -401,13 +301,13 @@ impl Ledger for RedisLedger {
         let inner = &self.inner;
         let distinct = Distinct::new(budgets);
         let n = distinct.budgets.len();
-        let mut keys: Vec<String> = distinct
-            .budgets
-            .iter()
-            .map(|b| inner.budget_key(b))
-            .collect();
-        keys.push(inner.holds_key());
-        keys.push(inner.redis.key("ledger:seq"));
+        let books = match inner.books(distinct.budgets.iter().map(|b| &b.scope)) {
+            Ok((books, _)) => books,
+            Err(error) => return failed(error),
+        };
+        let mut keys: Vec<String> = distinct.budgets.iter().map(|b| books.budget(b)).collect();
+        keys.push(books.holds());
+        keys.push(books.sequence());
         let mut args = vec![
             inner.now_arg(),
             amount.max(Money::ZERO).nanos().to_string(),
@@ -417,7 +317,7 @@ impl Ledger for RedisLedger {
             }
             .into(),
             inner.lease_ms(),
-            inner.hold_prefix(),
+            books.hold_prefix(),
             n.to_string(),
         ];
         for spec in &distinct.budgets {
@@ -433,15 +333,26 @@ impl Ledger for RedisLedger {
         let inner = &self.inner;
         let distinct = Distinct::new(reservation.budgets());
         let n = distinct.budgets.len();
+        // The budgets' tenant; with none, the attributed scopes' (whose
+        // aggregates the script writes in the same slot).
+        let scopes: Vec<&BudgetScope> = if n > 0 {
+            distinct.budgets.iter().map(|b| &b.scope).collect()
+        } else {
+            charge
+                .attribution
+                .iter()
+                .flat_map(|a| a.scopes.iter())
+                .collect()
+        };
+        let (books, tag) = match inner.books(scopes) {
+            Ok(books) => books,
+            Err(error) => return failed(error),
+        };
         let id = reservation.id().0.to_string();
-        let mut keys: Vec<String> = distinct
-            .budgets
-            .iter()
-            .map(|b| inner.budget_key(b))
-            .collect();
-        keys.push(inner.holds_key());
-        keys.push(inner.redis.key(&format!("hold:{id}")));
-        keys.push(inner.spend_scopes_key());
+        let mut keys: Vec<String> = distinct.budgets.iter().map(|b| books.budget(b)).collect();
+        keys.push(books.holds());
+        keys.push(books.hold(&id));
+        keys.push(books.spend_scopes());
         let actual = charge.cost.max(Money::ZERO);
         let mut args = vec![
             inner.now_arg(),
@@ -449,13 +360,13 @@ impl Ledger for RedisLedger {
             reservation.amount().nanos().to_string(),
             id,
             inner.lease_ms(),
-            inner.hold_prefix(),
+            books.hold_prefix(),
             n.to_string(),
         ];
         for spec in &distinct.budgets {
             push_spec(&mut args, spec);
         }
-        args.push(inner.spend_prefix());
+        args.push(books.spend_prefix());
         match &charge.attribution {
             Some(attribution) => {
                 let clamp = |n: u64| n.min(i64::MAX as u64).to_string();
@@ -472,8 +383,22 @@ impl Ledger for RedisLedger {
         let call = inner
             .redis
             .eval_settlement::<Vec<Value>>(&LEDGER_SETTLE, keys, args);
+        let register = match tag {
+            Some(tag) if inner.placement.is_by_tenant() && charge.attribution.is_some() => {
+                Some((self.inner.clone(), tag))
+            }
+            _ => None,
+        };
         StoreFuture::pending(async move {
             let mut reply = call.await?;
+            if let Some((inner, tag)) = register {
+                // The charge is made: a failure to list its tenant only
+                // delays it to the next settlement, and is not the
+                // settlement's failure.
+                if let Err(error) = inner.register_tenant(tag).await {
+                    tracing::debug!(%error, "redis ledger: tenant not listed yet");
+                }
+            }
             let day = match reply.pop() {
                 Some(day) => int(&day)?,
                 None => return Err(corrupt("no day")),
@@ -489,13 +414,17 @@ impl Ledger for RedisLedger {
 
     fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
         let inner = &self.inner;
+        let books = match inner.books(reservation.budgets().iter().map(|b| &b.scope)) {
+            Ok((books, _)) => books,
+            Err(error) => return failed(error),
+        };
         let id = reservation.id().0.to_string();
-        let keys = vec![inner.holds_key(), inner.redis.key(&format!("hold:{id}"))];
+        let keys = vec![books.holds(), books.hold(&id)];
         let args = vec![
             inner.now_arg(),
             reservation.amount().nanos().to_string(),
             id,
-            inner.hold_prefix(),
+            books.hold_prefix(),
         ];
         let call = inner
             .redis
@@ -510,15 +439,19 @@ impl Ledger for RedisLedger {
         idempotency_key: Option<&str>,
     ) -> StoreFuture<TopUpOutcome> {
         let inner = &self.inner;
-        let mut keys = vec![inner.budget_key(budget), inner.holds_key()];
+        let books = match inner.books([&budget.scope]) {
+            Ok((books, _)) => books,
+            Err(error) => return failed(error),
+        };
+        let mut keys = vec![books.budget(budget), books.holds()];
         if let Some(key) = idempotency_key {
-            keys.push(inner.redis.key(&format!("top-up:{}:{key}", budget.id())));
+            keys.push(books.top_up(budget, key));
         }
         let mut args = vec![
             inner.now_arg(),
             amount.nanos().to_string(),
             inner.lease_ms(),
-            inner.hold_prefix(),
+            books.hold_prefix(),
         ];
         push_spec(&mut args, budget);
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_TOP_UP, keys, args);
@@ -537,8 +470,12 @@ impl Ledger for RedisLedger {
 
     fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
         let inner = &self.inner;
-        let keys = vec![inner.budget_key(budget), inner.holds_key()];
-        let mut args = vec![inner.now_arg(), inner.hold_prefix()];
+        let books = match inner.books([&budget.scope]) {
+            Ok((books, _)) => books,
+            Err(error) => return failed(error),
+        };
+        let keys = vec![books.budget(budget), books.holds()];
+        let mut args = vec![inner.now_arg(), books.hold_prefix()];
         push_spec(&mut args, budget);
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_READ, keys, args);
         StoreFuture::pending(async move { status(&call.await?) })
@@ -546,16 +483,55 @@ impl Ledger for RedisLedger {
 
     fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
         let inner = &self.inner;
-        let keys = vec![inner.budget_key(budget), inner.holds_key()];
-        let mut args = vec![inner.now_arg(), inner.lease_ms(), inner.hold_prefix()];
+        let books = match inner.books([&budget.scope]) {
+            Ok((books, _)) => books,
+            Err(error) => return failed(error),
+        };
+        let keys = vec![books.budget(budget), books.holds()];
+        let mut args = vec![inner.now_arg(), inner.lease_ms(), books.hold_prefix()];
         push_spec(&mut args, budget);
         let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESET, keys, args);
         StoreFuture::pending(async move { status(&call.await?) })
     }
 
     fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
-        let inner = &self.inner;
-        let keys = vec![inner.spend_scopes_key()];
+        let inner = self.inner.clone();
+        let query = query.clone();
+        StoreFuture::pending(async move {
+            // The tags to read: the scope's, or (every scope of a kind)
+            // every tenant's.
+            let tags = match (&query.scope, inner.placement.is_by_tenant()) {
+                (None, true) => {
+                    let keys = vec![Books::tenants(inner.redis.config().get_key_prefix())];
+                    let tags: Vec<String> = inner
+                        .redis
+                        .eval(&LEDGER_TENANTS, keys, vec![String::new()])
+                        .await?;
+                    tags.into_iter().map(Some).collect()
+                }
+                (scope, _) => vec![inner.placement.tag(scope)?],
+            };
+            let mut rows = Vec::new();
+            for tag in tags {
+                let books = Books::new(inner.redis.config().get_key_prefix(), tag.as_deref());
+                rows.extend(spend_rows(&inner.spend_call(&books, &query).await?)?);
+            }
+            Ok(crate::budget::spend_report(
+                &query,
+                rows.iter().map(|(s, m, d, t)| (s, m.as_str(), *d, t)),
+            ))
+        })
+    }
+}
+
+impl Inner {
+    /// The spend script on one tag's aggregates.
+    fn spend_call(
+        &self,
+        books: &Books,
+        query: &SpendQuery,
+    ) -> impl std::future::Future<Output = Result<Vec<Value>, StoreError>> + Send + 'static {
+        let keys = vec![books.spend_scopes()];
         let kind = match query.group_by.scope_kind() {
             crate::budget::ScopeKind::Key => "key:",
             crate::budget::ScopeKind::User => "user:",
@@ -564,7 +540,7 @@ impl Ledger for RedisLedger {
         };
         let day = |d: Option<i64>, open: &str| d.map_or_else(|| open.to_owned(), |d| d.to_string());
         let args = vec![
-            inner.spend_prefix(),
+            books.spend_prefix(),
             query
                 .scope
                 .as_ref()
@@ -575,58 +551,6 @@ impl Ledger for RedisLedger {
             day(query.from_day, "-inf"),
             day(query.to_day, "+inf"),
         ];
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_SPEND, keys, args);
-        let query = query.clone();
-        StoreFuture::pending(async move {
-            let rows = spend_rows(&call.await?)?;
-            Ok(crate::budget::spend_report(
-                &query,
-                rows.iter().map(|(s, m, d, t)| (s, m.as_str(), *d, t)),
-            ))
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn repeated_scopes_count_once() {
-        let key =
-            |id: &str| BudgetSpec::budget(BudgetScope::Key(id.into()), Money::ZERO, Period::Never);
-        let budgets = [key("a"), key("b"), key("a")];
-        let d = Distinct::new(&budgets);
-        assert_eq!(d.budgets.len(), 2);
-        assert_eq!(d.of, [0, 1, 0]);
-    }
-
-    #[test]
-    fn period_codes() {
-        assert_eq!(period_code(Period::Monthly), "m");
-        assert_eq!(
-            period_code(Period::Rolling(Duration::from_secs(90))),
-            "r90000000"
-        );
-        assert_eq!(period_code(Period::Rolling(Duration::ZERO)), "n");
-        assert_eq!(period_code(Period::Rolling(Duration::from_nanos(1))), "r1");
-    }
-
-    #[test]
-    fn amounts_parse_exactly_and_saturate() {
-        let s = |t: &str| Value::BulkString(t.as_bytes().to_vec());
-        assert_eq!(
-            money(&s("-1500000000")).unwrap(),
-            Money::from_nanos(-1_500_000_000)
-        );
-        assert_eq!(
-            money(&s("9223372036854775807")).unwrap(),
-            Money::from_nanos(i64::MAX)
-        );
-        assert_eq!(
-            money(&s("99999999999999999999")).unwrap(),
-            Money::from_nanos(i64::MAX)
-        );
-        assert!(money(&s("1.5")).is_err());
+        self.redis.eval::<Vec<Value>>(&LEDGER_SPEND, keys, args)
     }
 }
