@@ -265,3 +265,58 @@ async fn on_the_main_listener_only_admin_keys_read_them_and_key_labels_are_opt_i
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_mid_stream_is_counted_and_its_stream_closed() {
+    use http_body_util::BodyExt;
+
+    let gateway = GatewayCommand::new()
+        .config(&format!("metrics_listen = \"127.0.0.1:0\"\n{CONFIG}"))
+        .start();
+    let client = http_support::client();
+    let metrics_url = format!("http://{}/metrics", metrics_addr(&gateway));
+    let body = chat("one two three four five six MOCK:delay_ms=200", true);
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(post(
+            &gateway.url("/v1/chat/completions"),
+            Some("sk-test-ok"),
+            &body,
+            &[],
+        )),
+    )
+    .await
+    .expect("answered in time")
+    .expect("answered");
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("a first frame in time");
+    assert!(first.is_some());
+    assert_eq!(
+        value(
+            &scrape(&client, &metrics_url).await,
+            "tollgate_streams_active"
+        ),
+        1.0
+    );
+    // The client goes away in the middle of the stream.
+    drop(body);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(&client, &metrics_url).await;
+        let closed = value(
+            &text,
+            r#"tollgate_stream_errors_total{reason="client_closed"}"#,
+        );
+        if closed == 1.0 && value(&text, "tollgate_streams_active") == 0.0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not counted in time:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
