@@ -373,7 +373,7 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
 /// over the model's context window → 400 `context_length_exceeded`, before
 /// any upstream call.
 async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let req = match RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await {
+    let req = match RequestMeta::read(req, RequestMeta::DEFAULT_MAX_BODY_BYTES).await {
         Ok(req) => req,
         Err(error) => return error.into_response(),
     };

@@ -158,9 +158,9 @@ impl AttemptCount {
 }
 
 /// The most request body forwarded: the server stack has read and bounded
-/// it already ([`RequestMeta::DEFAULT_LIMIT`]); this only keeps the copy
+/// it already ([`RequestMeta::DEFAULT_MAX_BODY_BYTES`]); this only keeps the copy
 /// here from growing past that.
-const MAX_BODY: usize = RequestMeta::DEFAULT_LIMIT;
+const MAX_BODY: usize = RequestMeta::DEFAULT_MAX_BODY_BYTES;
 
 /// Forwards `req` (a POST of `api`) to its route's upstream.
 pub async fn forward(req: Request, api: Api) -> Response {
