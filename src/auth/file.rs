@@ -263,6 +263,14 @@ impl KeyFile {
                     message: message.to_owned(),
                 }
             })?;
+        let tenant_starts = |v: &[toml::Spanned<TenantEntry>]| -> Vec<usize> {
+            v.iter().map(|t| t.span().start).collect()
+        };
+        let tenant_starts = [
+            (TenantKind::User, tenant_starts(&file.users)),
+            (TenantKind::Team, tenant_starts(&file.teams)),
+            (TenantKind::Org, tenant_starts(&file.orgs)),
+        ];
         let tenants = Tables::<(), _>::tenants(file.users, file.teams, file.orgs, |spanned| {
             let line = line_of(spanned.span().start);
             (spanned.into_inner(), line)
@@ -287,7 +295,23 @@ impl KeyFile {
             }
             e
         })?;
-        parsed.tenants = KeyFile::validate_tenants(tenants)?;
+        parsed.tenants = KeyFile::validate_tenants(tenants).map_err(|mut e| {
+            // As for keys: the field's own line.
+            if let KeyFileError::Tenant {
+                kind,
+                index,
+                line,
+                source,
+            } = &mut e
+            {
+                let starts = tenant_starts.iter().find(|(k, _)| k == kind);
+                if let Some(&start) = starts.and_then(|(_, s)| s.get(*index - 1)) {
+                    let named = format!("field `{}`", source.field());
+                    *line = Some(field_line(text, start, &named));
+                }
+            }
+            e
+        })?;
         Ok(parsed)
     }
 

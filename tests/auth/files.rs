@@ -318,7 +318,7 @@ fn tenant_errors_name_the_table_entry_line_and_field() {
             .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "users entry 1, line 4: user `ann`: `org` is only for a team: users and orgs belong to no org"
+        "users entry 1, line 6: user `ann`: `org` is only for a team: users and orgs belong to no org"
     );
     let err = KeyFile::from_toml("[[teams]]\nid = \"a\"\n\n[[teams]]\nid = \"a\"\n").unwrap_err();
     assert_eq!(
