@@ -32,6 +32,9 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 pub(crate) mod collect;
+mod detach;
+
+pub use self::detach::{Detach, DetachFuture, DetachLayer, DetachedBody};
 
 pin_project! {
     /// The inner service's body, or a rejection's `Full<Bytes>`.
