@@ -2,6 +2,7 @@
 //!
 //! Server stack, outermost first:
 //! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
+//! detach (the call outlives its client for `drain_timeout_secs`) →
 //! routing → RateLimit → Budget → stream meter → StreamErrorTrailer →
 //! shutdown cut → proxy` (`proxy/`), and towards each model's upstream
 //! `timeout → Retry → attempt meter → hyper-util Client` (`routing.rs`).
@@ -26,6 +27,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tollgate::auth::AuthLayer;
+use tollgate::body::DetachLayer;
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::stream::StreamErrorTrailerLayer;
@@ -305,8 +307,12 @@ fn router(
     });
     let cut = shutdown.clone();
 
+    // Outermost: a client that leaves does not end the call, so every
+    // layer inside settles on the upstream's whole answer.
+    let detach = DetachLayer::new().drain_timeout(Duration::from_secs(config.drain_timeout_secs));
     let proxied = proxy::routes().layer(
         ServiceBuilder::new()
+            .layer(detach)
             .layer(middleware::from_fn_with_state(routes, routing::select))
             .layer(rate_limit)
             .layer(
