@@ -34,7 +34,7 @@ use pin_project_lite::pin_project;
 pub(crate) mod collect;
 mod detach;
 
-pub use self::detach::{Detach, DetachFuture, DetachLayer, DetachedBody};
+pub use self::detach::{Detach, DetachFuture, DetachLayer, DetachedBody, DetachedCalls};
 
 pin_project! {
     /// The inner service's body, or a rejection's `Full<Bytes>`.

@@ -30,7 +30,8 @@ const MODEL: &str = "m";
 const UNREACHABLE: &str = "unreachable";
 
 /// Keys, one per case, so each case's spend is its own.
-const CASES: [&str; 7] = [
+const CASES: [&str; 8] = [
+    "shutdown",
     "midstream",
     "beforehead",
     "nousage",
@@ -378,6 +379,26 @@ async fn every_call_that_reached_the_upstream_is_charged_in_memory() {
 async fn every_call_that_reached_the_upstream_is_charged_on_redis() {
     let redis = RedisServer::start();
     every_case(&redis.url()).await;
+}
+
+/// SIGTERM right after a client left mid-stream: the gateway waits for the
+/// answer it is still reading, so the charge is in the store when it exits
+/// (read back by a second gateway on the same Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_waits_for_the_answers_of_clients_that_left() {
+    let redis = RedisServer::start();
+    let toml = config(&redis.url());
+    let mut gateway = GatewayCommand::new().config(&toml).start();
+    let case = "shutdown";
+    let text = "before the end MOCK:delay_ms=150";
+    let mut socket = send_raw(&gateway, case, &chat(text, true)).await;
+    read_until(&mut socket, "data: ").await;
+    drop(socket);
+    gateway.signal("TERM");
+    assert!(gateway.wait_exit(Duration::from_secs(20)).success());
+    let after = GatewayCommand::new().config(&toml).start();
+    let row = settled(&Http::new(), &after, case).await;
+    assert_charged(&row, 4, reply_words(text).len() as u64);
 }
 
 #[test]

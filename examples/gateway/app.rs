@@ -309,7 +309,9 @@ fn router(
 
     // Outermost: a client that leaves does not end the call, so every
     // layer inside settles on the upstream's whole answer.
-    let detach = DetachLayer::new().drain_timeout(Duration::from_secs(config.drain_timeout_secs));
+    let detach = DetachLayer::new()
+        .drain_timeout(Duration::from_secs(config.drain_timeout_secs))
+        .calls(shutdown.detached().clone());
     let proxied = proxy::routes().layer(
         ServiceBuilder::new()
             .layer(detach)

@@ -102,6 +102,8 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -110,7 +112,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use pin_project_lite::pin_project;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -124,9 +126,10 @@ const FRAMES_IN_FLIGHT: usize = 4;
 
 /// Runs each call in a task of its own that reads the response body to its
 /// end even when the client has gone away. See the [module docs](self).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DetachLayer {
     limits: Limits,
+    calls: DetachedCalls,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -149,7 +152,15 @@ impl DetachLayer {
                 drain_timeout: Duration::from_secs(60),
                 max_drain_bytes: 64 << 20,
             },
+            calls: DetachedCalls::new(),
         }
+    }
+
+    /// Counts the calls still running in `calls` (shared with the layers of
+    /// other routers), for a shutdown to wait for them.
+    pub fn calls(mut self, calls: DetachedCalls) -> Self {
+        self.calls = calls;
+        self
     }
 
     /// How long a body is still read after its client left (default 60 s);
@@ -174,6 +185,7 @@ impl<S> Layer<S> for DetachLayer {
         Detach {
             inner,
             limits: self.limits,
+            calls: self.calls.clone(),
         }
     }
 }
@@ -183,6 +195,7 @@ impl<S> Layer<S> for DetachLayer {
 pub struct Detach<S> {
     inner: S,
     limits: Limits,
+    calls: DetachedCalls,
 }
 
 impl<S> Detach<S> {
@@ -215,8 +228,12 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let call = inner.call(req);
         let (head, head_rx) = oneshot::channel();
+        let running = self.calls.start();
         let task = run(call, head, self.limits).instrument(tracing::Span::current());
-        runtime.spawn(task);
+        runtime.spawn(async move {
+            task.await;
+            drop(running);
+        });
         DetachFuture {
             head: Some(head_rx),
         }
@@ -412,6 +429,62 @@ impl Body for DetachedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.remaining.clone()
+    }
+}
+
+/// The calls [`DetachLayer`]s run, counted, so that a server that shuts
+/// down can wait for the answers still being read for clients that left:
+/// their charges are settled when they end.
+#[derive(Debug, Clone, Default)]
+pub struct DetachedCalls(Arc<CallCount>);
+
+#[derive(Debug, Default)]
+struct CallCount {
+    running: AtomicUsize,
+    idle: Notify,
+}
+
+impl DetachedCalls {
+    /// A count at zero.
+    pub fn new() -> Self {
+        DetachedCalls::default()
+    }
+
+    /// Calls running now: waiting for their head, passing their body on, or
+    /// draining it.
+    pub fn running(&self) -> usize {
+        self.0.running.load(Ordering::Acquire)
+    }
+
+    /// Resolves when no call is running.
+    pub async fn idle(&self) {
+        loop {
+            // Registered before the count is read, so an end in between
+            // still wakes this.
+            let notified = self.0.idle.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            if self.running() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn start(&self) -> Running {
+        self.0.running.fetch_add(1, Ordering::AcqRel);
+        Running(self.0.clone())
+    }
+}
+
+/// One running call; its drop counts it out.
+struct Running(Arc<CallCount>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
     }
 }
 

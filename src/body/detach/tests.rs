@@ -221,3 +221,32 @@ fn without_a_runtime_the_answer_is_a_500() {
         _ => panic!("expected a 500"),
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_calls_still_draining_are_counted() {
+    let calls = DetachedCalls::new();
+    let layer = DetachLayer::new()
+        .drain_timeout(Duration::from_secs(5))
+        .calls(calls.clone());
+    let (service, mut senders, _report) = fed(layer);
+    assert_eq!(calls.running(), 0);
+    let response = service
+        .oneshot(Request::new(Full::default()))
+        .await
+        .unwrap();
+    let frames = senders.recv().await.unwrap();
+    assert_eq!(calls.running(), 1);
+    drop(response);
+    let idle = tokio::spawn({
+        let calls = calls.clone();
+        async move { calls.idle().await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!idle.is_finished(), "the call is still draining");
+    drop(frames); // the upstream ends
+    tokio::time::timeout(Duration::from_secs(1), idle)
+        .await
+        .expect("idle once the drain ended")
+        .unwrap();
+    assert_eq!(calls.running(), 0);
+}
