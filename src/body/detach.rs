@@ -428,7 +428,7 @@ impl Body for DetachedBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.remaining.clone()
+        self.remaining
     }
 }
 

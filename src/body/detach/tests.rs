@@ -6,27 +6,20 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::mpsc;
+use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt, service_fn};
 
 use super::*;
 use crate::usage::{self, BodyEnd, UsageOptions, UsageReport};
 
 type Frames = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+type Slot = Arc<Mutex<Option<UsageReport>>>;
+type Detached =
+    BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<DetachedBody>>, Infallible>;
 
 /// A service whose response body is fed by the test through the returned
 /// sender; its usage report lands in the returned slot.
-fn fed(
-    layer: DetachLayer,
-) -> (
-    impl Service<
-        Request<Full<Bytes>>,
-        Response = Response<ResponseBody<DetachedBody>>,
-        Error = Infallible,
-        Future: Send,
-    > + Clone,
-    mpsc::Receiver<Frames>,
-    Arc<Mutex<Option<UsageReport>>>,
-) {
+fn fed(layer: DetachLayer) -> (Detached, mpsc::Receiver<Frames>, Slot) {
     let (senders, senders_rx) = mpsc::channel(4);
     let report = Arc::new(Mutex::new(None));
     let slot = report.clone();
@@ -52,7 +45,7 @@ fn fed(
                 )
             }
         }));
-    (service, senders_rx, report)
+    (BoxCloneService::new(service), senders_rx, report)
 }
 
 /// `rx` as a stream (no tokio-stream dependency).
@@ -75,7 +68,7 @@ const CONTENT: &str = r#"{"choices":[{"index":0,"delta":{"content":"abcdefgh"}}]
 const USAGE: &str =
     r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":40,"total_tokens":47}}"#;
 
-async fn report_within(slot: &Arc<Mutex<Option<UsageReport>>>) -> UsageReport {
+async fn report_within(slot: &Slot) -> UsageReport {
     for _ in 0..200 {
         if let Some(report) = *slot.lock().unwrap() {
             return report;
