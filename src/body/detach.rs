@@ -125,7 +125,7 @@ use crate::{ApiError, BoxError};
 const FRAMES_IN_FLIGHT: usize = 4;
 
 /// Runs each call in a task of its own that reads the response body to its
-/// end even when the client has gone away. See the [module docs](self).
+/// end even when the client has gone away. See the [module docs](crate::body::detach).
 #[derive(Debug, Clone)]
 pub struct DetachLayer {
     limits: Limits,
@@ -273,7 +273,7 @@ where
     let mut body = std::pin::pin!(body);
     let answer = Response::from_parts(parts, ResponseBody::inner(detached));
     if head.send(Ok(Ok(answer))).is_err() {
-        return drain(body, limits, "before the response head").await;
+        return drain(body, limits, "before the response head", 0).await;
     }
     loop {
         // `None` from the outer option: the client is gone.
@@ -282,14 +282,19 @@ where
             () = frames.closed() => None,
         };
         let frame = match frame {
-            None => return drain(body, limits, "during the response body").await,
+            None => return drain(body, limits, "during the response body", 0).await,
             Some(None) => return,
             Some(Some(Ok(frame))) => Ok(frame),
             Some(Some(Err(error))) => Err(error.into()),
         };
         let failed = frame.is_err();
-        if frames.send(frame).await.is_err() {
-            return drain(body, limits, "during the response body").await;
+        if let Err(unsent) = frames.send(frame).await {
+            // Read after the client left: it counts towards the drain.
+            let read = match &unsent.0 {
+                Ok(frame) => frame.data_ref().map_or(0, |data| data.len() as u64),
+                Err(_) => 0,
+            };
+            return drain(body, limits, "during the response body", read).await;
         }
         if failed {
             return;
@@ -297,12 +302,12 @@ where
     }
 }
 
-/// Reads `body` to its end, its bytes thrown away, within `limits`.
-async fn drain<B>(mut body: Pin<&mut B>, limits: Limits, when: &'static str)
+/// Reads `body` to its end, its bytes thrown away, within `limits`
+/// (`drained` bytes were read already).
+async fn drain<B>(mut body: Pin<&mut B>, limits: Limits, when: &'static str, mut drained: u64)
 where
     B: Body<Data = Bytes>,
 {
-    let mut drained: u64 = 0;
     let read = async {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
