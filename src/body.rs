@@ -8,6 +8,9 @@
 //! puts its own body in the `Inner` arm, so the rejection arm is written
 //! once, here.
 //!
+//! [`DetachLayer`] ([`detach`]) keeps reading a response body after its
+//! client went away, so that the layers inside settle on its whole answer.
+//!
 //! ```
 //! use bytes::Bytes;
 //! use http_body::Body;
@@ -32,6 +35,9 @@ use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 pub(crate) mod collect;
+pub mod detach;
+
+pub use self::detach::{Detach, DetachFuture, DetachLayer, DetachedBody, DetachedCalls};
 
 pin_project! {
     /// The inner service's body, or a rejection's `Full<Bytes>`.

@@ -2,7 +2,8 @@
 //!
 //! Server stack, outermost first:
 //! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
-//! routing → RateLimit → Budget → stream meter → StreamErrorTrailer →
+//! stream meter → detach (the call outlives its client for
+//! `drain_timeout_secs`) → routing → RateLimit → Budget → StreamErrorTrailer →
 //! shutdown cut → proxy` (`proxy/`), and towards each model's upstream
 //! `timeout → Retry → attempt meter → hyper-util Client` (`routing.rs`).
 //! The admin API (`/admin/*`, see `admin/`) and `/metrics` sit inside the
@@ -26,6 +27,7 @@ use axum::routing::get;
 use serde_json::json;
 use tokio::net::TcpListener;
 use tollgate::auth::AuthLayer;
+use tollgate::body::DetachLayer;
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::stream::StreamErrorTrailerLayer;
@@ -305,17 +307,25 @@ fn router(
     });
     let cut = shutdown.clone();
 
+    // Outermost: a client that leaves does not end the call, so every
+    // layer inside settles on the upstream's whole answer.
+    let detach = DetachLayer::new()
+        .drain_timeout(Duration::from_secs(config.drain_timeout_secs))
+        .calls(shutdown.detached().clone());
     let proxied = proxy::routes().layer(
         ServiceBuilder::new()
+            // Outside the detach layer, which hides a client's leaving from
+            // the layers inside, so a stream's client that left is counted
+            // as such; outside the trailer layer, where every stream ends
+            // either as its API ends it or with one terminal error event.
+            .map_response(move |response| streams.watch(response))
+            .layer(detach)
             .layer(middleware::from_fn_with_state(routes, routing::select))
             .layer(rate_limit)
             .layer(
                 BudgetLayer::with_ledger(pricing, Counted::ledger(stores.ledger.clone(), metrics))
                     .policy(config.reserve_policy()),
             )
-            // Outside the trailer layer, where every stream ends either as
-            // its API ends it or with one terminal error event.
-            .map_response(move |response| streams.watch(response))
             .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
             // Inside the trailer layer, so a stream cut at shutdown ends
             // with its terminal error event.

@@ -25,6 +25,7 @@ error_format = "openai"
 rate_limit_headers = "openai"
 request_timeout_secs = 60
 stream_idle_timeout_secs = 60
+drain_timeout_secs = 60
 
 [retry]
 max_attempts = 3
@@ -183,6 +184,12 @@ pub struct Config {
     /// A stream silent for longer ends with a timeout error event.
     #[serde(default = "default_timeout")]
     pub stream_idle_timeout_secs: u64,
+    /// When a client disconnects before or during a proxied answer, the
+    /// gateway keeps reading the upstream's answer for up to this many
+    /// seconds (and 64 MiB), so the call is charged its reported usage; past
+    /// that, the prompt plus the output read so far. 0: stop at once.
+    #[serde(default = "default_timeout")]
+    pub drain_timeout_secs: u64,
     /// Retries towards the upstream.
     #[serde(default)]
     pub retry: RetryConfig,

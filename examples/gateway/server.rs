@@ -203,8 +203,16 @@ async fn drain(
     );
     let closed = graceful.shutdown();
     tokio::pin!(closed);
+    let mut all_closed = false;
+    // Then the answers still read for clients that left, so their charges
+    // settle before the store is flushed.
+    let closed_and_drained = async {
+        (&mut closed).await;
+        all_closed = true;
+        shutdown.detached().idle().await;
+    };
     let in_grace = tokio::select! {
-        () = &mut closed => true,
+        () = closed_and_drained => true,
         () = tokio::time::sleep(settings.shutdown_grace) => false,
         () = shutdown.streams_cut() => false,
     };
@@ -215,13 +223,32 @@ async fn drain(
             "shutdown grace over; ending the streams still open"
         );
         shutdown.cut_streams();
-        if tokio::time::timeout(CUT_DRAIN, &mut closed).await.is_err() {
+        if !all_closed && tokio::time::timeout(CUT_DRAIN, &mut closed).await.is_err() {
             tracing::warn!("connections still open after their streams were ended; closing them");
+        }
+        if tokio::time::timeout(CUT_DRAIN, shutdown.detached().idle())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = shutdown.detached().running(),
+                "answers still read for clients that left; their holds expire with their leases"
+            );
         }
     }
     // Aborts what is left and waits for it: every response body is dropped,
     // and with it every reservation settled, before this returns.
     connections.shutdown().await;
+    if !in_grace
+        && tokio::time::timeout(CUT_DRAIN, shutdown.detached().idle())
+            .await
+            .is_err()
+    {
+        tracing::warn!(
+            running = shutdown.detached().running(),
+            "answers still read for clients that left; their holds expire with their leases"
+        );
+    }
 }
 
 /// Per-connection accept errors (the peer left already) are skipped; others

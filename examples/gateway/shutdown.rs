@@ -7,7 +7,8 @@
 //! 1. [`Shutdown::begin`]: stop accepting (the listener is closed, so a load
 //!    balancer's next connection goes to another instance), close idle
 //!    connections, and let in-flight requests and streams finish, each
-//!    connection closing after its last response.
+//!    connection closing after its last response, and the answers still
+//!    read for clients that left (`drain_timeout_secs`) end.
 //! 2. [`Shutdown::cut_streams`], when `shutdown_grace_secs` have passed (or a
 //!    second signal came): every stream still open ends with the stream
 //!    layer's terminal error event, a 503 `shutting_down` its client's SDK
@@ -39,6 +40,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 use tokio_util::sync::CancellationToken;
+use tollgate::body::DetachedCalls;
 use tollgate::{ApiError, BoxError};
 
 /// The two steps of a shutdown, shared by the accept loop, every connection
@@ -47,6 +49,9 @@ use tollgate::{ApiError, BoxError};
 pub struct Shutdown {
     stop: CancellationToken,
     cut: Arc<Cut>,
+    /// The proxied calls still running, some for clients that left (see
+    /// `app.rs`): waited for within the grace, so their charges settle.
+    detached: DetachedCalls,
 }
 
 /// Step 2's signal: a flag every stream reads per frame without a lock, and
@@ -61,6 +66,11 @@ impl Shutdown {
     /// A shutdown that has not begun.
     pub fn new() -> Shutdown {
         Shutdown::default()
+    }
+
+    /// The proxied calls of every app built with this shutdown.
+    pub fn detached(&self) -> &DetachedCalls {
+        &self.detached
     }
 
     /// Step 1: stop accepting and let in-flight work finish.
