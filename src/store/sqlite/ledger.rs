@@ -63,18 +63,18 @@ impl SqliteLedger {
         answer: T,
     ) -> StoreFuture<T> {
         let top_up_key = top_up_key.map(|key| (key.to_owned(), self.memory.now_unix()));
-        let scope = budget.scope.clone();
-        let writer = self.writer.clone();
+        let (done, committed) = tokio::sync::oneshot::channel();
+        // Sent while the caller still holds `ordered()`: the top-up and
+        // its idempotency key reach the disk in the same commit.
+        self.writer.send(Job::Books {
+            scope: budget.scope.clone(),
+            top_up_key,
+            done,
+        });
         StoreFuture::pending(async move {
             // A failed commit is logged and counted by the writer, which
             // retries: the change is made, in memory, either way.
-            let _ = writer
-                .acked(|done| Job::Books {
-                    scope,
-                    top_up_key,
-                    done,
-                })
-                .await;
+            let _ = committed.await;
             Ok(answer)
         })
     }
@@ -96,6 +96,7 @@ impl Ledger for SqliteLedger {
         amount: Money,
         policy: ReservePolicy,
     ) -> StoreFuture<ReserveOutcome> {
+        let _order = self.writer.ordered();
         let outcome = ready(self.memory.reserve(budgets, amount, policy));
         // A hold is settled or released, which persists its budgets' books
         // then; a refusal has no sequel, and may still have opened books
@@ -108,6 +109,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
+        let _order = self.writer.ordered();
         let settlement = ready(self.memory.settle(reservation, charge));
         if let Ok(settlement) = &settlement {
             if !reservation.budgets().is_empty() || charge.attribution.is_some() {
@@ -125,6 +127,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
+        let _order = self.writer.ordered();
         let released = self.memory.release(reservation);
         if !reservation.budgets().is_empty() {
             self.writer.send(Job::Released(reservation.clone()));
@@ -138,6 +141,7 @@ impl Ledger for SqliteLedger {
         amount: Money,
         idempotency_key: Option<&str>,
     ) -> StoreFuture<TopUpOutcome> {
+        let _order = self.writer.ordered();
         match ready(self.memory.top_up(budget, amount, idempotency_key)) {
             Ok(outcome) if outcome.replayed => StoreFuture::ready(Ok(outcome)),
             Ok(outcome) => self.persist_then(budget, idempotency_key, outcome),
@@ -146,6 +150,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        let _order = self.writer.ordered();
         let status = self.memory.read(budget);
         // A read with a spec of the other mode starts the books over.
         self.writer.send(Job::Touched(Arc::new([budget.clone()])));
@@ -153,6 +158,7 @@ impl Ledger for SqliteLedger {
     }
 
     fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+        let _order = self.writer.ordered();
         match ready(self.memory.reset(budget)) {
             Ok(status) => self.persist_then(budget, None, status),
             Err(e) => StoreFuture::ready(Err(e)),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -103,6 +103,15 @@ pub(super) struct BatchPolicy {
 /// last one dropped stops the thread after a last commit.
 pub(super) struct Writer {
     jobs: Sender<Job>,
+    /// Held (shared) by every ledger change from its step in memory to its
+    /// job's send, and (exclusive) by the writer while it takes the jobs
+    /// queued so far and reads the books they changed: so the books it
+    /// writes reflect exactly the settlements whose jobs it holds. Without
+    /// it, a settlement made in memory between the two would show in the
+    /// books of a budget already in the batch (the org every key shares)
+    /// and not in those of its own key, and a `kill -9` before the next
+    /// commit would leave them apart on disk.
+    order: Arc<RwLock<()>>,
     health: Arc<HealthState>,
     thread: Mutex<Option<JoinHandle<()>>>,
     path: PathBuf,
@@ -121,12 +130,14 @@ impl Writer {
     pub(super) fn start(parts: WriterParts) -> Result<Writer, SqliteError> {
         let (jobs, receiver) = mpsc::channel();
         let health = Arc::new(HealthState::default());
+        let order = Arc::new(RwLock::new(()));
         let path = parts.path.clone();
         let thread = Thread {
             conn: parts.conn,
             file: FileIdentity::of(&parts.path),
             path: parts.path,
             jobs: receiver,
+            order: order.clone(),
             ledger: parts.ledger,
             keys: parts.keys,
             health: health.clone(),
@@ -139,6 +150,7 @@ impl Writer {
             .map_err(|e| SqliteError::open(&path, e))?;
         Ok(Writer {
             jobs,
+            order,
             health,
             thread: Mutex::new(Some(thread)),
             path,
@@ -147,6 +159,12 @@ impl Writer {
 
     /// Hands `job` to the writer; never waits. After the writer stopped,
     /// the change is counted as dropped.
+    /// Held across a ledger change in memory and the send of its job (see
+    /// the field's docs).
+    pub(super) fn ordered(&self) -> RwLockReadGuard<'_, ()> {
+        self.order.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn send(&self, job: Job) {
         // Once closed, the thread may still be finishing: a job it would
         // never read must not look accepted.
@@ -228,6 +246,7 @@ struct Thread {
     /// The file `path` named at open (see [`FileIdentity`]).
     file: Option<FileIdentity>,
     jobs: Receiver<Job>,
+    order: Arc<RwLock<()>>,
     ledger: MemoryLedger,
     keys: MemoryKeyStore,
     health: Arc<HealthState>,
@@ -235,6 +254,13 @@ struct Thread {
     /// When a commit last synced the log.
     synced_at: Instant,
 }
+
+/// The books of a commit's budgets, read together with the jobs that
+/// changed them (see [`Writer::order`]).
+type Books = (
+    Vec<BudgetScope>,
+    Vec<Option<(crate::budget::Period, crate::budget::BudgetStatus)>>,
+);
 
 /// Which file a path names. A file deleted (or replaced) while SQLite has
 /// it open takes writes without an error, and loses them with the process:
@@ -370,10 +396,22 @@ impl Thread {
             }
             return true;
         }
+        let books = {
+            let _order = self.order.write().unwrap_or_else(PoisonError::into_inner);
+            // Every change made in memory so far has its job queued: all
+            // join this commit, and the books are read before any other
+            // change can be made.
+            while let Ok(job) = self.jobs.try_recv() {
+                batch.add(job);
+            }
+            let scopes: Vec<BudgetScope> = batch.accounts.iter().cloned().collect();
+            let books = self.ledger.books(&scopes);
+            (scopes, books)
+        };
         batch.fold_recent();
         let written = match self.file_is_gone() {
             Some(gone) => Err(gone),
-            None => self.write_synced(batch).map_err(|e| e.to_string()),
+            None => self.write_synced(batch, books).map_err(|e| e.to_string()),
         };
         match written {
             Ok(written) => {
@@ -433,14 +471,14 @@ impl Thread {
     /// [`sync_interval`](BatchPolicy::sync_interval) old: one `fsync` makes
     /// every commit before it durable too, so the commits in between need
     /// none (they survive the process dying, not the machine).
-    fn write_synced(&mut self, batch: &Batch) -> Result<Written, rusqlite::Error> {
+    fn write_synced(&mut self, batch: &Batch, books: Books) -> Result<Written, rusqlite::Error> {
         let interval = self.policy.sync_interval;
         if interval.is_zero() || self.synced_at.elapsed() < interval {
-            return self.write(batch);
+            return self.write(batch, books);
         }
         self.conn
             .pragma_update(None, "synchronous", synchronous(true))?;
-        let written = self.write(batch);
+        let written = self.write(batch, books);
         let normal = self
             .conn
             .pragma_update(None, "synchronous", synchronous(false));
@@ -453,7 +491,7 @@ impl Thread {
     }
 
     /// One transaction with every change of `batch`.
-    fn write(&mut self, batch: &Batch) -> Result<Written, rusqlite::Error> {
+    fn write(&mut self, batch: &Batch, (scopes, books): Books) -> Result<Written, rusqlite::Error> {
         let tx = self.conn.transaction()?;
         let mut written = Written {
             keys: Vec::with_capacity(batch.keys.len()),
@@ -468,12 +506,11 @@ impl Thread {
                  window_start_ns = excluded.window_start_ns",
             )?;
             let mut delete = tx.prepare_cached("DELETE FROM accounts WHERE scope = ?1")?;
-            // The books as they stand now, not as each settlement saw them:
-            // settlements reach this thread in any order, the books only
-            // move forward. Read in one step, so a settlement is in the
-            // books of all its budgets or of none.
-            let scopes: Vec<BudgetScope> = batch.accounts.iter().cloned().collect();
-            let books = self.ledger.books(&scopes);
+            // The books as they stood when the batch's jobs were taken,
+            // not as each settlement saw them: settlements reach this
+            // thread in any order, the books only move forward. Read in
+            // one step with the jobs (see `Writer::order`), so a
+            // settlement is in the books of all its budgets or of none.
             for (scope, books) in scopes.iter().zip(books) {
                 match books {
                     Some((period, status)) => {
