@@ -101,6 +101,11 @@ impl<L: Ledger> Settler<L> {
     }
 
     fn settle(mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
+        // Settled here, once: the drop that follows must not settle the
+        // call again as abandoned (it did, for a call billed nothing that
+        // still had its attribution: the spend aggregates were charged the
+        // prompt of a request the upstream never received).
+        self.called = false;
         let reservation = self.reservation.take();
         let billed = self
             .shared
