@@ -177,10 +177,6 @@ impl FirstEvent {
         }
     }
 
-    pub(crate) fn name(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.name.as_deref().map(String::from_utf8_lossy)
-    }
-
     pub(crate) fn data(&self) -> &[u8] {
         &self.data
     }

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::StreamFormat;
 use super::body::{ResponseBody, Watched};
-use super::first_event::first_event_error;
+use super::first_event::{Opening, opening};
 use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
@@ -152,12 +152,17 @@ where
     // Events may be dropped or added: the length changes.
     parts.headers.remove(CONTENT_LENGTH);
     // A layer inside (the retry layer) read the first event already: use
-    // its reading, do not hold.
-    let read = parts.extensions.get::<FirstEvent>();
-    if let Some(error) = read.and_then(|first| first_event_error(first, &parts.headers)) {
-        return Ok(reject(settings.format, &error));
+    // its reading, and hold only if it was an opening event (the stream is
+    // framed again from its start, which that layer's body replays).
+    let read = parts
+        .extensions
+        .get::<FirstEvent>()
+        .map(|first| opening(&first.event(), &parts.headers));
+    if let Some(Opening::Fails(error)) = &read {
+        return Ok(reject(settings.format, error));
     }
-    let hold = settings.config.hold_first_event && read.is_none();
+    let hold = settings.config.hold_first_event
+        && !matches!(read, Some(Opening::Content | Opening::Ends));
     // A usage observer further out reads the events this body frames
     // anyway, instead of framing them again.
     let host = SseHost::new(settings.config.max_event_bytes);
@@ -200,13 +205,15 @@ fn release<B>(held: State<B>, first: Result<(), ApiError>) -> Response<ResponseB
     }
 }
 
-/// An error answered instead of a stream: Anthropic's shape for Anthropic
-/// clients, OpenAI's otherwise; the `ApiError` rides in the extensions so an
-/// outer `ErrorEnvelopeLayer` can re-render it.
+/// An error answered instead of a stream, in the envelope of the stream's
+/// dialect: Anthropic's for Anthropic clients, HAI's `error_code_detail` for
+/// finish-reason-metadata streams, OpenAI's otherwise; the `ApiError` rides
+/// in the extensions so an outer `ErrorEnvelopeLayer` can re-render it.
 fn reject<B>(format: StreamFormat, error: &ApiError) -> Response<ResponseBody<B>> {
     let format = match format {
         StreamFormat::AnthropicMessages => ErrorFormat::Anthropic,
-        _ => ErrorFormat::OpenAi,
+        StreamFormat::FinishReasonMetadata => ErrorFormat::ErrorCodeDetail,
+        StreamFormat::ChatCompletions | StreamFormat::Responses => ErrorFormat::OpenAi,
     };
     format.render(error).map(ResponseBody::from_full)
 }

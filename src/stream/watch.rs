@@ -16,6 +16,7 @@ use super::tick::{Tick, Ticker};
 use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 
 mod hold;
+use self::hold::HeldEvent;
 use crate::{ApiError, BoxError};
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -106,6 +107,8 @@ struct SseState<B> {
     terminated: bool,
     /// The first event with data, read while holding the head.
     first: Option<FirstEvent>,
+    /// The data events read while holding the head, until the start.
+    held: Vec<HeldEvent>,
     /// Until the first frame is polled: where a reader can be handed over.
     host: Option<SseHost>,
     /// The usage observer's reader, fed every event the client gets.
@@ -143,6 +146,7 @@ where
             settings,
             terminated: false,
             first: None,
+            held: Vec::new(),
             host: Some(host),
             sink: None,
         }
