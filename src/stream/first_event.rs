@@ -251,7 +251,7 @@ mod tests {
         );
         assert_eq!(
             status("event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The model failed.\"}}}\n\n"),
-            500
+            502
         );
         assert_eq!(
             status("data: {\"error\":{\"message\":\"x\",\"type\":\"rate_limit_error\"}}\n\n"),

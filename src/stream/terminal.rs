@@ -23,8 +23,11 @@ use crate::envelope::ErrorFormat;
 /// |---|---|
 /// | `ChatCompletions` | `data: {"error":{"message","type","param","code"}}` |
 /// | `AnthropicMessages` | `event: error` / `data: {"type":"error","error":{"type","message"},…}` |
-/// | `Responses` | `event: error` / `data: {"type":"error","error":{…}}`, then `event: response.failed` |
-/// | `FinishReasonMetadata` | `data: {"delta":{"content":"","meta_data":{"type":"common_metadata","finish_reason":"<code>","detail":"<message>"}}}` |
+/// | `Responses` | `event: error` / `data: {"type":"error","code","message","param","sequence_number"}`, then `event: response.failed` |
+/// | `FinishReasonMetadata` | `data: {"message_id","thread_id","created_at","delta":{"role":"assistant","content":"","sources":[],"meta_data":{"type":"common_metadata","finish_reason":"<code>","detail":"<detail>"}}}` |
+///
+/// On a stream of bare JSON objects (`application/x-ndjson`), the same
+/// events are written as JSON lines, without the SSE framing.
 ///
 /// ```
 /// use tollgate::ApiError;
@@ -48,12 +51,16 @@ pub enum StreamFormat {
     ChatCompletions,
     /// Anthropic Messages: `event: error`, which the Anthropic SDKs raise.
     AnthropicMessages,
-    /// OpenAI Responses: `event: error` (with an `error` key, so the OpenAI
-    /// SDKs raise `APIError`), then `event: response.failed` for clients that
+    /// OpenAI Responses: the documented `error` event
+    /// (`{"type":"error","code","message","param","sequence_number"}`, its
+    /// sequence number the next of the stream's), then `response.failed`
+    /// with the response's `error` (`{"code","message"}`) for clients that
     /// follow the response's status.
     Responses,
-    /// A last chunk whose `meta_data.finish_reason` is the error code, for
-    /// APIs that report stream errors that way.
+    /// HAI's stream (003-hai-errors.txt): a last chunk in the stream's own
+    /// shape (`message_id`, `thread_id`, `created_at`, `delta`) whose
+    /// `delta.meta_data` carries `type`, `finish_reason` (the HAI error
+    /// code) and `detail`.
     FinishReasonMetadata,
 }
 
@@ -78,14 +85,75 @@ impl FromStr for StreamFormat {
     }
 }
 
+/// What the watcher has seen of a stream when it ends it: what a terminal
+/// event continues (the Responses API's sequence numbers, HAI's ids).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Seen {
+    /// Events with data the client got: the next `sequence_number` of a
+    /// Responses stream, whose numbers count from 0.
+    pub(crate) events: u64,
+    /// HAI's `message_id` and `thread_id`, from the stream's first chunk.
+    pub(crate) hai: Option<Box<HaiIds>>,
+}
+
+/// The ids a HAI stream's chunks all carry.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct HaiIds {
+    message_id: Value,
+    thread_id: Value,
+}
+
+impl HaiIds {
+    /// The ids of a HAI chunk, if `data` is one.
+    pub(crate) fn read(data: &[u8]) -> Option<Box<HaiIds>> {
+        serde_json::from_slice(data).ok().map(Box::new)
+    }
+}
+
+#[derive(Serialize)]
+struct ResponsesError<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    code: &'a Value,
+    message: &'a Value,
+    param: &'a Value,
+    sequence_number: u64,
+}
+
+#[derive(Serialize)]
+struct ResponsesFailed<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    sequence_number: u64,
+    response: FailedResponse<'a>,
+}
+
+#[derive(Serialize)]
+struct FailedResponse<'a> {
+    object: &'static str,
+    status: &'static str,
+    error: ResponseError<'a>,
+}
+
+#[derive(Serialize)]
+struct ResponseError<'a> {
+    code: &'a Value,
+    message: &'a Value,
+}
+
 #[derive(Serialize)]
 struct MetadataChunk<'a> {
+    message_id: &'a Value,
+    thread_id: &'a Value,
+    created_at: String,
     delta: MetadataDelta<'a>,
 }
 
 #[derive(Serialize)]
 struct MetadataDelta<'a> {
+    role: &'static str,
     content: &'static str,
+    sources: [(); 0],
     meta_data: Metadata<'a>,
 }
 
@@ -95,6 +163,34 @@ struct Metadata<'a> {
     kind: &'static str,
     finish_reason: &'a Value,
     detail: &'a Value,
+}
+
+/// Now as HAI writes `created_at`: UTC without an offset, in microseconds
+/// (`2024-11-15T17:43:37.446459`).
+fn hai_now() -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(26);
+    let now = jiff::Timestamp::now();
+    // Formatting a timestamp's own fields cannot fail; if it did, the field
+    // would be empty rather than the event lost.
+    let _ = write!(out, "{}", now.strftime("%Y-%m-%dT%H:%M:%S.%6f"));
+    out
+}
+
+/// A fresh id in the shape of HAI's (a UUID), for a stream whose ids were
+/// not seen.
+fn hai_id() -> Value {
+    let (a, b) = (crate::rng::os_seed(), crate::rng::os_seed());
+    let a = (a & !0xf000) | 0x4000;
+    let b = (b & !(0xc << 60)) | (0x8 << 60);
+    Value::String(format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xffff,
+        b >> 48,
+        b & 0xffff_ffff_ffff
+    ))
 }
 
 impl StreamFormat {
@@ -116,40 +212,75 @@ impl StreamFormat {
     /// events. `done_after_error` adds `data: [DONE]` after the error in the
     /// formats that use it (chat completions and finish-reason metadata).
     pub fn terminal_event(self, error: &ApiError, done_after_error: bool) -> Bytes {
+        self.terminal(error, done_after_error, &Seen::default(), false)
+    }
+
+    /// [`terminal_event`](Self::terminal_event) for a stream of which the
+    /// watcher has seen `seen`; `bare`: JSON lines instead of SSE events.
+    pub(crate) fn terminal(
+        self,
+        error: &ApiError,
+        done_after_error: bool,
+        seen: &Seen,
+        bare: bool,
+    ) -> Bytes {
         let mut out = BytesMut::with_capacity(256);
+        let mut event = |name: Option<&str>, data: &[u8]| {
+            if bare {
+                out.extend_from_slice(data);
+                out.extend_from_slice(b"\n");
+            } else {
+                sse_event(&mut out, name, data);
+            }
+        };
         match self {
             StreamFormat::ChatCompletions => {
-                event(&mut out, None, &ErrorFormat::OpenAi.render_body(error));
+                event(None, &ErrorFormat::OpenAi.render_body(error));
             }
             StreamFormat::AnthropicMessages => {
-                event(
-                    &mut out,
-                    Some("error"),
-                    &ErrorFormat::Anthropic.render_body(error),
-                );
+                event(Some("error"), &ErrorFormat::Anthropic.render_body(error));
             }
             StreamFormat::Responses => {
-                let rendered = ErrorFormat::OpenAi.render_body(error);
-                // `{"error":{…}}` → the `{…}`, as rendered (fields in order).
-                let object = rendered
-                    .strip_prefix(b"{\"error\":")
-                    .and_then(|rest| rest.strip_suffix(b"}"))
-                    .unwrap_or(b"{}");
-                let error_event = [&b"{\"type\":\"error\",\"error\":"[..], object, b"}"].concat();
-                event(&mut out, Some("error"), &error_event);
-                let failed = [
-                    &b"{\"type\":\"response.failed\",\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":"[..],
-                    object,
-                    b"}}",
-                ]
-                .concat();
-                event(&mut out, Some("response.failed"), &failed);
+                let rendered = rendered_json(ErrorFormat::OpenAi, error);
+                let field = |name| rendered["error"].get(name).unwrap_or(&Value::Null);
+                let code = match field("code") {
+                    Value::Null => field("type"),
+                    code => code,
+                };
+                let message = field("message");
+                let error_event = to_json(&ResponsesError {
+                    kind: "error",
+                    code,
+                    message,
+                    param: field("param"),
+                    sequence_number: seen.events,
+                });
+                event(Some("error"), &error_event);
+                let failed = to_json(&ResponsesFailed {
+                    kind: "response.failed",
+                    sequence_number: seen.events + 1,
+                    response: FailedResponse {
+                        object: "response",
+                        status: "failed",
+                        error: ResponseError { code, message },
+                    },
+                });
+                event(Some("response.failed"), &failed);
             }
             StreamFormat::FinishReasonMetadata => {
                 let rendered = rendered_json(ErrorFormat::ErrorCodeDetail, error);
+                let (message_id, thread_id) = match &seen.hai {
+                    Some(ids) => (ids.message_id.clone(), ids.thread_id.clone()),
+                    None => (hai_id(), hai_id()),
+                };
                 let chunk = to_json(&MetadataChunk {
+                    message_id: &message_id,
+                    thread_id: &thread_id,
+                    created_at: hai_now(),
                     delta: MetadataDelta {
+                        role: "assistant",
                         content: "",
+                        sources: [],
                         meta_data: Metadata {
                             kind: "common_metadata",
                             finish_reason: rendered.get("error_code").unwrap_or(&Value::Null),
@@ -157,10 +288,11 @@ impl StreamFormat {
                         },
                     },
                 });
-                event(&mut out, None, &chunk);
+                event(None, &chunk);
             }
         }
         if done_after_error
+            && !bare
             && matches!(
                 self,
                 StreamFormat::ChatCompletions | StreamFormat::FinishReasonMetadata
@@ -184,7 +316,7 @@ fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// Appends one SSE event. The JSON is compact, so it is a single line.
-fn event(out: &mut BytesMut, name: Option<&str>, data: &[u8]) {
+fn sse_event(out: &mut BytesMut, name: Option<&str>, data: &[u8]) {
     if let Some(name) = name {
         out.extend_from_slice(b"event: ");
         out.extend_from_slice(name.as_bytes());
@@ -227,17 +359,75 @@ mod tests {
     fn responses() {
         assert_eq!(
             text(StreamFormat::Responses, true),
-            "event: error\ndata: {\"type\":\"error\",\"error\":{\"message\":\"The upstream stream ended early.\",\"type\":\"server_error\",\"param\":null,\"code\":\"stream_truncated\"}}\n\n\
-             event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"message\":\"The upstream stream ended early.\",\"type\":\"server_error\",\"param\":null,\"code\":\"stream_truncated\"}}}\n\n"
+            "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended early.\",\"param\":null,\"sequence_number\":0}\n\n\
+             event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended early.\"}}}\n\n"
         );
+        // The sequence continues the stream's; without a code, the type.
+        let seen = Seen {
+            events: 7,
+            hai: None,
+        };
+        let event = StreamFormat::Responses.terminal(&ApiError::internal(), false, &seen, false);
+        let text = std::str::from_utf8(&event).unwrap();
+        assert!(text.contains("\"sequence_number\":7}"), "{text}");
+        assert!(text.contains("\"sequence_number\":8,"), "{text}");
+        let data = text.split('\n').nth(1).unwrap().strip_prefix("data: ").unwrap();
+        let data: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(data["code"], "internal_error");
     }
 
     #[test]
-    fn finish_reason_metadata() {
-        assert_eq!(
-            text(StreamFormat::FinishReasonMetadata, false),
-            "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"api_error\",\"detail\":\"The upstream stream ended early.\"}}}\n\n"
+    fn finish_reason_metadata_in_the_guides_chunk_shape() {
+        let ids = HaiIds::read(
+            br#"{"message_id":"m-1","thread_id":"t-1","created_at":"2024-11-15T17:43:37.443794","delta":{}}"#,
         );
+        let seen = Seen { events: 3, hai: ids };
+        let error = ApiError::bad_gateway()
+            .with_code("stream_truncated")
+            .with_message("The upstream stream ended early.");
+        for bare in [false, true] {
+            let event = StreamFormat::FinishReasonMetadata.terminal(&error, false, &seen, bare);
+            let text = std::str::from_utf8(&event).unwrap();
+            let json = if bare {
+                text.strip_suffix('\n').unwrap()
+            } else {
+                text.strip_prefix("data: ")
+                    .and_then(|t| t.strip_suffix("\n\n"))
+                    .unwrap()
+            };
+            assert!(!json.contains('\n'));
+            // The guide's field order.
+            assert!(
+                json.starts_with(r#"{"message_id":"m-1","thread_id":"t-1","created_at":""#),
+                "{json}"
+            );
+            assert!(json.contains(r#"","delta":{"role":"assistant","content":"","sources":[],"meta_data":{"type":"common_metadata","#));
+            let chunk: Value = serde_json::from_str(json).unwrap();
+            let created = chunk["created_at"].as_str().unwrap();
+            assert_eq!(created.len(), "2024-11-15T17:43:37.446459".len(), "{created}");
+            assert!(jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S%.f", created).is_ok());
+            assert_eq!(
+                chunk["delta"],
+                serde_json::json!({
+                    "role": "assistant", "content": "", "sources": [],
+                    "meta_data": {
+                        "type": "common_metadata",
+                        "finish_reason": "api_error",
+                        "detail": "The upstream stream ended early.",
+                    },
+                })
+            );
+        }
+        // Ids not seen: fresh ones, in HAI's UUID shape.
+        let event = StreamFormat::FinishReasonMetadata.terminal_event(&error, true);
+        let text = std::str::from_utf8(&event).unwrap();
+        let (chunk, done) = text.split_once("\n\n").unwrap();
+        assert_eq!(done, "data: [DONE]\n\n");
+        let chunk: Value = serde_json::from_str(chunk.strip_prefix("data: ").unwrap()).unwrap();
+        let id = chunk["message_id"].as_str().unwrap();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id}");
+        assert_ne!(chunk["message_id"], chunk["thread_id"]);
     }
 
     #[test]

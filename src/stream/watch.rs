@@ -12,7 +12,9 @@ use http_body::{Body, Frame};
 use super::failure::{Failure, body_failure};
 use super::layer::Settings;
 use super::marker;
+use super::terminal::{HaiIds, Seen};
 use super::tick::{Tick, Ticker};
+use super::StreamFormat;
 use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 
 mod hold;
@@ -109,6 +111,10 @@ struct SseState<B> {
     first: Option<FirstEvent>,
     /// The data events read while holding the head, until the start.
     held: Vec<HeldEvent>,
+    /// What the terminal event continues.
+    seen: Seen,
+    /// HAI's ids are still to be read from the next data event.
+    want_ids: bool,
     /// Until the first frame is polled: where a reader can be handed over.
     host: Option<SseHost>,
     /// The usage observer's reader, fed every event the client gets.
@@ -147,6 +153,8 @@ where
             terminated: false,
             first: None,
             held: Vec::new(),
+            seen: Seen::default(),
+            want_ids: settings.format == StreamFormat::FinishReasonMetadata,
             host: Some(host),
             sink: None,
         }
@@ -234,9 +242,16 @@ where
             framer,
             sink,
             terminated,
+            seen,
+            want_ids,
             ..
         } = self;
-        let mut streaming = Streaming { terminated, sink };
+        let mut streaming = Streaming {
+            terminated,
+            sink,
+            seen,
+            want_ids,
+        };
         let now = match framer.feed_one(&bytes, &mut streaming) {
             // The usual frame: one whole event, passed on as it came.
             Some(dispatch) => {
@@ -311,10 +326,12 @@ where
         if overflowing {
             self.out.push_back(Bytes::from_static(b"\n\n"));
         }
-        let event = self
-            .settings
-            .format
-            .terminal_event(&error, self.settings.config.done_after_error);
+        let event = self.settings.format.terminal(
+            &error,
+            self.settings.config.done_after_error,
+            &self.seen,
+            false,
+        );
         self.out.push_back(event);
     }
 
@@ -451,15 +468,31 @@ where
 struct Streaming<'a> {
     terminated: &'a mut bool,
     sink: &'a mut Option<Box<dyn EventSink>>,
+    seen: &'a mut Seen,
+    want_ids: &'a mut bool,
 }
 
 impl OnEvent for Streaming<'_> {
     #[inline(always)]
     fn on_event(&mut self, event: &Event<'_>) -> Dispatch {
         *self.terminated |= marker::ends_stream(event);
+        if event.has_data() {
+            note(self.seen, self.want_ids, event);
+        }
         match self.sink {
             Some(sink) => sink.event(event),
             None => Dispatch::Keep,
         }
+    }
+}
+
+/// Notes an event with data the client gets: it is counted, and the first
+/// one of a HAI stream gives the stream's ids.
+#[inline(always)]
+fn note(seen: &mut Seen, want_ids: &mut bool, event: &Event<'_>) {
+    seen.events += 1;
+    if *want_ids {
+        *want_ids = false;
+        seen.hai = HaiIds::read(event.data);
     }
 }

@@ -91,12 +91,17 @@ where
         let mut rest = bytes;
         loop {
             let SseState {
-                framer, terminated, ..
+                framer,
+                terminated,
+                seen,
+                want_ids,
+                ..
             } = self;
             let mut read = None;
             let fed = framer.feed(&rest, &mut |event: &Event<'_>| {
                 *terminated |= marker::ends_stream(event);
                 if event.has_data() {
+                    super::note(seen, want_ids, event);
                     read = Some((FirstEvent::new(event), opening(event, headers)));
                     return Dispatch::Pause;
                 }
