@@ -173,7 +173,15 @@ where
         for HeldEvent { event, end } in &held {
             let len = event.len();
             if sink.event(&event.event()) == Dispatch::Cut && len > 0 {
-                cuts.push(end - len..*end);
+                let mut cut = end - len..*end;
+                // A `\r` blank line whose `\n` came in the next frame: the
+                // `\n` goes with it.
+                if byte_at(&self.out, cut.end - 1) == Some(b'\r')
+                    && byte_at(&self.out, cut.end) == Some(b'\n')
+                {
+                    cut.end += 1;
+                }
+                cuts.push(cut);
             }
         }
         // The last event held ends the bytes framed so far: framing paused
@@ -193,6 +201,17 @@ where
 pub(super) struct HeldEvent {
     event: FirstEvent,
     end: usize,
+}
+
+/// The byte at `offset` in the concatenation of `out`.
+fn byte_at(out: &VecDeque<Bytes>, mut offset: usize) -> Option<u8> {
+    for piece in out {
+        if offset < piece.len() {
+            return Some(piece[offset]);
+        }
+        offset -= piece.len();
+    }
+    None
 }
 
 /// Takes the bytes at `range` (offsets in the concatenation) off `out`.
