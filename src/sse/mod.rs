@@ -24,6 +24,11 @@
 //! least one line is dispatched (a comment-only `: keep-alive` too, flagged
 //! [`COMMENT`]); clients dispatch only those with data ([`DATA`]).
 //!
+//! A framer made with [`Framer::json_lines`] reads the other syntax LLM
+//! streams come in, bare JSON objects one after another (HAI's, as
+//! `application/x-ndjson`): each object is an event with data and no name
+//! (see `json_lines.rs`), so every reader of events reads both alike.
+//!
 //! # Why one hold-back buffer
 //!
 //! An event split across frames has to be whole before it can be read (its
@@ -39,6 +44,7 @@
 mod fields;
 mod framer;
 mod host;
+mod json_lines;
 mod release;
 #[cfg(test)]
 mod tests;

@@ -53,14 +53,24 @@ impl<F, B> ResponseFuture<F, B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
     Sse,
+    /// Bare JSON objects, newline-delimited (HAI's other stream syntax).
+    JsonLines,
     Grpc,
     Other,
 }
 
-/// Which body this response gets. SSE is watched only for a 2xx answer to
-/// a request with a body (not `HEAD`) whose bytes are the events themselves
-/// (no `content-encoding`): a compressed stream cannot be framed or
-/// appended to, so it passes through.
+/// The media types of streams of bare JSON objects.
+const JSON_LINES: [&[u8]; 4] = [
+    b"application/x-ndjson",
+    b"application/ndjson",
+    b"application/jsonl",
+    b"application/x-jsonlines",
+];
+
+/// Which body this response gets. SSE (and bare JSON lines) is watched
+/// only for a 2xx answer to a request with a body (not `HEAD`) whose bytes
+/// are the events themselves (no `content-encoding`): a compressed stream
+/// cannot be framed or appended to, so it passes through.
 fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
     let Some(content_type) = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()) else {
         return Wire::Other;
@@ -70,15 +80,16 @@ fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    if essence.eq_ignore_ascii_case(b"text/event-stream") {
+    let sse = essence.eq_ignore_ascii_case(b"text/event-stream");
+    if sse || JSON_LINES.iter().any(|t| essence.eq_ignore_ascii_case(t)) {
         let encoded = parts
             .headers
             .get(CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if watch_sse && parts.status.is_success() && !encoded {
-            Wire::Sse
-        } else {
-            Wire::Other
+        match (watch_sse && parts.status.is_success() && !encoded, sse) {
+            (true, true) => Wire::Sse,
+            (true, false) => Wire::JsonLines,
+            (false, _) => Wire::Other,
         }
     } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case(b"application/grpc") {
         Wire::Grpc
@@ -116,7 +127,12 @@ where
                             let body = ResponseBody::inner(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
-                        Wire::Sse => match watch(parts, body, settings) {
+                        wire @ (Wire::Sse | Wire::JsonLines) => match watch(
+                            parts,
+                            body,
+                            settings,
+                            wire == Wire::JsonLines,
+                        ) {
                             Ok(response) => {
                                 *this.state = State::Done;
                                 return Poll::Ready(Ok(response));
@@ -144,6 +160,7 @@ fn watch<B>(
     mut parts: http::response::Parts,
     body: B,
     settings: Settings,
+    bare: bool,
 ) -> Result<Response<ResponseBody<B>>, State<B>>
 where
     B: Body<Data = Bytes>,
@@ -167,7 +184,7 @@ where
     // anyway, instead of framing them again.
     let host = SseHost::new(settings.config.max_event_bytes);
     parts.extensions.insert(host.clone());
-    let body = SseBody::new(body, settings, hold, host);
+    let body = SseBody::new(body, settings, hold, host, bare);
     if !hold {
         let body = ResponseBody::inner(Watched::sse(body));
         return Ok(Response::from_parts(parts, body));

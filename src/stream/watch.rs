@@ -65,8 +65,9 @@ where
     /// [`poll_first_event`](Self::poll_first_event) before polling frames.
     /// `host` is the slot through which a usage observer further out hands
     /// over its per-event reader (taken at the first poll of a frame).
-    pub(crate) fn new(body: B, settings: Settings, hold: bool, host: SseHost) -> Self {
-        SseBody(Box::new(SseState::new(body, settings, hold, host)))
+    /// `bare`: the stream is bare JSON objects, not SSE.
+    pub(crate) fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
+        SseBody(Box::new(SseState::new(body, settings, hold, host, bare)))
     }
 
     /// Holding phase: reads until the first event with data. `Ok` when the
@@ -135,7 +136,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    fn new(body: B, settings: Settings, hold: bool, host: SseHost) -> Self {
+    fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
         let phase = if hold {
             Phase::Holding
         } else {
@@ -144,7 +145,11 @@ where
         SseState {
             body: Some(Box::pin(body)),
             ticker: Ticker::new(&settings, hold),
-            framer: Framer::new(settings.config.max_event_bytes),
+            framer: if bare {
+                Framer::json_lines(settings.config.max_event_bytes)
+            } else {
+                Framer::new(settings.config.max_event_bytes)
+            },
             unframed: None,
             out: VecDeque::new(),
             trailers: None,
@@ -322,15 +327,20 @@ where
     /// sent, a blank line ends it first.
     fn fail(&mut self, error: ApiError) {
         let overflowing = self.framer.overflowing();
+        let bare = self.framer.is_json();
+        let ends_line = self.framer.ends_line();
         self.close();
-        if overflowing {
+        if overflowing && !bare {
             self.out.push_back(Bytes::from_static(b"\n\n"));
+        } else if overflowing || !ends_line {
+            // Bare JSON: the error object goes on a line of its own.
+            self.out.push_back(Bytes::from_static(b"\n"));
         }
         let event = self.settings.format.terminal(
             &error,
             self.settings.config.done_after_error,
             &self.seen,
-            false,
+            bare,
         );
         self.out.push_back(event);
     }
