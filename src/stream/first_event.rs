@@ -136,7 +136,9 @@ fn failure(event: &Event<'_>, headers: &HeaderMap) -> ApiError {
     if let Some(error) = hai_failure(event.data, headers) {
         return error;
     }
-    parse_error(Some("error"), event.data, headers).unwrap_or_else(|| {
+    let data = responses_error(event.data);
+    let data = data.as_deref().unwrap_or(event.data);
+    parse_error(Some("error"), data, headers).unwrap_or_else(|| {
         ApiError::bad_gateway()
             .with_message("The upstream stream failed before it completed.")
             .with_origin(Origin::Upstream)
@@ -166,23 +168,35 @@ fn hai_failure(data: &[u8], headers: &HeaderMap) -> Option<ApiError> {
     Some(crate::envelope::parse(status, headers, &body).with_origin(Origin::Upstream))
 }
 
-/// `response.failed` before any content: the error of its response, as the
-/// Responses API's `error` event would carry it.
+/// The Responses API's `error` event (`{"type":"error","code","message",
+/// "param"}`) as the OpenAI error it stands for, whose `type` is not
+/// `"error"` but the one its code or status gives.
+fn responses_error(data: &[u8]) -> Option<Vec<u8>> {
+    let Ok(Value::Object(mut event)) = serde_json::from_slice::<Value>(data) else {
+        return None;
+    };
+    if event.get("type").and_then(Value::as_str) != Some("error") || event.contains_key("error") {
+        return None;
+    }
+    event.remove("type");
+    event.remove("sequence_number");
+    serde_json::to_vec(&serde_json::json!({ "error": event })).ok()
+}
+
+/// `response.failed` before any content: the error of its response
+/// (`{"code","message"}`).
 fn response_failed(data: &[u8], headers: &HeaderMap) -> ApiError {
     let error = serde_json::from_slice::<Value>(data)
         .ok()
         .and_then(|v| v.get("response")?.get("error").cloned())
         .filter(Value::is_object);
-    let mut event = serde_json::json!({"type": "error"});
-    if let (Some(Value::Object(error)), Some(event)) = (error, event.as_object_mut()) {
-        event.extend(error);
-    }
-    let data = serde_json::to_vec(&event).unwrap_or_default();
-    parse_error(Some("error"), &data, headers).unwrap_or_else(|| {
-        ApiError::bad_gateway()
-            .with_message("The upstream response failed.")
-            .with_origin(Origin::Upstream)
-    })
+    let data = error.and_then(|error| serde_json::to_vec(&serde_json::json!({ "error": error })).ok());
+    data.and_then(|data| parse_error(Some("error"), &data, headers))
+        .unwrap_or_else(|| {
+            ApiError::bad_gateway()
+                .with_message("The upstream response failed.")
+                .with_origin(Origin::Upstream)
+        })
 }
 
 #[cfg(test)]

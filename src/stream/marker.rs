@@ -33,6 +33,15 @@ pub(crate) fn ends_stream(event: &Event<'_>) -> bool {
     classify(event) & TERMINAL != 0
 }
 
+/// Whether `event`, cut short by the end of the stream (no blank line),
+/// still ends it: a marker whose data is whole (`[DONE]`, or JSON that
+/// parses), not one whose name came and whose data was cut.
+pub(crate) fn ends_stream_unfinished(event: &Event<'_>) -> bool {
+    ends_stream(event)
+        && (event.is_done()
+            || serde_json::from_slice::<serde::de::IgnoredAny>(event.data).is_ok())
+}
+
 #[inline]
 fn classify_data(value: &[u8]) -> u8 {
     let object = match value {

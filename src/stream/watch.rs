@@ -297,7 +297,7 @@ where
                 // its blank line, which is finished here.
                 let mut terminal = false;
                 let rest = framer.finish(&mut |event: &Event<'_>| {
-                    terminal = marker::ends_stream(event);
+                    terminal = marker::ends_stream_unfinished(event);
                     match sink {
                         Some(sink) if terminal => sink.event(event),
                         _ => Dispatch::Keep,

@@ -139,7 +139,7 @@ where
         let SseState { framer, first, .. } = self;
         let mut terminal = false;
         let rest = framer.finish(&mut |event: &Event<'_>| {
-            terminal = marker::ends_stream(event);
+            terminal = marker::ends_stream_unfinished(event);
             if event.has_data() {
                 *first = Some(FirstEvent::new(event));
             }
