@@ -280,3 +280,57 @@ async fn the_stream_layer_reuses_the_retry_layers_first_event() {
         }
     }
 }
+
+/// The events held before the content (Anthropic's `message_start`, which
+/// carries the input tokens, and `ping`) are read by the observer outside
+/// too, wherever the upstream cut its frames.
+#[tokio::test]
+async fn an_observer_outside_reads_the_events_held_before_the_content() {
+    use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
+
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    for split in 0..=stream.len() {
+        let (a, b) = stream.split_at(split);
+        let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+        let (body, debug, report) = observed(frames, UsageOptions::default()).await;
+        assert_eq!(body, stream, "split at {split}");
+        assert!(debug.contains("observing: false"), "{debug}");
+        assert_eq!(report.source, UsageSource::Reported, "split at {split}");
+        assert_eq!(report.end, BodyEnd::Completed);
+        assert_eq!(
+            (report.usage.prompt_tokens, report.usage.completion_tokens),
+            (25, 15),
+            "split at {split}"
+        );
+    }
+}
+
+/// Stream layer outside, retry layer inside: when the event the retry layer
+/// read is an opening one (`message_start`), the stream layer still holds
+/// the head until the content, and an error before it is a status.
+#[tokio::test(start_paused = true)]
+async fn an_opening_event_read_by_the_retry_layer_is_not_content() {
+    use tollgate::RetryLayer;
+
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n";
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let service = ServiceBuilder::new()
+        .layer(StreamErrorTrailerLayer::new())
+        .layer(RetryLayer::new())
+        .service(upstream_stream(vec![start, error]));
+    let request = Request::post("/v1/messages").body(Full::default()).unwrap();
+    let response = bounded(service.oneshot(request)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 529);
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["type"], "overloaded_error");
+}
