@@ -70,11 +70,21 @@ pub(crate) fn opening(event: &Event<'_>, headers: &HeaderMap) -> Opening {
     }
     match event.name {
         Some(name) if name != b"message" => preamble_if(PREAMBLE.contains(&name)),
+        // The usual chunk of a healthy stream carries text: known without
+        // parsing it.
+        _ if has_text(event.data) => Opening::Content,
         _ => match serde_json::from_slice::<Value>(event.data) {
             Ok(Value::Object(chunk)) => preamble_if(is_preamble(&chunk)),
             _ => Opening::Content,
         },
     }
+}
+
+/// Whether a chunk has a non-empty `"content":"…"` string (a chat or HAI
+/// delta's text).
+fn has_text(data: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"content\":\"";
+    memchr::memmem::find_iter(data, KEY).any(|at| data.get(at + KEY.len()) != Some(&b'"'))
 }
 
 fn preamble_if(preamble: bool) -> Opening {

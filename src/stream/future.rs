@@ -22,8 +22,8 @@ use crate::{ApiError, BoxError};
 
 pin_project! {
     /// Resolves to the inner response with its body watched; for an SSE
-    /// response, once its first event has arrived (or an error response if
-    /// that event is an error).
+    /// response, once its first content-bearing event has arrived (or an
+    /// error response if the stream failed before it).
     pub struct ResponseFuture<F, B> {
         #[pin]
         future: F,

@@ -25,7 +25,7 @@ const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// The head is held until the first event with data.
+    /// The head is held until the first content-bearing event.
     Holding,
     /// As `Streaming`, before the first poll of a frame (which starts the
     /// usage reader handed over, if any): kept off the hot path.
@@ -70,7 +70,7 @@ where
         SseBody(Box::new(SseState::new(body, settings, hold, host, bare)))
     }
 
-    /// Holding phase: reads until the first event with data. `Ok` when the
+    /// Holding phase: reads until the first content-bearing event. `Ok` when the
     /// stream may start (the head is sent), `Err` with the error to answer
     /// instead of a stream.
     pub(crate) fn poll_first_event(
@@ -99,7 +99,7 @@ struct SseState<B> {
     ticker: Ticker,
     /// Frames the stream, and holds back the unfinished event.
     framer: Framer,
-    /// The rest of the frame that held the first event, framed once the
+    /// The rest of the frame that ended the hold, framed once the
     /// stream starts (after a usage reader from further out came in).
     unframed: Option<Bytes>,
     out: VecDeque<Bytes>,
