@@ -233,7 +233,8 @@ mod tests {
         (events, released, framer.held_len())
     }
 
-    const STREAM: &str = "{\"a\":\"}{\\\"\",\"b\":[{\"c\":1}]}\n{\n  \"d\": \"\\\\\"\n}\n\n{\"e\":2}";
+    const STREAM: &str =
+        "{\"a\":\"}{\\\"\",\"b\":[{\"c\":1}]}\n{\n  \"d\": \"\\\\\"\n}\n\n{\"e\":2}";
 
     #[test]
     fn objects_are_events_whatever_their_strings_hold() {

@@ -134,9 +134,7 @@ fn empty_delta(delta: &Map<String, Value>) -> bool {
         "content" | "refusal" | "reasoning" | "reasoning_content" | "meta_data" => {
             value.is_null() || value.as_str() == Some("")
         }
-        "tool_calls" | "sources" => {
-            value.is_null() || value.as_array().is_some_and(Vec::is_empty)
-        }
+        "tool_calls" | "sources" => value.is_null() || value.as_array().is_some_and(Vec::is_empty),
         _ => false,
     })
 }
@@ -200,7 +198,8 @@ fn response_failed(data: &[u8], headers: &HeaderMap) -> ApiError {
         .ok()
         .and_then(|v| v.get("response")?.get("error").cloned())
         .filter(Value::is_object);
-    let data = error.and_then(|error| serde_json::to_vec(&serde_json::json!({ "error": error })).ok());
+    let data =
+        error.and_then(|error| serde_json::to_vec(&serde_json::json!({ "error": error })).ok());
     data.and_then(|data| parse_error(Some("error"), &data, headers))
         .unwrap_or_else(|| {
             ApiError::bad_gateway()
@@ -219,12 +218,15 @@ mod tests {
     fn open(stream: &str) -> Opening {
         let mut framer = Framer::new(1 << 16);
         let mut out = None;
-        framer.feed(&Bytes::copy_from_slice(stream.as_bytes()), &mut |e: &Event<'_>| {
-            if e.has_data() && out.is_none() {
-                out = Some(opening(e, &HeaderMap::new()));
-            }
-            Dispatch::Keep
-        });
+        framer.feed(
+            &Bytes::copy_from_slice(stream.as_bytes()),
+            &mut |e: &Event<'_>| {
+                if e.has_data() && out.is_none() {
+                    out = Some(opening(e, &HeaderMap::new()));
+                }
+                Dispatch::Keep
+            },
+        );
         out.expect("an event with data")
     }
 
@@ -266,15 +268,21 @@ mod tests {
             other => panic!("{other:?} for {stream}"),
         };
         assert_eq!(
-            status("data: {\"message_id\":\"m\",\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"content_filter_error\",\"detail\":\"Could not parse.\"}}}\n\n"),
+            status(
+                "data: {\"message_id\":\"m\",\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"content_filter_error\",\"detail\":\"Could not parse.\"}}}\n\n"
+            ),
             400
         );
         assert_eq!(
-            status("event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"slow\",\"param\":null,\"sequence_number\":2}\n\n"),
+            status(
+                "event: error\ndata: {\"type\":\"error\",\"code\":\"rate_limit_exceeded\",\"message\":\"slow\",\"param\":null,\"sequence_number\":2}\n\n"
+            ),
             429
         );
         assert_eq!(
-            status("event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The model failed.\"}}}\n\n"),
+            status(
+                "event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The model failed.\"}}}\n\n"
+            ),
             502
         );
         assert_eq!(

@@ -127,18 +127,15 @@ where
                             let body = ResponseBody::inner(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
-                        wire @ (Wire::Sse | Wire::JsonLines) => match watch(
-                            parts,
-                            body,
-                            settings,
-                            wire == Wire::JsonLines,
-                        ) {
-                            Ok(response) => {
-                                *this.state = State::Done;
-                                return Poll::Ready(Ok(response));
+                        wire @ (Wire::Sse | Wire::JsonLines) => {
+                            match watch(parts, body, settings, wire == Wire::JsonLines) {
+                                Ok(response) => {
+                                    *this.state = State::Done;
+                                    return Poll::Ready(Ok(response));
+                                }
+                                Err(holding) => *this.state = holding,
                             }
-                            Err(holding) => *this.state = holding,
-                        },
+                        }
                     }
                 }
                 State::Holding { parts, body, .. } => {
@@ -178,8 +175,8 @@ where
     if let Some(Opening::Fails(error)) = &read {
         return Ok(reject(settings.format, error));
     }
-    let hold = settings.config.hold_first_event
-        && !matches!(read, Some(Opening::Content | Opening::Ends));
+    let hold =
+        settings.config.hold_first_event && !matches!(read, Some(Opening::Content | Opening::Ends));
     // A usage observer further out reads the events this body frames
     // anyway, instead of framing them again.
     let host = SseHost::new(settings.config.max_event_bytes);

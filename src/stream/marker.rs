@@ -38,8 +38,7 @@ pub(crate) fn ends_stream(event: &Event<'_>) -> bool {
 /// parses), not one whose name came and whose data was cut.
 pub(crate) fn ends_stream_unfinished(event: &Event<'_>) -> bool {
     ends_stream(event)
-        && (event.is_done()
-            || serde_json::from_slice::<serde::de::IgnoredAny>(event.data).is_ok())
+        && (event.is_done() || serde_json::from_slice::<serde::de::IgnoredAny>(event.data).is_ok())
 }
 
 #[inline]

@@ -371,7 +371,12 @@ mod tests {
         let text = std::str::from_utf8(&event).unwrap();
         assert!(text.contains("\"sequence_number\":7}"), "{text}");
         assert!(text.contains("\"sequence_number\":8,"), "{text}");
-        let data = text.split('\n').nth(1).unwrap().strip_prefix("data: ").unwrap();
+        let data = text
+            .split('\n')
+            .nth(1)
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
         let data: Value = serde_json::from_str(data).unwrap();
         assert_eq!(data["code"], "internal_error");
     }
@@ -381,7 +386,10 @@ mod tests {
         let ids = HaiIds::read(
             br#"{"message_id":"m-1","thread_id":"t-1","created_at":"2024-11-15T17:43:37.443794","delta":{}}"#,
         );
-        let seen = Seen { events: 3, hai: ids };
+        let seen = Seen {
+            events: 3,
+            hai: ids,
+        };
         let error = ApiError::bad_gateway()
             .with_code("stream_truncated")
             .with_message("The upstream stream ended early.");
@@ -404,7 +412,11 @@ mod tests {
             assert!(json.contains(r#"","delta":{"role":"assistant","content":"","sources":[],"meta_data":{"type":"common_metadata","#));
             let chunk: Value = serde_json::from_str(json).unwrap();
             let created = chunk["created_at"].as_str().unwrap();
-            assert_eq!(created.len(), "2024-11-15T17:43:37.446459".len(), "{created}");
+            assert_eq!(
+                created.len(),
+                "2024-11-15T17:43:37.446459".len(),
+                "{created}"
+            );
             assert!(jiff::civil::DateTime::strptime("%Y-%m-%dT%H:%M:%S%.f", created).is_ok());
             assert_eq!(
                 chunk["delta"],

@@ -9,12 +9,12 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 
+use super::StreamFormat;
 use super::failure::{Failure, body_failure};
 use super::layer::Settings;
 use super::marker;
 use super::terminal::{HaiIds, Seen};
 use super::tick::{Tick, Ticker};
-use super::StreamFormat;
 use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 
 mod hold;

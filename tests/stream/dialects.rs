@@ -109,7 +109,10 @@ fn chat() -> Dialect {
         content_type: "text/event-stream",
         format: None,
         opening: vec![
-            chunk(r#"{"role":"assistant","content":"","refusal":null}"#, "null"),
+            chunk(
+                r#"{"role":"assistant","content":"","refusal":null}"#,
+                "null",
+            ),
             ": OPENROUTER PROCESSING\n\n".to_owned(),
         ],
         content: vec![
@@ -137,12 +140,12 @@ fn chat() -> Dialect {
 
 fn responses() -> Dialect {
     let event = |name: &str, rest: &str, n: u32| {
-        format!(
-            "event: {name}\ndata: {{\"type\":\"{name}\",\"sequence_number\":{n}{rest}}}\n\n"
-        )
+        format!("event: {name}\ndata: {{\"type\":\"{name}\",\"sequence_number\":{n}{rest}}}\n\n")
     };
     let response = |status: &str| {
-        format!(",\"response\":{{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"{status}\",\"output\":[]}}")
+        format!(
+            ",\"response\":{{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"{status}\",\"output\":[]}}"
+        )
     };
     Dialect {
         name: "responses",
@@ -207,7 +210,10 @@ fn anthropic() -> Dialect {
                 "content_block_delta",
                 r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hello"}}"#,
             ),
-            event("content_block_stop", r#"{"type":"content_block_stop","index":0}"#),
+            event(
+                "content_block_stop",
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
             event(
                 "message_delta",
                 r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
@@ -272,10 +278,26 @@ fn dialects() -> Vec<Dialect> {
         chat(),
         responses(),
         anthropic(),
-        hai(|c| data_lines(None, &compact(c)), "text/event-stream", "HAI, SSE"),
-        hai(|c| data_lines(None, c), "text/event-stream", "HAI, SSE, data lines"),
-        hai(|c| format!("{}\n", compact(c)), "application/x-ndjson", "HAI, JSON lines"),
-        hai(|c| format!("{c}\n"), "application/x-ndjson", "HAI, the guide's bytes"),
+        hai(
+            |c| data_lines(None, &compact(c)),
+            "text/event-stream",
+            "HAI, SSE",
+        ),
+        hai(
+            |c| data_lines(None, c),
+            "text/event-stream",
+            "HAI, SSE, data lines",
+        ),
+        hai(
+            |c| format!("{}\n", compact(c)),
+            "application/x-ndjson",
+            "HAI, JSON lines",
+        ),
+        hai(
+            |c| format!("{c}\n"),
+            "application/x-ndjson",
+            "HAI, the guide's bytes",
+        ),
     ]
 }
 
@@ -321,7 +343,12 @@ async fn exchange(dialect: &Dialect, pieces: Vec<Bytes>, fail: bool) -> (StatusC
 
 /// `check`s the answer to `stream` split at every byte into two frames,
 /// and sent one byte a frame.
-fn at_every_split(dialect: &Dialect, stream: &str, fail: bool, check: impl Fn(StatusCode, &str, &str)) {
+fn at_every_split(
+    dialect: &Dialect,
+    stream: &str,
+    fail: bool,
+    check: impl Fn(StatusCode, &str, &str),
+) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -333,9 +360,16 @@ fn at_every_split(dialect: &Dialect, stream: &str, fail: bool, check: impl Fn(St
             Bytes::copy_from_slice(&bytes[split..]),
         ];
         let (status, body) = runtime.block_on(exchange(dialect, pieces, fail));
-        check(status, &body, &format!("{}: split at {split}", dialect.name));
+        check(
+            status,
+            &body,
+            &format!("{}: split at {split}", dialect.name),
+        );
     }
-    let pieces = bytes.iter().map(|b| Bytes::copy_from_slice(&[*b])).collect();
+    let pieces = bytes
+        .iter()
+        .map(|b| Bytes::copy_from_slice(&[*b]))
+        .collect();
     let (status, body) = runtime.block_on(exchange(dialect, pieces, fail));
     check(status, &body, &format!("{}: a byte a frame", dialect.name));
 }
@@ -359,7 +393,9 @@ fn a_stream_cut_after_its_content_ends_with_one_terminal_error() {
         let stream = format!("{complete}{}", &d.end[..d.end.len() / 2]);
         at_every_split(&d, &stream, false, |status, body, at| {
             assert_eq!(status, StatusCode::OK, "{at}");
-            let tail = body.strip_prefix(&complete).unwrap_or_else(|| panic!("{at}: {body}"));
+            let tail = body
+                .strip_prefix(&complete)
+                .unwrap_or_else(|| panic!("{at}: {body}"));
             // Bare JSON: the error goes on a line of its own.
             (d.terminal)(tail);
         });
