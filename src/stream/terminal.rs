@@ -11,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Uri};
 use serde::Serialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::ApiError;
 use crate::envelope::ErrorFormat;
@@ -86,14 +87,119 @@ impl FromStr for StreamFormat {
 }
 
 /// What the watcher has seen of a stream when it ends it: what a terminal
-/// event continues (the Responses API's sequence numbers, HAI's ids).
+/// event continues (the Responses API's sequence numbers and response, HAI's
+/// ids).
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Seen {
     /// Events with data the client got: the next `sequence_number` of a
     /// Responses stream, whose numbers count from 0.
     pub(crate) events: u64,
+    /// The format whose first event is still to be read (Responses, HAI).
+    pending: Option<StreamFormat>,
     /// HAI's `message_id` and `thread_id`, from the stream's first chunk.
-    pub(crate) hai: Option<Box<HaiIds>>,
+    hai: Option<Box<HaiIds>>,
+    /// The response a Responses stream announced (`response.created`).
+    response: Option<Box<Members>>,
+}
+
+impl Seen {
+    pub(crate) fn new(format: StreamFormat) -> Seen {
+        let pending = matches!(
+            format,
+            StreamFormat::Responses | StreamFormat::FinishReasonMetadata
+        );
+        Seen {
+            pending: pending.then_some(format),
+            ..Seen::default()
+        }
+    }
+
+    /// Notes an event with data the client gets: it is counted, and the
+    /// first one is read for what the terminal event continues.
+    #[inline(always)]
+    pub(crate) fn note(&mut self, data: &[u8]) {
+        self.events += 1;
+        if let Some(format) = self.pending.take() {
+            self.read_first(format, data);
+        }
+    }
+
+    #[cold]
+    fn read_first(&mut self, format: StreamFormat, data: &[u8]) {
+        match format {
+            StreamFormat::FinishReasonMetadata => self.hai = HaiIds::read(data),
+            _ => {
+                #[derive(serde::Deserialize)]
+                struct Announced {
+                    response: Members,
+                }
+                let announced = serde_json::from_slice::<Announced>(data).ok();
+                self.response = announced.map(|a| Box::new(a.response));
+            }
+        }
+    }
+}
+
+/// A JSON object's members in their order, their values as they came.
+#[derive(Debug, Clone)]
+struct Members(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for Members {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Members;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(Visitor)
+    }
+}
+
+impl Members {
+    /// `{"object":"response"}`: the least of a response.
+    fn response() -> Members {
+        let object = RawValue::from_string("\"response\"".to_owned());
+        Members(object.map(|o| ("object".to_owned(), o)).into_iter().collect())
+    }
+
+    /// The object with `status` and `error` set (in their place, or last).
+    fn failed(&self, error: &Value) -> Vec<u8> {
+        let mut out = b"{".to_vec();
+        let put = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&to_json(&key));
+            out.push(b':');
+            out.extend_from_slice(value);
+        };
+        let error = to_json(error);
+        let (mut status, mut errored) = (false, false);
+        for (key, value) in &self.0 {
+            match key.as_str() {
+                "status" => (put(&mut out, key, b"\"failed\""), status = true),
+                "error" => (put(&mut out, key, &error), errored = true),
+                _ => (put(&mut out, key, value.get().as_bytes()), ()),
+            };
+        }
+        if !status {
+            put(&mut out, "status", b"\"failed\"");
+        }
+        if !errored {
+            put(&mut out, "error", &error);
+        }
+        out.push(b'}');
+        out
+    }
 }
 
 /// The ids a HAI stream's chunks all carry.
@@ -120,26 +226,6 @@ struct ResponsesError<'a> {
     sequence_number: u64,
 }
 
-#[derive(Serialize)]
-struct ResponsesFailed<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    sequence_number: u64,
-    response: FailedResponse<'a>,
-}
-
-#[derive(Serialize)]
-struct FailedResponse<'a> {
-    object: &'static str,
-    status: &'static str,
-    error: ResponseError<'a>,
-}
-
-#[derive(Serialize)]
-struct ResponseError<'a> {
-    code: &'a Value,
-    message: &'a Value,
-}
 
 #[derive(Serialize)]
 struct MetadataChunk<'a> {
@@ -256,15 +342,21 @@ impl StreamFormat {
                     sequence_number: seen.events,
                 });
                 event(Some("error"), &error_event);
-                let failed = to_json(&ResponsesFailed {
-                    kind: "response.failed",
-                    sequence_number: seen.events + 1,
-                    response: FailedResponse {
-                        object: "response",
-                        status: "failed",
-                        error: ResponseError { code, message },
-                    },
-                });
+                // The response the stream announced, failed; or the least
+                // of one.
+                let error = serde_json::json!({ "code": code, "message": message });
+                let response = match &seen.response {
+                    Some(response) => response.failed(&error),
+                    None => Members::response().failed(&error),
+                };
+                let failed = [
+                    &b"{\"type\":\"response.failed\",\"sequence_number\":"[..],
+                    (seen.events + 1).to_string().as_bytes(),
+                    b",\"response\":",
+                    &response,
+                    b"}",
+                ]
+                .concat();
                 event(Some("response.failed"), &failed);
             }
             StreamFormat::FinishReasonMetadata => {
@@ -363,33 +455,37 @@ mod tests {
              event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended early.\"}}}\n\n"
         );
         // The sequence continues the stream's; without a code, the type.
-        let seen = Seen {
-            events: 7,
-            hai: None,
-        };
+        let mut seen = Seen::new(StreamFormat::Responses);
+        seen.note(br#"{"type":"response.created","sequence_number":0,"response":{"id":"resp_1","object":"response","created_at":1,"status":"in_progress","error":null,"output":[]}}"#);
+        for _ in 1..7 {
+            seen.note(b"{}");
+        }
         let event = StreamFormat::Responses.terminal(&ApiError::internal(), false, &seen, false);
         let text = std::str::from_utf8(&event).unwrap();
         assert!(text.contains("\"sequence_number\":7}"), "{text}");
         assert!(text.contains("\"sequence_number\":8,"), "{text}");
-        let data = text
-            .split('\n')
-            .nth(1)
-            .unwrap()
-            .strip_prefix("data: ")
-            .unwrap();
-        let data: Value = serde_json::from_str(data).unwrap();
-        assert_eq!(data["code"], "internal_error");
+        let data = |line: usize| -> Value {
+            let line = text.split('\n').nth(line).unwrap();
+            serde_json::from_str(line.strip_prefix("data: ").unwrap()).unwrap()
+        };
+        assert_eq!(data(1)["code"], "internal_error");
+        // The response the stream announced, failed.
+        assert_eq!(
+            data(4)["response"],
+            serde_json::json!({
+                "id": "resp_1", "object": "response", "created_at": 1, "status": "failed",
+                "error": {"code": "internal_error", "message": data(1)["message"]},
+                "output": [],
+            })
+        );
     }
 
     #[test]
     fn finish_reason_metadata_in_the_guides_chunk_shape() {
-        let ids = HaiIds::read(
+        let mut seen = Seen::new(StreamFormat::FinishReasonMetadata);
+        seen.note(
             br#"{"message_id":"m-1","thread_id":"t-1","created_at":"2024-11-15T17:43:37.443794","delta":{}}"#,
         );
-        let seen = Seen {
-            events: 3,
-            hai: ids,
-        };
         let error = ApiError::bad_gateway()
             .with_code("stream_truncated")
             .with_message("The upstream stream ended early.");

@@ -9,11 +9,10 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame};
 
-use super::StreamFormat;
 use super::failure::{Failure, body_failure};
 use super::layer::Settings;
 use super::marker;
-use super::terminal::{HaiIds, Seen};
+use super::terminal::Seen;
 use super::tick::{Tick, Ticker};
 use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 
@@ -114,8 +113,6 @@ struct SseState<B> {
     held: Vec<HeldEvent>,
     /// What the terminal event continues.
     seen: Seen,
-    /// HAI's ids are still to be read from the next data event.
-    want_ids: bool,
     /// Until the first frame is polled: where a reader can be handed over.
     host: Option<SseHost>,
     /// The usage observer's reader, fed every event the client gets.
@@ -158,8 +155,7 @@ where
             terminated: false,
             first: None,
             held: Vec::new(),
-            seen: Seen::default(),
-            want_ids: settings.format == StreamFormat::FinishReasonMetadata,
+            seen: Seen::new(settings.format),
             host: Some(host),
             sink: None,
         }
@@ -248,14 +244,12 @@ where
             sink,
             terminated,
             seen,
-            want_ids,
             ..
         } = self;
         let mut streaming = Streaming {
             terminated,
             sink,
             seen,
-            want_ids,
         };
         let now = match framer.feed_one(&bytes, &mut streaming) {
             // The usual frame: one whole event, passed on as it came.
@@ -479,7 +473,6 @@ struct Streaming<'a> {
     terminated: &'a mut bool,
     sink: &'a mut Option<Box<dyn EventSink>>,
     seen: &'a mut Seen,
-    want_ids: &'a mut bool,
 }
 
 impl OnEvent for Streaming<'_> {
@@ -487,22 +480,11 @@ impl OnEvent for Streaming<'_> {
     fn on_event(&mut self, event: &Event<'_>) -> Dispatch {
         *self.terminated |= marker::ends_stream(event);
         if event.has_data() {
-            note(self.seen, self.want_ids, event);
+            self.seen.note(event.data);
         }
         match self.sink {
             Some(sink) => sink.event(event),
             None => Dispatch::Keep,
         }
-    }
-}
-
-/// Notes an event with data the client gets: it is counted, and the first
-/// one of a HAI stream gives the stream's ids.
-#[inline(always)]
-fn note(seen: &mut Seen, want_ids: &mut bool, event: &Event<'_>) {
-    seen.events += 1;
-    if *want_ids {
-        *want_ids = false;
-        seen.hai = HaiIds::read(event.data);
     }
 }

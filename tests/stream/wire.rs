@@ -109,7 +109,7 @@ fn upstream() -> Router {
             post(|| async {
                 sse(
                     &[
-                        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"status\":\"in_progress\"}}\n\n",
+                        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"error\":null}}\n\n",
                         "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"Hi\"}\n\n",
                     ],
                     Then::Fail,
@@ -370,7 +370,7 @@ async fn responses_stream_ends_with_error_then_response_failed() {
     );
     assert_eq!(
         events[1],
-        "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":3,\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"bad_gateway\",\"message\":\"The upstream stream failed before it completed.\"}}}"
+        "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"bad_gateway\",\"message\":\"The upstream stream failed before it completed.\"}}}"
     );
 }
 

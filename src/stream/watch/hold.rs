@@ -94,14 +94,13 @@ where
                 framer,
                 terminated,
                 seen,
-                want_ids,
                 ..
             } = self;
             let mut read = None;
             let fed = framer.feed(&rest, &mut |event: &Event<'_>| {
                 *terminated |= marker::ends_stream(event);
                 if event.has_data() {
-                    super::note(seen, want_ids, event);
+                    seen.note(event.data);
                     read = Some((FirstEvent::new(event), opening(event, headers)));
                     return Dispatch::Pause;
                 }
