@@ -55,8 +55,9 @@ pub enum StreamFormat {
     /// OpenAI Responses: the documented `error` event
     /// (`{"type":"error","code","message","param","sequence_number"}`, its
     /// sequence number the next of the stream's), then `response.failed`
-    /// with the response's `error` (`{"code","message"}`) for clients that
-    /// follow the response's status.
+    /// with the response the stream announced, its `status` `failed` and
+    /// its `error` (`{"code","message"}`, the code one the API defines), for
+    /// clients that follow the response's status.
     Responses,
     /// HAI's stream (003-hai-errors.txt): a last chunk in the stream's own
     /// shape (`message_id`, `thread_id`, `created_at`, `delta`) whose
@@ -140,6 +141,43 @@ impl Seen {
     }
 }
 
+/// The codes a response's `error.code` may take (the Responses API
+/// reference, and the SDKs' `ResponseError` type, which refuses others).
+const RESPONSE_ERROR_CODES: [&str; 21] = [
+    "server_error",
+    "rate_limit_exceeded",
+    "invalid_prompt",
+    "data_residency_mismatch",
+    "bio_policy",
+    "misalignment_policy_violation",
+    "vector_store_timeout",
+    "invalid_image",
+    "invalid_image_format",
+    "invalid_base64_image",
+    "invalid_image_url",
+    "image_too_large",
+    "image_too_small",
+    "image_parse_error",
+    "image_content_policy_violation",
+    "invalid_image_mode",
+    "image_file_too_large",
+    "unsupported_image_media_type",
+    "empty_image_file",
+    "failed_to_download_image",
+    "image_file_not_found",
+];
+
+/// A failed response's `error.code`: the error's code when it is one of the
+/// API's, else `rate_limit_exceeded` for a 429 and `server_error` for the
+/// rest (the `error` event before it keeps the error's own code).
+fn response_error_code(code: Option<&str>, status: http::StatusCode) -> &'static str {
+    match RESPONSE_ERROR_CODES.iter().find(|c| Some(**c) == code) {
+        Some(code) => code,
+        None if status == http::StatusCode::TOO_MANY_REQUESTS => "rate_limit_exceeded",
+        None => "server_error",
+    }
+}
+
 /// A JSON object's members in their order, their values as they came.
 #[derive(Debug, Clone)]
 struct Members(Vec<(String, Box<RawValue>)>);
@@ -152,7 +190,10 @@ impl<'de> serde::Deserialize<'de> for Members {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Members, A::Error> {
                 let mut members = Vec::new();
                 while let Some(member) = map.next_entry()? {
                     members.push(member);
@@ -168,7 +209,12 @@ impl Members {
     /// `{"object":"response"}`: the least of a response.
     fn response() -> Members {
         let object = RawValue::from_string("\"response\"".to_owned());
-        Members(object.map(|o| ("object".to_owned(), o)).into_iter().collect())
+        Members(
+            object
+                .map(|o| ("object".to_owned(), o))
+                .into_iter()
+                .collect(),
+        )
     }
 
     /// The object with `status` and `error` set (in their place, or last).
@@ -225,7 +271,6 @@ struct ResponsesError<'a> {
     param: &'a Value,
     sequence_number: u64,
 }
-
 
 #[derive(Serialize)]
 struct MetadataChunk<'a> {
@@ -344,6 +389,7 @@ impl StreamFormat {
                 event(Some("error"), &error_event);
                 // The response the stream announced, failed; or the least
                 // of one.
+                let code = response_error_code(code.as_str(), error.status());
                 let error = serde_json::json!({ "code": code, "message": message });
                 let response = match &seen.response {
                     Some(response) => response.failed(&error),
@@ -452,7 +498,7 @@ mod tests {
         assert_eq!(
             text(StreamFormat::Responses, true),
             "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended early.\",\"param\":null,\"sequence_number\":0}\n\n\
-             event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended early.\"}}}\n\n"
+             event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":1,\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The upstream stream ended early.\"}}}\n\n"
         );
         // The sequence continues the stream's; without a code, the type.
         let mut seen = Seen::new(StreamFormat::Responses);
@@ -474,7 +520,7 @@ mod tests {
             data(4)["response"],
             serde_json::json!({
                 "id": "resp_1", "object": "response", "created_at": 1, "status": "failed",
-                "error": {"code": "internal_error", "message": data(1)["message"]},
+                "error": {"code": "server_error", "message": data(1)["message"]},
                 "output": [],
             })
         );

@@ -180,7 +180,7 @@ fn responses() -> Dialect {
             assert_eq!(
                 tail,
                 "event: error\ndata: {\"type\":\"error\",\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended before it completed.\",\"param\":null,\"sequence_number\":4}\n\n\
-                 event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":5,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"output\":[],\"error\":{\"code\":\"stream_truncated\",\"message\":\"The upstream stream ended before it completed.\"}}}\n\n"
+                 event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":5,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"output\":[],\"error\":{\"code\":\"server_error\",\"message\":\"The upstream stream ended before it completed.\"}}}\n\n"
             );
         },
     }

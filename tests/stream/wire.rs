@@ -370,7 +370,7 @@ async fn responses_stream_ends_with_error_then_response_failed() {
     );
     assert_eq!(
         events[1],
-        "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"bad_gateway\",\"message\":\"The upstream stream failed before it completed.\"}}}"
+        "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The upstream stream failed before it completed.\"}}}"
     );
 }
 
