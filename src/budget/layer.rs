@@ -34,7 +34,7 @@ pub(crate) struct Shared<L> {
     pub(crate) thresholds: Thresholds,
     pub(crate) on_soft_limit: Option<Arc<dyn OnSoftLimit>>,
     pub(crate) sink: Option<Arc<dyn SpendSink>>,
-    pub(crate) body_limit: usize,
+    pub(crate) max_request_body_bytes: usize,
 }
 
 impl<L> Clone for Shared<L> {
@@ -48,7 +48,7 @@ impl<L> Clone for Shared<L> {
             thresholds: self.thresholds.clone(),
             on_soft_limit: self.on_soft_limit.clone(),
             sink: self.sink.clone(),
-            body_limit: self.body_limit,
+            max_request_body_bytes: self.max_request_body_bytes,
         }
     }
 }
@@ -60,7 +60,7 @@ impl<L> Clone for Shared<L> {
 ///
 /// Defaults: [`ReservePolicy::Bounded`], [`UnpricedModel::Reject`],
 /// [`FailurePolicy::FailClosed`], no soft limits, no spend sink, request bodies
-/// read up to [`RequestMeta::DEFAULT_LIMIT`] (16 MiB).
+/// read up to [`RequestMeta::DEFAULT_MAX_BODY_BYTES`] (16 MiB).
 pub struct BudgetLayer<L = MemoryLedger> {
     shared: Arc<Shared<L>>,
 }
@@ -84,7 +84,7 @@ impl<L> fmt::Debug for BudgetLayer<L> {
             .field("soft_limits", &s.thresholds)
             .field("on_soft_limit", &s.on_soft_limit.is_some())
             .field("spend_sink", &s.sink.is_some())
-            .field("body_limit", &s.body_limit)
+            .field("max_request_body_bytes", &s.max_request_body_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -113,7 +113,7 @@ impl<L: Ledger> BudgetLayer<L> {
                 thresholds: Thresholds::default(),
                 on_soft_limit: None,
                 sink: None,
-                body_limit: RequestMeta::DEFAULT_LIMIT,
+                max_request_body_bytes: RequestMeta::DEFAULT_MAX_BODY_BYTES,
             }),
         }
     }
@@ -177,8 +177,8 @@ impl<L> BudgetLayer<L> {
     /// How much of a request body is read to find its model and
     /// `max_tokens`, when no earlier layer has (default 16 MiB). Larger
     /// bodies are refused with 413.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.shared_mut().body_limit = bytes;
+    pub fn max_request_body_bytes(mut self, bytes: usize) -> Self {
+        self.shared_mut().max_request_body_bytes = bytes;
         self
     }
 }

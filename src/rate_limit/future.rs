@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::permit::Permit;
 use super::service::{PendingHeaders, Plan, Shared, begin, decide, rejection};
-use super::{Admission, KeyExtractor, RateLimitStore};
+use super::{Admission, ExtractLimitKey, RateLimitStore};
 use crate::request::{FromBytes, ReadMeta};
 use crate::store::StoreFuture;
 use crate::usage::{self, UsageOptions};
@@ -129,7 +129,7 @@ impl<S, B, St, K, ResBody> Future for ResponseFuture<S, B, St, K>
 where
     S: Service<Request<B>, Response = Response<ResBody>>,
     St: RateLimitStore,
-    K: KeyExtractor<B>,
+    K: ExtractLimitKey<B>,
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,

@@ -10,7 +10,7 @@
 
 use bytes::Bytes;
 
-use super::framer::{Dispatch, Framer};
+use super::framer::{Dispatch, Framer, without_null_usage};
 use super::release::Fed;
 use super::{DATA, Event, OnEvent, PARTIAL, PREFIX};
 
@@ -125,8 +125,10 @@ impl Framer {
                         len: end - at,
                     };
                     let dispatch = on_event.on_event(&event);
-                    if dispatch == Dispatch::Cut {
-                        fed.cut(at..end);
+                    match dispatch {
+                        Dispatch::Cut => fed.cut(at..end),
+                        Dispatch::CutNullUsage => fed.cut_null_usage(at..end, buf),
+                        Dispatch::Keep | Dispatch::Pause => {}
                     }
                     dispatch
                 }
@@ -154,9 +156,14 @@ impl Framer {
                         len: joined.len(),
                     };
                     let dispatch = on_event.on_event(&event);
-                    if dispatch == Dispatch::Cut {
-                        fed.cuts.get_or_insert_default().earlier = true;
-                    }
+                    let joined = match dispatch {
+                        Dispatch::Cut => {
+                            fed.cuts.get_or_insert_default().earlier = true;
+                            joined
+                        }
+                        Dispatch::CutNullUsage => without_null_usage(&joined),
+                        Dispatch::Keep | Dispatch::Pause => joined,
+                    };
                     fed.earlier = Some(joined);
                     fed.from = end;
                     dispatch

@@ -51,7 +51,7 @@ mod tests;
 
 use bytes::Bytes;
 
-pub(crate) use self::framer::{Dispatch, Framer};
+pub(crate) use self::framer::{Dispatch, Framer, null_usage_at};
 pub(crate) use self::host::{EventSink, SseHost};
 pub(crate) use self::release::Fed;
 

@@ -58,7 +58,7 @@
 //!   content-bearing event
 //!   ([`hold_first_event`](StreamErrorTrailerLayer::hold_first_event),
 //!   bounded by [`first_event_timeout`](StreamErrorTrailerLayer::first_event_timeout)
-//!   and [`first_event_limit`](StreamErrorTrailerLayer::first_event_limit)).
+//!   and [`max_first_event_bytes`](StreamErrorTrailerLayer::max_first_event_bytes)).
 //!   The events that open a stream are held with the head, not taken for
 //!   content: the Responses API's `response.created`, `response.in_progress`
 //!   and `response.queued`, Anthropic's `message_start` and `ping`, a chat
@@ -126,7 +126,7 @@
 //! whose first content comes at once, and turns those failures into the
 //! status the client expects. Upstream comments (`: PROCESSING`) do not end
 //! the wait, since they are not the answer. The hold is bounded in time
-//! (`first_event_timeout`, 10 s) and in bytes (`first_event_limit`, 64 KiB,
+//! (`first_event_timeout`, 10 s) and in bytes (`max_first_event_bytes`, 64 KiB,
 //! the events and comments held so far): a stream that does not get to its
 //! content within them starts anyway, so nothing is held without bound. An
 //! event the layer does not know is content: it never holds a stream it

@@ -66,6 +66,10 @@ async fn usage_observer_outside_counts_the_partial_stream() {
 
 // ---- one framing pass on the server: the layer reads for the observer ----
 
+/// An opening chunk (a role, empty content) as OpenAI sends it once usage
+/// is asked for.
+const ROLE_CHUNK_NULL_USAGE: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n";
+
 const USAGE_CHUNK: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
 
 /// The stream layer inside a usage observer (as in a gateway: rate limit and
@@ -142,6 +146,15 @@ async fn an_observer_outside_strips_through_the_layer() {
         (
             format!("{USAGE_CHUNK}{CHUNK}{DONE}").replace('\n', "\r\n"),
             format!("{CHUNK}{DONE}").replace('\n', "\r\n"),
+        ),
+        // An opening chunk held with the head, with OpenAI's
+        // `"usage":null`: left out of it too.
+        (
+            format!("{ROLE_CHUNK_NULL_USAGE}{CHUNK}{USAGE_CHUNK}{DONE}"),
+            format!(
+                "{}{CHUNK}{DONE}",
+                ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
+            ),
         ),
     ] {
         for split in 0..=stream.len() {

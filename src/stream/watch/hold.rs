@@ -16,7 +16,7 @@ use super::super::first_event::{Opening, opening};
 use super::super::marker;
 use super::super::tick::Tick;
 use super::{Input, Phase, SseState};
-use crate::sse::{Dispatch, Event, FirstEvent, SseHost};
+use crate::sse::{Dispatch, Event, FirstEvent, SseHost, null_usage_at};
 use crate::{ApiError, BoxError};
 
 impl<B> SseState<B>
@@ -48,7 +48,7 @@ where
                     }
                     let held =
                         self.framer.held_len() + self.out.iter().map(Bytes::len).sum::<usize>();
-                    if held >= self.settings.config.first_event_limit {
+                    if held >= self.settings.config.max_first_event_bytes {
                         self.commit();
                         return Poll::Ready(Ok(()));
                     }
@@ -171,16 +171,26 @@ where
         let mut cuts = Vec::new();
         for HeldEvent { event, end } in &held {
             let len = event.len();
-            if sink.event(&event.event()) == Dispatch::Cut && len > 0 {
-                let mut cut = end - len..*end;
-                // A `\r` blank line whose `\n` came in the next frame: the
-                // `\n` goes with it.
-                if byte_at(&self.out, cut.end - 1) == Some(b'\r')
-                    && byte_at(&self.out, cut.end) == Some(b'\n')
-                {
-                    cut.end += 1;
+            let span = end - len..*end;
+            match sink.event(&event.event()) {
+                Dispatch::Cut if len > 0 => {
+                    let mut cut = span;
+                    // A `\r` blank line whose `\n` came in the next frame:
+                    // the `\n` goes with it.
+                    if byte_at(&self.out, cut.end - 1) == Some(b'\r')
+                        && byte_at(&self.out, cut.end) == Some(b'\n')
+                    {
+                        cut.end += 1;
+                    }
+                    cuts.push(cut);
                 }
-                cuts.push(cut);
+                Dispatch::CutNullUsage if len > 0 => {
+                    let raw: Vec<u8> = span.clone().filter_map(|i| byte_at(&self.out, i)).collect();
+                    if let Some(at) = null_usage_at(&raw) {
+                        cuts.push(span.start + at.start..span.start + at.end);
+                    }
+                }
+                _ => {}
             }
         }
         // The last event held ends the bytes framed so far: framing paused
