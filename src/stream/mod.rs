@@ -214,6 +214,7 @@ pub mod future;
 mod grpc;
 mod layer;
 mod marker;
+mod seen;
 mod service;
 mod terminal;
 mod tick;

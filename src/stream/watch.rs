@@ -12,7 +12,7 @@ use http_body::{Body, Frame};
 use super::failure::{Failure, body_failure};
 use super::layer::Settings;
 use super::marker;
-use super::terminal::Seen;
+use super::seen::Seen;
 use super::tick::{Tick, Ticker};
 use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
 
