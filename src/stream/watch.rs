@@ -14,7 +14,7 @@ use super::layer::Settings;
 use super::marker;
 use super::seen::Seen;
 use super::tick::{Tick, Ticker};
-use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
+use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost, null_usage_at};
 
 mod hold;
 use self::hold::HeldEvent;
@@ -255,7 +255,19 @@ where
             // The usual frame: one whole event, passed on as it came.
             Some(dispatch) => {
                 self.ticker.progress = true;
-                (dispatch != Dispatch::Cut).then_some(bytes)
+                match dispatch {
+                    Dispatch::Cut => None,
+                    // Without its `,"usage":null`: the two sides of it,
+                    // the second sent next.
+                    Dispatch::CutNullUsage => match null_usage_at(&bytes) {
+                        Some(span) => {
+                            self.out.push_back(bytes.slice(span.end..));
+                            Some(bytes.slice(..span.start))
+                        }
+                        None => Some(bytes),
+                    },
+                    Dispatch::Keep | Dispatch::Pause => Some(bytes),
+                }
             }
             None => {
                 let fed = framer.feed_frame(&bytes, &mut streaming);

@@ -156,7 +156,23 @@ async fn an_observer_outside_strips_through_the_layer() {
                 ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
             ),
         ),
+        // And a chunk after the head was sent.
+        (
+            format!("{CHUNK}{ROLE_CHUNK_NULL_USAGE}{USAGE_CHUNK}{DONE}"),
+            format!(
+                "{CHUNK}{}{DONE}",
+                ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
+            ),
+        ),
     ] {
+        // Each event in a frame of its own, as upstreams flush them.
+        let events: Vec<&'static str> = stream
+            .split_inclusive("\n\n")
+            .map(|e| &*e.to_owned().leak())
+            .collect();
+        let (body, _, report) = observed(events, options.clone()).await;
+        assert_eq!(body, expected, "an event a frame of {stream:?}");
+        assert_eq!(report.usage.total_tokens, 11);
         for split in 0..=stream.len() {
             let (a, b) = stream.split_at(split);
             let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
