@@ -98,6 +98,8 @@ fn chat_request() -> Request<Full<Bytes>> {
 
 #[path = "stream/compose.rs"]
 mod compose;
+#[path = "stream/dialects.rs"]
+mod dialects;
 #[path = "stream/splits.rs"]
 mod splits;
 #[path = "stream/timers.rs"]

@@ -19,6 +19,21 @@ use tollgate::stream::StreamErrorTrailerLayer;
 
 const CHUNK: &str = "data: {\"id\":\"chatcmpl-1\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,\"model\":\"gpt-4o-mini\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"},\"finish_reason\":null}]}\n\n";
 
+/// A Responses stream's first event, as OpenAI sends it (the SDK's
+/// `Response` type, complete).
+const RESPONSE_CREATED: &str = concat!(
+    "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{",
+    "\"id\":\"resp_1\",\"object\":\"response\",\"created_at\":1700000000,\"status\":\"in_progress\",",
+    "\"background\":false,\"error\":null,\"incomplete_details\":null,\"instructions\":null,",
+    "\"max_output_tokens\":null,\"max_tool_calls\":null,\"model\":\"gpt-4o-mini\",\"output\":[],",
+    "\"parallel_tool_calls\":true,\"previous_response_id\":null,\"reasoning\":{\"effort\":null,\"summary\":null},",
+    "\"service_tier\":\"default\",\"store\":true,\"temperature\":1.0,\"text\":{\"format\":{\"type\":\"text\"},",
+    "\"verbosity\":\"medium\"},\"tool_choice\":\"auto\",\"tools\":[],\"top_logprobs\":0,\"top_p\":1.0,",
+    "\"truncation\":\"disabled\",\"usage\":null,\"user\":null,\"metadata\":{}}}\n\n"
+);
+
+const TEXT_DELTA: &str = "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Hi\",\"logprobs\":[]}\n\n";
+
 fn sse(frames: Vec<&'static str>, then: &'static str) -> Response<Body> {
     let body = stream::iter(
         frames
@@ -64,6 +79,10 @@ fn upstream() -> Router {
             }),
         )
         .route(
+            "/responses-cut/v1/responses",
+            post(|| async { sse(vec![RESPONSE_CREATED, TEXT_DELTA], "end") }),
+        )
+        .route(
             "/ok/v1/chat/completions",
             post(|| async { sse(vec![CHUNK, CHUNK, "data: [DONE]\n\n"], "end") }),
         )
@@ -84,7 +103,7 @@ async fn openai_sdk_raises_api_error_for_failed_streams() {
     let layer = StreamErrorTrailerLayer::new().idle_timeout(Duration::from_millis(200));
     let addr = serve(upstream().layer(layer)).await;
     let script = support::repo_root().join("tests/sdk/stream_openai.py");
-    let scenarios = ["fail", "cut", "stall", "rate", "ok"];
+    let scenarios = ["fail", "cut", "stall", "rate", "ok", "responses-cut"];
     let run = tokio::process::Command::new(&python)
         .arg(&script)
         .arg(format!("http://{addr}"))
@@ -160,4 +179,35 @@ async fn openai_sdk_raises_api_error_for_failed_streams() {
     let r = by("ok");
     assert_eq!(r["raised"], Value::Null, "{r}");
     assert_eq!(r["text"], "HiHi", "{r}");
+
+    // A Responses stream cut after its content ends with the documented
+    // `error` event, then `response.failed` with the response the stream
+    // announced: both valid as the SDK's own types, their sequence numbers
+    // continuing the stream's.
+    let r = by("responses-cut");
+    assert_eq!(r["raised"], Value::Null, "{r}");
+    assert_eq!(r["text"], "Hi", "{r}");
+    assert_eq!(
+        r["types"],
+        serde_json::json!([
+            "response.created",
+            "response.output_text.delta",
+            "error",
+            "response.failed"
+        ]),
+        "{r}"
+    );
+    assert_eq!(r["sequence"], serde_json::json!([0, 1, 2, 3]), "{r}");
+    assert_eq!(r["invalid"], serde_json::json!([]), "{r}");
+    let message = "The upstream stream ended before it completed.";
+    assert_eq!(
+        r["error"],
+        serde_json::json!({"code": "stream_truncated", "message": message, "param": null}),
+        "{r}"
+    );
+    assert_eq!(
+        r["failed"],
+        serde_json::json!({"id": "resp_1", "status": "failed", "code": "server_error", "message": message}),
+        "{r}"
+    );
 }

@@ -83,6 +83,7 @@ pub mod future;
 mod layer;
 pub(crate) use self::layer::ANTHROPIC_VERSION;
 mod dialect;
+pub(crate) use self::dialect::HAI_TABLE;
 mod parse;
 mod render;
 mod service;

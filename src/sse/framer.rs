@@ -5,6 +5,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::fields::{DataField, Fields, Overflow, is_done, line_end, parse_lines, value_start};
+use super::json_lines::JsonLines;
 use super::release::Fed;
 use super::{DATA, DONE, Event, OnEvent, UNFINISHED};
 use crate::body::collect::Buffered;
@@ -76,15 +77,17 @@ fn feed_named<F: OnEvent>(frame: &Bytes, i: usize, on_event: &mut F) -> Option<D
 pub(crate) struct Framer {
     at: At,
     /// The unfinished event's bytes, from its first byte.
-    held: Buffered,
+    pub(super) held: Buffered,
     /// The unfinished event went over `limit`: it is not held.
     overflow: Option<Box<Overflow>>,
-    limit: usize,
+    pub(super) limit: usize,
     /// The joined data of an event with several `data:` lines.
     scratch: Vec<u8>,
     /// The event cut last ended with a `\r` blank line at the end of a
     /// frame: the `\n` that may follow is cut with it.
     cut_lf: bool,
+    /// Frames bare JSON objects instead of SSE events.
+    pub(super) json: Option<Box<JsonLines>>,
 }
 
 impl Framer {
@@ -97,7 +100,27 @@ impl Framer {
             limit,
             scratch: Vec::new(),
             cut_lf: false,
+            json: None,
         }
+    }
+
+    /// A framer of bare JSON objects (see [`json_lines`](super::json_lines)),
+    /// which holds back at most `limit` bytes of an unfinished one.
+    pub(crate) fn json_lines(limit: usize) -> Framer {
+        Framer {
+            json: Some(Box::new(JsonLines::new())),
+            ..Framer::new(limit)
+        }
+    }
+
+    /// Frames bare JSON objects.
+    pub(crate) fn is_json(&self) -> bool {
+        self.json.is_some()
+    }
+
+    /// Bare JSON: whether the bytes released so far end a line (or are none).
+    pub(crate) fn ends_line(&self) -> bool {
+        self.json.as_ref().is_none_or(|json| json.ends_line())
     }
 
     /// Bytes of the unfinished event held back.
@@ -108,7 +131,7 @@ impl Framer {
     /// An event over the limit is in progress: its bytes are released as
     /// they come.
     pub(crate) fn overflowing(&self) -> bool {
-        self.overflow.is_some()
+        self.overflow.is_some() || self.json.as_ref().is_some_and(|json| json.overflowing())
     }
 
     /// The last event dispatched is cut after all (by a reader that came
@@ -150,7 +173,12 @@ impl Framer {
         on_event: &mut F,
     ) -> Option<Dispatch> {
         let len = frame.len();
-        if self.at != At::LineStart || !self.held.is_empty() || self.overflow.is_some() || len < 3 {
+        if self.at != At::LineStart
+            || !self.held.is_empty()
+            || self.overflow.is_some()
+            || len < 3
+            || self.json.is_some()
+        {
             return None;
         }
         let buf: &[u8] = frame;
@@ -176,6 +204,9 @@ impl Framer {
 
     /// [`feed`](Self::feed), for any frame.
     pub(crate) fn feed_frame<F: OnEvent>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed {
+        if self.json.is_some() {
+            return self.feed_json(frame, on_event);
+        }
         let mut fed = Fed::default();
         let len = frame.len();
         if len == 0 {
@@ -258,8 +289,16 @@ impl Framer {
     /// The stream has ended: dispatches the unfinished event, if any
     /// (flagged [`UNFINISHED`]), and returns its held bytes unless it was
     /// cut.
+    ///
+    /// Bare JSON: an unfinished object is never an event (it is not JSON),
+    /// so it is dropped.
     pub(crate) fn finish<F: OnEvent>(&mut self, on_event: &mut F) -> Option<Bytes> {
         self.at = At::LineStart;
+        if self.json.is_some() {
+            self.json = Some(Box::new(JsonLines::new()));
+            self.held.take();
+            return None;
+        }
         if let Some(mut overflow) = self.overflow.take() {
             on_event.on_event(&overflow.event(UNFINISHED));
             return None;
@@ -496,13 +535,13 @@ impl Framer {
 pub(super) const NULL_USAGE: &[u8] = b",\"usage\":null";
 
 /// Where the last `,"usage":null` of `raw` (an event's bytes) is.
-pub(super) fn null_usage_at(raw: &[u8]) -> Option<Range<usize>> {
+pub(crate) fn null_usage_at(raw: &[u8]) -> Option<Range<usize>> {
     memchr::memmem::rfind(raw, NULL_USAGE).map(|at| at..at + NULL_USAGE.len())
 }
 
 /// `event` without its last `,"usage":null` (copied; rare: only when the
 /// event arrived over several frames).
-fn without_null_usage(event: &Bytes) -> Bytes {
+pub(super) fn without_null_usage(event: &Bytes) -> Bytes {
     match null_usage_at(event) {
         Some(span) => {
             let mut out = bytes::BytesMut::with_capacity(event.len() - span.len());

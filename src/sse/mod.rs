@@ -24,6 +24,11 @@
 //! least one line is dispatched (a comment-only `: keep-alive` too, flagged
 //! [`COMMENT`]); clients dispatch only those with data ([`DATA`]).
 //!
+//! A framer made with [`Framer::json_lines`] reads the other syntax LLM
+//! streams come in, bare JSON objects one after another (HAI's, as
+//! `application/x-ndjson`): each object is an event with data and no name
+//! (see `json_lines.rs`), so every reader of events reads both alike.
+//!
 //! # Why one hold-back buffer
 //!
 //! An event split across frames has to be whole before it can be read (its
@@ -39,13 +44,14 @@
 mod fields;
 mod framer;
 mod host;
+mod json_lines;
 mod release;
 #[cfg(test)]
 mod tests;
 
 use bytes::Bytes;
 
-pub(crate) use self::framer::{Dispatch, Framer};
+pub(crate) use self::framer::{Dispatch, Framer, null_usage_at};
 pub(crate) use self::host::{EventSink, SseHost};
 pub(crate) use self::release::Fed;
 
@@ -175,10 +181,6 @@ impl FirstEvent {
             Some(name) => String::from_utf8_lossy(name),
             None => std::borrow::Cow::Borrowed("message"),
         }
-    }
-
-    pub(crate) fn name(&self) -> Option<std::borrow::Cow<'_, str>> {
-        self.name.as_deref().map(String::from_utf8_lossy)
     }
 
     pub(crate) fn data(&self) -> &[u8] {

@@ -324,7 +324,7 @@ fn first_event_keeps_what_the_next_layer_reads() {
         Dispatch::Keep
     });
     let first = first.unwrap();
-    assert_eq!(first.name().as_deref(), Some("error"));
+    assert_eq!(first.name_or_message(), "error");
     assert_eq!(first.data(), b"{\"error\":\n1}");
     assert_eq!(first.len(), frame.len());
     let again = first.event();

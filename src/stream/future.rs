@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 
 use super::StreamFormat;
 use super::body::{ResponseBody, Watched};
-use super::first_event::first_event_error;
+use super::first_event::{Opening, opening};
 use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
@@ -22,8 +22,8 @@ use crate::{ApiError, BoxError};
 
 pin_project! {
     /// Resolves to the inner response with its body watched; for an SSE
-    /// response, once its first event has arrived (or an error response if
-    /// that event is an error).
+    /// response, once its first content-bearing event has arrived (or an
+    /// error response if the stream failed before it).
     pub struct ResponseFuture<F, B> {
         #[pin]
         future: F,
@@ -53,14 +53,24 @@ impl<F, B> ResponseFuture<F, B> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wire {
     Sse,
+    /// Bare JSON objects, newline-delimited (HAI's other stream syntax).
+    JsonLines,
     Grpc,
     Other,
 }
 
-/// Which body this response gets. SSE is watched only for a 2xx answer to
-/// a request with a body (not `HEAD`) whose bytes are the events themselves
-/// (no `content-encoding`): a compressed stream cannot be framed or
-/// appended to, so it passes through.
+/// The media types of streams of bare JSON objects.
+const JSON_LINES: [&[u8]; 4] = [
+    b"application/x-ndjson",
+    b"application/ndjson",
+    b"application/jsonl",
+    b"application/x-jsonlines",
+];
+
+/// Which body this response gets. SSE (and bare JSON lines) is watched
+/// only for a 2xx answer to a request with a body (not `HEAD`) whose bytes
+/// are the events themselves (no `content-encoding`): a compressed stream
+/// cannot be framed or appended to, so it passes through.
 fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
     let Some(content_type) = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()) else {
         return Wire::Other;
@@ -70,15 +80,16 @@ fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
         .next()
         .unwrap_or_default()
         .trim_ascii();
-    if essence.eq_ignore_ascii_case(b"text/event-stream") {
+    let sse = essence.eq_ignore_ascii_case(b"text/event-stream");
+    if sse || JSON_LINES.iter().any(|t| essence.eq_ignore_ascii_case(t)) {
         let encoded = parts
             .headers
             .get(CONTENT_ENCODING)
             .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
-        if watch_sse && parts.status.is_success() && !encoded {
-            Wire::Sse
-        } else {
-            Wire::Other
+        match (watch_sse && parts.status.is_success() && !encoded, sse) {
+            (true, true) => Wire::Sse,
+            (true, false) => Wire::JsonLines,
+            (false, _) => Wire::Other,
         }
     } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case(b"application/grpc") {
         Wire::Grpc
@@ -116,13 +127,15 @@ where
                             let body = ResponseBody::inner(body);
                             return Poll::Ready(Ok(Response::from_parts(parts, body)));
                         }
-                        Wire::Sse => match watch(parts, body, settings) {
-                            Ok(response) => {
-                                *this.state = State::Done;
-                                return Poll::Ready(Ok(response));
+                        wire @ (Wire::Sse | Wire::JsonLines) => {
+                            match watch(parts, body, settings, wire == Wire::JsonLines) {
+                                Ok(response) => {
+                                    *this.state = State::Done;
+                                    return Poll::Ready(Ok(response));
+                                }
+                                Err(holding) => *this.state = holding,
                             }
-                            Err(holding) => *this.state = holding,
-                        },
+                        }
                     }
                 }
                 State::Holding { parts, body, .. } => {
@@ -144,6 +157,7 @@ fn watch<B>(
     mut parts: http::response::Parts,
     body: B,
     settings: Settings,
+    bare: bool,
 ) -> Result<Response<ResponseBody<B>>, State<B>>
 where
     B: Body<Data = Bytes>,
@@ -152,17 +166,22 @@ where
     // Events may be dropped or added: the length changes.
     parts.headers.remove(CONTENT_LENGTH);
     // A layer inside (the retry layer) read the first event already: use
-    // its reading, do not hold.
-    let read = parts.extensions.get::<FirstEvent>();
-    if let Some(error) = read.and_then(|first| first_event_error(first, &parts.headers)) {
-        return Ok(reject(settings.format, &error));
+    // its reading, and hold only if it was an opening event (the stream is
+    // framed again from its start, which that layer's body replays).
+    let read = parts
+        .extensions
+        .get::<FirstEvent>()
+        .map(|first| opening(&first.event(), &parts.headers));
+    if let Some(Opening::Fails(error)) = &read {
+        return Ok(reject(settings.format, error));
     }
-    let hold = settings.config.hold_first_event && read.is_none();
+    let hold =
+        settings.config.hold_first_event && !matches!(read, Some(Opening::Content | Opening::Ends));
     // A usage observer further out reads the events this body frames
     // anyway, instead of framing them again.
     let host = SseHost::new(settings.config.max_event_bytes);
     parts.extensions.insert(host.clone());
-    let body = SseBody::new(body, settings, hold, host);
+    let body = SseBody::new(body, settings, hold, host, bare);
     if !hold {
         let body = ResponseBody::inner(Watched::sse(body));
         return Ok(Response::from_parts(parts, body));
@@ -200,13 +219,15 @@ fn release<B>(held: State<B>, first: Result<(), ApiError>) -> Response<ResponseB
     }
 }
 
-/// An error answered instead of a stream: Anthropic's shape for Anthropic
-/// clients, OpenAI's otherwise; the `ApiError` rides in the extensions so an
-/// outer `ErrorEnvelopeLayer` can re-render it.
+/// An error answered instead of a stream, in the envelope of the stream's
+/// dialect: Anthropic's for Anthropic clients, HAI's `error_code_detail` for
+/// finish-reason-metadata streams, OpenAI's otherwise; the `ApiError` rides
+/// in the extensions so an outer `ErrorEnvelopeLayer` can re-render it.
 fn reject<B>(format: StreamFormat, error: &ApiError) -> Response<ResponseBody<B>> {
     let format = match format {
         StreamFormat::AnthropicMessages => ErrorFormat::Anthropic,
-        _ => ErrorFormat::OpenAi,
+        StreamFormat::FinishReasonMetadata => ErrorFormat::ErrorCodeDetail,
+        StreamFormat::ChatCompletions | StreamFormat::Responses => ErrorFormat::OpenAi,
     };
     format.render(error).map(ResponseBody::from_full)
 }

@@ -139,25 +139,28 @@ impl StreamErrorTrailerLayer {
         self
     }
 
-    /// Holds the response head until the first event with data arrives, so an
-    /// upstream whose first event is an error is answered with a real error
-    /// status (default on). Bounded by
-    /// [`first_event_timeout`](Self::first_event_timeout) and
+    /// Holds the response head until the first content-bearing event
+    /// arrives (past the opening events: `response.created`,
+    /// `message_start`, an empty role chunk…), so an upstream that fails
+    /// before its content is answered with a real error status (default
+    /// on). Bounded by [`first_event_timeout`](Self::first_event_timeout) and
     /// [`max_first_event_bytes`](Self::max_first_event_bytes).
     pub fn hold_first_event(mut self, hold: bool) -> Self {
         self.config.hold_first_event = hold;
         self
     }
 
-    /// How long the head may be held waiting for the first event (default
-    /// 10 s). When it passes, the stream starts anyway.
+    /// How long the head may be held waiting for the first content-bearing
+    /// event (default 10 s). When it passes, the stream starts anyway.
     pub fn first_event_timeout(mut self, timeout: Duration) -> Self {
         self.config.first_event_timeout = timeout;
         self
     }
 
-    /// How many bytes may be held waiting for the first event (default
-    /// 64 KiB). When they are exceeded, the stream starts anyway.
+    /// How many bytes may be held waiting for the first content-bearing
+    /// event (default 64 KiB): the opening events, comments and the
+    /// unfinished event held so far. When they are exceeded, the stream
+    /// starts anyway.
     pub fn max_first_event_bytes(mut self, bytes: usize) -> Self {
         self.config.max_first_event_bytes = bytes;
         self

@@ -7,11 +7,13 @@
 
 use crate::sse::Event;
 
-/// `event: error`, or data that opens with `{"error"` (not null) or
-/// `{"type":"error"`.
+/// `event: error`, data that opens with `{"error"` (not null) or
+/// `{"type":"error"`, or HAI's finishing chunk whose `finish_reason` is an
+/// error code.
 pub(crate) const ERROR: u8 = 1;
 /// The event ends the stream: `data: [DONE]`, `message_stop`,
-/// `response.completed|failed|incomplete`, or an error.
+/// `response.completed|failed|incomplete`, HAI's finishing chunk (one whose
+/// `delta.meta_data.finish_reason` is set), or an error.
 pub(crate) const TERMINAL: u8 = 2;
 
 /// The marker flags of `event`.
@@ -31,6 +33,14 @@ pub(crate) fn ends_stream(event: &Event<'_>) -> bool {
     classify(event) & TERMINAL != 0
 }
 
+/// Whether `event`, cut short by the end of the stream (no blank line),
+/// still ends it: a marker whose data is whole (`[DONE]`, or JSON that
+/// parses), not one whose name came and whose data was cut.
+pub(crate) fn ends_stream_unfinished(event: &Event<'_>) -> bool {
+    ends_stream(event)
+        && (event.is_done() || serde_json::from_slice::<serde::de::IgnoredAny>(event.data).is_ok())
+}
+
 #[inline]
 fn classify_data(value: &[u8]) -> u8 {
     let object = match value {
@@ -41,9 +51,10 @@ fn classify_data(value: &[u8]) -> u8 {
                 0
             };
         }
-        // The hot path: a chunk whose first key starts with neither `e`
-        // (`error`) nor `t` (`type`), like every `{"id":…` chat chunk.
-        [b'{', b'"', first, ..] if *first != b'e' && *first != b't' => return 0,
+        // The hot path: a chunk whose first key starts with none of `e`
+        // (`error`), `t` (`type`) and `m` (HAI's `message_id`), like every
+        // `{"id":…` chat chunk.
+        [b'{', b'"', first, ..] if !matches!(first, b'e' | b't' | b'm') => return 0,
         [b'{', object @ ..] => object,
         _ => return 0,
     };
@@ -53,8 +64,48 @@ fn classify_data(value: &[u8]) -> u8 {
             Some(name) => classify_name(name),
             None => 0,
         },
+        // HAI's chunk shape (003-hai-errors.txt) opens with `message_id`.
+        Some((b"message_id", _)) => hai_finish(object),
         _ => 0,
     }
+}
+
+/// A HAI chunk's verdict: its `meta_data` is `null` in every chunk but the
+/// last, which carries the stream's `finish_reason`: an error code of HAI's
+/// table (or any `…_error`) for a failed stream, else a normal end.
+fn hai_finish(chunk: &[u8]) -> u8 {
+    let Some(at) = memchr::memmem::find(chunk, b"\"meta_data\"") else {
+        return 0;
+    };
+    let Some(meta) = member_value(&chunk[at + 11..]) else {
+        return 0;
+    };
+    if !meta.starts_with(b"{") {
+        return 0;
+    }
+    let Some(at) = memchr::memmem::find(meta, b"\"finish_reason\"") else {
+        return 0;
+    };
+    match member_value(&meta[at + 15..]).and_then(json_string) {
+        Some(reason) if is_hai_error(reason) => ERROR | TERMINAL,
+        Some(_) => TERMINAL,
+        None => 0,
+    }
+}
+
+/// Whether a HAI `finish_reason` says the stream failed: one of the codes
+/// of HAI's error table, or another `…_error`.
+pub(crate) fn is_hai_error(reason: &[u8]) -> bool {
+    reason.ends_with(b"_error")
+        || crate::envelope::HAI_TABLE
+            .iter()
+            .any(|row| row.code.as_bytes() == reason)
+}
+
+/// What follows a key's closing quote: its value, past the colon.
+fn member_value(after_key: &[u8]) -> Option<&[u8]> {
+    let rest = skip_ws(after_key).strip_prefix(b":")?;
+    Some(skip_ws(rest))
 }
 
 fn classify_name(name: &[u8]) -> u8 {
@@ -70,7 +121,7 @@ fn classify_name(name: &[u8]) -> u8 {
 fn skip_ws(s: &[u8]) -> &[u8] {
     let n = s
         .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
+        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
         .unwrap_or(s.len());
     &s[n..]
 }
@@ -79,9 +130,7 @@ fn skip_ws(s: &[u8]) -> &[u8] {
 fn first_member(object: &[u8]) -> Option<(&[u8], &[u8])> {
     let s = skip_ws(object);
     let key = json_string(s)?;
-    let rest = skip_ws(&s[key.len() + 2..]);
-    let rest = rest.strip_prefix(b":")?;
-    Some((key, skip_ws(rest)))
+    Some((key, member_value(&s[key.len() + 2..])?))
 }
 
 /// The content of a short JSON string without escapes at the start of `s`.

@@ -55,14 +55,22 @@
 //! # What the layer does
 //!
 //! - **Before the stream starts** it holds the response head until the first
-//!   event with data ([`hold_first_event`](StreamErrorTrailerLayer::hold_first_event),
+//!   content-bearing event
+//!   ([`hold_first_event`](StreamErrorTrailerLayer::hold_first_event),
 //!   bounded by [`first_event_timeout`](StreamErrorTrailerLayer::first_event_timeout)
-//!   and [`max_first_event_bytes`](StreamErrorTrailerLayer::max_first_event_bytes)). If that
-//!   event is an error (`event: error`, or JSON with an `error` key), the client
-//!   gets a normal error response instead of a 200 stream: the event parsed by
-//!   [`envelope::parse`](crate::envelope::parse), its status from the
-//!   error's numeric status, `code` or `type` (the kind's status), the
-//!   [`ApiError`](crate::ApiError) in the response extensions.
+//!   and [`max_first_event_bytes`](StreamErrorTrailerLayer::max_first_event_bytes)).
+//!   The events that open a stream are held with the head, not taken for
+//!   content: the Responses API's `response.created`, `response.in_progress`
+//!   and `response.queued`, Anthropic's `message_start` and `ping`, a chat
+//!   chunk whose choices carry only a role and empty content (or no choices,
+//!   as Azure's first chunk), a HAI chunk with empty content. If the stream
+//!   fails before its content (an error event, HAI's finishing chunk with an
+//!   error code, `response.failed`, a failing or ending body), the client
+//!   gets a normal error response instead of a 200 stream, in its dialect's
+//!   envelope (Anthropic's, HAI's `error_code_detail`, else OpenAI's): the
+//!   event parsed by [`envelope::parse`](crate::envelope::parse), its status
+//!   from the error's numeric status, `code` or `type` (the kind's status),
+//!   the [`ApiError`](crate::ApiError) in the response extensions.
 //! - **During the stream** it forwards the inner `Bytes` frames as they are
 //!   and holds back only an event that is not complete yet. When the inner
 //!   body fails (→ 502 `bad_gateway`), ends without its protocol's end
@@ -78,9 +86,17 @@
 //!   shutting down makes its bodies fail with a 503 once the grace is over.
 //! - End markers are `data: [DONE]` (chat completions), `message_stop`
 //!   (Anthropic), `response.completed`, `response.failed` or
-//!   `response.incomplete` (Responses), and any error event the upstream sent
-//!   itself. Any of them ends the watch, whatever the format: the rest is
-//!   passed through and nothing is appended.
+//!   `response.incomplete` (Responses), HAI's finishing chunk (one whose
+//!   `delta.meta_data.finish_reason` is set, an error code or not), and any
+//!   error event the upstream sent itself. Any of them ends the watch,
+//!   whatever the format: the rest is passed through and nothing is
+//!   appended. A marker cut short by the end of the body counts only when
+//!   its data is whole (`[DONE]`, or JSON that parses).
+//! - Streams of bare JSON objects (`application/x-ndjson`,
+//!   `application/ndjson`, `application/jsonl`, `application/x-jsonlines`),
+//!   as HAI sends them besides SSE, are watched the same way: each object is
+//!   an event (newline-delimited or pretty-printed), and the terminal error
+//!   is a JSON line.
 //! - Optional [`keep_alive`](StreamErrorTrailerLayer::keep_alive) comments fill
 //!   idle gaps for proxies that cut quiet connections.
 //! - gRPC responses (`application/grpc`): a failed inner body becomes
@@ -96,17 +112,37 @@
 //! type is the inner service's: it sits in `axum::Router::layer` as is, and
 //! in front of an HTTP client on the way to an upstream.
 //!
-//! # Why hold the head until the first event?
+//! # Why hold the head until the first content?
 //!
 //! An upstream that refuses a streamed request often does so *inside* the
-//! stream: a 200 whose first event is `{"error":…}` (rate limits, context
-//! length, content filters at some providers). Passed on, the client sees a
-//! successful request that fails while it reads, and its retry logic, which
-//! keys on the status (429, 529), never runs. Holding the head until the first
-//! event costs nothing on a healthy stream, whose first event comes at once,
-//! and turns those failures into the status the client expects. Upstream
-//! comments (`: PROCESSING`) do not end the wait, since they are not the
-//! answer; the bounds keep a slow first token from holding the head for long.
+//! stream: a 200 whose first events are an error (rate limits, context
+//! length, content filters at some providers, an overloaded model). Passed
+//! on, the client sees a successful request that fails while it reads, and
+//! its retry logic, which keys on the status (429, 529), never runs. And the
+//! error rarely comes first: Responses streams open with `response.created`,
+//! Anthropic's with `message_start`, OpenAI's with an empty role chunk, all
+//! sent before the model has produced anything, so the error comes after
+//! them. Holding those with the head costs nothing on a healthy stream,
+//! whose first content comes at once, and turns those failures into the
+//! status the client expects. Upstream comments (`: PROCESSING`) do not end
+//! the wait, since they are not the answer. The hold is bounded in time
+//! (`first_event_timeout`, 10 s) and in bytes (`max_first_event_bytes`, 64 KiB,
+//! the events and comments held so far): a stream that does not get to its
+//! content within them starts anyway, so nothing is held without bound. An
+//! event the layer does not know is content: it never holds a stream it
+//! does not understand.
+//!
+//! # Why these terminal events?
+//!
+//! Each is the error its dialect documents, so the client's own code reads
+//! it: OpenAI's `{"error":…}` chunk, which the SDKs raise as `APIError`;
+//! Anthropic's `event: error`; the Responses API's `error` event
+//! (`{"type":"error","code","message","param","sequence_number"}`, the
+//! sequence number the stream's next) then `response.failed`; HAI's
+//! finishing chunk in the shape of its stream's chunks (its `message_id` and
+//! `thread_id`, `created_at`, and `delta.meta_data` with `type`,
+//! `finish_reason` and `detail`). [`StreamFormat`] has the table, and
+//! `docs/formats.md` the wire of each.
 //!
 //! # Why hold back an incomplete event?
 //!
@@ -165,7 +201,11 @@
 //! the response extensions: a retry layer outside (on the client side)
 //! classifies the stream with it instead of peeking again, and this layer,
 //! when a retry layer inside it has already read the first event, uses that
-//! reading instead of holding the head again.
+//! reading instead of holding the head again (unless it was an opening
+//! event: then the head is held until the content, the stream read again
+//! from the start that layer replays). A usage observer's reader handed
+//! over after the head was held reads the events held first (Anthropic's
+//! `message_start` has the input tokens).
 
 pub mod body;
 mod failure;
@@ -174,6 +214,7 @@ pub mod future;
 mod grpc;
 mod layer;
 mod marker;
+mod seen;
 mod service;
 mod terminal;
 mod tick;

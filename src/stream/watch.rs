@@ -12,17 +12,19 @@ use http_body::{Body, Frame};
 use super::failure::{Failure, body_failure};
 use super::layer::Settings;
 use super::marker;
+use super::seen::Seen;
 use super::tick::{Tick, Ticker};
-use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost};
+use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHost, null_usage_at};
 
 mod hold;
+use self::hold::HeldEvent;
 use crate::{ApiError, BoxError};
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// The head is held until the first event with data.
+    /// The head is held until the first content-bearing event.
     Holding,
     /// As `Streaming`, before the first poll of a frame (which starts the
     /// usage reader handed over, if any): kept off the hot path.
@@ -62,11 +64,12 @@ where
     /// [`poll_first_event`](Self::poll_first_event) before polling frames.
     /// `host` is the slot through which a usage observer further out hands
     /// over its per-event reader (taken at the first poll of a frame).
-    pub(crate) fn new(body: B, settings: Settings, hold: bool, host: SseHost) -> Self {
-        SseBody(Box::new(SseState::new(body, settings, hold, host)))
+    /// `bare`: the stream is bare JSON objects, not SSE.
+    pub(crate) fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
+        SseBody(Box::new(SseState::new(body, settings, hold, host, bare)))
     }
 
-    /// Holding phase: reads until the first event with data. `Ok` when the
+    /// Holding phase: reads until the first content-bearing event. `Ok` when the
     /// stream may start (the head is sent), `Err` with the error to answer
     /// instead of a stream.
     pub(crate) fn poll_first_event(
@@ -95,7 +98,7 @@ struct SseState<B> {
     ticker: Ticker,
     /// Frames the stream, and holds back the unfinished event.
     framer: Framer,
-    /// The rest of the frame that held the first event, framed once the
+    /// The rest of the frame that ended the hold, framed once the
     /// stream starts (after a usage reader from further out came in).
     unframed: Option<Bytes>,
     out: VecDeque<Bytes>,
@@ -106,6 +109,10 @@ struct SseState<B> {
     terminated: bool,
     /// The first event with data, read while holding the head.
     first: Option<FirstEvent>,
+    /// The data events read while holding the head, until the start.
+    held: Vec<HeldEvent>,
+    /// What the terminal event continues.
+    seen: Seen,
     /// Until the first frame is polled: where a reader can be handed over.
     host: Option<SseHost>,
     /// The usage observer's reader, fed every event the client gets.
@@ -126,7 +133,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    fn new(body: B, settings: Settings, hold: bool, host: SseHost) -> Self {
+    fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
         let phase = if hold {
             Phase::Holding
         } else {
@@ -135,7 +142,11 @@ where
         SseState {
             body: Some(Box::pin(body)),
             ticker: Ticker::new(&settings, hold),
-            framer: Framer::new(settings.config.max_event_bytes),
+            framer: if bare {
+                Framer::json_lines(settings.config.max_event_bytes)
+            } else {
+                Framer::new(settings.config.max_event_bytes)
+            },
             unframed: None,
             out: VecDeque::new(),
             trailers: None,
@@ -143,6 +154,8 @@ where
             settings,
             terminated: false,
             first: None,
+            held: Vec::new(),
+            seen: Seen::new(settings.format),
             host: Some(host),
             sink: None,
         }
@@ -230,14 +243,31 @@ where
             framer,
             sink,
             terminated,
+            seen,
             ..
         } = self;
-        let mut streaming = Streaming { terminated, sink };
+        let mut streaming = Streaming {
+            terminated,
+            sink,
+            seen,
+        };
         let now = match framer.feed_one(&bytes, &mut streaming) {
             // The usual frame: one whole event, passed on as it came.
             Some(dispatch) => {
                 self.ticker.progress = true;
-                (dispatch != Dispatch::Cut).then_some(bytes)
+                match dispatch {
+                    Dispatch::Cut => None,
+                    // Without its `,"usage":null`: the two sides of it,
+                    // the second sent next.
+                    Dispatch::CutNullUsage => match null_usage_at(&bytes) {
+                        Some(span) => {
+                            self.out.push_back(bytes.slice(span.end..));
+                            Some(bytes.slice(..span.start))
+                        }
+                        None => Some(bytes),
+                    },
+                    Dispatch::Keep | Dispatch::Pause => Some(bytes),
+                }
             }
             None => {
                 let fed = framer.feed_frame(&bytes, &mut streaming);
@@ -273,7 +303,7 @@ where
                 // its blank line, which is finished here.
                 let mut terminal = false;
                 let rest = framer.finish(&mut |event: &Event<'_>| {
-                    terminal = marker::ends_stream(event);
+                    terminal = marker::ends_stream_unfinished(event);
                     match sink {
                         Some(sink) if terminal => sink.event(event),
                         _ => Dispatch::Keep,
@@ -303,14 +333,21 @@ where
     /// sent, a blank line ends it first.
     fn fail(&mut self, error: ApiError) {
         let overflowing = self.framer.overflowing();
+        let bare = self.framer.is_json();
+        let ends_line = self.framer.ends_line();
         self.close();
-        if overflowing {
+        if overflowing && !bare {
             self.out.push_back(Bytes::from_static(b"\n\n"));
+        } else if overflowing || !ends_line {
+            // Bare JSON: the error object goes on a line of its own.
+            self.out.push_back(Bytes::from_static(b"\n"));
         }
-        let event = self
-            .settings
-            .format
-            .terminal_event(&error, self.settings.config.done_after_error);
+        let event = self.settings.format.terminal(
+            &error,
+            self.settings.config.done_after_error,
+            &self.seen,
+            bare,
+        );
         self.out.push_back(event);
     }
 
@@ -447,12 +484,16 @@ where
 struct Streaming<'a> {
     terminated: &'a mut bool,
     sink: &'a mut Option<Box<dyn EventSink>>,
+    seen: &'a mut Seen,
 }
 
 impl OnEvent for Streaming<'_> {
     #[inline(always)]
     fn on_event(&mut self, event: &Event<'_>) -> Dispatch {
         *self.terminated |= marker::ends_stream(event);
+        if event.has_data() {
+            self.seen.note(event.data);
+        }
         match self.sink {
             Some(sink) => sink.event(event),
             None => Dispatch::Keep,

@@ -21,6 +21,8 @@ def run(base_url: str, scenario: str) -> dict:
         timeout=10,
     )
     result = {"scenario": scenario, "text": "", "raised": None}
+    if scenario.startswith("responses"):
+        return run_responses(client, result)
     try:
         stream = client.chat.completions.create(
             model="gpt-4o-mini",
@@ -39,6 +41,36 @@ def run(base_url: str, scenario: str) -> dict:
             code=e.code,
             type=e.type,
         )
+    return result
+
+
+def run_responses(client, result: dict) -> dict:
+    """A Responses stream: the events' types and sequence numbers, and the
+    last two (the layer's, when it ended the stream) validated against the
+    SDK's own types."""
+    try:
+        events = list(client.responses.create(model="gpt-4o-mini", input="Say hi", stream=True))
+    except openai.APIError as e:
+        result.update(raised=type(e).__name__, message=e.message)
+        return result
+    result["types"] = [e.type for e in events]
+    result["sequence"] = [e.sequence_number for e in events]
+    result["text"] = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    result["invalid"] = []
+    for event in events[-2:]:
+        try:
+            type(event).model_validate(event.to_dict())
+        except Exception as e:  # noqa: BLE001 - reported to the Rust test
+            result["invalid"].append(f"{event.type}: {e}")
+    error, failed = events[-2], events[-1]
+    if error.type == "error" and failed.type == "response.failed":
+        result["error"] = {"code": error.code, "message": error.message, "param": error.param}
+        result["failed"] = {
+            "id": failed.response.id,
+            "status": failed.response.status,
+            "code": failed.response.error.code,
+            "message": failed.response.error.message,
+        }
     return result
 
 

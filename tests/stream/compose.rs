@@ -66,6 +66,10 @@ async fn usage_observer_outside_counts_the_partial_stream() {
 
 // ---- one framing pass on the server: the layer reads for the observer ----
 
+/// An opening chunk (a role, empty content) as OpenAI sends it once usage
+/// is asked for.
+const ROLE_CHUNK_NULL_USAGE: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}],\"usage\":null}\n\n";
+
 const USAGE_CHUNK: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
 
 /// The stream layer inside a usage observer (as in a gateway: rate limit and
@@ -143,7 +147,32 @@ async fn an_observer_outside_strips_through_the_layer() {
             format!("{USAGE_CHUNK}{CHUNK}{DONE}").replace('\n', "\r\n"),
             format!("{CHUNK}{DONE}").replace('\n', "\r\n"),
         ),
+        // An opening chunk held with the head, with OpenAI's
+        // `"usage":null`: left out of it too.
+        (
+            format!("{ROLE_CHUNK_NULL_USAGE}{CHUNK}{USAGE_CHUNK}{DONE}"),
+            format!(
+                "{}{CHUNK}{DONE}",
+                ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
+            ),
+        ),
+        // And a chunk after the head was sent.
+        (
+            format!("{CHUNK}{ROLE_CHUNK_NULL_USAGE}{USAGE_CHUNK}{DONE}"),
+            format!(
+                "{CHUNK}{}{DONE}",
+                ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
+            ),
+        ),
     ] {
+        // Each event in a frame of its own, as upstreams flush them.
+        let events: Vec<&'static str> = stream
+            .split_inclusive("\n\n")
+            .map(|e| &*e.to_owned().leak())
+            .collect();
+        let (body, _, report) = observed(events, options.clone()).await;
+        assert_eq!(body, expected, "an event a frame of {stream:?}");
+        assert_eq!(report.usage.total_tokens, 11);
         for split in 0..=stream.len() {
             let (a, b) = stream.split_at(split);
             let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
@@ -279,4 +308,58 @@ async fn the_stream_layer_reuses_the_retry_layers_first_event() {
             }
         }
     }
+}
+
+/// The events held before the content (Anthropic's `message_start`, which
+/// carries the input tokens, and `ping`) are read by the observer outside
+/// too, wherever the upstream cut its frames.
+#[tokio::test]
+async fn an_observer_outside_reads_the_events_held_before_the_content() {
+    use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
+
+    let stream = concat!(
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"content\":[],\"model\":\"claude-sonnet-4-5\",\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\n\n",
+        "event: ping\ndata: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hello\"}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n",
+        "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
+    );
+    for split in 0..=stream.len() {
+        let (a, b) = stream.split_at(split);
+        let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+        let (body, debug, report) = observed(frames, UsageOptions::default()).await;
+        assert_eq!(body, stream, "split at {split}");
+        assert!(debug.contains("observing: false"), "{debug}");
+        assert_eq!(report.source, UsageSource::Reported, "split at {split}");
+        assert_eq!(report.end, BodyEnd::Completed);
+        assert_eq!(
+            (report.usage.prompt_tokens, report.usage.completion_tokens),
+            (25, 15),
+            "split at {split}"
+        );
+    }
+}
+
+/// Stream layer outside, retry layer inside: when the event the retry layer
+/// read is an opening one (`message_start`), the stream layer still holds
+/// the head until the content, and an error before it is a status.
+#[tokio::test(start_paused = true)]
+async fn an_opening_event_read_by_the_retry_layer_is_not_content() {
+    use tollgate::RetryLayer;
+
+    let start = "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{}}\n\n";
+    let error = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n";
+    let service = ServiceBuilder::new()
+        .layer(StreamErrorTrailerLayer::new())
+        .layer(RetryLayer::new())
+        .service(upstream_stream(vec![start, error]));
+    let request = Request::post("/v1/messages").body(Full::default()).unwrap();
+    let response = bounded(service.oneshot(request)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 529);
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["type"], "overloaded_error");
 }

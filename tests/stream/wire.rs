@@ -108,7 +108,10 @@ fn upstream() -> Router {
             "/v1/responses",
             post(|| async {
                 sse(
-                    &["event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"status\":\"in_progress\"}}\n\n"],
+                    &[
+                        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"error\":null}}\n\n",
+                        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":1,\"delta\":\"Hi\"}\n\n",
+                    ],
                     Then::Fail,
                 )
             }),
@@ -355,25 +358,39 @@ async fn responses_stream_ends_with_error_then_response_failed() {
     let answer = call(addr, "POST", "/v1/responses").await;
     let tail = answer
         .body
-        .split_once("\"in_progress\"}}\n\n")
+        .split_once("\"delta\":\"Hi\"}\n\n")
         .map(|(_, tail)| tail)
         .unwrap();
     let events: Vec<&str> = tail.split_terminator("\n\n").collect();
     assert_eq!(events.len(), 2, "{tail}");
-    assert!(events[0].starts_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"message\":\"The upstream stream failed before it completed.\""));
-    assert!(events[1].starts_with("event: response.failed\ndata: {\"type\":\"response.failed\",\"response\":{\"object\":\"response\",\"status\":\"failed\",\"error\":{"));
-    let data: serde_json::Value =
-        serde_json::from_str(events[1].split_once("data: ").unwrap().1).unwrap();
-    assert_eq!(data["response"]["error"]["code"], "bad_gateway");
+    // The documented `error` event, its sequence number the stream's next.
+    assert_eq!(
+        events[0],
+        "event: error\ndata: {\"type\":\"error\",\"code\":\"bad_gateway\",\"message\":\"The upstream stream failed before it completed.\",\"param\":null,\"sequence_number\":2}"
+    );
+    assert_eq!(
+        events[1],
+        "event: response.failed\ndata: {\"type\":\"response.failed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"failed\",\"error\":{\"code\":\"server_error\",\"message\":\"The upstream stream failed before it completed.\"}}}"
+    );
 }
 
 #[tokio::test]
 async fn finish_reason_metadata_format_by_configuration() {
     let addr = gateway(short_timeouts().format(StreamFormat::FinishReasonMetadata)).await;
     let answer = call(addr, "POST", "/cut/v1/chat/completions").await;
-    assert!(answer.body.ends_with(
-        "data: {\"delta\":{\"content\":\"\",\"meta_data\":{\"type\":\"common_metadata\",\"finish_reason\":\"api_error\",\"detail\":\"The upstream stream ended before it completed.\"}}}\n\n"
-    ));
+    let (_, last) = answer.body.trim_end().rsplit_once("\n\n").unwrap();
+    let chunk: serde_json::Value =
+        serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert!(chunk["message_id"].is_string() && chunk["thread_id"].is_string());
+    assert!(chunk["created_at"].is_string());
+    assert_eq!(
+        chunk["delta"],
+        serde_json::json!({"role": "assistant", "content": "", "sources": [], "meta_data": {
+            "type": "common_metadata",
+            "finish_reason": "api_error",
+            "detail": "The upstream stream ended before it completed.",
+        }})
+    );
 }
 
 #[tokio::test]

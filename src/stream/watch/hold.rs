@@ -1,7 +1,10 @@
 //! The watched stream before its head is sent: reading up to the first
-//! event with data, and starting the stream from there.
+//! content-bearing event (past the opening events of
+//! [`first_event`](super::super::first_event)), and starting the stream
+//! from there.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -9,11 +12,11 @@ use http::HeaderMap;
 use http_body::Body;
 
 use super::super::failure::{Failure, body_failure};
-use super::super::first_event::first_event_error;
+use super::super::first_event::{Opening, opening};
 use super::super::marker;
 use super::super::tick::Tick;
 use super::{Input, Phase, SseState};
-use crate::sse::{Dispatch, Event, FirstEvent, SseHost};
+use crate::sse::{Dispatch, Event, FirstEvent, SseHost, null_usage_at};
 use crate::{ApiError, BoxError};
 
 impl<B> SseState<B>
@@ -32,14 +35,16 @@ where
         loop {
             match self.poll_inner(cx) {
                 Poll::Ready(Input::Data(bytes)) => {
-                    self.hold(bytes);
-                    if let Some(first) = &self.first {
-                        if let Some(error) = first_event_error(first, headers) {
+                    match self.hold(bytes, headers) {
+                        Some(Err(error)) => {
                             self.close();
                             return Poll::Ready(Err(error));
                         }
-                        self.commit();
-                        return Poll::Ready(Ok(()));
+                        Some(Ok(())) => {
+                            self.commit();
+                            return Poll::Ready(Ok(()));
+                        }
+                        None => {}
                     }
                     let held =
                         self.framer.held_len() + self.out.iter().map(Bytes::len).sum::<usize>();
@@ -77,29 +82,49 @@ where
         }
     }
 
-    /// A data frame while holding: frames it up to the first event with
-    /// data, which is kept; the rest of the frame waits in `unframed`.
-    fn hold(&mut self, bytes: Bytes) {
-        let SseState {
-            framer,
-            first,
-            terminated,
-            ..
-        } = self;
-        let fed = framer.feed(&bytes, &mut |event: &Event<'_>| {
-            *terminated |= marker::ends_stream(event);
-            if event.has_data() {
-                *first = Some(FirstEvent::new(event));
-                return Dispatch::Pause;
+    /// A data frame while holding: frames it event by event until one
+    /// decides (content or an end: `Ok`, the stream starts; a failure:
+    /// `Err`); the rest of the frame waits in `unframed`. `None`: still
+    /// holding. Each data event is kept for a usage reader handed over at
+    /// the start, which must read the events it missed.
+    fn hold(&mut self, bytes: Bytes, headers: &HeaderMap) -> Option<Result<(), ApiError>> {
+        let mut rest = bytes;
+        loop {
+            let SseState {
+                framer,
+                terminated,
+                seen,
+                ..
+            } = self;
+            let mut read = None;
+            let fed = framer.feed(&rest, &mut |event: &Event<'_>| {
+                *terminated |= marker::ends_stream(event);
+                if event.has_data() {
+                    seen.note(event.data);
+                    read = Some((FirstEvent::new(event), opening(event, headers)));
+                    return Dispatch::Pause;
+                }
+                Dispatch::Keep
+            });
+            self.ticker.progress |= fed.events > 0;
+            let to = fed.released_to();
+            let unframed = (fed.paused && to < rest.len()).then(|| rest.slice(to..));
+            self.out.extend(fed.release(rest).pieces());
+            let (event, opening) = read?;
+            let end = self.out.iter().map(Bytes::len).sum();
+            if self.first.is_none() {
+                self.first = Some(event.clone());
             }
-            Dispatch::Keep
-        });
-        self.ticker.progress |= fed.events > 0;
-        let to = fed.released_to();
-        if fed.paused && to < bytes.len() {
-            self.unframed = Some(bytes.slice(to..));
+            self.held.push(HeldEvent { event, end });
+            match opening {
+                Opening::Fails(error) => return Some(Err(error)),
+                Opening::Content | Opening::Ends => {
+                    self.unframed = unframed;
+                    return Some(Ok(()));
+                }
+                Opening::Preamble => rest = unframed?,
+            }
         }
-        self.out.extend(fed.release(bytes).pieces());
     }
 
     /// The inner body ended before any event with data.
@@ -113,7 +138,7 @@ where
         let SseState { framer, first, .. } = self;
         let mut terminal = false;
         let rest = framer.finish(&mut |event: &Event<'_>| {
-            terminal = marker::ends_stream(event);
+            terminal = marker::ends_stream_unfinished(event);
             if event.has_data() {
                 *first = Some(FirstEvent::new(event));
             }
@@ -133,38 +158,88 @@ where
     }
 
     /// The first poll of a frame: the usage reader handed over (if any)
-    /// starts, with the first event it missed while the head was held.
+    /// starts, with the events it missed while the head was held.
     pub(super) fn start(&mut self, host: SseHost) {
         if self.phase == Phase::Starting && self.unframed.is_none() {
             self.phase = Phase::Streaming;
         }
+        let held = std::mem::take(&mut self.held);
         let Some(mut sink) = host.close() else {
             return;
         };
-        if let Some(first) = &self.first {
-            let cut = sink.event(&first.event()) == Dispatch::Cut;
-            if cut && first.len() > 0 {
-                // It is the last event held: framing paused right after it.
-                cut_tail(&mut self.out, first.len());
-                self.framer.cut_last();
+        let total: usize = self.out.iter().map(Bytes::len).sum();
+        let mut cuts = Vec::new();
+        for HeldEvent { event, end } in &held {
+            let len = event.len();
+            let span = end - len..*end;
+            match sink.event(&event.event()) {
+                Dispatch::Cut if len > 0 => {
+                    let mut cut = span;
+                    // A `\r` blank line whose `\n` came in the next frame:
+                    // the `\n` goes with it.
+                    if byte_at(&self.out, cut.end - 1) == Some(b'\r')
+                        && byte_at(&self.out, cut.end) == Some(b'\n')
+                    {
+                        cut.end += 1;
+                    }
+                    cuts.push(cut);
+                }
+                Dispatch::CutNullUsage if len > 0 => {
+                    let raw: Vec<u8> = span.clone().filter_map(|i| byte_at(&self.out, i)).collect();
+                    if let Some(at) = null_usage_at(&raw) {
+                        cuts.push(span.start + at.start..span.start + at.end);
+                    }
+                }
+                _ => {}
             }
+        }
+        // The last event held ends the bytes framed so far: framing paused
+        // right after it, so a `\n` of its blank line may come next.
+        if cuts.last().is_some_and(|cut| cut.end == total) {
+            self.framer.cut_last();
+        }
+        for cut in cuts.into_iter().rev() {
+            cut_range(&mut self.out, cut);
         }
         self.sink = Some(sink);
     }
 }
 
-/// Takes the last `len` bytes off `out`.
-fn cut_tail(out: &mut VecDeque<Bytes>, mut len: usize) {
-    while len > 0 {
-        let Some(last) = out.back_mut() else {
-            return;
-        };
-        if last.len() <= len {
-            len -= last.len();
-            out.pop_back();
-        } else {
-            last.truncate(last.len() - len);
-            len = 0;
+/// A data event read while the head was held, and where its bytes end in
+/// what is held to send.
+pub(super) struct HeldEvent {
+    event: FirstEvent,
+    end: usize,
+}
+
+/// The byte at `offset` in the concatenation of `out`.
+fn byte_at(out: &VecDeque<Bytes>, mut offset: usize) -> Option<u8> {
+    for piece in out {
+        if offset < piece.len() {
+            return Some(piece[offset]);
+        }
+        offset -= piece.len();
+    }
+    None
+}
+
+/// Takes the bytes at `range` (offsets in the concatenation) off `out`.
+fn cut_range(out: &mut VecDeque<Bytes>, range: Range<usize>) {
+    let mut at = 0;
+    let mut kept = VecDeque::with_capacity(out.len() + 1);
+    for piece in out.drain(..) {
+        let (start, end) = (at, at + piece.len());
+        at = end;
+        if end <= range.start || start >= range.end {
+            kept.push_back(piece);
+            continue;
+        }
+        if range.start > start {
+            kept.push_back(piece.slice(..range.start - start));
+        }
+        if range.end < end {
+            kept.push_back(piece.slice(range.end - start..));
         }
     }
+    *out = kept;
 }
