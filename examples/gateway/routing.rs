@@ -329,8 +329,40 @@ impl Upstream {
             .layer(AttemptLayer::new(self.target.metrics.clone()))
             .service(self.http.clone())
             .map_response(|response| response.map(Body::new))
-            .map_err(Into::<BoxError>::into);
+            .map_err(|error| BoxError::from(Failure(error.into())));
         Ok(BoxCloneSyncService::new(stack))
+    }
+}
+
+/// An upstream call's failure, shown with its causes: hyper-util's own
+/// text is `client error (Connect)` whether the port was closed, the name
+/// did not resolve or the certificate was not trusted, and the log line
+/// must say which. `source()` is the failure itself, so the retry and
+/// proxy code that look along the chain find what they look for.
+#[derive(Debug)]
+struct Failure(BoxError);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let text = error.to_string();
+            // Wrappers often repeat their source's text.
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
