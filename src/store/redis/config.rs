@@ -289,4 +289,32 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"));
         assert!(RedisConfig::from_url("not a url").is_err());
     }
+
+    #[cfg(not(feature = "redis-tls"))]
+    #[test]
+    fn rediss_names_the_missing_feature() {
+        let err = RedisConfig::from_url("rediss://:hunter2@10.0.0.5:6380/0").unwrap_err();
+        assert_eq!(err, RedisConfigError::TlsUnsupported);
+        assert!(err.to_string().contains("redis-tls"), "{err}");
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn tls_ca_certificates_are_checked() {
+        let config = RedisConfig::from_url("rediss://:hunter2@10.0.0.5:6380/0").unwrap();
+        assert!(config.is_tls());
+        let debug = format!("{config:?}");
+        assert!(debug.contains("tls: true") && !debug.contains("hunter2"), "{debug}");
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let pem = cert.cert.pem();
+        assert!(config.clone().tls_ca_pem(pem.clone()).is_ok());
+        assert!(matches!(
+            config.clone().tls_ca_pem("not PEM"),
+            Err(RedisConfigError::InvalidCaCertificates(_))
+        ));
+        let plain = RedisConfig::from_url("redis://10.0.0.5:6379/0").unwrap();
+        assert!(!plain.is_tls());
+        assert_eq!(plain.tls_ca_pem(pem).unwrap_err(), RedisConfigError::NotTls);
+    }
 }
