@@ -56,7 +56,7 @@ pub type Connector = HttpsConnector<HttpConnector>;
 /// upstream without `ca_file` needs them.
 #[derive(Default)]
 pub struct TlsSetup {
-    system: Option<Arc<ClientConfig>>,
+    system: Option<ClientConfig>,
 }
 
 impl TlsSetup {
@@ -77,14 +77,14 @@ impl TlsSetup {
         // hyper-rustls sees the https scheme, not the HTTP connector.
         http.enforce_http(false);
         Ok(HttpsConnectorBuilder::new()
-            .with_tls_config(Arc::unwrap_or_clone(tls))
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .wrap_connector(http))
     }
 
     /// The configuration trusting the system's roots, read on first use.
-    fn system(&mut self) -> Result<Arc<ClientConfig>, String> {
+    fn system(&mut self) -> Result<ClientConfig, String> {
         if let Some(config) = &self.system {
             return Ok(config.clone());
         }
@@ -96,14 +96,14 @@ impl TlsSetup {
 
 /// A client configuration trusting `roots`, with aws-lc-rs and the safe
 /// default protocol versions (TLS 1.3 and 1.2).
-fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, String> {
+fn client_config(roots: RootCertStore) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS: {e}"))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// The system's CA certificates (`SSL_CERT_FILE` and `SSL_CERT_DIR` when

@@ -304,7 +304,10 @@ mod tests {
         let config = RedisConfig::from_url("rediss://:hunter2@10.0.0.5:6380/0").unwrap();
         assert!(config.is_tls());
         let debug = format!("{config:?}");
-        assert!(debug.contains("tls: true") && !debug.contains("hunter2"), "{debug}");
+        assert!(
+            debug.contains("tls: true") && !debug.contains("hunter2"),
+            "{debug}"
+        );
 
         let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
         let pem = cert.cert.pem();
