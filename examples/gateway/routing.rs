@@ -329,7 +329,7 @@ impl Upstream {
             .layer(AttemptLayer::new(self.target.metrics.clone()))
             .service(self.http.clone())
             .map_response(|response| response.map(Body::new))
-            .map_err(|error| BoxError::from(Failure(error.into())));
+            .map_err(|error| BoxError::from(Failure(error)));
         Ok(BoxCloneSyncService::new(stack))
     }
 }
