@@ -200,10 +200,7 @@ impl RedisConfig {
         use rustls::pki_types::CertificateDer;
         use rustls::pki_types::pem::PemObject;
 
-        let is_tls = |info: &redis::ConnectionInfo| {
-            matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
-        };
-        if !is_tls(&self.info) || !self.cluster_nodes.iter().all(is_tls) {
+        if !uses_tls(&self.info) || !self.cluster_nodes.iter().all(uses_tls) {
             return Err(RedisConfigError::NotTls);
         }
         let pem = pem.into();
@@ -223,7 +220,7 @@ impl RedisConfig {
 
     /// Whether the connection is TLS (`rediss://`).
     pub fn is_tls(&self) -> bool {
-        matches!(self.info.addr(), redis::ConnectionAddr::TcpTls { .. })
+        uses_tls(&self.info)
     }
 
     /// The key prefix.
@@ -240,6 +237,11 @@ impl RedisConfig {
     pub fn get_connect_timeout(&self) -> Duration {
         self.connect_timeout
     }
+}
+
+/// Whether `info` is a `rediss://` address.
+pub(crate) fn uses_tls(info: &redis::ConnectionInfo) -> bool {
+    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
 }
 
 /// `url` parsed, telling a `rediss://` URL that this build cannot serve from

@@ -15,6 +15,8 @@ use redis::{
 };
 
 use super::RedisConfig;
+#[cfg(feature = "redis-tls")]
+use super::config::uses_tls;
 use super::scripts::SOURCES;
 use crate::store::StoreError;
 
@@ -535,13 +537,12 @@ async fn reconnect(guard: Reconnecting) {
     }
 }
 
-/// A Redis error as a short message: never the URL or credentials.
 /// The client of one Redis `config` names: over TLS with its CA
 /// certificates, if it has them.
 fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
     #[cfg(feature = "redis-tls")]
     {
-        if config.is_tls() || config.cluster_nodes.iter().any(is_tls) {
+        if uses_tls(&config.info) || config.cluster_nodes.iter().any(uses_tls) {
             install_crypto_provider();
         }
         if let Some(pem) = &config.tls_ca_pem {
@@ -549,11 +550,6 @@ fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
         }
     }
     redis::Client::open(config.info.clone())
-}
-
-#[cfg(feature = "redis-tls")]
-fn is_tls(info: &redis::ConnectionInfo) -> bool {
-    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
 }
 
 #[cfg(feature = "redis-tls")]
@@ -578,6 +574,7 @@ fn install_crypto_provider() {
     }
 }
 
+/// A Redis error as a short message: never the URL or credentials.
 fn describe(error: &RedisError) -> String {
     let mut message = format!("redis: {error}");
     if message.len() > 200 {
