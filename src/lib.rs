@@ -44,6 +44,7 @@
 //! | `axum` | `impl axum::response::IntoResponse for ApiError` |
 //! | `tonic` | `impl From<ApiError> for tonic::Status` |
 //! | `redis` | Redis-backed stores shared by several gateway instances |
+//! | `redis-tls` | `rediss://` (TLS, rustls) for the Redis stores |
 //! | `sqlite` | SQLite-backed durable stores for one gateway instance (keys, budgets, balances, spend) |
 //! | `reqwest` | an adapter making `reqwest::Client` a tower `Service` |
 //! | `hyper-util` | `RetryLayer` tells hyper-util's connect errors from its others |

@@ -169,9 +169,13 @@ pub async fn start(
         .store
         .parse()
         .map_err(|e| StartError::Config(format!("store: {e}")))?;
-    let stores = Stores::open(&choice, Duration::from_millis(config.store_timeout_ms))
-        .await
-        .map_err(|e| StartError::Store(e.to_string()))?;
+    let stores = Stores::open(
+        &choice,
+        Duration::from_millis(config.store_timeout_ms),
+        config.store_ca_file.as_deref(),
+    )
+    .await
+    .map_err(|e| StartError::Store(e.to_string()))?;
     tracing::info!(store = %choice, "state store open");
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;

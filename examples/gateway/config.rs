@@ -172,6 +172,10 @@ pub struct Config {
     /// Sent upstream as a Bearer token.
     #[serde(default)]
     pub upstream_api_key: Option<Redacted<String>>,
+    /// PEM CA certificates an `https://` `upstream` must chain to, instead
+    /// of the system's roots (a private CA).
+    #[serde(default)]
+    pub upstream_ca_file: Option<std::path::PathBuf>,
     /// openai | anthropic | error_code_detail | humanloop
     #[serde(default = "default_error_format")]
     pub error_format: String,
@@ -203,6 +207,10 @@ pub struct Config {
     /// `redis://HOST:PORT/DB` (`rediss://` with TLS). See [`StoreChoice`].
     #[serde(default = "default_store")]
     pub store: String,
+    /// PEM CA certificates a `rediss://` store must chain to, instead of
+    /// the system's roots (a private CA, a self-signed Redis).
+    #[serde(default)]
+    pub store_ca_file: Option<std::path::PathBuf>,
     /// A request head must arrive whole within this many seconds of its
     /// first byte (of the connection's opening, for its first request), or
     /// the connection is closed.

@@ -232,6 +232,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     };
     differs("listen", old.listen != new.listen);
     differs("store", old.store != new.store);
+    differs("store_ca_file", old.store_ca_file != new.store_ca_file);
     differs(
         "store_timeout_ms",
         old.store_timeout_ms != new.store_timeout_ms,

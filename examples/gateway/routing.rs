@@ -7,7 +7,7 @@
 //! name to send upstream (`upstream_model`), and a client stack
 //!
 //! ```text
-//! whole-request timeout → RetryLayer (its own per-attempt timeout) → attempt meter → hyper-util Client (TCP_NODELAY)
+//! whole-request timeout → RetryLayer (its own per-attempt timeout) → attempt meter → hyper-util Client (TCP_NODELAY; rustls for https)
 //! ```
 //!
 //! Every model of one upstream shares that upstream's connection pool and
@@ -38,7 +38,6 @@ use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tollgate::rate_limit::{Limit, RateLimitLayer, RateLimitStore};
 use tollgate::retry::{ExponentialBackoff, RetryBudget, RetryLayer, RetryPolicy};
@@ -50,6 +49,10 @@ use crate::access_log::LogSlot;
 use crate::config::{Config, DEFAULT_UPSTREAM, RetryConfig, UpstreamKind, without_credentials};
 use crate::metrics::{AttemptLayer, Metrics, UpstreamMetrics};
 use crate::proxy::Api;
+
+mod tls;
+
+use self::tls::{Connector, TlsSetup};
 
 /// The key sent to the built-in mock when the config gives none.
 const MOCK_KEY: &str = "sk-tollgate-mock";
@@ -127,19 +130,25 @@ impl Routes {
     /// Builds every upstream and every model's client stack. `mock_url` is
     /// the base URL of the built-in mock, for upstreams whose URL is `mock`.
     /// Fails on an upstream that cannot be used (its key variable is not
-    /// set, an `https://` URL this build cannot reach).
+    /// set, its `ca_file` holds no certificate, an `https://` URL on a
+    /// machine without CA certificates).
     pub fn build(config: &Config, mock_url: &str, metrics: &Metrics) -> Result<Routes, String> {
         let mut upstreams: HashMap<&str, Upstream> = HashMap::new();
+        let mut tls = TlsSetup::default();
         let default_key = config
             .upstream_api_key
             .as_ref()
             .map(|key| Arc::from(key.expose().as_str()));
+        let connector = tls
+            .connector(&config.upstream, config.upstream_ca_file.as_deref())
+            .map_err(|e| format!("upstream: {e}"))?;
         upstreams.insert(
             DEFAULT_UPSTREAM,
             Upstream::new(
                 DEFAULT_UPSTREAM,
                 &config.upstream,
                 UpstreamKind::OpenAi,
+                connector,
                 default_key,
                 Duration::from_secs(config.request_timeout_secs),
                 config.retry.clone(),
@@ -162,10 +171,14 @@ impl Routes {
                 (None, None) => None,
             };
             let timeout = entry.timeout_secs.unwrap_or(config.request_timeout_secs);
+            let connector = tls
+                .connector(&entry.url, entry.ca_file.as_deref())
+                .map_err(|e| format!("upstreams[{i}]: {e}"))?;
             let upstream = Upstream::new(
                 &entry.name,
                 &entry.url,
                 entry.kind,
+                connector,
                 key,
                 Duration::from_secs(timeout),
                 entry.retry.clone().unwrap_or_else(|| config.retry.clone()),
@@ -245,7 +258,7 @@ pub fn shared_limits<St: RateLimitStore, K>(
 /// retry settings and budget.
 struct Upstream {
     target: Arc<Target>,
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Client<Connector, Full<Bytes>>,
     timeout: Duration,
     retry: RetryConfig,
     budget: RetryBudget,
@@ -257,6 +270,7 @@ impl Upstream {
         name: &str,
         url: &str,
         kind: UpstreamKind,
+        connector: Connector,
         key: Option<Arc<str>>,
         timeout: Duration,
         retry: RetryConfig,
@@ -267,19 +281,8 @@ impl Upstream {
         let base_url = if mock { mock_url } else { url }
             .trim_end_matches('/')
             .to_owned();
-        if base_url.starts_with("https://") {
-            return Err(format!(
-                "url {:?}: https upstreams need a TLS connector, which this example does not \
-                 build in; put a TLS-terminating proxy in front, or use http://",
-                without_credentials(url)
-            ));
-        }
         // The mock, like Anthropic, wants some key on /v1/messages.
         let key = key.or_else(|| mock.then(|| Arc::from(MOCK_KEY)));
-        // TCP_NODELAY: a request's head and body are two writes, and the
-        // second would wait for the upstream's delayed ACK (~40 ms).
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -326,8 +329,40 @@ impl Upstream {
             .layer(AttemptLayer::new(self.target.metrics.clone()))
             .service(self.http.clone())
             .map_response(|response| response.map(Body::new))
-            .map_err(Into::<BoxError>::into);
+            .map_err(|error| BoxError::from(Failure(error)));
         Ok(BoxCloneSyncService::new(stack))
+    }
+}
+
+/// An upstream call's failure, shown with its causes: hyper-util's own
+/// text is `client error (Connect)` whether the port was closed, the name
+/// did not resolve or the certificate was not trusted, and the log line
+/// must say which. `source()` is the failure itself, so the retry and
+/// proxy code that look along the chain find what they look for.
+#[derive(Debug)]
+struct Failure(BoxError);
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut last = self.0.to_string();
+        f.write_str(&last)?;
+        let mut cause = self.0.source();
+        while let Some(error) = cause {
+            let text = error.to_string();
+            // Wrappers often repeat their source's text.
+            if !last.contains(&text) {
+                write!(f, ": {text}")?;
+            }
+            last = text;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 

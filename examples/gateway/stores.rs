@@ -5,7 +5,10 @@
 //! |---|---|---|---|
 //! | `memory` (default) | in this process | in this process | demos, tests |
 //! | `sqlite:PATH` | one SQLite file (feature `sqlite`) | in this process | one machine, durable |
-//! | `redis://HOST:PORT/DB`, `rediss://…` | Redis (feature `redis`) | Redis | many instances, exact |
+//! | `redis://HOST:PORT/DB`, `rediss://…` | Redis (feature `redis`; `redis-tls` for `rediss://`) | Redis | many instances, exact |
+//!
+//! A `rediss://` store verifies Redis's certificate against the system's
+//! roots, or against `store_ca_file` (PEM) instead.
 //!
 //! The stores outlive every reload: an [`App`](crate::app::App) built from a
 //! new config gets clones of the same handles, so no counter, spend or key
@@ -27,6 +30,7 @@
 //! and [`Stores::flush`] waits for them (bounded) before the process exits.
 
 use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -107,13 +111,22 @@ pub enum OpenError {
 impl Stores {
     /// Opens the store `choice` names: connects to Redis (and checks that it
     /// persists its data), or opens (creates) the SQLite file and loads it.
-    /// `timeout` bounds each call to a remote store.
-    pub async fn open(choice: &StoreChoice, timeout: Duration) -> Result<Stores, OpenError> {
+    /// `timeout` bounds each call to a remote store; `ca_file` (PEM) is
+    /// what a `rediss://` store's certificate must chain to.
+    pub async fn open(
+        choice: &StoreChoice,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Stores, OpenError> {
         let label = choice.to_string();
         match choice {
+            StoreChoice::Redis(url) => open_redis(url, label, timeout, ca_file).await,
+            _ if ca_file.is_some() => Err(OpenError::Failed {
+                store: label,
+                message: "store_ca_file is for a rediss:// store".into(),
+            }),
             StoreChoice::Memory => Ok(Stores::memory()),
             StoreChoice::Sqlite(path) => open_sqlite(path, label).await,
-            StoreChoice::Redis(url) => open_redis(url, label, timeout).await,
         }
     }
 
@@ -196,6 +209,9 @@ pub fn supported(choice: &StoreChoice) -> Result<(), OpenError> {
     let missing = match choice {
         StoreChoice::Memory => None,
         StoreChoice::Sqlite(_) => (!cfg!(feature = "sqlite")).then_some("sqlite"),
+        StoreChoice::Redis(url) if url.starts_with("rediss://") => {
+            (!cfg!(feature = "redis-tls")).then_some("redis-tls")
+        }
         StoreChoice::Redis(_) => (!cfg!(feature = "redis")).then_some("redis"),
     };
     match missing {
@@ -239,7 +255,13 @@ async fn open_sqlite(path: &std::path::Path, label: String) -> Result<Stores, Op
 }
 
 #[cfg(not(feature = "redis"))]
-async fn open_redis(_: &str, label: String, _: Duration) -> Result<Stores, OpenError> {
+async fn open_redis(
+    url: &str,
+    label: String,
+    _: Duration,
+    _: Option<&Path>,
+) -> Result<Stores, OpenError> {
+    supported(&StoreChoice::Redis(url.to_owned()))?;
     Err(OpenError::Unsupported {
         store: label,
         feature: "redis",
@@ -247,10 +269,16 @@ async fn open_redis(_: &str, label: String, _: Duration) -> Result<Stores, OpenE
 }
 
 #[cfg(feature = "redis")]
-async fn open_redis(url: &str, label: String, timeout: Duration) -> Result<Stores, OpenError> {
+async fn open_redis(
+    url: &str,
+    label: String,
+    timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<Stores, OpenError> {
     use tollgate::store::redis::{
         Persistence, RedisConfig, RedisConnection, RedisKeyStore, RedisLedger, RedisRateLimitStore,
     };
+    supported(&StoreChoice::Redis(url.to_owned()))?;
     let failed = |message: String| OpenError::Failed {
         store: label.clone(),
         message,
@@ -258,6 +286,10 @@ async fn open_redis(url: &str, label: String, timeout: Duration) -> Result<Store
     let config = RedisConfig::from_url(url)
         .map_err(|e| failed(e.to_string()))?
         .call_timeout(timeout);
+    let config = match ca_file {
+        None => config,
+        Some(path) => with_ca_file(config, path).map_err(failed)?,
+    };
     let connection = RedisConnection::connect(config)
         .await
         .map_err(|e| failed(e.to_string()))?;
@@ -296,6 +328,26 @@ async fn open_redis(url: &str, label: String, timeout: Duration) -> Result<Store
             pending,
         },
     })
+}
+
+/// `config` trusting the PEM CA certificates in `path`; the error names
+/// the field and the file.
+#[cfg(feature = "redis-tls")]
+fn with_ca_file(
+    config: tollgate::store::redis::RedisConfig,
+    path: &Path,
+) -> Result<tollgate::store::redis::RedisConfig, String> {
+    let at = || format!("store_ca_file {}", path.display());
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", at()))?;
+    config.tls_ca_pem(pem).map_err(|e| format!("{}: {e}", at()))
+}
+
+#[cfg(all(feature = "redis", not(feature = "redis-tls")))]
+fn with_ca_file(
+    _: tollgate::store::redis::RedisConfig,
+    _: &Path,
+) -> Result<tollgate::store::redis::RedisConfig, String> {
+    Err("store_ca_file is for a rediss:// store, which needs the `redis-tls` feature".into())
 }
 
 /// Ledger calls that have not answered yet (settlements running as tasks of

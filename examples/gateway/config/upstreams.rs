@@ -16,6 +16,11 @@
 //! [upstreams.retry]
 //! max_attempts = 2
 //!
+//! [[upstreams]]
+//! name = "vllm"
+//! url = "https://vllm.internal:8443/v1"
+//! ca_file = "/etc/tollgate/internal-ca.pem"   # trusted instead of the system's roots
+//!
 //! [[models]]
 //! name = "claude-sonnet"
 //! upstream = "anthropic"
@@ -26,6 +31,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -77,6 +83,11 @@ pub struct UpstreamConfig {
     /// The upstream key itself, for tests; prefer `api_key_env`.
     #[serde(default)]
     pub api_key: Option<Redacted<String>>,
+    /// PEM CA certificates an `https://` upstream's certificate must chain
+    /// to, instead of the system's roots (a private CA, a self-signed
+    /// server).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
     /// Whole-request timeout towards this upstream, retries included, up to
     /// the response head (default: `request_timeout_secs`).
     #[serde(default)]
@@ -108,6 +119,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("kind", &self.kind)
             .field("api_key_env", &self.api_key_env)
             .field("api_key", &self.api_key)
+            .field("ca_file", &self.ca_file)
             .field("timeout_secs", &self.timeout_secs)
             .field("retry", &self.retry)
             .field("requests_per_minute", &self.requests_per_minute)
@@ -125,6 +137,9 @@ pub fn is_upstream_url(url: &str) -> bool {
 /// Checks `[[upstreams]]` and the routing and limit fields of `[[models]]`;
 /// the message names the entry (`upstreams[2].name: …`).
 pub fn validate(config: &Config) -> Result<(), String> {
+    if config.upstream_ca_file.is_some() && !config.upstream.starts_with("https://") {
+        return Err("upstream_ca_file: the default upstream is not an https:// URL".into());
+    }
     let mut names = HashSet::from([DEFAULT_UPSTREAM]);
     for (i, upstream) in config.upstreams.iter().enumerate() {
         let at = |field: &str| format!("upstreams[{i}].{field}");
@@ -145,6 +160,9 @@ pub fn validate(config: &Config) -> Result<(), String> {
                 at("url"),
                 super::without_credentials(&upstream.url)
             ));
+        }
+        if upstream.ca_file.is_some() && !upstream.url.starts_with("https://") {
+            return Err(format!("{}: only for an https:// url", at("ca_file")));
         }
         if upstream.api_key.is_some() && upstream.api_key_env.is_some() {
             return Err(format!(
@@ -242,6 +260,16 @@ mod tests {
             check("[[upstreams]]\nname = \"a\"\nurl = \"mock\"\nmax_concurrent = 0\n").unwrap_err();
         assert!(err.contains("upstreams[0].max_concurrent"), "{err}");
         assert!(check("rate_limit_headers = \"legacy\"\n").is_ok());
+        let err =
+            check("[[upstreams]]\nname = \"a\"\nurl = \"http://x/v1\"\nca_file = \"ca.pem\"\n")
+                .unwrap_err();
+        assert!(err.contains("upstreams[0].ca_file"), "{err}");
+        assert_eq!(
+            check("[[upstreams]]\nname = \"a\"\nurl = \"https://x/v1\"\nca_file = \"ca.pem\"\n"),
+            Ok(())
+        );
+        let err = check("upstream_ca_file = \"ca.pem\"\n").unwrap_err();
+        assert!(err.contains("upstream_ca_file"), "{err}");
     }
 
     #[test]

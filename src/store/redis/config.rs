@@ -48,6 +48,10 @@ pub struct RedisConfig {
     pub(crate) reconnect_min_delay: Duration,
     pub(crate) reconnect_max_delay: Duration,
     pub(crate) settlement_retry: Duration,
+    /// PEM CA certificates a `rediss://` server must chain to, instead of
+    /// the system's roots.
+    #[cfg(feature = "redis-tls")]
+    pub(crate) tls_ca_pem: Option<std::sync::Arc<[u8]>>,
 }
 
 /// A Redis configuration that cannot be used.
@@ -60,6 +64,15 @@ pub enum RedisConfigError {
         "invalid Redis URL: expected redis://[user:password@]host[:port][/db] (or rediss://, redis+unix://)"
     )]
     InvalidUrl,
+    /// A `rediss://` URL in a build without the `redis-tls` feature.
+    #[error("rediss:// (TLS) needs tollgate's `redis-tls` feature")]
+    TlsUnsupported,
+    /// CA certificates for a URL that is not `rediss://`.
+    #[error("CA certificates are for a rediss:// (TLS) URL")]
+    NotTls,
+    /// CA certificates that are not PEM, or hold no certificate.
+    #[error("invalid CA certificates: {0}")]
+    InvalidCaCertificates(String),
 }
 
 impl RedisConfig {
@@ -77,10 +90,12 @@ impl RedisConfig {
     /// A configuration for the Redis at `url`, such as
     /// `redis://127.0.0.1:6379/0` or `redis://:password@redis.internal:6379`,
     /// with the defaults above.
+    ///
+    /// A `rediss://` URL connects over TLS (feature `redis-tls`),
+    /// verifying the server's certificate against the system's roots, or
+    /// against [`tls_ca_pem`](Self::tls_ca_pem).
     pub fn from_url(url: &str) -> Result<Self, RedisConfigError> {
-        let info = url
-            .into_connection_info()
-            .map_err(|_| RedisConfigError::InvalidUrl)?;
+        let info = connection_info(url)?;
         Ok(RedisConfig {
             info,
             cluster_nodes: Vec::new(),
@@ -90,6 +105,8 @@ impl RedisConfig {
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Self::DEFAULT_RECONNECT_MAX_DELAY,
             settlement_retry: Self::DEFAULT_SETTLEMENT_RETRY,
+            #[cfg(feature = "redis-tls")]
+            tls_ca_pem: None,
         })
     }
 
@@ -109,10 +126,7 @@ impl RedisConfig {
     pub fn cluster<'a>(urls: impl IntoIterator<Item = &'a str>) -> Result<Self, RedisConfigError> {
         let nodes = urls
             .into_iter()
-            .map(|url| {
-                url.into_connection_info()
-                    .map_err(|_| RedisConfigError::InvalidUrl)
-            })
+            .map(connection_info)
             .collect::<Result<Vec<_>, _>>()?;
         let Some(first) = nodes.first() else {
             return Err(RedisConfigError::InvalidUrl);
@@ -166,6 +180,49 @@ impl RedisConfig {
         self
     }
 
+    /// Trusts the CA certificates in `pem` (one or more PEM `CERTIFICATE`
+    /// blocks: a private CA, a self-signed server) instead of the system's
+    /// roots for the `rediss://` server's certificate. Fails when `pem`
+    /// holds no certificate, or the URL is not `rediss://`.
+    ///
+    /// ```no_run
+    /// use tollgate::store::redis::RedisConfig;
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/tollgate/redis-ca.pem")?;
+    /// let config = RedisConfig::from_url("rediss://redis.internal:6380/0")?.tls_ca_pem(ca)?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    #[cfg(feature = "redis-tls")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis-tls")))]
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Result<Self, RedisConfigError> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+
+        if !uses_tls(&self.info) || !self.cluster_nodes.iter().all(uses_tls) {
+            return Err(RedisConfigError::NotTls);
+        }
+        let pem = pem.into();
+        let mut count = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            cert.map_err(|e| RedisConfigError::InvalidCaCertificates(e.to_string()))?;
+            count += 1;
+        }
+        if count == 0 {
+            return Err(RedisConfigError::InvalidCaCertificates(
+                "no PEM CERTIFICATE block".into(),
+            ));
+        }
+        self.tls_ca_pem = Some(pem.into());
+        Ok(self)
+    }
+
+    /// Whether the connection is TLS (`rediss://`).
+    pub fn is_tls(&self) -> bool {
+        uses_tls(&self.info)
+    }
+
     /// The key prefix.
     pub fn get_key_prefix(&self) -> &str {
         &self.key_prefix
@@ -182,12 +239,28 @@ impl RedisConfig {
     }
 }
 
+/// Whether `info` is a `rediss://` address.
+pub(crate) fn uses_tls(info: &redis::ConnectionInfo) -> bool {
+    matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })
+}
+
+/// `url` parsed, telling a `rediss://` URL that this build cannot serve from
+/// a URL that does not parse.
+fn connection_info(url: &str) -> Result<redis::ConnectionInfo, RedisConfigError> {
+    if !cfg!(feature = "redis-tls") && url.starts_with("rediss://") {
+        return Err(RedisConfigError::TlsUnsupported);
+    }
+    url.into_connection_info()
+        .map_err(|_| RedisConfigError::InvalidUrl)
+}
+
 impl fmt::Debug for RedisConfig {
     /// Shows where Redis is, never the credentials.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("addr", &self.info.addr().to_string())
             .field("db", &self.info.redis_settings().db())
+            .field("tls", &self.is_tls())
             .field("cluster_nodes", &self.cluster_nodes.len())
             .field("key_prefix", &self.key_prefix)
             .field("connect_timeout", &self.connect_timeout)
@@ -217,5 +290,36 @@ mod tests {
         let err = RedisConfig::from_url("http://:hunter2@x").unwrap_err();
         assert!(!err.to_string().contains("hunter2"));
         assert!(RedisConfig::from_url("not a url").is_err());
+    }
+
+    #[cfg(not(feature = "redis-tls"))]
+    #[test]
+    fn rediss_names_the_missing_feature() {
+        let err = RedisConfig::from_url("rediss://:hunter2@10.0.0.5:6380/0").unwrap_err();
+        assert_eq!(err, RedisConfigError::TlsUnsupported);
+        assert!(err.to_string().contains("redis-tls"), "{err}");
+    }
+
+    #[cfg(feature = "redis-tls")]
+    #[test]
+    fn tls_ca_certificates_are_checked() {
+        let config = RedisConfig::from_url("rediss://:hunter2@10.0.0.5:6380/0").unwrap();
+        assert!(config.is_tls());
+        let debug = format!("{config:?}");
+        assert!(
+            debug.contains("tls: true") && !debug.contains("hunter2"),
+            "{debug}"
+        );
+
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let pem = cert.cert.pem();
+        assert!(config.clone().tls_ca_pem(pem.clone()).is_ok());
+        assert!(matches!(
+            config.clone().tls_ca_pem("not PEM"),
+            Err(RedisConfigError::InvalidCaCertificates(_))
+        ));
+        let plain = RedisConfig::from_url("redis://10.0.0.5:6379/0").unwrap();
+        assert!(!plain.is_tls());
+        assert_eq!(plain.tls_ca_pem(pem).unwrap_err(), RedisConfigError::NotTls);
     }
 }

@@ -15,6 +15,8 @@ use redis::{
 };
 
 use super::RedisConfig;
+#[cfg(feature = "redis-tls")]
+use super::config::uses_tls;
 use super::scripts::SOURCES;
 use crate::store::StoreError;
 
@@ -136,8 +138,7 @@ impl RedisConnection {
     /// can start while Redis is down, its layers applying their failure
     /// policies until Redis is reachable.
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.info.clone())
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        let client = client(&config).map_err(|e| StoreError::Unavailable(describe(&e)))?;
         Ok(RedisConnection {
             shared: Arc::new(Shared {
                 client,
@@ -370,9 +371,15 @@ impl Shared {
     /// configured nodes, keeps a connection per node and follows `MOVED`
     /// and `ASK` redirections itself.
     async fn open_cluster(&self) -> Result<AnyConnection, StoreError> {
-        let client = redis::cluster::ClusterClient::builder(self.config.cluster_nodes.clone())
+        let builder = redis::cluster::ClusterClient::builder(self.config.cluster_nodes.clone())
             .connection_timeout(self.config.connect_timeout)
-            .response_timeout(self.config.call_timeout)
+            .response_timeout(self.config.call_timeout);
+        #[cfg(feature = "redis-tls")]
+        let builder = match &self.config.tls_ca_pem {
+            Some(pem) => builder.certs(certificates(pem)),
+            None => builder,
+        };
+        let client = builder
             .build()
             .map_err(|e| StoreError::Unavailable(describe(&e)))?;
         let attempt = client.get_async_connection();
@@ -527,6 +534,43 @@ async fn reconnect(guard: Reconnecting) {
                 tracing::debug!(%error, addr = %config.info.addr(), "redis reconnection failed");
             }
         }
+    }
+}
+
+/// The client of one Redis `config` names: over TLS with its CA
+/// certificates, if it has them.
+fn client(config: &RedisConfig) -> RedisResult<redis::Client> {
+    #[cfg(feature = "redis-tls")]
+    {
+        if uses_tls(&config.info) || config.cluster_nodes.iter().any(uses_tls) {
+            install_crypto_provider();
+        }
+        if let Some(pem) = &config.tls_ca_pem {
+            return redis::Client::build_with_tls(config.info.clone(), certificates(pem));
+        }
+    }
+    redis::Client::open(config.info.clone())
+}
+
+#[cfg(feature = "redis-tls")]
+fn certificates(pem: &[u8]) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem.to_vec()),
+    }
+}
+
+/// The redis crate builds its TLS configuration with rustls's process-wide
+/// crypto provider, which rustls picks by itself only when exactly one
+/// provider feature is on in the whole program: an application that also
+/// pulls in rustls's ring provider would have the first TLS connection
+/// panic. So, unless the application installed a provider (which is then
+/// used), aws-lc-rs (`redis-tls`'s) is installed here.
+#[cfg(feature = "redis-tls")]
+fn install_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // An error means another thread installed one first: that one serves.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     }
 }
 

@@ -135,6 +135,15 @@
 //! Redis has neither AOF nor RDB snapshots on, and says when a managed
 //! Redis will not tell.
 //!
+//! # TLS: `rediss://`
+//!
+//! With the `redis-tls` feature, a `rediss://` URL connects over TLS
+//! (rustls, aws-lc-rs), verifying Redis's certificate against the system's
+//! CA certificates, or against those given to
+//! [`RedisConfig::tls_ca_pem`](RedisConfig) (a private CA, a self-signed
+//! Redis). Without the feature, such a URL is refused by
+//! [`RedisConfig::from_url`] with [`RedisConfigError::TlsUnsupported`].
+//!
 //! # Namespacing and deployment
 //!
 //! Every key and channel starts with [`key_prefix`](RedisConfig::key_prefix)
