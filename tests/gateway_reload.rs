@@ -105,9 +105,8 @@ async fn a_reload_changes_prices_keeps_counters_and_lets_streams_finish() {
     assert_eq!(streamed.status, StatusCode::OK);
     assert!(streamed.text.contains("data: [DONE]"), "{}", streamed.text);
     let costs: Vec<String> = gateway
-        .access_log()
+        .wait_for_access_log(Duration::from_secs(5), 3, |l| l["key"] == "tenant")
         .iter()
-        .filter(|l| l["key"] == "tenant")
         .map(|l| l["cost"].as_str().unwrap_or("?").to_owned())
         .collect();
     // Before: $0.000013; after: $0.00013; the stream, begun before the
@@ -141,7 +140,11 @@ async fn a_reload_changes_prices_keeps_counters_and_lets_streams_finish() {
     );
     let still = http.chat(&gateway, tenant, MODEL, "one two three").await;
     assert_eq!(still.status, StatusCode::OK);
-    let last = gateway.access_log().last().cloned().unwrap_or_default();
+    let last = gateway
+        .wait_for_access_log(Duration::from_secs(5), 4, |l| l["key"] == "tenant")
+        .last()
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(last["cost"], "$0.00013", "{last}");
 }
 

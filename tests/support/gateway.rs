@@ -419,6 +419,33 @@ impl Gateway {
             .collect()
     }
 
+    /// Waits (bounded) until `count` access-log lines match, and returns
+    /// them (a line is written when its response ends, which may be after
+    /// the client read it); panics with the logs when they do not come
+    /// within `limit`.
+    pub fn wait_for_access_log(
+        &self,
+        limit: Duration,
+        count: usize,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let found = self.output.wait(limit, |lines| {
+            let matching: Vec<Value> = lines
+                .stderr
+                .iter()
+                .filter_map(|l| json_line(l))
+                .filter(|l| l["message"] == "request" && matches(l))
+                .collect();
+            (matching.len() >= count).then_some(matching)
+        });
+        found.unwrap_or_else(|| {
+            panic!(
+                "fewer than {count} matching access-log lines within {limit:?}; logs:\n{}",
+                self.stderr()
+            )
+        })
+    }
+
     /// Waits (bounded) for a JSON log line that `matches`; panics with the
     /// logs when none comes within `limit`.
     pub fn wait_for_log(&self, limit: Duration, matches: impl Fn(&Value) -> bool) -> Value {
