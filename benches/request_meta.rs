@@ -84,9 +84,12 @@ fn read(c: &mut Criterion) {
     for (name, body) in bodies() {
         group.bench_function(name, |b| {
             b.iter(|| {
-                RequestMeta::read(request(black_box(&body)), RequestMeta::DEFAULT_LIMIT)
-                    .now_or_never()
-                    .expect("a full body is ready")
+                RequestMeta::read(
+                    request(black_box(&body)),
+                    RequestMeta::DEFAULT_MAX_BODY_BYTES,
+                )
+                .now_or_never()
+                .expect("a full body is ready")
             })
         });
     }
@@ -98,9 +101,12 @@ fn read(c: &mut Criterion) {
 #[inline(never)]
 fn profile_loop(body: &Bytes) {
     for _ in 0..10_000 {
-        let req = RequestMeta::read(request(black_box(body)), RequestMeta::DEFAULT_LIMIT)
-            .now_or_never()
-            .expect("a full body is ready");
+        let req = RequestMeta::read(
+            request(black_box(body)),
+            RequestMeta::DEFAULT_MAX_BODY_BYTES,
+        )
+        .now_or_never()
+        .expect("a full body is ready");
         black_box(req.expect("a valid body"));
     }
 }

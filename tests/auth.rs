@@ -348,7 +348,7 @@ async fn the_body_is_read_only_for_keys_with_an_allow_list() {
     let mut svc = AuthLayer::new(store_with([
         KeyRecord::new("bob", KeyHash::of("sk-bob")).with_allowed_models(["gpt-4o"])
     ]))
-    .body_limit(16)
+    .max_request_body_bytes(16)
     .layer(echo());
     let a = send(&mut svc, bearer("sk-bob")).await;
     assert_eq!(a.status, StatusCode::PAYLOAD_TOO_LARGE);

@@ -275,7 +275,10 @@ async fn upstream_failures_are_retried_or_enveloped() {
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     assert_eq!(headers["content-type"], "application/json");
     assert_eq!(json_of(&bytes)["error"]["message"], "502 Bad Gateway");
-    let (status, headers, _) = call(
+    // The gateway's own quota at its upstream is spent: not the tenant's
+    // 429 `insufficient_quota` (issue 20), a 503 with the gateway's code,
+    // never retried.
+    let (status, headers, bytes) = call(
         &client,
         chat(
             &base,
@@ -284,8 +287,9 @@ async fn upstream_failures_are_retried_or_enveloped() {
         ),
     )
     .await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(headers["x-should-retry"], "false");
+    assert_eq!(json_of(&bytes)["error"]["code"], "upstream_quota_exhausted");
 }
 
 /// `--check` with a config file: exit 0, or 2 with the error.

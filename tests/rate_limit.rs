@@ -389,7 +389,7 @@ async fn header_keys() {
     let layer = RateLimitLayer::new()
         .limit(gcra(Limit::requests_per_minute(1)))
         .unkeyed(Unkeyed::Pass)
-        .key_extractor(HeaderKey::new(HeaderName::from_static("x-tenant")));
+        .limit_key(HeaderKey::new(HeaderName::from_static("x-tenant")));
     let mut svc: Svc = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(
         service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
@@ -417,7 +417,7 @@ async fn header_keys() {
 async fn closures_are_key_extractors() {
     let layer = RateLimitLayer::new()
         .limit(gcra(Limit::requests_per_minute(1)))
-        .key_extractor(|req: &Request<Full<Bytes>>| Some(req.uri().path().to_owned()));
+        .limit_key(|req: &Request<Full<Bytes>>| Some(req.uri().path().to_owned()));
     let mut svc: Svc = BoxCloneService::new(ServiceBuilder::new().layer(layer).service(
         service_fn(|_req: Request<Full<Bytes>>| async {
             Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))

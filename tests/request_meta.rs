@@ -104,7 +104,7 @@ async fn reads_the_fields_and_puts_the_body_back() {
     let body = r#"{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},
         "max_tokens":100,"messages":[{"role":"system","content":"Be brief."},
         {"role":"user","content":"Hello there!"}]}"#;
-    let req = RequestMeta::read(full(body), RequestMeta::DEFAULT_LIMIT)
+    let req = RequestMeta::read(full(body), RequestMeta::DEFAULT_MAX_BODY_BYTES)
         .await
         .unwrap();
     let m = meta(&req);

@@ -222,7 +222,7 @@ async fn a_large_error_body_comes_back_whole() {
     let big = "x".repeat(200 * 1024);
     let layer = layer()
         .policy(RetryPolicy::new().max_attempts(1))
-        .max_error_body(1024);
+        .max_error_body_bytes(1024);
     let (task, mut handle) = start(layer.clone(), request("{}"));
     serve(&mut handle, vec![response(500, &[], &big)]).await;
     let res = task.await.unwrap().unwrap();
@@ -612,7 +612,7 @@ async fn a_streamed_body_is_buffered_and_replayed() {
 
 #[tokio::test(start_paused = true)]
 async fn a_body_over_the_cap_is_sent_once() {
-    let layer = layer().max_request_body(10);
+    let layer = layer().max_request_body_bytes(10);
     let (task, mut handle) = start(layer.clone(), request("{\"model\":\"m\"}"));
     let seen = serve(&mut handle, vec![response(503, &[], "down")]).await;
     let res = task.await.unwrap().unwrap();

@@ -36,13 +36,15 @@ const OPENAI_STREAM: &str = concat!(
     "data: [DONE]\n\n",
 );
 
-/// `OPENAI_STREAM` without its usage chunk: what a client that did not ask
-/// for usage receives.
+/// `OPENAI_STREAM` without its usage chunk, and without the `"usage":null`
+/// OpenAI adds to every other chunk once usage is asked for: what a client
+/// that did not ask for usage receives.
 fn openai_without_usage_chunk() -> String {
     OPENAI_STREAM
         .split_inclusive("\n\n")
         .filter(|event| !event.contains(r#""choices":[]"#))
-        .collect()
+        .collect::<String>()
+        .replace(r#","usage":null}"#, "}")
 }
 
 const OPENAI_USAGE: Usage = Usage {
@@ -778,6 +780,30 @@ fn strip_usage_chunk_hides_it_and_still_counts_it() {
     );
     assert_eq!(std::str::from_utf8(&body).unwrap(), expected);
     assert_eq!(report.usage, OPENAI_USAGE);
+}
+
+#[test]
+fn strip_usage_chunk_cuts_the_null_usage_with_crlf_line_breaks_too() {
+    let crlf = OPENAI_STREAM.replace('\n', "\r\n");
+    let expected = openai_without_usage_chunk().replace('\n', "\r\n");
+    assert!(!expected.contains("\"usage\""), "{expected}");
+    let options = UsageOptions::default().strip_usage_chunk(true);
+    for cut in 0..=crlf.len() {
+        let (body, report) = run(
+            "text/event-stream",
+            split(crlf.as_bytes(), &[cut]),
+            options.clone(),
+        );
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            expected,
+            "split at {cut}"
+        );
+        assert_eq!(report.usage, OPENAI_USAGE);
+    }
+    // Without stripping, every byte stays.
+    let (body, _) = run("text/event-stream", whole(&crlf), UsageOptions::default());
+    assert_eq!(&body[..], crlf.as_bytes());
 }
 
 #[test]

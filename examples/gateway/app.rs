@@ -1,11 +1,13 @@
-//! The gateway: all six tollgate layers around an OpenAI-compatible proxy.
+//! The gateway: all six tollgate layers around the proxied endpoints.
 //!
 //! Server stack, outermost first:
-//! `ErrorEnvelopeLayer → access log → body timeout (408) → Auth → model check →
-//! RateLimit → Budget → StreamErrorTrailer → shutdown cut → proxy`, and
-//! towards the upstream `timeout → Retry → hyper-util Client`. The admin API
-//! (`/admin/*`, see `admin/`) sits inside the envelope and the access log,
-//! beside the proxy, with its own authentication.
+//! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
+//! routing → RateLimit → Budget → stream meter → StreamErrorTrailer →
+//! shutdown cut → proxy` (`proxy/`), and towards each model's upstream
+//! `timeout → Retry → attempt meter → hyper-util Client` (`routing.rs`).
+//! The admin API (`/admin/*`, see `admin/`) and `/metrics` sit inside the
+//! envelope and the access log, beside the proxy, with their own
+//! authentication.
 //!
 //! An [`App`] is what one config builds on the long-lived stores
 //! (`gateway.rs` swaps it on reload); served by `server.rs` (connections,
@@ -14,31 +16,32 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use serde_json::{Value, json};
+use axum::routing::get;
+use serde_json::json;
 use tokio::net::TcpListener;
 use tollgate::auth::AuthLayer;
 use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
-use tollgate::retry::RetryInfo;
 use tollgate::stream::StreamErrorTrailerLayer;
-use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
 use tower::ServiceBuilder;
 
+use crate::access_log::{self, AccessLog, LogSlot};
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ModelConfig, StoreChoice};
 use crate::gateway::{Gateway, LoadConfig, ReloadRequests, Reloads};
+use crate::metrics::{self, Counted, Metrics};
+use crate::proxy::{self, models::ModelList};
+use crate::routing::{self, Routes};
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
 use crate::stores::Stores;
-use crate::upstream::{self, Upstream};
 
 /// What one config builds: the router with every layer, on the stores
 /// every app of the process shares. Immutable; a reload builds another.
@@ -52,10 +55,7 @@ pub struct App {
 /// Shared state of the handlers of one [`App`].
 pub struct AppState {
     config: Arc<Config>,
-    pricing: Pricing,
     ledger: Arc<dyn Ledger>,
-    /// The upstream for logs: its base URL without credentials, or `mock`.
-    upstream_label: String,
     stores: Stores,
 }
 
@@ -80,6 +80,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The upstream it forwards to (without credentials).
     pub upstream: String,
+    /// Where `/metrics` is served without a key (`metrics_listen`).
+    pub metrics_addr: Option<SocketAddr>,
     /// The gateway.
     pub gateway: Arc<Gateway>,
     shutdown: Shutdown,
@@ -141,12 +143,12 @@ pub fn check(config: &Config) -> Result<(), StartError> {
         .parse()
         .map_err(|e| StartError::Config(format!("store: {e}")))?;
     crate::stores::supported(&choice).map_err(|e| StartError::Config(e.to_string()))?;
-    let url = config.upstream_url().unwrap_or("http://127.0.0.1:9/v1");
     let (reloads, _) = crate::gateway::reload_channel();
     App::build(
         config.clone(),
         &Stores::memory(),
-        url.to_owned(),
+        &Metrics::new(),
+        "http://127.0.0.1:9/v1",
         &Shutdown::new(),
         reloads,
     )
@@ -172,8 +174,10 @@ pub async fn start(
     let listener = TcpListener::bind(config.listen).await?;
     let addr = listener.local_addr()?;
     let settings = serve_settings(&config);
+    let metrics_listen = config.metrics_listen;
     let shutdown = Shutdown::new();
-    let (gateway, reloads) = Gateway::new(config, stores, load, shutdown.clone())
+    let metrics = Metrics::new();
+    let (gateway, reloads) = Gateway::new(config, stores, metrics.clone(), load, shutdown.clone())
         .await
         .map_err(|e| match e {
             crate::gateway::ReloadError::Config(message) => StartError::Config(message),
@@ -189,6 +193,20 @@ pub async fn start(
         Some(url) => crate::config::without_credentials(url),
         None => "mock".to_owned(),
     };
+    let metrics_addr = match metrics_listen {
+        Some(at) => {
+            let listener = TcpListener::bind(at).await?;
+            let bound = listener.local_addr()?;
+            tokio::spawn(server::serve(
+                listener,
+                metrics::open_router(metrics),
+                ServeSettings::default(),
+                shutdown.clone(),
+            ));
+            Some(bound)
+        }
+        None => None,
+    };
     let server = tokio::spawn(server::serve(
         listener,
         gateway.service(),
@@ -198,6 +216,7 @@ pub async fn start(
     let running = Running {
         addr,
         upstream,
+        metrics_addr,
         gateway,
         shutdown,
         server,
@@ -232,18 +251,20 @@ fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
 }
 
 impl App {
-    /// Builds the app of `config` on `stores`, forwarding to
-    /// `upstream_url`. Its streams end when `shutdown` cuts them; its admin
-    /// API asks `reloads` for a reload.
+    /// Builds the app of `config` on `stores` and `metrics` (both outlive
+    /// it); upstreams whose URL is `mock` are reached at `mock_url`. Its
+    /// streams end when `shutdown` cuts them; its admin API asks `reloads`
+    /// for a reload.
     pub fn build(
         config: Config,
         stores: &Stores,
-        upstream_url: String,
+        metrics: &Metrics,
+        mock_url: &str,
         shutdown: &Shutdown,
         reloads: Reloads,
     ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let config = Arc::new(config);
-        let router = router(config.clone(), stores, upstream_url, shutdown, reloads)?;
+        let router = router(config.clone(), stores, metrics, mock_url, shutdown, reloads)?;
         Ok(App { config, router })
     }
 }
@@ -253,66 +274,67 @@ impl App {
 fn router(
     config: Arc<Config>,
     stores: &Stores,
-    upstream_url: String,
+    metrics: &Metrics,
+    mock_url: &str,
     shutdown: &Shutdown,
     reloads: Reloads,
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
     let pricing = pricing(&config.models)?;
     let error_format: ErrorFormat = config.error_format.parse()?;
-    let header_style = match config.rate_limit_headers.as_str() {
-        "timestamp" => HeaderStyle::Timestamp,
-        "ietf" => HeaderStyle::Ietf,
-        "none" => HeaderStyle::None,
-        _ => HeaderStyle::OpenAi,
-    };
-    let upstream_label = match config.upstream_url() {
-        Some(url) => crate::config::without_credentials(url),
-        None => "mock".to_owned(),
-    };
-    let upstream = Arc::new(Upstream::new(upstream_url, &config)?);
+    let header_style: HeaderStyle = config.rate_limit_headers.parse()?;
+    let routes = Arc::new(Routes::build(&config, mock_url, metrics)?);
+    let access_log_state = Arc::new(AccessLog {
+        pricing: pricing.clone(),
+        metrics: Arc::new(metrics.requests(&config)),
+    });
+    let model_list = Arc::new(ModelList::new(
+        config.models.iter().map(|m| m.name.as_str()),
+    ));
     let idle = Duration::from_secs(config.stream_idle_timeout_secs);
+    let rate_limit = routing::shared_limits(
+        &config,
+        RateLimitLayer::new()
+            .headers(header_style)
+            .store(Counted::rate_limits(stores.rate_limits.clone(), metrics)),
+    );
+    let streams = metrics.streams();
     let state = Arc::new(AppState {
         config: config.clone(),
-        pricing: pricing.clone(),
         ledger: stores.ledger.clone(),
-        upstream_label,
         stores: stores.clone(),
     });
     let cut = shutdown.clone();
 
-    let chat = Router::new()
-        .route("/v1/chat/completions", post(upstream::chat_completions))
-        .with_state(upstream)
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    RateLimitLayer::new()
-                        .headers(header_style)
-                        .store(stores.rate_limits.clone()),
-                )
-                .layer(
-                    BudgetLayer::with_ledger(pricing, stores.ledger.clone())
-                        .policy(config.reserve_policy()),
-                )
-                .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
-                // Inside the trailer layer, so a stream cut at shutdown ends
-                // with its terminal error event.
-                .map_response(move |response: Response| cut.watch_stream(response)),
-        );
+    let proxied = proxy::routes().layer(
+        ServiceBuilder::new()
+            .layer(middleware::from_fn_with_state(routes, routing::select))
+            .layer(rate_limit)
+            .layer(
+                BudgetLayer::with_ledger(pricing, Counted::ledger(stores.ledger.clone(), metrics))
+                    .policy(config.reserve_policy()),
+            )
+            // Outside the trailer layer, where every stream ends either as
+            // its API ends it or with one terminal error event.
+            .map_response(move |response| streams.watch(response))
+            .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
+            // Inside the trailer layer, so a stream cut at shutdown ends
+            // with its terminal error event.
+            .map_response(move |response: Response| cut.watch_stream(response)),
+    );
     let authed = Router::new()
-        .route("/v1/models", get(list_models))
         .route("/v1/key", get(key_info))
         .with_state(state.clone())
-        .merge(chat)
+        .merge(proxy::model_routes(model_list))
+        .merge(proxied)
         .layer(
             ServiceBuilder::new()
-                .layer(AuthLayer::new(stores.keys.clone()))
+                .layer(AuthLayer::new(Counted::keys(stores.keys.clone(), metrics)))
                 .layer(middleware::from_fn_with_state(state.clone(), check_model)),
         );
-    let admin = admin::routes(AdminState::new(&config, stores, reloads));
+    let admin = admin::routes(AdminState::new(&config, stores, metrics, reloads));
     let app = Router::new()
         .route("/health", get(health))
-        .with_state(state.clone())
+        .with_state(state)
         .merge(authed)
         .merge(admin)
         .fallback(|| async { ApiError::not_found().with_message("Unknown path.") })
@@ -320,10 +342,15 @@ fn router(
             ServiceBuilder::new()
                 .layer(
                     ErrorEnvelopeLayer::new()
-                        .format(error_format)
+                        .format_fn(move |uri, headers| {
+                            proxy::error_format(uri, headers, error_format)
+                        })
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(state, access_log))
+                .layer(middleware::from_fn_with_state(
+                    access_log_state,
+                    access_log::access_log,
+                ))
                 .layer(middleware::from_fn(server::answer_body_timeout)),
         );
     Ok(app)
@@ -346,7 +373,7 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
 /// over the model's context window → 400 `context_length_exceeded`, before
 /// any upstream call.
 async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let req = match RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await {
+    let req = match RequestMeta::read(req, RequestMeta::DEFAULT_MAX_BODY_BYTES).await {
         Ok(req) => req,
         Err(error) => return error.into_response(),
     };
@@ -354,13 +381,11 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
         return next.run(req).await;
     };
     if let Some(slot) = req.extensions().get::<LogSlot>() {
-        if let Ok(mut fields) = slot.0.lock() {
-            fields.0 = req
-                .extensions()
-                .get::<Principal>()
-                .map(|p| p.key_id().to_owned());
-            fields.1 = meta.model.clone();
-        }
+        let key = req
+            .extensions()
+            .get::<Principal>()
+            .map(|p| p.key_id().to_owned());
+        slot.record(key, meta.model.clone());
     }
     if req.method() == http::Method::POST {
         let Some(name) = meta.model.as_deref() else {
@@ -391,19 +416,6 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
     next.run(req).await
 }
 
-/// `GET /v1/models`: the models the calling key may use, OpenAI list shape.
-async fn list_models(State(gw): State<Arc<AppState>>, req: Request) -> Response {
-    let principal = req.extensions().get::<Principal>();
-    let data: Vec<Value> = gw
-        .config
-        .models
-        .iter()
-        .filter(|m| principal.is_none_or(|p| p.allows_model(&m.name)))
-        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "tollgate"}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data})).into_response()
-}
-
 /// `GET /v1/key`: the calling key's id, expiry, limits and, read from the
 /// ledger, what each of its budgets and balances has left and when it
 /// resets, without spending a request.
@@ -426,75 +438,4 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
         "budgets": budgets,
     }))
     .into_response()
-}
-
-/// What the inner part of the stack learns about a request, for its log line.
-#[derive(Clone, Default)]
-struct LogSlot(Arc<std::sync::Mutex<(Option<String>, Option<String>)>>);
-
-/// One `tracing` line per request: key id, model, route, status, tokens,
-/// cost, attempts, upstream, latency; never a secret. Streams are logged
-/// when their body ends.
-async fn access_log(State(gw): State<Arc<AppState>>, mut req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    // The route's pattern, not the path: a path is what a client made up.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
-    let slot = LogSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let response = next.run(req).await;
-    let (key, model) = slot.0.lock().map(|g| g.clone()).unwrap_or_default();
-    let attempts = response
-        .extensions()
-        .get::<RetryInfo>()
-        .map(|r| r.attempts)
-        .unwrap_or(0);
-    let status = response.status().as_u16();
-    // Called, or failed to be reached (a transport failure carries no count).
-    let called = attempts > 0
-        || response
-            .extensions()
-            .get::<ApiError>()
-            .is_some_and(|e| e.origin() == tollgate::Origin::Upstream);
-    let upstream = if called {
-        gw.upstream_label.clone()
-    } else {
-        "-".to_owned()
-    };
-    let log = move |report: Option<&UsageReport>| {
-        let usage = report.map(|r| r.usage).unwrap_or_default();
-        let cost = match (report, model.as_deref().and_then(|m| gw.pricing.get(m))) {
-            (Some(r), Some(price)) => price
-                .cost_of(
-                    r.usage.prompt_tokens,
-                    r.usage.cached_tokens.unwrap_or(0),
-                    r.usage.completion_tokens,
-                )
-                .to_string(),
-            _ => "$0.00".to_owned(),
-        };
-        tracing::info!(
-            key = key.as_deref().unwrap_or("-"),
-            model = model.as_deref().unwrap_or("-"),
-            %method,
-            route,
-            status,
-            prompt_tokens = usage.prompt_tokens,
-            completion_tokens = usage.completion_tokens,
-            tokens = usage.total_tokens,
-            cost,
-            attempts,
-            upstream,
-            latency_ms = start.elapsed().as_secs_f64() * 1000.0,
-            "request"
-        );
-    };
-    match response.extensions().get::<UsageTap>() {
-        Some(tap) => tap.subscribe(move |report| log(Some(report))),
-        None => log(None),
-    }
-    response
 }

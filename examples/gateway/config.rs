@@ -8,12 +8,14 @@ use serde::Deserialize;
 
 mod admin;
 mod secrets;
+mod upstreams;
 
 pub use self::admin::{Usd, one_kind_of_money};
 use self::admin::{
     default_budget_policy, default_max_top_up, default_min_top_up, default_store_timeout,
 };
 pub use self::secrets::Redacted;
+pub use self::upstreams::{DEFAULT_UPSTREAM, UpstreamConfig, UpstreamKind};
 
 /// The demo configuration `cargo run --example gateway` starts with.
 pub const DEMO_CONFIG: &str = r#"
@@ -83,6 +85,27 @@ pub struct ModelConfig {
     /// Prompt + completion tokens the model accepts.
     #[serde(default)]
     pub context_window: Option<u64>,
+
+    // Routing and model-wide limits (gw16: issues 16 and 18; see `config/upstreams.rs`).
+    /// The upstream serving it: an `[[upstreams]]` name (default: the
+    /// default upstream, `upstream = ...`).
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The model's name at the upstream, when it differs from `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Per-attempt timeout for this model (default: its upstream's `[retry]`).
+    #[serde(default)]
+    pub attempt_timeout_secs: Option<u64>,
+    /// Requests per minute to this model, all keys together.
+    #[serde(default)]
+    pub requests_per_minute: Option<u64>,
+    /// Tokens per minute to this model, all keys together.
+    #[serde(default)]
+    pub tokens_per_minute: Option<u64>,
+    /// Requests in flight to this model at most, all keys together.
+    #[serde(default)]
+    pub max_concurrent: Option<u32>,
 }
 
 fn default_max_output() -> u64 {
@@ -101,6 +124,26 @@ pub struct RetryConfig {
     pub max_backoff_ms: u64,
     /// A longer `Retry-After` from the upstream is not waited for.
     pub max_retry_after_secs: u64,
+    /// The longest wait for one attempt's response head (default 30 s, the
+    /// HiveOps guide's `timeout=30`); a model may set its own.
+    pub attempt_timeout_secs: u64,
+}
+
+impl RetryConfig {
+    /// Checks values that parse but cannot work; the message starts with
+    /// the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_attempts == 0 {
+            return Err("max_attempts: must be at least 1".into());
+        }
+        if self.initial_backoff_ms > self.max_backoff_ms {
+            return Err("initial_backoff_ms: must not exceed max_backoff_ms".into());
+        }
+        if self.attempt_timeout_secs == 0 {
+            return Err("attempt_timeout_secs: must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for RetryConfig {
@@ -110,6 +153,7 @@ impl Default for RetryConfig {
             initial_backoff_ms: 500,
             max_backoff_ms: 8000,
             max_retry_after_secs: 120,
+            attempt_timeout_secs: 30,
         }
     }
 }
@@ -130,7 +174,7 @@ pub struct Config {
     /// openai | anthropic | error_code_detail | humanloop
     #[serde(default = "default_error_format")]
     pub error_format: String,
-    /// openai | timestamp | ietf | none
+    /// openai | timestamp | ietf | legacy | none
     #[serde(default = "default_rate_limit_headers")]
     pub rate_limit_headers: String,
     /// Whole-request timeout towards the upstream (response head).
@@ -202,6 +246,20 @@ pub struct Config {
     /// healthy Redis's worst case, small next to an LLM call.
     #[serde(default = "default_store_timeout")]
     pub store_timeout_ms: u64,
+
+    // Upstreams and metrics (gw16: issue 16 items 2-3; see `config/upstreams.rs`).
+    /// More upstreams besides the default one (`upstream`), for
+    /// `[[models]] upstream` to name.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Serve `GET /metrics` on this address, without a key; otherwise it is
+    /// served on the main listener to admin keys only.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Add a `key` label to the per-request series (one series per key:
+    /// only for a few keys).
+    #[serde(default)]
+    pub metrics_per_key: bool,
 }
 
 /// Where the gateway keeps its state, parsed from `store` / `--store`.
@@ -343,7 +401,7 @@ fn with_line(error: ConfigError, text: &str) -> ConfigError {
     let ConfigError::Invalid { origin, message } = error else {
         return error;
     };
-    let entry = ["keys", "models"].iter().find_map(|table| {
+    let entry = ["keys", "models", "upstreams"].iter().find_map(|table| {
         let rest = message.strip_prefix(table)?.strip_prefix('[')?;
         let index: usize = rest.split(']').next()?.parse().ok()?;
         let header = format!("[[{table}]]");
@@ -399,15 +457,6 @@ impl Config {
         self.error_format
             .parse::<tollgate::ErrorFormat>()
             .map_err(|e| invalid(format!("error_format: {e}")))?;
-        if !matches!(
-            self.rate_limit_headers.as_str(),
-            "openai" | "timestamp" | "ietf" | "none"
-        ) {
-            return Err(invalid(format!(
-                "rate_limit_headers: expected openai, timestamp, ietf or none, got {:?}",
-                self.rate_limit_headers
-            )));
-        }
         self.store
             .parse::<StoreChoice>()
             .map_err(|e| invalid(format!("store: {e}")))?;
@@ -426,9 +475,9 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("max_connections: must be at least 1".into()));
         }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts: must be at least 1".into()));
-        }
+        self.retry
+            .validate()
+            .map_err(|e| invalid(format!("retry.{e}")))?;
         let mut names = HashSet::new();
         for (i, model) in self.models.iter().enumerate() {
             if !names.insert(model.name.as_str()) {
@@ -452,6 +501,7 @@ impl Config {
                 }
             }
         }
+        upstreams::validate(self).map_err(invalid)?;
         let mut ids = HashSet::new();
         for (i, key) in self.keys.iter().enumerate() {
             if !ids.insert(key.id.as_str()) {

@@ -50,7 +50,9 @@ use tower::{Service, ServiceExt};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
 use crate::mock;
+use crate::routing;
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
 use crate::stores::Stores;
@@ -62,6 +64,8 @@ pub type LoadConfig = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>
 /// A gateway process's state.
 pub struct Gateway {
     stores: Stores,
+    /// The process's metrics: like the stores, they outlive every app.
+    metrics: Metrics,
     current: ArcSwap<App>,
     load: LoadConfig,
     shutdown: Shutdown,
@@ -106,14 +110,22 @@ impl Gateway {
     pub async fn new(
         config: Config,
         stores: Stores,
+        metrics: Metrics,
         load: LoadConfig,
         shutdown: Shutdown,
     ) -> Result<(Arc<Gateway>, ReloadRequests), ReloadError> {
         let (reloads, requests) = reload_channel();
         let mock = Mutex::new(None);
-        let upstream = upstream_url(&config, &mock).await?;
-        let app = App::build(config, &stores, upstream, &shutdown, reloads.clone())
-            .map_err(|e| ReloadError::Config(e.to_string()))?;
+        let mock_url = mock_url(&config, &mock).await?;
+        let app = App::build(
+            config,
+            &stores,
+            &metrics,
+            &mock_url,
+            &shutdown,
+            reloads.clone(),
+        )
+        .map_err(|e| ReloadError::Config(e.to_string()))?;
         let synced = sync_keys(&app.config, &*stores.keys).await?;
         tracing::info!(
             created = synced.created,
@@ -125,6 +137,7 @@ impl Gateway {
         );
         let gateway = Arc::new(Gateway {
             stores,
+            metrics,
             current: ArcSwap::from_pointee(app),
             load,
             shutdown,
@@ -148,11 +161,12 @@ impl Gateway {
         let _one_at_a_time = self.reloading.lock().await;
         let config = (self.load)().map_err(|e| ReloadError::Config(e.to_string()))?;
         let restart_required = restart_only_changes(&self.app().config, &config);
-        let upstream = upstream_url(&config, &self.mock).await?;
+        let mock_url = mock_url(&config, &self.mock).await?;
         let app = App::build(
             config,
             &self.stores,
-            upstream,
+            &self.metrics,
+            &mock_url,
             &self.shutdown,
             self.reloads.clone(),
         )
@@ -179,12 +193,13 @@ impl Gateway {
     }
 }
 
-/// The upstream base URL of `config`: its own, or the built-in mock's,
-/// started the first time a config asks for it and kept after (streams in
-/// flight keep their upstream until the process ends).
-async fn upstream_url(config: &Config, mock: &Mutex<Option<String>>) -> std::io::Result<String> {
-    if let Some(url) = config.upstream_url() {
-        return Ok(url.to_owned());
+/// The built-in mock's base URL, for the upstreams of `config` whose URL
+/// is `mock` (empty when none is): started the first time a config asks
+/// for it and kept after (streams in flight keep their upstream until the
+/// process ends).
+async fn mock_url(config: &Config, mock: &Mutex<Option<String>>) -> std::io::Result<String> {
+    if !routing::needs_mock(config) {
+        return Ok(String::new());
     }
     let mut mock = mock.lock().await;
     if let Some(url) = &*mock {
@@ -237,6 +252,7 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
         "max_connections",
         old.max_connections != new.max_connections,
     );
+    differs("metrics_listen", old.metrics_listen != new.metrics_listen);
     differs(
         "shutdown_grace_secs",
         old.shutdown_grace_secs != new.shutdown_grace_secs,

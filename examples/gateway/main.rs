@@ -17,17 +17,20 @@
 //! restart (see `gateway.rs`); a file that does not parse or validate is
 //! refused, and the running config stays.
 
+mod access_log;
 mod admin;
 mod app;
 mod cli;
 mod config;
 mod gateway;
+mod metrics;
 #[path = "../support/mock/mod.rs"]
 mod mock;
+mod proxy;
+mod routing;
 mod server;
 mod shutdown;
 mod stores;
-mod upstream;
 
 use std::process::ExitCode;
 
@@ -108,6 +111,9 @@ async fn main() -> ExitCode {
     };
     println!("tollgate gateway listening on http://{}", running.addr);
     println!("upstream: {}", running.upstream);
+    if let Some(addr) = running.metrics_addr {
+        println!("metrics on http://{addr}/metrics");
+    }
     tracing::info!(addr = %running.addr, upstream = %running.upstream, "listening");
     if demo {
         println!("\ntry it (demo key from the embedded config):\n");

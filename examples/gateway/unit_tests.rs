@@ -10,14 +10,17 @@
 
 #![allow(dead_code, unused_imports)]
 
+mod access_log;
 mod admin;
 mod app;
 mod cli;
 mod config;
 mod gateway;
+mod metrics;
 #[path = "../support/mock/mod.rs"]
 mod mock;
+mod proxy;
+mod routing;
 mod server;
 mod shutdown;
 mod stores;
-mod upstream;

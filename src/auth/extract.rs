@@ -1,4 +1,4 @@
-//! Where a request carries its key: [`Extractor`] and the [`ExtractKey`] trait.
+//! Where a request carries its key: [`Extractor`] and the [`ExtractApiKey`] trait.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,12 +14,12 @@ use http::request::Parts;
 /// Return `None` when the request carries no key in this place. A value that
 /// is present but unusable may be returned as is: it fails the lookup and
 /// the request gets 401 `invalid_api_key`.
-pub trait ExtractKey: Send + Sync + 'static {
+pub trait ExtractApiKey: Send + Sync + 'static {
     /// The key in `parts`, if any.
     fn extract<'a>(&self, parts: &'a Parts) -> Option<Cow<'a, str>>;
 }
 
-impl<F> ExtractKey for F
+impl<F> ExtractApiKey for F
 where
     F: Fn(&Parts) -> Option<Cow<'_, str>> + Send + Sync + 'static,
 {
@@ -56,7 +56,7 @@ pub struct Extractor {
 enum Source {
     Bearer,
     Header(HeaderName),
-    Custom(Arc<dyn ExtractKey>),
+    Custom(Arc<dyn ExtractApiKey>),
 }
 
 /// What the extractors found in a request.
@@ -117,7 +117,7 @@ impl Extractor {
     }
 
     /// Your own extractor.
-    pub fn custom(extractor: impl ExtractKey) -> Extractor {
+    pub fn custom(extractor: impl ExtractApiKey) -> Extractor {
         Extractor {
             source: Source::Custom(Arc::new(extractor)),
             description: Cow::Borrowed("a custom location"),

@@ -253,7 +253,7 @@ where
     let meta = req.extensions().get::<RequestMeta>();
     if outcome::needs_meta(&principal, meta.is_some()) {
         return State::ReadMeta {
-            read: Box::pin(ReadMeta::new(req, policy.body_limit)),
+            read: Box::pin(ReadMeta::new(req, policy.max_request_body_bytes)),
             waiting: Some((inner, principal)),
         };
     }

@@ -20,7 +20,7 @@ pub(crate) struct Policy {
     pub(crate) key_length: RangeInclusive<usize>,
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) expiry_warning: Duration,
-    pub(crate) body_limit: usize,
+    pub(crate) max_request_body_bytes: usize,
     pub(crate) clock: SharedClock,
 }
 
@@ -32,7 +32,7 @@ impl fmt::Debug for Policy {
             .field("key_length", &self.key_length)
             .field("max_lifetime", &self.max_lifetime)
             .field("expiry_warning", &self.expiry_warning)
-            .field("body_limit", &self.body_limit)
+            .field("max_request_body_bytes", &self.max_request_body_bytes)
             .finish_non_exhaustive()
     }
 }
@@ -50,7 +50,7 @@ impl fmt::Debug for Policy {
 /// | [`key_length`](AuthLayer::key_length) | 1 to 1024 bytes |
 /// | [`max_key_lifetime`](AuthLayer::max_key_lifetime) | none (only `expires_at`) |
 /// | [`expiry_warning`](AuthLayer::expiry_warning) | 7 days |
-/// | [`body_limit`](AuthLayer::body_limit) | 16 MiB ([`RequestMeta::DEFAULT_LIMIT`]) |
+/// | [`max_request_body_bytes`](AuthLayer::max_request_body_bytes) | 16 MiB ([`RequestMeta::DEFAULT_MAX_BODY_BYTES`]) |
 /// | [`clock`](AuthLayer::clock) | [`TokioClock`] |
 pub struct AuthLayer<K> {
     store: Arc<K>,
@@ -76,7 +76,7 @@ impl<K> AuthLayer<K> {
                 key_length: 1..=Self::DEFAULT_MAX_KEY_LENGTH,
                 max_lifetime: None,
                 expiry_warning: Self::DEFAULT_EXPIRY_WARNING,
-                body_limit: RequestMeta::DEFAULT_LIMIT,
+                max_request_body_bytes: RequestMeta::DEFAULT_MAX_BODY_BYTES,
                 clock: Arc::new(TokioClock::new()),
             }),
         }
@@ -127,8 +127,8 @@ impl<K> AuthLayer<K> {
 
     /// How much of a request body is read to find its `model` when the key
     /// has a model allow-list. Larger bodies get 413 `payload_too_large`.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.policy_mut().body_limit = bytes;
+    pub fn max_request_body_bytes(mut self, bytes: usize) -> Self {
+        self.policy_mut().max_request_body_bytes = bytes;
         self
     }
 

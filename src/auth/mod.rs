@@ -126,7 +126,7 @@
 //! A key with a non-empty allow-list (exact names and `*` globs, see
 //! [`KeyRecord::allows_model`]) may only use those models. The layer reads
 //! the request's `model` through [`RequestMeta`](crate::RequestMeta) (the
-//! body is read once, bounded by [`AuthLayer::body_limit`], and put back;
+//! body is read once, bounded by [`AuthLayer::max_request_body_bytes`], and put back;
 //! later layers reuse the facts). Keys without restrictions never cause the
 //! body to be read. Requests without a model (`GET /v1/models`, gRPC) pass;
 //! a gRPC service checks [`Principal::allows_model`] itself.
@@ -328,7 +328,7 @@ mod sync;
 mod tenant;
 
 pub use self::entry::{InvalidKeyEntry, KeyEntry, LimitEntry, ModelLimitEntry, TenantEntry};
-pub use self::extract::{ExtractKey, Extractor};
+pub use self::extract::{ExtractApiKey, Extractor};
 pub use self::file::{KeyFile, KeyFileError};
 pub use self::future::X_API_KEY_EXPIRES_IN;
 pub use self::generate::{GenerateError, Secret};

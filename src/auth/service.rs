@@ -141,7 +141,7 @@ impl<S, K> Auth<S, K> {
         } = admitted;
         let meta = req.extensions().get::<RequestMeta>();
         if outcome::needs_meta(&principal, meta.is_some()) {
-            let read = Box::pin(ReadMeta::new(req, self.policy.body_limit));
+            let read = Box::pin(ReadMeta::new(req, self.policy.max_request_body_bytes));
             return ResponseFuture::read(read, take_ready(&mut self.inner), principal, expires_in);
         }
         if let Err(error) = outcome::check_model(&principal, meta) {

@@ -35,7 +35,7 @@ pub(crate) struct Shared<L> {
     pub(crate) thresholds: Thresholds,
     pub(crate) on_soft_limit: Option<Arc<dyn OnSoftLimit>>,
     pub(crate) sink: Option<Arc<dyn SpendSink>>,
-    pub(crate) body_limit: usize,
+    pub(crate) max_request_body_bytes: usize,
     pub(crate) charge_policy: ChargePolicy,
     pub(crate) unreadable: Unreadable,
 }
@@ -51,7 +51,7 @@ impl<L> Clone for Shared<L> {
             thresholds: self.thresholds.clone(),
             on_soft_limit: self.on_soft_limit.clone(),
             sink: self.sink.clone(),
-            body_limit: self.body_limit,
+            max_request_body_bytes: self.max_request_body_bytes,
             charge_policy: self.charge_policy,
             unreadable: self.unreadable,
         }
@@ -66,7 +66,7 @@ impl<L> Clone for Shared<L> {
 /// Defaults: [`ReservePolicy::Bounded`], [`UnpricedModel::Reject`],
 /// [`FailurePolicy::FailClosed`], [`ChargePolicy::Produced`],
 /// [`Unreadable::Reject`], no soft limits, no spend sink, request bodies
-/// read up to [`RequestMeta::DEFAULT_LIMIT`] (16 MiB).
+/// read up to [`RequestMeta::DEFAULT_MAX_BODY_BYTES`] (16 MiB).
 pub struct BudgetLayer<L = MemoryLedger> {
     shared: Arc<Shared<L>>,
 }
@@ -90,7 +90,7 @@ impl<L> fmt::Debug for BudgetLayer<L> {
             .field("soft_limits", &s.thresholds)
             .field("on_soft_limit", &s.on_soft_limit.is_some())
             .field("spend_sink", &s.sink.is_some())
-            .field("body_limit", &s.body_limit)
+            .field("max_request_body_bytes", &s.max_request_body_bytes)
             .field("charge_policy", &s.charge_policy)
             .field("unreadable", &s.unreadable)
             .finish_non_exhaustive()
@@ -121,7 +121,7 @@ impl<L: Ledger> BudgetLayer<L> {
                 thresholds: Thresholds::default(),
                 on_soft_limit: None,
                 sink: None,
-                body_limit: RequestMeta::DEFAULT_LIMIT,
+                max_request_body_bytes: RequestMeta::DEFAULT_MAX_BODY_BYTES,
                 charge_policy: ChargePolicy::default(),
                 unreadable: Unreadable::default(),
             }),
@@ -204,8 +204,8 @@ impl<L> BudgetLayer<L> {
     /// How much of a request body is read to find its model and
     /// `max_tokens`, when no earlier layer has (default 16 MiB). Larger
     /// bodies are refused with 413.
-    pub fn body_limit(mut self, bytes: usize) -> Self {
-        self.shared_mut().body_limit = bytes;
+    pub fn max_request_body_bytes(mut self, bytes: usize) -> Self {
+        self.shared_mut().max_request_body_bytes = bytes;
         self
     }
 }

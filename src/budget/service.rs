@@ -191,7 +191,7 @@ where
     let (req, Reserving { pending, answer }) = match reserving {
         Some(reserving) => (req, reserving),
         None => {
-            let req = RequestMeta::read(req, shared.body_limit).await?;
+            let req = RequestMeta::read(req, shared.max_request_body_bytes).await?;
             let Some(meta) = req.extensions().get::<RequestMeta>() else {
                 return Err(ApiError::internal().into());
             };

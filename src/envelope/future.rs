@@ -27,7 +27,7 @@ pin_project! {
         state: State<F, B>,
         format: ErrorFormat,
         request_id: HeaderValue,
-        max_error_body: usize,
+        max_error_body_bytes: usize,
         catch_panic: bool,
     }
 }
@@ -104,7 +104,7 @@ impl<F, B> ResponseFuture<F, B> {
         future: Result<F, ApiError>,
         format: ErrorFormat,
         request_id: HeaderValue,
-        max_error_body: usize,
+        max_error_body_bytes: usize,
         catch_panic: bool,
     ) -> Self {
         let state = match future {
@@ -115,7 +115,7 @@ impl<F, B> ResponseFuture<F, B> {
             state,
             format,
             request_id,
-            max_error_body,
+            max_error_body_bytes,
             catch_panic,
         }
     }
@@ -237,9 +237,9 @@ where
                     let done = match ready!(body.poll_frame(cx)) {
                         Some(Ok(frame)) => {
                             if let Ok(data) = frame.into_data() {
-                                let room = this.max_error_body.saturating_sub(buf.len());
+                                let room = this.max_error_body_bytes.saturating_sub(buf.len());
                                 buf.extend_from_slice(&data[..data.len().min(room)]);
-                                buf.len() >= *this.max_error_body
+                                buf.len() >= *this.max_error_body_bytes
                             } else {
                                 false
                             }

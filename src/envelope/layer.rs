@@ -64,7 +64,7 @@ impl fmt::Debug for FormatChoice {
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub(crate) format: FormatChoice,
-    pub(crate) max_error_body: usize,
+    pub(crate) max_error_body_bytes: usize,
     pub(crate) catch_panic: bool,
 }
 
@@ -84,14 +84,14 @@ impl Default for ErrorEnvelopeLayer {
 
 impl ErrorEnvelopeLayer {
     /// Default error body read limit when parsing a foreign error: 64 KiB.
-    pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+    pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 
     /// OpenAI format, 64 KiB parse limit, panics not caught.
     pub fn new() -> Self {
         ErrorEnvelopeLayer {
             config: Arc::new(Config {
                 format: FormatChoice::Fixed(ErrorFormat::OpenAi),
-                max_error_body: Self::DEFAULT_MAX_ERROR_BODY,
+                max_error_body_bytes: Self::DEFAULT_MAX_ERROR_BODY_BYTES,
                 catch_panic: false,
             }),
         }
@@ -128,8 +128,8 @@ impl ErrorEnvelopeLayer {
 
     /// How much of a foreign error body is read to parse it (default 64 KiB).
     /// The rest is discarded; the error is parsed from what was read.
-    pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.config_mut().max_error_body = bytes;
+    pub fn max_error_body_bytes(mut self, bytes: usize) -> Self {
+        self.config_mut().max_error_body_bytes = bytes;
         self
     }
 

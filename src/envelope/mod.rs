@@ -79,7 +79,7 @@
 //! sits in `axum::Router::layer` and needs no `HandleErrorLayer`, whatever the
 //! services inside it return.
 
-mod future;
+pub mod future;
 mod layer;
 pub(crate) use self::layer::ANTHROPIC_VERSION;
 mod dialect;
@@ -88,7 +88,6 @@ mod render;
 mod service;
 pub(crate) use self::service::{shared_bytes, write_hex};
 
-pub use self::future::ResponseFuture;
 pub use self::layer::ErrorEnvelopeLayer;
 pub use self::parse::{parse, parse_event};
 pub use self::render::{

@@ -98,7 +98,7 @@ where
                 Err(error),
                 format,
                 request_id,
-                config.max_error_body,
+                config.max_error_body_bytes,
                 config.catch_panic,
             );
         }
@@ -114,7 +114,7 @@ where
             future,
             format,
             request_id,
-            config.max_error_body,
+            config.max_error_body_bytes,
             config.catch_panic,
         )
     }

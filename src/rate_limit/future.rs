@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::body::ResponseBody;
 use super::permit::Permit;
 use super::service::{PendingHeaders, Plan, Shared, begin, decide, rejection};
-use super::{Admission, KeyExtractor, RateLimitStore};
+use super::{Admission, ExtractLimitKey, RateLimitStore};
 use crate::request::{FromBytes, ReadMeta};
 use crate::store::StoreFuture;
 use crate::usage::{self, UsageOptions};
@@ -130,7 +130,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>>,
     S::Error: 'static,
     St: RateLimitStore,
-    K: KeyExtractor<B>,
+    K: ExtractLimitKey<B>,
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,

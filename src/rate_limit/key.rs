@@ -1,4 +1,4 @@
-//! Whom a request counts against: [`KeyExtractor`].
+//! Whom a request counts against: [`ExtractLimitKey`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -23,7 +23,7 @@ use crate::Principal;
 ///
 /// let layer = RateLimitLayer::new()
 ///     .limit(Limit::requests_per_minute(60))
-///     .key_extractor(|req: &Request<Full<Bytes>>| {
+///     .limit_key(|req: &Request<Full<Bytes>>| {
 ///         req.extensions().get::<SocketAddr>().map(|addr| addr.ip().to_string())
 ///     });
 /// # let _ = layer;
@@ -35,12 +35,12 @@ use crate::Principal;
 /// The key is logged when a request is refused (and in shadow mode): never
 /// return a secret as is. [`HeaderKey`] digests credential headers for that
 /// reason; a closure should do the same.
-pub trait KeyExtractor<B>: Send + Sync + 'static {
+pub trait ExtractLimitKey<B>: Send + Sync + 'static {
     /// The key of `req`, or `None` if it has none.
     fn extract<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>>;
 }
 
-impl<B, F> KeyExtractor<B> for F
+impl<B, F> ExtractLimitKey<B> for F
 where
     F: Fn(&Request<B>) -> Option<String> + Send + Sync + 'static,
 {
@@ -53,7 +53,7 @@ where
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrincipalKey;
 
-impl<B> KeyExtractor<B> for PrincipalKey {
+impl<B> ExtractLimitKey<B> for PrincipalKey {
     fn extract<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
         req.extensions()
             .get::<Principal>()
@@ -86,7 +86,7 @@ impl HeaderKey {
     }
 }
 
-impl<B> KeyExtractor<B> for HeaderKey {
+impl<B> ExtractLimitKey<B> for HeaderKey {
     fn extract<'r>(&self, req: &'r Request<B>) -> Option<Cow<'r, str>> {
         let value = req
             .headers()

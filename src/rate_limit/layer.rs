@@ -29,7 +29,7 @@ pub(crate) struct Config {
     pub(crate) shadow: bool,
     pub(crate) failure_policy: FailurePolicy,
     pub(crate) unkeyed: Unkeyed,
-    pub(crate) max_body: usize,
+    pub(crate) max_request_body_bytes: usize,
     pub(crate) concurrency_retry_after: Duration,
     pub(crate) clock: SharedClock,
     pub(crate) charge_policy: ChargePolicy,
@@ -56,7 +56,7 @@ impl Config {
 /// the layer's store, so limits hold however many clones axum or hyper make.
 ///
 /// `St` is the [`RateLimitStore`] ([`MemoryRateLimitStore`] by default), `K`
-/// the [`KeyExtractor`](super::KeyExtractor) ([`PrincipalKey`] by default).
+/// the [`ExtractLimitKey`](super::ExtractLimitKey) ([`PrincipalKey`] by default).
 #[derive(Clone)]
 pub struct RateLimitLayer<St = MemoryRateLimitStore, K = PrincipalKey> {
     config: Config,
@@ -90,7 +90,7 @@ impl RateLimitLayer {
                 shadow: false,
                 failure_policy: FailurePolicy::FailOpen,
                 unkeyed: Unkeyed::default(),
-                max_body: RequestMeta::DEFAULT_LIMIT,
+                max_request_body_bytes: RequestMeta::DEFAULT_MAX_BODY_BYTES,
                 concurrency_retry_after: Duration::from_secs(1),
                 clock: Arc::new(TokioClock::new()),
                 charge_policy: ChargePolicy::default(),
@@ -272,8 +272,8 @@ impl<St, K> RateLimitLayer<St, K> {
     /// The most request body read to find `model` and `max_tokens` when a
     /// token limit or per-model scoping needs them and no outer layer has
     /// (default 16 MiB; larger bodies are refused with 413).
-    pub fn max_body(mut self, bytes: usize) -> Self {
-        self.config.max_body = bytes;
+    pub fn max_request_body_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_body_bytes = bytes;
         self
     }
 
@@ -302,7 +302,7 @@ impl<St, K> RateLimitLayer<St, K> {
     }
 
     /// Keys requests with `extractor` instead of the `Principal`.
-    pub fn key_extractor<K2>(self, extractor: K2) -> RateLimitLayer<St, K2> {
+    pub fn limit_key<K2>(self, extractor: K2) -> RateLimitLayer<St, K2> {
         RateLimitLayer {
             config: self.config,
             store: self.store,

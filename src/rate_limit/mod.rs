@@ -80,7 +80,7 @@
 //! ([`RateLimitKey::scope`]): a new kind of scope needs no new code.
 //!
 //! Requests are keyed by the `Principal`'s key id ([`PrincipalKey`]), or by
-//! any [`KeyExtractor`]: a header ([`HeaderKey`]), the client's address, any
+//! any [`ExtractLimitKey`]: a header ([`HeaderKey`]), the client's address, any
 //! closure. Requests without a key share the key `"anonymous"` by default, or
 //! pass ([`Unkeyed`]). With [`RateLimitLayer::per_model`], the key's own
 //! limits are counted per (key, model): 60 requests per minute per model.
@@ -214,7 +214,7 @@ mod store;
 pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::headers::{HeaderStyle, format_duration};
-pub use self::key::{HeaderKey, KeyExtractor, PrincipalKey, Unkeyed};
+pub use self::key::{ExtractLimitKey, HeaderKey, PrincipalKey, Unkeyed};
 pub use self::layer::{FailurePolicy, RateLimitLayer};
 pub use self::limit::{Algorithm, Limit, Measure};
 pub use self::scope::{ModelLimits, ScopeLimits, Upstream};

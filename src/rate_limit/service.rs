@@ -15,7 +15,7 @@ use super::layer::{Config, FailurePolicy};
 use super::permit::{KeyId, LimitSet, Permit, Settler, StoreSettler};
 use super::scope::{ScopeSource, tightest};
 use super::{
-    Acquire, Admission, HeaderStyle, KeyExtractor, Limit, LimitState, Measure, PrincipalKey,
+    Acquire, Admission, ExtractLimitKey, HeaderStyle, Limit, LimitState, Measure, PrincipalKey,
     RateLimitKey, RateLimitStore, ScopeCharge, Unkeyed, Upstream, Verdict,
 };
 use crate::request::{FromBytes, ReadMeta, Unreadable, unreadable_error};
@@ -73,7 +73,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     S::Error: 'static,
     St: RateLimitStore,
-    K: KeyExtractor<ReqBody>,
+    K: ExtractLimitKey<ReqBody>,
     ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
     ReqBody::Error: Into<BoxError>,
     ResBody: Body<Data = Bytes>,
@@ -225,7 +225,7 @@ pub(crate) fn begin<S, St, K, B>(
 where
     S: Service<Request<B>>,
     St: RateLimitStore,
-    K: KeyExtractor<B>,
+    K: ExtractLimitKey<B>,
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
 {
@@ -264,8 +264,8 @@ where
         has_tokens(limits.as_slice()) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
     let meta = req.extensions().get::<RequestMeta>();
     if maybe_tokens && meta.is_none() && !meta_read {
-        let max_body = config.max_body;
-        return State::meta(ReadMeta::new(req, max_body), service);
+        let max_request_body_bytes = config.max_request_body_bytes;
+        return State::meta(ReadMeta::new(req, max_request_body_bytes), service);
     }
     // Facts this request needs and cannot give: refused, or a fixed
     // reservation.

@@ -22,7 +22,7 @@
 //!     .body(Full::new(Bytes::from(body)))
 //!     .unwrap();
 //!
-//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await?;
+//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_MAX_BODY_BYTES).await?;
 //! let meta = req.extensions().get::<RequestMeta>().unwrap();
 //! assert_eq!(meta.model.as_deref(), Some("gpt-4o"));
 //! assert!(meta.stream);
@@ -30,7 +30,7 @@
 //! assert_eq!(meta.prompt_tokens_estimate, 7); // 25 characters / 4, rounded up
 //!
 //! // A second read finds the cached facts and leaves the body alone.
-//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_LIMIT).await?;
+//! let req = RequestMeta::read(req, RequestMeta::DEFAULT_MAX_BODY_BYTES).await?;
 //! assert!(req.extensions().get::<RequestMeta>().is_some());
 //! # Ok(())
 //! # }
@@ -164,7 +164,7 @@ impl FromBytes for tonic::body::Body {
 
 impl RequestMeta {
     /// The default body limit: 16 MiB.
-    pub const DEFAULT_LIMIT: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
     /// Reads the facts from a JSON body. Not an object, malformed JSON, a
     /// field of the wrong type or given twice → 400 `invalid_request` with

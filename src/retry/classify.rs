@@ -166,7 +166,7 @@ impl<'a> Outcome<'a> {
     }
 
     /// For a status of 400 or more, the start of the body (bounded by
-    /// [`RetryLayer::max_error_body`](super::RetryLayer::max_error_body));
+    /// [`RetryLayer::max_error_body_bytes`](super::RetryLayer::max_error_body_bytes));
     /// for an event stream, the first event's data; otherwise empty.
     pub fn body(&self) -> &'a [u8] {
         self.body

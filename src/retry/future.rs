@@ -150,11 +150,11 @@ where
             || body
                 .size_hint()
                 .upper()
-                .is_some_and(|upper| upper <= shared.max_request_body as u64);
+                .is_some_and(|upper| upper <= shared.max_request_body_bytes as u64);
         let (state, template) = if !fits {
             tracing::debug!(
                 target: "tollgate::retry",
-                limit = shared.max_request_body,
+                limit = shared.max_request_body_bytes,
                 "request body may exceed the replay limit: sent once, never retried"
             );
             progress.attempts = 1;
@@ -243,7 +243,7 @@ where
                     let request = template.request(this.progress.attempts);
                     // A body that outgrew its own size hint is sent (it is
                     // all in memory) but not kept for replay.
-                    if template.body.len() > this.shared.max_request_body {
+                    if template.body.len() > this.shared.max_request_body_bytes {
                         *this.template = None;
                     }
                     this.progress.attempts += 1;
@@ -341,8 +341,9 @@ where
                                 body: Box::pin(body),
                                 buf: Buffered::Empty,
                                 tail: Tail::Body,
-                                reader: stream
-                                    .then(|| FirstEventReader::new(this.shared.max_error_body)),
+                                reader: stream.then(|| {
+                                    FirstEventReader::new(this.shared.max_error_body_bytes)
+                                }),
                                 grpc,
                                 timer: Box::pin(tokio::time::sleep_until(until)),
                             })),
@@ -374,7 +375,7 @@ where
                     let Some(p) = peek.as_mut() else {
                         unreachable!("the peeked response is taken once, when classified")
                     };
-                    ready!(read_head(p, this.shared.max_error_body, cx));
+                    ready!(read_head(p, this.shared.max_error_body_bytes, cx));
                     let Some(p) = peek.take() else {
                         unreachable!("checked just above")
                     };
@@ -413,7 +414,7 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Done => {
-                    panic!("tollgate::retry::ResponseFuture polled after completion")
+                    panic!("tollgate::retry::future::ResponseFuture polled after completion")
                 }
             }
         }
@@ -484,7 +485,7 @@ fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
         },
         None => {
             let body = p.buf.as_slice();
-            let body = &body[..body.len().min(shared.max_error_body)];
+            let body = &body[..body.len().min(shared.max_error_body_bytes)];
             let outcome = outcome.with_body(body);
             match &p.tail {
                 Tail::Trailers(trailers) => {

@@ -19,8 +19,8 @@ pub(crate) struct Shared {
     pub(crate) classifier: Arc<dyn Classify>,
     pub(crate) clock: SharedClock,
     pub(crate) jitter: Arc<Random>,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_error_body: usize,
+    pub(crate) max_request_body_bytes: usize,
+    pub(crate) max_error_body_bytes: usize,
     pub(crate) peek_streams: bool,
     pub(crate) peek_timeout: Duration,
     pub(crate) idempotency_key: bool,
@@ -31,8 +31,8 @@ impl fmt::Debug for Shared {
         f.debug_struct("RetryLayer")
             .field("policy", &self.policy)
             .field("budget", &self.budget)
-            .field("max_request_body", &self.max_request_body)
-            .field("max_error_body", &self.max_error_body)
+            .field("max_request_body_bytes", &self.max_request_body_bytes)
+            .field("max_error_body_bytes", &self.max_error_body_bytes)
             .field("peek_streams", &self.peek_streams)
             .field("peek_timeout", &self.peek_timeout)
             .field("idempotency_key", &self.idempotency_key)
@@ -49,8 +49,8 @@ impl fmt::Debug for Shared {
 /// | [`policy`](Self::policy) | [`RetryPolicy::new`]: 3 attempts; backoff `2^n s + U(0, 1) s` on 429, `2^n s` otherwise, capped at 8 s; 30 s per attempt; 10 min deadline; 120 s cap on server delays |
 /// | [`budget`](Self::budget) | [`RetryBudget::default`]: 20 % of requests over 10 s, plus 10 per second |
 /// | [`classify`](Self::classify) | [`DefaultClassifier`] |
-/// | [`max_request_body`](Self::max_request_body) | 16 MiB |
-/// | [`max_error_body`](Self::max_error_body) | 64 KiB |
+/// | [`max_request_body_bytes`](Self::max_request_body_bytes) | 16 MiB |
+/// | [`max_error_body_bytes`](Self::max_error_body_bytes) | 64 KiB |
 /// | [`peek_streams`](Self::peek_streams) | on |
 /// | [`peek_timeout`](Self::peek_timeout) | 10 s |
 /// | [`idempotency_key`](Self::idempotency_key) | on |
@@ -64,9 +64,9 @@ pub struct RetryLayer {
 
 impl RetryLayer {
     /// Default cap on a replayable request body: 16 MiB.
-    pub const DEFAULT_MAX_REQUEST_BODY: usize = 16 * 1024 * 1024;
+    pub const DEFAULT_MAX_REQUEST_BODY_BYTES: usize = 16 * 1024 * 1024;
     /// Default bytes read of an error body or a stream's head: 64 KiB.
-    pub const DEFAULT_MAX_ERROR_BODY: usize = 64 * 1024;
+    pub const DEFAULT_MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
     /// Default wait for an error body or a stream's first event: 10 s.
     pub const DEFAULT_PEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -79,8 +79,8 @@ impl RetryLayer {
                 classifier: Arc::new(DefaultClassifier::new()),
                 clock: default_clock(),
                 jitter: Arc::new(Random::new()),
-                max_request_body: Self::DEFAULT_MAX_REQUEST_BODY,
-                max_error_body: Self::DEFAULT_MAX_ERROR_BODY,
+                max_request_body_bytes: Self::DEFAULT_MAX_REQUEST_BODY_BYTES,
+                max_error_body_bytes: Self::DEFAULT_MAX_ERROR_BODY_BYTES,
                 peek_streams: true,
                 peek_timeout: Self::DEFAULT_PEEK_TIMEOUT,
                 idempotency_key: true,
@@ -122,16 +122,16 @@ impl RetryLayer {
     /// The largest request body kept in memory for replay. A request whose
     /// body may be larger (by its size hint), or has no upper bound, is sent
     /// once and never retried.
-    pub fn max_request_body(mut self, bytes: usize) -> Self {
-        self.shared_mut().max_request_body = bytes;
+    pub fn max_request_body_bytes(mut self, bytes: usize) -> Self {
+        self.shared_mut().max_request_body_bytes = bytes;
         self
     }
 
     /// How much of an error body (or of an event stream, looking for its
     /// first event) is read before classifying. The bytes are kept and
     /// returned with the response.
-    pub fn max_error_body(mut self, bytes: usize) -> Self {
-        self.shared_mut().max_error_body = bytes;
+    pub fn max_error_body_bytes(mut self, bytes: usize) -> Self {
+        self.shared_mut().max_error_body_bytes = bytes;
         self
     }
 

@@ -62,7 +62,7 @@
 //! # What the layer does
 //!
 //! - **Replays the request.** The body is read into memory (up to
-//!   [`max_request_body`](RetryLayer::max_request_body), 16 MiB by default)
+//!   [`max_request_body_bytes`](RetryLayer::max_request_body_bytes), 16 MiB by default)
 //!   and rebuilt for each attempt with [`FromBytes`](crate::request::FromBytes)
 //!   (`Full<Bytes>`, boxed bodies, axum and tonic bodies). A body whose size
 //!   hint says it may be larger than the cap, or has no upper bound (a
@@ -72,12 +72,12 @@
 //!   with a 400 [`ApiError`] without calling the upstream.
 //! - **Classifies each attempt** with a [`Classify`] ([`DefaultClassifier`]
 //!   unless set): status, headers, and up to
-//!   [`max_error_body`](RetryLayer::max_error_body) of an error body parsed
+//!   [`max_error_body_bytes`](RetryLayer::max_error_body_bytes) of an error body parsed
 //!   with [`envelope::parse`](crate::envelope::parse). The decision is made
 //!   at the response head; nothing is retried once the caller has seen a byte.
 //! - **Peeks at event streams.** For a `200 text/event-stream` response, the
 //!   first event is read before the response is returned (bounded by
-//!   `max_error_body` bytes and [`peek_timeout`](RetryLayer::peek_timeout)).
+//!   `max_error_body_bytes` bytes and [`peek_timeout`](RetryLayer::peek_timeout)).
 //!   An in-band error there (OpenAI `data: {"error":…}`, Anthropic
 //!   `event: error`) is retried like an error status; otherwise the response
 //!   is returned with the peeked bytes in front of the rest of the stream, so
@@ -187,7 +187,7 @@ mod backoff;
 mod body;
 mod budget;
 mod classify;
-mod future;
+pub mod future;
 pub mod hints;
 mod layer;
 mod policy;
@@ -205,7 +205,6 @@ pub use self::backoff::{ExponentialBackoff, Jitter};
 pub use self::body::{Peeked, ResponseBody};
 pub use self::budget::RetryBudget;
 pub use self::classify::{Classification, Classify, DefaultClassifier, Outcome};
-pub use self::future::ResponseFuture;
 pub use self::layer::RetryLayer;
 pub use self::policy::RetryPolicy;
 pub use self::service::Retry;

@@ -32,6 +32,13 @@ pub(crate) enum Dispatch {
     /// chunk a client did not ask for). Ignored for a partial event, whose
     /// bytes were released before it ended.
     Cut,
+    /// Go on, and leave out of this event the `,"usage":null` that OpenAI
+    /// puts at the end of every chunk once usage is asked for (a client
+    /// that did not ask gets chunks without it, as OpenAI would send
+    /// them). The rest of the event is released. Ignored for a partial
+    /// event, and for one whose raw bytes do not hold the member whole (a
+    /// data field split over lines).
+    CutNullUsage,
     /// Stop after this event: the rest of the frame is not framed yet. The
     /// caller feeds `frame.slice(fed.released_to()..)` again later.
     Pause,
@@ -125,7 +132,7 @@ impl Framer {
     #[inline]
     pub(crate) fn feed<F: OnEvent>(&mut self, frame: &Bytes, on_event: &mut F) -> Fed {
         match self.feed_one(frame, on_event) {
-            Some(dispatch) => Fed::one(frame.len(), dispatch),
+            Some(dispatch) => Fed::one(frame, dispatch),
             None => self.feed_frame(frame, on_event),
         }
     }
@@ -223,6 +230,9 @@ impl Framer {
                         fed.cuts.get_or_insert_default().earlier = true;
                         self.cut_lf = self.at == At::AfterBlankCr;
                     }
+                    Dispatch::CutNullUsage => {
+                        fed.earlier = fed.earlier.take().map(|joined| without_null_usage(&joined));
+                    }
                     Dispatch::Pause => {
                         fed.paused = true;
                         return fed;
@@ -262,6 +272,7 @@ impl Framer {
         fields.flags |= UNFINISHED;
         match self.dispatch(&held, &fields, fields.start, on_event) {
             Dispatch::Cut => None,
+            Dispatch::CutNullUsage => Some(without_null_usage(&held)),
             Dispatch::Keep | Dispatch::Pause => Some(held),
         }
     }
@@ -348,7 +359,7 @@ impl Framer {
                 if fields.lines {
                     fed.events += 1;
                     let dispatch = self.dispatch(frame, &fields, end, on_event);
-                    if self.dispatched(fed, dispatch, fields.start..end, at) {
+                    if self.dispatched(fed, dispatch, buf, fields.start..end, at) {
                         return complete;
                     }
                 }
@@ -379,7 +390,7 @@ impl Framer {
                             fed.events += 1;
                             (pos, complete, at) = (stop, stop, At::LineStart);
                             let dispatch = on_event.on_event(&event);
-                            if self.dispatched(fed, dispatch, fields.start..stop, at) {
+                            if self.dispatched(fed, dispatch, buf, fields.start..stop, at) {
                                 return complete;
                             }
                             fields = Fields::new(stop);
@@ -410,6 +421,7 @@ impl Framer {
         &mut self,
         fed: &mut Fed,
         dispatch: Dispatch,
+        frame: &[u8],
         span: Range<usize>,
         at: At,
     ) -> bool {
@@ -418,6 +430,10 @@ impl Framer {
             Dispatch::Cut => {
                 fed.cut(span);
                 self.cut_lf = at == At::AfterBlankCr;
+                false
+            }
+            Dispatch::CutNullUsage => {
+                fed.cut_null_usage(span, frame);
                 false
             }
             Dispatch::Pause => {
@@ -473,5 +489,27 @@ impl Framer {
         if !held.is_empty() {
             fed.earlier = Some(held);
         }
+    }
+}
+
+/// The member [`Dispatch::CutNullUsage`] leaves out.
+pub(super) const NULL_USAGE: &[u8] = b",\"usage\":null";
+
+/// Where the last `,"usage":null` of `raw` (an event's bytes) is.
+pub(super) fn null_usage_at(raw: &[u8]) -> Option<Range<usize>> {
+    memchr::memmem::rfind(raw, NULL_USAGE).map(|at| at..at + NULL_USAGE.len())
+}
+
+/// `event` without its last `,"usage":null` (copied; rare: only when the
+/// event arrived over several frames).
+fn without_null_usage(event: &Bytes) -> Bytes {
+    match null_usage_at(event) {
+        Some(span) => {
+            let mut out = bytes::BytesMut::with_capacity(event.len() - span.len());
+            out.extend_from_slice(&event[..span.start]);
+            out.extend_from_slice(&event[span.end..]);
+            out.freeze()
+        }
+        None => event.clone(),
     }
 }

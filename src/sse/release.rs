@@ -37,7 +37,8 @@ pub(super) struct Cuts {
 impl Fed {
     /// A frame that was one event, which `dispatch` was said of.
     #[inline]
-    pub(super) fn one(len: usize, dispatch: Dispatch) -> Fed {
+    pub(super) fn one(frame: &[u8], dispatch: Dispatch) -> Fed {
+        let len = frame.len();
         let mut fed = Fed {
             to: len,
             events: 1,
@@ -46,6 +47,11 @@ impl Fed {
         match dispatch {
             Dispatch::Keep => {}
             Dispatch::Cut => fed.cut(0..len),
+            Dispatch::CutNullUsage => {
+                if let Some(span) = super::framer::null_usage_at(frame) {
+                    fed.cut(span);
+                }
+            }
             Dispatch::Pause => fed.paused = true,
         }
         fed
@@ -59,6 +65,17 @@ impl Fed {
 
     pub(super) fn cut(&mut self, span: Range<usize>) {
         self.cuts.get_or_insert_default().spans.push(span);
+    }
+
+    /// Cuts the `,"usage":null` of the event at `span` of this frame, if
+    /// its bytes hold it.
+    pub(super) fn cut_null_usage(&mut self, span: Range<usize>, frame: &[u8]) {
+        if let Some(at) = frame
+            .get(span.clone())
+            .and_then(super::framer::null_usage_at)
+        {
+            self.cut(span.start + at.start..span.start + at.end);
+        }
     }
 
     /// The released bytes, from `frame` (the frame that was fed), without

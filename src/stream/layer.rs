@@ -22,7 +22,7 @@ pub(crate) struct Config {
     pub(crate) keep_alive: Option<Duration>,
     pub(crate) hold_first_event: bool,
     pub(crate) first_event_timeout: Duration,
-    pub(crate) first_event_limit: usize,
+    pub(crate) max_first_event_bytes: usize,
     pub(crate) max_event_bytes: usize,
     pub(crate) done_after_error: bool,
 }
@@ -62,7 +62,7 @@ pub(crate) struct Settings {
 /// | [`keep_alive`](Self::keep_alive) | off |
 /// | [`hold_first_event`](Self::hold_first_event) | on |
 /// | [`first_event_timeout`](Self::first_event_timeout) | 10 s |
-/// | [`first_event_limit`](Self::first_event_limit) | 64 KiB |
+/// | [`max_first_event_bytes`](Self::max_first_event_bytes) | 64 KiB |
 /// | [`max_event_bytes`](Self::max_event_bytes) | 1 MiB |
 /// | [`done_after_error`](Self::done_after_error) | off |
 #[derive(Debug, Clone, Copy)]
@@ -81,8 +81,8 @@ impl StreamErrorTrailerLayer {
     pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     /// Default [`first_event_timeout`](Self::first_event_timeout): 10 s.
     pub const DEFAULT_FIRST_EVENT_TIMEOUT: Duration = Duration::from_secs(10);
-    /// Default [`first_event_limit`](Self::first_event_limit): 64 KiB.
-    pub const DEFAULT_FIRST_EVENT_LIMIT: usize = 64 * 1024;
+    /// Default [`max_first_event_bytes`](Self::max_first_event_bytes): 64 KiB.
+    pub const DEFAULT_MAX_FIRST_EVENT_BYTES: usize = 64 * 1024;
     /// Default [`max_event_bytes`](Self::max_event_bytes): 1 MiB.
     pub const DEFAULT_MAX_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -95,7 +95,7 @@ impl StreamErrorTrailerLayer {
                 keep_alive: None,
                 hold_first_event: true,
                 first_event_timeout: Self::DEFAULT_FIRST_EVENT_TIMEOUT,
-                first_event_limit: Self::DEFAULT_FIRST_EVENT_LIMIT,
+                max_first_event_bytes: Self::DEFAULT_MAX_FIRST_EVENT_BYTES,
                 max_event_bytes: Self::DEFAULT_MAX_EVENT_BYTES,
                 done_after_error: false,
             },
@@ -143,7 +143,7 @@ impl StreamErrorTrailerLayer {
     /// upstream whose first event is an error is answered with a real error
     /// status (default on). Bounded by
     /// [`first_event_timeout`](Self::first_event_timeout) and
-    /// [`first_event_limit`](Self::first_event_limit).
+    /// [`max_first_event_bytes`](Self::max_first_event_bytes).
     pub fn hold_first_event(mut self, hold: bool) -> Self {
         self.config.hold_first_event = hold;
         self
@@ -158,8 +158,8 @@ impl StreamErrorTrailerLayer {
 
     /// How many bytes may be held waiting for the first event (default
     /// 64 KiB). When they are exceeded, the stream starts anyway.
-    pub fn first_event_limit(mut self, bytes: usize) -> Self {
-        self.config.first_event_limit = bytes;
+    pub fn max_first_event_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_first_event_bytes = bytes;
         self
     }
 

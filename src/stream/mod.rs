@@ -57,7 +57,7 @@
 //! - **Before the stream starts** it holds the response head until the first
 //!   event with data ([`hold_first_event`](StreamErrorTrailerLayer::hold_first_event),
 //!   bounded by [`first_event_timeout`](StreamErrorTrailerLayer::first_event_timeout)
-//!   and [`first_event_limit`](StreamErrorTrailerLayer::first_event_limit)). If that
+//!   and [`max_first_event_bytes`](StreamErrorTrailerLayer::max_first_event_bytes)). If that
 //!   event is an error (`event: error`, or JSON with an `error` key), the client
 //!   gets a normal error response instead of a 200 stream: the event parsed by
 //!   [`envelope::parse`](crate::envelope::parse), its status from the

@@ -80,8 +80,17 @@ pub(crate) fn read(event: &Event<'_>, strip: bool, found: &mut Found) -> Dispatc
     let named_content = event
         .name
         .is_some_and(|name| cannot_hold_usage(name.trim_ascii()));
-    if named_content || data.ends_with(b"\"usage\":null}") {
+    if named_content {
         return Dispatch::Keep;
+    }
+    if data.ends_with(b"\"usage\":null}") {
+        // Stripping means the client did not ask for usage: it gets the
+        // chunk as OpenAI sends it then, without the null.
+        return if strip && data.ends_with(b",\"usage\":null}") {
+            Dispatch::CutNullUsage
+        } else {
+            Dispatch::Keep
+        };
     }
     let mut from = 0;
     loop {

@@ -559,7 +559,7 @@ async fn oversized_error_body_is_read_up_to_the_bound() {
     let polls = body.polls.clone();
     let body = Mutex::new(Some(body));
     let service = ServiceBuilder::new()
-        .layer(ErrorEnvelopeLayer::new().max_error_body(4096))
+        .layer(ErrorEnvelopeLayer::new().max_error_body_bytes(4096))
         .service(service_fn(move |_req: Req| {
             let body = body.lock().unwrap().take().unwrap();
             async move { Ok::<_, Infallible>(Response::builder().status(500).body(body).unwrap()) }

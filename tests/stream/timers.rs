@@ -58,7 +58,7 @@ async fn slow_first_event_starts_the_stream_after_first_event_timeout() {
 
 #[tokio::test(start_paused = true)]
 async fn first_event_limit_starts_the_stream() {
-    let layer = StreamErrorTrailerLayer::new().first_event_limit(8);
+    let layer = StreamErrorTrailerLayer::new().max_first_event_bytes(8);
     let mut service = in_process(layer, vec![": a long comment\n\n", CHUNK, DONE], Then::End);
     let response = bounded(service.ready().await.unwrap().call(chat_request()))
         .await

@@ -59,6 +59,7 @@ use tollgate::rate_limit::{Algorithm, Limit, Measure};
 
 use crate::config::Config;
 use crate::gateway::{ReloadError, Reloads};
+use crate::metrics::Metrics;
 use crate::stores::Stores;
 
 /// What the admin handlers share: the stores, the admin keys and the
@@ -73,11 +74,18 @@ struct Inner {
     min_top_up: Money,
     max_top_up: Money,
     reloads: Reloads,
+    /// What `GET /metrics` renders on the main listener.
+    metrics: Metrics,
 }
 
 impl AdminState {
     /// The admin API of `config` on `stores`.
-    pub fn new(config: &Config, stores: &Stores, reloads: Reloads) -> AdminState {
+    pub fn new(
+        config: &Config,
+        stores: &Stores,
+        metrics: &Metrics,
+        reloads: Reloads,
+    ) -> AdminState {
         let admins = config
             .admin_keys
             .iter()
@@ -96,6 +104,7 @@ impl AdminState {
             min_top_up: config.min_top_up_usd.0,
             max_top_up: config.max_top_up_usd.0,
             reloads,
+            metrics: metrics.clone(),
         }))
     }
 }
@@ -118,6 +127,9 @@ pub fn routes(state: AdminState) -> Router {
         .route("/admin/keys/{id}/budget/reset", post(money::reset_budget))
         .route("/admin/spend", get(money::spend))
         .route("/admin/reload", post(reload))
+        // On the main listener, `/metrics` is for admins only; on
+        // `metrics_listen` it is open (see `metrics/endpoint.rs`).
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found().with_message("Unknown admin path.") })
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
@@ -163,6 +175,11 @@ fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let (scheme, key) = value.split_once(' ')?;
     let key = key.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
+}
+
+/// `GET /metrics` on the main listener, for admin keys.
+async fn metrics(State(state): State<AdminState>) -> Response {
+    crate::metrics::exposition(&state.0.metrics)
 }
 
 /// `POST /admin/reload`: the config file read again and swapped in.

@@ -129,7 +129,9 @@ async fn books_aggregates_and_top_up_keys_survive_a_reopen() {
         ledger.read(&wallet).await.unwrap().remaining(),
         usd("11.25")
     );
-    // ... and the ended period's books are deleted from the file.
+    // ... and the ended period's books are deleted from the file (by the
+    // writer: flushed first, or the check races it).
+    store.flush().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
     let budgets: i64 = conn
         .query_row("SELECT count(*) FROM accounts WHERE balance = 0", [], |r| {

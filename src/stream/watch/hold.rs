@@ -43,7 +43,7 @@ where
                     }
                     let held =
                         self.framer.held_len() + self.out.iter().map(Bytes::len).sum::<usize>();
-                    if held >= self.settings.config.first_event_limit {
+                    if held >= self.settings.config.max_first_event_bytes {
                         self.commit();
                         return Poll::Ready(Ok(()));
                     }

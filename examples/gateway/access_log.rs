@@ -1,0 +1,146 @@
+//! One log line and one set of metrics per request.
+//!
+//! Each request ends with one `tracing` line (`"message": "request"`): key
+//! id, model, method, route, status, tokens, cost, attempts, upstream (its
+//! URL without credentials, or `mock`) and its name, latency; never a
+//! secret. A stream is logged when its body ends (its
+//! usage is known then), so its latency is the whole stream's. The same
+//! moment records the request's metrics ([`RequestMetrics::record`]), so the
+//! log and `/metrics` always agree.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use tollgate::budget::Pricing;
+use tollgate::retry::RetryInfo;
+use tollgate::usage::{UsageReport, UsageTap};
+use tollgate::{ApiError, Origin};
+
+use crate::metrics::{Completed, RequestMetrics};
+
+/// What the access log needs besides the request.
+pub struct AccessLog {
+    /// Prices, for the cost of each request.
+    pub pricing: Pricing,
+    /// The per-request series.
+    pub metrics: Arc<RequestMetrics>,
+}
+
+/// What the inner part of the stack learns about a request, for its log
+/// line: the key, the model, the upstream.
+#[derive(Clone, Default)]
+pub struct LogSlot(Arc<Mutex<LogFields>>);
+
+#[derive(Clone, Default)]
+struct LogFields {
+    key: Option<String>,
+    model: Option<String>,
+    /// The upstream's name and its label (URL without credentials, or `mock`).
+    upstream: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl LogSlot {
+    /// Records the caller's key id and the request's model.
+    pub fn record(&self, key: Option<String>, model: Option<String>) {
+        if let Ok(mut fields) = self.0.lock() {
+            fields.key = key;
+            fields.model = model;
+        }
+    }
+
+    /// Records the upstream the request is routed to: its name and label.
+    pub fn set_upstream(&self, name: Arc<str>, label: Arc<str>) {
+        if let Ok(mut fields) = self.0.lock() {
+            fields.upstream = Some((name, label));
+        }
+    }
+
+    fn take(&self) -> LogFields {
+        self.0.lock().map(|f| f.clone()).unwrap_or_default()
+    }
+}
+
+/// The access-log middleware (see the module docs).
+pub async fn access_log(
+    State(log): State<Arc<AccessLog>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // The route's pattern, not the path: a path is what a client made up.
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+    let slot = LogSlot::default();
+    req.extensions_mut().insert(slot.clone());
+    let response = next.run(req).await;
+    let LogFields {
+        key,
+        model,
+        upstream,
+    } = slot.take();
+    let attempts = response
+        .extensions()
+        .get::<RetryInfo>()
+        .map(|r| r.attempts)
+        .unwrap_or(0);
+    let status = response.status().as_u16();
+    let error = response.extensions().get::<ApiError>();
+    // Called, or failed to be reached (a transport failure carries no count).
+    let called = attempts > 0 || error.is_some_and(|e| e.origin() == Origin::Upstream);
+    let (upstream_name, upstream) = match upstream {
+        Some(upstream) if called => upstream,
+        _ => (Arc::from("-"), Arc::from("-")),
+    };
+    let rejection = error
+        .filter(|e| e.origin() == Origin::Gateway)
+        .and_then(crate::metrics::rejection_reason);
+    let done = move |report: Option<&UsageReport>| {
+        let usage = report.map(|r| r.usage).unwrap_or_default();
+        let cost = match (report, model.as_deref().and_then(|m| log.pricing.get(m))) {
+            (Some(r), Some(price)) => Some(price.cost_of(
+                r.usage.prompt_tokens,
+                r.usage.cached_tokens.unwrap_or(0),
+                r.usage.completion_tokens,
+            )),
+            _ => None,
+        };
+        let elapsed = start.elapsed();
+        log.metrics.record(&Completed {
+            route: &route,
+            model: model.as_deref(),
+            key: key.as_deref(),
+            status,
+            elapsed,
+            usage: report.map(|r| &r.usage),
+            cost_usd: cost.map_or(0.0, |c| c.as_usd_f64()),
+            rejection,
+        });
+        tracing::info!(
+            key = key.as_deref().unwrap_or("-"),
+            model = model.as_deref().unwrap_or("-"),
+            %method,
+            route,
+            status,
+            prompt_tokens = usage.prompt_tokens,
+            completion_tokens = usage.completion_tokens,
+            tokens = usage.total_tokens,
+            cost = cost.map_or_else(|| "$0.00".to_owned(), |c| c.to_string()),
+            attempts,
+            upstream = &*upstream,
+            upstream_name = &*upstream_name,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    };
+    match response.extensions().get::<UsageTap>() {
+        Some(tap) => tap.subscribe(move |report| done(Some(report))),
+        None => done(None),
+    }
+    response
+}

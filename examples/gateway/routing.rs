@@ -1,0 +1,379 @@
+//! Which upstream serves each model, and the client stack towards it.
+//!
+//! A deployment sends each model to its own provider: a local Ollama, an
+//! OpenAI account, Anthropic, a vLLM pool. [`Routes`] is built once per
+//! config from `upstream` (the default upstream, named `default`),
+//! `[[upstreams]]` and `[[models]]`: every model gets its upstream, the
+//! name to send upstream (`upstream_model`), and a client stack
+//!
+//! ```text
+//! whole-request timeout → RetryLayer (its own per-attempt timeout) → attempt meter → hyper-util Client (TCP_NODELAY)
+//! ```
+//!
+//! Every model of one upstream shares that upstream's connection pool and
+//! retry budget; a model may only change the per-attempt timeout. [`select`]
+//! runs in front of the rate limit: it finds the request's route, refuses a
+//! model whose upstream does not speak the endpoint's API, and sets the
+//! [`tollgate::rate_limit::Upstream`] extension that per-upstream limits
+//! count by.
+//!
+//! # Why a client stack per model and not per upstream?
+//!
+//! Models on one upstream differ in how long an attempt may take (a
+//! reasoning model thinks for minutes before its first byte; a small chat
+//! model answers in one second, and an attempt hanging for 30 s is dead).
+//! The per-attempt timeout is part of the retry policy, so each model gets
+//! its own `RetryLayer` over the upstream's shared client and budget: a
+//! clone of a pool handle and an `Arc`, not a second pool.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tollgate::rate_limit::{Limit, RateLimitLayer, RateLimitStore};
+use tollgate::retry::{ExponentialBackoff, RetryBudget, RetryLayer, RetryPolicy};
+use tollgate::{ApiError, BoxError, RequestMeta};
+use tower::util::BoxCloneSyncService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::access_log::LogSlot;
+use crate::config::{Config, DEFAULT_UPSTREAM, RetryConfig, UpstreamKind, without_credentials};
+use crate::metrics::{AttemptLayer, Metrics, UpstreamMetrics};
+use crate::proxy::Api;
+
+/// The key sent to the built-in mock when the config gives none.
+const MOCK_KEY: &str = "sk-tollgate-mock";
+
+/// The client stack towards an upstream.
+pub type UpstreamClient =
+    BoxCloneSyncService<http::Request<Full<Bytes>>, http::Response<Body>, BoxError>;
+
+/// One upstream: where it is, what it speaks, and the gateway's key there.
+pub struct Target {
+    /// Its name: `default` or an `[[upstreams]]` name.
+    pub name: Arc<str>,
+    /// Its URL without credentials, or `mock`, for logs.
+    pub label: Arc<str>,
+    /// `http://host:port/v1`, without a trailing slash.
+    pub base_url: String,
+    /// The API it speaks.
+    pub kind: UpstreamKind,
+    /// The built-in mock, which speaks both.
+    pub mock: bool,
+    /// The gateway's key there (marked sensitive: never logged by hyper).
+    key: Option<Arc<str>>,
+    /// What per-upstream rate limits count by.
+    pub extension: tollgate::rate_limit::Upstream,
+    /// Its series.
+    pub metrics: UpstreamMetrics,
+}
+
+impl Target {
+    /// Whether the upstream serves `api`.
+    pub fn serves(&self, api: Api) -> bool {
+        self.mock || api.kind() == self.kind
+    }
+
+    /// The gateway's credentials for a call of `api`: `x-api-key` for
+    /// Anthropic's Messages API, `Authorization: Bearer` for OpenAI's.
+    pub fn credentials(&self, api: Api) -> Option<(http::HeaderName, HeaderValue)> {
+        let key = self.key.as_deref()?;
+        let (name, value) = match api.kind() {
+            UpstreamKind::Anthropic => (
+                http::HeaderName::from_static("x-api-key"),
+                HeaderValue::from_str(key),
+            ),
+            UpstreamKind::OpenAi => (
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}")),
+            ),
+        };
+        let mut value = value.ok()?;
+        value.set_sensitive(true);
+        Some((name, value))
+    }
+}
+
+/// Where one model's requests go.
+pub struct Route {
+    /// The model's name in the config (what clients send).
+    pub model: Arc<str>,
+    /// Its upstream.
+    pub target: Arc<Target>,
+    /// The name to send upstream, when it differs.
+    pub upstream_model: Option<Arc<str>>,
+    /// The client stack.
+    pub client: UpstreamClient,
+    /// Attempts the retry policy allows in all.
+    pub max_attempts: u32,
+}
+
+/// Every model's route.
+pub struct Routes {
+    models: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    /// Builds every upstream and every model's client stack. `mock_url` is
+    /// the base URL of the built-in mock, for upstreams whose URL is `mock`.
+    /// Fails on an upstream that cannot be used (its key variable is not
+    /// set, an `https://` URL this build cannot reach).
+    pub fn build(config: &Config, mock_url: &str, metrics: &Metrics) -> Result<Routes, String> {
+        let mut upstreams: HashMap<&str, Upstream> = HashMap::new();
+        let default_key = config
+            .upstream_api_key
+            .as_ref()
+            .map(|key| Arc::from(key.expose().as_str()));
+        upstreams.insert(
+            DEFAULT_UPSTREAM,
+            Upstream::new(
+                DEFAULT_UPSTREAM,
+                &config.upstream,
+                UpstreamKind::OpenAi,
+                default_key,
+                Duration::from_secs(config.request_timeout_secs),
+                config.retry.clone(),
+                mock_url,
+                metrics,
+            )
+            .map_err(|e| format!("upstream: {e}"))?,
+        );
+        for (i, entry) in config.upstreams.iter().enumerate() {
+            let key = match (&entry.api_key, &entry.api_key_env) {
+                (Some(key), _) => Some(Arc::from(key.expose().as_str())),
+                (None, Some(var)) => match std::env::var(var) {
+                    Ok(key) if !key.is_empty() => Some(Arc::from(key)),
+                    _ => {
+                        return Err(format!(
+                            "upstreams[{i}].api_key_env: the environment variable {var} is not set"
+                        ));
+                    }
+                },
+                (None, None) => None,
+            };
+            let timeout = entry.timeout_secs.unwrap_or(config.request_timeout_secs);
+            let upstream = Upstream::new(
+                &entry.name,
+                &entry.url,
+                entry.kind,
+                key,
+                Duration::from_secs(timeout),
+                entry.retry.clone().unwrap_or_else(|| config.retry.clone()),
+                mock_url,
+                metrics,
+            )
+            .map_err(|e| format!("upstreams[{i}]: {e}"))?;
+            upstreams.insert(&entry.name, upstream);
+        }
+        let mut models = HashMap::new();
+        for model in &config.models {
+            let name = model.upstream.as_deref().unwrap_or(DEFAULT_UPSTREAM);
+            let Some(upstream) = upstreams.get(name) else {
+                return Err(format!(
+                    "models.{}.upstream: no upstream named {name:?}",
+                    model.name
+                ));
+            };
+            let attempt_timeout = model
+                .attempt_timeout_secs
+                .unwrap_or(upstream.retry.attempt_timeout_secs);
+            let route = Route {
+                model: Arc::from(model.name.as_str()),
+                target: upstream.target.clone(),
+                upstream_model: model.upstream_model.as_deref().map(Arc::from),
+                client: upstream.client(Duration::from_secs(attempt_timeout))?,
+                max_attempts: upstream.retry.max_attempts,
+            };
+            models.insert(model.name.clone(), Arc::new(route));
+        }
+        Ok(Routes { models })
+    }
+
+    /// The route of `model` (a name from the config).
+    pub fn get(&self, model: &str) -> Option<&Arc<Route>> {
+        self.models.get(model)
+    }
+}
+
+/// Whether any upstream of `config` is the built-in mock.
+pub fn needs_mock(config: &Config) -> bool {
+    config.upstream == "mock" || config.upstreams.iter().any(|u| u.url == "mock")
+}
+
+/// `layer` with the model-wide (`[[models]]`) and upstream-wide
+/// (`[[upstreams]]`) limits of `config` added.
+pub fn shared_limits<St: RateLimitStore, K>(
+    config: &Config,
+    mut layer: RateLimitLayer<St, K>,
+) -> RateLimitLayer<St, K> {
+    for model in &config.models {
+        if let Some(n) = model.requests_per_minute {
+            layer = layer.model_limit(&model.name, Limit::requests_per_minute(n));
+        }
+        if let Some(n) = model.tokens_per_minute {
+            layer = layer.model_limit(&model.name, Limit::tokens_per_minute(n));
+        }
+        if let Some(n) = model.max_concurrent {
+            layer = layer.model_max_concurrent(&model.name, n);
+        }
+    }
+    for upstream in &config.upstreams {
+        if let Some(n) = upstream.requests_per_minute {
+            layer = layer.upstream_limit(&upstream.name, Limit::requests_per_minute(n));
+        }
+        if let Some(n) = upstream.tokens_per_minute {
+            layer = layer.upstream_limit(&upstream.name, Limit::tokens_per_minute(n));
+        }
+        if let Some(n) = upstream.max_concurrent {
+            layer = layer.upstream_max_concurrent(&upstream.name, n);
+        }
+    }
+    layer
+}
+
+/// An upstream while the routes are built: its target, its pool, its
+/// retry settings and budget.
+struct Upstream {
+    target: Arc<Target>,
+    http: Client<HttpConnector, Full<Bytes>>,
+    timeout: Duration,
+    retry: RetryConfig,
+    budget: RetryBudget,
+}
+
+impl Upstream {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        name: &str,
+        url: &str,
+        kind: UpstreamKind,
+        key: Option<Arc<str>>,
+        timeout: Duration,
+        retry: RetryConfig,
+        mock_url: &str,
+        metrics: &Metrics,
+    ) -> Result<Upstream, String> {
+        let mock = url == "mock";
+        let base_url = if mock { mock_url } else { url }
+            .trim_end_matches('/')
+            .to_owned();
+        if base_url.starts_with("https://") {
+            return Err(format!(
+                "url {:?}: https upstreams need a TLS connector, which this example does not \
+                 build in; put a TLS-terminating proxy in front, or use http://",
+                without_credentials(url)
+            ));
+        }
+        // The mock, like Anthropic, wants some key on /v1/messages.
+        let key = key.or_else(|| mock.then(|| Arc::from(MOCK_KEY)));
+        // TCP_NODELAY: a request's head and body are two writes, and the
+        // second would wait for the upstream's delayed ACK (~40 ms).
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let http = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Upstream {
+            target: Arc::new(Target {
+                name: Arc::from(name),
+                label: Arc::from(if mock {
+                    "mock".to_owned()
+                } else {
+                    without_credentials(url.trim_end_matches('/'))
+                }),
+                base_url,
+                kind,
+                mock,
+                key,
+                extension: tollgate::rate_limit::Upstream::new(name),
+                metrics: metrics.upstream(name),
+            }),
+            http,
+            timeout,
+            retry,
+            budget: RetryBudget::default(),
+        })
+    }
+
+    /// A client stack with `attempt_timeout` over this upstream's pool and
+    /// retry budget.
+    fn client(&self, attempt_timeout: Duration) -> Result<UpstreamClient, String> {
+        let retry = &self.retry;
+        let backoff = ExponentialBackoff::new(
+            Duration::from_millis(retry.initial_backoff_ms),
+            Duration::from_millis(retry.max_backoff_ms),
+        )
+        .map_err(|e| format!("retry: {e}"))?;
+        let policy = RetryPolicy::new()
+            .max_attempts(retry.max_attempts)
+            .backoff(backoff)
+            .attempt_timeout(attempt_timeout)
+            .deadline(self.timeout)
+            .max_server_delay(Duration::from_secs(retry.max_retry_after_secs));
+        let stack = ServiceBuilder::new()
+            .timeout(self.timeout)
+            .layer(RetryLayer::new().policy(policy).budget(self.budget.clone()))
+            .layer(AttemptLayer::new(self.target.metrics.clone()))
+            .service(self.http.clone())
+            .map_response(|response| response.map(Body::new))
+            .map_err(Into::<BoxError>::into);
+        Ok(BoxCloneSyncService::new(stack))
+    }
+}
+
+/// Middleware in front of the rate limit: the request's route in its
+/// extensions (an `Arc<Route>`, and the `Upstream` per-upstream limits
+/// count by), or a 400 for a model whose upstream does not speak the
+/// endpoint's API. Requests without a model, or for a model not in the
+/// config, pass on (the model check in front answers those).
+pub async fn select(State(routes): State<Arc<Routes>>, mut req: Request, next: Next) -> Response {
+    let Some(api) = Api::of_path(req.uri().path()) else {
+        return next.run(req).await;
+    };
+    let Some(route) = req
+        .extensions()
+        .get::<RequestMeta>()
+        .and_then(|meta| meta.model.as_deref())
+        .and_then(|model| routes.get(model))
+        .cloned()
+    else {
+        return next.run(req).await;
+    };
+    if !route.target.serves(api) {
+        return ApiError::invalid_request()
+            .with_param("model")
+            .with_message(format!(
+                "The model '{}' is served by an {} upstream; call it through {}.",
+                route.model,
+                route.target.kind.as_str(),
+                match route.target.kind {
+                    UpstreamKind::Anthropic => "/v1/messages",
+                    UpstreamKind::OpenAi => "the OpenAI endpoints (/v1/chat/completions, …)",
+                }
+            ))
+            .into_response();
+    }
+    if api == Api::Embeddings {
+        // Embeddings generate nothing: reserve (tokens, money) for the
+        // input alone, not for a completion the model cannot write.
+        if let Some(meta) = req.extensions_mut().get_mut::<RequestMeta>() {
+            meta.max_tokens = Some(0);
+        }
+    }
+    if let Some(slot) = req.extensions().get::<LogSlot>() {
+        slot.set_upstream(route.target.name.clone(), route.target.label.clone());
+    }
+    req.extensions_mut().insert(route.target.extension.clone());
+    req.extensions_mut().insert(route);
+    next.run(req).await
+}
