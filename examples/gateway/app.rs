@@ -23,10 +23,12 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tollgate::auth::AuthLayer;
-use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
+use tollgate::budget::{
+    BudgetLayer, BudgetScope, BudgetSpec, Ledger, ModelPrice, Pricing, TokenPrice,
+};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::stream::StreamErrorTrailerLayer;
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
@@ -418,24 +420,83 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
 
 /// `GET /v1/key`: the calling key's id, expiry, limits and, read from the
 /// ledger, what each of its budgets and balances has left and when it
-/// resets, without spending a request.
+/// resets, without spending a request; then the same for each scope it
+/// shares (`user`, `team`, `org`: `null` when it names none). A scope named
+/// but without a record shows no limits or budgets: none apply.
 async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
         return ApiError::authentication().into_response();
     };
     let record = principal.record();
-    let budgets = match admin::budgets_json(&*gw.ledger, record).await {
-        Ok(budgets) => budgets,
-        Err(error) => return error.into_response(),
+    let scope_json = |scope: BudgetScope| {
+        let ledger = gw.ledger.clone();
+        let budgets: Vec<BudgetSpec> = principal
+            .budgets()
+            .iter()
+            .filter(|b| b.scope == scope)
+            .cloned()
+            .collect();
+        let limits = principal
+            .scope_limits()
+            .iter()
+            .find(|s| s.scope == scope.kind_name() && s.id == scope.name())
+            .cloned();
+        async move {
+            let (rate_limits, max_concurrent) = match &limits {
+                Some(l) => (
+                    l.limits.iter().map(admin::limit_json).collect(),
+                    l.max_concurrent,
+                ),
+                None => (Vec::new(), None),
+            };
+            Ok::<_, ApiError>(json!({
+                "id": scope.name(),
+                "rate_limits": rate_limits,
+                "max_concurrent": max_concurrent,
+                "budgets": admin::budgets_json(&*ledger, &budgets).await?,
+            }))
+        }
     };
-    axum::Json(json!({
-        "id": record.id,
-        "name": record.name,
-        "expires_at": record.expires_at.and_then(admin::rfc3339),
-        "models": record.allowed_models,
-        "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
-        "max_concurrent": record.max_concurrent,
-        "budgets": budgets,
-    }))
-    .into_response()
+    let own = BudgetScope::Key(record.id.clone());
+    let answer = async {
+        let budgets: Vec<BudgetSpec> = principal
+            .budgets()
+            .iter()
+            .filter(|b| b.scope == own)
+            .cloned()
+            .collect();
+        let mut shown = json!({
+            "id": record.id,
+            "name": record.name,
+            "expires_at": record.expires_at.and_then(admin::rfc3339),
+            "models": record.allowed_models,
+            "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
+            "max_concurrent": record.max_concurrent,
+            "budgets": admin::budgets_json(&*gw.ledger, &budgets).await?,
+        });
+        for (field, scope) in [
+            (
+                "user",
+                principal.user().map(|u| BudgetScope::User(u.to_owned())),
+            ),
+            (
+                "team",
+                principal.team().map(|t| BudgetScope::Team(t.to_owned())),
+            ),
+            (
+                "org",
+                principal.org().map(|o| BudgetScope::Org(o.to_owned())),
+            ),
+        ] {
+            shown[field] = match scope {
+                Some(scope) => scope_json(scope).await?,
+                None => Value::Null,
+            };
+        }
+        Ok::<_, ApiError>(shown)
+    };
+    match answer.await {
+        Ok(shown) => axum::Json(shown).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
