@@ -219,6 +219,9 @@ async fn reload(State(state): State<AdminState>, req: Request) -> Response {
                 json!({
                     "reloaded": true,
                     "keys": reloaded.keys,
+                    "users": reloaded.users,
+                    "teams": reloaded.teams,
+                    "orgs": reloaded.orgs,
                     "restart_required": reloaded.restart_required,
                 }),
             )

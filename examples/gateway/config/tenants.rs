@@ -114,6 +114,9 @@ mod tests {
         );
         // The parser places an unknown field at its entry's header.
         let err = error_of("[[teams]]\nid = \"r\"\nsecret = \"x\"\n");
-        assert!(err.contains("line 1") && err.contains("unknown field `secret`"), "{err}");
+        assert!(
+            err.contains("line 1") && err.contains("unknown field `secret`"),
+            "{err}"
+        );
     }
 }
