@@ -428,14 +428,13 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
         return ApiError::authentication().into_response();
     };
     let record = principal.record();
+    let budgets_of = |scope: &BudgetScope| -> Vec<BudgetSpec> {
+        let budgets = principal.budgets().iter();
+        budgets.filter(|b| b.scope == *scope).cloned().collect()
+    };
     let scope_json = |scope: BudgetScope| {
         let ledger = gw.ledger.clone();
-        let budgets: Vec<BudgetSpec> = principal
-            .budgets()
-            .iter()
-            .filter(|b| b.scope == scope)
-            .cloned()
-            .collect();
+        let budgets = budgets_of(&scope);
         let limits = principal
             .scope_limits()
             .iter()
@@ -457,14 +456,8 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
             }))
         }
     };
-    let own = BudgetScope::Key(record.id.clone());
+    let own = budgets_of(&BudgetScope::Key(record.id.clone()));
     let answer = async {
-        let budgets: Vec<BudgetSpec> = principal
-            .budgets()
-            .iter()
-            .filter(|b| b.scope == own)
-            .cloned()
-            .collect();
         let mut shown = json!({
             "id": record.id,
             "name": record.name,
@@ -472,7 +465,7 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
             "models": record.allowed_models,
             "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
             "max_concurrent": record.max_concurrent,
-            "budgets": admin::budgets_json(&*gw.ledger, &budgets).await?,
+            "budgets": admin::budgets_json(&*gw.ledger, &own).await?,
         });
         for (field, scope) in [
             (

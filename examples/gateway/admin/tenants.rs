@@ -154,42 +154,47 @@ async fn patch(state: AdminState, kind: TenantKind, id: String, req: Request) ->
     let admin = admin_of(&req);
     let result = async {
         let patch = object_of(&body_of(req).await?)?;
-        if patch.contains_key("id") {
-            return Err(ApiError::invalid_request()
-                .with_param("id")
-                .with_message(format!("A {kind}'s id cannot be changed.")));
-        }
-        let record = record_of(&state, kind, &id).await?;
-        let fields = merged(&TenantEntry::from_record(&record), patch)?;
-        let mut changed = record_from(&state, kind, fields).await?;
-        changed.config_entry = record.config_entry.clone();
-        state
-            .0
-            .keys
-            .put_tenant(changed.clone(), PutMode::Upsert)
-            .await?;
-        audit(&admin, kind, "update", &id);
-        tenant_json(&state, &changed).await
+        changed(&state, kind, &id, &admin, "update", patch).await
     };
     answer(StatusCode::OK, result.await)
 }
 
-/// `POST /admin/teams/{id}/revoke`: the tenant disabled (its keys get 403
-/// `account_disabled` on every instance within a second).
+/// `POST /admin/teams/{id}/revoke`: `PATCH {"disabled": true}` (its keys
+/// get 403 `account_disabled` on every instance within a second).
 async fn revoke(state: AdminState, kind: TenantKind, id: String, req: Request) -> Response {
     let admin = admin_of(&req);
-    let result = async {
-        let mut record = (*record_of(&state, kind, &id).await?).clone();
-        record.disabled = true;
-        state
-            .0
-            .keys
-            .put_tenant(record.clone(), PutMode::Upsert)
-            .await?;
-        audit(&admin, kind, "revoke", &id);
-        tenant_json(&state, &record).await
-    };
-    answer(StatusCode::OK, result.await)
+    let disable = Map::from_iter([("disabled".to_owned(), Value::Bool(true))]);
+    answer(
+        StatusCode::OK,
+        changed(&state, kind, &id, &admin, "revoke", disable).await,
+    )
+}
+
+/// The tenant `id` with `patch` applied and stored, audited as `action`.
+async fn changed(
+    state: &AdminState,
+    kind: TenantKind,
+    id: &str,
+    admin: &str,
+    action: &str,
+    patch: Map<String, Value>,
+) -> Result<Value, ApiError> {
+    if patch.contains_key("id") {
+        return Err(ApiError::invalid_request()
+            .with_param("id")
+            .with_message(format!("A {kind}'s id cannot be changed.")));
+    }
+    let record = record_of(state, kind, id).await?;
+    let fields = merged(&TenantEntry::from_record(&record), patch)?;
+    let mut changed = record_from(state, kind, fields).await?;
+    changed.config_entry = record.config_entry.clone();
+    state
+        .0
+        .keys
+        .put_tenant(changed.clone(), PutMode::Upsert)
+        .await?;
+    audit(admin, kind, action, id);
+    tenant_json(state, &changed).await
 }
 
 /// `DELETE /admin/teams/{id}`: its keys keep its name as a label and are
