@@ -2,10 +2,14 @@
 //! team's keys and refused naming the team, `/v1/key` and
 //! `/admin/spend?group_by=team|org|user` showing each scope to the cent,
 //! config grants for tenants that survive a restart on SQLite without
-//! refilling, the admin routes of tenants, and config errors with their line.
+//! refilling, tenants shared by two instances on one Redis, the admin routes
+//! of tenants, and config errors with their line.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
+#[cfg(feature = "redis")]
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use std::time::Duration;
 
@@ -442,6 +446,67 @@ team = "ops"
             "team.delete team:research",
         ]
     );
+}
+
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_redis_share_a_team_and_its_disabling() {
+    let redis = redis_support::RedisServer::start();
+    // Exactness is the stores' when Redis answers; a loaded test machine
+    // may take longer than the production default to answer.
+    let toml = config(&redis.url(), TREE).replace(
+        "request_timeout_secs = 20",
+        "request_timeout_secs = 20\nstore_timeout_ms = 5000",
+    );
+    let (one, two) = (
+        GatewayCommand::new().config(&toml).start(),
+        GatewayCommand::new().config(&toml).start(),
+    );
+    let http = Http::new();
+    let a = http.chat(&one, "sk-a-0123456789", MODEL, TEXT).await;
+    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
+    let b = http.chat(&two, "sk-b-0123456789", MODEL, TEXT).await;
+    assert_eq!(b.status, StatusCode::OK, "{}", b.text);
+    let refused = http.chat(&two, "sk-a-0123456789", MODEL, TEXT).await;
+    assert_eq!(
+        refused.status,
+        StatusCode::PAYMENT_REQUIRED,
+        "{}",
+        refused.text
+    );
+    assert_eq!(
+        refused.json["error"]["message"],
+        "Budget exceeded: $2.00 limit reached for team research"
+    );
+    assert_eq!(
+        spend(&http, &one, "?group_by=team").await,
+        json!([row("research", "2.60", 2)])
+    );
+
+    // Disabled through one instance: the other refuses the team's keys
+    // within a second.
+    let revoked = http
+        .post(
+            &admin(&one, "/teams/research/revoke"),
+            Some(ADMIN),
+            &Value::Null,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::OK, "{}", revoked.text);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let answer = http.chat(&two, "sk-b-0123456789", MODEL, TEXT).await;
+        if answer.json["error"]["code"] == "account_disabled" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {} after a second: {}",
+            answer.status,
+            answer.text
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[cfg(feature = "sqlite")]
