@@ -3,7 +3,8 @@
 //! `/admin/spend?group_by=team|org|user` showing each scope to the cent,
 //! config grants for tenants that survive a restart on SQLite without
 //! refilling, tenants shared by two instances on one Redis, the admin routes
-//! of tenants, and config errors with their line.
+//! of tenants, and config errors with their line. (A little over 600 lines:
+//! the admin routes' test walks one team through every verb, in order.)
 
 #[path = "support/gateway.rs"]
 mod gateway_support;

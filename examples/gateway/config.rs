@@ -408,7 +408,7 @@ pub enum ConfigError {
     },
 }
 
-/// Adds the line of the `[[keys]]`/`[[models]]` entry an error names
+/// Adds the line of the `[[keys]]`, `[[models]]`, `[[teams]]`, … entry an error names
 /// (`keys[3]…` → the fourth `[[keys]]` header) to its message.
 fn with_line(error: ConfigError, text: &str) -> ConfigError {
     let ConfigError::Invalid { origin, message } = error else {
