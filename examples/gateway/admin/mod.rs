@@ -32,7 +32,8 @@
 //! RFC 3339 in UTC, and errors are in the configured envelope. Every change
 //! writes one audit line (`target: "tollgate::audit"`) naming the admin
 //! key's id (`admin:` and the first 12 hex digits of its SHA-256), the
-//! action and the key, never a secret.
+//! action and what it changed (`key`, or `scope`: `team:research`), never a
+//! secret.
 //!
 //! # Who may call it
 //!
