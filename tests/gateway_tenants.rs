@@ -3,8 +3,7 @@
 //! `/admin/spend?group_by=team|org|user` showing each scope to the cent,
 //! config grants for tenants that survive a restart on SQLite without
 //! refilling, tenants shared by two instances on one Redis, the admin routes
-//! of tenants, and config errors with their line. (A little over 600 lines:
-//! the admin routes' test walks one team through every verb, in order.)
+//! of tenants, and config errors with their line.
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -90,25 +89,17 @@ async fn spend(http: &Http, gateway: &Gateway, query: &str) -> Value {
     answer.json["data"].clone()
 }
 
-fn row(group: &str, cost: &str, requests: u64) -> Value {
-    json!({"group": group, "cost_usd": cost, "prompt_tokens": 3 * requests,
-           "completion_tokens": 5 * requests, "cached_tokens": 0, "requests": requests})
-}
-
-#[tokio::test]
-async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
-    let gateway = GatewayCommand::new()
-        .config(&config("memory", TREE))
-        .start();
-    let http = Http::new();
-    // $1.30 each: a, then b (the team had $0.70 left: a bounded budget
-    // admits while anything remains), then nothing for either.
-    for key in ["sk-a-0123456789", "sk-b-0123456789"] {
-        let answer = http.chat(&gateway, key, MODEL, TEXT).await;
+/// Spends the `TREE`'s team budget: $1.30 by key a through `first`, then
+/// $1.30 by key b through `second` (the team had $0.70 left: a bounded
+/// budget admits while anything remains); then both keys are refused,
+/// through either, naming the team.
+async fn spend_the_team(http: &Http, first: &Gateway, second: &Gateway) {
+    for (gateway, key) in [(first, "sk-a-0123456789"), (second, "sk-b-0123456789")] {
+        let answer = http.chat(gateway, key, MODEL, TEXT).await;
         assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     }
-    for key in ["sk-a-0123456789", "sk-b-0123456789"] {
-        let refused = http.chat(&gateway, key, MODEL, TEXT).await;
+    for (gateway, key) in [(second, "sk-a-0123456789"), (first, "sk-b-0123456789")] {
+        let refused = http.chat(gateway, key, MODEL, TEXT).await;
         assert_eq!(
             refused.status,
             StatusCode::PAYMENT_REQUIRED,
@@ -120,6 +111,25 @@ async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
             "Budget exceeded: $2.00 limit reached for team research"
         );
     }
+}
+
+/// `PATCH url` with the admin key and `body`.
+async fn patch(http: &Http, url: &str, body: &Value) -> gateway_support::Answer {
+    http.send("PATCH", url, Some(ADMIN), &[], body).await
+}
+
+fn row(group: &str, cost: &str, requests: u64) -> Value {
+    json!({"group": group, "cost_usd": cost, "prompt_tokens": 3 * requests,
+           "completion_tokens": 5 * requests, "cached_tokens": 0, "requests": requests})
+}
+
+#[tokio::test]
+async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
+    let gateway = GatewayCommand::new()
+        .config(&config("memory", TREE))
+        .start();
+    let http = Http::new();
+    spend_the_team(&http, &gateway, &gateway).await;
     // Another key of no team is not refused.
     let solo = http.chat(&gateway, "sk-solo-0123456789", MODEL, TEXT).await;
     assert_eq!(solo.status, StatusCode::OK, "{}", solo.text);
@@ -159,27 +169,21 @@ async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
     assert_eq!(solo.json["team"], Value::Null, "{}", solo.text);
     assert_eq!(solo.json["budgets"], json!([]));
 
-    // Spend per team, org and user, to the cent; filtered by one scope.
-    assert_eq!(
-        spend(&http, &gateway, "?group_by=team").await,
-        json!([row("research", "2.60", 2)])
-    );
-    assert_eq!(
-        spend(&http, &gateway, "?group_by=org").await,
-        json!([row("acme", "2.60", 2)])
-    );
-    assert_eq!(
-        spend(&http, &gateway, "?group_by=user").await,
-        json!([row("ann", "1.30", 1)])
-    );
-    assert_eq!(
-        spend(&http, &gateway, "?group_by=key&team=research").await,
-        json!([row("research", "2.60", 2)])
-    );
-    assert_eq!(
-        spend(&http, &gateway, "?group_by=model&team=research").await,
-        json!([row(MODEL, "2.60", 2)])
-    );
+    // Spend per team, org and user, to the cent; filtered by one scope
+    // (whose aggregates are then read, whatever `group_by` says).
+    for (query, group, cost, requests) in [
+        ("?group_by=team", "research", "2.60", 2),
+        ("?group_by=org", "acme", "2.60", 2),
+        ("?group_by=user", "ann", "1.30", 1),
+        ("?group_by=key&team=research", "research", "2.60", 2),
+        ("?group_by=model&team=research", MODEL, "2.60", 2),
+    ] {
+        assert_eq!(
+            spend(&http, &gateway, query).await,
+            json!([row(group, cost, requests)]),
+            "{query}"
+        );
+    }
     let refused = http
         .get(&admin(&gateway, "/spend?key=a&team=research"), Some(ADMIN))
         .await;
@@ -293,28 +297,17 @@ team = "ops"
     assert_eq!(paid.status, StatusCode::OK, "{}", paid.text);
 
     // Read and changed: the balance kept, the change applied.
-    let patched = http
-        .send(
-            "PATCH",
-            &format!("{teams}/ops"),
-            Some(ADMIN),
-            &[],
-            &json!({"name": "Operations", "requests_per_minute": 200}),
-        )
-        .await;
+    let patched = patch(
+        &http,
+        &format!("{teams}/ops"),
+        &json!({"name": "Operations", "requests_per_minute": 200}),
+    )
+    .await;
     assert_eq!(patched.status, StatusCode::OK, "{}", patched.text);
     assert_eq!(patched.json["name"], "Operations");
     assert_eq!(patched.json["rate_limits"][0]["amount"], 200);
     assert_eq!(patched.json["budgets"][0]["remaining_usd"], "23.70");
-    let renamed = http
-        .send(
-            "PATCH",
-            &format!("{teams}/ops"),
-            Some(ADMIN),
-            &[],
-            &json!({"id": "x"}),
-        )
-        .await;
+    let renamed = patch(&http, &format!("{teams}/ops"), &json!({"id": "x"})).await;
     assert_eq!(renamed.json["error"]["param"], "id");
     let shown = http.get(&format!("{teams}/ops"), Some(ADMIN)).await;
     assert_eq!(shown.json["org"], "acme");
@@ -337,15 +330,12 @@ team = "ops"
         )
         .await;
     assert_eq!(no_budget.status, StatusCode::BAD_REQUEST);
-    let key = http
-        .send(
-            "PATCH",
-            &admin(&gateway, "/keys/a"),
-            Some(ADMIN),
-            &[],
-            &json!({"team": "research"}),
-        )
-        .await;
+    let key = patch(
+        &http,
+        &admin(&gateway, "/keys/a"),
+        &json!({"team": "research"}),
+    )
+    .await;
     assert_eq!(key.status, StatusCode::OK, "{}", key.text);
     assert_eq!(
         http.chat(&gateway, "sk-a-0123456789", MODEL, TEXT)
@@ -390,15 +380,12 @@ team = "ops"
     let refused = http.chat(&gateway, "sk-a-0123456789", MODEL, TEXT).await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN);
     assert_eq!(refused.json["error"]["code"], "account_disabled");
-    let enabled = http
-        .send(
-            "PATCH",
-            &format!("{teams}/research"),
-            Some(ADMIN),
-            &[],
-            &json!({"disabled": false}),
-        )
-        .await;
+    let enabled = patch(
+        &http,
+        &format!("{teams}/research"),
+        &json!({"disabled": false}),
+    )
+    .await;
     assert_eq!(enabled.json["disabled"], false);
 
     // Deleted: its key then counts against its own budgets only.
@@ -464,21 +451,7 @@ async fn two_instances_on_redis_share_a_team_and_its_disabling() {
         GatewayCommand::new().config(&toml).start(),
     );
     let http = Http::new();
-    let a = http.chat(&one, "sk-a-0123456789", MODEL, TEXT).await;
-    assert_eq!(a.status, StatusCode::OK, "{}", a.text);
-    let b = http.chat(&two, "sk-b-0123456789", MODEL, TEXT).await;
-    assert_eq!(b.status, StatusCode::OK, "{}", b.text);
-    let refused = http.chat(&two, "sk-a-0123456789", MODEL, TEXT).await;
-    assert_eq!(
-        refused.status,
-        StatusCode::PAYMENT_REQUIRED,
-        "{}",
-        refused.text
-    );
-    assert_eq!(
-        refused.json["error"]["message"],
-        "Budget exceeded: $2.00 limit reached for team research"
-    );
+    spend_the_team(&http, &one, &two).await;
     assert_eq!(
         spend(&http, &one, "?group_by=team").await,
         json!([row("research", "2.60", 2)])
@@ -541,15 +514,12 @@ team = "research"
     let answer = http.chat(&gateway, "sk-a-0123456789", MODEL, TEXT).await;
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
     // Changed at run time: kept across the restart.
-    let renamed = http
-        .send(
-            "PATCH",
-            &admin(&gateway, "/teams/research"),
-            Some(ADMIN),
-            &[],
-            &json!({"name": "Research"}),
-        )
-        .await;
+    let renamed = patch(
+        &http,
+        &admin(&gateway, "/teams/research"),
+        &json!({"name": "Research"}),
+    )
+    .await;
     assert_eq!(renamed.status, StatusCode::OK, "{}", renamed.text);
     gateway.signal("TERM");
     assert!(gateway.wait_exit(Duration::from_secs(20)).success());
