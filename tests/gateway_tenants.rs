@@ -3,7 +3,8 @@
 //! `/admin/spend?group_by=team|org|user` showing each scope to the cent,
 //! config grants for tenants that survive a restart on SQLite without
 //! refilling, tenants shared by two instances on one Redis, the admin routes
-//! of tenants, and config errors with their line.
+//! of tenants, reloads, and config errors with their line. (A little over
+//! 600 lines: the gateway's tenants in one file, one scenario per test.)
 
 #[path = "support/gateway.rs"]
 mod gateway_support;
@@ -434,6 +435,43 @@ team = "ops"
             "team.delete team:research",
         ]
     );
+}
+
+#[tokio::test]
+async fn a_reload_applies_the_file_s_tenant_changes_and_keeps_the_spend() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, config("memory", TREE)).expect("written");
+    let gateway = GatewayCommand::new().config_file(&path).start();
+    let http = Http::new();
+    let answer = http.chat(&gateway, "sk-a-0123456789", MODEL, TEXT).await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text);
+
+    // The team's budget raised, user ann dropped from the file.
+    let changed = TREE
+        .replace("budget_usd = \"2.00\"", "budget_usd = \"3.00\"")
+        .replace("[[users]]\nid = \"ann\"\nbudget_usd = 10\n", "");
+    std::fs::write(&path, config("memory", &changed)).expect("written");
+    let reloaded = http
+        .post(&admin(&gateway, "/reload"), Some(ADMIN), &Value::Null)
+        .await;
+    assert_eq!(reloaded.status, StatusCode::OK, "{}", reloaded.text);
+    assert_eq!(reloaded.json["teams"]["updated"], 1, "{}", reloaded.text);
+    assert_eq!(reloaded.json["orgs"]["unchanged"], 1);
+    assert_eq!(reloaded.json["users"]["deleted"], 1);
+    assert_eq!(reloaded.json["keys"]["unchanged"], 3);
+    let shown = http
+        .get(&gateway.url("/v1/key"), Some("sk-a-0123456789"))
+        .await;
+    let team = &shown.json["team"]["budgets"][0];
+    assert_eq!(team["limit_usd"], "3.00", "{}", shown.text);
+    assert_eq!(team["spent_usd"], "1.30", "{}", shown.text);
+    // The key still names ann, who has no record now: nothing of hers applies.
+    assert_eq!(shown.json["user"]["id"], "ann");
+    assert_eq!(shown.json["user"]["budgets"], json!([]));
+    gateway.wait_for_log(Duration::from_secs(5), |l| {
+        l["level"] == "WARN" && l["key"] == "a" && l["tenant"] == "ann"
+    });
 }
 
 #[cfg(feature = "redis")]
