@@ -24,11 +24,13 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tollgate::auth::AuthLayer;
 use tollgate::body::DetachLayer;
-use tollgate::budget::{BudgetLayer, Ledger, ModelPrice, Pricing, TokenPrice};
+use tollgate::budget::{
+    BudgetLayer, BudgetScope, BudgetSpec, Ledger, ModelPrice, Pricing, TokenPrice,
+};
 use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
 use tollgate::stream::StreamErrorTrailerLayer;
 use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
@@ -432,24 +434,76 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
 
 /// `GET /v1/key`: the calling key's id, expiry, limits and, read from the
 /// ledger, what each of its budgets and balances has left and when it
-/// resets, without spending a request.
+/// resets, without spending a request; then the same for each scope it
+/// shares (`user`, `team`, `org`: `null` when it names none). A scope named
+/// but without a record shows no limits or budgets: none apply.
 async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
     let Some(principal) = req.extensions().get::<Principal>().cloned() else {
         return ApiError::authentication().into_response();
     };
     let record = principal.record();
-    let budgets = match admin::budgets_json(&*gw.ledger, record).await {
-        Ok(budgets) => budgets,
-        Err(error) => return error.into_response(),
+    let budgets_of = |scope: &BudgetScope| -> Vec<BudgetSpec> {
+        let budgets = principal.budgets().iter();
+        budgets.filter(|b| b.scope == *scope).cloned().collect()
     };
-    axum::Json(json!({
-        "id": record.id,
-        "name": record.name,
-        "expires_at": record.expires_at.and_then(admin::rfc3339),
-        "models": record.allowed_models,
-        "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
-        "max_concurrent": record.max_concurrent,
-        "budgets": budgets,
-    }))
-    .into_response()
+    let scope_json = |scope: BudgetScope| {
+        let ledger = gw.ledger.clone();
+        let budgets = budgets_of(&scope);
+        let limits = principal
+            .scope_limits()
+            .iter()
+            .find(|s| s.scope == scope.kind_name() && s.id == scope.name())
+            .cloned();
+        async move {
+            let (rate_limits, max_concurrent) = match &limits {
+                Some(l) => (
+                    l.limits.iter().map(admin::limit_json).collect(),
+                    l.max_concurrent,
+                ),
+                None => (Vec::new(), None),
+            };
+            Ok::<_, ApiError>(json!({
+                "id": scope.name(),
+                "rate_limits": rate_limits,
+                "max_concurrent": max_concurrent,
+                "budgets": admin::budgets_json(&*ledger, &budgets).await?,
+            }))
+        }
+    };
+    let own = budgets_of(&BudgetScope::Key(record.id.clone()));
+    let answer = async {
+        let mut shown = json!({
+            "id": record.id,
+            "name": record.name,
+            "expires_at": record.expires_at.and_then(admin::rfc3339),
+            "models": record.allowed_models,
+            "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
+            "max_concurrent": record.max_concurrent,
+            "budgets": admin::budgets_json(&*gw.ledger, &own).await?,
+        });
+        for (field, scope) in [
+            (
+                "user",
+                principal.user().map(|u| BudgetScope::User(u.to_owned())),
+            ),
+            (
+                "team",
+                principal.team().map(|t| BudgetScope::Team(t.to_owned())),
+            ),
+            (
+                "org",
+                principal.org().map(|o| BudgetScope::Org(o.to_owned())),
+            ),
+        ] {
+            shown[field] = match scope {
+                Some(scope) => scope_json(scope).await?,
+                None => Value::Null,
+            };
+        }
+        Ok::<_, ApiError>(shown)
+    };
+    match answer.await {
+        Ok(shown) => axum::Json(shown).into_response(),
+        Err(error) => error.into_response(),
+    }
 }

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 mod admin;
 mod secrets;
+mod tenants;
 mod upstreams;
 
 pub use self::admin::{Usd, one_kind_of_money};
@@ -15,6 +16,7 @@ use self::admin::{
     default_budget_policy, default_max_top_up, default_min_top_up, default_store_timeout,
 };
 pub use self::secrets::Redacted;
+pub use self::tenants::table_of;
 pub use self::upstreams::{DEFAULT_UPSTREAM, UpstreamConfig, UpstreamKind};
 
 /// The demo configuration `cargo run --example gateway` starts with.
@@ -203,6 +205,17 @@ pub struct Config {
     /// The keys accepted.
     #[serde(default)]
     pub keys: Vec<tollgate::auth::KeyEntry>,
+    /// Users: limits and budgets shared by the keys naming them (`[[keys]]
+    /// user = "ann"`). See `config/tenants.rs`.
+    #[serde(default)]
+    pub users: Vec<tollgate::auth::TenantEntry>,
+    /// Teams, shared by their keys (`[[keys]] team = "research"`), each in
+    /// at most one org.
+    #[serde(default)]
+    pub teams: Vec<tollgate::auth::TenantEntry>,
+    /// Orgs, shared by their teams' keys.
+    #[serde(default)]
+    pub orgs: Vec<tollgate::auth::TenantEntry>,
     /// Where keys, spend and balances live: `memory`, `sqlite:PATH` or
     /// `redis://HOST:PORT/DB` (`rediss://` with TLS). See [`StoreChoice`].
     #[serde(default = "default_store")]
@@ -410,22 +423,24 @@ pub enum ConfigError {
     },
 }
 
-/// Adds the line of the `[[keys]]`/`[[models]]` entry an error names
+/// Adds the line of the `[[keys]]`, `[[models]]`, `[[teams]]`, … entry an error names
 /// (`keys[3]…` → the fourth `[[keys]]` header) to its message.
 fn with_line(error: ConfigError, text: &str) -> ConfigError {
     let ConfigError::Invalid { origin, message } = error else {
         return error;
     };
-    let entry = ["keys", "models", "upstreams"].iter().find_map(|table| {
-        let rest = message.strip_prefix(table)?.strip_prefix('[')?;
-        let index: usize = rest.split(']').next()?.parse().ok()?;
-        let header = format!("[[{table}]]");
-        text.lines()
-            .enumerate()
-            .filter(|(_, line)| line.trim() == header)
-            .nth(index)
-            .map(|(n, _)| n + 1)
-    });
+    let entry = ["keys", "models", "upstreams", "users", "teams", "orgs"]
+        .iter()
+        .find_map(|table| {
+            let rest = message.strip_prefix(table)?.strip_prefix('[')?;
+            let index: usize = rest.split(']').next()?.parse().ok()?;
+            let header = format!("[[{table}]]");
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| line.trim() == header)
+                .nth(index)
+                .map(|(n, _)| n + 1)
+        });
     let message = match entry {
         Some(line) => format!("line {line}: {message}"),
         None => message,
@@ -527,6 +542,7 @@ impl Config {
             }
         }
         self.validate_admin(origin)?;
+        self.validate_tenants().map_err(invalid)?;
         Ok(())
     }
 

@@ -15,14 +15,19 @@
 //!
 //! # Config entries are grants
 //!
-//! At start-up and at every reload the `[[keys]]` of the file are applied
-//! to the key store with [`KeyEntry::grant`]: a key the store does not have
-//! is created; one it has gets only what changed in the file since it was
-//! last granted, so a key revoked or rotated through the admin API stays
-//! revoked or rotated across restarts, and no balance is refilled (balances
-//! are the ledger's, opened once). A key that was granted from the file and
-//! is no longer in it is deleted, so removing an entry and reloading takes
-//! its access away; keys made through the admin API are never touched.
+//! At start-up and at every reload the `[[orgs]]`, `[[teams]]`, `[[users]]`
+//! and `[[keys]]` of the file (in that order, so a key's first request
+//! finds the records it names) are applied to the key store with the
+//! library's [`sync_tenants`] and [`sync_keys`]: a record the store does
+//! not have is created; one it has gets only what changed in the file since
+//! it was last granted, so a key revoked or rotated, or a team disabled,
+//! through the admin API stays so across restarts, and no balance is
+//! refilled nor spend reset (balances are the ledger's, opened once). A
+//! record that was granted from the file and is no longer in it is deleted,
+//! so removing an entry and reloading takes its access away; records made
+//! through the admin API are never touched. Each change is one audit line
+//! (`admin = "config"`), and a key naming a user or team the store has no
+//! record of is logged as a warning (it is charged to its own budgets only).
 //!
 //! # Why a reload swaps a whole `App`
 //!
@@ -34,7 +39,6 @@
 //! (the listen address, the store, the connection limits); a reload says
 //! which of those the new file changes.
 
-use std::collections::HashSet;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -44,7 +48,7 @@ use axum::extract::Request;
 use axum::response::Response;
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
-use tollgate::auth::{Grant, KeyAdmin, PutMode};
+use tollgate::auth::{Synced, TenantAdmin, TenantKind, sync_keys, sync_tenants};
 use tollgate::store::StoreError;
 use tower::{Service, ServiceExt};
 
@@ -98,8 +102,14 @@ pub enum ReloadError {
 /// What a reload did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Reloaded {
-    /// The keys the file's grants changed.
-    pub keys: KeySync,
+    /// What the file's `[[keys]]` grants did.
+    pub keys: Synced,
+    /// What its `[[users]]` did.
+    pub users: Synced,
+    /// What its `[[teams]]` did.
+    pub teams: Synced,
+    /// What its `[[orgs]]` did.
+    pub orgs: Synced,
     /// Fields the new file changes that only a restart applies.
     pub restart_required: Vec<&'static str>,
 }
@@ -126,15 +136,7 @@ impl Gateway {
             reloads.clone(),
         )
         .map_err(|e| ReloadError::Config(e.to_string()))?;
-        let synced = sync_keys(&app.config, &*stores.keys).await?;
-        tracing::info!(
-            created = synced.created,
-            updated = synced.updated,
-            deleted = synced.deleted,
-            skipped = synced.skipped,
-            store = stores.kind(),
-            "keys from the config applied"
-        );
+        apply_grants(&app.config, &*stores.keys).await?;
         let gateway = Arc::new(Gateway {
             stores,
             metrics,
@@ -171,12 +173,10 @@ impl Gateway {
             self.reloads.clone(),
         )
         .map_err(|e| ReloadError::Config(e.to_string()))?;
-        let keys = sync_keys(&app.config, &*self.stores.keys).await?;
+        let mut reloaded = apply_grants(&app.config, &*self.stores.keys).await?;
         self.current.store(Arc::new(app));
-        Ok(Reloaded {
-            keys,
-            restart_required,
-        })
+        reloaded.restart_required = restart_required;
+        Ok(reloaded)
     }
 
     /// Writes out what the state store still holds in memory. Called once at
@@ -261,71 +261,53 @@ fn restart_only_changes(old: &Config, new: &Config) -> Vec<&'static str> {
     fields
 }
 
-/// What applying a config's keys did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct KeySync {
-    /// Keys the store did not have.
-    pub created: usize,
-    /// Keys the file changed.
-    pub updated: usize,
-    /// Keys granted from the file before and no longer in it.
-    pub deleted: usize,
-    /// Keys that could not be applied (a secret another key holds); logged.
-    pub skipped: usize,
+/// Applies `config`'s tenants (orgs, teams, users) and keys to `store` as
+/// grants (see the module docs), logs what each table did, and warns of
+/// each key naming a user or team the store has no record of. A store
+/// failure stops it (what came before was applied); one entry that cannot
+/// be stored is logged and skipped: one entry's state never stops a start.
+pub async fn apply_grants(
+    config: &Config,
+    store: &dyn TenantAdmin,
+) -> Result<Reloaded, StoreError> {
+    let mut applied = Reloaded::default();
+    for (kind, entries) in config.tenant_tables() {
+        let synced = sync_tenants(store, kind, entries).await?;
+        log_synced(crate::config::table_of(kind), &synced);
+        *match kind {
+            TenantKind::User => &mut applied.users,
+            TenantKind::Team => &mut applied.teams,
+            TenantKind::Org => &mut applied.orgs,
+        } = synced;
+    }
+    applied.keys = sync_keys(store, &config.keys).await?;
+    log_synced("keys", &applied.keys);
+    for key in &config.keys {
+        for (kind, name) in [(TenantKind::User, &key.user), (TenantKind::Team, &key.team)] {
+            let Some(name) = name else { continue };
+            if store.get_tenant(&kind.scope(name.clone())).await?.is_none() {
+                tracing::warn!(
+                    key = %key.id,
+                    %kind,
+                    tenant = %name,
+                    "the key names a {kind} with no record (neither in the config nor made \
+                     through the admin API): only the key's own limits and budgets apply"
+                );
+            }
+        }
+    }
+    Ok(applied)
 }
 
-/// Applies `config`'s `[[keys]]` to `keys` as grants (see the module docs),
-/// and deletes the keys an earlier config granted that this one no longer
-/// lists. One audit line per change. A store failure stops it (the keys
-/// before it were applied); one key that cannot be stored is logged and
-/// skipped: one key's state never stops a start.
-pub async fn sync_keys(config: &Config, keys: &dyn KeyAdmin) -> Result<KeySync, StoreError> {
-    let mut sync = KeySync::default();
-    for entry in &config.keys {
-        let existing = keys.get(&entry.id).await?;
-        let record = match entry.grant(existing.as_deref()) {
-            Ok(Grant::Put(record)) => record,
-            Ok(Grant::Unchanged) => continue,
-            Err(error) => {
-                // `Config::validate` builds every entry first; kept for safety.
-                tracing::error!(key = %entry.id, %error, "key not applied");
-                sync.skipped += 1;
-                continue;
-            }
-        };
-        match keys.put(record, PutMode::Upsert).await {
-            Ok(_) => {
-                let action = if existing.is_some() {
-                    sync.updated += 1;
-                    "key.update"
-                } else {
-                    sync.created += 1;
-                    "key.create"
-                };
-                tracing::info!(target: "tollgate::audit", admin = "config", action, key = %entry.id);
-            }
-            Err(StoreError::Conflict(message)) => {
-                tracing::error!(key = %entry.id, %message, "key from the config not applied");
-                sync.skipped += 1;
-            }
-            Err(error) => return Err(error),
-        }
-    }
-    let listed: HashSet<&str> = config.keys.iter().map(|k| k.id.as_str()).collect();
-    let mut after: Option<String> = None;
-    loop {
-        let page = keys.list(after.as_deref(), 1000).await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.id.clone());
-        for record in &page {
-            if record.config_entry.is_some() && !listed.contains(record.id.as_str()) {
-                keys.delete(&record.id).await?;
-                sync.deleted += 1;
-                tracing::info!(target: "tollgate::audit", admin = "config", action = "key.delete", key = %record.id);
-            }
-        }
-    }
-    Ok(sync)
+fn log_synced(table: &str, synced: &Synced) {
+    tracing::info!(
+        created = synced.created,
+        updated = synced.updated,
+        unchanged = synced.unchanged,
+        deleted = synced.deleted,
+        skipped = synced.skipped,
+        "[[{table}]] from the config applied"
+    );
 }
 
 /// A way to ask for reloads, and its receiving end.

@@ -36,7 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::sync::Notify;
-use tollgate::auth::KeyAdmin;
+use tollgate::auth::TenantAdmin;
 use tollgate::budget::{
     BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
     Settlement, SpendQuery, SpendRow, TopUpOutcome,
@@ -54,8 +54,9 @@ const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 /// builds. Cheap to clone.
 #[derive(Clone)]
 pub struct Stores {
-    /// Keys: the lookup of every request, and the admin API's changes.
-    pub keys: Arc<dyn KeyAdmin>,
+    /// Keys and their users, teams and orgs: the lookups of every request,
+    /// and the admin API's changes.
+    pub keys: Arc<dyn TenantAdmin>,
     /// Budgets, balances and spend aggregates.
     pub ledger: Arc<dyn Ledger>,
     /// Rate-limit counters and concurrency slots.

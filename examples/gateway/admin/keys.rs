@@ -17,7 +17,10 @@ use tollgate::ApiError;
 use tollgate::auth::{InvalidKeyEntry, KeyEntry, KeyRecord, PutMode};
 use tollgate::budget::BudgetScope;
 
-use super::{AdminState, admin_of, json_response, object_of, record_json, record_of, rfc3339};
+use super::{
+    AdminState, ListQuery, admin_of, body_of, entry_of, json_response, merged, object_of,
+    page_json, record_json, record_of, rfc3339,
+};
 
 /// Fields a body may not set: secrets are generated, ids are for ever.
 const GENERATED: &[&str] = &["secret", "secret_sha256"];
@@ -77,47 +80,21 @@ async fn create_key(
     Ok((secret, record))
 }
 
-/// Query of `GET /admin/keys`.
-#[derive(Debug, Deserialize)]
-pub struct ListQuery {
-    limit: Option<String>,
-    after: Option<String>,
-}
-
 /// `GET /admin/keys?limit=&after=`: a page of keys in id order.
 pub async fn list(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Response {
-    let limit = match query.limit.as_deref().map(str::parse::<usize>) {
-        None => 100,
-        Some(Ok(limit @ 1..=1000)) => limit,
-        Some(_) => {
-            return ApiError::invalid_request()
-                .with_param("limit")
-                .with_message("`limit` must be a whole number from 1 to 1000.")
-                .into_response();
+    let answer = async {
+        let limit = query.limit()?;
+        let page = state.0.keys.list(query.after.as_deref(), limit + 1).await?;
+        let mut data = Vec::with_capacity(page.len());
+        for record in &page {
+            data.push((record.id.clone(), record_json(&state, record).await?));
         }
+        Ok::<_, ApiError>(page_json(data, limit))
     };
-    let mut page = match state.0.keys.list(query.after.as_deref(), limit + 1).await {
-        Ok(page) => page,
-        Err(error) => return ApiError::from(error).into_response(),
-    };
-    let has_more = page.len() > limit;
-    page.truncate(limit);
-    let mut data = Vec::with_capacity(page.len());
-    for record in &page {
-        match record_json(&state, record).await {
-            Ok(record) => data.push(record),
-            Err(error) => return error.into_response(),
-        }
+    match answer.await {
+        Ok(page) => json_response(StatusCode::OK, page),
+        Err(error) => error.into_response(),
     }
-    json_response(
-        StatusCode::OK,
-        json!({
-            "object": "list",
-            "data": data,
-            "has_more": has_more,
-            "last_id": page.last().map(|r| r.id.clone()),
-        }),
-    )
 }
 
 /// `GET /admin/keys/{id}`.
@@ -252,17 +229,6 @@ pub async fn delete(
     }
 }
 
-/// The body of `req`, whole (the server bounds its time, the router its
-/// size).
-async fn body_of(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), 1 << 20)
-        .await
-        .map_err(|_| {
-            ApiError::payload_too_large()
-                .with_message("The body could not be read, or is over 1 MiB.")
-        })
-}
-
 /// 400 when `fields` sets a secret.
 fn refuse_generated(fields: &Map<String, Value>) -> Result<(), ApiError> {
     match GENERATED.iter().find(|f| fields.contains_key(**f)) {
@@ -278,16 +244,10 @@ fn refuse_generated(fields: &Map<String, Value>) -> Result<(), ApiError> {
 /// The record a `[[keys]]` entry's `fields` describe; 400 naming the field
 /// for anything invalid.
 fn record_from(fields: Map<String, Value>) -> Result<KeyRecord, ApiError> {
-    let entry: KeyEntry = serde_json::from_value(Value::Object(fields)).map_err(|e| {
-        let message = e.to_string();
-        let mut error = ApiError::invalid_request().with_message(message.clone());
-        if let Some(field) = message.split('`').nth(1) {
-            error = error.with_param(field.to_owned());
-        }
-        error
-    })?;
+    let entry: KeyEntry = entry_of(fields)?;
     let record = entry.into_record().map_err(invalid_entry)?;
-    crate::config::one_kind_of_money(&record).map_err(|message| {
+    let own = BudgetScope::Key(record.id.clone());
+    crate::config::one_kind_of_money(&record.budgets, &own).map_err(|message| {
         ApiError::invalid_request()
             .with_param("balance_usd")
             .with_message(message)
@@ -295,7 +255,8 @@ fn record_from(fields: Map<String, Value>) -> Result<KeyRecord, ApiError> {
     Ok(record)
 }
 
-fn invalid_entry(error: InvalidKeyEntry) -> ApiError {
+/// 400 naming the field of an entry that does not make a record.
+pub(super) fn invalid_entry(error: InvalidKeyEntry) -> ApiError {
     ApiError::invalid_request()
         .with_param(error.field())
         .with_message(error.to_string())
@@ -303,24 +264,14 @@ fn invalid_entry(error: InvalidKeyEntry) -> ApiError {
 
 /// `record` with `patch`'s fields applied, as a `[[keys]]` entry would set
 /// them. What an entry cannot say (retired secrets, the config entry it
-/// was granted from, shared scopes' limits and budgets, the user) is kept.
+/// was granted from, shared scopes' limits and budgets) is kept.
 fn patched(record: &KeyRecord, patch: Map<String, Value>) -> Result<KeyRecord, ApiError> {
-    let Ok(Value::Object(mut fields)) = serde_json::to_value(KeyEntry::from_record(record)) else {
-        return Err(ApiError::internal().with_message("The key could not be read."));
-    };
-    for (field, value) in patch {
-        if value.is_null() {
-            fields.remove(&field);
-        } else {
-            fields.insert(field, value);
-        }
-    }
+    let fields = merged(&KeyEntry::from_record(record), patch)?;
     let mut changed = record_from(fields)?;
     let own = BudgetScope::Key(record.id.clone());
     changed.retired = record.retired.clone();
     changed.config_entry = record.config_entry.clone();
     changed.scope_limits = record.scope_limits.clone();
-    changed.user = record.user.clone();
     changed
         .budgets
         .extend(record.budgets.iter().filter(|b| b.scope != own).cloned());
@@ -348,6 +299,7 @@ fn changed_fields(old: &KeyRecord, new: &KeyRecord) -> Vec<&'static str> {
             || old.max_concurrent != new.max_concurrent,
     );
     differs("budgets", old.budgets != new.budgets);
+    differs("user", old.user != new.user);
     differs("team", old.team != new.team || old.org != new.org);
     differs("metadata", old.metadata != new.metadata);
     fields

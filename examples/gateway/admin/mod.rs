@@ -19,14 +19,21 @@
 //! | `DELETE /admin/keys/{id}` | `{"id","deleted":true}` |
 //! | `POST /admin/keys/{id}/balance` | a top-up, once per `Idempotency-Key` |
 //! | `POST /admin/keys/{id}/budget/reset` | the budget, its spend at zero |
-//! | `GET /admin/spend?group_by=key\|model\|day&…` | spend, tokens and requests |
+//! | `POST /admin/users`, `/admin/teams`, `/admin/orgs` | 201, the tenant (`[[teams]]` fields; `id` required) |
+//! | `GET /admin/teams?limit=&after=`, `GET /admin/teams/{id}` | a page of tenants, one tenant with its budgets |
+//! | `PATCH /admin/teams/{id}` | the tenant, changed; counters and spend kept |
+//! | `POST /admin/teams/{id}/revoke` | the tenant, disabled: its keys get 403 `account_disabled` |
+//! | `DELETE /admin/teams/{id}` | `{"id","deleted":true}` |
+//! | `POST /admin/teams/{id}/balance`, `…/budget/reset` | as for keys |
+//! | `GET /admin/spend?group_by=key\|model\|day\|user\|team\|org&…` | spend, tokens and requests |
 //! | `POST /admin/reload` | the config file read again |
 //!
 //! Bodies are JSON, money is a decimal string (`"10.00"`), times are
 //! RFC 3339 in UTC, and errors are in the configured envelope. Every change
 //! writes one audit line (`target: "tollgate::audit"`) naming the admin
 //! key's id (`admin:` and the first 12 hex digits of its SHA-256), the
-//! action and the key, never a secret.
+//! action and what it changed (`key`, or `scope`: `team:research`), never a
+//! secret.
 //!
 //! # Who may call it
 //!
@@ -39,22 +46,25 @@
 
 mod keys;
 mod money;
+mod tenants;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use http::StatusCode;
 use http::header::AUTHORIZATION;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 use tollgate::ApiError;
-use tollgate::auth::{KeyAdmin, KeyHash, KeyRecord, KeyStore};
-use tollgate::budget::{BudgetMode, BudgetSpec, BudgetStatus, Ledger, Money};
+use tollgate::auth::{KeyHash, KeyRecord, KeyStore, TenantAdmin, TenantKind};
+use tollgate::budget::{BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Ledger, Money};
 use tollgate::rate_limit::{Algorithm, Limit, Measure};
 
 use crate::config::Config;
@@ -69,7 +79,7 @@ pub struct AdminState(Arc<Inner>);
 
 struct Inner {
     admins: Vec<KeyHash>,
-    keys: Arc<dyn KeyAdmin>,
+    keys: Arc<dyn TenantAdmin>,
     ledger: Arc<dyn Ledger>,
     min_top_up: Money,
     max_top_up: Money,
@@ -123,8 +133,25 @@ pub fn routes(state: AdminState) -> Router {
         )
         .route("/admin/keys/{id}/rotate", post(keys::rotate))
         .route("/admin/keys/{id}/revoke", post(keys::revoke))
-        .route("/admin/keys/{id}/balance", post(money::top_up))
-        .route("/admin/keys/{id}/budget/reset", post(money::reset_budget))
+        .route(
+            "/admin/keys/{id}/balance",
+            post(
+                |state: State<AdminState>, Path(id): Path<String>, req: Request| {
+                    money::top_up(state.0, BudgetScope::Key(id), req)
+                },
+            ),
+        )
+        .route(
+            "/admin/keys/{id}/budget/reset",
+            post(
+                |state: State<AdminState>, Path(id): Path<String>, req: Request| {
+                    money::reset_budget(state.0, BudgetScope::Key(id), req)
+                },
+            ),
+        )
+        .merge(tenants::routes(TenantKind::User))
+        .merge(tenants::routes(TenantKind::Team))
+        .merge(tenants::routes(TenantKind::Org))
         .route("/admin/spend", get(money::spend))
         .route("/admin/reload", post(reload))
         // On the main listener, `/metrics` is for admins only; on
@@ -193,6 +220,9 @@ async fn reload(State(state): State<AdminState>, req: Request) -> Response {
                 json!({
                     "reloaded": true,
                     "keys": reloaded.keys,
+                    "users": reloaded.users,
+                    "teams": reloaded.teams,
+                    "orgs": reloaded.orgs,
                     "restart_required": reloaded.restart_required,
                 }),
             )
@@ -279,14 +309,17 @@ pub fn budget_json(spec: &BudgetSpec, status: &BudgetStatus) -> Value {
     })
 }
 
-/// The budgets of `record`, each read from the ledger.
-pub async fn budgets_json(ledger: &dyn Ledger, record: &KeyRecord) -> Result<Vec<Value>, ApiError> {
-    let mut budgets = Vec::with_capacity(record.budgets.len());
-    for spec in &record.budgets {
+/// `budgets`, each with its state read from the ledger.
+pub async fn budgets_json(
+    ledger: &dyn Ledger,
+    budgets: &[BudgetSpec],
+) -> Result<Vec<Value>, ApiError> {
+    let mut shown = Vec::with_capacity(budgets.len());
+    for spec in budgets {
         let status = ledger.read(spec).await?;
-        budgets.push(budget_json(spec, &status));
+        shown.push(budget_json(spec, &status));
     }
-    Ok(budgets)
+    Ok(shown)
 }
 
 /// One rate limit.
@@ -310,7 +343,7 @@ pub fn limit_json(limit: &Limit) -> Value {
 /// A key record as the admin API shows it: never a secret, its hash, or the
 /// hashes of retired secrets.
 async fn record_json(state: &AdminState, record: &KeyRecord) -> Result<Value, ApiError> {
-    let budgets = budgets_json(&*state.0.ledger, record).await?;
+    let budgets = budgets_json(&*state.0.ledger, &record.budgets).await?;
     let model_limits: Vec<Value> = record
         .model_limits
         .iter()
@@ -341,4 +374,89 @@ async fn record_json(state: &AdminState, record: &KeyRecord) -> Result<Value, Ap
         "source": if record.config_entry.is_some() { "config" } else { "admin" },
         "budgets": budgets,
     }))
+}
+
+/// Query of the paged lists (`GET /admin/keys`, `/admin/teams`, …).
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+impl ListQuery {
+    /// `limit`: 1 to 1000, 100 when absent; 400 otherwise.
+    fn limit(&self) -> Result<usize, ApiError> {
+        match self.limit.as_deref().map(str::parse::<usize>) {
+            None => Ok(100),
+            Some(Ok(limit @ 1..=1000)) => Ok(limit),
+            Some(_) => Err(ApiError::invalid_request()
+                .with_param("limit")
+                .with_message("`limit` must be a whole number from 1 to 1000.")),
+        }
+    }
+}
+
+/// One page of a list: `data` (one more than `limit` asks whether there is
+/// more), and the last id to ask the next page `after`.
+fn page_json(mut data: Vec<(String, Value)>, limit: usize) -> Value {
+    let has_more = data.len() > limit;
+    data.truncate(limit);
+    let last_id = data.last().map(|(id, _)| id.clone());
+    json!({
+        "object": "list",
+        "data": data.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "has_more": has_more,
+        "last_id": last_id,
+    })
+}
+
+/// The body of `req`, whole (the server bounds its time, this its size).
+async fn body_of(req: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(req.into_body(), 1 << 20)
+        .await
+        .map_err(|_| {
+            ApiError::payload_too_large()
+                .with_message("The body could not be read, or is over 1 MiB.")
+        })
+}
+
+/// `current` (an entry's fields as JSON) with `patch` applied: a field set
+/// to `null` is removed (back to its default), any other replaced.
+fn merged(
+    current: &impl serde::Serialize,
+    patch: Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
+    let Ok(Value::Object(mut fields)) = serde_json::to_value(current) else {
+        return Err(ApiError::internal().with_message("The record could not be read."));
+    };
+    for (field, value) in patch {
+        if value.is_null() {
+            fields.remove(&field);
+        } else {
+            fields.insert(field, value);
+        }
+    }
+    Ok(fields)
+}
+
+/// A config entry (`[[keys]]`, `[[teams]]`, …) from JSON `fields`; 400
+/// naming the field for an unknown field or a bad value.
+fn entry_of<T: DeserializeOwned>(fields: Map<String, Value>) -> Result<T, ApiError> {
+    serde_json::from_value(Value::Object(fields)).map_err(|e| {
+        let message = e.to_string();
+        let mut error = ApiError::invalid_request().with_message(message.clone());
+        if let Some(field) = message.split('`').nth(1) {
+            error = error.with_param(field.to_owned());
+        }
+        error
+    })
+}
+
+/// The budgets (and balance) of `scope`, a key or a tenant; 404 when it
+/// does not exist.
+async fn budgets_of(state: &AdminState, scope: &BudgetScope) -> Result<Vec<BudgetSpec>, ApiError> {
+    match TenantKind::of(scope) {
+        None => Ok(record_of(state, scope.name()).await?.budgets.clone()),
+        Some((kind, id)) => Ok(tenants::record_of(state, kind, id).await?.budgets.clone()),
+    }
 }

@@ -1,6 +1,6 @@
 //! Money at run time: prepaid top-ups, budget resets, spend reports.
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Query, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use serde::Deserialize;
@@ -8,21 +8,18 @@ use serde_json::{Value, json};
 use tollgate::ApiError;
 use tollgate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, SpendGroup, SpendQuery};
 
-use super::{AdminState, admin_of, budget_json, json_response, object_of, record_of};
+use super::{AdminState, admin_of, budget_json, budgets_of, json_response, object_of};
 
 /// The longest `Idempotency-Key` taken.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
 
-/// `POST /admin/keys/{id}/balance` `{"add_usd": "25.00"}`: adds to the
-/// key's prepaid balance. The amount must be within the config's
-/// `min_top_up_usd` and `max_top_up_usd`. With an `Idempotency-Key`
-/// header, a retried top-up (same key, within 24 hours) adds nothing and
-/// answers the balance with `"replayed": true`.
-pub async fn top_up(
-    State(state): State<AdminState>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Response {
+/// `POST /admin/keys/{id}/balance` (and `/admin/teams/{id}/balance`, …)
+/// `{"add_usd": "25.00"}`: adds to the prepaid balance of `scope`, a key or
+/// a tenant. The amount must be within the config's `min_top_up_usd` and
+/// `max_top_up_usd`. With an `Idempotency-Key` header, a retried top-up
+/// (same key, within 24 hours) adds nothing and answers the balance with
+/// `"replayed": true`.
+pub async fn top_up(state: AdminState, scope: BudgetScope, req: Request) -> Response {
     let admin = admin_of(&req);
     let answer = async {
         let idempotency_key = idempotency_key(req.headers())?;
@@ -39,12 +36,13 @@ pub async fn top_up(
                     "A top-up must be from {min} to {max}; got {amount}."
                 )));
         }
-        let record = record_of(&state, &id).await?;
-        let Some(balance) = own_budget(&record.budgets, &id, BudgetMode::Balance) else {
+        let budgets = budgets_of(&state, &scope).await?;
+        let Some(balance) = own_budget(&budgets, &scope, BudgetMode::Balance) else {
             return Err(ApiError::invalid_request()
                 .with_param("add_usd")
                 .with_message(format!(
-                    "Key '{id}' has no prepaid balance (set `balance_usd` on it first)."
+                    "{} has no prepaid balance (set `balance_usd` on it first).",
+                    named(&scope)
                 )));
         };
         let outcome = state
@@ -56,13 +54,13 @@ pub async fn top_up(
             target: "tollgate::audit",
             admin,
             action = "balance.top_up",
-            key = %id,
+            scope = %scope.id(),
             add_usd = %amount.to_decimal(),
             replayed = outcome.replayed,
             idempotency_key = idempotency_key.as_deref().unwrap_or("-"),
         );
         Ok(json!({
-            "id": id,
+            "id": scope.name(),
             "balance_usd": outcome.status.remaining().to_decimal(),
             "replayed": outcome.replayed,
         }))
@@ -73,24 +71,21 @@ pub async fn top_up(
     }
 }
 
-/// `POST /admin/keys/{id}/budget/reset`: the key's budget starts its
-/// current period again from zero spend (requests in flight keep their
-/// holds).
-pub async fn reset_budget(
-    State(state): State<AdminState>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Response {
+/// `POST /admin/keys/{id}/budget/reset` (and `/admin/teams/{id}/…`): the
+/// budget of `scope` starts its current period again from zero spend
+/// (requests in flight keep their holds).
+pub async fn reset_budget(state: AdminState, scope: BudgetScope, req: Request) -> Response {
     let admin = admin_of(&req);
     let answer = async {
-        let record = record_of(&state, &id).await?;
-        let Some(budget) = own_budget(&record.budgets, &id, BudgetMode::Budget) else {
+        let budgets = budgets_of(&state, &scope).await?;
+        let Some(budget) = own_budget(&budgets, &scope, BudgetMode::Budget) else {
             return Err(ApiError::invalid_request().with_message(format!(
-                "Key '{id}' has no budget to reset (a prepaid balance is topped up instead)."
+                "{} has no budget to reset (a prepaid balance is topped up instead).",
+                named(&scope)
             )));
         };
         let status = state.0.ledger.reset(budget).await?;
-        tracing::info!(target: "tollgate::audit", admin, action = "budget.reset", key = %id);
+        tracing::info!(target: "tollgate::audit", admin, action = "budget.reset", scope = %scope.id());
         Ok(budget_json(budget, &status))
     };
     match answer.await {
@@ -104,15 +99,19 @@ pub async fn reset_budget(
 pub struct SpendParams {
     group_by: Option<String>,
     key: Option<String>,
+    user: Option<String>,
+    team: Option<String>,
+    org: Option<String>,
     model: Option<String>,
     from: Option<String>,
     to: Option<String>,
 }
 
-/// `GET /admin/spend?group_by=key|model|day&key=&model=&from=&to=`: cost,
-/// tokens and requests from the ledger's aggregates (kept in the same step
-/// as each settlement). `from` and `to` are UTC dates (`2026-12-06`),
-/// inclusive; `group_by` may also be `user`, `team` or `org`.
+/// `GET /admin/spend?group_by=key|model|day|user|team|org&key=&model=&from=&to=`:
+/// cost, tokens and requests from the ledger's aggregates (kept in the same
+/// step as each settlement). `from` and `to` are UTC dates (`2026-12-06`),
+/// inclusive. One of `key`, `user`, `team` or `org` keeps only that scope's
+/// spend (e.g. `?group_by=model&team=research`: the team's spend per model).
 pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendParams>) -> Response {
     let answer = async {
         let group = params.group_by.as_deref().unwrap_or("key");
@@ -139,8 +138,22 @@ pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendPa
         };
         let mut query =
             SpendQuery::new(group_by).days(day(&params.from, "from")?, day(&params.to, "to")?);
-        if let Some(key) = params.key.clone() {
-            query = query.scope(BudgetScope::Key(key));
+        let scopes = [
+            params.key.clone().map(BudgetScope::Key),
+            params.user.clone().map(BudgetScope::User),
+            params.team.clone().map(BudgetScope::Team),
+            params.org.clone().map(BudgetScope::Org),
+        ];
+        let mut scopes = scopes.into_iter().flatten();
+        if let Some(scope) = scopes.next() {
+            if let Some(other) = scopes.next() {
+                return Err(ApiError::invalid_request()
+                    .with_param(other.kind_name())
+                    .with_message(
+                        "Filter by one of `key`, `user`, `team` or `org`, not several.",
+                    ));
+            }
+            query = query.scope(scope);
         }
         if let Some(model) = params.model.clone() {
             query = query.model(model);
@@ -167,11 +180,26 @@ pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendPa
     }
 }
 
-/// The key's own budget (or balance) among `budgets`.
-fn own_budget<'a>(budgets: &'a [BudgetSpec], id: &str, mode: BudgetMode) -> Option<&'a BudgetSpec> {
-    budgets
-        .iter()
-        .find(|b| b.mode == mode && matches!(&b.scope, BudgetScope::Key(k) if k == id))
+/// The budget (or balance) of `scope` itself among `budgets`.
+fn own_budget<'a>(
+    budgets: &'a [BudgetSpec],
+    scope: &BudgetScope,
+    mode: BudgetMode,
+) -> Option<&'a BudgetSpec> {
+    budgets.iter().find(|b| b.mode == mode && b.scope == *scope)
+}
+
+/// `Key 'alice'`, `Team 'research'`: a scope in a message.
+fn named(scope: &BudgetScope) -> String {
+    let kind = scope.kind_name();
+    let mut chars = kind.chars();
+    let capital: String = chars
+        .next()
+        .map(|c| c.to_ascii_uppercase())
+        .into_iter()
+        .chain(chars)
+        .collect();
+    format!("{capital} '{}'", scope.name())
 }
 
 /// `add_usd` as money: a decimal string (`"25.00"`) or a number.

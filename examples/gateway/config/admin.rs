@@ -103,7 +103,9 @@ impl Config {
                 .clone()
                 .into_record()
                 .map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
-            one_kind_of_money(&record).map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
+            let scope = tollgate::budget::BudgetScope::Key(record.id.clone());
+            one_kind_of_money(&record.budgets, &scope)
+                .map_err(|e| invalid(format!("keys[{i}]: {e}")))?;
             if let Some(other) = secrets.insert(record.secret_hash, key.id.as_str()) {
                 return Err(invalid(format!(
                     "keys[{i}].secret: key {:?} has the same secret as key {other:?}",
@@ -123,21 +125,21 @@ impl Config {
     }
 }
 
-/// Refuses a key with both a budget (`budget_usd`) and a prepaid balance
-/// (`balance_usd`): the ledgers keep one account per key, so the two would
-/// overwrite each other's books.
-pub fn one_kind_of_money(record: &tollgate::auth::KeyRecord) -> Result<(), String> {
-    let own = |mode| {
-        record.budgets.iter().any(|b| {
-            b.mode == mode
-                && matches!(&b.scope, tollgate::budget::BudgetScope::Key(id) if *id == record.id)
-        })
-    };
+/// Refuses a key (or a user, team or org) with both a budget
+/// (`budget_usd`) and a prepaid balance (`balance_usd`) of its own scope:
+/// the ledgers keep one account per scope, so the two would overwrite each
+/// other's books.
+pub fn one_kind_of_money(
+    budgets: &[tollgate::budget::BudgetSpec],
+    scope: &tollgate::budget::BudgetScope,
+) -> Result<(), String> {
+    let own = |mode| budgets.iter().any(|b| b.mode == mode && b.scope == *scope);
     if own(tollgate::budget::BudgetMode::Budget) && own(tollgate::budget::BudgetMode::Balance) {
         return Err(format!(
-            "key `{}`: `balance_usd` and `budget_usd` are both set: keep one (a key's budget and \
+            "{} `{}`: `balance_usd` and `budget_usd` are both set: keep one (its budget and \
              balance would share one account in the ledger)",
-            record.id
+            scope.kind_name(),
+            scope.name()
         ));
     }
     Ok(())

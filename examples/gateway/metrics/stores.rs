@@ -10,10 +10,10 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
+use tollgate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
 use tollgate::budget::{
-    BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
-    Settlement, SpendQuery, SpendRow, TopUpOutcome,
+    BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
+    ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use tollgate::rate_limit::{Acquire, Admission, RateLimitStore, Settle};
 use tollgate::store::StoreFuture;
@@ -66,13 +66,18 @@ impl<S> Counted<S> {
 impl<K: KeyStore> Counted<K> {
     /// The key store `inner`, counted as `store="keys"`.
     pub fn keys(inner: K, metrics: &Metrics) -> Self {
-        Counted::with(inner, metrics, "keys", &["lookup"])
+        Counted::with(inner, metrics, "keys", &["lookup", "tenant"])
     }
 }
 
 impl<K: KeyStore> KeyStore for Counted<K> {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
         self.count(0, self.inner.lookup(hash))
+    }
+
+    // Forwarded, or `AuthLayer` would find no user, team or org.
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        self.count(1, self.inner.tenant(scope))
     }
 }
 
