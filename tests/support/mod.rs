@@ -14,6 +14,36 @@ pub fn repo_root() -> &'static Path {
 /// versions. `.ci/run` installs the same list.
 pub const PYTHON_SDKS: &[&str] = &["openai>=3,<4", "anthropic>=2,<3"];
 
+/// The directory of the Node SDK tests (`tests/sdk/node`), with the
+/// official `openai` Node SDK installed in its `node_modules` (by `npm ci`
+/// from its `package-lock.json` when missing).
+///
+/// Panics, saying what to install, when the machine has no `node` or
+/// `npm`: a test that skipped itself would pass in a CI that never ran it.
+pub fn sdk_node() -> PathBuf {
+    let dir = repo_root().join("tests/sdk/node");
+    assert!(
+        succeeds(
+            Command::new("node").arg("--version"),
+            Duration::from_secs(30)
+        ),
+        "node is not installed: the Node SDK test needs it (run .ci/run, which installs it)"
+    );
+    if !dir.join("node_modules/openai/package.json").exists() {
+        let installed = succeeds(
+            Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&dir),
+            Duration::from_secs(300),
+        );
+        assert!(
+            installed,
+            "npm ci in tests/sdk/node failed (is npm installed? run .ci/run)"
+        );
+    }
+    dir
+}
+
 /// A Python interpreter with the official `openai` and `anthropic` SDKs:
 /// `<repo>/.venv`, created (and the SDKs installed from PyPI) when missing.
 ///
