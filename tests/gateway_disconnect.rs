@@ -28,9 +28,11 @@ const ADMIN: &str = "sk-admin-test-0123456789";
 const MODEL: &str = "m";
 /// A model whose upstream refuses connections.
 const UNREACHABLE: &str = "unreachable";
+/// A model whose upstream (the mock) the gateway gives up on after 1 s.
+const IMPATIENT: &str = "impatient";
 
 /// Keys, one per case, so each case's spend is its own.
-const CASES: [&str; 8] = [
+const CASES: [&str; 9] = [
     "shutdown",
     "midstream",
     "beforehead",
@@ -39,6 +41,7 @@ const CASES: [&str; 8] = [
     "upstreamcut",
     "refused",
     "noconnect",
+    "timedout",
 ];
 
 fn secret(case: &str) -> String {
@@ -75,6 +78,18 @@ url = "http://127.0.0.1:9/v1"
 
 [[models]]
 name = "{MODEL}"
+input_usd_per_million = 1.0
+output_usd_per_million = 2.0
+max_output_tokens = 50
+
+[[upstreams]]
+name = "slow"
+url = "mock"
+timeout_secs = 1
+
+[[models]]
+name = "{IMPATIENT}"
+upstream = "slow"
 input_usd_per_million = 1.0
 output_usd_per_million = 2.0
 max_output_tokens = 50
@@ -337,6 +352,33 @@ async fn upstream_refused(http: &Http, gateway: &Gateway) {
     assert_free(http, gateway, case).await;
 }
 
+/// The gateway gives up on the upstream (its `timeout_secs`) after the
+/// request was sent: the upstream may have done the work, and the call is
+/// charged the prompt estimate (`ChargePolicy::Produced`).
+async fn upstream_timed_out(http: &Http, gateway: &Gateway) {
+    let case = "timedout";
+    let text = "slow answer MOCK:hang_ms=3000";
+    let body = json!({
+        "model": IMPATIENT,
+        "messages": [{"role": "user", "content": text}],
+    });
+    let answer = http
+        .post(
+            &gateway.url("/v1/chat/completions"),
+            Some(&secret(case)),
+            &body,
+        )
+        .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        answer.text
+    );
+    let row = settled(http, gateway, case).await;
+    assert_charged(&row, prompt_estimate(text), 0);
+}
+
 /// The upstream cannot be reached: nothing was sent.
 async fn upstream_unreachable(http: &Http, gateway: &Gateway) {
     let case = "noconnect";
@@ -367,6 +409,7 @@ async fn every_case(store: &str) {
         upstream_broke_the_stream(&http, &gateway),
         upstream_refused(&http, &gateway),
         upstream_unreachable(&http, &gateway),
+        upstream_timed_out(&http, &gateway),
     );
 }
 
