@@ -4,6 +4,11 @@ wrk.method = "POST"
 wrk.path = "/v1/chat/completions"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-load-0123456789abcdef0123456789abcdef"
+-- EXTRA_HEADERS="Name: value;Name: value" adds headers (a peer's routing).
+for header in string.gmatch(os.getenv("EXTRA_HEADERS") or "", "[^;]+") do
+  local name, value = string.match(header, "^%s*([^:]+):%s*(.-)%s*$")
+  if name then wrk.headers[name] = value end
+end
 wrk.body = '{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}'
 
 function done(summary, latency, requests)

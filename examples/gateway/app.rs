@@ -279,6 +279,9 @@ fn router(
     shutdown: &Shutdown,
     reloads: Reloads,
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    if config.proxy_only {
+        return crate::proxy_only::router(&config, mock_url, metrics);
+    }
     let pricing = pricing(&config.models)?;
     let error_format: ErrorFormat = config.error_format.parse()?;
     let header_style: HeaderStyle = config.rate_limit_headers.parse()?;
