@@ -14,7 +14,10 @@ wrk.body = '{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","c
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write
     + summary.errors.status + summary.errors.timeout
-  io.write(string.format("RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d errors=%d\n",
+  io.write(string.format("RESULT rps=%.1f p50_us=%d p99_us=%d requests=%d errors=%d"
+    .. " (connect %d, read %d, write %d, status %d, timeout %d)\n",
     summary.requests / (summary.duration / 1e6),
-    latency:percentile(50), latency:percentile(99), summary.requests, errors))
+    latency:percentile(50), latency:percentile(99), summary.requests, errors,
+    summary.errors.connect, summary.errors.read, summary.errors.write,
+    summary.errors.status, summary.errors.timeout))
 end

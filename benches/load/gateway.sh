@@ -51,6 +51,9 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18900}
 REDIS_PORT=${REDIS_PORT:-18999}
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
+# A slow peer (LiteLLM) answers in seconds under -c32: wrk's 2 s default
+# would count its answers as errors.
+WRK_TIMEOUT=${WRK_TIMEOUT:-30s}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 lua="$root/benches/load/chat.lua"
@@ -230,7 +233,7 @@ one() { # mode seconds
   # shellcheck disable=SC2086
   before=$(cpu ${procs_of[$mode]})
   if [[ $mode == redis ]]; then rb=$(redis_commands); fi
-  out=$(EXTRA_HEADERS=${headers_of[$mode]:-} taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${2}s" -s "$lua" "http://127.0.0.1:${port_of[$mode]}/v1/chat/completions")
+  out=$(EXTRA_HEADERS=${headers_of[$mode]:-} taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${2}s" --timeout "$WRK_TIMEOUT" -s "$lua" "http://127.0.0.1:${port_of[$mode]}/v1/chat/completions")
   # shellcheck disable=SC2086
   after=$(cpu ${procs_of[$mode]})
   if [[ $mode == redis ]]; then ra=$(redis_commands); fi

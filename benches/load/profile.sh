@@ -122,9 +122,9 @@ if [[ -n ${per[proxy]:-} && -n ${per[full]:-} ]]; then
 fi
 if [[ -f $OUT/gateway-full.out.1 ]]; then
   echo; echo "# full gateway, self cost (top 25)"
-  callgrind_annotate --threshold=100 "$OUT/gateway-full.out.1" 2>/dev/null | sed -n '/^Ir/,$p' | head -30
+  callgrind_annotate --threshold=100 "$OUT/gateway-full.out.1" 2>/dev/null | sed -n '/^Ir/,$p' | head -30 || true
   echo; echo "# full gateway, inclusive cost (top 25)"
-  callgrind_annotate --inclusive=yes --threshold=100 "$OUT/gateway-full.out.1" 2>/dev/null | sed -n '/^Ir/,$p' | head -30
+  callgrind_annotate --inclusive=yes --threshold=100 "$OUT/gateway-full.out.1" 2>/dev/null | sed -n '/^Ir/,$p' | head -30 || true
 fi
 
 if [[ $PERF == 1 ]]; then

@@ -57,7 +57,8 @@ fi
 
 litellm_version=$("$dir/litellm/bin/pip" show litellm 2>/dev/null | sed -n 's/^Version: //p')
 portkey_version=$(node -p "require('$dir/portkey/node_modules/@portkey-ai/gateway/package.json').version")
-echo "# peers: LiteLLM $litellm_version ($(\"$dir/litellm/bin/python\" --version 2>&1)), Portkey gateway $portkey_version (node $(node --version)), nginx $(nginx -v 2>&1 | sed 's|.*/||')"
+python_version=$("$dir/litellm/bin/python" --version 2>&1)
+echo "# peers: LiteLLM $litellm_version ($python_version), Portkey gateway $portkey_version (node $(node --version)), nginx $(nginx -v 2>&1 | sed 's|.*/||')"
 
 export LITELLM="$dir/litellm/bin/litellm"
 export PORTKEY="$dir/portkey/node_modules/@portkey-ai/gateway/build/start-server.js"

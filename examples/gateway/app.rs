@@ -354,7 +354,7 @@ fn router(
                     access_log_state,
                     access_log::access_log,
                 ))
-                .layer(middleware::from_fn(server::answer_body_timeout)),
+                .layer(server::AnswerBodyTimeoutLayer),
         );
     Ok(app)
 }
