@@ -11,7 +11,8 @@
 # off through start-up and a warm-up, on for the measured wrk run only
 # (`callgrind_control -i on`, then a dump), in front of the fake upstream
 # (examples/load_server.rs --mode upstream, not instrumented). Instructions
-# per request = the dump's total / the requests wrk completed: everything
+# per request = (the dump's total - as long idle, dumped next) / the requests
+# wrk completed: everything
 # the gateway process executes for a request (hyper, the client pool, tokio,
 # the layers; not the kernel). The dumps stay in $OUT (default
 # target/callgrind) for `callgrind_annotate`; the script prints the top 25
@@ -87,14 +88,29 @@ post() {
     "http://127.0.0.1:$PORT/v1/chat/completions"
 }
 requests() { sed -n 's/^RESULT.*requests=\([0-9]*\).*/\1/p'; }
+# Calls of the Rust allocator (`__rust_alloc`: fresh allocations, not
+# reallocations) in a callgrind dump.
+allocations() {
+  awk '
+    function callee(s,   id, rest) { # "(id) name", "(id)" or "name"
+      if (s !~ /^\(/) return s
+      id = s; sub(/\).*/, ")", id); rest = s; sub(/^\([0-9]+\) ?/, "", rest)
+      if (rest != "") name[id] = rest
+      return name[id]
+    }
+    /^fn=/ { callee(substr($0, 4)); cur = ""; next }
+    /^cfn=/ { cur = callee(substr($0, 5)); next }
+    /^calls=/ && cur == "__rustc::__rust_alloc" { split($1, c, "="); n += c[2] }
+    END { print n + 0 }' "$1"
+}
 
-declare -A per
+declare -A per allocs
 for mode in $MODES; do
   flags=()
   if [[ $mode == proxy ]]; then flags=(--proxy-only); fi
   file="$OUT/gateway-$mode.out"
   rm -f "$file"*
-  RUST_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no \
+  RUST_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no --compress-strings=no \
     --callgrind-out-file="$file" "$bin/gateway" --config "$work/gateway.toml" "${flags[@]}" \
     >/dev/null 2>"$work/$mode.log" &
   pid=$!
@@ -108,17 +124,27 @@ for mode in $MODES; do
   callgrind_control -i on "$pid" >/dev/null
   n=$(taskset -c "$CLIENT_CPU" wrk -t1 -c"$CONNS" -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/v1/chat/completions" | requests)
   callgrind_control -d "$pid" >/dev/null
+  # As long again with no request: what the process does per second idle
+  # (timers, the date cache), taken off the loaded run's total, so that the
+  # figure does not depend on how many requests valgrind's pace allowed.
+  sleep "$DURATION"
+  callgrind_control -d "$pid" >/dev/null
   kill "$pid"; wait "$pid" 2>/dev/null || true
-  # The dump asked for is the first numbered one; the exit writes the rest.
+  # The dumps asked for are the first numbered ones; the exit writes the rest.
   dump="$file.1"
-  [[ -f $dump ]] || { echo "$mode: no callgrind dump $dump" >&2; exit 1; }
+  [[ -f $dump && -f $file.2 ]] || { echo "$mode: no callgrind dumps $dump, $file.2" >&2; exit 1; }
   total=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p; s/^summary: *\([0-9]*\).*/\1/p' "$dump" | head -1)
-  per[$mode]=$((total / n))
-  printf '%-6s %10d instructions per request (%d requests, wrk -c%d, %s)\n' "$mode" "${per[$mode]}" "$n" "$CONNS" "$dump"
+  idle=$(sed -n 's/^totals: *\([0-9]*\).*/\1/p; s/^summary: *\([0-9]*\).*/\1/p' "$file.2" | head -1)
+  per[$mode]=$(((total - idle) / n))
+  echo "$mode: $total instructions under load, $idle idle for as long" >&2
+  allocs[$mode]=$(awk -v a="$(allocations "$dump")" -v n="$n" 'BEGIN { printf "%.1f", a / n }')
+  printf '%-6s %10d instructions and %5.1f allocations per request (%d requests, wrk -c%d, %s)\n' \
+    "$mode" "${per[$mode]}" "${allocs[$mode]}" "$n" "$CONNS" "$dump"
 done
 if [[ -n ${per[proxy]:-} && -n ${per[full]:-} ]]; then
-  printf 'tollgate layers: %d instructions per request (%.1f %% of the full gateway)\n' \
-    $((per[full] - per[proxy])) "$(awk -v p="${per[proxy]}" -v f="${per[full]}" 'BEGIN { print (f - p) * 100 / f }')"
+  printf 'tollgate layers: %d instructions per request (%.1f %% of the full gateway), %.1f allocations\n' \
+    $((per[full] - per[proxy])) "$(awk -v p="${per[proxy]}" -v f="${per[full]}" 'BEGIN { print (f - p) * 100 / f }')" \
+    "$(awk -v p="${allocs[proxy]}" -v f="${allocs[full]}" 'BEGIN { print f - p }')"
 fi
 if [[ -f $OUT/gateway-full.out.1 ]]; then
   echo; echo "# full gateway, self cost (top 25)"
@@ -139,6 +165,6 @@ if [[ $PERF == 1 ]]; then
   taskset -c "$CLIENT_CPU" wrk -t1 -c32 -d"${DURATION}s" -s "$lua" "http://127.0.0.1:$PORT/v1/chat/completions" >/dev/null
   wait "$rec" || true
   echo; echo "# perf record of the full gateway (wrk -c32, ${DURATION}s): by shared object, then top symbols"
-  perf report -i "$OUT/perf-full.data" --stdio --no-children --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
-  perf report -i "$OUT/perf-full.data" --stdio --no-children --sort sym 2>/dev/null | grep -v '^#' | grep '%' | head -30
+  perf report -i "$OUT/perf-full.data" --stdio --no-children -g none --sort dso 2>/dev/null | grep "%" | head -8 || true
+  perf report -i "$OUT/perf-full.data" --stdio --no-children -g none --sort dso,sym 2>/dev/null | grep "%" | head -30 || true
 fi

@@ -356,7 +356,11 @@ fn router(
                 ))
                 .layer(server::AnswerBodyTimeoutLayer),
         );
-    Ok(app)
+    // Turns every handler into a route once, here: a `Router<()>` called as
+    // a service without it turns each matched handler, with every layer
+    // above, into a route again on every request (axum builds the layers'
+    // services, boxes them and clones their state per call).
+    Ok(app.with_state(()))
 }
 
 /// `GET /health`: 200 while the store takes writes, else 503 with why.
