@@ -350,10 +350,7 @@ fn router(
                         })
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(
-                    access_log_state,
-                    access_log::access_log,
-                ))
+                .layer(access_log::AccessLogLayer::new(access_log_state))
                 .layer(server::AnswerBodyTimeoutLayer),
         );
     // Turns every handler into a route once, here: a `Router<()>` called as
