@@ -17,6 +17,8 @@
 #   sqlite  the gateway, every layer on, store = "sqlite:<temp dir>/state.db"
 #   redis   the gateway, every layer on, store = "redis://127.0.0.1:REDIS_PORT/0"
 #           (a redis-server of its own, no persistence, started by this script)
+#   litellm, portkey   the peers: benches/peers/run.sh installs them and runs
+#           this script with them (they need LITELLM and PORTKEY set)
 #
 # The servers under test are pinned to SERVER_CPU (taskset), wrk, the fake
 # upstream and redis-server to CLIENT_CPU. For each mode: median req/s, p50,
