@@ -65,5 +65,8 @@ requests_per_minute = 1
     // The mock refuses any other key, so three calls prove the gateway's key.
     assert_eq!(mock.calls().route("/v1/chat/completions"), 3);
     gateway.wait_for_text(Duration::from_secs(10), "proxy-only mode");
-    assert!(!gateway.stderr().contains(UPSTREAM_KEY), "the upstream key leaked");
+    assert!(
+        !gateway.stderr().contains(UPSTREAM_KEY),
+        "the upstream key leaked"
+    );
 }
