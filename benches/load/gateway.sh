@@ -88,6 +88,15 @@ wait_port() { # port what [tenths of a second]
   echo "$2 did not start on port $1 (logs in $work)" >&2; exit 1
 }
 
+# A port something else already listens on would be measured instead.
+free_port() { # port
+  if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+    echo "port $1 is taken: set BASE_PORT (and REDIS_PORT) to free ones" >&2; exit 1
+  fi
+}
+for ((p = BASE_PORT; p <= BASE_PORT + $(wc -w <<<"$MODES"); p++)); do free_port "$p"; done
+if wants redis; then free_port "$REDIS_PORT"; fi
+
 upstream_port=$((BASE_PORT))
 taskset -c "$CLIENT_CPU" "$bin/load_server" --mode upstream --listen "127.0.0.1:$upstream_port" 2>"$work/upstream.log" &
 pids+=($!)
