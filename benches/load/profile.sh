@@ -58,6 +58,11 @@ wait_port() {
   done
   echo "nothing listens on port $1 (logs in $work)" >&2; exit 1
 }
+for p in "$UPSTREAM_PORT" "$PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+    echo "port $p is taken: set PORT and UPSTREAM_PORT to free ones" >&2; exit 1
+  fi
+done
 taskset -c "$CLIENT_CPU" "$bin/load_server" --mode upstream --listen "127.0.0.1:$UPSTREAM_PORT" 2>/dev/null &
 pids+=($!)
 wait_port "$UPSTREAM_PORT"
