@@ -19,7 +19,7 @@ use pin_project_lite::pin_project;
 use tollgate::budget::Pricing;
 use tollgate::retry::RetryInfo;
 use tollgate::usage::{UsageReport, UsageTap};
-use tollgate::{ApiError, Origin};
+use tollgate::{ApiError, Origin, Principal};
 
 use crate::metrics::{Completed, RequestMetrics};
 
@@ -38,15 +38,16 @@ pub struct LogSlot(Arc<Mutex<LogFields>>);
 
 #[derive(Clone, Default)]
 struct LogFields {
-    key: Option<String>,
+    /// The caller (an `Arc`: no copy of its id per request).
+    key: Option<Principal>,
     model: Option<String>,
     /// The upstream's name and its label (URL without credentials, or `mock`).
     upstream: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl LogSlot {
-    /// Records the caller's key id and the request's model.
-    pub fn record(&self, key: Option<String>, model: Option<String>) {
+    /// Records the caller and the request's model.
+    pub fn record(&self, key: Option<Principal>, model: Option<String>) {
         if let Ok(mut fields) = self.0.lock() {
             fields.key = key;
             fields.model = model;
@@ -209,7 +210,7 @@ fn finish(started: Started, response: Response) -> Response {
         log.metrics.record(&Completed {
             route: &route,
             model: model.as_deref(),
-            key: key.as_deref(),
+            key: key.as_ref().map(Principal::key_id),
             status,
             elapsed,
             usage: report.map(|r| &r.usage),
@@ -217,7 +218,7 @@ fn finish(started: Started, response: Response) -> Response {
             rejection,
         });
         tracing::info!(
-            key = key.as_deref().unwrap_or("-"),
+            key = key.as_ref().map_or("-", Principal::key_id),
             model = model.as_deref().unwrap_or("-"),
             %method,
             route,

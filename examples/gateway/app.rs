@@ -385,10 +385,7 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
         return next.run(req).await;
     };
     if let Some(slot) = req.extensions().get::<LogSlot>() {
-        let key = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| p.key_id().to_owned());
+        let key = req.extensions().get::<Principal>().cloned();
         slot.record(key, meta.model.clone());
     }
     if req.method() == http::Method::POST {
