@@ -18,6 +18,12 @@
 //!   large enough never to refuse; every request is checked and charged.
 //! - `full-redis` (feature `redis`): the same, with the rate limit store and
 //!   the ledger in Redis.
+//! - `upstream`: the fake upstream of `benches/load/gateway.sh` and
+//!   `benches/peers/run.sh`: hyper's HTTP/1.1 server alone (no axum, no
+//!   router, no layer) answering every request, whatever its path, with the
+//!   same completion (or stream) once it has read the body. It is the
+//!   cheapest server of the crate's stack, so that it shares the client's
+//!   CPU without setting the pace.
 //!
 //! The key is [`KEY`]; `--keys N` adds `N - 1` more keys to the key store
 //! (to see lookups in a large store).
@@ -85,6 +91,10 @@ fn args() -> Result<Args, String> {
 
 async fn completion(body: Bytes) -> Response {
     std::hint::black_box(body);
+    completion_response()
+}
+
+fn completion_response() -> Response {
     Response::builder()
         .header("content-type", "application/json")
         .body(Body::from(COMPLETION))
@@ -93,6 +103,10 @@ async fn completion(body: Bytes) -> Response {
 
 async fn stream(body: Bytes) -> Response {
     std::hint::black_box(body);
+    stream_response()
+}
+
+fn stream_response() -> Response {
     let mut events = Vec::with_capacity(201);
     events.extend(std::iter::repeat_n(
         Bytes::from_static(CHUNK.as_bytes()),
@@ -153,7 +167,9 @@ fn app(args: &Args) -> Result<Router, Box<dyn std::error::Error>> {
                 .layer(BudgetLayer::with_ledger(pricing()?, MemoryLedger::new()))
                 .layer(StreamErrorTrailerLayer::new()),
         ),
-        other => return Err(format!("unknown mode {other} (bare|full|full-redis)").into()),
+        other => {
+            return Err(format!("unknown mode {other} (bare|full|full-redis|upstream)").into());
+        }
     })
 }
 
@@ -178,9 +194,42 @@ async fn app_redis(args: &Args) -> Result<Router, Box<dyn std::error::Error + Se
     ))
 }
 
+/// `--mode upstream`: one hyper HTTP/1.1 connection task per client, every
+/// request answered with the fixed completion (or stream) once its body is
+/// read.
+async fn serve_upstream(listener: tokio::net::TcpListener, stream: bool) -> std::io::Result<()> {
+    use http_body_util::BodyExt;
+    loop {
+        let (tcp, _) = listener.accept().await?;
+        // TCP_NODELAY, as below.
+        let _ = tcp.set_nodelay(true);
+        let service = hyper::service::service_fn(
+            move |req: http::Request<hyper::body::Incoming>| async move {
+                let body = req.into_body().collect().await;
+                std::hint::black_box(body.is_ok());
+                Ok::<_, std::convert::Infallible>(if stream {
+                    stream_response()
+                } else {
+                    completion_response()
+                })
+            },
+        );
+        tokio::spawn(
+            hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+        );
+    }
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let args = args()?;
+    if args.mode == "upstream" {
+        let listener = tokio::net::TcpListener::bind(args.listen).await?;
+        eprintln!("load_server: fake upstream on {}", listener.local_addr()?);
+        serve_upstream(listener, args.stream).await?;
+        return Ok(());
+    }
     let app = match args.mode.as_str() {
         #[cfg(feature = "redis")]
         "full-redis" => app_redis(&args).await?,

@@ -8,16 +8,18 @@
 //! moment records the request's metrics ([`RequestMetrics::record`]), so the
 //! log and `/metrics` always agree.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
+use axum::extract::{MatchedPath, Request};
 use axum::response::Response;
+use pin_project_lite::pin_project;
 use tollgate::budget::Pricing;
 use tollgate::retry::RetryInfo;
 use tollgate::usage::{UsageReport, UsageTap};
-use tollgate::{ApiError, Origin};
+use tollgate::{ApiError, Origin, Principal};
 
 use crate::metrics::{Completed, RequestMetrics};
 
@@ -36,15 +38,16 @@ pub struct LogSlot(Arc<Mutex<LogFields>>);
 
 #[derive(Clone, Default)]
 struct LogFields {
-    key: Option<String>,
+    /// The caller (an `Arc`: no copy of its id per request).
+    key: Option<Principal>,
     model: Option<String>,
     /// The upstream's name and its label (URL without credentials, or `mock`).
     upstream: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl LogSlot {
-    /// Records the caller's key id and the request's model.
-    pub fn record(&self, key: Option<String>, model: Option<String>) {
+    /// Records the caller and the request's model.
+    pub fn record(&self, key: Option<Principal>, model: Option<String>) {
         if let Ok(mut fields) = self.0.lock() {
             fields.key = key;
             fields.model = model;
@@ -59,26 +62,119 @@ impl LogSlot {
     }
 
     fn take(&self) -> LogFields {
-        self.0.lock().map(|f| f.clone()).unwrap_or_default()
+        self.0
+            .lock()
+            .map(|mut f| std::mem::take(&mut *f))
+            .unwrap_or_default()
     }
 }
 
-/// The access-log middleware (see the module docs).
-pub async fn access_log(
-    State(log): State<Arc<AccessLog>>,
-    mut req: Request,
-    next: Next,
-) -> Response {
-    let start = Instant::now();
-    let method = req.method().clone();
-    // The route's pattern, not the path: a path is what a client made up.
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
-    let slot = LogSlot::default();
-    req.extensions_mut().insert(slot.clone());
-    let response = next.run(req).await;
+/// The access-log layer (see the module docs). A tower layer rather than
+/// `from_fn`, which would cost every request a boxed future and two boxed
+/// service clones.
+#[derive(Clone)]
+pub struct AccessLogLayer(Arc<AccessLog>);
+
+impl AccessLogLayer {
+    /// Logs and records every request with `log`'s prices and series.
+    pub fn new(log: Arc<AccessLog>) -> Self {
+        AccessLogLayer(log)
+    }
+}
+
+impl<S> tower::Layer<S> for AccessLogLayer {
+    type Service = AccessLogService<S>;
+
+    fn layer(&self, inner: S) -> AccessLogService<S> {
+        AccessLogService {
+            inner,
+            log: self.0.clone(),
+        }
+    }
+}
+
+/// The service of [`AccessLogLayer`].
+#[derive(Clone)]
+pub struct AccessLogService<S> {
+    inner: S,
+    log: Arc<AccessLog>,
+}
+
+impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
+    for AccessLogService<S>
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AccessLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let start = Instant::now();
+        let method = req.method().clone();
+        // The route's pattern, not the path: a path is what a client made up.
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
+        let slot = LogSlot::default();
+        req.extensions_mut().insert(slot.clone());
+        AccessLogFuture {
+            inner: self.inner.call(req),
+            started: Some(Started {
+                log: self.log.clone(),
+                start,
+                method,
+                route,
+                slot,
+            }),
+        }
+    }
+}
+
+/// What is known of a request when it starts.
+struct Started {
+    log: Arc<AccessLog>,
+    start: Instant,
+    method: http::Method,
+    route: String,
+    slot: LogSlot,
+}
+
+pin_project! {
+    /// The future of [`AccessLogService`].
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        inner: F,
+        started: Option<Started>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, E>>, E> Future for AccessLogFuture<F> {
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        Poll::Ready(Ok(match this.started.take() {
+            Some(started) => finish(started, response),
+            None => response,
+        }))
+    }
+}
+
+/// Logs and records `response` (when its usage is known, for a stream at
+/// its end).
+fn finish(started: Started, response: Response) -> Response {
+    let Started {
+        log,
+        start,
+        method,
+        route,
+        slot,
+    } = started;
     let LogFields {
         key,
         model,
@@ -114,7 +210,7 @@ pub async fn access_log(
         log.metrics.record(&Completed {
             route: &route,
             model: model.as_deref(),
-            key: key.as_deref(),
+            key: key.as_ref().map(Principal::key_id),
             status,
             elapsed,
             usage: report.map(|r| &r.usage),
@@ -122,7 +218,7 @@ pub async fn access_log(
             rejection,
         });
         tracing::info!(
-            key = key.as_deref().unwrap_or("-"),
+            key = key.as_ref().map_or("-", Principal::key_id),
             model = model.as_deref().unwrap_or("-"),
             %method,
             route,

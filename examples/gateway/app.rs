@@ -287,6 +287,9 @@ fn router(
     shutdown: &Shutdown,
     reloads: Reloads,
 ) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+    if config.proxy_only {
+        return crate::proxy_only::router(&config, mock_url, metrics);
+    }
     let pricing = pricing(&config.models)?;
     let error_format: ErrorFormat = config.error_format.parse()?;
     let header_style: HeaderStyle = config.rate_limit_headers.parse()?;
@@ -363,13 +366,14 @@ fn router(
                         })
                         .catch_panic(true),
                 )
-                .layer(middleware::from_fn_with_state(
-                    access_log_state,
-                    access_log::access_log,
-                ))
-                .layer(middleware::from_fn(server::answer_body_timeout)),
+                .layer(access_log::AccessLogLayer::new(access_log_state))
+                .layer(server::AnswerBodyTimeoutLayer),
         );
-    Ok(app)
+    // Turns every handler into a route once, here: a `Router<()>` called as
+    // a service without it turns each matched handler, with every layer
+    // above, into a route again on every request (axum builds the layers'
+    // services, boxes them and clones their state per call).
+    Ok(app.with_state(()))
 }
 
 /// `GET /health`: 200 while the store takes writes, else 503 with why.
@@ -397,10 +401,7 @@ async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) 
         return next.run(req).await;
     };
     if let Some(slot) = req.extensions().get::<LogSlot>() {
-        let key = req
-            .extensions()
-            .get::<Principal>()
-            .map(|p| p.key_id().to_owned());
+        let key = req.extensions().get::<Principal>().cloned();
         slot.record(key, meta.model.clone());
     }
     if req.method() == http::Method::POST {

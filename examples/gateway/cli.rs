@@ -57,6 +57,12 @@ pub struct Cli {
     /// 0 when the gateway would start with it, 2 with the error otherwise.
     #[arg(long)]
     pub check: bool,
+
+    /// Benchmark baseline: forward every POST /v1/* to the default upstream
+    /// with no tollgate layer (no keys, limits, budgets or envelope); see
+    /// proxy_only.rs. Never in production.
+    #[arg(long)]
+    pub proxy_only: bool,
 }
 
 /// How log lines are written.
@@ -96,6 +102,7 @@ impl Cli {
                 other => other.to_string(),
             };
         }
+        config.proxy_only = self.proxy_only;
         config.validate("command line")?;
         Ok((config, demo))
     }

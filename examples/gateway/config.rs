@@ -288,6 +288,10 @@ pub struct Config {
     /// only for a few keys).
     #[serde(default)]
     pub metrics_per_key: bool,
+    /// Serve with no tollgate layer, for the load bench (`proxy_only.rs`):
+    /// set by `--proxy-only` only, never read from a file.
+    #[serde(skip)]
+    pub proxy_only: bool,
 }
 
 /// Where the gateway keeps its state, parsed from `store` / `--store`.

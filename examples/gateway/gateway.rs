@@ -187,9 +187,11 @@ impl Gateway {
     }
 
     /// The service every connection calls: each request on the app current
-    /// when it arrives.
-    pub fn service(self: &Arc<Gateway>) -> axum::Router {
-        axum::Router::new().fallback_service(Current(self.clone()))
+    /// when it arrives. Served as it is, not as an axum `Router`'s fallback:
+    /// a router around it would cost each request a route lookup, a boxed
+    /// service clone and a boxed future.
+    pub fn service(self: &Arc<Gateway>) -> Current {
+        Current(self.clone())
     }
 }
 
@@ -348,7 +350,7 @@ impl ReloadRequests {
 
 /// Runs each request on the app current when it arrives.
 #[derive(Clone)]
-struct Current(Arc<Gateway>);
+pub struct Current(Arc<Gateway>);
 
 impl Service<Request> for Current {
     type Response = Response;

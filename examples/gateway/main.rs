@@ -27,6 +27,7 @@ mod metrics;
 #[path = "../support/mock/mod.rs"]
 mod mock;
 mod proxy;
+mod proxy_only;
 mod routing;
 mod server;
 mod shutdown;

@@ -60,10 +60,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -117,15 +115,15 @@ impl Default for ServeSettings {
     }
 }
 
-/// Serves `router` on `listener` until `shutdown` begins, then drains (see
-/// [`crate::shutdown`]). Resolves when every connection is closed, so every
-/// response body has ended or been dropped and its reservations settled.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    settings: ServeSettings,
-    shutdown: Shutdown,
-) {
+/// Serves `router` (an axum `Router`, or any service like it) on `listener`
+/// until `shutdown` begins, then drains (see [`crate::shutdown`]). Resolves
+/// when every connection is closed, so every response body has ended or been
+/// dropped and its reservations settled.
+pub async fn serve<S>(listener: TcpListener, router: S, settings: ServeSettings, shutdown: Shutdown)
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
     let settings = Arc::new(settings);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -429,18 +427,21 @@ impl AsyncWrite for ClientIo {
 /// The service of one connection: the router, with each request counted in
 /// flight and its body timed.
 #[derive(Clone)]
-struct ConnectionService {
-    router: Router,
+struct ConnectionService<S> {
+    router: S,
     activity: Arc<Activity>,
     body_timeout: Duration,
 }
 
-impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
+impl<S> hyper::service::Service<http::Request<Incoming>> for ConnectionService<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible> + Clone,
+{
     type Response = http::Response<ResponseBody>;
     type Error = Infallible;
-    type Future = ResponseFuture;
+    type Future = ResponseFuture<S>;
 
-    fn call(&self, req: http::Request<Incoming>) -> ResponseFuture {
+    fn call(&self, req: http::Request<Incoming>) -> ResponseFuture<S> {
         let in_flight = InFlight::begin(&self.activity);
         let (mut parts, incoming) = req.into_parts();
         let body = if hyper::body::Body::is_end_stream(&incoming) {
@@ -467,14 +468,17 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
 
 pin_project! {
     /// The router's answer, its body carrying the request's [`InFlight`].
-    struct ResponseFuture {
+    struct ResponseFuture<S: tower::Service<Request>> {
         #[pin]
-        inner: Oneshot<Router, Request>,
+        inner: Oneshot<S, Request>,
         in_flight: Option<InFlight>,
     }
 }
 
-impl Future for ResponseFuture {
+impl<S> Future for ResponseFuture<S>
+where
+    S: tower::Service<Request, Response = Response, Error = Infallible>,
+{
     type Output = Result<http::Response<ResponseBody>, Infallible>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -571,24 +575,72 @@ impl http_body::Body for DeadlineBody {
     }
 }
 
-/// Middleware: a request whose body timed out (whatever the handler made of
-/// the failed read) is answered 408 `request_timeout`, and its connection
-/// closed, since the rest of the body may still be on its way.
-pub async fn answer_body_timeout(req: Request, next: Next) -> Response {
-    let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
-    let response = next.run(req).await;
-    match timed_out {
-        Some(flag) if flag.expired() => {
-            let mut response = ApiError::timeout()
-                .with_status(http::StatusCode::REQUEST_TIMEOUT)
-                .with_code("request_timeout")
-                .with_message("The request body did not arrive in time.")
-                .into_response();
-            response
-                .headers_mut()
-                .insert(CONNECTION, HeaderValue::from_static("close"));
-            response
+/// Layer: a request whose body timed out (whatever the handler made of the
+/// failed read) is answered 408 `request_timeout`, and its connection
+/// closed, since the rest of the body may still be on its way. A tower
+/// layer rather than `from_fn`, which costs every request a boxed future
+/// and two boxed service clones for what is a flag check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AnswerBodyTimeoutLayer;
+
+impl<S> tower::Layer<S> for AnswerBodyTimeoutLayer {
+    type Service = AnswerBodyTimeout<S>;
+
+    fn layer(&self, inner: S) -> AnswerBodyTimeout<S> {
+        AnswerBodyTimeout(inner)
+    }
+}
+
+/// The service of [`AnswerBodyTimeoutLayer`].
+#[derive(Debug, Clone)]
+pub struct AnswerBodyTimeout<S>(S);
+
+impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
+    for AnswerBodyTimeout<S>
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AnswerBodyTimeoutFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
+        AnswerBodyTimeoutFuture {
+            inner: self.0.call(req),
+            timed_out,
         }
-        _ => response,
+    }
+}
+
+pin_project! {
+    /// The future of [`AnswerBodyTimeout`].
+    pub struct AnswerBodyTimeoutFuture<F> {
+        #[pin]
+        inner: F,
+        timed_out: Option<BodyTimedOut>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, E>>, E> Future for AnswerBodyTimeoutFuture<F> {
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.inner.poll(cx))?;
+        if !this.timed_out.take().is_some_and(|flag| flag.expired()) {
+            return Poll::Ready(Ok(response));
+        }
+        let mut response = ApiError::timeout()
+            .with_status(http::StatusCode::REQUEST_TIMEOUT)
+            .with_code("request_timeout")
+            .with_message("The request body did not arrive in time.")
+            .into_response();
+        response
+            .headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+        Poll::Ready(Ok(response))
     }
 }
