@@ -78,7 +78,7 @@ pub fn router(
 /// Forwards one request (see the module docs).
 async fn forward(State(route): State<Arc<Route>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, RequestMeta::DEFAULT_LIMIT)
+    let bytes = match Limited::new(body, RequestMeta::DEFAULT_MAX_BODY_BYTES)
         .collect()
         .await
     {
