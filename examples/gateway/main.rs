@@ -6,6 +6,7 @@
 //! cargo run --example gateway -- --config gateway.toml         # your config
 //! cargo run --example gateway -- --listen 0.0.0.0:8080 --upstream http://127.0.0.1:11434/v1
 //! cargo run --example gateway -- --config gateway.toml --check # validate, exit 0 or 2
+//! cargo run --example gateway -- --proxy-only                  # no tollgate layer: the floor benches/load measures
 //! cargo run --example gateway -- --help
 //! ```
 //!
