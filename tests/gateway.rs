@@ -337,54 +337,16 @@ fn config_errors_name_the_field_and_line() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// The official openai Node SDK (current major) against the gateway: every
-/// failure class maps to the SDK's matching error, and with the SDK's
-/// default retries on, a failure the gateway already retried is called
-/// once.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_openai_node_sdk_sees_the_right_exceptions_and_does_not_stack_retries() {
-    let dir = support::sdk_node();
-    let (_gateway, base, _client) = start();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg("test_gateway.mjs")
-            .current_dir(dir)
-            .env("TOLLGATE_BASE_URL", format!("{base}/v1"))
-            .output()
-    });
+/// Runs an SDK test script (`command`) against the gateway at `base`,
+/// bounded in time, and asserts that every one of its checks passed.
+async fn run_sdk_script(mut command: Command, base: String) {
+    command.env("TOLLGATE_BASE_URL", format!("{base}/v1"));
+    let output = tokio::task::spawn_blocking(move || command.output());
     let output = tokio::time::timeout(Duration::from_secs(120), output)
         .await
         .expect("the SDK tests finish in time")
         .expect("join")
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    println!("{stdout}");
-    assert!(
-        output.status.success(),
-        "Node SDK tests failed:\n{stdout}\n{stderr}"
-    );
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
-}
-
-/// The official openai Python SDK against the gateway: every failure class
-/// must map to the SDK's matching exception.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_python_sdk_sees_the_right_exceptions() {
-    let python = support::sdk_python();
-    let (_gateway, base, _client) = start();
-    let script = support::repo_root().join("tests/sdk/test_gateway.py");
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("TOLLGATE_BASE_URL", format!("{base}/v1"))
-            .output()
-    });
-    let output = tokio::time::timeout(Duration::from_secs(120), output)
-        .await
-        .expect("the SDK tests finish in time")
-        .expect("join")
-        .expect("python runs");
+        .expect("the SDK script runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stdout}");
@@ -393,4 +355,27 @@ async fn the_openai_python_sdk_sees_the_right_exceptions() {
         "SDK tests failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+/// The official openai Node SDK (current major) against the gateway: every
+/// failure class maps to the SDK's matching error, and with the SDK's
+/// default retries on, a failure the gateway already retried is called
+/// once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_openai_node_sdk_sees_the_right_exceptions_and_does_not_stack_retries() {
+    let dir = support::sdk_node();
+    let (_gateway, base, _client) = start();
+    let mut node = Command::new("node");
+    node.arg("test_gateway.mjs").current_dir(dir);
+    run_sdk_script(node, base).await;
+}
+
+/// The official openai Python SDK against the gateway: every failure class
+/// must map to the SDK's matching exception.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_python_sdk_sees_the_right_exceptions() {
+    let mut python = Command::new(support::sdk_python());
+    let (_gateway, base, _client) = start();
+    python.arg(support::repo_root().join("tests/sdk/test_gateway.py"));
+    run_sdk_script(python, base).await;
 }
