@@ -83,6 +83,10 @@ async fn forward(State(route): State<Arc<Route>>, req: Request) -> Response {
         .await
     {
         Ok(collected) => collected.to_bytes(),
+        // Over the limit: 413, as the full gateway answers.
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return ApiError::payload_too_large().into_response();
+        }
         Err(_) => {
             return ApiError::invalid_request()
                 .with_message("The request body could not be read.")

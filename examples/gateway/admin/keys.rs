@@ -18,7 +18,7 @@ use tollgate::auth::{InvalidKeyEntry, KeyEntry, KeyRecord, PutMode};
 use tollgate::budget::BudgetScope;
 
 use super::{
-    AdminState, ListQuery, admin_of, body_of, entry_of, json_response, merged, object_of,
+    AdminState, ListQuery, admin_of, answer, body_of, entry_of, json_response, merged, object_of,
     page_json, record_json, record_of, rfc3339,
 };
 
@@ -82,7 +82,7 @@ async fn create_key(
 
 /// `GET /admin/keys?limit=&after=`: a page of keys in id order.
 pub async fn list(State(state): State<AdminState>, Query(query): Query<ListQuery>) -> Response {
-    let answer = async {
+    let answer_of = async {
         let limit = query.limit()?;
         let page = state.0.keys.list(query.after.as_deref(), limit + 1).await?;
         let mut data = Vec::with_capacity(page.len());
@@ -91,22 +91,16 @@ pub async fn list(State(state): State<AdminState>, Query(query): Query<ListQuery
         }
         Ok::<_, ApiError>(page_json(data, limit))
     };
-    match answer.await {
-        Ok(page) => json_response(StatusCode::OK, page),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// `GET /admin/keys/{id}`.
 pub async fn show(State(state): State<AdminState>, Path(id): Path<String>) -> Response {
-    let answer = async {
+    let answer_of = async {
         let record = record_of(&state, &id).await?;
         record_json(&state, &record).await
     };
-    match answer.await {
-        Ok(record) => json_response(StatusCode::OK, record),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// `PATCH /admin/keys/{id}`: any `[[keys]]` field but `id` and the
@@ -117,7 +111,7 @@ pub async fn patch(
     req: Request,
 ) -> Response {
     let admin = admin_of(&req);
-    let answer = async {
+    let answer_of = async {
         let body = body_of(req).await?;
         let patch = object_of(&body)?;
         refuse_generated(&patch)?;
@@ -133,10 +127,7 @@ pub async fn patch(
         tracing::info!(target: "tollgate::audit", admin, action = "key.update", key = %id, fields = %fields.join(","));
         record_json(&state, &changed).await
     };
-    match answer.await {
-        Ok(record) => json_response(StatusCode::OK, record),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// Body of `POST /admin/keys/{id}/rotate`.
@@ -155,7 +146,7 @@ pub async fn rotate(
     req: Request,
 ) -> Response {
     let admin = admin_of(&req);
-    let answer = async {
+    let answer_of = async {
         let body = body_of(req).await?;
         let fields = object_of(&body)?;
         let rotate: RotateBody = serde_json::from_value(Value::Object(fields)).map_err(|e| {
@@ -184,10 +175,7 @@ pub async fn rotate(
             "previous_secret_valid_until": rfc3339(until),
         }))
     };
-    match answer.await {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// `POST /admin/keys/{id}/revoke`: refused with 401 `revoked_api_key` from
@@ -198,17 +186,14 @@ pub async fn revoke(
     req: Request,
 ) -> Response {
     let admin = admin_of(&req);
-    let answer = async {
+    let answer_of = async {
         let mut record = (*record_of(&state, &id).await?).clone();
         record.revoked = true;
         state.0.keys.put(record.clone(), PutMode::Upsert).await?;
         tracing::info!(target: "tollgate::audit", admin, action = "key.revoke", key = %id);
         record_json(&state, &record).await
     };
-    match answer.await {
-        Ok(record) => json_response(StatusCode::OK, record),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// `DELETE /admin/keys/{id}`: the key and every secret it holds. Its spend

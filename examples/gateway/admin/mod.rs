@@ -257,6 +257,14 @@ fn json_response(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+/// The answer of a handler: a JSON body with `status`, or an error.
+pub(super) fn answer(status: StatusCode, result: Result<Value, ApiError>) -> Response {
+    match result {
+        Ok(body) => json_response(status, body),
+        Err(error) => error.into_response(),
+    }
+}
+
 /// The JSON object of a request body (empty when there is none); 400 for
 /// anything else.
 fn object_of(body: &Bytes) -> Result<Map<String, Value>, ApiError> {

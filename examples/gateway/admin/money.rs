@@ -1,14 +1,14 @@
 //! Money at run time: prepaid top-ups, budget resets, spend reports.
 
 use axum::extract::{Query, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate::ApiError;
 use tollgate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, SpendGroup, SpendQuery};
 
-use super::{AdminState, admin_of, budget_json, budgets_of, json_response, object_of};
+use super::{AdminState, admin_of, answer, budget_json, budgets_of, object_of};
 
 /// The longest `Idempotency-Key` taken.
 const MAX_IDEMPOTENCY_KEY: usize = 255;
@@ -21,7 +21,7 @@ const MAX_IDEMPOTENCY_KEY: usize = 255;
 /// `"replayed": true`.
 pub async fn top_up(state: AdminState, scope: BudgetScope, req: Request) -> Response {
     let admin = admin_of(&req);
-    let answer = async {
+    let answer_of = async {
         let idempotency_key = idempotency_key(req.headers())?;
         let body = axum::body::to_bytes(req.into_body(), 64 << 10)
             .await
@@ -65,10 +65,7 @@ pub async fn top_up(state: AdminState, scope: BudgetScope, req: Request) -> Resp
             "replayed": outcome.replayed,
         }))
     };
-    match answer.await {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// `POST /admin/keys/{id}/budget/reset` (and `/admin/teams/{id}/…`): the
@@ -76,7 +73,7 @@ pub async fn top_up(state: AdminState, scope: BudgetScope, req: Request) -> Resp
 /// (requests in flight keep their holds).
 pub async fn reset_budget(state: AdminState, scope: BudgetScope, req: Request) -> Response {
     let admin = admin_of(&req);
-    let answer = async {
+    let answer_of = async {
         let budgets = budgets_of(&state, &scope).await?;
         let Some(budget) = own_budget(&budgets, &scope, BudgetMode::Budget) else {
             return Err(ApiError::invalid_request().with_message(format!(
@@ -88,10 +85,7 @@ pub async fn reset_budget(state: AdminState, scope: BudgetScope, req: Request) -
         tracing::info!(target: "tollgate::audit", admin, action = "budget.reset", scope = %scope.id());
         Ok(budget_json(budget, &status))
     };
-    match answer.await {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// Query of `GET /admin/spend`.
@@ -113,7 +107,7 @@ pub struct SpendParams {
 /// inclusive. One of `key`, `user`, `team` or `org` keeps only that scope's
 /// spend (e.g. `?group_by=model&team=research`: the team's spend per model).
 pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendParams>) -> Response {
-    let answer = async {
+    let answer_of = async {
         let group = params.group_by.as_deref().unwrap_or("key");
         let group_by = match group {
             "key" => SpendGroup::Key,
@@ -174,10 +168,7 @@ pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendPa
             .collect();
         Ok(json!({"object": "list", "group_by": group, "data": data}))
     };
-    match answer.await {
-        Ok(body) => json_response(StatusCode::OK, body),
-        Err(error) => error.into_response(),
-    }
+    answer(StatusCode::OK, answer_of.await)
 }
 
 /// The budget (or balance) of `scope` itself among `budgets`.

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use http::StatusCode;
 use serde_json::{Map, Value, json};
@@ -22,8 +22,8 @@ use tollgate::ApiError;
 use tollgate::auth::{PutMode, TenantEntry, TenantKind, TenantRecord};
 
 use super::{
-    AdminState, ListQuery, admin_of, body_of, budgets_json, entry_of, json_response, limit_json,
-    merged, money, object_of, page_json,
+    AdminState, ListQuery, admin_of, answer, body_of, budgets_json, entry_of, limit_json, merged,
+    money, object_of, page_json,
 };
 use crate::config::{one_kind_of_money, table_of};
 
@@ -77,14 +77,6 @@ pub fn routes(kind: TenantKind) -> Router<AdminState> {
                 },
             ),
         )
-}
-
-/// The answer of a handler: a JSON body with `status`, or an error.
-fn answer(status: StatusCode, result: Result<Value, ApiError>) -> Response {
-    match result {
-        Ok(body) => json_response(status, body),
-        Err(error) => error.into_response(),
-    }
 }
 
 /// One audit line for a change to a tenant.
