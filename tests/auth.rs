@@ -1,5 +1,8 @@
 //! AuthLayer: every outcome, every extractor, revocation under load, key
 //! files, and the layer in axum and tonic.
+//!
+//! One file for the layer, as each layer has; over 600 lines because each
+//! test builds its own stack and reads alone.
 
 use std::borrow::Cow;
 use std::convert::Infallible;

@@ -1,5 +1,8 @@
 //! BudgetLayer end to end: admission, reservation, settlement from JSON and
 //! SSE bodies, periods, modes, soft limits, spend events, concurrency.
+//!
+//! One file for the layer, as each layer has; over 600 lines because each
+//! test builds its own ledger and stack and reads alone.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};

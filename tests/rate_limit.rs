@@ -1,6 +1,9 @@
 //! RateLimitLayer end to end, on tokio's paused clock, with GCRA limits
 //! (what these tests were written for; `rate_limit_scopes.rs` covers the
 //! default sliding windows, scopes and the other algorithms).
+//!
+//! Over 600 lines: one file for the layer's GCRA behaviour, each test with
+//! its own stack and clock, reading alone.
 
 use std::convert::Infallible;
 use std::pin::Pin;

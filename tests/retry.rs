@@ -1,4 +1,7 @@
 //! `RetryLayer` against `tower_test::mock`, on paused time.
+//!
+//! One file for the layer, as each layer has; over 600 lines because each
+//! test scripts its own mock upstream and reads alone.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;

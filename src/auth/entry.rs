@@ -10,11 +10,13 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 use serde::{Serialize, Serializer};
 
 use super::{KeyHash, KeyRecord};
-use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
+use crate::budget::{BudgetScope, Money};
 use crate::rate_limit::ModelLimits;
 
+mod budgets;
 mod limits;
 mod tenant;
+pub(crate) use self::budgets::{budget_fields, budgets_of};
 pub use self::limits::{LimitEntry, ModelLimitEntry};
 use self::limits::{Shorthand, entries_of, limits_of};
 pub use self::tenant::TenantEntry;
@@ -399,74 +401,6 @@ impl fmt::Debug for KeyEntry {
     }
 }
 
-/// The budgets an entry's `budget_usd`, `budget_period` and `balance_usd`
-/// give, of `scope`: shared by key and tenant entries.
-pub(crate) fn budgets_of(
-    id: &str,
-    scope: BudgetScope,
-    budget_usd: Option<Money>,
-    budget_period: Option<&str>,
-    balance_usd: Option<Money>,
-) -> Result<Vec<BudgetSpec>, InvalidKeyEntry> {
-    let bad = |field, reason: &'static str| InvalidKeyEntry::new(id, field, reason);
-    let mut budgets = Vec::new();
-    match (budget_usd, budget_period) {
-        (Some(limit), period) => {
-            if limit < Money::ZERO {
-                return Err(bad("budget_usd", "must not be negative"));
-            }
-            let period = match period.map(str::trim) {
-                None | Some("monthly") => Period::Monthly,
-                Some("daily") => Period::Daily,
-                Some("weekly") => Period::Weekly,
-                Some("never") => Period::Never,
-                Some(_) => {
-                    return Err(bad(
-                        "budget_period",
-                        "must be one of daily, weekly, monthly, never",
-                    ));
-                }
-            };
-            budgets.push(BudgetSpec::budget(scope.clone(), limit, period));
-        }
-        (None, Some(_)) => return Err(bad("budget_period", "is set without `budget_usd`")),
-        (None, None) => {}
-    }
-    if let Some(opening) = balance_usd {
-        if opening < Money::ZERO {
-            return Err(bad("balance_usd", "must not be negative"));
-        }
-        budgets.push(BudgetSpec::balance(scope, opening));
-    }
-    Ok(budgets)
-}
-
-/// The budget fields describing `budgets` (those of `scope`): the inverse
-/// of [`budgets_of`].
-pub(crate) fn budget_fields(
-    budgets: &[BudgetSpec],
-    scope: &BudgetScope,
-) -> (Option<Money>, Option<String>, Option<Money>) {
-    let (mut usd, mut period, mut balance) = (None, None, None);
-    for budget in budgets.iter().filter(|b| b.scope == *scope) {
-        match budget.mode {
-            BudgetMode::Budget => {
-                let name = match budget.period {
-                    Period::Daily => Some("daily".into()),
-                    Period::Weekly => Some("weekly".into()),
-                    Period::Monthly => None,
-                    Period::Never => Some("never".into()),
-                    Period::Rolling(_) => continue,
-                };
-                usd = Some(budget.limit);
-                period = name;
-            }
-            BudgetMode::Balance => balance = Some(budget.limit),
-        }
-    }
-    (usd, period, balance)
-}
-
 /// A tenant named by a key (`user`, `team`, `org`): an id as any other.
 fn check_label(id: &str, field: &'static str, label: Option<&str>) -> Result<(), InvalidKeyEntry> {
     match label {
@@ -667,99 +601,4 @@ impl<'de> Deserialize<'de> for Dollars {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rate_limit::Limit;
-
-    fn entry(json: &str) -> Result<KeyRecord, String> {
-        let entry: KeyEntry = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        entry.into_record().map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn full_entry() {
-        let r = entry(
-            r#"{"id":"a","name":"A","secret":"sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
-                "created_at":"2026-01-01T00:00:00Z","expires_at":"2026-04-01T00:00:00Z",
-                "disabled":true,"models":["gpt-*"],"requests_per_minute":60,"tokens_per_minute":1000,
-                "max_concurrent":4,"budget_usd":"12.5","budget_period":"daily","balance_usd":3,
-                "team":"t","org":"o","metadata":{"owner":"x"}}"#,
-        )
-        .unwrap();
-        assert_eq!(r.secret_hash, KeyHash::of("abc"));
-        assert!(r.disabled && !r.revoked);
-        assert_eq!(
-            r.rate_limits,
-            [
-                Limit::requests_per_minute(60),
-                Limit::tokens_per_minute(1000)
-            ]
-        );
-        assert_eq!(r.budgets[0].limit, Money::from_nanos(12_500_000_000));
-        assert_eq!(r.budgets[0].period, Period::Daily);
-        assert_eq!(r.budgets[1].mode, BudgetMode::Balance);
-        assert_eq!(r.metadata["owner"], "x");
-        // And back.
-        let back = KeyEntry::from_record(&r);
-        assert_eq!(back.budget_usd, Some(Money::from_nanos(12_500_000_000)));
-        let again = back.into_record().unwrap();
-        assert_eq!(again, r);
-    }
-
-    #[test]
-    fn errors_name_the_field_and_not_the_secret() {
-        for (json, field) in [
-            (r#"{"id":"a"}"#, "`secret`"),
-            (
-                r#"{"id":"a","secret":"sk-hunter2","secret_sha256":"00"}"#,
-                "`secret`",
-            ),
-            (
-                r#"{"id":"a","secret_sha256":"sk-hunter2"}"#,
-                "`secret_sha256`",
-            ),
-            (r#"{"id":"a","secret":"sha256:sk-hunter2"}"#, "`secret`"),
-            (
-                r#"{"id":"a","secret":"s","expires_at":"tomorrow"}"#,
-                "`expires_at`",
-            ),
-            (
-                r#"{"id":"a","secret":"s","budget_period":"daily"}"#,
-                "`budget_period`",
-            ),
-            (
-                r#"{"id":"a","secret":"s","budget_usd":5,"budget_period":"hourly"}"#,
-                "`budget_period`",
-            ),
-            (
-                r#"{"id":"a","secret":"s","requests_per_minute":0}"#,
-                "`requests_per_minute`",
-            ),
-            (
-                r#"{"id":"a","secret":"s","requests_per_minute":-1}"#,
-                "`requests_per_minute`",
-            ),
-            (
-                r#"{"id":"a","secret":"s","budget_usd":"lots"}"#,
-                "`budget_usd`",
-            ),
-            (r#"{"id":"a b","secret":"s"}"#, "`id`"),
-            (r#"{"id":"a","secret":"s","bogus":1}"#, "`bogus`"),
-            (r#"{"id":"a","secret":"s","revoked":1}"#, "`revoked`"),
-        ] {
-            let err = entry(json).unwrap_err();
-            assert!(err.contains(field), "{json}: {err}");
-            assert!(!err.contains("hunter2"), "{json}: {err}");
-            assert_eq!(
-                err.matches(" at line ").count().min(1),
-                err.matches(" at line ").count()
-            );
-        }
-    }
-
-    #[test]
-    fn debug_redacts_the_secret() {
-        let e: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-hunter2"}"#).unwrap();
-        assert!(!format!("{e:?}").contains("hunter2"));
-    }
-}
+mod tests;

@@ -20,6 +20,7 @@
 
 use crate::ApiError;
 
+#[cfg(any(feature = "redis", feature = "sqlite"))]
 pub(crate) mod codec;
 mod future;
 pub mod memory;

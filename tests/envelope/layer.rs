@@ -1,4 +1,7 @@
 //! `ErrorEnvelopeLayer` in front of the failures a gateway meets.
+//!
+//! Over 600 lines: one file for the layer's failure cases, each test with its
+//! own stack, reading alone.
 
 use std::collections::VecDeque;
 use std::io;

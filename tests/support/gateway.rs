@@ -1,5 +1,8 @@
 //! The gateway example as a child process, for process-level tests.
 //!
+//! Over 600 lines: the one harness every process test shares (start, config,
+//! waits, logs), kept in one place so no test starts the binary its own way.
+//!
 //! [`GatewayCommand`] starts `target/<profile>/examples/gateway` (which
 //! `cargo test` builds; found next to the test executable) with a config
 //! written to a temporary file, `--listen 127.0.0.1:0` and JSON logs, and

@@ -9,19 +9,22 @@ use std::time::Duration;
 use crate::budget::{
     BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, PeriodWindow,
     Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
-    SpendTotals, TopUpOutcome,
+    TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::store::{StoreError, StoreFuture};
 
-use self::hash::{IdMap, ScopeHashing, Small};
+use self::books::{BudgetShard, Hold, HoldShard, Locked, window_of};
+use self::hash::{ScopeHashing, Small};
 use self::spend::{SpendShard, row_hash};
 use self::top_ups::TopUpKeys;
 
-// This file is over 600 lines: the books (accounts, holds, sweeps) and the
-// ledger's operations on them share every private type; the aggregates and
-// the idempotency keys live in their own files.
+// The books' types live in `books`, the durable store's restore hooks in
+// `restore`, the aggregates in `spend`, the idempotency keys in `top_ups`.
+mod books;
 mod hash;
+#[cfg(feature = "sqlite")]
+mod restore;
 mod spend;
 #[cfg(test)]
 mod tests;
@@ -93,180 +96,6 @@ struct Inner {
     /// Rows kept per spend shard.
     max_spend_rows: usize,
     top_up_keys: Mutex<TopUpKeys>,
-}
-
-/// Accounts by the hash of their scope; a bucket holds every scope of one
-/// hash, so a collision costs a comparison, never a merged account.
-#[derive(Default)]
-struct BudgetShard {
-    buckets: IdMap<Vec<(BudgetScope, Account)>>,
-    len: usize,
-}
-
-impl BudgetShard {
-    fn get_mut(&mut self, hash: u64, scope: &BudgetScope) -> Option<&mut Account> {
-        self.buckets
-            .get_mut(&hash)?
-            .iter_mut()
-            .find(|(s, _)| s == scope)
-            .map(|(_, a)| a)
-    }
-
-    fn contains(&self, hash: u64, scope: &BudgetScope) -> bool {
-        self.buckets
-            .get(&hash)
-            .is_some_and(|b| b.iter().any(|(s, _)| s == scope))
-    }
-
-    /// The account of `spec`, opened if new (making room for it first).
-    fn account(
-        &mut self,
-        hash: u64,
-        spec: &BudgetSpec,
-        now: Duration,
-        max: usize,
-    ) -> Result<&mut Account, StoreError> {
-        if self.len >= max && !self.contains(hash, &spec.scope) {
-            self.make_room(max, now)?;
-        }
-        let bucket = self.buckets.entry(hash).or_default();
-        let at = match bucket.iter().position(|(s, _)| *s == spec.scope) {
-            Some(at) => at,
-            None => {
-                bucket.push((spec.scope.clone(), Account::new(spec, now)));
-                self.len += 1;
-                bucket.len() - 1
-            }
-        };
-        Ok(&mut bucket[at].1)
-    }
-
-    /// Makes room for one more account by evicting the idle ones; fails if
-    /// none is idle.
-    fn make_room(&mut self, max: usize, now: Duration) -> Result<(), StoreError> {
-        self.buckets.retain(|_, bucket| {
-            bucket.retain(|(_, a)| !a.is_idle(now));
-            !bucket.is_empty()
-        });
-        self.len = self.buckets.values().map(Vec::len).sum();
-        if self.len < max {
-            Ok(())
-        } else {
-            Err(StoreError::Unavailable(
-                "budget ledger is full: no idle budget to evict".into(),
-            ))
-        }
-    }
-}
-
-#[derive(Default)]
-struct HoldShard {
-    holds: IdMap<Hold>,
-}
-
-struct Hold {
-    amount: Money,
-    /// Clamped below the request's worst case (Bounded).
-    partial: bool,
-    expires: Duration,
-    budgets: Arc<[BudgetSpec]>,
-}
-
-impl Hold {
-    fn new(amount: Money, partial: bool, budgets: &Arc<[BudgetSpec]>, expires: Duration) -> Hold {
-        Hold {
-            amount,
-            partial,
-            expires,
-            budgets: budgets.clone(),
-        }
-    }
-}
-
-/// One budget's books.
-#[derive(Debug, Clone, Copy)]
-struct Account {
-    mode: BudgetMode,
-    period: Period,
-    window: PeriodWindow,
-    /// Budget: the spec's limit. Balance: opening + top-ups.
-    limit: Money,
-    spent: Money,
-    reserved: Money,
-    /// Partial (clamped) holds in flight: at most one is admitted at a time,
-    /// which is what bounds a `Bounded` overshoot to one request's excess.
-    partial: u32,
-}
-
-impl Account {
-    fn new(spec: &BudgetSpec, now: Duration) -> Account {
-        Account {
-            mode: spec.mode,
-            period: spec.period,
-            window: window_of(spec, now),
-            limit: spec.limit,
-            spent: Money::ZERO,
-            reserved: Money::ZERO,
-            partial: 0,
-        }
-    }
-
-    /// Brings the books to `now` and to the current spec.
-    fn refresh(&mut self, spec: &BudgetSpec, now: Duration) {
-        if self.mode != spec.mode {
-            // The scope changed from budget to balance or back: new books,
-            // but holds in flight still count.
-            *self = Account {
-                reserved: self.reserved,
-                partial: self.partial,
-                ..Account::new(spec, now)
-            };
-            return;
-        }
-        if spec.mode == BudgetMode::Budget {
-            self.limit = spec.limit;
-            if self.period != spec.period || self.window.has_ended(now) {
-                let window = window_of(spec, now);
-                if window.start != self.window.start {
-                    self.spent = Money::ZERO;
-                }
-                self.window = window;
-                self.period = spec.period;
-            }
-        }
-    }
-
-    fn unhold(&mut self, amount: Money, partial: bool) {
-        self.reserved = (self.reserved - amount).max(Money::ZERO);
-        if partial {
-            self.partial = self.partial.saturating_sub(1);
-        }
-    }
-
-    fn status(&self) -> BudgetStatus {
-        BudgetStatus {
-            mode: self.mode,
-            limit: self.limit,
-            spent: self.spent,
-            reserved: self.reserved,
-            period: self.window,
-        }
-    }
-
-    /// Whether evicting this account loses nothing.
-    fn is_idle(&self, now: Duration) -> bool {
-        self.reserved == Money::ZERO
-            && self.partial == 0
-            && self.mode == BudgetMode::Budget
-            && (self.spent == Money::ZERO || self.window.has_ended(now))
-    }
-}
-
-fn window_of(spec: &BudgetSpec, now: Duration) -> PeriodWindow {
-    match spec.mode {
-        BudgetMode::Budget => spec.period.window(now),
-        BudgetMode::Balance => PeriodWindow::NEVER,
-    }
 }
 
 impl Default for MemoryLedger {
@@ -722,93 +551,6 @@ impl MemoryLedger {
         let shards: Vec<_> = self.inner.spend.iter().map(lock).collect();
         spend::report(&shards, query)
     }
-
-    /// Sets the books of `spec`'s scope, as a durable store restoring its
-    /// state at start-up does: `spent` in the period starting at
-    /// `period_start`, and, for a balance, its funds (`limit`).
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn restore_account(
-        &self,
-        spec: &BudgetSpec,
-        limit: Money,
-        spent: Money,
-        period_start: Duration,
-    ) -> Result<(), StoreError> {
-        let now = self.now();
-        let hash = self.inner.hasher.hash_one(&spec.scope);
-        let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
-        let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
-        if spec.mode == BudgetMode::Balance {
-            account.limit = limit;
-            account.spent = spent;
-        } else if account.window.start == period_start {
-            account.spent = spent;
-        }
-        account.refresh(spec, now);
-        Ok(())
-    }
-
-    /// The books of each of `scopes` as they stand (not brought to the
-    /// current period: the store that persists them records their window),
-    /// `None` where the ledger keeps none (never seen, or evicted as idle).
-    /// Read under all their locks at once: a settlement is in all of them
-    /// or in none.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn books(&self, scopes: &[BudgetScope]) -> Vec<Option<(Period, BudgetStatus)>> {
-        let hashes: Vec<u64> = scopes
-            .iter()
-            .map(|scope| self.inner.hasher.hash_one(scope))
-            .collect();
-        let mut locked = self.lock_budgets(&hashes);
-        scopes
-            .iter()
-            .zip(&hashes)
-            .map(|(scope, &hash)| {
-                locked
-                    .shard(self.shard_of(hash))
-                    .get_mut(hash, scope)
-                    .map(|account| (account.period, account.status()))
-            })
-            .collect()
-    }
-
-    /// The ledger's current time (since the Unix epoch), for a durable
-    /// store that records when something happened on the ledger's clock.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn now_unix(&self) -> Duration {
-        self.now()
-    }
-
-    /// Sets one spend aggregate row, as a durable store restoring its state
-    /// does; `false` (and nothing set) when the row is new and its shard
-    /// already holds its share of [`max_spend_rows`](Self::max_spend_rows),
-    /// so a store restoring newest first keeps the newest days.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn restore_spend(
-        &self,
-        scope: BudgetScope,
-        model: Arc<str>,
-        day: i64,
-        totals: SpendTotals,
-    ) -> bool {
-        let scope_hash = self.inner.hasher.hash_one(&scope);
-        let hash = row_hash(&self.inner.hasher, scope_hash, &model, day);
-        lock(&self.inner.spend[self.shard_of(scope_hash)]).restore(
-            hash,
-            scope,
-            model,
-            day,
-            totals,
-            self.inner.max_spend_rows,
-        )
-    }
-
-    /// Remembers a top-up idempotency key used at `at`, as a durable store
-    /// restoring its state does.
-    #[cfg(feature = "sqlite")]
-    pub(crate) fn restore_top_up_key(&self, scope: BudgetScope, key: String, at: Duration) {
-        lock(&self.inner.top_up_keys).restore(scope, key, at, Self::MAX_TOP_UP_KEYS);
-    }
 }
 
 /// The UTC day of `now` (days since 1970-01-01).
@@ -843,26 +585,6 @@ const NO_BUDGET: BudgetSpec = BudgetSpec {
 /// Whether `budgets[i]` names a scope already named before it.
 fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {
     (0..i).any(|j| hashes[j] == hashes[i] && budgets[j].scope == budgets[i].scope)
-}
-
-enum Locked<'a> {
-    One(MutexGuard<'a, BudgetShard>),
-    Many(Vec<(usize, MutexGuard<'a, BudgetShard>)>),
-}
-
-impl Locked<'_> {
-    /// The locked shard `index` (one of those passed to `lock_budgets`).
-    fn shard(&mut self, index: usize) -> &mut BudgetShard {
-        match self {
-            Locked::One(guard) => guard,
-            Locked::Many(guards) => {
-                let at = guards
-                    .binary_search_by_key(&index, |(i, _)| *i)
-                    .unwrap_or_else(|at| at.min(guards.len() - 1));
-                &mut guards[at].1
-            }
-        }
-    }
 }
 
 /// Locks a mutex, recovering from poisoning: no critical section here can

@@ -4,6 +4,7 @@ mod keys;
 pub use self::keys::{DuplicateSecret, MemoryKeyStore};
 mod ledger;
 mod tenants;
+#[cfg(any(feature = "redis", feature = "sqlite"))]
 pub(crate) use self::tenants::exists as tenant_exists;
 
 pub use self::ledger::MemoryLedger;
