@@ -170,13 +170,12 @@ async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
     assert_eq!(solo.json["team"], Value::Null, "{}", solo.text);
     assert_eq!(solo.json["budgets"], json!([]));
 
-    // Spend per team, org and user, to the cent; filtered by one scope
-    // (whose aggregates are then read, whatever `group_by` says).
+    // Spend per team, org and user, to the cent; filtered by one scope.
     for (query, group, cost, requests) in [
         ("?group_by=team", "research", "2.60", 2),
         ("?group_by=org", "acme", "2.60", 2),
         ("?group_by=user", "ann", "1.30", 1),
-        ("?group_by=key&team=research", "research", "2.60", 2),
+        ("?group_by=team&team=research", "research", "2.60", 2),
         ("?group_by=model&team=research", MODEL, "2.60", 2),
     ] {
         assert_eq!(
@@ -185,6 +184,28 @@ async fn a_team_budget_shared_by_two_keys_is_refused_naming_the_team() {
             "{query}"
         );
     }
+    // Each member key of a team or org: its keys' own spend, not the
+    // team's total under a key's name; the solo key is in neither.
+    for query in ["?group_by=key&team=research", "?group_by=key&org=acme"] {
+        assert_eq!(
+            spend(&http, &gateway, query).await,
+            json!([row("a", "1.30", 1), row("b", "1.30", 1)]),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        spend(&http, &gateway, "?group_by=key&user=ann").await,
+        json!([row("a", "1.30", 1)])
+    );
+    // Spend is kept per scope: the users of a team are not a grouping.
+    let refused = http
+        .get(
+            &admin(&gateway, "/spend?group_by=user&team=research"),
+            Some(ADMIN),
+        )
+        .await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{}", refused.text);
+    assert_eq!(refused.json["error"]["param"], "group_by");
     let refused = http
         .get(&admin(&gateway, "/spend?key=a&team=research"), Some(ADMIN))
         .await;

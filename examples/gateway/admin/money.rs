@@ -1,12 +1,16 @@
 //! Money at run time: prepaid top-ups, budget resets, spend reports.
 
+use std::collections::HashMap;
+
 use axum::extract::{Query, Request, State};
 use axum::response::Response;
 use http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tollgate::ApiError;
-use tollgate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, SpendGroup, SpendQuery};
+use tollgate::budget::{
+    BudgetMode, BudgetScope, BudgetSpec, Money, SpendGroup, SpendQuery, SpendRow,
+};
 
 use super::{AdminState, admin_of, answer, budget_json, budgets_of, object_of};
 
@@ -105,7 +109,10 @@ pub struct SpendParams {
 /// cost, tokens and requests from the ledger's aggregates (kept in the same
 /// step as each settlement). `from` and `to` are UTC dates (`2026-12-06`),
 /// inclusive. One of `key`, `user`, `team` or `org` keeps only that scope's
-/// spend (e.g. `?group_by=model&team=research`: the team's spend per model).
+/// spend (e.g. `?group_by=model&team=research`: the team's spend per model);
+/// `group_by=key` with a `user`, `team` or `org` filter answers each of its
+/// member keys' spend. Grouping by another tenant kind than the filter's
+/// (`group_by=user&team=…`) is a 400: spend is kept per scope.
 pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendParams>) -> Response {
     let answer_of = async {
         let group = params.group_by.as_deref().unwrap_or("key");
@@ -147,28 +154,118 @@ pub async fn spend(State(state): State<AdminState>, Query(params): Query<SpendPa
                         "Filter by one of `key`, `user`, `team` or `org`, not several.",
                     ));
             }
+            let by_scope = match group_by {
+                SpendGroup::Key => Some("key"),
+                SpendGroup::User => Some("user"),
+                SpendGroup::Team => Some("team"),
+                SpendGroup::Org => Some("org"),
+                SpendGroup::Model | SpendGroup::Day => None,
+            };
+            match (by_scope, &scope) {
+                // Each of a tenant's keys: its members today.
+                (
+                    Some("key"),
+                    BudgetScope::User(_) | BudgetScope::Team(_) | BudgetScope::Org(_),
+                ) => {
+                    if let Some(model) = params.model.clone() {
+                        query = query.model(model);
+                    }
+                    let rows = member_key_spend(&state, &scope, query).await?;
+                    return Ok(spend_json(group, &rows));
+                }
+                (Some(kind), scope) if kind != scope.kind_name() => {
+                    return Err(ApiError::invalid_request()
+                        .with_param("group_by")
+                        .with_message(format!(
+                            "Spend is kept per scope: with a `{}` filter, group by key, model, \
+                             day or {}.",
+                            scope.kind_name(),
+                            scope.kind_name()
+                        )));
+                }
+                _ => {}
+            }
             query = query.scope(scope);
         }
         if let Some(model) = params.model.clone() {
             query = query.model(model);
         }
         let rows = state.0.ledger.spend(&query).await?;
-        let data: Vec<Value> = rows
-            .iter()
-            .map(|row| {
-                json!({
-                    "group": row.group,
-                    "cost_usd": row.totals.cost.to_decimal(),
-                    "prompt_tokens": row.totals.prompt_tokens,
-                    "completion_tokens": row.totals.completion_tokens,
-                    "cached_tokens": row.totals.cached_tokens,
-                    "requests": row.totals.requests,
-                })
-            })
-            .collect();
-        Ok(json!({"object": "list", "group_by": group, "data": data}))
+        Ok(spend_json(group, &rows))
     };
     answer(StatusCode::OK, answer_of.await)
+}
+
+/// The answer of `GET /admin/spend`: one object per row.
+fn spend_json(group: &str, rows: &[SpendRow]) -> Value {
+    let data: Vec<Value> = rows
+        .iter()
+        .map(|row| {
+            json!({
+                "group": row.group,
+                "cost_usd": row.totals.cost.to_decimal(),
+                "prompt_tokens": row.totals.prompt_tokens,
+                "completion_tokens": row.totals.completion_tokens,
+                "cached_tokens": row.totals.cached_tokens,
+                "requests": row.totals.requests,
+            })
+        })
+        .collect();
+    json!({"object": "list", "group_by": group, "data": data})
+}
+
+/// Keys read per page while looking for a tenant's members.
+const MEMBER_PAGE: usize = 1_000;
+
+/// The spend of each key that is a member of `tenant` today (its `user`,
+/// `team` or `org` names it), one row per key that spent, in id order. The
+/// ledger keeps spend per scope, not per key within a team, so the members
+/// come from the key store; a key that left the team is not counted, one
+/// that joined brings its earlier spend.
+async fn member_key_spend(
+    state: &AdminState,
+    tenant: &BudgetScope,
+    query: SpendQuery,
+) -> Result<Vec<SpendRow>, ApiError> {
+    let mut rows = Vec::new();
+    let mut after: Option<String> = None;
+    // A key's org is its team's, or its own for a key without a team
+    // record, as the auth layer finds it: each team read once.
+    let mut team_orgs: HashMap<String, Option<String>> = HashMap::new();
+    loop {
+        let page = state.0.keys.list(after.as_deref(), MEMBER_PAGE).await?;
+        for record in &page {
+            let member = match tenant {
+                BudgetScope::User(id) => record.user.as_deref() == Some(id.as_str()),
+                BudgetScope::Team(id) => record.team.as_deref() == Some(id.as_str()),
+                BudgetScope::Org(id) => {
+                    let team_org = match &record.team {
+                        None => None,
+                        Some(team) => match team_orgs.get(team) {
+                            Some(org) => org.clone(),
+                            None => {
+                                let scope = BudgetScope::Team(team.clone());
+                                let org = state.0.keys.get_tenant(&scope).await?;
+                                let org = org.and_then(|t| t.org.clone());
+                                team_orgs.insert(team.clone(), org.clone());
+                                org
+                            }
+                        },
+                    };
+                    team_org.or_else(|| record.org.clone()).as_deref() == Some(id.as_str())
+                }
+                BudgetScope::Key(_) => false,
+            };
+            if member {
+                let one = query.clone().scope(BudgetScope::Key(record.id.clone()));
+                rows.extend(state.0.ledger.spend(&one).await?);
+            }
+        }
+        match page.last() {
+            Some(last) if page.len() == MEMBER_PAGE => after = Some(last.id.clone()),
+            _ => return Ok(rows),
+        }
+    }
 }
 
 /// The budget (or balance) of `scope` itself among `budgets`.
