@@ -236,7 +236,7 @@ impl RedisConnection {
     /// queued while its previous batch was in flight as one script call and
     /// retries a batch whose answer was lost without applying it twice (see
     /// `settlements.rs`). Queued at once: dropping the future does not
-    /// cancel it.
+    /// cancel it. On a cluster, a call of its own, made when the future runs.
     pub(crate) fn settle(
         &self,
         call: SettleCall,

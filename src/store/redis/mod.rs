@@ -84,7 +84,9 @@
 //! flight a settlement goes at once; under load, N settlements of every
 //! store on the connection cost one round trip and one script run. A
 //! settlement is queued when the layer makes it (a dropped future cancels
-//! nothing), its future still answers with its own result, and
+//! nothing; on a Redis Cluster, whose scripts cannot span slots, each
+//! settlement is still a call of its own, made when its future runs), its
+//! future still answers with its own result, and
 //! [`RedisConnection::flush`] waits for what is queued at a graceful
 //! shutdown. A batch whose answer is lost (the connection broke, the call
 //! timed out) is sent again, unchanged, and Redis applies it once: the

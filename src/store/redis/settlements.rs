@@ -30,7 +30,8 @@
 //!
 //! On a Redis Cluster, the keys of one script must share a hash slot, and
 //! those of different settlements seldom do: each settlement is sent alone
-//! (concurrently, as before), with the same marker and retries.
+//! when its future runs (concurrently, as before), with the same marker
+//! and retries; `flush` has nothing to wait for there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
