@@ -1,7 +1,9 @@
 //! One admission round trip to Redis, for a rate limit (`EVALSHA` of the
 //! rate-limit script, sliding windows) and for a budget (`EVALSHA` of the reserve script), and a
 //! key lookup (from the instance's cache, and its one `HGET` on a miss),
-//! next to the memory stores and a bare `INCR` on a plain multiplexed connection:
+//! next to the memory stores and a bare `INCR` on a plain multiplexed connection;
+//! and the settlements (`settle_rate_limit`, `settle_budget`: a token
+//! correction, a budget's charge), which the connection's writer batches:
 //! sequential latency (`redis/sequential/…`) and throughput with 64 calls
 //! in flight on one connection (`redis/64-in-flight/…`, reported per call
 //! and as calls per second).
@@ -25,10 +27,12 @@ use criterion::{Criterion, Throughput};
 use futures_util::StreamExt;
 use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
 use tollgate::budget::{
-    BudgetScope, BudgetSpec, Ledger, Money, Period, Reservation, ReserveOutcome, ReservePolicy,
+    BudgetScope, BudgetSpec, Charge, Ledger, Money, Period, Reservation, ReserveOutcome,
+    ReservePolicy,
 };
 use tollgate::rate_limit::{
-    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, Verdict,
+    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle, Settle,
+    Verdict,
 };
 use tollgate::store::StoreFuture;
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
@@ -116,6 +120,37 @@ async fn time_reservations<L: Ledger + Clone>(
                 ledger.release(hold).await.expect("redis answers");
             })
             .await;
+    }
+    elapsed
+}
+
+/// Times the settlement of `iters` reservations (in batches, `in_flight`
+/// at a time), made untimed before each batch.
+async fn time_settlements<L: Ledger + Clone>(
+    ledger: &L,
+    budgets: &Arc<[BudgetSpec]>,
+    iters: u64,
+    in_flight: usize,
+) -> Duration {
+    let mut elapsed = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(BATCH);
+        left -= n;
+        let holds: Vec<Reservation> = futures_util::stream::iter(0..n)
+            .map(|_| ledger.reserve(budgets, Money::from_nanos(1_000), ReservePolicy::Strict))
+            .buffer_unordered(in_flight)
+            .map(|outcome| held(outcome.expect("redis answers")))
+            .collect()
+            .await;
+        let started = Instant::now();
+        futures_util::stream::iter(&holds)
+            .for_each_concurrent(in_flight, |hold| async {
+                let charge = Charge::cost(Money::from_nanos(700));
+                black_box(ledger.settle(hold, &charge).await.expect("redis answers"));
+            })
+            .await;
+        elapsed += started.elapsed();
     }
     elapsed
 }
@@ -225,6 +260,25 @@ fn main() {
         g.bench_function("budget/redis", |b| {
             b.iter_custom(|iters| {
                 rt.block_on(time_reservations(&redis_ledger, &budgets, iters, in_flight))
+            })
+        });
+        g.bench_function("settle_rate_limit/redis", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_calls(iters, in_flight, || {
+                    let scopes = [ScopeSettle {
+                        key: RateLimitKey::new("bench"),
+                        limits: &limits,
+                        deltas: &[0, 1],
+                        release: false,
+                    }];
+                    let settled = redis_limits.settle(&Settle { scopes: &scopes });
+                    async move { settled.await.expect("redis answers") }
+                }))
+            })
+        });
+        g.bench_function("settle_budget/redis", |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(time_settlements(&redis_ledger, &budgets, iters, in_flight))
             })
         });
         g.bench_function("key_lookup/redis_uncached", |b| {

@@ -190,8 +190,13 @@ impl Stores {
             #[cfg(feature = "sqlite")]
             Backend::Sqlite(store) => store.close().await,
             #[cfg(feature = "redis")]
-            Backend::Redis { pending, .. } => {
+            Backend::Redis {
+                pending,
+                connection,
+            } => {
                 let left = pending.wait_idle(FLUSH_LIMIT).await;
+                // The rate limits' settlements, queued on the connection.
+                let _ = tokio::time::timeout(FLUSH_LIMIT, connection.flush()).await;
                 if left == 0 {
                     Ok(())
                 } else {

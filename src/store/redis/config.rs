@@ -32,8 +32,9 @@ use redis::IntoConnectionInfo;
 ///   `reconnect_max_delay` (1 s): a restarted Redis is back in use at most
 ///   about a second after it accepts connections. While disconnected, calls
 ///   fail at once instead of waiting for their timeout.
-/// - **`settlement_retry` 30 s**: settlements that could not be sent while
-///   Redis was unreachable are retried for that long once it is back.
+/// - **`settlement_retry` 30 s**: settlements Redis did not answer
+///   (unreachable, timed out) are sent again for that long, and applied
+///   once.
 /// - **`key_prefix` `"tollgate:"`**: every key the stores write starts with
 ///   it, so several gateways (or environments) can share one Redis without
 ///   sharing limits. It is also the pub/sub channel's namespace.
@@ -169,12 +170,14 @@ impl RedisConfig {
     }
 
     /// How long a settlement (a rate limit's token correction and slot
-    /// release, a budget's charge or release) that could not be sent because
-    /// Redis was unreachable keeps being retried in the background (default
-    /// 30 s; zero: never). Without it, a blip of a second would lose the
-    /// spend of the requests in flight and keep their holds and slots until
-    /// their leases run out. A settlement that may have reached Redis is
-    /// never retried, so nothing is charged twice.
+    /// release, a budget's charge or release) that Redis did not answer
+    /// (unreachable, timed out, the connection broke mid-flight) keeps being
+    /// sent again in the background (default 30 s; zero: never). Without it,
+    /// a blip of a second would lose the spend of the requests in flight and
+    /// keep their holds and slots until their leases run out. Nothing is
+    /// charged twice: Redis records each batch of settlements it applied
+    /// (for this long, and until the next batch), and answers a batch sent
+    /// again with the replies of its first run.
     pub fn settlement_retry(mut self, patience: Duration) -> Self {
         self.settlement_retry = patience;
         self

@@ -18,6 +18,7 @@ use super::RedisConfig;
 #[cfg(feature = "redis-tls")]
 use super::config::uses_tls;
 use super::scripts::SOURCES;
+use super::settlements::{self, SettleCall, SettleQueue};
 use crate::store::StoreError;
 
 /// A connection on which a call times out when nothing at all has been
@@ -72,6 +73,7 @@ struct Shared {
     /// When anything was last answered, in ms since `started`.
     last_answer_ms: AtomicU64,
     started: Instant,
+    settlements: SettleQueue,
 }
 
 /// A connection to one Redis, or to a Redis Cluster (which routes each
@@ -151,6 +153,7 @@ impl RedisConnection {
                 }),
                 last_answer_ms: AtomicU64::new(0),
                 started: Instant::now(),
+                settlements: SettleQueue::new(),
             }),
         })
     }
@@ -208,7 +211,7 @@ impl RedisConnection {
         self.eval_shared(script, Arc::new((keys, args)))
     }
 
-    fn eval_shared<T>(
+    pub(crate) fn eval_shared<T>(
         &self,
         script: &'static Script,
         call: Arc<(Vec<String>, Vec<String>)>,
@@ -229,41 +232,30 @@ impl RedisConnection {
         })
     }
 
-    /// [`eval`](Self::eval) for settlements: a call that could not be sent
-    /// because Redis was unreachable is retried (with the reconnection's
-    /// backoff) for up to the configured
-    /// [`settlement_retry`](RedisConfig::settlement_retry), so a short outage
-    /// neither loses spend nor leaves holds and slots behind. A call that may
-    /// have reached Redis (an error mid-flight, a timeout) is not retried:
-    /// nothing is applied twice.
-    pub(crate) fn eval_settlement<T>(
+    /// Queues a settlement for this connection's writer, which sends what
+    /// queued while its previous batch was in flight as one script call and
+    /// retries a batch whose answer was lost without applying it twice (see
+    /// `settlements.rs`). Queued at once: dropping the future does not
+    /// cancel it. On a cluster, a call of its own, made when the future runs.
+    pub(crate) fn settle(
         &self,
-        script: &'static Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
-    where
-        T: redis::FromRedisValue + Send + 'static,
-    {
-        let this = self.clone();
-        let call = Arc::new((keys, args));
-        async move {
-            let config = &this.shared.config;
-            let deadline = tokio::time::Instant::now() + config.settlement_retry;
-            let mut delay = config.reconnect_min_delay;
-            loop {
-                match this.eval_shared(script, call.clone()).await {
-                    Err(StoreError::Unavailable(why))
-                        if why == NOT_CONNECTED
-                            && tokio::time::Instant::now() + delay < deadline =>
-                    {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(config.reconnect_max_delay);
-                    }
-                    answer => return answer,
-                }
-            }
-        }
+        call: SettleCall,
+    ) -> impl Future<Output = Result<Value, StoreError>> + Send + 'static {
+        settlements::submit(self, call)
+    }
+
+    /// Waits until every settlement queued before this call (the rate
+    /// limits' corrections, the budgets' charges and releases of the
+    /// requests that ended) has been applied, or has failed after its
+    /// retries ([`settlement_retry`](RedisConfig::settlement_retry)). Call
+    /// it at a graceful shutdown, after the last request ended, so nothing
+    /// on its way to Redis is lost with the process.
+    pub async fn flush(&self) {
+        settlements::flush(self).await;
+    }
+
+    pub(crate) fn settlements(&self) -> &SettleQueue {
+        &self.shared.settlements
     }
 
     /// Runs `op` on the connection to a single Redis, bounded by the call

@@ -74,6 +74,26 @@
 //! (`PEXPIRE`) once it carries nothing, so Redis memory stays bounded by the
 //! active keys and budgets.
 //!
+//! # Settlements: batched, exactly once
+//!
+//! What a request settles after its response (its rate limits' token
+//! corrections and slots, its budgets' charge or release) nobody waits on,
+//! so it does not cost a round trip of its own: one writer per
+//! [`RedisConnection`] sends every settlement that queued while its
+//! previous batch was in flight as one script call. With one request in
+//! flight a settlement goes at once; under load, N settlements of every
+//! store on the connection cost one round trip and one script run. A
+//! settlement is queued when the layer makes it (a dropped future cancels
+//! nothing; on a Redis Cluster, whose scripts cannot span slots, each
+//! settlement is still a call of its own, made when its future runs), its
+//! future still answers with its own result, and
+//! [`RedisConnection::flush`] waits for what is queued at a graceful
+//! shutdown. A batch whose answer is lost (the connection broke, the call
+//! timed out) is sent again, unchanged, and Redis applies it once: the
+//! script records each batch it applied, with its replies, in the same
+//! atomic run. At most 16,384 settlements wait; past that one fails at
+//! once, as one whose retries ran out does.
+//!
 //! # Connection: redis 1.x, one multiplexed connection
 //!
 //! The stores use the [`redis`](https://docs.rs/redis) crate's **1.x**
@@ -120,7 +140,8 @@
 //! ([`reconnect_max_delay`](RedisConfig::reconnect_max_delay)) with every
 //! script loaded, the key store resubscribes and starts from an empty cache,
 //! and the layers resume on shared state. Settlements of the requests in
-//! flight during the outage that could not be sent are applied then
+//! flight during the outage that were not answered are sent again then,
+//! and applied once
 //! ([`settlement_retry`](RedisConfig::settlement_retry), 30 s). A Redis
 //! restarted without persistence starts with full limits and empty budgets:
 //! use Redis persistence or replication if budget spend must survive a Redis
@@ -171,6 +192,7 @@ mod ledger;
 mod persistence;
 mod rate_limit;
 mod scripts;
+mod settlements;
 
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;

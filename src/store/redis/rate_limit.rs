@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::RedisConnection;
-use super::scripts::{RATE_LIMIT_ACQUIRE, RATE_LIMIT_SETTLE};
+use super::scripts::RATE_LIMIT_ACQUIRE;
+use super::settlements::{SettleCall, SettleKind};
 use crate::clock::SharedClock;
 use crate::rate_limit::{
     Acquire, Admission, Algorithm, Limit, LimitState, LimitStates, Measure, RateLimitKey,
@@ -64,8 +65,10 @@ const LUA_MAX: u64 = 1 << 51;
 /// scope admits the request. Redis runs a script atomically, so concurrent
 /// admissions on any number of instances see each other's charges exactly:
 /// 300 concurrent requests against a limit of 100 admit 100. A settlement
-/// (refund or extra charge of tokens, freeing the slots) is one more
-/// `EVALSHA`. Amounts, windows and costs are clamped to 2^51 (tokens, µs),
+/// (refund or extra charge of tokens, freeing the slots) goes to the
+/// connection's settlement writer, which sends the settlements that queued
+/// meanwhile (of every store on the connection) as one `EVALSHA`, each
+/// applied exactly once. Amounts, windows and costs are clamped to 2^51 (tokens, µs),
 /// far beyond any real limit, to keep the script's arithmetic exact.
 ///
 /// A scope's state is one hash with a field per limit, named by the limit's
@@ -368,7 +371,7 @@ impl Inner {
     fn settle_call(
         &self,
         scopes: &[ScopeSettle<'_>],
-    ) -> impl Future<Output = Result<i64, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let mut keys = Vec::with_capacity(2 * scopes.len());
         let mut args = vec![self.now_arg(), scopes.len().to_string()];
         let bound = LUA_MAX as i64 * 2;
@@ -382,8 +385,12 @@ impl Inner {
                 args.push(delta.clamp(&-bound, &bound).to_string());
             }
         }
-        self.redis
-            .eval_settlement::<i64>(&RATE_LIMIT_SETTLE, keys, args)
+        let call = self.redis.settle(SettleCall {
+            kind: SettleKind::RateLimit,
+            keys,
+            args,
+        });
+        async move { call.await.map(drop) }
     }
 }
 
@@ -542,11 +549,10 @@ impl RateLimitStore for RedisRateLimitStore {
             let (a, b) = (inner.settle_call(&callers), inner.settle_call(&shared));
             return StoreFuture::pending(async move {
                 let (a, b) = (a.await, b.await);
-                a.and(b).map(drop)
+                a.and(b)
             });
         }
-        let call = inner.settle_call(scopes);
-        StoreFuture::pending(async move { call.await.map(drop) })
+        StoreFuture::pending(inner.settle_call(scopes))
     }
 }
 

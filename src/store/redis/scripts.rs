@@ -26,10 +26,9 @@ macro_rules! scripts {
 
 scripts! {
     RATE_LIMIT_ACQUIRE = "common.lua" "rate_limit.lua" "rate_limit_acquire.lua";
-    RATE_LIMIT_SETTLE = "common.lua" "rate_limit.lua" "rate_limit_settle.lua";
     LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua";
-    LEDGER_SETTLE = "common.lua" "money.lua" "ledger.lua" "ledger_settle.lua";
-    LEDGER_RELEASE = "common.lua" "money.lua" "ledger.lua" "ledger_release.lua";
+    SETTLE_BATCH = "common.lua" "rate_limit.lua" "money.lua" "ledger.lua"
+        "rate_limit_settle.lua" "ledger_settle.lua" "ledger_release.lua" "settle_batch.lua";
     LEDGER_TOP_UP = "common.lua" "money.lua" "ledger.lua" "ledger_top_up.lua";
     LEDGER_READ = "common.lua" "money.lua" "ledger.lua" "ledger_read.lua";
     LEDGER_RESET = "common.lua" "money.lua" "ledger.lua" "ledger_reset.lua";

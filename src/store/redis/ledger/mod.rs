@@ -17,9 +17,9 @@ pub use self::placement::LedgerPlacement;
 use self::replies::{corrupt, int, reserve_outcome, spend_rows, status, statuses};
 use super::RedisConnection;
 use super::scripts::{
-    LEDGER_READ, LEDGER_RELEASE, LEDGER_RESERVE, LEDGER_RESET, LEDGER_SETTLE, LEDGER_SPEND,
-    LEDGER_TENANTS, LEDGER_TOP_UP,
+    LEDGER_READ, LEDGER_RESERVE, LEDGER_RESET, LEDGER_SPEND, LEDGER_TENANTS, LEDGER_TOP_UP,
 };
+use super::settlements::{SettleCall, SettleKind};
 use crate::budget::{
     BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
     ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
@@ -59,7 +59,9 @@ use crate::store::{StoreError, StoreFuture};
 /// [`top_up`](Ledger::top_up) with its idempotency key, [`read`](Ledger::read),
 /// [`reset`](Ledger::reset), [`spend`](Ledger::spend)) is one `EVALSHA` of a
 /// Lua script (a spend report across tenants placed in several slots: one
-/// per tenant, see "Redis Cluster"), which Redis runs atomically: a reservation checks every budget of the request
+/// per tenant, see "Redis Cluster"; settlements and releases are batched
+/// with the connection's other settlements, each applied exactly once, see
+/// [the module's docs](super)), which Redis runs atomically: a reservation checks every budget of the request
 /// (key, team, org) and holds the amount against all of them or none, with
 /// the same policies ([`ReservePolicy`]) and outcomes as
 /// [`MemoryLedger`](crate::store::memory::MemoryLedger). Under `Strict`,
@@ -150,8 +152,8 @@ use crate::store::{StoreError, StoreFuture};
 /// Every call is bounded by the connection's call timeout and fails with a
 /// [`StoreError`]; [`BudgetLayer`](crate::budget::BudgetLayer)'s failure
 /// policy decides: by default it refuses with 503 `store_unavailable` (no
-/// spend the ledger cannot see). Settlements and releases that could not be
-/// sent while Redis was unreachable are retried in the background for
+/// spend the ledger cannot see). Settlements and releases that Redis did not
+/// answer are sent again in the background, and applied once, for
 /// [`settlement_retry`](super::RedisConfig::settlement_retry) (30 s), so a
 /// short outage loses no spend of the requests in flight.
 #[derive(Clone)]
@@ -380,9 +382,11 @@ impl Ledger for RedisLedger {
             None => args.extend(["".into(), "0".into(), "0".into(), "0".into(), "0".into()]),
         }
         let of = distinct.of;
-        let call = inner
-            .redis
-            .eval_settlement::<Vec<Value>>(&LEDGER_SETTLE, keys, args);
+        let call = inner.redis.settle(SettleCall {
+            kind: SettleKind::Charge,
+            keys,
+            args,
+        });
         let register = match tag {
             Some(tag) if inner.placement.is_by_tenant() && charge.attribution.is_some() => {
                 Some((self.inner.clone(), tag))
@@ -390,7 +394,9 @@ impl Ledger for RedisLedger {
             _ => None,
         };
         StoreFuture::pending(async move {
-            let mut reply = call.await?;
+            let Value::Array(mut reply) = call.await? else {
+                return Err(corrupt("a settlement's reply is not a list"));
+            };
             if let Some((inner, tag)) = register {
                 // The charge is made: a failure to list its tenant only
                 // delays it to the next settlement, and is not the
@@ -426,9 +432,11 @@ impl Ledger for RedisLedger {
             id,
             books.hold_prefix(),
         ];
-        let call = inner
-            .redis
-            .eval_settlement::<i64>(&LEDGER_RELEASE, keys, args);
+        let call = inner.redis.settle(SettleCall {
+            kind: SettleKind::Release,
+            keys,
+            args,
+        });
         StoreFuture::pending(async move { call.await.map(drop) })
     }
 
