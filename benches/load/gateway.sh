@@ -183,9 +183,16 @@ for mode in $MODES; do
       config=$(gateway_config "$mode" "$port")
       t0=$(date +%s.%N)
       RUST_LOG=$GATEWAY_LOG taskset -c "$SERVER_CPU" "$GATEWAY" --config "$config" "${flags[@]}" \
-        >/dev/null 2>"$work/$mode.log" &
+        >"$work/$mode.out" 2>"$work/$mode.log" &
       pids+=($!)
-      wait_port "$port" "the gateway ($mode)" 6000
+      # It binds its port before the config's keys are granted: wait for
+      # the line it prints once it serves.
+      for _ in $(seq 6000); do
+        grep -q '^tollgate gateway listening' "$work/$mode.out" 2>/dev/null && break
+        kill -0 "$!" 2>/dev/null || { echo "the gateway ($mode) exited (logs in $work)" >&2; exit 1; }
+        sleep 0.1
+      done
+      wait_port "$port" "the gateway ($mode)"
       started_in[$mode]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
       procs_of[$mode]=$!
       ;;
