@@ -151,9 +151,12 @@ budget_usd = 1000000000.0
 budget_period = "monthly"
 EOF
   if [[ $1 == many ]]; then
-    # Keys that are never used, each with its own hash (hex of its number).
-    awk -v n="$MANY_KEYS" 'BEGIN { for (i = 1; i < n; i++)
-      printf "\n[[keys]]\nid = \"k%d\"\nsecret_sha256 = \"%064x\"\n", i, i }' >>"$work/$1.toml"
+    # Keys that are never used, each with a random hash (a SHA-256 is
+    # uniform, and the key store's maps rely on it: hashes with long runs
+    # of zeros would all collide).
+    awk -v n="$MANY_KEYS" 'BEGIN { srand(1); for (i = 1; i < n; i++) {
+      h = ""; for (j = 0; j < 8; j++) h = h sprintf("%08x", int(rand() * 4294967296))
+      printf "\n[[keys]]\nid = \"k%d\"\nsecret_sha256 = \"%s\"\n", i, h } }' >>"$work/$1.toml"
   fi
   echo "$work/$1.toml"
 }
