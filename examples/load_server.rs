@@ -26,9 +26,13 @@
 //!   CPU without setting the pace.
 //!
 //! The key is [`KEY`]; `--keys N` adds `N - 1` more keys to the key store
-//! (to see lookups in a large store).
+//! (to see lookups in a large store). `--events N` sets how many chunk
+//! events a stream has before its usage event (default 199; the cost of one
+//! streamed event is the difference between two counts, see
+//! `benches/load/profile.sh`).
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -66,6 +70,9 @@ struct Args {
     redis: String,
 }
 
+/// Chunk events per stream (`--events`), before the usage event.
+static EVENTS: OnceLock<usize> = OnceLock::new();
+
 fn args() -> Result<Args, String> {
     let mut args = Args {
         mode: "bare".into(),
@@ -83,6 +90,10 @@ fn args() -> Result<Args, String> {
             "--keys" => args.keys = value()?.parse().map_err(|e| format!("--keys: {e}"))?,
             "--redis" => args.redis = value()?,
             "--stream" => args.stream = true,
+            "--events" => {
+                let n = value()?.parse().map_err(|e| format!("--events: {e}"))?;
+                EVENTS.set(n).map_err(|_| "--events given twice")?;
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -107,11 +118,9 @@ async fn stream(body: Bytes) -> Response {
 }
 
 fn stream_response() -> Response {
-    let mut events = Vec::with_capacity(201);
-    events.extend(std::iter::repeat_n(
-        Bytes::from_static(CHUNK.as_bytes()),
-        199,
-    ));
+    let n = EVENTS.get().copied().unwrap_or(199);
+    let mut events = Vec::with_capacity(n + 1);
+    events.extend(std::iter::repeat_n(Bytes::from_static(CHUNK.as_bytes()), n));
     events.push(Bytes::from_static(TAIL.as_bytes()));
     let frames =
         futures_util::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>));

@@ -10,6 +10,10 @@ for header in string.gmatch(os.getenv("EXTRA_HEADERS") or "", "[^;]+") do
   if name then wrk.headers[name] = value end
 end
 wrk.body = '{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}'
+-- STREAM=1 asks for a stream (the upstream must answer one: load_server --stream).
+if os.getenv("STREAM") == "1" then
+  wrk.body = '{"model":"gpt-4o-mini","max_tokens":64,"stream":true,"messages":[{"role":"user","content":"Say hello."}]}'
+end
 
 function done(summary, latency, requests)
   local errors = summary.errors.connect + summary.errors.read + summary.errors.write

@@ -17,6 +17,9 @@
 #   sqlite  the gateway, every layer on, store = "sqlite:<temp dir>/state.db"
 #   redis   the gateway, every layer on, store = "redis://127.0.0.1:REDIS_PORT/0"
 #           (a redis-server of its own, no persistence, started by this script)
+#   many    the gateway as `full`, with MANY_KEYS keys in its config (default
+#           1,000,000: the load key and generated ones); its start-up time
+#           (until it listens) and memory (VmRSS) are printed, with full's
 #   litellm, portkey   the peers: benches/peers/run.sh installs them and runs
 #           this script with them (they need LITELLM and PORTKEY set)
 #
@@ -52,6 +55,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 BASE_PORT=${BASE_PORT:-18900}
 REDIS_PORT=${REDIS_PORT:-18999}
+MANY_KEYS=${MANY_KEYS:-1000000}
 GATEWAY_LOG=${GATEWAY_LOG:-warn}
 # A slow peer (LiteLLM) answers in seconds under -c32: wrk's 2 s default
 # would count its answers as errors.
@@ -146,8 +150,18 @@ tokens_per_minute = 1000000000000
 budget_usd = 1000000000.0
 budget_period = "monthly"
 EOF
+  if [[ $1 == many ]]; then
+    # Keys that are never used, each with a random hash (a SHA-256 is
+    # uniform, and the key store's maps rely on it: hashes with long runs
+    # of zeros would all collide).
+    awk -v n="$MANY_KEYS" 'BEGIN { srand(1); for (i = 1; i < n; i++) {
+      h = ""; for (j = 0; j < 8; j++) h = h sprintf("%08x", int(rand() * 4294967296))
+      printf "\n[[keys]]\nid = \"k%d\"\nsecret_sha256 = \"%s\"\n", i, h } }' >>"$work/$1.toml"
+  fi
   echo "$work/$1.toml"
 }
+rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
+declare -A started_in
 
 i=0
 for mode in $MODES; do
@@ -166,14 +180,23 @@ for mode in $MODES; do
       wait_port "$port" nginx
       procs_of[$mode]="$! $(pgrep -P "$!" | tr '\n' ' ')"
       ;;
-    proxy | full | sqlite | redis)
+    proxy | full | sqlite | redis | many)
       flags=()
       if [[ $mode == proxy ]]; then flags=(--proxy-only); fi
       config=$(gateway_config "$mode" "$port")
+      t0=$(date +%s.%N)
       RUST_LOG=$GATEWAY_LOG taskset -c "$SERVER_CPU" "$GATEWAY" --config "$config" "${flags[@]}" \
-        >/dev/null 2>"$work/$mode.log" &
+        >"$work/$mode.out" 2>"$work/$mode.log" &
       pids+=($!)
+      # It binds its port before the config's keys are granted: wait for
+      # the line it prints once it serves.
+      for _ in $(seq 6000); do
+        grep -q '^tollgate gateway listening' "$work/$mode.out" 2>/dev/null && break
+        kill -0 "$!" 2>/dev/null || { echo "the gateway ($mode) exited (logs in $work)" >&2; exit 1; }
+        sleep 0.1
+      done
       wait_port "$port" "the gateway ($mode)"
+      started_in[$mode]=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
       procs_of[$mode]=$!
       ;;
     litellm)
@@ -210,7 +233,7 @@ EOF
       # host these headers name (127.0.0.1 is trusted by default).
       headers_of[$mode]="x-portkey-provider: openai;x-portkey-custom-host: http://127.0.0.1:$upstream_port/v1"
       ;;
-    *) echo "unknown mode $mode (proxy full nginx sqlite redis litellm portkey)" >&2; exit 1 ;;
+    *) echo "unknown mode $mode (proxy full nginx sqlite redis many litellm portkey)" >&2; exit 1 ;;
   esac
   # One request, to fail with the answer rather than with wrk's error count.
   extra=()
@@ -303,6 +326,13 @@ if [[ -n ${mcpu[proxy]:-} && -n ${mcpu[full]:-} ]]; then
   awk -v p="${mcpu[proxy]}" -v f="${mcpu[full]}" \
     'BEGIN { printf "tollgate layers: %.2f us of %.2f us per request (%.1f %% of the full gateway CPU)\n", f - p, f, (f - p) * 100 / f }'
 fi
+ratio "${MANY_KEYS} keys / 1 key:" full many
+for mode in full many; do
+  if [[ -n ${procs_of[$mode]:-} ]]; then
+    printf '%-5s started in %s s (config read, keys granted), VmRSS %d MiB after the runs\n' \
+      "$mode" "${started_in[$mode]}" $(($(rss_kib "${procs_of[$mode]}") / 1024))
+  fi
+done
 if [[ -s $work/redis.calls ]]; then
   awk '{ s += $1; c += $2; n++ } END { printf "redis: %.2f script calls (round trips) and %.2f commands per request\n", s / n, c / n }' "$work/redis.calls"
 fi

@@ -6,6 +6,11 @@
 #   benches/load/profile.sh                  # proxy full, 10 s of wrk -c4 each
 #   MODES=full DURATION=20 benches/load/profile.sh
 #   PERF=1 benches/load/profile.sh           # also `perf record` the full gateway at full speed
+#   STREAM_EVENTS=100 benches/load/profile.sh # streamed answers of 100 chunk events (+ usage, [DONE])
+#   GATEWAY=/tmp/other/gateway benches/load/profile.sh   # another build of the gateway
+#
+# The cost of one streamed event: run with STREAM_EVENTS=N and 2N; per
+# event = (instructions per request at 2N - at N) / N, for each mode.
 #
 # Each gateway runs under `valgrind --tool=callgrind` with instrumentation
 # off through start-up and a warm-up, on for the measured wrk run only
@@ -34,6 +39,7 @@ UPSTREAM_PORT=${UPSTREAM_PORT:-18949}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PERF=${PERF:-0}
+STREAM_EVENTS=${STREAM_EVENTS:-}
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 OUT=${OUT:-$root/target/callgrind}
@@ -45,6 +51,12 @@ done
 # The same build as gateway.sh's (same features), so neither rebuilds the other's.
 (cd "$root" && cargo build --quiet --release --features sqlite,redis --example gateway --example load_server)
 bin="$root/target/release/examples"
+GATEWAY=${GATEWAY:-$bin/gateway}
+upstream_flags=()
+if [[ -n $STREAM_EVENTS ]]; then
+  upstream_flags=(--stream --events "$STREAM_EVENTS")
+  export STREAM=1 # chat.lua asks for a stream
+fi
 mkdir -p "$OUT"
 work=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-profile.XXXXXX")
 pids=()
@@ -63,7 +75,7 @@ for p in "$UPSTREAM_PORT" "$PORT"; do
     echo "port $p is taken: set PORT and UPSTREAM_PORT to free ones" >&2; exit 1
   fi
 done
-taskset -c "$CLIENT_CPU" "$bin/load_server" --mode upstream --listen "127.0.0.1:$UPSTREAM_PORT" 2>/dev/null &
+taskset -c "$CLIENT_CPU" "$bin/load_server" --mode upstream "${upstream_flags[@]}" --listen "127.0.0.1:$UPSTREAM_PORT" 2>/dev/null &
 pids+=($!)
 wait_port "$UPSTREAM_PORT"
 cat >"$work/gateway.toml" <<EOF
@@ -86,10 +98,12 @@ tokens_per_minute = 1000000000000
 budget_usd = 1000000000.0
 budget_period = "monthly"
 EOF
+stream_field=""
+if [[ -n $STREAM_EVENTS ]]; then stream_field='"stream":true,'; fi
 post() {
   curl -sS -o /dev/null -w '%{http_code}' --max-time 30 -X POST -H "Authorization: Bearer $key" \
     -H 'Content-Type: application/json' \
-    -d '{"model":"gpt-4o-mini","max_tokens":64,"messages":[{"role":"user","content":"Say hello."}]}' \
+    -d '{"model":"gpt-4o-mini","max_tokens":64,'"$stream_field"'"messages":[{"role":"user","content":"Say hello."}]}' \
     "http://127.0.0.1:$PORT/v1/chat/completions"
 }
 requests() { sed -n 's/^RESULT.*requests=\([0-9]*\).*/\1/p'; }
@@ -116,7 +130,7 @@ for mode in $MODES; do
   file="$OUT/gateway-$mode.out"
   rm -f "$file"*
   RUST_LOG=warn taskset -c "$SERVER_CPU" valgrind --tool=callgrind --instr-atstart=no --compress-strings=no \
-    --callgrind-out-file="$file" "$bin/gateway" --config "$work/gateway.toml" "${flags[@]}" \
+    --callgrind-out-file="$file" "$GATEWAY" --config "$work/gateway.toml" "${flags[@]}" \
     >/dev/null 2>"$work/$mode.log" &
   pid=$!
   pids+=($pid)
@@ -160,7 +174,7 @@ fi
 
 if [[ $PERF == 1 ]]; then
   command -v perf >/dev/null || { echo "perf not found (apt-get install linux-perf)" >&2; exit 1; }
-  RUST_LOG=warn taskset -c "$SERVER_CPU" "$bin/gateway" --config "$work/gateway.toml" >/dev/null 2>"$work/perf-gateway.log" &
+  RUST_LOG=warn taskset -c "$SERVER_CPU" "$GATEWAY" --config "$work/gateway.toml" >/dev/null 2>"$work/perf-gateway.log" &
   pid=$!
   pids+=($pid)
   wait_port "$PORT"

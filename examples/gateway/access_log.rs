@@ -9,12 +9,12 @@
 //! log and `/metrics` always agree.
 
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::response::Response;
+use axum::extract::MatchedPath;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tollgate::budget::Pricing;
 use tollgate::retry::RetryInfo;
@@ -22,6 +22,7 @@ use tollgate::usage::{UsageReport, UsageTap};
 use tollgate::{ApiError, Origin, Principal};
 
 use crate::metrics::{Completed, RequestMetrics};
+use crate::record::{Endpoint, RequestRecord};
 
 /// What the access log needs besides the request.
 pub struct AccessLog {
@@ -31,47 +32,10 @@ pub struct AccessLog {
     pub metrics: Arc<RequestMetrics>,
 }
 
-/// What the inner part of the stack learns about a request, for its log
-/// line: the key, the model, the upstream.
-#[derive(Clone, Default)]
-pub struct LogSlot(Arc<Mutex<LogFields>>);
-
-#[derive(Clone, Default)]
-struct LogFields {
-    /// The caller (an `Arc`: no copy of its id per request).
-    key: Option<Principal>,
-    model: Option<String>,
-    /// The upstream's name and its label (URL without credentials, or `mock`).
-    upstream: Option<(Arc<str>, Arc<str>)>,
-}
-
-impl LogSlot {
-    /// Records the caller and the request's model.
-    pub fn record(&self, key: Option<Principal>, model: Option<String>) {
-        if let Ok(mut fields) = self.0.lock() {
-            fields.key = key;
-            fields.model = model;
-        }
-    }
-
-    /// Records the upstream the request is routed to: its name and label.
-    pub fn set_upstream(&self, name: Arc<str>, label: Arc<str>) {
-        if let Ok(mut fields) = self.0.lock() {
-            fields.upstream = Some((name, label));
-        }
-    }
-
-    fn take(&self) -> LogFields {
-        self.0
-            .lock()
-            .map(|mut f| std::mem::take(&mut *f))
-            .unwrap_or_default()
-    }
-}
-
 /// The access-log layer (see the module docs). A tower layer rather than
 /// `from_fn`, which would cost every request a boxed future and two boxed
-/// service clones.
+/// service clones. It makes the request's [`RequestRecord`], which the
+/// layers inside fill in.
 #[derive(Clone)]
 pub struct AccessLogLayer(Arc<AccessLog>);
 
@@ -100,10 +64,11 @@ pub struct AccessLogService<S> {
     log: Arc<AccessLog>,
 }
 
-impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
-    for AccessLogService<S>
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for AccessLogService<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    type Response = Response;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = AccessLogFuture<S::Future>;
 
@@ -111,16 +76,22 @@ impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let start = Instant::now();
         let method = req.method().clone();
         // The route's pattern, not the path: a path is what a client made up.
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| "-".to_owned(), |p| p.as_str().to_owned());
-        let slot = LogSlot::default();
-        req.extensions_mut().insert(slot.clone());
+        let endpoint = Endpoint::of(req.uri().path());
+        let route = match endpoint {
+            Some(endpoint) => RouteLabel::Endpoint(endpoint.route()),
+            // Beside the endpoints, in an axum `Router`: its matched route.
+            None => req
+                .extensions()
+                .get::<MatchedPath>()
+                .cloned()
+                .map_or(RouteLabel::Unknown, RouteLabel::Matched),
+        };
+        let record = RequestRecord::new(endpoint);
+        req.extensions_mut().insert(record.clone());
         AccessLogFuture {
             inner: self.inner.call(req),
             started: Some(Started {
@@ -128,8 +99,25 @@ impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
                 start,
                 method,
                 route,
-                slot,
+                record,
             }),
+        }
+    }
+}
+
+/// A request's route pattern, without a copy.
+enum RouteLabel {
+    Endpoint(&'static str),
+    Matched(MatchedPath),
+    Unknown,
+}
+
+impl RouteLabel {
+    fn as_str(&self) -> &str {
+        match self {
+            RouteLabel::Endpoint(route) => route,
+            RouteLabel::Matched(path) => path.as_str(),
+            RouteLabel::Unknown => "-",
         }
     }
 }
@@ -139,8 +127,8 @@ struct Started {
     log: Arc<AccessLog>,
     start: Instant,
     method: http::Method,
-    route: String,
-    slot: LogSlot,
+    route: RouteLabel,
+    record: Arc<RequestRecord>,
 }
 
 pin_project! {
@@ -152,8 +140,8 @@ pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<Response, E>>, E> Future for AccessLogFuture<F> {
-    type Output = Result<Response, E>;
+impl<F: Future<Output = Result<Response<B>, E>>, B, E> Future for AccessLogFuture<F> {
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
@@ -167,19 +155,14 @@ impl<F: Future<Output = Result<Response, E>>, E> Future for AccessLogFuture<F> {
 
 /// Logs and records `response` (when its usage is known, for a stream at
 /// its end).
-fn finish(started: Started, response: Response) -> Response {
+fn finish<B>(started: Started, response: Response<B>) -> Response<B> {
     let Started {
         log,
         start,
         method,
         route,
-        slot,
+        record,
     } = started;
-    let LogFields {
-        key,
-        model,
-        upstream,
-    } = slot.take();
     let attempts = response
         .extensions()
         .get::<RetryInfo>()
@@ -189,16 +172,17 @@ fn finish(started: Started, response: Response) -> Response {
     let error = response.extensions().get::<ApiError>();
     // Called, or failed to be reached (a transport failure carries no count).
     let called = attempts > 0 || error.is_some_and(|e| e.origin() == Origin::Upstream);
-    let (upstream_name, upstream) = match upstream {
-        Some(upstream) if called => upstream,
-        _ => (Arc::from("-"), Arc::from("-")),
-    };
     let rejection = error
         .filter(|e| e.origin() == Origin::Gateway)
         .and_then(crate::metrics::rejection_reason);
     let done = move |report: Option<&UsageReport>| {
         let usage = report.map(|r| r.usage).unwrap_or_default();
-        let cost = match (report, model.as_deref().and_then(|m| log.pricing.get(m))) {
+        let model = record.model();
+        let key = record.key();
+        // A request that reached an upstream went through the routing
+        // layer, so its route is the one it was sent on.
+        let target = record.route().filter(|_| called).map(|r| &r.target);
+        let cost = match (report, model.and_then(|m| log.pricing.get(m))) {
             (Some(r), Some(price)) => Some(price.cost_of(
                 r.usage.prompt_tokens,
                 r.usage.cached_tokens.unwrap_or(0),
@@ -208,9 +192,9 @@ fn finish(started: Started, response: Response) -> Response {
         };
         let elapsed = start.elapsed();
         log.metrics.record(&Completed {
-            route: &route,
-            model: model.as_deref(),
-            key: key.as_ref().map(Principal::key_id),
+            route: route.as_str(),
+            model,
+            key: key.map(Principal::key_id),
             status,
             elapsed,
             usage: report.map(|r| &r.usage),
@@ -218,18 +202,18 @@ fn finish(started: Started, response: Response) -> Response {
             rejection,
         });
         tracing::info!(
-            key = key.as_ref().map_or("-", Principal::key_id),
-            model = model.as_deref().unwrap_or("-"),
+            key = key.map_or("-", Principal::key_id),
+            model = model.unwrap_or("-"),
             %method,
-            route,
+            route = route.as_str(),
             status,
             prompt_tokens = usage.prompt_tokens,
             completion_tokens = usage.completion_tokens,
             tokens = usage.total_tokens,
             cost = cost.map_or_else(|| "$0.00".to_owned(), |c| c.to_string()),
             attempts,
-            upstream = &*upstream,
-            upstream_name = &*upstream_name,
+            upstream = target.map_or("-", |t| &*t.label),
+            upstream_name = target.map_or("-", |t| &*t.name),
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             "request"
         );

@@ -1,14 +1,14 @@
 //! The gateway: all six tollgate layers around the proxied endpoints.
 //!
-//! Server stack, outermost first:
+//! Server stack, outermost first (`stack.rs` composes it and says why):
 //! `ErrorEnvelope → access log → body timeout (408) → Auth → model check →
 //! stream meter → detach (the call outlives its client for
 //! `drain_timeout_secs`) → routing → RateLimit → Budget → StreamErrorTrailer →
 //! shutdown cut → proxy` (`proxy/`), and towards each model's upstream
 //! `timeout → Retry → attempt meter → hyper-util Client` (`routing.rs`).
-//! The admin API (`/admin/*`, see `admin/`) and `/metrics` sit inside the
-//! envelope and the access log, beside the proxy, with their own
-//! authentication.
+//! The admin API (`/admin/*`, see `admin/`), `/metrics` and `/health` sit
+//! beside the endpoints, behind the same envelope and access log, with
+//! their own authentication.
 //!
 //! An [`App`] is what one config builds on the long-lived stores
 //! (`gateway.rs` swaps it on reload); served by `server.rs` (connections,
@@ -19,48 +19,30 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
-use tollgate::auth::AuthLayer;
-use tollgate::body::DetachLayer;
-use tollgate::budget::{
-    BudgetLayer, BudgetScope, BudgetSpec, Ledger, ModelPrice, Pricing, TokenPrice,
-};
-use tollgate::rate_limit::{HeaderStyle, RateLimitLayer};
-use tollgate::stream::StreamErrorTrailerLayer;
-use tollgate::{ApiError, ErrorEnvelopeLayer, ErrorFormat, Principal, RequestMeta};
-use tower::ServiceBuilder;
+use tollgate::budget::{BudgetScope, BudgetSpec, Ledger, ModelPrice, Pricing, TokenPrice};
+use tollgate::{ApiError, Principal};
 
-use crate::access_log::{self, AccessLog, LogSlot};
-use crate::admin::{self, AdminState};
+use crate::admin;
 use crate::config::{Config, ModelConfig, StoreChoice};
 use crate::gateway::{Gateway, LoadConfig, ReloadRequests, Reloads};
-use crate::metrics::{self, Counted, Metrics};
-use crate::proxy::{self, models::ModelList};
-use crate::routing::{self, Routes};
+use crate::metrics::{self, Metrics};
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
+use crate::stack::AppService;
 use crate::stores::Stores;
 
-/// What one config builds: the router with every layer, on the stores
-/// every app of the process shares. Immutable; a reload builds another.
+/// What one config builds: the service with every layer (see `stack.rs`),
+/// on the stores every app of the process shares. Immutable; a reload
+/// builds another.
 pub struct App {
     /// The config it was built from.
     pub config: Arc<Config>,
-    /// Every route, every layer.
-    pub router: Router,
-}
-
-/// Shared state of the handlers of one [`App`].
-pub struct AppState {
-    config: Arc<Config>,
-    ledger: Arc<dyn Ledger>,
-    stores: Stores,
+    /// Every endpoint, every layer.
+    pub service: AppService,
 }
 
 /// Why the gateway could not start.
@@ -232,7 +214,8 @@ pub async fn start(
     Ok((running, reloads))
 }
 
-fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
+/// The prices of `models`.
+pub fn pricing(models: &[ModelConfig]) -> Result<Pricing, String> {
     let mut pricing = Pricing::new();
     for m in models {
         let price = |usd: f64, field: &str| {
@@ -272,114 +255,19 @@ impl App {
         reloads: Reloads,
     ) -> Result<App, Box<dyn std::error::Error + Send + Sync>> {
         let config = Arc::new(config);
-        let router = router(config.clone(), stores, metrics, mock_url, shutdown, reloads)?;
-        Ok(App { config, router })
+        let service = if config.proxy_only {
+            crate::proxy_only::service(&config, mock_url, metrics)?
+        } else {
+            crate::stack::build(&config, stores, metrics, mock_url, shutdown, reloads)?
+        };
+        Ok(App { config, service })
     }
-}
-
-/// The whole application as an axum `Router`. Every stateful layer is built
-/// on the shared `stores`, so counters and spend outlive the router.
-fn router(
-    config: Arc<Config>,
-    stores: &Stores,
-    metrics: &Metrics,
-    mock_url: &str,
-    shutdown: &Shutdown,
-    reloads: Reloads,
-) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
-    if config.proxy_only {
-        return crate::proxy_only::router(&config, mock_url, metrics);
-    }
-    let pricing = pricing(&config.models)?;
-    let error_format: ErrorFormat = config.error_format.parse()?;
-    let header_style: HeaderStyle = config.rate_limit_headers.parse()?;
-    let routes = Arc::new(Routes::build(&config, mock_url, metrics)?);
-    let access_log_state = Arc::new(AccessLog {
-        pricing: pricing.clone(),
-        metrics: Arc::new(metrics.requests(&config)),
-    });
-    let model_list = Arc::new(ModelList::new(
-        config.models.iter().map(|m| m.name.as_str()),
-    ));
-    let idle = Duration::from_secs(config.stream_idle_timeout_secs);
-    let rate_limit = routing::shared_limits(
-        &config,
-        RateLimitLayer::new()
-            .headers(header_style)
-            .store(Counted::rate_limits(stores.rate_limits.clone(), metrics)),
-    );
-    let streams = metrics.streams();
-    let state = Arc::new(AppState {
-        config: config.clone(),
-        ledger: stores.ledger.clone(),
-        stores: stores.clone(),
-    });
-    let cut = shutdown.clone();
-
-    // Outermost: a client that leaves does not end the call, so every
-    // layer inside settles on the upstream's whole answer.
-    let detach = DetachLayer::new()
-        .drain_timeout(Duration::from_secs(config.drain_timeout_secs))
-        .calls(shutdown.detached().clone());
-    let proxied = proxy::routes().layer(
-        ServiceBuilder::new()
-            // Outside the detach layer, which hides a client's leaving from
-            // the layers inside, so a stream's client that left is counted
-            // as such; outside the trailer layer, where every stream ends
-            // either as its API ends it or with one terminal error event.
-            .map_response(move |response| streams.watch(response))
-            .layer(detach)
-            .layer(middleware::from_fn_with_state(routes, routing::select))
-            .layer(rate_limit)
-            .layer(
-                BudgetLayer::with_ledger(pricing, Counted::ledger(stores.ledger.clone(), metrics))
-                    .policy(config.reserve_policy()),
-            )
-            .layer(StreamErrorTrailerLayer::new().idle_timeout(idle))
-            // Inside the trailer layer, so a stream cut at shutdown ends
-            // with its terminal error event.
-            .map_response(move |response: Response| cut.watch_stream(response)),
-    );
-    let authed = Router::new()
-        .route("/v1/key", get(key_info))
-        .with_state(state.clone())
-        .merge(proxy::model_routes(model_list))
-        .merge(proxied)
-        .layer(
-            ServiceBuilder::new()
-                .layer(AuthLayer::new(Counted::keys(stores.keys.clone(), metrics)))
-                .layer(middleware::from_fn_with_state(state.clone(), check_model)),
-        );
-    let admin = admin::routes(AdminState::new(&config, stores, metrics, reloads));
-    let app = Router::new()
-        .route("/health", get(health))
-        .with_state(state)
-        .merge(authed)
-        .merge(admin)
-        .fallback(|| async { ApiError::not_found().with_message("Unknown path.") })
-        .layer(
-            ServiceBuilder::new()
-                .layer(
-                    ErrorEnvelopeLayer::new()
-                        .format_fn(move |uri, headers| {
-                            proxy::error_format(uri, headers, error_format)
-                        })
-                        .catch_panic(true),
-                )
-                .layer(access_log::AccessLogLayer::new(access_log_state))
-                .layer(server::AnswerBodyTimeoutLayer),
-        );
-    // Turns every handler into a route once, here: a `Router<()>` called as
-    // a service without it turns each matched handler, with every layer
-    // above, into a route again on every request (axum builds the layers'
-    // services, boxes them and clones their state per call).
-    Ok(app.with_state(()))
 }
 
 /// `GET /health`: 200 while the store takes writes, else 503 with why.
-async fn health(State(app): State<Arc<AppState>>) -> Response {
-    let store = app.stores.kind();
-    match app.stores.health() {
+pub async fn health(State(stores): State<Stores>) -> Response {
+    let store = stores.kind();
+    match stores.health() {
         Ok(()) => axum::Json(json!({"status": "ok", "store": store})).into_response(),
         Err(error) => (
             http::StatusCode::SERVICE_UNAVAILABLE,
@@ -389,57 +277,13 @@ async fn health(State(app): State<Arc<AppState>>) -> Response {
     }
 }
 
-/// A model not in the config → 400 `invalid_model`; prompt + `max_tokens`
-/// over the model's context window → 400 `context_length_exceeded`, before
-/// any upstream call.
-async fn check_model(State(gw): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let req = match RequestMeta::read(req, RequestMeta::DEFAULT_MAX_BODY_BYTES).await {
-        Ok(req) => req,
-        Err(error) => return error.into_response(),
-    };
-    let Some(meta) = req.extensions().get::<RequestMeta>() else {
-        return next.run(req).await;
-    };
-    if let Some(slot) = req.extensions().get::<LogSlot>() {
-        let key = req.extensions().get::<Principal>().cloned();
-        slot.record(key, meta.model.clone());
-    }
-    if req.method() == http::Method::POST {
-        let Some(name) = meta.model.as_deref() else {
-            return ApiError::invalid_request()
-                .with_message("You must provide a model parameter.")
-                .with_param("model")
-                .into_response();
-        };
-        let Some(model) = gw.config.models.iter().find(|m| m.name == name) else {
-            return ApiError::invalid_model()
-                .with_message(format!("Invalid model '{name}' specified"))
-                .into_response();
-        };
-        if let Some(window) = model.context_window {
-            let completion = meta.max_tokens.unwrap_or(0);
-            let requested = meta.prompt_tokens_estimate.saturating_add(completion);
-            if requested > window {
-                return ApiError::context_length_exceeded()
-                    .with_param("messages")
-                    .with_message(format!(
-                        "This model's maximum context length is {window} tokens. However, you requested {requested} tokens ({} in the messages, {completion} in the completion). Please reduce the length of the messages or completion.",
-                        meta.prompt_tokens_estimate
-                    ))
-                    .into_response();
-            }
-        }
-    }
-    next.run(req).await
-}
-
 /// `GET /v1/key`: the calling key's id, expiry, limits and, read from the
 /// ledger, what each of its budgets and balances has left and when it
 /// resets, without spending a request; then the same for each scope it
 /// shares (`user`, `team`, `org`: `null` when it names none). A scope named
 /// but without a record shows no limits or budgets: none apply.
-async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
-    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+pub async fn key_info(ledger: Arc<dyn Ledger>, principal: Option<Principal>) -> Response {
+    let Some(principal) = principal else {
         return ApiError::authentication().into_response();
     };
     let record = principal.record();
@@ -448,7 +292,7 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
         budgets.filter(|b| b.scope == *scope).cloned().collect()
     };
     let scope_json = |scope: BudgetScope| {
-        let ledger = gw.ledger.clone();
+        let ledger = ledger.clone();
         let budgets = budgets_of(&scope);
         let limits = principal
             .scope_limits()
@@ -480,7 +324,7 @@ async fn key_info(State(gw): State<Arc<AppState>>, req: Request) -> Response {
             "models": record.allowed_models,
             "rate_limits": record.rate_limits.iter().map(admin::limit_json).collect::<Vec<_>>(),
             "max_concurrent": record.max_concurrent,
-            "budgets": admin::budgets_json(&*gw.ledger, &own).await?,
+            "budgets": admin::budgets_json(&*ledger, &own).await?,
         });
         for (field, scope) in [
             (

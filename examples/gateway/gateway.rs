@@ -50,7 +50,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tollgate::auth::{Synced, TenantAdmin, TenantKind, sync_keys, sync_tenants};
 use tollgate::store::StoreError;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
@@ -59,6 +59,7 @@ use crate::mock;
 use crate::routing;
 use crate::server::{self, ServeSettings};
 use crate::shutdown::Shutdown;
+use crate::stack::AppFuture;
 use crate::stores::Stores;
 
 /// Reads the configuration again (the file, then the command line's
@@ -355,15 +356,16 @@ pub struct Current(Arc<Gateway>);
 impl Service<Request> for Current {
     type Response = Response;
     type Error = Infallible;
-    type Future = tower::util::Oneshot<axum::Router, Request>;
+    type Future = AppFuture;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        // The router (and everything its layers hold) lives as long as the
-        // request and its body, whatever is swapped in meanwhile.
-        self.0.current.load().router.clone().oneshot(req)
+        // The request's future owns a clone of the app's stack (and so
+        // everything its layers hold) as long as the request and its body
+        // live, whatever is swapped in meanwhile.
+        self.0.current.load().service.call(req)
     }
 }

@@ -27,11 +27,14 @@ mod gateway;
 mod metrics;
 #[path = "../support/mock/mod.rs"]
 mod mock;
+mod model_check;
 mod proxy;
 mod proxy_only;
+mod record;
 mod routing;
 mod server;
 mod shutdown;
+mod stack;
 mod stores;
 
 use std::process::ExitCode;

@@ -48,16 +48,18 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::proxy::Api;
 use crate::routing::{Route, Routes};
+use crate::stack::AppService;
 
 /// The client's request headers passed on, besides the credentials.
 const FORWARDED: [HeaderName; 2] = [CONTENT_TYPE, HeaderName::from_static("x-request-id")];
 
-/// The proxy-only application of `config` (see the module docs).
-pub fn router(
+/// The proxy-only application of `config` (see the module docs), served
+/// as the full gateway's is (one boxed future per request).
+pub fn service(
     config: &Config,
     mock_url: &str,
     metrics: &Metrics,
-) -> Result<Router, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<AppService, Box<dyn std::error::Error + Send + Sync>> {
     let routes = Routes::build(config, mock_url, metrics)?;
     let route = config
         .models
@@ -70,9 +72,11 @@ pub fn router(
         upstream = %route.target.label,
         "proxy-only mode: no keys, limits or budgets; every POST /v1/* goes to the upstream"
     );
-    Ok(Router::new()
-        .route("/v1/{*path}", post(forward))
-        .with_state(route))
+    Ok(AppService::new(
+        Router::new()
+            .route("/v1/{*path}", post(forward))
+            .with_state(route),
+    ))
 }
 
 /// Forwards one request (see the module docs).

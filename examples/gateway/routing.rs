@@ -11,9 +11,10 @@
 //! ```
 //!
 //! Every model of one upstream shares that upstream's connection pool and
-//! retry budget; a model may only change the per-attempt timeout. [`select`]
-//! runs in front of the rate limit: it finds the request's route, refuses a
-//! model whose upstream does not speak the endpoint's API, and sets the
+//! retry budget; a model may only change the per-attempt timeout. The model
+//! check (`model_check.rs`) finds the request's route; [`RoutingLayer`]
+//! runs in front of the rate limit: it refuses a model whose upstream does
+//! not speak the endpoint's API, and sets the
 //! [`tollgate::rate_limit::Upstream`] extension that per-upstream limits
 //! count by.
 //!
@@ -30,25 +31,28 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::HeaderValue;
 use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use pin_project_lite::pin_project;
+use tollgate::body::{ResponseBody, reject};
 use tollgate::rate_limit::{Limit, RateLimitLayer, RateLimitStore};
 use tollgate::retry::{ExponentialBackoff, RetryBudget, RetryLayer, RetryPolicy};
 use tollgate::{ApiError, BoxError, RequestMeta};
 use tower::util::BoxCloneSyncService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::access_log::LogSlot;
 use crate::config::{Config, DEFAULT_UPSTREAM, RetryConfig, UpstreamKind, without_credentials};
 use crate::metrics::{AttemptLayer, Metrics, UpstreamMetrics};
 use crate::proxy::Api;
+use crate::record::{Endpoint, RequestRecord};
 
 mod tls;
 
@@ -119,6 +123,8 @@ pub struct Route {
     pub client: UpstreamClient,
     /// Attempts the retry policy allows in all.
     pub max_attempts: u32,
+    /// Prompt and completion tokens the model takes at most.
+    pub context_window: Option<u64>,
 }
 
 /// Every model's route.
@@ -206,6 +212,7 @@ impl Routes {
                 upstream_model: model.upstream_model.as_deref().map(Arc::from),
                 client: upstream.client(Duration::from_secs(attempt_timeout))?,
                 max_attempts: upstream.retry.max_attempts,
+                context_window: model.context_window,
             };
             models.insert(model.name.clone(), Arc::new(route));
         }
@@ -366,49 +373,144 @@ impl std::error::Error for Failure {
     }
 }
 
-/// Middleware in front of the rate limit: the request's route in its
-/// extensions (an `Arc<Route>`, and the `Upstream` per-upstream limits
-/// count by), or a 400 for a model whose upstream does not speak the
-/// endpoint's API. Requests without a model, or for a model not in the
-/// config, pass on (the model check in front answers those).
-pub async fn select(State(routes): State<Arc<Routes>>, mut req: Request, next: Next) -> Response {
-    let Some(api) = Api::of_path(req.uri().path()) else {
-        return next.run(req).await;
-    };
-    let Some(route) = req
-        .extensions()
-        .get::<RequestMeta>()
-        .and_then(|meta| meta.model.as_deref())
-        .and_then(|model| routes.get(model))
-        .cloned()
-    else {
-        return next.run(req).await;
-    };
-    if !route.target.serves(api) {
-        return ApiError::invalid_request()
-            .with_param("model")
-            .with_message(format!(
-                "The model '{}' is served by an {} upstream; call it through {}.",
-                route.model,
-                route.target.kind.as_str(),
-                match route.target.kind {
-                    UpstreamKind::Anthropic => "/v1/messages",
-                    UpstreamKind::OpenAi => "the OpenAI endpoints (/v1/chat/completions, …)",
-                }
-            ))
-            .into_response();
-    }
-    if api == Api::Embeddings {
-        // Embeddings generate nothing: reserve (tokens, money) for the
-        // input alone, not for a completion the model cannot write.
-        if let Some(meta) = req.extensions_mut().get_mut::<RequestMeta>() {
-            meta.max_tokens = Some(0);
+/// The routing layer, in front of the rate limit: refuses (400) a model
+/// whose upstream does not speak the endpoint's API, and sets the
+/// [`tollgate::rate_limit::Upstream`] extension that per-upstream limits
+/// count by (only when the config has such limits). The route itself was
+/// found by the model check (in the request's [`RequestRecord`]); requests
+/// without one (no model, or one not in the config, which the model check
+/// answers) pass on.
+///
+/// A tower layer whose future is the inner one's (or a rejection): as
+/// `from_fn` middleware it cost a boxed future, a boxed `Next` and a boxed
+/// service clone per request.
+#[derive(Clone, Copy)]
+pub struct RoutingLayer {
+    /// Whether any `[[upstreams]]` entry has limits of its own.
+    upstream_limits: bool,
+}
+
+impl RoutingLayer {
+    /// Routing for `config`.
+    pub fn new(config: &Config) -> RoutingLayer {
+        RoutingLayer {
+            upstream_limits: config.upstreams.iter().any(|u| {
+                u.requests_per_minute.is_some()
+                    || u.tokens_per_minute.is_some()
+                    || u.max_concurrent.is_some()
+            }),
         }
     }
-    if let Some(slot) = req.extensions().get::<LogSlot>() {
-        slot.set_upstream(route.target.name.clone(), route.target.label.clone());
+}
+
+impl<S> tower::Layer<S> for RoutingLayer {
+    type Service = Routing<S>;
+
+    fn layer(&self, inner: S) -> Routing<S> {
+        Routing {
+            inner,
+            upstream_limits: self.upstream_limits,
+        }
     }
-    req.extensions_mut().insert(route.target.extension.clone());
-    req.extensions_mut().insert(route);
-    next.run(req).await
+}
+
+/// The service of [`RoutingLayer`].
+#[derive(Clone)]
+pub struct Routing<S> {
+    inner: S,
+    upstream_limits: bool,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for Routing<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+{
+    type Response = http::Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = RoutingFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let record = req.extensions().get::<Arc<RequestRecord>>();
+        let api = match record.and_then(|r| r.endpoint()) {
+            Some(Endpoint::Api(api)) => api,
+            _ => {
+                return RoutingFuture::Call {
+                    future: self.inner.call(req),
+                };
+            }
+        };
+        let Some(route) = record.and_then(|r| r.route()) else {
+            return RoutingFuture::Call {
+                future: self.inner.call(req),
+            };
+        };
+        if !route.target.serves(api) {
+            return RoutingFuture::Refused {
+                error: Some(wrong_api(route)),
+            };
+        }
+        let upstream = self.upstream_limits.then(|| route.target.extension.clone());
+        if api == Api::Embeddings {
+            // Embeddings generate nothing: reserve (tokens, money) for the
+            // input alone, not for a completion the model cannot write.
+            if let Some(meta) = req.extensions_mut().get_mut::<RequestMeta>() {
+                meta.max_tokens = Some(0);
+            }
+        }
+        if let Some(upstream) = upstream {
+            req.extensions_mut().insert(upstream);
+        }
+        RoutingFuture::Call {
+            future: self.inner.call(req),
+        }
+    }
+}
+
+/// 400 for `route`'s model called through an API its upstream does not speak.
+fn wrong_api(route: &Route) -> ApiError {
+    ApiError::invalid_request()
+        .with_param("model")
+        .with_message(format!(
+            "The model '{}' is served by an {} upstream; call it through {}.",
+            route.model,
+            route.target.kind.as_str(),
+            match route.target.kind {
+                UpstreamKind::Anthropic => "/v1/messages",
+                UpstreamKind::OpenAi => "the OpenAI endpoints (/v1/chat/completions, …)",
+            }
+        ))
+}
+
+pin_project! {
+    /// The future of [`Routing`]: the inner service's, or a refusal.
+    #[project = RoutingFutureProj]
+    pub enum RoutingFuture<F> {
+        /// Routed (or nothing to route): the service inside answers.
+        Call { #[pin] future: F },
+        /// Refused.
+        Refused { error: Option<ApiError> },
+    }
+}
+
+impl<F, B, E> Future for RoutingFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RoutingFutureProj::Call { future } => future
+                .poll(cx)
+                .map_ok(|response| response.map(ResponseBody::inner)),
+            RoutingFutureProj::Refused { error } => {
+                let error = error.take().unwrap_or_else(ApiError::internal);
+                Poll::Ready(Ok(reject(error)))
+            }
+        }
+    }
 }

@@ -62,7 +62,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http::HeaderValue;
@@ -595,10 +595,11 @@ impl<S> tower::Layer<S> for AnswerBodyTimeoutLayer {
 #[derive(Debug, Clone)]
 pub struct AnswerBodyTimeout<S>(S);
 
-impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
-    for AnswerBodyTimeout<S>
+impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AnswerBodyTimeout<S>
+where
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
-    type Response = Response;
+    type Response = http::Response<tollgate::body::ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = AnswerBodyTimeoutFuture<S::Future>;
 
@@ -606,7 +607,7 @@ impl<S: tower::Service<Request, Response = Response>> tower::Service<Request>
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let timed_out = req.extensions().get::<BodyTimedOut>().cloned();
         AnswerBodyTimeoutFuture {
             inner: self.0.call(req),
@@ -624,20 +625,24 @@ pin_project! {
     }
 }
 
-impl<F: Future<Output = Result<Response, E>>, E> Future for AnswerBodyTimeoutFuture<F> {
-    type Output = Result<Response, E>;
+impl<F, B, E> Future for AnswerBodyTimeoutFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+{
+    type Output = Result<http::Response<tollgate::body::ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let response = ready!(this.inner.poll(cx))?;
         if !this.timed_out.take().is_some_and(|flag| flag.expired()) {
-            return Poll::Ready(Ok(response));
+            return Poll::Ready(Ok(response.map(tollgate::body::ResponseBody::inner)));
         }
-        let mut response = ApiError::timeout()
-            .with_status(http::StatusCode::REQUEST_TIMEOUT)
-            .with_code("request_timeout")
-            .with_message("The request body did not arrive in time.")
-            .into_response();
+        let mut response = tollgate::body::reject(
+            ApiError::timeout()
+                .with_status(http::StatusCode::REQUEST_TIMEOUT)
+                .with_code("request_timeout")
+                .with_message("The request body did not arrive in time."),
+        );
         response
             .headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));

@@ -10,7 +10,9 @@ use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 
 use super::UpstreamMetrics;
-use crate::proxy::AttemptCount;
+use std::sync::Arc;
+
+use crate::record::RequestRecord;
 
 /// Meters the attempts of the client it wraps (see the module docs).
 #[derive(Clone)]
@@ -58,8 +60,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(count) = req.extensions().get::<AttemptCount>() {
-            count.add();
+        if let Some(record) = req.extensions().get::<Arc<RequestRecord>>() {
+            record.add_attempt();
         }
         AttemptFuture {
             inner: self.inner.call(req),

@@ -18,20 +18,11 @@
 //!   Anthropic's terminal event for this path);
 //! - usage from `message_start` (input) and `message_delta` (output).
 
-use axum::extract::Request;
-use axum::response::Response;
 use http::HeaderMap;
 use http::request::Builder;
 
-use super::{Api, forward};
-
 /// The `anthropic-version` sent for a client that sent none.
 pub const DEFAULT_VERSION: &str = "2023-06-01";
-
-/// `POST /v1/messages`.
-pub async fn messages(req: Request) -> Response {
-    forward(req, Api::Messages).await
-}
 
 /// The client's `anthropic-version` (or [`DEFAULT_VERSION`]) and
 /// `anthropic-beta` headers, for the upstream request.

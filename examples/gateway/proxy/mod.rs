@@ -8,7 +8,7 @@
 //! | `GET /v1/models`, `GET /v1/models/{id}` | [`models`] | none: answered from the config |
 //!
 //! The server stack in front (auth, model check, routing, rate limits,
-//! budget, stream trailer) is the same for every endpoint; what differs is
+//! budget, stream trailer; see `stack.rs`) is the same for every endpoint; what differs is
 //! the upstream path, the headers an API needs, and whether the gateway
 //! must ask for usage itself. An upstream's error becomes an [`ApiError`]
 //! here ([`upstream_error`]), so the envelope renders it in the client's
@@ -21,13 +21,10 @@ pub mod openai;
 mod upstream_error;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
-use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderMap, Method};
@@ -38,6 +35,7 @@ use tollgate::{ApiError, ErrorFormat, RequestMeta};
 use tower::ServiceExt;
 
 use crate::config::UpstreamKind;
+use crate::record::RequestRecord;
 use crate::routing::Route;
 
 pub use self::upstream_error::upstream_error;
@@ -105,16 +103,6 @@ impl Api {
     }
 }
 
-/// The proxied endpoints, for the router to serve behind the server stack.
-pub fn routes() -> Router {
-    Router::new()
-        .route(Api::Chat.route(), post(openai::chat_completions))
-        .route(Api::Completions.route(), post(openai::completions))
-        .route(Api::Embeddings.route(), post(openai::embeddings))
-        .route(Api::Responses.route(), post(openai::responses))
-        .route(Api::Messages.route(), post(anthropic::messages))
-}
-
 /// The error format of a request: Anthropic's for the Messages API (and
 /// for the model list asked by an Anthropic client), `configured` for the
 /// rest.
@@ -130,33 +118,6 @@ pub fn error_format(uri: &http::Uri, headers: &HeaderMap, configured: ErrorForma
     }
 }
 
-/// The model routes (answered from the config; no upstream call).
-pub fn model_routes(models: Arc<models::ModelList>) -> Router {
-    Router::new()
-        .route("/v1/models", get(models::list))
-        .route("/v1/models/{*id}", get(models::retrieve))
-        .with_state(models)
-}
-
-/// Counts the attempts of one request below the retry layer (the count
-/// rides in the request's extensions, which every attempt clones), so a
-/// transport failure, which carries no [`RetryInfo`], still says how often
-/// it was tried.
-#[derive(Debug, Clone, Default)]
-pub struct AttemptCount(Arc<AtomicU32>);
-
-impl AttemptCount {
-    /// One more attempt.
-    pub fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Attempts so far.
-    pub fn get(&self) -> u32 {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
 /// The most request body forwarded: the server stack has read and bounded
 /// it already ([`RequestMeta::DEFAULT_MAX_BODY_BYTES`]); this only keeps the copy
 /// here from growing past that.
@@ -165,18 +126,24 @@ const MAX_BODY: usize = RequestMeta::DEFAULT_MAX_BODY_BYTES;
 /// Forwards `req` (a POST of `api`) to its route's upstream.
 pub async fn forward(req: Request, api: Api) -> Response {
     let (parts, body) = req.into_parts();
-    let Some(route) = parts.extensions.get::<Arc<Route>>().cloned() else {
-        // The routing middleware puts a route on every request for a
-        // configured model, and the model check refuses the others.
+    let Some(record) = parts.extensions.get::<Arc<RequestRecord>>().cloned() else {
+        return ApiError::internal().into_response();
+    };
+    let Some(route) = record.route().cloned() else {
+        // The model check finds a route for every request for a configured
+        // model, and refuses the others.
         return ApiError::invalid_model()
             .with_message("The model is not served by this gateway.")
             .into_response();
     };
-    let meta = parts
-        .extensions
-        .get::<RequestMeta>()
-        .cloned()
-        .unwrap_or_default();
+    let no_facts;
+    let meta = match parts.extensions.get::<RequestMeta>() {
+        Some(meta) => meta,
+        None => {
+            no_facts = RequestMeta::default();
+            &no_facts
+        }
+    };
     // Read once already by the server stack; this takes the buffered bytes.
     let bytes = match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -190,7 +157,7 @@ pub async fn forward(req: Request, api: Api) -> Response {
     // billed from reported usage; stripped again on the way back.
     let (bytes, strip_usage_chunk) = match api
         .asks_for_usage()
-        .then(|| usage::request_usage(&bytes, Some(&meta)))
+        .then(|| usage::request_usage(&bytes, Some(meta)))
         .flatten()
     {
         Some(rewritten) => (rewritten, true),
@@ -203,9 +170,7 @@ pub async fn forward(req: Request, api: Api) -> Response {
         },
         None => bytes,
     };
-    let attempts = AttemptCount::default();
-    let upstream_req = match upstream_request(&route, api, &parts.headers, &meta, &attempts, bytes)
-    {
+    let upstream_req = match upstream_request(&route, api, &parts.headers, &record, bytes) {
         Ok(req) => req,
         Err(error) => return error.into_response(),
     };
@@ -213,7 +178,7 @@ pub async fn forward(req: Request, api: Api) -> Response {
         Ok(response) => response,
         Err(error) => {
             let replay_safe = meta.stream || api == Api::Embeddings;
-            return upstream_error::transport(&route, error, attempts.get(), replay_safe)
+            return upstream_error::transport(&route, error, record.attempts(), replay_safe)
                 .into_response();
         }
     };
@@ -224,6 +189,9 @@ pub async fn forward(req: Request, api: Api) -> Response {
     let (up_parts, up_body) = response.into_parts();
     let mut out = Response::new(up_body);
     *out.status_mut() = up_parts.status;
+    // Sized once for what the layers above add, so the map never grows on
+    // the way out.
+    *out.headers_mut() = HeaderMap::with_capacity(ANSWER_HEADERS);
     copy_headers(&up_parts.headers, out.headers_mut());
     if let Some(retry) = retry {
         out.extensions_mut().insert(retry);
@@ -232,10 +200,15 @@ pub async fn forward(req: Request, api: Api) -> Response {
     // the rate limit, the budget and the access log subscribe to.
     let options = UsageOptions {
         strip_usage_chunk,
-        ..UsageOptions::from_meta(&meta)
+        ..UsageOptions::from_meta(meta)
     };
     usage::observe(out, options, |_| {}).map(Body::new)
 }
+
+/// Headers of a proxied answer: the two copied from the upstream's, six
+/// rate-limit headers (`x-ratelimit-*` for requests and tokens), three
+/// budget headers and the envelope's `x-request-id`.
+const ANSWER_HEADERS: usize = 12;
 
 /// The upstream's answer headers the client gets: what describes the body.
 /// Not its rate-limit headers (they describe the gateway's account there,
@@ -255,8 +228,7 @@ fn upstream_request(
     route: &Route,
     api: Api,
     client_headers: &HeaderMap,
-    meta: &RequestMeta,
-    attempts: &AttemptCount,
+    record: &Arc<RequestRecord>,
     body: Bytes,
 ) -> Result<http::Request<Full<Bytes>>, ApiError> {
     let mut builder = http::Request::builder()
@@ -277,9 +249,10 @@ fn upstream_request(
     let mut req = builder
         .body(Full::new(body))
         .map_err(|_| ApiError::internal())?;
-    // The retry layer's replay rule reads `stream` from it.
-    req.extensions_mut().insert(meta.clone());
-    req.extensions_mut().insert(attempts.clone());
+    // The attempt meter below the retry layer counts into it. (The retry
+    // layer's replay rule reads `stream` from the body when no
+    // `RequestMeta` is here, and only after a failure.)
+    req.extensions_mut().insert(record.clone());
     Ok(req)
 }
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use http::Request;
 use serde_json::{Value, json};
 use tollgate::{ApiError, Principal};
 
@@ -23,7 +23,7 @@ impl ModelList {
         }
     }
 
-    fn visible<'a>(&'a self, req: &'a Request) -> impl Iterator<Item = &'a str> + 'a {
+    fn visible<'a, B>(&'a self, req: &'a Request<B>) -> impl Iterator<Item = &'a str> + 'a {
         let principal = req.extensions().get::<Principal>();
         self.names
             .iter()
@@ -32,7 +32,7 @@ impl ModelList {
     }
 }
 
-fn anthropic(req: &Request) -> bool {
+fn anthropic<B>(req: &Request<B>) -> bool {
     req.headers().contains_key("anthropic-version")
 }
 
@@ -45,9 +45,9 @@ fn entry(name: &str, anthropic: bool) -> Value {
 }
 
 /// `GET /v1/models`.
-pub async fn list(State(models): State<Arc<ModelList>>, req: Request) -> Response {
-    let anthropic = anthropic(&req);
-    let data: Vec<Value> = models.visible(&req).map(|n| entry(n, anthropic)).collect();
+pub fn list<B>(models: &ModelList, req: &Request<B>) -> Response {
+    let anthropic = anthropic(req);
+    let data: Vec<Value> = models.visible(req).map(|n| entry(n, anthropic)).collect();
     let body = if anthropic {
         let first = data.first().map(|m| m["id"].clone());
         let last = data.last().map(|m| m["id"].clone());
@@ -59,14 +59,13 @@ pub async fn list(State(models): State<Arc<ModelList>>, req: Request) -> Respons
 }
 
 /// `GET /v1/models/{id}`: one model, or 404 as the providers answer an
-/// unknown (or, for this key, forbidden) model.
-pub async fn retrieve(
-    State(models): State<Arc<ModelList>>,
-    Path(id): Path<String>,
-    req: Request,
-) -> Response {
-    match models.visible(&req).find(|n| *n == id) {
-        Some(name) => axum::Json(entry(name, anthropic(&req))).into_response(),
+/// unknown (or, for this key, forbidden) model. The id is the rest of the
+/// path, percent-decoded.
+pub fn retrieve<B>(models: &ModelList, req: &Request<B>) -> Response {
+    let raw = req.uri().path().strip_prefix("/v1/models/").unwrap_or("");
+    let id = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    match models.visible(req).find(|n| *n == id) {
+        Some(name) => axum::Json(entry(name, anthropic(req))).into_response(),
         None => ApiError::not_found()
             .with_code("model_not_found")
             .with_param("model")

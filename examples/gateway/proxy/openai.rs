@@ -12,27 +12,5 @@
 //! of token arrays: the prompt estimate counts text by characters and token
 //! arrays by their integers (see `RequestMeta`).
 
-use axum::extract::Request;
-use axum::response::Response;
-
-use super::{Api, forward};
-
-/// `POST /v1/chat/completions`.
-pub async fn chat_completions(req: Request) -> Response {
-    forward(req, Api::Chat).await
-}
-
-/// `POST /v1/completions`.
-pub async fn completions(req: Request) -> Response {
-    forward(req, Api::Completions).await
-}
-
-/// `POST /v1/embeddings`.
-pub async fn embeddings(req: Request) -> Response {
-    forward(req, Api::Embeddings).await
-}
-
-/// `POST /v1/responses`.
-pub async fn responses(req: Request) -> Response {
-    forward(req, Api::Responses).await
-}
+// Every OpenAI endpoint is [`super::forward`] with its [`super::Api`]: the
+// differences (the upstream path, asking for usage) are the `Api`'s.
