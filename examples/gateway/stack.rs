@@ -38,11 +38,11 @@
 //! is decided once, from its path ([`Endpoint::of`]), and travels in its
 //! [`RequestRecord`](crate::record::RequestRecord).
 //!
-//! One more box, on purpose: the call below the detach layer. That layer
-//! spawns it as a tokio task, and a task's future is moved into the task
-//! and its output moved over it; unboxed, the call's future (every layer
-//! below, ~13 KB) made those moves 45 % of the gateway's instructions. A
-//! stack that spawns should box what it spawns.
+//! One more box, on purpose, inside `DetachLayer`: the call below it. That
+//! layer spawns it as a tokio task, and a task's future is moved into the
+//! task; unboxed, the call's future (every layer below, ~13 KB) made those
+//! moves 45 % of the gateway's instructions. A layer that spawns boxes what
+//! it spawns.
 //!
 //! The routes beside it are few, rarely called, and need axum's path
 //! parameters and extractors: they stay a `Router`.
@@ -146,11 +146,6 @@ pub fn build(
                 .drain_timeout(Duration::from_secs(config.drain_timeout_secs))
                 .calls(shutdown.detached().clone()),
         )
-        // The detach layer spawns the call below as a task: a task's future
-        // is moved into its cell and its output over it, so the call's
-        // whole future (every layer below, ~13 KB) is boxed once here and
-        // the task moves a pointer (see `PERFORMANCE.md`).
-        .map_future(boxed)
         .layer(RoutingLayer::new(config))
         .layer(routing::shared_limits(
             config,
@@ -213,11 +208,6 @@ pub fn build(
         // every layer above, into a route again on every request.
         .with_state(());
     Ok(AppService::new(ByPath { endpoints, beside }))
-}
-
-/// `future`, boxed.
-fn boxed<F: Future + Send + 'static>(future: F) -> Pin<Box<dyn Future<Output = F::Output> + Send>> {
-    Box::pin(future)
 }
 
 /// The top of the app: the endpoints' stack for their paths, the router

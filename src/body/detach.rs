@@ -81,6 +81,12 @@
 //! back to the caller and resumed there, so an outer `catch_panic` still
 //! sees it.
 //!
+//! The call's future is boxed before it is spawned: spawning moves a
+//! future into the task, and the call's future holds every layer below this
+//! one (about 13 KB in the gateway example, where those moves were 45 % of
+//! its instructions unboxed). One allocation per call; the task moves a
+//! pointer.
+//!
 //! # Why bounded
 //!
 //! A client that hangs up must not leave an unbounded amount of work
@@ -226,7 +232,11 @@ where
         // Take the service that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let call = inner.call(req);
+        // Boxed: a task's future is moved into the task's cell when it is
+        // spawned, and the call's future holds every layer below it (13 KB
+        // in the gateway example, where unboxed these moves were 45 % of
+        // its instructions). One allocation; the task moves a pointer.
+        let call = Box::pin(inner.call(req));
         let (head, head_rx) = oneshot::channel();
         let running = self.calls.start();
         let task = run(call, head, self.limits).instrument(tracing::Span::current());
