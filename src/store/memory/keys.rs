@@ -62,14 +62,17 @@ struct Inner {
     ids: Mutex<BTreeMap<String, Arc<KeyRecord>>>,
     /// Users, teams and orgs.
     tenants: TenantMap,
+    /// The seeded hashing of every shard's map, and of the shard choice.
+    hashing: PrehashedState,
 }
 
 type Shard = HashMap<KeyHash, Arc<KeyRecord>, PrehashedState>;
 
 impl Inner {
     fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
-        // The hash is uniformly random: its first bytes spread keys evenly.
-        let n = u16::from_le_bytes([hash.0[0], hash.0[1]]) as usize;
+        // Bits the map's own probing does not use (it takes the lowest for
+        // the slot and the top seven as a tag).
+        let n = (self.hashing.hash_one(hash) >> 40) as usize;
         &self.shards[n & (self.shards.len() - 1)]
     }
 }
@@ -93,9 +96,13 @@ impl MemoryKeyStore {
             .saturating_mul(4)
             .clamp(8, 256)
             .next_power_of_two();
+        let hashing = PrehashedState::new();
         MemoryKeyStore {
             inner: Arc::new(Inner {
-                shards: (0..shards).map(|_| RwLock::default()).collect(),
+                shards: (0..shards)
+                    .map(|_| RwLock::new(HashMap::with_hasher(hashing)))
+                    .collect(),
+                hashing,
                 ids: Mutex::default(),
                 tenants: TenantMap::default(),
             }),
@@ -407,17 +414,33 @@ fn write(lock: &RwLock<Shard>) -> std::sync::RwLockWriteGuard<'_, Shard> {
     lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Keys are SHA-256 outputs, already uniformly random: hashing them again
-/// (SipHash) would only cost time. This folds the bytes with a rotate-xor,
-/// which is enough to spread random input over the table.
-#[derive(Clone, Copy, Default)]
-struct PrehashedState;
+/// Keys are SHA-256 outputs, uniformly random when they come from secrets,
+/// so SipHash would only cost time. But a config may give `secret_sha256`
+/// values directly, and those need not be random (sequential test values,
+/// or values chosen to collide): folded as they are, they would share their
+/// low bits, and the map would probe in a line, making a million keys take
+/// minutes to load. So each 8-byte word is mixed by a multiplication under
+/// a per-store random seed, and the sum is finished with SplitMix64's
+/// avalanche: a few multiplications per key, every output bit depending on
+/// every input bit.
+#[derive(Clone, Copy)]
+struct PrehashedState {
+    seed: u64,
+}
+
+impl PrehashedState {
+    fn new() -> PrehashedState {
+        PrehashedState {
+            seed: std::hash::RandomState::new().build_hasher().finish(),
+        }
+    }
+}
 
 impl BuildHasher for PrehashedState {
     type Hasher = Prehashed;
 
     fn build_hasher(&self) -> Prehashed {
-        Prehashed(0)
+        Prehashed(self.seed)
     }
 }
 
@@ -425,14 +448,19 @@ struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
-        self.0
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = self.0.rotate_left(23) ^ u64::from_le_bytes(word);
+            self.0 = (self.0 ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                .rotate_left(29);
         }
     }
 }
@@ -471,6 +499,39 @@ mod tests {
         store.revoke("a");
         assert!(!held.revoked);
         assert!(store.get("a").unwrap().revoked);
+    }
+
+    #[test]
+    fn hashes_that_are_not_random_still_spread() {
+        // Sequential `secret_sha256` values, as a test config or a careless
+        // generator gives them: they differ in their last bytes only.
+        let state = PrehashedState::new();
+        let n = 4096u32;
+        let mut slots = std::collections::HashSet::new();
+        let mut tags = std::collections::HashSet::new();
+        for i in 0..n {
+            let mut bytes = [0u8; 32];
+            bytes[28..].copy_from_slice(&i.to_be_bytes());
+            let h = state.hash_one(KeyHash(bytes));
+            slots.insert(h & 0xfff);
+            tags.insert(h >> 57);
+        }
+        // 4,096 balls in 4,096 bins fill ~63 %; folded as they were, these
+        // values fell in one slot.
+        assert!(slots.len() > 2300, "{} distinct slots", slots.len());
+        assert_eq!(tags.len(), 128);
+
+        let store = MemoryKeyStore::new();
+        for i in 0..2000u32 {
+            let mut bytes = [0u8; 32];
+            bytes[28..].copy_from_slice(&i.to_be_bytes());
+            store
+                .insert(KeyRecord::new(format!("k{i}"), KeyHash(bytes)))
+                .unwrap();
+        }
+        let sizes: Vec<usize> = store.inner.shards.iter().map(|s| read(s).len()).collect();
+        let expected = 2000 / sizes.len();
+        assert!(sizes.iter().all(|&n| n > expected / 3), "{sizes:?}");
     }
 
     #[test]
