@@ -50,6 +50,12 @@ impl<'a> Cursor<'a> {
     /// Skips whitespace; the next byte, not consumed.
     #[inline]
     pub(crate) fn peek(&mut self) -> Option<u8> {
+        // Most tokens follow the one before without a space.
+        if let Some(&b) = self.bytes.get(self.at)
+            && b > b' '
+        {
+            return Some(b);
+        }
         loop {
             match self.bytes.get(self.at) {
                 Some(b' ' | b'\n' | b'\t' | b'\r') => self.at += 1,
@@ -115,7 +121,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads `byte`, after whitespace.
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.bump())
     }
@@ -166,8 +172,8 @@ impl<'a> Cursor<'a> {
         Some(Some(n))
     }
 
-    /// A string without escapes, or `null`.
-    pub(crate) fn str_or_null(&mut self) -> Option<Option<&'a str>> {
+    /// A string without escapes, copied, or `null`.
+    pub(crate) fn string_or_null(&mut self) -> Option<Option<String>> {
         if self.null()? {
             return Some(None);
         }
@@ -176,8 +182,9 @@ impl<'a> Cursor<'a> {
         if s.escaped {
             return None;
         }
-        // Checked by `string` already; ASCII (model names) is checked fast.
-        std::str::from_utf8(s.raw).ok().map(Some)
+        // Checked by `string` already; copied first, the check of a short
+        // name (aligned) costs less.
+        String::from_utf8(s.raw.to_vec()).ok().map(Some)
     }
 
     /// Any value, read as serde reads one it skips (`IgnoredAny`).
@@ -305,7 +312,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// A member's key in `walk`: whether its value is counted.
-    #[inline]
+    #[inline(always)]
     fn member(&mut self, counting: bool, member: impl Fn(bool, &[u8]) -> bool) -> Option<bool> {
         // A counted object's keys are compared, so they must be as written;
         // a skipped one's may be escaped.
@@ -489,7 +496,7 @@ pub(crate) fn scan_plain(bytes: &[u8], start: usize) -> (usize, bool) {
     let mut i = start;
     for _ in 0..2 {
         let Some(word) = bytes.get(i..i + 8) else {
-            break;
+            return scan_tail(bytes, i);
         };
         let Ok(word) = <[u8; 8]>::try_from(word) else {
             break;
@@ -515,6 +522,21 @@ pub(crate) fn scan_plain(bytes: &[u8], start: usize) -> (usize, bool) {
         i += 8;
     }
     scan_long(bytes, i)
+}
+
+/// `scan_plain` over the last bytes, fewer than 8 (a string that ends a
+/// body): byte by byte, a call to `memchr` costs more.
+#[inline(never)]
+fn scan_tail(bytes: &[u8], i: usize) -> (usize, bool) {
+    let tail = bytes.get(i..).unwrap_or_default();
+    match tail
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | ..0x20 | 0x80..))
+    {
+        Some(n) if tail[n] >= 0x80 => scan_long(bytes, i),
+        Some(n) => (i + n, true),
+        None => (bytes.len(), true),
+    }
 }
 
 /// `scan_plain` from `i`, past a run of plain ASCII: finds the closing quote

@@ -78,12 +78,6 @@ struct Raw {
     bytes: u64,
 }
 
-/// Keys whose values are images or audio (or may hold one: Anthropic's
-/// `source`): the fast path leaves bodies with them to serde.
-fn is_media_key(key: &[u8]) -> bool {
-    matches!(key, b"image_url" | b"input_audio" | b"source")
-}
-
 /// Keys inside prompt text whose values are not text: roles, part types,
 /// ids, image, audio and file payloads.
 fn is_payload_key(key: &[u8]) -> bool {
@@ -189,14 +183,11 @@ impl RequestBody<'_> {
             stream,
             // Each API names its cap differently; a body that gives several
             // gets the largest, so the bound holds whichever the upstream reads.
-            max_tokens: [
-                self.max_completion_tokens,
-                self.max_tokens,
-                self.max_output_tokens,
-            ]
-            .into_iter()
-            .flatten()
-            .max(),
+            // (`None` is below every `Some`.)
+            max_tokens: self
+                .max_completion_tokens
+                .max(self.max_tokens)
+                .max(self.max_output_tokens),
             n: self.n,
             best_of: self.best_of,
             include_usage,
@@ -223,7 +214,7 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
     let stream_options_at = &mut at;
     c.fields(move |c, key| {
         Some(match key {
-            b"model" => field(&mut facts.model, c.str_or_null()?.map(Cow::Borrowed), 0),
+            b"model" => field(&mut facts.model, c.string_or_null()?.map(Cow::Owned), 0),
             b"stream" => field(&mut facts.stream, c.bool_or_null()?, 1),
             b"max_tokens" => field(&mut facts.max_tokens, c.u64_or_null()?, 2),
             b"max_completion_tokens" => {
@@ -258,11 +249,13 @@ fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
     c.peek()?;
     let from = c.at();
     let media = Cell::new(false);
-    let chars = c.text(|key| {
-        if is_media_key(key) {
+    let chars = c.text(|key| match key {
+        // Images and audio (or, Anthropic's `source`, maybe one).
+        b"image_url" | b"input_audio" | b"source" => {
             media.set(true);
+            is_payload_key(key)
         }
-        is_payload_key(key)
+        _ => is_payload_key(key),
     })?;
     if media.get() {
         let value = body.get(from..c.at())?;
