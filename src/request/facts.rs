@@ -243,21 +243,30 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
     Some(at)
 }
 
-/// A field of prompt text in `body`. A value with images or audio in it is
-/// read again, that value alone, by serde's reader, which prices them.
+/// A field of prompt text in `body`. Chat's images (`image_url` objects
+/// with their `detail`) and audio are priced where they are ([`quick_media`]);
+/// a value with other media in it is read again, that value alone, by
+/// serde's reader, which prices them all.
 fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
     c.peek()?;
     let from = c.at();
-    let media = Cell::new(false);
+    let (media, whole) = (Cell::new(0u64), Cell::new(false));
     let chars = c.text(|key| match key {
-        // Images and audio (or, Anthropic's `source`, maybe one).
-        b"image_url" | b"input_audio" | b"source" => {
-            media.set(true);
-            is_payload_key(key)
+        b"image_url" | b"input_audio" => {
+            match quick_media(body, key) {
+                Some(tokens) => media.set(media.get().saturating_add(tokens)),
+                None => whole.set(true),
+            }
+            true
+        }
+        // Anthropic's `source`: an image, or not, by its sibling `type`.
+        b"source" => {
+            whole.set(true);
+            false
         }
         _ => is_payload_key(key),
     })?;
-    if media.get() {
+    if whole.get() {
         let value = body.get(from..c.at())?;
         let mut de = serde_json::Deserializer::from_slice(value);
         return Text::deserialize(&mut de).ok();
@@ -265,8 +274,29 @@ fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
     Some(Text {
         present: true,
         chars,
-        media: 0,
+        media: media.get(),
     })
+}
+
+/// The tokens of the image or audio under `key` (a slice of `body`), read
+/// by serde as [`Part::count`] reads it, when its value holds all that
+/// prices it: an `input_audio` object, or an `image_url` object with its
+/// `detail` (without one, a `detail` beside it counts). `None` otherwise.
+fn quick_media(body: &[u8], key: &[u8]) -> Option<u64> {
+    // Past the key's closing quote, its colon and spaces.
+    let end = (key.as_ptr() as usize).checked_sub(body.as_ptr() as usize)? + key.len() + 1;
+    let mut c = Cursor::starting_at(body, end);
+    (c.peek()? == b':').then(|| c.bump())?;
+    c.peek()?;
+    let mut de = serde_json::Deserializer::from_slice(body.get(c.at()..)?);
+    if key == b"input_audio" {
+        let audio = InputAudio::deserialize(&mut de).ok()?;
+        let data = audio.data.as_deref().unwrap_or("");
+        return Some(media::audio(data, audio.format.as_deref()));
+    }
+    let image = ImageUrl::deserialize(&mut de).ok()?;
+    let url = image.url.as_deref().unwrap_or("");
+    Some(media::openai_image(url, Detail::parse(&image.detail?)))
 }
 
 /// A value's JSON, measured.
