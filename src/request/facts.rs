@@ -7,10 +7,12 @@
 //! field, and serde reads them), and a line in `RequestBody::into_meta`.
 //! The tests compare the two readers on every field of `RequestBody`.
 //!
-//! Images and audio in prompt text are priced by [`CountText`] with
-//! [`media`](super::media): the fast path hands a field of prompt text with
-//! an `image_url`, `input_audio` or `source` key in it to serde's reader,
-//! that field alone.
+//! Images and audio in prompt text are priced with
+//! [`media`](super::media): by [`CountText`] in serde's reader, and by the
+//! fast path where they are when their value says all (chat's `image_url`
+//! object with its `detail`, `input_audio`: [`quick_media`]); the fast path
+//! hands a field of prompt text with any other (a `detail` beside the image,
+//! Anthropic's `source`) to serde's reader, that field alone.
 
 use std::borrow::Cow;
 use std::cell::Cell;
