@@ -2,6 +2,18 @@
 //! per-frame cost of `UsageBody` over a bare body.
 //!
 //! `cargo bench --bench usage -- --warm-up-time 1 --measurement-time 3`
+//!
+//! For instruction counts, which a busy machine does not blur, one case runs
+//! in `profile_loop` (cases: `openai_frame_per_event`,
+//! `anthropic_frame_per_event`, `openai_16KiB_frames`, `anthropic_16KiB_frames`
+//! (each one 10 MiB scan), `sse_observed` (1,000 frames through `observe`,
+//! 100 times), `json_observed` (one JSON answer through `observe`, 10,000
+//! times)):
+//!
+//! ```text
+//! valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_loop*' \
+//!     target/release/deps/usage-<hash> --profile-usage json_observed
+//! ```
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -10,7 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
-use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group};
 use http::Response;
 use http_body::{Body, Frame};
 use tollgate::usage::{self, UsageOptions, UsageScanner};
@@ -83,7 +95,8 @@ fn scan(frames: &[Bytes]) -> u64 {
     scanner.reported().map_or(0, |u| u.total_tokens) + scanner.content_chars()
 }
 
-fn scanner(c: &mut Criterion) {
+/// The four 10 MiB streams of the scanner bench.
+fn streams() -> [(&'static str, Vec<Bytes>); 4] {
     let openai = stream(
         openai_event,
         "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":100,\"total_tokens\":109}}\n\ndata: [DONE]\n\n",
@@ -92,13 +105,17 @@ fn scanner(c: &mut Criterion) {
         anthropic_event,
         "event: message_delta\ndata: {\"type\": \"message_delta\", \"delta\": {\"stop_reason\": \"end_turn\"}, \"usage\": {\"output_tokens\": 100}}\n\n",
     );
-    let mut group = c.benchmark_group("usage_scan_10MiB");
-    for (name, frames) in [
+    [
         ("openai_frame_per_event", openai.clone()),
         ("openai_16KiB_frames", rechunk(&openai, 16 * 1024)),
         ("anthropic_frame_per_event", anthropic.clone()),
         ("anthropic_16KiB_frames", rechunk(&anthropic, 16 * 1024)),
-    ] {
+    ]
+}
+
+fn scanner(c: &mut Criterion) {
+    let mut group = c.benchmark_group("usage_scan_10MiB");
+    for (name, frames) in streams() {
         let bytes: usize = frames.iter().map(Bytes::len).sum();
         assert!(scan(&frames) > 0);
         group.throughput(Throughput::Bytes(bytes as u64));
@@ -146,12 +163,33 @@ fn typed_response(content_type: &str, frames: &[Bytes]) -> Response<Frames> {
         .unwrap()
 }
 
-fn per_frame(c: &mut Criterion) {
-    const EVENTS: usize = 1000;
-    let mut frames: Vec<Bytes> = (0..EVENTS).map(|i| Bytes::from(openai_event(i))).collect();
+/// 1,000 chunks of an OpenAI stream and its usage chunk, one per frame.
+fn frames_1000() -> Vec<Bytes> {
+    let mut frames: Vec<Bytes> = (0..1000).map(|i| Bytes::from(openai_event(i))).collect();
     frames.push(Bytes::from_static(
         b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":100,\"total_tokens\":109}}\n\n",
     ));
+    frames
+}
+
+/// A non-streamed chat answer with usage, in one frame.
+const JSON_ANSWER: &[u8] = br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+
+fn json_response() -> Response<Frames> {
+    typed_response("application/json", &[Bytes::from_static(JSON_ANSWER)])
+}
+
+fn observed(res: Response<Frames>) -> usize {
+    drain(
+        usage::observe(res, UsageOptions::default(), |r| {
+            black_box(r);
+        })
+        .into_body(),
+    )
+}
+
+fn per_frame(c: &mut Criterion) {
+    let frames = frames_1000();
     let mut group = c.benchmark_group("usage_body_1000_frames");
     group.throughput(Throughput::Elements(frames.len() as u64));
     group.bench_function("bare", |b| {
@@ -208,15 +246,6 @@ fn per_frame(c: &mut Criterion) {
     group.finish();
 
     // The fixed cost per response: observe (tap, extensions) + report.
-    let json = Bytes::from_static(
-        br#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi!"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#,
-    );
-    let json_response = || {
-        Response::builder()
-            .header("content-type", "application/json")
-            .body(Frames(VecDeque::from([json.clone()])))
-            .unwrap()
-    };
     let mut group = c.benchmark_group("usage_per_response_json");
     group.bench_function("bare", |b| {
         b.iter_batched(
@@ -261,5 +290,50 @@ fn per_frame(c: &mut Criterion) {
     group.finish();
 }
 
+/// `--profile-usage <case>`: runs one case in `profile_loop`, for callgrind
+/// (see the module docs); its input is built before.
+#[inline(never)]
+fn profile_loop(case: &str, frames: &[Bytes]) {
+    match case {
+        "sse_observed" => {
+            for _ in 0..100 {
+                black_box(observed(sse_response(frames)));
+            }
+        }
+        "json_observed" => {
+            for _ in 0..10_000 {
+                black_box(observed(json_response()));
+            }
+        }
+        _ => {
+            black_box(scan(frames));
+        }
+    }
+}
+
+fn profile(case: &str) {
+    let frames = match case {
+        "sse_observed" => frames_1000(),
+        "json_observed" => Vec::new(),
+        _ => {
+            streams()
+                .into_iter()
+                .find(|(name, _)| *name == case)
+                .expect("a known case")
+                .1
+        }
+    };
+    profile_loop(case, &frames);
+}
+
 criterion_group!(benches, scanner, per_frame);
-criterion_main!(benches);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--profile-usage") {
+        profile(args.get(at + 1).map_or("json_observed", String::as_str));
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -18,6 +18,9 @@ pub(crate) struct Cursor<'a> {
     bytes: &'a [u8],
     /// The next byte to read.
     at: usize,
+    /// The characters [`string`](Self::string) read before it gave up on
+    /// a string (one the input ends in, say).
+    cut: u64,
 }
 
 /// A string read by [`Cursor::string`].
@@ -31,7 +34,12 @@ pub(crate) struct Str<'a> {
 
 impl<'a> Cursor<'a> {
     pub(crate) fn new(bytes: &'a [u8]) -> Cursor<'a> {
-        Cursor { bytes, at: 0 }
+        Cursor::starting_at(bytes, 0)
+    }
+
+    /// A cursor at index `at` of `bytes`.
+    pub(crate) fn starting_at(bytes: &'a [u8], at: usize) -> Cursor<'a> {
+        Cursor { bytes, at, cut: 0 }
     }
 
     /// The index of the next byte.
@@ -42,6 +50,12 @@ impl<'a> Cursor<'a> {
     /// Skips whitespace; the next byte, not consumed.
     #[inline]
     pub(crate) fn peek(&mut self) -> Option<u8> {
+        // Most tokens follow the one before without a space.
+        if let Some(&b) = self.bytes.get(self.at)
+            && b > b' '
+        {
+            return Some(b);
+        }
         loop {
             match self.bytes.get(self.at) {
                 Some(b' ' | b'\n' | b'\t' | b'\r') => self.at += 1,
@@ -51,11 +65,12 @@ impl<'a> Cursor<'a> {
     }
 
     #[inline]
-    fn bump(&mut self) {
+    pub(crate) fn bump(&mut self) {
         self.at += 1;
     }
 
-    fn literal(&mut self, literal: &[u8]) -> Option<()> {
+    /// Reads `literal` if it is what comes next (no whitespace skipped).
+    pub(crate) fn literal(&mut self, literal: &[u8]) -> Option<()> {
         let end = self.at + literal.len();
         (self.bytes.get(self.at..end)? == literal).then(|| self.at = end)
     }
@@ -106,7 +121,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads `byte`, after whitespace.
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.bump())
     }
@@ -157,8 +172,8 @@ impl<'a> Cursor<'a> {
         Some(Some(n))
     }
 
-    /// A string without escapes, or `null`.
-    pub(crate) fn str_or_null(&mut self) -> Option<Option<&'a str>> {
+    /// A string without escapes, copied, or `null`.
+    pub(crate) fn string_or_null(&mut self) -> Option<Option<String>> {
         if self.null()? {
             return Some(None);
         }
@@ -167,27 +182,56 @@ impl<'a> Cursor<'a> {
         if s.escaped {
             return None;
         }
-        // Checked by `string` already; ASCII (model names) is checked fast.
-        std::str::from_utf8(s.raw).ok().map(Some)
+        // Checked by `string` already; copied first, the check of a short
+        // name (aligned) costs less.
+        String::from_utf8(s.raw.to_vec()).ok().map(Some)
     }
 
     /// Any value, read as serde reads one it skips (`IgnoredAny`).
     pub(crate) fn skip(&mut self) -> Option<()> {
-        self.walk(false, |_| false).map(drop)
+        self.walk(false, false, |_, _| false, &mut 0)
     }
 
     /// Any value, read as serde reads one for a visitor of every string and
     /// number: the characters of its strings and 4 per integer (a token
     /// id), the values under keys that are `payload` left out.
     pub(crate) fn text(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
-        self.walk(true, payload)
+        let mut chars = 0;
+        self.walk(
+            true,
+            true,
+            |counting, key| counting && !payload(key),
+            &mut chars,
+        )?;
+        Some(chars)
     }
 
-    /// A value, counted as [`text`](Self::text) while `count`. Containers
-    /// are followed on two stacks of bits, 64 deep: deeper ones (and
-    /// serde's limit of 128) are serde's business.
-    fn walk(&mut self, count: bool, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
-        let mut chars = 0u64;
+    /// Generated text in an answer: the characters of the strings whose
+    /// nearest key is `counted` (or of the value itself if `counted` is
+    /// true and it is a string), added to `chars` as they are read, so that
+    /// a value the cursor gives up on (or that the input ends in) keeps
+    /// what came before.
+    pub(crate) fn answer_text(
+        &mut self,
+        counted: bool,
+        is_counted: impl Fn(&[u8]) -> bool + Copy,
+        chars: &mut u64,
+    ) -> Option<()> {
+        self.walk(counted, false, |_, key| is_counted(key), chars)
+    }
+
+    /// A value, its characters counted into `chars` while `count` (and its
+    /// integers, 4 each, with `numbers`); `member` decides, from whether
+    /// its object is counted and its key, whether a member's value is.
+    /// Containers are followed on two stacks of bits, 64 deep: deeper ones
+    /// (and serde's limit of 128) are serde's business.
+    fn walk(
+        &mut self,
+        count: bool,
+        numbers: bool,
+        member: impl Fn(bool, &[u8]) -> bool + Copy,
+        chars: &mut u64,
+    ) -> Option<()> {
         // Bit d: whether the container at depth d is an object, and whether
         // its values are counted.
         let (mut objects, mut counted) = (0u64, 0u64);
@@ -197,14 +241,15 @@ impl<'a> Cursor<'a> {
             match self.peek()? {
                 b'"' => {
                     self.bump();
-                    let s = self.string()?;
+                    let s = self.string();
                     if counting {
-                        chars = chars.saturating_add(s.chars);
+                        *chars = chars.saturating_add(s.as_ref().map_or(self.cut, |s| s.chars));
                     }
+                    s?;
                 }
                 b'-' | b'0'..=b'9' => {
-                    let n = self.number(counting)?;
-                    chars = chars.saturating_add(n);
+                    let n = self.number(counting && numbers)?;
+                    *chars = chars.saturating_add(n);
                 }
                 b't' => self.literal(b"true")?,
                 b'f' => self.literal(b"false")?,
@@ -230,7 +275,7 @@ impl<'a> Cursor<'a> {
                     let close = if object { b'}' } else { b']' };
                     if self.peek()? != close {
                         if object {
-                            counting = self.member(counting, payload)?;
+                            counting = self.member(counting, member)?;
                         }
                         continue;
                     }
@@ -243,7 +288,7 @@ impl<'a> Cursor<'a> {
             // After a value: a comma, or the ends of its containers.
             loop {
                 if depth == 0 {
-                    return Some(chars);
+                    return Some(());
                 }
                 let bit = 1u64 << (depth - 1);
                 let object = objects & bit != 0;
@@ -252,7 +297,7 @@ impl<'a> Cursor<'a> {
                         self.bump();
                         counting = counted & bit != 0;
                         if object {
-                            counting = self.member(counting, payload)?;
+                            counting = self.member(counting, member)?;
                         }
                         break;
                     }
@@ -267,12 +312,12 @@ impl<'a> Cursor<'a> {
     }
 
     /// A member's key in `walk`: whether its value is counted.
-    #[inline]
-    fn member(&mut self, counting: bool, payload: impl Fn(&[u8]) -> bool) -> Option<bool> {
-        // A counted object's keys are compared with `payload`, so they must
-        // be as written; a skipped one's may be escaped.
+    #[inline(always)]
+    fn member(&mut self, counting: bool, member: impl Fn(bool, &[u8]) -> bool) -> Option<bool> {
+        // A counted object's keys are compared, so they must be as written;
+        // a skipped one's may be escaped.
         let key = self.key(!counting)?;
-        Some(counting && !payload(key))
+        Some(member(counting, key))
     }
 
     /// A number. Read (`read`) as serde reads one for a visitor: 4
@@ -367,6 +412,7 @@ impl<'a> Cursor<'a> {
     fn string_rest(&mut self, start: usize) -> Option<Str<'a>> {
         let mut chars = 0u64;
         let mut escaped = false;
+        self.cut = 0;
         loop {
             let run_start = self.at;
             let (end, ascii) = scan_plain(self.bytes, run_start);
@@ -378,6 +424,7 @@ impl<'a> Cursor<'a> {
             };
             chars = chars.saturating_add(run_chars as u64);
             self.at = end;
+            self.cut = chars;
             match self.bytes.get(end)? {
                 b'"' => {
                     self.bump();
@@ -390,8 +437,9 @@ impl<'a> Cursor<'a> {
                 }
                 b'\\' => {
                     self.bump();
-                    self.escape()?;
                     chars = chars.saturating_add(1);
+                    self.cut = chars;
+                    self.escape()?;
                     escaped = true;
                 }
                 // A control character.
@@ -448,7 +496,7 @@ pub(crate) fn scan_plain(bytes: &[u8], start: usize) -> (usize, bool) {
     let mut i = start;
     for _ in 0..2 {
         let Some(word) = bytes.get(i..i + 8) else {
-            break;
+            return scan_tail(bytes, i);
         };
         let Ok(word) = <[u8; 8]>::try_from(word) else {
             break;
@@ -474,6 +522,21 @@ pub(crate) fn scan_plain(bytes: &[u8], start: usize) -> (usize, bool) {
         i += 8;
     }
     scan_long(bytes, i)
+}
+
+/// `scan_plain` over the last bytes, fewer than 8 (a string that ends a
+/// body): byte by byte, a call to `memchr` costs more.
+#[inline(never)]
+fn scan_tail(bytes: &[u8], i: usize) -> (usize, bool) {
+    let tail = bytes.get(i..).unwrap_or_default();
+    match tail
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'\\' | ..0x20 | 0x80..))
+    {
+        Some(n) if tail[n] >= 0x80 => scan_long(bytes, i),
+        Some(n) => (i + n, true),
+        None => (bytes.len(), true),
+    }
 }
 
 /// `scan_plain` from `i`, past a run of plain ASCII: finds the closing quote

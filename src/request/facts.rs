@@ -7,10 +7,12 @@
 //! field, and serde reads them), and a line in `RequestBody::into_meta`.
 //! The tests compare the two readers on every field of `RequestBody`.
 //!
-//! Images and audio in prompt text are priced by [`CountText`] with
-//! [`media`](super::media): the fast path hands a field of prompt text with
-//! an `image_url`, `input_audio` or `source` key in it to serde's reader,
-//! that field alone.
+//! Images and audio in prompt text are priced with
+//! [`media`](super::media): by [`CountText`] in serde's reader, and by the
+//! fast path where they are when their value says all (chat's `image_url`
+//! object with its `detail`, `input_audio`: [`quick_media`]); the fast path
+//! hands a field of prompt text with any other (a `detail` beside the image,
+//! Anthropic's `source`) to serde's reader, that field alone.
 
 use std::borrow::Cow;
 use std::cell::Cell;
@@ -76,12 +78,6 @@ struct Text {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Raw {
     bytes: u64,
-}
-
-/// Keys whose values are images or audio (or may hold one: Anthropic's
-/// `source`): the fast path leaves bodies with them to serde.
-fn is_media_key(key: &[u8]) -> bool {
-    matches!(key, b"image_url" | b"input_audio" | b"source")
 }
 
 /// Keys inside prompt text whose values are not text: roles, part types,
@@ -189,14 +185,11 @@ impl RequestBody<'_> {
             stream,
             // Each API names its cap differently; a body that gives several
             // gets the largest, so the bound holds whichever the upstream reads.
-            max_tokens: [
-                self.max_completion_tokens,
-                self.max_tokens,
-                self.max_output_tokens,
-            ]
-            .into_iter()
-            .flatten()
-            .max(),
+            // (`None` is below every `Some`.)
+            max_tokens: self
+                .max_completion_tokens
+                .max(self.max_tokens)
+                .max(self.max_output_tokens),
             n: self.n,
             best_of: self.best_of,
             include_usage,
@@ -223,7 +216,7 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
     let stream_options_at = &mut at;
     c.fields(move |c, key| {
         Some(match key {
-            b"model" => field(&mut facts.model, c.str_or_null()?.map(Cow::Borrowed), 0),
+            b"model" => field(&mut facts.model, c.string_or_null()?.map(Cow::Owned), 0),
             b"stream" => field(&mut facts.stream, c.bool_or_null()?, 1),
             b"max_tokens" => field(&mut facts.max_tokens, c.u64_or_null()?, 2),
             b"max_completion_tokens" => {
@@ -252,19 +245,30 @@ pub(super) fn quick<'a>(body: &'a [u8], facts: &mut RequestBody<'a>) -> Option<S
     Some(at)
 }
 
-/// A field of prompt text in `body`. A value with images or audio in it is
-/// read again, that value alone, by serde's reader, which prices them.
+/// A field of prompt text in `body`. Chat's images (`image_url` objects
+/// with their `detail`) and audio are priced where they are ([`quick_media`]);
+/// a value with other media in it is read again, that value alone, by
+/// serde's reader, which prices them all.
 fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
     c.peek()?;
     let from = c.at();
-    let media = Cell::new(false);
-    let chars = c.text(|key| {
-        if is_media_key(key) {
-            media.set(true);
+    let (media, whole) = (Cell::new(0u64), Cell::new(false));
+    let chars = c.text(|key| match key {
+        b"image_url" | b"input_audio" => {
+            match quick_media(body, key) {
+                Some(tokens) => media.set(media.get().saturating_add(tokens)),
+                None => whole.set(true),
+            }
+            true
         }
-        is_payload_key(key)
+        // Anthropic's `source`: an image, or not, by its sibling `type`.
+        b"source" => {
+            whole.set(true);
+            false
+        }
+        _ => is_payload_key(key),
     })?;
-    if media.get() {
+    if whole.get() {
         let value = body.get(from..c.at())?;
         let mut de = serde_json::Deserializer::from_slice(value);
         return Text::deserialize(&mut de).ok();
@@ -272,8 +276,29 @@ fn quick_text(c: &mut Cursor<'_>, body: &[u8]) -> Option<Text> {
     Some(Text {
         present: true,
         chars,
-        media: 0,
+        media: media.get(),
     })
+}
+
+/// The tokens of the image or audio under `key` (a slice of `body`), read
+/// by serde as [`Part::count`] reads it, when its value holds all that
+/// prices it: an `input_audio` object, or an `image_url` object with its
+/// `detail` (without one, a `detail` beside it counts). `None` otherwise.
+fn quick_media(body: &[u8], key: &[u8]) -> Option<u64> {
+    // Past the key's closing quote, its colon and spaces.
+    let end = (key.as_ptr() as usize).checked_sub(body.as_ptr() as usize)? + key.len() + 1;
+    let mut c = Cursor::starting_at(body, end);
+    (c.peek()? == b':').then(|| c.bump())?;
+    c.peek()?;
+    let mut de = serde_json::Deserializer::from_slice(body.get(c.at()..)?);
+    if key == b"input_audio" {
+        let audio = InputAudio::deserialize(&mut de).ok()?;
+        let data = audio.data.as_deref().unwrap_or("");
+        return Some(media::audio(data, audio.format.as_deref()));
+    }
+    let image = ImageUrl::deserialize(&mut de).ok()?;
+    let url = image.url.as_deref().unwrap_or("");
+    Some(media::openai_image(url, Detail::parse(&image.detail?)))
 }
 
 /// A value's JSON, measured.

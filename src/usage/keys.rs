@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
-use super::json::{USAGE, USAGE_KEY, json_finder};
+use super::json::{USAGE, USAGE_KEY};
 
 pub(crate) const DELTA_KEY: &[u8] = b"\"delta\"";
 
@@ -27,7 +27,7 @@ pub(crate) struct Keys {
 }
 
 static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
-    delta: Exact::new(DELTA_KEY, || json_finder(DELTA_KEY)),
+    delta: Exact::new(DELTA_KEY, || Finder::new(DELTA_KEY).into_owned()),
     usage: Exact::new(USAGE_KEY, || USAGE.clone()),
 });
 

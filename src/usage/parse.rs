@@ -15,10 +15,9 @@
 //!   (see [`json::read_prefix`](crate::json::read_prefix));
 //! - [`event`] reads one whole event's data, or nothing.
 
-use std::fmt;
-
 use serde::Deserialize;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::IgnoredAny;
+use serde_json::Value;
 
 use super::report::{Count, Details, RawUsage};
 pub(crate) use crate::json::Stop;
@@ -103,10 +102,16 @@ pub(crate) struct Event {
 /// `None` if it is not one of the shape of [`EventData`].
 pub(crate) fn event(data: &[u8]) -> Option<Event> {
     let e = serde_json::from_slice::<EventData>(data).ok()?;
+    // `message` and `response` may be any value; an object's `usage` (the
+    // last one, when given twice) is read.
+    let held = |holder: Option<Value>| match holder.as_ref().and_then(|h| h.get("usage")) {
+        Some(usage) => Option::<RawUsage>::deserialize(usage).ok(),
+        None => Some(None),
+    };
     Some(Event {
         usage: e.usage,
-        message: e.message.and_then(|h| h.0),
-        response: e.response.and_then(|h| h.0),
+        message: held(e.message)?,
+        response: held(e.response)?,
         choices: e.choices.map(|c| c.is_empty()),
         error: e.error.is_some(),
     })
@@ -117,81 +122,10 @@ pub(crate) fn event(data: &[u8]) -> Option<Event> {
 #[serde(default)]
 struct EventData {
     usage: Option<RawUsage>,
-    message: Option<Holder>,
-    response: Option<Holder>,
+    message: Option<Value>,
+    response: Option<Value>,
     choices: Option<Vec<IgnoredAny>>,
     error: Option<IgnoredAny>,
-}
-
-/// `message` or `response`: any JSON value; an object's `usage` member
-/// (the last one, when given twice).
-struct Holder(Option<RawUsage>);
-
-impl<'de> Deserialize<'de> for Holder {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Holder, D::Error> {
-        d.deserialize_any(HolderVisitor)
-    }
-}
-
-struct HolderVisitor;
-
-/// A key of a holder: `usage` or another (not kept).
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum HolderKey {
-    Usage,
-    #[serde(other)]
-    Other,
-}
-
-impl<'de> Visitor<'de> for HolderVisitor {
-    type Value = Holder;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Holder, A::Error> {
-        let mut usage = None;
-        while let Some(key) = map.next_key::<HolderKey>()? {
-            match key {
-                HolderKey::Usage => usage = map.next_value::<Option<RawUsage>>()?,
-                HolderKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Holder(usage))
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Holder, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Holder(None))
-    }
-
-    fn visit_str<E: de::Error>(self, _: &str) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Holder, E> {
-        Ok(Holder(None))
-    }
 }
 
 #[cfg(test)]

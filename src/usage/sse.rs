@@ -10,6 +10,7 @@ use super::keys::{DELTA_KEY, Keys};
 use super::parse;
 use super::report::RawUsage;
 use super::scan::Found;
+use crate::json::Cursor;
 use crate::sse::{Dispatch, Event, Fed, Framer};
 
 /// Largest unfinished SSE event held back while it arrives over several
@@ -128,46 +129,36 @@ pub(crate) fn read(event: &Event<'_>, strip: bool, found: &mut Found) -> Dispatc
 
 /// The generated text under the `"delta"` key at `k`: a string (OpenAI
 /// Responses) or an object (chat chunks, Anthropic deltas). Returns its
-/// characters and the index past the value (past the key, if it has none).
-fn delta_text(data: &[u8], k: usize) -> (u64, usize) {
-    let mut i = json::skip_ws(data, k + DELTA_KEY.len());
-    if data.get(i) != Some(&b':') {
-        return (0, i);
-    }
-    i = json::skip_ws(data, i + 1);
-    match data.get(i) {
-        Some(b'"') => {
-            let (end, chars) = json::string_chars(data, i + 1);
-            (chars, end + 1)
-        }
-        Some(b'{') => {
-            let (chars, len) = count_delta_object(&data[i..]);
-            (chars, i + len)
-        }
-        _ => (0, i),
-    }
-}
-
-/// The text of a delta object (`b` starts at its `{`) and the index past
-/// it. The two shapes that make up nearly every stream, OpenAI's
+/// characters and the index past the value (or where it stopped reading).
+///
+/// The two objects that make up nearly every stream, OpenAI's
 /// `{"content":"…"}` and Anthropic's `{"type": "text_delta", "text": "…"}`,
-/// are read directly; any other goes through the generic walk.
-fn count_delta_object(b: &[u8]) -> (u64, usize) {
+/// are matched whole; any other value is walked.
+fn delta_text(data: &[u8], k: usize) -> (u64, usize) {
     const SHAPES: [&[u8]; 3] = [
         br#"{"content":""#,
         br#"{"type": "text_delta", "text": ""#,
         br#"{"type":"text_delta","text":""#,
     ];
-    for shape in SHAPES {
-        if b.starts_with(shape) {
-            let (end, n) = json::string_chars(b, shape.len());
-            if b.get(end + 1) == Some(&b'}') {
-                return (n, end + 2);
-            }
-            break;
+    let mut c = Cursor::starting_at(data, k + DELTA_KEY.len());
+    if c.peek() != Some(b':') {
+        return (0, c.at());
+    }
+    c.bump();
+    c.peek();
+    let at = c.at();
+    if let Some(shape) = SHAPES
+        .iter()
+        .find(|s| data.get(at..).is_some_and(|d| d.starts_with(s)))
+    {
+        let mut fast = Cursor::starting_at(data, at + shape.len());
+        if let Some(s) = fast.string()
+            && fast.literal(b"}").is_some()
+        {
+            return (s.chars, fast.at());
         }
     }
-    json::count_text(b, false)
+    (json::count_text(&mut c, true), c.at())
 }
 
 /// Events named so carry no usage: errors, Anthropic's content events, and
@@ -186,6 +177,10 @@ fn cannot_hold_usage(name: &[u8]) -> bool {
 /// Whether the `"usage"` key at `k` has an object for its value (not the
 /// `"usage":null` of every chunk of an OpenAI stream with usage on).
 fn holds_object(data: &[u8], k: usize) -> bool {
-    let i = json::skip_ws(data, k + USAGE_KEY.len());
-    data.get(i) == Some(&b':') && data.get(json::skip_ws(data, i + 1)) == Some(&b'{')
+    let mut c = Cursor::starting_at(data, k + USAGE_KEY.len());
+    if c.peek() != Some(b':') {
+        return false;
+    }
+    c.bump();
+    c.peek() == Some(b'{')
 }

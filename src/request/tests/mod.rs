@@ -234,6 +234,13 @@ fn the_fast_path_reads_common_bodies() {
               "properties":{"city":{"type":"string","enum":["a","b"]}},"required":["city"]}}}]}"#,
         r#"{"model":"text-embedding-3-small","input":[[1820,374,264],[3,4]],"max_tokens":null,"stream":null,"stream_options":null}"#,
         r#"{"model":null,"prompt":[-1,0,18446744073709551615,-9223372036854775808],"system":"","instructions":"x","functions":[]}"#,
+        // Images and audio priced by the fast path, and those it leaves to
+        // serde (a `detail` beside the image, a Responses image, `source`).
+        r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png","detail":"low"}},
+            {"type":"input_audio","input_audio":{"data":"UklGRg==","format":"wav"}},{"type":"text","text":"hi"}]}]}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":"https://x/a.png"},"detail":"low"}]}]}"#,
+        r#"{"input":[{"role":"user","content":[{"type":"input_image","image_url":"https://x/a.png","detail":"high"}]}]}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"image","source":{"type":"base64","media_type":"image/png","data":"iVBORw0KGgo="}}]}]}"#,
         // Every field the fast path knows, once.
         r#"{"model":"m","stream":true,"max_tokens":1,"max_completion_tokens":2,"max_output_tokens":3,
             "stream_options":{},"messages":[],"prompt":"p","input":[1],"system":"s","instructions":"i",
