@@ -73,6 +73,7 @@ use tower::{Service, ServiceBuilder, ServiceExt};
 use crate::access_log::{AccessLog, AccessLogLayer};
 use crate::admin::{self, AdminState};
 use crate::app::{health, key_info};
+use crate::body_timeout::AnswerBodyTimeoutLayer;
 use crate::config::Config;
 use crate::gateway::Reloads;
 use crate::metrics::{Counted, Metrics};
@@ -80,7 +81,6 @@ use crate::model_check::ModelCheckLayer;
 use crate::proxy::{self, models::ModelList};
 use crate::record::{Endpoint, RequestRecord};
 use crate::routing::{self, Routes, RoutingLayer};
-use crate::server::AnswerBodyTimeoutLayer;
 use crate::shutdown::Shutdown;
 use crate::stores::Stores;
 

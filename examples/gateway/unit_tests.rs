@@ -13,6 +13,7 @@
 mod access_log;
 mod admin;
 mod app;
+mod body_timeout;
 mod cli;
 mod config;
 mod gateway;
