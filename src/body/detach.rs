@@ -11,12 +11,13 @@
 //! then pays the provider for work nobody was charged for, and a client that
 //! hangs up early spends without limit.
 //!
-//! [`DetachLayer`] runs each call of the service it wraps in a task of its
-//! own, which owns the inner response body and hands its frames to the
-//! client through a channel. When the client leaves, before the head or
-//! during the body, the task keeps reading the inner body to its end
-//! (throwing the bytes away), so the layers inside settle as if the client
-//! had read it all: with the usage the upstream reports at the end. The
+//! [`DetachLayer`] lets the call and its body run in place while the client
+//! is there, and hands them to a task of their own the moment the client
+//! leaves: before the head (the call's future is dropped) or during the
+//! body (the body is dropped). The task finishes the call and reads the
+//! inner body to its end (throwing the bytes away), so the layers inside
+//! settle as if the client had read it all: with the usage the upstream
+//! reports at the end. The
 //! drain is bounded in time ([`drain_timeout`](DetachLayer::drain_timeout),
 //! default 60 s) and in bytes ([`max_drain_bytes`](DetachLayer::max_drain_bytes),
 //! default 64 MiB); past either, the inner body is dropped and the layers
@@ -69,23 +70,20 @@
 //! # }
 //! ```
 //!
-//! # Why a task and a channel
+//! # Why in place, and a task only for the calls left behind
 //!
-//! This is how axum and hyper users opt out of cancellation
-//! (`tokio::spawn` the work, keep a handle to it): a future that must
-//! outlive its caller has to be owned by someone other than the caller. The
-//! layer spawns the call and, once the head is there, the reading of its
-//! body; the client gets the head through a oneshot channel and the frames
-//! through a bounded one (a few frames in flight: backpressure from a slow
-//! client reaches the upstream as before). A panic in the call is carried
-//! back to the caller and resumed there, so an outer `catch_panic` still
-//! sees it.
-//!
-//! The call's future is boxed before it is spawned: spawning moves a
-//! future into the task, and the call's future holds every layer below this
-//! one (about 13 KB in the gateway example, where those moves were 45 % of
-//! its instructions unboxed). One allocation per call; the task moves a
-//! pointer.
+//! A future that must outlive its caller has to be owned by someone other
+//! than the caller: this is how axum and hyper users opt out of
+//! cancellation (`tokio::spawn` the work). Spawning every call, with a
+//! channel to pass its frames to the client, did that, but cost every
+//! request a task, a oneshot, a channel and a hop through it per frame,
+//! most of what the layer cost (`PERFORMANCE.md`). Only the calls whose
+//! client left need an owner, so the layer polls the call and the body
+//! where the client does, and their `Drop` spawns the task that finishes
+//! them. The call's future and the body are boxed, so that they can move to
+//! that task after they were polled (two allocations per call). A panic in
+//! the call or the body reaches the caller as any panic does; what
+//! panicked is not handed on.
 //!
 //! # Why bounded
 //!
@@ -101,24 +99,22 @@
 //! Outside every layer that settles on the body's end (the budget, the rate
 //! limiter, the usage observers), and inside the layers that only answer the
 //! client (the error envelope, an access log). Its responses' bodies are
-//! [`ResponseBody<DetachedBody>`](ResponseBody): a call it could not start
-//! (no tokio runtime) is answered 500.
+//! [`ResponseBody<DetachedBody<B>>`](ResponseBody). A call runs without a
+//! tokio runtime; handing it on when its client leaves needs one (without
+//! it, the call is dropped and an error logged).
 
-use std::any::Any;
 use std::future::Future;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use pin_project_lite::pin_project;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::Notify;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Instrument;
@@ -126,12 +122,8 @@ use tracing::Instrument;
 use super::ResponseBody;
 use crate::{ApiError, BoxError};
 
-/// Frames read ahead of a client: enough to keep the upstream busy, few
-/// enough that a slow client slows the upstream down.
-const FRAMES_IN_FLIGHT: usize = 4;
-
-/// Runs each call in a task of its own that reads the response body to its
-/// end even when the client has gone away. See the [module docs](crate::body::detach).
+/// Finishes each call, and reads its response body to its end, even when
+/// the client has gone away. See the [module docs](crate::body::detach).
 #[derive(Debug, Clone)]
 pub struct DetachLayer {
     limits: Limits,
@@ -214,110 +206,97 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError> + Send,
+    ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<ResponseBody<DetachedBody>>;
+    type Response = Response<ResponseBody<DetachedBody<ResBody>>>;
     type Error = S::Error;
-    type Future = DetachFuture<S::Error>;
+    type Future = DetachFuture<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::error!("DetachLayer needs a tokio runtime to run calls on");
-            return DetachFuture { head: None };
-        };
         // Take the service that was polled ready; leave a clone in its place.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        // Boxed: a task's future is moved into the task's cell when it is
-        // spawned, and the call's future holds every layer below it (13 KB
-        // in the gateway example, where unboxed these moves were 45 % of
-        // its instructions). One allocation; the task moves a pointer.
-        let call = Box::pin(inner.call(req));
-        let (head, head_rx) = oneshot::channel();
-        let running = self.calls.start();
-        let task = run(call, head, self.limits).instrument(tracing::Span::current());
-        runtime.spawn(async move {
-            task.await;
-            drop(running);
-        });
         DetachFuture {
-            head: Some(head_rx),
+            call: Some(Box::pin(inner.call(req))),
+            left: Some(Left {
+                limits: self.limits,
+                running: self.calls.start(),
+                span: tracing::Span::current(),
+            }),
+            finish_call: finish_call::<S::Future, ResBody, S::Error>,
+            finish_body: finish_body::<ResBody>,
         }
     }
 }
 
-/// What the task hands the caller: the inner service's answer, or the
-/// panic of its call.
-type Head<E> = Result<Result<Response<ResponseBody<DetachedBody>>, E>, Box<dyn Any + Send>>;
+/// What a call needs once its client has left: the drain's bounds, its
+/// place in the count, and the request's span for what it logs.
+struct Left {
+    limits: Limits,
+    running: Running,
+    span: tracing::Span,
+}
 
-/// Calls, hands the head over, then passes the body's frames on, or, once
-/// the client is gone, drains the body within `limits`.
-async fn run<F, B, E>(call: F, head: oneshot::Sender<Head<E>>, limits: Limits)
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    let response = match (CatchUnwind { inner: call }).await {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            let _ = head.send(Ok(Err(error)));
+impl Left {
+    /// Runs `work` as a task of its own, counted until it ends. Without a
+    /// tokio runtime (it is shutting down) there is nothing to run it on.
+    fn spawn(self, work: impl Future<Output = ()> + Send + 'static) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::error!("DetachLayer has no tokio runtime to finish a call on");
             return;
-        }
-        Err(panic) => {
-            let _ = head.send(Err(panic));
-            return;
-        }
-    };
-    let (parts, body) = response.into_parts();
-    let (frames, frames_rx) = mpsc::channel(FRAMES_IN_FLIGHT);
-    let detached = DetachedBody {
-        frames: frames_rx,
-        remaining: body.size_hint(),
-        ended: false,
-    };
-    let mut body = std::pin::pin!(body);
-    let answer = Response::from_parts(parts, ResponseBody::inner(detached));
-    if head.send(Ok(Ok(answer))).is_err() {
-        return drain(body, limits, "before the response head", 0).await;
-    }
-    loop {
-        // `None` from the outer option: the client is gone.
-        let frame = tokio::select! {
-            frame = body.frame() => Some(frame),
-            () = frames.closed() => None,
         };
-        let frame = match frame {
-            None => return drain(body, limits, "during the response body", 0).await,
-            Some(None) => return,
-            Some(Some(Ok(frame))) => Ok(frame),
-            Some(Some(Err(error))) => Err(error.into()),
-        };
-        let failed = frame.is_err();
-        if let Err(unsent) = frames.send(frame).await {
-            // Read after the client left: it counts towards the drain.
-            let read = match &unsent.0 {
-                Ok(frame) => frame.data_ref().map_or(0, |data| data.len() as u64),
-                Err(_) => 0,
-            };
-            return drain(body, limits, "during the response body", read).await;
-        }
-        if failed {
-            return;
-        }
+        let Left { running, span, .. } = self;
+        runtime.spawn(
+            async move {
+                work.await;
+                drop(running);
+            }
+            .instrument(span),
+        );
     }
 }
 
-/// Reads `body` to its end, its bytes thrown away, within `limits`
-/// (`drained` bytes were read already).
-async fn drain<B>(mut body: Pin<&mut B>, limits: Limits, when: &'static str, mut drained: u64)
+/// A call whose client left before its head: finished, and its body
+/// drained, by a task.
+fn finish_call<F, B, E>(call: Pin<Box<F>>, left: Left)
+where
+    F: Future<Output = Result<Response<B>, E>> + Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let limits = left.limits;
+    left.spawn(async move {
+        // An error is the answer: nothing left to read.
+        let Ok(response) = call.await else {
+            return;
+        };
+        drain(
+            Box::pin(response.into_body()),
+            limits,
+            "before the response head",
+        )
+        .await;
+    });
+}
+
+/// A body whose client left before its end: drained by a task.
+fn finish_body<B>(body: Pin<Box<B>>, left: Left)
+where
+    B: Body<Data = Bytes> + Send + 'static,
+{
+    let limits = left.limits;
+    left.spawn(drain(body, limits, "during the response body"));
+}
+
+/// Reads `body` to its end, its bytes thrown away, within `limits`.
+async fn drain<B>(mut body: Pin<Box<B>>, limits: Limits, when: &'static str)
 where
     B: Body<Data = Bytes>,
 {
+    let mut drained = 0u64;
     let read = async {
         while let Some(frame) = body.frame().await {
             let Ok(frame) = frame else {
@@ -338,76 +317,90 @@ where
     tracing::debug!(when, outcome, drained, "client left; response body drained");
 }
 
-pin_project! {
-    /// Polls a future, catching a panic as a value.
-    struct CatchUnwind<F> {
-        #[pin]
-        inner: F,
-    }
+/// The response future of [`Detach`]: the call, polled in place while its
+/// client waits. Dropped before the call answered, it hands the call to a
+/// task that finishes it and drains its body.
+pub struct DetachFuture<F, B> {
+    /// Boxed so that it can move to a task after it was polled; taken out
+    /// while it is polled, so a call that panics is not handed on.
+    call: Option<Pin<Box<F>>>,
+    left: Option<Left>,
+    /// The hand-overs, chosen where the types are known to be `Send`
+    /// (a `Drop` impl cannot ask for more than the type does).
+    finish_call: fn(Pin<Box<F>>, Left),
+    finish_body: fn(Pin<Box<B>>, Left),
 }
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let inner = self.project().inner;
-        match catch_unwind(AssertUnwindSafe(|| inner.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
-            Err(panic) => Poll::Ready(Err(panic)),
-        }
-    }
-}
-
-/// The response future of [`Detach`]: the head, once the task has it.
-/// Dropping it leaves the call running.
-pub struct DetachFuture<E> {
-    head: Option<oneshot::Receiver<Head<E>>>,
-}
-
-impl<E> std::fmt::Debug for DetachFuture<E> {
+impl<F, B> std::fmt::Debug for DetachFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DetachFuture").finish_non_exhaustive()
-    }
-}
-
-impl<E> Future for DetachFuture<E> {
-    type Output = Result<Response<ResponseBody<DetachedBody>>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let Some(head) = self.head.as_mut() else {
-            return Poll::Ready(Ok(super::reject(ApiError::internal())));
-        };
-        let answer = ready!(Pin::new(head).poll(cx));
-        self.head = None;
-        match answer {
-            Ok(Ok(result)) => Poll::Ready(result),
-            // The call panicked: panic here too, where the caller's
-            // `catch_panic` (if any) turns it into a 500.
-            Ok(Err(panic)) => std::panic::resume_unwind(panic),
-            // The task was dropped unfinished: the runtime is shutting down.
-            Err(_) => Poll::Ready(Ok(super::reject(ApiError::internal()))),
-        }
-    }
-}
-
-/// The client's side of a detached response body: the frames the task
-/// reads from the inner body. Dropping it leaves the task draining.
-pub struct DetachedBody {
-    frames: mpsc::Receiver<Result<Frame<Bytes>, BoxError>>,
-    remaining: SizeHint,
-    ended: bool,
-}
-
-impl std::fmt::Debug for DetachedBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DetachedBody")
-            .field("ended", &self.ended)
+        f.debug_struct("DetachFuture")
+            .field("answered", &self.call.is_none())
             .finish_non_exhaustive()
     }
 }
 
-impl Body for DetachedBody {
+impl<F, B, E> Future for DetachFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<DetachedBody<B>>>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(mut call) = self.call.take() else {
+            // Polled after it answered: a caller's bug, not the client's.
+            return Poll::Ready(Ok(super::reject(ApiError::internal())));
+        };
+        let response = match call.as_mut().poll(cx) {
+            Poll::Pending => {
+                self.call = Some(call);
+                return Poll::Pending;
+            }
+            Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+            Poll::Ready(Ok(response)) => response,
+        };
+        let left = self.left.take();
+        let finish = self.finish_body;
+        Poll::Ready(Ok(response.map(|body| {
+            ResponseBody::inner(DetachedBody {
+                body: Some(Box::pin(body)),
+                left,
+                finish,
+            })
+        })))
+    }
+}
+
+impl<F, B> Drop for DetachFuture<F, B> {
+    fn drop(&mut self) {
+        if let (Some(call), Some(left)) = (self.call.take(), self.left.take()) {
+            (self.finish_call)(call, left);
+        }
+    }
+}
+
+/// The client's side of a detached response body: the inner body, read in
+/// place while the client reads. Dropped before its end, it hands the
+/// body to a task that drains it.
+pub struct DetachedBody<B> {
+    /// Boxed and taken out while polled, as the call is.
+    body: Option<Pin<Box<B>>>,
+    left: Option<Left>,
+    finish: fn(Pin<Box<B>>, Left),
+}
+
+impl<B> std::fmt::Debug for DetachedBody<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetachedBody")
+            .field("ended", &self.body.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Body for DetachedBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -415,35 +408,44 @@ impl Body for DetachedBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.ended {
+        let Some(mut body) = self.body.take() else {
             return Poll::Ready(None);
-        }
-        let frame = ready!(self.frames.poll_recv(cx));
-        match &frame {
-            Some(Ok(frame)) => {
-                if let Some(data) = frame.data_ref() {
-                    let len = data.len() as u64;
-                    let lower = self.remaining.lower().saturating_sub(len);
-                    let upper = self.remaining.upper().map(|u| u.saturating_sub(len));
-                    let mut hint = SizeHint::new();
-                    hint.set_lower(lower);
-                    if let Some(upper) = upper {
-                        hint.set_upper(upper.max(lower));
-                    }
-                    self.remaining = hint;
-                }
+        };
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                self.body = Some(body);
+                Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(_)) | None => self.ended = true,
+            Poll::Pending => {
+                self.body = Some(body);
+                Poll::Pending
+            }
+            // Ended or failed: the body is dropped here, and the call
+            // counted out.
+            Poll::Ready(end) => {
+                drop(body);
+                self.left = None;
+                Poll::Ready(end.map(|failed| failed.map_err(Into::into)))
+            }
         }
-        Poll::Ready(frame)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended
+        self.body.as_ref().is_none_or(|body| body.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.remaining
+        self.body
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |body| body.size_hint())
+    }
+}
+
+impl<B> Drop for DetachedBody<B> {
+    fn drop(&mut self) {
+        if let (Some(body), Some(left)) = (self.body.take(), self.left.take()) {
+            (self.finish)(body, left);
+        }
     }
 }
 

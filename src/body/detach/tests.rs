@@ -14,8 +14,11 @@ use crate::usage::{self, BodyEnd, UsageOptions, UsageReport};
 
 type Frames = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 type Slot = Arc<Mutex<Option<UsageReport>>>;
-type Detached =
-    BoxCloneService<Request<Full<Bytes>>, Response<ResponseBody<DetachedBody>>, Infallible>;
+type Detached = BoxCloneService<
+    Request<Full<Bytes>>,
+    Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
+    Infallible,
+>;
 
 /// A service whose response body is fed by the test through the returned
 /// sender; its usage report lands in the returned slot.
@@ -24,6 +27,7 @@ fn fed(layer: DetachLayer) -> (Detached, mpsc::Receiver<Frames>, Slot) {
     let report = Arc::new(Mutex::new(None));
     let slot = report.clone();
     let service = ServiceBuilder::new()
+        .map_response(|response: Response<_>| response.map(BodyExt::boxed_unsync))
         .layer(layer)
         .map_response(move |response| {
             let slot = slot.clone();
@@ -200,19 +204,66 @@ async fn errors_and_panics_reach_the_caller() {
 }
 
 #[test]
-fn without_a_runtime_the_answer_is_a_500() {
+fn without_a_runtime_a_call_still_answers() {
+    // In place, a call needs no runtime; only handing it on would.
     let mut service = DetachLayer::new().layer(service_fn(|_req: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Full::<Bytes>::default()))
+        Ok::<_, Infallible>(Response::new(Full::<Bytes>::from("ok")))
     }));
     let future = service.call(Request::new(()));
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut future = std::pin::pin!(future);
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(Ok(response)) => {
-            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR)
+            assert_eq!(response.status(), StatusCode::OK);
+            let mut body = std::pin::pin!(response.into_body());
+            match body.as_mut().poll_frame(&mut cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    assert_eq!(frame.into_data().unwrap(), Bytes::from("ok"));
+                }
+                _ => panic!("expected the body's frame"),
+            }
         }
-        _ => panic!("expected a 500"),
+        _ => panic!("expected the answer at once"),
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_left_before_its_head_runs_on_in_a_task_and_is_counted() {
+    // The call is still waiting for its upstream when the client leaves:
+    // it moves to a task, counted as running until its body was drained.
+    let calls = DetachedCalls::new();
+    let report: Slot = Arc::new(Mutex::new(None));
+    let slot = report.clone();
+    let service = ServiceBuilder::new()
+        .layer(DetachLayer::new().calls(calls.clone()))
+        .map_response(move |response| {
+            let slot = slot.clone();
+            usage::observe(response, UsageOptions::default(), move |r| {
+                *slot.lock().unwrap() = Some(*r);
+            })
+        })
+        .service(service_fn(|_req: Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let body = Full::new(Bytes::from(format!("data: {USAGE}\n\n")));
+            Ok::<_, Infallible>(
+                Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(body)
+                    .unwrap(),
+            )
+        }));
+    let mut call = Box::pin(service.oneshot(Request::new(())));
+    let waited = tokio::time::timeout(Duration::from_millis(10), call.as_mut()).await;
+    assert!(waited.is_err(), "the upstream answers after a second");
+    assert_eq!(calls.running(), 1);
+    drop(call);
+    assert_eq!(calls.running(), 1, "handed to a task, still running");
+    let report = report_within(&report).await;
+    assert_eq!(report.end, BodyEnd::Completed);
+    assert_eq!(report.usage.total_tokens, 47);
+    tokio::time::timeout(Duration::from_secs(5), calls.idle())
+        .await
+        .expect("idle once the drain ended");
 }
 
 #[tokio::test(start_paused = true)]
