@@ -1,4 +1,8 @@
 //! The in-process budget ledger: [`MemoryLedger`].
+//!
+//! (About 630 lines: `MemoryLedger`'s documented builder and its operations,
+//! which share the books' locking order; the books, the restore hooks, the
+//! aggregates and the idempotency keys are in the files beside it.)
 
 use std::fmt;
 use std::hash::BuildHasher;
