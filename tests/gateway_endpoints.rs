@@ -458,6 +458,38 @@ async fn models_are_listed_and_the_rest_of_v1_is_404() {
     assert_eq!(answer.status, StatusCode::NOT_FOUND);
     assert_eq!(answer.json()["type"], "error", "{}", answer.text());
     assert_eq!(answer.json()["error"]["type"], "not_found_error");
+
+    // A known path with a method it does not answer: 405 in the API's
+    // envelope, naming the methods, which `allow` lists too.
+    let answer = call(&client, get(&gateway.url("/v1/chat/completions"), &auth)).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.headers["allow"], "POST");
+    assert_eq!(answer.json()["error"]["code"], "method_not_allowed");
+    assert_eq!(
+        answer.json()["error"]["message"],
+        "/v1/chat/completions answers POST only."
+    );
+    let answer = call(
+        &client,
+        post(&gateway.url("/v1/models"), Some("sk-test-ok"), &body, &[]),
+    )
+    .await;
+    assert_eq!(
+        answer.status,
+        StatusCode::METHOD_NOT_ALLOWED,
+        "{}",
+        answer.text()
+    );
+    assert_eq!(answer.headers["allow"], "GET,HEAD");
+    assert_eq!(
+        answer.json()["error"]["message"],
+        "/v1/models answers GET and HEAD only."
+    );
 }
 
 /// The official `anthropic` SDK raises the right class for each refusal.

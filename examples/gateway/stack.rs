@@ -328,9 +328,18 @@ where
     }
 }
 
-/// 405, with the methods the endpoint answers in `allow` (as axum answers).
+/// 405 in the client's envelope, naming the methods the endpoint answers,
+/// which `allow` lists too (as axum answers).
 fn method_not_allowed(endpoint: Endpoint) -> Response {
-    let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    let mut response = ApiError::invalid_request()
+        .with_status(StatusCode::METHOD_NOT_ALLOWED)
+        .with_code("method_not_allowed")
+        .with_message(format!(
+            "{} answers {} only.",
+            endpoint.route(),
+            endpoint.allow().replace(',', " and ")
+        ))
+        .into_response();
     response
         .headers_mut()
         .insert(ALLOW, http::HeaderValue::from_static(endpoint.allow()));

@@ -32,22 +32,29 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
+#[cfg(feature = "redis")]
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+#[cfg(feature = "redis")]
 use tokio::sync::Notify;
 use tollgate::auth::TenantAdmin;
+use tollgate::budget::Ledger;
+#[cfg(feature = "redis")]
 use tollgate::budget::{
-    BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
+    BudgetSpec, BudgetStatus, Charge, Money, Reservation, ReserveOutcome, ReservePolicy,
     Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use tollgate::rate_limit::RateLimitStore;
+use tollgate::store::StoreError;
+#[cfg(feature = "redis")]
+use tollgate::store::StoreFuture;
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
-use tollgate::store::{StoreError, StoreFuture};
 
 use crate::config::StoreChoice;
 
 /// How long a shutdown waits for settlements still on their way to Redis.
+#[cfg(feature = "redis")]
 const FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// The gateway's stores, shared by every [`App`](crate::app::App) a config
@@ -356,20 +363,24 @@ fn with_ca_file(
     Err("store_ca_file is for a rediss:// store, which needs the `redis-tls` feature".into())
 }
 
+#[cfg(feature = "redis")]
 /// Ledger calls that have not answered yet (settlements running as tasks of
 /// their own, see the module docs).
 #[derive(Clone, Default)]
 struct Pending(Arc<PendingCount>);
 
+#[cfg(feature = "redis")]
 #[derive(Default)]
 struct PendingCount {
     count: AtomicUsize,
     idle: Notify,
 }
 
+#[cfg(feature = "redis")]
 /// One ledger call on its way; counted until dropped.
 struct InFlight(Arc<PendingCount>);
 
+#[cfg(feature = "redis")]
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
@@ -378,6 +389,7 @@ impl Drop for InFlight {
     }
 }
 
+#[cfg(feature = "redis")]
 impl Pending {
     /// `answer`, counted while it is pending. Ready answers (no task, no
     /// count) pass through untouched.
@@ -410,12 +422,14 @@ impl Pending {
     }
 }
 
+#[cfg(feature = "redis")]
 /// A ledger whose settlements and releases are counted while pending.
 struct Watched<L> {
     ledger: L,
     pending: Pending,
 }
 
+#[cfg(feature = "redis")]
 impl<L: Ledger> Ledger for Watched<L> {
     fn reserve(
         &self,
@@ -460,6 +474,7 @@ impl<L: Ledger> Ledger for Watched<L> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "redis")]
     #[tokio::test]
     async fn pending_calls_are_counted_until_they_answer() {
         let pending = Pending::default();
