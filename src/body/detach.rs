@@ -282,11 +282,20 @@ where
     });
 }
 
-/// A body whose client left before its end: drained by a task.
-fn finish_body<B>(body: Pin<Box<B>>, left: Left)
+/// A body whose client left before its end: drained by a task. A body
+/// that says it is at its end was read whole (hyper stops polling such a
+/// body and drops it): its last poll, which lets the layers inside see the
+/// end, is made here, and a task only if that poll cannot finish at once.
+fn finish_body<B>(mut body: Pin<Box<B>>, left: Left)
 where
     B: Body<Data = Bytes> + Send + 'static,
 {
+    if body.is_end_stream() {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(None) = body.as_mut().poll_frame(&mut cx) {
+            return; // `left` counts the call out
+        }
+    }
     let limits = left.limits;
     left.spawn(drain(body, limits, "during the response body"));
 }

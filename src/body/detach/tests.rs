@@ -294,3 +294,25 @@ async fn the_calls_still_draining_are_counted() {
         .unwrap();
     assert_eq!(calls.running(), 0);
 }
+
+#[tokio::test]
+async fn a_body_dropped_at_its_end_needs_no_task() {
+    // hyper stops polling a body that says it is at its end, and drops it:
+    // that is a body read whole, not a client that left.
+    let calls = DetachedCalls::new();
+    let service =
+        DetachLayer::new()
+            .calls(calls.clone())
+            .layer(service_fn(|_req: Request<()>| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("whole"))))
+            }));
+    let response = service.oneshot(Request::new(())).await.unwrap();
+    let mut body = Box::pin(response.into_body());
+    let frame = body.frame().await.unwrap().unwrap();
+    assert_eq!(frame.into_data().unwrap(), Bytes::from("whole"));
+    assert!(body.is_end_stream());
+    assert_eq!(calls.running(), 1);
+    drop(body);
+    // Counted out at once: no task was spawned to drain it.
+    assert_eq!(calls.running(), 0);
+}
