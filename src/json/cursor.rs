@@ -75,6 +75,12 @@ impl<'a> Cursor<'a> {
         (self.bytes.get(self.at..end)? == literal).then(|| self.at = end)
     }
 
+    /// What is left, from the next byte that is not whitespace.
+    pub(crate) fn rest(&mut self) -> &'a [u8] {
+        self.peek();
+        self.bytes.get(self.at..).unwrap_or_default()
+    }
+
     /// Nothing but whitespace is left.
     pub(crate) fn end(&mut self) -> Option<()> {
         self.peek().is_none().then_some(())
@@ -122,14 +128,15 @@ impl<'a> Cursor<'a> {
 
     /// Reads `byte`, after whitespace.
     #[inline(always)]
-    fn eat(&mut self, byte: u8) -> Option<()> {
+    /// Reads `byte` if it comes next, after whitespace.
+    pub(crate) fn eat(&mut self, byte: u8) -> Option<()> {
         (self.peek()? == byte).then(|| self.bump())
     }
 
     /// A key and its colon. Escaped keys are declined unless `any`: their
     /// bytes are not their name.
     #[inline(always)]
-    fn key(&mut self, any: bool) -> Option<&'a [u8]> {
+    pub(crate) fn key(&mut self, any: bool) -> Option<&'a [u8]> {
         self.eat(b'"')?;
         let key = self.string()?;
         if key.escaped && !any {

@@ -5,6 +5,7 @@
 //! of their data, which is all a marker needs (and all the framer keeps of
 //! an event over its limit).
 
+use crate::json::Cursor;
 use crate::sse::Event;
 
 /// `event: error`, data that opens with `{"error"` (not null) or
@@ -104,8 +105,9 @@ pub(crate) fn is_hai_error(reason: &[u8]) -> bool {
 
 /// What follows a key's closing quote: its value, past the colon.
 fn member_value(after_key: &[u8]) -> Option<&[u8]> {
-    let rest = skip_ws(after_key).strip_prefix(b":")?;
-    Some(skip_ws(rest))
+    let mut value = Cursor::new(after_key);
+    value.eat(b':')?;
+    Some(value.rest())
 }
 
 fn classify_name(name: &[u8]) -> u8 {
@@ -118,34 +120,21 @@ fn classify_name(name: &[u8]) -> u8 {
     }
 }
 
-fn skip_ws(s: &[u8]) -> &[u8] {
-    let n = s
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
-        .unwrap_or(s.len());
-    &s[n..]
-}
-
-/// The first key of a JSON object (after its `{`) and what follows its colon.
+/// The first key of a JSON object (after its `{`) and its value, past the
+/// colon. An escaped key is no key a marker looks for.
 fn first_member(object: &[u8]) -> Option<(&[u8], &[u8])> {
-    let s = skip_ws(object);
-    let key = json_string(s)?;
-    Some((key, member_value(&s[key.len() + 2..])?))
+    let mut member = Cursor::new(object);
+    let key = member.key(false)?;
+    Some((key, member.rest()))
 }
 
-/// The content of a short JSON string without escapes at the start of `s`.
-/// Every key and name the markers use is short, so longer strings are `None`
-/// (and a plain loop beats a SIMD search at these lengths).
+/// The content of a JSON string without escapes at the start of `s` (every
+/// name a marker compares is plain ASCII, so an escaped one is none of them).
 fn json_string(s: &[u8]) -> Option<&[u8]> {
-    let body = s.strip_prefix(b"\"")?;
-    for (i, &b) in body.iter().take(32).enumerate() {
-        match b {
-            b'"' => return Some(&body[..i]),
-            b'\\' => return None,
-            _ => {}
-        }
-    }
-    None
+    let mut string = Cursor::new(s);
+    string.literal(b"\"")?;
+    let read = string.string()?;
+    (!read.escaped).then_some(read.raw)
 }
 
 #[cfg(test)]
