@@ -1,10 +1,13 @@
 //! [`SseHost`]: how a body that frames a stream anyway serves a per-event
-//! callback from further out, so that the stream is framed once.
+//! callback from further out, so that the stream is framed once; and
+//! [`SseGuest`], the same for a callback from further in (a gateway that
+//! observes usage innermost, below the stream layer).
 
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Dispatch, Event};
+use crate::usage::BodyEnd;
 
 /// A per-event reader that a framing body can run for its owner (the usage
 /// observer's SSE reader). Dropped without [`end`](Self::end) when the body
@@ -13,8 +16,11 @@ pub(crate) trait EventSink: Send + Sync {
     /// One event of the stream the client gets; `Cut` leaves it out.
     fn event(&mut self, event: &Event<'_>) -> Dispatch;
 
-    /// The body has ended: nothing more comes.
-    fn end(&mut self);
+    /// The body has ended: nothing more comes. `end` is how the body the
+    /// sink stands in for would have ended: completed when its inner body
+    /// ended, failed on its error, dropped when the host stopped reading it
+    /// (an idle stream cut).
+    fn end(&mut self, end: BodyEnd);
 
     /// The largest event the sink must read whole: the host must hold back
     /// at least this much of an unfinished event.
@@ -39,10 +45,13 @@ enum State {
 }
 
 impl SseHost {
-    pub(crate) fn new(limit: usize) -> SseHost {
+    /// A host that holds back `limit` bytes of an unfinished event, and
+    /// already reads for `guest` if there is one (adopted from further in:
+    /// later offers are refused).
+    pub(crate) fn with(limit: usize, guest: Option<Box<dyn EventSink>>) -> SseHost {
         SseHost(Arc::new(Slot {
             limit,
-            state: Mutex::new(State::Open(None)),
+            state: Mutex::new(State::Open(guest)),
         }))
     }
 
@@ -82,5 +91,34 @@ impl fmt::Debug for SseHost {
         f.debug_struct("SseHost")
             .field("limit", &self.0.limit)
             .finish_non_exhaustive()
+    }
+}
+
+/// What an [`SseGuest`] holds: a reader that waits, until its body's first
+/// poll, for a framing body further out to adopt it.
+pub(crate) trait Guest: Send + Sync {
+    /// Hands the reader over, if it is still there and needs to hold back
+    /// no more than `limit` bytes of an unfinished event.
+    fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>>;
+}
+
+/// In the response extensions of a stream whose usage is observed further
+/// in than the body that frames it: that body, further out, adopts the
+/// observer's reader ([`Guest::adopt`]), and the observed body only passes
+/// frames through. Unadopted by its first poll, the observer frames the
+/// stream itself.
+#[derive(Clone)]
+pub(crate) struct SseGuest(pub(crate) Arc<dyn Guest>);
+
+impl SseGuest {
+    /// The guest's reader, for a host that holds back `limit` bytes.
+    pub(crate) fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
+        self.0.adopt(limit)
+    }
+}
+
+impl fmt::Debug for SseGuest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SseGuest").finish_non_exhaustive()
     }
 }

@@ -17,7 +17,7 @@ use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
-use crate::sse::{FirstEvent, SseHost};
+use crate::sse::{FirstEvent, SseGuest, SseHost};
 use crate::{ApiError, BoxError};
 
 pin_project! {
@@ -178,8 +178,14 @@ where
     let hold =
         settings.config.hold_first_event && !matches!(read, Some(Opening::Content | Opening::Ends));
     // A usage observer further out reads the events this body frames
-    // anyway, instead of framing them again.
-    let host = SseHost::new(settings.config.max_event_bytes);
+    // anyway, instead of framing them again; one further in (waiting as a
+    // guest) is adopted the same way.
+    let limit = settings.config.max_event_bytes;
+    let guest = parts
+        .extensions
+        .remove::<SseGuest>()
+        .and_then(|guest| guest.adopt(limit));
+    let host = SseHost::with(limit, guest);
     parts.extensions.insert(host.clone());
     let body = SseBody::new(body, settings, hold, host, bare);
     if !hold {

@@ -197,7 +197,12 @@
 //! ([`usage::observe`](crate::usage::observe), which the rate-limit and
 //! budget layers use) hands its per-event reader to this layer's body
 //! instead of framing the stream a second time, so a gateway frames each
-//! event once. And the first event, once read to hold the head, is left in
+//! event once. An observer inside it (a gateway that observes the
+//! upstream's answer innermost) is taken over the same way: its reader waits
+//! in the response extensions until this layer adopts it, and its body then
+//! passes frames through. Either way the reader is told how the upstream's
+//! body ended (completed, failed, or cut by this layer), as if it had read
+//! the body itself. And the first event, once read to hold the head, is left in
 //! the response extensions: a retry layer outside (on the client side)
 //! classifies the stream with it instead of peeking again, and this layer,
 //! when a retry layer inside it has already read the first event, uses that

@@ -18,6 +18,7 @@ use crate::sse::{Dispatch, Event, EventSink, FirstEvent, Framer, OnEvent, SseHos
 
 mod hold;
 use self::hold::HeldEvent;
+use crate::usage::BodyEnd;
 use crate::{ApiError, BoxError};
 
 const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
@@ -117,6 +118,9 @@ struct SseState<B> {
     host: Option<SseHost>,
     /// The usage observer's reader, fed every event the client gets.
     sink: Option<Box<dyn EventSink>>,
+    /// How the inner body ended, for the reader: as the body it stands in
+    /// for would have seen it (dropped until it ends or fails).
+    inner_end: BodyEnd,
 }
 
 impl<B> Drop for SseState<B> {
@@ -158,6 +162,7 @@ where
             seen: Seen::new(settings.format),
             host: Some(host),
             sink: None,
+            inner_end: BodyEnd::Dropped,
         }
     }
 
@@ -212,17 +217,22 @@ where
             Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                 Ok(data) => Input::Data(data),
                 Err(frame) => match frame.into_trailers() {
-                    Ok(trailers) => Input::Trailers(trailers),
+                    Ok(trailers) => {
+                        self.inner_end = BodyEnd::Completed;
+                        Input::Trailers(trailers)
+                    }
                     // A frame kind this layer does not know: skip it.
                     Err(_) => Input::Data(Bytes::new()),
                 },
             },
             Poll::Ready(Some(Err(error))) => {
                 self.body = None;
+                self.inner_end = BodyEnd::Failed;
                 Input::Failed(error)
             }
             Poll::Ready(None) => {
                 self.body = None;
+                self.inner_end = BodyEnd::Completed;
                 Input::End
             }
         })
@@ -376,14 +386,19 @@ where
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             self.trailers = Some(trailers);
+                            self.inner_end = BodyEnd::Completed;
                             self.on_end();
                         }
                     }
                 },
                 Poll::Ready(Some(Err(error))) => {
+                    self.inner_end = BodyEnd::Failed;
                     self.fail(body_failure(error));
                 }
-                Poll::Ready(None) => self.on_end(),
+                Poll::Ready(None) => {
+                    self.inner_end = BodyEnd::Completed;
+                    self.on_end();
+                }
                 Poll::Pending => {
                     if self.ticker.is_stopped() || self.ticker.armed(cx) {
                         return Poll::Pending;
@@ -413,7 +428,7 @@ where
                 // The end: the usage reader reports now, as the body it
                 // stands in for would.
                 if let Some(mut sink) = self.sink.take() {
-                    sink.end();
+                    sink.end(self.inner_end);
                 }
                 return Poll::Ready(None);
             }

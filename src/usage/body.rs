@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::{Bytes, BytesMut};
@@ -14,7 +14,7 @@ use super::report::BodyEnd;
 use super::scan::UsageScanner;
 use super::sse::EVENT_LIMIT;
 use super::tap::Tap;
-use crate::sse::{Dispatch, Event, EventSink};
+use crate::sse::{Dispatch, Event, EventSink, Guest};
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -32,12 +32,31 @@ pin_project! {
         #[pin]
         inner: B,
         observer: Option<Observer>,
+        // The observer waiting, until the first poll, for the framing body
+        // further out to adopt it.
+        guest: Option<GuestHandle>,
     }
 }
 
 impl<B> UsageBody<B> {
     pub(crate) fn new(inner: B, observer: Option<Observer>) -> Self {
-        UsageBody { inner, observer }
+        UsageBody {
+            inner,
+            observer,
+            guest: None,
+        }
+    }
+
+    /// A body whose observer waits in `slot` to be adopted by a body
+    /// further out that frames the stream anyway (see
+    /// [`SseGuest`](crate::sse::SseGuest)); at
+    /// the first poll, if nobody did, it observes the body itself.
+    pub(crate) fn guest(inner: B, slot: Arc<GuestSlot>, strip: bool) -> Self {
+        UsageBody {
+            inner,
+            observer: None,
+            guest: Some(GuestHandle { slot, strip }),
+        }
     }
 
     /// The inner body.
@@ -63,6 +82,7 @@ impl<B> fmt::Debug for UsageBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UsageBody")
             .field("observing", &self.observer.is_some())
+            .field("guest", &self.guest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -138,6 +158,11 @@ impl Observer {
         self.ended = true;
     }
 
+    /// Cuts usage-only chunks (the body's length changes).
+    pub(crate) fn strips(&self) -> bool {
+        self.strip
+    }
+
     fn held(&self) -> usize {
         self.scanner.held_len()
     }
@@ -150,8 +175,8 @@ impl EventSink for Observer {
         self.scanner.read_event(event)
     }
 
-    fn end(&mut self) {
-        self.fire(BodyEnd::Completed);
+    fn end(&mut self, end: BodyEnd) {
+        self.fire(end);
     }
 
     fn event_limit(&self) -> usize {
@@ -179,6 +204,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let mut this = self.project();
+        if let Some(guest) = this.guest.take() {
+            // Not adopted by now, the observer reads the body itself.
+            *this.observer = guest.reclaim();
+        }
         let Some(obs) = this.observer.as_mut() else {
             return this.inner.poll_frame(cx);
         };
@@ -244,6 +273,10 @@ where
     }
 
     fn is_end_stream(&self) -> bool {
+        if self.guest.is_some() {
+            // Not polled yet: its observer may still have a report to make.
+            return false;
+        }
         match &self.observer {
             None => self.inner.is_end_stream(),
             // Until the report is made, say "not yet", so that the server
@@ -256,6 +289,16 @@ where
     }
 
     fn size_hint(&self) -> SizeHint {
+        if let Some(guest) = &self.guest
+            && guest.strip
+        {
+            // As a stripping observer's, whoever ends up reading.
+            let mut hint = SizeHint::new();
+            if let Some(upper) = self.inner.size_hint().upper() {
+                hint.set_upper(upper);
+            }
+            return hint;
+        }
         match &self.observer {
             None => self.inner.size_hint(),
             Some(obs) if obs.ended => {
@@ -271,6 +314,55 @@ where
             }
             Some(_) => self.inner.size_hint(),
         }
+    }
+}
+
+/// Where an observer waits to be adopted: shared by its [`UsageBody`] and
+/// the [`SseGuest`](crate::sse::SseGuest) in the response extensions, taken by whichever comes
+/// first (the framing body's adoption, or the observed body's first poll).
+pub(crate) struct GuestSlot(Mutex<Option<Observer>>);
+
+impl GuestSlot {
+    pub(crate) fn new(observer: Observer) -> Arc<GuestSlot> {
+        Arc::new(GuestSlot(Mutex::new(Some(observer))))
+    }
+
+    fn take(&self) -> Option<Observer> {
+        // Nothing runs under the lock but a move.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+}
+
+impl Guest for GuestSlot {
+    fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.as_ref()?.event_limit() > limit {
+            // The host would cut events this reader must read whole.
+            return None;
+        }
+        slot.take()
+            .map(|observer| Box::new(observer) as Box<dyn EventSink>)
+    }
+}
+
+/// A [`UsageBody`]'s hold on its waiting observer. Dropped before the
+/// first poll (the client left), the observer is dropped with it and
+/// reports at once, whoever else still holds the slot.
+struct GuestHandle {
+    slot: Arc<GuestSlot>,
+    /// The observer strips usage chunks: the body's length is not known.
+    strip: bool,
+}
+
+impl GuestHandle {
+    fn reclaim(self) -> Option<Observer> {
+        self.slot.take()
+    }
+}
+
+impl Drop for GuestHandle {
+    fn drop(&mut self) {
+        drop(self.slot.take());
     }
 }
 

@@ -185,10 +185,10 @@ pub use self::request::request_usage;
 pub use self::scan::UsageScanner;
 pub use self::tap::UsageTap;
 
-use self::body::Observer;
+use self::body::{GuestSlot, Observer};
 use self::scan::Kind;
 use self::tap::Shared;
-use crate::sse::SseHost;
+use crate::sse::{SseGuest, SseHost};
 
 /// Observes the usage of `response`'s body.
 ///
@@ -200,7 +200,11 @@ use crate::sse::SseHost;
 /// extensions), the callback is subscribed to that tap and the body passes
 /// through without a second scan. When the body frames its SSE events
 /// anyway (the stream layer's body), it reads them for this observer: the
-/// stream is framed once.
+/// stream is framed once. The same holds the other way round: observed
+/// below a [`StreamErrorTrailerLayer`](crate::stream::StreamErrorTrailerLayer)
+/// (a gateway that observes the upstream's answer innermost), the observer
+/// waits until its body's first poll for the stream layer to take over its
+/// reading, and reads the body itself if no such layer did.
 ///
 /// With [`UsageOptions::strip_usage_chunk`] on an SSE response, the
 /// `content-length` header (if any) is removed, since the body shrinks.
@@ -244,25 +248,33 @@ where
     );
     if body.is_end_stream() {
         observer.complete_now();
-    } else if is_sse && parts.extensions.get::<SseHost>().is_some() {
+    } else if is_sse {
         return hand_over(parts, body, observer);
     }
     Response::from_parts(parts, UsageBody::new(body, Some(observer)))
 }
 
-/// The body frames its events anyway (the stream layer's, which put an
-/// [`SseHost`] in the extensions): it reads them for `observer`, and the
-/// observed body only passes frames through. Out of line: the path of every
-/// other response stays small.
+/// A stream: if the body frames its events anyway (the stream layer's,
+/// which put an [`SseHost`] in the extensions), it reads them for
+/// `observer`, and the observed body only passes frames through. Else the
+/// observer waits as a guest ([`SseGuest`]) for a stream layer further out
+/// to adopt it when it sees the response, and reads the body itself if
+/// none did by its first poll. Either way the stream is framed once. Out of
+/// line: the path of every other response stays small.
 #[inline(never)]
 fn hand_over<B>(
-    parts: http::response::Parts,
+    mut parts: http::response::Parts,
     body: B,
     observer: Observer,
 ) -> Response<UsageBody<B>> {
     let offered = match parts.extensions.get::<SseHost>() {
         Some(host) => host.offer(Box::new(observer)).map_err(|refused| *refused),
-        None => Err(observer),
+        None => {
+            let strip = observer.strips();
+            let slot = GuestSlot::new(observer);
+            parts.extensions.insert(SseGuest(slot.clone()));
+            return Response::from_parts(parts, UsageBody::guest(body, slot, strip));
+        }
     };
     Response::from_parts(parts, UsageBody::new(body, offered.err()))
 }

@@ -58,6 +58,9 @@ async fn usage_observer_outside_counts_the_partial_stream() {
     assert_eq!(reports.len(), 1);
     let report = reports[0];
     assert_eq!(report.source, UsageSource::Estimated);
+    // The layer read for the observer: it reports the upstream's failure,
+    // as the observer reading the body itself would.
+    assert_eq!(report.end, tollgate::usage::BodyEnd::Failed);
     assert_eq!(report.status, StatusCode::OK);
     assert_eq!(report.usage.prompt_tokens, 5);
     // "Hello world": 11 characters, a quarter of them rounded up.
@@ -183,6 +186,175 @@ async fn an_observer_outside_strips_through_the_layer() {
             assert_eq!(report.usage.total_tokens, 11);
         }
     }
+}
+
+// ---- an observer inside the layer (a gateway observing innermost) ----
+
+/// A body that keeps the `Debug` of the body it wraps as it was after its
+/// last poll: what a `UsageBody` inside the stream layer ended up doing.
+struct Spy<B> {
+    inner: std::pin::Pin<Box<B>>,
+    seen: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl<B: http_body::Body + std::fmt::Debug> http_body::Body for Spy<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        let polled = self.inner.as_mut().poll_frame(cx);
+        *self.seen.lock().unwrap() = format!("{:?}", self.inner);
+        polled
+    }
+}
+
+/// The usage observer inside the stream layer, on the upstream's response
+/// (as the gateway example observes it, below the stream layer), with
+/// `frames` and then `then`: the body, the observed body's `Debug` after
+/// its last poll, and the report.
+async fn observed_inside(
+    frames: Vec<&'static str>,
+    then: Then,
+    options: tollgate::usage::UsageOptions,
+) -> (String, String, tollgate::usage::UsageReport) {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage;
+
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(String::new()));
+    let (sink, spy) = (reports.clone(), seen.clone());
+    let service = ServiceBuilder::new()
+        .layer(StreamErrorTrailerLayer::new())
+        .map_response(move |response| {
+            let sink = sink.clone();
+            let spy = spy.clone();
+            usage::observe(response, options.clone(), move |report| {
+                sink.lock().unwrap().push(*report)
+            })
+            .map(|body| Spy {
+                inner: Box::pin(body),
+                seen: spy,
+            })
+        })
+        .service(service_fn(move |_req: Request<Full<Bytes>>| {
+            let response = sse(&frames, then);
+            async move { Ok::<_, Infallible>(response) }
+        }));
+    let response = bounded(service.oneshot(chat_request())).await.unwrap();
+    let body = bounded(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1, "one report");
+    let seen = seen.lock().unwrap().clone();
+    (String::from_utf8(body.to_vec()).unwrap(), seen, reports[0])
+}
+
+/// The stream layer adopts the reader of an observer inside it: the
+/// observed body only passes frames through (the stream is framed once),
+/// and the client gets the same bytes and the observer the same report as
+/// with the observer outside, wherever the upstream cut its frames.
+#[tokio::test]
+async fn an_observer_inside_is_adopted_by_the_layer() {
+    use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
+
+    let stream = format!("{ROLE_CHUNK_NULL_USAGE}{CHUNK}{USAGE_CHUNK}{DONE}");
+    let stripped = format!(
+        "{}{CHUNK}{DONE}",
+        ROLE_CHUNK_NULL_USAGE.replace(",\"usage\":null", "")
+    );
+    for (options, expected) in [
+        (UsageOptions::default(), &stream),
+        (UsageOptions::default().strip_usage_chunk(true), &stripped),
+    ] {
+        for split in 0..=stream.len() {
+            let (a, b) = stream.split_at(split);
+            let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+            let (body, seen, report) = observed_inside(frames, Then::End, options.clone()).await;
+            assert_eq!(&body, expected, "split at {split}");
+            assert!(seen.contains("observing: false, guest: false"), "{seen}");
+            assert_eq!(report.source, UsageSource::Reported, "split at {split}");
+            assert_eq!(report.end, BodyEnd::Completed);
+            assert_eq!(report.usage.total_tokens, 11);
+        }
+    }
+}
+
+/// An adopted observer reports how the upstream's body ended, as it would
+/// reading the body itself: failed when the upstream broke mid-stream.
+#[tokio::test]
+async fn an_adopted_observer_reports_a_failed_upstream() {
+    use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
+
+    let (body, seen, report) =
+        observed_inside(vec![CHUNK, CHUNK], Then::Fail, UsageOptions::default()).await;
+    assert!(body.starts_with(&format!("{CHUNK}{CHUNK}")), "{body}");
+    assert!(body.contains("bad_gateway"), "{body}");
+    assert!(seen.contains("observing: false"), "{seen}");
+    assert_eq!(report.end, BodyEnd::Failed);
+    assert_eq!(report.source, UsageSource::Estimated);
+    // "HiHi": 4 characters, one token.
+    assert_eq!(report.usage.completion_tokens, 1);
+}
+
+/// Without a stream layer further out, nobody adopts the observer: at its
+/// body's first poll it reads the stream itself.
+#[tokio::test]
+async fn an_observer_nobody_adopts_reads_the_stream_itself() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage::{self, BodyEnd, UsageOptions};
+
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let stream = format!("{CHUNK}{USAGE_CHUNK}{DONE}");
+    let response = usage::observe(
+        sse(&[CHUNK, USAGE_CHUNK, DONE], Then::End),
+        UsageOptions::default().strip_usage_chunk(true),
+        move |report| sink.lock().unwrap().push(*report),
+    );
+    let mut body = response.into_body();
+    assert!(format!("{body:?}").contains("guest: true"), "{body:?}");
+    let first = bounded(body.frame()).await.unwrap().unwrap();
+    assert_eq!(first.data_ref().unwrap(), CHUNK.as_bytes());
+    assert!(format!("{body:?}").contains("observing: true, guest: false"));
+    let rest = bounded(body.collect()).await.unwrap().to_bytes();
+    assert_eq!(
+        rest,
+        DONE.as_bytes(),
+        "the usage chunk of {stream:?} is cut"
+    );
+    let reports = reports.lock().unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].end, BodyEnd::Completed);
+    assert_eq!(reports[0].usage.total_tokens, 11);
+}
+
+/// An observed body dropped before its first poll (the client left while
+/// the head was on its way) reports at once, as dropped, although the
+/// response's extensions still hold the observer's slot.
+#[tokio::test]
+async fn a_waiting_observer_dropped_unpolled_reports_at_once() {
+    use std::sync::{Arc, Mutex};
+    use tollgate::usage::{self, BodyEnd, UsageOptions};
+
+    let reports = Arc::new(Mutex::new(Vec::new()));
+    let sink = reports.clone();
+    let response = usage::observe(
+        sse(&[CHUNK, DONE], Then::End),
+        UsageOptions::default(),
+        move |report| sink.lock().unwrap().push(*report),
+    );
+    let (parts, body) = response.into_parts();
+    drop(body);
+    let reports_now = reports.lock().unwrap().clone();
+    assert_eq!(reports_now.len(), 1, "reported while the extensions live");
+    assert_eq!(reports_now[0].end, BodyEnd::Dropped);
+    drop(parts);
+    assert_eq!(reports.lock().unwrap().len(), 1, "and only once");
 }
 
 // ---- the first event, read once on the client side ----

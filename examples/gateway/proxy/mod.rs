@@ -197,7 +197,9 @@ pub async fn forward(req: Request, api: Api) -> Response {
         out.extensions_mut().insert(retry);
     }
     // Observed here, innermost, so every response has one usage scan that
-    // the rate limit, the budget and the access log subscribe to.
+    // the rate limit, the budget and the access log subscribe to. A stream's
+    // events are read by the stream layer further out, which frames them
+    // anyway: framed once.
     let options = UsageOptions {
         strip_usage_chunk,
         ..UsageOptions::from_meta(meta)
