@@ -99,9 +99,15 @@ async fn forward(State(route): State<Arc<Route>>, req: Request) -> Response {
     };
     let path = parts.uri.path();
     let below_v1 = path.strip_prefix("/v1").unwrap_or(path);
-    let mut builder = http::Request::builder()
-        .method(parts.method)
-        .uri(format!("{}{below_v1}", route.target.base_url));
+    // An API's URL is made once per upstream, as the full gateway's is.
+    let uri = match Api::of_path(path) {
+        Some(api) => route.target.uri(api),
+        None => match format!("{}{below_v1}", route.target.base_url).parse() {
+            Ok(uri) => uri,
+            Err(_) => return ApiError::internal().into_response(),
+        },
+    };
+    let mut builder = http::Request::builder().method(parts.method).uri(uri);
     for name in &FORWARDED {
         if let Some(value) = parts.headers.get(name) {
             builder = builder.header(name, value.clone());

@@ -73,12 +73,17 @@ pub struct Target {
     pub label: Arc<str>,
     /// `http://host:port/v1`, without a trailing slash.
     pub base_url: String,
+    /// The URL of each API there (in [`Api::ALL`]'s order), parsed once:
+    /// a request clones one instead of formatting and parsing it again.
+    uris: [http::Uri; Api::ALL.len()],
     /// The API it speaks.
     pub kind: UpstreamKind,
     /// The built-in mock, which speaks both.
     pub mock: bool,
-    /// The gateway's key there (marked sensitive: never logged by hyper).
-    key: Option<Arc<str>>,
+    /// The gateway's key there as each kind of API sends it (OpenAI's
+    /// `Bearer`, Anthropic's bare key), made once and marked sensitive:
+    /// never logged by hyper.
+    credentials: Option<Credentials>,
     /// What per-upstream rate limits count by.
     pub extension: tollgate::rate_limit::Upstream,
     /// Its series.
@@ -94,20 +99,40 @@ impl Target {
     /// The gateway's credentials for a call of `api`: `x-api-key` for
     /// Anthropic's Messages API, `Authorization: Bearer` for OpenAI's.
     pub fn credentials(&self, api: Api) -> Option<(http::HeaderName, HeaderValue)> {
-        let key = self.key.as_deref()?;
-        let (name, value) = match api.kind() {
+        let credentials = self.credentials.as_ref()?;
+        Some(match api.kind() {
             UpstreamKind::Anthropic => (
                 http::HeaderName::from_static("x-api-key"),
-                HeaderValue::from_str(key),
+                credentials.anthropic.clone(),
             ),
-            UpstreamKind::OpenAi => (
-                http::header::AUTHORIZATION,
-                HeaderValue::from_str(&format!("Bearer {key}")),
-            ),
+            UpstreamKind::OpenAi => (http::header::AUTHORIZATION, credentials.openai.clone()),
+        })
+    }
+
+    /// The upstream's URL for `api`.
+    pub fn uri(&self, api: Api) -> http::Uri {
+        self.uris[api.index()].clone()
+    }
+}
+
+/// A key's two header values (the mock speaks both APIs).
+struct Credentials {
+    openai: HeaderValue,
+    anthropic: HeaderValue,
+}
+
+impl Credentials {
+    fn new(key: &str) -> Result<Credentials, String> {
+        let value = |text: &str| {
+            let mut value = HeaderValue::from_str(text)
+                .map_err(|_| "an upstream key holds a character a header cannot".to_owned())?;
+            value.set_sensitive(true);
+            Ok::<_, String>(value)
         };
-        let mut value = value.ok()?;
-        value.set_sensitive(true);
-        Some((name, value))
+        Ok(Credentials {
+            openai: value(&format!("Bearer {key}"))?,
+            anthropic: value(key)?,
+        })
     }
 }
 
@@ -290,6 +315,17 @@ impl Upstream {
             .to_owned();
         // The mock, like Anthropic, wants some key on /v1/messages.
         let key = key.or_else(|| mock.then(|| Arc::from(MOCK_KEY)));
+        let credentials = key.as_deref().map(Credentials::new).transpose()?;
+        let uris = Api::ALL.map(|api| format!("{base_url}{}", api.upstream_path()).parse());
+        let uris = match uris {
+            [Ok(a), Ok(b), Ok(c), Ok(d), Ok(e)] => [a, b, c, d, e],
+            _ => {
+                return Err(format!(
+                    "{name}: `{}` is not a URL",
+                    without_credentials(url)
+                ));
+            }
+        };
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -302,9 +338,10 @@ impl Upstream {
                     without_credentials(url.trim_end_matches('/'))
                 }),
                 base_url,
+                uris,
                 kind,
                 mock,
-                key,
+                credentials,
                 extension: tollgate::rate_limit::Upstream::new(name),
                 metrics: metrics.upstream(name),
             }),

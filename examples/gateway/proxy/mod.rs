@@ -81,8 +81,19 @@ impl Api {
         Api::ALL.into_iter().find(|api| api.route() == path)
     }
 
+    /// Its place in [`Api::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Api::Chat => 0,
+            Api::Completions => 1,
+            Api::Embeddings => 2,
+            Api::Responses => 3,
+            Api::Messages => 4,
+        }
+    }
+
     /// The path under the upstream's base URL.
-    fn upstream_path(self) -> &'static str {
+    pub fn upstream_path(self) -> &'static str {
         // The base URL ends in `/v1` (or the provider's equivalent).
         &self.route()["/v1".len()..]
     }
@@ -235,7 +246,7 @@ fn upstream_request(
 ) -> Result<http::Request<Full<Bytes>>, ApiError> {
     let mut builder = http::Request::builder()
         .method(Method::POST)
-        .uri(format!("{}{}", route.target.base_url, api.upstream_path()))
+        .uri(route.target.uri(api))
         .header(CONTENT_TYPE, "application/json");
     if let Some((name, value)) = route.target.credentials(api) {
         builder = builder.header(name, value);
@@ -336,5 +347,12 @@ mod tests {
         assert_eq!(Api::of_path("/v1/messages"), Some(Api::Messages));
         assert_eq!(Api::Chat.upstream_path(), "/chat/completions");
         assert_eq!(Api::of_path("/v1/nope"), None);
+    }
+
+    #[test]
+    fn each_api_has_its_own_place() {
+        for (i, api) in Api::ALL.into_iter().enumerate() {
+            assert_eq!(api.index(), i, "{api:?}");
+        }
     }
 }
