@@ -45,8 +45,15 @@ use tollgate::{ApiError, BoxError};
 
 /// The two steps of a shutdown, shared by the accept loop, every connection
 /// and every stream.
+///
+/// One `Arc`: the proxied stack holds a clone that tower's `map_response`
+/// clones again for every request, and a `CancellationToken`'s clone and
+/// drop each take its tree's lock.
 #[derive(Debug, Clone, Default)]
-pub struct Shutdown {
+pub struct Shutdown(Arc<Steps>);
+
+#[derive(Debug, Default)]
+struct Steps {
     stop: CancellationToken,
     cut: Arc<Cut>,
     /// The proxied calls still running, some for clients that left (see
@@ -70,31 +77,31 @@ impl Shutdown {
 
     /// The proxied calls of every app built with this shutdown.
     pub fn detached(&self) -> &DetachedCalls {
-        &self.detached
+        &self.0.detached
     }
 
     /// Step 1: stop accepting and let in-flight work finish.
     pub fn begin(&self) {
-        self.stop.cancel();
+        self.0.stop.cancel();
     }
 
     /// Step 2: end every stream still open now.
     pub fn cut_streams(&self) {
-        self.stop.cancel();
-        self.cut.done.store(true, Ordering::Release);
-        self.cut.notify.notify_waiters();
+        self.0.stop.cancel();
+        self.0.cut.done.store(true, Ordering::Release);
+        self.0.cut.notify.notify_waiters();
     }
 
     /// Resolves when step 1 has begun.
     pub async fn begun(&self) {
-        self.stop.cancelled().await
+        self.0.stop.cancelled().await
     }
 
     /// Resolves when step 2 has begun.
     pub async fn streams_cut(&self) {
         // Registered before the flag is read, so a cut in between still wakes.
-        let notified = self.cut.notify.notified();
-        if !self.cut.done.load(Ordering::Acquire) {
+        let notified = self.0.cut.notify.notified();
+        if !self.0.cut.done.load(Ordering::Acquire) {
             notified.await;
         }
     }
@@ -119,10 +126,10 @@ impl Shutdown {
     pub fn watch<B>(&self, body: B) -> CutBody<B> {
         // The waiter exists from here on, so a cut before its first poll
         // still completes it.
-        let notified = self.cut.notify.clone().notified_owned();
+        let notified = self.0.cut.notify.clone().notified_owned();
         CutBody {
             body,
-            cut: self.cut.clone(),
+            cut: self.0.cut.clone(),
             notified,
             ended: false,
         }
