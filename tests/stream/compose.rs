@@ -220,6 +220,16 @@ async fn observed_inside(
     then: Then,
     options: tollgate::usage::UsageOptions,
 ) -> (String, String, tollgate::usage::UsageReport) {
+    observed_inside_of(StreamErrorTrailerLayer::new(), frames, then, options).await
+}
+
+/// As [`observed_inside`], under `layer`.
+async fn observed_inside_of(
+    layer: StreamErrorTrailerLayer,
+    frames: Vec<&'static str>,
+    then: Then,
+    options: tollgate::usage::UsageOptions,
+) -> (String, String, tollgate::usage::UsageReport) {
     use std::sync::{Arc, Mutex};
     use tollgate::usage;
 
@@ -227,7 +237,7 @@ async fn observed_inside(
     let seen = Arc::new(Mutex::new(String::new()));
     let (sink, spy) = (reports.clone(), seen.clone());
     let service = ServiceBuilder::new()
-        .layer(StreamErrorTrailerLayer::new())
+        .layer(layer)
         .map_response(move |response| {
             let sink = sink.clone();
             let spy = spy.clone();
@@ -299,6 +309,21 @@ async fn an_adopted_observer_reports_a_failed_upstream() {
     assert_eq!(report.source, UsageSource::Estimated);
     // "HiHi": 4 characters, one token.
     assert_eq!(report.usage.completion_tokens, 1);
+}
+
+/// A stream the layer cuts for idling: the adopted observer reports it
+/// dropped, as it would when the layer stopped polling its body.
+#[tokio::test(start_paused = true)]
+async fn an_adopted_observer_reports_an_idle_cut_as_dropped() {
+    use tollgate::usage::{BodyEnd, UsageOptions};
+
+    let layer = StreamErrorTrailerLayer::new().idle_timeout(Duration::from_secs(30));
+    let (body, seen, report) =
+        observed_inside_of(layer, vec![CHUNK], Then::Stall, UsageOptions::default()).await;
+    assert!(body.starts_with(CHUNK), "{body}");
+    assert!(body.contains("error"), "{body}");
+    assert!(seen.contains("observing: false"), "{seen}");
+    assert_eq!(report.end, BodyEnd::Dropped);
 }
 
 /// Without a stream layer further out, nobody adopts the observer: at its
