@@ -75,6 +75,14 @@ const ROLE_CHUNK_NULL_USAGE: &str = "data: {\"id\":\"c1\",\"choices\":[{\"index\
 
 const USAGE_CHUNK: &str = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
 
+/// `stream` in two frames, cut at every place in turn (with the place).
+fn halves(stream: &str) -> impl Iterator<Item = (usize, Vec<&'static str>)> + '_ {
+    (0..=stream.len()).map(|split| {
+        let (a, b) = stream.split_at(split);
+        (split, vec![&*a.to_owned().leak(), &*b.to_owned().leak()])
+    })
+}
+
 /// The stream layer inside a usage observer (as in a gateway: rate limit and
 /// budget outside it), with `frames` from the upstream.
 async fn observed(
@@ -117,9 +125,7 @@ async fn an_observer_outside_reads_the_events_the_layer_frames() {
     use tollgate::usage::{BodyEnd, UsageOptions, UsageSource};
 
     let stream = format!("{CHUNK}{USAGE_CHUNK}{DONE}");
-    for split in 0..=stream.len() {
-        let (a, b) = stream.split_at(split);
-        let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+    for (split, frames) in halves(&stream) {
         let (body, debug, report) = observed(frames, UsageOptions::default()).await;
         assert_eq!(body, stream, "split at {split}");
         assert!(debug.contains("observing: false"), "{debug}");
@@ -176,9 +182,7 @@ async fn an_observer_outside_strips_through_the_layer() {
         let (body, _, report) = observed(events, options.clone()).await;
         assert_eq!(body, expected, "an event a frame of {stream:?}");
         assert_eq!(report.usage.total_tokens, 11);
-        for split in 0..=stream.len() {
-            let (a, b) = stream.split_at(split);
-            let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+        for (split, frames) in halves(&stream) {
             let (body, debug, report) = observed(frames, options.clone()).await;
             assert_eq!(body, expected, "split at {split} of {stream:?}");
             assert!(debug.contains("observing: false"), "{debug}");
@@ -281,9 +285,7 @@ async fn an_observer_inside_is_adopted_by_the_layer() {
         (UsageOptions::default(), &stream),
         (UsageOptions::default().strip_usage_chunk(true), &stripped),
     ] {
-        for split in 0..=stream.len() {
-            let (a, b) = stream.split_at(split);
-            let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+        for (split, frames) in halves(&stream) {
             let (body, seen, report) = observed_inside(frames, Then::End, options.clone()).await;
             assert_eq!(&body, expected, "split at {split}");
             assert!(seen.contains("observing: false, guest: false"), "{seen}");
@@ -521,9 +523,7 @@ async fn an_observer_outside_reads_the_events_held_before_the_content() {
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n",
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
-    for split in 0..=stream.len() {
-        let (a, b) = stream.split_at(split);
-        let frames = vec![&*a.to_owned().leak(), &*b.to_owned().leak()];
+    for (split, frames) in halves(&stream) {
         let (body, debug, report) = observed(frames, UsageOptions::default()).await;
         assert_eq!(body, stream, "split at {split}");
         assert!(debug.contains("observing: false"), "{debug}");
