@@ -229,9 +229,46 @@ where
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let plan = match plan(shared, &req, meta_read) {
+        Planned::Pass => return State::call(service, req, None),
+        Planned::ReadMeta => {
+            let max_request_body_bytes = shared.config.max_request_body_bytes;
+            return State::meta(ReadMeta::new(req, max_request_body_bytes), service);
+        }
+        Planned::Reject(error) => return State::reject(error, HeaderMap::new()),
+        Planned::Plan(plan) => plan,
+    };
+    let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
+    // An answer known at once (memory) is decided now, and the inner
+    // service called, without the `Acquire` state. One that must wait is
+    // polled by the response future.
+    match future.take_ready() {
+        Some(result) => decide(shared, result, req, service, plan),
+        None => State::acquire(future, req, service, plan),
+    }
+}
+
+/// What a request needs before the store is asked.
+pub(crate) enum Planned {
+    /// Nothing: it is not limited.
+    Pass,
+    /// Its `RequestMeta`, read from its body (up to the layer's
+    /// `max_request_body_bytes`); then plan again.
+    ReadMeta,
+    /// It is refused (facts it cannot give).
+    Reject(ApiError),
+    /// An admission by the store.
+    Plan(Plan),
+}
+
+/// What the store must be asked for `req`: its scopes, limits and costs.
+pub(crate) fn plan<St, K, B>(shared: &Shared<St, K>, req: &Request<B>, meta_read: bool) -> Planned
+where
+    K: ExtractLimitKey<B>,
+{
     let config = &shared.config;
     let principal = req.extensions().get::<Principal>();
-    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(&req) {
+    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(req) {
         Some(key) => {
             let limits = match principal {
                 Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
@@ -249,7 +286,7 @@ where
                 config.max_concurrent,
                 None,
             ),
-            Unkeyed::Pass => return State::call(service, req, None),
+            Unkeyed::Pass => return Planned::Pass,
         },
     };
     let per_model_limits = principal.is_some_and(|p| !p.model_limits().is_empty());
@@ -257,23 +294,21 @@ where
     let needs_model = config.per_model || per_model_limits || !config.shared.is_empty();
     let key_limited = !limits.as_slice().is_empty() || max_concurrent.is_some();
     if !key_limited && !needs_model && named.is_empty() {
-        return State::call(service, req, None);
+        return Planned::Pass;
     }
     let has_tokens = |limits: &[Limit]| limits.iter().any(|l| l.measure == Measure::Tokens);
     let maybe_tokens =
         has_tokens(limits.as_slice()) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
     let meta = req.extensions().get::<RequestMeta>();
     if maybe_tokens && meta.is_none() && !meta_read {
-        let max_request_body_bytes = config.max_request_body_bytes;
-        return State::meta(ReadMeta::new(req, max_request_body_bytes), service);
+        return Planned::ReadMeta;
     }
     // Facts this request needs and cannot give: refused, or a fixed
     // reservation.
     let unreadable = match meta {
         Some(meta) if maybe_tokens && meta.is_unreadable() => match config.unreadable {
             Unreadable::Reject => {
-                let error = unreadable_error(meta, req.headers());
-                return State::reject(error, HeaderMap::new());
+                return Planned::Reject(unreadable_error(meta, req.headers()));
             }
             Unreadable::Reserve { tokens, .. } => Some(tokens),
         },
@@ -323,7 +358,7 @@ where
         more.extend((0..named.len()).map(|i| ScopeSource::Named(p.clone(), i)));
     }
     if key_scope.is_none() && more.is_empty() {
-        return State::call(service, req, None);
+        return Planned::Pass;
     }
 
     let usage = meta.map(UsageOptions::from_meta).unwrap_or_default();
@@ -361,14 +396,7 @@ where
         }
         _ => 0,
     };
-    let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
-    // An answer known at once (memory) is decided now, and the inner
-    // service called, without the `Acquire` state. One that must wait is
-    // polled by the response future.
-    match future.take_ready() {
-        Some(result) => decide(shared, result, req, service, plan),
-        None => State::acquire(future, req, service, plan),
-    }
+    Planned::Plan(plan)
 }
 
 /// Turns the store's answer into a call of the inner service or a rejection.
@@ -377,21 +405,53 @@ pub(crate) fn decide<S, St, K, B>(
     result: Result<Admission, StoreError>,
     req: Request<B>,
     mut service: S,
-    mut plan: Plan,
+    plan: Plan,
 ) -> State<S, B>
 where
     S: Service<Request<B>>,
     St: RateLimitStore,
 {
+    let admitted = match judge(shared, result, plan) {
+        Decision::Pass => None,
+        Decision::Admit(headers, plan) => Some(admit(shared, headers, plan)),
+        Decision::Shadow(admitted) => Some(admitted),
+        Decision::Refuse(error, headers) => return State::reject(error, headers),
+    };
+    State::Call {
+        future: service.call(req),
+        admitted,
+    }
+}
+
+/// The rate limit's decision on a request, from the store's answer.
+pub(crate) enum Decision {
+    /// The store failed and the layer fails open: admitted, not limited.
+    Pass,
+    /// Admitted and charged: [`admit`] makes the permit that settles it.
+    Admit(PendingHeaders, Plan),
+    /// Refused, but the layer is in shadow mode: admitted, nothing charged.
+    Shadow(Admitted),
+    /// Refused: the error and the limit headers.
+    Refuse(ApiError, HeaderMap),
+}
+
+/// Decides on an admission from the store's answer `result`.
+pub(crate) fn judge<St, K>(
+    shared: &Shared<St, K>,
+    result: Result<Admission, StoreError>,
+    plan: Plan,
+) -> Decision {
     let config = &shared.config;
     let admission = match result {
         Ok(admission) => admission,
         Err(error) => {
             return match config.failure_policy {
-                FailurePolicy::FailClosed => State::reject(ApiError::from(error), HeaderMap::new()),
+                FailurePolicy::FailClosed => {
+                    Decision::Refuse(ApiError::from(error), HeaderMap::new())
+                }
                 _ => {
                     tracing::warn!(%error, key = %plan.key, "rate limit store failed; admitting");
-                    State::call(service, req, None)
+                    Decision::Pass
                 }
             };
         }
@@ -410,21 +470,7 @@ where
         now_unix,
     };
     let error = match admission.verdict {
-        Verdict::Admitted => {
-            let release = plan.scopes().any(|(_, _, max)| max.is_some());
-            let usage = std::mem::take(&mut plan.usage);
-            let permit = (release || plan.reserved_tokens > 0)
-                .then(|| Permit::new(shared.settler.clone(), plan, config.charge_policy));
-            let future = service.call(req);
-            return State::Call {
-                future,
-                admitted: Some(Admitted {
-                    headers,
-                    permit,
-                    usage,
-                }),
-            };
-        }
+        Verdict::Admitted => return Decision::Admit(headers, plan),
         Verdict::Limited => limited_error(&plan, &headers.states),
         Verdict::Concurrency => {
             let busy = plan.scopes().nth(admission.busy.unwrap_or(0));
@@ -441,18 +487,42 @@ where
     let key = RateLimitKey::new(plan.key.as_str()).with_model(plan.model.as_deref());
     if config.shadow {
         tracing::warn!(key = %key, reason = error.message(), "rate limit would refuse (shadow mode)");
-        let future = service.call(req);
-        return State::Call {
-            future,
-            admitted: Some(Admitted {
-                headers,
-                permit: None,
-                usage: plan.usage,
-            }),
-        };
+        return Decision::Shadow(Admitted {
+            headers,
+            permit: None,
+            usage: plan.usage,
+        });
     }
     tracing::debug!(key = %key, reason = error.message(), "rate limited");
-    State::reject(error, headers.into_map())
+    Decision::Refuse(error, headers.into_map())
+}
+
+/// An admitted request's headers and the permit that settles its charge
+/// (none when nothing needs settling).
+pub(crate) fn admit<St, K>(
+    shared: &Shared<St, K>,
+    headers: PendingHeaders,
+    mut plan: Plan,
+) -> Admitted {
+    let release = plan.scopes().any(|(_, _, max)| max.is_some());
+    let usage = std::mem::take(&mut plan.usage);
+    let permit = (release || plan.reserved_tokens > 0)
+        .then(|| Permit::new(shared.settler.clone(), plan, shared.config.charge_policy));
+    Admitted {
+        headers,
+        permit,
+        usage,
+    }
+}
+
+/// An admitted request whose charge was not made after all (its budgets
+/// denied it, and the store wrote neither): its headers, no permit.
+pub(crate) fn uncharged(headers: PendingHeaders, plan: Plan) -> Admitted {
+    Admitted {
+        headers,
+        permit: None,
+        usage: plan.usage,
+    }
 }
 
 /// The rate-limit headers of an admission, written when the response exists.
@@ -464,7 +534,7 @@ pub(crate) struct PendingHeaders {
 }
 
 impl PendingHeaders {
-    fn into_map(self) -> HeaderMap {
+    pub(crate) fn into_map(self) -> HeaderMap {
         let mut headers = HeaderMap::new();
         self.write(&mut headers);
         headers

@@ -185,6 +185,7 @@
 //! replication themselves where it is not the default (before 7.0), as
 //! they read `TIME` before writing.
 
+mod admission;
 mod config;
 mod connection;
 mod keys;
@@ -194,6 +195,7 @@ mod rate_limit;
 mod scripts;
 mod settlements;
 
+pub use self::admission::RedisAdmissionStore;
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;
 pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};
