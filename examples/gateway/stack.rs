@@ -202,6 +202,10 @@ pub fn build(
     Ok(AppService::new(ByPath { endpoints, beside }))
 }
 
+/// The rate limit and the budget on the gateway's stores, counted.
+type Admission =
+    AdmissionLayer<Counted<Arc<dyn RateLimitStore>>, PrincipalKey, Counted<Arc<dyn Ledger>>>;
+
 /// The rate limit and the budget, admitting each request together: one
 /// store call (on Redis, one script for both instead of two in a row; in
 /// memory and SQLite the two stores asked in turn, which costs nothing
@@ -213,7 +217,7 @@ fn admission(
     metrics: &Metrics,
     header_style: HeaderStyle,
     pricing: Pricing,
-) -> AdmissionLayer<Counted<Arc<dyn RateLimitStore>>, PrincipalKey, Counted<Arc<dyn Ledger>>> {
+) -> Admission {
     let rate_limit = routing::shared_limits(
         config,
         RateLimitLayer::new()
