@@ -16,6 +16,7 @@ use http_body::Frame;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::Notify;
+use tollgate::RequestMeta;
 use tollgate::admission::AdmissionLayer;
 use tollgate::auth::{KeyHash, KeyRecord, Principal};
 use tollgate::budget::{
@@ -44,7 +45,11 @@ struct Setup {
     limits: Vec<Limit>,
     max_concurrent: Option<u32>,
     budget: Money,
+    /// Alice has no budget at all (only the rate limit meters her).
+    unbudgeted: bool,
     shadow: bool,
+    /// The request's `RequestMeta` is read before the layers.
+    read_before: bool,
 }
 
 impl Setup {
@@ -53,13 +58,17 @@ impl Setup {
             limits,
             max_concurrent: None,
             budget,
+            unbudgeted: false,
             shadow: false,
+            read_before: false,
         }
     }
 
     fn alice(&self) -> Principal {
         let mut record = KeyRecord::new("alice", KeyHash::of("sk-alice"));
-        record.budgets = vec![budget(self.budget)];
+        if !self.unbudgeted {
+            record.budgets = vec![budget(self.budget)];
+        }
         record.rate_limits = self.limits.clone();
         record.max_concurrent = self.max_concurrent;
         Principal::new(record)
@@ -185,12 +194,11 @@ struct Seen {
 }
 
 async fn call(stack: &Stack, setup: &Setup) -> Seen {
-    let response = stack
-        .service
-        .clone()
-        .oneshot(setup.request())
-        .await
-        .unwrap();
+    let mut req = setup.request();
+    if setup.read_before {
+        req = RequestMeta::read(req, 1 << 20).await.unwrap();
+    }
+    let response = stack.service.clone().oneshot(req).await.unwrap();
     let (parts, body) = response.into_parts();
     Seen {
         status: parts.status,
@@ -206,20 +214,30 @@ async fn spend(stack: &Stack, setup: &Setup) -> (Money, Money) {
     (status.spent, status.reserved)
 }
 
-/// Runs `n` requests through both compositions, each answer compared.
+/// Runs `n` requests through both compositions, each answer compared:
+/// once with the body read by the layers, once with its `RequestMeta` read
+/// further out (the gateway's case: decided without a future of its own).
 async fn same_answers(setup: &Setup, n: usize) -> Vec<Seen> {
-    let (a, b) = (stacked(setup), joint(setup));
-    let mut seen = Vec::new();
-    for i in 0..n {
-        let (x, y) = (call(&a, setup).await, call(&b, setup).await);
-        assert_eq!(x, y, "request {i}");
-        assert_eq!(
-            spend(&a, setup).await,
-            spend(&b, setup).await,
-            "request {i}"
-        );
-        seen.push(x);
+    let mut runs = Vec::new();
+    for read_before in [false, true] {
+        let mut setup = setup.clone();
+        setup.read_before = read_before;
+        let (a, b) = (stacked(&setup), joint(&setup));
+        let mut seen = Vec::new();
+        for i in 0..n {
+            let (x, y) = (call(&a, &setup).await, call(&b, &setup).await);
+            assert_eq!(x, y, "request {i}, read before: {read_before}");
+            assert_eq!(
+                spend(&a, &setup).await,
+                spend(&b, &setup).await,
+                "request {i}, read before: {read_before}"
+            );
+            seen.push(x);
+        }
+        runs.push(seen);
     }
+    let seen = runs.remove(0);
+    assert_eq!(seen, runs[0], "the same with the body read before");
     seen
 }
 
@@ -379,4 +397,33 @@ async fn shadow_mode_admits_and_charges_the_same() {
         spend(&b, &setup).await,
         (Money::from_nanos(3 * USED), Money::ZERO)
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_with_only_limits_or_only_a_budget_answers_the_same() {
+    // Only a budget: the rate limit does not limit alice.
+    let setup = Setup::new(Vec::new(), Money::from_nanos(WORST));
+    let seen = same_answers(&setup, 4).await;
+    assert_eq!(seen[0].status, StatusCode::OK);
+    assert!(
+        !seen[0]
+            .headers
+            .contains_key("x-ratelimit-remaining-requests")
+    );
+    assert_eq!(seen[3].status, StatusCode::PAYMENT_REQUIRED);
+    // Only limits: nothing held.
+    let mut setup = Setup::new(vec![Limit::requests_per_minute(2)], Money::from_usd(1));
+    setup.unbudgeted = true;
+    let seen = same_answers(&setup, 3).await;
+    assert_eq!(seen[1].status, StatusCode::OK);
+    assert!(!seen[1].headers.contains_key("x-budget-remaining-usd"));
+    assert_eq!(seen[2].status, StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_limits_reserve_and_settle_the_same() {
+    let setup = Setup::new(vec![Limit::tokens_per_minute(1_000)], Money::from_usd(1));
+    let seen = same_answers(&setup, 2).await;
+    assert_eq!(seen[1].status, StatusCode::OK);
+    assert_eq!(seen[1].headers["x-ratelimit-remaining-tokens"], "982");
 }

@@ -97,10 +97,15 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(Duration::from_secs(10)).await
+}
+
+/// Stores whose calls give up after `timeout`.
+async fn setup_with(timeout: Duration) -> Setup {
     let server = RedisServer::start();
     let config = RedisConfig::from_url(&server.url())
         .unwrap()
-        .call_timeout(Duration::from_secs(10));
+        .call_timeout(timeout);
     let redis = RedisConnection::connect(config).await.unwrap();
     let limits = RedisRateLimitStore::new(redis.clone());
     let ledger = RedisLedger::new(redis);
@@ -283,4 +288,36 @@ async fn two_hundred_at_once_never_overshoot_a_limit() {
         Money::from_nanos(30 * WORST),
         "refusals hold nothing"
     );
+}
+
+#[tokio::test]
+async fn a_store_that_does_not_answer_is_answered_as_stacked() {
+    // The rate limit fails open (its default), the budget closed (its
+    // default): together, the budget's 503 once its own call fails too.
+    let setup = setup_with(Duration::from_millis(200)).await;
+    let limits = [Limit::requests_per_minute(10)];
+    let usd = Money::from_usd(1);
+    setup.server.freeze();
+    let mut seen = Vec::new();
+    for service in [&setup.joint, &setup.stacked] {
+        let response = service
+            .clone()
+            .oneshot(request(&limits, usd))
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        seen.push((status, body));
+    }
+    setup.server.thaw();
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].0, StatusCode::SERVICE_UNAVAILABLE);
+    // And once it answers again, admitted.
+    let response = setup
+        .joint
+        .clone()
+        .oneshot(request(&limits, usd))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
