@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::Notify;
 use tollgate::RequestMeta;
 use tollgate::admission::AdmissionLayer;
-use tollgate::auth::{KeyHash, KeyRecord, Principal};
+use tollgate::auth::{KeyHash, KeyRecord, Principal, TenantKind, TenantRecord, Tenants};
 use tollgate::budget::{
     BudgetLayer, BudgetScope, BudgetSpec, Ledger, ModelPrice, Money, Period, Pricing,
 };
@@ -50,6 +50,8 @@ struct Setup {
     shadow: bool,
     /// The request's `RequestMeta` is read before the layers.
     read_before: bool,
+    /// Alice's team, with its own limits and budgets.
+    team: Option<TenantRecord>,
 }
 
 impl Setup {
@@ -61,6 +63,7 @@ impl Setup {
             unbudgeted: false,
             shadow: false,
             read_before: false,
+            team: None,
         }
     }
 
@@ -71,7 +74,11 @@ impl Setup {
         }
         record.rate_limits = self.limits.clone();
         record.max_concurrent = self.max_concurrent;
-        Principal::new(record)
+        record.team = self.team.as_ref().map(|t| t.id.clone());
+        Principal::new(record).with_tenants(Tenants {
+            team: self.team.clone().map(Arc::new),
+            ..Default::default()
+        })
     }
 
     fn request(&self) -> Request<Full<Bytes>> {
@@ -426,4 +433,34 @@ async fn token_limits_reserve_and_settle_the_same() {
     let seen = same_answers(&setup, 2).await;
     assert_eq!(seen[1].status, StatusCode::OK);
     assert_eq!(seen[1].headers["x-ratelimit-remaining-tokens"], "982");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_teams_limits_and_budgets_answer_the_same() {
+    let team = |limit: Limit, usd: Money| {
+        let mut research = TenantRecord::new(TenantKind::Team, "research");
+        research.rate_limits.push(limit);
+        research
+            .budgets
+            .push(BudgetSpec::budget(research.scope(), usd, Period::Monthly));
+        research
+    };
+    // The team's limit refuses, named.
+    let mut setup = Setup::new(vec![Limit::requests_per_minute(10)], Money::from_usd(1));
+    setup.team = Some(team(Limit::requests_per_minute(2), Money::from_usd(1)));
+    let seen = same_answers(&setup, 3).await;
+    assert_eq!(seen[1].status, StatusCode::OK);
+    assert_eq!(seen[2].status, StatusCode::TOO_MANY_REQUESTS);
+    let message = std::str::from_utf8(&seen[2].body).unwrap();
+    assert!(message.contains("for team research"), "{message}");
+    // The team's budget refuses, named (once: stacked, the refusal is
+    // counted by the limits, and the next one's headers differ).
+    setup.team = Some(team(Limit::requests_per_minute(10), Money::ZERO));
+    let seen = same_answers(&setup, 1).await;
+    assert_eq!(seen[0].status, StatusCode::PAYMENT_REQUIRED);
+    let message = std::str::from_utf8(&seen[0].body).unwrap();
+    assert!(
+        message.contains("limit reached for team research"),
+        "{message}"
+    );
 }
