@@ -298,3 +298,135 @@ impl OwnedCharges {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{BudgetScope, Charge, Period, Reservation, Settlement, TopUpOutcome};
+    use crate::budget::{BudgetStatus, SpendQuery, SpendRow};
+    use crate::rate_limit::{Limit, ScopeCharge};
+    use crate::store::memory::{MemoryLedger, MemoryRateLimitStore};
+
+    /// A store whose every answer waits for a poll (as a remote one's).
+    #[derive(Clone)]
+    struct Later<T>(T);
+
+    fn later<T: Send + 'static>(mut future: StoreFuture<T>) -> StoreFuture<T> {
+        let result = future.take_ready();
+        StoreFuture::pending(async move {
+            tokio::task::yield_now().await;
+            result.unwrap_or_else(|| Err(StoreError::Unavailable("not ready".into())))
+        })
+    }
+
+    impl RateLimitStore for Later<MemoryRateLimitStore> {
+        fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
+            later(self.0.acquire(request))
+        }
+
+        fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
+            later(self.0.settle(request))
+        }
+    }
+
+    impl Ledger for Later<MemoryLedger> {
+        fn reserve(
+            &self,
+            budgets: &Arc<[BudgetSpec]>,
+            amount: Money,
+            policy: ReservePolicy,
+        ) -> StoreFuture<ReserveOutcome> {
+            later(self.0.reserve(budgets, amount, policy))
+        }
+
+        fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
+            self.0.settle(reservation, charge)
+        }
+
+        fn release(&self, reservation: &Reservation) -> StoreFuture<()> {
+            self.0.release(reservation)
+        }
+
+        fn top_up(
+            &self,
+            budget: &BudgetSpec,
+            amount: Money,
+            key: Option<&str>,
+        ) -> StoreFuture<TopUpOutcome> {
+            self.0.top_up(budget, amount, key)
+        }
+
+        fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+            self.0.read(budget)
+        }
+
+        fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
+            self.0.reset(budget)
+        }
+
+        fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
+            self.0.spend(query)
+        }
+    }
+
+    fn budgets(usd: i64) -> Arc<[BudgetSpec]> {
+        Arc::new([BudgetSpec::budget(
+            BudgetScope::Key("k".into()),
+            Money::from_usd(usd),
+            Period::Monthly,
+        )])
+    }
+
+    /// Admits one request of cost 1 against 2 requests per minute and a
+    /// slot of 1, holding $1 against `budgets`.
+    async fn admit(store: &impl AdmissionStore, budgets: &Arc<[BudgetSpec]>) -> JointAdmission {
+        let limits = [Limit::requests_per_minute(2)];
+        let scopes = [ScopeCharge {
+            key: RateLimitKey::new("k"),
+            limits: &limits,
+            costs: &[1],
+            max_concurrent: Some(1),
+        }];
+        let reserve = Reserve {
+            budgets,
+            amount: Money::from_usd(1),
+            policy: ReservePolicy::Strict,
+            when_limited: false,
+        };
+        store
+            .admit(&Acquire { scopes: &scopes }, Some(&reserve))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stores_answering_later_are_both_or_neither_too() {
+        let limits = Later(MemoryRateLimitStore::new());
+        let store = InTurn::new(limits.clone(), Later(MemoryLedger::new()));
+        let (poor, rich) = (budgets(0), budgets(10));
+        // Denied by the budget three times: the request and the slot given
+        // back each time (the refund runs in a task: let it).
+        for _ in 0..3 {
+            let joint = admit(&store, &poor).await;
+            assert_eq!(joint.admission.verdict, Verdict::Admitted);
+            assert!(matches!(
+                joint.reservation,
+                Some(Ok(ReserveOutcome::Denied { .. }))
+            ));
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let joint = admit(&store, &rich).await;
+        assert_eq!(joint.admission.verdict, Verdict::Admitted);
+        assert_eq!(joint.admission.states[0].remaining, 1);
+        assert!(matches!(
+            joint.reservation,
+            Some(Ok(ReserveOutcome::Reserved { .. }))
+        ));
+        // Its slot is held: the next is refused, and holds no money.
+        let joint = admit(&store, &rich).await;
+        assert_eq!(joint.admission.verdict, Verdict::Concurrency);
+        assert_eq!(joint.reservation, None);
+    }
+}
