@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod admission;
 pub mod auth;
 pub mod body;
 pub mod budget;

@@ -13,7 +13,7 @@
 //! | `tollgate_rejections_total` | `reason` (`auth`, `model`, `rate_limit`, `concurrency`, `budget`, `balance`, `invalid`) | requests the gateway refused itself |
 //! | `tollgate_streams_active` | | streams open now |
 //! | `tollgate_stream_errors_total` | `reason` (`upstream_failed`, `truncated`, `idle_timeout`, `shutdown`, `upstream_error`, `client_closed`) | streams that did not end as their API ends them |
-//! | `tollgate_store_errors_total` | `store` (`keys`, `ledger`, `rate_limits`), `op` | store operations that failed |
+//! | `tollgate_store_errors_total` | `store` (`keys`, `ledger`, `rate_limits`, `admission`: on Redis, the one call that admits a request's rate limits and budgets), `op` | store operations that failed |
 //!
 //! A `key` label is added only with `metrics_per_key = true`: one series
 //! per key and model is fine for ten keys and ruinous for ten thousand.

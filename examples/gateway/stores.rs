@@ -186,6 +186,26 @@ impl Stores {
         }
     }
 
+    /// The store that admits a request's rate limits and budgets in one
+    /// call where the backend has one (Redis: one script instead of two,
+    /// one after the other); `None` where asking `rate_limits` and
+    /// `ledger` in turn costs no round trip (memory, SQLite).
+    pub fn admission(&self) -> Option<Arc<dyn tollgate::admission::AdmissionStore>> {
+        match &self.backend {
+            #[cfg(feature = "redis")]
+            Backend::Redis { connection, .. } => {
+                use tollgate::store::redis::{
+                    RedisAdmissionStore, RedisLedger, RedisRateLimitStore,
+                };
+                Some(Arc::new(RedisAdmissionStore::new(
+                    RedisRateLimitStore::new(connection.clone()),
+                    RedisLedger::new(connection.clone()),
+                )))
+            }
+            _ => None,
+        }
+    }
+
     /// Writes out what is not yet stored: the SQLite file's pending
     /// settlements are committed and its writer stopped; settlements on their way to Redis are
     /// waited for (at most 10 s). Called once, after the last connection

@@ -71,9 +71,7 @@ where
     L: Ledger,
 {
     pub(crate) fn calling(future: S::Future, mut admitted: Admitted<L>) -> Self {
-        if let Some(settler) = &mut admitted.settler {
-            settler.called();
-        }
+        calling(&mut admitted);
         ResponseFuture {
             state: State::Calling {
                 future,
@@ -91,8 +89,45 @@ where
     }
 }
 
+/// The inner service's response to an admitted request: the budget
+/// headers written, the body metered for the settlement.
+pub(crate) fn respond<B: Body<Data = Bytes>, L: Ledger>(
+    admitted: Option<Admitted<L>>,
+    mut response: Response<B>,
+) -> Response<ResponseBody<UsageBody<B>>> {
+    let Some(admitted) = admitted else {
+        return crate::body::reject(crate::ApiError::internal());
+    };
+    if let Some(headers) = admitted.headers {
+        headers.apply(response.headers_mut());
+    }
+    let timed_out = super::is_timeout_response(response.extensions());
+    let response = match admitted.settler {
+        Some(settler) => usage::observe(response, admitted.options, move |report| {
+            settler.finish(report, timed_out)
+        }),
+        None => usage::observe(response, admitted.options, |_| {}),
+    };
+    response.map(ResponseBody::inner)
+}
+
+/// No response: charged as the policy says for an error of this kind, at
+/// once.
+pub(crate) fn failed<L: Ledger>(admitted: Option<Admitted<L>>, timed_out: bool) {
+    if let Some(settler) = admitted.and_then(|a| a.settler) {
+        settler.failed(timed_out);
+    }
+}
+
+/// The inner service is being called for an admitted request.
+pub(crate) fn calling<L: Ledger>(admitted: &mut Admitted<L>) {
+    if let Some(settler) = &mut admitted.settler {
+        settler.called();
+    }
+}
+
 /// The response for a refused request: the error, with the budget's headers.
-fn rejection<B>(rejected: Rejected) -> Response<ResponseBody<B>> {
+pub(crate) fn rejection<B>(rejected: Rejected) -> Response<ResponseBody<B>> {
     let mut response = crate::body::reject(rejected.error);
     if let Some(headers) = rejected.headers {
         headers.apply(response.headers_mut());
@@ -124,9 +159,7 @@ where
                         return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
                     };
                     let future = service.call(req);
-                    if let Some(settler) = &mut admitted.settler {
-                        settler.called();
-                    }
+                    calling(&mut admitted);
                     this.state.set(State::Calling {
                         future,
                         admitted: Some(admitted),
@@ -135,33 +168,13 @@ where
                 StateProj::Calling { future, admitted } => {
                     let result = ready!(future.poll(cx));
                     let admitted = admitted.take();
-                    let mut response = match result {
-                        Ok(response) => response,
+                    return Poll::Ready(match result {
+                        Ok(response) => Ok(respond(admitted, response)),
                         Err(error) => {
-                            // No response: charged as the policy says for
-                            // an error of this kind, at once.
-                            if let Some(settler) = admitted.and_then(|a| a.settler) {
-                                settler.failed(super::is_timeout_error(&error));
-                            }
-                            return Poll::Ready(Err(error));
+                            failed(admitted, super::is_timeout_error(&error));
+                            Err(error)
                         }
-                    };
-                    let Some(admitted) = admitted else {
-                        return Poll::Ready(Ok(crate::body::reject(crate::ApiError::internal())));
-                    };
-                    if let Some(headers) = admitted.headers {
-                        headers.apply(response.headers_mut());
-                    }
-                    let timed_out = super::is_timeout_response(response.extensions());
-                    let response = match admitted.settler {
-                        Some(settler) => {
-                            usage::observe(response, admitted.options, move |report| {
-                                settler.finish(report, timed_out)
-                            })
-                        }
-                        None => usage::observe(response, admitted.options, |_| {}),
-                    };
-                    return Poll::Ready(Ok(response.map(ResponseBody::inner)));
+                    });
                 }
                 StateProj::Rejected { rejected } => {
                     return Poll::Ready(Ok(match rejected.take() {

@@ -130,6 +130,12 @@ impl<L: Ledger> BudgetLayer<L> {
 }
 
 impl<L> BudgetLayer<L> {
+    /// What every service this layer makes shares (and
+    /// [`AdmissionLayer`](crate::admission::AdmissionLayer) too).
+    pub(crate) fn shared(&self) -> &Arc<Shared<L>> {
+        &self.shared
+    }
+
     fn shared_mut(&mut self) -> &mut Shared<L> {
         Arc::make_mut(&mut self.shared)
     }

@@ -217,7 +217,7 @@ where
 }
 
 /// What a priced request needs next.
-enum Step<L: Ledger> {
+pub(crate) enum Step<L: Ledger> {
     /// Nothing: admitted (no model to price, no budgets to hold).
     Admit(Admitted<L>),
     /// A hold on its budgets.
@@ -226,14 +226,14 @@ enum Step<L: Ledger> {
 
 /// A priced request waiting for its hold.
 pub(crate) struct Pending<L: Ledger> {
-    budgets: Arc<[BudgetSpec]>,
-    worst_case: super::Money,
+    pub(crate) budgets: Arc<[BudgetSpec]>,
+    pub(crate) worst_case: super::Money,
     settler: Settler<L>,
     options: UsageOptions,
 }
 
 /// Prices the request `meta` describes, for `principal`'s budgets.
-fn prepare<L: Ledger>(
+pub(crate) fn prepare<L: Ledger>(
     shared: &Arc<Shared<L>>,
     meta: &RequestMeta,
     principal: Option<&Principal>,
@@ -328,7 +328,7 @@ fn prepare<L: Ledger>(
 const UNREADABLE_MODEL: &str = "(unreadable)";
 
 /// Admits or refuses a request from the ledger's answer on its hold.
-fn conclude<L: Ledger>(
+pub(crate) fn conclude<L: Ledger>(
     shared: &Shared<L>,
     pending: Pending<L>,
     result: Result<ReserveOutcome, crate::store::StoreError>,

@@ -168,33 +168,9 @@ where
                     let result = ready!(future.poll(cx));
                     let admitted = admitted.take();
                     return Poll::Ready(match result {
-                        Ok(mut response) => Ok(match admitted {
-                            Some(Admitted {
-                                headers,
-                                permit: Some(permit),
-                                usage,
-                            }) => {
-                                headers.write(response.headers_mut());
-                                let timed_out =
-                                    crate::budget::is_timeout_response(response.extensions());
-                                usage::observe(response, usage, move |report| {
-                                    permit.finish(report, timed_out);
-                                })
-                                .map(super::body::observed)
-                            }
-                            Some(Admitted { headers, .. }) => {
-                                headers.write(response.headers_mut());
-                                response.map(super::body::passthrough)
-                            }
-                            None => response.map(super::body::passthrough),
-                        }),
+                        Ok(response) => Ok(respond(admitted, response)),
                         Err(error) => {
-                            // No response: counted as the charge policy says
-                            // for an error of this kind (a connect error: a
-                            // refund of the whole reservation).
-                            if let Some(permit) = admitted.and_then(|a| a.permit) {
-                                permit.failed(crate::budget::is_timeout_error(&error));
-                            }
+                            failed(admitted, crate::budget::is_timeout_error(&error));
                             Err(error)
                         }
                     });
@@ -206,6 +182,42 @@ where
             };
             this.state.set(next);
         }
+    }
+}
+
+/// The inner service's response to an admitted (or unlimited) request:
+/// the limit headers written, the body observed for the permit's
+/// settlement.
+pub(crate) fn respond<B: Body<Data = Bytes>>(
+    admitted: Option<Admitted>,
+    mut response: Response<B>,
+) -> Response<ResponseBody<B>> {
+    match admitted {
+        Some(Admitted {
+            headers,
+            permit: Some(permit),
+            usage,
+        }) => {
+            headers.write(response.headers_mut());
+            let timed_out = crate::budget::is_timeout_response(response.extensions());
+            usage::observe(response, usage, move |report| {
+                permit.finish(report, timed_out);
+            })
+            .map(super::body::observed)
+        }
+        Some(Admitted { headers, .. }) => {
+            headers.write(response.headers_mut());
+            response.map(super::body::passthrough)
+        }
+        None => response.map(super::body::passthrough),
+    }
+}
+
+/// No response: counted as the charge policy says for an error of this
+/// kind (a connect error: a refund of the whole reservation).
+pub(crate) fn failed(admitted: Option<Admitted>, timed_out: bool) {
+    if let Some(permit) = admitted.and_then(|a| a.permit) {
+        permit.failed(timed_out);
     }
 }
 

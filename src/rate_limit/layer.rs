@@ -316,18 +316,23 @@ impl<St, K> RateLimitLayer<St, K> {
     }
 }
 
+impl<St: RateLimitStore + Clone, K: Clone> RateLimitLayer<St, K> {
+    /// What every service this layer makes shares (and
+    /// [`AdmissionLayer`](crate::admission::AdmissionLayer) too).
+    pub(crate) fn shared(&self) -> Shared<St, K> {
+        Shared::new(
+            self.config.clone(),
+            self.store.clone(),
+            self.extractor.clone(),
+        )
+    }
+}
+
 impl<S, St: RateLimitStore + Clone, K: Clone> Layer<S> for RateLimitLayer<St, K> {
     type Service = RateLimit<S, St, K>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::from_parts(
-            inner,
-            Arc::new(Shared::new(
-                self.config.clone(),
-                self.store.clone(),
-                self.extractor.clone(),
-            )),
-        )
+        RateLimit::from_parts(inner, Arc::new(self.shared()))
     }
 }
 

@@ -203,11 +203,11 @@ pub mod future;
 pub(crate) mod gcra;
 mod headers;
 mod key;
-mod layer;
+pub(crate) mod layer;
 mod limit;
 mod permit;
 mod scope;
-mod service;
+pub(crate) mod service;
 pub(crate) mod sliding;
 mod store;
 

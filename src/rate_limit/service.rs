@@ -2,7 +2,6 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response};
@@ -10,20 +9,25 @@ use http_body::Body;
 use tower_service::Service;
 
 use super::body::ResponseBody;
-use super::future::{Admitted, ResponseFuture, State};
-use super::layer::{Config, FailurePolicy};
-use super::permit::{KeyId, LimitSet, Permit, Settler, StoreSettler};
+use super::future::{ResponseFuture, State};
+use super::layer::Config;
+use super::permit::{KeyId, LimitSet, Settler, StoreSettler};
 use super::scope::{ScopeSource, tightest};
 use super::{
-    Acquire, Admission, ExtractLimitKey, HeaderStyle, Limit, LimitState, Measure, PrincipalKey,
-    RateLimitKey, RateLimitStore, ScopeCharge, Unkeyed, Upstream, Verdict,
+    Acquire, ExtractLimitKey, Limit, Measure, PrincipalKey, RateLimitKey, RateLimitStore,
+    ScopeCharge, Unkeyed, Upstream,
 };
 use crate::request::{FromBytes, ReadMeta, Unreadable, unreadable_error};
 use crate::small::Small;
-use crate::store::StoreError;
 use crate::store::memory::MemoryRateLimitStore;
 use crate::usage::UsageOptions;
 use crate::{ApiError, BoxError, Principal, RequestMeta};
+
+mod verdict;
+
+pub(crate) use self::verdict::{
+    Decision, PendingHeaders, admit, decide, judge, rejection, uncharged,
+};
 
 /// What every clone of a [`RateLimit`] service shares.
 pub(crate) struct Shared<St, K> {
@@ -113,7 +117,7 @@ pub(crate) struct Plan {
     /// The reservation is a fixed one (an unreadable body): kept unless the
     /// upstream reports usage.
     pub(crate) fixed: bool,
-    usage: UsageOptions,
+    pub(crate) usage: UsageOptions,
 }
 
 impl Plan {
@@ -139,7 +143,7 @@ impl Plan {
     }
 
     /// Every scope's limits, in order (for the headers).
-    fn all_limits(&self) -> LimitSet {
+    pub(crate) fn all_limits(&self) -> LimitSet {
         match (&self.key_scope, self.more.is_empty()) {
             (Some((limits, _)), true) => limits.clone(),
             _ => LimitSet::Layer(
@@ -229,9 +233,46 @@ where
     B: Body<Data = Bytes> + FromBytes + Send + 'static,
     B::Error: Into<BoxError>,
 {
+    let plan = match plan(shared, &req, meta_read) {
+        Planned::Pass => return State::call(service, req, None),
+        Planned::ReadMeta => {
+            let max_request_body_bytes = shared.config.max_request_body_bytes;
+            return State::meta(ReadMeta::new(req, max_request_body_bytes), service);
+        }
+        Planned::Reject(error) => return State::reject(error, HeaderMap::new()),
+        Planned::Plan(plan) => plan,
+    };
+    let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
+    // An answer known at once (memory) is decided now, and the inner
+    // service called, without the `Acquire` state. One that must wait is
+    // polled by the response future.
+    match future.take_ready() {
+        Some(result) => decide(shared, result, req, service, plan),
+        None => State::acquire(future, req, service, plan),
+    }
+}
+
+/// What a request needs before the store is asked.
+pub(crate) enum Planned {
+    /// Nothing: it is not limited.
+    Pass,
+    /// Its `RequestMeta`, read from its body (up to the layer's
+    /// `max_request_body_bytes`); then plan again.
+    ReadMeta,
+    /// It is refused (facts it cannot give).
+    Reject(ApiError),
+    /// An admission by the store.
+    Plan(Plan),
+}
+
+/// What the store must be asked for `req`: its scopes, limits and costs.
+pub(crate) fn plan<St, K, B>(shared: &Shared<St, K>, req: &Request<B>, meta_read: bool) -> Planned
+where
+    K: ExtractLimitKey<B>,
+{
     let config = &shared.config;
     let principal = req.extensions().get::<Principal>();
-    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(&req) {
+    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(req) {
         Some(key) => {
             let limits = match principal {
                 Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
@@ -249,7 +290,7 @@ where
                 config.max_concurrent,
                 None,
             ),
-            Unkeyed::Pass => return State::call(service, req, None),
+            Unkeyed::Pass => return Planned::Pass,
         },
     };
     let per_model_limits = principal.is_some_and(|p| !p.model_limits().is_empty());
@@ -257,23 +298,21 @@ where
     let needs_model = config.per_model || per_model_limits || !config.shared.is_empty();
     let key_limited = !limits.as_slice().is_empty() || max_concurrent.is_some();
     if !key_limited && !needs_model && named.is_empty() {
-        return State::call(service, req, None);
+        return Planned::Pass;
     }
     let has_tokens = |limits: &[Limit]| limits.iter().any(|l| l.measure == Measure::Tokens);
     let maybe_tokens =
         has_tokens(limits.as_slice()) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
     let meta = req.extensions().get::<RequestMeta>();
     if maybe_tokens && meta.is_none() && !meta_read {
-        let max_request_body_bytes = config.max_request_body_bytes;
-        return State::meta(ReadMeta::new(req, max_request_body_bytes), service);
+        return Planned::ReadMeta;
     }
     // Facts this request needs and cannot give: refused, or a fixed
     // reservation.
     let unreadable = match meta {
         Some(meta) if maybe_tokens && meta.is_unreadable() => match config.unreadable {
             Unreadable::Reject => {
-                let error = unreadable_error(meta, req.headers());
-                return State::reject(error, HeaderMap::new());
+                return Planned::Reject(unreadable_error(meta, req.headers()));
             }
             Unreadable::Reserve { tokens, .. } => Some(tokens),
         },
@@ -323,7 +362,7 @@ where
         more.extend((0..named.len()).map(|i| ScopeSource::Named(p.clone(), i)));
     }
     if key_scope.is_none() && more.is_empty() {
-        return State::call(service, req, None);
+        return Planned::Pass;
     }
 
     let usage = meta.map(UsageOptions::from_meta).unwrap_or_default();
@@ -361,206 +400,7 @@ where
         }
         _ => 0,
     };
-    let mut future = with_charges(&plan, |acquire| shared.store.acquire(acquire));
-    // An answer known at once (memory) is decided now, and the inner
-    // service called, without the `Acquire` state. One that must wait is
-    // polled by the response future.
-    match future.take_ready() {
-        Some(result) => decide(shared, result, req, service, plan),
-        None => State::acquire(future, req, service, plan),
-    }
-}
-
-/// Turns the store's answer into a call of the inner service or a rejection.
-pub(crate) fn decide<S, St, K, B>(
-    shared: &Shared<St, K>,
-    result: Result<Admission, StoreError>,
-    req: Request<B>,
-    mut service: S,
-    mut plan: Plan,
-) -> State<S, B>
-where
-    S: Service<Request<B>>,
-    St: RateLimitStore,
-{
-    let config = &shared.config;
-    let admission = match result {
-        Ok(admission) => admission,
-        Err(error) => {
-            return match config.failure_policy {
-                FailurePolicy::FailClosed => State::reject(ApiError::from(error), HeaderMap::new()),
-                _ => {
-                    tracing::warn!(%error, key = %plan.key, "rate limit store failed; admitting");
-                    State::call(service, req, None)
-                }
-            };
-        }
-    };
-    let now_unix = if config.header_style.needs_clock() {
-        config.clock.now_unix()
-    } else {
-        Duration::ZERO
-    };
-    // Written straight into the response when it comes: no map of their
-    // own to build, copy from and drop.
-    let headers = PendingHeaders {
-        style: config.header_style,
-        limits: plan.all_limits(),
-        states: admission.states,
-        now_unix,
-    };
-    let error = match admission.verdict {
-        Verdict::Admitted => {
-            let release = plan.scopes().any(|(_, _, max)| max.is_some());
-            let usage = std::mem::take(&mut plan.usage);
-            let permit = (release || plan.reserved_tokens > 0)
-                .then(|| Permit::new(shared.settler.clone(), plan, config.charge_policy));
-            let future = service.call(req);
-            return State::Call {
-                future,
-                admitted: Some(Admitted {
-                    headers,
-                    permit,
-                    usage,
-                }),
-            };
-        }
-        Verdict::Limited => limited_error(&plan, &headers.states),
-        Verdict::Concurrency => {
-            let busy = plan.scopes().nth(admission.busy.unwrap_or(0));
-            let (max, scope) = busy.map_or((0, String::new()), |(key, _, max)| {
-                (max.unwrap_or(0), key.describe())
-            });
-            ApiError::rate_limited()
-                .with_message(format!(
-                    "Concurrency limit exceeded: {max} requests in flight{scope}"
-                ))
-                .with_retry_after(config.concurrency_retry_after)
-        }
-    };
-    let key = RateLimitKey::new(plan.key.as_str()).with_model(plan.model.as_deref());
-    if config.shadow {
-        tracing::warn!(key = %key, reason = error.message(), "rate limit would refuse (shadow mode)");
-        let future = service.call(req);
-        return State::Call {
-            future,
-            admitted: Some(Admitted {
-                headers,
-                permit: None,
-                usage: plan.usage,
-            }),
-        };
-    }
-    tracing::debug!(key = %key, reason = error.message(), "rate limited");
-    State::reject(error, headers.into_map())
-}
-
-/// The rate-limit headers of an admission, written when the response exists.
-pub(crate) struct PendingHeaders {
-    style: HeaderStyle,
-    limits: LimitSet,
-    states: super::LimitStates,
-    now_unix: Duration,
-}
-
-impl PendingHeaders {
-    fn into_map(self) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        self.write(&mut headers);
-        headers
-    }
-
-    /// Writes the headers into a response's `headers`, replacing any of the
-    /// same names.
-    pub(crate) fn write(&self, headers: &mut HeaderMap) {
-        if self.style != HeaderStyle::None {
-            self.style
-                .write(self.limits.as_slice(), &self.states, self.now_unix, headers);
-        }
-    }
-}
-
-/// The error for a request some limit refused: the one that can never admit
-/// it, or else the one that admits it last. It names the limit and, beyond
-/// the caller's key, its scope.
-fn limited_error(plan: &Plan, states: &[LimitState]) -> ApiError {
-    let mut worst: Option<(RateLimitKey<'_>, &Limit, u64, Option<Duration>)> = None;
-    let mut n = 0;
-    for (key, limits, _) in plan.scopes() {
-        for limit in limits {
-            let Some(state) = states.get(n) else { break };
-            n += 1;
-            if state.admits() {
-                continue;
-            }
-            let later = match (worst, state.retry_after) {
-                (None, _) => true,
-                (Some((_, _, _, None)), _) => false,
-                (Some(_), None) => true,
-                (Some((_, _, _, Some(a))), Some(b)) => b > a,
-            };
-            if later {
-                let cost = match limit.measure {
-                    Measure::Requests => 1,
-                    Measure::Tokens => plan.reserved_tokens,
-                };
-                worst = Some((key, limit, cost, state.retry_after));
-            }
-        }
-    }
-    let Some((key, limit, cost, retry_after)) = worst else {
-        return ApiError::rate_limited();
-    };
-    let scope = key.describe();
-    match retry_after {
-        Some(delay) => ApiError::rate_limited()
-            .with_message(format!("Rate limit exceeded: {limit}{scope}"))
-            .with_retry_after(ceil_millis(delay)),
-        None if limit.measure == Measure::Tokens => ApiError::rate_limited()
-            .with_message(format!(
-                "Request too large: {cost} tokens requested, limit {} per {}{scope}",
-                limit.amount,
-                limit.window_name()
-            ))
-            .with_should_retry(false),
-        None => ApiError::rate_limited()
-            .with_message(format!("Rate limit exceeded: {limit}{scope}"))
-            .with_should_retry(false),
-    }
-}
-
-/// Rounds up to whole milliseconds, so `retry-after-ms` never says a
-/// client may retry before it can.
-fn ceil_millis(d: Duration) -> Duration {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
-    Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
-}
-
-/// A response carrying the admission's headers.
-pub(crate) fn with_headers<B>(mut response: Response<B>, headers: HeaderMap) -> Response<B> {
-    let target = response.headers_mut();
-    // Moved, not cloned. Each name replaces the response's values; a name
-    // with several values (`None` after the first) keeps them all.
-    let mut last = None;
-    for (name, value) in headers {
-        match name {
-            Some(name) => {
-                target.insert(name.clone(), value);
-                last = Some(name);
-            }
-            None => {
-                if let Some(name) = &last {
-                    target.append(name.clone(), value);
-                }
-            }
-        }
-    }
-    response
-}
-
-/// The rejection response: the error rendered, with the limit headers.
-pub(crate) fn rejection<B>(error: ApiError, headers: HeaderMap) -> Response<ResponseBody<B>> {
-    with_headers(error.into_http_response(), headers).map(super::body::full)
+    Planned::Plan(plan)
 }
 
 #[cfg(test)]

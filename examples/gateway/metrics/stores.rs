@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
+use tollgate::admission::{AdmissionStore, JointAdmission, Reserve};
 use tollgate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
 use tollgate::budget::{
     BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome,
@@ -146,6 +147,23 @@ impl<R: RateLimitStore> RateLimitStore for Counted<R> {
 
     fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
         self.count(1, self.inner.settle(request))
+    }
+}
+
+impl<A: AdmissionStore> Counted<A> {
+    /// The joint admission store `inner`, counted as `store="admission"`.
+    pub fn admission(inner: A, metrics: &Metrics) -> Self {
+        Counted::with(inner, metrics, "admission", &["admit"])
+    }
+}
+
+impl<A: AdmissionStore> AdmissionStore for Counted<A> {
+    fn admit(
+        &self,
+        acquire: &Acquire<'_>,
+        reserve: Option<&Reserve<'_>>,
+    ) -> StoreFuture<JointAdmission> {
+        self.count(0, self.inner.admit(acquire, reserve))
     }
 }
 

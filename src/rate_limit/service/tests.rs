@@ -1,4 +1,8 @@
+use std::time::Duration;
+
+use super::verdict::{ceil_millis, limited_error};
 use super::*;
+use crate::rate_limit::LimitState;
 
 fn plan(limits: &[Limit], reserved_tokens: u64) -> Plan {
     Plan {

@@ -59,6 +59,7 @@
 //! | [`RedisRateLimitStore`] | [`RateLimitStore`](crate::rate_limit::RateLimitStore) | each scope's limit states (sliding, GCRA, fixed), concurrency slots |
 //! | [`RedisLedger`] | [`Ledger`](crate::budget::Ledger) | budget spend, balances, holds of requests in flight |
 //! | [`RedisKeyStore`] | [`KeyStore`](crate::auth::KeyStore), [`KeyAdmin`](crate::auth::KeyAdmin) | key records, their rotations and revocations |
+//! | [`RedisAdmissionStore`] | [`AdmissionStore`](crate::admission::AdmissionStore) | nothing of its own: a rate-limit store's and a ledger's admission in one script (for [`AdmissionLayer`](crate::admission::AdmissionLayer)) |
 //!
 //! # Atomic, one round trip, on one clock
 //!
@@ -73,6 +74,12 @@
 //! on windows and on when a month ends. State expires on its own
 //! (`PEXPIRE`) once it carries nothing, so Redis memory stays bounded by the
 //! active keys and budgets.
+//!
+//! A request with both rate limits and budgets admitted by
+//! [`AdmissionLayer`](crate::admission::AdmissionLayer) on a
+//! [`RedisAdmissionStore`] makes one script call for both (`admit.lua`:
+//! the acquire and the reservation, each checked before either writes),
+//! not two in a row.
 //!
 //! # Settlements: batched, exactly once
 //!
@@ -185,6 +192,7 @@
 //! replication themselves where it is not the default (before 7.0), as
 //! they read `TIME` before writing.
 
+mod admission;
 mod config;
 mod connection;
 mod keys;
@@ -194,6 +202,7 @@ mod rate_limit;
 mod scripts;
 mod settlements;
 
+pub use self::admission::RedisAdmissionStore;
 pub use self::config::{RedisConfig, RedisConfigError};
 pub use self::connection::RedisConnection;
 pub use self::keys::{KeyWriteError, RedisKeyStore, RedisKeyStoreBuilder};

@@ -347,6 +347,12 @@ impl Inner {
         &self,
         scopes: &[&ScopeCharge<'_>],
     ) -> impl Future<Output = Result<Vec<i64>, StoreError>> + Send + 'static {
+        let (keys, args) = self.acquire_args(scopes);
+        self.redis.eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, keys, args)
+    }
+
+    /// The keys and arguments of `rate_limit_acquire` for `scopes`.
+    fn acquire_args(&self, scopes: &[&ScopeCharge<'_>]) -> (Vec<String>, Vec<String>) {
         let mut keys = Vec::with_capacity(2 * scopes.len());
         let mut args = vec![
             self.now_arg(),
@@ -364,7 +370,7 @@ impl Inner {
                 args.push(cost.min(&(LUA_MAX * 2)).to_string());
             }
         }
-        self.redis.eval::<Vec<i64>>(&RATE_LIMIT_ACQUIRE, keys, args)
+        (keys, args)
     }
 
     /// One settle script call for `scopes`.
@@ -395,7 +401,7 @@ impl Inner {
 }
 
 /// Parses the acquire script's reply for `n` limits.
-fn admission(reply: &[i64], n: usize) -> Result<Admission, StoreError> {
+pub(super) fn admission(reply: &[i64], n: usize) -> Result<Admission, StoreError> {
     if reply.len() != 2 + 3 * n {
         return Err(StoreError::Corrupt(format!(
             "rate limit script returned {} values for {n} limits",
@@ -557,6 +563,28 @@ impl RateLimitStore for RedisRateLimitStore {
 }
 
 impl RedisRateLimitStore {
+    /// The keys and arguments of `rate_limit_acquire` for `request` and
+    /// the number of limits it has, when one script call on one
+    /// connection can admit it: not when a fallback may answer instead,
+    /// nor when a cluster keeps its scopes in two slots.
+    pub(super) fn joint_args(
+        &self,
+        request: &Acquire<'_>,
+    ) -> Option<(Vec<String>, Vec<String>, usize)> {
+        let inner = &self.inner;
+        if inner.fallback.is_some() || inner.redis.is_cluster() {
+            return None;
+        }
+        let n = request
+            .scopes
+            .iter()
+            .map(|s| s.limits.len().min(s.costs.len()))
+            .sum();
+        let all: Vec<&ScopeCharge<'_>> = request.scopes.iter().collect();
+        let (keys, args) = inner.acquire_args(&all);
+        Some((keys, args, n))
+    }
+
     /// On a cluster, an admission touching the caller's scopes and shared
     /// ones: the caller's first (in its slot), then the shared ones (in
     /// theirs), undoing the first if the second refuses. See the type's

@@ -5,6 +5,9 @@
 //!
 //! Redis scripts cannot share functions, so the helpers (`common.lua`, and
 //! `rate_limit.lua` / `money.lua` + `ledger.lua`) are prepended to each script.
+//! An operation that another script composes (an acquire, a reservation, a
+//! settlement) is a function in a file of its own, called by a short driver
+//! (`acquire.lua`, `reserve.lua`, `settle_batch.lua`, `admit.lua`).
 
 use std::sync::LazyLock;
 
@@ -25,8 +28,10 @@ macro_rules! scripts {
 }
 
 scripts! {
-    RATE_LIMIT_ACQUIRE = "common.lua" "rate_limit.lua" "rate_limit_acquire.lua";
-    LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua";
+    RATE_LIMIT_ACQUIRE = "common.lua" "rate_limit.lua" "rate_limit_acquire.lua" "acquire.lua";
+    LEDGER_RESERVE = "common.lua" "money.lua" "ledger.lua" "ledger_reserve.lua" "reserve.lua";
+    ADMIT = "common.lua" "rate_limit.lua" "money.lua" "ledger.lua"
+        "rate_limit_acquire.lua" "ledger_reserve.lua" "admit.lua";
     SETTLE_BATCH = "common.lua" "rate_limit.lua" "money.lua" "ledger.lua"
         "rate_limit_settle.lua" "ledger_settle.lua" "ledger_release.lua" "settle_batch.lua";
     LEDGER_TOP_UP = "common.lua" "money.lua" "ledger.lua" "ledger_top_up.lua";

@@ -293,20 +293,24 @@ fn failed<T>(error: StoreError) -> StoreFuture<T> {
     StoreFuture::ready(Err(error))
 }
 
-impl Ledger for RedisLedger {
-    fn reserve(
+/// A reservation's script keys and arguments, and the distinct budget each
+/// budget passed maps to.
+pub(in crate::store::redis) type ReserveCall = (Vec<String>, Vec<String>, Vec<usize>);
+
+impl RedisLedger {
+    /// The keys and arguments of `ledger_reserve` for a hold of `amount`
+    /// against `budgets`, and the distinct budget each budget maps to (for
+    /// [`RedisLedger::reserve_reply`]).
+    pub(in crate::store::redis) fn reserve_args(
         &self,
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
         policy: ReservePolicy,
-    ) -> StoreFuture<ReserveOutcome> {
+    ) -> Result<ReserveCall, StoreError> {
         let inner = &self.inner;
         let distinct = Distinct::new(budgets);
         let n = distinct.budgets.len();
-        let books = match inner.books(distinct.budgets.iter().map(|b| &b.scope)) {
-            Ok((books, _)) => books,
-            Err(error) => return failed(error),
-        };
+        let (books, _) = inner.books(distinct.budgets.iter().map(|b| &b.scope))?;
         let mut keys: Vec<String> = distinct.budgets.iter().map(|b| books.budget(b)).collect();
         keys.push(books.holds());
         keys.push(books.sequence());
@@ -325,8 +329,34 @@ impl Ledger for RedisLedger {
         for spec in &distinct.budgets {
             push_spec(&mut args, spec);
         }
-        let of = distinct.of;
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESERVE, keys, args);
+        Ok((keys, args, distinct.of))
+    }
+
+    /// Reads `ledger_reserve`'s reply.
+    pub(in crate::store::redis) fn reserve_reply(
+        reply: &[Value],
+        of: &[usize],
+        budgets: Arc<[BudgetSpec]>,
+    ) -> Result<ReserveOutcome, StoreError> {
+        reserve_outcome(reply, of, budgets)
+    }
+}
+
+impl Ledger for RedisLedger {
+    fn reserve(
+        &self,
+        budgets: &Arc<[BudgetSpec]>,
+        amount: Money,
+        policy: ReservePolicy,
+    ) -> StoreFuture<ReserveOutcome> {
+        let (keys, args, of) = match self.reserve_args(budgets, amount, policy) {
+            Ok(call) => call,
+            Err(error) => return failed(error),
+        };
+        let call = self
+            .inner
+            .redis
+            .eval::<Vec<Value>>(&LEDGER_RESERVE, keys, args);
         let budgets = budgets.clone();
         StoreFuture::pending(async move { reserve_outcome(&call.await?, &of, budgets) })
     }
