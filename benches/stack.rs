@@ -27,7 +27,8 @@
 //! runs `STACK_ITERS` (default 20,000) requests of one case in
 //! `profile_loop` and exits; run the bench binary under
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_loop*'`
-//! (see `benches/load/callgrind.sh`). Cases: `chat_bare`, `chat_stack`,
+//! (see `benches/load/callgrind.sh`); with `STACK_ALLOCS=1` the case prints
+//! its allocations per request instead. Cases: `chat_bare`, `chat_stack`,
 //! `chat_stack_1m`, `stream_bare`, `stream_stack`, and `chat_depth_1` to
 //! `chat_depth_4` (the stack built up one layer at a time: envelope, then
 //! auth, rate limit and budget added). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
@@ -505,8 +506,24 @@ fn allocations(rt: &tokio::runtime::Runtime) {
 // ---------------------------------------------------------------- profiling
 
 /// `STACK_ITERS` requests of one case: the function callgrind collects.
+/// With `STACK_ALLOCS` set, prints the case's allocations per request
+/// instead (over 1,000 requests after 100 of warm-up).
 #[inline(never)]
 fn profile_loop<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
+    if std::env::var_os("STACK_ALLOCS").is_some() {
+        let per = rt.block_on(async {
+            for _ in 0..100 {
+                f().await;
+            }
+            let before = ALLOCS.load(Ordering::Relaxed);
+            for _ in 0..1000 {
+                f().await;
+            }
+            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
+        });
+        println!("{per:.1} allocations per request");
+        return;
+    }
     rt.block_on(async {
         for _ in 0..iters {
             f().await;
