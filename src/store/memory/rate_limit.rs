@@ -233,6 +233,9 @@ impl Mix {
     }
 }
 
+/// The least share of the cap a shard gets (see `build`).
+const MIN_SHARD_SHARE: usize = 64;
+
 /// Builds a [`MemoryRateLimitStore`].
 #[derive(Clone)]
 pub struct MemoryRateLimitStoreBuilder {
@@ -255,6 +258,8 @@ impl fmt::Debug for MemoryRateLimitStoreBuilder {
 impl MemoryRateLimitStoreBuilder {
     /// The number of shards, rounded up to a power of two (default 64).
     /// More shards, less contention between keys; each costs a few bytes.
+    /// Fewer are used when [`max_keys`](Self::max_keys) would leave each
+    /// fewer than 64 states.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
         self
@@ -281,7 +286,17 @@ impl MemoryRateLimitStoreBuilder {
 
     /// Builds the store. Its time starts now.
     pub fn build(self) -> MemoryRateLimitStore {
-        let shards = self.shards.clamp(1, 1 << 16).next_power_of_two();
+        // A scope's states all live in one shard, so a shard's share of the
+        // cap must hold a key's limits and more: with a share of one or two
+        // a key's own limits would evict each other on every request (each
+        // then starting from full, so never refusing). Fewer shards for a
+        // small cap.
+        let most = (self.max_keys / MIN_SHARD_SHARE).max(1);
+        let shards = self
+            .shards
+            .clamp(1, 1 << 16)
+            .next_power_of_two()
+            .min(1 << most.ilog2());
         let clock = self
             .clock
             .unwrap_or_else(|| Arc::new(TokioClock::new()) as SharedClock);
@@ -744,6 +759,48 @@ mod tests {
     fn an_entry_is_32_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
         assert_eq!(std::mem::size_of::<(Fingerprint, Entry)>(), 48);
+    }
+
+    #[test]
+    fn a_small_cap_uses_fewer_shards() {
+        let shards = |max_keys| {
+            MemoryRateLimitStore::builder()
+                .max_keys(max_keys)
+                .build()
+                .inner
+                .shards
+                .len()
+        };
+        assert_eq!(shards(2), 1);
+        assert_eq!(shards(200), 2);
+        assert_eq!(shards(1_000_000), MemoryRateLimitStore::DEFAULT_SHARDS);
+    }
+
+    /// With a cap of a few states, a key's limits must not evict each
+    /// other (each would then start from full and never refuse).
+    #[tokio::test(start_paused = true)]
+    async fn a_small_cap_holds_a_keys_limits() {
+        let store = MemoryRateLimitStore::builder().max_keys(3).build();
+        let limits = [
+            Limit::requests_per_minute(2),
+            Limit::requests_per_hour(100),
+            Limit::tokens_per_minute(1000),
+        ];
+        let scopes = [crate::rate_limit::ScopeCharge {
+            key: RateLimitKey::new("small"),
+            limits: &limits,
+            costs: &[1, 1, 10],
+            max_concurrent: None,
+        }];
+        let acquire = Acquire { scopes: &scopes };
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| store.inner.acquire(&acquire).verdict)
+            .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Admitted, Verdict::Admitted, Verdict::Limited]
+        );
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
