@@ -248,10 +248,11 @@ pub fn format_duration(d: Duration) -> String {
 /// [`format_duration`] into a buffer: the text and its length. The longest
 /// (`Duration::MAX`) is 27 bytes.
 fn duration_bytes(d: Duration) -> ([u8; 32], usize) {
+    // Whole milliseconds, rounded up, in 64 bits (saturating).
     let ms = d
-        .as_millis()
-        .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
-    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
     let mut out = Out {
         buf: [0; 32],
         len: 0,

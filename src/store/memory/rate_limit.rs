@@ -420,7 +420,8 @@ impl ShardMap {
         cap: usize,
         now_s: u32,
     ) -> &mut Entry {
-        if !self.entries.contains_key(&fp) {
+        // Below the cap there is room: no lookup to see whether it is needed.
+        if self.entries.len() >= cap && !self.entries.contains_key(&fp) {
             self.make_room(cap, now_s);
         }
         self.entries.entry(fp).or_insert_with(|| Entry {
