@@ -505,25 +505,30 @@ fn allocations(rt: &tokio::runtime::Runtime) {
 
 // ---------------------------------------------------------------- profiling
 
+/// Runs one case: `STACK_ITERS` requests in [`profile_loop`], or with
+/// `STACK_ALLOCS` set, prints its allocations per request instead (over
+/// 1,000 requests after 100 of warm-up). Decided here, outside what
+/// callgrind collects.
+fn run_case<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
+    if std::env::var_os("STACK_ALLOCS").is_none() {
+        return profile_loop(rt, iters, f);
+    }
+    let per = rt.block_on(async {
+        for _ in 0..100 {
+            f().await;
+        }
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            f().await;
+        }
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
+    });
+    println!("{per:.1} allocations per request");
+}
+
 /// `STACK_ITERS` requests of one case: the function callgrind collects.
-/// With `STACK_ALLOCS` set, prints the case's allocations per request
-/// instead (over 1,000 requests after 100 of warm-up).
 #[inline(never)]
 fn profile_loop<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
-    if std::env::var_os("STACK_ALLOCS").is_some() {
-        let per = rt.block_on(async {
-            for _ in 0..100 {
-                f().await;
-            }
-            let before = ALLOCS.load(Ordering::Relaxed);
-            for _ in 0..1000 {
-                f().await;
-            }
-            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
-        });
-        println!("{per:.1} allocations per request");
-        return;
-    }
     rt.block_on(async {
         for _ in 0..iters {
             f().await;
@@ -541,7 +546,7 @@ fn profile(case: &str) {
     match case {
         "chat_bare" => {
             let mut s = service_fn(completion);
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -552,7 +557,7 @@ fn profile(case: &str) {
                 fill(&rt, &stores, 1_000_000);
             }
             let mut s = stack!(&stores, service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -562,7 +567,7 @@ fn profile(case: &str) {
             let mut s = ServiceBuilder::new()
                 .layer(ErrorEnvelopeLayer::new())
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -572,7 +577,7 @@ fn profile(case: &str) {
                 .layer(ErrorEnvelopeLayer::new())
                 .layer(AuthLayer::new(stores.keys.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -583,7 +588,7 @@ fn profile(case: &str) {
                 .layer(AuthLayer::new(stores.keys.clone()))
                 .layer(RateLimitLayer::new().store(stores.limits.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -599,20 +604,20 @@ fn profile(case: &str) {
                 .layer(RateLimitLayer::new().store(stores.limits.clone()))
                 .layer(BudgetLayer::with_ledger(pricing, stores.ledger.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
         "stream_bare" => {
             let mut s = streamer(frames);
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(STREAM_REQUEST)).await);
             });
         }
         "stream_stack" => {
             let stores = Stores::new(1);
             let mut s = stack!(&stores, streamer(frames));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(STREAM_REQUEST)).await);
             });
         }
