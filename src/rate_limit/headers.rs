@@ -268,23 +268,21 @@ fn duration_bytes(d: Duration) -> ([u8; 32], usize) {
         out.text(b"h");
     }
     if h > 0 || m > 0 {
-        out.number(m);
-        out.text(b"m");
+        out.below_100(m);
+        out.byte(b'm');
     }
-    out.number(s);
+    out.below_100(s);
     if frac > 0 {
-        let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
-        let used = if frac % 100 == 0 {
-            1
-        } else if frac % 10 == 0 {
-            2
-        } else {
-            3
-        };
-        out.text(b".");
-        out.text(&digits[..used]);
+        out.byte(b'.');
+        out.byte(b'0' + (frac / 100) as u8);
+        if frac % 100 != 0 {
+            out.byte(b'0' + (frac / 10 % 10) as u8);
+            if frac % 10 != 0 {
+                out.byte(b'0' + (frac % 10) as u8);
+            }
+        }
     }
-    out.text(b"s");
+    out.byte(b's');
     (out.buf, out.len)
 }
 
@@ -307,8 +305,20 @@ impl Out {
         }
     }
 
+    fn byte(&mut self, b: u8) {
+        self.text(&[b]);
+    }
+
     fn number(&mut self, n: u64) {
         self.text(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    /// Minutes and seconds: one or two digits, without `itoa`'s buffer.
+    fn below_100(&mut self, n: u64) {
+        if n >= 10 {
+            self.byte(b'0' + (n / 10 % 10) as u8);
+        }
+        self.byte(b'0' + (n % 10) as u8);
     }
 }
 
@@ -482,6 +492,8 @@ mod tests {
             (Duration::from_secs(1), "1s"),
             (Duration::from_millis(1_500), "1.5s"),
             (Duration::from_millis(1_050), "1.05s"),
+            (Duration::from_millis(59_999), "59.999s"),
+            (Duration::from_millis(70_100), "1m10.1s"),
             (Duration::from_secs(360), "6m0s"),
             (Duration::from_millis(3_723_004), "1h2m3.004s"),
             (Duration::MAX, "5124095576030h25m51.615s"),
