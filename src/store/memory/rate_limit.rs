@@ -495,6 +495,16 @@ impl Inner {
     /// Locks the shards of `scopes`, each once, in index order (so two
     /// admissions sharing shards never wait on each other in a cycle).
     fn lock_shards(&self, scopes: &[Fingerprint], now_s: u32) -> Locked<'_> {
+        // One scope (most requests): one shard, nothing to order.
+        if let [fp] = scopes {
+            let index = self.shard_of(*fp);
+            let mut locked = Locked {
+                inline: Default::default(),
+                more: Vec::new(),
+            };
+            locked.inline[0] = Some((index, self.lock_swept(index, now_s)));
+            return locked;
+        }
         let mut order = Small::<usize, 8>::new(scopes.len());
         for (slot, fp) in order.iter_mut().zip(scopes) {
             *slot = self.shard_of(*fp);
@@ -510,16 +520,22 @@ impl Inner {
                 continue;
             }
             last = Some(index);
-            let mut guard = lock(&self.shards[index].map);
-            if now_s.saturating_sub(guard.last_sweep_s) >= self.sweep_interval_s {
-                guard.sweep(now_s);
-            }
+            let guard = self.lock_swept(index, now_s);
             match locked.inline.get_mut(n) {
                 Some(slot) => *slot = Some((index, guard)),
                 None => locked.more.push((index, guard)),
             }
         }
         locked
+    }
+
+    /// Locks shard `index`, sweeping it first when its last sweep is old.
+    fn lock_swept(&self, index: usize, now_s: u32) -> MutexGuard<'_, ShardMap> {
+        let mut guard = lock(&self.shards[index].map);
+        if now_s.saturating_sub(guard.last_sweep_s) >= self.sweep_interval_s {
+            guard.sweep(now_s);
+        }
+        guard
     }
 
     fn entry_full_at(&self, entry: &Entry, limit: &Limit) -> u32 {
