@@ -90,7 +90,8 @@ use crate::store::StoreFuture;
 /// - **A hard cap on states** ([`max_keys`](MemoryRateLimitStoreBuilder::max_keys),
 ///   default 1,000,000 (scope, limit) states, about 100 MB; split evenly
 ///   over the shards, so a shard may reach its share a little before the
-///   store reaches the cap). When a new state arrives at a full shard, the
+///   store reaches the cap; a cap too small to give each shard 64 states
+///   uses fewer shards, so that a key's limits always fit together). When a new state arrives at a full shard, the
 ///   shard first evicts its idle states (at most once a second); if none are
 ///   idle, it evicts, among 32 of its states, the one with nothing in flight
 ///   that will be back to full soonest. That limit's next request starts
