@@ -163,24 +163,8 @@ impl Permit {
                 i64::try_from(i128::from(used) - i128::from(reserved))
                     .unwrap_or(if used > reserved { i64::MAX } else { i64::MIN })
             });
-        let plan = &self.plan;
-        let count: usize = plan.scopes().map(|(_, l, _)| l.len()).sum();
-        let mut deltas = Small::<i64, 16>::new(count);
-        let mut at = 0;
-        let mut release = false;
-        for (_, limits, max) in plan.scopes() {
-            release |= max.is_some();
-            for limit in limits {
-                if limit.measure == Measure::Tokens {
-                    deltas[at] = delta;
-                }
-                at += 1;
-            }
-        }
-        if !release && deltas.iter().all(|&d| d == 0) {
-            return;
-        }
-        // On the stack for up to four scopes, as the admission's charges.
+        // One walk over the scopes (resolving each once), on the stack for
+        // up to four scopes and sixteen limits, as the admission's charges.
         let empty = ScopeSettle {
             key: RateLimitKey::new(""),
             limits: &[],
@@ -189,16 +173,18 @@ impl Permit {
         };
         let mut inline = [empty; 4];
         let mut spilled = Vec::new();
-        let mut at = 0;
         let mut count = 0;
-        for (key, limits, max) in plan.scopes() {
+        let (mut limit_count, mut release, mut tokens) = (0, false, false);
+        for (key, limits, max) in self.plan.scopes() {
             let scope = ScopeSettle {
                 key,
                 limits,
-                deltas: &deltas[at..at + limits.len()],
+                deltas: &[],
                 release: max.is_some(),
             };
-            at += limits.len();
+            limit_count += limits.len();
+            release |= max.is_some();
+            tokens |= limits.iter().any(|l| l.measure == Measure::Tokens);
             match inline.get_mut(count) {
                 Some(slot) => *slot = scope,
                 None => {
@@ -210,11 +196,29 @@ impl Permit {
             }
             count += 1;
         }
+        if !release && (delta == 0 || !tokens) {
+            return;
+        }
         let scopes = if spilled.is_empty() {
-            &inline[..count]
+            &mut inline[..count]
         } else {
-            &spilled[..]
+            &mut spilled[..]
         };
+        let mut deltas = Small::<i64, 16>::new(limit_count);
+        let mut at = 0;
+        for scope in scopes.iter() {
+            for limit in scope.limits {
+                if limit.measure == Measure::Tokens {
+                    deltas[at] = delta;
+                }
+                at += 1;
+            }
+        }
+        let mut at = 0;
+        for scope in scopes.iter_mut() {
+            scope.deltas = &deltas[at..at + scope.limits.len()];
+            at += scope.limits.len();
+        }
         self.settler.settle(&Settle { scopes });
     }
 }
