@@ -27,7 +27,8 @@
 //! runs `STACK_ITERS` (default 20,000) requests of one case in
 //! `profile_loop` and exits; run the bench binary under
 //! `valgrind --tool=callgrind --collect-atstart=no --toggle-collect='*profile_loop*'`
-//! (see `benches/load/callgrind.sh`). Cases: `chat_bare`, `chat_stack`,
+//! (see `benches/load/callgrind.sh`); with `STACK_ALLOCS=1` the case prints
+//! its allocations per request instead. Cases: `chat_bare`, `chat_stack`,
 //! `chat_stack_1m`, `stream_bare`, `stream_stack`, and `chat_depth_1` to
 //! `chat_depth_4` (the stack built up one layer at a time: envelope, then
 //! auth, rate limit and budget added). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
@@ -504,6 +505,27 @@ fn allocations(rt: &tokio::runtime::Runtime) {
 
 // ---------------------------------------------------------------- profiling
 
+/// Runs one case: `STACK_ITERS` requests in [`profile_loop`], or with
+/// `STACK_ALLOCS` set, prints its allocations per request instead (over
+/// 1,000 requests after 100 of warm-up). Decided here, outside what
+/// callgrind collects.
+fn run_case<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
+    if std::env::var_os("STACK_ALLOCS").is_none() {
+        return profile_loop(rt, iters, f);
+    }
+    let per = rt.block_on(async {
+        for _ in 0..100 {
+            f().await;
+        }
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            f().await;
+        }
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
+    });
+    println!("{per:.1} allocations per request");
+}
+
 /// `STACK_ITERS` requests of one case: the function callgrind collects.
 #[inline(never)]
 fn profile_loop<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
@@ -524,7 +546,7 @@ fn profile(case: &str) {
     match case {
         "chat_bare" => {
             let mut s = service_fn(completion);
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -535,7 +557,7 @@ fn profile(case: &str) {
                 fill(&rt, &stores, 1_000_000);
             }
             let mut s = stack!(&stores, service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -545,7 +567,7 @@ fn profile(case: &str) {
             let mut s = ServiceBuilder::new()
                 .layer(ErrorEnvelopeLayer::new())
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -555,7 +577,7 @@ fn profile(case: &str) {
                 .layer(ErrorEnvelopeLayer::new())
                 .layer(AuthLayer::new(stores.keys.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -566,7 +588,7 @@ fn profile(case: &str) {
                 .layer(AuthLayer::new(stores.keys.clone()))
                 .layer(RateLimitLayer::new().store(stores.limits.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
@@ -582,20 +604,20 @@ fn profile(case: &str) {
                 .layer(RateLimitLayer::new().store(stores.limits.clone()))
                 .layer(BudgetLayer::with_ledger(pricing, stores.ledger.clone()))
                 .service(service_fn(completion));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(REQUEST)).await);
             });
         }
         "stream_bare" => {
             let mut s = streamer(frames);
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(STREAM_REQUEST)).await);
             });
         }
         "stream_stack" => {
             let stores = Stores::new(1);
             let mut s = stack!(&stores, streamer(frames));
-            profile_loop(&rt, iters, async || {
+            run_case(&rt, iters, async || {
                 black_box(serve(&mut s, request(STREAM_REQUEST)).await);
             });
         }

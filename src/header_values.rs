@@ -80,18 +80,15 @@ impl AsRef<[u8]> for Packed {
     }
 }
 
-/// Writes the digits of `n` at the end of `out`; returns how many.
-pub(crate) fn write_u64(out: &mut [u8; 20], mut n: u64) -> usize {
-    let mut at = out.len();
-    loop {
-        at -= 1;
-        out[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.len() - at
+/// Writes the digits of `n` at the end of `out`; returns how many. `itoa`
+/// writes them (two digits a step, from a table): a response's numbers are
+/// up to 20 digits (token counts, money in micro-units).
+pub(crate) fn write_u64(out: &mut [u8; 20], n: u64) -> usize {
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(n).as_bytes();
+    let at = out.len() - digits.len();
+    out[at..].copy_from_slice(digits);
+    digits.len()
 }
 
 #[cfg(test)]
@@ -101,6 +98,11 @@ mod tests {
     #[test]
     fn values_share_one_buffer_and_overflow_gets_its_own() {
         let mut packed = Packed::new();
+        for n in [0, 7, 10, 99, 12345, u64::MAX] {
+            let mut digits = [0u8; 20];
+            let len = write_u64(&mut digits, n);
+            assert_eq!(&digits[20 - len..], n.to_string().as_bytes());
+        }
         let a = packed.push_u64(0);
         let b = packed.push_u64(u64::MAX);
         let c = packed.push(b"1h2m3.004s");

@@ -277,6 +277,29 @@ async fn scopes_a_key_record_names_need_no_code() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_response_ends_by_releasing_every_scope_even_past_four() {
+    // Six named scopes, each one request in flight at most: the next
+    // request is admitted only if the first's end released all six.
+    let mut r = record("six", &[]);
+    r.scope_limits = (0..6)
+        .map(|i| {
+            let mut s = ScopeLimits::new("team", format!("t{i}"), [Limit::requests_per_hour(100)]);
+            s.max_concurrent = Some(1);
+            s
+        })
+        .collect();
+    let six = Principal::new(r);
+    let mut svc = service(RateLimitLayer::new());
+    for _ in 0..3 {
+        let r = send(&mut svc, chat(&six, "m")).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let held = send(&mut svc, chat(&six, "m")).await;
+        assert_eq!(held.status(), StatusCode::TOO_MANY_REQUESTS);
+        r.into_body().collect().await.unwrap();
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn an_edited_limit_keeps_what_was_used_and_two_configurations_share_one_count() {
     let store = MemoryRateLimitStore::new();
     let mut svc = service(RateLimitLayer::new().store(store.clone()));

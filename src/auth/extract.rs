@@ -197,10 +197,12 @@ fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Result<Option<&'a str>, &'
     if values.next().is_some() {
         return Err("The request carries more than one key header of the same name.");
     }
+    // `to_str` admits visible ASCII and tabs only: ASCII trimming is the
+    // whole of `trim` here, without decoding characters.
     let value = value
         .to_str()
         .map_err(|_| "The API key header contains characters that are not printable ASCII.")?
-        .trim();
+        .trim_ascii();
     Ok((!value.is_empty()).then_some(value))
 }
 
@@ -210,16 +212,18 @@ fn bearer(parts: &Parts) -> Found<'_> {
         Ok(None) => return Found::Missing,
         Err(reason) => return Found::Malformed(reason),
     };
-    let (scheme, rest) = value
-        .split_once(|c: char| c.is_ascii_whitespace())
-        .unwrap_or((value, ""));
+    // ASCII (see `single`): bytes, not characters.
+    let (scheme, rest) = match value.bytes().position(|b| b.is_ascii_whitespace()) {
+        Some(at) => (&value[..at], &value[at + 1..]),
+        None => (value, ""),
+    };
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Found::Malformed("The Authorization header must use the Bearer scheme.");
     }
-    let key = rest.trim();
+    let key = rest.trim_ascii();
     if key.is_empty() {
         Found::Missing
-    } else if key.contains(|c: char| c.is_ascii_whitespace()) {
+    } else if key.bytes().any(|b| b.is_ascii_whitespace()) {
         Found::Malformed("The Authorization header must hold a single key after `Bearer`.")
     } else {
         Found::Key(Cow::Borrowed(key))

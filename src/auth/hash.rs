@@ -58,7 +58,14 @@ impl KeyHash {
 
 impl ConstantTimeEq for KeyHash {
     fn ct_eq(&self, other: &KeyHash) -> subtle::Choice {
-        self.0.ct_eq(&other.0)
+        // Four 64-bit words rather than 32 bytes (each compared behind an
+        // optimisation barrier): the same constant time, an eighth of the
+        // work.
+        let word =
+            |h: &[u8; 32], i: usize| u64::from_le_bytes(std::array::from_fn(|j| h[i * 8 + j]));
+        (0..4).fold(subtle::Choice::from(1), |equal, i| {
+            equal & word(&self.0, i).ct_eq(&word(&other.0, i))
+        })
     }
 }
 
@@ -96,5 +103,17 @@ mod tests {
         assert_eq!(KeyHash::from_hex(&"g".repeat(64)), Err(InvalidKeyHash));
         assert_eq!(KeyHash::from_hex(&"é".repeat(32)), Err(InvalidKeyHash));
         assert!(h.verify(&h) && !h.verify(&KeyHash::of("y")));
+    }
+
+    #[test]
+    fn a_difference_in_any_byte_fails_verification() {
+        let h = KeyHash::of("x");
+        for i in 0..32 {
+            for bit in [0x01, 0x80] {
+                let mut other = h;
+                other.0[i] ^= bit;
+                assert!(!h.verify(&other) && !other.verify(&h), "byte {i}");
+            }
+        }
     }
 }

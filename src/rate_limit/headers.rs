@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::{Limit, LimitState, Measure};
-use crate::header_values::{Packed, write_u64};
+use crate::header_values::Packed;
 
 /// Which rate-limit headers the layer sends, on every response it limits
 /// (admitted or rejected).
@@ -71,6 +71,8 @@ impl HeaderStyle {
                 // The changing values (remaining, reset) of both measures go
                 // into one buffer: one allocation for all of them.
                 let mut packed = Packed::new();
+                // Per measure (requests, tokens): the tightest limit's
+                // amount, and where its remaining and reset went.
                 let mut pending = [const { None }; 2];
                 for (slot, measure) in pending.iter_mut().zip([Measure::Requests, Measure::Tokens])
                 {
@@ -93,20 +95,28 @@ impl HeaderStyle {
                             None => packed.push(crate::time::format_rfc3339(at).as_bytes()),
                         }
                     };
-                    *slot = Some((measure, limit.amount, remaining, reset));
+                    *slot = Some((limit.amount, remaining, reset));
                 }
                 let bytes = packed.freeze();
-                headers.reserve(6);
-                for (measure, amount, remaining, reset) in pending.into_iter().flatten() {
-                    let [limit_name, remaining_name, reset_name] = match measure {
-                        Measure::Requests => [LIMIT_REQUESTS, REMAINING_REQUESTS, RESET_REQUESTS],
-                        Measure::Tokens => [LIMIT_TOKENS, REMAINING_TOKENS, RESET_TOKENS],
-                    };
-                    headers.insert(limit_name, amount_value(amount));
-                    for (name, slot) in [(remaining_name, remaining), (reset_name, reset)] {
-                        if let Some(value) = Packed::value(&bytes, slot) {
-                            headers.insert(name, value);
-                        }
+                let [requests, tokens] = pending;
+                headers
+                    .reserve(3 * (usize::from(requests.is_some()) + usize::from(tokens.is_some())));
+                if let Some((amount, remaining, reset)) = requests {
+                    headers.insert(LIMIT_REQUESTS, amount_value(amount));
+                    if let Some(value) = Packed::value(&bytes, remaining) {
+                        headers.insert(REMAINING_REQUESTS, value);
+                    }
+                    if let Some(value) = Packed::value(&bytes, reset) {
+                        headers.insert(RESET_REQUESTS, value);
+                    }
+                }
+                if let Some((amount, remaining, reset)) = tokens {
+                    headers.insert(LIMIT_TOKENS, amount_value(amount));
+                    if let Some(value) = Packed::value(&bytes, remaining) {
+                        headers.insert(REMAINING_TOKENS, value);
+                    }
+                    if let Some(value) = Packed::value(&bytes, reset) {
+                        headers.insert(RESET_TOKENS, value);
                     }
                 }
             }
@@ -238,10 +248,11 @@ pub fn format_duration(d: Duration) -> String {
 /// [`format_duration`] into a buffer: the text and its length. The longest
 /// (`Duration::MAX`) is 27 bytes.
 fn duration_bytes(d: Duration) -> ([u8; 32], usize) {
+    // Whole milliseconds, rounded up, in 64 bits (saturating).
     let ms = d
-        .as_millis()
-        .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
-    let ms = u64::try_from(ms).unwrap_or(u64::MAX);
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from(d.subsec_nanos().div_ceil(1_000_000)));
     let mut out = Out {
         buf: [0; 32],
         len: 0,
@@ -257,23 +268,21 @@ fn duration_bytes(d: Duration) -> ([u8; 32], usize) {
         out.text(b"h");
     }
     if h > 0 || m > 0 {
-        out.number(m);
-        out.text(b"m");
+        out.below_100(m);
+        out.byte(b'm');
     }
-    out.number(s);
+    out.below_100(s);
     if frac > 0 {
-        let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| b'0' + d as u8);
-        let used = if frac % 100 == 0 {
-            1
-        } else if frac % 10 == 0 {
-            2
-        } else {
-            3
-        };
-        out.text(b".");
-        out.text(&digits[..used]);
+        out.byte(b'.');
+        out.byte(b'0' + (frac / 100) as u8);
+        if frac % 100 != 0 {
+            out.byte(b'0' + (frac / 10 % 10) as u8);
+            if frac % 10 != 0 {
+                out.byte(b'0' + (frac % 10) as u8);
+            }
+        }
     }
-    out.text(b"s");
+    out.byte(b's');
     (out.buf, out.len)
 }
 
@@ -285,17 +294,31 @@ struct Out {
 }
 
 impl Out {
+    // Byte by byte: the pieces are one to three bytes, where a loop is
+    // cheaper than a call to `memcpy`.
     fn text(&mut self, bytes: &[u8]) {
-        if let Some(room) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            room.copy_from_slice(bytes);
-            self.len += bytes.len();
+        for &b in bytes {
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = b;
+                self.len += 1;
+            }
         }
     }
 
+    fn byte(&mut self, b: u8) {
+        self.text(&[b]);
+    }
+
     fn number(&mut self, n: u64) {
-        let mut digits = [0u8; 20];
-        let len = write_u64(&mut digits, n);
-        self.text(&digits[20 - len..]);
+        self.text(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    /// Minutes and seconds: one or two digits, without `itoa`'s buffer.
+    fn below_100(&mut self, n: u64) {
+        if n >= 10 {
+            self.byte(b'0' + (n / 10 % 10) as u8);
+        }
+        self.byte(b'0' + (n % 10) as u8);
     }
 }
 
@@ -458,5 +481,24 @@ mod tests {
             );
         }
         assert!("x".parse::<HeaderStyle>().is_err());
+    }
+
+    #[test]
+    fn durations_are_written_as_openai_writes_them() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_micros(11_001), "12ms"),
+            (Duration::from_millis(999), "999ms"),
+            (Duration::from_secs(1), "1s"),
+            (Duration::from_millis(1_500), "1.5s"),
+            (Duration::from_millis(1_050), "1.05s"),
+            (Duration::from_millis(59_999), "59.999s"),
+            (Duration::from_millis(70_100), "1m10.1s"),
+            (Duration::from_secs(360), "6m0s"),
+            (Duration::from_millis(3_723_004), "1h2m3.004s"),
+            (Duration::MAX, "5124095576030h25m51.615s"),
+        ] {
+            assert_eq!(format_duration(d), text, "{d:?}");
+        }
     }
 }

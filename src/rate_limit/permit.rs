@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::service::Plan;
-use super::{Limit, Measure, RateLimitStore, ScopeSettle, Settle};
+use super::{Limit, Measure, RateLimitKey, RateLimitStore, ScopeSettle, Settle};
 use crate::Principal;
 use crate::budget::{Billed, CallEnd, ChargePolicy};
 use crate::small::Small;
@@ -68,22 +68,30 @@ pub(crate) struct StoreSettler<St>(pub(crate) St);
 
 impl<St: RateLimitStore> Settler for StoreSettler<St> {
     fn settle(&self, request: &Settle<'_>) {
-        let key = request.scopes.first().map(|s| s.key.to_string());
-        drive(self.0.settle(request), key);
+        drive(self.0.settle(request), request);
     }
 }
 
 /// Takes an answer known at once (memory) here, without a task. Otherwise
-/// the rest runs on the current tokio runtime.
-fn drive(mut future: StoreFuture<()>, key: Option<String>) {
-    let key = key.unwrap_or_default();
+/// the rest runs on the current tokio runtime. The key, for the log, is
+/// written only when the settlement failed or must wait (not on every
+/// settlement of the memory store).
+fn drive(mut future: StoreFuture<()>, request: &Settle<'_>) {
+    let key = || {
+        request
+            .scopes
+            .first()
+            .map(|s| s.key.to_string())
+            .unwrap_or_default()
+    };
     match future.take_ready() {
         Some(Ok(())) => {}
         Some(Err(error)) => {
-            tracing::warn!(%error, key = %key, "rate limit settlement failed");
+            tracing::warn!(%error, key = %key(), "rate limit settlement failed");
         }
         None => match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
+                let key = key();
                 handle.spawn(async move {
                     if let Err(error) = future.await {
                         tracing::warn!(%error, key = %key, "rate limit settlement failed");
@@ -91,7 +99,7 @@ fn drive(mut future: StoreFuture<()>, key: Option<String>) {
                 });
             }
             Err(_) => {
-                tracing::warn!(key = %key, "no tokio runtime to settle a rate limit on");
+                tracing::warn!(key = %key(), "no tokio runtime to settle a rate limit on");
             }
         },
     }
@@ -155,35 +163,63 @@ impl Permit {
                 i64::try_from(i128::from(used) - i128::from(reserved))
                     .unwrap_or(if used > reserved { i64::MAX } else { i64::MIN })
             });
-        let plan = &self.plan;
-        let count: usize = plan.scopes().map(|(_, l, _)| l.len()).sum();
-        let mut deltas = Small::<i64, 16>::new(count);
-        let mut at = 0;
-        let mut release = false;
-        for (_, limits, max) in plan.scopes() {
+        // One walk over the scopes (resolving each once), on the stack for
+        // up to four scopes and sixteen limits, as the admission's charges.
+        let empty = ScopeSettle {
+            key: RateLimitKey::new(""),
+            limits: &[],
+            deltas: &[],
+            release: false,
+        };
+        let mut inline = [empty; 4];
+        let mut spilled = Vec::new();
+        let mut count = 0;
+        let (mut limit_count, mut release, mut tokens) = (0, false, false);
+        for (key, limits, max) in self.plan.scopes() {
+            let scope = ScopeSettle {
+                key,
+                limits,
+                deltas: &[],
+                release: max.is_some(),
+            };
+            limit_count += limits.len();
             release |= max.is_some();
-            for limit in limits {
+            tokens |= limits.iter().any(|l| l.measure == Measure::Tokens);
+            match inline.get_mut(count) {
+                Some(slot) => *slot = scope,
+                None => {
+                    if spilled.is_empty() {
+                        spilled.extend_from_slice(&inline);
+                    }
+                    spilled.push(scope);
+                }
+            }
+            count += 1;
+        }
+        if !release && (delta == 0 || !tokens) {
+            return;
+        }
+        let scopes = if spilled.is_empty() {
+            &mut inline[..count]
+        } else {
+            &mut spilled[..]
+        };
+        let mut deltas = Small::<i64, 16>::new(limit_count);
+        let mut at = 0;
+        for scope in scopes.iter() {
+            for limit in scope.limits {
                 if limit.measure == Measure::Tokens {
                     deltas[at] = delta;
                 }
                 at += 1;
             }
         }
-        if !release && deltas.iter().all(|&d| d == 0) {
-            return;
-        }
-        let mut scopes = Vec::with_capacity(plan.more.len() + 1);
         let mut at = 0;
-        for (key, limits, max) in plan.scopes() {
-            scopes.push(ScopeSettle {
-                key,
-                limits,
-                deltas: &deltas[at..at + limits.len()],
-                release: max.is_some(),
-            });
-            at += limits.len();
+        for scope in scopes.iter_mut() {
+            scope.deltas = &deltas[at..at + scope.limits.len()];
+            at += scope.limits.len();
         }
-        self.settler.settle(&Settle { scopes: &scopes });
+        self.settler.settle(&Settle { scopes });
     }
 }
 

@@ -90,7 +90,8 @@ use crate::store::StoreFuture;
 /// - **A hard cap on states** ([`max_keys`](MemoryRateLimitStoreBuilder::max_keys),
 ///   default 1,000,000 (scope, limit) states, about 100 MB; split evenly
 ///   over the shards, so a shard may reach its share a little before the
-///   store reaches the cap). When a new state arrives at a full shard, the
+///   store reaches the cap; a cap too small to give each shard 64 states
+///   uses fewer shards, so that a key's limits always fit together). When a new state arrives at a full shard, the
 ///   shard first evicts its idle states (at most once a second); if none are
 ///   idle, it evicts, among 32 of its states, the one with nothing in flight
 ///   that will be back to full soonest. That limit's next request starts
@@ -233,6 +234,9 @@ impl Mix {
     }
 }
 
+/// The least share of the cap a shard gets (see `build`).
+const MIN_SHARD_SHARE: usize = 64;
+
 /// Builds a [`MemoryRateLimitStore`].
 #[derive(Clone)]
 pub struct MemoryRateLimitStoreBuilder {
@@ -255,6 +259,8 @@ impl fmt::Debug for MemoryRateLimitStoreBuilder {
 impl MemoryRateLimitStoreBuilder {
     /// The number of shards, rounded up to a power of two (default 64).
     /// More shards, less contention between keys; each costs a few bytes.
+    /// Fewer are used when [`max_keys`](Self::max_keys) would leave each
+    /// fewer than 64 states.
     pub fn shards(mut self, shards: usize) -> Self {
         self.shards = shards;
         self
@@ -281,7 +287,17 @@ impl MemoryRateLimitStoreBuilder {
 
     /// Builds the store. Its time starts now.
     pub fn build(self) -> MemoryRateLimitStore {
-        let shards = self.shards.clamp(1, 1 << 16).next_power_of_two();
+        // A scope's states all live in one shard, so a shard's share of the
+        // cap must hold a key's limits and more: with a share of one or two
+        // a key's own limits would evict each other on every request (each
+        // then starting from full, so never refusing). Fewer shards for a
+        // small cap.
+        let most = (self.max_keys / MIN_SHARD_SHARE).max(1);
+        let shards = self
+            .shards
+            .clamp(1, 1 << 16)
+            .next_power_of_two()
+            .min(1 << most.ilog2());
         let clock = self
             .clock
             .unwrap_or_else(|| Arc::new(TokioClock::new()) as SharedClock);
@@ -405,7 +421,8 @@ impl ShardMap {
         cap: usize,
         now_s: u32,
     ) -> &mut Entry {
-        if !self.entries.contains_key(&fp) {
+        // Below the cap there is room: no lookup to see whether it is needed.
+        if self.entries.len() >= cap && !self.entries.contains_key(&fp) {
             self.make_room(cap, now_s);
         }
         self.entries.entry(fp).or_insert_with(|| Entry {
@@ -479,6 +496,16 @@ impl Inner {
     /// Locks the shards of `scopes`, each once, in index order (so two
     /// admissions sharing shards never wait on each other in a cycle).
     fn lock_shards(&self, scopes: &[Fingerprint], now_s: u32) -> Locked<'_> {
+        // One scope (most requests): one shard, nothing to order.
+        if let [fp] = scopes {
+            let index = self.shard_of(*fp);
+            let mut locked = Locked {
+                inline: Default::default(),
+                more: Vec::new(),
+            };
+            locked.inline[0] = Some((index, self.lock_swept(index, now_s)));
+            return locked;
+        }
         let mut order = Small::<usize, 8>::new(scopes.len());
         for (slot, fp) in order.iter_mut().zip(scopes) {
             *slot = self.shard_of(*fp);
@@ -494,16 +521,22 @@ impl Inner {
                 continue;
             }
             last = Some(index);
-            let mut guard = lock(&self.shards[index].map);
-            if now_s.saturating_sub(guard.last_sweep_s) >= self.sweep_interval_s {
-                guard.sweep(now_s);
-            }
+            let guard = self.lock_swept(index, now_s);
             match locked.inline.get_mut(n) {
                 Some(slot) => *slot = Some((index, guard)),
                 None => locked.more.push((index, guard)),
             }
         }
         locked
+    }
+
+    /// Locks shard `index`, sweeping it first when its last sweep is old.
+    fn lock_swept(&self, index: usize, now_s: u32) -> MutexGuard<'_, ShardMap> {
+        let mut guard = lock(&self.shards[index].map);
+        if now_s.saturating_sub(guard.last_sweep_s) >= self.sweep_interval_s {
+            guard.sweep(now_s);
+        }
+        guard
     }
 
     fn entry_full_at(&self, entry: &Entry, limit: &Limit) -> u32 {
@@ -744,6 +777,48 @@ mod tests {
     fn an_entry_is_32_bytes() {
         assert_eq!(std::mem::size_of::<Entry>(), 32);
         assert_eq!(std::mem::size_of::<(Fingerprint, Entry)>(), 48);
+    }
+
+    #[test]
+    fn a_small_cap_uses_fewer_shards() {
+        let shards = |max_keys| {
+            MemoryRateLimitStore::builder()
+                .max_keys(max_keys)
+                .build()
+                .inner
+                .shards
+                .len()
+        };
+        assert_eq!(shards(2), 1);
+        assert_eq!(shards(200), 2);
+        assert_eq!(shards(1_000_000), MemoryRateLimitStore::DEFAULT_SHARDS);
+    }
+
+    /// With a cap of a few states, a key's limits must not evict each
+    /// other (each would then start from full and never refuse).
+    #[tokio::test(start_paused = true)]
+    async fn a_small_cap_holds_a_keys_limits() {
+        let store = MemoryRateLimitStore::builder().max_keys(3).build();
+        let limits = [
+            Limit::requests_per_minute(2),
+            Limit::requests_per_hour(100),
+            Limit::tokens_per_minute(1000),
+        ];
+        let scopes = [crate::rate_limit::ScopeCharge {
+            key: RateLimitKey::new("small"),
+            limits: &limits,
+            costs: &[1, 1, 10],
+            max_concurrent: None,
+        }];
+        let acquire = Acquire { scopes: &scopes };
+        let verdicts: Vec<Verdict> = (0..3)
+            .map(|_| store.inner.acquire(&acquire).verdict)
+            .collect();
+        assert_eq!(
+            verdicts,
+            [Verdict::Admitted, Verdict::Admitted, Verdict::Limited]
+        );
+        assert_eq!(store.len(), 3);
     }
 
     #[test]
