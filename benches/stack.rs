@@ -31,9 +31,9 @@
 //! its allocations per request instead. Cases: `chat_bare`, `chat_stack`,
 //! `chat_stack_1m`, `stream_bare`, `stream_stack`, and `chat_depth_1` to
 //! `chat_depth_4` (the stack built up one layer at a time: envelope, then
-//! auth, rate limit and budget added). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`
-//! and `STACK_LIMITS` vary the request body, the answer and the rate limits
-//! per key (see `Knobs`).
+//! auth, rate limit and budget added). `STACK_PROMPT_BYTES`, `STACK_COMPLETION_BYTES`,
+//! `STACK_LIMITS` and `STACK_ALGORITHM` vary the request body, the answer,
+//! the rate limits per key and their algorithm (see `Knobs`).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::convert::Infallible;
@@ -52,7 +52,7 @@ use http_body_util::{BodyExt, Full};
 use tollgate::ErrorEnvelopeLayer;
 use tollgate::auth::{AuthLayer, KeyHash, KeyRecord};
 use tollgate::budget::{BudgetLayer, BudgetScope, BudgetSpec, ModelPrice, Money, Period, Pricing};
-use tollgate::rate_limit::{Limit, RateLimitLayer};
+use tollgate::rate_limit::{Algorithm, Limit, RateLimitLayer};
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
 use tollgate::stream::StreamErrorTrailerLayer;
 use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
@@ -119,11 +119,14 @@ fn request(body: &'static str) -> Request<Full<Bytes>> {
 /// Sizes the profile cases can vary (environment variables; the criterion
 /// benches leave them unset): `STACK_PROMPT_BYTES` pads the request's
 /// message, `STACK_COMPLETION_BYTES` the answer's content, `STACK_LIMITS`
-/// sets the rate limits per key (2 by default: requests and tokens).
+/// sets the rate limits per key (2 by default: requests and tokens),
+/// `STACK_ALGORITHM` their algorithm (`sliding`, the default, `gcra` or
+/// `fixed`; the figures before sliding windows were GCRA's).
 struct Knobs {
     request: Bytes,
     completion: Bytes,
     limits: usize,
+    algorithm: Algorithm,
 }
 
 fn knobs() -> &'static Knobs {
@@ -146,6 +149,12 @@ fn knobs() -> &'static Knobs {
             request,
             completion,
             limits: var("STACK_LIMITS").unwrap_or(2),
+            algorithm: match std::env::var("STACK_ALGORITHM") {
+                Ok(name) => name
+                    .parse()
+                    .expect("STACK_ALGORITHM: sliding, gcra or fixed"),
+                Err(_) => Algorithm::default(),
+            },
         }
     })
 }
@@ -212,11 +221,12 @@ fn record(id: String, secret: &str) -> KeyRecord {
         .map(|i| {
             // Alternating measures, each limit with its own window.
             let window = Duration::from_secs(60 * (i as u64 / 2 + 1));
-            if i % 2 == 0 {
+            let limit = if i % 2 == 0 {
                 Limit::requests(1 << 30, window)
             } else {
                 Limit::tokens(1 << 36, window)
-            }
+            };
+            limit.algorithm(knobs().algorithm)
         })
         .collect();
     record.budgets.push(BudgetSpec::budget(

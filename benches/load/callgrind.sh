@@ -7,6 +7,7 @@
 #   ITERS=2000 benches/load/callgrind.sh chat_bare chat_stack
 #   benches/load/callgrind.sh chat_bare chat_depth_1 chat_depth_2 chat_depth_3 chat_depth_4 chat_stack
 #   STACK_LIMITS=8 STACK_PROMPT_BYTES=10000 benches/load/callgrind.sh chat_bare chat_stack
+#   STACK_ALGORITHM=gcra benches/load/callgrind.sh chat_bare chat_stack   # the limits as GCRA
 #
 # Output files stay in $OUT (default target/callgrind) for callgrind_annotate.
 set -euo pipefail

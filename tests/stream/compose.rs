@@ -523,7 +523,7 @@ async fn an_observer_outside_reads_the_events_held_before_the_content() {
         "event: message_delta\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":15}}\n\n",
         "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n",
     );
-    for (split, frames) in halves(&stream) {
+    for (split, frames) in halves(stream) {
         let (body, debug, report) = observed(frames, UsageOptions::default()).await;
         assert_eq!(body, stream, "split at {split}");
         assert!(debug.contains("observing: false"), "{debug}");
