@@ -473,20 +473,23 @@ fn stream(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     group.finish();
 }
 
-/// Allocations per request, counted over 1,000 requests after a warm-up.
+/// Allocations per request of `f`, counted over 1,000 requests after a
+/// warm-up.
+fn per_request<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, mut f: F) -> f64 {
+    rt.block_on(async {
+        for _ in 0..100 {
+            f().await;
+        }
+        let before = ALLOCS.load(Ordering::Relaxed);
+        for _ in 0..1000 {
+            f().await;
+        }
+        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
+    })
+}
+
+/// Allocations per request of the bare service and the stack.
 fn allocations(rt: &tokio::runtime::Runtime) {
-    fn per_request<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, mut f: F) -> f64 {
-        rt.block_on(async {
-            for _ in 0..100 {
-                f().await;
-            }
-            let before = ALLOCS.load(Ordering::Relaxed);
-            for _ in 0..1000 {
-                f().await;
-            }
-            (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
-        })
-    }
     let stores = Stores::new(1);
     let frames = events();
     let mut bare = service_fn(completion);
@@ -519,20 +522,11 @@ fn allocations(rt: &tokio::runtime::Runtime) {
 /// `STACK_ALLOCS` set, prints its allocations per request instead (over
 /// 1,000 requests after 100 of warm-up). Decided here, outside what
 /// callgrind collects.
-fn run_case<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, mut f: F) {
+fn run_case<F: AsyncFnMut()>(rt: &tokio::runtime::Runtime, iters: u64, f: F) {
     if std::env::var_os("STACK_ALLOCS").is_none() {
         return profile_loop(rt, iters, f);
     }
-    let per = rt.block_on(async {
-        for _ in 0..100 {
-            f().await;
-        }
-        let before = ALLOCS.load(Ordering::Relaxed);
-        for _ in 0..1000 {
-            f().await;
-        }
-        (ALLOCS.load(Ordering::Relaxed) - before) as f64 / 1000.0
-    });
+    let per = per_request(rt, f);
     println!("{per:.1} allocations per request");
 }
 

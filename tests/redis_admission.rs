@@ -91,6 +91,7 @@ where
 
 struct Setup {
     server: RedisServer,
+    redis: RedisConnection,
     ledger: RedisLedger,
     joint: Svc,
     stacked: Svc,
@@ -108,7 +109,7 @@ async fn setup_with(timeout: Duration) -> Setup {
         .call_timeout(timeout);
     let redis = RedisConnection::connect(config).await.unwrap();
     let limits = RedisRateLimitStore::new(redis.clone());
-    let ledger = RedisLedger::new(redis);
+    let ledger = RedisLedger::new(redis.clone());
     let rate_limit = RateLimitLayer::new().store(limits.clone());
     let budgets = BudgetLayer::with_ledger(pricing(), ledger.clone()).policy(ReservePolicy::Strict);
     let joint = AdmissionLayer::new(rate_limit.clone(), budgets.clone())
@@ -120,6 +121,7 @@ async fn setup_with(timeout: Duration) -> Setup {
         .service(upstream());
     Setup {
         server,
+        redis,
         ledger,
         joint: boxed(joint),
         stacked: boxed(stacked),
@@ -129,27 +131,6 @@ async fn setup_with(timeout: Duration) -> Setup {
 async fn connection(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     let client = redis::Client::open(server.url()).unwrap();
     client.get_multiplexed_async_connection().await.unwrap()
-}
-
-/// Script calls (`EVAL`, `EVALSHA`) Redis has served.
-async fn script_calls(server: &RedisServer) -> u64 {
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut connection(server).await)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_eval"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 async fn keys(server: &RedisServer) -> u64 {
@@ -162,7 +143,7 @@ async fn keys(server: &RedisServer) -> u64 {
 /// Script calls made by `n` requests in turn, their responses kept (so no
 /// settlement runs while counting).
 async fn calls_for(setup: &Setup, service: &Svc, n: usize, limits: &[Limit]) -> u64 {
-    let before = script_calls(&setup.server).await;
+    let before = setup.server.script_calls();
     let mut held = Vec::new();
     for _ in 0..n {
         let response = service
@@ -173,8 +154,10 @@ async fn calls_for(setup: &Setup, service: &Svc, n: usize, limits: &[Limit]) -> 
         assert_eq!(response.status(), StatusCode::OK);
         held.push(response);
     }
-    let calls = script_calls(&setup.server).await - before;
+    let calls = setup.server.script_calls() - before;
     drop(held);
+    // Their settlements, batched, land before the next count starts.
+    setup.redis.flush().await;
     calls
 }
 

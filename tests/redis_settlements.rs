@@ -119,29 +119,6 @@ async fn reserve(ledger: &RedisLedger, budgets: &Arc<[BudgetSpec]>, amount: &str
     }
 }
 
-/// Script calls (`EVAL`, `EVALSHA`) Redis has served.
-async fn script_calls(server: &RedisServer) -> u64 {
-    let client = redis::Client::open(server.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let stats: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    stats
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_eval"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
-}
-
 /// Keys Redis holds matching `pattern`.
 async fn count_keys(server: &RedisServer, pattern: &str) -> usize {
     let client = redis::Client::open(server.url()).unwrap();
@@ -169,14 +146,14 @@ async fn settlements_queued_together_go_as_one_script_call_per_batch() {
         reservations.push(reserve(&ledger, &budgets, "1").await);
         acquire(&limits, 100).await;
     }
-    let before = script_calls(&server).await;
+    let before = server.script_calls();
     let charges: Vec<_> = reservations
         .iter()
         .map(|r| ledger.settle(r, &Charge::cost(usd("0.25"))))
         .collect();
     let refunds: Vec<_> = (0..n).map(|_| refund(&limits, -40)).collect();
     let (charged, refunded) = futures_util::join!(join_all(charges), join_all(refunds));
-    let calls = script_calls(&server).await - before;
+    let calls = server.script_calls() - before;
     // 400 settlements, of both stores: ceil(400 / 128) script calls.
     assert_eq!(calls, (2 * n as u64).div_ceil(BATCH as u64));
     for (i, settled) in charged.into_iter().enumerate() {
@@ -248,7 +225,7 @@ async fn a_batch_whose_answer_is_lost_is_sent_again_and_applied_once() {
     let budgets = org();
     let r = reserve(&ledger, &budgets, "1").await;
     acquire(&limits, 100).await;
-    let before = script_calls(&server).await;
+    let before = server.script_calls();
     server.freeze();
     // Both reach Redis's socket, and wait there; the calls time out and the
     // batch is sent again (less than a second: the connection is kept).
@@ -264,7 +241,7 @@ async fn a_batch_whose_answer_is_lost_is_sent_again_and_applied_once() {
     let charged = charged.unwrap();
     refunded.unwrap();
     // Sent more than once; applied once; the answer is the first run's.
-    assert!(script_calls(&server).await - before >= 2);
+    assert!(server.script_calls() - before >= 2);
     assert_eq!(charged.statuses[0].spent, usd("0.25"));
     assert_eq!(charged.statuses[0].reserved, Money::ZERO);
     let status = ledger.read(&budgets[0]).await.unwrap();

@@ -8,7 +8,7 @@
 //! would pass in a CI that never ran it.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -110,6 +110,49 @@ impl RedisServer {
     /// Thaws a frozen server (SIGCONT).
     pub fn thaw(&self) {
         self.signal("-CONT");
+    }
+
+    /// Script calls (`EVAL`, `EVALSHA`) this server has served, from
+    /// `INFO commandstats`.
+    pub fn script_calls(&self) -> u64 {
+        self.info("commandstats")
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_eval"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
+
+    /// The text of `INFO section`, asked over a plain connection.
+    pub fn info(&self, section: &str) -> String {
+        let mut stream =
+            TcpStream::connect(("127.0.0.1", self.port)).expect("redis-server answers");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("a read timeout");
+        write!(
+            stream,
+            "*2\r\n$4\r\nINFO\r\n${}\r\n{section}\r\n",
+            section.len()
+        )
+        .expect("INFO sent");
+        // A bulk string: `$<length>\r\n<bytes>\r\n`.
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        reader.read_line(&mut head).expect("INFO's reply");
+        let length: usize = head
+            .strip_prefix('$')
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("INFO answered {head:?}"));
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).expect("INFO's text");
+        String::from_utf8(body).expect("INFO's text is UTF-8")
     }
 
     fn signal(&self, signal: &str) {
