@@ -67,13 +67,13 @@ fn start() -> (Gateway, Http) {
     )
 }
 
-/// The audit lines logged so far.
-fn audit(gateway: &Gateway) -> Vec<Value> {
-    gateway
-        .logs()
-        .into_iter()
-        .filter(|l| l["target"] == "tollgate::audit")
-        .collect()
+/// The audit lines matching `matches`, once at least `count` have been
+/// read from the process's stderr (they are written as each change is
+/// answered; waited for, bounded).
+fn audit(gateway: &Gateway, count: usize, matches: impl Fn(&Value) -> bool) -> Vec<Value> {
+    gateway.wait_for_logs(Duration::from_secs(10), count, |l| {
+        l["target"] == "tollgate::audit" && matches(l)
+    })
 }
 
 #[tokio::test]
@@ -325,17 +325,6 @@ async fn a_key_is_minted_listed_changed_rotated_revoked_and_deleted() {
         "admin:{}",
         &tollgate::auth::KeyHash::of(ADMIN).to_hex()[..12]
     );
-    let actions: Vec<String> = audit(&gateway)
-        .iter()
-        .filter(|l| l["admin"] == admin_id.as_str())
-        .map(|l| {
-            format!(
-                "{} {}",
-                l["action"].as_str().unwrap_or("?"),
-                l["key"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
     let expected: Vec<String> = [
         "key.create",
         "key.update",
@@ -347,6 +336,18 @@ async fn a_key_is_minted_listed_changed_rotated_revoked_and_deleted() {
     ]
     .iter()
     .map(|a| format!("{a} {id}"))
+    .collect();
+    let actions: Vec<String> = audit(&gateway, expected.len(), |l| {
+        l["admin"] == admin_id.as_str()
+    })
+    .iter()
+    .map(|l| {
+        format!(
+            "{} {}",
+            l["action"].as_str().unwrap_or("?"),
+            l["key"].as_str().unwrap_or("?")
+        )
+    })
     .collect();
     assert_eq!(actions, expected);
     let logs = gateway.stderr();
@@ -432,10 +433,7 @@ async fn top_ups_are_bounded_idempotent_and_spendable() {
         )
         .await;
     assert_eq!(nobody.status, StatusCode::NOT_FOUND);
-    let audits: Vec<Value> = audit(&gateway)
-        .into_iter()
-        .filter(|l| l["action"] == "balance.top_up")
-        .collect();
+    let audits = audit(&gateway, 3, |l| l["action"] == "balance.top_up");
     assert_eq!(audits.len(), 3, "{audits:?}");
 }
 

@@ -428,10 +428,13 @@ team = "ops"
     );
 
     // One audit line per change, naming the scope.
+    // Written as each change is answered, read from the process's stderr as
+    // they come: waited for (bounded), not read once.
     let actions: Vec<String> = gateway
-        .logs()
+        .wait_for_logs(Duration::from_secs(10), 11, |l| {
+            l["target"] == "tollgate::audit" && l["admin"] != "config"
+        })
         .iter()
-        .filter(|l| l["target"] == "tollgate::audit" && l["admin"] != "config")
         .map(|l| {
             format!(
                 "{} {}",

@@ -432,18 +432,31 @@ impl Gateway {
         count: usize,
         matches: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        self.wait_for_logs(limit, count, |l| l["message"] == "request" && matches(l))
+    }
+
+    /// Waits (bounded) until `count` JSON log lines match, and returns
+    /// every matching line (the process writes them after it answered, and
+    /// they are read from its stderr as they come); panics with the logs
+    /// when they do not come within `limit`.
+    pub fn wait_for_logs(
+        &self,
+        limit: Duration,
+        count: usize,
+        matches: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let found = self.output.wait(limit, |lines| {
             let matching: Vec<Value> = lines
                 .stderr
                 .iter()
                 .filter_map(|l| json_line(l))
-                .filter(|l| l["message"] == "request" && matches(l))
+                .filter(|l| matches(l))
                 .collect();
             (matching.len() >= count).then_some(matching)
         });
         found.unwrap_or_else(|| {
             panic!(
-                "fewer than {count} matching access-log lines within {limit:?}; logs:\n{}",
+                "fewer than {count} matching log lines within {limit:?}; logs:\n{}",
                 self.stderr()
             )
         })
