@@ -204,7 +204,7 @@ impl RedisConnection {
         script: &'static Script,
         keys: Vec<String>,
         args: Vec<String>,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T>
     where
         T: redis::FromRedisValue + Send + 'static,
     {
@@ -215,7 +215,7 @@ impl RedisConnection {
         &self,
         script: &'static Script,
         call: Arc<(Vec<String>, Vec<String>)>,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T>
     where
         T: redis::FromRedisValue + Send + 'static,
     {
@@ -240,7 +240,7 @@ impl RedisConnection {
     pub(crate) fn settle(
         &self,
         call: SettleCall,
-    ) -> impl Future<Output = Result<Value, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Value, StoreError>> + Send + use<> {
         settlements::submit(self, call)
     }
 
@@ -265,7 +265,7 @@ impl RedisConnection {
     pub(crate) fn call<T, F, Fut>(
         &self,
         op: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, F, Fut>
     where
         F: FnOnce(MultiplexedConnection) -> Fut + Send + 'static,
         Fut: Future<Output = RedisResult<T>> + Send,
@@ -288,7 +288,7 @@ impl RedisConnection {
     pub(crate) fn call_any<T, F, Fut>(
         &self,
         op: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + use<T, F, Fut>
     where
         F: FnOnce(AnyConnection) -> Fut + Send + 'static,
         Fut: Future<Output = RedisResult<T>> + Send,

@@ -149,7 +149,7 @@ impl SettleQueue {
 pub(crate) fn submit(
     redis: &RedisConnection,
     call: SettleCall,
-) -> impl Future<Output = Result<Value, StoreError>> + Send + 'static {
+) -> impl Future<Output = Result<Value, StoreError>> + Send + use<> {
     enum Submitted {
         Queued(oneshot::Receiver<Result<Value, StoreError>>),
         Alone(RedisConnection, SettleCall),

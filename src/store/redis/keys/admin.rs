@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Inner, KeyWriteError, RedisKeyStore};
+use super::{Inner, KeyWriteError, RedisKeyStore, read_json, read_record};
 use crate::auth::{KeyAdmin, KeyHash, KeyRecord, PutMode};
 use crate::store::codec::{decode, encode};
 use crate::store::memory::DuplicateSecret;
@@ -87,31 +87,11 @@ pub(super) fn write(
     }
 }
 
-/// The stored JSON of key `id`: one `HGET`.
-fn read_json(
-    inner: &Inner,
-    id: &str,
-) -> impl Future<Output = Result<Option<String>, StoreError>> + Send + 'static {
-    let key = inner.names.id(id);
-    inner.redis.call_any(move |mut conn| async move {
-        redis::cmd("HGET")
-            .arg(key)
-            .arg("rec")
-            .query_async(&mut conn)
-            .await
-    })
-}
-
 fn read(
     inner: &Inner,
     id: &str,
-) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send + 'static {
-    let json = read_json(inner, id);
-    async move {
-        json.await?
-            .map(|json| decode(&json, None).map(Arc::new))
-            .transpose()
-    }
+) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send + use<> {
+    read_record(inner, inner.names.id(id), |json| decode(json, None))
 }
 
 /// Runs the delete script; whether the key existed.
@@ -203,7 +183,7 @@ impl RedisKeyStore {
         change: impl Fn(&mut KeyRecord) + Send,
     ) -> Result<bool, StoreError> {
         for _ in 0..MODIFY_ATTEMPTS {
-            let Some(json) = read_json(&self.inner, id).await? else {
+            let Some(json) = read_json(&self.inner, self.inner.names.id(id)).await? else {
                 return Ok(false);
             };
             let mut record = decode(&json, None)?;

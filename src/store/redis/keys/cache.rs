@@ -1,54 +1,76 @@
-//! The local key cache of one gateway instance.
+//! The local caches of one gateway instance: key records by secret hash,
+//! tenants by scope.
 
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::auth::{KeyHash, KeyRecord};
+use crate::auth::KeyHash;
+use crate::budget::BudgetScope;
 
-/// The local cache: records and unknown hashes, each with an expiry,
-/// sharded by the (uniformly random) hash.
-pub(super) struct Cache {
-    shards: Box<[RwLock<HashMap<KeyHash, CacheEntry>>]>,
+/// Records (and keys known to have none), each with an expiry, in shards
+/// so that lookups of different keys seldom wait on one lock.
+pub(super) struct Cache<K, V> {
+    shards: Box<[RwLock<HashMap<K, CacheEntry<V>>>]>,
     max_per_shard: usize,
     ttl: Duration,
     negative_ttl: Duration,
 }
 
-struct CacheEntry {
-    record: Option<Arc<KeyRecord>>,
+struct CacheEntry<V> {
+    record: Option<Arc<V>>,
     expires: Instant,
 }
 
+/// Shards of the key cache: secret hashes are uniformly random, so their
+/// first byte spreads them. Tenants, few and read less, have one shard.
 pub(super) const CACHE_SHARDS: usize = 16;
 
-impl Cache {
-    pub(super) fn new(max: usize, ttl: Duration, negative_ttl: Duration) -> Self {
+/// Which shard a cache key belongs to (taken modulo the shard count).
+pub(super) trait Shard {
+    fn shard(&self) -> usize;
+}
+
+impl Shard for KeyHash {
+    fn shard(&self) -> usize {
+        usize::from(self.0[0])
+    }
+}
+
+impl Shard for BudgetScope {
+    fn shard(&self) -> usize {
+        0
+    }
+}
+
+impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
+    pub(super) fn new(shards: usize, max: usize, ttl: Duration, negative_ttl: Duration) -> Self {
         Cache {
-            shards: (0..CACHE_SHARDS).map(|_| RwLock::default()).collect(),
-            max_per_shard: max.div_ceil(CACHE_SHARDS),
+            shards: (0..shards).map(|_| RwLock::default()).collect(),
+            max_per_shard: max.div_ceil(shards),
             ttl,
             negative_ttl,
         }
     }
 
-    fn shard(&self, hash: &KeyHash) -> &RwLock<HashMap<KeyHash, CacheEntry>> {
-        &self.shards[usize::from(hash.0[0]) % CACHE_SHARDS]
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, CacheEntry<V>>> {
+        &self.shards[key.shard() % self.shards.len()]
     }
 
-    /// The cached answer for `hash`: `Some(None)` for a known-unknown hash.
-    /// `stale` also returns expired entries.
+    /// The cached answer for `key`: `Some(None)` when it is known to have
+    /// no record. `stale` also returns expired entries.
     #[allow(clippy::option_option)]
-    pub(super) fn get(&self, hash: &KeyHash, stale: bool) -> Option<Option<Arc<KeyRecord>>> {
+    pub(super) fn get(&self, key: &K, stale: bool) -> Option<Option<Arc<V>>> {
         let shard = self
-            .shard(hash)
+            .shard(key)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = shard.get(hash)?;
+        let entry = shard.get(key)?;
         (stale || entry.expires > Instant::now()).then(|| entry.record.clone())
     }
 
-    pub(super) fn insert(&self, hash: KeyHash, record: Option<Arc<KeyRecord>>) {
+    pub(super) fn insert(&self, key: K, record: Option<Arc<V>>) {
         if self.max_per_shard == 0 {
             return;
         }
@@ -59,20 +81,20 @@ impl Cache {
         };
         let now = Instant::now();
         let mut shard = self
-            .shard(&hash)
+            .shard(&key)
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if shard.len() >= self.max_per_shard && !shard.contains_key(&hash) {
+        if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
             shard.retain(|_, e| e.expires > now);
             if shard.len() >= self.max_per_shard {
                 // Full of live entries: drop one (the map's order is arbitrary).
-                if let Some(victim) = shard.keys().next().copied() {
+                if let Some(victim) = shard.keys().next().cloned() {
                     shard.remove(&victim);
                 }
             }
         }
         shard.insert(
-            hash,
+            key,
             CacheEntry {
                 record,
                 expires: now + ttl,
@@ -80,11 +102,11 @@ impl Cache {
         );
     }
 
-    pub(super) fn remove(&self, hash: &KeyHash) {
-        self.shard(hash)
+    pub(super) fn remove(&self, key: &K) {
+        self.shard(key)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(hash);
+            .remove(key);
     }
 
     pub(super) fn clear(&self) {
@@ -107,10 +129,16 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::KeyRecord;
 
     #[test]
     fn cache_expires_bounds_and_serves_stale() {
-        let cache = Cache::new(CACHE_SHARDS, Duration::from_secs(60), Duration::ZERO);
+        let cache = Cache::new(
+            CACHE_SHARDS,
+            CACHE_SHARDS,
+            Duration::from_secs(60),
+            Duration::ZERO,
+        );
         let record = Arc::new(KeyRecord::new("a", KeyHash::of("a")));
         cache.insert(KeyHash::of("a"), Some(record.clone()));
         cache.insert(KeyHash::of("unknown"), None);

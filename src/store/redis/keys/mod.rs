@@ -8,14 +8,15 @@ mod listen;
 mod tenants;
 
 use std::fmt;
+use std::future::Future;
+use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use self::cache::Cache;
-use self::tenants::TenantCache;
+use self::cache::{CACHE_SHARDS, Cache, Shard};
 use super::{FailurePolicy, RedisConnection};
 use crate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
 use crate::budget::BudgetScope;
@@ -173,9 +174,9 @@ struct Inner {
     redis: RedisConnection,
     names: Names,
     policy: FailurePolicy,
-    cache: Cache,
+    cache: Cache<KeyHash, KeyRecord>,
     /// Tenants read, with the key cache's TTLs and bound.
-    tenants: TenantCache,
+    tenants: Cache<BudgetScope, TenantRecord>,
     /// Whether the subscription is live, and so the cache trustworthy.
     listening: AtomicBool,
     /// Bumped by every invalidation: a lookup caches what it read only if
@@ -329,8 +330,13 @@ impl RedisKeyStoreBuilder {
                 names: Names::new(&self.redis),
                 redis: self.redis,
                 policy: self.policy,
-                cache: Cache::new(self.max_cached, self.cache_ttl, self.negative_ttl),
-                tenants: TenantCache::new(self.max_cached, self.cache_ttl, self.negative_ttl),
+                cache: Cache::new(
+                    CACHE_SHARDS,
+                    self.max_cached,
+                    self.cache_ttl,
+                    self.negative_ttl,
+                ),
+                tenants: Cache::new(1, self.max_cached, self.cache_ttl, self.negative_ttl),
                 listening: AtomicBool::new(false),
                 epoch: AtomicU64::new(0),
                 listener_started: AtomicBool::new(false),
@@ -366,71 +372,100 @@ impl fmt::Debug for RedisKeyStore {
 
 impl KeyStore for RedisKeyStore {
     fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        let inner = &self.inner;
-        if !inner.listener_started.load(Ordering::Relaxed) {
-            inner.start_listener();
+        self.inner.lookup(
+            |inner| &inner.cache,
+            hash,
+            |inner, hash| read_record(inner, inner.names.secret(hash), |json| decode(json, None)),
+        )
+    }
+
+    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        tenants::lookup(&self.inner, scope)
+    }
+}
+
+/// One `HGET` of the `rec` field of `key`, decoded.
+fn read_record<T>(
+    inner: &Inner,
+    key: String,
+    decode: fn(&str) -> Result<T, StoreError>,
+) -> impl Future<Output = Result<Option<Arc<T>>, StoreError>> + Send + use<T>
+where
+    T: Send + Sync + 'static,
+{
+    let json = read_json(inner, key);
+    async move {
+        json.await?
+            .map(|json| decode(&json).map(Arc::new))
+            .transpose()
+    }
+}
+
+/// One `HGET` of the `rec` field of `key`.
+fn read_json(
+    inner: &Inner,
+    key: String,
+) -> impl Future<Output = Result<Option<String>, StoreError>> + Send + use<> {
+    inner.redis.call_any(move |mut conn| async move {
+        redis::cmd("HGET")
+            .arg(key)
+            .arg("rec")
+            .query_async(&mut conn)
+            .await
+    })
+}
+
+impl Inner {
+    /// A lookup through one of the caches: from it while the subscription
+    /// is live, else by `read`, whose answer is cached unless an
+    /// invalidation raced with it. Under [`FailurePolicy::FailOpen`], a
+    /// failed read is answered from the cache, even past its TTL.
+    fn lookup<K, V, F>(
+        self: &Arc<Self>,
+        cache: fn(&Inner) -> &Cache<K, V>,
+        key: &K,
+        read: impl FnOnce(&Inner, &K) -> F,
+    ) -> StoreFuture<Option<Arc<V>>>
+    where
+        K: Shard + Eq + Hash + Clone + Send + 'static,
+        V: Send + Sync + 'static,
+        F: Future<Output = Result<Option<Arc<V>>, StoreError>> + Send + 'static,
+    {
+        if !self.listener_started.load(Ordering::Relaxed) {
+            self.start_listener();
         }
-        let listening = inner.listening.load(Ordering::Acquire);
-        if listening {
-            if let Some(record) = inner.cache.get(hash, false) {
+        if self.listening.load(Ordering::Acquire) {
+            if let Some(record) = cache(self).get(key, false) {
                 return StoreFuture::ready(Ok(record));
             }
         }
-        let epoch = inner.epoch.load(Ordering::Acquire);
-        let inner = self.inner.clone();
-        let hash = *hash;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let read = read(self, key);
+        let inner = self.clone();
+        let key = key.clone();
         StoreFuture::pending(async move {
-            match fetch(&inner, hash).await {
+            match read.await {
                 Ok(record) => {
                     // Cache only what no invalidation raced with, and only
                     // while invalidations are being received.
                     if inner.listening.load(Ordering::Acquire)
                         && inner.epoch.load(Ordering::Acquire) == epoch
                     {
-                        inner.cache.insert(hash, record.clone());
+                        cache(&inner).insert(key, record.clone());
                     }
                     Ok(record)
                 }
-                Err(error) => match inner.policy {
-                    FailurePolicy::FailOpen => match inner.cache.get(&hash, true) {
-                        Some(record) => {
-                            tracing::debug!(%error, "redis key store unavailable; serving the cached record");
-                            Ok(record)
-                        }
-                        None => Err(error),
-                    },
-                    FailurePolicy::FailClosed => Err(error),
+                Err(error) => match (inner.policy, cache(&inner).get(&key, true)) {
+                    (FailurePolicy::FailOpen, Some(record)) => {
+                        tracing::debug!(%error, "redis key store unavailable; serving the cached record");
+                        Ok(record)
+                    }
+                    _ => Err(error),
                 },
             }
         })
     }
 
-    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        if !self.inner.listener_started.load(Ordering::Relaxed) {
-            self.inner.start_listener();
-        }
-        tenants::lookup(&self.inner, scope)
-    }
-}
-
-/// One `HGET` of the record holding the secret that hashes to `hash`.
-async fn fetch(inner: &Inner, hash: KeyHash) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-    let key = inner.names.secret(&hash);
-    let json: Option<String> = inner
-        .redis
-        .call_any(move |mut conn| async move {
-            redis::cmd("HGET")
-                .arg(key)
-                .arg("rec")
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    json.map(|json| decode(&json, None).map(Arc::new))
-        .transpose()
-}
-
-impl Inner {
     /// Drops `hash` from the cache (or everything), and makes lookups in
     /// flight not cache what they read.
     fn invalidate(&self, hash: Option<&KeyHash>) {

@@ -10,96 +10,18 @@
 //! channel (an instance of an earlier version, which reads only hashes
 //! there, drops its whole cache on it: safe).
 
-use std::collections::HashMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::Arc;
 
-use super::{Inner, RedisKeyStore};
+use super::{Inner, RedisKeyStore, read_record};
 use crate::auth::{PutMode, TenantAdmin, TenantKind, TenantRecord};
 use crate::budget::BudgetScope;
 use crate::store::codec::{decode_tenant, encode_tenant};
-use crate::store::redis::FailurePolicy;
 use crate::store::redis::scripts::{KEY_LIST, TENANT_DELETE, TENANT_PUT};
 use crate::store::{StoreError, StoreFuture};
 
 /// The prefix of a tenant invalidation message.
 pub(super) const MESSAGE_PREFIX: &str = "t:";
-
-/// A cached tenant (`None`: known not to exist) and when it expires.
-type Cached = (Option<Arc<TenantRecord>>, Instant);
-
-/// The tenants this instance has read, and tenants known not to exist,
-/// each with an expiry (the key cache's TTLs).
-pub(super) struct TenantCache {
-    entries: RwLock<HashMap<BudgetScope, Cached>>,
-    max: usize,
-    ttl: Duration,
-    negative_ttl: Duration,
-}
-
-impl TenantCache {
-    pub(super) fn new(max: usize, ttl: Duration, negative_ttl: Duration) -> Self {
-        TenantCache {
-            entries: RwLock::default(),
-            max,
-            ttl,
-            negative_ttl,
-        }
-    }
-
-    /// `Some(None)`: known not to exist. `stale` also returns expired
-    /// entries.
-    #[allow(clippy::option_option)]
-    fn get(&self, scope: &BudgetScope, stale: bool) -> Option<Option<Arc<TenantRecord>>> {
-        let entries = self.entries.read().unwrap_or_else(PoisonError::into_inner);
-        let (record, expires) = entries.get(scope)?;
-        (stale || *expires > Instant::now()).then(|| record.clone())
-    }
-
-    fn insert(&self, scope: BudgetScope, record: Option<Arc<TenantRecord>>) {
-        if self.max == 0 {
-            return;
-        }
-        let ttl = if record.is_some() {
-            self.ttl
-        } else {
-            self.negative_ttl
-        };
-        let now = Instant::now();
-        let mut entries = self.entries.write().unwrap_or_else(PoisonError::into_inner);
-        if entries.len() >= self.max && !entries.contains_key(&scope) {
-            entries.retain(|_, (_, expires)| *expires > now);
-            if entries.len() >= self.max {
-                if let Some(victim) = entries.keys().next().cloned() {
-                    entries.remove(&victim);
-                }
-            }
-        }
-        entries.insert(scope, (record, now + ttl));
-    }
-
-    pub(super) fn remove(&self, scope: &BudgetScope) {
-        self.entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(scope);
-    }
-
-    pub(super) fn clear(&self) {
-        self.entries
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.entries
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-}
 
 /// The invalidation message of a write to the tenant `scope`.
 fn message(scope: &BudgetScope) -> String {
@@ -128,49 +50,18 @@ pub(super) fn lookup(
     let Some((kind, id)) = TenantKind::of(scope) else {
         return StoreFuture::ready(Ok(None));
     };
-    if inner.listening.load(Ordering::Acquire) {
-        if let Some(record) = inner.tenants.get(scope, false) {
-            return StoreFuture::ready(Ok(record));
-        }
-    }
-    let epoch = inner.epoch.load(Ordering::Acquire);
-    let (key, _, _) = names(inner, kind, id);
-    let inner = inner.clone();
-    let scope = scope.clone();
-    StoreFuture::pending(async move {
-        match read(&inner, key).await {
-            Ok(record) => {
-                if inner.listening.load(Ordering::Acquire)
-                    && inner.epoch.load(Ordering::Acquire) == epoch
-                {
-                    inner.tenants.insert(scope, record.clone());
-                }
-                Ok(record)
-            }
-            Err(error) => match inner.policy {
-                FailurePolicy::FailOpen => match inner.tenants.get(&scope, true) {
-                    Some(record) => Ok(record),
-                    None => Err(error),
-                },
-                FailurePolicy::FailClosed => Err(error),
-            },
-        }
-    })
+    inner.lookup(
+        |inner| &inner.tenants,
+        scope,
+        |inner, _| read(inner, names(inner, kind, id).0),
+    )
 }
 
-async fn read(inner: &Inner, key: String) -> Result<Option<Arc<TenantRecord>>, StoreError> {
-    let json: Option<String> = inner
-        .redis
-        .call_any(move |mut conn| async move {
-            redis::cmd("HGET")
-                .arg(key)
-                .arg("rec")
-                .query_async(&mut conn)
-                .await
-        })
-        .await?;
-    json.map(|json| decode_tenant(&json).map(Arc::new))
-        .transpose()
+fn read(
+    inner: &Inner,
+    key: String,
+) -> impl Future<Output = Result<Option<Arc<TenantRecord>>, StoreError>> + Send + use<> {
+    read_record(inner, key, decode_tenant)
 }
 
 impl TenantAdmin for RedisKeyStore {
@@ -178,9 +69,7 @@ impl TenantAdmin for RedisKeyStore {
         let Some((kind, id)) = TenantKind::of(scope) else {
             return StoreFuture::ready(Ok(None));
         };
-        let (key, _, _) = names(&self.inner, kind, id);
-        let inner = self.inner.clone();
-        StoreFuture::pending(async move { read(&inner, key).await })
+        StoreFuture::pending(read(&self.inner, names(&self.inner, kind, id).0))
     }
 
     fn list_tenants(
