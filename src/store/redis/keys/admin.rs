@@ -4,11 +4,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Inner, KeyWriteError, RedisKeyStore, read_json, read_record};
+use super::{Inner, KeyWriteError, RedisKeyStore, list, read_json, read_record};
 use crate::auth::{KeyAdmin, KeyHash, KeyRecord, PutMode};
 use crate::store::codec::{decode, encode};
 use crate::store::memory::DuplicateSecret;
-use crate::store::redis::scripts::{KEY_DELETE, KEY_LIST, KEY_PUT};
+use crate::store::redis::scripts::{KEY_DELETE, KEY_PUT};
 use crate::store::{StoreError, StoreFuture};
 
 /// How a write treats the record already stored under its id.
@@ -208,22 +208,10 @@ impl KeyAdmin for RedisKeyStore {
     }
 
     fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
-        if limit == 0 {
-            return StoreFuture::ready(Ok(Vec::new()));
-        }
         let names = &self.inner.names;
-        let keys = vec![names.ids.clone()];
-        let args = vec![
-            names.id.clone(),
-            after.map_or_else(|| "-".to_owned(), |after| format!("({after}")),
-            limit.min(i64::MAX as usize).to_string(),
-        ];
-        let call = self.inner.redis.eval::<Vec<String>>(&KEY_LIST, keys, args);
-        StoreFuture::pending(async move {
-            call.await?
-                .iter()
-                .map(|json| decode(json, None).map(Arc::new))
-                .collect()
+        let (index, prefix) = (names.ids.clone(), names.id.clone());
+        list(&self.inner, index, prefix, after, limit, |json| {
+            decode(json, None)
         })
     }
 

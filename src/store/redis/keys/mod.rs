@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use self::cache::{CACHE_SHARDS, Cache, Shard};
+use super::scripts::KEY_LIST;
 use super::{FailurePolicy, RedisConnection};
 use crate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
 use crate::budget::BudgetScope;
@@ -382,6 +383,35 @@ impl KeyStore for RedisKeyStore {
     fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
         tenants::lookup(&self.inner, scope)
     }
+}
+
+/// A page of the records of an index of ids (`index`; the records are
+/// `prefix` + id), after `after`, at most `limit`: one script.
+fn list<T: Send + 'static>(
+    inner: &Inner,
+    index: String,
+    prefix: String,
+    after: Option<&str>,
+    limit: usize,
+    decode: fn(&str) -> Result<T, StoreError>,
+) -> StoreFuture<Vec<Arc<T>>> {
+    if limit == 0 {
+        return StoreFuture::ready(Ok(Vec::new()));
+    }
+    let args = vec![
+        prefix,
+        after.map_or_else(|| "-".to_owned(), |after| format!("({after}")),
+        limit.min(i64::MAX as usize).to_string(),
+    ];
+    let call = inner
+        .redis
+        .eval::<Vec<String>>(&KEY_LIST, vec![index], args);
+    StoreFuture::pending(async move {
+        call.await?
+            .iter()
+            .map(|json| decode(json).map(Arc::new))
+            .collect()
+    })
 }
 
 /// One `HGET` of the `rec` field of `key`, decoded.

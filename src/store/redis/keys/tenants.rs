@@ -13,11 +13,11 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{Inner, RedisKeyStore, read_record};
+use super::{Inner, RedisKeyStore, list, read_record};
 use crate::auth::{PutMode, TenantAdmin, TenantKind, TenantRecord};
 use crate::budget::BudgetScope;
 use crate::store::codec::{decode_tenant, encode_tenant};
-use crate::store::redis::scripts::{KEY_LIST, TENANT_DELETE, TENANT_PUT};
+use crate::store::redis::scripts::{TENANT_DELETE, TENANT_PUT};
 use crate::store::{StoreError, StoreFuture};
 
 /// The prefix of a tenant invalidation message.
@@ -78,26 +78,8 @@ impl TenantAdmin for RedisKeyStore {
         after: Option<&str>,
         limit: usize,
     ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
-        if limit == 0 {
-            return StoreFuture::ready(Ok(Vec::new()));
-        }
         let (_, index, prefix) = names(&self.inner, kind, "");
-        let args = vec![
-            prefix,
-            after.map_or_else(|| "-".to_owned(), |after| format!("({after}")),
-            limit.min(i64::MAX as usize).to_string(),
-        ];
-        // The key list script reads any index of ids and its records.
-        let call = self
-            .inner
-            .redis
-            .eval::<Vec<String>>(&KEY_LIST, vec![index], args);
-        StoreFuture::pending(async move {
-            call.await?
-                .iter()
-                .map(|json| decode_tenant(json).map(Arc::new))
-                .collect()
-        })
+        list(&self.inner, index, prefix, after, limit, decode_tenant)
     }
 
     fn put_tenant(
