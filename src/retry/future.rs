@@ -116,6 +116,13 @@ struct Progress {
     exhausted: bool,
 }
 
+/// The state between attempts: a sleep of `delay`.
+fn waiting<F, B, R, E>(delay: Duration) -> State<F, B, R, E> {
+    State::Waiting {
+        sleep: Box::pin(tokio::time::sleep(delay)),
+    }
+}
+
 /// An attempt's state: its future, timed by the per-attempt timeout.
 fn calling<F, B, R, E>(shared: &Shared, future: F) -> State<F, B, R, E> {
     State::Calling {
@@ -221,7 +228,8 @@ where
                             this.state.set(State::Done);
                             let rejection = ApiError::invalid_request()
                                 .with_message("The request body could not be read.");
-                            return Poll::Ready(Ok(finish_rejected(rejection)));
+                            let response = rejection.into_http_response().map(body::rejected);
+                            return Poll::Ready(Ok(with_info(response, this.progress)));
                         }
                         // Not bounded: the size hint was checked instead.
                         Collected::TooLarge => Bytes::new(),
@@ -259,53 +267,26 @@ where
                         }
                         (Poll::Pending, None) => return Poll::Pending,
                     };
-                    let response = match polled {
-                        Some(Ok(response)) => response,
-                        Some(Err(error)) => {
-                            let safe = replay_safe(this.shared, this.template);
-                            let failure = TransportFailure::new(error_source(&error), safe);
-                            let verdict = this.shared.classifier.classify_transport(&failure);
-                            match next_attempt(
-                                this.shared,
-                                this.progress,
-                                this.template,
-                                verdict,
-                                None,
-                            ) {
-                                Some(delay) => {
-                                    this.state.set(State::Waiting {
-                                        sleep: Box::pin(tokio::time::sleep(delay)),
-                                    });
-                                    continue;
-                                }
-                                None => {
-                                    this.state.set(State::Done);
-                                    return Poll::Ready(Err(error));
-                                }
-                            }
+                    let Some(Ok(response)) = polled else {
+                        // An error, or an attempt that outlived its timeout
+                        // (dropped, with its connection).
+                        let safe = replay_safe(this.shared, this.template);
+                        let failure = match &polled {
+                            Some(Err(error)) => TransportFailure::new(error_source(error), safe),
+                            _ => TransportFailure::attempt_timeout(safe),
+                        };
+                        let verdict = this.shared.classifier.classify_transport(&failure);
+                        if let Some(delay) =
+                            next_attempt(this.shared, this.progress, this.template, verdict, None)
+                        {
+                            this.state.set(waiting(delay));
+                            continue;
                         }
-                        None => {
-                            // The attempt outlived its timeout: drop it (and
-                            // its connection) and classify the timeout.
-                            this.state.set(State::Done);
-                            let safe = replay_safe(this.shared, this.template);
-                            let failure = TransportFailure::attempt_timeout(safe);
-                            let verdict = this.shared.classifier.classify_transport(&failure);
-                            let retry = next_attempt(
-                                this.shared,
-                                this.progress,
-                                this.template,
-                                verdict,
-                                None,
-                            );
-                            if let Some(delay) = retry {
-                                this.state.set(State::Waiting {
-                                    sleep: Box::pin(tokio::time::sleep(delay)),
-                                });
-                                continue;
-                            }
-                            return Poll::Ready(Ok(timed_out(this.shared, this.progress, verdict)));
-                        }
+                        this.state.set(State::Done);
+                        return Poll::Ready(match polled {
+                            Some(Err(error)) => Err(error),
+                            _ => Ok(timed_out(this.shared, this.progress, verdict)),
+                        });
                     };
                     if !may_retry(this.shared, this.progress, this.template) {
                         // A retryable failure here had its last attempt.
@@ -358,12 +339,16 @@ where
                         _ => outcome,
                     };
                     let verdict = this.shared.classifier.classify(&outcome);
-                    match retry_after(this.shared, this.progress, this.template, verdict, status) {
+                    match next_attempt(
+                        this.shared,
+                        this.progress,
+                        this.template,
+                        verdict,
+                        Some(status),
+                    ) {
                         Some(delay) => {
                             drop(response);
-                            this.state.set(State::Waiting {
-                                sleep: Box::pin(tokio::time::sleep(delay)),
-                            });
+                            this.state.set(waiting(delay));
                         }
                         None => {
                             this.state.set(State::Done);
@@ -381,12 +366,16 @@ where
                     };
                     let verdict = classify_peeked(this.shared, &p);
                     let status = p.parts.status;
-                    match retry_after(this.shared, this.progress, this.template, verdict, status) {
+                    match next_attempt(
+                        this.shared,
+                        this.progress,
+                        this.template,
+                        verdict,
+                        Some(status),
+                    ) {
                         Some(delay) => {
                             drop(p);
-                            this.state.set(State::Waiting {
-                                sleep: Box::pin(tokio::time::sleep(delay)),
-                            });
+                            this.state.set(waiting(delay));
                         }
                         None => {
                             this.state.set(State::Done);
@@ -497,42 +486,6 @@ fn classify_peeked<R, E>(shared: &Shared, p: &Peek<R, E>) -> Classification {
     }
 }
 
-fn retry_after(
-    shared: &Shared,
-    progress: &mut Progress,
-    template: &Option<Template>,
-    verdict: Classification,
-    status: StatusCode,
-) -> Option<Duration> {
-    next_attempt(shared, progress, template, verdict, Some(status))
-}
-
-/// The delay before the next attempt after `verdict` (`None`: stop), for a
-/// response of `status` or an attempt without one.
-fn next_attempt(
-    shared: &Shared,
-    progress: &mut Progress,
-    template: &Option<Template>,
-    verdict: Classification,
-    status: Option<StatusCode>,
-) -> Option<Duration> {
-    match verdict {
-        Classification::Success => None,
-        Classification::Failure {
-            kind,
-            class,
-            retry_after,
-        } => {
-            let failure = Failure {
-                kind,
-                class,
-                retry_after,
-            };
-            plan(shared, progress, template, failure, status)
-        }
-    }
-}
-
 /// Whether the request may be sent again once it may have reached the
 /// upstream (`false` when it cannot be replayed at all).
 fn replay_safe(shared: &Shared, template: &Option<Template>) -> bool {
@@ -573,14 +526,28 @@ fn may_retry(shared: &Shared, progress: &Progress, template: &Option<Template>) 
     template.is_some() && progress.attempts < shared.policy.max_attempts_total()
 }
 
-/// The delay before the next attempt, or `None` to stop. Logs the decision.
-fn plan(
+/// The delay before the next attempt after `verdict` (`None`: stop), for a
+/// response of `status` or an attempt without one. Logs the decision.
+fn next_attempt(
     shared: &Shared,
     progress: &mut Progress,
     template: &Option<Template>,
-    failure: Failure,
+    verdict: Classification,
     status: Option<StatusCode>,
 ) -> Option<Duration> {
+    let Classification::Failure {
+        kind,
+        class,
+        retry_after,
+    } = verdict
+    else {
+        return None;
+    };
+    let failure = Failure {
+        kind,
+        class,
+        retry_after,
+    };
     let kind_failures = progress.failures.record(failure.kind);
     let status = status.map(|s| s.as_u16());
     if template.is_none() {
@@ -661,16 +628,6 @@ fn with_info<T>(mut response: Response<T>, progress: &Progress) -> Response<T> {
         attempts: progress.attempts,
         total_wait: progress.total_wait,
         exhausted: progress.exhausted,
-    });
-    response
-}
-
-fn finish_rejected<R: Body>(error: ApiError) -> Response<ResponseBody<R>> {
-    let mut response = error.into_http_response().map(body::rejected);
-    response.extensions_mut().insert(RetryInfo {
-        attempts: 0,
-        total_wait: Duration::ZERO,
-        exhausted: false,
     });
     response
 }
