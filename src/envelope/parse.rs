@@ -2,14 +2,14 @@
 //! unknown JSON, nothing at all) → [`ApiError`].
 
 use std::borrow::Cow;
-use std::time::Duration;
 
-use http::header::{CONTENT_ENCODING, RETRY_AFTER};
+use http::header::CONTENT_ENCODING;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
-use super::render::{GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, X_REQUEST_ID, X_SHOULD_RETRY};
+use super::render::{GRPC_MESSAGE, GRPC_STATUS, X_REQUEST_ID, X_SHOULD_RETRY};
 use crate::error::{ApiError, ErrorKind, Origin, Spend};
+use crate::retry::hints::server_delay;
 
 /// Messages taken from unstructured bodies (plain text, HTML, unknown JSON)
 /// are cut to this many characters, so a whole error page never becomes a
@@ -36,7 +36,10 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
         Some(code) => parse_grpc(code, headers),
         None => parse_body(status, body),
     };
-    if let Some(delay) = retry_after_header(headers) {
+    // `retry-after-ms`, else `retry-after` (seconds or an HTTP date), read
+    // as the retry layer reads them.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    if let Some(delay) = server_delay(headers, now.unwrap_or_default(), false) {
         error = error.with_retry_after(delay);
     }
     if let Some(v) = headers.get(X_SHOULD_RETRY).and_then(|v| v.to_str().ok()) {
@@ -74,42 +77,6 @@ fn grpc_code(headers: &HeaderMap) -> Option<u8> {
             .and_then(|s| s.trim().parse::<u8>().ok())
             .unwrap_or(2),
     )
-}
-
-/// `retry-after-ms`, else `retry-after` in seconds or as an HTTP date.
-/// Whole numbers are read exactly (no float rounding), so a delay survives a
-/// render/parse round trip to the millisecond.
-fn retry_after_header(headers: &HeaderMap) -> Option<Duration> {
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = text(RETRY_AFTER_MS).and_then(|s| match s.parse::<u64>() {
-        Ok(ms) => Some(Duration::from_millis(ms)),
-        Err(_) => fraction(s, 1e-3),
-    }) {
-        return Some(ms);
-    }
-    let value = text(RETRY_AFTER)?;
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
-    }
-    if let Some(delay) = fraction(value, 1.0) {
-        return Some(delay);
-    }
-    let date = httpdate::parse_http_date(value).ok()?;
-    // A date in the past means "now".
-    Some(
-        date.duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
-}
-
-/// A non-negative fractional number times `scale`, as a delay.
-fn fraction(s: &str, scale: f64) -> Option<Duration> {
-    Duration::try_from_secs_f64(s.parse::<f64>().ok()? * scale).ok()
 }
 
 fn parse_grpc(code: u8, headers: &HeaderMap) -> ApiError {

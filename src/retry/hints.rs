@@ -42,9 +42,8 @@ use std::time::Duration;
 use http::HeaderMap;
 use http::header::RETRY_AFTER;
 
+use crate::envelope::RETRY_AFTER_MS;
 use crate::time::parse_rfc3339;
-
-const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// `(remaining, reset)` header pairs of OpenAI-style rate limits.
 const OPENAI_LIMITS: [(&str, &str); 2] = [
@@ -90,7 +89,7 @@ pub fn server_delay(
     now_unix: Duration,
     rate_limited: bool,
 ) -> Option<Duration> {
-    if let Some(delay) = header(headers, RETRY_AFTER_MS).and_then(parse_millis) {
+    if let Some(delay) = header(headers, RETRY_AFTER_MS.as_str()).and_then(parse_millis) {
         return Some(delay);
     }
     if let Some(delay) =
@@ -199,19 +198,27 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// Non-negative decimal seconds, fractions allowed; huge values saturate so
 /// that the policy's cap refuses them.
 fn parse_seconds(value: &str) -> Option<Duration> {
-    let secs = value.trim().parse::<f64>().ok()?;
-    if secs.is_nan() || secs < 0.0 {
-        return None;
-    }
-    Some(Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX))
+    parse_decimal(value, 1)
 }
 
 fn parse_millis(value: &str) -> Option<Duration> {
-    let ms = value.trim().parse::<f64>().ok()?;
-    if ms.is_nan() || ms < 0.0 {
+    parse_decimal(value, 1000)
+}
+
+/// A non-negative decimal number of `1 / per_second` seconds. Whole numbers
+/// are read exactly (no float rounding), so a delay survives a render/parse
+/// round trip to the millisecond.
+fn parse_decimal(value: &str, per_second: u64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(n) = value.parse::<u64>() {
+        let nanos = (n % per_second) * (1_000_000_000 / per_second);
+        return Some(Duration::new(n / per_second, nanos as u32));
+    }
+    let n = value.parse::<f64>().ok()?;
+    if n.is_nan() || n < 0.0 {
         return None;
     }
-    Some(Duration::try_from_secs_f64(ms / 1000.0).unwrap_or(Duration::MAX))
+    Some(Duration::try_from_secs_f64(n / per_second as f64).unwrap_or(Duration::MAX))
 }
 
 /// A reset header value: an RFC 3339 time, a Go duration, or plain seconds.
