@@ -140,7 +140,7 @@ impl RedisConnection {
     /// can start while Redis is down, its layers applying their failure
     /// policies until Redis is reachable.
     pub fn connect_lazy(config: RedisConfig) -> Result<Self, StoreError> {
-        let client = client(&config).map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        let client = client(&config).map_err(unavailable)?;
         Ok(RedisConnection {
             shared: Arc::new(Shared {
                 client,
@@ -338,11 +338,7 @@ impl Shared {
         let attempt = self
             .client
             .get_multiplexed_async_connection_with_config(&config);
-        let mut conn = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => return Err(StoreError::Unavailable(describe(&error))),
-            Err(_) => return Err(StoreError::Timeout),
-        };
+        let mut conn = self.connecting(attempt).await?.map_err(unavailable)?;
         // Load every script now, in one round trip, so that a restarted
         // Redis is not hit by a burst of `NOSCRIPT` retries. If this fails,
         // `EVALSHA` still loads each script on first use.
@@ -351,10 +347,8 @@ impl Shared {
             pipe.cmd("SCRIPT").arg("LOAD").arg(*source).ignore();
         }
         let load = pipe.query_async::<()>(&mut conn);
-        match tokio::time::timeout(self.config.connect_timeout, load).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
-            Err(_) => return Err(StoreError::Timeout),
+        if let Err(error) = self.connecting(load).await? {
+            tracing::debug!(%error, "redis: SCRIPT LOAD failed");
         }
         Ok(AnyConnection::Single(conn))
     }
@@ -371,28 +365,30 @@ impl Shared {
             Some(pem) => builder.certs(certificates(pem)),
             None => builder,
         };
-        let client = builder
-            .build()
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+        let client = builder.build().map_err(unavailable)?;
         let attempt = client.get_async_connection();
-        let mut conn = match tokio::time::timeout(self.config.connect_timeout, attempt).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(error)) => return Err(StoreError::Unavailable(describe(&error))),
-            Err(_) => return Err(StoreError::Timeout),
-        };
+        let mut conn = self.connecting(attempt).await?.map_err(unavailable)?;
         // `SCRIPT LOAD` goes to every primary; `EVALSHA` loads a script on
         // a node that lacks it anyway.
         for source in SOURCES {
             let mut command = redis::cmd("SCRIPT");
             command.arg("LOAD").arg(*source);
             let load = command.query_async::<String>(&mut conn);
-            match tokio::time::timeout(self.config.connect_timeout, load).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(error)) => tracing::debug!(%error, "redis: SCRIPT LOAD failed"),
-                Err(_) => return Err(StoreError::Timeout),
+            if let Err(error) = self.connecting(load).await? {
+                tracing::debug!(%error, "redis: SCRIPT LOAD failed");
             }
         }
         Ok(AnyConnection::Cluster(conn))
+    }
+
+    /// `step` of opening a connection, bounded by the connect timeout.
+    async fn connecting<T>(
+        &self,
+        step: impl Future<Output = RedisResult<T>>,
+    ) -> Result<RedisResult<T>, StoreError> {
+        tokio::time::timeout(self.config.connect_timeout, step)
+            .await
+            .map_err(|_| StoreError::Timeout)
     }
 
     fn current(self: &Arc<Self>) -> Result<(AnyConnection, u64), StoreError> {
@@ -566,9 +562,17 @@ fn install_crypto_provider() {
     }
 }
 
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(describe(&error))
+}
+
 /// A Redis error as a short message: never the URL or credentials.
 fn describe(error: &RedisError) -> String {
-    let mut message = format!("redis: {error}");
+    short(format!("redis: {error}"))
+}
+
+/// `message` cut to at most 200 bytes.
+pub(super) fn short(mut message: String) -> String {
     if message.len() > 200 {
         let mut end = 200;
         while !message.is_char_boundary(end) {

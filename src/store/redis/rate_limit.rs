@@ -211,13 +211,6 @@ impl RedisRateLimitStoreBuilder {
 
     /// Builds the store.
     pub fn build(self) -> RedisRateLimitStore {
-        let mut seed = [0u8; 8];
-        // A failure leaves the seed zero: tokens then rely on the counter and
-        // the time alone, still unique in practice.
-        let _ = getrandom::fill(&mut seed);
-        let clock_seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         RedisRateLimitStore {
             inner: Arc::new(Inner {
                 redis: self.redis,
@@ -230,7 +223,7 @@ impl RedisRateLimitStoreBuilder {
                         outstanding: Mutex::new(HashMap::new()),
                     })
                 }),
-                instance: u64::from_le_bytes(seed) ^ clock_seed,
+                instance: crate::rng::os_seed(),
                 next_slot: AtomicU64::new(0),
             }),
         }
@@ -300,25 +293,24 @@ fn field(limit: &Limit) -> String {
         Measure::Requests => 'R',
         Measure::Tokens => 'T',
     };
-    let algorithm = match limit.algorithm {
-        Algorithm::Gcra => 'g',
-        Algorithm::Fixed => 'f',
-        Algorithm::Sliding => 's',
-    };
-    format!("{measure}{algorithm}{}", limit.window.as_nanos())
+    format!("{measure}{}{}", algorithm(limit), limit.window.as_nanos())
+}
+
+/// A limit's algorithm as the scripts name it.
+fn algorithm(limit: &Limit) -> &'static str {
+    match limit.algorithm {
+        Algorithm::Gcra => "g",
+        Algorithm::Fixed => "f",
+        Algorithm::Sliding => "s",
+    }
 }
 
 /// Field, algorithm, amount, window and burst, as the scripts read them.
 fn limit_args(limit: &Limit) -> [String; 5] {
     let window_us = u64::try_from(limit.window.as_micros()).unwrap_or(u64::MAX);
-    let alg = match limit.algorithm {
-        Algorithm::Gcra => "g",
-        Algorithm::Fixed => "f",
-        Algorithm::Sliding => "s",
-    };
     [
         field(limit),
-        alg.to_owned(),
+        algorithm(limit).to_owned(),
         limit.amount.min(LUA_MAX).to_string(),
         window_us.clamp(1, LUA_MAX).to_string(),
         limit.capacity().min(LUA_MAX).to_string(),
@@ -473,6 +465,11 @@ impl OwnedScope {
     }
 }
 
+/// The limits checked for `scopes` (each its limits that have a cost).
+fn limit_count<'a>(scopes: impl Iterator<Item = &'a ScopeCharge<'a>>) -> usize {
+    scopes.map(|s| s.limits.len().min(s.costs.len())).sum()
+}
+
 /// Builds [`ScopeCharge`]s of owned scopes (costs in `costs`) and runs `f`.
 fn with_owned_charges<R>(
     scopes: &[OwnedScope],
@@ -503,10 +500,7 @@ impl RateLimitStore for RedisRateLimitStore {
     fn acquire(&self, request: &Acquire<'_>) -> StoreFuture<Admission> {
         let inner = &self.inner;
         let scopes = request.scopes;
-        let n: usize = scopes
-            .iter()
-            .map(|s| s.limits.len().min(s.costs.len()))
-            .sum();
+        let n = limit_count(scopes.iter());
         let callers: Vec<usize> = (0..scopes.len())
             .filter(|&i| scopes[i].key.is_caller())
             .collect();
@@ -575,11 +569,7 @@ impl RedisRateLimitStore {
         if inner.fallback.is_some() || inner.redis.is_cluster() {
             return None;
         }
-        let n = request
-            .scopes
-            .iter()
-            .map(|s| s.limits.len().min(s.costs.len()))
-            .sum();
+        let n = limit_count(request.scopes.iter());
         let all: Vec<&ScopeCharge<'_>> = request.scopes.iter().collect();
         let (keys, args) = inner.acquire_args(&all);
         Some((keys, args, n))
@@ -599,12 +589,10 @@ impl RedisRateLimitStore {
         let owned: Vec<OwnedScope> = scopes.iter().map(OwnedScope::of_charge).collect();
         let first: Vec<&ScopeCharge<'_>> = callers.iter().map(|&i| &scopes[i]).collect();
         let second: Vec<&ScopeCharge<'_>> = shared.iter().map(|&i| &scopes[i]).collect();
-        let count = |idx: &[usize]| -> usize {
-            idx.iter()
-                .map(|&i| scopes[i].limits.len().min(scopes[i].costs.len()))
-                .sum()
-        };
-        let (n1, n2) = (count(callers), count(&shared));
+        let (n1, n2) = (
+            limit_count(first.iter().copied()),
+            limit_count(second.iter().copied()),
+        );
         let first_call = inner.acquire_call(&first);
         let second_call = inner.acquire_call(&second);
         let callers = callers.to_vec();

@@ -41,6 +41,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::RedisConnection;
+use super::connection::short;
 use super::scripts::SETTLE_BATCH;
 use crate::store::StoreError;
 
@@ -102,15 +103,9 @@ pub(crate) struct SettleQueue {
 
 impl SettleQueue {
     pub(crate) fn new() -> Self {
-        let mut seed = [0u8; 8];
-        // A failure leaves the seed zero: the time alone keeps names apart.
-        let _ = getrandom::fill(&mut seed);
-        let time = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
         SettleQueue {
             sender: Mutex::new(None),
-            writer: u64::from_le_bytes(seed) ^ time,
+            writer: crate::rng::os_seed(),
             next_batch: AtomicU64::new(0),
         }
     }
@@ -356,15 +351,9 @@ fn settled(part: Value) -> Result<Value, StoreError> {
         Value::SimpleString(text) => text,
         _ => "unknown error".into(),
     };
-    let mut message = format!("redis: settlement failed: {why}");
-    if message.len() > 200 {
-        let mut end = 200;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-    }
-    Err(StoreError::Unavailable(message))
+    Err(StoreError::Unavailable(short(format!(
+        "redis: settlement failed: {why}"
+    ))))
 }
 
 fn corrupt(got: usize, expected: usize) -> StoreError {
