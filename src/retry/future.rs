@@ -127,10 +127,7 @@ fn waiting<F, B, R, E>(delay: Duration) -> State<F, B, R, E> {
 fn calling<F, B, R, E>(shared: &Shared, future: F) -> State<F, B, R, E> {
     State::Calling {
         future,
-        timer: shared
-            .policy
-            .attempt_timeout_duration()
-            .map(tokio::time::sleep),
+        timer: shared.policy.attempt_timeout.map(tokio::time::sleep),
     }
 }
 
@@ -307,8 +304,7 @@ where
                         .flatten();
                     if status.as_u16() >= 400 || (stream && first.is_none()) || grpc {
                         let now = Instant::now();
-                        let deadline =
-                            this.progress.started + this.shared.policy.deadline_duration();
+                        let deadline = this.progress.started + this.shared.policy.deadline;
                         if now >= deadline {
                             this.progress.exhausted = retryable_status(status);
                             this.state.set(State::Done);
@@ -502,7 +498,7 @@ fn timed_out<R: Body>(
     progress: &Progress,
     verdict: Classification,
 ) -> Response<ResponseBody<R>> {
-    let timeout = shared.policy.attempt_timeout_duration().unwrap_or_default();
+    let timeout = shared.policy.attempt_timeout.unwrap_or_default();
     let retryable =
         matches!(verdict, Classification::Failure { class, .. } if class != RetryClass::Never);
     let error = ApiError::timeout()
@@ -523,7 +519,7 @@ fn retryable_status(status: StatusCode) -> bool {
 /// Whether another attempt is possible at all, before reading anything.
 /// (The deadline is checked before peeking, and by the policy.)
 fn may_retry(shared: &Shared, progress: &Progress, template: &Option<Template>) -> bool {
-    template.is_some() && progress.attempts < shared.policy.max_attempts_total()
+    template.is_some() && progress.attempts < shared.policy.max_attempts
 }
 
 /// The delay before the next attempt after `verdict` (`None`: stop), for a

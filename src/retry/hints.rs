@@ -184,7 +184,8 @@ fn scaled(int: &[u8], frac: &[u8], unit: u128) -> u128 {
     nanos
 }
 
-fn nanos_to_duration(nanos: u128) -> Duration {
+/// Nanoseconds as a duration, saturating at [`Duration::MAX`].
+pub(super) fn nanos_to_duration(nanos: u128) -> Duration {
     match u64::try_from(nanos / 1_000_000_000) {
         Ok(secs) => Duration::new(secs, (nanos % 1_000_000_000) as u32),
         Err(_) => Duration::MAX,

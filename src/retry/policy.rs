@@ -80,12 +80,12 @@ const KINDS: usize = ErrorKind::ALL.len();
 /// policy, under the global [`max_attempts`](Self::max_attempts).
 #[derive(Clone, PartialEq, Eq)]
 pub struct RetryPolicy {
-    max_attempts: u32,
+    pub(super) max_attempts: u32,
     per_kind: [Option<u32>; KINDS],
     backoffs: [ExponentialBackoff; KINDS],
-    deadline: Duration,
+    pub(super) deadline: Duration,
     max_server_delay: Duration,
-    attempt_timeout: Option<Duration>,
+    pub(super) attempt_timeout: Option<Duration>,
     replay_safe: ReplayRule,
 }
 
@@ -323,18 +323,6 @@ impl RetryPolicy {
             .flatten()
             .unwrap_or(self.max_attempts)
             .min(self.max_attempts)
-    }
-
-    pub(crate) fn max_attempts_total(&self) -> u32 {
-        self.max_attempts
-    }
-
-    pub(crate) fn deadline_duration(&self) -> Duration {
-        self.deadline
-    }
-
-    pub(crate) fn attempt_timeout_duration(&self) -> Option<Duration> {
-        self.attempt_timeout
     }
 
     /// The delay before the next attempt, or why there is none.

@@ -33,7 +33,7 @@ fn global_and_per_kind_attempts() {
     // A per-kind value above the global one is capped.
     let p = RetryPolicy::new().attempts_for(ErrorKind::RateLimited, 9);
     assert_eq!(p.attempts_allowed(ErrorKind::RateLimited), 3);
-    assert_eq!(RetryPolicy::new().max_attempts(0).max_attempts_total(), 1);
+    assert_eq!(RetryPolicy::new().max_attempts(0).max_attempts, 1);
 }
 
 #[test]
@@ -144,13 +144,11 @@ fn replay_safety_by_default_and_by_rule() {
 #[test]
 fn the_attempt_timeout_defaults_to_30_seconds() {
     assert_eq!(
-        RetryPolicy::new().attempt_timeout_duration(),
+        RetryPolicy::new().attempt_timeout,
         Some(Duration::from_secs(30))
     );
     assert_eq!(
-        RetryPolicy::new()
-            .without_attempt_timeout()
-            .attempt_timeout_duration(),
+        RetryPolicy::new().without_attempt_timeout().attempt_timeout,
         None
     );
 }
