@@ -110,13 +110,6 @@ pub(crate) trait Guest: Send + Sync {
 #[derive(Clone)]
 pub(crate) struct SseGuest(pub(crate) Arc<dyn Guest>);
 
-impl SseGuest {
-    /// The guest's reader, for a host that holds back `limit` bytes.
-    pub(crate) fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
-        self.0.adopt(limit)
-    }
-}
-
 impl fmt::Debug for SseGuest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SseGuest").finish_non_exhaustive()

@@ -36,7 +36,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Passthrough { #[pin] body: B },
-        Sse { body: SseBody<B> },
+        Sse { body: Box<SseBody<B>> },
         Grpc { #[pin] body: GrpcBody<B> },
     }
 }
@@ -48,7 +48,7 @@ impl<B> Watched<B> {
         }
     }
 
-    pub(crate) fn sse(body: SseBody<B>) -> Self {
+    pub(crate) fn sse(body: Box<SseBody<B>>) -> Self {
         Watched {
             kind: Kind::Sse { body },
         }

@@ -35,7 +35,7 @@ enum State<B> {
     Calling(Settings),
     Holding {
         parts: http::response::Parts,
-        body: SseBody<B>,
+        body: Box<SseBody<B>>,
         format: StreamFormat,
     },
     Done,
@@ -184,7 +184,7 @@ where
     let guest = parts
         .extensions
         .remove::<SseGuest>()
-        .and_then(|guest| guest.adopt(limit));
+        .and_then(|guest| guest.0.adopt(limit));
     let host = SseHost::with(limit, guest);
     parts.extensions.insert(host.clone());
     let body = SseBody::new(body, settings, hold, host, bare);

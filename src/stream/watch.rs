@@ -45,56 +45,10 @@ enum Input<E> {
     End,
 }
 
-/// The watched SSE stream. `Unpin` and small (its state is boxed) so the
-/// response future can poll it for the first event, then hand it over.
-pub(crate) struct SseBody<B>(Box<SseState<B>>);
-
-impl<B> SseBody<B> {
-    /// The first event with data, if holding read it.
-    pub(crate) fn first_event(&self) -> Option<&FirstEvent> {
-        self.0.first.as_ref()
-    }
-}
-
-impl<B> SseBody<B>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    /// Watches `body`; with `hold` the caller must drive
-    /// [`poll_first_event`](Self::poll_first_event) before polling frames.
-    /// `host` is the slot through which a usage observer further out hands
-    /// over its per-event reader (taken at the first poll of a frame).
-    /// `bare`: the stream is bare JSON objects, not SSE.
-    pub(crate) fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
-        SseBody(Box::new(SseState::new(body, settings, hold, host, bare)))
-    }
-
-    /// Holding phase: reads until the first content-bearing event. `Ok` when the
-    /// stream may start (the head is sent), `Err` with the error to answer
-    /// instead of a stream.
-    pub(crate) fn poll_first_event(
-        &mut self,
-        cx: &mut Context<'_>,
-        headers: &HeaderMap,
-    ) -> Poll<Result<(), ApiError>> {
-        self.0.poll_first_event(cx, headers)
-    }
-
-    #[inline]
-    pub(crate) fn poll_frame(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.0.poll_frame(cx)
-    }
-
-    pub(crate) fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
-    }
-}
-
-struct SseState<B> {
+/// The watched SSE stream. Boxed by its users (`Box::new` in
+/// [`new`](Self::new)), so it is `Unpin` and small: the response future
+/// polls it for the first event, then hands it over.
+pub(crate) struct SseBody<B> {
     body: Option<Pin<Box<B>>>,
     ticker: Ticker,
     /// Frames the stream, and holds back the unfinished event.
@@ -123,7 +77,14 @@ struct SseState<B> {
     inner_end: BodyEnd,
 }
 
-impl<B> Drop for SseState<B> {
+impl<B> SseBody<B> {
+    /// The first event with data, if holding read it.
+    pub(crate) fn first_event(&self) -> Option<&FirstEvent> {
+        self.first.as_ref()
+    }
+}
+
+impl<B> Drop for SseBody<B> {
     fn drop(&mut self) {
         // A reader handed over but never started still reports (as dropped).
         if let Some(host) = self.host.take() {
@@ -132,18 +93,29 @@ impl<B> Drop for SseState<B> {
     }
 }
 
-impl<B> SseState<B>
+impl<B> SseBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    fn new(body: B, settings: Settings, hold: bool, host: SseHost, bare: bool) -> Self {
+    /// Watches `body`; with `hold` the caller must drive
+    /// [`poll_first_event`](Self::poll_first_event) before polling frames.
+    /// `host` is the slot through which a usage observer further out hands
+    /// over its per-event reader (taken at the first poll of a frame).
+    /// `bare`: the stream is bare JSON objects, not SSE.
+    pub(crate) fn new(
+        body: B,
+        settings: Settings,
+        hold: bool,
+        host: SseHost,
+        bare: bool,
+    ) -> Box<Self> {
         let phase = if hold {
             Phase::Holding
         } else {
             Phase::Starting
         };
-        SseState {
+        Box::new(SseBody {
             body: Some(Box::pin(body)),
             ticker: Ticker::new(&settings, hold),
             framer: if bare {
@@ -163,7 +135,7 @@ where
             host: Some(host),
             sink: None,
             inner_end: BodyEnd::Dropped,
-        }
+        })
     }
 
     /// Starts streaming: the complete events held so far go out first.
@@ -249,7 +221,7 @@ where
     /// event over `max_event_bytes`, released as they come.
     #[inline]
     fn on_data(&mut self, bytes: Bytes) -> Option<Bytes> {
-        let SseState {
+        let SseBody {
             framer,
             sink,
             terminated,
@@ -306,7 +278,7 @@ where
     /// The inner body ended (or sent trailers).
     fn on_end(&mut self) {
         self.body = None;
-        let SseState { framer, sink, .. } = self;
+        let SseBody { framer, sink, .. } = self;
         match self.phase {
             Phase::Starting | Phase::Streaming => {
                 // Read only if the client gets it: a terminal marker without
@@ -361,14 +333,18 @@ where
         self.out.push_back(event);
     }
 
-    fn is_end_stream(&self) -> bool {
+    pub(crate) fn is_end_stream(&self) -> bool {
         self.phase == Phase::Done
             && self.out.is_empty()
             && self.trailers.is_none()
             && self.sink.is_none()
     }
 
-    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    #[inline]
+    pub(crate) fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         // The hot path of a healthy stream: a frame of whole events, or
         // `Pending` with the timer already armed for this task.
         if let (Phase::Streaming, true, Some(body)) =

@@ -15,16 +15,19 @@ use super::super::failure::{Failure, body_failure};
 use super::super::first_event::{Opening, opening};
 use super::super::marker;
 use super::super::tick::Tick;
-use super::{Input, Phase, SseState};
+use super::{Input, Phase, SseBody};
 use crate::sse::{Dispatch, Event, FirstEvent, SseHost, null_usage_at};
 use crate::{ApiError, BoxError};
 
-impl<B> SseState<B>
+impl<B> SseBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    pub(super) fn poll_first_event(
+    /// Holding phase: reads until the first content-bearing event. `Ok`
+    /// when the stream may start (the head is sent), `Err` with the error
+    /// to answer instead of a stream.
+    pub(crate) fn poll_first_event(
         &mut self,
         cx: &mut Context<'_>,
         headers: &HeaderMap,
@@ -90,7 +93,7 @@ where
     fn hold(&mut self, bytes: Bytes, headers: &HeaderMap) -> Option<Result<(), ApiError>> {
         let mut rest = bytes;
         loop {
-            let SseState {
+            let SseBody {
                 framer,
                 terminated,
                 seen,
@@ -135,7 +138,7 @@ where
             self.commit();
             return Ok(());
         }
-        let SseState { framer, first, .. } = self;
+        let SseBody { framer, first, .. } = self;
         let mut terminal = false;
         let rest = framer.finish(&mut |event: &Event<'_>| {
             terminal = marker::ends_stream_unfinished(event);
