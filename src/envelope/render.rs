@@ -99,12 +99,15 @@ struct OpenAiBody<'a> {
     error: OpenAiInner<'a>,
 }
 
+/// The OpenAI shape, AltLLM's too: `param` is left out when `None`, and
+/// is `null` when `Some(None)` (OpenAI sends it so).
 #[derive(Serialize)]
 struct OpenAiInner<'a> {
     message: &'a str,
     #[serde(rename = "type")]
     kind: &'a str,
-    param: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    param: Option<Option<&'a str>>,
     code: Option<&'a str>,
 }
 
@@ -141,21 +144,6 @@ struct HumanloopDetail<'a> {
     message: &'a str,
     code: u16,
     origin: &'a str,
-}
-
-#[derive(Serialize)]
-struct AltLlmBody<'a> {
-    error: AltLlmInner<'a>,
-}
-
-#[derive(Serialize)]
-struct AltLlmInner<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    param: Option<&'a str>,
-    code: Option<&'a str>,
 }
 
 /// The gRPC status code for an error (by HTTP status, as the gRPC
@@ -235,7 +223,7 @@ impl ErrorFormat {
                     error: OpenAiInner {
                         message: error.message(),
                         kind: error.error_type(),
-                        param: error.param(),
+                        param: Some(error.param()),
                         code: error.code(),
                     },
                 },
@@ -275,11 +263,11 @@ impl ErrorFormat {
             ),
             ErrorFormat::AltLlm => serde_json::to_writer(
                 &mut buf,
-                &AltLlmBody {
-                    error: AltLlmInner {
+                &OpenAiBody {
+                    error: OpenAiInner {
                         message: error.message(),
                         kind: altllm_type(error),
-                        param: error.param(),
+                        param: error.param().map(Some),
                         code: error.code(),
                     },
                 },
