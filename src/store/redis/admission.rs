@@ -5,7 +5,7 @@ use std::fmt;
 
 use redis::Value;
 
-use super::ledger::RedisLedger;
+use super::ledger::{RedisLedger, reserve_outcome};
 use super::rate_limit::{RedisRateLimitStore, admission};
 use super::scripts::ADMIT;
 use crate::admission::{AdmissionStore, InTurn, JointAdmission, Reserve};
@@ -113,7 +113,7 @@ impl AdmissionStore for RedisAdmissionStore {
             let admission = admission(&limits, n)?;
             let reservation = match budget {
                 Value::Int(0) => None,
-                Value::Array(reply) => Some(Ok(RedisLedger::reserve_reply(reply, &of, budgets)?)),
+                Value::Array(reply) => Some(Ok(reserve_outcome(reply, &of, budgets)?)),
                 _ => return Err(corrupt("a malformed reservation")),
             };
             Ok(JointAdmission {

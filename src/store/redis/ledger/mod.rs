@@ -6,6 +6,7 @@ mod replies;
 
 use std::collections::HashSet;
 use std::fmt;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -14,7 +15,8 @@ use redis::Value;
 use self::args::{Distinct, push_spec};
 use self::placement::Books;
 pub use self::placement::LedgerPlacement;
-use self::replies::{corrupt, int, reserve_outcome, spend_rows, status, statuses};
+pub(super) use self::replies::reserve_outcome;
+use self::replies::{corrupt, int, spend_rows, status, statuses};
 use super::RedisConnection;
 use super::scripts::{
     LEDGER_READ, LEDGER_RESERVE, LEDGER_RESET, LEDGER_SPEND, LEDGER_TENANTS, LEDGER_TOP_UP,
@@ -331,15 +333,6 @@ impl RedisLedger {
         }
         Ok((keys, args, distinct.of))
     }
-
-    /// Reads `ledger_reserve`'s reply.
-    pub(in crate::store::redis) fn reserve_reply(
-        reply: &[Value],
-        of: &[usize],
-        budgets: Arc<[BudgetSpec]>,
-    ) -> Result<ReserveOutcome, StoreError> {
-        reserve_outcome(reply, of, budgets)
-    }
 }
 
 impl Ledger for RedisLedger {
@@ -477,24 +470,10 @@ impl Ledger for RedisLedger {
         idempotency_key: Option<&str>,
     ) -> StoreFuture<TopUpOutcome> {
         let inner = &self.inner;
-        let books = match inner.books([&budget.scope]) {
-            Ok((books, _)) => books,
-            Err(error) => return failed(error),
-        };
-        let mut keys = vec![books.budget(budget), books.holds()];
-        if let Some(key) = idempotency_key {
-            keys.push(books.top_up(budget, key));
-        }
-        let mut args = vec![
-            inner.now_arg(),
-            amount.nanos().to_string(),
-            inner.lease_ms(),
-            books.hold_prefix(),
-        ];
-        push_spec(&mut args, budget);
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_TOP_UP, keys, args);
+        let args = vec![amount.nanos().to_string(), inner.lease_ms()];
+        let call = inner.budget_script(&LEDGER_TOP_UP, budget, args, idempotency_key);
         StoreFuture::pending(async move {
-            let mut reply = call.await?;
+            let mut reply = call?.await?;
             let replayed = match reply.pop() {
                 Some(flag) => int(&flag)? == 1,
                 None => return Err(corrupt("no replay flag")),
@@ -507,29 +486,14 @@ impl Ledger for RedisLedger {
     }
 
     fn read(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
-        let inner = &self.inner;
-        let books = match inner.books([&budget.scope]) {
-            Ok((books, _)) => books,
-            Err(error) => return failed(error),
-        };
-        let keys = vec![books.budget(budget), books.holds()];
-        let mut args = vec![inner.now_arg(), books.hold_prefix()];
-        push_spec(&mut args, budget);
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_READ, keys, args);
-        StoreFuture::pending(async move { status(&call.await?) })
+        let call = self.inner.budget_script(&LEDGER_READ, budget, vec![], None);
+        StoreFuture::pending(async move { status(&call?.await?) })
     }
 
     fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
-        let inner = &self.inner;
-        let books = match inner.books([&budget.scope]) {
-            Ok((books, _)) => books,
-            Err(error) => return failed(error),
-        };
-        let keys = vec![books.budget(budget), books.holds()];
-        let mut args = vec![inner.now_arg(), inner.lease_ms(), books.hold_prefix()];
-        push_spec(&mut args, budget);
-        let call = inner.redis.eval::<Vec<Value>>(&LEDGER_RESET, keys, args);
-        StoreFuture::pending(async move { status(&call.await?) })
+        let args = vec![self.inner.lease_ms()];
+        let call = self.inner.budget_script(&LEDGER_RESET, budget, args, None);
+        StoreFuture::pending(async move { status(&call?.await?) })
     }
 
     fn spend(&self, query: &SpendQuery) -> StoreFuture<Vec<SpendRow>> {
@@ -563,12 +527,33 @@ impl Ledger for RedisLedger {
 }
 
 impl Inner {
+    /// `script` on the books of `budget` alone: the keys `[budget, holds]`
+    /// (and the record of the top-up `top_up_key`), the arguments `[now,
+    /// args…, hold prefix]` and the budget's spec.
+    fn budget_script(
+        &self,
+        script: &'static redis::Script,
+        budget: &BudgetSpec,
+        args: Vec<String>,
+        top_up_key: Option<&str>,
+    ) -> Result<impl Future<Output = Result<Vec<Value>, StoreError>> + Send + use<>, StoreError>
+    {
+        let (books, _) = self.books([&budget.scope])?;
+        let mut keys = vec![books.budget(budget), books.holds()];
+        keys.extend(top_up_key.map(|key| books.top_up(budget, key)));
+        let mut all = vec![self.now_arg()];
+        all.extend(args);
+        all.push(books.hold_prefix());
+        push_spec(&mut all, budget);
+        Ok(self.redis.eval(script, keys, all))
+    }
+
     /// The spend script on one tag's aggregates.
     fn spend_call(
         &self,
         books: &Books,
         query: &SpendQuery,
-    ) -> impl std::future::Future<Output = Result<Vec<Value>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Vec<Value>, StoreError>> + Send + 'static {
         let keys = vec![books.spend_scopes()];
         let kind = match query.group_by.scope_kind() {
             crate::budget::ScopeKind::Key => "key:",

@@ -85,7 +85,7 @@ pub(super) fn statuses(values: &[Value], n: usize) -> Result<Vec<BudgetStatus>, 
 
 /// Reads the reserve script's reply; `of` maps each budget passed to its
 /// distinct budget (the script numbers distinct budgets from 1).
-pub(super) fn reserve_outcome(
+pub(in crate::store::redis) fn reserve_outcome(
     reply: &[Value],
     of: &[usize],
     budgets: Arc<[BudgetSpec]>,
