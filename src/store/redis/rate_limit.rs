@@ -435,8 +435,7 @@ struct OwnedScope {
     id: String,
     model: Option<String>,
     limits: Vec<Limit>,
-    /// Costs (acquire) or deltas (settle).
-    values: Vec<i64>,
+    costs: Vec<u64>,
     max_concurrent: Option<u32>,
 }
 
@@ -447,11 +446,7 @@ impl OwnedScope {
             id: charge.key.id.to_owned(),
             model: charge.key.model.map(str::to_owned),
             limits: charge.limits.to_vec(),
-            values: charge
-                .costs
-                .iter()
-                .map(|&c| i64::try_from(c).unwrap_or(i64::MAX))
-                .collect(),
+            costs: charge.costs.to_vec(),
             max_concurrent: charge.max_concurrent,
         }
     }
@@ -468,32 +463,6 @@ impl OwnedScope {
 /// The limits checked for `scopes` (each its limits that have a cost).
 fn limit_count<'a>(scopes: impl Iterator<Item = &'a ScopeCharge<'a>>) -> usize {
     scopes.map(|s| s.limits.len().min(s.costs.len())).sum()
-}
-
-/// Builds [`ScopeCharge`]s of owned scopes (costs in `costs`) and runs `f`.
-fn with_owned_charges<R>(
-    scopes: &[OwnedScope],
-    limits: impl Fn(&OwnedScope) -> Vec<Limit>,
-    max: impl Fn(&OwnedScope) -> Option<u32>,
-    f: impl FnOnce(&Acquire<'_>) -> R,
-) -> R {
-    let limits: Vec<Vec<Limit>> = scopes.iter().map(&limits).collect();
-    let costs: Vec<Vec<u64>> = scopes
-        .iter()
-        .map(|s| s.values.iter().map(|&v| v.max(0).unsigned_abs()).collect())
-        .collect();
-    let charges: Vec<ScopeCharge<'_>> = scopes
-        .iter()
-        .zip(&limits)
-        .zip(&costs)
-        .map(|((s, l), c)| ScopeCharge {
-            key: s.key(),
-            limits: l,
-            costs: c,
-            max_concurrent: max(s),
-        })
-        .collect();
-    f(&Acquire { scopes: &charges })
 }
 
 impl RateLimitStore for RedisRateLimitStore {
@@ -634,7 +603,10 @@ impl RedisRateLimitStore {
                 let undo: Vec<OwnedScope> = callers.iter().map(|&i| owned[i].clone()).collect();
                 let deltas: Vec<Vec<i64>> = undo
                     .iter()
-                    .map(|s| s.values.iter().map(|v| -v).collect())
+                    .map(|s| {
+                        let undo = |&c: &u64| -i64::try_from(c).unwrap_or(i64::MAX);
+                        s.costs.iter().map(undo).collect()
+                    })
                     .collect();
                 let settles: Vec<ScopeSettle<'_>> = undo
                     .iter()
@@ -702,15 +674,20 @@ impl Fallback {
     }
 
     async fn acquire(&self, scopes: &[OwnedScope]) -> Admission {
-        let answer = with_owned_charges(
-            scopes,
-            |s| self.scaled(&s.limits),
-            |s| {
-                s.max_concurrent
-                    .map(|m| u32::try_from(self.scale(u64::from(m))).unwrap_or(m))
-            },
-            |acquire| self.store.acquire(acquire),
-        );
+        let limits: Vec<Vec<Limit>> = scopes.iter().map(|s| self.scaled(&s.limits)).collect();
+        let charges: Vec<ScopeCharge<'_>> = scopes
+            .iter()
+            .zip(&limits)
+            .map(|(s, limits)| ScopeCharge {
+                key: s.key(),
+                limits,
+                costs: &s.costs,
+                max_concurrent: s
+                    .max_concurrent
+                    .map(|m| u32::try_from(self.scale(u64::from(m))).unwrap_or(m)),
+            })
+            .collect();
+        let answer = self.store.acquire(&Acquire { scopes: &charges });
         let admission = match answer.await {
             Ok(admission) => admission,
             // The memory store does not fail; if it ever does, admit.
@@ -724,7 +701,7 @@ impl Fallback {
             s.max_concurrent.is_some()
                 || s.limits
                     .iter()
-                    .zip(&s.values)
+                    .zip(&s.costs)
                     .any(|(l, &c)| l.measure == Measure::Tokens && c > 0)
         });
         if admission.verdict == Verdict::Admitted && will_settle {
