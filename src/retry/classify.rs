@@ -469,20 +469,18 @@ mod tests {
 
     #[test]
     fn x_should_retry_overrides_both_ways() {
-        let c = classify(400, &[("x-should-retry", "true")], "");
-        assert_eq!(
-            class(c),
-            Some((ErrorKind::InvalidRequest, RetryClass::Transient))
-        );
-        let c = classify(503, &[("x-should-retry", "false")], "");
-        assert_eq!(class(c), Some((ErrorKind::Unavailable, RetryClass::Never)));
-        let c = classify(429, &[("x-should-retry", "true")], "");
-        assert_eq!(
-            class(c),
-            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
-        );
-        let c = classify(200, &[("x-should-retry", "true")], "");
-        assert_eq!(c, Classification::Success);
+        use ErrorKind::*;
+        use RetryClass::*;
+        for (status, header, expected) in [
+            (400, "true", Some((InvalidRequest, Transient))),
+            (503, "false", Some((Unavailable, Never))),
+            (429, "true", Some((RateLimited, AfterDelay))),
+            (200, "true", None),
+        ] {
+            let c = classify(status, &[("x-should-retry", header)], "");
+            assert_eq!(class(c), expected, "{status} {header}");
+            assert_eq!(c.is_success(), expected.is_none());
+        }
     }
 
     #[test]
@@ -507,54 +505,48 @@ mod tests {
 
     #[test]
     fn first_events() {
-        assert_eq!(
-            event("message", r#"{"id":"x","choices":[]}"#),
-            Classification::Success
-        );
-        assert_eq!(event("message", "[DONE]"), Classification::Success);
-        assert_eq!(
-            event("message_start", r#"{"type":"message_start"}"#),
-            Classification::Success
-        );
-        assert_eq!(
-            event("message", r#"{"error":null,"choices":[]}"#),
-            Classification::Success
-        );
-        let openai = r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#;
-        assert_eq!(
-            class(event("message", openai)),
-            Some((ErrorKind::Internal, RetryClass::Transient))
-        );
-        let anthropic =
-            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
-        assert_eq!(
-            class(event("error", anthropic)),
-            Some((ErrorKind::Overloaded, RetryClass::Transient))
-        );
-        let limited = r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#;
-        assert_eq!(
-            class(event("error", limited)),
-            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
-        );
-        let bad = r#"{"error":{"message":"bad","type":"invalid_request_error","code":"context_length_exceeded"}}"#;
-        assert_eq!(
-            class(event("message", bad)),
-            Some((ErrorKind::ContextLengthExceeded, RetryClass::Never))
-        );
-        let numeric = r#"{"error":{"message":"Provider returned error","code":502}}"#;
-        assert_eq!(
-            class(event("message", numeric)),
-            Some((ErrorKind::BadGateway, RetryClass::Transient))
-        );
-        let responses_api =
-            r#"{"type":"error","code":"rate_limit_exceeded","message":"slow","param":null}"#;
-        assert_eq!(
-            class(event("error", responses_api)),
-            Some((ErrorKind::RateLimited, RetryClass::AfterDelay))
-        );
-        assert_eq!(
-            class(event("error", "upstream went away")),
-            Some((ErrorKind::Internal, RetryClass::Transient))
-        );
+        use ErrorKind::*;
+        use RetryClass::*;
+        for (name, data, expected) in [
+            ("message", r#"{"id":"x","choices":[]}"#, None),
+            ("message", "[DONE]", None),
+            ("message_start", r#"{"type":"message_start"}"#, None),
+            ("message", r#"{"error":null,"choices":[]}"#, None),
+            (
+                "message",
+                r#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#,
+                Some((Internal, Transient)),
+            ),
+            (
+                "error",
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                Some((Overloaded, Transient)),
+            ),
+            (
+                "error",
+                r#"{"type":"error","error":{"type":"rate_limit_error","message":"slow"}}"#,
+                Some((RateLimited, AfterDelay)),
+            ),
+            (
+                "message",
+                r#"{"error":{"message":"bad","type":"invalid_request_error","code":"context_length_exceeded"}}"#,
+                Some((ContextLengthExceeded, Never)),
+            ),
+            (
+                "message",
+                r#"{"error":{"message":"Provider returned error","code":502}}"#,
+                Some((BadGateway, Transient)),
+            ),
+            (
+                "error",
+                r#"{"type":"error","code":"rate_limit_exceeded","message":"slow","param":null}"#,
+                Some((RateLimited, AfterDelay)),
+            ),
+            ("error", "upstream went away", Some((Internal, Transient))),
+        ] {
+            let c = event(name, data);
+            assert_eq!(class(c), expected, "{name} {data}");
+            assert_eq!(c.is_success(), expected.is_none(), "{name} {data}");
+        }
     }
 }
