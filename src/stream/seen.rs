@@ -3,11 +3,14 @@
 //! response, HAI's ids; and the pieces of those events that come from the
 //! APIs' definitions (the response error codes, HAI's timestamps and ids).
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::StreamFormat;
 use super::terminal::to_json;
+use crate::json::Key;
 
 /// What the watcher has seen of a stream when it ends it: what a terminal
 /// event continues (the Responses API's sequence numbers and response, HAI's
@@ -21,8 +24,9 @@ pub(crate) struct Seen {
     pending: Option<StreamFormat>,
     /// HAI's `message_id` and `thread_id`, from the stream's first chunk.
     pub(super) hai: Option<Box<HaiIds>>,
-    /// The response a Responses stream announced (`response.created`).
-    pub(super) response: Option<Box<Members>>,
+    /// The response a Responses stream announced (`response.created`), as
+    /// it came.
+    pub(super) response: Option<Box<RawValue>>,
 }
 
 impl Seen {
@@ -54,10 +58,10 @@ impl Seen {
             _ => {
                 #[derive(serde::Deserialize)]
                 struct Announced {
-                    response: Members,
+                    response: Box<RawValue>,
                 }
                 let announced = serde_json::from_slice::<Announced>(data).ok();
-                self.response = announced.map(|a| Box::new(a.response));
+                self.response = announced.map(|a| a.response);
             }
         }
     }
@@ -100,74 +104,44 @@ pub(super) fn response_error_code(code: Option<&str>, status: http::StatusCode) 
     }
 }
 
-/// A JSON object's members in their order, their values as they came.
-#[derive(Debug, Clone)]
-pub(super) struct Members(Vec<(String, Box<RawValue>)>);
-
-impl<'de> serde::Deserialize<'de> for Members {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<Members, A::Error> {
-                let mut members = Vec::new();
-                while let Some(member) = map.next_entry()? {
-                    members.push(member);
-                }
-                Ok(Members(members))
-            }
+/// The announced `response` with `status` and `error` set (in their place,
+/// or last), its other members as they came; `{"object":"response"}`, the
+/// least of a response, when none was announced or it is not an object.
+pub(super) fn failed_response(response: Option<&RawValue>, error: &Value) -> Vec<u8> {
+    let least = || {
+        let object = serde_json::from_str("\"response\"").ok()?;
+        Some(vec![(Key(Cow::Borrowed("object")), object)])
+    };
+    let members = response
+        .and_then(|r| crate::json::members(r.get().as_bytes()).ok())
+        .or_else(least)
+        .unwrap_or_default();
+    let mut out = b"{".to_vec();
+    let put = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
+        if out.len() > 1 {
+            out.push(b',');
         }
-        deserializer.deserialize_map(Visitor)
-    }
-}
-
-impl Members {
-    /// `{"object":"response"}`: the least of a response.
-    pub(super) fn response() -> Members {
-        let object = RawValue::from_string("\"response\"".to_owned());
-        Members(
-            object
-                .map(|o| ("object".to_owned(), o))
-                .into_iter()
-                .collect(),
-        )
-    }
-
-    /// The object with `status` and `error` set (in their place, or last).
-    pub(super) fn failed(&self, error: &Value) -> Vec<u8> {
-        let mut out = b"{".to_vec();
-        let put = |out: &mut Vec<u8>, key: &str, value: &[u8]| {
-            if out.len() > 1 {
-                out.push(b',');
-            }
-            out.extend_from_slice(&to_json(&key));
-            out.push(b':');
-            out.extend_from_slice(value);
+        out.extend_from_slice(&to_json(&key));
+        out.push(b':');
+        out.extend_from_slice(value);
+    };
+    let error = to_json(error);
+    let (mut status, mut errored) = (false, false);
+    for (key, value) in &members {
+        match &*key.0 {
+            "status" => (put(&mut out, "status", b"\"failed\""), status = true),
+            "error" => (put(&mut out, "error", &error), errored = true),
+            key => (put(&mut out, key, value.get().as_bytes()), ()),
         };
-        let error = to_json(error);
-        let (mut status, mut errored) = (false, false);
-        for (key, value) in &self.0 {
-            match key.as_str() {
-                "status" => (put(&mut out, key, b"\"failed\""), status = true),
-                "error" => (put(&mut out, key, &error), errored = true),
-                _ => (put(&mut out, key, value.get().as_bytes()), ()),
-            };
-        }
-        if !status {
-            put(&mut out, "status", b"\"failed\"");
-        }
-        if !errored {
-            put(&mut out, "error", &error);
-        }
-        out.push(b'}');
-        out
     }
+    if !status {
+        put(&mut out, "status", b"\"failed\"");
+    }
+    if !errored {
+        put(&mut out, "error", &error);
+    }
+    out.push(b'}');
+    out
 }
 
 /// The ids a HAI stream's chunks all carry.

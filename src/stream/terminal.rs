@@ -12,7 +12,7 @@ use http::{HeaderMap, Uri};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::seen::{Members, Seen, hai_id, hai_now, response_error_code};
+use super::seen::{Seen, failed_response, hai_id, hai_now, response_error_code};
 
 use crate::ApiError;
 use crate::envelope::ErrorFormat;
@@ -191,10 +191,7 @@ impl StreamFormat {
                 // of one.
                 let code = response_error_code(code.as_str(), error.status());
                 let error = serde_json::json!({ "code": code, "message": message });
-                let response = match &seen.response {
-                    Some(response) => response.failed(&error),
-                    None => Members::response().failed(&error),
-                };
+                let response = failed_response(seen.response.as_deref(), &error);
                 let failed = [
                     &b"{\"type\":\"response.failed\",\"sequence_number\":"[..],
                     (seen.events + 1).to_string().as_bytes(),
