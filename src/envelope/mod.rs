@@ -90,6 +90,7 @@ mod service;
 pub(crate) use self::service::{shared_bytes, write_hex};
 
 pub use self::layer::ErrorEnvelopeLayer;
+pub(crate) use self::parse::grpc_code;
 pub use self::parse::{parse, parse_event};
 pub use self::render::{
     ErrorFormat, GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, UnknownFormat, X_REQUEST_ID,

@@ -68,7 +68,7 @@ fn is_encoded(headers: &HeaderMap) -> bool {
 /// UNKNOWN, when unreadable). `None` for a response that is not gRPC, or a
 /// gRPC one without `grpc-status`: a proxy's 503 in front of a gRPC server
 /// says more through its HTTP status than UNKNOWN would.
-fn grpc_code(headers: &HeaderMap) -> Option<u8> {
+pub(crate) fn grpc_code(headers: &HeaderMap) -> Option<u8> {
     let value = headers.get(GRPC_STATUS)?;
     Some(
         value

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use super::hints;
 use super::transport::{TransportFailure, classify_transport};
 use crate::clock::Clock;
-use crate::envelope::GRPC_STATUS;
+use crate::envelope::{GRPC_STATUS, grpc_code};
 use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
@@ -303,9 +303,9 @@ impl Classify for DefaultClassifier {
             let grpc = [Some(outcome.headers), outcome.trailers]
                 .into_iter()
                 .flatten()
-                .find(|map| map.contains_key(GRPC_STATUS));
+                .find_map(|map| Some((map, grpc_code(map)?)));
             return match grpc {
-                Some(map) if grpc_status_of(map) != 0 => {
+                Some((map, code)) if code != 0 => {
                     let error = crate::envelope::parse(status, map, outcome.body);
                     failure(&error, error.status(), map, outcome.now_unix())
                 }
@@ -315,15 +315,6 @@ impl Classify for DefaultClassifier {
         let error = crate::envelope::parse(status, outcome.headers, outcome.body);
         failure(&error, status, outcome.headers, outcome.now_unix())
     }
-}
-
-/// The `grpc-status` of a header map that has one (2, UNKNOWN, when it
-/// cannot be read).
-fn grpc_status_of(map: &HeaderMap) -> u32 {
-    map.get(GRPC_STATUS)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(2)
 }
 
 /// Whether a response is gRPC with its status still to come in the

@@ -12,7 +12,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -27,7 +26,7 @@ use super::transport::{TransportFailure, add_idempotency_key, error_source};
 use super::{RetryInfo, X_RETRY_COUNT};
 use crate::body::collect::{Buffered, Collect, Collected};
 use crate::request::FromBytes;
-use crate::sse::FirstEvent;
+use crate::sse::{FirstEvent, is_event_stream};
 use crate::{ApiError, BoxError, ErrorKind, RetryClass};
 
 pin_project! {
@@ -602,17 +601,6 @@ fn next_attempt(
     );
     progress.total_wait += delay;
     Some(delay)
-}
-
-fn is_event_stream(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .get(..17)
-                .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-        })
 }
 
 fn finish<R: Body>(response: Response<R>, progress: &Progress) -> Response<ResponseBody<R>> {

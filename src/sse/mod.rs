@@ -67,6 +67,22 @@ pub(crate) const PARTIAL: u8 = 8;
 /// The stream ended before the event's blank line.
 pub(crate) const UNFINISHED: u8 = 16;
 
+/// The media type of a message, without its parameters (`text/event-stream`
+/// of `text/event-stream; charset=utf-8`), to compare case-insensitively.
+pub(crate) fn media_type(headers: &http::HeaderMap) -> Option<&[u8]> {
+    let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    let essence = content_type
+        .split(|&b| b == b';')
+        .next()
+        .unwrap_or_default();
+    Some(essence.trim_ascii())
+}
+
+/// Whether `headers` say the body is an SSE stream.
+pub(crate) fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    media_type(headers).is_some_and(|t| t.eq_ignore_ascii_case(b"text/event-stream"))
+}
+
 /// What a [`Framer`] calls with each event: a closure, or (on a hot path,
 /// where the call must be inlined) a type of its own.
 pub(crate) trait OnEvent {

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
 use http_body::Body;
 use pin_project_lite::pin_project;
 
@@ -17,7 +17,7 @@ use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
-use crate::sse::{FirstEvent, SseGuest, SseHost};
+use crate::sse::{FirstEvent, SseGuest, SseHost, is_event_stream, media_type};
 use crate::{ApiError, BoxError};
 
 pin_project! {
@@ -72,15 +72,10 @@ const JSON_LINES: [&[u8]; 4] = [
 /// are the events themselves (no `content-encoding`): a compressed stream
 /// cannot be framed or appended to, so it passes through.
 fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
-    let Some(content_type) = parts.headers.get(CONTENT_TYPE).map(|v| v.as_bytes()) else {
+    let Some(essence) = media_type(&parts.headers) else {
         return Wire::Other;
     };
-    let essence = content_type
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    let sse = essence.eq_ignore_ascii_case(b"text/event-stream");
+    let sse = is_event_stream(&parts.headers);
     if sse || JSON_LINES.iter().any(|t| essence.eq_ignore_ascii_case(t)) {
         let encoded = parts
             .headers
