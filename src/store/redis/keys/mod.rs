@@ -224,6 +224,7 @@ impl Names {
 }
 
 /// Builds a [`RedisKeyStore`].
+#[derive(Debug)]
 pub struct RedisKeyStoreBuilder {
     redis: RedisConnection,
     policy: FailurePolicy,
@@ -346,17 +347,6 @@ impl RedisKeyStoreBuilder {
         };
         store.inner.start_listener();
         store
-    }
-}
-
-impl fmt::Debug for RedisKeyStoreBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisKeyStoreBuilder")
-            .field("policy", &self.policy)
-            .field("cache_ttl", &self.cache_ttl)
-            .field("negative_ttl", &self.negative_ttl)
-            .field("max_cached", &self.max_cached)
-            .finish_non_exhaustive()
     }
 }
 
