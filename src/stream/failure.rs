@@ -6,14 +6,14 @@ use crate::{ApiError, BoxError, Origin};
 
 /// Why a stream failed.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Failure {
+pub(crate) enum Failure {
     BodyError,
     Truncated,
     Idle(Duration),
 }
 
 impl Failure {
-    pub(super) fn error(self) -> ApiError {
+    pub(crate) fn error(self) -> ApiError {
         let error = match self {
             Failure::BodyError => ApiError::bad_gateway()
                 .with_message("The upstream stream failed before it completed."),
@@ -41,13 +41,11 @@ fn human(d: Duration) -> String {
 /// shutting down), else `502 bad_gateway`.
 pub(super) fn body_failure<E: Into<BoxError>>(error: E) -> ApiError {
     let error: BoxError = error.into();
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
-    while let Some(e) = cause {
-        if let Some(api_error) = e.downcast_ref::<ApiError>() {
-            tracing::debug!(error = %api_error, "stream ended by its body with an error");
-            return api_error.clone();
-        }
-        cause = e.source();
+    let first: &(dyn std::error::Error + 'static) = &*error;
+    let mut chain = std::iter::successors(Some(first), |e| e.source());
+    if let Some(api_error) = chain.find_map(|e| e.downcast_ref::<ApiError>()) {
+        tracing::debug!(error = %api_error, "stream ended by its body with an error");
+        return api_error.clone();
     }
     tracing::warn!(error = %error, "upstream stream failed; ending it with an error event");
     Failure::BodyError.error()

@@ -12,6 +12,7 @@
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
+use super::failure::Failure;
 use super::marker::{self, ERROR, TERMINAL};
 use crate::sse::Event;
 use crate::{ApiError, Origin};
@@ -146,11 +147,7 @@ fn failure(event: &Event<'_>, headers: &HeaderMap) -> ApiError {
     }
     let data = responses_error(event.data);
     let data = data.as_deref().unwrap_or(event.data);
-    parse_error(Some("error"), data, headers).unwrap_or_else(|| {
-        ApiError::bad_gateway()
-            .with_message("The upstream stream failed before it completed.")
-            .with_origin(Origin::Upstream)
-    })
+    parse_error(Some("error"), data, headers).unwrap_or_else(|| Failure::BodyError.error())
 }
 
 /// An in-band error, parsed by the envelope module: an upstream's broken

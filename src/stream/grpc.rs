@@ -13,6 +13,7 @@ use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
+use super::failure::Failure;
 use crate::envelope::{GRPC_MESSAGE, GRPC_STATUS, grpc_percent_encode, grpc_status};
 use crate::{ApiError, BoxError, Origin};
 
@@ -85,9 +86,7 @@ where
                 *this.done = true;
                 let error: BoxError = error.into();
                 tracing::warn!(error = %error, "upstream gRPC stream failed; ending it with grpc-status trailers");
-                let error = ApiError::bad_gateway()
-                    .with_message("The upstream stream failed before it completed.")
-                    .with_origin(Origin::Upstream);
+                let error = Failure::BodyError.error();
                 Poll::Ready(Some(Ok(Frame::trailers(status_trailers(&error)))))
             }
             None => {
