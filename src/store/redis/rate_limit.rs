@@ -470,10 +470,14 @@ impl RateLimitStore for RedisRateLimitStore {
         let inner = &self.inner;
         let scopes = request.scopes;
         let n = limit_count(scopes.iter());
-        let callers: Vec<usize> = (0..scopes.len())
-            .filter(|&i| scopes[i].key.is_caller())
-            .collect();
-        let split = inner.redis.is_cluster() && !callers.is_empty() && callers.len() < scopes.len();
+        // Only a cluster keeps a caller's scopes and shared ones apart.
+        let callers: Vec<usize> = match inner.redis.is_cluster() {
+            true => (0..scopes.len())
+                .filter(|&i| scopes[i].key.is_caller())
+                .collect(),
+            false => Vec::new(),
+        };
+        let split = !callers.is_empty() && callers.len() < scopes.len();
         let call: StoreFuture<Admission> = if split {
             self.acquire_in_two_slots(scopes, &callers)
         } else {
@@ -504,22 +508,16 @@ impl RateLimitStore for RedisRateLimitStore {
             }
         }
         let scopes = request.scopes;
-        let callers: Vec<ScopeSettle<'_>> = scopes
-            .iter()
-            .filter(|s| s.key.is_caller())
-            .copied()
-            .collect();
-        if inner.redis.is_cluster() && !callers.is_empty() && callers.len() < scopes.len() {
-            let shared: Vec<ScopeSettle<'_>> = scopes
-                .iter()
-                .filter(|s| !s.key.is_caller())
-                .copied()
-                .collect();
-            let (a, b) = (inner.settle_call(&callers), inner.settle_call(&shared));
-            return StoreFuture::pending(async move {
-                let (a, b) = (a.await, b.await);
-                a.and(b)
-            });
+        if inner.redis.is_cluster() {
+            let (callers, shared): (Vec<_>, Vec<_>) =
+                scopes.iter().copied().partition(|s| s.key.is_caller());
+            if !callers.is_empty() && !shared.is_empty() {
+                let (a, b) = (inner.settle_call(&callers), inner.settle_call(&shared));
+                return StoreFuture::pending(async move {
+                    let (a, b) = (a.await, b.await);
+                    a.and(b)
+                });
+            }
         }
         StoreFuture::pending(inner.settle_call(scopes))
     }
