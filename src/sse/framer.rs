@@ -60,16 +60,20 @@ fn feed_named<F: OnEvent>(frame: &Bytes, i: usize, on_event: &mut F) -> Option<D
     if j + 2 != len || buf[j] != b'\n' || buf[j + 1] != b'\n' {
         return None;
     }
-    let data = &buf[at..j];
+    Some(on_event.on_event(&whole(frame, Some(&buf[name..i]), &buf[at..j])))
+}
+
+/// The event of a frame that holds it whole, its data one `data:` line.
+#[inline(always)]
+fn whole<'a>(frame: &'a Bytes, name: Option<&'a [u8]>, data: &'a [u8]) -> Event<'a> {
     let done = if is_done(data) { DONE } else { 0 };
-    let event = Event {
-        name: Some(&buf[name..i]),
+    Event {
+        name,
         data,
         flags: DATA | done,
         source: Some(frame),
-        len,
-    };
-    Some(on_event.on_event(&event))
+        len: frame.len(),
+    }
 }
 
 /// The incremental SSE framer (see the [module docs](super)).
@@ -190,16 +194,7 @@ impl Framer {
         if buf[i] != b'\n' || buf[i + 1] != b'\n' {
             return None;
         }
-        let data = &buf[at..i];
-        let done = if is_done(data) { DONE } else { 0 };
-        let event = Event {
-            name: None,
-            data,
-            flags: DATA | done,
-            source: Some(frame),
-            len,
-        };
-        Some(on_event.on_event(&event))
+        Some(on_event.on_event(&whole(frame, None, &buf[at..i])))
     }
 
     /// [`feed`](Self::feed), for any frame.
