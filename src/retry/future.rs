@@ -163,24 +163,20 @@ where
             progress.attempts = 1;
             let future = inner.call(Request::from_parts(parts, body));
             (calling(&shared, future), None)
-        } else if body.is_end_stream() {
-            add_idempotency_key(&shared, &mut parts);
-            let template = Template {
-                parts,
-                body: Bytes::new(),
-            };
-            progress.attempts = 1;
-            let future = inner.call(template.request(0));
-            (calling(&shared, future), Some(template))
         } else {
             add_idempotency_key(&shared, &mut parts);
             let template = Template {
                 parts,
                 body: Bytes::new(),
             };
-            // Not bounded here: the size hint said the body fits.
-            let state = State::Buffering {
-                body: Collect::new(body, usize::MAX),
+            let state = if body.is_end_stream() {
+                progress.attempts = 1;
+                calling(&shared, inner.call(template.request(0)))
+            } else {
+                // Not bounded here: the size hint said the body fits.
+                State::Buffering {
+                    body: Collect::new(body, usize::MAX),
+                }
             };
             (state, Some(template))
         };
