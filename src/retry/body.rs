@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::Full;
 use pin_project_lite::pin_project;
 
 use crate::sse::{Dispatch, Event, FirstEvent, Framer};
@@ -70,11 +69,6 @@ pub(crate) fn peeked<B: Body>(
     ResponseBody::inner(Peeked {
         kind: Kind::Peeked { head, tail, body },
     })
-}
-
-/// A rejection.
-pub(crate) fn rejected<B: Body>(bytes: Full<Bytes>) -> ResponseBody<B> {
-    ResponseBody::from_full(bytes)
 }
 
 impl<B> Body for Peeked<B>
@@ -194,7 +188,7 @@ impl FirstEventReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::BodyExt;
+    use http_body_util::{BodyExt, Full};
     use proptest::prelude::*;
 
     fn first_event(chunks: &[&[u8]]) -> Option<(String, Vec<u8>)> {

@@ -220,7 +220,8 @@ where
                             this.state.set(State::Done);
                             let rejection = ApiError::invalid_request()
                                 .with_message("The request body could not be read.");
-                            let response = rejection.into_http_response().map(body::rejected);
+                            let response =
+                                rejection.into_http_response().map(ResponseBody::from_full);
                             return Poll::Ready(Ok(with_info(response, this.progress)));
                         }
                         // Not bounded: the size hint was checked instead.
@@ -502,7 +503,10 @@ fn timed_out<R: Body>(
             timeout.as_secs_f64()
         ))
         .with_should_retry(retryable && !progress.exhausted);
-    with_info(error.into_http_response().map(body::rejected), progress)
+    with_info(
+        error.into_http_response().map(ResponseBody::from_full),
+        progress,
+    )
 }
 
 /// Whether a response that was not read could be a failure worth another

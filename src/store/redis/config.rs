@@ -242,6 +242,16 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// The wait before the next reconnection attempt after one of `delay`:
+    /// doubled, within the configured bounds.
+    pub(crate) fn next_reconnect_delay(&self, delay: Duration) -> Duration {
+        (delay * 2)
+            .max(self.reconnect_min_delay)
+            .min(self.reconnect_max_delay)
+    }
+}
+
 /// Whether `info` is a `rediss://` address.
 pub(crate) fn uses_tls(info: &redis::ConnectionInfo) -> bool {
     matches!(info.addr(), redis::ConnectionAddr::TcpTls { .. })

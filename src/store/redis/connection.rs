@@ -172,7 +172,7 @@ impl RedisConnection {
     /// Whether this is a connection to a Redis Cluster
     /// ([`RedisConfig::cluster`]).
     pub fn is_cluster(&self) -> bool {
-        !self.shared.config.cluster_nodes.is_empty()
+        self.shared.config.is_cluster()
     }
 
     /// Round-trip time of a `PING`, for health checks.
@@ -328,7 +328,7 @@ impl Shared {
     }
 
     async fn open(&self) -> Result<AnyConnection, StoreError> {
-        if !self.config.cluster_nodes.is_empty() {
+        if self.config.is_cluster() {
             return self.open_cluster().await;
         }
         let config = AsyncConnectionConfig::new()
@@ -504,9 +504,7 @@ async fn reconnect(guard: Reconnecting) {
             return;
         };
         let config = &shared.config;
-        delay = (delay * 2)
-            .max(config.reconnect_min_delay)
-            .min(config.reconnect_max_delay);
+        delay = config.next_reconnect_delay(delay);
         match shared.open().await {
             Ok(conn) => {
                 let mut link = shared.lock();

@@ -319,7 +319,7 @@ impl Batch {
                     if tokio::time::Instant::now() + delay < deadline =>
                 {
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(config.reconnect_max_delay);
+                    delay = config.next_reconnect_delay(delay);
                 }
                 answer => break answer?,
             }

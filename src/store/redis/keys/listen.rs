@@ -32,9 +32,7 @@ pub(super) async fn listen(store: Weak<Inner>, mut shutdown: watch::Receiver<()>
         let client = inner.redis.client().clone();
         let channel = inner.names.channel.clone();
         drop(inner);
-        delay = (delay * 2)
-            .max(config.reconnect_min_delay)
-            .min(config.reconnect_max_delay);
+        delay = config.next_reconnect_delay(delay);
 
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;

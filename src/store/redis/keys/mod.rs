@@ -211,15 +211,11 @@ impl Names {
     }
 
     fn secret(&self, hash: &KeyHash) -> String {
-        let mut name = self.secret.clone();
-        name.push_str(&hash.to_hex());
-        name
+        [&self.secret, &*hash.to_hex()].concat()
     }
 
     fn id(&self, id: &str) -> String {
-        let mut name = self.id.clone();
-        name.push_str(id);
-        name
+        [&self.id, id].concat()
     }
 }
 
