@@ -1,37 +1,26 @@
 //! Settlements in batches: one writer per connection sends every
 //! settlement (a rate limit's correction, a budget's charge or release)
-//! that queued while its previous batch was in flight as one script call.
-//!
-//! # Why
-//!
-//! Each request settles twice (its rate limits and its budgets) after its
-//! response, and each settlement used to be a round trip and a script run of
-//! its own: half of a request's Redis traffic, for work nobody waits on.
-//! Batched, N settlements cost one round trip and one script call under
-//! load; with nothing in flight, a settlement still goes at once (no timer).
+//! that queued while its previous batch was in flight as one script call
+//! (why: "Settlements: batched, exactly once" in the [module docs](super)).
 //!
 //! # Exactly once
 //!
 //! A batch is named by a marker key that the script writes, with the
 //! batch's replies, in the same atomic run that applies it. A batch whose
-//! answer did not arrive (the connection broke mid-flight, the call timed
-//! out, Redis was unreachable) is sent again, unchanged, with the
-//! reconnection's backoff for up to
-//! [`settlement_retry`](super::RedisConfig::settlement_retry): if it was
-//! applied, Redis answers the stored replies and applies nothing twice. The
-//! next batch deletes the marker (the writer sends it only once this one is
-//! answered); a marker nobody deletes expires after the retry window.
+//! answer did not arrive is sent again, unchanged, with the reconnection's
+//! backoff for up to [`settlement_retry`](super::RedisConfig::settlement_retry):
+//! if it was applied, Redis answers the stored replies and applies nothing
+//! twice. The next batch deletes the marker (the writer sends it only once
+//! this one is answered); a marker nobody deletes expires after the retry
+//! window.
 //!
 //! # Bounded
 //!
-//! At most [`QUEUE`] settlements wait; past that, a settlement fails at
-//! once with a [`StoreError`], as one whose retries ran out does. A batch
-//! holds at most [`BATCH`] settlements, so one script run stays short.
-//!
-//! On a Redis Cluster, the keys of one script must share a hash slot, and
-//! those of different settlements seldom do: each settlement is sent alone
-//! when its future runs (concurrently, as before), with the same marker
-//! and retries; `flush` has nothing to wait for there.
+//! At most [`QUEUE`] settlements wait (past that, one fails at once, as one
+//! whose retries ran out does); a batch holds at most [`BATCH`], so one
+//! script run stays short. On a Redis Cluster each settlement is sent alone
+//! (its keys seldom share a slot with another's), with the same marker and
+//! retries; `flush` has nothing to wait for there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -302,7 +302,7 @@ pub(in crate::store::redis) type ReserveCall = (Vec<String>, Vec<String>, Vec<us
 impl RedisLedger {
     /// The keys and arguments of `ledger_reserve` for a hold of `amount`
     /// against `budgets`, and the distinct budget each budget maps to (for
-    /// [`RedisLedger::reserve_reply`]).
+    /// `reserve_outcome`).
     pub(in crate::store::redis) fn reserve_args(
         &self,
         budgets: &Arc<[BudgetSpec]>,
