@@ -1,15 +1,16 @@
 //! Several response header values in one allocation.
 //!
 //! A `HeaderValue` made from a number or a `String` costs an allocation
-//! each (its `Bytes`), and the rate-limit and budget headers change on
-//! every response. [`Packed`] writes them side by side into one small
-//! buffer, moves that into a single `Bytes`, and hands out each value as a
-//! slice of it: one allocation for all of a layer's changing values, and
-//! reference counts instead of copies.
+//! each (its `Bytes`), and the rate-limit and budget headers, and request
+//! ids, change on every response. [`Packed`] writes a layer's values side
+//! by side into one small buffer, copies that into a per-thread chunk
+//! ([`shared_bytes`]) and hands out each value as a slice of it: no
+//! allocation per response, and reference counts instead of copies.
 
+use std::cell::RefCell;
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderValue;
 
 /// Room for the values of one response: a layer writes at most a few
@@ -57,12 +58,13 @@ impl Packed {
         self.push(&digits[digits.len() - len..])
     }
 
-    /// The buffer as `Bytes`, for [`Packed::value`]: the one allocation.
+    /// The buffer as `Bytes`, for [`Packed::value`]: cut from the
+    /// thread's chunk.
     pub(crate) fn freeze(self) -> Bytes {
         if self.len == 0 {
             return Bytes::new();
         }
-        Bytes::from_owner(self)
+        shared_bytes(&self.buf[..self.len])
     }
 
     /// The value in `slot`, sharing `bytes`.
@@ -74,10 +76,23 @@ impl Packed {
     }
 }
 
-impl AsRef<[u8]> for Packed {
-    fn as_ref(&self) -> &[u8] {
-        &self.buf[..self.len]
+/// `text` as `Bytes` cut from a per-thread chunk that many values share:
+/// no allocation per response (one per 4 KiB of values), and cloning a
+/// value (a request id in the request and the response) is a
+/// reference-count increment. A chunk is freed once every value cut from
+/// it is dropped.
+pub(crate) fn shared_bytes(text: &[u8]) -> Bytes {
+    const CHUNK: usize = 4096;
+    thread_local! {
+        static CHUNK_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
     }
+    CHUNK_BUF.with_borrow_mut(|buf| {
+        if buf.capacity() - buf.len() < text.len() {
+            *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
+        }
+        buf.extend_from_slice(text);
+        buf.split().freeze()
+    })
 }
 
 /// Writes the digits of `n` at the end of `out`; returns how many. `itoa`

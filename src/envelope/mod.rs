@@ -87,7 +87,7 @@ pub(crate) use self::dialect::HAI_TABLE;
 mod parse;
 mod render;
 mod service;
-pub(crate) use self::service::{shared_bytes, write_hex};
+pub(crate) use self::service::write_hex;
 
 pub use self::layer::ErrorEnvelopeLayer;
 pub(crate) use self::parse::grpc_code;

@@ -1,4 +1,3 @@
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -6,7 +5,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -146,26 +145,8 @@ fn generate_request_id() -> HeaderValue {
     text[..4].copy_from_slice(b"req_");
     write_hex(hi, &mut text[4..20]);
     write_hex(lo, &mut text[20..]);
-    HeaderValue::from_maybe_shared(shared_bytes(&text))
+    HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(&text))
         .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
-}
-
-/// Ids are cut from a per-thread chunk that many of them share: no
-/// allocation per request, and cloning one (request header and response
-/// header) is a reference-count increment. A chunk is freed once every id
-/// cut from it is dropped.
-pub(crate) fn shared_bytes(text: &[u8]) -> Bytes {
-    const CHUNK: usize = 4096;
-    thread_local! {
-        static CHUNK_BUF: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-    }
-    CHUNK_BUF.with_borrow_mut(|buf| {
-        if buf.capacity() - buf.len() < text.len() {
-            *buf = BytesMut::with_capacity(CHUNK.max(text.len()));
-        }
-        buf.extend_from_slice(text);
-        buf.split().freeze()
-    })
 }
 
 /// The low `out.len()` hex digits of `value`, most significant first.

@@ -272,41 +272,44 @@ where
 {
     let config = &shared.config;
     let principal = req.extensions().get::<Principal>();
-    let (key, limits, max_concurrent, principal) = match shared.extractor.extract(req) {
+    let Some((key, max_concurrent, principal)) = (match shared.extractor.extract(req) {
         Some(key) => {
-            let limits = match principal {
-                Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
-                _ => LimitSet::Layer(config.limits.clone()),
-            };
             let max_concurrent = principal
                 .and_then(Principal::max_concurrent)
                 .or(config.max_concurrent);
-            (key, limits, max_concurrent, principal)
+            Some((key, max_concurrent, principal))
         }
         None => match &config.unkeyed {
-            Unkeyed::Shared(key) => (
-                Cow::Borrowed(&**key),
-                LimitSet::Layer(config.limits.clone()),
-                config.max_concurrent,
-                None,
-            ),
-            Unkeyed::Pass => return Planned::Pass,
+            Unkeyed::Shared(key) => Some((Cow::Borrowed(&**key), config.max_concurrent, None)),
+            Unkeyed::Pass => None,
         },
+    }) else {
+        return Planned::Pass;
+    };
+    // The key's limits: its record's, or the layer's (looked at, not yet
+    // shared: a request that must first be read is planned again).
+    let own = match principal {
+        Some(p) if !p.rate_limits().is_empty() => p.rate_limits(),
+        _ => &config.limits[..],
     };
     let per_model_limits = principal.is_some_and(|p| !p.model_limits().is_empty());
     let named = principal.map_or(&[][..], Principal::scope_limits);
     let needs_model = config.per_model || per_model_limits || !config.shared.is_empty();
-    let key_limited = !limits.as_slice().is_empty() || max_concurrent.is_some();
+    let key_limited = !own.is_empty() || max_concurrent.is_some();
     if !key_limited && !needs_model && named.is_empty() {
         return Planned::Pass;
     }
     let has_tokens = |limits: &[Limit]| limits.iter().any(|l| l.measure == Measure::Tokens);
     let maybe_tokens =
-        has_tokens(limits.as_slice()) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
+        has_tokens(own) || needs_model || named.iter().any(|s| has_tokens(&s.limits));
     let meta = req.extensions().get::<RequestMeta>();
     if maybe_tokens && meta.is_none() && !meta_read {
         return Planned::ReadMeta;
     }
+    let limits = match principal {
+        Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
+        _ => LimitSet::Layer(config.limits.clone()),
+    };
     // Facts this request needs and cannot give: refused, or a fixed
     // reservation.
     let unreadable = match meta {
@@ -354,9 +357,11 @@ where
             more.push(ScopeSource::Model(config.shared.clone(), i));
         }
     }
-    let extension = req.extensions().get::<Upstream>();
-    if let Some((i, upstream)) = config.shared.upstream(extension, model.as_deref()) {
-        more.push(ScopeSource::Upstream(config.shared.clone(), i, upstream));
+    if !config.shared.is_empty() {
+        let extension = req.extensions().get::<Upstream>();
+        if let Some((i, upstream)) = config.shared.upstream(extension, model.as_deref()) {
+            more.push(ScopeSource::Upstream(config.shared.clone(), i, upstream));
+        }
     }
     if let Some(p) = principal {
         more.extend((0..named.len()).map(|i| ScopeSource::Named(p.clone(), i)));

@@ -189,7 +189,7 @@ pub(crate) fn add_idempotency_key(shared: &Shared, parts: &mut http::request::Pa
     text[..9].copy_from_slice(b"tollgate-");
     crate::envelope::write_hex(shared.jitter.next(), &mut text[9..25]);
     crate::envelope::write_hex(shared.jitter.next(), &mut text[25..]);
-    if let Ok(value) = HeaderValue::from_maybe_shared(crate::envelope::shared_bytes(&text)) {
+    if let Ok(value) = HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(&text)) {
         parts.headers.insert(IDEMPOTENCY_KEY, value);
     }
 }

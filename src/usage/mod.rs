@@ -239,13 +239,13 @@ where
         shared: shared.clone(),
     });
     let is_sse = scanner.is_sse();
-    let mut observer = Observer::new(
+    let mut observer = Box::new(Observer::new(
         scanner,
         strip,
         shared,
         parts.status,
         options.prompt_tokens_estimate,
-    );
+    ));
     if body.is_end_stream() {
         observer.complete_now();
     } else if is_sse {
@@ -265,10 +265,10 @@ where
 fn hand_over<B>(
     mut parts: http::response::Parts,
     body: B,
-    observer: Observer,
+    observer: Box<Observer>,
 ) -> Response<UsageBody<B>> {
     let offered = match parts.extensions.get::<SseHost>() {
-        Some(host) => host.offer(Box::new(observer)).map_err(|refused| *refused),
+        Some(host) => host.offer(observer),
         None => {
             let strip = observer.strips();
             let slot = GuestSlot::new(observer);
