@@ -131,11 +131,15 @@ fn streams() -> Vec<Vec<u8>> {
 }
 
 #[test]
-fn every_split_point_gives_the_oracle_events() {
+fn every_split_point_and_byte_at_a_time_give_the_oracle_events() {
     for stream in streams() {
         let (expected, complete) = oracle(&stream);
         let (whole, released, _) = run(&[&stream], 1 << 20);
         assert_eq!(whole, expected);
+        assert_eq!(released, &stream[..complete]);
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        let (events, released, _) = run(&bytes, 1 << 20);
+        assert_eq!(events, expected);
         assert_eq!(released, &stream[..complete]);
         for split in 0..=stream.len() {
             let (a, b) = stream.split_at(split);
@@ -146,17 +150,6 @@ fn every_split_point_gives_the_oracle_events() {
             let (_, first_complete) = oracle(a);
             assert_eq!(marks[0], first_complete, "split at {split}");
         }
-    }
-}
-
-#[test]
-fn byte_at_a_time_gives_the_oracle_events() {
-    for stream in streams() {
-        let (expected, complete) = oracle(&stream);
-        let pieces: Vec<&[u8]> = stream.chunks(1).collect();
-        let (events, released, _) = run(&pieces, 1 << 20);
-        assert_eq!(events, expected);
-        assert_eq!(released, &stream[..complete]);
     }
 }
 
