@@ -120,21 +120,17 @@ pub(super) struct Books {
 
 impl Books {
     pub(super) fn new(key_prefix: &str, tag: Option<&str>) -> Books {
-        let mut prefix = key_prefix.to_owned();
-        if let Some(tag) = tag {
-            prefix.push('{');
-            prefix.push_str(tag);
-            prefix.push_str("}:");
-        }
+        let prefix = match tag {
+            Some(tag) => format!("{key_prefix}{{{tag}}}:"),
+            None => key_prefix.to_owned(),
+        };
         Books { prefix }
     }
 
     fn name(&self, parts: &[&str]) -> String {
-        let mut name = self.prefix.clone();
-        for part in parts {
-            name.push_str(part);
-        }
-        name
+        std::iter::once(&*self.prefix)
+            .chain(parts.iter().copied())
+            .collect()
     }
 
     /// A budget's books (a hash).
