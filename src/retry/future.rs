@@ -331,22 +331,15 @@ where
                         _ => outcome,
                     };
                     let verdict = this.shared.classifier.classify(&outcome);
-                    match next_attempt(
-                        this.shared,
-                        this.progress,
-                        this.template,
-                        verdict,
-                        Some(status),
-                    ) {
-                        Some(delay) => {
-                            drop(response);
-                            this.state.set(waiting(delay));
-                        }
-                        None => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(finish(response, this.progress)));
-                        }
-                    }
+                    let (shared, template) = (&**this.shared, &*this.template);
+                    let retry =
+                        next_attempt(shared, this.progress, template, verdict, Some(status));
+                    let Some(delay) = retry else {
+                        this.state.set(State::Done);
+                        return Poll::Ready(Ok(finish(response, this.progress)));
+                    };
+                    drop(response);
+                    this.state.set(waiting(delay));
                 }
                 StateProj::Peeking { peek } => {
                     let Some(p) = peek.as_mut() else {
@@ -357,38 +350,32 @@ where
                         unreachable!("checked just above")
                     };
                     let verdict = classify_peeked(this.shared, &p);
-                    let status = p.parts.status;
-                    match next_attempt(
-                        this.shared,
-                        this.progress,
-                        this.template,
-                        verdict,
-                        Some(status),
-                    ) {
-                        Some(delay) => {
-                            drop(p);
-                            this.state.set(waiting(delay));
-                        }
-                        None => {
-                            this.state.set(State::Done);
-                            let Peek {
-                                mut parts,
-                                body,
-                                mut buf,
-                                tail,
-                                reader,
-                                ..
-                            } = *p;
-                            // For a layer further out (the stream layer) not
-                            // to read the first event again.
-                            if let Some(first) = reader.as_ref().and_then(FirstEventReader::first) {
-                                parts.extensions.insert(first.clone());
-                            }
-                            let body = body::peeked(buf.take(), tail, body);
-                            let response = Response::from_parts(parts, body);
-                            return Poll::Ready(Ok(with_info(response, this.progress)));
-                        }
+                    let (shared, template) = (&**this.shared, &*this.template);
+                    let status = Some(p.parts.status);
+                    if let Some(delay) =
+                        next_attempt(shared, this.progress, template, verdict, status)
+                    {
+                        drop(p);
+                        this.state.set(waiting(delay));
+                        continue;
                     }
+                    this.state.set(State::Done);
+                    let Peek {
+                        mut parts,
+                        body,
+                        mut buf,
+                        tail,
+                        reader,
+                        ..
+                    } = *p;
+                    // For a layer further out (the stream layer) not to read
+                    // the first event again.
+                    if let Some(first) = reader.as_ref().and_then(FirstEventReader::first) {
+                        parts.extensions.insert(first.clone());
+                    }
+                    let body = body::peeked(buf.take(), tail, body);
+                    let response = Response::from_parts(parts, body);
+                    return Poll::Ready(Ok(with_info(response, this.progress)));
                 }
                 StateProj::Waiting { sleep } => {
                     ready!(sleep.as_mut().poll(cx));
