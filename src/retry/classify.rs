@@ -223,29 +223,19 @@ impl Classification {
     }
 
     /// Replaces the retry class of a failure.
-    pub fn with_class(self, class: RetryClass) -> Self {
-        match self {
-            Classification::Failure {
-                kind, retry_after, ..
-            } => Classification::Failure {
-                kind,
-                class,
-                retry_after,
-            },
-            success => success,
+    pub fn with_class(mut self, class: RetryClass) -> Self {
+        if let Classification::Failure { class: c, .. } = &mut self {
+            *c = class;
         }
+        self
     }
 
     /// Sets the server-requested delay of a failure.
-    pub fn with_retry_after(self, delay: Duration) -> Self {
-        match self {
-            Classification::Failure { kind, class, .. } => Classification::Failure {
-                kind,
-                class,
-                retry_after: Some(delay),
-            },
-            success => success,
+    pub fn with_retry_after(mut self, delay: Duration) -> Self {
+        if let Classification::Failure { retry_after, .. } = &mut self {
+            *retry_after = Some(delay);
         }
+        self
     }
 
     /// Whether this is [`Classification::Success`].
