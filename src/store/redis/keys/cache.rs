@@ -12,11 +12,13 @@ use crate::budget::BudgetScope;
 /// Records (and keys known to have none), each with an expiry, in shards
 /// so that lookups of different keys seldom wait on one lock.
 pub(super) struct Cache<K, V> {
-    shards: Box<[RwLock<HashMap<K, CacheEntry<V>>>]>,
+    shards: Box<[ShardMap<K, V>]>,
     max_per_shard: usize,
     ttl: Duration,
     negative_ttl: Duration,
 }
+
+type ShardMap<K, V> = RwLock<HashMap<K, CacheEntry<V>>>;
 
 struct CacheEntry<V> {
     record: Option<Arc<V>>,
@@ -54,7 +56,7 @@ impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> &RwLock<HashMap<K, CacheEntry<V>>> {
+    fn shard(&self, key: &K) -> &ShardMap<K, V> {
         &self.shards[key.shard() % self.shards.len()]
     }
 
