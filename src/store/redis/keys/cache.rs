@@ -1,13 +1,17 @@
-//! The local caches of one gateway instance: key records by secret hash,
-//! tenants by scope.
+//! The local caches of one gateway instance (key records by secret hash,
+//! tenants by scope), and the lookups through them.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::hash::Hash;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
+use super::{FailurePolicy, Inner};
 use crate::auth::KeyHash;
 use crate::budget::BudgetScope;
+use crate::store::{StoreError, StoreFuture};
 
 /// Records (and keys known to have none), each with an expiry, in shards
 /// so that lookups of different keys seldom wait on one lock.
@@ -125,6 +129,58 @@ impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
             .iter()
             .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
             .sum()
+    }
+}
+
+impl Inner {
+    /// A lookup through one of the caches: from it while the subscription
+    /// is live, else by `read`, whose answer is cached unless an
+    /// invalidation raced with it. Under [`FailurePolicy::FailOpen`], a
+    /// failed read is answered from the cache, even past its TTL.
+    pub(super) fn lookup<K, V, F>(
+        self: &Arc<Self>,
+        cache: fn(&Inner) -> &Cache<K, V>,
+        key: &K,
+        read: impl FnOnce(&Inner, &K) -> F,
+    ) -> StoreFuture<Option<Arc<V>>>
+    where
+        K: Shard + Eq + Hash + Clone + Send + 'static,
+        V: Send + Sync + 'static,
+        F: Future<Output = Result<Option<Arc<V>>, StoreError>> + Send + 'static,
+    {
+        if !self.listener_started.load(Ordering::Relaxed) {
+            self.start_listener();
+        }
+        if self.listening.load(Ordering::Acquire) {
+            if let Some(record) = cache(self).get(key, false) {
+                return StoreFuture::ready(Ok(record));
+            }
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let read = read(self, key);
+        let inner = self.clone();
+        let key = key.clone();
+        StoreFuture::pending(async move {
+            match read.await {
+                Ok(record) => {
+                    // Cache only what no invalidation raced with, and only
+                    // while invalidations are being received.
+                    if inner.listening.load(Ordering::Acquire)
+                        && inner.epoch.load(Ordering::Acquire) == epoch
+                    {
+                        cache(&inner).insert(key, record.clone());
+                    }
+                    Ok(record)
+                }
+                Err(error) => match (inner.policy, cache(&inner).get(&key, true)) {
+                    (FailurePolicy::FailOpen, Some(record)) => {
+                        tracing::debug!(%error, "redis key store unavailable; serving the cached record");
+                        Ok(record)
+                    }
+                    _ => Err(error),
+                },
+            }
+        })
     }
 }
 

@@ -9,14 +9,13 @@ mod tenants;
 
 use std::fmt;
 use std::future::Future;
-use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use self::cache::{CACHE_SHARDS, Cache, Shard};
+use self::cache::{CACHE_SHARDS, Cache};
 use super::scripts::KEY_LIST;
 use super::{FailurePolicy, RedisConnection};
 use crate::auth::{KeyHash, KeyRecord, KeyStore, TenantRecord};
@@ -432,56 +431,6 @@ fn read_json(
 }
 
 impl Inner {
-    /// A lookup through one of the caches: from it while the subscription
-    /// is live, else by `read`, whose answer is cached unless an
-    /// invalidation raced with it. Under [`FailurePolicy::FailOpen`], a
-    /// failed read is answered from the cache, even past its TTL.
-    fn lookup<K, V, F>(
-        self: &Arc<Self>,
-        cache: fn(&Inner) -> &Cache<K, V>,
-        key: &K,
-        read: impl FnOnce(&Inner, &K) -> F,
-    ) -> StoreFuture<Option<Arc<V>>>
-    where
-        K: Shard + Eq + Hash + Clone + Send + 'static,
-        V: Send + Sync + 'static,
-        F: Future<Output = Result<Option<Arc<V>>, StoreError>> + Send + 'static,
-    {
-        if !self.listener_started.load(Ordering::Relaxed) {
-            self.start_listener();
-        }
-        if self.listening.load(Ordering::Acquire) {
-            if let Some(record) = cache(self).get(key, false) {
-                return StoreFuture::ready(Ok(record));
-            }
-        }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let read = read(self, key);
-        let inner = self.clone();
-        let key = key.clone();
-        StoreFuture::pending(async move {
-            match read.await {
-                Ok(record) => {
-                    // Cache only what no invalidation raced with, and only
-                    // while invalidations are being received.
-                    if inner.listening.load(Ordering::Acquire)
-                        && inner.epoch.load(Ordering::Acquire) == epoch
-                    {
-                        cache(&inner).insert(key, record.clone());
-                    }
-                    Ok(record)
-                }
-                Err(error) => match (inner.policy, cache(&inner).get(&key, true)) {
-                    (FailurePolicy::FailOpen, Some(record)) => {
-                        tracing::debug!(%error, "redis key store unavailable; serving the cached record");
-                        Ok(record)
-                    }
-                    _ => Err(error),
-                },
-            }
-        })
-    }
-
     /// Drops `hash` from the cache (or everything), and makes lookups in
     /// flight not cache what they read.
     fn invalidate(&self, hash: Option<&KeyHash>) {
