@@ -31,6 +31,7 @@
 
 use std::sync::Arc;
 
+use super::entry::shorthand;
 use super::{InvalidKeyEntry, KeyEntry, KeyRecord};
 
 /// What a configuration entry does to the store's record of its key (or,
@@ -93,18 +94,7 @@ impl KeyEntry {
             record.allowed_models = fresh.allowed_models.clone();
         }
         if changed(|a, b| {
-            let per = |e: &KeyEntry| {
-                [
-                    e.requests_per_second,
-                    e.requests_per_minute,
-                    e.requests_per_hour,
-                    e.requests_per_day,
-                    e.tokens_per_minute,
-                    e.tokens_per_hour,
-                    e.tokens_per_day,
-                ]
-            };
-            per(a) == per(b)
+            shorthand!(a) == shorthand!(b)
                 && a.limits == b.limits
                 && a.model_limits == b.model_limits
                 && a.max_concurrent == b.max_concurrent

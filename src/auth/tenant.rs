@@ -144,10 +144,7 @@ impl TenantRecord {
             id: self.id.clone(),
             reason,
         };
-        if self.id.is_empty()
-            || self.id.len() > super::KeyEntry::MAX_ID_LEN
-            || self.id.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
+        if super::entry::id_problem(&self.id).is_some() {
             return Err(invalid(
                 "the id must be 1 to 256 bytes without whitespace or control characters".into(),
             ));
