@@ -509,9 +509,9 @@ where
         .map_err(|e| de::Error::custom(format_args!("field `{field}`: {}", strip_position(&e))))
 }
 
-/// serde_json appends " at line L column C" to errors, and would append it
-/// again to ours: keep one.
-fn strip_position(error: &impl fmt::Display) -> String {
+/// An error's message without serde_json's " at line L column C" (which
+/// it would append again to ours, and which a key file reports apart).
+pub(crate) fn strip_position(error: &impl fmt::Display) -> String {
     let text = error.to_string();
     match text.rfind(" at line ") {
         Some(at)

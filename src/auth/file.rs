@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::entry::{InvalidKeyEntry, KeyEntry, TenantEntry};
+use super::entry::{InvalidKeyEntry, KeyEntry, TenantEntry, strip_position};
 use super::{KeyHash, KeyRecord, TenantKind, TenantRecord};
 
 /// A validated list of keys, from a file or from entries embedded in other
@@ -238,7 +238,7 @@ impl KeyFile {
         let syntax = |e: serde_json::Error| KeyFileError::Syntax {
             format: "JSON",
             line: (e.line() > 0).then_some(e.line()),
-            message: without_position(&e),
+            message: strip_position(&e),
         };
         if text.trim_start().starts_with('[') {
             let entries = serde_json::from_str::<Vec<KeyEntry>>(text).map_err(syntax)?;
@@ -418,15 +418,4 @@ fn field_line(text: &str, start: usize, message: &str) -> usize {
         }
     }
     first
-}
-
-/// serde_json's message without its " at line L column C" suffix (the line
-/// is reported on its own).
-fn without_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    let suffix = format!(" at line {} column {}", error.line(), error.column());
-    match text.strip_suffix(&suffix) {
-        Some(message) => message.to_owned(),
-        None => text,
-    }
 }
