@@ -173,21 +173,20 @@ impl Writer {
         }
     }
 
-    /// Sends the job `make` builds around an [`Ack`], and waits for it.
-    pub(super) async fn acked(&self, make: impl FnOnce(Ack) -> Job) -> Result<(), StoreError> {
+    /// Sends the job `make` builds around its answer's sender (an [`Ack`],
+    /// or a key write's), and waits for the answer.
+    pub(super) async fn acked<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(make(done));
-        answer.await.unwrap_or_else(|_| Err(self.stopped()))
-    }
-
-    pub(super) async fn key(&self, op: KeyOp) -> Result<KeyOutcome, StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.send(Job::Key { op, done });
-        answer.await.unwrap_or_else(|_| Err(self.stopped()))
-    }
-
-    fn stopped(&self) -> StoreError {
-        StoreError::Unavailable(format!("the state store {} is closed", self.path.display()))
+        answer.await.unwrap_or_else(|_| {
+            let path = self.path.display();
+            Err(StoreError::Unavailable(format!(
+                "the state store {path} is closed"
+            )))
+        })
     }
 
     pub(super) fn health(&self) -> SqliteHealth {
