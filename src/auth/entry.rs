@@ -227,7 +227,6 @@ impl KeyEntry {
                 .map_err(|_| bad("secret_sha256", "must be 64 hex digits (a SHA-256)"))?,
         };
         let mut record = KeyRecord::new(id.clone(), hash);
-        let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
         let time = |field, value: &str| {
             parse_rfc3339(value)
                 .map(|since| UNIX_EPOCH + since)
@@ -270,7 +269,6 @@ impl KeyEntry {
         };
         record.rate_limits = limits_of(&id, &shorthand!(self), &self.limits, "")?;
         for entry in &self.model_limits {
-            let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
             if entry.model.trim().is_empty() {
                 return Err(bad("model_limits.model", "is empty"));
             }
