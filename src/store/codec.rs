@@ -234,12 +234,10 @@ pub(crate) fn decode_tenant(json: &str) -> Result<TenantRecord, StoreError> {
     if stored.v != 1 {
         return Err(corrupt("unknown version"));
     }
-    let kind = match stored.kind.as_str() {
-        "user" => TenantKind::User,
-        "team" => TenantKind::Team,
-        "org" => TenantKind::Org,
-        _ => return Err(corrupt("unknown kind")),
-    };
+    let kind = [TenantKind::User, TenantKind::Team, TenantKind::Org]
+        .into_iter()
+        .find(|kind| kind.name() == stored.kind)
+        .ok_or_else(|| corrupt("unknown kind"))?;
     let mut record = TenantRecord::new(kind, stored.id);
     record.name = stored.name;
     record.org = stored.org;
