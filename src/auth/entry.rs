@@ -257,15 +257,11 @@ impl KeyEntry {
             return Err(bad("models", "contains an empty model name"));
         }
         record.allowed_models = self.models;
-        let positive = |field, n: u64| {
-            if n == 0 {
-                Err(bad(
-                    field,
-                    "must be at least 1 (set `disabled = true` to block a key)",
-                ))
-            } else {
-                Ok(n)
-            }
+        let zero = |field| {
+            bad(
+                field,
+                "must be at least 1 (set `disabled = true` to block a key)",
+            )
         };
         record.rate_limits = limits_of(&id, &shorthand!(self), &self.limits, "")?;
         for entry in &self.model_limits {
@@ -273,8 +269,8 @@ impl KeyEntry {
                 return Err(bad("model_limits.model", "is empty"));
             }
             let limits = limits_of(&id, &shorthand!(entry), &entry.limits, "model_limits.")?;
-            if let Some(n) = entry.max_concurrent {
-                positive("model_limits.max_concurrent", u64::from(n))?;
+            if entry.max_concurrent == Some(0) {
+                return Err(zero("model_limits.max_concurrent"));
             }
             if limits.is_empty() && entry.max_concurrent.is_none() {
                 return Err(bad("model_limits", "sets no limit for its model"));
@@ -283,10 +279,10 @@ impl KeyEntry {
             model.max_concurrent = entry.max_concurrent;
             record.model_limits.push(model);
         }
-        if let Some(n) = self.max_concurrent {
-            positive("max_concurrent", u64::from(n))?;
-            record.max_concurrent = Some(n);
+        if self.max_concurrent == Some(0) {
+            return Err(zero("max_concurrent"));
         }
+        record.max_concurrent = self.max_concurrent;
         record.budgets = budgets_of(
             &id,
             BudgetScope::Key(id.clone()),
