@@ -4,16 +4,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-/// The writer's state, for a health endpoint or a metric.
-///
-/// While the disk fails (full, read-only, the file deleted or replaced,
-/// locked by another process for over a second), the gateway keeps
-/// deciding in memory and the writer retries, at least every second,
-/// logging each failure with
-/// `tracing::error!`: `consecutive_failures` grows, `last_error` says why,
-/// and `unsaved` is what a crash would lose now. A gateway reports
-/// [`is_healthy`](SqliteHealth::is_healthy) as its readiness, so an
-/// orchestrator or an operator learns of the failure.
+/// The writer's state, for a health endpoint or a metric. While the disk
+/// fails (see [When the disk fails](super#when-the-disk-fails)),
+/// `consecutive_failures` grows, `last_error` says why, and `unsaved` is
+/// what a crash would lose now: a gateway reports
+/// [`is_healthy`](SqliteHealth::is_healthy) as its readiness.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
