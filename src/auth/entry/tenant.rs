@@ -124,15 +124,13 @@ impl TenantEntry {
         }
         record.rate_limits =
             limits_of(&id, &shorthand!(self), &self.limits, "").map_err(|e| e.of(kind.name()))?;
-        if let Some(n) = self.max_concurrent {
-            if n == 0 {
-                return Err(bad(
-                    "max_concurrent",
-                    "must be at least 1 (set `disabled = true` to block a tenant)",
-                ));
-            }
-            record.max_concurrent = Some(n);
+        if self.max_concurrent == Some(0) {
+            return Err(bad(
+                "max_concurrent",
+                "must be at least 1 (set `disabled = true` to block a tenant)",
+            ));
         }
+        record.max_concurrent = self.max_concurrent;
         record.budgets = budgets_of(
             &id,
             kind.scope(id.clone()),
