@@ -147,10 +147,6 @@ impl MemoryKeyStore {
         Ok(store)
     }
 
-    fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
-        self.inner.shard(hash)
-    }
-
     fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<KeyRecord>>> {
         // A panic elsewhere cannot leave the maps half-written (each write
         // completes its checks before it changes anything), so a poisoned
@@ -238,7 +234,7 @@ impl MemoryKeyStore {
         let mut ids = self.ids();
         let record = ids.remove(id)?;
         for hash in record.secret_hashes() {
-            write(self.shard(&hash)).remove(&hash);
+            write(self.inner.shard(&hash)).remove(&hash);
         }
         Some(record)
     }
@@ -251,7 +247,7 @@ impl MemoryKeyStore {
     /// The record with the secret (current or retired) that hashes to
     /// `hash`: one read lock, one map read.
     pub fn get_by_hash(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
-        read(self.shard(hash)).get(hash).cloned()
+        read(self.inner.shard(hash)).get(hash).cloned()
     }
 
     /// Up to `limit` records whose ids sort after `after`, in id order.
@@ -282,15 +278,10 @@ impl MemoryKeyStore {
             return false;
         };
         // Copy-on-write: requests holding the old record keep it. The
-        // change touches no secret, so the same hashes point at the copy.
+        // change touches no secret: no other key can hold one of them.
         let mut record = (**current).clone();
         change(&mut record);
-        let record = Arc::new(record);
-        for hash in record.secret_hashes() {
-            write(self.shard(&hash)).insert(hash, record.clone());
-        }
-        ids.insert(id.to_owned(), record);
-        true
+        Self::write_record(&self.inner, &mut ids, record).is_ok()
     }
 }
 
