@@ -322,10 +322,6 @@ impl Pricing {
         if let Some((name, price)) = self.models.get_key_value(model) {
             return Some((Some(name), price));
         }
-        self.prefix_match(model).map(|price| (None, price))
-    }
-
-    fn prefix_match(&self, model: &str) -> Option<&ModelPrice> {
         self.models
             .iter()
             .filter_map(|(name, price)| {
@@ -333,7 +329,7 @@ impl Pricing {
                 model.starts_with(prefix).then_some((prefix.len(), price))
             })
             .max_by_key(|(len, _)| *len)
-            .map(|(_, price)| price)
+            .map(|(_, price)| (None, price))
     }
 
     /// How many entries there are.
