@@ -368,13 +368,9 @@ impl KeyFile {
     pub fn records(&self) -> &[KeyRecord] {
         &self.records
     }
-
-    /// The records, in file order.
-    pub fn into_records(self) -> Vec<KeyRecord> {
-        self.records
-    }
 }
 
+/// The records, in file order.
 impl IntoIterator for KeyFile {
     type Item = KeyRecord;
     type IntoIter = std::vec::IntoIter<KeyRecord>;
