@@ -32,8 +32,11 @@ pub struct LimitEntry {
 /// the order of [`SHORTHAND`].
 pub(crate) type Shorthand = [Option<u64>; 7];
 
-/// Each shorthand field: its name and the limit it sets.
-const SHORTHAND: [(&str, fn(u64) -> Limit); 7] = [
+/// A shorthand field: its name and the limit it sets.
+type ShorthandField = (&'static str, fn(u64) -> Limit);
+
+/// Each shorthand field.
+const SHORTHAND: [ShorthandField; 7] = [
     ("requests_per_second", Limit::requests_per_second),
     ("requests_per_minute", Limit::requests_per_minute),
     ("requests_per_hour", Limit::requests_per_hour),
