@@ -17,8 +17,9 @@ mod budgets;
 mod limits;
 mod tenant;
 pub(crate) use self::budgets::{budget_fields, budgets_of};
+pub(crate) use self::limits::shorthand;
 pub use self::limits::{LimitEntry, ModelLimitEntry};
-use self::limits::{Shorthand, entries_of, limits_of};
+use self::limits::{entries_of, limits_of};
 pub use self::tenant::TenantEntry;
 use crate::time::{format_rfc3339, parse_rfc3339};
 
@@ -203,14 +204,8 @@ impl KeyEntry {
     pub fn into_record(self) -> Result<KeyRecord, InvalidKeyEntry> {
         let id = self.id;
         let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
-        if id.is_empty() || id.len() > Self::MAX_ID_LEN {
-            return Err(bad("id", "must be 1 to 256 bytes long"));
-        }
-        if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(bad(
-                "id",
-                "must not contain whitespace or control characters",
-            ));
+        if let Some(reason) = id_problem(&id) {
+            return Err(bad("id", reason));
         }
         let hash = match (self.secret.as_deref(), self.secret_sha256.as_deref()) {
             (Some(_), Some(_)) => {
@@ -232,7 +227,6 @@ impl KeyEntry {
                 .map_err(|_| bad("secret_sha256", "must be 64 hex digits (a SHA-256)"))?,
         };
         let mut record = KeyRecord::new(id.clone(), hash);
-        let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
         let time = |field, value: &str| {
             parse_rfc3339(value)
                 .map(|since| UNIX_EPOCH + since)
@@ -263,34 +257,20 @@ impl KeyEntry {
             return Err(bad("models", "contains an empty model name"));
         }
         record.allowed_models = self.models;
-        let positive = |field, n: u64| {
-            if n == 0 {
-                Err(bad(
-                    field,
-                    "must be at least 1 (set `disabled = true` to block a key)",
-                ))
-            } else {
-                Ok(n)
-            }
+        let zero = |field| {
+            bad(
+                field,
+                "must be at least 1 (set `disabled = true` to block a key)",
+            )
         };
-        let shorthand = Shorthand {
-            requests_per_second: self.requests_per_second,
-            requests_per_minute: self.requests_per_minute,
-            requests_per_hour: self.requests_per_hour,
-            requests_per_day: self.requests_per_day,
-            tokens_per_minute: self.tokens_per_minute,
-            tokens_per_hour: self.tokens_per_hour,
-            tokens_per_day: self.tokens_per_day,
-        };
-        record.rate_limits = limits_of(&id, &shorthand, &self.limits, "")?;
+        record.rate_limits = limits_of(&id, &shorthand!(self), &self.limits, "")?;
         for entry in &self.model_limits {
-            let bad = |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason);
             if entry.model.trim().is_empty() {
                 return Err(bad("model_limits.model", "is empty"));
             }
-            let limits = limits_of(&id, &entry.shorthand(), &entry.limits, "model_limits.")?;
-            if let Some(n) = entry.max_concurrent {
-                positive("model_limits.max_concurrent", u64::from(n))?;
+            let limits = limits_of(&id, &shorthand!(entry), &entry.limits, "model_limits.")?;
+            if entry.max_concurrent == Some(0) {
+                return Err(zero("model_limits.max_concurrent"));
             }
             if limits.is_empty() && entry.max_concurrent.is_none() {
                 return Err(bad("model_limits", "sets no limit for its model"));
@@ -299,10 +279,10 @@ impl KeyEntry {
             model.max_concurrent = entry.max_concurrent;
             record.model_limits.push(model);
         }
-        if let Some(n) = self.max_concurrent {
-            positive("max_concurrent", u64::from(n))?;
-            record.max_concurrent = Some(n);
+        if self.max_concurrent == Some(0) {
+            return Err(zero("max_concurrent"));
         }
+        record.max_concurrent = self.max_concurrent;
         record.budgets = budgets_of(
             &id,
             BudgetScope::Key(id.clone()),
@@ -350,31 +330,20 @@ impl KeyEntry {
             revoked: record.revoked,
             disabled: record.disabled,
             models: record.allowed_models.clone(),
-            requests_per_second: shorthand.requests_per_second,
-            requests_per_minute: shorthand.requests_per_minute,
-            requests_per_hour: shorthand.requests_per_hour,
-            requests_per_day: shorthand.requests_per_day,
-            tokens_per_minute: shorthand.tokens_per_minute,
-            tokens_per_hour: shorthand.tokens_per_hour,
-            tokens_per_day: shorthand.tokens_per_day,
             limits,
             model_limits: record
                 .model_limits
                 .iter()
                 .map(|m| {
                     let (s, limits) = entries_of(&m.limits);
-                    ModelLimitEntry {
+                    let mut entry = ModelLimitEntry {
                         model: m.model.clone(),
-                        requests_per_second: s.requests_per_second,
-                        requests_per_minute: s.requests_per_minute,
-                        requests_per_hour: s.requests_per_hour,
-                        requests_per_day: s.requests_per_day,
-                        tokens_per_minute: s.tokens_per_minute,
-                        tokens_per_hour: s.tokens_per_hour,
-                        tokens_per_day: s.tokens_per_day,
                         limits,
                         max_concurrent: m.max_concurrent,
-                    }
+                        ..ModelLimitEntry::default()
+                    };
+                    shorthand!(entry) = s;
+                    entry
                 })
                 .collect(),
             max_concurrent: record.max_concurrent,
@@ -384,6 +353,7 @@ impl KeyEntry {
             metadata: record.metadata.clone(),
             ..KeyEntry::default()
         };
+        shorthand!(entry) = shorthand;
         (entry.budget_usd, entry.budget_period, entry.balance_usd) =
             budget_fields(&record.budgets, &BudgetScope::Key(record.id.clone()));
         entry
@@ -404,18 +374,23 @@ impl fmt::Debug for KeyEntry {
 /// A tenant named by a key (`user`, `team`, `org`): an id as any other.
 fn check_label(id: &str, field: &'static str, label: Option<&str>) -> Result<(), InvalidKeyEntry> {
     match label {
-        Some(label)
-            if label.is_empty()
-                || label.len() > KeyEntry::MAX_ID_LEN
-                || label.chars().any(|c| c.is_control() || c.is_whitespace()) =>
-        {
-            Err(InvalidKeyEntry::new(
-                id,
-                field,
-                "must be 1 to 256 bytes without whitespace or control characters",
-            ))
-        }
+        Some(label) if id_problem(label).is_some() => Err(InvalidKeyEntry::new(
+            id,
+            field,
+            "must be 1 to 256 bytes without whitespace or control characters",
+        )),
         _ => Ok(()),
+    }
+}
+
+/// What is wrong with `id` as the id of a key or a tenant, if anything.
+pub(crate) fn id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > KeyEntry::MAX_ID_LEN {
+        Some("must be 1 to 256 bytes long")
+    } else if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("must not contain whitespace or control characters")
+    } else {
+        None
     }
 }
 
@@ -431,101 +406,92 @@ fn ser_money<S: Serializer>(money: &Option<Money>, s: S) -> Result<S::Ok, S::Err
     }
 }
 
-const FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "secret",
-    "secret_sha256",
-    "created_at",
-    "expires_at",
-    "revoked",
-    "disabled",
-    "models",
-    "requests_per_second",
-    "requests_per_minute",
-    "requests_per_hour",
-    "requests_per_day",
-    "tokens_per_minute",
-    "tokens_per_hour",
-    "tokens_per_day",
-    "limits",
-    "model_limits",
-    "max_concurrent",
-    "budget_usd",
-    "budget_period",
-    "balance_usd",
-    "team",
-    "org",
-    "metadata",
-    "user",
-];
+/// `Deserialize` for an entry struct with these fields (each read with
+/// [`value`], or the function after `with`): unknown and repeated fields
+/// refused, `id` required, and each value's error naming its field, which
+/// a derive does not do.
+macro_rules! deserialize_entry {
+    ($entry:ident, $expecting:literal, [$($field:ident $(with $read:path)?),* $(,)?]) => {
+        impl<'de> Deserialize<'de> for $entry {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                const FIELDS: &[&str] = &[$(stringify!($field)),*];
 
-impl<'de> Deserialize<'de> for KeyEntry {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct("KeyEntry", FIELDS, EntryVisitor)
-    }
-}
+                struct EntryVisitor;
 
-struct EntryVisitor;
+                impl<'de> Visitor<'de> for EntryVisitor {
+                    type Value = $entry;
 
-impl<'de> Visitor<'de> for EntryVisitor {
-    type Value = KeyEntry;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key entry with an `id` and a `secret` or `secret_sha256`")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeyEntry, A::Error> {
-        let mut entry = KeyEntry::default();
-        let mut seen = 0u32;
-        while let Some(key) = map.next_key::<String>()? {
-            let Some(index) = FIELDS.iter().position(|f| *f == key) else {
-                return Err(de::Error::unknown_field(&key, FIELDS));
-            };
-            let field = FIELDS[index];
-            if seen & (1 << index) != 0 {
-                return Err(de::Error::duplicate_field(field));
-            }
-            seen |= 1 << index;
-            match field {
-                "id" => entry.id = value(&mut map, field)?,
-                "name" => entry.name = value(&mut map, field)?,
-                "secret" => entry.secret = value(&mut map, field)?,
-                "secret_sha256" => entry.secret_sha256 = value(&mut map, field)?,
-                "created_at" => entry.created_at = value(&mut map, field)?,
-                "expires_at" => entry.expires_at = value(&mut map, field)?,
-                "revoked" => entry.revoked = value(&mut map, field)?,
-                "disabled" => entry.disabled = value(&mut map, field)?,
-                "models" => entry.models = value(&mut map, field)?,
-                "requests_per_second" => entry.requests_per_second = value(&mut map, field)?,
-                "requests_per_minute" => entry.requests_per_minute = value(&mut map, field)?,
-                "requests_per_hour" => entry.requests_per_hour = value(&mut map, field)?,
-                "requests_per_day" => entry.requests_per_day = value(&mut map, field)?,
-                "tokens_per_minute" => entry.tokens_per_minute = value(&mut map, field)?,
-                "tokens_per_hour" => entry.tokens_per_hour = value(&mut map, field)?,
-                "tokens_per_day" => entry.tokens_per_day = value(&mut map, field)?,
-                "limits" => entry.limits = value(&mut map, field)?,
-                "model_limits" => entry.model_limits = value(&mut map, field)?,
-                "max_concurrent" => entry.max_concurrent = value(&mut map, field)?,
-                "budget_usd" => {
-                    entry.budget_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<$entry, A::Error> {
+                        let mut entry = $entry::default();
+                        let mut seen = 0u32;
+                        while let Some(key) = map.next_key::<String>()? {
+                            let Some(index) = FIELDS.iter().position(|f| *f == key) else {
+                                return Err(de::Error::unknown_field(&key, FIELDS));
+                            };
+                            let field = FIELDS[index];
+                            if seen & (1 << index) != 0 {
+                                return Err(de::Error::duplicate_field(field));
+                            }
+                            seen |= 1 << index;
+                            match field {
+                                $(stringify!($field) => {
+                                    entry.$field = deserialize_entry!(@read $($read)?)(&mut map, field)?
+                                })*
+                                _ => unreachable!("FIELDS lists the fields matched"),
+                            }
+                        }
+                        if seen & 1 == 0 {
+                            return Err(de::Error::missing_field("id"));
+                        }
+                        Ok(entry)
+                    }
                 }
-                "budget_period" => entry.budget_period = value(&mut map, field)?,
-                "balance_usd" => {
-                    entry.balance_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
-                }
-                "team" => entry.team = value(&mut map, field)?,
-                "org" => entry.org = value(&mut map, field)?,
-                "user" => entry.user = value(&mut map, field)?,
-                _ => entry.metadata = value(&mut map, field)?,
+
+                deserializer.deserialize_struct(stringify!($entry), FIELDS, EntryVisitor)
             }
         }
-        if seen & 1 == 0 {
-            return Err(de::Error::missing_field("id"));
-        }
-        Ok(entry)
-    }
+    };
+    (@read) => { value };
+    (@read $read:path) => { $read };
 }
+use deserialize_entry;
+
+deserialize_entry!(
+    KeyEntry,
+    "a key entry with an `id` and a `secret` or `secret_sha256`",
+    [
+        id,
+        name,
+        secret,
+        secret_sha256,
+        created_at,
+        expires_at,
+        revoked,
+        disabled,
+        models,
+        requests_per_second,
+        requests_per_minute,
+        requests_per_hour,
+        requests_per_day,
+        tokens_per_minute,
+        tokens_per_hour,
+        tokens_per_day,
+        limits,
+        model_limits,
+        max_concurrent,
+        budget_usd with dollars,
+        budget_period,
+        balance_usd with dollars,
+        team,
+        org,
+        metadata,
+        user,
+    ]
+);
 
 /// The next value, its error naming `field`.
 fn value<'de, A, T>(map: &mut A, field: &'static str) -> Result<T, A::Error>
@@ -537,9 +503,9 @@ where
         .map_err(|e| de::Error::custom(format_args!("field `{field}`: {}", strip_position(&e))))
 }
 
-/// serde_json appends " at line L column C" to errors, and would append it
-/// again to ours: keep one.
-fn strip_position(error: &impl fmt::Display) -> String {
+/// An error's message without serde_json's " at line L column C" (which
+/// it would append again to ours, and which a key file reports apart).
+pub(crate) fn strip_position(error: &impl fmt::Display) -> String {
     let text = error.to_string();
     match text.rfind(" at line ") {
         Some(at)
@@ -551,6 +517,15 @@ fn strip_position(error: &impl fmt::Display) -> String {
         }
         _ => text,
     }
+}
+
+/// The next value, a dollar amount (see [`Dollars`]), its error naming
+/// `field`.
+fn dollars<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    field: &'static str,
+) -> Result<Option<Money>, A::Error> {
+    Ok(value::<_, Option<Dollars>>(map, field)?.map(|d| d.0))
 }
 
 /// A dollar amount given as a number (`50`, `0.25`) or a string (`"50.00"`,

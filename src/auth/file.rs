@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::entry::{InvalidKeyEntry, KeyEntry, TenantEntry};
+use super::entry::{InvalidKeyEntry, KeyEntry, TenantEntry, strip_position};
 use super::{KeyHash, KeyRecord, TenantKind, TenantRecord};
 
 /// A validated list of keys, from a file or from entries embedded in other
@@ -182,25 +182,31 @@ struct Tables<K, T> {
     orgs: Vec<T>,
 }
 
-/// Tenant entries of each kind, each with its line (TOML).
-type TenantEntries = [(TenantKind, Vec<(TenantEntry, Option<usize>)>); 3];
+/// Entries, each with where it starts in a TOML file's text.
+type Located<E> = Vec<(E, Option<usize>)>;
 
 impl<K, T> Tables<K, T> {
-    /// The tenant tables, each entry mapped by `f`.
-    fn tenants(
-        users: Vec<T>,
-        teams: Vec<T>,
-        orgs: Vec<T>,
-        f: impl Fn(T) -> (TenantEntry, Option<usize>),
-    ) -> TenantEntries {
-        let map = |v: Vec<T>| v.into_iter().map(&f).collect();
-        [
-            (TenantKind::User, map(users)),
-            (TenantKind::Team, map(teams)),
-            (TenantKind::Org, map(orgs)),
-        ]
+    /// The keys, and the tenants by kind, each entry located by `locate`.
+    fn located(
+        self,
+        locate: impl Fn(K) -> (KeyEntry, Option<usize>),
+        locate_tenant: impl Fn(T) -> (TenantEntry, Option<usize>),
+    ) -> (Located<KeyEntry>, Vec<(TenantKind, Located<TenantEntry>)>) {
+        let tenants = |v: Vec<T>| v.into_iter().map(&locate_tenant).collect();
+        (
+            self.keys.into_iter().map(locate).collect(),
+            vec![
+                (TenantKind::User, tenants(self.users)),
+                (TenantKind::Team, tenants(self.teams)),
+                (TenantKind::Org, tenants(self.orgs)),
+            ],
+        )
     }
 }
+
+/// The line of an entry that starts at a byte offset, or (given a field's
+/// name) of that field.
+type LineOf<'a> = &'a dyn Fn(usize, Option<&str>) -> usize;
 
 impl KeyFile {
     /// Reads and validates a key file, its format told by its extension.
@@ -232,24 +238,20 @@ impl KeyFile {
         let syntax = |e: serde_json::Error| KeyFileError::Syntax {
             format: "JSON",
             line: (e.line() > 0).then_some(e.line()),
-            message: without_position(&e),
+            message: strip_position(&e),
         };
         if text.trim_start().starts_with('[') {
             let entries = serde_json::from_str::<Vec<KeyEntry>>(text).map_err(syntax)?;
-            return KeyFile::validate(entries.into_iter().map(|entry| (entry, None)));
+            return KeyFile::from_entries(entries);
         }
         let file = serde_json::from_str::<Tables<KeyEntry, TenantEntry>>(text).map_err(syntax)?;
-        let tenants =
-            Tables::<KeyEntry, _>::tenants(file.users, file.teams, file.orgs, |e| (e, None));
-        let mut parsed = KeyFile::validate(file.keys.into_iter().map(|entry| (entry, None)))?;
-        parsed.tenants = KeyFile::validate_tenants(tenants)?;
-        Ok(parsed)
+        let (keys, tenants) = file.located(|e| (e, None), |e| (e, None));
+        KeyFile::validate(keys, tenants, &|_, _| 1)
     }
 
     /// Parses a TOML key file of `[[keys]]` tables (and `[[users]]`,
     /// `[[teams]]`, `[[orgs]]`).
     pub fn from_toml(text: &str) -> Result<KeyFile, KeyFileError> {
-        let line_of = |offset: usize| text.get(..offset).map(|t| t.matches('\n').count() + 1);
         let file: Tables<toml::Spanned<KeyEntry>, toml::Spanned<TenantEntry>> =
             toml::from_str(text).map_err(|e| {
                 // toml appends the key path ("in `revoked`"); the message names
@@ -263,56 +265,14 @@ impl KeyFile {
                     message: message.to_owned(),
                 }
             })?;
-        let tenant_starts = |v: &[toml::Spanned<TenantEntry>]| -> Vec<usize> {
-            v.iter().map(|t| t.span().start).collect()
+        let (keys, tenants) = file.located(unspan, unspan);
+        // An error naming a field points at the field's own line rather
+        // than the entry's.
+        let line = |start: usize, field: Option<&str>| {
+            let named = field.map(|f| format!("field `{f}`"));
+            field_line(text, start, named.as_deref().unwrap_or(""))
         };
-        let tenant_starts = [
-            (TenantKind::User, tenant_starts(&file.users)),
-            (TenantKind::Team, tenant_starts(&file.teams)),
-            (TenantKind::Org, tenant_starts(&file.orgs)),
-        ];
-        let tenants = Tables::<(), _>::tenants(file.users, file.teams, file.orgs, |spanned| {
-            let line = line_of(spanned.span().start);
-            (spanned.into_inner(), line)
-        });
-        let starts: Vec<usize> = file.keys.iter().map(|k| k.span().start).collect();
-        let entries = file.keys.into_iter().map(|spanned| {
-            let line = line_of(spanned.span().start);
-            (spanned.into_inner(), line)
-        });
-        let mut parsed = KeyFile::validate(entries).map_err(|mut e| {
-            // Point at the field's own line rather than the entry's.
-            if let KeyFileError::Entry {
-                index,
-                line,
-                source,
-            } = &mut e
-            {
-                if let Some(&start) = starts.get(*index - 1) {
-                    let named = format!("field `{}`", source.field());
-                    *line = Some(field_line(text, start, &named));
-                }
-            }
-            e
-        })?;
-        parsed.tenants = KeyFile::validate_tenants(tenants).map_err(|mut e| {
-            // As for keys: the field's own line.
-            if let KeyFileError::Tenant {
-                kind,
-                index,
-                line,
-                source,
-            } = &mut e
-            {
-                let starts = tenant_starts.iter().find(|(k, _)| k == kind);
-                if let Some(&start) = starts.and_then(|(_, s)| s.get(*index - 1)) {
-                    let named = format!("field `{}`", source.field());
-                    *line = Some(field_line(text, start, &named));
-                }
-            }
-            e
-        })?;
-        Ok(parsed)
+        KeyFile::validate(keys, tenants, &line)
     }
 
     /// Validates entries embedded in other configuration (a gateway's
@@ -320,29 +280,33 @@ impl KeyFile {
     pub fn from_entries(
         entries: impl IntoIterator<Item = KeyEntry>,
     ) -> Result<KeyFile, KeyFileError> {
-        KeyFile::validate(entries.into_iter().map(|entry| (entry, None)))
+        let keys = entries.into_iter().map(|entry| (entry, None)).collect();
+        KeyFile::validate(keys, Vec::new(), &|_, _| 1)
     }
 
     fn validate(
-        entries: impl Iterator<Item = (KeyEntry, Option<usize>)>,
+        keys: Located<KeyEntry>,
+        tenants: Vec<(TenantKind, Located<TenantEntry>)>,
+        line_of: LineOf<'_>,
     ) -> Result<KeyFile, KeyFileError> {
         let mut records: Vec<KeyRecord> = Vec::new();
         let mut ids: HashMap<String, usize> = HashMap::new();
         let mut hashes: HashMap<KeyHash, usize> = HashMap::new();
-        for (i, (entry, line)) in entries.enumerate() {
+        for (i, (entry, start)) in keys.into_iter().enumerate() {
             let index = i + 1;
+            let line = |field| start.map(|s| line_of(s, field));
             if let Some(&first) = ids.get(&entry.id) {
                 return Err(KeyFileError::DuplicateId {
                     id: entry.id,
                     index,
                     first,
-                    line,
+                    line: line(None),
                 });
             }
             ids.insert(entry.id.clone(), index);
             let record = entry.into_record().map_err(|source| KeyFileError::Entry {
                 index,
-                line,
+                line: line(Some(source.field())),
                 source,
             })?;
             if let Some(&other) = hashes.get(&record.secret_hash) {
@@ -356,23 +320,27 @@ impl KeyFile {
         }
         Ok(KeyFile {
             records,
-            tenants: Vec::new(),
+            tenants: KeyFile::validate_tenants(tenants, line_of)?,
         })
     }
 
-    fn validate_tenants(tables: TenantEntries) -> Result<Vec<TenantRecord>, KeyFileError> {
+    fn validate_tenants(
+        tables: Vec<(TenantKind, Located<TenantEntry>)>,
+        line_of: LineOf<'_>,
+    ) -> Result<Vec<TenantRecord>, KeyFileError> {
         let mut tenants = Vec::new();
         for (kind, entries) in tables {
             let mut ids: HashMap<String, usize> = HashMap::new();
-            for (i, (entry, line)) in entries.into_iter().enumerate() {
+            for (i, (entry, start)) in entries.into_iter().enumerate() {
                 let index = i + 1;
+                let line = |field| start.map(|s| line_of(s, field));
                 if let Some(&first) = ids.get(&entry.id) {
                     return Err(KeyFileError::DuplicateTenant {
                         kind,
                         id: entry.id,
                         index,
                         first,
-                        line,
+                        line: line(None),
                     });
                 }
                 ids.insert(entry.id.clone(), index);
@@ -381,7 +349,7 @@ impl KeyFile {
                     .map_err(|source| KeyFileError::Tenant {
                         kind,
                         index,
-                        line,
+                        line: line(Some(source.field())),
                         source,
                     })?;
                 tenants.push(record);
@@ -400,13 +368,9 @@ impl KeyFile {
     pub fn records(&self) -> &[KeyRecord] {
         &self.records
     }
-
-    /// The records, in file order.
-    pub fn into_records(self) -> Vec<KeyRecord> {
-        self.records
-    }
 }
 
+/// The records, in file order.
 impl IntoIterator for KeyFile {
     type Item = KeyRecord;
     type IntoIter = std::vec::IntoIter<KeyRecord>;
@@ -414,6 +378,12 @@ impl IntoIterator for KeyFile {
     fn into_iter(self) -> Self::IntoIter {
         self.records.into_iter()
     }
+}
+
+/// A TOML entry, and where it starts.
+fn unspan<E>(spanned: toml::Spanned<E>) -> (E, Option<usize>) {
+    let start = spanned.span().start;
+    (spanned.into_inner(), Some(start))
 }
 
 /// The line of the field an error names, looked for from `start` (where
@@ -444,15 +414,4 @@ fn field_line(text: &str, start: usize, message: &str) -> usize {
         }
     }
     first
-}
-
-/// serde_json's message without its " at line L column C" suffix (the line
-/// is reported on its own).
-fn without_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    let suffix = format!(" at line {} column {}", error.line(), error.column());
-    match text.strip_suffix(&suffix) {
-        Some(message) => message.to_owned(),
-        None => text,
-    }
 }

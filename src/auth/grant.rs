@@ -1,36 +1,16 @@
-//! Configuration entries are grants, not state: [`KeyEntry::grant`].
+//! Configuration entries are grants, not state: [`KeyEntry::grant`] (see
+//! the [`auth`](crate::auth#configuration-entries-are-grants) module docs).
 //!
-//! A gateway reads its `[[keys]]` at every start and reload, while its
-//! store keeps the keys between them (and an admin API changes them). If the
-//! file's values were simply written over the store's, a restart would undo
-//! every change made at run time: a key revoked because it leaked would
-//! work again, a rotated secret would be reverted. So a store keeps, with
-//! each record, the entry it was last granted from, and the next grant
-//! applies only what changed in the file since: the file's edits, not its
-//! state. Counters, spend and balances are the ledger's and never change
-//! here (a balance is opened once, see [`Ledger`](crate::budget::Ledger)).
-//!
-//! ```
-//! use tollgate::auth::{Grant, KeyEntry, KeyHash};
-//!
-//! let entry: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-a","requests_per_minute":60}"#)?;
-//! let Grant::Put(mut record) = entry.grant(None)? else { unreachable!() };
-//! assert_eq!(record.secret_hash, KeyHash::of("sk-a"));
-//!
-//! // Revoked at run time (an admin API), then the gateway restarts:
-//! record.revoked = true;
-//! assert!(matches!(entry.grant(Some(&record))?, Grant::Unchanged));
-//!
-//! // The file raises the limit: that change is applied, the revocation kept.
-//! let raised: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-a","requests_per_minute":90}"#)?;
-//! let Grant::Put(updated) = raised.grant(Some(&record))? else { unreachable!() };
-//! assert!(updated.revoked);
-//! assert_eq!(updated.rate_limits[0].amount, 90);
-//! # Ok::<_, Box<dyn std::error::Error>>(())
-//! ```
+//! Were the file's values written over the store's at every start, a
+//! restart would undo each change made at run time: a key revoked because
+//! it leaked would work again, a rotated secret would be reverted. So a
+//! store keeps with each record the entry it was last granted from, and
+//! the next grant applies only the file's edits since. Counters, spend and
+//! balances are the ledger's and never change here.
 
 use std::sync::Arc;
 
+use super::entry::shorthand;
 use super::{InvalidKeyEntry, KeyEntry, KeyRecord};
 
 /// What a configuration entry does to the store's record of its key (or,
@@ -58,6 +38,25 @@ impl KeyEntry {
     /// limits and concurrency; the budget and balance fields; `user`,
     /// `team` and `org` together; `metadata`. The returned record remembers this entry,
     /// its secret as a hash.
+    ///
+    /// ```
+    /// use tollgate::auth::{Grant, KeyEntry, KeyHash};
+    ///
+    /// let entry: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-a","requests_per_minute":60}"#)?;
+    /// let Grant::Put(mut record) = entry.grant(None)? else { unreachable!() };
+    /// assert_eq!(record.secret_hash, KeyHash::of("sk-a"));
+    ///
+    /// // Revoked at run time (an admin API), then the gateway restarts:
+    /// record.revoked = true;
+    /// assert!(matches!(entry.grant(Some(&record))?, Grant::Unchanged));
+    ///
+    /// // The file raises the limit: that change is applied, the revocation kept.
+    /// let raised: KeyEntry = serde_json::from_str(r#"{"id":"a","secret":"sk-a","requests_per_minute":90}"#)?;
+    /// let Grant::Put(updated) = raised.grant(Some(&record))? else { unreachable!() };
+    /// assert!(updated.revoked);
+    /// assert_eq!(updated.rate_limits[0].amount, 90);
+    /// # Ok::<_, Box<dyn std::error::Error>>(())
+    /// ```
     pub fn grant(&self, existing: Option<&KeyRecord>) -> Result<Grant, InvalidKeyEntry> {
         let fresh = self.clone().into_record()?;
         let entry = Arc::new(self.hashed());
@@ -93,18 +92,7 @@ impl KeyEntry {
             record.allowed_models = fresh.allowed_models.clone();
         }
         if changed(|a, b| {
-            let per = |e: &KeyEntry| {
-                [
-                    e.requests_per_second,
-                    e.requests_per_minute,
-                    e.requests_per_hour,
-                    e.requests_per_day,
-                    e.tokens_per_minute,
-                    e.tokens_per_hour,
-                    e.tokens_per_day,
-                ]
-            };
-            per(a) == per(b)
+            shorthand!(a) == shorthand!(b)
                 && a.limits == b.limits
                 && a.model_limits == b.model_limits
                 && a.max_concurrent == b.max_concurrent

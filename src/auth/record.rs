@@ -24,8 +24,9 @@ impl fmt::Debug for KeyHash {
     }
 }
 
-/// One API key (or virtual key) as the store holds it.
-#[derive(Clone, PartialEq, Eq)]
+/// One API key (or virtual key) as the store holds it. Its `Debug` output
+/// holds no secret: a hash, and a configuration entry's redacted `Debug`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct KeyRecord {
     /// Stable id, shown in logs and used to key limits and budgets.
@@ -81,32 +82,6 @@ pub struct KeyRecord {
     spend_scopes: Cached<Arc<[BudgetScope]>>,
 }
 
-impl fmt::Debug for KeyRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRecord")
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("secret_hash", &self.secret_hash)
-            .field("created_at", &self.created_at)
-            .field("expires_at", &self.expires_at)
-            .field("revoked", &self.revoked)
-            .field("disabled", &self.disabled)
-            .field("allowed_models", &self.allowed_models)
-            .field("rate_limits", &self.rate_limits)
-            .field("max_concurrent", &self.max_concurrent)
-            .field("model_limits", &self.model_limits)
-            .field("scope_limits", &self.scope_limits)
-            .field("budgets", &self.budgets)
-            .field("retired", &self.retired)
-            .field("user", &self.user)
-            .field("team", &self.team)
-            .field("org", &self.org)
-            .field("metadata", &self.metadata)
-            .field("config_entry", &self.config_entry.is_some())
-            .finish()
-    }
-}
-
 /// A secret a key held before a rotation: it keeps working until `until`,
 /// then gets 401 `revoked_api_key` (not `invalid_api_key`: the caller learns
 /// to fetch the new secret, and nothing is revealed that the old secret's
@@ -150,6 +125,12 @@ impl<T> PartialEq for Cached<T> {
 }
 
 impl<T> Eq for Cached<T> {}
+
+impl<T> fmt::Debug for Cached<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Cached")
+    }
+}
 
 impl KeyRecord {
     /// Every secret hash this record answers to: the current one, then the
@@ -197,9 +178,7 @@ impl KeyRecord {
             spend_scopes: Cached::default(),
         }
     }
-}
 
-impl KeyRecord {
     /// Adds this key's own limits for the models matching `model` (an exact
     /// name or a `*` glob).
     pub fn with_model_limits(mut self, limits: ModelLimits) -> Self {
@@ -287,17 +266,7 @@ impl Principal {
             .and_then(|t| t.org.clone())
             .or_else(|| tenants.org.as_ref().map(|o| o.id.clone()))
             .or_else(|| record.org.clone());
-        let mut scopes = Vec::with_capacity(4);
-        scopes.push(BudgetScope::Key(record.id.clone()));
-        if let Some(user) = &record.user {
-            scopes.push(BudgetScope::User(user.clone()));
-        }
-        if let Some(team) = &record.team {
-            scopes.push(BudgetScope::Team(team.clone()));
-        }
-        if let Some(org) = &org {
-            scopes.push(BudgetScope::Org(org.clone()));
-        }
+        let scopes = scopes_of(record, org.as_ref());
         Principal {
             tenants: Some(Arc::new(Resolved {
                 tenants,
@@ -408,11 +377,11 @@ impl Principal {
         let cached = record
             .spend_scopes
             .0
-            .get_or_init(|| scopes_of(record).into());
+            .get_or_init(|| scopes_of(record, record.org.as_ref()).into());
         if same_scopes(cached, record) {
             cached.clone()
         } else {
-            scopes_of(record).into()
+            scopes_of(record, record.org.as_ref()).into()
         }
     }
 
@@ -437,8 +406,8 @@ impl Principal {
     }
 }
 
-/// The spend scopes of `record`.
-fn scopes_of(record: &KeyRecord) -> Vec<BudgetScope> {
+/// The spend scopes of `record`, under `org` (the key's, or its team's).
+fn scopes_of(record: &KeyRecord, org: Option<&String>) -> Vec<BudgetScope> {
     let mut scopes = Vec::with_capacity(4);
     scopes.push(BudgetScope::Key(record.id.clone()));
     if let Some(user) = &record.user {
@@ -447,7 +416,7 @@ fn scopes_of(record: &KeyRecord) -> Vec<BudgetScope> {
     if let Some(team) = &record.team {
         scopes.push(BudgetScope::Team(team.clone()));
     }
-    if let Some(org) = &record.org {
+    if let Some(org) = org {
         scopes.push(BudgetScope::Org(org.clone()));
     }
     scopes

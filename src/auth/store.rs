@@ -89,26 +89,6 @@ pub trait KeyStore: Send + Sync {
     }
 }
 
-impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
-    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).lookup(hash)
-    }
-
-    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        (**self).tenant(scope)
-    }
-}
-
-impl<T: KeyStore + ?Sized> KeyStore for Box<T> {
-    fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).lookup(hash)
-    }
-
-    fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        (**self).tenant(scope)
-    }
-}
-
 /// Whether [`KeyAdmin::put`] may replace a key that already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PutMode {
@@ -167,42 +147,6 @@ pub trait KeyAdmin: KeyStore {
 
     /// Deletes key `id` and every secret it holds; whether it existed.
     fn delete(&self, id: &str) -> StoreFuture<bool>;
-}
-
-impl<T: KeyAdmin + ?Sized> KeyAdmin for Arc<T> {
-    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).get(id)
-    }
-
-    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
-        (**self).list(after, limit)
-    }
-
-    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).put(record, mode)
-    }
-
-    fn delete(&self, id: &str) -> StoreFuture<bool> {
-        (**self).delete(id)
-    }
-}
-
-impl<T: KeyAdmin + ?Sized> KeyAdmin for Box<T> {
-    fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).get(id)
-    }
-
-    fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
-        (**self).list(after, limit)
-    }
-
-    fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        (**self).put(record, mode)
-    }
-
-    fn delete(&self, id: &str) -> StoreFuture<bool> {
-        (**self).delete(id)
-    }
 }
 
 /// What an admin API does with users, teams and orgs: create, read, list,
@@ -265,8 +209,38 @@ pub trait TenantAdmin: KeyAdmin {
     fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool>;
 }
 
-macro_rules! forward_tenant_admin {
+/// `Arc<T>` and `Box<T>` of a store are the store: the three traits'
+/// methods forwarded.
+macro_rules! forward_stores {
     ($ty:ident) => {
+        impl<T: KeyStore + ?Sized> KeyStore for $ty<T> {
+            fn lookup(&self, hash: &KeyHash) -> StoreFuture<Option<Arc<KeyRecord>>> {
+                (**self).lookup(hash)
+            }
+
+            fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+                (**self).tenant(scope)
+            }
+        }
+
+        impl<T: KeyAdmin + ?Sized> KeyAdmin for $ty<T> {
+            fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
+                (**self).get(id)
+            }
+
+            fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
+                (**self).list(after, limit)
+            }
+
+            fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
+                (**self).put(record, mode)
+            }
+
+            fn delete(&self, id: &str) -> StoreFuture<bool> {
+                (**self).delete(id)
+            }
+        }
+
         impl<T: TenantAdmin + ?Sized> TenantAdmin for $ty<T> {
             fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
                 (**self).get_tenant(scope)
@@ -296,5 +270,5 @@ macro_rules! forward_tenant_admin {
     };
 }
 
-forward_tenant_admin!(Arc);
-forward_tenant_admin!(Box);
+forward_stores!(Arc);
+forward_stores!(Box);

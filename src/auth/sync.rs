@@ -42,15 +42,9 @@ pub async fn sync_keys(store: &dyn KeyAdmin, entries: &[KeyEntry]) -> Result<Syn
         let existing = store.get(&entry.id).await?;
         let grant = entry.grant(existing.as_deref());
         let put = |record| store.put(record, PutMode::Upsert);
-        apply(
-            &mut synced,
-            "key",
-            &entry.id,
-            existing.is_some(),
-            grant,
-            put,
-        )
-        .await?;
+        synced
+            .apply("key", &entry.id, existing.is_some(), grant, put)
+            .await?;
     }
     let listed: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let mut after: Option<String> = None;
@@ -84,15 +78,9 @@ pub async fn sync_tenants(
         let existing = store.get_tenant(&kind.scope(entry.id.clone())).await?;
         let grant = entry.grant(kind, existing.as_deref());
         let put = |record| store.put_tenant(record, PutMode::Upsert);
-        apply(
-            &mut synced,
-            kind.name(),
-            &entry.id,
-            existing.is_some(),
-            grant,
-            put,
-        )
-        .await?;
+        synced
+            .apply(kind.name(), &entry.id, existing.is_some(), grant, put)
+            .await?;
     }
     let listed: HashSet<&str> = entries.iter().map(|e| e.id.as_str()).collect();
     let mut after: Option<String> = None;
@@ -111,46 +99,48 @@ pub async fn sync_tenants(
     Ok(synced)
 }
 
-/// Stores one entry's grant and counts what it did.
-async fn apply<R, F>(
-    synced: &mut Synced,
-    what: &'static str,
-    id: &str,
-    existed: bool,
-    grant: Result<Grant<R>, super::InvalidKeyEntry>,
-    put: impl FnOnce(R) -> F,
-) -> Result<(), StoreError>
-where
-    F: Future<Output = Result<Option<Arc<R>>, StoreError>>,
-{
-    let record = match grant {
-        Ok(Grant::Put(record)) => record,
-        Ok(Grant::Unchanged) => {
-            synced.unchanged += 1;
-            return Ok(());
+impl Synced {
+    /// Stores one entry's grant and counts what it did.
+    async fn apply<R, F>(
+        &mut self,
+        what: &'static str,
+        id: &str,
+        existed: bool,
+        grant: Result<Grant<R>, super::InvalidKeyEntry>,
+        put: impl FnOnce(R) -> F,
+    ) -> Result<(), StoreError>
+    where
+        F: Future<Output = Result<Option<Arc<R>>, StoreError>>,
+    {
+        let record = match grant {
+            Ok(Grant::Put(record)) => record,
+            Ok(Grant::Unchanged) => {
+                self.unchanged += 1;
+                return Ok(());
+            }
+            Err(error) => {
+                tracing::error!(%what, %id, %error, "configuration entry not applied");
+                self.skipped += 1;
+                return Ok(());
+            }
+        };
+        match put(record).await {
+            Ok(_) if existed => {
+                self.updated += 1;
+                audit(what, "update", id);
+            }
+            Ok(_) => {
+                self.created += 1;
+                audit(what, "create", id);
+            }
+            Err(StoreError::Conflict(message)) => {
+                tracing::error!(%what, %id, %message, "configuration entry not applied");
+                self.skipped += 1;
+            }
+            Err(error) => return Err(error),
         }
-        Err(error) => {
-            tracing::error!(%what, %id, %error, "configuration entry not applied");
-            synced.skipped += 1;
-            return Ok(());
-        }
-    };
-    match put(record).await {
-        Ok(_) if existed => {
-            synced.updated += 1;
-            audit(what, "update", id);
-        }
-        Ok(_) => {
-            synced.created += 1;
-            audit(what, "create", id);
-        }
-        Err(StoreError::Conflict(message)) => {
-            tracing::error!(%what, %id, %message, "configuration entry not applied");
-            synced.skipped += 1;
-        }
-        Err(error) => return Err(error),
+        Ok(())
     }
-    Ok(())
 }
 
 fn audit(what: &'static str, action: &'static str, id: &str) {
@@ -172,6 +162,12 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    async fn sync_teams(store: &MemoryKeyStore, entries: &[TenantEntry]) -> Synced {
+        sync_tenants(store, TenantKind::Team, entries)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn tenants_are_created_changed_by_the_file_only_and_deleted_when_dropped() {
         let store = MemoryKeyStore::new();
@@ -179,9 +175,7 @@ mod tests {
             tenant(r#"{"id":"research","org":"acme","requests_per_minute":60}"#),
             tenant(r#"{"id":"ops"}"#),
         ];
-        let synced = sync_tenants(&store, TenantKind::Team, &teams)
-            .await
-            .unwrap();
+        let synced = sync_teams(&store, &teams).await;
         assert_eq!((synced.created, synced.updated), (2, 0));
 
         // Disabled at run time; the same file again keeps that.
@@ -189,9 +183,7 @@ mod tests {
         let mut research = (*store.get_tenant(&scope).unwrap()).clone();
         research.disabled = true;
         store.insert_tenant(research).unwrap();
-        let synced = sync_tenants(&store, TenantKind::Team, &teams)
-            .await
-            .unwrap();
+        let synced = sync_teams(&store, &teams).await;
         assert_eq!((synced.unchanged, synced.updated), (2, 0));
         assert!(store.get_tenant(&scope).unwrap().disabled);
 
@@ -199,9 +191,7 @@ mod tests {
         let raised = [tenant(
             r#"{"id":"research","org":"acme","requests_per_minute":90}"#,
         )];
-        let synced = sync_tenants(&store, TenantKind::Team, &raised)
-            .await
-            .unwrap();
+        let synced = sync_teams(&store, &raised).await;
         assert_eq!((synced.updated, synced.deleted), (1, 1));
         let research = store.get_tenant(&scope).unwrap();
         assert!(research.disabled);
@@ -216,7 +206,7 @@ mod tests {
         store
             .insert_tenant(TenantRecord::new(TenantKind::Org, "acme"))
             .unwrap();
-        let synced = sync_tenants(&store, TenantKind::Team, &[]).await.unwrap();
+        let synced = sync_teams(&store, &[]).await;
         assert_eq!(synced.deleted, 1);
         assert!(store.get_tenant(&TenantKind::Team.scope("adhoc")).is_some());
         assert!(store.get_tenant(&TenantKind::Org.scope("acme")).is_some());
@@ -244,9 +234,7 @@ mod tests {
         let store = MemoryKeyStore::new();
         let ledger = MemoryLedger::new();
         let opened = [tenant(r#"{"id":"research","balance_usd":10}"#)];
-        sync_tenants(&store, TenantKind::Team, &opened)
-            .await
-            .unwrap();
+        sync_teams(&store, &opened).await;
         let scope = TenantKind::Team.scope("research");
         let spec = store.get_tenant(&scope).unwrap().budgets[0].clone();
         assert_eq!(spec.mode, BudgetMode::Balance);
@@ -272,9 +260,7 @@ mod tests {
         // The file now says 20: the spec follows, the ledger keeps the
         // balance it opened (10 - 4), never refilled by a configuration.
         let raised = [tenant(r#"{"id":"research","balance_usd":20}"#)];
-        let synced = sync_tenants(&store, TenantKind::Team, &raised)
-            .await
-            .unwrap();
+        let synced = sync_teams(&store, &raised).await;
         assert_eq!(synced.updated, 1);
         let spec = store.get_tenant(&scope).unwrap().budgets[0].clone();
         let status = ledger.read(&spec).await.unwrap();

@@ -59,7 +59,7 @@ impl fmt::Display for TenantKind {
 
 /// A user, team or organisation: limits and budgets shared by every key
 /// that belongs to it (see [Users, teams and orgs](crate::auth#users-teams-and-orgs)).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct TenantRecord {
     /// Stable id within its kind (`research`).
@@ -85,23 +85,6 @@ pub struct TenantRecord {
     /// [`TenantEntry::grant`](super::TenantEntry::grant)); `None` for a
     /// tenant made through an admin API.
     pub config_entry: Option<Arc<super::TenantEntry>>,
-}
-
-impl fmt::Debug for TenantRecord {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TenantRecord")
-            .field("id", &self.id)
-            .field("kind", &self.kind)
-            .field("name", &self.name)
-            .field("org", &self.org)
-            .field("rate_limits", &self.rate_limits)
-            .field("max_concurrent", &self.max_concurrent)
-            .field("budgets", &self.budgets)
-            .field("disabled", &self.disabled)
-            .field("metadata", &self.metadata)
-            .field("config_entry", &self.config_entry.is_some())
-            .finish()
-    }
 }
 
 /// A [`TenantRecord`] that breaks the rules of the records: the message
@@ -144,10 +127,7 @@ impl TenantRecord {
             id: self.id.clone(),
             reason,
         };
-        if self.id.is_empty()
-            || self.id.len() > super::KeyEntry::MAX_ID_LEN
-            || self.id.chars().any(|c| c.is_control() || c.is_whitespace())
-        {
+        if super::entry::id_problem(&self.id).is_some() {
             return Err(invalid(
                 "the id must be 1 to 256 bytes without whitespace or control characters".into(),
             ));

@@ -211,27 +211,35 @@ impl FromStr for Money {
             Some(rest) => (true, rest),
             None => (false, t),
         };
-        let t = t.strip_prefix('$').unwrap_or(t);
-        let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-        if whole.is_empty() && frac.is_empty()
-            || frac.len() > 9
-            || !whole.bytes().all(|b| b.is_ascii_digit())
-            || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(err());
-        }
-        let whole: i64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| err())?
-        };
-        let frac_nanos: i64 = format!("{frac:0<9}").parse().map_err(|_| err())?;
-        let nanos = whole
-            .checked_mul(NANOS_PER_USD)
-            .and_then(|n| n.checked_add(frac_nanos))
+        let nanos = parse_fixed(t, 9)
+            .and_then(|n| i64::try_from(n).ok())
             .ok_or_else(err)?;
         Ok(Money(if neg { -nanos } else { nanos }))
     }
+}
+
+/// `50`, `$0.25`, `.5`: a non-negative decimal of at most `places`
+/// decimals, exactly, as an integer count of `10^-places`; `None` if it is
+/// not one, or too large. Money's and token prices' one reader.
+pub(crate) fn parse_fixed(text: &str, places: usize) -> Option<u64> {
+    let text = text.strip_prefix('$').unwrap_or(text);
+    let (whole, frac) = text.split_once('.').unwrap_or((text, ""));
+    if whole.is_empty() && frac.is_empty()
+        || frac.len() > places
+        || !whole.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let whole: u64 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let frac: u64 = format!("{frac:0<places$}").parse().ok()?;
+    whole
+        .checked_mul(10u64.pow(places as u32))?
+        .checked_add(frac)
 }
 
 #[cfg(test)]

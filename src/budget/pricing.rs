@@ -88,28 +88,9 @@ impl FromStr for TokenPrice {
 
     /// Reads USD per million tokens exactly: `2.50`, `$0.075`, `15`.
     fn from_str(s: &str) -> Result<TokenPrice, InvalidPrice> {
-        let err = || InvalidPrice(s.to_owned());
-        let t = s.trim();
-        let t = t.strip_prefix('$').unwrap_or(t);
-        let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-        if whole.is_empty() && frac.is_empty()
-            || frac.len() > 6
-            || !whole.bytes().all(|b| b.is_ascii_digit())
-            || !frac.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(err());
-        }
-        let whole: u64 = if whole.is_empty() {
-            0
-        } else {
-            whole.parse().map_err(|_| err())?
-        };
-        let frac: u64 = format!("{frac:0<6}").parse().map_err(|_| err())?;
-        whole
-            .checked_mul(1_000_000)
-            .and_then(|w| w.checked_add(frac))
+        super::money::parse_fixed(s.trim(), 6)
             .map(TokenPrice)
-            .ok_or_else(err)
+            .ok_or_else(|| InvalidPrice(s.to_owned()))
     }
 }
 
@@ -341,10 +322,6 @@ impl Pricing {
         if let Some((name, price)) = self.models.get_key_value(model) {
             return Some((Some(name), price));
         }
-        self.prefix_match(model).map(|price| (None, price))
-    }
-
-    fn prefix_match(&self, model: &str) -> Option<&ModelPrice> {
         self.models
             .iter()
             .filter_map(|(name, price)| {
@@ -352,7 +329,7 @@ impl Pricing {
                 model.starts_with(prefix).then_some((prefix.len(), price))
             })
             .max_by_key(|(len, _)| *len)
-            .map(|(_, price)| price)
+            .map(|(_, price)| (None, price))
     }
 
     /// How many entries there are.

@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{
-    KeyEntry, KeyHash, KeyRecord, RetiredSecret, TenantEntry, TenantKind, TenantRecord,
-};
+use crate::auth::{KeyHash, KeyRecord, RetiredSecret, TenantKind, TenantRecord};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Money, Period};
 use crate::rate_limit::{Algorithm, Limit, Measure, ModelLimits, ScopeLimits};
 use crate::store::StoreError;
@@ -233,36 +234,40 @@ pub(crate) fn decode_tenant(json: &str) -> Result<TenantRecord, StoreError> {
     if stored.v != 1 {
         return Err(corrupt("unknown version"));
     }
-    let kind = match stored.kind.as_str() {
-        "user" => TenantKind::User,
-        "team" => TenantKind::Team,
-        "org" => TenantKind::Org,
-        _ => return Err(corrupt("unknown kind")),
-    };
+    let kind = [TenantKind::User, TenantKind::Team, TenantKind::Org]
+        .into_iter()
+        .find(|kind| kind.name() == stored.kind)
+        .ok_or_else(|| corrupt("unknown kind"))?;
     let mut record = TenantRecord::new(kind, stored.id);
     record.name = stored.name;
     record.org = stored.org;
-    record.rate_limits = stored
-        .rate_limits
-        .iter()
-        .map(StoredLimit::limit)
-        .collect::<Result<_, _>>()?;
+    record.rate_limits = limits(&stored.rate_limits)?;
     record.max_concurrent = stored.max_concurrent;
-    record.budgets = stored
-        .budgets
-        .iter()
-        .map(StoredBudget::spec)
-        .collect::<Result<_, _>>()?;
+    record.budgets = budgets(&stored.budgets)?;
     record.disabled = stored.disabled;
     record.metadata = stored.metadata;
-    record.config_entry = match stored.config_entry {
-        Some(value) => Some(std::sync::Arc::new(
-            serde_json::from_value::<TenantEntry>(value)
-                .map_err(|_| corrupt("bad config entry"))?,
-        )),
-        None => None,
-    };
+    record.config_entry =
+        config_entry(stored.config_entry).map_err(|_| corrupt("bad config entry"))?;
     Ok(record)
+}
+
+/// Stored limits back.
+fn limits(stored: &[StoredLimit]) -> Result<Vec<Limit>, StoreError> {
+    stored.iter().map(StoredLimit::limit).collect()
+}
+
+/// Stored budgets back.
+fn budgets(stored: &[StoredBudget]) -> Result<Vec<BudgetSpec>, StoreError> {
+    stored.iter().map(StoredBudget::spec).collect()
+}
+
+/// A stored configuration entry back.
+fn config_entry<E: DeserializeOwned>(
+    value: Option<serde_json::Value>,
+) -> serde_json::Result<Option<Arc<E>>> {
+    value
+        .map(|v| serde_json::from_value(v).map(Arc::new))
+        .transpose()
 }
 
 fn nanos_since_epoch(t: SystemTime) -> u64 {
@@ -355,22 +360,12 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
     record.revoked = stored.revoked;
     record.disabled = stored.disabled;
     record.user = stored.user;
-    record.config_entry = match stored.config_entry {
-        Some(value) => Some(std::sync::Arc::new(
-            serde_json::from_value::<KeyEntry>(value).map_err(|_| corrupt("bad config entry"))?,
-        )),
-        None => None,
-    };
+    record.config_entry =
+        config_entry(stored.config_entry).map_err(|_| corrupt("bad config entry"))?;
     record.name = stored.name;
     record.created_at = at(stored.created_at_ns);
     record.expires_at = stored.expires_at_ns.map(at);
     record.allowed_models = stored.allowed_models;
-    let limits = |stored: &[StoredLimit]| {
-        stored
-            .iter()
-            .map(StoredLimit::limit)
-            .collect::<Result<Vec<_>, _>>()
-    };
     record.rate_limits = limits(&stored.rate_limits)?;
     record.model_limits = stored
         .model_limits
@@ -395,11 +390,7 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
         })
         .collect::<Result<_, StoreError>>()?;
     record.max_concurrent = stored.max_concurrent;
-    record.budgets = stored
-        .budgets
-        .iter()
-        .map(StoredBudget::spec)
-        .collect::<Result<_, _>>()?;
+    record.budgets = budgets(&stored.budgets)?;
     record.team = stored.team;
     record.org = stored.org;
     record.metadata = stored.metadata;
@@ -409,6 +400,7 @@ pub(crate) fn decode(json: &str, storage_hash: Option<KeyHash>) -> Result<KeyRec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::{KeyEntry, TenantEntry};
 
     #[test]
     fn tenants_round_trip_through_json() {

@@ -58,11 +58,10 @@ pub(crate) fn budget_fields(
         match budget.mode {
             BudgetMode::Budget => {
                 let name = match budget.period {
-                    Period::Daily => Some("daily".into()),
-                    Period::Weekly => Some("weekly".into()),
                     Period::Monthly => None,
-                    Period::Never => Some("never".into()),
                     Period::Rolling(_) => continue,
+                    // `daily`, `weekly`, `never`.
+                    other => Some(other.to_string()),
                 };
                 usd = Some(budget.limit);
                 period = name;

@@ -28,24 +28,40 @@ pub struct LimitEntry {
     pub burst: Option<u64>,
 }
 
-/// The shorthand rate-limit fields, shared by a key and its model limits.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Shorthand {
-    /// Requests per second.
-    pub requests_per_second: Option<u64>,
-    /// Requests per minute.
-    pub requests_per_minute: Option<u64>,
-    /// Requests per hour.
-    pub requests_per_hour: Option<u64>,
-    /// Requests per day.
-    pub requests_per_day: Option<u64>,
-    /// Tokens per minute.
-    pub tokens_per_minute: Option<u64>,
-    /// Tokens per hour.
-    pub tokens_per_hour: Option<u64>,
-    /// Tokens per day.
-    pub tokens_per_day: Option<u64>,
+/// The shorthand rate-limit fields of a key, tenant or model entry, in
+/// the order of [`SHORTHAND`].
+pub(crate) type Shorthand = [Option<u64>; 7];
+
+/// A shorthand field: its name and the limit it sets.
+type ShorthandField = (&'static str, fn(u64) -> Limit);
+
+/// Each shorthand field.
+const SHORTHAND: [ShorthandField; 7] = [
+    ("requests_per_second", Limit::requests_per_second),
+    ("requests_per_minute", Limit::requests_per_minute),
+    ("requests_per_hour", Limit::requests_per_hour),
+    ("requests_per_day", Limit::requests_per_day),
+    ("tokens_per_minute", Limit::tokens_per_minute),
+    ("tokens_per_hour", Limit::tokens_per_hour),
+    ("tokens_per_day", Limit::tokens_per_day),
+];
+
+/// An entry's shorthand fields as a [`Shorthand`]: a value, or a place to
+/// assign one to.
+macro_rules! shorthand {
+    ($entry:expr) => {
+        [
+            $entry.requests_per_second,
+            $entry.requests_per_minute,
+            $entry.requests_per_hour,
+            $entry.requests_per_day,
+            $entry.tokens_per_minute,
+            $entry.tokens_per_hour,
+            $entry.tokens_per_day,
+        ]
+    };
 }
+pub(crate) use shorthand;
 
 /// A key's own limits for the models matching `model`:
 /// `[[keys.model_limits]] model = "gpt-4o*", requests_per_minute = 60`.
@@ -84,62 +100,6 @@ pub struct ModelLimitEntry {
     pub max_concurrent: Option<u32>,
 }
 
-impl ModelLimitEntry {
-    pub(super) fn shorthand(&self) -> Shorthand {
-        Shorthand {
-            requests_per_second: self.requests_per_second,
-            requests_per_minute: self.requests_per_minute,
-            requests_per_hour: self.requests_per_hour,
-            requests_per_day: self.requests_per_day,
-            tokens_per_minute: self.tokens_per_minute,
-            tokens_per_hour: self.tokens_per_hour,
-            tokens_per_day: self.tokens_per_day,
-        }
-    }
-}
-
-/// The shorthand fields' limits, in the order of the fields.
-fn shorthand_limits(s: &Shorthand) -> [(&'static str, Option<u64>, Limit); 7] {
-    let f = |n: Option<u64>| n.unwrap_or(0);
-    [
-        (
-            "requests_per_second",
-            s.requests_per_second,
-            Limit::requests_per_second(f(s.requests_per_second)),
-        ),
-        (
-            "requests_per_minute",
-            s.requests_per_minute,
-            Limit::requests_per_minute(f(s.requests_per_minute)),
-        ),
-        (
-            "requests_per_hour",
-            s.requests_per_hour,
-            Limit::requests_per_hour(f(s.requests_per_hour)),
-        ),
-        (
-            "requests_per_day",
-            s.requests_per_day,
-            Limit::requests_per_day(f(s.requests_per_day)),
-        ),
-        (
-            "tokens_per_minute",
-            s.tokens_per_minute,
-            Limit::tokens_per_minute(f(s.tokens_per_minute)),
-        ),
-        (
-            "tokens_per_hour",
-            s.tokens_per_hour,
-            Limit::tokens_per_hour(f(s.tokens_per_hour)),
-        ),
-        (
-            "tokens_per_day",
-            s.tokens_per_day,
-            Limit::tokens_per_day(f(s.tokens_per_day)),
-        ),
-    ]
-}
-
 /// Validates the shorthand and general limits of a key (or of one of its
 /// model entries, `prefix` `model_limits.`).
 pub(super) fn limits_of(
@@ -149,29 +109,27 @@ pub(super) fn limits_of(
     prefix: &'static str,
 ) -> Result<Vec<Limit>, InvalidKeyEntry> {
     let named = |field: &'static str| -> &'static str {
-        if prefix.is_empty() {
-            return field;
-        }
-        match field {
-            "limits" => "model_limits.limits",
-            "limits.amount" => "model_limits.limits.amount",
-            "limits.measure" => "model_limits.limits.measure",
-            "limits.window" => "model_limits.limits.window",
-            "limits.algorithm" => "model_limits.limits.algorithm",
-            "limits.burst" => "model_limits.limits.burst",
-            "requests_per_second" => "model_limits.requests_per_second",
-            "requests_per_minute" => "model_limits.requests_per_minute",
-            "requests_per_hour" => "model_limits.requests_per_hour",
-            "requests_per_day" => "model_limits.requests_per_day",
-            "tokens_per_minute" => "model_limits.tokens_per_minute",
-            "tokens_per_hour" => "model_limits.tokens_per_hour",
-            "tokens_per_day" => "model_limits.tokens_per_day",
-            other => other,
+        match (prefix.is_empty(), field) {
+            (true, _) => field,
+            (false, "limits") => "model_limits.limits",
+            (false, "limits.amount") => "model_limits.limits.amount",
+            (false, "limits.measure") => "model_limits.limits.measure",
+            (false, "limits.window") => "model_limits.limits.window",
+            (false, "limits.algorithm") => "model_limits.limits.algorithm",
+            (false, "limits.burst") => "model_limits.limits.burst",
+            (false, "requests_per_second") => "model_limits.requests_per_second",
+            (false, "requests_per_minute") => "model_limits.requests_per_minute",
+            (false, "requests_per_hour") => "model_limits.requests_per_hour",
+            (false, "requests_per_day") => "model_limits.requests_per_day",
+            (false, "tokens_per_minute") => "model_limits.tokens_per_minute",
+            (false, "tokens_per_hour") => "model_limits.tokens_per_hour",
+            (false, "tokens_per_day") => "model_limits.tokens_per_day",
+            (false, other) => other,
         }
     };
     let bad = |field, reason: &'static str| InvalidKeyEntry::new(id, named(field), reason);
     let mut out: Vec<(&'static str, Limit)> = Vec::new();
-    for (field, set, limit) in shorthand_limits(shorthand) {
+    for (&set, &(field, make)) in shorthand.iter().zip(&SHORTHAND) {
         match set {
             Some(0) => {
                 return Err(bad(
@@ -179,7 +137,7 @@ pub(super) fn limits_of(
                     "must be at least 1 (set `disabled = true` to block a key)",
                 ));
             }
-            Some(_) => out.push((field, limit)),
+            Some(n) => out.push((field, make(n))),
             None => {}
         }
     }
@@ -236,17 +194,11 @@ pub(super) fn entries_of(limits: &[Limit]) -> (Shorthand, Vec<LimitEntry>) {
     let mut shorthand = Shorthand::default();
     let mut general = Vec::new();
     for limit in limits {
-        let plain = limit.algorithm == Algorithm::Sliding && limit.burst.is_none();
-        let slot = match (plain, limit.measure, limit.window.as_millis()) {
-            (true, Measure::Requests, 1_000) => Some(&mut shorthand.requests_per_second),
-            (true, Measure::Requests, 60_000) => Some(&mut shorthand.requests_per_minute),
-            (true, Measure::Requests, 3_600_000) => Some(&mut shorthand.requests_per_hour),
-            (true, Measure::Requests, 86_400_000) => Some(&mut shorthand.requests_per_day),
-            (true, Measure::Tokens, 60_000) => Some(&mut shorthand.tokens_per_minute),
-            (true, Measure::Tokens, 3_600_000) => Some(&mut shorthand.tokens_per_hour),
-            (true, Measure::Tokens, 86_400_000) => Some(&mut shorthand.tokens_per_day),
-            _ => None,
-        };
+        // A plain sliding limit of a shorthand's window is that shorthand.
+        let slot = SHORTHAND
+            .iter()
+            .position(|(.., make)| make(limit.amount) == *limit)
+            .map(|i| &mut shorthand[i]);
         match slot {
             Some(slot) if slot.is_none() => *slot = Some(limit.amount),
             _ => general.push(LimitEntry {

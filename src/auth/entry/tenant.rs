@@ -8,13 +8,16 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
-use super::limits::{LimitEntry, Shorthand, entries_of, limits_of};
-use super::{Dollars, InvalidKeyEntry, budget_fields, budgets_of, is_false, ser_money, value};
-use crate::auth::{Grant, KeyEntry, TenantKind, TenantRecord};
+use super::limits::{LimitEntry, entries_of, limits_of, shorthand};
+use super::{
+    InvalidKeyEntry, budget_fields, budgets_of, deserialize_entry, dollars, id_problem, is_false,
+    ser_money, value,
+};
+use crate::auth::{Grant, TenantKind, TenantRecord};
 use crate::budget::Money;
 
 /// One tenant (a user, a team or an org) in a gateway's configuration,
-/// before validation. Its fields are a [`KeyEntry`]'s where they mean the
+/// before validation. Its fields are a [`KeyEntry`](super::KeyEntry)'s where they mean the
 /// same; its kind is the table it is in.
 ///
 /// | field | type | meaning |
@@ -116,35 +119,18 @@ impl TenantEntry {
         let bad =
             |field, reason: &'static str| InvalidKeyEntry::new(&id, field, reason).of(kind.name());
         let mut record = TenantRecord::new(kind, id.clone());
-        if id.is_empty() || id.len() > KeyEntry::MAX_ID_LEN {
-            return Err(bad("id", "must be 1 to 256 bytes long"));
+        if let Some(reason) = id_problem(&id) {
+            return Err(bad("id", reason));
         }
-        if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        record.rate_limits =
+            limits_of(&id, &shorthand!(self), &self.limits, "").map_err(|e| e.of(kind.name()))?;
+        if self.max_concurrent == Some(0) {
             return Err(bad(
-                "id",
-                "must not contain whitespace or control characters",
+                "max_concurrent",
+                "must be at least 1 (set `disabled = true` to block a tenant)",
             ));
         }
-        let shorthand = Shorthand {
-            requests_per_second: self.requests_per_second,
-            requests_per_minute: self.requests_per_minute,
-            requests_per_hour: self.requests_per_hour,
-            requests_per_day: self.requests_per_day,
-            tokens_per_minute: self.tokens_per_minute,
-            tokens_per_hour: self.tokens_per_hour,
-            tokens_per_day: self.tokens_per_day,
-        };
-        record.rate_limits =
-            limits_of(&id, &shorthand, &self.limits, "").map_err(|e| e.of(kind.name()))?;
-        if let Some(n) = self.max_concurrent {
-            if n == 0 {
-                return Err(bad(
-                    "max_concurrent",
-                    "must be at least 1 (set `disabled = true` to block a tenant)",
-                ));
-            }
-            record.max_concurrent = Some(n);
-        }
+        record.max_concurrent = self.max_concurrent;
         record.budgets = budgets_of(
             &id,
             kind.scope(id.clone()),
@@ -207,7 +193,7 @@ impl TenantEntry {
             record.disabled = fresh.disabled;
         }
         if changed(|a, b| {
-            a.shorthand() == b.shorthand()
+            shorthand!(a) == shorthand!(b)
                 && a.limits == b.limits
                 && a.max_concurrent == b.max_concurrent
         }) {
@@ -240,17 +226,10 @@ impl TenantEntry {
         let (shorthand, limits) = entries_of(&record.rate_limits);
         let (budget_usd, budget_period, balance_usd) =
             budget_fields(&record.budgets, &record.scope());
-        TenantEntry {
+        let mut entry = TenantEntry {
             id: record.id.clone(),
             name: record.name.clone(),
             disabled: record.disabled,
-            requests_per_second: shorthand.requests_per_second,
-            requests_per_minute: shorthand.requests_per_minute,
-            requests_per_hour: shorthand.requests_per_hour,
-            requests_per_day: shorthand.requests_per_day,
-            tokens_per_minute: shorthand.tokens_per_minute,
-            tokens_per_hour: shorthand.tokens_per_hour,
-            tokens_per_day: shorthand.tokens_per_day,
             limits,
             max_concurrent: record.max_concurrent,
             budget_usd,
@@ -258,99 +237,36 @@ impl TenantEntry {
             balance_usd,
             org: record.org.clone(),
             metadata: record.metadata.clone(),
-        }
-    }
-
-    fn shorthand(&self) -> [Option<u64>; 7] {
-        [
-            self.requests_per_second,
-            self.requests_per_minute,
-            self.requests_per_hour,
-            self.requests_per_day,
-            self.tokens_per_minute,
-            self.tokens_per_hour,
-            self.tokens_per_day,
-        ]
+            ..TenantEntry::default()
+        };
+        shorthand!(entry) = shorthand;
+        entry
     }
 }
 
-const FIELDS: &[&str] = &[
-    "id",
-    "name",
-    "disabled",
-    "requests_per_second",
-    "requests_per_minute",
-    "requests_per_hour",
-    "requests_per_day",
-    "tokens_per_minute",
-    "tokens_per_hour",
-    "tokens_per_day",
-    "limits",
-    "max_concurrent",
-    "budget_usd",
-    "budget_period",
-    "balance_usd",
-    "org",
-    "metadata",
-];
-
-impl<'de> Deserialize<'de> for TenantEntry {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_struct("TenantEntry", FIELDS, EntryVisitor)
-    }
-}
-
-struct EntryVisitor;
-
-impl<'de> Visitor<'de> for EntryVisitor {
-    type Value = TenantEntry;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a user, team or org entry with an `id`")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TenantEntry, A::Error> {
-        let mut entry = TenantEntry::default();
-        let mut seen = 0u32;
-        while let Some(key) = map.next_key::<String>()? {
-            let Some(index) = FIELDS.iter().position(|f| *f == key) else {
-                return Err(de::Error::unknown_field(&key, FIELDS));
-            };
-            let field = FIELDS[index];
-            if seen & (1 << index) != 0 {
-                return Err(de::Error::duplicate_field(field));
-            }
-            seen |= 1 << index;
-            match field {
-                "id" => entry.id = value(&mut map, field)?,
-                "name" => entry.name = value(&mut map, field)?,
-                "disabled" => entry.disabled = value(&mut map, field)?,
-                "requests_per_second" => entry.requests_per_second = value(&mut map, field)?,
-                "requests_per_minute" => entry.requests_per_minute = value(&mut map, field)?,
-                "requests_per_hour" => entry.requests_per_hour = value(&mut map, field)?,
-                "requests_per_day" => entry.requests_per_day = value(&mut map, field)?,
-                "tokens_per_minute" => entry.tokens_per_minute = value(&mut map, field)?,
-                "tokens_per_hour" => entry.tokens_per_hour = value(&mut map, field)?,
-                "tokens_per_day" => entry.tokens_per_day = value(&mut map, field)?,
-                "limits" => entry.limits = value(&mut map, field)?,
-                "max_concurrent" => entry.max_concurrent = value(&mut map, field)?,
-                "budget_usd" => {
-                    entry.budget_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
-                }
-                "budget_period" => entry.budget_period = value(&mut map, field)?,
-                "balance_usd" => {
-                    entry.balance_usd = value::<_, Option<Dollars>>(&mut map, field)?.map(|d| d.0)
-                }
-                "org" => entry.org = value(&mut map, field)?,
-                _ => entry.metadata = value(&mut map, field)?,
-            }
-        }
-        if seen & 1 == 0 {
-            return Err(de::Error::missing_field("id"));
-        }
-        Ok(entry)
-    }
-}
+deserialize_entry!(
+    TenantEntry,
+    "a user, team or org entry with an `id`",
+    [
+        id,
+        name,
+        disabled,
+        requests_per_second,
+        requests_per_minute,
+        requests_per_hour,
+        requests_per_day,
+        tokens_per_minute,
+        tokens_per_hour,
+        tokens_per_day,
+        limits,
+        max_concurrent,
+        budget_usd with dollars,
+        budget_period,
+        balance_usd with dollars,
+        org,
+        metadata,
+    ]
+);
 
 #[cfg(test)]
 mod tests {

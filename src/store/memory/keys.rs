@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::tenants::TenantMap;
 use crate::auth::{
-    InvalidTenant, KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode,
-    TenantAdmin, TenantKind, TenantRecord,
+    KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode, TenantRecord,
 };
 use crate::budget::BudgetScope;
 use crate::store::{StoreError, StoreFuture};
@@ -29,7 +28,7 @@ use crate::store::{StoreError, StoreFuture};
 ///
 /// It holds tenants too (users, teams, orgs:
 /// [`insert_tenant`](MemoryKeyStore::insert_tenant), and the
-/// [`TenantAdmin`] operations), answered to [`KeyStore::tenant`] at once.
+/// [`TenantAdmin`](crate::auth::TenantAdmin) operations), answered to [`KeyStore::tenant`] at once.
 ///
 /// ```
 /// use tollgate::auth::{KeyHash, KeyRecord, KeyStore};
@@ -51,17 +50,17 @@ use crate::store::{StoreError, StoreFuture};
 /// ```
 #[derive(Clone)]
 pub struct MemoryKeyStore {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
-struct Inner {
+pub(super) struct Inner {
     /// Every secret hash (current and retired) → its key's record.
     shards: Box<[RwLock<Shard>]>,
     /// id → the record, in id order for paged listing. Also serialises
     /// writers, so the two indexes change together; lookups never touch it.
     ids: Mutex<BTreeMap<String, Arc<KeyRecord>>>,
     /// Users, teams and orgs.
-    tenants: TenantMap,
+    pub(super) tenants: TenantMap,
     /// The seeded hashing of every shard's map, and of the shard choice.
     hashing: PrehashedState,
 }
@@ -146,10 +145,6 @@ impl MemoryKeyStore {
                 })?;
         }
         Ok(store)
-    }
-
-    fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
-        self.inner.shard(hash)
     }
 
     fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<KeyRecord>>> {
@@ -239,7 +234,7 @@ impl MemoryKeyStore {
         let mut ids = self.ids();
         let record = ids.remove(id)?;
         for hash in record.secret_hashes() {
-            write(self.shard(&hash)).remove(&hash);
+            write(self.inner.shard(&hash)).remove(&hash);
         }
         Some(record)
     }
@@ -252,7 +247,7 @@ impl MemoryKeyStore {
     /// The record with the secret (current or retired) that hashes to
     /// `hash`: one read lock, one map read.
     pub fn get_by_hash(&self, hash: &KeyHash) -> Option<Arc<KeyRecord>> {
-        read(self.shard(hash)).get(hash).cloned()
+        read(self.inner.shard(hash)).get(hash).cloned()
     }
 
     /// Up to `limit` records whose ids sort after `after`, in id order.
@@ -283,55 +278,10 @@ impl MemoryKeyStore {
             return false;
         };
         // Copy-on-write: requests holding the old record keep it. The
-        // change touches no secret, so the same hashes point at the copy.
+        // change touches no secret: no other key can hold one of them.
         let mut record = (**current).clone();
         change(&mut record);
-        let record = Arc::new(record);
-        for hash in record.secret_hashes() {
-            write(self.shard(&hash)).insert(hash, record.clone());
-        }
-        ids.insert(id.to_owned(), record);
-        true
-    }
-}
-
-/// Tenants.
-impl MemoryKeyStore {
-    /// Adds the tenant `record` (a user, team or org), or replaces the one
-    /// of the same scope (returned). Refused if it breaks the rules of the
-    /// records ([`TenantRecord::check`]).
-    pub fn insert_tenant(
-        &self,
-        record: TenantRecord,
-    ) -> Result<Option<Arc<TenantRecord>>, InvalidTenant> {
-        self.inner.tenants.insert(record)
-    }
-
-    /// Removes the tenant `scope`: keys naming it are no longer charged to
-    /// its budgets nor counted against its limits.
-    pub fn remove_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        self.inner.tenants.remove(scope)
-    }
-
-    /// The record of the tenant `scope`.
-    pub fn get_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        self.inner.tenants.get(scope)
-    }
-
-    /// Up to `limit` tenants of `kind` whose ids sort after `after`, in id
-    /// order.
-    pub fn list_tenants(
-        &self,
-        kind: TenantKind,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Vec<Arc<TenantRecord>> {
-        self.inner.tenants.list(kind, after, limit)
-    }
-
-    /// The number of tenants.
-    pub fn tenant_count(&self) -> usize {
-        self.inner.tenants.len()
+        Self::write_record(&self.inner, &mut ids, record).is_ok()
     }
 }
 
@@ -341,34 +291,7 @@ impl KeyStore for MemoryKeyStore {
     }
 
     fn tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        StoreFuture::ready(Ok(self.inner.tenants.get(scope)))
-    }
-}
-
-impl TenantAdmin for MemoryKeyStore {
-    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        StoreFuture::ready(Ok(self.inner.tenants.get(scope)))
-    }
-
-    fn list_tenants(
-        &self,
-        kind: TenantKind,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
-        StoreFuture::ready(Ok(self.inner.tenants.list(kind, after, limit)))
-    }
-
-    fn put_tenant(
-        &self,
-        record: TenantRecord,
-        mode: PutMode,
-    ) -> StoreFuture<Option<Arc<TenantRecord>>> {
-        StoreFuture::ready(self.inner.tenants.put(record, mode))
-    }
-
-    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
-        StoreFuture::ready(Ok(self.inner.tenants.remove(scope).is_some()))
+        StoreFuture::ready(Ok(self.get_tenant(scope)))
     }
 }
 

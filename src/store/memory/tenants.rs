@@ -1,85 +1,74 @@
-//! The tenants of a [`MemoryKeyStore`](super::MemoryKeyStore): users, teams
-//! and orgs by scope.
+//! The tenants of a [`MemoryKeyStore`]: users, teams and orgs by scope.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::auth::{InvalidTenant, PutMode, TenantKind, TenantRecord};
+use super::MemoryKeyStore;
+use crate::auth::{InvalidTenant, PutMode, TenantAdmin, TenantKind, TenantRecord};
 use crate::budget::BudgetScope;
-use crate::store::StoreError;
+use crate::store::{StoreError, StoreFuture};
 
 /// Tenant records by scope, in (kind, id) order for paged listing. Read on
 /// every request of a key that names a tenant: one read lock, one map
 /// read; written rarely, by an admin or a configuration load.
-#[derive(Default)]
-pub(super) struct TenantMap {
-    records: RwLock<BTreeMap<BudgetScope, Arc<TenantRecord>>>,
-}
+pub(super) type TenantMap = RwLock<BTreeMap<BudgetScope, Arc<TenantRecord>>>;
 
-impl TenantMap {
-    pub(super) fn get(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        if matches!(scope, BudgetScope::Key(_)) {
-            return None;
-        }
-        self.records
+/// Tenants.
+impl MemoryKeyStore {
+    fn tenants(&self) -> RwLockReadGuard<'_, BTreeMap<BudgetScope, Arc<TenantRecord>>> {
+        self.inner
+            .tenants
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(scope)
-            .cloned()
     }
 
-    /// Stores `record` (checked), replacing the tenant of the same scope.
-    pub(super) fn insert(
+    fn tenants_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<BudgetScope, Arc<TenantRecord>>> {
+        self.inner
+            .tenants
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Adds the tenant `record` (a user, team or org), or replaces the one
+    /// of the same scope (returned). Refused if it breaks the rules of the
+    /// records ([`TenantRecord::check`]).
+    pub fn insert_tenant(
         &self,
         record: TenantRecord,
     ) -> Result<Option<Arc<TenantRecord>>, InvalidTenant> {
         record.check()?;
         let scope = record.scope();
-        Ok(self
-            .records
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(scope, Arc::new(record)))
+        Ok(self.tenants_mut().insert(scope, Arc::new(record)))
     }
 
-    /// [`TenantAdmin::put_tenant`](crate::auth::TenantAdmin::put_tenant):
-    /// the check and the write under one lock.
-    pub(super) fn put(
-        &self,
-        record: TenantRecord,
-        mode: PutMode,
-    ) -> Result<Option<Arc<TenantRecord>>, StoreError> {
-        record
-            .check()
-            .map_err(|e| StoreError::Conflict(e.to_string()))?;
-        let scope = record.scope();
-        let mut records = self.records.write().unwrap_or_else(PoisonError::into_inner);
-        if mode == PutMode::Create && records.contains_key(&scope) {
-            return Err(exists(&scope));
+    /// Removes the tenant `scope`: keys naming it are no longer charged to
+    /// its budgets nor counted against its limits.
+    pub fn remove_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
+        self.tenants_mut().remove(scope)
+    }
+
+    /// The record of the tenant `scope`.
+    pub fn get_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
+        if matches!(scope, BudgetScope::Key(_)) {
+            return None;
         }
-        Ok(records.insert(scope, Arc::new(record)))
+        self.tenants().get(scope).cloned()
     }
 
-    pub(super) fn remove(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        self.records
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(scope)
-    }
-
-    pub(super) fn list(
+    /// Up to `limit` tenants of `kind` whose ids sort after `after`, in id
+    /// order.
+    pub fn list_tenants(
         &self,
         kind: TenantKind,
         after: Option<&str>,
         limit: usize,
     ) -> Vec<Arc<TenantRecord>> {
-        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
         let from = match after {
             Some(after) => Bound::Excluded(kind.scope(after)),
             None => Bound::Included(kind.scope("")),
         };
-        records
+        self.tenants()
             .range((from, Bound::Unbounded))
             .take_while(|(scope, _)| TenantKind::of(scope).is_some_and(|(k, _)| k == kind))
             .take(limit)
@@ -87,11 +76,45 @@ impl TenantMap {
             .collect()
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.records
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+    /// The number of tenants.
+    pub fn tenant_count(&self) -> usize {
+        self.tenants().len()
+    }
+}
+
+impl TenantAdmin for MemoryKeyStore {
+    fn get_tenant(&self, scope: &BudgetScope) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        StoreFuture::ready(Ok(MemoryKeyStore::get_tenant(self, scope)))
+    }
+
+    fn list_tenants(
+        &self,
+        kind: TenantKind,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreFuture<Vec<Arc<TenantRecord>>> {
+        StoreFuture::ready(Ok(MemoryKeyStore::list_tenants(self, kind, after, limit)))
+    }
+
+    /// The check and the write under one lock.
+    fn put_tenant(
+        &self,
+        record: TenantRecord,
+        mode: PutMode,
+    ) -> StoreFuture<Option<Arc<TenantRecord>>> {
+        if let Err(invalid) = record.check() {
+            return StoreFuture::ready(Err(StoreError::Conflict(invalid.to_string())));
+        }
+        let scope = record.scope();
+        let mut records = self.tenants_mut();
+        if mode == PutMode::Create && records.contains_key(&scope) {
+            return StoreFuture::ready(Err(exists(&scope)));
+        }
+        StoreFuture::ready(Ok(records.insert(scope, Arc::new(record))))
+    }
+
+    fn delete_tenant(&self, scope: &BudgetScope) -> StoreFuture<bool> {
+        StoreFuture::ready(Ok(self.remove_tenant(scope).is_some()))
     }
 }
 
@@ -110,7 +133,7 @@ mod tests {
 
     #[test]
     fn lists_one_kind_in_id_order_and_pages() {
-        let map = TenantMap::default();
+        let map = MemoryKeyStore::new();
         for (kind, id) in [
             (TenantKind::Team, "b"),
             (TenantKind::User, "z"),
@@ -118,18 +141,24 @@ mod tests {
             (TenantKind::Org, "a"),
             (TenantKind::Team, "c"),
         ] {
-            map.insert(TenantRecord::new(kind, id)).unwrap();
+            map.insert_tenant(TenantRecord::new(kind, id)).unwrap();
         }
         let ids = |v: Vec<Arc<TenantRecord>>| v.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(map.list(TenantKind::Team, None, 10)), ["a", "b", "c"]);
-        assert_eq!(ids(map.list(TenantKind::Team, Some("a"), 1)), ["b"]);
-        assert_eq!(ids(map.list(TenantKind::User, None, 10)), ["z"]);
-        assert_eq!(ids(map.list(TenantKind::Org, None, 10)), ["a"]);
+        assert_eq!(
+            ids(map.list_tenants(TenantKind::Team, None, 10)),
+            ["a", "b", "c"]
+        );
+        assert_eq!(ids(map.list_tenants(TenantKind::Team, Some("a"), 1)), ["b"]);
+        assert_eq!(ids(map.list_tenants(TenantKind::User, None, 10)), ["z"]);
+        assert_eq!(ids(map.list_tenants(TenantKind::Org, None, 10)), ["a"]);
+        let again = TenantRecord::new(TenantKind::Team, "a");
         assert!(
-            map.put(TenantRecord::new(TenantKind::Team, "a"), PutMode::Create)
+            TenantAdmin::put_tenant(&map, again, PutMode::Create)
+                .take_ready()
+                .unwrap()
                 .is_err()
         );
-        assert!(map.get(&BudgetScope::Key("a".into())).is_none());
-        assert_eq!(map.len(), 5);
+        assert!(map.get_tenant(&BudgetScope::Key("a".into())).is_none());
+        assert_eq!(map.tenant_count(), 5);
     }
 }

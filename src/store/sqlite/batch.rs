@@ -143,6 +143,13 @@ impl Batch {
         self.recent_budgets.clear();
     }
 
+    /// Answers everyone waiting on the commit with `result`.
+    pub(super) fn answer(&mut self, result: &Result<(), StoreError>) {
+        for done in self.acks.drain(..) {
+            let _ = done.send(result.clone());
+        }
+    }
+
     /// Someone waits on the commit: do not wait for the window.
     pub(super) fn urgent(&self) -> bool {
         #[cfg(test)]

@@ -1,19 +1,14 @@
 //! [`SqliteHealth`]: whether what the gateway decides reaches the disk.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
 
-/// The writer's state, for a health endpoint or a metric.
-///
-/// While the disk fails (full, read-only, the file deleted or replaced,
-/// locked by another process for over a second), the gateway keeps
-/// deciding in memory and the writer retries, at least every second,
-/// logging each failure with
-/// `tracing::error!`: `consecutive_failures` grows, `last_error` says why,
-/// and `unsaved` is what a crash would lose now. A gateway reports
-/// [`is_healthy`](SqliteHealth::is_healthy) as its readiness, so an
-/// orchestrator or an operator learns of the failure.
+/// The writer's state, for a health endpoint or a metric. While the disk
+/// fails (see [When the disk fails](super#when-the-disk-fails)),
+/// `consecutive_failures` grows, `last_error` says why, and `unsaved` is
+/// what a crash would lose now: a gateway reports
+/// [`is_healthy`](SqliteHealth::is_healthy) as its readiness.
 ///
 /// ```
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,7 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SqliteHealth {
     /// Batches committed since the store was opened.
@@ -59,69 +54,53 @@ impl SqliteHealth {
     }
 }
 
-/// The counters behind [`SqliteHealth`], written by the writer thread.
+/// The state behind [`SqliteHealth`], written by the writer thread.
 #[derive(Default)]
 pub(super) struct HealthState {
-    commits: AtomicU64,
-    failed_commits: AtomicU64,
-    consecutive_failures: AtomicU64,
-    unsaved: AtomicU64,
-    dropped: AtomicU64,
-    /// Nanoseconds since the epoch; 0 before the first commit.
-    last_commit: AtomicU64,
+    /// Read by every change handed to the writer: apart from the lock.
     closed: AtomicBool,
-    last_error: Mutex<Option<String>>,
+    /// The rest, changed once per commit.
+    health: Mutex<SqliteHealth>,
 }
 
 impl HealthState {
+    fn health(&self) -> MutexGuard<'_, SqliteHealth> {
+        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn snapshot(&self) -> SqliteHealth {
-        let last_commit = self.last_commit.load(Ordering::Relaxed);
         SqliteHealth {
-            commits: self.commits.load(Ordering::Relaxed),
-            failed_commits: self.failed_commits.load(Ordering::Relaxed),
-            consecutive_failures: self.consecutive_failures.load(Ordering::Relaxed),
-            unsaved: self.unsaved.load(Ordering::Relaxed),
-            dropped: self.dropped.load(Ordering::Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone(),
-            last_commit: (last_commit > 0).then(|| UNIX_EPOCH + Duration::from_nanos(last_commit)),
-            closed: self.closed.load(Ordering::Relaxed),
+            closed: self.is_closed(),
+            ..self.health().clone()
         }
     }
 
     /// A commit succeeded; the number of failures it ends.
     pub(super) fn committed(&self) -> u64 {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
-        self.last_commit.store(now, Ordering::Relaxed);
-        self.unsaved.store(0, Ordering::Relaxed);
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
-        self.consecutive_failures.swap(0, Ordering::Relaxed)
+        let mut health = self.health();
+        health.commits += 1;
+        health.last_commit = Some(SystemTime::now());
+        health.unsaved = 0;
+        health.last_error = None;
+        std::mem::take(&mut health.consecutive_failures)
     }
 
     /// A commit failed with `error`, `unsaved` changes waiting; the number
     /// of consecutive failures.
     pub(super) fn failed(&self, error: String, unsaved: u64) -> u64 {
-        self.failed_commits.fetch_add(1, Ordering::Relaxed);
-        self.unsaved.store(unsaved, Ordering::Relaxed);
-        *self
-            .last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(error);
-        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
+        let mut health = self.health();
+        health.failed_commits += 1;
+        health.unsaved = unsaved;
+        health.last_error = Some(error);
+        health.consecutive_failures += 1;
+        health.consecutive_failures
     }
 
     /// A change could not be handed to the writer; the number so far.
     pub(super) fn dropped(&self) -> u64 {
-        self.dropped.fetch_add(1, Ordering::Relaxed) + 1
+        let mut health = self.health();
+        health.dropped += 1;
+        health.dropped
     }
 
     pub(super) fn is_closed(&self) -> bool {

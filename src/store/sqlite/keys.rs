@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::health::SqliteHealth;
-use super::writer::{KeyOp, KeyOutcome, Writer};
+use super::writer::{Job, KeyOp, KeyOutcome, Writer};
 use crate::auth::{
     KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode, TenantAdmin, TenantKind, TenantRecord,
 };
@@ -65,7 +65,7 @@ impl SqliteKeyStore {
         let writer = self.writer.clone();
         // The writer thread does the whole write (file, then memory), so a
         // caller that stops waiting cannot leave the two apart.
-        StoreFuture::pending(async move { writer.key(op).await })
+        StoreFuture::pending(async move { writer.acked(|done| Job::Key { op, done }).await })
     }
 }
 

@@ -46,6 +46,12 @@ async fn charge(ledger: &SqliteLedger, budgets: &[BudgetSpec], cost: Money, char
         .unwrap();
 }
 
+/// `SELECT count(*) FROM <from>` on another connection.
+fn count(conn: &rusqlite::Connection, from: &str) -> i64 {
+    let sql = format!("SELECT count(*) FROM {from}");
+    conn.query_row(&sql, [], |r| r.get(0)).unwrap()
+}
+
 #[tokio::test]
 async fn a_new_file_gets_the_schema_in_wal_mode() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +125,10 @@ async fn books_aggregates_and_top_up_keys_survive_a_reopen() {
         (rows[0].totals.requests, rows[0].totals.prompt_tokens),
         (3, 300)
     );
-    drop(store);
+    // Closed, not dropped: `ledger` is a handle too, and a writer still
+    // running would commit its last batch over the reopened file's
+    // deletion of the ended period (this test failed one run in three).
+    store.close().await.unwrap();
 
     // A month later, the budget's spend is gone, the balance's is not.
     let store = open_at(&path, "2026-04-02T00:00:00Z");
@@ -135,13 +144,7 @@ async fn books_aggregates_and_top_up_keys_survive_a_reopen() {
     // spend must be gone.)
     store.flush().await.unwrap();
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let budgets: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM accounts WHERE balance = 0 AND spent_nanos > 0",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let budgets = count(&conn, "accounts WHERE balance = 0 AND spent_nanos > 0");
     assert_eq!(budgets, 0);
 }
 
@@ -179,14 +182,7 @@ async fn key_writes_are_on_disk_when_answered_and_refuse_what_memory_refuses() {
     assert_eq!(keys.put(a.clone(), PutMode::Create).await.unwrap(), None);
     // Another connection sees it at once: it was committed.
     let conn = rusqlite::Connection::open(&path).unwrap();
-    let on_disk: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM key_secrets WHERE key_id = 'a'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(on_disk, 1);
+    assert_eq!(count(&conn, "key_secrets WHERE key_id = 'a'"), 1);
 
     let again = keys.put(a.clone(), PutMode::Create).await;
     assert_eq!(
@@ -222,10 +218,11 @@ async fn key_writes_are_on_disk_when_answered_and_refuse_what_memory_refuses() {
     assert!(keys.delete("a").await.unwrap());
     assert!(!keys.delete("a").await.unwrap());
     assert!(keys.lookup(&KeyHash::of("sk-a")).await.unwrap().is_none());
-    let secrets: i64 = conn
-        .query_row("SELECT count(*) FROM key_secrets", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(secrets, 0, "the secrets go with the key");
+    assert_eq!(
+        count(&conn, "key_secrets"),
+        0,
+        "the secrets go with the key"
+    );
 }
 
 /// Sets the writer's connection's `max_page_count` (a per-connection

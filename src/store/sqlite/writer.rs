@@ -157,14 +157,14 @@ impl Writer {
         })
     }
 
-    /// Hands `job` to the writer; never waits. After the writer stopped,
-    /// the change is counted as dropped.
     /// Held across a ledger change in memory and the send of its job (see
     /// the field's docs).
     pub(super) fn ordered(&self) -> RwLockReadGuard<'_, ()> {
         self.order.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Hands `job` to the writer; never waits. After the writer stopped,
+    /// the change is counted as dropped.
     pub(super) fn send(&self, job: Job) {
         // Once closed, the thread may still be finishing: a job it would
         // never read must not look accepted.
@@ -173,21 +173,20 @@ impl Writer {
         }
     }
 
-    /// Sends the job `make` builds around an [`Ack`], and waits for it.
-    pub(super) async fn acked(&self, make: impl FnOnce(Ack) -> Job) -> Result<(), StoreError> {
+    /// Sends the job `make` builds around its answer's sender (an [`Ack`],
+    /// or a key write's), and waits for the answer.
+    pub(super) async fn acked<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
+    ) -> Result<T, StoreError> {
         let (done, answer) = oneshot::channel();
         self.send(make(done));
-        answer.await.unwrap_or_else(|_| Err(self.stopped()))
-    }
-
-    pub(super) async fn key(&self, op: KeyOp) -> Result<KeyOutcome, StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.send(Job::Key { op, done });
-        answer.await.unwrap_or_else(|_| Err(self.stopped()))
-    }
-
-    fn stopped(&self) -> StoreError {
-        StoreError::Unavailable(format!("the state store {} is closed", self.path.display()))
+        answer.await.unwrap_or_else(|_| {
+            let path = self.path.display();
+            Err(StoreError::Unavailable(format!(
+                "the state store {path} is closed"
+            )))
+        })
     }
 
     pub(super) fn health(&self) -> SqliteHealth {
@@ -391,9 +390,7 @@ impl Thread {
             let _ = done.send(f(&self.conn).map_err(|e| StoreError::Unavailable(e.to_string())));
         }
         if batch.unsaved() == 0 {
-            for done in batch.acks.drain(..) {
-                let _ = done.send(Ok(()));
-            }
+            batch.answer(&Ok(()));
             return true;
         }
         let books = {
@@ -421,9 +418,7 @@ impl Thread {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
                 }
                 batch.clear_saved();
-                for done in batch.acks.drain(..) {
-                    let _ = done.send(Ok(()));
-                }
+                batch.answer(&Ok(()));
                 if ended > 0 {
                     tracing::warn!(
                         path = %self.path.display(),
@@ -447,9 +442,7 @@ impl Thread {
                 for (_, done) in batch.keys.drain(..) {
                     let _ = done.send(Err(StoreError::Unavailable(message.clone())));
                 }
-                for done in batch.acks.drain(..) {
-                    let _ = done.send(Err(StoreError::Unavailable(message.clone())));
-                }
+                batch.answer(&Err(StoreError::Unavailable(message)));
                 false
             }
         }
