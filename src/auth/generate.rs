@@ -86,9 +86,12 @@ impl KeyRecord {
         // the key survives headers, URLs and shell quoting unchanged. Encoded
         // into a buffer of ours, overwritten with the random bytes below.
         let mut encoded = [0u8; 43];
+        // 32 bytes are exactly 43 characters: the sizes are constants, not
+        // input, so this cannot fail (and must not mint a short key if it
+        // ever did).
         let len = URL_SAFE_NO_PAD
             .encode_slice(random, &mut encoded)
-            .unwrap_or(0);
+            .expect("32 bytes encode to 43 base64url characters");
         let mut secret = String::with_capacity(46);
         secret.push_str(KeyRecord::SECRET_PREFIX);
         secret.extend(encoded[..len].iter().map(|&b| char::from(b)));
