@@ -201,23 +201,20 @@ fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Opt
             let code = err.get("code").and_then(as_text);
             let kind = kind_from(status, code.as_deref(), etype.as_deref());
             let mut e = ApiError::from_kind(kind).with_status(status);
-            e = match message {
-                Some(m) => e.with_message(m.into_owned()),
-                None => e,
-            };
-            e = match etype {
-                Some(t) => e.with_type(t.into_owned()),
-                None => e,
-            };
+            if let Some(m) = message {
+                e = e.with_message(m.into_owned());
+            }
+            if let Some(t) = etype {
+                e = e.with_type(t.into_owned());
+            }
             e = match err.get("param").and_then(as_text) {
                 Some(p) => e.with_param(p.into_owned()),
                 None => e.without_param(),
             };
-            e = match code {
+            Some(match code {
                 Some(c) => e.with_code(c.into_owned()),
                 None => e.without_code(),
-            };
-            Some(e)
+            })
         }
         Some(Value::String(message)) => {
             let kind = ErrorKind::from_status(status);

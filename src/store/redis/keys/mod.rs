@@ -510,13 +510,15 @@ impl Inner {
 mod tests {
     use super::*;
 
+    /// A connection (never made) with `prefix`.
+    fn unreachable(prefix: &str) -> RedisConnection {
+        let config = super::super::RedisConfig::from_url("redis://127.0.0.1:1/0").unwrap();
+        RedisConnection::connect_lazy(config.key_prefix(prefix)).unwrap()
+    }
+
     #[tokio::test]
     async fn invalidation_messages_drop_their_hashes_or_everything() {
-        let redis = RedisConnection::connect_lazy(
-            super::super::RedisConfig::from_url("redis://127.0.0.1:1/0").unwrap(),
-        )
-        .unwrap();
-        let store = RedisKeyStore::builder(redis).build();
+        let store = RedisKeyStore::builder(unreachable("tollgate:")).build();
         let inner = &store.inner;
         let [a, b, c] = ["a", "b", "c"].map(KeyHash::of);
         let fill = || {
@@ -538,13 +540,7 @@ mod tests {
 
     #[test]
     fn every_name_carries_the_one_hash_tag() {
-        let redis = RedisConnection::connect_lazy(
-            super::super::RedisConfig::from_url("redis://127.0.0.1:1/0")
-                .unwrap()
-                .key_prefix("gw:"),
-        )
-        .unwrap();
-        let names = Names::new(&redis);
+        let names = Names::new(&unreachable("gw:"));
         for name in [
             names.secret(&KeyHash::of("s")),
             names.id("a{b}"),
