@@ -89,7 +89,9 @@ pub fn server_delay(
     now_unix: Duration,
     rate_limited: bool,
 ) -> Option<Duration> {
-    if let Some(delay) = header(headers, RETRY_AFTER_MS.as_str()).and_then(parse_millis) {
+    if let Some(delay) =
+        header(headers, RETRY_AFTER_MS.as_str()).and_then(|v| parse_decimal(v, 1000))
+    {
         return Some(delay);
     }
     if let Some(delay) =
@@ -107,7 +109,7 @@ pub fn server_delay(
 /// A `Retry-After` value: delay-seconds (fractions tolerated) or an HTTP-date.
 pub fn parse_retry_after(value: &str, now_unix: Duration) -> Option<Duration> {
     let value = value.trim();
-    if let Some(delay) = parse_seconds(value) {
+    if let Some(delay) = parse_decimal(value, 1) {
         return Some(delay);
     }
     let at = httpdate::parse_http_date(value).ok()?;
@@ -196,19 +198,10 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// Non-negative decimal seconds, fractions allowed; huge values saturate so
-/// that the policy's cap refuses them.
-fn parse_seconds(value: &str) -> Option<Duration> {
-    parse_decimal(value, 1)
-}
-
-fn parse_millis(value: &str) -> Option<Duration> {
-    parse_decimal(value, 1000)
-}
-
-/// A non-negative decimal number of `1 / per_second` seconds. Whole numbers
-/// are read exactly (no float rounding), so a delay survives a render/parse
-/// round trip to the millisecond.
+/// A non-negative decimal number of `1 / per_second` seconds, fractions
+/// allowed. Whole numbers are read exactly (no float rounding), so a delay
+/// survives a render/parse round trip to the millisecond; huge values
+/// saturate so that the policy's cap refuses them.
 fn parse_decimal(value: &str, per_second: u64) -> Option<Duration> {
     let value = value.trim();
     if let Ok(n) = value.parse::<u64>() {
@@ -228,7 +221,7 @@ fn parse_reset(value: &str, now_unix: Duration) -> Option<Duration> {
     if let Some(at) = parse_rfc3339(value) {
         return Some(at.saturating_sub(now_unix));
     }
-    parse_duration(value).or_else(|| parse_seconds(value))
+    parse_duration(value).or_else(|| parse_decimal(value, 1))
 }
 
 fn reset_delay(

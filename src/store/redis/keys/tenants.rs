@@ -10,7 +10,6 @@
 //! channel (an instance of an earlier version, which reads only hashes
 //! there, drops its whole cache on it: safe).
 
-use std::future::Future;
 use std::sync::Arc;
 
 use super::{Inner, RedisKeyStore, list, read_record};
@@ -53,15 +52,8 @@ pub(super) fn lookup(
     inner.lookup(
         |inner| &inner.tenants,
         scope,
-        |inner, _| read(inner, names(inner, kind, id).0),
+        |inner, _| read_record(inner, names(inner, kind, id).0, decode_tenant),
     )
-}
-
-fn read(
-    inner: &Inner,
-    key: String,
-) -> impl Future<Output = Result<Option<Arc<TenantRecord>>, StoreError>> + Send + use<> {
-    read_record(inner, key, decode_tenant)
 }
 
 impl TenantAdmin for RedisKeyStore {
@@ -69,7 +61,8 @@ impl TenantAdmin for RedisKeyStore {
         let Some((kind, id)) = TenantKind::of(scope) else {
             return StoreFuture::ready(Ok(None));
         };
-        StoreFuture::pending(read(&self.inner, names(&self.inner, kind, id).0))
+        let key = names(&self.inner, kind, id).0;
+        StoreFuture::pending(read_record(&self.inner, key, decode_tenant))
     }
 
     fn list_tenants(
