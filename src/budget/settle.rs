@@ -83,7 +83,7 @@ impl<L: Ledger> Settler<L> {
 
     /// Settles from the report of the response's body; `timed_out`: the
     /// response is a gateway's timeout (see [`CallEnd::Response`]).
-    pub(crate) fn finish(self, report: &UsageReport, timed_out: bool) {
+    pub(crate) fn finish(mut self, report: &UsageReport, timed_out: bool) {
         self.settle(
             CallEnd::Response { report, timed_out },
             report.source,
@@ -92,7 +92,7 @@ impl<L: Ledger> Settler<L> {
     }
 
     /// Settles a call whose inner service failed without a response.
-    pub(crate) fn failed(self, timed_out: bool) {
+    pub(crate) fn failed(mut self, timed_out: bool) {
         self.settle(
             CallEnd::Error { timed_out },
             UsageSource::Estimated,
@@ -100,7 +100,7 @@ impl<L: Ledger> Settler<L> {
         );
     }
 
-    fn settle(mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
+    fn settle(&mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
         // Settled here, once: the drop that follows must not settle the
         // call again as abandoned (it did, for a call billed nothing that
         // still had its attribution: the spend aggregates were charged the
@@ -209,18 +209,7 @@ impl<L: Ledger> Drop for Settler<L> {
             // Dropped while the inner service had the request (the client
             // went away before the headers, a timeout further out): the
             // upstream may be working on it.
-            let settler = Settler {
-                shared: self.shared.clone(),
-                reservation: self.reservation.take(),
-                price: self.price,
-                worst: self.worst,
-                fixed: self.fixed,
-                called: false,
-                model: std::mem::take(&mut self.model),
-                principal: self.principal.take(),
-                attribution: self.attribution.take(),
-            };
-            settler.settle(
+            self.settle(
                 CallEnd::Abandoned,
                 UsageSource::Estimated,
                 CLIENT_CLOSED_REQUEST,
