@@ -402,8 +402,9 @@ fn no_price(model: &str) -> ApiError {
         .with_param("model")
 }
 
-/// A client-sent model name, cut to a sane length for messages and logs.
-fn truncated(model: &str) -> &str {
+/// A client-sent model name, cut to 128 characters (on a char boundary)
+/// for messages and logs.
+pub(crate) fn truncated(model: &str) -> &str {
     match model.char_indices().nth(128) {
         Some((at, _)) => &model[..at],
         None => model,
