@@ -302,11 +302,7 @@ fn finish<St, K, L: Ledger, B>(
         return match step {
             Step::Admit(admitted) => Next::Done(Decided::Call(req, None, admitted)),
             Step::Reserve(pending) => {
-                let answer = shared.budget.ledger.reserve(
-                    &pending.budgets,
-                    pending.worst_case,
-                    shared.budget.policy,
-                );
+                let answer = pending.reserve(&shared.budget);
                 Next::Alone(Alone {
                     req,
                     pending,
