@@ -258,23 +258,13 @@ impl OwnedCharges {
                 release: s.release,
             })
             .collect();
-        let mut future = store.settle(&Settle { scopes: &scopes });
-        match future.take_ready() {
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
+        let answer = store.settle(&Settle { scopes: &scopes });
+        let no_runtime = "no tokio runtime to refund a rate limit on";
+        crate::budget::settle::on_answer(answer, no_runtime, |result| {
+            if let Err(error) = result {
                 tracing::warn!(%error, "rate limit refund of a request over budget failed");
             }
-            None => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move {
-                        if let Err(error) = future.await {
-                            tracing::warn!(%error, "rate limit refund of a request over budget failed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!("no tokio runtime to refund a rate limit on"),
-            },
-        }
+        });
     }
 }
 
