@@ -40,6 +40,14 @@ fn top_up(
     ledger.top_up_sync(spec, usd(amount), key).unwrap()
 }
 
+/// The index and status of the budget that refused `outcome`.
+fn denied(outcome: ReserveOutcome) -> (usize, BudgetStatus) {
+    match outcome {
+        ReserveOutcome::Denied { index, status } => (index, status),
+        reserved => panic!("expected a denial, got {reserved:?}"),
+    }
+}
+
 fn reserved(outcome: ReserveOutcome) -> Reservation {
     match outcome {
         ReserveOutcome::Reserved { reservation, .. } => reservation,
@@ -76,25 +84,18 @@ async fn strict_refuses_what_bounded_clamps() {
     let b = [key("a", 10, Period::Never)];
     let r = hold(&ledger, &b, "9");
     pay(&ledger, &r, "9");
-    match reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap() {
-        ReserveOutcome::Denied { index, status } => {
-            assert_eq!(index, 0);
-            assert_eq!(status.remaining(), usd("1"));
-        }
-        other => panic!("{other:?}"),
-    }
+    let (index, status) = denied(reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap());
+    assert_eq!((index, status.remaining()), (0, usd("1")));
     let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Bounded).unwrap());
     assert_eq!(r.amount(), usd("1"));
     // Nothing remains while it is in flight, under either policy.
     for policy in [ReservePolicy::Strict, ReservePolicy::Bounded] {
-        let denied = reserve(&ledger, &b, Money::ZERO, policy).unwrap();
-        assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+        denied(reserve(&ledger, &b, Money::ZERO, policy).unwrap());
     }
     // It overshoots by its excess, then everything is refused.
     pay(&ledger, &r, "2");
     assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("-1"));
-    let denied = reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap();
-    assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+    denied(reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -105,15 +106,9 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
     let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     assert_eq!(partial.amount(), usd("6"));
-    ledger
-        .settle_sync(&full, &Charge::cost(Money::ZERO))
-        .unwrap();
+    pay(&ledger, &full, "0");
     // 4 remain, but a partial hold is in flight: only a full hold fits.
-    let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
-    assert!(
-        matches!(denied, ReserveOutcome::Denied { .. }),
-        "{denied:?}"
-    );
+    denied(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
     assert_eq!(fits.amount(), usd("3"));
     pay(&ledger, &partial, "9");
@@ -146,10 +141,8 @@ async fn all_or_nothing_across_budgets() {
     let r = hold(&ledger, &a, "0.8");
     pay(&ledger, &r, "0.8");
     let b = [key("b", 10, Period::Monthly), team.clone()];
-    match reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap() {
-        ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
-        other => panic!("{other:?}"),
-    }
+    let (index, _) = denied(reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap());
+    assert_eq!(index, 1);
     // Key b was not touched by the refused reservation.
     assert_eq!(ledger.read_sync(&b[0]).reserved, Money::ZERO);
     // The tightest budget is reported.
@@ -222,16 +215,10 @@ async fn balances_open_once_take_top_ups_and_never_reset() {
     let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("1"));
     let r = hold(&ledger, &[wallet.clone()], "1");
     pay(&ledger, &r, "1");
-    let denied = reserve(
-        &ledger,
-        &[wallet.clone()],
-        Money::ZERO,
-        ReservePolicy::Bounded,
-    )
-    .unwrap();
-    assert!(
-        matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
-    );
+    let wallets = [wallet.clone()];
+    let (_, status) =
+        denied(reserve(&ledger, &wallets, Money::ZERO, ReservePolicy::Bounded).unwrap());
+    assert_eq!(status.mode, BudgetMode::Balance);
     let status = top_up(&ledger, &wallet, "3", None).status;
     assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
     tokio::time::advance(Duration::from_secs(400 * 86_400)).await;
