@@ -246,7 +246,9 @@ impl MemoryLedger {
         self.inner.spend.iter().map(|s| lock(s).len()).sum()
     }
 
-    fn now(&self) -> Duration {
+    /// The ledger's current time (since the Unix epoch); a durable store
+    /// records when something happened on it.
+    pub(crate) fn now_unix(&self) -> Duration {
         self.inner.clock.now_unix()
     }
 
@@ -341,7 +343,7 @@ impl MemoryLedger {
         amount: Money,
         policy: ReservePolicy,
     ) -> Result<ReserveOutcome, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let hold_shard = id as usize & (self.inner.holds.len() - 1);
         self.sweep(hold_shard, now);
@@ -432,7 +434,7 @@ impl MemoryLedger {
         reservation: &Reservation,
         charge: &Charge,
     ) -> Result<Settlement, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let day = day_of(now);
         let held = self.take_hold(reservation.id());
         let actual = charge.cost.max(Money::ZERO);
@@ -488,7 +490,7 @@ impl MemoryLedger {
 
     fn release_sync(&self, reservation: &Reservation) {
         if let Some(hold) = self.take_hold(reservation.id()) {
-            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now());
+            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now_unix());
         }
     }
 
@@ -498,7 +500,7 @@ impl MemoryLedger {
         amount: Money,
         idempotency_key: Option<&str>,
     ) -> Result<TopUpOutcome, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
@@ -527,7 +529,7 @@ impl MemoryLedger {
     }
 
     fn read_sync(&self, spec: &BudgetSpec) -> BudgetStatus {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         match shard.get_mut(hash, &spec.scope) {
@@ -540,7 +542,7 @@ impl MemoryLedger {
     }
 
     fn reset_sync(&self, spec: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
