@@ -98,15 +98,6 @@ impl<St: RateLimitStore, L: Ledger> InTurn<St, L> {
     }
 }
 
-/// The admission of an empty [`Acquire`].
-pub(crate) fn nothing_to_acquire() -> Admission {
-    Admission {
-        verdict: Verdict::Admitted,
-        states: LimitStates::new(),
-        busy: None,
-    }
-}
-
 impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St, L> {
     fn admit(
         &self,
@@ -114,7 +105,12 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
         reserve: Option<&Reserve<'_>>,
     ) -> StoreFuture<JointAdmission> {
         let mut limits = if acquire.scopes.is_empty() {
-            StoreFuture::ready(Ok(nothing_to_acquire()))
+            // Nothing to acquire: admitted, with no states.
+            StoreFuture::ready(Ok(Admission {
+                verdict: Verdict::Admitted,
+                states: LimitStates::new(),
+                busy: None,
+            }))
         } else {
             self.rate_limits.acquire(acquire)
         };
