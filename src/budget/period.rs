@@ -74,8 +74,11 @@ impl Period {
             }
             Period::Rolling(length) if !length.is_zero() => {
                 let len = length.as_nanos();
-                // Not after `now`: it fits a `Duration`.
-                let start = Duration::from_nanos_u128(now.as_nanos() / len * len);
+                let start = now.as_nanos() / len * len;
+                let start = Duration::new(
+                    u64::try_from(start / 1_000_000_000).unwrap_or(u64::MAX),
+                    (start % 1_000_000_000) as u32,
+                );
                 return PeriodWindow {
                     start,
                     end: start.checked_add(length),
