@@ -213,7 +213,7 @@ async fn a_settlement_after_rollover_counts_in_the_new_period() {
 async fn balances_open_once_take_top_ups_and_never_reset() {
     let ledger = MemoryLedger::new();
     let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("1"));
-    let r = hold(&ledger, &[wallet.clone()], "1");
+    let r = hold(&ledger, std::slice::from_ref(&wallet), "1");
     pay(&ledger, &r, "1");
     let wallets = [wallet.clone()];
     let (_, status) =
@@ -415,7 +415,10 @@ async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
         .unwrap();
     tokio::time::advance(Duration::from_secs(120)).await; // the next UTC day
     ledger
-        .settle_sync(&none, &attributed("0.125", &[alice.clone()], "m1"))
+        .settle_sync(
+            &none,
+            &attributed("0.125", std::slice::from_ref(&alice), "m1"),
+        )
         .unwrap();
 
     let by_key = ledger.spend_sync(&SpendQuery::new(SpendGroup::Key));
@@ -504,7 +507,7 @@ async fn a_reset_forgets_the_period_spend_but_not_holds_or_balances() {
     assert_eq!((status.spent, status.reserved), (Money::ZERO, usd("1")));
     ledger.release_sync(&held);
     let wallet = BudgetSpec::balance(BudgetScope::Key("w".into()), usd("3"));
-    let w = hold(&ledger, &[wallet.clone()], "1");
+    let w = hold(&ledger, std::slice::from_ref(&wallet), "1");
     pay(&ledger, &w, "1");
     assert_eq!(ledger.reset_sync(&wallet).unwrap().remaining(), usd("2"));
 }
@@ -513,7 +516,7 @@ async fn a_reset_forgets_the_period_spend_but_not_holds_or_balances() {
 async fn a_balance_is_granted_once_whatever_later_specs_say() {
     let ledger = MemoryLedger::new();
     let opening = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("10"));
-    let r = hold(&ledger, &[opening.clone()], "4");
+    let r = hold(&ledger, std::slice::from_ref(&opening), "4");
     pay(&ledger, &r, "4");
     // The configuration now says 50: the balance is not refilled.
     let edited = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("50"));
