@@ -285,7 +285,7 @@ fn finish<St, K, L: Ledger, B>(
         Ok(joint) => (Ok(joint.admission), joint.reservation),
         Err(error) if plan.is_none() => {
             // Only the budgets were asked: their failure policy decides.
-            return Next::Done(over_budget(shared, req, None, step, Err(error), None));
+            return Next::Done(over_budget(shared, req, None, step, Some(Err(error))));
         }
         Err(error) => (Err(error), None),
     };
@@ -302,11 +302,7 @@ fn finish<St, K, L: Ledger, B>(
         return match step {
             Step::Admit(admitted) => Next::Done(Decided::Call(req, None, admitted)),
             Step::Reserve(pending) => {
-                let answer = shared.budget.ledger.reserve(
-                    &pending.budgets,
-                    pending.worst_case,
-                    shared.budget.policy,
-                );
+                let answer = pending.reserve(&shared.budget);
                 Next::Alone(Alone {
                     req,
                     pending,
@@ -315,33 +311,16 @@ fn finish<St, K, L: Ledger, B>(
             }
         };
     }
-    let reservation = match step {
-        Step::Reserve(_) => Some(reservation.unwrap_or_else(|| {
-            Err(StoreError::Corrupt(
-                "the admission store did not ask the budgets".into(),
-            ))
-        })),
-        Step::Admit(_) => None,
-    };
-    Next::Done(over_budget(
-        shared,
-        req,
-        Some(decision),
-        step,
-        Ok(()),
-        reservation,
-    ))
+    Next::Done(over_budget(shared, req, Some(decision), step, reservation))
 }
 
-/// The budget's decision, after the rate limit's `decision` admitted the
-/// request (or did not limit it); `error` when the store failed and only
-/// the budgets were asked.
+/// The budget's decision on the ledger's answer `reservation`, after the
+/// rate limit's `decision` admitted the request (or did not limit it).
 fn over_budget<St, K, L: Ledger, B>(
     shared: &Shared<St, K, L>,
     req: Request<B>,
     decision: Option<Decision>,
     step: Step<L>,
-    error: Result<(), StoreError>,
     reservation: Option<Result<ReserveOutcome, StoreError>>,
 ) -> Decided<B, L> {
     let pending = match step {
@@ -351,11 +330,11 @@ fn over_budget<St, K, L: Ledger, B>(
         }
         Step::Reserve(pending) => pending,
     };
-    let result = match (error, reservation) {
-        (Err(error), _) => Err(error),
-        (Ok(()), Some(result)) => result,
-        (Ok(()), None) => Err(StoreError::Corrupt("no reservation".into())),
-    };
+    let result = reservation.unwrap_or_else(|| {
+        Err(StoreError::Corrupt(
+            "the admission store did not ask the budgets".into(),
+        ))
+    });
     // Denied: the store charged the limits nothing.
     let denied = matches!(result, Ok(ReserveOutcome::Denied { .. }));
     match budget::conclude(&shared.budget, pending, result) {

@@ -98,15 +98,6 @@ impl<St: RateLimitStore, L: Ledger> InTurn<St, L> {
     }
 }
 
-/// The admission of an empty [`Acquire`].
-pub(crate) fn nothing_to_acquire() -> Admission {
-    Admission {
-        verdict: Verdict::Admitted,
-        states: LimitStates::new(),
-        busy: None,
-    }
-}
-
 impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St, L> {
     fn admit(
         &self,
@@ -114,7 +105,12 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
         reserve: Option<&Reserve<'_>>,
     ) -> StoreFuture<JointAdmission> {
         let mut limits = if acquire.scopes.is_empty() {
-            StoreFuture::ready(Ok(nothing_to_acquire()))
+            // Nothing to acquire: admitted, with no states.
+            StoreFuture::ready(Ok(Admission {
+                verdict: Verdict::Admitted,
+                states: LimitStates::new(),
+                busy: None,
+            }))
         } else {
             self.rate_limits.acquire(acquire)
         };
@@ -125,65 +121,55 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
             });
         };
         let owned = OwnedReserve::of(reserve);
-        match limits.take_ready() {
-            Some(Err(error)) => StoreFuture::ready(Err(error)),
-            Some(Ok(admission)) => {
-                if !owned.asked(&admission) {
-                    return StoreFuture::ready(Ok(JointAdmission {
-                        admission,
-                        reservation: None,
-                    }));
-                }
-                let mut budgets = owned.reserve(&self.ledger);
-                match budgets.take_ready() {
-                    Some(result) => {
-                        if undo_needed(&admission, &result) {
-                            undo(&self.rate_limits, acquire);
-                        }
-                        StoreFuture::ready(Ok(JointAdmission {
-                            admission,
-                            reservation: Some(result),
-                        }))
-                    }
-                    None => {
-                        let charges = OwnedCharges::of(acquire);
-                        let store = self.rate_limits.clone();
-                        StoreFuture::pending(async move {
-                            let result = budgets.await;
-                            if undo_needed(&admission, &result) {
-                                charges.undo(&store);
-                            }
-                            Ok(JointAdmission {
-                                admission,
-                                reservation: Some(result),
-                            })
-                        })
-                    }
-                }
-            }
+        let admission = match limits.take_ready() {
+            Some(Ok(admission)) => admission,
+            Some(Err(error)) => return StoreFuture::ready(Err(error)),
             None => {
                 let charges = OwnedCharges::of(acquire);
                 let store = self.rate_limits.clone();
                 let ledger = self.ledger.clone();
-                StoreFuture::pending(async move {
+                return StoreFuture::pending(async move {
                     let admission = limits.await?;
-                    if !owned.asked(&admission) {
-                        return Ok(JointAdmission {
-                            admission,
-                            reservation: None,
-                        });
-                    }
-                    let result = owned.reserve(&ledger).await;
-                    if undo_needed(&admission, &result) {
-                        charges.undo(&store);
-                    }
-                    Ok(JointAdmission {
-                        admission,
-                        reservation: Some(result),
-                    })
-                })
+                    let result = match owned.asked(&admission) {
+                        true => Some(owned.reserve(&ledger).await),
+                        false => None,
+                    };
+                    Ok(joint(admission, result, || charges.undo(&store)))
+                });
             }
+        };
+        if !owned.asked(&admission) {
+            return StoreFuture::ready(Ok(joint(admission, None, || {})));
         }
+        let mut budgets = owned.reserve(&self.ledger);
+        if let Some(result) = budgets.take_ready() {
+            let undo = || OwnedCharges::of(acquire).undo(&self.rate_limits);
+            return StoreFuture::ready(Ok(joint(admission, Some(result), undo)));
+        }
+        let charges = OwnedCharges::of(acquire);
+        let store = self.rate_limits.clone();
+        StoreFuture::pending(async move {
+            let result = budgets.await;
+            Ok(joint(admission, Some(result), || charges.undo(&store)))
+        })
+    }
+}
+
+/// The joint answer of `admission` and the budgets' `result`; `undo`
+/// settles back the limits' charges when the limits charged a request the
+/// budgets then denied.
+fn joint(
+    admission: Admission,
+    result: Option<Result<ReserveOutcome, StoreError>>,
+    undo: impl FnOnce(),
+) -> JointAdmission {
+    let denied = matches!(result, Some(Ok(ReserveOutcome::Denied { .. })));
+    if denied && admission.verdict == Verdict::Admitted {
+        undo();
+    }
+    JointAdmission {
+        admission,
+        reservation: result,
     }
 }
 
@@ -213,17 +199,6 @@ impl OwnedReserve {
     fn reserve<L: Ledger>(&self, ledger: &L) -> StoreFuture<ReserveOutcome> {
         ledger.reserve(&self.budgets, self.amount, self.policy)
     }
-}
-
-/// Whether the limits charged a request the budgets then denied.
-fn undo_needed(admission: &Admission, result: &Result<ReserveOutcome, StoreError>) -> bool {
-    admission.verdict == Verdict::Admitted && matches!(result, Ok(ReserveOutcome::Denied { .. }))
-}
-
-/// Settles back the charges of `acquire`: each cost refunded, each slot
-/// freed.
-fn undo<St: RateLimitStore>(store: &St, acquire: &Acquire<'_>) {
-    OwnedCharges::of(acquire).undo(store);
 }
 
 /// The charges of an [`Acquire`], owned, to settle back later.
@@ -279,23 +254,13 @@ impl OwnedCharges {
                 release: s.release,
             })
             .collect();
-        let mut future = store.settle(&Settle { scopes: &scopes });
-        match future.take_ready() {
-            Some(Ok(())) => {}
-            Some(Err(error)) => {
+        let answer = store.settle(&Settle { scopes: &scopes });
+        let no_runtime = "no tokio runtime to refund a rate limit on";
+        crate::budget::settle::on_answer(answer, no_runtime, |result| {
+            if let Err(error) = result {
                 tracing::warn!(%error, "rate limit refund of a request over budget failed");
             }
-            None => match tokio::runtime::Handle::try_current() {
-                Ok(handle) => {
-                    handle.spawn(async move {
-                        if let Err(error) = future.await {
-                            tracing::warn!(%error, "rate limit refund of a request over budget failed");
-                        }
-                    });
-                }
-                Err(_) => tracing::warn!("no tokio runtime to refund a rate limit on"),
-            },
-        }
+        });
     }
 }
 

@@ -147,11 +147,7 @@ impl Extractor {
     fn find<'a>(&self, parts: &'a Parts) -> Found<'a> {
         match &self.source {
             Source::Bearer => bearer(parts),
-            Source::Header(name) => match single(parts, name) {
-                Ok(Some(value)) => Found::Key(Cow::Borrowed(value)),
-                Ok(None) => Found::Missing,
-                Err(reason) => Found::Malformed(reason),
-            },
+            Source::Header(name) => single(parts, name),
             Source::Custom(extract) => match extract.extract(parts) {
                 Some(key) => Found::Key(key),
                 None => Found::Missing,
@@ -187,30 +183,31 @@ pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> 
     malformed.map_or(Found::Missing, Found::Malformed)
 }
 
-/// The trimmed value of `name`: `None` when absent or blank, an error when
-/// repeated (two keys are ambiguous) or not visible ASCII.
-fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Result<Option<&'a str>, &'static str> {
+/// The trimmed value of `name`: missing when absent or blank, malformed
+/// when repeated (two keys are ambiguous) or not visible ASCII.
+fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Found<'a> {
     let mut values = parts.headers.get_all(name).iter();
     let Some(value) = values.next() else {
-        return Ok(None);
+        return Found::Missing;
     };
     if values.next().is_some() {
-        return Err("The request carries more than one key header of the same name.");
+        return Found::Malformed("The request carries more than one key header of the same name.");
     }
     // `to_str` admits visible ASCII and tabs only: ASCII trimming is the
     // whole of `trim` here, without decoding characters.
-    let value = value
-        .to_str()
-        .map_err(|_| "The API key header contains characters that are not printable ASCII.")?
-        .trim_ascii();
-    Ok((!value.is_empty()).then_some(value))
+    match value.to_str().map(str::trim_ascii) {
+        Ok("") => Found::Missing,
+        Ok(value) => Found::Key(Cow::Borrowed(value)),
+        Err(_) => {
+            Found::Malformed("The API key header contains characters that are not printable ASCII.")
+        }
+    }
 }
 
 fn bearer(parts: &Parts) -> Found<'_> {
     let value = match single(parts, &AUTHORIZATION) {
-        Ok(Some(value)) => value,
-        Ok(None) => return Found::Missing,
-        Err(reason) => return Found::Malformed(reason),
+        Found::Key(Cow::Borrowed(value)) => value,
+        other => return other,
     };
     // ASCII (see `single`): bytes, not characters.
     let (scheme, rest) = match value.bytes().position(|b| b.is_ascii_whitespace()) {

@@ -11,10 +11,8 @@ use http::request::Parts;
 use super::extract::{self, Found};
 use super::layer::Policy;
 use super::{KeyHash, KeyRecord, LookupResult, Principal};
+use crate::budget::service::truncated as quoted;
 use crate::{ApiError, ErrorKind, RequestMeta};
-
-/// The longest model name quoted back in a `model_not_allowed` message.
-const MAX_QUOTED_MODEL: usize = 128;
 
 /// The key presented with a request, hashed; or why there is none to look up.
 pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, ApiError> {
@@ -161,13 +159,6 @@ fn refuse(record: &Arc<KeyRecord>, error: ApiError) -> ApiError {
     error
 }
 
-fn quoted(model: &str) -> &str {
-    match model.char_indices().nth(MAX_QUOTED_MODEL) {
-        Some((end, _)) => &model[..end],
-        None => model,
-    }
-}
-
 fn invalid_key() -> ApiError {
     ApiError::authentication()
         .with_code("invalid_api_key")
@@ -230,7 +221,7 @@ mod tests {
     #[test]
     fn long_model_names_are_cut_on_a_char_boundary() {
         let long = "é".repeat(300);
-        assert_eq!(quoted(&long).chars().count(), MAX_QUOTED_MODEL);
+        assert_eq!(quoted(&long).chars().count(), 128);
         assert_eq!(quoted("gpt-4o"), "gpt-4o");
     }
 }

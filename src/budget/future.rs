@@ -63,13 +63,7 @@ where
             },
         }
     }
-}
 
-impl<S, ReqBody, L> ResponseFuture<S, ReqBody, L>
-where
-    S: Service<Request<ReqBody>>,
-    L: Ledger,
-{
     pub(crate) fn calling(future: S::Future, mut admitted: Admitted<L>) -> Self {
         calling(&mut admitted);
         ResponseFuture {

@@ -16,17 +16,14 @@
 //!
 //! # Grants, not state
 //!
-//! A [`BudgetSpec`] grants: a balance is opened at the spec's `limit` the
-//! first time the ledger sees it, and never refilled by a later spec (only
+//! A [`BudgetSpec`], from the caller's key record, comes with every call and
+//! grants: a balance is opened at the spec's `limit` the first time the
+//! ledger sees it, and never refilled by a later spec (only
 //! [`top_up`](Ledger::top_up) adds funds); a budget's limit is the spec's on
-//! every call, but its spend is the ledger's, so changing a limit keeps
-//! what was spent.
-//!
-//! Budgets are described by their [`BudgetSpec`] on every call (the spec comes
-//! from the caller's key record, not from the ledger), so a changed limit takes
-//! effect on the next request. Periods are computed by the ledger from its
-//! clock ([`Period::window`](super::Period::window)), so every instance that
-//! shares a ledger agrees on when a month ends.
+//! every call (a changed limit holds from the next request), but its spend
+//! is the ledger's, so changing a limit keeps what was spent. Periods come
+//! from the ledger's clock ([`Period::window`](super::Period::window)), so
+//! every instance that shares a ledger agrees on when a month ends.
 //!
 //! Holds ([`Reservation`]s) carry an id and live under a lease: a gateway that
 //! crashes between reserve and settle cannot lock money away forever, the
@@ -42,29 +39,14 @@ use std::sync::Arc;
 use super::{BudgetMode, BudgetSpec, Charge, Money, PeriodWindow, SpendQuery, SpendRow};
 use crate::store::StoreFuture;
 
-/// How much of a budget a request may reserve.
+/// How much of a budget a request may reserve: worst case or nothing
+/// ([`Strict`](ReservePolicy::Strict): spend **never** exceeds the limit),
+/// or at most what remains ([`Bounded`](ReservePolicy::Bounded): one
+/// partial reservation at a time per budget, so spend exceeds the limit by
+/// at most **one request's** cost beyond its reservation).
 ///
-/// # Why two policies
-///
-/// A budget check races with the requests already in flight: their cost is
-/// only known when their responses end. Checking "is anything left?" and
-/// recording spend afterwards (what most gateways do) lets a burst of
-/// concurrent requests all pass the check and overshoot without bound.
-/// Reserving each request's worst case before the call closes the race, but
-/// the worst case (prompt + `max_tokens`) is often far above the actual cost,
-/// so a budget near its end refuses requests it could easily afford.
-///
-/// - [`Strict`](ReservePolicy::Strict) reserves the worst case and refuses a
-///   request whose worst case exceeds what remains. Spend can **never** exceed
-///   the limit; the price is refusals near the end of a period. Use it for
-///   prepaid balances and hard contractual caps.
-/// - [`Bounded`](ReservePolicy::Bounded) (the default) admits a request while
-///   anything remains and reserves `min(worst case, remaining)`. Only a
-///   *partial* reservation (one clamped below its worst case) can end up
-///   costing more than it holds, and a budget admits one partial reservation
-///   at a time: while one is in flight, only requests whose whole worst case
-///   fits get in. So spend exceeds the limit by at most **one request's**
-///   cost beyond its reservation, and the last cents of a budget stay usable.
+/// Why a reservation, and why two policies: see the
+/// [module docs](crate::budget#why-reserve-and-the-two-policies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ReservePolicy {
     /// Refuse when the worst case exceeds what remains: never overshoot.

@@ -195,7 +195,7 @@ mod money;
 mod period;
 mod pricing;
 pub(crate) mod service;
-mod settle;
+pub(crate) mod settle;
 mod spec;
 mod spend;
 

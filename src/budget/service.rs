@@ -167,9 +167,7 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
         Ok(Step::Reserve(pending)) => pending,
         Err(rejected) => return Now::Decided(Err(rejected)),
     };
-    let mut answer = shared
-        .ledger
-        .reserve(&pending.budgets, pending.worst_case, shared.policy);
+    let mut answer = pending.reserve(shared);
     match answer.take_ready() {
         Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
         None => Now::Wait(req, Some(Reserving { pending, answer })),
@@ -192,23 +190,11 @@ where
         Some(reserving) => (req, reserving),
         None => {
             let req = RequestMeta::read(req, shared.max_request_body_bytes).await?;
-            let Some(meta) = req.extensions().get::<RequestMeta>() else {
-                return Err(ApiError::internal().into());
-            };
-            match prepare(
-                &shared,
-                meta,
-                req.extensions().get::<Principal>(),
-                req.headers(),
-            )? {
-                Step::Admit(admitted) => return Ok((req, admitted)),
-                Step::Reserve(pending) => {
-                    let answer =
-                        shared
-                            .ledger
-                            .reserve(&pending.budgets, pending.worst_case, shared.policy);
-                    (req, Reserving { pending, answer })
-                }
+            match admit_now(&shared, req) {
+                Now::Decided(decided) => return decided,
+                Now::Wait(req, Some(reserving)) => (req, reserving),
+                // The meta was just read: not reached.
+                Now::Wait(_, None) => return Err(ApiError::internal().into()),
             }
         }
     };
@@ -230,6 +216,15 @@ pub(crate) struct Pending<L: Ledger> {
     pub(crate) worst_case: super::Money,
     settler: Settler<L>,
     options: UsageOptions,
+}
+
+impl<L: Ledger> Pending<L> {
+    /// Asks `shared`'s ledger for the hold.
+    pub(crate) fn reserve(&self, shared: &Shared<L>) -> StoreFuture<ReserveOutcome> {
+        shared
+            .ledger
+            .reserve(&self.budgets, self.worst_case, shared.policy)
+    }
 }
 
 /// Prices the request `meta` describes, for `principal`'s budgets.
@@ -402,8 +397,9 @@ fn no_price(model: &str) -> ApiError {
         .with_param("model")
 }
 
-/// A client-sent model name, cut to a sane length for messages and logs.
-fn truncated(model: &str) -> &str {
+/// A client-sent model name, cut to 128 characters (on a char boundary)
+/// for messages and logs.
+pub(crate) fn truncated(model: &str) -> &str {
     match model.char_indices().nth(128) {
         Some((at, _)) => &model[..at],
         None => model,

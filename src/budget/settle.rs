@@ -1,8 +1,6 @@
 //! Turning a usage report into a charge.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::task::{Context, Waker};
 
 use http::StatusCode;
 
@@ -13,6 +11,7 @@ use super::layer::Shared;
 use super::usage::{Usage, UsageReport, UsageSource};
 use super::{Attribution, Charge, Ledger, ModelPrice, Money, Reservation, SpendTokens};
 use crate::Principal;
+use crate::store::{StoreError, StoreFuture};
 
 /// Settles one admitted request exactly once: from its usage report, from
 /// its inner service's error, or, if it is dropped first, by releasing its
@@ -83,7 +82,7 @@ impl<L: Ledger> Settler<L> {
 
     /// Settles from the report of the response's body; `timed_out`: the
     /// response is a gateway's timeout (see [`CallEnd::Response`]).
-    pub(crate) fn finish(self, report: &UsageReport, timed_out: bool) {
+    pub(crate) fn finish(mut self, report: &UsageReport, timed_out: bool) {
         self.settle(
             CallEnd::Response { report, timed_out },
             report.source,
@@ -92,7 +91,7 @@ impl<L: Ledger> Settler<L> {
     }
 
     /// Settles a call whose inner service failed without a response.
-    pub(crate) fn failed(self, timed_out: bool) {
+    pub(crate) fn failed(mut self, timed_out: bool) {
         self.settle(
             CallEnd::Error { timed_out },
             UsageSource::Estimated,
@@ -100,7 +99,7 @@ impl<L: Ledger> Settler<L> {
         );
     }
 
-    fn settle(mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
+    fn settle(&mut self, end: CallEnd<'_>, source: UsageSource, status: StatusCode) {
         // Settled here, once: the drop that follows must not settle the
         // call again as abandoned (it did, for a call billed nothing that
         // still had its attribution: the spend aggregates were charged the
@@ -171,9 +170,8 @@ impl<L: Ledger> Settler<L> {
             return;
         }
         let shared = self.shared.clone();
-        drive(async move {
-            let result = answer.await;
-            settled(&shared, &reservation, cost, result);
+        on_answer(answer, NO_RUNTIME, move |result| {
+            settled(&shared, &reservation, cost, result)
         });
     }
 }
@@ -183,7 +181,7 @@ fn settled<L: Ledger>(
     shared: &Shared<L>,
     reservation: &Reservation,
     cost: super::Money,
-    result: Result<super::Settlement, crate::store::StoreError>,
+    result: Result<super::Settlement, StoreError>,
 ) {
     match result {
         Ok(settlement) => {
@@ -209,18 +207,7 @@ impl<L: Ledger> Drop for Settler<L> {
             // Dropped while the inner service had the request (the client
             // went away before the headers, a timeout further out): the
             // upstream may be working on it.
-            let settler = Settler {
-                shared: self.shared.clone(),
-                reservation: self.reservation.take(),
-                price: self.price,
-                worst: self.worst,
-                fixed: self.fixed,
-                called: false,
-                model: std::mem::take(&mut self.model),
-                principal: self.principal.take(),
-                attribution: self.attribution.take(),
-            };
-            settler.settle(
+            self.settle(
                 CallEnd::Abandoned,
                 UsageSource::Estimated,
                 CLIENT_CLOSED_REQUEST,
@@ -241,33 +228,31 @@ const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
 };
 
 fn release<L: Ledger>(shared: Arc<Shared<L>>, reservation: Reservation) {
-    let released = |result: Result<(), crate::store::StoreError>| {
+    on_answer(shared.ledger.release(&reservation), NO_RUNTIME, |result| {
         if let Err(error) = result {
             tracing::warn!(%error, "budget release failed; the hold expires with its lease");
         }
-    };
-    let mut answer = shared.ledger.release(&reservation);
-    if let Some(result) = answer.take_ready() {
-        return released(result);
-    }
-    drive(async move { released(answer.await) });
+    });
 }
 
-/// Runs a ledger call from synchronous code (a body's end, a drop): inline
-/// when it completes at once (the memory ledger always does), else on the
-/// current tokio runtime.
-fn drive<F: Future<Output = ()> + Send + 'static>(future: F) {
-    let mut future = Box::pin(future);
-    let mut cx = Context::from_waker(Waker::noop());
-    if future.as_mut().poll(&mut cx).is_ready() {
-        return;
+const NO_RUNTIME: &str =
+    "no tokio runtime to finish a budget settlement; its hold expires with its lease";
+
+/// Runs `then` on a store's `answer` from synchronous code (a body's end, a
+/// drop): at once when it is ready (a store in memory), else in a task on
+/// the current tokio runtime; without one, `no_runtime` is logged.
+pub(crate) fn on_answer<T: Send + 'static>(
+    mut answer: StoreFuture<T>,
+    no_runtime: &'static str,
+    then: impl FnOnce(Result<T, StoreError>) + Send + 'static,
+) {
+    if let Some(result) = answer.take_ready() {
+        return then(result);
     }
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
-            handle.spawn(future);
+            handle.spawn(async move { then(answer.await) });
         }
-        Err(_) => tracing::warn!(
-            "no tokio runtime to finish a budget settlement; its hold expires with its lease"
-        ),
+        Err(_) => tracing::warn!("{no_runtime}"),
     }
 }

@@ -174,64 +174,40 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
+        // Every failure ends here, as the error and the inner response's
+        // parts when there was one.
+        let (error, parts) = loop {
             match this.state.as_mut().project() {
                 StateProj::Calling { future } => {
                     let polled = if *this.catch_panic {
                         match catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-                            Ok(polled) => polled.map(Ok),
-                            Err(panic) => Poll::Ready(Err(panic_error(panic))),
+                            Ok(polled) => polled,
+                            Err(panic) => break (panic_error(panic), None),
                         }
                     } else {
-                        future.poll(cx).map(Ok)
+                        future.poll(cx)
                     };
-                    let result = match ready!(polled) {
-                        Ok(result) => result,
-                        Err(error) => {
-                            return Poll::Ready(Ok(render(
-                                *this.format,
-                                error,
-                                this.request_id,
-                                None,
-                            )));
-                        }
+                    let mut response = match ready!(polled) {
+                        Ok(response) => response,
+                        Err(error) => break (error_from_inner(error.into()), None),
                     };
-                    match result {
-                        Err(error) => {
-                            let error = error_from_inner(error.into());
-                            return Poll::Ready(Ok(render(
-                                *this.format,
-                                error,
-                                this.request_id,
-                                None,
-                            )));
-                        }
-                        Ok(mut response) if response.status().as_u16() < 400 => {
-                            // One lookup; an id the inner service set wins.
-                            response
-                                .headers_mut()
-                                .entry(X_REQUEST_ID)
-                                .or_insert_with(|| this.request_id.clone());
-                            return Poll::Ready(Ok(response.map(ResponseBody::inner)));
-                        }
-                        Ok(mut response) => {
-                            if let Some(error) = response.extensions_mut().remove::<ApiError>() {
-                                let (parts, _body) = response.into_parts();
-                                return Poll::Ready(Ok(render(
-                                    *this.format,
-                                    error,
-                                    this.request_id,
-                                    Some(parts),
-                                )));
-                            }
-                            let (parts, body) = response.into_parts();
-                            this.state.set(State::Reading {
-                                parts: Some(parts),
-                                body,
-                                buf: BytesMut::new(),
-                            });
-                        }
+                    if response.status().as_u16() < 400 {
+                        // One lookup; an id the inner service set wins.
+                        response
+                            .headers_mut()
+                            .entry(X_REQUEST_ID)
+                            .or_insert_with(|| this.request_id.clone());
+                        return Poll::Ready(Ok(response.map(ResponseBody::inner)));
                     }
+                    let (mut parts, body) = response.into_parts();
+                    if let Some(error) = parts.extensions.remove::<ApiError>() {
+                        break (error, Some(parts));
+                    }
+                    this.state.set(State::Reading {
+                        parts: Some(parts),
+                        body,
+                        buf: BytesMut::new(),
+                    });
                 }
                 StateProj::Reading { parts, body, buf } => {
                     let done = match ready!(body.poll_frame(cx)) {
@@ -248,28 +224,19 @@ where
                         Some(Err(_)) | None => true,
                     };
                     if done {
-                        let Some(parts) = parts.take() else {
-                            return Poll::Ready(Ok(render(
-                                *this.format,
-                                ApiError::internal(),
-                                this.request_id,
-                                None,
-                            )));
+                        break match parts.take() {
+                            Some(parts) => {
+                                (super::parse(parts.status, &parts.headers, buf), Some(parts))
+                            }
+                            None => (ApiError::internal(), None),
                         };
-                        let error = super::parse(parts.status, &parts.headers, buf);
-                        return Poll::Ready(Ok(render(
-                            *this.format,
-                            error,
-                            this.request_id,
-                            Some(parts),
-                        )));
                     }
                 }
                 StateProj::Failed { error } => {
-                    let error = error.take().unwrap_or_else(ApiError::internal);
-                    return Poll::Ready(Ok(render(*this.format, error, this.request_id, None)));
+                    break (error.take().unwrap_or_else(ApiError::internal), None);
                 }
             }
-        }
+        };
+        Poll::Ready(Ok(render(*this.format, error, this.request_id, parts)))
     }
 }

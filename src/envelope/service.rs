@@ -92,22 +92,11 @@ where
             }
         };
         let config = &self.config;
-        if let Some(error) = self.not_ready.take() {
-            return ResponseFuture::new(
-                Err(error),
-                format,
-                request_id,
-                config.max_error_body_bytes,
-                config.catch_panic,
-            );
-        }
-        let future = if config.catch_panic {
-            match catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-                Ok(future) => Ok(future),
-                Err(panic) => Err(super::future::panic_error(panic)),
-            }
-        } else {
-            Ok(self.inner.call(req))
+        let future = match self.not_ready.take() {
+            Some(error) => Err(error),
+            None if config.catch_panic => catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
+                .map_err(super::future::panic_error),
+            None => Ok(self.inner.call(req)),
         };
         ResponseFuture::new(
             future,

@@ -83,8 +83,9 @@ pub struct MemoryLedger {
 }
 
 struct Inner {
-    clock: SharedClock,
-    lease: Duration,
+    /// As configured: each setter builds a new ledger from it.
+    config: Config,
+    /// `config`'s bounds per shard.
     max_budgets: usize,
     max_reservations: usize,
     budgets: Box<[Mutex<BudgetShard>]>,
@@ -112,9 +113,9 @@ impl fmt::Debug for MemoryLedger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryLedger")
             .field("shards", &self.inner.budgets.len())
-            .field("lease", &self.inner.lease)
-            .field("max_budgets", &self.inner.max_budgets)
-            .field("max_reservations", &self.inner.max_reservations)
+            .field("lease", &self.inner.config.lease)
+            .field("max_budgets", &self.inner.config.max_budgets)
+            .field("max_reservations", &self.inner.config.max_reservations)
             .finish_non_exhaustive()
     }
 }
@@ -164,8 +165,6 @@ impl MemoryLedger {
         let now = config.clock.now_unix();
         MemoryLedger {
             inner: Arc::new(Inner {
-                clock: config.clock,
-                lease: config.lease,
                 max_budgets: config.max_budgets.div_ceil(shards),
                 max_reservations: config.max_reservations.div_ceil(shards),
                 budgets: (0..shards).map(|_| Mutex::default()).collect(),
@@ -176,21 +175,13 @@ impl MemoryLedger {
                 spend: (0..shards).map(|_| Mutex::default()).collect(),
                 max_spend_rows: config.max_spend_rows.div_ceil(shards),
                 top_up_keys: Mutex::default(),
+                config,
             }),
         }
     }
 
     fn reconfigure(self, f: impl FnOnce(&mut Config)) -> Self {
-        let i = &self.inner;
-        let shards = i.budgets.len();
-        let mut config = Config {
-            clock: i.clock.clone(),
-            lease: i.lease,
-            max_budgets: i.max_budgets * shards,
-            max_reservations: i.max_reservations * shards,
-            max_spend_rows: i.max_spend_rows * shards,
-            shards,
-        };
+        let mut config = self.inner.config.clone();
         f(&mut config);
         MemoryLedger::build(config)
     }
@@ -246,8 +237,10 @@ impl MemoryLedger {
         self.inner.spend.iter().map(|s| lock(s).len()).sum()
     }
 
-    fn now(&self) -> Duration {
-        self.inner.clock.now_unix()
+    /// The ledger's current time (since the Unix epoch); a durable store
+    /// records when something happened on it.
+    pub(crate) fn now_unix(&self) -> Duration {
+        self.inner.config.clock.now_unix()
     }
 
     fn hashes(&self, budgets: &[BudgetSpec]) -> Small {
@@ -288,7 +281,7 @@ impl MemoryLedger {
         if nanos(now) < next {
             return;
         }
-        let after = nanos(now + self.inner.lease / 4);
+        let after = nanos(now + self.inner.config.lease / 4);
         if due
             .compare_exchange(next, after, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
@@ -341,7 +334,7 @@ impl MemoryLedger {
         amount: Money,
         policy: ReservePolicy,
     ) -> Result<ReserveOutcome, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let hold_shard = id as usize & (self.inner.holds.len() - 1);
         self.sweep(hold_shard, now);
@@ -380,7 +373,7 @@ impl MemoryLedger {
                 let mut holds = self.hold_room(hold_shard)?;
                 account.reserved = account.reserved + held;
                 account.partial += u32::from(partial);
-                let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+                let hold = Hold::new(held, partial, budgets, now + self.inner.config.lease);
                 holds.holds.insert(id, hold);
                 return Ok(reserved(id, held, budgets, (i, status)));
             }
@@ -393,7 +386,7 @@ impl MemoryLedger {
         }
         let Some(tightest) = tightest else {
             // No budgets at all: nothing limits the request.
-            let hold = Hold::new(amount, false, budgets, now + self.inner.lease);
+            let hold = Hold::new(amount, false, budgets, now + self.inner.config.lease);
             self.hold_room(hold_shard)?.holds.insert(id, hold);
             let fresh = BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER);
             return Ok(reserved(id, amount, budgets, (0, fresh)));
@@ -417,7 +410,7 @@ impl MemoryLedger {
                 account.partial += u32::from(partial);
             }
         }
-        let hold = Hold::new(held, partial, budgets, now + self.inner.lease);
+        let hold = Hold::new(held, partial, budgets, now + self.inner.config.lease);
         holds.holds.insert(id, hold);
         Ok(reserved(id, held, budgets, tightest))
     }
@@ -432,7 +425,7 @@ impl MemoryLedger {
         reservation: &Reservation,
         charge: &Charge,
     ) -> Result<Settlement, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let day = day_of(now);
         let held = self.take_hold(reservation.id());
         let actual = charge.cost.max(Money::ZERO);
@@ -488,7 +481,7 @@ impl MemoryLedger {
 
     fn release_sync(&self, reservation: &Reservation) {
         if let Some(hold) = self.take_hold(reservation.id()) {
-            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now());
+            self.unhold(&hold.budgets, hold.amount, hold.partial, self.now_unix());
         }
     }
 
@@ -498,7 +491,7 @@ impl MemoryLedger {
         amount: Money,
         idempotency_key: Option<&str>,
     ) -> Result<TopUpOutcome, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
@@ -527,7 +520,7 @@ impl MemoryLedger {
     }
 
     fn read_sync(&self, spec: &BudgetSpec) -> BudgetStatus {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         match shard.get_mut(hash, &spec.scope) {
@@ -540,7 +533,7 @@ impl MemoryLedger {
     }
 
     fn reset_sync(&self, spec: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;

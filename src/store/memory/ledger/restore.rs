@@ -24,7 +24,7 @@ impl MemoryLedger {
         spent: Money,
         period_start: Duration,
     ) -> Result<(), StoreError> {
-        let now = self.now();
+        let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
@@ -59,12 +59,6 @@ impl MemoryLedger {
                     .map(|account| (account.period, account.status()))
             })
             .collect()
-    }
-
-    /// The ledger's current time (since the Unix epoch), for a durable
-    /// store that records when something happened on the ledger's clock.
-    pub(crate) fn now_unix(&self) -> Duration {
-        self.now()
     }
 
     /// Sets one spend aggregate row, as a durable store restoring its state

@@ -21,6 +21,33 @@ fn usd(s: &str) -> Money {
     s.parse().unwrap()
 }
 
+/// A strict hold of `amount` on `budgets`, which must be granted.
+fn hold(ledger: &MemoryLedger, budgets: &[BudgetSpec], amount: &str) -> Reservation {
+    reserved(reserve(ledger, budgets, usd(amount), ReservePolicy::Strict).unwrap())
+}
+
+/// Settles `r` at `cost`.
+fn pay(ledger: &MemoryLedger, r: &Reservation, cost: &str) -> Settlement {
+    ledger.settle_sync(r, &Charge::cost(usd(cost))).unwrap()
+}
+
+fn top_up(
+    ledger: &MemoryLedger,
+    spec: &BudgetSpec,
+    amount: &str,
+    key: Option<&str>,
+) -> TopUpOutcome {
+    ledger.top_up_sync(spec, usd(amount), key).unwrap()
+}
+
+/// The index and status of the budget that refused `outcome`.
+fn denied(outcome: ReserveOutcome) -> (usize, BudgetStatus) {
+    match outcome {
+        ReserveOutcome::Denied { index, status } => (index, status),
+        reserved => panic!("expected a denial, got {reserved:?}"),
+    }
+}
+
 fn reserved(outcome: ReserveOutcome) -> Reservation {
     match outcome {
         ReserveOutcome::Reserved { reservation, .. } => reservation,
@@ -37,13 +64,13 @@ fn ledger_at(rfc3339: &str) -> MemoryLedger {
 async fn reserve_settle_release() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never)];
-    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "4");
     assert_eq!(r.amount(), usd("4"));
     assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("6"));
-    let s = ledger.settle_sync(&r, &Charge::cost(usd("1.5"))).unwrap();
+    let s = pay(&ledger, &r, "1.5");
     assert_eq!(s.statuses[0].spent, usd("1.5"));
     assert_eq!(s.statuses[0].reserved, Money::ZERO);
-    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "4");
     ledger.release_sync(&r);
     ledger.release_sync(&r); // twice is harmless
     let status = ledger.read_sync(&b[0]);
@@ -55,27 +82,20 @@ async fn reserve_settle_release() {
 async fn strict_refuses_what_bounded_clamps() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never)];
-    let r = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, &Charge::cost(usd("9"))).unwrap();
-    match reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap() {
-        ReserveOutcome::Denied { index, status } => {
-            assert_eq!(index, 0);
-            assert_eq!(status.remaining(), usd("1"));
-        }
-        other => panic!("{other:?}"),
-    }
+    let r = hold(&ledger, &b, "9");
+    pay(&ledger, &r, "9");
+    let (index, status) = denied(reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap());
+    assert_eq!((index, status.remaining()), (0, usd("1")));
     let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Bounded).unwrap());
     assert_eq!(r.amount(), usd("1"));
     // Nothing remains while it is in flight, under either policy.
     for policy in [ReservePolicy::Strict, ReservePolicy::Bounded] {
-        let denied = reserve(&ledger, &b, Money::ZERO, policy).unwrap();
-        assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+        denied(reserve(&ledger, &b, Money::ZERO, policy).unwrap());
     }
     // It overshoots by its excess, then everything is refused.
-    ledger.settle_sync(&r, &Charge::cost(usd("2"))).unwrap();
+    pay(&ledger, &r, "2");
     assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("-1"));
-    let denied = reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap();
-    assert!(matches!(denied, ReserveOutcome::Denied { .. }));
+    denied(reserve(&ledger, &b, Money::ZERO, ReservePolicy::Bounded).unwrap());
 }
 
 #[tokio::test(start_paused = true)]
@@ -86,21 +106,13 @@ async fn bounded_allows_one_partial_hold_per_budget() {
     let full = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Bounded).unwrap());
     let partial = reserved(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     assert_eq!(partial.amount(), usd("6"));
-    ledger
-        .settle_sync(&full, &Charge::cost(Money::ZERO))
-        .unwrap();
+    pay(&ledger, &full, "0");
     // 4 remain, but a partial hold is in flight: only a full hold fits.
-    let denied = reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap();
-    assert!(
-        matches!(denied, ReserveOutcome::Denied { .. }),
-        "{denied:?}"
-    );
+    denied(reserve(&ledger, &b, usd("9"), ReservePolicy::Bounded).unwrap());
     let fits = reserved(reserve(&ledger, &b, usd("3"), ReservePolicy::Bounded).unwrap());
     assert_eq!(fits.amount(), usd("3"));
-    ledger
-        .settle_sync(&partial, &Charge::cost(usd("9")))
-        .unwrap();
-    ledger.settle_sync(&fits, &Charge::cost(usd("3"))).unwrap();
+    pay(&ledger, &partial, "9");
+    pay(&ledger, &fits, "3");
     // Over by the one partial hold's excess: 9 - 6.
     assert_eq!(ledger.read_sync(&b[0]).remaining(), usd("-2"));
     // Released or expired, a partial hold frees the way for the next.
@@ -126,13 +138,11 @@ async fn all_or_nothing_across_budgets() {
     let ledger = MemoryLedger::new();
     let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
     let a = [key("a", 10, Period::Monthly), team.clone()];
-    let r = reserved(reserve(&ledger, &a, usd("0.8"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, &Charge::cost(usd("0.8"))).unwrap();
+    let r = hold(&ledger, &a, "0.8");
+    pay(&ledger, &r, "0.8");
     let b = [key("b", 10, Period::Monthly), team.clone()];
-    match reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap() {
-        ReserveOutcome::Denied { index, .. } => assert_eq!(index, 1),
-        other => panic!("{other:?}"),
-    }
+    let (index, _) = denied(reserve(&ledger, &b, usd("0.5"), ReservePolicy::Strict).unwrap());
+    assert_eq!(index, 1);
     // Key b was not touched by the refused reservation.
     assert_eq!(ledger.read_sync(&b[0]).reserved, Money::ZERO);
     // The tightest budget is reported.
@@ -149,9 +159,9 @@ async fn all_or_nothing_across_budgets() {
 async fn the_same_scope_twice_counts_once() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Never), key("a", 10, Period::Never)];
-    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "1");
     assert_eq!(ledger.read_sync(&b[0]).reserved, usd("1"));
-    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    pay(&ledger, &r, "1");
     assert_eq!(ledger.read_sync(&b[0]).spent, usd("1"));
 }
 
@@ -159,8 +169,8 @@ async fn the_same_scope_twice_counts_once() {
 async fn monthly_spend_resets_at_utc_month_end() {
     let ledger = ledger_at("2026-01-31T23:59:00Z");
     let b = [key("a", 1, Period::Monthly)];
-    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    let r = hold(&ledger, &b, "1");
+    pay(&ledger, &r, "1");
     let status = ledger.read_sync(&b[0]);
     assert_eq!(status.remaining(), Money::ZERO);
     assert_eq!(
@@ -190,11 +200,11 @@ async fn monthly_spend_resets_at_utc_month_end() {
 async fn a_settlement_after_rollover_counts_in_the_new_period() {
     let ledger = ledger_at("2026-03-31T23:59:59Z");
     let b = [key("a", 5, Period::Monthly)];
-    let r = reserved(reserve(&ledger, &b, usd("2"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "2");
     tokio::time::advance(Duration::from_secs(2)).await;
     // Spend reset, the hold still counts.
     assert_eq!(ledger.read_sync(&b[0]).reserved, usd("2"));
-    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
+    pay(&ledger, &r, "1");
     let status = ledger.read_sync(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("1"), Money::ZERO));
 }
@@ -203,38 +213,20 @@ async fn a_settlement_after_rollover_counts_in_the_new_period() {
 async fn balances_open_once_take_top_ups_and_never_reset() {
     let ledger = MemoryLedger::new();
     let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("1"));
-    let r = reserved(
-        reserve(
-            &ledger,
-            std::slice::from_ref(&wallet),
-            usd("1"),
-            ReservePolicy::Strict,
-        )
-        .unwrap(),
-    );
-    ledger.settle_sync(&r, &Charge::cost(usd("1"))).unwrap();
-    let denied = reserve(
-        &ledger,
-        std::slice::from_ref(&wallet),
-        Money::ZERO,
-        ReservePolicy::Bounded,
-    )
-    .unwrap();
-    assert!(
-        matches!(denied, ReserveOutcome::Denied { status, .. } if status.mode == BudgetMode::Balance)
-    );
-    let status = ledger.top_up_sync(&wallet, usd("3"), None).unwrap().status;
+    let r = hold(&ledger, std::slice::from_ref(&wallet), "1");
+    pay(&ledger, &r, "1");
+    let wallets = [wallet.clone()];
+    let (_, status) =
+        denied(reserve(&ledger, &wallets, Money::ZERO, ReservePolicy::Bounded).unwrap());
+    assert_eq!(status.mode, BudgetMode::Balance);
+    let status = top_up(&ledger, &wallet, "3", None).status;
     assert_eq!((status.limit, status.remaining()), (usd("4"), usd("3")));
     tokio::time::advance(Duration::from_secs(400 * 86_400)).await;
     assert_eq!(ledger.read_sync(&wallet).remaining(), usd("3"));
     // A top-up before first use keeps the opening balance.
     let fresh = BudgetSpec::balance(BudgetScope::Org("p".into()), usd("2"));
     assert_eq!(
-        ledger
-            .top_up_sync(&fresh, usd("1"), None)
-            .unwrap()
-            .status
-            .remaining(),
+        top_up(&ledger, &fresh, "1", None).status.remaining(),
         usd("3")
     );
 }
@@ -243,7 +235,7 @@ async fn balances_open_once_take_top_ups_and_never_reset() {
 async fn expired_leases_are_released_and_still_charged() {
     let ledger = MemoryLedger::new().lease(Duration::from_secs(60));
     let b = [key("a", 10, Period::Never)];
-    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "4");
     tokio::time::advance(Duration::from_secs(61)).await;
     // The next reservation sweeps the expired hold (every shard is swept on its own schedule).
     for _ in 0..ledger.inner.holds.len() {
@@ -251,7 +243,7 @@ async fn expired_leases_are_released_and_still_charged() {
         ledger.release_sync(&r2);
     }
     assert_eq!(ledger.read_sync(&b[0]).reserved, Money::ZERO);
-    ledger.settle_sync(&r, &Charge::cost(usd("3"))).unwrap();
+    pay(&ledger, &r, "3");
     let status = ledger.read_sync(&b[0]);
     assert_eq!((status.spent, status.reserved), (usd("3"), Money::ZERO));
 }
@@ -263,14 +255,14 @@ async fn bounded_in_budgets_and_holds() {
         .max_budgets(2)
         .max_reservations(2);
     let daily = |id: &str| [key(id, 1, Period::Daily)];
-    let a = reserved(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).unwrap());
-    let b = reserved(reserve(&ledger, &daily("b"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    let a = hold(&ledger, &daily("a"), "0.1");
+    let b = hold(&ledger, &daily("b"), "0.1");
     // Full of holds.
     assert!(reserve(&ledger, &daily("a"), usd("0.1"), ReservePolicy::Strict).is_err());
-    ledger.settle_sync(&a, &Charge::cost(usd("0.1"))).unwrap();
+    pay(&ledger, &a, "0.1");
     ledger.release_sync(&b);
     // "b" carries nothing and is evicted for "c"; "a" has spend and stays.
-    let c = reserved(reserve(&ledger, &daily("c"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    let c = hold(&ledger, &daily("c"), "0.1");
     assert_eq!(ledger.budget_count(), 2);
     assert_eq!(ledger.read_sync(&daily("a")[0]).spent, usd("0.1"));
     // With "a" spent today and "c" in flight nothing can go.
@@ -279,7 +271,7 @@ async fn bounded_in_budgets_and_holds() {
     ledger.release_sync(&c);
     // Tomorrow, "a"'s spend is history and may be evicted.
     tokio::time::advance(Duration::from_secs(86_400)).await;
-    reserved(reserve(&ledger, &daily("d"), usd("0.1"), ReservePolicy::Strict).unwrap());
+    hold(&ledger, &daily("d"), "0.1");
     assert_eq!(ledger.budget_count(), 1);
 }
 
@@ -408,7 +400,7 @@ async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
     let bob = BudgetScope::Key("bob".into());
     let team = BudgetScope::Team("research".into());
     let b = [key("alice", 10, Period::Monthly)];
-    let r = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "1");
     let s = ledger
         .settle_sync(&r, &attributed("0.5", &[alice.clone(), team.clone()], "m1"))
         .unwrap();
@@ -488,29 +480,18 @@ async fn spend_rows_are_bounded_by_forgetting_the_oldest_day() {
 async fn top_ups_apply_once_per_idempotency_key() {
     let ledger = MemoryLedger::new();
     let wallet = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("10"));
-    let first = ledger
-        .top_up_sync(&wallet, usd("25"), Some("req-1"))
-        .unwrap();
+    let first = top_up(&ledger, &wallet, "25", Some("req-1"));
     assert!(!first.replayed);
     assert_eq!(first.status.remaining(), usd("35"));
-    let again = ledger
-        .top_up_sync(&wallet, usd("25"), Some("req-1"))
-        .unwrap();
+    let again = top_up(&ledger, &wallet, "25", Some("req-1"));
     assert!(again.replayed);
     assert_eq!(again.status.remaining(), usd("35"));
     // The same key on another balance is another top-up.
     let other = BudgetSpec::balance(BudgetScope::Key("b".into()), usd("0"));
-    assert!(
-        !ledger
-            .top_up_sync(&other, usd("5"), Some("req-1"))
-            .unwrap()
-            .replayed
-    );
+    assert!(!top_up(&ledger, &other, "5", Some("req-1")).replayed);
     // After 24 hours the key may be used again.
     tokio::time::advance(top_ups::KEEP).await;
-    let later = ledger
-        .top_up_sync(&wallet, usd("25"), Some("req-1"))
-        .unwrap();
+    let later = top_up(&ledger, &wallet, "25", Some("req-1"));
     assert!(!later.replayed);
     assert_eq!(later.status.remaining(), usd("60"));
 }
@@ -519,23 +500,15 @@ async fn top_ups_apply_once_per_idempotency_key() {
 async fn a_reset_forgets_the_period_spend_but_not_holds_or_balances() {
     let ledger = MemoryLedger::new();
     let b = [key("a", 10, Period::Monthly)];
-    let r = reserved(reserve(&ledger, &b, usd("4"), ReservePolicy::Strict).unwrap());
-    ledger.settle_sync(&r, &Charge::cost(usd("4"))).unwrap();
-    let held = reserved(reserve(&ledger, &b, usd("1"), ReservePolicy::Strict).unwrap());
+    let r = hold(&ledger, &b, "4");
+    pay(&ledger, &r, "4");
+    let held = hold(&ledger, &b, "1");
     let status = ledger.reset_sync(&b[0]).unwrap();
     assert_eq!((status.spent, status.reserved), (Money::ZERO, usd("1")));
     ledger.release_sync(&held);
     let wallet = BudgetSpec::balance(BudgetScope::Key("w".into()), usd("3"));
-    let w = reserved(
-        reserve(
-            &ledger,
-            std::slice::from_ref(&wallet),
-            usd("1"),
-            ReservePolicy::Strict,
-        )
-        .unwrap(),
-    );
-    ledger.settle_sync(&w, &Charge::cost(usd("1"))).unwrap();
+    let w = hold(&ledger, std::slice::from_ref(&wallet), "1");
+    pay(&ledger, &w, "1");
     assert_eq!(ledger.reset_sync(&wallet).unwrap().remaining(), usd("2"));
 }
 
@@ -543,16 +516,8 @@ async fn a_reset_forgets_the_period_spend_but_not_holds_or_balances() {
 async fn a_balance_is_granted_once_whatever_later_specs_say() {
     let ledger = MemoryLedger::new();
     let opening = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("10"));
-    let r = reserved(
-        reserve(
-            &ledger,
-            std::slice::from_ref(&opening),
-            usd("4"),
-            ReservePolicy::Strict,
-        )
-        .unwrap(),
-    );
-    ledger.settle_sync(&r, &Charge::cost(usd("4"))).unwrap();
+    let r = hold(&ledger, std::slice::from_ref(&opening), "4");
+    pay(&ledger, &r, "4");
     // The configuration now says 50: the balance is not refilled.
     let edited = BudgetSpec::balance(BudgetScope::Key("a".into()), usd("50"));
     assert_eq!(ledger.read_sync(&edited).remaining(), usd("6"));
