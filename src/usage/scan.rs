@@ -3,7 +3,7 @@
 use std::fmt;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderMap};
+use http::header::HeaderMap;
 
 use super::json::JsonScan;
 use super::report::{BodyEnd, Tally, Usage, UsageReport};
@@ -214,23 +214,15 @@ pub(crate) enum Kind {
 
 impl Kind {
     pub(crate) fn of(headers: &HeaderMap) -> Kind {
-        let Some(value) = headers.get(CONTENT_TYPE) else {
-            return Kind::Other;
-        };
-        let value = value.as_bytes();
-        let essence = match value.iter().position(|&b| b == b';') {
-            Some(end) => &value[..end],
-            None => value,
-        }
-        .trim_ascii();
-        if essence.eq_ignore_ascii_case(b"text/event-stream") {
-            Kind::Sse
-        } else if essence.eq_ignore_ascii_case(b"application/json")
-            || essence.len() > 5 && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
-        {
-            Kind::Json
-        } else {
-            Kind::Other
+        match crate::sse::media_type(headers) {
+            Some(t) if t.eq_ignore_ascii_case(b"text/event-stream") => Kind::Sse,
+            Some(t)
+                if t.eq_ignore_ascii_case(b"application/json")
+                    || t.len() > 5 && t[t.len() - 5..].eq_ignore_ascii_case(b"+json") =>
+            {
+                Kind::Json
+            }
+            _ => Kind::Other,
         }
     }
 }
@@ -254,6 +246,7 @@ impl fmt::Debug for UsageScanner {
 mod tests {
     use super::*;
     use crate::usage::sse::EVENT_LIMIT;
+    use http::header::CONTENT_TYPE;
 
     fn scan(chunks: &[&[u8]]) -> UsageScanner {
         let mut s = UsageScanner::sse();
