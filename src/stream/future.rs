@@ -17,7 +17,7 @@ use super::grpc::GrpcBody;
 use super::layer::Settings;
 use super::watch::SseBody;
 use crate::envelope::{ErrorFormat, GRPC_STATUS};
-use crate::sse::{FirstEvent, SseGuest, SseHost, is_event_stream, media_type};
+use crate::sse::{FirstEvent, SseGuest, SseHost, media_type};
 use crate::{ApiError, BoxError};
 
 pin_project! {
@@ -75,7 +75,9 @@ fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
     let Some(essence) = media_type(&parts.headers) else {
         return Wire::Other;
     };
-    let sse = is_event_stream(&parts.headers);
+    // From the media type read above: a second lookup of the header costs
+    // as much as the rest of this choice.
+    let sse = essence.eq_ignore_ascii_case(b"text/event-stream");
     if sse || JSON_LINES.iter().any(|t| essence.eq_ignore_ascii_case(t)) {
         let encoded = parts
             .headers
