@@ -4,6 +4,9 @@
 //! refused for concurrency, and admitted in shadow mode; and a request the
 //! budgets deny is not counted by the limits (both or neither).
 
+#[path = "support/boxed.rs"]
+mod boxed_support;
+use boxed_support::{Body, Svc, boxed};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +16,6 @@ use bytes::Bytes;
 use futures_util::stream;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::Notify;
 use tollgate::RequestMeta;
@@ -24,11 +26,7 @@ use tollgate::budget::{
 };
 use tollgate::rate_limit::{Limit, RateLimitLayer};
 use tollgate::store::memory::{MemoryLedger, MemoryRateLimitStore};
-use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
-
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Body>, Infallible>;
 
 /// Model `m`: $1 per million input tokens, $2 per million output tokens.
 fn pricing() -> Pricing {
@@ -153,18 +151,6 @@ fn layers(setup: &Setup) -> (RateLimitLayer, BudgetLayer, MemoryLedger) {
         .shadow(setup.shadow);
     let budget = BudgetLayer::with_ledger(pricing(), ledger.clone());
     (rate_limit, budget, ledger)
-}
-
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
-{
-    BoxCloneService::new(service.map_response(|r: Response<B>| r.map(|b| b.boxed_unsync())))
 }
 
 fn stacked(setup: &Setup) -> Stack {

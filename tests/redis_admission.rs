@@ -8,6 +8,9 @@
 #[path = "support/redis.rs"]
 mod redis_support;
 
+#[path = "support/boxed.rs"]
+mod boxed_support;
+use boxed_support::{Body, Svc, boxed};
 use std::convert::Infallible;
 use std::time::Duration;
 
@@ -16,7 +19,6 @@ use futures_util::future::join_all;
 use futures_util::{StreamExt, stream};
 use http::{Request, Response, StatusCode};
 use http_body::Frame;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tollgate::admission::AdmissionLayer;
 use tollgate::auth::{KeyHash, KeyRecord, Principal};
@@ -27,13 +29,9 @@ use tollgate::rate_limit::{Limit, RateLimitLayer};
 use tollgate::store::redis::{
     RedisAdmissionStore, RedisConfig, RedisConnection, RedisLedger, RedisRateLimitStore,
 };
-use tower::util::BoxCloneService;
 use tower::{Layer, ServiceBuilder, ServiceExt, service_fn};
 
 use redis_support::RedisServer;
-
-type Body = UnsyncBoxBody<Bytes, Infallible>;
-type Svc = BoxCloneService<Request<Full<Bytes>>, Response<Body>, Infallible>;
 
 /// A request's worst case: 1 prompt token at $1 per million and 10 output
 /// tokens at $2 per million, in nano-USD.
@@ -75,18 +73,6 @@ fn upstream() -> impl tower::Service<
         let body = StreamBody::new(head.chain(stream::pending())).boxed_unsync();
         Ok::<_, Infallible>(Response::new(body))
     })
-}
-
-fn boxed<S, B>(service: S) -> Svc
-where
-    S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
-{
-    BoxCloneService::new(service.map_response(|r: Response<B>| r.map(|b| b.boxed_unsync())))
 }
 
 struct Setup {
