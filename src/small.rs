@@ -15,10 +15,18 @@ pub(crate) enum Small<T, const N: usize> {
 impl<T: Copy + Default, const N: usize> Small<T, N> {
     /// `len` default values.
     pub(crate) fn new(len: usize) -> Self {
+        Small::filled(len, T::default())
+    }
+}
+
+impl<T: Copy, const N: usize> Small<T, N> {
+    /// `len` copies of `value` (for types without a default, such as
+    /// borrowed views the caller then fills in).
+    pub(crate) fn filled(len: usize, value: T) -> Self {
         if len <= N {
-            Small::Inline([T::default(); N], len)
+            Small::Inline([value; N], len)
         } else {
-            Small::Heap(vec![T::default(); len])
+            Small::Heap(vec![value; len])
         }
     }
 }

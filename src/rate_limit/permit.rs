@@ -163,20 +163,18 @@ impl Permit {
                 i64::try_from(i128::from(used) - i128::from(reserved))
                     .unwrap_or(if used > reserved { i64::MAX } else { i64::MIN })
             });
-        // One walk over the scopes (resolving each once), on the stack for
-        // up to four scopes and sixteen limits, as the admission's charges.
+        // On the stack for up to four scopes and sixteen limits, as the
+        // admission's charges.
         let empty = ScopeSettle {
             key: RateLimitKey::new(""),
             limits: &[],
             deltas: &[],
             release: false,
         };
-        let mut inline = [empty; 4];
-        let mut spilled = Vec::new();
-        let mut count = 0;
+        let mut scopes = Small::<ScopeSettle<'_>, 4>::filled(self.plan.scope_count(), empty);
         let (mut limit_count, mut release, mut tokens) = (0, false, false);
-        for (key, limits, max) in self.plan.scopes() {
-            let scope = ScopeSettle {
+        for (slot, (key, limits, max)) in scopes.iter_mut().zip(self.plan.scopes()) {
+            *slot = ScopeSettle {
                 key,
                 limits,
                 deltas: &[],
@@ -185,25 +183,10 @@ impl Permit {
             limit_count += limits.len();
             release |= max.is_some();
             tokens |= limits.iter().any(|l| l.measure == Measure::Tokens);
-            match inline.get_mut(count) {
-                Some(slot) => *slot = scope,
-                None => {
-                    if spilled.is_empty() {
-                        spilled.extend_from_slice(&inline);
-                    }
-                    spilled.push(scope);
-                }
-            }
-            count += 1;
         }
         if !release && (delta == 0 || !tokens) {
             return;
         }
-        let scopes = if spilled.is_empty() {
-            &mut inline[..count]
-        } else {
-            &mut spilled[..]
-        };
         let mut deltas = Small::<i64, 16>::new(limit_count);
         let mut at = 0;
         for scope in scopes.iter() {
@@ -219,7 +202,7 @@ impl Permit {
             scope.deltas = &deltas[at..at + scope.limits.len()];
             at += scope.limits.len();
         }
-        self.settler.settle(&Settle { scopes });
+        self.settler.settle(&Settle { scopes: &scopes });
     }
 }
 

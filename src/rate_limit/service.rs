@@ -138,6 +138,11 @@ impl Plan {
             .chain(self.more.iter().map(move |s| s.resolve(id, model)))
     }
 
+    /// How many scopes [`scopes`](Self::scopes) yields.
+    pub(crate) fn scope_count(&self) -> usize {
+        usize::from(self.key_scope.is_some()) + self.more.len()
+    }
+
     fn limit_count(&self) -> usize {
         self.scopes().map(|(_, l, _)| l.len()).sum()
     }
@@ -175,34 +180,18 @@ pub(crate) fn with_charges<R>(plan: &Plan, f: impl FnOnce(&Acquire<'_>) -> R) ->
         costs: &[],
         max_concurrent: None,
     };
-    let mut inline = [empty; 4];
-    let mut spilled = Vec::new();
+    let mut scopes = Small::<ScopeCharge<'_>, 4>::filled(plan.scope_count(), empty);
     let mut at = 0;
-    for (n, (key, limits, max_concurrent)) in plan.scopes().enumerate() {
-        let charge = ScopeCharge {
+    for (slot, (key, limits, max_concurrent)) in scopes.iter_mut().zip(plan.scopes()) {
+        *slot = ScopeCharge {
             key,
             limits,
             costs: &costs[at..at + limits.len()],
             max_concurrent,
         };
         at += limits.len();
-        match inline.get_mut(n) {
-            Some(slot) if spilled.is_empty() => *slot = charge,
-            _ => {
-                if spilled.is_empty() {
-                    spilled.extend_from_slice(&inline);
-                }
-                spilled.push(charge);
-            }
-        }
     }
-    let count = plan.scopes().count();
-    let scopes = if spilled.is_empty() {
-        &inline[..count]
-    } else {
-        &spilled[..]
-    };
-    f(&Acquire { scopes })
+    f(&Acquire { scopes: &scopes })
 }
 
 impl<St, K> Shared<St, K> {
