@@ -420,7 +420,11 @@ impl BudgetHeaders {
             limit: cached(&LAST_LIMIT, status.limit, |limit| {
                 HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
             }),
-            remaining: HeaderValue::from_bytes(status.remaining().decimal().as_bytes()).ok(),
+            // Cut from the thread's chunk: no allocation per response.
+            remaining: HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(
+                status.remaining().decimal().as_bytes(),
+            ))
+            .ok(),
             reset: status.period.end.and_then(|end| {
                 cached(&LAST_RESET, end, |end| {
                     match crate::time::rfc3339_bytes(end) {
