@@ -285,7 +285,9 @@ fn picos_to_money(picos: u128) -> Money {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(transparent)]
 pub struct Pricing {
-    models: HashMap<Arc<str>, ModelPrice>,
+    // A fixed table read on every metered request: foldhash, seeded per
+    // table, rather than SipHash (requests look entries up, never add them).
+    models: HashMap<Arc<str>, ModelPrice, foldhash::fast::RandomState>,
 }
 
 impl Pricing {
