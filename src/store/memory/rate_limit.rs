@@ -60,8 +60,8 @@ use crate::store::StoreFuture;
 /// there is no global lock; an admission locks the shards of its scopes
 /// (all of a scope's state is in one shard), each once, in a fixed order.
 /// A scope is held as a 128-bit fingerprint (a SipHash-1-3 digest under a
-/// key drawn at random when the store is built, and a second, seeded
-/// digest): the store never keeps a key's text, and two live keys sharing a
+/// key drawn at random when the store is built, and a foldhash digest
+/// under a second random seed): the store never keeps a key's text, and two live keys sharing a
 /// fingerprint is far rarer than a hardware fault.
 ///
 /// Each (scope, limit) state is one map entry keyed by a fingerprint derived
@@ -113,7 +113,11 @@ struct Inner {
     shards: Box<[Shard]>,
     shard_mask: u64,
     hash_key: RandomState,
-    mix_seed: u64,
+    /// The fingerprint's second half: foldhash under its own random seed
+    /// (a few multiplications per 16 bytes, not a second SipHash); the
+    /// first half is already a keyed 64-bit digest, this one only makes two
+    /// keys sharing a fingerprint rarer still.
+    second_half: foldhash::fast::RandomState,
     clock: SharedClock,
     epoch: tokio::time::Instant,
     /// The Unix time of `epoch`, in µs (fixed windows are calendar ones).
@@ -194,43 +198,6 @@ impl Entry {
 
     fn busy(&self) -> bool {
         matches!(self.kind, Kind::Slots(n) if n > 0)
-    }
-}
-
-/// A fast seeded hash for the fingerprint's second half. The first half is
-/// SipHash-1-3 under a random key, already a 64-bit keyed digest; this half
-/// only makes two keys sharing a fingerprint rarer still, and costs a few
-/// multiplications per 8 bytes instead of a second SipHash.
-struct Mix(u64);
-
-impl Hasher for Mix {
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.word(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        // The length tells "ab" from "ab\0".
-        self.word(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
-    }
-}
-
-impl Mix {
-    fn word(&mut self, w: u64) {
-        self.0 = (self.0 ^ w)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29);
     }
 }
 
@@ -317,7 +284,7 @@ impl MemoryRateLimitStoreBuilder {
                     .collect(),
                 shard_mask: shards as u64 - 1,
                 hash_key: RandomState::new(),
-                mix_seed: RandomState::new().hash_one(0x9e37_79b9_7f4a_7c15_u64) | 1,
+                second_half: foldhash::fast::RandomState::default(),
                 clock,
                 epoch,
                 epoch_unix_us,
@@ -484,7 +451,7 @@ impl Inner {
         }
         Fingerprint(
             feed(self.hash_key.build_hasher(), key),
-            feed(Mix(self.mix_seed), key),
+            feed(self.second_half.build_hasher(), key),
         )
     }
 
