@@ -79,8 +79,10 @@ impl<T: AdmissionStore + ?Sized> AdmissionStore for Arc<T> {
 /// the concurrency slots freed).
 ///
 /// Not atomic across the two stores: between the acquire and its refund
-/// another request may see the charge. Use a store that does both in one
-/// operation where that matters
+/// a concurrent request may see the charge. The refused request itself is
+/// answered only once its refund has landed, so a client that retries
+/// after a 402 is never rate limited by its own refused calls. Use a store
+/// that does both in one operation where that matters
 /// ([`RedisAdmissionStore`](crate::store::redis::RedisAdmissionStore)).
 #[derive(Debug, Clone)]
 pub struct InTurn<St, L> {
@@ -134,7 +136,10 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
                         true => Some(owned.reserve(&ledger).await),
                         false => None,
                     };
-                    Ok(joint(admission, result, || charges.undo(&store)))
+                    if refunds(&admission, &result) {
+                        charges.refunded(&store).await;
+                    }
+                    Ok(joint(admission, result, || {}))
                 });
             }
         };
@@ -149,8 +154,11 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
         let charges = OwnedCharges::of(acquire);
         let store = self.rate_limits.clone();
         StoreFuture::pending(async move {
-            let result = budgets.await;
-            Ok(joint(admission, Some(result), || charges.undo(&store)))
+            let result = Some(budgets.await);
+            if refunds(&admission, &result) {
+                charges.refunded(&store).await;
+            }
+            Ok(joint(admission, result, || {}))
         })
     }
 }
@@ -163,14 +171,19 @@ fn joint(
     result: Option<Result<ReserveOutcome, StoreError>>,
     undo: impl FnOnce(),
 ) -> JointAdmission {
-    let denied = matches!(result, Some(Ok(ReserveOutcome::Denied { .. })));
-    if denied && admission.verdict == Verdict::Admitted {
+    if refunds(&admission, &result) {
         undo();
     }
     JointAdmission {
         admission,
         reservation: result,
     }
+}
+
+/// Whether the limits charged a request the budgets then denied.
+fn refunds(admission: &Admission, result: &Option<Result<ReserveOutcome, StoreError>>) -> bool {
+    let denied = matches!(result, Some(Ok(ReserveOutcome::Denied { .. })));
+    denied && admission.verdict == Verdict::Admitted
 }
 
 /// A [`Reserve`] that outlives its borrow.
@@ -239,7 +252,25 @@ impl OwnedCharges {
         }
     }
 
+    /// The refund, awaited: the request is answered once it has landed.
+    async fn refunded<St: RateLimitStore>(&self, store: &St) {
+        if let Err(error) = self.refund(store).await {
+            tracing::warn!(%error, "rate limit refund of a request over budget failed");
+        }
+    }
+
+    /// The refund, in a task when it does not answer at once.
     fn undo<St: RateLimitStore>(&self, store: &St) {
+        let answer = self.refund(store);
+        let no_runtime = "no tokio runtime to refund a rate limit on";
+        crate::budget::settle::on_answer(answer, no_runtime, |result| {
+            if let Err(error) = result {
+                tracing::warn!(%error, "rate limit refund of a request over budget failed");
+            }
+        });
+    }
+
+    fn refund<St: RateLimitStore>(&self, store: &St) -> StoreFuture<()> {
         let scopes: Vec<ScopeSettle<'_>> = self
             .scopes
             .iter()
@@ -254,13 +285,7 @@ impl OwnedCharges {
                 release: s.release,
             })
             .collect();
-        let answer = store.settle(&Settle { scopes: &scopes });
-        let no_runtime = "no tokio runtime to refund a rate limit on";
-        crate::budget::settle::on_answer(answer, no_runtime, |result| {
-            if let Err(error) = result {
-                tracing::warn!(%error, "rate limit refund of a request over budget failed");
-            }
-        });
+        store.settle(&Settle { scopes: &scopes })
     }
 }
 
