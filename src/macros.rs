@@ -22,3 +22,22 @@ macro_rules! define_inner_service_accessors {
 }
 
 pub(crate) use define_inner_service_accessors;
+
+/// `Clone` for a layer or service whose shared parts sit behind `Arc`s:
+/// only the parameters given a `Clone` bound need it, where
+/// `#[derive(Clone)]` would ask it of every one (a key store, a ledger).
+///
+/// `impl_clone!(Auth<S: Clone, K> { inner, store, policy });`
+macro_rules! impl_clone {
+    ($name:ident<$($param:ident $(: $bound:path)?),+> { $($field:ident),+ $(,)? }) => {
+        impl<$($param $(: $bound)?),+> Clone for $name<$($param),+> {
+            fn clone(&self) -> Self {
+                $name {
+                    $($field: self.$field.clone()),+
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_clone;

@@ -46,15 +46,7 @@ impl<S, K> Auth<S, K> {
     }
 }
 
-impl<S: Clone, K> Clone for Auth<S, K> {
-    fn clone(&self) -> Self {
-        Auth {
-            inner: self.inner.clone(),
-            store: self.store.clone(),
-            policy: self.policy.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(Auth<S: Clone, K> { inner, store, policy });
 
 impl<S: fmt::Debug, K> fmt::Debug for Auth<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
