@@ -3,11 +3,11 @@
 
 use std::borrow::Cow;
 
-use http::header::CONTENT_ENCODING;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::render::{GRPC_MESSAGE, GRPC_STATUS, X_REQUEST_ID, X_SHOULD_RETRY};
+use crate::body::is_encoded;
 use crate::error::{ApiError, ErrorKind, Origin, Spend};
 use crate::retry::hints::server_delay;
 
@@ -55,13 +55,6 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
         }
     }
     error
-}
-
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
-        v.to_str()
-            .map_or(true, |v| !v.trim().eq_ignore_ascii_case("identity"))
-    })
 }
 
 /// The gRPC status of a gRPC error response: its `grpc-status` header (2,
