@@ -358,13 +358,7 @@ mod tests {
     use super::*;
 
     fn classify(status: u16, headers: &[(&str, &str)], body: &str) -> Classification {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
+        let h = crate::retry::hints::tests::headers(headers);
         let status = StatusCode::from_u16(status).unwrap();
         DefaultClassifier::new().classify(&Outcome::new(status, &h).with_body(body.as_bytes()))
     }
