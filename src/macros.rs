@@ -1,5 +1,12 @@
 //! Code every layer's service writes the same way, written once.
 
+/// The ready inner service, leaving a fresh clone in its place: a future
+/// that outlives `call` must own the instance `poll_ready` readied.
+pub(crate) fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
 /// The inner-service accessors of a layer's service (a struct with an
 /// `inner: S` field), as tower-http's `define_inner_service_accessors!`.
 macro_rules! define_inner_service_accessors {

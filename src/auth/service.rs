@@ -12,6 +12,7 @@ use super::layer::Policy;
 use super::outcome::{self, Admitted};
 use super::resolve::{Resolution, resolve};
 use super::{AuthLayer, KeyStore};
+use crate::macros::take_ready;
 use crate::request::{FromBytes, ReadMeta};
 use crate::{BoxError, RequestMeta};
 
@@ -142,11 +143,4 @@ impl<S, K> Auth<S, K> {
         req.extensions_mut().insert(principal);
         ResponseFuture::call(self.inner.call(req), expires_in)
     }
-}
-
-/// The ready inner service, leaving a fresh clone in its place: the future
-/// that outlives `call` must own the instance `poll_ready` readied.
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }
