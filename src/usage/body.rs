@@ -195,7 +195,7 @@ where
         let mut this = self.project();
         if let Some(guest) = this.guest.take() {
             // Not adopted by now, the observer reads the body itself.
-            *this.observer = guest.reclaim();
+            *this.observer = guest.slot.take();
         }
         let Some(obs) = this.observer.as_mut() else {
             return this.inner.poll_frame(cx);
@@ -341,12 +341,6 @@ struct GuestHandle {
     slot: Arc<GuestSlot>,
     /// The observer strips usage chunks: the body's length is not known.
     strip: bool,
-}
-
-impl GuestHandle {
-    fn reclaim(self) -> Option<Box<Observer>> {
-        self.slot.take()
-    }
 }
 
 impl Drop for GuestHandle {
