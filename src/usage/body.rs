@@ -110,6 +110,7 @@ pub(crate) struct Observer {
 }
 
 impl Observer {
+    /// `strip` only for an SSE scanner.
     pub(crate) fn new(
         mut scanner: UsageScanner,
         strip: bool,
@@ -117,7 +118,6 @@ impl Observer {
         status: StatusCode,
         prompt_tokens_estimate: u64,
     ) -> Self {
-        let strip = strip && scanner.is_sse();
         if strip {
             scanner.strip_usage_chunks();
         }

@@ -229,7 +229,8 @@ where
         }
     }
     let scanner = UsageScanner::for_headers(&parts.headers);
-    let strip = options.strip_usage_chunk && scanner.is_sse();
+    let is_sse = scanner.is_sse();
+    let strip = options.strip_usage_chunk && is_sse;
     if strip {
         parts.headers.remove(CONTENT_LENGTH);
     }
@@ -238,7 +239,6 @@ where
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });
-    let is_sse = scanner.is_sse();
     let mut observer = Box::new(Observer::new(
         scanner,
         strip,
