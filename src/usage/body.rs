@@ -14,7 +14,7 @@ use super::report::BodyEnd;
 use super::scan::UsageScanner;
 use super::sse::EVENT_LIMIT;
 use super::tap::Tap;
-use crate::sse::{Dispatch, Event, EventSink, Guest};
+use crate::sse::{Dispatch, Event, EventSink};
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -321,10 +321,11 @@ impl GuestSlot {
         // Nothing runs under the lock but a move.
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
-}
 
-impl Guest for GuestSlot {
-    fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
+    /// Hands the observer over to the framing body further out, if it is
+    /// still here and needs to hold back no more than `limit` bytes of an
+    /// unfinished event.
+    pub(crate) fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.as_ref()?.event_limit() > limit {
             // The host would cut events this reader must read whole.

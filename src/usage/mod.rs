@@ -185,7 +185,8 @@ pub use self::request::request_usage;
 pub use self::scan::UsageScanner;
 pub use self::tap::UsageTap;
 
-use self::body::{GuestSlot, Observer};
+pub(crate) use self::body::GuestSlot;
+use self::body::Observer;
 use self::scan::Kind;
 use self::tap::Shared;
 use crate::sse::{SseGuest, SseHost};
