@@ -128,3 +128,11 @@ impl<B: std::fmt::Debug> std::fmt::Debug for ResponseBody<B> {
 pub fn reject<B>(error: crate::ApiError) -> http::Response<ResponseBody<B>> {
     error.into_http_response().map(ResponseBody::from_full)
 }
+
+/// Whether a body's bytes are not its content: a `content-encoding` other
+/// than `identity` (or one unreadable), which no layer can read or append to.
+pub(crate) fn is_encoded(headers: &http::HeaderMap) -> bool {
+    let identity = |v: &str| v.trim().eq_ignore_ascii_case("identity");
+    let encodings = headers.get_all(http::header::CONTENT_ENCODING);
+    encodings.iter().any(|v| !v.to_str().is_ok_and(identity))
+}

@@ -544,11 +544,8 @@ impl<'de> Deserialize<'de> for Dollars {
             }
 
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dollars, E> {
-                i64::try_from(v)
-                    .ok()
-                    .and_then(|usd| usd.checked_mul(1_000_000_000))
-                    .map(|nanos| Dollars(Money::from_nanos(nanos)))
-                    .ok_or_else(|| E::custom("the amount is too large"))
+                let v = i64::try_from(v).map_err(|_| E::custom("the amount is too large"))?;
+                self.visit_i64(v)
             }
 
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dollars, E> {

@@ -38,7 +38,7 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
-    enum State<S, B>
+    pub(super) enum State<S, B>
     where
         S: Service<Request<B>>,
     {
@@ -69,13 +69,13 @@ pin_project! {
     }
 }
 
-struct Waiting<S, B> {
-    inner: S,
-    req: Request<B>,
-    hash: KeyHash,
-    policy: Arc<Policy>,
+pub(super) struct Waiting<S, B> {
+    pub(super) inner: S,
+    pub(super) req: Request<B>,
+    pub(super) hash: KeyHash,
+    pub(super) policy: Arc<Policy>,
     /// For the key's tenants, once the key is found.
-    store: Arc<dyn KeyStore>,
+    pub(super) store: Arc<dyn KeyStore>,
 }
 
 impl<S, B> ResponseFuture<S, B>
@@ -90,62 +90,7 @@ where
         Self::with_state(State::Call { future }, expires_in)
     }
 
-    pub(crate) fn lookup(
-        lookup: StoreFuture<Option<Arc<KeyRecord>>>,
-        inner: S,
-        req: Request<B>,
-        hash: KeyHash,
-        policy: Arc<Policy>,
-        store: Arc<dyn KeyStore>,
-    ) -> Self {
-        let waiting = Waiting {
-            inner,
-            req,
-            hash,
-            policy,
-            store,
-        };
-        Self::with_state(
-            State::Lookup {
-                lookup,
-                waiting: Some(waiting),
-            },
-            None,
-        )
-    }
-
-    pub(crate) fn tenants(
-        resolving: Resolving,
-        inner: S,
-        req: Request<B>,
-        policy: Arc<Policy>,
-        expires_in: Option<HeaderValue>,
-    ) -> Self {
-        Self::with_state(
-            State::Tenants {
-                resolving,
-                waiting: Some((inner, req, policy)),
-            },
-            expires_in,
-        )
-    }
-
-    pub(crate) fn read(
-        read: Pin<Box<ReadMeta<B>>>,
-        inner: S,
-        principal: Principal,
-        expires_in: Option<HeaderValue>,
-    ) -> Self {
-        Self::with_state(
-            State::ReadMeta {
-                read,
-                waiting: Some((inner, principal)),
-            },
-            expires_in,
-        )
-    }
-
-    fn with_state(state: State<S, B>, expires_in: Option<HeaderValue>) -> Self {
+    pub(super) fn with_state(state: State<S, B>, expires_in: Option<HeaderValue>) -> Self {
         ResponseFuture { state, expires_in }
     }
 }

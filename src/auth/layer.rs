@@ -144,14 +144,7 @@ impl<K> AuthLayer<K> {
     }
 }
 
-impl<K> Clone for AuthLayer<K> {
-    fn clone(&self) -> Self {
-        AuthLayer {
-            store: self.store.clone(),
-            policy: self.policy.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(AuthLayer<K> { store, policy });
 
 impl<K> fmt::Debug for AuthLayer<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -85,7 +85,8 @@ pub(crate) fn admit(
         }
     }
     if record.revoked {
-        return Err(refuse(&record, revoked_key()));
+        let revoked = unauthorized("revoked_api_key", "The API key has been revoked.");
+        return Err(refuse(&record, revoked));
     }
     let expiry = match (effective_expiry(&record, policy.max_lifetime), grace_end) {
         (Some(a), Some(b)) => Some(a.min(b)),
@@ -100,7 +101,10 @@ pub(crate) fn admit(
                 }
             }
             _ if grace_end == Some(expiry) => return Err(refuse(&record, rotated_key())),
-            _ => return Err(refuse(&record, expired_key())),
+            _ => {
+                let message = "The API key has expired. Ask for a new key.";
+                return Err(refuse(&record, unauthorized("expired_api_key", message)));
+            }
         }
     }
     if record.disabled {
@@ -159,30 +163,20 @@ fn refuse(record: &Arc<KeyRecord>, error: ApiError) -> ApiError {
     error
 }
 
+/// A 401 `code` with `message`.
+fn unauthorized(code: &'static str, message: &'static str) -> ApiError {
+    ApiError::authentication()
+        .with_code(code)
+        .with_message(message)
+}
+
 fn invalid_key() -> ApiError {
-    ApiError::authentication()
-        .with_code("invalid_api_key")
-        .with_message("Incorrect API key provided.")
-}
-
-fn expired_key() -> ApiError {
-    ApiError::authentication()
-        .with_code("expired_api_key")
-        .with_message("The API key has expired. Ask for a new key.")
-}
-
-fn revoked_key() -> ApiError {
-    ApiError::authentication()
-        .with_code("revoked_api_key")
-        .with_message("The API key has been revoked.")
+    unauthorized("invalid_api_key", "Incorrect API key provided.")
 }
 
 fn rotated_key() -> ApiError {
-    ApiError::authentication()
-        .with_code("revoked_api_key")
-        .with_message(
-            "The API key has been rotated and its grace period has ended. Use the new key.",
-        )
+    let message = "The API key has been rotated and its grace period has ended. Use the new key.";
+    unauthorized("revoked_api_key", message)
 }
 
 fn account_disabled() -> ApiError {

@@ -3,15 +3,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
-use super::future::ResponseFuture;
+use super::future::{ResponseFuture, State, Waiting};
 use super::layer::Policy;
-use super::outcome::{self, Admitted};
+use super::outcome;
 use super::resolve::{Resolution, resolve};
-use super::{AuthLayer, KeyStore};
+use super::{AuthLayer, KeyStore, Principal};
+use crate::macros::take_ready;
 use crate::request::{FromBytes, ReadMeta};
 use crate::{BoxError, RequestMeta};
 
@@ -46,15 +47,7 @@ impl<S, K> Auth<S, K> {
     }
 }
 
-impl<S: Clone, K> Clone for Auth<S, K> {
-    fn clone(&self) -> Self {
-        Auth {
-            inner: self.inner.clone(),
-            store: self.store.clone(),
-            policy: self.policy.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(Auth<S: Clone, K> { inner, store, policy });
 
 impl<S: fmt::Debug, K> fmt::Debug for Auth<S, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -94,32 +87,28 @@ where
             Some(found) => match outcome::admit(&self.policy, found, &hash) {
                 // Then its tenants: at once too, from memory or a cache.
                 Ok(admitted) => match resolve(&self.store, admitted.principal) {
-                    Resolution::Now(Ok(principal)) => self.forward(
-                        req,
-                        Admitted {
-                            principal,
-                            expires_in: admitted.expires_in,
-                        },
-                    ),
+                    Resolution::Now(Ok(principal)) => {
+                        self.forward(req, principal, admitted.expires_in)
+                    }
                     Resolution::Now(Err(error)) => ResponseFuture::reject(error),
-                    Resolution::Later(resolving) => ResponseFuture::tenants(
-                        resolving,
-                        take_ready(&mut self.inner),
-                        req,
-                        self.policy.clone(),
-                        admitted.expires_in,
-                    ),
+                    Resolution::Later(resolving) => {
+                        let waiting = Some((take_ready(&mut self.inner), req, self.policy.clone()));
+                        let state = State::Tenants { resolving, waiting };
+                        ResponseFuture::with_state(state, admitted.expires_in)
+                    }
                 },
                 Err(error) => ResponseFuture::reject(error),
             },
-            None => ResponseFuture::lookup(
-                lookup,
-                take_ready(&mut self.inner),
-                req,
-                hash,
-                self.policy.clone(),
-                self.store.clone(),
-            ),
+            None => {
+                let waiting = Some(Waiting {
+                    inner: take_ready(&mut self.inner),
+                    req,
+                    hash,
+                    policy: self.policy.clone(),
+                    store: self.store.clone(),
+                });
+                ResponseFuture::with_state(State::Lookup { lookup, waiting }, None)
+            }
         }
     }
 }
@@ -128,21 +117,19 @@ impl<S, K> Auth<S, K> {
     fn forward<ReqBody, ResBody>(
         &mut self,
         mut req: Request<ReqBody>,
-        admitted: Admitted,
+        principal: Principal,
+        expires_in: Option<HeaderValue>,
     ) -> ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
         ReqBody: Body<Data = Bytes> + FromBytes + Send + 'static,
         ReqBody::Error: Into<BoxError>,
     {
-        let Admitted {
-            principal,
-            expires_in,
-        } = admitted;
         let meta = req.extensions().get::<RequestMeta>();
         if outcome::needs_meta(&principal, meta.is_some()) {
             let read = Box::pin(ReadMeta::new(req, self.policy.max_request_body_bytes));
-            return ResponseFuture::read(read, take_ready(&mut self.inner), principal, expires_in);
+            let waiting = Some((take_ready(&mut self.inner), principal));
+            return ResponseFuture::with_state(State::ReadMeta { read, waiting }, expires_in);
         }
         if let Err(error) = outcome::check_model(&principal, meta) {
             return ResponseFuture::reject(error);
@@ -150,11 +137,4 @@ impl<S, K> Auth<S, K> {
         req.extensions_mut().insert(principal);
         ResponseFuture::call(self.inner.call(req), expires_in)
     }
-}
-
-/// The ready inner service, leaving a fresh clone in its place: the future
-/// that outlives `call` must own the instance `poll_ready` readied.
-fn take_ready<S: Clone>(inner: &mut S) -> S {
-    let clone = inner.clone();
-    std::mem::replace(inner, clone)
 }

@@ -27,11 +27,7 @@ pub(crate) enum Buffered {
 
 impl Buffered {
     pub(crate) fn len(&self) -> usize {
-        match self {
-            Buffered::Empty => 0,
-            Buffered::One(bytes) => bytes.len(),
-            Buffered::Many(buf) => buf.len(),
-        }
+        self.as_slice().len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -217,9 +217,7 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        // Take the service that was polled ready; leave a clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::macros::take_ready(&mut self.inner);
         DetachFuture {
             call: Some(Box::pin(inner.call(req))),
             left: Some(Left {

@@ -92,6 +92,7 @@ pub(crate) use self::service::write_hex;
 pub use self::layer::ErrorEnvelopeLayer;
 pub(crate) use self::parse::grpc_code;
 pub use self::parse::{parse, parse_event};
+pub(crate) use self::render::grpc_trailers;
 pub use self::render::{
     ErrorFormat, GRPC_MESSAGE, GRPC_STATUS, RETRY_AFTER_MS, UnknownFormat, X_REQUEST_ID,
     X_SHOULD_RETRY, grpc_percent_encode, grpc_status,

@@ -3,11 +3,11 @@
 
 use std::borrow::Cow;
 
-use http::header::CONTENT_ENCODING;
 use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use super::render::{GRPC_MESSAGE, GRPC_STATUS, X_REQUEST_ID, X_SHOULD_RETRY};
+use crate::body::is_encoded;
 use crate::error::{ApiError, ErrorKind, Origin, Spend};
 use crate::retry::hints::server_delay;
 
@@ -55,13 +55,6 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
         }
     }
     error
-}
-
-fn is_encoded(headers: &HeaderMap) -> bool {
-    headers.get_all(CONTENT_ENCODING).iter().any(|v| {
-        v.to_str()
-            .map_or(true, |v| !v.trim().eq_ignore_ascii_case("identity"))
-    })
 }
 
 /// The gRPC status of a gRPC error response: its `grpc-status` header (2,
@@ -481,52 +474,53 @@ fn status_of_type(error_type: &str) -> Option<StatusCode> {
 mod event_tests {
     use super::*;
 
-    fn s(json: &str) -> u16 {
-        parse_event(
-            None,
-            json.as_bytes(),
-            &HeaderMap::new(),
-            StatusCode::BAD_GATEWAY,
-        )
-        .map(|e| e.status().as_u16())
-        .unwrap_or(0)
+    /// The status `parse_event` gives the event (0: not an error).
+    fn s(name: Option<&str>, data: &str, fallback: u16) -> u16 {
+        let fallback = StatusCode::from_u16(fallback).unwrap();
+        parse_event(name, data.as_bytes(), &HeaderMap::new(), fallback)
+            .map_or(0, |e| e.status().as_u16())
     }
 
     #[test]
     fn statuses_of_error_events() {
-        assert_eq!(
-            s(r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#),
-            429
-        );
-        assert_eq!(
-            s(r#"{"error":{"code":"context_length_exceeded","type":"invalid_request_error"}}"#),
-            400
-        );
-        assert_eq!(
-            s(r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
-            529
-        );
-        assert_eq!(s(r#"{"error":{"code":503,"message":"down"}}"#), 503);
-        assert_eq!(s(r#"{"error":{"code":"429","message":"x"}}"#), 429);
-        assert_eq!(s(r#"{"error":"something"}"#), 502);
-        assert_eq!(
-            s(r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#),
-            429
-        );
-        let responses = parse_event(
-            Some("error"),
-            br#"{"type":"error","code":"rate_limit_exceeded","message":"x"}"#,
-            &HeaderMap::new(),
-            StatusCode::BAD_GATEWAY,
-        );
-        assert_eq!(responses.map(|e| e.status().as_u16()), Some(429));
-        let text = parse_event(
-            Some("error"),
-            b"upstream went away",
-            &HeaderMap::new(),
-            StatusCode::INTERNAL_SERVER_ERROR,
-        );
-        assert_eq!(text.map(|e| e.status().as_u16()), Some(500));
+        for (name, data, fallback, status) in [
+            (
+                None,
+                r#"{"error":{"message":"slow down","type":"rate_limit_error"}}"#,
+                502,
+                429,
+            ),
+            (
+                None,
+                r#"{"error":{"code":"context_length_exceeded","type":"invalid_request_error"}}"#,
+                502,
+                400,
+            ),
+            (
+                None,
+                r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+                502,
+                529,
+            ),
+            (None, r#"{"error":{"code":503,"message":"down"}}"#, 502, 503),
+            (None, r#"{"error":{"code":"429","message":"x"}}"#, 502, 429),
+            (None, r#"{"error":"something"}"#, 502, 502),
+            (
+                None,
+                r#"{"error":{"type":"insufficient_quota","code":"insufficient_quota"}}"#,
+                502,
+                429,
+            ),
+            (
+                Some("error"),
+                r#"{"type":"error","code":"rate_limit_exceeded","message":"x"}"#,
+                502,
+                429,
+            ),
+            (Some("error"), "upstream went away", 500, 500),
+        ] {
+            assert_eq!(s(name, data, fallback), status, "{data}");
+        }
     }
 
     #[test]
@@ -539,16 +533,7 @@ mod event_tests {
             "[DONE]",
             "{}",
         ] {
-            assert!(
-                parse_event(
-                    Some("message"),
-                    data.as_bytes(),
-                    &HeaderMap::new(),
-                    StatusCode::BAD_GATEWAY
-                )
-                .is_none(),
-                "{data}"
-            );
+            assert_eq!(s(Some("message"), data, 502), 0, "{data}");
         }
     }
 }

@@ -162,6 +162,17 @@ pub fn grpc_status(error: &ApiError) -> u8 {
     }
 }
 
+/// `grpc-status` and `grpc-message` of `error`: a gRPC response's trailers
+/// (a trailers-only response's headers).
+pub(crate) fn grpc_trailers(error: &ApiError) -> HeaderMap {
+    let mut trailers = HeaderMap::with_capacity(2);
+    trailers.insert(GRPC_STATUS, grpc_status_value(grpc_status(error)));
+    if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
+        trailers.insert(GRPC_MESSAGE, message);
+    }
+    trailers
+}
+
 /// A gRPC status code as a header value, without allocating.
 fn grpc_status_value(code: u8) -> HeaderValue {
     const CODES: [&str; 17] = [
@@ -287,10 +298,7 @@ impl ErrorFormat {
     pub fn write_headers(self, error: &ApiError, headers: &mut HeaderMap) {
         if self == ErrorFormat::Grpc {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert(GRPC_STATUS, grpc_status_value(grpc_status(error)));
-            if let Ok(v) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
-                headers.insert(GRPC_MESSAGE, v);
-            }
+            headers.extend(grpc_trailers(error));
         } else {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }

@@ -338,24 +338,17 @@ mod tests {
             #[serde(rename = "n")]
             _n: Option<u64>,
         }
-        for cut in [
-            r#"{"n":5,"cost":0."#,
-            r#"{"x":-"#,
-            r#"{"x":[2e+"#,
-            r#"{"n":1"#,
+        for (text, stop) in [
+            (r#"{"n":5,"cost":0."#, Stop::Eof),
+            (r#"{"x":-"#, Stop::Eof),
+            (r#"{"x":[2e+"#, Stop::Eof),
+            (r#"{"n":1"#, Stop::Eof),
+            (r#"{"n":5,"cost":0.x"#, Stop::Invalid),
+            (r#"{"n":-1}"#, Stop::Invalid),
+            (r#"{"n":tru}"#, Stop::Invalid),
         ] {
-            assert_eq!(
-                read_prefix::<Usage>(cut.as_bytes()).unwrap_err(),
-                Stop::Eof,
-                "{cut}"
-            );
-        }
-        for bad in [r#"{"n":5,"cost":0.x"#, r#"{"n":-1}"#, r#"{"n":tru}"#] {
-            assert_eq!(
-                read_prefix::<Usage>(bad.as_bytes()).unwrap_err(),
-                Stop::Invalid,
-                "{bad}"
-            );
+            let read = read_prefix::<Usage>(text.as_bytes());
+            assert_eq!(read.unwrap_err(), stop, "{text}");
         }
         assert!(read_prefix::<Usage>(br#"{"n":1} and more"#).is_ok());
     }

@@ -358,13 +358,7 @@ mod tests {
     use super::*;
 
     fn classify(status: u16, headers: &[(&str, &str)], body: &str) -> Classification {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
+        let h = crate::retry::hints::tests::headers(headers);
         let status = StatusCode::from_u16(status).unwrap();
         DefaultClassifier::new().classify(&Outcome::new(status, &h).with_body(body.as_bytes()))
     }
@@ -466,22 +460,14 @@ mod tests {
 
     #[test]
     fn hints_are_attached() {
-        let c = classify(503, &[("retry-after", "2")], "");
-        assert!(
-            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
-        );
-        let c = classify(500, &[("x-ratelimit-reset-requests", "2s")], "");
-        assert!(matches!(
-            c,
-            Classification::Failure {
-                retry_after: None,
-                ..
-            }
-        ));
-        let c = classify(429, &[("x-ratelimit-reset-requests", "2s")], "");
-        assert!(
-            matches!(c, Classification::Failure { retry_after: Some(d), .. } if d == Duration::from_secs(2))
-        );
+        let delay = |status, header| match classify(status, &[header], "") {
+            Classification::Failure { retry_after, .. } => retry_after,
+            Classification::Success => panic!("{status} is a failure"),
+        };
+        let two = Some(Duration::from_secs(2));
+        assert_eq!(delay(503, ("retry-after", "2")), two);
+        assert_eq!(delay(500, ("x-ratelimit-reset-requests", "2s")), None);
+        assert_eq!(delay(429, ("x-ratelimit-reset-requests", "2s")), two);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use super::policy::{Failure, FailureCounts, Stop};
 use super::transport::{TransportFailure, add_idempotency_key, error_source};
 use super::{RetryInfo, X_RETRY_COUNT};
 use crate::body::collect::{Buffered, Collect, Collected};
+use crate::body::reject;
 use crate::request::FromBytes;
 use crate::sse::{FirstEvent, is_event_stream};
 use crate::{ApiError, BoxError, ErrorKind, RetryClass};
@@ -220,9 +221,7 @@ where
                             this.state.set(State::Done);
                             let rejection = ApiError::invalid_request()
                                 .with_message("The request body could not be read.");
-                            let response =
-                                rejection.into_http_response().map(ResponseBody::from_full);
-                            return Poll::Ready(Ok(with_info(response, this.progress)));
+                            return Poll::Ready(Ok(with_info(reject(rejection), this.progress)));
                         }
                         // Not bounded: the size hint was checked instead.
                         Collected::TooLarge => Bytes::new(),
@@ -490,10 +489,7 @@ fn timed_out<R: Body>(
             timeout.as_secs_f64()
         ))
         .with_should_retry(retryable && !progress.exhausted);
-    with_info(
-        error.into_http_response().map(ResponseBody::from_full),
-        progress,
-    )
+    with_info(reject(error), progress)
 }
 
 /// Whether a response that was not read could be a failure worth another

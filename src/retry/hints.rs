@@ -247,13 +247,14 @@ fn reset_delay(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use proptest::prelude::*;
 
     const NOW: Duration = Duration::from_secs(1_800_000_000); // 2027-01-15T08:00:00Z
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of `pairs` (the classifier's tests use it too).
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.insert(
@@ -262,6 +263,11 @@ mod tests {
             );
         }
         h
+    }
+
+    /// The server's delay at `NOW` in the headers `pairs`.
+    fn delay(pairs: &[(&str, &str)], rate_limits: bool) -> Option<Duration> {
+        server_delay(&headers(pairs), NOW, rate_limits)
     }
 
     fn ms(n: u64) -> Option<Duration> {
@@ -295,35 +301,29 @@ mod tests {
 
     #[test]
     fn retry_after_ms_wins() {
-        let h = headers(&[("retry-after-ms", "1500.5"), ("retry-after", "9")]);
         assert_eq!(
-            server_delay(&h, NOW, false),
+            delay(&[("retry-after-ms", "1500.5"), ("retry-after", "9")], false),
             Some(Duration::from_micros(1_500_500))
         );
     }
 
     #[test]
     fn retry_after_seconds_and_fractions() {
-        let h = headers(&[("retry-after", "20")]);
-        assert_eq!(server_delay(&h, NOW, false), ms(20_000));
-        let h = headers(&[("retry-after", "0.25")]);
-        assert_eq!(server_delay(&h, NOW, false), ms(250));
-        let h = headers(&[("retry-after", "1e30")]);
-        assert_eq!(server_delay(&h, NOW, false), Some(Duration::MAX));
-        let h = headers(&[("retry-after", "-3"), ("retry-after-ms", "NaN")]);
-        assert_eq!(server_delay(&h, NOW, false), None);
+        assert_eq!(delay(&[("retry-after", "20")], false), ms(20_000));
+        assert_eq!(delay(&[("retry-after", "0.25")], false), ms(250));
+        let max = Some(Duration::MAX);
+        assert_eq!(delay(&[("retry-after", "1e30")], false), max);
+        let nonsense = [("retry-after", "-3"), ("retry-after-ms", "NaN")];
+        assert_eq!(delay(&nonsense, false), None);
     }
 
     #[test]
     fn retry_after_http_date() {
         let at = httpdate::fmt_http_date(std::time::UNIX_EPOCH + NOW + Duration::from_secs(30));
-        let h = headers(&[("retry-after", &at)]);
-        assert_eq!(server_delay(&h, NOW, false), ms(30_000));
+        assert_eq!(delay(&[("retry-after", &at)], false), ms(30_000));
         let past = "Thu, 01 Jan 1970 00:00:00 GMT";
-        let h = headers(&[("retry-after", past)]);
-        assert_eq!(server_delay(&h, NOW, false), ms(0));
-        let h = headers(&[("retry-after", "tomorrow, maybe")]);
-        assert_eq!(server_delay(&h, NOW, false), None);
+        assert_eq!(delay(&[("retry-after", past)], false), ms(0));
+        assert_eq!(delay(&[("retry-after", "tomorrow, maybe")], false), None);
     }
 
     #[test]
@@ -342,10 +342,12 @@ mod tests {
         ]);
         assert_eq!(server_delay(&h, NOW, true), ms(1000));
         // RFC 3339 and plain seconds.
-        let h = headers(&[("x-ratelimit-reset-requests", "2027-01-15T08:00:01.5Z")]);
-        assert_eq!(server_delay(&h, NOW, true), ms(1500));
-        let h = headers(&[("x-ratelimit-reset-tokens", "2.5")]);
-        assert_eq!(server_delay(&h, NOW, true), ms(2500));
+        let at = [("x-ratelimit-reset-requests", "2027-01-15T08:00:01.5Z")];
+        assert_eq!(delay(&at, true), ms(1500));
+        assert_eq!(
+            delay(&[("x-ratelimit-reset-tokens", "2.5")], true),
+            ms(2500)
+        );
     }
 
     #[test]

@@ -51,10 +51,8 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The ready service goes with the request (it makes the first
-        // attempt, and the retries); `self` keeps a clone that the next
-        // `poll_ready` drives.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        // attempt, and the retries).
+        let inner = crate::macros::take_ready(&mut self.inner);
         ResponseFuture::new(inner, self.shared.clone(), req)
     }
 }

@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::{Dispatch, Event};
-use crate::usage::BodyEnd;
+use crate::usage::{BodyEnd, GuestSlot};
 
 /// A per-event reader that a framing body can run for its owner (the usage
 /// observer's SSE reader). Dropped without [`end`](Self::end) when the body
@@ -94,21 +94,13 @@ impl fmt::Debug for SseHost {
     }
 }
 
-/// What an [`SseGuest`] holds: a reader that waits, until its body's first
-/// poll, for a framing body further out to adopt it.
-pub(crate) trait Guest: Send + Sync {
-    /// Hands the reader over, if it is still there and needs to hold back
-    /// no more than `limit` bytes of an unfinished event.
-    fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>>;
-}
-
 /// In the response extensions of a stream whose usage is observed further
 /// in than the body that frames it: that body, further out, adopts the
-/// observer's reader ([`Guest::adopt`]), and the observed body only passes
+/// observer's reader ([`GuestSlot::adopt`]), and the observed body only passes
 /// frames through. Unadopted by its first poll, the observer frames the
 /// stream itself.
 #[derive(Clone)]
-pub(crate) struct SseGuest(pub(crate) Arc<dyn Guest>);
+pub(crate) struct SseGuest(pub(crate) Arc<GuestSlot>);
 
 impl fmt::Debug for SseGuest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

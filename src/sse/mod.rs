@@ -52,7 +52,7 @@ mod tests;
 use bytes::Bytes;
 
 pub(crate) use self::framer::{Dispatch, Framer, null_usage_at};
-pub(crate) use self::host::{EventSink, Guest, SseGuest, SseHost};
+pub(crate) use self::host::{EventSink, SseGuest, SseHost};
 pub(crate) use self::release::Fed;
 
 /// The event has a `data` field, so clients dispatch it.

@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use http::Response;
-use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http::header::CONTENT_LENGTH;
 use http_body::Body;
 use pin_project_lite::pin_project;
 
@@ -79,10 +79,7 @@ fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
     // as much as the rest of this choice.
     let sse = essence.eq_ignore_ascii_case(b"text/event-stream");
     if sse || JSON_LINES.iter().any(|t| essence.eq_ignore_ascii_case(t)) {
-        let encoded = parts
-            .headers
-            .get(CONTENT_ENCODING)
-            .is_some_and(|e| !e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let encoded = crate::body::is_encoded(&parts.headers);
         match (watch_sse && parts.status.is_success() && !encoded, sse) {
             (true, true) => Wire::Sse,
             (true, false) => Wire::JsonLines,

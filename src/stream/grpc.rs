@@ -9,12 +9,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use super::failure::Failure;
-use crate::envelope::{GRPC_MESSAGE, GRPC_STATUS, grpc_percent_encode, grpc_status};
+use crate::envelope::{GRPC_STATUS, grpc_trailers};
 use crate::{ApiError, BoxError, Origin};
 
 pin_project! {
@@ -41,19 +40,6 @@ impl<B> GrpcBody<B> {
     pub(crate) fn is_end_stream(&self) -> bool {
         self.done
     }
-}
-
-/// Trailers that report `error` as a gRPC status.
-pub(crate) fn status_trailers(error: &ApiError) -> HeaderMap {
-    let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert(
-        GRPC_STATUS,
-        HeaderValue::from(u16::from(grpc_status(error))),
-    );
-    if let Ok(message) = HeaderValue::try_from(grpc_percent_encode(error.message())) {
-        trailers.insert(GRPC_MESSAGE, message);
-    }
-    trailers
 }
 
 impl<B> Body for GrpcBody<B>
@@ -87,7 +73,7 @@ where
                 let error: BoxError = error.into();
                 tracing::warn!(error = %error, "upstream gRPC stream failed; ending it with grpc-status trailers");
                 let error = Failure::BodyError.error();
-                Poll::Ready(Some(Ok(Frame::trailers(status_trailers(&error)))))
+                Poll::Ready(Some(Ok(Frame::trailers(grpc_trailers(&error)))))
             }
             None => {
                 *this.done = true;
@@ -98,7 +84,7 @@ where
                     .with_code("stream_truncated")
                     .with_message("The upstream stream ended without a gRPC status.")
                     .with_origin(Origin::Upstream);
-                Poll::Ready(Some(Ok(Frame::trailers(status_trailers(&error)))))
+                Poll::Ready(Some(Ok(Frame::trailers(grpc_trailers(&error)))))
             }
         }
     }

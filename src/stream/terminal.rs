@@ -266,11 +266,14 @@ fn sse_event(out: &mut BytesMut, name: Option<&str>, data: &[u8]) {
 mod tests {
     use super::*;
 
-    fn text(format: StreamFormat, done: bool) -> String {
-        let error = ApiError::bad_gateway()
+    fn truncated() -> ApiError {
+        ApiError::bad_gateway()
             .with_code("stream_truncated")
-            .with_message("The upstream stream ended early.");
-        String::from_utf8(format.terminal_event(&error, done).to_vec()).unwrap()
+            .with_message("The upstream stream ended early.")
+    }
+
+    fn text(format: StreamFormat, done: bool) -> String {
+        String::from_utf8(format.terminal_event(&truncated(), done).to_vec()).unwrap()
     }
 
     #[test]
@@ -329,9 +332,7 @@ mod tests {
         seen.note(
             br#"{"message_id":"m-1","thread_id":"t-1","created_at":"2024-11-15T17:43:37.443794","delta":{}}"#,
         );
-        let error = ApiError::bad_gateway()
-            .with_code("stream_truncated")
-            .with_message("The upstream stream ended early.");
+        let error = truncated();
         for bare in [false, true] {
             let event = StreamFormat::FinishReasonMetadata.terminal(&error, false, &seen, bare);
             let text = std::str::from_utf8(&event).unwrap();
@@ -406,6 +407,7 @@ mod tests {
 
     #[test]
     fn format_by_request() {
+        use StreamFormat::*;
         let f = |path: &str, anthropic: bool| {
             let mut headers = HeaderMap::new();
             if anthropic {
@@ -413,24 +415,20 @@ mod tests {
             }
             StreamFormat::from_request(&path.parse().unwrap(), &headers)
         };
-        assert_eq!(f("/v1/messages", false), StreamFormat::AnthropicMessages);
-        assert_eq!(f("/v1/responses", false), StreamFormat::Responses);
-        assert_eq!(
-            f("/v1/chat/completions", false),
-            StreamFormat::ChatCompletions
-        );
-        assert_eq!(
-            f("/v1/chat/completions", true),
-            StreamFormat::AnthropicMessages
-        );
-        assert_eq!(
-            "Responses".parse::<StreamFormat>().ok(),
-            Some(StreamFormat::Responses)
-        );
-        assert_eq!(
-            "hai".parse::<StreamFormat>().ok(),
-            Some(StreamFormat::FinishReasonMetadata)
-        );
-        assert!("grpc".parse::<StreamFormat>().is_err());
+        for (path, anthropic, format) in [
+            ("/v1/messages", false, AnthropicMessages),
+            ("/v1/responses", false, Responses),
+            ("/v1/chat/completions", false, ChatCompletions),
+            ("/v1/chat/completions", true, AnthropicMessages),
+        ] {
+            assert_eq!(f(path, anthropic), format, "{path} {anthropic}");
+        }
+        for (name, format) in [
+            ("Responses", Some(Responses)),
+            ("hai", Some(FinishReasonMetadata)),
+            ("grpc", None),
+        ] {
+            assert_eq!(name.parse::<StreamFormat>().ok(), format, "{name}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use super::report::BodyEnd;
 use super::scan::UsageScanner;
 use super::sse::EVENT_LIMIT;
 use super::tap::Tap;
-use crate::sse::{Dispatch, Event, EventSink, Guest};
+use crate::sse::{Dispatch, Event, EventSink};
 
 pin_project! {
     /// A response body that scans its frames for token usage as they pass
@@ -110,15 +110,14 @@ pub(crate) struct Observer {
 }
 
 impl Observer {
+    /// `strip` only for an SSE scanner.
     pub(crate) fn new(
-        scanner: UsageScanner,
+        mut scanner: UsageScanner,
         strip: bool,
         shared: Arc<dyn Tap>,
         status: StatusCode,
         prompt_tokens_estimate: u64,
     ) -> Self {
-        let mut scanner = scanner;
-        let strip = strip && scanner.is_sse();
         if strip {
             scanner.strip_usage_chunks();
         }
@@ -132,17 +131,6 @@ impl Observer {
             fired: false,
             ended: false,
         }
-    }
-
-    /// Scans a data frame; returns what the client gets of it.
-    fn data(&mut self, data: Bytes) -> Option<Bytes> {
-        self.scanner.forward(data)
-    }
-
-    /// No more data will come: scans what is left, and returns what the
-    /// client still gets (bytes held back for stripping).
-    fn end_of_data(&mut self) -> Option<Bytes> {
-        self.scanner.finish_forward()
     }
 
     /// Makes the report and sends it to the subscribers, once.
@@ -166,10 +154,6 @@ impl Observer {
     /// Cuts usage-only chunks (the body's length changes).
     pub(crate) fn strips(&self) -> bool {
         self.strip
-    }
-
-    fn held(&self) -> usize {
-        self.scanner.held_len()
     }
 }
 
@@ -211,7 +195,7 @@ where
         let mut this = self.project();
         if let Some(guest) = this.guest.take() {
             // Not adopted by now, the observer reads the body itself.
-            *this.observer = guest.reclaim();
+            *this.observer = guest.slot.take();
         }
         let Some(obs) = this.observer.as_mut() else {
             return this.inner.poll_frame(cx);
@@ -234,7 +218,7 @@ where
                     return Poll::Ready(Some(Err(e)));
                 }
                 None => {
-                    let rest = obs.end_of_data();
+                    let rest = obs.scanner.finish_forward();
                     obs.fire(BodyEnd::Completed);
                     obs.ended = true;
                     return Poll::Ready(rest.map(|b| Ok(Frame::data(b))));
@@ -253,11 +237,11 @@ where
                 }
             }
             let (mut data, other) = match frame.into_data() {
-                Ok(data) => (obs.data(data), None),
+                Ok(data) => (obs.scanner.forward(data), None),
                 Err(frame) => (None, Some(frame)),
             };
             if other.is_some() || at_end {
-                data = concat(data, obs.end_of_data());
+                data = concat(data, obs.scanner.finish_forward());
             }
             if at_end {
                 obs.fire(BodyEnd::Completed);
@@ -288,7 +272,8 @@ where
             // polls once more and the body ends as Completed, not Dropped.
             Some(obs) => {
                 obs.queued.is_none()
-                    && (obs.ended || (obs.fired && obs.held() == 0 && self.inner.is_end_stream()))
+                    && (obs.ended
+                        || (obs.fired && obs.scanner.held_len() == 0 && self.inner.is_end_stream()))
             }
         }
     }
@@ -313,7 +298,7 @@ where
             Some(obs) if obs.strip => {
                 let mut hint = SizeHint::new();
                 if let Some(upper) = self.inner.size_hint().upper() {
-                    hint.set_upper(upper.saturating_add(obs.held() as u64));
+                    hint.set_upper(upper.saturating_add(obs.scanner.held_len() as u64));
                 }
                 hint
             }
@@ -336,10 +321,11 @@ impl GuestSlot {
         // Nothing runs under the lock but a move.
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
-}
 
-impl Guest for GuestSlot {
-    fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
+    /// Hands the observer over to the framing body further out, if it is
+    /// still here and needs to hold back no more than `limit` bytes of an
+    /// unfinished event.
+    pub(crate) fn adopt(&self, limit: usize) -> Option<Box<dyn EventSink>> {
         let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.as_ref()?.event_limit() > limit {
             // The host would cut events this reader must read whole.
@@ -356,12 +342,6 @@ struct GuestHandle {
     slot: Arc<GuestSlot>,
     /// The observer strips usage chunks: the body's length is not known.
     strip: bool,
-}
-
-impl GuestHandle {
-    fn reclaim(self) -> Option<Box<Observer>> {
-        self.slot.take()
-    }
 }
 
 impl Drop for GuestHandle {

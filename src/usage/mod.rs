@@ -185,7 +185,8 @@ pub use self::request::request_usage;
 pub use self::scan::UsageScanner;
 pub use self::tap::UsageTap;
 
-use self::body::{GuestSlot, Observer};
+pub(crate) use self::body::GuestSlot;
+use self::body::Observer;
 use self::scan::Kind;
 use self::tap::Shared;
 use crate::sse::{SseGuest, SseHost};
@@ -229,7 +230,8 @@ where
         }
     }
     let scanner = UsageScanner::for_headers(&parts.headers);
-    let strip = options.strip_usage_chunk && scanner.is_sse();
+    let is_sse = scanner.is_sse();
+    let strip = options.strip_usage_chunk && is_sse;
     if strip {
         parts.headers.remove(CONTENT_LENGTH);
     }
@@ -238,7 +240,6 @@ where
     parts.extensions.insert(UsageTap {
         shared: shared.clone(),
     });
-    let is_sse = scanner.is_sse();
     let mut observer = Box::new(Observer::new(
         scanner,
         strip,

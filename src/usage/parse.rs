@@ -383,22 +383,22 @@ mod tests {
             input_tokens: count(n),
             ..RawUsage::default()
         };
+        // A chunk with a top-level usage of `prompt` prompt tokens.
+        let chunk = |prompt, choices| {
+            Some(Event {
+                usage: Some(usage(prompt)),
+                choices,
+                ..Event::default()
+            })
+        };
         for (doc, expected) in [
             (
                 &br#"{"choices":[],"usage":{"prompt_tokens":1}}"#[..],
-                Some(Event {
-                    usage: Some(usage(1)),
-                    choices: Some(true),
-                    ..Event::default()
-                }),
+                chunk(1, Some(true)),
             ),
             (
                 br#"{"choices":[{"delta":{}}],"usage":{"prompt_tokens":1}} "#,
-                Some(Event {
-                    usage: Some(usage(1)),
-                    choices: Some(false),
-                    ..Event::default()
-                }),
+                chunk(1, Some(false)),
             ),
             (
                 br#"{"type":"message_start","message":{"id":"m","usage":{"input_tokens":3},"usage":null}}"#,
@@ -428,10 +428,7 @@ mod tests {
             ),
             (
                 br#"{"error":null,"usage":{"prompt_tokens":1}}"#,
-                Some(Event {
-                    usage: Some(usage(1)),
-                    ..Event::default()
-                }),
+                chunk(1, None),
             ),
             (br#"{"usage":{"prompt_tokens":1}} x"#, None),
             (br#"{"usage":{"prompt_tokens":1},"usage":null}"#, None),
@@ -440,11 +437,7 @@ mod tests {
             (br#"{"message":"\ud800","usage":{"prompt_tokens":1}}"#, None),
             (
                 br#"[{"prompt_tokens":5}, null, null, [], null]"#,
-                Some(Event {
-                    usage: Some(usage(5)),
-                    choices: Some(true),
-                    ..Event::default()
-                }),
+                chunk(5, Some(true)),
             ),
             (br#"[{"prompt_tokens":5}, null, null, [], null, 1]"#, None),
         ] {

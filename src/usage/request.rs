@@ -122,34 +122,30 @@ mod tests {
 
     #[test]
     fn rewrites() {
-        assert_eq!(
-            rewrite(r#" { "stream" : true , "messages":[] } "#).as_deref(),
-            Some(
-                r#" {"stream_options":{"include_usage":true}, "stream" : true , "messages":[] } "#
-            )
-        );
-        assert_eq!(
-            rewrite(r#"{"stream":true,"prompt":"x","stream_options":null}"#).as_deref(),
-            Some(r#"{"stream":true,"prompt":"x","stream_options":{"include_usage":true}}"#)
-        );
-        assert_eq!(
-            rewrite(r#"{"stream":true,"messages":[],"stream_options":{ }}"#).as_deref(),
-            Some(r#"{"stream":true,"messages":[],"stream_options":{"include_usage":true }}"#)
-        );
-        assert_eq!(
-            rewrite(r#"{"stream":true,"messages":[],"stream_options":{"continuous_usage_stats":true,"include_usage":null}}"#)
-                .as_deref(),
-            Some(r#"{"stream":true,"messages":[],"stream_options":{"continuous_usage_stats":true,"include_usage":true}}"#)
-        );
-        assert_eq!(
-            rewrite(
-                r#"{"stream":true,"messages":[],"stream_options":{"include_obfuscation":false}}"#
-            )
-            .as_deref(),
-            Some(
-                r#"{"stream":true,"messages":[],"stream_options":{"include_usage":true,"include_obfuscation":false}}"#
-            )
-        );
+        for (body, rewritten) in [
+            (
+                r#" { "stream" : true , "messages":[] } "#,
+                r#" {"stream_options":{"include_usage":true}, "stream" : true , "messages":[] } "#,
+            ),
+            (
+                r#"{"stream":true,"prompt":"x","stream_options":null}"#,
+                r#"{"stream":true,"prompt":"x","stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"messages":[],"stream_options":{ }}"#,
+                r#"{"stream":true,"messages":[],"stream_options":{"include_usage":true }}"#,
+            ),
+            (
+                r#"{"stream":true,"messages":[],"stream_options":{"continuous_usage_stats":true,"include_usage":null}}"#,
+                r#"{"stream":true,"messages":[],"stream_options":{"continuous_usage_stats":true,"include_usage":true}}"#,
+            ),
+            (
+                r#"{"stream":true,"messages":[],"stream_options":{"include_obfuscation":false}}"#,
+                r#"{"stream":true,"messages":[],"stream_options":{"include_usage":true,"include_obfuscation":false}}"#,
+            ),
+        ] {
+            assert_eq!(rewrite(body).as_deref(), Some(rewritten));
+        }
     }
 
     #[test]

@@ -50,28 +50,36 @@ enum Format {
     Off,
 }
 
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Sse(_) => "sse",
+            Format::Json(_) => "json",
+            Format::Off => "off",
+        }
+    }
+}
+
 impl UsageScanner {
     /// A scanner for a `text/event-stream` body.
     pub fn sse() -> Self {
-        UsageScanner {
-            format: Format::Sse(Sse::default()),
-            found: Found::default(),
-        }
+        UsageScanner::with(Format::Sse(Sse::default()))
     }
 
     /// A scanner for a non-streamed JSON body.
     pub fn json() -> Self {
-        UsageScanner {
-            format: Format::Json(JsonScan::default()),
-            found: Found::default(),
-        }
+        UsageScanner::with(Format::Json(JsonScan::default()))
     }
 
     /// A scanner that looks at nothing (bodies that are neither SSE nor
     /// JSON): its report is always an estimate.
     pub fn off() -> Self {
+        UsageScanner::with(Format::Off)
+    }
+
+    fn with(format: Format) -> Self {
         UsageScanner {
-            format: Format::Off,
+            format,
             found: Found::default(),
         }
     }
@@ -229,13 +237,8 @@ impl Kind {
 
 impl fmt::Debug for UsageScanner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let format = match self.format {
-            Format::Sse(_) => "sse",
-            Format::Json(_) => "json",
-            Format::Off => "off",
-        };
         f.debug_struct("UsageScanner")
-            .field("format", &format)
+            .field("format", &self.format.name())
             .field("reported", &self.reported())
             .field("content_chars", &self.found.content_chars)
             .finish()
@@ -259,28 +262,21 @@ mod tests {
 
     #[test]
     fn content_type_picks_the_scanner() {
-        let headers = |ct: &str| {
-            let mut h = HeaderMap::new();
-            h.insert(CONTENT_TYPE, ct.parse().unwrap());
-            h
-        };
-        assert!(UsageScanner::for_headers(&headers("text/event-stream; charset=utf-8")).is_sse());
-        assert!(matches!(
-            UsageScanner::for_headers(&headers("Application/JSON")).format,
-            Format::Json(_)
-        ));
-        assert!(matches!(
-            UsageScanner::for_headers(&headers("application/problem+json")).format,
-            Format::Json(_)
-        ));
-        assert!(matches!(
-            UsageScanner::for_headers(&headers("text/plain")).format,
-            Format::Off
-        ));
-        assert!(matches!(
-            UsageScanner::for_headers(&HeaderMap::new()).format,
-            Format::Off
-        ));
+        for (content_type, format) in [
+            (Some("text/event-stream; charset=utf-8"), "sse"),
+            (Some("Application/JSON"), "json"),
+            (Some("application/problem+json"), "json"),
+            (Some("text/plain"), "off"),
+            (None, "off"),
+        ] {
+            let headers: HeaderMap = content_type
+                .map(|ct| (CONTENT_TYPE, ct.parse().unwrap()))
+                .into_iter()
+                .collect();
+            let scanner = UsageScanner::for_headers(&headers);
+            assert_eq!(scanner.format.name(), format, "{content_type:?}");
+            assert_eq!(scanner.is_sse(), format == "sse");
+        }
     }
 
     #[test]

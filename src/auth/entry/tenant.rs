@@ -297,28 +297,21 @@ mod tests {
 
     #[test]
     fn errors_name_the_kind_the_entry_and_the_field() {
+        use TenantKind::*;
         for (json, kind, expected) in [
-            (
-                r#"{"id":"ann","org":"acme"}"#,
-                TenantKind::User,
-                "user `ann`: `org`",
-            ),
-            (
-                r#"{"id":"acme","org":"x"}"#,
-                TenantKind::Org,
-                "org `acme`: `org`",
-            ),
+            (r#"{"id":"ann","org":"acme"}"#, User, "user `ann`: `org`"),
+            (r#"{"id":"acme","org":"x"}"#, Org, "org `acme`: `org`"),
             (
                 r#"{"id":"r","requests_per_minute":0}"#,
-                TenantKind::Team,
+                Team,
                 "team `r`: `requests_per_minute`",
             ),
             (
                 r#"{"id":"r","budget_period":"daily"}"#,
-                TenantKind::Team,
+                Team,
                 "team `r`: `budget_period`",
             ),
-            (r#"{"id":"a b"}"#, TenantKind::Team, "team `a b`: `id`"),
+            (r#"{"id":"a b"}"#, Team, "team `a b`: `id`"),
         ] {
             let err = entry(json).into_record(kind).unwrap_err().to_string();
             assert!(err.starts_with(expected), "{json}: {err}");

@@ -39,47 +39,38 @@ fn full_entry() {
 
 #[test]
 fn errors_name_the_field_and_not_the_secret() {
-    for (json, field) in [
-        (r#"{"id":"a"}"#, "`secret`"),
+    // Fields after an `id` and a `secret`, and the field each error names.
+    let with_secret = [
+        (r#""expires_at":"tomorrow""#, "expires_at"),
+        (r#""budget_period":"daily""#, "budget_period"),
+        (
+            r#""budget_usd":5,"budget_period":"hourly""#,
+            "budget_period",
+        ),
+        (r#""requests_per_minute":0"#, "requests_per_minute"),
+        (r#""requests_per_minute":-1"#, "requests_per_minute"),
+        (r#""budget_usd":"lots""#, "budget_usd"),
+        (r#""bogus":1"#, "bogus"),
+        (r#""revoked":1"#, "revoked"),
+    ]
+    .map(|(fields, field)| (format!(r#"{{"id":"a","secret":"s",{fields}}}"#), field));
+    let cases = [
+        (r#"{"id":"a"}"#, "secret"),
         (
             r#"{"id":"a","secret":"sk-hunter2","secret_sha256":"00"}"#,
-            "`secret`",
+            "secret",
         ),
         (
             r#"{"id":"a","secret_sha256":"sk-hunter2"}"#,
-            "`secret_sha256`",
+            "secret_sha256",
         ),
-        (r#"{"id":"a","secret":"sha256:sk-hunter2"}"#, "`secret`"),
-        (
-            r#"{"id":"a","secret":"s","expires_at":"tomorrow"}"#,
-            "`expires_at`",
-        ),
-        (
-            r#"{"id":"a","secret":"s","budget_period":"daily"}"#,
-            "`budget_period`",
-        ),
-        (
-            r#"{"id":"a","secret":"s","budget_usd":5,"budget_period":"hourly"}"#,
-            "`budget_period`",
-        ),
-        (
-            r#"{"id":"a","secret":"s","requests_per_minute":0}"#,
-            "`requests_per_minute`",
-        ),
-        (
-            r#"{"id":"a","secret":"s","requests_per_minute":-1}"#,
-            "`requests_per_minute`",
-        ),
-        (
-            r#"{"id":"a","secret":"s","budget_usd":"lots"}"#,
-            "`budget_usd`",
-        ),
-        (r#"{"id":"a b","secret":"s"}"#, "`id`"),
-        (r#"{"id":"a","secret":"s","bogus":1}"#, "`bogus`"),
-        (r#"{"id":"a","secret":"s","revoked":1}"#, "`revoked`"),
-    ] {
-        let err = entry(json).unwrap_err();
-        assert!(err.contains(field), "{json}: {err}");
+        (r#"{"id":"a","secret":"sha256:sk-hunter2"}"#, "secret"),
+        (r#"{"id":"a b","secret":"s"}"#, "id"),
+    ]
+    .map(|(json, field)| (json.to_owned(), field));
+    for (json, field) in cases.into_iter().chain(with_secret) {
+        let err = entry(&json).unwrap_err();
+        assert!(err.contains(&format!("`{field}`")), "{json}: {err}");
         assert!(!err.contains("hunter2"), "{json}: {err}");
         assert_eq!(
             err.matches(" at line ").count().min(1),

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::mpsc;
 use tower::util::BoxCloneService;
@@ -14,11 +15,8 @@ use crate::usage::{self, BodyEnd, UsageOptions, UsageReport};
 
 type Frames = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
 type Slot = Arc<Mutex<Option<UsageReport>>>;
-type Detached = BoxCloneService<
-    Request<Full<Bytes>>,
-    Response<http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>>,
-    Infallible,
->;
+type Detached =
+    BoxCloneService<Request<Full<Bytes>>, Response<UnsyncBoxBody<Bytes, BoxError>>, Infallible>;
 
 /// A service whose response body is fed by the test through the returned
 /// sender; its usage report lands in the returned slot.
@@ -50,6 +48,15 @@ fn fed(layer: DetachLayer) -> (Detached, mpsc::Receiver<Frames>, Slot) {
             }
         }));
     (BoxCloneService::new(service), senders_rx, report)
+}
+
+/// A call through [`fed`] with `layer`: its response, the sender of its
+/// body's frames and its usage report's slot.
+async fn started(layer: DetachLayer) -> (Response<UnsyncBoxBody<Bytes, BoxError>>, Frames, Slot) {
+    let (service, mut senders, report) = fed(layer);
+    let response = service.oneshot(Request::new(Full::default())).await;
+    let frames = senders.recv().await.unwrap();
+    (response.unwrap(), frames, report)
 }
 
 /// `rx` as a stream (no tokio-stream dependency).
@@ -84,12 +91,7 @@ async fn report_within(slot: &Slot) -> UsageReport {
 
 #[tokio::test]
 async fn the_client_reads_every_frame() {
-    let (service, mut senders, report) = fed(DetachLayer::new());
-    let response = service
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    let frames = senders.recv().await.unwrap();
+    let (response, frames, report) = started(DetachLayer::new()).await;
     frames.send(event(CONTENT)).await.unwrap();
     frames.send(event(USAGE)).await.unwrap();
     drop(frames);
@@ -105,12 +107,7 @@ async fn the_client_reads_every_frame() {
 
 #[tokio::test]
 async fn a_body_dropped_mid_stream_is_read_to_its_usage() {
-    let (service, mut senders, report) = fed(DetachLayer::new());
-    let response = service
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    let frames = senders.recv().await.unwrap();
+    let (response, frames, report) = started(DetachLayer::new()).await;
     frames.send(event(CONTENT)).await.unwrap();
     let mut body = response.into_body();
     assert!(body.frame().await.is_some());
@@ -140,12 +137,7 @@ async fn a_call_whose_head_nobody_waits_for_still_runs() {
 #[tokio::test(start_paused = true)]
 async fn the_drain_stops_at_its_time_limit() {
     let layer = DetachLayer::new().drain_timeout(Duration::from_secs(5));
-    let (service, mut senders, report) = fed(layer);
-    let response = service
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    let frames = senders.recv().await.unwrap();
+    let (response, frames, report) = started(layer).await;
     frames.send(event(CONTENT)).await.unwrap();
     drop(response);
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -161,12 +153,7 @@ async fn the_drain_stops_at_its_time_limit() {
 #[tokio::test]
 async fn the_drain_stops_at_its_byte_limit() {
     let layer = DetachLayer::new().max_drain_bytes(100);
-    let (service, mut senders, report) = fed(layer);
-    let response = service
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    let frames = senders.recv().await.unwrap();
+    let (response, frames, report) = started(layer).await;
     drop(response);
     // 66 bytes each: the second passes the limit.
     for _ in 0..3 {
@@ -272,13 +259,8 @@ async fn the_calls_still_draining_are_counted() {
     let layer = DetachLayer::new()
         .drain_timeout(Duration::from_secs(5))
         .calls(calls.clone());
-    let (service, mut senders, _report) = fed(layer);
     assert_eq!(calls.running(), 0);
-    let response = service
-        .oneshot(Request::new(Full::default()))
-        .await
-        .unwrap();
-    let frames = senders.recv().await.unwrap();
+    let (response, frames, _report) = started(layer).await;
     assert_eq!(calls.running(), 1);
     drop(response);
     let idle = tokio::spawn({
