@@ -18,6 +18,8 @@
 //! assert!(err.should_retry());
 //! ```
 
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
 use crate::ApiError;
 
 #[cfg(any(feature = "redis", feature = "sqlite"))]
@@ -80,4 +82,23 @@ impl From<StoreError> for ApiError {
             .with_message("The gateway's state store is unavailable. Please retry.")
             .with_should_retry(true)
     }
+}
+
+// The stores' locks, recovered when a panic poisoned them: every critical
+// section of a store makes its checks before it changes anything, and
+// leaves what it guards consistent, so a poisoned lock is still usable.
+
+/// Locks `mutex`, recovering it from poisoning.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read-locks `lock`, recovering it from poisoning.
+pub(crate) fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-locks `lock`, recovering it from poisoning.
+pub(crate) fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -4,14 +4,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::tenants::TenantMap;
 use crate::auth::{
     KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode, TenantRecord,
 };
 use crate::budget::BudgetScope;
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, lock, read, write};
 
 /// Key records in memory, by the SHA-256 of their secret.
 ///
@@ -147,14 +147,8 @@ impl MemoryKeyStore {
         Ok(store)
     }
 
-    fn ids(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<KeyRecord>>> {
-        // A panic elsewhere cannot leave the maps half-written (each write
-        // completes its checks before it changes anything), so a poisoned
-        // lock is still usable.
-        self.inner
-            .ids
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn ids(&self) -> MutexGuard<'_, BTreeMap<String, Arc<KeyRecord>>> {
+        lock(&self.inner.ids)
     }
 
     /// Adds `record`, or replaces the record with the same id (returned).
@@ -327,14 +321,6 @@ impl fmt::Debug for MemoryKeyStore {
             .field("shards", &self.inner.shards.len())
             .finish()
     }
-}
-
-fn read(lock: &RwLock<Shard>) -> std::sync::RwLockReadGuard<'_, Shard> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write(lock: &RwLock<Shard>) -> std::sync::RwLockWriteGuard<'_, Shard> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Keys are SHA-256 outputs, uniformly random when they come from secrets,

@@ -16,7 +16,7 @@ use crate::budget::{
     TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, lock};
 
 use self::books::{BudgetShard, Hold, HoldShard, Locked, window_of};
 use self::hash::{ScopeHashing, Small};
@@ -582,13 +582,6 @@ const NO_BUDGET: BudgetSpec = BudgetSpec {
 /// Whether `budgets[i]` names a scope already named before it.
 fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {
     (0..i).any(|j| hashes[j] == hashes[i] && budgets[j].scope == budgets[i].scope)
-}
-
-/// Locks a mutex, recovering from poisoning: no critical section here can
-/// leave the books half-written (they only do saturating arithmetic and
-/// map operations).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Ledger for MemoryLedger {

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use super::MemoryKeyStore;
 use crate::auth::{InvalidTenant, PutMode, TenantAdmin, TenantKind, TenantRecord};
 use crate::budget::BudgetScope;
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, read, write};
 
 /// Tenant records by scope, in (kind, id) order for paged listing. Read on
 /// every request of a key that names a tenant: one read lock, one map
@@ -16,20 +16,6 @@ pub(super) type TenantMap = RwLock<BTreeMap<BudgetScope, Arc<TenantRecord>>>;
 
 /// Tenants.
 impl MemoryKeyStore {
-    fn tenants(&self) -> RwLockReadGuard<'_, BTreeMap<BudgetScope, Arc<TenantRecord>>> {
-        self.inner
-            .tenants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn tenants_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<BudgetScope, Arc<TenantRecord>>> {
-        self.inner
-            .tenants
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
     /// Adds the tenant `record` (a user, team or org), or replaces the one
     /// of the same scope (returned). Refused if it breaks the rules of the
     /// records ([`TenantRecord::check`]).
@@ -39,13 +25,13 @@ impl MemoryKeyStore {
     ) -> Result<Option<Arc<TenantRecord>>, InvalidTenant> {
         record.check()?;
         let scope = record.scope();
-        Ok(self.tenants_mut().insert(scope, Arc::new(record)))
+        Ok(write(&self.inner.tenants).insert(scope, Arc::new(record)))
     }
 
     /// Removes the tenant `scope`: keys naming it are no longer charged to
     /// its budgets nor counted against its limits.
     pub fn remove_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        self.tenants_mut().remove(scope)
+        write(&self.inner.tenants).remove(scope)
     }
 
     /// The record of the tenant `scope`.
@@ -53,7 +39,7 @@ impl MemoryKeyStore {
         if matches!(scope, BudgetScope::Key(_)) {
             return None;
         }
-        self.tenants().get(scope).cloned()
+        read(&self.inner.tenants).get(scope).cloned()
     }
 
     /// Up to `limit` tenants of `kind` whose ids sort after `after`, in id
@@ -68,7 +54,7 @@ impl MemoryKeyStore {
             Some(after) => Bound::Excluded(kind.scope(after)),
             None => Bound::Included(kind.scope("")),
         };
-        self.tenants()
+        read(&self.inner.tenants)
             .range((from, Bound::Unbounded))
             .take_while(|(scope, _)| TenantKind::of(scope).is_some_and(|(k, _)| k == kind))
             .take(limit)
@@ -78,7 +64,7 @@ impl MemoryKeyStore {
 
     /// The number of tenants.
     pub fn tenant_count(&self) -> usize {
-        self.tenants().len()
+        read(&self.inner.tenants).len()
     }
 }
 
@@ -106,7 +92,7 @@ impl TenantAdmin for MemoryKeyStore {
             return StoreFuture::ready(Err(StoreError::Conflict(invalid.to_string())));
         }
         let scope = record.scope();
-        let mut records = self.tenants_mut();
+        let mut records = write(&self.inner.tenants);
         if mode == PutMode::Create && records.contains_key(&scope) {
             return StoreFuture::ready(Err(exists(&scope)));
         }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -323,8 +323,7 @@ impl RedisConnection {
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, Link> {
-        // Every critical section leaves `Link` consistent.
-        self.link.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::store::lock(&self.link)
     }
 
     async fn open(&self) -> Result<AnyConnection, StoreError> {

@@ -23,7 +23,7 @@
 //! retries; `flush` has nothing to wait for there.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Value;
@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::RedisConnection;
 use super::connection::short;
 use super::scripts::SETTLE_BATCH;
-use crate::store::StoreError;
+use crate::store::{StoreError, lock};
 
 /// Settlements waiting for the writer, at most.
 pub(crate) const QUEUE: usize = 16_384;
@@ -109,7 +109,7 @@ impl SettleQueue {
     /// The writer's queue, starting the writer on the current runtime if
     /// none runs (first use, or its runtime has gone).
     fn sender(&self) -> Result<mpsc::Sender<Job>, StoreError> {
-        let mut sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut sender = lock(&self.sender);
         if let Some(tx) = sender.as_ref().filter(|tx| !tx.is_closed()) {
             return Ok(tx.clone());
         }
@@ -123,8 +123,10 @@ impl SettleQueue {
     }
 
     fn started(&self) -> Option<mpsc::Sender<Job>> {
-        let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        sender.as_ref().filter(|tx| !tx.is_closed()).cloned()
+        lock(&self.sender)
+            .as_ref()
+            .filter(|tx| !tx.is_closed())
+            .cloned()
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`SqliteHealth`]: whether what the gateway decides reaches the disk.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 /// The writer's state, for a health endpoint or a metric. While the disk
@@ -65,7 +65,7 @@ pub(super) struct HealthState {
 
 impl HealthState {
     fn health(&self) -> MutexGuard<'_, SqliteHealth> {
-        self.health.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::store::lock(&self.health)
     }
 
     pub(super) fn snapshot(&self) -> SqliteHealth {

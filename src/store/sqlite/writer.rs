@@ -18,8 +18,8 @@ use super::schema::{
 };
 use crate::auth::{KeyRecord, PutMode, TenantRecord};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
-use crate::store::StoreError;
 use crate::store::memory::{MemoryKeyStore, MemoryLedger};
+use crate::store::{StoreError, read, write};
 
 /// Answered once the change it came with is committed (or the commit
 /// failed: the change stays queued, and is retried).
@@ -160,7 +160,7 @@ impl Writer {
     /// Held across a ledger change in memory and the send of its job (see
     /// the field's docs).
     pub(super) fn ordered(&self) -> RwLockReadGuard<'_, ()> {
-        self.order.read().unwrap_or_else(PoisonError::into_inner)
+        read(&self.order)
     }
 
     /// Hands `job` to the writer; never waits. After the writer stopped,
@@ -394,7 +394,7 @@ impl Thread {
             return true;
         }
         let books = {
-            let _order = self.order.write().unwrap_or_else(PoisonError::into_inner);
+            let _order = write(&self.order);
             // Every change made in memory so far has its job queued: all
             // join this commit, and the books are read before any other
             // change can be made.

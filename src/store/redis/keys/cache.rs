@@ -5,13 +5,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::{FailurePolicy, Inner};
 use crate::auth::KeyHash;
 use crate::budget::BudgetScope;
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, read, write};
 
 /// Records (and keys known to have none), each with an expiry, in shards
 /// so that lookups of different keys seldom wait on one lock.
@@ -68,10 +68,7 @@ impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
     /// no record. `stale` also returns expired entries.
     #[allow(clippy::option_option)]
     pub(super) fn get(&self, key: &K, stale: bool) -> Option<Option<Arc<V>>> {
-        let shard = self
-            .shard(key)
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let shard = read(self.shard(key));
         let entry = shard.get(key)?;
         (stale || entry.expires > Instant::now()).then(|| entry.record.clone())
     }
@@ -86,10 +83,7 @@ impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
             self.negative_ttl
         };
         let now = Instant::now();
-        let mut shard = self
-            .shard(&key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = write(self.shard(&key));
         if shard.len() >= self.max_per_shard && !shard.contains_key(&key) {
             shard.retain(|_, e| e.expires > now);
             if shard.len() >= self.max_per_shard {
@@ -109,26 +103,17 @@ impl<K: Shard + Eq + Hash + Clone, V> Cache<K, V> {
     }
 
     pub(super) fn remove(&self, key: &K) {
-        self.shard(key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
+        write(self.shard(key)).remove(key);
     }
 
     pub(super) fn clear(&self) {
         for shard in &self.shards {
-            shard
-                .write()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clear();
+            write(shard).clear();
         }
     }
 
     pub(super) fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.read().unwrap_or_else(PoisonError::into_inner).len())
-            .sum()
+        self.shards.iter().map(|s| read(s).len()).sum()
     }
 }
 

@@ -7,7 +7,7 @@ mod replies;
 use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Value;
@@ -27,7 +27,7 @@ use crate::budget::{
     ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::clock::SharedClock;
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, lock};
 
 /// A budget ledger in Redis: every gateway instance reserves against, and
 /// charges, the same books.
@@ -284,11 +284,6 @@ impl Inner {
 /// Tenants remembered as listed, per process; past this the memory is
 /// cleared (and each tenant listed again, which is harmless).
 const MAX_KNOWN_TENANTS: usize = 100_000;
-
-fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
-    // A set of names is never left half-changed.
-    set.lock().unwrap_or_else(PoisonError::into_inner)
-}
 
 /// A future that has already failed (a request the placement refuses).
 fn failed<T>(error: StoreError) -> StoreFuture<T> {
