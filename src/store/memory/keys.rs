@@ -166,17 +166,9 @@ impl MemoryKeyStore {
     ) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let mut ids = self.ids();
         if mode == PutMode::Create && ids.contains_key(&record.id) {
-            return Err(StoreError::Conflict(format!(
-                "a key with the id `{}` already exists",
-                record.id.escape_debug()
-            )));
+            return Err(key_exists(&record.id));
         }
-        Self::write_record(&self.inner, &mut ids, record).map_err(|dup| {
-            StoreError::Conflict(format!(
-                "key `{}` has the same secret as another key",
-                dup.id.escape_debug()
-            ))
-        })
+        Self::write_record(&self.inner, &mut ids, record).map_err(|dup| secret_taken(&dup.id))
     }
 
     /// Stores `record` under its id and secrets, `ids` locked by the caller.
@@ -277,6 +269,23 @@ impl MemoryKeyStore {
         change(&mut record);
         Self::write_record(&self.inner, &mut ids, record).is_ok()
     }
+}
+
+/// The conflict of a key created with an id that exists (every store's).
+pub(crate) fn key_exists(id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "a key with the id `{}` already exists",
+        id.escape_debug()
+    ))
+}
+
+/// The conflict of a key given a secret another key holds (every
+/// store's; the other key is not named).
+pub(crate) fn secret_taken(id: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "key `{}` has the same secret as another key",
+        id.escape_debug()
+    ))
 }
 
 impl KeyStore for MemoryKeyStore {

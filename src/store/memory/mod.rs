@@ -5,7 +5,10 @@ pub use self::keys::{DuplicateSecret, MemoryKeyStore};
 mod ledger;
 mod tenants;
 #[cfg(any(feature = "redis", feature = "sqlite"))]
-pub(crate) use self::tenants::exists as tenant_exists;
+pub(crate) use self::{
+    keys::{key_exists, secret_taken},
+    tenants::exists as tenant_exists,
+};
 
 pub use self::ledger::MemoryLedger;
 

@@ -12,7 +12,7 @@ use super::SqliteError;
 use super::writer::KeyOp;
 use crate::auth::{KeyHash, PutMode};
 use crate::budget::{BudgetScope, BudgetSpec, Money, Period, SpendTotals};
-use crate::store::memory::{MemoryKeyStore, MemoryLedger};
+use crate::store::memory::{self, MemoryKeyStore, MemoryLedger};
 use crate::store::{StoreError, codec};
 
 /// The schema this version writes, kept in `PRAGMA user_version`.
@@ -417,17 +417,11 @@ pub(super) fn write_key(
                 .prepare_cached("SELECT 1 FROM keys WHERE id = ?1")?
                 .exists([&record.id])?;
             if *mode == PutMode::Create && exists {
-                return Ok(Err(StoreError::Conflict(format!(
-                    "a key with the id `{}` already exists",
-                    record.id.escape_debug()
-                ))));
+                return Ok(Err(memory::key_exists(&record.id)));
             }
             for hash in record.secret_hashes() {
                 if secret_owner(tx, &hash)?.is_some_and(|owner| owner != record.id) {
-                    return Ok(Err(StoreError::Conflict(format!(
-                        "key `{}` has the same secret as another key",
-                        record.id.escape_debug()
-                    ))));
+                    return Ok(Err(memory::secret_taken(&record.id)));
                 }
             }
             tx.prepare_cached(
@@ -461,7 +455,7 @@ pub(super) fn write_key(
                 .prepare_cached("SELECT 1 FROM tenants WHERE scope = ?1")?
                 .exists([scope.id()])?;
             if *mode == PutMode::Create && exists {
-                return Ok(Err(crate::store::memory::tenant_exists(&scope)));
+                return Ok(Err(memory::tenant_exists(&scope)));
             }
             tx.prepare_cached(
                 "INSERT INTO tenants (scope, record) VALUES (?1, ?2) \

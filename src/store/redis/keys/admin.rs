@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Inner, KeyWriteError, RedisKeyStore, list, read_json, read_record};
 use crate::auth::{KeyAdmin, KeyHash, KeyRecord, PutMode};
 use crate::store::codec::{decode, encode};
-use crate::store::memory::DuplicateSecret;
+use crate::store::memory::{DuplicateSecret, key_exists, secret_taken};
 use crate::store::redis::scripts::{KEY_DELETE, KEY_PUT};
 use crate::store::{StoreError, StoreFuture};
 
@@ -113,20 +113,6 @@ fn delete(
             None => Ok(false),
         }
     }
-}
-
-fn id_exists(id: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "a key with the id `{}` already exists",
-        id.escape_debug()
-    ))
-}
-
-fn secret_taken(id: &str) -> StoreError {
-    StoreError::Conflict(format!(
-        "key `{}` has the same secret as another key",
-        id.escape_debug()
-    ))
 }
 
 fn unexpected() -> StoreError {
@@ -236,7 +222,7 @@ impl KeyAdmin for RedisKeyStore {
                         .ok()
                         .map(Arc::new)
                 })),
-                Written::IdExists => Err(id_exists(&record.id)),
+                Written::IdExists => Err(key_exists(&record.id)),
                 Written::SecretTaken { .. } => Err(secret_taken(&record.id)),
                 Written::Changed => Err(unexpected()),
             }

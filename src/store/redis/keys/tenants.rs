@@ -17,7 +17,7 @@ use crate::auth::{PutMode, TenantAdmin, TenantKind, TenantRecord};
 use crate::budget::BudgetScope;
 use crate::store::codec::{decode_tenant, encode_tenant};
 use crate::store::redis::scripts::{TENANT_DELETE, TENANT_PUT};
-use crate::store::{StoreError, StoreFuture};
+use crate::store::{StoreError, StoreFuture, memory};
 
 /// The prefix of a tenant invalidation message.
 pub(super) const MESSAGE_PREFIX: &str = "t:";
@@ -112,7 +112,7 @@ impl TenantAdmin for RedisKeyStore {
                         .then(|| decode_tenant(&previous).ok().map(Arc::new))
                         .flatten())
                 }
-                (Some("exists"), None) => Err(crate::store::memory::tenant_exists(&scope)),
+                (Some("exists"), None) => Err(memory::tenant_exists(&scope)),
                 _ => Err(StoreError::Corrupt(
                     "the tenant put script returned an unexpected reply".into(),
                 )),
