@@ -297,11 +297,9 @@ impl Drop for ClosedOnExit {
     }
 }
 
-/// What one transaction wrote.
-struct Written {
-    /// Per key op, in order: done, or refused (a conflict).
-    keys: Vec<Result<(), StoreError>>,
-}
+/// What one transaction wrote: per key op, in order, done or refused (a
+/// conflict).
+type Written = Vec<Result<(), StoreError>>;
 
 impl Thread {
     fn run(mut self) {
@@ -414,7 +412,7 @@ impl Thread {
             Ok(written) => {
                 // Health first: whoever is answered next may read it.
                 let ended = self.health.committed();
-                for ((op, done), result) in batch.keys.drain(..).zip(written.keys) {
+                for ((op, done), result) in batch.keys.drain(..).zip(written) {
                     let _ = done.send(result.and_then(|()| self.apply(op)));
                 }
                 batch.clear_saved();
@@ -486,9 +484,7 @@ impl Thread {
     /// One transaction with every change of `batch`.
     fn write(&mut self, batch: &Batch, (scopes, books): Books) -> Result<Written, rusqlite::Error> {
         let tx = self.conn.transaction()?;
-        let mut written = Written {
-            keys: Vec::with_capacity(batch.keys.len()),
-        };
+        let mut written = Written::with_capacity(batch.keys.len());
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO accounts (scope, balance, period, rolling_ns, limit_nanos, \
@@ -564,7 +560,7 @@ impl Thread {
             }
         }
         for (op, _) in &batch.keys {
-            written.keys.push(write_key(&tx, op)?);
+            written.push(write_key(&tx, op)?);
         }
         tx.commit()?;
         Ok(written)

@@ -285,11 +285,6 @@ impl Inner {
 /// cleared (and each tenant listed again, which is harmless).
 const MAX_KNOWN_TENANTS: usize = 100_000;
 
-/// A future that has already failed (a request the placement refuses).
-fn failed<T>(error: StoreError) -> StoreFuture<T> {
-    StoreFuture::ready(Err(error))
-}
-
 /// A reservation's script keys and arguments, and the distinct budget each
 /// budget passed maps to.
 pub(in crate::store::redis) type ReserveCall = (Vec<String>, Vec<String>, Vec<usize>);
@@ -339,7 +334,7 @@ impl Ledger for RedisLedger {
     ) -> StoreFuture<ReserveOutcome> {
         let (keys, args, of) = match self.reserve_args(budgets, amount, policy) {
             Ok(call) => call,
-            Err(error) => return failed(error),
+            Err(error) => return StoreFuture::ready(Err(error)),
         };
         let call = self
             .inner
@@ -366,7 +361,7 @@ impl Ledger for RedisLedger {
         };
         let (books, tag) = match inner.books(scopes) {
             Ok(books) => books,
-            Err(error) => return failed(error),
+            Err(error) => return StoreFuture::ready(Err(error)),
         };
         let id = reservation.id().0.to_string();
         let mut keys: Vec<String> = distinct.budgets.iter().map(|b| books.budget(b)).collect();
@@ -440,7 +435,7 @@ impl Ledger for RedisLedger {
         let inner = &self.inner;
         let books = match inner.books(reservation.budgets().iter().map(|b| &b.scope)) {
             Ok((books, _)) => books,
-            Err(error) => return failed(error),
+            Err(error) => return StoreFuture::ready(Err(error)),
         };
         let id = reservation.id().0.to_string();
         let keys = vec![books.holds(), books.hold(&id)];
