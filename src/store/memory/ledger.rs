@@ -11,9 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Charge, Ledger, Money, Period, PeriodWindow,
-    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
-    TopUpOutcome,
+    BudgetMode, BudgetSpec, BudgetStatus, Charge, Ledger, Money, PeriodWindow, Reservation,
+    ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::store::{StoreError, StoreFuture, lock};
@@ -328,7 +327,7 @@ impl MemoryLedger {
         }
     }
 
-    fn reserve_sync(
+    pub(crate) fn reserve_sync(
         &self,
         budgets: &Arc<[BudgetSpec]>,
         amount: Money,
@@ -388,8 +387,7 @@ impl MemoryLedger {
             // No budgets at all: nothing limits the request.
             let hold = Hold::new(amount, false, budgets, now + self.inner.config.lease);
             self.hold_room(hold_shard)?.holds.insert(id, hold);
-            let fresh = BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER);
-            return Ok(reserved(id, amount, budgets, (0, fresh)));
+            return Ok(reserved(id, amount, budgets, (0, NO_BUDGET)));
         };
         let held = match policy {
             ReservePolicy::Bounded => amount.min(tightest.1.remaining()),
@@ -420,7 +418,7 @@ impl MemoryLedger {
         lock(&self.inner.holds[shard]).holds.remove(&id.0)
     }
 
-    fn settle_sync(
+    pub(crate) fn settle_sync(
         &self,
         reservation: &Reservation,
         charge: &Charge,
@@ -485,7 +483,7 @@ impl MemoryLedger {
         }
     }
 
-    fn top_up_sync(
+    pub(crate) fn top_up_sync(
         &self,
         spec: &BudgetSpec,
         amount: Money,
@@ -532,7 +530,7 @@ impl MemoryLedger {
         }
     }
 
-    fn reset_sync(&self, spec: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
+    pub(crate) fn reset_sync(&self, spec: &BudgetSpec) -> Result<BudgetStatus, StoreError> {
         let now = self.now_unix();
         let hash = self.inner.hasher.hash_one(&spec.scope);
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
@@ -572,11 +570,14 @@ fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
-const NO_BUDGET: BudgetSpec = BudgetSpec {
-    scope: BudgetScope::Key(String::new()),
-    limit: Money::ZERO,
-    period: Period::Never,
+/// The status a reservation against no budget at all reports (every
+/// ledger's): nothing limits it.
+pub(crate) const NO_BUDGET: BudgetStatus = BudgetStatus {
     mode: BudgetMode::Budget,
+    limit: Money::ZERO,
+    spent: Money::ZERO,
+    reserved: Money::ZERO,
+    period: PeriodWindow::NEVER,
 };
 
 /// Whether `budgets[i]` names a scope already named before it.

@@ -11,6 +11,8 @@ pub(crate) use self::{
 };
 
 pub use self::ledger::MemoryLedger;
+#[cfg(feature = "redis")]
+pub(crate) use self::ledger::NO_BUDGET;
 
 mod rate_limit;
 pub use self::rate_limit::{MemoryRateLimitStore, MemoryRateLimitStoreBuilder};

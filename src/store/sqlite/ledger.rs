@@ -80,15 +80,6 @@ impl SqliteLedger {
     }
 }
 
-/// The answer of a memory ledger operation, which is always ready.
-fn ready<T>(mut answer: StoreFuture<T>) -> Result<T, StoreError> {
-    answer.take_ready().unwrap_or_else(|| {
-        Err(StoreError::Unavailable(
-            "the memory ledger did not answer at once".into(),
-        ))
-    })
-}
-
 impl Ledger for SqliteLedger {
     fn reserve(
         &self,
@@ -97,7 +88,7 @@ impl Ledger for SqliteLedger {
         policy: ReservePolicy,
     ) -> StoreFuture<ReserveOutcome> {
         let _order = self.writer.ordered();
-        let outcome = ready(self.memory.reserve(budgets, amount, policy));
+        let outcome = self.memory.reserve_sync(budgets, amount, policy);
         // A hold is settled or released, which persists its budgets' books
         // then; a refusal has no sequel, and may still have opened books
         // (a balance at its opening funds) or started them over (a spec
@@ -110,7 +101,7 @@ impl Ledger for SqliteLedger {
 
     fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
         let _order = self.writer.ordered();
-        let settlement = ready(self.memory.settle(reservation, charge));
+        let settlement = self.memory.settle_sync(reservation, charge);
         if let Ok(settlement) = &settlement {
             if !reservation.budgets().is_empty() || charge.attribution.is_some() {
                 self.writer.send(Job::Settled {
@@ -142,7 +133,7 @@ impl Ledger for SqliteLedger {
         idempotency_key: Option<&str>,
     ) -> StoreFuture<TopUpOutcome> {
         let _order = self.writer.ordered();
-        match ready(self.memory.top_up(budget, amount, idempotency_key)) {
+        match self.memory.top_up_sync(budget, amount, idempotency_key) {
             Ok(outcome) if outcome.replayed => StoreFuture::ready(Ok(outcome)),
             Ok(outcome) => self.persist_then(budget, idempotency_key, outcome),
             Err(e) => StoreFuture::ready(Err(e)),
@@ -159,7 +150,7 @@ impl Ledger for SqliteLedger {
 
     fn reset(&self, budget: &BudgetSpec) -> StoreFuture<BudgetStatus> {
         let _order = self.writer.ordered();
-        match ready(self.memory.reset(budget)) {
+        match self.memory.reset_sync(budget) {
             Ok(status) => self.persist_then(budget, None, status),
             Err(e) => StoreFuture::ready(Err(e)),
         }

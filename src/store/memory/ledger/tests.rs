@@ -1,6 +1,7 @@
 //! Tests of the memory ledger: books, periods, leases, bounds, properties.
 
 use super::*;
+use crate::budget::{BudgetScope, Period};
 use crate::time::parse_rfc3339;
 use std::time::UNIX_EPOCH;
 

@@ -6,17 +6,11 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, Period, PeriodWindow, Reservation,
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, PeriodWindow, Reservation,
     ReservationId, ReserveOutcome, SpendTotals,
 };
 use crate::store::StoreError;
-
-const NO_BUDGET: BudgetSpec = BudgetSpec {
-    scope: BudgetScope::Key(String::new()),
-    limit: Money::ZERO,
-    period: Period::Never,
-    mode: BudgetMode::Budget,
-};
+use crate::store::memory::NO_BUDGET;
 
 pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("ledger script returned {what}"))
@@ -105,7 +99,7 @@ pub(in crate::store::redis) fn reserve_outcome(
         [_, id, held, tightest, rest @ ..] => {
             let id = u64::try_from(int(id)?).map_err(|_| corrupt("a bad id"))?;
             let (index, status) = if int(tightest)? == 0 {
-                (0, BudgetStatus::fresh(&NO_BUDGET, PeriodWindow::NEVER))
+                (0, NO_BUDGET)
             } else {
                 (index(tightest)?, status(rest)?)
             };
