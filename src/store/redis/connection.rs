@@ -190,11 +190,7 @@ impl RedisConnection {
 
     /// `prefix + name`: the key or channel `name` in this gateway's namespace.
     pub(crate) fn key(&self, name: &str) -> String {
-        let prefix = &self.shared.config.key_prefix;
-        let mut key = String::with_capacity(prefix.len() + name.len());
-        key.push_str(prefix);
-        key.push_str(name);
-        key
+        [&self.shared.config.key_prefix, name].concat()
     }
 
     /// Runs `script` (`EVALSHA`, loading it once after a Redis restart) with
@@ -302,12 +298,9 @@ impl RedisConnection {
                     shared.answered();
                     Ok(value)
                 }
-                Ok(Err(error)) if error.is_timeout() => {
-                    shared.timed_out(generation);
-                    Err(StoreError::Timeout)
-                }
-                Ok(Err(error)) => Err(shared.failed(generation, &error)),
-                Err(_) => {
+                Ok(Err(error)) if !error.is_timeout() => Err(shared.failed(generation, &error)),
+                // The driver's timeout, or ours.
+                _ => {
                     shared.timed_out(generation);
                     Err(StoreError::Timeout)
                 }
