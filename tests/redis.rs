@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Full};
-use tollgate::auth::{AuthLayer, KeyHash, KeyRecord, KeyStore, Principal};
+use tollgate::auth::{AuthLayer, KeyAdmin, KeyHash, KeyRecord, KeyStore, Principal};
 use tollgate::budget::{
     BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Charge, Ledger, ModelPrice, Money, Period,
     Pricing, Reservation, ReserveOutcome, ReservePolicy,
@@ -449,9 +449,9 @@ async fn key_store_admin_operations() {
     wait_for_lookup(&b, "sk-2", |r| r.is_some_and(|r| r.disabled)).await;
     assert!(!a.set_disabled("nobody", true).await.unwrap());
 
-    assert!(b.remove("k").await.unwrap());
+    assert!(b.delete("k").await.unwrap());
     wait_for_lookup(&a, "sk-2", |r| r.is_none()).await;
-    assert!(!b.remove("k").await.unwrap());
+    assert!(!b.delete("k").await.unwrap());
     assert!(a.get("k").await.unwrap().is_none());
 }
 

@@ -87,34 +87,6 @@ pub(super) fn write(
     }
 }
 
-fn read(
-    inner: &Inner,
-    id: &str,
-) -> impl Future<Output = Result<Option<Arc<KeyRecord>>, StoreError>> + Send + use<> {
-    read_record(inner, inner.names.id(id), |json| decode(json, None))
-}
-
-/// Runs the delete script; whether the key existed.
-fn delete(
-    inner: &Arc<Inner>,
-    id: &str,
-) -> impl Future<Output = Result<bool, StoreError>> + Send + 'static {
-    let names = &inner.names;
-    let keys = vec![names.id(id), names.ids.clone()];
-    let args = vec![id.to_owned(), names.channel.clone(), names.secret.clone()];
-    let call = inner.redis.eval::<Option<String>>(&KEY_DELETE, keys, args);
-    let inner = inner.clone();
-    async move {
-        match call.await? {
-            Some(hashes) => {
-                inner.invalidate_message(&hashes);
-                Ok(true)
-            }
-            None => Ok(false),
-        }
-    }
-}
-
 fn unexpected() -> StoreError {
     StoreError::Corrupt("the key put script answered for another mode".into())
 }
@@ -149,17 +121,6 @@ impl RedisKeyStore {
         self.modify(id, |record| record.disabled = disabled).await
     }
 
-    /// Removes key `id` and every secret it holds (401 `invalid_api_key` on
-    /// every instance). Returns whether the key existed.
-    pub async fn remove(&self, id: &str) -> Result<bool, StoreError> {
-        delete(&self.inner, id).await
-    }
-
-    /// The record of key `id`, read from Redis.
-    pub async fn get(&self, id: &str) -> Result<Option<Arc<KeyRecord>>, StoreError> {
-        read(&self.inner, id).await
-    }
-
     /// Changes key `id`'s record with `change`, writing it back only if
     /// nobody changed it since it was read (retrying otherwise): a flag set
     /// here never undoes a concurrent rotation.
@@ -190,7 +151,8 @@ impl RedisKeyStore {
 
 impl KeyAdmin for RedisKeyStore {
     fn get(&self, id: &str) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        StoreFuture::pending(read(&self.inner, id))
+        let key = self.inner.names.id(id);
+        StoreFuture::pending(read_record(&self.inner, key, |json| decode(json, None)))
     }
 
     fn list(&self, after: Option<&str>, limit: usize) -> StoreFuture<Vec<Arc<KeyRecord>>> {
@@ -229,7 +191,22 @@ impl KeyAdmin for RedisKeyStore {
         })
     }
 
+    /// Runs the delete script, which drops every secret the key holds.
     fn delete(&self, id: &str) -> StoreFuture<bool> {
-        StoreFuture::pending(delete(&self.inner, id))
+        let names = &self.inner.names;
+        let keys = vec![names.id(id), names.ids.clone()];
+        let args = vec![id.to_owned(), names.channel.clone(), names.secret.clone()];
+        let call = self
+            .inner
+            .redis
+            .eval::<Option<String>>(&KEY_DELETE, keys, args);
+        let inner = self.inner.clone();
+        StoreFuture::pending(async move {
+            let hashes = call.await?;
+            if let Some(hashes) = &hashes {
+                inner.invalidate_message(hashes);
+            }
+            Ok(hashes.is_some())
+        })
     }
 }
