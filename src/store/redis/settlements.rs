@@ -324,12 +324,11 @@ impl Batch {
 
 /// One settlement's part of the batch's reply: `{1, reply}` or `{0, error}`.
 fn settled(part: Value) -> Result<Value, StoreError> {
-    let Value::Array(mut pair) = part else {
-        return Err(StoreError::Corrupt(
-            "a settlement's reply is not a pair".into(),
-        ));
+    let pair = match part {
+        Value::Array(pair) => <[Value; 2]>::try_from(pair).ok(),
+        _ => None,
     };
-    let (Some(reply), Some(Value::Int(ok)), None) = (pair.pop(), pair.pop(), pair.pop()) else {
+    let Some([Value::Int(ok), reply]) = pair else {
         return Err(StoreError::Corrupt(
             "a settlement's reply is not a pair".into(),
         ));
