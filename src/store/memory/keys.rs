@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
+use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -238,13 +239,9 @@ impl MemoryKeyStore {
 
     /// Up to `limit` records whose ids sort after `after`, in id order.
     pub fn list(&self, after: Option<&str>, limit: usize) -> Vec<Arc<KeyRecord>> {
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
         let ids = self.ids();
-        let range = match after {
-            Some(after) => {
-                ids.range::<str, _>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
-            }
-            None => ids.range::<str, _>(..),
-        };
+        let range = ids.range::<str, _>((from, Bound::Unbounded));
         range.take(limit).map(|(_, r)| r.clone()).collect()
     }
 

@@ -544,7 +544,7 @@ impl MemoryLedger {
 
     fn spend_sync(&self, query: &SpendQuery) -> Vec<SpendRow> {
         let shards: Vec<_> = self.inner.spend.iter().map(lock).collect();
-        spend::report(&shards, query)
+        crate::budget::spend_report(query, shards.iter().flat_map(|s| s.rows()))
     }
 }
 

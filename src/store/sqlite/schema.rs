@@ -12,7 +12,7 @@ use super::SqliteError;
 use super::writer::KeyOp;
 use crate::auth::{KeyHash, PutMode};
 use crate::budget::{BudgetScope, BudgetSpec, Money, Period, SpendTotals};
-use crate::store::memory::{self, MemoryKeyStore, MemoryLedger};
+use crate::store::memory::{self, MemoryKeyStore, MemoryLedger, TOP_UP_KEYS_KEPT};
 use crate::store::{StoreError, codec};
 
 /// The schema this version writes, kept in `PRAGMA user_version`.
@@ -355,11 +355,6 @@ pub(super) fn load_ledger(
     }
     Ok(restored)
 }
-
-/// How long a top-up idempotency key is kept: a key used within the last
-/// 24 hours is a replay (the [`Ledger::top_up`](crate::budget::Ledger::top_up)
-/// contract).
-pub(super) const TOP_UP_KEYS_KEPT: Duration = Duration::from_secs(24 * 3600);
 
 /// The `period` and `rolling_ns` columns of a period.
 pub(super) fn encode_period(period: Period) -> (&'static str, i64) {

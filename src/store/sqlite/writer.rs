@@ -13,12 +13,10 @@ use tokio::sync::oneshot;
 use super::SqliteError;
 use super::batch::Batch;
 use super::health::{HealthState, SqliteHealth};
-use super::schema::{
-    TOP_UP_KEYS_KEPT, count_to_sql, duration_to_nanos, encode_period, synchronous, write_key,
-};
+use super::schema::{count_to_sql, duration_to_nanos, encode_period, synchronous, write_key};
 use crate::auth::{KeyRecord, PutMode, TenantRecord};
 use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
-use crate::store::memory::{MemoryKeyStore, MemoryLedger};
+use crate::store::memory::{MemoryKeyStore, MemoryLedger, TOP_UP_KEYS_KEPT};
 use crate::store::{StoreError, read, write};
 
 /// Answered once the change it came with is committed (or the commit

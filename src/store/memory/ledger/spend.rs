@@ -4,7 +4,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use super::hash::{IdMap, ScopeHashing};
-use crate::budget::{BudgetScope, Charge, SpendQuery, SpendRow, SpendTotals};
+use crate::budget::{BudgetScope, Charge, SpendTotals};
 
 /// One shard of aggregate rows, bucketed by the hash of (scope, model, day):
 /// a collision costs a comparison, never a merged row.
@@ -128,12 +128,4 @@ impl SpendShard {
     pub(super) fn len(&self) -> usize {
         self.len
     }
-}
-
-/// The report of every shard's rows for `query`.
-pub(super) fn report(
-    shards: &[std::sync::MutexGuard<'_, SpendShard>],
-    query: &SpendQuery,
-) -> Vec<SpendRow> {
-    crate::budget::spend_report(query, shards.iter().flat_map(|s| s.rows()))
 }

@@ -172,29 +172,16 @@ async fn monthly_spend_resets_at_utc_month_end() {
     let b = [key("a", 1, Period::Monthly)];
     let r = hold(&ledger, &b, "1");
     pay(&ledger, &r, "1");
+    let end = |status: BudgetStatus| status.period.end.map(crate::time::format_rfc3339);
     let status = ledger.read_sync(&b[0]);
     assert_eq!(status.remaining(), Money::ZERO);
-    assert_eq!(
-        status
-            .period
-            .end
-            .map(crate::time::format_rfc3339)
-            .as_deref(),
-        Some("2026-02-01T00:00:00Z")
-    );
+    assert_eq!(end(status).as_deref(), Some("2026-02-01T00:00:00Z"));
     tokio::time::advance(Duration::from_secs(59)).await;
     assert_eq!(ledger.read_sync(&b[0]).spent, usd("1"));
     tokio::time::advance(Duration::from_secs(1)).await;
     let status = ledger.read_sync(&b[0]);
     assert_eq!(status.spent, Money::ZERO);
-    assert_eq!(
-        status
-            .period
-            .end
-            .map(crate::time::format_rfc3339)
-            .as_deref(),
-        Some("2026-03-01T00:00:00Z")
-    );
+    assert_eq!(end(status).as_deref(), Some("2026-03-01T00:00:00Z"));
 }
 
 #[tokio::test(start_paused = true)]

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use crate::budget::BudgetScope;
 
-/// How long an idempotency key is remembered.
+/// How long an idempotency key is remembered: a key used within the last
+/// 24 hours is a replay (the [`Ledger::top_up`](crate::budget::Ledger::top_up)
+/// contract), here and in the durable stores' files.
 pub(crate) const KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Idempotency keys used, per balance, with when they were used. Bounded:
