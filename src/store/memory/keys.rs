@@ -2,11 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use super::hash::SeededHashing;
 use super::tenants::TenantMap;
 use crate::auth::{
     KeyAdmin, KeyFile, KeyFileError, KeyHash, KeyRecord, KeyStore, PutMode, TenantRecord,
@@ -63,10 +64,10 @@ pub(super) struct Inner {
     /// Users, teams and orgs.
     pub(super) tenants: TenantMap,
     /// The seeded hashing of every shard's map, and of the shard choice.
-    hashing: PrehashedState,
+    hashing: SeededHashing,
 }
 
-type Shard = HashMap<KeyHash, Arc<KeyRecord>, PrehashedState>;
+type Shard = HashMap<KeyHash, Arc<KeyRecord>, SeededHashing>;
 
 impl Inner {
     fn shard(&self, hash: &KeyHash) -> &RwLock<Shard> {
@@ -96,7 +97,7 @@ impl MemoryKeyStore {
             .saturating_mul(4)
             .clamp(8, 256)
             .next_power_of_two();
-        let hashing = PrehashedState::new();
+        let hashing = SeededHashing::new();
         MemoryKeyStore {
             inner: Arc::new(Inner {
                 shards: (0..shards)
@@ -326,57 +327,6 @@ impl fmt::Debug for MemoryKeyStore {
             .field("tenants", &self.tenant_count())
             .field("shards", &self.inner.shards.len())
             .finish()
-    }
-}
-
-/// Keys are SHA-256 outputs, uniformly random when they come from secrets,
-/// so SipHash would only cost time. But a config may give `secret_sha256`
-/// values directly, and those need not be random (sequential test values,
-/// or values chosen to collide): folded as they are, they would share their
-/// low bits, and the map would probe in a line, making a million keys take
-/// minutes to load. So each 8-byte word is mixed by a multiplication under
-/// a per-store random seed, and the sum is finished with SplitMix64's
-/// avalanche: a few multiplications per key, every output bit depending on
-/// every input bit.
-#[derive(Clone, Copy)]
-struct PrehashedState {
-    seed: u64,
-}
-
-impl PrehashedState {
-    fn new() -> PrehashedState {
-        PrehashedState {
-            seed: std::hash::RandomState::new().build_hasher().finish(),
-        }
-    }
-}
-
-impl BuildHasher for PrehashedState {
-    type Hasher = Prehashed;
-
-    fn build_hasher(&self) -> Prehashed {
-        Prehashed(self.seed)
-    }
-}
-
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0 ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                .rotate_left(29);
-        }
     }
 }
 

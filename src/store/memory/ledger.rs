@@ -18,14 +18,13 @@ use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::store::{StoreError, StoreFuture, lock};
 
 use self::books::{BudgetShard, Hold, HoldShard, Locked, window_of};
-use self::hash::{ScopeHashing, Small};
 use self::spend::{SpendShard, row_hash};
 use self::top_ups::TopUpKeys;
+use super::hash::{SeededHashing, Small};
 
 // The books' types live in `books`, the durable store's restore hooks in
 // `restore`, the aggregates in `spend`, the idempotency keys in `top_ups`.
 mod books;
-mod hash;
 #[cfg(feature = "sqlite")]
 mod restore;
 mod spend;
@@ -92,7 +91,7 @@ struct Inner {
     /// Per hold shard: when (nanoseconds since the epoch) to sweep next.
     next_sweep: Box<[AtomicU64]>,
     next_id: AtomicU64,
-    hasher: ScopeHashing,
+    hasher: SeededHashing,
     /// Spend aggregates by scope, model and day, sharded as the budgets are
     /// (by the scope's hash) and locked while its budgets are, so a
     /// settlement and its aggregates change in one step.
@@ -170,7 +169,7 @@ impl MemoryLedger {
                 holds: (0..shards).map(|_| Mutex::default()).collect(),
                 next_sweep: (0..shards).map(|_| AtomicU64::new(nanos(now))).collect(),
                 next_id: AtomicU64::new(1),
-                hasher: ScopeHashing::new(),
+                hasher: SeededHashing::new(),
                 spend: (0..shards).map(|_| Mutex::default()).collect(),
                 max_spend_rows: config.max_spend_rows.div_ceil(shards),
                 top_up_keys: Mutex::default(),

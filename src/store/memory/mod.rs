@@ -1,5 +1,6 @@
 //! In-process stores: sharded, bounded, driven by an injectable clock.
 
+mod hash;
 mod keys;
 pub use self::keys::{DuplicateSecret, MemoryKeyStore};
 mod ledger;

@@ -10,7 +10,7 @@ use crate::budget::{
 };
 use crate::store::StoreError;
 
-use super::hash::IdMap;
+use crate::store::memory::hash::IdMap;
 
 /// Accounts by the hash of their scope; a bucket holds every scope of one
 /// hash, so a collision costs a comparison, never a merged account.

@@ -3,8 +3,8 @@
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use super::hash::{IdMap, ScopeHashing};
 use crate::budget::{BudgetScope, Charge, SpendTotals};
+use crate::store::memory::hash::{IdMap, SeededHashing};
 
 /// One shard of aggregate rows, bucketed by the hash of (scope, model, day):
 /// a collision costs a comparison, never a merged row.
@@ -22,7 +22,7 @@ pub(super) struct Row {
 }
 
 /// The bucket hash of a row.
-pub(super) fn row_hash(hashing: &ScopeHashing, scope_hash: u64, model: &str, day: i64) -> u64 {
+pub(super) fn row_hash(hashing: &SeededHashing, scope_hash: u64, model: &str, day: i64) -> u64 {
     let mut hasher = hashing.build_hasher();
     hasher.write_u64(scope_hash);
     model.hash(&mut hasher);

@@ -1,4 +1,4 @@
-//! Cheap hashing for the ledger's hot path.
+//! Cheap hashing for the memory stores' hot paths.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
@@ -26,41 +26,48 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Hashes budget scopes: a multiply-fold over 8-byte words, seeded per
-/// ledger. Much cheaper than SipHash on the hot path; scopes are key, team
-/// and org ids the operator issues, not text a client chooses, and a
-/// collision only puts two accounts in one bucket.
+/// Hashes what the memory stores are keyed by (budget scopes, secret
+/// hashes): a multiply-fold over 8-byte words, seeded per store, whose every
+/// output bit depends on every input bit. Much cheaper than SipHash on the
+/// hot path; scopes are ids the operator issues, not text a client chooses,
+/// and a collision only puts two entries in one bucket.
+///
+/// Secret hashes are SHA-256 outputs, uniformly random when they come from
+/// secrets, but a config may give `secret_sha256` values directly, and
+/// those need not be random (sequential test values, or values chosen to
+/// collide): folded without mixing, they would share their low bits, and a
+/// map would probe in a line, making a million keys take minutes to load.
 #[derive(Clone, Copy)]
-pub(super) struct ScopeHashing {
+pub(super) struct SeededHashing {
     seed: u64,
 }
 
-impl ScopeHashing {
-    pub(super) fn new() -> ScopeHashing {
-        ScopeHashing {
+impl SeededHashing {
+    pub(super) fn new() -> SeededHashing {
+        SeededHashing {
             seed: RandomState::new().hash_one(0x5eed_u64) | 1,
         }
     }
 }
 
-impl BuildHasher for ScopeHashing {
-    type Hasher = ScopeHasher;
+impl BuildHasher for SeededHashing {
+    type Hasher = SeededHasher;
 
-    fn build_hasher(&self) -> ScopeHasher {
-        ScopeHasher(self.seed)
+    fn build_hasher(&self) -> SeededHasher {
+        SeededHasher(self.seed)
     }
 }
 
-pub(super) struct ScopeHasher(u64);
+pub(super) struct SeededHasher(u64);
 
-impl ScopeHasher {
+impl SeededHasher {
     fn mix(&mut self, word: u64) {
         let m = u128::from(self.0 ^ word) * 0x9e37_79b9_7f4a_7c15_u128;
         self.0 = (m as u64) ^ ((m >> 64) as u64);
     }
 }
 
-impl Hasher for ScopeHasher {
+impl Hasher for SeededHasher {
     fn finish(&self) -> u64 {
         let m = u128::from(self.0) * 0xa076_1d64_78bd_642f_u128;
         (m as u64) ^ ((m >> 64) as u64)
