@@ -67,23 +67,15 @@ async fn lists_page_in_id_order() {
     for id in ["c", "a", "e", "b", "d"] {
         store.insert(KeyRecord::new(id, KeyHash::of(id))).unwrap();
     }
-    let ids = |page: Vec<Arc<KeyRecord>>| page.iter().map(|r| r.id.clone()).collect::<Vec<_>>();
-    assert_eq!(
-        ids(KeyAdmin::list(&store, None, 2).await.unwrap()),
-        ["a", "b"]
-    );
-    assert_eq!(
-        ids(KeyAdmin::list(&store, Some("b"), 2).await.unwrap()),
-        ["c", "d"]
-    );
-    assert_eq!(
-        ids(KeyAdmin::list(&store, Some("d"), 2).await.unwrap()),
-        ["e"]
-    );
-    assert!(
-        KeyAdmin::list(&store, Some("e"), 2)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let pages: [(Option<&str>, &[&str]); 4] = [
+        (None, &["a", "b"]),
+        (Some("b"), &["c", "d"]),
+        (Some("d"), &["e"]),
+        (Some("e"), &[]),
+    ];
+    for (after, expected) in pages {
+        let page = KeyAdmin::list(&store, after, 2).await.unwrap();
+        let ids: Vec<&str> = page.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, expected, "after {after:?}");
+    }
 }
