@@ -29,7 +29,11 @@ fn hold(ledger: &MemoryLedger, budgets: &[BudgetSpec], amount: &str) -> Reservat
 
 /// Settles `r` at `cost`.
 fn pay(ledger: &MemoryLedger, r: &Reservation, cost: &str) -> Settlement {
-    ledger.settle_sync(r, &Charge::cost(usd(cost))).unwrap()
+    settle(ledger, r, Charge::cost(usd(cost)))
+}
+
+fn settle(ledger: &MemoryLedger, r: &Reservation, charge: Charge) -> Settlement {
+    ledger.settle_sync(r, &charge).unwrap()
 }
 
 fn top_up(
@@ -389,25 +393,21 @@ async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
     let team = BudgetScope::Team("research".into());
     let b = [key("alice", 10, Period::Monthly)];
     let r = hold(&ledger, &b, "1");
-    let s = ledger
-        .settle_sync(&r, &attributed("0.5", &[alice.clone(), team.clone()], "m1"))
-        .unwrap();
+    let s = settle(
+        &ledger,
+        &r,
+        attributed("0.5", &[alice.clone(), team.clone()], "m1"),
+    );
     assert_eq!(s.day, crate::time::parse_date("2026-12-06").unwrap());
     // A key without budgets: an empty, unheld reservation still counts.
     let none = Reservation::unheld(Arc::new([]));
-    ledger
-        .settle_sync(
-            &none,
-            &attributed("0.25", &[bob.clone(), team.clone()], "m2"),
-        )
-        .unwrap();
+    settle(&ledger, &none, attributed("0.25", &[bob, team], "m2"));
     tokio::time::advance(Duration::from_secs(120)).await; // the next UTC day
-    ledger
-        .settle_sync(
-            &none,
-            &attributed("0.125", std::slice::from_ref(&alice), "m1"),
-        )
-        .unwrap();
+    settle(
+        &ledger,
+        &none,
+        attributed("0.125", std::slice::from_ref(&alice), "m1"),
+    );
 
     let by_key = ledger.spend_sync(&SpendQuery::new(SpendGroup::Key));
     assert_eq!(by_key.len(), 2);
@@ -449,14 +449,10 @@ async fn spend_rows_are_bounded_by_forgetting_the_oldest_day() {
     let none = Reservation::unheld(Arc::new([]));
     let alice = [BudgetScope::Key("alice".into())];
     for model in ["a", "b"] {
-        ledger
-            .settle_sync(&none, &attributed("1", &alice, model))
-            .unwrap();
+        settle(&ledger, &none, attributed("1", &alice, model));
     }
     tokio::time::advance(Duration::from_secs(86_400)).await;
-    ledger
-        .settle_sync(&none, &attributed("1", &alice, "c"))
-        .unwrap();
+    settle(&ledger, &none, attributed("1", &alice, "c"));
     let rows = ledger.spend_sync(&SpendQuery::new(SpendGroup::Model));
     assert_eq!(
         rows.iter().map(|r| r.group.as_str()).collect::<Vec<_>>(),
