@@ -3,7 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::health::SqliteHealth;
 use super::writer::{Job, KeyOp, KeyOutcome, Writer};
 use crate::auth::{
     KeyAdmin, KeyHash, KeyRecord, KeyStore, PutMode, TenantAdmin, TenantKind, TenantRecord,
@@ -54,11 +53,6 @@ impl SqliteKeyStore {
     /// Whether the store holds no key.
     pub fn is_empty(&self) -> bool {
         self.memory.is_empty()
-    }
-
-    /// The writer's state.
-    pub fn health(&self) -> SqliteHealth {
-        self.writer.health()
     }
 
     fn write(&self, op: KeyOp) -> StoreFuture<KeyOutcome> {

@@ -3,14 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use super::health::SqliteHealth;
 use super::writer::{Job, Writer};
 use crate::budget::{
     BudgetSpec, BudgetStatus, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
     Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
+use crate::store::StoreFuture;
 use crate::store::memory::MemoryLedger;
-use crate::store::{StoreError, StoreFuture};
 
 /// A [`Ledger`] that decides in this process's memory and keeps its books
 /// in a SQLite file: a restart finds every balance and every period's
@@ -30,7 +29,7 @@ use crate::store::{StoreError, StoreFuture};
 /// `reset`, which an admin API calls and which answer once their change is
 /// on disk: their 200 means it survives `kill -9`. While the disk fails,
 /// they answer as soon as the commit has failed, from memory, like
-/// settlements (see [`SqliteHealth`]).
+/// settlements (see [`SqliteHealth`](super::SqliteHealth)).
 #[derive(Clone)]
 pub struct SqliteLedger {
     memory: MemoryLedger,
@@ -40,18 +39,6 @@ pub struct SqliteLedger {
 impl SqliteLedger {
     pub(super) fn new(memory: MemoryLedger, writer: Arc<Writer>) -> Self {
         SqliteLedger { memory, writer }
-    }
-
-    /// Waits until every change made before the call is committed; the
-    /// commit's error if the disk refused it (the changes stay queued and
-    /// are retried).
-    pub async fn flush(&self) -> Result<(), StoreError> {
-        self.writer.acked(Job::Flush).await
-    }
-
-    /// The writer's state.
-    pub fn health(&self) -> SqliteHealth {
-        self.writer.health()
     }
 
     /// Persists `budget`'s books (and a top-up's key), answering `answer`
