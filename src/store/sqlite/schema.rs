@@ -10,7 +10,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Transaction, params};
 
 use super::SqliteError;
 use super::writer::KeyOp;
-use crate::auth::{KeyHash, PutMode};
+use crate::auth::PutMode;
 use crate::budget::{BudgetScope, BudgetSpec, Money, Period, SpendTotals};
 use crate::store::memory::{self, MemoryKeyStore, MemoryLedger, TOP_UP_KEYS_KEPT};
 use crate::store::{StoreError, codec};
@@ -392,14 +392,6 @@ pub(super) fn count_to_sql(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// The id of the key that holds secret `hash`, in `conn`'s current
-/// transaction.
-fn secret_owner(conn: &Connection, hash: &KeyHash) -> Result<Option<String>, rusqlite::Error> {
-    conn.prepare_cached("SELECT key_id FROM key_secrets WHERE sha256 = ?1")?
-        .query_row(params![&hash.0[..]], |row| row.get(0))
-        .optional()
-}
-
 /// Writes one key op in `tx`: `Ok(Err(conflict))` when the store refuses
 /// it (nothing written), with the memory store's messages.
 pub(super) fn write_key(
@@ -414,8 +406,13 @@ pub(super) fn write_key(
             if *mode == PutMode::Create && exists {
                 return Ok(Err(memory::key_exists(&record.id)));
             }
+            let mut owner =
+                tx.prepare_cached("SELECT key_id FROM key_secrets WHERE sha256 = ?1")?;
             for hash in record.secret_hashes() {
-                if secret_owner(tx, &hash)?.is_some_and(|owner| owner != record.id) {
+                let held: Option<String> = owner
+                    .query_row(params![&hash.0[..]], |row| row.get(0))
+                    .optional()?;
+                if held.is_some_and(|owner| owner != record.id) {
                     return Ok(Err(memory::secret_taken(&record.id)));
                 }
             }
