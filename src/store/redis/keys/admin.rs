@@ -87,7 +87,8 @@ pub(super) fn write(
     }
 }
 
-fn unexpected() -> StoreError {
+/// The put script's answer for a mode other than the one it was given.
+pub(super) fn unexpected() -> StoreError {
     StoreError::Corrupt("the key put script answered for another mode".into())
 }
 

@@ -2,7 +2,7 @@
 //! one (see "Upgrading from the previous layout" on [`RedisKeyStore`]).
 
 use super::RedisKeyStore;
-use super::admin::{Mode, Written, write};
+use super::admin::{Mode, Written, unexpected, write};
 use crate::auth::KeyHash;
 use crate::store::StoreError;
 use crate::store::codec::decode;
@@ -127,11 +127,7 @@ impl RedisKeyStore {
                 );
                 return Ok(false);
             }
-            Written::Changed => {
-                return Err(StoreError::Corrupt(
-                    "the key put script answered for another mode".into(),
-                ));
-            }
+            Written::Changed => return Err(unexpected()),
         };
         self.drop_legacy(vec![index, record_key]).await?;
         Ok(moved)
