@@ -184,20 +184,14 @@ async fn key_writes_are_on_disk_when_answered_and_refuse_what_memory_refuses() {
     let conn = rusqlite::Connection::open(&path).unwrap();
     assert_eq!(count(&conn, "key_secrets WHERE key_id = 'a'"), 1);
 
+    let conflict = |message: &str| Err(StoreError::Conflict(message.into()));
     let again = keys.put(a.clone(), PutMode::Create).await;
-    assert_eq!(
-        again,
-        Err(StoreError::Conflict(
-            "a key with the id `a` already exists".into()
-        ))
-    );
+    assert_eq!(again, conflict("a key with the id `a` already exists"));
     let thief = KeyRecord::new("b", KeyHash::of("sk-a"));
     let stolen = keys.put(thief, PutMode::Upsert).await;
     assert_eq!(
         stolen,
-        Err(StoreError::Conflict(
-            "key `b` has the same secret as another key".into()
-        ))
+        conflict("key `b` has the same secret as another key")
     );
     let mut rotated = a.clone();
     rotated.rotate(
