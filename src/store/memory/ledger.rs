@@ -22,8 +22,6 @@ use self::spend::{SpendShard, row_hash};
 use self::top_ups::TopUpKeys;
 use super::hash::{SeededHashing, Small};
 
-// The books' types live in `books`, the durable store's restore hooks in
-// `restore`, the aggregates in `spend`, the idempotency keys in `top_ups`.
 mod books;
 #[cfg(feature = "sqlite")]
 mod restore;

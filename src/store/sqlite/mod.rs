@@ -230,11 +230,9 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (or creates) the file at `path` with the default settings,
-    /// and loads every key and the books into memory.
-    ///
-    /// Blocking (it reads the whole file): call it at start-up, or in
-    /// `tokio::task::spawn_blocking`.
+    /// Opens (or creates) the file at `path` with the default settings:
+    /// [`builder`](Self::builder)`(path)`[`.open()`](SqliteStoreBuilder::open)
+    /// (blocking).
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore, SqliteError> {
         SqliteStore::builder(path).open()
     }

@@ -249,10 +249,8 @@ impl RedisKeyStore {
     pub const DEFAULT_MAX_CACHED: usize = 100_000;
 
     /// A store on `redis` with the defaults: fail closed, 60 s cache TTL,
-    /// 5 s for unknown keys, at most 100,000 cached entries.
-    ///
-    /// The invalidation listener starts on the current tokio runtime (or on
-    /// the first lookup, if there is none now).
+    /// 5 s for unknown keys, at most 100,000 cached entries (see
+    /// [`build`](RedisKeyStoreBuilder::build) for when it starts listening).
     pub fn new(redis: RedisConnection) -> Self {
         RedisKeyStore::builder(redis).build()
     }
