@@ -2,6 +2,7 @@
 //! at open, and how a key is written to it.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,44 +150,49 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), SqliteError> {
     tx.commit().map_err(failed)
 }
 
+/// Loads every `(id, JSON)` row of `sql` with `load`; how many. A record
+/// that cannot be read stops the open, with `load`'s reason (skipping it
+/// could let the config re-grant a key an admin had revoked).
+fn load_records(
+    conn: &Connection,
+    path: &Path,
+    sql: &str,
+    mut load: impl FnMut(&str, &str) -> Result<(), String>,
+) -> Result<usize, SqliteError> {
+    let failed = |e: rusqlite::Error| SqliteError::sqlite(path, e);
+    let mut statement = conn.prepare(sql).map_err(failed)?;
+    let mut rows = statement.query([]).map_err(failed)?;
+    let mut loaded = 0;
+    while let Some(row) = rows.next().map_err(failed)? {
+        let id: String = row.get(0).map_err(failed)?;
+        let json: String = row.get(1).map_err(failed)?;
+        load(&id, &json).map_err(|what| SqliteError::corrupt(path, what))?;
+        loaded += 1;
+    }
+    Ok(loaded)
+}
+
 /// Loads every key record into `memory`; how many.
 pub(super) fn load_keys(
     conn: &Connection,
     path: &Path,
     memory: &MemoryKeyStore,
 ) -> Result<usize, SqliteError> {
-    let failed = |e: rusqlite::Error| SqliteError::sqlite(path, e);
-    let mut statement = conn
-        .prepare("SELECT id, record FROM keys ORDER BY id")
-        .map_err(failed)?;
-    let mut rows = statement.query([]).map_err(failed)?;
-    let mut loaded = 0;
-    while let Some(row) = rows.next().map_err(failed)? {
-        let id: String = row.get(0).map_err(failed)?;
-        let json: String = row.get(1).map_err(failed)?;
-        // A record that cannot be read stops the open: skipping it would
-        // let the config re-grant a key an admin had revoked.
-        let record = codec::decode(&json, None)
-            .map_err(|e| SqliteError::corrupt(path, format!("key `{}`: {e}", id.escape_debug())))?;
+    let sql = "SELECT id, record FROM keys ORDER BY id";
+    load_records(conn, path, sql, |id, json| {
+        let record =
+            codec::decode(json, None).map_err(|e| format!("key `{}`: {e}", id.escape_debug()))?;
         if record.id != id {
-            return Err(SqliteError::corrupt(
-                path,
-                format!("key `{}` holds the record of another id", id.escape_debug()),
+            return Err(format!(
+                "key `{}` holds the record of another id",
+                id.escape_debug()
             ));
         }
-        memory.insert(record).map_err(|dup| {
-            SqliteError::corrupt(
-                path,
-                format!(
-                    "keys `{}` and `{}` share a secret",
-                    dup.id.escape_debug(),
-                    dup.existing.escape_debug()
-                ),
-            )
-        })?;
-        loaded += 1;
-    }
-    Ok(loaded)
+        memory.insert(record).map(drop).map_err(|dup| {
+            let (id, other) = (dup.id.escape_debug(), dup.existing.escape_debug());
+            format!("keys `{id}` and `{other}` share a secret")
+        })
+    })
 }
 
 /// Loads every tenant record into `memory`; how many.
@@ -195,29 +201,15 @@ pub(super) fn load_tenants(
     path: &Path,
     memory: &MemoryKeyStore,
 ) -> Result<usize, SqliteError> {
-    let failed = |e: rusqlite::Error| SqliteError::sqlite(path, e);
-    let mut statement = conn
-        .prepare("SELECT scope, record FROM tenants ORDER BY scope")
-        .map_err(failed)?;
-    let mut rows = statement.query([]).map_err(failed)?;
-    let mut loaded = 0;
-    while let Some(row) = rows.next().map_err(failed)? {
-        let scope: String = row.get(0).map_err(failed)?;
-        let json: String = row.get(1).map_err(failed)?;
-        // As for keys: a record that cannot be read stops the open.
-        let corrupt = |what: String| {
-            SqliteError::corrupt(path, format!("tenant `{}`: {what}", scope.escape_debug()))
-        };
-        let record = codec::decode_tenant(&json).map_err(|e| corrupt(e.to_string()))?;
+    let sql = "SELECT scope, record FROM tenants ORDER BY scope";
+    load_records(conn, path, sql, |scope, json| {
+        let what = |e: &dyn fmt::Display| format!("tenant `{}`: {e}", scope.escape_debug());
+        let record = codec::decode_tenant(json).map_err(|e| what(&e))?;
         if record.scope().id() != scope {
-            return Err(corrupt("holds the record of another tenant".into()));
+            return Err(what(&"holds the record of another tenant"));
         }
-        memory
-            .insert_tenant(record)
-            .map_err(|e| corrupt(e.to_string()))?;
-        loaded += 1;
-    }
-    Ok(loaded)
+        memory.insert_tenant(record).map(drop).map_err(|e| what(&e))
+    })
 }
 
 /// What [`load_ledger`] restored.
