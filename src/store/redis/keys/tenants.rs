@@ -1,14 +1,8 @@
 //! The tenants of a [`RedisKeyStore`]: users, teams and orgs, under the
-//! key store's hash tag, cached and invalidated like keys.
-//!
-//! | key | type | holds |
-//! |---|---|---|
-//! | `<prefix>{keys}:tenant:<kind>:<id>` | hash | `rec` (the record as JSON) |
-//! | `<prefix>{keys}:tenants:<kind>` | sorted set | every id of that kind, for paged listing |
-//!
-//! A write publishes `t:<kind>:<id>` on the key store's invalidation
-//! channel (an instance of an earlier version, which reads only hashes
-//! there, drops its whole cache on it: safe).
+//! key store's hash tag (where: "Where records live" on the store), cached
+//! and invalidated like keys. An instance of an earlier version, which
+//! reads only hashes on the invalidation channel, drops its whole cache on
+//! a tenant's `t:<kind>:<id>`: safe.
 
 use std::sync::Arc;
 
