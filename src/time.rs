@@ -110,12 +110,18 @@ pub fn parse_date(s: &str) -> Option<i64> {
 mod tests {
     use super::*;
 
+    /// The fast formatter against the slow one, and (up to jiff's last
+    /// year, 9999) against jiff.
     #[test]
-    fn fast_rfc3339_matches_the_formatter() {
+    fn fast_rfc3339_matches_the_formatter_and_jiff() {
         let mut secs: u64 = 0;
         while secs < 400_000_000_000 {
             let t = Duration::from_secs(secs);
             assert_eq!(format_rfc3339(t), format_rfc3339_slow(t), "{secs}");
+            if secs < 253_402_300_799 {
+                let jiff = jiff::Timestamp::from_second(secs as i64).unwrap();
+                assert_eq!(format_rfc3339(t), jiff.to_string(), "{secs}");
+            }
             secs = secs * 3 / 2 + 86_399;
         }
         for secs in [253_402_300_799, 253_402_300_800, u64::MAX / 4] {
@@ -149,17 +155,6 @@ mod tests {
         assert_eq!(parse_date("2026-12-06"), Some(20_793));
         assert_eq!(format_date(20_793), "2026-12-06");
         assert_eq!(parse_date("2026-02-31"), None);
-    }
-
-    #[test]
-    fn the_formatter_agrees_with_jiff() {
-        let mut secs: i64 = 0;
-        while secs < 253_402_300_799 {
-            let ours = format_rfc3339(Duration::from_secs(secs as u64));
-            let theirs = jiff::Timestamp::from_second(secs).unwrap().to_string();
-            assert_eq!(ours, theirs, "{secs}");
-            secs = secs * 3 / 2 + 86_399;
-        }
     }
 
     #[test]
