@@ -127,12 +127,7 @@ impl RedisConnection {
     pub async fn connect(config: RedisConfig) -> Result<Self, StoreError> {
         let this = RedisConnection::connect_lazy(config)?;
         let conn = this.shared.open().await?;
-        let mut link = this.shared.lock();
-        link.conn = Some(conn);
-        link.generation += 1;
-        link.down_since = None;
-        drop(link);
-        this.shared.answered();
+        this.shared.connected(conn);
         Ok(this)
     }
 
@@ -383,6 +378,17 @@ impl Shared {
             .map_err(|_| StoreError::Timeout)
     }
 
+    /// Makes `conn` the connection; how long there was none.
+    fn connected(&self, conn: AnyConnection) -> Option<Duration> {
+        let mut link = self.lock();
+        link.conn = Some(conn);
+        link.generation += 1;
+        let down = link.down_since.take().map(|t| t.elapsed());
+        drop(link);
+        self.answered();
+        down
+    }
+
     fn current(self: &Arc<Self>) -> Result<(AnyConnection, u64), StoreError> {
         let mut link = self.lock();
         if let Some(conn) = &link.conn {
@@ -499,12 +505,7 @@ async fn reconnect(guard: Reconnecting) {
         delay = config.next_reconnect_delay(delay);
         match shared.open().await {
             Ok(conn) => {
-                let mut link = shared.lock();
-                link.conn = Some(conn);
-                link.generation += 1;
-                shared.answered();
-                let down = link.down_since.take().map(|t| t.elapsed());
-                drop(link);
+                let down = shared.connected(conn);
                 tracing::info!(addr = %config.info.addr(), down_for = ?down, "redis connection up");
                 return;
             }
