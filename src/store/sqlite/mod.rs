@@ -210,7 +210,7 @@ use std::time::Duration;
 pub use self::health::SqliteHealth;
 pub use self::keys::SqliteKeyStore;
 pub use self::ledger::SqliteLedger;
-use self::writer::{BatchPolicy, Job, Writer, WriterParts};
+use self::writer::{BatchPolicy, Job, Writer};
 use crate::store::StoreError;
 use crate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
 
@@ -381,13 +381,8 @@ impl SqliteStoreBuilder {
                 "sqlite store: the oldest spend aggregates stay on disk only (past max_spend_rows)"
             );
         }
-        let writer = Arc::new(Writer::start(WriterParts {
-            conn,
-            path,
-            ledger: ledger.clone(),
-            keys: keys.clone(),
-            policy: self.policy,
-        })?);
+        let writer = Writer::start(conn, path, ledger.clone(), keys.clone(), self.policy)?;
+        let writer = Arc::new(writer);
         Ok(SqliteStore {
             keys: SqliteKeyStore::new(keys, writer.clone()),
             ledger: SqliteLedger::new(ledger, writer.clone()),

@@ -115,31 +115,29 @@ pub(super) struct Writer {
     path: PathBuf,
 }
 
-/// What the writer thread needs, moved into it.
-pub(super) struct WriterParts {
-    pub(super) conn: Connection,
-    pub(super) path: PathBuf,
-    pub(super) ledger: MemoryLedger,
-    pub(super) keys: MemoryKeyStore,
-    pub(super) policy: BatchPolicy,
-}
-
 impl Writer {
-    pub(super) fn start(parts: WriterParts) -> Result<Writer, SqliteError> {
+    /// Starts the thread that writes what `ledger` and `keys` decide to
+    /// `conn`, the file at `path`.
+    pub(super) fn start(
+        conn: Connection,
+        path: PathBuf,
+        ledger: MemoryLedger,
+        keys: MemoryKeyStore,
+        policy: BatchPolicy,
+    ) -> Result<Writer, SqliteError> {
         let (jobs, receiver) = mpsc::channel();
         let health = Arc::new(HealthState::default());
         let order = Arc::new(RwLock::new(()));
-        let path = parts.path.clone();
         let thread = Thread {
-            conn: parts.conn,
-            file: FileIdentity::of(&parts.path),
-            path: parts.path,
+            conn,
+            file: FileIdentity::of(&path),
+            path: path.clone(),
             jobs: receiver,
             order: order.clone(),
-            ledger: parts.ledger,
-            keys: parts.keys,
+            ledger,
+            keys,
             health: health.clone(),
-            policy: parts.policy,
+            policy,
             synced_at: Instant::now(),
         };
         let thread = std::thread::Builder::new()
