@@ -78,11 +78,9 @@ impl AdmissionStore for RedisAdmissionStore {
         let Some(reserve) = reserve.filter(|_| !acquire.scopes.is_empty()) else {
             return self.in_turn.admit(acquire, reserve);
         };
-        let joint = match self.rate_limits.joint_args(acquire) {
-            Some(joint) => joint,
-            _ => return self.in_turn.admit(acquire, Some(reserve)),
+        let Some((mut keys, acquire_args, n)) = self.rate_limits.joint_args(acquire) else {
+            return self.in_turn.admit(acquire, Some(reserve));
         };
-        let (mut keys, acquire_args, n) = joint;
         let (reserve_keys, reserve_args, of) =
             match self
                 .ledger

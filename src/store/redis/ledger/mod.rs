@@ -418,10 +418,7 @@ impl Ledger for RedisLedger {
                     tracing::debug!(%error, "redis ledger: tenant not listed yet");
                 }
             }
-            let day = match reply.pop() {
-                Some(day) => int(&day)?,
-                None => return Err(corrupt("no day")),
-            };
+            let day = int(&reply.pop().ok_or_else(|| corrupt("no day"))?)?;
             let distinct = statuses(&reply, n)?;
             Ok(Settlement {
                 charged: actual,
@@ -464,10 +461,7 @@ impl Ledger for RedisLedger {
         let call = inner.budget_script(&LEDGER_TOP_UP, budget, args, idempotency_key);
         StoreFuture::pending(async move {
             let mut reply = call?.await?;
-            let replayed = match reply.pop() {
-                Some(flag) => int(&flag)? == 1,
-                None => return Err(corrupt("no replay flag")),
-            };
+            let replayed = int(&reply.pop().ok_or_else(|| corrupt("no replay flag"))?)? == 1;
             Ok(TopUpOutcome {
                 status: status(&reply)?,
                 replayed,
