@@ -26,9 +26,9 @@ struct Stored {
     secret_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     retired: Vec<StoredRetired>,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     revoked: bool,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     disabled: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     user: Option<String>,
@@ -64,10 +64,6 @@ struct Stored {
 struct StoredRetired {
     sha256: String,
     until_ns: u64,
-}
-
-fn is_false(b: &bool) -> bool {
-    !*b
 }
 
 #[derive(Serialize, Deserialize)]
@@ -197,7 +193,7 @@ struct StoredTenant {
     max_concurrent: Option<u32>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     budgets: Vec<StoredBudget>,
-    #[serde(default, skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     disabled: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     metadata: BTreeMap<String, String>,
