@@ -92,14 +92,9 @@ async fn books_aggregates_and_top_up_keys_survive_a_reopen() {
         let store = open_at(&path, at);
         let ledger = store.ledger();
         let tokens = Charge::new(Money::ZERO, SpendTokens::new(100, 50, 10)).attributed(alice);
+        let budgets = [wallet.clone(), monthly.clone()];
         for _ in 0..3 {
-            charge(
-                &ledger,
-                &[wallet.clone(), monthly.clone()],
-                usd("1.25"),
-                tokens.clone(),
-            )
-            .await;
+            charge(&ledger, &budgets, usd("1.25"), tokens.clone()).await;
         }
         let topped = ledger.top_up(&wallet, usd("5"), Some("t-1")).await.unwrap();
         assert_eq!(topped.status.remaining(), usd("11.25"));
@@ -244,14 +239,9 @@ async fn a_full_disk_keeps_deciding_in_memory_then_writes_everything() {
     let wallet = BudgetSpec::balance(BudgetScope::Org("o".into()), usd("100"));
     for i in 0..200 {
         let key = BudgetSpec::budget(BudgetScope::Key(format!("k{i}")), usd("10"), Period::Never);
-        let model = Attribution::new([key.scope.clone()], "m");
-        charge(
-            &ledger,
-            &[key, wallet.clone()],
-            usd("0.5"),
-            Charge::cost(Money::ZERO).attributed(model),
-        )
-        .await;
+        let model =
+            Charge::cost(Money::ZERO).attributed(Attribution::new([key.scope.clone()], "m"));
+        charge(&ledger, &[key, wallet.clone()], usd("0.5"), model).await;
     }
     let failed = store.flush().await;
     assert!(
