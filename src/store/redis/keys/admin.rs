@@ -14,8 +14,8 @@ use crate::store::{StoreError, StoreFuture};
 /// How a write treats the record already stored under its id.
 #[derive(Clone, Copy)]
 pub(super) enum Mode<'a> {
-    Create,
-    Upsert,
+    /// As [`KeyAdmin::put`] in this mode.
+    Put(PutMode),
     /// Only if the stored record is still this JSON (`""`: no record).
     Replace(&'a str),
 }
@@ -24,7 +24,7 @@ pub(super) enum Mode<'a> {
 pub(super) enum Written {
     /// Stored, replacing the record with this JSON, if any.
     Stored { previous: Option<String> },
-    /// [`Mode::Create`], and the id exists.
+    /// [`PutMode::Create`], and the id exists.
     IdExists,
     /// Another key (this id) holds one of the record's secrets.
     SecretTaken { owner: String },
@@ -50,8 +50,8 @@ pub(super) fn write(
     keys.extend(hashes.iter().map(|hash| names.secret(hash)));
     let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
     let (mode, expected) = match mode {
-        Mode::Create => ("c", ""),
-        Mode::Upsert => ("u", ""),
+        Mode::Put(PutMode::Create) => ("c", ""),
+        Mode::Put(PutMode::Upsert) => ("u", ""),
         Mode::Replace(expected) => ("x", expected),
     };
     let args = vec![
@@ -99,7 +99,7 @@ impl RedisKeyStore {
     /// another key holds one of its secrets. [`KeyAdmin::put`] with
     /// [`PutMode::Upsert`], with the other key's id in the error.
     pub async fn insert(&self, record: KeyRecord) -> Result<(), KeyWriteError> {
-        match write(&self.inner, &record, Mode::Upsert).await? {
+        match write(&self.inner, &record, Mode::Put(PutMode::Upsert)).await? {
             Written::Stored { .. } => Ok(()),
             Written::SecretTaken { owner } => Err(DuplicateSecret {
                 id: record.id,
@@ -165,14 +165,7 @@ impl KeyAdmin for RedisKeyStore {
     }
 
     fn put(&self, record: KeyRecord, mode: PutMode) -> StoreFuture<Option<Arc<KeyRecord>>> {
-        let call = write(
-            &self.inner,
-            &record,
-            match mode {
-                PutMode::Create => Mode::Create,
-                PutMode::Upsert => Mode::Upsert,
-            },
-        );
+        let call = write(&self.inner, &record, Mode::Put(mode));
         StoreFuture::pending(async move {
             match call.await? {
                 Written::Stored { previous } => Ok(previous.and_then(|json| {

@@ -3,7 +3,7 @@
 
 use super::RedisKeyStore;
 use super::admin::{Mode, Written, unexpected, write};
-use crate::auth::KeyHash;
+use crate::auth::{KeyHash, PutMode};
 use crate::store::StoreError;
 use crate::store::codec::decode;
 
@@ -116,7 +116,7 @@ impl RedisKeyStore {
                 return Ok(false);
             }
         };
-        let moved = match write(inner, &record, Mode::Create).await? {
+        let moved = match write(inner, &record, Mode::Put(PutMode::Create)).await? {
             Written::Stored { .. } => true,
             Written::IdExists => false,
             Written::SecretTaken { owner } => {
