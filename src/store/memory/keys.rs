@@ -97,11 +97,11 @@ impl MemoryKeyStore {
             .saturating_mul(4)
             .clamp(8, 256)
             .next_power_of_two();
-        let hashing = SeededHashing::new();
+        let hashing = SeededHashing::default();
         MemoryKeyStore {
             inner: Arc::new(Inner {
                 shards: (0..shards)
-                    .map(|_| RwLock::new(HashMap::with_hasher(hashing)))
+                    .map(|_| RwLock::new(HashMap::with_hasher(hashing.clone())))
                     .collect(),
                 hashing,
                 ids: Mutex::default(),

@@ -167,7 +167,7 @@ impl MemoryLedger {
                 holds: (0..shards).map(|_| Mutex::default()).collect(),
                 next_sweep: (0..shards).map(|_| AtomicU64::new(nanos(now))).collect(),
                 next_id: AtomicU64::new(1),
-                hasher: SeededHashing::new(),
+                hasher: SeededHashing::default(),
                 spend: (0..shards).map(|_| Mutex::default()).collect(),
                 max_spend_rows: config.max_spend_rows.div_ceil(shards),
                 top_up_keys: Mutex::default(),

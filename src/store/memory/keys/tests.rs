@@ -36,7 +36,7 @@ fn revocation_is_copy_on_write() {
 fn hashes_that_are_not_random_still_spread() {
     // Sequential `secret_sha256` values, as a test config or a careless
     // generator gives them: they differ in their last bytes only.
-    let state = SeededHashing::new();
+    let state = SeededHashing::default();
     let n = 4096u32;
     let mut slots = std::collections::HashSet::new();
     let mut tags = std::collections::HashSet::new();
