@@ -32,6 +32,8 @@ mod files;
 mod grpc;
 #[path = "auth/leaks.rs"]
 mod leaks;
+#[path = "support/logs.rs"]
+mod logs_support;
 #[path = "auth/revocation.rs"]
 mod revocation;
 #[cfg(feature = "axum")]

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -795,39 +795,12 @@ async fn a_custom_classifier_decides() {
     assert_eq!((res.status().as_u16(), info(&res)), (400, (2, ms(1000))));
 }
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// The captured output of a process-wide subscriber: scoped subscribers
-/// (`set_default`) race with other test threads over tracing's callsite cache.
-fn captured_logs() -> &'static Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).unwrap();
-        captured
-    })
-}
+#[path = "support/logs.rs"]
+mod logs_support;
 
 #[tokio::test(start_paused = true)]
 async fn every_retry_is_a_tracing_event() {
-    let captured = captured_logs();
+    let captured = logs_support::captured();
     let (service, mut handle) = mock::pair::<Request<Full<Bytes>>, Response<ResBody>>();
     let call = layer().layer(service).oneshot(request("{}"));
     let serve = serve(
@@ -839,7 +812,7 @@ async fn every_retry_is_a_tracing_event() {
     );
     let (res, _) = tokio::join!(call, serve);
     assert_eq!(res.unwrap().status(), 200);
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("retrying request"), "{logs}");
     assert!(logs.contains("kind=service_unavailable"), "{logs}");
     assert!(logs.contains("class=Transient"), "{logs}");

@@ -1,8 +1,6 @@
 //! The secret a client presents never appears in a response body, a
 //! response header, or a log line, whatever the outcome.
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,21 +14,6 @@ use tollgate::store::memory::MemoryKeyStore;
 use tower::{Layer, ServiceBuilder};
 
 use super::{chat, echo, send, unix};
-
-/// Everything the subscriber writes.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 struct Failing;
 
@@ -56,17 +39,7 @@ const MALFORMED: &str = "sk-leak-malformed-7e6f5a4b";
 
 #[tokio::test(start_paused = true)]
 async fn secrets_never_reach_bodies_headers_or_logs() {
-    let logs = Capture::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests of this binary hit the same callsites on threads without a
-    // subscriber, and may have cached "nobody listens" for them first.
-    tracing::callsite::rebuild_interest_cache();
+    let logs = crate::logs_support::captured();
 
     let t0 = 1_800_000_000;
     let store = MemoryKeyStore::from_records([
@@ -177,7 +150,7 @@ async fn secrets_never_reach_bodies_headers_or_logs() {
         }
     }
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("API key refused"),
         "nothing was logged:\n{logs}"
