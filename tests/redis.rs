@@ -2142,11 +2142,7 @@ mod on_a_cluster {
     use super::*;
 
     async fn cluster_instance(cluster: &RedisCluster) -> RedisConnection {
-        let urls = cluster.urls();
-        let config = RedisConfig::cluster(urls.iter().map(String::as_str))
-            .unwrap()
-            .call_timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5));
+        let config = cluster.config();
         RedisConnection::connect(config).await.unwrap()
     }
 
@@ -2180,12 +2176,7 @@ mod on_a_cluster {
             ("ten:", Some(super::ledger_placement::by_tenant())),
         ] {
             let clock = ManualClock::at(rfc3339("2026-03-31T23:00:00Z"));
-            let urls = cluster.urls();
-            let config = RedisConfig::cluster(urls.iter().map(String::as_str))
-                .unwrap()
-                .key_prefix(prefix)
-                .call_timeout(Duration::from_secs(10))
-                .connect_timeout(Duration::from_secs(5));
+            let config = cluster.config().key_prefix(prefix);
             let mut redis = RedisLedger::new(RedisConnection::connect(config).await.unwrap())
                 .clock(clock.clone())
                 .lease(Duration::from_secs(1));

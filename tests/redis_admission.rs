@@ -372,12 +372,7 @@ mod on_a_cluster {
         S::Future: Send + 'static,
         B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
     {
-        let urls = cluster.urls();
-        let config = RedisConfig::cluster(urls.iter().map(String::as_str))
-            .unwrap()
-            .key_prefix(prefix)
-            .call_timeout(Duration::from_secs(10))
-            .connect_timeout(Duration::from_secs(5));
+        let config = cluster.config().key_prefix(prefix);
         let redis = RedisConnection::connect(config).await.unwrap();
         let limits = RedisRateLimitStore::new(redis.clone());
         let ledger = RedisLedger::new(redis);

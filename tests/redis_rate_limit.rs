@@ -50,11 +50,7 @@ async fn patient_instance(server: &RedisServer) -> RedisConnection {
 }
 
 async fn cluster_instance(cluster: &RedisCluster) -> RedisConnection {
-    let urls = cluster.urls();
-    let config = RedisConfig::cluster(urls.iter().map(String::as_str))
-        .unwrap()
-        .call_timeout(Duration::from_secs(10))
-        .connect_timeout(Duration::from_secs(5));
+    let config = cluster.config();
     RedisConnection::connect(config).await.unwrap()
 }
 

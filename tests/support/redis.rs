@@ -345,6 +345,17 @@ impl RedisCluster {
             .map(|p| format!("redis://127.0.0.1:{p}"))
             .collect()
     }
+
+    /// A connection config for the cluster, with every call and connect
+    /// bounded (10 s, 5 s).
+    #[cfg(feature = "redis")]
+    pub fn config(&self) -> tollgate::store::redis::RedisConfig {
+        let urls = self.urls();
+        tollgate::store::redis::RedisConfig::cluster(urls.iter().map(String::as_str))
+            .expect("the cluster's URLs")
+            .call_timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+    }
 }
 
 impl Drop for RedisCluster {
