@@ -58,15 +58,7 @@ impl<St, K, L> AdmissionLayer<St, K, L> {
     }
 }
 
-impl<St: Clone, K: Clone, L> Clone for AdmissionLayer<St, K, L> {
-    fn clone(&self) -> Self {
-        AdmissionLayer {
-            rate_limit: self.rate_limit.clone(),
-            budget: self.budget.clone(),
-            store: self.store.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(AdmissionLayer<St: Clone, K: Clone, L> { rate_limit, budget, store });
 
 impl<St: fmt::Debug, K, L> fmt::Debug for AdmissionLayer<St, K, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

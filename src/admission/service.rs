@@ -48,14 +48,7 @@ impl<S, St, K, L> Admission<S, St, K, L> {
     crate::macros::define_inner_service_accessors!();
 }
 
-impl<S: Clone, St, K, L> Clone for Admission<S, St, K, L> {
-    fn clone(&self) -> Self {
-        Admission {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(Admission<S: Clone, St, K, L> { inner, shared });
 
 impl<S: fmt::Debug, St, K, L> fmt::Debug for Admission<S, St, K, L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -91,8 +84,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The readied service goes with the request; its clone stays.
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
+        let service = crate::macros::take_ready(&mut self.inner);
         let shared = &self.shared;
         if req.extensions().get::<RequestMeta>().is_none() {
             let future = read_then_decide(shared.clone(), req);

@@ -71,13 +71,7 @@ pub struct BudgetLayer<L = MemoryLedger> {
     shared: Arc<Shared<L>>,
 }
 
-impl<L> Clone for BudgetLayer<L> {
-    fn clone(&self) -> Self {
-        BudgetLayer {
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(BudgetLayer<L> { shared });
 
 impl<L> fmt::Debug for BudgetLayer<L> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

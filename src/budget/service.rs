@@ -42,14 +42,7 @@ pub struct Budget<S, L = MemoryLedger> {
     shared: Arc<Shared<L>>,
 }
 
-impl<S: Clone, L> Clone for Budget<S, L> {
-    fn clone(&self) -> Self {
-        Budget {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(Budget<S: Clone, L> { inner, shared });
 
 impl<S: std::fmt::Debug, L> std::fmt::Debug for Budget<S, L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,8 +81,7 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The ledger is asked before the inner service is called: take the
         // service that was polled ready and leave a clone in its place.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = crate::macros::take_ready(&mut self.inner);
         // Most requests are decided here, without a future of their own: the
         // body was read further out, and the memory ledger answers at once.
         match admit_now(&self.shared, req) {

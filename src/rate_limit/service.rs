@@ -52,14 +52,7 @@ impl<S, St, K> RateLimit<S, St, K> {
     crate::macros::define_inner_service_accessors!();
 }
 
-impl<S: Clone, St, K> Clone for RateLimit<S, St, K> {
-    fn clone(&self) -> Self {
-        RateLimit {
-            inner: self.inner.clone(),
-            shared: self.shared.clone(),
-        }
-    }
-}
+crate::macros::impl_clone!(RateLimit<S: Clone, St, K> { inner, shared });
 
 impl<S: fmt::Debug, St: fmt::Debug, K> fmt::Debug for RateLimit<S, St, K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -92,8 +85,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         // The readied service goes with the request; its clone stays.
-        let clone = self.inner.clone();
-        let service = std::mem::replace(&mut self.inner, clone);
+        let service = crate::macros::take_ready(&mut self.inner);
         let state = begin(&self.shared, req, service, false);
         ResponseFuture::new(self.shared.clone(), state)
     }
