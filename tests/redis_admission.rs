@@ -62,19 +62,12 @@ fn request(limits: &[Limit], limit: Money) -> Request<Full<Bytes>> {
 
 /// An upstream whose answers never end: every admitted request holds its
 /// reservation and its count until its response is dropped.
-fn upstream() -> impl tower::Service<
-    Request<Full<Bytes>>,
-    Response = Response<Body>,
-    Error = Infallible,
-    Future = impl Send,
-> + Clone
-+ Send
-+ 'static {
-    service_fn(|_req: Request<Full<Bytes>>| async {
+fn upstream() -> Svc {
+    boxed(service_fn(|_req: Request<Full<Bytes>>| async {
         let head = stream::once(async { Ok(Frame::data(Bytes::from_static(b"{\"choices\":[]"))) });
         let body = StreamBody::new(head.chain(stream::pending())).boxed_unsync();
         Ok::<_, Infallible>(Response::new(body))
-    })
+    }))
 }
 
 struct Setup {
@@ -358,20 +351,12 @@ mod on_a_cluster {
     /// `AdmissionLayer` with a `RedisAdmissionStore` on `cluster` (its keys
     /// under `prefix`), model `m` limited to `model` for every key (if any:
     /// a scope in the shared slot), in front of `upstream`.
-    async fn stack<S, B>(
+    async fn stack(
         cluster: &RedisCluster,
         prefix: &str,
         model: Option<Limit>,
-        upstream: S,
-    ) -> Stack
-    where
-        S: tower::Service<Request<Full<Bytes>>, Response = Response<B>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
-        B: http_body::Body<Data = Bytes, Error = Infallible> + Send + 'static,
-    {
+        upstream: Svc,
+    ) -> Stack {
         let config = cluster.config().key_prefix(prefix);
         let redis = RedisConnection::connect(config).await.unwrap();
         let limits = RedisRateLimitStore::new(redis.clone());
@@ -394,22 +379,15 @@ mod on_a_cluster {
 
     /// An upstream answering at once with usage (3 prompt, 4 completion
     /// tokens): each request settles when its body is read.
-    fn answering() -> impl tower::Service<
-        Request<Full<Bytes>>,
-        Response = Response<Full<Bytes>>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Clone
-    + Send
-    + 'static {
-        service_fn(|_req: Request<Full<Bytes>>| async {
+    fn answering() -> Svc {
+        boxed(service_fn(|_req: Request<Full<Bytes>>| async {
             let json = br#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#;
             let response = Response::builder()
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from_static(json)))
                 .unwrap();
             Ok::<_, Infallible>(response)
-        })
+        }))
     }
 
     /// What is left of `limit` in the scope `key`, read with an acquire
