@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::clock::{SharedClock, TokioClock};
@@ -18,7 +18,7 @@ use crate::rate_limit::{
     Verdict,
 };
 use crate::small::Small;
-use crate::store::StoreFuture;
+use crate::store::{StoreFuture, lock};
 
 /// Rate-limit state in process memory: exact for one gateway instance.
 ///
@@ -359,12 +359,6 @@ impl MemoryRateLimitStore {
             .map(|s| lock(&s.map).sweep(now_s))
             .sum()
     }
-}
-
-fn lock(m: &Mutex<ShardMap>) -> MutexGuard<'_, ShardMap> {
-    // A panic while holding the lock cannot leave a shard half-written in a
-    // way that matters more than losing rate-limit state: keep going.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ShardMap {

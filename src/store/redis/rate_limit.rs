@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::RedisConnection;
@@ -704,7 +704,7 @@ impl Fallback {
         });
         if admission.verdict == Verdict::Admitted && will_settle {
             if let Some(first) = scopes.first() {
-                let mut outstanding = self.lock();
+                let mut outstanding = crate::store::lock(&self.outstanding);
                 if outstanding.len() >= MAX_OUTSTANDING_KEYS {
                     outstanding.clear();
                 }
@@ -721,7 +721,7 @@ impl Fallback {
     /// Whether the settlement's first scope has an admission by the fallback
     /// to settle (taking it). Entries older than a slot lease are forgotten.
     fn take_outstanding(&self, request: &Settle<'_>, lease: Duration) -> bool {
-        let mut outstanding = self.lock();
+        let mut outstanding = crate::store::lock(&self.outstanding);
         if outstanding.is_empty() {
             return false;
         }
@@ -758,12 +758,6 @@ impl Fallback {
             .map(|(s, l)| ScopeSettle { limits: l, ..*s })
             .collect();
         self.store.settle(&Settle { scopes: &scaled })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Outstanding> {
-        self.outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
