@@ -137,46 +137,63 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
                         false => None,
                     };
                     if refunds(&admission, &result) {
-                        charges.refunded(&store).await;
+                        logged(charges.refund(&store).await);
                     }
-                    Ok(joint(admission, result, || {}))
+                    Ok(joint(admission, result))
                 });
             }
         };
         if !owned.asked(&admission) {
-            return StoreFuture::ready(Ok(joint(admission, None, || {})));
+            return StoreFuture::ready(Ok(joint(admission, None)));
         }
         let mut budgets = owned.reserve(&self.ledger);
         if let Some(result) = budgets.take_ready() {
-            let undo = || OwnedCharges::of(acquire).undo(&self.rate_limits);
-            return StoreFuture::ready(Ok(joint(admission, Some(result), undo)));
+            let result = Some(result);
+            if refunds(&admission, &result) {
+                let mut refund = OwnedCharges::of(acquire).refund(&self.rate_limits);
+                let Some(done) = refund.take_ready() else {
+                    // A refund that must wait (a fail-open store's answer
+                    // from memory, then Redis): answered once it lands.
+                    return StoreFuture::pending(async move {
+                        logged(refund.await);
+                        Ok(joint(admission, result))
+                    });
+                };
+                logged(done);
+            }
+            return StoreFuture::ready(Ok(joint(admission, result)));
         }
         let charges = OwnedCharges::of(acquire);
         let store = self.rate_limits.clone();
         StoreFuture::pending(async move {
             let result = Some(budgets.await);
             if refunds(&admission, &result) {
-                charges.refunded(&store).await;
+                logged(charges.refund(&store).await);
             }
-            Ok(joint(admission, result, || {}))
+            Ok(joint(admission, result))
         })
     }
 }
 
-/// The joint answer of `admission` and the budgets' `result`; `undo`
-/// settles back the limits' charges when the limits charged a request the
-/// budgets then denied.
+/// The joint answer of `admission` and the budgets' `result`. A request the
+/// budgets denied after the limits charged it is answered only once that
+/// charge is refunded ([`refunds`]), so that a client retrying after its 402
+/// never finds its own refused calls counted.
 fn joint(
     admission: Admission,
     result: Option<Result<ReserveOutcome, StoreError>>,
-    undo: impl FnOnce(),
 ) -> JointAdmission {
-    if refunds(&admission, &result) {
-        undo();
-    }
     JointAdmission {
         admission,
         reservation: result,
+    }
+}
+
+/// How a refund ended, logged when it failed (the request is answered
+/// either way: the charge then stands until its window passes).
+fn logged(refund: Result<(), StoreError>) {
+    if let Err(error) = refund {
+        tracing::warn!(%error, "rate limit refund of a request over budget failed");
     }
 }
 
@@ -252,24 +269,7 @@ impl OwnedCharges {
         }
     }
 
-    /// The refund, awaited: the request is answered once it has landed.
-    async fn refunded<St: RateLimitStore>(&self, store: &St) {
-        if let Err(error) = self.refund(store).await {
-            tracing::warn!(%error, "rate limit refund of a request over budget failed");
-        }
-    }
-
-    /// The refund, in a task when it does not answer at once.
-    fn undo<St: RateLimitStore>(&self, store: &St) {
-        let answer = self.refund(store);
-        let no_runtime = "no tokio runtime to refund a rate limit on";
-        crate::budget::settle::on_answer(answer, no_runtime, |result| {
-            if let Err(error) = result {
-                tracing::warn!(%error, "rate limit refund of a request over budget failed");
-            }
-        });
-    }
-
+    /// Settles back every cost the admission charged, and frees its slots.
     fn refund<St: RateLimitStore>(&self, store: &St) -> StoreFuture<()> {
         let scopes: Vec<ScopeSettle<'_>> = self
             .scopes
