@@ -31,8 +31,8 @@ use tollgate::budget::{
     ReservePolicy,
 };
 use tollgate::rate_limit::{
-    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle, Settle,
-    Verdict,
+    Acquire, Admission, Limit, RateLimitKey, RateLimitStore, Receipt, ScopeCharge, ScopeSettle,
+    Settle, Verdict,
 };
 use tollgate::store::StoreFuture;
 use tollgate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
@@ -271,7 +271,10 @@ fn main() {
                         deltas: &[0, 1],
                         release: false,
                     }];
-                    let settled = redis_limits.settle(&Settle { scopes: &scopes });
+                    let settled = redis_limits.settle(&Settle {
+                        scopes: &scopes,
+                        receipt: Receipt::NONE,
+                    });
                     async move { settled.await.expect("redis answers") }
                 }))
             })

@@ -864,7 +864,12 @@ impl RateLimitStore for RemoteStore {
                     release: *release,
                 })
                 .collect();
-            store.settle(&Settle { scopes: &scopes }).await
+            store
+                .settle(&Settle {
+                    scopes: &scopes,
+                    receipt: tollgate::rate_limit::Receipt::NONE,
+                })
+                .await
         })
     }
 }

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tollgate::rate_limit::{
-    Acquire, Algorithm, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle, Settle,
-    Verdict,
+    Acquire, Algorithm, Limit, RateLimitKey, RateLimitStore, Receipt, ScopeCharge, ScopeSettle,
+    Settle, Verdict,
 };
 use tollgate::store::memory::MemoryRateLimitStore;
 
@@ -176,6 +176,7 @@ async fn in_flight_keys_are_kept() {
                 deltas: &[0],
                 release: true,
             }],
+            receipt: Receipt::NONE,
         })
         .await
         .unwrap();

@@ -11,8 +11,8 @@ use std::time::Duration;
 use proptest::prelude::*;
 use tollgate::clock::Clock;
 use tollgate::rate_limit::{
-    Acquire, Admission, Algorithm, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle,
-    Settle, Verdict,
+    Acquire, Admission, Algorithm, Limit, RateLimitKey, RateLimitStore, Receipt, ScopeCharge,
+    ScopeSettle, Settle, Verdict,
 };
 use tollgate::store::memory::MemoryRateLimitStore;
 
@@ -52,6 +52,7 @@ fn settle(store: &MemoryRateLimitStore, limits: &[Limit], deltas: &[i64]) {
             deltas,
             release: false,
         }],
+        receipt: Receipt::NONE,
     });
     run(answer).unwrap();
 }

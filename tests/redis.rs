@@ -830,7 +830,12 @@ async fn a_settlement_made_while_redis_is_down_is_applied_when_it_is_back() {
             deltas: &[-5],
             release: true,
         }];
-        limits.settle(&Settle { scopes: &scopes }).await
+        limits
+            .settle(&Settle {
+                scopes: &scopes,
+                receipt: tollgate::rate_limit::Receipt::NONE,
+            })
+            .await
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.restart();

@@ -98,7 +98,10 @@ fn refund(store: &RedisRateLimitStore, delta: i64) -> tollgate::store::StoreFutu
         deltas: &[delta],
         release: false,
     }];
-    store.settle(&Settle { scopes: &scopes })
+    store.settle(&Settle {
+        scopes: &scopes,
+        receipt: tollgate::rate_limit::Receipt::NONE,
+    })
 }
 
 fn org() -> Arc<[BudgetSpec]> {

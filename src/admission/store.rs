@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::budget::{BudgetSpec, Ledger, Money, ReserveOutcome, ReservePolicy};
 use crate::rate_limit::{
-    Acquire, Admission, Limit, LimitStates, RateLimitKey, RateLimitStore, ScopeSettle, Settle,
-    Verdict,
+    Acquire, Admission, Limit, LimitStates, RateLimitKey, RateLimitStore, Receipt, ScopeSettle,
+    Settle, Verdict,
 };
 use crate::store::{StoreError, StoreFuture};
 
@@ -112,6 +112,7 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
                 verdict: Verdict::Admitted,
                 states: LimitStates::new(),
                 busy: None,
+                receipt: Receipt::NONE,
             }))
         } else {
             self.rate_limits.acquire(acquire)
@@ -285,7 +286,10 @@ impl OwnedCharges {
                 release: s.release,
             })
             .collect();
-        store.settle(&Settle { scopes: &scopes })
+        store.settle(&Settle {
+            scopes: &scopes,
+            receipt: Receipt::NONE,
+        })
     }
 }
 

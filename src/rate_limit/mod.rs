@@ -220,6 +220,6 @@ pub use self::limit::{Algorithm, Limit, Measure};
 pub use self::scope::{ModelLimits, ScopeLimits, Upstream};
 pub use self::service::RateLimit;
 pub use self::store::{
-    Acquire, Admission, LimitState, LimitStates, RateLimitKey, RateLimitStore, ScopeCharge,
-    ScopeSettle, Settle, Verdict,
+    Acquire, Admission, LimitState, LimitStates, RateLimitKey, RateLimitStore, Receipt,
+    ScopeCharge, ScopeSettle, Settle, Verdict,
 };

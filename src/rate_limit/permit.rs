@@ -202,7 +202,10 @@ impl Permit {
             scope.deltas = &deltas[at..at + scope.limits.len()];
             at += scope.limits.len();
         }
-        self.settler.settle(&Settle { scopes: &scopes });
+        self.settler.settle(&Settle {
+            scopes: &scopes,
+            receipt: self.plan.receipt,
+        });
     }
 }
 

@@ -14,7 +14,7 @@ use super::layer::Config;
 use super::permit::{KeyId, LimitSet, Settler, StoreSettler};
 use super::scope::{ScopeSource, tightest};
 use super::{
-    Acquire, ExtractLimitKey, Limit, Measure, PrincipalKey, RateLimitKey, RateLimitStore,
+    Acquire, ExtractLimitKey, Limit, Measure, PrincipalKey, RateLimitKey, RateLimitStore, Receipt,
     ScopeCharge, Unkeyed, Upstream,
 };
 use crate::request::{FromBytes, ReadMeta, Unreadable, unreadable_error};
@@ -110,6 +110,8 @@ pub(crate) struct Plan {
     /// upstream reports usage.
     pub(crate) fixed: bool,
     pub(crate) usage: UsageOptions,
+    /// The store's receipt of the admission, for the settlement.
+    pub(crate) receipt: Receipt,
 }
 
 impl Plan {
@@ -376,6 +378,7 @@ where
         prompt_tokens: meta.map_or(0, |m| m.prompt_tokens_estimate),
         fixed: unreadable.is_some(),
         usage,
+        receipt: Receipt::NONE,
     };
     let tokens = plan.scopes().any(|(_, l, _)| has_tokens(l));
     plan.reserved_tokens = match (meta, unreadable) {

@@ -183,6 +183,8 @@ pub struct ScopeSettle<'a> {
 pub struct Settle<'a> {
     /// The scopes.
     pub scopes: &'a [ScopeSettle<'a>],
+    /// The admission's [`Admission::receipt`].
+    pub receipt: Receipt,
 }
 
 /// One limit's state as seen by an admission.
@@ -234,6 +236,60 @@ pub struct Admission {
     /// For [`Verdict::Concurrency`], the index of the (first) scope whose
     /// requests in flight are at their cap.
     pub busy: Option<usize>,
+    /// What the store keeps for the settlement of this admission (passed
+    /// back in [`Settle::receipt`]); [`Receipt::NONE`] if it needs nothing.
+    pub receipt: Receipt,
+}
+
+/// What a store keeps from an admission for its settlement, so that it
+/// need not work it out again: the memory store keeps the first scope's
+/// keyed digest (hashing a scope is a good part of a settlement's cost).
+/// The layer passes it back untouched in [`Settle::receipt`]. A store must
+/// check that a receipt is its own ([`Receipt::issuer`]) and otherwise work
+/// from the scopes, as for [`Receipt::NONE`].
+///
+/// ```
+/// use tollgate::rate_limit::Receipt;
+///
+/// let receipt = Receipt::new(7, 0xfeed);
+/// assert_eq!(receipt.issuer(), Some(7));
+/// assert_eq!(receipt.value(), 0xfeed);
+/// assert_eq!(Receipt::NONE.issuer(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Receipt {
+    issuer: u64,
+    value: u128,
+}
+
+impl Receipt {
+    /// No receipt: the store works from the settlement's scopes.
+    pub const NONE: Receipt = Receipt {
+        issuer: 0,
+        value: 0,
+    };
+
+    /// A receipt of the store instance `issuer` (a nonzero number the store
+    /// chooses, unlike any other instance's), holding `value`. An issuer of
+    /// 0 makes [`Receipt::NONE`].
+    pub const fn new(issuer: u64, value: u128) -> Receipt {
+        Receipt { issuer, value }
+    }
+
+    /// The store instance that issued this receipt; `None` for
+    /// [`Receipt::NONE`].
+    pub const fn issuer(&self) -> Option<u64> {
+        if self.issuer == 0 {
+            None
+        } else {
+            Some(self.issuer)
+        }
+    }
+
+    /// What the issuer kept.
+    pub const fn value(&self) -> u128 {
+        self.value
+    }
 }
 
 /// The [`LimitState`]s of an admission, in the order of its limits: a

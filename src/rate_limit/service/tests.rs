@@ -15,6 +15,7 @@ fn plan(limits: &[Limit], reserved_tokens: u64) -> Plan {
         prompt_tokens: 0,
         fixed: false,
         usage: UsageOptions::default(),
+        receipt: crate::rate_limit::Receipt::NONE,
     }
 }
 

@@ -60,7 +60,7 @@ pub(crate) enum Decision {
 pub(crate) fn judge<St, K>(
     shared: &Shared<St, K>,
     result: Result<Admission, StoreError>,
-    plan: Plan,
+    mut plan: Plan,
 ) -> Decision {
     let config = &shared.config;
     let admission = match result {
@@ -77,6 +77,7 @@ pub(crate) fn judge<St, K>(
             };
         }
     };
+    plan.receipt = admission.receipt;
     let now_unix = if config.header_style.needs_clock() {
         config.clock.now_unix()
     } else {

@@ -14,8 +14,8 @@ use crate::clock::{SharedClock, TokioClock};
 use crate::rate_limit::cell::{Cell, Now};
 use crate::rate_limit::gcra::micros;
 use crate::rate_limit::{
-    Acquire, Admission, Limit, LimitState, LimitStates, RateLimitKey, RateLimitStore, Settle,
-    Verdict,
+    Acquire, Admission, Limit, LimitState, LimitStates, RateLimitKey, RateLimitStore, Receipt,
+    Settle, Verdict,
 };
 use crate::small::Small;
 use crate::store::{StoreFuture, lock};
@@ -118,6 +118,9 @@ struct Inner {
     /// first half is already a keyed 64-bit digest, this one only makes two
     /// keys sharing a fingerprint rarer still.
     second_half: foldhash::fast::RandomState,
+    /// This store's [`Receipt`] issuer: nonzero, random, so that a receipt
+    /// of another store is never taken for one of this store's.
+    issuer: u64,
     clock: SharedClock,
     epoch: tokio::time::Instant,
     /// The Unix time of `epoch`, in µs (fixed windows are calendar ones).
@@ -272,6 +275,8 @@ impl MemoryRateLimitStoreBuilder {
         let epoch_unix_us = u64::try_from(clock.now_unix().as_micros()).unwrap_or(u64::MAX);
         let sweep_interval_s =
             u32::try_from(self.sweep_interval.as_secs().max(1)).unwrap_or(u32::MAX);
+        let hash_key = RandomState::new();
+        let issuer = hash_key.hash_one("receipt issuer") | 1;
         MemoryRateLimitStore {
             inner: Arc::new(Inner {
                 shards: (0..shards)
@@ -283,8 +288,9 @@ impl MemoryRateLimitStoreBuilder {
                     })
                     .collect(),
                 shard_mask: shards as u64 - 1,
-                hash_key: RandomState::new(),
+                hash_key,
                 second_half: foldhash::fast::RandomState::default(),
+                issuer,
                 clock,
                 epoch,
                 epoch_unix_us,
@@ -583,6 +589,7 @@ impl Inner {
                 verdict,
                 states,
                 busy: busy.filter(|_| verdict == Verdict::Concurrency),
+                receipt: Receipt::NONE,
             };
         }
         for (i, scope) in scopes.iter().enumerate() {
@@ -618,6 +625,36 @@ impl Inner {
             verdict,
             states,
             busy: None,
+            receipt: self.receipt(fps.first().copied()),
+        }
+    }
+
+    /// The receipt of an admission: its first scope's fingerprint, which
+    /// its settlement then need not compute again.
+    fn receipt(&self, first: Option<Fingerprint>) -> Receipt {
+        match first {
+            Some(Fingerprint(a, b)) => {
+                Receipt::new(self.issuer, u128::from(a) << 64 | u128::from(b))
+            }
+            None => Receipt::NONE,
+        }
+    }
+
+    /// The fingerprint of the scope at `index` of a settlement: the
+    /// admission's own for the first scope, when its receipt is this
+    /// store's.
+    fn settled_fingerprint(
+        &self,
+        receipt: Receipt,
+        index: usize,
+        key: RateLimitKey<'_>,
+    ) -> Fingerprint {
+        match (index, receipt.issuer()) {
+            (0, Some(issuer)) if issuer == self.issuer => {
+                let value = receipt.value();
+                Fingerprint((value >> 64) as u64, value as u64)
+            }
+            _ => self.fingerprint(key),
         }
     }
 
@@ -626,8 +663,8 @@ impl Inner {
         let now_s = self.now_s(now.rel_us);
         let scopes = request.scopes;
         let mut fps = Small::<Fingerprint, 4>::new(scopes.len());
-        for (fp, scope) in fps.iter_mut().zip(scopes) {
-            *fp = self.fingerprint(scope.key);
+        for (i, (fp, scope)) in fps.iter_mut().zip(scopes).enumerate() {
+            *fp = self.settled_fingerprint(request.receipt, i, scope.key);
         }
         let mut locked = self.lock_shards(&fps, now_s);
         for (i, scope) in scopes.iter().enumerate() {
@@ -780,6 +817,57 @@ mod tests {
             [Verdict::Admitted, Verdict::Admitted, Verdict::Limited]
         );
         assert_eq!(store.len(), 3);
+    }
+
+    /// A settlement finds the admission's scope from its receipt, and from
+    /// the scope itself when the receipt is none or another store's: the
+    /// refund lands on the same state either way.
+    #[tokio::test(start_paused = true)]
+    async fn a_receipt_is_used_only_by_its_own_store() {
+        let store = MemoryRateLimitStore::new();
+        let other = MemoryRateLimitStore::new();
+        let limits = [Limit::tokens_per_minute(1000)];
+        let key = RateLimitKey::new("alice").with_model(Some("gpt-4o"));
+        let charge = |cost: u64| {
+            let scopes = [crate::rate_limit::ScopeCharge {
+                key,
+                limits: &limits,
+                costs: &[cost],
+                max_concurrent: None,
+            }];
+            store.inner.acquire(&Acquire { scopes: &scopes })
+        };
+        let refund = |receipt: Receipt| {
+            let scopes = [crate::rate_limit::ScopeSettle {
+                key,
+                limits: &limits,
+                deltas: &[-100],
+                release: false,
+            }];
+            store.inner.settle(&Settle {
+                scopes: &scopes,
+                receipt,
+            });
+        };
+        let mine = charge(0).receipt;
+        assert_eq!(mine.issuer(), Some(store.inner.issuer));
+        assert_ne!(store.inner.issuer, other.inner.issuer);
+        let foreign = Receipt::new(other.inner.issuer, mine.value());
+        let wrong_value = Receipt::new(store.inner.issuer, mine.value() ^ 1);
+        for receipt in [mine, Receipt::NONE, foreign] {
+            assert_eq!(charge(300).states[0].remaining, 700);
+            refund(receipt);
+            // Refunded 100 of the 300: the next charge of 0 sees 800 left.
+            assert_eq!(charge(0).states[0].remaining, 800, "{receipt:?}");
+            refund(Receipt::NONE);
+            refund(Receipt::NONE);
+            assert_eq!(charge(0).states[0].remaining, 1000);
+        }
+        // The store trusts its own receipts: one it did not make for this
+        // scope refunds nothing here.
+        charge(300);
+        refund(wrong_value);
+        assert_eq!(charge(0).states[0].remaining, 700);
     }
 
     #[test]

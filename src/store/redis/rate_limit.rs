@@ -17,7 +17,7 @@ use super::settlements::{SettleCall, SettleKind};
 use crate::clock::SharedClock;
 use crate::rate_limit::{
     Acquire, Admission, Algorithm, Limit, LimitState, LimitStates, Measure, RateLimitKey,
-    RateLimitStore, ScopeCharge, ScopeSettle, Settle, Verdict,
+    RateLimitStore, Receipt, ScopeCharge, ScopeSettle, Settle, Verdict,
 };
 use crate::store::memory::MemoryRateLimitStore;
 use crate::store::{StoreError, StoreFuture};
@@ -424,6 +424,7 @@ pub(super) fn admission(reply: &[i64], n: usize) -> Result<Admission, StoreError
         verdict,
         states,
         busy: busy.filter(|_| verdict == Verdict::Concurrency),
+        receipt: Receipt::NONE,
     })
 }
 
@@ -593,6 +594,7 @@ impl RedisRateLimitStore {
                     verdict: a.verdict,
                     states: merge(&a, None),
                     busy: a.busy.map(|i| callers[i]),
+                    receipt: Receipt::NONE,
                 });
             }
             let b = admission(&second_call.await?, n2)?;
@@ -624,12 +626,14 @@ impl RedisRateLimitStore {
                     verdict: b.verdict,
                     states: merge(&a, Some(&b)),
                     busy: b.busy.map(|i| shared[i]),
+                    receipt: Receipt::NONE,
                 });
             }
             Ok(Admission {
                 verdict: Verdict::Admitted,
                 states: merge(&a, Some(&b)),
                 busy: None,
+                receipt: Receipt::NONE,
             })
         })
     }
@@ -693,6 +697,7 @@ impl Fallback {
                 verdict: Verdict::Admitted,
                 states: LimitStates::new(),
                 busy: None,
+                receipt: Receipt::NONE,
             },
         };
         let will_settle = scopes.iter().any(|s| {
@@ -757,7 +762,10 @@ impl Fallback {
             .zip(&limits)
             .map(|(s, l)| ScopeSettle { limits: l, ..*s })
             .collect();
-        self.store.settle(&Settle { scopes: &scaled })
+        self.store.settle(&Settle {
+            scopes: &scaled,
+            receipt: request.receipt,
+        })
     }
 }
 
