@@ -8,7 +8,9 @@
 //!   scope that caps them, and charge them all, or none when any refuses;
 //! - [`settle`](RateLimitStore::settle): once the response is done, adjust
 //!   limits by a delta (refund or charge the difference between the tokens
-//!   reserved and the tokens used) and free the concurrency slots.
+//!   reserved and the tokens used) and free the concurrency slots. The
+//!   admission's [`Receipt`] comes back with it: what the store kept so as
+//!   not to work it out again (the memory store: the first scope's digest).
 //!
 //! Both return a [`StoreFuture`]: the in-process
 //! [`MemoryRateLimitStore`](crate::store::memory::MemoryRateLimitStore)
