@@ -84,10 +84,12 @@ where
         let mut inner = crate::macros::take_ready(&mut self.inner);
         // Most requests are decided here, without a future of their own: the
         // body was read further out, and the memory ledger answers at once.
-        match admit_now(&self.shared, req) {
-            Now::Decided(Ok((req, admitted))) => ResponseFuture::calling(inner.call(req), admitted),
+        // Decided on the request in place: it is moved once, into the
+        // inner service's call.
+        match admit_now(&self.shared, &req) {
+            Now::Decided(Ok(admitted)) => ResponseFuture::calling(inner.call(req), admitted),
             Now::Decided(Err(rejected)) => ResponseFuture::rejected(rejected),
-            Now::Wait(req, reserving) => {
+            Now::Wait(reserving) => {
                 let admission = admit(self.shared.clone(), req, reserving);
                 ResponseFuture::new(Box::pin(admission), inner)
             }
@@ -123,17 +125,17 @@ impl From<ApiError> for Rejected {
     }
 }
 
-/// The decision on a request, or the request back when deciding means
+/// The decision on a request, or what is known when deciding means
 /// waiting.
 #[allow(
     clippy::large_enum_variant,
     reason = "returned once and matched at once; boxing would add the allocation it saves"
 )]
-pub(crate) enum Now<B, L: Ledger> {
-    Decided(Admission<B, L>),
-    /// The request, and when it was priced, its price and the ledger's
-    /// answer on the way.
-    Wait(Request<B>, Option<Reserving<L>>),
+pub(crate) enum Now<L: Ledger> {
+    Decided(Result<Admitted<L>, Rejected>),
+    /// When the request was priced, its price and the ledger's answer on
+    /// the way.
+    Wait(Option<Reserving<L>>),
 }
 
 /// A priced request and the ledger's answer on its hold, still on the way.
@@ -144,10 +146,11 @@ pub(crate) struct Reserving<L: Ledger> {
 
 /// Decides on `req` at once when that needs no waiting: its
 /// [`RequestMeta`] was read by a layer further out, and the ledger's answer
-/// is ready (a ledger in memory).
-pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) -> Now<B, L> {
+/// is ready (a ledger in memory). Borrowed, not moved: the request is the
+/// largest value on this path.
+pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: &Request<B>) -> Now<L> {
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
-        return Now::Wait(req, None);
+        return Now::Wait(None);
     };
     let pending = match prepare(
         shared,
@@ -155,14 +158,14 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
         req.extensions().get::<Principal>(),
         req.headers(),
     ) {
-        Ok(Step::Admit(admitted)) => return Now::Decided(Ok((req, admitted))),
+        Ok(Step::Admit(admitted)) => return Now::Decided(Ok(admitted)),
         Ok(Step::Reserve(pending)) => pending,
         Err(rejected) => return Now::Decided(Err(rejected)),
     };
     let mut answer = pending.reserve(shared);
     match answer.take_ready() {
-        Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
-        None => Now::Wait(req, Some(Reserving { pending, answer })),
+        Some(result) => Now::Decided(conclude(shared, pending, result)),
+        None => Now::Wait(Some(Reserving { pending, answer })),
     }
 }
 
@@ -182,11 +185,11 @@ where
         Some(reserving) => (req, reserving),
         None => {
             let req = RequestMeta::read(req, shared.max_request_body_bytes).await?;
-            match admit_now(&shared, req) {
-                Now::Decided(decided) => return decided,
-                Now::Wait(req, Some(reserving)) => (req, reserving),
+            match admit_now(&shared, &req) {
+                Now::Decided(decided) => return decided.map(|admitted| (req, admitted)),
+                Now::Wait(Some(reserving)) => (req, reserving),
                 // The meta was just read: not reached.
-                Now::Wait(_, None) => return Err(ApiError::internal().into()),
+                Now::Wait(None) => return Err(ApiError::internal().into()),
             }
         }
     };
