@@ -106,7 +106,10 @@ pub(crate) type AdmissionFuture<B, L> = Pin<Box<dyn Future<Output = Admission<B,
 pub(crate) struct Admitted<L: Ledger> {
     pub(crate) settler: Option<Settler<L>>,
     pub(crate) options: UsageOptions,
-    pub(crate) headers: Option<BudgetHeaders>,
+    /// The binding budget's status, rendered as headers on the response:
+    /// the status is half the size of its headers, and this is moved with
+    /// the call's future.
+    pub(crate) status: Option<BudgetStatus>,
 }
 
 /// A refused request.
@@ -248,7 +251,7 @@ pub(crate) fn prepare<L: Ledger>(
             return Ok(Step::Admit(Admitted {
                 settler: None,
                 options,
-                headers: None,
+                status: None,
             }));
         };
         let (named, price) = match (shared.pricing.get_named(model), shared.unpriced) {
@@ -308,7 +311,7 @@ pub(crate) fn prepare<L: Ledger>(
         _ => Ok(Step::Admit(Admitted {
             settler: Some(settler),
             options,
-            headers: None,
+            status: None,
         })),
     }
 }
@@ -329,7 +332,7 @@ pub(crate) fn conclude<L: Ledger>(
         options,
         ..
     } = pending;
-    let mut headers = None;
+    let mut binding = None;
     match result {
         Ok(ReserveOutcome::Reserved {
             reservation,
@@ -337,7 +340,7 @@ pub(crate) fn conclude<L: Ledger>(
             ..
         }) => {
             settler.hold(reservation);
-            headers = Some(BudgetHeaders::of(&status));
+            binding = Some(status);
         }
         Ok(ReserveOutcome::Denied { index, status }) => {
             let error = match budgets.get(index) {
@@ -360,7 +363,7 @@ pub(crate) fn conclude<L: Ledger>(
     Ok(Admitted {
         settler: Some(settler),
         options,
-        headers,
+        status: binding,
     })
 }
 
@@ -410,7 +413,7 @@ pub(crate) struct BudgetHeaders {
 }
 
 impl BudgetHeaders {
-    fn of(status: &BudgetStatus) -> BudgetHeaders {
+    pub(crate) fn of(status: &BudgetStatus) -> BudgetHeaders {
         BudgetHeaders {
             limit: cached(&LAST_LIMIT, status.limit, |limit| {
                 HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
