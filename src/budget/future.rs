@@ -11,7 +11,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use super::Ledger;
-use super::service::{AdmissionFuture, Admitted, BudgetHeaders, Rejected};
+use super::service::{AdmissionFuture, Admitted, Rejected};
 use super::usage::{self, UsageBody};
 use crate::body::ResponseBody;
 
@@ -92,8 +92,8 @@ pub(crate) fn respond<B: Body<Data = Bytes>, L: Ledger>(
     let Some(admitted) = admitted else {
         return crate::body::reject(crate::ApiError::internal());
     };
-    if let Some(status) = &admitted.status {
-        BudgetHeaders::of(status).apply(response.headers_mut());
+    if let Some(headers) = admitted.headers {
+        headers.apply(response.headers_mut());
     }
     let timed_out = super::is_timeout_response(response.extensions());
     let response = match admitted.settler {

@@ -106,10 +106,7 @@ pub(crate) type AdmissionFuture<B, L> = Pin<Box<dyn Future<Output = Admission<B,
 pub(crate) struct Admitted<L: Ledger> {
     pub(crate) settler: Option<Settler<L>>,
     pub(crate) options: UsageOptions,
-    /// The binding budget's status, rendered as headers on the response:
-    /// the status is half the size of its headers, and this is moved with
-    /// the call's future.
-    pub(crate) status: Option<BudgetStatus>,
+    pub(crate) headers: Option<BudgetHeaders>,
 }
 
 /// A refused request.
@@ -251,7 +248,7 @@ pub(crate) fn prepare<L: Ledger>(
             return Ok(Step::Admit(Admitted {
                 settler: None,
                 options,
-                status: None,
+                headers: None,
             }));
         };
         let (named, price) = match (shared.pricing.get_named(model), shared.unpriced) {
@@ -311,7 +308,7 @@ pub(crate) fn prepare<L: Ledger>(
         _ => Ok(Step::Admit(Admitted {
             settler: Some(settler),
             options,
-            status: None,
+            headers: None,
         })),
     }
 }
@@ -332,7 +329,7 @@ pub(crate) fn conclude<L: Ledger>(
         options,
         ..
     } = pending;
-    let mut binding = None;
+    let mut headers = None;
     match result {
         Ok(ReserveOutcome::Reserved {
             reservation,
@@ -340,7 +337,7 @@ pub(crate) fn conclude<L: Ledger>(
             ..
         }) => {
             settler.hold(reservation);
-            binding = Some(status);
+            headers = Some(BudgetHeaders::of(&status));
         }
         Ok(ReserveOutcome::Denied { index, status }) => {
             let error = match budgets.get(index) {
@@ -363,7 +360,7 @@ pub(crate) fn conclude<L: Ledger>(
     Ok(Admitted {
         settler: Some(settler),
         options,
-        status: binding,
+        headers,
     })
 }
 
@@ -404,41 +401,47 @@ pub(crate) fn truncated(model: &str) -> &str {
     }
 }
 
-/// The `x-budget-*` headers of the binding budget.
-#[derive(Debug, Clone)]
+/// The `x-budget-*` headers of the binding budget: its figures, rendered
+/// when they are written. An admitted request carries them with the call's
+/// future, and as figures they are 32 bytes, where the rendered values
+/// were 120.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct BudgetHeaders {
-    limit: Option<HeaderValue>,
-    remaining: Option<HeaderValue>,
-    reset: Option<HeaderValue>,
+    limit: super::Money,
+    remaining: super::Money,
+    reset: Option<Duration>,
 }
 
 impl BudgetHeaders {
     pub(crate) fn of(status: &BudgetStatus) -> BudgetHeaders {
         BudgetHeaders {
-            limit: cached(&LAST_LIMIT, status.limit, |limit| {
-                HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
-            }),
-            // Cut from the thread's chunk: no allocation per response.
-            remaining: HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(
-                status.remaining().decimal().as_bytes(),
-            ))
-            .ok(),
-            reset: status.period.end.and_then(|end| {
-                cached(&LAST_RESET, end, |end| {
-                    match crate::time::rfc3339_bytes(end) {
-                        Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
-                        None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
-                    }
-                })
-            }),
+            limit: status.limit,
+            remaining: status.remaining(),
+            reset: status.period.end,
         }
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let limit = cached(&LAST_LIMIT, self.limit, |limit| {
+            HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
+        });
+        // Cut from the thread's chunk: no allocation per response.
+        let remaining = HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(
+            self.remaining.decimal().as_bytes(),
+        ))
+        .ok();
+        let reset = self.reset.and_then(|end| {
+            cached(&LAST_RESET, end, |end| {
+                match crate::time::rfc3339_bytes(end) {
+                    Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
+                    None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
+                }
+            })
+        });
         for (name, value) in [
-            (LIMIT_NAME, self.limit),
-            (REMAINING_NAME, self.remaining),
-            (RESET_NAME, self.reset),
+            (LIMIT_NAME, limit),
+            (REMAINING_NAME, remaining),
+            (RESET_NAME, reset),
         ] {
             if let Some(value) = value {
                 headers.insert(name, value);
