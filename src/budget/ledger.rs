@@ -37,6 +37,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::{BudgetMode, BudgetSpec, Charge, Money, PeriodWindow, SpendQuery, SpendRow};
+use crate::small::Small;
 use crate::store::StoreFuture;
 
 /// How much of a budget a request may reserve: worst case or nothing
@@ -90,6 +91,16 @@ impl BudgetStatus {
         self.limit - self.spent - self.reserved
     }
 }
+
+/// The status a reservation against no budget at all reports (every
+/// ledger's): nothing limits it.
+pub(crate) const NO_BUDGET: BudgetStatus = BudgetStatus {
+    mode: BudgetMode::Budget,
+    limit: Money::ZERO,
+    spent: Money::ZERO,
+    reserved: Money::ZERO,
+    period: PeriodWindow::NEVER,
+};
 
 /// The id of a reservation, unique within its ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,10 +192,116 @@ pub struct Settlement {
     /// The amount charged to each budget.
     pub charged: Money,
     /// Each budget's status after the charge, in the reservation's order.
-    pub statuses: Vec<BudgetStatus>,
+    pub statuses: BudgetStatuses,
     /// The UTC day (days since 1970-01-01) the charge was counted in, in the
     /// aggregates and the budgets' periods.
     pub day: i64,
+}
+
+/// Each budget's status after a settlement, in the reservation's order
+/// ([`Settlement::statuses`]); read it as a slice.
+///
+/// Held inline for up to two budgets (a key's own and one more), on the
+/// heap beyond: a settlement is made for every metered response, and a
+/// `Vec` cost it an allocation.
+///
+/// ```
+/// use tollgate::budget::{BudgetMode, BudgetStatus, BudgetStatuses, Money, PeriodWindow};
+///
+/// let status = BudgetStatus {
+///     mode: BudgetMode::Budget,
+///     limit: Money::from_usd(5),
+///     spent: Money::from_usd(1),
+///     reserved: Money::ZERO,
+///     period: PeriodWindow::NEVER,
+/// };
+/// let statuses: BudgetStatuses = [status, status, status].into_iter().collect();
+/// assert_eq!(statuses.len(), 3);
+/// assert_eq!(statuses[2].spent, Money::from_usd(1));
+/// ```
+pub struct BudgetStatuses(Small<BudgetStatus, 2>);
+
+impl BudgetStatuses {
+    /// None yet.
+    pub fn new() -> Self {
+        BudgetStatuses(Small::Inline([NO_BUDGET; 2], 0))
+    }
+
+    /// Adds the next budget's status.
+    pub fn push(&mut self, status: BudgetStatus) {
+        match &mut self.0 {
+            Small::Inline(buf, len) if *len < buf.len() => {
+                buf[*len] = status;
+                *len += 1;
+            }
+            Small::Inline(buf, len) => {
+                let mut all = Vec::with_capacity(*len * 2);
+                all.extend_from_slice(&buf[..*len]);
+                all.push(status);
+                self.0 = Small::Heap(all);
+            }
+            Small::Heap(all) => all.push(status),
+        }
+    }
+}
+
+impl Default for BudgetStatuses {
+    fn default() -> Self {
+        BudgetStatuses::new()
+    }
+}
+
+impl std::ops::Deref for BudgetStatuses {
+    type Target = [BudgetStatus];
+
+    fn deref(&self) -> &[BudgetStatus] {
+        &self.0
+    }
+}
+
+impl Clone for BudgetStatuses {
+    fn clone(&self) -> Self {
+        self.iter().copied().collect()
+    }
+}
+
+impl fmt::Debug for BudgetStatuses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl PartialEq for BudgetStatuses {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for BudgetStatuses {}
+
+impl FromIterator<BudgetStatus> for BudgetStatuses {
+    fn from_iter<I: IntoIterator<Item = BudgetStatus>>(iter: I) -> Self {
+        let mut statuses = BudgetStatuses::new();
+        for status in iter {
+            statuses.push(status);
+        }
+        statuses
+    }
+}
+
+impl From<Vec<BudgetStatus>> for BudgetStatuses {
+    fn from(statuses: Vec<BudgetStatus>) -> Self {
+        BudgetStatuses(Small::Heap(statuses))
+    }
+}
+
+impl<'a> IntoIterator for &'a BudgetStatuses {
+    type Item = &'a BudgetStatus;
+    type IntoIter = std::slice::Iter<'a, BudgetStatus>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
 }
 
 /// What [`Ledger::top_up`] did.

@@ -206,9 +206,10 @@ pub use self::charge::ChargePolicy;
 pub(crate) use self::charge::{Billed, CallEnd, is_timeout_error, is_timeout_response};
 pub use self::events::{SpendEvent, SpendSink};
 pub use self::layer::{BudgetLayer, FailurePolicy, UnpricedModel};
+pub(crate) use self::ledger::NO_BUDGET;
 pub use self::ledger::{
-    BudgetStatus, Ledger, Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement,
-    TopUpOutcome,
+    BudgetStatus, BudgetStatuses, Ledger, Reservation, ReservationId, ReserveOutcome,
+    ReservePolicy, Settlement, TopUpOutcome,
 };
 pub use self::money::{InvalidMoney, Money};
 pub use self::period::{InvalidPeriod, PeriodWindow};

@@ -84,10 +84,12 @@ where
         let mut inner = crate::macros::take_ready(&mut self.inner);
         // Most requests are decided here, without a future of their own: the
         // body was read further out, and the memory ledger answers at once.
-        match admit_now(&self.shared, req) {
-            Now::Decided(Ok((req, admitted))) => ResponseFuture::calling(inner.call(req), admitted),
+        // Decided on the request in place: it is moved once, into the
+        // inner service's call.
+        match admit_now(&self.shared, &req) {
+            Now::Decided(Ok(admitted)) => ResponseFuture::calling(inner.call(req), admitted),
             Now::Decided(Err(rejected)) => ResponseFuture::rejected(rejected),
-            Now::Wait(req, reserving) => {
+            Now::Wait(reserving) => {
                 let admission = admit(self.shared.clone(), req, reserving);
                 ResponseFuture::new(Box::pin(admission), inner)
             }
@@ -123,17 +125,17 @@ impl From<ApiError> for Rejected {
     }
 }
 
-/// The decision on a request, or the request back when deciding means
+/// The decision on a request, or what is known when deciding means
 /// waiting.
 #[allow(
     clippy::large_enum_variant,
     reason = "returned once and matched at once; boxing would add the allocation it saves"
 )]
-pub(crate) enum Now<B, L: Ledger> {
-    Decided(Admission<B, L>),
-    /// The request, and when it was priced, its price and the ledger's
-    /// answer on the way.
-    Wait(Request<B>, Option<Reserving<L>>),
+pub(crate) enum Now<L: Ledger> {
+    Decided(Result<Admitted<L>, Rejected>),
+    /// When the request was priced, its price and the ledger's answer on
+    /// the way.
+    Wait(Option<Reserving<L>>),
 }
 
 /// A priced request and the ledger's answer on its hold, still on the way.
@@ -144,10 +146,11 @@ pub(crate) struct Reserving<L: Ledger> {
 
 /// Decides on `req` at once when that needs no waiting: its
 /// [`RequestMeta`] was read by a layer further out, and the ledger's answer
-/// is ready (a ledger in memory).
-pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) -> Now<B, L> {
+/// is ready (a ledger in memory). Borrowed, not moved: the request is the
+/// largest value on this path.
+pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: &Request<B>) -> Now<L> {
     let Some(meta) = req.extensions().get::<RequestMeta>() else {
-        return Now::Wait(req, None);
+        return Now::Wait(None);
     };
     let pending = match prepare(
         shared,
@@ -155,14 +158,14 @@ pub(crate) fn admit_now<L: Ledger, B>(shared: &Arc<Shared<L>>, req: Request<B>) 
         req.extensions().get::<Principal>(),
         req.headers(),
     ) {
-        Ok(Step::Admit(admitted)) => return Now::Decided(Ok((req, admitted))),
+        Ok(Step::Admit(admitted)) => return Now::Decided(Ok(admitted)),
         Ok(Step::Reserve(pending)) => pending,
         Err(rejected) => return Now::Decided(Err(rejected)),
     };
     let mut answer = pending.reserve(shared);
     match answer.take_ready() {
-        Some(result) => Now::Decided(conclude(shared, pending, result).map(|a| (req, a))),
-        None => Now::Wait(req, Some(Reserving { pending, answer })),
+        Some(result) => Now::Decided(conclude(shared, pending, result)),
+        None => Now::Wait(Some(Reserving { pending, answer })),
     }
 }
 
@@ -182,11 +185,11 @@ where
         Some(reserving) => (req, reserving),
         None => {
             let req = RequestMeta::read(req, shared.max_request_body_bytes).await?;
-            match admit_now(&shared, req) {
-                Now::Decided(decided) => return decided,
-                Now::Wait(req, Some(reserving)) => (req, reserving),
+            match admit_now(&shared, &req) {
+                Now::Decided(decided) => return decided.map(|admitted| (req, admitted)),
+                Now::Wait(Some(reserving)) => (req, reserving),
                 // The meta was just read: not reached.
-                Now::Wait(_, None) => return Err(ApiError::internal().into()),
+                Now::Wait(None) => return Err(ApiError::internal().into()),
             }
         }
     };
@@ -398,41 +401,47 @@ pub(crate) fn truncated(model: &str) -> &str {
     }
 }
 
-/// The `x-budget-*` headers of the binding budget.
-#[derive(Debug, Clone)]
+/// The `x-budget-*` headers of the binding budget: its figures, rendered
+/// when they are written. An admitted request carries them with the call's
+/// future, and as figures they are 32 bytes, where the rendered values
+/// were 120.
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct BudgetHeaders {
-    limit: Option<HeaderValue>,
-    remaining: Option<HeaderValue>,
-    reset: Option<HeaderValue>,
+    limit: super::Money,
+    remaining: super::Money,
+    reset: Option<Duration>,
 }
 
 impl BudgetHeaders {
-    fn of(status: &BudgetStatus) -> BudgetHeaders {
+    pub(crate) fn of(status: &BudgetStatus) -> BudgetHeaders {
         BudgetHeaders {
-            limit: cached(&LAST_LIMIT, status.limit, |limit| {
-                HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
-            }),
-            // Cut from the thread's chunk: no allocation per response.
-            remaining: HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(
-                status.remaining().decimal().as_bytes(),
-            ))
-            .ok(),
-            reset: status.period.end.and_then(|end| {
-                cached(&LAST_RESET, end, |end| {
-                    match crate::time::rfc3339_bytes(end) {
-                        Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
-                        None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
-                    }
-                })
-            }),
+            limit: status.limit,
+            remaining: status.remaining(),
+            reset: status.period.end,
         }
     }
 
     pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        let limit = cached(&LAST_LIMIT, self.limit, |limit| {
+            HeaderValue::from_bytes(limit.decimal().as_bytes()).ok()
+        });
+        // Cut from the thread's chunk: no allocation per response.
+        let remaining = HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(
+            self.remaining.decimal().as_bytes(),
+        ))
+        .ok();
+        let reset = self.reset.and_then(|end| {
+            cached(&LAST_RESET, end, |end| {
+                match crate::time::rfc3339_bytes(end) {
+                    Some(bytes) => HeaderValue::from_bytes(&bytes).ok(),
+                    None => HeaderValue::from_str(&crate::time::format_rfc3339(end)).ok(),
+                }
+            })
+        });
         for (name, value) in [
-            (LIMIT_NAME, self.limit),
-            (REMAINING_NAME, self.remaining),
-            (RESET_NAME, self.reset),
+            (LIMIT_NAME, limit),
+            (REMAINING_NAME, remaining),
+            (RESET_NAME, reset),
         ] {
             if let Some(value) = value {
                 headers.insert(name, value);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::budget::{
-    BudgetMode, BudgetSpec, BudgetStatus, Charge, Ledger, Money, PeriodWindow, Reservation,
+    BudgetMode, BudgetSpec, BudgetStatus, BudgetStatuses, Charge, Ledger, Money, Reservation,
     ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
@@ -427,7 +427,7 @@ impl MemoryLedger {
         let budgets = reservation.budgets();
         let hashes = self.hashes(budgets);
         let mut locked = self.lock_budgets(&hashes);
-        let mut statuses = Vec::with_capacity(budgets.len());
+        let mut statuses = BudgetStatuses::new();
         for (i, spec) in budgets.iter().enumerate() {
             let shard = locked.shard(self.shard_of(hashes[i]));
             if is_repeat(budgets, &hashes, i) {
@@ -567,15 +567,7 @@ fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
 
-/// The status a reservation against no budget at all reports (every
-/// ledger's): nothing limits it.
-pub(crate) const NO_BUDGET: BudgetStatus = BudgetStatus {
-    mode: BudgetMode::Budget,
-    limit: Money::ZERO,
-    spent: Money::ZERO,
-    reserved: Money::ZERO,
-    period: PeriodWindow::NEVER,
-};
+pub(crate) use crate::budget::NO_BUDGET;
 
 /// Whether `budgets[i]` names a scope already named before it.
 fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {
