@@ -475,7 +475,13 @@ fn body_kind<B>(req: &Request<B>) -> BodyKind {
     if !matches!(*req.method(), Method::POST | Method::PUT | Method::PATCH) {
         return BodyKind::Bodiless;
     }
-    match req.headers().get(CONTENT_TYPE).map(|v| v.to_str()) {
+    let content_type = req.headers().get(CONTENT_TYPE);
+    // What the SDKs send, exactly: visible ASCII, nothing to trim or
+    // decode, JSON. Any other value takes the general reading below.
+    if content_type.is_some_and(|v| v.as_bytes() == b"application/json") {
+        return BodyKind::Json;
+    }
+    match content_type.map(|v| v.to_str()) {
         None => BodyKind::Json,
         Some(Ok(ct)) => {
             // Media types are case-insensitive; compared in place.
