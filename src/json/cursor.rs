@@ -203,6 +203,79 @@ impl<'a> Cursor<'a> {
     /// number: the characters of its strings and 4 per integer (a token
     /// id), the values under keys that are `payload` left out.
     pub(crate) fn text(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
+        if self.peek()? == b'[' {
+            return self.text_array(payload);
+        }
+        self.text_walk(payload)
+    }
+
+    /// `text` of an array (chat's `messages`): its elements' characters,
+    /// an object's plain strings read by a loop of its own rather than the
+    /// general walk, which its other values are left to. The sums are the
+    /// walk's: it counts each value alike wherever it is, and these two
+    /// outer levels only add to the depth serde allows (128), not to what
+    /// is counted.
+    fn text_array(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
+        self.bump();
+        let mut chars = 0u64;
+        if self.peek()? == b']' {
+            self.bump();
+            return Some(0);
+        }
+        loop {
+            let n = if self.peek()? == b'{' {
+                self.text_object(payload)?
+            } else {
+                self.text_walk(payload)?
+            };
+            chars = chars.saturating_add(n);
+            match self.peek()? {
+                b',' => self.bump(),
+                b']' => {
+                    self.bump();
+                    return Some(chars);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `text` of an object in [`text_array`](Self::text_array).
+    #[inline(always)]
+    fn text_object(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
+        self.bump();
+        let mut chars = 0u64;
+        if self.peek()? == b'}' {
+            self.bump();
+            return Some(0);
+        }
+        loop {
+            // A counted object's keys are compared: as written (see `member`).
+            let counted = !payload(self.key(false)?);
+            let n = if self.peek()? == b'"' {
+                self.bump();
+                let s = self.string()?;
+                if counted { s.chars } else { 0 }
+            } else if counted {
+                self.text_walk(payload)?
+            } else {
+                self.skip()?;
+                0
+            };
+            chars = chars.saturating_add(n);
+            match self.peek()? {
+                b',' => self.bump(),
+                b'}' => {
+                    self.bump();
+                    return Some(chars);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// `text` by the general walk.
+    fn text_walk(&mut self, payload: impl Fn(&[u8]) -> bool + Copy) -> Option<u64> {
         let mut chars = 0;
         self.walk(
             true,
