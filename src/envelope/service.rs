@@ -1,3 +1,4 @@
+use std::cell::RefCell;
 use std::convert::Infallible;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -120,32 +121,92 @@ fn is_usable_request_id(id: &HeaderValue) -> bool {
             .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
 }
 
-/// `req_` and 24 hex digits: a per-process random seed mixed with a counter,
-/// so ids are unique without a system call per request.
+/// `req_` and 24 hex digits, unique without a system call per request: 16
+/// digits mixed from a per-process random seed and a batch number, then 8
+/// of a counter.
+///
+/// Each thread takes 128 ids at a time (a batch number and the counter's
+/// next 128 values), writes them side by side into one buffer and hands
+/// each out as a slice of it: per request a reference count and 8 digits.
+/// The buffer is freed once its last id is dropped. Ids are unique, not
+/// secret: within a process, the ids of two batches differ in their first 16
+/// digits (the mixing is a bijection) and those of one batch in their last
+/// 8; across processes (and restarts) the random seeds differ.
 fn generate_request_id() -> HeaderValue {
-    static SEED: OnceLock<u64> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let seed = *SEED.get_or_init(crate::rng::os_seed);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let hi = crate::rng::splitmix64(seed ^ n);
-    let lo = n & 0xffff_ffff;
-    // Hex by hand into one buffer: this runs on every request without an id.
-    let mut text = [0u8; 28];
-    text[..4].copy_from_slice(b"req_");
-    write_hex(hi, &mut text[4..20]);
-    write_hex(lo, &mut text[20..]);
-    HeaderValue::from_maybe_shared(crate::header_values::shared_bytes(&text))
-        .unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
+    thread_local! {
+        static IDS: RefCell<IdBatch> = const {
+            RefCell::new(IdBatch { text: Bytes::new(), next: 0 })
+        };
+    }
+    let id = IDS.with_borrow_mut(|batch| {
+        if batch.next >= batch.text.len() {
+            *batch = IdBatch::new();
+        }
+        let at = batch.next;
+        batch.next += ID_LEN;
+        batch.text.slice(at..at + ID_LEN)
+    });
+    HeaderValue::from_maybe_shared(id).unwrap_or_else(|_| HeaderValue::from_static("req_unknown"))
 }
 
-/// The low `out.len()` hex digits of `value`, most significant first.
-pub(crate) fn write_hex(value: u64, out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digits = out.len();
-    for (i, byte) in out.iter_mut().enumerate() {
-        let shift = 4 * (digits - 1 - i);
-        *byte = HEX[((value >> shift) & 0xf) as usize];
+const ID_LEN: usize = 28;
+const IDS_PER_BATCH: usize = 128;
+
+/// A thread's next request ids, side by side.
+struct IdBatch {
+    text: Bytes,
+    /// Where the next id starts in `text`.
+    next: usize,
+}
+
+impl IdBatch {
+    fn new() -> IdBatch {
+        static SEED: OnceLock<u64> = OnceLock::new();
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let seed = *SEED.get_or_init(crate::rng::os_seed);
+        let first = COUNTER.fetch_add(IDS_PER_BATCH as u64, Ordering::Relaxed);
+        // Batches are aligned to 128 (the counter starts at 0), so the
+        // batch number is the counter's value over 128.
+        let mut prefix = [0u8; 20];
+        prefix[..4].copy_from_slice(b"req_");
+        let mixed = crate::rng::splitmix64(seed ^ (first / IDS_PER_BATCH as u64));
+        prefix[4..12].copy_from_slice(&hex8((mixed >> 32) as u32));
+        prefix[12..].copy_from_slice(&hex8(mixed as u32));
+        let mut text = vec![0u8; ID_LEN * IDS_PER_BATCH];
+        for (id, n) in text.chunks_exact_mut(ID_LEN).zip(first..) {
+            id[..20].copy_from_slice(&prefix);
+            id[20..].copy_from_slice(&hex8(n as u32));
+        }
+        IdBatch {
+            text: Bytes::from(text),
+            next: 0,
+        }
     }
+}
+
+/// The low `out.len()` hex digits of `value` (at most 16), most
+/// significant first.
+pub(crate) fn write_hex(value: u64, out: &mut [u8]) {
+    let mut digits = [0u8; 16];
+    digits[..8].copy_from_slice(&hex8((value >> 32) as u32));
+    digits[8..].copy_from_slice(&hex8(value as u32));
+    let from = 16 - out.len().min(16);
+    out[..16 - from].copy_from_slice(&digits[from..]);
+}
+
+/// The 8 hex digits of `value`, most significant first, eight at once (this
+/// runs on every request without an id): each nibble is spread into a byte
+/// of its own, then every byte becomes its digit together.
+fn hex8(value: u32) -> [u8; 8] {
+    let mut x = u64::from(value);
+    x = (x | x << 16) & 0x0000_ffff_0000_ffff;
+    x = (x | x << 8) & 0x00ff_00ff_00ff_00ff;
+    x = (x | x << 4) & 0x0f0f_0f0f_0f0f_0f0f;
+    // 1 in each byte that is 10 or more (adding 6 carries it into bit 4):
+    // those skip the 39 characters between `9` and `a`. No byte overflows
+    // into the next (at most 15 + 48 + 39).
+    let letters = ((x + 0x0606_0606_0606_0606) >> 4) & 0x0101_0101_0101_0101;
+    (x + 0x3030_3030_3030_3030 + letters * 39).to_be_bytes()
 }
 
 #[cfg(test)]
@@ -173,6 +234,11 @@ mod tests {
 
     #[test]
     fn hex_matches_format() {
+        // Every digit in every place, and then some.
+        let repeated = (0..16u32).map(|digit| digit * 0x1111_1111);
+        for value in repeated.chain([0x0123_4567, 0x89ab_cdef, 0x9a0f_f09a, 0xdead_beef]) {
+            assert_eq!(super::hex8(value), *format!("{value:08x}").as_bytes());
+        }
         for value in [0, 7, 0xdead_beef, u64::MAX, crate::rng::splitmix64(7)] {
             let mut buf = [0u8; 16];
             super::write_hex(value, &mut buf);
