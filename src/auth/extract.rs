@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
+use http::HeaderValue;
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
 
@@ -61,7 +62,9 @@ enum Source {
 
 /// What the extractors found in a request.
 pub(crate) enum Found<'a> {
-    Key(Cow<'a, str>),
+    /// Its bytes: the built-in extractors' keys are visible ASCII, read
+    /// without decoding them as text.
+    Key(Cow<'a, [u8]>),
     /// A key header was present but unusable (a reason fit for the client).
     Malformed(&'static str),
     Missing,
@@ -149,7 +152,8 @@ impl Extractor {
             Source::Bearer => bearer(parts),
             Source::Header(name) => single(parts, name),
             Source::Custom(extract) => match extract.extract(parts) {
-                Some(key) => Found::Key(key),
+                Some(Cow::Borrowed(key)) => Found::Key(Cow::Borrowed(key.as_bytes())),
+                Some(Cow::Owned(key)) => Found::Key(Cow::Owned(key.into_bytes())),
                 None => Found::Missing,
             },
         }
@@ -186,41 +190,80 @@ pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> 
 /// The trimmed value of `name`: missing when absent or blank, malformed
 /// when repeated (two keys are ambiguous) or not visible ASCII.
 fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Found<'a> {
+    match only_value(parts, name) {
+        Ok(value) => trimmed(value),
+        Err(found) => found,
+    }
+}
+
+/// The one value of `name`, or what its absence or repetition means.
+fn only_value<'a>(parts: &'a Parts, name: &HeaderName) -> Result<&'a HeaderValue, Found<'a>> {
     let mut values = parts.headers.get_all(name).iter();
     let Some(value) = values.next() else {
-        return Found::Missing;
+        return Err(Found::Missing);
     };
     if values.next().is_some() {
-        return Found::Malformed("The request carries more than one key header of the same name.");
+        return Err(Found::Malformed(
+            "The request carries more than one key header of the same name.",
+        ));
+    }
+    Ok(value)
+}
+
+/// `value` trimmed, as a key: missing when blank, malformed when not
+/// visible ASCII.
+fn trimmed(value: &HeaderValue) -> Found<'_> {
+    // The usual value, visible ASCII only, in one pass without a branch
+    // per byte: nothing to trim. The general path below is its oracle.
+    if let Some(key) = visible_key(value.as_bytes()) {
+        return Found::Key(Cow::Borrowed(key));
     }
     // `to_str` admits visible ASCII and tabs only: ASCII trimming is the
     // whole of `trim` here, without decoding characters.
     match value.to_str().map(str::trim_ascii) {
         Ok("") => Found::Missing,
-        Ok(value) => Found::Key(Cow::Borrowed(value)),
+        Ok(value) => Found::Key(Cow::Borrowed(value.as_bytes())),
         Err(_) => {
             Found::Malformed("The API key header contains characters that are not printable ASCII.")
         }
     }
 }
 
+/// `bytes` as a key when they are one as they stand: not empty, visible
+/// ASCII only (no whitespace to trim or to split at).
+fn visible_key(bytes: &[u8]) -> Option<&[u8]> {
+    (!bytes.is_empty() && crate::header_values::is_visible_ascii(bytes)).then_some(bytes)
+}
+
 fn bearer(parts: &Parts) -> Found<'_> {
-    let value = match single(parts, &AUTHORIZATION) {
+    let value = match only_value(parts, &AUTHORIZATION) {
+        Ok(value) => value,
+        Err(found) => return found,
+    };
+    // The usual form, `Bearer <key>` with one space and a visible-ASCII
+    // key, read in one pass; every other form takes the general path.
+    let bytes = value.as_bytes();
+    if bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        if let Some(key) = visible_key(&bytes[7..]) {
+            return Found::Key(Cow::Borrowed(key));
+        }
+    }
+    let value = match trimmed(value) {
         Found::Key(Cow::Borrowed(value)) => value,
         other => return other,
     };
-    // ASCII (see `single`): bytes, not characters.
-    let (scheme, rest) = match value.bytes().position(|b| b.is_ascii_whitespace()) {
+    // ASCII (see `trimmed`): bytes, not characters.
+    let (scheme, rest) = match value.iter().position(u8::is_ascii_whitespace) {
         Some(at) => (&value[..at], &value[at + 1..]),
-        None => (value, ""),
+        None => (value, &[][..]),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Found::Malformed("The Authorization header must use the Bearer scheme.");
     }
     let key = rest.trim_ascii();
     if key.is_empty() {
         Found::Missing
-    } else if key.bytes().any(|b| b.is_ascii_whitespace()) {
+    } else if key.iter().any(u8::is_ascii_whitespace) {
         Found::Malformed("The Authorization header must hold a single key after `Bearer`.")
     } else {
         Found::Key(Cow::Borrowed(key))
@@ -258,7 +301,7 @@ mod tests {
     /// What the default extractors find in a request with `headers`.
     fn found(headers: &[(&str, &str)]) -> Result<String, &'static str> {
         match find(&Extractor::defaults(), &parts(headers)) {
-            Found::Key(key) => Ok(key.into_owned()),
+            Found::Key(key) => Ok(String::from_utf8(key.into_owned()).unwrap()),
             Found::Malformed(_) => Err("malformed"),
             Found::Missing => Err("missing"),
         }
@@ -275,9 +318,30 @@ mod tests {
             ("Bearer a b", Err("malformed")),
             ("Bearer ", Err("missing")),
             ("Bearersk-1", Err("malformed")),
+            ("Bearer  sk-1", Ok("sk-1".to_owned())),
+            ("bEaReR sk-1\t", Ok("sk-1".to_owned())),
         ] {
             assert_eq!(found(&[("authorization", value)]), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn header_forms() {
+        for (value, expected) in [
+            ("sk-1", Ok("sk-1".to_owned())),
+            ("  sk-1\t", Ok("sk-1".to_owned())),
+            ("sk 1", Ok("sk 1".to_owned())),
+            ("   ", Err("missing")),
+        ] {
+            assert_eq!(found(&[("x-api-key", value)]), expected, "{value:?}");
+        }
+        let mut head = parts(&[]);
+        let bad = http::HeaderValue::from_bytes("sk-é".as_bytes()).unwrap();
+        head.headers.insert("x-api-key", bad);
+        assert!(matches!(
+            find(&Extractor::defaults(), &head),
+            Found::Malformed(_)
+        ));
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, 
     let prefix_ok = policy
         .prefix
         .as_deref()
-        .is_none_or(|prefix| key.starts_with(prefix));
+        .is_none_or(|prefix| key.starts_with(prefix.as_bytes()));
     if !length_ok || !prefix_ok {
         // The shape check saves a hash and a store round trip for junk; the
         // message stays the same as for an unknown key so it reveals nothing
@@ -46,7 +46,7 @@ pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, 
         );
         return Err(invalid_key());
     }
-    Ok(KeyHash::of(key.as_bytes()))
+    Ok(KeyHash::of(&key))
 }
 
 /// A key the store knows and the policy lets through.

@@ -114,11 +114,7 @@ where
 /// absent) the request gets a fresh one.
 fn is_usable_request_id(id: &HeaderValue) -> bool {
     let bytes = id.as_bytes();
-    // Branch-free (a fold, not `all`): this runs on every request.
-    (1..=256).contains(&bytes.len())
-        && bytes
-            .iter()
-            .fold(true, |ok, &b| ok & (b.wrapping_sub(0x21) < 0x5e))
+    (1..=256).contains(&bytes.len()) && crate::header_values::is_visible_ascii(bytes)
 }
 
 /// `req_` and 24 hex digits, unique without a system call per request: 16
