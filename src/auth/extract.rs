@@ -4,9 +4,9 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use http::HeaderValue;
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
 
 /// Finds the key in a request's head. Implemented for closures
 /// `Fn(&Parts) -> Option<Cow<'_, str>>`; pass a closure through
@@ -147,14 +147,19 @@ impl Extractor {
         &self.description
     }
 
-    fn find<'a>(&self, parts: &'a Parts) -> Found<'a> {
+    fn find<'a>(&self, head: Head<'a>) -> Found<'a> {
         match &self.source {
-            Source::Bearer => bearer(parts),
-            Source::Header(name) => single(parts, name),
-            Source::Custom(extract) => match extract.extract(parts) {
-                Some(Cow::Borrowed(key)) => Found::Key(Cow::Borrowed(key.as_bytes())),
-                Some(Cow::Owned(key)) => Found::Key(Cow::Owned(key.into_bytes())),
-                None => Found::Missing,
+            Source::Bearer => bearer(head.headers()),
+            Source::Header(name) => single(head.headers(), name),
+            Source::Custom(extract) => match head {
+                Head::Parts(parts) => match extract.extract(parts) {
+                    Some(Cow::Borrowed(key)) => Found::Key(Cow::Borrowed(key.as_bytes())),
+                    Some(Cow::Owned(key)) => Found::Key(Cow::Owned(key.into_bytes())),
+                    None => Found::Missing,
+                },
+                // Not reached: `needs_parts` gives a custom extractor the
+                // whole head. Were it reached, the key is missing: a 401.
+                Head::Headers(_) => Found::Missing,
             },
         }
     }
@@ -170,13 +175,39 @@ impl fmt::Debug for Extractor {
     }
 }
 
+/// What the extractors read: the request's head, or, when none of them is
+/// custom (the usual case, see [`needs_parts`]), only its headers, so that
+/// the request need not be taken apart and put together again.
+#[derive(Clone, Copy)]
+pub(crate) enum Head<'a> {
+    Parts(&'a Parts),
+    Headers(&'a HeaderMap),
+}
+
+impl<'a> Head<'a> {
+    fn headers(self) -> &'a HeaderMap {
+        match self {
+            Head::Parts(parts) => &parts.headers,
+            Head::Headers(headers) => headers,
+        }
+    }
+}
+
+/// Whether `extractors` need the whole head ([`Head::Parts`]): a custom one
+/// reads it.
+pub(crate) fn needs_parts(extractors: &[Extractor]) -> bool {
+    extractors
+        .iter()
+        .any(|extractor| matches!(extractor.source, Source::Custom(_)))
+}
+
 /// The first key any extractor finds. A malformed value is reported only
 /// when no other place holds a key, so a stray header of another scheme does
 /// not hide a good key.
-pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> {
+pub(crate) fn find<'a>(extractors: &[Extractor], head: Head<'a>) -> Found<'a> {
     let mut malformed = None;
     for extractor in extractors {
-        match extractor.find(parts) {
+        match extractor.find(head) {
             Found::Key(key) => return Found::Key(key),
             Found::Malformed(reason) => {
                 malformed.get_or_insert(reason);
@@ -189,16 +220,16 @@ pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> 
 
 /// The trimmed value of `name`: missing when absent or blank, malformed
 /// when repeated (two keys are ambiguous) or not visible ASCII.
-fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Found<'a> {
-    match only_value(parts, name) {
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
+    match only_value(headers, name) {
         Ok(value) => trimmed(value),
         Err(found) => found,
     }
 }
 
 /// The one value of `name`, or what its absence or repetition means.
-fn only_value<'a>(parts: &'a Parts, name: &HeaderName) -> Result<&'a HeaderValue, Found<'a>> {
-    let mut values = parts.headers.get_all(name).iter();
+fn only_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a HeaderValue, Found<'a>> {
+    let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
         return Err(Found::Missing);
     };
@@ -235,8 +266,8 @@ fn visible_key(bytes: &[u8]) -> Option<&[u8]> {
     (!bytes.is_empty() && crate::header_values::is_visible_ascii(bytes)).then_some(bytes)
 }
 
-fn bearer(parts: &Parts) -> Found<'_> {
-    let value = match only_value(parts, &AUTHORIZATION) {
+fn bearer(headers: &HeaderMap) -> Found<'_> {
+    let value = match only_value(headers, &AUTHORIZATION) {
         Ok(value) => value,
         Err(found) => return found,
     };
@@ -300,7 +331,7 @@ mod tests {
 
     /// What the default extractors find in a request with `headers`.
     fn found(headers: &[(&str, &str)]) -> Result<String, &'static str> {
-        match find(&Extractor::defaults(), &parts(headers)) {
+        match find(&Extractor::defaults(), Head::Parts(&parts(headers))) {
             Found::Key(key) => Ok(String::from_utf8(key.into_owned()).unwrap()),
             Found::Malformed(_) => Err("malformed"),
             Found::Missing => Err("missing"),
@@ -339,7 +370,7 @@ mod tests {
         let bad = http::HeaderValue::from_bytes("sk-é".as_bytes()).unwrap();
         head.headers.insert("x-api-key", bad);
         assert!(matches!(
-            find(&Extractor::defaults(), &head),
+            find(&Extractor::defaults(), Head::Headers(&head.headers)),
             Found::Malformed(_)
         ));
     }

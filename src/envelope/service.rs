@@ -92,20 +92,25 @@ where
                 id
             }
         };
-        let config = &self.config;
+        let (max, catch_panic) = (self.config.max_error_body_bytes, self.config.catch_panic);
         let future = match self.not_ready.take() {
             Some(error) => Err(error),
-            None if config.catch_panic => catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
+            None if catch_panic => catch_unwind(AssertUnwindSafe(|| self.inner.call(req)))
                 .map_err(super::future::panic_error),
-            None => Ok(self.inner.call(req)),
+            // The usual path: the inner future is built in its place in the
+            // response future, not moved there through a `Result` (it holds
+            // every inner layer's future: each move copies them all).
+            None => {
+                return ResponseFuture::calling(
+                    self.inner.call(req),
+                    format,
+                    request_id,
+                    max,
+                    false,
+                );
+            }
         };
-        ResponseFuture::new(
-            future,
-            format,
-            request_id,
-            config.max_error_body_bytes,
-            config.catch_panic,
-        )
+        ResponseFuture::new(future, format, request_id, max, catch_panic)
     }
 }
 
