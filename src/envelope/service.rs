@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::header::Entry;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -84,13 +85,15 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let format: ErrorFormat = self.config.format.pick(req.uri(), req.headers());
-        let request_id = match req.headers().get(X_REQUEST_ID) {
-            Some(id) if is_usable_request_id(id) => id.clone(),
-            _ => {
+        // One lookup of the header, to read it and to set it.
+        let request_id = match req.headers_mut().entry(X_REQUEST_ID) {
+            Entry::Occupied(entry) if is_usable_request_id(entry.get()) => entry.get().clone(),
+            Entry::Occupied(mut entry) => {
                 let id = generate_request_id();
-                req.headers_mut().insert(X_REQUEST_ID, id.clone());
+                entry.insert(id.clone());
                 id
             }
+            Entry::Vacant(entry) => entry.insert(generate_request_id()).clone(),
         };
         let (max, catch_panic) = (self.config.max_error_body_bytes, self.config.catch_panic);
         let future = match self.not_ready.take() {
