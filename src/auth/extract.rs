@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, HeaderName};
 use http::request::Parts;
+use http::{HeaderMap, HeaderValue};
 
 /// Finds the key in a request's head. Implemented for closures
 /// `Fn(&Parts) -> Option<Cow<'_, str>>`; pass a closure through
@@ -61,7 +62,9 @@ enum Source {
 
 /// What the extractors found in a request.
 pub(crate) enum Found<'a> {
-    Key(Cow<'a, str>),
+    /// Its bytes: the built-in extractors' keys are visible ASCII, read
+    /// without decoding them as text.
+    Key(Cow<'a, [u8]>),
     /// A key header was present but unusable (a reason fit for the client).
     Malformed(&'static str),
     Missing,
@@ -144,13 +147,19 @@ impl Extractor {
         &self.description
     }
 
-    fn find<'a>(&self, parts: &'a Parts) -> Found<'a> {
+    fn find<'a>(&self, head: Head<'a>) -> Found<'a> {
         match &self.source {
-            Source::Bearer => bearer(parts),
-            Source::Header(name) => single(parts, name),
-            Source::Custom(extract) => match extract.extract(parts) {
-                Some(key) => Found::Key(key),
-                None => Found::Missing,
+            Source::Bearer => bearer(head.headers()),
+            Source::Header(name) => single(head.headers(), name),
+            Source::Custom(extract) => match head {
+                Head::Parts(parts) => match extract.extract(parts) {
+                    Some(Cow::Borrowed(key)) => Found::Key(Cow::Borrowed(key.as_bytes())),
+                    Some(Cow::Owned(key)) => Found::Key(Cow::Owned(key.into_bytes())),
+                    None => Found::Missing,
+                },
+                // Not reached: `needs_parts` gives a custom extractor the
+                // whole head. Were it reached, the key is missing: a 401.
+                Head::Headers(_) => Found::Missing,
             },
         }
     }
@@ -166,13 +175,39 @@ impl fmt::Debug for Extractor {
     }
 }
 
+/// What the extractors read: the request's head, or, when none of them is
+/// custom (the usual case, see [`needs_parts`]), only its headers, so that
+/// the request need not be taken apart and put together again.
+#[derive(Clone, Copy)]
+pub(crate) enum Head<'a> {
+    Parts(&'a Parts),
+    Headers(&'a HeaderMap),
+}
+
+impl<'a> Head<'a> {
+    fn headers(self) -> &'a HeaderMap {
+        match self {
+            Head::Parts(parts) => &parts.headers,
+            Head::Headers(headers) => headers,
+        }
+    }
+}
+
+/// Whether `extractors` need the whole head ([`Head::Parts`]): a custom one
+/// reads it.
+pub(crate) fn needs_parts(extractors: &[Extractor]) -> bool {
+    extractors
+        .iter()
+        .any(|extractor| matches!(extractor.source, Source::Custom(_)))
+}
+
 /// The first key any extractor finds. A malformed value is reported only
 /// when no other place holds a key, so a stray header of another scheme does
 /// not hide a good key.
-pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> {
+pub(crate) fn find<'a>(extractors: &[Extractor], head: Head<'a>) -> Found<'a> {
     let mut malformed = None;
     for extractor in extractors {
-        match extractor.find(parts) {
+        match extractor.find(head) {
             Found::Key(key) => return Found::Key(key),
             Found::Malformed(reason) => {
                 malformed.get_or_insert(reason);
@@ -185,42 +220,81 @@ pub(crate) fn find<'a>(extractors: &[Extractor], parts: &'a Parts) -> Found<'a> 
 
 /// The trimmed value of `name`: missing when absent or blank, malformed
 /// when repeated (two keys are ambiguous) or not visible ASCII.
-fn single<'a>(parts: &'a Parts, name: &HeaderName) -> Found<'a> {
-    let mut values = parts.headers.get_all(name).iter();
+fn single<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Found<'a> {
+    match only_value(headers, name) {
+        Ok(value) => trimmed(value),
+        Err(found) => found,
+    }
+}
+
+/// The one value of `name`, or what its absence or repetition means.
+fn only_value<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a HeaderValue, Found<'a>> {
+    let mut values = headers.get_all(name).iter();
     let Some(value) = values.next() else {
-        return Found::Missing;
+        return Err(Found::Missing);
     };
     if values.next().is_some() {
-        return Found::Malformed("The request carries more than one key header of the same name.");
+        return Err(Found::Malformed(
+            "The request carries more than one key header of the same name.",
+        ));
+    }
+    Ok(value)
+}
+
+/// `value` trimmed, as a key: missing when blank, malformed when not
+/// visible ASCII.
+fn trimmed(value: &HeaderValue) -> Found<'_> {
+    // The usual value, visible ASCII only, in one pass without a branch
+    // per byte: nothing to trim. The general path below is its oracle.
+    if let Some(key) = visible_key(value.as_bytes()) {
+        return Found::Key(Cow::Borrowed(key));
     }
     // `to_str` admits visible ASCII and tabs only: ASCII trimming is the
     // whole of `trim` here, without decoding characters.
     match value.to_str().map(str::trim_ascii) {
         Ok("") => Found::Missing,
-        Ok(value) => Found::Key(Cow::Borrowed(value)),
+        Ok(value) => Found::Key(Cow::Borrowed(value.as_bytes())),
         Err(_) => {
             Found::Malformed("The API key header contains characters that are not printable ASCII.")
         }
     }
 }
 
-fn bearer(parts: &Parts) -> Found<'_> {
-    let value = match single(parts, &AUTHORIZATION) {
+/// `bytes` as a key when they are one as they stand: not empty, visible
+/// ASCII only (no whitespace to trim or to split at).
+fn visible_key(bytes: &[u8]) -> Option<&[u8]> {
+    (!bytes.is_empty() && crate::header_values::is_visible_ascii(bytes)).then_some(bytes)
+}
+
+fn bearer(headers: &HeaderMap) -> Found<'_> {
+    let value = match only_value(headers, &AUTHORIZATION) {
+        Ok(value) => value,
+        Err(found) => return found,
+    };
+    // The usual form, `Bearer <key>` with one space and a visible-ASCII
+    // key, read in one pass; every other form takes the general path.
+    let bytes = value.as_bytes();
+    if bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        if let Some(key) = visible_key(&bytes[7..]) {
+            return Found::Key(Cow::Borrowed(key));
+        }
+    }
+    let value = match trimmed(value) {
         Found::Key(Cow::Borrowed(value)) => value,
         other => return other,
     };
-    // ASCII (see `single`): bytes, not characters.
-    let (scheme, rest) = match value.bytes().position(|b| b.is_ascii_whitespace()) {
+    // ASCII (see `trimmed`): bytes, not characters.
+    let (scheme, rest) = match value.iter().position(u8::is_ascii_whitespace) {
         Some(at) => (&value[..at], &value[at + 1..]),
-        None => (value, ""),
+        None => (value, &[][..]),
     };
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Found::Malformed("The Authorization header must use the Bearer scheme.");
     }
     let key = rest.trim_ascii();
     if key.is_empty() {
         Found::Missing
-    } else if key.bytes().any(|b| b.is_ascii_whitespace()) {
+    } else if key.iter().any(u8::is_ascii_whitespace) {
         Found::Malformed("The Authorization header must hold a single key after `Bearer`.")
     } else {
         Found::Key(Cow::Borrowed(key))
@@ -257,8 +331,8 @@ mod tests {
 
     /// What the default extractors find in a request with `headers`.
     fn found(headers: &[(&str, &str)]) -> Result<String, &'static str> {
-        match find(&Extractor::defaults(), &parts(headers)) {
-            Found::Key(key) => Ok(key.into_owned()),
+        match find(&Extractor::defaults(), Head::Parts(&parts(headers))) {
+            Found::Key(key) => Ok(String::from_utf8(key.into_owned()).unwrap()),
             Found::Malformed(_) => Err("malformed"),
             Found::Missing => Err("missing"),
         }
@@ -275,9 +349,30 @@ mod tests {
             ("Bearer a b", Err("malformed")),
             ("Bearer ", Err("missing")),
             ("Bearersk-1", Err("malformed")),
+            ("Bearer  sk-1", Ok("sk-1".to_owned())),
+            ("bEaReR sk-1\t", Ok("sk-1".to_owned())),
         ] {
             assert_eq!(found(&[("authorization", value)]), expected, "{value:?}");
         }
+    }
+
+    #[test]
+    fn header_forms() {
+        for (value, expected) in [
+            ("sk-1", Ok("sk-1".to_owned())),
+            ("  sk-1\t", Ok("sk-1".to_owned())),
+            ("sk 1", Ok("sk 1".to_owned())),
+            ("   ", Err("missing")),
+        ] {
+            assert_eq!(found(&[("x-api-key", value)]), expected, "{value:?}");
+        }
+        let mut head = parts(&[]);
+        let bad = http::HeaderValue::from_bytes("sk-é".as_bytes()).unwrap();
+        head.headers.insert("x-api-key", bad);
+        assert!(matches!(
+            find(&Extractor::defaults(), Head::Headers(&head.headers)),
+            Found::Malformed(_)
+        ));
     }
 
     #[test]

@@ -16,6 +16,9 @@ use crate::clock::{Clock, SharedClock, TokioClock};
 pub(crate) struct Policy {
     pub(crate) extractors: Vec<Extractor>,
     pub(crate) missing_message: String,
+    /// Whether an extractor reads the whole head ([`extract::needs_parts`]),
+    /// set with `extractors`.
+    pub(crate) needs_parts: bool,
     pub(crate) prefix: Option<Cow<'static, str>>,
     pub(crate) key_length: RangeInclusive<usize>,
     pub(crate) max_lifetime: Option<Duration>,
@@ -71,6 +74,7 @@ impl<K> AuthLayer<K> {
             store: Arc::new(store),
             policy: Arc::new(Policy {
                 missing_message: extract::missing_message(&extractors),
+                needs_parts: extract::needs_parts(&extractors),
                 extractors,
                 prefix: None,
                 key_length: 1..=Self::DEFAULT_MAX_KEY_LENGTH,
@@ -94,6 +98,7 @@ impl<K> AuthLayer<K> {
         let policy = self.policy_mut();
         policy.extractors = extractors.into_iter().collect();
         policy.missing_message = extract::missing_message(&policy.extractors);
+        policy.needs_parts = extract::needs_parts(&policy.extractors);
         self
     }
 

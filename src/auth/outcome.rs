@@ -6,17 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
-use http::request::Parts;
 
-use super::extract::{self, Found};
+use super::extract::{self, Found, Head};
 use super::layer::Policy;
 use super::{KeyHash, KeyRecord, LookupResult, Principal};
 use crate::budget::service::truncated as quoted;
 use crate::{ApiError, ErrorKind, RequestMeta};
 
 /// The key presented with a request, hashed; or why there is none to look up.
-pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, ApiError> {
-    let key = match extract::find(&policy.extractors, parts) {
+pub(crate) fn presented_hash(policy: &Policy, head: Head<'_>) -> Result<KeyHash, ApiError> {
+    let key = match extract::find(&policy.extractors, head) {
         Found::Key(key) => key,
         Found::Malformed(reason) => {
             tracing::debug!(code = "invalid_api_key", reason, "API key refused");
@@ -33,7 +32,7 @@ pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, 
     let prefix_ok = policy
         .prefix
         .as_deref()
-        .is_none_or(|prefix| key.starts_with(prefix));
+        .is_none_or(|prefix| key.starts_with(prefix.as_bytes()));
     if !length_ok || !prefix_ok {
         // The shape check saves a hash and a store round trip for junk; the
         // message stays the same as for an unknown key so it reveals nothing
@@ -46,7 +45,7 @@ pub(crate) fn presented_hash(policy: &Policy, parts: &Parts) -> Result<KeyHash, 
         );
         return Err(invalid_key());
     }
-    Ok(KeyHash::of(key.as_bytes()))
+    Ok(KeyHash::of(&key))
 }
 
 /// A key the store knows and the policy lets through.

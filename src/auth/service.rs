@@ -7,6 +7,7 @@ use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use tower_service::Service;
 
+use super::extract::Head;
 use super::future::{ResponseFuture, State, Waiting};
 use super::layer::Policy;
 use super::outcome;
@@ -74,13 +75,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let (parts, body) = req.into_parts();
-        let hash = match outcome::presented_hash(&self.policy, &parts) {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        // Taken apart only for a custom extractor, which reads the whole
+        // head: each move copies the request.
+        let presented = if self.policy.needs_parts {
+            let (parts, body) = req.into_parts();
+            let presented = outcome::presented_hash(&self.policy, Head::Parts(&parts));
+            req = Request::from_parts(parts, body);
+            presented
+        } else {
+            outcome::presented_hash(&self.policy, Head::Headers(req.headers()))
+        };
+        let hash = match presented {
             Ok(hash) => hash,
             Err(error) => return ResponseFuture::reject(error),
         };
-        let req = Request::from_parts(parts, body);
         let mut lookup = self.store.lookup(&hash);
         match lookup.take_ready() {
             // The common case (memory store, cache hit): decide now.

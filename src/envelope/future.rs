@@ -100,6 +100,22 @@ impl std::fmt::Display for Chain<'_> {
 }
 
 impl<F, B> ResponseFuture<F, B> {
+    pub(crate) fn calling(
+        future: F,
+        format: ErrorFormat,
+        request_id: HeaderValue,
+        max_error_body_bytes: usize,
+        catch_panic: bool,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            format,
+            request_id,
+            max_error_body_bytes,
+            catch_panic,
+        }
+    }
+
     pub(crate) fn new(
         future: Result<F, ApiError>,
         format: ErrorFormat,

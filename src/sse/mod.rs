@@ -71,10 +71,12 @@ pub(crate) const UNFINISHED: u8 = 16;
 /// of `text/event-stream; charset=utf-8`), to compare case-insensitively.
 pub(crate) fn media_type(headers: &http::HeaderMap) -> Option<&[u8]> {
     let content_type = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
-    let essence = content_type
-        .split(|&b| b == b';')
-        .next()
-        .unwrap_or_default();
+    // `memchr`: a few vector steps, where a byte loop costs four
+    // instructions a byte (this runs on every response).
+    let essence = match memchr::memchr(b';', content_type) {
+        Some(end) => &content_type[..end],
+        None => content_type,
+    };
     Some(essence.trim_ascii())
 }
 

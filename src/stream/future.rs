@@ -85,7 +85,11 @@ fn wire(parts: &http::response::Parts, watch_sse: bool) -> Wire {
             (true, false) => Wire::JsonLines,
             (false, _) => Wire::Other,
         }
-    } else if essence.len() >= 16 && essence[..16].eq_ignore_ascii_case(b"application/grpc") {
+    } else if essence.len() >= 16
+        // Its 13th byte first: most answers are `application/json`.
+        && essence[12].eq_ignore_ascii_case(&b'g')
+        && essence[..16].eq_ignore_ascii_case(b"application/grpc")
+    {
         Wire::Grpc
     } else {
         Wire::Other
