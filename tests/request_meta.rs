@@ -133,6 +133,23 @@ async fn content_length_over_the_limit_is_413_without_reading() {
     assert_eq!(polls.load(Ordering::SeqCst), 0);
 }
 
+/// A buffered body's size is known: one within the limit is read, whatever
+/// its `content-length` header says; one over it is refused unread.
+#[tokio::test]
+async fn a_buffered_body_is_judged_by_its_size() {
+    let req = Request::post("/v1/chat/completions")
+        .header("content-length", "2048")
+        .body(Full::new(Bytes::from_static(br#"{"model":"m"}"#)))
+        .unwrap();
+    let req = RequestMeta::read(req, 1024).await.unwrap();
+    assert_eq!(meta(&req).model.as_deref(), Some("m"));
+    let big = Full::new(Bytes::from(vec![b' '; 2048]));
+    let err = RequestMeta::read(Request::post("/").body(big).unwrap(), 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status(), StatusCode::PAYLOAD_TOO_LARGE);
+}
+
 #[tokio::test]
 async fn streamed_body_over_the_limit_is_413_and_stops_reading() {
     let chunk = "x".repeat(400);

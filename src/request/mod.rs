@@ -369,12 +369,21 @@ impl<B: Body> ReadMeta<B> {
                 return decided(Ok(req));
             }
         };
-        let declared = req
-            .headers()
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit as u64) {
+        // A body known to fit (a buffered one) cannot be over the limit,
+        // whatever a header says; any other is refused at once when its
+        // declared length is.
+        let fits = req
+            .body()
+            .size_hint()
+            .upper()
+            .is_some_and(|len| len <= limit as u64);
+        let declared = || {
+            req.headers()
+                .get(CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        if !fits && declared().is_some_and(|len| len > limit as u64) {
             return decided(Err(too_large(limit)));
         }
         let (parts, body) = req.into_parts();
