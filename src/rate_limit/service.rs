@@ -289,10 +289,6 @@ where
     if maybe_tokens && meta.is_none() && !meta_read {
         return Planned::ReadMeta;
     }
-    let limits = match principal {
-        Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
-        _ => LimitSet::Layer(config.limits.clone()),
-    };
     // Facts this request needs and cannot give: refused, or a fixed
     // reservation.
     let unreadable = match meta {
@@ -312,7 +308,14 @@ where
 
     // The scopes besides the key's own.
     let mut more = Vec::new();
-    let mut key_scope = key_limited.then(|| (limits.clone(), max_concurrent));
+    // The key's limits (`own`), shared with the plan rather than copied.
+    let mut key_scope = key_limited.then(|| {
+        let limits = match principal {
+            Some(p) if !p.rate_limits().is_empty() => LimitSet::Principal(p.clone()),
+            _ => LimitSet::Layer(config.limits.clone()),
+        };
+        (limits, max_concurrent)
+    });
     if let (Some(p), Some(m)) = (principal, model.as_deref()) {
         let found = p
             .model_limits()
@@ -323,7 +326,7 @@ where
                 // The key's limits are per model already: one scope, the
                 // tighter of any two limits that would share a state.
                 let entry = &p.model_limits()[i];
-                let merged = tightest(limits.as_slice().iter().chain(&entry.limits).copied());
+                let merged = tightest(own.iter().chain(&entry.limits).copied());
                 let max = match (max_concurrent, entry.max_concurrent) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
