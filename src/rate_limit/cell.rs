@@ -123,8 +123,7 @@ impl Cell {
             }
             Cell::Sliding(buckets) => {
                 let s = Sliding::new(limit);
-                s.prune(buckets, now.rel_us);
-                s.charge(buckets, now.rel_us, charge);
+                s.prune_and_charge(buckets, now.rel_us, charge);
                 if refund > 0 {
                     s.adjust(
                         buckets,

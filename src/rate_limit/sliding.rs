@@ -88,10 +88,15 @@ impl Sliding {
 
     /// Drops the buckets that no longer count at `now_us`.
     pub(crate) fn prune(&self, buckets: &mut Vec<Bucket>, now_us: u64) {
-        let oldest = self.bucket_at(now_us).saturating_sub(BUCKETS);
-        let gone = buckets.iter().take_while(|(k, _)| *k < oldest).count();
-        buckets.drain(..gone);
-        buckets.retain(|(_, cost)| *cost > 0);
+        prune_before(buckets, self.bucket_at(now_us).saturating_sub(BUCKETS));
+    }
+
+    /// [`prune`](Sliding::prune), then [`charge`](Sliding::charge): the
+    /// bucket of `now_us` found once for both.
+    pub(crate) fn prune_and_charge(&self, buckets: &mut Vec<Bucket>, now_us: u64, cost: u64) {
+        let k = self.bucket_at(now_us);
+        prune_before(buckets, k.saturating_sub(BUCKETS));
+        charge_bucket(buckets, k, cost);
     }
 
     /// Checks `cost` against pruned `buckets` (oldest first) at `now_us`.
@@ -139,13 +144,8 @@ impl Sliding {
 
     /// Adds `cost` to the bucket of `now_us` (pruned `buckets`).
     pub(crate) fn charge(&self, buckets: &mut Vec<Bucket>, now_us: u64, cost: u64) {
-        if cost == 0 {
-            return;
-        }
-        let k = self.bucket_at(now_us);
-        match buckets.last_mut() {
-            Some((last, c)) if *last == k => *c = c.saturating_add(cost),
-            _ => buckets.push((k, cost)),
+        if cost > 0 {
+            charge_bucket(buckets, self.bucket_at(now_us), cost);
         }
     }
 
@@ -174,6 +174,28 @@ impl Sliding {
     /// When every bucket has left (µs): the state is then the same as none.
     pub(crate) fn full_at(&self, buckets: &[Bucket]) -> u64 {
         buckets.last().map_or(0, |(k, _)| self.leaves_at(*k))
+    }
+}
+
+/// Drops the buckets before bucket `oldest`. Buckets are in order, so
+/// those are a prefix, most often empty. No bucket holds a zero cost
+/// (`charge_bucket` adds none, a refund drops those it empties), so there
+/// is nothing else to drop.
+fn prune_before(buckets: &mut Vec<Bucket>, oldest: u64) {
+    let gone = buckets.iter().take_while(|(k, _)| *k < oldest).count();
+    if gone > 0 {
+        buckets.drain(..gone);
+    }
+}
+
+/// Adds `cost` to bucket `k`, the newest (pruned `buckets`).
+fn charge_bucket(buckets: &mut Vec<Bucket>, k: u64, cost: u64) {
+    if cost == 0 {
+        return;
+    }
+    match buckets.last_mut() {
+        Some((last, c)) if *last == k => *c = c.saturating_add(cost),
+        _ => buckets.push((k, cost)),
     }
 }
 
