@@ -533,13 +533,22 @@ impl Inner {
         now_s: u32,
     ) -> Admission {
         let scopes = request.scopes;
+        // The state keys of the first limits, kept from the check for the
+        // charge (a request nearly always has at most four).
+        let mut keys = [Fingerprint::default(); 4];
+        let mut n = 0;
         let mut states = LimitStates::new();
         let mut admitted = true;
         let mut busy = None;
         for (i, scope) in scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
             for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
-                let outcome = match map.entries.get(&fps[i].of_limit(limit)) {
+                let key = fps[i].of_limit(limit);
+                if let Some(slot) = keys.get_mut(n) {
+                    *slot = key;
+                }
+                n += 1;
+                let outcome = match map.entries.get(&key) {
                     Some(Entry {
                         kind: Kind::Limit(cell),
                         ..
@@ -599,14 +608,17 @@ impl Inner {
                 receipt: Receipt::NONE,
             };
         }
+        let mut n = 0;
         for (i, scope) in scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
             for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
+                let kept = keys.get(n).copied();
+                n += 1;
                 if cost == 0 {
                     continue;
                 }
                 let entry = map.entry_or_make_room(
-                    fps[i].of_limit(limit),
+                    kept.unwrap_or_else(|| fps[i].of_limit(limit)),
                     || Kind::Limit(Cell::empty(limit)),
                     self.max_keys_per_shard,
                     now_s,
