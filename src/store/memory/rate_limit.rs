@@ -1,6 +1,6 @@
 //! [`MemoryRateLimitStore`]: rate-limit state in process memory.
 //!
-//! Longer than most files (about 750 lines): the store's layout, its
+//! Longer than most files (about 950 lines): the store's layout, its
 //! bounded map, its multi-shard locking and its two operations are one
 //! invariant (all or nothing under the same locks) best read in one place.
 
