@@ -123,14 +123,11 @@ impl Cell {
             }
             Cell::Sliding(buckets) => {
                 let s = Sliding::new(limit);
-                s.prune(buckets, now.rel_us);
-                s.charge(buckets, now.rel_us, charge);
+                s.prune_and_charge(buckets, now.rel_us, charge);
                 if refund > 0 {
-                    s.adjust(
-                        buckets,
-                        now.rel_us,
-                        -i64::try_from(refund).unwrap_or(i64::MAX),
-                    );
+                    // `adjust`'s refund (a delta, at most `i64::MAX`), on
+                    // the buckets pruned above.
+                    s.refund(buckets, refund.min(i64::MAX.unsigned_abs()));
                 }
             }
         }

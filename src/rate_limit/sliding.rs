@@ -86,12 +86,21 @@ impl Sliding {
         self.start_of(k.saturating_add(BUCKETS + 1))
     }
 
-    /// Drops the buckets that no longer count at `now_us`.
+    /// Drops the buckets that no longer count at `now_us`. (The stores
+    /// prune with `prune_and_charge`; the tests step with this, `check` and
+    /// `charge`.)
+    #[cfg(test)]
     pub(crate) fn prune(&self, buckets: &mut Vec<Bucket>, now_us: u64) {
-        let oldest = self.bucket_at(now_us).saturating_sub(BUCKETS);
-        let gone = buckets.iter().take_while(|(k, _)| *k < oldest).count();
-        buckets.drain(..gone);
-        buckets.retain(|(_, cost)| *cost > 0);
+        prune_before(buckets, self.bucket_at(now_us).saturating_sub(BUCKETS));
+    }
+
+    /// Drops the buckets that no longer count at `now_us`, then adds `cost`
+    /// to the bucket of `now_us` (the test steps' `prune` and `charge`, the
+    /// bucket found once for both).
+    pub(crate) fn prune_and_charge(&self, buckets: &mut Vec<Bucket>, now_us: u64, cost: u64) {
+        let k = self.bucket_at(now_us);
+        prune_before(buckets, k.saturating_sub(BUCKETS));
+        charge_bucket(buckets, k, cost);
     }
 
     /// Checks `cost` against pruned `buckets` (oldest first) at `now_us`.
@@ -138,14 +147,10 @@ impl Sliding {
     }
 
     /// Adds `cost` to the bucket of `now_us` (pruned `buckets`).
+    #[cfg(test)]
     pub(crate) fn charge(&self, buckets: &mut Vec<Bucket>, now_us: u64, cost: u64) {
-        if cost == 0 {
-            return;
-        }
-        let k = self.bucket_at(now_us);
-        match buckets.last_mut() {
-            Some((last, c)) if *last == k => *c = c.saturating_add(cost),
-            _ => buckets.push((k, cost)),
+        if cost > 0 {
+            charge_bucket(buckets, self.bucket_at(now_us), cost);
         }
     }
 
@@ -153,27 +158,63 @@ impl Sliding {
     /// refunds (`delta < 0`, from the oldest buckets first: what is left
     /// then counts at least as long as it would have, so a refund never lets
     /// more through than the window allows).
+    #[cfg(test)]
     pub(crate) fn adjust(&self, buckets: &mut Vec<Bucket>, now_us: u64, delta: i64) {
         self.prune(buckets, now_us);
         if delta >= 0 {
             self.charge(buckets, now_us, delta.unsigned_abs());
             return;
         }
-        let mut refund = delta.unsigned_abs();
+        self.refund(buckets, delta.unsigned_abs());
+    }
+
+    /// Refunds `cost` from the oldest of pruned `buckets` first: what is
+    /// left then counts at least as long as it would have, so a refund never
+    /// lets more through than the window allows. The buckets it empties are
+    /// a prefix.
+    pub(crate) fn refund(&self, buckets: &mut Vec<Bucket>, mut cost: u64) {
+        let mut emptied = 0;
         for (_, c) in buckets.iter_mut() {
-            let take = refund.min(*c);
+            let take = cost.min(*c);
             *c -= take;
-            refund -= take;
-            if refund == 0 {
+            cost -= take;
+            if *c == 0 {
+                emptied += 1;
+            }
+            if cost == 0 {
                 break;
             }
         }
-        buckets.retain(|(_, c)| *c > 0);
+        if emptied > 0 {
+            buckets.drain(..emptied);
+        }
     }
 
     /// When every bucket has left (µs): the state is then the same as none.
     pub(crate) fn full_at(&self, buckets: &[Bucket]) -> u64 {
         buckets.last().map_or(0, |(k, _)| self.leaves_at(*k))
+    }
+}
+
+/// Drops the buckets before bucket `oldest`. Buckets are in order, so
+/// those are a prefix, most often empty. No bucket holds a zero cost
+/// (`charge_bucket` adds none, a refund drops those it empties), so there
+/// is nothing else to drop.
+fn prune_before(buckets: &mut Vec<Bucket>, oldest: u64) {
+    let gone = buckets.iter().take_while(|(k, _)| *k < oldest).count();
+    if gone > 0 {
+        buckets.drain(..gone);
+    }
+}
+
+/// Adds `cost` to bucket `k`, the newest (pruned `buckets`).
+fn charge_bucket(buckets: &mut Vec<Bucket>, k: u64, cost: u64) {
+    if cost == 0 {
+        return;
+    }
+    match buckets.last_mut() {
+        Some((last, c)) if *last == k => *c = c.saturating_add(cost),
+        _ => buckets.push((k, cost)),
     }
 }
 

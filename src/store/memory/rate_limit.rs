@@ -1,6 +1,6 @@
 //! [`MemoryRateLimitStore`]: rate-limit state in process memory.
 //!
-//! Longer than most files (about 750 lines): the store's layout, its
+//! Longer than most files (about 950 lines): the store's layout, its
 //! bounded map, its multi-shard locking and its two operations are one
 //! invariant (all or nothing under the same locks) best read in one place.
 
@@ -463,16 +463,6 @@ impl Inner {
     /// Locks the shards of `scopes`, each once, in index order (so two
     /// admissions sharing shards never wait on each other in a cycle).
     fn lock_shards(&self, scopes: &[Fingerprint], now_s: u32) -> Locked<'_> {
-        // One scope (most requests): one shard, nothing to order.
-        if let [fp] = scopes {
-            let index = self.shard_of(*fp);
-            let mut locked = Locked {
-                inline: Default::default(),
-                more: Vec::new(),
-            };
-            locked.inline[0] = Some((index, self.lock_swept(index, now_s)));
-            return locked;
-        }
         let mut order = Small::<usize, 8>::new(scopes.len());
         for (slot, fp) in order.iter_mut().zip(scopes) {
             *slot = self.shard_of(*fp);
@@ -519,20 +509,46 @@ impl Inner {
     fn acquire(&self, request: &Acquire<'_>) -> Admission {
         let now = self.now();
         let now_s = self.now_s(now.rel_us);
-        let scopes = request.scopes;
-        let mut fps = Small::<Fingerprint, 4>::new(scopes.len());
-        for (fp, scope) in fps.iter_mut().zip(scopes) {
+        let mut fps = Small::<Fingerprint, 4>::new(request.scopes.len());
+        for (fp, scope) in fps.iter_mut().zip(request.scopes) {
             *fp = self.fingerprint(scope.key);
         }
+        // One scope (most requests): its shard's guard is all there is to
+        // hold, with no `Locked` to build, move and drop.
+        if let &[fp] = &fps[..] {
+            let mut guard = self.lock_swept(self.shard_of(fp), now_s);
+            return self.acquire_locked(request, &fps, &mut guard, now, now_s);
+        }
         let mut locked = self.lock_shards(&fps, now_s);
+        self.acquire_locked(request, &fps, &mut locked, now, now_s)
+    }
 
+    /// [`acquire`](Self::acquire) with the shards of `fps` locked.
+    fn acquire_locked(
+        &self,
+        request: &Acquire<'_>,
+        fps: &[Fingerprint],
+        locked: &mut impl ShardMaps,
+        now: Now,
+        now_s: u32,
+    ) -> Admission {
+        let scopes = request.scopes;
+        // The state keys of the first limits, kept from the check for the
+        // charge (a request nearly always has at most four).
+        let mut keys = [Fingerprint::default(); 4];
+        let mut n = 0;
         let mut states = LimitStates::new();
         let mut admitted = true;
         let mut busy = None;
         for (i, scope) in scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
             for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
-                let outcome = match map.entries.get(&fps[i].of_limit(limit)) {
+                let key = fps[i].of_limit(limit);
+                if let Some(slot) = keys.get_mut(n) {
+                    *slot = key;
+                }
+                n += 1;
+                let outcome = match map.entries.get(&key) {
                     Some(Entry {
                         kind: Kind::Limit(cell),
                         ..
@@ -592,14 +608,17 @@ impl Inner {
                 receipt: Receipt::NONE,
             };
         }
+        let mut n = 0;
         for (i, scope) in scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
             for (limit, &cost) in scope.limits.iter().zip(scope.costs) {
+                let kept = keys.get(n).copied();
+                n += 1;
                 if cost == 0 {
                     continue;
                 }
                 let entry = map.entry_or_make_room(
-                    fps[i].of_limit(limit),
+                    kept.unwrap_or_else(|| fps[i].of_limit(limit)),
                     || Kind::Limit(Cell::empty(limit)),
                     self.max_keys_per_shard,
                     now_s,
@@ -661,13 +680,29 @@ impl Inner {
     fn settle(&self, request: &Settle<'_>) {
         let now = self.now();
         let now_s = self.now_s(now.rel_us);
-        let scopes = request.scopes;
-        let mut fps = Small::<Fingerprint, 4>::new(scopes.len());
-        for (i, (fp, scope)) in fps.iter_mut().zip(scopes).enumerate() {
+        let mut fps = Small::<Fingerprint, 4>::new(request.scopes.len());
+        for (i, (fp, scope)) in fps.iter_mut().zip(request.scopes).enumerate() {
             *fp = self.settled_fingerprint(request.receipt, i, scope.key);
         }
+        // One scope: its guard alone, as in `acquire`.
+        if let &[fp] = &fps[..] {
+            let mut guard = self.lock_swept(self.shard_of(fp), now_s);
+            return self.settle_locked(request, &fps, &mut guard, now, now_s);
+        }
         let mut locked = self.lock_shards(&fps, now_s);
-        for (i, scope) in scopes.iter().enumerate() {
+        self.settle_locked(request, &fps, &mut locked, now, now_s);
+    }
+
+    /// [`settle`](Self::settle) with the shards of `fps` locked.
+    fn settle_locked(
+        &self,
+        request: &Settle<'_>,
+        fps: &[Fingerprint],
+        locked: &mut impl ShardMaps,
+        now: Now,
+        now_s: u32,
+    ) {
+        for (i, scope) in request.scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
             if scope.release {
                 if let Some(Entry {
@@ -704,13 +739,26 @@ impl Inner {
     }
 }
 
-/// The shards an operation holds, each locked once.
+/// The locked shards an operation reads and writes.
+trait ShardMaps {
+    /// The map of shard `index`, which is locked.
+    fn map(&mut self, index: usize) -> &mut ShardMap;
+}
+
+/// One scope's operation holds one shard: every index is that one.
+impl ShardMaps for MutexGuard<'_, ShardMap> {
+    fn map(&mut self, _index: usize) -> &mut ShardMap {
+        self
+    }
+}
+
+/// The shards an operation of several scopes holds, each locked once.
 struct Locked<'a> {
     inline: [Option<(usize, MutexGuard<'a, ShardMap>)>; 8],
     more: Vec<(usize, MutexGuard<'a, ShardMap>)>,
 }
 
-impl Locked<'_> {
+impl ShardMaps for Locked<'_> {
     fn map(&mut self, index: usize) -> &mut ShardMap {
         let found = self
             .inline
