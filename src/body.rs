@@ -85,6 +85,9 @@ where
     type Data = Bytes;
     type Error = B::Error;
 
+    // Inline: every layer's body is one of these around the next, and each
+    // frame of a response goes through them all.
+    #[inline]
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

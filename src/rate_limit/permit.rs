@@ -163,44 +163,39 @@ impl Permit {
                 i64::try_from(i128::from(used) - i128::from(reserved))
                     .unwrap_or(if used > reserved { i64::MAX } else { i64::MIN })
             });
-        // On the stack for up to four scopes and sixteen limits, as the
-        // admission's charges.
-        let empty = ScopeSettle {
-            key: RateLimitKey::new(""),
-            limits: &[],
-            deltas: &[],
-            release: false,
-        };
-        let mut scopes = Small::<ScopeSettle<'_>, 4>::filled(self.plan.scope_count(), empty);
-        let (mut limit_count, mut release, mut tokens) = (0, false, false);
-        for (slot, (key, limits, max)) in scopes.iter_mut().zip(self.plan.scopes()) {
-            *slot = ScopeSettle {
-                key,
-                limits,
-                deltas: &[],
-                release: max.is_some(),
-            };
-            limit_count += limits.len();
-            release |= max.is_some();
-            tokens |= limits.iter().any(|l| l.measure == Measure::Tokens);
-        }
-        if !release && (delta == 0 || !tokens) {
+        let plan = &self.plan;
+        // Nothing to write back: no slot to free, no token count to correct.
+        if !plan.releases && (delta == 0 || !plan.counts_tokens) {
             return;
         }
-        let mut deltas = Small::<i64, 16>::new(limit_count);
+        // On the stack for up to four scopes and sixteen limits, as the
+        // admission's charges: each token limit's delta, then the scopes.
+        let mut deltas = Small::<i64, 16>::new(plan.limit_count());
         let mut at = 0;
-        for scope in scopes.iter() {
-            for limit in scope.limits {
+        for (_, limits, _) in plan.scopes() {
+            for limit in limits {
                 if limit.measure == Measure::Tokens {
                     deltas[at] = delta;
                 }
                 at += 1;
             }
         }
+        let empty = ScopeSettle {
+            key: RateLimitKey::new(""),
+            limits: &[],
+            deltas: &[],
+            release: false,
+        };
+        let mut scopes = Small::<ScopeSettle<'_>, 4>::filled(plan.scope_count(), empty);
         let mut at = 0;
-        for scope in scopes.iter_mut() {
-            scope.deltas = &deltas[at..at + scope.limits.len()];
-            at += scope.limits.len();
+        for (slot, (key, limits, max)) in scopes.iter_mut().zip(plan.scopes()) {
+            *slot = ScopeSettle {
+                key,
+                limits,
+                deltas: &deltas[at..at + limits.len()],
+                release: max.is_some(),
+            };
+            at += limits.len();
         }
         self.settler.settle(&Settle {
             scopes: &scopes,

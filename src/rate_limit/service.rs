@@ -112,6 +112,10 @@ pub(crate) struct Plan {
     pub(crate) usage: UsageOptions,
     /// The store's receipt of the admission, for the settlement.
     pub(crate) receipt: Receipt,
+    /// Whether a scope caps requests in flight: a slot to free at the end.
+    pub(crate) releases: bool,
+    /// Whether a limit counts tokens: a reservation to correct at the end.
+    pub(crate) counts_tokens: bool,
 }
 
 impl Plan {
@@ -137,7 +141,7 @@ impl Plan {
         usize::from(self.key_scope.is_some()) + self.more.len()
     }
 
-    fn limit_count(&self) -> usize {
+    pub(crate) fn limit_count(&self) -> usize {
         self.scopes().map(|(_, l, _)| l.len()).sum()
     }
 
@@ -382,8 +386,13 @@ where
         fixed: unreadable.is_some(),
         usage,
         receipt: Receipt::NONE,
+        releases: false,
+        counts_tokens: false,
     };
     let tokens = plan.scopes().any(|(_, l, _)| has_tokens(l));
+    plan.counts_tokens = tokens;
+    let releases = plan.scopes().any(|(_, _, max)| max.is_some());
+    plan.releases = releases;
     plan.reserved_tokens = match (meta, unreadable) {
         (_, Some(fixed)) if tokens => fixed,
         (Some(meta), None) if tokens && meta.body_len > 0 => {

@@ -16,6 +16,8 @@ fn plan(limits: &[Limit], reserved_tokens: u64) -> Plan {
         fixed: false,
         usage: UsageOptions::default(),
         receipt: crate::rate_limit::Receipt::NONE,
+        releases: false,
+        counts_tokens: limits.iter().any(|l| l.measure == Measure::Tokens),
     }
 }
 

@@ -126,9 +126,8 @@ pub(crate) fn admit<St, K>(
     headers: PendingHeaders,
     mut plan: Plan,
 ) -> Admitted {
-    let release = plan.scopes().any(|(_, _, max)| max.is_some());
     let usage = std::mem::take(&mut plan.usage);
-    let permit = (release || plan.reserved_tokens > 0)
+    let permit = (plan.releases || plan.reserved_tokens > 0)
         .then(|| Permit::new(shared.settler.clone(), plan, shared.config.charge_policy));
     Admitted {
         headers,
