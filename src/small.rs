@@ -2,11 +2,13 @@
 //!
 //! Per request the layers keep one value per limit or per budget (costs,
 //! deltas, hashes); there are nearly always one to four. An inline array
-//! covers those without an allocation, a `Vec` the rest.
+//! covers those without an allocation, a `Vec` the rest. The public
+//! `LimitStates` and `BudgetStatuses` are this, with a type of their own.
 
 use std::ops::{Deref, DerefMut};
 
 /// `len` values of `T`, inline up to `N`, on the heap beyond.
+#[derive(Clone)]
 pub(crate) enum Small<T, const N: usize> {
     Inline([T; N], usize),
     Heap(Vec<T>),
@@ -28,6 +30,25 @@ impl<T: Copy, const N: usize> Small<T, N> {
         } else {
             Small::Heap(vec![value; len])
         }
+    }
+
+    /// Appends `value`: inline while there is room, then on the heap.
+    pub(crate) fn push(&mut self, value: T) {
+        let spilled = match self {
+            Small::Inline(buf, len) if *len < N => {
+                buf[*len] = value;
+                *len += 1;
+                return;
+            }
+            Small::Inline(buf, len) => {
+                let mut all = Vec::with_capacity(2 * N + 1);
+                all.extend_from_slice(&buf[..*len]);
+                all.push(value);
+                all
+            }
+            Small::Heap(all) => return all.push(value),
+        };
+        *self = Small::Heap(spilled);
     }
 }
 
@@ -64,6 +85,16 @@ mod tests {
                 *v = i as u64;
             }
             assert_eq!(&small[..], &(0..len as u64).collect::<Vec<_>>()[..]);
+        }
+    }
+
+    #[test]
+    fn pushes_stay_inline_up_to_n_then_spill_in_order() {
+        let mut small = Small::<u64, 2>::new(0);
+        for n in 0..5 {
+            small.push(n);
+            assert_eq!(matches!(small, Small::Inline(..)), n < 2);
+            assert_eq!(&small[..], &(0..=n).collect::<Vec<_>>()[..]);
         }
     }
 }

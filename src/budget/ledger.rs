@@ -219,6 +219,7 @@ pub struct Settlement {
 /// assert_eq!(statuses.len(), 3);
 /// assert_eq!(statuses[2].spent, Money::from_usd(1));
 /// ```
+#[derive(Clone)]
 pub struct BudgetStatuses(Small<BudgetStatus, 2>);
 
 impl BudgetStatuses {
@@ -229,19 +230,7 @@ impl BudgetStatuses {
 
     /// Adds the next budget's status.
     pub fn push(&mut self, status: BudgetStatus) {
-        match &mut self.0 {
-            Small::Inline(buf, len) if *len < buf.len() => {
-                buf[*len] = status;
-                *len += 1;
-            }
-            Small::Inline(buf, len) => {
-                let mut all = Vec::with_capacity(*len * 2);
-                all.extend_from_slice(&buf[..*len]);
-                all.push(status);
-                self.0 = Small::Heap(all);
-            }
-            Small::Heap(all) => all.push(status),
-        }
+        self.0.push(status);
     }
 }
 
@@ -256,12 +245,6 @@ impl std::ops::Deref for BudgetStatuses {
 
     fn deref(&self) -> &[BudgetStatus] {
         &self.0
-    }
-}
-
-impl Clone for BudgetStatuses {
-    fn clone(&self) -> Self {
-        self.iter().copied().collect()
     }
 }
 

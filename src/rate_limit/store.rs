@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Limit;
+use crate::small::Small;
 use crate::store::StoreFuture;
 
 /// A scope a request counts against: the caller's key (optionally per
@@ -307,30 +308,24 @@ impl Receipt {
 /// assert_eq!(states.len(), 1);
 /// assert_eq!(states[0].remaining, 59);
 /// ```
-#[derive(Clone, Default)]
-pub struct LimitStates {
-    len: usize,
-    inline: [LimitState; 4],
-    spilled: Vec<LimitState>,
-}
+#[derive(Clone)]
+pub struct LimitStates(Small<LimitState, 4>);
 
 impl LimitStates {
     /// No states.
     pub fn new() -> Self {
-        LimitStates::default()
+        LimitStates(Small::new(0))
     }
 
     /// Appends a state.
     pub fn push(&mut self, state: LimitState) {
-        if self.len < self.inline.len() {
-            self.inline[self.len] = state;
-        } else {
-            if self.spilled.is_empty() {
-                self.spilled.extend_from_slice(&self.inline);
-            }
-            self.spilled.push(state);
-        }
-        self.len += 1;
+        self.0.push(state);
+    }
+}
+
+impl Default for LimitStates {
+    fn default() -> Self {
+        LimitStates::new()
     }
 }
 
@@ -338,21 +333,13 @@ impl std::ops::Deref for LimitStates {
     type Target = [LimitState];
 
     fn deref(&self) -> &[LimitState] {
-        if self.len <= self.inline.len() {
-            &self.inline[..self.len]
-        } else {
-            &self.spilled
-        }
+        &self.0
     }
 }
 
 impl std::ops::DerefMut for LimitStates {
     fn deref_mut(&mut self) -> &mut [LimitState] {
-        if self.len <= self.inline.len() {
-            &mut self.inline[..self.len]
-        } else {
-            &mut self.spilled
-        }
+        &mut self.0
     }
 }
 
@@ -368,12 +355,11 @@ impl FromIterator<LimitState> for LimitStates {
 
 impl From<Vec<LimitState>> for LimitStates {
     fn from(states: Vec<LimitState>) -> Self {
-        states.into_iter().collect()
+        LimitStates(Small::Heap(states))
     }
 }
 
-/// Equal when the states are: a vector that spilled keeps stale copies of
-/// its first states inline, which do not count.
+/// Equal when the states are, inline or not.
 impl PartialEq for LimitStates {
     fn eq(&self, other: &LimitStates) -> bool {
         **self == **other
