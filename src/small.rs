@@ -3,7 +3,8 @@
 //! Per request the layers keep one value per limit or per budget (costs,
 //! deltas, hashes); there are nearly always one to four. An inline array
 //! covers those without an allocation, a `Vec` the rest. The public
-//! `LimitStates` and `BudgetStatuses` are this, with a type of their own.
+//! `LimitStates` and `BudgetStatuses` are this, with a type of their own
+//! ([`small_newtype!`]).
 
 use std::ops::{Deref, DerefMut};
 
@@ -71,6 +72,88 @@ impl<T, const N: usize> DerefMut for Small<T, N> {
         }
     }
 }
+
+/// The public face of a newtype `$name(Small<$item, N>)`: `new` (empty,
+/// its inline room filled with `$filler`), `push`, `Default`, the slice
+/// (`Deref`, `DerefMut`, `&$name: IntoIterator`), `FromIterator`,
+/// `From<Vec>`, equality of the values (inline or not) and `Debug` as a
+/// list. The type and its docs stay where it belongs.
+macro_rules! small_newtype {
+    ($name:ident, $item:ty, $filler:expr) => {
+        impl $name {
+            /// None yet.
+            pub fn new() -> Self {
+                $name($crate::small::Small::filled(0, $filler))
+            }
+
+            /// Appends one.
+            pub fn push(&mut self, value: $item) {
+                self.0.push(value);
+            }
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::new()
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = [$item];
+
+            fn deref(&self) -> &[$item] {
+                &self.0
+            }
+        }
+
+        impl std::ops::DerefMut for $name {
+            fn deref_mut(&mut self) -> &mut [$item] {
+                &mut self.0
+            }
+        }
+
+        impl<'a> IntoIterator for &'a $name {
+            type Item = &'a $item;
+            type IntoIter = std::slice::Iter<'a, $item>;
+
+            fn into_iter(self) -> Self::IntoIter {
+                self.iter()
+            }
+        }
+
+        impl FromIterator<$item> for $name {
+            fn from_iter<I: IntoIterator<Item = $item>>(iter: I) -> Self {
+                let mut all = $name::new();
+                for value in iter {
+                    all.push(value);
+                }
+                all
+            }
+        }
+
+        impl From<Vec<$item>> for $name {
+            fn from(values: Vec<$item>) -> Self {
+                $name($crate::small::Small::Heap(values))
+            }
+        }
+
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                **self == **other
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_list().entries(self.iter()).finish()
+            }
+        }
+    };
+}
+
+pub(crate) use small_newtype;
 
 #[cfg(test)]
 mod tests {

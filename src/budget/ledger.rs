@@ -222,70 +222,7 @@ pub struct Settlement {
 #[derive(Clone)]
 pub struct BudgetStatuses(Small<BudgetStatus, 2>);
 
-impl BudgetStatuses {
-    /// None yet.
-    pub fn new() -> Self {
-        BudgetStatuses(Small::Inline([NO_BUDGET; 2], 0))
-    }
-
-    /// Adds the next budget's status.
-    pub fn push(&mut self, status: BudgetStatus) {
-        self.0.push(status);
-    }
-}
-
-impl Default for BudgetStatuses {
-    fn default() -> Self {
-        BudgetStatuses::new()
-    }
-}
-
-impl std::ops::Deref for BudgetStatuses {
-    type Target = [BudgetStatus];
-
-    fn deref(&self) -> &[BudgetStatus] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for BudgetStatuses {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
-
-impl PartialEq for BudgetStatuses {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for BudgetStatuses {}
-
-impl FromIterator<BudgetStatus> for BudgetStatuses {
-    fn from_iter<I: IntoIterator<Item = BudgetStatus>>(iter: I) -> Self {
-        let mut statuses = BudgetStatuses::new();
-        for status in iter {
-            statuses.push(status);
-        }
-        statuses
-    }
-}
-
-impl From<Vec<BudgetStatus>> for BudgetStatuses {
-    fn from(statuses: Vec<BudgetStatus>) -> Self {
-        BudgetStatuses(Small::Heap(statuses))
-    }
-}
-
-impl<'a> IntoIterator for &'a BudgetStatuses {
-    type Item = &'a BudgetStatus;
-    type IntoIter = std::slice::Iter<'a, BudgetStatus>;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.iter()
-    }
-}
+crate::small::small_newtype!(BudgetStatuses, BudgetStatus, NO_BUDGET);
 
 /// What [`Ledger::top_up`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

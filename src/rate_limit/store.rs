@@ -311,68 +311,7 @@ impl Receipt {
 #[derive(Clone)]
 pub struct LimitStates(Small<LimitState, 4>);
 
-impl LimitStates {
-    /// No states.
-    pub fn new() -> Self {
-        LimitStates(Small::new(0))
-    }
-
-    /// Appends a state.
-    pub fn push(&mut self, state: LimitState) {
-        self.0.push(state);
-    }
-}
-
-impl Default for LimitStates {
-    fn default() -> Self {
-        LimitStates::new()
-    }
-}
-
-impl std::ops::Deref for LimitStates {
-    type Target = [LimitState];
-
-    fn deref(&self) -> &[LimitState] {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for LimitStates {
-    fn deref_mut(&mut self) -> &mut [LimitState] {
-        &mut self.0
-    }
-}
-
-impl FromIterator<LimitState> for LimitStates {
-    fn from_iter<I: IntoIterator<Item = LimitState>>(iter: I) -> Self {
-        let mut states = LimitStates::new();
-        for state in iter {
-            states.push(state);
-        }
-        states
-    }
-}
-
-impl From<Vec<LimitState>> for LimitStates {
-    fn from(states: Vec<LimitState>) -> Self {
-        LimitStates(Small::Heap(states))
-    }
-}
-
-/// Equal when the states are, inline or not.
-impl PartialEq for LimitStates {
-    fn eq(&self, other: &LimitStates) -> bool {
-        **self == **other
-    }
-}
-
-impl Eq for LimitStates {}
-
-impl fmt::Debug for LimitStates {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.iter()).finish()
-    }
-}
+crate::small::small_newtype!(LimitStates, LimitState, LimitState::default());
 
 /// State for [`RateLimitLayer`](super::RateLimitLayer): checks and charges
 /// limits per scope, atomically, in one round trip.
