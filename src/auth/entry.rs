@@ -89,10 +89,10 @@ pub struct KeyEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     /// Revoked.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
     /// Disabled (blocked account).
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// Allowed models.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -394,16 +394,9 @@ pub(crate) fn id_problem(id: &str) -> Option<&'static str> {
     }
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
+/// A dollar amount as `"50.00"`: exact, where a float would not be.
 fn ser_money<S: Serializer>(money: &Option<Money>, s: S) -> Result<S::Ok, S::Error> {
-    match money {
-        // "$50.00" → "50.00": exact, where a float would not be.
-        Some(m) => s.serialize_str(&m.to_string().replacen('$', "", 1)),
-        None => s.serialize_none(),
-    }
+    money.map(Money::to_decimal).serialize(s)
 }
 
 /// `Deserialize` for an entry struct with these fields (each read with
