@@ -177,11 +177,9 @@ impl TenantEntry {
     ) -> Result<Grant<TenantRecord>, InvalidKeyEntry> {
         let fresh = self.clone().into_record(kind)?;
         let entry = Arc::new(self.clone());
-        let Some(existing) = existing else {
-            let mut record = fresh;
-            record.config_entry = Some(entry);
-            return Ok(Grant::Put(record));
-        };
+        // A new record is the fresh one, granted from no entry: it takes
+        // every group of fields.
+        let existing = existing.unwrap_or(&fresh);
         let last = existing.config_entry.as_deref();
         let changed =
             |same: fn(&TenantEntry, &TenantEntry) -> bool| last.is_none_or(|l| !same(l, &entry));
