@@ -257,12 +257,7 @@ impl KeyEntry {
             return Err(bad("models", "contains an empty model name"));
         }
         record.allowed_models = self.models;
-        let zero = |field| {
-            bad(
-                field,
-                "must be at least 1 (set `disabled = true` to block a key)",
-            )
-        };
+        let zero = |field| bad(field, AT_LEAST_ONE);
         record.rate_limits = limits_of(&id, &shorthand!(self), &self.limits, "")?;
         for entry in &self.model_limits {
             if entry.model.trim().is_empty() {
@@ -382,6 +377,9 @@ fn check_label(id: &str, field: &'static str, label: Option<&str>) -> Result<(),
         _ => Ok(()),
     }
 }
+
+/// What is wrong with a zero limit of a key.
+const AT_LEAST_ONE: &str = "must be at least 1 (set `disabled = true` to block a key)";
 
 /// What is wrong with `id` as the id of a key or a tenant, if anything.
 pub(crate) fn id_problem(id: &str) -> Option<&'static str> {

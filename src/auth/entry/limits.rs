@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::InvalidKeyEntry;
+use super::{AT_LEAST_ONE, InvalidKeyEntry};
 use crate::rate_limit::{Algorithm, Limit, Measure};
 
 /// A rate limit in the general form: `[[keys.limits]] amount = 90,
@@ -127,12 +127,7 @@ pub(super) fn limits_of(
     let mut out: Vec<(&'static str, Limit)> = Vec::new();
     for (&set, &(field, make)) in shorthand.iter().zip(&SHORTHAND) {
         match set {
-            Some(0) => {
-                return Err(bad(
-                    field,
-                    "must be at least 1 (set `disabled = true` to block a key)",
-                ));
-            }
+            Some(0) => return Err(bad(field, AT_LEAST_ONE)),
             Some(n) => out.push((field, make(n))),
             None => {}
         }
