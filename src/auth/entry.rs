@@ -89,10 +89,10 @@ pub struct KeyEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
     /// Revoked.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub revoked: bool,
     /// Disabled (blocked account).
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// Allowed models.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -257,12 +257,7 @@ impl KeyEntry {
             return Err(bad("models", "contains an empty model name"));
         }
         record.allowed_models = self.models;
-        let zero = |field| {
-            bad(
-                field,
-                "must be at least 1 (set `disabled = true` to block a key)",
-            )
-        };
+        let zero = |field| bad(field, AT_LEAST_ONE);
         record.rate_limits = limits_of(&id, &shorthand!(self), &self.limits, "")?;
         for entry in &self.model_limits {
             if entry.model.trim().is_empty() {
@@ -383,6 +378,9 @@ fn check_label(id: &str, field: &'static str, label: Option<&str>) -> Result<(),
     }
 }
 
+/// What is wrong with a zero limit of a key.
+const AT_LEAST_ONE: &str = "must be at least 1 (set `disabled = true` to block a key)";
+
 /// What is wrong with `id` as the id of a key or a tenant, if anything.
 pub(crate) fn id_problem(id: &str) -> Option<&'static str> {
     if id.is_empty() || id.len() > KeyEntry::MAX_ID_LEN {
@@ -394,16 +392,9 @@ pub(crate) fn id_problem(id: &str) -> Option<&'static str> {
     }
 }
 
-fn is_false(b: &bool) -> bool {
-    !*b
-}
-
+/// A dollar amount as `"50.00"`: exact, where a float would not be.
 fn ser_money<S: Serializer>(money: &Option<Money>, s: S) -> Result<S::Ok, S::Error> {
-    match money {
-        // "$50.00" → "50.00": exact, where a float would not be.
-        Some(m) => s.serialize_str(&m.to_string().replacen('$', "", 1)),
-        None => s.serialize_none(),
-    }
+    money.map(Money::to_decimal).serialize(s)
 }
 
 /// `Deserialize` for an entry struct with these fields (each read with

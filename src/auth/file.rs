@@ -286,7 +286,7 @@ impl KeyFile {
 
     fn validate(
         keys: Located<KeyEntry>,
-        tenants: Vec<(TenantKind, Located<TenantEntry>)>,
+        tables: Vec<(TenantKind, Located<TenantEntry>)>,
         line_of: LineOf<'_>,
     ) -> Result<KeyFile, KeyFileError> {
         let mut records: Vec<KeyRecord> = Vec::new();
@@ -295,7 +295,7 @@ impl KeyFile {
         for (i, (entry, start)) in keys.into_iter().enumerate() {
             let index = i + 1;
             let line = |field| start.map(|s| line_of(s, field));
-            if let Some(&first) = ids.get(&entry.id) {
+            if let Some(first) = ids.insert(entry.id.clone(), index) {
                 return Err(KeyFileError::DuplicateId {
                     id: entry.id,
                     index,
@@ -303,38 +303,26 @@ impl KeyFile {
                     line: line(None),
                 });
             }
-            ids.insert(entry.id.clone(), index);
             let record = entry.into_record().map_err(|source| KeyFileError::Entry {
                 index,
                 line: line(Some(source.field())),
                 source,
             })?;
-            if let Some(&other) = hashes.get(&record.secret_hash) {
+            if let Some(other) = hashes.insert(record.secret_hash, records.len()) {
                 return Err(KeyFileError::DuplicateSecret {
                     id: record.id,
                     other: records[other].id.clone(),
                 });
             }
-            hashes.insert(record.secret_hash, records.len());
             records.push(record);
         }
-        Ok(KeyFile {
-            records,
-            tenants: KeyFile::validate_tenants(tenants, line_of)?,
-        })
-    }
-
-    fn validate_tenants(
-        tables: Vec<(TenantKind, Located<TenantEntry>)>,
-        line_of: LineOf<'_>,
-    ) -> Result<Vec<TenantRecord>, KeyFileError> {
         let mut tenants = Vec::new();
         for (kind, entries) in tables {
             let mut ids: HashMap<String, usize> = HashMap::new();
             for (i, (entry, start)) in entries.into_iter().enumerate() {
                 let index = i + 1;
                 let line = |field| start.map(|s| line_of(s, field));
-                if let Some(&first) = ids.get(&entry.id) {
+                if let Some(first) = ids.insert(entry.id.clone(), index) {
                     return Err(KeyFileError::DuplicateTenant {
                         kind,
                         id: entry.id,
@@ -343,7 +331,6 @@ impl KeyFile {
                         line: line(None),
                     });
                 }
-                ids.insert(entry.id.clone(), index);
                 let record = entry
                     .into_record(kind)
                     .map_err(|source| KeyFileError::Tenant {
@@ -355,7 +342,7 @@ impl KeyFile {
                 tenants.push(record);
             }
         }
-        Ok(tenants)
+        Ok(KeyFile { records, tenants })
     }
 
     /// The users, teams and orgs of the file (users first, then teams, then

@@ -72,10 +72,8 @@ impl KeyRecord {
     /// # Ok::<_, tollgate::auth::GenerateError>(())
     /// ```
     pub fn generate() -> Result<(Secret, KeyRecord), GenerateError> {
-        let mut id = [0u8; 8];
-        getrandom::fill(&mut id).map_err(GenerateError)?;
-        let id: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        KeyRecord::generate_with_id(format!("key_{id}"))
+        let id = getrandom::u64().map_err(GenerateError)?;
+        KeyRecord::generate_with_id(format!("key_{id:016x}"))
     }
 
     /// Like [`KeyRecord::generate`], with the record's id chosen by the caller.

@@ -60,11 +60,9 @@ impl KeyEntry {
     pub fn grant(&self, existing: Option<&KeyRecord>) -> Result<Grant, InvalidKeyEntry> {
         let fresh = self.clone().into_record()?;
         let entry = Arc::new(self.hashed());
-        let Some(existing) = existing else {
-            let mut record = fresh;
-            record.config_entry = Some(entry);
-            return Ok(Grant::Put(record));
-        };
+        // A new record is the fresh one, granted from no entry: it takes
+        // every group of fields.
+        let existing = existing.unwrap_or(&fresh);
         let last = existing.config_entry.as_deref();
         let changed =
             |same: fn(&KeyEntry, &KeyEntry) -> bool| last.is_none_or(|l| !same(l, &entry));
@@ -136,6 +134,11 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    /// The grant of the entry `json` over `existing`.
+    fn grant(json: &str, existing: Option<&KeyRecord>) -> Grant {
+        entry(json).grant(existing).unwrap()
+    }
+
     fn put(grant: Grant) -> KeyRecord {
         match grant {
             Grant::Put(record) => record,
@@ -145,28 +148,21 @@ mod tests {
 
     #[test]
     fn a_new_entry_creates_its_key_and_remembers_the_entry_without_its_secret() {
-        let record = put(entry(r#"{"id":"a","secret":"sk-a"}"#).grant(None).unwrap());
+        let record = put(grant(r#"{"id":"a","secret":"sk-a"}"#, None));
         let kept = record.config_entry.as_deref().unwrap();
         assert_eq!(kept.secret, None);
         assert_eq!(
             kept.secret_sha256.as_deref(),
             Some(KeyHash::of("sk-a").to_hex().as_str())
         );
-        assert_eq!(
-            entry(r#"{"id":"a","secret":"sk-a"}"#)
-                .grant(Some(&record))
-                .unwrap(),
-            Grant::Unchanged
-        );
+        let same = grant(r#"{"id":"a","secret":"sk-a"}"#, Some(&record));
+        assert_eq!(same, Grant::Unchanged);
         // The same secret given as its hash changes nothing either.
         let hashed = format!(
             r#"{{"id":"a","secret_sha256":"{}"}}"#,
             KeyHash::of("sk-a").to_hex()
         );
-        assert_eq!(
-            entry(&hashed).grant(Some(&record)).unwrap(),
-            Grant::Unchanged
-        );
+        assert_eq!(grant(&hashed, Some(&record)), Grant::Unchanged);
     }
 
     #[test]
@@ -196,20 +192,18 @@ mod tests {
     fn a_key_made_at_run_time_takes_the_whole_entry() {
         let mut record = KeyRecord::new("a", KeyHash::of("sk-a"));
         record.revoked = true;
-        let record = put(entry(r#"{"id":"a","secret":"sk-a","budget_usd":5}"#)
-            .grant(Some(&record))
-            .unwrap());
+        let record = put(grant(
+            r#"{"id":"a","secret":"sk-a","budget_usd":5}"#,
+            Some(&record),
+        ));
         assert!(!record.revoked);
         assert_eq!(record.budgets.len(), 1);
     }
 
     #[test]
     fn an_expired_key_is_loaded_not_refused() {
-        let record = put(entry(
-            r#"{"id":"a","secret":"sk-a","expires_at":"2020-01-01T00:00:00Z"}"#,
-        )
-        .grant(None)
-        .unwrap());
+        let expired = r#"{"id":"a","secret":"sk-a","expires_at":"2020-01-01T00:00:00Z"}"#;
+        let record = put(grant(expired, None));
         assert!(record.expires_at.unwrap() < std::time::SystemTime::now());
         // Two dates of the file that contradict each other are still an error.
         let both = entry(

@@ -104,17 +104,12 @@ impl RetiredSecret {
 /// the record's value: equal to any other, and empty in a clone (whose
 /// fields may then be changed). Users check it against the fields, as a
 /// record held alone can be changed in place.
+#[derive(Default)]
 struct Cached<T>(OnceLock<T>);
-
-impl<T> Default for Cached<T> {
-    fn default() -> Self {
-        Cached(OnceLock::new())
-    }
-}
 
 impl<T> Clone for Cached<T> {
     fn clone(&self) -> Self {
-        Cached::default()
+        Cached(OnceLock::new())
     }
 }
 

@@ -150,8 +150,8 @@ fn audit(what: &'static str, action: &'static str, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{KeyRecord, KeyStore, TenantRecord};
-    use crate::budget::{BudgetMode, Money};
+    use crate::auth::{KeyHash, KeyRecord, TenantRecord};
+    use crate::budget::{BudgetMode, Charge, Money, ReserveOutcome, ReservePolicy};
     use crate::store::memory::MemoryKeyStore;
 
     fn tenant(json: &str) -> TenantEntry {
@@ -239,24 +239,19 @@ mod tests {
         let spec = store.get_tenant(&scope).unwrap().budgets[0].clone();
         assert_eq!(spec.mode, BudgetMode::Balance);
         // $4 spent from the balance.
-        let crate::budget::ReserveOutcome::Reserved { reservation, .. } = ledger
+        let ReserveOutcome::Reserved { reservation, .. } = ledger
             .reserve(
                 &Arc::from([spec.clone()]),
                 Money::from_usd(4),
-                crate::budget::ReservePolicy::Strict,
+                ReservePolicy::Strict,
             )
             .await
             .unwrap()
         else {
             panic!("$4 of $10 is reserved")
         };
-        ledger
-            .settle(
-                &reservation,
-                &crate::budget::Charge::cost(Money::from_usd(4)),
-            )
-            .await
-            .unwrap();
+        let charge = Charge::cost(Money::from_usd(4));
+        ledger.settle(&reservation, &charge).await.unwrap();
         // The file now says 20: the spec follows, the ledger keeps the
         // balance it opened (10 - 4), never refilled by a configuration.
         let raised = [tenant(r#"{"id":"research","balance_usd":20}"#)];
@@ -279,16 +274,12 @@ mod tests {
         store.revoke("a");
         let synced = sync_keys(&store, &keys[..1]).await.unwrap();
         assert_eq!((synced.unchanged, synced.deleted), (1, 1));
-        let a = store
-            .lookup(&crate::auth::KeyHash::of("sk-a"))
-            .await
-            .unwrap()
-            .unwrap();
+        let a = store.get_by_hash(&KeyHash::of("sk-a")).unwrap();
         assert!(a.revoked);
         assert_eq!(a.team.as_deref(), Some("research"));
         // A second key with the same secret is skipped, not a failure.
         store
-            .insert(KeyRecord::new("made", crate::auth::KeyHash::of("sk-c")))
+            .insert(KeyRecord::new("made", KeyHash::of("sk-c")))
             .unwrap();
         let clash = [key(r#"{"id":"c","secret":"sk-c"}"#)];
         let synced = sync_keys(&store, &clash).await.unwrap();

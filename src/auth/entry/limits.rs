@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::InvalidKeyEntry;
+use super::{AT_LEAST_ONE, InvalidKeyEntry};
 use crate::rate_limit::{Algorithm, Limit, Measure};
 
 /// A rate limit in the general form: `[[keys.limits]] amount = 90,
@@ -108,35 +108,26 @@ pub(super) fn limits_of(
     general: &[LimitEntry],
     prefix: &'static str,
 ) -> Result<Vec<Limit>, InvalidKeyEntry> {
-    let named = |field: &'static str| -> &'static str {
-        match (prefix.is_empty(), field) {
-            (true, _) => field,
-            (false, "limits") => "model_limits.limits",
-            (false, "limits.amount") => "model_limits.limits.amount",
-            (false, "limits.measure") => "model_limits.limits.measure",
-            (false, "limits.window") => "model_limits.limits.window",
-            (false, "limits.algorithm") => "model_limits.limits.algorithm",
-            (false, "limits.burst") => "model_limits.limits.burst",
-            (false, "requests_per_second") => "model_limits.requests_per_second",
-            (false, "requests_per_minute") => "model_limits.requests_per_minute",
-            (false, "requests_per_hour") => "model_limits.requests_per_hour",
-            (false, "requests_per_day") => "model_limits.requests_per_day",
-            (false, "tokens_per_minute") => "model_limits.tokens_per_minute",
-            (false, "tokens_per_hour") => "model_limits.tokens_per_hour",
-            (false, "tokens_per_day") => "model_limits.tokens_per_day",
-            (false, other) => other,
-        }
+    // A model entry's field, named under `model_limits.`.
+    macro_rules! under_model {
+        ($field:expr, $($name:literal)*) => {
+            match $field {
+                $($name if !prefix.is_empty() => concat!("model_limits.", $name),)*
+                other => other,
+            }
+        };
+    }
+    let named = |field: &'static str| {
+        under_model!(field, "limits" "limits.amount" "limits.measure" "limits.window"
+            "limits.algorithm" "limits.burst" "requests_per_second" "requests_per_minute"
+            "requests_per_hour" "requests_per_day" "tokens_per_minute" "tokens_per_hour"
+            "tokens_per_day")
     };
     let bad = |field, reason: &'static str| InvalidKeyEntry::new(id, named(field), reason);
     let mut out: Vec<(&'static str, Limit)> = Vec::new();
     for (&set, &(field, make)) in shorthand.iter().zip(&SHORTHAND) {
         match set {
-            Some(0) => {
-                return Err(bad(
-                    field,
-                    "must be at least 1 (set `disabled = true` to block a key)",
-                ));
-            }
+            Some(0) => return Err(bad(field, AT_LEAST_ONE)),
             Some(n) => out.push((field, make(n))),
             None => {}
         }

@@ -10,8 +10,8 @@ use serde::de::{self, Deserialize, Deserializer, MapAccess, Visitor};
 
 use super::limits::{LimitEntry, entries_of, limits_of, shorthand};
 use super::{
-    InvalidKeyEntry, budget_fields, budgets_of, deserialize_entry, dollars, id_problem, is_false,
-    ser_money, value,
+    InvalidKeyEntry, budget_fields, budgets_of, deserialize_entry, dollars, id_problem, ser_money,
+    value,
 };
 use crate::auth::{Grant, TenantKind, TenantRecord};
 use crate::budget::Money;
@@ -64,7 +64,7 @@ pub struct TenantEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Disabled.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
     /// Requests per second.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -177,11 +177,9 @@ impl TenantEntry {
     ) -> Result<Grant<TenantRecord>, InvalidKeyEntry> {
         let fresh = self.clone().into_record(kind)?;
         let entry = Arc::new(self.clone());
-        let Some(existing) = existing else {
-            let mut record = fresh;
-            record.config_entry = Some(entry);
-            return Ok(Grant::Put(record));
-        };
+        // A new record is the fresh one, granted from no entry: it takes
+        // every group of fields.
+        let existing = existing.unwrap_or(&fresh);
         let last = existing.config_entry.as_deref();
         let changed =
             |same: fn(&TenantEntry, &TenantEntry) -> bool| last.is_none_or(|l| !same(l, &entry));

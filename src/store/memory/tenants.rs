@@ -34,11 +34,9 @@ impl MemoryKeyStore {
         write(&self.inner.tenants).remove(scope)
     }
 
-    /// The record of the tenant `scope`.
+    /// The record of the tenant `scope` (none for a key's scope: tenants
+    /// are stored under their own).
     pub fn get_tenant(&self, scope: &BudgetScope) -> Option<Arc<TenantRecord>> {
-        if matches!(scope, BudgetScope::Key(_)) {
-            return None;
-        }
         read(&self.inner.tenants).get(scope).cloned()
     }
 

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use super::{Inner, KeyWriteError, RedisKeyStore, list, read_json, read_record};
-use crate::auth::{KeyAdmin, KeyHash, KeyRecord, PutMode};
+use crate::auth::{KeyAdmin, KeyRecord, PutMode};
 use crate::store::codec::{decode, encode};
 use crate::store::memory::{DuplicateSecret, key_exists, secret_taken};
 use crate::store::redis::scripts::{KEY_DELETE, KEY_PUT};
@@ -43,12 +43,9 @@ pub(super) fn write(
     mode: Mode<'_>,
 ) -> impl Future<Output = Result<Written, StoreError>> + Send + 'static {
     let names = &inner.names;
-    let hashes: Vec<KeyHash> = record.secret_hashes().collect();
-    let mut keys = Vec::with_capacity(2 + hashes.len());
-    keys.push(names.id(&record.id));
-    keys.push(names.ids.clone());
-    keys.extend(hashes.iter().map(|hash| names.secret(hash)));
-    let hex: Vec<String> = hashes.iter().map(KeyHash::to_hex).collect();
+    let mut keys = vec![names.id(&record.id), names.ids.clone()];
+    keys.extend(record.secret_hashes().map(|hash| names.secret(&hash)));
+    let hex: Vec<String> = record.secret_hashes().map(|hash| hash.to_hex()).collect();
     let (mode, expected) = match mode {
         Mode::Put(PutMode::Create) => ("c", ""),
         Mode::Put(PutMode::Upsert) => ("u", ""),

@@ -142,13 +142,10 @@ use crate::store::{StoreError, StoreFuture};
 ///
 /// # Upgrading from the previous layout
 ///
-/// Versions before this one kept a record as `<prefix>key:<sha256 hex>`
-/// (fields `id`, `rec`, `revoked`, `disabled`) with an index
-/// `<prefix>keyid:<id>`, and could not find a record by a retired secret.
-/// The store no longer reads that layout: call
-/// [`migrate_legacy_layout`](Self::migrate_legacy_layout) once at start-up
-/// (it is idempotent and cheap when there is nothing to move), after the
-/// last instance of the previous version has stopped writing.
+/// Versions before this one kept records in a layout that could not find
+/// a record by a retired secret, and that the store no longer reads: move
+/// them with [`migrate_legacy_layout`](Self::migrate_legacy_layout), once
+/// at start-up (its docs say what it moves, and when to call it).
 ///
 /// # When Redis fails
 ///
