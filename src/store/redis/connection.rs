@@ -229,10 +229,8 @@ impl RedisConnection {
         &self.shared.settlements
     }
 
-    /// Runs `op` on the connection to a single Redis, bounded by the call
-    /// timeout. Fails at once while disconnected (and starts reconnecting if
-    /// nothing is), and on a cluster connection, where only scripts run
-    /// ([`eval`](Self::eval)).
+    /// [`call_any`](Self::call_any) on a single Redis: on a cluster, where
+    /// only scripts run ([`eval`](Self::eval)), it fails.
     pub(crate) fn call<T, F, Fut>(
         &self,
         op: F,
