@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::budget::{
-    BudgetMode, BudgetSpec, BudgetStatus, BudgetStatuses, Charge, Ledger, Money, Reservation,
-    ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
+    BudgetMode, BudgetSpec, BudgetStatus, BudgetStatuses, Charge, Ledger, Money, NO_BUDGET,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
+    TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::store::{StoreError, StoreFuture, lock};
@@ -566,8 +567,6 @@ fn reserved(
 fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
-
-pub(crate) use crate::budget::NO_BUDGET;
 
 /// Whether `budgets[i]` names a scope already named before it.
 fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {

@@ -6,11 +6,10 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, PeriodWindow, Reservation,
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, NO_BUDGET, PeriodWindow, Reservation,
     ReservationId, ReserveOutcome, SpendTotals,
 };
 use crate::store::StoreError;
-use crate::store::memory::NO_BUDGET;
 
 pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("ledger script returned {what}"))
