@@ -226,21 +226,14 @@ async fn write(mut rx: mpsc::Receiver<Job>) {
         }
         if let Some(redis) = redis {
             let batch = Batch::new(&redis, calls, ack.take());
-            let marker = batch.marker.clone();
-            let replies = batch.apply(&redis).await;
+            let replies = match batch.apply(&redis).await {
+                Ok(replies) => replies,
+                Err(error) => vec![Err(error); answers.len()],
+            };
             // Answered or given up on: either way it is never sent again.
-            ack = Some(marker);
-            match replies {
-                Ok(replies) => {
-                    for (answer, reply) in answers.into_iter().zip(replies) {
-                        let _ = answer.send(reply);
-                    }
-                }
-                Err(error) => {
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
-                    }
-                }
+            ack = Some(batch.marker);
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = answer.send(reply);
             }
         }
         for done in flushes {
