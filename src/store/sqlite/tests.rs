@@ -11,22 +11,14 @@ use crate::budget::{
     Attribution, BudgetScope, BudgetSpec, Charge, Ledger, Money, Period, Reservation,
     ReserveOutcome, ReservePolicy, SpendGroup, SpendQuery, SpendTokens,
 };
-use crate::clock::TokioClock;
-use crate::time::parse_rfc3339;
 
 fn usd(s: &str) -> Money {
     s.parse().unwrap()
 }
 
-/// A memory ledger on a tokio clock starting at `rfc3339`.
-fn ledger_at(rfc3339: &str) -> MemoryLedger {
-    let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
-    MemoryLedger::new().with_clock(TokioClock::starting_at(at))
-}
-
 fn open_at(path: &Path, rfc3339: &str) -> SqliteStore {
     SqliteStore::builder(path)
-        .ledger(ledger_at(rfc3339))
+        .ledger(MemoryLedger::at(rfc3339))
         .open()
         .unwrap()
 }
