@@ -324,11 +324,8 @@ impl Thread {
             }
             // What is queued already joins this commit (bounded, so a
             // flood of settlements cannot hold the commit back).
-            let mut more = self.policy.max_changes;
-            while more > 0 {
-                let Ok(job) = self.jobs.try_recv() else { break };
+            for job in self.jobs.try_iter().take(self.policy.max_changes) {
                 batch.add(job);
-                more -= 1;
             }
             batch.received = 0;
             failures = match self.commit(&mut batch) {
