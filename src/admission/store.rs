@@ -176,10 +176,8 @@ impl<St: RateLimitStore + Clone, L: Ledger + Clone> AdmissionStore for InTurn<St
     }
 }
 
-/// The joint answer of `admission` and the budgets' `result`. A request the
-/// budgets denied after the limits charged it is answered only once that
-/// charge is refunded ([`refunds`]), so that a client retrying after its 402
-/// never finds its own refused calls counted.
+/// The joint answer of `admission` and the budgets' `result` (given once
+/// the refund [`refunds`] asks for has landed: see [`InTurn`]).
 fn joint(
     admission: Admission,
     result: Option<Result<ReserveOutcome, StoreError>>,

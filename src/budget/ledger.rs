@@ -1,37 +1,5 @@
-//! Where spend is kept: the [`Ledger`] trait.
-//!
-//! A ledger answers seven questions, each in one round trip so a shared
-//! store (Redis with a Lua script per operation) can answer them atomically
-//! for every gateway instance at once:
-//!
-//! | operation | what it does atomically |
-//! |---|---|
-//! | [`reserve`](Ledger::reserve) | check every budget of a request and hold an amount against all of them, or against none |
-//! | [`settle`](Ledger::settle) | turn a hold into the actual cost: charge it, release the rest, add it to the spend aggregates |
-//! | [`release`](Ledger::release) | drop a hold without charging (the call failed before any token) |
-//! | [`top_up`](Ledger::top_up) | add funds to a prepaid balance, once per idempotency key |
-//! | [`read`](Ledger::read) | one budget's limit, spend and holds in its current period |
-//! | [`reset`](Ledger::reset) | forget a budget's spend in its current period |
-//! | [`spend`](Ledger::spend) | the spend aggregates, grouped and filtered |
-//!
-//! # Grants, not state
-//!
-//! A [`BudgetSpec`], from the caller's key record, comes with every call and
-//! grants: a balance is opened at the spec's `limit` the first time the
-//! ledger sees it, and never refilled by a later spec (only
-//! [`top_up`](Ledger::top_up) adds funds); a budget's limit is the spec's on
-//! every call (a changed limit holds from the next request), but its spend
-//! is the ledger's, so changing a limit keeps what was spent. Periods come
-//! from the ledger's clock ([`Period::window`](super::Period::window)), so
-//! every instance that shares a ledger agrees on when a month ends.
-//!
-//! Holds ([`Reservation`]s) carry an id and live under a lease: a gateway that
-//! crashes between reserve and settle cannot lock money away forever, the
-//! ledger releases the hold when the lease runs out.
-//!
-//! Every operation returns a [`StoreFuture`]: a ledger that answers without
-//! waiting (one in memory) returns it ready, and the layer then decides in
-//! `call` and settles in place, with no future to keep or box.
+//! Where spend is kept: the [`Ledger`] trait, its contract, and what its
+//! operations answer.
 
 use std::fmt;
 use std::sync::Arc;
@@ -237,10 +205,16 @@ pub struct TopUpOutcome {
 /// A store of budget spend, shared by every clone of a `BudgetLayer` (and,
 /// for a shared backend, every gateway instance).
 ///
-/// Every operation is one round trip and atomic across all budgets it names.
-/// The trait is dyn-compatible (`Arc<dyn Ledger>` is a ledger), and each
-/// operation returns a [`StoreFuture`] that owns what it needs.
-/// Implementations must uphold:
+/// Every operation is one round trip and atomic across all budgets it names,
+/// so a shared store (Redis, with a Lua script per operation) answers it
+/// atomically for every gateway instance at once. The trait is
+/// dyn-compatible (`Arc<dyn Ledger>` is a ledger), and each operation
+/// returns a [`StoreFuture`] that owns what it needs: a ledger that answers
+/// without waiting (one in memory) returns it ready, and the layer then
+/// decides in `call` and settles in place, with no future to keep or box.
+///
+/// A [`BudgetSpec`], from the caller's key record, comes with every call and
+/// grants: the ledger keeps no configuration. Implementations must uphold:
 ///
 /// - **all or nothing**: `reserve` holds the amount against every budget or
 ///   against none;
@@ -252,12 +226,18 @@ pub struct TopUpOutcome {
 ///   budgets has another partial hold in flight;
 /// - **periods**: a budget's spend counts in the period
 ///   [`Period::window`](super::Period::window) gives for the ledger's current
-///   time, and starts from zero in a new period; a settlement counts in the
-///   period it happens in; balances never reset;
-/// - **grants**: a balance opens at its spec's `limit` the first time the
-///   ledger sees it; later specs never change its funds;
+///   time (its clock, so every instance that shares a ledger agrees on when
+///   a month ends), and starts from zero in a new period; a settlement
+///   counts in the period it happens in; balances never reset;
+/// - **grants**: a budget's limit is its spec's on every call (a changed
+///   limit holds from the next request) while its spend is the ledger's (a
+///   changed limit keeps what was spent); a balance opens at its spec's
+///   `limit` the first time the ledger sees it, and later specs never change
+///   its funds (only [`top_up`](Ledger::top_up) does);
 /// - **leases**: a hold not settled or released within the ledger's lease is
-///   released by the ledger; settling it afterwards still charges the cost;
+///   released by the ledger (a gateway that crashes between reserve and
+///   settle cannot lock money away); settling it afterwards still charges
+///   the cost;
 /// - **aggregates**: a settlement of an attributed [`Charge`] adds it to the
 ///   aggregates of each of its scopes, for its model and the UTC day of the
 ///   settlement, in the same atomic step as the charge.

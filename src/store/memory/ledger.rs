@@ -1,6 +1,6 @@
 //! The in-process budget ledger: [`MemoryLedger`].
 //!
-//! (About 630 lines: `MemoryLedger`'s documented builder and its operations,
+//! (About 600 lines: `MemoryLedger`'s documented builder and its operations,
 //! which share the books' locking order; the books, the restore hooks, the
 //! aggregates and the idempotency keys are in the files beside it.)
 
@@ -11,8 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use crate::budget::{
-    BudgetMode, BudgetSpec, BudgetStatus, BudgetStatuses, Charge, Ledger, Money, Reservation,
-    ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow, TopUpOutcome,
+    BudgetMode, BudgetSpec, BudgetStatus, BudgetStatuses, Charge, Ledger, Money, NO_BUDGET,
+    Reservation, ReservationId, ReserveOutcome, ReservePolicy, Settlement, SpendQuery, SpendRow,
+    TopUpOutcome,
 };
 use crate::clock::{Clock, SharedClock, TokioClock};
 use crate::store::{StoreError, StoreFuture, lock};
@@ -491,26 +492,17 @@ impl MemoryLedger {
         let mut shard = lock(&self.inner.budgets[self.shard_of(hash)]);
         let account = shard.account(hash, spec, now, self.inner.max_budgets)?;
         account.refresh(spec, now);
-        if let Some(key) = idempotency_key {
-            // Under the balance's lock: two top-ups with one key cannot both
-            // pass this check.
-            let first = lock(&self.inner.top_up_keys).first_use(
-                &spec.scope,
-                key,
-                now,
-                Self::MAX_TOP_UP_KEYS,
-            );
-            if !first {
-                return Ok(TopUpOutcome {
-                    status: account.status(),
-                    replayed: true,
-                });
-            }
+        // Under the balance's lock: two top-ups with one key cannot both
+        // pass this check.
+        let replayed = idempotency_key.is_some_and(|key| {
+            !lock(&self.inner.top_up_keys).first_use(&spec.scope, key, now, Self::MAX_TOP_UP_KEYS)
+        });
+        if !replayed {
+            account.limit = account.limit + amount;
         }
-        account.limit = account.limit + amount;
         Ok(TopUpOutcome {
             status: account.status(),
-            replayed: false,
+            replayed,
         })
     }
 
@@ -566,8 +558,6 @@ fn reserved(
 fn nanos(t: Duration) -> u64 {
     u64::try_from(t.as_nanos()).unwrap_or(u64::MAX)
 }
-
-pub(crate) use crate::budget::NO_BUDGET;
 
 /// Whether `budgets[i]` names a scope already named before it.
 fn is_repeat(budgets: &[BudgetSpec], hashes: &[u64], i: usize) -> bool {

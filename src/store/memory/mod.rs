@@ -12,8 +12,6 @@ pub(crate) use self::{
 };
 
 pub use self::ledger::MemoryLedger;
-#[cfg(feature = "redis")]
-pub(crate) use self::ledger::NO_BUDGET;
 #[cfg(feature = "sqlite")]
 pub(crate) use self::ledger::top_ups::KEEP as TOP_UP_KEYS_KEPT;
 

@@ -18,7 +18,7 @@ use super::RedisConfig;
 #[cfg(feature = "redis-tls")]
 use super::config::uses_tls;
 use super::scripts::SOURCES;
-use super::settlements::{self, SettleCall, SettleQueue};
+use super::settlements::SettleQueue;
 use crate::store::StoreError;
 
 /// A connection on which a call times out when nothing at all has been
@@ -223,36 +223,14 @@ impl RedisConnection {
         })
     }
 
-    /// Queues a settlement for this connection's writer, which sends what
-    /// queued while its previous batch was in flight as one script call and
-    /// retries a batch whose answer was lost without applying it twice (see
-    /// `settlements.rs`). Queued at once: dropping the future does not
-    /// cancel it. On a cluster, a call of its own, made when the future runs.
-    pub(crate) fn settle(
-        &self,
-        call: SettleCall,
-    ) -> impl Future<Output = Result<Value, StoreError>> + Send + use<> {
-        settlements::submit(self, call)
-    }
-
-    /// Waits until every settlement queued before this call (the rate
-    /// limits' corrections, the budgets' charges and releases of the
-    /// requests that ended) has been applied, or has failed after its
-    /// retries ([`settlement_retry`](RedisConfig::settlement_retry)). Call
-    /// it at a graceful shutdown, after the last request ended, so nothing
-    /// on its way to Redis is lost with the process.
-    pub async fn flush(&self) {
-        settlements::flush(self).await;
-    }
-
-    pub(crate) fn settlements(&self) -> &SettleQueue {
+    /// The queue of [`settle`](Self::settle) and [`flush`](Self::flush)
+    /// (in `settlements.rs`).
+    pub(super) fn settlements(&self) -> &SettleQueue {
         &self.shared.settlements
     }
 
-    /// Runs `op` on the connection to a single Redis, bounded by the call
-    /// timeout. Fails at once while disconnected (and starts reconnecting if
-    /// nothing is), and on a cluster connection, where only scripts run
-    /// ([`eval`](Self::eval)).
+    /// [`call_any`](Self::call_any) on a single Redis: on a cluster, where
+    /// only scripts run ([`eval`](Self::eval)), it fails.
     pub(crate) fn call<T, F, Fut>(
         &self,
         op: F,

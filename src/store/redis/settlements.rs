@@ -130,68 +130,70 @@ impl SettleQueue {
     }
 }
 
-/// Queues `call` (at once: dropping the future does not cancel it) and
-/// answers with its script's reply once its batch is applied.
-pub(crate) fn submit(
-    redis: &RedisConnection,
-    call: SettleCall,
-) -> impl Future<Output = Result<Value, StoreError>> + Send + use<> {
-    enum Submitted {
-        Queued(oneshot::Receiver<Result<Value, StoreError>>),
-        Alone(RedisConnection, SettleCall),
-        Failed(StoreError),
-    }
-    let submitted = if redis.is_cluster() {
-        Submitted::Alone(redis.clone(), call)
-    } else {
-        let (answer, answered) = oneshot::channel();
-        let job = Job::Settle {
-            call,
-            answer,
-            redis: redis.clone(),
-        };
-        match redis.settlements().sender() {
-            Ok(tx) => match tx.try_send(job) {
-                Ok(()) => Submitted::Queued(answered),
-                Err(mpsc::error::TrySendError::Full(_)) => Submitted::Failed(
-                    StoreError::Unavailable(format!("{QUEUE} settlements already wait for Redis")),
-                ),
-                Err(mpsc::error::TrySendError::Closed(_)) => Submitted::Failed(
-                    StoreError::Unavailable("the settlement writer stopped".into()),
-                ),
-            },
-            Err(error) => Submitted::Failed(error),
+impl RedisConnection {
+    /// Queues a settlement for this connection's writer and answers with
+    /// its script's reply once its batch is applied. Queued at once:
+    /// dropping the future does not cancel it. On a cluster, a call of its
+    /// own, made when the future runs.
+    pub(crate) fn settle(
+        &self,
+        call: SettleCall,
+    ) -> impl Future<Output = Result<Value, StoreError>> + Send + use<> {
+        enum Submitted {
+            Queued(oneshot::Receiver<Result<Value, StoreError>>),
+            Alone(RedisConnection, SettleCall),
+            Failed(StoreError),
         }
-    };
-    async move {
-        match submitted {
-            Submitted::Queued(answered) => answered.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(
-                    "the settlement writer stopped".into(),
-                ))
-            }),
-            Submitted::Alone(redis, call) => {
-                let batch = Batch::new(&redis, vec![call], None);
-                match batch.apply(&redis).await {
-                    Ok(mut replies) => replies.pop().unwrap_or_else(|| Err(corrupt(0, 1))),
-                    Err(error) => Err(error),
-                }
+        let stopped = || StoreError::Unavailable("the settlement writer stopped".into());
+        let submitted = if self.is_cluster() {
+            Submitted::Alone(self.clone(), call)
+        } else {
+            let (answer, answered) = oneshot::channel();
+            let job = Job::Settle {
+                call,
+                answer,
+                redis: self.clone(),
+            };
+            match self.settlements().sender() {
+                Ok(tx) => match tx.try_send(job) {
+                    Ok(()) => Submitted::Queued(answered),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        Submitted::Failed(StoreError::Unavailable(format!(
+                            "{QUEUE} settlements already wait for Redis"
+                        )))
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => Submitted::Failed(stopped()),
+                },
+                Err(error) => Submitted::Failed(error),
             }
-            Submitted::Failed(error) => Err(error),
+        };
+        async move {
+            match submitted {
+                Submitted::Queued(answered) => answered.await.unwrap_or_else(|_| Err(stopped())),
+                Submitted::Alone(redis, call) => {
+                    let mut replies = Batch::new(&redis, vec![call], None).apply(&redis).await?;
+                    replies.pop().unwrap_or_else(|| Err(corrupt(0, 1)))
+                }
+                Submitted::Failed(error) => Err(error),
+            }
         }
     }
-}
 
-/// Waits until every settlement queued before the call has been answered
-/// (applied, or failed after its retries).
-pub(crate) async fn flush(redis: &RedisConnection) {
-    let Some(tx) = redis.settlements().started() else {
-        return;
-    };
-    let (done, flushed) = oneshot::channel();
-    if tx.send(Job::Flush(done)).await.is_ok() {
-        // An error: the writer is gone, and with it anything to wait for.
-        let _ = flushed.await;
+    /// Waits until every settlement queued before this call (the rate
+    /// limits' corrections, the budgets' charges and releases of the
+    /// requests that ended) has been applied, or has failed after its
+    /// retries ([`settlement_retry`](super::RedisConfig::settlement_retry)).
+    /// Call it at a graceful shutdown, after the last request ended, so
+    /// nothing on its way to Redis is lost with the process.
+    pub async fn flush(&self) {
+        let Some(tx) = self.settlements().started() else {
+            return;
+        };
+        let (done, flushed) = oneshot::channel();
+        if tx.send(Job::Flush(done)).await.is_ok() {
+            // An error: the writer is gone, and with it anything to wait for.
+            let _ = flushed.await;
+        }
     }
 }
 
@@ -224,21 +226,14 @@ async fn write(mut rx: mpsc::Receiver<Job>) {
         }
         if let Some(redis) = redis {
             let batch = Batch::new(&redis, calls, ack.take());
-            let marker = batch.marker.clone();
-            let replies = batch.apply(&redis).await;
+            let replies = match batch.apply(&redis).await {
+                Ok(replies) => replies,
+                Err(error) => vec![Err(error); answers.len()],
+            };
             // Answered or given up on: either way it is never sent again.
-            ack = Some(marker);
-            match replies {
-                Ok(replies) => {
-                    for (answer, reply) in answers.into_iter().zip(replies) {
-                        let _ = answer.send(reply);
-                    }
-                }
-                Err(error) => {
-                    for answer in answers {
-                        let _ = answer.send(Err(error.clone()));
-                    }
-                }
+            ack = Some(batch.marker);
+            for (answer, reply) in answers.into_iter().zip(replies) {
+                let _ = answer.send(reply);
             }
         }
         for done in flushes {

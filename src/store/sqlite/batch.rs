@@ -73,8 +73,7 @@ impl Batch {
                     }
                 }
             }
-            Job::Touched(budgets) => self.touch(Reservation::unheld(budgets)),
-            Job::Released(reservation) => self.touch(reservation),
+            Job::Touched(reservation) => self.touch(reservation),
             Job::Books {
                 scope,
                 top_up_key,

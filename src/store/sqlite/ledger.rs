@@ -81,7 +81,8 @@ impl Ledger for SqliteLedger {
         // (a balance at its opening funds) or started them over (a spec
         // that changed mode).
         if let Ok(ReserveOutcome::Denied { .. }) = &outcome {
-            self.writer.send(Job::Touched(budgets.clone()));
+            self.writer
+                .send(Job::Touched(Reservation::unheld(budgets.clone())));
         }
         StoreFuture::ready(outcome)
     }
@@ -108,7 +109,7 @@ impl Ledger for SqliteLedger {
         let _order = self.writer.ordered();
         let released = self.memory.release(reservation);
         if !reservation.budgets().is_empty() {
-            self.writer.send(Job::Released(reservation.clone()));
+            self.writer.send(Job::Touched(reservation.clone()));
         }
         released
     }
@@ -131,7 +132,8 @@ impl Ledger for SqliteLedger {
         let _order = self.writer.ordered();
         let status = self.memory.read(budget);
         // A read with a spec of the other mode starts the books over.
-        self.writer.send(Job::Touched(Arc::new([budget.clone()])));
+        let budgets = Arc::new([budget.clone()]);
+        self.writer.send(Job::Touched(Reservation::unheld(budgets)));
         status
     }
 

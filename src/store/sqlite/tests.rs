@@ -11,39 +11,35 @@ use crate::budget::{
     Attribution, BudgetScope, BudgetSpec, Charge, Ledger, Money, Period, Reservation,
     ReserveOutcome, ReservePolicy, SpendGroup, SpendQuery, SpendTokens,
 };
-use crate::clock::TokioClock;
-use crate::time::parse_rfc3339;
 
 fn usd(s: &str) -> Money {
     s.parse().unwrap()
 }
 
-/// A memory ledger on a tokio clock starting at `rfc3339`.
-fn ledger_at(rfc3339: &str) -> MemoryLedger {
-    let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
-    MemoryLedger::new().with_clock(TokioClock::starting_at(at))
-}
-
 fn open_at(path: &Path, rfc3339: &str) -> SqliteStore {
     SqliteStore::builder(path)
-        .ledger(ledger_at(rfc3339))
+        .ledger(MemoryLedger::at(rfc3339))
         .open()
         .unwrap()
 }
 
-async fn charge(ledger: &SqliteLedger, budgets: &[BudgetSpec], cost: Money, charge: Charge) {
+/// A hold of `amount` on `budgets`, which must be granted.
+async fn hold(ledger: &SqliteLedger, budgets: &[BudgetSpec], amount: Money) -> Reservation {
     let budgets: Arc<[BudgetSpec]> = budgets.into();
     let outcome = ledger
-        .reserve(&budgets, cost, ReservePolicy::Bounded)
+        .reserve(&budgets, amount, ReservePolicy::Bounded)
         .await
         .unwrap();
     let ReserveOutcome::Reserved { reservation, .. } = outcome else {
         panic!("refused: {outcome:?}")
     };
-    ledger
-        .settle(&reservation, &Charge { cost, ..charge })
-        .await
-        .unwrap();
+    reservation
+}
+
+async fn charge(ledger: &SqliteLedger, budgets: &[BudgetSpec], cost: Money, charge: Charge) {
+    let reservation = hold(ledger, budgets, cost).await;
+    let charge = Charge { cost, ..charge };
+    ledger.settle(&reservation, &charge).await.unwrap();
 }
 
 /// `SELECT count(*) FROM <from>` on another connection.
@@ -151,14 +147,7 @@ async fn a_restart_never_refills_a_balance_opened_by_a_reservation_alone() {
     {
         let store = SqliteStore::open(&path).unwrap();
         let ledger = store.ledger();
-        let budgets: Arc<[BudgetSpec]> = Arc::new([opening.clone()]);
-        let outcome = ledger
-            .reserve(&budgets, usd("1"), ReservePolicy::Strict)
-            .await
-            .unwrap();
-        let ReserveOutcome::Reserved { reservation, .. } = outcome else {
-            panic!("{outcome:?}")
-        };
+        let reservation = hold(&ledger, std::slice::from_ref(&opening), usd("1")).await;
         ledger.release(&reservation).await.unwrap();
         store.close().await.unwrap();
     }

@@ -15,7 +15,7 @@ use super::batch::Batch;
 use super::health::{HealthState, SqliteHealth};
 use super::schema::{count_to_sql, duration_to_nanos, encode_period, synchronous, write_key};
 use crate::auth::{KeyRecord, PutMode, TenantRecord};
-use crate::budget::{BudgetMode, BudgetScope, BudgetSpec, Charge, Reservation};
+use crate::budget::{BudgetMode, BudgetScope, Charge, Reservation};
 use crate::store::memory::{MemoryKeyStore, MemoryLedger, TOP_UP_KEYS_KEPT};
 use crate::store::{StoreError, read, write};
 
@@ -32,15 +32,12 @@ pub(super) enum Job {
         charge: Charge,
         day: i64,
     },
-    /// A reservation or a read named these budgets: it may have opened
-    /// their books (a prepaid balance at its opening funds, which must
-    /// outlive a restart even if nothing is ever settled against it) or
-    /// started them over (a spec that turned a budget into a balance, or
-    /// back).
-    Touched(Arc<[BudgetSpec]>),
-    /// A hold was released: its budgets' books are brought to their specs
-    /// (which may start them over, as for [`Job::Touched`]).
-    Released(Reservation),
+    /// A reservation refused, a hold released or a read named these
+    /// budgets: it may have opened their books (a prepaid balance at its
+    /// opening funds, which must outlive a restart even if nothing is ever
+    /// settled against it) or started them over (a spec that turned a
+    /// budget into a balance, or back).
+    Touched(Reservation),
     /// A top-up or reset changed `scope`'s books (a top-up with its
     /// idempotency key and when it was used, on the ledger's clock).
     Books {
@@ -327,11 +324,8 @@ impl Thread {
             }
             // What is queued already joins this commit (bounded, so a
             // flood of settlements cannot hold the commit back).
-            let mut more = self.policy.max_changes;
-            while more > 0 {
-                let Ok(job) = self.jobs.try_recv() else { break };
+            for job in self.jobs.try_iter().take(self.policy.max_changes) {
                 batch.add(job);
-                more -= 1;
             }
             batch.received = 0;
             failures = match self.commit(&mut batch) {

@@ -60,9 +60,13 @@ fn reserved(outcome: ReserveOutcome) -> Reservation {
     }
 }
 
-fn ledger_at(rfc3339: &str) -> MemoryLedger {
-    let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
-    MemoryLedger::new().with_clock(TokioClock::starting_at(at))
+impl MemoryLedger {
+    /// An empty ledger on a tokio clock starting at `rfc3339` (the SQLite
+    /// store's tests start theirs so too).
+    pub(crate) fn at(rfc3339: &str) -> Self {
+        let at = UNIX_EPOCH + parse_rfc3339(rfc3339).unwrap();
+        MemoryLedger::new().with_clock(TokioClock::starting_at(at))
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -172,7 +176,7 @@ async fn the_same_scope_twice_counts_once() {
 
 #[tokio::test(start_paused = true)]
 async fn monthly_spend_resets_at_utc_month_end() {
-    let ledger = ledger_at("2026-01-31T23:59:00Z");
+    let ledger = MemoryLedger::at("2026-01-31T23:59:00Z");
     let b = [key("a", 1, Period::Monthly)];
     let r = hold(&ledger, &b, "1");
     pay(&ledger, &r, "1");
@@ -190,7 +194,7 @@ async fn monthly_spend_resets_at_utc_month_end() {
 
 #[tokio::test(start_paused = true)]
 async fn a_settlement_after_rollover_counts_in_the_new_period() {
-    let ledger = ledger_at("2026-03-31T23:59:59Z");
+    let ledger = MemoryLedger::at("2026-03-31T23:59:59Z");
     let b = [key("a", 5, Period::Monthly)];
     let r = hold(&ledger, &b, "2");
     tokio::time::advance(Duration::from_secs(2)).await;
@@ -387,7 +391,7 @@ fn attributed(cost: &str, scopes: &[BudgetScope], model: &str) -> Charge {
 #[tokio::test(start_paused = true)]
 async fn settlements_keep_spend_aggregates_by_scope_model_and_day() {
     use crate::budget::{SpendGroup, SpendQuery};
-    let ledger = ledger_at("2026-12-06T23:59:00Z");
+    let ledger = MemoryLedger::at("2026-12-06T23:59:00Z");
     let alice = BudgetScope::Key("alice".into());
     let bob = BudgetScope::Key("bob".into());
     let team = BudgetScope::Team("research".into());

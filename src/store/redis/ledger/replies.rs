@@ -6,37 +6,39 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::budget::{
-    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, PeriodWindow, Reservation,
+    BudgetMode, BudgetScope, BudgetSpec, BudgetStatus, Money, NO_BUDGET, PeriodWindow, Reservation,
     ReservationId, ReserveOutcome, SpendTotals,
 };
 use crate::store::StoreError;
-use crate::store::memory::NO_BUDGET;
 
 pub(super) fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(format!("ledger script returned {what}"))
 }
 
-pub(super) fn int(value: &Value) -> Result<i64, StoreError> {
+/// A string reply's text.
+fn text(value: &Value) -> Result<&str, StoreError> {
     match value {
-        Value::Int(n) => Ok(*n),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| corrupt("a non-integer")),
-        Value::SimpleString(s) => s.parse().map_err(|_| corrupt("a non-integer")),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| corrupt("non-UTF-8")),
+        Value::SimpleString(s) => Ok(s),
         _ => Err(corrupt("an unexpected value")),
     }
 }
 
+pub(super) fn int(value: &Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(n) => Ok(*n),
+        other => text(other)?.parse().map_err(|_| corrupt("a non-integer")),
+    }
+}
+
 pub(super) fn money(value: &Value) -> Result<Money, StoreError> {
-    let text = match value {
+    let digits = match value {
         Value::Int(n) => return Ok(Money::from_nanos(*n)),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes).map_err(|_| corrupt("non-UTF-8"))?,
-        Value::SimpleString(s) => s.as_str(),
+        Value::BulkString(_) | Value::SimpleString(_) => text(value)?,
         _ => return Err(corrupt("an unexpected amount")),
     };
     // Sums can leave i64 in Lua (exact there); they saturate here.
-    let nanos: i128 = text.parse().map_err(|_| corrupt("a malformed amount"))?;
+    let nanos: i128 = digits.parse().map_err(|_| corrupt("a malformed amount"))?;
     Ok(Money::from_nanos(
         nanos.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64,
     ))
@@ -117,13 +119,6 @@ pub(in crate::store::redis) fn reserve_outcome(
 pub(super) fn spend_rows(
     reply: &[Value],
 ) -> Result<Vec<(BudgetScope, String, i64, SpendTotals)>, StoreError> {
-    let text = |v: &Value| -> Result<String, StoreError> {
-        match v {
-            Value::BulkString(b) => String::from_utf8(b.clone()).map_err(|_| corrupt("non-UTF-8")),
-            Value::SimpleString(s) => Ok(s.clone()),
-            _ => Err(corrupt("an unexpected value")),
-        }
-    };
     let count = |v: &Value| int(v).map(|n| u64::try_from(n).unwrap_or(0));
     reply
         .chunks(8)
@@ -141,10 +136,10 @@ pub(super) fn spend_rows(
             else {
                 return Err(corrupt("a malformed spend row"));
             };
-            let scope = BudgetScope::parse(&text(scope)?).ok_or_else(|| corrupt("a bad scope"))?;
+            let scope = BudgetScope::parse(text(scope)?).ok_or_else(|| corrupt("a bad scope"))?;
             Ok((
                 scope,
-                text(model)?,
+                text(model)?.to_owned(),
                 int(day)?,
                 SpendTotals {
                     cost: money(cost)?,
