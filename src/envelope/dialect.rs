@@ -132,16 +132,9 @@ pub(crate) const HAI_TABLE: [HaiRow; 11] = [
 /// quota goes to 403 `permission_denied` rather than 429 `rate_limit_error`:
 /// a 429 invites the retry that can never succeed.
 pub(crate) fn hai_row(error: &ApiError) -> &'static HaiRow {
-    let server_error = error.status().is_server_error();
-    if let Some(row) = error.code().and_then(|code| {
-        HAI_TABLE
-            .iter()
-            .find(|row| row.code == code && (row.status >= 500) == server_error)
-    }) {
-        return row;
-    }
     use ErrorKind::*;
-    let code = match error.kind() {
+    let server_error = error.status().is_server_error();
+    let by_kind = match error.kind() {
         ContentFilter => "content_filter_error",
         InvalidRequest | InvalidModel | ContextLengthExceeded | PayloadTooLarge | NotFound => {
             "bad_request"
@@ -159,14 +152,19 @@ pub(crate) fn hai_row(error: &ApiError) -> &'static HaiRow {
     };
     // A row keeps the error's class: a client's 408 is not HAI's 500
     // `api_timeout_error`, it is a bad request.
-    let code = match HAI_TABLE.iter().find(|row| row.code == code) {
-        Some(row) if (row.status >= 500) == server_error => row.code,
-        _ if server_error => "api_error",
-        _ => "bad_request",
+    let by_class = if server_error {
+        "api_error"
+    } else {
+        "bad_request"
     };
-    HAI_TABLE
-        .iter()
-        .find(|row| row.code == code)
+    [error.code(), Some(by_kind), Some(by_class)]
+        .into_iter()
+        .flatten()
+        .find_map(|code| {
+            HAI_TABLE
+                .iter()
+                .find(|row| row.code == code && (row.status >= 500) == server_error)
+        })
         .unwrap_or(&HAI_TABLE[HAI_TABLE.len() - 1])
 }
 
