@@ -349,10 +349,14 @@ impl ErrorFormat {
     /// `ApiError` itself in the response extensions so an outer
     /// `ErrorEnvelopeLayer` can re-render it without parsing bytes.
     pub fn render(self, error: &ApiError) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(self.render_body(error)));
-        *response.status_mut() = self.http_status(error);
-        self.write_headers(error, response.headers_mut());
-        response.extensions_mut().insert(error.clone());
+        self.render_owned(error.clone())
+    }
+
+    fn render_owned(self, error: ApiError) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.render_body(&error)));
+        *response.status_mut() = self.http_status(&error);
+        self.write_headers(&error, response.headers_mut());
+        response.extensions_mut().insert(error);
         response
     }
 }
@@ -369,11 +373,7 @@ impl ApiError {
 
     /// Renders the error as an OpenAI-format response, consuming it.
     pub fn into_http_response(self) -> Response<Full<Bytes>> {
-        let mut response = Response::new(Full::new(ErrorFormat::OpenAi.render_body(&self)));
-        *response.status_mut() = self.status();
-        ErrorFormat::OpenAi.write_headers(&self, response.headers_mut());
-        response.extensions_mut().insert(self);
-        response
+        ErrorFormat::OpenAi.render_owned(self)
     }
 }
 
