@@ -78,7 +78,7 @@ impl Service<http::Request<Full<Bytes>>> for ReqwestService {
                 let req = reqwest::Request::try_from(req)?;
                 let response = client.execute(req).await?;
                 let response: http::Response<reqwest::Body> = response.into();
-                Ok(response.map(|body| body.map_err(box_error as fn(_) -> _)))
+                Ok(response.map(|body| body.map_err(BoxError::from as fn(_) -> _)))
             }),
         }
     }
@@ -109,7 +109,3 @@ impl fmt::Debug for ReqwestFuture {
 
 /// A reqwest response body, streamed frame by frame; its errors are boxed.
 pub type ReqwestBody = MapErr<reqwest::Body, fn(reqwest::Error) -> BoxError>;
-
-fn box_error(error: reqwest::Error) -> BoxError {
-    Box::new(error)
-}
