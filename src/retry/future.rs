@@ -91,12 +91,7 @@ struct Template {
 
 impl Template {
     fn request<B: FromBytes>(&self, retry: u32) -> Request<B> {
-        let mut req = Request::new(B::from_bytes(self.body.clone()));
-        *req.method_mut() = self.parts.method.clone();
-        *req.uri_mut() = self.parts.uri.clone();
-        *req.version_mut() = self.parts.version;
-        *req.headers_mut() = self.parts.headers.clone();
-        *req.extensions_mut() = self.parts.extensions.clone();
+        let mut req = Request::from_parts(self.parts.clone(), B::from_bytes(self.body.clone()));
         if retry > 0 {
             req.headers_mut()
                 .insert(X_RETRY_COUNT, HeaderValue::from(retry));
