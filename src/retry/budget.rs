@@ -113,8 +113,7 @@ impl RetryBudget {
     }
 
     pub(crate) fn deposit_at(&self, now: Instant) {
-        let mut window = self.window();
-        window.rotate(now, self.inner.slot_len);
+        let mut window = self.window(now);
         let current = window.current;
         window.slots[current].deposits += 1;
         window.deposits += 1;
@@ -122,8 +121,7 @@ impl RetryBudget {
 
     /// Takes one retry from the budget; `false` when it is spent.
     pub fn withdraw(&self) -> bool {
-        let mut window = self.window();
-        window.rotate(Instant::now(), self.inner.slot_len);
+        let mut window = self.window(Instant::now());
         if self.balance(&window) < WITHDRAW {
             return false;
         }
@@ -135,8 +133,7 @@ impl RetryBudget {
 
     /// How many retries the budget would allow right now.
     pub fn available(&self) -> u64 {
-        let mut window = self.window();
-        window.rotate(Instant::now(), self.inner.slot_len);
+        let window = self.window(Instant::now());
         self.balance(&window) / WITHDRAW
     }
 
@@ -148,13 +145,17 @@ impl RetryBudget {
         earned.saturating_sub(window.withdrawals.saturating_mul(WITHDRAW))
     }
 
-    fn window(&self) -> std::sync::MutexGuard<'_, Window> {
+    /// The window, its expired slots dropped as of `now`.
+    fn window(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
         // The window holds plain counters: a panic elsewhere cannot leave it
         // inconsistent, so a poisoned lock is still usable.
-        self.inner
+        let mut window = self
+            .inner
             .window
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        window.rotate(now, self.inner.slot_len);
+        window
     }
 }
 
