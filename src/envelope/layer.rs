@@ -24,10 +24,7 @@ pub(crate) const ANTHROPIC_VERSION: http::HeaderName =
 
 impl FormatChoice {
     pub(crate) fn pick(&self, uri: &Uri, headers: &HeaderMap) -> ErrorFormat {
-        let is_grpc = headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
-        if is_grpc {
+        if super::is_grpc(headers) {
             return ErrorFormat::Grpc;
         }
         match self {

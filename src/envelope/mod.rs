@@ -90,7 +90,7 @@ mod service;
 pub(crate) use self::service::write_hex;
 
 pub use self::layer::ErrorEnvelopeLayer;
-pub(crate) use self::parse::grpc_code;
+pub(crate) use self::parse::{grpc_code, is_grpc};
 pub use self::parse::{parse, parse_event};
 pub(crate) use self::render::grpc_trailers;
 pub use self::render::{

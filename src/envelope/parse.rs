@@ -57,6 +57,13 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
     error
 }
 
+/// Whether `headers` say gRPC (`content-type: application/grpc…`).
+pub(crate) fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+}
+
 /// The gRPC status of a gRPC error response: its `grpc-status` header (2,
 /// UNKNOWN, when unreadable). `None` for a response that is not gRPC, or a
 /// gRPC one without `grpc-status`: a proxy's 503 in front of a gRPC server

@@ -8,7 +8,7 @@ use http::{HeaderMap, StatusCode};
 use super::hints;
 use super::transport::{TransportFailure, classify_transport};
 use crate::clock::Clock;
-use crate::envelope::{GRPC_STATUS, grpc_code};
+use crate::envelope::{GRPC_STATUS, grpc_code, is_grpc};
 use crate::{ApiError, ErrorKind, RetryClass};
 
 /// Decides whether an attempt succeeded and, if not, what kind of failure it
@@ -310,10 +310,7 @@ impl Classify for DefaultClassifier {
 /// Whether a response is gRPC with its status still to come in the
 /// trailers (not a trailers-only response).
 pub(crate) fn awaits_grpc_trailers(headers: &HeaderMap) -> bool {
-    !headers.contains_key(GRPC_STATUS)
-        && headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"))
+    !headers.contains_key(GRPC_STATUS) && is_grpc(headers)
 }
 
 fn failure(
