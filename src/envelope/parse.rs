@@ -120,7 +120,7 @@ fn percent_decode(input: &[u8]) -> String {
 fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {
     let text = String::from_utf8_lossy(body);
     let trimmed = text.trim();
-    let fallback = || ApiError::from_kind(ErrorKind::from_status(status)).with_status(status);
+    let fallback = || by_status(status);
     if trimmed.is_empty() {
         return fallback();
     }
@@ -137,6 +137,11 @@ fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {
         };
     }
     fallback().with_message(cut(trimmed))
+}
+
+/// The error a bare status stands for.
+fn by_status(status: StatusCode) -> ApiError {
+    ApiError::from_kind(ErrorKind::from_status(status)).with_status(status)
 }
 
 fn compact(value: &Value) -> String {
@@ -184,25 +189,24 @@ fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Opt
     }
     match obj.get("error") {
         Some(Value::Object(err)) => {
-            let message = err.get("message").and_then(as_text);
             let etype = err.get("type").and_then(as_text);
-            if obj.get("type").and_then(Value::as_str) == Some("error") {
-                // Anthropic: {"type":"error","error":{"type","message"},"request_id"}
-                let kind = kind_from_anthropic(status, etype.as_deref());
-                let mut e = ApiError::from_kind(kind).with_status(status);
-                if let Some(m) = message {
-                    e = e.with_message(m.into_owned());
-                }
+            let code = err.get("code").and_then(as_text);
+            // Anthropic: {"type":"error","error":{"type","message"},"request_id"}
+            let anthropic = obj.get("type").and_then(Value::as_str) == Some("error");
+            let kind = if anthropic {
+                kind_from_anthropic(status, etype.as_deref())
+            } else {
+                kind_from(status, code.as_deref(), etype.as_deref())
+            };
+            let mut e = ApiError::from_kind(kind).with_status(status);
+            if let Some(m) = err.get("message").and_then(as_text) {
+                e = e.with_message(m.into_owned());
+            }
+            if anthropic {
                 if let Some(id) = obj.get("request_id").and_then(Value::as_str) {
                     e = e.with_request_id(id.to_owned());
                 }
                 return Some(e);
-            }
-            let code = err.get("code").and_then(as_text);
-            let kind = kind_from(status, code.as_deref(), etype.as_deref());
-            let mut e = ApiError::from_kind(kind).with_status(status);
-            if let Some(m) = message {
-                e = e.with_message(m.into_owned());
             }
             if let Some(t) = etype {
                 e = e.with_type(t.into_owned());
@@ -216,14 +220,7 @@ fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Opt
                 None => e.without_code(),
             })
         }
-        Some(Value::String(message)) => {
-            let kind = ErrorKind::from_status(status);
-            Some(
-                ApiError::from_kind(kind)
-                    .with_status(status)
-                    .with_message(message.clone()),
-            )
-        }
+        Some(Value::String(message)) => Some(by_status(status).with_message(message.clone())),
         _ => {
             if obj.contains_key("error_code") || obj.contains_key("detail") {
                 let code = obj.get("error_code").and_then(as_text);
