@@ -333,34 +333,26 @@ mod tests {
             format!("{open}{}{close}", items.join(","))
         }
 
+        /// An object of `(key, value, whitespace)` members.
+        fn object(members: Vec<(&str, String, &str)>) -> String {
+            let members = members
+                .into_iter()
+                .map(|(k, v, w)| (format!("\"{k}\":{v}"), w));
+            join('{', members.collect(), '}')
+        }
+
         /// A usage object (or something near one) with mostly known keys.
         pub(super) fn usage_doc() -> impl Strategy<Value = String> {
             let key = prop::sample::select(&KEYS[..]);
             let value = scalar().prop_recursive(2, 16, 4, move |inner| {
                 prop_oneof![
-                    prop::collection::vec((key.clone(), inner.clone(), ws()), 0..4).prop_map(|m| {
-                        join(
-                            '{',
-                            m.into_iter()
-                                .map(|(k, v, w)| (format!("\"{k}\":{v}"), w))
-                                .collect(),
-                            '}',
-                        )
-                    }),
+                    prop::collection::vec((key.clone(), inner.clone(), ws()), 0..4)
+                        .prop_map(object),
                     prop::collection::vec((inner, ws()), 0..3).prop_map(|m| join('[', m, ']')),
                 ]
             });
-            prop::collection::vec((prop::sample::select(&KEYS[..]), value, ws()), 0..8).prop_map(
-                |m| {
-                    join(
-                        '{',
-                        m.into_iter()
-                            .map(|(k, v, w)| (format!("\"{k}\":{v}"), w))
-                            .collect(),
-                        '}',
-                    )
-                },
-            )
+            let key = prop::sample::select(&KEYS[..]);
+            prop::collection::vec((key, value, ws()), 0..8).prop_map(object)
         }
     }
 
