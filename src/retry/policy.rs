@@ -154,12 +154,10 @@ impl RetryPolicy {
 
     /// The defaults in the table above.
     pub fn new() -> Self {
-        let mut backoffs = [ExponentialBackoff::SERVER_ERRORS; KINDS];
-        for kind in [ErrorKind::RateLimited, ErrorKind::QuotaExhausted] {
-            if let Some(slot) = backoffs.get_mut(kind_index(kind)) {
-                *slot = ExponentialBackoff::RATE_LIMITS;
-            }
-        }
+        let backoffs = ErrorKind::ALL.map(|kind| match kind {
+            ErrorKind::RateLimited | ErrorKind::QuotaExhausted => ExponentialBackoff::RATE_LIMITS,
+            _ => ExponentialBackoff::SERVER_ERRORS,
+        });
         RetryPolicy {
             max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
             per_kind: [None; KINDS],
