@@ -255,14 +255,8 @@ pub(super) mod tests {
 
     /// A header map of `pairs` (the classifier's tests use it too).
     pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.insert(
-                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        h
+        let pair = |(k, v): &(&str, &str)| (k.parse().unwrap(), v.parse().unwrap());
+        pairs.iter().map(pair).collect()
     }
 
     /// The server's delay at `NOW` in the headers `pairs`.
