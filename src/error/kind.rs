@@ -76,138 +76,95 @@ pub enum ErrorKind {
     Connection,
 }
 
-impl ErrorKind {
-    /// Every kind, in table order. Handy for exhaustive tests.
-    pub const ALL: [ErrorKind; 20] = [
-        ErrorKind::InvalidRequest,
-        ErrorKind::InvalidModel,
-        ErrorKind::ContextLengthExceeded,
-        ErrorKind::ContentFilter,
-        ErrorKind::Authentication,
-        ErrorKind::BudgetExceeded,
-        ErrorKind::PermissionDenied,
-        ErrorKind::InsufficientBalance,
-        ErrorKind::NotFound,
-        ErrorKind::Conflict,
-        ErrorKind::PayloadTooLarge,
-        ErrorKind::Unprocessable,
-        ErrorKind::RateLimited,
-        ErrorKind::QuotaExhausted,
-        ErrorKind::Internal,
-        ErrorKind::BadGateway,
-        ErrorKind::Unavailable,
-        ErrorKind::Timeout,
-        ErrorKind::Overloaded,
-        ErrorKind::Connection,
-    ];
+/// The kinds' defaults: for each kind, in table order, its status, `type`,
+/// default code and default message.
+macro_rules! defaults {
+    ($($kind:ident => $status:expr, $error_type:literal, $code:literal, $message:literal;)*) => {
+        impl ErrorKind {
+            /// Every kind, in table order. Handy for exhaustive tests.
+            pub const ALL: [ErrorKind; 20] = [$(ErrorKind::$kind),*];
 
-    /// The default HTTP status of this kind.
-    pub fn status(self) -> StatusCode {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest | InvalidModel | ContextLengthExceeded | ContentFilter => {
-                StatusCode::BAD_REQUEST
+            /// The default HTTP status of this kind.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorKind::$kind => $status,)*
+                }
             }
-            Authentication => StatusCode::UNAUTHORIZED,
-            BudgetExceeded => StatusCode::PAYMENT_REQUIRED,
-            PermissionDenied | InsufficientBalance => StatusCode::FORBIDDEN,
-            NotFound => StatusCode::NOT_FOUND,
-            Conflict => StatusCode::CONFLICT,
-            PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
-            RateLimited | QuotaExhausted => StatusCode::TOO_MANY_REQUESTS,
-            Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            BadGateway | Connection => StatusCode::BAD_GATEWAY,
-            Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            Timeout => StatusCode::GATEWAY_TIMEOUT,
-            // 529 is a valid status number, so this cannot fail.
-            Overloaded => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
-        }
-    }
 
-    /// The OpenAI `error.type` of this kind.
-    pub fn error_type(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest
-            | InvalidModel
-            | ContextLengthExceeded
-            | ContentFilter
-            | Authentication
-            | PayloadTooLarge
-            | Unprocessable => "invalid_request_error",
-            BudgetExceeded => "budget_exceeded_error",
-            PermissionDenied => "permission_error",
-            InsufficientBalance | QuotaExhausted => "insufficient_quota",
-            NotFound => "not_found_error",
-            Conflict => "conflict_error",
-            RateLimited => "rate_limit_error",
-            Internal | BadGateway | Unavailable => "server_error",
-            Timeout => "timeout_error",
-            Overloaded => "overloaded_error",
-            Connection => "api_connection_error",
-        }
-    }
+            /// The OpenAI `error.type` of this kind.
+            pub fn error_type(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => $error_type,)*
+                }
+            }
 
-    /// The default machine-readable `error.code` of this kind.
-    pub fn default_code(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest => "invalid_request",
-            InvalidModel => "invalid_model",
-            ContextLengthExceeded => "context_length_exceeded",
-            ContentFilter => "content_filter",
-            Authentication => "invalid_api_key",
-            BudgetExceeded => "budget_exceeded",
-            PermissionDenied => "permission_denied",
-            InsufficientBalance => "insufficient_balance",
-            NotFound => "not_found",
-            Conflict => "conflict",
-            PayloadTooLarge => "payload_too_large",
-            Unprocessable => "unprocessable_entity",
-            RateLimited => "rate_limit_exceeded",
-            QuotaExhausted => "insufficient_quota",
-            Internal => "internal_error",
-            BadGateway => "bad_gateway",
-            Unavailable => "service_unavailable",
-            Timeout => "timeout",
-            Overloaded => "overloaded",
-            Connection => "api_connection_error",
-        }
-    }
+            /// The default machine-readable `error.code` of this kind.
+            pub fn default_code(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => $code,)*
+                }
+            }
 
+            /// A message for errors built without one. Never mentions request data.
+            pub fn default_message(self) -> &'static str {
+                match self {
+                    $(ErrorKind::$kind => $message,)*
+                }
+            }
+        }
+    };
+}
+
+defaults! {
+    InvalidRequest => StatusCode::BAD_REQUEST, "invalid_request_error",
+        "invalid_request", "The request is invalid.";
+    InvalidModel => StatusCode::BAD_REQUEST, "invalid_request_error",
+        "invalid_model", "The requested model is not available.";
+    ContextLengthExceeded => StatusCode::BAD_REQUEST, "invalid_request_error",
+        "context_length_exceeded", "The request exceeds the model's context length.";
+    ContentFilter => StatusCode::BAD_REQUEST, "invalid_request_error",
+        "content_filter", "The request was rejected by the content filter.";
+    Authentication => StatusCode::UNAUTHORIZED, "invalid_request_error",
+        "invalid_api_key", "Invalid authentication credentials.";
+    BudgetExceeded => StatusCode::PAYMENT_REQUIRED, "budget_exceeded_error",
+        "budget_exceeded", "Budget exceeded.";
+    PermissionDenied => StatusCode::FORBIDDEN, "permission_error",
+        "permission_denied", "You do not have permission to perform this request.";
+    InsufficientBalance => StatusCode::FORBIDDEN, "insufficient_quota",
+        "insufficient_balance", "Insufficient account balance. Please add funds to continue.";
+    NotFound => StatusCode::NOT_FOUND, "not_found_error",
+        "not_found", "The requested resource was not found.";
+    Conflict => StatusCode::CONFLICT, "conflict_error",
+        "conflict", "The request conflicts with the current state of the resource.";
+    PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE, "invalid_request_error",
+        "payload_too_large", "The request body is too large.";
+    Unprocessable => StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error",
+        "unprocessable_entity", "The request could not be processed.";
+    RateLimited => StatusCode::TOO_MANY_REQUESTS, "rate_limit_error",
+        "rate_limit_exceeded", "Rate limit exceeded. Please retry after a short wait.";
+    QuotaExhausted => StatusCode::TOO_MANY_REQUESTS, "insufficient_quota",
+        "insufficient_quota", "You exceeded your current quota.";
+    Internal => StatusCode::INTERNAL_SERVER_ERROR, "server_error",
+        "internal_error", "The server had an error while processing your request.";
+    BadGateway => StatusCode::BAD_GATEWAY, "server_error",
+        "bad_gateway", "The upstream service returned an invalid response.";
+    Unavailable => StatusCode::SERVICE_UNAVAILABLE, "server_error",
+        "service_unavailable", "The service is temporarily unavailable. Please retry.";
+    Timeout => StatusCode::GATEWAY_TIMEOUT, "timeout_error",
+        "timeout", "The request timed out.";
+    // 529 is a valid status number, so this cannot fail.
+    Overloaded => StatusCode::from_u16(529).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+        "overloaded_error", "overloaded", "The service is overloaded. Please retry.";
+    Connection => StatusCode::BAD_GATEWAY, "api_connection_error",
+        "api_connection_error", "Could not connect to the upstream service.";
+}
+
+impl ErrorKind {
     /// The request field at fault by default (`"model"` for [`ErrorKind::InvalidModel`]).
     pub fn default_param(self) -> Option<&'static str> {
         match self {
             ErrorKind::InvalidModel => Some("model"),
             _ => None,
-        }
-    }
-
-    /// A message for errors built without one. Never mentions request data.
-    pub fn default_message(self) -> &'static str {
-        use ErrorKind::*;
-        match self {
-            InvalidRequest => "The request is invalid.",
-            InvalidModel => "The requested model is not available.",
-            ContextLengthExceeded => "The request exceeds the model's context length.",
-            ContentFilter => "The request was rejected by the content filter.",
-            Authentication => "Invalid authentication credentials.",
-            BudgetExceeded => "Budget exceeded.",
-            PermissionDenied => "You do not have permission to perform this request.",
-            InsufficientBalance => "Insufficient account balance. Please add funds to continue.",
-            NotFound => "The requested resource was not found.",
-            Conflict => "The request conflicts with the current state of the resource.",
-            PayloadTooLarge => "The request body is too large.",
-            Unprocessable => "The request could not be processed.",
-            RateLimited => "Rate limit exceeded. Please retry after a short wait.",
-            QuotaExhausted => "You exceeded your current quota.",
-            Internal => "The server had an error while processing your request.",
-            BadGateway => "The upstream service returned an invalid response.",
-            Unavailable => "The service is temporarily unavailable. Please retry.",
-            Timeout => "The request timed out.",
-            Overloaded => "The service is overloaded. Please retry.",
-            Connection => "Could not connect to the upstream service.",
         }
     }
 
