@@ -1,10 +1,7 @@
 //! The scanner of non-streamed JSON bodies, and the generated text of an
 //! answer, counted with the crate's JSON cursor ([`crate::json::Cursor`]).
 
-use std::sync::LazyLock;
-
 use bytes::Bytes;
-use memchr::memmem::Finder;
 
 use super::keys::Keys;
 use super::parse::{self, Stop};
@@ -13,8 +10,6 @@ use super::scan::Found;
 use crate::json::Cursor;
 
 pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
-pub(crate) static USAGE: LazyLock<Finder<'static>> =
-    LazyLock::new(|| Finder::new(USAGE_KEY).into_owned());
 
 /// Longest `usage` value kept while it arrives over several frames.
 const CAPTURE_LIMIT: usize = 64 * 1024;
@@ -102,7 +97,7 @@ impl JsonScan {
             let m = b.len().min(USAGE_KEY.len() - 1);
             joint[..self.seam_len].copy_from_slice(&self.seam[..self.seam_len]);
             joint[self.seam_len..self.seam_len + m].copy_from_slice(&b[..m]);
-            if let Some(p) = USAGE.find(&joint[..self.seam_len + m]) {
+            if let Some(p) = Keys::get().usage(&joint[..self.seam_len + m]) {
                 if p < self.seam_len {
                     self.capture.clear();
                     self.capture.extend_from_slice(&joint[p..self.seam_len]);

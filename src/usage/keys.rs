@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
-use super::json::{USAGE, USAGE_KEY};
+use super::json::USAGE_KEY;
 
 pub(crate) const DELTA_KEY: &[u8] = b"\"delta\"";
 
@@ -27,8 +27,8 @@ pub(crate) struct Keys {
 }
 
 static KEYS: LazyLock<Keys> = LazyLock::new(|| Keys {
-    delta: Exact::new(DELTA_KEY, || Finder::new(DELTA_KEY).into_owned()),
-    usage: Exact::new(USAGE_KEY, || USAGE.clone()),
+    delta: Exact::new(DELTA_KEY),
+    usage: Exact::new(USAGE_KEY),
 });
 
 impl Keys {
@@ -59,10 +59,10 @@ struct Exact {
 const PAIR: (u8, u8) = (1, 4);
 
 impl Exact {
-    fn new(key: &[u8], memmem: impl FnOnce() -> Finder<'static>) -> Exact {
+    fn new(key: &[u8]) -> Exact {
         Exact {
             simd: imp::Pair::new(key),
-            memmem: memmem(),
+            memmem: Finder::new(key).into_owned(),
         }
     }
 
