@@ -359,6 +359,15 @@ mod tests {
             .unwrap()
     }
 
+    /// Prompt, completion and total tokens.
+    fn totals(usage: &Usage) -> (u64, u64, u64) {
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens,
+        )
+    }
+
     fn tally(json: &str, complete: bool) -> Tally {
         let raw = raw(json);
         let mut tally = Tally::default();
@@ -396,9 +405,7 @@ mod tests {
         );
         t.merge(&raw(r#"{"output_tokens":15}"#), true);
         let usage = t.usage();
-        assert_eq!(usage.prompt_tokens, 130);
-        assert_eq!(usage.completion_tokens, 15);
-        assert_eq!(usage.total_tokens, 145);
+        assert_eq!(totals(&usage), (130, 15, 145));
         assert_eq!(usage.cached_tokens, Some(100));
         assert!(t.complete && t.partial);
     }
@@ -412,14 +419,7 @@ mod tests {
             true,
         )
         .usage();
-        assert_eq!(
-            (
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                usage.total_tokens
-            ),
-            (36, 87, 123)
-        );
+        assert_eq!(totals(&usage), (36, 87, 123));
         assert_eq!(usage.cached_tokens, Some(0));
         assert_eq!(usage.reasoning_tokens, Some(20));
     }
@@ -432,9 +432,7 @@ mod tests {
             true,
         )
         .usage();
-        assert_eq!(usage.prompt_tokens, 0);
-        assert_eq!(usage.completion_tokens, 0);
-        assert_eq!(usage.total_tokens, 12);
+        assert_eq!(totals(&usage), (0, 0, 12));
     }
 
     #[test]
@@ -442,14 +440,7 @@ mod tests {
         let none = Tally::default();
         let r = none.report(9, 10, StatusCode::OK, BodyEnd::Completed);
         assert_eq!(r.source, UsageSource::Estimated);
-        assert_eq!(
-            (
-                r.usage.prompt_tokens,
-                r.usage.completion_tokens,
-                r.usage.total_tokens
-            ),
-            (10, 3, 13)
-        );
+        assert_eq!(totals(&r.usage), (10, 3, 13));
         let r = none.report(9, 10, StatusCode::TOO_MANY_REQUESTS, BodyEnd::Completed);
         assert_eq!(
             (r.usage, r.source),
