@@ -99,22 +99,12 @@ fn parse_grpc(code: u8, headers: &HeaderMap) -> ApiError {
     error
 }
 
+/// A `grpc-message` as sent: `%XX` decoded, anything else (a `%` without
+/// two hex digits) kept as it is, invalid UTF-8 replaced.
 fn percent_decode(input: &[u8]) -> String {
-    let mut out = Vec::with_capacity(input.len());
-    let mut i = 0;
-    while i < input.len() {
-        if input[i] == b'%' && i + 2 < input.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            if let (Some(h), Some(l)) = (hex(input[i + 1]), hex(input[i + 2])) {
-                out.push((h * 16 + l) as u8);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(input[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode(input)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {

@@ -1,12 +1,12 @@
 //! `ApiError` → wire bytes and headers, in every [`ErrorFormat`].
 
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{HeaderMap, Response, StatusCode};
 use http_body_util::Full;
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use serde::Serialize;
 
 use super::dialect::{altllm_type, anthropic_type, hai_row, humanloop_type};
@@ -187,15 +187,9 @@ fn grpc_status_value(code: u8) -> HeaderValue {
 /// Percent-encodes a `grpc-message` as the gRPC HTTP/2 spec asks: every byte
 /// outside printable ASCII, and `%` itself.
 pub fn grpc_percent_encode(message: &str) -> String {
-    let mut out = String::with_capacity(message.len());
-    for &b in message.as_bytes() {
-        if (0x20..=0x7e).contains(&b) && b != b'%' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    // `CONTROLS` is 0x00 to 0x1f and 0x7f; bytes above 0x7f are always encoded.
+    const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
+    utf8_percent_encode(message, GRPC_MESSAGE).to_string()
 }
 
 fn is_visible_ascii(s: &str) -> bool {
@@ -404,6 +398,7 @@ mod tests {
     #[test]
     fn grpc_message_is_percent_encoded() {
         assert_eq!(grpc_percent_encode("a b%ç"), "a b%25%C3%A7");
+        assert_eq!(grpc_percent_encode("\t~\u{7f} !"), "%09~%7F !");
         let r = ErrorFormat::Grpc.render(&ApiError::authentication());
         assert_eq!(r.status(), StatusCode::OK);
         assert_eq!(r.headers()["grpc-status"], "16");
