@@ -74,6 +74,18 @@ impl Clock for TokioClock {
     }
 }
 
+/// A clock behind an `Arc` is a clock: a [`SharedClock`], or a test's clock
+/// it keeps a handle to (to move it) while a store or layer owns another.
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> tokio::time::Instant {
+        (**self).now()
+    }
+
+    fn now_unix(&self) -> Duration {
+        (**self).now_unix()
+    }
+}
+
 /// A shared clock.
 pub type SharedClock = Arc<dyn Clock>;
 

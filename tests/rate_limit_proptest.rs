@@ -4,33 +4,18 @@
 //! refill); for sliding windows (the default), never more than `amount` in
 //! any interval of length `window`, whatever the costs and across scopes.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+#[path = "support/manual_clock.rs"]
+mod manual_clock;
+
+use manual_clock::ManualClock;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tollgate::clock::Clock;
 use tollgate::rate_limit::{
     Acquire, Admission, Algorithm, Limit, RateLimitKey, RateLimitStore, Receipt, ScopeCharge,
     ScopeSettle, Settle, Verdict,
 };
 use tollgate::store::memory::MemoryRateLimitStore;
-
-/// A clock moved by hand, in microseconds.
-struct ManualClock {
-    start: tokio::time::Instant,
-    offset_us: AtomicU64,
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> tokio::time::Instant {
-        self.start + Duration::from_micros(self.offset_us.load(Ordering::Relaxed))
-    }
-
-    fn now_unix(&self) -> Duration {
-        Duration::from_micros(self.offset_us.load(Ordering::Relaxed))
-    }
-}
 
 fn acquire(store: &MemoryRateLimitStore, limits: &[Limit], costs: &[u64]) -> Admission {
     let answer = store.acquire(&Acquire {
@@ -130,17 +115,14 @@ proptest! {
     /// request refused by one charges neither.
     #[test]
     fn admissions_never_exceed_the_bound((requests, tokens, arrivals) in scenario()) {
-        let clock = Arc::new(ManualClock {
-            start: tokio::time::Instant::now(),
-            offset_us: AtomicU64::new(0),
-        });
+        let clock = ManualClock::at(Duration::ZERO);
         let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
         let limits = [requests, tokens];
         let mut now = 0u64;
         let (mut admitted_requests, mut admitted_tokens) = (Vec::new(), Vec::new());
         for a in &arrivals {
             now += a.gap_us;
-            clock.offset_us.store(now, Ordering::Relaxed);
+            clock.set(Duration::from_micros(now));
             let admission = acquire(&store, &limits, &[1, a.tokens]);
             if admission.verdict == Verdict::Admitted {
                 admitted_requests.push((now, 1));
@@ -157,17 +139,14 @@ proptest! {
     /// overcharge is a debt later requests wait out.
     #[test]
     fn settled_usage_never_exceeds_the_bound((requests, tokens, arrivals) in scenario()) {
-        let clock = Arc::new(ManualClock {
-            start: tokio::time::Instant::now(),
-            offset_us: AtomicU64::new(0),
-        });
+        let clock = ManualClock::at(Duration::ZERO);
         let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
         let limits = [requests, tokens];
         let mut now = 0u64;
         let mut used_tokens = Vec::new();
         for a in &arrivals {
             now += a.gap_us;
-            clock.offset_us.store(now, Ordering::Relaxed);
+            clock.set(Duration::from_micros(now));
             let admission = acquire(&store, &limits, &[1, a.tokens]);
             if admission.verdict != Verdict::Admitted {
                 continue;
@@ -192,10 +171,7 @@ proptest! {
     fn sliding_never_admits_more_than_n_in_any_window(
         (requests, tokens, arrivals) in scenario(),
     ) {
-        let clock = Arc::new(ManualClock {
-            start: tokio::time::Instant::now(),
-            offset_us: AtomicU64::new(0),
-        });
+        let clock = ManualClock::at(Duration::ZERO);
         let store = MemoryRateLimitStore::builder().clock(clock.clone()).build();
         let sliding = |l: Limit| Limit::new(l.measure, l.amount, l.window);
         let limits = [sliding(requests), sliding(tokens)];
@@ -203,7 +179,7 @@ proptest! {
         let (mut admitted_requests, mut used_tokens) = (Vec::new(), Vec::new());
         for a in &arrivals {
             now += a.gap_us;
-            clock.offset_us.store(now, Ordering::Relaxed);
+            clock.set(Duration::from_micros(now));
             let admission = acquire(&store, &limits, &[1, a.tokens]);
             if admission.verdict != Verdict::Admitted {
                 continue;

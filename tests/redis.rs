@@ -12,14 +12,18 @@
 //! `redis_settlements.rs`).
 #![cfg(feature = "redis")]
 
+#[path = "support/manual_clock.rs"]
+mod manual_clock;
+
 #[path = "support/redis.rs"]
 mod redis_support;
 
+use manual_clock::ManualClock;
 use std::convert::Infallible;
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +35,6 @@ use tollgate::budget::{
     BudgetLayer, BudgetMode, BudgetScope, BudgetSpec, Charge, Ledger, ModelPrice, Money, Period,
     Pricing, Reservation, ReserveOutcome, ReservePolicy,
 };
-use tollgate::clock::Clock;
 use tollgate::envelope::ErrorEnvelopeLayer;
 use tollgate::rate_limit::{
     Acquire, FailurePolicy as RateLimitFailure, Limit, RateLimitKey, RateLimitLayer,
@@ -71,42 +74,6 @@ async fn patient_instance(server: &RedisServer) -> RedisConnection {
     RedisConnection::connect(config(server).call_timeout(Duration::from_secs(10)))
         .await
         .unwrap()
-}
-
-/// A clock the test moves by hand, shared by the stores compared.
-struct ManualClock {
-    base: tokio::time::Instant,
-    base_unix: Duration,
-    offset_us: AtomicU64,
-}
-
-impl ManualClock {
-    fn at(unix: Duration) -> Arc<ManualClock> {
-        Arc::new(ManualClock {
-            base: tokio::time::Instant::now(),
-            base_unix: unix,
-            offset_us: AtomicU64::new(0),
-        })
-    }
-
-    fn advance(&self, by: Duration) {
-        self.offset_us
-            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
-    }
-
-    fn offset(&self) -> Duration {
-        Duration::from_micros(self.offset_us.load(Ordering::SeqCst))
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> tokio::time::Instant {
-        self.base + self.offset()
-    }
-
-    fn now_unix(&self) -> Duration {
-        self.base_unix + self.offset()
-    }
 }
 
 fn rfc3339(s: &str) -> Duration {
@@ -1129,8 +1096,7 @@ async fn bounded_admits_one_partial_hold_at_a_time_like_the_memory_ledger() {
     let server = redis_server!();
     let clock = ManualClock::at(rfc3339("2026-05-05T10:00:00Z"));
     let redis = RedisLedger::new(instance(&server).await).clock(clock.clone());
-    let memory =
-        tollgate::store::memory::MemoryLedger::new().with_clock(ManualClockRef(clock.clone()));
+    let memory = tollgate::store::memory::MemoryLedger::new().with_clock(clock.clone());
     let team = BudgetSpec::budget(BudgetScope::Team("t".into()), usd("1"), Period::Monthly);
     let both = specs([
         BudgetSpec::budget(BudgetScope::Key("k".into()), usd("10"), Period::Monthly),
@@ -1177,19 +1143,6 @@ async fn bounded_admits_one_partial_hold_at_a_time_like_the_memory_ledger() {
     }
     assert_eq!(held.len(), 4);
     assert_eq!(held[1].1.amount(), usd("0.2"));
-}
-
-/// `ManualClock` for APIs that take a clock by value.
-struct ManualClockRef(Arc<ManualClock>);
-
-impl Clock for ManualClockRef {
-    fn now(&self) -> tokio::time::Instant {
-        self.0.now()
-    }
-
-    fn now_unix(&self) -> Duration {
-        self.0.now_unix()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -2067,7 +2020,7 @@ mod ledger_placement {
             .lease(Duration::from_secs(1))
             .placement(by_tenant());
         let memory = MemoryLedger::new()
-            .with_clock(ManualClockRef(clock.clone()))
+            .with_clock(clock.clone())
             .lease(Duration::from_secs(1));
         same_answers(&redis, &memory, &clock).await;
 
@@ -2127,7 +2080,7 @@ mod ledger_placement {
             .lease(Duration::from_secs(1))
             .placement(LedgerPlacement::OneSlot);
         let memory = MemoryLedger::new()
-            .with_clock(ManualClockRef(clock.clone()))
+            .with_clock(clock.clone())
             .lease(Duration::from_secs(1));
         same_answers(&redis, &memory, &clock).await;
         let tags = keys_by_tag(&server, "one:").await;
@@ -2189,7 +2142,7 @@ mod on_a_cluster {
                 redis = redis.placement(placement);
             }
             let memory = MemoryLedger::new()
-                .with_clock(ManualClockRef(clock.clone()))
+                .with_clock(clock.clone())
                 .lease(Duration::from_secs(1));
             super::ledger_placement::same_answers(&redis, &memory, &clock).await;
         }

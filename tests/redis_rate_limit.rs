@@ -5,19 +5,22 @@
 //! an edit, the fallback.
 #![cfg(feature = "redis")]
 
+#[path = "support/manual_clock.rs"]
+mod manual_clock;
+
 #[path = "support/redis.rs"]
 mod redis_support;
 
+use manual_clock::ManualClock;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tollgate::auth::{KeyHash, KeyRecord, Principal};
-use tollgate::clock::{Clock, SharedClock};
+use tollgate::clock::SharedClock;
 use tollgate::rate_limit::{
     Acquire, Admission, Algorithm, Limit, RateLimitKey, RateLimitLayer, RateLimitStore,
     ScopeCharge, ScopeSettle, Settle, Verdict,
@@ -52,42 +55,6 @@ async fn patient_instance(server: &RedisServer) -> RedisConnection {
 async fn cluster_instance(cluster: &RedisCluster) -> RedisConnection {
     let config = cluster.config();
     RedisConnection::connect(config).await.unwrap()
-}
-
-/// A clock the test moves by hand, shared by the stores compared.
-struct ManualClock {
-    base: tokio::time::Instant,
-    base_unix: Duration,
-    offset_us: AtomicU64,
-}
-
-impl ManualClock {
-    fn at(unix: Duration) -> Arc<ManualClock> {
-        Arc::new(ManualClock {
-            base: tokio::time::Instant::now(),
-            base_unix: unix,
-            offset_us: AtomicU64::new(0),
-        })
-    }
-
-    fn advance(&self, by: Duration) {
-        self.offset_us
-            .fetch_add(by.as_micros() as u64, Ordering::SeqCst);
-    }
-
-    fn offset(&self) -> Duration {
-        Duration::from_micros(self.offset_us.load(Ordering::SeqCst))
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> tokio::time::Instant {
-        self.base + self.offset()
-    }
-
-    fn now_unix(&self) -> Duration {
-        self.base_unix + self.offset()
-    }
 }
 
 /// One scope's admission.
