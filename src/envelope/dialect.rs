@@ -4,7 +4,7 @@
 //! Each table is written from the guide that defines the format (the files
 //! in the repository's `tests/fixtures/seeds/`, copied from the API guides;
 //! Anthropic's from its API reference), and each is a function of what
-//! [`parse`](super::parse) keeps of a body (status, code, type), so that
+//! [`parse`](super::parse()) keeps of a body (status, code, type), so that
 //! `render(parse(render(e)))` is `render(e)` in every format.
 
 use http::StatusCode;

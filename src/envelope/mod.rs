@@ -6,7 +6,7 @@
 //! body-size limit, a timeout, a panicking handler, an upstream's HTML 502)
 //! needs one place that makes them all look right. [`ErrorEnvelopeLayer`] is
 //! that place, and this module is the only code in tollgate that writes error
-//! JSON ([`ErrorFormat::render`]) or reads it ([`parse`]).
+//! JSON ([`ErrorFormat::render`]) or reads it ([`parse()`]).
 //!
 //! ```
 //! use std::convert::Infallible;

@@ -233,9 +233,9 @@ impl ErrorKind {
     }
 }
 
-/// The code of [`ApiError::upstream_auth_failed`].
+/// The code of [`ApiError::upstream_auth_failed`](crate::ApiError::upstream_auth_failed).
 pub(crate) const UPSTREAM_AUTH_FAILED: &str = "upstream_auth_failed";
-/// The code of [`ApiError::upstream_quota_exhausted`].
+/// The code of [`ApiError::upstream_quota_exhausted`](crate::ApiError::upstream_quota_exhausted).
 pub(crate) const UPSTREAM_QUOTA_EXHAUSTED: &str = "upstream_quota_exhausted";
 
 /// What a `code` or `type` says about money, in any of the formats tollgate

@@ -8,7 +8,7 @@
 //! The tests compare the two readers on every field of `RequestBody`.
 //!
 //! Images and audio in prompt text are priced with
-//! [`media`](super::media): by [`CountText`] in serde's reader, and by the
+//! [`media`]: by [`CountText`] in serde's reader, and by the
 //! fast path where they are when their value says all (chat's `image_url`
 //! object with its `detail`, `input_audio`: [`quick_media`]); the fast path
 //! hands a field of prompt text with any other (a `detail` beside the image,

@@ -127,7 +127,7 @@ impl<'a> TransportFailure<'a> {
 }
 
 /// The default classification of an attempt without a response (see
-/// [`Classify::classify_transport`]).
+/// [`Classify::classify_transport`](super::Classify::classify_transport)).
 pub(crate) fn classify_transport(failure: &TransportFailure<'_>) -> Classification {
     if failure.is_connect() {
         return Classification::failure(ErrorKind::Connection);

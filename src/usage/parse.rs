@@ -12,7 +12,7 @@
 //! - [`usage_value`] reads a usage object from a prefix of a JSON body that
 //!   may still be arriving: [`Stop::Eof`] means "wait for more bytes",
 //!   also when the bytes end inside a number of a member it does not know
-//!   (see [`json::read_prefix`](crate::json::read_prefix));
+//!   (see [`json::read_prefix`]);
 //! - [`event`] reads one whole event's data, or nothing.
 
 use serde::Deserialize;

@@ -44,7 +44,7 @@ pub(crate) mod top_ups;
 ///   balances and current spend never are. If nothing can be evicted the
 ///   operation fails with [`StoreError::Unavailable`], which the layer turns
 ///   into a 503 by default: a ledger never forgets money to make room.
-/// - **Clocked**: periods come from a [`Clock`](crate::clock::Clock),
+/// - **Clocked**: periods come from a [`Clock`],
 ///   [`TokioClock`] by default, so a paused tokio runtime drives month ends
 ///   in tests.
 /// - **Leased**: a hold not settled within [`lease`](Self::lease) (default

@@ -20,7 +20,7 @@ impl RedisKeyStore {
     /// the earlier version has stopped writing keys (a change that instance
     /// makes after the move is lost). It is idempotent, and one `SCAN` when
     /// there is nothing to move; an interrupted run is completed by the next.
-    /// Each record is written as [`PutMode::Create`](crate::auth::PutMode::Create):
+    /// Each record is written as [`PutMode::Create`]:
     /// a key that already exists in the current layout (made since by a
     /// current instance) wins, and its old copy is deleted. A record whose
     /// secret another current key holds, or that cannot be read, is left
