@@ -111,7 +111,7 @@ fn settle_for<L: Ledger + Clone>(ledger: &L, threads: usize) -> (u64, Duration) 
                 let start = Instant::now();
                 let mut n = 0u64;
                 let mut k = t * 7919;
-                while n % 1024 != 0 || start.elapsed() < RUN {
+                while !n.is_multiple_of(1024) || start.elapsed() < RUN {
                     k = (k + 1) % KEYS;
                     let (budgets, charge) = &keys[k];
                     let worst = Money::from_nanos(3_000);

@@ -410,6 +410,17 @@ async fn restart_on_sqlite(stop: Stop) {
     let (budget, balance) = spend_and_revoke(&http, &gateway).await;
     assert_ne!(budget["spent_usd"], "0.00", "{budget}");
     assert_ne!(balance["remaining_usd"], "5.00", "{balance}");
+    // A second gateway on the same file is refused at start-up: two would
+    // each keep the books in memory and write over each other's.
+    let second = GatewayCommand::new()
+        .config_file(&path)
+        .run(Duration::from_secs(30));
+    assert!(!second.status.success(), "{}", second.stderr);
+    assert!(
+        second.stderr.contains("state.db") && second.stderr.contains("in use"),
+        "{}",
+        second.stderr
+    );
     match stop {
         Stop::Term => {
             gateway.signal("TERM");

@@ -274,10 +274,11 @@ fn bearer(headers: &HeaderMap) -> Found<'_> {
     // The usual form, `Bearer <key>` with one space and a visible-ASCII
     // key, read in one pass; every other form takes the general path.
     let bytes = value.as_bytes();
-    if bytes.len() > 7 && bytes[..7].eq_ignore_ascii_case(b"bearer ") {
-        if let Some(key) = visible_key(&bytes[7..]) {
-            return Found::Key(Cow::Borrowed(key));
-        }
+    if bytes.len() > 7
+        && bytes[..7].eq_ignore_ascii_case(b"bearer ")
+        && let Some(key) = visible_key(&bytes[7..])
+    {
+        return Found::Key(Cow::Borrowed(key));
     }
     let value = match trimmed(value) {
         Found::Key(Cow::Borrowed(value)) => value,

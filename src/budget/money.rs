@@ -122,7 +122,7 @@ impl Money {
         out.push(b'.');
         // Nine decimals, trailing zeros dropped down to two.
         let mut places = 9;
-        while places > 2 && frac % 10 == 0 {
+        while places > 2 && frac.is_multiple_of(10) {
             frac /= 10;
             places -= 1;
         }

@@ -465,11 +465,11 @@ fn cached<K: Copy + PartialEq>(
     render: impl FnOnce(K) -> Option<HeaderValue>,
 ) -> Option<HeaderValue> {
     slot.with(|slot| {
-        if let Some((last, value)) = slot.take() {
-            if last == key {
-                slot.set(Some((last, value.clone())));
-                return Some(value);
-            }
+        if let Some((last, value)) = slot.take()
+            && last == key
+        {
+            slot.set(Some((last, value.clone())));
+            return Some(value);
         }
         let value = render(key)?;
         slot.set(Some((key, value.clone())));

@@ -49,10 +49,10 @@ pub fn parse(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> ApiError {
             _ => {}
         }
     }
-    if error.request_id().is_none() {
-        if let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            error = error.with_request_id(id.to_owned());
-        }
+    if error.request_id().is_none()
+        && let Some(id) = headers.get(X_REQUEST_ID).and_then(|v| v.to_str().ok())
+    {
+        error = error.with_request_id(id.to_owned());
     }
     error
 }
@@ -114,11 +114,11 @@ fn parse_body(status: StatusCode, body: &[u8]) -> ApiError {
     if trimmed.is_empty() {
         return fallback();
     }
-    if trimmed.starts_with('{') || trimmed.starts_with('[') {
-        if let Ok(value) = serde_json::from_str::<Value>(trimmed) {
-            return parse_json(status, &value)
-                .unwrap_or_else(|| fallback().with_message(cut(&compact(&value))));
-        }
+    if (trimmed.starts_with('{') || trimmed.starts_with('['))
+        && let Ok(value) = serde_json::from_str::<Value>(trimmed)
+    {
+        return parse_json(status, &value)
+            .unwrap_or_else(|| fallback().with_message(cut(&compact(&value))));
     }
     if trimmed.starts_with('<') {
         return match html_title(trimmed) {
@@ -172,10 +172,10 @@ fn parse_json(status: StatusCode, value: &Value) -> Option<ApiError> {
 
 fn parse_object(status: StatusCode, obj: &serde_json::Map<String, Value>) -> Option<ApiError> {
     // FastAPI and Humanloop wrap the payload in `detail`.
-    if let Some(Value::Object(inner)) = obj.get("detail") {
-        if inner.contains_key("message") {
-            return parse_object(status, inner);
-        }
+    if let Some(Value::Object(inner)) = obj.get("detail")
+        && inner.contains_key("message")
+    {
+        return parse_object(status, inner);
     }
     match obj.get("error") {
         Some(Value::Object(err)) => {

@@ -319,10 +319,10 @@ impl ErrorFormat {
         }
         // Only a visible-ASCII id goes in the header: `HeaderValue` would
         // take raw UTF-8 too, but no client can read it back as text.
-        if let Some(id) = error.request_id().filter(|id| is_visible_ascii(id)) {
-            if let Ok(v) = HeaderValue::from_str(id) {
-                headers.insert(X_REQUEST_ID, v);
-            }
+        if let Some(id) = error.request_id().filter(|id| is_visible_ascii(id))
+            && let Ok(v) = HeaderValue::from_str(id)
+        {
+            headers.insert(X_REQUEST_ID, v);
         }
     }
 

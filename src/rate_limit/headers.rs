@@ -330,7 +330,7 @@ mod tests {
     fn reference(d: Duration) -> String {
         let ms = d
             .as_millis()
-            .saturating_add(u128::from(d.subsec_nanos() % 1_000_000 > 0));
+            .saturating_add(u128::from(!d.subsec_nanos().is_multiple_of(1_000_000)));
         let ms = u64::try_from(ms).unwrap_or(u64::MAX);
         if ms == 0 {
             return "0s".into();

@@ -342,10 +342,10 @@ where
             }
         }
     }
-    if let Some(m) = model.as_deref() {
-        if let Some(i) = config.shared.model(m) {
-            more.push(ScopeSource::Model(config.shared.clone(), i));
-        }
+    if let Some(m) = model.as_deref()
+        && let Some(i) = config.shared.model(m)
+    {
+        more.push(ScopeSource::Model(config.shared.clone(), i));
     }
     if !config.shared.is_empty() {
         let extension = req.extensions().get::<Upstream>();

@@ -561,10 +561,10 @@ impl<'de> Part<'de> {
             let detail = detail.map_or(Detail::High, |d| Detail::parse(&d));
             media += media::openai_image(url.as_deref().unwrap_or(""), detail);
         }
-        if let Some(audio) = self.audio {
-            if let Ok(audio) = serde_json::from_str::<InputAudio<'de>>(audio.get()) {
-                media += media::audio(audio.data.as_deref().unwrap_or(""), audio.format.as_deref());
-            }
+        if let Some(audio) = self.audio
+            && let Ok(audio) = serde_json::from_str::<InputAudio<'de>>(audio.get())
+        {
+            media += media::audio(audio.data.as_deref().unwrap_or(""), audio.format.as_deref());
         }
         if let Some(source) = self.source {
             if string(self.kind).as_deref() == Some("image") {

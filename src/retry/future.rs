@@ -555,18 +555,18 @@ fn next_attempt(
             return None;
         }
     };
-    if let Some(budget) = &shared.budget {
-        if !budget.withdraw() {
-            progress.exhausted = true;
-            tracing::warn!(
-                target: "tollgate::retry",
-                kind = %failure.kind,
-                status,
-                attempts = progress.attempts,
-                "not retried: the retry budget is spent"
-            );
-            return None;
-        }
+    if let Some(budget) = &shared.budget
+        && !budget.withdraw()
+    {
+        progress.exhausted = true;
+        tracing::warn!(
+            target: "tollgate::retry",
+            kind = %failure.kind,
+            status,
+            attempts = progress.attempts,
+            "not retried: the retry budget is spent"
+        );
+        return None;
     }
     tracing::info!(
         target: "tollgate::retry",

@@ -97,10 +97,10 @@ impl<'a> TransportFailure<'a> {
             if let Some(e) = e.downcast_ref::<reqwest::Error>() {
                 return e.is_connect();
             }
-            if let Some(io) = e.downcast_ref::<std::io::Error>() {
-                if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                    return true;
-                }
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::ConnectionRefused
+            {
+                return true;
             }
         }
         false

@@ -408,28 +408,30 @@ impl Framer {
                 Some(i) => {
                     let end = pos + i;
                     let stop = end + 2;
-                    if fields.flags == 0 && buf[end] == b'\n' && buf.get(end + 1) == Some(&b'\n') {
-                        if let Some(value) = value_start(&buf[pos..end], b"data") {
-                            // The usual event: a `data:` line (after an
-                            // `event:` line, maybe), then the blank line.
-                            let data = &buf[pos + value..end];
-                            let done = if is_done(data) { DONE } else { 0 };
-                            let event = Event {
-                                name: fields.name.map(|(a, b)| &buf[a..b]),
-                                data,
-                                flags: DATA | done,
-                                source: Some(frame),
-                                len: stop - fields.start,
-                            };
-                            fed.events += 1;
-                            (pos, complete, at) = (stop, stop, At::LineStart);
-                            let dispatch = on_event.on_event(&event);
-                            if self.dispatched(fed, dispatch, buf, fields.start..stop, at) {
-                                return complete;
-                            }
-                            fields = Fields::new(stop);
-                            continue;
+                    if fields.flags == 0
+                        && buf[end] == b'\n'
+                        && buf.get(end + 1) == Some(&b'\n')
+                        && let Some(value) = value_start(&buf[pos..end], b"data")
+                    {
+                        // The usual event: a `data:` line (after an
+                        // `event:` line, maybe), then the blank line.
+                        let data = &buf[pos + value..end];
+                        let done = if is_done(data) { DONE } else { 0 };
+                        let event = Event {
+                            name: fields.name.map(|(a, b)| &buf[a..b]),
+                            data,
+                            flags: DATA | done,
+                            source: Some(frame),
+                            len: stop - fields.start,
+                        };
+                        fed.events += 1;
+                        (pos, complete, at) = (stop, stop, At::LineStart);
+                        let dispatch = on_event.on_event(&event);
+                        if self.dispatched(fed, dispatch, buf, fields.start..stop, at) {
+                            return complete;
                         }
+                        fields = Fields::new(stop);
+                        continue;
                     }
                     fields.line(buf, pos, end, &mut self.scratch);
                     pos = end + 1;

@@ -64,10 +64,8 @@ pub(crate) fn opening(event: &Event<'_>, headers: &HeaderMap) -> Opening {
     // or a `\u` escape that could spell them, it is read no further for one.
     let may_err = memchr::memmem::find(event.data, b"\"error\"").is_some()
         || memchr::memmem::find(event.data, b"\\u").is_some();
-    if may_err {
-        if let Some(error) = parse_error(None, event.data, headers) {
-            return Opening::Fails(error);
-        }
+    if may_err && let Some(error) = parse_error(None, event.data, headers) {
+        return Opening::Fails(error);
     }
     match event.name {
         Some(name) if name != b"message" => preamble_if(PREAMBLE.contains(&name)),

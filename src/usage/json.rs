@@ -97,12 +97,12 @@ impl JsonScan {
             let m = b.len().min(USAGE_KEY.len() - 1);
             joint[..self.seam_len].copy_from_slice(&self.seam[..self.seam_len]);
             joint[self.seam_len..self.seam_len + m].copy_from_slice(&b[..m]);
-            if let Some(p) = Keys::get().usage(&joint[..self.seam_len + m]) {
-                if p < self.seam_len {
-                    self.capture.clear();
-                    self.capture.extend_from_slice(&joint[p..self.seam_len]);
-                    self.capturing = true;
-                }
+            if let Some(p) = Keys::get().usage(&joint[..self.seam_len + m])
+                && p < self.seam_len
+            {
+                self.capture.clear();
+                self.capture.extend_from_slice(&joint[p..self.seam_len]);
+                self.capturing = true;
             }
         }
         // 2. A usage value that began in an earlier frame.

@@ -507,7 +507,7 @@ impl http_body::Body for LazyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let n = self.polls.fetch_add(1, Ordering::SeqCst);
         // Every other poll is pending, as a network body would be.
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }

@@ -75,14 +75,15 @@ fn json(bytes: &[u8]) -> serde_json::Value {
 fn assert_same(format: ErrorFormat, rendered: &[u8], expected: &str, ctx: &str) {
     let mut rendered = json(rendered);
     let expected = json(expected.as_bytes());
-    if format == ErrorFormat::OpenAi && expected.pointer("/error/param").is_none() {
-        if let Some(error) = rendered.get_mut("error").and_then(|e| e.as_object_mut()) {
-            assert_eq!(
-                error.remove("param"),
-                Some(serde_json::Value::Null),
-                "{ctx}"
-            );
-        }
+    if format == ErrorFormat::OpenAi
+        && expected.pointer("/error/param").is_none()
+        && let Some(error) = rendered.get_mut("error").and_then(|e| e.as_object_mut())
+    {
+        assert_eq!(
+            error.remove("param"),
+            Some(serde_json::Value::Null),
+            "{ctx}"
+        );
     }
     assert_eq!(rendered, expected, "{ctx}");
 }

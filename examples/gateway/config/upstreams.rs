@@ -188,14 +188,14 @@ pub fn validate(config: &Config) -> Result<(), String> {
     }
     for (i, model) in config.models.iter().enumerate() {
         let at = |field: &str| format!("models[{i}].{field}");
-        if let Some(name) = &model.upstream {
-            if !names.contains(name.as_str()) {
-                return Err(format!(
-                    "{}: no upstream named {name:?} (the default upstream is {DEFAULT_UPSTREAM:?}; \
+        if let Some(name) = &model.upstream
+            && !names.contains(name.as_str())
+        {
+            return Err(format!(
+                "{}: no upstream named {name:?} (the default upstream is {DEFAULT_UPSTREAM:?}; \
                      others are [[upstreams]] entries)",
-                    at("upstream")
-                ));
-            }
+                at("upstream")
+            ));
         }
         if model.upstream_model.as_deref() == Some("") {
             return Err(format!("{}: must not be empty", at("upstream_model")));

@@ -223,7 +223,7 @@ pub(super) fn limited_error(plan: &Plan, states: &[LimitState]) -> ApiError {
 /// Rounds up to whole milliseconds, so `retry-after-ms` never says a
 /// client may retry before it can.
 pub(super) fn ceil_millis(d: Duration) -> Duration {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
 }
 

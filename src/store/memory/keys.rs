@@ -180,13 +180,13 @@ impl MemoryKeyStore {
         record: KeyRecord,
     ) -> Result<Option<Arc<KeyRecord>>, DuplicateSecret> {
         for hash in record.secret_hashes() {
-            if let Some(existing) = read(inner.shard(&hash)).get(&hash) {
-                if existing.id != record.id {
-                    return Err(DuplicateSecret {
-                        id: record.id.clone(),
-                        existing: existing.id.clone(),
-                    });
-                }
+            if let Some(existing) = read(inner.shard(&hash)).get(&hash)
+                && existing.id != record.id
+            {
+                return Err(DuplicateSecret {
+                    id: record.id.clone(),
+                    existing: existing.id.clone(),
+                });
             }
         }
         let record = Arc::new(record);

@@ -704,14 +704,13 @@ impl Inner {
     ) {
         for (i, scope) in request.scopes.iter().enumerate() {
             let map = locked.map(self.shard_of(fps[i]));
-            if scope.release {
-                if let Some(Entry {
+            if scope.release
+                && let Some(Entry {
                     kind: Kind::Slots(n),
                     ..
                 }) = map.entries.get_mut(&fps[i].of_slots())
-                {
-                    *n = n.saturating_sub(1);
-                }
+            {
+                *n = n.saturating_sub(1);
             }
             for (limit, &delta) in scope.limits.iter().zip(scope.deltas) {
                 if delta == 0 {

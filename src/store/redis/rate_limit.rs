@@ -503,10 +503,10 @@ impl RateLimitStore for RedisRateLimitStore {
 
     fn settle(&self, request: &Settle<'_>) -> StoreFuture<()> {
         let inner = &self.inner;
-        if let Some(fallback) = &inner.fallback {
-            if fallback.take_outstanding(request, inner.slot_lease) {
-                return fallback.settle(request);
-            }
+        if let Some(fallback) = &inner.fallback
+            && fallback.take_outstanding(request, inner.slot_lease)
+        {
+            return fallback.settle(request);
         }
         let scopes = request.scopes;
         if inner.redis.is_cluster() {
@@ -707,18 +707,19 @@ impl Fallback {
                     .zip(&s.costs)
                     .any(|(l, &c)| l.measure == Measure::Tokens && c > 0)
         });
-        if admission.verdict == Verdict::Admitted && will_settle {
-            if let Some(first) = scopes.first() {
-                let mut outstanding = crate::store::lock(&self.outstanding);
-                if outstanding.len() >= MAX_OUTSTANDING_KEYS {
-                    outstanding.clear();
-                }
-                let entry = outstanding
-                    .entry(first.key().to_string())
-                    .or_insert((0, Instant::now()));
-                entry.0 += 1;
-                entry.1 = Instant::now();
+        if admission.verdict == Verdict::Admitted
+            && will_settle
+            && let Some(first) = scopes.first()
+        {
+            let mut outstanding = crate::store::lock(&self.outstanding);
+            if outstanding.len() >= MAX_OUTSTANDING_KEYS {
+                outstanding.clear();
             }
+            let entry = outstanding
+                .entry(first.key().to_string())
+                .or_insert((0, Instant::now()));
+            entry.0 += 1;
+            entry.1 = Instant::now();
         }
         admission
     }

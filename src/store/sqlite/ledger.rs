@@ -90,17 +90,17 @@ impl Ledger for SqliteLedger {
     fn settle(&self, reservation: &Reservation, charge: &Charge) -> StoreFuture<Settlement> {
         let _order = self.writer.ordered();
         let settlement = self.memory.settle_sync(reservation, charge);
-        if let Ok(settlement) = &settlement {
-            if !reservation.budgets().is_empty() || charge.attribution.is_some() {
-                self.writer.send(Job::Settled {
-                    reservation: reservation.clone(),
-                    charge: Charge {
-                        cost: settlement.charged,
-                        ..charge.clone()
-                    },
-                    day: settlement.day,
-                });
-            }
+        if let Ok(settlement) = &settlement
+            && (!reservation.budgets().is_empty() || charge.attribution.is_some())
+        {
+            self.writer.send(Job::Settled {
+                reservation: reservation.clone(),
+                charge: Charge {
+                    cost: settlement.charged,
+                    ..charge.clone()
+                },
+                day: settlement.day,
+            });
         }
         StoreFuture::ready(settlement)
     }

@@ -221,6 +221,14 @@ use crate::store::memory::{MemoryKeyStore, MemoryLedger, MemoryRateLimitStore};
 /// Cheap to clone; the clones and the stores share the file. The writer
 /// stops after [`close`](Self::close), or when the last handle (store,
 /// key store or ledger) is dropped, after a last commit.
+///
+/// A file is open in one store at a time: a second [`open`](Self::open) of
+/// it, in this process or another, fails with [`SqliteError::InUse`] until
+/// the first store's writer has stopped: an advisory lock on `<file>.lock`,
+/// a file left beside it, which the system also releases when the process
+/// ends, however it ends. (Two stores would each keep the books in memory
+/// and write over each other's; gateway instances that share state share a
+/// Redis.)
 #[derive(Clone)]
 pub struct SqliteStore {
     keys: SqliteKeyStore,
@@ -359,6 +367,7 @@ impl SqliteStoreBuilder {
     /// `tokio::task::spawn_blocking`.
     pub fn open(self) -> Result<SqliteStore, SqliteError> {
         let path = self.path;
+        let lock = lock(&path)?;
         let mut conn = schema::open(&path, self.policy.sync_interval.is_zero())?;
         let keys = MemoryKeyStore::new();
         let loaded = schema::load_keys(&conn, &path, &keys)?;
@@ -381,7 +390,7 @@ impl SqliteStoreBuilder {
                 "sqlite store: the oldest spend aggregates stay on disk only (past max_spend_rows)"
             );
         }
-        let writer = Writer::start(conn, path, ledger.clone(), keys.clone(), self.policy)?;
+        let writer = Writer::start(conn, lock, path, ledger.clone(), keys.clone(), self.policy)?;
         let writer = Arc::new(writer);
         Ok(SqliteStore {
             keys: SqliteKeyStore::new(keys, writer.clone()),
@@ -389,6 +398,40 @@ impl SqliteStoreBuilder {
             rate_limits: MemoryRateLimitStore::new(),
             writer,
         })
+    }
+}
+
+/// Takes the lock of the file at `path`: an exclusive `flock` on
+/// `<path>.lock`, held by the writer until it ends (or by the system until
+/// the process does, however it ends). Two stores on one file, in one
+/// process or two, would each keep the books in memory and write over each
+/// other's: the second is refused. A sidecar file, not the database:
+/// SQLite locks the database with `fcntl` locks, which some file systems
+/// (NFS) implement `flock` with. Where the file system has no locks at all,
+/// the store opens with a warning.
+fn lock(path: &Path) -> Result<Option<std::fs::File>, SqliteError> {
+    use std::fs::TryLockError;
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&name)
+        .map_err(|e| SqliteError::open(path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(TryLockError::WouldBlock) => Err(SqliteError::InUse {
+            path: path.to_owned(),
+        }),
+        Err(TryLockError::Error(e)) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::warn!(
+                path = %path.display(),
+                "sqlite store: the file system has no locks; open each file in one store only"
+            );
+            Ok(None)
+        }
+        Err(TryLockError::Error(e)) => Err(SqliteError::open(path, e)),
     }
 }
 
@@ -404,6 +447,16 @@ pub enum SqliteError {
         path: PathBuf,
         /// SQLite's or the system's message.
         reason: String,
+    },
+    /// Another store has the file open, in this process or another (see
+    /// [`SqliteStore`]): one store per file.
+    #[error(
+        "the state store {} is in use by another store, in this process or another: open each file once, and share state between gateway instances with Redis",
+        path.display()
+    )]
+    InUse {
+        /// The file.
+        path: PathBuf,
     },
     /// The file was written by a newer version of tollgate.
     #[error(
@@ -434,6 +487,7 @@ impl SqliteError {
     pub fn path(&self) -> &Path {
         match self {
             SqliteError::Open { path, .. }
+            | SqliteError::InUse { path }
             | SqliteError::NewerSchema { path, .. }
             | SqliteError::Corrupt { path, .. } => path,
         }

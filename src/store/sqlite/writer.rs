@@ -114,9 +114,10 @@ pub(super) struct Writer {
 
 impl Writer {
     /// Starts the thread that writes what `ledger` and `keys` decide to
-    /// `conn`, the file at `path`.
+    /// `conn`, the file at `path`, holding the file's `lock` until it ends.
     pub(super) fn start(
         conn: Connection,
+        lock: Option<std::fs::File>,
         path: PathBuf,
         ledger: MemoryLedger,
         keys: MemoryKeyStore,
@@ -127,6 +128,7 @@ impl Writer {
         let order = Arc::new(RwLock::new(()));
         let thread = Thread {
             conn,
+            lock,
             file: FileIdentity::of(&path),
             path: path.clone(),
             jobs: receiver,
@@ -203,10 +205,10 @@ impl Drop for Writer {
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(thread) = thread {
-            if thread.join().is_err() {
-                tracing::error!(path = %self.path.display(), "sqlite store: the writer thread panicked");
-            }
+        if let Some(thread) = thread
+            && thread.join().is_err()
+        {
+            tracing::error!(path = %self.path.display(), "sqlite store: the writer thread panicked");
         }
     }
 }
@@ -234,6 +236,10 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
 
 struct Thread {
     conn: Connection,
+    /// The file's lock (see `lock` in `mod.rs`): released after the last
+    /// commit, before `close` is answered, so the file can be opened again
+    /// once `close` returns.
+    lock: Option<std::fs::File>,
     path: PathBuf,
     /// The file `path` named at open (see [`FileIdentity`]).
     file: Option<FileIdentity>,
@@ -355,6 +361,7 @@ impl Thread {
                     }
                 };
                 self.health.close();
+                drop(self.lock.take());
                 for done in batch.closers.drain(..) {
                     let _ = done.send(result.clone());
                 }

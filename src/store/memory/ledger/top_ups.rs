@@ -28,22 +28,21 @@ impl TopUpKeys {
         max: usize,
     ) -> bool {
         let id = (scope.clone(), key.to_owned());
-        if let Some(at) = self.used.get(&id) {
-            if now.saturating_sub(*at) < KEEP {
-                return false;
-            }
+        if let Some(at) = self.used.get(&id)
+            && now.saturating_sub(*at) < KEEP
+        {
+            return false;
         }
         if self.used.len() >= max {
             self.used.retain(|_, at| now.saturating_sub(*at) < KEEP);
-            if self.used.len() >= max {
-                if let Some(oldest) = self
+            if self.used.len() >= max
+                && let Some(oldest) = self
                     .used
                     .iter()
                     .min_by_key(|(_, at)| **at)
                     .map(|(k, _)| k.clone())
-                {
-                    self.used.remove(&oldest);
-                }
+            {
+                self.used.remove(&oldest);
             }
         }
         self.used.insert(id, now);

@@ -136,10 +136,10 @@ impl Inner {
         if !self.listener_started.load(Ordering::Relaxed) {
             self.start_listener();
         }
-        if self.listening.load(Ordering::Acquire) {
-            if let Some(record) = cache(self).get(key, false) {
-                return StoreFuture::ready(Ok(record));
-            }
+        if self.listening.load(Ordering::Acquire)
+            && let Some(record) = cache(self).get(key, false)
+        {
+            return StoreFuture::ready(Ok(record));
         }
         let epoch = self.epoch.load(Ordering::Acquire);
         let read = read(self, key);
