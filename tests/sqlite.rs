@@ -3,8 +3,8 @@
 //! after reopens (`sqlite/ledger_props.rs`, `sqlite/key_props.rs`);
 //! `kill -9` of a process that settles without pause, the loss window
 //! measured (`sqlite/crash.rs`); 1,000 concurrent settlements; restarts
-//! that must not refill a balance; files that are locked, deleted or not
-//! a database.
+//! that must not refill a balance; files that are locked, deleted, not a
+//! database, or open in another store.
 #![cfg(feature = "sqlite")]
 
 #[path = "sqlite/crash.rs"]
@@ -243,6 +243,36 @@ async fn a_deleted_file_fails_loudly_and_close_says_what_is_lost() {
         matches!(&closed, Err(StoreError::Unavailable(m)) if m.contains("could not be written")),
         "{closed:?}"
     );
+}
+
+/// Two stores on one file would each keep the books in memory and write
+/// over each other's: the second is refused, until the first is closed or
+/// dropped.
+#[tokio::test]
+async fn a_file_is_open_in_one_store_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let first = SqliteStore::open(&path).unwrap();
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, SqliteError::InUse { .. }), "{err:?}");
+    assert_eq!(err.path(), path);
+    let message = err.to_string();
+    assert!(
+        message.contains("state.db") && message.contains("in use"),
+        "{message}"
+    );
+    // Any handle keeps the writer, and the writer the file.
+    let ledger = first.ledger();
+    drop(first);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, SqliteError::InUse { .. }), "{err:?}");
+    // The last handle dropped, the writer has ended and the file is free.
+    drop(ledger);
+    let again = SqliteStore::open(&path).unwrap();
+    // Closed, it frees the file by the time `close` returns, handles or not.
+    again.close().await.unwrap();
+    let third = SqliteStore::open(&path).unwrap();
+    assert_eq!(third.path(), again.path());
 }
 
 #[test]

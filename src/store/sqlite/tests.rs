@@ -355,33 +355,6 @@ fn files_that_cannot_be_opened_are_errors_naming_the_path() {
     assert!(err.to_string().contains("key `k`"), "{err}");
 }
 
-#[tokio::test]
-async fn a_file_is_open_in_one_store_at_a_time() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("state.db");
-    let first = SqliteStore::open(&path).unwrap();
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, SqliteError::InUse { .. }), "{err:?}");
-    assert_eq!(err.path(), path);
-    let message = err.to_string();
-    assert!(
-        message.contains("state.db") && message.contains("in use"),
-        "{message}"
-    );
-    // Any handle keeps the writer, and the writer the file.
-    let ledger = first.ledger();
-    drop(first);
-    let err = SqliteStore::open(&path).unwrap_err();
-    assert!(matches!(err, SqliteError::InUse { .. }), "{err:?}");
-    // The last handle dropped, the writer has ended and the file is free.
-    drop(ledger);
-    let again = SqliteStore::open(&path).unwrap();
-    // Closed, it frees the file by the time `close` returns, handles or not.
-    again.close().await.unwrap();
-    let third = SqliteStore::open(&path).unwrap();
-    assert_eq!(third.path(), again.path());
-}
-
 #[test]
 fn retries_back_off_to_a_second() {
     let delays: Vec<u64> = (1..=9)
