@@ -5,9 +5,13 @@
 //! waits for what is queued, and the queue is bounded.
 #![cfg(feature = "redis")]
 
+#[path = "support/manual_clock.rs"]
+mod manual_clock;
+
 #[path = "support/redis.rs"]
 mod redis_support;
 
+use manual_clock::ManualClock;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use futures_util::future::join_all;
 use tollgate::budget::{
     BudgetScope, BudgetSpec, Charge, Ledger, Money, Reservation, ReserveOutcome, ReservePolicy,
 };
-use tollgate::clock::{Clock, SharedClock};
+use tollgate::clock::SharedClock;
 use tollgate::rate_limit::{
     Acquire, Limit, RateLimitKey, RateLimitStore, ScopeCharge, ScopeSettle, Settle, Verdict,
 };
@@ -51,21 +55,9 @@ fn usd(s: &str) -> Money {
     s.parse().unwrap()
 }
 
-/// One time for every rate-limit call, so remaining tokens are exact.
-struct Frozen;
-
-impl Clock for Frozen {
-    fn now(&self) -> tokio::time::Instant {
-        tokio::time::Instant::now()
-    }
-
-    fn now_unix(&self) -> Duration {
-        Duration::from_secs(1_780_000_000)
-    }
-}
-
 fn limits_on(redis: &RedisConnection) -> RedisRateLimitStore {
-    let clock: SharedClock = Arc::new(Frozen);
+    // One time for every rate-limit call, so remaining tokens are exact.
+    let clock: SharedClock = ManualClock::at(Duration::from_secs(1_780_000_000));
     RedisRateLimitStore::builder(redis.clone())
         .clock(clock)
         .build()
